@@ -1,0 +1,209 @@
+//! The start-info page: what the hypervisor tells a guest kernel at entry.
+//!
+//! The domain builder fills one page of the domain's own memory with a
+//! [`StartInfo`] and enters the guest kernel at its ELF entry point in ring 1
+//! with:
+//! - `rsi` = guest virtual address of the start-info page,
+//! - `rsp` = top of a boot stack (16-byte aligned, inside the domain's memory),
+//! - interrupts (events) masked, FPU/SSE initialised (MXCSR = 0x1f80).
+//!
+//! The page belongs to the guest; the hypervisor writes it once at build time
+//! and never reads it back.
+
+use core::mem::{offset_of, size_of};
+
+/// Value of [`StartInfo::magic`]: identifies the ABI family and version.
+pub const START_INFO_MAGIC: [u8; 32] = *b"ringfence-0.1-x86_64\0\0\0\0\0\0\0\0\0\0\0\0";
+
+/// Maximum command-line length, including the terminating NUL.
+pub const MAX_CMDLINE: usize = 1024;
+
+/// Maximum domain-name length, including the terminating NUL.
+pub const MAX_NAME: usize = 32;
+
+/// [`StartInfo::flags`]: the domain is privileged (dom0).
+pub const SIF_PRIVILEGED: u32 = 1 << 0;
+/// [`StartInfo::flags`]: the domain is the initial domain.
+pub const SIF_INITDOMAIN: u32 = 1 << 1;
+
+/// [`ConsoleInfo::kind`]: output goes through the `console_io` hypercall.
+pub const CONSOLE_HYPERCALL: u32 = 1;
+
+/// How the guest reaches its console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(C)]
+pub struct ConsoleInfo {
+    /// One of the `CONSOLE_*` kinds.
+    pub kind: u32,
+    /// Event-channel port of a console ring (0 when `kind` has no ring).
+    pub evtchn: u32,
+    /// Machine frame of a console ring (0 when `kind` has no ring).
+    pub ring_mfn: u64,
+}
+
+/// The start-info page (the first bytes of it; the rest of the page is zero).
+#[derive(Clone, Copy, Debug)]
+#[repr(C)]
+pub struct StartInfo {
+    /// [`START_INFO_MAGIC`].
+    pub magic: [u8; 32],
+    /// Number of frames the domain owns (its pfns are `0..nr_pages`).
+    pub nr_pages: u64,
+    /// Guest virtual address of the shared-info page.
+    pub shared_info: u64,
+    /// `SIF_*` flags.
+    pub flags: u32,
+    /// The domain's id.
+    pub domid: u32,
+    /// Guest virtual address of the active top-level page table (read-only
+    /// to the guest).
+    pub pt_base: u64,
+    /// Number of frames used by the boot page tables (they follow the
+    /// bootstrap structures in pfn order).
+    pub nr_pt_frames: u64,
+    /// Guest virtual address of the frame list: `nr_pages` u64 machine frame
+    /// numbers indexed by pfn.
+    pub mfn_list: u64,
+    /// First pfn that is neither image, bootstrap structure, page table nor
+    /// boot stack: everything from here to `nr_pages` is free for the guest.
+    pub first_free_pfn: u64,
+    /// Guest virtual address at which pfn 0 is mapped
+    /// ([`crate::layout::GUEST_KERNEL_BASE`]).
+    pub virt_base: u64,
+    /// Console details.
+    pub console: ConsoleInfo,
+    /// NUL-terminated domain name from the boot manifest.
+    pub name: [u8; MAX_NAME],
+    /// NUL-terminated command line from the boot manifest.
+    pub cmdline: [u8; MAX_CMDLINE],
+}
+
+const _: () = {
+    assert!(size_of::<ConsoleInfo>() == 16);
+    assert!(offset_of!(StartInfo, magic) == 0);
+    assert!(offset_of!(StartInfo, nr_pages) == 32);
+    assert!(offset_of!(StartInfo, shared_info) == 40);
+    assert!(offset_of!(StartInfo, flags) == 48);
+    assert!(offset_of!(StartInfo, domid) == 52);
+    assert!(offset_of!(StartInfo, pt_base) == 56);
+    assert!(offset_of!(StartInfo, nr_pt_frames) == 64);
+    assert!(offset_of!(StartInfo, mfn_list) == 72);
+    assert!(offset_of!(StartInfo, first_free_pfn) == 80);
+    assert!(offset_of!(StartInfo, virt_base) == 88);
+    assert!(offset_of!(StartInfo, console) == 96);
+    assert!(offset_of!(StartInfo, name) == 112);
+    assert!(offset_of!(StartInfo, cmdline) == 144);
+    assert!(size_of::<StartInfo>() == 144 + MAX_CMDLINE);
+    assert!(size_of::<StartInfo>() <= 4096);
+};
+
+impl StartInfo {
+    /// An all-zero start info with the magic set.
+    pub const fn new() -> Self {
+        StartInfo {
+            magic: START_INFO_MAGIC,
+            nr_pages: 0,
+            shared_info: 0,
+            flags: 0,
+            domid: 0,
+            pt_base: 0,
+            nr_pt_frames: 0,
+            mfn_list: 0,
+            first_free_pfn: 0,
+            virt_base: 0,
+            console: ConsoleInfo { kind: 0, evtchn: 0, ring_mfn: 0 },
+            name: [0; MAX_NAME],
+            cmdline: [0; MAX_CMDLINE],
+        }
+    }
+
+    /// Whether the magic matches this ABI.
+    pub fn magic_ok(&self) -> bool {
+        self.magic == START_INFO_MAGIC
+    }
+
+    /// The command line up to its NUL (empty if it is not UTF-8).
+    pub fn cmdline(&self) -> &str {
+        c_str(&self.cmdline)
+    }
+
+    /// The domain name up to its NUL (empty if it is not UTF-8).
+    pub fn name(&self) -> &str {
+        c_str(&self.name)
+    }
+
+    /// Serialises into the bytes the hypervisor copies into guest memory.
+    pub fn to_bytes(&self) -> [u8; size_of::<StartInfo>()] {
+        let mut b = [0u8; size_of::<StartInfo>()];
+        b[0..32].copy_from_slice(&self.magic);
+        b[32..40].copy_from_slice(&self.nr_pages.to_le_bytes());
+        b[40..48].copy_from_slice(&self.shared_info.to_le_bytes());
+        b[48..52].copy_from_slice(&self.flags.to_le_bytes());
+        b[52..56].copy_from_slice(&self.domid.to_le_bytes());
+        b[56..64].copy_from_slice(&self.pt_base.to_le_bytes());
+        b[64..72].copy_from_slice(&self.nr_pt_frames.to_le_bytes());
+        b[72..80].copy_from_slice(&self.mfn_list.to_le_bytes());
+        b[80..88].copy_from_slice(&self.first_free_pfn.to_le_bytes());
+        b[88..96].copy_from_slice(&self.virt_base.to_le_bytes());
+        b[96..100].copy_from_slice(&self.console.kind.to_le_bytes());
+        b[100..104].copy_from_slice(&self.console.evtchn.to_le_bytes());
+        b[104..112].copy_from_slice(&self.console.ring_mfn.to_le_bytes());
+        b[112..144].copy_from_slice(&self.name);
+        b[144..144 + MAX_CMDLINE].copy_from_slice(&self.cmdline);
+        b
+    }
+}
+
+impl Default for StartInfo {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Copies `s` into a NUL-terminated fixed buffer, truncating at a char
+/// boundary so the result stays valid UTF-8.
+pub fn fill_c_str<const N: usize>(dst: &mut [u8; N], s: &str) {
+    *dst = [0; N];
+    let mut len = s.len().min(N - 1);
+    while !s.is_char_boundary(len) {
+        len -= 1;
+    }
+    dst[..len].copy_from_slice(&s.as_bytes()[..len]);
+}
+
+fn c_str(b: &[u8]) -> &str {
+    let len = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    core::str::from_utf8(&b[..len]).unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_match_field_offsets() {
+        let mut si = StartInfo::new();
+        si.nr_pages = 0x1122;
+        si.domid = 7;
+        si.console.ring_mfn = 0xabcd;
+        fill_c_str(&mut si.cmdline, "mode=cli");
+        fill_c_str(&mut si.name, "spy-cli");
+        let b = si.to_bytes();
+        assert_eq!(&b[..20], b"ringfence-0.1-x86_64");
+        assert_eq!(u64::from_le_bytes(b[32..40].try_into().unwrap()), 0x1122);
+        assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 7);
+        assert_eq!(u64::from_le_bytes(b[104..112].try_into().unwrap()), 0xabcd);
+        assert_eq!(&b[144..152], b"mode=cli");
+        assert_eq!(si.cmdline(), "mode=cli");
+        assert_eq!(si.name(), "spy-cli");
+    }
+
+    #[test]
+    fn c_str_truncates_on_char_boundary() {
+        let mut buf = [0u8; 4];
+        fill_c_str(&mut buf, "aé€");
+        assert_eq!(c_str(&buf), "aé");
+        fill_c_str(&mut buf, "");
+        assert_eq!(c_str(&buf), "");
+    }
+}
