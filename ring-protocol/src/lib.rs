@@ -1,1 +1,208 @@
+//! Shared-memory rings between domains, hardened against a hostile peer.
+//!
+//! Every byte of guest I/O crosses one of these rings: a frontend in a
+//! guest and a backend in dom0 share a few granted pages and an event
+//! channel. The ring is both the hot path and a security boundary, so the
+//! protocol is written down here as numbered rules; the code cites them and
+//! the tests are named after them (`r4_...`).
+//!
+//! Two kinds of ring:
+//! - **request/response rings** ([`Front`], [`Back`]), as in Xen's
+//!   `io/ring.h`: the front writes requests, the back answers each with a
+//!   response in a slot it already consumed, in any order, matched by id
+//!   ([`Descriptor`], [`Completion`], [`IdTable`]);
+//! - **stream rings** ([`StreamProducer`], [`StreamConsumer`]): one-way
+//!   `T` elements, e.g. bytes for a console ([`ByteChannel`], two streams
+//!   in one page, as Xen's `xencons_interface`).
+//!
+//! # Using a ring
+//! The hypervisor maps the granted pages; wrap them in a [`SharedMem`]
+//! (unsafe: you promise the mapping stays valid) and take an endpoint:
+//!
+//! ```no_run
+//! use ring_protocol::{Back, Completion, Descriptor, Front, SharedMem, PAGE_SIZE};
+//! # let (page_va, mapped_va) = (0usize, 0usize);
+//! // Front (guest): allocate and zero nothing yourself; init does it.
+//! // SAFETY: `page_va` is our page, kept mapped while the ring exists and
+//! // used only through this endpoint.
+//! let mem = unsafe { SharedMem::new(page_va as *mut u8, PAGE_SIZE) }?;
+//! let mut front = Front::<Descriptor, Completion>::init(mem)?;
+//! // ... grant the page, advertise the grant and the event channel ...
+//!
+//! // Back (dom0), after mapping the grant at `mapped_va`:
+//! // SAFETY: the grant stays mapped while the endpoint exists.
+//! let mem = unsafe { SharedMem::new(mapped_va as *mut u8, PAGE_SIZE) }?;
+//! let mut back = Back::<Descriptor, Completion>::attach(mem)?;
+//! # Ok::<(), ring_protocol::LayoutError>(())
+//! ```
+//!
+//! A back's main loop (the front's is symmetric):
+//!
+//! ```no_run
+//! # use ring_protocol::*;
+//! # fn serve(back: &mut Back<'_, Descriptor, Completion>, notify: impl Fn(), sleep: impl Fn())
+//! #     -> Result<(), RingError> {
+//! loop {
+//!     while let Some(req) = back.pop_request()? {
+//!         // Validate `req` (an allegation) and do the work...
+//!         let _ = back.try_push(Completion { id: req.id, status: 0, len: req.len });
+//!     }
+//!     if back.push_and_check_notify()? {
+//!         notify(); // event channel send
+//!     }
+//!     if !back.final_check_for_requests()? {
+//!         sleep(); // block until the front's notification
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! # The protocol
+//!
+//! **R1 — Layout.** A ring occupies one region: `[header | slots]`. The
+//! header is two 64-byte cache lines ([`RingHeader`], [`StreamHeader`],
+//! offsets const-asserted); slot 0 starts at `128` rounded up to the slot
+//! alignment; a slot is `max(size_of Req, size_of Rsp)` rounded up to the
+//! larger alignment. The slot count is the largest power of two that fits
+//! the region ([`ring_capacity`], [`stream_capacity`], like Xen's
+//! `__RING_SIZE`); each side computes it from the length *it* mapped, never
+//! from shared memory. The region must start on a cache line (pages do).
+//!
+//! **R2 — Who writes what.** Request/response ring: the front writes
+//! `req_prod` and `rsp_event` and the request slots; the back writes
+//! `rsp_prod` and `req_event` and the response slots. `req_prod` and
+//! `req_event` share cache line 0, `rsp_prod` and `rsp_event` line 1, so
+//! the two directions never share a line. The front initialises the whole
+//! region (zeroes, all producer indices equal, events one past them) before
+//! granting it; the back takes `rsp_prod` as its starting index when it
+//! attaches. Stream ring: the producer writes `prod`, `cons_event` (line 0)
+//! and the slots; the consumer writes `cons`, `prod_event` (line 1).
+//!
+//! **R3 — Indices.** Indices are free-running `u32`; an index names slot
+//! `index & (capacity - 1)`. All distances are wrapping differences, and
+//! capacity is at most 2^31, so any index may start anywhere (tests start
+//! near `u32::MAX`).
+//!
+//! **R4 — Validation.** Each read of the peer's index is checked before
+//! use, and the checks bound everything that follows:
+//! - back: `req_prod - req_cons <= capacity - (req_cons - rsp_prod_pvt)`
+//!   (no more requests than free slots, and not behind `req_cons`);
+//! - front: `rsp_prod - rsp_cons <= req_prod - rsp_cons` (no more responses
+//!   than requests outstanding);
+//! - stream consumer: `prod - cons <= capacity - (cons - released)`;
+//! - stream producer: `cons - cons_seen <= prod - cons_seen` (monotonic, not
+//!   past what we published).
+//!
+//! Event indices are not checked: any value only changes whether the
+//! *peer* is notified.
+//!
+//! **R5 — Publishing.** A producer writes slots, then stores its producer
+//! index with `Release`, once per batch. The consumer loads that index with
+//! `Acquire` before reading slots: this pair orders the slot writes before
+//! the reads (Xen's `wmb` before the index write / `rmb` after the index
+//! read).
+//!
+//! **R6 — Copying out.** Each slot is copied out of shared memory exactly
+//! once, with one volatile read of the whole value, and only the copy is
+//! used; nothing is ever read twice (XSA-155). No Rust reference into shared
+//! memory is formed except `&AtomicU32` for index words; slots are only
+//! read and written volatile. Slot types are [`Pod`]: any bit pattern is
+//! valid, no padding.
+//!
+//! **R7 — Slot reuse.** A slot is overwritten only after its previous
+//! content was copied out. Request/response ring: the back writes a
+//! response only into a slot whose request it consumed
+//! (`rsp_prod_pvt < req_cons`); the front writes a request only into a slot
+//! whose response it consumed (`req_prod_pvt - rsp_cons < capacity`). The
+//! back's request copy precedes its `Release` store of `rsp_prod`, which
+//! pairs with the front's `Acquire` load of `rsp_prod` before it reuses the
+//! slot. Stream: the consumer's copies precede its `Release` store of
+//! `cons`, which pairs with the producer's `Acquire` load of `cons`.
+//!
+//! **R8 — Notification with hold-off.** After publishing (old → new), the
+//! producer issues a full `SeqCst` fence and reads the consumer's event
+//! index; it notifies iff `new - event < new - old` (wrapping), i.e. iff
+//! the event lies in `(old, new]` (Xen's
+//! `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+//!
+//! **R9 — Final check before sleeping.** A consumer that found nothing
+//! sets its event index to `cons + k` (`k = 1`, or `k > 1` to be woken only
+//! after `k` more items), issues a full `SeqCst` fence, and re-reads the
+//! producer index; it sleeps only if fewer than `k` items are there (Xen's
+//! `RING_FINAL_CHECK_FOR_REQUESTS`). The R8 and R9 fences pair: in their
+//! single total order one comes first, so either the consumer's re-read
+//! sees the new producer index or the producer's read sees the new event.
+//! No wake-up is lost. `k > 1` is only for a consumer that knows `k` more
+//! will come (the front waiting for its own outstanding responses, where
+//! `k` is clamped to them) or that has another wake-up source.
+//!
+//! **R10 — Violations latch.** A failed R4 check returns a [`RingError`]
+//! and latches the endpoint: every later call returns the same error and
+//! touches nothing. Nothing the peer writes can cause a panic, an
+//! out-of-bounds access (slot indices are masked, capacities are local) or
+//! an unbounded loop (every loop is bounded by the capacity or by the
+//! caller's input).
+//!
+//! **R11 — Ids.** Requests carry an id and responses may complete out of
+//! order. The front maps ids back with an [`IdTable`], which accepts each
+//! id exactly once; an unknown, duplicate or stale id is a violation, which
+//! the front latches with `poison(RingError::BadId { id })`. Descriptors
+//! name data by grant reference, offset and length, never carry it; the
+//! back validates them ([`Descriptor::checked_range`]).
+//!
+//! **R12 — Streams.** A stream is R1–R10 for one direction: the producer's
+//! space is `capacity - (prod_pvt - cons_seen)`; the consumer releases space
+//! by publishing `cons` (`Release`, R7) and notifies a producer waiting for
+//! space by R8 on `cons`/`cons_event`; the producer waits for space by R9 on
+//! `cons_event` (armed at `prod - capacity + n` for `n` free slots).
+//!
+//! # Verification
+//! - `cargo test -p ring-protocol`: unit tests, proptest state machines
+//!   against a `VecDeque` model with random interleavings at both ends and
+//!   indices crossing `u32::MAX` (no lost wake-up, spurious notifications
+//!   counted), a hostile-peer model, and a two-thread stress test that checks
+//!   every sequence number.
+//! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom`:
+//!   loom explores every interleaving of the R8/R9 handshake (and checks the
+//!   slot orderings of R5/R7); one test weakens the fences and expects loom
+//!   to find the lost wake-up.
+//! - Miri is not run: the `miri` component is not installed for this
+//!   machine's stable toolchain and no nightly toolchain can be fetched
+//!   here. The unsafe code is confined to `mem.rs` (index words and slot
+//!   copies) and the `Send`/`Pod` impls, each with a `SAFETY` argument.
+//!
+//! # Design notes
+//! - Front and back keep the peer's producer index cached and re-read it
+//!   only when the cached entries are used up; a producer's batch costs one
+//!   `Release` store (plus, with [`Front::push_and_check_notify`], one fence
+//!   and one load). `publish` skips the notification check for peers that
+//!   poll.
+//! - Unlike Xen's `xencons_interface`, stream rings have event indices and
+//!   keep the two indices on separate cache lines.
 #![no_std]
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod desc;
+mod error;
+mod layout;
+mod mem;
+mod pod;
+mod ring;
+mod stream;
+mod sync;
+
+pub use desc::{Completion, Descriptor, IdError, IdTable, PAGE_SIZE};
+pub use error::{PushError, RingError};
+#[cfg(not(loom))]
+pub use layout::{RingHeader, StreamHeader};
+pub use layout::{
+    ring_bytes, ring_capacity, stream_bytes, stream_capacity, Layout, CACHE_LINE, HEADER_SIZE,
+    MAX_CAPACITY,
+};
+pub use mem::{LayoutError, SharedMem};
+pub use pod::Pod;
+pub use ring::{Back, Drain, Front};
+pub use stream::{init_stream, ByteChannel, StreamConsumer, StreamProducer};
+#[cfg(loom)]
+pub use sync::LoomShadow;

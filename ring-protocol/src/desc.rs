@@ -1,0 +1,247 @@
+//! The standard descriptor and completion types (R11), and [`IdTable`], the
+//! frontend's map from request ids back to its own request state.
+//!
+//! Descriptors name data, they never carry it: the bytes stay in a page the
+//! front granted, and the descriptor gives the grant reference, an offset
+//! and a length. To the back a descriptor is an *allegation*: check it with
+//! [`Descriptor::checked_range`] before touching the granted page.
+//!
+//! Responses may complete out of order; they carry the request's id. To the
+//! front that id is an allegation too: [`IdTable::complete`] accepts each
+//! id it handed out exactly once and rejects everything else.
+
+use core::mem::{offset_of, size_of};
+
+use crate::Pod;
+
+/// Bytes in a page / frame, the unit of granting.
+pub const PAGE_SIZE: usize = 4096;
+
+/// A request: "do `op` on `len` bytes at `offset` in the frame granted as
+/// `gref`", tagged with the front's `id`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Descriptor {
+    /// Chosen by the front (typically from an [`IdTable`]); echoed in the
+    /// response.
+    pub id: u64,
+    /// Grant reference of the data frame.
+    pub gref: u32,
+    /// Byte offset of the data inside the granted frame.
+    pub offset: u32,
+    /// Length of the data in bytes.
+    pub len: u32,
+    /// Operation (defined by the device protocol, e.g. read or write).
+    pub op: u16,
+    /// Operation flags (defined by the device protocol).
+    pub flags: u16,
+}
+
+const _: () = {
+    assert!(size_of::<Descriptor>() == 24);
+    assert!(offset_of!(Descriptor, id) == 0);
+    assert!(offset_of!(Descriptor, gref) == 8);
+    assert!(offset_of!(Descriptor, offset) == 12);
+    assert!(offset_of!(Descriptor, len) == 16);
+    assert!(offset_of!(Descriptor, op) == 20);
+    assert!(offset_of!(Descriptor, flags) == 22);
+};
+
+// SAFETY: repr(C) of integers only; the offsets above show there is no
+// padding (8 + 4 + 4 + 4 + 2 + 2 = 24 = size); any bit pattern is valid;
+// no pointers.
+unsafe impl Pod for Descriptor {}
+
+impl Descriptor {
+    /// The byte range `offset..offset + len` if it lies inside a frame of
+    /// `frame_size` bytes and is not empty; `None` otherwise.
+    pub fn checked_range(&self, frame_size: usize) -> Option<core::ops::Range<usize>> {
+        let start = self.offset as usize;
+        let end = start.checked_add(self.len as usize)?;
+        (self.len != 0 && end <= frame_size).then_some(start..end)
+    }
+}
+
+/// A response: the request `id` finished with `status` (0 or a negative
+/// errno) after transferring `len` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Completion {
+    /// The id of the request this answers.
+    pub id: u64,
+    /// 0 on success, a negative errno on failure.
+    pub status: i32,
+    /// Bytes transferred.
+    pub len: u32,
+}
+
+const _: () = {
+    assert!(size_of::<Completion>() == 16);
+    assert!(offset_of!(Completion, id) == 0);
+    assert!(offset_of!(Completion, status) == 8);
+    assert!(offset_of!(Completion, len) == 12);
+};
+
+// SAFETY: repr(C) of integers, 8 + 4 + 4 = 16 = size: no padding; any bit
+// pattern is valid; no pointers.
+unsafe impl Pod for Completion {}
+
+/// Why [`IdTable::complete`] refused an id. Either way the back broke the
+/// protocol: latch it with `front.poison(RingError::BadId { id })`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdError {
+    /// The id's index is not one of ours.
+    Unknown,
+    /// The index is ours but that request is not in flight (a duplicate
+    /// completion) or the id belongs to an earlier use of the index (stale).
+    NotInFlight,
+}
+
+
+/// A fixed-capacity table of in-flight requests: hands out ids, and maps a
+/// completion's id back to the state saved for it, exactly once.
+///
+/// An id is `generation << 32 | index`. The generation of an index changes
+/// every time it is reused, so a hostile back that replays an old id gets
+/// [`IdError::NotInFlight`] even after the index is in use again. No
+/// allocation: the table is an array of `N` entries and a free list.
+pub struct IdTable<T, const N: usize> {
+    entries: [Entry<T>; N],
+    /// Head of the free list (an index, or `NONE`).
+    free: u32,
+    in_flight: usize,
+}
+
+struct Entry<T> {
+    generation: u32,
+    /// `Some` while in flight.
+    value: Option<T>,
+    /// Next free index while free.
+    next_free: u32,
+}
+
+const NONE: u32 = u32::MAX;
+
+impl<T, const N: usize> Default for IdTable<T, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<T, const N: usize> IdTable<T, N> {
+    /// An empty table.
+    pub fn new() -> Self {
+        const {
+            assert!(N < NONE as usize, "IdTable too large");
+        }
+        IdTable {
+            entries: core::array::from_fn(|i| Entry {
+                generation: 0,
+                value: None,
+                next_free: if i + 1 < N { (i + 1) as u32 } else { NONE },
+            }),
+            free: if N == 0 { NONE } else { 0 },
+            in_flight: 0,
+        }
+    }
+
+    /// Requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether no id is free.
+    pub fn is_full(&self) -> bool {
+        self.free == NONE
+    }
+
+    /// Save `value` and return a fresh id for its request, or give `value`
+    /// back if all `N` ids are in flight.
+    ///
+    /// # Errors
+    /// `Err(value)` when full.
+    pub fn insert(&mut self, value: T) -> Result<u64, T> {
+        let index = self.free;
+        let Some(entry) = self.entries.get_mut(index as usize) else {
+            return Err(value);
+        };
+        self.free = entry.next_free;
+        entry.value = Some(value);
+        self.in_flight += 1;
+        Ok(u64::from(entry.generation) << 32 | u64::from(index))
+    }
+
+    /// The state saved for in-flight `id`.
+    pub fn get(&self, id: u64) -> Option<&T> {
+        let entry = self.entries.get((id as u32) as usize)?;
+        if u64::from(entry.generation) != id >> 32 {
+            return None;
+        }
+        entry.value.as_ref()
+    }
+
+    /// Retire `id` and return its state.
+    ///
+    /// # Errors
+    /// [`IdError`] if `id` is not in flight; the table is unchanged.
+    pub fn complete(&mut self, id: u64) -> Result<T, IdError> {
+        let index = id as u32;
+        let entry = self.entries.get_mut(index as usize).ok_or(IdError::Unknown)?;
+        if u64::from(entry.generation) != id >> 32 {
+            return Err(IdError::NotInFlight);
+        }
+        let value = entry.value.take().ok_or(IdError::NotInFlight)?;
+        entry.generation = entry.generation.wrapping_add(1);
+        entry.next_free = self.free;
+        self.free = index;
+        self.in_flight -= 1;
+        Ok(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn r11_ids_complete_once_in_any_order() {
+        let mut t = IdTable::<u32, 4>::new();
+        let ids: [u64; 4] = core::array::from_fn(|i| t.insert(i as u32).unwrap());
+        assert!(t.is_full());
+        assert_eq!(t.insert(9), Err(9));
+        assert_eq!(t.complete(ids[2]), Ok(2));
+        assert_eq!(t.complete(ids[2]), Err(IdError::NotInFlight));
+        assert_eq!(t.complete(ids[0]), Ok(0));
+        assert_eq!(t.in_flight(), 2);
+    }
+
+    #[test]
+    fn r11_unknown_and_stale_ids_are_rejected() {
+        let mut t = IdTable::<(), 2>::new();
+        assert_eq!(t.complete(7), Err(IdError::Unknown));
+        assert_eq!(t.complete(u64::MAX), Err(IdError::Unknown));
+        let a = t.insert(()).unwrap();
+        t.complete(a).unwrap();
+        let b = t.insert(()).unwrap();
+        assert_eq!(a as u32, b as u32, "index reused");
+        assert_ne!(a, b, "with a new generation");
+        assert_eq!(t.complete(a), Err(IdError::NotInFlight));
+        assert!(t.get(a).is_none());
+        assert!(t.get(b).is_some());
+        assert_eq!(t.complete(b), Ok(()));
+    }
+
+    #[test]
+    fn r11_descriptor_ranges_are_checked() {
+        let d = |offset, len| Descriptor {
+            offset,
+            len,
+            ..Descriptor::default()
+        };
+        assert_eq!(d(0, 4096).checked_range(PAGE_SIZE), Some(0..4096));
+        assert_eq!(d(4000, 96).checked_range(PAGE_SIZE), Some(4000..4096));
+        assert_eq!(d(4000, 97).checked_range(PAGE_SIZE), None);
+        assert_eq!(d(0, 0).checked_range(PAGE_SIZE), None);
+        assert_eq!(d(u32::MAX, u32::MAX).checked_range(PAGE_SIZE), None);
+    }
+}

@@ -1,0 +1,648 @@
+//! Request/response rings: [`Front`] and [`Back`] (R1–R11).
+//!
+//! The front (the guest's driver, e.g. blkfront) writes requests; the back
+//! (dom0's blkback) consumes them and writes one response per request into
+//! slots it has already consumed, in whatever order requests complete. Each
+//! side keeps its own counters privately and trusts nothing it reads from
+//! shared memory:
+//!
+//! | counter          | owner | meaning                                            |
+//! |------------------|-------|----------------------------------------------------|
+//! | `req_prod_pvt`   | front | requests written (maybe not yet published)         |
+//! | `req_prod`       | front | requests published (our copy of the shared word)   |
+//! | `rsp_cons`       | front | responses consumed                                 |
+//! | `rsp_prod_seen`  | front | last *validated* shared `rsp_prod`                 |
+//! | `req_cons`       | back  | requests consumed                                  |
+//! | `req_prod_seen`  | back  | last *validated* shared `req_prod`                 |
+//! | `rsp_prod_pvt`   | back  | responses written (maybe not yet published)        |
+//! | `rsp_prod`       | back  | responses published                                |
+//!
+//! Invariants, all in wrapping `u32` arithmetic, `cap` the slot count:
+//! - front: `rsp_cons <= rsp_prod_seen <= req_prod <= req_prod_pvt <= rsp_cons + cap`;
+//! - back: `rsp_prod <= rsp_prod_pvt <= req_cons <= req_prod_seen <= rsp_prod_pvt + cap`.
+//!
+//! The only values read from shared memory are the peer's producer index
+//! (validated before use, R4), the peer's event index (any value is
+//! harmless: it only decides whether *the peer* gets a notification) and
+//! slot contents (copied once, R6).
+
+use core::marker::PhantomData;
+
+use crate::layout::{off, Layout, HEADER_SIZE};
+use crate::mem::{LayoutError, SharedMem, Slots};
+use crate::sync::Ordering::{Acquire, Relaxed, Release};
+use crate::{Pod, PushError, RingError};
+
+/// R8: publish producer index `new` (previously `old`), then tell whether
+/// the consumer asked to be woken for an index in `(old, new]`.
+///
+/// The Release store pairs with the consumer's Acquire load of the same
+/// word (R5). The SeqCst fence pairs with the consumer's fence in
+/// [`arm_event`] (R9).
+#[inline(always)]
+pub(crate) fn publish_and_check(
+    mem: &SharedMem<'_>,
+    prod_off: usize,
+    event_off: usize,
+    old: u32,
+    new: u32,
+) -> bool {
+    mem.index(prod_off).store(new, Release);
+    mem.full_fence();
+    let event = mem.index(event_off).load(Relaxed);
+    new.wrapping_sub(event) < new.wrapping_sub(old)
+}
+
+/// R9: ask to be woken once the producer index reaches `event`; the caller
+/// then re-reads the producer index. The SeqCst fence pairs with the
+/// producer's fence in [`publish_and_check`]: either the re-read sees the
+/// producer's new index, or the producer sees this event value.
+#[inline(always)]
+pub(crate) fn arm_event(mem: &SharedMem<'_>, event_off: usize, event: u32) {
+    mem.index(event_off).store(event, Relaxed);
+    mem.full_fence();
+}
+
+/// Copies of everything that was available when the iterator was made,
+/// each slot read exactly once; consumption advances as items are taken.
+///
+/// Dropping the iterator early leaves the rest unconsumed. For a stream
+/// consumer, taken items still need a `release`.
+pub struct Drain<'r, T: Pod> {
+    mem: &'r SharedMem<'r>,
+    slots: Slots,
+    cons: &'r mut u32,
+    end: u32,
+    _item: PhantomData<T>,
+}
+
+impl<T: Pod> Iterator for Drain<'_, T> {
+    type Item = T;
+
+    #[inline(always)]
+    fn next(&mut self) -> Option<T> {
+        if *self.cons == self.end {
+            return None;
+        }
+        let item = self.slots.read::<T>(self.mem, *self.cons);
+        *self.cons = self.cons.wrapping_add(1);
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.end.wrapping_sub(*self.cons) as usize;
+        (n, Some(n))
+    }
+}
+
+impl<T: Pod> ExactSizeIterator for Drain<'_, T> {}
+
+impl<'r, T: Pod> Drain<'r, T> {
+    pub(crate) fn new(mem: &'r SharedMem<'r>, slots: Slots, cons: &'r mut u32, end: u32) -> Self {
+        Drain {
+            mem,
+            slots,
+            cons,
+            end,
+            _item: PhantomData,
+        }
+    }
+}
+
+/// Write items from `iter` into slots `pvt, pvt + 1, ...`, at most `free`
+/// of them; returns how many were written. Pulls no item it cannot write.
+#[inline(always)]
+pub(crate) fn fill<T: Pod, I: Iterator<Item = T>>(
+    mem: &SharedMem<'_>,
+    slots: &Slots,
+    pvt: u32,
+    free: u32,
+    iter: &mut I,
+) -> u32 {
+    let mut n = 0;
+    while n < free {
+        match iter.next() {
+            Some(item) => {
+                slots.write(mem, pvt.wrapping_add(n), item);
+                n += 1;
+            }
+            None => break,
+        }
+    }
+    n
+}
+
+/// The frontend's end of a request/response ring.
+///
+/// ```
+/// # use ring_protocol::*;
+/// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+/// # let mut page = Page([0; 4096]);
+/// # let p = page.0.as_mut_ptr();
+/// // SAFETY: `page` outlives both endpoints and is only used through them.
+/// let mut front = Front::<Descriptor, Completion>::init(unsafe { SharedMem::new(p, 4096) }?)?;
+/// let mut back = Back::<Descriptor, Completion>::attach(unsafe { SharedMem::new(p, 4096) }?)?;
+///
+/// front.try_push(Descriptor { id: 7, gref: 12, offset: 0, len: 512, op: 1, flags: 0 })?;
+/// let notify = front.push_and_check_notify()?; // true: the back never slept yet
+/// # assert!(notify);
+///
+/// while let Some(req) = back.pop_request()? {
+///     back.try_push(Completion { id: req.id, status: 0, len: req.len })?;
+/// }
+/// back.push_and_check_notify()?;
+///
+/// let rsp = front.pop_response()?.unwrap();
+/// assert_eq!(rsp.id, 7);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Front<'a, Req: Pod, Rsp: Pod> {
+    mem: SharedMem<'a>,
+    slots: Slots,
+    req_prod_pvt: u32,
+    req_prod: u32,
+    rsp_cons: u32,
+    rsp_prod_seen: u32,
+    error: Option<RingError>,
+    _types: PhantomData<fn(Req) -> Rsp>,
+}
+
+// SAFETY: the front's private state is plain integers; the shared region
+// is accessed only atomically or with volatile whole-slot copies, which is
+// the same from any thread. Req/Rsp are Pod, hence Send.
+unsafe impl<Req: Pod, Rsp: Pod> Send for Front<'_, Req, Rsp> {}
+
+impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
+    /// Initialise the shared region as an empty ring (Xen's
+    /// `SHARED_RING_INIT` + `FRONT_RING_INIT`) and take the front's end.
+    /// Call before granting the pages to the back.
+    ///
+    /// # Errors
+    /// [`LayoutError`] if not even one slot fits or the region is not
+    /// aligned for the slot types.
+    pub fn init(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
+        Self::init_at(mem, 0)
+    }
+
+    /// Like [`Front::init`], but start all indices at `start` instead of 0.
+    /// Nothing depends on indices starting at 0; tests use this to cross
+    /// `u32::MAX` quickly.
+    ///
+    /// # Errors
+    /// As [`Front::init`].
+    pub fn init_at(mem: SharedMem<'a>, start: u32) -> Result<Self, LayoutError> {
+        const {
+            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
+        }
+        let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
+        mem.zero_header_padding();
+        mem.zero_from(HEADER_SIZE);
+        mem.index(off::REQ_PROD).store(start, Release);
+        mem.index(off::RSP_PROD).store(start, Release);
+        mem.index(off::REQ_EVENT).store(start.wrapping_add(1), Release);
+        mem.index(off::RSP_EVENT).store(start.wrapping_add(1), Release);
+        Ok(Front {
+            mem,
+            slots: Slots::new(base, &layout),
+            req_prod_pvt: start,
+            req_prod: start,
+            rsp_cons: start,
+            rsp_prod_seen: start,
+            error: None,
+            _types: PhantomData,
+        })
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.slots.capacity()
+    }
+
+    /// The latched error, if the back broke the protocol.
+    pub fn error(&self) -> Option<RingError> {
+        self.error
+    }
+
+    /// Latch `err` (for violations found above the ring, such as an
+    /// unknown response id, R11). Keeps an earlier error if there is one.
+    pub fn poison(&mut self, err: RingError) {
+        self.error.get_or_insert(err);
+    }
+
+    #[inline(always)]
+    fn ok(&self) -> Result<(), RingError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    #[cold]
+    fn latch(&mut self, err: RingError) -> RingError {
+        *self.error.get_or_insert(err)
+    }
+
+    /// Slots free for new requests: `cap - (req_prod_pvt - rsp_cons)`.
+    /// Depends on private counters only (R7), so it never touches shared
+    /// memory.
+    #[inline]
+    pub fn free_requests(&self) -> u32 {
+        self.capacity() - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Requests written whose responses we have not consumed.
+    #[inline]
+    pub fn outstanding(&self) -> u32 {
+        self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Write one request into the next free slot without publishing it.
+    ///
+    /// # Errors
+    /// [`PushError::Full`] if [`Front::free_requests`] is 0,
+    /// [`PushError::Ring`] if latched.
+    #[inline]
+    pub fn try_push(&mut self, req: Req) -> Result<(), PushError> {
+        self.ok()?;
+        if self.free_requests() == 0 {
+            return Err(PushError::Full);
+        }
+        self.slots.write(&self.mem, self.req_prod_pvt, req);
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Write requests from `iter` until it ends or the ring is full, without
+    /// publishing; returns how many were written. Items the ring has no room
+    /// for stay in the iterator (pass `&mut iter` to keep them).
+    ///
+    /// # Errors
+    /// The latched [`RingError`].
+    #[inline]
+    pub fn push_iter<I: IntoIterator<Item = Req>>(&mut self, iter: I) -> Result<u32, RingError> {
+        self.ok()?;
+        let n = fill(
+            &self.mem,
+            &self.slots,
+            self.req_prod_pvt,
+            self.free_requests(),
+            &mut iter.into_iter(),
+        );
+        self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n);
+        Ok(n)
+    }
+
+    /// Publish every written request with one Release store (R5), then
+    /// report whether the back must be notified (R8; Xen's
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    ///
+    /// # Errors
+    /// The latched [`RingError`] (nothing is published then).
+    #[inline]
+    pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
+        self.ok()?;
+        if self.req_prod_pvt == self.req_prod {
+            return Ok(false);
+        }
+        let old = self.req_prod;
+        self.req_prod = self.req_prod_pvt;
+        Ok(publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod))
+    }
+
+    /// Publish every written request without the notification check (no
+    /// fence). Only for a back that never sleeps (polls); otherwise use
+    /// [`Front::push_and_check_notify`].
+    ///
+    /// # Errors
+    /// The latched [`RingError`].
+    #[inline]
+    pub fn publish(&mut self) -> Result<(), RingError> {
+        self.ok()?;
+        self.req_prod = self.req_prod_pvt;
+        self.mem.index(off::REQ_PROD).store(self.req_prod, Release);
+        Ok(())
+    }
+
+    /// Re-read and validate the back's `rsp_prod` (R4); returns how many
+    /// responses are available.
+    ///
+    /// # Errors
+    /// [`RingError::RspOverflow`] (latched) if the back claims more
+    /// responses than requests we published.
+    #[inline]
+    pub fn poll_responses(&mut self) -> Result<u32, RingError> {
+        self.ok()?;
+        let prod = self.mem.index(off::RSP_PROD).load(Acquire);
+        let avail = prod.wrapping_sub(self.rsp_cons);
+        if avail > self.req_prod.wrapping_sub(self.rsp_cons) {
+            return Err(self.latch(RingError::RspOverflow {
+                rsp_prod: prod,
+                rsp_cons: self.rsp_cons,
+                req_prod: self.req_prod,
+            }));
+        }
+        self.rsp_prod_seen = prod;
+        Ok(avail)
+    }
+
+    /// Responses known to be available without reading shared memory.
+    #[inline(always)]
+    fn cached_responses(&self) -> u32 {
+        self.rsp_prod_seen.wrapping_sub(self.rsp_cons)
+    }
+
+    /// Consume one response, re-reading `rsp_prod` only when every
+    /// response seen before has been consumed.
+    ///
+    /// # Errors
+    /// As [`Front::poll_responses`].
+    #[inline]
+    pub fn pop_response(&mut self) -> Result<Option<Rsp>, RingError> {
+        self.ok()?;
+        if self.cached_responses() == 0 && self.poll_responses()? == 0 {
+            return Ok(None);
+        }
+        let rsp = self.slots.read::<Rsp>(&self.mem, self.rsp_cons);
+        self.rsp_cons = self.rsp_cons.wrapping_add(1);
+        Ok(Some(rsp))
+    }
+
+    /// Every available response, as copies. Re-reads `rsp_prod` only if
+    /// no response seen before is left.
+    ///
+    /// # Errors
+    /// As [`Front::poll_responses`].
+    #[inline]
+    pub fn responses(&mut self) -> Result<Drain<'_, Rsp>, RingError> {
+        self.ok()?;
+        if self.cached_responses() == 0 {
+            self.poll_responses()?;
+        }
+        Ok(Drain::new(&self.mem, self.slots, &mut self.rsp_cons, self.rsp_prod_seen))
+    }
+
+    /// R9 (Xen's `RING_FINAL_CHECK_FOR_RESPONSES`): call when out of
+    /// responses, before sleeping. Returns `true` if a response is
+    /// available (do not sleep); `false` means the back will be told to
+    /// notify us for the next one.
+    ///
+    /// # Errors
+    /// As [`Front::poll_responses`].
+    pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
+        self.final_check_for_responses_batched(1)
+    }
+
+    /// R9 with batched wake-up: ask to be notified only once `k` responses
+    /// are available. `k` is clamped to `1..=` the requests outstanding at
+    /// the back, so the wake-up always comes once the back answers them.
+    /// Returns `true` if `k` responses are already available.
+    ///
+    /// # Errors
+    /// As [`Front::poll_responses`].
+    pub fn final_check_for_responses_batched(&mut self, k: u32) -> Result<bool, RingError> {
+        self.ok()?;
+        let k = k.min(self.req_prod.wrapping_sub(self.rsp_cons)).max(1);
+        if self.cached_responses() >= k || self.poll_responses()? >= k {
+            return Ok(true);
+        }
+        arm_event(&self.mem, off::RSP_EVENT, self.rsp_cons.wrapping_add(k));
+        Ok(self.poll_responses()? >= k)
+    }
+}
+
+/// The backend's end of a request/response ring.
+///
+/// Consume requests, then answer each with one response (in any order:
+/// responses carry the request's id). A response goes into a slot whose
+/// request was already consumed, so [`Back::try_push`] fails with
+/// [`PushError::Full`] only if every consumed request has been answered.
+pub struct Back<'a, Req: Pod, Rsp: Pod> {
+    mem: SharedMem<'a>,
+    slots: Slots,
+    req_cons: u32,
+    req_prod_seen: u32,
+    rsp_prod_pvt: u32,
+    rsp_prod: u32,
+    error: Option<RingError>,
+    _types: PhantomData<fn(Req) -> Rsp>,
+}
+
+// SAFETY: as for Front.
+unsafe impl<Req: Pod, Rsp: Pod> Send for Back<'_, Req, Rsp> {}
+
+impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
+    /// Take the back's end of a ring the front initialised (Xen's
+    /// `BACK_RING_ATTACH`): the current `rsp_prod` becomes our starting
+    /// index. A hostile front can only choose where we start; every later
+    /// `req_prod` is checked against it (R4).
+    ///
+    /// # Errors
+    /// [`LayoutError`] if not even one slot fits or the region is not
+    /// aligned for the slot types.
+    pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
+        const {
+            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
+        }
+        let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
+        let start = mem.index(off::RSP_PROD).load(Acquire);
+        Ok(Back {
+            mem,
+            slots: Slots::new(base, &layout),
+            req_cons: start,
+            req_prod_seen: start,
+            rsp_prod_pvt: start,
+            rsp_prod: start,
+            error: None,
+            _types: PhantomData,
+        })
+    }
+
+    /// Number of slots.
+    pub fn capacity(&self) -> u32 {
+        self.slots.capacity()
+    }
+
+    /// The latched error, if the front broke the protocol.
+    pub fn error(&self) -> Option<RingError> {
+        self.error
+    }
+
+    /// Latch `err` (for violations found above the ring, such as a
+    /// descriptor that fails validation). Keeps an earlier error.
+    pub fn poison(&mut self, err: RingError) {
+        self.error.get_or_insert(err);
+    }
+
+    #[inline(always)]
+    fn ok(&self) -> Result<(), RingError> {
+        match self.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+
+    #[cold]
+    fn latch(&mut self, err: RingError) -> RingError {
+        *self.error.get_or_insert(err)
+    }
+
+    /// Requests consumed but not yet answered: the number of responses we
+    /// may still write.
+    #[inline]
+    pub fn unanswered(&self) -> u32 {
+        self.req_cons.wrapping_sub(self.rsp_prod_pvt)
+    }
+
+    /// Re-read and validate the front's `req_prod` (R4); returns how many
+    /// requests are available.
+    ///
+    /// # Errors
+    /// [`RingError::ProdOverflow`] (latched) if the front claims more
+    /// requests than free slots, or moved `req_prod` behind our consumer
+    /// index.
+    #[inline]
+    pub fn poll_requests(&mut self) -> Result<u32, RingError> {
+        self.ok()?;
+        let prod = self.mem.index(off::REQ_PROD).load(Acquire);
+        let avail = prod.wrapping_sub(self.req_cons);
+        let limit = self.capacity() - self.unanswered();
+        if avail > limit {
+            return Err(self.latch(RingError::ProdOverflow {
+                prod,
+                cons: self.req_cons,
+                limit,
+            }));
+        }
+        self.req_prod_seen = prod;
+        Ok(avail)
+    }
+
+    #[inline(always)]
+    fn cached_requests(&self) -> u32 {
+        self.req_prod_seen.wrapping_sub(self.req_cons)
+    }
+
+    /// Consume one request (Xen's `RING_COPY_REQUEST`), re-reading
+    /// `req_prod` only when every request seen before has been consumed.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    #[inline]
+    pub fn pop_request(&mut self) -> Result<Option<Req>, RingError> {
+        self.ok()?;
+        if self.cached_requests() == 0 && self.poll_requests()? == 0 {
+            return Ok(None);
+        }
+        let req = self.slots.read::<Req>(&self.mem, self.req_cons);
+        self.req_cons = self.req_cons.wrapping_add(1);
+        Ok(Some(req))
+    }
+
+    /// Every available request, as copies. Re-reads `req_prod` only if no
+    /// request seen before is left.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    #[inline]
+    pub fn requests(&mut self) -> Result<Drain<'_, Req>, RingError> {
+        self.ok()?;
+        if self.cached_requests() == 0 {
+            self.poll_requests()?;
+        }
+        Ok(Drain::new(&self.mem, self.slots, &mut self.req_cons, self.req_prod_seen))
+    }
+
+    /// Write one response without publishing it.
+    ///
+    /// # Errors
+    /// [`PushError::Full`] if every consumed request is answered already,
+    /// [`PushError::Ring`] if latched.
+    #[inline]
+    pub fn try_push(&mut self, rsp: Rsp) -> Result<(), PushError> {
+        self.ok()?;
+        if self.unanswered() == 0 {
+            return Err(PushError::Full);
+        }
+        self.slots.write(&self.mem, self.rsp_prod_pvt, rsp);
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
+        Ok(())
+    }
+
+    /// Write responses from `iter` until it ends or every consumed request
+    /// is answered, without publishing; returns how many were written.
+    ///
+    /// # Errors
+    /// The latched [`RingError`].
+    #[inline]
+    pub fn push_iter<I: IntoIterator<Item = Rsp>>(&mut self, iter: I) -> Result<u32, RingError> {
+        self.ok()?;
+        let n = fill(
+            &self.mem,
+            &self.slots,
+            self.rsp_prod_pvt,
+            self.unanswered(),
+            &mut iter.into_iter(),
+        );
+        self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
+        Ok(n)
+    }
+
+    /// Publish every written response with one Release store, then report
+    /// whether the front must be notified (R8; Xen's
+    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    ///
+    /// # Errors
+    /// The latched [`RingError`].
+    #[inline]
+    pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
+        self.ok()?;
+        if self.rsp_prod_pvt == self.rsp_prod {
+            return Ok(false);
+        }
+        let old = self.rsp_prod;
+        self.rsp_prod = self.rsp_prod_pvt;
+        Ok(publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod))
+    }
+
+    /// Publish every written response without the notification check. Only
+    /// for a front that never sleeps.
+    ///
+    /// # Errors
+    /// The latched [`RingError`].
+    #[inline]
+    pub fn publish(&mut self) -> Result<(), RingError> {
+        self.ok()?;
+        self.rsp_prod = self.rsp_prod_pvt;
+        self.mem.index(off::RSP_PROD).store(self.rsp_prod, Release);
+        Ok(())
+    }
+
+    /// R9 (Xen's `RING_FINAL_CHECK_FOR_REQUESTS`): call when out of
+    /// requests, before sleeping. `true`: a request is available, do not
+    /// sleep; `false`: the front will notify us for the next one.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    pub fn final_check_for_requests(&mut self) -> Result<bool, RingError> {
+        self.final_check_for_requests_batched(1)
+    }
+
+    /// R9 with batched wake-up: ask to be notified only once `k` requests
+    /// are available (Xen netback's `req_event = req_cons + needed`). `k` is
+    /// clamped to `1..=` the slots the front can still fill. Only sound if
+    /// the front will eventually publish `k` more (or something else wakes
+    /// us, such as a timeout): a front that stops early is not noticed.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    pub fn final_check_for_requests_batched(&mut self, k: u32) -> Result<bool, RingError> {
+        self.ok()?;
+        let room = self.capacity() - self.req_cons.wrapping_sub(self.rsp_prod);
+        let k = k.min(room).max(1);
+        if self.cached_requests() >= k || self.poll_requests()? >= k {
+            return Ok(true);
+        }
+        arm_event(&self.mem, off::REQ_EVENT, self.req_cons.wrapping_add(k));
+        Ok(self.poll_requests()? >= k)
+    }
+}
