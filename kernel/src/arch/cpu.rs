@@ -64,20 +64,6 @@ pub fn rdmsr(msr: u32) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Writes a model-specific register.
-///
-/// # Safety
-/// 1. `msr` exists and `val` is valid for it.
-/// 2. The write does not break an invariant the hypervisor relies on
-///    (paging, syscall entry, segment bases in use).
-pub unsafe fn wrmsr(msr: u32, val: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe {
-        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32,
-             options(nostack, preserves_flags))
-    }
-}
-
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
@@ -86,29 +72,28 @@ pub fn rdtsc() -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
-/// Loads CR3, switching address spaces.
-///
-/// # Safety
-/// 1. `cr3` is the root of a valid page-table tree that maps the currently
-///    executing code and stack at the same addresses.
-pub unsafe fn write_cr3(cr3: u64) {
-    // SAFETY: guaranteed by the caller.
-    unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack, preserves_flags)) }
-}
-
-/// Halts until the next interrupt, with interrupts enabled only for the halt.
-pub fn idle_halt() {
-    // SAFETY: `sti; hlt` enables interrupts for exactly one halt (sti's
-    // shadow covers hlt); an interrupt handler runs on this stack and
-    // returns here, where interrupts are disabled again. The handler may
-    // clobber caller-saved registers, so they are declared clobbered.
-    unsafe { asm!("sti", "hlt", "cli", clobber_abi("C"), options(nostack)) }
-}
-
 /// Stops the CPU for good (interrupts off).
 pub fn halt_forever() -> ! {
     loop {
         // SAFETY: cli/hlt only stop this CPU.
         unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
     }
+}
+
+/// The current frame pointer.
+pub fn frame_pointer() -> u64 {
+    let v: u64;
+    // SAFETY: reads a register.
+    unsafe { asm!("mov {}, rbp", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+extern "C" {
+    static hv_stack_bottom: u8;
+    static hv_stack_top: u8;
+}
+
+/// Bounds of the hypervisor's private stack.
+pub fn hv_stack_bounds() -> (u64, u64) {
+    (&raw const hv_stack_bottom as u64, &raw const hv_stack_top as u64)
 }

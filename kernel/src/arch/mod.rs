@@ -3,6 +3,10 @@
 //! host-tested library (`ringfence_kernel`).
 
 pub mod boot;
+pub mod descriptors;
+pub mod entry;
+pub mod pvh;
+pub mod timer;
 pub mod cpu;
 pub mod serial;
 

@@ -1,0 +1,198 @@
+//! GDT, TSS and IDT contents, and the entry-area mappings of both views.
+//!
+//! # GDT (read-only to guests, so every descriptor has its accessed bit
+//! preset: the CPU would otherwise write it when loading a selector)
+//! | selector | segment |
+//! |---|---|
+//! | 0x08 | hypervisor code, 64-bit, DPL 0 |
+//! | 0x10 | hypervisor data, DPL 0 |
+//! | 0x18 | guest kernel code, 64-bit, DPL 1 (`GUEST_KERNEL_CS` = 0x19) |
+//! | 0x20 | guest kernel data, DPL 1 (`GUEST_KERNEL_SS` = 0x21) |
+//! | 0x28 | guest user data, DPL 3 (`GUEST_USER_SS` = 0x2b) |
+//! | 0x30 | guest user code, 64-bit, DPL 3 (`GUEST_USER_CS` = 0x33) |
+//! | 0x38 | TSS (16 bytes) |
+//!
+//! # IDT
+//! Every gate is an interrupt gate (IF cleared on entry) to hypervisor code
+//! selector 0x08. DPL 0 everywhere except: the hypercall gate
+//! (`HYPERCALL_VECTOR`, DPL 1: ring 3 cannot use it) and `#BP`/`#OF`
+//! (DPL 3, so `int3`/`into` reach the guest's own handlers). Vectors whose
+//! CPU pushes an error code are DPL 0, so software `int` can never forge one.
+//! NMI, `#DF` and `#MC` use IST1.
+//!
+//! # TSS
+//! RSP0 is the entry stack; IST1 the fault stack; the I/O bitmap offset lies
+//! beyond the limit, so every `in`/`out` from ring 1 or 3 faults.
+
+use super::entry::{self, EntryRegion, GDT, IDT, TSS};
+use core::arch::asm;
+use pvguest_abi::layout::ENTRY_AREA_PML4_SLOT;
+use pvguest_abi::HYPERCALL_VECTOR;
+use ringfence_kernel::paging::{Pte, PteFlags};
+
+/// Hypervisor code selector.
+pub const HV_CS: u16 = 0x08;
+/// Hypervisor data selector.
+pub const HV_DS: u16 = 0x10;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0x38;
+
+const GDT_ENTRIES: [u64; 7] = [
+    0,
+    0x00af_9b00_0000_ffff, // hv code: P, DPL0, code, accessed, L
+    0x00cf_9300_0000_ffff, // hv data: P, DPL0, data rw, accessed
+    0x00af_bb00_0000_ffff, // guest kernel code: DPL1
+    0x00cf_b300_0000_ffff, // guest kernel data: DPL1
+    0x00cf_f300_0000_ffff, // user data: DPL3
+    0x00af_fb00_0000_ffff, // user code: DPL3
+];
+
+#[repr(C, align(4096))]
+struct Table([u64; 512]);
+
+/// Entry-area page tables of the hypervisor view (slot 511).
+static HV_ENTRY_PDPT: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+static HV_ENTRY_PD: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+static HV_ENTRY_PT: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+/// Entry-area page tables shared by every guest view (slot 511).
+static GUEST_ENTRY_PDPT: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+static GUEST_ENTRY_PD: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+static GUEST_ENTRY_PT: entry::EntryCell<Table> = entry::EntryCell::new(Table([0; 512]));
+
+extern "C" {
+    static hv_pml4: u8;
+}
+
+/// Physical address of the hypervisor's PML4 (its CR3).
+pub fn hv_cr3() -> u64 {
+    &raw const hv_pml4 as u64
+}
+
+/// No mapping here is global: the two views give the same addresses
+/// different permissions, so a global TLB entry from the hypervisor view
+/// would leak write access into a guest view.
+fn fill_entry_tables(pdpt: *mut Table, pd: *mut Table, pt: *mut Table, r: &EntryRegion, guest: bool) {
+    let inner = PteFlags::PRESENT | PteFlags::WRITABLE;
+    // SAFETY: the tables are statics of this module, written only here,
+    // once, during boot with interrupts disabled.
+    unsafe {
+        (*pdpt).0[0] = Pte::new(pd as u64 >> 12, inner).0;
+        (*pd).0[0] = Pte::new(pt as u64 >> 12, inner).0;
+        let mut pa = r.start;
+        let mut i = 0;
+        while pa < r.end {
+            let flags = if pa >= r.stacks {
+                PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE
+            } else if pa >= r.text {
+                PteFlags::PRESENT
+            } else if guest {
+                PteFlags::PRESENT | PteFlags::NO_EXECUTE
+            } else {
+                PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE
+            };
+            (*pt).0[i] = Pte::new(pa >> 12, flags).0;
+            pa += 4096;
+            i += 1;
+        }
+    }
+}
+
+/// The PML4 entry every guest view installs in slot 511.
+pub fn guest_entry_pml4e() -> u64 {
+    Pte::new(GUEST_ENTRY_PDPT.get() as u64 >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0
+}
+
+/// Builds the entry-area mappings, loads GDT, TSS and IDT at their alias
+/// addresses, and publishes the hypervisor's CR3 to the entry code.
+pub fn init() {
+    let r = entry::region();
+    assert!(r.end - r.start <= 512 * 4096, "entry area exceeds one page table");
+    fill_entry_tables(HV_ENTRY_PDPT.get(), HV_ENTRY_PD.get(), HV_ENTRY_PT.get(), &r, false);
+    fill_entry_tables(GUEST_ENTRY_PDPT.get(), GUEST_ENTRY_PD.get(), GUEST_ENTRY_PT.get(), &r, true);
+    let pml4 = hv_cr3() as *mut u64;
+    // SAFETY: `hv_pml4` is the live PML4 built by the boot stub; slot 511 is
+    // unused by the identity map, and adding an entry does not disturb any
+    // current translation.
+    unsafe {
+        pml4.add(ENTRY_AREA_PML4_SLOT)
+            .write_volatile(Pte::new(HV_ENTRY_PDPT.get() as u64 >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0);
+        (*entry::hv_cr3_entry.get()).0 = hv_cr3();
+    }
+
+    // GDT with the TSS descriptor.
+    let tss_base = entry::alias(TSS.get());
+    let tss_limit = 103u64;
+    let tss_lo = (tss_limit & 0xffff)
+        | ((tss_base & 0xff_ffff) << 16)
+        | (0x89 << 40) // present, DPL 0, 64-bit available TSS
+        | (((tss_limit >> 16) & 0xf) << 48)
+        | (((tss_base >> 24) & 0xff) << 56);
+    let tss_hi = tss_base >> 32;
+    // SAFETY: boot-time, single CPU, interrupts off: nothing else uses the
+    // tables yet.
+    unsafe {
+        let gdt = &mut (*GDT.get()).0;
+        gdt[..GDT_ENTRIES.len()].copy_from_slice(&GDT_ENTRIES);
+        gdt[7] = tss_lo;
+        gdt[8] = tss_hi;
+
+        let tss = &mut (*TSS.get()).0;
+        tss[4..12].copy_from_slice(&entry::entry_stack_top().to_le_bytes()); // RSP0
+        tss[36..44].copy_from_slice(&entry::ist1_top().to_le_bytes()); // IST1
+        tss[102..104].copy_from_slice(&104u16.to_le_bytes()); // no I/O bitmap
+
+        let idt = &mut (*IDT.get()).0;
+        for v in 0..=255u8 {
+            let dpl: u128 = match v {
+                3 | 4 => 3,
+                HYPERCALL_VECTOR => 1,
+                _ => 0,
+            };
+            let ist: u128 = if matches!(v, 2 | 8 | 18) { 1 } else { 0 };
+            let off = entry::stub_alias(v) as u128;
+            idt[v as usize] = (off & 0xffff)
+                | (u128::from(HV_CS) << 16)
+                | (ist << 32)
+                | ((0x8e | (dpl << 5)) << 40)
+                | (((off >> 16) & 0xffff) << 48)
+                | ((off >> 32) << 64);
+        }
+    }
+
+    #[repr(C, packed)]
+    struct Ptr {
+        limit: u16,
+        base: u64,
+    }
+    let gdtr = Ptr { limit: 16 * 8 - 1, base: entry::alias(GDT.get()) };
+    let idtr = Ptr { limit: 256 * 16 - 1, base: entry::alias(IDT.get()) };
+    // SAFETY: the tables are fully initialised and mapped at their alias in
+    // the current (hypervisor) view. Reloading CS via a far return and the
+    // data segments switches to the final GDT's identical flat segments; the
+    // TSS descriptor is "available", so `ltr` marks it busy (the GDT is
+    // writable in this view).
+    unsafe {
+        asm!(
+            "lgdt [{gdtr}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ss, {ds:x}",
+            "xor {tmp:e}, {tmp:e}",
+            "mov ds, {tmp:x}",
+            "mov es, {tmp:x}",
+            "mov fs, {tmp:x}",
+            "mov gs, {tmp:x}",
+            "ltr {tss:x}",
+            "lidt [{idtr}]",
+            gdtr = in(reg) &gdtr,
+            idtr = in(reg) &idtr,
+            cs = in(reg) u64::from(HV_CS),
+            ds = in(reg) u64::from(HV_DS),
+            tss = in(reg) u64::from(TSS_SEL),
+            tmp = out(reg) _,
+        );
+    }
+}

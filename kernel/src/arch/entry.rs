@@ -1,0 +1,343 @@
+//! The entry area: the only hypervisor memory a guest can see.
+//!
+//! # Layout
+//! The linker script gathers these pages contiguously between
+//! `__entry_start` and `__entry_end`; they are aliased page for page at
+//! [`ENTRY_AREA_BASE`] (PML4 slot 511) in every view:
+//!
+//! | pages | contents | hypervisor view | guest view |
+//! |---|---|---|---|
+//! | GDT, IDT, TSS | descriptor tables | read-write | read-only |
+//! | rodata | `hv_cr3_entry` | read-write | read-only |
+//! | text | vector stubs, `entry_common`, `exit_to_guest` | read-exec | read-exec |
+//! | stacks | entry stack (TSS.RSP0), IST1 stack | read-write | read-write |
+//!
+//! The alias keeps relative distances, so RIP-relative references inside
+//! the area work at the alias address. Everything else in the hypervisor is
+//! reached only after `entry_common` has loaded the hypervisor's CR3.
+//!
+//! # Entry
+//! Every vector has a 16-byte stub that pushes a dummy error code if the CPU
+//! did not, then the vector number, and jumps to `entry_common`. That pushes
+//! the 15 general-purpose registers, completing a [`TrapFrame`] at the top of
+//! the entry stack. From ring 1 or 3 it loads the hypervisor's CR3, saves the
+//! guest FPU/SSE state to the current vCPU (`fxsave64`) before any Rust code
+//! can touch an XMM register, moves to the private hypervisor stack and calls
+//! `rust_guest_trap`, which never returns. From ring 0 (an interrupt while
+//! idle, or a hypervisor fault) it calls `rust_ring0_trap` on the current
+//! stack.
+//!
+//! # Exit
+//! `exit_to_guest(cr3, frame, fx)` restores FPU/SSE state, switches to the
+//! entry stack where the caller placed the (sanitised) frame, loads the
+//! guest's CR3, pops the registers and `iretq`s. The frame written there is
+//! always the incoming domain's own, and it covers exactly the bytes the last
+//! entry wrote, so nothing of another domain or of the hypervisor is left in
+//! guest-visible memory.
+
+use core::arch::global_asm;
+use core::cell::UnsafeCell;
+use pvguest_abi::layout::ENTRY_AREA_BASE;
+
+/// Registers saved on every entry, in stack order (lowest address first).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct TrapFrame {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    /// Vector number pushed by the stub.
+    pub vector: u64,
+    /// CPU error code, or 0.
+    pub error: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<TrapFrame>() == 176);
+    assert!(core::mem::offset_of!(TrapFrame, cs) == 18 * 8);
+};
+
+/// 512-byte FXSAVE area (x87, MMX, SSE state).
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+impl FxArea {
+    /// The state after `fninit` with MXCSR at its reset value (all SIMD
+    /// exceptions masked): FCW = 0x37f, MXCSR = 0x1f80.
+    pub const fn initial() -> FxArea {
+        let mut a = [0u8; 512];
+        a[0] = 0x7f;
+        a[1] = 0x03;
+        a[24] = 0x80;
+        a[25] = 0x1f;
+        // MXCSR_MASK left 0: fxrstor ignores it.
+        FxArea(a)
+    }
+}
+
+/// A cell for data the CPU and the entry code share. Accessed only by the
+/// single hypervisor CPU with interrupts disabled.
+#[repr(transparent)]
+pub struct EntryCell<T>(UnsafeCell<T>);
+
+// SAFETY: one CPU, and the hypervisor runs with interrupts disabled, so no two
+// accesses are ever concurrent.
+unsafe impl<T> Sync for EntryCell<T> {}
+
+impl<T> EntryCell<T> {
+    pub const fn new(v: T) -> Self {
+        EntryCell(UnsafeCell::new(v))
+    }
+    pub const fn get(&self) -> *mut T {
+        self.0.get()
+    }
+}
+
+#[repr(C, align(4096))]
+pub struct PageAligned<T>(pub T);
+
+/// The GDT (see [`super::gdt`] for its contents).
+#[link_section = ".entry.gdt"]
+pub static GDT: EntryCell<PageAligned<[u64; 16]>> = EntryCell::new(PageAligned([0; 16]));
+
+/// The IDT: 256 gates of 16 bytes, exactly one page.
+#[link_section = ".entry.idt"]
+pub static IDT: EntryCell<PageAligned<[u128; 256]>> = EntryCell::new(PageAligned([0; 256]));
+
+/// The TSS.
+#[link_section = ".entry.tss"]
+pub static TSS: EntryCell<PageAligned<[u8; 104]>> = EntryCell::new(PageAligned([0; 104]));
+
+/// The hypervisor's CR3, read by `entry_common` through the alias.
+#[no_mangle]
+#[link_section = ".entry.rodata"]
+pub static hv_cr3_entry: EntryCell<PageAligned<u64>> = EntryCell::new(PageAligned(0));
+
+/// Bytes of the entry stack (TSS.RSP0) and of the IST1 stack.
+pub const ENTRY_STACK_SIZE: usize = 8192;
+
+#[repr(C, align(4096))]
+pub struct EntryStacks {
+    pub entry: [u8; ENTRY_STACK_SIZE],
+    pub ist1: [u8; ENTRY_STACK_SIZE],
+}
+
+/// The entry stacks.
+#[link_section = ".entry.stacks"]
+pub static STACKS: EntryCell<EntryStacks> =
+    EntryCell::new(EntryStacks { entry: [0; ENTRY_STACK_SIZE], ist1: [0; ENTRY_STACK_SIZE] });
+
+/// Physical address of the current vCPU's FXSAVE area; `hv_guest_entry`
+/// saves the guest's FPU/SSE state there.
+#[no_mangle]
+pub static current_fx: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+extern "C" {
+    static __entry_start: u8;
+    static __entry_text: u8;
+    static __entry_stacks: u8;
+    static __entry_end: u8;
+    static entry_stubs: u8;
+    static exit_to_guest: u8;
+}
+
+/// Physical bounds of the entry region's parts.
+#[derive(Clone, Copy, Debug)]
+pub struct EntryRegion {
+    pub start: u64,
+    pub text: u64,
+    pub stacks: u64,
+    pub end: u64,
+}
+
+/// The entry region as linked.
+pub fn region() -> EntryRegion {
+    EntryRegion {
+        start: &raw const __entry_start as u64,
+        text: &raw const __entry_text as u64,
+        stacks: &raw const __entry_stacks as u64,
+        end: &raw const __entry_end as u64,
+    }
+}
+
+/// The alias (guest-visible) address of a physical address in the region.
+pub fn alias<T>(p: *const T) -> u64 {
+    p as u64 - region().start + ENTRY_AREA_BASE
+}
+
+/// Alias address of vector `v`'s stub.
+pub fn stub_alias(v: u8) -> u64 {
+    alias(&raw const entry_stubs) + 16 * u64::from(v)
+}
+
+/// Alias address of the top of the entry stack (TSS.RSP0).
+pub fn entry_stack_top() -> u64 {
+    let s = STACKS.get();
+    // SAFETY: only addresses are computed; nothing is dereferenced.
+    alias(unsafe { &raw const (*s).entry }) + ENTRY_STACK_SIZE as u64
+}
+
+/// Alias address of the top of the IST1 stack.
+pub fn ist1_top() -> u64 {
+    let s = STACKS.get();
+    // SAFETY: only addresses are computed; nothing is dereferenced.
+    alias(unsafe { &raw const (*s).ist1 }) + ENTRY_STACK_SIZE as u64
+}
+
+/// Where an exit places the frame: the top 176 bytes of the entry stack.
+pub fn exit_frame_slot() -> u64 {
+    entry_stack_top() - core::mem::size_of::<TrapFrame>() as u64
+}
+
+/// Leaves the hypervisor for a guest.
+///
+/// # Safety
+/// 1. `cr3` is a validated guest root whose slot 511 maps the entry area.
+/// 2. `frame` has been sanitised: `cs`/`ss` are guest selectors (ring 1 or 3)
+///    and `rip`/`rsp` are canonical.
+/// 3. No lock is held and nothing on the hypervisor stack is still needed.
+pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
+    let slot = exit_frame_slot() as *mut TrapFrame;
+    // SAFETY: the slot lies in the entry stack, mapped read-write in the
+    // hypervisor's view at its alias; nothing else uses it while the
+    // hypervisor runs.
+    unsafe { slot.write_volatile(*frame) };
+    // SAFETY: `exit_to_guest` is the trampoline below, reached at its alias
+    // address, which is mapped executable in both views. Its contract is
+    // the caller's (points 1-3).
+    unsafe {
+        let f: extern "C" fn(u64, u64, u64) -> ! =
+            core::mem::transmute(alias(&raw const exit_to_guest) as usize);
+        f(cr3, slot as u64, fx as u64)
+    }
+}
+
+global_asm!(
+    r#"
+    .section .entry.text, "ax"
+    .balign 16
+    .global entry_stubs
+entry_stubs:
+    .set vec, 0
+    .rept 256
+    .balign 16
+    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+    .else
+    pushq $0
+    .endif
+    pushq $vec
+    jmp entry_common
+    .set vec, vec + 1
+    .endr
+
+    .balign 16
+entry_common:
+    pushq %r15
+    pushq %r14
+    pushq %r13
+    pushq %r12
+    pushq %r11
+    pushq %r10
+    pushq %r9
+    pushq %r8
+    pushq %rbp
+    pushq %rdi
+    pushq %rsi
+    pushq %rdx
+    pushq %rcx
+    pushq %rbx
+    pushq %rax
+    testb $3, 144(%rsp)
+    jz 1f
+    movq hv_cr3_entry(%rip), %rax
+    movq %rax, %cr3
+    movabsq $hv_guest_entry, %rax
+    jmpq *%rax
+1:
+    movabsq $hv_ring0_entry, %rax
+    jmpq *%rax
+
+    .balign 16
+    .global exit_to_guest
+exit_to_guest:
+    fxrstor64 (%rdx)
+    movq %rsi, %rsp
+    movq %rdi, %cr3
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp
+    iretq
+
+    .text
+    .balign 16
+hv_guest_entry:
+    movq current_fx(%rip), %rax
+    fxsave64 (%rax)
+    movq %rsp, %rdi
+    leaq hv_stack_top(%rip), %rsp
+    xorl %ebp, %ebp
+    call rust_guest_trap
+    ud2
+
+    .balign 16
+hv_ring0_entry:
+    movq %cr3, %r12
+    movq hv_cr3_entry(%rip), %rax
+    movq %rax, %cr3
+    movq %rsp, %rdi
+    movq %rsp, %rbx
+    andq $-16, %rsp
+    call rust_ring0_trap
+    movq %rbx, %rsp
+    movq %r12, %cr3
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp
+    iretq
+    "#,
+    options(att_syntax)
+);

@@ -1,0 +1,103 @@
+//! Interrupt controller and timers: the legacy PIC is masked, the local APIC
+//! timer drives preemption, and the PIT is used once at boot to calibrate the
+//! TSC and the APIC timer.
+
+use super::cpu::{inb, outb, rdmsr, rdtsc};
+
+/// Vector of the local APIC timer.
+pub const TIMER_VECTOR: u8 = 0xf0;
+/// Vector of APIC spurious interrupts.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
+
+const APIC_BASE_MSR: u32 = 0x1b;
+const REG_EOI: u64 = 0xb0;
+const REG_SVR: u64 = 0xf0;
+const REG_LVT_TIMER: u64 = 0x320;
+const REG_TIMER_INIT: u64 = 0x380;
+const REG_TIMER_CUR: u64 = 0x390;
+const REG_TIMER_DIV: u64 = 0x3e0;
+
+/// Calibrated clock rates.
+#[derive(Clone, Copy, Debug)]
+pub struct Rates {
+    /// TSC ticks per second.
+    pub tsc_hz: u64,
+    /// APIC timer ticks per second (after the divide-by-16).
+    pub apic_hz: u64,
+}
+
+fn apic_base() -> u64 {
+    rdmsr(APIC_BASE_MSR) & 0xf_ffff_f000
+}
+
+fn apic_write(reg: u64, val: u32) {
+    // SAFETY: the local APIC page is identity-mapped in the hypervisor view
+    // (the boot map covers the first 4 GiB) and `reg` is a valid register.
+    unsafe { ((apic_base() + reg) as *mut u32).write_volatile(val) }
+}
+
+fn apic_read(reg: u64) -> u32 {
+    // SAFETY: as for `apic_write`.
+    unsafe { ((apic_base() + reg) as *const u32).read_volatile() }
+}
+
+/// Remaps the 8259 PICs away from the exception vectors and masks them.
+fn disable_pic() {
+    outb(0x20, 0x11);
+    outb(0xa0, 0x11);
+    outb(0x21, 0x20);
+    outb(0xa1, 0x28);
+    outb(0x21, 4);
+    outb(0xa1, 2);
+    outb(0x21, 1);
+    outb(0xa1, 1);
+    outb(0x21, 0xff);
+    outb(0xa1, 0xff);
+}
+
+/// Waits 10 ms on PIT channel 2 and returns (TSC ticks, APIC ticks) elapsed.
+fn measure_10ms() -> (u64, u64) {
+    const PIT_HZ: u64 = 1_193_182;
+    let count = (PIT_HZ / 100) as u16;
+    // Gate on, speaker off.
+    outb(0x61, (inb(0x61) & !0x02) | 0x01);
+    outb(0x43, 0b1011_0000); // channel 2, lobyte/hibyte, mode 0
+    outb(0x42, count as u8);
+    outb(0x42, (count >> 8) as u8);
+    // Restart the count by toggling the gate.
+    let g = inb(0x61);
+    outb(0x61, g & !1);
+    outb(0x61, g | 1);
+    apic_write(REG_TIMER_INIT, u32::MAX);
+    let t0 = rdtsc();
+    let a0 = apic_read(REG_TIMER_CUR);
+    let mut spins = 0u64;
+    while inb(0x61) & 0x20 == 0 && spins < 1 << 32 {
+        spins += 1;
+    }
+    let t1 = rdtsc();
+    let a1 = apic_read(REG_TIMER_CUR);
+    (t1 - t0, u64::from(a0 - a1))
+}
+
+/// Masks the PIC, enables the local APIC and calibrates the clocks.
+pub fn init() -> Rates {
+    disable_pic();
+    apic_write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
+    apic_write(REG_TIMER_DIV, 0x3); // divide by 16
+    apic_write(REG_LVT_TIMER, 1 << 16); // masked while calibrating
+    let (tsc, apic) = measure_10ms();
+    Rates { tsc_hz: tsc * 100, apic_hz: apic.max(1) * 100 }
+}
+
+/// Starts the periodic preemption tick at `hz`.
+pub fn start_periodic(rates: &Rates, hz: u64) {
+    let init = (rates.apic_hz / hz).clamp(1, u64::from(u32::MAX)) as u32;
+    apic_write(REG_LVT_TIMER, (1 << 17) | u32::from(TIMER_VECTOR));
+    apic_write(REG_TIMER_INIT, init);
+}
+
+/// Acknowledges the interrupt being serviced.
+pub fn eoi() {
+    apic_write(REG_EOI, 0);
+}

@@ -1,0 +1,497 @@
+//! The domain builder: turns a validated ELF image and a memory size into a
+//! domain's initial memory, page tables and start-info page.
+//!
+//! # The initial guest layout (pfn order)
+//! ```text
+//! pfn 0 ..                 the ELF image span (from GUEST_KERNEL_BASE)
+//! start_info_pfn           start-info page
+//! shared_info_pfn          shared-info page
+//! mfn_list_pfn ..          the frame list: nr_pages u64 mfns, by pfn
+//! pt_pfn ..                boot page tables: PML4, PDPT, PDs, PTs
+//! stack_pfn ..             boot stack (STACK_PAGES)
+//! first_free_pfn ..        free for the guest
+//! ```
+//! Every pfn is mapped at `GUEST_KERNEL_BASE + pfn * 4096` with 4 KiB pages,
+//! supervisor-only. Permissions: executable image pages read-only, other
+//! image pages per their segment (NX), page-table frames read-only (NX),
+//! everything else read-write (NX). PML4 slot 511 points at the shared entry
+//! area. The page tables sit just below the stack, so a stack overflow hits a
+//! read-only page and faults in the guest instead of corrupting memory.
+//!
+//! # Invariants
+//! - Every frame is allocated to the domain and zeroed before anything is
+//!   written to it.
+//! - Page-table frames are typed [`FrameKind::PageTable`] and never mapped
+//!   writable.
+//! - On error the caller releases the domain's frames (nothing is leaked).
+
+use crate::elf::{ElfError, ElfImage, LoadPolicy};
+use crate::frames::{DomId, FrameError, FrameKind, FrameTable, Mfn, Owner};
+use crate::guest_mem::PhysMem;
+use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
+use core::fmt;
+use pvguest_abi::layout::{GUEST_KERNEL_BASE, ENTRY_AREA_PML4_SLOT};
+use pvguest_abi::start_info::{
+    fill_c_str, StartInfo, CONSOLE_HYPERCALL, SIF_INITDOMAIN, SIF_PRIVILEGED,
+};
+
+/// Pages of boot stack given to every guest.
+pub const STACK_PAGES: u64 = 16;
+
+/// Largest domain the builder supports (the frame list's frames are tracked
+/// in a fixed array of 512 entries: 512 * 512 pages = 1 GiB).
+pub const MAX_DOMAIN_PAGES: u64 = 512 * 512;
+
+/// Where everything goes, in pfns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Layout {
+    /// Frames the domain owns.
+    pub nr_pages: u64,
+    /// Pages spanned by the ELF image from the base.
+    pub image_pages: u64,
+    /// The start-info page.
+    pub start_info_pfn: u64,
+    /// The shared-info page.
+    pub shared_info_pfn: u64,
+    /// First page of the frame list.
+    pub mfn_list_pfn: u64,
+    /// Pages of the frame list.
+    pub mfn_list_pages: u64,
+    /// First page-table frame (the PML4).
+    pub pt_pfn: u64,
+    /// Number of page-table frames.
+    pub nr_pt_frames: u64,
+    /// First page of the boot stack.
+    pub stack_pfn: u64,
+    /// First pfn free for the guest.
+    pub first_free_pfn: u64,
+}
+
+impl Layout {
+    /// Computes the layout for a domain of `nr_pages` whose image ends at
+    /// virtual address `image_end`.
+    pub fn plan(nr_pages: u64, image_end: u64) -> Result<Layout, BuildError> {
+        if nr_pages > MAX_DOMAIN_PAGES {
+            return Err(BuildError::TooLarge { pages: nr_pages, max: MAX_DOMAIN_PAGES });
+        }
+        let image_pages = image_end
+            .checked_sub(GUEST_KERNEL_BASE)
+            .ok_or(BuildError::TooSmall { need_pages: u64::MAX, have_pages: nr_pages })?
+            .div_ceil(PAGE_SIZE);
+        let mfn_list_pages = (nr_pages * 8).div_ceil(PAGE_SIZE);
+        let nr_pts = nr_pages.div_ceil(ENTRIES as u64);
+        let nr_pds = nr_pts.div_ceil(ENTRIES as u64);
+        let nr_pt_frames = 2 + nr_pds + nr_pts;
+        let start_info_pfn = image_pages;
+        let shared_info_pfn = start_info_pfn + 1;
+        let mfn_list_pfn = shared_info_pfn + 1;
+        let pt_pfn = mfn_list_pfn + mfn_list_pages;
+        let stack_pfn = pt_pfn + nr_pt_frames;
+        let first_free_pfn = stack_pfn + STACK_PAGES;
+        if first_free_pfn > nr_pages {
+            return Err(BuildError::TooSmall { need_pages: first_free_pfn, have_pages: nr_pages });
+        }
+        Ok(Layout {
+            nr_pages,
+            image_pages,
+            start_info_pfn,
+            shared_info_pfn,
+            mfn_list_pfn,
+            mfn_list_pages,
+            pt_pfn,
+            nr_pt_frames,
+            stack_pfn,
+            first_free_pfn,
+        })
+    }
+
+    /// Guest virtual address of `pfn` in the initial mapping.
+    pub const fn va(pfn: u64) -> u64 {
+        GUEST_KERNEL_BASE + pfn * PAGE_SIZE
+    }
+
+    fn nr_pts(&self) -> u64 {
+        self.nr_pages.div_ceil(ENTRIES as u64)
+    }
+
+    fn nr_pds(&self) -> u64 {
+        self.nr_pts().div_ceil(ENTRIES as u64)
+    }
+}
+
+/// Why a domain could not be built.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuildError {
+    /// The ELF image was refused.
+    Elf(ElfError),
+    /// The memory size cannot hold the image and the bootstrap structures.
+    TooSmall {
+        /// Pages needed.
+        need_pages: u64,
+        /// Pages the manifest gives.
+        have_pages: u64,
+    },
+    /// The memory size exceeds what the builder supports.
+    TooLarge {
+        /// Pages requested.
+        pages: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// Machine memory ran out.
+    OutOfMemory {
+        /// Pages requested.
+        pages: u64,
+        /// Pages that were free.
+        free: u64,
+    },
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BuildError::Elf(e) => write!(f, "bad ELF image: {e}"),
+            BuildError::TooSmall { need_pages, have_pages } => write!(
+                f,
+                "memory too small: the image and boot structures need {} KiB, the manifest gives {} KiB",
+                need_pages.saturating_mul(4),
+                have_pages * 4
+            ),
+            BuildError::TooLarge { pages, max } => {
+                write!(f, "memory too large: {} KiB requested, at most {} KiB", pages * 4, max * 4)
+            }
+            BuildError::OutOfMemory { pages, free } => write!(
+                f,
+                "not enough machine memory: {} KiB requested, {} KiB free",
+                pages * 4,
+                free * 4
+            ),
+        }
+    }
+}
+
+impl From<FrameError> for BuildError {
+    fn from(_: FrameError) -> Self {
+        BuildError::OutOfMemory { pages: 0, free: 0 }
+    }
+}
+
+/// What the domain needs to start running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Built {
+    /// Machine frame of the PML4 (the guest's CR3).
+    pub root: Mfn,
+    /// Entry point (ELF `e_entry`).
+    pub entry: u64,
+    /// Initial `rsp`.
+    pub stack_top: u64,
+    /// Initial `rsi`: the start-info page.
+    pub start_info_va: u64,
+    /// Machine frame of the shared-info page.
+    pub shared_info_mfn: Mfn,
+    /// The layout used.
+    pub layout: Layout,
+}
+
+/// Identity of the domain being built.
+#[derive(Clone, Copy, Debug)]
+pub struct DomainConfig<'a> {
+    /// Domain id.
+    pub domid: DomId,
+    /// Name from the manifest.
+    pub name: &'a str,
+    /// Command line from the manifest.
+    pub cmdline: &'a str,
+    /// Memory in pages.
+    pub nr_pages: u64,
+    /// Privileged (dom0).
+    pub privileged: bool,
+}
+
+/// Validates `image` and builds the domain in freshly allocated frames.
+///
+/// `entry_area_pml4e` is the PML4 entry installed in slot 511. On error some
+/// frames may already belong to the domain: the caller releases them with
+/// [`FrameTable::release_domain`].
+pub fn build<M: PhysMem>(
+    mem: &mut M,
+    frames: &mut FrameTable<'_>,
+    image: &[u8],
+    cfg: &DomainConfig<'_>,
+    entry_area_pml4e: u64,
+) -> Result<Built, BuildError> {
+    let bytes = cfg.nr_pages * PAGE_SIZE;
+    let policy = LoadPolicy {
+        virt_base: GUEST_KERNEL_BASE,
+        virt_limit: GUEST_KERNEL_BASE + bytes,
+        max_image_bytes: bytes,
+    };
+    if cfg.nr_pages > MAX_DOMAIN_PAGES {
+        return Err(BuildError::TooLarge { pages: cfg.nr_pages, max: MAX_DOMAIN_PAGES });
+    }
+    let elf = ElfImage::parse(image, &policy).map_err(BuildError::Elf)?;
+    let layout = Layout::plan(cfg.nr_pages, elf.span().1)?;
+    if (frames.free_count() as u64) < cfg.nr_pages {
+        return Err(BuildError::OutOfMemory {
+            pages: cfg.nr_pages,
+            free: frames.free_count() as u64,
+        });
+    }
+    let owner = Owner::Domain(cfg.domid);
+
+    // The frame list's own frames first, so every other mfn can be recorded
+    // in it as it is allocated.
+    let mut list = [0 as Mfn; 512];
+    for slot in list.iter_mut().take(layout.mfn_list_pages as usize) {
+        *slot = frames.alloc(owner)?;
+        mem.zero_frame(*slot);
+    }
+    let p2m = FrameList { list: &list[..layout.mfn_list_pages as usize] };
+    for pfn in 0..layout.nr_pages {
+        let in_list = pfn.wrapping_sub(layout.mfn_list_pfn) < layout.mfn_list_pages;
+        let mfn = if in_list {
+            list[(pfn - layout.mfn_list_pfn) as usize]
+        } else {
+            let m = frames.alloc(owner)?;
+            mem.zero_frame(m);
+            m
+        };
+        p2m.set(mem, pfn, mfn);
+    }
+
+    // The image.
+    for seg in elf.segments() {
+        let data = elf.file_bytes(seg);
+        let mut done = 0u64;
+        while done < data.len() as u64 {
+            let va = seg.vaddr + done;
+            let pfn = (va - GUEST_KERNEL_BASE) / PAGE_SIZE;
+            let off = va % PAGE_SIZE;
+            let n = (PAGE_SIZE - off).min(data.len() as u64 - done);
+            let mfn = p2m.get(mem, pfn);
+            mem.write(mfn * PAGE_SIZE + off, &data[done as usize..(done + n) as usize]);
+            done += n;
+        }
+    }
+
+    // Page tables: PML4, PDPT, PDs, PTs, in pfn order.
+    let pml4_pfn = layout.pt_pfn;
+    let pdpt_pfn = pml4_pfn + 1;
+    let pd_pfn = pdpt_pfn + 1;
+    let pt_pfn = pd_pfn + layout.nr_pds();
+    let inner = PteFlags::PRESENT | PteFlags::WRITABLE;
+    let root = p2m.get(mem, pml4_pfn);
+    let base_slot = table_index(GUEST_KERNEL_BASE, 4) as u64;
+    mem.write_u64(root * PAGE_SIZE + base_slot * 8, Pte::new(p2m.get(mem, pdpt_pfn), inner).0);
+    mem.write_u64(root * PAGE_SIZE + ENTRY_AREA_PML4_SLOT as u64 * 8, entry_area_pml4e);
+    let pdpt = p2m.get(mem, pdpt_pfn);
+    for i in 0..layout.nr_pds() {
+        mem.write_u64(pdpt * PAGE_SIZE + i * 8, Pte::new(p2m.get(mem, pd_pfn + i), inner).0);
+    }
+    for i in 0..layout.nr_pts() {
+        let pd = p2m.get(mem, pd_pfn + i / ENTRIES as u64);
+        let slot = i % ENTRIES as u64;
+        mem.write_u64(pd * PAGE_SIZE + slot * 8, Pte::new(p2m.get(mem, pt_pfn + i), inner).0);
+    }
+    for pfn in 0..layout.nr_pages {
+        let pt = p2m.get(mem, pt_pfn + pfn / ENTRIES as u64);
+        let flags = leaf_flags(&layout, &elf, pfn);
+        mem.write_u64(pt * PAGE_SIZE + (pfn % ENTRIES as u64) * 8, Pte::new(p2m.get(mem, pfn), flags).0);
+    }
+    frames.set_kind(root, cfg.domid, FrameKind::PageTable(4))?;
+    frames.set_kind(pdpt, cfg.domid, FrameKind::PageTable(3))?;
+    for i in 0..layout.nr_pds() {
+        frames.set_kind(p2m.get(mem, pd_pfn + i), cfg.domid, FrameKind::PageTable(2))?;
+    }
+    for i in 0..layout.nr_pts() {
+        frames.set_kind(p2m.get(mem, pt_pfn + i), cfg.domid, FrameKind::PageTable(1))?;
+    }
+
+    // Start info.
+    let mut si = StartInfo::new();
+    si.nr_pages = layout.nr_pages;
+    si.shared_info = Layout::va(layout.shared_info_pfn);
+    si.flags = if cfg.privileged { SIF_PRIVILEGED | SIF_INITDOMAIN } else { 0 };
+    si.domid = u32::from(cfg.domid);
+    si.pt_base = Layout::va(layout.pt_pfn);
+    si.nr_pt_frames = layout.nr_pt_frames;
+    si.mfn_list = Layout::va(layout.mfn_list_pfn);
+    si.first_free_pfn = layout.first_free_pfn;
+    si.virt_base = GUEST_KERNEL_BASE;
+    si.console.kind = CONSOLE_HYPERCALL;
+    fill_c_str(&mut si.name, cfg.name);
+    fill_c_str(&mut si.cmdline, cfg.cmdline);
+    let si_mfn = p2m.get(mem, layout.start_info_pfn);
+    mem.write(si_mfn * PAGE_SIZE, &si.to_bytes());
+
+    Ok(Built {
+        root,
+        entry: elf.entry(),
+        stack_top: Layout::va(layout.stack_pfn + STACK_PAGES),
+        start_info_va: Layout::va(layout.start_info_pfn),
+        shared_info_mfn: p2m.get(mem, layout.shared_info_pfn),
+        layout,
+    })
+}
+
+/// Leaf permissions of `pfn` in the initial mapping.
+fn leaf_flags(layout: &Layout, elf: &ElfImage<'_>, pfn: u64) -> PteFlags {
+    let p = PteFlags::PRESENT;
+    let data = p | PteFlags::WRITABLE | PteFlags::NO_EXECUTE;
+    if pfn >= layout.pt_pfn && pfn < layout.pt_pfn + layout.nr_pt_frames {
+        return p | PteFlags::NO_EXECUTE;
+    }
+    if pfn >= layout.image_pages {
+        return data;
+    }
+    let page = Layout::va(pfn);
+    for seg in elf.segments() {
+        let start = seg.vaddr & !(PAGE_SIZE - 1);
+        let end = (seg.vaddr + seg.memsz).div_ceil(PAGE_SIZE) * PAGE_SIZE;
+        if page >= start && page < end {
+            return match (seg.writable, seg.executable) {
+                (_, true) => p,
+                (true, false) => data,
+                (false, false) => p | PteFlags::NO_EXECUTE,
+            };
+        }
+    }
+    data
+}
+
+/// The pfn-to-mfn list, kept in the domain's own frame-list pages. It is
+/// trusted only while the domain is being built (before it can run).
+struct FrameList<'l> {
+    list: &'l [Mfn],
+}
+
+impl FrameList<'_> {
+    fn set<M: PhysMem>(&self, mem: &mut M, pfn: u64, mfn: Mfn) {
+        let page = self.list[(pfn / 512) as usize];
+        mem.write_u64(page * PAGE_SIZE + (pfn % 512) * 8, mfn);
+    }
+    fn get<M: PhysMem>(&self, mem: &M, pfn: u64) -> Mfn {
+        let page = self.list[(pfn / 512) as usize];
+        mem.read_u64(page * PAGE_SIZE + (pfn % 512) * 8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frames::FrameInfo;
+    use crate::guest_mem::fake::FakeMem;
+    use crate::guest_mem::{Access, GuestVa, GuestView};
+
+    #[test]
+    fn plan_small_domain() {
+        let l = Layout::plan(256, GUEST_KERNEL_BASE + 3 * 4096 + 10).unwrap();
+        assert_eq!(l.image_pages, 4);
+        assert_eq!(l.start_info_pfn, 4);
+        assert_eq!(l.mfn_list_pages, 1);
+        assert_eq!(l.nr_pt_frames, 4);
+        assert_eq!(l.first_free_pfn, 4 + 2 + 1 + 4 + STACK_PAGES);
+    }
+
+    #[test]
+    fn plan_rejects_too_small_and_too_large() {
+        assert!(matches!(Layout::plan(20, GUEST_KERNEL_BASE + 4096), Err(BuildError::TooSmall { .. })));
+        assert!(matches!(Layout::plan(MAX_DOMAIN_PAGES + 1, GUEST_KERNEL_BASE), Err(BuildError::TooLarge { .. })));
+        assert!(matches!(Layout::plan(100, 0), Err(BuildError::TooSmall { .. })));
+        let msg = std::format!("{}", Layout::plan(20, GUEST_KERNEL_BASE + 4096).unwrap_err());
+        assert!(msg.contains("memory too small"), "{msg}");
+    }
+
+    #[test]
+    fn plan_spans_multiple_page_directories() {
+        let l = Layout::plan(MAX_DOMAIN_PAGES, GUEST_KERNEL_BASE + 4096).unwrap();
+        assert_eq!(l.nr_pts(), 512);
+        assert_eq!(l.nr_pds(), 1);
+        assert_eq!(l.mfn_list_pages, 512);
+    }
+
+    /// A minimal valid ELF64 executable: one RX segment at the base and one
+    /// RW segment a page later, with the entry point in the first.
+    fn tiny_elf() -> std::vec::Vec<u8> {
+        let segs: [(u64, u64, u32); 2] = [
+            (GUEST_KERNEL_BASE, 0x100, 5),
+            (GUEST_KERNEL_BASE + 0x1000, 0x2000, 6),
+        ];
+        let mut f = std::vec![0u8; 0x3000];
+        f[..4].copy_from_slice(b"\x7fELF");
+        f[4] = 2; // ELFCLASS64
+        f[5] = 1; // little-endian
+        f[6] = 1; // EV_CURRENT
+        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+        f[20..24].copy_from_slice(&1u32.to_le_bytes());
+        f[24..32].copy_from_slice(&(GUEST_KERNEL_BASE + 0x10).to_le_bytes());
+        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        f[56..58].copy_from_slice(&(segs.len() as u16).to_le_bytes());
+        for (i, (va, memsz, flags)) in segs.iter().enumerate() {
+            let ph = 64 + i * 56;
+            let off = va - GUEST_KERNEL_BASE + 0x1000;
+            f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+            f[ph + 4..ph + 8].copy_from_slice(&flags.to_le_bytes());
+            f[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
+            f[ph + 16..ph + 24].copy_from_slice(&va.to_le_bytes());
+            f[ph + 24..ph + 32].copy_from_slice(&va.to_le_bytes());
+            f[ph + 32..ph + 40].copy_from_slice(&0x10u64.to_le_bytes()); // filesz
+            f[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
+            f[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
+        }
+        f[0x1000..0x1010].copy_from_slice(b"code-code-code-!");
+        f
+    }
+
+    #[test]
+    fn builds_a_walkable_isolated_domain() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 1024];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 1024);
+        let cfg = DomainConfig { domid: 3, name: "t", cmdline: "x=1", nr_pages: 128, privileged: false };
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
+        assert_eq!(frames.count_owned(Owner::Domain(3)), 128);
+        assert_eq!(b.entry, GUEST_KERNEL_BASE + 0x10);
+        assert_eq!(mem.read_u64(b.root * 4096 + 511 * 8), 0xdead_0003);
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: 3 };
+        // Text is readable but not writable; data and stack are writable.
+        assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_READ).is_ok());
+        assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_WRITE).is_err());
+        assert!(v.translate(GuestVa(GUEST_KERNEL_BASE + 0x1000), Access::KERNEL_WRITE).is_ok());
+        assert!(v.translate(GuestVa(b.stack_top - 8), Access::KERNEL_WRITE).is_ok());
+        // Page tables are read-only to the guest.
+        let pt = Layout::va(b.layout.pt_pfn);
+        assert!(v.translate(GuestVa(pt), Access::KERNEL_READ).is_ok());
+        assert!(v.translate(GuestVa(pt), Access::KERNEL_WRITE).is_err());
+        // Nothing is user-accessible.
+        assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access { write: false, user: true }).is_err());
+        // Beyond the domain's memory nothing is mapped.
+        assert!(v.translate(GuestVa(Layout::va(128)), Access::KERNEL_READ).is_err());
+        // The start info names the domain and its frame list matches.
+        let mut si = [0u8; 256];
+        v.copy_from(GuestVa(b.start_info_va), &mut si).unwrap();
+        assert!(si.starts_with(b"ringfence-0.1"));
+        let mut first = [0u8; 8];
+        v.copy_from(GuestVa(Layout::va(b.layout.mfn_list_pfn)), &mut first).unwrap();
+        let mfn0 = u64::from_le_bytes(first);
+        assert_eq!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_READ), Ok(mfn0 * 4096));
+        // Page-table frames are typed.
+        assert_eq!(frames.get(b.root).unwrap().kind, FrameKind::PageTable(4));
+    }
+
+    #[test]
+    fn out_of_memory_is_reported_before_allocating() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 64];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(0, 64);
+        let cfg = DomainConfig { domid: 1, name: "t", cmdline: "", nr_pages: 128, privileged: false };
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
+        assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
+        assert_eq!(frames.count_owned(Owner::Domain(1)), 0);
+    }
+}
