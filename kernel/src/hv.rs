@@ -186,6 +186,7 @@ impl Hv {
         let expect = match spec.expect {
             ringfence_bundle::Expect::Poweroff => Expect::Poweroff,
             ringfence_bundle::Expect::Crash => Expect::Crash,
+            ringfence_bundle::Expect::Rejected => Expect::Rejected,
         };
         let frames = self.frames.as_mut().expect("frame table set before domains");
         let cfg = DomainConfig {

@@ -167,6 +167,9 @@ pub mod layout {
     pub const EXPECT_POWEROFF: u32 = 1;
     /// `expect` value: the domain should crash.
     pub const EXPECT_CRASH: u32 = 2;
+    /// `expect` value: the hypervisor must refuse to build the domain (a
+    /// deliberately bad image, for tests of the loader).
+    pub const EXPECT_REJECTED: u32 = 3;
 
     /// Size of the symbol table section's header.
     pub const SYMTAB_HEADER_SIZE: usize = 16;

@@ -14,6 +14,9 @@ pub enum Expect {
     Poweroff,
     /// The domain is crashed (by its own request or by the hypervisor).
     Crash,
+    /// The hypervisor refuses to build the domain (its image is bad on
+    /// purpose). The record itself must still be valid.
+    Rejected,
 }
 
 impl Expect {
@@ -22,6 +25,7 @@ impl Expect {
         match self {
             Expect::Poweroff => EXPECT_POWEROFF,
             Expect::Crash => EXPECT_CRASH,
+            Expect::Rejected => EXPECT_REJECTED,
         }
     }
 
@@ -30,6 +34,7 @@ impl Expect {
         match raw {
             EXPECT_POWEROFF => Some(Expect::Poweroff),
             EXPECT_CRASH => Some(Expect::Crash),
+            EXPECT_REJECTED => Some(Expect::Rejected),
             _ => None,
         }
     }
@@ -39,6 +44,7 @@ impl Expect {
         match self {
             Expect::Poweroff => "poweroff",
             Expect::Crash => "crash",
+            Expect::Rejected => "rejected",
         }
     }
 }
@@ -258,7 +264,7 @@ impl fmt::Display for RecordErrorKind {
             ),
             RecordErrorKind::UnknownExpect { value } => write!(
                 f,
-                "expect value {value} is neither {EXPECT_POWEROFF} (poweroff) nor {EXPECT_CRASH} (crash)"
+                "expect value {value} is not {EXPECT_POWEROFF} (poweroff), {EXPECT_CRASH} (crash) or {EXPECT_REJECTED} (rejected)"
             ),
             RecordErrorKind::ReservedNotZero { offset } => write!(
                 f,

@@ -723,7 +723,7 @@ fn record_flags_and_expect_rules() {
         d.flags = flags;
         assert_eq!(record_err(d).kind, RecordErrorKind::UnknownFlags { flags });
     }
-    for value in [0, 3, u32::MAX] {
+    for value in [0, 4, u32::MAX] {
         let mut d = good();
         d.expect = value;
         assert_eq!(record_err(d).kind, RecordErrorKind::UnknownExpect { value });
@@ -980,7 +980,7 @@ fn display_messages_name_the_values() {
 
 #[test]
 fn expect_raw_round_trip() {
-    for e in [Expect::Poweroff, Expect::Crash] {
+    for e in [Expect::Poweroff, Expect::Crash, Expect::Rejected] {
         assert_eq!(Expect::from_raw(e.to_raw()), Some(e));
     }
     assert_eq!(Expect::from_raw(0), None);
