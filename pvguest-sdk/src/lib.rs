@@ -1,1 +1,89 @@
+//! # pvguest-sdk: write a Ringfence guest kernel
+//!
+//! A guest kernel is a `#![no_std] #![no_main]` binary that runs in ring 1
+//! under the Ringfence hypervisor. The SDK gives it an entry point, the start
+//! info, a console, typed hypercalls, and a panic handler that reports the
+//! panic and shuts the domain down as crashed. Guest code needs no `unsafe`
+//! for any of this.
+//!
+//! ## A complete guest
+//! ```ignore
+//! #![no_std]
+//! #![no_main]
+//! #![forbid(unsafe_code)]
+//!
+//! use pvguest_sdk::{println, StartInfo};
+//!
+//! pvguest_sdk::entry!(main);
+//!
+//! fn main(si: &'static StartInfo) {
+//!     println!("hello from {} (domain {})", si.name(), si.domid);
+//!     // Returning powers the domain off; so does `sched::poweroff()`.
+//! }
+//! ```
+//! (This is `sample-guests/src/bin/hello.rs`, trimmed; the examples here are
+//! built as sample guests rather than doctests, because a guest cannot link
+//! into a host test binary.)
+//!
+//! ## Building
+//! Guests are built for the host target with the SDK's linker script. Add a
+//! `build.rs` to the guest crate:
+//! ```ignore
+//! fn main() {
+//!     let script = std::env::var("DEP_PVGUEST_LINKER_SCRIPT").unwrap();
+//!     for arg in ["-nostartfiles", "-nostdlib", "-static", "-no-pie",
+//!                 "-Wl,--gc-sections", &format!("-Wl,-T,{script}")] {
+//!         println!("cargo:rustc-link-arg-bins={arg}");
+//!     }
+//! }
+//! ```
+//! and set `panic = "abort"` in the workspace profiles. `cargo xtask build`
+//! then packs the guest into the boot bundle.
+//!
+//! ## The machine a guest sees
+//! - Entry in ring 1 with `rsp` on a 64 KiB boot stack and the start info in
+//!   `rsi`; the SDK copies the start info and calls your `main`.
+//! - The domain's memory is mapped linearly at
+//!   [`pvguest_abi::layout::GUEST_KERNEL_BASE`]; its page tables are
+//!   read-only.
+//! - Privileged instructions (`cli`, `hlt`, `mov cr3`, `wrmsr`, `in`/`out`,
+//!   ...) fault; a fault with no handler crashes only this domain.
+//! - FPU/SSE state is preserved across preemption.
+//!
+//! ## Layers
+//! | module | what | unsafe? |
+//! |---|---|---|
+//! | [`hypercall`] | the raw `int 0x82` gate | yes, contained here |
+//! | [`console`], [`sched`], [`version`] | typed hypercalls | no |
+//! | [`rt`] | entry point, start info, panic handler | contained here |
+//! | [`diag`] | self-checks of the platform (FPU preservation) | contained here |
 #![no_std]
+
+extern crate freestanding;
+
+pub mod console;
+pub mod diag;
+pub mod hypercall;
+pub mod rt;
+pub mod sched;
+pub mod version;
+
+pub use pvguest_abi as abi;
+pub use pvguest_abi::{Errno, StartInfo};
+pub use rt::start_info;
+
+/// Declares the guest's entry function: `fn(&'static StartInfo)`.
+///
+/// The SDK's `_start` calls it once the start info has been checked;
+/// returning from it powers the domain off.
+#[macro_export]
+macro_rules! entry {
+    ($main:path) => {
+        #[no_mangle]
+        #[doc(hidden)]
+        pub fn __pvguest_main(si: &'static $crate::StartInfo) {
+            let main: fn(&'static $crate::StartInfo) = $main;
+            main(si)
+        }
+    };
+}

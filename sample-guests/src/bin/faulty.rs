@@ -1,0 +1,36 @@
+//! `faulty`: a guest kernel with a bug. It faults in its own kernel as the
+//! command line says (`fault=panic|pagefault|ud2|divide`), and must crash
+//! only itself.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use pvguest_sdk::{println, StartInfo};
+
+pvguest_sdk::entry!(main);
+
+fn main(si: &'static StartInfo) {
+    let how = si.cmdline().split(' ').find_map(|w| w.strip_prefix("fault=")).unwrap_or("panic");
+    println!("faulty: about to fault ({how})");
+    match how {
+        "panic" => {
+            let v: [u32; 2] = [1, 2];
+            let i = si.nr_pages as usize; // far beyond the array
+            println!("index {} is {}", i, v[i]);
+        }
+        "pagefault" => {
+            // Follow a "pointer" the kernel stored as an integer: the SDK
+            // keeps unsafe out of guest code, so use the slice API on an
+            // address that our own page tables do not map.
+            let end = si.virt_base + si.nr_pages * 4096;
+            pvguest_sdk::diag::touch(end);
+        }
+        "ud2" => pvguest_sdk::diag::undefined_instruction(),
+        "divide" => {
+            let zero = si.nr_pages / (si.nr_pages + 1); // 0, unknown to the compiler
+            println!("{}", pvguest_sdk::diag::divide(1, zero));
+        }
+        other => println!("unknown fault kind '{other}'"),
+    }
+    println!("faulty: still alive, which is wrong");
+}

@@ -1,0 +1,46 @@
+//! `hello`: greets, shows what the hypervisor told it, checks that its
+//! SSE state survives preemption, and powers off.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+use pvguest_sdk::{abi::features, println, sched, version, StartInfo};
+
+pvguest_sdk::entry!(main);
+
+fn main(si: &'static StartInfo) {
+    let (major, minor) = version::abi_version();
+    println!("Hello from {} (domain {}), ring 1, ABI {major}.{minor}", si.name(), si.domid);
+    println!(
+        "start info: {} pages, page tables at {:#x} ({} frames), first free pfn {}, cmdline '{}'",
+        si.nr_pages,
+        si.pt_base,
+        si.nr_pt_frames,
+        si.first_free_pfn,
+        si.cmdline()
+    );
+    let f = version::features();
+    println!(
+        "features: fpu-preserved={} isolated-entry={}",
+        f & features::FPU_PRESERVED != 0,
+        f & features::ISOLATED_ENTRY != 0
+    );
+    let rounds = arg(si.cmdline(), "rounds").unwrap_or(4);
+    for round in 1..=rounds {
+        let bad = pvguest_sdk::diag::sse_clobber_check(0x1111_0000_0000 * round, 3_000_000);
+        println!("hello round {round}/{rounds}: sse registers intact: {}", bad == 0);
+        if bad != 0 {
+            println!("{bad} XMM registers were clobbered across preemption");
+            sched::crash();
+        }
+    }
+    println!("goodbye");
+}
+
+/// `key=value` from the command line, as a number.
+fn arg(cmdline: &str, key: &str) -> Option<u64> {
+    cmdline
+        .split(' ')
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}

@@ -1,0 +1,131 @@
+//! `spy`: a hostile guest kernel. Each run makes one attempt, chosen by
+//! `attempt=NAME` on the command line, to break out of its domain. Every
+//! attempt must be contained: the hypervisor crashes this domain and reports
+//! why, while the others carry on. `attempt=hypercalls` instead passes bad
+//! arguments to every hypercall and prints the error codes it gets back,
+//! then powers off.
+//!
+//! This guest needs `unsafe`: executing privileged instructions is the
+//! whole point.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use pvguest_sdk::abi::layout::ENTRY_AREA_BASE;
+use pvguest_sdk::abi::{console_io, hypercall as nr, sched_op, Errno};
+use pvguest_sdk::{hypercall, println, StartInfo};
+
+pvguest_sdk::entry!(main);
+
+/// Physical (and hypervisor-virtual) address of the hypervisor image.
+const HV_IMAGE: u64 = 0x10_0000;
+
+/// Every attempt this guest knows, and what it tries.
+const ATTEMPTS: &[(&str, &str)] = &[
+    ("read-hv", "read hypervisor memory at its own address (0x100000)"),
+    ("write-hv", "write hypervisor memory at 0x100000"),
+    ("write-idt", "write the IDT through its read-only entry-area alias"),
+    ("write-gdt", "write the GDT through its read-only entry-area alias"),
+    ("load-ring0-selector", "load the hypervisor data selector 0x10 into ds"),
+    ("far-jump-ring0", "far-jump to the hypervisor code selector 0x08"),
+    ("iret-ring0", "iretq to ring 0 with a forged frame"),
+    ("cli", "disable interrupts"),
+    ("hlt", "halt the CPU"),
+    ("mov-cr3", "load CR3"),
+    ("wrmsr", "write the LSTAR MSR"),
+    ("rdmsr", "read the APIC base MSR"),
+    ("lgdt", "load a GDT"),
+    ("lidt", "load an IDT"),
+    ("in", "read the serial port 0x3f8"),
+    ("out", "write QEMU's debug-exit port 0xf4"),
+    ("int-timer", "raise the hypervisor timer vector 0xf0 with int"),
+    ("int-pagefault", "forge a page fault with int 14"),
+    ("syscall", "use the syscall instruction (not enabled for guests)"),
+    ("hypercalls", "pass bad pointers, lengths and numbers to hypercalls"),
+];
+
+fn main(si: &'static StartInfo) {
+    let attempt = si.cmdline().split(' ').find_map(|w| w.strip_prefix("attempt=")).unwrap_or("");
+    let Some((_, what)) = ATTEMPTS.iter().find(|(n, _)| *n == attempt) else {
+        println!("spy: unknown attempt '{attempt}'; known attempts:");
+        for (n, w) in ATTEMPTS {
+            println!("  {n}: {w}");
+        }
+        pvguest_sdk::sched::crash();
+    };
+    println!("spy: attempting {attempt}: {what}");
+    // SAFETY: none of this is safe; each attempt must fault in this domain
+    // (or, for `hypercalls`, be refused with an error code).
+    unsafe {
+        match attempt {
+            "read-hv" => {
+                let v = (HV_IMAGE as *const u64).read_volatile();
+                println!("spy: read {v:#x} from the hypervisor!");
+            }
+            "write-hv" => (HV_IMAGE as *mut u64).write_volatile(0xbad),
+            "write-idt" => ((ENTRY_AREA_BASE + 0x1000) as *mut u64).write_volatile(0),
+            "write-gdt" => (ENTRY_AREA_BASE as *mut u64).add(1).write_volatile(0),
+            "load-ring0-selector" => asm!("mov ds, {0:x}", in(reg) 0x10u64),
+            "far-jump-ring0" => asm!("push 0x08", "lea rax, [rip + 2f]", "push rax", "retfq", "2:", out("rax") _),
+            "iret-ring0" => asm!(
+                "mov rax, rsp",
+                "push 0x10", "push rax", "pushfq", "push 0x08",
+                "lea rax, [rip + 2f]", "push rax", "iretq", "2:",
+                out("rax") _,
+            ),
+            "cli" => asm!("cli"),
+            "hlt" => asm!("hlt"),
+            "mov-cr3" => asm!("mov cr3, {0}", in(reg) 0u64),
+            "wrmsr" => asm!("wrmsr", in("ecx") 0xc000_0082u32, in("eax") 0u32, in("edx") 0u32),
+            "rdmsr" => asm!("rdmsr", in("ecx") 0x1bu32, out("eax") _, out("edx") _),
+            "lgdt" => asm!("lgdt [{0}]", in(reg) &[0u64; 2]),
+            "lidt" => asm!("lidt [{0}]", in(reg) &[0u64; 2]),
+            "in" => asm!("in al, dx", in("dx") 0x3f8u16, out("al") _),
+            "out" => asm!("out dx, eax", in("dx") 0xf4u16, in("eax") 0x10u32),
+            "int-timer" => asm!("int 0xf0"),
+            "int-pagefault" => asm!("int 14"),
+            "syscall" => asm!("syscall", out("rcx") _, out("r11") _),
+            "hypercalls" => {
+                bad_hypercalls();
+                pvguest_sdk::sched::poweroff();
+            }
+            _ => {}
+        }
+    }
+    println!("spy: attempt {attempt} was NOT stopped");
+}
+
+/// Each bad call must come back with the documented error, never crash the
+/// hypervisor, and never write anything.
+fn bad_hypercalls() {
+    let msg = b"spy";
+    let cases: &[(&str, u64, [u64; 5], Errno)] = &[
+        ("console_io write from hypervisor memory", nr::CONSOLE_IO, [console_io::WRITE, 16, HV_IMAGE, 0, 0], Errno::EFAULT),
+        ("console_io write from the entry area", nr::CONSOLE_IO, [console_io::WRITE, 16, ENTRY_AREA_BASE, 0, 0], Errno::EFAULT),
+        ("console_io write from a non-canonical address", nr::CONSOLE_IO, [console_io::WRITE, 1, 0x0000_8000_0000_0000, 0, 0], Errno::EFAULT),
+        ("console_io write that wraps the address space", nr::CONSOLE_IO, [console_io::WRITE, 64, u64::MAX - 7, 0, 0], Errno::EFAULT),
+        ("console_io write of 1 TiB", nr::CONSOLE_IO, [console_io::WRITE, 1 << 40, msg.as_ptr() as u64, 0, 0], Errno::EINVAL),
+        ("console_io unknown command", nr::CONSOLE_IO, [99, 3, msg.as_ptr() as u64, 0, 0], Errno::ENOSYS),
+        ("sched_op unknown command", nr::SCHED_OP, [77, 0, 0, 0, 0], Errno::ENOSYS),
+        ("sched_op shutdown with a bad reason", nr::SCHED_OP, [sched_op::SHUTDOWN, 9, 0, 0, 0], Errno::EINVAL),
+        ("unknown hypercall 9999", 9999, [0; 5], Errno::ENOSYS),
+        ("hypercall u64::MAX", u64::MAX, [0; 5], Errno::ENOSYS),
+    ];
+    let mut ok = 0;
+    for (what, n, args, want) in cases {
+        // SAFETY: none of these hypercalls writes guest memory.
+        let r = unsafe { hypercall::raw(*n, *args) };
+        let got = Errno::decode(r);
+        let pass = got == Err(*want);
+        ok += pass as usize;
+        println!("spy: {what}: {} (want {}) {}", fmt(got), want.name(), if pass { "refused" } else { "WRONG" });
+    }
+    println!("spy: {ok}/{} bad hypercalls refused with the right error", cases.len());
+}
+
+fn fmt(r: Result<u64, Errno>) -> &'static str {
+    match r {
+        Ok(_) => "accepted",
+        Err(e) => e.name(),
+    }
+}
