@@ -1,1 +1,167 @@
-fn main() {}
+//! `cargo xtask`: the one entry point that builds, packs, runs, tests and
+//! benchmarks Ringfence.
+//!
+//! | command | what it does |
+//! |---|---|
+//! | `build` | builds the hypervisor and the sample guests, packs the demo bundle |
+//! | `run [--manifest M] [--timeout S]` | builds, boots the demo in QEMU, streams the console, exits with the hypervisor's verdict |
+//! | `test [--host] [--qemu] [FILTER]` | host tests plus QEMU scenarios (all by default) |
+//! | `gdb [--manifest M]` | starts QEMU paused with a gdb stub and prints how to attach |
+//! | `bench-rings [--smoke]` | ring-protocol benchmark against rtrb, crossbeam and heapless |
+#![forbid(unsafe_code)]
+
+mod images;
+mod manifest;
+mod qemu;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+type Result<T> = std::result::Result<T, String>;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cmd, rest) = match args.split_first() {
+        Some((c, r)) => (c.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let r = match cmd {
+        "build" => build(rest),
+        "run" => run(rest),
+        "test" => test(rest),
+        "gdb" => gdb(rest),
+        "bench-rings" => bench_rings(rest),
+        "help" | "--help" | "-h" => {
+            help();
+            Ok(())
+        }
+        other => Err(format!("unknown command '{other}'; try `cargo xtask help`")),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn help() {
+    println!(
+        "cargo xtask <command>\n\n\
+         build                     build the hypervisor and sample guests, pack the demo bundle\n\
+         run [--manifest M] [--timeout S]\n\
+         \x20                         boot the demo (or manifest M) in QEMU and stream the console\n\
+         test [--host] [--qemu] [FILTER]\n\
+         \x20                         run host tests and QEMU scenarios (both by default)\n\
+         gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
+         bench-rings [--smoke] [--json PATH]\n\
+         \x20                         benchmark ring-protocol against rtrb, crossbeam-queue, heapless"
+    );
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_path_buf()
+}
+
+/// Runs a command with inherited output; fails unless it exits 0.
+pub fn run_cmd(cmd: &mut Command) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let st = cmd.status().map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed ({st})"))
+    }
+}
+
+fn flag_value(args: &[String], flag: &str) -> Option<String> {
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1).cloned())
+}
+
+fn build(_args: &[String]) -> Result<()> {
+    let imgs = images::build()?;
+    let m = manifest::Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
+    let out = images::pack_manifest(&imgs, &m)?;
+    println!("hypervisor: {}", imgs.hypervisor.display());
+    println!("bundle:     {}", out.display());
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let manifest_path = flag_value(args, "--manifest")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("sample-guests/manifests/demo.toml"));
+    let timeout = flag_value(args, "--timeout").and_then(|t| t.parse().ok()).unwrap_or(120);
+    qemu::ensure_installed()?;
+    let imgs = images::build()?;
+    let m = manifest::Manifest::load(&manifest_path)?;
+    let bundle = images::pack_manifest(&imgs, &m)?;
+    let opts = qemu::RunOpts {
+        kernel: imgs.hypervisor.clone(),
+        bundle: Some(bundle),
+        append: String::new(),
+        timeout_s: timeout,
+        stream: true,
+        extra: vec![],
+    };
+    let r = qemu::run(&opts)?;
+    eprintln!("xtask: QEMU ran for {:.2} s (TCG wall time): {}", r.wall.as_secs_f64(), r.outcome);
+    match r.outcome {
+        qemu::Outcome::Pass => Ok(()),
+        other => Err(format!("the run did not pass: {other}")),
+    }
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let host = args.iter().any(|a| a == "--host");
+    let qemu_only = args.iter().any(|a| a == "--qemu");
+    let (do_host, do_qemu) = match (host, qemu_only) {
+        (false, false) => (true, true),
+        (h, q) => (h, q),
+    };
+    let filter = args.iter().find(|a| !a.starts_with("--")).cloned();
+    if do_host {
+        println!("== host tests");
+        run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["test", "--workspace"]))?;
+    }
+    if do_qemu {
+        qemu::ensure_installed()?;
+        scenarios::run_all(filter.as_deref())?;
+    }
+    Ok(())
+}
+
+fn gdb(args: &[String]) -> Result<()> {
+    let manifest_path = flag_value(args, "--manifest")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("sample-guests/manifests/demo.toml"));
+    qemu::ensure_installed()?;
+    let imgs = images::build()?;
+    let m = manifest::Manifest::load(&manifest_path)?;
+    let bundle = images::pack_manifest(&imgs, &m)?;
+    println!("QEMU is paused with a gdb stub on localhost:1234. In another terminal:");
+    println!(
+        "  gdb {} -ex 'target remote :1234' -ex 'break kmain' -ex continue",
+        imgs.hypervisor.display()
+    );
+    println!("Guest symbols: add-symbol-file {}/<guest>", imgs.guests_dir.display());
+    println!("(the hypervisor's symbols are at their physical addresses; quit QEMU with Ctrl-A x)");
+    let opts = qemu::RunOpts {
+        kernel: imgs.hypervisor.clone(),
+        bundle: Some(bundle),
+        append: String::new(),
+        timeout_s: 24 * 3600,
+        stream: true,
+        extra: vec!["-s".into(), "-S".into()],
+    };
+    qemu::run(&opts).map(|_| ())
+}
+
+fn bench_rings(args: &[String]) -> Result<()> {
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args(["run", "--release", "-p", "ring-bench", "--"]).args(args);
+    run_cmd(&mut cmd)
+}

@@ -1,0 +1,83 @@
+//! Boot manifests: the human-written TOML that `cargo xtask run` packs into
+//! the boot bundle.
+//!
+//! ```toml
+//! [[domain]]
+//! name = "hello"          # 1..=31 of [A-Za-z0-9._-], unique
+//! image = "hello"         # a binary of sample-guests, or a path to an ELF
+//! mem_kib = 1024          # multiple of 4
+//! cmdline = "rounds=4"    # optional
+//! weight = 256            # optional, BVT weight 1..=10000
+//! warp_us = 0             # optional
+//! privileged = false      # optional
+//! expect = "poweroff"     # "poweroff" | "crash" | "rejected"
+//! ```
+//! Mistakes are reported here with the file and domain named; the bundle
+//! writer then checks every record again with the hypervisor's own reader.
+
+use crate::Result;
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+/// A parsed manifest.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The domains, in boot order.
+    pub domain: Vec<DomainToml>,
+    #[serde(skip)]
+    pub dir: PathBuf,
+}
+
+/// One `[[domain]]` table.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainToml {
+    pub name: String,
+    pub image: String,
+    pub mem_kib: u32,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub warp_us: u32,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default = "default_expect")]
+    pub expect: String,
+}
+
+fn default_weight() -> u32 {
+    256
+}
+
+fn default_expect() -> String {
+    "poweroff".into()
+}
+
+impl Manifest {
+    /// Reads and parses `path`.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read manifest {}: {e}", path.display()))?;
+        let mut m: Manifest = toml::from_str(&text).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+        if m.domain.is_empty() {
+            return Err(format!("manifest {}: no [[domain]] entries", path.display()));
+        }
+        for d in &m.domain {
+            parse_expect(&d.expect).map_err(|e| format!("manifest {}: domain '{}': {e}", path.display(), d.name))?;
+        }
+        m.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(m)
+    }
+}
+
+/// The bundle's `Expect` for a manifest string.
+pub fn parse_expect(s: &str) -> Result<ringfence_bundle::Expect> {
+    match s {
+        "poweroff" => Ok(ringfence_bundle::Expect::Poweroff),
+        "crash" => Ok(ringfence_bundle::Expect::Crash),
+        "rejected" => Ok(ringfence_bundle::Expect::Rejected),
+        other => Err(format!("expect = '{other}' is not \"poweroff\", \"crash\" or \"rejected\"")),
+    }
+}
