@@ -25,7 +25,7 @@ pub enum Expect {
 
 impl fmt::Display for Expect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+        f.pad(match self {
             Expect::Poweroff => "poweroff",
             Expect::Crash => "crash",
             Expect::Rejected => "rejected",
@@ -55,8 +55,14 @@ impl fmt::Display for Fault {
             write!(f, ", cr2 {:#x}, {}", self.cr2, describe_pf(self.error))?;
         } else if has_error_code(self.vector) {
             write!(f, ", error code {:#x}", self.error)?;
-            if self.vector == 13 && self.error != 0 {
-                write!(f, " (selector {:#x})", self.error & !7)?;
+            if matches!(self.vector, 10..=13) && self.error != 0 {
+                if self.error & 2 != 0 {
+                    // The index encoding differs between CPUs and QEMU
+                    // (vector * 8 vs * 16), so only the kind is decoded.
+                    f.write_str(" (an IDT gate)")?;
+                } else {
+                    write!(f, " (selector {:#x})", self.error & !7)?;
+                }
             }
         }
         Ok(())
@@ -208,5 +214,8 @@ mod tests {
         let gp = Fault { vector: 13, error: 0x10, rip: 0x20, cr2: 0, ring: 1 };
         assert_eq!(format!("{gp}"), "#GP (general protection) in ring 1 at rip 0x20, error code 0x10 (selector 0x10)");
         assert_eq!(vector_mnemonic(200), "IRQ");
+        let idt = Fault { vector: 13, error: 0xf02, rip: 0x20, cr2: 0, ring: 1 };
+        assert!(format!("{idt}").ends_with("error code 0xf02 (an IDT gate)"));
+        assert_eq!(format!("{:<9}|", Expect::Crash), "crash    |");
     }
 }

@@ -1,5 +1,378 @@
-//! QEMU scenarios (filled in below).
-use crate::Result;
-pub fn run_all(_filter: Option<&str>) -> Result<()> {
+//! QEMU scenarios: each boots the real hypervisor with real guests and
+//! asserts on the console and on QEMU's exit status. Every scenario has a
+//! timeout, and exit status 0 (a triple fault) never counts as success.
+
+use crate::images::{self, add_symbols, Images};
+use crate::manifest::Manifest;
+use crate::qemu::{self, Outcome, RunOpts};
+use crate::{root, Result};
+use ringfence_bundle::writer::{BundleWriter, DomainEntry};
+use ringfence_bundle::Expect;
+use std::time::Instant;
+
+/// Default time limit of one scenario.
+const TIMEOUT_S: u64 = 60;
+
+/// A scenario: what to boot and what must be seen.
+struct Scenario {
+    name: &'static str,
+    what: &'static str,
+    /// Builds the bundle (None: boot without one).
+    bundle: fn(&Images) -> Result<Option<Vec<u8>>>,
+    /// Hypervisor command line.
+    append: &'static str,
+    expect: Outcome,
+    /// Extra checks on the console output.
+    check: fn(&str) -> Result<()>,
+}
+
+fn guest(imgs: &Images, name: &str) -> Result<Vec<u8>> {
+    imgs.guest(name, &root())
+}
+
+fn entry(imgs: &Images, name: &str, image: &str, kib: u32, cmdline: &str, expect: Expect) -> Result<DomainEntry> {
+    Ok(DomainEntry::new(name, guest(imgs, image)?, kib).cmdline(cmdline).expect(expect))
+}
+
+fn finish(mut w: BundleWriter, imgs: &Images) -> Result<Option<Vec<u8>>> {
+    add_symbols(&mut w, imgs)?;
+    Ok(Some(w.finish()))
+}
+
+/// Every `spy` attempt that must crash the spy, and the fault it must get.
+const SPY_ATTEMPTS: &[(&str, &str)] = &[
+    ("read-hv", "#PF (page fault) in ring 1 at rip 0x"),
+    ("write-hv", "#PF (page fault) in ring 1"),
+    ("write-idt", "write to a read-only page"),
+    ("write-gdt", "write to a read-only page"),
+    ("load-ring0-selector", "error code 0x10 (selector 0x10)"),
+    ("far-jump-ring0", "error code 0x8 (selector 0x8)"),
+    ("iret-ring0", "#GP (general protection) in ring 1"),
+    ("cli", "#GP (general protection) in ring 1"),
+    ("hlt", "#GP (general protection) in ring 1"),
+    ("mov-cr3", "#GP (general protection) in ring 1"),
+    ("wrmsr", "#GP (general protection) in ring 1"),
+    ("rdmsr", "#GP (general protection) in ring 1"),
+    ("lgdt", "#GP (general protection) in ring 1"),
+    ("lidt", "#GP (general protection) in ring 1"),
+    ("in", "#GP (general protection) in ring 1"),
+    ("out", "#GP (general protection) in ring 1"),
+    ("int-timer", "(an IDT gate)"),
+    ("int-pagefault", "(an IDT gate)"),
+    ("syscall", "#UD (invalid opcode) in ring 1"),
+];
+
+fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "demo",
+            what: "the `cargo xtask run` demo passes with every domain as expected",
+            bundle: |imgs| {
+                let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
+                let p = images::pack_manifest(imgs, &m)?;
+                Ok(Some(std::fs::read(p).map_err(|e| e.to_string())?))
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "(rf) Ringfence 0.1.0 hypervisor (x86_64, ring 0)")?;
+                need(out, "[hello] Hello from hello (domain 1), ring 1, ABI 0.1")?;
+                need(out, "[hello] features: fpu-preserved=true isolated-entry=true")?;
+                need(out, "[spy-hypercalls] spy: 10/10 bad hypercalls refused with the right error")?;
+                need(out, "(rf) verdict: PASS")?;
+                interleaved(out, "[hello] hello round", "[ticker] tick ")?;
+                sse_intact(out, "[hello] hello round", 4)?;
+                sse_intact(out, "[ticker] tick ", 4)
+            },
+        },
+        Scenario {
+            name: "isolation",
+            what: "every spy attempt crashes only the spy; hello finishes beside them",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=3", Expect::Poweroff)?);
+                for (a, _) in SPY_ATTEMPTS {
+                    w.domain(entry(imgs, &format!("spy-{a}"), "spy", 512, &format!("attempt={a}"), Expect::Crash)?);
+                }
+                w.domain(entry(imgs, "spy-hypercalls", "spy", 512, "attempt=hypercalls", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                for (a, fault) in SPY_ATTEMPTS {
+                    let tag = format!("[spy-{a}] spy: attempting {a}");
+                    need(out, &tag)?;
+                    let line = find_line(out, &format!("(spy-{a}) crashed: "))?;
+                    if !line.contains(fault) {
+                        return Err(format!("spy attempt {a}: expected a crash with '{fault}', got: {line}"));
+                    }
+                    deny(out, &format!("[spy-{a}] spy: attempt {a} was NOT stopped"))?;
+                }
+                need(out, "[spy-hypercalls] spy: 10/10 bad hypercalls refused with the right error")?;
+                need(out, "(spy-hypercalls) exited: poweroff")?;
+                need(out, "[hello] goodbye")?;
+                sse_intact(out, "[hello] hello round", 3)?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "guest-faults",
+            what: "a guest kernel's own faults crash only that guest, each reported",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                for f in ["panic", "pagefault", "ud2", "divide"] {
+                    w.domain(entry(imgs, &format!("faulty-{f}"), "faulty", 512, &format!("fault={f}"), Expect::Crash)?);
+                }
+                w.domain(entry(imgs, "ticker", "ticker", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[faulty-panic] PANIC: panicked at")?;
+                need(out, "(faulty-panic) exited: crash (guest request)")?;
+                need(out, "(faulty-pagefault) crashed: #PF (page fault) in ring 1")?;
+                need(out, "read of an unmapped page")?;
+                need(out, "(faulty-ud2) crashed: #UD (invalid opcode) in ring 1")?;
+                need(out, "(faulty-divide) crashed: #DE (divide error) in ring 1")?;
+                deny(out, "faulty: still alive")?;
+                need(out, "[ticker] ticker done")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "bad-images",
+            what: "bad images are refused with a clear reason; the good domain still runs",
+            bundle: |imgs| {
+                let hello = guest(imgs, "hello")?;
+                let mut wx = hello.clone();
+                set_phdr_flags(&mut wx, 0, 7)?;
+                let mut low = hello.clone();
+                set_phdr_vaddr(&mut low, 0, 0x40_0000)?;
+                let host = std::fs::read(std::env::current_exe().map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
+                let mut w = BundleWriter::new();
+                let rej = |name: &str, image: Vec<u8>, kib: u32| DomainEntry::new(name, image, kib).expect(Expect::Rejected);
+                w.domain(rej("not-elf", b"this is not an ELF image at all".repeat(4), 512));
+                w.domain(rej("truncated", hello[..100].to_vec(), 512));
+                w.domain(rej("host-binary", host, 4096));
+                w.domain(rej("writable-text", wx, 1024));
+                w.domain(rej("below-base", low, 1024));
+                w.domain(rej("too-small", hello.clone(), 64));
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "(not-elf): not started: bad ELF image:")?;
+                need(out, "(truncated): not started: bad ELF image:")?;
+                need(out, "(host-binary): not started: bad ELF image:")?;
+                need(out, "(writable-text): not started: bad ELF image:")?;
+                need(out, "(below-base): not started: bad ELF image:")?;
+                need(out, "(too-small): not started: memory too small")?;
+                need(out, "[hello] goodbye")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "bad-manifest",
+            what: "a malformed manifest entry is reported, the rest still boots, the verdict fails",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                w.domain(DomainEntry::new("zero-memory", guest(imgs, "hello")?, 0));
+                w.domain(DomainEntry::new("bad name!", guest(imgs, "hello")?, 512));
+                w.domain(entry(imgs, "ticker", "ticker", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Fail,
+            check: |out| {
+                need(out, "bad manifest entry, not started: domain record 1 (\"zero-memory\")")?;
+                need(out, "bad manifest entry, not started: domain record 2")?;
+                need(out, "[hello] goodbye")?;
+                need(out, "[ticker] ticker done")?;
+                need(out, "(rf) verdict: FAIL")
+            },
+        },
+        Scenario {
+            name: "deadlock",
+            what: "a domain blocked with nothing to wake it is reported, not hung on",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "blocker", "faulty", 512, "fault=block", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Fail,
+            check: |out| need(out, "every live domain is blocked and nothing can wake them: deadlock"),
+        },
+        Scenario {
+            name: "hv-fault",
+            what: "a fault inside the hypervisor is reported with registers, CR2 and symbols",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "selftest=hv-pagefault",
+            expect: Outcome::Fail,
+            check: |out| {
+                need(out, "(rf) FATAL: hypervisor fault #PF (page fault), error code 0x0")?;
+                need(out, "cr2 0x7f0000000000")?;
+                need(out, "<ringfence::selftest_hv_pagefault+")?;
+                need(out, "backtrace:")?;
+                deny(out, "the fault was not caught")
+            },
+        },
+        Scenario {
+            name: "hv-panic",
+            what: "a hypervisor panic is reported and fails the run",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "selftest=hv-panic",
+            expect: Outcome::Fail,
+            check: |out| need(out, "(rf) PANIC: panicked at kernel/src/main.rs"),
+        },
+        Scenario {
+            name: "no-bundle",
+            what: "booting without a bundle says how to pass one",
+            bundle: |_| Ok(None),
+            append: "",
+            expect: Outcome::Fail,
+            check: |out| need(out, "(rf) FATAL: no boot bundle: pass one with QEMU -initrd"),
+        },
+    ]
+}
+
+/// Builds everything and runs the scenarios whose name contains `filter`.
+pub fn run_all(filter: Option<&str>) -> Result<()> {
+    let imgs = images::build()?;
+    let list: Vec<Scenario> =
+        scenarios().into_iter().filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
+    if list.is_empty() {
+        return Err(format!("no QEMU scenario matches '{}'", filter.unwrap_or("")));
+    }
+    println!("== QEMU scenarios ({})", list.len());
+    let (mut passed, mut failed) = (0, 0);
+    let t0 = Instant::now();
+    for s in &list {
+        let r = run_one(&imgs, s);
+        match r {
+            Ok(secs) => {
+                passed += 1;
+                println!("scenario {:<14} ok ({secs:.2} s): {}", s.name, s.what);
+            }
+            Err(e) => {
+                failed += 1;
+                println!("scenario {:<14} FAILED: {}\n{e}", s.name, s.what);
+            }
+        }
+    }
+    println!("QEMU scenarios: {:.1} s in all", t0.elapsed().as_secs_f64());
+    println!("{passed} passed, {failed} failed");
+    if failed > 0 {
+        Err(format!("{failed} QEMU scenario(s) failed"))
+    } else {
+        Ok(())
+    }
+}
+
+fn run_one(imgs: &Images, s: &Scenario) -> Result<f64> {
+    let bundle = match (s.bundle)(imgs)? {
+        Some(bytes) => Some(images::write_bundle(s.name, &bytes)?),
+        None => None,
+    };
+    let opts = RunOpts {
+        kernel: imgs.hypervisor.clone(),
+        bundle,
+        append: s.append.into(),
+        timeout_s: TIMEOUT_S,
+        stream: false,
+        extra: vec![],
+    };
+    let r = qemu::run(&opts)?;
+    let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));
+    if r.outcome != s.expect {
+        return fail(format!("expected {}, got {}", s.expect, r.outcome));
+    }
+    if let Err(e) = (s.check)(&r.output) {
+        return fail(e);
+    }
+    Ok(r.wall.as_secs_f64())
+}
+
+fn indent(s: &str) -> String {
+    s.lines().map(|l| format!("  | {l}\n")).collect()
+}
+
+fn need(out: &str, text: &str) -> Result<()> {
+    if out.contains(text) {
+        Ok(())
+    } else {
+        Err(format!("missing from the console: {text:?}"))
+    }
+}
+
+fn deny(out: &str, text: &str) -> Result<()> {
+    if out.contains(text) {
+        Err(format!("must not appear on the console: {text:?}"))
+    } else {
+        Ok(())
+    }
+}
+
+fn find_line<'a>(out: &'a str, text: &str) -> Result<&'a str> {
+    out.lines().find(|l| l.contains(text)).ok_or_else(|| format!("no console line contains {text:?}"))
+}
+
+/// Both domains' progress lines must interleave: each prints between the
+/// other's first and last line (they ran concurrently under preemption).
+fn interleaved(out: &str, a: &str, b: &str) -> Result<()> {
+    let idx = |p: &str| out.lines().enumerate().filter(|(_, l)| l.starts_with(p)).map(|(i, _)| i).collect::<Vec<_>>();
+    let (ia, ib) = (idx(a), idx(b));
+    let (Some(&a0), Some(&a1), Some(&b0), Some(&b1)) = (ia.first(), ia.last(), ib.first(), ib.last()) else {
+        return Err(format!("no lines starting with {a:?} or {b:?}"));
+    };
+    if ib.iter().any(|&i| i > a0 && i < a1) && ia.iter().any(|&i| i > b0 && i < b1) {
+        Ok(())
+    } else {
+        Err(format!("lines {a:?} and {b:?} did not interleave (no preemption between them)"))
+    }
+}
+
+/// `count` lines starting with `prefix`, each reporting intact SSE state.
+fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
+    let lines: Vec<&str> = out.lines().filter(|l| l.starts_with(prefix)).collect();
+    if lines.len() != count {
+        return Err(format!("expected {count} lines starting with {prefix:?}, found {}", lines.len()));
+    }
+    match lines.iter().find(|l| !l.ends_with("sse registers intact: true")) {
+        Some(l) => Err(format!("SSE state was not preserved: {l}")),
+        None => Ok(()),
+    }
+}
+
+fn phdr(image: &[u8], i: usize) -> Result<usize> {
+    let phoff = u64::from_le_bytes(image.get(32..40).ok_or("short ELF")?.try_into().expect("8 bytes")) as usize;
+    Ok(phoff + i * 56)
+}
+
+/// Sets the flags of program header `i` (for building bad images).
+fn set_phdr_flags(image: &mut [u8], i: usize, flags: u32) -> Result<()> {
+    let p = phdr(image, i)?;
+    image[p + 4..p + 8].copy_from_slice(&flags.to_le_bytes());
+    Ok(())
+}
+
+/// Sets the virtual address of program header `i` (for building bad images).
+fn set_phdr_vaddr(image: &mut [u8], i: usize, vaddr: u64) -> Result<()> {
+    let p = phdr(image, i)?;
+    image[p + 16..p + 24].copy_from_slice(&vaddr.to_le_bytes());
     Ok(())
 }

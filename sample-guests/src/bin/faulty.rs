@@ -1,5 +1,6 @@
 //! `faulty`: a guest kernel with a bug. It faults in its own kernel as the
-//! command line says (`fault=panic|pagefault|ud2|divide`), and must crash
+//! command line says (`fault=panic|pagefault|ud2|divide`; `fault=block`
+//! instead blocks forever), and must crash
 //! only itself.
 #![no_std]
 #![no_main]
@@ -29,6 +30,11 @@ fn main(si: &'static StartInfo) {
         "divide" => {
             let zero = si.nr_pages / (si.nr_pages + 1); // 0, unknown to the compiler
             println!("{}", pvguest_sdk::diag::divide(1, zero));
+        }
+        "block" => {
+            // Not a fault: wait for an event that can never come. The
+            // hypervisor must notice that nothing can wake this domain.
+            pvguest_sdk::sched::block();
         }
         other => println!("unknown fault kind '{other}'"),
     }
