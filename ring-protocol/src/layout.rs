@@ -13,7 +13,9 @@
 //! memory (the endpoints access each index word through its own
 //! `&AtomicU32`, R6).
 
-use core::mem::{align_of, offset_of, size_of};
+use core::mem::{align_of, size_of};
+#[cfg(not(loom))]
+use core::mem::offset_of;
 
 #[cfg(not(loom))]
 use crate::sync::AtomicU32;

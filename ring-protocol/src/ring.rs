@@ -367,17 +367,14 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
         Ok(Some(rsp))
     }
 
-    /// Every available response, as copies. Re-reads `rsp_prod` only if
-    /// no response seen before is left.
+    /// Every response available now, as copies: one read of `rsp_prod`
+    /// for the whole batch.
     ///
     /// # Errors
     /// As [`Front::poll_responses`].
     #[inline]
     pub fn responses(&mut self) -> Result<Drain<'_, Rsp>, RingError> {
-        self.ok()?;
-        if self.cached_responses() == 0 {
-            self.poll_responses()?;
-        }
+        self.poll_responses()?;
         Ok(Drain::new(&self.mem, self.slots, &mut self.rsp_cons, self.rsp_prod_seen))
     }
 
@@ -538,17 +535,14 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         Ok(Some(req))
     }
 
-    /// Every available request, as copies. Re-reads `req_prod` only if no
-    /// request seen before is left.
+    /// Every request available now, as copies: one read of `req_prod` for
+    /// the whole batch.
     ///
     /// # Errors
     /// As [`Back::poll_requests`].
     #[inline]
     pub fn requests(&mut self) -> Result<Drain<'_, Req>, RingError> {
-        self.ok()?;
-        if self.cached_requests() == 0 {
-            self.poll_requests()?;
-        }
+        self.poll_requests()?;
         Ok(Drain::new(&self.mem, self.slots, &mut self.req_cons, self.req_prod_seen))
     }
 

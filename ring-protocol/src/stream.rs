@@ -371,17 +371,14 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
         Ok(Some(item))
     }
 
-    /// Every available element, as copies (they still need a `release`).
-    /// Re-reads `prod` only if nothing seen before is left.
+    /// Every element available now, as copies (they still need a
+    /// `release`): one read of `prod` for the whole batch.
     ///
     /// # Errors
     /// As [`StreamConsumer::poll`].
     #[inline]
     pub fn drain(&mut self) -> Result<Drain<'_, T>, RingError> {
-        self.ok()?;
-        if self.cached_available() == 0 {
-            self.poll()?;
-        }
+        self.poll()?;
         Ok(Drain::new(&self.mem, self.slots, &mut self.cons, self.prod_seen))
     }
 

@@ -1,0 +1,241 @@
+//! Loom models of the notification handshake (R8, R9) and of the slot
+//! orderings (R5, R7), over the real endpoint code.
+//!
+//! Run with:
+//! ```text
+//! RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom
+//! ```
+//!
+//! Loom explores every interleaving (and every value a weak memory model
+//! lets a load return) of two threads. A side that goes to sleep after a
+//! failed final check must always have been notified by the other side's
+//! publish. Slot accesses go through per-slot loom cells, so loom also
+//! checks that every slot write happens-before the read of it and the read
+//! before the next write. `r9_weak_fences_lose_a_wakeup` shows that loom
+//! finds the lost wake-up when the SeqCst fences are weakened.
+#![cfg(loom)]
+
+use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
+use loom::thread;
+use ring_protocol::{
+    ring_bytes, stream_bytes, Back, Front, LoomShadow, SharedMem, StreamConsumer, StreamProducer,
+};
+
+/// Leak a zeroed, 64-byte aligned region and a shadow for `slots` slots:
+/// loom threads need `'static` borrows.
+fn region(len: usize, slots: usize, weak: bool) -> (&'static [u64], &'static LoomShadow) {
+    let words: &'static mut [Line] = Vec::leak(vec![Line([0; 8]); len.div_ceil(64)]);
+    let shadow = LoomShadow::new(slots);
+    let shadow = if weak { shadow.weaken_full_fences() } else { shadow };
+    // SAFETY: Line is repr(C) of u64s; the slice covers the same bytes.
+    let words = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u64>(), words.len() * 8) };
+    (words, Box::leak(Box::new(shadow)))
+}
+
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([u64; 8]);
+
+fn mem(words: &'static [u64], len: usize, shadow: &'static LoomShadow) -> SharedMem<'static> {
+    // SAFETY: leaked, so valid forever; used only through endpoints.
+    unsafe { SharedMem::new(words.as_ptr().cast_mut().cast(), len) }
+        .unwrap()
+        .with_loom_shadow(shadow)
+}
+
+fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = Some(3);
+    b.check(f);
+}
+
+/// One round trip first, so the event indices are no longer at their
+/// initial "wake me for the first item" values; then race a final check
+/// against a publish.
+fn warmed_ring(weak: bool) -> (Front<'static, u64, u64>, Back<'static, u64, u64>) {
+    let len = ring_bytes::<u64, u64>(2);
+    let (words, shadow) = region(len, 2, weak);
+    let mut front = Front::<u64, u64>::init_at(mem(words, len, shadow), u32::MAX).unwrap();
+    let mut back = Back::<u64, u64>::attach(mem(words, len, shadow)).unwrap();
+    front.try_push(1).unwrap();
+    assert!(front.push_and_check_notify().unwrap());
+    assert_eq!(back.pop_request().unwrap(), Some(1));
+    back.try_push(1).unwrap();
+    assert!(back.push_and_check_notify().unwrap());
+    assert_eq!(front.pop_response().unwrap(), Some(1));
+    // Neither side has re-armed its event: a publish now notifies only if
+    // the other side armed it again.
+    front.try_push(2).unwrap();
+    assert!(!front.push_and_check_notify().unwrap());
+    assert_eq!(back.pop_request().unwrap(), Some(2));
+    back.try_push(2).unwrap();
+    assert!(!back.push_and_check_notify().unwrap());
+    assert_eq!(front.pop_response().unwrap(), Some(2));
+    (front, back)
+}
+
+fn request_wakeup(weak: bool) {
+    let (mut front, mut back) = warmed_ring(weak);
+    let notified : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+    let producer = thread::spawn(move || {
+        front.try_push(3).unwrap();
+        if front.push_and_check_notify().unwrap() {
+            notified.store(true, SeqCst);
+        }
+    });
+    let slept = !back.final_check_for_requests().unwrap();
+    producer.join().unwrap();
+    if slept {
+        assert!(notified.load(SeqCst), "lost wake-up: back sleeps with a request pending");
+    } else {
+        assert_eq!(back.pop_request().unwrap(), Some(3));
+    }
+}
+
+#[test]
+fn r8_r9_request_wakeup_is_never_lost() {
+    model(|| request_wakeup(false));
+}
+
+#[test]
+#[should_panic(expected = "lost wake-up")]
+fn r9_weak_fences_lose_a_wakeup() {
+    model(|| request_wakeup(true));
+}
+
+#[test]
+fn r8_r9_response_wakeup_is_never_lost() {
+    model(|| {
+        let (mut front, mut back) = warmed_ring(false);
+        front.try_push(3).unwrap();
+        front.push_and_check_notify().unwrap();
+        assert_eq!(back.pop_request().unwrap(), Some(3));
+        let notified : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let responder = thread::spawn(move || {
+            back.try_push(30).unwrap();
+            if back.push_and_check_notify().unwrap() {
+                notified.store(true, SeqCst);
+            }
+        });
+        let slept = !front.final_check_for_responses().unwrap();
+        responder.join().unwrap();
+        if slept {
+            assert!(notified.load(SeqCst), "lost wake-up: front sleeps with a response pending");
+        } else {
+            assert_eq!(front.pop_response().unwrap(), Some(30));
+        }
+    });
+}
+
+/// Batched wake-up (k = 2) against two separate publishes: the sleeper is
+/// woken exactly when the second item lands, never by the first.
+#[test]
+fn r9_batched_wakeup_waits_for_k_items() {
+    model(|| {
+        let (mut front, mut back) = warmed_ring(false);
+        let notifications : &'static _ = Box::leak(Box::new(AtomicU32::new(0)));
+        let producer = thread::spawn(move || {
+            for v in [3, 4] {
+                front.try_push(v).unwrap();
+                if front.push_and_check_notify().unwrap() {
+                    notifications.fetch_add(1, SeqCst);
+                }
+            }
+        });
+        let slept = !back.final_check_for_requests_batched(2).unwrap();
+        producer.join().unwrap();
+        let n = notifications.load(SeqCst);
+        assert!(n <= 1, "one armed event, {n} notifications");
+        if slept {
+            assert_eq!(n, 1, "lost wake-up: two requests pending");
+        }
+        assert_eq!(back.requests().unwrap().collect::<Vec<_>>(), [3, 4]);
+    });
+}
+
+/// R5/R7: three requests through a 2-slot ring, so slots are reused while
+/// the other thread may still be reading them; loom's cell tracking checks
+/// the happens-before edges, the values check the data.
+#[test]
+fn r5_r7_slot_reuse_is_ordered() {
+    model(|| {
+        let len = ring_bytes::<u64, u64>(2);
+        let (words, shadow) = region(len, 2, false);
+        let mut front = Front::<u64, u64>::init_at(mem(words, len, shadow), u32::MAX).unwrap();
+        let mut back = Back::<u64, u64>::attach(mem(words, len, shadow)).unwrap();
+        let server = thread::spawn(move || {
+            let mut expect = 10;
+            while expect < 13 {
+                match back.pop_request().unwrap() {
+                    Some(v) => {
+                        assert_eq!(v, expect);
+                        expect += 1;
+                        back.try_push(v + 100).unwrap();
+                        back.publish().unwrap();
+                    }
+                    None => thread::yield_now(),
+                }
+            }
+        });
+        let mut next = 10;
+        let mut expect = 110;
+        while expect < 113 {
+            if next < 13 && front.free_requests() > 0 {
+                front.try_push(next).unwrap();
+                front.publish().unwrap();
+                next += 1;
+            }
+            match front.pop_response().unwrap() {
+                Some(v) => {
+                    assert_eq!(v, expect);
+                    expect += 1;
+                }
+                None => thread::yield_now(),
+            }
+        }
+        server.join().unwrap();
+    });
+}
+
+/// R12: the stream's data wake-up and space wake-up.
+#[test]
+fn r12_stream_wakeups_are_never_lost() {
+    model(|| {
+        let len = stream_bytes::<u64>(1);
+        let (words, shadow) = region(len, 1, false);
+        let mut tx = StreamProducer::<u64>::init(mem(words, len, shadow)).unwrap();
+        let mut rx = StreamConsumer::<u64>::attach(mem(words, len, shadow)).unwrap();
+        // Fill the one slot; the consumer has not released it yet.
+        tx.try_push(1).unwrap();
+        tx.push_and_check_notify().unwrap();
+        let data_bell : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let space_bell : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let consumer = thread::spawn(move || {
+            assert_eq!(rx.pop().unwrap(), Some(1));
+            if rx.release_and_check_notify().unwrap() {
+                space_bell.store(true, SeqCst);
+            }
+            let slept = !rx.final_check().unwrap();
+            (rx, slept)
+        });
+        // The producer waits for space, then publishes a second element.
+        let producer_slept = !tx.final_check_for_space(1).unwrap();
+        let (mut rx, consumer_slept) = if producer_slept {
+            let (rx, slept) = consumer.join().unwrap();
+            assert!(space_bell.load(SeqCst), "lost wake-up: producer waits for space");
+            (rx, slept)
+        } else {
+            tx.try_push(2).unwrap();
+            if tx.push_and_check_notify().unwrap() {
+                data_bell.store(true, SeqCst);
+            }
+            consumer.join().unwrap()
+        };
+        if !producer_slept && consumer_slept {
+            assert!(data_bell.load(SeqCst), "lost wake-up: consumer sleeps with data pending");
+        }
+        if !producer_slept {
+            assert_eq!(rx.pop().unwrap(), Some(2));
+        }
+    });
+}
