@@ -4,13 +4,16 @@ use core::arch::asm;
 
 /// Loads all sixteen XMM registers with values derived from `seed`, spins
 /// for `spins` iterations (long enough to be preempted by other domains that
-/// use the same registers), and checks that every register still holds its
-/// value. Returns the number of registers that changed (0 means the
-/// hypervisor preserved this domain's SSE state).
+/// use the same registers), yielding to the hypervisor with a `sched_op`
+/// hypercall every 2^20 iterations, and checks that every register still
+/// holds its value. Returns the number of registers that changed (0 means
+/// the hypervisor preserved this domain's SSE state across interrupts,
+/// hypercalls and domain switches).
 pub fn sse_clobber_check(seed: u64, spins: u64) -> u32 {
     let mut out = [[0u64; 2]; 16];
-    // SAFETY: the asm only writes the XMM registers it declares clobbered,
-    // rcx/rax, and the 256-byte `out` buffer through its pointer.
+    // SAFETY: the asm only writes the XMM registers and rax/rdi, which it
+    // declares clobbered, and the 256-byte `out` buffer through its pointer;
+    // the yield hypercall preserves every other register.
     unsafe {
         asm!(
             "movq xmm0, {s}", "punpcklqdq xmm0, xmm0", "add {s}, 1",
@@ -30,6 +33,12 @@ pub fn sse_clobber_check(seed: u64, spins: u64) -> u32 {
             "movq xmm14, {s}", "punpcklqdq xmm14, xmm14", "add {s}, 1",
             "movq xmm15, {s}", "punpcklqdq xmm15, xmm15",
             "2:",
+            "test {n:e}, 0xfffff",
+            "jnz 3f",
+            "mov eax, {sched_op}",
+            "xor edi, edi", // SCHEDOP_yield
+            "int 0x82",
+            "3:",
             "sub {n}, 1",
             "jnz 2b",
             "movdqu [{o}], xmm0",
@@ -51,6 +60,8 @@ pub fn sse_clobber_check(seed: u64, spins: u64) -> u32 {
             s = inout(reg) seed => _,
             n = inout(reg) spins.max(1) => _,
             o = in(reg) out.as_mut_ptr(),
+            sched_op = const pvguest_abi::hypercall::SCHED_OP,
+            out("rax") _, out("rdi") _,
             out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
             out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
             out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
