@@ -63,15 +63,18 @@ pub(crate) fn arm_event(mem: &SharedMem<'_>, event_off: usize, event: u32) {
     mem.full_fence();
 }
 
-/// Copies of everything that was available when the iterator was made,
-/// each slot read exactly once; consumption advances as items are taken.
+/// Copies of the entries that were available when the iterator was made,
+/// each slot read exactly once (R6), in order.
 ///
-/// Dropping the iterator early leaves the rest unconsumed. For a stream
-/// consumer, taken items still need a `release`.
+/// Consumption advances as items are taken: dropping the iterator early
+/// leaves the rest unconsumed. For a stream consumer, taken items still
+/// need a `release`.
 pub struct Drain<'r, T: Pod> {
     mem: &'r SharedMem<'r>,
     slots: Slots,
-    cons: &'r mut u32,
+    /// The endpoint's consumer counter, updated when the iterator drops.
+    cons_out: &'r mut u32,
+    cons: u32,
     end: u32,
     _item: PhantomData<T>,
 }
@@ -81,28 +84,39 @@ impl<T: Pod> Iterator for Drain<'_, T> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<T> {
-        if *self.cons == self.end {
+        if self.cons == self.end {
             return None;
         }
-        let item = self.slots.read::<T>(self.mem, *self.cons);
-        *self.cons = self.cons.wrapping_add(1);
+        let item = self.slots.read::<T>(self.mem, self.cons);
+        self.cons = self.cons.wrapping_add(1);
         Some(item)
     }
 
+    #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.end.wrapping_sub(*self.cons) as usize;
+        let n = self.end.wrapping_sub(self.cons) as usize;
         (n, Some(n))
     }
 }
 
 impl<T: Pod> ExactSizeIterator for Drain<'_, T> {}
 
+impl<T: Pod> Drop for Drain<'_, T> {
+    #[inline(always)]
+    fn drop(&mut self) {
+        *self.cons_out = self.cons;
+    }
+}
+
 impl<'r, T: Pod> Drain<'r, T> {
+    /// Entries `[*cons, end)`; the caller has validated `end` (R4).
+    #[inline(always)]
     pub(crate) fn new(mem: &'r SharedMem<'r>, slots: Slots, cons: &'r mut u32, end: u32) -> Self {
         Drain {
             mem,
             slots,
-            cons,
+            cons: *cons,
+            cons_out: cons,
             end,
             _item: PhantomData,
         }
@@ -378,6 +392,23 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
         Ok(Drain::new(&self.mem, self.slots, &mut self.rsp_cons, self.rsp_prod_seen))
     }
 
+    /// At most `max` available responses, as copies. Re-reads `rsp_prod`
+    /// only if fewer than `max` are known to be available, so a consumer
+    /// taking small batches does not touch the back's cache line each time.
+    ///
+    /// # Errors
+    /// As [`Front::poll_responses`].
+    #[inline]
+    pub fn responses_up_to(&mut self, max: u32) -> Result<Drain<'_, Rsp>, RingError> {
+        self.ok()?;
+        let mut avail = self.cached_responses();
+        if avail < max {
+            avail = self.poll_responses()?;
+        }
+        let end = self.rsp_cons.wrapping_add(avail.min(max));
+        Ok(Drain::new(&self.mem, self.slots, &mut self.rsp_cons, end))
+    }
+
     /// R9 (Xen's `RING_FINAL_CHECK_FOR_RESPONSES`): call when out of
     /// responses, before sleeping. Returns `true` if a response is
     /// available (do not sleep); `false` means the back will be told to
@@ -544,6 +575,52 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     pub fn requests(&mut self) -> Result<Drain<'_, Req>, RingError> {
         self.poll_requests()?;
         Ok(Drain::new(&self.mem, self.slots, &mut self.req_cons, self.req_prod_seen))
+    }
+
+    /// At most `max` available requests, as copies. Re-reads `req_prod`
+    /// only if fewer than `max` are known to be available.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    #[inline]
+    pub fn requests_up_to(&mut self, max: u32) -> Result<Drain<'_, Req>, RingError> {
+        self.ok()?;
+        let mut avail = self.cached_requests();
+        if avail < max {
+            avail = self.poll_requests()?;
+        }
+        let end = self.req_cons.wrapping_add(avail.min(max));
+        Ok(Drain::new(&self.mem, self.slots, &mut self.req_cons, end))
+    }
+
+    /// Serve up to `max` requests in order, synchronously: copy each request
+    /// out and write `f(request)` as its response into the slot just freed
+    /// (R7). Responses are not published; returns how many were served.
+    /// Re-reads `req_prod` only if fewer than `max` are known. Backends that
+    /// complete out of order use [`Back::pop_request`] and
+    /// [`Back::try_push`] instead.
+    ///
+    /// # Errors
+    /// As [`Back::poll_requests`].
+    #[inline]
+    pub fn serve_up_to(&mut self, max: u32, mut f: impl FnMut(Req) -> Rsp) -> Result<u32, RingError> {
+        self.ok()?;
+        let mut avail = self.cached_requests();
+        if avail < max {
+            avail = self.poll_requests()?;
+        }
+        let n = avail.min(max);
+        let (mut cons, mut prod) = (self.req_cons, self.rsp_prod_pvt);
+        for _ in 0..n {
+            let req = self.slots.read::<Req>(&self.mem, cons);
+            cons = cons.wrapping_add(1);
+            // R7: `prod < cons` now, so this slot's request is already copied.
+            self.slots.write(&self.mem, prod, f(req));
+            prod = prod.wrapping_add(1);
+        }
+        self.req_cons = cons;
+        self.rsp_prod_pvt = prod;
+        Ok(n)
     }
 
     /// Write one response without publishing it.

@@ -382,6 +382,23 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
         Ok(Drain::new(&self.mem, self.slots, &mut self.cons, self.prod_seen))
     }
 
+    /// At most `max` available elements, as copies (they still need a
+    /// `release`). Re-reads `prod` only if fewer than `max` are known to be
+    /// available.
+    ///
+    /// # Errors
+    /// As [`StreamConsumer::poll`].
+    #[inline]
+    pub fn drain_up_to(&mut self, max: u32) -> Result<Drain<'_, T>, RingError> {
+        self.ok()?;
+        let mut avail = self.cached_available();
+        if avail < max {
+            avail = self.poll()?;
+        }
+        let end = self.cons.wrapping_add(avail.min(max));
+        Ok(Drain::new(&self.mem, self.slots, &mut self.cons, end))
+    }
+
     /// Copy up to `out.len()` available elements into `out`; returns how
     /// many. They still need a `release`.
     ///
@@ -389,8 +406,9 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// As [`StreamConsumer::poll`].
     #[inline]
     pub fn read(&mut self, out: &mut [T]) -> Result<usize, RingError> {
+        let max = u32::try_from(out.len()).unwrap_or(u32::MAX);
         let mut n = 0;
-        for (dst, src) in out.iter_mut().zip(self.drain()?) {
+        for (dst, src) in out.iter_mut().zip(self.drain_up_to(max)?) {
             *dst = src;
             n += 1;
         }

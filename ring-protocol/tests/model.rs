@@ -27,7 +27,8 @@ type Msg = [u64; 2]; // [id, seq]
 enum Op {
     FrontPush(u8),
     FrontPublish,
-    /// Consume up to n responses one by one (0: all, with the iterator).
+    /// Consume up to n responses: one by one (odd n), with `responses_up_to`
+    /// (even n), or all with `responses` (0).
     FrontConsume(u8),
     FrontSleep(u8),
     BackConsume(u8),
@@ -35,15 +36,18 @@ enum Op {
     BackRespond(u8, u8),
     BackPublish,
     BackSleep(u8),
+    /// Serve up to n requests in order with `serve_up_to`.
+    BackServe(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         (1u8..6).prop_map(Op::FrontPush),
         Just(Op::FrontPublish),
-        (0u8..4).prop_map(Op::FrontConsume),
+        (0u8..6).prop_map(Op::FrontConsume),
         (1u8..10).prop_map(Op::FrontSleep),
-        (0u8..4).prop_map(Op::BackConsume),
+        (0u8..6).prop_map(Op::BackConsume),
+        (1u8..6).prop_map(Op::BackServe),
         (1u8..4, any::<u8>()).prop_map(|(n, s)| Op::BackRespond(n, s)),
         Just(Op::BackPublish),
         (1u8..10).prop_map(Op::BackSleep),
@@ -172,6 +176,8 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                 m.wake_front();
                 let got: Vec<Msg> = if n == 0 {
                     front.responses().unwrap().collect()
+                } else if n % 2 == 0 {
+                    front.responses_up_to(u32::from(n)).unwrap().collect()
                 } else {
                     let mut v = Vec::new();
                     for _ in 0..n {
@@ -210,6 +216,8 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                 m.wake_back();
                 let got: Vec<Msg> = if n == 0 {
                     back.requests().unwrap().collect()
+                } else if n % 2 == 0 {
+                    back.requests_up_to(u32::from(n)).unwrap().collect()
                 } else {
                     let mut v = Vec::new();
                     for _ in 0..n {
@@ -242,6 +250,21 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                     let at = (seed as usize + i as usize) % m.back_pending.len();
                     let req = m.back_pending.swap_remove(at);
                     back.try_push(req).unwrap();
+                    m.rsp_written.push_back(req);
+                }
+            }
+            Op::BackServe(n) => {
+                m.wake_back();
+                let mut seen = Vec::new();
+                let served = back
+                    .serve_up_to(u32::from(n), |req| {
+                        seen.push(req);
+                        req
+                    })
+                    .unwrap();
+                prop_assert_eq!(served as usize, m.req_published.len().min(n as usize));
+                for req in seen {
+                    prop_assert_eq!(Some(req), m.req_published.pop_front());
                     m.rsp_written.push_back(req);
                 }
             }
