@@ -26,7 +26,7 @@ use crate::arch::{cpu, qemu_exit, EXIT_FAILURE, EXIT_SUCCESS};
 use crate::log;
 use crate::log::Sym;
 use core::fmt::Write as _;
-use pvguest_abi::{layout, selectors, HYPERCALL_VECTOR};
+use pvguest_abi::{selectors, HYPERCALL_VECTOR};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::console::LineBuffer;
@@ -34,6 +34,7 @@ use ringfence_kernel::domain::{next_runnable, Exit, Expect, Fault, RunState};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
 use ringfence_kernel::guest_mem::{GuestVa, GuestView, PhysMem};
 use ringfence_kernel::hypercall::{self, Action};
+use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
 use spin::Mutex;
 
 /// Most domains the hypervisor tracks.
@@ -44,11 +45,6 @@ const TICK_HZ: u64 = 1000;
 /// Ticks in a time slice.
 const SLICE_TICKS: u32 = 5;
 
-/// RFLAGS bits a guest may set: CF PF AF ZF SF TF DF OF AC ID. IF is forced
-/// on; IOPL, NT, RF, VM, VIF, VIP are forced off.
-const GUEST_RFLAGS: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
-const RFLAGS_IF: u64 = 0x200;
-const RFLAGS_FIXED: u64 = 0x2;
 
 /// One domain.
 pub struct Domain {
@@ -359,7 +355,13 @@ impl Hv {
         }
         self.current = Some(i);
         let d = &mut self.domains[i];
-        sanitize(&mut d.regs);
+        if !d.regs.sanitize() {
+            // Frames come from the CPU or from validated guest input, so
+            // only a hypervisor bug gets here; never iretq to it.
+            log!("dom{} ({}): non-canonical return frame, crashing it", d.id, d.name);
+            self.kill(i, Exit::Rejected);
+            return self.schedule(true);
+        }
         Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx }
     }
 
@@ -403,24 +405,6 @@ fn name_of(s: &str) -> heapless::String<32> {
         let _ = n.push(c);
     }
     n
-}
-
-/// Makes a frame safe to `iretq` to: a guest can never return to ring 0,
-/// with IOPL raised, or with interrupts disabled.
-fn sanitize(f: &mut TrapFrame) {
-    if f.cs & 3 == 3 {
-        f.cs = u64::from(selectors::GUEST_USER_CS);
-        f.ss = u64::from(selectors::GUEST_USER_SS);
-    } else {
-        f.cs = u64::from(selectors::GUEST_KERNEL_CS);
-        f.ss = u64::from(selectors::GUEST_KERNEL_SS);
-    }
-    f.rflags = (f.rflags & GUEST_RFLAGS) | RFLAGS_IF | RFLAGS_FIXED;
-    if !layout::is_canonical(f.rip) {
-        // Only a hypervisor bug could get here: frames come from the CPU or
-        // the builder. Keep iretq from faulting in ring 0.
-        f.rip = 0;
-    }
 }
 
 /// Entry from ring 1 or 3 (see `arch::entry`).

@@ -24,3 +24,4 @@ pub mod frames;
 pub mod guest_mem;
 pub mod hypercall;
 pub mod paging;
+pub mod regs;

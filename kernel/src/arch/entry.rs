@@ -39,40 +39,8 @@ use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use pvguest_abi::layout::ENTRY_AREA_BASE;
 
-/// Registers saved on every entry, in stack order (lowest address first).
-#[derive(Clone, Copy, Debug, Default)]
-#[repr(C)]
-pub struct TrapFrame {
-    pub rax: u64,
-    pub rbx: u64,
-    pub rcx: u64,
-    pub rdx: u64,
-    pub rsi: u64,
-    pub rdi: u64,
-    pub rbp: u64,
-    pub r8: u64,
-    pub r9: u64,
-    pub r10: u64,
-    pub r11: u64,
-    pub r12: u64,
-    pub r13: u64,
-    pub r14: u64,
-    pub r15: u64,
-    /// Vector number pushed by the stub.
-    pub vector: u64,
-    /// CPU error code, or 0.
-    pub error: u64,
-    pub rip: u64,
-    pub cs: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    pub ss: u64,
-}
-
-const _: () = {
-    assert!(core::mem::size_of::<TrapFrame>() == 176);
-    assert!(core::mem::offset_of!(TrapFrame, cs) == 18 * 8);
-};
+/// Registers saved on every entry (defined in the host-tested library).
+pub type TrapFrame = ringfence_kernel::regs::Regs;
 
 /// 512-byte FXSAVE area (x87, MMX, SSE state).
 #[derive(Clone, Copy)]

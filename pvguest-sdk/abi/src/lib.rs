@@ -25,9 +25,14 @@
 #![forbid(unsafe_code)]
 
 pub mod errno;
+pub mod event;
 pub mod layout;
+pub mod memory;
+pub mod mmu;
 pub mod shared_info;
 pub mod start_info;
+pub mod trap;
+pub mod vcpu;
 
 pub use errno::Errno;
 pub use start_info::StartInfo;
@@ -38,12 +43,74 @@ pub const HYPERCALL_VECTOR: u8 = 0x82;
 /// Hypercall numbers. Where an operation corresponds to a Xen hypercall it
 /// carries Xen's number (`xen/include/public/xen.h`).
 pub mod hypercall {
-    /// Write to or read from the hypervisor console: see [`crate::console_io`].
-    pub const CONSOLE_IO: u64 = 18;
+    /// Register trap handlers: `set_trap_table(ptr to [TrapInfo], terminated
+    /// by address 0)`. See [`crate::trap`].
+    pub const SET_TRAP_TABLE: u64 = 0;
+    /// Batched page-table updates: `mmu_update(ptr to [MmuUpdate], count,
+    /// done_ptr or 0, DOMID_SELF)`. See [`crate::mmu`].
+    pub const MMU_UPDATE: u64 = 1;
+    /// Set the guest-kernel stack used for traps and events from ring 3 and
+    /// for the direct syscall gate: `stack_switch(ss, rsp)`.
+    pub const STACK_SWITCH: u64 = 3;
+    /// `set_callbacks(event, failsafe, syscall)`: guest addresses of the event
+    /// upcall, the failsafe callback and the bounced-`syscall` entry.
+    pub const SET_CALLBACKS: u64 = 4;
+    /// Memory reservation and memory-map queries: see [`crate::memory`].
+    pub const MEMORY_OP: u64 = 12;
+    /// `multicall(ptr to [MulticallEntry], count)`: see [`crate::MulticallEntry`].
+    pub const MULTICALL: u64 = 13;
+    /// `update_va_mapping(va, new_pte, flags)`: see [`crate::mmu`].
+    pub const UPDATE_VA_MAPPING: u64 = 14;
+    /// `set_timer_op(deadline_ns)`: one-shot timer in system time (0 cancels);
+    /// fires `VIRQ_TIMER`.
+    pub const SET_TIMER_OP: u64 = 15;
     /// Version and feature queries: see [`crate::version`].
     pub const XEN_VERSION: u64 = 17;
+    /// Write to or read from the hypervisor console: see [`crate::console_io`].
+    pub const CONSOLE_IO: u64 = 18;
+    /// Per-vCPU operations (timers, run-state): see [`crate::vcpu`].
+    pub const VCPU_OP: u64 = 24;
+    /// `set_segment_base(which, base)`: see [`crate::segbase`].
+    pub const SET_SEGMENT_BASE: u64 = 25;
+    /// Extended MMU operations: `mmuext_op(ptr to [MmuextOp], count,
+    /// done_ptr or 0, DOMID_SELF)`. See [`crate::mmu`].
+    pub const MMUEXT_OP: u64 = 26;
     /// Scheduler operations: see [`crate::sched_op`].
     pub const SCHED_OP: u64 = 29;
+    /// Event-channel operations: see [`crate::event`].
+    pub const EVENT_CHANNEL_OP: u64 = 32;
+}
+
+/// Domain id meaning "the calling domain" (Xen's `DOMID_SELF`).
+pub const DOMID_SELF: u64 = 0x7ff0;
+
+/// One call of a [`hypercall::MULTICALL`] batch (Xen's `multicall_entry`).
+/// The hypervisor writes `result`; a nested multicall fails with `EINVAL`.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct MulticallEntry {
+    /// Hypercall number.
+    pub op: u64,
+    /// Written by the hypervisor: the call's `rax`.
+    pub result: u64,
+    /// Arguments (the first five are used).
+    pub args: [u64; 6],
+}
+
+const _: () = assert!(core::mem::size_of::<MulticallEntry>() == 64);
+
+/// Most entries in one multicall.
+pub const MULTICALL_MAX: u64 = 64;
+
+/// `set_segment_base` selectors (Xen's `SEGBASE_*`).
+pub mod segbase {
+    /// FS base.
+    pub const FS: u64 = 0;
+    /// GS base while the guest's applications run (swapped in on `iretq`
+    /// to ring 3).
+    pub const GS_USER: u64 = 1;
+    /// GS base of the guest kernel.
+    pub const GS_KERNEL: u64 = 2;
 }
 
 /// `console_io` sub-commands (`cmd` in `rdi`).
@@ -51,6 +118,10 @@ pub mod console_io {
     /// `console_io(WRITE, len, buf)`: write `len` bytes from guest address
     /// `buf`. Returns the number of bytes written.
     pub const WRITE: u64 = 0;
+    /// `console_io(READ, len, buf)`: read up to `len` bytes of console input
+    /// into `buf` without blocking; returns the count. Privileged domains
+    /// only (`-EPERM` otherwise).
+    pub const READ: u64 = 1;
     /// Largest single write; longer writes return `-EINVAL`.
     pub const MAX_WRITE: u64 = 4096;
 }
@@ -65,6 +136,29 @@ pub mod sched_op {
     /// ([`crate::shutdown_reason`]); unlike Xen it is passed by value, so
     /// there is no pointer to validate. Does not return.
     pub const SHUTDOWN: u64 = 2;
+    /// Wait until one of a set of ports is pending, or a timeout:
+    /// `rsi` points to a [`SchedPoll`]. Returns 0 (a port is pending or the
+    /// timeout passed).
+    pub const POLL: u64 = 3;
+
+    /// Argument of [`POLL`] (Xen's `sched_poll`).
+    #[derive(Clone, Copy, Debug, Default)]
+    #[repr(C)]
+    pub struct SchedPoll {
+        /// Guest address of an array of u32 ports.
+        pub ports: u64,
+        /// Number of ports (at most [`POLL_MAX_PORTS`]).
+        pub nr_ports: u32,
+        /// Padding.
+        pub pad: u32,
+        /// Absolute system time (ns) at which to give up; 0 = never.
+        pub timeout: u64,
+    }
+
+    const _: () = assert!(core::mem::size_of::<SchedPoll>() == 24);
+
+    /// Most ports one poll may name.
+    pub const POLL_MAX_PORTS: u32 = 128;
 }
 
 /// Shutdown reasons for [`sched_op::SHUTDOWN`] (Xen's `SHUTDOWN_*`).
@@ -99,6 +193,18 @@ pub mod features {
     pub const FPU_PRESERVED: u64 = 1 << 2;
     /// The hypervisor is unmapped from the guest view except the entry area.
     pub const ISOLATED_ENTRY: u64 = 1 << 3;
+    /// Traps are bounced to handlers registered with `set_trap_table`.
+    pub const TRAP_BOUNCE: u64 = 1 << 4;
+    /// Events are delivered by upcall; `event_channel_op` binds VIRQs.
+    pub const EVENTS: u64 = 1 << 5;
+    /// Page tables are guest-managed under validation (`mmu_update`,
+    /// `mmuext_op`, `update_va_mapping`).
+    pub const DIRECT_PAGING: u64 = 1 << 6;
+    /// Real-time and virtual-time one-shot timers.
+    pub const TIMERS: u64 = 1 << 7;
+    /// Ring-3 `int 0x80` goes straight to the guest kernel (no hypervisor),
+    /// and `syscall` is bounced.
+    pub const DIRECT_SYSCALL: u64 = 1 << 8;
 }
 
 /// Guest-visible segment selectors. The GDT is owned by the hypervisor and
