@@ -102,15 +102,17 @@ const _: () = assert!(core::mem::size_of::<MulticallEntry>() == 64);
 /// Most entries in one multicall.
 pub const MULTICALL_MAX: u64 = 64;
 
-/// `set_segment_base` selectors (Xen's `SEGBASE_*`).
+/// `set_segment_base` selectors (Xen's `SEGBASE_*` numbering).
+///
+/// Each domain has one FS base and one GS base, kept by the hypervisor across
+/// switches. Ring 1 cannot execute `swapgs` and returns to ring 3 without
+/// the hypervisor, so there is no separate kernel GS base: a guest kernel
+/// that wants per-process values sets them when it switches processes.
 pub mod segbase {
     /// FS base.
     pub const FS: u64 = 0;
-    /// GS base while the guest's applications run (swapped in on `iretq`
-    /// to ring 3).
-    pub const GS_USER: u64 = 1;
-    /// GS base of the guest kernel.
-    pub const GS_KERNEL: u64 = 2;
+    /// GS base.
+    pub const GS: u64 = 1;
 }
 
 /// `console_io` sub-commands (`cmd` in `rdi`).

@@ -1,0 +1,303 @@
+//! Event channels: per-domain ports, and the event bits in the shared-info
+//! page.
+//!
+//! # Who writes what (see `pvguest_abi::shared_info`)
+//! The hypervisor sets `evtchn_pending`, `evtchn_pending_sel` and
+//! `evtchn_upcall_pending`; the guest clears them and owns `evtchn_mask` and
+//! `evtchn_upcall_mask`. The hypervisor reads guest-owned fields exactly once
+//! per decision and treats them as hints: a guest that scribbles on them can
+//! only confuse its own event delivery.
+//!
+//! # Rules
+//! 1. Raising a port sets its pending bit. If it was already pending, nothing
+//!    else happens (events coalesce).
+//! 2. If the port is not masked, its selector bit and `upcall_pending` are
+//!    set, and the domain is woken if blocked.
+//! 3. Unmasking a pending port performs step 2 (nothing is lost while
+//!    masked).
+//! 4. An upcall is delivered when `upcall_pending` is set and `upcall_mask`
+//!    is clear; delivering it sets `upcall_mask`.
+
+use crate::frames::Mfn;
+use crate::guest_mem::PhysMem;
+use crate::paging::PAGE_SIZE;
+use core::mem::offset_of;
+use pvguest_abi::event::NR_VIRQS;
+use pvguest_abi::shared_info::{SharedInfo, VcpuInfo, VcpuTimeInfo};
+use pvguest_abi::Errno;
+
+/// Ports per domain (a prefix of the shared-info bitmap).
+pub const NR_PORTS: u32 = 256;
+
+/// What a port is bound to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Port {
+    /// Unused.
+    Free,
+    /// A virtual IRQ.
+    Virq(u32),
+}
+
+/// A domain's port table.
+#[derive(Clone, Copy, Debug)]
+pub struct EventChannels {
+    ports: [Port; NR_PORTS as usize],
+    virq: [u32; NR_VIRQS as usize],
+}
+
+impl Default for EventChannels {
+    fn default() -> Self {
+        EventChannels { ports: [Port::Free; NR_PORTS as usize], virq: [0; NR_VIRQS as usize] }
+    }
+}
+
+impl EventChannels {
+    /// Binds `virq` to a fresh port (port 0 is never used). Binding a VIRQ
+    /// twice is `EEXIST`; an unknown VIRQ is `EINVAL`; no free port `ENOSPC`.
+    pub fn bind_virq(&mut self, virq: u32) -> Result<u32, Errno> {
+        let slot = self.virq.get_mut(virq as usize).ok_or(Errno::EINVAL)?;
+        if *slot != 0 {
+            return Err(Errno::EEXIST);
+        }
+        let port = (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Free).ok_or(Errno::ENOSPC)?;
+        self.ports[port as usize] = Port::Virq(virq);
+        *slot = port;
+        Ok(port)
+    }
+
+    /// Closes `port`.
+    pub fn close(&mut self, port: u32) -> Result<(), Errno> {
+        match self.get(port)? {
+            Port::Free => Err(Errno::EINVAL),
+            Port::Virq(v) => {
+                self.virq[v as usize] = 0;
+                self.ports[port as usize] = Port::Free;
+                Ok(())
+            }
+        }
+    }
+
+    /// The binding of `port`.
+    pub fn get(&self, port: u32) -> Result<Port, Errno> {
+        if port == 0 {
+            return Err(Errno::EINVAL);
+        }
+        self.ports.get(port as usize).copied().ok_or(Errno::EINVAL)
+    }
+
+    /// The port bound to `virq`, if any.
+    pub fn virq_port(&self, virq: u32) -> Option<u32> {
+        self.virq.get(virq as usize).copied().filter(|&p| p != 0)
+    }
+}
+
+/// The event and time fields of one domain's shared-info page, reached
+/// through the hypervisor's direct map.
+#[derive(Clone, Copy, Debug)]
+pub struct SharedPage {
+    /// The page's machine frame.
+    pub mfn: Mfn,
+}
+
+const VCPU0: u64 = offset_of!(SharedInfo, vcpu_info) as u64;
+const UPCALL_PENDING: u64 = VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_pending) as u64;
+const UPCALL_MASK: u64 = VCPU0 + offset_of!(VcpuInfo, evtchn_upcall_mask) as u64;
+const PENDING_SEL: u64 = VCPU0 + offset_of!(VcpuInfo, evtchn_pending_sel) as u64;
+const TIME: u64 = VCPU0 + offset_of!(VcpuInfo, time) as u64;
+const PENDING: u64 = offset_of!(SharedInfo, evtchn_pending) as u64;
+const MASK: u64 = offset_of!(SharedInfo, evtchn_mask) as u64;
+const WC_VERSION: u64 = offset_of!(SharedInfo, wc_version) as u64;
+
+impl SharedPage {
+    fn pa(&self, off: u64) -> u64 {
+        self.mfn * PAGE_SIZE + off
+    }
+
+    fn read_u8<M: PhysMem>(&self, mem: &M, off: u64) -> u8 {
+        let mut b = [0u8];
+        mem.read(self.pa(off), &mut b);
+        b[0]
+    }
+
+    fn write_u8<M: PhysMem>(&self, mem: &mut M, off: u64, v: u8) {
+        mem.write(self.pa(off), &[v]);
+    }
+
+    fn word(port: u32) -> u64 {
+        u64::from(port / 64) * 8
+    }
+
+    fn bit(port: u32) -> u64 {
+        1 << (port % 64)
+    }
+
+    /// Rule 2 for a pending, unmasked port. Returns true if the upcall
+    /// became pending.
+    fn notify<M: PhysMem>(&self, mem: &mut M, port: u32) -> bool {
+        let mask = mem.read_u64(self.pa(MASK + Self::word(port)));
+        if mask & Self::bit(port) != 0 {
+            return false;
+        }
+        let sel = mem.read_u64(self.pa(PENDING_SEL));
+        mem.write_u64(self.pa(PENDING_SEL), sel | (1 << (port / 64)));
+        self.write_u8(mem, UPCALL_PENDING, 1);
+        true
+    }
+
+    /// Rules 1 and 2: raises `port`. Returns true if the domain should be
+    /// woken (the upcall became pending).
+    pub fn raise<M: PhysMem>(&self, mem: &mut M, port: u32) -> bool {
+        let pa = self.pa(PENDING + Self::word(port));
+        let w = mem.read_u64(pa);
+        if w & Self::bit(port) != 0 {
+            return false;
+        }
+        mem.write_u64(pa, w | Self::bit(port));
+        self.notify(mem, port)
+    }
+
+    /// Rule 3: clears `port`'s mask and notifies if it is pending. Returns
+    /// true if the upcall became pending.
+    pub fn unmask<M: PhysMem>(&self, mem: &mut M, port: u32) -> bool {
+        let pa = self.pa(MASK + Self::word(port));
+        let m = mem.read_u64(pa);
+        mem.write_u64(pa, m & !Self::bit(port));
+        let pending = mem.read_u64(self.pa(PENDING + Self::word(port))) & Self::bit(port) != 0;
+        pending && self.notify(mem, port)
+    }
+
+    /// Whether `port` is pending.
+    pub fn is_pending<M: PhysMem>(&self, mem: &M, port: u32) -> bool {
+        mem.read_u64(self.pa(PENDING + Self::word(port))) & Self::bit(port) != 0
+    }
+
+    /// Rule 4: whether an upcall should be delivered now.
+    pub fn upcall_due<M: PhysMem>(&self, mem: &M) -> bool {
+        self.read_u8(mem, UPCALL_PENDING) != 0 && self.read_u8(mem, UPCALL_MASK) == 0
+    }
+
+    /// Whether an upcall is pending, masked or not.
+    pub fn upcall_pending<M: PhysMem>(&self, mem: &M) -> bool {
+        self.read_u8(mem, UPCALL_PENDING) != 0
+    }
+
+    /// Sets the guest's event mask, returning the previous value (0 or 1).
+    pub fn set_upcall_mask<M: PhysMem>(&self, mem: &mut M, masked: bool) -> u8 {
+        let old = self.read_u8(mem, UPCALL_MASK);
+        self.write_u8(mem, UPCALL_MASK, masked as u8);
+        (old != 0) as u8
+    }
+
+    /// Publishes system-time parameters under the version seqlock.
+    pub fn publish_time<M: PhysMem>(&self, mem: &mut M, t: &VcpuTimeInfo) {
+        let v = mem.read_u64(self.pa(TIME)) as u32;
+        let odd = (v | 1).wrapping_add(if v & 1 == 1 { 2 } else { 0 });
+        let ver_pa = self.pa(TIME + offset_of!(VcpuTimeInfo, version) as u64);
+        mem.write(ver_pa, &odd.to_le_bytes());
+        mem.write_u64(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_timestamp) as u64), t.tsc_timestamp);
+        mem.write_u64(self.pa(TIME + offset_of!(VcpuTimeInfo, system_time) as u64), t.system_time);
+        let mut tail = [0u8; 8];
+        tail[0..4].copy_from_slice(&t.tsc_to_system_mul.to_le_bytes());
+        tail[4] = t.tsc_shift as u8;
+        mem.write(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_to_system_mul) as u64), &tail);
+        mem.write(ver_pa, &odd.wrapping_add(1).to_le_bytes());
+    }
+
+    /// Publishes the wall-clock time at system time 0.
+    pub fn publish_wallclock<M: PhysMem>(&self, mem: &mut M, sec: u64, nsec: u32) {
+        let pa = self.pa(WC_VERSION);
+        let mut b = [0u8; 4];
+        mem.read(pa, &mut b);
+        let v = u32::from_le_bytes(b) | 1;
+        mem.write(pa, &v.to_le_bytes());
+        let mut rec = [0u8; 12];
+        rec[0..4].copy_from_slice(&(sec as u32).to_le_bytes());
+        rec[4..8].copy_from_slice(&nsec.to_le_bytes());
+        rec[8..12].copy_from_slice(&((sec >> 32) as u32).to_le_bytes());
+        mem.write(pa + 4, &rec);
+        mem.write(pa, &v.wrapping_add(1).to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guest_mem::fake::FakeMem;
+
+    const SI: SharedPage = SharedPage { mfn: 7 };
+
+    #[test]
+    fn ports_bind_close_and_refuse_bad_input() {
+        let mut e = EventChannels::default();
+        let p = e.bind_virq(0).unwrap();
+        assert_eq!(p, 1);
+        assert_eq!(e.bind_virq(0), Err(Errno::EEXIST));
+        assert_eq!(e.bind_virq(NR_VIRQS), Err(Errno::EINVAL));
+        assert_eq!(e.bind_virq(u32::MAX), Err(Errno::EINVAL));
+        assert_eq!(e.virq_port(0), Some(1));
+        assert_eq!(e.get(0), Err(Errno::EINVAL));
+        assert_eq!(e.get(NR_PORTS), Err(Errno::EINVAL));
+        assert_eq!(e.close(5), Err(Errno::EINVAL));
+        e.close(p).unwrap();
+        assert_eq!(e.virq_port(0), None);
+        assert_eq!(e.close(p), Err(Errno::EINVAL));
+    }
+
+    #[test]
+    fn ports_run_out_cleanly() {
+        let mut e = EventChannels::default();
+        for v in 0..NR_VIRQS {
+            e.bind_virq(v).unwrap();
+        }
+        assert_eq!(e.bind_virq(0), Err(Errno::EEXIST));
+    }
+
+    #[test]
+    fn rule1_rule2_raise_coalesces_and_notifies() {
+        let mut m = FakeMem::default();
+        assert!(SI.raise(&mut m, 70));
+        assert!(!SI.raise(&mut m, 70), "a pending port coalesces");
+        assert!(SI.upcall_due(&m));
+        assert_eq!(m.read_u64(7 * 4096 + PENDING_SEL), 1 << 1);
+        assert!(SI.is_pending(&m, 70));
+    }
+
+    #[test]
+    fn rule3_masked_events_are_kept_and_delivered_on_unmask() {
+        let mut m = FakeMem::default();
+        m.write_u64(7 * 4096 + MASK, 1 << 3);
+        assert!(!SI.raise(&mut m, 3));
+        assert!(!SI.upcall_pending(&m));
+        assert!(SI.is_pending(&m, 3));
+        assert!(SI.unmask(&mut m, 3));
+        assert!(SI.upcall_due(&m));
+    }
+
+    #[test]
+    fn rule4_upcall_mask_defers_delivery() {
+        let mut m = FakeMem::default();
+        assert_eq!(SI.set_upcall_mask(&mut m, true), 0);
+        SI.raise(&mut m, 1);
+        assert!(!SI.upcall_due(&m));
+        assert_eq!(SI.set_upcall_mask(&mut m, false), 1);
+        assert!(SI.upcall_due(&m));
+    }
+
+    #[test]
+    fn time_publication_leaves_an_even_version() {
+        let mut m = FakeMem::default();
+        let t = VcpuTimeInfo { tsc_timestamp: 5, system_time: 9, tsc_to_system_mul: 77, tsc_shift: -2, ..Default::default() };
+        SI.publish_time(&mut m, &t);
+        SI.publish_time(&mut m, &t);
+        let v = m.read_u64(7 * 4096 + TIME) as u32;
+        assert_eq!(v % 2, 0);
+        assert_eq!(v, 4);
+        assert_eq!(m.read_u64(7 * 4096 + TIME + 16), 9);
+        SI.publish_wallclock(&mut m, 0x1_0000_0005, 6);
+        let mut b = [0u8; 16];
+        m.read(7 * 4096 + WC_VERSION, &mut b);
+        assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), 2);
+        assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 5);
+        assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 1);
+    }
+}
