@@ -14,9 +14,10 @@
 //! the offsets it accepts are bounded by the layout computed from `len`.
 
 use core::marker::PhantomData;
+use core::mem::{align_of, size_of, MaybeUninit};
 use core::ptr::NonNull;
 
-use crate::layout::{Layout, CACHE_LINE, HEADER_SIZE};
+use crate::layout::{Layout, CACHE_LINE, HEADER_SIZE, INDEX_SPACING};
 use crate::sync::AtomicU32;
 use crate::Pod;
 
@@ -224,8 +225,8 @@ impl<'a> SharedMem<'a> {
 
     /// Zero the header padding: every header byte except the index words.
     pub(crate) fn zero_header_padding(&self) {
-        for line in [0, CACHE_LINE] {
-            for at in line + 8..line + CACHE_LINE {
+        for line in [0, INDEX_SPACING] {
+            for at in line + 8..line + INDEX_SPACING {
                 // SAFETY: at < HEADER_SIZE <= len, in bounds and writable;
                 // padding bytes are never accessed atomically.
                 unsafe { self.base.as_ptr().add(at).write_volatile(0) };
@@ -277,8 +278,8 @@ impl Slots {
         self.mask + 1
     }
 
-    /// Copy slot `idx & mask` out of shared memory: one volatile read of the
-    /// whole value (R6).
+    /// Copy slot `idx & mask` out of shared memory with one volatile copy
+    /// of the whole value (R6).
     ///
     /// `T` must be one of the types the layout was computed for (size <=
     /// stride, alignment <= the layout's).
@@ -288,10 +289,8 @@ impl Slots {
         mem.note_slot_read(slot);
         debug_assert!(core::mem::size_of::<T>() <= self.stride);
         // SAFETY: slot <= mask, so the slot lies inside the checked layout;
-        // it is aligned for T (struct invariant). T: Pod, so any bytes the
-        // peer wrote form a valid T; the volatile read copies them once and
-        // forms no reference.
-        unsafe { self.base.as_ptr().add(slot * self.stride).cast::<T>().read_volatile() }
+        // it is aligned for T (struct invariant).
+        unsafe { volatile_read(self.base.as_ptr().add(slot * self.stride).cast::<T>()) }
     }
 
     /// Write `value` into slot `idx & mask` with one volatile write.
@@ -300,14 +299,92 @@ impl Slots {
         let slot = (idx & self.mask) as usize;
         mem.note_slot_write(slot);
         debug_assert!(core::mem::size_of::<T>() <= self.stride);
-        // SAFETY: as in `read`; T: Pod has no padding, so no uninitialised
-        // byte of ours reaches the peer.
-        unsafe {
-            self.base
-                .as_ptr()
-                .add(slot * self.stride)
-                .cast::<T>()
-                .write_volatile(value)
+        // SAFETY: as in `read`.
+        unsafe { volatile_write(self.base.as_ptr().add(slot * self.stride).cast::<T>(), value) }
+    }
+}
+
+/// Copy a `T` in `C`-sized volatile pieces from `src` into a local value.
+///
+/// # Safety
+/// 1. `src` is valid for reads of `size_of::<T>()` bytes and aligned for `C`.
+/// 2. `size_of::<T>()` is a multiple of `size_of::<C>()`.
+#[inline(always)]
+unsafe fn read_pieces<T: Pod, C: Copy>(src: *const T) -> T {
+    let mut out = MaybeUninit::<T>::uninit();
+    let (src, dst) = (src.cast::<C>(), out.as_mut_ptr().cast::<C>());
+    for k in 0..size_of::<T>() / size_of::<C>() {
+        // SAFETY: piece k lies inside both values (2) and is aligned for C
+        // (1; `out` is aligned for T, whose alignment is at least C's where
+        // this is called); each source byte is read exactly once.
+        unsafe { dst.add(k).write(src.add(k).read_volatile()) };
+    }
+    // SAFETY: every byte of `out` was written, and T: Pod accepts any bytes.
+    unsafe { out.assume_init() }
+}
+
+/// Copy `value` in `C`-sized volatile pieces to `dst`.
+///
+/// # Safety
+/// 1. `dst` is valid for writes of `size_of::<T>()` bytes and aligned for `C`.
+/// 2. `size_of::<T>()` is a multiple of `size_of::<C>()`.
+#[inline(always)]
+unsafe fn write_pieces<T: Pod, C: Copy>(dst: *mut T, value: T) {
+    let (src, dst) = ((&raw const value).cast::<C>(), dst.cast::<C>());
+    for k in 0..size_of::<T>() / size_of::<C>() {
+        // SAFETY: piece k lies inside both values (2), aligned for C (1; the
+        // local is aligned for T). T: Pod has no padding, so every byte read
+        // from `value` is initialised and no stale byte of ours reaches the
+        // peer.
+        unsafe { dst.add(k).write_volatile(src.add(k).read()) };
+    }
+}
+
+/// One volatile copy of a whole `T` out of shared memory (R6), in the
+/// widest pieces its alignment allows: 16 bytes (SSE2) for cache-line
+/// descriptors instead of one scalar load per field. Each byte is read
+/// exactly once, and the compiler may neither re-read nor elide any piece.
+///
+/// # Safety
+/// `src` is valid for reads of a `T` and aligned for `T`.
+#[inline(always)]
+pub(crate) unsafe fn volatile_read<T: Pod>(src: *const T) -> T {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if align_of::<T>() >= 16 {
+        // SAFETY: `src` is valid and aligned for T (caller), so for the
+        // 16-byte piece; T's size is a multiple of its alignment, hence of 16.
+        return unsafe { read_pieces::<T, core::arch::x86_64::__m128i>(src) };
+    }
+    // SAFETY: `src` is valid and aligned for T (caller); each arm's piece is
+    // no wider than T's alignment, and T's size is a multiple of it.
+    unsafe {
+        match align_of::<T>() {
+            1 => read_pieces::<T, u8>(src),
+            2 => read_pieces::<T, u16>(src),
+            4 => read_pieces::<T, u32>(src),
+            _ => read_pieces::<T, u64>(src),
+        }
+    }
+}
+
+/// One volatile copy of `value` into shared memory, as [`volatile_read`].
+///
+/// # Safety
+/// `dst` is valid for writes of a `T` and aligned for `T`.
+#[inline(always)]
+pub(crate) unsafe fn volatile_write<T: Pod>(dst: *mut T, value: T) {
+    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+    if align_of::<T>() >= 16 {
+        // SAFETY: as in volatile_read.
+        return unsafe { write_pieces::<T, core::arch::x86_64::__m128i>(dst, value) };
+    }
+    // SAFETY: as in volatile_read.
+    unsafe {
+        match align_of::<T>() {
+            1 => write_pieces::<T, u8>(dst, value),
+            2 => write_pieces::<T, u16>(dst, value),
+            4 => write_pieces::<T, u32>(dst, value),
+            _ => write_pieces::<T, u64>(dst, value),
         }
     }
 }

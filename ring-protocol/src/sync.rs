@@ -68,7 +68,8 @@ impl LoomShadow {
     }
 
     pub(crate) fn index(&self, offset: usize) -> &AtomicU32 {
-        // Offsets 0 and 4 of each 64-byte line map to words 0..4.
-        &self.indices[(offset / 64) * 2 + (offset % 64) / 4]
+        // Offsets 0 and 4 of each index line map to words 0..4.
+        let spacing = crate::layout::INDEX_SPACING;
+        &self.indices[(offset / spacing) * 2 + (offset % spacing) / 4]
     }
 }

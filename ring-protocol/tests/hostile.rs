@@ -32,10 +32,10 @@ fn canaries_intact(pages: &Pages, len: usize) -> bool {
 // Index word offsets inside a region (RingHeader / StreamHeader).
 const REQ_PROD: usize = 0;
 const REQ_EVENT: usize = 4;
-const RSP_PROD: usize = 64;
-const RSP_EVENT: usize = 68;
+const RSP_PROD: usize = 128;
+const RSP_EVENT: usize = 132;
 const PROD: usize = 0;
-const CONS: usize = 64;
+const CONS: usize = 128;
 
 #[derive(Clone, Copy, Debug)]
 enum Evil {
