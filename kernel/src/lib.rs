@@ -17,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod builder;
+pub mod bvt;
 pub mod console;
 pub mod domain;
 pub mod elf;

@@ -1,0 +1,1423 @@
+//! Borrowed-virtual-time (BVT) scheduling, as pure logic.
+//!
+//! This is the CPU scheduler of Duda & Cheriton, "Borrowed-Virtual-Time (BVT)
+//! scheduling: supporting latency-sensitive threads in a general-purpose
+//! scheduler" (SOSP '99), the one early Xen used. It owns no clock and no
+//! timer: the hypervisor tells it how long a domain ran and when things
+//! happen, and it answers which domain to run next and for how long. All of
+//! it is host-tested with a discrete-event simulator (see the tests at the
+//! bottom of this file).
+//!
+//! # Terms
+//!
+//! Each domain (an *entity*, kept in a numbered slot) has [`Params`]:
+//! a weight `w` (1..=[`MAX_WEIGHT`]), a warp `W`, a warp limit `L` and an
+//! unwarp requirement `U`.
+//!
+//! - **Virtual time** is real time scaled by weight: running `t` real ns
+//!   advances a domain's clock by `t * K / w` virtual ns, where
+//!   `K` = [`VT_SCALE`] = [`MAX_WEIGHT`]. A domain of the greatest weight
+//!   ages one virtual ns per real ns; one of weight 1 ages `K` times faster.
+//!   Nothing is rounded away: the remainder of each division is carried to the
+//!   next charge, so a domain's virtual time is exact however the hypervisor
+//!   slices its runs.
+//! - **AVT** (actual virtual time, `A`): the virtual time a domain has consumed.
+//!   It only grows while the domain runs (see [`Bvt::account`]); a blocked
+//!   domain's AVT stands still.
+//! - **EVT** (effective virtual time, `E`): `E = A - (warped ? W_v : 0)`, where
+//!   `W_v` is the warp in virtual time. The scheduler always prefers the
+//!   runnable domain with the smallest EVT.
+//! - **SVT** (scheduler virtual time): the smallest AVT among runnable domains
+//!   (kept when nothing is runnable). It never decreases.
+//!
+//! Because every runnable domain's AVT advances at `K / w` per real ns of CPU
+//! and the scheduler keeps their EVTs within a bounded distance of each other,
+//! domains that stay runnable get CPU in proportion to their weights.
+//!
+//! # Units of the parameters
+//!
+//! The context-switch allowance `C` and the warp `W` are given in real ns and
+//! converted to virtual time with the weight of the domain they apply to:
+//! `C_v = C * K / w_current`, `W_v = W * K / w_self`. So `C` is the real time
+//! the running domain may run past the point where another domain became more
+//! deserving, and `W` is how much real run time of its own a warped domain
+//! may borrow ahead of its fair share. `L` (real run time while warped) and
+//! `U` (real time, running or not, since the last unwarp) are plain real time.
+//! For a wake to preempt at once, the warp must cover the allowance:
+//! `W_v > C_v(current) + (E_current - SVT)`. The running domain is never
+//! `C_v` or more ahead of SVT, so with equal weights (and no other warped
+//! domain) `W >= 2C` always suffices.
+//!
+//! # The rules
+//!
+//! 1. **Charging.** [`Bvt::account`] adds `ran * K / w` to the AVT of the
+//!    domain that ran (and the run to its warped-run total, see 5).
+//! 2. **Choosing.** [`Bvt::pick`] runs the runnable domain with the smallest
+//!    EVT, except that the running domain `c` keeps the CPU while
+//!    `E_c < E_o + C_v(c)`, where `o` is the best other runnable domain. It
+//!    is preempted once `E_c` reaches `E_o + C_v(c)`. This bounds switching:
+//!    a domain changes places with an equal one only after running `C` past
+//!    it. With two equal CPU-bound domains the first run lasts `C` and every
+//!    later one `2C` (from `C` behind the other to `C` ahead of it), so they
+//!    switch `1 / 2C` times a second. Ties in EVT go to the running domain,
+//!    then to the most recently woken (Xen queues a woken domain at the head
+//!    of its run queue; a domain woken to SVT ties with the one that defines
+//!    SVT and should go first), then to the lowest slot.
+//! 3. **Preemption timer.** Alongside the choice, `pick` returns
+//!    `run_for_ns`: the real time the chosen domain `n` may run before rule 2
+//!    preempts it, `(E_o + C_v(n) - E_n) * w_n / K` (rounded up, counting the
+//!    carried remainder), shortened to the rest of its warp limit if it is
+//!    warped. If `n` is the only runnable domain it is `None`: run until
+//!    something else happens. The hypervisor programs a one-shot timer with
+//!    it; there is no periodic tick.
+//! 4. **Waking.** A domain that wakes gets `A = max(A, SVT)`. A domain that
+//!    slept has used no CPU, so its AVT lags; without the clamp it would wake
+//!    with a large credit and monopolise the CPU until it caught up, starving
+//!    everyone. Clamping to SVT puts it level with the most deserving runnable
+//!    domain: sleepers are not punished, but they bank no credit either. A
+//!    newly [added](Bvt::add) domain starts at `A = SVT` for the same reason.
+//! 5. **Warping.** A domain with `W > 0` asks to be warped each time it
+//!    wakes. It is warped at that wake if at least `U` real ns have passed
+//!    since it was last unwarped (or it never was). While warped, its EVT is
+//!    `W_v` lower, so it preempts a CPU-bound domain at once (when `W > C` in
+//!    virtual terms) instead of waiting up to `C`: low dispatch latency,
+//!    borrowed against its future share (its AVT still grows, so the borrowed
+//!    time is paid back). It is unwarped when it blocks, or when it has run
+//!    `L` real ns warped since it warped (`L = 0`: no limit). A request made
+//!    while `U` has not passed is dropped (the domain runs unwarped until its
+//!    next wake). Warp changes priority, never long-term share: a domain
+//!    that stays warped is just `W_v` ahead, forever, of where it would be.
+//! 6. **Idle.** If nothing is runnable, `pick` returns no domain; the
+//!    hypervisor halts the CPU until an interrupt or a timer.
+//!
+//! # Invariants (checked by the randomized test)
+//!
+//! - `pick` returns only slots that are live and runnable, and `None` exactly
+//!   when none are.
+//! - SVT never decreases, and every runnable domain has `A >= SVT`.
+//! - A switch away from a runnable `current` happens only when
+//!   `E_current >= E_next + C_v(current)`; a switch to another domain always
+//!   picks one of minimal EVT.
+//! - `run_for_ns` is `None` exactly when one domain is runnable, and at least
+//!   1 ns otherwise (the timer is never programmed for "now").
+//! - No input panics or overflows: AVT is a `u128` that saturates at
+//!   [`VT_MAX`] (with weight 1 it grows `K` = 10^4 virtual ns per real ns, so
+//!   it would take 10^22 years to get there), every product is computed in
+//!   `u128`/`i128` with saturation, and bad weights are refused.
+//!
+//! # Worked example
+//!
+//! `C` = 5 ms. Domain A has weight 5 000 (1 real ms = 2 virtual ms), B has
+//! weight 2 500 (1 real ms = 4 virtual ms), so `C_v(A)` = 10 virtual ms and
+//! `C_v(B)` = 20 virtual ms. I is an interactive domain of weight 2 500 with
+//! a 10 ms warp (`W_v` = 40 virtual ms) and a 1 ms warp limit.
+//!
+//! | real time | event | AVT A / B (virtual ms) | decision |
+//! |---|---|---|---|
+//! | 0 | both added | 0 / 0 | tie: A; B is level, so A runs `C` = 5 ms |
+//! | 5 ms | timer | 10 / 0 | `E_A` = 0 + 10: switch; B runs (10 + 20 − 0) / 4 = 7.5 ms |
+//! | 12.5 ms | timer | 10 / 30 | switch; A runs (30 + 10 − 10) / 2 = 15 ms |
+//! | 27.5 ms | timer | 40 / 30 | switch; B runs 7.5 ms again, and so on: A gets 2/3 |
+//! | 30 ms | I wakes | 40 / 40 | `A_I` = SVT = 40, `E_I` = 0: preempts B; runs 1 ms (its `L`) |
+//!
+//! Without the warp, I would have EVT 40; B (EVT 40) would keep the CPU for
+//! its allowance, 5 ms more, and I would wait. The same in code:
+//!
+//! ```
+//! use ringfence_kernel::bvt::{Bvt, Params};
+//! const MS: u64 = 1_000_000;
+//! let mut s: Bvt<4> = Bvt::new(5 * MS);
+//! s.add(0, Params::weighted(5_000), 0).unwrap(); // A
+//! s.add(1, Params::weighted(2_500), 0).unwrap(); // B
+//! s.add(2, Params::warped(2_500, 10 * MS, MS, 0), 0).unwrap(); // I
+//! s.block(2, 0); // I waits for its first event
+//!
+//! let p = s.pick(0, None);
+//! assert_eq!((p.next, p.run_for_ns), (Some(0), Some(5 * MS)));
+//! s.account(0, 5 * MS);
+//! let p = s.pick(5 * MS, Some(0));
+//! assert_eq!((p.next, p.run_for_ns), (Some(1), Some(7_500_000)));
+//! s.account(1, 7_500_000);
+//! let p = s.pick(12_500_000, Some(1));
+//! assert_eq!((p.next, p.run_for_ns), (Some(0), Some(15 * MS)));
+//! s.account(0, 15 * MS);
+//! let p = s.pick(27_500_000, Some(0));
+//! assert_eq!((p.next, p.run_for_ns), (Some(1), Some(7_500_000)));
+//!
+//! // At 30 ms an event wakes I: account B's run, wake, pick.
+//! s.account(1, 2_500_000);
+//! s.wake(2, 30 * MS);
+//! assert_eq!(s.avt(2), Some(40_000_000)); // = SVT: 40 virtual ms
+//! let p = s.pick(30 * MS, Some(1));
+//! assert_eq!((p.next, p.run_for_ns), (Some(2), Some(MS)));
+//! ```
+//!
+//! # Driving it (the hypervisor's side)
+//!
+//! At every entry to the hypervisor that may change what runs (timer
+//! interrupt, event delivery, block/yield hypercalls, domain creation or
+//! death), with `now` the system time in ns:
+//!
+//! 1. `account(current, now - dispatched_at)` for the domain that was running
+//!    (so its AVT and warp limit are up to date), then `dispatched_at = now`;
+//! 2. apply what happened: `block` (the domain blocked), `wake` (an event
+//!    arrived for a blocked domain), `add`, `remove`;
+//! 3. `pick(now, current)` and switch to `next` (or halt if `None`);
+//! 4. if `run_for_ns` is `Some(t)`, program the one-shot (LAPIC TSC-deadline
+//!    or one-shot count) timer to fire at `now + t`; if `None`, cancel it.
+//!    When it fires, go to 1.
+//!
+//! Calling `account` + `pick` more often than needed is harmless: the
+//! decision and the remaining time come out the same. So a yield hypercall
+//! is just `account` + `pick`: under BVT it gives the CPU away only if
+//! another domain is due by rule 2; a domain with nothing to do should
+//! block instead.
+//!
+//! A warp limit that expires inside [`Bvt::account`] is dated by the next call
+//! that carries `now` (normally the `pick` that follows): the unwarp instant
+//! is that `now` minus the part of the run that went past `L`.
+
+/// Real time in nanoseconds.
+pub type Ns = u64;
+
+/// Virtual time in virtual nanoseconds (see [`VT_SCALE`]).
+pub type Vt = u128;
+
+/// Smallest accepted weight.
+pub const MIN_WEIGHT: u32 = 1;
+
+/// Greatest accepted weight.
+pub const MAX_WEIGHT: u32 = 10_000;
+
+/// A suggested weight for ordinary domains (the manifest's default).
+pub const DEFAULT_WEIGHT: u32 = 100;
+
+/// `K`: running `t` real ns advances AVT by `t * K / weight` virtual ns.
+///
+/// Equal to [`MAX_WEIGHT`], so virtual time is real time at the greatest
+/// weight and a virtual ns is never coarser than a real ns.
+pub const VT_SCALE: u64 = MAX_WEIGHT as u64;
+
+/// The context-switch allowance `C` the hypervisor should use unless told
+/// otherwise: 5 ms, as in Xen's BVT.
+pub const DEFAULT_CTX_ALLOWANCE_NS: Ns = 5_000_000;
+
+/// Allowances below this (10 µs, Xen's `CTX_MIN`) are raised to it, so the
+/// preemption timer is never programmed a few ns ahead.
+pub const MIN_CTX_ALLOWANCE_NS: Ns = 10_000;
+
+/// AVT saturates here (2^120 virtual ns), leaving `i128` room for every
+/// EVT sum and difference.
+pub const VT_MAX: Vt = 1 << 120;
+
+/// A domain's scheduling parameters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Params {
+    /// Share of the CPU, relative to other domains' weights
+    /// ([`MIN_WEIGHT`]..=[`MAX_WEIGHT`]).
+    pub weight: u32,
+    /// Warp `W`: real run time (at this domain's own weight) that the domain
+    /// may borrow ahead of its fair share while warped. 0: never warp.
+    pub warp_ns: Ns,
+    /// Warp limit `L`: real run time after which a warped domain is unwarped.
+    /// 0: no limit.
+    pub warp_limit_ns: Ns,
+    /// Unwarp requirement `U`: real time that must pass after an unwarp
+    /// before the domain may warp again. 0: may warp at every wake.
+    pub unwarp_ns: Ns,
+}
+
+impl Params {
+    /// A domain of this weight that never warps.
+    pub const fn weighted(weight: u32) -> Self {
+        Self { weight, warp_ns: 0, warp_limit_ns: 0, unwarp_ns: 0 }
+    }
+
+    /// A latency-sensitive domain: warp `W`, limit `L`, unwarp requirement
+    /// `U` (all in real ns).
+    pub const fn warped(weight: u32, warp_ns: Ns, warp_limit_ns: Ns, unwarp_ns: Ns) -> Self {
+        Self { weight, warp_ns, warp_limit_ns, unwarp_ns }
+    }
+
+    /// Whether the weight is in range.
+    pub const fn is_valid(&self) -> bool {
+        self.weight >= MIN_WEIGHT && self.weight <= MAX_WEIGHT
+    }
+}
+
+impl Default for Params {
+    fn default() -> Self {
+        Self::weighted(DEFAULT_WEIGHT)
+    }
+}
+
+/// Why [`Bvt::add`] or [`Bvt::set_params`] refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BvtError {
+    /// Weight 0 or above [`MAX_WEIGHT`].
+    BadWeight,
+    /// Slot number not below the capacity `N`.
+    BadSlot,
+    /// `add` on a slot that already holds a domain.
+    SlotInUse,
+    /// `set_params` on an empty slot.
+    NoSuchDomain,
+}
+
+/// The scheduler's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pick {
+    /// The domain to run, or `None`: nothing is runnable, halt.
+    pub next: Option<usize>,
+    /// Real time after which `pick` should be asked again (program a one-shot
+    /// timer for it); `None`: no other domain is runnable, no timer needed.
+    pub run_for_ns: Option<Ns>,
+}
+
+impl Pick {
+    /// Nothing to run.
+    pub const IDLE: Self = Self { next: None, run_for_ns: None };
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Entity {
+    params: Params,
+    /// Actual virtual time.
+    avt: Vt,
+    /// `ran * K` not yet turned into AVT; always `< weight`.
+    rem: u64,
+    runnable: bool,
+    warped: bool,
+    /// Real run time since the current warp began.
+    warped_run_ns: Ns,
+    /// The scheduler's wake counter at this domain's last wake (0: never
+    /// woken). Ties in EVT go to the most recently woken.
+    woke: u64,
+    /// When it was last unwarped (`None`: never warped, or not yet known).
+    last_unwarp: Option<Ns>,
+    /// Set by `account` when the warp limit ran out: how far the run went
+    /// past it. Turned into `last_unwarp` by the next call carrying `now`.
+    unwarp_overshoot: Option<Ns>,
+}
+
+impl Entity {
+    fn weight(&self) -> u64 {
+        u64::from(self.params.weight)
+    }
+
+    /// `W_v`.
+    fn warp_virtual(&self) -> Vt {
+        to_virtual(self.params.warp_ns, self.weight())
+    }
+
+    fn evt(&self) -> i128 {
+        let warp = if self.warped { self.warp_virtual() } else { 0 };
+        vt_i128(self.avt).saturating_sub(vt_i128(warp))
+    }
+
+    fn charge(&mut self, ran: Ns) {
+        let w = self.weight();
+        // ran * K + rem = (q * w + r) * K + rem  =>  AVT += q * K + (r * K + rem) / w.
+        // r < w <= 10^4 and rem < w, so r * K + rem < 10^8 + 10^4.
+        let (q, r) = (ran / w, ran % w);
+        let t = r * VT_SCALE + self.rem;
+        let inc = Vt::from(q) * Vt::from(VT_SCALE) + Vt::from(t / w);
+        self.rem = t % w;
+        self.avt = self.avt.saturating_add(inc).min(VT_MAX);
+        if self.warped {
+            self.warped_run_ns = self.warped_run_ns.saturating_add(ran);
+            let limit = self.params.warp_limit_ns;
+            if limit != 0 && self.warped_run_ns >= limit {
+                self.warped = false;
+                self.unwarp_overshoot = Some(self.warped_run_ns - limit);
+            }
+        }
+    }
+
+    /// Real ns of running after which AVT has grown by at least `d` virtual ns.
+    fn real_for(&self, d: Vt) -> Ns {
+        let w = Vt::from(self.weight());
+        let need = d.saturating_mul(w).saturating_sub(Vt::from(self.rem));
+        let ns = need.div_ceil(Vt::from(VT_SCALE));
+        Ns::try_from(ns).unwrap_or(Ns::MAX)
+    }
+
+    fn unwarp(&mut self, now: Ns) {
+        if self.warped {
+            self.warped = false;
+            self.last_unwarp = Some(now);
+        }
+    }
+}
+
+/// `ns * K / weight`, in virtual ns (weight is never 0 in a live entity).
+fn to_virtual(ns: Ns, weight: u64) -> Vt {
+    (Vt::from(ns) * Vt::from(VT_SCALE)) / Vt::from(weight.max(1))
+}
+
+fn vt_i128(v: Vt) -> i128 {
+    i128::try_from(v.min(VT_MAX)).unwrap_or(i128::MAX)
+}
+
+/// A BVT run queue for one CPU with room for `N` domains, numbered by slot
+/// `0..N` (the hypervisor's domain-table index).
+#[derive(Clone, Debug)]
+pub struct Bvt<const N: usize> {
+    slots: [Option<Entity>; N],
+    ctx_allowance_ns: Ns,
+    svt: Vt,
+    /// Latest `now` seen.
+    clock: Ns,
+    /// Counts wakes.
+    wakes: u64,
+}
+
+impl<const N: usize> Bvt<N> {
+    /// An empty scheduler with context-switch allowance `C` (raised to at
+    /// least [`MIN_CTX_ALLOWANCE_NS`]).
+    pub const fn new(ctx_allowance_ns: Ns) -> Self {
+        Self { slots: [None; N], ctx_allowance_ns: clamp_allowance(ctx_allowance_ns), svt: 0, clock: 0, wakes: 0 }
+    }
+
+    /// The context-switch allowance `C` in real ns.
+    pub const fn ctx_allowance_ns(&self) -> Ns {
+        self.ctx_allowance_ns
+    }
+
+    /// Changes `C` (raised to at least [`MIN_CTX_ALLOWANCE_NS`]); takes effect
+    /// at the next `pick`.
+    pub fn set_ctx_allowance(&mut self, ns: Ns) {
+        self.ctx_allowance_ns = clamp_allowance(ns);
+    }
+
+    /// Adds a domain in `slot`, runnable, with `AVT = SVT` and not warped.
+    pub fn add(&mut self, slot: usize, p: Params, now: Ns) -> Result<(), BvtError> {
+        if !p.is_valid() {
+            return Err(BvtError::BadWeight);
+        }
+        self.observe(now);
+        let svt = self.svt;
+        let cell = self.slots.get_mut(slot).ok_or(BvtError::BadSlot)?;
+        if cell.is_some() {
+            return Err(BvtError::SlotInUse);
+        }
+        *cell = Some(Entity {
+            params: p,
+            avt: svt,
+            rem: 0,
+            runnable: true,
+            warped: false,
+            warped_run_ns: 0,
+            woke: 0,
+            last_unwarp: None,
+            unwarp_overshoot: None,
+        });
+        self.update_svt();
+        Ok(())
+    }
+
+    /// Removes the domain in `slot`; returns whether there was one.
+    pub fn remove(&mut self, slot: usize) -> bool {
+        let removed = self.slots.get_mut(slot).and_then(Option::take).is_some();
+        self.update_svt();
+        removed
+    }
+
+    /// Changes a domain's parameters (a toolstack's "adjust domain"). Its AVT
+    /// is kept; if the new warp is 0 it is unwarped.
+    pub fn set_params(&mut self, slot: usize, p: Params) -> Result<(), BvtError> {
+        if !p.is_valid() {
+            return Err(BvtError::BadWeight);
+        }
+        let clock = self.clock;
+        let e = self.slots.get_mut(slot).ok_or(BvtError::BadSlot)?.as_mut().ok_or(BvtError::NoSuchDomain)?;
+        if p.weight != e.params.weight {
+            e.rem = 0;
+        }
+        e.params = p;
+        if p.warp_ns == 0 {
+            e.unwarp(clock);
+        }
+        Ok(())
+    }
+
+    /// The domain in `slot` blocks: it leaves the run queue (and unwarps).
+    /// Returns whether it was runnable; a no-op otherwise.
+    pub fn block(&mut self, slot: usize, now: Ns) -> bool {
+        self.observe(now);
+        let Some(e) = self.entity_mut(slot) else { return false };
+        if !e.runnable {
+            return false;
+        }
+        e.runnable = false;
+        e.unwarp(now);
+        self.update_svt();
+        true
+    }
+
+    /// The domain in `slot` wakes: `AVT = max(AVT, SVT)`, and it warps if it
+    /// asks to and the unwarp requirement has passed. Returns whether it was
+    /// blocked; a no-op (no re-warp) if it was already runnable or is absent.
+    pub fn wake(&mut self, slot: usize, now: Ns) -> bool {
+        self.observe(now);
+        let svt = self.svt;
+        let stamp = self.wakes.saturating_add(1);
+        let Some(e) = self.entity_mut(slot) else { return false };
+        if e.runnable {
+            return false;
+        }
+        e.runnable = true;
+        e.woke = stamp;
+        if e.avt < svt {
+            e.avt = svt;
+            e.rem = 0;
+        }
+        let rested = match e.last_unwarp {
+            None => true,
+            Some(t) => now.saturating_sub(t) >= e.params.unwarp_ns,
+        };
+        if e.params.warp_ns != 0 && rested {
+            e.warped = true;
+            e.warped_run_ns = 0;
+        }
+        self.wakes = stamp;
+        self.update_svt();
+        true
+    }
+
+    /// Charges `ran_ns` of real CPU time to the domain in `slot` (the one that
+    /// was running). Call it at every hypervisor entry and before every
+    /// `pick`. A no-op for an empty slot.
+    pub fn account(&mut self, slot: usize, ran_ns: Ns) {
+        if let Some(e) = self.entity_mut(slot) {
+            e.charge(ran_ns);
+            self.update_svt();
+        }
+    }
+
+    /// Chooses the domain to run at `now`; `current` is the one that was
+    /// running (if it has blocked or gone, it is simply not a candidate).
+    pub fn pick(&mut self, now: Ns, current: Option<usize>) -> Pick {
+        self.observe(now);
+        let cur = current.filter(|&c| self.is_runnable(c));
+        let next = match cur {
+            Some(c) => match self.best(Some(c)) {
+                None => return Pick { next: Some(c), run_for_ns: None },
+                Some((o, evt_o)) => {
+                    if self.evt_of(c) < evt_o.saturating_add(self.ctx_virtual(c)) {
+                        c
+                    } else {
+                        o
+                    }
+                }
+            },
+            None => match self.best(None) {
+                None => return Pick::IDLE,
+                Some((n, _)) => n,
+            },
+        };
+        Pick { next: Some(next), run_for_ns: self.run_for(next) }
+    }
+
+    /// Whether `slot` holds a runnable domain.
+    pub fn is_runnable(&self, slot: usize) -> bool {
+        self.entity(slot).is_some_and(|e| e.runnable)
+    }
+
+    /// Whether `slot` holds a domain.
+    pub fn contains(&self, slot: usize) -> bool {
+        self.entity(slot).is_some()
+    }
+
+    /// Whether the domain in `slot` is warped now.
+    pub fn is_warped(&self, slot: usize) -> bool {
+        self.entity(slot).is_some_and(|e| e.warped)
+    }
+
+    /// The parameters of the domain in `slot`.
+    pub fn params(&self, slot: usize) -> Option<Params> {
+        self.entity(slot).map(|e| e.params)
+    }
+
+    /// Actual virtual time of the domain in `slot`.
+    pub fn avt(&self, slot: usize) -> Option<Vt> {
+        self.entity(slot).map(|e| e.avt)
+    }
+
+    /// Effective virtual time of the domain in `slot` (negative while a warp
+    /// exceeds its AVT).
+    pub fn evt(&self, slot: usize) -> Option<i128> {
+        self.entity(slot).map(Entity::evt)
+    }
+
+    /// Scheduler virtual time: the least AVT of the runnable domains (the last
+    /// such value while none is runnable). Never decreases.
+    pub fn svt(&self) -> Vt {
+        self.svt
+    }
+
+    /// How many domains are runnable.
+    pub fn runnable_count(&self) -> usize {
+        self.slots.iter().flatten().filter(|e| e.runnable).count()
+    }
+
+    fn entity(&self, slot: usize) -> Option<&Entity> {
+        self.slots.get(slot).and_then(Option::as_ref)
+    }
+
+    fn entity_mut(&mut self, slot: usize) -> Option<&mut Entity> {
+        self.slots.get_mut(slot).and_then(Option::as_mut)
+    }
+
+    fn evt_of(&self, slot: usize) -> i128 {
+        self.entity(slot).map_or(i128::MAX, Entity::evt)
+    }
+
+    /// `C_v` for the domain in `slot`.
+    fn ctx_virtual(&self, slot: usize) -> i128 {
+        let w = self.entity(slot).map_or(1, Entity::weight);
+        vt_i128(to_virtual(self.ctx_allowance_ns, w))
+    }
+
+    /// The runnable domain of least EVT other than `exclude` (ties: the most
+    /// recently woken, then the lowest slot), with its EVT.
+    fn best(&self, exclude: Option<usize>) -> Option<(usize, i128)> {
+        let mut best: Option<(usize, i128, u64)> = None;
+        for (i, e) in self.slots.iter().enumerate() {
+            let Some(e) = e else { continue };
+            if !e.runnable || Some(i) == exclude {
+                continue;
+            }
+            let evt = e.evt();
+            if best.is_none_or(|(_, b, bw)| evt < b || (evt == b && e.woke > bw)) {
+                best = Some((i, evt, e.woke));
+            }
+        }
+        best.map(|(i, evt, _)| (i, evt))
+    }
+
+    /// Real time until rule 2 would preempt `n` (or its warp limit runs out).
+    fn run_for(&self, n: usize) -> Option<Ns> {
+        let e = self.entity(n)?;
+        let (_, evt_o) = self.best(Some(n))?;
+        // Preempted once E_n >= E_o + C_v(n): E_n must grow by d.
+        let d = evt_o.saturating_add(self.ctx_virtual(n)).saturating_sub(e.evt()).max(1);
+        let mut ns = e.real_for(Vt::try_from(d).unwrap_or(1));
+        if e.warped && e.params.warp_limit_ns != 0 {
+            ns = ns.min(e.params.warp_limit_ns.saturating_sub(e.warped_run_ns));
+        }
+        Some(ns.max(1))
+    }
+
+    /// Notes the time and dates warp-limit expiries that `account` found.
+    fn observe(&mut self, now: Ns) {
+        self.clock = self.clock.max(now);
+        for e in self.slots.iter_mut().flatten() {
+            if let Some(over) = e.unwarp_overshoot.take() {
+                e.last_unwarp = Some(now.saturating_sub(over));
+            }
+        }
+    }
+
+    fn update_svt(&mut self) {
+        if let Some(min) = self.slots.iter().flatten().filter(|e| e.runnable).map(|e| e.avt).min() {
+            self.svt = self.svt.max(min);
+        }
+    }
+}
+
+const fn clamp_allowance(ns: Ns) -> Ns {
+    if ns < MIN_CTX_ALLOWANCE_NS {
+        MIN_CTX_ALLOWANCE_NS
+    } else {
+        ns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: Ns = 1_000;
+    const MS: Ns = 1_000_000;
+    const SEC: Ns = 1_000_000_000;
+
+    // ----- discrete-event simulator -------------------------------------
+
+    /// What a simulated domain does.
+    #[derive(Clone, Copy, Debug)]
+    enum Load {
+        /// Always runnable.
+        Hog,
+        /// Blocked at first; becomes runnable at `first + k * period` with
+        /// `burst` ns of work (queued if the last burst is not done yet) and
+        /// blocks when out of work.
+        Periodic { first: Ns, period: Ns, burst: Ns },
+        /// Runnable at first with `burst` ns of work; when it is done, sleeps
+        /// `sleep` ns, then wakes with `burst` more.
+        Sleeper { burst: Ns, sleep: Ns },
+    }
+
+    #[derive(Debug)]
+    struct Dom {
+        load: Load,
+        work: Ns,
+        next_wake: Option<Ns>,
+        woke_at: Option<Ns>,
+        cpu: Ns,
+        runnable_ns: Ns,
+        latencies: Vec<Ns>,
+        /// CPU time run while warped since the last wake, and its maximum.
+        warped_cpu: Ns,
+        max_warped_cpu: Ns,
+    }
+
+    impl Dom {
+        fn mean_latency(&self) -> f64 {
+            self.latencies.iter().sum::<Ns>() as f64 / self.latencies.len().max(1) as f64
+        }
+        fn max_latency(&self) -> Ns {
+            self.latencies.iter().copied().max().unwrap_or(0)
+        }
+    }
+
+    /// One CPU driven exactly as the hypervisor drives it: at every event,
+    /// account the running domain, apply blocks and wakes, pick, and arm a
+    /// one-shot timer for `run_for_ns`.
+    struct Sim<const N: usize> {
+        bvt: Bvt<N>,
+        doms: Vec<Option<Dom>>,
+        now: Ns,
+        current: Option<usize>,
+        deadline: Option<Ns>,
+        run_start: Ns,
+        /// Completed runs: (slot, length).
+        runs: Vec<(usize, Ns)>,
+        /// Times at which a different domain was dispatched.
+        switches: Vec<Ns>,
+        last_svt: Vt,
+    }
+
+    impl<const N: usize> Sim<N> {
+        fn new(ctx: Ns) -> Self {
+            Self {
+                bvt: Bvt::new(ctx),
+                doms: (0..N).map(|_| None).collect(),
+                now: 0,
+                current: None,
+                deadline: None,
+                run_start: 0,
+                runs: Vec::new(),
+                switches: Vec::new(),
+                last_svt: 0,
+            }
+        }
+
+        fn add(&mut self, slot: usize, p: Params, load: Load) {
+            self.bvt.add(slot, p, self.now).unwrap();
+            let mut d = Dom {
+                load,
+                work: 0,
+                next_wake: None,
+                woke_at: None,
+                cpu: 0,
+                runnable_ns: 0,
+                latencies: Vec::new(),
+                warped_cpu: 0,
+                max_warped_cpu: 0,
+            };
+            match load {
+                Load::Hog => {}
+                Load::Periodic { first, .. } => {
+                    assert!(self.bvt.block(slot, self.now));
+                    d.next_wake = Some(first.max(self.now));
+                }
+                Load::Sleeper { burst, .. } => d.work = burst,
+            }
+            self.doms[slot] = Some(d);
+            self.resched();
+        }
+
+        fn dom(&self, slot: usize) -> &Dom {
+            self.doms[slot].as_ref().unwrap()
+        }
+
+        fn resched(&mut self) {
+            let p = self.bvt.pick(self.now, self.current);
+            if let Some(n) = p.next {
+                assert!(self.bvt.is_runnable(n), "picked a domain that cannot run");
+            } else {
+                assert_eq!(self.bvt.runnable_count(), 0, "idled with work to do");
+            }
+            if p.next != self.current {
+                if let Some(c) = self.current {
+                    self.runs.push((c, self.now - self.run_start));
+                }
+                if p.next.is_some() {
+                    self.switches.push(self.now);
+                }
+                self.run_start = self.now;
+                if let Some(n) = p.next {
+                    if let Some(w) = self.doms[n].as_mut().unwrap().woke_at.take() {
+                        let lat = self.now - w;
+                        self.doms[n].as_mut().unwrap().latencies.push(lat);
+                    }
+                }
+            }
+            self.current = p.next;
+            self.deadline = p.run_for_ns.map(|r| {
+                assert!(r >= 1);
+                self.now.saturating_add(r)
+            });
+        }
+
+        fn run_until(&mut self, end: Ns) {
+            while self.now < end {
+                // Next event.
+                let mut t = end;
+                if let Some(d) = self.deadline {
+                    t = t.min(d);
+                }
+                if let Some(c) = self.current {
+                    let d = self.dom(c);
+                    if !matches!(d.load, Load::Hog) {
+                        t = t.min(self.now + d.work);
+                    }
+                }
+                for d in self.doms.iter().flatten() {
+                    if let Some(w) = d.next_wake {
+                        t = t.min(w);
+                    }
+                }
+                let ran = t - self.now;
+                // Hardware entry: charge the running domain.
+                if let Some(c) = self.current {
+                    let warped = self.bvt.is_warped(c);
+                    self.bvt.account(c, ran);
+                    let d = self.doms[c].as_mut().unwrap();
+                    d.cpu += ran;
+                    if warped {
+                        d.warped_cpu += ran;
+                        d.max_warped_cpu = d.max_warped_cpu.max(d.warped_cpu);
+                    }
+                    if !matches!(d.load, Load::Hog) {
+                        d.work -= ran;
+                    }
+                }
+                for (i, d) in self.doms.iter_mut().enumerate() {
+                    if let Some(d) = d {
+                        if self.bvt.is_runnable(i) {
+                            d.runnable_ns += ran;
+                        }
+                    }
+                }
+                self.now = t;
+                // Blocks.
+                if let Some(c) = self.current {
+                    let now = self.now;
+                    let d = self.doms[c].as_mut().unwrap();
+                    if !matches!(d.load, Load::Hog) && d.work == 0 {
+                        if let Load::Sleeper { sleep, .. } = d.load {
+                            d.next_wake = Some(now + sleep);
+                        }
+                        assert!(self.bvt.block(c, now));
+                    }
+                }
+                // Wakes.
+                for i in 0..N {
+                    let now = self.now;
+                    let Some(d) = self.doms[i].as_mut() else { continue };
+                    let Some(w) = d.next_wake.filter(|&w| w <= now) else { continue };
+                    match d.load {
+                        Load::Hog => unreachable!(),
+                        Load::Periodic { period, burst, .. } => {
+                            d.work += burst;
+                            d.next_wake = Some(w + period);
+                        }
+                        Load::Sleeper { burst, .. } => {
+                            d.work = burst;
+                            d.next_wake = None;
+                        }
+                    }
+                    if self.bvt.wake(i, now) {
+                        d.woke_at = Some(now);
+                        d.warped_cpu = 0;
+                    }
+                }
+                let svt = self.bvt.svt();
+                assert!(svt >= self.last_svt, "SVT went backwards");
+                self.last_svt = svt;
+                self.resched();
+            }
+        }
+
+        fn share(&self, slot: usize) -> f64 {
+            self.dom(slot).cpu as f64 / self.now as f64
+        }
+    }
+
+    fn assert_near(what: &str, got: f64, want: f64, tol: f64) {
+        assert!((got - want).abs() <= tol, "{what}: got {got:.5}, want {want:.5} ± {tol}");
+    }
+
+    // ----- proportional share -------------------------------------------
+
+    #[test]
+    fn bvt_weights_1_2_4_get_proportional_shares() {
+        for scale in [1, 100, 2_500] {
+            let mut sim: Sim<3> = Sim::new(DEFAULT_CTX_ALLOWANCE_NS);
+            for (slot, w) in [1, 2, 4].into_iter().enumerate() {
+                sim.add(slot, Params::weighted(w * scale), Load::Hog);
+            }
+            sim.run_until(10 * SEC);
+            let shares: Vec<f64> = (0..3).map(|i| sim.share(i)).collect();
+            println!(
+                "weights {}:{}:{} over 10 s: shares {:.4} {:.4} {:.4} (want {:.4} {:.4} {:.4}), {} switches",
+                scale,
+                2 * scale,
+                4 * scale,
+                shares[0],
+                shares[1],
+                shares[2],
+                1.0 / 7.0,
+                2.0 / 7.0,
+                4.0 / 7.0,
+                sim.switches.len()
+            );
+            for (i, k) in [1.0, 2.0, 4.0].into_iter().enumerate() {
+                let want = k / 7.0;
+                // ±1% of the expected share (relative), tighter than asked.
+                assert_near("share", shares[i], want, 0.01 * want);
+            }
+        }
+    }
+
+    // ----- warp gives latency -------------------------------------------
+
+    fn latency_run(warp: bool) -> (f64, Ns, f64) {
+        let mut sim: Sim<4> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        let p = if warp { Params::warped(100, 10 * MS, 2 * MS, 5 * MS) } else { Params::weighted(100) };
+        // Wakes every 7.3 ms (out of step with the hogs) for 0.5 ms of work.
+        sim.add(2, p, Load::Periodic { first: 3 * MS + 123 * US, period: 7_300 * US, burst: 500 * US });
+        sim.run_until(10 * SEC);
+        let d = sim.dom(2);
+        assert!(d.latencies.len() > 1_300, "too few wakes: {}", d.latencies.len());
+        (d.mean_latency(), d.max_latency(), sim.share(2))
+    }
+
+    #[test]
+    fn bvt_warp_lowers_wakeup_latency() {
+        let (plain_mean, plain_max, plain_share) = latency_run(false);
+        let (warp_mean, warp_max, warp_share) = latency_run(true);
+        println!(
+            "wake-to-dispatch latency with 2 hogs, C = 5 ms: unwarped mean {:.1} µs max {:.1} µs; \
+             warped mean {:.1} µs max {:.1} µs; CPU share {:.4} / {:.4}",
+            plain_mean / 1e3,
+            plain_max as f64 / 1e3,
+            warp_mean / 1e3,
+            warp_max as f64 / 1e3,
+            plain_share,
+            warp_share
+        );
+        assert!(warp_mean < plain_mean / 2.0, "warp did not help: {warp_mean} vs {plain_mean}");
+        assert!(warp_max < plain_max);
+        // Unwarped, the allowance bounds the wait: at most C (plus nothing).
+        assert!(plain_max <= 5 * MS);
+        // Both got the CPU they asked for (0.5 ms every 7.3 ms).
+        assert_near("interactive share", plain_share, 0.5 / 7.3, 0.001);
+        assert_near("interactive share", warp_share, 0.5 / 7.3, 0.001);
+    }
+
+    // ----- no starvation ------------------------------------------------
+
+    #[test]
+    fn bvt_hog_cannot_starve_equal_weight() {
+        // A hog and a domain that works 20 ms and sleeps 20 ms.
+        let mut sim: Sim<2> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Sleeper { burst: 20 * MS, sleep: 20 * MS });
+        sim.run_until(10 * SEC);
+        let s = sim.dom(1);
+        let when_runnable = s.cpu as f64 / s.runnable_ns as f64;
+        println!(
+            "hog vs sleeper (20 ms on/20 ms off): sleeper gets {:.4} of the CPU while runnable, \
+             {:.4} overall; hog {:.4}",
+            when_runnable,
+            sim.share(1),
+            sim.share(0)
+        );
+        assert!(when_runnable >= 0.49, "sleeper starved: {when_runnable}");
+        assert!(sim.share(0) >= 0.49, "hog starved: {}", sim.share(0));
+
+        // Two hogs: 50% each.
+        let mut sim: Sim<2> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.run_until(10 * SEC);
+        println!("two equal hogs: {:.4} / {:.4}", sim.share(0), sim.share(1));
+        assert_near("hog 0", sim.share(0), 0.5, 0.01);
+        assert_near("hog 1", sim.share(1), 0.5, 0.01);
+
+        // Two hogs and the sleeper: the hogs split what is left evenly, the
+        // sleeper gets at least a third while runnable.
+        let mut sim: Sim<3> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.add(2, Params::weighted(100), Load::Sleeper { burst: 20 * MS, sleep: 20 * MS });
+        sim.run_until(10 * SEC);
+        let s = sim.dom(2);
+        let when_runnable = s.cpu as f64 / s.runnable_ns as f64;
+        println!(
+            "two hogs + sleeper: hogs {:.4} / {:.4}, sleeper {:.4} overall, {:.4} while runnable",
+            sim.share(0),
+            sim.share(1),
+            sim.share(2),
+            when_runnable
+        );
+        assert!(when_runnable >= 1.0 / 3.0 - 0.01);
+        assert_near("hog 0 vs hog 1", sim.share(0) - sim.share(1), 0.0, 0.01);
+    }
+
+    // ----- context-switch allowance -------------------------------------
+
+    #[test]
+    fn bvt_ctx_allowance_bounds_switching() {
+        let c = 5 * MS;
+        let mut sim: Sim<2> = Sim::new(c);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.run_until(10 * SEC);
+        for sec in 0..10 {
+            let n = sim.switches.iter().filter(|&&t| t >= sec * SEC && t < (sec + 1) * SEC).count();
+            assert!(n as u64 <= SEC / c + 1, "second {sec}: {n} switches");
+        }
+        let per_sec = sim.switches.len() as f64 / 10.0;
+        // The first run ends when the first domain is C ahead; every later
+        // one starts C behind and ends C ahead: 2C.
+        let (first, rest) = sim.runs.split_first().unwrap();
+        assert_eq!(first.1, c);
+        for &(_, len) in rest {
+            assert_eq!(len, 2 * c, "run of {len} ns");
+        }
+        println!(
+            "two equal hogs, C = 5 ms: {per_sec:.1} switches/s (bound {}), first run {} ms, then {} ms each",
+            SEC / c + 1,
+            first.1 / MS,
+            rest[0].1 / MS
+        );
+
+        // Unequal weights 1:3 still bounded, and runs are at least C.
+        let mut sim: Sim<2> = Sim::new(c);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(300), Load::Hog);
+        sim.run_until(10 * SEC);
+        assert!((sim.switches.len() as u64) <= 10 * (SEC / c + 1));
+        assert!(sim.runs.iter().all(|&(_, len)| len >= c));
+        assert_near("1:3", sim.share(1), 0.75, 0.0075);
+    }
+
+    // ----- sleeping ---------------------------------------------------
+
+    #[test]
+    fn bvt_sleepers_bank_no_credit() {
+        let mut sim: Sim<3> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        // Slot 2 sleeps for 1 s, then wants the CPU for good.
+        sim.add(2, Params::weighted(100), Load::Periodic { first: SEC, period: 100 * SEC, burst: 100 * SEC });
+        let avt_before = sim.bvt.avt(2).unwrap();
+        sim.run_until(SEC - 1);
+        assert_eq!(sim.bvt.avt(2).unwrap(), avt_before, "a blocked domain aged");
+        assert!(sim.bvt.svt() > avt_before + 400 * MS as u128 * 100);
+        let cpu_before: Vec<Ns> = (0..3).map(|i| sim.dom(i).cpu).collect();
+        sim.run_until(SEC);
+        assert_eq!(sim.bvt.avt(2).unwrap(), sim.bvt.svt(), "woke below SVT");
+        sim.run_until(SEC + 300 * MS);
+        let got: Vec<f64> = (0..3).map(|i| (sim.dom(i).cpu - cpu_before[i]) as f64 / (300 * MS) as f64).collect();
+        let longest = sim.runs.iter().filter(|r| r.0 == 2).map(|r| r.1).max().unwrap_or(0);
+        println!(
+            "after sleeping 1 s: shares over the next 300 ms {:.3} {:.3} {:.3}; sleeper's longest run {} ms",
+            got[0],
+            got[1],
+            got[2],
+            longest / MS
+        );
+        assert!(got[2] < 0.45, "the sleeper monopolised the CPU: {}", got[2]);
+        assert!(got[2] > 0.25, "the sleeper was starved: {}", got[2]);
+        assert!(longest <= 2 * 5 * MS);
+
+        // Without blocking, a late joiner starts at SVT too.
+        let mut sim: Sim<2> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.run_until(SEC);
+        assert_eq!(sim.dom(0).cpu, SEC);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.run_until(2 * SEC);
+        assert_near("late joiner", (sim.dom(1).cpu) as f64 / SEC as f64, 0.5, 0.01);
+    }
+
+    // ----- warp limit and unwarp requirement ----------------------------
+
+    #[test]
+    fn bvt_warp_limit_and_unwarp_requirement() {
+        let mut s: Bvt<2> = Bvt::new(5 * MS);
+        s.add(0, Params::weighted(100), 0).unwrap();
+        s.add(1, Params::warped(100, 50 * MS, 3 * MS, 20 * MS), 0).unwrap();
+        assert!(!s.is_warped(1), "add does not warp");
+        assert!(s.block(1, 0));
+        s.account(0, 10 * MS);
+        assert!(s.wake(1, 10 * MS));
+        assert!(s.is_warped(1));
+        assert_eq!(s.evt(1).unwrap(), s.avt(1).unwrap() as i128 - to_virtual(50 * MS, 100) as i128);
+        // Dispatched at once, but only for L.
+        let p = s.pick(10 * MS, Some(0));
+        assert_eq!(p, Pick { next: Some(1), run_for_ns: Some(3 * MS) });
+        s.account(1, MS);
+        let p = s.pick(11 * MS, Some(1));
+        assert_eq!(p, Pick { next: Some(1), run_for_ns: Some(2 * MS) });
+        // L runs out (the run overshoots by 0.5 ms): unwarped.
+        s.account(1, 2 * MS + 500 * US);
+        assert!(!s.is_warped(1));
+        assert_eq!(s.evt(1).unwrap(), s.avt(1).unwrap() as i128);
+        let p = s.pick(13_500_000, Some(1));
+        // Now it competes at its AVT: level with slot 0 plus what it ran.
+        assert_eq!(p.next, Some(1));
+        // Unwarped at 13 ms (13.5 ms minus the overshoot). Block and wake
+        // before 13 + U = 33 ms: no warp.
+        assert!(s.block(1, 14 * MS));
+        assert!(s.wake(1, 32 * MS));
+        assert!(!s.is_warped(1), "warped before U passed");
+        assert!(s.block(1, 32 * MS));
+        assert!(s.wake(1, 33 * MS));
+        assert!(s.is_warped(1), "U passed, warp expected");
+        // A block unwarps, and U counts from then.
+        assert!(s.block(1, 40 * MS));
+        assert!(s.wake(1, 59 * MS));
+        assert!(!s.is_warped(1));
+        assert!(s.block(1, 59 * MS));
+        assert!(s.wake(1, 60 * MS));
+        assert!(s.is_warped(1));
+        // Waking a runnable domain does nothing.
+        assert!(!s.wake(1, 61 * MS));
+
+        // L = 0: no limit; U = 0: every wake warps.
+        let mut s: Bvt<2> = Bvt::new(5 * MS);
+        s.add(0, Params::weighted(100), 0).unwrap();
+        s.add(1, Params::warped(100, 50 * MS, 0, 0), 0).unwrap();
+        s.block(1, 0);
+        s.wake(1, 0);
+        s.account(1, 10 * SEC);
+        assert!(s.is_warped(1));
+        s.block(1, 10 * SEC);
+        s.wake(1, 10 * SEC);
+        assert!(s.is_warped(1));
+
+        // In the simulator: a warped domain that wants 10 ms at each wake
+        // preempts immediately but gets at most L warped; the hogs still get
+        // their shares.
+        let mut sim: Sim<3> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.add(
+            2,
+            Params::warped(100, 20 * MS, 2 * MS, 30 * MS),
+            Load::Periodic { first: 7 * MS, period: 50 * MS, burst: 10 * MS },
+        );
+        sim.run_until(5 * SEC);
+        let d = sim.dom(2);
+        println!(
+            "warped 10 ms bursts every 50 ms, L = 2 ms: {} wakes, latency max {} ns, longest warped run {} µs, share {:.4}",
+            d.latencies.len(),
+            d.max_latency(),
+            d.max_warped_cpu / US,
+            sim.share(2)
+        );
+        assert_eq!(d.max_latency(), 0);
+        assert_eq!(d.max_warped_cpu, 2 * MS, "warped for longer than L");
+        assert_near("hog 0 vs hog 1", sim.share(0) - sim.share(1), 0.0, 0.01);
+        assert_near("warped share", sim.share(2), 0.2, 0.002);
+    }
+
+    // ----- hostile inputs ---------------------------------------------
+
+    #[test]
+    fn bvt_hostile_inputs() {
+        let mut s: Bvt<4> = Bvt::new(0);
+        assert_eq!(s.ctx_allowance_ns(), MIN_CTX_ALLOWANCE_NS);
+        assert_eq!(s.add(0, Params::weighted(0), 0), Err(BvtError::BadWeight));
+        assert_eq!(s.add(0, Params::weighted(MAX_WEIGHT + 1), 0), Err(BvtError::BadWeight));
+        assert_eq!(s.add(0, Params::weighted(u32::MAX), 0), Err(BvtError::BadWeight));
+        assert_eq!(s.add(4, Params::weighted(1), 0), Err(BvtError::BadSlot));
+        assert_eq!(s.add(usize::MAX, Params::weighted(1), 0), Err(BvtError::BadSlot));
+        assert_eq!(s.pick(0, None), Pick::IDLE);
+        assert_eq!(s.pick(0, Some(3)), Pick::IDLE);
+        assert_eq!(s.pick(0, Some(usize::MAX)), Pick::IDLE);
+        for slot in [0, 3, 4, usize::MAX] {
+            assert!(!s.block(slot, 0));
+            assert!(!s.wake(slot, 0));
+            assert!(!s.remove(slot));
+            s.account(slot, u64::MAX);
+            assert!(!s.is_runnable(slot));
+            assert!(!s.contains(slot));
+            assert_eq!(s.avt(slot), None);
+            assert_eq!(s.evt(slot), None);
+            assert_eq!(s.params(slot), None);
+            assert_eq!(
+                s.set_params(slot, Params::weighted(1)),
+                Err(if slot < 4 { BvtError::NoSuchDomain } else { BvtError::BadSlot })
+            );
+        }
+        s.add(0, Params::warped(1, u64::MAX, u64::MAX, u64::MAX), u64::MAX).unwrap();
+        assert_eq!(s.add(0, Params::weighted(1), 0), Err(BvtError::SlotInUse));
+        s.add(1, Params::weighted(MAX_WEIGHT), 0).unwrap();
+        assert_eq!(s.set_params(1, Params::weighted(0)), Err(BvtError::BadWeight));
+        // Huge runs neither overflow nor lose time...
+        for _ in 0..10 {
+            s.account(0, u64::MAX);
+        }
+        assert_eq!(s.avt(0), Some(10 * u128::from(u64::MAX) * 10_000));
+        // ...and AVT saturates at VT_MAX (unreachable in practice: 7e12
+        // charges of u64::MAX ns at weight 1).
+        s.slots[0].as_mut().unwrap().avt = VT_MAX - 1;
+        s.account(0, u64::MAX);
+        assert_eq!(s.avt(0), Some(VT_MAX));
+        s.block(0, 5);
+        s.wake(0, 0); // time going backwards
+        let p = s.pick(0, Some(0));
+        assert_eq!(p.next, Some(1));
+        assert!(p.run_for_ns.is_some_and(|r| r >= 1));
+        s.slots[1].as_mut().unwrap().avt = VT_MAX;
+        s.account(1, u64::MAX);
+        assert_eq!(s.avt(1), Some(VT_MAX));
+        // Both saturated: still a sane answer.
+        let p = s.pick(u64::MAX, Some(1));
+        assert!(p.next.is_some() && p.run_for_ns.is_some_and(|r| r >= 1));
+        // A huge allowance.
+        s.set_ctx_allowance(u64::MAX);
+        let p = s.pick(u64::MAX, p.next);
+        assert!(p.next.is_some() && p.run_for_ns.is_some_and(|r| r >= 1));
+        // A year at weight 1 is nowhere near the cap.
+        let mut s: Bvt<1> = Bvt::new(DEFAULT_CTX_ALLOWANCE_NS);
+        s.add(0, Params::weighted(1), 0).unwrap();
+        s.account(0, 365 * 24 * 3600 * SEC);
+        assert_eq!(s.avt(0), Some(365 * 24 * 3600 * SEC as u128 * 10_000));
+        // A scheduler with no room at all.
+        let mut z: Bvt<0> = Bvt::new(MS);
+        assert_eq!(z.add(0, Params::weighted(1), 0), Err(BvtError::BadSlot));
+        assert_eq!(z.pick(0, Some(0)), Pick::IDLE);
+    }
+
+    #[test]
+    fn bvt_charge_is_exact_across_slices() {
+        // 1 ms charged in 1 ns slices equals 1 ms charged at once.
+        let mut a: Bvt<2> = Bvt::new(MS);
+        a.add(0, Params::weighted(7), 0).unwrap();
+        a.add(1, Params::weighted(7), 0).unwrap();
+        for _ in 0..1_000 {
+            a.account(0, 1_000);
+        }
+        a.account(1, MS);
+        assert_eq!(a.avt(0), a.avt(1));
+        assert_eq!(a.avt(0), Some(MS as u128 * 10_000 / 7));
+    }
+
+    #[test]
+    fn bvt_set_params_changes_share() {
+        let mut sim: Sim<2> = Sim::new(5 * MS);
+        sim.add(0, Params::weighted(100), Load::Hog);
+        sim.add(1, Params::weighted(100), Load::Hog);
+        sim.run_until(SEC);
+        sim.bvt.set_params(1, Params::weighted(300)).unwrap();
+        let before = sim.dom(1).cpu;
+        sim.run_until(11 * SEC);
+        assert_near("reweighted", (sim.dom(1).cpu - before) as f64 / (10 * SEC) as f64, 0.75, 0.0075);
+    }
+
+    // ----- randomized ---------------------------------------------------
+
+    struct XorShift(u64);
+
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            let mut x = self.0;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.0 = x;
+            x
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    fn check_invariants<const N: usize>(s: &Bvt<N>, last_svt: &mut Vt) {
+        let svt = s.svt();
+        assert!(svt >= *last_svt, "SVT went backwards: {} -> {}", *last_svt, svt);
+        *last_svt = svt;
+        for i in 0..N {
+            if s.is_runnable(i) {
+                assert!(s.avt(i).unwrap() >= svt, "runnable AVT below SVT");
+            }
+            if let Some(a) = s.avt(i) {
+                assert!(a <= VT_MAX);
+            }
+        }
+    }
+
+    fn check_pick<const N: usize>(s: &Bvt<N>, cur: Option<usize>, p: Pick) {
+        let runnable: Vec<usize> = (0..N).filter(|&i| s.is_runnable(i)).collect();
+        let Some(n) = p.next else {
+            assert!(runnable.is_empty(), "idle with runnable domains");
+            assert_eq!(p.run_for_ns, None);
+            return;
+        };
+        assert!(n < N && s.is_runnable(n), "picked {n}, not runnable");
+        match p.run_for_ns {
+            None => assert_eq!(runnable.len(), 1),
+            Some(r) => assert!(runnable.len() >= 2 && r >= 1),
+        }
+        let min = runnable.iter().map(|&i| s.evt(i).unwrap()).min().unwrap();
+        let cur = cur.filter(|&c| s.is_runnable(c));
+        if Some(n) == cur {
+            let min_other = runnable.iter().filter(|&&i| i != n).map(|&i| s.evt(i).unwrap()).min();
+            if let Some(mo) = min_other {
+                assert!(s.evt(n).unwrap() < mo.saturating_add(s.ctx_virtual(n)), "kept past allowance");
+            }
+        } else {
+            assert_eq!(s.evt(n).unwrap(), min, "switched to a non-minimal EVT");
+            if let Some(c) = cur {
+                assert!(
+                    s.evt(c).unwrap() >= s.evt(n).unwrap().saturating_add(s.ctx_virtual(c)),
+                    "switched within allowance"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn bvt_randomized_operations_keep_invariants() {
+        const N: usize = 6;
+        let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
+        for round in 0..60 {
+            let ctx = match rng.below(4) {
+                0 => rng.next(),
+                1 => 0,
+                _ => rng.below(10 * MS),
+            };
+            let mut s: Bvt<N> = Bvt::new(ctx);
+            let mut now: Ns = if round % 7 == 0 { u64::MAX - rng.below(SEC) } else { 0 };
+            let mut cur: Option<usize> = None;
+            let mut last_svt: Vt = 0;
+            for _ in 0..3_000 {
+                now = match rng.below(20) {
+                    0 => now.saturating_sub(rng.below(MS)), // a clock going backwards
+                    1 => now.saturating_add(rng.next()),
+                    _ => now.saturating_add(rng.below(3 * MS)),
+                };
+                let slot = rng.below(N as u64 + 2) as usize;
+                match rng.below(8) {
+                    0 => {
+                        let weight = match rng.below(5) {
+                            0 => rng.below(MAX_WEIGHT as u64 + 3) as u32,
+                            1 => rng.next() as u32,
+                            _ => 1 + rng.below(400) as u32,
+                        };
+                        let p = Params {
+                            weight,
+                            warp_ns: if rng.below(3) == 0 { rng.next() } else { rng.below(20 * MS) },
+                            warp_limit_ns: rng.below(10 * MS),
+                            unwarp_ns: rng.below(20 * MS),
+                        };
+                        let occupied = s.contains(slot);
+                        let r = s.add(slot, p, now);
+                        let expect = if !p.is_valid() {
+                            Err(BvtError::BadWeight)
+                        } else if slot >= N {
+                            Err(BvtError::BadSlot)
+                        } else if occupied {
+                            Err(BvtError::SlotInUse)
+                        } else {
+                            Ok(())
+                        };
+                        assert_eq!(r, expect);
+                    }
+                    1 => {
+                        if rng.below(4) == 0 {
+                            let was = s.contains(slot);
+                            assert_eq!(s.remove(slot), was);
+                        }
+                    }
+                    2 => {
+                        let was = s.is_runnable(slot);
+                        assert_eq!(s.block(slot, now), was);
+                        assert!(!s.is_runnable(slot));
+                    }
+                    3 => {
+                        let was = s.contains(slot) && !s.is_runnable(slot);
+                        assert_eq!(s.wake(slot, now), was);
+                        if was {
+                            assert_eq!(s.avt(slot).unwrap(), s.avt(slot).unwrap().max(s.svt()));
+                        }
+                    }
+                    4 => {
+                        let ran = if rng.below(50) == 0 { u64::MAX } else { rng.below(20 * MS) };
+                        let target = if rng.below(2) == 0 { cur.unwrap_or(slot) } else { slot };
+                        s.account(target, ran);
+                    }
+                    5 => {
+                        if rng.below(4) == 0 {
+                            let _ = s.set_params(slot, Params::weighted(rng.below(MAX_WEIGHT as u64 + 2) as u32));
+                        }
+                    }
+                    _ => {
+                        let asked = if rng.below(10) == 0 { Some(slot) } else { cur };
+                        let p = s.pick(now, asked);
+                        check_pick(&s, asked, p);
+                        cur = p.next;
+                    }
+                }
+                check_invariants(&s, &mut last_svt);
+            }
+        }
+    }
+
+    #[test]
+    fn bvt_randomized_simulation_keeps_shares() {
+        // Random mixes of hogs and interactive domains, driven through the
+        // simulator (which checks SVT and pick validity at every event):
+        // hogs of equal weight always get equal CPU.
+        let mut rng = XorShift(0xD1B5_4A32_D192_ED03);
+        for _ in 0..12 {
+            let mut sim: Sim<5> = Sim::new(MS + rng.below(5 * MS));
+            let hog_w = 1 + rng.below(1_000) as u32;
+            sim.add(0, Params::weighted(hog_w), Load::Hog);
+            sim.add(1, Params::weighted(hog_w), Load::Hog);
+            for slot in 2..5 {
+                let w = 1 + rng.below(1_000) as u32;
+                let p = if rng.below(2) == 0 {
+                    Params::warped(w, rng.below(20 * MS), rng.below(5 * MS), rng.below(20 * MS))
+                } else {
+                    Params::weighted(w)
+                };
+                let load = if rng.below(2) == 0 {
+                    Load::Periodic {
+                        first: rng.below(50 * MS),
+                        period: 1 + rng.below(50 * MS),
+                        burst: 1 + rng.below(5 * MS),
+                    }
+                } else {
+                    Load::Sleeper { burst: 1 + rng.below(20 * MS), sleep: 1 + rng.below(50 * MS) }
+                };
+                sim.add(slot, p, load);
+            }
+            sim.run_until(3 * SEC);
+            let total: Ns = (0..5).map(|i| sim.dom(i).cpu).sum();
+            assert_eq!(total, 3 * SEC, "the CPU idled with hogs runnable");
+            let (a, b) = (sim.dom(0).cpu as f64, sim.dom(1).cpu as f64);
+            assert!((a - b).abs() / (a + b) < 0.02, "equal hogs diverged: {a} vs {b}");
+        }
+    }
+}
