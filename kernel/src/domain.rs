@@ -86,6 +86,9 @@ pub enum Exit {
     Shutdown(ShutdownReason),
     /// The domain faulted with no handler and was crashed.
     Faulted(Fault),
+    /// The hypervisor crashed the domain for the reason given (a trap that
+    /// could not be delivered, a `syscall` with no callback, ...).
+    Crashed(&'static str),
     /// The domain was never started (its image or manifest entry was bad).
     Rejected,
 }
@@ -95,7 +98,7 @@ impl Exit {
     pub fn matches(&self, expect: Expect) -> bool {
         match (self, expect) {
             (Exit::Shutdown(ShutdownReason::Poweroff), Expect::Poweroff) => true,
-            (Exit::Shutdown(ShutdownReason::Crash) | Exit::Faulted(_), Expect::Crash) => true,
+            (Exit::Shutdown(ShutdownReason::Crash) | Exit::Faulted(_) | Exit::Crashed(_), Expect::Crash) => true,
             (Exit::Rejected, Expect::Rejected) => true,
             _ => false,
         }
@@ -109,6 +112,7 @@ impl fmt::Display for Exit {
             Exit::Shutdown(ShutdownReason::Reboot) => f.write_str("reboot"),
             Exit::Shutdown(ShutdownReason::Crash) => f.write_str("crash (guest request)"),
             Exit::Faulted(fault) => write!(f, "crash: {fault}"),
+            Exit::Crashed(why) => write!(f, "crash: {why}"),
             Exit::Rejected => f.write_str("rejected at build"),
         }
     }

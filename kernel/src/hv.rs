@@ -1,4 +1,5 @@
-//! The running hypervisor: domain table, trap handling and scheduling.
+//! The running hypervisor: domain table, trap handling, events, timers and
+//! scheduling.
 //!
 //! # Ownership
 //! All mutable state lives in one [`Hv`] behind a spin lock. The hypervisor
@@ -15,36 +16,54 @@
 //! `exit_to_guest` restores the next domain's, so the state survives every
 //! interrupt, hypercall and domain switch.
 //!
+//! # One trip through the hypervisor
+//! 1. Charge the running domain for the time since it was entered.
+//! 2. Handle the trap: hypercall, timer, bounced exception or `syscall`.
+//! 3. Fire expired timers (events for their domains, waking them).
+//! 4. Pick the next domain; if none is runnable, halt until a timer fires.
+//! 5. Deliver a pending event upcall to it, load its per-domain CPU state
+//!    (segment bases, syscall gate, ring-1 stack), arm the one-shot timer
+//!    for the nearest deadline, and return to it.
+//!
 //! # Where validation happens
 //! - Hypercall arguments: [`ringfence_kernel::hypercall::dispatch`].
 //! - Guest pointers: [`ringfence_kernel::guest_mem::GuestView`].
-//! - Return frames: [`sanitize`], on every exit.
+//! - Handler addresses and stacks: [`ringfence_kernel::vcpu`].
+//! - Return frames: [`ringfence_kernel::regs::Regs::sanitize`], on every exit.
 
 use crate::arch::entry::{self, FxArea, TrapFrame};
 use crate::arch::timer::{self, Rates, SPURIOUS_VECTOR, TIMER_VECTOR};
-use crate::arch::{cpu, qemu_exit, EXIT_FAILURE, EXIT_SUCCESS};
+use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCESS};
 use crate::log;
 use crate::log::Sym;
 use core::fmt::Write as _;
-use pvguest_abi::{selectors, HYPERCALL_VECTOR};
+use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
+use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
+use pvguest_abi::shared_info::VcpuTimeInfo;
+use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
+use pvguest_abi::vcpu::{runstate, RunstateInfo};
+use pvguest_abi::{selectors, Errno, HYPERCALL_VECTOR};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::console::LineBuffer;
 use ringfence_kernel::domain::{next_runnable, Exit, Expect, Fault, RunState};
+use ringfence_kernel::evtchn::{EventChannels, SharedPage};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
 use ringfence_kernel::guest_mem::{GuestVa, GuestView, PhysMem};
 use ringfence_kernel::hypercall::{self, Action};
 use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
+use ringfence_kernel::time::TscScale;
+use ringfence_kernel::trap::{bounce, Bounce};
+use ringfence_kernel::vcpu::Vcpu;
 use spin::Mutex;
 
 /// Most domains the hypervisor tracks.
 pub const MAX_DOMAINS: usize = 64;
 
-/// Preemption tick rate.
-const TICK_HZ: u64 = 1000;
-/// Ticks in a time slice.
-const SLICE_TICKS: u32 = 5;
-
+/// Round-robin time slice.
+const SLICE_NS: u64 = 5_000_000;
+/// Longest the one-shot timer is ever armed for (so time is sampled).
+const MAX_ARM_NS: u64 = 50_000_000;
 
 /// One domain.
 pub struct Domain {
@@ -52,13 +71,18 @@ pub struct Domain {
     pub name: heapless::String<32>,
     pub expect: Expect,
     pub state: RunState,
+    pub privileged: bool,
+    pub nr_pages: u64,
     /// Machine frame of the PML4 the domain runs on.
     pub root: Mfn,
+    pub shared: SharedPage,
     pub regs: TrapFrame,
     pub fx: FxArea,
+    pub vcpu: Vcpu,
+    pub events: EventChannels,
     pub console: LineBuffer,
-    /// Ticks the domain has run.
-    pub ticks_run: u64,
+    /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
+    pub runstate: RunstateInfo,
 }
 
 /// The hypervisor's state.
@@ -67,20 +91,27 @@ pub struct Hv {
     pub frames: Option<FrameTable<'static>>,
     /// Index in `domains` of the running domain.
     pub current: Option<usize>,
-    pub slice_left: u32,
-    pub ticks: u64,
+    /// System time at which the current domain was last entered.
+    pub entered_at: u64,
+    /// System time at which the current slice ends.
+    pub slice_end: u64,
     pub boot_tsc: u64,
+    pub scale: TscScale,
     pub rates: Option<Rates>,
+    /// Domain whose FS/GS bases and syscall gate are loaded in the CPU.
+    pub loaded: Option<usize>,
 }
 
 static HV: Mutex<Hv> = Mutex::new(Hv {
     domains: heapless::Vec::new(),
     frames: None,
     current: None,
-    slice_left: SLICE_TICKS,
-    ticks: 0,
+    entered_at: 0,
+    slice_end: 0,
     boot_tsc: 0,
+    scale: TscScale { mul: 0, shift: 0 },
     rates: None,
+    loaded: None,
 });
 
 /// Machine memory through the hypervisor's identity map.
@@ -98,9 +129,8 @@ impl PhysMem for HvPhys {
         unsafe { (pa as *mut u64).write_volatile(val) }
     }
     fn read(&self, pa: u64, buf: &mut [u8]) {
-        // SAFETY: the range lies inside one known RAM frame (see `read_u64`);
-        // a guest may change the bytes concurrently only on another CPU,
-        // and we copy them once into our own buffer.
+        // SAFETY: the range lies inside one known RAM frame (see
+        // `read_u64`); the bytes are copied once into our own buffer.
         unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) }
     }
     fn write(&mut self, pa: u64, data: &[u8]) {
@@ -113,42 +143,105 @@ impl PhysMem for HvPhys {
     }
 }
 
-/// What a hypercall may touch: the calling domain's memory and console.
+/// What a hypercall may touch: the calling domain's memory and state.
 struct DomEnv<'a> {
     frames: &'a FrameTable<'static>,
     dom: &'a mut Domain,
+    now: u64,
+}
+
+impl DomEnv<'_> {
+    fn view<'v>(&'v self, phys: &'v mut HvPhys) -> GuestView<'v, HvPhys> {
+        GuestView { mem: phys, frames: self.frames, root: self.dom.root, dom: self.dom.id }
+    }
 }
 
 impl hypercall::Env for DomEnv<'_> {
-    fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), pvguest_abi::Errno> {
+    fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let mut phys = HvPhys;
-        let view = GuestView { mem: &mut phys, frames: self.frames, root: self.dom.root, dom: self.dom.id };
-        view.copy_from(GuestVa(va), buf)
+        self.view(&mut phys).copy_from(GuestVa(va), buf)
     }
-
+    fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let mut phys = HvPhys;
+        self.view(&mut phys).copy_to(GuestVa(va), data)
+    }
     fn console_write(&mut self, bytes: &[u8]) {
         let name = &self.dom.name;
         self.dom.console.push(bytes, |l| {
-            let _ = writeln!(crate::arch::serial::Serial, "[{name}] {l}");
+            let _ = writeln!(serial::Serial, "[{name}] {l}");
         });
+    }
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let mut n = 0;
+        while n < buf.len() {
+            match serial::read_byte() {
+                Some(b) => {
+                    buf[n] = b;
+                    n += 1;
+                }
+                None => break,
+            }
+        }
+        n
+    }
+    fn privileged(&self) -> bool {
+        self.dom.privileged
+    }
+    fn nr_pages(&self) -> u64 {
+        self.dom.nr_pages
+    }
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+    fn runstate(&self) -> RunstateInfo {
+        let mut r = self.dom.runstate;
+        r.time[runstate::RUNNING as usize] += self.now.saturating_sub(r.state_entry_time);
+        r
+    }
+    fn vcpu(&mut self) -> &mut Vcpu {
+        &mut self.dom.vcpu
+    }
+    fn events(&mut self) -> &mut EventChannels {
+        &mut self.dom.events
+    }
+    fn unmask(&mut self, port: u32) {
+        self.dom.shared.unmask(&mut HvPhys, port);
+    }
+    fn port_pending(&self, port: u32) -> bool {
+        self.dom.shared.is_pending(&HvPhys, port)
+    }
+    fn enable_events(&mut self) -> bool {
+        self.dom.shared.set_upcall_mask(&mut HvPhys, false);
+        self.dom.shared.upcall_pending(&HvPhys)
+    }
+    fn mmu_update(&mut self, _req: MmuUpdate) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+    fn mmuext(&mut self, _op: MmuextOp) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
+    }
+    fn update_va_mapping(&mut self, _va: u64, _val: u64, _flags: u64) -> Result<(), Errno> {
+        Err(Errno::ENOSYS)
     }
 }
 
 /// Builds every domain of the bundle and starts the first one.
 pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> ! {
-    {
+    let next = {
         let mut guard = HV.lock();
         let hv = &mut *guard;
         hv.frames = Some(frames);
         hv.rates = Some(rates);
+        hv.scale = TscScale::from_hz(rates.tsc_hz);
         hv.boot_tsc = cpu::rdtsc();
+        let wallclock = crate::arch::rtc::read_unix_seconds();
+        log!("wall clock: {wallclock} s since the epoch (RTC)");
         log!("boot bundle: {} domain(s)", bundle.domain_count());
         for i in 0..bundle.domain_count() {
-            hv.create_domain(bundle, i);
+            hv.create_domain(bundle, i, wallclock);
         }
-    }
-    timer::start_periodic(&rates, TICK_HZ);
-    let next = HV.lock().schedule(true);
+        hv.schedule(true)
+    };
     run(next)
 }
 
@@ -168,7 +261,12 @@ struct Next {
 }
 
 impl Hv {
-    fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize) {
+    /// System time in ns.
+    fn now(&self) -> u64 {
+        self.scale.to_ns(cpu::rdtsc().wrapping_sub(self.boot_tsc))
+    }
+
+    fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
         let id = (self.domains.len() + 1) as DomId;
         let spec = match bundle.domain(index) {
             Ok(s) => s,
@@ -192,7 +290,7 @@ impl Hv {
             nr_pages: u64::from(spec.mem_kib) / 4,
             privileged: spec.privileged,
         };
-        let built = builder::build(&mut HvPhys, frames, spec.image, &cfg, crate::arch::descriptors::guest_entry_pml4e());
+        let built = builder::build(&mut HvPhys, frames, spec.image, &cfg, descriptors::guest_entry_pml4e());
         let b = match built {
             Ok(b) => b,
             Err(e) => {
@@ -210,6 +308,18 @@ impl Hv {
             if spec.privileged { "privileged, " } else { "" },
             if spec.cmdline.is_empty() { "no command line" } else { spec.cmdline }
         );
+        let shared = SharedPage { mfn: b.shared_info_mfn };
+        let time = VcpuTimeInfo {
+            tsc_timestamp: self.boot_tsc,
+            system_time: 0,
+            tsc_to_system_mul: self.scale.mul,
+            tsc_shift: self.scale.shift,
+            ..VcpuTimeInfo::default()
+        };
+        shared.publish_time(&mut HvPhys, &time);
+        shared.publish_wallclock(&mut HvPhys, wallclock, 0);
+        // Events start masked, as the start-info contract says.
+        shared.set_upcall_mask(&mut HvPhys, true);
         let regs = TrapFrame {
             rip: b.entry,
             cs: u64::from(selectors::GUEST_KERNEL_CS),
@@ -219,16 +329,22 @@ impl Hv {
             rsi: b.start_info_va,
             ..TrapFrame::default()
         };
+        let now = self.now();
         let _ = self.domains.push(Domain {
             id,
             name: name_of(spec.name),
             expect,
             state: RunState::Runnable,
+            privileged: spec.privileged,
+            nr_pages: cfg.nr_pages,
             root: b.root,
+            shared,
             regs,
             fx: FxArea::initial(),
+            vcpu: Vcpu::default(),
+            events: EventChannels::default(),
             console: LineBuffer::new(),
-            ticks_run: 0,
+            runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
         });
     }
 
@@ -238,65 +354,143 @@ impl Hv {
             name: name_of(name),
             expect,
             state: RunState::Dead(Exit::Rejected),
+            privileged: false,
+            nr_pages: 0,
             root: 0,
+            shared: SharedPage { mfn: 0 },
             regs: TrapFrame::default(),
             fx: FxArea::initial(),
+            vcpu: Vcpu::default(),
+            events: EventChannels::default(),
             console: LineBuffer::new(),
-            ticks_run: 0,
+            runstate: RunstateInfo::default(),
         });
+    }
+
+    /// Moves domain `i` to run state `state` at `now`, accounting the time
+    /// spent in the previous one.
+    fn set_runstate(&mut self, i: usize, state: u32, now: u64) {
+        let r = &mut self.domains[i].runstate;
+        let old = r.state as usize;
+        if old < r.time.len() {
+            r.time[old] += now.saturating_sub(r.state_entry_time);
+        }
+        r.state = state;
+        r.state_entry_time = now;
     }
 
     /// Handles a trap taken by the current domain; returns who runs next.
     fn on_trap(&mut self, f: TrapFrame) -> Next {
+        let now = self.now();
         let cur = self.current.expect("a trap from a guest has a current domain");
         self.domains[cur].regs = f;
-        let vector = f.vector as u8;
+        self.account(cur, now);
+        let vector = f.vector;
         let mut resched = false;
         match vector {
-            HYPERCALL_VECTOR => resched = self.hypercall(cur),
-            TIMER_VECTOR => {
-                timer::eoi();
-                self.ticks += 1;
-                self.domains[cur].ticks_run += 1;
-                self.slice_left = self.slice_left.saturating_sub(1);
-                resched = self.slice_left == 0;
+            v if v == u64::from(HYPERCALL_VECTOR) => resched = self.hypercall(cur, now),
+            v if v == u64::from(TIMER_VECTOR) => timer::eoi(),
+            v if v == u64::from(SPURIOUS_VECTOR) => {}
+            v if v == u64::from(SYSCALL_VECTOR) => {
+                let handler = self.domains[cur].vcpu.callbacks.syscall;
+                if handler == 0 {
+                    self.crash(cur, "syscall instruction with no syscall callback (set_callbacks)", "");
+                    resched = true;
+                } else {
+                    let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+                    resched = !self.deliver(cur, &b, false);
+                }
             }
-            SPURIOUS_VECTOR => {}
-            0..=31 => {
-                let fault = Fault {
-                    vector,
-                    error: f.error,
-                    rip: f.rip,
-                    cr2: if vector == 14 { cpu::read_cr2() } else { 0 },
-                    ring: (f.cs & 3) as u8,
-                };
-                self.kill(cur, Exit::Faulted(fault));
-                resched = true;
-            }
+            0..=31 => resched = !self.exception(cur, &f),
             _ => timer::eoi(),
+        }
+        self.fire_timers(now);
+        if now >= self.slice_end {
+            resched = true;
         }
         self.schedule(resched)
     }
 
+    /// Charges the current domain for the time since it was entered and
+    /// fires its virtual-time alarm if that time has come.
+    fn account(&mut self, cur: usize, now: u64) {
+        let ran = now.saturating_sub(self.entered_at);
+        self.entered_at = now;
+        let d = &mut self.domains[cur];
+        let _ = ran;
+        let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
+        if let Some(deadline) = d.vcpu.vtimer {
+            if vt >= deadline {
+                d.vcpu.vtimer = None;
+                self.raise_virq(cur, VIRQ_VTIMER);
+            }
+        }
+    }
+
+    /// Bounces CPU exception `f.vector` to the guest's handler, or crashes
+    /// the domain. Returns whether the domain can continue.
+    fn exception(&mut self, cur: usize, f: &TrapFrame) -> bool {
+        let vector = f.vector as u8;
+        let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
+        let fault = Fault { vector, error: f.error, rip: f.rip, cr2, ring: (f.cs & 3) as u8 };
+        match self.domains[cur].vcpu.traps.handler(vector) {
+            None => {
+                self.kill(cur, Exit::Faulted(fault));
+                false
+            }
+            Some(h) => {
+                let b = Bounce { handler: h.address, vector: u32::from(vector), error: f.error, cr2, saved_upcall_mask: 0 };
+                self.deliver(cur, &b, h.mask_events)
+            }
+        }
+    }
+
+    /// Bounces to a guest handler, masking events if asked; crashes the
+    /// domain if the frame cannot be delivered. Returns success.
+    fn deliver(&mut self, cur: usize, b: &Bounce, mask_events: bool) -> bool {
+        let frames = self.frames.as_ref().expect("frame table set");
+        let d = &mut self.domains[cur];
+        let mut phys = HvPhys;
+        let saved = if mask_events { d.shared.set_upcall_mask(&mut phys, true) } else { 0 };
+        let b = Bounce { saved_upcall_mask: u32::from(saved), ..*b };
+        let mut view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
+        match bounce(&mut d.regs, &b, d.vcpu.kernel_sp, &mut view) {
+            Ok(()) => true,
+            Err(e) => {
+                let what = match b.vector {
+                    UPCALL_VECTOR => "event upcall",
+                    SYSCALL_VECTOR => "syscall",
+                    _ => "trap",
+                };
+                let mut msg: heapless::String<160> = heapless::String::new();
+                let _ = write!(msg, "{what} (vector {:#x}): {e}", b.vector);
+                self.crash(cur, "a trap, event or syscall could not be delivered", &msg);
+                false
+            }
+        }
+    }
+
     /// Runs a hypercall for domain `cur`; returns whether to reschedule.
-    fn hypercall(&mut self, cur: usize) -> bool {
+    fn hypercall(&mut self, cur: usize, now: u64) -> bool {
         let frames = self.frames.as_ref().expect("frame table set");
         let dom = &mut self.domains[cur];
         let r = dom.regs;
-        let mut env = DomEnv { frames, dom };
+        let mut env = DomEnv { frames, dom, now };
         let action = hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8]);
+        let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => {
-                self.domains[cur].regs.rax = v as u64;
+                d.regs.rax = v as u64;
                 false
             }
             Action::Yield => {
-                self.domains[cur].regs.rax = 0;
+                d.regs.rax = 0;
                 true
             }
-            Action::Block => {
-                self.domains[cur].regs.rax = 0;
-                self.domains[cur].state = RunState::Blocked;
+            Action::Block | Action::Poll => {
+                d.regs.rax = 0;
+                d.state = RunState::Blocked;
+                self.set_runstate(cur, runstate::BLOCKED, now);
                 true
             }
             Action::Shutdown(reason) => {
@@ -306,17 +500,90 @@ impl Hv {
         }
     }
 
-    /// Ends domain `i`: reports, flushes its console and frees its memory.
+    /// Raises virtual IRQ `virq` for domain `i` if it bound a port to it.
+    fn raise_virq(&mut self, i: usize, virq: u32) {
+        if let Some(port) = self.domains[i].events.virq_port(virq) {
+            self.raise(i, port);
+        }
+    }
+
+    /// Rules 1-2 of `evtchn`: marks `port` pending and wakes the domain if
+    /// it waits for it.
+    fn raise(&mut self, i: usize, port: u32) {
+        let d = &mut self.domains[i];
+        let upcall = d.shared.raise(&mut HvPhys, port);
+        if d.state != RunState::Blocked {
+            return;
+        }
+        let polling = !d.vcpu.poll_ports.is_empty();
+        let wake = if polling { d.vcpu.poll_ports.contains(&port) } else { upcall };
+        if wake {
+            self.wake(i);
+        }
+    }
+
+    fn wake(&mut self, i: usize) {
+        let now = self.now();
+        let d = &mut self.domains[i];
+        d.vcpu.poll_ports.clear();
+        d.vcpu.poll_deadline = None;
+        d.state = RunState::Runnable;
+        self.set_runstate(i, runstate::RUNNABLE, now);
+    }
+
+    /// Fires every expired real-time timer and poll deadline.
+    fn fire_timers(&mut self, now: u64) {
+        for i in 0..self.domains.len() {
+            if matches!(self.domains[i].state, RunState::Dead(_)) {
+                continue;
+            }
+            if self.domains[i].vcpu.timer.is_some_and(|t| t <= now) {
+                self.domains[i].vcpu.timer = None;
+                self.raise_virq(i, VIRQ_TIMER);
+            }
+            let d = &self.domains[i];
+            if d.state == RunState::Blocked && d.vcpu.poll_deadline.is_some_and(|t| t <= now) {
+                self.wake(i);
+            }
+        }
+    }
+
+    /// The nearest real-time deadline of any live domain.
+    fn next_deadline(&self) -> Option<u64> {
+        self.domains
+            .iter()
+            .filter(|d| !matches!(d.state, RunState::Dead(_)))
+            .flat_map(|d| [d.vcpu.timer, d.vcpu.poll_deadline])
+            .flatten()
+            .min()
+    }
+
+    /// Crashes domain `i` for a reason the hypervisor found: `summary`
+    /// goes in the final report, `detail` in the log line.
+    fn crash(&mut self, i: usize, summary: &'static str, detail: &str) {
+        let d = &self.domains[i];
+        log!("dom{} ({}) crashed: {summary}{}{detail}", d.id, d.name, if detail.is_empty() { "" } else { ": " });
+        self.end(i, Exit::Crashed(summary), false);
+    }
+
+    /// Ends domain `i` and reports why.
     fn kill(&mut self, i: usize, exit: Exit) {
+        self.end(i, exit, true);
+    }
+
+    /// Ends domain `i`: flushes its console, reports (if `report`) and
+    /// frees its memory.
+    fn end(&mut self, i: usize, exit: Exit, report: bool) {
         let d = &mut self.domains[i];
         if !d.console.is_empty() {
             let name = &d.name;
             d.console.flush(&mut |l: &str| {
-                let _ = writeln!(crate::arch::serial::Serial, "[{name}] {l}");
+                let _ = writeln!(serial::Serial, "[{name}] {l}");
             });
         }
         d.state = RunState::Dead(exit);
         match exit {
+            _ if !report => {}
             Exit::Faulted(fault) => {
                 let r = &d.regs;
                 log!("dom{} ({}) crashed: {fault}", d.id, d.name);
@@ -328,51 +595,123 @@ impl Hv {
             _ => log!("dom{} ({}) exited: {exit}", d.id, d.name),
         }
         let id = d.id;
-        let freed = self.frames.as_mut().map_or(0, |f| f.release_domain(id));
-        let _ = freed;
+        if let Some(f) = self.frames.as_mut() {
+            f.release_domain(id);
+        }
+        if self.loaded == Some(i) {
+            self.loaded = None;
+        }
     }
 
-    /// Picks the domain to run. With `resched` false the current domain
-    /// continues if it still can.
+    /// Picks the domain to run and prepares its entry. With `resched` false
+    /// the current domain continues if it still can.
     fn schedule(&mut self, resched: bool) -> Next {
-        let states: heapless::Vec<RunState, MAX_DOMAINS> = self.domains.iter().map(|d| d.state).collect();
-        let still = self.current.filter(|&c| states[c] == RunState::Runnable);
-        let pick = match (resched, still) {
-            (false, Some(c)) => Some(c),
-            _ => next_runnable(&states, self.current),
-        };
-        let Some(i) = pick else {
-            if states.iter().any(|s| *s == RunState::Blocked) {
-                log!("every live domain is blocked and nothing can wake them: deadlock");
-                self.finish(false);
+        loop {
+            let now = self.now();
+            let states: heapless::Vec<RunState, MAX_DOMAINS> = self.domains.iter().map(|d| d.state).collect();
+            let still = self.current.filter(|&c| states[c] == RunState::Runnable);
+            let pick = match (resched, still) {
+                (false, Some(c)) => Some(c),
+                _ => next_runnable(&states, self.current),
+            };
+            let Some(i) = pick else {
+                if !states.iter().any(|s| *s == RunState::Blocked) {
+                    self.finish(true);
+                }
+                if self.next_deadline().is_none() {
+                    log!("every live domain is blocked and nothing can wake them: deadlock");
+                    self.finish(false);
+                }
+                self.idle(now);
+                continue;
+            };
+            if Some(i) != self.current || resched {
+                self.slice_end = now + SLICE_NS;
+                if let Some(c) = self.current.filter(|&c| c != i && states[c] == RunState::Runnable) {
+                    self.set_runstate(c, runstate::RUNNABLE, now);
+                }
+                self.set_runstate(i, runstate::RUNNING, now);
             }
-            self.finish(true);
-        };
-        if Some(i) != self.current {
-            self.slice_left = SLICE_TICKS;
-        } else if resched {
-            self.slice_left = SLICE_TICKS;
+            self.current = Some(i);
+            if let Some(next) = self.prepare(i, now) {
+                return next;
+            }
         }
-        self.current = Some(i);
+    }
+
+    /// Halts until the nearest deadline, then fires timers.
+    fn idle(&mut self, now: u64) {
+        if let Some(c) = self.current.take() {
+            if self.domains[c].state == RunState::Runnable {
+                self.set_runstate(c, runstate::RUNNABLE, now);
+            }
+        }
+        let until = self.next_deadline().map_or(MAX_ARM_NS, |d| d.saturating_sub(now));
+        if let Some(r) = self.rates {
+            timer::arm_oneshot(&r, until.clamp(1_000, MAX_ARM_NS));
+        }
+        cpu::idle_halt();
+        let now = self.now();
+        self.fire_timers(now);
+    }
+
+    /// Final steps before entering domain `i`: upcall delivery, per-domain
+    /// CPU state, frame sanitising, timer arming. `None` if the domain died
+    /// on the way (its upcall could not be delivered).
+    fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
-        if !d.regs.sanitize() {
-            // Frames come from the CPU or from validated guest input, so
-            // only a hypervisor bug gets here; never iretq to it.
-            log!("dom{} ({}): non-canonical return frame, crashing it", d.id, d.name);
-            self.kill(i, Exit::Rejected);
-            return self.schedule(true);
+        if d.shared.upcall_due(&HvPhys) && d.vcpu.callbacks.event != 0 {
+            let b = Bounce { handler: d.vcpu.callbacks.event, vector: UPCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+            if !self.deliver(i, &b, true) {
+                return None;
+            }
         }
-        Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx }
+        if self.loaded != Some(i) {
+            if let Some(old) = self.loaded {
+                let v = &mut self.domains[old].vcpu;
+                v.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
+                v.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+            }
+            self.loaded = Some(i);
+        }
+        let d = &mut self.domains[i];
+        // SAFETY: the bases were checked canonical by `set_segment_base`
+        // (or read back from the CPU); the hypervisor never uses FS or GS.
+        unsafe {
+            cpu::wrmsr(cpu::msr::FS_BASE, d.vcpu.fs_base);
+            cpu::wrmsr(cpu::msr::GS_BASE, d.vcpu.gs_base);
+        }
+        let gate = d.vcpu.traps.syscall_gate;
+        descriptors::set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
+        descriptors::set_rsp1(d.vcpu.kernel_sp.unwrap_or(0));
+        if !d.regs.sanitize() {
+            // Frames come from the CPU, the builder or validated bounces,
+            // so only a hypervisor bug gets here; never iretq to it.
+            self.crash(i, "non-canonical return frame", "");
+            return None;
+        }
+        let d = &self.domains[i];
+        let next = Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx };
+        let mut until = self.slice_end.saturating_sub(now);
+        if let Some(t) = self.next_deadline() {
+            until = until.min(t.saturating_sub(now));
+        }
+        if let Some(vt) = d.vcpu.vtimer {
+            let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
+            until = until.min(vt.saturating_sub(ran));
+        }
+        if let Some(r) = self.rates {
+            timer::arm_oneshot(&r, until.clamp(1_000, MAX_ARM_NS));
+        }
+        self.entered_at = now;
+        Some(next)
     }
 
     /// Prints the end-of-run report and exits QEMU.
     fn finish(&mut self, clean: bool) -> ! {
-        let elapsed_ms = match self.rates {
-            Some(r) if r.tsc_hz > 0 => (cpu::rdtsc() - self.boot_tsc) / (r.tsc_hz / 1000).max(1),
-            _ => 0,
-        };
+        let elapsed_ms = self.now() / 1_000_000;
         log!("all domains have ended after {elapsed_ms} ms:");
-        log!("  {:<4} {:<16} {:<9} {:<6} {}", "dom", "name", "expected", "ok", "exit");
+        log!("  {:<4} {:<16} {:<9} {:<4} {:>8} {}", "dom", "name", "expected", "ok", "cpu ms", "exit");
         let mut all_ok = clean;
         for d in &self.domains {
             let (ok, exit) = match d.state {
@@ -381,11 +720,12 @@ impl Hv {
             };
             all_ok &= ok;
             log!(
-                "  {:<4} {:<16} {:<9} {:<6} {}",
+                "  {:<4} {:<16} {:<9} {:<4} {:>8} {}",
                 d.id,
                 d.name.as_str(),
                 d.expect,
                 if ok { "yes" } else { "NO" },
+                d.runstate.time[runstate::RUNNING as usize] / 1_000_000,
                 exit
             );
         }

@@ -8,13 +8,27 @@
 //!
 //! # Validation rules
 //! - An unknown hypercall number or sub-command returns `-ENOSYS`.
-//! - A guest pointer is copied through [`Env::copy_from_guest`] (the one
-//!   guest-memory accessor); any unmapped, foreign or hypervisor address
-//!   returns `-EFAULT` and has no other effect.
-//! - Lengths are bounded before any copy; out-of-range values return
-//!   `-EINVAL`.
+//! - Every guest pointer is dereferenced only through [`Env::copy_from_guest`]
+//!   / [`Env::copy_to_guest`] (the one guest-memory accessor); an unmapped,
+//!   read-only, foreign or hypervisor address returns `-EFAULT`.
+//! - Structures are copied out of guest memory once, then decoded field by
+//!   field; the guest changing them afterwards has no effect.
+//! - Counts and lengths are bounded before any copy (`-EINVAL` or `-E2BIG`).
+//! - Batches (`mmu_update`, `mmuext_op`, `multicall`) stop at the first
+//!   failing entry and report how many were done.
+//! - Guest addresses the hypervisor will jump to are validated once, in
+//!   [`crate::vcpu`].
 
-use pvguest_abi::{console_io, features, hypercall, sched_op, shutdown_reason, version, Errno};
+use crate::evtchn::{EventChannels, Port};
+use crate::vcpu::Vcpu;
+use pvguest_abi::event::{self, status};
+use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
+use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
+use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SSHOT_FUTURE};
+use pvguest_abi::{
+    console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno,
+    DOMID_SELF, MULTICALL_MAX,
+};
 
 /// Why a domain shut itself down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,25 +50,73 @@ pub enum Action {
     Yield,
     /// Return 0 once an event is pending; until then the domain uses no CPU.
     Block,
+    /// Return 0 once a polled port is pending or the poll deadline passes
+    /// (the ports and deadline are in [`Vcpu::poll_ports`]).
+    Poll,
     /// The domain is finished.
     Shutdown(ShutdownReason),
 }
 
-/// The machine as a hypercall sees it.
+/// The machine as a hypercall sees it: the calling domain's memory and
+/// state.
 pub trait Env {
     /// Copies from the calling domain's memory (see [`crate::guest_mem`]).
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno>;
+    /// Copies into the calling domain's memory.
+    fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno>;
     /// Appends bytes to the calling domain's console.
     fn console_write(&mut self, bytes: &[u8]);
+    /// Reads available console input (never blocks).
+    fn console_read(&mut self, buf: &mut [u8]) -> usize;
+    /// Whether the caller is privileged (dom0).
+    fn privileged(&self) -> bool;
+    /// Frames the caller owns.
+    fn nr_pages(&self) -> u64;
+    /// System time in ns.
+    fn now_ns(&self) -> u64;
+    /// The caller's run-state accounting (`time[RUNNING]` is its virtual
+    /// time).
+    fn runstate(&self) -> RunstateInfo;
+    /// The caller's vCPU state.
+    fn vcpu(&mut self) -> &mut Vcpu;
+    /// The caller's event channels.
+    fn events(&mut self) -> &mut EventChannels;
+    /// Unmasks a port in shared info, delivering it if pending.
+    fn unmask(&mut self, port: u32);
+    /// Whether a port is pending in shared info.
+    fn port_pending(&self, port: u32) -> bool;
+    /// Clears the event mask; returns whether an upcall is pending.
+    fn enable_events(&mut self) -> bool;
+    /// One validated page-table entry update.
+    fn mmu_update(&mut self, req: MmuUpdate) -> Result<(), Errno>;
+    /// One extended MMU operation.
+    fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno>;
+    /// Updates the entry that maps `va` in the current page tables.
+    fn update_va_mapping(&mut self, va: u64, val: u64, flags: u64) -> Result<(), Errno>;
 }
 
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
 pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
     match nr {
-        hypercall::CONSOLE_IO => ret(console(env, a[0], a[1], a[2])),
-        hypercall::SCHED_OP => sched(a[0], a[1]),
+        hypercall::SET_TRAP_TABLE => ret(set_trap_table(env, a[0])),
+        hypercall::MMU_UPDATE => ret(mmu_update(env, a[0], a[1], a[2], a[3])),
+        hypercall::STACK_SWITCH => ret(env.vcpu().stack_switch(a[0], a[1]).map(|_| 0)),
+        hypercall::SET_CALLBACKS => ret(env.vcpu().callbacks.set(a[0], a[1], a[2]).map(|_| 0)),
+        hypercall::MEMORY_OP => ret(memory_op(env, a[0], a[1])),
+        hypercall::MULTICALL => multicall(env, a[0], a[1]),
+        hypercall::UPDATE_VA_MAPPING => ret(update_va_mapping(env, a[0], a[1], a[2])),
+        hypercall::SET_TIMER_OP => {
+            env.vcpu().timer = if a[0] == 0 { None } else { Some(a[0]) };
+            Action::Return(0)
+        }
         hypercall::XEN_VERSION => ret(xen_version(a[0])),
+        hypercall::CONSOLE_IO => ret(console(env, a[0], a[1], a[2])),
+        hypercall::VCPU_OP => ret(vcpu_op(env, a[0], a[1], a[2])),
+        hypercall::SET_SEGMENT_BASE => ret(set_segment_base(env, a[0], a[1])),
+        hypercall::MMUEXT_OP => ret(mmuext_op(env, a[0], a[1], a[2], a[3])),
+        hypercall::SCHED_OP => sched(env, a[0], a[1]),
+        hypercall::EVENT_CHANNEL_OP => ret(event_channel_op(env, a[0], a[1])),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -64,6 +126,178 @@ fn ret(r: Result<u64, Errno>) -> Action {
         Ok(v) => v as i64,
         Err(e) => e.to_ret(),
     })
+}
+
+fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
+}
+
+fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
+}
+
+/// Guest address of element `i` of an array of `size`-byte elements.
+fn element(base: u64, i: u64, size: u64) -> Result<u64, Errno> {
+    i.checked_mul(size).and_then(|o| base.checked_add(o)).ok_or(Errno::EFAULT)
+}
+
+fn self_domain(domid: u64) -> Result<(), Errno> {
+    if domid == DOMID_SELF {
+        Ok(())
+    } else {
+        // Foreign mappings are a privileged operation of a later slice.
+        Err(Errno::EPERM)
+    }
+}
+
+fn set_trap_table<E: Env>(env: &mut E, ptr: u64) -> Result<u64, Errno> {
+    let mut entries = [TrapInfo::default(); MAX_TRAP_TABLE + 1];
+    let mut n = 0;
+    if ptr != 0 {
+        while n < entries.len() {
+            let mut b = [0u8; 16];
+            env.copy_from_guest(element(ptr, n as u64, 16)?, &mut b)?;
+            let e = TrapInfo {
+                vector: b[0],
+                flags: b[1],
+                cs: u16::from_le_bytes([b[2], b[3]]),
+                pad: 0,
+                address: u64_at(&b, 8),
+            };
+            entries[n] = e;
+            n += 1;
+            if e.address == 0 {
+                break;
+            }
+        }
+        if n == entries.len() && entries[n - 1].address != 0 {
+            return Err(Errno::E2BIG);
+        }
+    }
+    env.vcpu().traps.set(&entries[..n]).map(|_| 0)
+}
+
+/// Writes `done` to `done_ptr` if the guest gave one.
+fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errno> {
+    if done_ptr != 0 {
+        env.copy_to_guest(done_ptr, &(done as u32).to_le_bytes())?;
+    }
+    Ok(())
+}
+
+fn mmu_update<E: Env>(env: &mut E, reqs: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
+    self_domain(domid)?;
+    if count > MAX_BATCH {
+        return Err(Errno::E2BIG);
+    }
+    for i in 0..count {
+        let mut b = [0u8; 16];
+        let r = env
+            .copy_from_guest(element(reqs, i, 16)?, &mut b)
+            .and_then(|_| env.mmu_update(MmuUpdate { ptr: u64_at(&b, 0), val: u64_at(&b, 8) }));
+        if let Err(e) = r {
+            report_done(env, done_ptr, i)?;
+            return Err(e);
+        }
+    }
+    report_done(env, done_ptr, count)?;
+    Ok(0)
+}
+
+fn mmuext_op<E: Env>(env: &mut E, ops: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
+    self_domain(domid)?;
+    if count > MAX_BATCH {
+        return Err(Errno::E2BIG);
+    }
+    for i in 0..count {
+        let mut b = [0u8; 24];
+        let r = env.copy_from_guest(element(ops, i, 24)?, &mut b).and_then(|_| {
+            env.mmuext(MmuextOp { cmd: u32_at(&b, 0), pad: 0, arg1: u64_at(&b, 8), arg2: u64_at(&b, 16) })
+        });
+        if let Err(e) = r {
+            report_done(env, done_ptr, i)?;
+            return Err(e);
+        }
+    }
+    report_done(env, done_ptr, count)?;
+    Ok(0)
+}
+
+fn update_va_mapping<E: Env>(env: &mut E, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
+    if flags > pvguest_abi::mmu::uvmf::INVLPG {
+        return Err(Errno::EINVAL);
+    }
+    env.update_va_mapping(va, val, flags).map(|_| 0)
+}
+
+fn memory_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    match cmd {
+        memory::CURRENT_RESERVATION | memory::MAXIMUM_RESERVATION => {
+            if arg != DOMID_SELF {
+                return Err(Errno::EPERM);
+            }
+            Ok(env.nr_pages())
+        }
+        memory::MEMORY_MAP => {
+            let mut b = [0u8; 16];
+            env.copy_from_guest(arg, &mut b)?;
+            if u32_at(&b, 0) < 1 {
+                return Err(Errno::EINVAL);
+            }
+            let mut e = [0u8; 24];
+            e[8..16].copy_from_slice(&(env.nr_pages() * 4096).to_le_bytes());
+            e[16..20].copy_from_slice(&memory::RAM.to_le_bytes());
+            env.copy_to_guest(u64_at(&b, 8), &e)?;
+            env.copy_to_guest(arg, &1u32.to_le_bytes())?;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
+    if count > MULTICALL_MAX {
+        return Action::Return(Errno::E2BIG.to_ret());
+    }
+    let mut yield_after = false;
+    for i in 0..count {
+        let at = match element(calls, i, 64) {
+            Ok(a) => a,
+            Err(e) => return Action::Return(e.to_ret()),
+        };
+        let mut b = [0u8; 64];
+        if let Err(e) = env.copy_from_guest(at, &mut b) {
+            return Action::Return(e.to_ret());
+        }
+        let op = u64_at(&b, 0);
+        let args = [u64_at(&b, 16), u64_at(&b, 24), u64_at(&b, 32), u64_at(&b, 40), u64_at(&b, 48)];
+        let result = match op {
+            hypercall::MULTICALL => Errno::EINVAL.to_ret(),
+            _ => match dispatch(env, op, args) {
+                Action::Return(v) => v,
+                Action::Yield => {
+                    yield_after = true;
+                    0
+                }
+                // Sleeping in the middle of a batch would leave it half
+                // done: refused.
+                Action::Block | Action::Poll => {
+                    env.vcpu().poll_ports.clear();
+                    env.vcpu().poll_deadline = None;
+                    Errno::EINVAL.to_ret()
+                }
+                Action::Shutdown(r) => return Action::Shutdown(r),
+            },
+        };
+        if let Err(e) = env.copy_to_guest(at + 8, &(result as u64).to_le_bytes()) {
+            return Action::Return(e.to_ret());
+        }
+    }
+    if yield_after {
+        Action::Yield
+    } else {
+        Action::Return(0)
+    }
 }
 
 fn console<E: Env>(env: &mut E, cmd: u64, len: u64, buf: u64) -> Result<u64, Errno> {
@@ -78,14 +312,98 @@ fn console<E: Env>(env: &mut E, cmd: u64, len: u64, buf: u64) -> Result<u64, Err
             env.console_write(bytes);
             Ok(len)
         }
+        console_io::READ => {
+            if !env.privileged() {
+                return Err(Errno::EPERM);
+            }
+            if len > console_io::MAX_WRITE {
+                return Err(Errno::EINVAL);
+            }
+            let mut bytes = [0u8; console_io::MAX_WRITE as usize];
+            let n = env.console_read(&mut bytes[..len as usize]);
+            env.copy_to_guest(buf, &bytes[..n])?;
+            Ok(n as u64)
+        }
         _ => Err(Errno::ENOSYS),
     }
 }
 
-fn sched(cmd: u64, arg: u64) -> Action {
+fn vcpu_op<E: Env>(env: &mut E, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Errno> {
+    if vcpu != 0 {
+        return Err(Errno::EINVAL);
+    }
+    match cmd {
+        vcpuop::GET_RUNSTATE_INFO => {
+            let r = env.runstate();
+            let mut b = [0u8; 48];
+            b[0..4].copy_from_slice(&r.state.to_le_bytes());
+            b[8..16].copy_from_slice(&r.state_entry_time.to_le_bytes());
+            for (i, t) in r.time.iter().enumerate() {
+                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
+            }
+            env.copy_to_guest(arg, &b)?;
+            Ok(0)
+        }
+        vcpuop::SET_SINGLESHOT_TIMER | vcpuop::SET_VIRTUAL_TIMER => {
+            let mut b = [0u8; 16];
+            env.copy_from_guest(arg, &mut b)?;
+            let (deadline, flags) = (u64_at(&b, 0), u32_at(&b, 8));
+            if flags & !SSHOT_FUTURE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let virtual_time = cmd == vcpuop::SET_VIRTUAL_TIMER;
+            let now = if virtual_time { env.runstate().time[0] } else { env.now_ns() };
+            if flags & SSHOT_FUTURE != 0 && deadline < now {
+                return Ok(vcpuop::ETIME as u64);
+            }
+            if virtual_time {
+                env.vcpu().vtimer = Some(deadline);
+            } else {
+                env.vcpu().timer = Some(deadline);
+            }
+            Ok(0)
+        }
+        vcpuop::STOP_SINGLESHOT_TIMER => {
+            env.vcpu().timer = None;
+            Ok(0)
+        }
+        vcpuop::STOP_VIRTUAL_TIMER => {
+            env.vcpu().vtimer = None;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+fn set_segment_base<E: Env>(env: &mut E, which: u64, base: u64) -> Result<u64, Errno> {
+    if !layout::is_canonical(base) {
+        return Err(Errno::EINVAL);
+    }
+    match which {
+        segbase::FS => env.vcpu().fs_base = base,
+        segbase::GS => env.vcpu().gs_base = base,
+        _ => return Err(Errno::EINVAL),
+    }
+    Ok(0)
+}
+
+fn sched<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Action {
     match cmd {
         sched_op::YIELD => Action::Yield,
-        sched_op::BLOCK => Action::Block,
+        sched_op::BLOCK => {
+            // Xen semantics: enable event delivery, and block only if
+            // nothing is pending already (the check and the block are
+            // atomic: the hypervisor runs with interrupts off).
+            if env.enable_events() {
+                Action::Return(0)
+            } else {
+                Action::Block
+            }
+        }
+        sched_op::POLL => match poll(env, arg) {
+            Ok(a) => a,
+            Err(e) => Action::Return(e.to_ret()),
+        },
         sched_op::SHUTDOWN => match arg {
             shutdown_reason::POWEROFF => Action::Shutdown(ShutdownReason::Poweroff),
             shutdown_reason::REBOOT => Action::Shutdown(ShutdownReason::Reboot),
@@ -96,121 +414,97 @@ fn sched(cmd: u64, arg: u64) -> Action {
     }
 }
 
+fn poll<E: Env>(env: &mut E, arg: u64) -> Result<Action, Errno> {
+    let mut b = [0u8; 24];
+    env.copy_from_guest(arg, &mut b)?;
+    let (ports_ptr, nr, timeout) = (u64_at(&b, 0), u32_at(&b, 8), u64_at(&b, 16));
+    if nr == 0 || nr > sched_op::POLL_MAX_PORTS {
+        return Err(Errno::EINVAL);
+    }
+    let mut raw = [0u8; 4 * sched_op::POLL_MAX_PORTS as usize];
+    let raw = &mut raw[..4 * nr as usize];
+    env.copy_from_guest(ports_ptr, raw)?;
+    let mut ports: heapless::Vec<u32, 128> = heapless::Vec::new();
+    for c in raw.chunks_exact(4) {
+        let p = u32::from_le_bytes(c.try_into().expect("4 bytes"));
+        if env.events().get(p)? == Port::Free {
+            return Err(Errno::EINVAL);
+        }
+        let _ = ports.push(p);
+    }
+    if ports.iter().any(|&p| env.port_pending(p)) || (timeout != 0 && timeout <= env.now_ns()) {
+        return Ok(Action::Return(0));
+    }
+    let v = env.vcpu();
+    v.poll_ports = ports;
+    v.poll_deadline = if timeout == 0 { None } else { Some(timeout) };
+    Ok(Action::Poll)
+}
+
+fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    match cmd {
+        event::BIND_VIRQ => {
+            let mut b = [0u8; 12];
+            env.copy_from_guest(arg, &mut b)?;
+            if u32_at(&b, 4) != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let port = env.events().bind_virq(u32_at(&b, 0))?;
+            if let Err(e) = env.copy_to_guest(arg + 8, &port.to_le_bytes()) {
+                // The guest never learnt the port: undo the bind.
+                let _ = env.events().close(port);
+                return Err(e);
+            }
+            Ok(0)
+        }
+        event::CLOSE => {
+            let mut b = [0u8; 4];
+            env.copy_from_guest(arg, &mut b)?;
+            env.events().close(u32_at(&b, 0)).map(|_| 0)
+        }
+        event::UNMASK => {
+            let mut b = [0u8; 4];
+            env.copy_from_guest(arg, &mut b)?;
+            let port = u32_at(&b, 0);
+            env.events().get(port)?;
+            env.unmask(port);
+            Ok(0)
+        }
+        event::STATUS => {
+            let mut b = [0u8; 20];
+            env.copy_from_guest(arg, &mut b)?;
+            if u64::from(u16::from_le_bytes([b[0], b[1]])) != DOMID_SELF {
+                return Err(Errno::ESRCH);
+            }
+            let (st, virq) = match env.events().get(u32_at(&b, 4))? {
+                Port::Free => (status::CLOSED, 0),
+                Port::Virq(v) => (status::VIRQ, v),
+            };
+            let mut out = [0u8; 12];
+            out[0..4].copy_from_slice(&st.to_le_bytes());
+            out[8..12].copy_from_slice(&virq.to_le_bytes());
+            env.copy_to_guest(arg + 8, &out)?;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
 fn xen_version(cmd: u64) -> Result<u64, Errno> {
     match cmd {
         version::VERSION => Ok((version::ABI_MAJOR << 16) | version::ABI_MINOR),
         version::GET_FEATURES => Ok(features::CONSOLE_WRITE
             | features::SCHED_OP
             | features::FPU_PRESERVED
-            | features::ISOLATED_ENTRY),
+            | features::ISOLATED_ENTRY
+            | features::TRAP_BOUNCE
+            | features::EVENTS
+            | features::DIRECT_PAGING
+            | features::TIMERS
+            | features::DIRECT_SYSCALL),
         _ => Err(Errno::ENOSYS),
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::vec::Vec;
-
-    /// Guest memory is one readable window `[base, base + data.len())`.
-    struct FakeEnv {
-        base: u64,
-        data: Vec<u8>,
-        console: Vec<u8>,
-    }
-
-    impl Env for FakeEnv {
-        fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-            if buf.is_empty() {
-                return Ok(()); // as GuestView::copy_from: nothing to translate
-            }
-            let off = va.checked_sub(self.base).ok_or(Errno::EFAULT)? as usize;
-            let end = off.checked_add(buf.len()).ok_or(Errno::EFAULT)?;
-            buf.copy_from_slice(self.data.get(off..end).ok_or(Errno::EFAULT)?);
-            Ok(())
-        }
-        fn console_write(&mut self, bytes: &[u8]) {
-            self.console.extend_from_slice(bytes);
-        }
-    }
-
-    fn env() -> FakeEnv {
-        FakeEnv { base: 0x1000, data: b"hello, world".to_vec(), console: Vec::new() }
-    }
-
-    #[test]
-    fn console_write_copies_and_returns_length() {
-        let mut e = env();
-        assert_eq!(dispatch(&mut e, hypercall::CONSOLE_IO, [0, 5, 0x1000, 0, 0]), Action::Return(5));
-        assert_eq!(e.console, b"hello");
-        assert_eq!(dispatch(&mut e, hypercall::CONSOLE_IO, [0, 0, 0, 0, 0]), Action::Return(0));
-    }
-
-    #[test]
-    fn console_write_bad_pointer_is_efault_and_writes_nothing() {
-        let mut e = env();
-        for (len, ptr) in [(5, 0), (5, 0x1000 + 10), (1, u64::MAX), (4096, 0x1000), (8, 0xffff_ff80_0000_0000)] {
-            assert_eq!(
-                dispatch(&mut e, hypercall::CONSOLE_IO, [0, len, ptr, 0, 0]),
-                Action::Return(Errno::EFAULT.to_ret()),
-                "len {len} ptr {ptr:#x}"
-            );
-        }
-        assert!(e.console.is_empty());
-    }
-
-    #[test]
-    fn console_write_too_long_is_einval() {
-        let mut e = env();
-        for len in [4097, u64::MAX, 1 << 40] {
-            assert_eq!(
-                dispatch(&mut e, hypercall::CONSOLE_IO, [0, len, 0x1000, 0, 0]),
-                Action::Return(Errno::EINVAL.to_ret())
-            );
-        }
-    }
-
-    #[test]
-    fn unknown_numbers_and_subcommands_are_enosys() {
-        let mut e = env();
-        let enosys = Action::Return(Errno::ENOSYS.to_ret());
-        for nr in [0, 1, 16, 30, 999, u64::MAX] {
-            assert_eq!(dispatch(&mut e, nr, [0; 5]), enosys, "nr {nr}");
-        }
-        assert_eq!(dispatch(&mut e, hypercall::CONSOLE_IO, [7, 1, 0x1000, 0, 0]), enosys);
-        assert_eq!(dispatch(&mut e, hypercall::SCHED_OP, [99, 0, 0, 0, 0]), enosys);
-        assert_eq!(dispatch(&mut e, hypercall::XEN_VERSION, [u64::MAX, 0, 0, 0, 0]), enosys);
-    }
-
-    #[test]
-    fn sched_op_commands() {
-        let mut e = env();
-        assert_eq!(dispatch(&mut e, hypercall::SCHED_OP, [0, 0, 0, 0, 0]), Action::Yield);
-        assert_eq!(dispatch(&mut e, hypercall::SCHED_OP, [1, 0, 0, 0, 0]), Action::Block);
-        assert_eq!(
-            dispatch(&mut e, hypercall::SCHED_OP, [2, 0, 0, 0, 0]),
-            Action::Shutdown(ShutdownReason::Poweroff)
-        );
-        assert_eq!(
-            dispatch(&mut e, hypercall::SCHED_OP, [2, 3, 0, 0, 0]),
-            Action::Shutdown(ShutdownReason::Crash)
-        );
-        for bad in [2, 4, 5, u64::MAX] {
-            assert_eq!(
-                dispatch(&mut e, hypercall::SCHED_OP, [2, bad, 0, 0, 0]),
-                Action::Return(Errno::EINVAL.to_ret()),
-                "reason {bad}"
-            );
-        }
-    }
-
-    #[test]
-    fn version_and_features() {
-        let mut e = env();
-        assert_eq!(dispatch(&mut e, hypercall::XEN_VERSION, [0; 5]), Action::Return(1));
-        let Action::Return(f) = dispatch(&mut e, hypercall::XEN_VERSION, [6, 0, 0, 0, 0]) else {
-            panic!("features must return a value");
-        };
-        assert_ne!(f as u64 & features::FPU_PRESERVED, 0);
-    }
-}
+mod tests;

@@ -59,7 +59,7 @@ const SPY_ATTEMPTS: &[(&str, &str)] = &[
     ("out", "#GP (general protection) in ring 1"),
     ("int-timer", "(an IDT gate)"),
     ("int-pagefault", "(an IDT gate)"),
-    ("syscall", "#UD (invalid opcode) in ring 1"),
+    ("syscall", "syscall instruction with no syscall callback"),
 ];
 
 fn scenarios() -> Vec<Scenario> {

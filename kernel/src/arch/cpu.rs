@@ -64,12 +64,45 @@ pub fn rdmsr(msr: u32) -> u64 {
     (u64::from(hi) << 32) | u64::from(lo)
 }
 
+/// Writes a model-specific register.
+///
+/// # Safety
+/// 1. `msr` exists and `val` is valid for it.
+/// 2. The write does not break an invariant the hypervisor relies on
+///    (paging, the syscall entry, segment bases it uses).
+pub unsafe fn wrmsr(msr: u32, val: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32,
+             options(nostack, preserves_flags))
+    }
+}
+
+/// MSR numbers the hypervisor uses.
+pub mod msr {
+    pub const EFER: u32 = 0xc000_0080;
+    pub const STAR: u32 = 0xc000_0081;
+    pub const LSTAR: u32 = 0xc000_0082;
+    pub const FMASK: u32 = 0xc000_0084;
+    pub const FS_BASE: u32 = 0xc000_0100;
+    pub const GS_BASE: u32 = 0xc000_0101;
+}
+
 /// Reads the time-stamp counter.
 pub fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc has no side effects.
     unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
     (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Halts until the next interrupt, with interrupts enabled only for the halt.
+pub fn idle_halt() {
+    // SAFETY: `sti; hlt` enables interrupts for exactly one halt (sti's
+    // shadow covers hlt); an interrupt handler runs on this stack and
+    // returns here, where interrupts are disabled again. The handler may
+    // clobber caller-saved registers, so they are declared clobbered.
+    unsafe { asm!("sti", "hlt", "cli", clobber_abi("C"), options(nostack)) }
 }
 
 /// Stops the CPU for good (interrupts off).

@@ -143,19 +143,13 @@ pub fn init() {
 
         let idt = &mut (*IDT.get()).0;
         for v in 0..=255u8 {
-            let dpl: u128 = match v {
+            let dpl = match v {
                 3 | 4 => 3,
                 HYPERCALL_VECTOR => 1,
                 _ => 0,
             };
-            let ist: u128 = if matches!(v, 2 | 8 | 18) { 1 } else { 0 };
-            let off = entry::stub_alias(v) as u128;
-            idt[v as usize] = (off & 0xffff)
-                | (u128::from(HV_CS) << 16)
-                | (ist << 32)
-                | ((0x8e | (dpl << 5)) << 40)
-                | (((off >> 16) & 0xffff) << 48)
-                | ((off >> 32) << 64);
+            let ist = if matches!(v, 2 | 8 | 18) { 1 } else { 0 };
+            idt[v as usize] = gate(entry::stub_alias(v), HV_CS, dpl, 0xe, ist);
         }
     }
 
@@ -165,6 +159,7 @@ pub fn init() {
         base: u64,
     }
     let gdtr = Ptr { limit: 16 * 8 - 1, base: entry::alias(GDT.get()) };
+    init_syscall();
     let idtr = Ptr { limit: 256 * 16 - 1, base: entry::alias(IDT.get()) };
     // SAFETY: the tables are fully initialised and mapped at their alias in
     // the current (hypervisor) view. Reloading CS via a far return and the
@@ -195,4 +190,58 @@ pub fn init() {
             tmp = out(reg) _,
         );
     }
+}
+
+/// Enables the `syscall` instruction for guests: it enters `syscall_entry`
+/// in ring 0 with interrupts, TF, DF, NT and AC cleared, and the hypervisor
+/// bounces it to the guest kernel's syscall callback.
+fn init_syscall() {
+    use crate::arch::cpu::{msr, rdmsr, wrmsr};
+    // SAFETY: STAR's kernel selectors are the hypervisor's code/data
+    // selectors; its user base makes sysret (never used) target the user
+    // selectors; LSTAR is the entry-area alias of `syscall_entry`, mapped
+    // in every view; FMASK clears IF so the stub runs with interrupts off.
+    unsafe {
+        wrmsr(msr::STAR, (u64::from(0x20u16 | 3) << 48) | (u64::from(HV_CS) << 32));
+        wrmsr(msr::LSTAR, entry::syscall_entry_alias());
+        wrmsr(msr::FMASK, 0x4_0000 | 0x4000 | 0x400 | 0x200 | 0x100);
+        wrmsr(msr::EFER, rdmsr(msr::EFER) | 1);
+    }
+}
+
+/// IDT value of a gate to `target` in `selector` with the given DPL and
+/// type (0xE interrupt, 0xF trap).
+fn gate(target: u64, selector: u16, dpl: u8, kind: u8, ist: u8) -> u128 {
+    let off = u128::from(target);
+    (off & 0xffff)
+        | (u128::from(selector) << 16)
+        | (u128::from(ist) << 32)
+        | (u128::from(0x80 | (dpl << 5) | kind) << 40)
+        | (((off >> 16) & 0xffff) << 48)
+        | ((off >> 32) << 64)
+}
+
+/// Points vector 0x80 at a guest kernel's syscall handler (a DPL 3 trap gate
+/// into the guest kernel code segment: ring 3 enters ring 1 directly, on
+/// TSS.RSP1, with no hypervisor on the path), or back at the hypervisor's
+/// DPL 0 stub when `target` is `None` (so `int 0x80` raises #GP).
+pub fn set_syscall_gate(target: Option<u64>) {
+    use pvguest_abi::selectors::GUEST_KERNEL_CS;
+    let v = pvguest_abi::trap::SYSCALL_GATE_VECTOR;
+    let value = match target {
+        Some(t) => gate(t, GUEST_KERNEL_CS & !3, 3, 0xf, 0),
+        None => gate(entry::stub_alias(v), HV_CS, 0, 0xe, 0),
+    };
+    // SAFETY: single CPU with interrupts off; the IDT is writable in the
+    // hypervisor view and the entry is replaced whole. The target was
+    // validated as a guest address by `vcpu::TrapTable::set`.
+    unsafe { (*IDT.get()).0[usize::from(v)] = value };
+}
+
+/// Sets TSS.RSP1: the stack ring 3 switches to when it takes the direct
+/// syscall gate into ring 1.
+pub fn set_rsp1(sp: u64) {
+    // SAFETY: single CPU with interrupts off; the TSS is writable in the
+    // hypervisor view and RSP1 is read by the CPU only on a ring change.
+    unsafe { (&mut (*TSS.get()).0)[12..20].copy_from_slice(&sp.to_le_bytes()) };
 }

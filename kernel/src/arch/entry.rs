@@ -125,6 +125,7 @@ extern "C" {
     static __entry_end: u8;
     static entry_stubs: u8;
     static exit_to_guest: u8;
+    static syscall_entry: u8;
 }
 
 /// Physical bounds of the entry region's parts.
@@ -154,6 +155,11 @@ pub fn alias<T>(p: *const T) -> u64 {
 /// Alias address of vector `v`'s stub.
 pub fn stub_alias(v: u8) -> u64 {
     alias(&raw const entry_stubs) + 16 * u64::from(v)
+}
+
+/// Alias address of the `syscall` entry (for LSTAR).
+pub fn syscall_entry_alias() -> u64 {
+    alias(&raw const syscall_entry)
 }
 
 /// Alias address of the top of the entry stack (TSS.RSP0).
@@ -243,6 +249,24 @@ entry_common:
     movabsq $hv_ring0_entry, %rax
     jmpq *%rax
 
+    /* `syscall` from ring 3 (or 1): the CPU leaves rsp on the guest stack
+       and interrupts off (FMASK). Switch to the entry stack through a
+       scratch slot, build the frame a ring-3 interrupt would have, and
+       join entry_common with vector 0x101 (SYSCALL_VECTOR). */
+    .balign 16
+    .global syscall_entry
+syscall_entry:
+    movq %rsp, syscall_scratch(%rip)
+    leaq {stacks}+{stack_size}(%rip), %rsp
+    pushq ${user_ss}
+    pushq syscall_scratch(%rip)
+    pushq %r11
+    pushq ${user_cs}
+    pushq %rcx
+    pushq $0
+    pushq $0x101
+    jmp entry_common
+
     .balign 16
     .global exit_to_guest
 exit_to_guest:
@@ -306,6 +330,15 @@ hv_ring0_entry:
     popq %r15
     addq $16, %rsp
     iretq
+
+    .section .entry.scratch, "aw"
+    .balign 8
+syscall_scratch:
+    .quad 0
     "#,
+    stacks = sym STACKS,
+    stack_size = const ENTRY_STACK_SIZE,
+    user_ss = const pvguest_abi::selectors::GUEST_USER_SS,
+    user_cs = const pvguest_abi::selectors::GUEST_USER_CS,
     options(att_syntax)
 );

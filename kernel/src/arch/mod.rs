@@ -6,6 +6,7 @@ pub mod boot;
 pub mod descriptors;
 pub mod entry;
 pub mod pvh;
+pub mod rtc;
 pub mod timer;
 pub mod cpu;
 pub mod serial;

@@ -47,3 +47,12 @@ impl fmt::Write for Serial {
         Ok(())
     }
 }
+
+/// Reads one byte of console input, if the UART has one.
+pub fn read_byte() -> Option<u8> {
+    if inb(COM1 + 5) & 1 != 0 {
+        Some(inb(COM1))
+    } else {
+        None
+    }
+}

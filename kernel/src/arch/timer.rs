@@ -90,11 +90,12 @@ pub fn init() -> Rates {
     Rates { tsc_hz: tsc * 100, apic_hz: apic.max(1) * 100 }
 }
 
-/// Starts the periodic preemption tick at `hz`.
-pub fn start_periodic(rates: &Rates, hz: u64) {
-    let init = (rates.apic_hz / hz).clamp(1, u64::from(u32::MAX)) as u32;
-    apic_write(REG_LVT_TIMER, (1 << 17) | u32::from(TIMER_VECTOR));
-    apic_write(REG_TIMER_INIT, init);
+/// Arms the one-shot timer to fire in `ns` nanoseconds (clamped to the
+/// counter's range; at least one tick).
+pub fn arm_oneshot(rates: &Rates, ns: u64) {
+    let ticks = (u128::from(ns) * u128::from(rates.apic_hz) / 1_000_000_000).clamp(1, u128::from(u32::MAX)) as u32;
+    apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+    apic_write(REG_TIMER_INIT, ticks);
 }
 
 /// Acknowledges the interrupt being serviced.

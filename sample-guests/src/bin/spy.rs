@@ -40,7 +40,7 @@ const ATTEMPTS: &[(&str, &str)] = &[
     ("out", "write QEMU's debug-exit port 0xf4"),
     ("int-timer", "raise the hypervisor timer vector 0xf0 with int"),
     ("int-pagefault", "forge a page fault with int 14"),
-    ("syscall", "use the syscall instruction (not enabled for guests)"),
+    ("syscall", "use the syscall instruction without a syscall callback"),
     ("hypercalls", "pass bad pointers, lengths and numbers to hypercalls"),
 ];
 

@@ -1,0 +1,537 @@
+//! Every hypercall with its good and bad inputs, against a fake machine.
+
+use super::*;
+use pvguest_abi::layout::{ENTRY_AREA_BASE, GUEST_KERNEL_BASE};
+use pvguest_abi::trap::TI_MASK_EVENTS;
+use std::vec::Vec;
+
+const BASE: u64 = GUEST_KERNEL_BASE;
+const SIZE: usize = 64 * 1024;
+/// Guest memory at [BASE + RO_FROM, BASE + SIZE) is read-only.
+const RO_FROM: u64 = 60 * 1024;
+
+struct FakeEnv {
+    mem: Vec<u8>,
+    console: Vec<u8>,
+    input: Vec<u8>,
+    privileged: bool,
+    now: u64,
+    run: u64,
+    vcpu: Vcpu,
+    events: EventChannels,
+    pending: Vec<u32>,
+    unmasked: Vec<u32>,
+    upcall_pending: bool,
+    mask: bool,
+    mmu: Vec<MmuUpdate>,
+    ext: Vec<MmuextOp>,
+    /// mmu/ext requests whose `ptr`/`arg1` equals this fail with EINVAL.
+    poison: u64,
+}
+
+impl FakeEnv {
+    fn new() -> Self {
+        FakeEnv {
+            mem: std::vec![0; SIZE],
+            console: Vec::new(),
+            input: b"typed".to_vec(),
+            privileged: false,
+            now: 1_000,
+            run: 500,
+            vcpu: Vcpu::default(),
+            events: EventChannels::default(),
+            pending: Vec::new(),
+            unmasked: Vec::new(),
+            upcall_pending: false,
+            mask: true,
+            mmu: Vec::new(),
+            ext: Vec::new(),
+            poison: u64::MAX,
+        }
+    }
+    fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
+        if len == 0 {
+            return Ok(0);
+        }
+        let off = va.checked_sub(BASE).ok_or(Errno::EFAULT)?;
+        let end = off.checked_add(len as u64).ok_or(Errno::EFAULT)?;
+        if end > SIZE as u64 || (write && end > RO_FROM) {
+            return Err(Errno::EFAULT);
+        }
+        Ok(off as usize)
+    }
+    fn put(&mut self, va: u64, b: &[u8]) {
+        let o = (va - BASE) as usize;
+        self.mem[o..o + b.len()].copy_from_slice(b);
+    }
+    fn get(&self, va: u64, n: usize) -> &[u8] {
+        let o = (va - BASE) as usize;
+        &self.mem[o..o + n]
+    }
+    fn call(&mut self, nr: u64, a: [u64; 5]) -> Action {
+        dispatch(self, nr, a)
+    }
+}
+
+impl Env for FakeEnv {
+    fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let o = self.range(va, buf.len(), false)?;
+        buf.copy_from_slice(&self.mem[o..o + buf.len()]);
+        Ok(())
+    }
+    fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let o = self.range(va, data.len(), true)?;
+        self.mem[o..o + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        self.console.extend_from_slice(bytes);
+    }
+    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+        let n = buf.len().min(self.input.len());
+        buf[..n].copy_from_slice(&self.input[..n]);
+        self.input.drain(..n);
+        n
+    }
+    fn privileged(&self) -> bool {
+        self.privileged
+    }
+    fn nr_pages(&self) -> u64 {
+        256
+    }
+    fn now_ns(&self) -> u64 {
+        self.now
+    }
+    fn runstate(&self) -> RunstateInfo {
+        RunstateInfo { state: 0, pad: 0, state_entry_time: 7, time: [self.run, 2, 3, 4] }
+    }
+    fn vcpu(&mut self) -> &mut Vcpu {
+        &mut self.vcpu
+    }
+    fn events(&mut self) -> &mut EventChannels {
+        &mut self.events
+    }
+    fn unmask(&mut self, port: u32) {
+        self.unmasked.push(port);
+    }
+    fn port_pending(&self, port: u32) -> bool {
+        self.pending.contains(&port)
+    }
+    fn enable_events(&mut self) -> bool {
+        self.mask = false;
+        self.upcall_pending
+    }
+    fn mmu_update(&mut self, req: MmuUpdate) -> Result<(), Errno> {
+        if req.ptr == self.poison {
+            return Err(Errno::EINVAL);
+        }
+        self.mmu.push(req);
+        Ok(())
+    }
+    fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno> {
+        if op.arg1 == self.poison {
+            return Err(Errno::EINVAL);
+        }
+        self.ext.push(op);
+        Ok(())
+    }
+    fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
+        self.mmu.push(MmuUpdate { ptr: va, val });
+        Ok(())
+    }
+}
+
+fn r(e: Errno) -> Action {
+    Action::Return(e.to_ret())
+}
+
+const OK: Action = Action::Return(0);
+
+fn trap_entry(vector: u8, flags: u8, address: u64) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    b[0] = vector;
+    b[1] = flags;
+    b[8..16].copy_from_slice(&address.to_le_bytes());
+    b
+}
+
+#[test]
+fn console_write_copies_and_returns_length() {
+    let mut e = FakeEnv::new();
+    e.put(BASE, b"hello");
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [0, 5, BASE, 0, 0]), Action::Return(5));
+    assert_eq!(e.console, b"hello");
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [0, 0, 0, 0, 0]), Action::Return(0));
+}
+
+#[test]
+fn console_write_bad_pointer_is_efault_and_writes_nothing() {
+    let mut e = FakeEnv::new();
+    for (len, ptr) in [(5, 0), (5, BASE + SIZE as u64 - 2), (1, u64::MAX), (4096, BASE + 63 * 1024), (8, ENTRY_AREA_BASE)] {
+        assert_eq!(e.call(hypercall::CONSOLE_IO, [0, len, ptr, 0, 0]), r(Errno::EFAULT), "len {len} ptr {ptr:#x}");
+    }
+    assert!(e.console.is_empty());
+    for len in [4097, u64::MAX, 1 << 40] {
+        assert_eq!(e.call(hypercall::CONSOLE_IO, [0, len, BASE, 0, 0]), r(Errno::EINVAL));
+    }
+}
+
+#[test]
+fn console_read_is_privileged_and_bounded() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [1, 8, BASE, 0, 0]), r(Errno::EPERM));
+    e.privileged = true;
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [1, 8, BASE, 0, 0]), Action::Return(5));
+    assert_eq!(e.get(BASE, 5), b"typed");
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [1, 5000, BASE, 0, 0]), r(Errno::EINVAL));
+    e.input = b"x".to_vec();
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [1, 8, BASE + RO_FROM, 0, 0]), r(Errno::EFAULT));
+}
+
+#[test]
+fn unknown_numbers_and_subcommands_are_enosys() {
+    let mut e = FakeEnv::new();
+    for nr in [2, 5, 16, 23, 30, 999, u64::MAX] {
+        assert_eq!(e.call(nr, [0; 5]), r(Errno::ENOSYS), "nr {nr}");
+    }
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [7, 1, BASE, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::SCHED_OP, [99, 0, 0, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::XEN_VERSION, [u64::MAX, 0, 0, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::MEMORY_OP, [77, DOMID_SELF, 0, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::VCPU_OP, [77, 0, BASE, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [77, BASE, 0, 0, 0]), r(Errno::ENOSYS));
+}
+
+#[test]
+fn sched_op_commands() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::SCHED_OP, [0, 0, 0, 0, 0]), Action::Yield);
+    assert_eq!(e.call(hypercall::SCHED_OP, [1, 0, 0, 0, 0]), Action::Block);
+    assert!(!e.mask, "block enables event delivery");
+    e.upcall_pending = true;
+    assert_eq!(e.call(hypercall::SCHED_OP, [1, 0, 0, 0, 0]), OK, "block returns at once if an event is pending");
+    assert_eq!(e.call(hypercall::SCHED_OP, [2, 0, 0, 0, 0]), Action::Shutdown(ShutdownReason::Poweroff));
+    assert_eq!(e.call(hypercall::SCHED_OP, [2, 3, 0, 0, 0]), Action::Shutdown(ShutdownReason::Crash));
+    for bad in [2, 4, 5, u64::MAX] {
+        assert_eq!(e.call(hypercall::SCHED_OP, [2, bad, 0, 0, 0]), r(Errno::EINVAL), "reason {bad}");
+    }
+}
+
+fn poll_arg(e: &mut FakeEnv, ports: &[u32], timeout: u64) -> u64 {
+    let at = BASE + 0x100;
+    let list = BASE + 0x200;
+    let mut b = [0u8; 24];
+    b[0..8].copy_from_slice(&list.to_le_bytes());
+    b[8..12].copy_from_slice(&(ports.len() as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&timeout.to_le_bytes());
+    e.put(at, &b);
+    for (i, p) in ports.iter().enumerate() {
+        e.put(list + 4 * i as u64, &p.to_le_bytes());
+    }
+    at
+}
+
+#[test]
+fn sched_poll_validates_and_waits() {
+    let mut e = FakeEnv::new();
+    let p = e.events.bind_virq(0).unwrap();
+    let a = poll_arg(&mut e, &[p], 0);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), Action::Poll);
+    assert_eq!(e.vcpu.poll_ports.as_slice(), &[p]);
+    assert_eq!(e.vcpu.poll_deadline, None);
+    e.pending.push(p);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), OK, "a pending port returns at once");
+    e.pending.clear();
+    let a = poll_arg(&mut e, &[p], 999);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), OK, "a past deadline returns at once");
+    let a = poll_arg(&mut e, &[p], 5000);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), Action::Poll);
+    assert_eq!(e.vcpu.poll_deadline, Some(5000));
+    let a = poll_arg(&mut e, &[p, 77], 0);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), r(Errno::EINVAL), "unbound port");
+    let a = poll_arg(&mut e, &[], 0);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), r(Errno::EINVAL), "no ports");
+    let mut b = [0u8; 24];
+    b[0..8].copy_from_slice(&(BASE + 0x200).to_le_bytes());
+    b[8..12].copy_from_slice(&129u32.to_le_bytes());
+    e.put(BASE + 0x100, &b);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, BASE + 0x100, 0, 0, 0]), r(Errno::EINVAL), "too many ports");
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, 0, 0, 0, 0]), r(Errno::EFAULT));
+    b[0..8].copy_from_slice(&ENTRY_AREA_BASE.to_le_bytes());
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    e.put(BASE + 0x100, &b);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, BASE + 0x100, 0, 0, 0]), r(Errno::EFAULT), "bad port array");
+}
+
+#[test]
+fn version_and_features() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::XEN_VERSION, [0; 5]), Action::Return(1));
+    let Action::Return(f) = e.call(hypercall::XEN_VERSION, [6, 0, 0, 0, 0]) else { panic!("features") };
+    assert_ne!(f as u64 & features::FPU_PRESERVED, 0);
+    assert_ne!(f as u64 & features::EVENTS, 0);
+}
+
+#[test]
+fn set_trap_table_reads_until_terminator() {
+    let mut e = FakeEnv::new();
+    let t = BASE + 0x1000;
+    e.put(t, &trap_entry(14, TI_MASK_EVENTS, BASE + 0x40));
+    e.put(t + 16, &trap_entry(13, 0, BASE + 0x80));
+    e.put(t + 32, &trap_entry(0, 0, 0));
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [t, 0, 0, 0, 0]), OK);
+    assert_eq!(e.vcpu.traps.handler(14).unwrap().address, BASE + 0x40);
+    assert!(e.vcpu.traps.handler(14).unwrap().mask_events);
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [0, 0, 0, 0, 0]), OK);
+    assert_eq!(e.vcpu.traps.handler(14), None, "a null table clears");
+}
+
+#[test]
+fn set_trap_table_bad_inputs() {
+    let mut e = FakeEnv::new();
+    let t = BASE + 0x1000;
+    e.put(t, &trap_entry(14, 0, ENTRY_AREA_BASE));
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [t, 0, 0, 0, 0]), r(Errno::EINVAL));
+    e.put(t, &trap_entry(14, 0, BASE));
+    for i in 1..=MAX_TRAP_TABLE as u64 {
+        e.put(t + 16 * i, &trap_entry(6, 0, BASE));
+    }
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [t, 0, 0, 0, 0]), r(Errno::E2BIG), "no terminator");
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [ENTRY_AREA_BASE, 0, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [u64::MAX - 8, 0, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.vcpu.traps.handler(14), None, "nothing installed by failed calls");
+}
+
+#[test]
+fn stack_switch_and_callbacks_validate() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::STACK_SWITCH, [0x21, BASE + 0x8000, 0, 0, 0]), OK);
+    assert_eq!(e.call(hypercall::STACK_SWITCH, [0x10, BASE, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::STACK_SWITCH, [0x21, ENTRY_AREA_BASE, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::SET_CALLBACKS, [BASE + 1, 0, BASE + 2, 0, 0]), OK);
+    assert_eq!(e.vcpu.callbacks.event, BASE + 1);
+    assert_eq!(e.call(hypercall::SET_CALLBACKS, [1 << 50, 0, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.vcpu.callbacks.event, BASE + 1);
+}
+
+fn put_mmu(e: &mut FakeEnv, at: u64, reqs: &[(u64, u64)]) {
+    for (i, (p, v)) in reqs.iter().enumerate() {
+        let mut b = [0u8; 16];
+        b[0..8].copy_from_slice(&p.to_le_bytes());
+        b[8..16].copy_from_slice(&v.to_le_bytes());
+        e.put(at + 16 * i as u64, &b);
+    }
+}
+
+#[test]
+fn mmu_update_batches_and_reports_done() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let done = BASE + 0x3000;
+    put_mmu(&mut e, reqs, &[(8, 1), (16, 2), (24, 3)]);
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 3, done, DOMID_SELF, 0]), OK);
+    assert_eq!(e.mmu.len(), 3);
+    assert_eq!(e.get(done, 4), 3u32.to_le_bytes());
+    e.poison = 16;
+    e.mmu.clear();
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 3, done, DOMID_SELF, 0]), r(Errno::EINVAL));
+    assert_eq!(e.mmu.len(), 1, "stops at the first failure");
+    assert_eq!(e.get(done, 4), 1u32.to_le_bytes(), "reports the entries done");
+}
+
+#[test]
+fn mmu_update_bad_inputs() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 1, 0, 0, 0]), r(Errno::EPERM), "foreign domain");
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, MAX_BATCH + 1, 0, DOMID_SELF, 0]), r(Errno::E2BIG));
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [ENTRY_AREA_BASE, 1, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [u64::MAX - 15, 2, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 1, BASE + RO_FROM, DOMID_SELF, 0]), r(Errno::EFAULT), "read-only done");
+    // A batch that runs off the end of guest memory stops there.
+    let last = BASE + SIZE as u64 - 16;
+    put_mmu(&mut e, last, &[(8, 8)]);
+    e.mmu.clear();
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [last, 2, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
+    assert_eq!(e.mmu.len(), 1);
+}
+
+#[test]
+fn mmuext_op_batches_and_bad_inputs() {
+    let mut e = FakeEnv::new();
+    let ops = BASE + 0x2000;
+    let mut b = [0u8; 48];
+    b[0..4].copy_from_slice(&3u32.to_le_bytes());
+    b[8..16].copy_from_slice(&77u64.to_le_bytes());
+    b[24..28].copy_from_slice(&5u32.to_le_bytes());
+    b[32..40].copy_from_slice(&78u64.to_le_bytes());
+    e.put(ops, &b);
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 2, 0, DOMID_SELF, 0]), OK);
+    assert_eq!(e.ext[1], MmuextOp { cmd: 5, pad: 0, arg1: 78, arg2: 0 });
+    e.poison = 77;
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 2, BASE, DOMID_SELF, 0]), r(Errno::EINVAL));
+    assert_eq!(e.get(BASE, 4), 0u32.to_le_bytes());
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 1, 0, 5, 0]), r(Errno::EPERM));
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 513, 0, DOMID_SELF, 0]), r(Errno::E2BIG));
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [0, 1, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
+}
+
+#[test]
+fn update_va_mapping_flags() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::UPDATE_VA_MAPPING, [BASE, 5, 2, 0, 0]), OK);
+    assert_eq!(e.call(hypercall::UPDATE_VA_MAPPING, [BASE, 5, 3, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::UPDATE_VA_MAPPING, [BASE, 5, u64::MAX, 0, 0]), r(Errno::EINVAL));
+}
+
+#[test]
+fn memory_op_queries() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::MEMORY_OP, [3, DOMID_SELF, 0, 0, 0]), Action::Return(256));
+    assert_eq!(e.call(hypercall::MEMORY_OP, [4, DOMID_SELF, 0, 0, 0]), Action::Return(256));
+    assert_eq!(e.call(hypercall::MEMORY_OP, [3, 2, 0, 0, 0]), r(Errno::EPERM));
+    let m = BASE + 0x100;
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&4u32.to_le_bytes());
+    b[8..16].copy_from_slice(&(BASE + 0x200).to_le_bytes());
+    e.put(m, &b);
+    assert_eq!(e.call(hypercall::MEMORY_OP, [9, m, 0, 0, 0]), OK);
+    assert_eq!(e.get(m, 4), 1u32.to_le_bytes());
+    assert_eq!(u64::from_le_bytes(e.get(BASE + 0x208, 8).try_into().unwrap()), 256 * 4096);
+    b[0..4].copy_from_slice(&0u32.to_le_bytes());
+    e.put(m, &b);
+    assert_eq!(e.call(hypercall::MEMORY_OP, [9, m, 0, 0, 0]), r(Errno::EINVAL));
+    b[0..4].copy_from_slice(&1u32.to_le_bytes());
+    b[8..16].copy_from_slice(&(BASE + RO_FROM).to_le_bytes());
+    e.put(m, &b);
+    assert_eq!(e.call(hypercall::MEMORY_OP, [9, m, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::MEMORY_OP, [9, 0, 0, 0, 0]), r(Errno::EFAULT));
+}
+
+fn put_call(e: &mut FakeEnv, at: u64, op: u64, args: [u64; 5]) {
+    let mut b = [0u8; 64];
+    b[0..8].copy_from_slice(&op.to_le_bytes());
+    for (i, a) in args.iter().enumerate() {
+        b[16 + 8 * i..24 + 8 * i].copy_from_slice(&a.to_le_bytes());
+    }
+    e.put(at, &b);
+}
+
+#[test]
+fn multicall_runs_each_and_writes_results() {
+    let mut e = FakeEnv::new();
+    let c = BASE + 0x4000;
+    put_call(&mut e, c, hypercall::XEN_VERSION, [0; 5]);
+    put_call(&mut e, c + 64, 9999, [0; 5]);
+    put_call(&mut e, c + 128, hypercall::MULTICALL, [c, 1, 0, 0, 0]);
+    put_call(&mut e, c + 192, hypercall::SCHED_OP, [1, 0, 0, 0, 0]);
+    put_call(&mut e, c + 256, hypercall::SCHED_OP, [0, 0, 0, 0, 0]);
+    assert_eq!(e.call(hypercall::MULTICALL, [c, 5, 0, 0, 0]), Action::Yield, "a yield inside runs after the batch");
+    let res = |e: &FakeEnv, i: u64| i64::from_le_bytes(e.get(c + 64 * i + 8, 8).try_into().unwrap());
+    assert_eq!(res(&e, 0), 1);
+    assert_eq!(res(&e, 1), Errno::ENOSYS.to_ret());
+    assert_eq!(res(&e, 2), Errno::EINVAL.to_ret(), "no nested multicall");
+    assert_eq!(res(&e, 3), Errno::EINVAL.to_ret(), "no blocking inside a batch");
+    put_call(&mut e, c + 64, hypercall::SCHED_OP, [2, 0, 0, 0, 0]);
+    assert_eq!(e.call(hypercall::MULTICALL, [c, 3, 0, 0, 0]), Action::Shutdown(ShutdownReason::Poweroff));
+}
+
+#[test]
+fn multicall_bad_inputs() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::MULTICALL, [BASE, MULTICALL_MAX + 1, 0, 0, 0]), r(Errno::E2BIG));
+    assert_eq!(e.call(hypercall::MULTICALL, [0, 1, 0, 0, 0]), r(Errno::EFAULT));
+    put_call(&mut e, BASE + RO_FROM, hypercall::XEN_VERSION, [0; 5]);
+    assert_eq!(e.call(hypercall::MULTICALL, [BASE + RO_FROM, 1, 0, 0, 0]), r(Errno::EFAULT), "result not writable");
+    assert_eq!(e.call(hypercall::MULTICALL, [u64::MAX - 63, 2, 0, 0, 0]), r(Errno::EFAULT));
+}
+
+#[test]
+fn timers() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::SET_TIMER_OP, [5000, 0, 0, 0, 0]), OK);
+    assert_eq!(e.vcpu.timer, Some(5000));
+    assert_eq!(e.call(hypercall::SET_TIMER_OP, [0, 0, 0, 0, 0]), OK);
+    assert_eq!(e.vcpu.timer, None);
+    let t = BASE + 0x100;
+    let mut b = [0u8; 16];
+    b[0..8].copy_from_slice(&2000u64.to_le_bytes());
+    e.put(t, &b);
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_SINGLESHOT_TIMER, 0, t, 0, 0]), OK);
+    assert_eq!(e.vcpu.timer, Some(2000));
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_VIRTUAL_TIMER, 0, t, 0, 0]), OK);
+    assert_eq!(e.vcpu.vtimer, Some(2000));
+    b[0..8].copy_from_slice(&10u64.to_le_bytes());
+    b[8..12].copy_from_slice(&SSHOT_FUTURE.to_le_bytes());
+    e.put(t, &b);
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_SINGLESHOT_TIMER, 0, t, 0, 0]), Action::Return(vcpuop::ETIME));
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_VIRTUAL_TIMER, 0, t, 0, 0]), Action::Return(vcpuop::ETIME));
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    e.put(t, &b);
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_SINGLESHOT_TIMER, 0, t, 0, 0]), r(Errno::EINVAL), "bad flags");
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_SINGLESHOT_TIMER, 1, t, 0, 0]), r(Errno::EINVAL), "vcpu 1");
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::SET_SINGLESHOT_TIMER, 0, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::STOP_SINGLESHOT_TIMER, 0, 0, 0, 0]), OK);
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::STOP_VIRTUAL_TIMER, 0, 0, 0, 0]), OK);
+    assert_eq!((e.vcpu.timer, e.vcpu.vtimer), (None, None));
+}
+
+#[test]
+fn runstate_info() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::GET_RUNSTATE_INFO, 0, BASE + 0x100, 0, 0]), OK);
+    assert_eq!(u64::from_le_bytes(e.get(BASE + 0x110, 8).try_into().unwrap()), 500);
+    assert_eq!(e.call(hypercall::VCPU_OP, [vcpuop::GET_RUNSTATE_INFO, 0, BASE + RO_FROM, 0, 0]), r(Errno::EFAULT));
+}
+
+#[test]
+fn segment_bases() {
+    let mut e = FakeEnv::new();
+    assert_eq!(e.call(hypercall::SET_SEGMENT_BASE, [segbase::FS, 0x1234, 0, 0, 0]), OK);
+    assert_eq!(e.call(hypercall::SET_SEGMENT_BASE, [segbase::GS, BASE, 0, 0, 0]), OK);
+    assert_eq!((e.vcpu.fs_base, e.vcpu.gs_base), (0x1234, BASE));
+    assert_eq!(e.call(hypercall::SET_SEGMENT_BASE, [segbase::FS, 1 << 47, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::SET_SEGMENT_BASE, [2, 0, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.vcpu.fs_base, 0x1234);
+}
+
+#[test]
+fn event_channel_ops() {
+    let mut e = FakeEnv::new();
+    let a = BASE + 0x100;
+    e.put(a, &[0u8; 12]);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, a, 0, 0, 0]), OK);
+    assert_eq!(e.get(a + 8, 4), 1u32.to_le_bytes());
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, a, 0, 0, 0]), r(Errno::EEXIST));
+    e.put(a, &[16, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, a, 0, 0, 0]), r(Errno::EINVAL), "vcpu 1");
+    e.put(a, &[99, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, a, 0, 0, 0]), r(Errno::EINVAL), "bad virq");
+    // The port cannot be written back: the bind is undone.
+    let ro = BASE + RO_FROM;
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, ro, 0, 0, 0]), r(Errno::EEXIST));
+    e.events.close(1).unwrap();
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VIRQ, ro, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.events.virq_port(0), None);
+    // Unmask and close validate the port.
+    let p = e.events.bind_virq(0).unwrap();
+    e.put(a, &p.to_le_bytes());
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::UNMASK, a, 0, 0, 0]), OK);
+    assert_eq!(e.unmasked, [p]);
+    e.put(a, &200u32.to_le_bytes());
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::UNMASK, a, 0, 0, 0]), OK, "a free port in range");
+    e.put(a, &9999u32.to_le_bytes());
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::UNMASK, a, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, a, 0, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, 0, 0, 0, 0]), r(Errno::EFAULT));
+    // Status.
+    let mut s = [0u8; 20];
+    s[0..2].copy_from_slice(&(DOMID_SELF as u16).to_le_bytes());
+    s[4..8].copy_from_slice(&p.to_le_bytes());
+    e.put(a, &s);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), OK);
+    assert_eq!(e.get(a + 8, 4), status::VIRQ.to_le_bytes());
+    s[0..2].copy_from_slice(&3u16.to_le_bytes());
+    e.put(a, &s);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), r(Errno::ESRCH));
+}
