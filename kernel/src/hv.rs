@@ -45,8 +45,9 @@ use pvguest_abi::vcpu::{runstate, RunstateInfo};
 use pvguest_abi::{selectors, Errno, HYPERCALL_VECTOR};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::builder::{self, DomainConfig};
+use ringfence_kernel::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use ringfence_kernel::console::LineBuffer;
-use ringfence_kernel::domain::{next_runnable, Exit, Expect, Fault, RunState};
+use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
 use ringfence_kernel::evtchn::{EventChannels, SharedPage};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
 use ringfence_kernel::guest_mem::{GuestVa, GuestView, PhysMem};
@@ -60,10 +61,12 @@ use spin::Mutex;
 /// Most domains the hypervisor tracks.
 pub const MAX_DOMAINS: usize = 64;
 
-/// Round-robin time slice.
-const SLICE_NS: u64 = 5_000_000;
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
+/// Warp limit L of a warped domain: the longest it runs warped per wake.
+const WARP_LIMIT_NS: u64 = 2_000_000;
+/// Unwarp requirement U: real time between warps.
+const UNWARP_NS: u64 = 5_000_000;
 
 /// One domain.
 pub struct Domain {
@@ -93,8 +96,11 @@ pub struct Hv {
     pub current: Option<usize>,
     /// System time at which the current domain was last entered.
     pub entered_at: u64,
-    /// System time at which the current slice ends.
+    /// System time at which the scheduler must be consulted again
+    /// (`u64::MAX`: only when something else happens).
     pub slice_end: u64,
+    /// Borrowed-virtual-time scheduler; slot = index in `domains`.
+    pub bvt: Bvt<MAX_DOMAINS>,
     pub boot_tsc: u64,
     pub scale: TscScale,
     pub rates: Option<Rates>,
@@ -108,6 +114,7 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     current: None,
     entered_at: 0,
     slice_end: 0,
+    bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
     boot_tsc: 0,
     scale: TscScale { mul: 0, shift: 0 },
     rates: None,
@@ -330,6 +337,20 @@ impl Hv {
             ..TrapFrame::default()
         };
         let now = self.now();
+        let params = if spec.warp_us == 0 {
+            Params::weighted(spec.weight)
+        } else {
+            Params::warped(spec.weight, u64::from(spec.warp_us) * 1000, WARP_LIMIT_NS, UNWARP_NS)
+        };
+        if let Err(e) = self.bvt.add(self.domains.len(), params, now) {
+            log!("dom{id} ({}): not started: scheduler refused it: {e:?}", spec.name);
+            self.frames.as_mut().expect("set").release_domain(id);
+            self.push_rejected(id, spec.name, expect);
+            return;
+        }
+        if spec.warp_us != 0 || spec.weight != ringfence_kernel::bvt::DEFAULT_WEIGHT {
+            log!("dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
+        }
         let _ = self.domains.push(Domain {
             id,
             name: name_of(spec.name),
@@ -416,8 +437,8 @@ impl Hv {
     fn account(&mut self, cur: usize, now: u64) {
         let ran = now.saturating_sub(self.entered_at);
         self.entered_at = now;
+        self.bvt.account(cur, ran);
         let d = &mut self.domains[cur];
-        let _ = ran;
         let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
         if let Some(deadline) = d.vcpu.vtimer {
             if vt >= deadline {
@@ -490,6 +511,7 @@ impl Hv {
             Action::Block | Action::Poll => {
                 d.regs.rax = 0;
                 d.state = RunState::Blocked;
+                self.bvt.block(cur, now);
                 self.set_runstate(cur, runstate::BLOCKED, now);
                 true
             }
@@ -528,6 +550,7 @@ impl Hv {
         d.vcpu.poll_ports.clear();
         d.vcpu.poll_deadline = None;
         d.state = RunState::Runnable;
+        self.bvt.wake(i, now);
         self.set_runstate(i, runstate::RUNNABLE, now);
     }
 
@@ -595,6 +618,7 @@ impl Hv {
             _ => log!("dom{} ({}) exited: {exit}", d.id, d.name),
         }
         let id = d.id;
+        self.bvt.remove(i);
         if let Some(f) = self.frames.as_mut() {
             f.release_domain(id);
         }
@@ -603,19 +627,16 @@ impl Hv {
         }
     }
 
-    /// Picks the domain to run and prepares its entry. With `resched` false
-    /// the current domain continues if it still can.
-    fn schedule(&mut self, resched: bool) -> Next {
+    /// Picks the domain to run (BVT) and prepares its entry. The running
+    /// domain keeps the CPU unless another is due, so `resched` (a yield,
+    /// block or expired slice) only forces the question to be asked.
+    fn schedule(&mut self, _resched: bool) -> Next {
         loop {
             let now = self.now();
-            let states: heapless::Vec<RunState, MAX_DOMAINS> = self.domains.iter().map(|d| d.state).collect();
-            let still = self.current.filter(|&c| states[c] == RunState::Runnable);
-            let pick = match (resched, still) {
-                (false, Some(c)) => Some(c),
-                _ => next_runnable(&states, self.current),
-            };
-            let Some(i) = pick else {
-                if !states.iter().any(|s| *s == RunState::Blocked) {
+            let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
+            let pick = self.bvt.pick(now, current);
+            let Some(i) = pick.next else {
+                if !self.domains.iter().any(|d| d.state == RunState::Blocked) {
                     self.finish(true);
                 }
                 if self.next_deadline().is_none() {
@@ -625,9 +646,9 @@ impl Hv {
                 self.idle(now);
                 continue;
             };
-            if Some(i) != self.current || resched {
-                self.slice_end = now + SLICE_NS;
-                if let Some(c) = self.current.filter(|&c| c != i && states[c] == RunState::Runnable) {
+            self.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
+            if Some(i) != current {
+                if let Some(c) = current {
                     self.set_runstate(c, runstate::RUNNABLE, now);
                 }
                 self.set_runstate(i, runstate::RUNNING, now);

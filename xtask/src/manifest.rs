@@ -7,7 +7,7 @@
 //! image = "hello"         # a binary of sample-guests, or a path to an ELF
 //! mem_kib = 1024          # multiple of 4
 //! cmdline = "rounds=4"    # optional
-//! weight = 256            # optional, BVT weight 1..=10000
+//! weight = 100            # optional, BVT weight 1..=10000 (default 100)
 //! warp_us = 0             # optional
 //! privileged = false      # optional
 //! expect = "poweroff"     # "poweroff" | "crash" | "rejected"
@@ -49,7 +49,7 @@ pub struct DomainToml {
 }
 
 fn default_weight() -> u32 {
-    256
+    100
 }
 
 fn default_expect() -> String {

@@ -44,7 +44,7 @@ pub struct DomainEntry {
 }
 
 /// BVT weight a domain gets unless told otherwise.
-pub const DEFAULT_WEIGHT: u32 = 256;
+pub const DEFAULT_WEIGHT: u32 = 100;
 
 impl DomainEntry {
     /// An unprivileged domain expected to power off, with an empty command
