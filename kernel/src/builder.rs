@@ -21,16 +21,24 @@
 //! # Invariants
 //! - Every frame is allocated to the domain and zeroed before anything is
 //!   written to it.
-//! - Page-table frames are typed [`FrameKind::PageTable`] and never mapped
-//!   writable.
+//! - The builder writes the initial page tables as plain memory and then
+//!   hands the PML4 to [`crate::mm`] ([`Mm::install_initial_root`]), which
+//!   validates the whole tree by the same rules as every later guest update:
+//!   the tables get their `PageTable(n)` types and counts, every read-write
+//!   leaf takes a `Writable` reference, and the read-only mappings of the
+//!   page-table frames are allowed by rule 2. The PML4 ends pinned and the
+//!   active root (type count 2). A layout that broke a rule would fail the
+//!   build ([`BuildError::PageTables`]) instead of running.
 //! - On error the caller releases the domain's frames (nothing is leaked).
 
 use crate::elf::{ElfError, ElfImage, LoadPolicy};
-use crate::frames::{DomId, FrameError, FrameKind, FrameTable, Mfn, Owner};
+use crate::frames::{DomId, FrameError, FrameTable, Mfn, Owner};
 use crate::guest_mem::PhysMem;
+use crate::mm::Mm;
 use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use core::fmt;
-use pvguest_abi::layout::{GUEST_KERNEL_BASE, ENTRY_AREA_PML4_SLOT};
+use pvguest_abi::layout::GUEST_KERNEL_BASE;
+use pvguest_abi::Errno;
 use pvguest_abi::start_info::{
     fill_c_str, StartInfo, CONSOLE_HYPERCALL, SIF_INITDOMAIN, SIF_PRIVILEGED,
 };
@@ -145,6 +153,9 @@ pub enum BuildError {
         /// Pages that were free.
         free: u64,
     },
+    /// The initial page tables failed validation (a builder bug: they are
+    /// checked by the same rules as a guest's).
+    PageTables(Errno),
 }
 
 impl fmt::Display for BuildError {
@@ -166,6 +177,7 @@ impl fmt::Display for BuildError {
                 pages * 4,
                 free * 4
             ),
+            BuildError::PageTables(e) => write!(f, "the initial page tables failed validation: {e}"),
         }
     }
 }
@@ -210,7 +222,10 @@ pub struct DomainConfig<'a> {
 
 /// Validates `image` and builds the domain in freshly allocated frames.
 ///
-/// `entry_area_pml4e` is the PML4 entry installed in slot 511. On error some
+/// `entry_area_pml4e` is the PML4 entry installed in slot 511 (by validation,
+/// see [`crate::mm`] rule 3). On success `Built::root` is pinned and holds the
+/// active-root reference, so it can be stored as the vCPU's current root and
+/// later passed to [`Mm::new_baseptr`]. On error some
 /// frames may already belong to the domain: the caller releases them with
 /// [`FrameTable::release_domain`].
 pub fn build<M: PhysMem>(
@@ -283,7 +298,6 @@ pub fn build<M: PhysMem>(
     let root = p2m.get(mem, pml4_pfn);
     let base_slot = table_index(GUEST_KERNEL_BASE, 4) as u64;
     mem.write_u64(root * PAGE_SIZE + base_slot * 8, Pte::new(p2m.get(mem, pdpt_pfn), inner).0);
-    mem.write_u64(root * PAGE_SIZE + ENTRY_AREA_PML4_SLOT as u64 * 8, entry_area_pml4e);
     let pdpt = p2m.get(mem, pdpt_pfn);
     for i in 0..layout.nr_pds() {
         mem.write_u64(pdpt * PAGE_SIZE + i * 8, Pte::new(p2m.get(mem, pd_pfn + i), inner).0);
@@ -298,14 +312,10 @@ pub fn build<M: PhysMem>(
         let flags = leaf_flags(&layout, &elf, pfn);
         mem.write_u64(pt * PAGE_SIZE + (pfn % ENTRIES as u64) * 8, Pte::new(p2m.get(mem, pfn), flags).0);
     }
-    frames.set_kind(root, cfg.domid, FrameKind::PageTable(4))?;
-    frames.set_kind(pdpt, cfg.domid, FrameKind::PageTable(3))?;
-    for i in 0..layout.nr_pds() {
-        frames.set_kind(p2m.get(mem, pd_pfn + i), cfg.domid, FrameKind::PageTable(2))?;
-    }
-    for i in 0..layout.nr_pts() {
-        frames.set_kind(p2m.get(mem, pt_pfn + i), cfg.domid, FrameKind::PageTable(1))?;
-    }
+    // Validate the tree (installs slot 511), pin it and make it the root.
+    Mm::new(mem, frames, entry_area_pml4e)
+        .install_initial_root(cfg.domid, root)
+        .map_err(BuildError::PageTables)?;
 
     // Start info.
     let mut si = StartInfo::new();
@@ -379,7 +389,7 @@ impl FrameList<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::FrameInfo;
+    use crate::frames::{FrameInfo, FrameType};
     use crate::guest_mem::fake::FakeMem;
     use crate::guest_mem::{Access, GuestVa, GuestView};
 
@@ -479,8 +489,60 @@ mod tests {
         v.copy_from(GuestVa(Layout::va(b.layout.mfn_list_pfn)), &mut first).unwrap();
         let mfn0 = u64::from_le_bytes(first);
         assert_eq!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_READ), Ok(mfn0 * 4096));
-        // Page-table frames are typed.
-        assert_eq!(frames.get(b.root).unwrap().kind, FrameKind::PageTable(4));
+        // The root is a validated, pinned L4 holding the pin and the
+        // active-root references.
+        let root = frames.get(b.root).unwrap();
+        assert_eq!((root.ty, root.type_count, root.pinned), (FrameType::PageTable(4), 2, true));
+    }
+
+    /// Builds the tiny domain and checks the type of every frame against the
+    /// layout: tables typed at their level with one reference each, data
+    /// pages writable with one reference each, read-only pages untyped.
+    #[test]
+    fn initial_tables_are_validated_by_mm() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 2048];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 2048);
+        // 600 pages: two level-1 tables.
+        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        let l = b.layout;
+        assert_eq!(l.nr_pt_frames, 5);
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: 5 };
+        let mut mfns = std::vec![0u64; 600];
+        for (pfn, m) in mfns.iter_mut().enumerate() {
+            let mut word = [0u8; 8];
+            v.copy_from(GuestVa(Layout::va(l.mfn_list_pfn) + pfn as u64 * 8), &mut word).unwrap();
+            *m = u64::from_le_bytes(word);
+        }
+        for (pfn, &mfn) in mfns.iter().enumerate() {
+            let pfn = pfn as u64;
+            let f = frames.get(mfn).unwrap();
+            let expect = if pfn == l.pt_pfn {
+                (FrameType::PageTable(4), 2, true)
+            } else if pfn == l.pt_pfn + 1 {
+                (FrameType::PageTable(3), 1, false)
+            } else if pfn == l.pt_pfn + 2 {
+                (FrameType::PageTable(2), 1, false)
+            } else if pfn > l.pt_pfn + 2 && pfn < l.pt_pfn + l.nr_pt_frames {
+                (FrameType::PageTable(1), 1, false)
+            } else if pfn == 0 {
+                // Text: mapped read-only, so it takes no type.
+                (FrameType::None, 0, false)
+            } else {
+                (FrameType::Writable, 1, false)
+            };
+            assert_eq!((f.ty, f.type_count, f.pinned), expect, "pfn {pfn}");
+        }
+        assert_eq!(mem.read_u64(b.root * 4096 + 511 * 8), 0xabc_0003);
+        // The guest cannot make its own level-1 table writable through the
+        // validated path.
+        let pt0 = mfns[(l.pt_pfn + 3) as usize];
+        let entry = Pte::new(pt0, PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE).0;
+        let ptr = pt0 * 4096 + (l.pt_pfn + 3) * 8;
+        let mut mm = Mm::new(&mut mem, &mut frames, 0xabc_0003);
+        assert_eq!(mm.mmu_update(5, ptr, entry), Err(Errno::EBUSY));
     }
 
     #[test]

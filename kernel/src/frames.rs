@@ -12,6 +12,28 @@
 //!   owner is not the accessing domain, so even a bug elsewhere cannot make
 //!   the hypervisor read or write another domain's memory on a guest's
 //!   behalf.
+//!
+//! # Frame types (Xen's `type_info`)
+//! Every frame also carries a [`FrameType`] and a *type count*, the number of
+//! references that currently hold that type:
+//! - [`FrameType::Writable`]: one reference per present, writable level-1
+//!   entry in a validated page table that maps the frame;
+//! - [`FrameType::PageTable`]`(n)`: one reference per present entry of a
+//!   validated level-`n+1` table that points at it, one for a pin
+//!   ([`FrameInfo::pinned`]) and one for being a vCPU's active root.
+//!
+//! This module only keeps the counts ([`FrameTable::get_type_ref`],
+//! [`FrameTable::put_type_ref`]); what a reference means, and validating and
+//! devalidating page-table contents, is [`crate::mm`]'s job. The rules kept
+//! here:
+//! - the type count is 0 exactly when the type is [`FrameType::None`];
+//! - a frame's type changes only while its type count is 0: a reference of a
+//!   different type is refused with [`FrameError::TypeConflict`];
+//! - a pinned frame is a page table (its pin is one of its references);
+//! - only the domain that owns a frame can take a type reference to it, and
+//!   references never cross domains, so [`FrameTable::release_domain`] can
+//!   reset every frame of a dead domain (owner, type, count, pin) without
+//!   touching any other domain's counts.
 
 use core::fmt;
 
@@ -35,13 +57,16 @@ pub enum Owner {
     Domain(DomId),
 }
 
-/// What a domain-owned frame is currently used as.
+/// What a frame is currently used as (meaningful for domain frames).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FrameKind {
-    /// Ordinary memory: may be mapped writable.
-    Normal,
-    /// A page table of the given level (1 = PT, 4 = PML4): never writable in
-    /// any view.
+pub enum FrameType {
+    /// No type reference is held: the frame may take any type.
+    None,
+    /// Mapped writable by at least one validated level-1 entry: it can be no
+    /// page table until the last such mapping goes.
+    Writable,
+    /// A validated page table of the given level (1 = PT .. 4 = PML4): never
+    /// mapped writable in any validated table.
     PageTable(u8),
 }
 
@@ -50,13 +75,27 @@ pub enum FrameKind {
 pub struct FrameInfo {
     /// The owner.
     pub owner: Owner,
-    /// The current use.
-    pub kind: FrameKind,
+    /// The current type ([`FrameType::None`] when `type_count` is 0).
+    pub ty: FrameType,
+    /// Number of references holding `ty`.
+    pub type_count: u32,
+    /// The domain pinned the frame as a page table (holds one reference).
+    pub pinned: bool,
 }
 
 impl FrameInfo {
     /// A frame that is not usable RAM.
-    pub const RESERVED: FrameInfo = FrameInfo { owner: Owner::Reserved, kind: FrameKind::Normal };
+    pub const RESERVED: FrameInfo = FrameInfo::untyped(Owner::Reserved);
+
+    /// A frame of `owner` with no type.
+    pub const fn untyped(owner: Owner) -> FrameInfo {
+        FrameInfo { owner, ty: FrameType::None, type_count: 0, pinned: false }
+    }
+
+    /// Whether the frame is a validated page table of `level`.
+    pub const fn is_page_table(&self, level: u8) -> bool {
+        matches!(self.ty, FrameType::PageTable(l) if l == level) && self.type_count > 0
+    }
 }
 
 /// Errors from frame-table operations.
@@ -68,6 +107,15 @@ pub enum FrameError {
     NotOwned(Mfn),
     /// No free frame is left.
     Exhausted,
+    /// The frame holds references of another type.
+    TypeConflict {
+        /// The frame.
+        mfn: Mfn,
+        /// Its current type.
+        have: FrameType,
+    },
+    /// The type count would overflow.
+    CountOverflow(Mfn),
 }
 
 impl fmt::Display for FrameError {
@@ -76,8 +124,24 @@ impl fmt::Display for FrameError {
             FrameError::OutOfRange(m) => write!(f, "frame {m:#x} is outside machine memory"),
             FrameError::NotOwned(m) => write!(f, "frame {m:#x} is not owned by the caller"),
             FrameError::Exhausted => write!(f, "out of machine memory"),
+            FrameError::TypeConflict { mfn, have } => {
+                write!(f, "frame {mfn:#x} is in use as {have:?}")
+            }
+            FrameError::CountOverflow(m) => write!(f, "frame {m:#x} has too many references"),
         }
     }
+}
+
+/// The result of taking a type reference.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TypeRef {
+    /// The frame had no type and now has the requested one with count 1: a
+    /// page table's contents must now be validated, and on failure the
+    /// reference dropped again with [`FrameTable::put_type_ref`].
+    First,
+    /// The frame already had the type; its count went up.
+    More,
 }
 
 /// The table over all machine frames `0..len`.
@@ -114,11 +178,11 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` as free RAM, clamped to the table. Frames that
     /// are already owned are left alone.
     pub fn add_free_range(&mut self, start: Mfn, end: Mfn) {
-        let end = (end as usize).min(self.frames.len());
-        let start = (start as usize).min(end);
+        let end = (end.min(self.frames.len() as u64)) as usize;
+        let start = (start.min(end as u64)) as usize;
         for f in &mut self.frames[start..end] {
             if f.owner == Owner::Reserved {
-                f.owner = Owner::Free;
+                *f = FrameInfo::untyped(Owner::Free);
                 self.free += 1;
             }
         }
@@ -127,11 +191,11 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` reserved (for instance, a boot module), clamped
     /// to the table. Panics never; frames already handed out are not touched.
     pub fn reserve_range(&mut self, start: Mfn, end: Mfn) {
-        let end = (end as usize).min(self.frames.len());
-        let start = (start as usize).min(end);
+        let end = (end.min(self.frames.len() as u64)) as usize;
+        let start = (start.min(end as u64)) as usize;
         for f in &mut self.frames[start..end] {
             if f.owner == Owner::Free {
-                f.owner = Owner::Reserved;
+                *f = FrameInfo::RESERVED;
                 self.free -= 1;
             }
         }
@@ -157,7 +221,7 @@ impl<'a> FrameTable<'a> {
         for step in 0..n {
             let i = (self.cursor + step) % n;
             if self.frames[i].owner == Owner::Free {
-                self.frames[i] = FrameInfo { owner, kind: FrameKind::Normal };
+                self.frames[i] = FrameInfo::untyped(owner);
                 self.cursor = (i + 1) % n;
                 self.free -= 1;
                 return Ok(i as Mfn);
@@ -166,21 +230,74 @@ impl<'a> FrameTable<'a> {
         Err(FrameError::Exhausted)
     }
 
-    /// Sets the use of a frame that `dom` owns.
-    pub fn set_kind(&mut self, mfn: Mfn, dom: DomId, kind: FrameKind) -> Result<(), FrameError> {
-        if !self.owned_by(mfn, dom) {
+    /// The slot of a frame that `dom` owns.
+    fn owned_mut(&mut self, mfn: Mfn, dom: DomId) -> Result<&mut FrameInfo, FrameError> {
+        let f = usize::try_from(mfn)
+            .ok()
+            .and_then(|i| self.frames.get_mut(i))
+            .ok_or(FrameError::OutOfRange(mfn))?;
+        if f.owner != Owner::Domain(dom) {
             return Err(FrameError::NotOwned(mfn));
         }
-        self.frames[mfn as usize].kind = kind;
+        Ok(f)
+    }
+
+    /// Takes one reference of type `ty` (not [`FrameType::None`]) to a
+    /// frame that `dom` owns. A frame without references takes the type
+    /// ([`TypeRef::First`]); one that already has `ty` counts one more; any
+    /// other type is a [`FrameError::TypeConflict`]. On error nothing
+    /// changes.
+    pub fn get_type_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<TypeRef, FrameError> {
+        debug_assert!(ty != FrameType::None, "FrameType::None is not a reference");
+        let f = self.owned_mut(mfn, dom)?;
+        if f.type_count == 0 {
+            f.ty = ty;
+            f.type_count = 1;
+            return Ok(TypeRef::First);
+        }
+        if f.ty != ty {
+            return Err(FrameError::TypeConflict { mfn, have: f.ty });
+        }
+        f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
+        Ok(TypeRef::More)
+    }
+
+    /// Drops one type reference. When it was the last, the type is reset to
+    /// [`FrameType::None`] and the old type is returned, so that the caller
+    /// can devalidate a page table's contents.
+    ///
+    /// Dropping a reference nobody holds is a hypervisor bug: it is ignored
+    /// (and asserts in debug builds) rather than wrapping the count.
+    pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
+        let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
+        debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
+        if f.type_count == 0 {
+            return None;
+        }
+        f.type_count -= 1;
+        if f.type_count > 0 {
+            return None;
+        }
+        let old = f.ty;
+        f.ty = FrameType::None;
+        Some(old)
+    }
+
+    /// Sets or clears the pin flag of a frame `dom` owns. The caller takes
+    /// or drops the pin's type reference.
+    pub fn set_pinned(&mut self, mfn: Mfn, dom: DomId, pinned: bool) -> Result<(), FrameError> {
+        self.owned_mut(mfn, dom)?.pinned = pinned;
         Ok(())
     }
 
-    /// Returns every frame of `dom` to the free pool and returns how many.
+    /// Returns every frame of `dom` to the free pool, with its type, type
+    /// count and pin cleared, and returns how many. References never cross
+    /// domains, so no other frame's count refers to these frames.
     pub fn release_domain(&mut self, dom: DomId) -> usize {
         let mut n = 0;
         for f in self.frames.iter_mut() {
             if f.owner == Owner::Domain(dom) {
-                *f = FrameInfo { owner: Owner::Free, kind: FrameKind::Normal };
+                *f = FrameInfo::untyped(Owner::Free);
                 n += 1;
             }
         }
@@ -227,17 +344,72 @@ mod tests {
         assert_eq!(t.get(4), Err(FrameError::OutOfRange(4)));
         assert_eq!(t.get(u64::MAX), Err(FrameError::OutOfRange(u64::MAX)));
         assert!(!t.owned_by(u64::MAX, 0));
-        assert_eq!(t.set_kind(99, 0, FrameKind::PageTable(1)), Err(FrameError::NotOwned(99)));
+        assert_eq!(t.set_pinned(99, 0, true), Err(FrameError::OutOfRange(99)));
     }
 
     #[test]
-    fn kind_changes_need_ownership() {
+    fn type_references_need_ownership_and_one_type() {
         let mut store = [FrameInfo::RESERVED; 4];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 4);
         let m = t.alloc(Owner::Domain(1)).unwrap();
-        assert_eq!(t.set_kind(m, 2, FrameKind::PageTable(4)), Err(FrameError::NotOwned(m)));
-        t.set_kind(m, 1, FrameKind::PageTable(4)).unwrap();
-        assert_eq!(t.get(m).unwrap().kind, FrameKind::PageTable(4));
+        let pt = FrameType::PageTable(4);
+        assert_eq!(t.get_type_ref(m, 2, pt), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.get_type_ref(99, 1, pt), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.get_type_ref(m, 1, pt), Ok(TypeRef::First));
+        assert_eq!(t.get_type_ref(m, 1, pt), Ok(TypeRef::More));
+        let conflict = FrameError::TypeConflict { mfn: m, have: pt };
+        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Err(conflict));
+        assert_eq!(t.get_type_ref(m, 1, FrameType::PageTable(3)), Err(conflict));
+        assert_eq!(t.get(m).unwrap().type_count, 2);
+        assert!(t.get(m).unwrap().is_page_table(4));
+        assert_eq!(t.put_type_ref(m), None);
+        assert_eq!(t.put_type_ref(m), Some(pt));
+        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(1)));
+        // Once the count is 0 the frame may take another type.
+        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Ok(TypeRef::First));
+        assert_eq!(t.put_type_ref(u64::MAX), None);
+    }
+
+    #[test]
+    fn type_count_saturates_with_an_error() {
+        let mut store = [FrameInfo::RESERVED; 1];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 1);
+        let m = t.alloc(Owner::Domain(1)).unwrap();
+        store_count(&mut t, m, u32::MAX);
+        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Err(FrameError::CountOverflow(m)));
+        assert_eq!(t.get(m).unwrap().type_count, u32::MAX);
+    }
+
+    fn store_count(t: &mut FrameTable<'_>, m: Mfn, n: u32) {
+        let f = &mut t.frames[m as usize];
+        f.ty = FrameType::Writable;
+        f.type_count = n;
+    }
+
+    #[test]
+    fn release_domain_clears_types_counts_and_pins() {
+        let mut store = [FrameInfo::RESERVED; 8];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 8);
+        let a = t.alloc(Owner::Domain(1)).unwrap();
+        let b = t.alloc(Owner::Domain(1)).unwrap();
+        let c = t.alloc(Owner::Domain(2)).unwrap();
+        let _ = t.get_type_ref(a, 1, FrameType::PageTable(1)).unwrap();
+        t.set_pinned(a, 1, true).unwrap();
+        let _ = t.get_type_ref(b, 1, FrameType::Writable).unwrap();
+        let _ = t.get_type_ref(c, 2, FrameType::Writable).unwrap();
+        assert_eq!(t.set_pinned(c, 1, true), Err(FrameError::NotOwned(c)));
+        assert_eq!(t.release_domain(1), 2);
+        for m in [a, b] {
+            assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Free));
+        }
+        // The other domain's frame keeps its type and count.
+        assert_eq!(t.get(c).unwrap().type_count, 1);
+        assert_eq!(t.free_count(), 7);
+        // Reallocated frames come back untyped.
+        let again = t.alloc(Owner::Domain(3)).unwrap();
+        assert_eq!(t.get(again).unwrap(), FrameInfo::untyped(Owner::Domain(3)));
     }
 }

@@ -25,6 +25,7 @@ pub mod evtchn;
 pub mod frames;
 pub mod guest_mem;
 pub mod hypercall;
+pub mod mm;
 pub mod paging;
 pub mod regs;
 pub mod time;
