@@ -597,6 +597,8 @@ impl Hv {
     /// Ends domain `i`: flushes its console, reports (if `report`) and
     /// frees its memory.
     fn end(&mut self, i: usize, exit: Exit, report: bool) {
+        let now = self.now();
+        self.set_runstate(i, runstate::OFFLINE, now);
         let d = &mut self.domains[i];
         if !d.console.is_empty() {
             let name = &d.name;

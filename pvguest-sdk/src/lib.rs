@@ -63,9 +63,14 @@ extern crate freestanding;
 
 pub mod console;
 pub mod diag;
+pub mod event;
 pub mod hypercall;
 pub mod rt;
 pub mod sched;
+mod shared;
+pub mod time;
+pub mod timer;
+pub mod trap;
 pub mod version;
 
 pub use pvguest_abi as abi;

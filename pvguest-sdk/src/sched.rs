@@ -47,3 +47,21 @@ pub fn poweroff() -> ! {
 pub fn crash() -> ! {
     shutdown(ShutdownReason::Crash)
 }
+
+/// Sets the kernel stack used for traps and events from ring 3 and for the
+/// direct system-call gate (`stack_switch`). `top` must be 16-byte aligned.
+pub fn stack_switch(top: u64) -> Result<(), pvguest_abi::Errno> {
+    let ss = u64::from(pvguest_abi::selectors::GUEST_KERNEL_SS);
+    pvguest_abi::Errno::decode(call_readonly(hypercall::STACK_SWITCH, [ss, top, 0, 0, 0])).map(|_| ())
+}
+
+/// Waits until one of `ports` is pending or system time reaches
+/// `deadline_ns` (0: no deadline).
+pub fn poll(ports: &[u32], deadline_ns: u64) -> Result<(), pvguest_abi::Errno> {
+    let arg = sched_op::SchedPoll { ports: ports.as_ptr() as u64, nr_ports: ports.len() as u32, pad: 0, timeout: deadline_ns };
+    pvguest_abi::Errno::decode(call_readonly(
+        hypercall::SCHED_OP,
+        [sched_op::POLL, &arg as *const sched_op::SchedPoll as u64, 0, 0, 0],
+    ))
+    .map(|_| ())
+}

@@ -142,6 +142,115 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "timers",
+            what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "timers", "timers", 1024, "", Expect::Poweroff)?);
+                w.domain(entry(imgs, "hog", "hog", 512, "millis=400", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                let wc = find_line(out, "[timers] wall clock: ")?;
+                let year: u32 = wc["[timers] wall clock: ".len()..][..4].parse().map_err(|_| format!("no year in {wc}"))?;
+                if year < 2024 {
+                    return Err(format!("implausible wall clock: {wc}"));
+                }
+                need(out, "[timers] periodic: 10 ticks of 10 ms in")?;
+                need(out, ", early 0, worst lateness")?;
+                need(out, "(not early: true)")?;
+                let v = find_line(out, "[timers] virtual-time alarm: fired after ")?;
+                if !v.ends_with("(virtual not early: true)") {
+                    return Err(format!("virtual alarm fired early: {v}"));
+                }
+                let vt = num_after(v, "fired after ")?;
+                let rt = num_after(v, "virtual time and ")?;
+                if rt <= vt {
+                    return Err(format!("next to a hog, real time should exceed virtual time: {v}"));
+                }
+                need(out, "[timers] masked timer event: held while masked: true, delivered on unmask: true")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "bvt-shares",
+            what: "three CPU-bound domains with weights 1:2:4 get 1/7, 2/7, 4/7 of the CPU (within 5%)",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                for (name, weight) in [("hog-w1", 100), ("hog-w2", 200), ("hog-w4", 400)] {
+                    w.domain(entry(imgs, name, "hog", 512, "millis=3000", Expect::Poweroff)?.weight(weight));
+                }
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                let cpu = |n: &str| -> Result<f64> {
+                    num_after(find_line(out, &format!("[{n}] hog: cpu_ns="))?, "cpu_ns=").map(|v| v as f64)
+                };
+                let (a, b, c) = (cpu("hog-w1")?, cpu("hog-w2")?, cpu("hog-w4")?);
+                let total = a + b + c;
+                let shares = [a / total, b / total, c / total];
+                println!(
+                    "  measured BVT shares: {:.4} {:.4} {:.4} (want {:.4} {:.4} {:.4})",
+                    shares[0], shares[1], shares[2], 1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0
+                );
+                for (got, want) in shares.iter().zip([1.0 / 7.0, 2.0 / 7.0, 4.0 / 7.0]) {
+                    if (got - want).abs() > 0.05 * want {
+                        return Err(format!("share {got:.4} is not within 5% of {want:.4}"));
+                    }
+                }
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "bvt-warp",
+            what: "a warped interactive domain wakes with lower latency than an unwarped one under load",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hog-a", "hog", 512, "millis=1200", Expect::Poweroff)?);
+                w.domain(entry(imgs, "hog-b", "hog", 512, "millis=1200", Expect::Poweroff)?);
+                w.domain(entry(imgs, "warped", "pinger", 512, "rounds=60", Expect::Poweroff)?.warp_us(20_000));
+                w.domain(entry(imgs, "unwarped", "pinger", 512, "rounds=60", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                let mean = |n: &str| num_after(find_line(out, &format!("[{n}] pinger: mean_ns="))?, "mean_ns=");
+                let (w, u) = (mean("warped")?, mean("unwarped")?);
+                println!("  mean wake-up latency: warped {} us, unwarped {} us", w / 1000, u / 1000);
+                if w >= u {
+                    return Err(format!("warped latency {w} ns is not below unwarped {u} ns"));
+                }
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "bvt-hog",
+            what: "a CPU hog cannot starve a domain of equal weight",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hog", "hog", 512, "millis=1500", Expect::Poweroff)?);
+                w.domain(entry(imgs, "worker", "hog", 512, "mode=burst burst_ms=20 sleep_ms=20 millis=1500", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                let line = find_line(out, "[worker] hog: cpu_ns=")?;
+                let (cpu, wait) = (num_after(line, "cpu_ns=")?, num_after(line, "wait_ns=")?);
+                let share = cpu as f64 / (cpu + wait) as f64;
+                println!("  worker's share of the CPU while runnable, next to a hog: {share:.3}");
+                if share < 0.45 {
+                    return Err(format!("the worker got only {share:.3} of the CPU while runnable"));
+                }
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "bad-images",
             what: "bad images are refused with a clear reason; the good domain still runs",
             bundle: |imgs| {
@@ -356,6 +465,13 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
         Some(l) => Err(format!("SSE state was not preserved: {l}")),
         None => Ok(()),
     }
+}
+
+/// The decimal number that follows `key` in `line`.
+fn num_after(line: &str, key: &str) -> Result<u64> {
+    let rest = line.split_once(key).ok_or_else(|| format!("no {key:?} in {line:?}"))?.1;
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    digits.parse().map_err(|_| format!("no number after {key:?} in {line:?}"))
 }
 
 fn phdr(image: &[u8], i: usize) -> Result<usize> {

@@ -1,0 +1,138 @@
+//! Events: handlers for event-channel ports, the virtual interrupt flag,
+//! and blocking.
+//!
+//! ```ignore
+//! use pvguest_sdk::{event, abi::event::VIRQ_TIMER};
+//!
+//! fn on_timer(_port: event::Port) { /* ... */ }
+//!
+//! event::init();
+//! let port = event::bind_virq(VIRQ_TIMER, on_timer)?;
+//! event::enable();      // events were masked at boot
+//! event::block();       // sleep until something arrives
+//! ```
+//!
+//! Handlers run in the upcall, on the interrupted stack, with events
+//! masked; they may not block. The dispatcher clears a port's pending bit
+//! before calling its handler, so an event that fires again while the
+//! handler runs is delivered again, never lost.
+
+use crate::shared;
+use crate::trap::TrapContext;
+use core::sync::atomic::{AtomicUsize, Ordering};
+use pvguest_abi::event::{BindVirq, Unmask, BIND_VIRQ, UNMASK};
+use pvguest_abi::{hypercall, Errno};
+
+/// An event-channel port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Port(pub u32);
+
+/// An event handler.
+pub type Handler = fn(Port);
+
+const PORTS: usize = 256;
+static HANDLERS: [AtomicUsize; PORTS] = [const { AtomicUsize::new(0) }; PORTS];
+
+extern "C" {
+    fn pvguest_event_entry();
+}
+
+pub(crate) fn event_entry_address() -> u64 {
+    pvguest_event_entry as *const () as u64
+}
+
+/// Registers the SDK's event upcall with the hypervisor. Events stay masked
+/// until [`enable`].
+pub fn init() {
+    // SAFETY: set_callbacks only reads its arguments.
+    let r = unsafe { crate::hypercall::raw(hypercall::SET_CALLBACKS, [event_entry_address(), 0, 0, 0, 0]) };
+    Errno::decode(r).expect("the SDK's event entry is a valid callback");
+}
+
+/// Binds virtual IRQ `virq` to a new port with `handler`, and unmasks it.
+pub fn bind_virq(virq: u32, handler: Handler) -> Result<Port, Errno> {
+    let mut arg = BindVirq { virq, vcpu: 0, port: 0 };
+    // SAFETY: `arg` is a local the hypervisor writes `port` into.
+    Errno::decode(unsafe {
+        crate::hypercall::raw(hypercall::EVENT_CHANNEL_OP, [BIND_VIRQ, &mut arg as *mut BindVirq as u64, 0, 0, 0])
+    })?;
+    let port = Port(arg.port);
+    set_handler(port, handler)?;
+    unmask(port)?;
+    Ok(port)
+}
+
+/// Sets the handler of `port`.
+pub fn set_handler(port: Port, handler: Handler) -> Result<(), Errno> {
+    HANDLERS.get(port.0 as usize).ok_or(Errno::EINVAL)?.store(handler as usize, Ordering::Release);
+    Ok(())
+}
+
+/// Masks `port`: its events stay pending, undelivered, until [`unmask`].
+pub fn mask(port: Port) {
+    shared::mask(port.0 as usize / 64).fetch_or(1 << (port.0 % 64), Ordering::SeqCst);
+}
+
+/// Unmasks `port`; an event that arrived while masked is delivered now.
+pub fn unmask(port: Port) -> Result<(), Errno> {
+    let mut arg = Unmask { port: port.0 };
+    // SAFETY: the hypervisor only reads `arg`.
+    Errno::decode(unsafe {
+        crate::hypercall::raw(hypercall::EVENT_CHANNEL_OP, [UNMASK, &mut arg as *mut Unmask as u64, 0, 0, 0])
+    })
+    .map(|_| ())
+}
+
+/// Enables event delivery (clears the virtual interrupt mask). Anything
+/// pending is delivered before this returns.
+pub fn enable() {
+    shared::upcall_mask().store(0, Ordering::SeqCst);
+    if shared::upcall_pending().load(Ordering::SeqCst) != 0 {
+        // Any hypercall returns through the hypervisor's upcall check.
+        crate::version::abi_version();
+    }
+}
+
+/// Disables event delivery; returns whether it was enabled.
+pub fn disable() -> bool {
+    shared::upcall_mask().swap(1, Ordering::SeqCst) == 0
+}
+
+/// Sleeps until an event is delivered (enables events, atomically with the
+/// check for pending ones).
+pub fn block() {
+    crate::sched::block();
+}
+
+#[no_mangle]
+extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
+    // SAFETY: the entry stub passes the context it just built.
+    let saved = unsafe { (*ctx).saved_upcall_mask };
+    loop {
+        shared::upcall_pending().store(0, Ordering::SeqCst);
+        let mut sel = shared::pending_sel().swap(0, Ordering::SeqCst);
+        while sel != 0 {
+            let w = sel.trailing_zeros() as usize;
+            sel &= sel - 1;
+            let mut bits = shared::pending(w).load(Ordering::SeqCst) & !shared::mask(w).load(Ordering::SeqCst);
+            while bits != 0 {
+                let b = bits.trailing_zeros();
+                bits &= bits - 1;
+                shared::pending(w).fetch_and(!(1u64 << b), Ordering::SeqCst);
+                let port = (w * 64) as u32 + b;
+                let h = HANDLERS.get(port as usize).map_or(0, |h| h.load(Ordering::Acquire));
+                if h != 0 {
+                    // SAFETY: only `set_handler` stores non-zero values,
+                    // and it stores `Handler` function pointers.
+                    let f: Handler = unsafe { core::mem::transmute::<usize, Handler>(h) };
+                    f(Port(port));
+                }
+            }
+        }
+        shared::upcall_mask().store(saved as u8, Ordering::SeqCst);
+        if saved != 0 || shared::upcall_pending().load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        shared::upcall_mask().store(1, Ordering::SeqCst);
+    }
+}
