@@ -52,6 +52,7 @@ use ringfence_kernel::evtchn::{EventChannels, SharedPage};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
 use ringfence_kernel::guest_mem::{GuestVa, GuestView, PhysMem};
 use ringfence_kernel::hypercall::{self, Action};
+use ringfence_kernel::mm::{Mm, MmuExtOp};
 use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
 use ringfence_kernel::time::TscScale;
 use ringfence_kernel::trap::{bounce, Bounce};
@@ -152,14 +153,14 @@ impl PhysMem for HvPhys {
 
 /// What a hypercall may touch: the calling domain's memory and state.
 struct DomEnv<'a> {
-    frames: &'a FrameTable<'static>,
+    frames: &'a mut FrameTable<'static>,
     dom: &'a mut Domain,
     now: u64,
 }
 
 impl DomEnv<'_> {
     fn view<'v>(&'v self, phys: &'v mut HvPhys) -> GuestView<'v, HvPhys> {
-        GuestView { mem: phys, frames: self.frames, root: self.dom.root, dom: self.dom.id }
+        GuestView { mem: phys, frames: &*self.frames, root: self.dom.root, dom: self.dom.id }
     }
 }
 
@@ -221,14 +222,24 @@ impl hypercall::Env for DomEnv<'_> {
         self.dom.shared.set_upcall_mask(&mut HvPhys, false);
         self.dom.shared.upcall_pending(&HvPhys)
     }
-    fn mmu_update(&mut self, _req: MmuUpdate) -> Result<(), Errno> {
-        Err(Errno::ENOSYS)
+    fn mmu_update(&mut self, r: MmuUpdate) -> Result<(), Errno> {
+        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e()).mmu_update(self.dom.id, r.ptr, r.val)
     }
-    fn mmuext(&mut self, _op: MmuextOp) -> Result<(), Errno> {
-        Err(Errno::ENOSYS)
+    fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno> {
+        // Every exit reloads CR3 from `root` with global pages off, which
+        // flushes the TLB, so the flush outcomes need no action here.
+        let op = MmuExtOp::decode(&op)?;
+        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e())
+            .mmuext_op(self.dom.id, &mut self.dom.root, op)
+            .map(|_| ())
     }
-    fn update_va_mapping(&mut self, _va: u64, _val: u64, _flags: u64) -> Result<(), Errno> {
-        Err(Errno::ENOSYS)
+    fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
+        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e()).update_va_mapping(
+            self.dom.id,
+            self.dom.root,
+            va,
+            val,
+        )
     }
 }
 
@@ -316,6 +327,17 @@ impl Hv {
             if spec.cmdline.is_empty() { "no command line" } else { spec.cmdline }
         );
         let shared = SharedPage { mfn: b.shared_info_mfn };
+        // The hypervisor writes event bits into this frame for the domain's
+        // whole life, so it must never become a page table: hold a
+        // permanent writable type reference (page tables need a count of
+        // zero to change type). Released with the domain.
+        let frames = self.frames.as_mut().expect("frame table set");
+        if let Err(e) = frames.get_type_ref(b.shared_info_mfn, id, ringfence_kernel::frames::FrameType::Writable) {
+            frames.release_domain(id);
+            log!("dom{id} ({}): not started: shared-info frame: {e}", spec.name);
+            self.push_rejected(id, spec.name, expect);
+            return;
+        }
         let time = VcpuTimeInfo {
             tsc_timestamp: self.boot_tsc,
             system_time: 0,
@@ -493,7 +515,7 @@ impl Hv {
 
     /// Runs a hypercall for domain `cur`; returns whether to reschedule.
     fn hypercall(&mut self, cur: usize, now: u64) -> bool {
-        let frames = self.frames.as_ref().expect("frame table set");
+        let frames = self.frames.as_mut().expect("frame table set");
         let dom = &mut self.domains[cur];
         let r = dom.regs;
         let mut env = DomEnv { frames, dom, now };
