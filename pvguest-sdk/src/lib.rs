@@ -57,6 +57,11 @@
 //! | [`console`], [`sched`], [`version`] | typed hypercalls | no |
 //! | [`rt`] | entry point, start info, panic handler | contained here |
 //! | [`diag`] | self-checks of the platform (FPU preservation) | contained here |
+//! | [`trap`], [`event`] | trap handlers, event dispatch, masking | entry stubs only |
+//! | [`time`], [`timer`] | clocks, real and virtual one-shot timers | seqlock reads only |
+//! | [`mm`] | frames, validated page-table updates, address spaces | contained here |
+//! | [`process`] | ring-3 processes, system calls | contained here |
+//! | [`heap`] | a global allocator over free frames | no |
 #![no_std]
 
 extern crate freestanding;
@@ -64,7 +69,10 @@ extern crate freestanding;
 pub mod console;
 pub mod diag;
 pub mod event;
+pub mod heap;
 pub mod hypercall;
+pub mod mm;
+pub mod process;
 pub mod rt;
 pub mod sched;
 mod shared;

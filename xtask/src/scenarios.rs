@@ -175,6 +175,28 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "userland",
+            what: "ring-3 apps make direct and bounced system calls; faulting apps are killed, the kernel goes on",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "userland", "userland", 1024, "", Expect::Poweroff)?);
+                w.domain(entry(imgs, "ticker", "ticker", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[userland] app 1 says (int 0x80): hello from ring 3 (gate)")?;
+                need(out, "[userland] app 1 says (syscall): hello again via syscall insn..")?;
+                need(out, "[userland] process 1 (hello) exited with code 7")?;
+                need(out, "[userland] process 2 (snoop) killed: #PF in ring 3 at rip 0x40001d, cr2 0xffff800000000000")?;
+                need(out, "[userland] process 3 (priv) killed: #GP in ring 3 at rip 0x400000")?;
+                need(out, "[userland] userland done: 3 processes, 2 killed, kernel still running")?;
+                need(out, "[ticker] ticker done")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "bvt-shares",
             what: "three CPU-bound domains with weights 1:2:4 get 1/7, 2/7, 4/7 of the CPU (within 5%)",
             bundle: |imgs| {
