@@ -42,7 +42,7 @@ use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
 use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
 use pvguest_abi::vcpu::{runstate, RunstateInfo};
-use pvguest_abi::{selectors, Errno, HYPERCALL_VECTOR};
+use pvguest_abi::{hypercall as nr, selectors, Errno, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
@@ -107,6 +107,11 @@ pub struct Hv {
     pub rates: Option<Rates>,
     /// Domain whose FS/GS bases and syscall gate are loaded in the CPU.
     pub loaded: Option<usize>,
+    /// The fast path already ran the current hypercall; the full path
+    /// applies its result (an upcall became due).
+    pub pending_action: Option<Action>,
+    /// The current domain asked to yield.
+    pub yielding: bool,
 }
 
 static HV: Mutex<Hv> = Mutex::new(Hv {
@@ -120,6 +125,8 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     scale: TscScale { mul: 0, shift: 0 },
     rates: None,
     loaded: None,
+    pending_action: None,
+    yielding: false,
 });
 
 /// Machine memory through the hypervisor's identity map.
@@ -263,9 +270,13 @@ pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> !
     run(next)
 }
 
+/// CR3 of the domain being entered (for the null-trap path).
+static CURRENT_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// Enters the chosen guest.
 fn run(next: Next) -> ! {
     entry::current_fx.store(next.fx as u64, core::sync::atomic::Ordering::Relaxed);
+    CURRENT_CR3.store(next.cr3, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `schedule` returns only live domains' roots (built and
     // validated by the builder) and sanitised frames; the lock is dropped.
     unsafe { entry::enter_guest(next.cr3, &next.frame, next.fx) }
@@ -424,9 +435,14 @@ impl Hv {
 
     /// Handles a trap taken by the current domain; returns who runs next.
     fn on_trap(&mut self, f: TrapFrame) -> Next {
-        let now = self.now();
         let cur = self.current.expect("a trap from a guest has a current domain");
         self.domains[cur].regs = f;
+        if f.vector == u64::from(HYPERCALL_VECTOR) && fast_path_hypercall(f.rax) {
+            if let Some(next) = self.fast_hypercall(cur) {
+                return next;
+            }
+        }
+        let now = self.now();
         self.account(cur, now);
         let vector = f.vector;
         let mut resched = false;
@@ -452,6 +468,32 @@ impl Hv {
             resched = true;
         }
         self.schedule(resched)
+    }
+
+    /// The hypercall fast path: a hypercall that cannot change scheduling
+    /// or per-domain CPU state returns straight to its caller, unless an
+    /// event upcall became due. Time is not sampled: every deadline is
+    /// enforced by the armed one-shot timer, whose interrupt is taken as
+    /// soon as the guest runs again, and the run time is charged at the next
+    /// full entry (`entered_at` is left alone).
+    fn fast_hypercall(&mut self, cur: usize) -> Option<Next> {
+        let frames = self.frames.as_mut().expect("frame table set");
+        let dom = &mut self.domains[cur];
+        let r = dom.regs;
+        let mut env = DomEnv { frames, dom, now: 0 };
+        let action = hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8]);
+        let Action::Return(v) = action else {
+            // Not expected for these hypercalls; the full path applies it.
+            self.pending_action = Some(action);
+            return None;
+        };
+        let d = &mut self.domains[cur];
+        d.regs.rax = v as u64;
+        if d.shared.upcall_due(&HvPhys) || !d.regs.sanitize() {
+            self.pending_action = Some(Action::Return(v as i64));
+            return None;
+        }
+        Some(Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx })
     }
 
     /// Charges the current domain for the time since it was entered and
@@ -515,11 +557,16 @@ impl Hv {
 
     /// Runs a hypercall for domain `cur`; returns whether to reschedule.
     fn hypercall(&mut self, cur: usize, now: u64) -> bool {
-        let frames = self.frames.as_mut().expect("frame table set");
-        let dom = &mut self.domains[cur];
-        let r = dom.regs;
-        let mut env = DomEnv { frames, dom, now };
-        let action = hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8]);
+        let action = match self.pending_action.take() {
+            Some(a) => a,
+            None => {
+                let frames = self.frames.as_mut().expect("frame table set");
+                let dom = &mut self.domains[cur];
+                let r = dom.regs;
+                let mut env = DomEnv { frames, dom, now };
+                hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
+            }
+        };
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => {
@@ -528,6 +575,7 @@ impl Hv {
             }
             Action::Yield => {
                 d.regs.rax = 0;
+                self.yielding = true;
                 true
             }
             Action::Block | Action::Poll => {
@@ -658,7 +706,19 @@ impl Hv {
         loop {
             let now = self.now();
             let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
-            let pick = self.bvt.pick(now, current);
+            let yielding = core::mem::take(&mut self.yielding);
+            let pick = match current {
+                // A yield hands the CPU to the best other runnable domain,
+                // if there is one: the yielder steps aside for one pick (and
+                // rejoins at no earlier than scheduler virtual time).
+                Some(c) if yielding && self.bvt.runnable_count() > 1 => {
+                    self.bvt.block(c, now);
+                    let p = self.bvt.pick(now, None);
+                    self.bvt.wake(c, now);
+                    p
+                }
+                _ => self.bvt.pick(now, current),
+            };
             let Some(i) = pick.next else {
                 if !self.domains.iter().any(|d| d.state == RunState::Blocked) {
                     self.finish(true);
@@ -784,6 +844,23 @@ impl Hv {
     }
 }
 
+/// Hypercalls that only return a value: they change neither scheduling,
+/// timers, the trap table, stacks nor segment bases, so they may take
+/// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
+/// path reads afterwards; an unmask may make an upcall due, which it checks.)
+fn fast_path_hypercall(n: u64) -> bool {
+    matches!(
+        n,
+        nr::CONSOLE_IO
+            | nr::XEN_VERSION
+            | nr::MEMORY_OP
+            | nr::MMU_UPDATE
+            | nr::UPDATE_VA_MAPPING
+            | nr::MMUEXT_OP
+            | nr::EVENT_CHANNEL_OP
+    )
+}
+
 fn name_of(s: &str) -> heapless::String<32> {
     let mut n = heapless::String::new();
     for c in s.chars().take(31) {
@@ -797,7 +874,14 @@ fn name_of(s: &str) -> heapless::String<32> {
 extern "C" fn rust_guest_trap(frame: *const TrapFrame) -> ! {
     // SAFETY: `entry_common` built a complete frame at this address on the
     // entry stack, which is mapped in the hypervisor view.
-    let f = unsafe { frame.read_volatile() };
+    let mut f = unsafe { frame.read_volatile() };
+    if f.vector == u64::from(NULL_TRAP_VECTOR) && f.sanitize() {
+        // The null trap: straight back to the same domain (its CR3 and FPU
+        // area are still the current ones), changing nothing.
+        let fx = entry::current_fx.load(core::sync::atomic::Ordering::Relaxed) as *const FxArea;
+        // SAFETY: same domain, same validated root, sanitised CPU-made frame.
+        unsafe { entry::enter_guest(CURRENT_CR3.load(core::sync::atomic::Ordering::Relaxed), &f, fx) }
+    }
     let next = HV.lock().on_trap(f);
     run(next)
 }

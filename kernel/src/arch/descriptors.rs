@@ -15,7 +15,8 @@
 //! # IDT
 //! Every gate is an interrupt gate (IF cleared on entry) to hypervisor code
 //! selector 0x08. DPL 0 everywhere except: the hypercall gate
-//! (`HYPERCALL_VECTOR`, DPL 1: ring 3 cannot use it) and `#BP`/`#OF`
+//! (`HYPERCALL_VECTOR`) and the null trap (`NULL_TRAP_VECTOR`), both DPL 1
+//! so ring 3 cannot use them, and `#BP`/`#OF`
 //! (DPL 3, so `int3`/`into` reach the guest's own handlers). Vectors whose
 //! CPU pushes an error code are DPL 0, so software `int` can never forge one.
 //! NMI, `#DF` and `#MC` use IST1.
@@ -27,7 +28,7 @@
 use super::entry::{self, EntryRegion, GDT, IDT, TSS};
 use core::arch::asm;
 use pvguest_abi::layout::ENTRY_AREA_PML4_SLOT;
-use pvguest_abi::HYPERCALL_VECTOR;
+use pvguest_abi::{HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
 use ringfence_kernel::paging::{Pte, PteFlags};
 
 /// Hypervisor code selector.
@@ -145,7 +146,7 @@ pub fn init() {
         for v in 0..=255u8 {
             let dpl = match v {
                 3 | 4 => 3,
-                HYPERCALL_VECTOR => 1,
+                HYPERCALL_VECTOR | NULL_TRAP_VECTOR => 1,
                 _ => 0,
             };
             let ist = if matches!(v, 2 | 8 | 18) { 1 } else { 0 };

@@ -40,6 +40,11 @@ pub use start_info::StartInfo;
 /// `int` vector of the hypercall gate (DPL 1: ring 1 only).
 pub const HYPERCALL_VECTOR: u8 = 0x82;
 
+/// `int` vector of the null trap (DPL 1): enters the hypervisor and returns
+/// at once, changing nothing. It exists to measure the bare cost of the
+/// entry/exit path, the floor under every hypercall.
+pub const NULL_TRAP_VECTOR: u8 = 0x83;
+
 /// Hypercall numbers. Where an operation corresponds to a Xen hypercall it
 /// carries Xen's number (`xen/include/public/xen.h`).
 pub mod hypercall {
