@@ -7,9 +7,11 @@
 //! ```
 //!
 //! Loom explores every interleaving (and every value a weak memory model
-//! lets a load return) of two threads. A side that goes to sleep after a
-//! failed final check must always have been notified by the other side's
-//! publish. Slot accesses go through per-slot loom cells, so loom also
+//! lets a load return) of two threads: exhaustively for the handshake
+//! models, with at most 3 preemptions for the two models with loops. A side
+//! that goes to sleep after a failed final check must always have been
+//! notified by the other side's publish; in `r8_r9_blocking_back_always_wakes`
+//! the back really blocks on a condvar, so a lost wake-up is a deadlock. Slot accesses go through per-slot loom cells, so loom also
 //! checks that every slot write happens-before the read of it and the read
 //! before the next write. `r9_weak_fences_lose_a_wakeup` shows that loom
 //! finds the lost wake-up when the SeqCst fences are weakened.
@@ -43,7 +45,17 @@ fn mem(words: &'static [u64], len: usize, shadow: &'static LoomShadow) -> Shared
         .with_loom_shadow(shadow)
 }
 
+/// Explore every interleaving (no preemption bound).
 fn model(f: impl Fn() + Sync + Send + 'static) {
+    let mut b = loom::model::Builder::new();
+    b.preemption_bound = None;
+    b.check(f);
+}
+
+/// Explore interleavings with at most 3 preemptions: for the models with
+/// loops, whose full state space takes hours. Bugs in practice need few
+/// preemptions (the weak-fence bug needs one).
+fn model_bounded(f: impl Fn() + Sync + Send + 'static) {
     let mut b = loom::model::Builder::new();
     b.preemption_bound = Some(3);
     b.check(f);
@@ -52,9 +64,9 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
 /// One round trip first, so the event indices are no longer at their
 /// initial "wake me for the first item" values; then race a final check
 /// against a publish.
-fn warmed_ring(weak: bool) -> (Front<'static, u64, u64>, Back<'static, u64, u64>) {
-    let len = ring_bytes::<u64, u64>(2);
-    let (words, shadow) = region(len, 2, weak);
+fn warmed_ring(cap: u32, weak: bool) -> (Front<'static, u64, u64>, Back<'static, u64, u64>) {
+    let len = ring_bytes::<u64, u64>(cap);
+    let (words, shadow) = region(len, cap as usize, weak);
     let mut front = Front::<u64, u64>::init_at(mem(words, len, shadow), u32::MAX).unwrap();
     let mut back = Back::<u64, u64>::attach(mem(words, len, shadow)).unwrap();
     front.try_push(1).unwrap();
@@ -75,7 +87,7 @@ fn warmed_ring(weak: bool) -> (Front<'static, u64, u64>, Back<'static, u64, u64>
 }
 
 fn request_wakeup(weak: bool) {
-    let (mut front, mut back) = warmed_ring(weak);
+    let (mut front, mut back) = warmed_ring(2, weak);
     let notified : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
     let producer = thread::spawn(move || {
         front.try_push(3).unwrap();
@@ -106,7 +118,7 @@ fn r9_weak_fences_lose_a_wakeup() {
 #[test]
 fn r8_r9_response_wakeup_is_never_lost() {
     model(|| {
-        let (mut front, mut back) = warmed_ring(false);
+        let (mut front, mut back) = warmed_ring(2, false);
         front.try_push(3).unwrap();
         front.push_and_check_notify().unwrap();
         assert_eq!(back.pop_request().unwrap(), Some(3));
@@ -132,7 +144,7 @@ fn r8_r9_response_wakeup_is_never_lost() {
 #[test]
 fn r9_batched_wakeup_waits_for_k_items() {
     model(|| {
-        let (mut front, mut back) = warmed_ring(false);
+        let (mut front, mut back) = warmed_ring(2, false);
         let notifications : &'static _ = Box::leak(Box::new(AtomicU32::new(0)));
         let producer = thread::spawn(move || {
             for v in [3, 4] {
@@ -153,12 +165,73 @@ fn r9_batched_wakeup_waits_for_k_items() {
     });
 }
 
+/// An event channel for loom: a pending flag under a mutex, and a condvar
+/// to block on. A lost wake-up leaves the waiter blocked forever, which loom
+/// reports as a deadlock.
+struct Bell {
+    pending: loom::sync::Mutex<bool>,
+    cv: loom::sync::Condvar,
+}
+
+impl Bell {
+    fn new() -> &'static Bell {
+        Box::leak(Box::new(Bell {
+            pending: loom::sync::Mutex::new(false),
+            cv: loom::sync::Condvar::new(),
+        }))
+    }
+
+    fn ring(&self) {
+        *self.pending.lock().unwrap() = true;
+        self.cv.notify_one();
+    }
+
+    fn wait(&self) {
+        let mut p = self.pending.lock().unwrap();
+        while !*p {
+            p = self.cv.wait(p).unwrap();
+        }
+        *p = false;
+    }
+}
+
+/// Several rounds of the full protocol with a back that really blocks:
+/// the front publishes three requests one at a time, the back drains,
+/// final-checks and sleeps until notified. Loom fails the test with a
+/// deadlock if any interleaving loses a wake-up.
+#[test]
+fn r8_r9_blocking_back_always_wakes() {
+    model_bounded(|| {
+        let (mut front, mut back) = warmed_ring(4, false);
+        let bell = Bell::new();
+        let producer = thread::spawn(move || {
+            for v in 10..13 {
+                front.try_push(v).unwrap();
+                if front.push_and_check_notify().unwrap() {
+                    bell.ring();
+                }
+            }
+        });
+        let mut expect = 10;
+        while expect < 13 {
+            for v in back.requests().unwrap() {
+                assert_eq!(v, expect);
+                expect += 1;
+            }
+            if expect < 13 && !back.final_check_for_requests().unwrap() {
+                bell.wait();
+            }
+        }
+        producer.join().unwrap();
+    });
+}
+
 /// R5/R7: three requests through a 2-slot ring, so slots are reused while
 /// the other thread may still be reading them; loom's cell tracking checks
 /// the happens-before edges, the values check the data.
 #[test]
 fn r5_r7_slot_reuse_is_ordered() {
-    model(|| {
+    model_bounded(|| {
         let len = ring_bytes::<u64, u64>(2);
         let (words, shadow) = region(len, 2, false);
         let mut front = Front::<u64, u64>::init_at(mem(words, len, shadow), u32::MAX).unwrap();
