@@ -305,3 +305,36 @@ fn main() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every case runs to completion and checks every sequence number (the
+    /// consumers assert); small enough for debug builds.
+    #[test]
+    fn every_case_moves_every_item() {
+        for &b in &BATCHES {
+            for q in Candidate::ALL {
+                cases::one_way(q, 3_000, b);
+            }
+            cases::req_rsp(true, 3_000, b);
+            cases::req_rsp(false, 3_000, b);
+            for holdoff in [true, false] {
+                let (_, c) = cases::notifications(3_000, b, holdoff);
+                if !holdoff {
+                    // Every publish notifies: at least one per batch.
+                    assert!(c.to_back >= 3_000 / b as u64);
+                }
+            }
+        }
+        cases::round_trip(true, 500);
+        cases::round_trip(false, 500);
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
