@@ -270,13 +270,17 @@ pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> !
     run(next)
 }
 
-/// CR3 of the domain being entered (for the null-trap path).
+/// CR3 of the domain being entered (for the lock-free fast paths).
 static CURRENT_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+/// Shared-info frame of the domain being entered (for the lock-free fast
+/// paths' upcall check).
+static CURRENT_SHARED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Enters the chosen guest.
 fn run(next: Next) -> ! {
     entry::current_fx.store(next.fx as u64, core::sync::atomic::Ordering::Relaxed);
     CURRENT_CR3.store(next.cr3, core::sync::atomic::Ordering::Relaxed);
+    CURRENT_SHARED.store(next.shared, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `schedule` returns only live domains' roots (built and
     // validated by the builder) and sanitised frames; the lock is dropped.
     unsafe { entry::enter_guest(next.cr3, &next.frame, next.fx) }
@@ -285,6 +289,8 @@ fn run(next: Next) -> ! {
 /// The domain to enter next.
 struct Next {
     cr3: u64,
+    /// Its shared-info frame.
+    shared: Mfn,
     frame: TrapFrame,
     fx: *const FxArea,
 }
@@ -437,11 +443,6 @@ impl Hv {
     fn on_trap(&mut self, f: TrapFrame) -> Next {
         let cur = self.current.expect("a trap from a guest has a current domain");
         self.domains[cur].regs = f;
-        if f.vector == u64::from(HYPERCALL_VECTOR) && fast_path_hypercall(f.rax) {
-            if let Some(next) = self.fast_hypercall(cur) {
-                return next;
-            }
-        }
         let now = self.now();
         self.account(cur, now);
         let vector = f.vector;
@@ -471,29 +472,50 @@ impl Hv {
     }
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
-    /// or per-domain CPU state returns straight to its caller, unless an
-    /// event upcall became due. Time is not sampled: every deadline is
-    /// enforced by the armed one-shot timer, whose interrupt is taken as
-    /// soon as the guest runs again, and the run time is charged at the next
-    /// full entry (`entered_at` is left alone).
-    fn fast_hypercall(&mut self, cur: usize) -> Option<Next> {
-        let frames = self.frames.as_mut().expect("frame table set");
+    /// or per-domain CPU state runs on the frame in place and returns
+    /// straight to its caller, unless an event upcall became due. Time is
+    /// not sampled: every deadline is enforced by the armed one-shot timer,
+    /// whose interrupt is taken as soon as the guest runs again, and the run
+    /// time is charged at the next full entry (`entered_at` is left alone).
+    /// Returns the CR3 and FPU area to exit with, or `None` to finish the
+    /// entry on the full path (the result waits in `pending_action`).
+    fn fast_hypercall(&mut self, frame: *mut TrapFrame) -> Option<(u64, *const FxArea)> {
+        let cur = self.current?;
+        // SAFETY: `frame` is the in-place entry frame (see
+        // `rust_guest_trap`); each field is read once.
+        let (nr, a) = unsafe {
+            let f = &raw const *frame;
+            (
+                (&raw const (*f).rax).read_volatile(),
+                [
+                    (&raw const (*f).rdi).read_volatile(),
+                    (&raw const (*f).rsi).read_volatile(),
+                    (&raw const (*f).rdx).read_volatile(),
+                    (&raw const (*f).r10).read_volatile(),
+                    (&raw const (*f).r8).read_volatile(),
+                ],
+            )
+        };
+        let frames = self.frames.as_mut()?;
         let dom = &mut self.domains[cur];
-        let r = dom.regs;
         let mut env = DomEnv { frames, dom, now: 0 };
-        let action = hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8]);
+        let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
             self.pending_action = Some(action);
             return None;
         };
-        let d = &mut self.domains[cur];
-        d.regs.rax = v as u64;
-        if d.shared.upcall_due(&HvPhys) || !d.regs.sanitize() {
-            self.pending_action = Some(Action::Return(v as i64));
+        let d = &self.domains[cur];
+        if d.shared.upcall_due(&HvPhys) {
+            self.pending_action = Some(action);
             return None;
         }
-        Some(Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx })
+        // SAFETY: as above; the CPU made this frame for an `int 0x82` from
+        // ring 1 (DPL 1 gate), so only `rax` changes.
+        unsafe { (&raw mut (*frame).rax).write_volatile(v as u64) };
+        // A new root from `new_baseptr` is the CR3 to exit with.
+        CURRENT_CR3.store(d.root * 4096, core::sync::atomic::Ordering::Relaxed);
+        Some((d.root * 4096, &d.fx))
     }
 
     /// Charges the current domain for the time since it was entered and
@@ -796,7 +818,7 @@ impl Hv {
             return None;
         }
         let d = &self.domains[i];
-        let next = Next { cr3: d.root * 4096, frame: d.regs, fx: &d.fx };
+        let next = Next { cr3: d.root * 4096, shared: d.shared.mfn, frame: d.regs, fx: &d.fx };
         let mut until = self.slice_end.saturating_sub(now);
         if let Some(t) = self.next_deadline() {
             until = until.min(t.saturating_sub(now));
@@ -870,18 +892,55 @@ fn name_of(s: &str) -> heapless::String<32> {
 }
 
 /// Entry from ring 1 or 3 (see `arch::entry`).
+///
+/// The null trap and fast-path hypercalls are handled on the frame where
+/// `entry_common` built it (the exit slot at the top of the entry stack) and
+/// return from there, with no copies; everything else copies the frame into
+/// the domain and goes through [`Hv::on_trap`].
 #[no_mangle]
-extern "C" fn rust_guest_trap(frame: *const TrapFrame) -> ! {
-    // SAFETY: `entry_common` built a complete frame at this address on the
-    // entry stack, which is mapped in the hypervisor view.
-    let mut f = unsafe { frame.read_volatile() };
-    if f.vector == u64::from(NULL_TRAP_VECTOR) && f.sanitize() {
-        // The null trap: straight back to the same domain (its CR3 and FPU
-        // area are still the current ones), changing nothing.
-        let fx = entry::current_fx.load(core::sync::atomic::Ordering::Relaxed) as *const FxArea;
-        // SAFETY: same domain, same validated root, sanitised CPU-made frame.
-        unsafe { entry::enter_guest(CURRENT_CR3.load(core::sync::atomic::Ordering::Relaxed), &f, fx) }
+extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
+    use core::sync::atomic::Ordering::Relaxed;
+    // SAFETY: `entry_common` built a complete frame at this address (the
+    // exit slot of the entry stack, mapped read-write in the hypervisor
+    // view); fields are read once each.
+    let vector = unsafe { (&raw const (*frame).vector).read_volatile() };
+    if vector == u64::from(NULL_TRAP_VECTOR) {
+        // The CPU made this frame for an `int` from ring 1 (the gate's DPL
+        // keeps ring 3 out), so returning through it unchanged is exactly
+        // returning to the caller; nothing else happens.
+        let fx = entry::current_fx.load(Relaxed) as *const FxArea;
+        // SAFETY: same domain, same validated root, CPU-made frame in place.
+        unsafe { entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx) }
     }
+    if vector == u64::from(HYPERCALL_VECTOR) {
+        // SAFETY: as above.
+        let nr = unsafe { (&raw const (*frame).rax).read_volatile() };
+        if nr == nr::XEN_VERSION && !(SharedPage { mfn: CURRENT_SHARED.load(Relaxed) }).upcall_due(&HvPhys) {
+            // Reads no domain state: answered without the lock. (An upcall
+            // that is due needs the full path, which delivers it.)
+            // SAFETY: as above; only `rax` of the in-place frame changes.
+            unsafe {
+                let cmd = (&raw const (*frame).rdi).read_volatile();
+                let v = match hypercall::xen_version(cmd) {
+                    Ok(v) => v,
+                    Err(e) => e.to_ret() as u64,
+                };
+                (&raw mut (*frame).rax).write_volatile(v);
+                let fx = entry::current_fx.load(Relaxed) as *const FxArea;
+                entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx)
+            }
+        }
+        if fast_path_hypercall(nr) {
+            let done = HV.lock().fast_hypercall(frame);
+            if let Some((cr3, fx)) = done {
+                // SAFETY: `fast_hypercall` sanitised the in-place frame of
+                // the current domain and returned its validated root.
+                unsafe { entry::enter_guest_in_place(cr3, fx) }
+            }
+        }
+    }
+    // SAFETY: as above.
+    let f = unsafe { frame.read_volatile() };
     let next = HV.lock().on_trap(f);
     run(next)
 }

@@ -185,20 +185,33 @@ fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errn
     Ok(())
 }
 
+/// Requests copied from guest memory per chunk (one translation per page
+/// instead of one per request).
+const CHUNK: usize = 32;
+
 fn mmu_update<E: Env>(env: &mut E, reqs: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
     self_domain(domid)?;
     if count > MAX_BATCH {
         return Err(Errno::E2BIG);
     }
-    for i in 0..count {
-        let mut b = [0u8; 16];
-        let r = env
-            .copy_from_guest(element(reqs, i, 16)?, &mut b)
-            .and_then(|_| env.mmu_update(MmuUpdate { ptr: u64_at(&b, 0), val: u64_at(&b, 8) }));
-        if let Err(e) = r {
-            report_done(env, done_ptr, i)?;
-            return Err(e);
+    let mut buf = [0u8; 16 * CHUNK];
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(CHUNK as u64);
+        let chunk = &mut buf[..16 * n as usize];
+        let whole = element(reqs, i, 16).and_then(|at| env.copy_from_guest(at, chunk)).is_ok();
+        for j in 0..n {
+            // If the chunk straddles unreadable memory, read entry by entry
+            // so the batch stops exactly at the first unreadable request.
+            let b = &mut chunk[16 * j as usize..16 * (j as usize + 1)];
+            let read = if whole { Ok(()) } else { element(reqs, i + j, 16).and_then(|at| env.copy_from_guest(at, b)) };
+            let r = read.and_then(|_| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }));
+            if let Err(e) = r {
+                report_done(env, done_ptr, i + j)?;
+                return Err(e);
+            }
         }
+        i += n;
     }
     report_done(env, done_ptr, count)?;
     Ok(0)
@@ -209,15 +222,24 @@ fn mmuext_op<E: Env>(env: &mut E, ops: u64, count: u64, done_ptr: u64, domid: u6
     if count > MAX_BATCH {
         return Err(Errno::E2BIG);
     }
-    for i in 0..count {
-        let mut b = [0u8; 24];
-        let r = env.copy_from_guest(element(ops, i, 24)?, &mut b).and_then(|_| {
-            env.mmuext(MmuextOp { cmd: u32_at(&b, 0), pad: 0, arg1: u64_at(&b, 8), arg2: u64_at(&b, 16) })
-        });
-        if let Err(e) = r {
-            report_done(env, done_ptr, i)?;
-            return Err(e);
+    let mut buf = [0u8; 24 * CHUNK];
+    let mut i = 0;
+    while i < count {
+        let n = (count - i).min(CHUNK as u64);
+        let chunk = &mut buf[..24 * n as usize];
+        let whole = element(ops, i, 24).and_then(|at| env.copy_from_guest(at, chunk)).is_ok();
+        for j in 0..n {
+            let b = &mut chunk[24 * j as usize..24 * (j as usize + 1)];
+            let read = if whole { Ok(()) } else { element(ops, i + j, 24).and_then(|at| env.copy_from_guest(at, b)) };
+            let r = read.and_then(|_| {
+                env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
+            });
+            if let Err(e) = r {
+                report_done(env, done_ptr, i + j)?;
+                return Err(e);
+            }
         }
+        i += n;
     }
     report_done(env, done_ptr, count)?;
     Ok(0)
@@ -490,7 +512,9 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
     }
 }
 
-fn xen_version(cmd: u64) -> Result<u64, Errno> {
+/// `xen_version`: reads no domain state, so the trap layer may answer it
+/// without taking the hypervisor lock.
+pub fn xen_version(cmd: u64) -> Result<u64, Errno> {
     match cmd {
         version::VERSION => Ok((version::ABI_MAJOR << 16) | version::ABI_MINOR),
         version::GET_FEATURES => Ok(features::CONSOLE_WRITE

@@ -280,6 +280,12 @@ impl AddressSpace {
         Ok(page)
     }
 
+    /// The level-1 table that maps `va`, if this tree has one.
+    pub fn l1_for(&self, va: u64) -> Option<Page> {
+        let prefix = va >> (12 + 9);
+        self.tables[..self.ntables].iter().find(|t| t.0 == 1 && t.1 == prefix).map(|t| t.2)
+    }
+
     /// Maps `page` at user address `va` with `flags` (PRESENT is added;
     /// include [`Pte::USER`] for ring-3 access).
     pub fn map(&mut self, va: u64, page: Page, flags: Pte) -> Result<(), Errno> {

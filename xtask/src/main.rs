@@ -7,9 +7,11 @@
 //! | `run [--manifest M] [--timeout S]` | builds, boots the demo in QEMU, streams the console, exits with the hypervisor's verdict |
 //! | `test [--host] [--qemu] [FILTER]` | host tests plus QEMU scenarios (all by default) |
 //! | `gdb [--manifest M]` | starts QEMU paused with a gdb stub and prints how to attach |
+//! | `bench` | hypervisor path lengths under QEMU `-icount shift=0` (table + `target/bench.json`) |
 //! | `bench-rings [--smoke]` | ring-protocol benchmark against rtrb, crossbeam and heapless |
 #![forbid(unsafe_code)]
 
+mod bench;
 mod images;
 mod manifest;
 mod qemu;
@@ -32,6 +34,9 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "gdb" => gdb(rest),
         "bench-rings" => bench_rings(rest),
+        "bench" => {
+            qemu::ensure_installed().and_then(|_| bench::run(rest))
+        }
         "help" | "--help" | "-h" => {
             help();
             Ok(())
@@ -56,6 +61,7 @@ fn help() {
          test [--host] [--qemu] [FILTER]\n\
          \x20                         run host tests and QEMU scenarios (both by default)\n\
          gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
+         bench                     hypervisor path lengths under QEMU -icount (writes target/bench.json)\n\
          bench-rings [--smoke] [--json PATH]\n\
          \x20                         benchmark ring-protocol against rtrb, crossbeam-queue, heapless"
     );

@@ -204,6 +204,20 @@ pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
     }
 }
 
+/// Leaves the hypervisor with the frame that is already in the exit slot
+/// (the fast paths change it in place).
+///
+/// # Safety
+/// As for [`enter_guest`], for the frame at [`exit_frame_slot`].
+pub unsafe fn enter_guest_in_place(cr3: u64, fx: *const FxArea) -> ! {
+    // SAFETY: the caller's contract; the frame is already in the slot.
+    unsafe {
+        let f: extern "C" fn(u64, u64, u64) -> ! =
+            core::mem::transmute(alias(&raw const exit_to_guest) as usize);
+        f(cr3, exit_frame_slot(), fx as u64)
+    }
+}
+
 global_asm!(
     r#"
     .section .entry.text, "ax"

@@ -1,6 +1,217 @@
-//! (being written)
+//! `bench`: path-length benchmarks, meant to run under QEMU
+//! `-icount shift=0`, where `rdtsc` counts executed instructions (of every
+//! domain and of the hypervisor) and runs are reproducible. Each figure is
+//! the minimum over several repetitions, so a rare preemption in one
+//! repetition cannot inflate it. Output lines: `bench: <name> <value>`.
+//!
+//! `mode=all` measures everything; `mode=partner` only yields, to give
+//! `mode=all` a domain to switch to.
 #![no_std]
 #![no_main]
-use pvguest_sdk::StartInfo;
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+use pvguest_sdk::abi::event::VIRQ_VTIMER;
+use pvguest_sdk::abi::NULL_TRAP_VECTOR;
+use pvguest_sdk::mm::{self, AddressSpace, Pte};
+use pvguest_sdk::process::{self, Exit, Process};
+use pvguest_sdk::trap::TrapContext;
+use pvguest_sdk::{event, println, sched, user_program, StartInfo};
+
 pvguest_sdk::entry!(main);
-fn main(_si: &'static StartInfo) {}
+
+const N: u64 = 1000;
+const REPS: usize = 5;
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the time-stamp counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Minimum over REPS of (cycles of `f` run `N` times) / N, in hundredths.
+fn measure(mut f: impl FnMut()) -> u64 {
+    let mut best = u64::MAX;
+    for _ in 0..REPS {
+        let t0 = rdtsc();
+        for _ in 0..N {
+            f();
+        }
+        best = best.min(rdtsc() - t0);
+    }
+    best * 100 / N
+}
+
+fn report(name: &str, hundredths: u64) {
+    println!("bench: {name} {}.{:02}", hundredths / 100, hundredths % 100);
+}
+
+fn null_trap() {
+    // SAFETY: the null trap enters the hypervisor and returns, changing
+    // nothing.
+    unsafe { asm!("int {v}", v = const NULL_TRAP_VECTOR, options(nostack)) };
+}
+
+/// `xen_version(VERSION)` with the same instruction shape as the null trap.
+fn null_hypercall() {
+    // SAFETY: xen_version only returns a value in rax.
+    unsafe {
+        asm!("int {v}", v = const pvguest_sdk::abi::HYPERCALL_VECTOR,
+             inlateout("rax") pvguest_sdk::abi::hypercall::XEN_VERSION => _, in("rdi") 0u64, options(nostack))
+    };
+}
+
+/// `memory_op(current_reservation)`: a hypercall that reads domain state,
+/// so it takes the hypervisor lock (the locked fast path).
+fn reservation_query() {
+    // SAFETY: memory_op(CURRENT_RESERVATION, DOMID_SELF) only returns a value.
+    unsafe {
+        asm!("int {v}", v = const pvguest_sdk::abi::HYPERCALL_VECTOR,
+             inlateout("rax") pvguest_sdk::abi::hypercall::MEMORY_OP => _,
+             in("rdi") pvguest_sdk::abi::memory::CURRENT_RESERVATION, in("rsi") pvguest_sdk::abi::DOMID_SELF,
+             options(nostack))
+    };
+}
+
+static UPCALLS: AtomicU64 = AtomicU64::new(0);
+
+fn syscall(ctx: &mut TrapContext) {
+    match ctx.rax {
+        0 => process::exit_current(ctx.rdi),
+        _ => ctx.rax = 1,
+    }
+}
+
+fn ring3(code: &[u8]) -> u64 {
+    let mut best = u64::MAX;
+    for _ in 0..REPS {
+        let mut p = Process::load(code).expect("load");
+        match p.run() {
+            Exit::Exited(cycles) => best = best.min(cycles),
+            Exit::Killed(ctx) => panic!("benchmark app died at {:#x}", ctx.rip),
+        }
+    }
+    best * 100 / N
+}
+
+fn main(si: &'static StartInfo) {
+    if si.cmdline().contains("mode=partner") {
+        for _ in 0..4 * N * REPS as u64 {
+            sched::yield_now();
+        }
+        return;
+    }
+    process::init(syscall).expect("ring-3 support");
+    let floor = measure(null_trap);
+    report("bare_trap", floor);
+    report("null_hypercall", measure(null_hypercall));
+    report("locked_hypercall", measure(reservation_query));
+
+    // Ring 3: a null system call through the direct gate and through the
+    // bounced `syscall` instruction, timed inside the app.
+    let direct = user_program!(
+        bench_direct,
+        r#"
+        mov r12, 1000
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        mov r13, rax
+    2:  mov eax, 2
+        int 0x80
+        dec r12
+        jnz 2b
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        sub rax, r13
+        mov rdi, rax
+        xor eax, eax
+        int 0x80
+        "#
+    );
+    let bounced = user_program!(
+        bench_bounced,
+        r#"
+        mov r12, 1000
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        mov r13, rax
+    2:  mov eax, 2
+        syscall
+        dec r12
+        jnz 2b
+        rdtsc
+        shl rdx, 32
+        or rax, rdx
+        sub rax, r13
+        mov rdi, rax
+        xor eax, eax
+        int 0x80
+        "#
+    );
+    report("direct_syscall", ring3(direct));
+    report("bounced_syscall", ring3(bounced));
+
+    // Event upcall: mark a bound port pending by hand, then make a null
+    // hypercall; the hypervisor delivers the upcall on the way out.
+    event::init();
+    let port = event::bind_virq(VIRQ_VTIMER, |_| {
+        UPCALLS.fetch_add(1, Ordering::Relaxed);
+    })
+    .expect("bind");
+    event::enable();
+    let shared = si.shared_info;
+    let with_upcall = measure(|| {
+        // SAFETY: our own shared-info page; we set exactly the bits the
+        // hypervisor would set when raising `port` (pending, selector,
+        // upcall pending), as if the event had fired.
+        unsafe {
+            let pending = (shared + 48 + 8 * u64::from(port.0 / 64)) as *mut u64;
+            pending.write_volatile(pending.read_volatile() | 1 << (port.0 % 64));
+            let sel = (shared + 8) as *mut u64;
+            sel.write_volatile(sel.read_volatile() | 1 << (port.0 / 64));
+            (shared as *mut u8).write_volatile(1);
+        }
+        null_hypercall();
+    });
+    assert!(UPCALLS.load(Ordering::Relaxed) >= N * REPS as u64, "every round delivered an upcall");
+    report("event_upcall", with_upcall);
+
+    // mmu_update: one entry per hypercall, and 32 entries per hypercall.
+    let mut space = AddressSpace::new_sharing_kernel().expect("space");
+    let target = mm::alloc_page().expect("page");
+    for i in 0..32 {
+        space.map(0x40_0000 + i * 4096, target, Pte::USER).expect("map");
+    }
+    space.pin().expect("pin");
+    let l1 = space.l1_for(0x40_0000).expect("l1");
+    let flip = |k: u64| if k % 2 == 0 { Pte::USER | Pte::WRITABLE | Pte::NO_EXECUTE } else { Pte::USER };
+    let mut k = 0u64;
+    let single = measure(|| {
+        k += 1;
+        mm::mmu_update(&[mm::pte_update(l1.mfn, 0, Pte::new(target.mfn, flip(k)))]).expect("update");
+    });
+    report("mmu_update_single", single);
+    let mut batch = [mm::pte_update(l1.mfn, 0, Pte::new(target.mfn, Pte::USER)); 32];
+    let mut best = u64::MAX;
+    for _ in 0..REPS {
+        let t0 = rdtsc();
+        for round in 0..N / 32 {
+            for (i, req) in batch.iter_mut().enumerate() {
+                *req = mm::pte_update(l1.mfn, i, Pte::new(target.mfn, flip(round)));
+            }
+            mm::mmu_update(&batch).expect("batch");
+        }
+        best = best.min(rdtsc() - t0);
+    }
+    report("mmu_update_batched_per_entry", best * 100 / (N / 32 * 32));
+
+    // Domain switch: yield to the partner domain, which yields straight
+    // back; each round is two switches.
+    let per_round = measure(sched::yield_now);
+    report("domain_switch", per_round / 2);
+    println!("bench: done");
+}
