@@ -273,6 +273,35 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "bench-smoke",
+            what: "the path-length benchmark guest runs every measurement (no gate on numbers)",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "bench", "bench", 2048, "mode=all", Expect::Poweroff)?);
+                w.domain(entry(imgs, "partner", "bench", 512, "mode=partner", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            expect: Outcome::Pass,
+            check: |out| {
+                for key in [
+                    "bare_trap",
+                    "null_hypercall",
+                    "locked_hypercall",
+                    "direct_syscall",
+                    "bounced_syscall",
+                    "event_upcall",
+                    "mmu_update_single",
+                    "mmu_update_batched_per_entry",
+                    "domain_switch",
+                ] {
+                    need(out, &format!("[bench] bench: {key} "))?;
+                }
+                need(out, "[bench] bench: done")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "bad-images",
             what: "bad images are refused with a clear reason; the good domain still runs",
             bundle: |imgs| {
