@@ -96,12 +96,12 @@ pub enum Exit {
 impl Exit {
     /// Whether this exit satisfies `expect`.
     pub fn matches(&self, expect: Expect) -> bool {
-        match (self, expect) {
-            (Exit::Shutdown(ShutdownReason::Poweroff), Expect::Poweroff) => true,
-            (Exit::Shutdown(ShutdownReason::Crash) | Exit::Faulted(_) | Exit::Crashed(_), Expect::Crash) => true,
-            (Exit::Rejected, Expect::Rejected) => true,
-            _ => false,
-        }
+        matches!(
+            (self, expect),
+            (Exit::Shutdown(ShutdownReason::Poweroff), Expect::Poweroff)
+                | (Exit::Shutdown(ShutdownReason::Crash) | Exit::Faulted(_) | Exit::Crashed(_), Expect::Crash)
+                | (Exit::Rejected, Expect::Rejected)
+        )
     }
 }
 

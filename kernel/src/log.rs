@@ -45,7 +45,7 @@ impl core::fmt::Display for Sym {
 pub fn backtrace(mut rbp: u64) {
     let (lo, hi) = crate::arch::cpu::hv_stack_bounds();
     for depth in 0..16 {
-        if rbp < lo || rbp + 16 > hi || rbp % 8 != 0 {
+        if rbp < lo || rbp + 16 > hi || !rbp.is_multiple_of(8) {
             break;
         }
         // SAFETY: `rbp` lies inside the hypervisor stack, which is mapped.

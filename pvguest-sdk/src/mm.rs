@@ -289,7 +289,7 @@ impl AddressSpace {
     /// Maps `page` at user address `va` with `flags` (PRESENT is added;
     /// include [`Pte::USER`] for ring-3 access).
     pub fn map(&mut self, va: u64, page: Page, flags: Pte) -> Result<(), Errno> {
-        if va >= 0x0000_8000_0000_0000 || va % 4096 != 0 {
+        if va >= 0x0000_8000_0000_0000 || !va.is_multiple_of(4096) {
             return Err(Errno::EINVAL);
         }
         let l1 = self.table_for(va, 1)?;

@@ -261,7 +261,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// memory.
     #[inline]
     pub fn free_requests(&self) -> u32 {
-        self.capacity() - self.req_prod_pvt.wrapping_sub(self.rsp_cons)
+        self.capacity().saturating_sub(self.req_prod_pvt.wrapping_sub(self.rsp_cons))
     }
 
     /// Requests written whose responses we have not consumed.
@@ -533,7 +533,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         self.ok()?;
         let prod = self.mem.index(off::REQ_PROD).load(Acquire);
         let avail = prod.wrapping_sub(self.req_cons);
-        let limit = self.capacity() - self.unanswered();
+        let limit = self.capacity().saturating_sub(self.unanswered());
         if avail > limit {
             return Err(self.latch(RingError::ProdOverflow {
                 prod,
@@ -708,7 +708,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// As [`Back::poll_requests`].
     pub fn final_check_for_requests_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
-        let room = self.capacity() - self.req_cons.wrapping_sub(self.rsp_prod);
+        let room = self.capacity().saturating_sub(self.req_cons.wrapping_sub(self.rsp_prod));
         let k = k.min(room).max(1);
         if self.cached_requests() >= k || self.poll_requests()? >= k {
             return Ok(true);

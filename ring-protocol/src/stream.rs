@@ -126,7 +126,7 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
 
     #[inline(always)]
     fn cached_free(&self) -> u32 {
-        self.capacity() - self.prod_pvt.wrapping_sub(self.cons_seen)
+        self.capacity().saturating_sub(self.prod_pvt.wrapping_sub(self.cons_seen))
     }
 
     /// Re-read and validate the consumer's `cons` (R4); returns the free
@@ -344,7 +344,7 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
         self.ok()?;
         let prod = self.mem.index(off::PROD).load(Acquire);
         let avail = prod.wrapping_sub(self.cons);
-        let limit = self.capacity() - self.cons.wrapping_sub(self.released);
+        let limit = self.capacity().saturating_sub(self.cons.wrapping_sub(self.released));
         if avail > limit {
             return Err(self.latch(RingError::ProdOverflow {
                 prod,
@@ -462,7 +462,7 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// As [`StreamConsumer::poll`].
     pub fn final_check_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
-        let room = self.capacity() - self.cons.wrapping_sub(self.released);
+        let room = self.capacity().saturating_sub(self.cons.wrapping_sub(self.released));
         let k = k.min(room).max(1);
         if self.cached_available() >= k || self.poll()? >= k {
             return Ok(true);

@@ -409,3 +409,22 @@ fn r11_poison_latches_a_bad_id() {
     assert_eq!(front.error(), Some(RingError::BadId { id: 99 }));
     assert_eq!(front.push_and_check_notify(), Err(RingError::BadId { id: 99 }));
 }
+
+/// R9 regression (found by the property above): the back consumes a full
+/// ring, queues responses without publishing them, consumes the slots the
+/// front refilled, then does a batched final check. Its room computation
+/// once underflowed there (a panic in debug builds); it must saturate.
+#[test]
+fn r9_final_check_after_unpublished_responses_does_not_underflow() {
+    let steps = [
+        Step::Evil(Evil::Prod(8)),
+        Step::Drain,
+        Step::Respond(3),
+        Step::Evil(Evil::Prod(1)),
+        Step::Evil(Evil::Scribble(0, 0)),
+        Step::Final(1),
+        Step::Pop,
+        Step::Final(1),
+    ];
+    run_back(8, 0, &steps).unwrap();
+}

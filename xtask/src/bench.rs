@@ -5,7 +5,7 @@
 use crate::images::{self, add_symbols};
 use crate::qemu::{self, Outcome, RunOpts};
 use crate::{root, Result};
-use ringfence_bundle::writer::{BundleWriter, DomainEntry};
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use std::fmt::Write as _;
 
 /// A target: `name` ≤ `factor` × `of`.

@@ -3,7 +3,7 @@
 use crate::manifest::{parse_expect, Manifest};
 use crate::{root, run_cmd, Result};
 use object::{Object, ObjectSymbol, SymbolKind};
-use ringfence_bundle::writer::{BundleWriter, DomainEntry};
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -132,6 +132,23 @@ fn test(args: &[String]) -> Result<()> {
     if do_host {
         println!("== host tests");
         run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["test", "--workspace"]))?;
+        println!("== ring-protocol loom models (exhaustive interleavings of the notify handshake)");
+        run_cmd(
+            Command::new(env!("CARGO"))
+                .current_dir(root())
+                .env("RUSTFLAGS", "--cfg loom")
+                .env("CARGO_TARGET_DIR", images::target_dir().join("loom"))
+                .args(["test", "-p", "ring-protocol", "--release", "--test", "loom"]),
+        )?;
+        println!("== ring benchmark, smoke pass (no gate on time)");
+        run_cmd(Command::new(env!("CARGO")).current_dir(root()).args([
+            "run",
+            "--release",
+            "-p",
+            "ring-bench",
+            "--",
+            "--smoke",
+        ]))?;
     }
     if do_qemu {
         qemu::ensure_installed()?;

@@ -6,7 +6,7 @@ use crate::images::{self, add_symbols, Images};
 use crate::manifest::Manifest;
 use crate::qemu::{self, Outcome, RunOpts};
 use crate::{root, Result};
-use ringfence_bundle::writer::{BundleWriter, DomainEntry};
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use ringfence_bundle::Expect;
 use std::time::Instant;
 

@@ -90,18 +90,13 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
-#[cfg(any(test, feature = "std"))]
+#[cfg(test)]
 extern crate std;
 
 mod fixed;
 mod header;
 mod record;
 mod symbols;
-#[cfg(any(test, feature = "std"))]
-pub mod writer;
-
-#[cfg(test)]
-mod tests;
 
 pub use header::{Bundle, BundleError};
 pub use record::{DomainSpec, Expect, RecordError, RecordErrorKind, RecordName};

@@ -188,7 +188,7 @@ fn main(si: &'static StartInfo) {
     }
     space.pin().expect("pin");
     let l1 = space.l1_for(0x40_0000).expect("l1");
-    let flip = |k: u64| if k % 2 == 0 { Pte::USER | Pte::WRITABLE | Pte::NO_EXECUTE } else { Pte::USER };
+    let flip = |k: u64| if k.is_multiple_of(2) { Pte::USER | Pte::WRITABLE | Pte::NO_EXECUTE } else { Pte::USER };
     let mut k = 0u64;
     let single = measure(|| {
         k += 1;

@@ -5,6 +5,7 @@
 //!   (bounced by the hypervisor), then exits;
 //! - `snoop` tries to read this kernel's memory and is killed;
 //! - `priv` tries `cli` and is killed.
+//!
 //! The kernel carries on after each, and uses the heap to keep a log.
 #![no_std]
 #![no_main]

@@ -1,4 +1,7 @@
-//! The bundle writer, for host tools (feature `std`).
+//! Writes Ringfence boot bundles: the host side of the format that
+//! `ringfence-bundle` reads (xtask packs manifests with it). Kept apart from
+//! the reader so the hypervisor's dependency stays `no_std` however the
+//! workspace is built.
 //!
 //! The writer writes what it is given, field for field, so tests can build
 //! deliberately bad bundles (a zero memory size, a bad name, an image range
@@ -11,11 +14,12 @@
 //! once). Placement is not part of the format: the reader follows the
 //! offsets in the records.
 
-use core::fmt;
-use std::vec::Vec;
+#![forbid(unsafe_code)]
 
-use crate::layout::*;
-use crate::{Bundle, BundleError, Expect, RecordError, SymbolError};
+use core::fmt;
+
+use ringfence_bundle::layout::*;
+use ringfence_bundle::{Bundle, BundleError, Expect, RecordError, SymbolError};
 
 /// One domain as the writer stores it: raw record fields plus the image and
 /// command line bytes to place in the payload area.
@@ -297,3 +301,6 @@ fn pad_to(out: &mut Vec<u8>, align: usize) {
 fn u32_sat(n: usize) -> u32 {
     u32::try_from(n).unwrap_or(u32::MAX)
 }
+
+#[cfg(test)]
+mod tests;

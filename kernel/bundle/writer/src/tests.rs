@@ -7,9 +7,9 @@ use std::vec::Vec;
 
 use proptest::prelude::*;
 
-use crate::layout::*;
-use crate::writer::{BundleWriter, DomainEntry, PackError};
-use crate::*;
+use crate::{BundleWriter, DomainEntry, PackError};
+use ringfence_bundle::layout::*;
+use ringfence_bundle::*;
 
 fn image(tag: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| tag ^ (i as u8)).collect()
@@ -95,7 +95,7 @@ fn round_trip() {
     assert_eq!(d[1].image, &image(0x11, 77)[..]);
     assert_eq!(d[1].cmdline, "");
     assert_eq!(d[1].warp_us, 2000);
-    assert_eq!(d[1].weight, writer::DEFAULT_WEIGHT);
+    assert_eq!(d[1].weight, crate::DEFAULT_WEIGHT);
     assert!(!d[1].privileged);
     assert_eq!(d[1].expect, Expect::Crash);
 
@@ -1005,7 +1005,7 @@ fn exercise(bytes: &[u8]) {
         assert!(range.contains(&d.image.as_ptr()));
         assert!(d.image.as_ptr_range().end <= range.end);
         assert!((1..=MAX_NAME_LEN).contains(&d.name.len()));
-        assert!(d.name.bytes().all(record::is_name_byte));
+        assert!(d.name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)));
         assert!(d.cmdline.len() < MAX_CMDLINE_LEN as usize);
         assert!(d.mem_kib > 0 && d.mem_kib % 4 == 0 && d.mem_kib <= MAX_MEM_KIB);
         assert!((MIN_WEIGHT..=MAX_WEIGHT).contains(&d.weight));
