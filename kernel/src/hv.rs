@@ -451,16 +451,10 @@ impl Hv {
             v if v == u64::from(HYPERCALL_VECTOR) => resched = self.hypercall(cur, now),
             v if v == u64::from(TIMER_VECTOR) => timer::eoi(),
             v if v == u64::from(SPURIOUS_VECTOR) => {}
-            v if v == u64::from(SYSCALL_VECTOR) => {
-                let handler = self.domains[cur].vcpu.callbacks.syscall;
-                if handler == 0 {
-                    self.crash(cur, "syscall instruction with no syscall callback (set_callbacks)", "");
-                    resched = true;
-                } else {
-                    let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
-                    resched = !self.deliver(cur, &b, false);
-                }
-            }
+            v if v == u64::from(SYSCALL_VECTOR) => resched = !self.syscall(cur),
+            2 => log!("NMI while dom{} ran: a host event, ignored", self.domains[cur].id),
+            8 | 18 => hv_fault(vector as u8, &f),
+            v if v == u64::from(NULL_TRAP_VECTOR) => {}
             0..=31 => resched = !self.exception(cur, &f),
             _ => timer::eoi(),
         }
@@ -511,7 +505,8 @@ impl Hv {
             return None;
         }
         // SAFETY: as above; the CPU made this frame for an `int 0x82` from
-        // ring 1 (DPL 1 gate), so only `rax` changes.
+        // ring 1 (DPL 1 gate) and the caller checked its rip is canonical,
+        // so only `rax` changes.
         unsafe { (&raw mut (*frame).rax).write_volatile(v as u64) };
         // A new root from `new_baseptr` is the CR3 to exit with.
         CURRENT_CR3.store(d.root * 4096, core::sync::atomic::Ordering::Relaxed);
@@ -532,6 +527,36 @@ impl Hv {
                 self.raise_virq(cur, VIRQ_VTIMER);
             }
         }
+    }
+
+    /// A `syscall` instruction. The CPU does not say which ring it came
+    /// from, so look at the page of the instruction (`rcx - 2`): code that
+    /// ring 3 cannot execute ran in ring 1, and the guest kernel gets `#UD`
+    /// (as on a CPU without `syscall`): the guest kernel calls the
+    /// hypervisor through the hypercall gate. From ring 3 it is bounced to
+    /// the syscall callback. Returns whether the domain can continue.
+    fn syscall(&mut self, cur: usize) -> bool {
+        let frames = self.frames.as_ref().expect("frame table set");
+        let d = &mut self.domains[cur];
+        let insn = d.regs.rcx.wrapping_sub(2);
+        let mut phys = HvPhys;
+        let view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
+        let from_user = view.translate(GuestVa(insn), ringfence_kernel::guest_mem::Access { write: false, user: true }).is_ok();
+        if !from_user {
+            d.regs.rip = insn;
+            d.regs.rflags = d.regs.r11;
+            d.regs.cs = u64::from(selectors::GUEST_KERNEL_CS);
+            d.regs.ss = u64::from(selectors::GUEST_KERNEL_SS);
+            let f = TrapFrame { vector: 6, error: 0, ..d.regs };
+            return self.exception(cur, &f);
+        }
+        let handler = d.vcpu.callbacks.syscall;
+        if handler == 0 {
+            self.crash(cur, "syscall instruction with no syscall callback (set_callbacks)", "");
+            return false;
+        }
+        let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+        self.deliver(cur, &b, false)
     }
 
     /// Bounces CPU exception `f.vector` to the guest's handler, or crashes
@@ -793,20 +818,34 @@ impl Hv {
                 return None;
             }
         }
-        if self.loaded != Some(i) {
+        // Per-domain segment state: saved from the CPU when a domain is
+        // switched out (the guest may have changed it by loading a
+        // selector), loaded when it is switched in, and otherwise written
+        // only after `set_segment_base`.
+        let switch = self.loaded != Some(i);
+        if switch {
             if let Some(old) = self.loaded {
                 let v = &mut self.domains[old].vcpu;
+                v.selectors = cpu::data_selectors();
                 v.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
                 v.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
             }
             self.loaded = Some(i);
         }
         let d = &mut self.domains[i];
-        // SAFETY: the bases were checked canonical by `set_segment_base`
-        // (or read back from the CPU); the hypervisor never uses FS or GS.
-        unsafe {
-            cpu::wrmsr(cpu::msr::FS_BASE, d.vcpu.fs_base);
-            cpu::wrmsr(cpu::msr::GS_BASE, d.vcpu.gs_base);
+        if switch || d.vcpu.segs_dirty {
+            // SAFETY: the selectors were read from the CPU while this domain
+            // ran (or are null); the bases were checked canonical by
+            // `set_segment_base` or read back from the CPU. The hypervisor
+            // never uses fs or gs.
+            unsafe {
+                if switch {
+                    cpu::load_data_selectors(d.vcpu.selectors);
+                }
+                cpu::wrmsr(cpu::msr::FS_BASE, d.vcpu.fs_base);
+                cpu::wrmsr(cpu::msr::GS_BASE, d.vcpu.gs_base);
+            }
+            d.vcpu.segs_dirty = false;
         }
         let gate = d.vcpu.traps.syscall_gate;
         descriptors::set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
@@ -904,7 +943,16 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     // exit slot of the entry stack, mapped read-write in the hypervisor
     // view); fields are read once each.
     let vector = unsafe { (&raw const (*frame).vector).read_volatile() };
-    if vector == u64::from(NULL_TRAP_VECTOR) {
+    // SAFETY: as above.
+    let rip = unsafe { (&raw const (*frame).rip).read_volatile() };
+    // The in-place paths return through the CPU-made frame unchanged but
+    // for `rax`. That frame is safe to `iretq` to (guest selectors, IF set,
+    // IOPL 0: ring 1 cannot change those) except for one case: an `int` in
+    // the last bytes below the canonical hole pushes a non-canonical return
+    // address, and `iretq` would fault in ring 0. Those go the full way,
+    // which refuses them.
+    let in_place = pvguest_abi::layout::is_canonical(rip);
+    if vector == u64::from(NULL_TRAP_VECTOR) && in_place {
         // The CPU made this frame for an `int` from ring 1 (the gate's DPL
         // keeps ring 3 out), so returning through it unchanged is exactly
         // returning to the caller; nothing else happens.
@@ -912,7 +960,7 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
         // SAFETY: same domain, same validated root, CPU-made frame in place.
         unsafe { entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx) }
     }
-    if vector == u64::from(HYPERCALL_VECTOR) {
+    if vector == u64::from(HYPERCALL_VECTOR) && in_place {
         // SAFETY: as above.
         let nr = unsafe { (&raw const (*frame).rax).read_volatile() };
         if nr == nr::XEN_VERSION && !(SharedPage { mfn: CURRENT_SHARED.load(Relaxed) }).upcall_due(&HvPhys) {
@@ -933,8 +981,9 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
         if fast_path_hypercall(nr) {
             let done = HV.lock().fast_hypercall(frame);
             if let Some((cr3, fx)) = done {
-                // SAFETY: `fast_hypercall` sanitised the in-place frame of
-                // the current domain and returned its validated root.
+                // SAFETY: the in-place frame is the current domain's own
+                // CPU-made frame with a canonical rip (checked above), and
+                // `fast_hypercall` returned its validated root.
                 unsafe { entry::enter_guest_in_place(cr3, fx) }
             }
         }

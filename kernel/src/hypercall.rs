@@ -189,60 +189,54 @@ fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errn
 /// instead of one per request).
 const CHUNK: usize = 32;
 
-fn mmu_update<E: Env>(env: &mut E, reqs: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
+/// Runs a batch of `count` fixed-size (`SIZE`-byte) requests at guest
+/// address `base`, applying each with `apply`; stops at the first failure
+/// and reports how many were done through `done_ptr` (if not 0).
+fn batch<E: Env, const SIZE: usize>(
+    env: &mut E,
+    base: u64,
+    count: u64,
+    done_ptr: u64,
+    domid: u64,
+    apply: fn(&mut E, &[u8]) -> Result<(), Errno>,
+) -> Result<u64, Errno> {
     self_domain(domid)?;
     if count > MAX_BATCH {
         return Err(Errno::E2BIG);
     }
-    let mut buf = [0u8; 16 * CHUNK];
+    let mut buf = [[0u8; SIZE]; CHUNK];
     let mut i = 0;
     while i < count {
-        let n = (count - i).min(CHUNK as u64);
-        let chunk = &mut buf[..16 * n as usize];
-        let whole = element(reqs, i, 16).and_then(|at| env.copy_from_guest(at, chunk)).is_ok();
-        for j in 0..n {
-            // If the chunk straddles unreadable memory, read entry by entry
-            // so the batch stops exactly at the first unreadable request.
-            let b = &mut chunk[16 * j as usize..16 * (j as usize + 1)];
-            let read = if whole { Ok(()) } else { element(reqs, i + j, 16).and_then(|at| env.copy_from_guest(at, b)) };
-            let r = read.and_then(|_| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }));
-            if let Err(e) = r {
-                report_done(env, done_ptr, i + j)?;
+        let n = (count - i).min(CHUNK as u64) as usize;
+        let whole = element(base, i, SIZE as u64)
+            .and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut()))
+            .is_ok();
+        for (j, req) in buf[..n].iter_mut().enumerate() {
+            // If the chunk straddles unreadable memory, read request by
+            // request so the batch stops exactly at the first unreadable one.
+            let at = i + j as u64;
+            let read = if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|a| env.copy_from_guest(a, req)) };
+            if let Err(e) = read.and_then(|_| apply(env, req)) {
+                report_done(env, done_ptr, at)?;
                 return Err(e);
             }
         }
-        i += n;
+        i += n as u64;
     }
     report_done(env, done_ptr, count)?;
     Ok(0)
 }
 
+fn mmu_update<E: Env>(env: &mut E, reqs: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
+    batch::<E, 16>(env, reqs, count, done_ptr, domid, |env, b| {
+        env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) })
+    })
+}
+
 fn mmuext_op<E: Env>(env: &mut E, ops: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
-    self_domain(domid)?;
-    if count > MAX_BATCH {
-        return Err(Errno::E2BIG);
-    }
-    let mut buf = [0u8; 24 * CHUNK];
-    let mut i = 0;
-    while i < count {
-        let n = (count - i).min(CHUNK as u64);
-        let chunk = &mut buf[..24 * n as usize];
-        let whole = element(ops, i, 24).and_then(|at| env.copy_from_guest(at, chunk)).is_ok();
-        for j in 0..n {
-            let b = &mut chunk[24 * j as usize..24 * (j as usize + 1)];
-            let read = if whole { Ok(()) } else { element(ops, i + j, 24).and_then(|at| env.copy_from_guest(at, b)) };
-            let r = read.and_then(|_| {
-                env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
-            });
-            if let Err(e) = r {
-                report_done(env, done_ptr, i + j)?;
-                return Err(e);
-            }
-        }
-        i += n;
-    }
-    report_done(env, done_ptr, count)?;
-    Ok(0)
+    batch::<E, 24>(env, ops, count, done_ptr, domid, |env, b| {
+        env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
+    })
 }
 
 fn update_va_mapping<E: Env>(env: &mut E, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
@@ -406,6 +400,7 @@ fn set_segment_base<E: Env>(env: &mut E, which: u64, base: u64) -> Result<u64, E
         segbase::GS => env.vcpu().gs_base = base,
         _ => return Err(Errno::EINVAL),
     }
+    env.vcpu().segs_dirty = true;
     Ok(0)
 }
 

@@ -59,9 +59,11 @@ impl Regs {
     }
 
     /// Makes the frame safe to `iretq` to: guest selectors only (a guest can
-    /// never return to ring 0), IOPL 0, interrupts enabled, canonical `rip`.
-    /// Returns false if `rip` or `rsp` is not canonical (the caller must not
-    /// enter the guest with it).
+    /// never return to ring 0), IOPL 0, interrupts enabled. Returns false if
+    /// `rip` is not canonical: `iretq` would fault in ring 0, so the caller
+    /// must not enter the guest with it. (A non-canonical `rsp` is fine:
+    /// `iretq` does not check it, and the guest's first stack access then
+    /// faults in the guest.)
     pub fn sanitize(&mut self) -> bool {
         use pvguest_abi::selectors;
         if self.cs & 3 == 3 {
@@ -72,7 +74,7 @@ impl Regs {
             self.ss = u64::from(selectors::GUEST_KERNEL_SS);
         }
         self.rflags = (self.rflags & GUEST_RFLAGS) | RFLAGS_IF | RFLAGS_FIXED;
-        pvguest_abi::layout::is_canonical(self.rip) && pvguest_abi::layout::is_canonical(self.rsp)
+        pvguest_abi::layout::is_canonical(self.rip)
     }
 }
 
@@ -94,5 +96,7 @@ mod tests {
         assert_eq!(u.rflags, 0x1 | 0x100 | RFLAGS_IF | RFLAGS_FIXED);
         let mut bad = Regs { rip: 0x0000_8000_0000_0000, ..Regs::default() };
         assert!(!bad.sanitize());
+        let mut odd_stack = Regs { rip: 0x1000, rsp: 0x8000_0000_0000_0000, ..Regs::default() };
+        assert!(odd_stack.sanitize(), "iretq does not check rsp");
     }
 }

@@ -118,6 +118,10 @@ pub struct Vcpu {
     pub fs_base: u64,
     /// GS base.
     pub gs_base: u64,
+    /// `set_segment_base` changed a base since the CPU was loaded.
+    pub segs_dirty: bool,
+    /// Data selectors (ds, es, fs, gs) as the guest left them.
+    pub selectors: [u16; 4],
     /// Real-time one-shot deadline (system ns).
     pub timer: Option<u64>,
     /// Virtual-time alarm deadline (ns of run time).

@@ -21,6 +21,9 @@ struct Scenario {
     bundle: fn(&Images) -> Result<Option<Vec<u8>>>,
     /// Hypervisor command line.
     append: &'static str,
+    /// Run under `-icount shift=0` (time = instructions): for measurements
+    /// that must not depend on how busy the host is.
+    icount: bool,
     expect: Outcome,
     /// Extra checks on the console output.
     check: fn(&str) -> Result<()>,
@@ -59,7 +62,8 @@ const SPY_ATTEMPTS: &[(&str, &str)] = &[
     ("out", "#GP (general protection) in ring 1"),
     ("int-timer", "(an IDT gate)"),
     ("int-pagefault", "(an IDT gate)"),
-    ("syscall", "syscall instruction with no syscall callback"),
+    ("syscall", "#UD (invalid opcode) in ring 1"),
+    ("canonical-hole", "non-canonical return frame"),
 ];
 
 fn scenarios() -> Vec<Scenario> {
@@ -73,6 +77,7 @@ fn scenarios() -> Vec<Scenario> {
                 Ok(Some(std::fs::read(p).map_err(|e| e.to_string())?))
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) Ringfence 0.1.0 hypervisor (x86_64, ring 0)")?;
@@ -95,9 +100,11 @@ fn scenarios() -> Vec<Scenario> {
                     w.domain(entry(imgs, &format!("spy-{a}"), "spy", 512, &format!("attempt={a}"), Expect::Crash)?);
                 }
                 w.domain(entry(imgs, "spy-hypercalls", "spy", 512, "attempt=hypercalls", Expect::Poweroff)?);
+                w.domain(entry(imgs, "spy-df", "spy", 512, "attempt=direction-flag", Expect::Poweroff)?);
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 for (a, fault) in SPY_ATTEMPTS {
@@ -111,6 +118,8 @@ fn scenarios() -> Vec<Scenario> {
                 }
                 need(out, "[spy-hypercalls] spy: 10/10 bad hypercalls refused with the right error")?;
                 need(out, "(spy-hypercalls) exited: poweroff")?;
+                need(out, "[spy-df] spy: console write with DF set returned 19, DF still set afterwards: true")?;
+                need(out, "[spy-df] spy: the hypervisor survived DF")?;
                 need(out, "[hello] goodbye")?;
                 sse_intact(out, "[hello] hello round", 3)?;
                 need(out, "(rf) verdict: PASS")
@@ -128,6 +137,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[faulty-panic] PANIC: panicked at")?;
@@ -151,6 +161,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 let wc = find_line(out, "[timers] wall clock: ")?;
@@ -184,6 +195,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[userland] app 1 says (int 0x80): hello from ring 3 (gate)")?;
@@ -207,6 +219,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: true,
             expect: Outcome::Pass,
             check: |out| {
                 let cpu = |n: &str| -> Result<f64> {
@@ -239,6 +252,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: true,
             expect: Outcome::Pass,
             check: |out| {
                 let mean = |n: &str| num_after(find_line(out, &format!("[{n}] pinger: mean_ns="))?, "mean_ns=");
@@ -260,6 +274,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: true,
             expect: Outcome::Pass,
             check: |out| {
                 let line = find_line(out, "[worker] hog: cpu_ns=")?;
@@ -282,6 +297,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 for key in [
@@ -324,6 +340,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(not-elf): not started: bad ELF image:")?;
@@ -348,6 +365,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "bad manifest entry, not started: domain record 1 (\"zero-memory\")")?;
@@ -366,6 +384,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "",
+            icount: false,
             expect: Outcome::Fail,
             check: |out| need(out, "every live domain is blocked and nothing can wake them: deadlock"),
         },
@@ -378,6 +397,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "selftest=hv-pagefault",
+            icount: false,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "(rf) FATAL: hypervisor fault #PF (page fault), error code 0x0")?;
@@ -396,6 +416,7 @@ fn scenarios() -> Vec<Scenario> {
                 finish(w, imgs)
             },
             append: "selftest=hv-panic",
+            icount: false,
             expect: Outcome::Fail,
             check: |out| need(out, "(rf) PANIC: panicked at kernel/src/main.rs"),
         },
@@ -404,6 +425,7 @@ fn scenarios() -> Vec<Scenario> {
             what: "booting without a bundle says how to pass one",
             bundle: |_| Ok(None),
             append: "",
+            icount: false,
             expect: Outcome::Fail,
             check: |out| need(out, "(rf) FATAL: no boot bundle: pass one with QEMU -initrd"),
         },
@@ -454,7 +476,7 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<f64> {
         append: s.append.into(),
         timeout_s: TIMEOUT_S,
         stream: false,
-        extra: vec![],
+        extra: if s.icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
     };
     let r = qemu::run(&opts)?;
     let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));

@@ -130,3 +130,31 @@ extern "C" {
 pub fn hv_stack_bounds() -> (u64, u64) {
     (&raw const hv_stack_bottom as u64, &raw const hv_stack_top as u64)
 }
+
+/// Reads the data selectors (ds, es, fs, gs).
+pub fn data_selectors() -> [u16; 4] {
+    let (ds, es, fs, gs): (u16, u16, u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        asm!("mov {0:x}, ds", "mov {1:x}, es", "mov {2:x}, fs", "mov {3:x}, gs",
+             out(reg) ds, out(reg) es, out(reg) fs, out(reg) gs, options(nomem, nostack, preserves_flags));
+    }
+    [ds, es, fs, gs]
+}
+
+/// Loads data selectors (ds, es, fs, gs) that a guest left, so the next
+/// domain does not inherit another's. Loading fs/gs resets their bases:
+/// write the base MSRs afterwards.
+///
+/// # Safety
+/// 1. Each selector is null or a data segment of the hypervisor's GDT (the
+///    values come from the CPU when the guest ran, so they are).
+pub unsafe fn load_data_selectors(s: [u16; 4]) {
+    // SAFETY: guaranteed by the caller; loading a flat data segment in
+    // ring 0 has no effect on hypervisor addressing (64-bit mode ignores
+    // ds/es bases; the hypervisor never uses fs/gs).
+    unsafe {
+        asm!("mov ds, {0:x}", "mov es, {1:x}", "mov fs, {2:x}", "mov gs, {3:x}",
+             in(reg) s[0], in(reg) s[1], in(reg) s[2], in(reg) s[3], options(nostack, preserves_flags));
+    }
+}

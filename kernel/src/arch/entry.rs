@@ -220,6 +220,28 @@ pub unsafe fn enter_guest_in_place(cr3: u64, fx: *const FxArea) -> ! {
 
 global_asm!(
     r#"
+    /* Pops the fifteen general registers pushed by entry_common, drops the
+       vector and error code, and returns from the interrupt. */
+    .macro POP_GPRS_IRETQ
+    popq %rax
+    popq %rbx
+    popq %rcx
+    popq %rdx
+    popq %rsi
+    popq %rdi
+    popq %rbp
+    popq %r8
+    popq %r9
+    popq %r10
+    popq %r11
+    popq %r12
+    popq %r13
+    popq %r14
+    popq %r15
+    addq $16, %rsp
+    iretq
+    .endm
+
     .section .entry.text, "ax"
     .balign 16
     .global entry_stubs
@@ -238,6 +260,9 @@ entry_stubs:
 
     .balign 16
 entry_common:
+    /* A guest may enter with DF set; the hypervisor's string copies
+       (rep movsb in memcpy/memset) assume DF clear. */
+    cld
     pushq %r15
     pushq %r14
     pushq %r13
@@ -260,6 +285,15 @@ entry_common:
     movabsq $hv_guest_entry, %rax
     jmpq *%rax
 1:
+    /* From ring 0. The CR3 may still be a guest's (a fault in this entry
+       text before or after its CR3 switch): switch to the hypervisor's
+       view here, before leaving the entry area, so nothing outside it is
+       ever fetched through a guest's page tables. r12 keeps the old CR3
+       (hv_ring0_entry restores it; r12 was saved above and is popped
+       last). */
+    movq %cr3, %r12
+    movq hv_cr3_entry(%rip), %rax
+    movq %rax, %cr3
     movabsq $hv_ring0_entry, %rax
     jmpq *%rax
 
@@ -274,6 +308,9 @@ syscall_entry:
     leaq {stacks}+{stack_size}(%rip), %rsp
     pushq ${user_ss}
     pushq syscall_scratch(%rip)
+    /* The scratch slot is guest-visible: do not leave this domain's
+       stack pointer there for the next one. */
+    movq $0, syscall_scratch(%rip)
     pushq %r11
     pushq ${user_cs}
     pushq %rcx
@@ -287,23 +324,7 @@ exit_to_guest:
     fxrstor64 (%rdx)
     movq %rsi, %rsp
     movq %rdi, %cr3
-    popq %rax
-    popq %rbx
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
-    popq %rbp
-    popq %r8
-    popq %r9
-    popq %r10
-    popq %r11
-    popq %r12
-    popq %r13
-    popq %r14
-    popq %r15
-    addq $16, %rsp
-    iretq
+    POP_GPRS_IRETQ
 
     .text
     .balign 16
@@ -318,32 +339,13 @@ hv_guest_entry:
 
     .balign 16
 hv_ring0_entry:
-    movq %cr3, %r12
-    movq hv_cr3_entry(%rip), %rax
-    movq %rax, %cr3
     movq %rsp, %rdi
     movq %rsp, %rbx
     andq $-16, %rsp
     call rust_ring0_trap
     movq %rbx, %rsp
     movq %r12, %cr3
-    popq %rax
-    popq %rbx
-    popq %rcx
-    popq %rdx
-    popq %rsi
-    popq %rdi
-    popq %rbp
-    popq %r8
-    popq %r9
-    popq %r10
-    popq %r11
-    popq %r12
-    popq %r13
-    popq %r14
-    popq %r15
-    addq $16, %rsp
-    iretq
+    POP_GPRS_IRETQ
 
     .section .entry.scratch, "aw"
     .balign 8

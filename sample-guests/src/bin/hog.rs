@@ -16,12 +16,20 @@ fn arg(cmdline: &str, key: &str) -> Option<u64> {
     cmdline.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
 }
 
+/// Burns CPU with plain arithmetic (not `pause`, which QEMU's emulator
+/// turns into an expensive exit).
+fn burn(rounds: u64) -> u64 {
+    let mut x = 1u64;
+    for _ in 0..rounds {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+    }
+    core::hint::black_box(x)
+}
+
 fn spin_for_run_ns(ns: u64) {
     let v0 = time::virtual_ns();
     while time::virtual_ns() - v0 < ns {
-        for _ in 0..1000 {
-            core::hint::spin_loop();
-        }
+        burn(10_000);
     }
 }
 
@@ -48,13 +56,9 @@ fn main(si: &'static StartInfo) {
             }
         }
     } else {
-        let mut x = 0u64;
         while time::now_ns() < end {
-            for _ in 0..10_000 {
-                x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
-            }
+            burn(10_000);
         }
-        core::hint::black_box(x);
     }
     let r = time::runstate();
     let running = r.time[runstate::RUNNING as usize] - r0.time[runstate::RUNNING as usize];

@@ -12,7 +12,7 @@
 
 use core::arch::asm;
 use pvguest_sdk::abi::layout::ENTRY_AREA_BASE;
-use pvguest_sdk::abi::{console_io, hypercall as nr, sched_op, Errno};
+use pvguest_sdk::abi::{console_io, hypercall as nr, sched_op, Errno, NULL_TRAP_VECTOR};
 use pvguest_sdk::{hypercall, println, StartInfo};
 
 pvguest_sdk::entry!(main);
@@ -40,7 +40,9 @@ const ATTEMPTS: &[(&str, &str)] = &[
     ("out", "write QEMU's debug-exit port 0xf4"),
     ("int-timer", "raise the hypervisor timer vector 0xf0 with int"),
     ("int-pagefault", "forge a page fault with int 14"),
-    ("syscall", "use the syscall instruction without a syscall callback"),
+    ("syscall", "use the syscall instruction from ring 1 (only ring 3 may)"),
+    ("canonical-hole", "trap from the last bytes below the canonical hole (non-canonical return address)"),
+    ("direction-flag", "enter the hypervisor with DF set (must be harmless)"),
     ("hypercalls", "pass bad pointers, lengths and numbers to hypercalls"),
 ];
 
@@ -89,10 +91,47 @@ fn main(si: &'static StartInfo) {
                 bad_hypercalls();
                 pvguest_sdk::sched::poweroff();
             }
+            "canonical-hole" => canonical_hole(),
+            "direction-flag" => {
+                // DF set across a hypercall and across preemption: the
+                // hypervisor must clear it for itself and give it back.
+                let msg = b"written with DF set";
+                asm!("std");
+                let r = hypercall::raw(nr::CONSOLE_IO, [console_io::WRITE, msg.len() as u64, msg.as_ptr() as u64, 0, 0]);
+                let mut spins = 0u64;
+                while spins < 20_000_000 {
+                    spins += 1;
+                    core::hint::spin_loop();
+                }
+                let flags: u64;
+                asm!("pushfq", "pop {0}", "cld", out(reg) flags);
+                println!();
+                println!("spy: console write with DF set returned {r}, DF still set afterwards: {}", flags & 0x400 != 0);
+                println!("spy: the hypervisor survived DF");
+                pvguest_sdk::sched::poweroff();
+            }
             _ => {}
         }
     }
     println!("spy: attempt {attempt} was NOT stopped");
+}
+
+/// Maps a page just below the canonical hole and executes `int 0x83` in its
+/// last two bytes, so the CPU pushes the non-canonical return address
+/// 0x0000_8000_0000_0000. `iretq` to it would fault in ring 0; the
+/// hypervisor must refuse to return there (crashing only this domain).
+fn canonical_hole() {
+    use pvguest_sdk::mm::{self, AddressSpace, Pte};
+    let mut space = AddressSpace::new_sharing_kernel().expect("address space");
+    let page = mm::alloc_page().expect("page");
+    // SAFETY: a fresh page of ours, mapped writable in the linear map.
+    unsafe { ((page.va() + 0xffe) as *mut [u8; 2]).write_volatile([0xcd, NULL_TRAP_VECTOR]) };
+    space.map(0x7fff_ffff_f000, page, Pte(0)).expect("map below the hole");
+    space.activate().expect("activate");
+    println!("spy: jumping to 0x7ffffffffffe (int 0x83 in the last two canonical bytes)");
+    // SAFETY: not safe on purpose: the trap's return address is
+    // non-canonical.
+    unsafe { asm!("mov rax, 0x7ffffffffffe", "jmp rax", out("rax") _) };
 }
 
 /// Each bad call must come back with the documented error, never crash the
