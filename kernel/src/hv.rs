@@ -112,6 +112,9 @@ pub struct Hv {
     pub pending_action: Option<Action>,
     /// The current domain asked to yield.
     pub yielding: bool,
+    /// TSC value of the deadline the one-shot timer is armed for: batches
+    /// running past it stop and continue later.
+    pub armed_tsc: u64,
 }
 
 static HV: Mutex<Hv> = Mutex::new(Hv {
@@ -127,6 +130,7 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     loaded: None,
     pending_action: None,
     yielding: false,
+    armed_tsc: u64::MAX,
 });
 
 /// Machine memory through the hypervisor's identity map.
@@ -163,6 +167,8 @@ struct DomEnv<'a> {
     frames: &'a mut FrameTable<'static>,
     dom: &'a mut Domain,
     now: u64,
+    /// TSC value at which other work is due (the armed deadline).
+    preempt_tsc: u64,
 }
 
 impl DomEnv<'_> {
@@ -239,6 +245,9 @@ impl hypercall::Env for DomEnv<'_> {
         Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e())
             .mmuext_op(self.dom.id, &mut self.dom.root, op)
             .map(|_| ())
+    }
+    fn preempt_due(&mut self) -> bool {
+        cpu::rdtsc() >= self.preempt_tsc
     }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e()).update_va_mapping(
@@ -492,7 +501,7 @@ impl Hv {
         };
         let frames = self.frames.as_mut()?;
         let dom = &mut self.domains[cur];
-        let mut env = DomEnv { frames, dom, now: 0 };
+        let mut env = DomEnv { frames, dom, now: 0, preempt_tsc: self.armed_tsc };
         let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
@@ -610,7 +619,7 @@ impl Hv {
                 let frames = self.frames.as_mut().expect("frame table set");
                 let dom = &mut self.domains[cur];
                 let r = dom.regs;
-                let mut env = DomEnv { frames, dom, now };
+                let mut env = DomEnv { frames, dom, now, preempt_tsc: self.armed_tsc };
                 hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
             }
         };
@@ -634,6 +643,14 @@ impl Hv {
             }
             Action::Shutdown(reason) => {
                 self.kill(cur, Exit::Shutdown(reason));
+                true
+            }
+            Action::Continue(a) => {
+                // Re-execute the same `int 0x82` (2 bytes) with the new
+                // arguments once the domain runs again; rax still holds the
+                // hypercall number.
+                [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8] = a;
+                d.regs.rip = d.regs.rip.wrapping_sub(2);
                 true
             }
         }
@@ -866,9 +883,11 @@ impl Hv {
             let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
             until = until.min(vt.saturating_sub(ran));
         }
+        let until = until.clamp(1_000, MAX_ARM_NS);
         if let Some(r) = self.rates {
-            timer::arm_oneshot(&r, until.clamp(1_000, MAX_ARM_NS));
+            timer::arm_oneshot(&r, until);
         }
+        self.armed_tsc = cpu::rdtsc().saturating_add(self.scale.to_ticks(until));
         self.entered_at = now;
         Some(next)
     }
@@ -905,7 +924,8 @@ impl Hv {
     }
 }
 
-/// Hypercalls that only return a value: they change neither scheduling,
+/// Hypercalls that only return a value (`xen_version` has its own lock-free
+/// path before this one): they change neither scheduling,
 /// timers, the trap table, stacks nor segment bases, so they may take
 /// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
 /// path reads afterwards; an unmask may make an upcall due, which it checks.)
@@ -913,7 +933,6 @@ fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
         nr::CONSOLE_IO
-            | nr::XEN_VERSION
             | nr::MEMORY_OP
             | nr::MMU_UPDATE
             | nr::UPDATE_VA_MAPPING
@@ -952,6 +971,25 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     // address, and `iretq` would fault in ring 0. Those go the full way,
     // which refuses them.
     let in_place = pvguest_abi::layout::is_canonical(rip);
+    // SAFETY: as above.
+    let nr = unsafe { (&raw const (*frame).rax).read_volatile() };
+    let hypercall = vector == u64::from(HYPERCALL_VECTOR) && in_place;
+    if hypercall && nr == nr::XEN_VERSION && !(SharedPage { mfn: CURRENT_SHARED.load(Relaxed) }).upcall_due(&HvPhys) {
+        // The most frequent hypercall reads no domain state: answered
+        // without the lock. (An upcall that is due needs the full path,
+        // which delivers it.)
+        // SAFETY: as above; only `rax` of the in-place frame changes.
+        unsafe {
+            let cmd = (&raw const (*frame).rdi).read_volatile();
+            let v = match hypercall::xen_version(cmd) {
+                Ok(v) => v,
+                Err(e) => e.to_ret() as u64,
+            };
+            (&raw mut (*frame).rax).write_volatile(v);
+            let fx = entry::current_fx.load(Relaxed) as *const FxArea;
+            entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx)
+        }
+    }
     if vector == u64::from(NULL_TRAP_VECTOR) && in_place {
         // The CPU made this frame for an `int` from ring 1 (the gate's DPL
         // keeps ring 3 out), so returning through it unchanged is exactly
@@ -960,32 +998,13 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
         // SAFETY: same domain, same validated root, CPU-made frame in place.
         unsafe { entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx) }
     }
-    if vector == u64::from(HYPERCALL_VECTOR) && in_place {
-        // SAFETY: as above.
-        let nr = unsafe { (&raw const (*frame).rax).read_volatile() };
-        if nr == nr::XEN_VERSION && !(SharedPage { mfn: CURRENT_SHARED.load(Relaxed) }).upcall_due(&HvPhys) {
-            // Reads no domain state: answered without the lock. (An upcall
-            // that is due needs the full path, which delivers it.)
-            // SAFETY: as above; only `rax` of the in-place frame changes.
-            unsafe {
-                let cmd = (&raw const (*frame).rdi).read_volatile();
-                let v = match hypercall::xen_version(cmd) {
-                    Ok(v) => v,
-                    Err(e) => e.to_ret() as u64,
-                };
-                (&raw mut (*frame).rax).write_volatile(v);
-                let fx = entry::current_fx.load(Relaxed) as *const FxArea;
-                entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx)
-            }
-        }
-        if fast_path_hypercall(nr) {
-            let done = HV.lock().fast_hypercall(frame);
-            if let Some((cr3, fx)) = done {
-                // SAFETY: the in-place frame is the current domain's own
-                // CPU-made frame with a canonical rip (checked above), and
-                // `fast_hypercall` returned its validated root.
-                unsafe { entry::enter_guest_in_place(cr3, fx) }
-            }
+    if hypercall && fast_path_hypercall(nr) {
+        let done = HV.lock().fast_hypercall(frame);
+        if let Some((cr3, fx)) = done {
+            // SAFETY: the in-place frame is the current domain's own
+            // CPU-made frame with a canonical rip (checked above), and
+            // `fast_hypercall` returned its validated root.
+            unsafe { entry::enter_guest_in_place(cr3, fx) }
         }
     }
     // SAFETY: as above.

@@ -55,6 +55,11 @@ pub enum Action {
     Poll,
     /// The domain is finished.
     Shutdown(ShutdownReason),
+    /// A batch was preempted part-way: re-execute the same hypercall with
+    /// these argument registers (rdi, rsi, rdx, r10, r8) once the domain
+    /// runs again. The trap layer rewinds `rip` to the `int 0x82` and leaves
+    /// `rax` (the hypercall number) alone, so the guest sees one hypercall.
+    Continue([u64; 5]),
 }
 
 /// The machine as a hypercall sees it: the calling domain's memory and
@@ -93,14 +98,28 @@ pub trait Env {
     fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno>;
     /// Updates the entry that maps `va` in the current page tables.
     fn update_va_mapping(&mut self, va: u64, val: u64, flags: u64) -> Result<(), Errno>;
+    /// Whether the hypervisor has other work due (a timer deadline passed):
+    /// long batches then stop at the next request boundary and continue
+    /// later, so no hypercall holds the CPU for more than one request.
+    fn preempt_due(&mut self) -> bool;
 }
+
+/// Largest batch inside a multicall entry: nested batches cannot be
+/// preempted, so they are kept short.
+pub const NESTED_BATCH_MAX: u64 = 64;
 
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
 pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
+    dispatch_in(env, nr, a, false)
+}
+
+/// `nested`: called from a multicall entry (batches are not preemptible
+/// there, and are limited to [`NESTED_BATCH_MAX`]).
+fn dispatch_in<E: Env>(env: &mut E, nr: u64, a: [u64; 5], nested: bool) -> Action {
     match nr {
         hypercall::SET_TRAP_TABLE => ret(set_trap_table(env, a[0])),
-        hypercall::MMU_UPDATE => ret(mmu_update(env, a[0], a[1], a[2], a[3])),
+        hypercall::MMU_UPDATE => mmu_update(env, a, nested),
         hypercall::STACK_SWITCH => ret(env.vcpu().stack_switch(a[0], a[1]).map(|_| 0)),
         hypercall::SET_CALLBACKS => ret(env.vcpu().callbacks.set(a[0], a[1], a[2]).map(|_| 0)),
         hypercall::MEMORY_OP => ret(memory_op(env, a[0], a[1])),
@@ -114,7 +133,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::CONSOLE_IO => ret(console(env, a[0], a[1], a[2])),
         hypercall::VCPU_OP => ret(vcpu_op(env, a[0], a[1], a[2])),
         hypercall::SET_SEGMENT_BASE => ret(set_segment_base(env, a[0], a[1])),
-        hypercall::MMUEXT_OP => ret(mmuext_op(env, a[0], a[1], a[2], a[3])),
+        hypercall::MMUEXT_OP => mmuext_op(env, a, nested),
         hypercall::SCHED_OP => sched(env, a[0], a[1]),
         hypercall::EVENT_CHANNEL_OP => ret(event_channel_op(env, a[0], a[1])),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
@@ -189,20 +208,34 @@ fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errn
 /// instead of one per request).
 const CHUNK: usize = 32;
 
-/// Runs a batch of `count` fixed-size (`SIZE`-byte) requests at guest
-/// address `base`, applying each with `apply`; stops at the first failure
-/// and reports how many were done through `done_ptr` (if not 0).
+/// Runs a batch of fixed-size (`SIZE`-byte) requests: `a` is (base, count,
+/// done_ptr, domid). Requests are applied in order with `apply`; the batch
+/// stops at the first failure and reports how many were done through
+/// done_ptr (if not 0).
+///
+/// Preemption: when [`Env::preempt_due`] says so, the batch stops at a
+/// request boundary (after at least one request) and returns
+/// [`Action::Continue`] with the base advanced and the remaining count. The
+/// number already done rides in bits 32..63 of the count argument, so the
+/// final done count covers the whole batch. Guests pass 0 there.
 fn batch<E: Env, const SIZE: usize>(
     env: &mut E,
-    base: u64,
-    count: u64,
-    done_ptr: u64,
-    domid: u64,
+    a: [u64; 5],
+    nested: bool,
     apply: fn(&mut E, &[u8]) -> Result<(), Errno>,
-) -> Result<u64, Errno> {
-    self_domain(domid)?;
-    if count > MAX_BATCH {
-        return Err(Errno::E2BIG);
+) -> Action {
+    let [base, count_arg, done_ptr, domid, _] = a;
+    let (count, done_before) = (count_arg & 0xffff_ffff, count_arg >> 32);
+    let r: Result<(), Errno> = (|| {
+        self_domain(domid)?;
+        let limit = if nested { NESTED_BATCH_MAX } else { MAX_BATCH };
+        if count > limit || done_before > MAX_BATCH {
+            return Err(Errno::E2BIG);
+        }
+        Ok(())
+    })();
+    if let Err(e) = r {
+        return Action::Return(e.to_ret());
     }
     let mut buf = [[0u8; SIZE]; CHUNK];
     let mut i = 0;
@@ -212,29 +245,31 @@ fn batch<E: Env, const SIZE: usize>(
             .and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut()))
             .is_ok();
         for (j, req) in buf[..n].iter_mut().enumerate() {
+            let at = i + j as u64;
+            if at > 0 && !nested && env.preempt_due() {
+                let Ok(next) = element(base, at, SIZE as u64) else {
+                    return Action::Return(Errno::EFAULT.to_ret());
+                };
+                return Action::Continue([next, (count - at) | ((done_before + at) << 32), done_ptr, domid, 0]);
+            }
             // If the chunk straddles unreadable memory, read request by
             // request so the batch stops exactly at the first unreadable one.
-            let at = i + j as u64;
-            let read = if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|a| env.copy_from_guest(a, req)) };
+            let read = if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|p| env.copy_from_guest(p, req)) };
             if let Err(e) = read.and_then(|_| apply(env, req)) {
-                report_done(env, done_ptr, at)?;
-                return Err(e);
+                return ret(report_done(env, done_ptr, done_before + at).and(Err(e)));
             }
         }
         i += n as u64;
     }
-    report_done(env, done_ptr, count)?;
-    Ok(0)
+    ret(report_done(env, done_ptr, done_before + count).map(|_| 0))
 }
 
-fn mmu_update<E: Env>(env: &mut E, reqs: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
-    batch::<E, 16>(env, reqs, count, done_ptr, domid, |env, b| {
-        env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) })
-    })
+fn mmu_update<E: Env>(env: &mut E, a: [u64; 5], nested: bool) -> Action {
+    batch::<E, 16>(env, a, nested, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }))
 }
 
-fn mmuext_op<E: Env>(env: &mut E, ops: u64, count: u64, done_ptr: u64, domid: u64) -> Result<u64, Errno> {
-    batch::<E, 24>(env, ops, count, done_ptr, domid, |env, b| {
+fn mmuext_op<E: Env>(env: &mut E, a: [u64; 5], nested: bool) -> Action {
+    batch::<E, 24>(env, a, nested, |env, b| {
         env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
     })
 }
@@ -277,6 +312,12 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
     }
     let mut yield_after = false;
     for i in 0..count {
+        if i > 0 && env.preempt_due() {
+            let Ok(next) = element(calls, i, 64) else {
+                return Action::Return(Errno::EFAULT.to_ret());
+            };
+            return Action::Continue([next, count - i, 0, 0, 0]);
+        }
         let at = match element(calls, i, 64) {
             Ok(a) => a,
             Err(e) => return Action::Return(e.to_ret()),
@@ -289,7 +330,7 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
         let args = [u64_at(&b, 16), u64_at(&b, 24), u64_at(&b, 32), u64_at(&b, 40), u64_at(&b, 48)];
         let result = match op {
             hypercall::MULTICALL => Errno::EINVAL.to_ret(),
-            _ => match dispatch(env, op, args) {
+            _ => match dispatch_in(env, op, args, true) {
                 Action::Return(v) => v,
                 Action::Yield => {
                     yield_after = true;
@@ -303,6 +344,8 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
                     Errno::EINVAL.to_ret()
                 }
                 Action::Shutdown(r) => return Action::Shutdown(r),
+                // Nested batches are never preempted.
+                Action::Continue(_) => Errno::EINVAL.to_ret(),
             },
         };
         if let Err(e) = env.copy_to_guest(at + 8, &(result as u64).to_le_bytes()) {

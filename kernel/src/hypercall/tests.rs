@@ -27,6 +27,9 @@ struct FakeEnv {
     ext: Vec<MmuextOp>,
     /// mmu/ext requests whose `ptr`/`arg1` equals this fail with EINVAL.
     poison: u64,
+    /// `preempt_due` answers true every this many calls (0: never).
+    preempt_every: u32,
+    preempt_calls: u32,
 }
 
 impl FakeEnv {
@@ -47,6 +50,8 @@ impl FakeEnv {
             mmu: Vec::new(),
             ext: Vec::new(),
             poison: u64::MAX,
+            preempt_every: 0,
+            preempt_calls: 0,
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -138,6 +143,25 @@ impl Env for FakeEnv {
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         self.mmu.push(MmuUpdate { ptr: va, val });
         Ok(())
+    }
+    fn preempt_due(&mut self) -> bool {
+        self.preempt_calls += 1;
+        self.preempt_every != 0 && self.preempt_calls.is_multiple_of(self.preempt_every)
+    }
+}
+
+/// Runs a hypercall to completion the way the trap layer does: a
+/// continuation re-executes it with the new arguments.
+fn run_to_end(e: &mut FakeEnv, nr: u64, mut a: [u64; 5]) -> (Action, u32) {
+    let mut continuations = 0;
+    loop {
+        match dispatch(e, nr, a) {
+            Action::Continue(next) => {
+                continuations += 1;
+                a = next;
+            }
+            other => return (other, continuations),
+        }
     }
 }
 
@@ -534,4 +558,61 @@ fn event_channel_ops() {
     s[0..2].copy_from_slice(&3u16.to_le_bytes());
     e.put(a, &s);
     assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), r(Errno::ESRCH));
+}
+
+#[test]
+fn preempted_batches_continue_and_count_the_whole_batch() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let done = BASE + 0x3000;
+    let list: std::vec::Vec<(u64, u64)> = (0..100).map(|i| (8 * i, i)).collect();
+    put_mmu(&mut e, reqs, &list);
+    e.preempt_every = 7;
+    let (res, n) = run_to_end(&mut e, hypercall::MMU_UPDATE, [reqs, 100, done, DOMID_SELF, 0]);
+    assert_eq!(res, OK);
+    assert!(n >= 10, "preempted {n} times");
+    assert_eq!(e.mmu.len(), 100, "every request applied exactly once");
+    assert!(e.mmu.iter().enumerate().all(|(i, m)| m.val == i as u64), "in order");
+    assert_eq!(e.get(done, 4), 100u32.to_le_bytes(), "done counts the whole batch");
+    // A failure after a continuation reports the index in the whole batch.
+    e.mmu.clear();
+    e.poison = 8 * 57;
+    let (res, _) = run_to_end(&mut e, hypercall::MMU_UPDATE, [reqs, 100, done, DOMID_SELF, 0]);
+    assert_eq!(res, r(Errno::EINVAL));
+    assert_eq!(e.get(done, 4), 57u32.to_le_bytes());
+    // Progress bits beyond a batch are refused.
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 1 | (513 << 32), 0, DOMID_SELF, 0]), r(Errno::E2BIG));
+}
+
+#[test]
+fn preempted_multicall_continues_where_it_stopped() {
+    let mut e = FakeEnv::new();
+    let c = BASE + 0x4000;
+    for i in 0..10 {
+        put_call(&mut e, c + 64 * i, hypercall::SET_TIMER_OP, [1000 + i, 0, 0, 0, 0]);
+    }
+    e.preempt_every = 3;
+    let (res, n) = run_to_end(&mut e, hypercall::MULTICALL, [c, 10, 0, 0, 0]);
+    assert_eq!(res, OK);
+    assert!(n >= 3);
+    assert_eq!(e.vcpu.timer, Some(1009), "every entry ran, in order");
+    for i in 0..10 {
+        assert_eq!(e.get(c + 64 * i + 8, 8), 0u64.to_le_bytes());
+    }
+}
+
+#[test]
+fn nested_batches_are_short_and_never_preempted() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let list: std::vec::Vec<(u64, u64)> = (0..65).map(|i| (8 * i, i)).collect();
+    put_mmu(&mut e, reqs, &list);
+    let c = BASE + 0x4000;
+    put_call(&mut e, c, hypercall::MMU_UPDATE, [reqs, 64, 0, DOMID_SELF, 0]);
+    put_call(&mut e, c + 64, hypercall::MMU_UPDATE, [reqs, 65, 0, DOMID_SELF, 0]);
+    e.preempt_every = 1;
+    assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c, 1, 0, 0, 0]), OK);
+    assert_eq!(e.mmu.len(), 64, "the nested batch ran whole");
+    assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c + 64, 1, 0, 0, 0]), OK);
+    assert_eq!(i64::from_le_bytes(e.get(c + 72, 8).try_into().unwrap()), Errno::E2BIG.to_ret());
 }
