@@ -12,9 +12,9 @@
 //!   [`new_baseptr`]: typed wrappers of the three hypercalls.
 //! - [`alloc_page`]: zeroed frames from the free pfns.
 //! - [`AddressSpace`]: a page-table builder. It writes new tables while they
-//!   are still ordinary writable pages, then makes them read-only and lets
-//!   the hypervisor validate the whole tree when it is pinned; later
-//!   mappings go through `mmu_update`.
+//!   are still ordinary writable pages, then makes them read-only and has
+//!   the hypervisor validate and pin them bottom-up; later mappings go
+//!   through `mmu_update`.
 //!
 //! ```ignore
 //! use pvguest_sdk::mm::{self, AddressSpace, Pte};
@@ -268,9 +268,10 @@ impl AddressSpace {
         let page = alloc_page().ok_or(Errno::ENOMEM)?;
         let link = Pte::new(page.mfn, Pte::WRITABLE | Pte::USER);
         if self.pinned {
-            // Validated tree: the new table must be read-only first, then
-            // linked with a validated update.
+            // Validated tree: the new table must be read-only and pinned
+            // (validated on its own) before a validated update links it.
             make_readonly(page)?;
+            pin(level as u8, page.mfn)?;
             mmu_update(&[pte_update(parent.mfn, index(va, level + 1), link)]).map_err(|(_, e)| e)?;
         } else {
             write_entry(parent, index(va, level + 1), link);
@@ -303,13 +304,19 @@ impl AddressSpace {
     }
 
     /// Makes every table read-only and has the hypervisor validate and pin
-    /// the tree. Later [`map`](Self::map) calls use `mmu_update`.
+    /// them bottom-up (level-1 tables first, the root last): the hypervisor
+    /// validates one table per operation and only links tables that are
+    /// already validated, which bounds its work. Later
+    /// [`map`](Self::map) calls use `mmu_update`.
     pub fn pin(&mut self) -> Result<(), Errno> {
         if self.pinned {
             return Ok(());
         }
-        for t in &self.tables[..self.ntables] {
-            make_readonly(t.2)?;
+        for level in 1..=3 {
+            for t in self.tables[..self.ntables].iter().filter(|t| t.0 == level) {
+                make_readonly(t.2)?;
+                pin(level as u8, t.2.mfn)?;
+            }
         }
         make_readonly(self.root)?;
         pin(4, self.root.mfn)?;
