@@ -22,13 +22,21 @@
 //! - Every frame is allocated to the domain and zeroed before anything is
 //!   written to it.
 //! - The builder writes the initial page tables as plain memory and then
-//!   hands the PML4 to [`crate::mm`] ([`Mm::install_initial_root`]), which
-//!   validates the whole tree by the same rules as every later guest update:
-//!   the tables get their `PageTable(n)` types and counts, every read-write
-//!   leaf takes a `Writable` reference, and the read-only mappings of the
-//!   page-table frames are allowed by rule 2. The PML4 ends pinned and the
-//!   active root (type count 2). A layout that broke a rule would fail the
-//!   build ([`BuildError::PageTables`]) instead of running.
+//!   has [`crate::mm`] validate them by the same rules as every later guest
+//!   update, pinning every one of them bottom-up, one table per operation
+//!   (rule 7): the PTs as L1s ([`Mm::pin_table`]), the PDs as L2s, the PDPT
+//!   as an L3, and last the PML4 ([`Mm::install_initial_root`], which also
+//!   makes it the active root). Every read-write leaf takes a `Writable`
+//!   reference, the read-only mappings of the page-table frames are allowed
+//!   by rule 2, and each table ends pinned with one more reference per
+//!   entry that names it (PTs, PDs and the PDPT: count 2; the PML4: pin and
+//!   root, count 2). Because every table is pinned, later guest operations
+//!   never validate or devalidate more than one table: unlinking a boot
+//!   table leaves it pinned, and the guest can unpin it only once nothing
+//!   references it. This bottom-up validation is the hypervisor's own work,
+//!   bounded by the domain's size at build time, not something a guest can
+//!   repeat. A layout that broke a rule would fail the build
+//!   ([`BuildError::PageTables`]) instead of running.
 //! - On error the caller releases the domain's frames (nothing is leaked).
 
 use crate::elf::{ElfError, ElfImage, LoadPolicy};
@@ -223,9 +231,10 @@ pub struct DomainConfig<'a> {
 /// Validates `image` and builds the domain in freshly allocated frames.
 ///
 /// `entry_area_pml4e` is the PML4 entry installed in slot 511 (by validation,
-/// see [`crate::mm`] rule 3). On success `Built::root` is pinned and holds the
-/// active-root reference, so it can be stored as the vCPU's current root and
-/// later passed to [`Mm::new_baseptr`]. On error some
+/// see [`crate::mm`] rule 3). On success every initial page-table frame is
+/// pinned, and `Built::root` also holds the active-root reference, so it can
+/// be stored as the vCPU's current root and later passed to
+/// [`Mm::new_baseptr`]. On error some
 /// frames may already belong to the domain: the caller releases them with
 /// [`FrameTable::release_domain`].
 pub fn build<M: PhysMem>(
@@ -312,7 +321,18 @@ pub fn build<M: PhysMem>(
         let flags = leaf_flags(&layout, &elf, pfn);
         mem.write_u64(pt * PAGE_SIZE + (pfn % ENTRIES as u64) * 8, Pte::new(p2m.get(mem, pfn), flags).0);
     }
-    // Validate the tree (installs slot 511), pin it and make it the root.
+    // Validate and pin the tables bottom-up, one at a time (mm rule 7):
+    // PTs, PDs, the PDPT, and last the PML4, which also becomes the root
+    // (and gets slot 511).
+    let lower = [(pt_pfn, layout.nr_pts(), 1u8), (pd_pfn, layout.nr_pds(), 2), (pdpt_pfn, 1, 3)];
+    for (first, count, level) in lower {
+        for pfn in first..first + count {
+            let mfn = p2m.get(mem, pfn);
+            Mm::new(mem, frames, entry_area_pml4e)
+                .pin_table(cfg.domid, mfn, level)
+                .map_err(BuildError::PageTables)?;
+        }
+    }
     Mm::new(mem, frames, entry_area_pml4e)
         .install_initial_root(cfg.domid, root)
         .map_err(BuildError::PageTables)?;
@@ -519,14 +539,16 @@ mod tests {
         for (pfn, &mfn) in mfns.iter().enumerate() {
             let pfn = pfn as u64;
             let f = frames.get(mfn).unwrap();
+            // Every table is pinned, and counts its pin plus the one entry
+            // (or, for the PML4, the active root) that refers to it.
             let expect = if pfn == l.pt_pfn {
                 (FrameType::PageTable(4), 2, true)
             } else if pfn == l.pt_pfn + 1 {
-                (FrameType::PageTable(3), 1, false)
+                (FrameType::PageTable(3), 2, true)
             } else if pfn == l.pt_pfn + 2 {
-                (FrameType::PageTable(2), 1, false)
+                (FrameType::PageTable(2), 2, true)
             } else if pfn > l.pt_pfn + 2 && pfn < l.pt_pfn + l.nr_pt_frames {
-                (FrameType::PageTable(1), 1, false)
+                (FrameType::PageTable(1), 2, true)
             } else if pfn == 0 {
                 // Text: mapped read-only, so it takes no type.
                 (FrameType::None, 0, false)
@@ -543,6 +565,46 @@ mod tests {
         let ptr = pt0 * 4096 + (l.pt_pfn + 3) * 8;
         let mut mm = Mm::new(&mut mem, &mut frames, 0xabc_0003);
         assert_eq!(mm.mmu_update(5, ptr, entry), Err(Errno::EBUSY));
+    }
+
+    /// Every initial table is pinned, so later guest operations work on one
+    /// table at a time (mm rule 7): a linked boot table cannot be unpinned,
+    /// unlinking one leaves it pinned, and its unpin devalidates it alone.
+    #[test]
+    fn initial_tables_are_pinned_so_nothing_cascades() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 2048];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 2048);
+        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        // The tables, by walking from the root; the second PT maps pfns
+        // 512..600, all read-write data.
+        let pdpt = Pte(mem.read_u64(b.root * 4096 + table_index(GUEST_KERNEL_BASE, 4) as u64 * 8)).mfn();
+        let pd = Pte(mem.read_u64(pdpt * 4096)).mfn();
+        let pt1 = Pte(mem.read_u64(pd * 4096 + 8)).mfn();
+        let data = Pte(mem.read_u64(pt1 * 4096)).mfn();
+        let mut root = b.root;
+        let mut mm = Mm::new(&mut mem, &mut frames, 0xabc_0003);
+        for t in [b.root, pdpt, pd, pt1] {
+            assert_eq!(mm.unpin_table(5, t), Err(Errno::EBUSY), "table {t:#x}");
+        }
+        // Unlinking the second PT drops one reference; it stays pinned.
+        mm.mmu_update(5, pd * 4096 + 8, 0).unwrap();
+        let info = |mm: &Mm<'_, '_, FakeMem>, m: Mfn| {
+            let f = mm.frames().get(m).unwrap();
+            (f.ty, f.type_count, f.pinned)
+        };
+        assert_eq!(info(&mm, pt1), (FrameType::PageTable(1), 1, true));
+        assert_eq!(info(&mm, pd), (FrameType::PageTable(2), 2, true));
+        assert_eq!(info(&mm, data), (FrameType::Writable, 1, false));
+        // Its unpin devalidates it and releases its data pages, nothing else.
+        mm.unpin_table(5, pt1).unwrap();
+        assert_eq!(info(&mm, pt1), (FrameType::None, 0, false));
+        assert_eq!(info(&mm, data), (FrameType::None, 0, false));
+        assert_eq!(info(&mm, pd), (FrameType::PageTable(2), 2, true));
+        // The root is a pinned L4, so it can be loaded again.
+        assert_eq!(mm.new_baseptr(5, &mut root, b.root), Ok(b.root * 4096));
     }
 
     #[test]

@@ -17,19 +17,28 @@
 //! Every frame also carries a [`FrameType`] and a *type count*, the number of
 //! references that currently hold that type:
 //! - [`FrameType::Writable`]: one reference per present, writable level-1
-//!   entry in a validated page table that maps the frame;
-//! - [`FrameType::PageTable`]`(n)`: one reference per present entry of a
-//!   validated level-`n+1` table that points at it, one for a pin
-//!   ([`FrameInfo::pinned`]) and one for being a vCPU's active root.
+//!   entry in a validated page table that maps the frame (and one the
+//!   hypervisor holds on each domain's shared-info page);
+//! - [`FrameType::PageTable`]`(n)`: one for its pin ([`FrameInfo::pinned`]),
+//!   one per present entry of a validated level-`n+1` table that points at
+//!   it, and one per vCPU that has it as its active root.
 //!
-//! This module only keeps the counts ([`FrameTable::get_type_ref`],
-//! [`FrameTable::put_type_ref`]); what a reference means, and validating and
-//! devalidating page-table contents, is [`crate::mm`]'s job. The rules kept
-//! here:
+//! This module only keeps the counts; what a reference means, and
+//! validating and devalidating page-table contents, is [`crate::mm`]'s job.
+//! The rules kept here:
 //! - the type count is 0 exactly when the type is [`FrameType::None`];
 //! - a frame's type changes only while its type count is 0: a reference of a
 //!   different type is refused with [`FrameError::TypeConflict`];
-//! - a pinned frame is a page table (its pin is one of its references);
+//! - a pinned frame is a page table, and its pin is one of its references.
+//!   The pin's reference is dropped only by [`FrameTable::unpin`], and only
+//!   when it is the frame's last ([`FrameError::Referenced`] otherwise);
+//!   [`FrameTable::put_type_ref`] never drops a pinned frame's last
+//!   reference. So a pinned frame stays typed until it is unpinned, and
+//!   dropping any other reference to it never ends its type (this is what
+//!   keeps devalidation from cascading: [`crate::mm`] rule 7);
+//! - [`FrameTable::get_pinned_ref`] takes a reference only to a frame that
+//!   is already a pinned table of the wanted type: it never gives a frame its
+//!   first reference ([`TypeRef::First`]), so it never asks for validation;
 //! - only the domain that owns a frame can take a type reference to it, and
 //!   references never cross domains, so [`FrameTable::release_domain`] can
 //!   reset every frame of a dead domain (owner, type, count, pin) without
@@ -116,6 +125,17 @@ pub enum FrameError {
     },
     /// The type count would overflow.
     CountOverflow(Mfn),
+    /// The frame is not a pinned page table (it has no type yet, or has not
+    /// been pinned): a reference that needs one is refused.
+    NotPinned(Mfn),
+    /// Unpinning a table that other references (entries, active roots)
+    /// still hold.
+    Referenced {
+        /// The frame.
+        mfn: Mfn,
+        /// Its type count, the pin included.
+        count: u32,
+    },
 }
 
 impl fmt::Display for FrameError {
@@ -128,6 +148,10 @@ impl fmt::Display for FrameError {
                 write!(f, "frame {mfn:#x} is in use as {have:?}")
             }
             FrameError::CountOverflow(m) => write!(f, "frame {m:#x} has too many references"),
+            FrameError::NotPinned(m) => write!(f, "frame {m:#x} is not a pinned page table"),
+            FrameError::Referenced { mfn, count } => {
+                write!(f, "frame {mfn:#x} is still referenced ({} references besides its pin)", count - 1)
+            }
         }
     }
 }
@@ -262,16 +286,40 @@ impl<'a> FrameTable<'a> {
         Ok(TypeRef::More)
     }
 
+    /// Takes one more reference of type `ty` (a page-table type) to a frame
+    /// that `dom` owns and that is already a *pinned* frame of that type.
+    /// Unlike [`FrameTable::get_type_ref`] this never gives a frame its
+    /// first reference, so the caller never has contents to validate. A
+    /// frame of another type is a [`FrameError::TypeConflict`]; one without
+    /// a type, or of the right type but not pinned, is
+    /// [`FrameError::NotPinned`]. On error nothing changes.
+    pub fn get_pinned_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<(), FrameError> {
+        debug_assert!(matches!(ty, FrameType::PageTable(_)), "only page tables are pinned");
+        let f = self.owned_mut(mfn, dom)?;
+        if f.type_count > 0 && f.ty != ty {
+            return Err(FrameError::TypeConflict { mfn, have: f.ty });
+        }
+        if f.type_count == 0 || !f.pinned {
+            return Err(FrameError::NotPinned(mfn));
+        }
+        f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
+        Ok(())
+    }
+
     /// Drops one type reference. When it was the last, the type is reset to
     /// [`FrameType::None`] and the old type is returned, so that the caller
     /// can devalidate a page table's contents.
     ///
-    /// Dropping a reference nobody holds is a hypervisor bug: it is ignored
-    /// (and asserts in debug builds) rather than wrapping the count.
+    /// The pin's own reference is not dropped here but by
+    /// [`FrameTable::unpin`]: dropping the last reference of a pinned frame
+    /// is a hypervisor bug. So is dropping a reference nobody holds. Both
+    /// are ignored (and assert in debug builds) rather than wrapping the
+    /// count or ending a pinned table's type.
     pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
         let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
         debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
-        if f.type_count == 0 {
+        debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
+        if f.type_count == 0 || (f.pinned && f.type_count == 1) {
             return None;
         }
         f.type_count -= 1;
@@ -283,11 +331,34 @@ impl<'a> FrameTable<'a> {
         Some(old)
     }
 
-    /// Sets or clears the pin flag of a frame `dom` owns. The caller takes
-    /// or drops the pin's type reference.
-    pub fn set_pinned(&mut self, mfn: Mfn, dom: DomId, pinned: bool) -> Result<(), FrameError> {
-        self.owned_mut(mfn, dom)?.pinned = pinned;
+    /// Marks a frame `dom` owns as pinned. The caller has just taken the
+    /// pin's type reference (a page-table type); pinning an untyped frame
+    /// is a hypervisor bug and is refused with [`FrameError::NotPinned`].
+    pub fn set_pinned(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
+        let f = self.owned_mut(mfn, dom)?;
+        if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count == 0 {
+            return Err(FrameError::NotPinned(mfn));
+        }
+        f.pinned = true;
         Ok(())
+    }
+
+    /// Drops the pin of a frame `dom` owns, with the pin's reference, and
+    /// returns the type it had (which the caller devalidates). Only a pin
+    /// that is the frame's *last* reference can go: a frame that is not
+    /// pinned is [`FrameError::NotPinned`], one that other references still
+    /// hold is [`FrameError::Referenced`]. On error nothing changes.
+    pub fn unpin(&mut self, mfn: Mfn, dom: DomId) -> Result<FrameType, FrameError> {
+        let f = self.owned_mut(mfn, dom)?;
+        if !f.pinned {
+            return Err(FrameError::NotPinned(mfn));
+        }
+        if f.type_count != 1 {
+            return Err(FrameError::Referenced { mfn, count: f.type_count });
+        }
+        let old = f.ty;
+        *f = FrameInfo::untyped(f.owner);
+        Ok(old)
     }
 
     /// Returns every frame of `dom` to the free pool, with its type, type
@@ -344,7 +415,9 @@ mod tests {
         assert_eq!(t.get(4), Err(FrameError::OutOfRange(4)));
         assert_eq!(t.get(u64::MAX), Err(FrameError::OutOfRange(u64::MAX)));
         assert!(!t.owned_by(u64::MAX, 0));
-        assert_eq!(t.set_pinned(99, 0, true), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.set_pinned(99, 0), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.unpin(99, 0), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.get_pinned_ref(99, 0, FrameType::PageTable(1)), Err(FrameError::OutOfRange(99)));
     }
 
     #[test]
@@ -397,10 +470,10 @@ mod tests {
         let b = t.alloc(Owner::Domain(1)).unwrap();
         let c = t.alloc(Owner::Domain(2)).unwrap();
         let _ = t.get_type_ref(a, 1, FrameType::PageTable(1)).unwrap();
-        t.set_pinned(a, 1, true).unwrap();
+        t.set_pinned(a, 1).unwrap();
         let _ = t.get_type_ref(b, 1, FrameType::Writable).unwrap();
         let _ = t.get_type_ref(c, 2, FrameType::Writable).unwrap();
-        assert_eq!(t.set_pinned(c, 1, true), Err(FrameError::NotOwned(c)));
+        assert_eq!(t.set_pinned(c, 1), Err(FrameError::NotOwned(c)));
         assert_eq!(t.release_domain(1), 2);
         for m in [a, b] {
             assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Free));
@@ -411,5 +484,69 @@ mod tests {
         // Reallocated frames come back untyped.
         let again = t.alloc(Owner::Domain(3)).unwrap();
         assert_eq!(t.get(again).unwrap(), FrameInfo::untyped(Owner::Domain(3)));
+    }
+
+    #[test]
+    fn pinned_references_need_a_pinned_table_of_the_type() {
+        let mut store = [FrameInfo::RESERVED; 4];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 4);
+        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let w = t.alloc(Owner::Domain(1)).unwrap();
+        let l1 = FrameType::PageTable(1);
+        // Untyped, or a table nobody pinned: never a first reference.
+        assert_eq!(t.get_pinned_ref(m, 1, l1), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.get_type_ref(m, 1, l1), Ok(TypeRef::First));
+        assert_eq!(t.get_pinned_ref(m, 1, l1), Err(FrameError::NotPinned(m)));
+        // Pinning needs the type; then references count.
+        assert_eq!(t.set_pinned(w, 1), Err(FrameError::NotPinned(w)));
+        t.set_pinned(m, 1).unwrap();
+        assert_eq!(t.get_pinned_ref(m, 2, l1), Err(FrameError::NotOwned(m)));
+        let conflict = FrameError::TypeConflict { mfn: m, have: l1 };
+        assert_eq!(t.get_pinned_ref(m, 1, FrameType::PageTable(2)), Err(conflict));
+        assert_eq!(t.get_pinned_ref(m, 1, l1), Ok(()));
+        assert_eq!(t.get(m).unwrap().type_count, 2);
+        // A writable frame is a conflict, not "not pinned".
+        let _ = t.get_type_ref(w, 1, FrameType::Writable).unwrap();
+        let conflict = FrameError::TypeConflict { mfn: w, have: FrameType::Writable };
+        assert_eq!(t.get_pinned_ref(w, 1, l1), Err(conflict));
+    }
+
+    #[test]
+    fn unpin_only_drops_a_pin_that_is_the_last_reference() {
+        let mut store = [FrameInfo::RESERVED; 4];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 4);
+        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let l2 = FrameType::PageTable(2);
+        assert_eq!(t.unpin(m, 1), Err(FrameError::NotPinned(m)));
+        let _ = t.get_type_ref(m, 1, l2).unwrap();
+        t.set_pinned(m, 1).unwrap();
+        t.get_pinned_ref(m, 1, l2).unwrap();
+        // Referenced: refused, nothing changes.
+        let before = t.get(m).unwrap();
+        assert_eq!(t.unpin(m, 1), Err(FrameError::Referenced { mfn: m, count: 2 }));
+        assert_eq!(t.unpin(m, 2), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.get(m).unwrap(), before);
+        // Dropping the other reference never ends a pinned table's type.
+        assert_eq!(t.put_type_ref(m), None);
+        assert_eq!((t.get(m).unwrap().ty, t.get(m).unwrap().type_count), (l2, 1));
+        assert_eq!(t.unpin(m, 1), Ok(l2));
+        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(1)));
+        let msg = std::format!("{}", FrameError::Referenced { mfn: 7, count: 3 });
+        assert!(msg.contains("2 references besides its pin"), "{msg}");
+    }
+
+    #[test]
+    #[cfg(debug_assertions)]
+    #[should_panic(expected = "the pin's reference")]
+    fn put_never_drops_the_pins_reference() {
+        let mut store = [FrameInfo::RESERVED; 1];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 1);
+        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let _ = t.get_type_ref(m, 1, FrameType::PageTable(1)).unwrap();
+        t.set_pinned(m, 1).unwrap();
+        let _ = t.put_type_ref(m);
     }
 }

@@ -5,8 +5,9 @@
 //! page-table frames are never writable to the guest, and every change to a
 //! page table goes through this module, which validates it first. The hypercall
 //! layer decodes `mmu_update`, `mmuext_op` and `update_va_mapping` and calls
-//! [`Mm`]; the domain builder validates the initial tables through [`Mm`] too,
-//! so the type counts are consistent from the first instruction a guest runs.
+//! [`Mm`]; the domain builder validates and pins the initial tables through
+//! [`Mm`] too, so the type counts are consistent from the first instruction a
+//! guest runs.
 //!
 //! # Who owns what
 //! - [`crate::frames`] keeps every frame's owner, type, type count and pin
@@ -19,26 +20,29 @@
 //!   by the caller; its frames belong to the hypervisor and are never counted.
 //! - The caller keeps each vCPU's active root (`Domain::root`) and passes it
 //!   in; while it names a frame, that frame holds one `PageTable(4)` reference
-//!   (taken by [`Mm::install_initial_root`] or [`Mm::new_baseptr`]).
+//!   (taken by [`Mm::install_initial_root`] or [`Mm::new_baseptr`]), and it is
+//!   always a pinned L4 (rule 7).
 //!
 //! # Terms
 //! A *validated* table is a frame of type `PageTable(n)` with a type count
-//! above 0. Only validated tables are ever reachable by the CPU (the active
-//! root is validated, and validation is transitive), so only their entries
-//! matter; a frame with count 0 holds arbitrary bytes.
+//! above 0; by rule 7 that is exactly a *pinned* frame. Only validated tables
+//! are ever reachable by the CPU (the active root is validated, and every
+//! present upper entry of a validated table points at a validated table), so
+//! only their entries matter; a frame with count 0 holds arbitrary bytes.
 //!
 //! # Validation rules
 //! Each applies to every *present* entry (P=1) of every validated table, on
-//! every path: validating a table (pin, new root, a new reference from a
-//! higher level), `mmu_update`, batched or single, and `update_va_mapping`.
+//! every path: validating a table (pin, and the builder's pins of the initial
+//! tables), `mmu_update`, batched or single, and `update_va_mapping`.
 //! Non-present entries are the guest's (the CPU ignores their other bits;
 //! guests keep swap information there) and hold no reference.
 //!
 //! 1. **Strict hierarchy.** A present entry of a level-N table (N ≥ 2) points
-//!    to a frame the domain owns that can take type `PageTable(N-1)`: it is
-//!    already a validated level-(N-1) table, or has no type and validates as
-//!    one now (recursively, at most 4 levels deep, 512 entries each). So there
-//!    are no recursive or linear self-maps, and no table serves at two levels.
+//!    to a frame the domain owns that is already a validated, pinned table of
+//!    level N-1; it takes one more reference to it, and nothing is validated
+//!    on the way (rule 7). So there are no recursive or linear self-maps (a
+//!    table under validation has its own level, never N-1), and no table
+//!    serves at two levels.
 //!    Refused bits, at every level: PS (bit 7; PAT at level 1, which the
 //!    hypervisor does not program, so it is refused there too, as Xen does)
 //!    and bits 52..=62 (software-available bits and protection keys, neither
@@ -67,8 +71,9 @@
 //!    (type `Writable`, count > 0) cannot become a page table, a page table
 //!    cannot be mapped writable, and a page table of one level cannot be used
 //!    at another: all `EBUSY`. A frame changes type only when its type count
-//!    is back at 0 (for a table: no entry, pin or root refers to it; it is
-//!    then devalidated, releasing what its entries held, recursively).
+//!    is back at 0 (for a table: it was unpinned and no entry or root refers
+//!    to it; it is then devalidated, releasing what its own entries held, and
+//!    nothing more: rule 7).
 //! 6. **U/S, NX, G, cache bits** (PWT, PCD) and A/D are the guest's business
 //!    and are installed as given. Guest kernels run in ring 1, which the
 //!    paging hardware treats as supervisor: a guest kernel protects itself
@@ -76,6 +81,60 @@
 //!    effect because the hypervisor runs with CR4.PGE clear; if it ever sets
 //!    PGE it must refuse G in guest entries or flush global entries on every
 //!    domain switch.
+//! 7. **Bounded work: at most one table per operation.** The hypervisor runs
+//!    page-table operations with interrupts off, so no guest may make the
+//!    cost of one operation grow with the size of its page tables. (When
+//!    validation recursed, a 1 MiB guest linking and unlinking a tree of
+//!    tables 512 times in one `mmu_update` batch held the CPU for ~2.9 s
+//!    under QEMU TCG, and more with more memory: Xen's XSA-45.) Three rules:
+//!    - (a) *Validation never recurses.* A present entry of a level-N table
+//!      (N ≥ 2), whether met while validating the table or written by one
+//!      `mmu_update`, must point at a table that is already validated and
+//!      pinned at level N-1; it takes one more reference to it
+//!      ([`FrameTable::get_pinned_ref`], never a first reference). A frame
+//!      with no type, or a table nobody pinned, is refused with `EINVAL`
+//!      ("pin lower-level tables first"); another type is `EBUSY` (rule 5).
+//!      Level-1 entries are as in rule 2 (a writable leaf takes a `Writable`
+//!      reference, which has no contents to validate).
+//!    - (b) *A table is first validated only by the operation that names it:*
+//!      `MMUEXT_PIN_Ln_TABLE` ([`Mm::pin_table`]), which the builder also uses
+//!      for the initial tables, bottom-up. `MMUEXT_NEW_BASEPTR` accepts only
+//!      an L4 that is already pinned (`EINVAL` otherwise; Linux PV pins its
+//!      L4s before loading them) and validates nothing.
+//!    - (c) *Only an unreferenced table can be unpinned.*
+//!      `MMUEXT_UNPIN_TABLE` succeeds only when the pin is the table's last
+//!      reference (type count 1); a table that entries of other tables or an
+//!      active root still hold is `EBUSY` ("still referenced"), and unpin
+//!      devalidates exactly that one table.
+//!
+//!    What follows, by induction over operations from the builder's state
+//!    (every initial table pinned):
+//!    - (i) *A frame has a page-table type exactly while it is pinned.* The
+//!      type is given only by a pin (b); (a) and `new_baseptr` only add
+//!      references to pinned tables; the pin's reference is dropped only by
+//!      unpin, only when it is the last (c), which ends pin and type together
+//!      ([`FrameTable::put_type_ref`] never drops a pinned frame's last
+//!      reference).
+//!    - (ii) *The active root is a pinned L4*: `new_baseptr` takes only those,
+//!      and the root reference makes unpinning it `EBUSY`. Switching away
+//!      from a root therefore never ends its type.
+//!    - (iii) *Devalidation never cascades.* Only unpin ends a table's type,
+//!      and then nothing else references it (c). Devalidating it drops one
+//!      reference from each table its entries name, each of which is pinned
+//!      (i) and so keeps its type, and from each frame it maps writable,
+//!      which has no contents. Every other dropped reference (an entry
+//!      overwritten, a root switched away from) leaves a pinned table pinned.
+//!    - (iv) *The bound.* Every operation reads or writes at most the 512
+//!      entries of one table, each with O(1) frame-table work, plus O(1)
+//!      more: `mmu_update` reads 1 entry and writes 1 (2 frame-table
+//!      updates); `update_va_mapping` adds a 3-entry walk; a pin reads at
+//!      most 512 entries, re-reads at most 511 to give back their
+//!      references if one fails, and writes slot 511 of an L4; an unpin
+//!      reads at most 512; `new_baseptr` reads none. So one operation
+//!      touches at most 2 × 512 entries. A batch is bounded by its caller
+//!      ([`pvguest_abi::mmu::MAX_BATCH`] operations per hypercall), and the
+//!      domain builder's bottom-up pins of the initial tables are the
+//!      hypervisor's own work, bounded by the domain's size at build time.
 //!
 //! # Errors (Xen-like errno)
 //! Xen answers most of these with `EINVAL`; Ringfence keeps Xen's numbers but
@@ -87,7 +146,9 @@
 //! | frame not owned by the domain, out of range; slot 511 | `EPERM` |
 //! | type conflict (rule 5, wrong level) | `EBUSY` |
 //! | `mmu_update` command (`ptr & 3`) other than `MMU_NORMAL_PT_UPDATE` | `ENOSYS` |
-//! | refused bits (rule 1); `ptr` not 8-aligned; `ptr` not in a validated table; level not 1..=4; pin of a pinned frame, unpin of an unpinned one; `va` not a guest address or not mapped by an L1; a bad current root | `EINVAL` |
+//! | unpin of a table that entries or an active root still reference (rule 7c) | `EBUSY` |
+//! | refused bits (rule 1); `ptr` not 8-aligned; `ptr` not in a validated table; level not 1..=4; pin of a frame already pinned at that level, unpin of an unpinned one; `va` not a guest address or not mapped by an L1; a bad current root | `EINVAL` |
+//! | a level-2..4 entry, or a new root, naming a frame that is not yet a pinned table (no type yet, or never pinned: pin lower-level tables first, rule 7a/b) | `EINVAL` |
 //! | unknown `mmuext_op` command | `ENOSYS` |
 //!
 //! Every operation either succeeds completely or changes nothing (memory and
@@ -107,13 +168,18 @@
 //! reference.
 //!
 //! # Bounds
-//! Validation recurses at most 4 levels with 512 entries per table. Within
-//! one operation a table is validated at most once (it is then typed, and
-//! later references only count) and devalidated at most once, so an
-//! operation costs O(page-table frames of the domain * 512) entry reads; the
-//! caller bounds batches ([`pvguest_abi::mmu::MAX_BATCH`]).
+//! Rule 7: one operation validates or devalidates at most one table, so it
+//! touches at most 2 × 512 entries and O(512) frame-table slots, whatever
+//! the size of the domain. Batches are the hypercall layer's: it bounds them
+//! ([`pvguest_abi::mmu::MAX_BATCH`]; shorter inside a `multicall`) and
+//! stops a batch between operations when other work is due (a
+//! continuation), so the longest the hypervisor runs page-table work
+//! without a preemption point is one short nested batch of operations,
+//! each one table at most. (Measured by the pt-attacker guest under QEMU
+//! TCG: one full table ~15-35 us; the 512-request link/unlink storm that
+//! took ~2.9 s with recursive validation, ~0.1 ms.)
 //! Type counts are `u32`; a frame's references are bounded by the domain's
-//! level-1 entries, far below 2^32 for the 1 GiB the frame table covers.
+//! entries, far below 2^32 for the 1 GiB the frame table covers.
 //!
 //! # Not yet
 //! Ownership of a domain's frames does not change while it lives, so read-only
@@ -209,7 +275,10 @@ pub struct Mm<'a, 'f, M: PhysMem> {
 fn errno(e: FrameError) -> Errno {
     match e {
         FrameError::OutOfRange(_) | FrameError::NotOwned(_) => Errno::EPERM,
-        FrameError::TypeConflict { .. } | FrameError::CountOverflow(_) => Errno::EBUSY,
+        FrameError::TypeConflict { .. } | FrameError::CountOverflow(_) | FrameError::Referenced { .. } => {
+            Errno::EBUSY
+        }
+        FrameError::NotPinned(_) => Errno::EINVAL,
         FrameError::Exhausted => Errno::ENOMEM,
     }
 }
@@ -239,7 +308,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// only [`MMU_NORMAL_PT_UPDATE`] exists (others are `ENOSYS`). It writes
     /// `val` into the entry at machine address `ptr`, which must be 8-aligned
     /// and lie in a validated page table that `dom` owns. `val` is validated for
-    /// that table's level (rules 1-5), its reference taken, the entry written
+    /// that table's level (rules 1-5 and 7a), its reference taken, the entry written
     /// and the old entry's reference dropped, in that order, so rewriting an
     /// entry with its own value is a no-op.
     pub fn mmu_update(&mut self, dom: DomId, ptr: u64, val: u64) -> Result<(), Errno> {
@@ -280,57 +349,83 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         (reqs.len(), Ok(()))
     }
 
-    /// `MMUEXT_PIN_Ln_TABLE`: validates `mfn` as a table of `level` (if it
-    /// is not one already) and pins it, which holds one reference until
-    /// [`Mm::unpin_table`]. Pinning a pinned frame is `EINVAL`, as in Xen.
+    /// `MMUEXT_PIN_Ln_TABLE`: validates `mfn` as a table of `level` and
+    /// pins it, which holds one reference until [`Mm::unpin_table`]. This is
+    /// the only way a table gets its type (rule 7b): every table it points
+    /// at must already be pinned (rule 7a), so it validates this one table
+    /// and nothing else. Pinning a frame already pinned at this level is
+    /// `EINVAL`, as in Xen; a frame of another type or level is `EBUSY`.
     pub fn pin_table(&mut self, dom: DomId, mfn: Mfn, level: u8) -> Result<(), Errno> {
         if !(1..=4).contains(&level) {
             return Err(Errno::EINVAL);
         }
         let info = self.owned(dom, mfn)?;
+        // A frame in use as another type (or a table of another level) is
+        // a type conflict before it is a double pin, as in Xen.
+        if info.type_count > 0 && info.ty != FrameType::PageTable(level) {
+            return Err(errno(FrameError::TypeConflict { mfn, have: info.ty }));
+        }
         if info.pinned {
             return Err(Errno::EINVAL);
         }
-        self.get_type(dom, mfn, FrameType::PageTable(level))?;
-        self.frames.set_pinned(mfn, dom, true).map_err(errno)
+        match self.frames.get_type_ref(mfn, dom, FrameType::PageTable(level)).map_err(errno)? {
+            TypeRef::First => {
+                if let Err(e) = self.validate(dom, mfn, level) {
+                    let _ = self.frames.put_type_ref(mfn);
+                    return Err(e);
+                }
+            }
+            // A table that is typed but not pinned does not exist (rule 7
+            // (i)); if it did, its contents would be valid already.
+            TypeRef::More => debug_assert!(false, "rule 7: frame {mfn:#x} is a table but not pinned"),
+        }
+        self.frames.set_pinned(mfn, dom).map_err(errno)
     }
 
-    /// `MMUEXT_UNPIN_TABLE`: drops the pin of `mfn`; if that was its last
-    /// reference the table is devalidated. Unpinning an unpinned frame is
-    /// `EINVAL`.
+    /// `MMUEXT_UNPIN_TABLE`: drops the pin of `mfn` and devalidates it. Only
+    /// a pin that is the table's last reference can go (rule 7c): a table
+    /// that entries of other tables or an active root still hold is
+    /// `EBUSY`, and unpinning an unpinned frame is `EINVAL`. The tables its
+    /// entries name are pinned, so they only lose one reference each: no
+    /// devalidation cascades.
     pub fn unpin_table(&mut self, dom: DomId, mfn: Mfn) -> Result<(), Errno> {
-        if !self.owned(dom, mfn)?.pinned {
-            return Err(Errno::EINVAL);
+        self.owned(dom, mfn)?;
+        match self.frames.unpin(mfn, dom).map_err(errno)? {
+            FrameType::PageTable(level) => self.devalidate(mfn, level),
+            other => debug_assert!(false, "pinned frame {mfn:#x} was {other:?}"),
         }
-        self.frames.set_pinned(mfn, dom, false).map_err(errno)?;
-        self.put_type(mfn);
         Ok(())
     }
 
-    /// `MMUEXT_NEW_BASEPTR`: validates `mfn` as an L4 and makes it the
-    /// vCPU's root. `current_root` must name the vCPU's current root (which
+    /// `MMUEXT_NEW_BASEPTR`: makes the pinned L4 `mfn` the vCPU's root. The
+    /// L4 must already be pinned (rule 7b: `EINVAL` for a frame with no type
+    /// or a table nobody pinned, `EBUSY` for another type), so nothing is
+    /// validated. `current_root` must name the vCPU's current root (which
     /// holds a root reference); on success it names `mfn`, the old root's
-    /// reference is dropped (devalidating it if it was the last) and the CR3
-    /// value to load is returned. Setting the current root again is allowed.
+    /// reference is dropped (it stays pinned, so nothing is devalidated) and
+    /// the CR3 value to load is returned. Setting the current root again is
+    /// allowed.
     pub fn new_baseptr(&mut self, dom: DomId, current_root: &mut Mfn, mfn: Mfn) -> Result<u64, Errno> {
         self.owned(dom, mfn)?;
         if !self.is_table(dom, *current_root, 4) {
             return Err(Errno::EINVAL);
         }
-        self.get_type(dom, mfn, FrameType::PageTable(4))?;
+        self.frames.get_pinned_ref(mfn, dom, FrameType::PageTable(4)).map_err(errno)?;
         let old = core::mem::replace(current_root, mfn);
-        self.put_type(old);
+        self.put_table_ref(old);
         Ok(mfn * PAGE_SIZE)
     }
 
     /// For a vCPU that has no root yet (the domain builder): validates `mfn`
     /// as an L4, pins it and takes the active-root reference, so it ends with
-    /// type count 2. Returns the CR3 value. On error nothing changed.
+    /// type count 2. The tables its entries name must already be pinned
+    /// (the builder pins the initial tables bottom-up first). Returns the CR3
+    /// value. On error nothing changed.
     pub fn install_initial_root(&mut self, dom: DomId, mfn: Mfn) -> Result<u64, Errno> {
         self.pin_table(dom, mfn, 4)?;
-        // The pin holds a reference, so this is `TypeRef::More` and cannot
-        // fail: the type is PageTable(4) and the count is 1.
-        if let Err(e) = self.frames.get_type_ref(mfn, dom, FrameType::PageTable(4)) {
+        // The pin holds a reference, so this only counts and cannot fail:
+        // the type is PageTable(4), the count 1 and the frame pinned.
+        if let Err(e) = self.frames.get_pinned_ref(mfn, dom, FrameType::PageTable(4)) {
             self.unpin_table(dom, mfn)?;
             return Err(errno(e));
         }
@@ -404,8 +499,10 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         Ok(())
     }
 
-    /// Checks a would-be entry of a level-`level` table (rules 1, 2, 4, 5)
-    /// and takes the reference it holds.
+    /// Checks a would-be entry of a level-`level` table (rules 1, 2, 4, 5, 7a)
+    /// and takes the reference it holds. Never validates anything: a
+    /// writable leaf's `Writable` type has no contents, and an upper entry
+    /// must name a table that is already pinned.
     fn get_entry_ref(&mut self, dom: DomId, level: u8, val: u64) -> Result<(), Errno> {
         let e = Pte(val);
         if !e.present() {
@@ -417,48 +514,42 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
             return Err(Errno::EPERM);
         }
         match level {
-            1 if e.writable() => self.get_type(dom, target, FrameType::Writable),
+            1 if e.writable() => {
+                // First or More: either way there is nothing to validate.
+                self.frames.get_type_ref(target, dom, FrameType::Writable).map(drop).map_err(errno)
+            }
             1 => Ok(()),
-            _ => self.get_type(dom, target, FrameType::PageTable(level - 1)),
+            _ => self.frames.get_pinned_ref(target, dom, FrameType::PageTable(level - 1)).map_err(errno),
         }
     }
 
-    /// Drops the reference held by an entry of a validated table.
+    /// Drops the reference held by an entry of a validated table. A
+    /// writable frame may lose its type here (it has no contents); a table
+    /// never does (rule 7c).
     fn put_entry_ref(&mut self, level: u8, val: u64) {
         let e = Pte(val);
-        if e.present() && (level > 1 || e.writable()) {
-            self.put_type(e.mfn());
+        if !e.present() {
+            return;
+        }
+        if level > 1 {
+            self.put_table_ref(e.mfn());
+        } else if e.writable() {
+            let _ = self.frames.put_type_ref(e.mfn());
         }
     }
 
-    /// Takes a type reference; a page table that gets its first reference is
-    /// validated, and on failure the reference is dropped again.
-    fn get_type(&mut self, dom: DomId, mfn: Mfn, ty: FrameType) -> Result<(), Errno> {
-        match self.frames.get_type_ref(mfn, dom, ty).map_err(errno)? {
-            TypeRef::More => Ok(()),
-            TypeRef::First => {
-                if let FrameType::PageTable(level) = ty {
-                    if let Err(e) = self.validate(dom, mfn, level) {
-                        let _ = self.frames.put_type_ref(mfn);
-                        return Err(e);
-                    }
-                }
-                Ok(())
-            }
-        }
-    }
-
-    /// Drops a type reference; a page table that loses its last one is
-    /// devalidated.
-    fn put_type(&mut self, mfn: Mfn) {
-        if let Some(FrameType::PageTable(level)) = self.frames.put_type_ref(mfn) {
-            self.devalidate(mfn, level);
-        }
+    /// Drops a reference to a table other than its pin (an entry's or a
+    /// root's). The table is pinned (rule 7 (i)), so this is never its last
+    /// reference and nothing is devalidated.
+    fn put_table_ref(&mut self, mfn: Mfn) {
+        let last = self.frames.put_type_ref(mfn);
+        debug_assert!(last.is_none(), "rule 7: table {mfn:#x} lost its last reference through an entry");
     }
 
     /// Takes the references of every guest entry of the table `mfn` (already
     /// typed, so it cannot refer to itself); on failure gives them back.
-    /// Success installs slot 511 of an L4 (rule 3).
+    /// Success installs slot 511 of an L4 (rule 3). Reads at most 511
+    /// entries, and as many again to give them back (rule 7 (iv)).
     fn validate(&mut self, dom: DomId, mfn: Mfn, level: u8) -> Result<(), Errno> {
         let base = mfn * PAGE_SIZE;
         for i in 0..ENTRIES {
@@ -480,8 +571,8 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         Ok(())
     }
 
-    /// Gives back the references of every guest entry of a table whose
-    /// count just reached 0.
+    /// Gives back the references of every guest entry of a table that was
+    /// just unpinned: one table, at most 512 entry reads (rule 7 (iv)).
     fn devalidate(&mut self, mfn: Mfn, level: u8) {
         let base = mfn * PAGE_SIZE;
         for i in (0..ENTRIES).filter(|&i| guest_slot(level, i)) {
@@ -499,6 +590,7 @@ mod tests {
     use super::*;
     use crate::frames::{FrameInfo, Owner};
     use crate::paging::PteFlags;
+    use core::cell::Cell;
     use std::collections::HashMap;
     use std::string::String;
     use std::vec::Vec;
@@ -542,10 +634,16 @@ mod tests {
     }
 
     /// Machine memory holding only the domain's frames: the validator must
-    /// never read or write any other frame, so touching one panics.
+    /// never read or write any other frame, so touching one panics. It
+    /// counts every entry read and written, for rule 7's bound.
     struct TestMem {
         words: Vec<u64>,
+        accesses: Cell<u64>,
     }
+
+    /// Entries one operation may read or write (rule 7 (iv)): one table
+    /// twice (validation and its rollback) plus O(1).
+    const OP_BOUND: u64 = 2 * ENTRIES as u64 + 64;
 
     impl TestMem {
         fn index(pa: u64) -> usize {
@@ -558,9 +656,11 @@ mod tests {
 
     impl PhysMem for TestMem {
         fn read_u64(&self, pa: u64) -> u64 {
+            self.accesses.set(self.accesses.get() + 1);
             self.words[Self::index(pa)]
         }
         fn write_u64(&mut self, pa: u64, val: u64) {
+            self.accesses.set(self.accesses.get() + 1);
             self.words[Self::index(pa)] = val;
         }
         fn read(&self, _: u64, _: &mut [u8]) {
@@ -576,7 +676,8 @@ mod tests {
 
     /// A domain with frames [`DOM_FIRST`, `DOM_END`) and the standard tree:
     /// L4 -> L3 -> L2 -> L1 through slot 0 at every level, DATA.. mapped RW
-    /// at L1 slots 0..4, the four tables mapped RO at L1 slots 10..14.
+    /// at L1 slots 0..4, the four tables mapped RO at L1 slots 10..14. Like
+    /// the builder's, every table is pinned, bottom-up.
     struct H {
         mem: TestMem,
         frames: FrameTable<'static>,
@@ -595,7 +696,7 @@ mod tests {
             }
             assert!(frames.owned_by(DOM_END - 1, D) && frames.owned_by(OTHER_FIRST, OTHER));
             assert_eq!(frames.get(HYP_FIRST).unwrap().owner, Owner::Hypervisor);
-            H { mem: TestMem { words: vec![0; 64 * 512] }, frames, root: 0 }
+            H { mem: TestMem { words: vec![0; 64 * 512], accesses: Cell::new(0) }, frames, root: 0 }
         }
 
         fn new() -> H {
@@ -609,10 +710,33 @@ mod tests {
             for (i, t) in [L4, L3, L2, L1].into_iter().enumerate() {
                 h.raw(L1, 10 + i, ro(t));
             }
+            for (t, level) in [(L1, 1), (L2, 2), (L3, 3)] {
+                h.pin(t, level).unwrap();
+            }
             h.mm().install_initial_root(D, L4).unwrap();
             h.root = L4;
             h.check();
             h
+        }
+
+        /// Entries read or written since the last call.
+        fn accesses(&self) -> u64 {
+            self.mem.accesses.replace(0)
+        }
+
+        /// Runs `n` (at least one) operations in `f` and checks rule 7's
+        /// bound: at most [`OP_BOUND`] entries touched per operation.
+        fn bounded<R>(&mut self, n: usize, f: impl FnOnce(&mut H) -> R) -> R {
+            self.accesses();
+            let r = f(self);
+            let used = self.accesses();
+            let bound = n.max(1) as u64 * OP_BOUND;
+            assert!(used <= bound, "rule 7: {n} operation(s) touched {used} entries (bound {bound})");
+            r
+        }
+
+        fn unpin(&mut self, mfn: Mfn) -> Result<(), Errno> {
+            self.mm().unpin_table(D, mfn)
         }
 
         fn mm(&mut self) -> Mm<'_, 'static, TestMem> {
@@ -686,8 +810,12 @@ mod tests {
     /// present entry of a validated table points to a frame the domain owns
     /// and has no refused bits; (c) type counts and types equal the
     /// references recomputed from the validated tables, pins and `roots`;
-    /// (d) slot 511 of every validated L4 is the entry-area value. Frames the
-    /// domain does not own hold no types at all.
+    /// (d) slot 511 of every validated L4 is the entry-area value; (f) a
+    /// frame has a page-table type exactly while it is pinned, and every
+    /// root is a pinned L4 (rule 7 (i), (ii)), so no table can lose its last
+    /// reference except by its own unpin. Frames the domain does not own
+    /// hold no types at all. ((e), rule 7's bound on the work of one
+    /// operation, is checked around each operation: [`H::bounded`].)
     fn audit(mem: &TestMem, frames: &FrameTable<'_>, roots: &[Mfn]) -> Result<(), String> {
         let mut want: HashMap<Mfn, (FrameType, u32)> = HashMap::new();
         let mut add = |m: Mfn, ty: FrameType, why: &str| -> Result<(), String> {
@@ -709,6 +837,9 @@ mod tests {
             let FrameType::PageTable(level) = f.ty else { continue };
             if f.type_count == 0 {
                 return Err(format!("frame {t} typed with count 0"));
+            }
+            if !f.pinned {
+                return Err(format!("(f) table {t} (L{level}) is not pinned"));
             }
             for i in 0..ENTRIES {
                 let v = mem.read_u64(at(t, i));
@@ -743,6 +874,9 @@ mod tests {
             }
         }
         for &r in roots {
+            if !frames.get(r).is_ok_and(|f| f.pinned) {
+                return Err(format!("(f) root {r} is not pinned"));
+            }
             add(r, FrameType::PageTable(4), "root")?;
         }
         for m in 0..NFRAMES as u64 {
@@ -761,11 +895,14 @@ mod tests {
     #[test]
     fn standard_tree_is_typed() {
         let h = H::new();
+        // Pin and root; pin and the entry above, for the others.
         assert_eq!(h.ty(L4), (FrameType::PageTable(4), 2));
-        assert!(h.info(L4).pinned);
-        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 1));
-        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 1));
-        assert_eq!(h.ty(L1), (FrameType::PageTable(1), 1));
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 2));
+        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 2));
+        assert_eq!(h.ty(L1), (FrameType::PageTable(1), 2));
+        for t in [L4, L3, L2, L1] {
+            assert!(h.info(t).pinned, "table {t}");
+        }
         assert_eq!(h.ty(DATA), (FrameType::Writable, 1));
         assert_eq!(h.ty(SPARE), (FrameType::None, 0));
         assert_eq!(h.read(L4, ENTRY_AREA_SLOT), ENTRY);
@@ -774,25 +911,36 @@ mod tests {
     // ---- rule 1 ----
 
     #[test]
-    fn rule1_upper_entry_validates_the_next_level_recursively() {
+    fn rule1_upper_entry_takes_a_reference_to_a_pinned_table() {
         let mut h = H::new();
-        // A new L3 -> L2 -> L1 chain in spare frames, linked from L4 slot 1.
+        // A new L3 -> L2 -> L1 chain in spare frames, pinned bottom-up and
+        // linked from L4 slot 1.
         h.raw(SPARE, 0, rw(SPARE + 1));
         h.raw(SPARE + 1, 7, rw(SPARE + 2));
         h.raw(SPARE + 2, 3, rw(SPARE + 3));
         h.raw(SPARE + 2, 4, ro(L1));
+        for (t, level) in [(SPARE + 2, 1), (SPARE + 1, 2), (SPARE, 3)] {
+            h.pin(t, level).unwrap();
+        }
         h.update(L4, 1, rw(SPARE)).unwrap();
-        assert_eq!(h.ty(SPARE), (FrameType::PageTable(3), 1));
-        assert_eq!(h.ty(SPARE + 1), (FrameType::PageTable(2), 1));
-        assert_eq!(h.ty(SPARE + 2), (FrameType::PageTable(1), 1));
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(3), 2));
+        assert_eq!(h.ty(SPARE + 1), (FrameType::PageTable(2), 2));
+        assert_eq!(h.ty(SPARE + 2), (FrameType::PageTable(1), 2));
         assert_eq!(h.ty(SPARE + 3), (FrameType::Writable, 1));
         h.check();
-        // Dropping the link devalidates the whole chain.
+        // Dropping the link drops one reference; the pins keep the chain.
         h.update(L4, 1, 0).unwrap();
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(3), 1));
+        assert_eq!(h.ty(SPARE + 1), (FrameType::PageTable(2), 2));
+        h.check();
+        // Unpinned top-down, one table at a time.
+        for t in [SPARE, SPARE + 1, SPARE + 2] {
+            h.unpin(t).unwrap();
+            h.check();
+        }
         for m in SPARE..SPARE + 4 {
             assert_eq!(h.ty(m), (FrameType::None, 0), "frame {m}");
         }
-        h.check();
     }
 
     #[test]
@@ -800,8 +948,8 @@ mod tests {
         let mut h = H::new();
         h.update(L2, 1, rw(L1)).unwrap();
         h.update(L3, 1, ro(L2)).unwrap();
-        assert_eq!(h.ty(L1), (FrameType::PageTable(1), 2));
-        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 2));
+        assert_eq!(h.ty(L1), (FrameType::PageTable(1), 3));
+        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 3));
         h.check();
     }
 
@@ -822,10 +970,11 @@ mod tests {
             h.refused(Errno::EBUSY, |h| h.update(table, 2, ro(target)));
         }
         // A table under validation is already typed, so a self-reference
-        // inside a new table is refused too.
+        // inside a new table is refused too; and it cannot be linked before
+        // it is pinned (rule 7).
         h.raw(SPARE, 5, rw(SPARE));
         h.refused(Errno::EBUSY, |h| h.pin(SPARE, 2));
-        h.refused(Errno::EBUSY, |h| h.update(L4, 3, rw(SPARE)));
+        h.refused(Errno::EINVAL, |h| h.update(L4, 3, rw(SPARE)));
     }
 
     #[test]
@@ -920,12 +1069,12 @@ mod tests {
         h.raw(SPARE, ENTRY_AREA_SLOT, rw(OTHER_FIRST) | PteFlags::HUGE.bits());
         h.pin(SPARE, 4).unwrap();
         assert_eq!(h.read(SPARE, ENTRY_AREA_SLOT), ENTRY);
-        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 2));
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 3));
         h.check();
         // Devalidation leaves the hypervisor's slot alone and drops nothing
         // for it.
         h.mm().unpin_table(D, SPARE).unwrap();
-        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 1));
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 2));
         h.check();
     }
 
@@ -968,12 +1117,16 @@ mod tests {
             // another domain would be refused before its type is looked at).
             h.refused(Errno::EPERM, |h| h.mm().mmu_update(D, at(m, 0), 0));
         }
-        // A new table hiding a foreign entry deep inside is refused whole.
+        // A new tree hiding a foreign entry deep inside: it is found when
+        // the table that holds it is pinned (tables are pinned bottom-up),
+        // and the tables above cannot be pinned without it.
         h.raw(SPARE, 0, rw(SPARE + 1));
         h.raw(SPARE + 1, 0, rw(SPARE + 2));
         h.raw(SPARE + 2, 0, rw(DATA));
         h.raw(SPARE + 2, 1, ro(HYP_FIRST));
-        h.refused(Errno::EPERM, |h| h.pin(SPARE, 3));
+        h.refused(Errno::EPERM, |h| h.pin(SPARE + 2, 1));
+        h.refused(Errno::EINVAL, |h| h.pin(SPARE + 1, 2));
+        h.refused(Errno::EINVAL, |h| h.pin(SPARE, 3));
     }
 
     #[test]
@@ -1030,11 +1183,15 @@ mod tests {
         let mut h = H::new();
         h.pin(SPARE, 1).unwrap();
         h.update(L2, 1, rw(SPARE)).unwrap();
-        h.mm().unpin_table(D, SPARE).unwrap();
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(1), 2));
+        h.refused(Errno::EBUSY, |h| h.update(L1, 5, rw(SPARE)));
+        h.refused(Errno::EBUSY, |h| h.update(L3, 1, rw(SPARE)));
+        // Unlinked, it is still a pinned table.
+        h.update(L2, 1, 0).unwrap();
         assert_eq!(h.ty(SPARE), (FrameType::PageTable(1), 1));
         h.refused(Errno::EBUSY, |h| h.update(L1, 5, rw(SPARE)));
-        h.refused(Errno::EBUSY, |h| h.pin(SPARE, 2));
-        h.update(L2, 1, 0).unwrap();
+        // Unpinned, its count is 0 and it may take another type.
+        h.unpin(SPARE).unwrap();
         assert_eq!(h.ty(SPARE), (FrameType::None, 0));
         h.update(L1, 5, rw(SPARE)).unwrap();
         h.check();
@@ -1059,6 +1216,156 @@ mod tests {
         let upper = rw(L1) | (PteFlags::USER | PteFlags::NO_EXECUTE | PteFlags::NO_CACHE).bits();
         h.update(L2, 0, upper).unwrap();
         assert_eq!(h.read(L2, 0), upper);
+        h.check();
+    }
+
+    // ---- rule 7 ----
+
+    #[test]
+    fn rule7_link_requires_pinned_child() {
+        let mut h = H::new();
+        // An L1 that would validate, offered unpinned at every path that
+        // names a lower table: a single update, a batch, a pinned L2's
+        // validation, update_va_mapping's walk.
+        h.raw(SPARE, 0, rw(DATA + 8));
+        h.refused(Errno::EINVAL, |h| h.update(L2, 1, rw(SPARE)));
+        let reqs = [MmuUpdate { ptr: at(L1, 5), val: rw(DATA + 9) }, MmuUpdate { ptr: at(L2, 1), val: rw(SPARE) }];
+        assert_eq!(h.mm().mmu_update_batch(D, &reqs), (1, Err(Errno::EINVAL)));
+        h.update(L1, 5, 0).unwrap();
+        h.raw(SPARE + 1, 0, rw(SPARE));
+        h.refused(Errno::EINVAL, |h| h.pin(SPARE + 1, 2));
+        // It was never validated: no type, no reference to its leaf.
+        assert_eq!(h.ty(SPARE), (FrameType::None, 0));
+        assert_eq!(h.ty(DATA + 8), (FrameType::None, 0));
+        // The same at every level: an unpinned L2 under an L3, an unpinned
+        // L3 under the L4.
+        h.raw(SPARE + 2, 0, rw(L1));
+        h.refused(Errno::EINVAL, |h| h.update(L3, 1, rw(SPARE + 2)));
+        h.raw(SPARE + 3, 0, rw(L2));
+        h.refused(Errno::EINVAL, |h| h.update(L4, 1, rw(SPARE + 3)));
+        // Pinned bottom-up, every link is accepted.
+        h.pin(SPARE, 1).unwrap();
+        h.pin(SPARE + 1, 2).unwrap();
+        h.update(L3, 1, rw(SPARE + 1)).unwrap();
+        h.pin(SPARE + 2, 2).unwrap();
+        h.update(L3, 2, rw(SPARE + 2)).unwrap();
+        h.pin(SPARE + 3, 3).unwrap();
+        h.update(L4, 1, rw(SPARE + 3)).unwrap();
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(1), 2));
+        assert_eq!(h.ty(SPARE + 1), (FrameType::PageTable(2), 2));
+        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 3));
+        h.uvm(1 << 30, rw(DATA + 10)).unwrap();
+        assert_eq!(h.read(SPARE, 0), rw(DATA + 10));
+        h.check();
+    }
+
+    #[test]
+    fn rule7_unpin_referenced_table_is_ebusy() {
+        let mut h = H::new();
+        // Referenced by an entry of another table, at every level, and the
+        // active root.
+        for t in [L4, L3, L2, L1] {
+            h.refused(Errno::EBUSY, |h| h.unpin(t));
+        }
+        // A second, shared reference: unlinking one is not enough.
+        h.update(L2, 1, rw(L1)).unwrap();
+        h.update(L2, 0, 0).unwrap();
+        h.refused(Errno::EBUSY, |h| h.unpin(L1));
+        h.update(L2, 1, 0).unwrap();
+        h.unpin(L1).unwrap();
+        // A root that is also the switch target: it holds the root
+        // reference until the vCPU switches away.
+        let l4 = second_l4(&mut h);
+        h.baseptr(l4).unwrap();
+        h.refused(Errno::EBUSY, |h| h.unpin(l4));
+        h.baseptr(L4).unwrap();
+        h.unpin(l4).unwrap();
+        h.check();
+    }
+
+    #[test]
+    fn rule7_no_cascade_on_unpin() {
+        let mut h = H::new();
+        // A deep tree: L3 -> L2 -> L1 -> RW leaves, pinned bottom-up, linked.
+        h.raw(SPARE, 0, rw(DATA + 5));
+        h.raw(SPARE + 1, 0, rw(SPARE));
+        h.raw(SPARE + 2, 0, rw(SPARE + 1));
+        for (t, level) in [(SPARE, 1), (SPARE + 1, 2), (SPARE + 2, 3)] {
+            h.pin(t, level).unwrap();
+        }
+        h.update(L4, 1, rw(SPARE + 2)).unwrap();
+        // Unlinking the top touches one entry and one count.
+        let before = h.snapshot().1;
+        h.update(L4, 1, 0).unwrap();
+        let after = h.snapshot().1;
+        let changed: Vec<Mfn> = (0..NFRAMES as Mfn).filter(|&m| before[m as usize] != after[m as usize]).collect();
+        assert_eq!(changed, [SPARE + 2]);
+        // Unpinning the top devalidates it alone: its child loses one
+        // reference and keeps its pin.
+        let before = h.snapshot().1;
+        h.unpin(SPARE + 2).unwrap();
+        let after = h.snapshot().1;
+        let changed: Vec<Mfn> = (0..NFRAMES as Mfn).filter(|&m| before[m as usize] != after[m as usize]).collect();
+        assert_eq!(changed, [SPARE + 1, SPARE + 2]);
+        assert_eq!(h.ty(SPARE + 1), (FrameType::PageTable(2), 1));
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(1), 2));
+        h.check();
+        h.unpin(SPARE + 1).unwrap();
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(1), 1));
+        assert_eq!(h.ty(DATA + 5), (FrameType::Writable, 1));
+        h.unpin(SPARE).unwrap();
+        assert_eq!(h.ty(DATA + 5), (FrameType::None, 0));
+        h.check();
+    }
+
+    #[test]
+    fn rule7_new_baseptr_requires_a_pinned_l4_and_never_devalidates() {
+        let mut h = H::new();
+        let l4 = second_l4_unpinned(&mut h);
+        h.refused(Errno::EINVAL, |h| h.baseptr(l4).map(drop));
+        pin_second_l4(&mut h);
+        // Switching back and forth is O(1): two counts, no entries.
+        for _ in 0..3 {
+            let cr3 = h.bounded(1, |h| h.baseptr(l4)).unwrap();
+            assert_eq!(cr3, l4 * PAGE_SIZE);
+            assert_eq!(h.bounded(1, |h| h.baseptr(L4)), Ok(L4 * PAGE_SIZE));
+            assert_eq!(h.accesses(), 0);
+        }
+        assert_eq!(h.ty(l4), (FrameType::PageTable(4), 1));
+        h.check();
+    }
+
+    #[test]
+    fn rule7_each_operation_touches_at_most_one_table() {
+        let mut h = H::new();
+        // An L2 whose 512 entries all name the same pinned L1 (sharing at
+        // a level is allowed), and an L3 whose 512 entries name that L2.
+        for i in 0..ENTRIES {
+            h.raw(SPARE, i, rw(L1));
+            h.raw(SPARE + 1, i, rw(SPARE));
+        }
+        h.bounded(1, |h| h.pin(SPARE, 2)).unwrap();
+        h.bounded(1, |h| h.pin(SPARE + 1, 3)).unwrap();
+        assert_eq!(h.ty(SPARE), (FrameType::PageTable(2), 513));
+        // Linking and unlinking the 512-way tree: one entry each.
+        for _ in 0..4 {
+            h.accesses();
+            h.update(L4, 1, rw(SPARE + 1)).unwrap();
+            assert!(h.accesses() <= 2);
+            h.update(L4, 1, 0).unwrap();
+            assert!(h.accesses() <= 2);
+        }
+        // A validation that fails at the last entry gives back 511 and
+        // stays within the bound.
+        for i in 0..ENTRIES {
+            h.raw(SPARE + 2, i, rw(SPARE));
+        }
+        h.raw(SPARE + 2, ENTRIES - 1, rw(OTHER_FIRST));
+        h.bounded(1, |h| h.refused(Errno::EPERM, |h| h.pin(SPARE + 2, 3)));
+        // Unpins, top-down: one table each.
+        h.refused(Errno::EBUSY, |h| h.unpin(SPARE));
+        h.bounded(1, |h| h.unpin(SPARE + 1)).unwrap();
+        h.bounded(1, |h| h.unpin(SPARE)).unwrap();
         h.check();
     }
 
@@ -1109,9 +1416,18 @@ mod tests {
         h.update(L1, 0, rw(DATA + 1)).unwrap();
         assert_eq!(h.ty(DATA), (FrameType::None, 0));
         assert_eq!(h.ty(DATA + 1), (FrameType::Writable, 2));
-        // Replacing the L3 link devalidates L2 and L1, which releases their
-        // data pages; the read-only maps of the tables are left alone.
+        // Replacing the L3 link drops one reference of L3, which its pin
+        // keeps alive: nothing below is touched (rule 7).
         h.update(L4, 0, 0).unwrap();
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 1));
+        assert_eq!(h.ty(L2), (FrameType::PageTable(2), 2));
+        assert_eq!(h.ty(DATA + 1), (FrameType::Writable, 2));
+        h.check();
+        // Unpinning top-down releases one table each; the last releases the
+        // data pages, and the read-only maps of the tables are left alone.
+        for t in [L3, L2, L1] {
+            h.unpin(t).unwrap();
+        }
         for m in [L3, L2, L1, DATA + 1, DATA + 2] {
             assert_eq!(h.ty(m), (FrameType::None, 0), "frame {m}");
         }
@@ -1155,9 +1471,14 @@ mod tests {
         h.pin(SPARE, 3).unwrap();
         h.refused(Errno::EINVAL, |h| h.pin(SPARE, 3));
         h.refused(Errno::EINVAL, |h| h.pin(L4, 4));
-        // Pinning a referenced table adds a reference.
-        h.pin(L1, 1).unwrap();
-        assert_eq!(h.ty(L1), (FrameType::PageTable(1), 2));
+        // Every table in use is pinned already (rule 7); at another level
+        // it is a type conflict first.
+        for (t, level) in [(L1, 1), (L2, 2), (L3, 3)] {
+            h.refused(Errno::EINVAL, |h| h.pin(t, level));
+        }
+        for (t, level) in [(L1, 2), (L2, 1), (L4, 3), (SPARE, 1)] {
+            h.refused(Errno::EBUSY, |h| h.pin(t, level));
+        }
         h.check();
     }
 
@@ -1165,7 +1486,7 @@ mod tests {
     fn unpin_refuses_unpinned_and_devalidates_on_last_reference() {
         let mut h = H::new();
         h.refused(Errno::EINVAL, |h| h.mm().unpin_table(D, SPARE));
-        h.refused(Errno::EINVAL, |h| h.mm().unpin_table(D, L3));
+        h.refused(Errno::EINVAL, |h| h.mm().unpin_table(D, DATA));
         h.raw(SPARE, 0, rw(DATA + 5));
         h.pin(SPARE, 1).unwrap();
         assert_eq!(h.ty(DATA + 5), (FrameType::Writable, 1));
@@ -1173,16 +1494,19 @@ mod tests {
         assert_eq!(h.ty(SPARE), (FrameType::None, 0));
         assert_eq!(h.ty(DATA + 5), (FrameType::None, 0));
         h.refused(Errno::EINVAL, |h| h.mm().unpin_table(D, SPARE));
-        // Unpinning the active root keeps it alive through its root reference.
-        h.mm().unpin_table(D, L4).unwrap();
-        assert_eq!(h.ty(L4), (FrameType::PageTable(4), 1));
+        // Tables still referenced cannot be unpinned (rule 7c): the active
+        // root, and tables that entries name.
+        for t in [L4, L3, L2, L1] {
+            h.refused(Errno::EBUSY, |h| h.unpin(t));
+        }
         h.check();
     }
 
     // ---- new_baseptr ----
 
-    /// A second address space in spare frames sharing the standard L3.
-    fn second_l4(h: &mut H) -> Mfn {
+    /// A second address space in spare frames sharing the standard L3,
+    /// written but not pinned.
+    fn second_l4_unpinned(h: &mut H) -> Mfn {
         let l4 = SPARE + 10;
         h.raw(l4, 0, rw(L3));
         h.raw(l4, 1, rw(SPARE + 11));
@@ -1192,35 +1516,50 @@ mod tests {
         l4
     }
 
+    /// Pins the tables of [`second_l4_unpinned`] bottom-up.
+    fn pin_second_l4(h: &mut H) -> Mfn {
+        for (t, level) in [(SPARE + 13, 1), (SPARE + 12, 2), (SPARE + 11, 3), (SPARE + 10, 4)] {
+            h.pin(t, level).unwrap();
+        }
+        SPARE + 10
+    }
+
+    /// The second address space, pinned.
+    fn second_l4(h: &mut H) -> Mfn {
+        second_l4_unpinned(h);
+        pin_second_l4(h)
+    }
+
     #[test]
     fn new_baseptr_switches_roots_and_moves_the_root_reference() {
         let mut h = H::new();
         let l4 = second_l4(&mut h);
         assert_eq!(h.baseptr(l4), Ok(l4 * PAGE_SIZE));
         assert_eq!(h.root, l4);
-        assert_eq!(h.ty(l4), (FrameType::PageTable(4), 1));
+        assert_eq!(h.ty(l4), (FrameType::PageTable(4), 2));
         assert_eq!(h.read(l4, ENTRY_AREA_SLOT), ENTRY);
         // The old root stays validated through its pin.
         assert_eq!(h.ty(L4), (FrameType::PageTable(4), 1));
-        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 2));
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 3));
         h.check();
         // Setting the same root again changes nothing.
         let before = h.snapshot();
         assert_eq!(h.baseptr(l4), Ok(l4 * PAGE_SIZE));
         assert!(h.snapshot() == before);
-        // Back to the pinned root: the unpinned one is devalidated.
+        // Back to the first root: the second stays pinned, nothing is
+        // devalidated (rule 7 (ii)).
+        let before = h.snapshot().1;
         h.baseptr(L4).unwrap();
-        for m in [l4, SPARE + 11, SPARE + 12, SPARE + 13, SPARE + 14] {
-            assert_eq!(h.ty(m), (FrameType::None, 0), "frame {m}");
-        }
+        let after = h.snapshot().1;
+        let changed: Vec<usize> = (0..NFRAMES).filter(|&m| before[m] != after[m]).collect();
+        assert_eq!(changed, [L4 as usize, l4 as usize]);
+        assert_eq!(h.ty(l4), (FrameType::PageTable(4), 1));
         h.check();
-        // A root nobody pinned dies with its last reference when switched
-        // away from.
-        h.mm().unpin_table(D, L4).unwrap();
-        let l4 = second_l4(&mut h);
-        h.baseptr(l4).unwrap();
-        assert_eq!(h.ty(L4), (FrameType::None, 0));
-        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 1));
+        // Its own unpin devalidates it, and only it.
+        h.unpin(l4).unwrap();
+        assert_eq!(h.ty(l4), (FrameType::None, 0));
+        assert_eq!(h.ty(SPARE + 11), (FrameType::PageTable(3), 1));
+        assert_eq!(h.ty(L3), (FrameType::PageTable(3), 2));
         h.check();
     }
 
@@ -1230,6 +1569,10 @@ mod tests {
         for t in [L3, L2, L1, DATA] {
             h.refused(Errno::EBUSY, |h| h.baseptr(t).map(drop));
         }
+        // A valid L4 that nobody pinned, an empty frame (rule 7b).
+        let l4 = second_l4_unpinned(&mut h);
+        h.refused(Errno::EINVAL, |h| h.baseptr(l4).map(drop));
+        h.refused(Errno::EINVAL, |h| h.baseptr(SPARE).map(drop));
         // A caller passing something that is not the current root.
         let mut bogus = SPARE;
         assert_eq!(h.mm().new_baseptr(D, &mut bogus, L4), Err(Errno::EINVAL));
@@ -1323,7 +1666,9 @@ mod tests {
             h.refused(Errno::EBUSY, |h| h.uvm(40 << 12, rw(t)));
             h.raw(SPARE, 0, rw(t));
             h.refused(Errno::EBUSY, |h| h.pin(SPARE, 1));
-            h.refused(Errno::EBUSY, |h| h.update(L2, 1, rw(SPARE)));
+            // Linking it unpinned no longer validates it on the way: it is
+            // refused for not being a pinned table (rule 7a).
+            h.refused(Errno::EINVAL, |h| h.update(L2, 1, rw(SPARE)));
             let reqs = [MmuUpdate { ptr: at(L1, 10), val: 0 }, MmuUpdate { ptr: at(L1, 40), val: rw(t) }];
             assert_eq!(h.mm().mmu_update_batch(D, &reqs), (1, Err(Errno::EBUSY)));
             h.update(L1, 10, ro(L4)).unwrap();
@@ -1369,12 +1714,19 @@ mod tests {
         }
         h.raw(SPARE + 1, 511, ro(OTHER_FIRST));
         h.refused(Errno::EPERM, |h| h.pin(SPARE + 1, 1));
-        // A two-level bogus tree: a valid L1 below, a bad L1 after it.
+        // A two-level bogus tree: a valid, pinned L1 first, then an L1
+        // that was refused (so never pinned), then a foreign frame. The
+        // reference taken to the first is given back each time.
         h.raw(SPARE + 2, 0, ro(SPARE + 3));
         h.raw(SPARE + 3, 0, rw(DATA));
+        h.pin(SPARE + 3, 1).unwrap();
         h.raw(SPARE + 2, 1, ro(SPARE + 1));
+        h.refused(Errno::EINVAL, |h| h.pin(SPARE + 2, 2));
+        h.refused(Errno::EINVAL, |h| h.update(L3, 1, rw(SPARE + 2)));
+        h.raw(SPARE + 2, 1, ro(OTHER_FIRST));
         h.refused(Errno::EPERM, |h| h.pin(SPARE + 2, 2));
-        h.refused(Errno::EPERM, |h| h.update(L3, 1, rw(SPARE + 2)));
+        assert_eq!(h.ty(SPARE + 3), (FrameType::PageTable(1), 1));
+        h.unpin(SPARE + 3).unwrap();
         h.check();
     }
 
@@ -1406,7 +1758,9 @@ mod tests {
         reqs[6_000] = MmuUpdate { ptr: at(L1, 5), val: rw(L2) };
         assert_eq!(h.mm().mmu_update_batch(D, &reqs), (6_000, Err(Errno::EBUSY)));
         h.check();
-        // Linking and unlinking the same table in one batch.
+        // Linking and unlinking the same table in one batch: unlinked, it
+        // is still a pinned table, so it cannot be mapped writable until it
+        // is unpinned.
         h.raw(SPARE + 20, 0, rw(DATA + 9));
         let link = [
             MmuUpdate { ptr: at(L2, 1), val: rw(SPARE + 20) },
@@ -1416,11 +1770,16 @@ mod tests {
             MmuUpdate { ptr: at(L2, 2), val: 0 },
             MmuUpdate { ptr: at(L1, 9), val: rw(SPARE + 20) },
         ];
+        assert_eq!(h.mm().mmu_update_batch(D, &link), (0, Err(Errno::EINVAL)));
+        h.pin(SPARE + 20, 1).unwrap();
         assert_eq!(h.mm().mmu_update_batch(D, &link), (3, Err(Errno::EBUSY)));
+        assert_eq!(h.ty(SPARE + 20), (FrameType::PageTable(1), 2));
+        assert_eq!(h.mm().mmu_update_batch(D, &link[4..]), (1, Err(Errno::EBUSY)));
         assert_eq!(h.ty(SPARE + 20), (FrameType::PageTable(1), 1));
-        assert_eq!(h.mm().mmu_update_batch(D, &link[4..]), (2, Ok(())));
-        assert_eq!(h.ty(SPARE + 20), (FrameType::Writable, 1));
+        h.unpin(SPARE + 20).unwrap();
         assert_eq!(h.ty(DATA + 9), (FrameType::None, 0));
+        assert_eq!(h.mm().mmu_update_batch(D, &link[5..]), (1, Ok(())));
+        assert_eq!(h.ty(SPARE + 20), (FrameType::Writable, 1));
         h.check();
     }
 
@@ -1431,8 +1790,9 @@ mod tests {
         h.refused(Errno::EPERM, |h| h.update(L4, ENTRY_AREA_SLOT, 0));
         h.refused(Errno::EINVAL, |h| h.uvm(layout::ENTRY_AREA_BASE, rw(DATA)));
         // Preparing an L4 with a slot 511 of its own and switching to it.
-        let l4 = second_l4(&mut h);
+        let l4 = second_l4_unpinned(&mut h);
         h.raw(l4, ENTRY_AREA_SLOT, rw(SPARE + 30));
+        pin_second_l4(&mut h);
         h.baseptr(l4).unwrap();
         assert_eq!(h.read(l4, ENTRY_AREA_SLOT), ENTRY);
         assert_eq!(h.ty(SPARE + 30), (FrameType::None, 0));
@@ -1451,6 +1811,53 @@ mod tests {
         h.refused(Errno::EPERM, |h| h.mm().mmu_update(D, at(OTHER_FIRST, 0), rw(DATA)));
         h.refused(Errno::EPERM, |h| h.mm().mmu_update(D, at(HYP_FIRST, 0), rw(DATA)));
         h.refused(Errno::EPERM, |h| h.mm().mmu_update(D, !7, 0));
+    }
+
+    /// The pt-attacker's latency attack (Xen's XSA-45): a tree of tables as
+    /// big as the domain allows, linked and unlinked in a free L4 slot by
+    /// every request of a full batch. Unpinned, it is refused at the first
+    /// request; pinned bottom-up, every request costs one entry.
+    #[test]
+    fn attack_link_unlink_storm_is_bounded() {
+        let mut h = H::new();
+        let (l3, l2, l1s) = (SPARE, SPARE + 1, SPARE + 2);
+        let k = (DOM_END - l1s) as usize;
+        for j in 0..k as u64 {
+            for i in 0..ENTRIES {
+                h.raw(l1s + j, i, rw(DATA + i as u64 % 4));
+            }
+            h.raw(l2, j as usize, rw(l1s + j));
+        }
+        h.raw(l3, 0, rw(l2));
+        let storm: Vec<MmuUpdate> = (0..pvguest_abi::mmu::MAX_BATCH as usize)
+            .map(|j| MmuUpdate { ptr: at(L4, 2), val: if j % 2 == 0 { rw(l3) } else { 0 } })
+            .collect();
+        let before = h.snapshot();
+        assert_eq!(h.bounded(1, |h| h.mm().mmu_update_batch(D, &storm)), (0, Err(Errno::EINVAL)));
+        assert!(h.snapshot() == before);
+        // Pinned bottom-up: each pin validates one table.
+        for j in 0..k as u64 {
+            h.bounded(1, |h| h.pin(l1s + j, 1)).unwrap();
+        }
+        h.bounded(1, |h| h.pin(l2, 2)).unwrap();
+        h.bounded(1, |h| h.pin(l3, 3)).unwrap();
+        assert_eq!(h.ty(DATA), (FrameType::Writable, 1 + 128 * k as u32));
+        h.accesses();
+        assert_eq!(h.mm().mmu_update_batch(D, &storm), (storm.len(), Ok(())));
+        let used = h.accesses();
+        assert!(used <= 2 * storm.len() as u64, "the storm touched {used} entries");
+        h.check();
+        // The counterpart with mmuext_op: pinning and unpinning a full L1
+        // costs one table per operation.
+        let t = l1s;
+        h.refused(Errno::EBUSY, |h| h.unpin(t));
+        h.update(l2, 0, 0).unwrap();
+        let mut root = h.root;
+        for j in 0..64 {
+            let op = if j % 2 == 0 { MmuExtOp::Unpin { mfn: t } } else { MmuExtOp::Pin { mfn: t, level: 1 } };
+            h.bounded(1, |h| h.mm().mmuext_op(D, &mut root, op)).unwrap();
+        }
+        h.check();
     }
 
     // ---- the state machine ----
@@ -1493,6 +1900,13 @@ mod tests {
             Uvm { va: u64, val: Val },
             /// The guest writing a frame that is not a page table.
             GuestWrite { mfn: Pick, slot: usize, val: Val },
+            /// The guest building a tree as rule 7 wants it: `depth` new
+            /// tables in untyped frames, each pinned as soon as it is
+            /// written, bottom-up: an L1 with `leaves`, then each level
+            /// naming the one below (and, with `share`, an existing pinned
+            /// table of that level); then the top optionally linked into
+            /// `link`.
+            PinTree { depth: u8, leaves: Vec<(Pick, u64)>, share: Option<usize>, link: Option<(Pick, usize)> },
         }
 
         fn pick() -> impl Strategy<Value = Pick> {
@@ -1560,6 +1974,13 @@ mod tests {
                 2 => pick().prop_map(|mfn| Op::NewBaseptr { mfn }),
                 4 => (va(), value()).prop_map(|(va, val)| Op::Uvm { va, val }),
                 6 => (pick(), slot(), value()).prop_map(|(mfn, slot, val)| Op::GuestWrite { mfn, slot, val }),
+                4 => (
+                    1..=4u8,
+                    proptest::collection::vec((pick(), flags()), 0..6),
+                    proptest::option::of(0..4usize),
+                    proptest::option::weighted(0.7, (pick(), slot())),
+                )
+                    .prop_map(|(depth, leaves, share, link)| Op::PinTree { depth, leaves, share, link }),
             ]
         }
 
@@ -1588,12 +2009,14 @@ mod tests {
             }
         }
 
+        /// Runs `op`; every page-table operation in it is checked against
+        /// rule 7's bound (invariant (e)).
         fn apply(h: &mut H, op: &Op) -> Result<(), Errno> {
             match *op {
                 Op::Update { table, slot, misalign, val } => {
                     let ptr = (resolve(h, table) << 12).wrapping_add(slot as u64 * 8 + misalign);
                     let val = entry(h, val);
-                    let r = h.mm().mmu_update(D, ptr, val);
+                    let r = h.bounded(1, |h| h.mm().mmu_update(D, ptr, val));
                     if r.is_ok() {
                         assert_eq!(h.mem.read_u64(ptr), val);
                     }
@@ -1605,31 +2028,66 @@ mod tests {
                         .iter()
                         .map(|&(t, s, val)| MmuUpdate { ptr: at(resolve(h, t), s), val: entry(h, val) })
                         .collect();
-                    let (done, r) = h.mm().mmu_update_batch(D, &reqs);
+                    let (done, r) = h.bounded(reqs.len(), |h| h.mm().mmu_update_batch(D, &reqs));
                     assert!(done <= reqs.len());
                     assert_eq!(r.is_ok(), done == reqs.len());
                     r
                 }
                 Op::Pin { mfn, level } => {
                     let m = resolve(h, mfn);
-                    h.pin(m, level)
+                    h.bounded(1, |h| h.pin(m, level))
                 }
                 Op::Unpin { mfn } => {
                     let m = resolve(h, mfn);
-                    h.mm().unpin_table(D, m)
+                    h.bounded(1, |h| h.unpin(m))
                 }
                 Op::NewBaseptr { mfn } => {
                     let m = resolve(h, mfn);
-                    h.baseptr(m).map(|cr3| assert_eq!(cr3, m << 12))
+                    h.bounded(1, |h| h.baseptr(m)).map(|cr3| assert_eq!(cr3, m << 12))
                 }
                 Op::Uvm { va, val } => {
                     let val = entry(h, val);
-                    h.uvm(va, val)
+                    h.bounded(1, |h| h.uvm(va, val))
                 }
                 Op::GuestWrite { mfn, slot, val } => {
                     let (m, val) = (resolve(h, mfn), entry(h, val));
                     if h.frames.owned_by(m, D) && !matches!(h.info(m).ty, FrameType::PageTable(_)) {
                         h.raw(m, slot, val);
+                    }
+                    Ok(())
+                }
+                Op::PinTree { depth, ref leaves, share, link } => {
+                    let mut below = None;
+                    for level in 1..=depth {
+                        let m = resolve(h, Pick::Untyped(0));
+                        if h.info(m).ty != FrameType::None {
+                            // No untyped frame left.
+                            return Err(Errno::ENOMEM);
+                        }
+                        for i in 0..ENTRIES {
+                            h.raw(m, i, 0);
+                        }
+                        match below {
+                            None => {
+                                for (i, &(p, flags)) in leaves.iter().enumerate() {
+                                    let v = entry(h, Val::Entry(p, flags));
+                                    h.raw(m, i, v);
+                                }
+                            }
+                            Some(b) => {
+                                h.raw(m, 0, rw(b));
+                                if let Some(k) = share {
+                                    let other = resolve(h, Pick::TableAt(level - 1, k));
+                                    h.raw(m, 1, ro(other));
+                                }
+                            }
+                        }
+                        h.bounded(1, |h| h.pin(m, level))?;
+                        below = Some(m);
+                    }
+                    if let (Some(top), Some((table, slot))) = (below, link) {
+                        let ptr = at(resolve(h, table), slot);
+                        h.bounded(1, |h| h.mm().mmu_update(D, ptr, rw(top)))?;
                     }
                     Ok(())
                 }
@@ -1658,30 +2116,39 @@ mod tests {
                         panic!("step {i} {op:?} -> {r:?}: {e}");
                     }
                     // A refused single operation changes nothing (a batch
-                    // keeps the requests before the failing one).
-                    if r.is_err() && !matches!(op, Op::Batch(_)) {
+                    // keeps the requests before the failing one, a tree the
+                    // tables pinned before the failing one).
+                    if r.is_err() && !matches!(op, Op::Batch(_) | Op::PinTree { .. }) {
                         prop_assert!(h.snapshot() == before, "step {} {:?} failed but changed state", i, op);
                         prop_assert_eq!(h.root, root);
                     }
                 }
-                // Unpinning everything and switching to an empty root leaves
-                // nothing else typed: no reference leaked.
-                for m in DOM_FIRST..DOM_END {
-                    if h.info(m).pinned {
-                        h.mm().unpin_table(D, m).unwrap();
+                // Emptying the root and unpinning every other table,
+                // top-down (rule 7: a table can be unpinned once nothing
+                // references it), leaves nothing else typed: no reference
+                // leaked, and each unpin was one table's work.
+                let root = h.root;
+                for i in (0..ENTRIES).filter(|&i| guest_slot(4, i)) {
+                    if Pte(h.read(root, i)).present() {
+                        h.bounded(1, |h| h.update(root, i, 0)).unwrap();
                     }
                 }
-                let fresh = resolve(&h, Pick::Untyped(0));
-                for i in 0..ENTRIES {
-                    h.raw(fresh, i, 0);
+                for level in (1..=4).rev() {
+                    for m in DOM_FIRST..DOM_END {
+                        if m != root && h.info(m).pinned && h.info(m).ty == FrameType::PageTable(level) {
+                            if let Err(e) = h.bounded(1, |h| h.unpin(m)) {
+                                panic!("teardown: unpin of L{level} {m}: {e:?}");
+                            }
+                        }
+                    }
                 }
-                h.baseptr(fresh).unwrap();
                 if let Err(e) = audit(&h.mem, &h.frames, &[h.root]) {
                     panic!("after teardown: {e}");
                 }
-                for m in (DOM_FIRST..DOM_END).filter(|&m| m != fresh) {
+                for m in (DOM_FIRST..DOM_END).filter(|&m| m != root) {
                     prop_assert_eq!(h.ty(m), (FrameType::None, 0), "frame {}", m);
                 }
+                prop_assert_eq!(h.ty(root), (FrameType::PageTable(4), 2));
             }
         }
     }
