@@ -152,6 +152,60 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "pt-attacker",
+            what: "every page-table attack of a hostile guest is refused with the documented errno; work per hypercall is bounded",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "pt-attacker", "pt-attacker", 1024, "", Expect::Poweroff)?);
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            // Its latency probe is read in instructions, not host time.
+            icount: true,
+            expect: Outcome::Pass,
+            check: |out| {
+                let p = "[pt-attacker] pt-attacker: ";
+                let summary = find_line(out, " attacks refused with the right error")?;
+                let (got, of) = (num_after(summary, p)?, num_after(summary, "/")?);
+                if got != of || of < 100 {
+                    return Err(format!("not every page-table attack was refused rightly: {summary}"));
+                }
+                let checks = find_line(out, " consistency checks passed")?;
+                if num_after(checks, p)? != num_after(checks, "/")? {
+                    return Err(format!("a consistency check failed: {checks}"));
+                }
+                deny(out, ") WRONG")?;
+                deny(out, ": FAILED")?;
+                for line in [
+                    "mmu_update: map its page table (L1) writable: EBUSY (want EBUSY) refused",
+                    "update_va_mapping: remap its PML4 writable at its own address: EBUSY (want EBUSY) refused",
+                    "update_va_mapping: map the hypervisor image (mfn 0x100): EPERM (want EPERM) refused",
+                    "update_va_mapping: map an absurd mfn (1 << 39): EPERM (want EPERM) refused",
+                    "pin an L1 whose entries map another domain's frames: EPERM (want EPERM) refused",
+                    "pin a page that is still mapped writable as an L1: EBUSY (want EBUSY) refused",
+                    "pin the shared-info page (mapped read-only) as an L1: EBUSY (want EBUSY) refused",
+                    "unpin its live L1 (still linked by its L2): EBUSY (want EBUSY) refused",
+                    "mmu_update batch of 513 requests: E2BIG (want E2BIG) refused",
+                    "check: done = 333 (want 333): ok",
+                    "mmu_update of PML4 slot 511 with its current value: EPERM (want EPERM) refused",
+                    "L2 entry with PS: a 2 MiB page over its own memory: EINVAL (want EINVAL) refused",
+                    "mmu_update unknown command (ptr | 1): ENOSYS (want ENOSYS) refused",
+                    "latency: 512 link/unlink of an unpinned 176-table tree in one batch: EINVAL (want EINVAL) refused",
+                    "check: its page tables are exactly as at boot (0 entries differ): ok",
+                    "still alive, memory intact",
+                ] {
+                    need(out, &format!("{p}{line}"))?;
+                }
+                let lat = find_line(out, "latency: worst single page-table hypercall took ")?;
+                println!("  {}", lat.trim_start_matches(p));
+                need(out, "us is below the bound of 20000 us: ok")?;
+                need(out, "(rf) dom1 (pt-attacker) exited: poweroff")?;
+                need(out, "[hello] goodbye")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {
