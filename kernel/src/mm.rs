@@ -34,8 +34,7 @@
 //! Each applies to every *present* entry (P=1) of every validated table, on
 //! every path: validating a table (pin, and the builder's pins of the initial
 //! tables), `mmu_update`, batched or single, and `update_va_mapping`.
-//! Non-present entries are the guest's (the CPU ignores their other bits;
-//! guests keep swap information there) and hold no reference.
+//! Non-present entries hold no reference; only rule 8 constrains them.
 //!
 //! 1. **Strict hierarchy.** A present entry of a level-N table (N ≥ 2) points
 //!    to a frame the domain owns that is already a validated, pinned table of
@@ -135,6 +134,13 @@
 //!      ([`pvguest_abi::mmu::MAX_BATCH`] operations per hypercall), and the
 //!      domain builder's bottom-up pins of the initial tables are the
 //!      hypervisor's own work, bounded by the domain's size at build time.
+//!
+//! 8. **Non-present entries carry no frame address (L1TF).** On CPUs with
+//!    the L1 terminal fault, a non-present entry's address bits still feed
+//!    speculative loads, so a guest could read any physical memory that is
+//!    in the L1 cache (Xen's XSA-273). A non-present entry must have bits
+//!    12..=51 clear (`EINVAL` otherwise); its other bits remain the guest's
+//!    (for instance to mark swapped-out pages).
 //!
 //! # Errors (Xen-like errno)
 //! Xen answers most of these with `EINVAL`; Ringfence keeps Xen's numbers but
@@ -506,7 +512,8 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     fn get_entry_ref(&mut self, dom: DomId, level: u8, val: u64) -> Result<(), Errno> {
         let e = Pte(val);
         if !e.present() {
-            return Ok(());
+            // Rule 8 (L1TF): no frame address in a non-present entry.
+            return if val & crate::paging::ADDR_MASK == 0 { Ok(()) } else { Err(Errno::EINVAL) };
         }
         check_bits(level, val)?;
         let target = e.mfn();
@@ -1014,7 +1021,10 @@ mod tests {
     #[test]
     fn rule1_non_present_entries_are_the_guests() {
         let mut h = H::new();
-        for v in [0, !1u64, 0x7ff0_0000_0000_0080, rw(OTHER_FIRST) & !1] {
+        // Their bits outside the frame address are the guest's (rule 8
+        // keeps the address clear).
+        let guest_bits = !1u64 & !crate::paging::ADDR_MASK;
+        for v in [0, guest_bits, 0x7ff0_0000_0000_0080] {
             for t in [L4, L3, L2, L1] {
                 h.update(t, 20, v).unwrap();
                 assert_eq!(h.read(t, 20), v);
@@ -1023,7 +1033,7 @@ mod tests {
         h.check();
         // A table full of non-present garbage validates and holds nothing.
         for i in 0..ENTRIES {
-            h.raw(SPARE, i, (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c14) & !1);
+            h.raw(SPARE, i, (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c14) & guest_bits);
         }
         h.pin(SPARE, 2).unwrap();
         assert_eq!(h.ty(SPARE), (FrameType::PageTable(2), 1));
@@ -1216,6 +1226,27 @@ mod tests {
         let upper = rw(L1) | (PteFlags::USER | PteFlags::NO_EXECUTE | PteFlags::NO_CACHE).bits();
         h.update(L2, 0, upper).unwrap();
         assert_eq!(h.read(L2, 0), upper);
+        h.check();
+    }
+
+    // ---- rule 8 ----
+
+    #[test]
+    fn rule8_non_present_entries_carry_no_frame_address() {
+        let mut h = H::new();
+        // A non-present entry naming a frame (here: another domain's, or the
+        // hypervisor's) is refused on every path; other bits are allowed.
+        let naming = |mfn: u64| mfn << 12;
+        h.refused(Errno::EINVAL, |h| h.update(L1, 7, naming(DATA + 1)));
+        h.refused(Errno::EINVAL, |h| h.update(L2, 7, naming(0x100)));
+        h.update(L1, 7, 0x0fe).unwrap();
+        h.update(L1, 7, 0x7ff0_0000_0000_0000).unwrap();
+        h.update(L1, 7, 0).unwrap();
+        // And inside a table being pinned.
+        h.raw(SPARE, 3, naming(0x100));
+        h.refused(Errno::EINVAL, |h| h.pin(SPARE, 1));
+        h.raw(SPARE, 3, 0x0fe);
+        h.pin(SPARE, 1).unwrap();
         h.check();
     }
 
