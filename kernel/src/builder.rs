@@ -46,10 +46,8 @@ use crate::mm::Mm;
 use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
+use pvguest_abi::start_info::{fill_c_str, StartInfo, CONSOLE_HYPERCALL, SIF_INITDOMAIN, SIF_PRIVILEGED};
 use pvguest_abi::Errno;
-use pvguest_abi::start_info::{
-    fill_c_str, StartInfo, CONSOLE_HYPERCALL, SIF_INITDOMAIN, SIF_PRIVILEGED,
-};
 
 /// Pages of boot stack given to every guest.
 pub const STACK_PAGES: u64 = 16;
@@ -179,12 +177,9 @@ impl fmt::Display for BuildError {
             BuildError::TooLarge { pages, max } => {
                 write!(f, "memory too large: {} KiB requested, at most {} KiB", pages * 4, max * 4)
             }
-            BuildError::OutOfMemory { pages, free } => write!(
-                f,
-                "not enough machine memory: {} KiB requested, {} KiB free",
-                pages * 4,
-                free * 4
-            ),
+            BuildError::OutOfMemory { pages, free } => {
+                write!(f, "not enough machine memory: {} KiB requested, {} KiB free", pages * 4, free * 4)
+            }
             BuildError::PageTables(e) => write!(f, "the initial page tables failed validation: {e}"),
         }
     }
@@ -245,21 +240,15 @@ pub fn build<M: PhysMem>(
     entry_area_pml4e: u64,
 ) -> Result<Built, BuildError> {
     let bytes = cfg.nr_pages * PAGE_SIZE;
-    let policy = LoadPolicy {
-        virt_base: GUEST_KERNEL_BASE,
-        virt_limit: GUEST_KERNEL_BASE + bytes,
-        max_image_bytes: bytes,
-    };
+    let policy =
+        LoadPolicy { virt_base: GUEST_KERNEL_BASE, virt_limit: GUEST_KERNEL_BASE + bytes, max_image_bytes: bytes };
     if cfg.nr_pages > MAX_DOMAIN_PAGES {
         return Err(BuildError::TooLarge { pages: cfg.nr_pages, max: MAX_DOMAIN_PAGES });
     }
     let elf = ElfImage::parse(image, &policy).map_err(BuildError::Elf)?;
     let layout = Layout::plan(cfg.nr_pages, elf.span().1)?;
     if (frames.free_count() as u64) < cfg.nr_pages {
-        return Err(BuildError::OutOfMemory {
-            pages: cfg.nr_pages,
-            free: frames.free_count() as u64,
-        });
+        return Err(BuildError::OutOfMemory { pages: cfg.nr_pages, free: frames.free_count() as u64 });
     }
     let owner = Owner::Domain(cfg.domid);
 
@@ -328,14 +317,10 @@ pub fn build<M: PhysMem>(
     for (first, count, level) in lower {
         for pfn in first..first + count {
             let mfn = p2m.get(mem, pfn);
-            Mm::new(mem, frames, entry_area_pml4e)
-                .pin_table(cfg.domid, mfn, level)
-                .map_err(BuildError::PageTables)?;
+            Mm::new(mem, frames, entry_area_pml4e).pin_table(cfg.domid, mfn, level).map_err(BuildError::PageTables)?;
         }
     }
-    Mm::new(mem, frames, entry_area_pml4e)
-        .install_initial_root(cfg.domid, root)
-        .map_err(BuildError::PageTables)?;
+    Mm::new(mem, frames, entry_area_pml4e).install_initial_root(cfg.domid, root).map_err(BuildError::PageTables)?;
 
     // Start info.
     let mut si = StartInfo::new();
@@ -443,10 +428,7 @@ mod tests {
     /// A minimal valid ELF64 executable: one RX segment at the base and one
     /// RW segment a page later, with the entry point in the first.
     fn tiny_elf() -> std::vec::Vec<u8> {
-        let segs: [(u64, u64, u32); 2] = [
-            (GUEST_KERNEL_BASE, 0x100, 5),
-            (GUEST_KERNEL_BASE + 0x1000, 0x2000, 6),
-        ];
+        let segs: [(u64, u64, u32); 2] = [(GUEST_KERNEL_BASE, 0x100, 5), (GUEST_KERNEL_BASE + 0x1000, 0x2000, 6)];
         let mut f = std::vec![0u8; 0x3000];
         f[..4].copy_from_slice(b"\x7fELF");
         f[4] = 2; // ELFCLASS64

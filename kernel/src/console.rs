@@ -37,11 +37,8 @@ impl LineBuffer {
                 _ => {
                     const HEX: &[u8; 16] = b"0123456789abcdef";
                     let esc = [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
-                    let shown: &[u8] = if b == b'\t' || (0x20..0x7f).contains(&b) {
-                        core::slice::from_ref(&b)
-                    } else {
-                        &esc
-                    };
+                    let shown: &[u8] =
+                        if b == b'\t' || (0x20..0x7f).contains(&b) { core::slice::from_ref(&b) } else { &esc };
                     if self.len + shown.len() > LINE_MAX {
                         self.flush(&mut emit);
                     }

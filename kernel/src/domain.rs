@@ -50,7 +50,14 @@ pub struct Fault {
 
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} ({}) in ring {} at rip {:#x}", vector_mnemonic(self.vector), vector_name(self.vector), self.ring, self.rip)?;
+        write!(
+            f,
+            "{} ({}) in ring {} at rip {:#x}",
+            vector_mnemonic(self.vector),
+            vector_name(self.vector),
+            self.ring,
+            self.rip
+        )?;
         if self.vector == 14 {
             write!(f, ", cr2 {:#x}, {}", self.cr2, describe_pf(self.error))?;
         } else if has_error_code(self.vector) {
@@ -140,9 +147,9 @@ pub fn next_runnable(states: &[RunState], current: Option<usize>) -> Option<usiz
 /// Short mnemonic of an exception vector ("#GP").
 pub fn vector_mnemonic(v: u8) -> &'static str {
     const M: [&str; 32] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS",
-        "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25",
-        "#26", "#27", "#HV", "#VC", "#SX", "#31",
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX",
+        "#31",
     ];
     M.get(v as usize).copied().unwrap_or("IRQ")
 }

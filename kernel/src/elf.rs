@@ -146,11 +146,7 @@ pub enum ElfError {
     /// `e_phnum` is 0 or above 64.
     BadPhnum { phnum: u16 },
     /// The program header table runs past the end of the file.
-    PhdrTableOutOfBounds {
-        offset: u64,
-        phnum: u16,
-        file_len: usize,
-    },
+    PhdrTableOutOfBounds { offset: u64, phnum: u16, file_len: usize },
     /// No `PT_LOAD` program header.
     NoLoadSegments,
     /// More than 16 `PT_LOAD` program headers.
@@ -160,12 +156,7 @@ pub enum ElfError {
     /// A `PT_LOAD` with more file bytes than memory bytes.
     FileSizeExceedsMemSize { ph: usize, filesz: u64, memsz: u64 },
     /// A `PT_LOAD`'s file bytes run past the end of the file.
-    SegmentFileOutOfBounds {
-        ph: usize,
-        offset: u64,
-        filesz: u64,
-        file_len: usize,
-    },
+    SegmentFileOutOfBounds { ph: usize, offset: u64, filesz: u64, file_len: usize },
     /// `p_align` is neither 0 nor a power of two.
     BadAlignment { ph: usize, align: u64 },
     /// `offset % 4096 != vaddr % 4096` although `p_align >= 4096`.
@@ -179,11 +170,7 @@ pub enum ElfError {
     /// A segment's last page ends above the policy's `virt_limit`.
     SegmentAboveLimit { ph: usize, end: u64, limit: u64 },
     /// Two segments share a page (`page` is the first shared one).
-    SegmentsOverlap {
-        first: usize,
-        second: usize,
-        page: u64,
-    },
+    SegmentsOverlap { first: usize, second: usize, page: u64 },
     /// The page-rounded span of all segments is above `max_image_bytes`.
     ImageTooLarge { span: u64, max: u64 },
     /// The entry point is not inside an executable segment.
@@ -331,10 +318,7 @@ impl fmt::Debug for ElfImage<'_> {
             .field("len", &self.data.len())
             .field("entry", &format_args!("{:#x}", self.entry))
             .field("segments", &self.segments())
-            .field(
-                "span",
-                &format_args!("{:#x}..{:#x}", self.span.0, self.span.1),
-            )
+            .field("span", &format_args!("{:#x}..{:#x}", self.span.0, self.span.1))
             .finish()
     }
 }
@@ -342,18 +326,10 @@ impl fmt::Debug for ElfImage<'_> {
 impl<'a> ElfImage<'a> {
     /// Validates `image` against the rules in the module docs and `policy`.
     pub fn parse(image: &'a [u8], policy: &LoadPolicy) -> Result<ElfImage<'a>, ElfError> {
-        let Header {
-            entry,
-            phoff,
-            phnum,
-            table,
-        } = parse_header(image)?;
+        let Header { entry, phoff, phnum, table } = parse_header(image)?;
 
         // Count first, so the error names the real number.
-        let loads = (0..phnum)
-            .filter_map(|i| phdr(table, i))
-            .filter(|ph| ph.u32::<P_TYPE>() == PT_LOAD)
-            .count();
+        let loads = (0..phnum).filter_map(|i| phdr(table, i)).filter(|ph| ph.u32::<P_TYPE>() == PT_LOAD).count();
         if loads == 0 {
             return Err(ElfError::NoLoadSegments);
         }
@@ -378,11 +354,9 @@ impl<'a> ElfImage<'a> {
                 continue;
             }
             let (seg, page_range) = check_load(ph, i, image.len(), policy)?;
-            let (Some(seg_slot), Some(ph_slot), Some(page_slot)) = (
-                segments.get_mut(count),
-                ph_index.get_mut(count),
-                pages.get_mut(count),
-            ) else {
+            let (Some(seg_slot), Some(ph_slot), Some(page_slot)) =
+                (segments.get_mut(count), ph_index.get_mut(count), pages.get_mut(count))
+            else {
                 return Err(ElfError::TooManyLoadSegments { count: loads });
             };
             *seg_slot = seg;
@@ -409,27 +383,16 @@ impl<'a> ElfImage<'a> {
         let end = pages.iter().map(|p| p.1).max().unwrap_or(0);
         let span = end.saturating_sub(start);
         if span > policy.max_image_bytes {
-            return Err(ElfError::ImageTooLarge {
-                span,
-                max: policy.max_image_bytes,
-            });
+            return Err(ElfError::ImageTooLarge { span, max: policy.max_image_bytes });
         }
 
         let segs = segments.get(..count).unwrap_or(&[]);
-        let entry_ok = segs
-            .iter()
-            .any(|s| s.executable && entry.checked_sub(s.vaddr).is_some_and(|off| off < s.memsz));
+        let entry_ok = segs.iter().any(|s| s.executable && entry.checked_sub(s.vaddr).is_some_and(|off| off < s.memsz));
         if !entry_ok {
             return Err(ElfError::EntryNotExecutable { entry });
         }
 
-        Ok(ElfImage {
-            data: image,
-            entry,
-            segments,
-            count,
-            span: (start, end),
-        })
+        Ok(ElfImage { data: image, entry, segments, count, span: (start, end) })
     }
 
     /// The entry point (inside an executable segment).
@@ -507,23 +470,11 @@ fn parse_header(image: &[u8]) -> Result<Header<'_>, ElfError> {
         return Err(ElfError::BadPhnum { phnum });
     }
     let phoff = eh.u64::<E_PHOFF>();
-    let out_of_bounds = ElfError::PhdrTableOutOfBounds {
-        offset: phoff,
-        phnum,
-        file_len: image.len(),
-    };
+    let out_of_bounds = ElfError::PhdrTableOutOfBounds { offset: phoff, phnum, file_len: image.len() };
     let start = usize::try_from(phoff).map_err(|_| out_of_bounds)?;
-    let end = usize::from(phnum)
-        .checked_mul(PHDR_SIZE)
-        .and_then(|len| start.checked_add(len))
-        .ok_or(out_of_bounds)?;
+    let end = usize::from(phnum).checked_mul(PHDR_SIZE).and_then(|len| start.checked_add(len)).ok_or(out_of_bounds)?;
     let table = image.get(start..end).ok_or(out_of_bounds)?;
-    Ok(Header {
-        entry: eh.u64::<E_ENTRY>(),
-        phoff,
-        phnum: usize::from(phnum),
-        table,
-    })
+    Ok(Header { entry: eh.u64::<E_ENTRY>(), phoff, phnum: usize::from(phnum), table })
 }
 
 /// Program header `i` of `table`.
@@ -554,11 +505,7 @@ fn check_load(
         return Err(ElfError::EmptySegment { ph: index });
     }
     if seg.filesz > seg.memsz {
-        return Err(ElfError::FileSizeExceedsMemSize {
-            ph: index,
-            filesz: seg.filesz,
-            memsz: seg.memsz,
-        });
+        return Err(ElfError::FileSizeExceedsMemSize { ph: index, filesz: seg.filesz, memsz: seg.memsz });
     }
     if seg.filesz > 0 {
         let in_file = seg
@@ -578,37 +525,19 @@ fn check_load(
         return Err(ElfError::BadAlignment { ph: index, align });
     }
     if align >= PAGE_SIZE && seg.file_offset % PAGE_SIZE != seg.vaddr % PAGE_SIZE {
-        return Err(ElfError::MisalignedSegment {
-            ph: index,
-            offset: seg.file_offset,
-            vaddr: seg.vaddr,
-        });
+        return Err(ElfError::MisalignedSegment { ph: index, offset: seg.file_offset, vaddr: seg.vaddr });
     }
     if seg.writable && seg.executable {
-        return Err(ElfError::WritableAndExecutable {
-            ph: index,
-            vaddr: seg.vaddr,
-        });
+        return Err(ElfError::WritableAndExecutable { ph: index, vaddr: seg.vaddr });
     }
     let page_start = seg.page_start();
-    let page_end = seg.page_end().ok_or(ElfError::SegmentAddressOverflow {
-        ph: index,
-        vaddr: seg.vaddr,
-        memsz: seg.memsz,
-    })?;
+    let page_end =
+        seg.page_end().ok_or(ElfError::SegmentAddressOverflow { ph: index, vaddr: seg.vaddr, memsz: seg.memsz })?;
     if page_start < policy.virt_base {
-        return Err(ElfError::SegmentBelowBase {
-            ph: index,
-            vaddr: seg.vaddr,
-            base: policy.virt_base,
-        });
+        return Err(ElfError::SegmentBelowBase { ph: index, vaddr: seg.vaddr, base: policy.virt_base });
     }
     if page_end > policy.virt_limit {
-        return Err(ElfError::SegmentAboveLimit {
-            ph: index,
-            end: page_end,
-            limit: policy.virt_limit,
-        });
+        return Err(ElfError::SegmentAboveLimit { ph: index, end: page_end, limit: policy.virt_limit });
     }
     Ok((seg, (page_start, page_end)))
 }
@@ -667,11 +596,7 @@ mod tests {
     use std::vec::Vec;
 
     const BASE: u64 = 0x40_0000;
-    const POLICY: LoadPolicy = LoadPolicy {
-        virt_base: BASE,
-        virt_limit: BASE + 0x40_0000,
-        max_image_bytes: 0x20_0000,
-    };
+    const POLICY: LoadPolicy = LoadPolicy { virt_base: BASE, virt_limit: BASE + 0x40_0000, max_image_bytes: 0x20_0000 };
     const R: u32 = 4;
     const RW: u32 = 6;
     const RX: u32 = 5;
@@ -693,27 +618,11 @@ mod tests {
     }
 
     fn load(flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64) -> Ph {
-        Ph {
-            p_type: PT_LOAD,
-            flags,
-            offset,
-            vaddr,
-            filesz,
-            memsz,
-            align: PAGE_SIZE,
-        }
+        Ph { p_type: PT_LOAD, flags, offset, vaddr, filesz, memsz, align: PAGE_SIZE }
     }
 
     fn other(p_type: u32) -> Ph {
-        Ph {
-            p_type,
-            flags: RW,
-            offset: 0,
-            vaddr: 0,
-            filesz: 0,
-            memsz: 0,
-            align: 16,
-        }
+        Ph { p_type, flags: RW, offset: 0, vaddr: 0, filesz: 0, memsz: 0, align: 16 }
     }
 
     /// An ELF64 image described field by field; `build` writes it.
@@ -749,11 +658,7 @@ mod tests {
                 phnum: None,
                 phs: vec![
                     load(RX, 0x1000, BASE, 0x1800, 0x1800),
-                    Ph {
-                        offset: 0x200,
-                        filesz: 0x20,
-                        ..other(PT_NOTE)
-                    },
+                    Ph { offset: 0x200, filesz: 0x20, ..other(PT_NOTE) },
                     load(R, 0x3000, BASE + 0x2000, 0x800, 0x800),
                     load(RW, 0x4000, BASE + 0x3000, 0x100, 0x3000),
                     other(PT_GNU_STACK),
@@ -815,10 +720,7 @@ mod tests {
 
     fn check_display(err: &ElfError) {
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("ELF") || msg.starts_with("not an ELF"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("ELF") || msg.starts_with("not an ELF"), "{msg}");
         assert!(msg.len() > 20, "{msg}");
     }
 
@@ -848,9 +750,7 @@ mod tests {
         assert_eq!(img.span(), (lo, hi));
         assert!(hi - lo <= policy.max_image_bytes);
         let e = img.entry();
-        assert!(segs
-            .iter()
-            .any(|s| s.executable && e >= s.vaddr && e - s.vaddr < s.memsz));
+        assert!(segs.iter().any(|s| s.executable && e >= s.vaddr && e - s.vaddr < s.memsz));
     }
 
     // ------------------------------------------------------------ acceptance
@@ -901,17 +801,7 @@ mod tests {
         // table at an odd offset; 64 program headers in total.
         let mut elf = Elf::sample();
         elf.phoff = 0x41;
-        elf.phs = (0..16)
-            .map(|i| {
-                load(
-                    if i == 0 { RX } else { R },
-                    0x1000,
-                    BASE + i * 0x1000,
-                    0x10,
-                    0x1000,
-                )
-            })
-            .collect();
+        elf.phs = (0..16).map(|i| load(if i == 0 { RX } else { R }, 0x1000, BASE + i * 0x1000, 0x10, 0x1000)).collect();
         elf.phs.extend((0..48).map(|_| other(PT_NOTE)));
         let bytes = elf.build();
         let img = ElfImage::parse(&bytes, &POLICY).unwrap();
@@ -920,11 +810,7 @@ mod tests {
 
         // The window filled exactly, the span at its maximum, the entry on
         // the last byte of an executable zero-fill tail.
-        let policy = LoadPolicy {
-            virt_base: BASE,
-            virt_limit: BASE + 0x6000,
-            max_image_bytes: 0x6000,
-        };
+        let policy = LoadPolicy { virt_base: BASE, virt_limit: BASE + 0x6000, max_image_bytes: 0x6000 };
         let mut elf = Elf::sample().with_ph(0, |p| p.memsz = 0x2000);
         elf.entry = BASE + 0x1fff;
         let bytes = elf.build();
@@ -966,11 +852,7 @@ mod tests {
         let bytes = Elf::sample().build();
         let img = ElfImage::parse(&bytes, &POLICY).unwrap();
         for (file_offset, filesz) in [(u64::MAX, 1), (0, u64::MAX), (0x4fff, 2), (1 << 40, 0)] {
-            let seg = Segment {
-                file_offset,
-                filesz,
-                ..Segment::default()
-            };
+            let seg = Segment { file_offset, filesz, ..Segment::default() };
             assert_eq!(img.file_bytes(&seg), &[] as &[u8]);
         }
     }
@@ -981,10 +863,7 @@ mod tests {
     fn rejects_short_files() {
         let bytes = Elf::sample().build();
         for len in [0, 1, 4, 63] {
-            assert_eq!(
-                ElfImage::parse(&bytes[..len], &POLICY).unwrap_err(),
-                ElfError::TooShort { len }
-            );
+            assert_eq!(ElfImage::parse(&bytes[..len], &POLICY).unwrap_err(), ElfError::TooShort { len });
         }
     }
 
@@ -992,45 +871,26 @@ mod tests {
     fn rejects_bad_identification() {
         let mut bytes = Elf::sample().build();
         bytes[1] = b'Z';
-        assert_eq!(
-            ElfImage::parse(&bytes, &POLICY).unwrap_err(),
-            ElfError::BadMagic { found: *b"\x7fZLF" }
-        );
+        assert_eq!(ElfImage::parse(&bytes, &POLICY).unwrap_err(), ElfError::BadMagic { found: *b"\x7fZLF" });
 
         for class in [0, 1, 3] {
-            let elf = Elf {
-                class,
-                ..Elf::sample()
-            };
+            let elf = Elf { class, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::NotElf64 { class });
         }
         for data in [0, 2, 0xff] {
-            let elf = Elf {
-                data,
-                ..Elf::sample()
-            };
+            let elf = Elf { data, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::NotLittleEndian { data });
         }
         for (ident, version) in [(0, 1), (2, 1), (1, 0), (1, 2), (0, 0)] {
-            let elf = Elf {
-                ident_version: ident,
-                version,
-                ..Elf::sample()
-            };
+            let elf = Elf { ident_version: ident, version, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::BadVersion { ident, version });
         }
         for machine in [0, 3, 40, 183] {
-            let elf = Elf {
-                machine,
-                ..Elf::sample()
-            };
+            let elf = Elf { machine, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::WrongMachine { machine });
         }
         for e_type in [0, 1, ET_DYN, 4, 0xfe00, 0xffff] {
-            let elf = Elf {
-                e_type,
-                ..Elf::sample()
-            };
+            let elf = Elf { e_type, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::NotExecutable { e_type });
         }
     }
@@ -1038,48 +898,29 @@ mod tests {
     #[test]
     fn rejects_bad_program_header_tables() {
         for size in [0, 32, 55, 57, 64] {
-            let elf = Elf {
-                phentsize: size,
-                ..Elf::sample()
-            };
+            let elf = Elf { phentsize: size, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::BadPhentsize { size });
         }
         for phnum in [0, 65, 0xffff] {
-            let elf = Elf {
-                phnum: Some(phnum),
-                ..Elf::sample()
-            };
+            let elf = Elf { phnum: Some(phnum), ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::BadPhnum { phnum });
         }
 
         let bytes = Elf::sample().build();
         let len = bytes.len();
-        for phoff in [
-            len as u64 - 5 * 56 + 1,
-            len as u64,
-            u64::MAX,
-            u64::MAX - 100,
-        ] {
+        for phoff in [len as u64 - 5 * 56 + 1, len as u64, u64::MAX, u64::MAX - 100] {
             let mut b = bytes.clone();
             b[E_PHOFF..E_PHOFF + 8].copy_from_slice(&phoff.to_le_bytes());
             assert_eq!(
                 ElfImage::parse(&b, &POLICY).unwrap_err(),
-                ElfError::PhdrTableOutOfBounds {
-                    offset: phoff,
-                    phnum: 5,
-                    file_len: len
-                }
+                ElfError::PhdrTableOutOfBounds { offset: phoff, phnum: 5, file_len: len }
             );
         }
         // A table that would fit but the file is cut inside it.
         let cut = 64 + 3 * 56;
         assert_eq!(
             ElfImage::parse(&bytes[..cut], &POLICY).unwrap_err(),
-            ElfError::PhdrTableOutOfBounds {
-                offset: 64,
-                phnum: 5,
-                file_len: cut
-            }
+            ElfError::PhdrTableOutOfBounds { offset: 64, phnum: 5, file_len: cut }
         );
     }
 
@@ -1090,9 +931,7 @@ mod tests {
         assert_eq!(elf.parse_err(), ElfError::NoLoadSegments);
 
         let mut elf = Elf::sample();
-        elf.phs = (0..17)
-            .map(|i| load(RX, 0x1000, BASE + i * 0x1000, 0x10, 0x10))
-            .collect();
+        elf.phs = (0..17).map(|i| load(RX, 0x1000, BASE + i * 0x1000, 0x10, 0x10)).collect();
         assert_eq!(elf.parse_err(), ElfError::TooManyLoadSegments { count: 17 });
         elf.phs.extend((0..40).map(|i| load(R, 0, i, 0, 0)));
         assert_eq!(elf.parse_err(), ElfError::TooManyLoadSegments { count: 57 });
@@ -1107,35 +946,15 @@ mod tests {
         assert_eq!(elf.parse_err(), ElfError::EmptySegment { ph: 2 });
 
         let elf = Elf::sample().with_ph(3, |p| p.filesz = 0x3001);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::FileSizeExceedsMemSize {
-                ph: 3,
-                filesz: 0x3001,
-                memsz: 0x3000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::FileSizeExceedsMemSize { ph: 3, filesz: 0x3001, memsz: 0x3000 });
 
-        for (offset, filesz) in [
-            (0x4000, 0x1001),
-            (0x5000, 1),
-            (!0xfff_u64, 0x1000),
-            (0x1000, u64::MAX),
-        ] {
+        for (offset, filesz) in [(0x4000, 0x1001), (0x5000, 1), (!0xfff_u64, 0x1000), (0x1000, u64::MAX)] {
             let elf = Elf::sample().with_ph(3, |p| {
                 p.offset = offset;
                 p.filesz = filesz;
                 p.memsz = u64::MAX;
             });
-            assert_eq!(
-                elf.parse_err(),
-                ElfError::SegmentFileOutOfBounds {
-                    ph: 3,
-                    offset,
-                    filesz,
-                    file_len: 0x5000
-                }
-            );
+            assert_eq!(elf.parse_err(), ElfError::SegmentFileOutOfBounds { ph: 3, offset, filesz, file_len: 0x5000 });
         }
     }
 
@@ -1150,41 +969,21 @@ mod tests {
                 p.offset = offset;
                 p.align = align;
             });
-            assert_eq!(
-                elf.parse_err(),
-                ElfError::MisalignedSegment {
-                    ph: 2,
-                    offset,
-                    vaddr: BASE + 0x2000
-                }
-            );
+            assert_eq!(elf.parse_err(), ElfError::MisalignedSegment { ph: 2, offset, vaddr: BASE + 0x2000 });
         }
     }
 
     #[test]
     fn rejects_writable_executable() {
         let elf = Elf::sample().with_ph(3, |p| p.flags = RWX);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::WritableAndExecutable {
-                ph: 3,
-                vaddr: BASE + 0x3000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::WritableAndExecutable { ph: 3, vaddr: BASE + 0x3000 });
         let elf = Elf::sample().with_ph(0, |p| p.flags = PF_W | PF_X);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::WritableAndExecutable { ph: 0, vaddr: BASE }
-        );
+        assert_eq!(elf.parse_err(), ElfError::WritableAndExecutable { ph: 0, vaddr: BASE });
     }
 
     #[test]
     fn rejects_addresses_outside_the_window() {
-        let everything = LoadPolicy {
-            virt_base: 0,
-            virt_limit: u64::MAX,
-            max_image_bytes: u64::MAX,
-        };
+        let everything = LoadPolicy { virt_base: 0, virt_limit: u64::MAX, max_image_bytes: u64::MAX };
         for (vaddr, memsz) in [(u64::MAX, 1), (u64::MAX - 0x800, 0x100), (0x1000, u64::MAX)] {
             let elf = Elf::sample().with_ph(3, |p| {
                 p.vaddr = vaddr;
@@ -1192,51 +991,20 @@ mod tests {
                 p.filesz = 0;
                 p.memsz = memsz;
             });
-            assert_eq!(
-                elf.parse_err_with(&everything),
-                ElfError::SegmentAddressOverflow {
-                    ph: 3,
-                    vaddr,
-                    memsz
-                }
-            );
+            assert_eq!(elf.parse_err_with(&everything), ElfError::SegmentAddressOverflow { ph: 3, vaddr, memsz });
         }
 
         let elf = Elf::sample().with_ph(2, |p| p.vaddr = BASE - 0x1000);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentBelowBase {
-                ph: 2,
-                vaddr: BASE - 0x1000,
-                base: BASE
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentBelowBase { ph: 2, vaddr: BASE - 0x1000, base: BASE });
         let elf = Elf::sample().with_ph(2, |p| p.vaddr = 0);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentBelowBase {
-                ph: 2,
-                vaddr: 0,
-                base: BASE
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentBelowBase { ph: 2, vaddr: 0, base: BASE });
         // An unaligned window: the segment's first page must be inside it.
-        let odd = LoadPolicy {
-            virt_base: BASE + 8,
-            ..POLICY
-        };
+        let odd = LoadPolicy { virt_base: BASE + 8, ..POLICY };
         let mut elf = Elf::sample();
         elf.phs[0].vaddr = BASE + 8;
         elf.phs[0].offset = 0x1008;
         elf.entry = BASE + 8;
-        assert_eq!(
-            elf.parse_err_with(&odd),
-            ElfError::SegmentBelowBase {
-                ph: 0,
-                vaddr: BASE + 8,
-                base: BASE + 8
-            }
-        );
+        assert_eq!(elf.parse_err_with(&odd), ElfError::SegmentBelowBase { ph: 0, vaddr: BASE + 8, base: BASE + 8 });
 
         let limit = POLICY.virt_limit;
         for (vaddr, memsz, end) in [
@@ -1249,34 +1017,17 @@ mod tests {
                 p.filesz = 1;
                 p.memsz = memsz;
             });
-            assert_eq!(
-                elf.parse_err(),
-                ElfError::SegmentAboveLimit { ph: 3, end, limit }
-            );
+            assert_eq!(elf.parse_err(), ElfError::SegmentAboveLimit { ph: 3, end, limit });
         }
         // The end is page-rounded against an unaligned limit.
-        let odd = LoadPolicy {
-            virt_limit: BASE + 0x5ff0,
-            ..POLICY
-        };
+        let odd = LoadPolicy { virt_limit: BASE + 0x5ff0, ..POLICY };
         assert_eq!(
             Elf::sample().parse_err_with(&odd),
-            ElfError::SegmentAboveLimit {
-                ph: 3,
-                end: BASE + 0x6000,
-                limit: BASE + 0x5ff0
-            }
+            ElfError::SegmentAboveLimit { ph: 3, end: BASE + 0x6000, limit: BASE + 0x5ff0 }
         );
         // An empty window rejects everything, without panicking.
-        let empty = LoadPolicy {
-            virt_base: BASE + 0x10_0000,
-            virt_limit: BASE,
-            max_image_bytes: 0,
-        };
-        assert!(matches!(
-            Elf::sample().parse_err_with(&empty),
-            ElfError::SegmentBelowBase { ph: 0, .. }
-        ));
+        let empty = LoadPolicy { virt_base: BASE + 0x10_0000, virt_limit: BASE, max_image_bytes: 0 };
+        assert!(matches!(Elf::sample().parse_err_with(&empty), ElfError::SegmentBelowBase { ph: 0, .. }));
     }
 
     #[test]
@@ -1286,75 +1037,32 @@ mod tests {
             p.vaddr = BASE + 0x1800;
             p.offset = 0x3800;
         });
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentsOverlap {
-                first: 0,
-                second: 2,
-                page: BASE + 0x1000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentsOverlap { first: 0, second: 2, page: BASE + 0x1000 });
         // data ending in the same page where... a later segment starts.
         let elf = Elf::sample().with_ph(3, |p| {
             p.vaddr = BASE + 0x2800;
             p.offset = 0x4800;
         });
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentsOverlap {
-                first: 2,
-                second: 3,
-                page: BASE + 0x2000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentsOverlap { first: 2, second: 3, page: BASE + 0x2000 });
         // One segment nested in another, and two identical ones.
         let elf = Elf::sample().with_ph(3, |p| {
             p.vaddr = BASE;
             p.offset = 0x4000;
             p.memsz = 0x10_0000;
         });
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentsOverlap {
-                first: 0,
-                second: 3,
-                page: BASE
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentsOverlap { first: 0, second: 3, page: BASE });
         let mut elf = Elf::sample();
         elf.phs.push(elf.phs[2]);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::SegmentsOverlap {
-                first: 2,
-                second: 5,
-                page: BASE + 0x2000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::SegmentsOverlap { first: 2, second: 5, page: BASE + 0x2000 });
     }
 
     #[test]
     fn rejects_too_large_a_span() {
-        let small = LoadPolicy {
-            max_image_bytes: 0x5fff,
-            ..POLICY
-        };
-        assert_eq!(
-            Elf::sample().parse_err_with(&small),
-            ElfError::ImageTooLarge {
-                span: 0x6000,
-                max: 0x5fff
-            }
-        );
+        let small = LoadPolicy { max_image_bytes: 0x5fff, ..POLICY };
+        assert_eq!(Elf::sample().parse_err_with(&small), ElfError::ImageTooLarge { span: 0x6000, max: 0x5fff });
         // The span counts the gap between segments.
         let elf = Elf::sample().with_ph(3, |p| p.vaddr = BASE + 0x30_0000);
-        assert_eq!(
-            elf.parse_err(),
-            ElfError::ImageTooLarge {
-                span: 0x30_3000,
-                max: 0x20_0000
-            }
-        );
+        assert_eq!(elf.parse_err(), ElfError::ImageTooLarge { span: 0x30_3000, max: 0x20_0000 });
     }
 
     #[test]
@@ -1369,10 +1077,7 @@ mod tests {
             BASE + 0x5fff, // bss
             u64::MAX,
         ] {
-            let elf = Elf {
-                entry,
-                ..Elf::sample()
-            };
+            let elf = Elf { entry, ..Elf::sample() };
             assert_eq!(elf.parse_err(), ElfError::EntryNotExecutable { entry });
         }
     }
@@ -1381,129 +1086,49 @@ mod tests {
     fn display_names_the_values() {
         let cases: &[(ElfError, &[&str])] = &[
             (ElfError::TooShort { len: 9 }, &["9", "64"]),
-            (
-                ElfError::BadMagic {
-                    found: *b"MZ\x90\0",
-                },
-                &["4d", "7f"],
-            ),
-            (
-                ElfError::NotElf64 { class: 1 },
-                &["class is 1", "ELFCLASS64"],
-            ),
-            (
-                ElfError::NotLittleEndian { data: 2 },
-                &["2", "little-endian"],
-            ),
-            (
-                ElfError::BadVersion {
-                    ident: 0,
-                    version: 7,
-                },
-                &["0", "7", "EV_CURRENT"],
-            ),
-            (
-                ElfError::WrongMachine { machine: 3 },
-                &["machine is 3", "62"],
-            ),
-            (
-                ElfError::NotExecutable { e_type: 3 },
-                &["type is 3", "ET_DYN", "ET_EXEC", "non-PIE"],
-            ),
+            (ElfError::BadMagic { found: *b"MZ\x90\0" }, &["4d", "7f"]),
+            (ElfError::NotElf64 { class: 1 }, &["class is 1", "ELFCLASS64"]),
+            (ElfError::NotLittleEndian { data: 2 }, &["2", "little-endian"]),
+            (ElfError::BadVersion { ident: 0, version: 7 }, &["0", "7", "EV_CURRENT"]),
+            (ElfError::WrongMachine { machine: 3 }, &["machine is 3", "62"]),
+            (ElfError::NotExecutable { e_type: 3 }, &["type is 3", "ET_DYN", "ET_EXEC", "non-PIE"]),
             (ElfError::NotExecutable { e_type: 1 }, &["ET_REL"]),
             (ElfError::NotExecutable { e_type: 99 }, &["type is 99"]),
             (ElfError::BadPhentsize { size: 32 }, &["32", "56"]),
             (ElfError::BadPhnum { phnum: 99 }, &["99", "64"]),
             (
-                ElfError::PhdrTableOutOfBounds {
-                    offset: 0x40,
-                    phnum: 5,
-                    file_len: 0x100,
-                },
+                ElfError::PhdrTableOutOfBounds { offset: 0x40, phnum: 5, file_len: 0x100 },
                 &["5 entries", "0x40", "0x100"],
             ),
             (ElfError::NoLoadSegments, &["no PT_LOAD"]),
             (ElfError::TooManyLoadSegments { count: 17 }, &["17", "16"]),
             (ElfError::EmptySegment { ph: 3 }, &["header 3", "memsz 0"]),
+            (ElfError::FileSizeExceedsMemSize { ph: 1, filesz: 0x20, memsz: 0x10 }, &["header 1", "0x20", "0x10"]),
             (
-                ElfError::FileSizeExceedsMemSize {
-                    ph: 1,
-                    filesz: 0x20,
-                    memsz: 0x10,
-                },
-                &["header 1", "0x20", "0x10"],
-            ),
-            (
-                ElfError::SegmentFileOutOfBounds {
-                    ph: 2,
-                    offset: 0x30,
-                    filesz: 0x40,
-                    file_len: 0x50,
-                },
+                ElfError::SegmentFileOutOfBounds { ph: 2, offset: 0x30, filesz: 0x40, file_len: 0x50 },
                 &["header 2", "0x30", "0x40", "0x50"],
             ),
+            (ElfError::BadAlignment { ph: 4, align: 3 }, &["header 4", "0x3", "power of two"]),
             (
-                ElfError::BadAlignment { ph: 4, align: 3 },
-                &["header 4", "0x3", "power of two"],
-            ),
-            (
-                ElfError::MisalignedSegment {
-                    ph: 1,
-                    offset: 0x1001,
-                    vaddr: 0x400000,
-                },
+                ElfError::MisalignedSegment { ph: 1, offset: 0x1001, vaddr: 0x400000 },
                 &["header 1", "0x1001", "0x400000"],
             ),
+            (ElfError::WritableAndExecutable { ph: 0, vaddr: 0x5000 }, &["header 0", "0x5000", "W^X"]),
             (
-                ElfError::WritableAndExecutable {
-                    ph: 0,
-                    vaddr: 0x5000,
-                },
-                &["header 0", "0x5000", "W^X"],
-            ),
-            (
-                ElfError::SegmentAddressOverflow {
-                    ph: 2,
-                    vaddr: 0xffff,
-                    memsz: 0xeeee,
-                },
+                ElfError::SegmentAddressOverflow { ph: 2, vaddr: 0xffff, memsz: 0xeeee },
                 &["header 2", "0xffff", "0xeeee", "overflow"],
             ),
             (
-                ElfError::SegmentBelowBase {
-                    ph: 1,
-                    vaddr: 0x1234,
-                    base: 0x400000,
-                },
+                ElfError::SegmentBelowBase { ph: 1, vaddr: 0x1234, base: 0x400000 },
                 &["header 1", "0x1234", "page 0x1000", "0x400000"],
             ),
             (
-                ElfError::SegmentAboveLimit {
-                    ph: 1,
-                    end: 0x900000,
-                    limit: 0x800000,
-                },
+                ElfError::SegmentAboveLimit { ph: 1, end: 0x900000, limit: 0x800000 },
                 &["header 1", "0x900000", "0x800000"],
             ),
-            (
-                ElfError::SegmentsOverlap {
-                    first: 0,
-                    second: 2,
-                    page: 0x401000,
-                },
-                &["headers 0 and 2", "0x401000"],
-            ),
-            (
-                ElfError::ImageTooLarge {
-                    span: 0x6000,
-                    max: 0x5000,
-                },
-                &["0x6000", "0x5000"],
-            ),
-            (
-                ElfError::EntryNotExecutable { entry: 0xabc },
-                &["0xabc", "executable"],
-            ),
+            (ElfError::SegmentsOverlap { first: 0, second: 2, page: 0x401000 }, &["headers 0 and 2", "0x401000"]),
+            (ElfError::ImageTooLarge { span: 0x6000, max: 0x5000 }, &["0x6000", "0x5000"]),
+            (ElfError::EntryNotExecutable { entry: 0xabc }, &["0xabc", "executable"]),
         ];
         for (err, needles) in cases {
             let msg = err.to_string();
@@ -1528,11 +1153,7 @@ mod tests {
         // table; whatever it finds must be an error, not a panic.
         let mut patched = bytes.clone();
         patched[E_TYPE..E_TYPE + 2].copy_from_slice(&ET_EXEC.to_le_bytes());
-        let anywhere = LoadPolicy {
-            virt_base: 0,
-            virt_limit: 1 << 47,
-            max_image_bytes: 1 << 40,
-        };
+        let anywhere = LoadPolicy { virt_base: 0, virt_limit: 1 << 47, max_image_bytes: 1 << 40 };
         match ElfImage::parse(&patched, &anywhere) {
             Ok(img) => check_invariants(&img, &patched, &anywhere),
             Err(e) => check_display(&e),
@@ -1644,17 +1265,7 @@ mod tests {
     fn every_header_byte_mutated() {
         let base = Elf::sample().build();
         for i in 0..EHDR_SIZE + 5 * PHDR_SIZE {
-            for v in [
-                0x00,
-                0x01,
-                0x07,
-                0x10,
-                0x40,
-                0x7f,
-                0x80,
-                0xff,
-                base[i] ^ 0x01,
-            ] {
+            for v in [0x00, 0x01, 0x07, 0x10, 0x40, 0x7f, 0x80, 0xff, base[i] ^ 0x01] {
                 let mut b = base.clone();
                 b[i] = v;
                 parse_and_check(&b);

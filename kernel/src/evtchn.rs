@@ -290,7 +290,13 @@ mod tests {
     #[test]
     fn time_publication_leaves_an_even_version() {
         let mut m = FakeMem::default();
-        let t = VcpuTimeInfo { tsc_timestamp: 5, system_time: 9, tsc_to_system_mul: 77, tsc_shift: -2, ..Default::default() };
+        let t = VcpuTimeInfo {
+            tsc_timestamp: 5,
+            system_time: 9,
+            tsc_to_system_mul: 77,
+            tsc_shift: -2,
+            ..Default::default()
+        };
         SI.publish_time(&mut m, &t);
         SI.publish_time(&mut m, &t);
         let v = m.read_u64(7 * 4096 + TIME) as u32;

@@ -227,11 +227,7 @@ impl<'a> FrameTable<'a> {
 
     /// The bookkeeping of `mfn`.
     pub fn get(&self, mfn: Mfn) -> Result<FrameInfo, FrameError> {
-        usize::try_from(mfn)
-            .ok()
-            .and_then(|i| self.frames.get(i))
-            .copied()
-            .ok_or(FrameError::OutOfRange(mfn))
+        usize::try_from(mfn).ok().and_then(|i| self.frames.get(i)).copied().ok_or(FrameError::OutOfRange(mfn))
     }
 
     /// Whether `dom` owns `mfn`.
@@ -256,10 +252,7 @@ impl<'a> FrameTable<'a> {
 
     /// The slot of a frame that `dom` owns.
     fn owned_mut(&mut self, mfn: Mfn, dom: DomId) -> Result<&mut FrameInfo, FrameError> {
-        let f = usize::try_from(mfn)
-            .ok()
-            .and_then(|i| self.frames.get_mut(i))
-            .ok_or(FrameError::OutOfRange(mfn))?;
+        let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)).ok_or(FrameError::OutOfRange(mfn))?;
         if f.owner != Owner::Domain(dom) {
             return Err(FrameError::NotOwned(mfn));
         }

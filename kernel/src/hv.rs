@@ -550,7 +550,8 @@ impl Hv {
         let insn = d.regs.rcx.wrapping_sub(2);
         let mut phys = HvPhys;
         let view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
-        let from_user = view.translate(GuestVa(insn), ringfence_kernel::guest_mem::Access { write: false, user: true }).is_ok();
+        let from_user =
+            view.translate(GuestVa(insn), ringfence_kernel::guest_mem::Access { write: false, user: true }).is_ok();
         if !from_user {
             d.regs.rip = insn;
             d.regs.rflags = d.regs.r11;
@@ -580,7 +581,8 @@ impl Hv {
                 false
             }
             Some(h) => {
-                let b = Bounce { handler: h.address, vector: u32::from(vector), error: f.error, cr2, saved_upcall_mask: 0 };
+                let b =
+                    Bounce { handler: h.address, vector: u32::from(vector), error: f.error, cr2, saved_upcall_mask: 0 };
                 self.deliver(cur, &b, h.mask_events)
             }
         }
@@ -748,7 +750,14 @@ impl Hv {
                 log!("dom{} ({}) crashed: {fault}", d.id, d.name);
                 log!(
                     "  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rsp {:#x} rbp {:#x}",
-                    r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rsp, r.rbp
+                    r.rax,
+                    r.rbx,
+                    r.rcx,
+                    r.rdx,
+                    r.rsi,
+                    r.rdi,
+                    r.rsp,
+                    r.rbp
                 );
             }
             _ => log!("dom{} ({}) exited: {exit}", d.id, d.name),
@@ -830,7 +839,13 @@ impl Hv {
     fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
         if d.shared.upcall_due(&HvPhys) && d.vcpu.callbacks.event != 0 {
-            let b = Bounce { handler: d.vcpu.callbacks.event, vector: UPCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+            let b = Bounce {
+                handler: d.vcpu.callbacks.event,
+                vector: UPCALL_VECTOR,
+                error: 0,
+                cr2: 0,
+                saved_upcall_mask: 0,
+            };
             if !self.deliver(i, &b, true) {
                 return None;
             }
@@ -932,12 +947,7 @@ impl Hv {
 fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
-        nr::CONSOLE_IO
-            | nr::MEMORY_OP
-            | nr::MMU_UPDATE
-            | nr::UPDATE_VA_MAPPING
-            | nr::MMUEXT_OP
-            | nr::EVENT_CHANNEL_OP
+        nr::CONSOLE_IO | nr::MEMORY_OP | nr::MMU_UPDATE | nr::UPDATE_VA_MAPPING | nr::MMUEXT_OP | nr::EVENT_CHANNEL_OP
     )
 }
 
@@ -1033,7 +1043,13 @@ fn hv_fault(v: u8, f: &TrapFrame) -> ! {
     log!("  rsi {:#x} rdi {:#x} rbp {:#x} r8 {:#x}", f.rsi, f.rdi, f.rbp, f.r8);
     log!("  r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x}", f.r9, f.r10, f.r11, f.r12);
     log!("  r13 {:#x} r14 {:#x} r15 {:#x}", f.r13, f.r14, f.r15);
-    log!("  cr2 {:#x} cr3 {:#x} cr0 {:#x} cr4 {:#x}", cpu::read_cr2(), cpu::read_cr3(), cpu::read_cr0(), cpu::read_cr4());
+    log!(
+        "  cr2 {:#x} cr3 {:#x} cr0 {:#x} cr4 {:#x}",
+        cpu::read_cr2(),
+        cpu::read_cr3(),
+        cpu::read_cr0(),
+        cpu::read_cr4()
+    );
     log!("  backtrace:");
     log::backtrace(f.rbp);
     log!("halting: the hypervisor itself faulted");

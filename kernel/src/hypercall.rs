@@ -26,8 +26,8 @@ use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
 use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SSHOT_FUTURE};
 use pvguest_abi::{
-    console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno,
-    DOMID_SELF, MULTICALL_MAX,
+    console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno, DOMID_SELF,
+    MULTICALL_MAX,
 };
 
 /// Why a domain shut itself down.
@@ -241,9 +241,8 @@ fn batch<E: Env, const SIZE: usize>(
     let mut i = 0;
     while i < count {
         let n = (count - i).min(CHUNK as u64) as usize;
-        let whole = element(base, i, SIZE as u64)
-            .and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut()))
-            .is_ok();
+        let whole =
+            element(base, i, SIZE as u64).and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut())).is_ok();
         for (j, req) in buf[..n].iter_mut().enumerate() {
             let at = i + j as u64;
             if at > 0 && !nested && env.preempt_due() {
@@ -254,7 +253,8 @@ fn batch<E: Env, const SIZE: usize>(
             }
             // If the chunk straddles unreadable memory, read request by
             // request so the batch stops exactly at the first unreadable one.
-            let read = if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|p| env.copy_from_guest(p, req)) };
+            let read =
+                if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|p| env.copy_from_guest(p, req)) };
             if let Err(e) = read.and_then(|_| apply(env, req)) {
                 return ret(report_done(env, done_ptr, done_before + at).and(Err(e)));
             }

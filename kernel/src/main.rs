@@ -42,11 +42,7 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
 
     let image_end = &raw const __image_end as u64;
     let frames = init_frames(&bi, image_end);
-    log!(
-        "memory: {} MiB free for domains (hypervisor image ends at {:#x})",
-        frames.free_count() * 4 / 1024,
-        image_end
-    );
+    log!("memory: {} MiB free for domains (hypervisor image ends at {:#x})", frames.free_count() * 4 / 1024, image_end);
     let rates = timer::init();
     log!("clocks: TSC {} MHz, APIC timer {} kHz", rates.tsc_hz / 1_000_000, rates.apic_hz / 1000);
 
@@ -55,8 +51,7 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
     };
     // SAFETY: QEMU loaded the module into identity-mapped RAM below 1 GiB,
     // which the frame table keeps reserved, so nothing else writes it.
-    let bytes: &'static [u8] =
-        unsafe { core::slice::from_raw_parts(module.paddr as *const u8, module.size as usize) };
+    let bytes: &'static [u8] = unsafe { core::slice::from_raw_parts(module.paddr as *const u8, module.size as usize) };
     let bundle = match Bundle::parse(bytes) {
         Ok(b) => b,
         Err(e) => fatal(format_args!("bad boot bundle: {e}")),

@@ -281,9 +281,7 @@ pub struct Mm<'a, 'f, M: PhysMem> {
 fn errno(e: FrameError) -> Errno {
     match e {
         FrameError::OutOfRange(_) | FrameError::NotOwned(_) => Errno::EPERM,
-        FrameError::TypeConflict { .. } | FrameError::CountOverflow(_) | FrameError::Referenced { .. } => {
-            Errno::EBUSY
-        }
+        FrameError::TypeConflict { .. } | FrameError::CountOverflow(_) | FrameError::Referenced { .. } => Errno::EBUSY,
         FrameError::NotPinned(_) => Errno::EINVAL,
         FrameError::Exhausted => Errno::ENOMEM,
     }
@@ -588,7 +586,6 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1923,21 +1920,45 @@ mod tests {
 
         #[derive(Clone, Debug)]
         enum Op {
-            Update { table: Pick, slot: usize, misalign: u64, val: Val },
+            Update {
+                table: Pick,
+                slot: usize,
+                misalign: u64,
+                val: Val,
+            },
             Batch(Vec<(Pick, usize, Val)>),
-            Pin { mfn: Pick, level: u8 },
-            Unpin { mfn: Pick },
-            NewBaseptr { mfn: Pick },
-            Uvm { va: u64, val: Val },
+            Pin {
+                mfn: Pick,
+                level: u8,
+            },
+            Unpin {
+                mfn: Pick,
+            },
+            NewBaseptr {
+                mfn: Pick,
+            },
+            Uvm {
+                va: u64,
+                val: Val,
+            },
             /// The guest writing a frame that is not a page table.
-            GuestWrite { mfn: Pick, slot: usize, val: Val },
+            GuestWrite {
+                mfn: Pick,
+                slot: usize,
+                val: Val,
+            },
             /// The guest building a tree as rule 7 wants it: `depth` new
             /// tables in untyped frames, each pinned as soon as it is
             /// written, bottom-up: an L1 with `leaves`, then each level
             /// naming the one below (and, with `share`, an existing pinned
             /// table of that level); then the top optionally linked into
             /// `link`.
-            PinTree { depth: u8, leaves: Vec<(Pick, u64)>, share: Option<usize>, link: Option<(Pick, usize)> },
+            PinTree {
+                depth: u8,
+                leaves: Vec<(Pick, u64)>,
+                share: Option<usize>,
+                link: Option<(Pick, usize)>,
+            },
         }
 
         fn pick() -> impl Strategy<Value = Pick> {

@@ -65,11 +65,9 @@ pub fn bounce<M: PhysMem>(
     if b.handler == 0 {
         return Err(BounceError::NoHandler);
     }
-    let sp = if regs.ring() == 3 {
-        kernel_sp.ok_or(BounceError::NoKernelStack)?
-    } else {
-        regs.rsp.wrapping_sub(RED_ZONE)
-    } & !15;
+    let sp =
+        if regs.ring() == 3 { kernel_sp.ok_or(BounceError::NoKernelStack)? } else { regs.rsp.wrapping_sub(RED_ZONE) }
+            & !15;
     let frame_at = sp.wrapping_sub(64);
     let frame = BounceFrame {
         vector: b.vector,
@@ -124,7 +122,8 @@ mod tests {
         t
     }
 
-    const B: Bounce = Bounce { handler: GUEST_KERNEL_BASE + 0x42, vector: 14, error: 2, cr2: 0xdead, saved_upcall_mask: 0 };
+    const B: Bounce =
+        Bounce { handler: GUEST_KERNEL_BASE + 0x42, vector: 14, error: 2, cr2: 0xdead, saved_upcall_mask: 0 };
 
     #[test]
     fn ring1_bounce_skips_red_zone_and_writes_iret_frame() {

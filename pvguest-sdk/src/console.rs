@@ -11,10 +11,8 @@ use pvguest_abi::{console_io, hypercall, Errno};
 pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
     let mut done = 0;
     for chunk in bytes.chunks(console_io::MAX_WRITE as usize) {
-        let r = call_readonly(
-            hypercall::CONSOLE_IO,
-            [console_io::WRITE, chunk.len() as u64, chunk.as_ptr() as u64, 0, 0],
-        );
+        let r =
+            call_readonly(hypercall::CONSOLE_IO, [console_io::WRITE, chunk.len() as u64, chunk.as_ptr() as u64, 0, 0]);
         done += Errno::decode(r)? as usize;
     }
     Ok(done)

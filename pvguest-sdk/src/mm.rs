@@ -152,10 +152,7 @@ pub fn mmuext(ops: &[MmuextOp]) -> Result<(), (usize, Errno)> {
     let mut done = 0u32;
     // SAFETY: the hypervisor reads `ops` and writes only `done`, a local.
     let r = unsafe {
-        raw(
-            hypercall::MMUEXT_OP,
-            [ops.as_ptr() as u64, ops.len() as u64, &mut done as *mut u32 as u64, DOMID_SELF, 0],
-        )
+        raw(hypercall::MMUEXT_OP, [ops.as_ptr() as u64, ops.len() as u64, &mut done as *mut u32 as u64, DOMID_SELF, 0])
     };
     Errno::decode(r).map(|_| ()).map_err(|e| (done as usize, e))
 }

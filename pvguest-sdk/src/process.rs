@@ -124,8 +124,7 @@ fn leave(code: u64) -> ! {
 /// user pages (code or stack).
 pub fn user_range_ok(va: u64, len: u64) -> bool {
     let Some(end) = va.checked_add(len) else { return false };
-    (va >= USER_CODE && end <= USER_CODE + MAX_PROGRAM as u64)
-        || (va >= USER_STACK_TOP - 4096 && end <= USER_STACK_TOP)
+    (va >= USER_CODE && end <= USER_CODE + MAX_PROGRAM as u64) || (va >= USER_STACK_TOP - 4096 && end <= USER_STACK_TOP)
 }
 
 /// Copies `len` bytes of the running process's memory at `va` into `buf`
@@ -273,15 +272,15 @@ macro_rules! user_program {
     ($name:ident, $asm:literal) => {{
         #[allow(non_snake_case)]
         mod $name {
-        ::core::arch::global_asm!(
-            concat!(".pushsection .rodata.user.", stringify!($name), ", \"a\"\n"),
-            concat!(".global __user_", stringify!($name), "_start\n"),
-            concat!("__user_", stringify!($name), "_start:\n"),
-            $asm,
-            concat!("\n.global __user_", stringify!($name), "_end\n"),
-            concat!("__user_", stringify!($name), "_end:\n"),
-            ".popsection\n",
-        );
+            ::core::arch::global_asm!(
+                concat!(".pushsection .rodata.user.", stringify!($name), ", \"a\"\n"),
+                concat!(".global __user_", stringify!($name), "_start\n"),
+                concat!("__user_", stringify!($name), "_start:\n"),
+                $asm,
+                concat!("\n.global __user_", stringify!($name), "_end\n"),
+                concat!("__user_", stringify!($name), "_end:\n"),
+                ".popsection\n",
+            );
         }
         extern "C" {
             #[link_name = concat!("__user_", stringify!($name), "_start")]

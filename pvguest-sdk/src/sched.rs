@@ -58,7 +58,12 @@ pub fn stack_switch(top: u64) -> Result<(), pvguest_abi::Errno> {
 /// Waits until one of `ports` is pending or system time reaches
 /// `deadline_ns` (0: no deadline).
 pub fn poll(ports: &[u32], deadline_ns: u64) -> Result<(), pvguest_abi::Errno> {
-    let arg = sched_op::SchedPoll { ports: ports.as_ptr() as u64, nr_ports: ports.len() as u32, pad: 0, timeout: deadline_ns };
+    let arg = sched_op::SchedPoll {
+        ports: ports.as_ptr() as u64,
+        nr_ports: ports.len() as u32,
+        pad: 0,
+        timeout: deadline_ns,
+    };
     pvguest_abi::Errno::decode(call_readonly(
         hypercall::SCHED_OP,
         [sched_op::POLL, &arg as *const sched_op::SchedPoll as u64, 0, 0, 0],

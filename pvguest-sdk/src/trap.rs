@@ -29,7 +29,6 @@ use core::sync::atomic::{AtomicUsize, Ordering};
 use pvguest_abi::trap::{TrapInfo, SYSCALL_GATE_VECTOR};
 use pvguest_abi::{hypercall, Errno};
 
-
 /// Registers at the time of the entry, and the bounce frame above them.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -173,12 +172,8 @@ pub fn set_syscall_handler(handler: SyscallHandler) -> Result<(), Errno> {
     apply()?;
     let cb = pvguest_syscall_bounce_entry as *const () as u64;
     // SAFETY: set_callbacks only reads its arguments.
-    let r = unsafe {
-        crate::hypercall::raw(
-            hypercall::SET_CALLBACKS,
-            [crate::event::event_entry_address(), 0, cb, 0, 0],
-        )
-    };
+    let r =
+        unsafe { crate::hypercall::raw(hypercall::SET_CALLBACKS, [crate::event::event_entry_address(), 0, cb, 0, 0]) };
     Errno::decode(r).map(|_| ())
 }
 
@@ -205,8 +200,8 @@ extern "C" fn pvguest_syscall_dispatch(ctx: *mut TrapContext) {
 /// Mnemonic of an exception vector.
 pub fn mnemonic(v: u32) -> &'static str {
     const M: [&str; 20] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#09", "#TS", "#NP", "#SS", "#GP",
-        "#PF", "#15", "#MF", "#AC", "#MC", "#XM",
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#09", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
+        "#MF", "#AC", "#MC", "#XM",
     ];
     M.get(v as usize).copied().unwrap_or("?")
 }

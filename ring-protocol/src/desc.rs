@@ -97,7 +97,6 @@ pub enum IdError {
     NotInFlight,
 }
 
-
 /// A fixed-capacity table of in-flight requests: hands out ids, and maps a
 /// completion's id back to the state saved for it, exactly once.
 ///
@@ -233,11 +232,7 @@ mod tests {
 
     #[test]
     fn r11_descriptor_ranges_are_checked() {
-        let d = |offset, len| Descriptor {
-            offset,
-            len,
-            ..Descriptor::default()
-        };
+        let d = |offset, len| Descriptor { offset, len, ..Descriptor::default() };
         assert_eq!(d(0, 4096).checked_range(PAGE_SIZE), Some(0..4096));
         assert_eq!(d(4000, 96).checked_range(PAGE_SIZE), Some(4000..4096));
         assert_eq!(d(4000, 97).checked_range(PAGE_SIZE), None);

@@ -50,22 +50,15 @@ impl core::error::Error for RingError {}
 impl core::fmt::Display for RingError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match *self {
-            RingError::ProdOverflow { prod, cons, limit } => write!(
-                f,
-                "peer producer index {prod} is more than {limit} ahead of consumer index {cons}"
-            ),
-            RingError::RspOverflow {
-                rsp_prod,
-                rsp_cons,
-                req_prod,
-            } => write!(
-                f,
-                "response index {rsp_prod} (consumed {rsp_cons}) exceeds requests published ({req_prod})"
-            ),
-            RingError::ConsOutOfRange { cons, seen, prod } => write!(
-                f,
-                "peer consumer index {cons} outside [{seen}, {prod}]"
-            ),
+            RingError::ProdOverflow { prod, cons, limit } => {
+                write!(f, "peer producer index {prod} is more than {limit} ahead of consumer index {cons}")
+            }
+            RingError::RspOverflow { rsp_prod, rsp_cons, req_prod } => {
+                write!(f, "response index {rsp_prod} (consumed {rsp_cons}) exceeds requests published ({req_prod})")
+            }
+            RingError::ConsOutOfRange { cons, seen, prod } => {
+                write!(f, "peer consumer index {cons} outside [{seen}, {prod}]")
+            }
             RingError::BadId { id } => write!(f, "response id {id:#x} is not in flight"),
             RingError::Protocol => write!(f, "peer violated the protocol"),
         }

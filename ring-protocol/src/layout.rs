@@ -14,9 +14,9 @@
 //! memory (the endpoints access each index word through its own
 //! `&AtomicU32`, R6).
 
-use core::mem::{align_of, size_of};
 #[cfg(not(loom))]
 use core::mem::offset_of;
+use core::mem::{align_of, size_of};
 
 #[cfg(not(loom))]
 use crate::sync::AtomicU32;
@@ -165,21 +165,12 @@ impl Layout {
         if capacity > MAX_CAPACITY as usize {
             capacity = MAX_CAPACITY as usize;
         }
-        Some(Layout {
-            slots_offset,
-            stride,
-            capacity: capacity as u32,
-            align: max(align, CACHE_LINE),
-        })
+        Some(Layout { slots_offset, stride, capacity: capacity as u32, align: max(align, CACHE_LINE) })
     }
 
     /// The layout of a request/response ring of `Req`/`Rsp` in `bytes`.
     pub const fn ring<Req, Rsp>(bytes: usize) -> Option<Layout> {
-        Layout::new(
-            max(size_of::<Req>(), size_of::<Rsp>()),
-            max(align_of::<Req>(), align_of::<Rsp>()),
-            bytes,
-        )
+        Layout::new(max(size_of::<Req>(), size_of::<Rsp>()), max(align_of::<Req>(), align_of::<Rsp>()), bytes)
     }
 
     /// The layout of a one-way stream ring of `T` in `bytes`.

@@ -206,12 +206,12 @@ mod sync;
 
 pub use desc::{Completion, Descriptor, IdError, IdTable, PAGE_SIZE};
 pub use error::{PushError, RingError};
+pub use layout::{
+    ring_bytes, ring_capacity, stream_bytes, stream_capacity, Layout, CACHE_LINE, HEADER_SIZE, INDEX_SPACING,
+    MAX_CAPACITY,
+};
 #[cfg(not(loom))]
 pub use layout::{RingHeader, StreamHeader};
-pub use layout::{
-    ring_bytes, ring_capacity, stream_bytes, stream_capacity, Layout, CACHE_LINE, HEADER_SIZE,
-    INDEX_SPACING, MAX_CAPACITY,
-};
 pub use mem::{LayoutError, SharedMem};
 pub use pod::Pod;
 pub use ring::{Back, Drain, Front};

@@ -98,9 +98,7 @@ impl<'a> SharedMem<'a> {
     pub unsafe fn new(ptr: *mut u8, len: usize) -> Result<Self, LayoutError> {
         let base = NonNull::new(ptr).ok_or(LayoutError::Null)?;
         if !(base.as_ptr() as usize).is_multiple_of(CACHE_LINE) {
-            return Err(LayoutError::Misaligned {
-                required: CACHE_LINE,
-            });
+            return Err(LayoutError::Misaligned { required: CACHE_LINE });
         }
         if len < HEADER_SIZE {
             return Err(LayoutError::TooSmall { len });
@@ -170,9 +168,7 @@ impl<'a> SharedMem<'a> {
     pub(crate) fn check(&self, layout: Option<Layout>) -> Result<(Layout, NonNull<u8>), LayoutError> {
         let layout = layout.ok_or(LayoutError::TooSmall { len: self.len })?;
         if !(self.base.as_ptr() as usize).is_multiple_of(layout.align) {
-            return Err(LayoutError::Misaligned {
-                required: layout.align,
-            });
+            return Err(LayoutError::Misaligned { required: layout.align });
         }
         debug_assert!(layout.bytes() <= self.len);
         // SAFETY: layout.bytes() <= len (Layout::new only fits slots into
@@ -267,11 +263,7 @@ pub(crate) struct Slots {
 
 impl Slots {
     pub(crate) fn new(base: NonNull<u8>, layout: &Layout) -> Self {
-        Slots {
-            base,
-            stride: layout.stride,
-            mask: layout.capacity - 1,
-        }
+        Slots { base, stride: layout.stride, mask: layout.capacity - 1 }
     }
 
     pub(crate) fn capacity(&self) -> u32 {

@@ -40,13 +40,7 @@ use crate::{Pod, PushError, RingError};
 /// word (R5). The SeqCst fence pairs with the consumer's fence in
 /// [`arm_event`] (R9).
 #[inline(always)]
-pub(crate) fn publish_and_check(
-    mem: &SharedMem<'_>,
-    prod_off: usize,
-    event_off: usize,
-    old: u32,
-    new: u32,
-) -> bool {
+pub(crate) fn publish_and_check(mem: &SharedMem<'_>, prod_off: usize, event_off: usize, old: u32, new: u32) -> bool {
     mem.index(prod_off).store(new, Release);
     mem.full_fence();
     let event = mem.index(event_off).load(Relaxed);
@@ -112,14 +106,7 @@ impl<'r, T: Pod> Drain<'r, T> {
     /// Entries `[*cons, end)`; the caller has validated `end` (R4).
     #[inline(always)]
     pub(crate) fn new(mem: &'r SharedMem<'r>, slots: Slots, cons: &'r mut u32, end: u32) -> Self {
-        Drain {
-            mem,
-            slots,
-            cons: *cons,
-            cons_out: cons,
-            end,
-            _item: PhantomData,
-        }
+        Drain { mem, slots, cons: *cons, cons_out: cons, end, _item: PhantomData }
     }
 }
 
@@ -295,13 +282,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     #[inline]
     pub fn push_iter<I: IntoIterator<Item = Req>>(&mut self, iter: I) -> Result<u32, RingError> {
         self.ok()?;
-        let n = fill(
-            &self.mem,
-            &self.slots,
-            self.req_prod_pvt,
-            self.free_requests(),
-            &mut iter.into_iter(),
-        );
+        let n = fill(&self.mem, &self.slots, self.req_prod_pvt, self.free_requests(), &mut iter.into_iter());
         self.req_prod_pvt = self.req_prod_pvt.wrapping_add(n);
         Ok(n)
     }
@@ -535,11 +516,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         let avail = prod.wrapping_sub(self.req_cons);
         let limit = self.capacity().saturating_sub(self.unanswered());
         if avail > limit {
-            return Err(self.latch(RingError::ProdOverflow {
-                prod,
-                cons: self.req_cons,
-                limit,
-            }));
+            return Err(self.latch(RingError::ProdOverflow { prod, cons: self.req_cons, limit }));
         }
         self.req_prod_seen = prod;
         Ok(avail)
@@ -647,13 +624,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     #[inline]
     pub fn push_iter<I: IntoIterator<Item = Rsp>>(&mut self, iter: I) -> Result<u32, RingError> {
         self.ok()?;
-        let n = fill(
-            &self.mem,
-            &self.slots,
-            self.rsp_prod_pvt,
-            self.unanswered(),
-            &mut iter.into_iter(),
-        );
+        let n = fill(&self.mem, &self.slots, self.rsp_prod_pvt, self.unanswered(), &mut iter.into_iter());
         self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(n);
         Ok(n)
     }

@@ -140,11 +140,7 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
         self.ok()?;
         let cons = self.mem.index(off::CONS).load(Acquire);
         if cons.wrapping_sub(self.cons_seen) > self.prod.wrapping_sub(self.cons_seen) {
-            return Err(self.latch(RingError::ConsOutOfRange {
-                cons,
-                seen: self.cons_seen,
-                prod: self.prod,
-            }));
+            return Err(self.latch(RingError::ConsOutOfRange { cons, seen: self.cons_seen, prod: self.prod }));
         }
         self.cons_seen = cons;
         Ok(self.cached_free())
@@ -346,11 +342,7 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
         let avail = prod.wrapping_sub(self.cons);
         let limit = self.capacity().saturating_sub(self.cons.wrapping_sub(self.released));
         if avail > limit {
-            return Err(self.latch(RingError::ProdOverflow {
-                prod,
-                cons: self.cons,
-                limit,
-            }));
+            return Err(self.latch(RingError::ProdOverflow { prod, cons: self.cons, limit }));
         }
         self.prod_seen = prod;
         Ok(avail)
@@ -497,10 +489,7 @@ impl<'a> ByteChannel<'a> {
     /// [`LayoutError`] if a half cannot hold a stream.
     pub fn front_init(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
         let (out, inp) = Self::halves(mem)?;
-        Ok(ByteChannel {
-            tx: StreamProducer::init(out)?,
-            rx: StreamConsumer::init(inp)?,
-        })
+        Ok(ByteChannel { tx: StreamProducer::init(out)?, rx: StreamConsumer::init(inp)? })
     }
 
     /// Take the back's end of a channel the front initialised (transmits on
@@ -510,9 +499,6 @@ impl<'a> ByteChannel<'a> {
     /// [`LayoutError`] if a half cannot hold a stream.
     pub fn back_attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
         let (out, inp) = Self::halves(mem)?;
-        Ok(ByteChannel {
-            tx: StreamProducer::attach(inp)?,
-            rx: StreamConsumer::attach(out)?,
-        })
+        Ok(ByteChannel { tx: StreamProducer::attach(inp)?, rx: StreamConsumer::attach(out)? })
     }
 }

@@ -59,11 +59,7 @@ impl LoomShadow {
     }
 
     pub(crate) fn full_fence(&self) {
-        let order = if self.weak_fences {
-            Ordering::AcqRel
-        } else {
-            Ordering::SeqCst
-        };
+        let order = if self.weak_fences { Ordering::AcqRel } else { Ordering::SeqCst };
         loom::sync::atomic::fence(order);
     }
 

@@ -9,8 +9,7 @@ mod common;
 use common::Pages;
 use proptest::prelude::*;
 use ring_protocol::{
-    ring_bytes, stream_bytes, Back, Front, PushError, RingError, StreamConsumer, StreamProducer,
-    HEADER_SIZE,
+    ring_bytes, stream_bytes, Back, Front, PushError, RingError, StreamConsumer, StreamProducer, HEADER_SIZE,
 };
 
 const GUARD: usize = 4096;
@@ -87,9 +86,7 @@ fn run_back(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> {
     let mut slots = vec![0u64; cap as usize];
     let mut latched: Option<RingError> = None;
     let slot_off = |i: u32| GUARD + HEADER_SIZE + (i & (cap - 1)) as usize * 8;
-    let violates = |prod: u32, cons: u32, answered: u32| {
-        prod.wrapping_sub(cons) > cap - cons.wrapping_sub(answered)
-    };
+    let violates = |prod: u32, cons: u32, answered: u32| prod.wrapping_sub(cons) > cap - cons.wrapping_sub(answered);
 
     for &s in steps {
         let before = pages.read_bytes(GUARD, len);
@@ -392,10 +389,7 @@ fn r4_more_responses_than_requests_latches_error() {
     front.try_push(1).unwrap();
     front.push_and_check_notify().unwrap();
     pages.store_u32(RSP_PROD, 2);
-    assert_eq!(
-        front.pop_response(),
-        Err(RingError::RspOverflow { rsp_prod: 2, rsp_cons: 0, req_prod: 1 })
-    );
+    assert_eq!(front.pop_response(), Err(RingError::RspOverflow { rsp_prod: 2, rsp_cons: 0, req_prod: 1 }));
     assert_eq!(front.try_push(2), Err(PushError::Ring(front.error().unwrap())));
 }
 

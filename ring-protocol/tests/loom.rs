@@ -19,9 +19,7 @@
 
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
 use loom::thread;
-use ring_protocol::{
-    ring_bytes, stream_bytes, Back, Front, LoomShadow, SharedMem, StreamConsumer, StreamProducer,
-};
+use ring_protocol::{ring_bytes, stream_bytes, Back, Front, LoomShadow, SharedMem, StreamConsumer, StreamProducer};
 
 /// Leak a zeroed, 64-byte aligned region and a shadow for `slots` slots:
 /// loom threads need `'static` borrows.
@@ -40,9 +38,7 @@ struct Line([u64; 8]);
 
 fn mem(words: &'static [u64], len: usize, shadow: &'static LoomShadow) -> SharedMem<'static> {
     // SAFETY: leaked, so valid forever; used only through endpoints.
-    unsafe { SharedMem::new(words.as_ptr().cast_mut().cast(), len) }
-        .unwrap()
-        .with_loom_shadow(shadow)
+    unsafe { SharedMem::new(words.as_ptr().cast_mut().cast(), len) }.unwrap().with_loom_shadow(shadow)
 }
 
 /// Explore every interleaving (no preemption bound).
@@ -88,7 +84,7 @@ fn warmed_ring(cap: u32, weak: bool) -> (Front<'static, u64, u64>, Back<'static,
 
 fn request_wakeup(weak: bool) {
     let (mut front, mut back) = warmed_ring(2, weak);
-    let notified : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+    let notified: &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
     let producer = thread::spawn(move || {
         front.try_push(3).unwrap();
         if front.push_and_check_notify().unwrap() {
@@ -122,7 +118,7 @@ fn r8_r9_response_wakeup_is_never_lost() {
         front.try_push(3).unwrap();
         front.push_and_check_notify().unwrap();
         assert_eq!(back.pop_request().unwrap(), Some(3));
-        let notified : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let notified: &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
         let responder = thread::spawn(move || {
             back.try_push(30).unwrap();
             if back.push_and_check_notify().unwrap() {
@@ -145,7 +141,7 @@ fn r8_r9_response_wakeup_is_never_lost() {
 fn r9_batched_wakeup_waits_for_k_items() {
     model(|| {
         let (mut front, mut back) = warmed_ring(2, false);
-        let notifications : &'static _ = Box::leak(Box::new(AtomicU32::new(0)));
+        let notifications: &'static _ = Box::leak(Box::new(AtomicU32::new(0)));
         let producer = thread::spawn(move || {
             for v in [3, 4] {
                 front.try_push(v).unwrap();
@@ -175,10 +171,7 @@ struct Bell {
 
 impl Bell {
     fn new() -> &'static Bell {
-        Box::leak(Box::new(Bell {
-            pending: loom::sync::Mutex::new(false),
-            cv: loom::sync::Condvar::new(),
-        }))
+        Box::leak(Box::new(Bell { pending: loom::sync::Mutex::new(false), cv: loom::sync::Condvar::new() }))
     }
 
     fn ring(&self) {
@@ -281,8 +274,8 @@ fn r12_stream_wakeups_are_never_lost() {
         // Fill the one slot; the consumer has not released it yet.
         tx.try_push(1).unwrap();
         tx.push_and_check_notify().unwrap();
-        let data_bell : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
-        let space_bell : &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let data_bell: &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
+        let space_bell: &'static _ = Box::leak(Box::new(AtomicBool::new(false)));
         let consumer = thread::spawn(move || {
             assert_eq!(rx.pop().unwrap(), Some(1));
             if rx.release_and_check_notify().unwrap() {

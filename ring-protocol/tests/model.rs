@@ -17,9 +17,7 @@ use std::collections::VecDeque;
 
 use common::Pages;
 use proptest::prelude::*;
-use ring_protocol::{
-    ring_bytes, stream_bytes, Back, Front, IdTable, PushError, StreamConsumer, StreamProducer,
-};
+use ring_protocol::{ring_bytes, stream_bytes, Back, Front, IdTable, PushError, StreamConsumer, StreamProducer};
 
 type Msg = [u64; 2]; // [id, seq]
 
@@ -188,11 +186,7 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                     }
                     v
                 };
-                let want = if n == 0 {
-                    m.rsp_published.len()
-                } else {
-                    m.rsp_published.len().min(n as usize)
-                };
+                let want = if n == 0 { m.rsp_published.len() } else { m.rsp_published.len().min(n as usize) };
                 prop_assert_eq!(got.len(), want);
                 for rsp in got {
                     prop_assert_eq!(Some(rsp), m.rsp_published.pop_front());
@@ -228,11 +222,7 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                     }
                     v
                 };
-                let want = if n == 0 {
-                    m.req_published.len()
-                } else {
-                    m.req_published.len().min(n as usize)
-                };
+                let want = if n == 0 { m.req_published.len() } else { m.req_published.len().min(n as usize) };
                 prop_assert_eq!(got.len(), want);
                 for req in got {
                     prop_assert_eq!(Some(req), m.req_published.pop_front());

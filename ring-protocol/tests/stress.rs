@@ -14,8 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::Pages;
 use ring_protocol::{
-    stream_bytes, Back, ByteChannel, Completion, Descriptor, Front, IdTable,
-    StreamConsumer, StreamProducer, PAGE_SIZE,
+    stream_bytes, Back, ByteChannel, Completion, Descriptor, Front, IdTable, StreamConsumer, StreamProducer, PAGE_SIZE,
 };
 
 const ITEMS: u64 = if cfg!(debug_assertions) { 200_000 } else { 4_000_000 };
@@ -73,8 +72,7 @@ fn seq_of(d: &Descriptor) -> u64 {
 fn r5_r9_two_thread_request_response_stress() {
     let len = PAGE_SIZE;
     let pages = Pages::new(len);
-    let mut front =
-        Front::<Descriptor, Completion>::init_at(pages.mem(), u32::MAX - 1000).unwrap();
+    let mut front = Front::<Descriptor, Completion>::init_at(pages.mem(), u32::MAX - 1000).unwrap();
     let mut back = Back::<Descriptor, Completion>::attach(pages.mem()).unwrap();
     assert_eq!(front.capacity(), 128);
     let to_back = Doorbell::new();
@@ -91,12 +89,7 @@ fn r5_r9_two_thread_request_response_stress() {
                     expect += 1;
                 }
                 for req in batch.drain(..).rev() {
-                    back.try_push(Completion {
-                        id: req.id,
-                        status: 0,
-                        len: req.gref,
-                    })
-                    .unwrap();
+                    back.try_push(Completion { id: req.id, status: 0, len: req.gref }).unwrap();
                 }
                 if back.push_and_check_notify().unwrap() {
                     to_front.ring();

@@ -34,9 +34,7 @@ fn main() -> ExitCode {
         "test" => test(rest),
         "gdb" => gdb(rest),
         "bench-rings" => bench_rings(rest),
-        "bench" => {
-            qemu::ensure_installed().and_then(|_| bench::run(rest))
-        }
+        "bench" => qemu::ensure_installed().and_then(|_| bench::run(rest)),
         "help" | "--help" | "-h" => {
             help();
             Ok(())
@@ -166,10 +164,7 @@ fn gdb(args: &[String]) -> Result<()> {
     let m = manifest::Manifest::load(&manifest_path)?;
     let bundle = images::pack_manifest(&imgs, &m)?;
     println!("QEMU is paused with a gdb stub on localhost:1234. In another terminal:");
-    println!(
-        "  gdb {} -ex 'target remote :1234' -ex 'break kmain' -ex continue",
-        imgs.hypervisor.display()
-    );
+    println!("  gdb {} -ex 'target remote :1234' -ex 'break kmain' -ex continue", imgs.hypervisor.display());
     println!("Guest symbols: add-symbol-file {}/<guest>", imgs.guests_dir.display());
     println!("(the hypervisor's symbols are at their physical addresses; quit QEMU with Ctrl-A x)");
     let opts = qemu::RunOpts {

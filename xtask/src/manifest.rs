@@ -59,7 +59,8 @@ fn default_expect() -> String {
 impl Manifest {
     /// Reads and parses `path`.
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read manifest {}: {e}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("cannot read manifest {}: {e}", path.display()))?;
         let mut m: Manifest = toml::from_str(&text).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         if m.domain.is_empty() {
             return Err(format!("manifest {}: no [[domain]] entries", path.display()));

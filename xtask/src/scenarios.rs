@@ -6,8 +6,8 @@ use crate::images::{self, add_symbols, Images};
 use crate::manifest::Manifest;
 use crate::qemu::{self, Outcome, RunOpts};
 use crate::{root, Result};
-use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use ringfence_bundle::Expect;
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use std::time::Instant;
 
 /// Default time limit of one scenario.
@@ -489,8 +489,7 @@ fn scenarios() -> Vec<Scenario> {
 /// Builds everything and runs the scenarios whose name contains `filter`.
 pub fn run_all(filter: Option<&str>) -> Result<()> {
     let imgs = images::build()?;
-    let list: Vec<Scenario> =
-        scenarios().into_iter().filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
+    let list: Vec<Scenario> = scenarios().into_iter().filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
     if list.is_empty() {
         return Err(format!("no QEMU scenario matches '{}'", filter.unwrap_or("")));
     }

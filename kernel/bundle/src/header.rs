@@ -29,12 +29,7 @@ pub enum BundleError {
     /// The record table does not fit in `total_size`.
     RecordTableOutOfBounds { end: u64, total: u64 },
     /// The symbol table section is not inside the payload area.
-    SymbolTableOutOfBounds {
-        offset: u64,
-        size: u64,
-        payload_start: u64,
-        total: u64,
-    },
+    SymbolTableOutOfBounds { offset: u64, size: u64, payload_start: u64, total: u64 },
     /// A reserved header byte is not zero.
     ReservedNotZero { offset: usize },
 }
@@ -122,8 +117,7 @@ impl<'a> Bundle<'a> {
     ///
     /// `bytes` may be longer than the bundle; the tail is ignored.
     pub fn parse(bytes: &'a [u8]) -> Result<Bundle<'a>, BundleError> {
-        let hdr =
-            Fixed::<HEADER_SIZE>::at(bytes, 0).ok_or(BundleError::TooShort { len: bytes.len() })?;
+        let hdr = Fixed::<HEADER_SIZE>::at(bytes, 0).ok_or(BundleError::TooShort { len: bytes.len() })?;
 
         let magic = hdr.array::<HDR_MAGIC, 8>();
         if magic != MAGIC {
@@ -154,10 +148,7 @@ impl<'a> Bundle<'a> {
         }
 
         let total = hdr.u64::<HDR_TOTAL_SIZE>();
-        let too_large = BundleError::TotalSizeTooLarge {
-            total,
-            available: bytes.len(),
-        };
+        let too_large = BundleError::TotalSizeTooLarge { total, available: bytes.len() };
         let total_usize = usize::try_from(total).map_err(|_| too_large)?;
         let bytes = bytes.get(..total_usize).ok_or(too_large)?;
 
@@ -167,10 +158,7 @@ impl<'a> Bundle<'a> {
             .and_then(|len| len.checked_add(HEADER_SIZE as u64))
             .unwrap_or(u64::MAX);
         if table_end > total {
-            return Err(BundleError::RecordTableOutOfBounds {
-                end: table_end,
-                total,
-            });
+            return Err(BundleError::RecordTableOutOfBounds { end: table_end, total });
         }
         let payload_start = table_end;
 
@@ -179,23 +167,13 @@ impl<'a> Bundle<'a> {
         let symtab = if sym_offset == 0 && sym_size == 0 {
             None
         } else {
-            let out_of_bounds = BundleError::SymbolTableOutOfBounds {
-                offset: sym_offset,
-                size: sym_size,
-                payload_start,
-                total,
-            };
-            let range =
-                payload_range(sym_offset, sym_size, payload_start, total).ok_or(out_of_bounds)?;
+            let out_of_bounds =
+                BundleError::SymbolTableOutOfBounds { offset: sym_offset, size: sym_size, payload_start, total };
+            let range = payload_range(sym_offset, sym_size, payload_start, total).ok_or(out_of_bounds)?;
             Some(bytes.get(range).ok_or(out_of_bounds)?)
         };
 
-        Ok(Bundle {
-            bytes,
-            count,
-            payload_start,
-            symtab,
-        })
+        Ok(Bundle { bytes, count, payload_start, symtab })
     }
 
     /// The bundle's bytes (exactly `total_size` of them).
@@ -236,12 +214,7 @@ impl<'a> Bundle<'a> {
 
 /// `offset..offset + size` as a `usize` range if it lies within
 /// `payload_start..total`.
-pub(crate) fn payload_range(
-    offset: u64,
-    size: u64,
-    payload_start: u64,
-    total: u64,
-) -> Option<core::ops::Range<usize>> {
+pub(crate) fn payload_range(offset: u64, size: u64, payload_start: u64, total: u64) -> Option<core::ops::Range<usize>> {
     let end = offset.checked_add(size)?;
     if offset < payload_start || end > total {
         return None;

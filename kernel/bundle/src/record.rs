@@ -97,10 +97,7 @@ impl RecordName {
         for (dst, &b) in bytes.iter_mut().zip(src) {
             *dst = b;
         }
-        RecordName {
-            bytes,
-            len: len as u8,
-        }
+        RecordName { bytes, len: len as u8 }
     }
 
     pub fn as_str(&self) -> &str {
@@ -151,21 +148,11 @@ pub enum RecordErrorKind {
     /// `image_size` is zero.
     ImageEmpty,
     /// The image is not inside the payload area.
-    ImageOutOfBounds {
-        offset: u64,
-        size: u64,
-        payload_start: u64,
-        total: u64,
-    },
+    ImageOutOfBounds { offset: u64, size: u64, payload_start: u64, total: u64 },
     /// The command line is 1024 bytes or longer.
     CmdlineTooLong { len: u32 },
     /// The command line is not inside the payload area.
-    CmdlineOutOfBounds {
-        offset: u64,
-        len: u32,
-        payload_start: u64,
-        total: u64,
-    },
+    CmdlineOutOfBounds { offset: u64, len: u32, payload_start: u64, total: u64 },
     /// The command line is not UTF-8.
     CmdlineNotUtf8 { valid_up_to: usize },
     /// `mem_kib` is zero.
@@ -285,10 +272,7 @@ fn record_at(bytes: &[u8], index: usize) -> Option<Fixed<'_, RECORD_SIZE>> {
 
 /// Validates a record's name field and returns the name.
 fn parse_name(name_field: &[u8; REC_NAME_LEN]) -> Result<&str, RecordErrorKind> {
-    let len = name_field
-        .iter()
-        .position(|&b| b == 0)
-        .ok_or(RecordErrorKind::NameTooLong)?;
+    let len = name_field.iter().position(|&b| b == 0).ok_or(RecordErrorKind::NameTooLong)?;
     if len == 0 {
         return Err(RecordErrorKind::NameEmpty);
     }
@@ -315,21 +299,14 @@ pub(crate) fn parse<'a>(
     payload_start: u64,
     index: usize,
 ) -> Result<DomainSpec<'a>, RecordError> {
-    let fail = |name: Option<&str>, kind| RecordError {
-        index,
-        name: name.map(RecordName::new),
-        kind,
-    };
+    let fail = |name: Option<&str>, kind| RecordError { index, name: name.map(RecordName::new), kind };
     let rec = match record_at(bytes, index) {
         Some(rec) if index < count => rec,
         _ => return Err(fail(None, RecordErrorKind::NoSuchRecord { count })),
     };
 
-    let name_field: &'a [u8; REC_NAME_LEN] = rec
-        .0
-        .get(REC_NAME..)
-        .and_then(<[u8]>::first_chunk)
-        .unwrap_or(&[0; REC_NAME_LEN]);
+    let name_field: &'a [u8; REC_NAME_LEN] =
+        rec.0.get(REC_NAME..).and_then(<[u8]>::first_chunk).unwrap_or(&[0; REC_NAME_LEN]);
     let name = parse_name(name_field).map_err(|kind| fail(None, kind))?;
     let fail = |kind| fail(Some(name), kind);
 
@@ -350,12 +327,7 @@ pub(crate) fn parse<'a>(
     if image_size == 0 {
         return Err(fail(RecordErrorKind::ImageEmpty));
     }
-    let image_oob = RecordErrorKind::ImageOutOfBounds {
-        offset: image_offset,
-        size: image_size,
-        payload_start,
-        total,
-    };
+    let image_oob = RecordErrorKind::ImageOutOfBounds { offset: image_offset, size: image_size, payload_start, total };
     let image = payload_range(image_offset, image_size, payload_start, total)
         .and_then(|range| bytes.get(range))
         .ok_or(fail(image_oob))?;
@@ -368,21 +340,14 @@ pub(crate) fn parse<'a>(
     let cmdline_bytes: &[u8] = if cmdline_len == 0 {
         &[]
     } else {
-        let cmdline_oob = RecordErrorKind::CmdlineOutOfBounds {
-            offset: cmdline_offset,
-            len: cmdline_len,
-            payload_start,
-            total,
-        };
+        let cmdline_oob =
+            RecordErrorKind::CmdlineOutOfBounds { offset: cmdline_offset, len: cmdline_len, payload_start, total };
         payload_range(cmdline_offset, u64::from(cmdline_len), payload_start, total)
             .and_then(|range| bytes.get(range))
             .ok_or(fail(cmdline_oob))?
     };
-    let cmdline = core::str::from_utf8(cmdline_bytes).map_err(|e| {
-        fail(RecordErrorKind::CmdlineNotUtf8 {
-            valid_up_to: e.valid_up_to(),
-        })
-    })?;
+    let cmdline = core::str::from_utf8(cmdline_bytes)
+        .map_err(|e| fail(RecordErrorKind::CmdlineNotUtf8 { valid_up_to: e.valid_up_to() }))?;
 
     let mem_kib = rec.u32::<REC_MEM_KIB>();
     if mem_kib == 0 {
@@ -406,8 +371,7 @@ pub(crate) fn parse<'a>(
         return Err(fail(RecordErrorKind::UnknownFlags { flags }));
     }
     let expect_raw = rec.u32::<REC_EXPECT>();
-    let expect = Expect::from_raw(expect_raw)
-        .ok_or(fail(RecordErrorKind::UnknownExpect { value: expect_raw }))?;
+    let expect = Expect::from_raw(expect_raw).ok_or(fail(RecordErrorKind::UnknownExpect { value: expect_raw }))?;
 
     if let Some(offset) = rec.first_nonzero::<REC_RESERVED, REC_RESERVED_LEN>() {
         return Err(fail(RecordErrorKind::ReservedNotZero { offset }));

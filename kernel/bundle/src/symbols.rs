@@ -13,36 +13,18 @@ pub enum SymbolError {
     /// `entry_size` is not 24.
     BadEntrySize { size: u32 },
     /// The entries run past the section (or into the string table).
-    EntriesOutOfBounds {
-        count: u32,
-        strtab_offset: u32,
-        section_size: usize,
-    },
+    EntriesOutOfBounds { count: u32, strtab_offset: u32, section_size: usize },
     /// The string table runs past the section.
-    StringsOutOfBounds {
-        offset: u32,
-        size: u32,
-        section_size: usize,
-    },
+    StringsOutOfBounds { offset: u32, size: u32, section_size: usize },
     /// An entry's name runs past the string table.
-    NameOutOfBounds {
-        index: usize,
-        offset: u32,
-        len: u32,
-        strtab_size: u32,
-    },
+    NameOutOfBounds { index: usize, offset: u32, len: u32, strtab_size: u32 },
     /// An entry's name is not UTF-8.
     NameNotUtf8 { index: usize },
     /// `addr + size` overflows.
     SizeOverflow { index: usize, addr: u64, size: u64 },
     /// An entry starts before the previous one ends (or at the same address):
     /// the table is unsorted or has overlapping symbols.
-    NotSorted {
-        index: usize,
-        addr: u64,
-        prev_addr: u64,
-        prev_end: u64,
-    },
+    NotSorted { index: usize, addr: u64, prev_addr: u64, prev_end: u64 },
 }
 
 impl fmt::Display for SymbolError {
@@ -131,10 +113,7 @@ pub struct Symbols<'a> {
 
 impl fmt::Debug for Symbols<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Symbols")
-            .field("count", &self.count)
-            .field("strtab_size", &self.strings.len())
-            .finish()
+        f.debug_struct("Symbols").field("count", &self.count).field("strtab_size", &self.strings.len()).finish()
     }
 }
 
@@ -142,8 +121,8 @@ impl<'a> Symbols<'a> {
     /// Validates a whole symbol table section (linear in its size).
     pub fn parse(section: &'a [u8]) -> Result<Symbols<'a>, SymbolError> {
         let section_size = section.len();
-        let hdr = Fixed::<SYMTAB_HEADER_SIZE>::at(section, 0)
-            .ok_or(SymbolError::SectionTooShort { size: section_size })?;
+        let hdr =
+            Fixed::<SYMTAB_HEADER_SIZE>::at(section, 0).ok_or(SymbolError::SectionTooShort { size: section_size })?;
         let count_raw = hdr.u32::<SYM_COUNT>();
         let entry_size = hdr.u32::<SYM_ENTRY_SIZE>();
         let strtab_offset = hdr.u32::<SYM_STRTAB_OFFSET>();
@@ -152,23 +131,13 @@ impl<'a> Symbols<'a> {
             return Err(SymbolError::BadEntrySize { size: entry_size });
         }
 
-        let strings_oob = SymbolError::StringsOutOfBounds {
-            offset: strtab_offset,
-            size: strtab_size,
-            section_size,
-        };
+        let strings_oob = SymbolError::StringsOutOfBounds { offset: strtab_offset, size: strtab_size, section_size };
         let strtab_start = usize::try_from(strtab_offset).map_err(|_| strings_oob)?;
-        let strtab_end = usize::try_from(strtab_size)
-            .ok()
-            .and_then(|size| strtab_start.checked_add(size))
-            .ok_or(strings_oob)?;
+        let strtab_end =
+            usize::try_from(strtab_size).ok().and_then(|size| strtab_start.checked_add(size)).ok_or(strings_oob)?;
         let strings = section.get(strtab_start..strtab_end).ok_or(strings_oob)?;
 
-        let entries_oob = SymbolError::EntriesOutOfBounds {
-            count: count_raw,
-            strtab_offset,
-            section_size,
-        };
+        let entries_oob = SymbolError::EntriesOutOfBounds { count: count_raw, strtab_offset, section_size };
         let count = usize::try_from(count_raw).map_err(|_| entries_oob)?;
         let entries_end = count
             .checked_mul(SYMBOL_ENTRY_SIZE)
@@ -177,38 +146,23 @@ impl<'a> Symbols<'a> {
         if entries_end > strtab_start {
             return Err(entries_oob);
         }
-        let entries = section
-            .get(SYMTAB_HEADER_SIZE..entries_end)
-            .ok_or(entries_oob)?;
+        let entries = section.get(SYMTAB_HEADER_SIZE..entries_end).ok_or(entries_oob)?;
 
-        let table = Symbols {
-            entries,
-            strings,
-            count,
-        };
+        let table = Symbols { entries, strings, count };
         let mut prev: Option<(u64, u64)> = None;
         for index in 0..count {
             let (addr, size, name_offset, name_len) = table.raw(index).ok_or(entries_oob)?;
-            let name = table
-                .name(name_offset, name_len)
-                .ok_or(SymbolError::NameOutOfBounds {
-                    index,
-                    offset: name_offset,
-                    len: name_len,
-                    strtab_size,
-                })?;
+            let name = table.name(name_offset, name_len).ok_or(SymbolError::NameOutOfBounds {
+                index,
+                offset: name_offset,
+                len: name_len,
+                strtab_size,
+            })?;
             core::str::from_utf8(name).map_err(|_| SymbolError::NameNotUtf8 { index })?;
-            let end =
-                addr.checked_add(size)
-                    .ok_or(SymbolError::SizeOverflow { index, addr, size })?;
+            let end = addr.checked_add(size).ok_or(SymbolError::SizeOverflow { index, addr, size })?;
             if let Some((prev_addr, prev_end)) = prev {
                 if addr <= prev_addr || addr < prev_end {
-                    return Err(SymbolError::NotSorted {
-                        index,
-                        addr,
-                        prev_addr,
-                        prev_end,
-                    });
+                    return Err(SymbolError::NotSorted { index, addr, prev_addr, prev_end });
                 }
             }
             prev = Some((addr, end));

@@ -198,8 +198,7 @@ pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
     // address, which is mapped executable in both views. Its contract is
     // the caller's (points 1-3).
     unsafe {
-        let f: extern "C" fn(u64, u64, u64) -> ! =
-            core::mem::transmute(alias(&raw const exit_to_guest) as usize);
+        let f: extern "C" fn(u64, u64, u64) -> ! = core::mem::transmute(alias(&raw const exit_to_guest) as usize);
         f(cr3, slot as u64, fx as u64)
     }
 }
@@ -212,8 +211,7 @@ pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
 pub unsafe fn enter_guest_in_place(cr3: u64, fx: *const FxArea) -> ! {
     // SAFETY: the caller's contract; the frame is already in the slot.
     unsafe {
-        let f: extern "C" fn(u64, u64, u64) -> ! =
-            core::mem::transmute(alias(&raw const exit_to_guest) as usize);
+        let f: extern "C" fn(u64, u64, u64) -> ! = core::mem::transmute(alias(&raw const exit_to_guest) as usize);
         f(cr3, exit_frame_slot(), fx as u64)
     }
 }

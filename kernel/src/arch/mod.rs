@@ -3,13 +3,13 @@
 //! host-tested library (`ringfence_kernel`).
 
 pub mod boot;
+pub mod cpu;
 pub mod descriptors;
 pub mod entry;
 pub mod pvh;
 pub mod rtc;
-pub mod timer;
-pub mod cpu;
 pub mod serial;
+pub mod timer;
 
 /// I/O port of QEMU's `isa-debug-exit` device (`iobase=0xf4,iosize=4`).
 const DEBUG_EXIT_PORT: u16 = 0xf4;

@@ -191,7 +191,9 @@ fn console_write_copies_and_returns_length() {
 #[test]
 fn console_write_bad_pointer_is_efault_and_writes_nothing() {
     let mut e = FakeEnv::new();
-    for (len, ptr) in [(5, 0), (5, BASE + SIZE as u64 - 2), (1, u64::MAX), (4096, BASE + 63 * 1024), (8, ENTRY_AREA_BASE)] {
+    for (len, ptr) in
+        [(5, 0), (5, BASE + SIZE as u64 - 2), (1, u64::MAX), (4096, BASE + 63 * 1024), (8, ENTRY_AREA_BASE)]
+    {
         assert_eq!(e.call(hypercall::CONSOLE_IO, [0, len, ptr, 0, 0]), r(Errno::EFAULT), "len {len} ptr {ptr:#x}");
     }
     assert!(e.console.is_empty());
@@ -371,7 +373,11 @@ fn mmu_update_bad_inputs() {
     assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, MAX_BATCH + 1, 0, DOMID_SELF, 0]), r(Errno::E2BIG));
     assert_eq!(e.call(hypercall::MMU_UPDATE, [ENTRY_AREA_BASE, 1, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
     assert_eq!(e.call(hypercall::MMU_UPDATE, [u64::MAX - 15, 2, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
-    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 1, BASE + RO_FROM, DOMID_SELF, 0]), r(Errno::EFAULT), "read-only done");
+    assert_eq!(
+        e.call(hypercall::MMU_UPDATE, [reqs, 1, BASE + RO_FROM, DOMID_SELF, 0]),
+        r(Errno::EFAULT),
+        "read-only done"
+    );
     // A batch that runs off the end of guest memory stops there.
     let last = BASE + SIZE as u64 - 16;
     put_mmu(&mut e, last, &[(8, 8)]);

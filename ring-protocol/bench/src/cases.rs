@@ -10,9 +10,7 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ring_protocol::{
-    ring_bytes, stream_bytes, Back, Front, Pod, SharedMem, StreamConsumer, StreamProducer,
-};
+use ring_protocol::{ring_bytes, stream_bytes, Back, Front, Pod, SharedMem, StreamConsumer, StreamProducer};
 
 /// Slots in every queue.
 pub const CAPACITY: usize = 1024;
@@ -39,15 +37,7 @@ unsafe impl Pod for Desc64 {}
 impl Desc64 {
     #[inline(always)]
     fn new(seq: u64) -> Self {
-        Desc64 {
-            seq,
-            gref: seq as u32,
-            offset: 0,
-            len: 4096,
-            op: 1,
-            flags: 0,
-            extra: [seq; 5],
-        }
+        Desc64 { seq, gref: seq as u32, offset: 0, len: 4096, op: 1, flags: 0, extra: [seq; 5] }
     }
 
     /// Check the sequence number and fold every word into `sink`.
@@ -140,13 +130,8 @@ pub enum Candidate {
 }
 
 impl Candidate {
-    pub const ALL: [Candidate; 5] = [
-        Candidate::Ours,
-        Candidate::OursEvt,
-        Candidate::Rtrb,
-        Candidate::ArrayQueue,
-        Candidate::Heapless,
-    ];
+    pub const ALL: [Candidate; 5] =
+        [Candidate::Ours, Candidate::OursEvt, Candidate::Rtrb, Candidate::ArrayQueue, Candidate::Heapless];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -579,10 +564,7 @@ pub fn notifications(n: u64, batch: usize, holdoff: bool) -> (Duration, Notifica
                     d.check(expect, &mut sink);
                     expect += 1;
                 }
-                if pushed == 0
-                    && expect == before
-                    && expect < n
-                    && !front.final_check_for_responses_batched(k).unwrap()
+                if pushed == 0 && expect == before && expect < n && !front.final_check_for_responses_batched(k).unwrap()
                 {
                     to_front.wait();
                 }

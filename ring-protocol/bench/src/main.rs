@@ -161,12 +161,7 @@ fn measure(cfg: &Config) -> Results {
         notify.push(((median(on.0), median(on.1)), (median(off.0), median(off.1))));
     }
 
-    Results {
-        one_way,
-        req_rsp,
-        round_trip,
-        notify,
-    }
+    Results { one_way, req_rsp, round_trip, notify }
 }
 
 fn report(cfg: &Config, r: &Results) -> String {
@@ -220,11 +215,7 @@ fn report(cfg: &Config, r: &Results) -> String {
     let check = |ok: bool| if ok { "met" } else { "NOT met" };
     let _ = writeln!(s, "  batch 32 ratio >= 1.0:     {:.2} {}", ratio(2), check(ratio(2) >= 1.0));
     let _ = writeln!(s, "  batch 1 within 1.2x:       {:.2} {}", ratio(0), check(ratio(0) >= 1.0 / 1.2));
-    let worst = r
-        .notify
-        .iter()
-        .map(|((a, b), _)| a + b)
-        .fold(0.0, f64::max);
+    let worst = r.notify.iter().map(|((a, b), _)| a + b).fold(0.0, f64::max);
     let _ = writeln!(
         s,
         "  <= 1 notification / 32:   worst {worst:.0} per million (limit {:.0}) {}",

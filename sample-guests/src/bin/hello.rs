@@ -39,8 +39,5 @@ fn main(si: &'static StartInfo) {
 
 /// `key=value` from the command line, as a number.
 fn arg(cmdline: &str, key: &str) -> Option<u64> {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
+    cmdline.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
 }

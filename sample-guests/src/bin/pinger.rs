@@ -42,10 +42,6 @@ fn main(si: &'static StartInfo) {
             core::hint::spin_loop();
         }
     }
-    println!(
-        "pinger: {rounds} wake-ups, mean latency {} us, worst {} us",
-        total / rounds / 1000,
-        worst / 1000
-    );
+    println!("pinger: {rounds} wake-ups, mean latency {} us, worst {} us", total / rounds / 1000, worst / 1000);
     println!("pinger: mean_ns={} worst_ns={worst}", total / rounds);
 }

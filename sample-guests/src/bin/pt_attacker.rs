@@ -683,7 +683,10 @@ fn bogus_tables(pt: &Pt, s: &Scratch) {
         pt.must("pin the valid L1", ext1(pin(1), t2));
         pt.attack("pin an L2 with a valid pinned L1 and then a foreign one", ext1(pin(2), bm), Errno::EPERM);
         let released = ext1(ext::UNPIN_TABLE, t2);
-        pt.check("the pinned L1 under the refused L2 was released (only its pin holds it: unpin succeeds)", released.is_ok());
+        pt.check(
+            "the pinned L1 under the refused L2 was released (only its pin holds it: unpin succeeds)",
+            released.is_ok(),
+        );
         let released = uvm(pt.va(s.t2), pte(t2, P | RW | NX), uvmf::INVLPG);
         pt.check("the unpinned L1 maps writable again", released.is_ok());
         pt.prepare(b, |i| match i {

@@ -97,7 +97,8 @@ fn main(si: &'static StartInfo) {
                 // hypervisor must clear it for itself and give it back.
                 let msg = b"written with DF set";
                 asm!("std");
-                let r = hypercall::raw(nr::CONSOLE_IO, [console_io::WRITE, msg.len() as u64, msg.as_ptr() as u64, 0, 0]);
+                let r =
+                    hypercall::raw(nr::CONSOLE_IO, [console_io::WRITE, msg.len() as u64, msg.as_ptr() as u64, 0, 0]);
                 let mut spins = 0u64;
                 while spins < 20_000_000 {
                     spins += 1;
@@ -106,7 +107,10 @@ fn main(si: &'static StartInfo) {
                 let flags: u64;
                 asm!("pushfq", "pop {0}", "cld", out(reg) flags);
                 println!();
-                println!("spy: console write with DF set returned {r}, DF still set afterwards: {}", flags & 0x400 != 0);
+                println!(
+                    "spy: console write with DF set returned {r}, DF still set afterwards: {}",
+                    flags & 0x400 != 0
+                );
                 println!("spy: the hypervisor survived DF");
                 pvguest_sdk::sched::poweroff();
             }
@@ -139,11 +143,36 @@ fn canonical_hole() {
 fn bad_hypercalls() {
     let msg = b"spy";
     let cases: &[(&str, u64, [u64; 5], Errno)] = &[
-        ("console_io write from hypervisor memory", nr::CONSOLE_IO, [console_io::WRITE, 16, HV_IMAGE, 0, 0], Errno::EFAULT),
-        ("console_io write from the entry area", nr::CONSOLE_IO, [console_io::WRITE, 16, ENTRY_AREA_BASE, 0, 0], Errno::EFAULT),
-        ("console_io write from a non-canonical address", nr::CONSOLE_IO, [console_io::WRITE, 1, 0x0000_8000_0000_0000, 0, 0], Errno::EFAULT),
-        ("console_io write that wraps the address space", nr::CONSOLE_IO, [console_io::WRITE, 64, u64::MAX - 7, 0, 0], Errno::EFAULT),
-        ("console_io write of 1 TiB", nr::CONSOLE_IO, [console_io::WRITE, 1 << 40, msg.as_ptr() as u64, 0, 0], Errno::EINVAL),
+        (
+            "console_io write from hypervisor memory",
+            nr::CONSOLE_IO,
+            [console_io::WRITE, 16, HV_IMAGE, 0, 0],
+            Errno::EFAULT,
+        ),
+        (
+            "console_io write from the entry area",
+            nr::CONSOLE_IO,
+            [console_io::WRITE, 16, ENTRY_AREA_BASE, 0, 0],
+            Errno::EFAULT,
+        ),
+        (
+            "console_io write from a non-canonical address",
+            nr::CONSOLE_IO,
+            [console_io::WRITE, 1, 0x0000_8000_0000_0000, 0, 0],
+            Errno::EFAULT,
+        ),
+        (
+            "console_io write that wraps the address space",
+            nr::CONSOLE_IO,
+            [console_io::WRITE, 64, u64::MAX - 7, 0, 0],
+            Errno::EFAULT,
+        ),
+        (
+            "console_io write of 1 TiB",
+            nr::CONSOLE_IO,
+            [console_io::WRITE, 1 << 40, msg.as_ptr() as u64, 0, 0],
+            Errno::EINVAL,
+        ),
         ("console_io unknown command", nr::CONSOLE_IO, [99, 3, msg.as_ptr() as u64, 0, 0], Errno::ENOSYS),
         ("sched_op unknown command", nr::SCHED_OP, [77, 0, 0, 0, 0], Errno::ENOSYS),
         ("sched_op shutdown with a bad reason", nr::SCHED_OP, [sched_op::SHUTDOWN, 9, 0, 0, 0], Errno::EINVAL),

@@ -23,11 +23,7 @@ fn sample_writer() -> BundleWriter {
             .weight(512)
             .privileged(true),
     )
-    .domain(
-        DomainEntry::new("domU-1.test_a", image(0x11, 77), 8192)
-            .warp_us(2000)
-            .expect(Expect::Crash),
-    )
+    .domain(DomainEntry::new("domU-1.test_a", image(0x11, 77), 8192).warp_us(2000).expect(Expect::Crash))
     .domain(DomainEntry::new("domU-2", image(0x11, 77), 4).weight(1))
     .symbol(0x1000, 0x40, "entry")
     .symbol(0x1040, 0x100, "trap_handler")
@@ -37,9 +33,7 @@ fn sample_writer() -> BundleWriter {
 }
 
 fn sample() -> Vec<u8> {
-    sample_writer()
-        .finish_checked()
-        .expect("sample bundle is valid")
+    sample_writer().finish_checked().expect("sample bundle is valid")
 }
 
 fn patch(bytes: &mut [u8], offset: usize, value: &[u8]) {
@@ -136,11 +130,7 @@ fn no_symbols_is_none() {
 fn max_domains_and_boundary_values_accepted() {
     let mut w = BundleWriter::new();
     for i in 0..MAX_DOMAINS {
-        let name = if i == 0 {
-            "a".repeat(MAX_NAME_LEN)
-        } else {
-            format!("d{i}")
-        };
+        let name = if i == 0 { "a".repeat(MAX_NAME_LEN) } else { format!("d{i}") };
         w.domain(
             DomainEntry::new(name, image(i as u8, 1), MAX_MEM_KIB)
                 .weight(MAX_WEIGHT)
@@ -192,14 +182,7 @@ fn symbol_lookup() {
     assert_eq!(syms.lookup(0x3010), None);
     assert_eq!(syms.lookup(u64::MAX), None);
     assert_eq!(syms.get(4), None);
-    assert_eq!(
-        syms.get(1),
-        Some(Symbol {
-            addr: 0x1040,
-            size: 0x100,
-            name: "trap_handler"
-        })
-    );
+    assert_eq!(syms.get(1), Some(Symbol { addr: 0x1040, size: 0x100, name: "trap_handler" }));
 }
 
 #[test]
@@ -218,10 +201,7 @@ fn symbol_lookup_matches_linear_scan() {
     let bundle = Bundle::parse(&bytes).unwrap();
     let syms = bundle.symbols().unwrap().unwrap();
     for probe in (0..addr + 10).chain(u64::MAX - 10..=u64::MAX) {
-        let linear = syms
-            .iter()
-            .find(|s| s.contains(probe))
-            .map(|s| (s.name, probe - s.addr));
+        let linear = syms.iter().find(|s| s.contains(probe)).map(|s| (s.name, probe - s.addr));
         assert_eq!(syms.lookup(probe), linear, "probe {probe:#x}");
     }
 }
@@ -256,93 +236,46 @@ fn symbol_rejections() {
     let ok = sym_section(&[(0x10, 4, 0, 1), (0x20, 4, 1, 2)], b"abc");
     assert!(Symbols::parse(&ok).is_ok());
 
-    assert_eq!(
-        Symbols::parse(&ok[..15]).unwrap_err(),
-        SymbolError::SectionTooShort { size: 15 }
-    );
+    assert_eq!(Symbols::parse(&ok[..15]).unwrap_err(), SymbolError::SectionTooShort { size: 15 });
 
     let mut s = ok.clone();
     patch(&mut s, SYM_ENTRY_SIZE, &16u32.to_le_bytes());
-    assert_eq!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::BadEntrySize { size: 16 }
-    );
+    assert_eq!(Symbols::parse(&s).unwrap_err(), SymbolError::BadEntrySize { size: 16 });
 
     let mut s = ok.clone();
     patch(&mut s, SYM_COUNT, &3u32.to_le_bytes());
-    assert!(matches!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::EntriesOutOfBounds { count: 3, .. }
-    ));
+    assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::EntriesOutOfBounds { count: 3, .. }));
     patch(&mut s, SYM_COUNT, &u32::MAX.to_le_bytes());
-    assert!(matches!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::EntriesOutOfBounds {
-            count: u32::MAX,
-            ..
-        }
-    ));
+    assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::EntriesOutOfBounds { count: u32::MAX, .. }));
 
     let mut s = ok.clone();
     patch(&mut s, SYM_STRTAB_SIZE, &4u32.to_le_bytes());
-    assert!(matches!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::StringsOutOfBounds { size: 4, .. }
-    ));
+    assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::StringsOutOfBounds { size: 4, .. }));
     let mut s = ok.clone();
     patch(&mut s, SYM_STRTAB_OFFSET, &u32::MAX.to_le_bytes());
     patch(&mut s, SYM_STRTAB_SIZE, &u32::MAX.to_le_bytes());
-    assert!(matches!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::StringsOutOfBounds { .. }
-    ));
+    assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::StringsOutOfBounds { .. }));
 
     let s = sym_section(&[(0x10, 4, 2, 2)], b"abc");
     assert_eq!(
         Symbols::parse(&s).unwrap_err(),
-        SymbolError::NameOutOfBounds {
-            index: 0,
-            offset: 2,
-            len: 2,
-            strtab_size: 3
-        }
+        SymbolError::NameOutOfBounds { index: 0, offset: 2, len: 2, strtab_size: 3 }
     );
     let s = sym_section(&[(0x10, 4, u32::MAX, u32::MAX)], b"abc");
-    assert!(matches!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::NameOutOfBounds { index: 0, .. }
-    ));
+    assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::NameOutOfBounds { index: 0, .. }));
 
     let s = sym_section(&[(0x10, 4, 0, 1), (0x20, 4, 1, 2)], b"a\xff\xfe");
-    assert_eq!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::NameNotUtf8 { index: 1 }
-    );
+    assert_eq!(Symbols::parse(&s).unwrap_err(), SymbolError::NameNotUtf8 { index: 1 });
 
     let s = sym_section(&[(u64::MAX, 2, 0, 1)], b"a");
-    assert_eq!(
-        Symbols::parse(&s).unwrap_err(),
-        SymbolError::SizeOverflow {
-            index: 0,
-            addr: u64::MAX,
-            size: 2
-        }
-    );
+    assert_eq!(Symbols::parse(&s).unwrap_err(), SymbolError::SizeOverflow { index: 0, addr: u64::MAX, size: 2 });
 
     // Unsorted, duplicate address, overlapping.
-    for entries in [
-        [(0x20, 4, 0, 1), (0x10, 4, 0, 1)],
-        [(0x10, 0, 0, 1), (0x10, 4, 0, 1)],
-        [(0x10, 0x11, 0, 1), (0x20, 4, 0, 1)],
-    ] {
+    for entries in
+        [[(0x20, 4, 0, 1), (0x10, 4, 0, 1)], [(0x10, 0, 0, 1), (0x10, 4, 0, 1)], [(0x10, 0x11, 0, 1), (0x20, 4, 0, 1)]]
+    {
         let s = sym_section(&entries, b"a");
-        assert!(
-            matches!(
-                Symbols::parse(&s).unwrap_err(),
-                SymbolError::NotSorted { index: 1, .. }
-            ),
-            "{entries:x?}"
-        );
+        assert!(matches!(Symbols::parse(&s).unwrap_err(), SymbolError::NotSorted { index: 1, .. }), "{entries:x?}");
     }
 }
 
@@ -352,15 +285,9 @@ fn bad_symbol_table_fails_only_symbols() {
     w.keep_symbol_order(true).symbol(0x10, 1, "unsorted");
     let bytes = w.finish();
     let bundle = Bundle::parse(&bytes).unwrap();
-    assert!(matches!(
-        bundle.symbols(),
-        Err(SymbolError::NotSorted { index: 4, .. })
-    ));
+    assert!(matches!(bundle.symbols(), Err(SymbolError::NotSorted { index: 4, .. })));
     assert!(bundle.domains().all(|d| d.is_ok()));
-    assert!(matches!(
-        w.finish_checked(),
-        Err(PackError::Symbols(SymbolError::NotSorted { .. }))
-    ));
+    assert!(matches!(w.finish_checked(), Err(PackError::Symbols(SymbolError::NotSorted { .. }))));
 }
 
 // ------------------------------------------------------------------- header
@@ -385,12 +312,7 @@ fn header_too_short() {
 fn header_bad_magic() {
     let mut bytes = sample();
     bytes[7] = b'2';
-    assert_eq!(
-        header_err(&bytes),
-        BundleError::BadMagic {
-            found: *b"RFBUNDL2"
-        }
-    );
+    assert_eq!(header_err(&bytes), BundleError::BadMagic { found: *b"RFBUNDL2" });
 }
 
 #[test]
@@ -398,10 +320,7 @@ fn header_bad_version() {
     for v in [0u16, 2, u16::MAX] {
         let mut bytes = sample();
         hdr_u16(&mut bytes, HDR_VERSION, v);
-        assert_eq!(
-            header_err(&bytes),
-            BundleError::UnsupportedVersion { version: v }
-        );
+        assert_eq!(header_err(&bytes), BundleError::UnsupportedVersion { version: v });
     }
 }
 
@@ -431,10 +350,7 @@ fn header_record_count() {
     for i in 0..=MAX_DOMAINS {
         w.domain(DomainEntry::new(format!("d{i}"), image(0, 1), 4));
     }
-    assert_eq!(
-        w.finish_checked(),
-        Err(PackError::Bundle(BundleError::TooManyDomains { count: 65 }))
-    );
+    assert_eq!(w.finish_checked(), Err(PackError::Bundle(BundleError::TooManyDomains { count: 65 })));
 }
 
 #[test]
@@ -442,10 +358,7 @@ fn header_reserved() {
     for off in HDR_RESERVED..HEADER_SIZE {
         let mut bytes = sample();
         bytes[off] = 1;
-        assert_eq!(
-            header_err(&bytes),
-            BundleError::ReservedNotZero { offset: off }
-        );
+        assert_eq!(header_err(&bytes), BundleError::ReservedNotZero { offset: off });
     }
 }
 
@@ -455,34 +368,16 @@ fn header_total_size() {
     let len = bytes.len();
 
     // Truncated module: total_size claims more than there is.
-    assert_eq!(
-        header_err(&bytes[..len - 1]),
-        BundleError::TotalSizeTooLarge {
-            total: len as u64,
-            available: len - 1
-        }
-    );
+    assert_eq!(header_err(&bytes[..len - 1]), BundleError::TotalSizeTooLarge { total: len as u64, available: len - 1 });
     let mut b = bytes.clone();
     hdr_u64(&mut b, HDR_TOTAL_SIZE, u64::MAX);
-    assert_eq!(
-        header_err(&b),
-        BundleError::TotalSizeTooLarge {
-            total: u64::MAX,
-            available: len
-        }
-    );
+    assert_eq!(header_err(&b), BundleError::TotalSizeTooLarge { total: u64::MAX, available: len });
 
     // total_size smaller than the record table.
     let mut b = bytes.clone();
     let table_end = (HEADER_SIZE + 3 * RECORD_SIZE) as u64;
     hdr_u64(&mut b, HDR_TOTAL_SIZE, table_end - 1);
-    assert_eq!(
-        header_err(&b),
-        BundleError::RecordTableOutOfBounds {
-            end: table_end,
-            total: table_end - 1
-        }
-    );
+    assert_eq!(header_err(&b), BundleError::RecordTableOutOfBounds { end: table_end, total: table_end - 1 });
     // A record table that runs past a short module.
     let mut b = bytes[..HEADER_SIZE + RECORD_SIZE].to_vec();
     let short = b.len() as u64;
@@ -502,9 +397,7 @@ fn header_total_size_cuts_payload() {
     let bundle = Bundle::parse(&bytes).unwrap();
     assert_eq!(bundle.bytes().len() as u64, cut);
     let errs: Vec<RecordError> = bundle.domains().filter_map(Result::err).collect();
-    assert!(errs
-        .iter()
-        .all(|e| matches!(e.kind, RecordErrorKind::ImageOutOfBounds { .. })));
+    assert!(errs.iter().all(|e| matches!(e.kind, RecordErrorKind::ImageOutOfBounds { .. })));
     assert!(!errs.is_empty());
 }
 
@@ -527,12 +420,7 @@ fn header_symbol_table_bounds() {
         hdr_u64(&mut b, HDR_SYMTAB_SIZE, size);
         assert_eq!(
             header_err(&b),
-            BundleError::SymbolTableOutOfBounds {
-                offset,
-                size,
-                payload_start,
-                total
-            },
+            BundleError::SymbolTableOutOfBounds { offset, size, payload_start, total },
             "offset {offset:#x} size {size:#x}"
         );
     }
@@ -540,10 +428,7 @@ fn header_symbol_table_bounds() {
     let mut b = bytes.clone();
     hdr_u64(&mut b, HDR_SYMTAB_OFFSET, payload_start);
     hdr_u64(&mut b, HDR_SYMTAB_SIZE, 0);
-    assert_eq!(
-        Bundle::parse(&b).unwrap().symbols(),
-        Err(SymbolError::SectionTooShort { size: 0 })
-    );
+    assert_eq!(Bundle::parse(&b).unwrap().symbols(), Err(SymbolError::SectionTooShort { size: 0 }));
 }
 
 // ------------------------------------------------------------------- records
@@ -555,11 +440,7 @@ fn record_index_out_of_range() {
     for i in [3, 64, usize::MAX] {
         assert_eq!(
             bundle.domain(i),
-            Err(RecordError {
-                index: i,
-                name: None,
-                kind: RecordErrorKind::NoSuchRecord { count: 3 }
-            })
+            Err(RecordError { index: i, name: None, kind: RecordErrorKind::NoSuchRecord { count: 3 } })
         );
     }
 }
@@ -567,27 +448,16 @@ fn record_index_out_of_range() {
 #[test]
 fn record_name_rules() {
     let e = record_err(DomainEntry::new("", image(1, 8), 4));
-    assert_eq!(
-        (e.index, e.name, e.kind),
-        (0, None, RecordErrorKind::NameEmpty)
-    );
+    assert_eq!((e.index, e.name, e.kind), (0, None, RecordErrorKind::NameEmpty));
 
     let e = record_err(DomainEntry::new("a".repeat(32), image(1, 8), 4));
     assert_eq!(e.kind, RecordErrorKind::NameTooLong);
 
-    for (name, byte, position) in [
-        ("dom 0", b' ', 3),
-        ("dom/0", b'/', 3),
-        ("\u{e9}t\u{e9}", 0xc3, 0),
-        ("a\x01", 1, 1),
-        ("x+y", b'+', 1),
-    ] {
+    for (name, byte, position) in
+        [("dom 0", b' ', 3), ("dom/0", b'/', 3), ("\u{e9}t\u{e9}", 0xc3, 0), ("a\x01", 1, 1), ("x+y", b'+', 1)]
+    {
         let e = record_err(DomainEntry::new(name, image(1, 8), 4));
-        assert_eq!(
-            e.kind,
-            RecordErrorKind::NameBadByte { byte, position },
-            "{name:?}"
-        );
+        assert_eq!(e.kind, RecordErrorKind::NameBadByte { byte, position }, "{name:?}");
         assert_eq!(e.name, None);
     }
 
@@ -608,10 +478,7 @@ fn record_duplicate_name() {
     let e = bundle.domain(2).unwrap_err();
     assert_eq!(e.kind, RecordErrorKind::DuplicateName { first: 0 });
     assert_eq!(e.name.unwrap().as_str(), "same");
-    assert_eq!(
-        e.to_string(),
-        "domain record 2 (\"same\"): name is already used by domain record 0"
-    );
+    assert_eq!(e.to_string(), "domain record 2 (\"same\"): name is already used by domain record 0");
 }
 
 #[test]
@@ -637,15 +504,7 @@ fn record_image_rules() {
         d.image_range = Some((offset, size));
         let e = record_err(d);
         assert_eq!(e.name.unwrap().as_str(), "guest");
-        assert_eq!(
-            e.kind,
-            RecordErrorKind::ImageOutOfBounds {
-                offset,
-                size,
-                payload_start,
-                total
-            }
-        );
+        assert_eq!(e.kind, RecordErrorKind::ImageOutOfBounds { offset, size, payload_start, total });
     }
 }
 
@@ -655,32 +514,16 @@ fn record_cmdline_rules() {
     assert_eq!(e.kind, RecordErrorKind::CmdlineTooLong { len: 1024 });
     let mut d = good();
     d.cmdline_range = Some((0, u32::MAX));
-    assert_eq!(
-        record_err(d).kind,
-        RecordErrorKind::CmdlineTooLong { len: u32::MAX }
-    );
+    assert_eq!(record_err(d).kind, RecordErrorKind::CmdlineTooLong { len: u32::MAX });
 
     let mut w = BundleWriter::new();
     w.domain(good().cmdline("hi"));
     let total = w.finish().len() as u64;
     let payload_start = (HEADER_SIZE + RECORD_SIZE) as u64;
-    for (offset, len) in [
-        (0, 2),
-        (payload_start - 1, 2),
-        (total - 1, 2),
-        (u64::MAX, 1),
-    ] {
+    for (offset, len) in [(0, 2), (payload_start - 1, 2), (total - 1, 2), (u64::MAX, 1)] {
         let mut d = good().cmdline("hi");
         d.cmdline_range = Some((offset, len));
-        assert_eq!(
-            record_err(d).kind,
-            RecordErrorKind::CmdlineOutOfBounds {
-                offset,
-                len,
-                payload_start,
-                total
-            }
-        );
+        assert_eq!(record_err(d).kind, RecordErrorKind::CmdlineOutOfBounds { offset, len, payload_start, total });
     }
 
     // An empty command line may have any offset.
@@ -709,10 +552,7 @@ fn record_memory_rules() {
 #[test]
 fn record_weight_rules() {
     for w in [0, MAX_WEIGHT + 1, u32::MAX] {
-        assert_eq!(
-            record_err(good().weight(w)).kind,
-            RecordErrorKind::WeightOutOfRange { weight: w }
-        );
+        assert_eq!(record_err(good().weight(w)).kind, RecordErrorKind::WeightOutOfRange { weight: w });
     }
 }
 
@@ -738,10 +578,7 @@ fn record_reserved() {
     for off in REC_RESERVED..RECORD_SIZE {
         let mut b = clean.clone();
         b[rec_off(0, off)] = 0x80;
-        assert_eq!(
-            record_err_bytes(&b, 0).kind,
-            RecordErrorKind::ReservedNotZero { offset: off }
-        );
+        assert_eq!(record_err_bytes(&b, 0).kind, RecordErrorKind::ReservedNotZero { offset: off });
     }
 }
 
@@ -752,23 +589,16 @@ fn one_bad_record_fails_only_its_domain() {
     let bundle = Bundle::parse(&bytes).unwrap();
     let results: Vec<_> = bundle.domains().collect();
     assert!(results[0].is_ok());
-    assert_eq!(
-        results[1].unwrap_err().to_string(),
-        "domain record 1 (\"domU-1.test_a\"): memory size is 0 KiB"
-    );
+    assert_eq!(results[1].unwrap_err().to_string(), "domain record 1 (\"domU-1.test_a\"): memory size is 0 KiB");
     assert!(results[2].is_ok());
 }
 
 #[test]
 fn finish_checked_reports_the_record() {
     let mut w = BundleWriter::new();
-    w.domain(good())
-        .domain(DomainEntry::new("bad", image(1, 8), 6));
+    w.domain(good()).domain(DomainEntry::new("bad", image(1, 8), 6));
     let err = w.finish_checked().unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "domain record 1 (\"bad\"): memory size 6 KiB is not a multiple of 4 KiB"
-    );
+    assert_eq!(err.to_string(), "domain record 1 (\"bad\"): memory size 6 KiB is not a multiple of 4 KiB");
     assert!(std::error::Error::source(&err).is_some());
 }
 
@@ -776,198 +606,67 @@ fn finish_checked_reports_the_record() {
 fn display_messages_name_the_values() {
     let cases: Vec<(String, &[&str])> = vec![
         (BundleError::TooShort { len: 5 }.to_string(), &["5", "64"]),
-        (
-            BundleError::BadMagic {
-                found: *b"ELF\0\0\0\0\0",
-            }
-            .to_string(),
-            &["magic", "RFBUNDL1"],
-        ),
-        (
-            BundleError::UnsupportedVersion { version: 9 }.to_string(),
-            &["version 9"],
-        ),
-        (
-            BundleError::BadHeaderSize { size: 3 }.to_string(),
-            &["3", "64"],
-        ),
-        (
-            BundleError::BadRecordSize { size: 3 }.to_string(),
-            &["3", "128"],
-        ),
+        (BundleError::BadMagic { found: *b"ELF\0\0\0\0\0" }.to_string(), &["magic", "RFBUNDL1"]),
+        (BundleError::UnsupportedVersion { version: 9 }.to_string(), &["version 9"]),
+        (BundleError::BadHeaderSize { size: 3 }.to_string(), &["3", "64"]),
+        (BundleError::BadRecordSize { size: 3 }.to_string(), &["3", "128"]),
         (BundleError::NoDomains.to_string(), &["no domain"]),
+        (BundleError::TooManyDomains { count: 99 }.to_string(), &["99", "64"]),
+        (BundleError::TotalSizeTooLarge { total: 1000, available: 10 }.to_string(), &["1000", "10"]),
+        (BundleError::RecordTableOutOfBounds { end: 192, total: 100 }.to_string(), &["192", "100"]),
         (
-            BundleError::TooManyDomains { count: 99 }.to_string(),
-            &["99", "64"],
-        ),
-        (
-            BundleError::TotalSizeTooLarge {
-                total: 1000,
-                available: 10,
-            }
-            .to_string(),
-            &["1000", "10"],
-        ),
-        (
-            BundleError::RecordTableOutOfBounds {
-                end: 192,
-                total: 100,
-            }
-            .to_string(),
-            &["192", "100"],
-        ),
-        (
-            BundleError::SymbolTableOutOfBounds {
-                offset: 0x10,
-                size: 0x20,
-                payload_start: 0xc0,
-                total: 0x100,
-            }
-            .to_string(),
+            BundleError::SymbolTableOutOfBounds { offset: 0x10, size: 0x20, payload_start: 0xc0, total: 0x100 }
+                .to_string(),
             &["0x10", "0x20", "0xc0", "0x100"],
         ),
-        (
-            BundleError::ReservedNotZero { offset: 0x29 }.to_string(),
-            &["0x29", "reserved"],
-        ),
-        (
-            RecordErrorKind::NoSuchRecord { count: 3 }.to_string(),
-            &["3"],
-        ),
+        (BundleError::ReservedNotZero { offset: 0x29 }.to_string(), &["0x29", "reserved"]),
+        (RecordErrorKind::NoSuchRecord { count: 3 }.to_string(), &["3"]),
         (RecordErrorKind::NameEmpty.to_string(), &["empty"]),
         (RecordErrorKind::NameTooLong.to_string(), &["31"]),
-        (
-            RecordErrorKind::NameBadByte {
-                byte: 0x20,
-                position: 3,
-            }
-            .to_string(),
-            &["0x20", "3"],
-        ),
-        (
-            RecordErrorKind::NameBadPadding { position: 7 }.to_string(),
-            &["7", "NUL"],
-        ),
+        (RecordErrorKind::NameBadByte { byte: 0x20, position: 3 }.to_string(), &["0x20", "3"]),
+        (RecordErrorKind::NameBadPadding { position: 7 }.to_string(), &["7", "NUL"]),
         (RecordErrorKind::ImageEmpty.to_string(), &["image", "zero"]),
         (
-            RecordErrorKind::ImageOutOfBounds {
-                offset: 0x11,
-                size: 0x22,
-                payload_start: 0x33,
-                total: 0x44,
-            }
-            .to_string(),
+            RecordErrorKind::ImageOutOfBounds { offset: 0x11, size: 0x22, payload_start: 0x33, total: 0x44 }
+                .to_string(),
             &["0x11", "0x22", "0x33", "0x44"],
         ),
+        (RecordErrorKind::CmdlineTooLong { len: 2000 }.to_string(), &["2000", "1024"]),
         (
-            RecordErrorKind::CmdlineTooLong { len: 2000 }.to_string(),
-            &["2000", "1024"],
-        ),
-        (
-            RecordErrorKind::CmdlineOutOfBounds {
-                offset: 0x11,
-                len: 0x22,
-                payload_start: 0x33,
-                total: 0x44,
-            }
-            .to_string(),
+            RecordErrorKind::CmdlineOutOfBounds { offset: 0x11, len: 0x22, payload_start: 0x33, total: 0x44 }
+                .to_string(),
             &["0x11", "0x22", "0x33", "0x44"],
         ),
-        (
-            RecordErrorKind::CmdlineNotUtf8 { valid_up_to: 6 }.to_string(),
-            &["UTF-8", "6"],
-        ),
+        (RecordErrorKind::CmdlineNotUtf8 { valid_up_to: 6 }.to_string(), &["UTF-8", "6"]),
         (RecordErrorKind::MemZero.to_string(), &["0 KiB"]),
+        (RecordErrorKind::MemNotPageMultiple { mem_kib: 6 }.to_string(), &["6 KiB"]),
+        (RecordErrorKind::MemTooLarge { mem_kib: 5_000_000 }.to_string(), &["5000000", "4194304"]),
+        (RecordErrorKind::WeightOutOfRange { weight: 0 }.to_string(), &["weight 0", "10000"]),
+        (RecordErrorKind::UnknownFlags { flags: 0x3 }.to_string(), &["0x3", "0x2"]),
+        (RecordErrorKind::UnknownExpect { value: 7 }.to_string(), &["7", "poweroff", "crash"]),
+        (RecordErrorKind::ReservedNotZero { offset: 0x50 }.to_string(), &["0x50"]),
         (
-            RecordErrorKind::MemNotPageMultiple { mem_kib: 6 }.to_string(),
-            &["6 KiB"],
-        ),
-        (
-            RecordErrorKind::MemTooLarge { mem_kib: 5_000_000 }.to_string(),
-            &["5000000", "4194304"],
-        ),
-        (
-            RecordErrorKind::WeightOutOfRange { weight: 0 }.to_string(),
-            &["weight 0", "10000"],
-        ),
-        (
-            RecordErrorKind::UnknownFlags { flags: 0x3 }.to_string(),
-            &["0x3", "0x2"],
-        ),
-        (
-            RecordErrorKind::UnknownExpect { value: 7 }.to_string(),
-            &["7", "poweroff", "crash"],
-        ),
-        (
-            RecordErrorKind::ReservedNotZero { offset: 0x50 }.to_string(),
-            &["0x50"],
-        ),
-        (
-            RecordError {
-                index: 4,
-                name: None,
-                kind: RecordErrorKind::NameEmpty,
-            }
-            .to_string(),
+            RecordError { index: 4, name: None, kind: RecordErrorKind::NameEmpty }.to_string(),
             &["domain record 4: name is empty"],
         ),
+        (SymbolError::SectionTooShort { size: 3 }.to_string(), &["symbol table", "3", "16"]),
+        (SymbolError::BadEntrySize { size: 8 }.to_string(), &["8", "24"]),
         (
-            SymbolError::SectionTooShort { size: 3 }.to_string(),
-            &["symbol table", "3", "16"],
-        ),
-        (
-            SymbolError::BadEntrySize { size: 8 }.to_string(),
-            &["8", "24"],
-        ),
-        (
-            SymbolError::EntriesOutOfBounds {
-                count: 9,
-                strtab_offset: 0x20,
-                section_size: 0x30,
-            }
-            .to_string(),
+            SymbolError::EntriesOutOfBounds { count: 9, strtab_offset: 0x20, section_size: 0x30 }.to_string(),
             &["9", "0x20", "0x30"],
         ),
         (
-            SymbolError::StringsOutOfBounds {
-                offset: 0x20,
-                size: 0x40,
-                section_size: 0x30,
-            }
-            .to_string(),
+            SymbolError::StringsOutOfBounds { offset: 0x20, size: 0x40, section_size: 0x30 }.to_string(),
             &["0x20", "0x40", "0x30"],
         ),
         (
-            SymbolError::NameOutOfBounds {
-                index: 2,
-                offset: 0x5,
-                len: 0x9,
-                strtab_size: 0x6,
-            }
-            .to_string(),
+            SymbolError::NameOutOfBounds { index: 2, offset: 0x5, len: 0x9, strtab_size: 0x6 }.to_string(),
             &["entry 2", "0x5", "0x9", "0x6"],
         ),
+        (SymbolError::NameNotUtf8 { index: 2 }.to_string(), &["entry 2", "UTF-8"]),
+        (SymbolError::SizeOverflow { index: 1, addr: 0xff, size: 0x10 }.to_string(), &["entry 1", "0xff", "0x10"]),
         (
-            SymbolError::NameNotUtf8 { index: 2 }.to_string(),
-            &["entry 2", "UTF-8"],
-        ),
-        (
-            SymbolError::SizeOverflow {
-                index: 1,
-                addr: 0xff,
-                size: 0x10,
-            }
-            .to_string(),
-            &["entry 1", "0xff", "0x10"],
-        ),
-        (
-            SymbolError::NotSorted {
-                index: 3,
-                addr: 0x10,
-                prev_addr: 0x8,
-                prev_end: 0x20,
-            }
-            .to_string(),
+            SymbolError::NotSorted { index: 3, addr: 0x10, prev_addr: 0x8, prev_end: 0x20 }.to_string(),
             &["entry 3", "0x10", "0x8", "0x20"],
         ),
     ];
