@@ -128,6 +128,26 @@ fn test(args: &[String]) -> Result<()> {
     };
     let filter = args.iter().find(|a| !a.starts_with("--")).cloned();
     if do_host {
+        println!("== formatting and lints");
+        let has =
+            |sub: &str| Command::new(env!("CARGO")).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
+        if has("fmt") {
+            run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["fmt", "--all", "--check"]))?;
+        } else {
+            println!("(rustfmt is not installed: `rustup component add rustfmt`; format check skipped)");
+        }
+        if has("clippy") {
+            run_cmd(Command::new(env!("CARGO")).current_dir(root()).args([
+                "clippy",
+                "--workspace",
+                "--quiet",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
+        } else {
+            println!("(clippy is not installed: `rustup component add clippy`; lints skipped)");
+        }
         println!("== host tests");
         run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["test", "--workspace"]))?;
         println!("== ring-protocol loom models (exhaustive interleavings of the notify handshake)");
