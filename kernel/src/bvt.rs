@@ -364,6 +364,9 @@ fn vt_i128(v: Vt) -> i128 {
 #[derive(Clone, Debug)]
 pub struct Bvt<const N: usize> {
     slots: [Option<Entity>; N],
+    /// One past the highest slot ever used: scans stop there, so the cost of
+    /// a scheduling decision follows the domains that exist, not `N`.
+    used: usize,
     ctx_allowance_ns: Ns,
     svt: Vt,
     /// Latest `now` seen.
@@ -376,7 +379,7 @@ impl<const N: usize> Bvt<N> {
     /// An empty scheduler with context-switch allowance `C` (raised to at
     /// least [`MIN_CTX_ALLOWANCE_NS`]).
     pub const fn new(ctx_allowance_ns: Ns) -> Self {
-        Self { slots: [None; N], ctx_allowance_ns: clamp_allowance(ctx_allowance_ns), svt: 0, clock: 0, wakes: 0 }
+        Self { slots: [None; N], used: 0, ctx_allowance_ns: clamp_allowance(ctx_allowance_ns), svt: 0, clock: 0, wakes: 0 }
     }
 
     /// The context-switch allowance `C` in real ns.
@@ -412,8 +415,18 @@ impl<const N: usize> Bvt<N> {
             last_unwarp: None,
             unwarp_overshoot: None,
         });
+        self.used = self.used.max(slot + 1);
         self.update_svt();
         Ok(())
+    }
+
+    /// The slots that may hold a domain (`..used`).
+    fn live(&self) -> &[Option<Entity>] {
+        &self.slots[..self.used]
+    }
+
+    fn live_mut(&mut self) -> &mut [Option<Entity>] {
+        &mut self.slots[..self.used]
     }
 
     /// Removes the domain in `slot`; returns whether there was one.
@@ -558,7 +571,7 @@ impl<const N: usize> Bvt<N> {
 
     /// How many domains are runnable.
     pub fn runnable_count(&self) -> usize {
-        self.slots.iter().flatten().filter(|e| e.runnable).count()
+        self.live().iter().flatten().filter(|e| e.runnable).count()
     }
 
     fn entity(&self, slot: usize) -> Option<&Entity> {
@@ -583,7 +596,7 @@ impl<const N: usize> Bvt<N> {
     /// recently woken, then the lowest slot), with its EVT.
     fn best(&self, exclude: Option<usize>) -> Option<(usize, i128)> {
         let mut best: Option<(usize, i128, u64)> = None;
-        for (i, e) in self.slots.iter().enumerate() {
+        for (i, e) in self.live().iter().enumerate() {
             let Some(e) = e else { continue };
             if !e.runnable || Some(i) == exclude {
                 continue;
@@ -612,7 +625,7 @@ impl<const N: usize> Bvt<N> {
     /// Notes the time and dates warp-limit expiries that `account` found.
     fn observe(&mut self, now: Ns) {
         self.clock = self.clock.max(now);
-        for e in self.slots.iter_mut().flatten() {
+        for e in self.live_mut().iter_mut().flatten() {
             if let Some(over) = e.unwarp_overshoot.take() {
                 e.last_unwarp = Some(now.saturating_sub(over));
             }
@@ -620,7 +633,7 @@ impl<const N: usize> Bvt<N> {
     }
 
     fn update_svt(&mut self) {
-        if let Some(min) = self.slots.iter().flatten().filter(|e| e.runnable).map(|e| e.avt).min() {
+        if let Some(min) = self.live().iter().flatten().filter(|e| e.runnable).map(|e| e.avt).min() {
             self.svt = self.svt.max(min);
         }
     }
