@@ -379,7 +379,14 @@ impl<const N: usize> Bvt<N> {
     /// An empty scheduler with context-switch allowance `C` (raised to at
     /// least [`MIN_CTX_ALLOWANCE_NS`]).
     pub const fn new(ctx_allowance_ns: Ns) -> Self {
-        Self { slots: [None; N], used: 0, ctx_allowance_ns: clamp_allowance(ctx_allowance_ns), svt: 0, clock: 0, wakes: 0 }
+        Self {
+            slots: [None; N],
+            used: 0,
+            ctx_allowance_ns: clamp_allowance(ctx_allowance_ns),
+            svt: 0,
+            clock: 0,
+            wakes: 0,
+        }
     }
 
     /// The context-switch allowance `C` in real ns.

@@ -901,8 +901,8 @@ impl Hv {
         let until = until.clamp(1_000, MAX_ARM_NS);
         if let Some(r) = self.rates {
             timer::arm_oneshot(&r, until);
+            self.armed_tsc = cpu::rdtsc().saturating_add(r.tsc_ticks(until));
         }
-        self.armed_tsc = cpu::rdtsc().saturating_add(self.scale.to_ticks(until));
         self.entered_at = now;
         Some(next)
     }

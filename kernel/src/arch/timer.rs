@@ -24,6 +24,22 @@ pub struct Rates {
     pub tsc_hz: u64,
     /// APIC timer ticks per second (after the divide-by-16).
     pub apic_hz: u64,
+    /// APIC ticks per ns, 32.32 fixed point (so arming needs no division).
+    pub apic_per_ns: u64,
+    /// TSC ticks per ns, 32.32 fixed point.
+    pub tsc_per_ns: u64,
+}
+
+impl Rates {
+    fn new(tsc_hz: u64, apic_hz: u64) -> Rates {
+        let per_ns = |hz: u64| ((u128::from(hz) << 32) / 1_000_000_000).min(u128::from(u64::MAX)) as u64;
+        Rates { tsc_hz, apic_hz, apic_per_ns: per_ns(apic_hz), tsc_per_ns: per_ns(tsc_hz) }
+    }
+
+    /// TSC ticks in `ns` (rounded down).
+    pub fn tsc_ticks(&self, ns: u64) -> u64 {
+        ((u128::from(ns) * u128::from(self.tsc_per_ns)) >> 32).min(u128::from(u64::MAX)) as u64
+    }
 }
 
 fn apic_base() -> u64 {
@@ -87,13 +103,13 @@ pub fn init() -> Rates {
     apic_write(REG_TIMER_DIV, 0x3); // divide by 16
     apic_write(REG_LVT_TIMER, 1 << 16); // masked while calibrating
     let (tsc, apic) = measure_10ms();
-    Rates { tsc_hz: tsc * 100, apic_hz: apic.max(1) * 100 }
+    Rates::new(tsc * 100, apic.max(1) * 100)
 }
 
 /// Arms the one-shot timer to fire in `ns` nanoseconds (clamped to the
 /// counter's range; at least one tick).
 pub fn arm_oneshot(rates: &Rates, ns: u64) {
-    let ticks = (u128::from(ns) * u128::from(rates.apic_hz) / 1_000_000_000).clamp(1, u128::from(u32::MAX)) as u32;
+    let ticks = ((u128::from(ns) * u128::from(rates.apic_per_ns)) >> 32).clamp(1, u128::from(u32::MAX)) as u32;
     apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
     apic_write(REG_TIMER_INIT, ticks);
 }
