@@ -1,4 +1,4 @@
-//! The domain's console: `print!`, `println!` and [`write`].
+//! The domain's console: `print!`, `println!` and [`write()`](fn@write).
 //!
 //! Output goes through the `console_io` hypercall. The hypervisor prefixes
 //! every line with the domain's name and shows control characters escaped.

@@ -1,7 +1,7 @@
 //! Runtime: `_start`, the start info, and the panic handler.
 //!
 //! `_start` receives the start-info address in `rsi` (see
-//! [`pvguest_abi::start_info`]), aligns the stack and calls [`rt_start`],
+//! [`pvguest_abi::start_info`]), aligns the stack and calls `rt_start`,
 //! which copies the start info into SDK memory once, checks its magic, and
 //! calls the guest's `main` (declared with [`crate::entry!`]).
 

@@ -148,6 +148,24 @@ fn test(args: &[String]) -> Result<()> {
         } else {
             println!("(clippy is not installed: `rustup component add clippy`; lints skipped)");
         }
+        println!("== docs (broken intra-doc links are errors)");
+        run_cmd(Command::new(env!("CARGO")).current_dir(root()).env("RUSTDOCFLAGS", "-D warnings").args([
+            "doc",
+            "--no-deps",
+            "--quiet",
+            "-p",
+            "pvguest-sdk",
+            "-p",
+            "pvguest-abi",
+            "-p",
+            "ringfence-kernel",
+            "-p",
+            "ring-protocol",
+            "-p",
+            "ringfence-bundle",
+            "-p",
+            "ringfence-bundle-writer",
+        ]))?;
         println!("== host tests");
         run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["test", "--workspace"]))?;
         println!("== ring-protocol loom models (exhaustive interleavings of the notify handshake)");

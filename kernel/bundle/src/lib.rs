@@ -1,7 +1,7 @@
 //! The Ringfence boot bundle: one blob holding the boot manifest, the guest
 //! kernel images and the hypervisor's symbol table.
 //!
-//! `cargo xtask` packs a bundle on the host with [`writer`] (feature `std`);
+//! `cargo xtask` packs a bundle on the host with the `ringfence-bundle-writer` crate;
 //! QEMU hands it to the hypervisor as the boot module, a byte blob at an
 //! arbitrary address with any alignment; the hypervisor reads it with
 //! [`Bundle`]. The reader never needs alignment: every field is read byte by

@@ -82,7 +82,7 @@ impl<T> EntryCell<T> {
 #[repr(C, align(4096))]
 pub struct PageAligned<T>(pub T);
 
-/// The GDT (see [`super::gdt`] for its contents).
+/// The GDT (see [`super::descriptors`] for its contents).
 #[link_section = ".entry.gdt"]
 pub static GDT: EntryCell<PageAligned<[u64; 16]>> = EntryCell::new(PageAligned([0; 16]));
 
