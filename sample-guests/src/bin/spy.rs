@@ -99,10 +99,11 @@ fn main(si: &'static StartInfo) {
                 asm!("std");
                 let r =
                     hypercall::raw(nr::CONSOLE_IO, [console_io::WRITE, msg.len() as u64, msg.as_ptr() as u64, 0, 0]);
-                let mut spins = 0u64;
-                while spins < 20_000_000 {
-                    spins += 1;
-                    core::hint::spin_loop();
+                // Long enough to be preempted with DF set (plain arithmetic:
+                // `pause` is slow under QEMU's emulator).
+                let mut x = 1u64;
+                for _ in 0..5_000_000u64 {
+                    x = core::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
                 }
                 let flags: u64;
                 asm!("pushfq", "pop {0}", "cld", out(reg) flags);
@@ -142,7 +143,82 @@ fn canonical_hole() {
 /// hypervisor, and never write anything.
 fn bad_hypercalls() {
     let msg = b"spy";
+    // A trap table whose only entry points into the entry area, a poll
+    // argument naming an unbound port, a timer argument with bad flags.
+    let bad_trap = [
+        pvguest_sdk::abi::trap::TrapInfo { vector: 14, flags: 0, cs: 0, pad: 0, address: ENTRY_AREA_BASE },
+        Default::default(),
+    ];
+    let ports = [77u32];
+    let poll = sched_op::SchedPoll { ports: ports.as_ptr() as u64, nr_ports: 1, pad: 0, timeout: 0 };
+    let timer = pvguest_sdk::abi::vcpu::SingleshotTimer { timeout_abs_ns: 1, flags: 0x80, pad: 0 };
+    let kernel_ss = u64::from(pvguest_sdk::abi::selectors::GUEST_KERNEL_SS);
     let cases: &[(&str, u64, [u64; 5], Errno)] = &[
+        (
+            "set_trap_table with a handler in the entry area",
+            nr::SET_TRAP_TABLE,
+            [bad_trap.as_ptr() as u64, 0, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        ("set_trap_table from hypervisor memory", nr::SET_TRAP_TABLE, [HV_IMAGE, 0, 0, 0, 0], Errno::EFAULT),
+        ("set_callbacks into the entry area", nr::SET_CALLBACKS, [ENTRY_AREA_BASE + 0x4000, 0, 0, 0, 0], Errno::EINVAL),
+        (
+            "stack_switch to the hypervisor's selector",
+            nr::STACK_SWITCH,
+            [0x10, 0xffff_8000_0001_0000, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "stack_switch to a non-canonical stack",
+            nr::STACK_SWITCH,
+            [kernel_ss, 0x0000_9000_0000_0000, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        ("set_segment_base non-canonical", nr::SET_SEGMENT_BASE, [0, 0x0000_8000_0000_0000, 0, 0, 0], Errno::EINVAL),
+        (
+            "vcpu_op for vCPU 1",
+            nr::VCPU_OP,
+            [pvguest_sdk::abi::vcpu::SET_SINGLESHOT_TIMER, 1, &timer as *const _ as u64, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "vcpu_op timer with unknown flags",
+            nr::VCPU_OP,
+            [pvguest_sdk::abi::vcpu::SET_SINGLESHOT_TIMER, 0, &timer as *const _ as u64, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "vcpu_op run-state into hypervisor memory",
+            nr::VCPU_OP,
+            [pvguest_sdk::abi::vcpu::GET_RUNSTATE_INFO, 0, HV_IMAGE, 0, 0],
+            Errno::EFAULT,
+        ),
+        (
+            "sched_op poll on an unbound port",
+            nr::SCHED_OP,
+            [sched_op::POLL, &poll as *const _ as u64, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "event_channel_op bind of an unknown VIRQ",
+            nr::EVENT_CHANNEL_OP,
+            [pvguest_sdk::abi::event::BIND_VIRQ, &[99u32, 0, 0] as *const _ as u64, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "event_channel_op unmask of port 9999",
+            nr::EVENT_CHANNEL_OP,
+            [pvguest_sdk::abi::event::UNMASK, &9999u32 as *const _ as u64, 0, 0, 0],
+            Errno::EINVAL,
+        ),
+        (
+            "memory_op for another domain",
+            nr::MEMORY_OP,
+            [pvguest_sdk::abi::memory::CURRENT_RESERVATION, 0, 0, 0, 0],
+            Errno::EPERM,
+        ),
+        ("multicall of 65 entries", nr::MULTICALL, [HV_IMAGE, 65, 0, 0, 0], Errno::E2BIG),
+        ("multicall from hypervisor memory", nr::MULTICALL, [HV_IMAGE, 1, 0, 0, 0], Errno::EFAULT),
         (
             "console_io write from hypervisor memory",
             nr::CONSOLE_IO,
