@@ -616,8 +616,9 @@ impl<const N: usize> Bvt<N> {
         best.map(|(i, evt, _)| (i, evt))
     }
 
-    /// Real time until rule 2 would preempt `n` (or its warp limit runs out).
-    fn run_for(&self, n: usize) -> Option<Ns> {
+    /// Real time until rule 2 would preempt `n` (or its warp limit runs
+    /// out); `None` if no other domain is runnable.
+    pub fn run_for(&self, n: usize) -> Option<Ns> {
         let e = self.entity(n)?;
         let (_, evt_o) = self.best(Some(n))?;
         // Preempted once E_n >= E_o + C_v(n): E_n must grow by d.

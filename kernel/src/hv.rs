@@ -562,8 +562,12 @@ impl Hv {
         }
         let handler = d.vcpu.callbacks.syscall;
         if handler == 0 {
-            self.crash(cur, "syscall instruction with no syscall callback (set_callbacks)", "");
-            return false;
+            // No syscall callback: the application gets #UD, as on a CPU
+            // without `syscall`, and its kernel decides (kill it, ...).
+            d.regs.rip = insn;
+            d.regs.rflags = d.regs.r11;
+            let f = TrapFrame { vector: 6, error: 0, ..d.regs };
+            return self.exception(cur, &f);
         }
         let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
         self.deliver(cur, &b, false)
@@ -669,6 +673,10 @@ impl Hv {
     /// it waits for it.
     fn raise(&mut self, i: usize, port: u32) {
         let d = &mut self.domains[i];
+        if matches!(d.state, RunState::Dead(_)) {
+            // Its frames (the shared-info page among them) are free.
+            return;
+        }
         let upcall = d.shared.raise(&mut HvPhys, port);
         if d.state != RunState::Blocked {
             return;
@@ -788,7 +796,9 @@ impl Hv {
                     self.bvt.block(c, now);
                     let p = self.bvt.pick(now, None);
                     self.bvt.wake(c, now);
-                    p
+                    // The slice of the chosen domain counts the yielder as a
+                    // competitor again (it is runnable).
+                    ringfence_kernel::bvt::Pick { next: p.next, run_for_ns: p.next.and_then(|n| self.bvt.run_for(n)) }
                 }
                 _ => self.bvt.pick(now, current),
             };
@@ -859,8 +869,12 @@ impl Hv {
             if let Some(old) = self.loaded {
                 let v = &mut self.domains[old].vcpu;
                 v.selectors = cpu::data_selectors();
-                v.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
-                v.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+                // A base set by `set_segment_base` but not yet loaded is the
+                // newer value: keep it.
+                if !v.segs_dirty {
+                    v.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
+                    v.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+                }
             }
             self.loaded = Some(i);
         }
@@ -1019,6 +1033,12 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     }
     // SAFETY: as above.
     let f = unsafe { frame.read_volatile() };
+    if f.vector == 2 {
+        // An NMI frame sits on IST2, which every guest view maps read-write:
+        // do not leave this domain's registers there for the next one.
+        // SAFETY: as above; the frame was just copied out.
+        unsafe { frame.write_volatile(TrapFrame::default()) };
+    }
     let next = HV.lock().on_trap(f);
     run(next)
 }
@@ -1031,6 +1051,10 @@ extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
     match f.vector as u8 {
         TIMER_VECTOR => timer::eoi(),
         SPURIOUS_VECTOR => {}
+        // A host event, even in the middle of an entry or exit: the return
+        // path restores the interrupted CR3 from the entry text, so
+        // resuming is safe wherever it hit.
+        2 => log!("NMI while the hypervisor ran: a host event, ignored"),
         v => hv_fault(v, &f),
     }
 }

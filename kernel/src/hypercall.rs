@@ -328,8 +328,12 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
         }
         let op = u64_at(&b, 0);
         let args = [u64_at(&b, 16), u64_at(&b, 24), u64_at(&b, 32), u64_at(&b, 40), u64_at(&b, 48)];
+        let sleeps = op == hypercall::SCHED_OP && matches!(args[0], sched_op::BLOCK | sched_op::POLL);
         let result = match op {
+            // No nesting, and no sleeping in the middle of a batch (refused
+            // before anything, such as the event mask, is touched).
             hypercall::MULTICALL => Errno::EINVAL.to_ret(),
+            _ if sleeps => Errno::EINVAL.to_ret(),
             _ => match dispatch_in(env, op, args, true) {
                 Action::Return(v) => v,
                 Action::Yield => {

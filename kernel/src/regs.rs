@@ -48,6 +48,12 @@ pub const RFLAGS_IF: u64 = 1 << 9;
 pub const RFLAGS_FIXED: u64 = 1 << 1;
 /// RFLAGS.TF.
 pub const RFLAGS_TF: u64 = 1 << 8;
+/// RFLAGS.DF.
+pub const RFLAGS_DF: u64 = 1 << 10;
+/// RFLAGS.NT.
+pub const RFLAGS_NT: u64 = 1 << 14;
+/// RFLAGS.AC.
+pub const RFLAGS_AC: u64 = 1 << 18;
 /// RFLAGS bits a guest may hold: CF PF AF ZF SF TF DF OF AC ID. IF is forced
 /// on; IOPL, NT, RF, VM, VIF and VIP are forced off.
 pub const GUEST_RFLAGS: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;

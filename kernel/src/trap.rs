@@ -9,7 +9,7 @@
 //! write anywhere else: the bounce fails and the caller crashes the domain.
 
 use crate::guest_mem::{GuestVa, GuestView, PhysMem};
-use crate::regs::{Regs, RFLAGS_TF};
+use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use pvguest_abi::trap::BounceFrame;
@@ -88,7 +88,10 @@ pub fn bounce<M: PhysMem>(
     regs.cs = u64::from(GUEST_KERNEL_CS);
     regs.ss = u64::from(GUEST_KERNEL_SS);
     regs.rsp = frame_at;
-    regs.rflags &= !RFLAGS_TF;
+    // The handler starts with clean flags (the frame keeps the originals for
+    // the return): no single-step, DF clear (the ABI's string direction),
+    // no nested-task or alignment-check surprises.
+    regs.rflags &= !(RFLAGS_TF | RFLAGS_DF | RFLAGS_NT | RFLAGS_AC);
     Ok(())
 }
 
@@ -138,6 +141,16 @@ mod tests {
         assert_eq!(r.rip, B.handler);
         assert_eq!(r.rsp, ((rsp - RED_ZONE) & !15) - 64);
         assert_eq!(r.rflags, 0x202, "TF cleared, IF kept");
+        let mut d = Regs {
+            rip: 0x1234,
+            cs: 0x19,
+            rflags: 0x202 | RFLAGS_DF | RFLAGS_AC | RFLAGS_NT,
+            rsp,
+            ss: 0x21,
+            ..Regs::default()
+        };
+        bounce(&mut d, &B, None, &mut view).unwrap();
+        assert_eq!(d.rflags, 0x202, "DF, AC and NT cleared for the handler");
         assert_eq!(r.rax, 7, "general registers untouched");
         let mut f = [0u8; 64];
         view.copy_from(GuestVa(r.rsp), &mut f).unwrap();

@@ -18,17 +18,20 @@ use core::arch::asm;
 pub unsafe fn raw(nr: u64, args: [u64; 5]) -> i64 {
     let ret: i64;
     // SAFETY: `int 0x82` enters the hypervisor, which preserves every
-    // register except rax and returns to the next instruction; memory
-    // effects are the caller's responsibility (see above).
+    // register except rax and the argument registers (declared clobbered)
+    // and returns to the next instruction; memory effects are the caller's
+    // responsibility (see above).
     unsafe {
         asm!(
             "int 0x82",
             inlateout("rax") nr as i64 => ret,
-            in("rdi") args[0],
-            in("rsi") args[1],
-            in("rdx") args[2],
-            in("r10") args[3],
-            in("r8") args[4],
+            // A preempted batch comes back with its continuation arguments
+            // in these registers (see the ABI): they are clobbered.
+            inlateout("rdi") args[0] => _,
+            inlateout("rsi") args[1] => _,
+            inlateout("rdx") args[2] => _,
+            inlateout("r10") args[3] => _,
+            inlateout("r8") args[4] => _,
             options(nostack),
         );
     }

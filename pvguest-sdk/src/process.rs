@@ -62,6 +62,8 @@ static mut KERNEL_STACK: KernelStack = KernelStack([0; KSTACK]);
 
 /// Saved kernel `rsp` of the `run` call in progress (0 = none).
 static RUN_RSP: AtomicU64 = AtomicU64::new(0);
+/// Bytes of code mapped for the running process (its user code window).
+static RUN_CODE_BYTES: AtomicU64 = AtomicU64::new(0);
 /// Set by `kill` so `run` knows the process was killed.
 static KILLED: spin::Mutex<Option<TrapContext>> = spin::Mutex::new(None);
 
@@ -146,6 +148,8 @@ pub fn copy_from_user(va: u64, buf: &mut [u8]) -> Result<(), Errno> {
 /// A loaded program.
 pub struct Process {
     space: AddressSpace,
+    /// Bytes of code pages mapped at [`USER_CODE`].
+    code_bytes: u64,
 }
 
 impl Process {
@@ -166,7 +170,7 @@ impl Process {
         let stack = mm::alloc_page().ok_or(Errno::ENOMEM)?;
         space.map(USER_STACK_TOP - 4096, stack, Pte::USER | Pte::WRITABLE | Pte::NO_EXECUTE)?;
         space.pin()?;
-        Ok(Process { space })
+        Ok(Process { space, code_bytes: code.len().div_ceil(4096) as u64 * 4096 })
     }
 
     /// Runs the process in ring 3 until it exits or is killed.
@@ -175,6 +179,7 @@ impl Process {
             return Exit::Killed(TrapContext { rax: e.to_ret() as u64, ..TrapContext::default() });
         }
         *KILLED.lock() = None;
+        RUN_CODE_BYTES.store(self.code_bytes, Ordering::SeqCst);
         let frame = [USER_CODE, u64::from(GUEST_USER_CS), 0x202, USER_STACK_TOP - 16, u64::from(GUEST_USER_SS)];
         // SAFETY: `frame` is a valid ring-3 iretq frame into this process's
         // user code and stack, mapped in the address space just activated.
@@ -190,12 +195,14 @@ impl Process {
 }
 
 extern "C" {
-    /// Saves the callee-saved registers and `rsp` in `*save`, then `iretq`s
-    /// with the five-word frame at `frame`. "Returns" when
-    /// `pvguest_resume_kernel` is called with the saved `rsp`.
+    /// Saves the callee-saved registers and the FPU/SSE state on the stack
+    /// and its `rsp` in `*save`, loads a clean FPU/SSE state, then `iretq`s
+    /// with the five-word frame at `frame` (general registers zeroed).
+    /// "Returns" when `pvguest_resume_kernel` is called with the saved
+    /// `rsp`.
     fn pvguest_enter_user(save: *mut u64, frame: *const u64) -> u64;
-    /// Resumes the `pvguest_enter_user` call whose saved `rsp` is `rsp`,
-    /// making it return `code`.
+    /// Resumes the `pvguest_enter_user` call whose saved `rsp` is `rsp`
+    /// (restoring the kernel's FPU/SSE state), making it return `code`.
     fn pvguest_resume_kernel(rsp: u64, code: u64) -> !;
 }
 
@@ -211,7 +218,16 @@ pvguest_enter_user:
     push r13
     push r14
     push r15
+    /* Keep the kernel's FPU/SSE state (its MXCSR and x87 control word are
+       callee-saved) and give the process a clean one, so neither sees the
+       other's registers. */
+    mov rax, rsp
+    sub rsp, 528
+    and rsp, -16
+    fxsave64 [rsp]
+    mov [rsp + 512], rax
     mov [rdi], rsp
+    fxrstor64 [rip + pvguest_clean_fpu]
     push qword ptr [rsi + 32]
     push qword ptr [rsi + 24]
     push qword ptr [rsi + 16]
@@ -237,7 +253,10 @@ pvguest_enter_user:
     .global pvguest_resume_kernel
     .balign 16
 pvguest_resume_kernel:
+    cld
     mov rsp, rdi
+    fxrstor64 [rsp]
+    mov rsp, [rsp + 512]
     mov rax, rsi
     pop r15
     pop r14
@@ -246,6 +265,15 @@ pvguest_resume_kernel:
     pop rbp
     pop rbx
     ret
+
+    /* FXSAVE image of a fresh FPU: FCW 0x37f, MXCSR 0x1f80, all else 0. */
+    .section .rodata.pvguest_clean_fpu, "a"
+    .balign 16
+pvguest_clean_fpu:
+    .short 0x037f
+    .zero 22
+    .long 0x1f80
+    .zero 484
     "#
 );
 

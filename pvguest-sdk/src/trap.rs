@@ -245,6 +245,7 @@ extern "C" fn pvguest_trap_dispatch(ctx: *mut TrapContext) {
 global_asm!(
     r#"
     .macro PVGUEST_SAVE
+    cld
     push r15
     push r14
     push r13

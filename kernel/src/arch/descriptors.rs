@@ -19,7 +19,7 @@
 //! so ring 3 cannot use them, and `#BP`/`#OF`
 //! (DPL 3, so `int3`/`into` reach the guest's own handlers). Vectors whose
 //! CPU pushes an error code are DPL 0, so software `int` can never forge one.
-//! NMI, `#DF` and `#MC` use IST1.
+//! `#DF`, NMI and `#MC` use IST1, IST2 and IST3.
 //!
 //! # TSS
 //! RSP0 is the entry stack; IST1 the fault stack; the I/O bitmap offset lies
@@ -108,6 +108,7 @@ pub fn guest_entry_pml4e() -> u64 {
 pub fn init() {
     let r = entry::region();
     assert!(r.end - r.start <= 512 * 4096, "entry area exceeds one page table");
+    entry::init_aliases();
     fill_entry_tables(HV_ENTRY_PDPT.get(), HV_ENTRY_PD.get(), HV_ENTRY_PT.get(), &r, false);
     fill_entry_tables(GUEST_ENTRY_PDPT.get(), GUEST_ENTRY_PD.get(), GUEST_ENTRY_PT.get(), &r, true);
     let pml4 = hv_cr3() as *mut u64;
@@ -139,7 +140,10 @@ pub fn init() {
 
         let tss = &mut (*TSS.get()).0;
         tss[4..12].copy_from_slice(&entry::entry_stack_top().to_le_bytes()); // RSP0
-        tss[36..44].copy_from_slice(&entry::ist1_top().to_le_bytes()); // IST1
+        for (i, top) in entry::ist_tops().iter().enumerate() {
+            // IST1..IST3 at TSS offsets 36, 44, 52.
+            tss[36 + 8 * i..44 + 8 * i].copy_from_slice(&top.to_le_bytes());
+        }
         tss[102..104].copy_from_slice(&104u16.to_le_bytes()); // no I/O bitmap
 
         let idt = &mut (*IDT.get()).0;
@@ -149,7 +153,12 @@ pub fn init() {
                 HYPERCALL_VECTOR | NULL_TRAP_VECTOR => 1,
                 _ => 0,
             };
-            let ist = if matches!(v, 2 | 8 | 18) { 1 } else { 0 };
+            let ist = match v {
+                8 => 1,
+                2 => 2,
+                18 => 3,
+                _ => 0,
+            };
             idt[v as usize] = gate(entry::stub_alias(v), HV_CS, dpl, 0xe, ist);
         }
     }

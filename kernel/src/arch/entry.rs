@@ -102,16 +102,34 @@ pub static hv_cr3_entry: EntryCell<PageAligned<u64>> = EntryCell::new(PageAligne
 /// Bytes of the entry stack (TSS.RSP0) and of the IST1 stack.
 pub const ENTRY_STACK_SIZE: usize = 8192;
 
+/// The entry stacks: the entry stack proper (TSS.RSP0) and one IST stack
+/// each for #DF (IST1), NMI (IST2) and #MC (IST3), so none of those can
+/// land on a stack another of them is using.
 #[repr(C, align(4096))]
 pub struct EntryStacks {
     pub entry: [u8; ENTRY_STACK_SIZE],
     pub ist1: [u8; ENTRY_STACK_SIZE],
+    pub ist2: [u8; ENTRY_STACK_SIZE],
+    pub ist3: [u8; ENTRY_STACK_SIZE],
 }
 
 /// The entry stacks.
 #[link_section = ".entry.stacks"]
-pub static STACKS: EntryCell<EntryStacks> =
-    EntryCell::new(EntryStacks { entry: [0; ENTRY_STACK_SIZE], ist1: [0; ENTRY_STACK_SIZE] });
+pub static STACKS: EntryCell<EntryStacks> = EntryCell::new(EntryStacks {
+    entry: [0; ENTRY_STACK_SIZE],
+    ist1: [0; ENTRY_STACK_SIZE],
+    ist2: [0; ENTRY_STACK_SIZE],
+    ist3: [0; ENTRY_STACK_SIZE],
+});
+
+/// Alias address of `ring0_return` (set by [`init_aliases`]).
+#[no_mangle]
+pub static ring0_return_alias: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Records the alias addresses the hypervisor's own text jumps to.
+pub fn init_aliases() {
+    ring0_return_alias.store(alias(&raw const ring0_return), core::sync::atomic::Ordering::Relaxed);
+}
 
 /// Physical address of the current vCPU's FXSAVE area; `hv_guest_entry`
 /// saves the guest's FPU/SSE state there.
@@ -126,6 +144,7 @@ extern "C" {
     static entry_stubs: u8;
     static exit_to_guest: u8;
     static syscall_entry: u8;
+    static ring0_return: u8;
 }
 
 /// Physical bounds of the entry region's parts.
@@ -169,11 +188,17 @@ pub fn entry_stack_top() -> u64 {
     alias(unsafe { &raw const (*s).entry }) + ENTRY_STACK_SIZE as u64
 }
 
-/// Alias address of the top of the IST1 stack.
-pub fn ist1_top() -> u64 {
+/// Alias addresses of the tops of the IST1..IST3 stacks.
+pub fn ist_tops() -> [u64; 3] {
     let s = STACKS.get();
     // SAFETY: only addresses are computed; nothing is dereferenced.
-    alias(unsafe { &raw const (*s).ist1 }) + ENTRY_STACK_SIZE as u64
+    unsafe {
+        [
+            alias(&raw const (*s).ist1) + ENTRY_STACK_SIZE as u64,
+            alias(&raw const (*s).ist2) + ENTRY_STACK_SIZE as u64,
+            alias(&raw const (*s).ist3) + ENTRY_STACK_SIZE as u64,
+        ]
+    }
 }
 
 /// Where an exit places the frame: the top 176 bytes of the entry stack.
@@ -317,6 +342,12 @@ syscall_entry:
     jmp entry_common
 
     .balign 16
+    .global ring0_return
+ring0_return:
+    movq %r12, %cr3
+    POP_GPRS_IRETQ
+
+    .balign 16
     .global exit_to_guest
 exit_to_guest:
     fxrstor64 (%rdx)
@@ -342,8 +373,11 @@ hv_ring0_entry:
     andq $-16, %rsp
     call rust_ring0_trap
     movq %rbx, %rsp
-    movq %r12, %cr3
-    POP_GPRS_IRETQ
+    /* Restoring the interrupted CR3 (r12) may bring back a guest's view, in
+       which this identity-linked text is guest memory: finish in the entry
+       text, reached at its alias. */
+    movq ring0_return_alias(%rip), %rax
+    jmpq *%rax
 
     .section .entry.scratch, "aw"
     .balign 8

@@ -13,7 +13,10 @@
 //!   corresponding operation.
 //! - arguments in `rdi`, `rsi`, `rdx`, `r10`, `r8` (in that order);
 //! - result in `rax`: `>= 0` on success, `-errno` ([`Errno`]) on failure.
-//! - Every other general-purpose register and the FPU/SSE state are preserved.
+//! - The argument registers may come back changed (a long batch that the
+//!   hypervisor preempts resumes itself by re-executing `int 0x82` with
+//!   updated arguments, as Xen's continuations do); every other
+//!   general-purpose register and the FPU/SSE state are preserved.
 //!
 //! # Who trusts what
 //! Nothing a guest passes is trusted: the hypervisor validates every number,

@@ -58,7 +58,7 @@ fn null_hypercall() {
     // SAFETY: xen_version only returns a value in rax.
     unsafe {
         asm!("int {v}", v = const pvguest_sdk::abi::HYPERCALL_VECTOR,
-             inlateout("rax") pvguest_sdk::abi::hypercall::XEN_VERSION => _, in("rdi") 0u64, options(nostack))
+             inlateout("rax") pvguest_sdk::abi::hypercall::XEN_VERSION => _, inlateout("rdi") 0u64 => _, options(nostack))
     };
 }
 
@@ -69,7 +69,8 @@ fn reservation_query() {
     unsafe {
         asm!("int {v}", v = const pvguest_sdk::abi::HYPERCALL_VECTOR,
              inlateout("rax") pvguest_sdk::abi::hypercall::MEMORY_OP => _,
-             in("rdi") pvguest_sdk::abi::memory::CURRENT_RESERVATION, in("rsi") pvguest_sdk::abi::DOMID_SELF,
+             inlateout("rdi") pvguest_sdk::abi::memory::CURRENT_RESERVATION => _,
+             inlateout("rsi") pvguest_sdk::abi::DOMID_SELF => _,
              options(nostack))
     };
 }
