@@ -256,8 +256,11 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[userland] app 1 says (syscall): hello again via syscall insn..")?;
                 need(out, "[userland] process 1 (hello) exited with code 7")?;
                 need(out, "[userland] process 2 (snoop) killed: #PF in ring 3 at rip 0x40001d, cr2 0xffff800000000000")?;
-                need(out, "[userland] process 3 (priv) killed: #GP in ring 3 at rip 0x400000")?;
-                need(out, "[userland] userland done: 3 processes, 2 killed, kernel still running")?;
+                need(out, "[userland] app 3 says (int 0x80): written with the direction flag.")?;
+                need(out, "[userland] app 3 says (syscall): written with the direction flag.")?;
+                need(out, "[userland] process 3 (backwards) exited with code 3")?;
+                need(out, "[userland] process 4 (priv) killed: #GP in ring 3 at rip 0x400000")?;
+                need(out, "[userland] userland done: 4 processes, 2 killed, kernel still running")?;
                 need(out, "[ticker] ticker done")?;
                 need(out, "(rf) verdict: PASS")
             },

@@ -4,6 +4,8 @@
 //!   straight into this kernel, no hypervisor) and through `syscall`
 //!   (bounced by the hypervisor), then exits;
 //! - `snoop` tries to read this kernel's memory and is killed;
+//! - `backwards` sets the direction flag before its system calls (the
+//!   kernel's handlers must not inherit it);
 //! - `priv` tries `cli` and is killed.
 //!
 //! The kernel carries on after each, and uses the heap to keep a log.
@@ -51,7 +53,7 @@ fn syscall(ctx: &mut TrapContext) {
 fn main(_si: &'static StartInfo) {
     heap::init(16).expect("heap");
     process::init(syscall).expect("ring-3 support");
-    let apps: [(&str, &[u8]); 3] = [
+    let apps: [(&str, &[u8]); 4] = [
         (
             "hello",
             user_program!(
@@ -89,6 +91,28 @@ fn main(_si: &'static StartInfo) {
                 xor eax, eax
                 int 0x80
             2:  .ascii "reading the kernel's memory now.."
+            "#
+            ),
+        ),
+        (
+            "backwards",
+            user_program!(
+                backwards,
+                r#"
+                std
+                lea rdi, [rip + 2f]
+                mov esi, 32
+                mov eax, 1
+                int 0x80
+                lea rdi, [rip + 2f]
+                mov esi, 32
+                mov eax, 1
+                syscall
+                mov edi, 3
+                xor eax, eax
+                int 0x80
+            2:  .ascii "written with the direction flag"
+                .ascii "."
             "#
             ),
         ),
