@@ -39,6 +39,7 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
         log!("command line: {cmdline}");
     }
     descriptors::init();
+    arch::mm::harden();
 
     let image_end = &raw const __image_end as u64;
     let frames = init_frames(&bi, image_end);
@@ -103,8 +104,28 @@ fn selftest(which: &str) {
     match which {
         "hv-pagefault" => selftest_hv_pagefault(),
         "hv-panic" => panic!("self-test panic requested on the command line"),
+        "hv-stack-overflow" => {
+            log!("selftest: recursing until the hypervisor stack overflows");
+            log!("selftest: depth {}", selftest_recurse(0));
+        }
+        "hv-write-text" => {
+            log!("selftest: writing the hypervisor's own code");
+            // SAFETY: deliberately not safe: text is mapped read-only, so
+            // the write must fault and be reported.
+            unsafe { (selftest_hv_pagefault as *const () as *mut u8).write_volatile(0xcc) };
+            log!("selftest: the write to code was not caught");
+        }
         other => log!("unknown selftest '{other}' ignored"),
     }
+}
+
+#[inline(never)]
+fn selftest_recurse(depth: u64) -> u64 {
+    let pad = core::hint::black_box([depth; 64]);
+    if depth == u64::MAX {
+        return 0;
+    }
+    selftest_recurse(depth + 1) + pad[7]
 }
 
 #[inline(never)]

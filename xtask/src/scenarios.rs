@@ -465,6 +465,40 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "hv-stack-overflow",
+            what: "a hypervisor stack overflow hits the guard page and is reported as a double fault",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "selftest=hv-stack-overflow",
+            icount: false,
+            expect: Outcome::Fail,
+            check: |out| {
+                need(out, "(rf) FATAL: hypervisor fault #DF (double fault)")?;
+                need(out, "halting: the hypervisor itself faulted")
+            },
+        },
+        Scenario {
+            name: "hv-write-text",
+            what: "the hypervisor's code is read-only to itself (W^X in its own view)",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "selftest=hv-write-text",
+            icount: false,
+            expect: Outcome::Fail,
+            check: |out| {
+                // Error code 0x3: a write to a present (read-only) page.
+                need(out, "(rf) FATAL: hypervisor fault #PF (page fault), error code 0x3")?;
+                need(out, "halting: the hypervisor itself faulted")?;
+                deny(out, "the write to code was not caught")
+            },
+        },
+        Scenario {
             name: "hv-panic",
             what: "a hypervisor panic is reported and fails the run",
             bundle: |imgs| {

@@ -136,6 +136,12 @@ hv_pdpt:
     .global hv_pd
 hv_pd:
     .skip 4096 * 4
+    /* Unmapped once the hypervisor has its own 4 KiB mappings (see
+       arch::mm::harden), so a stack overflow faults into the #DF report
+       instead of overwriting the page directories. */
+    .global hv_stack_guard
+hv_stack_guard:
+    .skip 4096
     .global hv_stack_bottom
 hv_stack_bottom:
     .skip {stack}

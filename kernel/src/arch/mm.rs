@@ -1,0 +1,77 @@
+//! The hypervisor's own view, hardened after boot.
+//!
+//! The boot stub identity-maps the first 4 GiB with 2 MiB pages, all
+//! read-write-execute. [`harden`] replaces the 2 MiB pages that hold the
+//! hypervisor image with 4 KiB pages carrying real permissions:
+//!
+//! | range | mapping |
+//! |---|---|
+//! | `.text` | read + execute |
+//! | boot stub, `.rodata` | read-only, no execute |
+//! | `.data`, `.bss`, entry region, everything else | read-write, no execute |
+//! | the page below the hypervisor stack | not mapped (guard) |
+//!
+//! With CR0.WP set these hold for ring 0 too, so a stray write to code or
+//! constants faults, data never executes, and a stack overflow becomes a
+//! double fault on the IST1 stack, which the fault reporter prints.
+
+use super::cpu;
+use core::arch::asm;
+use ringfence_kernel::paging::{Pte, PteFlags};
+
+extern "C" {
+    static hv_pd: u8;
+    static hv_stack_guard: u8;
+    static __text_start: u8;
+    static __text_end: u8;
+    static __data_start: u8;
+    static __image_end: u8;
+}
+
+/// Number of 2 MiB regions (from physical 0) that get 4 KiB mappings.
+const REGIONS: usize = 4;
+
+#[repr(C, align(4096))]
+struct Pt([u64; 512]);
+
+static PTS: super::entry::EntryCell<[Pt; REGIONS]> = super::entry::EntryCell::new([const { Pt([0; 512]) }; REGIONS]);
+
+/// Splits the image's 2 MiB pages into 4 KiB pages with permissions.
+pub fn harden() {
+    let text = (&raw const __text_start as u64, &raw const __text_end as u64);
+    let data_start = &raw const __data_start as u64;
+    let guard = &raw const hv_stack_guard as u64;
+    let end = &raw const __image_end as u64;
+    assert!(end <= (REGIONS as u64) << 21, "hypervisor image larger than the hardened range");
+    let pts = PTS.get();
+    for r in 0..REGIONS {
+        for i in 0..512u64 {
+            let pa = ((r as u64) << 21) + i * 4096;
+            let flags = if pa == guard {
+                PteFlags::empty()
+            } else if pa >= text.0 && pa < text.1 {
+                PteFlags::PRESENT
+            } else if pa >= 0x10_0000 && pa < data_start {
+                PteFlags::PRESENT | PteFlags::NO_EXECUTE
+            } else {
+                PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE
+            };
+            // SAFETY: boot-time, one CPU, interrupts off; these tables are
+            // not yet referenced by any page directory.
+            unsafe { (*pts)[r].0[i as usize] = if flags.is_empty() { 0 } else { Pte::new(pa >> 12, flags).0 } };
+        }
+    }
+    let pd = &raw const hv_pd as *mut u64;
+    for r in 0..REGIONS {
+        // SAFETY: entry `r` of the first page directory maps [2r, 2r+2) MiB;
+        // the new table maps the same frames (minus the guard page, which
+        // nothing uses), so every live access keeps working.
+        unsafe {
+            let pt = &raw const (*pts)[r] as u64;
+            pd.add(r).write_volatile(Pte::new(pt >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0);
+        }
+    }
+    // SAFETY: reloading CR3 flushes the old 2 MiB translations; the code
+    // and stack in use stay mapped.
+    unsafe { asm!("mov cr3, {0}", in(reg) cpu::read_cr3(), options(nostack, preserves_flags)) };
+}
