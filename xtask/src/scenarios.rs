@@ -211,7 +211,7 @@ fn scenarios() -> Vec<Scenario> {
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
                 w.domain(entry(imgs, "timers", "timers", 1024, "", Expect::Poweroff)?);
-                w.domain(entry(imgs, "hog", "hog", 512, "millis=400", Expect::Poweroff)?);
+                w.domain(entry(imgs, "hog", "hog", 512, "millis=800", Expect::Poweroff)?);
                 finish(w, imgs)
             },
             append: "",
