@@ -204,7 +204,7 @@ fn gdb(args: &[String]) -> Result<()> {
     println!("QEMU is paused with a gdb stub on localhost:1234. In another terminal:");
     println!("  gdb {} -ex 'target remote :1234' -ex 'break kmain' -ex continue", imgs.hypervisor.display());
     println!("Guest symbols: add-symbol-file {}/<guest>", imgs.guests_dir.display());
-    println!("(the hypervisor's symbols are at their physical addresses; quit QEMU with Ctrl-A x)");
+    println!("(the hypervisor is linked at its physical addresses, so its symbols need no offset; stop QEMU with Ctrl-C here)");
     let opts = qemu::RunOpts {
         kernel: imgs.hypervisor.clone(),
         bundle: Some(bundle),
