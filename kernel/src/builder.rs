@@ -497,18 +497,24 @@ mod tests {
         assert_eq!((root.ty, root.type_count, root.pinned), (FrameType::PageTable(4), 2, true));
     }
 
+    /// Domain 5 with 600 pages (two level-1 tables) built from the tiny ELF
+    /// in 2048 frames of fake machine memory.
+    fn build_600(store: &mut [FrameInfo]) -> (FakeMem, FrameTable<'_>, Built) {
+        let mut mem = FakeMem::default();
+        let mut frames = FrameTable::new(store);
+        frames.add_free_range(100, 2048);
+        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        (mem, frames, b)
+    }
+
     /// Builds the tiny domain and checks the type of every frame against the
     /// layout: tables typed at their level with one reference each, data
     /// pages writable with one reference each, read-only pages untyped.
     #[test]
     fn initial_tables_are_validated_by_mm() {
-        let mut mem = FakeMem::default();
         let mut store = std::vec![FrameInfo::RESERVED; 2048];
-        let mut frames = FrameTable::new(&mut store);
-        frames.add_free_range(100, 2048);
-        // 600 pages: two level-1 tables.
-        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        let (mut mem, mut frames, b) = build_600(&mut store);
         let l = b.layout;
         assert_eq!(l.nr_pt_frames, 5);
         let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: 5 };
@@ -554,12 +560,8 @@ mod tests {
     /// unlinking one leaves it pinned, and its unpin devalidates it alone.
     #[test]
     fn initial_tables_are_pinned_so_nothing_cascades() {
-        let mut mem = FakeMem::default();
         let mut store = std::vec![FrameInfo::RESERVED; 2048];
-        let mut frames = FrameTable::new(&mut store);
-        frames.add_free_range(100, 2048);
-        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        let (mut mem, mut frames, b) = build_600(&mut store);
         // The tables, by walking from the root; the second PT maps pfns
         // 512..600, all read-write data.
         let pdpt = Pte(mem.read_u64(b.root * 4096 + table_index(GUEST_KERNEL_BASE, 4) as u64 * 8)).mfn();

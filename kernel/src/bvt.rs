@@ -539,6 +539,21 @@ impl<const N: usize> Bvt<N> {
         Pick { next: Some(next), run_for_ns: self.run_for(next) }
     }
 
+    /// `current` gives up the CPU (a yield): the runnable domain of least EVT
+    /// other than it runs, with a slice that counts `current` as a competitor
+    /// (it stays runnable and keeps its virtual time). With no other runnable
+    /// domain, `current` goes on as [`Bvt::pick`] would decide.
+    pub fn pick_yielding(&mut self, now: Ns, current: usize) -> Pick {
+        if !self.is_runnable(current) {
+            return self.pick(now, None);
+        }
+        self.observe(now);
+        match self.best(Some(current)) {
+            Some((n, _)) => Pick { next: Some(n), run_for_ns: self.run_for(n) },
+            None => self.pick(now, Some(current)),
+        }
+    }
+
     /// Whether `slot` holds a runnable domain.
     pub fn is_runnable(&self, slot: usize) -> bool {
         self.entity(slot).is_some_and(|e| e.runnable)
@@ -662,6 +677,27 @@ mod tests {
     const US: Ns = 1_000;
     const MS: Ns = 1_000_000;
     const SEC: Ns = 1_000_000_000;
+
+    #[test]
+    fn yield_hands_the_cpu_to_another_domain_for_a_bounded_slice() {
+        let mut s = Bvt::<4>::new(5 * MS);
+        s.add(0, Params::weighted(100), 0).unwrap();
+        // Alone: yielding changes nothing.
+        assert_eq!(s.pick_yielding(0, 0), Pick { next: Some(0), run_for_ns: None });
+        s.add(1, Params::weighted(100), 0).unwrap();
+        s.account(0, MS);
+        let avt0 = s.avt(0);
+        let p = s.pick_yielding(MS, 0);
+        assert_eq!(p.next, Some(1), "the other domain runs");
+        let slice = p.run_for_ns.expect("the yielder still competes, so the slice is bounded");
+        assert!(slice <= 10 * MS, "slice {slice}");
+        assert_eq!(s.avt(0), avt0, "yielding costs no virtual time");
+        assert!(s.is_runnable(0));
+        // A yield from a blocked or unknown slot is an ordinary pick.
+        s.block(0, MS);
+        assert_eq!(s.pick_yielding(MS, 0).next, Some(1));
+        assert_eq!(s.pick_yielding(MS, 9).next, Some(1));
+    }
 
     // ----- discrete-event simulator -------------------------------------
 

@@ -125,7 +125,7 @@ impl fmt::Display for Exit {
     }
 }
 
-/// Scheduling state.
+/// Scheduling state (the order domains run in is [`crate::bvt`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     /// May run.
@@ -134,14 +134,6 @@ pub enum RunState {
     Blocked,
     /// Finished.
     Dead(Exit),
-}
-
-/// Round-robin choice: the first runnable domain after `current` in circular
-/// order (possibly `current` itself), or `None` if nothing can run.
-pub fn next_runnable(states: &[RunState], current: Option<usize>) -> Option<usize> {
-    let n = states.len();
-    let start = current.map_or(0, |c| c + 1);
-    (0..n).map(|k| (start + k) % n).find(|&i| states[i] == RunState::Runnable)
 }
 
 /// Short mnemonic of an exception vector ("#GP").
@@ -189,18 +181,6 @@ pub const fn has_error_code(v: u8) -> bool {
 mod tests {
     use super::*;
     use std::format;
-
-    #[test]
-    fn round_robin_skips_blocked_and_dead() {
-        let dead = RunState::Dead(Exit::Rejected);
-        let s = [RunState::Runnable, RunState::Blocked, dead, RunState::Runnable];
-        assert_eq!(next_runnable(&s, None), Some(0));
-        assert_eq!(next_runnable(&s, Some(0)), Some(3));
-        assert_eq!(next_runnable(&s, Some(3)), Some(0));
-        assert_eq!(next_runnable(&[RunState::Blocked, dead], Some(1)), None);
-        assert_eq!(next_runnable(&[], None), None);
-        assert_eq!(next_runnable(&[RunState::Runnable], Some(0)), Some(0));
-    }
 
     #[test]
     fn verdict_matching() {

@@ -274,7 +274,7 @@ pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> !
         for i in 0..bundle.domain_count() {
             hv.create_domain(bundle, i, wallclock);
         }
-        hv.schedule(true)
+        hv.schedule()
     };
     run(next)
 }
@@ -455,23 +455,19 @@ impl Hv {
         let now = self.now();
         self.account(cur, now);
         let vector = f.vector;
-        let mut resched = false;
         match vector {
-            v if v == u64::from(HYPERCALL_VECTOR) => resched = self.hypercall(cur, now),
+            v if v == u64::from(HYPERCALL_VECTOR) => self.hypercall(cur, now),
             v if v == u64::from(TIMER_VECTOR) => timer::eoi(),
             v if v == u64::from(SPURIOUS_VECTOR) => {}
-            v if v == u64::from(SYSCALL_VECTOR) => resched = !self.syscall(cur),
+            v if v == u64::from(SYSCALL_VECTOR) => self.syscall(cur),
             2 => log!("NMI while dom{} ran: a host event, ignored", self.domains[cur].id),
             8 | 18 => hv_fault(vector as u8, &f),
             v if v == u64::from(NULL_TRAP_VECTOR) => {}
-            0..=31 => resched = !self.exception(cur, &f),
+            0..=31 => self.exception(cur, &f),
             _ => timer::eoi(),
         }
         self.fire_timers(now);
-        if now >= self.slice_end {
-            resched = true;
-        }
-        self.schedule(resched)
+        self.schedule()
     }
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
@@ -543,8 +539,8 @@ impl Hv {
     /// ring 3 cannot execute ran in ring 1, and the guest kernel gets `#UD`
     /// (as on a CPU without `syscall`): the guest kernel calls the
     /// hypervisor through the hypercall gate. From ring 3 it is bounced to
-    /// the syscall callback. Returns whether the domain can continue.
-    fn syscall(&mut self, cur: usize) -> bool {
+    /// the syscall callback.
+    fn syscall(&mut self, cur: usize) {
         let frames = self.frames.as_ref().expect("frame table set");
         let d = &mut self.domains[cur];
         let insn = d.regs.rcx.wrapping_sub(2);
@@ -570,24 +566,21 @@ impl Hv {
             return self.exception(cur, &f);
         }
         let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
-        self.deliver(cur, &b, false)
+        self.deliver(cur, &b, false);
     }
 
     /// Bounces CPU exception `f.vector` to the guest's handler, or crashes
-    /// the domain. Returns whether the domain can continue.
-    fn exception(&mut self, cur: usize, f: &TrapFrame) -> bool {
+    /// the domain.
+    fn exception(&mut self, cur: usize, f: &TrapFrame) {
         let vector = f.vector as u8;
         let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
         let fault = Fault { vector, error: f.error, rip: f.rip, cr2, ring: (f.cs & 3) as u8 };
         match self.domains[cur].vcpu.traps.handler(vector) {
-            None => {
-                self.kill(cur, Exit::Faulted(fault));
-                false
-            }
+            None => self.kill(cur, Exit::Faulted(fault)),
             Some(h) => {
                 let b =
                     Bounce { handler: h.address, vector: u32::from(vector), error: f.error, cr2, saved_upcall_mask: 0 };
-                self.deliver(cur, &b, h.mask_events)
+                self.deliver(cur, &b, h.mask_events);
             }
         }
     }
@@ -617,8 +610,8 @@ impl Hv {
         }
     }
 
-    /// Runs a hypercall for domain `cur`; returns whether to reschedule.
-    fn hypercall(&mut self, cur: usize, now: u64) -> bool {
+    /// Runs a hypercall for domain `cur` and applies its action.
+    fn hypercall(&mut self, cur: usize, now: u64) {
         let action = match self.pending_action.take() {
             Some(a) => a,
             None => {
@@ -631,33 +624,24 @@ impl Hv {
         };
         let d = &mut self.domains[cur];
         match action {
-            Action::Return(v) => {
-                d.regs.rax = v as u64;
-                false
-            }
+            Action::Return(v) => d.regs.rax = v as u64,
             Action::Yield => {
                 d.regs.rax = 0;
                 self.yielding = true;
-                true
             }
             Action::Block | Action::Poll => {
                 d.regs.rax = 0;
                 d.state = RunState::Blocked;
                 self.bvt.block(cur, now);
                 self.set_runstate(cur, runstate::BLOCKED, now);
-                true
             }
-            Action::Shutdown(reason) => {
-                self.kill(cur, Exit::Shutdown(reason));
-                true
-            }
+            Action::Shutdown(reason) => self.kill(cur, Exit::Shutdown(reason)),
             Action::Continue(a) => {
                 // Re-execute the same `int 0x82` (2 bytes) with the new
                 // arguments once the domain runs again; rax still holds the
-                // hypercall number.
+                // hypercall number. The scheduler gets its say first.
                 [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8] = a;
                 d.regs.rip = d.regs.rip.wrapping_sub(2);
-                true
             }
         }
     }
@@ -781,25 +765,15 @@ impl Hv {
     }
 
     /// Picks the domain to run (BVT) and prepares its entry. The running
-    /// domain keeps the CPU unless another is due, so `resched` (a yield,
+    /// domain keeps the CPU unless another is due, or it yielded.
     /// block or expired slice) only forces the question to be asked.
-    fn schedule(&mut self, _resched: bool) -> Next {
+    fn schedule(&mut self) -> Next {
         loop {
             let now = self.now();
             let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
             let yielding = core::mem::take(&mut self.yielding);
             let pick = match current {
-                // A yield hands the CPU to the best other runnable domain,
-                // if there is one: the yielder steps aside for one pick (and
-                // rejoins at no earlier than scheduler virtual time).
-                Some(c) if yielding && self.bvt.runnable_count() > 1 => {
-                    self.bvt.block(c, now);
-                    let p = self.bvt.pick(now, None);
-                    self.bvt.wake(c, now);
-                    // The slice of the chosen domain counts the yielder as a
-                    // competitor again (it is runnable).
-                    ringfence_kernel::bvt::Pick { next: p.next, run_for_ns: p.next.and_then(|n| self.bvt.run_for(n)) }
-                }
+                Some(c) if yielding => self.bvt.pick_yielding(now, c),
                 _ => self.bvt.pick(now, current),
             };
             let Some(i) = pick.next else {
