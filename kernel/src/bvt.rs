@@ -540,16 +540,27 @@ impl<const N: usize> Bvt<N> {
     }
 
     /// `current` gives up the CPU (a yield): the runnable domain of least EVT
-    /// other than it runs, with a slice that counts `current` as a competitor
-    /// (it stays runnable and keeps its virtual time). With no other runnable
-    /// domain, `current` goes on as [`Bvt::pick`] would decide.
+    /// other than it runs. The yielder gives up any lead it had: its AVT is
+    /// raised to the chosen domain's (never lowered), so it neither preempts
+    /// that domain at once nor, by yielding in a loop, keeps a low virtual
+    /// time that would make every other domain's slice collapse. It stays
+    /// runnable and counts as a competitor for the chosen domain's slice.
+    /// With no other runnable domain, `current` goes on as [`Bvt::pick`]
+    /// would decide.
     pub fn pick_yielding(&mut self, now: Ns, current: usize) -> Pick {
         if !self.is_runnable(current) {
             return self.pick(now, None);
         }
         self.observe(now);
         match self.best(Some(current)) {
-            Some((n, _)) => Pick { next: Some(n), run_for_ns: self.run_for(n) },
+            Some((n, _)) => {
+                let other = self.entity(n).map_or(0, |e| e.avt);
+                if let Some(e) = self.entity_mut(current) {
+                    e.avt = e.avt.max(other);
+                }
+                self.update_svt();
+                Pick { next: Some(n), run_for_ns: self.run_for(n) }
+            }
             None => self.pick(now, Some(current)),
         }
     }
@@ -685,14 +696,19 @@ mod tests {
         // Alone: yielding changes nothing.
         assert_eq!(s.pick_yielding(0, 0), Pick { next: Some(0), run_for_ns: None });
         s.add(1, Params::weighted(100), 0).unwrap();
-        s.account(0, MS);
-        let avt0 = s.avt(0);
+        // Domain 1 is ahead by 1 ms; domain 0 yields.
+        s.account(1, MS);
         let p = s.pick_yielding(MS, 0);
         assert_eq!(p.next, Some(1), "the other domain runs");
-        let slice = p.run_for_ns.expect("the yielder still competes, so the slice is bounded");
-        assert!(slice <= 10 * MS, "slice {slice}");
-        assert_eq!(s.avt(0), avt0, "yielding costs no virtual time");
+        assert_eq!(s.avt(0), s.avt(1), "the yielder gives up its lead");
+        assert_eq!(p.run_for_ns, Some(5 * MS), "the other gets a full allowance, not a sliver");
         assert!(s.is_runnable(0));
+        // Yielding in a loop does not keep the yielder's virtual time low.
+        for k in 0..10 {
+            s.account(1, p.run_for_ns.unwrap());
+            let q = s.pick_yielding(MS * (k + 2), 0);
+            assert!(q.run_for_ns.unwrap() >= 5 * MS, "slice {:?} collapsed", q.run_for_ns);
+        }
         // A yield from a blocked or unknown slot is an ordinary pick.
         s.block(0, MS);
         assert_eq!(s.pick_yielding(MS, 0).next, Some(1));
