@@ -15,7 +15,31 @@
 //!   field; the guest changing them afterwards has no effect.
 //! - Counts and lengths are bounded before any copy (`-EINVAL` or `-E2BIG`).
 //! - Batches (`mmu_update`, `mmuext_op`, `multicall`) stop at the first
-//!   failing entry and report how many were done.
+//!   failing entry and report how many were done. A batch's `done` pointer
+//!   is checked writable before the first request is applied.
+//!
+//! # The budget
+//! No hypercall holds the CPU (with interrupts off) for more than
+//! [`BUDGET_NS`] plus one unit of work. Every loop over guest-sized input
+//! asks [`Env::preempt_due`] between units, and the trap layer answers true
+//! once the budget since the hypercall began is spent (or a timer deadline
+//! has passed). The work then stops at a unit boundary and returns
+//! [`Action::Continue`]: the trap layer re-executes the same `int 0x82` with
+//! the updated arguments once the scheduler has had its say, so the guest
+//! sees one hypercall. A unit is one batch request (one page-table entry or
+//! one extended op, whose validation is itself bounded to one table, see
+//! [`crate::mm`] rule 7), one multicall entry's unit of work, or
+//! [`CONSOLE_CHUNK`] console bytes. Under QEMU `-icount shift=0`, where one
+//! ns is one instruction, the budget is 50 000 instructions; `cargo xtask
+//! bench` measures the worst uninterrupted stretch a guest can cause
+//! (`worst_hypercall`).
+//!
+//! Continuation state rides in argument registers the guest passes as 0:
+//! bits 32..63 of a batch's count (requests done so far), bits 16..31 of a
+//! console write's length (bytes done so far), and a multicall's third
+//! argument (bit 0: an entry asked to yield). A multicall entry that is
+//! itself preempted has its arguments rewritten in guest memory with the
+//! continuation's (as Xen does), and the multicall resumes at that entry.
 //! - Guest addresses the hypervisor will jump to are validated once, in
 //!   [`crate::vcpu`].
 
@@ -98,42 +122,39 @@ pub trait Env {
     fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno>;
     /// Updates the entry that maps `va` in the current page tables.
     fn update_va_mapping(&mut self, va: u64, val: u64, flags: u64) -> Result<(), Errno>;
-    /// Whether the hypervisor has other work due (a timer deadline passed):
-    /// long batches then stop at the next request boundary and continue
-    /// later, so no hypercall holds the CPU for more than one request.
+    /// Whether this hypercall must stop at the next unit boundary: its
+    /// [`BUDGET_NS`] is spent or other work is due (a timer deadline
+    /// passed). Long work then continues later (see the module docs).
     fn preempt_due(&mut self) -> bool;
 }
 
-/// Largest batch inside a multicall entry: nested batches cannot be
-/// preempted, so they are kept short.
-pub const NESTED_BATCH_MAX: u64 = 64;
+/// Longest a hypercall runs before it continues later, in ns of system
+/// time (50 000 instructions under QEMU `-icount shift=0`).
+pub const BUDGET_NS: u64 = 50_000;
+
+/// Console bytes written per unit of work of a `console_io` write.
+pub const CONSOLE_CHUNK: usize = 128;
 
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
 pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
-    dispatch_in(env, nr, a, false)
-}
-
-/// `nested`: called from a multicall entry (batches are not preemptible
-/// there, and are limited to [`NESTED_BATCH_MAX`]).
-fn dispatch_in<E: Env>(env: &mut E, nr: u64, a: [u64; 5], nested: bool) -> Action {
     match nr {
         hypercall::SET_TRAP_TABLE => ret(set_trap_table(env, a[0])),
-        hypercall::MMU_UPDATE => mmu_update(env, a, nested),
+        hypercall::MMU_UPDATE => mmu_update(env, a),
         hypercall::STACK_SWITCH => ret(env.vcpu().stack_switch(a[0], a[1]).map(|_| 0)),
         hypercall::SET_CALLBACKS => ret(env.vcpu().callbacks.set(a[0], a[1], a[2]).map(|_| 0)),
         hypercall::MEMORY_OP => ret(memory_op(env, a[0], a[1])),
-        hypercall::MULTICALL => multicall(env, a[0], a[1]),
+        hypercall::MULTICALL => multicall(env, a[0], a[1], a[2]),
         hypercall::UPDATE_VA_MAPPING => ret(update_va_mapping(env, a[0], a[1], a[2])),
         hypercall::SET_TIMER_OP => {
             env.vcpu().timer = if a[0] == 0 { None } else { Some(a[0]) };
             Action::Return(0)
         }
         hypercall::XEN_VERSION => ret(xen_version(a[0])),
-        hypercall::CONSOLE_IO => ret(console(env, a[0], a[1], a[2])),
+        hypercall::CONSOLE_IO => console(env, a[0], a[1], a[2]),
         hypercall::VCPU_OP => ret(vcpu_op(env, a[0], a[1], a[2])),
         hypercall::SET_SEGMENT_BASE => ret(set_segment_base(env, a[0], a[1])),
-        hypercall::MMUEXT_OP => mmuext_op(env, a, nested),
+        hypercall::MMUEXT_OP => mmuext_op(env, a),
         hypercall::SCHED_OP => sched(env, a[0], a[1]),
         hypercall::EVENT_CHANNEL_OP => ret(event_channel_op(env, a[0], a[1])),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
@@ -189,9 +210,13 @@ fn set_trap_table<E: Env>(env: &mut E, ptr: u64) -> Result<u64, Errno> {
                 break;
             }
         }
-        if n == entries.len() && entries[n - 1].address != 0 {
+        if entries[n - 1].address != 0 {
+            // No terminator within MAX_TRAP_TABLE + 1 entries.
             return Err(Errno::E2BIG);
         }
+        // The terminator is not a handler: a full table of
+        // MAX_TRAP_TABLE handlers plus its terminator is accepted.
+        n -= 1;
     }
     env.vcpu().traps.set(&entries[..n]).map(|_| 0)
 }
@@ -211,28 +236,25 @@ const CHUNK: usize = 32;
 /// Runs a batch of fixed-size (`SIZE`-byte) requests: `a` is (base, count,
 /// done_ptr, domid). Requests are applied in order with `apply`; the batch
 /// stops at the first failure and reports how many were done through
-/// done_ptr (if not 0).
+/// done_ptr (if not 0). `done_ptr` is written (with the count done so far)
+/// before the first request is applied, so an unwritable one fails the
+/// batch with `-EFAULT` before it changes anything; only a batch that makes
+/// its own `done` page unwritable gets `-EFAULT` after applying requests.
 ///
 /// Preemption: when [`Env::preempt_due`] says so, the batch stops at a
 /// request boundary (after at least one request) and returns
 /// [`Action::Continue`] with the base advanced and the remaining count. The
 /// number already done rides in bits 32..63 of the count argument, so the
 /// final done count covers the whole batch. Guests pass 0 there.
-fn batch<E: Env, const SIZE: usize>(
-    env: &mut E,
-    a: [u64; 5],
-    nested: bool,
-    apply: fn(&mut E, &[u8]) -> Result<(), Errno>,
-) -> Action {
+fn batch<E: Env, const SIZE: usize>(env: &mut E, a: [u64; 5], apply: fn(&mut E, &[u8]) -> Result<(), Errno>) -> Action {
     let [base, count_arg, done_ptr, domid, _] = a;
     let (count, done_before) = (count_arg & 0xffff_ffff, count_arg >> 32);
     let r: Result<(), Errno> = (|| {
         self_domain(domid)?;
-        let limit = if nested { NESTED_BATCH_MAX } else { MAX_BATCH };
-        if count > limit || done_before > MAX_BATCH {
+        if count > MAX_BATCH || done_before > MAX_BATCH {
             return Err(Errno::E2BIG);
         }
-        Ok(())
+        report_done(env, done_ptr, done_before)
     })();
     if let Err(e) = r {
         return Action::Return(e.to_ret());
@@ -245,7 +267,7 @@ fn batch<E: Env, const SIZE: usize>(
             element(base, i, SIZE as u64).and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut())).is_ok();
         for (j, req) in buf[..n].iter_mut().enumerate() {
             let at = i + j as u64;
-            if at > 0 && !nested && env.preempt_due() {
+            if at > 0 && env.preempt_due() {
                 let Ok(next) = element(base, at, SIZE as u64) else {
                     return Action::Return(Errno::EFAULT.to_ret());
                 };
@@ -264,12 +286,12 @@ fn batch<E: Env, const SIZE: usize>(
     ret(report_done(env, done_ptr, done_before + count).map(|_| 0))
 }
 
-fn mmu_update<E: Env>(env: &mut E, a: [u64; 5], nested: bool) -> Action {
-    batch::<E, 16>(env, a, nested, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }))
+fn mmu_update<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
+    batch::<E, 16>(env, a, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }))
 }
 
-fn mmuext_op<E: Env>(env: &mut E, a: [u64; 5], nested: bool) -> Action {
-    batch::<E, 24>(env, a, nested, |env, b| {
+fn mmuext_op<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
+    batch::<E, 24>(env, a, |env, b| {
         env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
     })
 }
@@ -306,22 +328,21 @@ fn memory_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     }
 }
 
-fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
+/// `multicall(calls, count, state)`: `state` is continuation state (bit 0:
+/// an entry asked to yield); guests pass 0.
+fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action {
     if count > MULTICALL_MAX {
         return Action::Return(Errno::E2BIG.to_ret());
     }
-    let mut yield_after = false;
+    let mut yield_after = state & 1 != 0;
     for i in 0..count {
-        if i > 0 && env.preempt_due() {
-            let Ok(next) = element(calls, i, 64) else {
-                return Action::Return(Errno::EFAULT.to_ret());
-            };
-            return Action::Continue([next, count - i, 0, 0, 0]);
-        }
         let at = match element(calls, i, 64) {
             Ok(a) => a,
             Err(e) => return Action::Return(e.to_ret()),
         };
+        if i > 0 && env.preempt_due() {
+            return Action::Continue([at, count - i, u64::from(yield_after), 0, 0]);
+        }
         let mut b = [0u8; 64];
         if let Err(e) = env.copy_from_guest(at, &mut b) {
             return Action::Return(e.to_ret());
@@ -334,7 +355,7 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
             // before anything, such as the event mask, is touched).
             hypercall::MULTICALL => Errno::EINVAL.to_ret(),
             _ if sleeps => Errno::EINVAL.to_ret(),
-            _ => match dispatch_in(env, op, args, true) {
+            _ => match dispatch(env, op, args) {
                 Action::Return(v) => v,
                 Action::Yield => {
                     yield_after = true;
@@ -348,8 +369,19 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
                     Errno::EINVAL.to_ret()
                 }
                 Action::Shutdown(r) => return Action::Shutdown(r),
-                // Nested batches are never preempted.
-                Action::Continue(_) => Errno::EINVAL.to_ret(),
+                // The entry ran out of budget part-way: it continues with
+                // the arguments it returned, written back into its entry,
+                // and the multicall resumes at this entry.
+                Action::Continue(next) => {
+                    let mut args = [0u8; 40];
+                    for (k, v) in next.iter().enumerate() {
+                        args[8 * k..8 * k + 8].copy_from_slice(&v.to_le_bytes());
+                    }
+                    if let Err(e) = env.copy_to_guest(at + 16, &args) {
+                        return Action::Return(e.to_ret());
+                    }
+                    return Action::Continue([at, count - i, u64::from(yield_after), 0, 0]);
+                }
             },
         };
         if let Err(e) = env.copy_to_guest(at + 8, &(result as u64).to_le_bytes()) {
@@ -363,31 +395,45 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64) -> Action {
     }
 }
 
-fn console<E: Env>(env: &mut E, cmd: u64, len: u64, buf: u64) -> Result<u64, Errno> {
+/// `console_io(cmd, len, buf)`. A write copies what is left of the buffer
+/// once (so a bad pointer fails before anything is written), then goes out
+/// in [`CONSOLE_CHUNK`]-byte units and continues when the budget is spent;
+/// the bytes done so far ride in bits 16..31 of `len` (guests pass 0, and
+/// bits 32..63 must be 0) and the result is the whole length.
+fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
     match cmd {
         console_io::WRITE => {
-            if len > console_io::MAX_WRITE {
-                return Err(Errno::EINVAL);
+            let (len, done) = (len_arg & 0xffff, (len_arg >> 16) & 0xffff);
+            if len_arg >> 32 != 0 || len + done > console_io::MAX_WRITE {
+                return Action::Return(Errno::EINVAL.to_ret());
             }
             let mut bytes = [0u8; console_io::MAX_WRITE as usize];
             let bytes = &mut bytes[..len as usize];
-            env.copy_from_guest(buf, bytes)?;
-            env.console_write(bytes);
-            Ok(len)
+            if let Err(e) = env.copy_from_guest(buf, bytes) {
+                return Action::Return(e.to_ret());
+            }
+            for (k, chunk) in bytes.chunks(CONSOLE_CHUNK).enumerate() {
+                let off = (k * CONSOLE_CHUNK) as u64;
+                if off > 0 && env.preempt_due() {
+                    return Action::Continue([cmd, (len - off) | ((done + off) << 16), buf.wrapping_add(off), 0, 0]);
+                }
+                env.console_write(chunk);
+            }
+            Action::Return((done + len) as i64)
         }
-        console_io::READ => {
+        console_io::READ => ret((|| {
             if !env.privileged() {
                 return Err(Errno::EPERM);
             }
-            if len > console_io::MAX_WRITE {
+            if len_arg > console_io::MAX_WRITE {
                 return Err(Errno::EINVAL);
             }
             let mut bytes = [0u8; console_io::MAX_WRITE as usize];
-            let n = env.console_read(&mut bytes[..len as usize]);
+            let n = env.console_read(&mut bytes[..len_arg as usize]);
             env.copy_to_guest(buf, &bytes[..n])?;
             Ok(n as u64)
-        }
-        _ => Err(Errno::ENOSYS),
+        })()),
+        _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
 

@@ -10,12 +10,15 @@
 //! | [`guest_mem`] | the one accessor that turns guest pointers into memory |
 //! | [`elf`] | the one ELF loader: validation and load plan |
 //! | [`builder`] | a domain's initial memory, page tables and start info |
-//! | [`hypercall`] | the hypercall table and its argument validation |
+//! | [`hypercall`] | the hypercall table, its argument validation and its budget |
+//! | [`account`] | who is charged for each nanosecond of CPU time |
+//! | [`bvt`] | the borrowed-virtual-time scheduler |
 //! | [`domain`] | domain states, exits and the end-of-run verdict |
 //! | [`console`] | per-domain line buffering and sanitising |
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+pub mod account;
 pub mod builder;
 pub mod bvt;
 pub mod console;

@@ -63,7 +63,8 @@ const SPY_ATTEMPTS: &[(&str, &str)] = &[
     ("int-timer", "(an IDT gate)"),
     ("int-pagefault", "(an IDT gate)"),
     ("syscall", "#UD (invalid opcode) in ring 1"),
-    ("canonical-hole", "non-canonical return frame"),
+    ("canonical-hole", "trap from the last bytes below the canonical hole: return address 0x800000000000"),
+    ("canonical-hole-hypercall", "trap from the last bytes below the canonical hole: return address 0x800000000000 (vector 0x82)"),
 ];
 
 fn scenarios() -> Vec<Scenario> {
@@ -443,7 +444,16 @@ fn scenarios() -> Vec<Scenario> {
             append: "",
             icount: false,
             expect: Outcome::Fail,
-            check: |out| need(out, "every live domain is blocked and nothing can wake them: deadlock"),
+            check: |out| {
+                need(out, "every live domain is blocked and nothing can wake them: deadlock")?;
+                need(out, "(rf) the run ended after ")?;
+                need(out, " with 1 domain(s) still alive:")?;
+                let row = find_line(out, " blocker ")?;
+                if !row.contains(" NO ") || !row.ends_with("still blocked (never ended)") {
+                    return Err(format!("the report does not show the blocked domain as such: {row}"));
+                }
+                deny(out, "all domains have ended")
+            },
         },
         Scenario {
             name: "hv-fault",

@@ -30,6 +30,10 @@ struct FakeEnv {
     /// `preempt_due` answers true every this many calls (0: never).
     preempt_every: u32,
     preempt_calls: u32,
+    /// Fake clock: ns each mmu/ext request costs (added to `now`).
+    cost_ns: u64,
+    /// `preempt_due` answers true once `now` reaches this (the budget).
+    budget_end: Option<u64>,
 }
 
 impl FakeEnv {
@@ -52,6 +56,8 @@ impl FakeEnv {
             poison: u64::MAX,
             preempt_every: 0,
             preempt_calls: 0,
+            cost_ns: 0,
+            budget_end: None,
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -130,6 +136,7 @@ impl Env for FakeEnv {
         if req.ptr == self.poison {
             return Err(Errno::EINVAL);
         }
+        self.now += self.cost_ns;
         self.mmu.push(req);
         Ok(())
     }
@@ -137,6 +144,7 @@ impl Env for FakeEnv {
         if op.arg1 == self.poison {
             return Err(Errno::EINVAL);
         }
+        self.now += self.cost_ns;
         self.ext.push(op);
         Ok(())
     }
@@ -146,6 +154,9 @@ impl Env for FakeEnv {
     }
     fn preempt_due(&mut self) -> bool {
         self.preempt_calls += 1;
+        if self.budget_end.is_some_and(|end| self.now >= end) {
+            return true;
+        }
         self.preempt_every != 0 && self.preempt_calls.is_multiple_of(self.preempt_every)
     }
 }
@@ -323,6 +334,12 @@ fn set_trap_table_bad_inputs() {
         e.put(t + 16 * i, &trap_entry(6, 0, BASE));
     }
     assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [t, 0, 0, 0, 0]), r(Errno::E2BIG), "no terminator");
+    // A full table: MAX_TRAP_TABLE handlers and then the terminator.
+    e.put(t + 16 * MAX_TRAP_TABLE as u64, &trap_entry(0, 0, 0));
+    assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [t, 0, 0, 0, 0]), OK, "a full table is accepted");
+    assert!(e.vcpu.traps.handler(14).is_some() && e.vcpu.traps.handler(6).is_some());
+    e.put(t + 16 * MAX_TRAP_TABLE as u64, &trap_entry(6, 0, BASE));
+    e.vcpu = Vcpu::default();
     assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [ENTRY_AREA_BASE, 0, 0, 0, 0]), r(Errno::EFAULT));
     assert_eq!(e.call(hypercall::SET_TRAP_TABLE, [u64::MAX - 8, 0, 0, 0, 0]), r(Errno::EFAULT));
     assert_eq!(e.vcpu.traps.handler(14), None, "nothing installed by failed calls");
@@ -608,17 +625,134 @@ fn preempted_multicall_continues_where_it_stopped() {
 }
 
 #[test]
-fn nested_batches_are_short_and_never_preempted() {
+fn nested_batches_are_preempted_and_resume_in_their_entry() {
     let mut e = FakeEnv::new();
     let reqs = BASE + 0x2000;
-    let list: std::vec::Vec<(u64, u64)> = (0..65).map(|i| (8 * i, i)).collect();
+    let list: std::vec::Vec<(u64, u64)> = (0..200).map(|i| (8 * i, i)).collect();
     put_mmu(&mut e, reqs, &list);
     let c = BASE + 0x4000;
-    put_call(&mut e, c, hypercall::MMU_UPDATE, [reqs, 64, 0, DOMID_SELF, 0]);
-    put_call(&mut e, c + 64, hypercall::MMU_UPDATE, [reqs, 65, 0, DOMID_SELF, 0]);
-    e.preempt_every = 1;
+    let done = BASE + 0x3000;
+    put_call(&mut e, c, hypercall::MMU_UPDATE, [reqs, 150, done, DOMID_SELF, 0]);
+    put_call(&mut e, c + 64, hypercall::MMU_UPDATE, [reqs + 150 * 16, 50, 0, DOMID_SELF, 0]);
+    put_call(&mut e, c + 128, hypercall::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+    put_call(&mut e, c + 192, hypercall::MMU_UPDATE, [reqs, 1, 0, DOMID_SELF, 0]);
+    e.preempt_every = 10;
+    let (res, n) = run_to_end(&mut e, hypercall::MULTICALL, [c, 4, 0, 0, 0]);
+    assert_eq!(res, Action::Yield, "a yield requested before a continuation survives it");
+    assert!(n >= 20, "the nested batches were preempted ({n} continuations)");
+    assert_eq!(e.mmu.len(), 201, "every request applied exactly once");
+    assert!(e.mmu[..200].iter().enumerate().all(|(i, m)| m.val == i as u64), "in order");
+    assert_eq!(e.get(done, 4), 150u32.to_le_bytes(), "the entry's done counts its whole batch");
+    for i in 0..4 {
+        assert_eq!(e.get(c + 64 * i + 8, 8), 0u64.to_le_bytes(), "entry {i} succeeded");
+    }
+    // A nested batch beyond MAX_BATCH is refused like a direct one.
+    put_call(&mut e, c, hypercall::MMU_UPDATE, [reqs, MAX_BATCH + 1, 0, DOMID_SELF, 0]);
     assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c, 1, 0, 0, 0]), OK);
-    assert_eq!(e.mmu.len(), 64, "the nested batch ran whole");
-    assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c + 64, 1, 0, 0, 0]), OK);
-    assert_eq!(i64::from_le_bytes(e.get(c + 72, 8).try_into().unwrap()), Errno::E2BIG.to_ret());
+    assert_eq!(i64::from_le_bytes(e.get(c + 8, 8).try_into().unwrap()), Errno::E2BIG.to_ret());
+}
+
+#[test]
+fn a_preempted_entry_whose_arguments_cannot_be_rewritten_fails_the_multicall() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let list: std::vec::Vec<(u64, u64)> = (0..20).map(|i| (8 * i, i)).collect();
+    put_mmu(&mut e, reqs, &list);
+    // The entry sits in read-only memory: its result cannot be written
+    // either, so the multicall ends with EFAULT at the first unit boundary.
+    put_call(&mut e, BASE + RO_FROM, hypercall::MMU_UPDATE, [reqs, 20, 0, DOMID_SELF, 0]);
+    e.preempt_every = 5;
+    assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [BASE + RO_FROM, 1, 0, 0, 0]), r(Errno::EFAULT));
+}
+
+#[test]
+fn a_read_only_done_pointer_fails_before_anything_is_applied() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    put_mmu(&mut e, reqs, &[(0, 1), (8, 2)]);
+    assert_eq!(e.call(hypercall::MMU_UPDATE, [reqs, 2, BASE + RO_FROM, DOMID_SELF, 0]), r(Errno::EFAULT));
+    assert!(e.mmu.is_empty(), "nothing applied");
+    assert_eq!(e.call(hypercall::MMUEXT_OP, [reqs, 1, BASE + RO_FROM, DOMID_SELF, 0]), r(Errno::EFAULT));
+    assert!(e.ext.is_empty(), "nothing applied");
+}
+
+#[test]
+fn console_writes_continue_in_chunks_and_return_the_whole_length() {
+    let mut e = FakeEnv::new();
+    let buf = BASE + 0x5000;
+    let text: std::vec::Vec<u8> = (0..4096u32).map(|i| b'a' + (i % 26) as u8).collect();
+    e.put(buf, &text);
+    e.preempt_every = 1;
+    let (res, n) = run_to_end(&mut e, hypercall::CONSOLE_IO, [console_io::WRITE, 4096, buf, 0, 0]);
+    assert_eq!(res, Action::Return(4096));
+    assert_eq!(n as usize, 4096 / CONSOLE_CHUNK - 1, "one chunk per unit");
+    assert_eq!(e.console, text, "every byte once, in order");
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [console_io::WRITE, 10 | (4090 << 16), buf, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [console_io::WRITE, 10 | (1 << 32), buf, 0, 0]), r(Errno::EINVAL));
+}
+
+/// Rule of `crate::account`: a fake clock advanced inside a handler shows
+/// up in the caller's BVT account, and in no one else's.
+#[test]
+fn time_spent_inside_a_hypercall_is_charged_to_its_caller() {
+    use crate::account::Meter;
+    use crate::bvt::{Bvt, Params, DEFAULT_WEIGHT, VT_SCALE};
+    let mut bvt: Bvt<2> = Bvt::new(5_000_000);
+    bvt.add(0, Params::weighted(DEFAULT_WEIGHT), 0).unwrap();
+    bvt.add(1, Params::weighted(DEFAULT_WEIGHT), 0).unwrap();
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let list: std::vec::Vec<(u64, u64)> = (0..64).map(|i| (8 * i, i)).collect();
+    put_mmu(&mut e, reqs, &list);
+    let c = BASE + 0x4000;
+    for i in 0..8 {
+        put_call(&mut e, c + 64 * i, hypercall::MMU_UPDATE, [reqs, 64, 0, DOMID_SELF, 0]);
+    }
+    e.now = 0;
+    e.cost_ns = 1_000;
+    let mut m = Meter::new(0);
+    // The caller ran 500 ns and trapped (charge point 1) ...
+    e.now = 500;
+    m.charge(&mut bvt, 0, e.now);
+    // ... then the hypercall did 8 x 64 requests of 1 us each (point 2).
+    assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c, 8, 0, 0, 0]), OK);
+    assert_eq!(m.charge(&mut bvt, 0, e.now), 512_000);
+    let ns = |slot| bvt.avt(slot).unwrap() * u128::from(DEFAULT_WEIGHT) / u128::from(VT_SCALE);
+    assert_eq!(ns(0), 512_500, "the caller pays for its run and for the work inside its hypercall");
+    assert_eq!(ns(1), 0, "the other domain pays nothing");
+}
+
+/// The budget: with a fake clock, no invocation of a multicall storm runs
+/// past `BUDGET_NS` plus one unit of work, and the storm still completes.
+#[test]
+fn no_hypercall_runs_past_its_budget_plus_one_unit() {
+    let mut e = FakeEnv::new();
+    let reqs = BASE + 0x2000;
+    let list: std::vec::Vec<(u64, u64)> = (0..512).map(|i| (8 * (i % 64), i)).collect();
+    put_mmu(&mut e, reqs, &list);
+    let c = BASE + 0x3000;
+    for i in 0..MULTICALL_MAX {
+        put_call(&mut e, c + 64 * i, hypercall::MMU_UPDATE, [reqs, 512, 0, DOMID_SELF, 0]);
+    }
+    e.cost_ns = 700;
+    let mut a = [c, MULTICALL_MAX, 0, 0, 0];
+    let mut longest = 0;
+    let mut invocations = 0;
+    loop {
+        let start = e.now;
+        e.budget_end = Some(start + BUDGET_NS);
+        let act = dispatch(&mut e, hypercall::MULTICALL, a);
+        longest = longest.max(e.now - start);
+        invocations += 1;
+        match act {
+            Action::Continue(next) => a = next,
+            other => {
+                assert_eq!(other, OK);
+                break;
+            }
+        }
+    }
+    assert_eq!(e.mmu.len(), 512 * MULTICALL_MAX as usize, "every request applied exactly once");
+    assert!(longest <= BUDGET_NS + e.cost_ns, "longest invocation {longest} ns");
+    assert!(invocations >= 512 * 64 / (BUDGET_NS / 700 + 1), "{invocations} invocations");
 }

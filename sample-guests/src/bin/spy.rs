@@ -42,6 +42,7 @@ const ATTEMPTS: &[(&str, &str)] = &[
     ("int-pagefault", "forge a page fault with int 14"),
     ("syscall", "use the syscall instruction from ring 1 (only ring 3 may)"),
     ("canonical-hole", "trap from the last bytes below the canonical hole (non-canonical return address)"),
+    ("canonical-hole-hypercall", "hypercall (shutdown: poweroff) from the last bytes below the canonical hole"),
     ("direction-flag", "enter the hypervisor with DF set (must be harmless)"),
     ("hypercalls", "pass bad pointers, lengths and numbers to hypercalls"),
 ];
@@ -91,7 +92,10 @@ fn main(si: &'static StartInfo) {
                 bad_hypercalls();
                 pvguest_sdk::sched::poweroff();
             }
-            "canonical-hole" => canonical_hole(),
+            "canonical-hole" => canonical_hole(NULL_TRAP_VECTOR),
+            // If the hypercall ran, the domain would power off instead of
+            // crashing.
+            "canonical-hole-hypercall" => canonical_hole(pvguest_sdk::abi::HYPERCALL_VECTOR),
             "direction-flag" => {
                 // DF set across a hypercall and across preemption: the
                 // hypervisor must clear it for itself and give it back.
@@ -121,22 +125,29 @@ fn main(si: &'static StartInfo) {
     println!("spy: attempt {attempt} was NOT stopped");
 }
 
-/// Maps a page just below the canonical hole and executes `int 0x83` in its
-/// last two bytes, so the CPU pushes the non-canonical return address
+/// Maps a page just below the canonical hole and executes `int vector` in
+/// its last two bytes, so the CPU pushes the non-canonical return address
 /// 0x0000_8000_0000_0000. `iretq` to it would fault in ring 0; the
-/// hypervisor must refuse to return there (crashing only this domain).
-fn canonical_hole() {
+/// hypervisor must refuse to return there (crashing only this domain), and
+/// must not carry out the hypercall (`rax`/`rdi`/`rsi` ask for a poweroff).
+fn canonical_hole(vector: u8) {
     use pvguest_sdk::mm::{self, AddressSpace, Pte};
     let mut space = AddressSpace::new_sharing_kernel().expect("address space");
     let page = mm::alloc_page().expect("page");
     // SAFETY: a fresh page of ours, mapped writable in the linear map.
-    unsafe { ((page.va() + 0xffe) as *mut [u8; 2]).write_volatile([0xcd, NULL_TRAP_VECTOR]) };
+    unsafe { ((page.va() + 0xffe) as *mut [u8; 2]).write_volatile([0xcd, vector]) };
     space.map(0x7fff_ffff_f000, page, Pte(0)).expect("map below the hole");
     space.activate().expect("activate");
-    println!("spy: jumping to 0x7ffffffffffe (int 0x83 in the last two canonical bytes)");
+    println!("spy: jumping to 0x7ffffffffffe (int {vector:#x} in the last two canonical bytes)");
     // SAFETY: not safe on purpose: the trap's return address is
     // non-canonical.
-    unsafe { asm!("mov rax, 0x7ffffffffffe", "jmp rax", out("rax") _) };
+    unsafe {
+        asm!(
+            "mov rcx, 0x7ffffffffffe", "jmp rcx",
+            in("rax") nr::SCHED_OP, in("rdi") sched_op::SHUTDOWN, in("rsi") pvguest_sdk::abi::shutdown_reason::POWEROFF,
+            out("rcx") _,
+        )
+    };
 }
 
 /// Each bad call must come back with the documented error, never crash the
