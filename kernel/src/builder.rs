@@ -6,6 +6,7 @@
 //! pfn 0 ..                 the ELF image span (from GUEST_KERNEL_BASE)
 //! start_info_pfn           start-info page
 //! shared_info_pfn          shared-info page
+//! console_pfn              console page (two byte streams, see below)
 //! mfn_list_pfn ..          the frame list: nr_pages u64 mfns, by pfn
 //! pt_pfn ..                boot page tables: PML4, PDPT, PDs, PTs
 //! stack_pfn ..             boot stack (STACK_PAGES)
@@ -38,6 +39,11 @@
 //!   repeat. A layout that broke a rule would fail the build
 //!   ([`BuildError::PageTables`]) instead of running.
 //! - On error the caller releases the domain's frames (nothing is leaked).
+//! - The console page is zeroed here and initialised as a `ByteChannel` by
+//!   the hypervisor before the guest first runs (the builder touches memory
+//!   only through [`PhysMem`]; the ring layout belongs to `ring-protocol`).
+//!   Its frame, like the shared-info frame, is held as `Writable` for the
+//!   domain's life, so the guest can never make it a page table.
 
 use crate::elf::{ElfError, ElfImage, LoadPolicy};
 use crate::frames::{DomId, FrameError, FrameTable, Mfn, Owner};
@@ -46,7 +52,7 @@ use crate::mm::Mm;
 use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
-use pvguest_abi::start_info::{fill_c_str, StartInfo, CONSOLE_HYPERCALL, SIF_INITDOMAIN, SIF_PRIVILEGED};
+use pvguest_abi::start_info::{fill_c_str, ConsoleInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED};
 use pvguest_abi::Errno;
 
 /// Pages of boot stack given to every guest.
@@ -67,6 +73,8 @@ pub struct Layout {
     pub start_info_pfn: u64,
     /// The shared-info page.
     pub shared_info_pfn: u64,
+    /// The console page.
+    pub console_pfn: u64,
     /// First page of the frame list.
     pub mfn_list_pfn: u64,
     /// Pages of the frame list.
@@ -98,7 +106,8 @@ impl Layout {
         let nr_pt_frames = 2 + nr_pds + nr_pts;
         let start_info_pfn = image_pages;
         let shared_info_pfn = start_info_pfn + 1;
-        let mfn_list_pfn = shared_info_pfn + 1;
+        let console_pfn = shared_info_pfn + 1;
+        let mfn_list_pfn = console_pfn + 1;
         let pt_pfn = mfn_list_pfn + mfn_list_pages;
         let stack_pfn = pt_pfn + nr_pt_frames;
         let first_free_pfn = stack_pfn + STACK_PAGES;
@@ -110,6 +119,7 @@ impl Layout {
             image_pages,
             start_info_pfn,
             shared_info_pfn,
+            console_pfn,
             mfn_list_pfn,
             mfn_list_pages,
             pt_pfn,
@@ -204,6 +214,8 @@ pub struct Built {
     pub start_info_va: u64,
     /// Machine frame of the shared-info page.
     pub shared_info_mfn: Mfn,
+    /// Machine frame of the console page (zeroed).
+    pub console_mfn: Mfn,
     /// The layout used.
     pub layout: Layout,
 }
@@ -221,6 +233,8 @@ pub struct DomainConfig<'a> {
     pub nr_pages: u64,
     /// Privileged (dom0).
     pub privileged: bool,
+    /// The console's event-channel port (already bound by the caller).
+    pub console_evtchn: u32,
 }
 
 /// Validates `image` and builds the domain in freshly allocated frames.
@@ -333,7 +347,12 @@ pub fn build<M: PhysMem>(
     si.mfn_list = Layout::va(layout.mfn_list_pfn);
     si.first_free_pfn = layout.first_free_pfn;
     si.virt_base = GUEST_KERNEL_BASE;
-    si.console.kind = CONSOLE_HYPERCALL;
+    si.console = ConsoleInfo {
+        kind: CONSOLE_RING,
+        evtchn: cfg.console_evtchn,
+        ring_mfn: p2m.get(mem, layout.console_pfn),
+        ring_va: Layout::va(layout.console_pfn),
+    };
     fill_c_str(&mut si.name, cfg.name);
     fill_c_str(&mut si.cmdline, cfg.cmdline);
     let si_mfn = p2m.get(mem, layout.start_info_pfn);
@@ -345,6 +364,7 @@ pub fn build<M: PhysMem>(
         stack_top: Layout::va(layout.stack_pfn + STACK_PAGES),
         start_info_va: Layout::va(layout.start_info_pfn),
         shared_info_mfn: p2m.get(mem, layout.shared_info_pfn),
+        console_mfn: p2m.get(mem, layout.console_pfn),
         layout,
     })
 }
@@ -405,7 +425,8 @@ mod tests {
         assert_eq!(l.start_info_pfn, 4);
         assert_eq!(l.mfn_list_pages, 1);
         assert_eq!(l.nr_pt_frames, 4);
-        assert_eq!(l.first_free_pfn, 4 + 2 + 1 + 4 + STACK_PAGES);
+        assert_eq!(l.console_pfn, 6);
+        assert_eq!(l.first_free_pfn, 4 + 3 + 1 + 4 + STACK_PAGES);
     }
 
     #[test]
@@ -464,7 +485,8 @@ mod tests {
         let mut store = std::vec![FrameInfo::RESERVED; 1024];
         let mut frames = FrameTable::new(&mut store);
         frames.add_free_range(100, 1024);
-        let cfg = DomainConfig { domid: 3, name: "t", cmdline: "x=1", nr_pages: 128, privileged: false };
+        let cfg =
+            DomainConfig { domid: 3, name: "t", cmdline: "x=1", nr_pages: 128, privileged: false, console_evtchn: 1 };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
         assert_eq!(frames.count_owned(Owner::Domain(3)), 128);
         assert_eq!(b.entry, GUEST_KERNEL_BASE + 0x10);
@@ -483,6 +505,10 @@ mod tests {
         assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access { write: false, user: true }).is_err());
         // Beyond the domain's memory nothing is mapped.
         assert!(v.translate(GuestVa(Layout::va(128)), Access::KERNEL_READ).is_err());
+        // The console page is the guest's to write, and the start info
+        // points at it.
+        let console = Layout::va(b.layout.console_pfn);
+        assert_eq!(v.translate(GuestVa(console), Access::KERNEL_WRITE), Ok(b.console_mfn * 4096));
         // The start info names the domain and its frame list matches.
         let mut si = [0u8; 256];
         v.copy_from(GuestVa(b.start_info_va), &mut si).unwrap();
@@ -503,7 +529,8 @@ mod tests {
         let mut mem = FakeMem::default();
         let mut frames = FrameTable::new(store);
         frames.add_free_range(100, 2048);
-        let cfg = DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false };
+        let cfg =
+            DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false, console_evtchn: 1 };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
         (mem, frames, b)
     }
@@ -597,7 +624,8 @@ mod tests {
         let mut store = std::vec![FrameInfo::RESERVED; 64];
         let mut frames = FrameTable::new(&mut store);
         frames.add_free_range(0, 64);
-        let cfg = DomainConfig { domid: 1, name: "t", cmdline: "", nr_pages: 128, privileged: false };
+        let cfg =
+            DomainConfig { domid: 1, name: "t", cmdline: "", nr_pages: 128, privileged: false, console_evtchn: 1 };
         let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
         assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
         assert_eq!(frames.count_owned(Owner::Domain(1)), 0);

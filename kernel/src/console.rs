@@ -1,10 +1,20 @@
-//! Per-domain console lines.
+//! Per-domain console lines and their rate limit.
 //!
 //! Guest output is buffered per domain until a newline (or until the line is
 //! full) and then printed whole, prefixed with the domain's name, so lines
 //! from different domains never interleave mid-line. Guest bytes are hostile:
 //! control characters (including terminal escape sequences) are shown as
 //! `\xNN` and never reach the operator's terminal raw.
+//!
+//! # Rate limit
+//! Writing to the UART is the hypervisor's time, so each domain has a token
+//! bucket ([`ConsoleOut`]): [`BURST_BYTES`] of output at once and
+//! [`RATE_BYTES_PER_S`] after that, counted in bytes as shown (escapes
+//! included). A line that does not fit is dropped whole and counted; the
+//! next line that fits is preceded by `(N bytes dropped)`, so a flooding
+//! domain loses only its own output and the operator sees that it did.
+//! The caller charges the work to the writing domain (see
+//! [`crate::account`]).
 
 /// Longest line kept before it is flushed with a continuation mark.
 pub const LINE_MAX: usize = 200;
@@ -63,11 +73,139 @@ impl LineBuffer {
     }
 }
 
+/// Output bytes a domain may print at once.
+pub const BURST_BYTES: u64 = 64 * 1024;
+/// Output bytes per second a domain may print after its burst.
+pub const RATE_BYTES_PER_S: u64 = 32 * 1024;
+
+/// One domain's console output: line assembly plus the rate limit.
+pub struct ConsoleOut {
+    line: LineBuffer,
+    tokens: u64,
+    /// Time up to which tokens have been added.
+    refilled_at: u64,
+    /// Token-nanoseconds not yet worth a whole token.
+    frac: u64,
+    /// Guest bytes dropped since the last notice.
+    dropped: u64,
+}
+
+impl ConsoleOut {
+    /// A full bucket at time `now`.
+    pub const fn new(now: u64) -> Self {
+        ConsoleOut { line: LineBuffer::new(), tokens: BURST_BYTES, refilled_at: now, frac: 0, dropped: 0 }
+    }
+
+    fn refill(&mut self, now: u64) {
+        let dt = now.saturating_sub(self.refilled_at);
+        self.refilled_at = self.refilled_at.max(now);
+        // Exact: credit is kept in token-nanoseconds, the remainder carried.
+        let credit = u128::from(dt) * u128::from(RATE_BYTES_PER_S) + u128::from(self.frac);
+        let add = credit / 1_000_000_000;
+        self.frac = (credit % 1_000_000_000) as u64;
+        self.tokens = (u128::from(self.tokens) + add).min(u128::from(BURST_BYTES)) as u64;
+        if self.tokens == BURST_BYTES {
+            self.frac = 0;
+        }
+    }
+
+    /// Takes guest bytes at time `now`; `emit` gets each line to show
+    /// (sanitised, without the domain tag), a dropped-bytes notice first
+    /// when output was lost.
+    pub fn push(&mut self, bytes: &[u8], now: u64, mut emit: impl FnMut(&str)) {
+        self.refill(now);
+        let (tokens, dropped) = (&mut self.tokens, &mut self.dropped);
+        self.line.push(bytes, |l| Self::admit(tokens, dropped, l, &mut emit));
+    }
+
+    /// Shows what is buffered and any pending dropped-bytes notice (the
+    /// domain ended), within the limit.
+    pub fn flush(&mut self, now: u64, mut emit: impl FnMut(&str)) {
+        self.refill(now);
+        if !self.line.is_empty() {
+            let (tokens, dropped) = (&mut self.tokens, &mut self.dropped);
+            self.line.flush(&mut |l: &str| Self::admit(tokens, dropped, l, &mut emit));
+        }
+        if self.dropped > 0 {
+            Self::notice(&mut self.dropped, &mut emit);
+        }
+    }
+
+    fn admit(tokens: &mut u64, dropped: &mut u64, line: &str, emit: &mut impl FnMut(&str)) {
+        let cost = line.len() as u64 + 1;
+        if *tokens < cost {
+            *dropped += cost;
+            return;
+        }
+        *tokens -= cost;
+        if *dropped > 0 {
+            Self::notice(dropped, emit);
+        }
+        emit(line);
+    }
+
+    fn notice(dropped: &mut u64, emit: &mut impl FnMut(&str)) {
+        let mut msg: heapless::String<48> = heapless::String::new();
+        let _ = core::fmt::Write::write_fmt(&mut msg, format_args!("({} bytes dropped)", *dropped));
+        emit(&msg);
+        *dropped = 0;
+    }
+
+    /// Bytes dropped since the last notice.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::string::String;
     use std::vec::Vec;
+
+    #[test]
+    fn a_flood_loses_only_what_exceeds_the_bucket_and_says_so() {
+        let mut c = ConsoleOut::new(0);
+        let mut out: Vec<String> = Vec::new();
+        let line = [b'y'; 99];
+        let mut shown = 0u64;
+        for _ in 0..2_000 {
+            c.push(&line, 0, |l| out.push(String::from(l)));
+            c.push(b"\n", 0, |l| out.push(String::from(l)));
+        }
+        shown += out.iter().map(|l| l.len() as u64 + 1).sum::<u64>();
+        assert_eq!(out.len() as u64, BURST_BYTES / 100, "the burst, in whole lines");
+        assert!(shown <= BURST_BYTES);
+        assert_eq!(c.dropped(), (2_000 - BURST_BYTES / 100) * 100);
+        // One second later the rate allows RATE_BYTES_PER_S more; the notice
+        // comes first.
+        out.clear();
+        c.push(b"after\n", 1_000_000_000, |l| out.push(String::from(l)));
+        assert_eq!(out, [std::format!("({} bytes dropped)", (2_000 - BURST_BYTES / 100) * 100), "after".into()]);
+        assert_eq!(c.dropped(), 0);
+    }
+
+    #[test]
+    fn refill_is_exact_over_many_small_steps() {
+        let mut c = ConsoleOut::new(0);
+        c.tokens = 0;
+        // 1000 steps of 1 ms: exactly one second of tokens.
+        for i in 1..=1000u64 {
+            c.refill(i * 1_000_000);
+        }
+        assert_eq!(c.tokens, RATE_BYTES_PER_S);
+    }
+
+    #[test]
+    fn flush_shows_a_partial_line_and_a_pending_notice() {
+        let mut c = ConsoleOut::new(0);
+        c.tokens = 10;
+        let mut out: Vec<String> = Vec::new();
+        c.push(b"this line is too long\nok", 0, |l| out.push(String::from(l)));
+        assert!(out.is_empty());
+        c.flush(0, |l| out.push(String::from(l)));
+        assert_eq!(out, ["(22 bytes dropped)", "ok"]);
+    }
 
     fn run(chunks: &[&[u8]]) -> Vec<String> {
         let mut lb = LineBuffer::new();

@@ -36,6 +36,9 @@ pub enum Port {
     Free,
     /// A virtual IRQ.
     Virq(u32),
+    /// The domain's console port: its other end is the console backend
+    /// (the hypervisor's drain), bound by the domain builder.
+    Console,
 }
 
 /// A domain's port table.
@@ -65,7 +68,15 @@ impl EventChannels {
         Ok(port)
     }
 
-    /// Closes `port`.
+    /// Binds the console port to a fresh port (no free port: `ENOSPC`).
+    pub fn bind_console(&mut self) -> Result<u32, Errno> {
+        let port = (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Free).ok_or(Errno::ENOSPC)?;
+        self.ports[port as usize] = Port::Console;
+        Ok(port)
+    }
+
+    /// Closes `port`. A closed console port stays closed: the backend is
+    /// never notified again and the guest's console ring goes undrained.
     pub fn close(&mut self, port: u32) -> Result<(), Errno> {
         match self.get(port)? {
             Port::Free => Err(Errno::EINVAL),
@@ -74,7 +85,16 @@ impl EventChannels {
                 self.ports[port as usize] = Port::Free;
                 Ok(())
             }
+            Port::Console => {
+                self.ports[port as usize] = Port::Free;
+                Ok(())
+            }
         }
+    }
+
+    /// The console port, if it is still bound.
+    pub fn console_port(&self) -> Option<u32> {
+        (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Console)
     }
 
     /// The binding of `port`.

@@ -369,6 +369,22 @@ impl<'a> FrameTable<'a> {
         n
     }
 
+    /// Frees `dom`'s frames among the `max` frame-table entries from index
+    /// `from` on: a domain's teardown in bounded steps. Returns where the
+    /// next step starts, or `None` when the whole table has been scanned.
+    pub fn release_domain_step(&mut self, dom: DomId, from: usize, max: usize) -> Option<usize> {
+        let end = from.saturating_add(max).min(self.frames.len());
+        let mut n = 0;
+        for f in self.frames.get_mut(from..end).unwrap_or(&mut []) {
+            if f.owner == Owner::Domain(dom) {
+                *f = FrameInfo::untyped(Owner::Free);
+                n += 1;
+            }
+        }
+        self.free += n;
+        (end < self.frames.len()).then_some(end)
+    }
+
     /// Number of frames `owner` holds.
     pub fn count_owned(&self, owner: Owner) -> usize {
         self.frames.iter().filter(|f| f.owner == owner).count()
@@ -378,6 +394,26 @@ impl<'a> FrameTable<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_in_steps_frees_exactly_the_domains_frames() {
+        let mut store = [FrameInfo::RESERVED; 100];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 100);
+        let mine: std::vec::Vec<Mfn> = (0..30).map(|_| t.alloc(Owner::Domain(3)).unwrap()).collect();
+        let other = t.alloc(Owner::Domain(4)).unwrap();
+        let free = t.free_count();
+        let (mut at, mut steps) = (Some(0), 0);
+        while let Some(from) = at {
+            at = t.release_domain_step(3, from, 7);
+            steps += 1;
+        }
+        assert_eq!(steps, 15, "100 entries in steps of 7");
+        assert_eq!(t.free_count(), free + mine.len());
+        assert_eq!(t.count_owned(Owner::Domain(3)), 0);
+        assert_eq!(t.count_owned(Owner::Domain(4)), 1, "{other} is still the other domain's");
+        assert_eq!(t.release_domain_step(3, 1000, 7), None, "a cursor past the end is done");
+    }
 
     #[test]
     fn allocates_only_free_ram_and_accounts() {

@@ -55,11 +55,12 @@ use pvguest_abi::shared_info::VcpuTimeInfo;
 use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
 use pvguest_abi::vcpu::{runstate, RunstateInfo};
 use pvguest_abi::{hypercall as nr, selectors, Errno, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
+use ring_protocol::{ByteChannel, SharedMem};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::account::Meter;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
-use ringfence_kernel::console::LineBuffer;
+use ringfence_kernel::console::ConsoleOut;
 use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
 use ringfence_kernel::evtchn::{EventChannels, SharedPage};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
@@ -77,6 +78,11 @@ pub const MAX_DOMAINS: usize = 64;
 
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
+/// Console bytes drained from a ring per chunk.
+const CONSOLE_DRAIN_CHUNK: usize = 256;
+/// Frame-table entries scanned per step of a dead domain's teardown (about
+/// 30 000 instructions).
+const REAP_STEP: usize = 4096;
 /// Warp limit L of a warped domain: the longest it runs warped per wake.
 const WARP_LIMIT_NS: u64 = 2_000_000;
 /// Unwarp requirement U: real time between warps.
@@ -97,7 +103,13 @@ pub struct Domain {
     pub fx: FxArea,
     pub vcpu: Vcpu,
     pub events: EventChannels,
-    pub console: LineBuffer,
+    /// Console output: line assembly and rate limit.
+    pub console: ConsoleOut,
+    /// The back end of the console page (`None`: no page, or the guest
+    /// broke the ring protocol and the console was cut off).
+    pub console_ring: Option<ByteChannel<'static>>,
+    /// The console port was notified and the ring may hold output.
+    pub console_dirty: bool,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
 }
@@ -115,6 +127,12 @@ pub struct Hv {
     pub armed_for: Option<usize>,
     /// [`hypercall::BUDGET_NS`] in TSC ticks.
     pub budget_ticks: u64,
+    /// Dead domains whose frames are still being freed, with the frame-table
+    /// index the next step starts at: teardown is bounded work per step,
+    /// one step per scheduling decision (more when the CPU is otherwise
+    /// idle), charged to nobody since its domain no longer exists. Until
+    /// then the frames stay the dead domain's and nothing else uses them.
+    pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
     /// System time at which the scheduler must be consulted again
     /// (`u64::MAX`: only when something else happens).
     pub slice_end: u64,
@@ -142,6 +160,7 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     meter: Meter::new(0),
     armed_for: None,
     budget_ticks: 0,
+    reaping: heapless::Deque::new(),
     slice_end: 0,
     bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
     boot_tsc: 0,
@@ -186,7 +205,10 @@ impl PhysMem for HvPhys {
 struct DomEnv<'a> {
     frames: &'a mut FrameTable<'static>,
     dom: &'a mut Domain,
+    /// System time at the trap (0 on the fast path, which does not sample).
     now: u64,
+    /// The clock, for what needs the time on the fast path too.
+    clock: (TscScale, u64),
     /// TSC value at which other work is due (the armed deadline).
     preempt_tsc: u64,
 }
@@ -208,9 +230,14 @@ impl hypercall::Env for DomEnv<'_> {
     }
     fn console_write(&mut self, bytes: &[u8]) {
         let name = &self.dom.name;
-        self.dom.console.push(bytes, |l| {
+        let (scale, boot) = self.clock;
+        let now = if self.now != 0 { self.now } else { scale.to_ns(cpu::rdtsc().wrapping_sub(boot)) };
+        self.dom.console.push(bytes, now, |l| {
             let _ = writeln!(serial::Serial, "[{name}] {l}");
         });
+    }
+    fn console_kick(&mut self) {
+        self.dom.console_dirty = true;
     }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let mut n = 0;
@@ -355,12 +382,15 @@ impl Hv {
             ringfence_bundle::Expect::Rejected => Expect::Rejected,
         };
         let frames = self.frames.as_mut().expect("frame table set before domains");
+        let mut events = EventChannels::default();
+        let console_evtchn = events.bind_console().expect("a fresh port table has free ports");
         let cfg = DomainConfig {
             domid: id,
             name: spec.name,
             cmdline: spec.cmdline,
             nr_pages: u64::from(spec.mem_kib) / 4,
             privileged: spec.privileged,
+            console_evtchn,
         };
         let built = builder::build(&mut HvPhys, frames, spec.image, &cfg, descriptors::guest_entry_pml4e());
         let b = match built {
@@ -385,12 +415,19 @@ impl Hv {
         // whole life, so it must never become a page table: hold a
         // permanent writable type reference (page tables need a count of
         // zero to change type). Released with the domain.
+        // The same holds for the console page.
         let frames = self.frames.as_mut().expect("frame table set");
-        if let Err(e) = frames.get_type_ref(b.shared_info_mfn, id, ringfence_kernel::frames::FrameType::Writable) {
-            frames.release_domain(id);
-            log!("dom{id} ({}): not started: shared-info frame: {e}", spec.name);
-            self.push_rejected(id, spec.name, expect);
-            return;
+        for (what, mfn) in [("shared-info", b.shared_info_mfn), ("console", b.console_mfn)] {
+            if let Err(e) = frames.get_type_ref(mfn, id, ringfence_kernel::frames::FrameType::Writable) {
+                frames.release_domain(id);
+                log!("dom{id} ({}): not started: {what} frame: {e}", spec.name);
+                self.push_rejected(id, spec.name, expect);
+                return;
+            }
+        }
+        let console_ring = console_back(b.console_mfn);
+        if console_ring.is_none() {
+            log!("dom{id} ({}): console page could not be set up; console_io only", spec.name);
         }
         let time = VcpuTimeInfo {
             tsc_timestamp: self.boot_tsc,
@@ -439,8 +476,10 @@ impl Hv {
             regs,
             fx: FxArea::initial(),
             vcpu: Vcpu::default(),
-            events: EventChannels::default(),
-            console: LineBuffer::new(),
+            events,
+            console: ConsoleOut::new(now),
+            console_ring,
+            console_dirty: false,
             runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
         });
     }
@@ -459,7 +498,9 @@ impl Hv {
             fx: FxArea::initial(),
             vcpu: Vcpu::default(),
             events: EventChannels::default(),
-            console: LineBuffer::new(),
+            console: ConsoleOut::new(0),
+            console_ring: None,
+            console_dirty: false,
             runstate: RunstateInfo::default(),
         });
     }
@@ -523,8 +564,78 @@ impl Hv {
     fn after_trap(&mut self, payer: usize) -> Next {
         let now = self.now();
         self.meter.charge(&mut self.bvt, payer, now);
+        let now = self.drain_consoles().unwrap_or(now);
         self.fire_timers(now);
         self.schedule()
+    }
+
+    /// Drains the notified console rings, a chunk at a time, each chunk
+    /// charged to its writer, until they are empty or one budget is spent
+    /// (the rest waits for the next trip). Returns the time after the last
+    /// chunk, if any ran.
+    fn drain_consoles(&mut self) -> Option<u64> {
+        let deadline = cpu::rdtsc().saturating_add(self.budget_ticks);
+        let mut last = None;
+        for i in 0..self.domains.len() {
+            if self.domains[i].console_dirty {
+                last = Some(self.drain_console(i, Some(deadline)));
+                if cpu::rdtsc() >= deadline {
+                    break;
+                }
+            }
+        }
+        last
+    }
+
+    /// Drains domain `i`'s console ring in chunks of [`CONSOLE_DRAIN_CHUNK`]
+    /// bytes until it is empty (`console_dirty` cleared after the final
+    /// check re-arms the notification) or `deadline` (TSC) passes. Each
+    /// chunk is charged to the domain. A protocol violation cuts the
+    /// console off, with a line saying why. Returns the time after the last
+    /// chunk.
+    fn drain_console(&mut self, i: usize, deadline: Option<u64>) -> u64 {
+        loop {
+            let now = self.now();
+            let d = &mut self.domains[i];
+            let Some(ring) = d.console_ring.as_mut() else {
+                d.console_dirty = false;
+                return now;
+            };
+            let mut buf = [0u8; CONSOLE_DRAIN_CHUNK];
+            let step = ring.rx.read(&mut buf).and_then(|n| {
+                let notify = ring.rx.release_and_check_notify()?;
+                let more = n > 0 || ring.rx.final_check()?;
+                Ok((n, notify, more))
+            });
+            let (n, notify, more) = match step {
+                Ok(s) => s,
+                Err(e) => {
+                    log!("dom{} ({}): console ring cut off: {e}", d.id, d.name);
+                    d.console_ring = None;
+                    d.console_dirty = false;
+                    return now;
+                }
+            };
+            let name = &d.name;
+            d.console.push(&buf[..n], now, |l| {
+                let _ = writeln!(serial::Serial, "[{name}] {l}");
+            });
+            d.console_dirty = more;
+            if notify {
+                // The guest waits for space (it will not be woken for its
+                // own output otherwise).
+                if let Some(port) = d.events.console_port() {
+                    self.raise(i, port);
+                }
+            }
+            let t = self.now();
+            if deadline.is_some() {
+                self.meter.charge(&mut self.bvt, i, t);
+            }
+            if !more || deadline.is_some_and(|dl| cpu::rdtsc() >= dl) {
+                return t;
+            }
+        }
     }
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
@@ -555,7 +666,7 @@ impl Hv {
         let frames = self.frames.as_mut()?;
         let dom = &mut self.domains[cur];
         let preempt_tsc = self.armed_tsc.min(cpu::rdtsc().saturating_add(self.budget_ticks));
-        let mut env = DomEnv { frames, dom, now: 0, preempt_tsc };
+        let mut env = DomEnv { frames, dom, now: 0, clock: (self.scale, self.boot_tsc), preempt_tsc };
         let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
@@ -563,7 +674,9 @@ impl Hv {
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(&HvPhys) {
+        if d.shared.upcall_due(&HvPhys) || d.console_dirty {
+            // An upcall to deliver, or console output to drain (outside the
+            // hypercall): the full path does it.
             self.pending_action = Some(action);
             return None;
         }
@@ -673,7 +786,7 @@ impl Hv {
                 let dom = &mut self.domains[cur];
                 let r = dom.regs;
                 let preempt_tsc = self.armed_tsc.min(cpu::rdtsc().saturating_add(self.budget_ticks));
-                let mut env = DomEnv { frames, dom, now, preempt_tsc };
+                let mut env = DomEnv { frames, dom, now, clock: (self.scale, self.boot_tsc), preempt_tsc };
                 hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
             }
         };
@@ -796,13 +909,16 @@ impl Hv {
     fn end(&mut self, i: usize, exit: Exit, report: bool) {
         let now = self.now();
         self.set_runstate(i, runstate::OFFLINE, now);
+        // What is left in its console ring (at most one ring's worth) goes
+        // out before the report; then the page is no longer looked at.
+        self.drain_console(i, None);
         let d = &mut self.domains[i];
-        if !d.console.is_empty() {
-            let name = &d.name;
-            d.console.flush(&mut |l: &str| {
-                let _ = writeln!(serial::Serial, "[{name}] {l}");
-            });
-        }
+        d.console_ring = None;
+        d.console_dirty = false;
+        let name = &d.name;
+        d.console.flush(now, |l: &str| {
+            let _ = writeln!(serial::Serial, "[{name}] {l}");
+        });
         d.state = RunState::Dead(exit);
         match exit {
             _ if !report => {}
@@ -825,8 +941,12 @@ impl Hv {
         }
         let id = d.id;
         self.bvt.remove(i);
-        if let Some(f) = self.frames.as_mut() {
-            f.release_domain(id);
+        if self.reaping.push_back((id, 0)).is_err() {
+            // Cannot happen (one entry per domain); never leak silently.
+            log!("dom{id}: teardown queue full, frames freed at once");
+            if let Some(f) = self.frames.as_mut() {
+                f.release_domain(id);
+            }
         }
         if self.loaded == Some(i) {
             self.loaded = None;
@@ -844,6 +964,7 @@ impl Hv {
             if let Some(c) = self.current {
                 self.meter.charge(&mut self.bvt, c, now);
             }
+            let now = if self.reaping.is_empty() { now } else { self.reap_step() };
             let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
             let yielding = core::mem::take(&mut self.yielding);
             let pick = match current {
@@ -853,6 +974,21 @@ impl Hv {
             let Some(i) = pick.next else {
                 if !self.domains.iter().any(|d| d.state == RunState::Blocked) {
                     self.finish(true);
+                }
+                // Nothing is runnable: idle time goes to leftover console
+                // output and teardown first, a bounded step at a time, with
+                // timers fired between steps. Nobody waits for the CPU, so
+                // each step starts a new stretch.
+                if self.domains.iter().any(|d| d.console_dirty) {
+                    let now = self.drain_consoles().unwrap_or(now);
+                    self.fire_timers(now);
+                    stretch::restart();
+                    continue;
+                }
+                if !self.reaping.is_empty() {
+                    self.fire_timers(now);
+                    stretch::restart();
+                    continue;
                 }
                 if self.next_deadline().is_none() {
                     log!("every live domain is blocked and nothing can wake them: deadlock");
@@ -873,6 +1009,21 @@ impl Hv {
                 return next;
             }
         }
+    }
+
+    /// One bounded step of the oldest pending teardown; returns the time
+    /// after it (the step is charged to nobody).
+    fn reap_step(&mut self) -> u64 {
+        if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
+            let next = f.release_domain_step(id, from, REAP_STEP);
+            let _ = self.reaping.pop_front();
+            if let Some(n) = next {
+                let _ = self.reaping.push_front((id, n));
+            }
+        }
+        let now = self.now();
+        self.meter.skip(now);
+        now
     }
 
     /// Halts until the nearest deadline, then fires timers.
@@ -1214,4 +1365,22 @@ mod stretch {
             WORST.load(Relaxed)
         );
     }
+}
+
+/// Prepares domain's console page at `mfn` as a `ByteChannel` and returns
+/// the back end the hypervisor drains.
+fn console_back(mfn: Mfn) -> Option<ByteChannel<'static>> {
+    let page = || {
+        // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
+        // identity-mapped in the hypervisor's view, held `Writable` for the
+        // domain's life (so it never becomes a page table) and released only
+        // after `end` has dropped this endpoint. In the hypervisor's address
+        // space it is accessed only through these endpoints (the temporary
+        // front below is dropped before the back is made); what the guest
+        // writes into it is validated by the ring code.
+        unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) }
+    };
+    // The temporary front only initialises the page; it ends here.
+    ByteChannel::front_init(page().ok()?).ok()?;
+    ByteChannel::back_attach(page().ok()?).ok()
 }

@@ -95,6 +95,9 @@ pub trait Env {
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno>;
     /// Appends bytes to the calling domain's console.
     fn console_write(&mut self, bytes: &[u8]);
+    /// The caller notified its console port: its console ring has output
+    /// for the backend (drained outside the hypercall).
+    fn console_kick(&mut self);
     /// Reads available console input (never blocks).
     fn console_read(&mut self, buf: &mut [u8]) -> usize;
     /// Whether the caller is privileged (dom0).
@@ -572,6 +575,17 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
             env.copy_from_guest(arg, &mut b)?;
             env.events().close(u32_at(&b, 0)).map(|_| 0)
         }
+        event::SEND => {
+            let mut b = [0u8; 4];
+            env.copy_from_guest(arg, &mut b)?;
+            match env.events().get(u32_at(&b, 0))? {
+                Port::Console => {
+                    env.console_kick();
+                    Ok(0)
+                }
+                Port::Free | Port::Virq(_) => Err(Errno::EINVAL),
+            }
+        }
         event::UNMASK => {
             let mut b = [0u8; 4];
             env.copy_from_guest(arg, &mut b)?;
@@ -589,6 +603,7 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
             let (st, virq) = match env.events().get(u32_at(&b, 4))? {
                 Port::Free => (status::CLOSED, 0),
                 Port::Virq(v) => (status::VIRQ, v),
+                Port::Console => (status::INTERDOMAIN, 0),
             };
             let mut out = [0u8; 12];
             out[0..4].copy_from_slice(&st.to_le_bytes());

@@ -1,14 +1,122 @@
 //! The domain's console: `print!`, `println!` and [`write()`](fn@write).
 //!
-//! Output goes through the `console_io` hypercall. The hypervisor prefixes
-//! every line with the domain's name and shows control characters escaped.
+//! Output goes into the domain's console page (see
+//! [`pvguest_abi::start_info::CONSOLE_RING`]): a `ring-protocol` byte
+//! stream that the console backend (today the hypervisor) drains, prefixing
+//! every line with the domain's name and showing control characters
+//! escaped. A write copies bytes into the ring and notifies the backend on
+//! the console port only when the ring's event index asks for it (hold-off:
+//! a burst of lines costs one notification). The backend rate-limits each
+//! domain: a domain that prints faster than its share loses lines, and a
+//! `(N bytes dropped)` line says so.
+//!
+//! When the ring is full, the writer notifies the backend and yields; the
+//! backend drains on that notification. The writer never sleeps for space,
+//! so the SDK keeps the console port masked. If the ring is unusable (no console
+//! page, the ring latched an error, or the console is already in use
+//! further up this CPU's stack, e.g. a panic or an event handler that
+//! interrupted a `println!`), output goes through the `console_io`
+//! hypercall instead, which is always available and bounded the same way.
+//!
+//! # Ownership
+//! The SDK is the only user of the page in this domain: the producer of the
+//! first half, the consumer of the second (console input, not used yet).
+//! The backend owns the other ends; nothing it writes is trusted (every
+//! index is validated by `ring-protocol`).
 
 use crate::hypercall::call_readonly;
 use core::fmt;
+use pvguest_abi::event::{self, Send as EvtSend};
+use pvguest_abi::start_info::CONSOLE_RING;
 use pvguest_abi::{console_io, hypercall, Errno};
+use ring_protocol::{ByteChannel, SharedMem, StreamProducer};
 
-/// Writes `bytes` to the console; returns how many were written.
-pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
+/// Full-ring rounds (notify, yield, retry) before the rest of a write goes
+/// through `console_io`.
+const MAX_STALLS: u32 = 64;
+
+struct Ring {
+    tx: Option<StreamProducer<'static, u8>>,
+    port: u32,
+    attached: bool,
+}
+
+static RING: spin::Mutex<Ring> = spin::Mutex::new(Ring { tx: None, port: 0, attached: false });
+
+impl Ring {
+    /// The producer, attaching to the console page on first use.
+    fn producer(&mut self) -> Option<&mut StreamProducer<'static, u8>> {
+        if !self.attached {
+            self.attached = true;
+            let c = crate::rt::start_info().console;
+            if c.kind == CONSOLE_RING && c.ring_va != 0 {
+                // SAFETY: the builder maps the console page read-write at
+                // `ring_va` in the domain's linear map for its whole life;
+                // in this domain only this producer (and, later, an input
+                // consumer built from the same channel) touches it, and only
+                // through `ring-protocol`'s volatile and atomic accesses.
+                let mem = unsafe { SharedMem::new(c.ring_va as *mut u8, 4096) };
+                if let Ok(ch) = mem.and_then(ByteChannel::front_attach) {
+                    self.tx = Some(ch.tx);
+                    self.port = c.evtchn;
+                    // The writer never sleeps for space (it notifies and
+                    // yields), so the backend's space notifications are of
+                    // no use: keep them from waking a blocked domain.
+                    if (c.evtchn as usize) < 256 {
+                        crate::event::mask(crate::event::Port(c.evtchn));
+                    }
+                }
+            }
+        }
+        self.tx.as_mut()
+    }
+
+    /// Writes all of `bytes` into the ring; returns how many went in (the
+    /// rest needs the hypercall).
+    fn write(&mut self, bytes: &[u8]) -> usize {
+        if self.producer().is_none() {
+            return 0;
+        }
+        let port = self.port;
+        let Some(tx) = self.tx.as_mut() else { return 0 };
+        let mut done = 0;
+        let mut stalls = 0;
+        while done < bytes.len() {
+            let n = match tx.write(&bytes[done..]) {
+                Ok(n) => n,
+                Err(_) => break,
+            };
+            done += n;
+            match tx.push_and_check_notify() {
+                Ok(true) => notify(port),
+                Ok(false) => {}
+                Err(_) => break,
+            }
+            if n == 0 {
+                // Full: make sure the backend knows, and let it drain.
+                stalls += 1;
+                if stalls > MAX_STALLS {
+                    break;
+                }
+                notify(port);
+                crate::sched::yield_now();
+            }
+        }
+        if tx.error().is_some() {
+            self.tx = None;
+        }
+        done
+    }
+}
+
+fn notify(port: u32) {
+    let send = EvtSend { port };
+    call_readonly(hypercall::EVENT_CHANNEL_OP, [event::SEND, &raw const send as u64, 0, 0, 0]);
+}
+
+/// Writes `bytes` to the console through the `console_io` hypercall (early
+/// boot, panics, or no console page); returns how many were written.
+pub fn write_hypercall(bytes: &[u8]) -> Result<usize, Errno> {
     let mut done = 0;
     for chunk in bytes.chunks(console_io::MAX_WRITE as usize) {
         let r =
@@ -18,7 +126,19 @@ pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
     Ok(done)
 }
 
-/// A `fmt::Write` that batches output into one hypercall per 256 bytes.
+/// Writes `bytes` to the console; returns how many were written.
+pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
+    let done = match RING.try_lock() {
+        Some(mut ring) => ring.write(bytes),
+        None => 0,
+    };
+    if done == bytes.len() {
+        return Ok(done);
+    }
+    Ok(done + write_hypercall(&bytes[done..])?)
+}
+
+/// A `fmt::Write` that batches output into one write per 256 bytes.
 pub struct Console {
     buf: [u8; 256],
     len: usize,

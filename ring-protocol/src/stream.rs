@@ -492,6 +492,17 @@ impl<'a> ByteChannel<'a> {
         Ok(ByteChannel { tx: StreamProducer::init(out)?, rx: StreamConsumer::init(inp)? })
     }
 
+    /// Take the front's end of a channel someone else initialised (a
+    /// console page the domain builder prepared): transmits on the first
+    /// half. Every index is validated as for any attach.
+    ///
+    /// # Errors
+    /// [`LayoutError`] if a half cannot hold a stream.
+    pub fn front_attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
+        let (out, inp) = Self::halves(mem)?;
+        Ok(ByteChannel { tx: StreamProducer::attach(out)?, rx: StreamConsumer::attach(inp)? })
+    }
+
     /// Take the back's end of a channel the front initialised (transmits on
     /// the second half).
     ///

@@ -233,3 +233,23 @@ fn r12_byte_channel_echo() {
         }
     });
 }
+
+/// R12: a console page initialised by a third party (the domain builder)
+/// can be attached by both ends, and bytes flow both ways.
+#[test]
+fn r12_byte_channel_front_attach_to_a_prepared_page() {
+    let pages = Pages::new(PAGE_SIZE);
+    ByteChannel::front_init(pages.mem()).unwrap();
+    let mut back = ByteChannel::back_attach(pages.mem()).unwrap();
+    let mut front = ByteChannel::front_attach(pages.mem()).unwrap();
+    assert_eq!(front.tx.write(b"out").unwrap(), 3);
+    assert!(front.tx.push_and_check_notify().unwrap(), "a fresh stream asks for the first notification");
+    let mut buf = [0u8; 8];
+    assert_eq!(back.rx.read(&mut buf).unwrap(), 3);
+    assert_eq!(&buf[..3], b"out");
+    back.rx.release().unwrap();
+    assert_eq!(back.tx.write(b"in").unwrap(), 2);
+    back.tx.publish().unwrap();
+    assert_eq!(front.rx.read(&mut buf).unwrap(), 2);
+    assert_eq!(&buf[..2], b"in");
+}

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `build` | builds the hypervisor and the sample guests, packs the demo bundle |
 //! | `run [--manifest M] [--timeout S]` | builds, boots the demo in QEMU, streams the console, exits with the hypervisor's verdict |
-//! | `test [--host] [--qemu] [FILTER]` | host tests plus QEMU scenarios (all by default) |
+//! | `test [--host] [--qemu] [--show] [FILTER]` | host tests plus QEMU scenarios (all by default; `--show` prints each console) |
 //! | `gdb [--manifest M]` | starts QEMU paused with a gdb stub and prints how to attach |
 //! | `bench` | hypervisor path lengths under QEMU `-icount shift=0` (table + `target/bench.json`) |
 //! | `bench-rings [--smoke]` | ring-protocol benchmark against rtrb, crossbeam and heapless |
@@ -56,7 +56,7 @@ fn help() {
          build                     build the hypervisor and sample guests, pack the demo bundle\n\
          run [--manifest M] [--timeout S]\n\
          \x20                         boot the demo (or manifest M) in QEMU and stream the console\n\
-         test [--host] [--qemu] [FILTER]\n\
+         test [--host] [--qemu] [--show] [FILTER]\n\
          \x20                         run host tests and QEMU scenarios (both by default)\n\
          gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
          bench                     hypervisor path lengths under QEMU -icount (writes target/bench.json)\n\
@@ -188,7 +188,7 @@ fn test(args: &[String]) -> Result<()> {
     }
     if do_qemu {
         qemu::ensure_installed()?;
-        scenarios::run_all(filter.as_deref())?;
+        scenarios::run_all(filter.as_deref(), args.iter().any(|a| a == "--show"))?;
     }
     Ok(())
 }

@@ -34,6 +34,8 @@ struct FakeEnv {
     cost_ns: u64,
     /// `preempt_due` answers true once `now` reaches this (the budget).
     budget_end: Option<u64>,
+    /// Console kicks received.
+    kicks: u32,
 }
 
 impl FakeEnv {
@@ -58,6 +60,7 @@ impl FakeEnv {
             preempt_calls: 0,
             cost_ns: 0,
             budget_end: None,
+            kicks: 0,
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -97,6 +100,9 @@ impl Env for FakeEnv {
     }
     fn console_write(&mut self, bytes: &[u8]) {
         self.console.extend_from_slice(bytes);
+    }
+    fn console_kick(&mut self) {
+        self.kicks += 1;
     }
     fn console_read(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.input.len());
@@ -755,4 +761,35 @@ fn no_hypercall_runs_past_its_budget_plus_one_unit() {
     assert_eq!(e.mmu.len(), 512 * MULTICALL_MAX as usize, "every request applied exactly once");
     assert!(longest <= BUDGET_NS + e.cost_ns, "longest invocation {longest} ns");
     assert!(invocations >= 512 * 64 / (BUDGET_NS / 700 + 1), "{invocations} invocations");
+}
+
+#[test]
+fn send_kicks_only_the_console_port() {
+    let mut e = FakeEnv::new();
+    let console = e.events.bind_console().unwrap();
+    let virq = e.events.bind_virq(0).unwrap();
+    let a = BASE + 0x100;
+    let send = |e: &mut FakeEnv, port: u32| {
+        e.put(a, &port.to_le_bytes());
+        e.call(hypercall::EVENT_CHANNEL_OP, [event::SEND, a, 0, 0, 0])
+    };
+    assert_eq!(send(&mut e, console), OK);
+    assert_eq!(e.kicks, 1);
+    assert_eq!(send(&mut e, virq), r(Errno::EINVAL), "a virtual IRQ has no other end");
+    assert_eq!(send(&mut e, 77), r(Errno::EINVAL), "unbound");
+    assert_eq!(send(&mut e, 0), r(Errno::EINVAL));
+    assert_eq!(send(&mut e, 1 << 20), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::SEND, 0, 0, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.kicks, 1);
+    // Status shows the console port as connected; once closed it is gone.
+    let mut st = [0u8; 20];
+    st[0..2].copy_from_slice(&(DOMID_SELF as u16).to_le_bytes());
+    st[4..8].copy_from_slice(&console.to_le_bytes());
+    e.put(a, &st);
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), OK);
+    assert_eq!(e.get(a + 8, 4), status::INTERDOMAIN.to_le_bytes());
+    e.put(a, &console.to_le_bytes());
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, a, 0, 0, 0]), OK);
+    assert_eq!(send(&mut e, console), r(Errno::EINVAL), "closed");
+    assert_eq!(e.kicks, 1);
 }

@@ -18,6 +18,10 @@ use core::mem::size_of;
 pub const BIND_VIRQ: u64 = 1;
 /// Close a port: [`Close`].
 pub const CLOSE: u64 = 3;
+/// Notify the other end of a port: [`Send`]. Today the only ports with an
+/// other end are console ports (see `start_info::CONSOLE_RING`); sending on
+/// a virtual-IRQ port is `EINVAL`.
+pub const SEND: u64 = 4;
 /// Query a port: [`Status`].
 pub const STATUS: u64 = 5;
 /// Unmask a port, delivering a pending event: [`Unmask`].
@@ -50,6 +54,14 @@ pub struct Close {
     pub port: u32,
 }
 
+/// `SEND` argument (Xen's `evtchn_send`).
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Send {
+    /// The port.
+    pub port: u32,
+}
+
 /// `UNMASK` argument.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -62,6 +74,8 @@ pub struct Unmask {
 pub mod status {
     /// Not in use.
     pub const CLOSED: u32 = 0;
+    /// Connected to another end (today: the console backend).
+    pub const INTERDOMAIN: u32 = 2;
     /// Bound to a virtual IRQ.
     pub const VIRQ: u32 = 4;
 }
@@ -88,5 +102,6 @@ const _: () = {
     assert!(size_of::<BindVirq>() == 12);
     assert!(size_of::<Close>() == 4);
     assert!(size_of::<Unmask>() == 4);
+    assert!(size_of::<Send>() == 4);
     assert!(size_of::<Status>() == 20);
 };

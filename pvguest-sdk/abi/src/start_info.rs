@@ -28,6 +28,18 @@ pub const SIF_INITDOMAIN: u32 = 1 << 1;
 
 /// [`ConsoleInfo::kind`]: output goes through the `console_io` hypercall.
 pub const CONSOLE_HYPERCALL: u32 = 1;
+/// [`ConsoleInfo::kind`]: a console page (like Xen's): one page holding two
+/// `ring-protocol` byte streams, made by `ByteChannel`: the first half
+/// carries output from the guest (the guest produces, the console backend
+/// consumes), the second half input to the guest. The page is initialised
+/// before the guest starts; the guest attaches as the front
+/// (`ByteChannel::front_attach`) and notifies the backend on
+/// [`ConsoleInfo::evtchn`] (`EVTCHNOP_send`), honouring the ring's event
+/// index (hold-off). The backend is the hypervisor, which drains the output
+/// in bounded, rate-limited chunks charged to the guest; later it may be
+/// dom0's console daemon, reading the same page. `console_io` still works
+/// (early boot, panics).
+pub const CONSOLE_RING: u32 = 2;
 
 /// How the guest reaches its console.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,10 +47,14 @@ pub const CONSOLE_HYPERCALL: u32 = 1;
 pub struct ConsoleInfo {
     /// One of the `CONSOLE_*` kinds.
     pub kind: u32,
-    /// Event-channel port of a console ring (0 when `kind` has no ring).
+    /// Event-channel port of a console ring (0 when `kind` has no ring),
+    /// bound to the console backend.
     pub evtchn: u32,
     /// Machine frame of a console ring (0 when `kind` has no ring).
     pub ring_mfn: u64,
+    /// Guest virtual address of the console page in the initial mapping (0
+    /// when `kind` has no ring).
+    pub ring_va: u64,
 }
 
 /// The start-info page (the first bytes of it; the rest of the page is zero).
@@ -79,7 +95,7 @@ pub struct StartInfo {
 }
 
 const _: () = {
-    assert!(size_of::<ConsoleInfo>() == 16);
+    assert!(size_of::<ConsoleInfo>() == 24);
     assert!(offset_of!(StartInfo, magic) == 0);
     assert!(offset_of!(StartInfo, nr_pages) == 32);
     assert!(offset_of!(StartInfo, shared_info) == 40);
@@ -91,9 +107,9 @@ const _: () = {
     assert!(offset_of!(StartInfo, first_free_pfn) == 80);
     assert!(offset_of!(StartInfo, virt_base) == 88);
     assert!(offset_of!(StartInfo, console) == 96);
-    assert!(offset_of!(StartInfo, name) == 112);
-    assert!(offset_of!(StartInfo, cmdline) == 144);
-    assert!(size_of::<StartInfo>() == 144 + MAX_CMDLINE);
+    assert!(offset_of!(StartInfo, name) == 120);
+    assert!(offset_of!(StartInfo, cmdline) == 152);
+    assert!(size_of::<StartInfo>() == 152 + MAX_CMDLINE);
     assert!(size_of::<StartInfo>() <= 4096);
 };
 
@@ -111,7 +127,7 @@ impl StartInfo {
             mfn_list: 0,
             first_free_pfn: 0,
             virt_base: 0,
-            console: ConsoleInfo { kind: 0, evtchn: 0, ring_mfn: 0 },
+            console: ConsoleInfo { kind: 0, evtchn: 0, ring_mfn: 0, ring_va: 0 },
             name: [0; MAX_NAME],
             cmdline: [0; MAX_CMDLINE],
         }
@@ -148,8 +164,9 @@ impl StartInfo {
         b[96..100].copy_from_slice(&self.console.kind.to_le_bytes());
         b[100..104].copy_from_slice(&self.console.evtchn.to_le_bytes());
         b[104..112].copy_from_slice(&self.console.ring_mfn.to_le_bytes());
-        b[112..144].copy_from_slice(&self.name);
-        b[144..144 + MAX_CMDLINE].copy_from_slice(&self.cmdline);
+        b[112..120].copy_from_slice(&self.console.ring_va.to_le_bytes());
+        b[120..152].copy_from_slice(&self.name);
+        b[152..152 + MAX_CMDLINE].copy_from_slice(&self.cmdline);
         b
     }
 }
@@ -193,7 +210,7 @@ mod tests {
         assert_eq!(u64::from_le_bytes(b[32..40].try_into().unwrap()), 0x1122);
         assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 7);
         assert_eq!(u64::from_le_bytes(b[104..112].try_into().unwrap()), 0xabcd);
-        assert_eq!(&b[144..152], b"mode=cli");
+        assert_eq!(&b[152..160], b"mode=cli");
         assert_eq!(si.cmdline(), "mode=cli");
         assert_eq!(si.name(), "spy-cli");
     }
