@@ -115,6 +115,11 @@ fn fill_entry_tables(pdpt: *mut Table, pd: *mut Table, pt: *mut Table, r: &Entry
     }
 }
 
+/// Physical address of the hypervisor view's slot-511 PDPT.
+pub fn hv_entry_pdpt() -> u64 {
+    HV_ENTRY_PDPT.get() as u64
+}
+
 /// The PML4 entry every guest view installs in slot 511.
 pub fn guest_entry_pml4e() -> u64 {
     Pte::new(GUEST_ENTRY_PDPT.get() as u64 >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0
@@ -122,8 +127,9 @@ pub fn guest_entry_pml4e() -> u64 {
 
 /// Enables SMEP, SMAP and UMIP where the CPU offers them (SMAP only while
 /// the hypervisor runs: see [`entry`]'s docs), builds the entry-area
-/// mappings, publishes the hypervisor's CR3 to the entry code, and loads GDT,
-/// TSS and IDT at their alias addresses.
+/// mappings, publishes the hypervisor's CR3 to the entry code, loads GDT,
+/// TSS and IDT at their alias addresses, and checks that the guest-visible
+/// area names no hypervisor physical address ([`super::leakcheck`]).
 pub fn init() {
     let prot = enable_protections();
     let r = entry::region();
@@ -223,6 +229,11 @@ pub fn init() {
             tmp = out(reg) _,
         );
     }
+    let (bytes, plants) = super::leakcheck::check(hv_cr3());
+    crate::log!(
+        "entry area: {} KiB guest-visible, no hypervisor physical address in it (scanner caught {plants}/{plants} planted leaks)",
+        bytes / 1024
+    );
 }
 
 /// Sets CR4.SMEP, CR4.UMIP and CR4.SMAP where CPUID offers them and logs
