@@ -544,7 +544,8 @@ fn scenarios() -> Vec<Scenario> {
 /// `show`: print each scenario's console, passed or not.
 pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
     let imgs = images::build()?;
-    let list: Vec<Scenario> = scenarios().into_iter().filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
+    let list: Vec<Scenario> =
+        scenarios().into_iter().chain(cpu_scenarios()).filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
     if list.is_empty() {
         return Err(format!("no QEMU scenario matches '{}'", filter.unwrap_or("")));
     }
@@ -589,6 +590,8 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         stream: false,
         extra: if s.icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
     };
+    let mut opts = opts;
+    opts.extra.extend(cpu_model_args(s.name));
     let r = qemu::run(&opts)?;
     let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));
     if r.outcome != s.expect {
@@ -598,6 +601,95 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         return fail(e);
     }
     Ok((r.wall.as_secs_f64(), r.output))
+}
+
+// ---- CPU protections (SMEP, SMAP, UMIP) and the entry-area leak check ----
+//
+// Every boot checks that the guest-visible entry area holds no hypervisor
+// physical address and that the hypervisor view maps no user page (it fails
+// otherwise); these scenarios assert the log lines of those checks and the
+// CPU protections under QEMU's default model (none offered) and under
+// `-cpu max` (TCG offers SMEP, SMAP and UMIP).
+
+/// Scenarios run under a CPU model other than the default `qemu64` (a
+/// later `-cpu` wins over the default in QEMU's command line).
+const CPU_MODELS: &[(&str, &str)] = &[("cpu-max", "max")];
+
+fn cpu_model_args(scenario: &str) -> Vec<String> {
+    CPU_MODELS.iter().filter(|(n, _)| *n == scenario).flat_map(|(_, m)| ["-cpu".to_string(), m.to_string()]).collect()
+}
+
+const LEAK_CHECK_LINE: &str = "guest-visible, no hypervisor physical address in it (scanner caught 4/4 planted leaks)";
+const NO_USER_LINE: &str = "(rf) hypervisor view: no user (U=1) entry in its ";
+
+fn spy_domain(name: &str, attempt: &str, expect: &str) -> crate::manifest::DomainToml {
+    crate::manifest::DomainToml {
+        name: name.into(),
+        image: "spy".into(),
+        mem_kib: 512,
+        cmdline: format!("attempt={attempt}"),
+        weight: 100,
+        warp_us: 0,
+        privileged: false,
+        expect: expect.into(),
+    }
+}
+
+fn cpu_scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "cpu-max",
+            what: "under -cpu max SMEP, SMAP (ring 0) and UMIP are on, sgdt/sidt fault in ring 1, the demo passes",
+            bundle: |imgs| {
+                let mut m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
+                m.domain.push(spy_domain("spy-sgdt", "sgdt", "crash"));
+                m.domain.push(spy_domain("spy-sidt", "sidt", "crash"));
+                let p = images::pack_manifest(imgs, &m)?;
+                Ok(Some(std::fs::read(p).map_err(|e| e.to_string())?))
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "(rf) cpu: SMEP on, SMAP on (ring 0; guest rings run without it), UMIP on")?;
+                need(out, LEAK_CHECK_LINE)?;
+                need(out, NO_USER_LINE)?;
+                for a in ["sgdt", "sidt"] {
+                    let line = find_line(out, &format!("(spy-{a}) crashed: "))?;
+                    if !line.contains("#GP (general protection) in ring 1") {
+                        return Err(format!("{a} under UMIP: expected #GP in ring 1, got: {line}"));
+                    }
+                    deny(out, &format!("[spy-{a}] spy: {a} read base"))?;
+                }
+                // The ring-1 kernel reads its processes' (U=1) pages: SMAP
+                // must be off in guest rings.
+                need(out, "[userland] userland done: 4 processes, 2 killed, kernel still running")?;
+                need(out, "[spy-hypercalls] spy: 25/25 bad hypercalls refused with the right error")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "cpu-default",
+            what: "under the default CPU the probe reports SMEP, SMAP and UMIP absent and boot carries on",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                w.domain(entry(imgs, "spy-sgdt", "spy", 512, "attempt=sgdt", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "(rf) cpu: SMEP off (not offered), SMAP off (not offered), UMIP off (not offered)")?;
+                need(out, LEAK_CHECK_LINE)?;
+                need(out, NO_USER_LINE)?;
+                // Without UMIP sgdt works, and shows only the ABI's alias.
+                need(out, "[spy-sgdt] spy: sgdt read base 0xffffff8000000000 limit 0x7f (no UMIP)")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+    ]
 }
 
 fn indent(s: &str) -> String {

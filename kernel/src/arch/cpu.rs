@@ -86,6 +86,60 @@ pub mod msr {
     pub const FMASK: u32 = 0xc000_0084;
     pub const FS_BASE: u32 = 0xc000_0100;
     pub const GS_BASE: u32 = 0xc000_0101;
+    /// IA32_KERNEL_GS_BASE: holds the hypervisor's CR3 for the entry code
+    /// (see [`crate::arch::entry`]). The hypervisor never executes `swapgs`
+    /// and guests cannot (it is CPL 0 only), so the MSR has no other use;
+    /// it must never carry a guest value (a guest "kernel GS base", Xen's
+    /// `SEGBASE_GS_USER`, would have to be kept in vCPU state instead).
+    pub const KERNEL_GS_BASE: u32 = 0xc000_0102;
+}
+
+/// CR4 bits.
+pub mod cr4 {
+    /// User-mode instruction prevention: `sgdt`, `sidt`, `sldt`, `smsw` and
+    /// `str` fault (#GP) outside ring 0.
+    pub const UMIP: u64 = 1 << 11;
+    /// Supervisor-mode execution prevention: rings 0-2 cannot fetch
+    /// instructions from user (U=1) pages.
+    pub const SMEP: u64 = 1 << 20;
+    /// Supervisor-mode access prevention: rings 0-2 cannot read or write
+    /// user (U=1) pages unless RFLAGS.AC is set.
+    pub const SMAP: u64 = 1 << 21;
+    /// Bit number of [`SMAP`] (for `bts`/`btr` in the entry code).
+    pub const SMAP_BIT: u32 = 21;
+}
+
+/// The protection features CPUID reports (leaf 7, sub-leaf 0).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Protections {
+    /// EBX bit 7.
+    pub smep: bool,
+    /// EBX bit 20.
+    pub smap: bool,
+    /// ECX bit 2.
+    pub umip: bool,
+}
+
+impl Protections {
+    /// Asks the CPU which of SMEP, SMAP and UMIP it offers.
+    pub fn probe() -> Protections {
+        use core::arch::x86_64::{__cpuid, __cpuid_count};
+        if __cpuid(0).eax < 7 {
+            return Protections::default();
+        }
+        let l7 = __cpuid_count(7, 0);
+        Protections { smep: l7.ebx & (1 << 7) != 0, smap: l7.ebx & (1 << 20) != 0, umip: l7.ecx & (1 << 2) != 0 }
+    }
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// 1. Every bit set is supported by this CPU (reserved bits #GP).
+/// 2. The change keeps paging and SSE as the hypervisor set them up.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: guaranteed by the caller.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
 }
 
 /// Reads the time-stamp counter.

@@ -24,7 +24,17 @@
 //! # TSS
 //! RSP0 is the entry stack; IST1 the fault stack; the I/O bitmap offset lies
 //! beyond the limit, so every `in`/`out` from ring 1 or 3 faults.
+//!
+//! # Entry-area mappings
+//! Slot 511 has two sets of tables: the hypervisor view's (`HV_ENTRY_*`) and
+//! one set shared by every guest view (`GUEST_ENTRY_*`, installed by the
+//! domain builder through [`guest_entry_pml4e`]). Both map the entry area
+//! page for page; only the hypervisor's also map the private page
+//! ([`entry::ENTRY_PRIVATE`]) in the slot right after it. All these tables
+//! live in ordinary hypervisor memory, outside the entry area, so no guest
+//! can read the physical addresses they hold.
 
+use super::cpu;
 use super::entry::{self, EntryRegion, GDT, IDT, TSS};
 use core::arch::asm;
 use pvguest_abi::layout::ENTRY_AREA_PML4_SLOT;
@@ -72,6 +82,9 @@ pub fn hv_cr3() -> u64 {
 /// No mapping here is global: the two views give the same addresses
 /// different permissions, so a global TLB entry from the hypervisor view
 /// would leak write access into a guest view.
+///
+/// The hypervisor view also maps the private page ([`entry::ENTRY_PRIVATE`])
+/// right after the area, read-only; guest views leave that slot empty.
 fn fill_entry_tables(pdpt: *mut Table, pd: *mut Table, pt: *mut Table, r: &EntryRegion, guest: bool) {
     let inner = PteFlags::PRESENT | PteFlags::WRITABLE;
     // SAFETY: the tables are statics of this module, written only here,
@@ -95,7 +108,16 @@ fn fill_entry_tables(pdpt: *mut Table, pd: *mut Table, pt: *mut Table, r: &Entry
             pa += 4096;
             i += 1;
         }
+        if !guest {
+            let private = entry::ENTRY_PRIVATE.get() as u64;
+            (*pt).0[i] = Pte::new(private >> 12, PteFlags::PRESENT | PteFlags::NO_EXECUTE).0;
+        }
     }
+}
+
+/// Physical address of the hypervisor view's slot-511 PDPT.
+pub fn hv_entry_pdpt() -> u64 {
+    HV_ENTRY_PDPT.get() as u64
 }
 
 /// The PML4 entry every guest view installs in slot 511.
@@ -103,12 +125,20 @@ pub fn guest_entry_pml4e() -> u64 {
     Pte::new(GUEST_ENTRY_PDPT.get() as u64 >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0
 }
 
-/// Builds the entry-area mappings, loads GDT, TSS and IDT at their alias
-/// addresses, and publishes the hypervisor's CR3 to the entry code.
+/// Enables SMEP, SMAP and UMIP where the CPU offers them (SMAP only while
+/// the hypervisor runs: see [`entry`]'s docs), builds the entry-area
+/// mappings, publishes the hypervisor's CR3 to the entry code, loads GDT,
+/// TSS and IDT at their alias addresses, and checks that the guest-visible
+/// area names no hypervisor physical address ([`super::leakcheck`]).
 pub fn init() {
+    let prot = enable_protections();
     let r = entry::region();
-    assert!(r.end - r.start <= 512 * 4096, "entry area exceeds one page table");
-    entry::init_aliases();
+    // One page-table page covers the area plus the private page after it.
+    assert!(r.end - r.start < 512 * 4096, "entry area exceeds one page table");
+    // SAFETY: `hv_cr3` is the boot PML4 in .bss (below 4 GiB); CR4.SMAP was
+    // set just above when `prot.smap`; no entry can happen yet (the IDT is
+    // loaded below).
+    unsafe { entry::init(hv_cr3(), prot.smap) };
     fill_entry_tables(HV_ENTRY_PDPT.get(), HV_ENTRY_PD.get(), HV_ENTRY_PT.get(), &r, false);
     fill_entry_tables(GUEST_ENTRY_PDPT.get(), GUEST_ENTRY_PD.get(), GUEST_ENTRY_PT.get(), &r, true);
     let pml4 = hv_cr3() as *mut u64;
@@ -118,7 +148,6 @@ pub fn init() {
     unsafe {
         pml4.add(ENTRY_AREA_PML4_SLOT)
             .write_volatile(Pte::new(HV_ENTRY_PDPT.get() as u64 >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0);
-        (*entry::hv_cr3_entry.get()).0 = hv_cr3();
     }
 
     // GDT with the TSS descriptor.
@@ -200,6 +229,38 @@ pub fn init() {
             tmp = out(reg) _,
         );
     }
+    let (bytes, plants) = super::leakcheck::check(hv_cr3());
+    crate::log!(
+        "entry area: {} KiB guest-visible, no hypervisor physical address in it (scanner caught {plants}/{plants} planted leaks)",
+        bytes / 1024
+    );
+}
+
+/// Sets CR4.SMEP, CR4.UMIP and CR4.SMAP where CPUID offers them and logs
+/// which are on. SMEP and UMIP then hold in every ring; the entry code
+/// keeps SMAP for ring 0 only, clearing it on each exit to a guest.
+fn enable_protections() -> cpu::Protections {
+    let p = cpu::Protections::probe();
+    let mut bits = 0;
+    for (offered, bit) in [(p.smep, cpu::cr4::SMEP), (p.smap, cpu::cr4::SMAP), (p.umip, cpu::cr4::UMIP)] {
+        if offered {
+            bits |= bit;
+        }
+    }
+    // SAFETY: only bits CPUID reports are set. SMEP and SMAP cannot fault
+    // the hypervisor: its view maps no user page (`mm::harden` checks), and
+    // it runs under a guest CR3 only in the entry text, which touches only
+    // the entry area (supervisor pages). UMIP affects rings 1-3 only.
+    unsafe { cpu::write_cr4(cpu::read_cr4() | bits) };
+    let state = |offered: bool| if offered { "on" } else { "off (not offered)" };
+    crate::log!(
+        "cpu: SMEP {}, SMAP {}{}, UMIP {}",
+        state(p.smep),
+        state(p.smap),
+        if p.smap { " (ring 0; guest rings run without it)" } else { "" },
+        state(p.umip)
+    );
+    p
 }
 
 /// Enables the `syscall` instruction for guests: it enters `syscall_entry`

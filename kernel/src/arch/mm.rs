@@ -14,6 +14,13 @@
 //! With CR0.WP set these hold for ring 0 too, so a stray write to code or
 //! constants faults, data never executes, and a stack overflow becomes a
 //! double fault on the IST1 stack, which the fault reporter prints.
+//!
+//! # No user pages
+//! No entry of any table of the hypervisor view has the U bit: the
+//! hypervisor reads guest memory through this identity map (the software
+//! page walk of `guest_mem` gives it machine addresses), never through a
+//! guest mapping, so SMAP and SMEP can never fire in this view. [`harden`]
+//! walks the whole view and fails the boot if that ever stops being true.
 
 use super::cpu;
 use core::arch::asm;
@@ -74,4 +81,26 @@ pub fn harden() {
     // SAFETY: reloading CR3 flushes the old 2 MiB translations; the code
     // and stack in use stay mapped.
     unsafe { asm!("mov cr3, {0}", in(reg) cpu::read_cr3(), options(nostack, preserves_flags)) };
+    let tables = assert_no_user(cpu::read_cr3() & !0xfff, 4);
+    crate::log!("hypervisor view: no user (U=1) entry in its {tables} page tables");
+}
+
+/// Walks the table at `pa` (level 4 = PML4) and everything below it; panics
+/// at the first entry with the U bit. Returns the number of tables walked.
+fn assert_no_user(pa: u64, level: u32) -> usize {
+    let mut tables = 1;
+    for i in 0..512u64 {
+        // SAFETY: `pa` is a page-table page of the live hypervisor view, in
+        // identity-mapped RAM below 4 GiB; reading it has no effect.
+        let e = unsafe { ((pa + 8 * i) as *const u64).read_volatile() };
+        let pte = Pte(e);
+        if !pte.present() {
+            continue;
+        }
+        assert!(!pte.user(), "hypervisor view: level-{level} table {pa:#x} entry {i} is a user mapping ({e:#x})");
+        if level > 1 && !pte.huge() {
+            tables += assert_no_user(pte.mfn() << 12, level - 1);
+        }
+    }
+    tables
 }

@@ -41,6 +41,8 @@ const ATTEMPTS: &[(&str, &str)] = &[
     ("int-timer", "raise the hypervisor timer vector 0xf0 with int"),
     ("int-pagefault", "forge a page fault with int 14"),
     ("syscall", "use the syscall instruction from ring 1 (only ring 3 may)"),
+    ("sgdt", "read the GDT register (faults where the CPU has UMIP)"),
+    ("sidt", "read the IDT register (faults where the CPU has UMIP)"),
     ("canonical-hole", "trap from the last bytes below the canonical hole (non-canonical return address)"),
     ("canonical-hole-hypercall", "hypercall (shutdown: poweroff) from the last bytes below the canonical hole"),
     ("direction-flag", "enter the hypervisor with DF set (must be harmless)"),
@@ -88,6 +90,16 @@ fn main(si: &'static StartInfo) {
             "int-timer" => asm!("int 0xf0"),
             "int-pagefault" => asm!("int 14"),
             "syscall" => asm!("syscall", out("rcx") _, out("r11") _),
+            "sgdt" | "sidt" => {
+                let mut d = [0u8; 10];
+                if attempt == "sgdt" {
+                    asm!("sgdt [{0}]", in(reg) d.as_mut_ptr(), options(nostack));
+                } else {
+                    asm!("sidt [{0}]", in(reg) d.as_mut_ptr(), options(nostack));
+                }
+                let base = u64::from_le_bytes([d[2], d[3], d[4], d[5], d[6], d[7], d[8], d[9]]);
+                println!("spy: {attempt} read base {base:#x} limit {:#x} (no UMIP)", u16::from_le_bytes([d[0], d[1]]));
+            }
             "hypercalls" => {
                 bad_hypercalls();
                 pvguest_sdk::sched::poweroff();
