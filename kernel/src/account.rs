@@ -21,7 +21,8 @@
 //!    drained from a domain's ring go to that domain, not to whoever
 //!    happened to be running.
 //! 4. **Before every pick.** Whatever is left goes to the domain that was
-//!    running, so the scheduler decides on exact accounts; from the pick on,
+//!    running and the meter is settled, so the scheduler decides on exact
+//!    accounts; from the pick on,
 //!    the time belongs to the chosen domain (its exit path is charged at its
 //!    next entry).
 //! 5. **Idle.** Time spent halted belongs to nobody ([`Meter::skip`]).
@@ -30,15 +31,22 @@
 use crate::bvt::{Bvt, Ns};
 
 /// The charge point: the time up to which the CPU has been accounted.
+///
+/// Charges to the same domain in a row are added up and handed to the
+/// scheduler in one [`Bvt::account`] call (each call rescans SVT), when the
+/// payer changes or at [`Meter::settle`], which the hypervisor calls before
+/// every pick.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Meter {
     mark: Ns,
+    /// Charged to this slot but not yet handed to the scheduler.
+    pending: Option<(usize, Ns)>,
 }
 
 impl Meter {
     /// A meter whose time before `now` belongs to nobody.
     pub const fn new(now: Ns) -> Self {
-        Meter { mark: now }
+        Meter { mark: now, pending: None }
     }
 
     /// The time up to which the CPU has been accounted.
@@ -52,8 +60,21 @@ impl Meter {
     pub fn charge<const N: usize>(&mut self, bvt: &mut Bvt<N>, slot: usize, now: Ns) -> Ns {
         let ran = now.saturating_sub(self.mark);
         self.mark = self.mark.max(now);
-        bvt.account(slot, ran);
+        match &mut self.pending {
+            Some((s, ns)) if *s == slot => *ns = ns.saturating_add(ran),
+            _ => {
+                self.settle(bvt);
+                self.pending = Some((slot, ran));
+            }
+        }
         ran
+    }
+
+    /// Hands what has been charged to the scheduler.
+    pub fn settle<const N: usize>(&mut self, bvt: &mut Bvt<N>) {
+        if let Some((slot, ns)) = self.pending.take() {
+            bvt.account(slot, ns);
+        }
     }
 
     /// Moves the mark to `now` charging nobody (the CPU was idle).
@@ -86,6 +107,7 @@ mod tests {
         assert_eq!(m.charge(&mut b, 1, 450), 50);
         m.skip(1_000);
         assert_eq!(m.charge(&mut b, 0, 1_200), 200);
+        m.settle(&mut b);
         assert_eq!(avt_ns(&b, 0), 500);
         assert_eq!(avt_ns(&b, 1), 50);
     }
@@ -97,5 +119,19 @@ mod tests {
         assert_eq!(m.charge(&mut b, 0, 900), 0);
         assert_eq!(m.mark(), 1_000);
         assert_eq!(m.charge(&mut b, 0, 1_100), 100);
+        m.settle(&mut b);
+        assert_eq!(avt_ns(&b, 0), 100);
+    }
+
+    #[test]
+    fn nothing_is_lost_between_payers() {
+        let mut b = two();
+        let mut m = Meter::new(0);
+        for t in 1..=100 {
+            m.charge(&mut b, (t % 3 == 0) as usize, t * 10);
+        }
+        m.settle(&mut b);
+        assert_eq!(avt_ns(&b, 0) + avt_ns(&b, 1), 1_000, "every ns went to someone");
+        assert_eq!(avt_ns(&b, 1), 33 * 10);
     }
 }

@@ -964,6 +964,7 @@ impl Hv {
             if let Some(c) = self.current {
                 self.meter.charge(&mut self.bvt, c, now);
             }
+            self.meter.settle(&mut self.bvt);
             let now = if self.reaping.is_empty() { now } else { self.reap_step() };
             let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
             let yielding = core::mem::take(&mut self.yielding);

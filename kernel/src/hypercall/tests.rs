@@ -723,6 +723,7 @@ fn time_spent_inside_a_hypercall_is_charged_to_its_caller() {
     // ... then the hypercall did 8 x 64 requests of 1 us each (point 2).
     assert_eq!(dispatch(&mut e, hypercall::MULTICALL, [c, 8, 0, 0, 0]), OK);
     assert_eq!(m.charge(&mut bvt, 0, e.now), 512_000);
+    m.settle(&mut bvt);
     let ns = |slot| bvt.avt(slot).unwrap() * u128::from(DEFAULT_WEIGHT) / u128::from(VT_SCALE);
     assert_eq!(ns(0), 512_500, "the caller pays for its run and for the work inside its hypercall");
     assert_eq!(ns(1), 0, "the other domain pays nothing");

@@ -5,7 +5,10 @@
 //! repetition cannot inflate it. Output lines: `bench: <name> <value>`.
 //!
 //! `mode=all` measures everything; `mode=partner` only yields, to give
-//! `mode=all` a domain to switch to.
+//! `mode=all` a domain to switch to; `mode=storm` issues the longest
+//! hypercalls it can (console writes of 4096 control bytes, alone and 64 to
+//! a multicall, and a timer storm) so that the hypervisor's report of its
+//! longest stretch (`worst_hypercall` in `cargo xtask bench`) covers them.
 #![no_std]
 #![no_main]
 
@@ -96,7 +99,51 @@ fn ring3(code: &[u8]) -> u64 {
     best * 100 / N
 }
 
+/// The longest hypercalls this guest can make (see the module docs).
+fn storm() {
+    use pvguest_sdk::abi::{console_io, hypercall as nr, MulticallEntry};
+    static FLOOD: [u8; 4096] = {
+        let mut b = [0x1bu8; 4096];
+        let mut i = 0;
+        while i < 4096 {
+            if i % 97 == 96 {
+                b[i] = b'\n';
+            }
+            i += 1;
+        }
+        b
+    };
+    let write = [console_io::WRITE, 4096, FLOOD.as_ptr() as u64, 0, 0];
+    for _ in 0..16 {
+        // SAFETY: console_io only reads the buffer.
+        unsafe { pvguest_sdk::hypercall::raw(nr::CONSOLE_IO, write) };
+    }
+    let mut calls = [MulticallEntry::default(); 64];
+    for c in &mut calls {
+        c.op = nr::CONSOLE_IO;
+        c.args[..5].copy_from_slice(&write);
+    }
+    for _ in 0..4 {
+        // SAFETY: the hypervisor writes only the entries' results and, for
+        // an entry it continues, their arguments.
+        unsafe { pvguest_sdk::hypercall::raw(nr::MULTICALL, [calls.as_mut_ptr() as u64, 64, 0, 0, 0]) };
+        for c in &mut calls {
+            c.args[..5].copy_from_slice(&write);
+        }
+    }
+    println!("storm: console floods done");
+    for _ in 0..2000 {
+        let _ = pvguest_sdk::timer::set_oneshot(pvguest_sdk::time::now_ns() + 1);
+        sched::yield_now();
+    }
+    println!("storm: timer storm done");
+}
+
 fn main(si: &'static StartInfo) {
+    if si.cmdline().contains("mode=storm") {
+        storm();
+        return;
+    }
     if si.cmdline().contains("mode=partner") {
         for _ in 0..4 * N * REPS as u64 {
             sched::yield_now();
