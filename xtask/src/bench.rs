@@ -100,11 +100,12 @@ pub fn run(args: &[String]) -> Result<()> {
     for row in &iso_rows {
         all_met &= row.met();
         println!(
-            "{:<44} {:>12.4}  target <= {:<6} {}",
-            row.label,
-            row.value,
+            "target {:<30} <= {:<26} measured {:.4}  {}  ({})",
+            row.key,
             row.max,
-            if row.met() { "met" } else { "NOT MET" }
+            row.value,
+            if row.met() { "met" } else { "NOT MET" },
+            row.label
         );
     }
 
