@@ -46,7 +46,7 @@ pub const MAX_DEGRADATION: f64 = 0.02;
 /// Target: worst wake-up latency next to the antagonists, over the baseline.
 pub const MAX_LATENCY_RATIO: f64 = 2.0;
 /// Time limit of one QEMU run (wall-clock seconds).
-const RUN_TIMEOUT_S: u64 = 180;
+const RUN_TIMEOUT_S: u64 = 120;
 /// Warp of the latency domain (as in the `bvt-warp` scenario).
 const WARP_US: u32 = 20_000;
 /// The benchmark domains.
