@@ -3,6 +3,7 @@
 //! instructions and every run gives the same numbers.
 
 use crate::images::{self, add_symbols};
+use crate::isolation::{self, Row};
 use crate::qemu::{self, Outcome, RunOpts};
 use crate::{root, Result};
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
@@ -100,18 +101,18 @@ pub fn run(args: &[String]) -> Result<()> {
     println!("Ringfence path lengths (instructions per operation, QEMU TCG -icount shift=0, min of 5 x 1000)");
     println!("{:<44} {:>12} {:>10}", "operation", "instructions", "x floor");
     let floor = get("bare_trap").ok_or("no bare_trap figure in the output")?;
-    let mut json = String::from("{\n  \"unit\": \"instructions\",\n  \"results\": {\n");
+    let mut results = Vec::new();
     for (key, label) in ROWS {
         let v = get(key).ok_or_else(|| format!("no {key} figure in the output:\n{}", r.output))?;
         println!("{label:<44} {v:>12.1} {:>10.2}", v / floor);
-        let _ = writeln!(json, "    \"{key}\": {v:.2},");
+        results.push((*key, v));
     }
     println!("{:<44} {worst:>12.0} {:>10.2}", "worst uninterrupted stretch (storms)", worst / floor);
-    let _ = writeln!(json, "    \"worst_hypercall\": {worst:.0}");
-    json.push_str("  },\n  \"targets\": [\n");
+    results.push(("worst_hypercall", worst));
     println!();
     let mut all_met = true;
-    for (i, t) in TARGETS.iter().enumerate() {
+    let mut targets = Vec::new();
+    for t in TARGETS {
         let (a, b) = (get(t.name).unwrap_or(f64::NAN), get(t.of).unwrap_or(f64::NAN));
         let ratio = a / b;
         let met = ratio <= t.factor;
@@ -124,35 +125,222 @@ pub fn run(args: &[String]) -> Result<()> {
             ratio,
             if met { "met" } else { "NOT MET" }
         );
-        let _ = writeln!(
-            json,
-            "    {{\"name\": \"{}\", \"of\": \"{}\", \"max_ratio\": {}, \"ratio\": {ratio:.4}, \"met\": {met}}}{}",
-            t.name,
-            t.of,
-            t.factor,
-            if i + 1 < TARGETS.len() { "," } else { "" }
+        targets.push(TargetResult { name: t.name, of: t.of, max_ratio: t.factor, ratio, met });
+    }
+
+    // The isolation experiment (two more runs; see xtask/src/isolation.rs).
+    println!("\nIsolation experiment (QEMU TCG -icount shift=0, two runs; see `cargo xtask test isolation-seed`)");
+    let iso = isolation::measure(&imgs)?;
+    for l in iso.describe() {
+        println!("  {l}");
+    }
+    let iso_rows = iso.rows();
+    for row in &iso_rows {
+        all_met &= row.met();
+        println!(
+            "target {:<30} <= {:<26} measured {:.4}  {}  ({})",
+            row.key,
+            row.max,
+            row.value,
+            if row.met() { "met" } else { "NOT MET" },
+            row.label
         );
     }
-    json.push_str("  ],\n  \"bounds\": [\n");
-    for (i, b) in BOUNDS.iter().enumerate() {
+    let mut bounds = Vec::new();
+    for b in BOUNDS {
         let v = if b.name == "worst_hypercall" { worst } else { get(b.name).unwrap_or(f64::NAN) };
-        let met = v <= b.max;
-        all_met &= met;
-        println!("target {:<30} <= {:<24} measured {v:.0}  {}", b.name, b.max, if met { "met" } else { "NOT MET" });
-        let _ = writeln!(
-            json,
-            "    {{\"name\": \"{}\", \"max\": {}, \"value\": {v:.0}, \"met\": {met}}}{}",
+        let row = isolation::Row { key: b.name, label: "instructions", value: v, max: b.max };
+        all_met &= row.met();
+        println!(
+            "target {:<30} <= {:<26} measured {v:.0}  {}",
             b.name,
             b.max,
-            if i + 1 < BOUNDS.len() { "," } else { "" }
+            if row.met() { "met" } else { "NOT MET" }
         );
+        bounds.push(row);
     }
-    json.push_str("  ]\n}\n");
+
+    let json = render_json(&results, &targets, &bounds, &iso_rows);
     let path = images::target_dir().join("bench.json");
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("\nJSON: {}", path.display());
     if !all_met && !smoke {
-        eprintln!("xtask: some path-length targets are not met (see above)");
+        eprintln!("xtask: some benchmark targets are not met (see above)");
     }
     Ok(())
+}
+
+/// A path-length target as measured.
+struct TargetResult {
+    name: &'static str,
+    of: &'static str,
+    max_ratio: f64,
+    ratio: f64,
+    met: bool,
+}
+
+/// A JSON number; JSON has no NaN or infinity, so those become `null`.
+fn num(v: f64, decimals: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.decimals$}")
+    } else {
+        "null".into()
+    }
+}
+
+/// `target/bench.json`: the path lengths (`results`, in instructions), their
+/// `targets`, and the `isolation` section with the experiment's figures
+/// (keys `isolation_degradation` and `isolation_latency_ratio`) and their
+/// targets.
+fn render_json(results: &[(&str, f64)], targets: &[TargetResult], bounds: &[Row], isolation: &[Row]) -> String {
+    let mut json = String::from("{\n  \"unit\": \"instructions\",\n  \"results\": {\n");
+    for (i, (key, v)) in results.iter().enumerate() {
+        let _ = writeln!(json, "    \"{key}\": {}{}", num(*v, 2), if i + 1 < results.len() { "," } else { "" });
+    }
+    json.push_str("  },\n  \"targets\": [\n");
+    for (i, t) in targets.iter().enumerate() {
+        let _ = writeln!(
+            json,
+            "    {{\"name\": \"{}\", \"of\": \"{}\", \"max_ratio\": {}, \"ratio\": {}, \"met\": {}}}{}",
+            t.name,
+            t.of,
+            t.max_ratio,
+            num(t.ratio, 4),
+            t.met,
+            if i + 1 < targets.len() { "," } else { "" }
+        );
+    }
+    json.push_str("  ],\n  \"bounds\": [\n");
+    for (i, b) in bounds.iter().enumerate() {
+        let _ = writeln!(
+            json,
+            "    {{\"name\": \"{}\", \"max\": {}, \"value\": {}, \"met\": {}}}{}",
+            b.key,
+            b.max,
+            num(b.value, 0),
+            b.met(),
+            if i + 1 < bounds.len() { "," } else { "" }
+        );
+    }
+    json.push_str("  ],\n  \"isolation\": {\n");
+    for row in isolation {
+        let _ = writeln!(json, "    \"{}\": {},", row.key, num(row.value, 4));
+    }
+    json.push_str("    \"targets\": [\n");
+    for (i, row) in isolation.iter().enumerate() {
+        let _ = writeln!(
+            json,
+            "      {{\"name\": \"{}\", \"max\": {}, \"value\": {}, \"met\": {}}}{}",
+            row.key,
+            row.max,
+            num(row.value, 4),
+            row.met(),
+            if i + 1 < isolation.len() { "," } else { "" }
+        );
+    }
+    json.push_str("    ]\n  }\n}\n");
+    json
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A strict little JSON checker (the workspace has no JSON parser):
+    /// returns the rest of the input after one value.
+    fn value(s: &str) -> Result<&str> {
+        let s = s.trim_start();
+        let mut chars = s.chars();
+        match chars.next().ok_or("end of input")? {
+            '{' => {
+                let mut rest = s[1..].trim_start();
+                if let Some(r) = rest.strip_prefix('}') {
+                    return Ok(r);
+                }
+                loop {
+                    rest = string(rest)?.trim_start();
+                    rest = value(rest.strip_prefix(':').ok_or(format!("no ':' at {rest:.20}"))?)?.trim_start();
+                    if let Some(r) = rest.strip_prefix(',') {
+                        rest = r.trim_start();
+                    } else {
+                        return rest.strip_prefix('}').ok_or(format!("no '}}' at {rest:.20}"));
+                    }
+                }
+            }
+            '[' => {
+                let mut rest = s[1..].trim_start();
+                if let Some(r) = rest.strip_prefix(']') {
+                    return Ok(r);
+                }
+                loop {
+                    rest = value(rest)?.trim_start();
+                    if let Some(r) = rest.strip_prefix(',') {
+                        rest = r;
+                    } else {
+                        return rest.strip_prefix(']').ok_or(format!("no ']' at {rest:.20}"));
+                    }
+                }
+            }
+            '"' => string(s),
+            _ => {
+                for lit in ["true", "false", "null"] {
+                    if let Some(r) = s.strip_prefix(lit) {
+                        return Ok(r);
+                    }
+                }
+                let end = s.find(|c: char| !(c.is_ascii_digit() || "+-.eE".contains(c))).unwrap_or(s.len());
+                s[..end].parse::<f64>().map_err(|_| format!("bad value at {s:.20}"))?;
+                Ok(&s[end..])
+            }
+        }
+    }
+
+    fn string(s: &str) -> Result<&str> {
+        let body = s.strip_prefix('"').ok_or(format!("no string at {s:.20}"))?;
+        let end = body.find('"').ok_or("unterminated string")?;
+        Ok(&body[end + 1..])
+    }
+
+    fn valid(json: &str) -> Result<()> {
+        let rest = value(json)?;
+        if rest.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(format!("trailing text: {rest:.20}"))
+        }
+    }
+
+    #[test]
+    fn the_checker_rejects_bad_json() {
+        assert!(valid("{\"a\": 1,}").is_err());
+        assert!(valid("{\"a\": NaN}").is_err());
+        assert!(valid("[1 2]").is_err());
+        assert!(valid("{\"a\": [1, {\"b\": null}], \"c\": true}").is_ok());
+    }
+
+    #[test]
+    fn bench_json_is_valid_and_has_the_isolation_keys() {
+        let results = [("bare_trap", 100.0), ("null_hypercall", 120.5)];
+        let targets =
+            [TargetResult { name: "null_hypercall", of: "bare_trap", max_ratio: 1.3, ratio: 1.205, met: true }];
+        let rows = [
+            Row { key: "isolation_degradation", label: "", value: 0.0475, max: 0.02 },
+            Row { key: "isolation_latency_ratio", label: "", value: f64::INFINITY, max: 2.0 },
+        ];
+        let bounds = [Row { key: "worst_hypercall", label: "", value: 74_640.0, max: 200_000.0 }];
+        let json = render_json(&results, &targets, &bounds, &rows);
+        valid(&json).unwrap_or_else(|e| panic!("invalid JSON ({e}):\n{json}"));
+        assert!(json.contains("\"isolation_degradation\": 0.0475,"), "{json}");
+        assert!(json.contains("\"isolation_latency_ratio\": null,"), "{json}");
+        assert!(
+            json.contains("{\"name\": \"isolation_degradation\", \"max\": 0.02, \"value\": 0.0475, \"met\": false}")
+        );
+        assert!(json.contains("\"null_hypercall\": 120.50\n"), "{json}");
+        assert!(
+            json.contains("{\"name\": \"worst_hypercall\", \"max\": 200000, \"value\": 74640, \"met\": true}"),
+            "{json}"
+        );
+        // Empty sections stay valid too.
+        valid(&render_json(&[], &[], &[], &[])).expect("empty sections");
+    }
 }

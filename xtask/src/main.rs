@@ -13,6 +13,7 @@
 
 mod bench;
 mod images;
+mod isolation;
 mod manifest;
 mod qemu;
 mod scenarios;

@@ -546,10 +546,12 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
     let imgs = images::build()?;
     let list: Vec<Scenario> =
         scenarios().into_iter().chain(cpu_scenarios()).filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
-    if list.is_empty() {
+    // The isolation experiment boots two runs, so it is not a `Scenario`.
+    let isolation = filter.is_none_or(|f| crate::isolation::NAME.contains(f));
+    if list.is_empty() && !isolation {
         return Err(format!("no QEMU scenario matches '{}'", filter.unwrap_or("")));
     }
-    println!("== QEMU scenarios ({})", list.len());
+    println!("== QEMU scenarios ({})", list.len() + usize::from(isolation));
     let (mut passed, mut failed) = (0, 0);
     let t0 = Instant::now();
     for s in &list {
@@ -565,6 +567,20 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
             Err(e) => {
                 failed += 1;
                 println!("scenario {:<14} FAILED: {}\n{e}", s.name, s.what);
+            }
+        }
+    }
+    if isolation {
+        // Self-contained: see xtask/src/isolation.rs.
+        let (name, what) = (crate::isolation::NAME, crate::isolation::WHAT);
+        match crate::isolation::scenario(&imgs) {
+            Ok(secs) => {
+                passed += 1;
+                println!("scenario {name:<14} ok ({secs:.2} s): {what}");
+            }
+            Err(e) => {
+                failed += 1;
+                println!("scenario {name:<14} FAILED: {what}\n{e}");
             }
         }
     }
