@@ -36,7 +36,7 @@
 //! # Ok::<(), ring_protocol::LayoutError>(())
 //! ```
 //!
-//! A back's main loop (the front's is symmetric):
+//! A back's main loop:
 //!
 //! ```no_run
 //! # use ring_protocol::*;
@@ -56,6 +56,35 @@
 //! }
 //! # }
 //! ```
+//!
+//! The front's is symmetric:
+//!
+//! ```no_run
+//! # use ring_protocol::*;
+//! # fn drive(front: &mut Front<'_, Descriptor, Completion>, ids: &mut IdTable<u32, 128>,
+//! #     notify: impl Fn(), sleep: impl Fn()) -> Result<(), RingError> {
+//! loop {
+//!     while let Some(rsp) = front.pop_response()? {
+//!         // The id is an allegation too (R11).
+//!         let Ok(_state) = ids.complete(rsp.id) else {
+//!             front.poison(RingError::BadId { id: rsp.id });
+//!             return Err(RingError::BadId { id: rsp.id });
+//!         };
+//!         // ... finish that request ...
+//!     }
+//!     // ... queue new requests: `ids.insert(state)` for the id, then `front.try_push` ...
+//!     if front.push_and_check_notify()? {
+//!         notify();
+//!     }
+//!     if !front.final_check_for_responses()? {
+//!         sleep(); // block until the back's notification
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! Each inner `while` loop ends within `capacity` iterations whatever the
+//! peer writes (R10).
 //!
 //! # The protocol
 //!
@@ -88,8 +117,13 @@
 //!
 //! **R4 — Validation.** Each read of the peer's index is checked before
 //! use, and the checks bound everything that follows:
-//! - back: `req_prod - req_cons <= capacity - (req_cons - rsp_prod_pvt)`
-//!   (no more requests than free slots, and not behind `req_cons`);
+//! - back: `req_prod - req_cons <= capacity - (req_cons - rsp_prod)`, where
+//!   `rsp_prod` counts the responses the back has *published* (no more
+//!   requests than slots the front can know are free, and not behind
+//!   `req_cons`). A slot holding a response the back wrote but has not
+//!   published is not free: accepting a request there would read the
+//!   back's own response back as a request, and let a hostile front keep
+//!   the back's consume loop running forever (R10);
 //! - front: `rsp_prod - rsp_cons <= req_prod - rsp_cons` (no more responses
 //!   than requests outstanding);
 //! - stream consumer: `prod - cons <= capacity - (cons - released)`;
@@ -116,7 +150,9 @@
 //! **R7 — Slot reuse.** A slot is overwritten only after its previous
 //! content was copied out. Request/response ring: the back writes a
 //! response only into a slot whose request it consumed
-//! (`rsp_prod_pvt < req_cons`); the front writes a request only into a slot
+//! (`rsp_prod_pvt < req_cons`), and consumes a request only from a slot
+//! whose response it published (`req_prod - rsp_prod <= capacity`, R4); the
+//! front writes a request only into a slot
 //! whose response it consumed (`req_prod_pvt - rsp_cons < capacity`). The
 //! back's request copy precedes its `Release` store of `rsp_prod`, which
 //! pairs with the front's `Acquire` load of `rsp_prod` before it reuses the
@@ -145,7 +181,14 @@
 //! touches nothing. Nothing the peer writes can cause a panic, an
 //! out-of-bounds access (slot indices are masked, capacities are local) or
 //! an unbounded loop (every loop is bounded by the capacity or by the
-//! caller's input).
+//! caller's input). In particular each consume loop shown in these docs
+//! (`while let Some(..) = pop_*()?`, and the batch forms `requests()`,
+//! `requests_up_to`, `serve_up_to`, `drain`) takes at most `capacity`
+//! entries between two of the caller's own publishes, whatever the peer
+//! writes in the meantime, and then ends with `None` or a latched error:
+//! the back only takes requests in slots whose responses it published
+//! (R4), the front only responses to requests it published, a stream
+//! consumer only elements in space it released.
 //!
 //! **R11 — Ids.** Requests carry an id and responses may complete out of
 //! order. The front maps ids back with an [`IdTable`], which accepts each

@@ -19,7 +19,13 @@
 //!
 //! Invariants, all in wrapping `u32` arithmetic, `cap` the slot count:
 //! - front: `rsp_cons <= rsp_prod_seen <= req_prod <= req_prod_pvt <= rsp_cons + cap`;
-//! - back: `rsp_prod <= rsp_prod_pvt <= req_cons <= req_prod_seen <= rsp_prod_pvt + cap`.
+//! - back: `rsp_prod <= rsp_prod_pvt <= req_cons <= req_prod_seen <= rsp_prod + cap`.
+//!
+//! The back's bound is `rsp_prod + cap`, its *published* responses, not
+//! `rsp_prod_pvt`: a slot whose response is written but unpublished still
+//! belongs to the back (an honest front cannot have reused it, R7), so a
+//! `req_prod` that claims it is a violation. This also bounds every consume
+//! loop: between two publishes the back takes at most `cap` requests (R10).
 //!
 //! The only values read from shared memory are the peer's producer index
 //! (validated before use, R4), the peer's event index (any value is
@@ -505,6 +511,13 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// Re-read and validate the front's `req_prod` (R4); returns how many
     /// requests are available.
     ///
+    /// A request slot is free for the front only once the back has
+    /// *published* the response written into it, so the bound is
+    /// `req_prod - rsp_prod <= capacity`, not `req_prod - rsp_prod_pvt`:
+    /// a front that claims a slot still holding one of our unpublished
+    /// responses is refused, and a consume loop takes at most `capacity`
+    /// requests between two publishes whatever the front writes (R10).
+    ///
     /// # Errors
     /// [`RingError::ProdOverflow`] (latched) if the front claims more
     /// requests than free slots, or moved `req_prod` behind our consumer
@@ -514,7 +527,9 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         self.ok()?;
         let prod = self.mem.index(off::REQ_PROD).load(Acquire);
         let avail = prod.wrapping_sub(self.req_cons);
-        let limit = self.capacity().saturating_sub(self.unanswered());
+        // `req_cons - rsp_prod <= cap` (invariant), so this only saturates
+        // for a ring that is already full of our own entries.
+        let limit = self.capacity().saturating_sub(self.req_cons.wrapping_sub(self.rsp_prod));
         if avail > limit {
             return Err(self.latch(RingError::ProdOverflow { prod, cons: self.req_cons, limit }));
         }
