@@ -203,6 +203,16 @@
 //! space by R8 on `cons`/`cons_event`; the producer waits for space by R9 on
 //! `cons_event` (armed at `prod - capacity + n` for `n` free slots).
 //!
+//! **R13 — Taken means consumed.** An entry is consumed the moment it is
+//! handed to the caller: returned by `pop_*`, yielded by a [`Drain`] (which
+//! stores its progress when dropped, also while unwinding), or passed to the
+//! handler of [`Back::serve_up_to`] (whose counters advance before the
+//! handler runs and as each response is written). Caller code that panics,
+//! with the panic caught (`std::panic::catch_unwind` in a hosted backend),
+//! never causes an entry to be delivered twice; a request whose handler
+//! panicked is consumed and unanswered. (Forgetting a `Drain` with
+//! `mem::forget` skips its drop and leaves its entries unconsumed.)
+//!
 //! # Verification
 //! - `cargo test -p ring-protocol`: unit tests, proptest state machines
 //!   against a `VecDeque` model with random interleavings at both ends and

@@ -586,11 +586,17 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     }
 
     /// Serve up to `max` requests in order, synchronously: copy each request
-    /// out and write `f(request)` as its response into the slot just freed
-    /// (R7). Responses are not published; returns how many were served.
+    /// out and write `f(request)` as its response into the next response
+    /// slot (R7). Responses are not published; returns how many were served.
     /// Re-reads `req_prod` only if fewer than `max` are known. Backends that
     /// complete out of order use [`Back::pop_request`] and
     /// [`Back::try_push`] instead.
+    ///
+    /// R13: each request is consumed before `f` sees it, and each response
+    /// counted as soon as it is written. If `f` panics and the caller
+    /// catches the panic, the request `f` was handling is consumed and
+    /// unanswered ([`Back::unanswered`] counts it: answer it with
+    /// [`Back::try_push`]); it is never handed out again.
     ///
     /// # Errors
     /// As [`Back::poll_requests`].
@@ -602,16 +608,16 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
             avail = self.poll_requests()?;
         }
         let n = avail.min(max);
-        let (mut cons, mut prod) = (self.req_cons, self.rsp_prod_pvt);
         for _ in 0..n {
-            let req = self.slots.read::<Req>(&self.mem, cons);
-            cons = cons.wrapping_add(1);
-            // R7: `prod < cons` now, so this slot's request is already copied.
-            self.slots.write(&self.mem, prod, f(req));
-            prod = prod.wrapping_add(1);
+            let req = self.slots.read::<Req>(&self.mem, self.req_cons);
+            // R13: taken, so consumed, before the handler runs.
+            self.req_cons = self.req_cons.wrapping_add(1);
+            let rsp = f(req);
+            // R7: `rsp_prod_pvt < req_cons`, so this slot's request is
+            // already copied.
+            self.slots.write(&self.mem, self.rsp_prod_pvt, rsp);
+            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         }
-        self.req_cons = cons;
-        self.rsp_prod_pvt = prod;
         Ok(n)
     }
 
