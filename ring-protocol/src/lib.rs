@@ -172,7 +172,15 @@
 //! `RING_FINAL_CHECK_FOR_REQUESTS`). The R8 and R9 fences pair: in their
 //! single total order one comes first, so either the consumer's re-read
 //! sees the new producer index or the producer's read sees the new event.
-//! No wake-up is lost. `k > 1` is only for a consumer that knows `k` more
+//! No wake-up is lost. The final check first publishes the caller's own
+//! pending work (responses written, requests written, stream elements
+//! written, stream elements consumed but not released), with the R8 check:
+//! a caller that sleeps on work it never published would wait for a peer
+//! that is waiting for it. If that publish owes the peer a notification,
+//! the final check returns `true` (do not sleep yet) and the next
+//! `push_and_check_notify` / `release_and_check_notify` returns `true` (so
+//! the documented loops notify, then check again); `publish` / `release`
+//! drop the owed notification. `k > 1` is only for a consumer that knows `k` more
 //! will come (the front waiting for its own outstanding responses, where
 //! `k` is clamped to them) or that has another wake-up source.
 //!

@@ -170,6 +170,9 @@ pub struct Front<'a, Req: Pod, Rsp: Pod> {
     req_prod: u32,
     rsp_cons: u32,
     rsp_prod_seen: u32,
+    /// A final check published requests the back must be told about (R9);
+    /// the next `push_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
@@ -215,6 +218,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
             req_prod: start,
             rsp_cons: start,
             rsp_prod_seen: start,
+            notify_owed: false,
             error: None,
             _types: PhantomData,
         })
@@ -295,30 +299,35 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
 
     /// Publish every written request with one Release store (R5), then
     /// report whether the back must be notified (R8; Xen's
-    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`). Also `true` if a final check
+    /// published requests the back was waiting for and this is the first
+    /// call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`] (nothing is published then).
     #[inline]
     pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.req_prod_pvt == self.req_prod {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.req_prod;
         self.req_prod = self.req_prod_pvt;
-        Ok(publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod))
+        Ok(publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod) | owed)
     }
 
     /// Publish every written request without the notification check (no
     /// fence). Only for a back that never sleeps (polls); otherwise use
-    /// [`Front::push_and_check_notify`].
+    /// [`Front::push_and_check_notify`]. Drops a notification owed by a
+    /// final check (R9): a polling back needs none.
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.req_prod = self.req_prod_pvt;
         self.mem.index(off::REQ_PROD).store(self.req_prod, Release);
         Ok(())
@@ -401,6 +410,12 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// available (do not sleep); `false` means the back will be told to
     /// notify us for the next one.
     ///
+    /// Requests written but not published are published first (R9): the
+    /// back cannot answer what it cannot see. If the back must be notified
+    /// of them, this returns `true` (do not sleep yet) and the next
+    /// [`Front::push_and_check_notify`] returns `true`: notify, then check
+    /// again.
+    ///
     /// # Errors
     /// As [`Front::poll_responses`].
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
@@ -416,12 +431,27 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// As [`Front::poll_responses`].
     pub fn final_check_for_responses_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.publish_before_sleeping() {
+            return Ok(true);
+        }
         let k = k.min(self.req_prod.wrapping_sub(self.rsp_cons)).max(1);
         if self.cached_responses() >= k || self.poll_responses()? >= k {
             return Ok(true);
         }
         arm_event(&self.mem, off::RSP_EVENT, self.rsp_cons.wrapping_add(k));
         Ok(self.poll_responses()? >= k)
+    }
+
+    /// R9: publish requests written but not published (with the R8 check);
+    /// `true` while the back is owed a notification, which the caller must
+    /// deliver (through [`Front::push_and_check_notify`]) before sleeping.
+    fn publish_before_sleeping(&mut self) -> bool {
+        if self.req_prod_pvt != self.req_prod {
+            let old = self.req_prod;
+            self.req_prod = self.req_prod_pvt;
+            self.notify_owed |= publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod);
+        }
+        self.notify_owed
     }
 }
 
@@ -438,6 +468,9 @@ pub struct Back<'a, Req: Pod, Rsp: Pod> {
     req_prod_seen: u32,
     rsp_prod_pvt: u32,
     rsp_prod: u32,
+    /// A final check published responses the front must be told about
+    /// (R9); the next `push_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
@@ -467,6 +500,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
             req_prod_seen: start,
             rsp_prod_pvt: start,
             rsp_prod: start,
+            notify_owed: false,
             error: None,
             _types: PhantomData,
         })
@@ -652,29 +686,34 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
 
     /// Publish every written response with one Release store, then report
     /// whether the front must be notified (R8; Xen's
-    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). Also `true` if a final
+    /// check published responses the front was waiting for and this is the
+    /// first call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.rsp_prod_pvt == self.rsp_prod {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.rsp_prod;
         self.rsp_prod = self.rsp_prod_pvt;
-        Ok(publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod))
+        Ok(publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod) | owed)
     }
 
     /// Publish every written response without the notification check. Only
-    /// for a front that never sleeps.
+    /// for a front that never sleeps. Drops a notification owed by a final
+    /// check (R9): a polling front needs none.
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.rsp_prod = self.rsp_prod_pvt;
         self.mem.index(off::RSP_PROD).store(self.rsp_prod, Release);
         Ok(())
@@ -683,6 +722,12 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// R9 (Xen's `RING_FINAL_CHECK_FOR_REQUESTS`): call when out of
     /// requests, before sleeping. `true`: a request is available, do not
     /// sleep; `false`: the front will notify us for the next one.
+    ///
+    /// Responses written but not published are published first (R9): a
+    /// front waiting for them would otherwise wait forever. If the front
+    /// must be notified of them, this returns `true` (do not sleep yet) and
+    /// the next [`Back::push_and_check_notify`] returns `true`: notify, then
+    /// check again.
     ///
     /// # Errors
     /// As [`Back::poll_requests`].
@@ -700,6 +745,9 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// As [`Back::poll_requests`].
     pub fn final_check_for_requests_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.publish_before_sleeping() {
+            return Ok(true);
+        }
         let room = self.capacity().saturating_sub(self.req_cons.wrapping_sub(self.rsp_prod));
         let k = k.min(room).max(1);
         if self.cached_requests() >= k || self.poll_requests()? >= k {
@@ -707,5 +755,18 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         }
         arm_event(&self.mem, off::REQ_EVENT, self.req_cons.wrapping_add(k));
         Ok(self.poll_requests()? >= k)
+    }
+
+    /// R9: publish responses written but not published (with the R8
+    /// check); `true` while the front is owed a notification, which the
+    /// caller must deliver (through [`Back::push_and_check_notify`]) before
+    /// sleeping.
+    fn publish_before_sleeping(&mut self) -> bool {
+        if self.rsp_prod_pvt != self.rsp_prod {
+            let old = self.rsp_prod;
+            self.rsp_prod = self.rsp_prod_pvt;
+            self.notify_owed |= publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod);
+        }
+        self.notify_owed
     }
 }

@@ -150,7 +150,15 @@ fn run_back(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> {
                 r
             }
             Step::Publish => back.push_and_check_notify().map(|_| published = answered),
-            Step::Final(k) => back.final_check_for_requests_batched(u32::from(k)).map(|_| ()),
+            Step::Final(k) => {
+                let r = back.final_check_for_requests_batched(u32::from(k)).map(|_| ());
+                if latched.is_none() {
+                    // R9: the final check published our responses first.
+                    prop_assert_eq!(pages.load_u32(GUARD + RSP_PROD), answered);
+                    published = answered;
+                }
+                r
+            }
         };
         // R4: the back never holds more consumed entries than slots beyond
         // what it published (so never a slot with an unpublished response).
@@ -231,7 +239,15 @@ fn run_front(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> 
                 r
             }
             Step::Publish => front.push_and_check_notify().map(|_| published = written),
-            Step::Final(k) => front.final_check_for_responses_batched(u32::from(k)).map(|_| ()),
+            Step::Final(k) => {
+                let r = front.final_check_for_responses_batched(u32::from(k)).map(|_| ());
+                if latched.is_none() {
+                    // R9: the final check published our requests first.
+                    prop_assert_eq!(pages.load_u32(GUARD + REQ_PROD), written);
+                    published = written;
+                }
+                r
+            }
         };
         match (result, latched) {
             (Ok(()), None) => {}

@@ -135,6 +135,38 @@ fn r8_r9_response_wakeup_is_never_lost() {
     });
 }
 
+/// R9: a back that wrote a response but forgot to publish it reaches its
+/// final check while the front is going to sleep waiting for that
+/// response. The final check publishes it; the back follows the documented
+/// loop (on `true`, go round: `push_and_check_notify`, notify) and stops
+/// when the check lets it sleep. The front blocks on a condvar, so if any
+/// interleaving lets the back sleep without the front being woken, loom
+/// reports a deadlock.
+#[test]
+fn r9_final_check_publishes_pending_work_before_sleeping() {
+    model(|| {
+        let (mut front, mut back) = warmed_ring(2, false);
+        front.try_push(3).unwrap();
+        front.push_and_check_notify().unwrap();
+        assert_eq!(back.pop_request().unwrap(), Some(3));
+        back.try_push(30).unwrap(); // not published
+        let bell = Bell::new();
+        let server = thread::spawn(move || {
+            while back.final_check_for_requests().unwrap() {
+                assert_eq!(back.pop_request().unwrap(), None);
+                if back.push_and_check_notify().unwrap() {
+                    bell.ring();
+                }
+            }
+        });
+        if !front.final_check_for_responses().unwrap() {
+            bell.wait();
+        }
+        assert_eq!(front.pop_response().unwrap(), Some(30));
+        server.join().unwrap();
+    });
+}
+
 /// Batched wake-up (k = 2) against two separate publishes: the sleeper is
 /// woken exactly when the second item lands, never by the first.
 #[test]
