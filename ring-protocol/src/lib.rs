@@ -201,7 +201,11 @@
 //! **R11 — Ids.** Requests carry an id and responses may complete out of
 //! order. The front maps ids back with an [`IdTable`], which accepts each
 //! id exactly once; an unknown, duplicate or stale id is a violation, which
-//! the front latches with `poison(RingError::BadId { id })`. Descriptors
+//! the front latches with `poison(RingError::BadId { id })`. An id is a
+//! `u64`, `generation << b | index` with `b = ceil(log2 N)` index bits;
+//! generations never wrap: an index whose generation runs out is retired
+//! for good, so no id is ever issued twice and a stale id can never match
+//! (the table issues at least 2^63 ids before it has none left). Descriptors
 //! name data by grant reference, offset and length, never carry it; the
 //! back validates them ([`Descriptor::checked_range`]).
 //!
