@@ -225,6 +225,24 @@
 //! panicked is consumed and unanswered. (Forgetting a `Drain` with
 //! `mem::forget` skips its drop and leaves its entries unconsumed.)
 //!
+//! **R14 — No zero-sized slots.** A zero-sized slot type (`()`, `[u8; 0]`,
+//! a field-less struct) has no layout: every generic entry point that
+//! computes one (the ring and stream constructors, [`Layout::ring`],
+//! [`Layout::stream`], [`ring_capacity`], [`stream_capacity`],
+//! [`ring_bytes`], [`stream_bytes`]) refuses it at compile time with a
+//! post-monomorphisation `const` assertion, and [`Layout::new`] returns
+//! `None` for size 0. Nothing panics at run time:
+//!
+//! ```compile_fail,E0080
+//! # use ring_protocol::*;
+//! # #[repr(C, align(4096))] struct Page([u8; 4096]);
+//! # let mut page = Page([0; 4096]);
+//! # // SAFETY: `page` outlives the endpoint and is only used through it.
+//! let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+//! let rx = StreamConsumer::<[u8; 0]>::attach(mem)?; // error[E0080]: zero-sized (R14)
+//! # Ok::<(), LayoutError>(())
+//! ```
+//!
 //! # Verification
 //! - `cargo test -p ring-protocol`: unit tests, proptest state machines
 //!   against a `VecDeque` model with random interleavings at both ends and

@@ -187,6 +187,17 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// `SHARED_RING_INIT` + `FRONT_RING_INIT`) and take the front's end.
     /// Call before granting the pages to the back.
     ///
+    /// Zero-sized slot types do not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let front = Front::<[u64; 0], u64>::init(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`LayoutError`] if not even one slot fits or the region is not
     /// aligned for the slot types.
@@ -201,9 +212,6 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// # Errors
     /// As [`Front::init`].
     pub fn init_at(mem: SharedMem<'a>, start: u32) -> Result<Self, LayoutError> {
-        const {
-            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
-        }
         let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         mem.zero_header_padding();
         mem.zero_from(HEADER_SIZE);
@@ -484,13 +492,21 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// index. A hostile front can only choose where we start; every later
     /// `req_prod` is checked against it (R4).
     ///
+    /// Zero-sized slot types do not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let back = Back::<u64, [u32; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`LayoutError`] if not even one slot fits or the region is not
     /// aligned for the slot types.
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
-        const {
-            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
-        }
         let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         let start = mem.index(off::RSP_PROD).load(Acquire);
         Ok(Back {

@@ -35,12 +35,20 @@ use crate::{Pod, PushError, RingError};
 /// zero it, set `prod = cons = start` and both events to `start + 1`. The
 /// side that allocates the pages calls this once, before granting them.
 ///
+/// A zero-sized `T` does not compile (R14):
+/// ```compile_fail,E0080
+/// # use ring_protocol::*;
+/// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+/// # let mut page = Page([0; 4096]);
+/// # // SAFETY: `page` outlives the endpoint and is only used through it.
+/// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+/// init_stream::<[u8; 0]>(&mem, 0)?;
+/// # Ok::<(), LayoutError>(())
+/// ```
+///
 /// # Errors
 /// [`LayoutError`] if not even one element fits or `mem` is misaligned.
 pub fn init_stream<T: Pod>(mem: &SharedMem<'_>, start: u32) -> Result<(), LayoutError> {
-    const {
-        assert!(core::mem::size_of::<T>() > 0);
-    }
     mem.check(Layout::stream::<T>(mem.len()))?;
     mem.zero_header_padding();
     mem.zero_from(HEADER_SIZE);
@@ -82,6 +90,17 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
     /// Take the producing end of an initialised stream. We start at the
     /// shared `prod` and assume the ring is full until we have read and
     /// validated `cons`, so a peer that initialised garbage gains nothing.
+    ///
+    /// A zero-sized `T` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let tx = StreamProducer::<[u32; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
     ///
     /// # Errors
     /// As [`init_stream`].
@@ -309,6 +328,17 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
 
     /// Take the consuming end of an initialised stream, starting at the
     /// shared `cons`. Every `prod` is checked against it before use (R4).
+    ///
+    /// A zero-sized `T` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let rx = StreamConsumer::<[u8; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
     ///
     /// # Errors
     /// As [`init_stream`].
