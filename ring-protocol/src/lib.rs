@@ -247,12 +247,17 @@
 //! - `cargo test -p ring-protocol`: unit tests, proptest state machines
 //!   against a `VecDeque` model with random interleavings at both ends and
 //!   indices crossing `u32::MAX` (no lost wake-up, spurious notifications
-//!   counted), a hostile-peer model, and a two-thread stress test that checks
-//!   every sequence number.
+//!   counted), a hostile-peer model (`tests/hostile.rs`, including every
+//!   documented consume loop driven against a peer that rewrites its
+//!   producer index after each entry taken, R10), careless-caller tests
+//!   (`tests/caller.rs`: panicking handlers, R13; final checks with
+//!   unpublished work, R9), compile-fail doctests for zero-sized slot types
+//!   (R14), and a two-thread stress test that checks every sequence number.
 //! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom`:
 //!   loom explores every interleaving of the R8/R9 handshake (and checks the
-//!   slot orderings of R5/R7); one test weakens the fences and expects loom
-//!   to find the lost wake-up.
+//!   slot orderings of R5/R7), including a final check that must publish
+//!   the caller's pending responses; one test weakens the fences and
+//!   expects loom to find the lost wake-up.
 //! - Miri is not run: the `miri` component is not installed for this
 //!   machine's stable toolchain and no nightly toolchain can be fetched
 //!   here. The unsafe code is confined to `mem.rs` (index words and slot
@@ -265,7 +270,8 @@
 //!   `drain()` read it once per call); a stream producer re-reads `cons`
 //!   only when its cached free space runs out; a front never reads
 //!   anything to find free slots (they depend on its own `rsp_cons`). A
-//!   batch costs one `Release` store of the producer index (plus, with
+//!   batch costs one `Release` store of the producer index and a read and
+//!   clear of the endpoint's owed-notification flag (R9) (plus, with
 //!   `push_and_check_notify`, one SeqCst fence and one load of the event
 //!   index); `publish` skips the notification check for peers that poll.
 //! - Slots are copied with volatile accesses in the widest pieces the type's

@@ -14,7 +14,9 @@
 //! the back really blocks on a condvar, so a lost wake-up is a deadlock. Slot accesses go through per-slot loom cells, so loom also
 //! checks that every slot write happens-before the read of it and the read
 //! before the next write. `r9_weak_fences_lose_a_wakeup` shows that loom
-//! finds the lost wake-up when the SeqCst fences are weakened.
+//! finds the lost wake-up when the SeqCst fences are weakened, and
+//! `r9_final_check_publishes_pending_work_before_sleeping` that a back that
+//! forgot to publish still wakes a front waiting for its response.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
