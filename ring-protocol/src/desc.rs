@@ -100,19 +100,35 @@ pub enum IdError {
 /// A fixed-capacity table of in-flight requests: hands out ids, and maps a
 /// completion's id back to the state saved for it, exactly once.
 ///
-/// An id is `generation << 32 | index`. The generation of an index changes
-/// every time it is reused, so a hostile back that replays an old id gets
-/// [`IdError::NotInFlight`] even after the index is in use again. No
-/// allocation: the table is an array of `N` entries and a free list.
+/// An id is a `u64` (the width of [`Descriptor::id`] and
+/// [`Completion::id`]): `generation << b | index`, where `b`, the fewest
+/// bits that hold every index below `N` (`b = ceil(log2 N)`, 0 for
+/// `N = 1`), leaves `64 - b` bits for the generation. The generation of an
+/// index changes every time it is reused, so a hostile back that replays an
+/// old id gets [`IdError::NotInFlight`] even after the index is in use
+/// again.
+///
+/// Generations never wrap (R11): an index whose generation has reached
+/// `2^(64 - b) - 1` is *retired* when that use completes and is never handed
+/// out again. So no id is ever issued twice, and a stale id cannot match an
+/// in-flight request at all, however long the table lives. The price is
+/// capacity, and only in theory: the table issues `N * 2^(64 - b) >= 2^63`
+/// ids before every index is retired (`N > 2^(b - 1)`), which at 10^9
+/// completions per second is more than 290 years; after that `insert`
+/// reports the table full ([`IdTable::retired`] counts retired indices).
+///
+/// No allocation: the table is an array of `N` entries and a free list.
 pub struct IdTable<T, const N: usize> {
     entries: [Entry<T>; N],
     /// Head of the free list (an index, or `NONE`).
     free: u32,
     in_flight: usize,
+    retired: usize,
 }
 
 struct Entry<T> {
-    generation: u32,
+    /// At most `IdTable::MAX_GENERATION`.
+    generation: u64,
     /// `Some` while in flight.
     value: Option<T>,
     /// Next free index while free.
@@ -128,6 +144,13 @@ impl<T, const N: usize> Default for IdTable<T, N> {
 }
 
 impl<T, const N: usize> IdTable<T, N> {
+    /// Bits of an id that hold the index: the fewest that hold `N - 1`
+    /// (at most 32, as `N < 2^32 - 1`).
+    const INDEX_BITS: u32 = if N <= 1 { 0 } else { usize::BITS - (N - 1).leading_zeros() };
+    const INDEX_MASK: u64 = (1 << Self::INDEX_BITS) - 1;
+    /// The last generation of an index; its completion retires the index.
+    const MAX_GENERATION: u64 = u64::MAX >> Self::INDEX_BITS;
+
     /// An empty table.
     pub fn new() -> Self {
         const {
@@ -141,7 +164,14 @@ impl<T, const N: usize> IdTable<T, N> {
             }),
             free: if N == 0 { NONE } else { 0 },
             in_flight: 0,
+            retired: 0,
         }
+    }
+
+    /// The index and generation an id names (any `u64` names one).
+    #[inline]
+    fn split(id: u64) -> (usize, u64) {
+        ((id & Self::INDEX_MASK) as usize, id >> Self::INDEX_BITS)
     }
 
     /// Requests in flight.
@@ -152,6 +182,13 @@ impl<T, const N: usize> IdTable<T, N> {
     /// Whether no id is free.
     pub fn is_full(&self) -> bool {
         self.free == NONE
+    }
+
+    /// Indices retired because their generations ran out (see the type's
+    /// docs): the table holds `N - retired()` requests at most. Zero in
+    /// practice.
+    pub fn retired(&self) -> usize {
+        self.retired
     }
 
     /// Save `value` and return a fresh id for its request, or give `value`
@@ -167,39 +204,52 @@ impl<T, const N: usize> IdTable<T, N> {
         self.free = entry.next_free;
         entry.value = Some(value);
         self.in_flight += 1;
-        Ok(u64::from(entry.generation) << 32 | u64::from(index))
+        Ok(entry.generation << Self::INDEX_BITS | u64::from(index))
     }
 
     /// The state saved for in-flight `id`.
     pub fn get(&self, id: u64) -> Option<&T> {
-        let entry = self.entries.get((id as u32) as usize)?;
-        if u64::from(entry.generation) != id >> 32 {
+        let (index, generation) = Self::split(id);
+        let entry = self.entries.get(index)?;
+        if entry.generation != generation {
             return None;
         }
         entry.value.as_ref()
     }
 
-    /// Retire `id` and return its state.
+    /// Complete `id` and return its state. Its index is free again, with
+    /// the next generation, unless that generation was the last one: then
+    /// the index is retired for good instead of wrapping (R11).
     ///
     /// # Errors
     /// [`IdError`] if `id` is not in flight; the table is unchanged.
     pub fn complete(&mut self, id: u64) -> Result<T, IdError> {
-        let index = id as u32;
-        let entry = self.entries.get_mut(index as usize).ok_or(IdError::Unknown)?;
-        if u64::from(entry.generation) != id >> 32 {
+        let (index, generation) = Self::split(id);
+        let entry = self.entries.get_mut(index).ok_or(IdError::Unknown)?;
+        if entry.generation != generation {
             return Err(IdError::NotInFlight);
         }
         let value = entry.value.take().ok_or(IdError::NotInFlight)?;
-        entry.generation = entry.generation.wrapping_add(1);
-        entry.next_free = self.free;
-        self.free = index;
         self.in_flight -= 1;
+        if entry.generation == Self::MAX_GENERATION {
+            // Never wrap: an id with generation 0 may still be in a hostile
+            // back's hands. Keep the last generation and stay off the free
+            // list; completing it again fails (`value` is None).
+            self.retired += 1;
+        } else {
+            entry.generation += 1;
+            entry.next_free = self.free;
+            // index < N < u32::MAX (const-asserted in `new`).
+            self.free = index as u32;
+        }
         Ok(value)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
+
     use super::*;
 
     #[test]
@@ -216,18 +266,77 @@ mod tests {
 
     #[test]
     fn r11_unknown_and_stale_ids_are_rejected() {
-        let mut t = IdTable::<(), 2>::new();
+        // Three entries: two index bits, so index 3 is not ours.
+        let mut t = IdTable::<(), 3>::new();
         assert_eq!(t.complete(7), Err(IdError::Unknown));
         assert_eq!(t.complete(u64::MAX), Err(IdError::Unknown));
+        assert_eq!(t.complete(1 << 2), Err(IdError::NotInFlight), "index 0, generation 1: not issued");
         let a = t.insert(()).unwrap();
         t.complete(a).unwrap();
         let b = t.insert(()).unwrap();
-        assert_eq!(a as u32, b as u32, "index reused");
+        assert_eq!(a & 3, b & 3, "index reused");
         assert_ne!(a, b, "with a new generation");
         assert_eq!(t.complete(a), Err(IdError::NotInFlight));
         assert!(t.get(a).is_none());
         assert!(t.get(b).is_some());
         assert_eq!(t.complete(b), Ok(()));
+    }
+
+    #[test]
+    fn r11_ids_use_the_fewest_index_bits() {
+        fn second_id<const N: usize>() -> u64 {
+            let mut t = IdTable::<(), N>::new();
+            let a = t.insert(()).unwrap();
+            t.complete(a).unwrap();
+            t.insert(()).unwrap() // index 0, generation 1
+        }
+        assert_eq!(second_id::<1>(), 1);
+        assert_eq!(second_id::<2>(), 1 << 1);
+        assert_eq!(second_id::<4>(), 1 << 2);
+        assert_eq!(second_id::<5>(), 1 << 3);
+        assert_eq!(second_id::<128>(), 1 << 7);
+        assert_eq!(IdTable::<(), 1>::MAX_GENERATION, u64::MAX);
+        assert_eq!(IdTable::<(), 128>::MAX_GENERATION, u64::MAX >> 7);
+        assert_eq!(IdTable::<(), { u32::MAX as usize - 1 }>::INDEX_BITS, 32);
+    }
+
+    /// R11: an index whose generation runs out is retired, never wrapped,
+    /// so an id issued at generation 0 can never be accepted again.
+    #[test]
+    fn r11_generations_never_wrap() {
+        let mut t = IdTable::<u32, 2>::new();
+        let first = t.insert(0).unwrap();
+        assert_eq!(first, 0);
+        t.complete(first).unwrap();
+        // Fast-forward index 0 to its second-to-last generation.
+        t.entries[0].generation = IdTable::<u32, 2>::MAX_GENERATION - 1;
+        let mut issued = std::vec::Vec::new();
+        for v in 0..4 {
+            let id = t.insert(v).unwrap();
+            issued.push(id);
+            assert_eq!(t.complete(id), Ok(v));
+            assert_eq!(t.complete(first), Err(IdError::NotInFlight), "stale generation-0 id accepted");
+            assert!(t.get(first).is_none());
+        }
+        assert_eq!(&issued[..2], [u64::MAX - 3, u64::MAX - 1], "index 0's last two generations");
+        assert_eq!(issued[2] & 1, 1, "index 0 is retired: index 1 serves from now on");
+        assert_eq!(t.retired(), 1);
+        assert_eq!(t.complete(u64::MAX - 1), Err(IdError::NotInFlight), "the retired index's last id");
+        // Only index 1 is left: one request in flight fills the table.
+        let id = t.insert(9).unwrap();
+        assert!(t.is_full());
+        assert_eq!(t.insert(10), Err(10));
+        assert_eq!(t.complete(id), Ok(9));
+
+        // With one entry, retiring it leaves a table that refuses inserts.
+        let mut t = IdTable::<(), 1>::new();
+        t.entries[0].generation = u64::MAX;
+        let id = t.insert(()).unwrap();
+        assert_eq!(id, u64::MAX);
+        t.complete(id).unwrap();
+        assert!(t.is_full() && t.retired() == 1 && t.in_flight() == 0);
+        assert_eq!(t.insert(()), Err(()));
+        assert_eq!(t.complete(0), Err(IdError::NotInFlight), "generation 0 again is stale, not a wrap");
     }
 
     #[test]

@@ -136,6 +136,16 @@ const fn round_up(x: usize, align: usize) -> usize {
     x.div_ceil(align) * align
 }
 
+/// R14: a zero-sized slot type does not compile. The check runs when a
+/// generic caller is instantiated (monomorphised) for `T`, so the error is
+/// reported by `cargo build` (not `cargo check`) at the caller's type.
+#[inline(always)]
+pub(crate) const fn assert_slot_type<T>() {
+    const {
+        assert!(size_of::<T>() != 0, "ring slot types must not be zero-sized (R14)");
+    }
+}
+
 /// Where the pieces of a region go, for one slot type and one length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Layout {
@@ -151,13 +161,22 @@ pub struct Layout {
 
 impl Layout {
     /// The layout for slots of `size`/`align` in `bytes` bytes, or `None` if
-    /// not even one slot fits.
+    /// not even one slot fits. Never panics: a zero `size` (R14), an `align`
+    /// that is not a power of two, or a slot too large to address also give
+    /// `None`.
     pub const fn new(size: usize, align: usize, bytes: usize) -> Option<Layout> {
-        assert!(size > 0, "ring slots must not be zero-sized");
-        let stride = round_up(size, align);
-        let slots_offset = round_up(HEADER_SIZE, align);
-        if bytes < slots_offset + stride {
+        if size == 0 || !align.is_power_of_two() {
             return None;
+        }
+        let Some(stride) = size.checked_next_multiple_of(align) else {
+            return None;
+        };
+        let Some(slots_offset) = HEADER_SIZE.checked_next_multiple_of(align) else {
+            return None;
+        };
+        match slots_offset.checked_add(stride) {
+            Some(first_slot_end) if first_slot_end <= bytes => {}
+            _ => return None,
         }
         let fit = (bytes - slots_offset) / stride;
         // Largest power of two <= fit (fit >= 1 here).
@@ -169,12 +188,25 @@ impl Layout {
     }
 
     /// The layout of a request/response ring of `Req`/`Rsp` in `bytes`.
+    ///
+    /// A zero-sized `Req` or `Rsp` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// let _ = ring_protocol::Layout::ring::<u64, [u8; 0]>(4096);
+    /// ```
     pub const fn ring<Req, Rsp>(bytes: usize) -> Option<Layout> {
+        assert_slot_type::<Req>();
+        assert_slot_type::<Rsp>();
         Layout::new(max(size_of::<Req>(), size_of::<Rsp>()), max(align_of::<Req>(), align_of::<Rsp>()), bytes)
     }
 
     /// The layout of a one-way stream ring of `T` in `bytes`.
+    ///
+    /// A zero-sized `T` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// let _ = ring_protocol::Layout::stream::<()>(4096);
+    /// ```
     pub const fn stream<T>(bytes: usize) -> Option<Layout> {
+        assert_slot_type::<T>();
         Layout::new(size_of::<T>(), align_of::<T>(), bytes)
     }
 
@@ -192,6 +224,11 @@ impl Layout {
 /// // 24-byte slots: (4096 - 256) / 24 = 160, rounded down to 128.
 /// assert_eq!(ring_capacity::<Descriptor, Completion>(PAGE_SIZE), 128);
 /// ```
+///
+/// Zero-sized slot types do not compile (R14), in a const context too:
+/// ```compile_fail,E0080
+/// const CAP: u32 = ring_protocol::ring_capacity::<[u64; 0], u64>(4096);
+/// ```
 pub const fn ring_capacity<Req, Rsp>(bytes: usize) -> u32 {
     match Layout::ring::<Req, Rsp>(bytes) {
         Some(l) => l.capacity,
@@ -202,7 +239,14 @@ pub const fn ring_capacity<Req, Rsp>(bytes: usize) -> u32 {
 /// Bytes a `Req`/`Rsp` ring with `capacity` slots needs (header included).
 /// `capacity` should be a power of two; round the result up to whole pages
 /// when allocating shared memory.
+///
+/// Zero-sized slot types do not compile (R14):
+/// ```compile_fail,E0080
+/// let _ = ring_protocol::ring_bytes::<(), ()>(8);
+/// ```
 pub const fn ring_bytes<Req, Rsp>(capacity: u32) -> usize {
+    assert_slot_type::<Req>();
+    assert_slot_type::<Rsp>();
     let size = max(size_of::<Req>(), size_of::<Rsp>());
     let align = max(align_of::<Req>(), align_of::<Rsp>());
     round_up(HEADER_SIZE, align) + capacity as usize * round_up(size, align)
@@ -217,7 +261,9 @@ pub const fn stream_capacity<T>(bytes: usize) -> u32 {
 }
 
 /// Bytes a one-way `T` stream with `capacity` elements needs.
+/// Zero-sized `T` does not compile (R14).
 pub const fn stream_bytes<T>(capacity: u32) -> usize {
+    assert_slot_type::<T>();
     round_up(HEADER_SIZE, align_of::<T>()) + capacity as usize * size_of::<T>()
 }
 
@@ -257,6 +303,18 @@ mod tests {
         assert_eq!(l.slots_offset, HEADER_SIZE);
         let l = Layout::ring::<Line, u8>(4096).unwrap();
         assert_eq!((l.stride, l.slots_offset, l.align), (64, HEADER_SIZE, 64));
+    }
+
+    #[test]
+    fn r14_layout_new_refuses_bad_slot_shapes_without_panicking() {
+        assert_eq!(Layout::new(0, 1, 4096), None, "zero-sized slots");
+        assert_eq!(Layout::new(0, 8, usize::MAX), None);
+        assert_eq!(Layout::new(8, 0, 4096), None, "alignment 0");
+        assert_eq!(Layout::new(8, 3, 4096), None, "alignment not a power of two");
+        assert_eq!(Layout::new(usize::MAX, 8, usize::MAX), None, "stride overflows");
+        assert_eq!(Layout::new(8, 1 << (usize::BITS - 1), usize::MAX), None, "offset + stride overflows");
+        assert_eq!(Layout::new(usize::MAX - HEADER_SIZE, 1, usize::MAX).map(|l| l.capacity), Some(1));
+        assert_eq!(Layout::new(8, 8, 4096).map(|l| l.capacity), Some(256));
     }
 
     #[test]

@@ -36,7 +36,7 @@
 //! # Ok::<(), ring_protocol::LayoutError>(())
 //! ```
 //!
-//! A back's main loop (the front's is symmetric):
+//! A back's main loop:
 //!
 //! ```no_run
 //! # use ring_protocol::*;
@@ -56,6 +56,35 @@
 //! }
 //! # }
 //! ```
+//!
+//! The front's is symmetric:
+//!
+//! ```no_run
+//! # use ring_protocol::*;
+//! # fn drive(front: &mut Front<'_, Descriptor, Completion>, ids: &mut IdTable<u32, 128>,
+//! #     notify: impl Fn(), sleep: impl Fn()) -> Result<(), RingError> {
+//! loop {
+//!     while let Some(rsp) = front.pop_response()? {
+//!         // The id is an allegation too (R11).
+//!         let Ok(_state) = ids.complete(rsp.id) else {
+//!             front.poison(RingError::BadId { id: rsp.id });
+//!             return Err(RingError::BadId { id: rsp.id });
+//!         };
+//!         // ... finish that request ...
+//!     }
+//!     // ... queue new requests: `ids.insert(state)` for the id, then `front.try_push` ...
+//!     if front.push_and_check_notify()? {
+//!         notify();
+//!     }
+//!     if !front.final_check_for_responses()? {
+//!         sleep(); // block until the back's notification
+//!     }
+//! }
+//! # }
+//! ```
+//!
+//! Each inner `while` loop ends within `capacity` iterations whatever the
+//! peer writes (R10).
 //!
 //! # The protocol
 //!
@@ -88,8 +117,13 @@
 //!
 //! **R4 — Validation.** Each read of the peer's index is checked before
 //! use, and the checks bound everything that follows:
-//! - back: `req_prod - req_cons <= capacity - (req_cons - rsp_prod_pvt)`
-//!   (no more requests than free slots, and not behind `req_cons`);
+//! - back: `req_prod - req_cons <= capacity - (req_cons - rsp_prod)`, where
+//!   `rsp_prod` counts the responses the back has *published* (no more
+//!   requests than slots the front can know are free, and not behind
+//!   `req_cons`). A slot holding a response the back wrote but has not
+//!   published is not free: accepting a request there would read the
+//!   back's own response back as a request, and let a hostile front keep
+//!   the back's consume loop running forever (R10);
 //! - front: `rsp_prod - rsp_cons <= req_prod - rsp_cons` (no more responses
 //!   than requests outstanding);
 //! - stream consumer: `prod - cons <= capacity - (cons - released)`;
@@ -116,7 +150,9 @@
 //! **R7 — Slot reuse.** A slot is overwritten only after its previous
 //! content was copied out. Request/response ring: the back writes a
 //! response only into a slot whose request it consumed
-//! (`rsp_prod_pvt < req_cons`); the front writes a request only into a slot
+//! (`rsp_prod_pvt < req_cons`), and consumes a request only from a slot
+//! whose response it published (`req_prod - rsp_prod <= capacity`, R4); the
+//! front writes a request only into a slot
 //! whose response it consumed (`req_prod_pvt - rsp_cons < capacity`). The
 //! back's request copy precedes its `Release` store of `rsp_prod`, which
 //! pairs with the front's `Acquire` load of `rsp_prod` before it reuses the
@@ -136,7 +172,15 @@
 //! `RING_FINAL_CHECK_FOR_REQUESTS`). The R8 and R9 fences pair: in their
 //! single total order one comes first, so either the consumer's re-read
 //! sees the new producer index or the producer's read sees the new event.
-//! No wake-up is lost. `k > 1` is only for a consumer that knows `k` more
+//! No wake-up is lost. The final check first publishes the caller's own
+//! pending work (responses written, requests written, stream elements
+//! written, stream elements consumed but not released), with the R8 check:
+//! a caller that sleeps on work it never published would wait for a peer
+//! that is waiting for it. If that publish owes the peer a notification,
+//! the final check returns `true` (do not sleep yet) and the next
+//! `push_and_check_notify` / `release_and_check_notify` returns `true` (so
+//! the documented loops notify, then check again); `publish` / `release`
+//! drop the owed notification. `k > 1` is only for a consumer that knows `k` more
 //! will come (the front waiting for its own outstanding responses, where
 //! `k` is clamped to them) or that has another wake-up source.
 //!
@@ -145,12 +189,23 @@
 //! touches nothing. Nothing the peer writes can cause a panic, an
 //! out-of-bounds access (slot indices are masked, capacities are local) or
 //! an unbounded loop (every loop is bounded by the capacity or by the
-//! caller's input).
+//! caller's input). In particular each consume loop shown in these docs
+//! (`while let Some(..) = pop_*()?`, and the batch forms `requests()`,
+//! `requests_up_to`, `serve_up_to`, `drain`) takes at most `capacity`
+//! entries between two of the caller's own publishes, whatever the peer
+//! writes in the meantime, and then ends with `None` or a latched error:
+//! the back only takes requests in slots whose responses it published
+//! (R4), the front only responses to requests it published, a stream
+//! consumer only elements in space it released.
 //!
 //! **R11 — Ids.** Requests carry an id and responses may complete out of
 //! order. The front maps ids back with an [`IdTable`], which accepts each
 //! id exactly once; an unknown, duplicate or stale id is a violation, which
-//! the front latches with `poison(RingError::BadId { id })`. Descriptors
+//! the front latches with `poison(RingError::BadId { id })`. An id is a
+//! `u64`, `generation << b | index` with `b = ceil(log2 N)` index bits;
+//! generations never wrap: an index whose generation runs out is retired
+//! for good, so no id is ever issued twice and a stale id can never match
+//! (the table issues at least 2^63 ids before it has none left). Descriptors
 //! name data by grant reference, offset and length, never carry it; the
 //! back validates them ([`Descriptor::checked_range`]).
 //!
@@ -160,16 +215,49 @@
 //! space by R8 on `cons`/`cons_event`; the producer waits for space by R9 on
 //! `cons_event` (armed at `prod - capacity + n` for `n` free slots).
 //!
+//! **R13 — Taken means consumed.** An entry is consumed the moment it is
+//! handed to the caller: returned by `pop_*`, yielded by a [`Drain`] (which
+//! stores its progress when dropped, also while unwinding), or passed to the
+//! handler of [`Back::serve_up_to`] (whose counters advance before the
+//! handler runs and as each response is written). Caller code that panics,
+//! with the panic caught (`std::panic::catch_unwind` in a hosted backend),
+//! never causes an entry to be delivered twice; a request whose handler
+//! panicked is consumed and unanswered. (Forgetting a `Drain` with
+//! `mem::forget` skips its drop and leaves its entries unconsumed.)
+//!
+//! **R14 — No zero-sized slots.** A zero-sized slot type (`()`, `[u8; 0]`,
+//! a field-less struct) has no layout: every generic entry point that
+//! computes one (the ring and stream constructors, [`Layout::ring`],
+//! [`Layout::stream`], [`ring_capacity`], [`stream_capacity`],
+//! [`ring_bytes`], [`stream_bytes`]) refuses it at compile time with a
+//! post-monomorphisation `const` assertion, and [`Layout::new`] returns
+//! `None` for size 0. Nothing panics at run time:
+//!
+//! ```compile_fail,E0080
+//! # use ring_protocol::*;
+//! # #[repr(C, align(4096))] struct Page([u8; 4096]);
+//! # let mut page = Page([0; 4096]);
+//! # // SAFETY: `page` outlives the endpoint and is only used through it.
+//! let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+//! let rx = StreamConsumer::<[u8; 0]>::attach(mem)?; // error[E0080]: zero-sized (R14)
+//! # Ok::<(), LayoutError>(())
+//! ```
+//!
 //! # Verification
 //! - `cargo test -p ring-protocol`: unit tests, proptest state machines
 //!   against a `VecDeque` model with random interleavings at both ends and
 //!   indices crossing `u32::MAX` (no lost wake-up, spurious notifications
-//!   counted), a hostile-peer model, and a two-thread stress test that checks
-//!   every sequence number.
+//!   counted), a hostile-peer model (`tests/hostile.rs`, including every
+//!   documented consume loop driven against a peer that rewrites its
+//!   producer index after each entry taken, R10), careless-caller tests
+//!   (`tests/caller.rs`: panicking handlers, R13; final checks with
+//!   unpublished work, R9), compile-fail doctests for zero-sized slot types
+//!   (R14), and a two-thread stress test that checks every sequence number.
 //! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom`:
 //!   loom explores every interleaving of the R8/R9 handshake (and checks the
-//!   slot orderings of R5/R7); one test weakens the fences and expects loom
-//!   to find the lost wake-up.
+//!   slot orderings of R5/R7), including a final check that must publish
+//!   the caller's pending responses; one test weakens the fences and
+//!   expects loom to find the lost wake-up.
 //! - Miri is not run: the `miri` component is not installed for this
 //!   machine's stable toolchain and no nightly toolchain can be fetched
 //!   here. The unsafe code is confined to `mem.rs` (index words and slot
@@ -182,7 +270,8 @@
 //!   `drain()` read it once per call); a stream producer re-reads `cons`
 //!   only when its cached free space runs out; a front never reads
 //!   anything to find free slots (they depend on its own `rsp_cons`). A
-//!   batch costs one `Release` store of the producer index (plus, with
+//!   batch costs one `Release` store of the producer index and a read and
+//!   clear of the endpoint's owed-notification flag (R9) (plus, with
 //!   `push_and_check_notify`, one SeqCst fence and one load of the event
 //!   index); `publish` skips the notification check for peers that poll.
 //! - Slots are copied with volatile accesses in the widest pieces the type's

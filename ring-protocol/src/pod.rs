@@ -22,7 +22,8 @@
 ///    own validity invariants);
 /// 2. `T` has no padding bytes anywhere (between fields or at the end), so
 ///    every byte of a `T` value is initialised;
-/// 3. `T` is not zero-sized;
+/// 3. `T` is not zero-sized (every ring and stream constructor also
+///    refuses zero-sized slot types at compile time, R14);
 /// 4. `T` means the same in both domains: no pointers or references (the
 ///    peer's addresses mean nothing here) and a `#[repr(C)]` or
 ///    `#[repr(transparent)]` layout (not `repr(Rust)`, which may differ
@@ -40,5 +41,6 @@ pod_ints!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128);
 
 // SAFETY: an array of N > 0 Pod elements is Pod: elements are laid out
 // back to back with no padding (size is a multiple of align). N = 0 is
-// zero-sized and rejected where a layout is computed (Layout::new).
+// zero-sized: every generic layout function refuses it at compile time
+// (R14, `layout::assert_slot_type`) and `Layout::new` returns `None`.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}

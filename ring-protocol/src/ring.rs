@@ -19,7 +19,13 @@
 //!
 //! Invariants, all in wrapping `u32` arithmetic, `cap` the slot count:
 //! - front: `rsp_cons <= rsp_prod_seen <= req_prod <= req_prod_pvt <= rsp_cons + cap`;
-//! - back: `rsp_prod <= rsp_prod_pvt <= req_cons <= req_prod_seen <= rsp_prod_pvt + cap`.
+//! - back: `rsp_prod <= rsp_prod_pvt <= req_cons <= req_prod_seen <= rsp_prod + cap`.
+//!
+//! The back's bound is `rsp_prod + cap`, its *published* responses, not
+//! `rsp_prod_pvt`: a slot whose response is written but unpublished still
+//! belongs to the back (an honest front cannot have reused it, R7), so a
+//! `req_prod` that claims it is a violation. This also bounds every consume
+//! loop: between two publishes the back takes at most `cap` requests (R10).
 //!
 //! The only values read from shared memory are the peer's producer index
 //! (validated before use, R4), the peer's event index (any value is
@@ -164,6 +170,9 @@ pub struct Front<'a, Req: Pod, Rsp: Pod> {
     req_prod: u32,
     rsp_cons: u32,
     rsp_prod_seen: u32,
+    /// A final check published requests the back must be told about (R9);
+    /// the next `push_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
@@ -177,6 +186,17 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// Initialise the shared region as an empty ring (Xen's
     /// `SHARED_RING_INIT` + `FRONT_RING_INIT`) and take the front's end.
     /// Call before granting the pages to the back.
+    ///
+    /// Zero-sized slot types do not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let front = Front::<[u64; 0], u64>::init(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
     ///
     /// # Errors
     /// [`LayoutError`] if not even one slot fits or the region is not
@@ -192,9 +212,6 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// # Errors
     /// As [`Front::init`].
     pub fn init_at(mem: SharedMem<'a>, start: u32) -> Result<Self, LayoutError> {
-        const {
-            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
-        }
         let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         mem.zero_header_padding();
         mem.zero_from(HEADER_SIZE);
@@ -209,6 +226,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
             req_prod: start,
             rsp_cons: start,
             rsp_prod_seen: start,
+            notify_owed: false,
             error: None,
             _types: PhantomData,
         })
@@ -289,30 +307,35 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
 
     /// Publish every written request with one Release store (R5), then
     /// report whether the back must be notified (R8; Xen's
-    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`).
+    /// `RING_PUSH_REQUESTS_AND_CHECK_NOTIFY`). Also `true` if a final check
+    /// published requests the back was waiting for and this is the first
+    /// call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`] (nothing is published then).
     #[inline]
     pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.req_prod_pvt == self.req_prod {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.req_prod;
         self.req_prod = self.req_prod_pvt;
-        Ok(publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod))
+        Ok(publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod) | owed)
     }
 
     /// Publish every written request without the notification check (no
     /// fence). Only for a back that never sleeps (polls); otherwise use
-    /// [`Front::push_and_check_notify`].
+    /// [`Front::push_and_check_notify`]. Drops a notification owed by a
+    /// final check (R9): a polling back needs none.
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.req_prod = self.req_prod_pvt;
         self.mem.index(off::REQ_PROD).store(self.req_prod, Release);
         Ok(())
@@ -395,6 +418,12 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// available (do not sleep); `false` means the back will be told to
     /// notify us for the next one.
     ///
+    /// Requests written but not published are published first (R9): the
+    /// back cannot answer what it cannot see. If the back must be notified
+    /// of them, this returns `true` (do not sleep yet) and the next
+    /// [`Front::push_and_check_notify`] returns `true`: notify, then check
+    /// again.
+    ///
     /// # Errors
     /// As [`Front::poll_responses`].
     pub fn final_check_for_responses(&mut self) -> Result<bool, RingError> {
@@ -410,12 +439,27 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// As [`Front::poll_responses`].
     pub fn final_check_for_responses_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.publish_before_sleeping() {
+            return Ok(true);
+        }
         let k = k.min(self.req_prod.wrapping_sub(self.rsp_cons)).max(1);
         if self.cached_responses() >= k || self.poll_responses()? >= k {
             return Ok(true);
         }
         arm_event(&self.mem, off::RSP_EVENT, self.rsp_cons.wrapping_add(k));
         Ok(self.poll_responses()? >= k)
+    }
+
+    /// R9: publish requests written but not published (with the R8 check);
+    /// `true` while the back is owed a notification, which the caller must
+    /// deliver (through [`Front::push_and_check_notify`]) before sleeping.
+    fn publish_before_sleeping(&mut self) -> bool {
+        if self.req_prod_pvt != self.req_prod {
+            let old = self.req_prod;
+            self.req_prod = self.req_prod_pvt;
+            self.notify_owed |= publish_and_check(&self.mem, off::REQ_PROD, off::REQ_EVENT, old, self.req_prod);
+        }
+        self.notify_owed
     }
 }
 
@@ -432,6 +476,9 @@ pub struct Back<'a, Req: Pod, Rsp: Pod> {
     req_prod_seen: u32,
     rsp_prod_pvt: u32,
     rsp_prod: u32,
+    /// A final check published responses the front must be told about
+    /// (R9); the next `push_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _types: PhantomData<fn(Req) -> Rsp>,
 }
@@ -445,13 +492,21 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// index. A hostile front can only choose where we start; every later
     /// `req_prod` is checked against it (R4).
     ///
+    /// Zero-sized slot types do not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let back = Back::<u64, [u32; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
+    ///
     /// # Errors
     /// [`LayoutError`] if not even one slot fits or the region is not
     /// aligned for the slot types.
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
-        const {
-            assert!(core::mem::size_of::<Req>() > 0 && core::mem::size_of::<Rsp>() > 0);
-        }
         let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         let start = mem.index(off::RSP_PROD).load(Acquire);
         Ok(Back {
@@ -461,6 +516,7 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
             req_prod_seen: start,
             rsp_prod_pvt: start,
             rsp_prod: start,
+            notify_owed: false,
             error: None,
             _types: PhantomData,
         })
@@ -505,6 +561,13 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// Re-read and validate the front's `req_prod` (R4); returns how many
     /// requests are available.
     ///
+    /// A request slot is free for the front only once the back has
+    /// *published* the response written into it, so the bound is
+    /// `req_prod - rsp_prod <= capacity`, not `req_prod - rsp_prod_pvt`:
+    /// a front that claims a slot still holding one of our unpublished
+    /// responses is refused, and a consume loop takes at most `capacity`
+    /// requests between two publishes whatever the front writes (R10).
+    ///
     /// # Errors
     /// [`RingError::ProdOverflow`] (latched) if the front claims more
     /// requests than free slots, or moved `req_prod` behind our consumer
@@ -514,7 +577,9 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         self.ok()?;
         let prod = self.mem.index(off::REQ_PROD).load(Acquire);
         let avail = prod.wrapping_sub(self.req_cons);
-        let limit = self.capacity().saturating_sub(self.unanswered());
+        // `req_cons - rsp_prod <= cap` (invariant), so this only saturates
+        // for a ring that is already full of our own entries.
+        let limit = self.capacity().saturating_sub(self.req_cons.wrapping_sub(self.rsp_prod));
         if avail > limit {
             return Err(self.latch(RingError::ProdOverflow { prod, cons: self.req_cons, limit }));
         }
@@ -571,11 +636,17 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     }
 
     /// Serve up to `max` requests in order, synchronously: copy each request
-    /// out and write `f(request)` as its response into the slot just freed
-    /// (R7). Responses are not published; returns how many were served.
+    /// out and write `f(request)` as its response into the next response
+    /// slot (R7). Responses are not published; returns how many were served.
     /// Re-reads `req_prod` only if fewer than `max` are known. Backends that
     /// complete out of order use [`Back::pop_request`] and
     /// [`Back::try_push`] instead.
+    ///
+    /// R13: each request is consumed before `f` sees it, and each response
+    /// counted as soon as it is written. If `f` panics and the caller
+    /// catches the panic, the request `f` was handling is consumed and
+    /// unanswered ([`Back::unanswered`] counts it: answer it with
+    /// [`Back::try_push`]); it is never handed out again.
     ///
     /// # Errors
     /// As [`Back::poll_requests`].
@@ -587,16 +658,16 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
             avail = self.poll_requests()?;
         }
         let n = avail.min(max);
-        let (mut cons, mut prod) = (self.req_cons, self.rsp_prod_pvt);
         for _ in 0..n {
-            let req = self.slots.read::<Req>(&self.mem, cons);
-            cons = cons.wrapping_add(1);
-            // R7: `prod < cons` now, so this slot's request is already copied.
-            self.slots.write(&self.mem, prod, f(req));
-            prod = prod.wrapping_add(1);
+            let req = self.slots.read::<Req>(&self.mem, self.req_cons);
+            // R13: taken, so consumed, before the handler runs.
+            self.req_cons = self.req_cons.wrapping_add(1);
+            let rsp = f(req);
+            // R7: `rsp_prod_pvt < req_cons`, so this slot's request is
+            // already copied.
+            self.slots.write(&self.mem, self.rsp_prod_pvt, rsp);
+            self.rsp_prod_pvt = self.rsp_prod_pvt.wrapping_add(1);
         }
-        self.req_cons = cons;
-        self.rsp_prod_pvt = prod;
         Ok(n)
     }
 
@@ -631,29 +702,34 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
 
     /// Publish every written response with one Release store, then report
     /// whether the front must be notified (R8; Xen's
-    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`).
+    /// `RING_PUSH_RESPONSES_AND_CHECK_NOTIFY`). Also `true` if a final
+    /// check published responses the front was waiting for and this is the
+    /// first call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.rsp_prod_pvt == self.rsp_prod {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.rsp_prod;
         self.rsp_prod = self.rsp_prod_pvt;
-        Ok(publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod))
+        Ok(publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod) | owed)
     }
 
     /// Publish every written response without the notification check. Only
-    /// for a front that never sleeps.
+    /// for a front that never sleeps. Drops a notification owed by a final
+    /// check (R9): a polling front needs none.
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.rsp_prod = self.rsp_prod_pvt;
         self.mem.index(off::RSP_PROD).store(self.rsp_prod, Release);
         Ok(())
@@ -662,6 +738,12 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// R9 (Xen's `RING_FINAL_CHECK_FOR_REQUESTS`): call when out of
     /// requests, before sleeping. `true`: a request is available, do not
     /// sleep; `false`: the front will notify us for the next one.
+    ///
+    /// Responses written but not published are published first (R9): a
+    /// front waiting for them would otherwise wait forever. If the front
+    /// must be notified of them, this returns `true` (do not sleep yet) and
+    /// the next [`Back::push_and_check_notify`] returns `true`: notify, then
+    /// check again.
     ///
     /// # Errors
     /// As [`Back::poll_requests`].
@@ -679,6 +761,9 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// As [`Back::poll_requests`].
     pub fn final_check_for_requests_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.publish_before_sleeping() {
+            return Ok(true);
+        }
         let room = self.capacity().saturating_sub(self.req_cons.wrapping_sub(self.rsp_prod));
         let k = k.min(room).max(1);
         if self.cached_requests() >= k || self.poll_requests()? >= k {
@@ -686,5 +771,18 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
         }
         arm_event(&self.mem, off::REQ_EVENT, self.req_cons.wrapping_add(k));
         Ok(self.poll_requests()? >= k)
+    }
+
+    /// R9: publish responses written but not published (with the R8
+    /// check); `true` while the front is owed a notification, which the
+    /// caller must deliver (through [`Back::push_and_check_notify`]) before
+    /// sleeping.
+    fn publish_before_sleeping(&mut self) -> bool {
+        if self.rsp_prod_pvt != self.rsp_prod {
+            let old = self.rsp_prod;
+            self.rsp_prod = self.rsp_prod_pvt;
+            self.notify_owed |= publish_and_check(&self.mem, off::RSP_PROD, off::RSP_EVENT, old, self.rsp_prod);
+        }
+        self.notify_owed
     }
 }

@@ -35,12 +35,20 @@ use crate::{Pod, PushError, RingError};
 /// zero it, set `prod = cons = start` and both events to `start + 1`. The
 /// side that allocates the pages calls this once, before granting them.
 ///
+/// A zero-sized `T` does not compile (R14):
+/// ```compile_fail,E0080
+/// # use ring_protocol::*;
+/// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+/// # let mut page = Page([0; 4096]);
+/// # // SAFETY: `page` outlives the endpoint and is only used through it.
+/// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+/// init_stream::<[u8; 0]>(&mem, 0)?;
+/// # Ok::<(), LayoutError>(())
+/// ```
+///
 /// # Errors
 /// [`LayoutError`] if not even one element fits or `mem` is misaligned.
 pub fn init_stream<T: Pod>(mem: &SharedMem<'_>, start: u32) -> Result<(), LayoutError> {
-    const {
-        assert!(core::mem::size_of::<T>() > 0);
-    }
     mem.check(Layout::stream::<T>(mem.len()))?;
     mem.zero_header_padding();
     mem.zero_from(HEADER_SIZE);
@@ -58,6 +66,9 @@ pub struct StreamProducer<'a, T: Pod> {
     prod_pvt: u32,
     prod: u32,
     cons_seen: u32,
+    /// A final check published elements the consumer must be told about
+    /// (R9); the next `push_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _item: PhantomData<fn(T)>,
 }
@@ -80,6 +91,17 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
     /// shared `prod` and assume the ring is full until we have read and
     /// validated `cons`, so a peer that initialised garbage gains nothing.
     ///
+    /// A zero-sized `T` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let tx = StreamProducer::<[u32; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`init_stream`].
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
@@ -91,6 +113,7 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
             prod_pvt: start,
             prod: start,
             cons_seen: start.wrapping_sub(layout.capacity),
+            notify_owed: false,
             error: None,
             _item: PhantomData,
         })
@@ -206,29 +229,33 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
     }
 
     /// Publish everything written with one Release store, then report
-    /// whether the consumer must be notified (R8).
+    /// whether the consumer must be notified (R8). Also `true` if a final
+    /// check published elements the consumer was waiting for and this is
+    /// the first call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn push_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.prod_pvt == self.prod {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.prod;
         self.prod = self.prod_pvt;
-        Ok(publish_and_check(&self.mem, off::PROD, off::PROD_EVENT, old, self.prod))
+        Ok(publish_and_check(&self.mem, off::PROD, off::PROD_EVENT, old, self.prod) | owed)
     }
 
     /// Publish without the notification check: only for a consumer that
-    /// never sleeps.
+    /// never sleeps. Drops a notification owed by a final check (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn publish(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.prod = self.prod_pvt;
         self.mem.index(off::PROD).store(self.prod, Release);
         Ok(())
@@ -238,10 +265,18 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
     /// Returns `true` if `n` elements fit now; `false` means the consumer
     /// will notify us once they do (`n` is clamped to `1..=capacity`).
     ///
+    /// Elements written but not published are published first (R9): the
+    /// consumer cannot free space it cannot read. If the consumer must be
+    /// notified of them, this returns `true` (do not sleep yet) and the next
+    /// [`StreamProducer::push_and_check_notify`] returns `true`.
+    ///
     /// # Errors
     /// As [`StreamProducer::poll_space`].
     pub fn final_check_for_space(&mut self, n: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.publish_before_sleeping() {
+            return Ok(true);
+        }
         let cap = self.capacity();
         let n = n.clamp(1, cap);
         if self.cached_free() >= n || self.poll_space()? >= n {
@@ -250,6 +285,17 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
         // `n` free means cons >= prod_pvt - cap + n.
         arm_event(&self.mem, off::CONS_EVENT, self.prod_pvt.wrapping_sub(cap).wrapping_add(n));
         Ok(self.poll_space()? >= n)
+    }
+
+    /// R9: publish elements written but not published (with the R8 check);
+    /// `true` while the consumer is owed a notification.
+    fn publish_before_sleeping(&mut self) -> bool {
+        if self.prod_pvt != self.prod {
+            let old = self.prod;
+            self.prod = self.prod_pvt;
+            self.notify_owed |= publish_and_check(&self.mem, off::PROD, off::PROD_EVENT, old, self.prod);
+        }
+        self.notify_owed
     }
 }
 
@@ -260,6 +306,9 @@ pub struct StreamConsumer<'a, T: Pod> {
     cons: u32,
     released: u32,
     prod_seen: u32,
+    /// A final check released space the producer must be told about (R9);
+    /// the next `release_and_check_notify` reports it.
+    notify_owed: bool,
     error: Option<RingError>,
     _item: PhantomData<fn() -> T>,
 }
@@ -280,6 +329,17 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// Take the consuming end of an initialised stream, starting at the
     /// shared `cons`. Every `prod` is checked against it before use (R4).
     ///
+    /// A zero-sized `T` does not compile (R14):
+    /// ```compile_fail,E0080
+    /// # use ring_protocol::*;
+    /// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+    /// # let mut page = Page([0; 4096]);
+    /// # // SAFETY: `page` outlives the endpoint and is only used through it.
+    /// # let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+    /// let rx = StreamConsumer::<[u8; 0]>::attach(mem)?;
+    /// # Ok::<(), LayoutError>(())
+    /// ```
+    ///
     /// # Errors
     /// As [`init_stream`].
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
@@ -291,6 +351,7 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
             cons: start,
             released: start,
             prod_seen: start,
+            notify_owed: false,
             error: None,
             _item: PhantomData,
         })
@@ -409,29 +470,34 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
 
     /// Publish our consumer index with one Release store (R7: it orders our
     /// slot copies before the producer may overwrite them), then report
-    /// whether the producer is waiting for the space (R8).
+    /// whether the producer is waiting for the space (R8). Also `true` if a
+    /// final check released space the producer was waiting for and this is
+    /// the first call since (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn release_and_check_notify(&mut self) -> Result<bool, RingError> {
         self.ok()?;
+        let owed = core::mem::take(&mut self.notify_owed);
         if self.cons == self.released {
-            return Ok(false);
+            return Ok(owed);
         }
         let old = self.released;
         self.released = self.cons;
-        Ok(publish_and_check(&self.mem, off::CONS, off::CONS_EVENT, old, self.cons))
+        Ok(publish_and_check(&self.mem, off::CONS, off::CONS_EVENT, old, self.cons) | owed)
     }
 
     /// Publish our consumer index without the notification check: only for
-    /// a producer that never sleeps.
+    /// a producer that never sleeps. Drops a notification owed by a final
+    /// check (R9).
     ///
     /// # Errors
     /// The latched [`RingError`].
     #[inline]
     pub fn release(&mut self) -> Result<(), RingError> {
         self.ok()?;
+        self.notify_owed = false;
         self.released = self.cons;
         self.mem.index(off::CONS).store(self.cons, Release);
         Ok(())
@@ -439,6 +505,11 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
 
     /// R9: call when out of data, before sleeping. `true`: data is
     /// available; `false`: the producer will notify us for the next element.
+    ///
+    /// Elements consumed but not released are released first (R9): a
+    /// producer waiting for that space would otherwise wait forever. If the
+    /// producer must be notified, this returns `true` (do not sleep yet) and
+    /// the next [`StreamConsumer::release_and_check_notify`] returns `true`.
     ///
     /// # Errors
     /// As [`StreamConsumer::poll`].
@@ -454,6 +525,9 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// As [`StreamConsumer::poll`].
     pub fn final_check_batched(&mut self, k: u32) -> Result<bool, RingError> {
         self.ok()?;
+        if self.release_before_sleeping() {
+            return Ok(true);
+        }
         let room = self.capacity().saturating_sub(self.cons.wrapping_sub(self.released));
         let k = k.min(room).max(1);
         if self.cached_available() >= k || self.poll()? >= k {
@@ -461,6 +535,17 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
         }
         arm_event(&self.mem, off::PROD_EVENT, self.cons.wrapping_add(k));
         Ok(self.poll()? >= k)
+    }
+
+    /// R9: release elements consumed but not released (with the R8 check);
+    /// `true` while the producer is owed a notification.
+    fn release_before_sleeping(&mut self) -> bool {
+        if self.cons != self.released {
+            let old = self.released;
+            self.released = self.cons;
+            self.notify_owed |= publish_and_check(&self.mem, off::CONS, off::CONS_EVENT, old, self.cons);
+        }
+        self.notify_owed
     }
 }
 

@@ -83,10 +83,12 @@ fn run_back(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> {
     // Our mirror of the back's counters and of what each slot holds.
     let mut cons = start;
     let mut answered = start;
+    let mut published = start;
     let mut slots = vec![0u64; cap as usize];
     let mut latched: Option<RingError> = None;
     let slot_off = |i: u32| GUARD + HEADER_SIZE + (i & (cap - 1)) as usize * 8;
-    let violates = |prod: u32, cons: u32, answered: u32| prod.wrapping_sub(cons) > cap - cons.wrapping_sub(answered);
+    // R4: the bound counts the responses the back *published*.
+    let violates = |prod: u32, cons: u32, published: u32| prod.wrapping_sub(cons) > cap - cons.wrapping_sub(published);
 
     for &s in steps {
         let before = pages.read_bytes(GUARD, len);
@@ -147,17 +149,26 @@ fn run_back(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> {
                 }
                 r
             }
-            Step::Publish => back.push_and_check_notify().map(|_| ()),
-            Step::Final(k) => back.final_check_for_requests_batched(u32::from(k)).map(|_| ()),
+            Step::Publish => back.push_and_check_notify().map(|_| published = answered),
+            Step::Final(k) => {
+                let r = back.final_check_for_requests_batched(u32::from(k)).map(|_| ());
+                if latched.is_none() {
+                    // R9: the final check published our responses first.
+                    prop_assert_eq!(pages.load_u32(GUARD + RSP_PROD), answered);
+                    published = answered;
+                }
+                r
+            }
         };
-        // R4: the back never holds more consumed-unanswered requests than slots.
-        prop_assert!(cons.wrapping_sub(answered) <= cap);
+        // R4: the back never holds more consumed entries than slots beyond
+        // what it published (so never a slot with an unpublished response).
+        prop_assert!(cons.wrapping_sub(published) <= cap);
         match (result, latched) {
             (Ok(()), None) => {}
             (Err(e), None) => {
                 // An error is only ever reported for a real violation.
                 let prod = pages.load_u32(GUARD + REQ_PROD);
-                prop_assert!(violates(prod, cons, answered), "{e:?} for prod {prod}");
+                prop_assert!(violates(prod, cons, published), "{e:?} for prod {prod}");
                 prop_assert_eq!(back.error(), Some(e));
                 latched = Some(e);
             }
@@ -228,7 +239,15 @@ fn run_front(cap: u32, start: u32, steps: &[Step]) -> Result<(), TestCaseError> 
                 r
             }
             Step::Publish => front.push_and_check_notify().map(|_| published = written),
-            Step::Final(k) => front.final_check_for_responses_batched(u32::from(k)).map(|_| ()),
+            Step::Final(k) => {
+                let r = front.final_check_for_responses_batched(u32::from(k)).map(|_| ());
+                if latched.is_none() {
+                    // R9: the final check published our requests first.
+                    prop_assert_eq!(pages.load_u32(GUARD + REQ_PROD), written);
+                    published = written;
+                }
+                r
+            }
         };
         match (result, latched) {
             (Ok(()), None) => {}
@@ -421,4 +440,264 @@ fn r9_final_check_after_unpublished_responses_does_not_underflow() {
         Step::Final(1),
     ];
     run_back(8, 0, &steps).unwrap();
+}
+
+/// R4: a request slot is free for the front only once the back published
+/// the response in it. The back consumed a full ring and answered it
+/// without publishing; a front that claims one more request claims a slot
+/// that still holds an unpublished response, and is refused.
+#[test]
+fn r4_back_refuses_slots_holding_unpublished_responses() {
+    let len = ring_bytes::<u64, u64>(4);
+    let pages = Pages::new(len);
+    let _front = Front::<u64, u64>::init_at(pages.mem(), u32::MAX - 1).unwrap();
+    let mut back = Back::<u64, u64>::attach(pages.mem()).unwrap();
+    let start = u32::MAX - 1;
+    pages.store_u32(REQ_PROD, start.wrapping_add(4));
+    for _ in 0..4 {
+        let req = back.pop_request().unwrap().unwrap();
+        back.try_push(req).unwrap();
+    }
+    assert_eq!(back.unanswered(), 0);
+    pages.store_u32(REQ_PROD, start.wrapping_add(5));
+    assert_eq!(
+        back.pop_request(),
+        Err(RingError::ProdOverflow { prod: start.wrapping_add(5), cons: start.wrapping_add(4), limit: 0 })
+    );
+
+    // Once published, the same slot may be claimed again.
+    let pages = Pages::new(len);
+    let _front = Front::<u64, u64>::init_at(pages.mem(), start).unwrap();
+    let mut back = Back::<u64, u64>::attach(pages.mem()).unwrap();
+    pages.store_u32(REQ_PROD, start.wrapping_add(4));
+    assert_eq!(back.serve_up_to(4, |r| r).unwrap(), 4);
+    back.publish().unwrap();
+    pages.store_u32(REQ_PROD, start.wrapping_add(5));
+    assert!(back.pop_request().unwrap().is_some());
+}
+
+/// How a documented consume loop takes entries.
+#[derive(Clone, Copy, Debug)]
+enum Take {
+    /// `while let Some(x) = pop()? { .. }`
+    Pop,
+    /// `loop { let batch = requests()?/drain()?; if empty break; .. }`
+    Drain,
+    /// As `Drain`, with `*_up_to(n)` / `drain_up_to(n)`.
+    UpTo(u8),
+    /// `while back.serve_up_to(n, f)? > 0 {}` (back only).
+    Serve(u8),
+}
+
+fn take() -> impl Strategy<Value = Take> {
+    prop_oneof![Just(Take::Pop), Just(Take::Drain), (1u8..5).prop_map(Take::UpTo), (1u8..5).prop_map(Take::Serve),]
+}
+
+/// More iterations than this and a loop is taken not to end.
+const LOOP_BUDGET: u32 = 1000;
+
+/// The peer's move after each entry the loop takes: set its producer index
+/// to our consumer index plus a small delta (mostly "one more", the move
+/// that kept the unbounded loop going), or to anything.
+fn peer_move() -> impl Strategy<Value = Option<u32>> {
+    prop_oneof![4 => Just(Some(1u32)), 2 => (0u32..12).prop_map(Some), 1 => any::<u32>().prop_map(|p| Some(p ^ 1 << 31)), 1 => Just(None)]
+}
+
+fn prod_after(cons: u32, mv: Option<u32>) -> Option<u32> {
+    // `Some(p ^ 1 << 31)` above marks a raw value: undo the mark.
+    mv.map(|d| if d & 1 << 31 != 0 { d ^ 1 << 31 } else { cons.wrapping_add(d) })
+}
+
+/// R10: the back's documented inner loop (take requests and answer each,
+/// no publish inside the loop) against a front that rewrites `req_prod`
+/// every time the back takes a request. Returns how many requests the loop
+/// took; fails if it runs past `LOOP_BUDGET`.
+fn back_loop(cap: u32, start: u32, how: Take, moves: &[Option<u32>]) -> Result<u32, TestCaseError> {
+    let len = ring_bytes::<u64, u64>(cap);
+    let pages = guarded(len);
+    let _front = Front::<u64, u64>::init_at(pages.mem_at(GUARD, len), start).unwrap();
+    let mut back = Back::<u64, u64>::attach(pages.mem_at(GUARD, len)).unwrap();
+    pages.store_u32(GUARD + REQ_PROD, start.wrapping_add(cap.min(2)));
+    let mut taken = 0u32;
+    let mut iterations = 0u32;
+    // The hostile front, run inside the loop body as a concurrent peer would.
+    let peer = |taken: u32| {
+        if let Some(p) = prod_after(start.wrapping_add(taken), moves[taken as usize % moves.len()]) {
+            pages.store_u32(GUARD + REQ_PROD, p);
+        }
+    };
+    let ended: Result<(), RingError> = (|| {
+        match how {
+            Take::Pop => {
+                while let Some(req) = back.pop_request()? {
+                    iterations += 1;
+                    taken += 1;
+                    peer(taken);
+                    let _ = back.try_push(req);
+                    if iterations > LOOP_BUDGET {
+                        break;
+                    }
+                }
+            }
+            Take::Drain | Take::UpTo(_) => loop {
+                iterations += 1;
+                let batch: Vec<u64> = match how {
+                    Take::UpTo(n) => back.requests_up_to(u32::from(n))?,
+                    _ => back.requests()?,
+                }
+                .inspect(|_| {
+                    taken += 1;
+                    peer(taken);
+                })
+                .collect();
+                if batch.is_empty() || iterations > LOOP_BUDGET {
+                    break;
+                }
+                back.push_iter(batch)?;
+            },
+            Take::Serve(n) => {
+                while back.serve_up_to(u32::from(n), |req| {
+                    taken += 1;
+                    peer(taken);
+                    req
+                })? > 0
+                {
+                    iterations += 1;
+                    if iterations > LOOP_BUDGET {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    prop_assert!(iterations <= LOOP_BUDGET, "{how:?}: the loop did not end ({taken} requests taken)");
+    // Nothing was published: at most one ring of requests, then the loop
+    // ends with None or a latched violation.
+    prop_assert!(taken <= cap, "{how:?}: took {taken} requests from a ring of {cap}");
+    if let Err(e) = ended {
+        prop_assert!(matches!(e, RingError::ProdOverflow { .. }), "{e:?}");
+        prop_assert_eq!(back.error(), Some(e));
+    }
+    prop_assert!(canaries_intact(&pages, len));
+    Ok(taken)
+}
+
+/// R10: the front's documented inner loop (`while let Some(rsp) =
+/// front.pop_response()?`) against a back that rewrites `rsp_prod` each
+/// time the front takes a response.
+fn front_loop(cap: u32, start: u32, moves: &[Option<u32>]) -> Result<u32, TestCaseError> {
+    let len = ring_bytes::<u64, u64>(cap);
+    let pages = guarded(len);
+    let mut front = Front::<u64, u64>::init_at(pages.mem_at(GUARD, len), start).unwrap();
+    let outstanding = front.push_iter(0..u64::from(cap)).unwrap();
+    front.push_and_check_notify().unwrap();
+    pages.store_u32(GUARD + RSP_PROD, start.wrapping_add(1));
+    let (mut taken, mut iterations) = (0u32, 0u32);
+    let ended: Result<(), RingError> = (|| {
+        while let Some(_rsp) = front.pop_response()? {
+            iterations += 1;
+            taken += 1;
+            if let Some(p) = prod_after(start.wrapping_add(taken), moves[taken as usize % moves.len()]) {
+                pages.store_u32(GUARD + RSP_PROD, p);
+            }
+            if iterations > LOOP_BUDGET {
+                break;
+            }
+        }
+        Ok(())
+    })();
+    prop_assert!(iterations <= LOOP_BUDGET, "the front's loop did not end");
+    prop_assert!(taken <= outstanding);
+    if let Err(e) = ended {
+        prop_assert!(matches!(e, RingError::RspOverflow { .. }), "{e:?}");
+    }
+    prop_assert!(canaries_intact(&pages, len));
+    Ok(taken)
+}
+
+/// R10, R12: a stream consumer's loop (`while let Some(x) = rx.pop()?`, or
+/// drains) against a producer that rewrites `prod` after each element.
+fn stream_loop(cap: u32, start: u32, how: Take, moves: &[Option<u32>]) -> Result<u32, TestCaseError> {
+    let len = stream_bytes::<u32>(cap);
+    let pages = guarded(len);
+    ring_protocol::init_stream::<u32>(&pages.mem_at(GUARD, len), start).unwrap();
+    let mut rx = StreamConsumer::<u32>::attach(pages.mem_at(GUARD, len)).unwrap();
+    pages.store_u32(GUARD + PROD, start.wrapping_add(1));
+    let (mut taken, mut iterations) = (0u32, 0u32);
+    let peer = |taken: u32| {
+        if let Some(p) = prod_after(start.wrapping_add(taken), moves[taken as usize % moves.len()]) {
+            pages.store_u32(GUARD + PROD, p);
+        }
+    };
+    let ended: Result<(), RingError> = (|| {
+        match how {
+            Take::Pop | Take::Serve(_) => {
+                while let Some(_x) = rx.pop()? {
+                    iterations += 1;
+                    taken += 1;
+                    peer(taken);
+                    if iterations > LOOP_BUDGET {
+                        break;
+                    }
+                }
+            }
+            Take::Drain | Take::UpTo(_) => loop {
+                iterations += 1;
+                let it = match how {
+                    Take::UpTo(n) => rx.drain_up_to(u32::from(n))?,
+                    _ => rx.drain()?,
+                };
+                let n = it
+                    .inspect(|_| {
+                        taken += 1;
+                        peer(taken);
+                    })
+                    .count();
+                if n == 0 || iterations > LOOP_BUDGET {
+                    break;
+                }
+            },
+        }
+        Ok(())
+    })();
+    prop_assert!(iterations <= LOOP_BUDGET, "{how:?}: the consumer's loop did not end");
+    prop_assert!(taken <= cap);
+    if let Err(e) = ended {
+        prop_assert!(matches!(e, RingError::ProdOverflow { .. }), "{e:?}");
+    }
+    prop_assert!(canaries_intact(&pages, len));
+    Ok(taken)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// R10: every consume loop in the docs ends within the ring size,
+    /// whatever the peer does to its producer index meanwhile.
+    #[test]
+    fn r10_documented_loops_end_against_a_hostile_peer(
+        cap in prop::sample::select(vec![1u32, 2, 4, 8]),
+        start in prop_oneof![Just(0u32), (u32::MAX - 20)..=u32::MAX, any::<u32>()],
+        how in take(),
+        moves in prop::collection::vec(peer_move(), 1..40),
+    ) {
+        back_loop(cap, start, how, &moves)?;
+        front_loop(cap, start, &moves)?;
+        stream_loop(cap, start, how, &moves)?;
+    }
+}
+
+/// R10 regression: a front that offers "one more request" every time the
+/// back takes one kept the documented serve loop running forever while the
+/// back's responses stayed unpublished. Each form of the loop now takes
+/// exactly one ring of requests and then meets a latched violation.
+#[test]
+fn r10_serve_loop_ends_against_a_front_that_always_offers_one_more() {
+    for how in [Take::Pop, Take::Drain, Take::UpTo(3), Take::Serve(1), Take::Serve(4)] {
+        for start in [0, u32::MAX - 2] {
+            let taken = back_loop(8, start, how, &[Some(1)]).unwrap();
+            assert_eq!(taken, 8, "{how:?}");
+        }
+    }
 }

@@ -14,7 +14,9 @@
 //! the back really blocks on a condvar, so a lost wake-up is a deadlock. Slot accesses go through per-slot loom cells, so loom also
 //! checks that every slot write happens-before the read of it and the read
 //! before the next write. `r9_weak_fences_lose_a_wakeup` shows that loom
-//! finds the lost wake-up when the SeqCst fences are weakened.
+//! finds the lost wake-up when the SeqCst fences are weakened, and
+//! `r9_final_check_publishes_pending_work_before_sleeping` that a back that
+//! forgot to publish still wakes a front waiting for its response.
 #![cfg(loom)]
 
 use loom::sync::atomic::{AtomicBool, AtomicU32, Ordering::SeqCst};
@@ -132,6 +134,38 @@ fn r8_r9_response_wakeup_is_never_lost() {
         } else {
             assert_eq!(front.pop_response().unwrap(), Some(30));
         }
+    });
+}
+
+/// R9: a back that wrote a response but forgot to publish it reaches its
+/// final check while the front is going to sleep waiting for that
+/// response. The final check publishes it; the back follows the documented
+/// loop (on `true`, go round: `push_and_check_notify`, notify) and stops
+/// when the check lets it sleep. The front blocks on a condvar, so if any
+/// interleaving lets the back sleep without the front being woken, loom
+/// reports a deadlock.
+#[test]
+fn r9_final_check_publishes_pending_work_before_sleeping() {
+    model(|| {
+        let (mut front, mut back) = warmed_ring(2, false);
+        front.try_push(3).unwrap();
+        front.push_and_check_notify().unwrap();
+        assert_eq!(back.pop_request().unwrap(), Some(3));
+        back.try_push(30).unwrap(); // not published
+        let bell = Bell::new();
+        let server = thread::spawn(move || {
+            while back.final_check_for_requests().unwrap() {
+                assert_eq!(back.pop_request().unwrap(), None);
+                if back.push_and_check_notify().unwrap() {
+                    bell.ring();
+                }
+            }
+        });
+        if !front.final_check_for_responses().unwrap() {
+            bell.wait();
+        }
+        assert_eq!(front.pop_response().unwrap(), Some(30));
+        server.join().unwrap();
     });
 }
 

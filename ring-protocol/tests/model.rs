@@ -78,6 +78,10 @@ struct RingModel {
     /// the front initialises both events to start + 1, as Xen does.
     back_asleep: Option<u32>,
     front_asleep: Option<u32>,
+    /// A final check published pending work since the side's last
+    /// `push_and_check_notify`: it may owe the peer a notification (R9).
+    front_may_owe: bool,
+    back_may_owe: bool,
     counts: Counts,
 }
 
@@ -142,6 +146,8 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
         rsp_published: VecDeque::new(),
         back_asleep: Some(1),
         front_asleep: Some(1),
+        front_may_owe: false,
+        back_may_owe: false,
         counts: Counts::default(),
     };
 
@@ -169,6 +175,7 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                 m.req_published.extend(m.req_written.drain(..));
                 let avail = m.req_published.len();
                 check_notify(notify, &mut m.back_asleep, avail, &mut m.counts)?;
+                m.front_may_owe = false;
             }
             Op::FrontConsume(n) => {
                 m.wake_front();
@@ -196,11 +203,19 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
             }
             Op::FrontSleep(k) => {
                 m.wake_front();
-                let published_outstanding = m.outstanding() - m.req_written.len() as u32;
-                let k_eff = u32::from(k).min(published_outstanding).max(1);
+                // R9: the final check publishes our written requests first;
+                // if the sleeping back needs them, it must not let us sleep
+                // (the back is still asleep until we notify it).
+                let pending = !m.req_written.is_empty();
+                m.req_published.extend(m.req_written.drain(..));
+                m.front_may_owe |= pending;
+                let required = pending && m.back_asleep.is_some_and(|k| m.req_published.len() >= k as usize);
+                let k_eff = u32::from(k).min(m.outstanding()).max(1);
                 let avail = m.rsp_published.len() as u32;
                 let more = front.final_check_for_responses_batched(u32::from(k)).unwrap();
-                prop_assert_eq!(more, avail >= k_eff);
+                prop_assert!(more || !required, "front sleeps owing the back a notification");
+                prop_assert!(more || avail < k_eff);
+                prop_assert!(!more || avail >= k_eff || m.front_may_owe, "no response, nothing owed, yet `true`");
                 if !more {
                     m.front_asleep = Some(k_eff);
                     m.counts.arms += 1;
@@ -264,14 +279,22 @@ fn run_ring(cap: u32, extra: usize, start: u32, ops: &[Op]) -> Result<(), TestCa
                 m.rsp_published.extend(m.rsp_written.drain(..));
                 let avail = m.rsp_published.len();
                 check_notify(notify, &mut m.front_asleep, avail, &mut m.counts)?;
+                m.back_may_owe = false;
             }
             Op::BackSleep(k) => {
                 m.wake_back();
-                let room = m.cap - (m.back_pending.len() + m.rsp_written.len()) as u32;
+                // R9: the final check publishes our written responses first.
+                let pending = !m.rsp_written.is_empty();
+                m.rsp_published.extend(m.rsp_written.drain(..));
+                m.back_may_owe |= pending;
+                let required = pending && m.front_asleep.is_some_and(|k| m.rsp_published.len() >= k as usize);
+                let room = m.cap - m.back_pending.len() as u32;
                 let k_eff = u32::from(k).min(room).max(1);
                 let avail = m.req_published.len() as u32;
                 let more = back.final_check_for_requests_batched(u32::from(k)).unwrap();
-                prop_assert_eq!(more, avail >= k_eff);
+                prop_assert!(more || !required, "back sleeps owing the front a notification");
+                prop_assert!(more || avail < k_eff);
+                prop_assert!(!more || avail >= k_eff || m.back_may_owe, "no request, nothing owed, yet `true`");
                 if !more {
                     m.back_asleep = Some(k_eff);
                     m.counts.arms += 1;
@@ -358,6 +381,10 @@ fn run_stream(cap: u32, start: u32, ops: &[StreamOp]) -> Result<(), TestCaseErro
     let mut consumer_asleep = Some(1);
     let mut producer_asleep: Option<u32> = None;
     let mut expect_next = 0u32;
+    // A final check published / released pending work since the last
+    // push_and_check_notify / release_and_check_notify (R9).
+    let mut producer_may_owe = false;
+    let mut consumer_may_owe = false;
 
     for &op in ops {
         let used = (written.len() + published.len()) as u32 + unreleased;
@@ -376,11 +403,19 @@ fn run_stream(cap: u32, start: u32, ops: &[StreamOp]) -> Result<(), TestCaseErro
                 let notify = tx.push_and_check_notify().unwrap();
                 published.extend(written.drain(..));
                 check_notify(notify, &mut consumer_asleep, published.len(), &mut counts)?;
+                producer_may_owe = false;
             }
             StreamOp::ProducerSleep(n) => {
+                // R9: the final check publishes our written elements first.
+                let pending = !written.is_empty();
+                published.extend(written.drain(..));
+                producer_may_owe |= pending;
+                let required = pending && consumer_asleep.is_some_and(|k| published.len() >= k as usize);
                 let n_eff = u32::from(n).clamp(1, cap);
                 let room = tx.final_check_for_space(u32::from(n)).unwrap();
-                prop_assert_eq!(room, cap - used >= n_eff);
+                prop_assert!(room || !required, "producer sleeps owing the consumer a notification");
+                prop_assert!(room || cap - used < n_eff);
+                prop_assert!(!room || cap - used >= n_eff || producer_may_owe);
                 producer_asleep = (!room).then_some(n_eff);
             }
             StreamOp::Consume(n) => {
@@ -408,11 +443,21 @@ fn run_stream(cap: u32, start: u32, ops: &[StreamOp]) -> Result<(), TestCaseErro
                 unreleased = 0;
                 let free = cap - (written.len() + published.len()) as u32;
                 check_notify(notify, &mut producer_asleep, free as usize, &mut counts)?;
+                consumer_may_owe = false;
             }
             StreamOp::ConsumerSleep(k) => {
-                let k_eff = u32::from(k).min(cap - unreleased).max(1);
+                // R9: the final check releases what we consumed first.
+                let pending = unreleased > 0;
+                unreleased = 0;
+                consumer_may_owe |= pending;
+                let free = cap - (written.len() + published.len()) as u32;
+                let required = pending && producer_asleep.is_some_and(|n| free >= n);
+                let k_eff = u32::from(k).min(cap).max(1);
+                let avail = published.len() as u32;
                 let more = rx.final_check_batched(u32::from(k)).unwrap();
-                prop_assert_eq!(more, published.len() as u32 >= k_eff);
+                prop_assert!(more || !required, "consumer sleeps owing the producer a notification");
+                prop_assert!(more || avail < k_eff);
+                prop_assert!(!more || avail >= k_eff || consumer_may_owe);
                 consumer_asleep = (!more).then_some(k_eff);
             }
         }
