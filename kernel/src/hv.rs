@@ -574,7 +574,8 @@ impl Hv {
     /// (the rest waits for the next trip). Returns the time after the last
     /// chunk, if any ran.
     fn drain_consoles(&mut self) -> Option<u64> {
-        let deadline = cpu::rdtsc().saturating_add(self.budget_ticks);
+        // Draining never delays a deadline (a warped wake-up, a slice end).
+        let deadline = cpu::rdtsc().saturating_add(self.budget_ticks).min(self.armed_tsc);
         let mut last = None;
         for i in 0..self.domains.len() {
             if self.domains[i].console_dirty {

@@ -55,6 +55,7 @@
 //! |---|---|---|
 //! | [`hypercall`] | the raw `int 0x82` gate | yes, contained here |
 //! | [`console`], [`sched`], [`version`] | typed hypercalls | no |
+//! | [`cmdline`] | `key=value` arguments from the manifest | no |
 //! | [`rt`] | entry point, start info, panic handler | contained here |
 //! | [`diag`] | self-checks of the platform (FPU preservation) | contained here |
 //! | [`trap`], [`event`] | trap handlers, event dispatch, masking | entry stubs only |
@@ -66,6 +67,7 @@
 
 extern crate freestanding;
 
+pub mod cmdline;
 pub mod console;
 pub mod diag;
 pub mod event;

@@ -40,6 +40,8 @@ use pvguest_sdk::process::{self, Exit, Process};
 use pvguest_sdk::trap::TrapContext;
 use pvguest_sdk::{heap, println, time, user_program, StartInfo};
 
+use pvguest_sdk::cmdline::arg_or as arg;
+
 pvguest_sdk::entry!(main);
 
 /// This kernel's system calls: number in rax.
@@ -68,14 +70,6 @@ fn syscall(ctx: &mut TrapContext) {
         SYS_ITERS => ctx.rax = ITERS.load(Ordering::Relaxed),
         _ => ctx.rax = u64::MAX,
     }
-}
-
-fn arg(cmdline: &str, key: &str, default: u64) -> u64 {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 fn main(si: &'static StartInfo) {

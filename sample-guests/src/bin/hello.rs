@@ -6,6 +6,8 @@
 
 use pvguest_sdk::{abi::features, println, sched, version, StartInfo};
 
+use pvguest_sdk::cmdline::arg;
+
 pvguest_sdk::entry!(main);
 
 fn main(si: &'static StartInfo) {
@@ -35,9 +37,4 @@ fn main(si: &'static StartInfo) {
         }
     }
     println!("goodbye");
-}
-
-/// `key=value` from the command line, as a number.
-fn arg(cmdline: &str, key: &str) -> Option<u64> {
-    cmdline.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
 }

@@ -10,11 +10,9 @@ use pvguest_sdk::abi::event::VIRQ_TIMER;
 use pvguest_sdk::abi::vcpu::runstate;
 use pvguest_sdk::{event, println, time, timer, StartInfo};
 
-pvguest_sdk::entry!(main);
+use pvguest_sdk::cmdline::arg;
 
-fn arg(cmdline: &str, key: &str) -> Option<u64> {
-    cmdline.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
-}
+pvguest_sdk::entry!(main);
 
 /// Burns CPU with plain arithmetic (not `pause`, which QEMU's emulator
 /// turns into an expensive exit).

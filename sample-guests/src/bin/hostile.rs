@@ -39,6 +39,8 @@ use pvguest_sdk::abi::mmu::{ext, MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_sdk::mm::{self, AddressSpace, Page, Pte};
 use pvguest_sdk::{console, event, println, time, timer, StartInfo};
 
+use pvguest_sdk::cmdline::arg_or as arg;
+
 pvguest_sdk::entry!(main);
 
 static FIRED: AtomicU64 = AtomicU64::new(0);
@@ -51,14 +53,6 @@ const BATCH: usize = MAX_BATCH as usize;
 /// User address of the first table's 2 MiB region.
 const BASE: u64 = 0x40_0000;
 const FLOOD: usize = pvguest_sdk::abi::console_io::MAX_WRITE as usize;
-
-fn arg(cmdline: &str, key: &str, default: u64) -> u64 {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn main(si: &'static StartInfo) {
     let cmd = si.cmdline();

@@ -37,17 +37,11 @@ use pvguest_sdk::abi::vcpu::runstate;
 use pvguest_sdk::mm::{self, AddressSpace, Pte};
 use pvguest_sdk::{event, println, time, timer, version, StartInfo};
 
+use pvguest_sdk::cmdline::arg_or as arg;
+
 pvguest_sdk::entry!(main);
 
 static FIRED: AtomicU64 = AtomicU64::new(0);
-
-fn arg(cmdline: &str, key: &str, default: u64) -> u64 {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Integer arithmetic (not `pause`, which QEMU turns into an exit).
 fn burn(rounds: u64) -> u64 {

@@ -24,19 +24,13 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_sdk::abi::event::VIRQ_TIMER;
 use pvguest_sdk::{event, println, time, timer, StartInfo};
 
+use pvguest_sdk::cmdline::arg_or as arg;
+
 pvguest_sdk::entry!(main);
 
 static FIRED: AtomicU64 = AtomicU64::new(0);
 /// System time at which the last timer event's handler ran.
 static WOKE_AT: AtomicU64 = AtomicU64::new(0);
-
-fn arg(cmdline: &str, key: &str, default: u64) -> u64 {
-    cmdline
-        .split(' ')
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn burn(rounds: u64) -> u64 {
     let mut x = 1u64;

@@ -10,13 +10,11 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_sdk::abi::event::VIRQ_TIMER;
 use pvguest_sdk::{event, println, time, timer, StartInfo};
 
+use pvguest_sdk::cmdline::arg;
+
 pvguest_sdk::entry!(main);
 
 static FIRED: AtomicU64 = AtomicU64::new(0);
-
-fn arg(cmdline: &str, key: &str) -> Option<u64> {
-    cmdline.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
-}
 
 fn main(si: &'static StartInfo) {
     let rounds = arg(si.cmdline(), "rounds").unwrap_or(40);
