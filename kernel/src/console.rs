@@ -9,12 +9,36 @@
 //! # Rate limit
 //! Writing to the UART is the hypervisor's time, so each domain has a token
 //! bucket ([`ConsoleOut`]): [`BURST_BYTES`] of output at once and
-//! [`RATE_BYTES_PER_S`] after that, counted in bytes as shown (escapes
-//! included). A line that does not fit is dropped whole and counted; the
-//! next line that fits is preceded by `(N bytes dropped)`, so a flooding
-//! domain loses only its own output and the operator sees that it did.
-//! The caller charges the work to the writing domain (see
-//! [`crate::account`]).
+//! [`RATE_BYTES_PER_S`] after that, counted in bytes as written to the UART
+//! (escapes, the domain tag and the line end included). A line that does
+//! not fit is dropped whole and counted; the next line that fits is
+//! preceded by `(N bytes dropped)`, so a flooding domain loses only its own
+//! output and the operator sees that it did. The caller charges the work to
+//! the writing domain (see [`crate::account`]).
+//!
+//! # Bounded steps
+//! Output is taken in steps of at most [`STEP_WORK`] units of work (one
+//! per guest byte taken, one per UART byte written), checked before each
+//! byte is taken ([`ConsoleOut::push_bounded`]). One byte emits at most one
+//! line and one notice, so a step ends within [`STEP_WORK`] plus
+//! [`MAX_BYTE_WORK`] units, whatever the guest writes: a newline flood, a
+//! line of control bytes and a long line cost the same per unit. The
+//! hypervisor checks for other due work between steps.
+
+/// Work units a console step may start (see the module docs); about 10
+/// instructions each for UART bytes, so a step is a few thousand
+/// instructions.
+pub const STEP_WORK: usize = 256;
+
+/// Most work one guest byte can cause: taking it, a dropped-bytes notice
+/// and one full line with the longest tag and its line end.
+pub const MAX_BYTE_WORK: usize = 1 + NOTICE_MAX + 2 * (LINE_MAX + TAG_MAX + 2);
+
+/// Longest domain tag (`[name] `) a line carries.
+pub const TAG_MAX: usize = 32 + 3;
+
+/// Longest dropped-bytes notice.
+const NOTICE_MAX: usize = 48;
 
 /// Longest line kept before it is flushed with a continuation mark.
 pub const LINE_MAX: usize = 200;
@@ -41,20 +65,30 @@ impl LineBuffer {
     /// its newline, already sanitised to printable ASCII).
     pub fn push(&mut self, bytes: &[u8], mut emit: impl FnMut(&str)) {
         for &b in bytes {
-            match b {
-                b'\n' => self.flush(&mut emit),
-                b'\r' => {}
-                _ => {
-                    const HEX: &[u8; 16] = b"0123456789abcdef";
-                    let esc = [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
-                    let shown: &[u8] =
-                        if b == b'\t' || (0x20..0x7f).contains(&b) { core::slice::from_ref(&b) } else { &esc };
-                    if self.len + shown.len() > LINE_MAX {
-                        self.flush(&mut emit);
-                    }
-                    self.buf[self.len..self.len + shown.len()].copy_from_slice(shown);
-                    self.len += shown.len();
+            self.push_byte(b, &mut emit);
+        }
+    }
+
+    /// Appends one guest byte; emits at most one line.
+    pub fn push_byte(&mut self, b: u8, emit: &mut impl FnMut(&str)) {
+        match b {
+            b'\n' => self.flush(emit),
+            b'\r' => {}
+            b'\t' | 0x20..0x7f => {
+                if self.len == LINE_MAX {
+                    self.flush(emit);
                 }
+                self.buf[self.len] = b;
+                self.len += 1;
+            }
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                if self.len + 4 > LINE_MAX {
+                    self.flush(emit);
+                }
+                let esc = [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
+                self.buf[self.len..self.len + 4].copy_from_slice(&esc);
+                self.len += 4;
             }
         }
     }
@@ -81,6 +115,8 @@ pub const RATE_BYTES_PER_S: u64 = 32 * 1024;
 /// One domain's console output: line assembly plus the rate limit.
 pub struct ConsoleOut {
     line: LineBuffer,
+    /// UART bytes each line costs besides its text (tag and line end).
+    per_line: u64,
     tokens: u64,
     /// Time up to which tokens have been added.
     refilled_at: u64,
@@ -91,9 +127,11 @@ pub struct ConsoleOut {
 }
 
 impl ConsoleOut {
-    /// A full bucket at time `now`.
-    pub const fn new(now: u64) -> Self {
-        ConsoleOut { line: LineBuffer::new(), tokens: BURST_BYTES, refilled_at: now, frac: 0, dropped: 0 }
+    /// A full bucket at time `now`, for lines that each cost `per_line`
+    /// UART bytes besides their text (the domain tag and the line end; at
+    /// most [`TAG_MAX`] + 2 count toward a step).
+    pub const fn new(now: u64, per_line: u64) -> Self {
+        ConsoleOut { line: LineBuffer::new(), per_line, tokens: BURST_BYTES, refilled_at: now, frac: 0, dropped: 0 }
     }
 
     fn refill(&mut self, now: u64) {
@@ -113,9 +151,30 @@ impl ConsoleOut {
     /// (sanitised, without the domain tag), a dropped-bytes notice first
     /// when output was lost.
     pub fn push(&mut self, bytes: &[u8], now: u64, mut emit: impl FnMut(&str)) {
+        let mut input = bytes.iter().copied();
+        while !self.push_bounded(&mut input, now, usize::MAX, &mut emit).1 {}
+    }
+
+    /// One bounded step (see the module docs): takes guest bytes from
+    /// `input` at time `now` until it ends or `budget` units of work are
+    /// done, checked before each byte is taken, so no byte is taken and
+    /// lost. Returns the units done and whether `input` ended.
+    pub fn push_bounded(
+        &mut self,
+        input: &mut impl Iterator<Item = u8>,
+        now: u64,
+        budget: usize,
+        mut emit: impl FnMut(&str),
+    ) -> (usize, bool) {
         self.refill(now);
-        let (tokens, dropped) = (&mut self.tokens, &mut self.dropped);
-        self.line.push(bytes, |l| Self::admit(tokens, dropped, l, &mut emit));
+        let (tokens, dropped, per_line) = (&mut self.tokens, &mut self.dropped, self.per_line);
+        let mut work = 0usize;
+        while work < budget {
+            let Some(b) = input.next() else { return (work, true) };
+            work += 1;
+            self.line.push_byte(b, &mut |l| work += Self::admit(tokens, dropped, per_line, l, &mut emit));
+        }
+        (work, false)
     }
 
     /// Shows what is buffered and any pending dropped-bytes notice (the
@@ -123,32 +182,39 @@ impl ConsoleOut {
     pub fn flush(&mut self, now: u64, mut emit: impl FnMut(&str)) {
         self.refill(now);
         if !self.line.is_empty() {
-            let (tokens, dropped) = (&mut self.tokens, &mut self.dropped);
-            self.line.flush(&mut |l: &str| Self::admit(tokens, dropped, l, &mut emit));
+            let (tokens, dropped, per_line) = (&mut self.tokens, &mut self.dropped, self.per_line);
+            self.line.flush(&mut |l: &str| {
+                Self::admit(tokens, dropped, per_line, l, &mut emit);
+            });
         }
         if self.dropped > 0 {
             Self::notice(&mut self.dropped, &mut emit);
         }
     }
 
-    fn admit(tokens: &mut u64, dropped: &mut u64, line: &str, emit: &mut impl FnMut(&str)) {
-        let cost = line.len() as u64 + 1;
+    /// Shows `line` if the bucket allows; returns the UART bytes written.
+    fn admit(tokens: &mut u64, dropped: &mut u64, per_line: u64, line: &str, emit: &mut impl FnMut(&str)) -> usize {
+        let cost = line.len() as u64 + per_line;
         if *tokens < cost {
             *dropped += cost;
-            return;
+            return 0;
         }
         *tokens -= cost;
+        let mut shown = 0;
         if *dropped > 0 {
-            Self::notice(dropped, emit);
+            shown += Self::notice(dropped, emit) + per_line.min(TAG_MAX as u64 + 2) as usize;
         }
         emit(line);
+        shown + line.len() + per_line.min(TAG_MAX as u64 + 2) as usize
     }
 
-    fn notice(dropped: &mut u64, emit: &mut impl FnMut(&str)) {
-        let mut msg: heapless::String<48> = heapless::String::new();
+    /// Emits the dropped-bytes notice; returns its length.
+    fn notice(dropped: &mut u64, emit: &mut impl FnMut(&str)) -> usize {
+        let mut msg: heapless::String<NOTICE_MAX> = heapless::String::new();
         let _ = core::fmt::Write::write_fmt(&mut msg, format_args!("({} bytes dropped)", *dropped));
         emit(&msg);
         *dropped = 0;
+        msg.len()
     }
 
     /// Bytes dropped since the last notice.
@@ -161,11 +227,12 @@ impl ConsoleOut {
 mod tests {
     use super::*;
     use std::string::String;
+    use std::vec;
     use std::vec::Vec;
 
     #[test]
     fn a_flood_loses_only_what_exceeds_the_bucket_and_says_so() {
-        let mut c = ConsoleOut::new(0);
+        let mut c = ConsoleOut::new(0, 1);
         let mut out: Vec<String> = Vec::new();
         let line = [b'y'; 99];
         let mut shown = 0u64;
@@ -187,7 +254,7 @@ mod tests {
 
     #[test]
     fn refill_is_exact_over_many_small_steps() {
-        let mut c = ConsoleOut::new(0);
+        let mut c = ConsoleOut::new(0, 1);
         c.tokens = 0;
         // 1000 steps of 1 ms: exactly one second of tokens.
         for i in 1..=1000u64 {
@@ -198,13 +265,50 @@ mod tests {
 
     #[test]
     fn flush_shows_a_partial_line_and_a_pending_notice() {
-        let mut c = ConsoleOut::new(0);
+        let mut c = ConsoleOut::new(0, 1);
         c.tokens = 10;
         let mut out: Vec<String> = Vec::new();
         c.push(b"this line is too long\nok", 0, |l| out.push(String::from(l)));
         assert!(out.is_empty());
         c.flush(0, |l| out.push(String::from(l)));
         assert_eq!(out, ["(22 bytes dropped)", "ok"]);
+    }
+
+    /// Steps are bounded whatever the input (newline floods, control
+    /// bytes, long lines, drops), and stepping loses or reorders nothing.
+    #[test]
+    fn bounded_steps_end_within_their_budget_and_lose_nothing() {
+        let mut inputs: Vec<Vec<u8>> = vec![vec![b'\n'; 3000], vec![0x1b; 3000], vec![b'x'; 3000]];
+        inputs.push((0..3000u32).map(|i| if i % 64 == 63 { b'\n' } else { (i % 32) as u8 }).collect());
+        for input in inputs {
+            let mut whole: Vec<String> = Vec::new();
+            let mut c = ConsoleOut::new(0, 12);
+            c.push(&input, 0, |l| whole.push(l.into()));
+            let mut stepped: Vec<String> = Vec::new();
+            let mut c = ConsoleOut::new(0, 12);
+            let mut it = input.iter().copied();
+            let mut steps = 0;
+            loop {
+                let (work, ended) = c.push_bounded(&mut it, 0, STEP_WORK, |l| stepped.push(l.into()));
+                assert!(work <= STEP_WORK + MAX_BYTE_WORK, "a step did {work} units");
+                steps += 1;
+                if ended {
+                    break;
+                }
+            }
+            assert_eq!(stepped, whole);
+            assert!(steps > 1, "3000 bytes take more than one step");
+        }
+    }
+
+    #[test]
+    fn a_step_bills_uart_bytes_tags_included() {
+        let mut c = ConsoleOut::new(0, 12);
+        let mut it = b"\n\n\n".iter().copied();
+        let (work, ended) = c.push_bounded(&mut it, 0, usize::MAX, |_| {});
+        assert!(ended);
+        assert_eq!(work, 3 + 3 * 12);
+        assert_eq!(c.tokens, BURST_BYTES - 3 * 12);
     }
 
     fn run(chunks: &[&[u8]]) -> Vec<String> {

@@ -60,7 +60,7 @@ use ringfence_bundle::Bundle;
 use ringfence_kernel::account::Meter;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
-use ringfence_kernel::console::ConsoleOut;
+use ringfence_kernel::console::{ConsoleOut, STEP_WORK};
 use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
 use ringfence_kernel::evtchn::{EventChannels, SharedPage};
 use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
@@ -78,8 +78,6 @@ pub const MAX_DOMAINS: usize = 64;
 
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
-/// Console bytes drained from a ring per chunk.
-const CONSOLE_DRAIN_CHUNK: usize = 256;
 /// Frame-table entries scanned per step of a dead domain's teardown (about
 /// 30 000 instructions).
 const REAP_STEP: usize = 4096;
@@ -112,6 +110,39 @@ pub struct Domain {
     pub console_dirty: bool,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
+    /// Timer wake-up lateness, for the final report.
+    pub wakes: Wakes,
+}
+
+/// How late a domain's real-time timer wake-ups ran: from the deadline to
+/// the time it was next entered. The worst is printed in the final report
+/// with what the hypervisor was doing when the timer fired, so a late
+/// wake-up names its cause.
+#[derive(Clone, Copy, Default)]
+pub struct Wakes {
+    /// Timer fired, domain not entered since: (deadline, fired at, what the
+    /// stretch the timer fired in began with, how far into it in ticks).
+    pending: Option<(u64, u64, [u64; 4], u64)>,
+    pub count: u64,
+    /// Worst: (lateness, fire lateness, stretch origin, ticks into it).
+    worst: Option<(u64, u64, [u64; 4], u64)>,
+}
+
+impl Wakes {
+    fn fired(&mut self, deadline: u64, now: u64) {
+        let (what, into) = stretch::current();
+        self.pending = Some((deadline, now, what, into));
+    }
+
+    fn entered(&mut self, now: u64) {
+        if let Some((deadline, fired, what, into)) = self.pending.take() {
+            self.count += 1;
+            let late = now.saturating_sub(deadline);
+            if self.worst.is_none_or(|w| late > w.0) {
+                self.worst = Some((late, fired.saturating_sub(deadline), what, into));
+            }
+        }
+    }
 }
 
 /// The hypervisor's state.
@@ -228,13 +259,13 @@ impl hypercall::Env for DomEnv<'_> {
         let mut phys = HvPhys;
         self.view(&mut phys).copy_to(GuestVa(va), data)
     }
-    fn console_write(&mut self, bytes: &[u8]) {
+    fn console_write(&mut self, bytes: &[u8]) -> usize {
         let name = &self.dom.name;
         let (scale, boot) = self.clock;
         let now = if self.now != 0 { self.now } else { scale.to_ns(cpu::rdtsc().wrapping_sub(boot)) };
-        self.dom.console.push(bytes, now, |l| {
-            let _ = writeln!(serial::Serial, "[{name}] {l}");
-        });
+        let mut input = bytes.iter().copied();
+        self.dom.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
+        bytes.len() - input.len()
     }
     fn console_kick(&mut self) {
         self.dom.console_dirty = true;
@@ -477,9 +508,10 @@ impl Hv {
             fx: FxArea::initial(),
             vcpu: Vcpu::default(),
             events,
-            console: ConsoleOut::new(now),
+            console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
             console_ring,
             console_dirty: false,
+            wakes: Wakes::default(),
             runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
         });
     }
@@ -498,9 +530,10 @@ impl Hv {
             fx: FxArea::initial(),
             vcpu: Vcpu::default(),
             events: EventChannels::default(),
-            console: ConsoleOut::new(0),
+            console: ConsoleOut::new(0, line_overhead(&name_of(name))),
             console_ring: None,
             console_dirty: false,
+            wakes: Wakes::default(),
             runstate: RunstateInfo::default(),
         });
     }
@@ -569,46 +602,61 @@ impl Hv {
         self.schedule()
     }
 
-    /// Drains the notified console rings, a chunk at a time, each chunk
+    /// Drains the notified console rings, a step at a time, each step
     /// charged to its writer, until they are empty or one budget is spent
     /// (the rest waits for the next trip). Returns the time after the last
-    /// chunk, if any ran.
+    /// step, if any ran.
     fn drain_consoles(&mut self) -> Option<u64> {
-        // Draining never delays a deadline (a warped wake-up, a slice end).
+        // Draining never delays a deadline (a warped wake-up, a slice end)
+        // by more than one step: none starts once it has passed.
         let deadline = cpu::rdtsc().saturating_add(self.budget_ticks).min(self.armed_tsc);
         let mut last = None;
         for i in 0..self.domains.len() {
+            if cpu::rdtsc() >= deadline {
+                break;
+            }
             if self.domains[i].console_dirty {
                 last = Some(self.drain_console(i, Some(deadline)));
-                if cpu::rdtsc() >= deadline {
-                    break;
-                }
             }
         }
         last
     }
 
-    /// Drains domain `i`'s console ring in chunks of [`CONSOLE_DRAIN_CHUNK`]
-    /// bytes until it is empty (`console_dirty` cleared after the final
-    /// check re-arms the notification) or `deadline` (TSC) passes. Each
-    /// chunk is charged to the domain. A protocol violation cuts the
-    /// console off, with a line saying why. Returns the time after the last
-    /// chunk.
+    /// Drains domain `i`'s console ring in bounded steps
+    /// ([`ConsoleOut::push_bounded`]) until it is empty (`console_dirty`
+    /// cleared after the final check re-arms the notification) or
+    /// `deadline` (TSC) passes, checked before each step. Each step is
+    /// charged to the domain. A protocol violation cuts the console off,
+    /// with a line saying why. Returns the time after the last step.
     fn drain_console(&mut self, i: usize, deadline: Option<u64>) -> u64 {
         loop {
             let now = self.now();
+            if deadline.is_some_and(|dl| cpu::rdtsc() >= dl) {
+                return now;
+            }
             let d = &mut self.domains[i];
             let Some(ring) = d.console_ring.as_mut() else {
                 d.console_dirty = false;
                 return now;
             };
-            let mut buf = [0u8; CONSOLE_DRAIN_CHUNK];
-            let step = ring.rx.read(&mut buf).and_then(|n| {
-                let notify = ring.rx.release_and_check_notify()?;
-                let more = n > 0 || ring.rx.final_check()?;
-                Ok((n, notify, more))
+            let mut broken = None;
+            let mut input = core::iter::from_fn(|| match ring.rx.pop() {
+                Ok(b) => b,
+                Err(e) => {
+                    broken = Some(e);
+                    None
+                }
             });
-            let (n, notify, more) = match step {
+            let name = &d.name;
+            let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
+            let step = match broken {
+                Some(e) => Err(e),
+                None => ring.rx.release_and_check_notify().and_then(|notify| {
+                    let more = !ended || ring.rx.final_check()?;
+                    Ok((notify, more))
+                }),
+            };
+            let (notify, more) = match step {
                 Ok(s) => s,
                 Err(e) => {
                     log!("dom{} ({}): console ring cut off: {e}", d.id, d.name);
@@ -617,10 +665,6 @@ impl Hv {
                     return now;
                 }
             };
-            let name = &d.name;
-            d.console.push(&buf[..n], now, |l| {
-                let _ = writeln!(serial::Serial, "[{name}] {l}");
-            });
             d.console_dirty = more;
             if notify {
                 // The guest waits for space (it will not be woken for its
@@ -633,7 +677,7 @@ impl Hv {
             if deadline.is_some() {
                 self.meter.charge(&mut self.bvt, i, t);
             }
-            if !more || deadline.is_some_and(|dl| cpu::rdtsc() >= dl) {
+            if !more {
                 return t;
             }
         }
@@ -859,8 +903,9 @@ impl Hv {
                 continue;
             }
             let mut fired = false;
-            if self.domains[i].vcpu.timer.is_some_and(|t| t <= now) {
+            if let Some(t) = self.domains[i].vcpu.timer.filter(|&t| t <= now) {
                 self.domains[i].vcpu.timer = None;
+                self.domains[i].wakes.fired(t, now);
                 self.raise_virq(i, VIRQ_TIMER);
                 fired = true;
             }
@@ -917,9 +962,7 @@ impl Hv {
         d.console_ring = None;
         d.console_dirty = false;
         let name = &d.name;
-        d.console.flush(now, |l: &str| {
-            let _ = writeln!(serial::Serial, "[{name}] {l}");
-        });
+        d.console.flush(now, |l: &str| tagged_line(name, l));
         d.state = RunState::Dead(exit);
         match exit {
             _ if !report => {}
@@ -1052,6 +1095,7 @@ impl Hv {
     /// on the way (its upcall could not be delivered).
     fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
+        d.wakes.entered(now);
         if d.shared.upcall_due(&HvPhys) && d.vcpu.callbacks.event != 0 {
             let b = Bounce {
                 handler: d.vcpu.callbacks.event,
@@ -1172,6 +1216,16 @@ impl Hv {
             );
         }
         stretch::report();
+        for d in &self.domains {
+            if let Some((late, fired, [vector, rax, _, dom], into)) = d.wakes.worst {
+                log!(
+                    "dom{} ({}): {} timer wake-ups, the latest entered {late} ns after its deadline (fired after {fired} ns, {into} TSC ticks into a stretch entered from dom{dom} by vector {vector:#x}, rax {rax:#x})",
+                    d.id,
+                    d.name,
+                    d.wakes.count
+                );
+            }
+        }
         if all_ok {
             log!("verdict: PASS: every domain ended as the manifest expected");
             qemu_exit(EXIT_SUCCESS)
@@ -1192,6 +1246,23 @@ fn fast_path_hypercall(n: u64) -> bool {
         n,
         nr::CONSOLE_IO | nr::MEMORY_OP | nr::MMU_UPDATE | nr::UPDATE_VA_MAPPING | nr::MMUEXT_OP | nr::EVENT_CHANNEL_OP
     )
+}
+
+/// Writes one console line of a domain to COM1: `[name] line`. Plain
+/// byte writes (no formatting machinery): this is the per-byte cost the
+/// console steps bound.
+fn tagged_line(name: &str, line: &str) {
+    serial::write_bytes(b"[");
+    serial::write_bytes(name.as_bytes());
+    serial::write_bytes(b"] ");
+    serial::write_bytes(line.as_bytes());
+    serial::write_bytes(b"\n");
+}
+
+/// UART bytes a line of domain `name` costs besides its text: the tag and
+/// the line end (`\r\n`).
+fn line_overhead(name: &str) -> u64 {
+    name.len() as u64 + 3 + 2
 }
 
 fn name_of(s: &str) -> heapless::String<32> {
@@ -1336,6 +1407,11 @@ mod stretch {
         for (w, v) in WHAT.iter().zip([vector, rax, rip, RUNNING.load(Relaxed)]) {
             w.store(v, Relaxed);
         }
+    }
+
+    /// What the stretch under way began with, and how many ticks ago.
+    pub fn current() -> ([u64; 4], u64) {
+        (WHAT.each_ref().map(|a| a.load(Relaxed)), cpu::rdtsc().wrapping_sub(START.load(Relaxed)))
     }
 
     /// The CPU halted and woke: the stretch starts again now.

@@ -28,8 +28,8 @@
 //! the updated arguments once the scheduler has had its say, so the guest
 //! sees one hypercall. A unit is one batch request (one page-table entry or
 //! one extended op, whose validation is itself bounded to one table, see
-//! [`crate::mm`] rule 7), one multicall entry's unit of work, or
-//! [`CONSOLE_CHUNK`] console bytes. Under QEMU `-icount shift=0`, where one
+//! [`crate::mm`] rule 7), one multicall entry's unit of work, or one
+//! console step ([`crate::console::STEP_WORK`] units of output work). Under QEMU `-icount shift=0`, where one
 //! ns is one instruction, the budget is 50 000 instructions; `cargo xtask
 //! bench` measures the worst uninterrupted stretch a guest can cause
 //! (`worst_hypercall`).
@@ -93,8 +93,10 @@ pub trait Env {
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno>;
     /// Copies into the calling domain's memory.
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno>;
-    /// Appends bytes to the calling domain's console.
-    fn console_write(&mut self, bytes: &[u8]);
+    /// Takes one bounded step of `bytes` into the calling domain's console
+    /// ([`crate::console::ConsoleOut::push_bounded`]) and returns how many
+    /// bytes it took: at least one unless `bytes` is empty.
+    fn console_write(&mut self, bytes: &[u8]) -> usize;
     /// The caller notified its console port: its console ring has output
     /// for the backend (drained outside the hypercall).
     fn console_kick(&mut self);
@@ -134,9 +136,6 @@ pub trait Env {
 /// Longest a hypercall runs before it continues later, in ns of system
 /// time (50 000 instructions under QEMU `-icount shift=0`).
 pub const BUDGET_NS: u64 = 50_000;
-
-/// Console bytes written per unit of work of a `console_io` write.
-pub const CONSOLE_CHUNK: usize = 128;
 
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
@@ -400,7 +399,7 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
 
 /// `console_io(cmd, len, buf)`. A write copies what is left of the buffer
 /// once (so a bad pointer fails before anything is written), then goes out
-/// in [`CONSOLE_CHUNK`]-byte units and continues when the budget is spent;
+/// in console steps and continues when the budget is spent;
 /// the bytes done so far ride in bits 16..31 of `len` (guests pass 0, and
 /// bits 32..63 must be 0) and the result is the whole length.
 fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
@@ -415,12 +414,13 @@ fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
             if let Err(e) = env.copy_from_guest(buf, bytes) {
                 return Action::Return(e.to_ret());
             }
-            for (k, chunk) in bytes.chunks(CONSOLE_CHUNK).enumerate() {
-                let off = (k * CONSOLE_CHUNK) as u64;
+            let mut off = 0;
+            while off < bytes.len() {
                 if off > 0 && env.preempt_due() {
+                    let off = off as u64;
                     return Action::Continue([cmd, (len - off) | ((done + off) << 16), buf.wrapping_add(off), 0, 0]);
                 }
-                env.console_write(chunk);
+                off += env.console_write(&bytes[off..]).max(1);
             }
             Action::Return((done + len) as i64)
         }

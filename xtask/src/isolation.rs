@@ -318,6 +318,10 @@ pub fn run(imgs: &Images, run: Run) -> Result<RunFigures> {
     };
     let r = qemu::run(&opts)?;
     let wall_s = r.wall.as_secs_f64();
+    // The whole console, for reading what the report lines summarise
+    // (each domain's worst timer wake-up and what delayed it).
+    let log = root().join(format!("target/{NAME}-{}.log", run.name()));
+    let _ = std::fs::write(&log, &r.output);
     if r.outcome != Outcome::Pass {
         return Err(format!(
             "{} run: expected PASS, got {} after {wall_s:.1} s\n{}",
