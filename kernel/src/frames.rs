@@ -29,6 +29,11 @@
 //! - the type count is 0 exactly when the type is [`FrameType::None`];
 //! - a frame's type changes only while its type count is 0: a reference of a
 //!   different type is refused with [`FrameError::TypeConflict`];
+//! - a page table being pinned or unpinned in steps (its [`Partial`] state
+//!   is not [`Partial::None`]) holds exactly one reference, the operation's
+//!   own, is not pinned and takes no other reference: it is not a usable
+//!   table until its pin completes ([`FrameInfo::is_page_table`] is false),
+//!   and [`FrameTable::end_partial`] ends its type;
 //! - a pinned frame is a page table, and its pin is one of its references.
 //!   The pin's reference is dropped only by [`FrameTable::unpin`], and only
 //!   when it is the frame's last ([`FrameError::Referenced`] otherwise);
@@ -79,6 +84,40 @@ pub enum FrameType {
     PageTable(u8),
 }
 
+/// A page table part-way through a pin or an unpin that was preempted
+/// (see [`crate::mm`] rule 7): how far it got. In both states the entries
+/// below `next` hold their references and the others hold none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Partial {
+    /// No pin or unpin is under way.
+    None,
+    /// A pin has validated the entries below `next`.
+    Validating {
+        /// The first entry not yet validated.
+        next: u16,
+    },
+    /// An unpin (or a pin that failed, with `failed` its error) is giving
+    /// back the references of the entries below `next`.
+    Devalidating {
+        /// One past the last entry still holding its reference.
+        next: u16,
+        /// The error code ([`pvguest_abi::Errno`]) of the pin whose
+        /// references these are, if a pin failed (0 for an unpin): it is
+        /// reported once they are all given back. A code, not the enum, so
+        /// that a frame's bookkeeping stays 16 bytes.
+        failed: u8,
+    },
+}
+
+impl Partial {
+    /// The error to report when a failed pin's references are all back.
+    pub fn failure(code: u8) -> Option<pvguest_abi::Errno> {
+        pvguest_abi::Errno::from_code(i64::from(code))
+    }
+}
+
+const _: () = assert!(core::mem::size_of::<FrameInfo>() == 16, "a frame's bookkeeping is 16 bytes");
+
 /// Bookkeeping for one machine frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameInfo {
@@ -90,6 +129,8 @@ pub struct FrameInfo {
     pub type_count: u32,
     /// The domain pinned the frame as a page table (holds one reference).
     pub pinned: bool,
+    /// A pin or unpin of this page table under way (see [`Partial`]).
+    pub partial: Partial,
 }
 
 impl FrameInfo {
@@ -98,12 +139,15 @@ impl FrameInfo {
 
     /// A frame of `owner` with no type.
     pub const fn untyped(owner: Owner) -> FrameInfo {
-        FrameInfo { owner, ty: FrameType::None, type_count: 0, pinned: false }
+        FrameInfo { owner, ty: FrameType::None, type_count: 0, pinned: false, partial: Partial::None }
     }
 
-    /// Whether the frame is a validated page table of `level`.
+    /// Whether the frame is a validated page table of `level` (not one
+    /// part-way through a pin or unpin).
     pub const fn is_page_table(&self, level: u8) -> bool {
-        matches!(self.ty, FrameType::PageTable(l) if l == level) && self.type_count > 0
+        matches!(self.ty, FrameType::PageTable(l) if l == level)
+            && self.type_count > 0
+            && matches!(self.partial, Partial::None)
     }
 }
 
@@ -272,7 +316,7 @@ impl<'a> FrameTable<'a> {
             f.type_count = 1;
             return Ok(TypeRef::First);
         }
-        if f.ty != ty {
+        if f.ty != ty || f.partial != Partial::None {
             return Err(FrameError::TypeConflict { mfn, have: f.ty });
         }
         f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
@@ -312,7 +356,8 @@ impl<'a> FrameTable<'a> {
         let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
         debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
         debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
-        if f.type_count == 0 || (f.pinned && f.type_count == 1) {
+        debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
+        if f.type_count == 0 || (f.pinned && f.type_count == 1) || f.partial != Partial::None {
             return None;
         }
         f.type_count -= 1;
@@ -333,15 +378,41 @@ impl<'a> FrameTable<'a> {
             return Err(FrameError::NotPinned(mfn));
         }
         f.pinned = true;
+        f.partial = Partial::None;
         Ok(())
     }
 
-    /// Drops the pin of a frame `dom` owns, with the pin's reference, and
-    /// returns the type it had (which the caller devalidates). Only a pin
-    /// that is the frame's *last* reference can go: a frame that is not
-    /// pinned is [`FrameError::NotPinned`], one that other references still
-    /// hold is [`FrameError::Referenced`]. On error nothing changes.
-    pub fn unpin(&mut self, mfn: Mfn, dom: DomId) -> Result<FrameType, FrameError> {
+    /// Records how far a pin or unpin of the page table `mfn` (which `dom`
+    /// owns and which holds the operation's one reference) got.
+    pub fn set_partial(&mut self, mfn: Mfn, dom: DomId, partial: Partial) -> Result<(), FrameError> {
+        let f = self.owned_mut(mfn, dom)?;
+        if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
+            return Err(FrameError::NotPinned(mfn));
+        }
+        f.partial = partial;
+        Ok(())
+    }
+
+    /// Ends a pin that failed or an unpin, once every entry has given its
+    /// reference back: the frame loses the operation's reference and its
+    /// type.
+    pub fn end_partial(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
+        let f = self.owned_mut(mfn, dom)?;
+        if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
+            return Err(FrameError::NotPinned(mfn));
+        }
+        *f = FrameInfo::untyped(f.owner);
+        Ok(())
+    }
+
+    /// Drops the pin of a frame `dom` owns and returns the type it had,
+    /// which the caller devalidates: the pin's reference becomes the
+    /// unpin's, with [`Partial::Devalidating`] from entry `next` down, until
+    /// [`FrameTable::end_partial`]. Only a pin that is the frame's *last*
+    /// reference can go: a frame that is not pinned is
+    /// [`FrameError::NotPinned`], one that other references still hold is
+    /// [`FrameError::Referenced`]. On error nothing changes.
+    pub fn unpin(&mut self, mfn: Mfn, dom: DomId, next: u16) -> Result<FrameType, FrameError> {
         let f = self.owned_mut(mfn, dom)?;
         if !f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -349,9 +420,9 @@ impl<'a> FrameTable<'a> {
         if f.type_count != 1 {
             return Err(FrameError::Referenced { mfn, count: f.type_count });
         }
-        let old = f.ty;
-        *f = FrameInfo::untyped(f.owner);
-        Ok(old)
+        f.pinned = false;
+        f.partial = Partial::Devalidating { next, failed: 0 };
+        Ok(f.ty)
     }
 
     /// Returns every frame of `dom` to the free pool, with its type, type
@@ -445,7 +516,7 @@ mod tests {
         assert_eq!(t.get(u64::MAX), Err(FrameError::OutOfRange(u64::MAX)));
         assert!(!t.owned_by(u64::MAX, 0));
         assert_eq!(t.set_pinned(99, 0), Err(FrameError::OutOfRange(99)));
-        assert_eq!(t.unpin(99, 0), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.unpin(99, 0, 512), Err(FrameError::OutOfRange(99)));
         assert_eq!(t.get_pinned_ref(99, 0, FrameType::PageTable(1)), Err(FrameError::OutOfRange(99)));
     }
 
@@ -548,19 +619,27 @@ mod tests {
         t.add_free_range(0, 4);
         let m = t.alloc(Owner::Domain(1)).unwrap();
         let l2 = FrameType::PageTable(2);
-        assert_eq!(t.unpin(m, 1), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.unpin(m, 1, 512), Err(FrameError::NotPinned(m)));
         let _ = t.get_type_ref(m, 1, l2).unwrap();
         t.set_pinned(m, 1).unwrap();
         t.get_pinned_ref(m, 1, l2).unwrap();
         // Referenced: refused, nothing changes.
         let before = t.get(m).unwrap();
-        assert_eq!(t.unpin(m, 1), Err(FrameError::Referenced { mfn: m, count: 2 }));
-        assert_eq!(t.unpin(m, 2), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.unpin(m, 1, 512), Err(FrameError::Referenced { mfn: m, count: 2 }));
+        assert_eq!(t.unpin(m, 2, 512), Err(FrameError::NotOwned(m)));
         assert_eq!(t.get(m).unwrap(), before);
         // Dropping the other reference never ends a pinned table's type.
         assert_eq!(t.put_type_ref(m), None);
         assert_eq!((t.get(m).unwrap().ty, t.get(m).unwrap().type_count), (l2, 1));
-        assert_eq!(t.unpin(m, 1), Ok(l2));
+        assert_eq!(t.unpin(m, 1, 512), Ok(l2));
+        // The unpin's reference holds the type, unusable, until it ends.
+        let f = t.get(m).unwrap();
+        assert_eq!((f.ty, f.type_count, f.pinned), (l2, 1, false));
+        assert_eq!(f.partial, Partial::Devalidating { next: 512, failed: 0 });
+        assert!(!f.is_page_table(2));
+        assert_eq!(t.get_pinned_ref(m, 1, l2), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.get_type_ref(m, 1, l2), Err(FrameError::TypeConflict { mfn: m, have: l2 }));
+        t.end_partial(m, 1).unwrap();
         assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(1)));
         let msg = std::format!("{}", FrameError::Referenced { mfn: 7, count: 3 });
         assert!(msg.contains("2 references besides its pin"), "{msg}");

@@ -26,10 +26,12 @@
 //! has passed). The work then stops at a unit boundary and returns
 //! [`Action::Continue`]: the trap layer re-executes the same `int 0x82` with
 //! the updated arguments once the scheduler has had its say, so the guest
-//! sees one hypercall. A unit is one batch request (one page-table entry or
-//! one extended op, whose validation is itself bounded to one table, see
-//! [`crate::mm`] rule 7), one multicall entry's unit of work, or one
-//! console step ([`crate::console::STEP_WORK`] units of output work). Under QEMU `-icount shift=0`, where one
+//! sees one hypercall. A unit is one batch request (one page-table entry,
+//! or one extended op: a pin or unpin stops every
+//! [`crate::mm::STEP_ENTRIES`] entries when the budget is spent and runs
+//! again from where it stopped, see [`crate::mm`] rule 7 (v)), one
+//! multicall entry's unit of work, or one console step
+//! ([`crate::console::STEP_WORK`] units of output work). Under QEMU `-icount shift=0`, where one
 //! ns is one instruction, the budget is 50 000 instructions; `cargo xtask
 //! bench` measures the worst uninterrupted stretch a guest can cause
 //! (`worst_hypercall`).
@@ -123,8 +125,11 @@ pub trait Env {
     fn enable_events(&mut self) -> bool;
     /// One validated page-table entry update.
     fn mmu_update(&mut self, req: MmuUpdate) -> Result<(), Errno>;
-    /// One extended MMU operation.
-    fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno>;
+    /// One extended MMU operation. `Ok(false)`: a pin or unpin stopped
+    /// part-way because [`Env::preempt_due`] said so (its progress is kept
+    /// on the frame, see [`crate::mm`] rule 7 (v)); issue it again to go
+    /// on.
+    fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno>;
     /// Updates the entry that maps `va` in the current page tables.
     fn update_va_mapping(&mut self, va: u64, val: u64, flags: u64) -> Result<(), Errno>;
     /// Whether this hypercall must stop at the next unit boundary: its
@@ -244,11 +249,17 @@ const CHUNK: usize = 32;
 /// its own `done` page unwritable gets `-EFAULT` after applying requests.
 ///
 /// Preemption: when [`Env::preempt_due`] says so, the batch stops at a
-/// request boundary (after at least one request) and returns
-/// [`Action::Continue`] with the base advanced and the remaining count. The
+/// request boundary (after at least one request), or inside a request that
+/// stopped part-way (`apply` returned `Ok(false)`: that request runs again),
+/// and returns [`Action::Continue`] with the base advanced and the
+/// remaining count. The
 /// number already done rides in bits 32..63 of the count argument, so the
 /// final done count covers the whole batch. Guests pass 0 there.
-fn batch<E: Env, const SIZE: usize>(env: &mut E, a: [u64; 5], apply: fn(&mut E, &[u8]) -> Result<(), Errno>) -> Action {
+fn batch<E: Env, const SIZE: usize>(
+    env: &mut E,
+    a: [u64; 5],
+    apply: fn(&mut E, &[u8]) -> Result<bool, Errno>,
+) -> Action {
     let [base, count_arg, done_ptr, domid, _] = a;
     let (count, done_before) = (count_arg & 0xffff_ffff, count_arg >> 32);
     let r: Result<(), Errno> = (|| {
@@ -279,8 +290,15 @@ fn batch<E: Env, const SIZE: usize>(env: &mut E, a: [u64; 5], apply: fn(&mut E, 
             // request so the batch stops exactly at the first unreadable one.
             let read =
                 if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|p| env.copy_from_guest(p, req)) };
-            if let Err(e) = read.and_then(|_| apply(env, req)) {
-                return ret(report_done(env, done_ptr, done_before + at).and(Err(e)));
+            match read.and_then(|_| apply(env, req)) {
+                Ok(true) => {}
+                Ok(false) => {
+                    let Ok(this) = element(base, at, SIZE as u64) else {
+                        return Action::Return(Errno::EFAULT.to_ret());
+                    };
+                    return Action::Continue([this, (count - at) | ((done_before + at) << 32), done_ptr, domid, 0]);
+                }
+                Err(e) => return ret(report_done(env, done_ptr, done_before + at).and(Err(e))),
             }
         }
         i += n as u64;
@@ -289,7 +307,7 @@ fn batch<E: Env, const SIZE: usize>(env: &mut E, a: [u64; 5], apply: fn(&mut E, 
 }
 
 fn mmu_update<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
-    batch::<E, 16>(env, a, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }))
+    batch::<E, 16>(env, a, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }).map(|()| true))
 }
 
 fn mmuext_op<E: Env>(env: &mut E, a: [u64; 5]) -> Action {

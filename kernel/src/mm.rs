@@ -108,12 +108,14 @@
 //!
 //!    What follows, by induction over operations from the builder's state
 //!    (every initial table pinned):
-//!    - (i) *A frame has a page-table type exactly while it is pinned.* The
-//!      type is given only by a pin (b); (a) and `new_baseptr` only add
-//!      references to pinned tables; the pin's reference is dropped only by
-//!      unpin, only when it is the last (c), which ends pin and type together
+//!    - (i) *A frame has a page-table type exactly while it is pinned, or
+//!      part-way through a pin or an unpin (v).* The type is given only by
+//!      a pin (b); (a) and `new_baseptr` only add references to pinned
+//!      tables; the pin's reference is dropped only by unpin, only when it
+//!      is the last (c), which ends pin and type together once the table's
+//!      entries have given their references back
 //!      ([`FrameTable::put_type_ref`] never drops a pinned frame's last
-//!      reference).
+//!      reference, nor the reference of a table part-way).
 //!    - (ii) *The active root is a pinned L4*: `new_baseptr` takes only those,
 //!      and the root reference makes unpinning it `EBUSY`. Switching away
 //!      from a root therefore never ends its type.
@@ -134,6 +136,30 @@
 //!      ([`pvguest_abi::mmu::MAX_BATCH`] operations per hypercall), and the
 //!      domain builder's bottom-up pins of the initial tables are the
 //!      hypervisor's own work, bounded by the domain's size at build time.
+//!    - (v) *Pins and unpins are preemptible.* One table is still up to
+//!      1023 entry reads (a pin that fails at its last entry), tens of
+//!      thousands of instructions, too long to hold the CPU with a warped
+//!      domain's deadline due (Xen's `PGT_partial`). Through
+//!      [`Mm::mmuext_op`] on a [`Mm::preemptible`] validator, a pin or unpin
+//!      asks every [`STEP_ENTRIES`] entries whether to stop; if so it
+//!      records how far it got on the frame ([`Partial`]) and returns
+//!      [`ExtOutcome::Again`], and the same operation issued again goes on
+//!      from there. A table part-way holds exactly one reference (its
+//!      operation's, taken at the start and kept), plus the references of
+//!      its entries below the recorded point; it is not pinned and no
+//!      validated table: it cannot be linked (`EINVAL`), written by
+//!      `mmu_update` (`EINVAL`), loaded as a root (`EINVAL`), mapped
+//!      writable (`EBUSY`) or pinned at another level (`EBUSY`), and its
+//!      contents cannot change (it has no writable mapping). A pin that
+//!      fails gives its references back the same way, in steps, and
+//!      returns its error once they are all back; an unpin of a table
+//!      part-way through its pin abandons the pin (its references are given
+//!      back, and the unpin succeeds); a pin of a table part-way through an
+//!      unpin first finishes the unpin, then is refused (`EBUSY`). Each call
+//!      makes progress (no question before its first [`STEP_ENTRIES`]
+//!      entries), so an operation issued again and again ends. A domain
+//!      that never goes on leaves only its own frame typed until it dies
+//!      (teardown resets every frame it owns).
 //!
 //! 8. **Non-present entries carry no frame address (L1TF).** On CPUs with
 //!    the L1 terminal fault, a non-present entry's address bits still feed
@@ -159,7 +185,10 @@
 //!
 //! Every operation either succeeds completely or changes nothing (memory and
 //! frame table): a table that fails validation part-way gives back the
-//! references it took, in reverse.
+//! references it took, in reverse. The one exception is a preemptible pin
+//! or unpin that stops part-way (rule 7 (v)): its progress is recorded on
+//! its frame, and issuing it again finishes it (or, for a failing pin,
+//! finishes giving back and then fails).
 //!
 //! # TLB
 //! Flushing is the caller's: `TLB_FLUSH_LOCAL` and `INVLPG_LOCAL` come back
@@ -176,14 +205,18 @@
 //! # Bounds
 //! Rule 7: one operation validates or devalidates at most one table, so it
 //! touches at most 2 × 512 entries and O(512) frame-table slots, whatever
-//! the size of the domain. Batches are the hypercall layer's: it bounds them
+//! the size of the domain, and a preemptible pin or unpin stops every
+//! [`STEP_ENTRIES`] entries when other work is due (rule 7 (v)). Batches
+//! are the hypercall layer's: it bounds them
 //! ([`pvguest_abi::mmu::MAX_BATCH`]; shorter inside a `multicall`) and
-//! stops a batch between operations when other work is due (a
-//! continuation), so the longest the hypervisor runs page-table work
-//! without a preemption point is one short nested batch of operations,
-//! each one table at most. (Measured by the pt-attacker guest under QEMU
-//! TCG: one full table ~15-35 us; the 512-request link/unlink storm that
-//! took ~2.9 s with recursive validation, ~0.1 ms.)
+//! stops a batch between operations, or inside a pin or unpin, when other
+//! work is due (a continuation), so the longest the hypervisor runs
+//! page-table work without a preemption point is [`STEP_ENTRIES`] entries
+//! or one `mmu_update` request. (Measured under QEMU TCG `-icount
+//! shift=0`: a full read-only L1 pinned in one go took ~26 000
+//! instructions, and delayed a warped domain's wake-up by as much; the
+//! 512-request link/unlink storm that took ~2.9 s with recursive
+//! validation, ~0.1 ms.)
 //! Type counts are `u32`; a frame's references are bounded by the domain's
 //! entries, far below 2^32 for the 1 GiB the frame table covers.
 //!
@@ -194,7 +227,7 @@
 //! never leave the domain; grant mappings must add foreign references, and
 //! then a dying domain must drop its mappings before its frames are freed.
 
-use crate::frames::{DomId, FrameError, FrameTable, FrameType, Mfn, TypeRef};
+use crate::frames::{DomId, FrameError, FrameTable, FrameType, Mfn, Partial, TypeRef};
 use crate::guest_mem::PhysMem;
 use crate::paging::{table_index, Pte, ENTRIES, PAGE_SIZE};
 use pvguest_abi::mmu::{ext, MmuUpdate, MmuextOp, MMU_NORMAL_PT_UPDATE};
@@ -208,6 +241,23 @@ pub const REFUSED_BITS: u64 = 0x7ff0_0000_0000_0000 | (1 << 7);
 
 /// Bits additionally refused in present entries of levels 2..=4: G (8).
 pub const REFUSED_UPPER_BITS: u64 = 1 << 8;
+
+/// Entries a preemptible pin or unpin validates or devalidates before it
+/// asks whether to stop (rule 7 (v)): about 30 instructions each under
+/// QEMU `-icount shift=0`, so a unit is a few thousand instructions.
+pub const STEP_ENTRIES: u32 = 64;
+
+/// How far a preemptible operation got.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// It is complete.
+    Done,
+    /// It stopped part-way because other work is due; its progress is
+    /// recorded on the frame ([`Partial`]). Issue the same operation again
+    /// to go on.
+    Again,
+}
 
 /// A decoded `mmuext_op` command.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -266,16 +316,24 @@ pub enum ExtOutcome {
     FlushTlb,
     /// Invalidate the TLB entry of this address.
     Invlpg(u64),
+    /// A pin or unpin stopped part-way because other work is due (rule 7
+    /// (v)): issue the same operation again to go on.
+    Again,
 }
 
 /// The page-table validator over machine memory and the frame table.
 ///
 /// Short-lived: build one per hypercall (or per build) from the hypervisor's
-/// state; it holds no state of its own.
+/// state; it holds no state of its own beyond the preemption check.
 pub struct Mm<'a, 'f, M: PhysMem> {
     mem: &'a mut M,
     frames: &'a mut FrameTable<'f>,
     entry_area_pml4e: u64,
+    /// Asked every [`STEP_ENTRIES`] entries of a pin or unpin: stop now?
+    /// (`None`: never stop, as for the builder.)
+    preempt: Option<&'a mut dyn FnMut() -> bool>,
+    /// Entries done since the last question.
+    work: u32,
 }
 
 fn errno(e: FrameError) -> Errno {
@@ -305,7 +363,16 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// A validator over `mem` and `frames`; `entry_area_pml4e` is the value
     /// every validated L4 carries in slot 511 (rule 3).
     pub fn new(mem: &'a mut M, frames: &'a mut FrameTable<'f>, entry_area_pml4e: u64) -> Self {
-        Mm { mem, frames, entry_area_pml4e }
+        Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0 }
+    }
+
+    /// The same validator, whose pins and unpins stop part-way when
+    /// `preempt` says so (asked every [`STEP_ENTRIES`] entries, never
+    /// before the first [`STEP_ENTRIES`] of an operation, so each call makes
+    /// progress): [`Mm::mmuext_op`] then returns [`ExtOutcome::Again`].
+    pub fn preemptible(mut self, preempt: &'a mut dyn FnMut() -> bool) -> Self {
+        self.preempt = Some(preempt);
+        self
     }
 
     /// One `mmu_update` request: `ptr`'s low 2 bits are the command, and
@@ -327,7 +394,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
             return Err(Errno::EPERM);
         }
         let level = match self.frames.get(mfn).map_err(errno)? {
-            f if f.type_count > 0 => match f.ty {
+            f if f.type_count > 0 && f.partial == Partial::None => match f.ty {
                 FrameType::PageTable(l) => l,
                 _ => return Err(Errno::EINVAL),
             },
@@ -359,11 +426,53 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// at must already be pinned (rule 7a), so it validates this one table
     /// and nothing else. Pinning a frame already pinned at this level is
     /// `EINVAL`, as in Xen; a frame of another type or level is `EBUSY`.
+    /// Runs to the end whatever the preemption check says (the builder's
+    /// pins); [`Mm::mmuext_op`] is the preemptible form.
     pub fn pin_table(&mut self, dom: DomId, mfn: Mfn, level: u8) -> Result<(), Errno> {
+        while self.pin_step(dom, mfn, level)? == Step::Again {}
+        Ok(())
+    }
+
+    /// `MMUEXT_UNPIN_TABLE`: drops the pin of `mfn` and devalidates it. Only
+    /// a pin that is the table's last reference can go (rule 7c): a table
+    /// that entries of other tables or an active root still hold is
+    /// `EBUSY`, and unpinning an unpinned frame is `EINVAL`. The tables its
+    /// entries name are pinned, so they only lose one reference each: no
+    /// devalidation cascades. Runs to the end, like [`Mm::pin_table`].
+    pub fn unpin_table(&mut self, dom: DomId, mfn: Mfn) -> Result<(), Errno> {
+        while self.unpin_step(dom, mfn)? == Step::Again {}
+        Ok(())
+    }
+
+    /// One call of a pin (rule 7 (v)): starts it, or goes on with one that
+    /// stopped part-way. A pin that fails gives back the references it took
+    /// (itself in steps) and reports its error once they are all back.
+    pub fn pin_step(&mut self, dom: DomId, mfn: Mfn, level: u8) -> Result<Step, Errno> {
+        self.work = 0;
         if !(1..=4).contains(&level) {
             return Err(Errno::EINVAL);
         }
         let info = self.owned(dom, mfn)?;
+        let FrameType::PageTable(have) = info.ty else {
+            return self.start_pin(dom, mfn, level, info);
+        };
+        match info.partial {
+            Partial::None => self.start_pin(dom, mfn, level, info),
+            Partial::Validating { .. } if have != level => Err(errno(FrameError::TypeConflict { mfn, have: info.ty })),
+            Partial::Validating { next } => self.validate(dom, mfn, level, u32::from(next)),
+            // Someone's references are being given back: finish that first.
+            Partial::Devalidating { next, failed } => {
+                let failed = Partial::failure(failed);
+                match self.devalidate(dom, mfn, have, u32::from(next), failed)? {
+                    Step::Again => Ok(Step::Again),
+                    Step::Done => Err(failed.unwrap_or(Errno::EBUSY)),
+                }
+            }
+        }
+    }
+
+    /// A pin of a frame no pin or unpin is under way on.
+    fn start_pin(&mut self, dom: DomId, mfn: Mfn, level: u8, info: crate::frames::FrameInfo) -> Result<Step, Errno> {
         // A frame in use as another type (or a table of another level) is
         // a type conflict before it is a double pin, as in Xen.
         if info.type_count > 0 && info.ty != FrameType::PageTable(level) {
@@ -373,32 +482,38 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
             return Err(Errno::EINVAL);
         }
         match self.frames.get_type_ref(mfn, dom, FrameType::PageTable(level)).map_err(errno)? {
-            TypeRef::First => {
-                if let Err(e) = self.validate(dom, mfn, level) {
-                    let _ = self.frames.put_type_ref(mfn);
-                    return Err(e);
-                }
+            TypeRef::First => self.validate(dom, mfn, level, 0),
+            // A table that is typed but neither pinned nor part-way does
+            // not exist (rule 7 (i)).
+            TypeRef::More => {
+                debug_assert!(false, "rule 7: frame {mfn:#x} is a table but not pinned");
+                let _ = self.frames.put_type_ref(mfn);
+                Err(Errno::EBUSY)
             }
-            // A table that is typed but not pinned does not exist (rule 7
-            // (i)); if it did, its contents would be valid already.
-            TypeRef::More => debug_assert!(false, "rule 7: frame {mfn:#x} is a table but not pinned"),
         }
-        self.frames.set_pinned(mfn, dom).map_err(errno)
     }
 
-    /// `MMUEXT_UNPIN_TABLE`: drops the pin of `mfn` and devalidates it. Only
-    /// a pin that is the table's last reference can go (rule 7c): a table
-    /// that entries of other tables or an active root still hold is
-    /// `EBUSY`, and unpinning an unpinned frame is `EINVAL`. The tables its
-    /// entries name are pinned, so they only lose one reference each: no
-    /// devalidation cascades.
-    pub fn unpin_table(&mut self, dom: DomId, mfn: Mfn) -> Result<(), Errno> {
-        self.owned(dom, mfn)?;
-        match self.frames.unpin(mfn, dom).map_err(errno)? {
-            FrameType::PageTable(level) => self.devalidate(mfn, level),
-            other => debug_assert!(false, "pinned frame {mfn:#x} was {other:?}"),
+    /// One call of an unpin (rule 7 (v)): starts it, or goes on with one
+    /// that stopped part-way. Unpinning a table part-way through its pin
+    /// abandons the pin (its references are given back).
+    pub fn unpin_step(&mut self, dom: DomId, mfn: Mfn) -> Result<Step, Errno> {
+        self.work = 0;
+        let info = self.owned(dom, mfn)?;
+        match (info.ty, info.partial) {
+            (FrameType::PageTable(level), Partial::Validating { next }) => {
+                self.devalidate(dom, mfn, level, u32::from(next), None)
+            }
+            (FrameType::PageTable(level), Partial::Devalidating { next, failed }) => {
+                self.devalidate(dom, mfn, level, u32::from(next), Partial::failure(failed))
+            }
+            _ => match self.frames.unpin(mfn, dom, ENTRIES as u16).map_err(errno)? {
+                FrameType::PageTable(level) => self.devalidate(dom, mfn, level, ENTRIES as u32, None),
+                other => {
+                    debug_assert!(false, "pinned frame {mfn:#x} was {other:?}");
+                    Err(Errno::EINVAL)
+                }
+            },
         }
-        Ok(())
     }
 
     /// `MMUEXT_NEW_BASEPTR`: makes the pinned L4 `mfn` the vCPU's root. The
@@ -426,6 +541,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// (the builder pins the initial tables bottom-up first). Returns the CR3
     /// value. On error nothing changed.
     pub fn install_initial_root(&mut self, dom: DomId, mfn: Mfn) -> Result<u64, Errno> {
+        self.preempt = None;
         self.pin_table(dom, mfn, 4)?;
         // The pin holds a reference, so this only counts and cannot fail:
         // the type is PageTable(4), the count 1 and the frame pinned.
@@ -459,10 +575,16 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     }
 
     /// Runs one decoded `mmuext_op` for a vCPU whose root is `current_root`.
+    /// A pin or unpin on a preemptible validator may stop part-way
+    /// ([`ExtOutcome::Again`]).
     pub fn mmuext_op(&mut self, dom: DomId, current_root: &mut Mfn, op: MmuExtOp) -> Result<ExtOutcome, Errno> {
+        let step = |s: Step| match s {
+            Step::Done => ExtOutcome::Done,
+            Step::Again => ExtOutcome::Again,
+        };
         match op {
-            MmuExtOp::Pin { mfn, level } => self.pin_table(dom, mfn, level).map(|()| ExtOutcome::Done),
-            MmuExtOp::Unpin { mfn } => self.unpin_table(dom, mfn).map(|()| ExtOutcome::Done),
+            MmuExtOp::Pin { mfn, level } => self.pin_step(dom, mfn, level).map(step),
+            MmuExtOp::Unpin { mfn } => self.unpin_step(dom, mfn).map(step),
             MmuExtOp::NewBaseptr { mfn } => self.new_baseptr(dom, current_root, mfn).map(ExtOutcome::LoadCr3),
             MmuExtOp::TlbFlushLocal => Ok(ExtOutcome::FlushTlb),
             MmuExtOp::InvlpgLocal { va } if layout::is_guest_va(va) => Ok(ExtOutcome::Invlpg(va)),
@@ -551,39 +673,71 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         debug_assert!(last.is_none(), "rule 7: table {mfn:#x} lost its last reference through an entry");
     }
 
-    /// Takes the references of every guest entry of the table `mfn` (already
-    /// typed, so it cannot refer to itself); on failure gives them back.
-    /// Success installs slot 511 of an L4 (rule 3). Reads at most 511
-    /// entries, and as many again to give them back (rule 7 (iv)).
-    fn validate(&mut self, dom: DomId, mfn: Mfn, level: u8) -> Result<(), Errno> {
+    /// Whether to stop before the next entry: asked once every
+    /// [`STEP_ENTRIES`] entries (rule 7 (v)).
+    fn stop(&mut self) -> bool {
+        self.work += 1;
+        if self.work <= STEP_ENTRIES {
+            return false;
+        }
+        self.work = 1;
+        self.preempt.as_mut().is_some_and(|p| p())
+    }
+
+    /// Takes the references of the guest entries of the table `mfn` from
+    /// entry `from` on; the frame holds the pin's reference and the entries
+    /// below `from` hold theirs. Success pins it and installs slot 511 of an
+    /// L4 (rule 3). On a failure it gives the references back (in steps) and
+    /// reports the error once they are; stopping part-way records where it
+    /// got ([`Partial`]). Reads at most 511 entries, and as many again to
+    /// give them back (rule 7 (iv)).
+    fn validate(&mut self, dom: DomId, mfn: Mfn, level: u8, from: u32) -> Result<Step, Errno> {
         let base = mfn * PAGE_SIZE;
-        for i in 0..ENTRIES {
-            if !guest_slot(level, i) {
+        for i in from..ENTRIES as u32 {
+            if self.stop() {
+                self.frames.set_partial(mfn, dom, Partial::Validating { next: i as u16 }).map_err(errno)?;
+                return Ok(Step::Again);
+            }
+            if !guest_slot(level, i as usize) {
                 continue;
             }
-            let val = self.mem.read_u64(base + i as u64 * 8);
+            let val = self.mem.read_u64(base + u64::from(i) * 8);
             if let Err(e) = self.get_entry_ref(dom, level, val) {
-                for j in (0..i).rev().filter(|&j| guest_slot(level, j)) {
-                    let v = self.mem.read_u64(base + j as u64 * 8);
-                    self.put_entry_ref(level, v);
-                }
-                return Err(e);
+                return match self.devalidate(dom, mfn, level, i, Some(e))? {
+                    Step::Done => Err(e),
+                    Step::Again => Ok(Step::Again),
+                };
             }
         }
         if level == 4 {
             self.mem.write_u64(base + ENTRY_AREA_SLOT as u64 * 8, self.entry_area_pml4e);
         }
-        Ok(())
+        self.frames.set_pinned(mfn, dom).map_err(errno)?;
+        Ok(Step::Done)
     }
 
-    /// Gives back the references of every guest entry of a table that was
-    /// just unpinned: one table, at most 512 entry reads (rule 7 (iv)).
-    fn devalidate(&mut self, mfn: Mfn, level: u8) {
+    /// Gives back the references of the guest entries below `next` of the
+    /// table `mfn`, which holds the operation's one reference and no pin,
+    /// last entry first; then ends its type. `failed` is the error of the
+    /// pin whose references these are (kept with the progress if it stops
+    /// part-way). At most 512 entry reads (rule 7 (iv)).
+    fn devalidate(&mut self, dom: DomId, mfn: Mfn, level: u8, next: u32, failed: Option<Errno>) -> Result<Step, Errno> {
         let base = mfn * PAGE_SIZE;
-        for i in (0..ENTRIES).filter(|&i| guest_slot(level, i)) {
-            let v = self.mem.read_u64(base + i as u64 * 8);
-            self.put_entry_ref(level, v);
+        let mut i = next.min(ENTRIES as u32);
+        while i > 0 {
+            if self.stop() {
+                let failed = failed.map_or(0, |e| e as i32 as u8);
+                self.frames.set_partial(mfn, dom, Partial::Devalidating { next: i as u16, failed }).map_err(errno)?;
+                return Ok(Step::Again);
+            }
+            i -= 1;
+            if guest_slot(level, i as usize) {
+                let v = self.mem.read_u64(base + u64::from(i) * 8);
+                self.put_entry_ref(level, v);
+            }
         }
+        self.frames.end_partial(mfn, dom).map_err(errno)?;
+        Ok(Step::Done)
     }
 }
 
@@ -747,6 +901,26 @@ mod tests {
             Mm::new(&mut self.mem, &mut self.frames, ENTRY)
         }
 
+        /// One call of a preemptible pin (`unpin`: of an unpin) whose
+        /// preemption check says "stop" from its `allow`-th question on.
+        fn step(&mut self, mfn: Mfn, level: Option<u8>, allow: u32) -> Result<Step, Errno> {
+            let mut asked = 0;
+            let mut due = || {
+                asked += 1;
+                asked > allow
+            };
+            let mut mm = Mm::new(&mut self.mem, &mut self.frames, ENTRY).preemptible(&mut due);
+            match level {
+                Some(l) => mm.pin_step(D, mfn, l),
+                None => mm.unpin_step(D, mfn),
+            }
+        }
+
+        /// Frames part-way through a pin or unpin.
+        fn partial(&self) -> Vec<Mfn> {
+            (DOM_FIRST..DOM_END).filter(|&m| self.info(m).partial != Partial::None).collect()
+        }
+
         /// A guest write to a frame that is not a validated table (the guest
         /// preparing a new table in its own memory).
         fn raw(&mut self, mfn: Mfn, slot: usize, val: u64) {
@@ -817,7 +991,9 @@ mod tests {
     /// (d) slot 511 of every validated L4 is the entry-area value; (f) a
     /// frame has a page-table type exactly while it is pinned, and every
     /// root is a pinned L4 (rule 7 (i), (ii)), so no table can lose its last
-    /// reference except by its own unpin. Frames the domain does not own
+    /// reference except by its own unpin; (g) a table part-way through a
+    /// pin or unpin holds only its operation's reference and those of its
+    /// entries below the recorded point. Frames the domain does not own
     /// hold no types at all. ((e), rule 7's bound on the work of one
     /// operation, is checked around each operation: [`H::bounded`].)
     fn audit(mem: &TestMem, frames: &FrameTable<'_>, roots: &[Mfn]) -> Result<(), String> {
@@ -836,16 +1012,32 @@ mod tests {
                 let FrameType::PageTable(_) = f.ty else {
                     return Err(format!("pinned frame {t} is {:?}", f.ty));
                 };
+                if f.partial != Partial::None {
+                    return Err(format!("pinned frame {t} is part-way: {:?}", f.partial));
+                }
                 add(t, f.ty, "pin")?;
             }
-            let FrameType::PageTable(level) = f.ty else { continue };
+            let FrameType::PageTable(level) = f.ty else {
+                if f.partial != Partial::None {
+                    return Err(format!("frame {t} of type {:?} is part-way: {:?}", f.ty, f.partial));
+                }
+                continue;
+            };
             if f.type_count == 0 {
                 return Err(format!("frame {t} typed with count 0"));
             }
-            if !f.pinned {
-                return Err(format!("(f) table {t} (L{level}) is not pinned"));
-            }
-            for i in 0..ENTRIES {
+            // (g) A table part-way through a pin or unpin holds only its
+            // operation's reference, and only its entries below `next`
+            // hold theirs (rule 7 (v)).
+            let held = match f.partial {
+                Partial::None if !f.pinned => return Err(format!("(f) table {t} (L{level}) is not pinned")),
+                Partial::None => ENTRIES,
+                Partial::Validating { next } | Partial::Devalidating { next, .. } => {
+                    add(t, f.ty, "operation under way")?;
+                    usize::from(next)
+                }
+            };
+            for i in 0..held {
                 let v = mem.read_u64(at(t, i));
                 if !guest_slot(level, i) {
                     if v != ENTRY {
@@ -1888,6 +2080,104 @@ mod tests {
         h.check();
     }
 
+    /// A full L1 in `SPARE`: 511 read-only entries mapping DATA frames and,
+    /// at slot 300, `bad` if given; slot 511 writable to DATA.
+    fn full_l1(h: &mut H, bad: Option<u64>) -> Mfn {
+        let t = SPARE;
+        for i in 0..ENTRIES {
+            h.raw(t, i, if i == 511 { rw(DATA) } else { ro(DATA + i as u64 % 4) });
+        }
+        if let Some(v) = bad {
+            h.raw(t, 300, v);
+        }
+        t
+    }
+
+    #[test]
+    fn rule7v_a_pin_stops_part_way_and_goes_on_where_it_stopped() {
+        let mut h = H::new();
+        let t = full_l1(&mut h, None);
+        let writable = h.ty(DATA).1;
+        let mut calls = 0;
+        loop {
+            h.accesses();
+            let r = h.step(t, Some(1), 0).unwrap();
+            assert!(h.accesses() <= u64::from(STEP_ENTRIES) + 2, "one step's entries per call");
+            calls += 1;
+            h.check();
+            if r == Step::Done {
+                break;
+            }
+            let f = h.info(t);
+            assert_eq!(f.partial, Partial::Validating { next: (calls * STEP_ENTRIES) as u16 });
+            assert!(!f.pinned && !f.is_page_table(1));
+            // Part-way, the table is no table: it cannot be linked, written
+            // through mmu_update, mapped writable or pinned at another
+            // level, and it holds only its own reference.
+            h.refused(Errno::EINVAL, |h| h.update(L2, 1, rw(t)));
+            h.refused(Errno::EINVAL, |h| h.update(t, 0, 0));
+            h.refused(Errno::EBUSY, |h| h.update(L1, 5, rw(t)));
+            h.refused(Errno::EBUSY, |h| h.step(t, Some(2), 0).map(drop));
+            assert_eq!(h.ty(t), (FrameType::PageTable(1), 1));
+        }
+        assert_eq!(calls, ENTRIES as u32 / STEP_ENTRIES);
+        assert!(h.info(t).pinned && h.info(t).is_page_table(1));
+        assert_eq!(h.ty(DATA).1, writable + 1, "slot 511's writable reference, taken once");
+        h.update(L2, 1, rw(t)).unwrap();
+        h.check();
+    }
+
+    #[test]
+    fn rule7v_a_failing_pin_gives_its_references_back_in_steps_then_fails() {
+        let mut h = H::new();
+        let t = full_l1(&mut h, Some(rw(OTHER_FIRST)));
+        // Slot 0 writable too, so the failed pin has a reference to give back.
+        h.raw(t, 0, rw(DATA + 1));
+        let before = h.snapshot();
+        let mut calls = 0;
+        let err = loop {
+            calls += 1;
+            match h.step(t, Some(1), 0) {
+                Ok(Step::Again) => h.check(),
+                Ok(Step::Done) => panic!("a pin of a bad table succeeded"),
+                Err(e) => break e,
+            }
+        };
+        assert_eq!(err, Errno::EPERM, "the failing entry's error, reported at the end");
+        assert!(calls > 5, "300 entries validated and 300 given back, one step per call ({calls} calls)");
+        assert!(h.snapshot() == before, "a failed pin leaves nothing behind");
+    }
+
+    #[test]
+    fn rule7v_an_unpin_goes_in_steps_and_can_abandon_a_pin_part_way() {
+        let mut h = H::new();
+        let t = full_l1(&mut h, None);
+        let before = h.snapshot();
+        // Abandon a pin part-way: its references come back.
+        assert_eq!(h.step(t, Some(1), 2), Ok(Step::Again));
+        assert_eq!(h.info(t).partial, Partial::Validating { next: 3 * STEP_ENTRIES as u16 });
+        while h.step(t, None, 0).unwrap() == Step::Again {
+            h.check();
+        }
+        assert!(h.snapshot() == before);
+        // A whole pin, then an unpin in steps.
+        h.pin(t, 1).unwrap();
+        let mut calls = 0;
+        while h.step(t, None, 0).unwrap() == Step::Again {
+            calls += 1;
+            assert!(matches!(h.info(t).partial, Partial::Devalidating { failed: 0, .. }));
+            h.refused(Errno::EINVAL, |h| h.update(L2, 1, rw(t)));
+            // A pin meanwhile helps the unpin finish, then says it was busy.
+            h.check();
+        }
+        assert_eq!(calls, ENTRIES as u32 / STEP_ENTRIES - 1);
+        assert!(h.snapshot() == before);
+        h.pin(t, 1).unwrap();
+        assert_eq!(h.step(t, None, 0), Ok(Step::Again));
+        assert_eq!(h.pin(t, 1), Err(Errno::EBUSY), "a pin during an unpin finishes the unpin and is refused");
+        assert!(h.snapshot() == before);
+    }
+
     // ---- the state machine ----
 
     mod model {
@@ -1940,6 +2230,14 @@ mod tests {
             Uvm {
                 va: u64,
                 val: Val,
+            },
+            /// A preemptible pin or unpin (`level` `None`) whose preemption
+            /// check says "stop" from its `allow`-th question on: it may stop
+            /// part-way, and the sequence may never go on with it.
+            Step {
+                mfn: Pick,
+                level: Option<u8>,
+                allow: u32,
             },
             /// The guest writing a frame that is not a page table.
             GuestWrite {
@@ -2024,6 +2322,8 @@ mod tests {
                     .prop_map(|(mfn, level)| Op::Pin { mfn, level }),
                 2 => pick().prop_map(|mfn| Op::Unpin { mfn }),
                 2 => pick().prop_map(|mfn| Op::NewBaseptr { mfn }),
+                4 => (pick(), proptest::option::weighted(0.7, 1..=4u8), prop_oneof![3 => Just(0u32), 1 => 0..8u32])
+                    .prop_map(|(mfn, level, allow)| Op::Step { mfn, level, allow }),
                 4 => (va(), value()).prop_map(|(va, val)| Op::Uvm { va, val }),
                 6 => (pick(), slot(), value()).prop_map(|(mfn, slot, val)| Op::GuestWrite { mfn, slot, val }),
                 4 => (
@@ -2097,6 +2397,21 @@ mod tests {
                     let m = resolve(h, mfn);
                     h.bounded(1, |h| h.baseptr(m)).map(|cr3| assert_eq!(cr3, m << 12))
                 }
+                Op::Step { mfn, level, allow } => {
+                    let m = resolve(h, mfn);
+                    h.accesses();
+                    let r = h.step(m, level, allow);
+                    let used = h.accesses();
+                    // Rule 7 (v): a call that stopped did at most the
+                    // entries its questions allowed.
+                    let bound = u64::from(STEP_ENTRIES) * (u64::from(allow) + 1) + 2;
+                    if r == Ok(Step::Again) {
+                        assert!(used <= bound, "a stopped call touched {used} entries (bound {bound})");
+                        assert_ne!(h.info(m).partial, Partial::None, "a stopped call recorded no progress");
+                    }
+                    assert!(used <= OP_BOUND, "one call touched {used} entries");
+                    r.map(drop)
+                }
                 Op::Uvm { va, val } => {
                     let val = entry(h, val);
                     h.bounded(1, |h| h.uvm(va, val))
@@ -2163,14 +2478,19 @@ mod tests {
                 for (i, op) in ops.iter().enumerate() {
                     let before = h.snapshot();
                     let root = h.root;
+                    // Resolved as `apply` will resolve it.
+                    let resumed = matches!(op, Op::Step { mfn, .. }
+                        if h.frames.get(resolve(&h, *mfn)).is_ok_and(|f| f.partial != Partial::None));
                     let r = apply(&mut h, op);
                     if let Err(e) = audit(&h.mem, &h.frames, &[h.root]) {
                         panic!("step {i} {op:?} -> {r:?}: {e}");
                     }
                     // A refused single operation changes nothing (a batch
                     // keeps the requests before the failing one, a tree the
-                    // tables pinned before the failing one).
-                    if r.is_err() && !matches!(op, Op::Batch(_) | Op::PinTree { .. }) {
+                    // tables pinned before the failing one, and a step that
+                    // finished giving back a failed pin's references ends
+                    // that pin).
+                    if r.is_err() && !resumed && !matches!(op, Op::Batch(_) | Op::PinTree { .. }) {
                         prop_assert!(h.snapshot() == before, "step {} {:?} failed but changed state", i, op);
                         prop_assert_eq!(h.root, root);
                     }
@@ -2180,6 +2500,11 @@ mod tests {
                 // references it), leaves nothing else typed: no reference
                 // leaked, and each unpin was one table's work.
                 let root = h.root;
+                // Pins and unpins left part-way are abandoned or finished
+                // first: nothing references those tables.
+                for m in h.partial() {
+                    h.bounded(1, |h| h.unpin(m)).unwrap();
+                }
                 for i in (0..ENTRIES).filter(|&i| guest_slot(4, i)) {
                     if Pte(h.read(root, i)).present() {
                         h.bounded(1, |h| h.update(root, i, 0)).unwrap();

@@ -29,6 +29,9 @@ struct FakeEnv {
     ext: Vec<MmuextOp>,
     /// mmu/ext requests whose `ptr`/`arg1` equals this fail with EINVAL.
     poison: u64,
+    /// The ext request whose `arg1` equals this stops part-way this many
+    /// times before it completes (a long pin).
+    slow: (u64, u32),
     /// `preempt_due` answers true every this many calls (0: never).
     preempt_every: u32,
     preempt_calls: u32,
@@ -58,6 +61,7 @@ impl FakeEnv {
             mmu: Vec::new(),
             ext: Vec::new(),
             poison: u64::MAX,
+            slow: (u64::MAX, 0),
             preempt_every: 0,
             preempt_calls: 0,
             cost_ns: 0,
@@ -150,13 +154,17 @@ impl Env for FakeEnv {
         self.mmu.push(req);
         Ok(())
     }
-    fn mmuext(&mut self, op: MmuextOp) -> Result<(), Errno> {
+    fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno> {
         if op.arg1 == self.poison {
             return Err(Errno::EINVAL);
         }
         self.now += self.cost_ns;
+        if op.arg1 == self.slow.0 && self.slow.1 > 0 {
+            self.slow.1 -= 1;
+            return Ok(false);
+        }
         self.ext.push(op);
-        Ok(())
+        Ok(true)
     }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         self.mmu.push(MmuUpdate { ptr: va, val });
@@ -431,6 +439,35 @@ fn mmuext_op_batches_and_bad_inputs() {
     assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 1, 0, 5, 0]), r(Errno::EPERM));
     assert_eq!(e.call(hypercall::MMUEXT_OP, [ops, 513, 0, DOMID_SELF, 0]), r(Errno::E2BIG));
     assert_eq!(e.call(hypercall::MMUEXT_OP, [0, 1, 0, DOMID_SELF, 0]), r(Errno::EFAULT));
+}
+
+/// A request that stops part-way (a long pin) makes the batch continue at
+/// that same request; the batch still reports every request done once.
+#[test]
+fn a_request_stopped_part_way_runs_again_and_the_batch_goes_on() {
+    let mut e = FakeEnv::new();
+    let ops = BASE + 0x2000;
+    let mut b = [0u8; 72];
+    for (i, arg) in [70u64, 71, 72].into_iter().enumerate() {
+        b[24 * i + 8..24 * i + 16].copy_from_slice(&arg.to_le_bytes());
+    }
+    e.put(ops, &b);
+    e.slow = (71, 3);
+    let done = BASE + 0x100;
+    let (res, n) = run_to_end(&mut e, hypercall::MMUEXT_OP, [ops, 3, done, DOMID_SELF, 0]);
+    assert_eq!(res, OK);
+    assert_eq!(n, 3, "one continuation per stop");
+    assert_eq!(e.ext.iter().map(|o| o.arg1).collect::<Vec<_>>(), [70, 71, 72], "each request completed once");
+    assert_eq!(e.get(done, 4), 3u32.to_le_bytes());
+    // Nested in a multicall, the entry continues the same way.
+    e.ext.clear();
+    e.slow = (71, 2);
+    let c = BASE + 0x4000;
+    put_call(&mut e, c, hypercall::MMUEXT_OP, [ops, 3, 0, DOMID_SELF, 0]);
+    let (res, n) = run_to_end(&mut e, hypercall::MULTICALL, [c, 1, 0, 0, 0]);
+    assert_eq!(res, OK);
+    assert_eq!(n, 2);
+    assert_eq!(e.ext.iter().map(|o| o.arg1).collect::<Vec<_>>(), [70, 71, 72]);
 }
 
 #[test]
