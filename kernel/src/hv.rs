@@ -124,6 +124,9 @@ pub struct Domain {
     pub console_ring: Option<ByteChannel<'static>>,
     /// The console port was notified and the ring may hold output.
     pub console_dirty: bool,
+    /// The domain ended and its exit is reported once its leftover console
+    /// output is out (see [`Hv::reap_step`]).
+    pub report_pending: bool,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
     /// Timer wake-up lateness, for the final report.
@@ -557,6 +560,7 @@ impl Hv {
             console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
             console_ring,
             console_dirty: false,
+            report_pending: false,
             wakes: Wakes::default(),
             runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
         });
@@ -579,6 +583,7 @@ impl Hv {
             console: ConsoleOut::new(0, line_overhead(&name_of(name))),
             console_ring: None,
             console_dirty: false,
+            report_pending: false,
             wakes: Wakes::default(),
             runstate: RunstateInfo::default(),
         });
@@ -695,45 +700,7 @@ impl Hv {
             if deadline.is_some_and(|dl| cpu::rdtsc() >= dl) {
                 return now;
             }
-            let d = &mut self.domains[i];
-            let Some(ring) = d.console_ring.as_mut() else {
-                d.console_dirty = false;
-                return now;
-            };
-            let mut broken = None;
-            let mut input = core::iter::from_fn(|| match ring.rx.pop() {
-                Ok(b) => b,
-                Err(e) => {
-                    broken = Some(e);
-                    None
-                }
-            });
-            let name = &d.name;
-            let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
-            let step = match broken {
-                Some(e) => Err(e),
-                None => ring.rx.release_and_check_notify().and_then(|notify| {
-                    let more = !ended || ring.rx.final_check()?;
-                    Ok((notify, more))
-                }),
-            };
-            let (notify, more) = match step {
-                Ok(s) => s,
-                Err(e) => {
-                    log!("dom{} ({}): console ring cut off: {e}", d.id, d.name);
-                    d.console_ring = None;
-                    d.console_dirty = false;
-                    return now;
-                }
-            };
-            d.console_dirty = more;
-            if notify {
-                // The guest waits for space (it will not be woken for its
-                // own output otherwise).
-                if let Some(port) = d.events.console_port() {
-                    self.raise(i, port);
-                }
-            }
+            let more = self.console_step(i, now);
             let t = self.now();
             if deadline.is_some() {
                 self.meter.charge(&mut self.bvt, i, t);
@@ -742,6 +709,52 @@ impl Hv {
                 return t;
             }
         }
+    }
+
+    /// One bounded step of domain `i`'s console ring at time `now`
+    /// ([`ConsoleOut::push_bounded`]); returns whether output may be left.
+    /// A protocol violation cuts the console off, with a line saying why.
+    fn console_step(&mut self, i: usize, now: u64) -> bool {
+        let d = &mut self.domains[i];
+        let Some(ring) = d.console_ring.as_mut() else {
+            d.console_dirty = false;
+            return false;
+        };
+        let mut broken = None;
+        let mut input = core::iter::from_fn(|| match ring.rx.pop() {
+            Ok(b) => b,
+            Err(e) => {
+                broken = Some(e);
+                None
+            }
+        });
+        let name = &d.name;
+        let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
+        let step = match broken {
+            Some(e) => Err(e),
+            None => ring.rx.release_and_check_notify().and_then(|notify| {
+                let more = !ended || ring.rx.final_check()?;
+                Ok((notify, more))
+            }),
+        };
+        let (notify, more) = match step {
+            Ok(s) => s,
+            Err(e) => {
+                log!("dom{} ({}): console ring cut off: {e}", d.id, d.name);
+                d.console_ring = None;
+                d.console_dirty = false;
+                return false;
+            }
+        };
+        d.console_dirty = more && !matches!(d.state, RunState::Dead(_));
+        if notify {
+            // The guest waits for space (it will not be woken for its own
+            // output otherwise).
+            if let Some(port) = d.events.console_port() {
+                self.raise(i, port);
+            }
+        }
+        more
     }
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
@@ -1021,22 +1034,45 @@ impl Hv {
         self.end(i, exit, true);
     }
 
-    /// Ends domain `i`: flushes its console, reports (if `report`) and
-    /// frees its memory.
+    /// Ends domain `i`: it never runs again, and its teardown is queued.
+    /// Its leftover console output goes out first, in bounded steps
+    /// ([`Hv::reap_step`]), then its exit is reported (if `report`) and its
+    /// memory freed.
     fn end(&mut self, i: usize, exit: Exit, report: bool) {
         let now = self.now();
         self.set_runstate(i, runstate::OFFLINE, now);
-        // What is left in its console ring (at most one ring's worth) goes
-        // out before the report; then the page is no longer looked at.
-        self.drain_console(i, None);
+        let d = &mut self.domains[i];
+        d.console_dirty = false;
+        d.report_pending = report;
+        d.state = RunState::Dead(exit);
+        let id = d.id;
+        self.bvt.remove(i);
+        if self.reaping.push_back((id, 0)).is_err() {
+            // Cannot happen (one entry per domain); never leak silently.
+            log!("dom{id}: teardown queue full, frames freed at once");
+            self.report_end(i);
+            if let Some(f) = self.frames.as_mut() {
+                f.release_domain(id);
+            }
+        }
+        if self.loaded == Some(i) {
+            self.loaded = None;
+        }
+    }
+
+    /// The last of a dead domain's console (its partial line), then its exit
+    /// report; the console page is not looked at again.
+    fn report_end(&mut self, i: usize) {
+        let now = self.now();
         let d = &mut self.domains[i];
         d.console_ring = None;
-        d.console_dirty = false;
         let name = &d.name;
         d.console.flush(now, |l: &str| tagged_line(name, l));
-        d.state = RunState::Dead(exit);
+        let RunState::Dead(exit) = d.state else { return };
+        if !core::mem::take(&mut d.report_pending) {
+            return;
+        }
         match exit {
-            _ if !report => {}
             Exit::Faulted(fault) => {
                 let r = &d.regs;
                 log!("dom{} ({}) crashed: {fault}", d.id, d.name);
@@ -1053,18 +1089,6 @@ impl Hv {
                 );
             }
             _ => log!("dom{} ({}) exited: {exit}", d.id, d.name),
-        }
-        let id = d.id;
-        self.bvt.remove(i);
-        if self.reaping.push_back((id, 0)).is_err() {
-            // Cannot happen (one entry per domain); never leak silently.
-            log!("dom{id}: teardown queue full, frames freed at once");
-            if let Some(f) = self.frames.as_mut() {
-                f.release_domain(id);
-            }
-        }
-        if self.loaded == Some(i) {
-            self.loaded = None;
         }
     }
 
@@ -1143,9 +1167,19 @@ impl Hv {
     }
 
     /// One bounded step of the oldest pending teardown; returns the time
-    /// after it (the step is charged to nobody).
+    /// after it (the step is charged to nobody). A dead domain's leftover
+    /// console output goes first, one console step at a time, then its
+    /// exit report; then its frames, [`REAP_STEP`] frame-table entries at a
+    /// time (the console page among them, so it stays the domain's while
+    /// it is read).
     fn reap_step(&mut self) -> u64 {
-        if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
+        let dying = self.reaping.front().and_then(|&(id, _)| self.domains.iter().position(|d| d.id == id));
+        if let Some(i) = dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending) {
+            let now = self.now();
+            if !self.console_step(i, now) {
+                self.report_end(i);
+            }
+        } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
             let next = f.release_domain_step(id, from, REAP_STEP);
             let _ = self.reaping.pop_front();
             if let Some(n) = next {
@@ -1265,6 +1299,14 @@ impl Hv {
 
     /// Prints the end-of-run report and exits QEMU.
     fn finish(&mut self, clean: bool) -> ! {
+        // Dead domains' leftover output and exit reports, whole: the run
+        // is over, nobody waits.
+        for i in 0..self.domains.len() {
+            if matches!(self.domains[i].state, RunState::Dead(_)) {
+                while self.console_step(i, self.now()) {}
+                self.report_end(i);
+            }
+        }
         let elapsed_ms = self.now() / 1_000_000;
         let alive = self.domains.iter().filter(|d| !matches!(d.state, RunState::Dead(_))).count();
         if alive == 0 {

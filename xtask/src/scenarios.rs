@@ -131,10 +131,10 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "guest-faults",
-            what: "a guest kernel's own faults crash only that guest, each reported",
+            what: "a guest kernel's own faults crash only that guest, each reported after its last output",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                for f in ["panic", "pagefault", "ud2", "divide"] {
+                for f in ["panic", "pagefault", "ud2", "divide", "flood"] {
                     w.domain(entry(imgs, &format!("faulty-{f}"), "faulty", 512, &format!("fault={f}"), Expect::Crash)?);
                 }
                 w.domain(entry(imgs, "ticker", "ticker", 1024, "", Expect::Poweroff)?);
@@ -151,6 +151,16 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "(faulty-ud2) crashed: #UD (invalid opcode) in ring 1")?;
                 need(out, "(faulty-divide) crashed: #DE (divide error) in ring 1")?;
                 deny(out, "faulty: still alive")?;
+                // A domain's leftover console output comes out whole, before
+                // the report of its end.
+                let last = out.find("[faulty-flood] flood line 40 of 40").ok_or("the flood's last line is missing")?;
+                let ended = out.find("(faulty-flood) exited: crash (guest request)").ok_or("no report of the flood's end")?;
+                if last > ended {
+                    return Err("the flood's last line came after the report of its end".into());
+                }
+                for n in 1..=40 {
+                    need(out, &format!("[faulty-flood] flood line {n:2} of 40 ..."))?;
+                }
                 need(out, "[ticker] ticker done")?;
                 need(out, "(rf) verdict: PASS")
             },

@@ -1,7 +1,9 @@
 //! `faulty`: a guest kernel with a bug. It faults in its own kernel as the
 //! command line says (`fault=panic|pagefault|ud2|divide`; `fault=block`
-//! instead blocks forever), and must crash
-//! only itself.
+//! instead blocks forever; `fault=flood` writes 40 lines of 100 bytes
+//! (4 KB, more than its console ring holds) as fast as it can and crashes
+//! at once), and must crash only itself. After `fault=flood` every line
+//! must still come out, before the report of its end.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -30,6 +32,12 @@ fn main(si: &'static StartInfo) {
         "divide" => {
             let zero = si.nr_pages / (si.nr_pages + 1); // 0, unknown to the compiler
             println!("{}", pvguest_sdk::diag::divide(1, zero));
+        }
+        "flood" => {
+            for n in 1..=40 {
+                println!("flood line {n:2} of 40 {:.<75}", "");
+            }
+            pvguest_sdk::sched::crash();
         }
         "block" => {
             // Not a fault: wait for an event that can never come. The
