@@ -53,6 +53,7 @@ use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
 use pvguest_abi::start_info::{fill_c_str, ConsoleInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED};
+use pvguest_abi::zerocopy::IntoBytes;
 use pvguest_abi::Errno;
 
 /// Pages of boot stack given to every guest.
@@ -356,7 +357,7 @@ pub fn build<M: PhysMem>(
     fill_c_str(&mut si.name, cfg.name);
     fill_c_str(&mut si.cmdline, cfg.cmdline);
     let si_mfn = p2m.get(mem, layout.start_info_pfn);
-    mem.write(si_mfn * PAGE_SIZE, &si.to_bytes());
+    mem.write(si_mfn * PAGE_SIZE, si.as_bytes());
 
     Ok(Built {
         root,

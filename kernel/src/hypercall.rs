@@ -45,15 +45,23 @@
 //! - Guest addresses the hypervisor will jump to are validated once, in
 //!   [`crate::vcpu`].
 
+mod guest;
+
+pub use guest::{GuestPtr, GuestSlice};
+
 use crate::evtchn::{EventChannels, Port};
 use crate::vcpu::Vcpu;
-use pvguest_abi::event::{self, status};
+use core::mem::offset_of;
+use pvguest_abi::event::{self, status, BindVirq, Close, Send, Status, Unmask};
+use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
+use pvguest_abi::sched_op::SchedPoll;
 use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
-use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SSHOT_FUTURE};
+use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SingleshotTimer, SSHOT_FUTURE};
+use pvguest_abi::zerocopy::{FromBytes, Immutable, IntoBytes};
 use pvguest_abi::{
-    console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno, DOMID_SELF,
-    MULTICALL_MAX,
+    console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno,
+    MulticallEntry, DOMID_SELF, MULTICALL_MAX,
 };
 
 /// Why a domain shut itself down.
@@ -178,19 +186,6 @@ fn ret(r: Result<u64, Errno>) -> Action {
     })
 }
 
-fn u32_at(b: &[u8], off: usize) -> u32 {
-    u32::from_le_bytes(b[off..off + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], off: usize) -> u64 {
-    u64::from_le_bytes(b[off..off + 8].try_into().expect("8 bytes"))
-}
-
-/// Guest address of element `i` of an array of `size`-byte elements.
-fn element(base: u64, i: u64, size: u64) -> Result<u64, Errno> {
-    i.checked_mul(size).and_then(|o| base.checked_add(o)).ok_or(Errno::EFAULT)
-}
-
 fn self_domain(domid: u64) -> Result<(), Errno> {
     if domid == DOMID_SELF {
         Ok(())
@@ -204,16 +199,9 @@ fn set_trap_table<E: Env>(env: &mut E, ptr: u64) -> Result<u64, Errno> {
     let mut entries = [TrapInfo::default(); MAX_TRAP_TABLE + 1];
     let mut n = 0;
     if ptr != 0 {
+        let table = GuestSlice::<TrapInfo>::new(ptr, entries.len() as u64);
         while n < entries.len() {
-            let mut b = [0u8; 16];
-            env.copy_from_guest(element(ptr, n as u64, 16)?, &mut b)?;
-            let e = TrapInfo {
-                vector: b[0],
-                flags: b[1],
-                cs: u16::from_le_bytes([b[2], b[3]]),
-                pad: 0,
-                address: u64_at(&b, 8),
-            };
+            let e = TrapInfo { pad: 0, ..table.at(n as u64)?.read(env)? };
             entries[n] = e;
             n += 1;
             if e.address == 0 {
@@ -232,9 +220,9 @@ fn set_trap_table<E: Env>(env: &mut E, ptr: u64) -> Result<u64, Errno> {
 }
 
 /// Writes `done` to `done_ptr` if the guest gave one.
-fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errno> {
-    if done_ptr != 0 {
-        env.copy_to_guest(done_ptr, &(done as u32).to_le_bytes())?;
+fn report_done<E: Env>(env: &mut E, done_ptr: GuestPtr<u32>, done: u64) -> Result<(), Errno> {
+    if !done_ptr.is_null() {
+        done_ptr.write(env, &(done as u32))?;
     }
     Ok(())
 }
@@ -243,8 +231,8 @@ fn report_done<E: Env>(env: &mut E, done_ptr: u64, done: u64) -> Result<(), Errn
 /// instead of one per request).
 const CHUNK: usize = 32;
 
-/// Runs a batch of fixed-size (`SIZE`-byte) requests: `a` is (base, count,
-/// done_ptr, domid). Requests are applied in order with `apply`; the batch
+/// Runs a batch of requests of type `T`: `a` is (base, count, done_ptr,
+/// domid). Requests are applied in order with `apply`; the batch
 /// stops at the first failure and reports how many were done through
 /// done_ptr (if not 0). `done_ptr` is written (with the count done so far)
 /// before the first request is applied, so an unwritable one fails the
@@ -255,16 +243,17 @@ const CHUNK: usize = 32;
 /// request boundary (after at least one request), or inside a request that
 /// stopped part-way (`apply` returned `Ok(false)`: that request runs again),
 /// and returns [`Action::Continue`] with the base advanced and the
-/// remaining count. The
-/// number already done rides in bits 32..63 of the count argument, so the
-/// final done count covers the whole batch. Guests pass 0 there.
-fn batch<E: Env, const SIZE: usize>(
+/// remaining count. The number already done rides in bits 32..63 of the
+/// count argument, so the final done count covers the whole batch. Guests
+/// pass 0 there.
+fn batch<E: Env, T: FromBytes + IntoBytes + Immutable + Copy>(
     env: &mut E,
     a: [u64; 5],
-    apply: fn(&mut E, &[u8]) -> Result<bool, Errno>,
+    apply: fn(&mut E, &T) -> Result<bool, Errno>,
 ) -> Action {
-    let [base, count_arg, done_ptr, domid, _] = a;
+    let [base, count_arg, done_arg, domid, _] = a;
     let (count, done_before) = (count_arg & 0xffff_ffff, count_arg >> 32);
+    let (reqs, done_ptr) = (GuestSlice::<T>::new(base, count), GuestPtr::<u32>::new(done_arg));
     let r: Result<(), Errno> = (|| {
         self_domain(domid)?;
         if count > MAX_BATCH || done_before > MAX_BATCH {
@@ -275,32 +264,27 @@ fn batch<E: Env, const SIZE: usize>(
     if let Err(e) = r {
         return Action::Return(e.to_ret());
     }
-    let mut buf = [[0u8; SIZE]; CHUNK];
+    // The continuation of this batch from request `at` on.
+    let continued = |at: u64| match reqs.at(at) {
+        Ok(next) => Action::Continue([next.addr(), (count - at) | ((done_before + at) << 32), done_arg, domid, 0]),
+        Err(e) => Action::Return(e.to_ret()),
+    };
+    let mut buf = [T::new_zeroed(); CHUNK];
     let mut i = 0;
     while i < count {
         let n = (count - i).min(CHUNK as u64) as usize;
-        let whole =
-            element(base, i, SIZE as u64).and_then(|at| env.copy_from_guest(at, buf[..n].as_flattened_mut())).is_ok();
+        let whole = reqs.read_into(env, i, &mut buf[..n]).is_ok();
         for (j, req) in buf[..n].iter_mut().enumerate() {
             let at = i + j as u64;
             if at > 0 && env.preempt_due() {
-                let Ok(next) = element(base, at, SIZE as u64) else {
-                    return Action::Return(Errno::EFAULT.to_ret());
-                };
-                return Action::Continue([next, (count - at) | ((done_before + at) << 32), done_ptr, domid, 0]);
+                return continued(at);
             }
             // If the chunk straddles unreadable memory, read request by
             // request so the batch stops exactly at the first unreadable one.
-            let read =
-                if whole { Ok(()) } else { element(base, at, SIZE as u64).and_then(|p| env.copy_from_guest(p, req)) };
+            let read = if whole { Ok(()) } else { reqs.at(at).and_then(|p| p.read(env)).map(|r| *req = r) };
             match read.and_then(|_| apply(env, req)) {
                 Ok(true) => {}
-                Ok(false) => {
-                    let Ok(this) = element(base, at, SIZE as u64) else {
-                        return Action::Return(Errno::EFAULT.to_ret());
-                    };
-                    return Action::Continue([this, (count - at) | ((done_before + at) << 32), done_ptr, domid, 0]);
-                }
+                Ok(false) => return continued(at),
                 Err(e) => return ret(report_done(env, done_ptr, done_before + at).and(Err(e))),
             }
         }
@@ -310,13 +294,11 @@ fn batch<E: Env, const SIZE: usize>(
 }
 
 fn mmu_update<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
-    batch::<E, 16>(env, a, |env, b| env.mmu_update(MmuUpdate { ptr: u64_at(b, 0), val: u64_at(b, 8) }).map(|()| true))
+    batch::<E, MmuUpdate>(env, a, |env, r| env.mmu_update(*r).map(|()| true))
 }
 
 fn mmuext_op<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
-    batch::<E, 24>(env, a, |env, b| {
-        env.mmuext(MmuextOp { cmd: u32_at(b, 0), pad: 0, arg1: u64_at(b, 8), arg2: u64_at(b, 16) })
-    })
+    batch::<E, MmuextOp>(env, a, |env, op| env.mmuext(MmuextOp { pad: 0, ..*op }))
 }
 
 fn update_va_mapping<E: Env>(env: &mut E, va: u64, val: u64, flags: u64) -> Result<u64, Errno> {
@@ -335,16 +317,14 @@ fn memory_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
             Ok(env.nr_pages())
         }
         memory::MEMORY_MAP => {
-            let mut b = [0u8; 16];
-            env.copy_from_guest(arg, &mut b)?;
-            if u32_at(&b, 0) < 1 {
+            let map = GuestPtr::<MemoryMap>::new(arg);
+            let m = map.read(env)?;
+            if m.nr_entries < 1 {
                 return Err(Errno::EINVAL);
             }
-            let mut e = [0u8; 24];
-            e[8..16].copy_from_slice(&(env.nr_pages() * 4096).to_le_bytes());
-            e[16..20].copy_from_slice(&memory::RAM.to_le_bytes());
-            env.copy_to_guest(u64_at(&b, 8), &e)?;
-            env.copy_to_guest(arg, &1u32.to_le_bytes())?;
+            let ram = MemRange { addr: 0, size: env.nr_pages() * 4096, kind: memory::RAM, pad: 0 };
+            GuestPtr::<MemRange>::new(m.buffer).write(env, &ram)?;
+            map.field::<u32>(offset_of!(MemoryMap, nr_entries)).write(env, &1)?;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
@@ -358,20 +338,22 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
         return Action::Return(Errno::E2BIG.to_ret());
     }
     let mut yield_after = state & 1 != 0;
+    let entries = GuestSlice::<MulticallEntry>::new(calls, count);
     for i in 0..count {
-        let at = match element(calls, i, 64) {
-            Ok(a) => a,
+        let entry = match entries.at(i) {
+            Ok(e) => e,
             Err(e) => return Action::Return(e.to_ret()),
         };
+        let resume_here = Action::Continue([entry.addr(), count - i, u64::from(yield_after), 0, 0]);
         if i > 0 && env.preempt_due() {
-            return Action::Continue([at, count - i, u64::from(yield_after), 0, 0]);
+            return resume_here;
         }
-        let mut b = [0u8; 64];
-        if let Err(e) = env.copy_from_guest(at, &mut b) {
-            return Action::Return(e.to_ret());
-        }
-        let op = u64_at(&b, 0);
-        let args = [u64_at(&b, 16), u64_at(&b, 24), u64_at(&b, 32), u64_at(&b, 40), u64_at(&b, 48)];
+        let call = match entry.read(env) {
+            Ok(c) => c,
+            Err(e) => return Action::Return(e.to_ret()),
+        };
+        let (op, [a0, a1, a2, a3, a4, _]) = (call.op, call.args);
+        let args = [a0, a1, a2, a3, a4];
         let sleeps = op == hypercall::SCHED_OP && matches!(args[0], sched_op::BLOCK | sched_op::POLL);
         let result = match op {
             // No nesting, and no sleeping in the middle of a batch (refused
@@ -396,18 +378,15 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
                 // the arguments it returned, written back into its entry,
                 // and the multicall resumes at this entry.
                 Action::Continue(next) => {
-                    let mut args = [0u8; 40];
-                    for (k, v) in next.iter().enumerate() {
-                        args[8 * k..8 * k + 8].copy_from_slice(&v.to_le_bytes());
-                    }
-                    if let Err(e) = env.copy_to_guest(at + 16, &args) {
+                    let args = entry.field::<[u64; 5]>(offset_of!(MulticallEntry, args));
+                    if let Err(e) = args.write(env, &next) {
                         return Action::Return(e.to_ret());
                     }
-                    return Action::Continue([at, count - i, u64::from(yield_after), 0, 0]);
+                    return resume_here;
                 }
             },
         };
-        if let Err(e) = env.copy_to_guest(at + 8, &(result as u64).to_le_bytes()) {
+        if let Err(e) = entry.field::<u64>(offset_of!(MulticallEntry, result)).write(env, &(result as u64)) {
             return Action::Return(e.to_ret());
         }
     }
@@ -489,19 +468,12 @@ fn vcpu_op<E: Env>(env: &mut E, cmd: u64, vcpu: u64, arg: u64) -> Result<u64, Er
     match cmd {
         vcpuop::GET_RUNSTATE_INFO => {
             let r = env.runstate();
-            let mut b = [0u8; 48];
-            b[0..4].copy_from_slice(&r.state.to_le_bytes());
-            b[8..16].copy_from_slice(&r.state_entry_time.to_le_bytes());
-            for (i, t) in r.time.iter().enumerate() {
-                b[16 + i * 8..24 + i * 8].copy_from_slice(&t.to_le_bytes());
-            }
-            env.copy_to_guest(arg, &b)?;
+            GuestPtr::<RunstateInfo>::new(arg).write(env, &r)?;
             Ok(0)
         }
         vcpuop::SET_SINGLESHOT_TIMER | vcpuop::SET_VIRTUAL_TIMER => {
-            let mut b = [0u8; 16];
-            env.copy_from_guest(arg, &mut b)?;
-            let (deadline, flags) = (u64_at(&b, 0), u32_at(&b, 8));
+            let t = GuestPtr::<SingleshotTimer>::new(arg).read(env)?;
+            let (deadline, flags) = (t.timeout_abs_ns, t.flags);
             if flags & !SSHOT_FUTURE != 0 {
                 return Err(Errno::EINVAL);
             }
@@ -570,18 +542,15 @@ fn sched<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Action {
 }
 
 fn poll<E: Env>(env: &mut E, arg: u64) -> Result<Action, Errno> {
-    let mut b = [0u8; 24];
-    env.copy_from_guest(arg, &mut b)?;
-    let (ports_ptr, nr, timeout) = (u64_at(&b, 0), u32_at(&b, 8), u64_at(&b, 16));
+    let SchedPoll { ports: ports_ptr, nr_ports: nr, timeout, .. } = GuestPtr::<SchedPoll>::new(arg).read(env)?;
     if nr == 0 || nr > sched_op::POLL_MAX_PORTS {
         return Err(Errno::EINVAL);
     }
-    let mut raw = [0u8; 4 * sched_op::POLL_MAX_PORTS as usize];
-    let raw = &mut raw[..4 * nr as usize];
-    env.copy_from_guest(ports_ptr, raw)?;
+    let mut raw = [0u32; sched_op::POLL_MAX_PORTS as usize];
+    let raw = &mut raw[..nr as usize];
+    GuestSlice::<u32>::new(ports_ptr, u64::from(nr)).read_into(env, 0, raw)?;
     let mut ports: heapless::Vec<u32, 128> = heapless::Vec::new();
-    for c in raw.chunks_exact(4) {
-        let p = u32::from_le_bytes(c.try_into().expect("4 bytes"));
+    for &p in raw.iter() {
         if env.events().get(p)? == Port::Free {
             return Err(Errno::EINVAL);
         }
@@ -599,13 +568,13 @@ fn poll<E: Env>(env: &mut E, arg: u64) -> Result<Action, Errno> {
 fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     match cmd {
         event::BIND_VIRQ => {
-            let mut b = [0u8; 12];
-            env.copy_from_guest(arg, &mut b)?;
-            if u32_at(&b, 4) != 0 {
+            let bind = GuestPtr::<BindVirq>::new(arg);
+            let b = bind.read(env)?;
+            if b.vcpu != 0 {
                 return Err(Errno::EINVAL);
             }
-            let port = env.events().bind_virq(u32_at(&b, 0))?;
-            if let Err(e) = env.copy_to_guest(arg + 8, &port.to_le_bytes()) {
+            let port = env.events().bind_virq(b.virq)?;
+            if let Err(e) = bind.field::<u32>(offset_of!(BindVirq, port)).write(env, &port) {
                 // The guest never learnt the port: undo the bind.
                 let _ = env.events().close(port);
                 return Err(e);
@@ -613,14 +582,12 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
             Ok(0)
         }
         event::CLOSE => {
-            let mut b = [0u8; 4];
-            env.copy_from_guest(arg, &mut b)?;
-            env.events().close(u32_at(&b, 0)).map(|_| 0)
+            let Close { port } = GuestPtr::new(arg).read(env)?;
+            env.events().close(port).map(|_| 0)
         }
         event::SEND => {
-            let mut b = [0u8; 4];
-            env.copy_from_guest(arg, &mut b)?;
-            match env.events().get(u32_at(&b, 0))? {
+            let Send { port } = GuestPtr::new(arg).read(env)?;
+            match env.events().get(port)? {
                 Port::Console => {
                     env.console_kick();
                     Ok(0)
@@ -629,28 +596,26 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
             }
         }
         event::UNMASK => {
-            let mut b = [0u8; 4];
-            env.copy_from_guest(arg, &mut b)?;
-            let port = u32_at(&b, 0);
+            let Unmask { port } = GuestPtr::new(arg).read(env)?;
             env.events().get(port)?;
             env.unmask(port);
             Ok(0)
         }
         event::STATUS => {
-            let mut b = [0u8; 20];
-            env.copy_from_guest(arg, &mut b)?;
-            if u64::from(u16::from_le_bytes([b[0], b[1]])) != DOMID_SELF {
+            let ptr = GuestPtr::<Status>::new(arg);
+            let q = ptr.read(env)?;
+            if u64::from(q.dom) != DOMID_SELF {
                 return Err(Errno::ESRCH);
             }
-            let (st, virq) = match env.events().get(u32_at(&b, 4))? {
+            let (st, virq) = match env.events().get(q.port)? {
                 Port::Free => (status::CLOSED, 0),
                 Port::Virq(v) => (status::VIRQ, v),
                 Port::Console => (status::INTERDOMAIN, 0),
             };
-            let mut out = [0u8; 12];
-            out[0..4].copy_from_slice(&st.to_le_bytes());
-            out[8..12].copy_from_slice(&virq.to_le_bytes());
-            env.copy_to_guest(arg + 8, &out)?;
+            // The answer fields, written in one copy: the rest of the
+            // struct is the guest's question, left as it was.
+            let answer = Status { status: st, vcpu: 0, virq, ..q };
+            ptr.write(env, &answer)?;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),

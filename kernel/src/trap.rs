@@ -13,6 +13,7 @@ use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use pvguest_abi::trap::BounceFrame;
+use pvguest_abi::zerocopy::IntoBytes;
 
 /// Bytes below a ring-1 `rsp` that are never touched (the x86-64 SysV red
 /// zone, which the precompiled `core` uses).
@@ -83,7 +84,7 @@ pub fn bounce<M: PhysMem>(
     if frame_at > sp {
         return Err(BounceError::StackFault(frame_at));
     }
-    view.copy_to(GuestVa(frame_at), &frame.to_bytes()).map_err(|_| BounceError::StackFault(frame_at))?;
+    view.copy_to(GuestVa(frame_at), frame.as_bytes()).map_err(|_| BounceError::StackFault(frame_at))?;
     regs.rip = b.handler;
     regs.cs = u64::from(GUEST_KERNEL_CS);
     regs.ss = u64::from(GUEST_KERNEL_SS);

@@ -13,6 +13,7 @@
 //! Operations: `event_channel_op(cmd, ptr to the command's struct)`.
 
 use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bind a virtual IRQ: [`BindVirq`].
 pub const BIND_VIRQ: u64 = 1;
@@ -35,7 +36,7 @@ pub const VIRQ_VTIMER: u32 = 16;
 pub const NR_VIRQS: u32 = 24;
 
 /// `BIND_VIRQ` argument (Xen's `evtchn_bind_virq`).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct BindVirq {
     /// The virtual IRQ.
@@ -47,7 +48,7 @@ pub struct BindVirq {
 }
 
 /// `CLOSE` argument.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Close {
     /// The port.
@@ -55,7 +56,7 @@ pub struct Close {
 }
 
 /// `SEND` argument (Xen's `evtchn_send`).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Send {
     /// The port.
@@ -63,7 +64,7 @@ pub struct Send {
 }
 
 /// `UNMASK` argument.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Unmask {
     /// The port.
@@ -81,7 +82,7 @@ pub mod status {
 }
 
 /// `STATUS` argument (a subset of Xen's `evtchn_status`).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct Status {
     /// Domain (must be `DOMID_SELF` as u16).

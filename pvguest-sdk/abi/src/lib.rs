@@ -27,6 +27,8 @@
 #![no_std]
 #![forbid(unsafe_code)]
 
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
 pub mod errno;
 pub mod event;
 pub mod layout;
@@ -39,6 +41,9 @@ pub mod vcpu;
 
 pub use errno::Errno;
 pub use start_info::StartInfo;
+/// The byte-view traits every guest-visible structure derives (re-exported so
+/// that users of the ABI need no dependency of their own).
+pub use zerocopy;
 
 /// `int` vector of the hypercall gate (DPL 1: ring 1 only).
 pub const HYPERCALL_VECTOR: u8 = 0x82;
@@ -94,7 +99,7 @@ pub const DOMID_SELF: u64 = 0x7ff0;
 
 /// One call of a [`hypercall::MULTICALL`] batch (Xen's `multicall_entry`).
 /// The hypervisor writes `result`; a nested multicall fails with `EINVAL`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MulticallEntry {
     /// Hypercall number.
@@ -138,6 +143,7 @@ pub mod console_io {
 
 /// `sched_op` sub-commands (`cmd` in `rdi`, argument in `rsi`).
 pub mod sched_op {
+    use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
     /// Give up the rest of the time slice. Returns 0.
     pub const YIELD: u64 = 0;
     /// Sleep until an event is delivered. Returns 0.
@@ -152,7 +158,7 @@ pub mod sched_op {
     pub const POLL: u64 = 3;
 
     /// Argument of [`POLL`] (Xen's `sched_poll`).
-    #[derive(Clone, Copy, Debug, Default)]
+    #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
     #[repr(C)]
     pub struct SchedPoll {
         /// Guest address of an array of u32 ports.

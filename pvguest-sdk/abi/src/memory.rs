@@ -1,6 +1,7 @@
 //! `memory_op(cmd, arg)`: reservation and memory-map queries.
 
 use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Returns the number of frames the domain owns now.
 pub const CURRENT_RESERVATION: u64 = 3;
@@ -12,7 +13,7 @@ pub const MEMORY_MAP: u64 = 9;
 /// `arg` of the reservation queries: must be `DOMID_SELF` (by value).
 /// `MEMORY_MAP` argument: on entry `nr_entries` is the buffer capacity, on
 /// return the number written.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MemoryMap {
     /// Capacity in, count out.
@@ -24,7 +25,7 @@ pub struct MemoryMap {
 }
 
 /// One entry of the pseudo-physical memory map.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MemRange {
     /// First pseudo-physical byte.

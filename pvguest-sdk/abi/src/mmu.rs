@@ -6,12 +6,13 @@
 //! writable.
 
 use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// `MmuUpdate::ptr` low bits: a normal page-table entry update.
 pub const MMU_NORMAL_PT_UPDATE: u64 = 0;
 
 /// One `mmu_update` request (Xen's `mmu_update`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MmuUpdate {
     /// Machine address of the entry, with the command in bits 0-1.
@@ -41,7 +42,7 @@ pub mod ext {
 }
 
 /// One `mmuext_op` request (Xen's `mmuext_op`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct MmuextOp {
     /// One of [`ext`].

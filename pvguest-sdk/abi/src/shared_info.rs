@@ -13,9 +13,10 @@
 //! each field once, with a volatile access, and treats it as a hint.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Time information for one vCPU, published under `version`.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct VcpuTimeInfo {
     /// Odd while the hypervisor updates the record.
@@ -35,7 +36,7 @@ pub struct VcpuTimeInfo {
 }
 
 /// Per-vCPU part of the shared-info page.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct VcpuInfo {
     /// Set by the hypervisor when an event is pending for this vCPU.
@@ -54,7 +55,7 @@ pub struct VcpuInfo {
 pub const NR_EVENT_CHANNELS: usize = 4096;
 
 /// The shared-info page (the first bytes of it).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct SharedInfo {
     /// One entry per vCPU (one vCPU per domain for now).

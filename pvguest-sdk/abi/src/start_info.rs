@@ -11,6 +11,7 @@
 //! and never reads it back.
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Value of [`StartInfo::magic`]: identifies the ABI family and version.
 pub const START_INFO_MAGIC: [u8; 32] = *b"ringfence-0.1-x86_64\0\0\0\0\0\0\0\0\0\0\0\0";
@@ -42,7 +43,7 @@ pub const CONSOLE_HYPERCALL: u32 = 1;
 pub const CONSOLE_RING: u32 = 2;
 
 /// How the guest reaches its console.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct ConsoleInfo {
     /// One of the `CONSOLE_*` kinds.
@@ -58,7 +59,7 @@ pub struct ConsoleInfo {
 }
 
 /// The start-info page (the first bytes of it; the rest of the page is zero).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct StartInfo {
     /// [`START_INFO_MAGIC`].
@@ -147,28 +148,6 @@ impl StartInfo {
     pub fn name(&self) -> &str {
         c_str(&self.name)
     }
-
-    /// Serialises into the bytes the hypervisor copies into guest memory.
-    pub fn to_bytes(&self) -> [u8; size_of::<StartInfo>()] {
-        let mut b = [0u8; size_of::<StartInfo>()];
-        b[0..32].copy_from_slice(&self.magic);
-        b[32..40].copy_from_slice(&self.nr_pages.to_le_bytes());
-        b[40..48].copy_from_slice(&self.shared_info.to_le_bytes());
-        b[48..52].copy_from_slice(&self.flags.to_le_bytes());
-        b[52..56].copy_from_slice(&self.domid.to_le_bytes());
-        b[56..64].copy_from_slice(&self.pt_base.to_le_bytes());
-        b[64..72].copy_from_slice(&self.nr_pt_frames.to_le_bytes());
-        b[72..80].copy_from_slice(&self.mfn_list.to_le_bytes());
-        b[80..88].copy_from_slice(&self.first_free_pfn.to_le_bytes());
-        b[88..96].copy_from_slice(&self.virt_base.to_le_bytes());
-        b[96..100].copy_from_slice(&self.console.kind.to_le_bytes());
-        b[100..104].copy_from_slice(&self.console.evtchn.to_le_bytes());
-        b[104..112].copy_from_slice(&self.console.ring_mfn.to_le_bytes());
-        b[112..120].copy_from_slice(&self.console.ring_va.to_le_bytes());
-        b[120..152].copy_from_slice(&self.name);
-        b[152..152 + MAX_CMDLINE].copy_from_slice(&self.cmdline);
-        b
-    }
 }
 
 impl Default for StartInfo {
@@ -205,7 +184,7 @@ mod tests {
         si.console.ring_mfn = 0xabcd;
         fill_c_str(&mut si.cmdline, "mode=cli");
         fill_c_str(&mut si.name, "spy-cli");
-        let b = si.to_bytes();
+        let b = si.as_bytes();
         assert_eq!(&b[..20], b"ringfence-0.1-x86_64");
         assert_eq!(u64::from_le_bytes(b[32..40].try_into().unwrap()), 0x1122);
         assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 7);

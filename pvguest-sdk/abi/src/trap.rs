@@ -29,9 +29,10 @@
 //! [`BounceFrame`].
 
 use core::mem::{offset_of, size_of};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// One `set_trap_table` entry (Xen's `trap_info`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct TrapInfo {
     /// Exception vector (0..=31), or [`SYSCALL_GATE_VECTOR`].
@@ -64,7 +65,7 @@ pub const UPCALL_VECTOR: u32 = 0x100;
 pub const SYSCALL_VECTOR: u32 = 0x101;
 
 /// What the hypervisor writes on the guest kernel stack for a bounced trap.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct BounceFrame {
     /// Exception vector, [`UPCALL_VECTOR`] or [`SYSCALL_VECTOR`].
@@ -92,16 +93,3 @@ const _: () = {
     assert!(offset_of!(BounceFrame, rip) == 24);
     assert!(offset_of!(BounceFrame, ss) == 56);
 };
-
-impl BounceFrame {
-    /// Serialises the frame as the hypervisor writes it.
-    pub fn to_bytes(&self) -> [u8; 64] {
-        let mut b = [0u8; 64];
-        b[0..4].copy_from_slice(&self.vector.to_le_bytes());
-        b[4..8].copy_from_slice(&self.saved_upcall_mask.to_le_bytes());
-        for (i, v) in [self.error, self.cr2, self.rip, self.cs, self.rflags, self.rsp, self.ss].iter().enumerate() {
-            b[8 + i * 8..16 + i * 8].copy_from_slice(&v.to_le_bytes());
-        }
-        b
-    }
-}

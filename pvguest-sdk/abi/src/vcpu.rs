@@ -2,6 +2,7 @@
 //! exists; any other number is `-EINVAL`.
 
 use core::mem::size_of;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Copy the run-state ([`RunstateInfo`]) to `arg`.
 pub const GET_RUNSTATE_INFO: u64 = 4;
@@ -24,7 +25,7 @@ pub const SSHOT_FUTURE: u32 = 1;
 pub const ETIME: i64 = -62;
 
 /// Argument of the timer commands (Xen's `vcpu_set_singleshot_timer`).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct SingleshotTimer {
     /// Absolute deadline in ns (system time, or virtual time for
@@ -50,7 +51,7 @@ pub mod runstate {
 
 /// Run-state accounting (Xen's `vcpu_runstate_info`). `time[RUNNING]` is the
 /// domain's virtual time.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
 pub struct RunstateInfo {
     /// Current state.
