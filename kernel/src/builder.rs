@@ -46,10 +46,10 @@
 //!   domain's life, so the guest can never make it a page table.
 
 use crate::elf::{ElfError, ElfImage, LoadPolicy};
-use crate::frames::{DomId, FrameError, FrameTable, Mfn, Owner};
-use crate::guest_mem::PhysMem;
+use crate::mm::frames::{DomId, FrameError, FrameTable, Mfn, Owner};
+use crate::mm::guest_mem::PhysMem;
+use crate::mm::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use crate::mm::Mm;
-use crate::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
 use pvguest_abi::start_info::{fill_c_str, ConsoleInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED};
@@ -415,9 +415,9 @@ impl FrameList<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{FrameInfo, FrameType};
-    use crate::guest_mem::fake::FakeMem;
-    use crate::guest_mem::{Access, GuestVa, GuestView};
+    use crate::mm::frames::{FrameInfo, FrameType};
+    use crate::mm::guest_mem::fake::FakeMem;
+    use crate::mm::guest_mem::{Access, GuestVa, GuestView};
 
     #[test]
     fn plan_small_domain() {

@@ -14,7 +14,7 @@
 //! not fit is dropped whole and counted; the next line that fits is
 //! preceded by `(N bytes dropped)`, so a flooding domain loses only its own
 //! output and the operator sees that it did. The caller charges the work to
-//! the writing domain (see [`crate::account`]).
+//! the writing domain (see [`crate::sched::account`]).
 //!
 //! # Bounded steps
 //! Output is taken in steps of at most [`STEP_WORK`] units of work (one

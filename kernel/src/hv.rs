@@ -44,7 +44,7 @@
 //! the right domain but made a warped domain wait for a neighbour's
 //! flood (a 4.8x worse wake-up latency in the `isolation-seed` runs).
 //!
-//! The accounting rule is [`ringfence_kernel::account`]'s: every ns belongs
+//! The accounting rule is [`ringfence_kernel::sched::account`]'s: every ns belongs
 //! to exactly one domain or to idle. No hypercall runs past
 //! [`hypercall::BUDGET_NS`] plus one unit of work (see
 //! [`ringfence_kernel::hypercall`]); the longest stretch spent in the
@@ -54,8 +54,8 @@
 //!
 //! # Where validation happens
 //! - Hypercall arguments: [`ringfence_kernel::hypercall::dispatch`].
-//! - Guest pointers: [`ringfence_kernel::guest_mem::GuestView`].
-//! - Handler addresses and stacks: [`ringfence_kernel::vcpu`].
+//! - Guest pointers: [`ringfence_kernel::mm::guest_mem::GuestView`].
+//! - Handler addresses and stacks: [`ringfence_kernel::domain::vcpu`].
 //! - Return frames: [`ringfence_kernel::regs::Regs::sanitize`], on every exit.
 
 use crate::arch::entry::{self, FxArea, TrapFrame};
@@ -72,20 +72,20 @@ use pvguest_abi::vcpu::{runstate, RunstateInfo};
 use pvguest_abi::{hypercall as nr, selectors, Errno, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
 use ring_protocol::{ByteChannel, SharedMem};
 use ringfence_bundle::Bundle;
-use ringfence_kernel::account::Meter;
 use ringfence_kernel::builder::{self, DomainConfig};
-use ringfence_kernel::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use ringfence_kernel::console::{ConsoleOut, STEP_WORK};
+use ringfence_kernel::domain::vcpu::Vcpu;
 use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
-use ringfence_kernel::evtchn::{EventChannels, SharedPage};
-use ringfence_kernel::frames::{DomId, FrameTable, Mfn};
-use ringfence_kernel::guest_mem::{GuestVa, GuestView, PhysMem};
+use ringfence_kernel::event::{EventChannels, SharedPage};
 use ringfence_kernel::hypercall::{self, Action};
+use ringfence_kernel::mm::frames::{DomId, FrameTable, Mfn};
+use ringfence_kernel::mm::guest_mem::{GuestVa, GuestView, PhysMem};
 use ringfence_kernel::mm::{Mm, MmuExtOp};
 use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
+use ringfence_kernel::sched::account::Meter;
+use ringfence_kernel::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use ringfence_kernel::time::TscScale;
 use ringfence_kernel::trap::{bounce, Bounce};
-use ringfence_kernel::vcpu::Vcpu;
 use spin::Mutex;
 
 /// Most domains the hypervisor tracks.
@@ -498,7 +498,7 @@ impl Hv {
         // The same holds for the console page.
         let frames = self.frames.as_mut().expect("frame table set");
         for (what, mfn) in [("shared-info", b.shared_info_mfn), ("console", b.console_mfn)] {
-            if let Err(e) = frames.get_type_ref(mfn, id, ringfence_kernel::frames::FrameType::Writable) {
+            if let Err(e) = frames.get_type_ref(mfn, id, ringfence_kernel::mm::frames::FrameType::Writable) {
                 frames.release_domain(id);
                 log!("dom{id} ({}): not started: {what} frame: {e}", spec.name);
                 self.push_rejected(id, spec.name, expect);
@@ -541,7 +541,7 @@ impl Hv {
             self.push_rejected(id, spec.name, expect);
             return;
         }
-        if spec.warp_us != 0 || spec.weight != ringfence_kernel::bvt::DEFAULT_WEIGHT {
+        if spec.warp_us != 0 || spec.weight != ringfence_kernel::sched::bvt::DEFAULT_WEIGHT {
             log!("dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
         }
         let _ = self.domains.push(Domain {
@@ -833,7 +833,7 @@ impl Hv {
         let mut phys = HvPhys;
         let view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
         let from_user =
-            view.translate(GuestVa(insn), ringfence_kernel::guest_mem::Access { write: false, user: true }).is_ok();
+            view.translate(GuestVa(insn), ringfence_kernel::mm::guest_mem::Access { write: false, user: true }).is_ok();
         if !from_user {
             d.regs.rip = insn;
             d.regs.rflags = d.regs.r11;
@@ -1522,7 +1522,7 @@ mod stretch {
     use crate::arch::cpu;
     use crate::log;
     use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use ringfence_kernel::frames::DomId;
+    use ringfence_kernel::mm::frames::DomId;
 
     static START: AtomicU64 = AtomicU64::new(0);
     /// What the stretch being measured began with: vector, rax, rip, domain.

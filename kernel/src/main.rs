@@ -14,7 +14,7 @@ mod log;
 
 use arch::{descriptors, pvh::BootInfo, timer};
 use ringfence_bundle::Bundle;
-use ringfence_kernel::frames::{FrameInfo, FrameTable};
+use ringfence_kernel::mm::frames::{FrameInfo, FrameTable};
 
 /// Frames the frame table covers: RAM above 1 GiB is not used.
 const MAX_FRAMES: usize = 1 << 18;

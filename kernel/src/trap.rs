@@ -8,7 +8,7 @@
 //! guest access, so a guest with a broken stack cannot make the hypervisor
 //! write anywhere else: the bounce fails and the caller crashes the domain.
 
-use crate::guest_mem::{GuestVa, GuestView, PhysMem};
+use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem};
 use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
@@ -43,7 +43,7 @@ impl fmt::Display for BounceError {
 /// What is being bounced.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounce {
-    /// Handler address (already validated by [`crate::vcpu`]).
+    /// Handler address (already validated by [`crate::domain::vcpu`]).
     pub handler: u64,
     /// `BounceFrame::vector`.
     pub vector: u32,
@@ -99,9 +99,9 @@ pub fn bounce<M: PhysMem>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frames::{FrameInfo, FrameTable, Owner};
-    use crate::guest_mem::fake::FakeMem;
-    use crate::paging::{Pte, PteFlags};
+    use crate::mm::frames::{FrameInfo, FrameTable, Owner};
+    use crate::mm::guest_mem::fake::FakeMem;
+    use crate::mm::paging::{Pte, PteFlags};
     use pvguest_abi::layout::GUEST_KERNEL_BASE;
 
     /// Maps GUEST_KERNEL_BASE + [0, 8 pages) read-write to frames 10.. and

@@ -39,7 +39,7 @@ use super::entry::{self, EntryRegion, GDT, IDT, TSS};
 use core::arch::asm;
 use pvguest_abi::layout::ENTRY_AREA_PML4_SLOT;
 use pvguest_abi::{HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
-use ringfence_kernel::paging::{Pte, PteFlags};
+use ringfence_kernel::mm::paging::{Pte, PteFlags};
 
 /// Hypervisor code selector.
 pub const HV_CS: u16 = 0x08;

@@ -24,7 +24,7 @@
 
 use super::cpu;
 use core::arch::asm;
-use ringfence_kernel::paging::{Pte, PteFlags};
+use ringfence_kernel::mm::paging::{Pte, PteFlags};
 
 extern "C" {
     static hv_pd: u8;

@@ -738,12 +738,12 @@ fn console_writes_continue_in_steps_and_return_the_whole_length() {
     assert_eq!(e.call(hypercall::CONSOLE_IO, [console_io::WRITE, 10 | (1 << 32), buf, 0, 0]), r(Errno::EINVAL));
 }
 
-/// Rule of `crate::account`: a fake clock advanced inside a handler shows
+/// Rule of `crate::sched::account`: a fake clock advanced inside a handler shows
 /// up in the caller's BVT account, and in no one else's.
 #[test]
 fn time_spent_inside_a_hypercall_is_charged_to_its_caller() {
-    use crate::account::Meter;
-    use crate::bvt::{Bvt, Params, DEFAULT_WEIGHT, VT_SCALE};
+    use crate::sched::account::Meter;
+    use crate::sched::bvt::{Bvt, Params, DEFAULT_WEIGHT, VT_SCALE};
     let mut bvt: Bvt<2> = Bvt::new(5_000_000);
     bvt.add(0, Params::weighted(DEFAULT_WEIGHT), 0).unwrap();
     bvt.add(1, Params::weighted(DEFAULT_WEIGHT), 0).unwrap();

@@ -43,14 +43,14 @@
 //! itself preempted has its arguments rewritten in guest memory with the
 //! continuation's (as Xen does), and the multicall resumes at that entry.
 //! - Guest addresses the hypervisor will jump to are validated once, in
-//!   [`crate::vcpu`].
+//!   [`crate::domain::vcpu`].
 
 mod guest;
 
 pub use guest::{GuestPtr, GuestSlice};
 
-use crate::evtchn::{EventChannels, Port};
-use crate::vcpu::Vcpu;
+use crate::domain::vcpu::Vcpu;
+use crate::event::{EventChannels, Port};
 use core::mem::offset_of;
 use pvguest_abi::event::{self, status, BindVirq, Close, Send, Status, Unmask};
 use pvguest_abi::memory::{MemRange, MemoryMap};
@@ -99,7 +99,7 @@ pub enum Action {
 /// The machine as a hypercall sees it: the calling domain's memory and
 /// state.
 pub trait Env {
-    /// Copies from the calling domain's memory (see [`crate::guest_mem`]).
+    /// Copies from the calling domain's memory (see [`crate::mm::guest_mem`]).
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno>;
     /// Copies into the calling domain's memory.
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno>;

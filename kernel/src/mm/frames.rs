@@ -8,7 +8,7 @@
 //!   no data crosses between owners.
 //! - Frames that are not RAM (holes, MMIO, firmware) are never free and never
 //!   owned by a domain: they start as [`Owner::Reserved`].
-//! - The guest-memory accessor ([`crate::guest_mem`]) refuses any frame whose
+//! - The guest-memory accessor ([`crate::mm::guest_mem`]) refuses any frame whose
 //!   owner is not the accessing domain, so even a bug elsewhere cannot make
 //!   the hypervisor read or write another domain's memory on a guest's
 //!   behalf.

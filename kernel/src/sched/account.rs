@@ -28,7 +28,7 @@
 //! 5. **Idle.** Time spent halted belongs to nobody ([`Meter::skip`]).
 #![allow(clippy::module_name_repetitions)]
 
-use crate::bvt::{Bvt, Ns};
+use crate::sched::bvt::{Bvt, Ns};
 
 /// The charge point: the time up to which the CPU has been accounted.
 ///
@@ -86,7 +86,7 @@ impl Meter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bvt::{Params, DEFAULT_WEIGHT, VT_SCALE};
+    use crate::sched::bvt::{Params, DEFAULT_WEIGHT, VT_SCALE};
 
     fn two() -> Bvt<2> {
         let mut b = Bvt::new(5_000_000);

@@ -18,9 +18,9 @@
 //! 4. An upcall is delivered when `upcall_pending` is set and `upcall_mask`
 //!    is clear; delivering it sets `upcall_mask`.
 
-use crate::frames::Mfn;
-use crate::guest_mem::PhysMem;
-use crate::paging::PAGE_SIZE;
+use crate::mm::frames::Mfn;
+use crate::mm::guest_mem::PhysMem;
+use crate::mm::paging::PAGE_SIZE;
 use core::mem::offset_of;
 use pvguest_abi::event::NR_VIRQS;
 use pvguest_abi::shared_info::{SharedInfo, VcpuInfo, VcpuTimeInfo};
@@ -246,7 +246,7 @@ impl SharedPage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::guest_mem::fake::FakeMem;
+    use crate::mm::guest_mem::fake::FakeMem;
 
     const SI: SharedPage = SharedPage { mfn: 7 };
 

@@ -1,6 +1,6 @@
 //! x86-64 page-table entries (4-level paging, 4 KiB pages).
 
-use crate::frames::Mfn;
+use crate::mm::frames::Mfn;
 use bitflags::bitflags;
 
 /// Size of a page.

@@ -18,8 +18,8 @@
 //! Copies are done page by page; a copy that fails part-way reports `EFAULT`
 //! and may have written a prefix (as `copy_to_user` does).
 
-use crate::frames::{DomId, FrameTable, Mfn};
-use crate::paging::{Pte, PAGE_SIZE};
+use crate::mm::frames::{DomId, FrameTable, Mfn};
+use crate::mm::paging::{Pte, PAGE_SIZE};
 use pvguest_abi::{layout, Errno};
 
 /// Access to machine memory through the hypervisor's direct map.
@@ -179,8 +179,8 @@ pub(crate) mod fake {
 mod tests {
     use super::fake::FakeMem;
     use super::*;
-    use crate::frames::{FrameInfo, Owner};
-    use crate::paging::PteFlags;
+    use crate::mm::frames::{FrameInfo, Owner};
+    use crate::mm::paging::PteFlags;
 
     /// Maps `va` -> `leaf` in a 4-level tree rooted at frame 1 (tables 1..=4).
     fn setup(mem: &mut FakeMem, va: u64, leaf: Mfn, leaf_flags: PteFlags) {

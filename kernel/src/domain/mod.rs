@@ -8,6 +8,8 @@
 //! with what the boot manifest expected ([`Expect`]) and reports one line per
 //! domain; QEMU's exit status says whether all matched.
 
+pub mod vcpu;
+
 use crate::hypercall::ShutdownReason;
 use core::fmt;
 
@@ -125,7 +127,7 @@ impl fmt::Display for Exit {
     }
 }
 
-/// Scheduling state (the order domains run in is [`crate::bvt`]'s).
+/// Scheduling state (the order domains run in is [`crate::sched::bvt`]'s).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
     /// May run.

@@ -1,0 +1,8 @@
+//! Scheduling: who runs next, and who pays for each nanosecond.
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`bvt`] | the borrowed-virtual-time scheduler: virtual times, warps, picks |
+//! | [`account`] | the charge point: every interval goes to exactly one domain or to idle |
+pub mod account;
+pub mod bvt;
