@@ -342,7 +342,7 @@ pub fn build<M: PhysMem>(
     si.nr_pages = layout.nr_pages;
     si.shared_info = Layout::va(layout.shared_info_pfn);
     si.flags = if cfg.privileged { SIF_PRIVILEGED | SIF_INITDOMAIN } else { 0 };
-    si.domid = u32::from(cfg.domid);
+    si.domid = u32::from(cfg.domid.raw());
     si.pt_base = Layout::va(layout.pt_pfn);
     si.nr_pt_frames = layout.nr_pt_frames;
     si.mfn_list = Layout::va(layout.mfn_list_pfn);
@@ -486,13 +486,19 @@ mod tests {
         let mut store = std::vec![FrameInfo::RESERVED; 1024];
         let mut frames = FrameTable::new(&mut store);
         frames.add_free_range(100, 1024);
-        let cfg =
-            DomainConfig { domid: 3, name: "t", cmdline: "x=1", nr_pages: 128, privileged: false, console_evtchn: 1 };
+        let cfg = DomainConfig {
+            domid: DomId::of(3),
+            name: "t",
+            cmdline: "x=1",
+            nr_pages: 128,
+            privileged: false,
+            console_evtchn: 1,
+        };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
-        assert_eq!(frames.count_owned(Owner::Domain(3)), 128);
+        assert_eq!(frames.count_owned(Owner::Domain(DomId::of(3))), 128);
         assert_eq!(b.entry, GUEST_KERNEL_BASE + 0x10);
         assert_eq!(mem.read_u64(b.root * 4096 + 511 * 8), 0xdead_0003);
-        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: 3 };
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(3) };
         // Text is readable but not writable; data and stack are writable.
         assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_READ).is_ok());
         assert!(v.translate(GuestVa(GUEST_KERNEL_BASE), Access::KERNEL_WRITE).is_err());
@@ -530,8 +536,14 @@ mod tests {
         let mut mem = FakeMem::default();
         let mut frames = FrameTable::new(store);
         frames.add_free_range(100, 2048);
-        let cfg =
-            DomainConfig { domid: 5, name: "t", cmdline: "", nr_pages: 600, privileged: false, console_evtchn: 1 };
+        let cfg = DomainConfig {
+            domid: DomId::of(5),
+            name: "t",
+            cmdline: "",
+            nr_pages: 600,
+            privileged: false,
+            console_evtchn: 1,
+        };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
         (mem, frames, b)
     }
@@ -545,7 +557,7 @@ mod tests {
         let (mut mem, mut frames, b) = build_600(&mut store);
         let l = b.layout;
         assert_eq!(l.nr_pt_frames, 5);
-        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: 5 };
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(5) };
         let mut mfns = std::vec![0u64; 600];
         for (pfn, m) in mfns.iter_mut().enumerate() {
             let mut word = [0u8; 8];
@@ -580,7 +592,7 @@ mod tests {
         let entry = Pte::new(pt0, PteFlags::PRESENT | PteFlags::WRITABLE | PteFlags::NO_EXECUTE).0;
         let ptr = pt0 * 4096 + (l.pt_pfn + 3) * 8;
         let mut mm = Mm::new(&mut mem, &mut frames, 0xabc_0003);
-        assert_eq!(mm.mmu_update(5, ptr, entry), Err(Errno::EBUSY));
+        assert_eq!(mm.mmu_update(DomId::of(5), ptr, entry), Err(Errno::EBUSY));
     }
 
     /// Every initial table is pinned, so later guest operations work on one
@@ -599,10 +611,10 @@ mod tests {
         let mut root = b.root;
         let mut mm = Mm::new(&mut mem, &mut frames, 0xabc_0003);
         for t in [b.root, pdpt, pd, pt1] {
-            assert_eq!(mm.unpin_table(5, t), Err(Errno::EBUSY), "table {t:#x}");
+            assert_eq!(mm.unpin_table(DomId::of(5), t), Err(Errno::EBUSY), "table {t:#x}");
         }
         // Unlinking the second PT drops one reference; it stays pinned.
-        mm.mmu_update(5, pd * 4096 + 8, 0).unwrap();
+        mm.mmu_update(DomId::of(5), pd * 4096 + 8, 0).unwrap();
         let info = |mm: &Mm<'_, '_, FakeMem>, m: Mfn| {
             let f = mm.frames().get(m).unwrap();
             (f.ty, f.type_count, f.pinned)
@@ -611,12 +623,12 @@ mod tests {
         assert_eq!(info(&mm, pd), (FrameType::PageTable(2), 2, true));
         assert_eq!(info(&mm, data), (FrameType::Writable, 1, false));
         // Its unpin devalidates it and releases its data pages, nothing else.
-        mm.unpin_table(5, pt1).unwrap();
+        mm.unpin_table(DomId::of(5), pt1).unwrap();
         assert_eq!(info(&mm, pt1), (FrameType::None, 0, false));
         assert_eq!(info(&mm, data), (FrameType::None, 0, false));
         assert_eq!(info(&mm, pd), (FrameType::PageTable(2), 2, true));
         // The root is a pinned L4, so it can be loaded again.
-        assert_eq!(mm.new_baseptr(5, &mut root, b.root), Ok(b.root * 4096));
+        assert_eq!(mm.new_baseptr(DomId::of(5), &mut root, b.root), Ok(b.root * 4096));
     }
 
     #[test]
@@ -625,10 +637,16 @@ mod tests {
         let mut store = std::vec![FrameInfo::RESERVED; 64];
         let mut frames = FrameTable::new(&mut store);
         frames.add_free_range(0, 64);
-        let cfg =
-            DomainConfig { domid: 1, name: "t", cmdline: "", nr_pages: 128, privileged: false, console_evtchn: 1 };
+        let cfg = DomainConfig {
+            domid: DomId::of(1),
+            name: "t",
+            cmdline: "",
+            nr_pages: 128,
+            privileged: false,
+            console_evtchn: 1,
+        };
         let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
         assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
-        assert_eq!(frames.count_owned(Owner::Domain(1)), 0);
+        assert_eq!(frames.count_owned(Owner::Domain(DomId::of(1))), 0);
     }
 }

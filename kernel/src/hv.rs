@@ -58,12 +58,13 @@
 //! - Handler addresses and stacks: [`ringfence_kernel::domain::vcpu`].
 //! - Return frames: [`ringfence_kernel::regs::Regs::sanitize`], on every exit.
 
-use crate::arch::entry::{self, FxArea, TrapFrame};
+use crate::arch::entry::{self, EntryCell, FxArea, TrapFrame};
 use crate::arch::timer::{self, Rates, SPURIOUS_VECTOR, TIMER_VECTOR};
 use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCESS};
 use crate::log;
 use crate::log::Sym;
 use core::fmt::Write as _;
+use core::mem::MaybeUninit;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
@@ -74,11 +75,13 @@ use ring_protocol::{ByteChannel, SharedMem};
 use ringfence_bundle::Bundle;
 use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::console::{ConsoleOut, STEP_WORK};
+use ringfence_kernel::domain::table::{IdMap, Slot};
 use ringfence_kernel::domain::vcpu::Vcpu;
+use ringfence_kernel::domain::{DomId, DomainTable};
 use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
 use ringfence_kernel::event::{EventChannels, SharedPage};
 use ringfence_kernel::hypercall::{self, Action};
-use ringfence_kernel::mm::frames::{DomId, FrameTable, Mfn};
+use ringfence_kernel::mm::frames::{FrameTable, Mfn};
 use ringfence_kernel::mm::guest_mem::{GuestVa, GuestView, PhysMem};
 use ringfence_kernel::mm::{Mm, MmuExtOp};
 use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
@@ -88,8 +91,11 @@ use ringfence_kernel::time::TscScale;
 use ringfence_kernel::trap::{bounce, Bounce};
 use spin::Mutex;
 
-/// Most domains the hypervisor tracks.
-pub const MAX_DOMAINS: usize = 64;
+/// Most domains alive at once (any number may be created over time: a
+/// slot is reused once its domain has been reaped).
+pub const MAX_DOMAINS: usize = 1024;
+/// Domains the final report lists one by one (later ones are counted).
+const MAX_RECORDS: usize = 2048;
 
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
@@ -105,6 +111,8 @@ const UNWARP_NS: u64 = 5_000_000;
 /// One domain.
 pub struct Domain {
     pub id: DomId,
+    /// Its line in the final report (`None`: past [`MAX_RECORDS`]).
+    pub record: Option<usize>,
     pub name: heapless::String<32>,
     pub expect: Expect,
     pub state: RunState,
@@ -133,6 +141,17 @@ pub struct Domain {
     pub wakes: Wakes,
 }
 
+/// One domain's line in the final report.
+pub struct Record {
+    pub id: DomId,
+    pub name: heapless::String<32>,
+    pub expect: Expect,
+    /// How it ended (`None`: still alive).
+    pub exit: Option<Exit>,
+    /// CPU time it was charged, in ms, when it ended.
+    pub cpu_ms: u64,
+}
+
 /// How late a domain's real-time timer wake-ups ran: from the deadline to
 /// the time it was next entered. The worst is printed in the final report
 /// with what the hypervisor was doing when the timer fired, so a late
@@ -147,10 +166,10 @@ pub struct Wakes {
     worst: Option<(u64, u64, [u64; 4], u64)>,
     /// Entered after a wake and not blocked since: (deadline, times
     /// switched out, the last domain switched to).
-    serving: Option<(u64, u32, DomId)>,
+    serving: Option<(u64, u32, Option<DomId>)>,
     /// Worst time from a deadline to the next block: (time, switch-outs,
     /// last domain switched to).
-    worst_served: Option<(u64, u32, DomId)>,
+    worst_served: Option<(u64, u32, Option<DomId>)>,
 }
 
 impl Wakes {
@@ -171,13 +190,13 @@ impl Wakes {
     fn switched_out(&mut self, to: DomId) {
         if let Some(s) = self.serving.as_mut() {
             s.1 += 1;
-            s.2 = to;
+            s.2 = Some(to);
         }
     }
 
     fn entered(&mut self, now: u64) {
         if let Some((deadline, fired, what, into)) = self.pending.take() {
-            self.serving = Some((deadline, 0, 0));
+            self.serving = Some((deadline, 0, None));
             self.count += 1;
             let late = now.saturating_sub(deadline);
             if self.worst.is_none_or(|w| late > w.0) {
@@ -189,7 +208,14 @@ impl Wakes {
 
 /// The hypervisor's state.
 pub struct Hv {
-    pub domains: heapless::Vec<Domain, MAX_DOMAINS>,
+    /// Live domains (dead ones until they are reaped); the slot numbers
+    /// index the scheduler's entities too.
+    pub domains: DomainTable<'static, Domain>,
+    /// Every domain the run created or refused, for the final report.
+    pub records: heapless::Vec<Record, MAX_RECORDS>,
+    /// Domains past [`MAX_RECORDS`]: how many ended, and how many of those
+    /// not as expected.
+    pub unrecorded: (u64, u64),
     pub frames: Option<FrameTable<'static>>,
     /// Index in `domains` of the running domain.
     pub current: Option<usize>,
@@ -230,7 +256,9 @@ pub struct Hv {
 }
 
 static HV: Mutex<Hv> = Mutex::new(Hv {
-    domains: heapless::Vec::new(),
+    domains: DomainTable::empty(),
+    records: heapless::Vec::new(),
+    unrecorded: (0, 0),
     frames: None,
     current: None,
     meter: Meter::new(0),
@@ -248,6 +276,30 @@ static HV: Mutex<Hv> = Mutex::new(Hv {
     armed_tsc: u64::MAX,
     drain_until: 0,
 });
+
+/// The domain table's storage: outside the image's loaded part, set up at
+/// boot (see `linker.ld`).
+#[link_section = ".tables"]
+static DOMAIN_SLOTS: EntryCell<MaybeUninit<[Slot<Domain>; MAX_DOMAINS]>> = EntryCell::new(MaybeUninit::uninit());
+#[link_section = ".tables"]
+static DOMAIN_IDS: EntryCell<MaybeUninit<IdMap>> = EntryCell::new(MaybeUninit::uninit());
+
+/// The domain table over its storage. Called once, at boot.
+fn domain_table() -> DomainTable<'static, Domain> {
+    let slots = DOMAIN_SLOTS.get() as *mut Slot<Domain>;
+    for i in 0..MAX_DOMAINS {
+        // SAFETY: `slots` points at MAX_DOMAINS slots of .tables that
+        // nothing else refers to; each is initialised once here.
+        unsafe { slots.add(i).write(None) };
+    }
+    let ids = DOMAIN_IDS.get() as *mut IdMap;
+    // SAFETY: as above; an all-zero id map is a valid (empty) one.
+    unsafe { ids.write_bytes(0, 1) };
+    // SAFETY: both were initialised above, and `boot` calls this once, so
+    // these are the only references ever made to them.
+    let (slots, ids) = unsafe { (core::slice::from_raw_parts_mut(slots, MAX_DOMAINS), &mut *ids) };
+    DomainTable::new(slots, ids)
+}
 
 /// Machine memory through the hypervisor's identity map.
 pub struct HvPhys;
@@ -392,6 +444,7 @@ pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> !
         let mut guard = HV.lock();
         let hv = &mut *guard;
         hv.frames = Some(frames);
+        hv.domains = domain_table();
         hv.rates = Some(rates);
         hv.scale = TscScale::from_hz(rates.tsc_hz);
         hv.boot_tsc = cpu::rdtsc();
@@ -446,7 +499,16 @@ impl Hv {
     }
 
     fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
-        let id = (self.domains.len() + 1) as DomId;
+        let vacant = match self.domains.reserve() {
+            Ok(v) => v,
+            Err(e) => {
+                log!("bundle entry {index}: not started: {e:?} (at most {MAX_DOMAINS} domains at once)");
+                self.unrecorded.0 += 1;
+                self.unrecorded.1 += 1;
+                return;
+            }
+        };
+        let id = vacant.id();
         let spec = match bundle.domain(index) {
             Ok(s) => s,
             Err(e) => {
@@ -535,7 +597,7 @@ impl Hv {
         } else {
             Params::warped(spec.weight, u64::from(spec.warp_us) * 1000, WARP_LIMIT_NS, UNWARP_NS)
         };
-        if let Err(e) = self.bvt.add(self.domains.len(), params, now) {
+        if let Err(e) = self.bvt.add(vacant.slot(), params, now) {
             log!("dom{id} ({}): not started: scheduler refused it: {e:?}", spec.name);
             self.frames.as_mut().expect("set").release_domain(id);
             self.push_rejected(id, spec.name, expect);
@@ -544,49 +606,51 @@ impl Hv {
         if spec.warp_us != 0 || spec.weight != ringfence_kernel::sched::bvt::DEFAULT_WEIGHT {
             log!("dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
         }
-        let _ = self.domains.push(Domain {
-            id,
-            name: name_of(spec.name),
-            expect,
-            state: RunState::Runnable,
-            privileged: spec.privileged,
-            nr_pages: cfg.nr_pages,
-            root: b.root,
-            shared,
-            regs,
-            fx: FxArea::initial(),
-            vcpu: Vcpu::default(),
-            events,
-            console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
-            console_ring,
-            console_dirty: false,
-            report_pending: false,
-            wakes: Wakes::default(),
-            runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
-        });
+        let record = self.record(id, spec.name, expect, None);
+        let _slot = self.domains.fill(
+            vacant,
+            Domain {
+                id,
+                record,
+                name: name_of(spec.name),
+                expect,
+                state: RunState::Runnable,
+                privileged: spec.privileged,
+                nr_pages: cfg.nr_pages,
+                root: b.root,
+                shared,
+                regs,
+                fx: FxArea::initial(),
+                vcpu: Vcpu::default(),
+                events,
+                console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
+                console_ring,
+                console_dirty: false,
+                report_pending: false,
+                wakes: Wakes::default(),
+                runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
+            },
+        );
+    }
+
+    /// Adds a line to the final report; returns its index (`None` once the
+    /// report is full: the domain is then only counted when it ends).
+    fn record(&mut self, id: DomId, name: &str, expect: Expect, exit: Option<Exit>) -> Option<usize> {
+        let r = Record { id, name: name_of(name), expect, exit, cpu_ms: 0 };
+        match self.records.push(r) {
+            Ok(()) => Some(self.records.len() - 1),
+            Err(_) => {
+                if let Some(e) = exit {
+                    self.unrecorded.0 += 1;
+                    self.unrecorded.1 += u64::from(!e.matches(expect));
+                }
+                None
+            }
+        }
     }
 
     fn push_rejected(&mut self, id: DomId, name: &str, expect: Expect) {
-        let _ = self.domains.push(Domain {
-            id,
-            name: name_of(name),
-            expect,
-            state: RunState::Dead(Exit::Rejected),
-            privileged: false,
-            nr_pages: 0,
-            root: 0,
-            shared: SharedPage { mfn: 0 },
-            regs: TrapFrame::default(),
-            fx: FxArea::initial(),
-            vcpu: Vcpu::default(),
-            events: EventChannels::default(),
-            console: ConsoleOut::new(0, line_overhead(&name_of(name))),
-            console_ring: None,
-            console_dirty: false,
-            report_pending: false,
-            wakes: Wakes::default(),
-            runstate: RunstateInfo::default(),
-        });
+        self.record(id, name, expect, Some(Exit::Rejected));
     }
 
     /// Moves domain `i` to run state `state` at `now`, accounting the time
@@ -677,11 +741,11 @@ impl Hv {
         // by more than one step: none starts once it has passed.
         let deadline = self.drain_deadline();
         let mut last = None;
-        for i in 0..self.domains.len() {
+        for i in 0..self.domains.slot_bound() {
             if cpu::rdtsc() >= deadline {
                 break;
             }
-            if self.domains[i].console_dirty {
+            if self.domains.at(i).is_some_and(|(_, d)| d.console_dirty) {
                 last = Some(self.drain_console(i, Some(deadline)));
             }
         }
@@ -971,10 +1035,11 @@ impl Hv {
     }
 
     /// Fires every expired real-time timer and poll deadline, charging
-    /// each domain's timer work to it.
-    fn fire_timers(&mut self, now: u64) {
-        for i in 0..self.domains.len() {
-            if matches!(self.domains[i].state, RunState::Dead(_)) {
+    /// each domain's timer work to it; returns whether any fired.
+    fn fire_timers(&mut self, now: u64) -> bool {
+        let mut any = false;
+        for i in 0..self.domains.slot_bound() {
+            if self.domains.at(i).is_none_or(|(_, d)| matches!(d.state, RunState::Dead(_))) {
                 continue;
             }
             let mut fired = false;
@@ -990,10 +1055,12 @@ impl Hv {
                 fired = true;
             }
             if fired {
+                any = true;
                 let t = self.now();
                 self.meter.charge(&mut self.bvt, i, t);
             }
         }
+        any
     }
 
     /// The TSC value of the nearest real-time deadline after `now`
@@ -1014,9 +1081,8 @@ impl Hv {
     fn next_deadline_of(&self) -> Option<(u64, usize)> {
         self.domains
             .iter()
-            .enumerate()
-            .filter(|(_, d)| !matches!(d.state, RunState::Dead(_)))
-            .flat_map(|(i, d)| [d.vcpu.timer, d.vcpu.poll_deadline].map(|t| t.map(|t| (t, i))))
+            .filter(|(_, _, d)| !matches!(d.state, RunState::Dead(_)))
+            .flat_map(|(i, _, d)| [d.vcpu.timer, d.vcpu.poll_deadline].map(|t| t.map(|t| (t, i))))
             .flatten()
             .min()
     }
@@ -1046,6 +1112,14 @@ impl Hv {
         d.report_pending = report;
         d.state = RunState::Dead(exit);
         let id = d.id;
+        let cpu_ms = d.runstate.time[runstate::RUNNING as usize] / 1_000_000;
+        match d.record.and_then(|r| self.records.get_mut(r)) {
+            Some(r) => (r.exit, r.cpu_ms) = (Some(exit), cpu_ms),
+            None => {
+                self.unrecorded.0 += 1;
+                self.unrecorded.1 += u64::from(!exit.matches(d.expect));
+            }
+        }
         self.bvt.remove(i);
         if self.reaping.push_back((id, 0)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.
@@ -1072,6 +1146,7 @@ impl Hv {
         if !core::mem::take(&mut d.report_pending) {
             return;
         }
+        wake_report(d);
         match exit {
             Exit::Faulted(fault) => {
                 let r = &d.regs;
@@ -1112,14 +1187,14 @@ impl Hv {
                 _ => self.bvt.pick(now, current),
             };
             let Some(i) = pick.next else {
-                if !self.domains.iter().any(|d| d.state == RunState::Blocked) {
+                if !self.domains.iter().any(|(_, _, d)| d.state == RunState::Blocked) {
                     self.finish(true);
                 }
                 // Nothing is runnable: idle time goes to leftover console
                 // output and teardown first, a bounded step at a time, with
                 // timers fired between steps. Nobody waits for the CPU, so
                 // each step starts a new stretch.
-                if self.domains.iter().any(|d| d.console_dirty) {
+                if self.domains.iter().any(|(_, _, d)| d.console_dirty) {
                     self.drain_until = cpu::rdtsc().saturating_add(self.budget_ticks);
                     let now = self.drain_consoles().unwrap_or(now);
                     self.fire_timers(now);
@@ -1153,11 +1228,13 @@ impl Hv {
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
                 if cpu::rdtsc() >= self.armed_tsc {
-                    self.fire_timers(t);
                     // What fired is served: the next deadline bounds what
-                    // follows (else this would spin without progress).
+                    // follows. Only a wake-up changes the pick.
+                    let woke = self.fire_timers(t);
                     self.armed_tsc = self.next_deadline_tsc(t);
-                    continue;
+                    if woke {
+                        continue;
+                    }
                 }
             }
             if let Some(next) = self.prepare(i, now) {
@@ -1173,7 +1250,7 @@ impl Hv {
     /// time (the console page among them, so it stays the domain's while
     /// it is read).
     fn reap_step(&mut self) -> u64 {
-        let dying = self.reaping.front().and_then(|&(id, _)| self.domains.iter().position(|d| d.id == id));
+        let dying = self.reaping.front().and_then(|&(id, _)| self.domains.slot_of(id));
         if let Some(i) = dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending) {
             let now = self.now();
             if !self.console_step(i, now) {
@@ -1182,13 +1259,28 @@ impl Hv {
         } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
             let next = f.release_domain_step(id, from, REAP_STEP);
             let _ = self.reaping.pop_front();
-            if let Some(n) = next {
-                let _ = self.reaping.push_front((id, n));
+            match next {
+                Some(n) => {
+                    let _ = self.reaping.push_front((id, n));
+                }
+                None => self.forget(id),
             }
         }
         let now = self.now();
         self.meter.skip(now);
         now
+    }
+
+    /// A reaped domain leaves the table: its slot is free for the next one,
+    /// and nothing of the hypervisor's still names the slot.
+    fn forget(&mut self, id: DomId) {
+        let Some(slot) = self.domains.slot_of(id) else { return };
+        for s in [&mut self.current, &mut self.loaded, &mut self.armed_for] {
+            if *s == Some(slot) {
+                *s = None;
+            }
+        }
+        self.domains.remove(id);
     }
 
     /// Halts until the nearest deadline, then fires timers.
@@ -1301,60 +1393,64 @@ impl Hv {
     fn finish(&mut self, clean: bool) -> ! {
         // Dead domains' leftover output and exit reports, whole: the run
         // is over, nobody waits.
-        for i in 0..self.domains.len() {
-            if matches!(self.domains[i].state, RunState::Dead(_)) {
+        for i in 0..self.domains.slot_bound() {
+            if self.domains.at(i).is_some_and(|(_, d)| matches!(d.state, RunState::Dead(_))) {
                 while self.console_step(i, self.now()) {}
                 self.report_end(i);
             }
         }
         let elapsed_ms = self.now() / 1_000_000;
-        let alive = self.domains.iter().filter(|d| !matches!(d.state, RunState::Dead(_))).count();
+        let alive = self.domains.iter().filter(|(_, _, d)| !matches!(d.state, RunState::Dead(_))).count();
         if alive == 0 {
             log!("all domains have ended after {elapsed_ms} ms:");
         } else {
             log!("the run ended after {elapsed_ms} ms with {alive} domain(s) still alive:");
         }
         log!("  {:<4} {:<16} {:<9} {:<4} {:>8} {}", "dom", "name", "expected", "ok", "cpu ms", "exit");
-        let mut all_ok = clean;
-        for d in &self.domains {
+        let mut all_ok = clean && self.unrecorded.1 == 0;
+        for r in &self.records {
             let mut exit: heapless::String<64> = heapless::String::new();
-            let ok = match d.state {
-                RunState::Dead(e) => {
+            let live = self.domains.get(r.id).filter(|d| !matches!(d.state, RunState::Dead(_)));
+            let (ok, cpu_ms) = match (r.exit, live) {
+                (Some(e), _) => {
                     let _ = write!(exit, "{e}");
-                    e.matches(d.expect)
+                    (e.matches(r.expect), r.cpu_ms)
                 }
-                RunState::Blocked => {
-                    let _ = exit.push_str("still blocked (never ended)");
-                    false
+                (None, Some(d)) => {
+                    let _ = exit.push_str(if d.state == RunState::Blocked {
+                        "still blocked (never ended)"
+                    } else {
+                        "still runnable (never ended)"
+                    });
+                    (false, d.runstate.time[runstate::RUNNING as usize] / 1_000_000)
                 }
-                RunState::Runnable => {
-                    let _ = exit.push_str("still runnable (never ended)");
-                    false
+                (None, None) => {
+                    let _ = exit.push_str("lost track of it (a hypervisor bug)");
+                    (false, 0)
                 }
             };
             all_ok &= ok;
             log!(
                 "  {:<4} {:<16} {:<9} {:<4} {:>8} {}",
-                d.id,
-                d.name.as_str(),
-                d.expect,
+                r.id,
+                r.name.as_str(),
+                r.expect,
                 if ok { "yes" } else { "NO" },
-                d.runstate.time[runstate::RUNNING as usize] / 1_000_000,
+                cpu_ms,
                 exit
             );
         }
+        if self.unrecorded.0 > 0 {
+            log!(
+                "  and {} more domain(s) not listed, {} of them not as expected",
+                self.unrecorded.0,
+                self.unrecorded.1
+            );
+        }
         stretch::report();
-        for d in &self.domains {
-            if let Some((late, fired, [vector, rax, _, dom], into)) = d.wakes.worst {
-                log!(
-                    "dom{} ({}): {} timer wake-ups, the latest entered {late} ns after its deadline (fired after {fired} ns, {into} TSC ticks into a stretch entered from dom{dom} by vector {vector:#x}, rax {rax:#x})",
-                    d.id,
-                    d.name,
-                    d.wakes.count
-                );
-            }
-            if let Some((t, outs, to)) = d.wakes.worst_served {
-                log!("dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, switched out {outs} time(s), last to dom{to}", d.id, d.name);
+        for (_, _, d) in self.domains.iter() {
+            if !matches!(d.state, RunState::Dead(_)) {
+                wake_report(d);
             }
         }
         if all_ok {
@@ -1363,6 +1459,24 @@ impl Hv {
         } else {
             log!("verdict: FAIL: some domain did not end as the manifest expected");
             qemu_exit(EXIT_FAILURE)
+        }
+    }
+}
+
+/// A domain's worst timer wake-ups and what delayed them (see [`Wakes`]).
+fn wake_report(d: &Domain) {
+    if let Some((late, fired, [vector, rax, _, dom], into)) = d.wakes.worst {
+        log!(
+            "dom{} ({}): {} timer wake-ups, the latest entered {late} ns after its deadline (fired after {fired} ns, {into} TSC ticks into a stretch entered from dom{dom} by vector {vector:#x}, rax {rax:#x})",
+            d.id,
+            d.name,
+            d.wakes.count
+        );
+    }
+    if let Some((t, outs, to)) = d.wakes.worst_served {
+        match to {
+            Some(to) => log!("dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, switched out {outs} time(s), last to dom{to}", d.id, d.name),
+            None => log!("dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, never switched out", d.id, d.name),
         }
     }
 }
@@ -1552,7 +1666,7 @@ mod stretch {
 
     /// Records the domain about to be entered.
     pub fn entering(id: DomId) {
-        RUNNING.store(u64::from(id), Relaxed);
+        RUNNING.store(u64::from(id.raw()), Relaxed);
     }
 
     /// The hypervisor is about to return to a guest.

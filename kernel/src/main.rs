@@ -19,6 +19,7 @@ use ringfence_kernel::mm::frames::{FrameInfo, FrameTable};
 /// Frames the frame table covers: RAM above 1 GiB is not used.
 const MAX_FRAMES: usize = 1 << 18;
 
+#[link_section = ".tables"]
 static FRAME_STORE: arch::entry::EntryCell<core::mem::MaybeUninit<[FrameInfo; MAX_FRAMES]>> =
     arch::entry::EntryCell::new(core::mem::MaybeUninit::uninit());
 
@@ -72,7 +73,7 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
 fn init_frames(bi: &BootInfo, image_end: u64) -> FrameTable<'static> {
     let store = FRAME_STORE.get() as *mut FrameInfo;
     for i in 0..MAX_FRAMES {
-        // SAFETY: `store` points at MAX_FRAMES FrameInfo slots in .bss.
+        // SAFETY: `store` points at MAX_FRAMES FrameInfo slots in .tables.
         unsafe { store.add(i).write(FrameInfo::RESERVED) };
     }
     // SAFETY: every slot was initialised just above, and this is the only

@@ -99,6 +99,7 @@ pub fn bounce<M: PhysMem>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::DomId;
     use crate::mm::frames::{FrameInfo, FrameTable, Owner};
     use crate::mm::guest_mem::fake::FakeMem;
     use crate::mm::paging::{Pte, PteFlags};
@@ -121,7 +122,7 @@ mod tests {
         let mut t = FrameTable::new(store);
         t.add_free_range(0, 32);
         for _ in 0..32 {
-            t.alloc(Owner::Domain(1)).unwrap();
+            t.alloc(Owner::Domain(DomId::of(1))).unwrap();
         }
         t
     }
@@ -135,7 +136,7 @@ mod tests {
         setup(&mut mem);
         let mut store = [FrameInfo::RESERVED; 32];
         let t = frames(&mut store);
-        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         let rsp = GUEST_KERNEL_BASE + 0x4008;
         let mut r = Regs { rip: 0x1234, cs: 0x19, rflags: 0x302, rsp, ss: 0x21, rax: 7, ..Regs::default() };
         bounce(&mut r, &B, None, &mut view).unwrap();
@@ -167,7 +168,7 @@ mod tests {
         setup(&mut mem);
         let mut store = [FrameInfo::RESERVED; 32];
         let t = frames(&mut store);
-        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         let mut r = Regs { rip: 0x400000, cs: 0x33, rsp: 0x7000, ss: 0x2b, ..Regs::default() };
         let before = r;
         assert_eq!(bounce(&mut r, &B, None, &mut view), Err(BounceError::NoKernelStack));
@@ -183,7 +184,7 @@ mod tests {
         setup(&mut mem);
         let mut store = [FrameInfo::RESERVED; 32];
         let t = frames(&mut store);
-        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         for rsp in [GUEST_KERNEL_BASE + 9 * 4096 + 200, GUEST_KERNEL_BASE + 0x20, 0, 0xffff_ff80_0000_0100] {
             let mut r = Regs { rip: 1, cs: 0x19, rsp, ss: 0x21, ..Regs::default() };
             let before = r;

@@ -9,7 +9,13 @@
 //!
 //! - every 8-byte window, aligned or not: a hit is a value in
 //!   `[__image_start, __image_end)`, the hypervisor's physical image (it is
-//!   identity-linked, so every hypervisor address is one). This catches a
+//!   identity-linked, so every hypervisor address is one), less the range of
+//!   the large tables filled at boot (`[__tables_start, __tables_end)`: the
+//!   frame table and the domain table, megabytes of plain data that no
+//!   entry code refers to). A range test is a chance test: every small
+//!   integer in the range reads as an address, so the megabytes of tables
+//!   made ordinary entry code and the TSS trip it (`05 8f 8f 00 00 00 00
+//!   00`, an `add eax, imm32` followed by zeros, read 0x8f8f05). This catches a
 //!   stored pointer or CR3 and a `movabsq $imm64`.
 //! - every 4-byte window, aligned or not: a hit is a value equal to one of
 //!   the addresses that matter most (the PML4, the handlers and trap entry
@@ -39,6 +45,8 @@ use core::arch::global_asm;
 extern "C" {
     static __image_start: u8;
     static __image_end: u8;
+    static __tables_start: u8;
+    static __tables_end: u8;
     static __text_start: u8;
     static hv_pml4: u8;
     static hv_guest_entry: u8;
@@ -96,11 +104,11 @@ struct Hit {
 }
 
 /// First 8-byte window (any alignment) of `bytes` whose little-endian value
-/// lies in `range`.
-fn find_qword(bytes: &[u8], range: (u64, u64)) -> Option<Hit> {
+/// lies in one of `ranges`.
+fn find_qword(bytes: &[u8], ranges: &[(u64, u64)]) -> Option<Hit> {
     bytes.windows(8).enumerate().find_map(|(offset, w)| {
         let value = u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]);
-        (value >= range.0 && value < range.1).then_some(Hit { offset, value })
+        ranges.iter().any(|r| value >= r.0 && value < r.1).then_some(Hit { offset, value })
     })
 }
 
@@ -121,6 +129,10 @@ pub fn check(hv_cr3: u64) -> (usize, usize) {
     assert!(image.0 < image.1 && image.1 <= 1 << 32, "image not identity-linked below 4 GiB");
     let keys = key_addresses();
     assert!(keys.iter().all(|&k| k >= image.0 && k <= image.1), "key addresses lie in the image");
+    let tables = (&raw const __tables_start as u64, &raw const __tables_end as u64);
+    assert!(image.0 <= tables.0 && tables.0 <= tables.1 && tables.1 <= image.1, "tables lie in the image");
+    assert!(keys.iter().all(|&k| k < tables.0 || k >= tables.1), "no key address lies in the tables");
+    let guarded = [(image.0, tables.0), (tables.1, image.1)];
 
     // Plants: each must be caught, or a clean scan proves nothing.
     let mut rodata_page = [0u8; 64];
@@ -135,9 +147,9 @@ pub fn check(hv_cr3: u64) -> (usize, usize) {
     let movabs_ring0 = &text[12..22];
     let movl = &text[text_len - 5..];
     let plants: [(&str, bool); 4] = [
-        ("stored CR3 qword", find_qword(&rodata_page, image).is_some_and(|h| h.offset == 8 && h.value == hv_cr3)),
-        ("movabsq $hv_guest_entry", find_qword(movabs_guest, image).is_some()),
-        ("movabsq $hv_ring0_entry", find_qword(movabs_ring0, image).is_some()),
+        ("stored CR3 qword", find_qword(&rodata_page, &guarded).is_some_and(|h| h.offset == 8 && h.value == hv_cr3)),
+        ("movabsq $hv_guest_entry", find_qword(movabs_guest, &guarded).is_some()),
+        ("movabsq $hv_ring0_entry", find_qword(movabs_ring0, &guarded).is_some()),
         ("movl $hv_guest_entry", find_dword(movl, &keys).is_some()),
     ];
     for (what, caught) in plants {
@@ -151,7 +163,7 @@ pub fn check(hv_cr3: u64) -> (usize, usize) {
     // readable in the hypervisor's view; nothing writes it during the scan
     // (one CPU, interrupts off, no guest running yet).
     let area = unsafe { core::slice::from_raw_parts(r.start as *const u8, (r.end - r.start) as usize) };
-    let hit = find_qword(area, image).or_else(|| find_dword(area, &keys));
+    let hit = find_qword(area, &guarded).or_else(|| find_dword(area, &keys));
     if let Some(h) = hit {
         panic!(
             "entry leak check: guest-visible entry area offset {:#x} (alias {:#x}) holds hypervisor physical address {:#x}",

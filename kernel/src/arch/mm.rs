@@ -36,7 +36,7 @@ extern "C" {
 }
 
 /// Number of 2 MiB regions (from physical 0) that get 4 KiB mappings.
-const REGIONS: usize = 4;
+const REGIONS: usize = 8;
 
 #[repr(C, align(4096))]
 struct Pt([u64; 512]);

@@ -8,7 +8,10 @@
 //! with what the boot manifest expected ([`Expect`]) and reports one line per
 //! domain; QEMU's exit status says whether all matched.
 
+pub mod table;
 pub mod vcpu;
+
+pub use table::{DomId, DomainTable};
 
 use crate::hypercall::ShutdownReason;
 use core::fmt;

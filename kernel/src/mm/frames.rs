@@ -54,8 +54,7 @@ use core::fmt;
 /// A machine frame number (physical address >> 12).
 pub type Mfn = u64;
 
-/// A domain id.
-pub type DomId = u16;
+pub use crate::domain::DomId;
 
 /// Who owns a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -471,19 +470,19 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 100];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 100);
-        let mine: std::vec::Vec<Mfn> = (0..30).map(|_| t.alloc(Owner::Domain(3)).unwrap()).collect();
-        let other = t.alloc(Owner::Domain(4)).unwrap();
+        let mine: std::vec::Vec<Mfn> = (0..30).map(|_| t.alloc(Owner::Domain(DomId::of(3))).unwrap()).collect();
+        let other = t.alloc(Owner::Domain(DomId::of(4))).unwrap();
         let free = t.free_count();
         let (mut at, mut steps) = (Some(0), 0);
         while let Some(from) = at {
-            at = t.release_domain_step(3, from, 7);
+            at = t.release_domain_step(DomId::of(3), from, 7);
             steps += 1;
         }
         assert_eq!(steps, 15, "100 entries in steps of 7");
         assert_eq!(t.free_count(), free + mine.len());
-        assert_eq!(t.count_owned(Owner::Domain(3)), 0);
-        assert_eq!(t.count_owned(Owner::Domain(4)), 1, "{other} is still the other domain's");
-        assert_eq!(t.release_domain_step(3, 1000, 7), None, "a cursor past the end is done");
+        assert_eq!(t.count_owned(Owner::Domain(DomId::of(3))), 0);
+        assert_eq!(t.count_owned(Owner::Domain(DomId::of(4))), 1, "{other} is still the other domain's");
+        assert_eq!(t.release_domain_step(DomId::of(3), 1000, 7), None, "a cursor past the end is done");
     }
 
     #[test]
@@ -494,15 +493,15 @@ mod tests {
         t.reserve_range(12, 14);
         assert_eq!(t.free_count(), 8);
         let mut got = std::vec::Vec::new();
-        while let Ok(m) = t.alloc(Owner::Domain(3)) {
+        while let Ok(m) = t.alloc(Owner::Domain(DomId::of(3))) {
             got.push(m);
         }
         assert_eq!(got, [10, 11, 14, 15, 16, 17, 18, 19]);
-        assert_eq!(t.alloc(Owner::Domain(3)), Err(FrameError::Exhausted));
-        assert!(t.owned_by(10, 3));
-        assert!(!t.owned_by(10, 4));
-        assert!(!t.owned_by(12, 3));
-        assert_eq!(t.release_domain(3), 8);
+        assert_eq!(t.alloc(Owner::Domain(DomId::of(3))), Err(FrameError::Exhausted));
+        assert!(t.owned_by(10, DomId::of(3)));
+        assert!(!t.owned_by(10, DomId::of(4)));
+        assert!(!t.owned_by(12, DomId::of(3)));
+        assert_eq!(t.release_domain(DomId::of(3)), 8);
         assert_eq!(t.free_count(), 8);
     }
 
@@ -514,10 +513,10 @@ mod tests {
         assert_eq!(t.free_count(), 4);
         assert_eq!(t.get(4), Err(FrameError::OutOfRange(4)));
         assert_eq!(t.get(u64::MAX), Err(FrameError::OutOfRange(u64::MAX)));
-        assert!(!t.owned_by(u64::MAX, 0));
-        assert_eq!(t.set_pinned(99, 0), Err(FrameError::OutOfRange(99)));
-        assert_eq!(t.unpin(99, 0, 512), Err(FrameError::OutOfRange(99)));
-        assert_eq!(t.get_pinned_ref(99, 0, FrameType::PageTable(1)), Err(FrameError::OutOfRange(99)));
+        assert!(!t.owned_by(u64::MAX, DomId::of(0)));
+        assert_eq!(t.set_pinned(99, DomId::of(0)), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.unpin(99, DomId::of(0), 512), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.get_pinned_ref(99, DomId::of(0), FrameType::PageTable(1)), Err(FrameError::OutOfRange(99)));
     }
 
     #[test]
@@ -525,22 +524,22 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 4];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 4);
-        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let m = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
         let pt = FrameType::PageTable(4);
-        assert_eq!(t.get_type_ref(m, 2, pt), Err(FrameError::NotOwned(m)));
-        assert_eq!(t.get_type_ref(99, 1, pt), Err(FrameError::OutOfRange(99)));
-        assert_eq!(t.get_type_ref(m, 1, pt), Ok(TypeRef::First));
-        assert_eq!(t.get_type_ref(m, 1, pt), Ok(TypeRef::More));
+        assert_eq!(t.get_type_ref(m, DomId::of(2), pt), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.get_type_ref(99, DomId::of(1), pt), Err(FrameError::OutOfRange(99)));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), pt), Ok(TypeRef::First));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), pt), Ok(TypeRef::More));
         let conflict = FrameError::TypeConflict { mfn: m, have: pt };
-        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Err(conflict));
-        assert_eq!(t.get_type_ref(m, 1, FrameType::PageTable(3)), Err(conflict));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), FrameType::Writable), Err(conflict));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), FrameType::PageTable(3)), Err(conflict));
         assert_eq!(t.get(m).unwrap().type_count, 2);
         assert!(t.get(m).unwrap().is_page_table(4));
         assert_eq!(t.put_type_ref(m), None);
         assert_eq!(t.put_type_ref(m), Some(pt));
-        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(1)));
+        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(DomId::of(1))));
         // Once the count is 0 the frame may take another type.
-        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Ok(TypeRef::First));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), FrameType::Writable), Ok(TypeRef::First));
         assert_eq!(t.put_type_ref(u64::MAX), None);
     }
 
@@ -549,9 +548,9 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 1];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 1);
-        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let m = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
         store_count(&mut t, m, u32::MAX);
-        assert_eq!(t.get_type_ref(m, 1, FrameType::Writable), Err(FrameError::CountOverflow(m)));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), FrameType::Writable), Err(FrameError::CountOverflow(m)));
         assert_eq!(t.get(m).unwrap().type_count, u32::MAX);
     }
 
@@ -566,15 +565,15 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 8];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 8);
-        let a = t.alloc(Owner::Domain(1)).unwrap();
-        let b = t.alloc(Owner::Domain(1)).unwrap();
-        let c = t.alloc(Owner::Domain(2)).unwrap();
-        let _ = t.get_type_ref(a, 1, FrameType::PageTable(1)).unwrap();
-        t.set_pinned(a, 1).unwrap();
-        let _ = t.get_type_ref(b, 1, FrameType::Writable).unwrap();
-        let _ = t.get_type_ref(c, 2, FrameType::Writable).unwrap();
-        assert_eq!(t.set_pinned(c, 1), Err(FrameError::NotOwned(c)));
-        assert_eq!(t.release_domain(1), 2);
+        let a = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
+        let b = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
+        let c = t.alloc(Owner::Domain(DomId::of(2))).unwrap();
+        let _ = t.get_type_ref(a, DomId::of(1), FrameType::PageTable(1)).unwrap();
+        t.set_pinned(a, DomId::of(1)).unwrap();
+        let _ = t.get_type_ref(b, DomId::of(1), FrameType::Writable).unwrap();
+        let _ = t.get_type_ref(c, DomId::of(2), FrameType::Writable).unwrap();
+        assert_eq!(t.set_pinned(c, DomId::of(1)), Err(FrameError::NotOwned(c)));
+        assert_eq!(t.release_domain(DomId::of(1)), 2);
         for m in [a, b] {
             assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Free));
         }
@@ -582,8 +581,8 @@ mod tests {
         assert_eq!(t.get(c).unwrap().type_count, 1);
         assert_eq!(t.free_count(), 7);
         // Reallocated frames come back untyped.
-        let again = t.alloc(Owner::Domain(3)).unwrap();
-        assert_eq!(t.get(again).unwrap(), FrameInfo::untyped(Owner::Domain(3)));
+        let again = t.alloc(Owner::Domain(DomId::of(3))).unwrap();
+        assert_eq!(t.get(again).unwrap(), FrameInfo::untyped(Owner::Domain(DomId::of(3))));
     }
 
     #[test]
@@ -591,25 +590,25 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 4];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 4);
-        let m = t.alloc(Owner::Domain(1)).unwrap();
-        let w = t.alloc(Owner::Domain(1)).unwrap();
+        let m = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
+        let w = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
         let l1 = FrameType::PageTable(1);
         // Untyped, or a table nobody pinned: never a first reference.
-        assert_eq!(t.get_pinned_ref(m, 1, l1), Err(FrameError::NotPinned(m)));
-        assert_eq!(t.get_type_ref(m, 1, l1), Ok(TypeRef::First));
-        assert_eq!(t.get_pinned_ref(m, 1, l1), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.get_pinned_ref(m, DomId::of(1), l1), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), l1), Ok(TypeRef::First));
+        assert_eq!(t.get_pinned_ref(m, DomId::of(1), l1), Err(FrameError::NotPinned(m)));
         // Pinning needs the type; then references count.
-        assert_eq!(t.set_pinned(w, 1), Err(FrameError::NotPinned(w)));
-        t.set_pinned(m, 1).unwrap();
-        assert_eq!(t.get_pinned_ref(m, 2, l1), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.set_pinned(w, DomId::of(1)), Err(FrameError::NotPinned(w)));
+        t.set_pinned(m, DomId::of(1)).unwrap();
+        assert_eq!(t.get_pinned_ref(m, DomId::of(2), l1), Err(FrameError::NotOwned(m)));
         let conflict = FrameError::TypeConflict { mfn: m, have: l1 };
-        assert_eq!(t.get_pinned_ref(m, 1, FrameType::PageTable(2)), Err(conflict));
-        assert_eq!(t.get_pinned_ref(m, 1, l1), Ok(()));
+        assert_eq!(t.get_pinned_ref(m, DomId::of(1), FrameType::PageTable(2)), Err(conflict));
+        assert_eq!(t.get_pinned_ref(m, DomId::of(1), l1), Ok(()));
         assert_eq!(t.get(m).unwrap().type_count, 2);
         // A writable frame is a conflict, not "not pinned".
-        let _ = t.get_type_ref(w, 1, FrameType::Writable).unwrap();
+        let _ = t.get_type_ref(w, DomId::of(1), FrameType::Writable).unwrap();
         let conflict = FrameError::TypeConflict { mfn: w, have: FrameType::Writable };
-        assert_eq!(t.get_pinned_ref(w, 1, l1), Err(conflict));
+        assert_eq!(t.get_pinned_ref(w, DomId::of(1), l1), Err(conflict));
     }
 
     #[test]
@@ -617,30 +616,30 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 4];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 4);
-        let m = t.alloc(Owner::Domain(1)).unwrap();
+        let m = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
         let l2 = FrameType::PageTable(2);
-        assert_eq!(t.unpin(m, 1, 512), Err(FrameError::NotPinned(m)));
-        let _ = t.get_type_ref(m, 1, l2).unwrap();
-        t.set_pinned(m, 1).unwrap();
-        t.get_pinned_ref(m, 1, l2).unwrap();
+        assert_eq!(t.unpin(m, DomId::of(1), 512), Err(FrameError::NotPinned(m)));
+        let _ = t.get_type_ref(m, DomId::of(1), l2).unwrap();
+        t.set_pinned(m, DomId::of(1)).unwrap();
+        t.get_pinned_ref(m, DomId::of(1), l2).unwrap();
         // Referenced: refused, nothing changes.
         let before = t.get(m).unwrap();
-        assert_eq!(t.unpin(m, 1, 512), Err(FrameError::Referenced { mfn: m, count: 2 }));
-        assert_eq!(t.unpin(m, 2, 512), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.unpin(m, DomId::of(1), 512), Err(FrameError::Referenced { mfn: m, count: 2 }));
+        assert_eq!(t.unpin(m, DomId::of(2), 512), Err(FrameError::NotOwned(m)));
         assert_eq!(t.get(m).unwrap(), before);
         // Dropping the other reference never ends a pinned table's type.
         assert_eq!(t.put_type_ref(m), None);
         assert_eq!((t.get(m).unwrap().ty, t.get(m).unwrap().type_count), (l2, 1));
-        assert_eq!(t.unpin(m, 1, 512), Ok(l2));
+        assert_eq!(t.unpin(m, DomId::of(1), 512), Ok(l2));
         // The unpin's reference holds the type, unusable, until it ends.
         let f = t.get(m).unwrap();
         assert_eq!((f.ty, f.type_count, f.pinned), (l2, 1, false));
         assert_eq!(f.partial, Partial::Devalidating { next: 512, failed: 0 });
         assert!(!f.is_page_table(2));
-        assert_eq!(t.get_pinned_ref(m, 1, l2), Err(FrameError::NotPinned(m)));
-        assert_eq!(t.get_type_ref(m, 1, l2), Err(FrameError::TypeConflict { mfn: m, have: l2 }));
-        t.end_partial(m, 1).unwrap();
-        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(1)));
+        assert_eq!(t.get_pinned_ref(m, DomId::of(1), l2), Err(FrameError::NotPinned(m)));
+        assert_eq!(t.get_type_ref(m, DomId::of(1), l2), Err(FrameError::TypeConflict { mfn: m, have: l2 }));
+        t.end_partial(m, DomId::of(1)).unwrap();
+        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Domain(DomId::of(1))));
         let msg = std::format!("{}", FrameError::Referenced { mfn: 7, count: 3 });
         assert!(msg.contains("2 references besides its pin"), "{msg}");
     }
@@ -652,9 +651,9 @@ mod tests {
         let mut store = [FrameInfo::RESERVED; 1];
         let mut t = FrameTable::new(&mut store);
         t.add_free_range(0, 1);
-        let m = t.alloc(Owner::Domain(1)).unwrap();
-        let _ = t.get_type_ref(m, 1, FrameType::PageTable(1)).unwrap();
-        t.set_pinned(m, 1).unwrap();
+        let m = t.alloc(Owner::Domain(DomId::of(1))).unwrap();
+        let _ = t.get_type_ref(m, DomId::of(1), FrameType::PageTable(1)).unwrap();
+        t.set_pinned(m, DomId::of(1)).unwrap();
         let _ = t.put_type_ref(m);
     }
 }

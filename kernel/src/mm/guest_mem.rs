@@ -208,8 +208,8 @@ mod tests {
         let mut mem = FakeMem::default();
         setup(&mut mem, VA, 9, PteFlags::PRESENT | PteFlags::WRITABLE);
         let mut store = [FrameInfo::RESERVED; 16];
-        let t = table(&mut store, 1);
-        let mut v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let t = table(&mut store, DomId::of(1));
+        let mut v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         v.copy_to(GuestVa(VA + 10), b"hello").unwrap();
         let mut buf = [0u8; 5];
         v.copy_from(GuestVa(VA + 10), &mut buf).unwrap();
@@ -221,8 +221,8 @@ mod tests {
     fn rule1_non_canonical_and_entry_area_are_efault() {
         let mut mem = FakeMem::default();
         let mut store = [FrameInfo::RESERVED; 16];
-        let t = table(&mut store, 1);
-        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let t = table(&mut store, DomId::of(1));
+        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         for va in [0x0000_8000_0000_0000, layout::ENTRY_AREA_BASE, u64::MAX - 3] {
             assert_eq!(v.translate(GuestVa(va), Access::KERNEL_READ), Err(Errno::EFAULT));
         }
@@ -233,8 +233,8 @@ mod tests {
         let mut mem = FakeMem::default();
         setup(&mut mem, VA, 9, PteFlags::PRESENT);
         let mut store = [FrameInfo::RESERVED; 16];
-        let t = table(&mut store, 1);
-        let mut v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let t = table(&mut store, DomId::of(1));
+        let mut v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         assert_eq!(v.copy_to(GuestVa(VA), b"x"), Err(Errno::EFAULT));
         assert_eq!(v.translate(GuestVa(VA), Access { write: false, user: true }), Err(Errno::EFAULT));
         let mut b = [0u8; 1];
@@ -253,8 +253,8 @@ mod tests {
         let idx2 = (VA >> 21) & 511;
         mem.write_u64(3 * 4096 + idx2 * 8, Pte::new(4, PteFlags::PRESENT | PteFlags::HUGE).0);
         let mut store = [FrameInfo::RESERVED; 16];
-        let t = table(&mut store, 1);
-        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 1 };
+        let t = table(&mut store, DomId::of(1));
+        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
         assert_eq!(v.translate(GuestVa(VA), Access::KERNEL_READ), Err(Errno::EFAULT));
     }
 
@@ -263,14 +263,14 @@ mod tests {
         let mut mem = FakeMem::default();
         setup(&mut mem, VA, 9, PteFlags::PRESENT | PteFlags::WRITABLE);
         let mut store = [FrameInfo::RESERVED; 16];
-        let t = table(&mut store, 1);
+        let t = table(&mut store, DomId::of(1));
         // The same tables, seen as another domain: every frame is foreign.
-        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: 2 };
+        let v = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(2) };
         assert_eq!(v.translate(GuestVa(VA), Access::KERNEL_READ), Err(Errno::EFAULT));
         // A leaf that points outside the table (e.g. hypervisor memory).
         let mut mem2 = FakeMem::default();
         setup(&mut mem2, VA, 0x1_0000, PteFlags::PRESENT);
-        let v2 = GuestView { mem: &mut mem2, frames: &t, root: 1, dom: 1 };
+        let v2 = GuestView { mem: &mut mem2, frames: &t, root: 1, dom: DomId::of(1) };
         assert_eq!(v2.translate(GuestVa(VA), Access::KERNEL_READ), Err(Errno::EFAULT));
     }
 }

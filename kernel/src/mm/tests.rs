@@ -9,8 +9,8 @@ use std::string::String;
 use std::vec::Vec;
 use std::{format, vec};
 
-const D: DomId = 1;
-const OTHER: DomId = 2;
+const D: DomId = DomId::of(1);
+const OTHER: DomId = DomId::of(2);
 /// Frames of the table: 0..16 reserved, 16..80 the domain (64 frames),
 /// 80..88 another domain, 88..92 the hypervisor, 92..96 free, 96..128
 /// reserved; beyond 128 out of range.
