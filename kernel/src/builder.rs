@@ -448,34 +448,50 @@ mod tests {
     }
 
     /// A minimal valid ELF64 executable: one RX segment at the base and one
-    /// RW segment a page later, with the entry point in the first.
+    /// RW segment a page later, with the entry point in the first. Written
+    /// through the loader's own header types.
     fn tiny_elf() -> std::vec::Vec<u8> {
-        let segs: [(u64, u64, u32); 2] = [(GUEST_KERNEL_BASE, 0x100, 5), (GUEST_KERNEL_BASE + 0x1000, 0x2000, 6)];
+        use crate::elf::{
+            Elf64Ehdr, Elf64Phdr, ElfIdent, ELFCLASS64, ELFDATA2LSB, ELF_MAGIC, EM_X86_64, ET_EXEC, EV_CURRENT, PF_R,
+            PF_W, PF_X, PT_LOAD,
+        };
+        use core::mem::size_of;
+        use pvguest_abi::zerocopy::byteorder::little_endian::{U16, U32, U64};
+        use pvguest_abi::zerocopy::FromZeros;
+
+        let segs: [(u64, u64, u32); 2] =
+            [(GUEST_KERNEL_BASE, 0x100, PF_R | PF_X), (GUEST_KERNEL_BASE + 0x1000, 0x2000, PF_R | PF_W)];
+        let phdrs = segs.map(|(va, memsz, flags)| Elf64Phdr {
+            p_type: U32::new(PT_LOAD),
+            p_flags: U32::new(flags),
+            p_offset: U64::new(va - GUEST_KERNEL_BASE + 0x1000),
+            p_vaddr: U64::new(va),
+            p_paddr: U64::new(va),
+            p_filesz: U64::new(0x10),
+            p_memsz: U64::new(memsz),
+            p_align: U64::new(0x1000),
+        });
+        let ehdr = Elf64Ehdr {
+            e_ident: ElfIdent {
+                magic: ELF_MAGIC,
+                class: ELFCLASS64,
+                data: ELFDATA2LSB,
+                version: EV_CURRENT as u8,
+                ..ElfIdent::new_zeroed()
+            },
+            e_type: U16::new(ET_EXEC),
+            e_machine: U16::new(EM_X86_64),
+            e_version: U32::new(EV_CURRENT),
+            e_entry: U64::new(GUEST_KERNEL_BASE + 0x10),
+            e_phoff: U64::new(size_of::<Elf64Ehdr>() as u64),
+            e_ehsize: U16::new(size_of::<Elf64Ehdr>() as u16),
+            e_phentsize: U16::new(size_of::<Elf64Phdr>() as u16),
+            e_phnum: U16::new(phdrs.len() as u16),
+            ..Elf64Ehdr::new_zeroed()
+        };
+        let headers = [ehdr.as_bytes(), phdrs.as_bytes()].concat();
         let mut f = std::vec![0u8; 0x3000];
-        f[..4].copy_from_slice(b"\x7fELF");
-        f[4] = 2; // ELFCLASS64
-        f[5] = 1; // little-endian
-        f[6] = 1; // EV_CURRENT
-        f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-        f[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
-        f[20..24].copy_from_slice(&1u32.to_le_bytes());
-        f[24..32].copy_from_slice(&(GUEST_KERNEL_BASE + 0x10).to_le_bytes());
-        f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-        f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-        f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-        f[56..58].copy_from_slice(&(segs.len() as u16).to_le_bytes());
-        for (i, (va, memsz, flags)) in segs.iter().enumerate() {
-            let ph = 64 + i * 56;
-            let off = va - GUEST_KERNEL_BASE + 0x1000;
-            f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-            f[ph + 4..ph + 8].copy_from_slice(&flags.to_le_bytes());
-            f[ph + 8..ph + 16].copy_from_slice(&off.to_le_bytes());
-            f[ph + 16..ph + 24].copy_from_slice(&va.to_le_bytes());
-            f[ph + 24..ph + 32].copy_from_slice(&va.to_le_bytes());
-            f[ph + 32..ph + 40].copy_from_slice(&0x10u64.to_le_bytes()); // filesz
-            f[ph + 40..ph + 48].copy_from_slice(&memsz.to_le_bytes());
-            f[ph + 48..ph + 56].copy_from_slice(&0x1000u64.to_le_bytes());
-        }
+        f[..headers.len()].copy_from_slice(&headers);
         f[0x1000..0x1010].copy_from_slice(b"code-code-code-!");
         f
     }

@@ -41,7 +41,35 @@
 //! 7. The entry point lies inside an executable `PT_LOAD` segment.
 //!
 //! Segments are kept in program header order.
+//!
+//! # How the bytes are read
+//! There are no field offsets in this module. The ELF header and the program
+//! header table are viewed as an [`Elf64Ehdr`] and a slice of [`Elf64Phdr`],
+//! `#[repr(C)]` mirrors of the ELF64 layout whose sizes (64 and 56 bytes) and
+//! field offsets are asserted against the specification at compile time.
+//! They derive the byte-view traits of `zerocopy` (the crate the whole
+//! hypervisor uses for this, see `pvguest_abi`), which is what makes viewing
+//! hostile bytes as these types sound without any `unsafe` here:
+//! - `FromBytes`: every field is an integer or a byte array, so every bit
+//!   pattern is a valid value and no image can make the view itself invalid;
+//!   whether the values make sense is what the checks above decide.
+//! - `Unaligned`: the integer fields are `zerocopy`'s little-endian `U16`,
+//!   `U32` and `U64`, byte arrays of alignment 1, so a header can be viewed
+//!   at any offset of the image (an odd `e_phoff` is valid ELF) and a field
+//!   decodes as little-endian whatever the host's byte order.
+//! - `Immutable` and `KnownLayout`: no interior mutability and a layout
+//!   known to the conversions, so a view is a plain shared borrow of the
+//!   image: the bytes cannot change between a check and a use.
+//! - The conversions (`ref_from_prefix`, `ref_from_prefix_with_elems`)
+//!   check the length with checked arithmetic and return an error for a
+//!   short slice, which becomes [`ElfError::TooShort`] or
+//!   [`ElfError::PhdrTableOutOfBounds`]; they never panic and never read
+//!   past the slice.
 use core::fmt;
+use core::mem;
+
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
 /// Page size of the load plan.
 pub const PAGE_SIZE: u64 = 4096;
@@ -51,41 +79,131 @@ pub const MAX_LOAD_SEGMENTS: usize = 16;
 pub const MAX_PHNUM: u16 = 64;
 
 /// Size of the ELF64 file header.
-const EHDR_SIZE: usize = 64;
+const EHDR_SIZE: usize = mem::size_of::<Elf64Ehdr>();
 /// Size of one ELF64 program header.
-const PHDR_SIZE: usize = 56;
+const PHDR_SIZE: usize = mem::size_of::<Elf64Phdr>();
 
-const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
-const ELFCLASS64: u8 = 2;
-const ELFDATA2LSB: u8 = 1;
-const EV_CURRENT: u32 = 1;
-const ET_EXEC: u16 = 2;
-const ET_DYN: u16 = 3;
-const EM_X86_64: u16 = 62;
-const PT_LOAD: u32 = 1;
-const PF_X: u32 = 1;
-const PF_W: u32 = 2;
+/// `e_ident.magic`: `EI_MAG0..=EI_MAG3`.
+pub const ELF_MAGIC: [u8; 4] = *b"\x7fELF";
+/// `e_ident.class` of a 64-bit image.
+pub const ELFCLASS64: u8 = 2;
+/// `e_ident.data` of a little-endian image.
+pub const ELFDATA2LSB: u8 = 1;
+/// `e_ident.version` and `e_version` of the current ELF version.
+pub const EV_CURRENT: u32 = 1;
+/// `e_type` of an executable.
+pub const ET_EXEC: u16 = 2;
+/// `e_type` of a shared object or position-independent executable.
+pub const ET_DYN: u16 = 3;
+/// `e_machine` of x86_64.
+pub const EM_X86_64: u16 = 62;
+/// `p_type` of a loadable segment.
+pub const PT_LOAD: u32 = 1;
+/// `p_flags` bit: executable.
+pub const PF_X: u32 = 1;
+/// `p_flags` bit: writable.
+pub const PF_W: u32 = 2;
+/// `p_flags` bit: readable.
+pub const PF_R: u32 = 4;
 
-// ELF header field offsets.
-const EI_CLASS: usize = 4;
-const EI_DATA: usize = 5;
-const EI_VERSION: usize = 6;
-const E_TYPE: usize = 16;
-const E_MACHINE: usize = 18;
-const E_VERSION: usize = 20;
-const E_ENTRY: usize = 24;
-const E_PHOFF: usize = 32;
-const E_PHENTSIZE: usize = 54;
-const E_PHNUM: usize = 56;
+/// `e_ident`, the first 16 bytes of an ELF file ("ELF Identification" in
+/// the ELF specification).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct ElfIdent {
+    /// `EI_MAG0..=EI_MAG3`: [`ELF_MAGIC`].
+    pub magic: [u8; 4],
+    /// `EI_CLASS`: [`ELFCLASS64`].
+    pub class: u8,
+    /// `EI_DATA`: [`ELFDATA2LSB`].
+    pub data: u8,
+    /// `EI_VERSION`: [`EV_CURRENT`].
+    pub version: u8,
+    /// `EI_OSABI` (not checked).
+    pub osabi: u8,
+    /// `EI_ABIVERSION` (not checked).
+    pub abiversion: u8,
+    /// `EI_PAD` (not checked).
+    pub pad: [u8; 7],
+}
 
-// Program header field offsets.
-const P_TYPE: usize = 0;
-const P_FLAGS: usize = 4;
-const P_OFFSET: usize = 8;
-const P_VADDR: usize = 16;
-const P_FILESZ: usize = 32;
-const P_MEMSZ: usize = 40;
-const P_ALIGN: usize = 48;
+/// The ELF64 file header (`Elf64_Ehdr`), little-endian; fields named as in
+/// the ELF specification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct Elf64Ehdr {
+    pub e_ident: ElfIdent,
+    pub e_type: U16,
+    pub e_machine: U16,
+    pub e_version: U32,
+    pub e_entry: U64,
+    pub e_phoff: U64,
+    pub e_shoff: U64,
+    pub e_flags: U32,
+    pub e_ehsize: U16,
+    pub e_phentsize: U16,
+    pub e_phnum: U16,
+    pub e_shentsize: U16,
+    pub e_shnum: U16,
+    pub e_shstrndx: U16,
+}
+
+/// One ELF64 program header (`Elf64_Phdr`), little-endian; fields named as
+/// in the ELF specification.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout, Unaligned)]
+#[repr(C)]
+pub struct Elf64Phdr {
+    pub p_type: U32,
+    pub p_flags: U32,
+    pub p_offset: U64,
+    pub p_vaddr: U64,
+    pub p_paddr: U64,
+    pub p_filesz: U64,
+    pub p_memsz: U64,
+    pub p_align: U64,
+}
+
+// The layouts, checked against the ELF specification.
+const _: () = {
+    use core::mem::{align_of, offset_of, size_of};
+
+    assert!(size_of::<ElfIdent>() == 16);
+    assert!(offset_of!(ElfIdent, magic) == 0);
+    assert!(offset_of!(ElfIdent, class) == 4);
+    assert!(offset_of!(ElfIdent, data) == 5);
+    assert!(offset_of!(ElfIdent, version) == 6);
+    assert!(offset_of!(ElfIdent, osabi) == 7);
+    assert!(offset_of!(ElfIdent, abiversion) == 8);
+    assert!(offset_of!(ElfIdent, pad) == 9);
+
+    assert!(size_of::<Elf64Ehdr>() == 64);
+    assert!(align_of::<Elf64Ehdr>() == 1);
+    assert!(offset_of!(Elf64Ehdr, e_ident) == 0);
+    assert!(offset_of!(Elf64Ehdr, e_type) == 16);
+    assert!(offset_of!(Elf64Ehdr, e_machine) == 18);
+    assert!(offset_of!(Elf64Ehdr, e_version) == 20);
+    assert!(offset_of!(Elf64Ehdr, e_entry) == 24);
+    assert!(offset_of!(Elf64Ehdr, e_phoff) == 32);
+    assert!(offset_of!(Elf64Ehdr, e_shoff) == 40);
+    assert!(offset_of!(Elf64Ehdr, e_flags) == 48);
+    assert!(offset_of!(Elf64Ehdr, e_ehsize) == 52);
+    assert!(offset_of!(Elf64Ehdr, e_phentsize) == 54);
+    assert!(offset_of!(Elf64Ehdr, e_phnum) == 56);
+    assert!(offset_of!(Elf64Ehdr, e_shentsize) == 58);
+    assert!(offset_of!(Elf64Ehdr, e_shnum) == 60);
+    assert!(offset_of!(Elf64Ehdr, e_shstrndx) == 62);
+
+    assert!(size_of::<Elf64Phdr>() == 56);
+    assert!(align_of::<Elf64Phdr>() == 1);
+    assert!(offset_of!(Elf64Phdr, p_type) == 0);
+    assert!(offset_of!(Elf64Phdr, p_flags) == 4);
+    assert!(offset_of!(Elf64Phdr, p_offset) == 8);
+    assert!(offset_of!(Elf64Phdr, p_vaddr) == 16);
+    assert!(offset_of!(Elf64Phdr, p_paddr) == 24);
+    assert!(offset_of!(Elf64Phdr, p_filesz) == 32);
+    assert!(offset_of!(Elf64Phdr, p_memsz) == 40);
+    assert!(offset_of!(Elf64Phdr, p_align) == 48);
+};
 
 /// Where and how big a guest image may be. Supplied by the hypervisor
 /// (trusted); `virt_base` and `virt_limit` should be page-aligned.
@@ -326,10 +444,10 @@ impl fmt::Debug for ElfImage<'_> {
 impl<'a> ElfImage<'a> {
     /// Validates `image` against the rules in the module docs and `policy`.
     pub fn parse(image: &'a [u8], policy: &LoadPolicy) -> Result<ElfImage<'a>, ElfError> {
-        let Header { entry, phoff, phnum, table } = parse_header(image)?;
+        let Header { entry, table } = parse_header(image)?;
 
         // Count first, so the error names the real number.
-        let loads = (0..phnum).filter_map(|i| phdr(table, i)).filter(|ph| ph.u32::<P_TYPE>() == PT_LOAD).count();
+        let loads = table.iter().filter(|ph| ph.p_type.get() == PT_LOAD).count();
         if loads == 0 {
             return Err(ElfError::NoLoadSegments);
         }
@@ -341,16 +459,8 @@ impl<'a> ElfImage<'a> {
         let mut ph_index = [0usize; MAX_LOAD_SEGMENTS];
         let mut pages = [(0u64, 0u64); MAX_LOAD_SEGMENTS];
         let mut count = 0;
-        for i in 0..phnum {
-            let Some(ph) = phdr(table, i) else {
-                // The table bound was checked: unreachable, but stay total.
-                return Err(ElfError::PhdrTableOutOfBounds {
-                    offset: phoff,
-                    phnum: u16::try_from(phnum).unwrap_or(u16::MAX),
-                    file_len: image.len(),
-                });
-            };
-            if ph.u32::<P_TYPE>() != PT_LOAD {
+        for (i, ph) in table.iter().enumerate() {
+            if ph.p_type.get() != PT_LOAD {
                 continue;
             }
             let (seg, page_range) = check_load(ph, i, image.len(), policy)?;
@@ -425,81 +535,71 @@ impl<'a> ElfImage<'a> {
 /// What the ELF header says, once checked.
 struct Header<'a> {
     entry: u64,
-    phoff: u64,
-    /// `1..=64`.
-    phnum: usize,
-    /// Exactly `phnum` program headers.
-    table: &'a [u8],
+    /// The program header table: 1 to 64 entries, inside the image.
+    table: &'a [Elf64Phdr],
 }
 
 /// Checks the ELF header and locates the program header table.
 fn parse_header(image: &[u8]) -> Result<Header<'_>, ElfError> {
-    let eh = Fixed::<EHDR_SIZE>::at(image, 0).ok_or(ElfError::TooShort { len: image.len() })?;
+    let (eh, _) = Elf64Ehdr::ref_from_prefix(image).map_err(|_| ElfError::TooShort { len: image.len() })?;
 
-    let magic = eh.array::<0, 4>();
+    let ElfIdent { magic, class, data, version: ident, .. } = eh.e_ident;
     if magic != ELF_MAGIC {
         return Err(ElfError::BadMagic { found: magic });
     }
-    let class = eh.u8::<EI_CLASS>();
     if class != ELFCLASS64 {
         return Err(ElfError::NotElf64 { class });
     }
-    let data = eh.u8::<EI_DATA>();
     if data != ELFDATA2LSB {
         return Err(ElfError::NotLittleEndian { data });
     }
-    let ident = eh.u8::<EI_VERSION>();
-    let version = eh.u32::<E_VERSION>();
+    let version = eh.e_version.get();
     if u32::from(ident) != EV_CURRENT || version != EV_CURRENT {
         return Err(ElfError::BadVersion { ident, version });
     }
-    let machine = eh.u16::<E_MACHINE>();
+    let machine = eh.e_machine.get();
     if machine != EM_X86_64 {
         return Err(ElfError::WrongMachine { machine });
     }
-    let e_type = eh.u16::<E_TYPE>();
+    let e_type = eh.e_type.get();
     if e_type != ET_EXEC {
         return Err(ElfError::NotExecutable { e_type });
     }
-    let phentsize = eh.u16::<E_PHENTSIZE>();
+    let phentsize = eh.e_phentsize.get();
     if usize::from(phentsize) != PHDR_SIZE {
         return Err(ElfError::BadPhentsize { size: phentsize });
     }
-    let phnum = eh.u16::<E_PHNUM>();
+    let phnum = eh.e_phnum.get();
     if phnum == 0 || phnum > MAX_PHNUM {
         return Err(ElfError::BadPhnum { phnum });
     }
-    let phoff = eh.u64::<E_PHOFF>();
+    let phoff = eh.e_phoff.get();
     let out_of_bounds = ElfError::PhdrTableOutOfBounds { offset: phoff, phnum, file_len: image.len() };
     let start = usize::try_from(phoff).map_err(|_| out_of_bounds)?;
-    let end = usize::from(phnum).checked_mul(PHDR_SIZE).and_then(|len| start.checked_add(len)).ok_or(out_of_bounds)?;
-    let table = image.get(start..end).ok_or(out_of_bounds)?;
-    Ok(Header { entry: eh.u64::<E_ENTRY>(), phoff, phnum: usize::from(phnum), table })
-}
-
-/// Program header `i` of `table`.
-fn phdr(table: &[u8], i: usize) -> Option<Fixed<'_, PHDR_SIZE>> {
-    Fixed::at(table, i.checked_mul(PHDR_SIZE)?)
+    let from_table = image.get(start..).ok_or(out_of_bounds)?;
+    let (table, _) =
+        <[Elf64Phdr]>::ref_from_prefix_with_elems(from_table, usize::from(phnum)).map_err(|_| out_of_bounds)?;
+    Ok(Header { entry: eh.e_entry.get(), table })
 }
 
 /// Checks one `PT_LOAD` program header; returns the segment and its
 /// page-rounded address range.
 fn check_load(
-    ph: Fixed<'_, PHDR_SIZE>,
+    ph: &Elf64Phdr,
     index: usize,
     file_len: usize,
     policy: &LoadPolicy,
 ) -> Result<(Segment, (u64, u64)), ElfError> {
-    let flags = ph.u32::<P_FLAGS>();
+    let flags = ph.p_flags.get();
     let seg = Segment {
-        vaddr: ph.u64::<P_VADDR>(),
-        memsz: ph.u64::<P_MEMSZ>(),
-        file_offset: ph.u64::<P_OFFSET>(),
-        filesz: ph.u64::<P_FILESZ>(),
+        vaddr: ph.p_vaddr.get(),
+        memsz: ph.p_memsz.get(),
+        file_offset: ph.p_offset.get(),
+        filesz: ph.p_filesz.get(),
         writable: flags & PF_W != 0,
         executable: flags & PF_X != 0,
     };
-    let align = ph.u64::<P_ALIGN>();
+    let align = ph.p_align.get();
 
     if seg.memsz == 0 {
         return Err(ElfError::EmptySegment { ph: index });
@@ -550,57 +650,20 @@ fn page_ceil(addr: u64) -> Option<u64> {
     Some(addr.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1))
 }
 
-/// A fixed-size little-endian view; every field offset is checked against
-/// the view's size at compile time, so field reads cannot go out of bounds.
-#[derive(Clone, Copy)]
-struct Fixed<'a, const N: usize>(&'a [u8; N]);
-
-impl<'a, const N: usize> Fixed<'a, N> {
-    /// Views `bytes[start..start + N]`, or `None` if that is out of range.
-    fn at(bytes: &'a [u8], start: usize) -> Option<Self> {
-        let end = start.checked_add(N)?;
-        Some(Fixed(bytes.get(start..end)?.try_into().ok()?))
-    }
-
-    fn array<const OFF: usize, const W: usize>(self) -> [u8; W] {
-        const { assert!(OFF + W <= N, "field outside the fixed-size view") };
-        let mut out = [0u8; W];
-        for (i, b) in out.iter_mut().enumerate() {
-            *b = self.0[OFF + i];
-        }
-        out
-    }
-
-    fn u8<const OFF: usize>(self) -> u8 {
-        self.array::<OFF, 1>()[0]
-    }
-
-    fn u16<const OFF: usize>(self) -> u16 {
-        u16::from_le_bytes(self.array::<OFF, 2>())
-    }
-
-    fn u32<const OFF: usize>(self) -> u32 {
-        u32::from_le_bytes(self.array::<OFF, 4>())
-    }
-
-    fn u64<const OFF: usize>(self) -> u64 {
-        u64::from_le_bytes(self.array::<OFF, 8>())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::string::ToString;
     use std::vec;
     use std::vec::Vec;
+    use zerocopy::FromZeros;
 
     const BASE: u64 = 0x40_0000;
     const POLICY: LoadPolicy = LoadPolicy { virt_base: BASE, virt_limit: BASE + 0x40_0000, max_image_bytes: 0x20_0000 };
-    const R: u32 = 4;
-    const RW: u32 = 6;
-    const RX: u32 = 5;
-    const RWX: u32 = 7;
+    const R: u32 = PF_R;
+    const RW: u32 = PF_R | PF_W;
+    const RX: u32 = PF_R | PF_X;
+    const RWX: u32 = PF_R | PF_W | PF_X;
     const PT_NOTE: u32 = 4;
     const PT_GNU_STACK: u32 = 0x6474_e551;
 
@@ -617,6 +680,21 @@ mod tests {
         align: u64,
     }
 
+    impl Ph {
+        fn to_phdr(self) -> Elf64Phdr {
+            Elf64Phdr {
+                p_type: self.p_type.into(),
+                p_flags: self.flags.into(),
+                p_offset: self.offset.into(),
+                p_vaddr: self.vaddr.into(),
+                p_paddr: self.vaddr.into(),
+                p_filesz: self.filesz.into(),
+                p_memsz: self.memsz.into(),
+                p_align: self.align.into(),
+            }
+        }
+    }
+
     fn load(flags: u32, offset: u64, vaddr: u64, filesz: u64, memsz: u64) -> Ph {
         Ph { p_type: PT_LOAD, flags, offset, vaddr, filesz, memsz, align: PAGE_SIZE }
     }
@@ -625,7 +703,8 @@ mod tests {
         Ph { p_type, flags: RW, offset: 0, vaddr: 0, filesz: 0, memsz: 0, align: 16 }
     }
 
-    /// An ELF64 image described field by field; `build` writes it.
+    /// An ELF64 image described field by field; `build` writes it through
+    /// [`Elf64Ehdr`] and [`Elf64Phdr`].
     #[derive(Clone, Debug)]
     struct Elf {
         class: u8,
@@ -668,35 +747,31 @@ mod tests {
         }
 
         fn build(&self) -> Vec<u8> {
-            let table_end = self.phoff as usize + self.phs.len() * PHDR_SIZE;
+            let header = Elf64Ehdr {
+                e_ident: ElfIdent {
+                    magic: ELF_MAGIC,
+                    class: self.class,
+                    data: self.data,
+                    version: self.ident_version,
+                    ..ElfIdent::new_zeroed()
+                },
+                e_type: self.e_type.into(),
+                e_machine: self.machine.into(),
+                e_version: self.version.into(),
+                e_entry: self.entry.into(),
+                e_phoff: self.phoff.into(),
+                e_ehsize: (EHDR_SIZE as u16).into(),
+                e_phentsize: self.phentsize.into(),
+                e_phnum: self.phnum.unwrap_or(self.phs.len() as u16).into(),
+                ..Elf64Ehdr::new_zeroed()
+            };
+            let table: Vec<Elf64Phdr> = self.phs.iter().map(|ph| ph.to_phdr()).collect();
+            let phoff = self.phoff as usize;
+            let table_end = phoff + table.as_bytes().len();
             let len = self.len.max(EHDR_SIZE);
             let mut f: Vec<u8> = (0..len.max(table_end)).map(|i| (i * 7 + 3) as u8).collect();
-            f[..EHDR_SIZE].fill(0);
-            f[..4].copy_from_slice(&ELF_MAGIC);
-            f[EI_CLASS] = self.class;
-            f[EI_DATA] = self.data;
-            f[EI_VERSION] = self.ident_version;
-            f[E_TYPE..E_TYPE + 2].copy_from_slice(&self.e_type.to_le_bytes());
-            f[E_MACHINE..E_MACHINE + 2].copy_from_slice(&self.machine.to_le_bytes());
-            f[E_VERSION..E_VERSION + 4].copy_from_slice(&self.version.to_le_bytes());
-            f[E_ENTRY..E_ENTRY + 8].copy_from_slice(&self.entry.to_le_bytes());
-            f[E_PHOFF..E_PHOFF + 8].copy_from_slice(&self.phoff.to_le_bytes());
-            f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-            f[E_PHENTSIZE..E_PHENTSIZE + 2].copy_from_slice(&self.phentsize.to_le_bytes());
-            let phnum = self.phnum.unwrap_or(self.phs.len() as u16);
-            f[E_PHNUM..E_PHNUM + 2].copy_from_slice(&phnum.to_le_bytes());
-            for (i, ph) in self.phs.iter().enumerate() {
-                let o = self.phoff as usize + i * PHDR_SIZE;
-                let p = &mut f[o..o + PHDR_SIZE];
-                p[P_TYPE..P_TYPE + 4].copy_from_slice(&ph.p_type.to_le_bytes());
-                p[P_FLAGS..P_FLAGS + 4].copy_from_slice(&ph.flags.to_le_bytes());
-                p[P_OFFSET..P_OFFSET + 8].copy_from_slice(&ph.offset.to_le_bytes());
-                p[P_VADDR..P_VADDR + 8].copy_from_slice(&ph.vaddr.to_le_bytes());
-                p[24..32].copy_from_slice(&ph.vaddr.to_le_bytes()); // p_paddr
-                p[P_FILESZ..P_FILESZ + 8].copy_from_slice(&ph.filesz.to_le_bytes());
-                p[P_MEMSZ..P_MEMSZ + 8].copy_from_slice(&ph.memsz.to_le_bytes());
-                p[P_ALIGN..P_ALIGN + 8].copy_from_slice(&ph.align.to_le_bytes());
-            }
+            f[..EHDR_SIZE].copy_from_slice(header.as_bytes());
+            f[phoff..table_end].copy_from_slice(table.as_bytes());
             f.truncate(len.max(table_end).min(self.len.max(table_end)));
             f
         }
@@ -716,6 +791,11 @@ mod tests {
             f(&mut self.phs[i]);
             self
         }
+    }
+
+    /// The ELF header at the start of `bytes`, to patch in place.
+    fn header_mut(bytes: &mut [u8]) -> &mut Elf64Ehdr {
+        Elf64Ehdr::mut_from_prefix(bytes).expect("room for an ELF header").0
     }
 
     fn check_display(err: &ElfError) {
@@ -870,7 +950,7 @@ mod tests {
     #[test]
     fn rejects_bad_identification() {
         let mut bytes = Elf::sample().build();
-        bytes[1] = b'Z';
+        header_mut(&mut bytes).e_ident.magic = *b"\x7fZLF";
         assert_eq!(ElfImage::parse(&bytes, &POLICY).unwrap_err(), ElfError::BadMagic { found: *b"\x7fZLF" });
 
         for class in [0, 1, 3] {
@@ -908,16 +988,16 @@ mod tests {
 
         let bytes = Elf::sample().build();
         let len = bytes.len();
-        for phoff in [len as u64 - 5 * 56 + 1, len as u64, u64::MAX, u64::MAX - 100] {
+        for phoff in [(len - 5 * PHDR_SIZE) as u64 + 1, len as u64, u64::MAX, u64::MAX - 100] {
             let mut b = bytes.clone();
-            b[E_PHOFF..E_PHOFF + 8].copy_from_slice(&phoff.to_le_bytes());
+            header_mut(&mut b).e_phoff = phoff.into();
             assert_eq!(
                 ElfImage::parse(&b, &POLICY).unwrap_err(),
                 ElfError::PhdrTableOutOfBounds { offset: phoff, phnum: 5, file_len: len }
             );
         }
         // A table that would fit but the file is cut inside it.
-        let cut = 64 + 3 * 56;
+        let cut = EHDR_SIZE + 3 * PHDR_SIZE;
         assert_eq!(
             ElfImage::parse(&bytes[..cut], &POLICY).unwrap_err(),
             ElfError::PhdrTableOutOfBounds { offset: 64, phnum: 5, file_len: cut }
@@ -1152,7 +1232,7 @@ mod tests {
         // Claiming ET_EXEC gets further into a real, large program header
         // table; whatever it finds must be an error, not a panic.
         let mut patched = bytes.clone();
-        patched[E_TYPE..E_TYPE + 2].copy_from_slice(&ET_EXEC.to_le_bytes());
+        header_mut(&mut patched).e_type = ET_EXEC.into();
         let anywhere = LoadPolicy { virt_base: 0, virt_limit: 1 << 47, max_image_bytes: 1 << 40 };
         match ElfImage::parse(&patched, &anywhere) {
             Ok(img) => check_invariants(&img, &patched, &anywhere),
@@ -1286,16 +1366,23 @@ mod tests {
     fn random_bytes_never_panic() {
         let mut rng = XorShift(12345);
         let base = Elf::sample().build();
+        let good = Elf64Ehdr::read_from_prefix(&base).unwrap().0;
         for _ in 0..5_000 {
             let len = rng.below(600);
             let mut b: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
             // Keep a plausible identification most of the time so the
             // random bytes reach the program header checks.
             if len >= EHDR_SIZE && rng.below(4) != 0 {
-                b[..24].copy_from_slice(&base[..24]);
+                let eh = header_mut(&mut b);
+                eh.e_ident = good.e_ident;
+                eh.e_type = good.e_type;
+                eh.e_machine = good.e_machine;
+                eh.e_version = good.e_version;
                 if rng.below(2) == 0 {
-                    b[E_PHENTSIZE..E_PHNUM + 2].copy_from_slice(&base[E_PHENTSIZE..E_PHNUM + 2]);
-                    b[E_PHOFF..E_PHOFF + 8].copy_from_slice(&64u64.to_le_bytes());
+                    // A table right after the header, of the right entry size.
+                    eh.e_phentsize = good.e_phentsize;
+                    eh.e_phnum = good.e_phnum;
+                    eh.e_phoff = (EHDR_SIZE as u64).into();
                 }
             }
             parse_and_check(&b);
