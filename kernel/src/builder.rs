@@ -53,8 +53,8 @@ use crate::mm::Mm;
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
 use pvguest_abi::start_info::{fill_c_str, ConsoleInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED};
-use pvguest_abi::zerocopy::IntoBytes;
 use pvguest_abi::Errno;
+use zerocopy::IntoBytes;
 
 /// Pages of boot stack given to every guest.
 pub const STACK_PAGES: u64 = 16;
@@ -456,8 +456,8 @@ mod tests {
             PF_W, PF_X, PT_LOAD,
         };
         use core::mem::size_of;
-        use pvguest_abi::zerocopy::byteorder::little_endian::{U16, U32, U64};
-        use pvguest_abi::zerocopy::FromZeros;
+        use zerocopy::byteorder::little_endian::{U16, U32, U64};
+        use zerocopy::FromZeros;
 
         let segs: [(u64, u64, u32); 2] =
             [(GUEST_KERNEL_BASE, 0x100, PF_R | PF_X), (GUEST_KERNEL_BASE + 0x1000, 0x2000, PF_R | PF_W)];

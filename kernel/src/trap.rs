@@ -13,7 +13,7 @@ use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use pvguest_abi::trap::BounceFrame;
-use pvguest_abi::zerocopy::IntoBytes;
+use zerocopy::IntoBytes;
 
 /// Bytes below a ring-1 `rsp` that are never touched (the x86-64 SysV red
 /// zone, which the precompiled `core` uses).

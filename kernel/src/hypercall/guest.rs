@@ -16,8 +16,8 @@
 
 use super::Env;
 use core::marker::PhantomData;
-use pvguest_abi::zerocopy::{FromBytes, Immutable, IntoBytes};
 use pvguest_abi::Errno;
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// A guest address that is claimed to hold a `T`.
 pub struct GuestPtr<T> {

@@ -58,11 +58,11 @@ use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_abi::sched_op::SchedPoll;
 use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
 use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SingleshotTimer, SSHOT_FUTURE};
-use pvguest_abi::zerocopy::{FromBytes, Immutable, IntoBytes};
 use pvguest_abi::{
     console_io, features, hypercall, layout, memory, sched_op, segbase, shutdown_reason, version, Errno,
     MulticallEntry, DOMID_SELF, MULTICALL_MAX,
 };
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Why a domain shut itself down.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
