@@ -233,7 +233,8 @@ pub struct DomainConfig<'a> {
     /// Memory in pages.
     pub nr_pages: u64,
     /// Privileged (dom0).
-    pub privileged: bool,
+    /// Its privilege (dom0's), made from the manifest's flag.
+    pub privilege: Option<crate::domain::Privilege>,
     /// The console's event-channel port (already bound by the caller).
     pub console_evtchn: u32,
 }
@@ -341,7 +342,7 @@ pub fn build<M: PhysMem>(
     let mut si = StartInfo::new();
     si.nr_pages = layout.nr_pages;
     si.shared_info = Layout::va(layout.shared_info_pfn);
-    si.flags = if cfg.privileged { SIF_PRIVILEGED | SIF_INITDOMAIN } else { 0 };
+    si.flags = if cfg.privilege.is_some() { SIF_PRIVILEGED | SIF_INITDOMAIN } else { 0 };
     si.domid = u32::from(cfg.domid.raw());
     si.pt_base = Layout::va(layout.pt_pfn);
     si.nr_pt_frames = layout.nr_pt_frames;
@@ -507,7 +508,7 @@ mod tests {
             name: "t",
             cmdline: "x=1",
             nr_pages: 128,
-            privileged: false,
+            privilege: None,
             console_evtchn: 1,
         };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
@@ -557,7 +558,7 @@ mod tests {
             name: "t",
             cmdline: "",
             nr_pages: 600,
-            privileged: false,
+            privilege: None,
             console_evtchn: 1,
         };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
@@ -658,7 +659,7 @@ mod tests {
             name: "t",
             cmdline: "",
             nr_pages: 128,
-            privileged: false,
+            privilege: None,
             console_evtchn: 1,
         };
         let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();

@@ -65,6 +65,7 @@ use crate::log;
 use crate::log::Sym;
 use core::fmt::Write as _;
 use core::mem::MaybeUninit;
+use core::sync::atomic::Ordering::SeqCst;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
@@ -77,7 +78,7 @@ use ringfence_kernel::builder::{self, DomainConfig};
 use ringfence_kernel::console::{ConsoleOut, STEP_WORK};
 use ringfence_kernel::domain::table::{IdMap, Slot};
 use ringfence_kernel::domain::vcpu::Vcpu;
-use ringfence_kernel::domain::{DomId, DomainTable};
+use ringfence_kernel::domain::{DomId, DomainTable, Privilege};
 use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
 use ringfence_kernel::event::{EventChannels, SharedPage};
 use ringfence_kernel::hypercall::{self, Action};
@@ -116,7 +117,8 @@ pub struct Domain {
     pub name: heapless::String<32>,
     pub expect: Expect,
     pub state: RunState,
-    pub privileged: bool,
+    /// Its privilege (see [`Privilege`]).
+    pub privilege: Option<Privilege>,
     pub nr_pages: u64,
     /// Machine frame of the PML4 the domain runs on.
     pub root: Mfn,
@@ -328,6 +330,20 @@ impl PhysMem for HvPhys {
         // SAFETY: `mfn` is a RAM frame just allocated from the frame table.
         unsafe { core::ptr::write_bytes((mfn * 4096) as *mut u8, 0, 4096) }
     }
+    fn fetch_or_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        // SAFETY: as for `read_u64` (8-aligned, in a known RAM frame); the
+        // guest may access the word concurrently only through atomic or
+        // plain accesses of its own, which an atomic RMW tolerates.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }.fetch_or(bits, SeqCst)
+    }
+    fn fetch_and_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        // SAFETY: as for `fetch_or_u64`.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }.fetch_and(bits, SeqCst)
+    }
+    fn swap_u8(&mut self, pa: u64, v: u8) -> u8 {
+        // SAFETY: as for `fetch_or_u64` (a byte is always aligned).
+        unsafe { core::sync::atomic::AtomicU8::from_ptr(pa as *mut u8) }.swap(v, SeqCst)
+    }
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
@@ -368,7 +384,7 @@ impl hypercall::Env for DomEnv<'_> {
     fn console_kick(&mut self) {
         self.dom.console_dirty = true;
     }
-    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+    fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let mut n = 0;
         while n < buf.len() {
             match serial::read_byte() {
@@ -381,8 +397,8 @@ impl hypercall::Env for DomEnv<'_> {
         }
         n
     }
-    fn privileged(&self) -> bool {
-        self.dom.privileged
+    fn privilege(&self) -> Option<Privilege> {
+        self.dom.privilege
     }
     fn nr_pages(&self) -> u64 {
         self.dom.nr_pages
@@ -531,7 +547,7 @@ impl Hv {
             name: spec.name,
             cmdline: spec.cmdline,
             nr_pages: u64::from(spec.mem_kib) / 4,
-            privileged: spec.privileged,
+            privilege: Privilege::of_domain(spec.privileged),
             console_evtchn,
         };
         let built = builder::build(&mut HvPhys, frames, spec.image, &cfg, descriptors::guest_entry_pml4e());
@@ -615,7 +631,7 @@ impl Hv {
                 name: name_of(spec.name),
                 expect,
                 state: RunState::Runnable,
-                privileged: spec.privileged,
+                privilege: cfg.privilege,
                 nr_pages: cfg.nr_pages,
                 root: b.root,
                 shared,

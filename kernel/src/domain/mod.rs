@@ -13,6 +13,23 @@ pub mod vcpu;
 
 pub use table::{DomId, DomainTable};
 
+/// The capability to use the privileged operations (dom0's: the console's
+/// input today; the toolstack's, device access and foreign mappings
+/// later). It is made in one place, [`Privilege::of_domain`], from the
+/// privileged flag that the boot bundle gives a domain, and every
+/// privileged operation takes one as an argument, so no handler can
+/// forget the check: without the value it cannot call the operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Privilege(());
+
+impl Privilege {
+    /// The capability of a domain created with the privileged flag
+    /// `privileged` (`None` for an ordinary domain).
+    pub fn of_domain(privileged: bool) -> Option<Privilege> {
+        privileged.then_some(Privilege(()))
+    }
+}
+
 use crate::hypercall::ShutdownReason;
 use core::fmt;
 

@@ -25,6 +25,7 @@ use core::mem::offset_of;
 use pvguest_abi::event::NR_VIRQS;
 use pvguest_abi::shared_info::{SharedInfo, VcpuInfo, VcpuTimeInfo};
 use pvguest_abi::Errno;
+use zerocopy::IntoBytes;
 
 /// Ports per domain (a prefix of the shared-info bitmap).
 pub const NR_PORTS: u32 = 256;
@@ -126,7 +127,6 @@ const PENDING_SEL: u64 = VCPU0 + offset_of!(VcpuInfo, evtchn_pending_sel) as u64
 const TIME: u64 = VCPU0 + offset_of!(VcpuInfo, time) as u64;
 const PENDING: u64 = offset_of!(SharedInfo, evtchn_pending) as u64;
 const MASK: u64 = offset_of!(SharedInfo, evtchn_mask) as u64;
-const WC_VERSION: u64 = offset_of!(SharedInfo, wc_version) as u64;
 
 impl SharedPage {
     fn pa(&self, off: u64) -> u64 {
@@ -137,10 +137,6 @@ impl SharedPage {
         let mut b = [0u8];
         mem.read(self.pa(off), &mut b);
         b[0]
-    }
-
-    fn write_u8<M: PhysMem>(&self, mem: &mut M, off: u64, v: u8) {
-        mem.write(self.pa(off), &[v]);
     }
 
     fn word(port: u32) -> u64 {
@@ -158,30 +154,26 @@ impl SharedPage {
         if mask & Self::bit(port) != 0 {
             return false;
         }
-        let sel = mem.read_u64(self.pa(PENDING_SEL));
-        mem.write_u64(self.pa(PENDING_SEL), sel | (1 << (port / 64)));
-        self.write_u8(mem, UPCALL_PENDING, 1);
+        mem.fetch_or_u64(self.pa(PENDING_SEL), 1 << (port / 64));
+        mem.swap_u8(self.pa(UPCALL_PENDING), 1);
         true
     }
 
     /// Rules 1 and 2: raises `port`. Returns true if the domain should be
-    /// woken (the upcall became pending).
+    /// woken (the upcall became pending). The pending bit is set by one
+    /// atomic read-modify-write (a guest clears bits in the same word).
     pub fn raise<M: PhysMem>(&self, mem: &mut M, port: u32) -> bool {
-        let pa = self.pa(PENDING + Self::word(port));
-        let w = mem.read_u64(pa);
-        if w & Self::bit(port) != 0 {
+        let old = mem.fetch_or_u64(self.pa(PENDING + Self::word(port)), Self::bit(port));
+        if old & Self::bit(port) != 0 {
             return false;
         }
-        mem.write_u64(pa, w | Self::bit(port));
         self.notify(mem, port)
     }
 
-    /// Rule 3: clears `port`'s mask and notifies if it is pending. Returns
-    /// true if the upcall became pending.
+    /// Rule 3: clears `port`'s mask (atomically) and notifies if it is
+    /// pending. Returns true if the upcall became pending.
     pub fn unmask<M: PhysMem>(&self, mem: &mut M, port: u32) -> bool {
-        let pa = self.pa(MASK + Self::word(port));
-        let m = mem.read_u64(pa);
-        mem.write_u64(pa, m & !Self::bit(port));
+        mem.fetch_and_u64(self.pa(MASK + Self::word(port)), !Self::bit(port));
         let pending = mem.read_u64(self.pa(PENDING + Self::word(port))) & Self::bit(port) != 0;
         pending && self.notify(mem, port)
     }
@@ -207,8 +199,7 @@ impl SharedPage {
 
     /// Sets the guest's event mask, returning the previous value (0 or 1).
     pub fn set_upcall_mask<M: PhysMem>(&self, mem: &mut M, masked: bool) -> u8 {
-        let old = self.read_u8(mem, UPCALL_MASK);
-        self.write_u8(mem, UPCALL_MASK, masked as u8);
+        let old = mem.swap_u8(self.pa(UPCALL_MASK), masked as u8);
         (old != 0) as u8
     }
 
@@ -217,29 +208,26 @@ impl SharedPage {
         let v = mem.read_u64(self.pa(TIME)) as u32;
         let odd = (v | 1).wrapping_add(if v & 1 == 1 { 2 } else { 0 });
         let ver_pa = self.pa(TIME + offset_of!(VcpuTimeInfo, version) as u64);
-        mem.write(ver_pa, &odd.to_le_bytes());
+        mem.write(ver_pa, odd.as_bytes());
         mem.write_u64(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_timestamp) as u64), t.tsc_timestamp);
         mem.write_u64(self.pa(TIME + offset_of!(VcpuTimeInfo, system_time) as u64), t.system_time);
-        let mut tail = [0u8; 8];
-        tail[0..4].copy_from_slice(&t.tsc_to_system_mul.to_le_bytes());
-        tail[4] = t.tsc_shift as u8;
-        mem.write(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_to_system_mul) as u64), &tail);
-        mem.write(ver_pa, &odd.wrapping_add(1).to_le_bytes());
+        mem.write(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_to_system_mul) as u64), t.tsc_to_system_mul.as_bytes());
+        mem.write(self.pa(TIME + offset_of!(VcpuTimeInfo, tsc_shift) as u64), t.tsc_shift.as_bytes());
+        mem.write(ver_pa, odd.wrapping_add(1).as_bytes());
     }
 
     /// Publishes the wall-clock time at system time 0.
     pub fn publish_wallclock<M: PhysMem>(&self, mem: &mut M, sec: u64, nsec: u32) {
-        let pa = self.pa(WC_VERSION);
-        let mut b = [0u8; 4];
-        mem.read(pa, &mut b);
-        let v = u32::from_le_bytes(b) | 1;
-        mem.write(pa, &v.to_le_bytes());
-        let mut rec = [0u8; 12];
-        rec[0..4].copy_from_slice(&(sec as u32).to_le_bytes());
-        rec[4..8].copy_from_slice(&nsec.to_le_bytes());
-        rec[8..12].copy_from_slice(&((sec >> 32) as u32).to_le_bytes());
-        mem.write(pa + 4, &rec);
-        mem.write(pa, &v.wrapping_add(1).to_le_bytes());
+        let field = |off: usize| self.pa(off as u64);
+        let pa = field(offset_of!(SharedInfo, wc_version));
+        let mut v = 0u32;
+        mem.read(pa, v.as_mut_bytes());
+        let v = v | 1;
+        mem.write(pa, v.as_bytes());
+        mem.write(field(offset_of!(SharedInfo, wc_sec)), (sec as u32).as_bytes());
+        mem.write(field(offset_of!(SharedInfo, wc_nsec)), nsec.as_bytes());
+        mem.write(field(offset_of!(SharedInfo, wc_sec_hi)), ((sec >> 32) as u32).as_bytes());
+        mem.write(pa, v.wrapping_add(1).as_bytes());
     }
 }
 
@@ -325,7 +313,7 @@ mod tests {
         assert_eq!(m.read_u64(7 * 4096 + TIME + 16), 9);
         SI.publish_wallclock(&mut m, 0x1_0000_0005, 6);
         let mut b = [0u8; 16];
-        m.read(7 * 4096 + WC_VERSION, &mut b);
+        m.read(7 * 4096 + offset_of!(SharedInfo, wc_version) as u64, &mut b);
         assert_eq!(u32::from_le_bytes(b[0..4].try_into().unwrap()), 2);
         assert_eq!(u32::from_le_bytes(b[4..8].try_into().unwrap()), 5);
         assert_eq!(u32::from_le_bytes(b[12..16].try_into().unwrap()), 1);

@@ -50,6 +50,7 @@ mod guest;
 pub use guest::{GuestPtr, GuestSlice};
 
 use crate::domain::vcpu::Vcpu;
+use crate::domain::Privilege;
 use crate::event::{EventChannels, Port};
 use core::mem::offset_of;
 use pvguest_abi::event::{self, status, BindVirq, Close, Send, Status, Unmask};
@@ -110,10 +111,10 @@ pub trait Env {
     /// The caller notified its console port: its console ring has output
     /// for the backend (drained outside the hypercall).
     fn console_kick(&mut self);
-    /// Reads available console input (never blocks).
-    fn console_read(&mut self, buf: &mut [u8]) -> usize;
-    /// Whether the caller is privileged (dom0).
-    fn privileged(&self) -> bool;
+    /// Reads available console input (never blocks): privileged.
+    fn console_read(&mut self, buf: &mut [u8], privilege: Privilege) -> usize;
+    /// The caller's privilege, if it has one (dom0).
+    fn privilege(&self) -> Option<Privilege>;
     /// Frames the caller owns.
     fn nr_pages(&self) -> u64;
     /// System time in ns.
@@ -446,14 +447,14 @@ fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
             Action::Return((done + len) as i64)
         }
         console_io::READ => ret((|| {
-            if !env.privileged() {
+            let Some(privilege) = env.privilege() else {
                 return Err(Errno::EPERM);
-            }
+            };
             if len_arg > console_io::MAX_WRITE {
                 return Err(Errno::EINVAL);
             }
             let mut bytes = [0u8; console_io::MAX_WRITE as usize];
-            let n = env.console_read(&mut bytes[..len_arg as usize]);
+            let n = env.console_read(&mut bytes[..len_arg as usize], privilege);
             env.copy_to_guest(buf, &bytes[..n])?;
             Ok(n as u64)
         })()),

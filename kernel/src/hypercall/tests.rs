@@ -1,6 +1,7 @@
 //! Every hypercall with its good and bad inputs, against a fake machine.
 
 use super::*;
+use crate::domain::Privilege;
 use pvguest_abi::layout::{ENTRY_AREA_BASE, GUEST_KERNEL_BASE};
 use pvguest_abi::trap::TI_MASK_EVENTS;
 use std::vec::Vec;
@@ -112,14 +113,14 @@ impl Env for FakeEnv {
     fn console_kick(&mut self) {
         self.kicks += 1;
     }
-    fn console_read(&mut self, buf: &mut [u8]) -> usize {
+    fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let n = buf.len().min(self.input.len());
         buf[..n].copy_from_slice(&self.input[..n]);
         self.input.drain(..n);
         n
     }
-    fn privileged(&self) -> bool {
-        self.privileged
+    fn privilege(&self) -> Option<Privilege> {
+        Privilege::of_domain(self.privileged)
     }
     fn nr_pages(&self) -> u64 {
         256

@@ -37,6 +37,32 @@ pub trait PhysMem {
     fn write(&mut self, pa: u64, data: &[u8]);
     /// Fills the frame `mfn` with zeroes.
     fn zero_frame(&mut self, mfn: Mfn);
+    /// ORs `bits` into the u64 at `pa` (8-aligned) as one atomic
+    /// read-modify-write, and returns the old value. Shared-info pending
+    /// and mask bits change only this way ([`crate::event`]), so that a
+    /// guest vCPU on another CPU never loses a bit it set meanwhile. The
+    /// default is a plain read and write, for memory no other CPU sees
+    /// (host tests); the hypervisor's accessor is atomic.
+    fn fetch_or_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        let old = self.read_u64(pa);
+        self.write_u64(pa, old | bits);
+        old
+    }
+    /// ANDs `bits` into the u64 at `pa`, atomically: see
+    /// [`PhysMem::fetch_or_u64`].
+    fn fetch_and_u64(&mut self, pa: u64, bits: u64) -> u64 {
+        let old = self.read_u64(pa);
+        self.write_u64(pa, old & bits);
+        old
+    }
+    /// Stores the byte `v` at `pa` and returns the old one, atomically: see
+    /// [`PhysMem::fetch_or_u64`].
+    fn swap_u8(&mut self, pa: u64, v: u8) -> u8 {
+        let mut b = [0u8];
+        self.read(pa, &mut b);
+        self.write(pa, &[v]);
+        b[0]
+    }
 }
 
 /// A guest virtual address: an allegation until translated.
