@@ -311,7 +311,10 @@
 //!   producer index after each entry taken, R10), careless-caller tests
 //!   (`tests/caller.rs`: panicking handlers, R13; final checks with
 //!   unpublished work, R9), compile-fail doctests for zero-sized slot types
-//!   (R14), and a two-thread stress test that checks every sequence number.
+//!   (R14) and for slot types zerocopy refuses (padding, `bool`, no
+//!   derives; see [`Pod`]), slot-type tests (`tests/slot_types.rs`: derived
+//!   structs of every alignment cross a ring byte for byte, R6), and a
+//!   two-thread stress test that checks every sequence number.
 //! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom`:
 //!   loom explores every interleaving of the R8/R9 handshake (and checks the
 //!   slot orderings of R5/R7), including a final check that must publish
@@ -319,9 +322,12 @@
 //!   expects loom to find the lost wake-up.
 //! - Miri is not run: the `miri` component is not installed for this
 //!   machine's stable toolchain and no nightly toolchain can be fetched
-//!   here. The unsafe code is confined to `mem.rs` (index words and slot
-//!   copies) and the endpoints' `Send` impls, each with a `SAFETY`
-//!   argument; [`Pod`] is a safe trait implemented by zerocopy's derives.
+//!   here. The unsafe code is confined to `mem.rs`: the `SharedMem`
+//!   constructor and its `Send` impl, the index words (`AtomicU32::from_ptr`)
+//!   and the volatile loads and stores of slot pieces and zeroed bytes,
+//!   each with a `SAFETY` argument. Every other module is under
+//!   `deny(unsafe_code)`; turning bytes into values and back is zerocopy's
+//!   safe conversions ([`Pod`] is a safe trait implemented by derives).
 //!
 //! # Design notes
 //! - Hot path: each side caches the peer's index. `pop_*` and the
@@ -337,16 +343,22 @@
 //! - Slots are copied with volatile accesses in the widest pieces the type's
 //!   alignment allows (16-byte SSE2 moves for cache-line descriptors), not
 //!   one scalar access per field: still one read of each byte, ~25% faster
-//!   on 64-byte descriptors than a volatile read of the whole struct.
+//!   on 64-byte descriptors than a volatile read of the whole struct. The
+//!   pieces go into (and come from) a local value viewed as bytes with
+//!   zerocopy's `as_mut_bytes`/`as_bytes`; the compiler keeps the copy a
+//!   straight run of 16-byte moves.
 //! - Unlike Xen's `xencons_interface`, stream rings have event indices and
 //!   keep the two indices on separate cache lines.
 #![no_std]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod desc;
 mod error;
 mod layout;
+// The one module with `unsafe`: every access to shared memory (R6).
+#[allow(unsafe_code)]
 mod mem;
 mod pod;
 mod ring;
@@ -372,7 +384,8 @@ pub use sync::LoomShadow;
 /// [Slot types](crate#slot-types)).
 pub use zerocopy;
 
-// Endpoints may move to another thread (a backend's worker).
+// Endpoints may move to another thread (a backend's worker): they hold
+// offsets and plain integers, and `SharedMem` is `Send`.
 const _: () = {
     const fn send<T: Send>() {}
     send::<Front<'static, Descriptor, Completion>>();
