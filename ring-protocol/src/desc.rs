@@ -12,15 +12,19 @@
 
 use core::mem::{offset_of, size_of};
 
-use crate::Pod;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes in a page / frame, the unit of granting.
 pub const PAGE_SIZE: usize = 4096;
 
 /// A request: "do `op` on `len` bytes at `offset` in the frame granted as
 /// `gref`", tagged with the front's `id`.
+///
+/// [`Pod`](crate::Pod) by zerocopy's derives, which check that there is no
+/// padding (8 + 4 + 4 + 4 + 2 + 2 = 24 = size) and that every field accepts
+/// any bit pattern.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Descriptor {
     /// Chosen by the front (typically from an [`IdTable`]); echoed in the
     /// response.
@@ -47,11 +51,6 @@ const _: () = {
     assert!(offset_of!(Descriptor, flags) == 22);
 };
 
-// SAFETY: repr(C) of integers only; the offsets above show there is no
-// padding (8 + 4 + 4 + 4 + 2 + 2 = 24 = size); any bit pattern is valid;
-// no pointers.
-unsafe impl Pod for Descriptor {}
-
 impl Descriptor {
     /// The byte range `offset..offset + len` if it lies inside a frame of
     /// `frame_size` bytes and is not empty; `None` otherwise.
@@ -64,8 +63,11 @@ impl Descriptor {
 
 /// A response: the request `id` finished with `status` (0 or a negative
 /// errno) after transferring `len` bytes.
+///
+/// [`Pod`](crate::Pod) by zerocopy's derives (8 + 4 + 4 = 16 = size: no
+/// padding).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, FromBytes, IntoBytes, Immutable, KnownLayout)]
 pub struct Completion {
     /// The id of the request this answers.
     pub id: u64,
@@ -81,10 +83,6 @@ const _: () = {
     assert!(offset_of!(Completion, status) == 8);
     assert!(offset_of!(Completion, len) == 12);
 };
-
-// SAFETY: repr(C) of integers, 8 + 4 + 4 = 16 = size: no padding; any bit
-// pattern is valid; no pointers.
-unsafe impl Pod for Completion {}
 
 /// Why [`IdTable::complete`] refused an id. Either way the back broke the
 /// protocol: latch it with `front.poison(RingError::BadId { id })`.

@@ -86,6 +86,63 @@
 //! Each inner `while` loop ends within `capacity` iterations whatever the
 //! peer writes (R10).
 //!
+//! # Slot types
+//! A slot holds any [`Pod`] type: the fixed-width integers, arrays of them,
+//! [`Descriptor`] and [`Completion`], or your own `#[repr(C)]` struct that
+//! derives [`zerocopy`]'s `FromBytes`, `IntoBytes`,
+//! `Immutable` and `KnownLayout`. The derives prove at compile time what a
+//! slot type needs (any bit pattern is valid, no padding), so you write no
+//! `unsafe`. This crate re-exports zerocopy as `ring_protocol::zerocopy`,
+//! so you need no dependency of your own; the derives then need
+//! `#[zerocopy(crate = "ring_protocol::zerocopy")]` to find it (leave that
+//! attribute out if you depend on zerocopy 0.8 yourself):
+//!
+//! ```
+//! use ring_protocol::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+//! use ring_protocol::{Back, Front, SharedMem};
+//!
+//! /// A block request: 8 + 8 + 4 + 2 + 1 + 1 = 24 bytes, no padding.
+//! #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug)]
+//! #[zerocopy(crate = "ring_protocol::zerocopy")]
+//! #[repr(C)]
+//! struct BlkReq {
+//!     id: u64,
+//!     sector: u64,
+//!     gref: u32,
+//!     nr_sectors: u16,
+//!     op: u8,
+//!     flags: u8,
+//! }
+//!
+//! #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy, Debug)]
+//! #[zerocopy(crate = "ring_protocol::zerocopy")]
+//! #[repr(C)]
+//! struct BlkRsp {
+//!     id: u64,
+//!     status: i32,
+//!     _reserved: u32, // explicit, so there is no padding to leak
+//! }
+//!
+//! # #[repr(C, align(4096))] struct Page([u8; 4096]);
+//! # let mut page = Page([0; 4096]);
+//! # let p = page.0.as_mut_ptr();
+//! // SAFETY: `page` outlives both endpoints and is only used through them.
+//! let mut front = Front::<BlkReq, BlkRsp>::init(unsafe { SharedMem::new(p, 4096) }?)?;
+//! let mut back = Back::<BlkReq, BlkRsp>::attach(unsafe { SharedMem::new(p, 4096) }?)?;
+//!
+//! front.try_push(BlkReq { id: 1, sector: 2048, gref: 9, nr_sectors: 8, op: 0, flags: 0 })?;
+//! front.publish()?;
+//! let req = back.pop_request()?.expect("one request");
+//! back.try_push(BlkRsp { id: req.id, status: 0, _reserved: 0 })?;
+//! back.publish()?;
+//! assert_eq!(front.pop_response()?.map(|r| r.id), Some(1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! A struct with padding or with a field that does not accept every bit
+//! pattern (`bool`, an enum, a reference) does not derive, so it cannot
+//! cross a ring; see [`Pod`].
+//!
 //! # The protocol
 //!
 //! **R1 — Layout.** A ring occupies one region: `[header | slots]`. The
@@ -144,8 +201,10 @@
 //! used; nothing is ever read twice (XSA-155). No Rust reference into shared
 //! memory is formed except `&AtomicU32` for index words; slots are only
 //! read and written with volatile copies (each byte exactly once, in pieces
-//! of up to 16 bytes). Slot types are [`Pod`]: any bit pattern is
-//! valid, no padding.
+//! of up to 16 bytes) into our own memory. Slot types are [`Pod`]
+//! (zerocopy's `FromBytes + IntoBytes`): any bit pattern is valid, so the
+//! copy is a valid value whatever the peer wrote, and there is no padding,
+//! so a copy in never leaks stale bytes of ours.
 //!
 //! **R7 — Slot reuse.** A slot is overwritten only after its previous
 //! content was copied out. Request/response ring: the back writes a
@@ -252,7 +311,10 @@
 //!   producer index after each entry taken, R10), careless-caller tests
 //!   (`tests/caller.rs`: panicking handlers, R13; final checks with
 //!   unpublished work, R9), compile-fail doctests for zero-sized slot types
-//!   (R14), and a two-thread stress test that checks every sequence number.
+//!   (R14) and for slot types zerocopy refuses (padding, `bool`, no
+//!   derives; see [`Pod`]), slot-type tests (`tests/slot_types.rs`: derived
+//!   structs of every alignment cross a ring byte for byte, R6), and a
+//!   two-thread stress test that checks every sequence number.
 //! - `RUSTFLAGS="--cfg loom" cargo test -p ring-protocol --release --test loom`:
 //!   loom explores every interleaving of the R8/R9 handshake (and checks the
 //!   slot orderings of R5/R7), including a final check that must publish
@@ -260,8 +322,12 @@
 //!   expects loom to find the lost wake-up.
 //! - Miri is not run: the `miri` component is not installed for this
 //!   machine's stable toolchain and no nightly toolchain can be fetched
-//!   here. The unsafe code is confined to `mem.rs` (index words and slot
-//!   copies) and the `Send`/`Pod` impls, each with a `SAFETY` argument.
+//!   here. The unsafe code is confined to `mem.rs`: the `SharedMem`
+//!   constructor and its `Send` impl, the index words (`AtomicU32::from_ptr`)
+//!   and the volatile loads and stores of slot pieces and zeroed bytes,
+//!   each with a `SAFETY` argument. Every other module is under
+//!   `deny(unsafe_code)`; turning bytes into values and back is zerocopy's
+//!   safe conversions ([`Pod`] is a safe trait implemented by derives).
 //!
 //! # Design notes
 //! - Hot path: each side caches the peer's index. `pop_*` and the
@@ -277,16 +343,22 @@
 //! - Slots are copied with volatile accesses in the widest pieces the type's
 //!   alignment allows (16-byte SSE2 moves for cache-line descriptors), not
 //!   one scalar access per field: still one read of each byte, ~25% faster
-//!   on 64-byte descriptors than a volatile read of the whole struct.
+//!   on 64-byte descriptors than a volatile read of the whole struct. The
+//!   pieces go into (and come from) a local value viewed as bytes with
+//!   zerocopy's `as_mut_bytes`/`as_bytes`; the compiler keeps the copy a
+//!   straight run of 16-byte moves.
 //! - Unlike Xen's `xencons_interface`, stream rings have event indices and
 //!   keep the two indices on separate cache lines.
 #![no_std]
+#![deny(unsafe_code)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 mod desc;
 mod error;
 mod layout;
+// The one module with `unsafe`: every access to shared memory (R6).
+#[allow(unsafe_code)]
 mod mem;
 mod pod;
 mod ring;
@@ -307,3 +379,18 @@ pub use ring::{Back, Drain, Front};
 pub use stream::{init_stream, ByteChannel, StreamConsumer, StreamProducer};
 #[cfg(loom)]
 pub use sync::LoomShadow;
+/// zerocopy 0.8, the byte-view mechanism behind [`Pod`]: derive its traits
+/// on your slot types without a dependency of your own (see
+/// [Slot types](crate#slot-types)).
+pub use zerocopy;
+
+// Endpoints may move to another thread (a backend's worker): they hold
+// offsets and plain integers, and `SharedMem` is `Send`.
+const _: () = {
+    const fn send<T: Send>() {}
+    send::<Front<'static, Descriptor, Completion>>();
+    send::<Back<'static, Descriptor, Completion>>();
+    send::<StreamProducer<'static, u8>>();
+    send::<StreamConsumer<'static, u8>>();
+    send::<ByteChannel<'static>>();
+};

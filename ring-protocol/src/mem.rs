@@ -14,8 +14,10 @@
 //! the offsets it accepts are bounded by the layout computed from `len`.
 
 use core::marker::PhantomData;
-use core::mem::{align_of, size_of, MaybeUninit};
+use core::mem::{align_of, size_of};
 use core::ptr::NonNull;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::layout::{Layout, CACHE_LINE, HEADER_SIZE, INDEX_SPACING};
 use crate::sync::AtomicU32;
@@ -135,9 +137,9 @@ impl<'a> SharedMem<'a> {
         if !mid.is_multiple_of(CACHE_LINE) || mid < HEADER_SIZE || self.len - HEADER_SIZE < mid {
             return Err(LayoutError::BadSplit);
         }
-        // SAFETY: mid <= len - HEADER_SIZE, so base + mid is inside the region
-        // and the result is non-null.
-        let second = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(mid)) };
+        // mid <= len - HEADER_SIZE: base + mid is inside the region, hence
+        // not null.
+        let second = NonNull::new(self.addr(mid)).ok_or(LayoutError::BadSplit)?;
         let a = SharedMem {
             base: self.base,
             len: mid,
@@ -163,18 +165,25 @@ impl<'a> SharedMem<'a> {
         self
     }
 
-    /// Check that the region can hold `layout` and return the address of
-    /// slot 0.
-    pub(crate) fn check(&self, layout: Option<Layout>) -> Result<(Layout, NonNull<u8>), LayoutError> {
+    /// Check that the region can hold `layout` (computed from [`len`](Self::len)):
+    /// the start is aligned for the slots. After this, [`Slots::new`] may
+    /// be built from the layout for this region.
+    pub(crate) fn check(&self, layout: Option<Layout>) -> Result<Layout, LayoutError> {
         let layout = layout.ok_or(LayoutError::TooSmall { len: self.len })?;
         if !(self.base.as_ptr() as usize).is_multiple_of(layout.align) {
             return Err(LayoutError::Misaligned { required: layout.align });
         }
+        // Layout::new only fits slots into the length it was given.
         debug_assert!(layout.bytes() <= self.len);
-        // SAFETY: layout.bytes() <= len (Layout::new only fits slots into
-        // `len`), so slots_offset is inside the region.
-        let slots = unsafe { NonNull::new_unchecked(self.base.as_ptr().add(layout.slots_offset)) };
-        Ok((layout, slots))
+        Ok(layout)
+    }
+
+    /// The address of byte `at` of the region. Pointer arithmetic only
+    /// (wrapping, so safe); every access through it is one of the
+    /// `unsafe` blocks below.
+    #[inline(always)]
+    fn addr(&self, at: usize) -> *mut u8 {
+        self.base.as_ptr().wrapping_add(at)
     }
 
     /// The index word at header offset `offset` (one of `layout::off`).
@@ -193,7 +202,7 @@ impl<'a> SharedMem<'a> {
         // initialising front before it publishes the region, which
         // happens-before any other access.
         unsafe {
-            AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast::<u32>())
+            AtomicU32::from_ptr(self.addr(offset).cast::<u32>())
         }
     }
 
@@ -210,12 +219,8 @@ impl<'a> SharedMem<'a> {
     /// initialising side before it hands the region to the peer, so that no
     /// stale bytes of ours leak through padding or unused slots.
     pub(crate) fn zero_from(&self, from: usize) {
-        let mut at = from;
-        while at < self.len {
-            // SAFETY: at < len: in bounds of the region, valid for writes
-            // (SharedMem::new, 1); a volatile byte write forms no reference.
-            unsafe { self.base.as_ptr().add(at).write_volatile(0) };
-            at += 1;
+        for at in from..self.len {
+            self.zero_byte(at);
         }
     }
 
@@ -223,11 +228,20 @@ impl<'a> SharedMem<'a> {
     pub(crate) fn zero_header_padding(&self) {
         for line in [0, INDEX_SPACING] {
             for at in line + 8..line + INDEX_SPACING {
-                // SAFETY: at < HEADER_SIZE <= len, in bounds and writable;
-                // padding bytes are never accessed atomically.
-                unsafe { self.base.as_ptr().add(at).write_volatile(0) };
+                self.zero_byte(at);
             }
         }
+    }
+
+    /// Zero byte `at < len` with one volatile write (bounds-checked: this
+    /// is initialisation, not the hot path).
+    fn zero_byte(&self, at: usize) {
+        assert!(at < self.len, "zeroing outside the region");
+        // SAFETY: at < len: in bounds of the region and valid for writes
+        // (SharedMem::new, 1); a volatile byte write forms no reference
+        // (R6). The bytes zeroed are padding and slots, never accessed
+        // atomically.
+        unsafe { self.addr(at).write_volatile(0) };
     }
 
     /// Loom bookkeeping before reading slot `slot`.
@@ -249,134 +263,187 @@ impl<'a> SharedMem<'a> {
     }
 }
 
+/// A piece of a slot copy: a type the CPU moves in one access. Slots are
+/// copied in the widest piece their alignment allows (R6, design notes):
+/// 16-byte SSE2 moves for cache-line descriptors instead of one scalar load
+/// per field. zerocopy's traits turn pieces into bytes and back without
+/// `unsafe`.
+trait Piece: FromBytes + IntoBytes + Immutable + Copy {}
+
+impl Piece for u8 {}
+impl Piece for u16 {}
+impl Piece for u32 {}
+impl Piece for u64 {}
+#[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+impl Piece for core::arch::x86_64::__m128i {}
+
+impl SharedMem<'_> {
+    /// Copy region bytes `[at, at + dst.len())` into `dst` (our own
+    /// memory) with volatile reads of `C`-sized pieces: each shared byte is
+    /// read exactly once and the compiler may neither re-read nor elide a
+    /// piece (R6). A tail shorter than `C` (none for slot types, whose size
+    /// is a multiple of their alignment) goes byte by byte.
+    ///
+    /// # Safety
+    /// 1. `[at, at + dst.len())` lies inside the region.
+    /// 2. `base + at` is aligned for `C`.
+    #[inline(always)]
+    unsafe fn read_pieces<C: Piece>(&self, at: usize, dst: &mut [u8]) {
+        debug_assert!(at.checked_add(dst.len()).is_some_and(|end| end <= self.len));
+        let mut pieces = dst.chunks_exact_mut(size_of::<C>());
+        let mut done = 0;
+        for out in &mut pieces {
+            let src = self.addr(at + done).cast::<C>();
+            // SAFETY: `src` lies inside the region with room for a `C` (1:
+            // done + size_of C <= dst.len()), is aligned for `C` (2, and
+            // `done` is a multiple of size_of C, itself a multiple of its
+            // alignment), and is valid for reads (SharedMem::new, 1). A
+            // volatile read of a FromBytes type into a local forms no
+            // reference into shared memory and accepts any bytes.
+            let piece = unsafe { src.read_volatile() };
+            out.copy_from_slice(piece.as_bytes());
+            done += size_of::<C>();
+        }
+        for out in pieces.into_remainder() {
+            let src = self.addr(at + done);
+            // SAFETY: as above, for one byte (always aligned).
+            *out = unsafe { src.read_volatile() };
+            done += 1;
+        }
+    }
+
+    /// Copy `src` (our own memory) to region bytes `[at, at + src.len())`
+    /// with volatile writes of `C`-sized pieces, each byte written once.
+    ///
+    /// # Safety
+    /// As [`read_pieces`](Self::read_pieces), for writes.
+    #[inline(always)]
+    unsafe fn write_pieces<C: Piece>(&self, at: usize, src: &[u8]) {
+        debug_assert!(at.checked_add(src.len()).is_some_and(|end| end <= self.len));
+        let mut pieces = src.chunks_exact(size_of::<C>());
+        let mut done = 0;
+        for bytes in &mut pieces {
+            let mut piece = C::new_zeroed();
+            piece.as_mut_bytes().copy_from_slice(bytes);
+            let dst = self.addr(at + done).cast::<C>();
+            // SAFETY: as in read_pieces (1, 2; valid for writes by
+            // SharedMem::new, 1); a volatile write forms no reference.
+            unsafe { dst.write_volatile(piece) };
+            done += size_of::<C>();
+        }
+        for &byte in pieces.remainder() {
+            let dst = self.addr(at + done);
+            // SAFETY: as above, for one byte.
+            unsafe { dst.write_volatile(byte) };
+            done += 1;
+        }
+    }
+
+    /// One volatile copy of region bytes `[at, at + dst.len())` into `dst`,
+    /// in the widest pieces that `align` (a power of two) allows.
+    ///
+    /// # Safety
+    /// 1. `[at, at + dst.len())` lies inside the region.
+    /// 2. `base + at` is aligned to `align`.
+    #[inline(always)]
+    unsafe fn copy_in(&self, at: usize, dst: &mut [u8], align: usize) {
+        // SAFETY: the caller's 1 and 2, and each piece is no more aligned
+        // than `align` (16-byte pieces only if `align >= 16`).
+        unsafe {
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            if align >= 16 {
+                return self.read_pieces::<core::arch::x86_64::__m128i>(at, dst);
+            }
+            match align {
+                1 => self.read_pieces::<u8>(at, dst),
+                2 => self.read_pieces::<u16>(at, dst),
+                4 => self.read_pieces::<u32>(at, dst),
+                _ => self.read_pieces::<u64>(at, dst),
+            }
+        }
+    }
+
+    /// One volatile copy of `src` to region bytes `[at, at + src.len())`,
+    /// as [`copy_in`](Self::copy_in).
+    ///
+    /// # Safety
+    /// As [`copy_in`](Self::copy_in), for writes.
+    #[inline(always)]
+    unsafe fn copy_out(&self, at: usize, src: &[u8], align: usize) {
+        // SAFETY: as in copy_in.
+        unsafe {
+            #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
+            if align >= 16 {
+                return self.write_pieces::<core::arch::x86_64::__m128i>(at, src);
+            }
+            match align {
+                1 => self.write_pieces::<u8>(at, src),
+                2 => self.write_pieces::<u16>(at, src),
+                4 => self.write_pieces::<u32>(at, src),
+                _ => self.write_pieces::<u64>(at, src),
+            }
+        }
+    }
+}
+
 /// The slot array of a region, typed by what one slot holds.
 ///
-/// Invariant: `base` points at slot 0 of a region checked by
-/// [`SharedMem::check`] for a layout with `mask + 1` slots of `stride`
-/// bytes, each aligned for every type read or written through it.
+/// Invariant: built by [`Slots::new`] from a layout that
+/// [`SharedMem::check`] accepted for the region it is used with (each
+/// endpoint uses its `Slots` only with its own `SharedMem`): `mask + 1`
+/// slots of `stride` bytes from byte `offset`, all inside the region, each
+/// aligned for every type read or written through it. Offsets, not
+/// pointers: a `Slots` is plain integers, so the endpoints holding one are
+/// `Send` without an `unsafe impl` of their own.
 #[derive(Clone, Copy)]
 pub(crate) struct Slots {
-    base: NonNull<u8>,
+    offset: usize,
     stride: usize,
     mask: u32,
 }
 
 impl Slots {
-    pub(crate) fn new(base: NonNull<u8>, layout: &Layout) -> Self {
-        Slots { base, stride: layout.stride, mask: layout.capacity - 1 }
+    pub(crate) fn new(layout: &Layout) -> Self {
+        Slots { offset: layout.slots_offset, stride: layout.stride, mask: layout.capacity - 1 }
     }
 
     pub(crate) fn capacity(&self) -> u32 {
         self.mask + 1
     }
 
+    /// Byte offset in the region of slot `idx & mask`.
+    #[inline(always)]
+    fn at(&self, idx: u32) -> usize {
+        self.offset + (idx & self.mask) as usize * self.stride
+    }
+
     /// Copy slot `idx & mask` out of shared memory with one volatile copy
-    /// of the whole value (R6).
+    /// of the whole value into a local (R6); the peer's bytes are only ever
+    /// seen through that copy.
     ///
     /// `T` must be one of the types the layout was computed for (size <=
     /// stride, alignment <= the layout's).
     #[inline(always)]
     pub(crate) fn read<T: Pod>(&self, mem: &SharedMem<'_>, idx: u32) -> T {
-        let slot = (idx & self.mask) as usize;
-        mem.note_slot_read(slot);
-        debug_assert!(core::mem::size_of::<T>() <= self.stride);
-        // SAFETY: slot <= mask, so the slot lies inside the checked layout;
-        // it is aligned for T (struct invariant).
-        unsafe { volatile_read(self.base.as_ptr().add(slot * self.stride).cast::<T>()) }
+        mem.note_slot_read((idx & self.mask) as usize);
+        debug_assert!(size_of::<T>() <= self.stride);
+        let mut value = T::new_zeroed();
+        // SAFETY: the slot lies inside the region and is aligned for T
+        // (struct invariant: masked index, checked layout, T one of its
+        // types), so [at, at + size_of T) is inside the region and aligned
+        // to align_of T.
+        unsafe { mem.copy_in(self.at(idx), value.as_mut_bytes(), align_of::<T>()) };
+        value
     }
 
-    /// Write `value` into slot `idx & mask` with one volatile write.
+    /// Write `value` into slot `idx & mask` with one volatile copy. `T` has
+    /// no padding (`IntoBytes`), so every byte written is initialised and
+    /// no stale byte of ours reaches the peer.
     #[inline(always)]
     pub(crate) fn write<T: Pod>(&self, mem: &SharedMem<'_>, idx: u32, value: T) {
-        let slot = (idx & self.mask) as usize;
-        mem.note_slot_write(slot);
-        debug_assert!(core::mem::size_of::<T>() <= self.stride);
+        mem.note_slot_write((idx & self.mask) as usize);
+        debug_assert!(size_of::<T>() <= self.stride);
         // SAFETY: as in `read`.
-        unsafe { volatile_write(self.base.as_ptr().add(slot * self.stride).cast::<T>(), value) }
-    }
-}
-
-/// Copy a `T` in `C`-sized volatile pieces from `src` into a local value.
-///
-/// # Safety
-/// 1. `src` is valid for reads of `size_of::<T>()` bytes and aligned for `C`.
-/// 2. `size_of::<T>()` is a multiple of `size_of::<C>()`.
-#[inline(always)]
-unsafe fn read_pieces<T: Pod, C: Copy>(src: *const T) -> T {
-    let mut out = MaybeUninit::<T>::uninit();
-    let (src, dst) = (src.cast::<C>(), out.as_mut_ptr().cast::<C>());
-    for k in 0..size_of::<T>() / size_of::<C>() {
-        // SAFETY: piece k lies inside both values (2) and is aligned for C
-        // (1; `out` is aligned for T, whose alignment is at least C's where
-        // this is called); each source byte is read exactly once.
-        unsafe { dst.add(k).write(src.add(k).read_volatile()) };
-    }
-    // SAFETY: every byte of `out` was written, and T: Pod accepts any bytes.
-    unsafe { out.assume_init() }
-}
-
-/// Copy `value` in `C`-sized volatile pieces to `dst`.
-///
-/// # Safety
-/// 1. `dst` is valid for writes of `size_of::<T>()` bytes and aligned for `C`.
-/// 2. `size_of::<T>()` is a multiple of `size_of::<C>()`.
-#[inline(always)]
-unsafe fn write_pieces<T: Pod, C: Copy>(dst: *mut T, value: T) {
-    let (src, dst) = ((&raw const value).cast::<C>(), dst.cast::<C>());
-    for k in 0..size_of::<T>() / size_of::<C>() {
-        // SAFETY: piece k lies inside both values (2), aligned for C (1; the
-        // local is aligned for T). T: Pod has no padding, so every byte read
-        // from `value` is initialised and no stale byte of ours reaches the
-        // peer.
-        unsafe { dst.add(k).write_volatile(src.add(k).read()) };
-    }
-}
-
-/// One volatile copy of a whole `T` out of shared memory (R6), in the
-/// widest pieces its alignment allows: 16 bytes (SSE2) for cache-line
-/// descriptors instead of one scalar load per field. Each byte is read
-/// exactly once, and the compiler may neither re-read nor elide any piece.
-///
-/// # Safety
-/// `src` is valid for reads of a `T` and aligned for `T`.
-#[inline(always)]
-pub(crate) unsafe fn volatile_read<T: Pod>(src: *const T) -> T {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if align_of::<T>() >= 16 {
-        // SAFETY: `src` is valid and aligned for T (caller), so for the
-        // 16-byte piece; T's size is a multiple of its alignment, hence of 16.
-        return unsafe { read_pieces::<T, core::arch::x86_64::__m128i>(src) };
-    }
-    // SAFETY: `src` is valid and aligned for T (caller); each arm's piece is
-    // no wider than T's alignment, and T's size is a multiple of it.
-    unsafe {
-        match align_of::<T>() {
-            1 => read_pieces::<T, u8>(src),
-            2 => read_pieces::<T, u16>(src),
-            4 => read_pieces::<T, u32>(src),
-            _ => read_pieces::<T, u64>(src),
-        }
-    }
-}
-
-/// One volatile copy of `value` into shared memory, as [`volatile_read`].
-///
-/// # Safety
-/// `dst` is valid for writes of a `T` and aligned for `T`.
-#[inline(always)]
-pub(crate) unsafe fn volatile_write<T: Pod>(dst: *mut T, value: T) {
-    #[cfg(all(target_arch = "x86_64", target_feature = "sse2"))]
-    if align_of::<T>() >= 16 {
-        // SAFETY: as in volatile_read.
-        return unsafe { write_pieces::<T, core::arch::x86_64::__m128i>(dst, value) };
-    }
-    // SAFETY: as in volatile_read.
-    unsafe {
-        match align_of::<T>() {
-            1 => write_pieces::<T, u8>(dst, value),
-            2 => write_pieces::<T, u16>(dst, value),
-            4 => write_pieces::<T, u32>(dst, value),
-            _ => write_pieces::<T, u64>(dst, value),
-        }
+        unsafe { mem.copy_out(self.at(idx), value.as_bytes(), align_of::<T>()) };
     }
 }

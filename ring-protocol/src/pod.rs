@@ -4,43 +4,99 @@
 //! values into memory the peer reads. So a slot type must (1) accept every
 //! bit pattern, or reading a hostile slot would be undefined behaviour, and
 //! (2) have no padding, or writing a value would copy uninitialised bytes —
-//! stale stack contents, possibly secrets — to another domain. This is
-//! bytemuck's `Pod` reasoning, hand-written to keep the crate dependency-free.
+//! stale stack contents, possibly secrets — to another domain.
+//!
+//! Both are zerocopy's traits, checked by its derives at compile time: (1)
+//! is [`FromBytes`], (2) is [`IntoBytes`] (which also requires a
+//! `#[repr(C)]`, `#[repr(transparent)]` or `#[repr(packed)]` layout, so both
+//! domains agree on it). [`Immutable`] (no interior mutability) lets a value
+//! be viewed as bytes through a shared reference, [`KnownLayout`] is what
+//! zerocopy needs for its other conversions. `Pod` is the name this crate
+//! uses for all of them together; nobody implements it by hand.
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Plain old data: any bit pattern is a valid value and there is no padding.
 ///
-/// Implemented for the fixed-width integers and arrays of `Pod`. Implement
-/// it for your own `#[repr(C)]` descriptor structs with an `unsafe impl`
-/// and a `// SAFETY:` comment that checks the list below (a const
-/// assertion that `size_of` equals the sum of the field sizes proves the
-/// absence of padding).
+/// A safe marker: every type with zerocopy's [`FromBytes`], [`IntoBytes`],
+/// [`Immutable`] and [`KnownLayout`] (and `Copy + Send + Sync + 'static`)
+/// is `Pod` by the blanket impl. That covers the fixed-width integers,
+/// arrays of `Pod`, zerocopy's byte-order types (`zerocopy::byteorder`),
+/// and your own `#[repr(C)]` descriptor structs once they derive the four
+/// traits: the derives refuse fields that do not accept every bit pattern
+/// (`bool`, `char`, enums, references, `NonZero*`) and structs with padding
+/// bytes. No `unsafe` is written anywhere.
 ///
-/// # Safety
-/// Implementing `Pod` for `T` promises:
-/// 1. every bit pattern of `size_of::<T>()` bytes is a valid `T` (so no
-///    `bool`, `char`, enums, references, `NonZero*`, or fields with their
-///    own validity invariants);
-/// 2. `T` has no padding bytes anywhere (between fields or at the end), so
-///    every byte of a `T` value is initialised;
-/// 3. `T` is not zero-sized (every ring and stream constructor also
-///    refuses zero-sized slot types at compile time, R14);
-/// 4. `T` means the same in both domains: no pointers or references (the
-///    peer's addresses mean nothing here) and a `#[repr(C)]` or
-///    `#[repr(transparent)]` layout (not `repr(Rust)`, which may differ
-///    between two builds).
-pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+/// ```
+/// use ring_protocol::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+///
+/// #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy)]
+/// #[zerocopy(crate = "ring_protocol::zerocopy")] // not needed if you depend on zerocopy yourself
+/// #[repr(C)]
+/// struct BlkReq {
+///     id: u64,
+///     sector: u64,
+///     gref: u32,
+///     nr_sectors: u16,
+///     op: u8,
+///     flags: u8,
+/// }
+///
+/// fn assert_pod<T: ring_protocol::Pod>() {}
+/// assert_pod::<BlkReq>();
+/// ```
+///
+/// Padding is refused at compile time (here 4 bytes after `status`):
+///
+/// ```compile_fail,E0277
+/// use ring_protocol::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+///
+/// #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy)]
+/// #[zerocopy(crate = "ring_protocol::zerocopy")]
+/// #[repr(C)]
+/// struct Padded {
+///     status: u32,
+///     id: u64,
+/// }
+/// ```
+///
+/// So is a field that does not accept every bit pattern:
+///
+/// ```compile_fail,E0277
+/// use ring_protocol::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+///
+/// #[derive(FromBytes, IntoBytes, Immutable, KnownLayout, Clone, Copy)]
+/// #[zerocopy(crate = "ring_protocol::zerocopy")]
+/// #[repr(C)]
+/// struct Flagged {
+///     id: u64,
+///     done: [bool; 8],
+/// }
+/// ```
+///
+/// And a struct without the derives is not a slot type:
+///
+/// ```compile_fail,E0277
+/// # use ring_protocol::*;
+/// # #[repr(C, align(4096))] struct Page([u8; 4096]);
+/// # let mut page = Page([0; 4096]);
+/// #[derive(Clone, Copy)]
+/// #[repr(C)]
+/// struct Req { id: u64 }
+///
+/// // SAFETY: `page` outlives the endpoint and is only used through it.
+/// let mem = unsafe { SharedMem::new(page.0.as_mut_ptr(), 4096) }?;
+/// let front = Front::<Req, Completion>::init(mem)?; // error[E0277]: `Req: Pod` is not satisfied
+/// # Ok::<(), LayoutError>(())
+/// ```
+///
+/// What the derives cannot check, and a slot type must still respect:
+/// - it is not zero-sized: every ring and stream constructor refuses
+///   zero-sized slot types at compile time (R14);
+/// - it means the same in both domains: fixed-width integers rather than
+///   `usize`/`isize` (whose width is the build's), and no addresses (the
+///   peer's mean nothing here; zerocopy has no `FromBytes` for pointers or
+///   references).
+pub trait Pod: FromBytes + IntoBytes + Immutable + KnownLayout + Copy + Send + Sync + 'static {}
 
-macro_rules! pod_ints {
-    ($($t:ty),*) => {$(
-        // SAFETY: fixed-width integers accept every bit pattern, have no
-        // padding, are non-zero-sized and mean the same in every domain.
-        unsafe impl Pod for $t {}
-    )*};
-}
-pod_ints!(u8, u16, u32, u64, u128, i8, i16, i32, i64, i128);
-
-// SAFETY: an array of N > 0 Pod elements is Pod: elements are laid out
-// back to back with no padding (size is a multiple of align). N = 0 is
-// zero-sized: every generic layout function refuses it at compile time
-// (R14, `layout::assert_slot_type`) and `Layout::new` returns `None`.
-unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+impl<T> Pod for T where T: FromBytes + IntoBytes + Immutable + KnownLayout + Copy + Send + Sync + 'static {}

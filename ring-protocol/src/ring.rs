@@ -177,11 +177,6 @@ pub struct Front<'a, Req: Pod, Rsp: Pod> {
     _types: PhantomData<fn(Req) -> Rsp>,
 }
 
-// SAFETY: the front's private state is plain integers; the shared region
-// is accessed only atomically or with volatile whole-slot copies, which is
-// the same from any thread. Req/Rsp are Pod, hence Send.
-unsafe impl<Req: Pod, Rsp: Pod> Send for Front<'_, Req, Rsp> {}
-
 impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// Initialise the shared region as an empty ring (Xen's
     /// `SHARED_RING_INIT` + `FRONT_RING_INIT`) and take the front's end.
@@ -212,7 +207,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
     /// # Errors
     /// As [`Front::init`].
     pub fn init_at(mem: SharedMem<'a>, start: u32) -> Result<Self, LayoutError> {
-        let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
+        let layout = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         mem.zero_header_padding();
         mem.zero_from(HEADER_SIZE);
         mem.index(off::REQ_PROD).store(start, Release);
@@ -221,7 +216,7 @@ impl<'a, Req: Pod, Rsp: Pod> Front<'a, Req, Rsp> {
         mem.index(off::RSP_EVENT).store(start.wrapping_add(1), Release);
         Ok(Front {
             mem,
-            slots: Slots::new(base, &layout),
+            slots: Slots::new(&layout),
             req_prod_pvt: start,
             req_prod: start,
             rsp_cons: start,
@@ -483,9 +478,6 @@ pub struct Back<'a, Req: Pod, Rsp: Pod> {
     _types: PhantomData<fn(Req) -> Rsp>,
 }
 
-// SAFETY: as for Front.
-unsafe impl<Req: Pod, Rsp: Pod> Send for Back<'_, Req, Rsp> {}
-
 impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// Take the back's end of a ring the front initialised (Xen's
     /// `BACK_RING_ATTACH`): the current `rsp_prod` becomes our starting
@@ -507,11 +499,11 @@ impl<'a, Req: Pod, Rsp: Pod> Back<'a, Req, Rsp> {
     /// [`LayoutError`] if not even one slot fits or the region is not
     /// aligned for the slot types.
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
-        let (layout, base) = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
+        let layout = mem.check(Layout::ring::<Req, Rsp>(mem.len()))?;
         let start = mem.index(off::RSP_PROD).load(Acquire);
         Ok(Back {
             mem,
-            slots: Slots::new(base, &layout),
+            slots: Slots::new(&layout),
             req_cons: start,
             req_prod_seen: start,
             rsp_prod_pvt: start,

@@ -73,10 +73,6 @@ pub struct StreamProducer<'a, T: Pod> {
     _item: PhantomData<fn(T)>,
 }
 
-// SAFETY: private state is integers; shared memory is accessed only with
-// atomics and volatile whole-element copies, from any thread alike.
-unsafe impl<T: Pod> Send for StreamProducer<'_, T> {}
-
 impl<'a, T: Pod> StreamProducer<'a, T> {
     /// [`init_stream`] at index 0, then [`StreamProducer::attach`].
     ///
@@ -105,11 +101,11 @@ impl<'a, T: Pod> StreamProducer<'a, T> {
     /// # Errors
     /// As [`init_stream`].
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
-        let (layout, base) = mem.check(Layout::stream::<T>(mem.len()))?;
+        let layout = mem.check(Layout::stream::<T>(mem.len()))?;
         let start = mem.index(off::PROD).load(Acquire);
         Ok(StreamProducer {
             mem,
-            slots: Slots::new(base, &layout),
+            slots: Slots::new(&layout),
             prod_pvt: start,
             prod: start,
             cons_seen: start.wrapping_sub(layout.capacity),
@@ -313,9 +309,6 @@ pub struct StreamConsumer<'a, T: Pod> {
     _item: PhantomData<fn() -> T>,
 }
 
-// SAFETY: as for StreamProducer.
-unsafe impl<T: Pod> Send for StreamConsumer<'_, T> {}
-
 impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// [`init_stream`] at index 0, then [`StreamConsumer::attach`].
     ///
@@ -343,11 +336,11 @@ impl<'a, T: Pod> StreamConsumer<'a, T> {
     /// # Errors
     /// As [`init_stream`].
     pub fn attach(mem: SharedMem<'a>) -> Result<Self, LayoutError> {
-        let (layout, base) = mem.check(Layout::stream::<T>(mem.len()))?;
+        let layout = mem.check(Layout::stream::<T>(mem.len()))?;
         let start = mem.index(off::CONS).load(Acquire);
         Ok(StreamConsumer {
             mem,
-            slots: Slots::new(base, &layout),
+            slots: Slots::new(&layout),
             cons: start,
             released: start,
             prod_seen: start,

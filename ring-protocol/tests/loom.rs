@@ -25,22 +25,26 @@ use ring_protocol::{ring_bytes, stream_bytes, Back, Front, LoomShadow, SharedMem
 
 /// Leak a zeroed, 64-byte aligned region and a shadow for `slots` slots:
 /// loom threads need `'static` borrows.
-fn region(len: usize, slots: usize, weak: bool) -> (&'static [u64], &'static LoomShadow) {
-    let words: &'static mut [Line] = Vec::leak(vec![Line([0; 8]); len.div_ceil(64)]);
+fn region(len: usize, slots: usize, weak: bool) -> (&'static [Line], &'static LoomShadow) {
+    let lines: &'static [Line] = Vec::leak((0..len.div_ceil(64)).map(|_| Line::default()).collect());
     let shadow = LoomShadow::new(slots);
     let shadow = if weak { shadow.weaken_full_fences() } else { shadow };
-    // SAFETY: Line is repr(C) of u64s; the slice covers the same bytes.
-    let words = unsafe { std::slice::from_raw_parts(words.as_ptr().cast::<u64>(), words.len() * 8) };
-    (words, Box::leak(Box::new(shadow)))
+    (lines, Box::leak(Box::new(shadow)))
 }
 
-#[derive(Clone, Copy)]
+/// One cache line of the region. The words are (real, not loom) atomics
+/// only so that the region may be written through a pointer derived from a
+/// shared borrow; the endpoints access it with volatile copies, and loom
+/// sees index words and slots through the shadow.
+#[derive(Default)]
 #[repr(C, align(64))]
-struct Line([u64; 8]);
+struct Line([std::sync::atomic::AtomicU64; 8]);
 
-fn mem(words: &'static [u64], len: usize, shadow: &'static LoomShadow) -> SharedMem<'static> {
-    // SAFETY: leaked, so valid forever; used only through endpoints.
-    unsafe { SharedMem::new(words.as_ptr().cast_mut().cast(), len) }.unwrap().with_loom_shadow(shadow)
+fn mem(lines: &'static [Line], len: usize, shadow: &'static LoomShadow) -> SharedMem<'static> {
+    assert!(len <= size_of_val(lines));
+    // SAFETY: leaked, so valid forever, and interior-mutable, so writable
+    // through this pointer; used only through endpoints.
+    unsafe { SharedMem::new(lines.as_ptr().cast_mut().cast(), len) }.unwrap().with_loom_shadow(shadow)
 }
 
 /// Explore every interleaving (no preemption bound).

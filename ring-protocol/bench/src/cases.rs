@@ -10,14 +10,19 @@ use std::sync::Barrier;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use ring_protocol::{ring_bytes, stream_bytes, Back, Front, Pod, SharedMem, StreamConsumer, StreamProducer};
+use ring_protocol::zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use ring_protocol::{ring_bytes, stream_bytes, Back, Front, SharedMem, StreamConsumer, StreamProducer};
 
 /// Slots in every queue.
 pub const CAPACITY: usize = 1024;
 
-/// A 64-byte, cache-line aligned descriptor.
+/// A 64-byte, cache-line aligned descriptor. A slot type (`Pod`) by
+/// zerocopy's derives, through ring-protocol's re-export: they check that
+/// there is no padding (8 + 4 + 4 + 4 + 2 + 2 + 40 = 64 = size) and that
+/// every field accepts any bit pattern.
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[zerocopy(crate = "ring_protocol::zerocopy")]
 pub struct Desc64 {
     seq: u64,
     gref: u32,
@@ -29,10 +34,6 @@ pub struct Desc64 {
 }
 
 const _: () = assert!(std::mem::size_of::<Desc64>() == 64);
-
-// SAFETY: repr(C) of integers, 8 + 4 + 4 + 4 + 2 + 2 + 40 = 64 = size (no
-// padding); any bit pattern is valid; no pointers.
-unsafe impl Pod for Desc64 {}
 
 impl Desc64 {
     #[inline(always)]
