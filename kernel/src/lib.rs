@@ -12,6 +12,7 @@
 //! | [`sched`] | [`sched::bvt`]: the borrowed-virtual-time scheduler; [`sched::account`]: who is charged for each nanosecond of CPU time |
 //! | [`event`] | event channels and the shared-info page |
 //! | [`domain`] | domain states, exits and the end-of-run verdict; [`domain::vcpu`]: per-vCPU state the guest registers |
+//! | [`hv`] | the trap loop: domain lifecycle, trap handling, events, timers, console draining and scheduling, over a [`hv::Machine`] |
 //! | [`hypercall`] | the hypercall table, its argument validation and its budget |
 //! | [`elf`] | the one ELF loader: validation and load plan |
 //! | [`builder`] | a domain's initial memory, page tables and start info |
@@ -26,6 +27,7 @@ pub mod console;
 pub mod domain;
 pub mod elf;
 pub mod event;
+pub mod hv;
 pub mod hypercall;
 pub mod mm;
 pub mod regs;

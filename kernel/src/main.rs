@@ -2,15 +2,15 @@
 //!
 //! Boot order: serial, PVH boot info, descriptor tables and entry area,
 //! frame table, timers, boot bundle, domains, then the first guest. From
-//! then on the hypervisor runs only in response to traps (see [`hv`]).
+//! then on the hypervisor runs only in response to traps (see [`platform`] and `ringfence_kernel::hv`).
 #![no_std]
 #![no_main]
 
 extern crate freestanding;
 
 mod arch;
-mod hv;
 mod log;
+mod platform;
 
 use arch::{descriptors, pvh::BootInfo, timer};
 use ringfence_bundle::Bundle;
@@ -67,7 +67,7 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
         selftest(test);
     }
 
-    hv::boot(frames, &bundle, rates)
+    platform::boot(frames, &bundle, rates)
 }
 
 fn init_frames(bi: &BootInfo, image_end: u64) -> FrameTable<'static> {

@@ -42,6 +42,45 @@ const _: () = {
     assert!(core::mem::offset_of!(Regs, cs) == 18 * 8);
 };
 
+/// 512-byte FXSAVE area (x87, MMX, SSE state) of one domain: saved by the
+/// entry code, restored on the way out.
+#[derive(Clone, Copy)]
+#[repr(C, align(16))]
+pub struct FxArea(pub [u8; 512]);
+
+/// The fields of an FXSAVE area's header that [`FxArea::initial`] sets
+/// (Intel SDM vol. 1, table 10-2).
+#[derive(zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout)]
+#[repr(C)]
+struct FxHeader {
+    fcw: u16,
+    fsw: u16,
+    ftw: u8,
+    reserved: u8,
+    fop: u16,
+    fip: u64,
+    fdp: u64,
+    mxcsr: u32,
+    mxcsr_mask: u32,
+}
+
+const _: () = assert!(core::mem::offset_of!(FxHeader, mxcsr) == 24);
+
+impl FxArea {
+    /// The state after `fninit` with MXCSR at its reset value (all SIMD
+    /// exceptions masked): FCW = 0x37f, MXCSR = 0x1f80. (MXCSR_MASK is left
+    /// 0: `fxrstor` ignores it.)
+    pub fn initial() -> FxArea {
+        use zerocopy::{FromZeros, IntoBytes};
+        let mut h = FxHeader::new_zeroed();
+        h.fcw = 0x37f;
+        h.mxcsr = 0x1f80;
+        let mut a = [0u8; 512];
+        a[..size_of::<FxHeader>()].copy_from_slice(h.as_bytes());
+        FxArea(a)
+    }
+}
+
 /// RFLAGS.IF.
 pub const RFLAGS_IF: u64 = 1 << 9;
 /// RFLAGS bit 1, always set.

@@ -102,24 +102,8 @@ use pvguest_abi::layout::ENTRY_AREA_BASE;
 /// Registers saved on every entry (defined in the host-tested library).
 pub type TrapFrame = ringfence_kernel::regs::Regs;
 
-/// 512-byte FXSAVE area (x87, MMX, SSE state).
-#[derive(Clone, Copy)]
-#[repr(C, align(16))]
-pub struct FxArea(pub [u8; 512]);
-
-impl FxArea {
-    /// The state after `fninit` with MXCSR at its reset value (all SIMD
-    /// exceptions masked): FCW = 0x37f, MXCSR = 0x1f80.
-    pub const fn initial() -> FxArea {
-        let mut a = [0u8; 512];
-        a[0] = 0x7f;
-        a[1] = 0x03;
-        a[24] = 0x80;
-        a[25] = 0x1f;
-        // MXCSR_MASK left 0: fxrstor ignores it.
-        FxArea(a)
-    }
-}
+/// The FXSAVE area (defined in the host-tested library).
+pub use ringfence_kernel::regs::FxArea;
 
 /// A cell for data the CPU and the entry code share. Accessed only by the
 /// single hypervisor CPU with interrupts disabled.

@@ -4,10 +4,8 @@
 
 use super::cpu::{inb, outb, rdmsr, rdtsc};
 
-/// Vector of the local APIC timer.
-pub const TIMER_VECTOR: u8 = 0xf0;
-/// Vector of APIC spurious interrupts.
-pub const SPURIOUS_VECTOR: u8 = 0xff;
+/// The vectors (defined once, in the library).
+pub use ringfence_kernel::hv::{SPURIOUS_VECTOR, TIMER_VECTOR};
 
 const APIC_BASE_MSR: u32 = 0x1b;
 const REG_EOI: u64 = 0xb0;

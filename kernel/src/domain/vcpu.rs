@@ -39,6 +39,15 @@ pub struct TrapTable {
     pub syscall_gate: u64,
 }
 
+/// A domain's data-segment state as the CPU holds it while the domain runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SegmentState {
+    /// ds, es, fs, gs.
+    pub selectors: [u16; 4],
+    pub fs_base: u64,
+    pub gs_base: u64,
+}
+
 impl TrapTable {
     /// Applies a guest trap table (entries up to the first with address 0).
     /// An empty table clears every handler, as in Xen.
@@ -133,6 +142,11 @@ pub struct Vcpu {
 }
 
 impl Vcpu {
+    /// The data-segment state to load when the domain runs.
+    pub fn segments(&self) -> SegmentState {
+        SegmentState { selectors: self.selectors, fs_base: self.fs_base, gs_base: self.gs_base }
+    }
+
     /// `stack_switch(ss, sp)`.
     pub fn stack_switch(&mut self, ss: u64, sp: u64) -> Result<(), Errno> {
         if ss != u64::from(GUEST_KERNEL_SS) {

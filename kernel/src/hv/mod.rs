@@ -44,59 +44,60 @@
 //! the right domain but made a warped domain wait for a neighbour's
 //! flood (a 4.8x worse wake-up latency in the `isolation-seed` runs).
 //!
-//! The accounting rule is [`ringfence_kernel::sched::account`]'s: every ns belongs
+//! The accounting rule is [`crate::sched::account`]'s: every ns belongs
 //! to exactly one domain or to idle. No hypercall runs past
 //! [`hypercall::BUDGET_NS`] plus one unit of work (see
-//! [`ringfence_kernel::hypercall`]); the longest stretch spent in the
+//! [`crate::hypercall`]); the longest stretch spent in the
 //! hypervisor between a guest's entry and the next exit to a guest (idle
 //! halts excluded) is measured on every locked path and printed in the
 //! final report.
 //!
 //! # Where validation happens
-//! - Hypercall arguments: [`ringfence_kernel::hypercall::dispatch`].
-//! - Guest pointers: [`ringfence_kernel::mm::guest_mem::GuestView`].
-//! - Handler addresses and stacks: [`ringfence_kernel::domain::vcpu`].
-//! - Return frames: [`ringfence_kernel::regs::Regs::sanitize`], on every exit.
+//! - Hypercall arguments: [`crate::hypercall::dispatch`].
+//! - Guest pointers: [`crate::mm::guest_mem::GuestView`].
+//! - Handler addresses and stacks: [`crate::domain::vcpu`].
+//! - Return frames: [`crate::regs::Regs::sanitize`], on every exit.
 
-use crate::arch::entry::{self, EntryCell, FxArea, TrapFrame};
-use crate::arch::timer::{self, Rates, SPURIOUS_VECTOR, TIMER_VECTOR};
-use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCESS};
-use crate::log;
-use crate::log::Sym;
+mod machine;
+
+pub use machine::Machine;
+
+use crate::builder::{self, DomainConfig};
+use crate::console::{ConsoleOut, STEP_WORK};
+use crate::domain::vcpu::Vcpu;
+use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
+use crate::event::{EventChannels, SharedPage};
+use crate::hvlog;
+use crate::hypercall::{self, Action};
+use crate::mm::frames::{FrameTable, Mfn};
+use crate::mm::guest_mem::{GuestVa, GuestView};
+use crate::mm::{Mm, MmuExtOp};
+use crate::regs::{FxArea, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
+use crate::sched::account::Meter;
+use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
+use crate::time::TscScale;
+use crate::trap::{bounce, Bounce};
 use core::fmt::Write as _;
-use core::mem::MaybeUninit;
-use core::sync::atomic::Ordering::SeqCst;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
 use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
 use pvguest_abi::vcpu::{runstate, RunstateInfo};
 use pvguest_abi::{hypercall as nr, selectors, Errno, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
-use ring_protocol::{ByteChannel, SharedMem};
+use ring_protocol::ByteChannel;
 use ringfence_bundle::Bundle;
-use ringfence_kernel::builder::{self, DomainConfig};
-use ringfence_kernel::console::{ConsoleOut, STEP_WORK};
-use ringfence_kernel::domain::table::{IdMap, Slot};
-use ringfence_kernel::domain::vcpu::Vcpu;
-use ringfence_kernel::domain::{DomId, DomainTable, Privilege};
-use ringfence_kernel::domain::{Exit, Expect, Fault, RunState};
-use ringfence_kernel::event::{EventChannels, SharedPage};
-use ringfence_kernel::hypercall::{self, Action};
-use ringfence_kernel::mm::frames::{FrameTable, Mfn};
-use ringfence_kernel::mm::guest_mem::{GuestVa, GuestView, PhysMem};
-use ringfence_kernel::mm::{Mm, MmuExtOp};
-use ringfence_kernel::regs::{RFLAGS_FIXED, RFLAGS_IF};
-use ringfence_kernel::sched::account::Meter;
-use ringfence_kernel::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
-use ringfence_kernel::time::TscScale;
-use ringfence_kernel::trap::{bounce, Bounce};
-use spin::Mutex;
+
+/// The local APIC timer's interrupt vector (above every vector a guest
+/// may name in its trap table or raise with `int`).
+pub const TIMER_VECTOR: u8 = 0xf0;
+/// The local APIC's spurious-interrupt vector.
+pub const SPURIOUS_VECTOR: u8 = 0xff;
 
 /// Most domains alive at once (any number may be created over time: a
 /// slot is reused once its domain has been reaped).
 pub const MAX_DOMAINS: usize = 1024;
 /// Domains the final report lists one by one (later ones are counted).
-const MAX_RECORDS: usize = 2048;
+pub const MAX_RECORDS: usize = 2048;
 
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
@@ -135,7 +136,7 @@ pub struct Domain {
     /// The console port was notified and the ring may hold output.
     pub console_dirty: bool,
     /// The domain ended and its exit is reported once its leftover console
-    /// output is out (see [`Hv::reap_step`]).
+    /// output is out (teardown drains it in steps first).
     pub report_pending: bool,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
@@ -175,8 +176,7 @@ pub struct Wakes {
 }
 
 impl Wakes {
-    fn fired(&mut self, deadline: u64, now: u64) {
-        let (what, into) = stretch::current();
+    fn fired(&mut self, deadline: u64, now: u64, (what, into): ([u64; 4], u64)) {
         self.pending = Some((deadline, now, what, into));
     }
 
@@ -209,7 +209,9 @@ impl Wakes {
 }
 
 /// The hypervisor's state.
-pub struct Hv {
+pub struct Hv<M: Machine> {
+    /// The machine: CPU, memory, timer and console services.
+    pub m: M,
     /// Live domains (dead ones until they are reaped); the slot numbers
     /// index the scheduler's entities too.
     pub domains: DomainTable<'static, Domain>,
@@ -241,7 +243,6 @@ pub struct Hv {
     pub bvt: Bvt<MAX_DOMAINS>,
     pub boot_tsc: u64,
     pub scale: TscScale,
-    pub rates: Option<Rates>,
     /// Domain whose FS/GS bases and syscall gate are loaded in the CPU.
     pub loaded: Option<usize>,
     /// The fast path already ran the current hypercall; the full path
@@ -257,97 +258,9 @@ pub struct Hv {
     pub drain_until: u64,
 }
 
-static HV: Mutex<Hv> = Mutex::new(Hv {
-    domains: DomainTable::empty(),
-    records: heapless::Vec::new(),
-    unrecorded: (0, 0),
-    frames: None,
-    current: None,
-    meter: Meter::new(0),
-    armed_for: None,
-    budget_ticks: 0,
-    reaping: heapless::Deque::new(),
-    slice_end: 0,
-    bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
-    boot_tsc: 0,
-    scale: TscScale { mul: 0, shift: 0 },
-    rates: None,
-    loaded: None,
-    pending_action: None,
-    yielding: false,
-    armed_tsc: u64::MAX,
-    drain_until: 0,
-});
-
-/// The domain table's storage: outside the image's loaded part, set up at
-/// boot (see `linker.ld`).
-#[link_section = ".tables"]
-static DOMAIN_SLOTS: EntryCell<MaybeUninit<[Slot<Domain>; MAX_DOMAINS]>> = EntryCell::new(MaybeUninit::uninit());
-#[link_section = ".tables"]
-static DOMAIN_IDS: EntryCell<MaybeUninit<IdMap>> = EntryCell::new(MaybeUninit::uninit());
-
-/// The domain table over its storage. Called once, at boot.
-fn domain_table() -> DomainTable<'static, Domain> {
-    let slots = DOMAIN_SLOTS.get() as *mut Slot<Domain>;
-    for i in 0..MAX_DOMAINS {
-        // SAFETY: `slots` points at MAX_DOMAINS slots of .tables that
-        // nothing else refers to; each is initialised once here.
-        unsafe { slots.add(i).write(None) };
-    }
-    let ids = DOMAIN_IDS.get() as *mut IdMap;
-    // SAFETY: as above; an all-zero id map is a valid (empty) one.
-    unsafe { ids.write_bytes(0, 1) };
-    // SAFETY: both were initialised above, and `boot` calls this once, so
-    // these are the only references ever made to them.
-    let (slots, ids) = unsafe { (core::slice::from_raw_parts_mut(slots, MAX_DOMAINS), &mut *ids) };
-    DomainTable::new(slots, ids)
-}
-
-/// Machine memory through the hypervisor's identity map.
-pub struct HvPhys;
-
-impl PhysMem for HvPhys {
-    fn read_u64(&self, pa: u64) -> u64 {
-        // SAFETY: callers pass addresses inside frames the frame table knows
-        // (RAM below 1 GiB), all identity-mapped in the hypervisor view;
-        // `pa` is 8-aligned by construction of page-table entry addresses.
-        unsafe { (pa as *const u64).read_volatile() }
-    }
-    fn write_u64(&mut self, pa: u64, val: u64) {
-        // SAFETY: as for `read_u64`.
-        unsafe { (pa as *mut u64).write_volatile(val) }
-    }
-    fn read(&self, pa: u64, buf: &mut [u8]) {
-        // SAFETY: the range lies inside one known RAM frame (see
-        // `read_u64`); the bytes are copied once into our own buffer.
-        unsafe { core::ptr::copy_nonoverlapping(pa as *const u8, buf.as_mut_ptr(), buf.len()) }
-    }
-    fn write(&mut self, pa: u64, data: &[u8]) {
-        // SAFETY: as for `read`.
-        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), pa as *mut u8, data.len()) }
-    }
-    fn zero_frame(&mut self, mfn: Mfn) {
-        // SAFETY: `mfn` is a RAM frame just allocated from the frame table.
-        unsafe { core::ptr::write_bytes((mfn * 4096) as *mut u8, 0, 4096) }
-    }
-    fn fetch_or_u64(&mut self, pa: u64, bits: u64) -> u64 {
-        // SAFETY: as for `read_u64` (8-aligned, in a known RAM frame); the
-        // guest may access the word concurrently only through atomic or
-        // plain accesses of its own, which an atomic RMW tolerates.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }.fetch_or(bits, SeqCst)
-    }
-    fn fetch_and_u64(&mut self, pa: u64, bits: u64) -> u64 {
-        // SAFETY: as for `fetch_or_u64`.
-        unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }.fetch_and(bits, SeqCst)
-    }
-    fn swap_u8(&mut self, pa: u64, v: u8) -> u8 {
-        // SAFETY: as for `fetch_or_u64` (a byte is always aligned).
-        unsafe { core::sync::atomic::AtomicU8::from_ptr(pa as *mut u8) }.swap(v, SeqCst)
-    }
-}
-
 /// What a hypercall may touch: the calling domain's memory and state.
-struct DomEnv<'a> {
+struct DomEnv<'a, M: Machine> {
+    m: &'a mut M,
     frames: &'a mut FrameTable<'static>,
     dom: &'a mut Domain,
     /// System time at the trap (0 on the fast path, which does not sample).
@@ -358,27 +271,26 @@ struct DomEnv<'a> {
     preempt_tsc: u64,
 }
 
-impl DomEnv<'_> {
-    fn view<'v>(&'v self, phys: &'v mut HvPhys) -> GuestView<'v, HvPhys> {
-        GuestView { mem: phys, frames: &*self.frames, root: self.dom.root, dom: self.dom.id }
+impl<M: Machine> DomEnv<'_, M> {
+    fn view(&mut self) -> GuestView<'_, M::Mem> {
+        GuestView { mem: self.m.mem(), frames: &*self.frames, root: self.dom.root, dom: self.dom.id }
     }
 }
 
-impl hypercall::Env for DomEnv<'_> {
+impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let mut phys = HvPhys;
-        self.view(&mut phys).copy_from(GuestVa(va), buf)
+        self.view().copy_from(GuestVa(va), buf)
     }
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        let mut phys = HvPhys;
-        self.view(&mut phys).copy_to(GuestVa(va), data)
+        self.view().copy_to(GuestVa(va), data)
     }
     fn console_write(&mut self, bytes: &[u8]) -> usize {
         let name = &self.dom.name;
         let (scale, boot) = self.clock;
-        let now = if self.now != 0 { self.now } else { scale.to_ns(cpu::rdtsc().wrapping_sub(boot)) };
+        let now = if self.now != 0 { self.now } else { scale.to_ns(M::tsc().wrapping_sub(boot)) };
         let mut input = bytes.iter().copied();
-        self.dom.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
+        let m = &mut *self.m;
+        self.dom.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
         bytes.len() - input.len()
     }
     fn console_kick(&mut self) {
@@ -387,7 +299,7 @@ impl hypercall::Env for DomEnv<'_> {
     fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let mut n = 0;
         while n < buf.len() {
-            match serial::read_byte() {
+            match self.m.console_read() {
                 Some(b) => {
                     buf[n] = b;
                     n += 1;
@@ -418,107 +330,124 @@ impl hypercall::Env for DomEnv<'_> {
         &mut self.dom.events
     }
     fn unmask(&mut self, port: u32) {
-        self.dom.shared.unmask(&mut HvPhys, port);
+        self.dom.shared.unmask(self.m.mem(), port);
     }
     fn port_pending(&self, port: u32) -> bool {
-        self.dom.shared.is_pending(&HvPhys, port)
+        self.dom.shared.is_pending(self.m.mem_ref(), port)
     }
     fn enable_events(&mut self) -> bool {
-        self.dom.shared.set_upcall_mask(&mut HvPhys, false);
-        self.dom.shared.upcall_pending(&HvPhys)
+        self.dom.shared.set_upcall_mask(self.m.mem(), false);
+        self.dom.shared.upcall_pending(self.m.mem_ref())
     }
     fn mmu_update(&mut self, r: MmuUpdate) -> Result<(), Errno> {
-        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e()).mmu_update(self.dom.id, r.ptr, r.val)
+        let e = self.m.entry_area_pml4e();
+        Mm::new(self.m.mem(), self.frames, e).mmu_update(self.dom.id, r.ptr, r.val)
     }
     fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno> {
         // Every exit reloads CR3 from `root` with global pages off, which
         // flushes the TLB, so the flush outcomes need no action here.
         let op = MmuExtOp::decode(&op)?;
         let preempt_tsc = self.preempt_tsc;
-        let mut due = || cpu::rdtsc() >= preempt_tsc;
-        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e())
+        let mut due = || M::tsc() >= preempt_tsc;
+        let e = self.m.entry_area_pml4e();
+        Mm::new(self.m.mem(), self.frames, e)
             .preemptible(&mut due)
             .mmuext_op(self.dom.id, &mut self.dom.root, op)
-            .map(|o| o != ringfence_kernel::mm::ExtOutcome::Again)
+            .map(|o| o != crate::mm::ExtOutcome::Again)
     }
     fn preempt_due(&mut self) -> bool {
-        cpu::rdtsc() >= self.preempt_tsc
+        M::tsc() >= self.preempt_tsc
     }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
-        Mm::new(&mut HvPhys, self.frames, descriptors::guest_entry_pml4e()).update_va_mapping(
-            self.dom.id,
-            self.dom.root,
-            va,
-            val,
-        )
+        let e = self.m.entry_area_pml4e();
+        Mm::new(self.m.mem(), self.frames, e).update_va_mapping(self.dom.id, self.dom.root, va, val)
     }
-}
-
-/// Builds every domain of the bundle and starts the first one.
-pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> ! {
-    let next = {
-        let mut guard = HV.lock();
-        let hv = &mut *guard;
-        hv.frames = Some(frames);
-        hv.domains = domain_table();
-        hv.rates = Some(rates);
-        hv.scale = TscScale::from_hz(rates.tsc_hz);
-        hv.boot_tsc = cpu::rdtsc();
-        hv.budget_ticks = rates.tsc_ticks(hypercall::BUDGET_NS).max(1);
-        let wallclock = crate::arch::rtc::read_unix_seconds();
-        log!("wall clock: {wallclock} s since the epoch (RTC)");
-        log!("boot bundle: {} domain(s)", bundle.domain_count());
-        for i in 0..bundle.domain_count() {
-            hv.create_domain(bundle, i, wallclock);
-        }
-        // Building the domains is nobody's CPU time.
-        let now = hv.now();
-        hv.meter.skip(now);
-        hv.schedule()
-    };
-    stretch::start(0, 0, 0);
-    run(next)
-}
-
-/// CR3 of the domain being entered (for the lock-free fast paths).
-static CURRENT_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-/// Shared-info frame of the domain being entered (for the lock-free fast
-/// paths' upcall check).
-static CURRENT_SHARED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
-
-/// Enters the chosen guest.
-fn run(next: Next) -> ! {
-    stretch::end();
-    stretch::entering(next.id);
-    entry::current_fx.store(next.fx as u64, core::sync::atomic::Ordering::Relaxed);
-    CURRENT_CR3.store(next.cr3, core::sync::atomic::Ordering::Relaxed);
-    CURRENT_SHARED.store(next.shared, core::sync::atomic::Ordering::Relaxed);
-    // SAFETY: `schedule` returns only live domains' roots (built and
-    // validated by the builder) and sanitised frames; the lock is dropped.
-    unsafe { entry::enter_guest(next.cr3, &next.frame, next.fx) }
 }
 
 /// The domain to enter next.
-struct Next {
-    id: DomId,
-    cr3: u64,
+pub struct Next {
+    pub id: DomId,
+    pub cr3: u64,
     /// Its shared-info frame.
-    shared: Mfn,
-    frame: TrapFrame,
-    fx: *const FxArea,
+    pub shared: Mfn,
+    /// Its registers, sanitised.
+    pub frame: TrapFrame,
+    /// Its FPU/SSE state.
+    pub fx: *const FxArea,
 }
 
-impl Hv {
+/// How the fast path returns to its caller: `rax` is the result, then exit
+/// with this root and FPU/SSE state.
+pub struct FastExit {
+    pub rax: u64,
+    pub cr3: u64,
+    pub fx: *const FxArea,
+}
+
+impl<M: Machine> Hv<M> {
+    /// A hypervisor with no domains yet, over the machine `m`.
+    pub const fn new(m: M) -> Self {
+        Hv {
+            m,
+            domains: DomainTable::empty(),
+            records: heapless::Vec::new(),
+            unrecorded: (0, 0),
+            frames: None,
+            current: None,
+            meter: Meter::new(0),
+            armed_for: None,
+            budget_ticks: 0,
+            reaping: heapless::Deque::new(),
+            slice_end: 0,
+            bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
+            boot_tsc: 0,
+            scale: TscScale { mul: 0, shift: 0 },
+            loaded: None,
+            pending_action: None,
+            yielding: false,
+            armed_tsc: u64::MAX,
+            drain_until: 0,
+        }
+    }
+
+    /// Builds every domain of `bundle` over `frames` and the domain table
+    /// `domains` (empty), with the TSC running at `tsc_hz` and the wall
+    /// clock at `wallclock` seconds since the epoch; returns the first
+    /// domain to enter.
+    pub fn start(
+        &mut self,
+        frames: FrameTable<'static>,
+        domains: DomainTable<'static, Domain>,
+        tsc_hz: u64,
+        bundle: &Bundle<'_>,
+        wallclock: u64,
+    ) -> Next {
+        self.frames = Some(frames);
+        self.domains = domains;
+        self.scale = TscScale::from_hz(tsc_hz);
+        self.boot_tsc = M::tsc();
+        self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
+        hvlog!(self.m, "wall clock: {wallclock} s since the epoch (RTC)");
+        hvlog!(self.m, "boot bundle: {} domain(s)", bundle.domain_count());
+        for i in 0..bundle.domain_count() {
+            self.create_domain(bundle, i, wallclock);
+        }
+        // Building the domains is nobody's CPU time.
+        let now = self.now();
+        self.meter.skip(now);
+        self.schedule()
+    }
+
     /// System time in ns.
     fn now(&self) -> u64 {
-        self.scale.to_ns(cpu::rdtsc().wrapping_sub(self.boot_tsc))
+        self.scale.to_ns(M::tsc().wrapping_sub(self.boot_tsc))
     }
 
     fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
         let vacant = match self.domains.reserve() {
             Ok(v) => v,
             Err(e) => {
-                log!("bundle entry {index}: not started: {e:?} (at most {MAX_DOMAINS} domains at once)");
+                hvlog!(self.m, "bundle entry {index}: not started: {e:?} (at most {MAX_DOMAINS} domains at once)");
                 self.unrecorded.0 += 1;
                 self.unrecorded.1 += 1;
                 return;
@@ -528,7 +457,7 @@ impl Hv {
         let spec = match bundle.domain(index) {
             Ok(s) => s,
             Err(e) => {
-                log!("dom{id}: bad manifest entry, not started: {e}");
+                hvlog!(self.m, "dom{id}: bad manifest entry, not started: {e}");
                 let name = e.name;
                 self.push_rejected(id, name.as_ref().map_or("?", |n| n.as_str()), Expect::Poweroff);
                 return;
@@ -550,17 +479,19 @@ impl Hv {
             privilege: Privilege::of_domain(spec.privileged),
             console_evtchn,
         };
-        let built = builder::build(&mut HvPhys, frames, spec.image, &cfg, descriptors::guest_entry_pml4e());
+        let e = self.m.entry_area_pml4e();
+        let built = builder::build(self.m.mem(), frames, spec.image, &cfg, e);
         let b = match built {
             Ok(b) => b,
             Err(e) => {
                 frames.release_domain(id);
-                log!("dom{id} ({}): not started: {e}", spec.name);
+                hvlog!(self.m, "dom{id} ({}): not started: {e}", spec.name);
                 self.push_rejected(id, spec.name, expect);
                 return;
             }
         };
-        log!(
+        hvlog!(
+            self.m,
             "dom{id} ({}): {} KiB, entry {:#x}, {}{}",
             spec.name,
             spec.mem_kib,
@@ -576,16 +507,16 @@ impl Hv {
         // The same holds for the console page.
         let frames = self.frames.as_mut().expect("frame table set");
         for (what, mfn) in [("shared-info", b.shared_info_mfn), ("console", b.console_mfn)] {
-            if let Err(e) = frames.get_type_ref(mfn, id, ringfence_kernel::mm::frames::FrameType::Writable) {
+            if let Err(e) = frames.get_type_ref(mfn, id, crate::mm::frames::FrameType::Writable) {
                 frames.release_domain(id);
-                log!("dom{id} ({}): not started: {what} frame: {e}", spec.name);
+                hvlog!(self.m, "dom{id} ({}): not started: {what} frame: {e}", spec.name);
                 self.push_rejected(id, spec.name, expect);
                 return;
             }
         }
-        let console_ring = console_back(b.console_mfn);
+        let console_ring = self.m.console_page(b.console_mfn);
         if console_ring.is_none() {
-            log!("dom{id} ({}): console page could not be set up; console_io only", spec.name);
+            hvlog!(self.m, "dom{id} ({}): console page could not be set up; console_io only", spec.name);
         }
         let time = VcpuTimeInfo {
             tsc_timestamp: self.boot_tsc,
@@ -594,10 +525,10 @@ impl Hv {
             tsc_shift: self.scale.shift,
             ..VcpuTimeInfo::default()
         };
-        shared.publish_time(&mut HvPhys, &time);
-        shared.publish_wallclock(&mut HvPhys, wallclock, 0);
+        shared.publish_time(self.m.mem(), &time);
+        shared.publish_wallclock(self.m.mem(), wallclock, 0);
         // Events start masked, as the start-info contract says.
-        shared.set_upcall_mask(&mut HvPhys, true);
+        shared.set_upcall_mask(self.m.mem(), true);
         let regs = TrapFrame {
             rip: b.entry,
             cs: u64::from(selectors::GUEST_KERNEL_CS),
@@ -614,13 +545,13 @@ impl Hv {
             Params::warped(spec.weight, u64::from(spec.warp_us) * 1000, WARP_LIMIT_NS, UNWARP_NS)
         };
         if let Err(e) = self.bvt.add(vacant.slot(), params, now) {
-            log!("dom{id} ({}): not started: scheduler refused it: {e:?}", spec.name);
+            hvlog!(self.m, "dom{id} ({}): not started: scheduler refused it: {e:?}", spec.name);
             self.frames.as_mut().expect("set").release_domain(id);
             self.push_rejected(id, spec.name, expect);
             return;
         }
-        if spec.warp_us != 0 || spec.weight != ringfence_kernel::sched::bvt::DEFAULT_WEIGHT {
-            log!("dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
+        if spec.warp_us != 0 || spec.weight != crate::sched::bvt::DEFAULT_WEIGHT {
+            hvlog!(self.m, "dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
         }
         let record = self.record(id, spec.name, expect, None);
         let _slot = self.domains.fill(
@@ -682,9 +613,9 @@ impl Hv {
     }
 
     /// Handles a trap taken by the current domain; returns who runs next.
-    fn on_trap(&mut self, f: TrapFrame) -> Next {
+    pub fn on_trap(&mut self, f: TrapFrame) -> Next {
         let cur = self.current.expect("a trap from a guest has a current domain");
-        self.drain_until = cpu::rdtsc().saturating_add(self.budget_ticks);
+        self.drain_until = M::tsc().saturating_add(self.budget_ticks);
         self.domains[cur].regs = f;
         let now = self.now();
         // Charge point 1: the domain's run and its entry.
@@ -712,14 +643,14 @@ impl Hv {
         }
         match vector {
             v if v == u64::from(HYPERCALL_VECTOR) => self.hypercall(cur, now),
-            v if v == u64::from(TIMER_VECTOR) => timer::eoi(),
+            v if v == u64::from(TIMER_VECTOR) => self.m.eoi(),
             v if v == u64::from(SPURIOUS_VECTOR) => {}
             v if v == u64::from(SYSCALL_VECTOR) => self.syscall(cur),
-            2 => log!("NMI while dom{} ran: a host event, ignored", self.domains[cur].id),
-            8 | 18 => hv_fault(vector as u8, &f),
+            2 => hvlog!(self.m, "NMI while dom{} ran: a host event, ignored", self.domains[cur].id),
+            8 | 18 => self.m.fatal(vector as u8, &f),
             v if v == u64::from(NULL_TRAP_VECTOR) => {}
             0..=31 => self.exception(cur, &f),
-            _ => timer::eoi(),
+            _ => self.m.eoi(),
         }
         self.after_trap(payer)
     }
@@ -758,7 +689,7 @@ impl Hv {
         let deadline = self.drain_deadline();
         let mut last = None;
         for i in 0..self.domains.slot_bound() {
-            if cpu::rdtsc() >= deadline {
+            if M::tsc() >= deadline {
                 break;
             }
             if self.domains.at(i).is_some_and(|(_, d)| d.console_dirty) {
@@ -777,7 +708,7 @@ impl Hv {
     fn drain_console(&mut self, i: usize, deadline: Option<u64>) -> u64 {
         loop {
             let now = self.now();
-            if deadline.is_some_and(|dl| cpu::rdtsc() >= dl) {
+            if deadline.is_some_and(|dl| M::tsc() >= dl) {
                 return now;
             }
             let more = self.console_step(i, now);
@@ -809,7 +740,8 @@ impl Hv {
             }
         });
         let name = &d.name;
-        let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(name, l));
+        let m = &mut self.m;
+        let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
         let step = match broken {
             Some(e) => Err(e),
             None => ring.rx.release_and_check_notify().and_then(|notify| {
@@ -820,7 +752,7 @@ impl Hv {
         let (notify, more) = match step {
             Ok(s) => s,
             Err(e) => {
-                log!("dom{} ({}): console ring cut off: {e}", d.id, d.name);
+                hvlog!(self.m, "dom{} ({}): console ring cut off: {e}", d.id, d.name);
                 d.console_ring = None;
                 d.console_dirty = false;
                 return false;
@@ -845,27 +777,12 @@ impl Hv {
     /// time is charged at the next full entry (`entered_at` is left alone).
     /// Returns the CR3 and FPU area to exit with, or `None` to finish the
     /// entry on the full path (the result waits in `pending_action`).
-    fn fast_hypercall(&mut self, frame: *mut TrapFrame) -> Option<(u64, *const FxArea)> {
+    pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5]) -> Option<FastExit> {
         let cur = self.current?;
-        // SAFETY: `frame` is the in-place entry frame (see
-        // `rust_guest_trap`); each field is read once.
-        let (nr, a) = unsafe {
-            let f = &raw const *frame;
-            (
-                (&raw const (*f).rax).read_volatile(),
-                [
-                    (&raw const (*f).rdi).read_volatile(),
-                    (&raw const (*f).rsi).read_volatile(),
-                    (&raw const (*f).rdx).read_volatile(),
-                    (&raw const (*f).r10).read_volatile(),
-                    (&raw const (*f).r8).read_volatile(),
-                ],
-            )
-        };
         let frames = self.frames.as_mut()?;
         let dom = &mut self.domains[cur];
-        let preempt_tsc = self.armed_tsc.min(cpu::rdtsc().saturating_add(self.budget_ticks));
-        let mut env = DomEnv { frames, dom, now: 0, clock: (self.scale, self.boot_tsc), preempt_tsc };
+        let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+        let mut env = DomEnv { m: &mut self.m, frames, dom, now: 0, clock: (self.scale, self.boot_tsc), preempt_tsc };
         let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
@@ -873,19 +790,14 @@ impl Hv {
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(&HvPhys) || d.console_dirty {
+        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty {
             // An upcall to deliver, or console output to drain (outside the
             // hypercall): the full path does it.
             self.pending_action = Some(action);
             return None;
         }
-        // SAFETY: as above; the CPU made this frame for an `int 0x82` from
-        // ring 1 (DPL 1 gate) and the caller checked its rip is canonical,
-        // so only `rax` changes.
-        unsafe { (&raw mut (*frame).rax).write_volatile(v as u64) };
         // A new root from `new_baseptr` is the CR3 to exit with.
-        CURRENT_CR3.store(d.root * 4096, core::sync::atomic::Ordering::Relaxed);
-        Some((d.root * 4096, &d.fx))
+        Some(FastExit { rax: v as u64, cr3: d.root * 4096, fx: &d.fx })
     }
 
     /// Fires the current domain's virtual-time alarm if that time has come.
@@ -910,10 +822,9 @@ impl Hv {
         let frames = self.frames.as_ref().expect("frame table set");
         let d = &mut self.domains[cur];
         let insn = d.regs.rcx.wrapping_sub(2);
-        let mut phys = HvPhys;
-        let view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
+        let view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
         let from_user =
-            view.translate(GuestVa(insn), ringfence_kernel::mm::guest_mem::Access { write: false, user: true }).is_ok();
+            view.translate(GuestVa(insn), crate::mm::guest_mem::Access { write: false, user: true }).is_ok();
         if !from_user {
             d.regs.rip = insn;
             d.regs.rflags = d.regs.r11;
@@ -939,7 +850,7 @@ impl Hv {
     /// the domain.
     fn exception(&mut self, cur: usize, f: &TrapFrame) {
         let vector = f.vector as u8;
-        let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
+        let cr2 = if vector == 14 { self.m.cr2() } else { 0 };
         let fault = Fault { vector, error: f.error, rip: f.rip, cr2, ring: (f.cs & 3) as u8 };
         match self.domains[cur].vcpu.traps.handler(vector) {
             None => self.kill(cur, Exit::Faulted(fault)),
@@ -956,10 +867,9 @@ impl Hv {
     fn deliver(&mut self, cur: usize, b: &Bounce, mask_events: bool) -> bool {
         let frames = self.frames.as_ref().expect("frame table set");
         let d = &mut self.domains[cur];
-        let mut phys = HvPhys;
-        let saved = if mask_events { d.shared.set_upcall_mask(&mut phys, true) } else { 0 };
+        let saved = if mask_events { d.shared.set_upcall_mask(self.m.mem(), true) } else { 0 };
         let b = Bounce { saved_upcall_mask: u32::from(saved), ..*b };
-        let mut view = GuestView { mem: &mut phys, frames, root: d.root, dom: d.id };
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
         match bounce(&mut d.regs, &b, d.vcpu.kernel_sp, &mut view) {
             Ok(()) => true,
             Err(e) => {
@@ -984,8 +894,9 @@ impl Hv {
                 let frames = self.frames.as_mut().expect("frame table set");
                 let dom = &mut self.domains[cur];
                 let r = dom.regs;
-                let preempt_tsc = self.armed_tsc.min(cpu::rdtsc().saturating_add(self.budget_ticks));
-                let mut env = DomEnv { frames, dom, now, clock: (self.scale, self.boot_tsc), preempt_tsc };
+                let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+                let mut env =
+                    DomEnv { m: &mut self.m, frames, dom, now, clock: (self.scale, self.boot_tsc), preempt_tsc };
                 hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
             }
         };
@@ -1029,7 +940,7 @@ impl Hv {
             // Its frames (the shared-info page among them) are free.
             return;
         }
-        let upcall = d.shared.raise(&mut HvPhys, port);
+        let upcall = d.shared.raise(self.m.mem(), port);
         if d.state != RunState::Blocked {
             return;
         }
@@ -1061,7 +972,8 @@ impl Hv {
             let mut fired = false;
             if let Some(t) = self.domains[i].vcpu.timer.filter(|&t| t <= now) {
                 self.domains[i].vcpu.timer = None;
-                self.domains[i].wakes.fired(t, now);
+                let stretch = self.m.stretch();
+                self.domains[i].wakes.fired(t, now, stretch);
                 self.raise_virq(i, VIRQ_TIMER);
                 fired = true;
             }
@@ -1082,9 +994,9 @@ impl Hv {
     /// The TSC value of the nearest real-time deadline after `now`
     /// (`u64::MAX`: none).
     fn next_deadline_tsc(&self, now: u64) -> u64 {
-        match (self.next_deadline(), self.rates) {
-            (Some(t), Some(r)) => cpu::rdtsc().saturating_add(r.tsc_ticks(t.saturating_sub(now))),
-            _ => u64::MAX,
+        match self.next_deadline() {
+            Some(t) => M::tsc().saturating_add(self.m.tsc_ticks(t.saturating_sub(now))),
+            None => u64::MAX,
         }
     }
 
@@ -1107,7 +1019,13 @@ impl Hv {
     /// goes in the final report, `detail` in the log line.
     fn crash(&mut self, i: usize, summary: &'static str, detail: &str) {
         let d = &self.domains[i];
-        log!("dom{} ({}) crashed: {summary}{}{detail}", d.id, d.name, if detail.is_empty() { "" } else { ": " });
+        hvlog!(
+            self.m,
+            "dom{} ({}) crashed: {summary}{}{detail}",
+            d.id,
+            d.name,
+            if detail.is_empty() { "" } else { ": " }
+        );
         self.end(i, Exit::Crashed(summary), false);
     }
 
@@ -1139,7 +1057,7 @@ impl Hv {
         self.bvt.remove(i);
         if self.reaping.push_back((id, 0)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.
-            log!("dom{id}: teardown queue full, frames freed at once");
+            hvlog!(self.m, "dom{id}: teardown queue full, frames freed at once");
             self.report_end(i);
             if let Some(f) = self.frames.as_mut() {
                 f.release_domain(id);
@@ -1157,17 +1075,19 @@ impl Hv {
         let d = &mut self.domains[i];
         d.console_ring = None;
         let name = &d.name;
-        d.console.flush(now, |l: &str| tagged_line(name, l));
+        let m = &mut self.m;
+        d.console.flush(now, |l: &str| tagged_line(m, name, l));
         let RunState::Dead(exit) = d.state else { return };
         if !core::mem::take(&mut d.report_pending) {
             return;
         }
-        wake_report(d);
+        wake_report(&mut self.m, d);
         match exit {
             Exit::Faulted(fault) => {
                 let r = &d.regs;
-                log!("dom{} ({}) crashed: {fault}", d.id, d.name);
-                log!(
+                hvlog!(self.m, "dom{} ({}) crashed: {fault}", d.id, d.name);
+                hvlog!(
+                    self.m,
                     "  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rsp {:#x} rbp {:#x}",
                     r.rax,
                     r.rbx,
@@ -1179,7 +1099,7 @@ impl Hv {
                     r.rbp
                 );
             }
-            _ => log!("dom{} ({}) exited: {exit}", d.id, d.name),
+            _ => hvlog!(self.m, "dom{} ({}) exited: {exit}", d.id, d.name),
         }
     }
 
@@ -1211,19 +1131,19 @@ impl Hv {
                 // timers fired between steps. Nobody waits for the CPU, so
                 // each step starts a new stretch.
                 if self.domains.iter().any(|(_, _, d)| d.console_dirty) {
-                    self.drain_until = cpu::rdtsc().saturating_add(self.budget_ticks);
+                    self.drain_until = M::tsc().saturating_add(self.budget_ticks);
                     let now = self.drain_consoles().unwrap_or(now);
                     self.fire_timers(now);
-                    stretch::restart();
+                    self.m.stretch_restart();
                     continue;
                 }
                 if !self.reaping.is_empty() {
                     self.fire_timers(now);
-                    stretch::restart();
+                    self.m.stretch_restart();
                     continue;
                 }
                 if self.next_deadline().is_none() {
-                    log!("every live domain is blocked and nothing can wake them: deadlock");
+                    hvlog!(self.m, "every live domain is blocked and nothing can wake them: deadlock");
                     self.finish(false);
                 }
                 self.idle(now);
@@ -1243,7 +1163,7 @@ impl Hv {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
-                if cpu::rdtsc() >= self.armed_tsc {
+                if M::tsc() >= self.armed_tsc {
                     // What fired is served: the next deadline bounds what
                     // follows. Only a wake-up changes the pick.
                     let woke = self.fire_timers(t);
@@ -1307,14 +1227,12 @@ impl Hv {
             }
         }
         let until = self.next_deadline().map_or(MAX_ARM_NS, |d| d.saturating_sub(now));
-        if let Some(r) = self.rates {
-            timer::arm_oneshot(&r, until.clamp(1_000, MAX_ARM_NS));
-        }
-        cpu::idle_halt();
+        self.m.arm_timer(until.clamp(1_000, MAX_ARM_NS));
+        self.m.halt();
         let now = self.now();
         // Halted time is nobody's, and not a stretch in the hypervisor.
         self.meter.skip(now);
-        stretch::restart();
+        self.m.stretch_restart();
         self.fire_timers(now);
     }
 
@@ -1324,7 +1242,7 @@ impl Hv {
     fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
         d.wakes.entered(now);
-        if d.shared.upcall_due(&HvPhys) && d.vcpu.callbacks.event != 0 {
+        if d.shared.upcall_due(self.m.mem_ref()) && d.vcpu.callbacks.event != 0 {
             let b = Bounce {
                 handler: d.vcpu.callbacks.event,
                 vector: UPCALL_VECTOR,
@@ -1343,35 +1261,28 @@ impl Hv {
         let switch = self.loaded != Some(i);
         if switch {
             if let Some(old) = self.loaded {
+                let cpu = self.m.save_segments();
                 let v = &mut self.domains[old].vcpu;
-                v.selectors = cpu::data_selectors();
+                v.selectors = cpu.selectors;
                 // A base set by `set_segment_base` but not yet loaded is the
                 // newer value: keep it.
                 if !v.segs_dirty {
-                    v.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
-                    v.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+                    (v.fs_base, v.gs_base) = (cpu.fs_base, cpu.gs_base);
                 }
             }
             self.loaded = Some(i);
         }
         let d = &mut self.domains[i];
         if switch || d.vcpu.segs_dirty {
-            // SAFETY: the selectors were read from the CPU while this domain
-            // ran (or are null); the bases were checked canonical by
-            // `set_segment_base` or read back from the CPU. The hypervisor
-            // never uses fs or gs.
-            unsafe {
-                if switch {
-                    cpu::load_data_selectors(d.vcpu.selectors);
-                }
-                cpu::wrmsr(cpu::msr::FS_BASE, d.vcpu.fs_base);
-                cpu::wrmsr(cpu::msr::GS_BASE, d.vcpu.gs_base);
-            }
+            // The selectors were read from the CPU while this domain ran (or
+            // are null); the bases were checked canonical by
+            // `set_segment_base` or read back from the CPU.
+            self.m.load_segments(&d.vcpu.segments(), switch);
             d.vcpu.segs_dirty = false;
         }
         let gate = d.vcpu.traps.syscall_gate;
-        descriptors::set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
-        descriptors::set_rsp1(d.vcpu.kernel_sp.unwrap_or(0));
+        self.m.set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
+        self.m.set_rsp1(d.vcpu.kernel_sp.unwrap_or(0));
         if !d.regs.sanitize() {
             // Frames come from the CPU, the builder or validated bounces,
             // so only a hypervisor bug gets here; never iretq to it.
@@ -1398,14 +1309,12 @@ impl Hv {
         }
         let until = until.clamp(1_000, MAX_ARM_NS);
         self.armed_for = armed_for;
-        if let Some(r) = self.rates {
-            timer::arm_oneshot(&r, until);
-            self.armed_tsc = cpu::rdtsc().saturating_add(r.tsc_ticks(until));
-        }
+        self.m.arm_timer(until);
+        self.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
         Some(next)
     }
 
-    /// Prints the end-of-run report and exits QEMU.
+    /// Prints the end-of-run report and ends the run.
     fn finish(&mut self, clean: bool) -> ! {
         // Dead domains' leftover output and exit reports, whole: the run
         // is over, nobody waits.
@@ -1418,11 +1327,11 @@ impl Hv {
         let elapsed_ms = self.now() / 1_000_000;
         let alive = self.domains.iter().filter(|(_, _, d)| !matches!(d.state, RunState::Dead(_))).count();
         if alive == 0 {
-            log!("all domains have ended after {elapsed_ms} ms:");
+            hvlog!(self.m, "all domains have ended after {elapsed_ms} ms:");
         } else {
-            log!("the run ended after {elapsed_ms} ms with {alive} domain(s) still alive:");
+            hvlog!(self.m, "the run ended after {elapsed_ms} ms with {alive} domain(s) still alive:");
         }
-        log!("  {:<4} {:<16} {:<9} {:<4} {:>8} {}", "dom", "name", "expected", "ok", "cpu ms", "exit");
+        hvlog!(self.m, "  {:<4} {:<16} {:<9} {:<4} {:>8} {}", "dom", "name", "expected", "ok", "cpu ms", "exit");
         let mut all_ok = clean && self.unrecorded.1 == 0;
         for r in &self.records {
             let mut exit: heapless::String<64> = heapless::String::new();
@@ -1446,7 +1355,8 @@ impl Hv {
                 }
             };
             all_ok &= ok;
-            log!(
+            hvlog!(
+                self.m,
                 "  {:<4} {:<16} {:<9} {:<4} {:>8} {}",
                 r.id,
                 r.name.as_str(),
@@ -1457,32 +1367,33 @@ impl Hv {
             );
         }
         if self.unrecorded.0 > 0 {
-            log!(
+            hvlog!(
+                self.m,
                 "  and {} more domain(s) not listed, {} of them not as expected",
                 self.unrecorded.0,
                 self.unrecorded.1
             );
         }
-        stretch::report();
+        self.m.stretch_report();
         for (_, _, d) in self.domains.iter() {
             if !matches!(d.state, RunState::Dead(_)) {
-                wake_report(d);
+                wake_report(&mut self.m, d);
             }
         }
         if all_ok {
-            log!("verdict: PASS: every domain ended as the manifest expected");
-            qemu_exit(EXIT_SUCCESS)
+            hvlog!(self.m, "verdict: PASS: every domain ended as the manifest expected");
+            self.m.exit(true)
         } else {
-            log!("verdict: FAIL: some domain did not end as the manifest expected");
-            qemu_exit(EXIT_FAILURE)
+            hvlog!(self.m, "verdict: FAIL: some domain did not end as the manifest expected");
+            self.m.exit(false)
         }
     }
 }
 
 /// A domain's worst timer wake-ups and what delayed them (see [`Wakes`]).
-fn wake_report(d: &Domain) {
+fn wake_report<M: Machine>(m: &mut M, d: &Domain) {
     if let Some((late, fired, [vector, rax, _, dom], into)) = d.wakes.worst {
-        log!(
+        hvlog!(m,
             "dom{} ({}): {} timer wake-ups, the latest entered {late} ns after its deadline (fired after {fired} ns, {into} TSC ticks into a stretch entered from dom{dom} by vector {vector:#x}, rax {rax:#x})",
             d.id,
             d.name,
@@ -1491,8 +1402,8 @@ fn wake_report(d: &Domain) {
     }
     if let Some((t, outs, to)) = d.wakes.worst_served {
         match to {
-            Some(to) => log!("dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, switched out {outs} time(s), last to dom{to}", d.id, d.name),
-            None => log!("dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, never switched out", d.id, d.name),
+            Some(to) => hvlog!(m, "dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, switched out {outs} time(s), last to dom{to}", d.id, d.name),
+            None => hvlog!(m, "dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, never switched out", d.id, d.name),
         }
     }
 }
@@ -1502,7 +1413,7 @@ fn wake_report(d: &Domain) {
 /// timers, the trap table, stacks nor segment bases, so they may take
 /// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
 /// path reads afterwards; an unmask may make an upcall due, which it checks.)
-fn fast_path_hypercall(n: u64) -> bool {
+pub fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
         nr::CONSOLE_IO | nr::MEMORY_OP | nr::MMU_UPDATE | nr::UPDATE_VA_MAPPING | nr::MMUEXT_OP | nr::EVENT_CHANNEL_OP
@@ -1512,12 +1423,12 @@ fn fast_path_hypercall(n: u64) -> bool {
 /// Writes one console line of a domain to COM1: `[name] line`. Plain
 /// byte writes (no formatting machinery): this is the per-byte cost the
 /// console steps bound.
-fn tagged_line(name: &str, line: &str) {
-    serial::write_bytes(b"[");
-    serial::write_bytes(name.as_bytes());
-    serial::write_bytes(b"] ");
-    serial::write_bytes(line.as_bytes());
-    serial::write_bytes(b"\n");
+fn tagged_line<M: Machine>(m: &mut M, name: &str, line: &str) {
+    m.console_write(b"[");
+    m.console_write(name.as_bytes());
+    m.console_write(b"] ");
+    m.console_write(line.as_bytes());
+    m.console_write(b"\n");
 }
 
 /// UART bytes a line of domain `name` costs besides its text: the tag and
@@ -1532,194 +1443,4 @@ fn name_of(s: &str) -> heapless::String<32> {
         let _ = n.push(c);
     }
     n
-}
-
-/// Entry from ring 1 or 3 (see `arch::entry`).
-///
-/// The null trap and fast-path hypercalls are handled on the frame where
-/// `entry_common` built it (the exit slot at the top of the entry stack) and
-/// return from there, with no copies; everything else copies the frame into
-/// the domain and goes through [`Hv::on_trap`].
-#[no_mangle]
-extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
-    use core::sync::atomic::Ordering::Relaxed;
-    // SAFETY: `entry_common` built a complete frame at this address (the
-    // exit slot of the entry stack, mapped read-write in the hypervisor
-    // view); fields are read once each.
-    let vector = unsafe { (&raw const (*frame).vector).read_volatile() };
-    // SAFETY: as above.
-    let rip = unsafe { (&raw const (*frame).rip).read_volatile() };
-    // The in-place paths return through the CPU-made frame unchanged but
-    // for `rax`. That frame is safe to `iretq` to (guest selectors, IF set,
-    // IOPL 0: ring 1 cannot change those) except for one case: an `int` in
-    // the last bytes below the canonical hole pushes a non-canonical return
-    // address, and `iretq` would fault in ring 0. Those go the full way,
-    // which refuses them.
-    let in_place = pvguest_abi::layout::is_canonical(rip);
-    // SAFETY: as above.
-    let nr = unsafe { (&raw const (*frame).rax).read_volatile() };
-    let hypercall = vector == u64::from(HYPERCALL_VECTOR) && in_place;
-    if hypercall && nr == nr::XEN_VERSION && !(SharedPage { mfn: CURRENT_SHARED.load(Relaxed) }).upcall_due(&HvPhys) {
-        // The most frequent hypercall reads no domain state: answered
-        // without the lock. (An upcall that is due needs the full path,
-        // which delivers it.)
-        // SAFETY: as above; only `rax` of the in-place frame changes.
-        unsafe {
-            let cmd = (&raw const (*frame).rdi).read_volatile();
-            let v = match hypercall::xen_version(cmd) {
-                Ok(v) => v,
-                Err(e) => e.to_ret() as u64,
-            };
-            (&raw mut (*frame).rax).write_volatile(v);
-            let fx = entry::current_fx.load(Relaxed) as *const FxArea;
-            entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx)
-        }
-    }
-    if vector == u64::from(NULL_TRAP_VECTOR) && in_place {
-        // The CPU made this frame for an `int` from ring 1 (the gate's DPL
-        // keeps ring 3 out), so returning through it unchanged is exactly
-        // returning to the caller; nothing else happens.
-        let fx = entry::current_fx.load(Relaxed) as *const FxArea;
-        // SAFETY: same domain, same validated root, CPU-made frame in place.
-        unsafe { entry::enter_guest_in_place(CURRENT_CR3.load(Relaxed), fx) }
-    }
-    stretch::start(vector, nr, rip);
-    if hypercall && fast_path_hypercall(nr) {
-        let done = HV.lock().fast_hypercall(frame);
-        if let Some((cr3, fx)) = done {
-            stretch::end();
-            // SAFETY: the in-place frame is the current domain's own
-            // CPU-made frame with a canonical rip (checked above), and
-            // `fast_hypercall` returned its validated root.
-            unsafe { entry::enter_guest_in_place(cr3, fx) }
-        }
-    }
-    // SAFETY: as above.
-    let f = unsafe { frame.read_volatile() };
-    if f.vector == 2 {
-        // An NMI frame sits on IST2, which every guest view maps read-write:
-        // do not leave this domain's registers there for the next one.
-        // SAFETY: as above; the frame was just copied out.
-        unsafe { frame.write_volatile(TrapFrame::default()) };
-    }
-    let next = HV.lock().on_trap(f);
-    run(next)
-}
-
-/// Entry from ring 0: an interrupt while idle, or a hypervisor fault.
-#[no_mangle]
-extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
-    // SAFETY: `hv_ring0_entry` passes the frame it just pushed.
-    let f = unsafe { frame.read_volatile() };
-    match f.vector as u8 {
-        TIMER_VECTOR => timer::eoi(),
-        SPURIOUS_VECTOR => {}
-        // A host event, even in the middle of an entry or exit: the return
-        // path restores the interrupted CR3 from the entry text, so
-        // resuming is safe wherever it hit.
-        2 => log!("NMI while the hypervisor ran: a host event, ignored"),
-        v => hv_fault(v, &f),
-    }
-}
-
-fn hv_fault(v: u8, f: &TrapFrame) -> ! {
-    use ringfence_kernel::domain::{vector_mnemonic, vector_name};
-    log!("FATAL: hypervisor fault {} ({}), error code {:#x}", vector_mnemonic(v), vector_name(v), f.error);
-    log!("  rip {}  cs {:#x} rflags {:#x} rsp {:#x} ss {:#x}", Sym(f.rip), f.cs, f.rflags, f.rsp, f.ss);
-    log!("  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x}", f.rax, f.rbx, f.rcx, f.rdx);
-    log!("  rsi {:#x} rdi {:#x} rbp {:#x} r8 {:#x}", f.rsi, f.rdi, f.rbp, f.r8);
-    log!("  r9 {:#x} r10 {:#x} r11 {:#x} r12 {:#x}", f.r9, f.r10, f.r11, f.r12);
-    log!("  r13 {:#x} r14 {:#x} r15 {:#x}", f.r13, f.r14, f.r15);
-    log!(
-        "  cr2 {:#x} cr3 {:#x} cr0 {:#x} cr4 {:#x}",
-        cpu::read_cr2(),
-        cpu::read_cr3(),
-        cpu::read_cr0(),
-        cpu::read_cr4()
-    );
-    log!("  backtrace:");
-    log::backtrace(f.rbp);
-    log!("halting: the hypervisor itself faulted");
-    qemu_exit(EXIT_FAILURE)
-}
-
-/// The longest stretch spent in the hypervisor: from a guest's entry (after
-/// the two constant-time lock-free paths, the null trap and `xen_version`)
-/// to the next exit to a guest, halted time excluded. Interrupts are off
-/// throughout, so this is the worst latency a guest can impose on the
-/// others. Under `-icount shift=0` a TSC tick is one instruction.
-mod stretch {
-    use crate::arch::cpu;
-    use crate::log;
-    use core::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    use ringfence_kernel::mm::frames::DomId;
-
-    static START: AtomicU64 = AtomicU64::new(0);
-    /// What the stretch being measured began with: vector, rax, rip, domain.
-    static WHAT: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-    static WORST: AtomicU64 = AtomicU64::new(0);
-    static WORST_WHAT: [AtomicU64; 4] = [AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)];
-    /// The domain being entered (whose trap the next stretch starts with).
-    static RUNNING: AtomicU64 = AtomicU64::new(0);
-
-    /// A guest entered the hypervisor.
-    pub fn start(vector: u64, rax: u64, rip: u64) {
-        START.store(cpu::rdtsc(), Relaxed);
-        for (w, v) in WHAT.iter().zip([vector, rax, rip, RUNNING.load(Relaxed)]) {
-            w.store(v, Relaxed);
-        }
-    }
-
-    /// What the stretch under way began with, and how many ticks ago.
-    pub fn current() -> ([u64; 4], u64) {
-        (WHAT.each_ref().map(|a| a.load(Relaxed)), cpu::rdtsc().wrapping_sub(START.load(Relaxed)))
-    }
-
-    /// The CPU halted and woke: the stretch starts again now.
-    pub fn restart() {
-        START.store(cpu::rdtsc(), Relaxed);
-    }
-
-    /// Records the domain about to be entered.
-    pub fn entering(id: DomId) {
-        RUNNING.store(u64::from(id.raw()), Relaxed);
-    }
-
-    /// The hypervisor is about to return to a guest.
-    pub fn end() {
-        let ticks = cpu::rdtsc().wrapping_sub(START.load(Relaxed));
-        if ticks > WORST.load(Relaxed) && ticks < u64::MAX / 2 {
-            WORST.store(ticks, Relaxed);
-            for (w, v) in WORST_WHAT.iter().zip(&WHAT) {
-                w.store(v.load(Relaxed), Relaxed);
-            }
-        }
-    }
-
-    /// One line for the final report.
-    pub fn report() {
-        let [vector, rax, rip, dom] = WORST_WHAT.each_ref().map(|a| a.load(Relaxed));
-        log!(
-            "longest stretch in the hypervisor: {} TSC ticks, entered from dom{dom} by vector {vector:#x} (rax {rax:#x}) at rip {rip:#x}",
-            WORST.load(Relaxed)
-        );
-    }
-}
-
-/// Prepares domain's console page at `mfn` as a `ByteChannel` and returns
-/// the back end the hypervisor drains.
-fn console_back(mfn: Mfn) -> Option<ByteChannel<'static>> {
-    let page = || {
-        // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
-        // identity-mapped in the hypervisor's view, held `Writable` for the
-        // domain's life (so it never becomes a page table) and released only
-        // after `end` has dropped this endpoint. In the hypervisor's address
-        // space it is accessed only through these endpoints (the temporary
-        // front below is dropped before the back is made); what the guest
-        // writes into it is validated by the ring code.
-        unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) }
-    };
-    // The temporary front only initialises the page; it ends here.
-    ByteChannel::front_init(page().ok()?).ok()?;
-    ByteChannel::back_attach(page().ok()?).ok()
 }

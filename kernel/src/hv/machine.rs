@@ -1,0 +1,83 @@
+//! What the trap loop needs from the machine: the one narrow interface
+//! between [`super::Hv`]'s policy (host-tested) and the hardware.
+//!
+//! The ring-0 image implements it over the real CPU (TSC, local APIC
+//! timer, COM1, segment MSRs, descriptor tables, the identity map of
+//! physical memory); host tests implement it over a fake clock, a byte
+//! buffer for the console and a `Vec` of RAM. Nothing in [`super`] touches
+//! hardware except through it.
+
+use crate::domain::vcpu::SegmentState;
+use crate::mm::frames::Mfn;
+use crate::mm::guest_mem::PhysMem;
+use crate::regs::Regs;
+use ring_protocol::ByteChannel;
+
+/// The machine services of the trap loop.
+pub trait Machine {
+    /// Physical memory.
+    type Mem: PhysMem;
+
+    /// Physical memory, to read and write.
+    fn mem(&mut self) -> &mut Self::Mem;
+    /// Physical memory, to read.
+    fn mem_ref(&self) -> &Self::Mem;
+    /// The time-stamp counter. An associated function, not a method: the
+    /// preemption checks read it while the rest of the machine is borrowed
+    /// (a host test keeps its fake clock in a thread-local).
+    fn tsc() -> u64;
+    /// TSC ticks in `ns` nanoseconds.
+    fn tsc_ticks(&self, ns: u64) -> u64;
+    /// Arms the one-shot timer to interrupt in `ns` nanoseconds.
+    fn arm_timer(&mut self, ns: u64);
+    /// Acknowledges the timer interrupt.
+    fn eoi(&mut self);
+    /// Waits, interrupts enabled, for the next interrupt (the CPU is idle).
+    fn halt(&mut self);
+    /// Writes console bytes (COM1).
+    fn console_write(&mut self, bytes: &[u8]);
+    /// One byte of console input, if any.
+    fn console_read(&mut self) -> Option<u8>;
+    /// Writes one line of the hypervisor's own log (`(rf) ...`).
+    fn log(&mut self, args: core::fmt::Arguments<'_>);
+    /// The page-fault address of the trap being handled.
+    fn cr2(&self) -> u64;
+    /// The data-segment state of the domain running now (selectors and
+    /// FS/GS bases), read from the CPU when it is switched out.
+    fn save_segments(&mut self) -> SegmentState;
+    /// Loads a domain's data-segment state (`selectors`: its selectors too,
+    /// not only the bases).
+    fn load_segments(&mut self, s: &SegmentState, selectors: bool);
+    /// Sets the direct syscall gate (`None`: closed).
+    fn set_syscall_gate(&mut self, gate: Option<u64>);
+    /// Sets the ring-1 stack the CPU switches to from ring 3.
+    fn set_rsp1(&mut self, rsp: u64);
+    /// The PML4 entry of the hypervisor's entry area, slot 511 of every
+    /// guest root.
+    fn entry_area_pml4e(&self) -> u64;
+    /// The back end of the console ring in the domain's console page
+    /// `mfn` (set up, zeroed, by the builder): `None` if it cannot be
+    /// attached.
+    fn console_page(&mut self, mfn: Mfn) -> Option<ByteChannel<'static>>;
+    /// What the stretch of hypervisor time under way began with (vector,
+    /// rax, rip, domain) and how many TSC ticks ago (for the wake-up
+    /// report).
+    fn stretch(&self) -> ([u64; 4], u64);
+    /// The CPU halted and woke: the stretch starts again now.
+    fn stretch_restart(&mut self);
+    /// Prints the longest stretch (the final report).
+    fn stretch_report(&mut self);
+    /// A fault the hypervisor cannot survive (a double fault, a machine
+    /// check taken from a guest): report and stop.
+    fn fatal(&mut self, vector: u8, frame: &Regs) -> !;
+    /// Ends the run with the verdict.
+    fn exit(&mut self, success: bool) -> !;
+}
+
+/// Writes a log line through the machine: `hvlog!(machine, "fmt", args)`.
+#[macro_export]
+macro_rules! hvlog {
+    ($m:expr, $($arg:tt)*) => {
+        $m.log(format_args!($($arg)*))
+    };
+}
