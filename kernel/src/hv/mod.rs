@@ -1444,3 +1444,6 @@ fn name_of(s: &str) -> heapless::String<32> {
     }
     n
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,1 @@
+//! Host tests of the trap loop over a fake machine.
