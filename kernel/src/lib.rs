@@ -22,6 +22,8 @@
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 pub mod builder;
 pub mod console;
 pub mod domain;

@@ -27,6 +27,18 @@ extern "C" {
     static __image_end: u8;
 }
 
+/// Bytes of the hypervisor heap: per-domain tables that grow with use
+/// (event-channel port buckets) come from here, always through fallible
+/// allocation, so a guest that exhausts it gets an error, never a panic.
+const HEAP_BYTES: u64 = 16 << 20;
+
+/// The hypervisor heap, in RAM right after the image (reserved in the frame
+/// table, so never handed to a domain). A well-kept allocator rather than
+/// our own: allocation is rare (domain creation, port buckets) and never on
+/// a hot path.
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
 #[no_mangle]
 extern "C" fn kmain(start_info_paddr: u32) -> ! {
     arch::serial::init();
@@ -43,7 +55,20 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
     arch::mm::harden();
 
     let image_end = &raw const __image_end as u64;
-    let frames = init_frames(&bi, image_end);
+    let heap_start = image_end.next_multiple_of(4096);
+    let frames = init_frames(&bi, heap_start + HEAP_BYTES);
+    let heap_end = heap_start + HEAP_BYTES;
+    if let Some(m) = bi.modules().iter().find(|m| m.paddr < heap_end && m.paddr + m.size > heap_start) {
+        fatal(format_args!(
+            "boot: a boot module at {:#x} overlaps the hypervisor heap ({heap_start:#x}..{heap_end:#x})",
+            m.paddr
+        ));
+    }
+    log!("heap: {} MiB at {heap_start:#x}", HEAP_BYTES >> 20);
+    // SAFETY: [heap_start, +HEAP_BYTES) is RAM below 1 GiB (init_frames
+    // checked it is usable), identity-mapped read-write, reserved in the
+    // frame table just now and used by nothing else; this runs once.
+    unsafe { HEAP.lock().init(heap_start as *mut u8, HEAP_BYTES as usize) };
     log!("memory: {} MiB free for domains (hypervisor image ends at {:#x})", frames.free_count() * 4 / 1024, image_end);
     let rates = timer::init();
     log!("clocks: TSC {} MHz, APIC timer {} kHz", rates.tsc_hz / 1_000_000, rates.apic_hz / 1000);
@@ -70,7 +95,10 @@ extern "C" fn kmain(start_info_paddr: u32) -> ! {
     platform::boot(frames, &bundle, rates)
 }
 
-fn init_frames(bi: &BootInfo, image_end: u64) -> FrameTable<'static> {
+/// The frame table over the boot memory map, with everything below
+/// `reserved_end` (low memory, the image and the heap after it) and the
+/// boot modules reserved.
+fn init_frames(bi: &BootInfo, reserved_end: u64) -> FrameTable<'static> {
     let store = FRAME_STORE.get() as *mut FrameInfo;
     for i in 0..MAX_FRAMES {
         // SAFETY: `store` points at MAX_FRAMES FrameInfo slots in .tables.
@@ -90,7 +118,11 @@ fn init_frames(bi: &BootInfo, image_end: u64) -> FrameTable<'static> {
         t.add_free_range(start, end);
     }
     // Low memory (firmware, PVH structures), the image, and boot modules.
-    t.reserve_range(0, image_end.div_ceil(4096));
+    let usable = bi.ram().any(|r| r.addr <= 0x10_0000 && r.addr.saturating_add(r.size) >= reserved_end);
+    if !usable {
+        fatal(format_args!("boot: the hypervisor image and heap (up to {reserved_end:#x}) are not in RAM"));
+    }
+    t.reserve_range(0, reserved_end.div_ceil(4096));
     for m in bi.modules() {
         t.reserve_range(m.paddr / 4096, (m.paddr + m.size).div_ceil(4096));
     }

@@ -12,6 +12,22 @@
 //! event::block();       // sleep until something arrives
 //! ```
 //!
+//! Two domains talk through an [`EventChannel`]: one offers a port to the
+//! other, which connects to it; then either end's [`EventChannel::send`]
+//! runs the other's handler.
+//!
+//! ```ignore
+//! use pvguest_sdk::event::{self, EventChannel};
+//!
+//! // In domain 5 (the back end), for domain 6:
+//! let chan = EventChannel::offer(6)?;           // tell domain 6 chan.port()
+//! chan.on_event(|_| { /* a request arrived */ })?;
+//!
+//! // In domain 6 (the front end), given that port:
+//! let chan = EventChannel::connect(5, port)?;
+//! chan.send()?;                                  // runs domain 5's handler
+//! ```
+//!
 //! Handlers run in the upcall, on the interrupted stack, with events
 //! masked; they may not block. The dispatcher clears a port's pending bit
 //! before calling its handler, so an event that fires again while the
@@ -20,8 +36,11 @@
 use crate::shared;
 use crate::trap::TrapContext;
 use core::sync::atomic::{AtomicUsize, Ordering};
-use pvguest_abi::event::{BindVirq, Unmask, BIND_VIRQ, UNMASK};
-use pvguest_abi::{hypercall, Errno};
+use pvguest_abi::event::{
+    status, AllocUnbound, BindInterdomain, BindVirq, Close, Send, Status, Unmask, ALLOC_UNBOUND, BIND_INTERDOMAIN,
+    BIND_VIRQ, CLOSE, SEND, STATUS, UNMASK,
+};
+use pvguest_abi::{hypercall, Errno, DOMID_SELF};
 
 /// An event-channel port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,7 +49,9 @@ pub struct Port(pub u32);
 /// An event handler.
 pub type Handler = fn(Port);
 
-const PORTS: usize = 256;
+/// Ports that can have a handler (the hypervisor offers 4096; a guest
+/// kernel that needs more handlers raises this).
+const PORTS: usize = 1024;
 static HANDLERS: [AtomicUsize; PORTS] = [const { AtomicUsize::new(0) }; PORTS];
 
 extern "C" {
@@ -134,5 +155,105 @@ extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
             break;
         }
         shared::upcall_mask().store(1, Ordering::SeqCst);
+    }
+}
+
+/// `event_channel_op(cmd, arg)` on a local struct the hypervisor reads
+/// and may write.
+fn op<T>(cmd: u64, arg: &mut T) -> Result<u64, Errno> {
+    // SAFETY: `arg` is a live local of the layout `cmd` expects (each
+    // caller pairs a command with its ABI struct); the hypervisor writes
+    // only its out fields.
+    Errno::decode(unsafe { crate::hypercall::raw(hypercall::EVENT_CHANNEL_OP, [cmd, arg as *mut T as u64, 0, 0, 0]) })
+}
+
+/// What a port is connected to, as the hypervisor reports it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortStatus {
+    /// Not in use.
+    Closed,
+    /// Offered to `remote`, not connected (yet, or any more: the peer
+    /// closed its end or died).
+    Unbound {
+        /// The domain that may connect.
+        remote: u16,
+    },
+    /// Connected to `port` of `remote`.
+    Connected {
+        /// The peer domain.
+        remote: u16,
+        /// The peer's port.
+        port: u32,
+    },
+    /// Something else (a virtual IRQ, an IPI, the console).
+    Other(u32),
+}
+
+/// The state of `port` (of this domain).
+pub fn status(port: Port) -> Result<PortStatus, Errno> {
+    let mut s = Status { dom: DOMID_SELF as u16, port: port.0, ..Status::default() };
+    op(STATUS, &mut s)?;
+    Ok(match s.status {
+        status::CLOSED => PortStatus::Closed,
+        status::UNBOUND => PortStatus::Unbound { remote: s.u0 as u16 },
+        status::INTERDOMAIN => PortStatus::Connected { remote: s.u0 as u16, port: s.u1 },
+        other => PortStatus::Other(other),
+    })
+}
+
+/// One end of an interdomain event channel (see the module docs). Dropping
+/// it leaves the port open; [`EventChannel::close`] closes it, and the peer's
+/// end then reverts to unbound.
+#[derive(Debug)]
+pub struct EventChannel {
+    port: Port,
+}
+
+impl EventChannel {
+    /// Offers a new port to domain `remote` (only it may connect). Tell the
+    /// peer [`EventChannel::port`] (through the store, or a command line).
+    pub fn offer(remote: u16) -> Result<EventChannel, Errno> {
+        let mut a = AllocUnbound { dom: DOMID_SELF as u16, remote_dom: remote, port: 0 };
+        op(ALLOC_UNBOUND, &mut a)?;
+        Ok(EventChannel { port: Port(a.port) })
+    }
+
+    /// Connects to `remote_port`, which domain `remote` offered to us.
+    /// `EINVAL` until the peer has offered it (so a caller that started
+    /// first may retry).
+    pub fn connect(remote: u16, remote_port: u32) -> Result<EventChannel, Errno> {
+        let mut b = BindInterdomain { remote_dom: remote, pad: 0, remote_port, local_port: 0 };
+        op(BIND_INTERDOMAIN, &mut b)?;
+        Ok(EventChannel { port: Port(b.local_port) })
+    }
+
+    /// Our port.
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    /// Runs `handler` on every event from the peer (and unmasks the port).
+    pub fn on_event(&self, handler: Handler) -> Result<(), Errno> {
+        set_handler(self.port, handler)?;
+        unmask(self.port)
+    }
+
+    /// Notifies the peer: its handler runs (events coalesce while its port
+    /// is pending). `ENOTCONN` while nobody has connected to an offered port.
+    pub fn send(&self) -> Result<(), Errno> {
+        op(SEND, &mut Send { port: self.port.0 }).map(|_| ())
+    }
+
+    /// The channel's state.
+    pub fn status(&self) -> Result<PortStatus, Errno> {
+        status(self.port)
+    }
+
+    /// Closes our end; the peer's end reverts to unbound.
+    pub fn close(self) -> Result<(), Errno> {
+        if let Some(h) = HANDLERS.get(self.port.0 as usize) {
+            h.store(0, Ordering::Release);
+        }
+        op(CLOSE, &mut Close { port: self.port.0 }).map(|_| ())
     }
 }

@@ -224,6 +224,34 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "evtchn-ping",
+            what: "two domains bounce 10000 events over an interdomain channel; an intruder cannot bind it; a close reverts the peer's end",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "ping-back", "evtchn-ping", 512, "role=back peer=2", Expect::Poweroff)?);
+                w.domain(entry(imgs, "ping-front", "evtchn-ping", 512, "role=front peer=1 rounds=10000", Expect::Poweroff)?);
+                w.domain(entry(imgs, "intruder", "evtchn-ping", 512, "role=intruder peer=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                let offered = find_line(out, "[ping-back] evtchn-ping back: offered port ")?;
+                let port = num_after(offered, "offered port ")?;
+                let front = find_line(out, "[ping-front] evtchn-ping front: ")?;
+                if num_after(front, "front: ")? != 10_000 || num_after(front, "(peer port ")? != port {
+                    return Err(format!("the front did not complete its round trips on the offered port: {front}"));
+                }
+                let back = find_line(out, "[ping-back] evtchn-ping back: answered ")?;
+                if num_after(back, "answered ")? != 10_000 || !back.ends_with(&format!("port {port} is unbound for dom2")) {
+                    return Err(format!("the back did not answer every event and see the close: {back}"));
+                }
+                need(out, "[intruder] evtchn-ping intruder: 63 of 63 ports of dom1 refused (EINVAL); send on an unbound port: Err(ENOTCONN); port 60 closed: Ok(true)")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {

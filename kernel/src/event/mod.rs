@@ -18,40 +18,85 @@
 //! 4. An upcall is delivered when `upcall_pending` is set and `upcall_mask`
 //!    is clear; delivering it sets `upcall_mask`.
 
+use crate::domain::DomId;
 use crate::mm::frames::Mfn;
 use crate::mm::guest_mem::PhysMem;
 use crate::mm::paging::PAGE_SIZE;
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::mem::offset_of;
 use pvguest_abi::event::NR_VIRQS;
 use pvguest_abi::shared_info::{SharedInfo, VcpuInfo, VcpuTimeInfo};
 use pvguest_abi::Errno;
 use zerocopy::IntoBytes;
 
-/// Ports per domain (a prefix of the shared-info bitmap).
-pub const NR_PORTS: u32 = 256;
+/// Ports per domain: the whole 2-level shared-info bitmap (Xen's 2-level
+/// ABI: 64 words of 64 bits, one selector bit per word).
+pub const NR_PORTS: u32 = pvguest_abi::shared_info::NR_EVENT_CHANNELS as u32;
+
+/// Ports per bucket of the port table: buckets are allocated as ports are
+/// first used, so a domain with a few ports holds one.
+const BUCKET: u32 = 512;
 
 /// What a port is bound to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Port {
     /// Unused.
     Free,
+    /// Allocated for `remote` to bind (`EVTCHNOP_alloc_unbound`).
+    Unbound {
+        /// The only domain that may bind it.
+        remote: DomId,
+    },
+    /// Connected to `port` of `remote` (`EVTCHNOP_bind_interdomain`).
+    Interdomain {
+        /// The other end's domain (possibly this one: loopback).
+        remote: DomId,
+        /// The other end's port.
+        port: u32,
+    },
     /// A virtual IRQ.
     Virq(u32),
+    /// An inter-processor event to this domain's own vCPU.
+    Ipi,
     /// The domain's console port: its other end is the console backend
     /// (the hypervisor's drain), bound by the domain builder.
     Console,
 }
 
-/// A domain's port table.
-#[derive(Clone, Copy, Debug)]
+/// What closing a port leaves for the caller to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Closed {
+    /// Nothing more.
+    Done,
+    /// The port was connected: the other end, `port` of `remote`, must go
+    /// back to unbound (Xen: it stays allocated, for the closer to bind
+    /// again).
+    Remote {
+        /// The other end's domain.
+        remote: DomId,
+        /// The other end's port.
+        port: u32,
+    },
+}
+
+/// A domain's port table: [`NR_PORTS`] ports in buckets of 512 allocated
+/// on first use (from the hypervisor heap, fallibly: `ENOMEM` when it is
+/// exhausted), plus the VIRQ bindings.
+#[derive(Debug)]
 pub struct EventChannels {
-    ports: [Port; NR_PORTS as usize],
+    buckets: [Option<Box<[Port]>>; (NR_PORTS / BUCKET) as usize],
     virq: [u32; NR_VIRQS as usize],
+    /// No port below this one is free (allocation starts its search here).
+    free_hint: u32,
+    /// The console port (0: none), kept so that finding it is O(1): the
+    /// console drain asks on every step.
+    console: u32,
 }
 
 impl Default for EventChannels {
     fn default() -> Self {
-        EventChannels { ports: [Port::Free; NR_PORTS as usize], virq: [0; NR_VIRQS as usize] }
+        EventChannels { buckets: Default::default(), virq: [0; NR_VIRQS as usize], free_hint: 1, console: 0 }
     }
 }
 
@@ -59,56 +104,171 @@ impl EventChannels {
     /// Binds `virq` to a fresh port (port 0 is never used). Binding a VIRQ
     /// twice is `EEXIST`; an unknown VIRQ is `EINVAL`; no free port `ENOSPC`.
     pub fn bind_virq(&mut self, virq: u32) -> Result<u32, Errno> {
-        let slot = self.virq.get_mut(virq as usize).ok_or(Errno::EINVAL)?;
-        if *slot != 0 {
+        let slot = *self.virq.get(virq as usize).ok_or(Errno::EINVAL)?;
+        if slot != 0 {
             return Err(Errno::EEXIST);
         }
-        let port = (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Free).ok_or(Errno::ENOSPC)?;
-        self.ports[port as usize] = Port::Virq(virq);
-        *slot = port;
+        let port = self.alloc(Port::Virq(virq))?;
+        self.virq[virq as usize] = port;
         Ok(port)
     }
 
     /// Binds the console port to a fresh port (no free port: `ENOSPC`).
     pub fn bind_console(&mut self) -> Result<u32, Errno> {
-        let port = (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Free).ok_or(Errno::ENOSPC)?;
-        self.ports[port as usize] = Port::Console;
+        let port = self.alloc(Port::Console)?;
+        self.console = port;
         Ok(port)
     }
 
-    /// Closes `port`. A closed console port stays closed: the backend is
-    /// never notified again and the guest's console ring goes undrained.
-    pub fn close(&mut self, port: u32) -> Result<(), Errno> {
-        match self.get(port)? {
-            Port::Free => Err(Errno::EINVAL),
+    /// A fresh port that only `remote` may bind (`EVTCHNOP_alloc_unbound`).
+    pub fn alloc_unbound(&mut self, remote: DomId) -> Result<u32, Errno> {
+        self.alloc(Port::Unbound { remote })
+    }
+
+    /// A fresh IPI port (`EVTCHNOP_bind_ipi`).
+    pub fn bind_ipi(&mut self) -> Result<u32, Errno> {
+        self.alloc(Port::Ipi)
+    }
+
+    /// Takes the lowest free port for `p`: `ENOSPC` when all
+    /// [`NR_PORTS`] - 1 are in use, `ENOMEM` when a new bucket cannot be
+    /// allocated.
+    fn alloc(&mut self, p: Port) -> Result<u32, Errno> {
+        let port = (self.free_hint..NR_PORTS).find(|&q| self.get_raw(q) == Port::Free).ok_or(Errno::ENOSPC)?;
+        self.set(port, p)?;
+        self.free_hint = port + 1;
+        Ok(port)
+    }
+
+    fn get_raw(&self, port: u32) -> Port {
+        match &self.buckets[(port / BUCKET) as usize] {
+            Some(b) => b[(port % BUCKET) as usize],
+            None => Port::Free,
+        }
+    }
+
+    /// Binds `port` (in range) to `p`, allocating its bucket if need be.
+    fn set(&mut self, port: u32, p: Port) -> Result<(), Errno> {
+        let slot = &mut self.buckets[(port / BUCKET) as usize];
+        if slot.is_none() {
+            if p == Port::Free {
+                return Ok(());
+            }
+            let mut v = Vec::new();
+            v.try_reserve_exact(BUCKET as usize).map_err(|_| Errno::ENOMEM)?;
+            v.resize(BUCKET as usize, Port::Free);
+            *slot = Some(v.into_boxed_slice());
+        }
+        if let Some(b) = slot {
+            b[(port % BUCKET) as usize] = p;
+        }
+        if p == Port::Free {
+            self.free_hint = self.free_hint.min(port);
+        }
+        Ok(())
+    }
+
+    /// Binds `port` to `p`: for a connection's two ends, which the caller
+    /// has checked (the port is in use, so its bucket exists).
+    pub fn rebind(&mut self, port: u32, p: Port) -> Result<(), Errno> {
+        if self.get(port)? == Port::Free {
+            return Err(Errno::EINVAL);
+        }
+        self.set(port, p)
+    }
+
+    /// Closes `port` and says what is left to do for its other end. A
+    /// closed console port stays closed: the backend is never notified
+    /// again and the guest's console ring goes undrained.
+    pub fn close(&mut self, port: u32) -> Result<Closed, Errno> {
+        let p = self.get(port)?;
+        let closed = match p {
+            Port::Free => return Err(Errno::EINVAL),
             Port::Virq(v) => {
                 self.virq[v as usize] = 0;
-                self.ports[port as usize] = Port::Free;
-                Ok(())
+                Closed::Done
             }
+            Port::Interdomain { remote, port } => Closed::Remote { remote, port },
             Port::Console => {
-                self.ports[port as usize] = Port::Free;
-                Ok(())
+                self.console = 0;
+                Closed::Done
             }
-        }
+            Port::Unbound { .. } | Port::Ipi => Closed::Done,
+        };
+        self.set(port, Port::Free)?;
+        Ok(closed)
     }
 
     /// The console port, if it is still bound.
     pub fn console_port(&self) -> Option<u32> {
-        (1..NR_PORTS).find(|&p| self.ports[p as usize] == Port::Console)
+        (self.console != 0).then_some(self.console)
     }
 
-    /// The binding of `port`.
+    /// The binding of `port` (`EINVAL` for port 0 and ports out of range).
     pub fn get(&self, port: u32) -> Result<Port, Errno> {
-        if port == 0 {
+        if port == 0 || port >= NR_PORTS {
             return Err(Errno::EINVAL);
         }
-        self.ports.get(port as usize).copied().ok_or(Errno::EINVAL)
+        Ok(self.get_raw(port))
     }
 
     /// The port bound to `virq`, if any.
     pub fn virq_port(&self, virq: u32) -> Option<u32> {
         self.virq.get(virq as usize).copied().filter(|&p| p != 0)
+    }
+
+    /// Closes the first port in use, if any, and returns it with what is
+    /// left to do for its other end (a dead domain's teardown, a few ports
+    /// at a time).
+    pub fn close_first(&mut self) -> Option<(u32, Closed)> {
+        let (port, _) = self.ports().next()?;
+        self.close(port).ok().map(|c| (port, c))
+    }
+
+    /// Every port in use, with its binding, in port order.
+    pub fn ports(&self) -> impl Iterator<Item = (u32, Port)> + '_ {
+        self.buckets.iter().enumerate().filter_map(|(i, b)| b.as_ref().map(|b| (i, b))).flat_map(|(i, b)| {
+            b.iter().enumerate().map(move |(j, &p)| (i as u32 * BUCKET + j as u32, p)).filter(|&(_, p)| p != Port::Free)
+        })
+    }
+}
+
+/// `EVTCHNOP_bind_interdomain`: connects a fresh port of `local` (domain
+/// `me`) to `remote_port` of `remote` (domain `remote_dom`), which must be
+/// unbound and allocated for `me` (`EINVAL` otherwise, as in Xen). Returns
+/// the local port. For a loopback (`remote_dom == me`) pass the same table
+/// as [`connect_self`].
+pub fn connect(
+    local: &mut EventChannels,
+    me: DomId,
+    remote: &mut EventChannels,
+    remote_dom: DomId,
+    remote_port: u32,
+) -> Result<u32, Errno> {
+    if remote.get(remote_port)? != (Port::Unbound { remote: me }) {
+        return Err(Errno::EINVAL);
+    }
+    let port = local.alloc(Port::Interdomain { remote: remote_dom, port: remote_port })?;
+    remote.rebind(remote_port, Port::Interdomain { remote: me, port })?;
+    Ok(port)
+}
+
+/// [`connect`] for a domain binding its own unbound port (loopback).
+pub fn connect_self(table: &mut EventChannels, me: DomId, remote_port: u32) -> Result<u32, Errno> {
+    if table.get(remote_port)? != (Port::Unbound { remote: me }) {
+        return Err(Errno::EINVAL);
+    }
+    let port = table.alloc(Port::Interdomain { remote: me, port: remote_port })?;
+    table.rebind(remote_port, Port::Interdomain { remote: me, port })?;
+    Ok(port)
+}
+
+/// The other end of a closed connection, `port` of a domain whose table is
+/// `table`, goes back to unbound for `closer` (if it still is that
+/// connection's end: a stale record changes nothing).
+pub fn unbind_remote_end(table: &mut EventChannels, port: u32, closer: DomId, closer_port: u32) {
+    if table.get(port) == Ok(Port::Interdomain { remote: closer, port: closer_port }) {
+        let _ = table.rebind(port, Port::Unbound { remote: closer });
     }
 }
 

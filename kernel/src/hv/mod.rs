@@ -66,7 +66,7 @@ use crate::builder::{self, DomainConfig};
 use crate::console::{ConsoleOut, STEP_WORK};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
-use crate::event::{EventChannels, SharedPage};
+use crate::event::{Closed, EventChannels, SharedPage};
 use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
@@ -105,6 +105,9 @@ const MAX_ARM_NS: u64 = 50_000_000;
 /// 4 000 instructions: one step per scheduling decision, so this is what a
 /// teardown can delay a deadline by).
 const REAP_STEP: usize = 512;
+/// Ports of a dead domain closed per teardown step (each reverts a peer's
+/// end to unbound).
+const PORTS_PER_REAP_STEP: usize = 64;
 /// Warp limit L of a warped domain: the longest it runs warped per wake.
 const WARP_LIMIT_NS: u64 = 2_000_000;
 /// Unwarp requirement U: real time between warps.
@@ -256,13 +259,19 @@ pub struct Hv<M: Machine> {
     /// TSC value at which this trip through the hypervisor has spent its
     /// console-draining budget.
     pub drain_until: u64,
+    /// Ports the hypercall under way asked to raise (interdomain sends).
+    notify: Notify,
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
 struct DomEnv<'a, M: Machine> {
     m: &'a mut M,
     frames: &'a mut FrameTable<'static>,
-    dom: &'a mut Domain,
+    /// Every domain; the caller is the one in slot `cur`.
+    domains: &'a mut DomainTable<'static, Domain>,
+    cur: usize,
+    /// Ports to raise once the hypercall is done ([`hypercall::Env::notify`]).
+    notify: &'a mut Notify,
     /// System time at the trap (0 on the fast path, which does not sample).
     now: u64,
     /// The clock, for what needs the time on the fast path too.
@@ -273,7 +282,8 @@ struct DomEnv<'a, M: Machine> {
 
 impl<M: Machine> DomEnv<'_, M> {
     fn view(&mut self) -> GuestView<'_, M::Mem> {
-        GuestView { mem: self.m.mem(), frames: &*self.frames, root: self.dom.root, dom: self.dom.id }
+        let d = &self.domains[self.cur];
+        GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id }
     }
 }
 
@@ -285,16 +295,17 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         self.view().copy_to(GuestVa(va), data)
     }
     fn console_write(&mut self, bytes: &[u8]) -> usize {
-        let name = &self.dom.name;
         let (scale, boot) = self.clock;
         let now = if self.now != 0 { self.now } else { scale.to_ns(M::tsc().wrapping_sub(boot)) };
         let mut input = bytes.iter().copied();
         let m = &mut *self.m;
-        self.dom.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
+        let d = &mut self.domains[self.cur];
+        let name = &d.name;
+        d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
         bytes.len() - input.len()
     }
     fn console_kick(&mut self) {
-        self.dom.console_dirty = true;
+        self.domains[self.cur].console_dirty = true;
     }
     fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let mut n = 0;
@@ -310,38 +321,61 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         n
     }
     fn privilege(&self) -> Option<Privilege> {
-        self.dom.privilege
+        self.domains[self.cur].privilege
     }
     fn nr_pages(&self) -> u64 {
-        self.dom.nr_pages
+        self.domains[self.cur].nr_pages
     }
     fn now_ns(&self) -> u64 {
         self.now
     }
     fn runstate(&self) -> RunstateInfo {
-        let mut r = self.dom.runstate;
+        let mut r = self.domains[self.cur].runstate;
         r.time[runstate::RUNNING as usize] += self.now.saturating_sub(r.state_entry_time);
         r
     }
     fn vcpu(&mut self) -> &mut Vcpu {
-        &mut self.dom.vcpu
+        &mut self.domains[self.cur].vcpu
     }
     fn events(&mut self) -> &mut EventChannels {
-        &mut self.dom.events
+        &mut self.domains[self.cur].events
+    }
+    fn caller(&self) -> DomId {
+        self.domains[self.cur].id
+    }
+    fn with_events(&mut self, dom: DomId, f: &mut hypercall::PairFn<'_>) -> Result<u32, Errno> {
+        let me = self.domains[self.cur].id;
+        if dom == me {
+            return f(&mut self.domains[self.cur].events, None);
+        }
+        let (mine, theirs) = self.domains.pair_mut(me, dom).ok_or(Errno::ESRCH)?;
+        if matches!(theirs.state, RunState::Dead(_)) {
+            return Err(Errno::ESRCH);
+        }
+        f(&mut mine.events, Some(&mut theirs.events))
+    }
+    fn notify(&mut self, dom: DomId, port: u32) {
+        // At most one per hypercall, and a multicall holds at most
+        // MULTICALL_MAX of them: the list never fills.
+        let pushed = self.notify.push((dom, port));
+        debug_assert!(pushed.is_ok(), "notification list full");
     }
     fn unmask(&mut self, port: u32) {
-        self.dom.shared.unmask(self.m.mem(), port);
+        let shared = self.domains[self.cur].shared;
+        shared.unmask(self.m.mem(), port);
     }
     fn port_pending(&self, port: u32) -> bool {
-        self.dom.shared.is_pending(self.m.mem_ref(), port)
+        self.domains[self.cur].shared.is_pending(self.m.mem_ref(), port)
     }
     fn enable_events(&mut self) -> bool {
-        self.dom.shared.set_upcall_mask(self.m.mem(), false);
-        self.dom.shared.upcall_pending(self.m.mem_ref())
+        let shared = self.domains[self.cur].shared;
+        shared.set_upcall_mask(self.m.mem(), false);
+        shared.upcall_pending(self.m.mem_ref())
     }
     fn mmu_update(&mut self, r: MmuUpdate) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
-        Mm::new(self.m.mem(), self.frames, e).mmu_update(self.dom.id, r.ptr, r.val)
+        let id = self.domains[self.cur].id;
+        Mm::new(self.m.mem(), self.frames, e).mmu_update(id, r.ptr, r.val)
     }
     fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno> {
         // Every exit reloads CR3 from `root` with global pages off, which
@@ -350,9 +384,10 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         let preempt_tsc = self.preempt_tsc;
         let mut due = || M::tsc() >= preempt_tsc;
         let e = self.m.entry_area_pml4e();
+        let d = &mut self.domains[self.cur];
         Mm::new(self.m.mem(), self.frames, e)
             .preemptible(&mut due)
-            .mmuext_op(self.dom.id, &mut self.dom.root, op)
+            .mmuext_op(d.id, &mut d.root, op)
             .map(|o| o != crate::mm::ExtOutcome::Again)
     }
     fn preempt_due(&mut self) -> bool {
@@ -360,9 +395,13 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
-        Mm::new(self.m.mem(), self.frames, e).update_va_mapping(self.dom.id, self.dom.root, va, val)
+        let d = &self.domains[self.cur];
+        Mm::new(self.m.mem(), self.frames, e).update_va_mapping(d.id, d.root, va, val)
     }
 }
+
+/// Ports to raise after a hypercall: at most one per multicall entry.
+type Notify = heapless::Vec<(DomId, u32), { pvguest_abi::MULTICALL_MAX as usize + 8 }>;
 
 /// The domain to enter next.
 pub struct Next {
@@ -407,6 +446,7 @@ impl<M: Machine> Hv<M> {
             yielding: false,
             armed_tsc: u64::MAX,
             drain_until: 0,
+            notify: heapless::Vec::new(),
         }
     }
 
@@ -780,9 +820,17 @@ impl<M: Machine> Hv<M> {
     pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5]) -> Option<FastExit> {
         let cur = self.current?;
         let frames = self.frames.as_mut()?;
-        let dom = &mut self.domains[cur];
         let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
-        let mut env = DomEnv { m: &mut self.m, frames, dom, now: 0, clock: (self.scale, self.boot_tsc), preempt_tsc };
+        let mut env = DomEnv {
+            m: &mut self.m,
+            frames,
+            domains: &mut self.domains,
+            cur,
+            notify: &mut self.notify,
+            now: 0,
+            clock: (self.scale, self.boot_tsc),
+            preempt_tsc,
+        };
         let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
@@ -790,9 +838,9 @@ impl<M: Machine> Hv<M> {
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty {
-            // An upcall to deliver, or console output to drain (outside the
-            // hypercall): the full path does it.
+        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty || !self.notify.is_empty() {
+            // An upcall to deliver, console output to drain (outside the
+            // hypercall) or another domain to notify: the full path does it.
             self.pending_action = Some(action);
             return None;
         }
@@ -892,14 +940,28 @@ impl<M: Machine> Hv<M> {
             Some(a) => a,
             None => {
                 let frames = self.frames.as_mut().expect("frame table set");
-                let dom = &mut self.domains[cur];
-                let r = dom.regs;
+                let r = self.domains[cur].regs;
                 let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
-                let mut env =
-                    DomEnv { m: &mut self.m, frames, dom, now, clock: (self.scale, self.boot_tsc), preempt_tsc };
+                let mut env = DomEnv {
+                    m: &mut self.m,
+                    frames,
+                    domains: &mut self.domains,
+                    cur,
+                    notify: &mut self.notify,
+                    now,
+                    clock: (self.scale, self.boot_tsc),
+                    preempt_tsc,
+                };
                 hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
             }
         };
+        // Interdomain events the hypercall sent: raise them now (waking
+        // their domains); a domain that died meanwhile is skipped.
+        for (dom, port) in core::mem::take(&mut self.notify) {
+            if let Some(slot) = self.domains.slot_of(dom) {
+                self.raise(slot, port);
+            }
+        }
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => d.regs.rax = v as u64,
@@ -1187,7 +1249,20 @@ impl<M: Machine> Hv<M> {
     /// it is read).
     fn reap_step(&mut self) -> u64 {
         let dying = self.reaping.front().and_then(|&(id, _)| self.domains.slot_of(id));
-        if let Some(i) = dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending) {
+        if let Some(i) = dying.filter(|&i| self.domains[i].events.ports().next().is_some()) {
+            // Its ports first, so that its peers see their ends unbound.
+            let id = self.domains[i].id;
+            for _ in 0..PORTS_PER_REAP_STEP {
+                let Some((port, closed)) = self.domains[i].events.close_first() else { break };
+                if let Closed::Remote { remote, port: rp } = closed {
+                    if let Some(peer) = self.domains.get_mut(remote) {
+                        crate::event::unbind_remote_end(&mut peer.events, rp, id, port);
+                    }
+                }
+            }
+        } else if let Some(i) =
+            dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending)
+        {
             let now = self.now();
             if !self.console_step(i, now) {
                 self.report_end(i);

@@ -50,10 +50,13 @@ mod guest;
 pub use guest::{GuestPtr, GuestSlice};
 
 use crate::domain::vcpu::Vcpu;
-use crate::domain::Privilege;
-use crate::event::{EventChannels, Port};
+use crate::domain::{DomId, Privilege};
+use crate::event::{self as evt, Closed, EventChannels, Port};
 use core::mem::offset_of;
-use pvguest_abi::event::{self, status, BindVirq, Close, Send, Status, Unmask};
+use pvguest_abi::event::{
+    self, status, AllocUnbound, BindInterdomain, BindIpi, BindVcpu, BindVirq, Close, Reset, Send, Status, Unmask,
+    DOMID_CONSOLE_BACKEND,
+};
 use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_abi::sched_op::SchedPoll;
@@ -97,6 +100,10 @@ pub enum Action {
     Continue([u64; 5]),
 }
 
+/// Work on two port tables at once: the caller's, and another domain's
+/// (`None` when that is the caller itself). See [`Env::with_events`].
+pub type PairFn<'f> = dyn FnMut(&mut EventChannels, Option<&mut EventChannels>) -> Result<u32, Errno> + 'f;
+
 /// The machine as a hypercall sees it: the calling domain's memory and
 /// state.
 pub trait Env {
@@ -126,6 +133,18 @@ pub trait Env {
     fn vcpu(&mut self) -> &mut Vcpu;
     /// The caller's event channels.
     fn events(&mut self) -> &mut EventChannels;
+    /// The caller's id.
+    fn caller(&self) -> DomId;
+    /// Runs `f` on the caller's port table and on domain `dom`'s: `f(mine,
+    /// Some(theirs))`, or `f(mine, None)` when `dom` is the caller. `ESRCH`
+    /// when `dom` is not a live domain. (Handlers see every domain, two at
+    /// a time, through this; it is the only way to another domain's
+    /// ports.)
+    fn with_events(&mut self, dom: DomId, f: &mut PairFn<'_>) -> Result<u32, Errno>;
+    /// Raises `port` of domain `dom` once the hypercall is done (waking
+    /// `dom` if it waits for it). A domain that has died meanwhile is
+    /// skipped.
+    fn notify(&mut self, dom: DomId, port: u32);
     /// Unmasks a port in shared info, delivering it if pending.
     fn unmask(&mut self, port: u32);
     /// Whether a port is pending in shared info.
@@ -175,7 +194,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::SET_SEGMENT_BASE => ret(set_segment_base(env, a[0], a[1])),
         hypercall::MMUEXT_OP => mmuext_op(env, a),
         hypercall::SCHED_OP => sched(env, a[0], a[1]),
-        hypercall::EVENT_CHANNEL_OP => ret(event_channel_op(env, a[0], a[1])),
+        hypercall::EVENT_CHANNEL_OP => event_channel_op(env, a[0], a[1], a[2]),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -566,7 +585,74 @@ fn poll<E: Env>(env: &mut E, arg: u64) -> Result<Action, Errno> {
     Ok(Action::Poll)
 }
 
-fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+/// A domain named in an event-channel argument: `DOMID_SELF` or the
+/// caller's own id is the caller; another needs the caller's privilege
+/// (`EPERM`) and must be alive (`ESRCH`, checked by the use).
+fn evtchn_dom<E: Env>(env: &mut E, raw: u16) -> Result<DomId, Errno> {
+    if u64::from(raw) == DOMID_SELF {
+        return Ok(env.caller());
+    }
+    let dom = DomId::from_arg(u64::from(raw))?;
+    if dom != env.caller() && env.privilege().is_none() {
+        return Err(Errno::EPERM);
+    }
+    Ok(dom)
+}
+
+/// The remote domain of a channel: `DOMID_SELF` is the caller (loopback).
+fn remote_dom<E: Env>(env: &mut E, raw: u16) -> Result<DomId, Errno> {
+    if u64::from(raw) == DOMID_SELF {
+        Ok(env.caller())
+    } else {
+        DomId::from_arg(u64::from(raw))
+    }
+}
+
+/// Runs `f` on the port table of `dom` (the caller's or another's).
+fn on_table<E: Env>(
+    env: &mut E,
+    dom: DomId,
+    f: &mut dyn FnMut(&mut EventChannels) -> Result<u32, Errno>,
+) -> Result<u32, Errno> {
+    env.with_events(dom, &mut |mine, theirs| match theirs {
+        Some(t) => f(t),
+        None => f(mine),
+    })
+}
+
+/// Closes `port` of `dom` and reverts a connected other end to unbound.
+fn close_port<E: Env>(env: &mut E, dom: DomId, port: u32) -> Result<(), Errno> {
+    let closed = if dom == env.caller() {
+        env.events().close(port)?
+    } else {
+        let mut c = Closed::Done;
+        on_table(env, dom, &mut |t| {
+            c = t.close(port)?;
+            Ok(0)
+        })?;
+        c
+    };
+    if let Closed::Remote { remote, port: rp } = closed {
+        // A dead peer (`ESRCH`) has no end left to revert.
+        let _ = on_table(env, remote, &mut |t| {
+            evt::unbind_remote_end(t, rp, dom, port);
+            Ok(0)
+        });
+    }
+    Ok(())
+}
+
+/// `event_channel_op(cmd, arg, state)`: `state` is continuation state of a
+/// `RESET` (the next port to close); guests pass 0.
+fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64, state: u64) -> Action {
+    if cmd == event::RESET {
+        return reset(env, arg, state);
+    }
+    ret(event_op(env, cmd, arg))
+}
+
+fn event_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let me = env.caller();
     match cmd {
         event::BIND_VIRQ => {
             let bind = GuestPtr::<BindVirq>::new(arg);
@@ -582,19 +668,71 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
             }
             Ok(0)
         }
+        event::ALLOC_UNBOUND => {
+            let ptr = GuestPtr::<AllocUnbound>::new(arg);
+            let a = ptr.read(env)?;
+            let dom = evtchn_dom(env, a.dom)?;
+            let remote = remote_dom(env, a.remote_dom)?;
+            let port = on_table(env, dom, &mut |t| t.alloc_unbound(remote))?;
+            if let Err(e) = ptr.field::<u32>(offset_of!(AllocUnbound, port)).write(env, &port) {
+                let _ = close_port(env, dom, port);
+                return Err(e);
+            }
+            Ok(0)
+        }
+        event::BIND_INTERDOMAIN => {
+            let ptr = GuestPtr::<BindInterdomain>::new(arg);
+            let b = ptr.read(env)?;
+            let remote = remote_dom(env, b.remote_dom)?;
+            let rp = b.remote_port;
+            let port = env.with_events(remote, &mut |mine, theirs| match theirs {
+                Some(t) => evt::connect(mine, me, t, remote, rp),
+                None => evt::connect_self(mine, me, rp),
+            })?;
+            if let Err(e) = ptr.field::<u32>(offset_of!(BindInterdomain, local_port)).write(env, &port) {
+                // Undone: the remote end goes back to unbound for us.
+                let _ = close_port(env, me, port);
+                return Err(e);
+            }
+            Ok(0)
+        }
+        event::BIND_IPI => {
+            let ptr = GuestPtr::<BindIpi>::new(arg);
+            if ptr.read(env)?.vcpu != 0 {
+                return Err(Errno::EINVAL);
+            }
+            let port = env.events().bind_ipi()?;
+            if let Err(e) = ptr.field::<u32>(offset_of!(BindIpi, port)).write(env, &port) {
+                let _ = env.events().close(port);
+                return Err(e);
+            }
+            Ok(0)
+        }
+        event::BIND_VCPU => {
+            let b = GuestPtr::<BindVcpu>::new(arg).read(env)?;
+            if env.events().get(b.port)? == Port::Free {
+                return Err(Errno::EINVAL);
+            }
+            // One vCPU per domain until SMP: only vCPU 0 exists.
+            if b.vcpu != 0 {
+                return Err(Errno::ENOENT);
+            }
+            Ok(0)
+        }
         event::CLOSE => {
             let Close { port } = GuestPtr::new(arg).read(env)?;
-            env.events().close(port).map(|_| 0)
+            close_port(env, me, port).map(|_| 0)
         }
         event::SEND => {
             let Send { port } = GuestPtr::new(arg).read(env)?;
             match env.events().get(port)? {
-                Port::Console => {
-                    env.console_kick();
-                    Ok(0)
-                }
-                Port::Free | Port::Virq(_) => Err(Errno::EINVAL),
+                Port::Console => env.console_kick(),
+                Port::Interdomain { remote, port: rp } => env.notify(remote, rp),
+                Port::Ipi => env.notify(me, port),
+                Port::Unbound { .. } => return Err(Errno::ENOTCONN),
+                Port::Free | Port::Virq(_) => return Err(Errno::EINVAL),
             }
+            Ok(0)
         }
         event::UNMASK => {
             let Unmask { port } = GuestPtr::new(arg).read(env)?;
@@ -605,22 +743,70 @@ fn event_channel_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errn
         event::STATUS => {
             let ptr = GuestPtr::<Status>::new(arg);
             let q = ptr.read(env)?;
-            if u64::from(q.dom) != DOMID_SELF {
-                return Err(Errno::ESRCH);
-            }
-            let (st, virq) = match env.events().get(q.port)? {
-                Port::Free => (status::CLOSED, 0),
-                Port::Virq(v) => (status::VIRQ, v),
-                Port::Console => (status::INTERDOMAIN, 0),
+            let dom = evtchn_dom(env, q.dom)?;
+            let mut binding = Port::Free;
+            on_table(env, dom, &mut |t| {
+                binding = t.get(q.port)?;
+                Ok(0)
+            })?;
+            let (st, u0, u1) = match binding {
+                Port::Free => (status::CLOSED, 0, 0),
+                Port::Unbound { remote } => (status::UNBOUND, u32::from(remote.raw()), 0),
+                Port::Interdomain { remote, port } => (status::INTERDOMAIN, u32::from(remote.raw()), port),
+                Port::Virq(v) => (status::VIRQ, v, 0),
+                Port::Ipi => (status::IPI, 0, 0),
+                Port::Console => (status::INTERDOMAIN, u32::from(DOMID_CONSOLE_BACKEND), 0),
             };
             // The answer fields, written in one copy: the rest of the
             // struct is the guest's question, left as it was.
-            let answer = Status { status: st, vcpu: 0, virq, ..q };
-            ptr.write(env, &answer)?;
+            ptr.write(env, &Status { status: st, vcpu: 0, u0, u1, ..q })?;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),
     }
+}
+
+/// Ports a `RESET` closes per unit of work before it asks whether to stop.
+const RESET_STEP: u32 = 64;
+
+/// `RESET`: closes every port of the domain but its console port, in
+/// steps (it may close up to 4095, each reverting a peer's end), continued
+/// from port `from`.
+fn reset<E: Env>(env: &mut E, arg: u64, from: u64) -> Action {
+    let r: Result<DomId, Errno> = (|| {
+        let Reset { dom } = GuestPtr::new(arg).read(env)?;
+        evtchn_dom(env, dom)
+    })();
+    let dom = match r {
+        Ok(d) => d,
+        Err(e) => return Action::Return(e.to_ret()),
+    };
+    let Ok(mut port) = u32::try_from(from.max(1)) else {
+        return Action::Return(Errno::EINVAL.to_ret());
+    };
+    let mut done = 0;
+    while port < evt::NR_PORTS {
+        if done >= RESET_STEP {
+            done = 0;
+            if env.preempt_due() {
+                return Action::Continue([event::RESET, arg, u64::from(port), 0, 0]);
+            }
+        }
+        let mut binding = Port::Free;
+        if let Err(e) = on_table(env, dom, &mut |t| {
+            binding = t.get(port)?;
+            Ok(0)
+        }) {
+            return Action::Return(e.to_ret());
+        }
+        if !matches!(binding, Port::Free | Port::Console) {
+            let _ = close_port(env, dom, port);
+            done += 1;
+        }
+        port += 1;
+        done += usize::from(port % 64 == 0) as u32;
+    }
+    Action::Return(0)
 }
 
 /// `xen_version`: reads no domain state, so the trap layer may answer it

@@ -1,7 +1,7 @@
 //! Every hypercall with its good and bad inputs, against a fake machine.
 
 use super::*;
-use crate::domain::Privilege;
+use crate::domain::{DomId, Privilege};
 use pvguest_abi::layout::{ENTRY_AREA_BASE, GUEST_KERNEL_BASE};
 use pvguest_abi::trap::TI_MASK_EVENTS;
 use std::vec::Vec;
@@ -42,6 +42,12 @@ struct FakeEnv {
     budget_end: Option<u64>,
     /// Console kicks received.
     kicks: u32,
+    /// The caller's id.
+    me: DomId,
+    /// Other live domains' port tables.
+    others: std::collections::BTreeMap<DomId, EventChannels>,
+    /// Ports raised through `notify`.
+    notified: Vec<(DomId, u32)>,
 }
 
 impl FakeEnv {
@@ -68,6 +74,9 @@ impl FakeEnv {
             cost_ns: 0,
             budget_end: None,
             kicks: 0,
+            me: DomId::of(1),
+            others: Default::default(),
+            notified: Vec::new(),
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -136,6 +145,19 @@ impl Env for FakeEnv {
     }
     fn events(&mut self) -> &mut EventChannels {
         &mut self.events
+    }
+    fn caller(&self) -> DomId {
+        self.me
+    }
+    fn with_events(&mut self, dom: DomId, f: &mut PairFn<'_>) -> Result<u32, Errno> {
+        if dom == self.me {
+            return f(&mut self.events, None);
+        }
+        let theirs = self.others.get_mut(&dom).ok_or(Errno::ESRCH)?;
+        f(&mut self.events, Some(theirs))
+    }
+    fn notify(&mut self, dom: DomId, port: u32) {
+        self.notified.push((dom, port));
     }
     fn unmask(&mut self, port: u32) {
         self.unmasked.push(port);
@@ -620,15 +642,9 @@ fn event_channel_ops() {
     assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, a, 0, 0, 0]), r(Errno::EINVAL));
     assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, 0, 0, 0, 0]), r(Errno::EFAULT));
     // Status.
-    let mut s = [0u8; 20];
-    s[0..2].copy_from_slice(&(DOMID_SELF as u16).to_le_bytes());
-    s[4..8].copy_from_slice(&p.to_le_bytes());
-    e.put(a, &s);
-    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), OK);
-    assert_eq!(e.get(a + 8, 4), status::VIRQ.to_le_bytes());
-    s[0..2].copy_from_slice(&3u16.to_le_bytes());
-    e.put(a, &s);
-    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, a, 0, 0, 0]), r(Errno::ESRCH));
+    let st = status(&mut e, DOMID_SELF as u16, p).unwrap();
+    assert_eq!((st.status, st.u0), (status::VIRQ, 0));
+    assert_eq!(status(&mut e, 3, p).err(), Some(r(Errno::EPERM)), "another domain's ports are not ours to see");
 }
 
 #[test]
@@ -835,4 +851,171 @@ fn send_kicks_only_the_console_port() {
     assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, a, 0, 0, 0]), OK);
     assert_eq!(send(&mut e, console), r(Errno::EINVAL), "closed");
     assert_eq!(e.kicks, 1);
+}
+
+// ---- interdomain event channels ----
+
+const A: DomId = DomId::of(1);
+const B: DomId = DomId::of(2);
+const C: DomId = DomId::of(3);
+
+fn put_struct<T: zerocopy::IntoBytes + zerocopy::Immutable>(e: &mut FakeEnv, at: u64, v: &T) {
+    e.put(at, v.as_bytes());
+}
+
+fn get_struct<T: zerocopy::FromBytes>(e: &FakeEnv, at: u64) -> T {
+    T::read_from_bytes(e.get(at, size_of::<T>())).unwrap()
+}
+
+/// `EVTCHNOP_alloc_unbound` in the caller's table for `remote`.
+fn alloc_unbound(e: &mut FakeEnv, dom: u16, remote: u16) -> Result<u32, Action> {
+    let at = BASE + 0x3000;
+    put_struct(e, at, &AllocUnbound { dom, remote_dom: remote, port: 0 });
+    match e.call(hypercall::EVENT_CHANNEL_OP, [event::ALLOC_UNBOUND, at, 0, 0, 0]) {
+        OK => Ok(get_struct::<AllocUnbound>(e, at).port),
+        other => Err(other),
+    }
+}
+
+fn bind_interdomain(e: &mut FakeEnv, remote: u16, remote_port: u32) -> Result<u32, Action> {
+    let at = BASE + 0x3100;
+    put_struct(e, at, &BindInterdomain { remote_dom: remote, pad: 0, remote_port, local_port: 0 });
+    match e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_INTERDOMAIN, at, 0, 0, 0]) {
+        OK => Ok(get_struct::<BindInterdomain>(e, at).local_port),
+        other => Err(other),
+    }
+}
+
+fn evt_port_op(e: &mut FakeEnv, cmd: u64, port: u32) -> Action {
+    let at = BASE + 0x3200;
+    e.put(at, &port.to_le_bytes());
+    e.call(hypercall::EVENT_CHANNEL_OP, [cmd, at, 0, 0, 0])
+}
+
+fn status(e: &mut FakeEnv, dom: u16, port: u32) -> Result<Status, Action> {
+    let at = BASE + 0x3300;
+    put_struct(e, at, &Status { dom, port, ..Status::default() });
+    match e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, at, 0, 0, 0]) {
+        OK => Ok(get_struct::<Status>(e, at)),
+        other => Err(other),
+    }
+}
+
+const SELF16: u16 = DOMID_SELF as u16;
+
+/// A offers a port to B; only B binds it; sends raise the other end; a
+/// close reverts the other end to unbound, for the closer to bind again.
+#[test]
+fn interdomain_channels_connect_only_the_named_peer_and_revert_on_close() {
+    let mut e = FakeEnv::new();
+    e.others.insert(B, EventChannels::default());
+    e.others.insert(C, EventChannels::default());
+    // B offers port `bp` to A (played here by B's table directly).
+    let bp = e.others.get_mut(&B).unwrap().alloc_unbound(A).unwrap();
+    let cp = e.others.get_mut(&C).unwrap().alloc_unbound(B).unwrap();
+    // A cannot bind C's port (offered to B), nor a port that is free.
+    assert_eq!(bind_interdomain(&mut e, C.raw(), cp), Err(r(Errno::EINVAL)));
+    assert_eq!(bind_interdomain(&mut e, B.raw(), bp + 1), Err(r(Errno::EINVAL)));
+    assert_eq!(bind_interdomain(&mut e, 77, bp), Err(r(Errno::ESRCH)), "no such domain");
+    let ap = bind_interdomain(&mut e, B.raw(), bp).unwrap();
+    assert_eq!(e.events.get(ap), Ok(Port::Interdomain { remote: B, port: bp }));
+    assert_eq!(e.others[&B].get(bp), Ok(Port::Interdomain { remote: A, port: ap }));
+    assert_eq!(bind_interdomain(&mut e, B.raw(), bp), Err(r(Errno::EINVAL)), "bound only once");
+    let st = status(&mut e, SELF16, ap).unwrap();
+    assert_eq!((st.status, st.u0, st.u1), (status::INTERDOMAIN, u32::from(B.raw()), bp));
+    // Send raises the peer's end.
+    assert_eq!(evt_port_op(&mut e, event::SEND, ap), OK);
+    assert_eq!(e.notified, [(B, bp)]);
+    // Close: our port is free, B's reverts to unbound for us.
+    assert_eq!(evt_port_op(&mut e, event::CLOSE, ap), OK);
+    assert_eq!(e.events.get(ap), Ok(Port::Free));
+    assert_eq!(e.others[&B].get(bp), Ok(Port::Unbound { remote: A }));
+    assert_eq!(evt_port_op(&mut e, event::SEND, ap), r(Errno::EINVAL), "a closed port");
+    // And we may bind it again.
+    let ap2 = bind_interdomain(&mut e, B.raw(), bp).unwrap();
+    assert_eq!(e.others[&B].get(bp), Ok(Port::Interdomain { remote: A, port: ap2 }));
+}
+
+#[test]
+fn unbound_loopback_and_ipi_ports() {
+    let mut e = FakeEnv::new();
+    e.others.insert(B, EventChannels::default());
+    let p = alloc_unbound(&mut e, SELF16, B.raw()).unwrap();
+    assert_eq!(e.events.get(p), Ok(Port::Unbound { remote: B }));
+    assert_eq!(evt_port_op(&mut e, event::SEND, p), r(Errno::ENOTCONN), "nobody bound it yet");
+    let st = status(&mut e, SELF16, p).unwrap();
+    assert_eq!((st.status, st.u0), (status::UNBOUND, u32::from(B.raw())));
+    assert_eq!(alloc_unbound(&mut e, SELF16, 0x7ff5), Err(r(Errno::ESRCH)), "not a domain id");
+    // Loopback: a port offered to ourselves, bound by ourselves.
+    let lp = alloc_unbound(&mut e, SELF16, SELF16).unwrap();
+    let lq = bind_interdomain(&mut e, SELF16, lp).unwrap();
+    assert_eq!(evt_port_op(&mut e, event::SEND, lq), OK);
+    assert_eq!(e.notified, [(A, lp)]);
+    // IPI: a send raises the port itself.
+    let at = BASE + 0x3400;
+    put_struct(&mut e, at, &BindIpi { vcpu: 0, port: 0 });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_IPI, at, 0, 0, 0]), OK);
+    let ipi = get_struct::<BindIpi>(&e, at).port;
+    assert_eq!(evt_port_op(&mut e, event::SEND, ipi), OK);
+    assert_eq!(e.notified.last(), Some(&(A, ipi)));
+    put_struct(&mut e, at, &BindIpi { vcpu: 1, port: 0 });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_IPI, at, 0, 0, 0]), r(Errno::EINVAL));
+    // bind_vcpu: vCPU 0 only, on a port in use.
+    put_struct(&mut e, at, &BindVcpu { port: ipi, vcpu: 0 });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VCPU, at, 0, 0, 0]), OK);
+    put_struct(&mut e, at, &BindVcpu { port: ipi, vcpu: 1 });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VCPU, at, 0, 0, 0]), r(Errno::ENOENT));
+    put_struct(&mut e, at, &BindVcpu { port: 4000, vcpu: 0 });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_VCPU, at, 0, 0, 0]), r(Errno::EINVAL));
+}
+
+/// Setting up channels for another domain is the privileged domain's.
+#[test]
+fn only_the_privileged_domain_acts_for_others() {
+    let mut e = FakeEnv::new();
+    e.others.insert(B, EventChannels::default());
+    assert_eq!(alloc_unbound(&mut e, B.raw(), C.raw()), Err(r(Errno::EPERM)));
+    assert_eq!(status(&mut e, B.raw(), 1).err(), Some(r(Errno::EPERM)));
+    e.privileged = true;
+    let p = alloc_unbound(&mut e, B.raw(), C.raw()).unwrap();
+    assert_eq!(e.others[&B].get(p), Ok(Port::Unbound { remote: C }));
+    assert_eq!(status(&mut e, B.raw(), p).unwrap().status, status::UNBOUND);
+    assert_eq!(alloc_unbound(&mut e, 9, C.raw()), Err(r(Errno::ESRCH)), "a domain that does not live");
+}
+
+/// 4095 ports, then a clear error; closing one frees it for the next.
+#[test]
+fn ports_run_out_with_enospc() {
+    let mut e = FakeEnv::new();
+    let mut last = 0;
+    for _ in 1..crate::event::NR_PORTS {
+        last = e.events.alloc_unbound(B).unwrap();
+    }
+    assert_eq!(last, crate::event::NR_PORTS - 1);
+    assert_eq!(alloc_unbound(&mut e, SELF16, B.raw()), Err(r(Errno::ENOSPC)));
+    assert_eq!(evt_port_op(&mut e, event::CLOSE, 100), OK);
+    assert_eq!(alloc_unbound(&mut e, SELF16, B.raw()), Ok(100));
+}
+
+/// `RESET` closes every port but the console's, in steps, reverting
+/// connected peers.
+#[test]
+fn reset_closes_everything_but_the_console_in_steps() {
+    let mut e = FakeEnv::new();
+    e.others.insert(B, EventChannels::default());
+    let console = e.events.bind_console().unwrap();
+    let bp = e.others.get_mut(&B).unwrap().alloc_unbound(A).unwrap();
+    let ap = bind_interdomain(&mut e, B.raw(), bp).unwrap();
+    for _ in 0..300 {
+        e.events.bind_ipi().unwrap();
+    }
+    let at = BASE + 0x3500;
+    put_struct(&mut e, at, &Reset { dom: SELF16 });
+    e.preempt_every = 1;
+    let (res, n) = run_to_end(&mut e, hypercall::EVENT_CHANNEL_OP, [event::RESET, at, 0, 0, 0]);
+    assert_eq!(res, OK);
+    assert!(n >= 4, "300 ports take several steps ({n} continuations)");
+    assert_eq!(e.events.ports().collect::<Vec<_>>(), [(console, Port::Console)]);
+    assert_eq!(e.events.get(ap), Ok(Port::Free));
+    assert_eq!(e.others[&B].get(bp), Ok(Port::Unbound { remote: A }));
 }

@@ -36,13 +36,15 @@ pub enum Errno {
     ERANGE = 34,
     /// No such hypercall or sub-command.
     ENOSYS = 38,
+    /// The port (or endpoint) is not connected.
+    ENOTCONN = 107,
     /// The wait timed out.
     ETIMEDOUT = 110,
 }
 
 impl Errno {
     /// Every code, for tables and tests.
-    pub const ALL: [Errno; 17] = [
+    pub const ALL: [Errno; 18] = [
         Errno::EPERM,
         Errno::ENOENT,
         Errno::ESRCH,
@@ -59,6 +61,7 @@ impl Errno {
         Errno::ENOSPC,
         Errno::ERANGE,
         Errno::ENOSYS,
+        Errno::ENOTCONN,
         Errno::ETIMEDOUT,
     ];
 
@@ -102,6 +105,7 @@ impl Errno {
             Errno::ENOSPC => "ENOSPC",
             Errno::ERANGE => "ERANGE",
             Errno::ENOSYS => "ENOSYS",
+            Errno::ENOTCONN => "ENOTCONN",
             Errno::ETIMEDOUT => "ETIMEDOUT",
         }
     }
