@@ -414,7 +414,7 @@ impl FrameList<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::mm::frames::{FrameInfo, FrameType};
     use crate::mm::guest_mem::fake::FakeMem;
@@ -451,7 +451,7 @@ mod tests {
     /// A minimal valid ELF64 executable: one RX segment at the base and one
     /// RW segment a page later, with the entry point in the first. Written
     /// through the loader's own header types.
-    fn tiny_elf() -> std::vec::Vec<u8> {
+    pub(crate) fn tiny_elf() -> std::vec::Vec<u8> {
         use crate::elf::{
             Elf64Ehdr, Elf64Phdr, ElfIdent, ELFCLASS64, ELFDATA2LSB, ELF_MAGIC, EM_X86_64, ET_EXEC, EV_CURRENT, PF_R,
             PF_W, PF_X, PT_LOAD,
