@@ -1218,6 +1218,11 @@ impl<M: Machine> Hv<M> {
                     self.domains[c].wakes.switched_out(to);
                     self.set_runstate(c, runstate::RUNNABLE, now);
                 }
+            }
+            // Also when the pick is the domain that just ran: it may have
+            // blocked and been woken in this same trip (a timer due at
+            // once), which left it RUNNABLE.
+            if self.domains[i].runstate.state != runstate::RUNNING {
                 self.set_runstate(i, runstate::RUNNING, now);
             }
             self.current = Some(i);
@@ -1244,13 +1249,19 @@ impl<M: Machine> Hv<M> {
     /// One bounded step of the oldest pending teardown; returns the time
     /// after it (the step is charged to nobody). A dead domain's leftover
     /// console output goes first, one console step at a time, then its
-    /// exit report; then its frames, [`REAP_STEP`] frame-table entries at a
+    /// exit report; then its ports, [`PORTS_PER_REAP_STEP`] at a time
+    /// (each reverting a peer's end to unbound); then its frames, [`REAP_STEP`] frame-table entries at a
     /// time (the console page among them, so it stays the domain's while
     /// it is read).
     fn reap_step(&mut self) -> u64 {
         let dying = self.reaping.front().and_then(|&(id, _)| self.domains.slot_of(id));
-        if let Some(i) = dying.filter(|&i| self.domains[i].events.ports().next().is_some()) {
-            // Its ports first, so that its peers see their ends unbound.
+        if let Some(i) = dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending) {
+            let now = self.now();
+            if !self.console_step(i, now) {
+                self.report_end(i);
+            }
+        } else if let Some(i) = dying.filter(|&i| self.domains[i].events.ports().next().is_some()) {
+            // Then its ports: its peers see their ends unbound.
             let id = self.domains[i].id;
             for _ in 0..PORTS_PER_REAP_STEP {
                 let Some((port, closed)) = self.domains[i].events.close_first() else { break };
@@ -1259,13 +1270,6 @@ impl<M: Machine> Hv<M> {
                         crate::event::unbind_remote_end(&mut peer.events, rp, id, port);
                     }
                 }
-            }
-        } else if let Some(i) =
-            dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending)
-        {
-            let now = self.now();
-            if !self.console_step(i, now) {
-                self.report_end(i);
             }
         } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
             let next = f.release_domain_step(id, from, REAP_STEP);
