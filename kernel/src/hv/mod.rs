@@ -59,6 +59,7 @@
 //! - Return frames: [`crate::regs::Regs::sanitize`], on every exit.
 
 mod machine;
+mod report;
 
 pub use machine::Machine;
 
@@ -211,19 +212,11 @@ impl Wakes {
     }
 }
 
-/// The hypervisor's state.
-pub struct Hv<M: Machine> {
-    /// The machine: CPU, memory, timer and console services.
-    pub m: M,
-    /// Live domains (dead ones until they are reaped); the slot numbers
-    /// index the scheduler's entities too.
-    pub domains: DomainTable<'static, Domain>,
-    /// Every domain the run created or refused, for the final report.
-    pub records: heapless::Vec<Record, MAX_RECORDS>,
-    /// Domains past [`MAX_RECORDS`]: how many ended, and how many of those
-    /// not as expected.
-    pub unrecorded: (u64, u64),
-    pub frames: Option<FrameTable<'static>>,
+/// What one CPU is doing: the domain it runs and has loaded, the slice and
+/// the deadline it armed, and the trip through the hypervisor under way.
+/// The hypervisor runs on one CPU today; SMP adds one of these per CPU
+/// (and finer locks), and none of these fields has to move again.
+pub struct PerCpu {
     /// Index in `domains` of the running domain.
     pub current: Option<usize>,
     /// The charge point: CPU time up to here has been charged.
@@ -231,21 +224,9 @@ pub struct Hv<M: Machine> {
     /// Domain whose deadline the one-shot timer is armed for, if it is not
     /// the running domain's own (its interrupt is that domain's work).
     pub armed_for: Option<usize>,
-    /// [`hypercall::BUDGET_NS`] in TSC ticks.
-    pub budget_ticks: u64,
-    /// Dead domains whose frames are still being freed, with the frame-table
-    /// index the next step starts at: teardown is bounded work per step,
-    /// one step per scheduling decision (more when the CPU is otherwise
-    /// idle), charged to nobody since its domain no longer exists. Until
-    /// then the frames stay the dead domain's and nothing else uses them.
-    pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
     /// System time at which the scheduler must be consulted again
     /// (`u64::MAX`: only when something else happens).
     pub slice_end: u64,
-    /// Borrowed-virtual-time scheduler; slot = index in `domains`.
-    pub bvt: Bvt<MAX_DOMAINS>,
-    pub boot_tsc: u64,
-    pub scale: TscScale,
     /// Domain whose FS/GS bases and syscall gate are loaded in the CPU.
     pub loaded: Option<usize>,
     /// The fast path already ran the current hypercall; the full path
@@ -261,6 +242,36 @@ pub struct Hv<M: Machine> {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+}
+
+/// The hypervisor's state: the domains and everything shared between CPUs,
+/// and what each CPU is doing.
+pub struct Hv<M: Machine> {
+    /// What the CPU is doing (one CPU today; see [`PerCpu`]).
+    pub cpu: PerCpu,
+    /// The machine: CPU, memory, timer and console services.
+    pub m: M,
+    /// Live domains (dead ones until they are reaped); the slot numbers
+    /// index the scheduler's entities too.
+    pub domains: DomainTable<'static, Domain>,
+    /// Every domain the run created or refused, for the final report.
+    pub records: heapless::Vec<Record, MAX_RECORDS>,
+    /// Domains past [`MAX_RECORDS`]: how many ended, and how many of those
+    /// not as expected.
+    pub unrecorded: (u64, u64),
+    pub frames: Option<FrameTable<'static>>,
+    /// [`hypercall::BUDGET_NS`] in TSC ticks.
+    pub budget_ticks: u64,
+    /// Dead domains whose frames are still being freed, with the frame-table
+    /// index the next step starts at: teardown is bounded work per step,
+    /// one step per scheduling decision (more when the CPU is otherwise
+    /// idle), charged to nobody since its domain no longer exists. Until
+    /// then the frames stay the dead domain's and nothing else uses them.
+    pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
+    /// Borrowed-virtual-time scheduler; slot = index in `domains`.
+    pub bvt: Bvt<MAX_DOMAINS>,
+    pub boot_tsc: u64,
+    pub scale: TscScale,
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
@@ -428,25 +439,27 @@ impl<M: Machine> Hv<M> {
     pub const fn new(m: M) -> Self {
         Hv {
             m,
+            cpu: PerCpu {
+                current: None,
+                meter: Meter::new(0),
+                armed_for: None,
+                slice_end: 0,
+                loaded: None,
+                pending_action: None,
+                yielding: false,
+                armed_tsc: u64::MAX,
+                drain_until: 0,
+                notify: heapless::Vec::new(),
+            },
             domains: DomainTable::empty(),
             records: heapless::Vec::new(),
             unrecorded: (0, 0),
             frames: None,
-            current: None,
-            meter: Meter::new(0),
-            armed_for: None,
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
-            slice_end: 0,
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
             boot_tsc: 0,
             scale: TscScale { mul: 0, shift: 0 },
-            loaded: None,
-            pending_action: None,
-            yielding: false,
-            armed_tsc: u64::MAX,
-            drain_until: 0,
-            notify: heapless::Vec::new(),
         }
     }
 
@@ -474,7 +487,7 @@ impl<M: Machine> Hv<M> {
         }
         // Building the domains is nobody's CPU time.
         let now = self.now();
-        self.meter.skip(now);
+        self.cpu.meter.skip(now);
         self.schedule()
     }
 
@@ -654,17 +667,17 @@ impl<M: Machine> Hv<M> {
 
     /// Handles a trap taken by the current domain; returns who runs next.
     pub fn on_trap(&mut self, f: TrapFrame) -> Next {
-        let cur = self.current.expect("a trap from a guest has a current domain");
-        self.drain_until = M::tsc().saturating_add(self.budget_ticks);
+        let cur = self.cpu.current.expect("a trap from a guest has a current domain");
+        self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
         self.domains[cur].regs = f;
         let now = self.now();
         // Charge point 1: the domain's run and its entry.
-        self.meter.charge(&mut self.bvt, cur, now);
+        self.cpu.meter.charge(&mut self.bvt, cur, now);
         self.check_vtimer(cur, now);
         let vector = f.vector;
         // Work this trap causes is charged to the domain that trapped,
         // except a timer interrupt armed for another domain's deadline.
-        let payer = match self.armed_for {
+        let payer = match self.cpu.armed_for {
             Some(o) if vector == u64::from(TIMER_VECTOR) && o != cur => o,
             _ => cur,
         };
@@ -699,9 +712,9 @@ impl<M: Machine> Hv<M> {
     /// the time after that work, then the scheduler.
     fn after_trap(&mut self, payer: usize) -> Next {
         let now = self.now();
-        self.meter.charge(&mut self.bvt, payer, now);
+        self.cpu.meter.charge(&mut self.bvt, payer, now);
         // The domain that trapped drains its own console, in its own time.
-        let now = match self.current {
+        let now = match self.cpu.current {
             Some(c) if self.domains[c].console_dirty => self.drain_console(c, Some(self.drain_deadline())),
             _ => now,
         };
@@ -713,7 +726,7 @@ impl<M: Machine> Hv<M> {
     /// the hypervisor, or the armed deadline if that is sooner (a warped
     /// wake-up, a slice end).
     fn drain_deadline(&self) -> u64 {
-        self.drain_until.min(self.armed_tsc)
+        self.cpu.drain_until.min(self.cpu.armed_tsc)
     }
 
     /// Drains the notified console rings of every domain, a step at a
@@ -754,7 +767,7 @@ impl<M: Machine> Hv<M> {
             let more = self.console_step(i, now);
             let t = self.now();
             if deadline.is_some() {
-                self.meter.charge(&mut self.bvt, i, t);
+                self.cpu.meter.charge(&mut self.bvt, i, t);
             }
             if !more {
                 return t;
@@ -818,15 +831,15 @@ impl<M: Machine> Hv<M> {
     /// Returns the CR3 and FPU area to exit with, or `None` to finish the
     /// entry on the full path (the result waits in `pending_action`).
     pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5]) -> Option<FastExit> {
-        let cur = self.current?;
+        let cur = self.cpu.current?;
         let frames = self.frames.as_mut()?;
-        let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+        let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
         let mut env = DomEnv {
             m: &mut self.m,
             frames,
             domains: &mut self.domains,
             cur,
-            notify: &mut self.notify,
+            notify: &mut self.cpu.notify,
             now: 0,
             clock: (self.scale, self.boot_tsc),
             preempt_tsc,
@@ -834,14 +847,14 @@ impl<M: Machine> Hv<M> {
         let action = hypercall::dispatch(&mut env, nr, a);
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
-            self.pending_action = Some(action);
+            self.cpu.pending_action = Some(action);
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty || !self.notify.is_empty() {
+        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty || !self.cpu.notify.is_empty() {
             // An upcall to deliver, console output to drain (outside the
             // hypercall) or another domain to notify: the full path does it.
-            self.pending_action = Some(action);
+            self.cpu.pending_action = Some(action);
             return None;
         }
         // A new root from `new_baseptr` is the CR3 to exit with.
@@ -936,18 +949,18 @@ impl<M: Machine> Hv<M> {
 
     /// Runs a hypercall for domain `cur` and applies its action.
     fn hypercall(&mut self, cur: usize, now: u64) {
-        let action = match self.pending_action.take() {
+        let action = match self.cpu.pending_action.take() {
             Some(a) => a,
             None => {
                 let frames = self.frames.as_mut().expect("frame table set");
                 let r = self.domains[cur].regs;
-                let preempt_tsc = self.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+                let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
                 let mut env = DomEnv {
                     m: &mut self.m,
                     frames,
                     domains: &mut self.domains,
                     cur,
-                    notify: &mut self.notify,
+                    notify: &mut self.cpu.notify,
                     now,
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
@@ -957,7 +970,7 @@ impl<M: Machine> Hv<M> {
         };
         // Interdomain events the hypercall sent: raise them now (waking
         // their domains); a domain that died meanwhile is skipped.
-        for (dom, port) in core::mem::take(&mut self.notify) {
+        for (dom, port) in core::mem::take(&mut self.cpu.notify) {
             if let Some(slot) = self.domains.slot_of(dom) {
                 self.raise(slot, port);
             }
@@ -967,7 +980,7 @@ impl<M: Machine> Hv<M> {
             Action::Return(v) => d.regs.rax = v as u64,
             Action::Yield => {
                 d.regs.rax = 0;
-                self.yielding = true;
+                self.cpu.yielding = true;
             }
             Action::Block | Action::Poll => {
                 d.wakes.blocked(now);
@@ -1047,7 +1060,7 @@ impl<M: Machine> Hv<M> {
             if fired {
                 any = true;
                 let t = self.now();
-                self.meter.charge(&mut self.bvt, i, t);
+                self.cpu.meter.charge(&mut self.bvt, i, t);
             }
         }
         any
@@ -1125,43 +1138,8 @@ impl<M: Machine> Hv<M> {
                 f.release_domain(id);
             }
         }
-        if self.loaded == Some(i) {
-            self.loaded = None;
-        }
-    }
-
-    /// The last of a dead domain's console (its partial line), then its exit
-    /// report; the console page is not looked at again.
-    fn report_end(&mut self, i: usize) {
-        let now = self.now();
-        let d = &mut self.domains[i];
-        d.console_ring = None;
-        let name = &d.name;
-        let m = &mut self.m;
-        d.console.flush(now, |l: &str| tagged_line(m, name, l));
-        let RunState::Dead(exit) = d.state else { return };
-        if !core::mem::take(&mut d.report_pending) {
-            return;
-        }
-        wake_report(&mut self.m, d);
-        match exit {
-            Exit::Faulted(fault) => {
-                let r = &d.regs;
-                hvlog!(self.m, "dom{} ({}) crashed: {fault}", d.id, d.name);
-                hvlog!(
-                    self.m,
-                    "  rax {:#x} rbx {:#x} rcx {:#x} rdx {:#x} rsi {:#x} rdi {:#x} rsp {:#x} rbp {:#x}",
-                    r.rax,
-                    r.rbx,
-                    r.rcx,
-                    r.rdx,
-                    r.rsi,
-                    r.rdi,
-                    r.rsp,
-                    r.rbp
-                );
-            }
-            _ => hvlog!(self.m, "dom{} ({}) exited: {exit}", d.id, d.name),
+        if self.cpu.loaded == Some(i) {
+            self.cpu.loaded = None;
         }
     }
 
@@ -1173,13 +1151,13 @@ impl<M: Machine> Hv<M> {
             let now = self.now();
             // Charge point 4: the rest goes to the domain that ran (a no-op
             // for a domain that died), so the pick sees exact accounts.
-            if let Some(c) = self.current {
-                self.meter.charge(&mut self.bvt, c, now);
+            if let Some(c) = self.cpu.current {
+                self.cpu.meter.charge(&mut self.bvt, c, now);
             }
-            self.meter.settle(&mut self.bvt);
+            self.cpu.meter.settle(&mut self.bvt);
             let now = if self.reaping.is_empty() { now } else { self.reap_step() };
-            let current = self.current.filter(|&c| self.domains[c].state == RunState::Runnable);
-            let yielding = core::mem::take(&mut self.yielding);
+            let current = self.cpu.current.filter(|&c| self.domains[c].state == RunState::Runnable);
+            let yielding = core::mem::take(&mut self.cpu.yielding);
             let pick = match current {
                 Some(c) if yielding => self.bvt.pick_yielding(now, c),
                 _ => self.bvt.pick(now, current),
@@ -1193,7 +1171,7 @@ impl<M: Machine> Hv<M> {
                 // timers fired between steps. Nobody waits for the CPU, so
                 // each step starts a new stretch.
                 if self.domains.iter().any(|(_, _, d)| d.console_dirty) {
-                    self.drain_until = M::tsc().saturating_add(self.budget_ticks);
+                    self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
                     let now = self.drain_consoles().unwrap_or(now);
                     self.fire_timers(now);
                     self.m.stretch_restart();
@@ -1211,7 +1189,7 @@ impl<M: Machine> Hv<M> {
                 self.idle(now);
                 continue;
             };
-            self.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
+            self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
             if Some(i) != current {
                 if let Some(c) = current {
                     let to = self.domains[i].id;
@@ -1225,16 +1203,16 @@ impl<M: Machine> Hv<M> {
             if self.domains[i].runstate.state != runstate::RUNNING {
                 self.set_runstate(i, runstate::RUNNING, now);
             }
-            self.current = Some(i);
+            self.cpu.current = Some(i);
             if self.domains[i].console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
-                if M::tsc() >= self.armed_tsc {
+                if M::tsc() >= self.cpu.armed_tsc {
                     // What fired is served: the next deadline bounds what
                     // follows. Only a wake-up changes the pick.
                     let woke = self.fire_timers(t);
-                    self.armed_tsc = self.next_deadline_tsc(t);
+                    self.cpu.armed_tsc = self.next_deadline_tsc(t);
                     if woke {
                         continue;
                     }
@@ -1282,7 +1260,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         let now = self.now();
-        self.meter.skip(now);
+        self.cpu.meter.skip(now);
         now
     }
 
@@ -1290,7 +1268,7 @@ impl<M: Machine> Hv<M> {
     /// and nothing of the hypervisor's still names the slot.
     fn forget(&mut self, id: DomId) {
         let Some(slot) = self.domains.slot_of(id) else { return };
-        for s in [&mut self.current, &mut self.loaded, &mut self.armed_for] {
+        for s in [&mut self.cpu.current, &mut self.cpu.loaded, &mut self.cpu.armed_for] {
             if *s == Some(slot) {
                 *s = None;
             }
@@ -1300,7 +1278,7 @@ impl<M: Machine> Hv<M> {
 
     /// Halts until the nearest deadline, then fires timers.
     fn idle(&mut self, now: u64) {
-        if let Some(c) = self.current.take() {
+        if let Some(c) = self.cpu.current.take() {
             if self.domains[c].state == RunState::Runnable {
                 self.set_runstate(c, runstate::RUNNABLE, now);
             }
@@ -1310,7 +1288,7 @@ impl<M: Machine> Hv<M> {
         self.m.halt();
         let now = self.now();
         // Halted time is nobody's, and not a stretch in the hypervisor.
-        self.meter.skip(now);
+        self.cpu.meter.skip(now);
         self.m.stretch_restart();
         self.fire_timers(now);
     }
@@ -1337,9 +1315,9 @@ impl<M: Machine> Hv<M> {
         // switched out (the guest may have changed it by loading a
         // selector), loaded when it is switched in, and otherwise written
         // only after `set_segment_base`.
-        let switch = self.loaded != Some(i);
+        let switch = self.cpu.loaded != Some(i);
         if switch {
-            if let Some(old) = self.loaded {
+            if let Some(old) = self.cpu.loaded {
                 let cpu = self.m.save_segments();
                 let v = &mut self.domains[old].vcpu;
                 v.selectors = cpu.selectors;
@@ -1349,7 +1327,7 @@ impl<M: Machine> Hv<M> {
                     (v.fs_base, v.gs_base) = (cpu.fs_base, cpu.gs_base);
                 }
             }
-            self.loaded = Some(i);
+            self.cpu.loaded = Some(i);
         }
         let d = &mut self.domains[i];
         if switch || d.vcpu.segs_dirty {
@@ -1370,7 +1348,7 @@ impl<M: Machine> Hv<M> {
         }
         let d = &self.domains[i];
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: d.regs, fx: &d.fx };
-        let mut until = self.slice_end.saturating_sub(now);
+        let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {
             if t.saturating_sub(now) < until {
@@ -1387,103 +1365,10 @@ impl<M: Machine> Hv<M> {
             }
         }
         let until = until.clamp(1_000, MAX_ARM_NS);
-        self.armed_for = armed_for;
+        self.cpu.armed_for = armed_for;
         self.m.arm_timer(until);
-        self.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
+        self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
         Some(next)
-    }
-
-    /// Prints the end-of-run report and ends the run.
-    fn finish(&mut self, clean: bool) -> ! {
-        // Dead domains' leftover output and exit reports, whole: the run
-        // is over, nobody waits.
-        for i in 0..self.domains.slot_bound() {
-            if self.domains.at(i).is_some_and(|(_, d)| matches!(d.state, RunState::Dead(_))) {
-                while self.console_step(i, self.now()) {}
-                self.report_end(i);
-            }
-        }
-        let elapsed_ms = self.now() / 1_000_000;
-        let alive = self.domains.iter().filter(|(_, _, d)| !matches!(d.state, RunState::Dead(_))).count();
-        if alive == 0 {
-            hvlog!(self.m, "all domains have ended after {elapsed_ms} ms:");
-        } else {
-            hvlog!(self.m, "the run ended after {elapsed_ms} ms with {alive} domain(s) still alive:");
-        }
-        hvlog!(self.m, "  {:<4} {:<16} {:<9} {:<4} {:>8} {}", "dom", "name", "expected", "ok", "cpu ms", "exit");
-        let mut all_ok = clean && self.unrecorded.1 == 0;
-        for r in &self.records {
-            let mut exit: heapless::String<64> = heapless::String::new();
-            let live = self.domains.get(r.id).filter(|d| !matches!(d.state, RunState::Dead(_)));
-            let (ok, cpu_ms) = match (r.exit, live) {
-                (Some(e), _) => {
-                    let _ = write!(exit, "{e}");
-                    (e.matches(r.expect), r.cpu_ms)
-                }
-                (None, Some(d)) => {
-                    let _ = exit.push_str(if d.state == RunState::Blocked {
-                        "still blocked (never ended)"
-                    } else {
-                        "still runnable (never ended)"
-                    });
-                    (false, d.runstate.time[runstate::RUNNING as usize] / 1_000_000)
-                }
-                (None, None) => {
-                    let _ = exit.push_str("lost track of it (a hypervisor bug)");
-                    (false, 0)
-                }
-            };
-            all_ok &= ok;
-            hvlog!(
-                self.m,
-                "  {:<4} {:<16} {:<9} {:<4} {:>8} {}",
-                r.id,
-                r.name.as_str(),
-                r.expect,
-                if ok { "yes" } else { "NO" },
-                cpu_ms,
-                exit
-            );
-        }
-        if self.unrecorded.0 > 0 {
-            hvlog!(
-                self.m,
-                "  and {} more domain(s) not listed, {} of them not as expected",
-                self.unrecorded.0,
-                self.unrecorded.1
-            );
-        }
-        self.m.stretch_report();
-        for (_, _, d) in self.domains.iter() {
-            if !matches!(d.state, RunState::Dead(_)) {
-                wake_report(&mut self.m, d);
-            }
-        }
-        if all_ok {
-            hvlog!(self.m, "verdict: PASS: every domain ended as the manifest expected");
-            self.m.exit(true)
-        } else {
-            hvlog!(self.m, "verdict: FAIL: some domain did not end as the manifest expected");
-            self.m.exit(false)
-        }
-    }
-}
-
-/// A domain's worst timer wake-ups and what delayed them (see [`Wakes`]).
-fn wake_report<M: Machine>(m: &mut M, d: &Domain) {
-    if let Some((late, fired, [vector, rax, _, dom], into)) = d.wakes.worst {
-        hvlog!(m,
-            "dom{} ({}): {} timer wake-ups, the latest entered {late} ns after its deadline (fired after {fired} ns, {into} TSC ticks into a stretch entered from dom{dom} by vector {vector:#x}, rax {rax:#x})",
-            d.id,
-            d.name,
-            d.wakes.count
-        );
-    }
-    if let Some((t, outs, to)) = d.wakes.worst_served {
-        match to {
-            Some(to) => hvlog!(m, "dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, switched out {outs} time(s), last to dom{to}", d.id, d.name),
-            None => hvlog!(m, "dom{} ({}): the slowest wake-up blocked again {t} ns after its deadline, never switched out", d.id, d.name),
-        }
     }
 }
 

@@ -527,7 +527,7 @@ fn a_blocked_domain_with_a_timer_sleeps_until_its_deadline_then_gets_its_upcall(
     assert_eq!(r.dom(s).state, RunState::Blocked);
     assert_eq!(r.dom(s).runstate.state, runstate::BLOCKED);
     assert_eq!(r.armed().ns, deadline - r.now(), "the hog runs alone until the sleeper's deadline");
-    assert_eq!(r.hv.armed_for, Some(r.slot(s)), "that interrupt will be the sleeper's work");
+    assert_eq!(r.hv.cpu.armed_for, Some(r.slot(s)), "that interrupt will be the sleeper's work");
 
     // Before the deadline nothing wakes it: an early interrupt, a hypercall
     // one ns before.
@@ -665,9 +665,9 @@ fn a_domain_that_powers_off_is_reported_and_freed_and_its_slot_reused() {
     assert_eq!(frames(&r), 0);
     assert_eq!(free(&r), free_before + 128, "all of a's frames are free again");
     assert_eq!(r.hv.m.logged("exited"), 1, "reported once");
-    assert_eq!(r.hv.current, Some(r.slot(b)));
-    assert_ne!(r.hv.loaded, Some(slot_a));
-    assert_ne!(r.hv.armed_for, Some(slot_a));
+    assert_eq!(r.hv.cpu.current, Some(r.slot(b)));
+    assert_ne!(r.hv.cpu.loaded, Some(slot_a));
+    assert_ne!(r.hv.cpu.armed_for, Some(slot_a));
     // The slot is free for the next domain, under a new id.
     let v = r.hv.domains.reserve().expect("a free slot");
     assert_eq!(v.slot(), slot_a);
