@@ -28,7 +28,7 @@
 /// Work units a console step may start (see the module docs); about 10
 /// instructions each for UART bytes, so a step is a few thousand
 /// instructions.
-pub const STEP_WORK: usize = 256;
+pub const STEP_WORK: usize = 128;
 
 /// Most work one guest byte can cause: taking it, a dropped-bytes notice
 /// and one full line with the longest tag and its line end.

@@ -191,8 +191,11 @@ fn run(next: Next) -> ! {
     CURRENT_CR3.store(next.cr3, core::sync::atomic::Ordering::Relaxed);
     CURRENT_SHARED.store(next.shared, core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `schedule` returns only live domains' roots (built and
-    // validated by the builder) and sanitised frames; the lock is dropped.
-    unsafe { entry::enter_guest(next.cr3, &next.frame, next.fx) }
+    // validated by the builder) and sanitised frames; the lock is dropped,
+    // and the frame and FPU area stay where they are (in the domain's
+    // slot, which nothing changes until the next trap) while they are
+    // copied out on the way to the guest.
+    unsafe { entry::enter_guest(next.cr3, &*next.frame, next.fx) }
 }
 
 /// Entry from ring 1 or 3 (see `arch::entry`).
@@ -271,15 +274,17 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
             }
         }
     }
-    // SAFETY: as above.
-    let f = unsafe { frame.read_volatile() };
-    if f.vector == 2 {
-        // An NMI frame sits on IST2, which every guest view maps read-write:
-        // do not leave this domain's registers there for the next one.
-        // SAFETY: as above; the frame was just copied out.
-        unsafe { frame.write_volatile(TrapFrame::default()) };
-    }
-    let next = HV.lock().on_trap(f);
+    let next = HV.lock().on_trap_with(|regs| {
+        // SAFETY: as above: one copy, straight into the domain's state.
+        *regs = unsafe { frame.read_volatile() };
+        if vector == 2 {
+            // An NMI frame sits on IST2, which every guest view maps
+            // read-write: do not leave this domain's registers there for
+            // the next one.
+            // SAFETY: as above; the frame was just copied out.
+            unsafe { frame.write_volatile(TrapFrame::default()) };
+        }
+    });
     run(next)
 }
 

@@ -242,6 +242,10 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+    /// Something that can change the pick happened since the last one (a
+    /// domain woke, blocked, was created or ended): the next trip asks the
+    /// scheduler again even if the slice has time left.
+    pub sched_dirty: bool,
 }
 
 /// The hypervisor's state: the domains and everything shared between CPUs,
@@ -420,8 +424,9 @@ pub struct Next {
     pub cr3: u64,
     /// Its shared-info frame.
     pub shared: Mfn,
-    /// Its registers, sanitised.
-    pub frame: TrapFrame,
+    /// Its registers, sanitised (in its domain's saved state, which stays
+    /// put until the next trip through the hypervisor).
+    pub frame: *const TrapFrame,
     /// Its FPU/SSE state.
     pub fx: *const FxArea,
 }
@@ -450,6 +455,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
+                sched_dirty: true,
             },
             domains: DomainTable::empty(),
             records: heapless::Vec::new(),
@@ -603,6 +609,7 @@ impl<M: Machine> Hv<M> {
             self.push_rejected(id, spec.name, expect);
             return;
         }
+        self.cpu.sched_dirty = true;
         if spec.warp_us != 0 || spec.weight != crate::sched::bvt::DEFAULT_WEIGHT {
             hvlog!(self.m, "dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
         }
@@ -667,21 +674,27 @@ impl<M: Machine> Hv<M> {
 
     /// Handles a trap taken by the current domain; returns who runs next.
     pub fn on_trap(&mut self, f: TrapFrame) -> Next {
+        self.on_trap_with(|regs| *regs = f)
+    }
+
+    /// [`Hv::on_trap`] with the frame written by `load` straight into the
+    /// current domain's saved registers (one copy from the entry stack).
+    pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
         self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
-        self.domains[cur].regs = f;
+        load(&mut self.domains[cur].regs);
+        let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
         let now = self.now();
         // Charge point 1: the domain's run and its entry.
         self.cpu.meter.charge(&mut self.bvt, cur, now);
         self.check_vtimer(cur, now);
-        let vector = f.vector;
         // Work this trap causes is charged to the domain that trapped,
         // except a timer interrupt armed for another domain's deadline.
         let payer = match self.cpu.armed_for {
             Some(o) if vector == u64::from(TIMER_VECTOR) && o != cur => o,
             _ => cur,
         };
-        if !pvguest_abi::layout::is_canonical(f.rip) {
+        if !pvguest_abi::layout::is_canonical(rip) {
             // Only a trap taken in the last bytes below the canonical hole
             // pushes a non-canonical return address. Nothing it asked for
             // is carried out: the domain cannot be resumed there.
@@ -689,7 +702,7 @@ impl<M: Machine> Hv<M> {
             let _ = write!(
                 msg,
                 "return address {:#x} (vector {:#x}) is not canonical; the trap was not handled",
-                f.rip, vector
+                rip, vector
             );
             self.crash(cur, "trap from the last bytes below the canonical hole", &msg);
             return self.after_trap(payer);
@@ -700,9 +713,15 @@ impl<M: Machine> Hv<M> {
             v if v == u64::from(SPURIOUS_VECTOR) => {}
             v if v == u64::from(SYSCALL_VECTOR) => self.syscall(cur),
             2 => hvlog!(self.m, "NMI while dom{} ran: a host event, ignored", self.domains[cur].id),
-            8 | 18 => self.m.fatal(vector as u8, &f),
+            8 | 18 => {
+                let f = self.domains[cur].regs;
+                self.m.fatal(vector as u8, &f)
+            }
             v if v == u64::from(NULL_TRAP_VECTOR) => {}
-            0..=31 => self.exception(cur, &f),
+            0..=31 => {
+                let f = self.domains[cur].regs;
+                self.exception(cur, &f)
+            }
             _ => self.m.eoi(),
         }
         self.after_trap(payer)
@@ -987,6 +1006,7 @@ impl<M: Machine> Hv<M> {
                 d.regs.rax = 0;
                 d.state = RunState::Blocked;
                 self.bvt.block(cur, now);
+                self.cpu.sched_dirty = true;
                 self.set_runstate(cur, runstate::BLOCKED, now);
             }
             Action::Shutdown(reason) => self.kill(cur, Exit::Shutdown(reason)),
@@ -1027,6 +1047,7 @@ impl<M: Machine> Hv<M> {
     }
 
     fn wake(&mut self, i: usize) {
+        self.cpu.sched_dirty = true;
         let now = self.now();
         let d = &mut self.domains[i];
         d.vcpu.poll_ports.clear();
@@ -1130,6 +1151,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         self.bvt.remove(i);
+        self.cpu.sched_dirty = true;
         if self.reaping.push_back((id, 0)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.
             hvlog!(self.m, "dom{id}: teardown queue full, frames freed at once");
@@ -1149,6 +1171,29 @@ impl<M: Machine> Hv<M> {
     fn schedule(&mut self) -> Next {
         loop {
             let now = self.now();
+            // Nothing that could change the pick happened (no domain woke,
+            // blocked, ended or yielded, the slice has time left and there
+            // is no teardown or console work): the running domain goes on
+            // without a new pick. Its charges wait in the meter (a payer's
+            // charges add up there) until the next pick settles them, so
+            // accounts stay exact; other domains' charges only delay them.
+            if let Some(c) = self.cpu.current {
+                let d = &self.domains[c];
+                if !self.cpu.sched_dirty
+                    && !self.cpu.yielding
+                    && self.reaping.is_empty()
+                    && now < self.cpu.slice_end
+                    && d.state == RunState::Runnable
+                    && !d.console_dirty
+                {
+                    self.cpu.meter.charge(&mut self.bvt, c, now);
+                    if let Some(next) = self.prepare(c, now) {
+                        return next;
+                    }
+                    continue;
+                }
+            }
+            self.cpu.sched_dirty = false;
             // Charge point 4: the rest goes to the domain that ran (a no-op
             // for a domain that died), so the pick sees exact accounts.
             if let Some(c) = self.cpu.current {
@@ -1347,7 +1392,7 @@ impl<M: Machine> Hv<M> {
             return None;
         }
         let d = &self.domains[i];
-        let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: d.regs, fx: &d.fx };
+        let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
         let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {

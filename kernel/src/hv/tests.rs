@@ -278,6 +278,13 @@ struct Rig {
 }
 
 impl Rig {
+    /// The registers of the domain about to be entered (what `next.frame`
+    /// points at: its saved state).
+    fn frame(&self) -> Regs {
+        let slot = self.hv.domains.slot_of(self.next.id).expect("the next domain lives");
+        self.hv.domains[slot].regs
+    }
+
     /// Boots the domains of `entries` at TSC [`BOOT_TSC`].
     fn boot(entries: &[DomainEntry]) -> Rig {
         set_tsc(BOOT_TSC);
@@ -338,7 +345,7 @@ impl Rig {
     /// The guest being entered executes the `int 0x82` at its `rip` with
     /// the registers it was entered with (a continued hypercall does this).
     fn int82(&mut self) -> i64 {
-        let f = Regs { vector: u64::from(HYPERCALL_VECTOR), rip: self.next.frame.rip + 2, ..self.next.frame };
+        let f = Regs { vector: u64::from(HYPERCALL_VECTOR), rip: self.frame().rip + 2, ..self.frame() };
         self.call(f)
     }
 
@@ -355,8 +362,8 @@ impl Rig {
             rdx,
             r10,
             r8,
-            rip: self.next.frame.rip + 2,
-            ..self.next.frame
+            rip: self.frame().rip + 2,
+            ..self.frame()
         };
         self.call(f)
     }
@@ -369,7 +376,7 @@ impl Rig {
 
     /// An interrupt at `vector` while the guest being entered runs.
     fn interrupt(&mut self, vector: u8) {
-        let f = Regs { vector: u64::from(vector), ..self.next.frame };
+        let f = Regs { vector: u64::from(vector), ..self.frame() };
         self.trap(f);
     }
 
@@ -520,7 +527,7 @@ fn a_blocked_domain_with_a_timer_sleeps_until_its_deadline_then_gets_its_upcall(
     r.advance(100 * US);
     let deadline = r.now() + 8 * MS;
     assert_eq!(r.hypercall(nr::SET_TIMER_OP, [deadline, 0, 0, 0, 0]), 0);
-    let resume = r.next.frame.rip + 2;
+    let resume = r.frame().rip + 2;
     assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
 
     assert_eq!(r.next.id, h, "the sleeper blocked: the hog runs");
@@ -549,10 +556,10 @@ fn a_blocked_domain_with_a_timer_sleeps_until_its_deadline_then_gets_its_upcall(
     let mask = offset_of!(VcpuInfo, evtchn_upcall_mask);
     assert_eq!(r.shared_byte(s, pending), 1, "upcall pending");
     assert_eq!(r.shared_byte(s, mask), 1, "delivery masks events");
-    assert_eq!(r.next.frame.rip, CALLBACK, "entered at its event callback");
-    assert_eq!(r.next.frame.cs, u64::from(selectors::GUEST_KERNEL_CS));
+    assert_eq!(r.frame().rip, CALLBACK, "entered at its event callback");
+    assert_eq!(r.frame().cs, u64::from(selectors::GUEST_KERNEL_CS));
     let mut bf = BounceFrame::default();
-    r.read_guest(s, r.next.frame.rsp, bf.as_mut_bytes());
+    r.read_guest(s, r.frame().rsp, bf.as_mut_bytes());
     assert_eq!(bf.vector, UPCALL_VECTOR);
     assert_eq!(bf.rip, resume, "the callback returns to just after the block");
     assert_eq!(bf.saved_upcall_mask, 0, "events were enabled by the block");
@@ -574,7 +581,7 @@ fn write_across_the_slice_end() -> (Rig, DomId, DomId, u64, Vec<u8>) {
     }
     r.write_guest(a, SCRATCH, &text);
     r.advance_to(C - 10 * US);
-    let after_int = r.next.frame.rip + 2;
+    let after_int = r.frame().rip + 2;
     let ret = r.hypercall(nr::CONSOLE_IO, [console_io::WRITE, text.len() as u64, SCRATCH, 0, 0]);
     assert_eq!(ret, nr::CONSOLE_IO as i64, "cut at the deadline: to be continued");
     (r, a, b, after_int, text)
@@ -699,8 +706,8 @@ fn console_io_lines_are_tagged_with_the_domain_name_and_control_bytes_escaped() 
 fn a_faulting_domain_without_a_handler_is_crashed_and_reported_while_others_run() {
     let mut r = Rig::boot(&[dom("a").expect(Expect::Crash), dom("b")]);
     let (a, b) = (r.id("a"), r.id("b"));
-    let rip = r.next.frame.rip;
-    r.trap(Regs { vector: 13, error: 0, rbx: 0x5eed, ..r.next.frame });
+    let rip = r.frame().rip;
+    r.trap(Regs { vector: 13, error: 0, rbx: 0x5eed, ..r.frame() });
     assert_eq!(r.next.id, b);
     let fault = Fault { vector: 13, error: 0, rip, cr2: 0, ring: 1 };
     let rec = r.hv.records.iter().find(|x| x.id == a).expect("a's record");

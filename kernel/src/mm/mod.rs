@@ -249,7 +249,7 @@ pub const REFUSED_UPPER_BITS: u64 = 1 << 8;
 /// Entries a preemptible pin or unpin validates or devalidates before it
 /// asks whether to stop (rule 7 (v)): about 30 instructions each under
 /// QEMU `-icount shift=0`, so a unit is a few thousand instructions.
-pub const STEP_ENTRIES: u32 = 64;
+pub const STEP_ENTRIES: u32 = 32;
 
 /// How far a preemptible operation got.
 #[must_use]
