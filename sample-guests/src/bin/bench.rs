@@ -4,8 +4,11 @@
 //! the minimum over several repetitions, so a rare preemption in one
 //! repetition cannot inflate it. Output lines: `bench: <name> <value>`.
 //!
-//! `mode=all` measures everything; `mode=partner` only yields, to give
-//! `mode=all` a domain to switch to; `mode=storm` issues the longest
+//! `mode=all` measures everything; `mode=partner` (domain 2, beside the
+//! bench as domain 1) yields, to give `mode=all` a domain to switch to, and
+//! answers every event on the channel the bench offers it (the
+//! `evtchn_rtt` figure: an event there and back, so half of it is the path
+//! from a send in one domain to the upcall in the other, switch included); `mode=storm` issues the longest
 //! hypercalls it can (console writes of 4096 control bytes, alone and 64 to
 //! a multicall, and a timer storm) so that the hypervisor's report of its
 //! longest stretch (`worst_hypercall` in `cargo xtask bench`) covers them.
@@ -16,6 +19,7 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_sdk::abi::event::VIRQ_VTIMER;
 use pvguest_sdk::abi::NULL_TRAP_VECTOR;
+use pvguest_sdk::event::{EventChannel, Port, PortStatus};
 use pvguest_sdk::mm::{self, AddressSpace, Pte};
 use pvguest_sdk::process::{self, Exit, Process};
 use pvguest_sdk::trap::TrapContext;
@@ -139,17 +143,83 @@ fn storm() {
     println!("storm: timer storm done");
 }
 
+/// Events received on the channel.
+static EVENTS: AtomicU64 = AtomicU64::new(0);
+/// The partner's end of the channel (0: none).
+static ANSWER_PORT: AtomicU64 = AtomicU64::new(0);
+
+fn count_event(_: Port) {
+    EVENTS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The partner answers each event at once, from its upcall.
+fn answer(_: Port) {
+    let mut s = pvguest_sdk::abi::event::Send { port: ANSWER_PORT.load(Ordering::SeqCst) as u32 };
+    // SAFETY: `s` is a live local of the layout SEND reads.
+    let _ = unsafe {
+        pvguest_sdk::hypercall::raw(
+            pvguest_sdk::abi::hypercall::EVENT_CHANNEL_OP,
+            [pvguest_sdk::abi::event::SEND, &mut s as *mut _ as u64, 0, 0, 0],
+        )
+    };
+}
+
+fn partner() {
+    event::init();
+    event::enable();
+    // The bench (domain 1) offers a port first thing.
+    let chan = loop {
+        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(1, p).ok()) {
+            break c;
+        }
+        sched::yield_now();
+    };
+    ANSWER_PORT.store(u64::from(chan.port().0), Ordering::SeqCst);
+    chan.on_event(answer).expect("handler");
+    for _ in 0..4 * N * REPS as u64 {
+        sched::yield_now();
+    }
+    // Until the bench closes its end.
+    while matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
+        sched::yield_now();
+    }
+}
+
+/// Round trips of an event to the partner and back (min of REPS x N).
+fn evtchn_rtt(chan: &EventChannel) -> u64 {
+    let mut best = u64::MAX;
+    for _ in 0..REPS {
+        for _ in 0..N {
+            let seen = EVENTS.load(Ordering::SeqCst);
+            let t0 = rdtsc();
+            chan.send().expect("send");
+            loop {
+                event::disable();
+                if EVENTS.load(Ordering::SeqCst) != seen {
+                    event::enable();
+                    break;
+                }
+                event::block();
+            }
+            best = best.min(rdtsc() - t0);
+        }
+    }
+    best
+}
+
 fn main(si: &'static StartInfo) {
     if si.cmdline().contains("mode=storm") {
         storm();
         return;
     }
     if si.cmdline().contains("mode=partner") {
-        for _ in 0..4 * N * REPS as u64 {
-            sched::yield_now();
-        }
+        partner();
         return;
     }
+    event::init();
+    let chan = EventChannel::offer(2).expect("offer the partner a channel");
+    chan.on_event(count_event).expect("handler");
+    event::enable();
     process::init(syscall).expect("ring-3 support");
     let floor = measure(null_trap);
     report("bare_trap", floor);
@@ -261,5 +331,13 @@ fn main(si: &'static StartInfo) {
     // back; each round is two switches.
     let per_round = measure(sched::yield_now);
     report("domain_switch", per_round / 2);
+    // An event to the partner and back: wait until it has connected.
+    while !matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
+        sched::yield_now();
+    }
+    let rtt = evtchn_rtt(&chan);
+    report("evtchn_rtt", rtt * 100);
+    report("evtchn_send_remote_upcall", rtt * 50);
+    chan.close().expect("close");
     println!("bench: done");
 }
