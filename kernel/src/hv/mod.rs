@@ -989,11 +989,15 @@ impl<M: Machine> Hv<M> {
         };
         // Interdomain events the hypercall sent: raise them now (waking
         // their domains); a domain that died meanwhile is skipped.
-        for (dom, port) in core::mem::take(&mut self.cpu.notify) {
+        // (By index, not `mem::take`: that would copy the whole list on
+        // every hypercall.)
+        for k in 0..self.cpu.notify.len() {
+            let (dom, port) = self.cpu.notify[k];
             if let Some(slot) = self.domains.slot_of(dom) {
                 self.raise(slot, port);
             }
         }
+        self.cpu.notify.clear();
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => d.regs.rax = v as u64,
