@@ -8,8 +8,9 @@
 //! |---|---|
 //! | `.text` | read + execute |
 //! | boot stub, `.rodata` | read-only, no execute |
-//! | `.data`, `.bss`, entry region, everything else | read-write, no execute |
+//! | `.data`, `.bss`, entry region, the rest of the first 16 MiB | read-write, no execute |
 //! | the page below the hypervisor stack | not mapped (guard) |
+//! | everything above (domains' RAM, the heap, MMIO) | read-write, no execute (2 MiB pages) |
 //!
 //! With CR0.WP set these hold for ring 0 too, so a stray write to code or
 //! constants faults, data never executes, and a stack overflow becomes a
@@ -37,6 +38,8 @@ extern "C" {
 
 /// Number of 2 MiB regions (from physical 0) that get 4 KiB mappings.
 const REGIONS: usize = 8;
+/// Entries of the boot stub's identity page directories (4 GiB).
+const IDENTITY_PDES: usize = 2048;
 
 #[repr(C, align(4096))]
 struct Pt([u64; 512]);
@@ -76,6 +79,18 @@ pub fn harden() {
         unsafe {
             let pt = &raw const (*pts)[r] as u64;
             pd.add(r).write_volatile(Pte::new(pt >> 12, PteFlags::PRESENT | PteFlags::WRITABLE).0);
+        }
+    }
+    // The rest of the identity map (the boot stub's 2 MiB pages up to 4 GiB:
+    // guests' memory, the heap, MMIO) is data to the hypervisor: never
+    // executed.
+    for r in REGIONS..IDENTITY_PDES {
+        // SAFETY: `hv_pd` is the boot stub's 4 contiguous page directories
+        // (2048 entries, 4 GiB of 2 MiB pages); entries past the hardened
+        // regions map no hypervisor code, and NX changes no data access.
+        unsafe {
+            let e = pd.add(r).read_volatile();
+            pd.add(r).write_volatile(e | PteFlags::NO_EXECUTE.bits());
         }
     }
     // SAFETY: reloading CR3 flushes the old 2 MiB translations; the code
