@@ -8,7 +8,7 @@
 //! is never charged twice and never lost: the intervals partition the
 //! timeline.
 //!
-//! The hypervisor charges at these points (see `kernel/src/hv.rs`):
+//! The hypervisor charges at these points (see `kernel/src/hv/mod.rs`):
 //! 1. **Entry.** The interval since the domain was entered (its own run,
 //!    the entry path and any fast-path hypercalls) goes to the running
 //!    domain.
