@@ -2,7 +2,9 @@
 //!
 //! # Invariants
 //! - Every machine frame below `max_mfn` has exactly one [`FrameInfo`]; a
-//!   frame is free, owned by the hypervisor, or owned by exactly one domain.
+//!   frame is free, owned by the hypervisor, owned by exactly one domain,
+//!   or an orphan that a dead domain left mapped by others (see *Foreign
+//!   mappings*).
 //! - Only this module changes ownership. A frame handed to a domain is zeroed
 //!   by the caller before the domain can see it (the builder does this), so
 //!   no data crosses between owners.
