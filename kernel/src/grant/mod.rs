@@ -287,6 +287,9 @@ pub struct GrantTable {
     active: Vec<Box<[Active]>>,
     /// The quota of frames.
     max_frames: u32,
+    /// The domain whose table this is (set by its first growth): every
+    /// grant is validated against its frames.
+    owner: Option<DomId>,
     /// The domain died: the table no longer touches its frames.
     retired: bool,
 }
@@ -299,6 +302,7 @@ impl GrantTable {
             frames: heapless::Vec::new(),
             active: Vec::new(),
             max_frames: max_frames.min(MAX_GRANT_FRAMES),
+            owner: None,
             retired: false,
         }
     }
@@ -353,7 +357,7 @@ impl GrantTable {
         frames: &mut FrameTable<'_>,
         mem: &mut M,
     ) -> Result<(), GrantError> {
-        if self.retired {
+        if self.retired || self.owner.is_some_and(|o| o != dom) {
             return Err(GrantError::BadDomain);
         }
         if nr_frames > self.max_frames {
@@ -376,6 +380,7 @@ impl GrantTable {
             v.resize(ENTRIES_PER_FRAME as usize, Active::default());
             records.push(v.into_boxed_slice());
         }
+        self.owner = Some(dom);
         for rec in records {
             // Cannot fail: enough frames are free and the quota allows it.
             let mfn = frames.alloc(Owner::Domain(dom)).map_err(|_| GrantError::OutOfMemory)?;
@@ -433,21 +438,20 @@ impl GrantTable {
         }
     }
 
-    /// Pins reference `gref` of this table (the table of `granter`) for a
-    /// use by `grantee`, `write` or read-only: the one validation of a
+    /// Pins reference `gref` of this table for a use by `grantee`, `write` or read-only: the one validation of a
     /// grant reference (module docs, *Where validation happens*). On
     /// success the entry's in-use bits are set and the granted frame is
     /// returned; release the pin with [`GrantTable::release`] and the same
     /// `write`. On error nothing changed.
     pub fn acquire<M: PhysMem>(
         &mut self,
-        granter: DomId,
         grantee: DomId,
         gref: u32,
         write: bool,
         frames: &FrameTable<'_>,
         mem: &mut M,
     ) -> Result<Mfn, GrantError> {
+        let granter = self.owner.ok_or(GrantError::BadRef)?;
         let pa = self.entry_pa(gref).ok_or(GrantError::BadRef)?;
         let set = u64::from(if write { gtf::READING | gtf::WRITING } else { gtf::READING });
         for _ in 0..CAS_RETRIES {
@@ -568,6 +572,8 @@ pub struct Maptrack {
     slots: Vec<Slot>,
     free_head: u32,
     used: u32,
+    /// Where [`Maptrack::pop`] goes on scanning down from.
+    scan: usize,
     quota: u32,
 }
 
@@ -575,7 +581,7 @@ impl Maptrack {
     /// An empty maptrack with a quota of `quota` mappings (clamped to
     /// [`MAX_MAPTRACK`]).
     pub fn new(quota: u32) -> Self {
-        Maptrack { slots: Vec::new(), free_head: NO_SLOT, used: 0, quota: quota.min(MAX_MAPTRACK) }
+        Maptrack { slots: Vec::new(), free_head: NO_SLOT, used: 0, scan: usize::MAX, quota: quota.min(MAX_MAPTRACK) }
     }
 
     /// Mappings held.
@@ -665,9 +671,20 @@ impl Maptrack {
         Ok(m)
     }
 
-    /// Removes some mapping (the highest handle), for teardown.
+    /// Removes some mapping, for teardown: the highest handle below the
+    /// previous pop's, so a whole teardown scans the slots once (O(quota)
+    /// in all, however it is split into steps); a mapping added meanwhile
+    /// above the cursor is found by one more scan from the top.
     fn pop(&mut self) -> Option<Mapping> {
-        let h = self.slots.iter().rposition(|s| matches!(s, Slot::Used(_)))?;
+        if self.used == 0 {
+            return None;
+        }
+        let below = self.scan.min(self.slots.len());
+        let h = match self.slots[..below].iter().rposition(|s| matches!(s, Slot::Used(_))) {
+            Some(h) => h,
+            None => self.slots.iter().rposition(|s| matches!(s, Slot::Used(_)))?,
+        };
+        self.scan = h;
         self.remove(h as u32).ok()
     }
 }
@@ -904,7 +921,7 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         }
         self.doms.maptrack(grantee).ok_or(GrantError::BadDomain)?.reserve()?;
         let table = self.doms.table(req.granter).ok_or(GrantError::BadDomain)?;
-        let mfn = table.acquire(req.granter, grantee, req.gref, req.writable, self.frames, self.mem)?;
+        let mfn = table.acquire(grantee, req.gref, req.writable, self.frames, self.mem)?;
         if let Err(e) = self.frames.get_foreign_ref(mfn, req.granter, req.writable) {
             table.release(req.gref, req.writable, self.mem);
             return Err(match e {
@@ -1059,7 +1076,7 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         match *side {
             CopySide::Gref { granter, gref, .. } => {
                 let t = self.doms.table(granter).ok_or(GrantError::BadDomain)?;
-                Ok((t.acquire(granter, caller, gref, write, self.frames, self.mem)?, granter))
+                Ok((t.acquire(caller, gref, write, self.frames, self.mem)?, granter))
             }
             CopySide::Frame { mfn, .. } if self.frames.owned_by(mfn, caller) => Ok((mfn, caller)),
             CopySide::Frame { .. } => Err(GrantError::BadFrame),

@@ -761,6 +761,29 @@ fn grantee_dying_tears_down_all_its_mappings() {
     assert_eq!(end_access(&mut r, 0), Ok(()));
 }
 
+#[test]
+fn teardown_takes_every_mapping_once_in_steps() {
+    let mut r = Rig::with_maptrack(200);
+    r.grant(0, B, RO);
+    for _ in 0..150 {
+        r.map(B, A, 0, true).unwrap();
+    }
+    // Holes, and a mapping added part-way through the teardown.
+    for h in [3, 64, 149] {
+        let _ = r.unmap(B, h).unwrap();
+    }
+    let mut n = 0;
+    while r.g().teardown_one(B).is_some() {
+        n += 1;
+        if n == 10 {
+            r.map(B, A, 0, true).unwrap();
+        }
+    }
+    assert_eq!(n, 148);
+    assert!(!r.table(A).in_use(0));
+    assert_eq!(r.flags(0), RO);
+}
+
 // ---- unmap notification --------------------------------------------------------
 
 #[test]
