@@ -11,6 +11,7 @@
 //! | [`mm`] | direct paging with validation; [`mm::frames`]: who owns each machine frame and what it is used as; [`mm::guest_mem`]: the one accessor that turns guest pointers into memory; [`mm::paging`]: page-table entry bits |
 //! | [`sched`] | [`sched::bvt`]: the borrowed-virtual-time scheduler; [`sched::account`]: who is charged for each nanosecond of CPU time |
 //! | [`event`] | event channels and the shared-info page |
+//! | [`grant`] | grant tables v1: a granter's table and in-use records, a grantee's maptrack, validation of map and copy, revocation, quotas, teardown at death |
 //! | [`domain`] | domain states, exits and the end-of-run verdict; [`domain::vcpu`]: per-vCPU state the guest registers |
 //! | [`hv`] | the trap loop: domain lifecycle, trap handling, events, timers, console draining and scheduling, over a [`hv::Machine`] |
 //! | [`hypercall`] | the hypercall table, its argument validation and its budget |
@@ -29,6 +30,7 @@ pub mod console;
 pub mod domain;
 pub mod elf;
 pub mod event;
+pub mod grant;
 pub mod hv;
 pub mod hypercall;
 pub mod mm;

@@ -47,6 +47,13 @@ impl PhysMem for HvPhys {
         // SAFETY: as for `fetch_or_u64`.
         unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }.fetch_and(bits, SeqCst)
     }
+    fn cmpxchg_u64(&mut self, pa: u64, current: u64, new: u64) -> Result<u64, u64> {
+        // SAFETY: as for `fetch_or_u64` (grant entries are 8 bytes in a
+        // 4 KiB-aligned frame, so 8-aligned); a guest writing the word
+        // meanwhile makes the exchange fail, which the caller expects.
+        unsafe { core::sync::atomic::AtomicU64::from_ptr(pa as *mut u64) }
+            .compare_exchange(current, new, SeqCst, SeqCst)
+    }
     fn swap_u8(&mut self, pa: u64, v: u8) -> u8 {
         // SAFETY: as for `fetch_or_u64` (a byte is always aligned).
         unsafe { core::sync::atomic::AtomicU8::from_ptr(pa as *mut u8) }.swap(v, SeqCst)

@@ -2,7 +2,9 @@
 //!
 //! # Invariants
 //! - Every machine frame below `max_mfn` has exactly one [`FrameInfo`]; a
-//!   frame is free, owned by the hypervisor, or owned by exactly one domain.
+//!   frame is free, owned by the hypervisor, owned by exactly one domain,
+//!   or an orphan that a dead domain left mapped by others (see *Foreign
+//!   mappings*).
 //! - Only this module changes ownership. A frame handed to a domain is zeroed
 //!   by the caller before the domain can see it (the builder does this), so
 //!   no data crosses between owners.
@@ -48,6 +50,29 @@
 //!   references never cross domains, so [`FrameTable::release_domain`] can
 //!   reset every frame of a dead domain (owner, type, count, pin) without
 //!   touching any other domain's counts.
+//!
+//! # Foreign (grant) mappings
+//! A frame that its owner granted and another domain mapped
+//! ([`crate::grant`]) carries a *foreign count*, [`FrameInfo::foreign`]: one
+//! per grant mapping of it, taken by [`FrameTable::get_foreign_ref`] and
+//! dropped by [`FrameTable::put_foreign_ref`]. A writable grant mapping also
+//! holds one [`FrameType::Writable`] reference, taken for the owner (so a
+//! frame mapped writable by a grantee can be no page table of its owner, and
+//! a page table cannot be mapped writable by a grantee). This is the one
+//! exception to "references never cross domains", and the frame table
+//! handles it alone:
+//! - the foreign count is at most [`MAX_FOREIGN`]; one more is refused with
+//!   [`FrameError::CountOverflow`], never wrapped;
+//! - when the owner dies, [`FrameTable::release_domain`] (and its steps)
+//!   frees only frames without foreign mappings. A frame with some becomes
+//!   [`Owner::Orphan`]: owned by nobody (so no domain can map it anew or
+//!   access it through the guest-memory accessor), untyped, its type
+//!   references gone with its owner, its foreign count kept. The last
+//!   [`FrameTable::put_foreign_ref`] frees it ([`ForeignPut::Freed`]). So a
+//!   mapped frame outlives its owner until the last unmap, and is never
+//!   handed to anyone else while mapped;
+//! - [`FrameTable::put_foreign_ref`] drops the writable mapping's type
+//!   reference only while the owner lives (an orphan has none left).
 
 use core::fmt;
 
@@ -68,6 +93,10 @@ pub enum Owner {
     Hypervisor,
     /// Owned by a domain.
     Domain(DomId),
+    /// Owned by a domain that died while other domains still had grant
+    /// mappings of the frame: nobody's, freed by the last unmap (see the
+    /// module docs).
+    Orphan,
 }
 
 /// What a frame is currently used as (meaningful for domain frames).
@@ -130,6 +159,22 @@ pub struct FrameInfo {
     pub pinned: bool,
     /// A pin or unpin of this page table under way (see [`Partial`]).
     pub partial: Partial,
+    /// Grant mappings of the frame by other domains (see the module docs):
+    /// a `u8` so that a frame's bookkeeping stays 16 bytes.
+    pub foreign: u8,
+}
+
+/// Most grant mappings one frame can have at once ([`FrameInfo::foreign`]).
+pub const MAX_FOREIGN: u8 = u8::MAX;
+
+/// What dropping a foreign reference did.
+#[must_use]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ForeignPut {
+    /// The frame stays (its owner lives, or other mappings remain).
+    Kept,
+    /// It was the last mapping of an orphan: the frame is free now.
+    Freed,
 }
 
 impl FrameInfo {
@@ -138,7 +183,7 @@ impl FrameInfo {
 
     /// A frame of `owner` with no type.
     pub const fn untyped(owner: Owner) -> FrameInfo {
-        FrameInfo { owner, ty: FrameType::None, type_count: 0, pinned: false, partial: Partial::None }
+        FrameInfo { owner, ty: FrameType::None, type_count: 0, pinned: false, partial: Partial::None, foreign: 0 }
     }
 
     /// Whether the frame is a validated page table of `level` (not one
@@ -425,16 +470,12 @@ impl<'a> FrameTable<'a> {
     }
 
     /// Returns every frame of `dom` to the free pool, with its type, type
-    /// count and pin cleared, and returns how many. References never cross
-    /// domains, so no other frame's count refers to these frames.
+    /// count and pin cleared, and returns how many. Type references never
+    /// cross domains, so no other frame's count refers to these frames;
+    /// frames that other domains still map through grants become
+    /// [`Owner::Orphan`] instead and are not counted (see the module docs).
     pub fn release_domain(&mut self, dom: DomId) -> usize {
-        let mut n = 0;
-        for f in self.frames.iter_mut() {
-            if f.owner == Owner::Domain(dom) {
-                *f = FrameInfo::untyped(Owner::Free);
-                n += 1;
-            }
-        }
+        let n = self.frames.iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
         n
     }
@@ -444,21 +485,75 @@ impl<'a> FrameTable<'a> {
     /// next step starts, or `None` when the whole table has been scanned.
     pub fn release_domain_step(&mut self, dom: DomId, from: usize, max: usize) -> Option<usize> {
         let end = from.saturating_add(max).min(self.frames.len());
-        let mut n = 0;
-        for f in self.frames.get_mut(from..end).unwrap_or(&mut []) {
-            if f.owner == Owner::Domain(dom) {
-                *f = FrameInfo::untyped(Owner::Free);
-                n += 1;
-            }
-        }
+        let n: usize = self.frames.get_mut(from..end).unwrap_or(&mut []).iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
         (end < self.frames.len()).then_some(end)
+    }
+
+    /// Takes one foreign reference to `mfn` for a grant mapping by another
+    /// domain: the frame must be owned by `owner` (the granter, alive), and
+    /// a `writable` mapping also takes a [`FrameType::Writable`] reference
+    /// for the owner, so it fails with [`FrameError::TypeConflict`] on a page
+    /// table. [`MAX_FOREIGN`] mappings are [`FrameError::CountOverflow`].
+    /// Both references or neither: on error nothing changes.
+    pub fn get_foreign_ref(&mut self, mfn: Mfn, owner: DomId, writable: bool) -> Result<(), FrameError> {
+        let f = self.owned_mut(mfn, owner)?;
+        if f.foreign == MAX_FOREIGN {
+            return Err(FrameError::CountOverflow(mfn));
+        }
+        if writable {
+            let _ = self.get_type_ref(mfn, owner, FrameType::Writable)?;
+        }
+        self.frames[mfn as usize].foreign += 1;
+        Ok(())
+    }
+
+    /// Drops one foreign reference (and, for a `writable` mapping whose
+    /// owner lives, its `Writable` type reference). The last one of an
+    /// [`Owner::Orphan`] frees it. Dropping a reference nobody holds is a
+    /// hypervisor bug: ignored (and asserted in debug builds), never a
+    /// wrapped count.
+    pub fn put_foreign_ref(&mut self, mfn: Mfn, writable: bool) -> ForeignPut {
+        let Some(f) = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)) else {
+            return ForeignPut::Kept;
+        };
+        debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
+        if f.foreign == 0 {
+            return ForeignPut::Kept;
+        }
+        f.foreign -= 1;
+        match f.owner {
+            Owner::Orphan if f.foreign == 0 => {
+                *f = FrameInfo::untyped(Owner::Free);
+                self.free += 1;
+                ForeignPut::Freed
+            }
+            Owner::Domain(_) if writable => {
+                let _ = self.put_type_ref(mfn);
+                ForeignPut::Kept
+            }
+            _ => ForeignPut::Kept,
+        }
     }
 
     /// Number of frames `owner` holds.
     pub fn count_owned(&self, owner: Owner) -> usize {
         self.frames.iter().filter(|f| f.owner == owner).count()
     }
+}
+
+/// Frees `f` if `dom` owns it and nothing maps it from outside (returns 1),
+/// or makes it an orphan if grant mappings remain (returns 0).
+fn release_one(f: &mut FrameInfo, dom: DomId) -> usize {
+    if f.owner != Owner::Domain(dom) {
+        return 0;
+    }
+    if f.foreign > 0 {
+        *f = FrameInfo { foreign: f.foreign, ..FrameInfo::untyped(Owner::Orphan) };
+        return 0;
+    }
+    *f = FrameInfo::untyped(Owner::Free);
+    1
 }
 
 #[cfg(test)]
@@ -655,5 +750,96 @@ mod tests {
         let _ = t.get_type_ref(m, DomId::of(1), FrameType::PageTable(1)).unwrap();
         t.set_pinned(m, DomId::of(1)).unwrap();
         let _ = t.put_type_ref(m);
+    }
+    #[test]
+    fn foreign_refs_keep_a_dead_owners_frame_until_the_last_unmap() {
+        let mut store = [FrameInfo::RESERVED; 8];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 8);
+        let (a, b) = (DomId::of(1), DomId::of(2));
+        let m = t.alloc(Owner::Domain(a)).unwrap();
+        let other = t.alloc(Owner::Domain(a)).unwrap();
+        assert_eq!(t.get_foreign_ref(m, b, false), Err(FrameError::NotOwned(m)), "only the owner grants");
+        t.get_foreign_ref(m, a, true).unwrap();
+        t.get_foreign_ref(m, a, false).unwrap();
+        let f = t.get(m).unwrap();
+        assert_eq!((f.foreign, f.ty, f.type_count), (2, FrameType::Writable, 1));
+        let free = t.free_count();
+        assert_eq!(t.release_domain(a), 1, "only the unmapped frame is freed");
+        assert_eq!(t.get(other).unwrap().owner, Owner::Free);
+        let f = t.get(m).unwrap();
+        assert_eq!((f.owner, f.ty, f.type_count, f.foreign), (Owner::Orphan, FrameType::None, 0, 2));
+        assert_eq!(t.free_count(), free + 1);
+        // Nobody owns an orphan: it can be neither mapped anew nor typed.
+        assert!(!t.owned_by(m, a));
+        assert_eq!(t.get_foreign_ref(m, a, false), Err(FrameError::NotOwned(m)));
+        assert_eq!(t.get_type_ref(m, a, FrameType::Writable), Err(FrameError::NotOwned(m)));
+        // Allocation never hands it out while mapped.
+        while t.alloc(Owner::Domain(DomId::of(3))).is_ok() {}
+        assert_eq!(t.get(m).unwrap().owner, Owner::Orphan);
+        // The writable mapping's type reference went with its owner.
+        assert_eq!(t.put_foreign_ref(m, true), ForeignPut::Kept);
+        assert_eq!(t.get(m).unwrap().type_count, 0);
+        assert_eq!(t.put_foreign_ref(m, false), ForeignPut::Freed);
+        assert_eq!(t.get(m).unwrap(), FrameInfo::untyped(Owner::Free));
+        assert_eq!(t.free_count(), 1);
+    }
+
+    #[test]
+    fn writable_foreign_refs_exclude_page_tables() {
+        let mut store = [FrameInfo::RESERVED; 4];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 4);
+        let a = DomId::of(1);
+        let pt = t.alloc(Owner::Domain(a)).unwrap();
+        let data = t.alloc(Owner::Domain(a)).unwrap();
+        let _ = t.get_type_ref(pt, a, FrameType::PageTable(1)).unwrap();
+        let conflict = FrameError::TypeConflict { mfn: pt, have: FrameType::PageTable(1) };
+        assert_eq!(t.get_foreign_ref(pt, a, true), Err(conflict));
+        assert_eq!(t.get(pt).unwrap().foreign, 0, "nothing changed");
+        // Read-only: any owned frame, page tables included.
+        t.get_foreign_ref(pt, a, false).unwrap();
+        // A frame mapped writable by a grantee can become no page table.
+        t.get_foreign_ref(data, a, true).unwrap();
+        let conflict = FrameError::TypeConflict { mfn: data, have: FrameType::Writable };
+        assert_eq!(t.get_type_ref(data, a, FrameType::PageTable(1)), Err(conflict));
+        assert_eq!(t.put_foreign_ref(data, true), ForeignPut::Kept);
+        assert_eq!(t.get(data).unwrap(), FrameInfo::untyped(Owner::Domain(a)));
+        assert_eq!(t.get_type_ref(data, a, FrameType::PageTable(1)), Ok(TypeRef::First));
+        assert_eq!(t.put_foreign_ref(99, false), ForeignPut::Kept);
+    }
+
+    #[test]
+    fn foreign_count_saturates_with_an_error() {
+        let mut store = [FrameInfo::RESERVED; 2];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 2);
+        let a = DomId::of(1);
+        let m = t.alloc(Owner::Domain(a)).unwrap();
+        for _ in 0..MAX_FOREIGN {
+            t.get_foreign_ref(m, a, false).unwrap();
+        }
+        assert_eq!(t.get_foreign_ref(m, a, true), Err(FrameError::CountOverflow(m)));
+        let f = t.get(m).unwrap();
+        assert_eq!((f.foreign, f.type_count), (MAX_FOREIGN, 0), "the writable reference was not taken either");
+    }
+
+    #[test]
+    fn release_in_steps_orphans_mapped_frames() {
+        let mut store = [FrameInfo::RESERVED; 10];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 10);
+        let a = DomId::of(1);
+        let ms: std::vec::Vec<Mfn> = (0..10).map(|_| t.alloc(Owner::Domain(a)).unwrap()).collect();
+        t.get_foreign_ref(ms[7], a, false).unwrap();
+        let (mut at, mut freed) = (Some(0), 0);
+        while let Some(from) = at {
+            at = t.release_domain_step(a, from, 3);
+            freed = t.free_count();
+        }
+        assert_eq!(freed, 9);
+        assert_eq!(t.get(ms[7]).unwrap().owner, Owner::Orphan);
+        assert_eq!(t.put_foreign_ref(ms[7], false), ForeignPut::Freed);
+        assert_eq!(t.free_count(), 10);
     }
 }

@@ -55,6 +55,23 @@ pub trait PhysMem {
         self.write_u64(pa, old & bits);
         old
     }
+    /// If the u64 at `pa` (8-aligned) equals `current`, replaces it with
+    /// `new`, as one atomic compare-exchange; returns `Ok(current)` when it
+    /// did and `Err(actual)` with the value found when it did not (as
+    /// [`core::sync::atomic::AtomicU64::compare_exchange`]). Grant entries
+    /// change only this way ([`crate::grant`]): the hypervisor sets its
+    /// in-use bits only on exactly the 8 bytes it validated, so an entry the
+    /// granter changes meanwhile is read and validated again. The default
+    /// is a plain read and write, for memory no other CPU sees (host tests);
+    /// the hypervisor's accessor is atomic.
+    fn cmpxchg_u64(&mut self, pa: u64, current: u64, new: u64) -> Result<u64, u64> {
+        let old = self.read_u64(pa);
+        if old != current {
+            return Err(old);
+        }
+        self.write_u64(pa, new);
+        Ok(old)
+    }
     /// Stores the byte `v` at `pa` and returns the old one, atomically: see
     /// [`PhysMem::fetch_or_u64`].
     fn swap_u8(&mut self, pa: u64, v: u8) -> u8 {

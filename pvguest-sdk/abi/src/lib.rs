@@ -31,6 +31,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 pub mod errno;
 pub mod event;
+pub mod grant;
 pub mod layout;
 pub mod memory;
 pub mod mmu;
@@ -79,6 +80,9 @@ pub mod hypercall {
     pub const SET_TIMER_OP: u64 = 15;
     /// Version and feature queries: see [`crate::version`].
     pub const XEN_VERSION: u64 = 17;
+    /// Grant-table operations: `grant_table_op(cmd, ptr to an array of the
+    /// command's struct, count)`. See [`crate::grant`].
+    pub const GRANT_TABLE_OP: u64 = 20;
     /// Write to or read from the hypervisor console: see [`crate::console_io`].
     pub const CONSOLE_IO: u64 = 18;
     /// Per-vCPU operations (timers, run-state): see [`crate::vcpu`].
