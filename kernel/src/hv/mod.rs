@@ -527,9 +527,17 @@ impl<M: Machine> Hv<M> {
             ringfence_bundle::Expect::Crash => Expect::Crash,
             ringfence_bundle::Expect::Rejected => Expect::Rejected,
         };
-        let frames = self.frames.as_mut().expect("frame table set before domains");
         let mut events = EventChannels::default();
-        let console_evtchn = events.bind_console().expect("a fresh port table has free ports");
+        // A fresh table has free ports; only a full hypervisor heap fails.
+        let console_evtchn = match events.bind_console() {
+            Ok(p) => p,
+            Err(e) => {
+                hvlog!(self.m, "dom{id} ({}): not started: no console port: {e}", spec.name);
+                self.push_rejected(id, spec.name, expect);
+                return;
+            }
+        };
+        let frames = self.frames.as_mut().expect("frame table set before domains");
         let cfg = DomainConfig {
             domid: id,
             name: spec.name,
