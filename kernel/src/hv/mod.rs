@@ -142,6 +142,8 @@ pub struct Domain {
     /// The domain ended and its exit is reported once its leftover console
     /// output is out (teardown drains it in steps first).
     pub report_pending: bool,
+    /// Teardown has closed all its ports.
+    pub ports_closed: bool,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
     /// Timer wake-up lateness, for the final report.
@@ -642,6 +644,7 @@ impl<M: Machine> Hv<M> {
                 console_ring,
                 console_dirty: false,
                 report_pending: false,
+                ports_closed: false,
                 wakes: Wakes::default(),
                 runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
             },
@@ -1295,11 +1298,14 @@ impl<M: Machine> Hv<M> {
             if !self.console_step(i, now) {
                 self.report_end(i);
             }
-        } else if let Some(i) = dying.filter(|&i| self.domains[i].events.ports().next().is_some()) {
+        } else if let Some(i) = dying.filter(|&i| !self.domains[i].ports_closed) {
             // Then its ports: its peers see their ends unbound.
             let id = self.domains[i].id;
             for _ in 0..PORTS_PER_REAP_STEP {
-                let Some((port, closed)) = self.domains[i].events.close_first() else { break };
+                let Some((port, closed)) = self.domains[i].events.close_first() else {
+                    self.domains[i].ports_closed = true;
+                    break;
+                };
                 if let Closed::Remote { remote, port: rp } = closed {
                     if let Some(peer) = self.domains.get_mut(remote) {
                         crate::event::unbind_remote_end(&mut peer.events, rp, id, port);
