@@ -87,8 +87,10 @@ pub enum Closed {
 pub struct EventChannels {
     buckets: [Option<Box<[Port]>>; (NR_PORTS / BUCKET) as usize],
     virq: [u32; NR_VIRQS as usize],
-    /// No port below this one is free (allocation starts its search here).
-    free_hint: u32,
+    /// One bit per port, set while it is in use (port 0 always): finding a
+    /// free port is a scan of 64 words, whatever a guest has allocated and
+    /// freed before.
+    used: [u64; (NR_PORTS / 64) as usize],
     /// The console port (0: none), kept so that finding it is O(1): the
     /// console drain asks on every step.
     console: u32,
@@ -96,12 +98,19 @@ pub struct EventChannels {
     teardown_next: u32,
 }
 
+/// The in-use bitmap of an empty table: only port 0, which is never used.
+const USED_EMPTY: [u64; (NR_PORTS / 64) as usize] = {
+    let mut u = [0; (NR_PORTS / 64) as usize];
+    u[0] = 1;
+    u
+};
+
 impl Default for EventChannels {
     fn default() -> Self {
         EventChannels {
             buckets: Default::default(),
             virq: [0; NR_VIRQS as usize],
-            free_hint: 1,
+            used: USED_EMPTY,
             console: 0,
             teardown_next: 1,
         }
@@ -142,9 +151,9 @@ impl EventChannels {
     /// [`NR_PORTS`] - 1 are in use, `ENOMEM` when a new bucket cannot be
     /// allocated.
     fn alloc(&mut self, p: Port) -> Result<u32, Errno> {
-        let port = (self.free_hint..NR_PORTS).find(|&q| self.get_raw(q) == Port::Free).ok_or(Errno::ENOSPC)?;
+        let (w, word) = self.used.iter().enumerate().find(|(_, &u)| u != u64::MAX).ok_or(Errno::ENOSPC)?;
+        let port = w as u32 * 64 + word.trailing_ones();
         self.set(port, p)?;
-        self.free_hint = port + 1;
         Ok(port)
     }
 
@@ -170,8 +179,11 @@ impl EventChannels {
         if let Some(b) = slot {
             b[(port % BUCKET) as usize] = p;
         }
+        let (w, bit) = ((port / 64) as usize, 1u64 << (port % 64));
         if p == Port::Free {
-            self.free_hint = self.free_hint.min(port);
+            self.used[w] &= !bit;
+        } else {
+            self.used[w] |= bit;
         }
         Ok(())
     }
