@@ -71,6 +71,7 @@ pub mod cmdline;
 pub mod console;
 pub mod diag;
 pub mod event;
+pub mod grant;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;

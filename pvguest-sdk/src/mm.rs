@@ -206,6 +206,24 @@ fn write_entry(page: Page, index: usize, pte: Pte) {
     unsafe { ((page.va() + (index as u64 % 512) * 8) as *mut u64).write_volatile(pte.0) };
 }
 
+/// Copies `data` into `page` at `offset` (through its linear mapping; the
+/// range is clamped to the page). A copy, not a reference: pages are
+/// `Copy` values, so handing out `&mut` to their bytes could alias.
+pub fn page_write(page: Page, offset: usize, data: &[u8]) {
+    let n = data.len().min(4096usize.saturating_sub(offset));
+    // SAFETY: `page` is one of ours (a `Page` is only made for our frames),
+    // mapped read-write at its linear address; `offset + n <= 4096` keeps
+    // the copy inside it, and no Rust reference to its bytes exists.
+    unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), (page.va() + offset as u64) as *mut u8, n) };
+}
+
+/// Copies bytes of `page` from `offset` into `out` (clamped to the page).
+pub fn page_read(page: Page, offset: usize, out: &mut [u8]) {
+    let n = out.len().min(4096usize.saturating_sub(offset));
+    // SAFETY: as for `page_write`, reading.
+    unsafe { core::ptr::copy_nonoverlapping((page.va() + offset as u64) as *const u8, out.as_mut_ptr(), n) };
+}
+
 /// Reads entry `index` of a table (tables stay readable).
 pub fn read_entry(page: Page, index: usize) -> Pte {
     // SAFETY: table pages are mapped (read-only once validated) at their

@@ -252,6 +252,28 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "grant-copy",
+            what: "a page granted read-only is copied out intact through the grant; misuse is refused with the documented status; a revoked grant copies nothing",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "granter", "grant-copy", 512, "role=granter peer=2", Expect::Poweroff)?);
+                w.domain(entry(imgs, "reader", "grant-copy", 512, "role=reader peer=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[granter] grant-copy granter: page granted read-only to dom2 as reference 8")?;
+                // Statuses: permission denied (write through a read-only
+                // grant), bad reference, bad copy argument (across the page
+                // end), bad domain, bad page (a frame not the reader's).
+                need(out, "[reader] grant-copy reader: copied 4096 bytes intact: true; refused: [-8, -3, -10, -2, -9]; after revoke: -3")?;
+                need(out, "[granter] grant-copy granter: in use after the copies: false; revoke: Ok(())")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {

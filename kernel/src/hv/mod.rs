@@ -68,6 +68,9 @@ use crate::console::{ConsoleOut, STEP_WORK};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
 use crate::event::{Closed, EventChannels, SharedPage};
+use crate::grant::{
+    CopyOp, Gnttab, GrantDomains, GrantError, GrantTable, Maptrack, DEFAULT_GRANT_FRAMES, DEFAULT_MAPTRACK,
+};
 use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
@@ -144,6 +147,10 @@ pub struct Domain {
     pub report_pending: bool,
     /// Teardown has closed all its ports.
     pub ports_closed: bool,
+    /// Its grant table (what it grants others).
+    pub grants: GrantTable,
+    /// Its maptrack (the grants of others it has mapped).
+    pub maptrack: Maptrack,
     /// Run-state accounting; `time[RUNNING]` is the domain's virtual time.
     pub runstate: RunstateInfo,
     /// Timer wake-up lateness, for the final report.
@@ -371,6 +378,16 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         }
         f(&mut mine.events, Some(&mut theirs.events))
     }
+    fn grant_setup(&mut self, dom: DomId, nr_frames: u32) -> Result<hypercall::GrantFrames, GrantError> {
+        Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).setup_table(dom, nr_frames)
+    }
+    fn grant_query(&mut self, dom: DomId) -> Result<(u32, u32), GrantError> {
+        Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).query_size(dom)
+    }
+    fn grant_copy(&mut self, op: &CopyOp) -> Result<(), GrantError> {
+        let caller = self.domains[self.cur].id;
+        Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).copy(caller, op).map(|_| ())
+    }
     fn notify(&mut self, dom: DomId, port: u32) {
         // At most one per hypercall, and a multicall holds at most
         // MULTICALL_MAX of them: the list never fills.
@@ -414,6 +431,19 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         let e = self.m.entry_area_pml4e();
         let d = &self.domains[self.cur];
         Mm::new(self.m.mem(), self.frames, e).update_va_mapping(d.id, d.root, va, val)
+    }
+}
+
+/// The grant state of the live domains, for [`Gnttab`]: a dead domain has
+/// none (its table is retired and its mappings are being torn down).
+struct Grants<'a, 't>(&'a mut DomainTable<'t, Domain>);
+
+impl GrantDomains for Grants<'_, '_> {
+    fn table(&mut self, dom: DomId) -> Option<&mut GrantTable> {
+        self.0.get_mut(dom).filter(|d| !matches!(d.state, RunState::Dead(_))).map(|d| &mut d.grants)
+    }
+    fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
+        self.0.get_mut(dom).filter(|d| !matches!(d.state, RunState::Dead(_))).map(|d| &mut d.maptrack)
     }
 }
 
@@ -645,6 +675,8 @@ impl<M: Machine> Hv<M> {
                 console_dirty: false,
                 report_pending: false,
                 ports_closed: false,
+                grants: GrantTable::new(DEFAULT_GRANT_FRAMES),
+                maptrack: Maptrack::new(DEFAULT_MAPTRACK),
                 wakes: Wakes::default(),
                 runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
             },
@@ -1156,6 +1188,9 @@ impl<M: Machine> Hv<M> {
         d.console_dirty = false;
         d.report_pending = report;
         d.state = RunState::Dead(exit);
+        // It grants nothing any more: its table is never read or written
+        // again (its frames go with the rest of its memory).
+        d.grants.retire();
         let id = d.id;
         let cpu_ms = d.runstate.time[runstate::RUNNING as usize] / 1_000_000;
         match d.record.and_then(|r| self.records.get_mut(r)) {

@@ -52,11 +52,13 @@ pub use guest::{GuestPtr, GuestSlice};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, Privilege};
 use crate::event::{self as evt, Closed, EventChannels, Port};
+use crate::grant::{CopyOp, GrantError, MAX_GRANT_FRAMES};
 use core::mem::offset_of;
 use pvguest_abi::event::{
     self, status, AllocUnbound, BindInterdomain, BindIpi, BindVcpu, BindVirq, Close, Reset, Send, Status, Unmask,
     DOMID_CONSOLE_BACKEND,
 };
+use pvguest_abi::grant::{self as gnt, gntst, GnttabCopy, QuerySize, SetupTable};
 use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_abi::sched_op::SchedPoll;
@@ -99,6 +101,9 @@ pub enum Action {
     /// `rax` (the hypercall number) alone, so the guest sees one hypercall.
     Continue([u64; 5]),
 }
+
+/// The frames of a grant table, as `setup_table` hands them out.
+pub type GrantFrames = heapless::Vec<crate::mm::frames::Mfn, { MAX_GRANT_FRAMES as usize }>;
 
 /// Work on two port tables at once: the caller's, and another domain's
 /// (`None` when that is the caller itself). See [`Env::with_events`].
@@ -145,6 +150,13 @@ pub trait Env {
     /// `dom` if it waits for it). A domain that has died meanwhile is
     /// skipped.
     fn notify(&mut self, dom: DomId, port: u32);
+    /// `GNTTABOP_setup_table` for `dom` ([`crate::grant::Gnttab::setup_table`]):
+    /// the table's first `nr_frames` frames.
+    fn grant_setup(&mut self, dom: DomId, nr_frames: u32) -> Result<GrantFrames, GrantError>;
+    /// `GNTTABOP_query_size` for `dom`: (frames now, quota).
+    fn grant_query(&mut self, dom: DomId) -> Result<(u32, u32), GrantError>;
+    /// One `GNTTABOP_copy` element of the caller ([`crate::grant::Gnttab::copy`]).
+    fn grant_copy(&mut self, op: &CopyOp) -> Result<(), GrantError>;
     /// Unmasks a port in shared info, delivering it if pending.
     fn unmask(&mut self, port: u32);
     /// Whether a port is pending in shared info.
@@ -195,6 +207,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::MMUEXT_OP => mmuext_op(env, a),
         hypercall::SCHED_OP => sched(env, a[0], a[1]),
         hypercall::EVENT_CHANNEL_OP => event_channel_op(env, a[0], a[1], a[2]),
+        hypercall::GRANT_TABLE_OP => grant_table_op(env, a[0], a[1], a[2]),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -805,6 +818,100 @@ fn reset<E: Env>(env: &mut E, arg: u64, from: u64) -> Action {
         }
         port += 1;
         done += usize::from(port % 64 == 0) as u32;
+    }
+    Action::Return(0)
+}
+
+/// Most `GNTTABOP_copy` elements in one call (as Xen bounds batches).
+pub const MAX_GRANT_COPIES: u64 = 512;
+
+/// `grant_table_op(cmd, uop, count)`: Xen's numbering. Each element's
+/// outcome is its `status` field (`GNTST_*`); the call itself fails only
+/// for what concerns the whole call (`EFAULT` for unreadable or unwritable
+/// arguments, `EINVAL` for a bad count, `ENOSYS` for an unknown or not yet
+/// offered command). Copies are preempted between elements: the call
+/// continues with `uop` and `count` advanced. (`map_grant_ref` and
+/// `unmap_grant_ref` are not offered yet: their page-table side is still to
+/// come.)
+fn grant_table_op<E: Env>(env: &mut E, cmd: u64, uop: u64, count: u64) -> Action {
+    match cmd {
+        gnt::SETUP_TABLE => ret(grant_setup(env, uop, count)),
+        gnt::QUERY_SIZE => ret(grant_query(env, uop, count)),
+        gnt::COPY => grant_copy(env, uop, count),
+        _ => Action::Return(Errno::ENOSYS.to_ret()),
+    }
+}
+
+/// The domain a grant argument names: `DOMID_SELF` or the caller's own id;
+/// another needs the privilege. `Err` is the status to report.
+fn grant_dom<E: Env>(env: &mut E, raw: u16) -> Result<DomId, i16> {
+    match evtchn_dom(env, raw) {
+        Ok(d) => Ok(d),
+        Err(Errno::EPERM) => Err(gntst::PERMISSION_DENIED),
+        Err(_) => Err(gntst::BAD_DOMAIN),
+    }
+}
+
+fn grant_setup<E: Env>(env: &mut E, uop: u64, count: u64) -> Result<u64, Errno> {
+    if count != 1 {
+        return Err(Errno::EINVAL);
+    }
+    let ptr = GuestPtr::<SetupTable>::new(uop);
+    let st = ptr.read(env)?;
+    let status = match grant_dom(env, st.dom) {
+        Err(s) => s,
+        Ok(dom) => match env.grant_setup(dom, st.nr_frames) {
+            Err(e) => e.status(),
+            Ok(frames) => {
+                let list = GuestSlice::<u64>::new(st.frame_list, u64::from(st.nr_frames));
+                for (i, mfn) in frames.iter().enumerate() {
+                    list.at(i as u64)?.write(env, mfn)?;
+                }
+                gntst::OKAY
+            }
+        },
+    };
+    ptr.field::<i16>(offset_of!(SetupTable, status)).write(env, &status)?;
+    Ok(0)
+}
+
+fn grant_query<E: Env>(env: &mut E, uop: u64, count: u64) -> Result<u64, Errno> {
+    if count != 1 {
+        return Err(Errno::EINVAL);
+    }
+    let ptr = GuestPtr::<QuerySize>::new(uop);
+    let q = ptr.read(env)?;
+    let answer = match grant_dom(env, q.dom).map(|dom| env.grant_query(dom)) {
+        Err(s) => QuerySize { status: s, ..q },
+        Ok(Err(e)) => QuerySize { status: e.status(), ..q },
+        Ok(Ok((nr, max))) => QuerySize { nr_frames: nr, max_nr_frames: max, status: gntst::OKAY, ..q },
+    };
+    ptr.write(env, &answer)?;
+    Ok(0)
+}
+
+fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
+    if count > MAX_GRANT_COPIES {
+        return Action::Return(Errno::E2BIG.to_ret());
+    }
+    let ops = GuestSlice::<GnttabCopy>::new(uop, count);
+    let caller = env.caller();
+    for i in 0..count {
+        let Ok(at) = ops.at(i) else { return Action::Return(Errno::EFAULT.to_ret()) };
+        if i > 0 && env.preempt_due() {
+            return Action::Continue([gnt::COPY, at.addr(), count - i, 0, 0]);
+        }
+        let raw = match at.read(env) {
+            Ok(r) => r,
+            Err(e) => return Action::Return(e.to_ret()),
+        };
+        let status = match CopyOp::decode(&raw, caller).and_then(|op| env.grant_copy(&op)) {
+            Ok(()) => gntst::OKAY,
+            Err(e) => e.status(),
+        };
+        if let Err(e) = at.field::<i16>(offset_of!(GnttabCopy, status)).write(env, &status) {
+            return Action::Return(e.to_ret());
+        }
     }
     Action::Return(0)
 }

@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::domain::{DomId, Privilege};
+use crate::grant::GrantError;
 use pvguest_abi::layout::{ENTRY_AREA_BASE, GUEST_KERNEL_BASE};
 use pvguest_abi::trap::TI_MASK_EVENTS;
 use std::vec::Vec;
@@ -48,6 +49,8 @@ struct FakeEnv {
     others: std::collections::BTreeMap<DomId, EventChannels>,
     /// Ports raised through `notify`.
     notified: Vec<(DomId, u32)>,
+    /// Grant copies performed.
+    copies: Vec<crate::grant::CopyOp>,
 }
 
 impl FakeEnv {
@@ -77,6 +80,7 @@ impl FakeEnv {
             me: DomId::of(1),
             others: Default::default(),
             notified: Vec::new(),
+            copies: Vec::new(),
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -158,6 +162,20 @@ impl Env for FakeEnv {
     }
     fn notify(&mut self, dom: DomId, port: u32) {
         self.notified.push((dom, port));
+    }
+    fn grant_setup(&mut self, dom: DomId, nr_frames: u32) -> Result<GrantFrames, GrantError> {
+        if nr_frames > 4 {
+            return Err(GrantError::FrameQuota);
+        }
+        Ok((0..u64::from(nr_frames)).map(|i| 0x100 * u64::from(dom.raw()) + i).collect())
+    }
+    fn grant_query(&mut self, dom: DomId) -> Result<(u32, u32), GrantError> {
+        Ok((u32::from(dom.raw()), 4))
+    }
+    fn grant_copy(&mut self, op: &crate::grant::CopyOp) -> Result<(), GrantError> {
+        self.now += self.cost_ns;
+        self.copies.push(*op);
+        Ok(())
     }
     fn unmask(&mut self, port: u32) {
         self.unmasked.push(port);
@@ -1018,4 +1036,79 @@ fn reset_closes_everything_but_the_console_in_steps() {
     assert_eq!(e.events.ports().collect::<Vec<_>>(), [(console, Port::Console)]);
     assert_eq!(e.events.get(ap), Ok(Port::Free));
     assert_eq!(e.others[&B].get(bp), Ok(Port::Unbound { remote: A }));
+}
+
+// ---- grant tables (the hypercall layer; the rules are crate::grant's) ----
+
+#[test]
+fn grant_setup_writes_the_frame_list_and_a_status() {
+    use pvguest_abi::grant::{gntst, SetupTable, SETUP_TABLE};
+    let mut e = FakeEnv::new();
+    let (at, list) = (BASE + 0x3000, BASE + 0x3100);
+    put_struct(&mut e, at, &SetupTable { dom: SELF16, nr_frames: 3, frame_list: list, ..SetupTable::default() });
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 1, 0, 0]), OK);
+    assert_eq!(get_struct::<SetupTable>(&e, at).status, gntst::OKAY);
+    let frames: Vec<u64> = (0..3).map(|i| u64::from_le_bytes(e.get(list + 8 * i, 8).try_into().unwrap())).collect();
+    assert_eq!(frames, [0x100, 0x101, 0x102]);
+    // Over the quota: a status, not a hypercall error.
+    put_struct(&mut e, at, &SetupTable { dom: SELF16, nr_frames: 9, frame_list: list, ..SetupTable::default() });
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 1, 0, 0]), OK);
+    assert_eq!(get_struct::<SetupTable>(&e, at).status, gntst::NO_SPACE);
+    // Another domain's table is the privileged domain's business.
+    put_struct(&mut e, at, &SetupTable { dom: 2, nr_frames: 1, frame_list: list, ..SetupTable::default() });
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 1, 0, 0]), OK);
+    assert_eq!(get_struct::<SetupTable>(&e, at).status, gntst::PERMISSION_DENIED);
+    // A frame list the guest cannot write, a count other than 1.
+    put_struct(
+        &mut e,
+        at,
+        &SetupTable { dom: SELF16, nr_frames: 1, frame_list: BASE + RO_FROM, ..SetupTable::default() },
+    );
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 1, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 2, 0, 0]), r(Errno::EINVAL));
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, 0, 1, 0, 0]), r(Errno::EFAULT));
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [pvguest_abi::grant::MAP_GRANT_REF, at, 1, 0, 0]), r(Errno::ENOSYS));
+}
+
+#[test]
+fn grant_query_answers_in_the_struct() {
+    use pvguest_abi::grant::{gntst, QuerySize, QUERY_SIZE};
+    let mut e = FakeEnv::new();
+    let at = BASE + 0x3000;
+    put_struct(&mut e, at, &QuerySize { dom: SELF16, ..QuerySize::default() });
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [QUERY_SIZE, at, 1, 0, 0]), OK);
+    let q = get_struct::<QuerySize>(&e, at);
+    assert_eq!((q.nr_frames, q.max_nr_frames, q.status), (1, 4, gntst::OKAY));
+}
+
+/// Copies: each element decoded (bad ones get their status, the rest go
+/// on), the batch bounded and preemptible between elements.
+#[test]
+fn grant_copies_report_per_element_and_continue_in_steps() {
+    use pvguest_abi::grant::{gntcopy, gntst, CopyPtr, GnttabCopy, COPY};
+    let mut e = FakeEnv::new();
+    let at = BASE + 0x3000;
+    let good = GnttabCopy {
+        source: CopyPtr { u: 5, domid: 2, ..CopyPtr::default() },
+        dest: CopyPtr { u: 0x40, domid: SELF16, ..CopyPtr::default() },
+        len: 100,
+        flags: gntcopy::SOURCE_GREF,
+        ..GnttabCopy::default()
+    };
+    let across = GnttabCopy { len: 200, source: CopyPtr { offset: 4000, ..good.source }, ..good };
+    let foreign_frame = GnttabCopy { dest: CopyPtr { domid: 3, ..good.dest }, ..good };
+    for (i, op) in [good, across, foreign_frame, good].iter().enumerate() {
+        put_struct(&mut e, at + 40 * i as u64, op);
+    }
+    e.preempt_every = 1;
+    let (res, n) = run_to_end(&mut e, hypercall::GRANT_TABLE_OP, [COPY, at, 4, 0, 0]);
+    assert_eq!(res, OK);
+    assert_eq!(n, 3, "one element per step");
+    let st = |e: &FakeEnv, i: u64| get_struct::<GnttabCopy>(e, at + 40 * i).status;
+    assert_eq!(
+        [st(&e, 0), st(&e, 1), st(&e, 2), st(&e, 3)],
+        [gntst::OKAY, gntst::BAD_COPY_ARG, gntst::PERMISSION_DENIED, gntst::OKAY]
+    );
+    assert_eq!(e.copies.len(), 2, "only the valid elements were copied");
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [COPY, at, 513, 0, 0]), r(Errno::E2BIG));
 }

@@ -1,0 +1,234 @@
+//! Grant tables: giving another domain access to one of our frames, and
+//! copying through grants.
+//!
+//! A domain that shares a page sets up its grant table once
+//! ([`GrantTable::setup`]: the hypervisor hands it frames of its own, which
+//! this module maps writable), then writes an entry per grant
+//! ([`GrantTable::grant`]): "domain D may read (or write) frame F". The
+//! peer names the grant by the granting domain and the entry's index, the
+//! grant reference; today it copies through it ([`copy_from_grant`],
+//! [`copy_to_grant`]). The hypervisor sets `GTF_reading` / `GTF_writing` in
+//! the entry while it uses a grant, and a [`Grant`] refuses to be revoked
+//! until they are clear, so a frame is never taken back while in use.
+//!
+//! ```ignore
+//! use pvguest_sdk::{grant::{self, GrantTable}, mm};
+//!
+//! // Domain 1 lets domain 2 read a page:
+//! let mut table = GrantTable::setup(1)?;
+//! let page = mm::alloc_page().unwrap();
+//! let g = table.grant(2, page, true)?;          // tell domain 2 g.gref()
+//!
+//! // Domain 2 copies it into a page of its own:
+//! let mine = mm::alloc_page().unwrap();
+//! grant::copy_from_grant(1, gref, 0, mine, 0, 4096)?;
+//!
+//! // Domain 1, later:
+//! table.revoke(g).map_err(|(_, e)| e)?;        // EBUSY while in use
+//! ```
+//!
+//! # Who writes what
+//! The granter writes an entry's `frame` and `domid`, then its flags (in
+//! that order, so the hypervisor never sees a valid type with stale
+//! fields); the hypervisor only sets and clears `GTF_reading` /
+//! `GTF_writing`. Entries are reached through volatile accesses: the
+//! hypervisor changes them from outside the program.
+
+use crate::mm::{self, Page, Pte};
+use core::sync::atomic::{AtomicU16, Ordering};
+use pvguest_abi::grant::{
+    gntcopy, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, SetupTable, COPY, ENTRIES_PER_FRAME, SETUP_TABLE,
+};
+use pvguest_abi::{hypercall, Errno, DOMID_SELF};
+
+/// Most grant-table frames this module sets up.
+pub const MAX_FRAMES: usize = 4;
+
+/// A grant-table status (`GNTST_*`) as an error: the hypercall ran, the
+/// operation was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrantError {
+    /// The hypercall itself failed.
+    Call(Errno),
+    /// The operation's status, a negative `GNTST_*`.
+    Status(i16),
+}
+
+/// `grant_table_op(cmd, arg, count)`.
+fn op<T>(cmd: u64, arg: &mut T, count: u64) -> Result<(), GrantError> {
+    // SAFETY: `arg` is a live local of the layout `cmd` expects (each
+    // caller pairs a command with its ABI struct), `count` of them; the
+    // hypervisor writes only their out fields.
+    let r = unsafe { crate::hypercall::raw(hypercall::GRANT_TABLE_OP, [cmd, arg as *mut T as u64, count, 0, 0]) };
+    Errno::decode(r).map(|_| ()).map_err(GrantError::Call)
+}
+
+/// This domain's grant table, mapped writable.
+#[derive(Debug)]
+pub struct GrantTable {
+    /// Where the table's entries are mapped (frame after frame).
+    entries: u64,
+    nr_entries: u32,
+    /// The next reference to hand out (0 to 7 are kept back, as Xen keeps
+    /// them for the toolstack).
+    next: u32,
+}
+
+/// A grant of one of our frames to another domain (see the module docs).
+#[derive(Debug)]
+#[must_use = "a grant stays in force until it is revoked"]
+pub struct Grant {
+    gref: u32,
+}
+
+impl Grant {
+    /// The grant reference to tell the peer.
+    pub fn gref(&self) -> u32 {
+        self.gref
+    }
+}
+
+/// References kept back from [`GrantTable::grant`].
+const RESERVED_REFS: u32 = 8;
+
+impl GrantTable {
+    /// Sets up a table of `nr_frames` frames (at most [`MAX_FRAMES`]) and
+    /// maps them writable over freshly allocated pages' linear addresses.
+    pub fn setup(nr_frames: u32) -> Result<GrantTable, GrantError> {
+        if nr_frames == 0 || nr_frames as usize > MAX_FRAMES {
+            return Err(GrantError::Call(Errno::EINVAL));
+        }
+        let mut frames = [0u64; MAX_FRAMES];
+        let mut st = SetupTable {
+            dom: DOMID_SELF as u16,
+            nr_frames,
+            frame_list: frames.as_mut_ptr() as u64,
+            ..SetupTable::default()
+        };
+        op(SETUP_TABLE, &mut st, 1)?;
+        if st.status != gntst::OKAY {
+            return Err(GrantError::Status(st.status));
+        }
+        // The table's frames are ours but not in our linear map: put them
+        // where fresh pages were (those pages are given up for it).
+        let base = mm::alloc_pages(u64::from(nr_frames)).ok_or(GrantError::Call(Errno::ENOMEM))?;
+        for (i, &mfn) in frames[..nr_frames as usize].iter().enumerate() {
+            let va = base.va() + i as u64 * 4096;
+            mm::update_va_mapping(va, Pte::new(mfn, Pte::WRITABLE | Pte::NO_EXECUTE)).map_err(GrantError::Call)?;
+        }
+        Ok(GrantTable { entries: base.va(), nr_entries: nr_frames * ENTRIES_PER_FRAME, next: RESERVED_REFS })
+    }
+
+    /// The flags word of entry `gref`.
+    fn flags(&self, gref: u32) -> &AtomicU16 {
+        // SAFETY: `gref < nr_entries`, checked by every caller, and the
+        // table stays mapped for this value's life; the word is shared with
+        // the hypervisor, which changes it atomically, hence the atomic.
+        unsafe { &*((self.entries + u64::from(gref) * 8) as *const AtomicU16) }
+    }
+
+    /// Grants `to` access to `page` (read-only if `readonly`).
+    pub fn grant(&mut self, to: u16, page: Page, readonly: bool) -> Result<Grant, GrantError> {
+        let gref = self.next;
+        if gref >= self.nr_entries {
+            return Err(GrantError::Call(Errno::ENOSPC));
+        }
+        let frame = u32::try_from(page.mfn).map_err(|_| GrantError::Call(Errno::ERANGE))?;
+        let entry = (self.entries + u64::from(gref) * 8) as *mut GrantEntryV1;
+        // SAFETY: `gref < nr_entries` (above), so `entry` lies in the
+        // mapped table; domid and frame are written before the flags
+        // (release order below), so no reader sees a type with stale ones.
+        unsafe {
+            (&raw mut (*entry).domid).write_volatile(to);
+            (&raw mut (*entry).frame).write_volatile(frame);
+        }
+        let flags = gtf::PERMIT_ACCESS | if readonly { gtf::READONLY } else { 0 };
+        self.flags(gref).store(flags, Ordering::Release);
+        self.next += 1;
+        Ok(Grant { gref })
+    }
+
+    /// Whether the hypervisor is using `grant` (reading or writing through
+    /// it) right now.
+    pub fn in_use(&self, grant: &Grant) -> bool {
+        self.flags(grant.gref).load(Ordering::Acquire) & (gtf::READING | gtf::WRITING) != 0
+    }
+
+    /// Ends `grant`: clears its entry, unless the hypervisor is using it
+    /// (then `EBUSY`, and the grant is handed back).
+    pub fn revoke(&mut self, grant: Grant) -> Result<(), (Grant, GrantError)> {
+        let f = self.flags(grant.gref);
+        let cur = f.load(Ordering::Acquire);
+        if cur & (gtf::READING | gtf::WRITING) != 0 {
+            return Err((grant, GrantError::Call(Errno::EBUSY)));
+        }
+        // The hypervisor sets its bits with a compare-exchange on the whole
+        // entry: clearing the flags the same way loses no race.
+        match f.compare_exchange(cur, 0, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(_) => Err((grant, GrantError::Call(Errno::EBUSY))),
+        }
+    }
+}
+
+/// Copies `len` bytes from offset `src_off` of `granter`'s grant `gref`
+/// into offset `dst_off` of our `page` (neither range may leave its page).
+pub fn copy_from_grant(
+    granter: u16,
+    gref: u32,
+    src_off: u16,
+    page: Page,
+    dst_off: u16,
+    len: u16,
+) -> Result<(), GrantError> {
+    let mut c = GnttabCopy {
+        source: CopyPtr { u: u64::from(gref), domid: granter, offset: src_off, pad: 0 },
+        dest: CopyPtr { u: page.mfn, domid: DOMID_SELF as u16, offset: dst_off, pad: 0 },
+        len,
+        flags: gntcopy::SOURCE_GREF,
+        ..GnttabCopy::default()
+    };
+    copy(core::slice::from_mut(&mut c))?;
+    status(c.status)
+}
+
+/// Copies `len` bytes from offset `src_off` of our `page` into offset
+/// `dst_off` of `granter`'s (writable) grant `gref`.
+pub fn copy_to_grant(
+    page: Page,
+    src_off: u16,
+    granter: u16,
+    gref: u32,
+    dst_off: u16,
+    len: u16,
+) -> Result<(), GrantError> {
+    let mut c = GnttabCopy {
+        source: CopyPtr { u: page.mfn, domid: DOMID_SELF as u16, offset: src_off, pad: 0 },
+        dest: CopyPtr { u: u64::from(gref), domid: granter, offset: dst_off, pad: 0 },
+        len,
+        flags: gntcopy::DEST_GREF,
+        ..GnttabCopy::default()
+    };
+    copy(core::slice::from_mut(&mut c))?;
+    status(c.status)
+}
+
+/// Runs a batch of copies; each element's outcome is in its `status`.
+pub fn copy(ops: &mut [GnttabCopy]) -> Result<(), GrantError> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    // SAFETY: as in `op`, for `ops.len()` consecutive elements.
+    let r = unsafe {
+        crate::hypercall::raw(hypercall::GRANT_TABLE_OP, [COPY, ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0])
+    };
+    Errno::decode(r).map(|_| ()).map_err(GrantError::Call)
+}
+
+fn status(s: i16) -> Result<(), GrantError> {
+    if s == gntst::OKAY {
+        Ok(())
+    } else {
+        Err(GrantError::Status(s))
+    }
+}
