@@ -168,6 +168,27 @@
 //!    12..=51 clear (`EINVAL` otherwise); its other bits remain the guest's
 //!    (for instance to mark swapped-out pages).
 //!
+//! # Grant mappings (foreign entries)
+//! A present level-1 entry of a domain's validated table may map a frame
+//! the domain does not own only as a grant mapping, which
+//! [`Mm::map_foreign`] installs after the grant layer ([`crate::grant`])
+//! took the frame's foreign reference (and its `Writable` reference, for a
+//! writable mapping). Such an entry holds no reference of this module's,
+//! and nothing but the grant layer may remove it:
+//! - `mmu_update` and `update_va_mapping` refuse to change it (`EBUSY`:
+//!   unmap it with `GNTTABOP_unmap_grant_ref`);
+//! - devalidating a table (its unpin) leaves it alone and drops nothing
+//!   for it: the table is then unreachable (an unpin needs the table's
+//!   last reference), and re-pinning it refuses the entry (rule 4);
+//! - [`Mm::unmap_foreign`] clears it by its machine address, recorded at
+//!   map time (a virtual address could lead through other tables once the
+//!   guest switched roots), before the grant layer drops the references
+//!   (the TLB is flushed on the way back to the guest). An entry that is no
+//!   longer in a validated table, or no longer maps the frame, is
+//!   unreachable already: nothing to clear;
+//! - validation refuses them (rule 4), so only [`Mm::map_foreign`] makes
+//!   them, and only over a non-present entry (nothing is dropped).
+//!
 //! # Errors (Xen-like errno)
 //! Xen answers most of these with `EINVAL`; Ringfence keeps Xen's numbers but
 //! separates "not yours" (`EPERM`) and "in use as another type" (`EBUSY`) from
@@ -568,20 +589,8 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// (canonical, outside the entry area) whose L4, L3 and L2 entries are
     /// present. Flushing (`UVMF_*`) is the caller's.
     pub fn update_va_mapping(&mut self, dom: DomId, root: Mfn, va: u64, val: u64) -> Result<(), Errno> {
-        if !layout::is_guest_va(va) || !self.is_table(dom, root, 4) {
-            return Err(Errno::EINVAL);
-        }
-        let mut table = root;
-        for level in (2..=4u8).rev() {
-            let e = Pte(self.mem.read_u64(table * PAGE_SIZE + table_index(va, u32::from(level)) as u64 * 8));
-            // Validated tables only point at validated tables of the next
-            // level (rule 1); checked again so the walk can never leave them.
-            if !e.present() || !self.is_table(dom, e.mfn(), level - 1) {
-                return Err(Errno::EINVAL);
-            }
-            table = e.mfn();
-        }
-        self.update_entry(dom, 1, table * PAGE_SIZE + table_index(va, 1) as u64 * 8, val)
+        let at = self.l1_entry_of(dom, root, va)?;
+        self.update_entry(dom, 1, at, val)
     }
 
     /// Runs one decoded `mmuext_op` for a vCPU whose root is `current_root`.
@@ -622,6 +631,94 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         self.frames.owned_by(mfn, dom) && self.frames.get(mfn).is_ok_and(|f| f.is_page_table(level))
     }
 
+    /// Whether `val`, an entry of a level-1 table of `dom`, is a grant
+    /// mapping: present and naming a frame `dom` does not own.
+    fn is_foreign(&self, dom: DomId, val: u64) -> bool {
+        let e = Pte(val);
+        e.present() && !self.frames.owned_by(e.mfn(), dom)
+    }
+
+    /// The machine address of the level-1 entry that maps `va` in the
+    /// tables rooted at `root` (`EINVAL` when `va` is no guest address or
+    /// its upper entries are not present).
+    fn l1_entry_of(&self, dom: DomId, root: Mfn, va: u64) -> Result<u64, Errno> {
+        if !layout::is_guest_va(va) || !self.is_table(dom, root, 4) {
+            return Err(Errno::EINVAL);
+        }
+        let mut table = root;
+        for level in (2..=4u8).rev() {
+            let e = Pte(self.mem.read_u64(table * PAGE_SIZE + table_index(va, u32::from(level)) as u64 * 8));
+            // Validated tables only point at validated tables of the next
+            // level (rule 1); checked again so the walk can never leave them.
+            if !e.present() || !self.is_table(dom, e.mfn(), level - 1) {
+                return Err(Errno::EINVAL);
+            }
+            table = e.mfn();
+        }
+        Ok(table * PAGE_SIZE + table_index(va, 1) as u64 * 8)
+    }
+
+    /// Where a grant mapping's entry is: `host` is a virtual address in the
+    /// tables rooted at `root`, or with `contains_pte` the machine address
+    /// of an entry of one of `dom`'s validated level-1 tables.
+    fn foreign_slot(&self, dom: DomId, root: Mfn, host: u64, contains_pte: bool) -> Result<u64, Errno> {
+        if !contains_pte {
+            return self.l1_entry_of(dom, root, host);
+        }
+        if host & 7 != 0 || !self.is_table(dom, host / PAGE_SIZE, 1) {
+            return Err(Errno::EINVAL);
+        }
+        Ok(host)
+    }
+
+    /// Installs a grant mapping of the foreign frame `mfn` (whose
+    /// references the grant layer holds) over the non-present entry that
+    /// `host` names (see [`Mm::foreign_slot`]): present, no-execute,
+    /// writable only if `writable`, user-accessible only if `user`. Returns
+    /// the entry's machine address. `EBUSY` if the entry is present (a grant
+    /// mapping never replaces a mapping).
+    pub fn map_foreign(
+        &mut self,
+        dom: DomId,
+        root: Mfn,
+        host: u64,
+        contains_pte: bool,
+        mfn: Mfn,
+        writable: bool,
+        user: bool,
+    ) -> Result<u64, Errno> {
+        let at = self.foreign_slot(dom, root, host, contains_pte)?;
+        if Pte(self.mem.read_u64(at)).present() {
+            return Err(Errno::EBUSY);
+        }
+        use crate::mm::paging::PteFlags;
+        let mut flags = PteFlags::PRESENT | PteFlags::NO_EXECUTE;
+        if writable {
+            flags |= PteFlags::WRITABLE;
+        }
+        if user {
+            flags |= PteFlags::USER;
+        }
+        self.mem.write_u64(at, Pte::new(mfn, flags).0);
+        Ok(at)
+    }
+
+    /// Makes sure the entry at machine address `at` (what
+    /// [`Mm::map_foreign`] returned) no longer maps the foreign frame `mfn`
+    /// for the CPU: clears it if it lies in one of `dom`'s validated level-1
+    /// tables and still maps `mfn`; otherwise it is unreachable already (see
+    /// the module docs). The caller flushes the TLB before the references
+    /// go.
+    pub fn unmap_foreign(&mut self, dom: DomId, at: u64, mfn: Mfn) {
+        if at & 7 != 0 || !self.is_table(dom, at / PAGE_SIZE, 1) {
+            return;
+        }
+        let e = self.mem.read_u64(at);
+        if self.is_foreign(dom, e) && Pte(e).mfn() == mfn {
+            self.mem.write_u64(at, 0);
+        }
+    }
+
     /// Installs `val` at `ptr` in a validated table of `level`.
     fn update_entry(&mut self, dom: DomId, level: u8, ptr: u64, val: u64) -> Result<(), Errno> {
         let slot = ((ptr % PAGE_SIZE) / 8) as usize;
@@ -629,9 +726,13 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
             return Err(Errno::EPERM);
         }
         let old = self.mem.read_u64(ptr);
+        if level == 1 && self.is_foreign(dom, old) {
+            // A grant mapping: only the grant layer removes it.
+            return Err(Errno::EBUSY);
+        }
         self.get_entry_ref(dom, level, val)?;
         self.mem.write_u64(ptr, val);
-        self.put_entry_ref(level, old);
+        self.put_entry_ref(dom, level, old);
         Ok(())
     }
 
@@ -663,9 +764,10 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// Drops the reference held by an entry of a validated table. A
     /// writable frame may lose its type here (it has no contents); a table
     /// never does (rule 7c).
-    fn put_entry_ref(&mut self, level: u8, val: u64) {
+    fn put_entry_ref(&mut self, dom: DomId, level: u8, val: u64) {
         let e = Pte(val);
-        if !e.present() {
+        if !e.present() || (level == 1 && self.is_foreign(dom, val)) {
+            // A grant mapping holds no reference of ours.
             return;
         }
         if level > 1 {
@@ -743,7 +845,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
             i -= 1;
             if guest_slot(level, i as usize) {
                 let v = self.mem.read_u64(base + u64::from(i) * 8);
-                self.put_entry_ref(level, v);
+                self.put_entry_ref(dom, level, v);
             }
         }
         self.frames.end_partial(mfn, dom).map_err(errno)?;
