@@ -329,6 +329,17 @@ impl MmuExtOp {
     }
 }
 
+/// A grant mapping to install ([`Mm::map_foreign`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Foreign {
+    /// The foreign frame (its references are the grant layer's).
+    pub mfn: Mfn,
+    /// Writable (only for a writable grant).
+    pub writable: bool,
+    /// User-accessible (`GNTMAP_application_map`).
+    pub user: bool,
+}
+
 /// What the caller must do after a successful [`Mm::mmuext_op`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtOutcome {
@@ -673,7 +684,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
 
     /// Installs a grant mapping of the foreign frame `mfn` (whose
     /// references the grant layer holds) over the non-present entry that
-    /// `host` names (see [`Mm::foreign_slot`]): present, no-execute,
+    /// `host` names (a virtual address in the tables rooted at `root`, or with `contains_pte` the machine address of an entry of one of `dom`'s validated level-1 tables): present, no-execute,
     /// writable only if `writable`, user-accessible only if `user`. Returns
     /// the entry's machine address. `EBUSY` if the entry is present (a grant
     /// mapping never replaces a mapping).
@@ -683,9 +694,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         root: Mfn,
         host: u64,
         contains_pte: bool,
-        mfn: Mfn,
-        writable: bool,
-        user: bool,
+        f: Foreign,
     ) -> Result<u64, Errno> {
         let at = self.foreign_slot(dom, root, host, contains_pte)?;
         if Pte(self.mem.read_u64(at)).present() {
@@ -693,13 +702,13 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         }
         use crate::mm::paging::PteFlags;
         let mut flags = PteFlags::PRESENT | PteFlags::NO_EXECUTE;
-        if writable {
+        if f.writable {
             flags |= PteFlags::WRITABLE;
         }
-        if user {
+        if f.user {
             flags |= PteFlags::USER;
         }
-        self.mem.write_u64(at, Pte::new(mfn, flags).0);
+        self.mem.write_u64(at, Pte::new(f.mfn, flags).0);
         Ok(at)
     }
 

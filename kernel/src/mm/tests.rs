@@ -1807,18 +1807,36 @@ fn foreign_entries_are_the_grant_layers_alone() {
     h.frames.get_foreign_ref(frame, OTHER, true).unwrap();
     let va = 5 * 4096; // L1 slot 5 of the standard tree: not present
     let root = h.root;
-    let slot5 = h.mm().map_foreign(D, root, va, false, frame, true, false).unwrap();
+    let slot5 = h.mm().map_foreign(D, root, va, false, Foreign { mfn: frame, writable: true, user: false }).unwrap();
     assert_eq!(slot5, at(L1, 5));
     assert_eq!(Pte(h.read(L1, 5)).mfn(), frame);
     h.check();
-    assert_eq!(h.mm().map_foreign(D, root, va, false, frame, true, false), Err(Errno::EBUSY), "never over a mapping");
-    assert_eq!(h.mm().map_foreign(D, root, 0, false, frame, true, false), Err(Errno::EBUSY), "slot 0 is mapped");
+    assert_eq!(
+        h.mm().map_foreign(D, root, va, false, Foreign { mfn: frame, writable: true, user: false }),
+        Err(Errno::EBUSY),
+        "never over a mapping"
+    );
+    assert_eq!(
+        h.mm().map_foreign(D, root, 0, false, Foreign { mfn: frame, writable: true, user: false }),
+        Err(Errno::EBUSY),
+        "slot 0 is mapped"
+    );
     h.refused(Errno::EBUSY, |h| h.update(L1, 5, 0));
     h.refused(Errno::EBUSY, |h| h.uvm(va, rw(DATA)));
     // The machine-address form names the same entry.
-    assert_eq!(h.mm().map_foreign(D, root, slot5, true, frame, false, false), Err(Errno::EBUSY));
-    assert_eq!(h.mm().map_foreign(D, root, slot5 + 1, true, frame, false, false), Err(Errno::EINVAL));
-    assert_eq!(h.mm().map_foreign(D, root, at(DATA, 0), true, frame, false, false), Err(Errno::EINVAL), "not a table");
+    assert_eq!(
+        h.mm().map_foreign(D, root, slot5, true, Foreign { mfn: frame, writable: false, user: false }),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(
+        h.mm().map_foreign(D, root, slot5 + 1, true, Foreign { mfn: frame, writable: false, user: false }),
+        Err(Errno::EINVAL)
+    );
+    assert_eq!(
+        h.mm().map_foreign(D, root, at(DATA, 0), true, Foreign { mfn: frame, writable: false, user: false }),
+        Err(Errno::EINVAL),
+        "not a table"
+    );
     // Unmap of another frame changes nothing; of this one clears it.
     h.mm().unmap_foreign(D, slot5, frame + 1);
     assert_eq!(Pte(h.read(L1, 5)).mfn(), frame);
@@ -1829,7 +1847,7 @@ fn foreign_entries_are_the_grant_layers_alone() {
     // refuses it.
     let t = SPARE;
     h.pin(t, 1).unwrap();
-    let e = h.mm().map_foreign(D, root, at(t, 7), true, frame, false, false).unwrap();
+    let e = h.mm().map_foreign(D, root, at(t, 7), true, Foreign { mfn: frame, writable: false, user: false }).unwrap();
     let count = h.ty(DATA);
     h.unpin(t).unwrap();
     assert_eq!(h.ty(DATA), count);
