@@ -6,8 +6,10 @@
 //! this module maps writable), then writes an entry per grant
 //! ([`GrantTable::grant`]): "domain D may read (or write) frame F". The
 //! peer names the grant by the granting domain and the entry's index, the
-//! grant reference; today it copies through it ([`copy_from_grant`],
-//! [`copy_to_grant`]). The hypervisor sets `GTF_reading` / `GTF_writing` in
+//! grant reference, and either copies through it ([`copy_from_grant`],
+//! [`copy_to_grant`]) or maps it into its own address space ([`map`]),
+//! which gives a [`Mapping`] whose [`Mapping::shared`] is the page as
+//! `ring-protocol` memory. The hypervisor sets `GTF_reading` / `GTF_writing` in
 //! the entry while it uses a grant, and a [`Grant`] refuses to be revoked
 //! until they are clear, so a frame is never taken back while in use.
 //!
@@ -37,7 +39,8 @@
 use crate::mm::{self, Page, Pte};
 use core::sync::atomic::{AtomicU16, Ordering};
 use pvguest_abi::grant::{
-    gntcopy, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, SetupTable, COPY, ENTRIES_PER_FRAME, SETUP_TABLE,
+    gntcopy, gntmap, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, MapGrantRef, SetupTable, UnmapGrantRef, COPY,
+    ENTRIES_PER_FRAME, MAP_GRANT_REF, SETUP_TABLE, UNMAP_GRANT_REF,
 };
 use pvguest_abi::{hypercall, Errno, DOMID_SELF};
 
@@ -230,5 +233,84 @@ fn status(s: i16) -> Result<(), GrantError> {
         Ok(())
     } else {
         Err(GrantError::Status(s))
+    }
+}
+
+/// A peer's grant mapped into this domain's address space (see [`map`]).
+/// Unmapping it ([`Mapping::unmap`]) gives the page back; while it is
+/// mapped, the peer cannot revoke the grant.
+#[derive(Debug)]
+#[must_use = "a mapping holds the peer's page until it is unmapped"]
+pub struct Mapping {
+    va: u64,
+    handle: u32,
+    bus: u64,
+}
+
+/// Maps `granter`'s grant `gref` at `va` (a page-aligned kernel address
+/// whose page-table entry exists and is not present: the page after the
+/// domain's memory, for one), read-only if `readonly`.
+pub fn map(granter: u16, gref: u32, va: u64, readonly: bool) -> Result<Mapping, GrantError> {
+    let mut m = MapGrantRef {
+        host_addr: va,
+        flags: gntmap::HOST_MAP | if readonly { gntmap::READONLY } else { 0 },
+        gref,
+        dom: granter,
+        ..MapGrantRef::default()
+    };
+    op(MAP_GRANT_REF, &mut m, 1)?;
+    status(m.status)?;
+    Ok(Mapping { va, handle: m.handle, bus: m.dev_bus_addr })
+}
+
+impl Mapping {
+    /// Where the page is mapped.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+
+    /// The page's machine address (for DMA).
+    pub fn machine_addr(&self) -> u64 {
+        self.bus
+    }
+
+    /// The page as shared memory for `ring-protocol`, for as long as this
+    /// mapping lives.
+    pub fn shared(&self) -> ring_protocol::SharedMem<'_> {
+        // SAFETY: the page is mapped at `va` until `unmap` consumes `self`,
+        // which the returned lifetime forbids while it is borrowed; the peer
+        // writes it concurrently, which `SharedMem` is built for (single
+        // volatile copies, never references).
+        unsafe { ring_protocol::SharedMem::new(self.va as *mut u8, 4096) }
+            .expect("a mapped page is valid shared memory")
+    }
+
+    /// Copies `data` into the page at `offset` (clamped to the page), by
+    /// volatile byte writes: the peer shares the page.
+    pub fn write(&self, offset: usize, data: &[u8]) {
+        for (i, &b) in data.iter().enumerate().take(4096usize.saturating_sub(offset)) {
+            // SAFETY: `offset + i < 4096`, inside the page mapped at `va`
+            // while `self` lives; a volatile write of our own byte.
+            unsafe { ((self.va + (offset + i) as u64) as *mut u8).write_volatile(b) };
+        }
+    }
+
+    /// Copies bytes of the page from `offset` into `out` (clamped), by
+    /// volatile byte reads.
+    pub fn read(&self, offset: usize, out: &mut [u8]) {
+        for (i, b) in out.iter_mut().enumerate().take(4096usize.saturating_sub(offset)) {
+            // SAFETY: as for `write`; one volatile read per byte into our
+            // own memory, never a reference into the shared page.
+            *b = unsafe { ((self.va + (offset + i) as u64) as *const u8).read_volatile() };
+        }
+    }
+
+    /// Unmaps the page (the TLB is flushed before the call returns).
+    pub fn unmap(self) -> Result<(), (Mapping, GrantError)> {
+        let mut u = UnmapGrantRef { host_addr: self.va, handle: self.handle, ..UnmapGrantRef::default() };
+        match op(UNMAP_GRANT_REF, &mut u, 1).and_then(|()| status(u.status)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err((self, e)),
+        }
     }
 }

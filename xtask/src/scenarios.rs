@@ -274,6 +274,33 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "grant-map",
+            what: "a grant mapped writable is written by the grantee and read by the granter; a read-only grant is never mapped writable; a mapping cannot be changed with update_va_mapping; a grant cannot be revoked while mapped, and comes free when its mapper dies",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "granter", "grant-copy", 512, "mode=map role=granter peer=2", Expect::Poweroff)?);
+                w.domain(entry(imgs, "mapper", "grant-copy", 512, "mode=map role=mapper peer=1", Expect::Poweroff)?);
+                w.domain(entry(imgs, "granter-2", "grant-copy", 512, "mode=map crash role=granter peer=4", Expect::Poweroff)?);
+                w.domain(entry(imgs, "mapper-crash", "grant-copy", 512, "mode=map crash role=mapper peer=3", Expect::Crash)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[mapper] grant-map mapper: mapped at 0x")?;
+                need(out, "[mapper] grant-map mapper: writable map of a read-only grant: Some(Status(-8)); read-only page says \"read-only page\"; update_va_mapping over the mapping: Some(EBUSY)")?;
+                need(out, "[granter] grant-map granter: greeting seen: true; in use while mapped: true; revoke while mapped: Call(EBUSY)")?;
+                need(out, "[mapper] grant-map mapper: unmapped: Ok(()) Ok(())")?;
+                need(out, "[granter] grant-map granter: after the unmap: in use: false; revoke: Ok(())")?;
+                // The same, but the mapper crashes with both grants mapped:
+                // its teardown releases them.
+                need(out, "[mapper-crash] grant-map mapper: crashing with both grants mapped")?;
+                need(out, "[granter-2] grant-map granter: after the mapper crashed: in use: false; revoke: Ok(())")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {

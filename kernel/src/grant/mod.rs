@@ -520,6 +520,10 @@ pub struct HostMapping {
     pub contains_pte: bool,
     /// `GNTMAP_application_map`: ring 3 may use it (U bit).
     pub application: bool,
+    /// The machine address of the level-1 entry the page-table side
+    /// installed ([`Maptrack::set_host_pte`]; 0 until then): unmap clears
+    /// that entry, not whatever `addr` leads to by then.
+    pub pte: u64,
 }
 
 /// What to do when a mapping goes away.
@@ -632,6 +636,18 @@ impl Maptrack {
         Ok(m)
     }
 
+    /// Records where the page-table side installed the host mapping of
+    /// `handle`.
+    pub fn set_host_pte(&mut self, handle: u32, pte: u64) -> Result<(), GrantError> {
+        match self.slots.get_mut(handle as usize) {
+            Some(Slot::Used(Mapping { host: Some(h), .. })) => {
+                h.pte = pte;
+                Ok(())
+            }
+            _ => Err(GrantError::BadHandle),
+        }
+    }
+
     /// Makes sure one more mapping fits: quota and heap.
     fn reserve(&mut self) -> Result<(), GrantError> {
         if self.free_head != NO_SLOT {
@@ -726,6 +742,7 @@ impl MapRequest {
                 addr: raw.host_addr,
                 contains_pte: f & gntmap::CONTAINS_PTE != 0,
                 application: f & gntmap::APPLICATION_MAP != 0,
+                pte: 0,
             }),
             device: f & gntmap::DEVICE_MAP != 0,
         })

@@ -236,7 +236,7 @@ fn map_returns_a_handle_and_the_machine_address_and_pins_the_grant() {
     assert_eq!(got.mapping.mfn, m);
     assert_eq!(got.mapping.machine_addr(), m * PAGE_SIZE);
     assert!(got.mapping.writable);
-    assert_eq!(got.mapping.host, Some(HostMapping { addr: VA, contains_pte: false, application: false }));
+    assert_eq!(got.mapping.host, Some(HostMapping { addr: VA, contains_pte: false, application: false, pte: 0 }));
     assert_eq!(r.flags(5), RW | gtf::READING | gtf::WRITING);
     assert_eq!(r.entry(A, 5).frame as u64, m, "the hypervisor writes only the in-use bits");
     assert!(r.table(A).in_use(5));
@@ -873,7 +873,7 @@ fn map_request_decoding() {
             granter: A,
             gref: 17,
             writable: true,
-            host: Some(HostMapping { addr: 0x1238, contains_pte: true, application: true }),
+            host: Some(HostMapping { addr: 0x1238, contains_pte: true, application: true, pte: 0 }),
             device: false,
         }
     );

@@ -67,15 +67,16 @@ use crate::builder::{self, DomainConfig};
 use crate::console::{ConsoleOut, STEP_WORK};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
+use crate::event::Port;
 use crate::event::{Closed, EventChannels, SharedPage};
 use crate::grant::{
-    CopyOp, Gnttab, GrantDomains, GrantError, GrantTable, Maptrack, DEFAULT_GRANT_FRAMES, DEFAULT_MAPTRACK,
+    CopyOp, Gnttab, GrantDomains, GrantError, GrantTable, MapRequest, Maptrack, DEFAULT_GRANT_FRAMES, DEFAULT_MAPTRACK,
 };
 use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
 use crate::mm::guest_mem::{GuestVa, GuestView};
-use crate::mm::{Mm, MmuExtOp};
+use crate::mm::{Foreign, Mm, MmuExtOp};
 use crate::regs::{FxArea, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
@@ -109,6 +110,8 @@ const MAX_ARM_NS: u64 = 50_000_000;
 /// 4 000 instructions: one step per scheduling decision, so this is what a
 /// teardown can delay a deadline by).
 const REAP_STEP: usize = 512;
+/// Grant mappings of a dead domain released per teardown step.
+const MAPPINGS_PER_REAP_STEP: usize = 32;
 /// Ports of a dead domain closed per teardown step (each reverts a peer's
 /// end to unbound).
 const PORTS_PER_REAP_STEP: usize = 64;
@@ -305,6 +308,18 @@ struct DomEnv<'a, M: Machine> {
 }
 
 impl<M: Machine> DomEnv<'_, M> {
+    /// `EVTCHNOP_send` on `port` of `dom` (for an unmap notification):
+    /// raises the peer of an interdomain port, or the port itself for an
+    /// IPI; anything else sends nothing.
+    fn send_from(&mut self, dom: DomId, port: u32) {
+        let target = match self.domains.get(dom).map(|d| d.events.get(port)) {
+            Some(Ok(Port::Interdomain { remote, port: rp })) => (remote, rp),
+            Some(Ok(Port::Ipi)) => (dom, port),
+            _ => return,
+        };
+        let _ = self.notify.push(target);
+    }
+
     fn view(&mut self) -> GuestView<'_, M::Mem> {
         let d = &self.domains[self.cur];
         GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id }
@@ -388,6 +403,45 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         let caller = self.domains[self.cur].id;
         Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).copy(caller, op).map(|_| ())
     }
+    fn grant_map(&mut self, req: &MapRequest) -> Result<(u32, u64), GrantError> {
+        let (me, root) = (self.domains[self.cur].id, self.domains[self.cur].root);
+        let mapped = Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).map(me, req)?;
+        let m = mapped.mapping;
+        if let Some(h) = m.host {
+            let e = self.m.entry_area_pml4e();
+            let f = Foreign { mfn: m.mfn, writable: m.writable, user: h.application };
+            match Mm::new(self.m.mem(), self.frames, e).map_foreign(me, root, h.addr, h.contains_pte, f) {
+                Ok(pte) => self.domains[self.cur].maptrack.set_host_pte(mapped.handle, pte)?,
+                Err(_) => {
+                    let _ =
+                        Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).cancel_map(me, mapped.handle);
+                    return Err(GrantError::BadVirtAddr);
+                }
+            }
+        }
+        Ok((mapped.handle, m.machine_addr()))
+    }
+    fn grant_unmap(&mut self, handle: u32, host_addr: u64, dev_bus_addr: u64) -> Result<(), GrantError> {
+        let me = self.domains[self.cur].id;
+        let m = self.domains[self.cur].maptrack.check_unmap(handle, host_addr, dev_bus_addr)?;
+        if let Some(h) = m.host {
+            // The entry goes first; the TLB is flushed on the way back to
+            // the guest (every exit reloads CR3, with global pages off),
+            // before the guest runs again, and nothing else runs meanwhile.
+            let e = self.m.entry_area_pml4e();
+            Mm::new(self.m.mem(), self.frames, e).unmap_foreign(me, h.pte, m.mfn);
+        }
+        let un = Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).unmap(me, handle)?;
+        if let Some(port) = un.notify {
+            self.send_from(me, port);
+        }
+        Ok(())
+    }
+    fn grant_set_notify(&mut self, handle: u32, action: u16, offset: u16, port: u32) -> Result<(), GrantError> {
+        let me = self.domains[self.cur].id;
+        Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem())
+            .set_unmap_notify(me, handle, action, offset, port)
+    }
     fn notify(&mut self, dom: DomId, port: u32) {
         // At most one per hypercall, and a multicall holds at most
         // MULTICALL_MAX of them: the list never fills.
@@ -444,6 +498,20 @@ impl GrantDomains for Grants<'_, '_> {
     }
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(dom).filter(|d| !matches!(d.state, RunState::Dead(_))).map(|d| &mut d.maptrack)
+    }
+}
+
+/// Every domain's grant state, dead ones included: for the teardown of a
+/// dead grantee's mappings (whose granters may be dead too: their tables
+/// are retired, and releasing a grant of one writes nothing).
+struct AllGrants<'a, 't>(&'a mut DomainTable<'t, Domain>);
+
+impl GrantDomains for AllGrants<'_, '_> {
+    fn table(&mut self, dom: DomId) -> Option<&mut GrantTable> {
+        self.0.get_mut(dom).map(|d| &mut d.grants)
+    }
+    fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
+        self.0.get_mut(dom).map(|d| &mut d.maptrack)
     }
 }
 
@@ -1332,6 +1400,27 @@ impl<M: Machine> Hv<M> {
             let now = self.now();
             if !self.console_step(i, now) {
                 self.report_end(i);
+            }
+        } else if let Some(i) = dying.filter(|&i| !self.domains[i].maptrack.is_empty()) {
+            // Then the grants it had mapped: each released (its granter may
+            // end access, or free an orphan frame), with the notification
+            // it asked for sent on its ports, still open.
+            let id = self.domains[i].id;
+            for _ in 0..MAPPINGS_PER_REAP_STEP {
+                let Some(f) = self.frames.as_mut() else { break };
+                let Some(un) = Gnttab::new(&mut AllGrants(&mut self.domains), f, self.m.mem()).teardown_one(id) else {
+                    break;
+                };
+                let target = match (un.notify, self.domains.get(id)) {
+                    (Some(port), Some(d)) => match d.events.get(port) {
+                        Ok(Port::Interdomain { remote, port: rp }) => self.domains.slot_of(remote).map(|s| (s, rp)),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                if let Some((slot, rp)) = target {
+                    self.raise(slot, rp);
+                }
             }
         } else if let Some(i) = dying.filter(|&i| !self.domains[i].ports_closed) {
             // Then its ports: its peers see their ends unbound.

@@ -52,13 +52,15 @@ pub use guest::{GuestPtr, GuestSlice};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, Privilege};
 use crate::event::{self as evt, Closed, EventChannels, Port};
-use crate::grant::{CopyOp, GrantError, MAX_GRANT_FRAMES};
+use crate::grant::{CopyOp, GrantError, MapRequest, MAX_GRANT_FRAMES};
 use core::mem::offset_of;
 use pvguest_abi::event::{
     self, status, AllocUnbound, BindInterdomain, BindIpi, BindVcpu, BindVirq, Close, Reset, Send, Status, Unmask,
     DOMID_CONSOLE_BACKEND,
 };
-use pvguest_abi::grant::{self as gnt, gntst, GnttabCopy, QuerySize, SetupTable};
+use pvguest_abi::grant::{
+    self as gnt, gntst, GnttabCopy, MapGrantRef, QuerySize, SetUnmapNotify, SetupTable, UnmapGrantRef,
+};
 use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_abi::sched_op::SchedPoll;
@@ -157,6 +159,16 @@ pub trait Env {
     fn grant_query(&mut self, dom: DomId) -> Result<(u32, u32), GrantError>;
     /// One `GNTTABOP_copy` element of the caller ([`crate::grant::Gnttab::copy`]).
     fn grant_copy(&mut self, op: &CopyOp) -> Result<(), GrantError>;
+    /// One `GNTTABOP_map_grant_ref` element of the caller: the grant
+    /// layer's map, then the host mapping in the caller's page tables
+    /// (undone if that fails). Returns (handle, frame machine address).
+    fn grant_map(&mut self, req: &MapRequest) -> Result<(u32, u64), GrantError>;
+    /// One `GNTTABOP_unmap_grant_ref` element of the caller: checks it,
+    /// clears the host mapping, then releases the grant (sending the unmap
+    /// notification, if one was asked for).
+    fn grant_unmap(&mut self, handle: u32, host_addr: u64, dev_bus_addr: u64) -> Result<(), GrantError>;
+    /// `GNTTABOP_set_unmap_notify` for a mapping of the caller.
+    fn grant_set_notify(&mut self, handle: u32, action: u16, offset: u16, port: u32) -> Result<(), GrantError>;
     /// Unmasks a port in shared info, delivering it if pending.
     fn unmask(&mut self, port: u32);
     /// Whether a port is pending in shared info.
@@ -829,15 +841,38 @@ pub const MAX_GRANT_COPIES: u64 = 512;
 /// outcome is its `status` field (`GNTST_*`); the call itself fails only
 /// for what concerns the whole call (`EFAULT` for unreadable or unwritable
 /// arguments, `EINVAL` for a bad count, `ENOSYS` for an unknown or not yet
-/// offered command). Copies are preempted between elements: the call
-/// continues with `uop` and `count` advanced. (`map_grant_ref` and
-/// `unmap_grant_ref` are not offered yet: their page-table side is still to
-/// come.)
+/// offered command). Batches (copy, map, unmap, set_unmap_notify) are
+/// preempted between elements: the call continues with `uop` and `count`
+/// advanced.
 fn grant_table_op<E: Env>(env: &mut E, cmd: u64, uop: u64, count: u64) -> Action {
     match cmd {
         gnt::SETUP_TABLE => ret(grant_setup(env, uop, count)),
         gnt::QUERY_SIZE => ret(grant_query(env, uop, count)),
         gnt::COPY => grant_copy(env, uop, count),
+        gnt::MAP_GRANT_REF => grant_batch::<E, MapGrantRef>(env, cmd, uop, count, |env, at, raw| {
+            let caller = env.caller();
+            let (status, handle, bus) = match MapRequest::decode(raw, caller).and_then(|req| env.grant_map(&req)) {
+                Ok((h, bus)) => (gntst::OKAY, h, bus),
+                Err(e) => (e.status(), u32::MAX, 0),
+            };
+            at.field::<u32>(offset_of!(MapGrantRef, handle)).write(env, &handle)?;
+            at.field::<u64>(offset_of!(MapGrantRef, dev_bus_addr)).write(env, &bus)?;
+            at.field::<i16>(offset_of!(MapGrantRef, status)).write(env, &status)
+        }),
+        gnt::UNMAP_GRANT_REF => grant_batch::<E, UnmapGrantRef>(env, cmd, uop, count, |env, at, raw| {
+            let status = match env.grant_unmap(raw.handle, raw.host_addr, raw.dev_bus_addr) {
+                Ok(()) => gntst::OKAY,
+                Err(e) => e.status(),
+            };
+            at.field::<i16>(offset_of!(UnmapGrantRef, status)).write(env, &status)
+        }),
+        gnt::SET_UNMAP_NOTIFY => grant_batch::<E, SetUnmapNotify>(env, cmd, uop, count, |env, at, raw| {
+            let status = match env.grant_set_notify(raw.handle, raw.action, raw.offset, raw.port) {
+                Ok(()) => gntst::OKAY,
+                Err(e) => e.status(),
+            };
+            at.field::<i16>(offset_of!(SetUnmapNotify, status)).write(env, &status)
+        }),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -888,6 +923,33 @@ fn grant_query<E: Env>(env: &mut E, uop: u64, count: u64) -> Result<u64, Errno> 
     };
     ptr.write(env, &answer)?;
     Ok(0)
+}
+
+/// A batch of `count` elements of `T` at `uop`: `each` handles one and
+/// writes its out fields. Bounded ([`MAX_GRANT_COPIES`]) and preemptible
+/// between elements.
+fn grant_batch<E: Env, T: FromBytes + IntoBytes + Immutable>(
+    env: &mut E,
+    cmd: u64,
+    uop: u64,
+    count: u64,
+    each: fn(&mut E, GuestPtr<T>, &T) -> Result<(), Errno>,
+) -> Action {
+    if count > MAX_GRANT_COPIES {
+        return Action::Return(Errno::E2BIG.to_ret());
+    }
+    let elems = GuestSlice::<T>::new(uop, count);
+    for i in 0..count {
+        let Ok(at) = elems.at(i) else { return Action::Return(Errno::EFAULT.to_ret()) };
+        if i > 0 && env.preempt_due() {
+            return Action::Continue([cmd, at.addr(), count - i, 0, 0]);
+        }
+        let r = at.read(env).and_then(|raw| each(env, at, &raw));
+        if let Err(e) = r {
+            return Action::Return(e.to_ret());
+        }
+    }
+    Action::Return(0)
 }
 
 fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {

@@ -177,6 +177,22 @@ impl Env for FakeEnv {
         self.copies.push(*op);
         Ok(())
     }
+    fn grant_map(&mut self, req: &crate::grant::MapRequest) -> Result<(u32, u64), GrantError> {
+        if req.gref == 13 {
+            return Err(GrantError::NotGranted);
+        }
+        Ok((req.gref + 100, 0x5000))
+    }
+    fn grant_unmap(&mut self, handle: u32, _host: u64, _bus: u64) -> Result<(), GrantError> {
+        if handle == 7 {
+            Err(GrantError::BadHandle)
+        } else {
+            Ok(())
+        }
+    }
+    fn grant_set_notify(&mut self, _h: u32, _a: u16, _o: u16, _p: u32) -> Result<(), GrantError> {
+        Ok(())
+    }
     fn unmask(&mut self, port: u32) {
         self.unmasked.push(port);
     }
@@ -1067,7 +1083,7 @@ fn grant_setup_writes_the_frame_list_and_a_status() {
     assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 1, 0, 0]), r(Errno::EFAULT));
     assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, at, 2, 0, 0]), r(Errno::EINVAL));
     assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, 0, 1, 0, 0]), r(Errno::EFAULT));
-    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [pvguest_abi::grant::MAP_GRANT_REF, at, 1, 0, 0]), r(Errno::ENOSYS));
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [3, at, 1, 0, 0]), r(Errno::ENOSYS), "dump_table is not offered");
 }
 
 #[test]
@@ -1111,4 +1127,30 @@ fn grant_copies_report_per_element_and_continue_in_steps() {
     );
     assert_eq!(e.copies.len(), 2, "only the valid elements were copied");
     assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [COPY, at, 513, 0, 0]), r(Errno::E2BIG));
+}
+
+/// Map and unmap batches write each element's out fields and status.
+#[test]
+fn grant_map_and_unmap_batches_report_per_element() {
+    use pvguest_abi::grant::{gntmap, gntst, MapGrantRef, UnmapGrantRef, MAP_GRANT_REF, UNMAP_GRANT_REF};
+    let mut e = FakeEnv::new();
+    let at = BASE + 0x3000;
+    let ok = MapGrantRef { host_addr: 0x1000, flags: gntmap::HOST_MAP, gref: 8, dom: 2, ..MapGrantRef::default() };
+    let bad_ref = MapGrantRef { gref: 13, ..ok };
+    let bad_flags = MapGrantRef { flags: 1 << 20, ..ok };
+    for (i, m) in [ok, bad_ref, bad_flags].iter().enumerate() {
+        put_struct(&mut e, at + 32 * i as u64, m);
+    }
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [MAP_GRANT_REF, at, 3, 0, 0]), OK);
+    let got = |e: &FakeEnv, i: u64| get_struct::<MapGrantRef>(e, at + 32 * i);
+    assert_eq!((got(&e, 0).status, got(&e, 0).handle, got(&e, 0).dev_bus_addr), (gntst::OKAY, 108, 0x5000));
+    assert_eq!(got(&e, 1).status, gntst::BAD_GNTREF);
+    assert_eq!(got(&e, 2).status, gntst::GENERAL_ERROR, "unknown flags");
+    let u = BASE + 0x3400;
+    put_struct(&mut e, u, &UnmapGrantRef { handle: 108, host_addr: 0x1000, ..UnmapGrantRef::default() });
+    put_struct(&mut e, u + 24, &UnmapGrantRef { handle: 7, ..UnmapGrantRef::default() });
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [UNMAP_GRANT_REF, u, 2, 0, 0]), OK);
+    assert_eq!(get_struct::<UnmapGrantRef>(&e, u).status, gntst::OKAY);
+    assert_eq!(get_struct::<UnmapGrantRef>(&e, u + 24).status, gntst::BAD_HANDLE);
+    assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [MAP_GRANT_REF, 0, 1, 0, 0]), r(Errno::EFAULT));
 }

@@ -16,6 +16,19 @@
 //!
 //! Prints (reader): `grant-copy reader: copied 4096 bytes intact: true;
 //! refused: <statuses>; after revoke: <status>`.
+//!
+//! With `mode=map` the peer maps the grants instead (`role=granter` grants
+//! reference 8 read-write and 9 read-only; `role=mapper`):
+//! 1. the mapper maps 8 writable after its own memory and writes a greeting
+//!    into it, is refused a writable map of 9 (read-only grant), maps 9
+//!    read-only, and cannot change the mapping with `update_va_mapping`;
+//! 2. the granter reads the greeting in its page, and its revoke of 8 is
+//!    refused while the mapping stands;
+//! 3. the mapper unmaps both; the granter's revoke of 8 now succeeds.
+//!
+//! With `crash` as well, the mapper crashes instead of unmapping; the
+//! granter sees the grant come free (the hypervisor tears a dead domain's
+//! mappings down) and revokes it.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -58,10 +71,12 @@ fn main(si: &'static StartInfo) {
     };
     event::init();
     event::enable();
-    if cmd.contains("role=granter") {
-        granter(peer);
-    } else {
-        reader(peer);
+    let map_mode = cmd.contains("mode=map");
+    match (cmd.contains("role=granter"), map_mode) {
+        (true, false) => granter(peer),
+        (true, true) => map_granter(peer, cmd.contains("crash")),
+        (false, false) => reader(peer),
+        (false, true) => mapper(peer, si, cmd.contains("crash")),
     }
 }
 
@@ -119,5 +134,97 @@ fn reader(peer: u16) {
     wait_past(1);
     let after = status(grant::copy_from_grant(peer, 8, 0, mine, 0, 16));
     println!("grant-copy reader: copied 4096 bytes intact: {intact}; refused: {refused:?}; after revoke: {after}");
+    chan.send().expect("send");
+}
+
+fn connect(peer: u16) -> EventChannel {
+    loop {
+        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(peer, p).ok()) {
+            break c;
+        }
+        sched::yield_now();
+    }
+}
+
+const GREETING: &[u8] = b"hello through a grant mapping";
+
+fn map_granter(peer: u16, crash: bool) {
+    let chan = EventChannel::offer(peer).expect("offer");
+    chan.on_event(on_event).expect("handler");
+    while !matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
+        sched::yield_now();
+    }
+    let mut table = GrantTable::setup(1).expect("grant table");
+    let (rw, ro) = (mm::alloc_page().expect("page"), mm::alloc_page().expect("page"));
+    mm::page_write(ro, 0, b"read-only page");
+    let g8 = table.grant(peer, rw, false).expect("grant");
+    let g9 = table.grant(peer, ro, true).expect("grant");
+    chan.send().expect("send");
+    wait_past(0);
+    let mut got = [0u8; GREETING.len()];
+    mm::page_read(rw, 0, &mut got);
+    let (in_use, refused) = (table.in_use(&g8), table.revoke(g8));
+    let g8 = match refused {
+        Ok(()) => {
+            println!("grant-map granter: revoked a grant in use");
+            sched::crash();
+        }
+        Err((g, e)) => {
+            println!(
+                "grant-map granter: greeting seen: {}; in use while mapped: {in_use}; revoke while mapped: {e:?}",
+                &got[..] == GREETING
+            );
+            g
+        }
+    };
+    if crash {
+        // The mapper crashes now; its mappings go with its teardown.
+        let mut yields = 0u32;
+        while table.in_use(&g8) && yields < 100_000 {
+            sched::yield_now();
+            yields += 1;
+        }
+        println!(
+            "grant-map granter: after the mapper crashed: in use: {}; revoke: {:?}",
+            table.in_use(&g8),
+            table.revoke(g8).map_err(|(_, e)| e)
+        );
+        return;
+    }
+    chan.send().expect("send");
+    wait_past(1);
+    println!(
+        "grant-map granter: after the unmap: in use: {}; revoke: {:?}",
+        table.in_use(&g8),
+        table.revoke(g8).map_err(|(_, e)| e)
+    );
+    let _ = table.revoke(g9);
+}
+
+fn mapper(peer: u16, si: &StartInfo, crash: bool) {
+    let chan = connect(peer);
+    chan.on_event(on_event).expect("handler");
+    wait_past(0);
+    let va = si.virt_base + si.nr_pages * 4096;
+    let rw = grant::map(peer, 8, va, false).expect("map the writable grant");
+    rw.write(0, GREETING);
+    let denied = grant::map(peer, 9, va + 4096, false).err();
+    let ro = grant::map(peer, 9, va + 4096, true).expect("map the read-only grant");
+    let mut first = [0u8; 14];
+    ro.read(0, &mut first);
+    let remap = mm::update_va_mapping(va, mm::Pte(0)).err();
+    println!("grant-map mapper: mapped at {:#x} (frame {:#x})", rw.va(), rw.machine_addr() >> 12);
+    println!(
+        "grant-map mapper: writable map of a read-only grant: {denied:?}; read-only page says {:?}; update_va_mapping over the mapping: {remap:?}",
+        core::str::from_utf8(&first).unwrap_or("?")
+    );
+    chan.send().expect("send");
+    if crash {
+        println!("grant-map mapper: crashing with both grants mapped");
+        sched::crash();
+    }
+    wait_past(1);
+    let (a, b) = (rw.unmap().map_err(|(_, e)| e), ro.unmap().map_err(|(_, e)| e));
+    println!("grant-map mapper: unmapped: {a:?} {b:?}");
     chan.send().expect("send");
 }
