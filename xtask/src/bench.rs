@@ -39,6 +39,7 @@ const BOUNDS: &[Bound] = &[
     // "grant_copy_4k <= 1500 plus the copy itself": the operation without
     // the page's bytes.
     Bound { name: "grant_copy_8", max: 1_500.0 },
+    Bound { name: "grant_map_unmap", max: 2_000.0 },
     Bound { name: "bounced_syscall", max: 600.0 },
     Bound { name: "event_upcall", max: 600.0 },
     Bound { name: "domain_switch", max: 1_000.0 },
@@ -66,6 +67,7 @@ const ROWS: &[(&str, &str)] = &[
     ("evtchn_send_remote_upcall", "send in A until B's upcall (half the trip)"),
     ("grant_copy_8", "grant copy, 8 bytes (the operation itself)"),
     ("grant_copy_4k", "grant copy, a whole page"),
+    ("grant_map_unmap", "grant map and unmap pair"),
 ];
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -352,6 +352,17 @@ fn main(si: &'static StartInfo) {
             measure(|| pvguest_sdk::grant::copy_from_grant(2, 8, 0, mine, 0, len).expect("copy through the grant")),
         );
     }
+    // A map and unmap pair of the same grant, at a page of our own linear
+    // map made not present for it.
+    let hole = mm::alloc_page().expect("page");
+    mm::update_va_mapping(hole.va(), Pte(0)).expect("unmap our page");
+    report(
+        "grant_map_unmap",
+        measure(|| {
+            let m = pvguest_sdk::grant::map(2, 8, hole.va(), true).expect("map the grant");
+            m.unmap().map_err(|(_, e)| e).expect("unmap the grant");
+        }),
+    );
     chan.close().expect("close");
     println!("bench: done");
 }
