@@ -67,6 +67,7 @@
 
 extern crate freestanding;
 
+pub mod channel;
 pub mod cmdline;
 pub mod console;
 pub mod diag;
@@ -86,6 +87,7 @@ pub mod version;
 
 pub use pvguest_abi as abi;
 pub use pvguest_abi::{Errno, StartInfo};
+pub use ring_protocol;
 pub use rt::start_info;
 
 /// Declares the guest's entry function: `fn(&'static StartInfo)`.

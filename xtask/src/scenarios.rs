@@ -301,6 +301,32 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "pingpong",
+            what: "a million requests over an SDK channel (a ring in a granted page plus an event channel), answered out of order in batches, each response checked by id, value and sequence",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "front", "pingpong", 512, "role=front peer=2 requests=1000000", Expect::Poweroff)?);
+                w.domain(entry(imgs, "back", "pingpong", 512, "role=back peer=1 batch=16", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[front] pingpong front: ring granted as reference 8 on port ")?;
+                let front = find_line(out, "[front] pingpong front: 1000000 requests answered; bad responses 0; sequence sum ok: true; out of order: ")?;
+                if num_after(front, "out of order: ")? == 0 {
+                    return Err(format!("the back answers batches in reverse, yet every response came in order: {front}"));
+                }
+                let back = find_line(out, "[back] pingpong back: answered 1000001 requests in ")?;
+                let batches = num_after(back, " requests in ")?;
+                if batches < 1_000_001 / 16 || num_after(back, "batches (")? == 0 {
+                    return Err(format!("the back did not batch (at most 16) and reorder: {back}"));
+                }
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {
