@@ -40,6 +40,7 @@ const BOUNDS: &[Bound] = &[
     // the page's bytes.
     Bound { name: "grant_copy_8", max: 1_500.0 },
     Bound { name: "grant_map_unmap", max: 2_000.0 },
+    Bound { name: "interdomain_rtt", max: 4_000.0 },
     Bound { name: "bounced_syscall", max: 600.0 },
     Bound { name: "event_upcall", max: 600.0 },
     Bound { name: "domain_switch", max: 1_000.0 },
@@ -68,6 +69,7 @@ const ROWS: &[(&str, &str)] = &[
     ("grant_copy_8", "grant copy, 8 bytes (the operation itself)"),
     ("grant_copy_4k", "grant copy, a whole page"),
     ("grant_map_unmap", "grant map and unmap pair"),
+    ("interdomain_rtt", "request over a granted ring and its response"),
 ];
 
 pub fn run(args: &[String]) -> Result<()> {

@@ -8,7 +8,10 @@
 //! bench as domain 1) yields, to give `mode=all` a domain to switch to, and
 //! answers every event on the channel the bench offers it (the
 //! `evtchn_rtt` figure: an event there and back, so half of it is the path
-//! from a send in one domain to the upcall in the other, switch included); `mode=storm` issues the longest
+//! from a send in one domain to the upcall in the other, switch included),
+//! then serves the SDK channel the bench offers it last (`interdomain_rtt`:
+//! one request over a ring in a granted page, with an event each way, and
+//! its response); `mode=storm` issues the longest
 //! hypercalls it can (console writes of 4096 control bytes, alone and 64 to
 //! a multicall, and a timer storm) so that the hypervisor's report of its
 //! longest stretch (`worst_hypercall` in `cargo xtask bench`) covers them.
@@ -19,7 +22,9 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_sdk::abi::event::VIRQ_VTIMER;
 use pvguest_sdk::abi::NULL_TRAP_VECTOR;
+use pvguest_sdk::channel::{BackChannel, FrontChannel};
 use pvguest_sdk::event::{EventChannel, Port, PortStatus};
+use pvguest_sdk::ring_protocol::{Completion, Descriptor};
 use pvguest_sdk::mm::{self, AddressSpace, Pte};
 use pvguest_sdk::process::{self, Exit, Process};
 use pvguest_sdk::trap::TrapContext;
@@ -164,7 +169,7 @@ fn answer(_: Port) {
     };
 }
 
-fn partner() {
+fn partner(si: &StartInfo) {
     event::init();
     event::enable();
     // The bench (domain 1) offers a port first thing.
@@ -184,10 +189,83 @@ fn partner() {
     for _ in 0..4 * N * REPS as u64 {
         sched::yield_now();
     }
+    serve_ring(si);
     // Until the bench closes its end.
     while matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
         sched::yield_now();
     }
+}
+
+/// The request that ends `serve_ring`.
+const OP_STOP: u16 = 2;
+
+/// The partner's back end of the `interdomain_rtt` channel: finds the
+/// bench's ring (its first grant, reference 8) on one of its low ports,
+/// then answers every request at once (the answer echoes `len`) until an
+/// `OP_STOP` request, sleeping when there is none.
+fn serve_ring(si: &StartInfo) {
+    let va = si.virt_base + si.nr_pages * 4096;
+    let mut ch = 'found: loop {
+        for port in 1..16 {
+            if let Ok(c) = BackChannel::<Descriptor, Completion>::connect(1, 8, port, va) {
+                break 'found c;
+            }
+        }
+        sched::yield_now();
+    };
+    ch.on_event(count_event).expect("handler");
+    let mut stop = false;
+    while !stop {
+        let n = ch
+            .ring
+            .serve_up_to(64, |r| {
+                stop |= r.op == OP_STOP;
+                Completion { id: r.id, status: 0, len: r.len }
+            })
+            .expect("the bench's ring");
+        if ch.ring.push_and_check_notify().expect("the bench's ring") {
+            ch.notify().expect("notify");
+        }
+        if n == 0 {
+            event::disable();
+            if ch.ring.final_check_for_requests().expect("the bench's ring") {
+                event::enable();
+            } else {
+                event::block();
+            }
+        }
+    }
+}
+
+/// One request at a time to the partner over `ch` and its response (min
+/// of REPS x N single trips, like `evtchn_rtt`); then the stop request.
+fn interdomain_rtt(ch: &mut FrontChannel<Descriptor, Completion>) -> u64 {
+    let mut best = u64::MAX;
+    let mut round_trip = |op: u16, id: u64| {
+        let t0 = rdtsc();
+        ch.ring.try_push(Descriptor { id, op, len: id as u32, ..Default::default() }).expect("a free slot");
+        if ch.ring.push_and_check_notify().expect("the partner's ring") {
+            ch.notify().expect("notify");
+        }
+        loop {
+            if let Some(rsp) = ch.ring.pop_response().expect("the partner's ring") {
+                assert!(rsp.id == id && rsp.len == id as u32, "the partner answered {rsp:?} to request {id}");
+                break;
+            }
+            event::disable();
+            if ch.ring.final_check_for_responses().expect("the partner's ring") {
+                event::enable();
+            } else {
+                event::block();
+            }
+        }
+        rdtsc() - t0
+    };
+    for i in 0..N * REPS as u64 {
+        best = best.min(round_trip(1, i));
+    }
+    round_trip(OP_STOP, u64::MAX);
+    best
 }
 
 /// Round trips of an event to the partner and back (min of REPS x N).
@@ -218,7 +296,7 @@ fn main(si: &'static StartInfo) {
         return;
     }
     if si.cmdline().contains("mode=partner") {
-        partner();
+        partner(si);
         return;
     }
     event::init();
@@ -363,6 +441,15 @@ fn main(si: &'static StartInfo) {
             m.unmap().map_err(|(_, e)| e).expect("unmap the grant");
         }),
     );
+    // A request over a ring in a granted page and its response, with an
+    // event each way.
+    let mut table = pvguest_sdk::grant::GrantTable::setup(1).expect("grant table");
+    let mut ring = FrontChannel::<Descriptor, Completion>::offer(2, &mut table).expect("offer the ring");
+    ring.on_event(count_event).expect("handler");
+    while !ring.connected() {
+        sched::yield_now();
+    }
+    report("interdomain_rtt", interdomain_rtt(&mut ring) * 100);
     chan.close().expect("close");
     println!("bench: done");
 }
