@@ -327,6 +327,37 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "grant-attacker",
+            what: "a hostile grantee beside a victim and a bystander: forged, foreign and out-of-range refs, misuse, both quotas, ports not offered, an event storm and the granter crashing while mapped; each refused with its documented status, and the victim finishes",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "victim", "grant-attacker", 1024, "role=victim peer=2 bystander=3", Expect::Poweroff)?);
+                w.domain(entry(imgs, "attacker", "grant-attacker", 8192, "role=attacker peer=1 bystander=3", Expect::Crash)?);
+                w.domain(entry(imgs, "bystander", "grant-attacker", 512, "role=bystander peer=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[victim] grant-attacker victim: granted 8 9 10..14 15")?;
+                need(out, "[bystander] grant-attacker bystander: reference 9 says \"for the bystander only\"; unmap: Ok(())")?;
+                need(out, "[attacker] grant-attacker attacker: forged refs [-3, -3, -3, -3, -3]; another domain's ref [-8, -8]; writable map of a read-only grant -8; copy across the page end -10")?;
+                need(out, "[attacker] grant-attacker attacker: grant table beyond the quota: -13")?;
+                need(out, "[attacker] grant-attacker attacker: one frame mapped 255 times, then refused -13; 1024 mappings in all, then refused -13; 0 unmaps failed")?;
+                need(out, "[attacker] grant-attacker attacker: 63 of 63 victim ports and 63 of 63 bystander ports refused; send on an unbound port: Err(ENOTCONN); on a closed port: Err(EINVAL)")?;
+                need(out, "[victim] grant-attacker victim: revoke while mapped: Call(EBUSY)")?;
+                need(out, "[attacker] grant-attacker attacker: unmap of 15: Ok(()); map after the revoke: -3")?;
+                need(out, "[victim] grant-attacker victim: revoke after the unmap: Ok(())")?;
+                need(out, "[attacker] grant-attacker attacker: storm of 200000 sends done (0 refused)")?;
+                need(out, "[attacker] grant-attacker attacker: reference 8 mapped by the victim: true; crashing")?;
+                need(out, "[victim] grant-attacker victim: storm events seen: some; after the granter died: pattern intact: true; write read back: true; unmap: Ok(())")?;
+                need(out, "[victim] grant-attacker victim: finished; revoked 8 and 9: [true, true]")?;
+                need(out, "[bystander] grant-attacker bystander: the victim has gone; finished")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "timers",
             what: "wall clock, periodic and one-shot timers, virtual-time alarm, masked events held",
             bundle: |imgs| {
