@@ -24,9 +24,9 @@ use pvguest_sdk::abi::event::VIRQ_VTIMER;
 use pvguest_sdk::abi::NULL_TRAP_VECTOR;
 use pvguest_sdk::channel::{BackChannel, FrontChannel};
 use pvguest_sdk::event::{EventChannel, Port, PortStatus};
-use pvguest_sdk::ring_protocol::{Completion, Descriptor};
 use pvguest_sdk::mm::{self, AddressSpace, Pte};
 use pvguest_sdk::process::{self, Exit, Process};
+use pvguest_sdk::ring_protocol::{Completion, Descriptor};
 use pvguest_sdk::trap::TrapContext;
 use pvguest_sdk::{event, println, sched, user_program, StartInfo};
 

@@ -269,7 +269,9 @@ fn raw_setup(nr_frames: u32) -> i16 {
     // `s.status` and at most `nr_frames` entries of `frames` (here it
     // refuses before writing any: 5 is beyond the quota, and 8 entries are
     // there anyway).
-    let r = unsafe { pvguest_sdk::hypercall::raw(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, &mut s as *mut _ as u64, 1, 0, 0]) };
+    let r = unsafe {
+        pvguest_sdk::hypercall::raw(hypercall::GRANT_TABLE_OP, [SETUP_TABLE, &mut s as *mut _ as u64, 1, 0, 0])
+    };
     if r < 0 {
         1
     } else {
