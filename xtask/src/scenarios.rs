@@ -10,6 +10,9 @@ use ringfence_bundle::Expect;
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use std::time::Instant;
 
+/// Domains in `thousand-domains`.
+const THOUSAND: usize = 1000;
+
 /// Default time limit of one scenario.
 const TIMEOUT_S: u64 = 60;
 
@@ -354,6 +357,34 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[victim] grant-attacker victim: storm events seen: some; after the granter died: pattern intact: true; write read back: true; unmap: Ok(())")?;
                 need(out, "[victim] grant-attacker victim: finished; revoked 8 and 9: [true, true]")?;
                 need(out, "[bystander] grant-attacker bystander: the victim has gone; finished")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "thousand-domains",
+            what: "1000 small domains built from one shared image and alive at once: each greets with its own id and powers off, and all are reaped",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                let image = guest(imgs, "hello")?;
+                for i in 0..THOUSAND {
+                    w.domain(DomainEntry::new(format!("d{i}"), image.clone(), 256).cmdline("rounds=0").expect(Expect::Poweroff));
+                }
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                // Every domain greeted under its own name with its own id
+                // (ids are handed out in bundle order from 1).
+                let greeted = (0..THOUSAND)
+                    .filter(|i| out.contains(&format!("[d{i}] Hello from d{i} (domain {}), ring 1", i + 1)))
+                    .count();
+                if greeted != THOUSAND {
+                    return Err(format!("{greeted} of {THOUSAND} domains greeted with their own name and id"));
+                }
+                need(out, &format!("(rf) boot bundle: {THOUSAND} domain(s)"))?;
+                need(out, &format!("(rf) dom{THOUSAND} (d{}) exited: poweroff", THOUSAND - 1))?;
                 need(out, "(rf) verdict: PASS")
             },
         },

@@ -152,7 +152,7 @@ impl<'a> Bundle<'a> {
         let total_usize = usize::try_from(total).map_err(|_| too_large)?;
         let bytes = bytes.get(..total_usize).ok_or(too_large)?;
 
-        // count <= 64 and RECORD_SIZE = 128: cannot overflow, but stay checked.
+        // count <= 1024 and RECORD_SIZE = 128: cannot overflow, but stay checked.
         let table_end = (count as u64)
             .checked_mul(RECORD_SIZE as u64)
             .and_then(|len| len.checked_add(HEADER_SIZE as u64))
@@ -181,7 +181,7 @@ impl<'a> Bundle<'a> {
         self.bytes
     }
 
-    /// Number of domain records (`1..=64`).
+    /// Number of domain records (`1..=1024`).
     pub fn domain_count(&self) -> usize {
         self.count
     }

@@ -36,7 +36,7 @@
 //! | 0x00   | 8    | magic            | `b"RFBUNDL1"`                                               |
 //! | 0x08   | 2    | version          | `1`                                                         |
 //! | 0x0a   | 2    | header_size      | `64`                                                        |
-//! | 0x0c   | 2    | record_count     | `1..=64` domain records                                     |
+//! | 0x0c   | 2    | record_count     | `1..=1024` domain records                                   |
 //! | 0x0e   | 2    | record_size      | `128`                                                       |
 //! | 0x10   | 8    | total_size       | bundle size in bytes; `<=` the boot module's size; the record table fits |
 //! | 0x18   | 8    | symtab_offset    | symbol table section, or 0 with symtab_size 0 for none      |
@@ -123,7 +123,7 @@ pub mod layout {
     pub const HDR_RESERVED_LEN: usize = HEADER_SIZE - HDR_RESERVED;
 
     /// Most domain records a bundle may hold.
-    pub const MAX_DOMAINS: usize = 64;
+    pub const MAX_DOMAINS: usize = 1024;
 
     /// Size of one domain record.
     pub const RECORD_SIZE: usize = 128;

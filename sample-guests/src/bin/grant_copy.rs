@@ -26,7 +26,8 @@
 //!    refused while the mapping stands;
 //! 3. the mapper unmaps both; the granter's revoke of 8 now succeeds.
 //!
-//! With `crash` as well, the mapper crashes instead of unmapping; the
+//! With `crash` as well, the mapper crashes instead of unmapping (once the
+//! granter's revoke has been refused, which the granter tells it); the
 //! granter sees the grant come free (the hypervisor tears a dead domain's
 //! mappings down) and revokes it.
 #![no_std]
@@ -178,7 +179,9 @@ fn map_granter(peer: u16, crash: bool) {
         }
     };
     if crash {
-        // The mapper crashes now; its mappings go with its teardown.
+        // Tell the mapper to crash now (not before: its mappings go with
+        // its teardown, and the revoke above had to see them).
+        chan.send().expect("send");
         let mut yields = 0u32;
         while table.in_use(&g8) && yields < 100_000 {
             sched::yield_now();
@@ -219,11 +222,11 @@ fn mapper(peer: u16, si: &StartInfo, crash: bool) {
         core::str::from_utf8(&first).unwrap_or("?")
     );
     chan.send().expect("send");
+    wait_past(1);
     if crash {
         println!("grant-map mapper: crashing with both grants mapped");
         sched::crash();
     }
-    wait_past(1);
     let (a, b) = (rw.unmap().map_err(|(_, e)| e), ro.unmap().map_err(|(_, e)| e));
     println!("grant-map mapper: unmapped: {a:?} {b:?}");
     chan.send().expect("send");
