@@ -80,6 +80,7 @@ use crate::mm::{Foreign, Mm, MmuExtOp};
 use crate::regs::{FxArea, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
+use crate::sched::heap::IndexedHeap;
 use crate::time::TscScale;
 use crate::trap::{bounce, Bounce};
 use core::fmt::Write as _;
@@ -286,6 +287,13 @@ pub struct Hv<M: Machine> {
     pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
     /// Borrowed-virtual-time scheduler; slot = index in `domains`.
     pub bvt: Bvt<MAX_DOMAINS>,
+    /// Every live domain's real-time deadlines, nearest first: key
+    /// `2 * slot` is its one-shot timer (`vcpu.timer`), `2 * slot + 1` its
+    /// poll deadline (`vcpu.poll_deadline`). The fields are the truth; this
+    /// is their index, brought up to date by [`Hv::sync_deadlines`] after
+    /// every change (hypercalls on the full path, wake, death), so that
+    /// firing timers and finding the next deadline never scan the domains.
+    pub deadlines: IndexedHeap<(u64, usize), { 2 * MAX_DOMAINS }>,
     pub boot_tsc: u64,
     pub scale: TscScale,
 }
@@ -564,6 +572,7 @@ impl<M: Machine> Hv<M> {
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
+            deadlines: IndexedHeap::new((0, 0)),
             boot_tsc: 0,
             scale: TscScale { mul: 0, shift: 0 },
         }
@@ -1109,6 +1118,9 @@ impl<M: Machine> Hv<M> {
             }
         }
         self.cpu.notify.clear();
+        // The hypercall may have set or cleared the caller's timer or poll
+        // deadline.
+        self.sync_deadlines(cur);
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => d.regs.rax = v as u64,
@@ -1168,36 +1180,52 @@ impl<M: Machine> Hv<M> {
         d.vcpu.poll_ports.clear();
         d.vcpu.poll_deadline = None;
         d.state = RunState::Runnable;
+        self.sync_deadlines(i);
         self.bvt.wake(i, now);
         self.set_runstate(i, runstate::RUNNABLE, now);
     }
 
-    /// Fires every expired real-time timer and poll deadline, charging
-    /// each domain's timer work to it; returns whether any fired.
+    /// Brings domain `i`'s entries in [`Hv::deadlines`] up to date with
+    /// its timer and poll deadline (none for a dead domain). O(log n).
+    fn sync_deadlines(&mut self, i: usize) {
+        let (timer, poll) = match self.domains.at(i) {
+            Some((_, d)) if !matches!(d.state, RunState::Dead(_)) => (d.vcpu.timer, d.vcpu.poll_deadline),
+            _ => (None, None),
+        };
+        for (key, t) in [(2 * i, timer), (2 * i + 1, poll)] {
+            match t {
+                Some(t) => self.deadlines.set(key, (t, key)),
+                None => self.deadlines.remove(key),
+            }
+        }
+    }
+
+    /// Fires every expired real-time timer and poll deadline, nearest
+    /// first, charging each domain's timer work to it; returns whether any
+    /// fired. A poll deadline of a domain that is no longer blocked in the
+    /// poll is dropped.
     fn fire_timers(&mut self, now: u64) -> bool {
         let mut any = false;
-        for i in 0..self.domains.slot_bound() {
-            if self.domains.at(i).is_none_or(|(_, d)| matches!(d.state, RunState::Dead(_))) {
-                continue;
+        while let Some(((t, key), _)) = self.deadlines.peek() {
+            if t > now {
+                break;
             }
-            let mut fired = false;
-            if let Some(t) = self.domains[i].vcpu.timer.filter(|&t| t <= now) {
+            let i = key / 2;
+            if key % 2 == 0 {
                 self.domains[i].vcpu.timer = None;
                 let stretch = self.m.stretch();
                 self.domains[i].wakes.fired(t, now, stretch);
                 self.raise_virq(i, VIRQ_TIMER);
-                fired = true;
-            }
-            let d = &self.domains[i];
-            if d.state == RunState::Blocked && d.vcpu.poll_deadline.is_some_and(|t| t <= now) {
-                self.wake(i);
-                fired = true;
-            }
-            if fired {
                 any = true;
-                let t = self.now();
-                self.cpu.meter.charge(&mut self.bvt, i, t);
+            } else if self.domains[i].state == RunState::Blocked {
+                self.wake(i);
+                any = true;
+            } else {
+                self.domains[i].vcpu.poll_deadline = None;
             }
+            self.sync_deadlines(i);
+            let t = self.now();
+            self.cpu.meter.charge(&mut self.bvt, i, t);
         }
         any
     }
@@ -1218,12 +1246,7 @@ impl<M: Machine> Hv<M> {
 
     /// The nearest real-time deadline of any live domain, and whose it is.
     fn next_deadline_of(&self) -> Option<(u64, usize)> {
-        self.domains
-            .iter()
-            .filter(|(_, _, d)| !matches!(d.state, RunState::Dead(_)))
-            .flat_map(|(i, _, d)| [d.vcpu.timer, d.vcpu.poll_deadline].map(|t| t.map(|t| (t, i))))
-            .flatten()
-            .min()
+        self.deadlines.peek().map(|((t, key), _)| (t, key / 2))
     }
 
     /// Crashes domain `i` for a reason the hypervisor found: `summary`
@@ -1269,6 +1292,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         self.bvt.remove(i);
+        self.sync_deadlines(i);
         self.cpu.sched_dirty = true;
         if self.reaping.push_back((id, 0)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.

@@ -177,6 +177,9 @@
 //! that carries `now` (normally the `pick` that follows): the unwarp instant
 //! is that `now` minus the part of the run that went past `L`.
 
+use super::heap::IndexedHeap;
+use core::cmp::Reverse;
+
 /// Real time in nanoseconds.
 pub type Ns = u64;
 
@@ -361,12 +364,25 @@ fn vt_i128(v: Vt) -> i128 {
 
 /// A BVT run queue for one CPU with room for `N` domains, numbered by slot
 /// `0..N` (the hypervisor's domain-table index).
+///
+/// No decision scans the domains: the runnable ones sit in two
+/// [`IndexedHeap`]s, one by EVT (with the tie rule in the key) and one by
+/// AVT (for SVT), re-keyed whenever an entity changes, so every operation
+/// is O(log N).
 #[derive(Clone, Debug)]
 pub struct Bvt<const N: usize> {
     slots: [Option<Entity>; N],
-    /// One past the highest slot ever used: scans stop there, so the cost of
-    /// a scheduling decision follows the domains that exist, not `N`.
+    /// One past the highest slot ever used.
     used: usize,
+    /// The runnable entities by `(EVT, most recently woken first, slot)`:
+    /// the root is the pick.
+    by_evt: IndexedHeap<(i128, Reverse<u64>, usize), N>,
+    /// The runnable entities by `(AVT, slot)`: the root is SVT's candidate.
+    by_avt: IndexedHeap<(Vt, usize), N>,
+    /// Slots whose warp limit ran out in `account`, for `observe` to date
+    /// (if it ever fills, `observe` looks at every slot once).
+    overshoots: heapless::Vec<usize, N>,
+    overshoots_lost: bool,
     ctx_allowance_ns: Ns,
     svt: Vt,
     /// Latest `now` seen.
@@ -382,6 +398,10 @@ impl<const N: usize> Bvt<N> {
         Self {
             slots: [None; N],
             used: 0,
+            by_evt: IndexedHeap::new((0, Reverse(0), 0)),
+            by_avt: IndexedHeap::new((0, 0)),
+            overshoots: heapless::Vec::new(),
+            overshoots_lost: false,
             ctx_allowance_ns: clamp_allowance(ctx_allowance_ns),
             svt: 0,
             clock: 0,
@@ -423,6 +443,7 @@ impl<const N: usize> Bvt<N> {
             unwarp_overshoot: None,
         });
         self.used = self.used.max(slot + 1);
+        self.reindex(slot);
         self.update_svt();
         Ok(())
     }
@@ -439,6 +460,7 @@ impl<const N: usize> Bvt<N> {
     /// Removes the domain in `slot`; returns whether there was one.
     pub fn remove(&mut self, slot: usize) -> bool {
         let removed = self.slots.get_mut(slot).and_then(Option::take).is_some();
+        self.reindex(slot);
         self.update_svt();
         removed
     }
@@ -458,6 +480,7 @@ impl<const N: usize> Bvt<N> {
         if p.warp_ns == 0 {
             e.unwarp(clock);
         }
+        self.reindex(slot);
         Ok(())
     }
 
@@ -471,6 +494,7 @@ impl<const N: usize> Bvt<N> {
         }
         e.runnable = false;
         e.unwarp(now);
+        self.reindex(slot);
         self.update_svt();
         true
     }
@@ -501,6 +525,7 @@ impl<const N: usize> Bvt<N> {
             e.warped_run_ns = 0;
         }
         self.wakes = stamp;
+        self.reindex(slot);
         self.update_svt();
         true
     }
@@ -511,6 +536,10 @@ impl<const N: usize> Bvt<N> {
     pub fn account(&mut self, slot: usize, ran_ns: Ns) {
         if let Some(e) = self.entity_mut(slot) {
             e.charge(ran_ns);
+            if e.unwarp_overshoot.is_some() && self.overshoots.push(slot).is_err() {
+                self.overshoots_lost = true;
+            }
+            self.reindex(slot);
             self.update_svt();
         }
     }
@@ -558,6 +587,7 @@ impl<const N: usize> Bvt<N> {
                 if let Some(e) = self.entity_mut(current) {
                     e.avt = e.avt.max(other);
                 }
+                self.reindex(current);
                 self.update_svt();
                 Pick { next: Some(n), run_for_ns: self.run_for(n) }
             }
@@ -604,7 +634,23 @@ impl<const N: usize> Bvt<N> {
 
     /// How many domains are runnable.
     pub fn runnable_count(&self) -> usize {
-        self.live().iter().flatten().filter(|e| e.runnable).count()
+        self.by_evt.len()
+    }
+
+    /// Puts `slot` in the run-queue heaps with its current keys if it is
+    /// runnable, takes it out otherwise. Called after every change to an
+    /// entity's AVT, warp, wake stamp, parameters or runnability.
+    fn reindex(&mut self, slot: usize) {
+        match self.entity(slot).filter(|e| e.runnable).map(|e| (e.evt(), e.woke, e.avt)) {
+            Some((evt, woke, avt)) => {
+                self.by_evt.set(slot, (evt, Reverse(woke), slot));
+                self.by_avt.set(slot, (avt, slot));
+            }
+            None => {
+                self.by_evt.remove(slot);
+                self.by_avt.remove(slot);
+            }
+        }
     }
 
     fn entity(&self, slot: usize) -> Option<&Entity> {
@@ -628,18 +674,11 @@ impl<const N: usize> Bvt<N> {
     /// The runnable domain of least EVT other than `exclude` (ties: the most
     /// recently woken, then the lowest slot), with its EVT.
     fn best(&self, exclude: Option<usize>) -> Option<(usize, i128)> {
-        let mut best: Option<(usize, i128, u64)> = None;
-        for (i, e) in self.live().iter().enumerate() {
-            let Some(e) = e else { continue };
-            if !e.runnable || Some(i) == exclude {
-                continue;
-            }
-            let evt = e.evt();
-            if best.is_none_or(|(_, b, bw)| evt < b || (evt == b && e.woke > bw)) {
-                best = Some((i, evt, e.woke));
-            }
-        }
-        best.map(|(i, evt, _)| (i, evt))
+        let top = match exclude {
+            Some(x) => self.by_evt.peek_excluding(x),
+            None => self.by_evt.peek(),
+        };
+        top.map(|((evt, _, _), i)| (i, evt))
     }
 
     /// Real time until rule 2 would preempt `n` (or its warp limit runs
@@ -659,15 +698,26 @@ impl<const N: usize> Bvt<N> {
     /// Notes the time and dates warp-limit expiries that `account` found.
     fn observe(&mut self, now: Ns) {
         self.clock = self.clock.max(now);
-        for e in self.live_mut().iter_mut().flatten() {
+        let date = |e: &mut Entity| {
             if let Some(over) = e.unwarp_overshoot.take() {
                 e.last_unwarp = Some(now.saturating_sub(over));
             }
+        };
+        if core::mem::take(&mut self.overshoots_lost) {
+            self.live_mut().iter_mut().flatten().for_each(date);
+        } else {
+            for i in 0..self.overshoots.len() {
+                let slot = self.overshoots[i];
+                if let Some(e) = self.slots.get_mut(slot).and_then(Option::as_mut) {
+                    date(e);
+                }
+            }
         }
+        self.overshoots.clear();
     }
 
     fn update_svt(&mut self) {
-        if let Some(min) = self.live().iter().flatten().filter(|e| e.runnable).map(|e| e.avt).min() {
+        if let Some(((min, _), _)) = self.by_avt.peek() {
             self.svt = self.svt.max(min);
         }
     }

@@ -645,6 +645,14 @@ fn check_invariants<const N: usize>(s: &Bvt<N>, last_svt: &mut Vt) {
     let svt = s.svt();
     assert!(svt >= *last_svt, "SVT went backwards: {} -> {}", *last_svt, svt);
     *last_svt = svt;
+    // The run-queue heaps hold exactly the runnable entities, and SVT is
+    // their least AVT (a linear scan, against the heaps).
+    assert_eq!(s.runnable_count(), (0..N).filter(|&i| s.is_runnable(i)).count());
+    if let Some(min) = (0..N).filter(|&i| s.is_runnable(i)).filter_map(|i| s.avt(i)).min() {
+        assert_eq!(svt, svt.max(min));
+    }
+    s.by_evt.check();
+    s.by_avt.check();
     for i in 0..N {
         if s.is_runnable(i) {
             assert!(s.avt(i).unwrap() >= svt, "runnable AVT below SVT");
