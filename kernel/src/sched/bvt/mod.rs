@@ -448,11 +448,6 @@ impl<const N: usize> Bvt<N> {
         Ok(())
     }
 
-    /// The slots that may hold a domain (`..used`).
-    fn live(&self) -> &[Option<Entity>] {
-        &self.slots[..self.used]
-    }
-
     fn live_mut(&mut self) -> &mut [Option<Entity>] {
         &mut self.slots[..self.used]
     }
