@@ -290,7 +290,7 @@ pub struct Hv<M: Machine> {
     /// Every live domain's real-time deadlines, nearest first: key
     /// `2 * slot` is its one-shot timer (`vcpu.timer`), `2 * slot + 1` its
     /// poll deadline (`vcpu.poll_deadline`). The fields are the truth; this
-    /// is their index, brought up to date by [`Hv::sync_deadlines`] after
+    /// is their index, brought up to date by `Hv::sync_deadlines` after
     /// every change (hypercalls on the full path, wake, death), so that
     /// firing timers and finding the next deadline never scan the domains.
     pub deadlines: IndexedHeap<(u64, usize), { 2 * MAX_DOMAINS }>,
