@@ -321,10 +321,17 @@ fn scenarios() -> Vec<Scenario> {
                 if num_after(front, "out of order: ")? == 0 {
                     return Err(format!("the back answers batches in reverse, yet every response came in order: {front}"));
                 }
+                // Notification hold-off: far fewer events than requests.
+                if num_after(front, "notifications sent ")? > 1_000_000 / 16 {
+                    return Err(format!("the front notified more than once per 16 requests: {front}"));
+                }
                 let back = find_line(out, "[back] pingpong back: answered 1000001 requests in ")?;
                 let batches = num_after(back, " requests in ")?;
                 if batches < 1_000_001 / 16 || num_after(back, "batches (")? == 0 {
                     return Err(format!("the back did not batch (at most 16) and reorder: {back}"));
+                }
+                if num_after(back, "notifications sent ")? > 1_000_001 / 16 {
+                    return Err(format!("the back notified more than once per 16 requests: {back}"));
                 }
                 need(out, "(rf) verdict: PASS")
             },
