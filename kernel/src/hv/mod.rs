@@ -1587,11 +1587,21 @@ impl<M: Machine> Hv<M> {
 /// path before this one): they change neither scheduling,
 /// timers, the trap table, stacks nor segment bases, so they may take
 /// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
-/// path reads afterwards; an unmask may make an upcall due, which it checks.)
+/// path reads afterwards; an unmask may make an upcall due, which it checks;
+/// a grant unmap's notification and any interdomain send go on the notify
+/// list, which sends the entry down the full path; a preempted batch
+/// continues there too. Page-table changes, grant mappings among them, need
+/// no flush here: every exit reloads CR3.)
 pub fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
-        nr::CONSOLE_IO | nr::MEMORY_OP | nr::MMU_UPDATE | nr::UPDATE_VA_MAPPING | nr::MMUEXT_OP | nr::EVENT_CHANNEL_OP
+        nr::CONSOLE_IO
+            | nr::MEMORY_OP
+            | nr::MMU_UPDATE
+            | nr::UPDATE_VA_MAPPING
+            | nr::MMUEXT_OP
+            | nr::EVENT_CHANNEL_OP
+            | nr::GRANT_TABLE_OP
     )
 }
 
