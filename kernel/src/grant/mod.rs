@@ -95,10 +95,12 @@
 //!   ([`crate::mm::frames::Owner::Orphan`]). The grantees' later unmaps
 //!   find no live table and release only the frame references.
 //!   [`GrantTable::mapped_frames`] lists what a granter leaves mapped. A
-//!   maptrack entry names its granter by [`DomId`]; ids are not reused
-//!   until tens of thousands of domains later ([`crate::domain::table`]),
-//!   and a release that finds no matching pin does nothing, so a stale
-//!   entry cannot release another domain's pin.
+//!   maptrack entry names its granter by [`DomId`] *and* by the identity
+//!   of the table it pinned ([`GrantTable::id`], unique for the life of
+//!   the hypervisor): ids are reused once the allocator has gone round
+//!   ([`crate::domain::table`]), and a stale entry of a dead granter must
+//!   never release a pin in its successor's table, so a release whose
+//!   table is not the one it pinned touches no table at all.
 //!
 //! # Quotas
 //! Every limit is explicit, and running into one is an error
@@ -137,6 +139,7 @@ use crate::mm::paging::PAGE_SIZE;
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use core::fmt;
+use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_abi::grant::{self as abi, gntcopy, gntmap, gntst, gtf, GrantEntryV1, ENTRIES_PER_FRAME};
 
 #[cfg(test)]
@@ -292,7 +295,13 @@ pub struct GrantTable {
     owner: Option<DomId>,
     /// The domain died: the table no longer touches its frames.
     retired: bool,
+    /// This table's identity ([`GrantTable::id`]).
+    id: u64,
 }
+
+/// The next [`GrantTable::id`]: 64 bits never wrap in practice (one table
+/// per domain created).
+static NEXT_TABLE_ID: AtomicU64 = AtomicU64::new(1);
 
 impl GrantTable {
     /// An empty table with a quota of `max_frames` frames (clamped to
@@ -304,7 +313,16 @@ impl GrantTable {
             max_frames: max_frames.min(MAX_GRANT_FRAMES),
             owner: None,
             retired: false,
+            id: NEXT_TABLE_ID.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    /// This table's identity: no two tables made in one run of the
+    /// hypervisor share it, whatever domain ids they belong to. A mapping
+    /// records it ([`Mapping::table`]) so that its release can tell its
+    /// granter's table from a successor's under the same id.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// The frames of the table, in order (what `setup_table` reports).
@@ -540,6 +558,8 @@ pub struct UnmapNotify {
 pub struct Mapping {
     /// The granter.
     pub granter: DomId,
+    /// The [`GrantTable::id`] of the granter's table the mapping pinned.
+    pub table: u64,
     /// The reference in the granter's table.
     pub gref: u32,
     /// The granted frame.
@@ -939,6 +959,7 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         self.doms.maptrack(grantee).ok_or(GrantError::BadDomain)?.reserve()?;
         let table = self.doms.table(req.granter).ok_or(GrantError::BadDomain)?;
         let mfn = table.acquire(grantee, req.gref, req.writable, self.frames, self.mem)?;
+        let table_id = table.id();
         if let Err(e) = self.frames.get_foreign_ref(mfn, req.granter, req.writable) {
             table.release(req.gref, req.writable, self.mem);
             return Err(match e {
@@ -949,6 +970,7 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         }
         let mapping = Mapping {
             granter: req.granter,
+            table: table_id,
             gref: req.gref,
             mfn,
             writable: req.writable,
@@ -1081,7 +1103,9 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         if let (Some(off), true) = (m.notify.clear_byte, m.writable) {
             self.mem.write(m.machine_addr() + u64::from(off), &[0]);
         }
-        if let Some(t) = self.doms.table(m.granter) {
+        // Only the table the mapping pinned: a successor under the same
+        // domain id has its own pins.
+        if let Some(t) = self.doms.table(m.granter).filter(|t| t.id() == m.table) {
             t.release(m.gref, m.writable, self.mem);
         }
         let freed = self.frames.put_foreign_ref(m.mfn, m.writable);

@@ -675,6 +675,32 @@ fn hostile_copies_are_refused_and_write_nothing() {
 // ---- death -------------------------------------------------------------------
 
 #[test]
+fn a_dead_granters_stale_mapping_never_releases_a_pin_of_its_successor() {
+    // B maps A's grant 0; A dies and is reaped; a new domain gets A's id
+    // (the allocator went round) with a new table, and grants its own
+    // reference 0 to C, which maps it. B's old mapping names the same
+    // granter id and reference: its unmap must leave C's pin alone.
+    let mut r = Rig::new();
+    r.grant(0, B, RW);
+    let stale = r.map(B, A, 0, false).unwrap().handle;
+    let old_id = r.table(A).id();
+    r.table(A).retire();
+    r.frames.release_domain(A);
+    r.doms.0.insert(A, (GrantTable::new(DEFAULT_GRANT_FRAMES), Maptrack::new(DEFAULT_MAPTRACK)));
+    assert_ne!(r.table(A).id(), old_id, "a new table has a new identity");
+    r.g().setup_table(A, 1).unwrap();
+    r.grant(0, C, RW);
+    let c = r.map(C, A, 0, false).unwrap().handle;
+    assert_eq!(r.flags(0), RW | gtf::READING | gtf::WRITING);
+    let u = r.unmap(B, stale).unwrap();
+    assert!(u.frame_freed, "the old frame goes with its last mapping");
+    assert!(r.table(A).in_use(0), "the successor's pin for C stands");
+    assert_eq!(r.flags(0), RW | gtf::READING | gtf::WRITING, "its in-use bits too");
+    r.unmap(C, c).unwrap();
+    assert!(!r.table(A).in_use(0));
+}
+
+#[test]
 fn granter_dying_while_mapped_frees_the_frames_after_the_last_unmap() {
     let mut r = Rig::new();
     let rw = r.grant(0, B, RW);
