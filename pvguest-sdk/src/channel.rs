@@ -22,9 +22,20 @@
 //! front.ring.try_push(Descriptor { id: 1, ..Default::default() })?;
 //! if front.ring.push_and_check_notify()? { front.notify()?; }
 //!
-//! // Back, in domain 5:
+//! // Back, in domain 5, told (gref, port):
 //! let mut back = BackChannel::<Descriptor, Completion>::connect(6, gref, port, spare_va)?;
+//! // ... or, with no store to tell it, trying the front's low ports
+//! // (only a port offered to us binds; nothing is left behind otherwise):
+//! let mut back = (1..16)
+//!     .find_map(|p| BackChannel::<Descriptor, Completion>::connect(6, 8, p, spare_va).ok())
+//!     .expect("no port of domain 6 was offered to us");
+//! while let Some(req) = back.ring.pop_request()? {
+//!     back.ring.try_push(Completion { id: req.id, ..Default::default() })?;
+//! }
+//! if back.ring.push_and_check_notify()? { back.notify()?; }
 //! ```
+//!
+//! `sample-guests/src/bin/pingpong.rs` is a complete front and back.
 //!
 //! Every slot the peer writes is an allegation: `ring-protocol` validates
 //! indices and copies each slot once; the contents are the protocol's to

@@ -29,6 +29,23 @@
 //! table.revoke(g).map_err(|(_, e)| e)?;        // EBUSY while in use
 //! ```
 //!
+//! Mapping a grant instead of copying it (the page then appears at an
+//! address of the grantee whose page-table entry exists and is not
+//! present, e.g. just past its memory):
+//!
+//! ```ignore
+//! use pvguest_sdk::grant;
+//!
+//! // Domain 2 maps domain 1's writable grant `gref`:
+//! let va = si.virt_base + si.nr_pages * 4096;
+//! let m = grant::map(1, gref, va, false)?;
+//! m.write(0, b"hello");                         // volatile copies, no &T
+//! let mut buf = [0u8; 5];
+//! m.read(0, &mut buf);
+//! let ring_mem = m.shared();                    // or a ring-protocol ring
+//! m.unmap().map_err(|(_, e)| e)?;               // domain 1 may revoke now
+//! ```
+//!
 //! # Who writes what
 //! The granter writes an entry's `frame` and `domid`, then its flags (in
 //! that order, so the hypervisor never sees a valid type with stale
