@@ -855,9 +855,9 @@ fn grant_table_op<E: Env>(env: &mut E, cmd: u64, uop: u64, count: u64) -> Action
                 Ok((h, bus)) => (gntst::OKAY, h, bus),
                 Err(e) => (e.status(), u32::MAX, 0),
             };
-            at.field::<u32>(offset_of!(MapGrantRef, handle)).write(env, &handle)?;
-            at.field::<u64>(offset_of!(MapGrantRef, dev_bus_addr)).write(env, &bus)?;
-            at.field::<i16>(offset_of!(MapGrantRef, status)).write(env, &status)
+            // The element goes back whole, in one copy (as Xen does): its
+            // in fields as we read them, and the out fields.
+            at.write(env, &MapGrantRef { status, handle, dev_bus_addr: bus, ..*raw })
         }),
         gnt::UNMAP_GRANT_REF => grant_batch::<E, UnmapGrantRef>(env, cmd, uop, count, |env, at, raw| {
             let status = match env.grant_unmap(raw.handle, raw.host_addr, raw.dev_bus_addr) {
