@@ -32,6 +32,7 @@ use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCES
 use crate::log;
 use crate::log::Sym;
 use core::mem::MaybeUninit;
+use pvguest_abi::trap::SYSCALL_VECTOR;
 use pvguest_abi::{hypercall as nr, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
 use ring_protocol::{ByteChannel, SharedMem};
 use ringfence_bundle::Bundle;
@@ -259,19 +260,17 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
                 (&raw const (*frame).r8).read_volatile(),
             ]
         };
-        let done = HV.lock().fast_hypercall(nr, a);
-        if let Some(FastExit { rax, cr3, fx }) = done {
-            stretch::end();
-            // A new root from `new_baseptr` is the CR3 to exit with.
-            CURRENT_CR3.store(cr3, Relaxed);
-            // SAFETY: the CPU made this frame for an `int 0x82` from ring 1
-            // (DPL 1 gate) and its rip is canonical (checked above), so only
-            // `rax` changes; `fast_hypercall` returned the current domain's
-            // validated root and its own FPU area.
-            unsafe {
-                (&raw mut (*frame).rax).write_volatile(rax);
-                entry::enter_guest_in_place(cr3, fx)
-            }
+        // SAFETY: as above: one copy, straight into the domain's state.
+        let done = HV.lock().fast_hypercall(nr, a, |regs| *regs = unsafe { frame.read_volatile() });
+        if let Some(exit) = done {
+            fast_exit(frame, exit);
+        }
+    }
+    if vector == u64::from(SYSCALL_VECTOR) && in_place {
+        // SAFETY: as above: one copy, straight into the domain's state.
+        let done = HV.lock().fast_syscall(|regs| *regs = unsafe { frame.read_volatile() });
+        if let Some(exit) = done {
+            fast_exit(frame, exit);
         }
     }
     let next = HV.lock().on_trap_with(|regs| {
@@ -286,6 +285,29 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
         }
     });
     run(next)
+}
+
+/// Leaves a fast path (the lock is dropped): with the in-place frame and
+/// the result in `rax`, or with the frame the fast path prepared.
+fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, frame: prepared }: FastExit) -> ! {
+    use core::sync::atomic::Ordering::Relaxed;
+    stretch::end();
+    // A new root from `new_baseptr` is the CR3 to exit with.
+    CURRENT_CR3.store(cr3, Relaxed);
+    match prepared {
+        // SAFETY: the fast path returned the current domain's validated
+        // root, its own FPU area and its saved registers, sanitised; they
+        // stay in the domain's slot, which nothing changes until the next
+        // trap, while they are copied out.
+        Some(f) => unsafe { entry::enter_guest(cr3, &*f, fx) },
+        // SAFETY: the CPU made this frame for an `int 0x82` from ring 1
+        // (DPL 1 gate) and its rip is canonical (checked by the caller), so
+        // only `rax` changes; the root and FPU area are as above.
+        None => unsafe {
+            (&raw mut (*frame).rax).write_volatile(rax);
+            entry::enter_guest_in_place(cr3, fx)
+        },
+    }
 }
 
 /// Entry from ring 0: an interrupt while idle, or a hypervisor fault.

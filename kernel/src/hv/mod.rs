@@ -290,7 +290,7 @@ pub struct Hv<M: Machine> {
     /// Every live domain's real-time deadlines, nearest first: key
     /// `2 * slot` is its one-shot timer (`vcpu.timer`), `2 * slot + 1` its
     /// poll deadline (`vcpu.poll_deadline`). The fields are the truth; this
-    /// is their index, brought up to date by [`Hv::sync_deadlines`] after
+    /// is their index, brought up to date by `Hv::sync_deadlines` after
     /// every change (hypercalls on the full path, wake, death), so that
     /// firing timers and finding the next deadline never scan the domains.
     pub deadlines: IndexedHeap<(u64, usize), { 2 * MAX_DOMAINS }>,
@@ -539,12 +539,18 @@ pub struct Next {
     pub fx: *const FxArea,
 }
 
-/// How the fast path returns to its caller: `rax` is the result, then exit
-/// with this root and FPU/SSE state.
+/// How a fast path returns to its caller: exit with this root and FPU/SSE
+/// state, and either the CPU-made frame in place with `rax` set to the
+/// result, or (`frame`) the domain's saved registers, sanitised, which the
+/// fast path redirected to a guest handler (a bounced `syscall`, an event
+/// upcall).
 pub struct FastExit {
     pub rax: u64,
     pub cr3: u64,
     pub fx: *const FxArea,
+    /// The frame to exit with instead of the one in place (`rax` is then
+    /// already in it).
+    pub frame: Option<*const TrapFrame>,
 }
 
 impl<M: Machine> Hv<M> {
@@ -963,13 +969,20 @@ impl<M: Machine> Hv<M> {
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
     /// or per-domain CPU state runs on the frame in place and returns
-    /// straight to its caller, unless an event upcall became due. Time is
-    /// not sampled: every deadline is enforced by the armed one-shot timer,
-    /// whose interrupt is taken as soon as the guest runs again, and the run
-    /// time is charged at the next full entry (`entered_at` is left alone).
-    /// Returns the CR3 and FPU area to exit with, or `None` to finish the
-    /// entry on the full path (the result waits in `pending_action`).
-    pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5]) -> Option<FastExit> {
+    /// straight to its caller. Time is not sampled: every deadline is
+    /// enforced by the armed one-shot timer, whose interrupt is taken as
+    /// soon as the guest runs again, and the run time is charged at the
+    /// next full entry (the meter's mark is left alone), to the same
+    /// domain, which is the one that did this work. An event upcall that
+    /// became due (or was due already) is delivered here too, exactly as
+    /// `Hv::prepare` would: the frame is loaded (`load`) into the
+    /// domain's registers and bounced to its event callback, and the exit
+    /// uses those registers. Returns the CR3 and FPU area to exit with, or
+    /// `None` to finish the entry on the full path (the result waits in
+    /// `pending_action`): console output to drain, another domain to
+    /// notify, or an upcall that cannot be delivered (the full path
+    /// crashes the domain).
+    pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5], load: impl FnOnce(&mut TrapFrame)) -> Option<FastExit> {
         let cur = self.cpu.current?;
         let frames = self.frames.as_mut()?;
         let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
@@ -990,14 +1003,86 @@ impl<M: Machine> Hv<M> {
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty || !self.cpu.notify.is_empty() {
-            // An upcall to deliver, console output to drain (outside the
-            // hypercall) or another domain to notify: the full path does it.
+        if d.console_dirty || !self.cpu.notify.is_empty() {
+            // Console output to drain (outside the hypercall) or another
+            // domain to notify: the full path does it.
             self.cpu.pending_action = Some(action);
             return None;
         }
-        // A new root from `new_baseptr` is the CR3 to exit with.
-        Some(FastExit { rax: v as u64, cr3: d.root * 4096, fx: &d.fx })
+        let cr3 = d.root * 4096;
+        if !d.shared.upcall_due(self.m.mem_ref()) || d.vcpu.callbacks.event == 0 {
+            // A new root from `new_baseptr` is the CR3 to exit with.
+            return Some(FastExit { rax: v as u64, cr3, fx: &d.fx, frame: None });
+        }
+        let d = &mut self.domains[cur];
+        load(&mut d.regs);
+        d.regs.rax = v as u64;
+        if !self.bounce_upcall_fast(cur) {
+            self.cpu.pending_action = Some(action);
+            return None;
+        }
+        let d = &self.domains[cur];
+        Some(FastExit { rax: d.regs.rax, cr3, fx: &d.fx, frame: Some(&d.regs) })
+    }
+
+    /// Redirects the current domain `cur`'s saved registers to its event
+    /// callback with events masked, as [`Hv::prepare`] does, for the fast
+    /// paths; `false` (with the registers to be reloaded and the mask as
+    /// it was) if that fails or the frame is not one to return to: the
+    /// full path then does it again and crashes the domain.
+    fn bounce_upcall_fast(&mut self, cur: usize) -> bool {
+        let Some(frames) = self.frames.as_ref() else { return false };
+        let d = &mut self.domains[cur];
+        let saved = d.shared.set_upcall_mask(self.m.mem(), true);
+        let b = Bounce {
+            handler: d.vcpu.callbacks.event,
+            vector: UPCALL_VECTOR,
+            error: 0,
+            cr2: 0,
+            saved_upcall_mask: u32::from(saved),
+        };
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        if bounce(&mut d.regs, &b, d.vcpu.kernel_sp, &mut view).is_ok() && d.regs.sanitize() {
+            return true;
+        }
+        d.shared.set_upcall_mask(self.m.mem(), saved != 0);
+        false
+    }
+
+    /// The bounced-`syscall` fast path: a `syscall` from ring 3 of the
+    /// running domain, which has a syscall callback and a kernel stack,
+    /// is bounced to the callback (as `Hv::syscall` does: same page
+    /// check, same [`bounce`], same sanitising) and the domain resumes
+    /// there at once, without a trip through the scheduler. As on the
+    /// hypercall fast path, time is not sampled and the run time is charged
+    /// at the next full entry to this same domain; the armed one-shot
+    /// timer enforces every deadline. `load` copies the CPU-made frame into
+    /// the domain's registers. `None`: the full path handles it (it loads
+    /// the frame again): an event upcall is due, console output waits,
+    /// the scheduler has something to do, the `syscall` came from ring 1,
+    /// or the bounce failed (the full path then crashes the domain).
+    pub fn fast_syscall(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Option<FastExit> {
+        let cur = self.cpu.current?;
+        if self.cpu.loaded != Some(cur) || self.cpu.sched_dirty || self.cpu.yielding || !self.reaping.is_empty() {
+            return None;
+        }
+        let frames = self.frames.as_ref()?;
+        let d = &mut self.domains[cur];
+        let handler = d.vcpu.callbacks.syscall;
+        if handler == 0 || d.vcpu.kernel_sp.is_none() || d.console_dirty || d.shared.upcall_due(self.m.mem_ref()) {
+            return None;
+        }
+        load(&mut d.regs);
+        let insn = d.regs.rcx.wrapping_sub(2);
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        if view.translate(GuestVa(insn), crate::mm::guest_mem::Access { write: false, user: true }).is_err() {
+            return None;
+        }
+        let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+        if bounce(&mut d.regs, &b, d.vcpu.kernel_sp, &mut view).is_err() || !d.regs.sanitize() {
+            return None;
+        }
+        Some(FastExit { rax: d.regs.rax, cr3: d.root * 4096, fx: &d.fx, frame: Some(&d.regs) })
     }
 
     /// Fires the current domain's virtual-time alarm if that time has come.
@@ -1584,14 +1669,23 @@ impl<M: Machine> Hv<M> {
 }
 
 /// Hypercalls that only return a value (`xen_version` has its own lock-free
-/// path before this one): they change neither scheduling,
-/// timers, the trap table, stacks nor segment bases, so they may take
-/// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
-/// path reads afterwards; an unmask may make an upcall due, which it checks.)
+/// path before this one, and comes here when an upcall is due): they
+/// change neither scheduling, timers, the trap table, stacks nor segment
+/// bases, so they may take [`Hv::fast_hypercall`]. (`new_baseptr` changes
+/// `root`, which the fast path reads afterwards; an unmask may make an
+/// upcall due, which it delivers; an interdomain send or a grant unmap
+/// notification leaves a port to raise, which sends it to the full path.)
 pub fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
-        nr::CONSOLE_IO | nr::MEMORY_OP | nr::MMU_UPDATE | nr::UPDATE_VA_MAPPING | nr::MMUEXT_OP | nr::EVENT_CHANNEL_OP
+        nr::XEN_VERSION
+            | nr::CONSOLE_IO
+            | nr::MEMORY_OP
+            | nr::MMU_UPDATE
+            | nr::UPDATE_VA_MAPPING
+            | nr::MMUEXT_OP
+            | nr::EVENT_CHANNEL_OP
+            | nr::GRANT_TABLE_OP
     )
 }
 

@@ -9,7 +9,7 @@
 //! hypervisor's static state), allocation-free and indexed by slot, which
 //! `heapless::BinaryHeap` is not (it cannot remove or re-key an element).
 //!
-//! Invariants (checked by [`IndexedHeap::check`] in the tests):
+//! Invariants (checked by `IndexedHeap::check` in the tests):
 //! - `heap[..len]` is a min-heap by key (ties are broken by the key itself:
 //!   callers make keys unique by including the slot);
 //! - `pos[s] == Some(i)` exactly when `heap[i].1 == s` for `i < len`.
@@ -74,6 +74,9 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         } else {
             let i = p as usize;
             let old = self.heap[i].0;
+            if key == old {
+                return;
+            }
             self.heap[i].0 = key;
             if key < old {
                 self.up(i);
