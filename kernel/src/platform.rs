@@ -42,7 +42,7 @@ use ringfence_kernel::domain::DomainTable;
 use ringfence_kernel::event::SharedPage;
 use ringfence_kernel::hv::{fast_path_hypercall, Domain, FastExit, Hv, Machine, Next, SPURIOUS_VECTOR, TIMER_VECTOR};
 use ringfence_kernel::mm::frames::{FrameTable, Mfn};
-use ringfence_kernel::regs::FxArea;
+use ringfence_kernel::regs::{FxArea, IretFrame};
 use spin::Mutex;
 
 pub use ringfence_kernel::hv::MAX_DOMAINS;
@@ -201,10 +201,11 @@ fn run(next: Next) -> ! {
 
 /// Entry from ring 1 or 3 (see `arch::entry`).
 ///
-/// The null trap and fast-path hypercalls are handled on the frame where
-/// `entry_common` built it (the exit slot at the top of the entry stack) and
-/// return from there, with no copies; everything else copies the frame into
-/// the domain and goes through `Hv::on_trap`.
+/// The null trap, fast-path hypercalls and a ring-3 `syscall` bounced to
+/// the guest kernel are handled on the frame where `entry_common` built it
+/// (the exit slot at the top of the entry stack) and return from there, with
+/// no copies (only `rax` and the `iretq` part may change); everything else
+/// copies the frame into the domain and goes through `Hv::on_trap`.
 #[no_mangle]
 extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     use core::sync::atomic::Ordering::Relaxed;
@@ -260,15 +261,15 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
                 (&raw const (*frame).r8).read_volatile(),
             ]
         };
-        // SAFETY: as above: one copy, straight into the domain's state.
-        let done = HV.lock().fast_hypercall(nr, a, |regs| *regs = unsafe { frame.read_volatile() });
+        let done = HV.lock().fast_hypercall(nr, a, || read_iret(frame));
         if let Some(exit) = done {
             fast_exit(frame, exit);
         }
     }
     if vector == u64::from(SYSCALL_VECTOR) && in_place {
-        // SAFETY: as above: one copy, straight into the domain's state.
-        let done = HV.lock().fast_syscall(|regs| *regs = unsafe { frame.read_volatile() });
+        // SAFETY: as above.
+        let rcx = unsafe { (&raw const (*frame).rcx).read_volatile() };
+        let done = HV.lock().fast_syscall(rcx, read_iret(frame));
         if let Some(exit) = done {
             fast_exit(frame, exit);
         }
@@ -287,26 +288,38 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     run(next)
 }
 
-/// Leaves a fast path (the lock is dropped): with the in-place frame and
-/// the result in `rax`, or with the frame the fast path prepared.
-fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, frame: prepared }: FastExit) -> ! {
+/// The `iretq` part of the frame `entry_common` built at `frame` (the exit
+/// slot of the entry stack), read once.
+fn read_iret(frame: *const TrapFrame) -> IretFrame {
+    // SAFETY: `frame` is the complete frame `entry_common` built (see
+    // `rust_guest_trap`), mapped read-write in the hypervisor view; its
+    // last five words are the `iretq` part (asserted in `regs`).
+    unsafe { (&raw const (*frame).rip).cast::<IretFrame>().read_volatile() }
+}
+
+/// Leaves a fast path (the lock is dropped) through the CPU-made frame in
+/// place, with the result in `rax` and the `iretq` part the fast path
+/// prepared, if any.
+#[inline(always)]
+fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, iret }: FastExit) -> ! {
     use core::sync::atomic::Ordering::Relaxed;
     stretch::end();
     // A new root from `new_baseptr` is the CR3 to exit with.
     CURRENT_CR3.store(cr3, Relaxed);
-    match prepared {
-        // SAFETY: the fast path returned the current domain's validated
-        // root, its own FPU area and its saved registers, sanitised; they
-        // stay in the domain's slot, which nothing changes until the next
-        // trap, while they are copied out.
-        Some(f) => unsafe { entry::enter_guest(cr3, &*f, fx) },
-        // SAFETY: the CPU made this frame for an `int 0x82` from ring 1
-        // (DPL 1 gate) and its rip is canonical (checked by the caller), so
-        // only `rax` changes; the root and FPU area are as above.
-        None => unsafe {
-            (&raw mut (*frame).rax).write_volatile(rax);
-            entry::enter_guest_in_place(cr3, fx)
-        },
+    // SAFETY: the frame is the CPU-made one in the exit slot, safe to
+    // `iretq` through (guest selectors, IF set, IOPL 0, canonical rip:
+    // checked by the caller); only `rax` and, when the fast path bounced
+    // it to a guest handler, its `iretq` part change, and that part was
+    // sanitised by the fast path. The root and FPU area are the current
+    // domain's own (validated root).
+    unsafe {
+        if let Some(v) = rax {
+            (&raw mut (*frame).rax).write_volatile(v);
+        }
+        if let Some(f) = iret {
+            (&raw mut (*frame).rip).cast::<IretFrame>().write_volatile(f);
+        }
+        entry::enter_guest_in_place(cr3, fx)
     }
 }
 

@@ -1,7 +1,8 @@
 //! Bouncing traps, events and system calls into the guest kernel.
 //!
 //! [`bounce`] is the one place that redirects a domain's saved registers to a
-//! guest handler: it picks the stack (current ring-1 stack below the red
+//! guest handler ([`bounce_iret`] is its core, on the `iretq` part of a frame
+//! only, which the fast paths use on the CPU-made frame in place): it picks the stack (current ring-1 stack below the red
 //! zone, or the `stack_switch` stack when coming from ring 3), writes a
 //! [`BounceFrame`] there through the guest-memory accessor, and points the
 //! registers at the handler in ring 1. The write is checked like any other
@@ -9,7 +10,7 @@
 //! write anywhere else: the bounce fails and the caller crashes the domain.
 
 use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem};
-use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
+use crate::regs::{IretFrame, Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use pvguest_abi::trap::BounceFrame;
@@ -59,6 +60,21 @@ pub struct Bounce {
 /// stack. On error `regs` is unchanged.
 pub fn bounce<M: PhysMem>(
     regs: &mut Regs,
+    b: &Bounce,
+    kernel_sp: Option<u64>,
+    view: &mut GuestView<'_, M>,
+) -> Result<(), BounceError> {
+    let mut f = regs.iret();
+    bounce_iret(&mut f, b, kernel_sp, view)?;
+    regs.set_iret(f);
+    Ok(())
+}
+
+/// [`bounce`] on the `iretq` part of a frame only (the general registers
+/// are not read or changed by a bounce): what the fast paths use on the
+/// CPU-made frame. On error `regs` is unchanged.
+pub fn bounce_iret<M: PhysMem>(
+    regs: &mut IretFrame,
     b: &Bounce,
     kernel_sp: Option<u64>,
     view: &mut GuestView<'_, M>,

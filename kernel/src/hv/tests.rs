@@ -696,9 +696,10 @@ fn console_io_lines_are_tagged_with_the_domain_name_and_control_bytes_escaped() 
     );
     // The fast path prints the same way, returning in place.
     r.write_guest(a, SCRATCH, b"\n");
-    let exit = r.hv.fast_hypercall(nr::CONSOLE_IO, [console_io::WRITE, 1, SCRATCH, 0, 0], |_| {}).expect("in place");
-    assert!(exit.frame.is_none(), "no upcall: the frame in place");
-    assert_eq!(exit.rax, 1);
+    let f = r.frame().iret();
+    let exit = r.hv.fast_hypercall(nr::CONSOLE_IO, [console_io::WRITE, 1, SCRATCH, 0, 0], || f).expect("in place");
+    assert!(exit.iret.is_none(), "no upcall: the frame in place");
+    assert_eq!(exit.rax, Some(1));
     assert_eq!(exit.cr3, r.dom(a).root * PAGE_SIZE);
     assert!(String::from_utf8_lossy(&r.hv.m.console).ends_with("[alpha] partial\n"));
 }
@@ -886,16 +887,19 @@ fn the_fast_path_delivers_a_due_upcall_exactly_as_the_full_path_does() {
     let mut fast = Rig::boot(&[dom("a")]);
     let g = xen_version_with_an_upcall_due(&mut fast);
     assert_eq!(f, g, "the same guest state in both");
-    let exit = fast.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], |regs| *regs = g).expect("delivered in place");
+    let exit = fast.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], || g.iret()).expect("delivered in place");
     let a = fast.next.id;
-    assert!(core::ptr::eq(exit.frame.expect("a bounced frame"), &fast.dom(a).regs));
     assert_eq!(exit.cr3, fast.dom(a).root * PAGE_SIZE);
-    assert_eq!(fast.frame(), full.frame(), "same registers: the event callback, rax = the result");
-    assert_eq!(fast.frame().rip, CALLBACK);
-    assert_eq!(fast.frame().rax, 1);
+    // What the CPU-made frame becomes on the way out.
+    let mut out = g;
+    out.rax = exit.rax.expect("a result");
+    out.set_iret(exit.iret.expect("bounced"));
+    assert_eq!(out, full.frame(), "same registers: the event callback, rax = the result");
+    assert_eq!(out.rip, CALLBACK);
+    assert_eq!(out.rax, 1);
     let (mut bf, mut bg) = (BounceFrame::default(), BounceFrame::default());
     full.read_guest(a, full.frame().rsp, bf.as_mut_bytes());
-    fast.read_guest(a, fast.frame().rsp, bg.as_mut_bytes());
+    fast.read_guest(a, out.rsp, bg.as_mut_bytes());
     assert_eq!(bf, bg, "same bounce frame");
     assert_eq!(bg.vector, UPCALL_VECTOR);
     let mask = offset_of!(VcpuInfo, evtchn_upcall_mask);
@@ -908,7 +912,7 @@ fn the_fast_path_leaves_an_undeliverable_upcall_to_the_full_path_which_crashes_t
     let f = xen_version_with_an_upcall_due(&mut r);
     // A ring-1 stack the hypervisor cannot write the frame to.
     let f = Regs { rsp: 0x10, ..f };
-    assert!(r.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], |regs| *regs = f).is_none());
+    assert!(r.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], || f.iret()).is_none());
     let a = r.next.id;
     let mask = offset_of!(VcpuInfo, evtchn_upcall_mask);
     assert_eq!(r.shared_byte(a, mask), 0, "the mask is as it was");
@@ -931,5 +935,5 @@ fn a_syscall_from_ring_1_is_not_bounced_on_the_fast_path() {
         ss: u64::from(selectors::GUEST_USER_SS),
         ..r.frame()
     };
-    assert!(r.hv.fast_syscall(|regs| *regs = f).is_none(), "kernel code: the full path decides");
+    assert!(r.hv.fast_syscall(f.rcx, f.iret()).is_none(), "kernel code: the full path decides");
 }
