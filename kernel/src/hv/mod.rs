@@ -96,14 +96,14 @@ use crate::grant::{
 use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
-use crate::mm::guest_mem::{GuestVa, GuestView};
+use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
 use crate::regs::{FxArea, IretFrame, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use crate::sched::heap::IndexedHeap;
 use crate::time::TscScale;
-use crate::trap::{bounce, bounce_iret, Bounce};
+use crate::trap::{bounce, bounce_iret_remembered, Bounce};
 use core::fmt::Write as _;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
@@ -276,6 +276,11 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+    /// The fast paths' remembered translations (a `syscall`'s page, the
+    /// page a bounce frame went to), kept only across fast `syscall`s and
+    /// `xen_version` calls, which change nothing: every other entry
+    /// forgets them ([`crate::mm::guest_mem`] says why that is enough).
+    pub memo: [Option<Remembered>; 2],
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -590,6 +595,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
+                memo: [None; 2],
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -828,6 +834,7 @@ impl<M: Machine> Hv<M> {
     /// current domain's saved registers (one copy from the entry stack).
     pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
+        self.cpu.memo = [None; 2];
         self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
         load(&mut self.domains[cur].regs);
         let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
@@ -1005,6 +1012,11 @@ impl<M: Machine> Hv<M> {
     /// notify, or an upcall that cannot be delivered (the full path
     /// crashes the domain).
     pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5], iret: impl FnOnce() -> IretFrame) -> Option<FastExit> {
+        if nr != nr::XEN_VERSION {
+            // It may change page tables or frame ownership; `xen_version`
+            // changes nothing at all.
+            self.cpu.memo = [None; 2];
+        }
         let cur = self.cpu.current?;
         let frames = self.frames.as_mut()?;
         let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
@@ -1061,7 +1073,8 @@ impl<M: Machine> Hv<M> {
         };
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
         let mut f = *iret;
-        if bounce_iret(&mut f, &b, d.vcpu.kernel_sp, &mut view).is_ok() && f.sanitize() {
+        let stack = &mut self.cpu.memo[1];
+        if bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, stack).is_ok() && f.sanitize() {
             *iret = f;
             return true;
         }
@@ -1096,12 +1109,14 @@ impl<M: Machine> Hv<M> {
         }
         let insn = rcx.wrapping_sub(2);
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        if view.translate(GuestVa(insn), crate::mm::guest_mem::Access { write: false, user: true }).is_err() {
+        let [code, stack] = &mut self.cpu.memo;
+        let user_read = crate::mm::guest_mem::Access { write: false, user: true };
+        if view.translate_remembered(GuestVa(insn), user_read, code).is_err() {
             return None;
         }
         let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
         let mut f = iret;
-        if bounce_iret(&mut f, &b, d.vcpu.kernel_sp, &mut view).is_err() || !f.sanitize() {
+        if bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, stack).is_err() || !f.sanitize() {
             return None;
         }
         Some(FastExit { rax: None, cr3: d.root * 4096, fx: &d.fx, iret: Some(f) })

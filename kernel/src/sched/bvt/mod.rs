@@ -590,11 +590,13 @@ impl<const N: usize> Bvt<N> {
         match self.best(Some(current)) {
             Some((n, _)) => {
                 let other = self.entity(n).map_or(0, |e| e.avt);
-                if let Some(e) = self.entity_mut(current) {
-                    e.avt = e.avt.max(other);
+                // Usually the yielder is ahead already (it just ran): then
+                // nothing changes and nothing is re-indexed.
+                if let Some(e) = self.entity_mut(current).filter(|e| e.avt < other) {
+                    e.avt = other;
+                    self.reindex(current);
+                    self.update_svt();
                 }
-                self.reindex(current);
-                self.update_svt();
                 Pick { next: Some(n), run_for_ns: self.run_for(n) }
             }
             None => self.pick(now, Some(current)),
