@@ -32,6 +32,7 @@ use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCES
 use crate::log;
 use crate::log::Sym;
 use core::mem::MaybeUninit;
+use pvguest_abi::trap::SYSCALL_VECTOR;
 use pvguest_abi::{hypercall as nr, HYPERCALL_VECTOR, NULL_TRAP_VECTOR};
 use ring_protocol::{ByteChannel, SharedMem};
 use ringfence_bundle::Bundle;
@@ -41,7 +42,7 @@ use ringfence_kernel::domain::DomainTable;
 use ringfence_kernel::event::SharedPage;
 use ringfence_kernel::hv::{fast_path_hypercall, Domain, FastExit, Hv, Machine, Next, SPURIOUS_VECTOR, TIMER_VECTOR};
 use ringfence_kernel::mm::frames::{FrameTable, Mfn};
-use ringfence_kernel::regs::FxArea;
+use ringfence_kernel::regs::{FxArea, IretFrame};
 use spin::Mutex;
 
 pub use ringfence_kernel::hv::MAX_DOMAINS;
@@ -200,10 +201,11 @@ fn run(next: Next) -> ! {
 
 /// Entry from ring 1 or 3 (see `arch::entry`).
 ///
-/// The null trap and fast-path hypercalls are handled on the frame where
-/// `entry_common` built it (the exit slot at the top of the entry stack) and
-/// return from there, with no copies; everything else copies the frame into
-/// the domain and goes through `Hv::on_trap`.
+/// The null trap, fast-path hypercalls and a ring-3 `syscall` bounced to
+/// the guest kernel are handled on the frame where `entry_common` built it
+/// (the exit slot at the top of the entry stack) and return from there, with
+/// no copies (only `rax` and the `iretq` part may change); everything else
+/// copies the frame into the domain and goes through `Hv::on_trap`.
 #[no_mangle]
 extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     use core::sync::atomic::Ordering::Relaxed;
@@ -259,19 +261,17 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
                 (&raw const (*frame).r8).read_volatile(),
             ]
         };
-        let done = HV.lock().fast_hypercall(nr, a);
-        if let Some(FastExit { rax, cr3, fx }) = done {
-            stretch::end();
-            // A new root from `new_baseptr` is the CR3 to exit with.
-            CURRENT_CR3.store(cr3, Relaxed);
-            // SAFETY: the CPU made this frame for an `int 0x82` from ring 1
-            // (DPL 1 gate) and its rip is canonical (checked above), so only
-            // `rax` changes; `fast_hypercall` returned the current domain's
-            // validated root and its own FPU area.
-            unsafe {
-                (&raw mut (*frame).rax).write_volatile(rax);
-                entry::enter_guest_in_place(cr3, fx)
-            }
+        let done = HV.lock().fast_hypercall(nr, a, || read_iret(frame));
+        if let Some(exit) = done {
+            fast_exit(frame, exit);
+        }
+    }
+    if vector == u64::from(SYSCALL_VECTOR) && in_place {
+        // SAFETY: as above.
+        let rcx = unsafe { (&raw const (*frame).rcx).read_volatile() };
+        let done = HV.lock().fast_syscall(rcx, read_iret(frame));
+        if let Some(exit) = done {
+            fast_exit(frame, exit);
         }
     }
     let next = HV.lock().on_trap_with(|regs| {
@@ -286,6 +286,41 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
         }
     });
     run(next)
+}
+
+/// The `iretq` part of the frame `entry_common` built at `frame` (the exit
+/// slot of the entry stack), read once.
+fn read_iret(frame: *const TrapFrame) -> IretFrame {
+    // SAFETY: `frame` is the complete frame `entry_common` built (see
+    // `rust_guest_trap`), mapped read-write in the hypervisor view; its
+    // last five words are the `iretq` part (asserted in `regs`).
+    unsafe { (&raw const (*frame).rip).cast::<IretFrame>().read_volatile() }
+}
+
+/// Leaves a fast path (the lock is dropped) through the CPU-made frame in
+/// place, with the result in `rax` and the `iretq` part the fast path
+/// prepared, if any.
+#[inline(always)]
+fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, iret }: FastExit) -> ! {
+    use core::sync::atomic::Ordering::Relaxed;
+    stretch::end();
+    // A new root from `new_baseptr` is the CR3 to exit with.
+    CURRENT_CR3.store(cr3, Relaxed);
+    // SAFETY: the frame is the CPU-made one in the exit slot, safe to
+    // `iretq` through (guest selectors, IF set, IOPL 0, canonical rip:
+    // checked by the caller); only `rax` and, when the fast path bounced
+    // it to a guest handler, its `iretq` part change, and that part was
+    // sanitised by the fast path. The root and FPU area are the current
+    // domain's own (validated root).
+    unsafe {
+        if let Some(v) = rax {
+            (&raw mut (*frame).rax).write_volatile(v);
+        }
+        if let Some(f) = iret {
+            (&raw mut (*frame).rip).cast::<IretFrame>().write_volatile(f);
+        }
+        entry::enter_guest_in_place(cr3, fx)
+    }
 }
 
 /// Entry from ring 0: an interrupt while idle, or a hypervisor fault.

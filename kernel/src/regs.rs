@@ -36,8 +36,22 @@ pub struct Regs {
     pub ss: u64,
 }
 
+/// The part of a frame that `iretq` consumes, in stack order: where and
+/// how the guest resumes. The fast paths redirect and sanitise only this
+/// part of the CPU-made frame, in place.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct IretFrame {
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
 const _: () = {
     assert!(core::mem::size_of::<Regs>() == 176);
+    assert!(core::mem::offset_of!(Regs, rip) + core::mem::size_of::<IretFrame>() == 176);
     assert!(core::mem::offset_of!(Regs, vector) == 15 * 8);
     assert!(core::mem::offset_of!(Regs, cs) == 18 * 8);
 };
@@ -98,6 +112,31 @@ pub const RFLAGS_AC: u64 = 1 << 18;
 pub const GUEST_RFLAGS: u64 = 0x1 | 0x4 | 0x10 | 0x40 | 0x80 | 0x100 | 0x400 | 0x800 | 0x4_0000 | 0x20_0000;
 
 impl Regs {
+    /// The privilege level the frame returns to.
+    pub const fn ring(&self) -> u8 {
+        (self.cs & 3) as u8
+    }
+
+    /// The `iretq` part of the frame.
+    pub const fn iret(&self) -> IretFrame {
+        IretFrame { rip: self.rip, cs: self.cs, rflags: self.rflags, rsp: self.rsp, ss: self.ss }
+    }
+
+    /// Replaces the `iretq` part of the frame.
+    pub fn set_iret(&mut self, f: IretFrame) {
+        (self.rip, self.cs, self.rflags, self.rsp, self.ss) = (f.rip, f.cs, f.rflags, f.rsp, f.ss);
+    }
+
+    /// Makes the frame safe to `iretq` to ([`IretFrame::sanitize`]).
+    pub fn sanitize(&mut self) -> bool {
+        let mut f = self.iret();
+        let ok = f.sanitize();
+        self.set_iret(f);
+        ok
+    }
+}
+
+impl IretFrame {
     /// The privilege level the frame returns to.
     pub const fn ring(&self) -> u8 {
         (self.cs & 3) as u8

@@ -1,15 +1,17 @@
 //! Bouncing traps, events and system calls into the guest kernel.
 //!
 //! [`bounce`] is the one place that redirects a domain's saved registers to a
-//! guest handler: it picks the stack (current ring-1 stack below the red
-//! zone, or the `stack_switch` stack when coming from ring 3), writes a
+//! guest handler ([`bounce_iret`] is its core, on the `iretq` part of a frame
+//! only, which the fast paths use on the CPU-made frame in place): it picks
+//! the stack (current ring-1 stack below the red zone, or the `stack_switch`
+//! stack when coming from ring 3), writes a
 //! [`BounceFrame`] there through the guest-memory accessor, and points the
 //! registers at the handler in ring 1. The write is checked like any other
 //! guest access, so a guest with a broken stack cannot make the hypervisor
 //! write anywhere else: the bounce fails and the caller crashes the domain.
 
-use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem};
-use crate::regs::{Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
+use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem, Remembered};
+use crate::regs::{IretFrame, Regs, RFLAGS_AC, RFLAGS_DF, RFLAGS_NT, RFLAGS_TF};
 use core::fmt;
 use pvguest_abi::selectors::{GUEST_KERNEL_CS, GUEST_KERNEL_SS};
 use pvguest_abi::trap::BounceFrame;
@@ -63,6 +65,34 @@ pub fn bounce<M: PhysMem>(
     kernel_sp: Option<u64>,
     view: &mut GuestView<'_, M>,
 ) -> Result<(), BounceError> {
+    let mut f = regs.iret();
+    bounce_iret(&mut f, b, kernel_sp, view)?;
+    regs.set_iret(f);
+    Ok(())
+}
+
+/// [`bounce`] on the `iretq` part of a frame only (the general registers
+/// are not read or changed by a bounce): what the fast paths use on the
+/// CPU-made frame. On error `regs` is unchanged.
+pub fn bounce_iret<M: PhysMem>(
+    regs: &mut IretFrame,
+    b: &Bounce,
+    kernel_sp: Option<u64>,
+    view: &mut GuestView<'_, M>,
+) -> Result<(), BounceError> {
+    bounce_iret_remembered(regs, b, kernel_sp, view, &mut None)
+}
+
+/// [`bounce_iret`], writing the frame through
+/// [`GuestView::copy_to_remembered`] with `memo` (see
+/// [`crate::mm::guest_mem`] for when a memo may be kept).
+pub fn bounce_iret_remembered<M: PhysMem>(
+    regs: &mut IretFrame,
+    b: &Bounce,
+    kernel_sp: Option<u64>,
+    view: &mut GuestView<'_, M>,
+    memo: &mut Option<Remembered>,
+) -> Result<(), BounceError> {
     if b.handler == 0 {
         return Err(BounceError::NoHandler);
     }
@@ -84,7 +114,8 @@ pub fn bounce<M: PhysMem>(
     if frame_at > sp {
         return Err(BounceError::StackFault(frame_at));
     }
-    view.copy_to(GuestVa(frame_at), frame.as_bytes()).map_err(|_| BounceError::StackFault(frame_at))?;
+    view.copy_to_remembered(GuestVa(frame_at), frame.as_bytes(), memo)
+        .map_err(|_| BounceError::StackFault(frame_at))?;
     regs.rip = b.handler;
     regs.cs = u64::from(GUEST_KERNEL_CS);
     regs.ss = u64::from(GUEST_KERNEL_SS);
@@ -102,6 +133,7 @@ mod tests {
     use crate::domain::DomId;
     use crate::mm::frames::{FrameInfo, FrameTable, Owner};
     use crate::mm::guest_mem::fake::FakeMem;
+    use crate::mm::guest_mem::Access;
     use crate::mm::paging::{Pte, PteFlags};
     use pvguest_abi::layout::GUEST_KERNEL_BASE;
 
@@ -176,6 +208,44 @@ mod tests {
         bounce(&mut r, &B, Some(GUEST_KERNEL_BASE + 0x8000), &mut view).unwrap();
         assert_eq!(r.rsp, GUEST_KERNEL_BASE + 0x8000 - 64);
         assert_eq!(r.cs, u64::from(GUEST_KERNEL_CS));
+    }
+
+    #[test]
+    fn a_remembered_stack_page_gives_the_same_bounce_and_is_used_only_for_its_view() {
+        let mut mem = FakeMem::default();
+        setup(&mut mem);
+        let mut store = [FrameInfo::RESERVED; 32];
+        let t = frames(&mut store);
+        let sp = Some(GUEST_KERNEL_BASE + 0x8000);
+        let user = Regs { rip: 0x400000, cs: 0x33, rsp: 0x7000, ss: 0x2b, ..Regs::default() }.iret();
+        let mut memo = None;
+        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
+        let (mut a, mut b) = (user, user);
+        bounce_iret(&mut a, &B, sp, &mut view).unwrap();
+        bounce_iret_remembered(&mut b, &B, sp, &mut view, &mut memo).unwrap();
+        assert_eq!(a, b);
+        let m = memo.expect("the walk was remembered");
+        let mut c = user;
+        bounce_iret_remembered(&mut c, &B, sp, &mut view, &mut memo).unwrap();
+        assert_eq!((c, memo), (a, Some(m)), "answered from the memo");
+        // Another domain's view (same root number) does not use it: its walk
+        // fails on ownership.
+        let mut other = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(2) };
+        let mut d = user;
+        assert!(bounce_iret_remembered(&mut d, &B, sp, &mut other, &mut memo).is_err());
+        assert_eq!(d, user);
+        // Nor does a read-only access of the same page answer a write.
+        let mut view = GuestView { mem: &mut mem, frames: &t, root: 1, dom: DomId::of(1) };
+        let mut ro = None;
+        view.translate_remembered(GuestVa(GUEST_KERNEL_BASE + 8 * 4096), Access::KERNEL_READ, &mut ro).unwrap();
+        let mut e = Regs { cs: 0x19, rsp: GUEST_KERNEL_BASE + 9 * 4096 - 8, ..Regs::default() }.iret();
+        let frame_page = ((e.rsp - RED_ZONE) & !15) - 64;
+        assert_eq!(
+            frame_page >> 12,
+            (GUEST_KERNEL_BASE + 8 * 4096) >> 12,
+            "the frame would land in the read-only page"
+        );
+        assert!(bounce_iret_remembered(&mut e, &B, None, &mut view, &mut ro).is_err(), "page 8 is read-only");
     }
 
     #[test]

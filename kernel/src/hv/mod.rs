@@ -34,6 +34,27 @@
 //!    (segment bases, syscall gate, ring-1 stack), arm the one-shot timer
 //!    for the nearest deadline, and return to it.
 //!
+//! # Fast paths
+//! Some entries never make that trip: the hypercalls of
+//! [`fast_path_hypercall`] ([`Hv::fast_hypercall`]) and a `syscall` from
+//! ring 3 ([`Hv::fast_syscall`]) run under the lock on the CPU-made frame
+//! in place and return straight to the same domain. Their invariants:
+//! - Nothing that can change the pick happens on them (no wake, block,
+//!   yield, death, timer or console work; a port to raise in another
+//!   domain, console output or a failed bounce sends the entry to the full
+//!   path, which starts from the CPU-made frame again).
+//! - Time is not sampled and nothing is charged: the meter's mark stays
+//!   where it was, so the next full entry charges the whole interval to the
+//!   running domain, which is the one that did the work. Every deadline
+//!   (slice end, timers, virtual-time alarm) is still enforced by the armed
+//!   one-shot timer, whose interrupt is taken as soon as the guest runs.
+//! - While a domain runs, the CPU-made frame is the truth and its saved
+//!   [`Domain::regs`] are stale: they are only read after a full entry has
+//!   copied the frame in. A fast path changes only `rax` and, when it
+//!   bounces (a `syscall` to its callback, a due upcall to the event
+//!   callback, exactly as the full path would), the `iretq` part, which it
+//!   sanitises like every other return frame.
+//!
 //! # Console draining and latency
 //! A domain's console ring is drained in that domain's time only (when it
 //! traps, when it is picked, or when the CPU would idle), in steps of
@@ -75,14 +96,14 @@ use crate::grant::{
 use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
-use crate::mm::guest_mem::{GuestVa, GuestView};
+use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
-use crate::regs::{FxArea, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
+use crate::regs::{FxArea, IretFrame, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use crate::sched::heap::IndexedHeap;
 use crate::time::TscScale;
-use crate::trap::{bounce, Bounce};
+use crate::trap::{bounce, bounce_iret_remembered, Bounce};
 use core::fmt::Write as _;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
@@ -255,6 +276,11 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+    /// The fast paths' remembered translations (a `syscall`'s page, the
+    /// page a bounce frame went to), kept only across fast `syscall`s and
+    /// `xen_version` calls, which change nothing: every other entry
+    /// forgets them ([`crate::mm::guest_mem`] says why that is enough).
+    pub memo: [Option<Remembered>; 2],
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -539,12 +565,18 @@ pub struct Next {
     pub fx: *const FxArea,
 }
 
-/// How the fast path returns to its caller: `rax` is the result, then exit
-/// with this root and FPU/SSE state.
+/// How a fast path returns to its caller: exit through the CPU-made frame
+/// in place, with this root and FPU/SSE state, after putting the result in
+/// `rax` (if any) and the `iretq` part the fast path prepared (if any: a
+/// bounce to a guest handler, sanitised). The rest of the frame is the
+/// guest's own registers, as the CPU saved them.
 pub struct FastExit {
-    pub rax: u64,
+    /// The hypercall's result (`None`: `rax` stays as it is).
+    pub rax: Option<u64>,
     pub cr3: u64,
     pub fx: *const FxArea,
+    /// The `iretq` part to resume with (`None`: the frame's own).
+    pub iret: Option<IretFrame>,
 }
 
 impl<M: Machine> Hv<M> {
@@ -563,6 +595,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
+                memo: [None; 2],
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -801,6 +834,7 @@ impl<M: Machine> Hv<M> {
     /// current domain's saved registers (one copy from the entry stack).
     pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
+        self.cpu.memo = [None; 2];
         self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
         load(&mut self.domains[cur].regs);
         let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
@@ -963,13 +997,26 @@ impl<M: Machine> Hv<M> {
 
     /// The hypercall fast path: a hypercall that cannot change scheduling
     /// or per-domain CPU state runs on the frame in place and returns
-    /// straight to its caller, unless an event upcall became due. Time is
-    /// not sampled: every deadline is enforced by the armed one-shot timer,
-    /// whose interrupt is taken as soon as the guest runs again, and the run
-    /// time is charged at the next full entry (`entered_at` is left alone).
-    /// Returns the CR3 and FPU area to exit with, or `None` to finish the
-    /// entry on the full path (the result waits in `pending_action`).
-    pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5]) -> Option<FastExit> {
+    /// straight to its caller. Time is not sampled: every deadline is
+    /// enforced by the armed one-shot timer, whose interrupt is taken as
+    /// soon as the guest runs again, and the run time is charged at the
+    /// next full entry (the meter's mark is left alone), to the same
+    /// domain, which is the one that did this work. An event upcall that
+    /// became due (or was due already) is delivered here too, exactly as
+    /// `Hv::prepare` would: the `iretq` part of the CPU-made frame (read by
+    /// `iret`, only then) is bounced to the event callback. The domain's saved registers are
+    /// not touched: the CPU-made frame is the truth while the domain runs,
+    /// and the next full entry copies it in. Returns how to exit, or
+    /// `None` to finish the entry on the full path (the result waits in
+    /// `pending_action`): console output to drain, another domain to
+    /// notify, or an upcall that cannot be delivered (the full path
+    /// crashes the domain).
+    pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5], iret: impl FnOnce() -> IretFrame) -> Option<FastExit> {
+        if nr != nr::XEN_VERSION {
+            // It may change page tables or frame ownership; `xen_version`
+            // changes nothing at all.
+            self.cpu.memo = [None; 2];
+        }
         let cur = self.cpu.current?;
         let frames = self.frames.as_mut()?;
         let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
@@ -990,14 +1037,89 @@ impl<M: Machine> Hv<M> {
             return None;
         };
         let d = &self.domains[cur];
-        if d.shared.upcall_due(self.m.mem_ref()) || d.console_dirty || !self.cpu.notify.is_empty() {
-            // An upcall to deliver, console output to drain (outside the
-            // hypercall) or another domain to notify: the full path does it.
+        if d.console_dirty || !self.cpu.notify.is_empty() {
+            // Console output to drain (outside the hypercall) or another
+            // domain to notify: the full path does it.
             self.cpu.pending_action = Some(action);
             return None;
         }
         // A new root from `new_baseptr` is the CR3 to exit with.
-        Some(FastExit { rax: v as u64, cr3: d.root * 4096, fx: &d.fx })
+        let exit = FastExit { rax: Some(v as u64), cr3: d.root * 4096, fx: &d.fx, iret: None };
+        if !d.shared.upcall_due(self.m.mem_ref()) || d.vcpu.callbacks.event == 0 {
+            return Some(exit);
+        }
+        let mut iret = iret();
+        if !self.bounce_upcall_fast(cur, &mut iret) {
+            self.cpu.pending_action = Some(action);
+            return None;
+        }
+        Some(FastExit { iret: Some(iret), ..exit })
+    }
+
+    /// Redirects `iret` of the current domain `cur` to its event callback
+    /// with events masked, as `Hv::prepare` does, for the fast paths, and
+    /// sanitises it; `false` (with the mask as it was) if that fails: the
+    /// full path then does it again and crashes the domain.
+    fn bounce_upcall_fast(&mut self, cur: usize, iret: &mut IretFrame) -> bool {
+        let Some(frames) = self.frames.as_ref() else { return false };
+        let d = &mut self.domains[cur];
+        let saved = d.shared.set_upcall_mask(self.m.mem(), true);
+        let b = Bounce {
+            handler: d.vcpu.callbacks.event,
+            vector: UPCALL_VECTOR,
+            error: 0,
+            cr2: 0,
+            saved_upcall_mask: u32::from(saved),
+        };
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        let mut f = *iret;
+        let stack = &mut self.cpu.memo[1];
+        if bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, stack).is_ok() && f.sanitize() {
+            *iret = f;
+            return true;
+        }
+        d.shared.set_upcall_mask(self.m.mem(), saved != 0);
+        false
+    }
+
+    /// The bounced-`syscall` fast path: a `syscall` from ring 3 of the
+    /// running domain, which has a syscall callback and a kernel stack,
+    /// is bounced to the callback (as `Hv::syscall` does: same page check
+    /// on `rcx - 2`, same bounce, same sanitising) and the domain resumes
+    /// there at once, without a trip through the scheduler: only `iret`,
+    /// the `iretq` part of the CPU-made frame, changes (a bounce reads and
+    /// changes nothing else). As on the hypercall fast path, time is not
+    /// sampled, the run time is charged at the next full entry to this
+    /// same domain, the armed one-shot timer enforces every deadline, and
+    /// the domain's saved registers are left to the next full entry.
+    /// `None`: the full path handles it: an event upcall is due, console
+    /// output waits, the scheduler has something to do, the `syscall` came
+    /// from ring 1, or the bounce failed (the full path then crashes the
+    /// domain).
+    pub fn fast_syscall(&mut self, rcx: u64, iret: IretFrame) -> Option<FastExit> {
+        let cur = self.cpu.current?;
+        if self.cpu.loaded != Some(cur) || self.cpu.sched_dirty || self.cpu.yielding || !self.reaping.is_empty() {
+            return None;
+        }
+        let frames = self.frames.as_ref()?;
+        let d = &mut self.domains[cur];
+        let handler = d.vcpu.callbacks.syscall;
+        if handler == 0 || d.vcpu.kernel_sp.is_none() || d.console_dirty || d.shared.upcall_due(self.m.mem_ref()) {
+            return None;
+        }
+        let insn = rcx.wrapping_sub(2);
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        let [code, stack] = &mut self.cpu.memo;
+        let user_read = crate::mm::guest_mem::Access { write: false, user: true };
+        if view.translate_remembered(GuestVa(insn), user_read, code).is_err() {
+            return None;
+        }
+        let b = Bounce { handler, vector: SYSCALL_VECTOR, error: 0, cr2: 0, saved_upcall_mask: 0 };
+        let mut f = iret;
+        if bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, stack).is_err() || !f.sanitize() {
+            return None;
+        }
+        Some(FastExit { rax: None, cr3: d.root * 4096, fx: &d.fx, iret: Some(f) })
     }
 
     /// Fires the current domain's virtual-time alarm if that time has come.
@@ -1088,11 +1210,15 @@ impl<M: Machine> Hv<M> {
 
     /// Runs a hypercall for domain `cur` and applies its action.
     fn hypercall(&mut self, cur: usize, now: u64) {
-        let action = match self.cpu.pending_action.take() {
-            Some(a) => a,
+        // The caller's timer and poll deadline before the hypercall (`None`:
+        // it ran on the fast path, so compare nothing and re-index).
+        let (action, deadlines_before) = match self.cpu.pending_action.take() {
+            Some(a) => (a, None),
             None => {
                 let frames = self.frames.as_mut().expect("frame table set");
-                let r = self.domains[cur].regs;
+                let d = &self.domains[cur];
+                let (nr, args) = (d.regs.rax, [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8]);
+                let before = Some((d.vcpu.timer, d.vcpu.poll_deadline));
                 let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
                 let mut env = DomEnv {
                     m: &mut self.m,
@@ -1104,7 +1230,7 @@ impl<M: Machine> Hv<M> {
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
                 };
-                hypercall::dispatch(&mut env, r.rax, [r.rdi, r.rsi, r.rdx, r.r10, r.r8])
+                (hypercall::dispatch(&mut env, nr, args), before)
             }
         };
         // Interdomain events the hypercall sent: raise them now (waking
@@ -1119,8 +1245,11 @@ impl<M: Machine> Hv<M> {
         }
         self.cpu.notify.clear();
         // The hypercall may have set or cleared the caller's timer or poll
-        // deadline.
-        self.sync_deadlines(cur);
+        // deadline (the index is up to date with what they were before).
+        let v = &self.domains[cur].vcpu;
+        if deadlines_before != Some((v.timer, v.poll_deadline)) {
+            self.sync_deadlines(cur);
+        }
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => d.regs.rax = v as u64,
@@ -1584,18 +1713,19 @@ impl<M: Machine> Hv<M> {
 }
 
 /// Hypercalls that only return a value (`xen_version` has its own lock-free
-/// path before this one): they change neither scheduling,
-/// timers, the trap table, stacks nor segment bases, so they may take
-/// [`Hv::fast_hypercall`]. (`new_baseptr` changes `root`, which the fast
-/// path reads afterwards; an unmask may make an upcall due, which it checks;
-/// a grant unmap's notification and any interdomain send go on the notify
-/// list, which sends the entry down the full path; a preempted batch
-/// continues there too. Page-table changes, grant mappings among them, need
-/// no flush here: every exit reloads CR3.)
+/// path before this one, and comes here when an upcall is due): they
+/// change neither scheduling, timers, the trap table, stacks nor segment
+/// bases, so they may take [`Hv::fast_hypercall`]. (`new_baseptr` changes
+/// `root`, which the fast path reads afterwards; an unmask may make an
+/// upcall due, which it delivers; an interdomain send or a grant unmap
+/// notification leaves a port to raise, which sends it to the full path; a
+/// preempted batch continues there too. Page-table changes, grant mappings
+/// among them, need no flush here: every exit reloads CR3.)
 pub fn fast_path_hypercall(n: u64) -> bool {
     matches!(
         n,
-        nr::CONSOLE_IO
+        nr::XEN_VERSION
+            | nr::CONSOLE_IO
             | nr::MEMORY_OP
             | nr::MMU_UPDATE
             | nr::UPDATE_VA_MAPPING

@@ -696,8 +696,10 @@ fn console_io_lines_are_tagged_with_the_domain_name_and_control_bytes_escaped() 
     );
     // The fast path prints the same way, returning in place.
     r.write_guest(a, SCRATCH, b"\n");
-    let exit = r.hv.fast_hypercall(nr::CONSOLE_IO, [console_io::WRITE, 1, SCRATCH, 0, 0]).expect("in place");
-    assert_eq!(exit.rax, 1);
+    let f = r.frame().iret();
+    let exit = r.hv.fast_hypercall(nr::CONSOLE_IO, [console_io::WRITE, 1, SCRATCH, 0, 0], || f).expect("in place");
+    assert!(exit.iret.is_none(), "no upcall: the frame in place");
+    assert_eq!(exit.rax, Some(1));
     assert_eq!(exit.cr3, r.dom(a).root * PAGE_SIZE);
     assert!(String::from_utf8_lossy(&r.hv.m.console).ends_with("[alpha] partial\n"));
 }
@@ -862,4 +864,76 @@ fn a_domain_woken_in_the_trip_it_blocked_in_runs_with_run_state_running() {
     let switched = r.now();
     assert_ne!(r.next.id, a);
     assert_eq!(r.dom(a).runstate.time[runstate::RUNNING as usize], switched);
+}
+
+/// The guest being entered has a port pending with events enabled, and
+/// calls `xen_version` from the frame it was entered with; returns that
+/// frame.
+fn xen_version_with_an_upcall_due(r: &mut Rig) -> Regs {
+    let port = r.bind_virq_timer();
+    assert_eq!(r.hypercall(nr::SET_CALLBACKS, [CALLBACK, 0, 0, 0, 0]), 0);
+    let s = r.slot(r.next.id);
+    let shared = r.hv.domains[s].shared;
+    shared.set_upcall_mask(&mut r.hv.m.ram, false);
+    assert!(shared.raise(&mut r.hv.m.ram, port), "an upcall is due");
+    Regs { vector: u64::from(HYPERCALL_VECTOR), rax: nr::XEN_VERSION, rdi: 0, rip: r.frame().rip + 2, ..r.frame() }
+}
+
+#[test]
+fn the_fast_path_delivers_a_due_upcall_exactly_as_the_full_path_does() {
+    let mut full = Rig::boot(&[dom("a")]);
+    let f = xen_version_with_an_upcall_due(&mut full);
+    full.trap(f);
+    let mut fast = Rig::boot(&[dom("a")]);
+    let g = xen_version_with_an_upcall_due(&mut fast);
+    assert_eq!(f, g, "the same guest state in both");
+    let exit = fast.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], || g.iret()).expect("delivered in place");
+    let a = fast.next.id;
+    assert_eq!(exit.cr3, fast.dom(a).root * PAGE_SIZE);
+    // What the CPU-made frame becomes on the way out.
+    let mut out = g;
+    out.rax = exit.rax.expect("a result");
+    out.set_iret(exit.iret.expect("bounced"));
+    assert_eq!(out, full.frame(), "same registers: the event callback, rax = the result");
+    assert_eq!(out.rip, CALLBACK);
+    assert_eq!(out.rax, 1);
+    let (mut bf, mut bg) = (BounceFrame::default(), BounceFrame::default());
+    full.read_guest(a, full.frame().rsp, bf.as_mut_bytes());
+    fast.read_guest(a, out.rsp, bg.as_mut_bytes());
+    assert_eq!(bf, bg, "same bounce frame");
+    assert_eq!(bg.vector, UPCALL_VECTOR);
+    let mask = offset_of!(VcpuInfo, evtchn_upcall_mask);
+    assert_eq!((full.shared_byte(a, mask), fast.shared_byte(a, mask)), (1, 1), "delivery masks events");
+}
+
+#[test]
+fn the_fast_path_leaves_an_undeliverable_upcall_to_the_full_path_which_crashes_the_domain() {
+    let mut r = Rig::boot(&[dom("a").expect(Expect::Crash), dom("b")]);
+    let f = xen_version_with_an_upcall_due(&mut r);
+    // A ring-1 stack the hypervisor cannot write the frame to.
+    let f = Regs { rsp: 0x10, ..f };
+    assert!(r.hv.fast_hypercall(nr::XEN_VERSION, [0; 5], || f.iret()).is_none());
+    let a = r.next.id;
+    let mask = offset_of!(VcpuInfo, evtchn_upcall_mask);
+    assert_eq!(r.shared_byte(a, mask), 0, "the mask is as it was");
+    r.trap(f);
+    assert!(matches!(r.hv.records.iter().find(|x| x.id == a).and_then(|x| x.exit), Some(Exit::Crashed(_))));
+}
+
+#[test]
+fn a_syscall_from_ring_1_is_not_bounced_on_the_fast_path() {
+    let mut r = Rig::boot(&[dom("a")]);
+    assert_eq!(r.hypercall(nr::SET_CALLBACKS, [CALLBACK, 0, CALLBACK, 0, 0]), 0);
+    assert_eq!(r.hypercall(nr::STACK_SWITCH, [u64::from(selectors::GUEST_KERNEL_SS), SCRATCH + 2048, 0, 0, 0]), 0);
+    // The CPU's frame for a `syscall`, from the guest kernel's own code.
+    let rip = r.frame().rip;
+    let f = Regs {
+        vector: u64::from(pvguest_abi::trap::SYSCALL_VECTOR),
+        rcx: rip + 2,
+        rip: rip + 2,
+        cs: u64::from(selectors::GUEST_USER_CS),
+        ss: u64::from(selectors::GUEST_USER_SS),
+        ..r.frame()
+    };
+    assert!(r.hv.fast_syscall(f.rcx, f.iret()).is_none(), "kernel code: the full path decides");
 }

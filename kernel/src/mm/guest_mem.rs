@@ -17,6 +17,18 @@
 //!
 //! Copies are done page by page; a copy that fails part-way reports `EFAULT`
 //! and may have written a prefix (as `copy_to_user` does).
+//!
+//! # Remembered translations
+//! [`GuestView::translate_remembered`] answers from a [`Remembered`] walk
+//! of the same page, root, domain and access when it has one, and walks
+//! (and remembers) otherwise. Only a walk that passed every rule above is
+//! remembered. Its caller owns the memo and must forget it (set it to
+//! `None`) whenever the view's page tables or frame ownership may have
+//! changed since: the hypervisor keeps one per CPU for its fast paths and
+//! forgets it on every entry to the hypervisor but a bounced `syscall` or
+//! `xen_version` on the fast path, which change nothing (a
+//! guest cannot change its page tables without entering it; on SMP a
+//! change on another CPU must forget every CPU's memo, as a TLB shootdown).
 
 use crate::mm::frames::{DomId, FrameTable, Mfn};
 use crate::mm::paging::{Pte, PAGE_SIZE};
@@ -102,6 +114,19 @@ impl Access {
     pub const KERNEL_WRITE: Access = Access { write: true, user: false };
 }
 
+/// A translation [`GuestView::translate`] made, to be reused while nothing
+/// can have changed it (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remembered {
+    root: Mfn,
+    dom: DomId,
+    access: Access,
+    /// The guest page (`va >> 12`).
+    page: u64,
+    /// Machine address of the start of that page.
+    pa: u64,
+}
+
 /// A domain's address space as seen by the hypervisor.
 pub struct GuestView<'a, M: PhysMem> {
     /// Machine memory.
@@ -141,6 +166,38 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
             return Err(Errno::EFAULT);
         }
         Ok(table * PAGE_SIZE + (va.0 & (PAGE_SIZE - 1)))
+    }
+
+    /// [`GuestView::translate`], answered from `memo` if it holds this
+    /// page of this view for this access, else walked and remembered there.
+    pub fn translate_remembered(
+        &self,
+        va: GuestVa,
+        access: Access,
+        memo: &mut Option<Remembered>,
+    ) -> Result<u64, Errno> {
+        let page = va.0 >> 12;
+        let offset = va.0 & (PAGE_SIZE - 1);
+        if let Some(m) =
+            memo.filter(|m| m.page == page && m.root == self.root && m.dom == self.dom && m.access == access)
+        {
+            return Ok(m.pa + offset);
+        }
+        let pa = self.translate(va, access)?;
+        *memo = Some(Remembered { root: self.root, dom: self.dom, access, page, pa: pa - offset });
+        Ok(pa)
+    }
+
+    /// [`GuestView::copy_to`] through [`GuestView::translate_remembered`]
+    /// when `data` lies within one page (otherwise a plain `copy_to`).
+    pub fn copy_to_remembered(&mut self, va: GuestVa, data: &[u8], memo: &mut Option<Remembered>) -> Result<(), Errno> {
+        let in_page = PAGE_SIZE - (va.0 & (PAGE_SIZE - 1));
+        if data.len() as u64 > in_page {
+            return self.copy_to(va, data);
+        }
+        let pa = self.translate_remembered(va, Access::KERNEL_WRITE, memo)?;
+        self.mem.write(pa, data);
+        Ok(())
     }
 
     /// Copies guest memory at `va` into `buf`.

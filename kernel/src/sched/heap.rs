@@ -74,6 +74,9 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         } else {
             let i = p as usize;
             let old = self.heap[i].0;
+            if key == old {
+                return;
+            }
             self.heap[i].0 = key;
             if key < old {
                 self.up(i);
