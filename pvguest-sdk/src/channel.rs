@@ -52,8 +52,10 @@ use ring_protocol::{Back, Front, LayoutError, Pod, SharedMem};
 pub enum ChannelError {
     /// Granting or mapping the ring page.
     Grant(GrantError),
-    /// The event channel (or memory for the page).
+    /// The event channel.
     Event(Errno),
+    /// No free page for the ring.
+    NoMemory,
     /// The ring in the page.
     Ring(LayoutError),
 }
@@ -70,7 +72,7 @@ impl<Req: Pod, Rsp: Pod> FrontChannel<Req, Rsp> {
     /// Offers a channel to domain `back`, granting the ring page through
     /// `table`.
     pub fn offer(back: u16, table: &mut GrantTable) -> Result<Self, ChannelError> {
-        let page = mm::alloc_page().ok_or(ChannelError::Event(Errno::ENOMEM))?;
+        let page = mm::alloc_page().ok_or(ChannelError::NoMemory)?;
         // SAFETY: the page is ours, mapped read-write at its linear address
         // for the life of the domain (the SDK's allocator never frees), and
         // used only through this ring and the peer's mapping of it.

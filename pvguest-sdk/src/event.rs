@@ -125,6 +125,36 @@ pub fn block() {
     crate::sched::block();
 }
 
+/// Sleeps until `ready()` returns `true`, then returns with events enabled.
+/// Events are masked around each call of `ready`, so one that arrives
+/// between the check and the sleep is not missed: [`block`] re-enables
+/// them atomically with its own check for pending ones, and their handlers
+/// run before `ready` is asked again.
+///
+/// ```ignore
+/// static GOT: AtomicU64 = AtomicU64::new(0);   // counted by a handler
+/// event::block_until(|| GOT.load(Ordering::SeqCst) > seen);
+/// ```
+pub fn block_until(mut ready: impl FnMut() -> bool) {
+    loop {
+        disable();
+        if ready() {
+            enable();
+            return;
+        }
+        block();
+    }
+}
+
+/// Sends an event on `port` (its peer's handler runs; events coalesce
+/// while the peer's port is pending). [`EventChannel::send`] for a channel
+/// held as such; this form is for a port known only by number (in an event
+/// handler, say). `ENOTCONN` on a port nobody has connected to, `EINVAL` on
+/// one that is not open.
+pub fn send(port: Port) -> Result<(), Errno> {
+    op(SEND, &mut Send { port: port.0 }).map(|_| ())
+}
+
 #[no_mangle]
 extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
     // SAFETY: the entry stub passes the context it just built.
@@ -227,6 +257,19 @@ impl EventChannel {
         Ok(EventChannel { port: Port(b.local_port) })
     }
 
+    /// Connects to the first of `remote`'s ports in `ports` that was offered
+    /// to us, yielding the CPU until one is. Without a store to say which
+    /// port, this is how a peer finds one: only a port offered to us binds.
+    /// Waits for ever if `remote` never offers one.
+    pub fn connect_first_offered(remote: u16, ports: core::ops::Range<u32>) -> EventChannel {
+        loop {
+            if let Some(c) = ports.clone().find_map(|p| EventChannel::connect(remote, p).ok()) {
+                return c;
+            }
+            crate::sched::yield_now();
+        }
+    }
+
     /// Our port.
     pub fn port(&self) -> Port {
         self.port
@@ -241,7 +284,7 @@ impl EventChannel {
     /// Notifies the peer: its handler runs (events coalesce while its port
     /// is pending). `ENOTCONN` while nobody has connected to an offered port.
     pub fn send(&self) -> Result<(), Errno> {
-        op(SEND, &mut Send { port: self.port.0 }).map(|_| ())
+        send(self.port)
     }
 
     /// The channel's state.

@@ -159,26 +159,14 @@ fn count_event(_: Port) {
 
 /// The partner answers each event at once, from its upcall.
 fn answer(_: Port) {
-    let mut s = pvguest_sdk::abi::event::Send { port: ANSWER_PORT.load(Ordering::SeqCst) as u32 };
-    // SAFETY: `s` is a live local of the layout SEND reads.
-    let _ = unsafe {
-        pvguest_sdk::hypercall::raw(
-            pvguest_sdk::abi::hypercall::EVENT_CHANNEL_OP,
-            [pvguest_sdk::abi::event::SEND, &mut s as *mut _ as u64, 0, 0, 0],
-        )
-    };
+    let _ = event::send(Port(ANSWER_PORT.load(Ordering::SeqCst) as u32));
 }
 
 fn partner(si: &StartInfo) {
     event::init();
     event::enable();
     // The bench (domain 1) offers a port first thing.
-    let chan = loop {
-        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(1, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    };
+    let chan = EventChannel::connect_first_offered(1, 1..16);
     ANSWER_PORT.store(u64::from(chan.port().0), Ordering::SeqCst);
     chan.on_event(answer).expect("handler");
     // A page granted read-only to the bench (reference 8), for the copy
@@ -227,12 +215,7 @@ fn serve_ring(si: &StartInfo) {
             ch.notify().expect("notify");
         }
         if n == 0 {
-            event::disable();
-            if ch.ring.final_check_for_requests().expect("the bench's ring") {
-                event::enable();
-            } else {
-                event::block();
-            }
+            event::block_until(|| ch.ring.final_check_for_requests().expect("the bench's ring"));
         }
     }
 }
@@ -252,12 +235,7 @@ fn interdomain_rtt(ch: &mut FrontChannel<Descriptor, Completion>) -> u64 {
                 assert!(rsp.id == id && rsp.len == id as u32, "the partner answered {rsp:?} to request {id}");
                 break;
             }
-            event::disable();
-            if ch.ring.final_check_for_responses().expect("the partner's ring") {
-                event::enable();
-            } else {
-                event::block();
-            }
+            event::block_until(|| ch.ring.final_check_for_responses().expect("the partner's ring"));
         }
         rdtsc() - t0
     };
@@ -276,14 +254,7 @@ fn evtchn_rtt(chan: &EventChannel) -> u64 {
             let seen = EVENTS.load(Ordering::SeqCst);
             let t0 = rdtsc();
             chan.send().expect("send");
-            loop {
-                event::disable();
-                if EVENTS.load(Ordering::SeqCst) != seen {
-                    event::enable();
-                    break;
-                }
-                event::block();
-            }
+            event::block_until(|| EVENTS.load(Ordering::SeqCst) != seen);
             best = best.min(rdtsc() - t0);
         }
     }

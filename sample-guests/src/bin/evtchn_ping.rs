@@ -37,20 +37,15 @@ fn on_event(_: Port) {
     GOT.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Blocks until more than `seen` events have arrived; returns the count.
-/// Events are masked around the check, so an event that arrives between
-/// the check and the block is not missed: `block` re-enables them
-/// atomically with its own check for pending ones.
+/// Blocks until more than `seen` events have arrived; returns the count
+/// seen by the check that ended the wait.
 fn wait_past(seen: u64) -> u64 {
-    loop {
-        event::disable();
-        let n = GOT.load(Ordering::SeqCst);
-        if n > seen {
-            event::enable();
-            return n;
-        }
-        event::block();
-    }
+    let mut n = 0;
+    event::block_until(|| {
+        n = GOT.load(Ordering::SeqCst);
+        n > seen
+    });
+    n
 }
 
 fn main(si: &'static StartInfo) {
@@ -117,12 +112,7 @@ fn back(peer: u16) {
 }
 
 fn front(peer: u16, rounds: u64) {
-    let chan = loop {
-        if let Some(c) = (1..64).find_map(|p| EventChannel::connect(peer, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    };
+    let chan = EventChannel::connect_first_offered(peer, 1..64);
     chan.on_event(on_event).expect("handler");
     let PortStatus::Connected { port: theirs, .. } = chan.status().expect("status") else {
         println!("evtchn-ping front: not connected after connect");

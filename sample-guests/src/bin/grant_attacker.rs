@@ -42,6 +42,9 @@
 #![no_std]
 #![no_main]
 
+extern crate alloc;
+
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_sdk::abi::grant::{SetupTable, SETUP_TABLE};
 use pvguest_sdk::abi::{hypercall, Errno, DOMID_SELF};
@@ -59,17 +62,15 @@ fn on_event(_: Port) {
     GOT.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Blocks until more than `seen` events have arrived; returns the count.
+/// Blocks until more than `seen` events have arrived; returns the count
+/// seen by the check that ended the wait.
 fn wait_past(seen: u64) -> u64 {
-    loop {
-        event::disable();
-        let n = GOT.load(Ordering::SeqCst);
-        if n > seen {
-            event::enable();
-            return n;
-        }
-        event::block();
-    }
+    let mut n = 0;
+    event::block_until(|| {
+        n = GOT.load(Ordering::SeqCst);
+        n > seen
+    });
+    n
 }
 
 fn pattern(i: usize) -> u8 {
@@ -208,12 +209,7 @@ fn victim(attacker: u16, bystander: u16, si: &StartInfo) {
     let freed = [table.revoke(g8).is_ok(), table.revoke(g9).is_ok()];
     // Tell the bystander we are done: connect to the port it offered us
     // (our exit then unbinds it).
-    let _bye = loop {
-        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(bystander, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    };
+    let _bye = EventChannel::connect_first_offered(bystander, 1..16);
     println!("grant-attacker victim: finished; revoked 8 and 9: {freed:?}");
 }
 
@@ -280,12 +276,7 @@ fn raw_setup(nr_frames: u32) -> i16 {
 }
 
 fn attacker(victim: u16, bystander: u16) {
-    let chan = loop {
-        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(victim, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    };
+    let chan = EventChannel::connect_first_offered(victim, 1..16);
     chan.on_event(on_event).expect("handler");
     let seen = wait_past(0);
     let mine = mm::alloc_page().expect("page");
@@ -342,7 +333,9 @@ fn quotas(victim: u16) {
     for i in 0..HOLES as u64 {
         mm::update_va_mapping(base.va() + i * 4096, Pte(0)).expect("make a hole");
     }
-    let mut maps = heapless_maps::Maps::new();
+    // The SDK heap holds the handles (16 pages: 1 050 mappings of 24 bytes).
+    pvguest_sdk::heap::init(16).expect("heap");
+    let mut maps: Vec<Mapping> = Vec::with_capacity(HOLES);
     // References 10 to 14 (five frames) in turn, each until refused: the
     // first refusal of each is the per-frame limit, until one comes before
     // that limit: the maptrack quota.
@@ -381,47 +374,6 @@ fn quotas(victim: u16) {
     );
 }
 
-/// A fixed-capacity stack of mappings (no heap needed).
-mod heapless_maps {
-    use super::Mapping;
-
-    pub struct Maps {
-        items: [Option<Mapping>; super::HOLES],
-        len: usize,
-    }
-
-    impl Maps {
-        pub fn new() -> Self {
-            Maps { items: [const { None }; super::HOLES], len: 0 }
-        }
-        pub fn len(&self) -> usize {
-            self.len
-        }
-        pub fn push(&mut self, m: Mapping) {
-            self.items[self.len] = Some(m);
-            self.len += 1;
-        }
-        pub fn pop(&mut self) -> Option<Mapping> {
-            self.len = self.len.checked_sub(1)?;
-            self.items[self.len].take()
-        }
-    }
-}
-
-/// `EVTCHNOP_send` on any port number (the SDK sends only on ports it
-/// holds).
-fn raw_send(port: u32) -> Result<(), Errno> {
-    let mut s = pvguest_sdk::abi::event::Send { port };
-    // SAFETY: `s` is a live local of the layout SEND reads.
-    let r = unsafe {
-        pvguest_sdk::hypercall::raw(
-            hypercall::EVENT_CHANNEL_OP,
-            [pvguest_sdk::abi::event::SEND, &mut s as *mut _ as u64, 0, 0, 0],
-        )
-    };
-    Errno::decode(r).map(|_| ())
-}
-
 fn ports(victim: u16, bystander: u16, chan: &EventChannel) {
     let mine = chan.port().0;
     let victims = (1..64).filter(|&p| matches!(EventChannel::connect(victim, p), Err(Errno::EINVAL))).count();
@@ -430,7 +382,7 @@ fn ports(victim: u16, bystander: u16, chan: &EventChannel) {
     let unbound = spare.send();
     let closed_port = spare.port();
     spare.close().expect("close");
-    let closed = raw_send(closed_port.0);
+    let closed = event::send(closed_port);
     println!(
         "grant-attacker attacker: {victims} of 63 victim ports and {bystanders} of 63 bystander ports refused; send on an unbound port: {unbound:?}; on a closed port: {closed:?} (our channel is port {mine})"
     );

@@ -48,16 +48,9 @@ fn on_event(_: Port) {
     GOT.fetch_add(1, Ordering::SeqCst);
 }
 
-/// Blocks until more than `seen` events have arrived (see `evtchn-ping`).
+/// Blocks until more than `seen` events have arrived.
 fn wait_past(seen: u64) {
-    loop {
-        event::disable();
-        if GOT.load(Ordering::SeqCst) > seen {
-            event::enable();
-            return;
-        }
-        event::block();
-    }
+    event::block_until(|| GOT.load(Ordering::SeqCst) > seen);
 }
 
 fn pattern(i: usize) -> u8 {
@@ -106,12 +99,7 @@ fn granter(peer: u16) {
 }
 
 fn reader(peer: u16) {
-    let chan = loop {
-        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(peer, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    };
+    let chan = EventChannel::connect_first_offered(peer, 1..16);
     chan.on_event(on_event).expect("handler");
     wait_past(0);
     let mine = mm::alloc_page().expect("page");
@@ -136,15 +124,6 @@ fn reader(peer: u16) {
     let after = status(grant::copy_from_grant(peer, 8, 0, mine, 0, 16));
     println!("grant-copy reader: copied 4096 bytes intact: {intact}; refused: {refused:?}; after revoke: {after}");
     chan.send().expect("send");
-}
-
-fn connect(peer: u16) -> EventChannel {
-    loop {
-        if let Some(c) = (1..16).find_map(|p| EventChannel::connect(peer, p).ok()) {
-            break c;
-        }
-        sched::yield_now();
-    }
 }
 
 const GREETING: &[u8] = b"hello through a grant mapping";
@@ -205,7 +184,7 @@ fn map_granter(peer: u16, crash: bool) {
 }
 
 fn mapper(peer: u16, si: &StartInfo, crash: bool) {
-    let chan = connect(peer);
+    let chan = EventChannel::connect_first_offered(peer, 1..16);
     chan.on_event(on_event).expect("handler");
     wait_past(0);
     let va = si.virt_base + si.nr_pages * 4096;

@@ -179,14 +179,8 @@ fn front(peer: u16, total: u32) {
         if got > 0 {
             continue;
         }
-        // Nothing to do: sleep until the back answers (events masked
-        // around the final check, so its notification is not missed).
-        event::disable();
-        match ch.ring.final_check_for_responses() {
-            Ok(true) => event::enable(),
-            Ok(false) => event::block(),
-            Err(e) => broken("front", e),
-        }
+        // Nothing to do: sleep until the back answers.
+        event::block_until(|| ch.ring.final_check_for_responses().unwrap_or_else(|e| broken("front", e)));
     }
 }
 
@@ -222,12 +216,7 @@ fn back(peer: u16, si: &StartInfo, batch: usize) {
             Err(e) => broken("back", e),
         };
         if n == 0 {
-            event::disable();
-            match ch.ring.final_check_for_requests() {
-                Ok(true) => event::enable(),
-                Ok(false) => event::block(),
-                Err(e) => broken("back", e),
-            }
+            event::block_until(|| ch.ring.final_check_for_requests().unwrap_or_else(|e| broken("back", e)));
             continue;
         }
         // Out of order: the newest request of the batch first.
