@@ -28,6 +28,14 @@
 //! chan.send()?;                                  // runs domain 5's handler
 //! ```
 //!
+//! Every port starts masked: the SDK masks all of them before `main` runs,
+//! and [`EventChannel::close`] masks a port again before closing it. An
+//! event that arrives on a port before its handler is set (the peer
+//! connected and sent at once, say) therefore stays pending, and
+//! [`EventChannel::on_event`] (or [`bind_virq`]) delivers it when it
+//! unmasks the port: nothing is lost between [`EventChannel::offer`] and
+//! `on_event`. [`crate::sched::poll`] works on masked ports too.
+//!
 //! Handlers run in the upcall, on the interrupted stack, with events
 //! masked; they may not block. The dispatcher clears a port's pending bit
 //! before calling its handler, so an event that fires again while the
@@ -87,6 +95,21 @@ pub fn bind_virq(virq: u32, handler: Handler) -> Result<Port, Errno> {
 pub fn set_handler(port: Port, handler: Handler) -> Result<(), Errno> {
     HANDLERS.get(port.0 as usize).ok_or(Errno::EINVAL)?.store(handler as usize, Ordering::Release);
     Ok(())
+}
+
+/// Whether `port` has an event pending (not yet taken by its handler; a
+/// masked port keeps its events pending).
+pub fn is_pending(port: Port) -> bool {
+    let w = port.0 as usize / 64;
+    w < 64 && shared::pending(w).load(Ordering::SeqCst) & (1 << (port.0 % 64)) != 0
+}
+
+/// Masks every port (the runtime does this before `main`; see the module
+/// docs).
+pub(crate) fn mask_all() {
+    for w in 0..pvguest_abi::shared_info::NR_EVENT_CHANNELS / 64 {
+        shared::mask(w).store(u64::MAX, Ordering::SeqCst);
+    }
 }
 
 /// Masks `port`: its events stay pending, undelivered, until [`unmask`].
@@ -292,8 +315,10 @@ impl EventChannel {
         status(self.port)
     }
 
-    /// Closes our end; the peer's end reverts to unbound.
+    /// Closes our end; the peer's end reverts to unbound. The port is
+    /// masked first, so whatever reuses its number starts masked.
     pub fn close(self) -> Result<(), Errno> {
+        mask(self.port);
         if let Some(h) = HANDLERS.get(self.port.0 as usize) {
             h.store(0, Ordering::Release);
         }

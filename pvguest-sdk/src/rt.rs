@@ -43,6 +43,9 @@ extern "C" fn rt_start(si: *const StartInfo) -> ! {
         crate::println!("pvguest-sdk: bad start-info magic: not started by a compatible hypervisor");
         sched::crash();
     }
+    // Every port starts masked, so an event that comes before its handler
+    // is set stays pending instead of being consumed with nobody to run.
+    crate::event::mask_all();
     // SAFETY: `__pvguest_main` is defined by the `entry!` macro with exactly
     // this signature; a guest without it fails to link.
     unsafe { __pvguest_main(si) };

@@ -696,7 +696,8 @@ fn a_dead_granters_stale_mapping_never_releases_a_pin_of_its_successor() {
     assert!(u.frame_freed, "the old frame goes with its last mapping");
     assert!(r.table(A).in_use(0), "the successor's pin for C stands");
     assert_eq!(r.flags(0), RW | gtf::READING | gtf::WRITING, "its in-use bits too");
-    r.unmap(C, c).unwrap();
+    let u = r.unmap(C, c).unwrap();
+    assert!(!u.frame_freed, "the successor's frame stays: its table holds it");
     assert!(!r.table(A).in_use(0));
 }
 

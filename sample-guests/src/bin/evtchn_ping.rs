@@ -3,8 +3,10 @@
 //!
 //! Command line: `role=back peer=<domid>`, `role=front peer=<domid>` (plus
 //! `rounds=<n>`, default 10000) or `role=intruder peer=<domid>`.
-//! - The back offers a port to its peer (`EventChannel::offer`) and answers
-//!   every event with one of its own. When the front has closed its end,
+//! - The back offers a port to its peer (`EventChannel::offer`), waits
+//!   until the front's first event is pending on it before it sets its
+//!   handler (a port starts masked, so that event waits and `on_event`
+//!   delivers it), and answers every event with one of its own. When the front has closed its end,
 //!   the back's end is unbound again: it sees that, reports and powers off.
 //! - The front finds the offered port (without a store, by trying to
 //!   connect to the back's low ports: only a port offered to it can be
@@ -16,6 +18,7 @@
 //!
 //! Prints (front, then back):
 //! ```text
+//! evtchn-ping back: the front's first event waited, pending, for the handler: got 1
 //! evtchn-ping front: <rounds> round trips on port <p> (peer port <q>)
 //! evtchn-ping back: answered <n> events; peer closed: port <q> is unbound for dom<front>
 //! ```
@@ -82,8 +85,21 @@ fn intruder(peer: u16) {
 
 fn back(peer: u16) {
     let chan = EventChannel::offer(peer).expect("offer a port");
-    chan.on_event(on_event).expect("handler");
     println!("evtchn-ping back: offered port {} to dom{peer}", chan.port().0);
+    // Set the handler only after the front's first event has come: a port
+    // starts masked, so that event waits, pending, and unmasking it in
+    // `on_event` delivers it (the front sends at once after connecting).
+    while !matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
+        sched::yield_now();
+    }
+    while !event::is_pending(chan.port()) {
+        let _ = sched::poll(&[chan.port().0], time::now_ns() + 5_000_000);
+    }
+    chan.on_event(on_event).expect("handler");
+    println!(
+        "evtchn-ping back: the front's first event waited, pending, for the handler: got {}",
+        GOT.load(Ordering::SeqCst)
+    );
     let (mut answered, mut connected) = (0, false);
     loop {
         let n = GOT.load(Ordering::SeqCst);
