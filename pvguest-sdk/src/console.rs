@@ -61,10 +61,8 @@ impl Ring {
                     self.port = c.evtchn;
                     // The writer never sleeps for space (it notifies and
                     // yields), so the backend's space notifications are of
-                    // no use: keep them from waking a blocked domain.
-                    if (c.evtchn as usize) < 256 {
-                        crate::event::mask(crate::event::Port(c.evtchn));
-                    }
+                    // no use: the port stays masked, as every port starts
+                    // (see `crate::event`), and never wakes a blocked domain.
                 }
             }
         }

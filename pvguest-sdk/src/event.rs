@@ -101,7 +101,8 @@ pub fn set_handler(port: Port, handler: Handler) -> Result<(), Errno> {
 /// masked port keeps its events pending).
 pub fn is_pending(port: Port) -> bool {
     let w = port.0 as usize / 64;
-    w < 64 && shared::pending(w).load(Ordering::SeqCst) & (1 << (port.0 % 64)) != 0
+    w < pvguest_abi::shared_info::NR_EVENT_CHANNELS / 64
+        && shared::pending(w).load(Ordering::SeqCst) & (1 << (port.0 % 64)) != 0
 }
 
 /// Masks every port (the runtime does this before `main`; see the module

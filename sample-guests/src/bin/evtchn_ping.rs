@@ -6,8 +6,9 @@
 //! - The back offers a port to its peer (`EventChannel::offer`), waits
 //!   until the front's first event is pending on it before it sets its
 //!   handler (a port starts masked, so that event waits and `on_event`
-//!   delivers it), and answers every event with one of its own. When the front has closed its end,
-//!   the back's end is unbound again: it sees that, reports and powers off.
+//!   delivers it), and answers every event with one of its own. When the
+//!   front has closed its end, the back's end is unbound again: it sees
+//!   that, reports and powers off.
 //! - The front finds the offered port (without a store, by trying to
 //!   connect to the back's low ports: only a port offered to it can be
 //!   bound), then sends `rounds` events, waiting for each answer, and
@@ -89,9 +90,6 @@ fn back(peer: u16) {
     // Set the handler only after the front's first event has come: a port
     // starts masked, so that event waits, pending, and unmasking it in
     // `on_event` delivers it (the front sends at once after connecting).
-    while !matches!(chan.status(), Ok(PortStatus::Connected { .. })) {
-        sched::yield_now();
-    }
     while !event::is_pending(chan.port()) {
         let _ = sched::poll(&[chan.port().0], time::now_ns() + 5_000_000);
     }
