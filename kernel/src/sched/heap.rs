@@ -86,6 +86,15 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         }
     }
 
+    /// Applies `f` to every key in place. `f` must keep the keys' order
+    /// (`a < b` implies `f(a) < f(b)`), as a common shift does, so the heap
+    /// stays a heap without re-sorting. O(len).
+    pub fn shift_keys(&mut self, f: impl Fn(K) -> K) {
+        for e in &mut self.heap[..self.len] {
+            e.0 = f(e.0);
+        }
+    }
+
     /// Takes `slot` out of the heap (a no-op if it is not in it).
     pub fn remove(&mut self, slot: usize) {
         let Some(&p) = self.pos.get(slot) else { return };

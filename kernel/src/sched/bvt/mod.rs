@@ -100,10 +100,27 @@
 //!   picks one of minimal EVT.
 //! - `run_for_ns` is `None` exactly when one domain is runnable, and at least
 //!   1 ns otherwise (the timer is never programmed for "now").
-//! - No input panics or overflows: AVT is a `u128` that saturates at
-//!   [`VT_MAX`] (with weight 1 it grows `K` = 10^4 virtual ns per real ns, so
-//!   it would take 10^22 years to get there), every product is computed in
-//!   `u128`/`i128` with saturation, and bad weights are refused.
+//! - No input panics or overflows: every product saturates, and bad
+//!   weights are refused (see "Representation").
+//!
+//! # Representation
+//!
+//! The scheduler runs on every trip through the hypervisor, so its hot
+//! paths stay in 64-bit arithmetic: each entity keeps its AVT as a `u64`
+//! *relative to a base* ([`Bvt::svt`] and friends add the base back and
+//! answer in absolute `u128`/`i128`). When SVT passes 2^61 the base moves
+//! up to SVT and every relative AVT, and every key in the run-queue heaps,
+//! drops by the same amount (O(N), in place: a common shift keeps the heap
+//! order, so nothing is re-sorted). With weight 1 virtual time runs 10^4
+//! times faster than real time, so that happens at most every 2.6 days of
+//! CPU. Runnable domains have `A >= SVT`, so their AVTs move exactly; a
+//! blocked domain behind SVT is floored at the new base, which changes
+//! nothing, since it wakes at `max(A, SVT)`. A relative AVT saturates at
+//! 2^62, and the warp and allowance in virtual time are capped at 2^60, so
+//! an EVT (`A - W_v`) and every sum of one with an allowance fit in `i64`.
+//! The heap keys are packed integers: EVT, then the wake stamp (48 bits,
+//! most recent first), then the slot (16 bits), so the tie rules are one
+//! integer comparison.
 //!
 //! # Worked example
 //!
@@ -178,7 +195,6 @@
 //! is that `now` minus the part of the run that went past `L`.
 
 use super::heap::IndexedHeap;
-use core::cmp::Reverse;
 
 /// Real time in nanoseconds.
 pub type Ns = u64;
@@ -209,9 +225,20 @@ pub const DEFAULT_CTX_ALLOWANCE_NS: Ns = 5_000_000;
 /// preemption timer is never programmed a few ns ahead.
 pub const MIN_CTX_ALLOWANCE_NS: Ns = 10_000;
 
-/// AVT saturates here (2^120 virtual ns), leaving `i128` room for every
-/// EVT sum and difference.
-pub const VT_MAX: Vt = 1 << 120;
+/// A relative AVT saturates here (2^62 virtual ns; see "Representation"
+/// in the module docs), leaving `i64` room for every EVT sum and
+/// difference. SVT moves the base before any runnable domain gets near it.
+pub const REL_MAX: i64 = 1 << 62;
+
+/// SVT (relative) at which the base moves up to it.
+const REBASE_AT: i64 = 1 << 61;
+
+/// Cap of `W_v` and `C_v` (2^60 virtual ns: 1.3 days of real time at weight 1).
+const VIRTUAL_PARAM_MAX: u64 = 1 << 60;
+
+/// Wake stamps are kept in 48 bits of the EVT key (2.8 * 10^14 wakes);
+/// later ones tie with each other.
+const WOKE_MAX: u64 = (1 << 48) - 1;
 
 /// A domain's scheduling parameters.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,8 +312,13 @@ impl Pick {
 #[derive(Clone, Copy, Debug)]
 struct Entity {
     params: Params,
-    /// Actual virtual time.
-    avt: Vt,
+    /// Actual virtual time, relative to the scheduler's base (negative
+    /// only for a blocked domain behind SVT at a rebase).
+    avt: i64,
+    /// `W_v` (capped at [`VIRTUAL_PARAM_MAX`]).
+    warp_v: u64,
+    /// `C_v` (capped at [`VIRTUAL_PARAM_MAX`]).
+    ctx_v: u64,
     /// `ran * K` not yet turned into AVT; always `< weight`.
     rem: u64,
     runnable: bool,
@@ -308,14 +340,22 @@ impl Entity {
         u64::from(self.params.weight)
     }
 
-    /// `W_v`.
-    fn warp_virtual(&self) -> Vt {
-        to_virtual(self.params.warp_ns, self.weight())
+    /// Caches `W_v` and `C_v` for the current weight and allowance.
+    fn cache_virtual(&mut self, ctx_allowance_ns: Ns) {
+        self.warp_v = to_virtual(self.params.warp_ns, self.weight()).min(VIRTUAL_PARAM_MAX);
+        self.ctx_v = to_virtual(ctx_allowance_ns, self.weight()).min(VIRTUAL_PARAM_MAX);
     }
 
-    fn evt(&self) -> i128 {
-        let warp = if self.warped { self.warp_virtual() } else { 0 };
-        vt_i128(self.avt).saturating_sub(vt_i128(warp))
+    /// EVT relative to the base: in `[-2^62 - 2^60, 2^62]`.
+    fn evt(&self) -> i64 {
+        let warp = if self.warped { self.warp_v } else { 0 };
+        self.avt - warp as i64
+    }
+
+    /// The `by_evt` key: EVT, then the most recently woken, then the slot.
+    fn evt_key(&self, slot: usize) -> u128 {
+        let evt = (self.evt() as u64) ^ (1 << 63);
+        (u128::from(evt) << 64) | (u128::from(WOKE_MAX - self.woke.min(WOKE_MAX)) << 16) | slot as u128
     }
 
     fn charge(&mut self, ran: Ns) {
@@ -324,9 +364,9 @@ impl Entity {
         // r < w <= 10^4 and rem < w, so r * K + rem < 10^8 + 10^4.
         let (q, r) = (ran / w, ran % w);
         let t = r * VT_SCALE + self.rem;
-        let inc = Vt::from(q) * Vt::from(VT_SCALE) + Vt::from(t / w);
+        let inc = q.saturating_mul(VT_SCALE).saturating_add(t / w);
         self.rem = t % w;
-        self.avt = self.avt.saturating_add(inc).min(VT_MAX);
+        self.avt = self.avt.saturating_add(i64::try_from(inc).unwrap_or(i64::MAX)).min(REL_MAX);
         if self.warped {
             self.warped_run_ns = self.warped_run_ns.saturating_add(ran);
             let limit = self.params.warp_limit_ns;
@@ -338,14 +378,16 @@ impl Entity {
     }
 
     /// Real ns of running after which AVT has grown by at least `d` virtual ns.
-    fn real_for(&self, d: Vt) -> Ns {
-        let w = Vt::from(self.weight());
-        let need = d.saturating_mul(w).saturating_sub(Vt::from(self.rem));
-        // In `u64` whenever `need` fits (the 128-bit division is a
+    fn real_for(&self, d: u64) -> Ns {
+        let w = self.weight();
+        // In `u64` whenever `d * w` fits (the 128-bit division is a
         // library call); the same quotient either way.
-        match u64::try_from(need) {
-            Ok(n) => n.div_ceil(VT_SCALE),
-            Err(_) => Ns::try_from(need.div_ceil(Vt::from(VT_SCALE))).unwrap_or(Ns::MAX),
+        match d.checked_mul(w) {
+            Some(n) => n.saturating_sub(self.rem).div_ceil(VT_SCALE),
+            None => {
+                let need = u128::from(d) * u128::from(w) - u128::from(self.rem);
+                Ns::try_from(need.div_ceil(u128::from(VT_SCALE))).unwrap_or(Ns::MAX)
+            }
         }
     }
 
@@ -360,16 +402,12 @@ impl Entity {
 /// `ns * K / weight`, in virtual ns (weight is never 0 in a live entity).
 /// In `u64` whenever the product fits (any `ns` below 1.8 * 10^15, about
 /// 21 days): the same quotient without a 128-bit division.
-fn to_virtual(ns: Ns, weight: u64) -> Vt {
+fn to_virtual(ns: Ns, weight: u64) -> u64 {
     let w = weight.max(1);
     match ns.checked_mul(VT_SCALE) {
-        Some(p) => Vt::from(p / w),
-        None => (Vt::from(ns) * Vt::from(VT_SCALE)) / Vt::from(w),
+        Some(p) => p / w,
+        None => u64::try_from(u128::from(ns) * u128::from(VT_SCALE) / u128::from(w)).unwrap_or(u64::MAX),
     }
-}
-
-fn vt_i128(v: Vt) -> i128 {
-    i128::try_from(v.min(VT_MAX)).unwrap_or(i128::MAX)
 }
 
 /// A BVT run queue for one CPU with room for `N` domains, numbered by slot
@@ -384,17 +422,20 @@ pub struct Bvt<const N: usize> {
     slots: [Option<Entity>; N],
     /// One past the highest slot ever used.
     used: usize,
-    /// The runnable entities by `(EVT, most recently woken first, slot)`:
-    /// the root is the pick.
-    by_evt: IndexedHeap<(i128, Reverse<u64>, usize), N>,
-    /// The runnable entities by `(AVT, slot)`: the root is SVT's candidate.
-    by_avt: IndexedHeap<(Vt, usize), N>,
+    /// The runnable entities by `(EVT, most recently woken first, slot)`,
+    /// packed ([`Entity::evt_key`]): the root is the pick.
+    by_evt: IndexedHeap<u128, N>,
+    /// The runnable entities by relative AVT: the root is SVT's candidate.
+    by_avt: IndexedHeap<i64, N>,
     /// Slots whose warp limit ran out in `account`, for `observe` to date
     /// (if it ever fills, `observe` looks at every slot once).
     overshoots: heapless::Vec<usize, N>,
     overshoots_lost: bool,
     ctx_allowance_ns: Ns,
-    svt: Vt,
+    /// SVT, relative to `base`.
+    svt: i64,
+    /// What relative virtual times are relative to.
+    base: Vt,
     /// Latest `now` seen.
     clock: Ns,
     /// Counts wakes.
@@ -405,15 +446,17 @@ impl<const N: usize> Bvt<N> {
     /// An empty scheduler with context-switch allowance `C` (raised to at
     /// least [`MIN_CTX_ALLOWANCE_NS`]).
     pub const fn new(ctx_allowance_ns: Ns) -> Self {
+        assert!(N <= 1 << 16, "slots are kept in 16 bits of the EVT key");
         Self {
             slots: [None; N],
             used: 0,
-            by_evt: IndexedHeap::new((0, Reverse(0), 0)),
-            by_avt: IndexedHeap::new((0, 0)),
+            by_evt: IndexedHeap::new(0),
+            by_avt: IndexedHeap::new(0),
             overshoots: heapless::Vec::new(),
             overshoots_lost: false,
             ctx_allowance_ns: clamp_allowance(ctx_allowance_ns),
             svt: 0,
+            base: 0,
             clock: 0,
             wakes: 0,
         }
@@ -428,6 +471,8 @@ impl<const N: usize> Bvt<N> {
     /// at the next `pick`.
     pub fn set_ctx_allowance(&mut self, ns: Ns) {
         self.ctx_allowance_ns = clamp_allowance(ns);
+        let c = self.ctx_allowance_ns;
+        self.live_mut().iter_mut().flatten().for_each(|e| e.cache_virtual(c));
     }
 
     /// Adds a domain in `slot`, runnable, with `AVT = SVT` and not warped.
@@ -441,9 +486,11 @@ impl<const N: usize> Bvt<N> {
         if cell.is_some() {
             return Err(BvtError::SlotInUse);
         }
-        *cell = Some(Entity {
+        let mut e = Entity {
             params: p,
             avt: svt,
+            warp_v: 0,
+            ctx_v: 0,
             rem: 0,
             runnable: true,
             warped: false,
@@ -451,7 +498,9 @@ impl<const N: usize> Bvt<N> {
             woke: 0,
             last_unwarp: None,
             unwarp_overshoot: None,
-        });
+        };
+        e.cache_virtual(self.ctx_allowance_ns);
+        *cell = Some(e);
         self.used = self.used.max(slot + 1);
         self.reindex(slot);
         self.update_svt();
@@ -477,12 +526,13 @@ impl<const N: usize> Bvt<N> {
         if !p.is_valid() {
             return Err(BvtError::BadWeight);
         }
-        let clock = self.clock;
+        let (clock, c) = (self.clock, self.ctx_allowance_ns);
         let e = self.slots.get_mut(slot).ok_or(BvtError::BadSlot)?.as_mut().ok_or(BvtError::NoSuchDomain)?;
         if p.weight != e.params.weight {
             e.rem = 0;
         }
         e.params = p;
+        e.cache_virtual(c);
         if p.warp_ns == 0 {
             e.unwarp(clock);
         }
@@ -559,7 +609,7 @@ impl<const N: usize> Bvt<N> {
             Some(c) => match self.best(Some(c)) {
                 None => return Pick { next: Some(c), run_for_ns: None },
                 Some((o, evt_o)) => {
-                    if self.evt_of(c) < evt_o.saturating_add(self.ctx_virtual(c)) {
+                    if self.evt_rel(c) < evt_o.saturating_add(self.ctx_rel(c)) {
                         c
                     } else {
                         o
@@ -625,19 +675,27 @@ impl<const N: usize> Bvt<N> {
 
     /// Actual virtual time of the domain in `slot`.
     pub fn avt(&self, slot: usize) -> Option<Vt> {
-        self.entity(slot).map(|e| e.avt)
+        // Never below 0: a relative AVT is negative only after the base
+        // passed it, by less than the base.
+        self.entity(slot).map(|e| (self.base as i128 + i128::from(e.avt)) as Vt)
     }
 
     /// Effective virtual time of the domain in `slot` (negative while a warp
     /// exceeds its AVT).
     pub fn evt(&self, slot: usize) -> Option<i128> {
-        self.entity(slot).map(Entity::evt)
+        self.entity(slot).map(|e| self.base as i128 + i128::from(e.evt()))
     }
 
     /// Scheduler virtual time: the least AVT of the runnable domains (the last
     /// such value while none is runnable). Never decreases.
     pub fn svt(&self) -> Vt {
-        self.svt
+        self.base + self.svt as Vt
+    }
+
+    /// `C_v` of the domain in `slot` (0 for an empty slot).
+    #[cfg(test)]
+    fn ctx_virtual(&self, slot: usize) -> i128 {
+        i128::from(self.ctx_rel(slot))
     }
 
     /// How many domains are runnable.
@@ -649,10 +707,10 @@ impl<const N: usize> Bvt<N> {
     /// runnable, takes it out otherwise. Called after every change to an
     /// entity's AVT, warp, wake stamp, parameters or runnability.
     fn reindex(&mut self, slot: usize) {
-        match self.entity(slot).filter(|e| e.runnable).map(|e| (e.evt(), e.woke, e.avt)) {
-            Some((evt, woke, avt)) => {
-                self.by_evt.set(slot, (evt, Reverse(woke), slot));
-                self.by_avt.set(slot, (avt, slot));
+        match self.entity(slot).filter(|e| e.runnable).map(|e| (e.evt_key(slot), e.avt)) {
+            Some((key, avt)) => {
+                self.by_evt.set(slot, key);
+                self.by_avt.set(slot, avt);
             }
             None => {
                 self.by_evt.remove(slot);
@@ -669,24 +727,24 @@ impl<const N: usize> Bvt<N> {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
-    fn evt_of(&self, slot: usize) -> i128 {
-        self.entity(slot).map_or(i128::MAX, Entity::evt)
+    /// Relative EVT of the domain in `slot` (`i64::MAX` for an empty slot).
+    fn evt_rel(&self, slot: usize) -> i64 {
+        self.entity(slot).map_or(i64::MAX, Entity::evt)
     }
 
     /// `C_v` for the domain in `slot`.
-    fn ctx_virtual(&self, slot: usize) -> i128 {
-        let w = self.entity(slot).map_or(1, Entity::weight);
-        vt_i128(to_virtual(self.ctx_allowance_ns, w))
+    fn ctx_rel(&self, slot: usize) -> i64 {
+        self.entity(slot).map_or(0, |e| e.ctx_v as i64)
     }
 
     /// The runnable domain of least EVT other than `exclude` (ties: the most
-    /// recently woken, then the lowest slot), with its EVT.
-    fn best(&self, exclude: Option<usize>) -> Option<(usize, i128)> {
+    /// recently woken, then the lowest slot), with its relative EVT.
+    fn best(&self, exclude: Option<usize>) -> Option<(usize, i64)> {
         let top = match exclude {
             Some(x) => self.by_evt.peek_excluding(x),
             None => self.by_evt.peek(),
         };
-        top.map(|((evt, _, _), i)| (i, evt))
+        top.map(|(key, i)| (i, ((key >> 64) as u64 ^ (1 << 63)) as i64))
     }
 
     /// Real time until rule 2 would preempt `n` (or its warp limit runs
@@ -695,8 +753,8 @@ impl<const N: usize> Bvt<N> {
         let e = self.entity(n)?;
         let (_, evt_o) = self.best(Some(n))?;
         // Preempted once E_n >= E_o + C_v(n): E_n must grow by d.
-        let d = evt_o.saturating_add(self.ctx_virtual(n)).saturating_sub(e.evt()).max(1);
-        let mut ns = e.real_for(Vt::try_from(d).unwrap_or(1));
+        let d = evt_o.saturating_add(e.ctx_v as i64).saturating_sub(e.evt()).max(1);
+        let mut ns = e.real_for(d as u64);
         if e.warped && e.params.warp_limit_ns != 0 {
             ns = ns.min(e.params.warp_limit_ns.saturating_sub(e.warped_run_ns));
         }
@@ -725,9 +783,28 @@ impl<const N: usize> Bvt<N> {
     }
 
     fn update_svt(&mut self) {
-        if let Some(((min, _), _)) = self.by_avt.peek() {
+        if let Some((min, _)) = self.by_avt.peek() {
             self.svt = self.svt.max(min);
+            if self.svt >= REBASE_AT {
+                self.rebase();
+            }
         }
+    }
+
+    /// Moves the base up to SVT (see "Representation" in the module docs):
+    /// O(N), and no heap is re-sorted.
+    fn rebase(&mut self) {
+        let b = self.svt;
+        self.base += b as Vt;
+        self.svt = 0;
+        // Only a blocked domain 2^62 behind SVT is floored (it wakes at SVT
+        // whatever its AVT).
+        self.live_mut().iter_mut().flatten().for_each(|e| e.avt = (e.avt - b).max(-REL_MAX));
+        // Every runnable AVT is >= b, and every runnable EVT >= b - 2^60,
+        // so its biased form (EVT + 2^63) is > b: both shifts are exact and
+        // keep the order.
+        self.by_avt.shift_keys(|k| k - b);
+        self.by_evt.shift_keys(|k| k - ((b as u128) << 64));
     }
 }
 

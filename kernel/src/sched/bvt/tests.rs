@@ -561,24 +561,26 @@ fn bvt_hostile_inputs() {
     assert_eq!(s.add(0, Params::weighted(1), 0), Err(BvtError::SlotInUse));
     s.add(1, Params::weighted(MAX_WEIGHT), 0).unwrap();
     assert_eq!(s.set_params(1, Params::weighted(0)), Err(BvtError::BadWeight));
-    // Huge runs neither overflow nor lose time...
+    // Huge runs neither overflow nor panic: AVT saturates REL_MAX ahead of
+    // the base (unreachable in practice: one charge of 5 days at weight 1,
+    // while the hypervisor charges at every trip).
     for _ in 0..10 {
         s.account(0, u64::MAX);
     }
-    assert_eq!(s.avt(0), Some(10 * u128::from(u64::MAX) * 10_000));
-    // ...and AVT saturates at VT_MAX (unreachable in practice: 7e12
-    // charges of u64::MAX ns at weight 1).
-    s.slots[0].as_mut().unwrap().avt = VT_MAX - 1;
+    assert_eq!(s.avt(0), Some(REL_MAX as u128));
+    s.slots[0].as_mut().unwrap().avt = REL_MAX - 1;
     s.account(0, u64::MAX);
-    assert_eq!(s.avt(0), Some(VT_MAX));
+    assert_eq!(s.avt(0), Some(REL_MAX as u128));
     s.block(0, 5);
     s.wake(0, 0); // time going backwards
     let p = s.pick(0, Some(0));
     assert_eq!(p.next, Some(1));
     assert!(p.run_for_ns.is_some_and(|r| r >= 1));
-    s.slots[1].as_mut().unwrap().avt = VT_MAX;
+    s.slots[1].as_mut().unwrap().avt = REL_MAX;
     s.account(1, u64::MAX);
-    assert_eq!(s.avt(1), Some(VT_MAX));
+    assert_eq!(s.avt(1), Some(REL_MAX as u128));
+    // SVT reached the rebase point: the base moved, absolute times did not.
+    assert_eq!((s.base, s.svt), (REL_MAX as u128, 0));
     // Both saturated: still a sane answer.
     let p = s.pick(u64::MAX, Some(1));
     assert!(p.next.is_some() && p.run_for_ns.is_some_and(|r| r >= 1));
@@ -586,11 +588,15 @@ fn bvt_hostile_inputs() {
     s.set_ctx_allowance(u64::MAX);
     let p = s.pick(u64::MAX, p.next);
     assert!(p.next.is_some() && p.run_for_ns.is_some_and(|r| r >= 1));
-    // A year at weight 1 is nowhere near the cap.
+    // A year at weight 1, an hour at a time, loses nothing across the
+    // rebases it causes (one every 64 hours).
     let mut s: Bvt<1> = Bvt::new(DEFAULT_CTX_ALLOWANCE_NS);
     s.add(0, Params::weighted(1), 0).unwrap();
-    s.account(0, 365 * 24 * 3600 * SEC);
+    for _ in 0..365 * 24 {
+        s.account(0, 3600 * SEC);
+    }
     assert_eq!(s.avt(0), Some(365 * 24 * 3600 * SEC as u128 * 10_000));
+    assert!(s.base > 0 && s.svt < REBASE_AT);
     // A scheduler with no room at all.
     let mut z: Bvt<0> = Bvt::new(MS);
     assert_eq!(z.add(0, Params::weighted(1), 0), Err(BvtError::BadSlot));
@@ -658,7 +664,7 @@ fn check_invariants<const N: usize>(s: &Bvt<N>, last_svt: &mut Vt) {
             assert!(s.avt(i).unwrap() >= svt, "runnable AVT below SVT");
         }
         if let Some(a) = s.avt(i) {
-            assert!(a <= VT_MAX);
+            assert!(a as i128 - s.base as i128 <= i128::from(REL_MAX));
         }
     }
 }
@@ -814,5 +820,67 @@ fn bvt_randomized_simulation_keeps_shares() {
         assert_eq!(total, 3 * SEC, "the CPU idled with hogs runnable");
         let (a, b) = (sim.dom(0).cpu as f64, sim.dom(1).cpu as f64);
         assert!((a - b).abs() / (a + b) < 0.02, "equal hogs diverged: {a} vs {b}");
+    }
+}
+
+#[test]
+fn bvt_rebase_changes_no_decision() {
+    // Twin schedulers fed the same operations; one moves its base at
+    // random moments. Every answer agrees, and so does every AVT that can
+    // matter (a blocked domain behind SVT wakes at SVT either way).
+    const N: usize = 5;
+    let mut rng = XorShift(0x1234_5678_9ABC_DEF1);
+    for _ in 0..40 {
+        let mut a: Bvt<N> = Bvt::new(rng.below(10 * MS));
+        let mut b = a.clone();
+        let mut now: Ns = 0;
+        let mut cur = None;
+        for _ in 0..2_000 {
+            now += rng.below(3 * MS);
+            let slot = rng.below(N as u64) as usize;
+            match rng.below(6) {
+                0 => {
+                    let p = Params::warped(
+                        1 + rng.below(500) as u32,
+                        rng.below(20 * MS),
+                        rng.below(10 * MS),
+                        rng.below(20 * MS),
+                    );
+                    assert_eq!(a.add(slot, p, now), b.add(slot, p, now));
+                }
+                1 => assert_eq!(a.block(slot, now), b.block(slot, now)),
+                2 => assert_eq!(a.wake(slot, now), b.wake(slot, now)),
+                3 => {
+                    let ran = rng.below(20 * MS);
+                    let t = cur.unwrap_or(slot);
+                    a.account(t, ran);
+                    b.account(t, ran);
+                }
+                4 => {
+                    let pa = a.pick_yielding(now, slot);
+                    assert_eq!(pa, b.pick_yielding(now, slot));
+                    cur = pa.next;
+                }
+                _ => {
+                    let pa = a.pick(now, cur);
+                    assert_eq!(pa, b.pick(now, cur));
+                    cur = pa.next;
+                }
+            }
+            if rng.below(10) == 0 {
+                b.rebase();
+                b.by_evt.check();
+                b.by_avt.check();
+            }
+            assert_eq!(a.svt(), b.svt());
+            for i in 0..N {
+                assert_eq!(a.is_runnable(i), b.is_runnable(i));
+                let (x, y) = (a.avt(i).map(|v| v.max(a.svt())), b.avt(i).map(|v| v.max(b.svt())));
+                assert_eq!(x, y, "AVT of slot {i}");
+                if a.is_runnable(i) {
+                    assert_eq!(a.evt(i), b.evt(i), "EVT of slot {i}");
+                }
+            }
+        }
     }
 }
