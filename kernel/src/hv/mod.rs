@@ -1036,10 +1036,31 @@ impl<M: Machine> Hv<M> {
             self.cpu.pending_action = Some(action);
             return None;
         };
+        if !self.cpu.notify.is_empty() {
+            // Events the hypercall sent. Raising one for a domain that is
+            // not blocked only marks it pending (nothing to wake, nothing
+            // for the scheduler): done here. If any target is blocked, the
+            // full path raises them all, waking it.
+            let wakes =
+                self.cpu.notify.iter().any(|&(dom, _)| {
+                    self.domains.slot_of(dom).is_some_and(|i| self.domains[i].state == RunState::Blocked)
+                });
+            if wakes {
+                self.cpu.pending_action = Some(action);
+                return None;
+            }
+            for k in 0..self.cpu.notify.len() {
+                let (dom, port) = self.cpu.notify[k];
+                if let Some(slot) = self.domains.slot_of(dom) {
+                    self.raise(slot, port);
+                }
+            }
+            self.cpu.notify.clear();
+        }
         let d = &self.domains[cur];
-        if d.console_dirty || !self.cpu.notify.is_empty() {
-            // Console output to drain (outside the hypercall) or another
-            // domain to notify: the full path does it.
+        if d.console_dirty {
+            // Console output to drain (outside the hypercall): the full
+            // path does it.
             self.cpu.pending_action = Some(action);
             return None;
         }
@@ -1718,7 +1739,8 @@ impl<M: Machine> Hv<M> {
 /// bases, so they may take [`Hv::fast_hypercall`]. (`new_baseptr` changes
 /// `root`, which the fast path reads afterwards; an unmask may make an
 /// upcall due, which it delivers; an interdomain send or a grant unmap
-/// notification leaves a port to raise, which sends it to the full path; a
+/// notification leaves a port to raise, which it raises when its domain is
+/// not blocked, and sends to the full path (to wake that domain) when it is; a
 /// preempted batch continues there too. Page-table changes, grant mappings
 /// among them, need no flush here: every exit reloads CR3.)
 pub fn fast_path_hypercall(n: u64) -> bool {

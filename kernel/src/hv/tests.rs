@@ -937,3 +937,46 @@ fn a_syscall_from_ring_1_is_not_bounced_on_the_fast_path() {
     };
     assert!(r.hv.fast_syscall(f.rcx, f.iret()).is_none(), "kernel code: the full path decides");
 }
+
+#[test]
+fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domain_wakes_it() {
+    use pvguest_abi::event::{AllocUnbound, BindInterdomain, Send};
+    let mut r = Rig::boot(&[dom("a"), dom("b")]);
+    let (a, b) = (r.id("a"), r.id("b"));
+    assert_eq!(r.next.id, a);
+    let offer = AllocUnbound { dom: pvguest_abi::DOMID_SELF as u16, remote_dom: b.raw(), port: 0 };
+    r.write_guest(a, SCRATCH, offer.as_bytes());
+    assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::ALLOC_UNBOUND, SCRATCH, 0, 0, 0]), 0);
+    let mut pa = 0u32;
+    r.read_guest(a, SCRATCH + offset_of!(AllocUnbound, port) as u64, pa.as_mut_bytes());
+    assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]), 0);
+    assert_eq!(r.next.id, b);
+    let bind = BindInterdomain { remote_dom: a.raw(), pad: 0, remote_port: pa, local_port: 0 };
+    r.write_guest(b, SCRATCH, bind.as_bytes());
+    assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::BIND_INTERDOMAIN, SCRATCH, 0, 0, 0]), 0);
+    let mut pb = 0u32;
+    r.read_guest(b, SCRATCH + offset_of!(BindInterdomain, local_port) as u64, pb.as_mut_bytes());
+
+    // b sends to a, which is runnable: marked pending in place, no switch.
+    r.write_guest(b, SCRATCH, Send { port: pb }.as_bytes());
+    let f = r.frame().iret();
+    let send = [event::SEND, SCRATCH, 0, 0, 0];
+    let exit = r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, send, || f).expect("in place: a is runnable");
+    assert_eq!((exit.rax, exit.iret), (Some(0), None));
+    assert!(r.port_pending(a, pa), "a's port is pending");
+    assert!(r.hv.cpu.notify.is_empty() && r.hv.cpu.pending_action.is_none());
+    assert_eq!(r.dom(a).state, RunState::Runnable);
+
+    // b blocks; a runs and sends back: b is blocked, so the fast path
+    // leaves it to the full path, which wakes b.
+    assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
+    assert_eq!(r.next.id, a);
+    r.ack_events(a);
+    r.write_guest(a, SCRATCH, Send { port: pa }.as_bytes());
+    let f = r.frame().iret();
+    assert!(r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0], || f).is_none());
+    assert!(!r.port_pending(b, pb), "not raised yet: the full path does it");
+    assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0]), 0);
+    assert!(r.port_pending(b, pb));
+    assert_eq!(r.dom(b).state, RunState::Runnable, "the send woke b");
+}
