@@ -1018,6 +1018,12 @@ impl<M: Machine> Hv<M> {
             self.cpu.memo = [None; 2];
         }
         let cur = self.cpu.current?;
+        if nr == nr::XEN_VERSION {
+            // Here only because an upcall is due (see `fast_path_hypercall`):
+            // the value needs no domain state, the upcall is delivered below.
+            let v = hypercall::xen_version(a[0]).unwrap_or_else(|e| e.to_ret() as u64);
+            return self.fast_return(cur, Action::Return(v as i64), iret);
+        }
         let frames = self.frames.as_mut()?;
         let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
         let mut env = DomEnv {
@@ -1031,6 +1037,13 @@ impl<M: Machine> Hv<M> {
             preempt_tsc,
         };
         let action = hypercall::dispatch(&mut env, nr, a);
+        self.fast_return(cur, action, iret)
+    }
+
+    /// The rest of [`Hv::fast_hypercall`] once the hypercall has run: the
+    /// events it sent, then the exit in place, with a due upcall bounced.
+    #[inline(always)]
+    fn fast_return(&mut self, cur: usize, action: Action, iret: impl FnOnce() -> IretFrame) -> Option<FastExit> {
         let Action::Return(v) = action else {
             // Not expected for these hypercalls; the full path applies it.
             self.cpu.pending_action = Some(action);
