@@ -320,7 +320,8 @@ impl<'a> FrameTable<'a> {
 
     /// Whether `dom` owns `mfn`.
     pub fn owned_by(&self, mfn: Mfn, dom: DomId) -> bool {
-        matches!(self.get(mfn), Ok(FrameInfo { owner: Owner::Domain(d), .. }) if d == dom)
+        // In place: every guest-memory walk asks this at each level.
+        usize::try_from(mfn).ok().and_then(|i| self.frames.get(i)).is_some_and(|f| f.owner == Owner::Domain(dom))
     }
 
     /// Takes a free frame for `owner`. The caller zeroes it before use.

@@ -31,7 +31,7 @@
 //! change on another CPU must forget every CPU's memo, as a TLB shootdown).
 
 use crate::mm::frames::{DomId, FrameTable, Mfn};
-use crate::mm::paging::{Pte, PAGE_SIZE};
+use crate::mm::paging::{Pte, PteFlags, PAGE_SIZE};
 use pvguest_abi::{layout, Errno};
 
 /// Access to machine memory through the hypervisor's direct map.
@@ -146,18 +146,25 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
         if !layout::is_guest_va(va.0) {
             return Err(Errno::EFAULT);
         }
+        // The bits every level must have for this access (one test per
+        // level instead of one per rule).
+        let mut need = PteFlags::PRESENT;
+        if access.write {
+            need |= PteFlags::WRITABLE;
+        }
+        if access.user {
+            need |= PteFlags::USER;
+        }
         let mut table = self.root;
-        for level in (1..=4u32).rev() {
+        for shift in [39u32, 30, 21, 12] {
             if !self.frames.owned_by(table, self.dom) {
                 return Err(Errno::EFAULT);
             }
-            let index = (va.0 >> (12 + 9 * (level - 1))) & 511;
+            let index = (va.0 >> shift) & 511;
             let pte = Pte(self.mem.read_u64(table * PAGE_SIZE + index * 8));
-            if !pte.present()
-                || (access.write && !pte.writable())
-                || (access.user && !pte.user())
-                || (level > 1 && pte.huge())
-            {
+            // No huge pages: PS must be clear above L1 (at L1 it is PAT).
+            let huge = if shift > 12 { PteFlags::HUGE.bits() } else { 0 };
+            if pte.0 & (need.bits() | huge) != need.bits() {
                 return Err(Errno::EFAULT);
             }
             table = pte.mfn();
