@@ -62,9 +62,11 @@
 //!    function decodes memory, none of its memory BARs overlaps RAM or the
 //!    hypervisor (every frame the frame table covers: `[0, ram_end)`), the
 //!    IOAPIC (`0xFEC00000..0xFED00000`) or the local APIC and MSI window
-//!    (`0xFEE00000..0xFEF00000`); while it decodes I/O, its I/O BARs lie in
-//!    `0x1000..0x10000` (the hypervisor's ports, COM1, the debug exit, the
-//!    RTC and `0xCF8`, are all below `0x1000`). So with decoding on, a BAR
+//!    (`0xFEE00000..0xFEF00000`); while it decodes I/O, its I/O BARs lie
+//!    below `0x10000` and off the hypervisor's ports ([`IO_FORBIDDEN`]: the
+//!    legacy chipset ports `0x00..0x100` (PIC, PIT, RTC, the debug exit),
+//!    COM1 and `0xCF8..0xD00`; firmware puts q35's SMBus at `0x700`, so a
+//!    plain "above `0x1000`" would not do). So with decoding on, a BAR
 //!    write is checked at the place it would put the BAR (the other half of
 //!    a 64-bit BAR taken as the device holds it now), and `EPERM` if that
 //!    breaks the invariant; with decoding off any value is accepted, and
@@ -370,8 +372,15 @@ pub struct Range {
 pub const IOAPIC: Range = Range { start: 0xfec0_0000, end: 0xfed0_0000, what: "the IOAPIC" };
 /// The local APIC and the MSI address window.
 pub const LAPIC: Range = Range { start: 0xfee0_0000, end: 0xfef0_0000, what: "the local APIC" };
-/// Ports an I/O BAR may use (rule 5).
-pub const IO_PORTS_ALLOWED: (u64, u64) = (0x1000, 0x1_0000);
+/// Ports no I/O BAR may decode while its function decodes I/O (rule 5):
+/// the hypervisor's.
+pub const IO_FORBIDDEN: [Range; 3] = [
+    Range { start: 0, end: 0x100, what: "the legacy chipset ports" },
+    Range { start: 0x3f8, end: 0x400, what: "COM1" },
+    Range { start: 0xcf8, end: 0xd00, what: "PCI configuration" },
+];
+/// Ports past the last one x86 has.
+pub const IO_END: u64 = 0x1_0000;
 
 /// The memory no BAR may overlap while its function decodes memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -581,7 +590,8 @@ impl Pci {
     fn placement_allowed(&self, b: &Bar, base: u64) -> Result<(), Errno> {
         let ok = match b.kind {
             BarKind::Io => {
-                base >= IO_PORTS_ALLOWED.0 && base.checked_add(b.size).is_some_and(|e| e <= IO_PORTS_ALLOWED.1)
+                let end = base.saturating_add(b.size);
+                end <= IO_END && IO_FORBIDDEN.iter().all(|r| end <= r.start || base >= r.end)
             }
             BarKind::Mem32 | BarKind::Mem64 | BarKind::Mem64High => self.forbidden.hit(base, b.size).is_none(),
             BarKind::Unused => true,

@@ -432,11 +432,13 @@ fn rule5_a_memory_bar_is_not_moved_onto_ram_the_hypervisor_or_the_apics() {
 #[test]
 fn rule5_an_io_bar_stays_off_the_hypervisors_ports() {
     let (mut pci, mut bus) = setup();
-    for port in [0x0cf8u32, 0x03f8, 0x00f4, 0x0070, 0, 0x1_0cc0] {
+    for port in [0x0cf8u32, 0x0cc0, 0x0d00 - 0x40, 0x03f8, 0x03c0, 0x00f4, 0x0070, 0, 0x1_0cc0] {
         assert_eq!(write(&mut pci, &mut bus, SMBUS, 0x20, 4, port | 1), Err(Errno::EPERM), "{port:#x}");
     }
-    assert_eq!(write(&mut pci, &mut bus, SMBUS, 0x20, 4, 0xc000 | 1), Ok(()));
-    assert_eq!(record(&pci, SMBUS).bars[4].base, 0xc000);
+    for port in [0xc000u32, 0x0100, 0x0400, 0x0d00, 0x0700, 0xffc0] {
+        assert_eq!(write(&mut pci, &mut bus, SMBUS, 0x20, 4, port | 1), Ok(()), "{port:#x}");
+        assert_eq!(record(&pci, SMBUS).bars[4].base, u64::from(port));
+    }
 }
 
 #[test]
