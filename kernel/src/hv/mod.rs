@@ -78,6 +78,7 @@
 //! - Guest pointers: [`crate::mm::guest_mem::GuestView`].
 //! - Handler addresses and stacks: [`crate::domain::vcpu`].
 //! - Return frames: [`crate::regs::Regs::sanitize`], on every exit.
+//! - PCI configuration addresses and writes (dom0's): [`crate::pci`].
 
 mod machine;
 mod report;

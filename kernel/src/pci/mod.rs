@@ -101,6 +101,7 @@
 mod tests;
 
 use crate::domain::Privilege;
+use crate::mm::frames::Mfn;
 use core::fmt;
 use pvguest_abi::pci::{bar, cap, class, command, header, reg, status, BARS_TYPE0};
 use pvguest_abi::physdev::PciConfig;
@@ -627,7 +628,7 @@ impl Pci {
     /// if dom0 is given it, it decodes memory, and the frame overlaps
     /// nothing forbidden (RAM, the hypervisor, the APICs): the frames dom0
     /// may map as device memory. A BAR smaller than a page gives no frame.
-    pub fn mmio_owner(&self, mfn: u64) -> Option<Bdf> {
+    pub fn mmio_owner(&self, mfn: Mfn) -> Option<Bdf> {
         let first = mfn.checked_mul(4096)?;
         let last = first.checked_add(4095)?;
         if self.forbidden.hit(first, 4096).is_some() {
@@ -649,7 +650,7 @@ impl Pci {
 
     /// Whether dom0 may map frame `mfn` as device memory
     /// ([`Pci::mmio_owner`]).
-    pub fn is_device_mmio(&self, mfn: u64) -> bool {
+    pub fn is_device_mmio(&self, mfn: Mfn) -> bool {
         self.mmio_owner(mfn).is_some()
     }
 }
