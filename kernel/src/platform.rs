@@ -5,8 +5,8 @@
 //! Policy (what a trap means, who runs next, who pays) is the host-tested
 //! library's [`ringfence_kernel::hv`]; this file only moves frames between
 //! the entry stack and it, and gives it the hardware: TSC, local APIC
-//! timer, COM1, segment registers, descriptor tables and the identity map
-//! of physical memory. See the library's module docs for one trip through
+//! timer, COM1, segment registers, descriptor tables, the identity map
+//! of physical memory and PCI configuration space. See the library's module docs for one trip through
 //! the hypervisor and where validation happens.
 //!
 //! # Ownership
@@ -26,6 +26,7 @@
 //! domain switch.
 
 use crate::arch::entry::{self, EntryCell, TrapFrame};
+use crate::arch::pci::Mechanism1;
 use crate::arch::phys::HvPhys;
 use crate::arch::timer::{self, Rates};
 use crate::arch::{cpu, descriptors, qemu_exit, serial, EXIT_FAILURE, EXIT_SUCCESS};
@@ -51,9 +52,10 @@ pub use ringfence_kernel::hv::MAX_DOMAINS;
 pub struct Platform {
     mem: HvPhys,
     rates: Option<Rates>,
+    pci: Mechanism1,
 }
 
-static HV: Mutex<Hv<Platform>> = Mutex::new(Hv::new(Platform { mem: HvPhys, rates: None }));
+static HV: Mutex<Hv<Platform>> = Mutex::new(Hv::new(Platform { mem: HvPhys, rates: None, pci: Mechanism1 }));
 
 /// The domain table's storage: outside the image's loaded part, set up at
 /// boot (see `linker.ld`).
@@ -81,6 +83,11 @@ fn domain_table() -> DomainTable<'static, Domain> {
 
 impl Machine for Platform {
     type Mem = HvPhys;
+    type Config = Mechanism1;
+
+    fn pci_config(&mut self) -> &mut Mechanism1 {
+        &mut self.pci
+    }
 
     fn mem(&mut self) -> &mut HvPhys {
         &mut self.mem

@@ -63,6 +63,7 @@
 //! | [`mm`] | frames, validated page-table updates, address spaces | contained here |
 //! | [`process`] | ring-3 processes, system calls | contained here |
 //! | [`heap`] | a global allocator over free frames | no |
+//! | [`pci`] | PCI configuration for dom0: filtered reads and writes, enumeration | the gate only |
 #![no_std]
 
 extern crate freestanding;
@@ -76,6 +77,7 @@ pub mod grant;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;
+pub mod pci;
 pub mod process;
 pub mod rt;
 pub mod sched;

@@ -370,6 +370,56 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "dom0-pci",
+            what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; a domU gets EPERM",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            expect: Outcome::Pass,
+            check: |out| {
+                // The hypervisor's view: what dom0 is given.
+                need(out, "(rf) pci 00:00.0 8086:29c0 class 06/00/00: not given")?;
+                need(out, "(rf) pci 00:1f.0 8086:2918 class 06/01/00: not given")?;
+                need(out, "(rf) pci 00:1f.2 8086:2922 class 01/06/01: dom0's, BAR4 io 0x")?;
+                // dom0's enumeration, one line per function.
+                need(out, "[dom0] pci 00:00.0 8086:29c0 class 06/00/00 host bridge")?;
+                need(out, "[dom0] pci 00:1f.0 8086:2918 class 06/01/00 ISA bridge")?;
+                need(out, "[dom0] pci 00:1f.2 8086:2922 class 01/06/01 SATA controller")?;
+                need(out, "[dom0] pci 00:1f.3 8086:2930 class 0c/05/00 SMBus controller")?;
+                need(out, "[dom0] dom0: 4 PCI functions")?;
+                for line in [
+                    "memory decoding and bus mastering of 00:1f.2 on: ok",
+                    "MWI bit of 00:1f.2's command register: EPERM (want EPERM) refused",
+                    "move BAR5 of 00:1f.2 onto the hypervisor image (0x100000): EPERM (want EPERM) refused",
+                    "move BAR5 of 00:1f.2 onto RAM (0x2000000): EPERM (want EPERM) refused",
+                    "move BAR5 of 00:1f.2 onto the local APIC (0xfee00000): EPERM (want EPERM) refused",
+                    "move BAR5 of 00:1f.2 onto the IOAPIC (0xfec00000): EPERM (want EPERM) refused",
+                    "BAR5 of 00:1f.2 still where the firmware put it: ok",
+                    "BAR5 of 00:1f.2 sizes to 4096 bytes; restored at 0x",
+                    "enable MSI of 00:1f.2: EPERM (want EPERM) refused",
+                    "MSI address of 00:1f.2: EPERM (want EPERM) refused",
+                    "command register of the host bridge 00:00.0: EPERM (want EPERM) refused",
+                    "interrupt line of the ISA bridge 00:1f.0: EPERM (want EPERM) refused",
+                    "PCI read with device 32: EINVAL (want EINVAL) refused",
+                    "PCI read with size 3: EINVAL (want EINVAL) refused",
+                    "physdev_op(map_pirq) (reserved): ENOSYS (want ENOSYS) refused",
+                ] {
+                    need(out, &format!("[dom0] dom0: {line}"))?;
+                }
+                need(out, "[dom0] dom0: 23/23 checks as expected")?;
+                need(out, "[domu] domU: pci::enumerate: EPERM (want EPERM) refused")?;
+                need(out, "[domu] domU: write of 00:1f.2's command register: EPERM (want EPERM) refused")?;
+                need(out, "[domu] domu: 6/6 checks as expected")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "thousand-domains",
             what: "1000 small domains built from one shared image and alive at once: each greets with its own id and powers off, all are reaped, and no stretch in the hypervisor passes 200000 instructions",
             bundle: |imgs| {

@@ -6,7 +6,7 @@ use core::arch::asm;
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, val: u8) {
     // SAFETY: port I/O has no memory effects; the hypervisor owns the legacy
-    // devices it touches (UART, PIT, PIC, debug-exit).
+    // devices it touches (UART, PIT, PIC, debug-exit, PCI configuration).
     unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
 }
 
@@ -22,6 +22,28 @@ pub fn inb(port: u16) -> u8 {
 pub fn outl(port: u16, val: u32) {
     // SAFETY: as for `outb`.
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Writes a word to an I/O port.
+pub fn outw(port: u16, val: u16) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, ax", in("dx") port, in("ax") val, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads a word from an I/O port.
+pub fn inw(port: u16) -> u16 {
+    let v: u16;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in ax, dx", in("dx") port, out("ax") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Reads a double word from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as for `outb`.
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    v
 }
 
 /// Reads CR2 (the faulting address of the last page fault).

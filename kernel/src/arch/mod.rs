@@ -8,6 +8,7 @@ pub mod descriptors;
 pub mod entry;
 pub mod leakcheck;
 pub mod mm;
+pub mod pci;
 pub mod phys;
 pub mod pvh;
 pub mod rtc;

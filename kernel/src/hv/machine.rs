@@ -10,6 +10,7 @@
 use crate::domain::vcpu::SegmentState;
 use crate::mm::frames::Mfn;
 use crate::mm::guest_mem::PhysMem;
+use crate::pci::ConfigSpace;
 use crate::regs::Regs;
 use ring_protocol::ByteChannel;
 
@@ -18,8 +19,14 @@ pub trait Machine {
     /// Physical memory.
     type Mem: PhysMem;
 
+    /// PCI configuration space.
+    type Config: ConfigSpace;
+
     /// Physical memory, to read and write.
     fn mem(&mut self) -> &mut Self::Mem;
+    /// PCI configuration space (mechanism #1 on the real machine; only
+    /// [`crate::pci`]'s policy, on dom0's behalf or at boot, uses it).
+    fn pci_config(&mut self) -> &mut Self::Config;
     /// Physical memory, to read.
     fn mem_ref(&self) -> &Self::Mem;
     /// The time-stamp counter. An associated function, not a method: the

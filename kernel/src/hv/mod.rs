@@ -78,6 +78,7 @@
 //! - Guest pointers: [`crate::mm::guest_mem::GuestView`].
 //! - Handler addresses and stacks: [`crate::domain::vcpu`].
 //! - Return frames: [`crate::regs::Regs::sanitize`], on every exit.
+//! - PCI configuration addresses and writes (dom0's): [`crate::pci`].
 
 mod machine;
 mod report;
@@ -98,6 +99,7 @@ use crate::hypercall::{self, Action};
 use crate::mm::frames::{FrameTable, Mfn};
 use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
+use crate::pci::{ConfigAddr, Forbidden, Pci};
 use crate::regs::{FxArea, IretFrame, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
@@ -322,6 +324,9 @@ pub struct Hv<M: Machine> {
     pub deadlines: IndexedHeap<(u64, usize), { 2 * MAX_DOMAINS }>,
     pub boot_tsc: u64,
     pub scale: TscScale,
+    /// PCI functions, dom0's share of them and the BAR record (scanned at
+    /// boot; see [`crate::pci`]).
+    pub pci: Pci,
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
@@ -339,6 +344,8 @@ struct DomEnv<'a, M: Machine> {
     clock: (TscScale, u64),
     /// TSC value at which other work is due (the armed deadline).
     preempt_tsc: u64,
+    /// The PCI policy and record.
+    pci: &'a mut Pci,
 }
 
 impl<M: Machine> DomEnv<'_, M> {
@@ -515,6 +522,12 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn preempt_due(&mut self) -> bool {
         M::tsc() >= self.preempt_tsc
     }
+    fn pci_read(&mut self, privilege: Privilege, at: ConfigAddr) -> u32 {
+        self.pci.read(privilege, self.m.pci_config(), at)
+    }
+    fn pci_write(&mut self, privilege: Privilege, at: ConfigAddr, value: u32) -> Result<(), Errno> {
+        self.pci.write(privilege, self.m.pci_config(), at, value)
+    }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
         let d = &self.domains[self.cur];
@@ -608,6 +621,7 @@ impl<M: Machine> Hv<M> {
             deadlines: IndexedHeap::new((0, 0)),
             boot_tsc: 0,
             scale: TscScale { mul: 0, shift: 0 },
+            pci: Pci::empty(),
         }
     }
 
@@ -623,8 +637,12 @@ impl<M: Machine> Hv<M> {
         bundle: &Bundle<'_>,
         wallclock: u64,
     ) -> Next {
+        // Every frame the frame table covers is RAM or the hypervisor's: no
+        // device BAR may decode there.
+        let ram_end = frames.len() as u64 * 4096;
         self.frames = Some(frames);
         self.domains = domains;
+        self.scan_pci(ram_end);
         self.scale = TscScale::from_hz(tsc_hz);
         self.boot_tsc = M::tsc();
         self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
@@ -637,6 +655,17 @@ impl<M: Machine> Hv<M> {
         let now = self.now();
         self.cpu.meter.skip(now);
         self.schedule()
+    }
+
+    /// Finds the PCI functions and logs each with its share ([`crate::pci`]).
+    fn scan_pci(&mut self, ram_end: u64) {
+        self.pci = Pci::scan(self.m.pci_config(), Forbidden::new(ram_end));
+        for f in self.pci.functions() {
+            hvlog!(self.m, "pci {f}");
+        }
+        if self.pci.unrecorded > 0 {
+            hvlog!(self.m, "pci: {} more functions not recorded, none given to dom0", self.pci.unrecorded);
+        }
     }
 
     /// System time in ns.
@@ -1035,6 +1064,7 @@ impl<M: Machine> Hv<M> {
             now: 0,
             clock: (self.scale, self.boot_tsc),
             preempt_tsc,
+            pci: &mut self.pci,
         };
         let action = hypercall::dispatch(&mut env, nr, a);
         self.fast_return(cur, action, iret)
@@ -1263,6 +1293,7 @@ impl<M: Machine> Hv<M> {
                     now,
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
+                    pci: &mut self.pci,
                 };
                 (hypercall::dispatch(&mut env, nr, args), before)
             }

@@ -162,6 +162,8 @@ struct FakeMachine {
     rsp1: Vec<u64>,
     /// What writing one byte to the UART costs, in ns.
     uart_ns_per_byte: u64,
+    /// No PCI.
+    pci: crate::pci::Absent,
 }
 
 impl FakeMachine {
@@ -178,6 +180,7 @@ impl FakeMachine {
             gates: Vec::new(),
             rsp1: Vec::new(),
             uart_ns_per_byte: 0,
+            pci: crate::pci::Absent,
         }
     }
 
@@ -188,6 +191,11 @@ impl FakeMachine {
 
 impl Machine for FakeMachine {
     type Mem = Ram;
+    type Config = crate::pci::Absent;
+
+    fn pci_config(&mut self) -> &mut crate::pci::Absent {
+        &mut self.pci
+    }
 
     fn mem(&mut self) -> &mut Ram {
         &mut self.ram

@@ -44,6 +44,10 @@
 //! continuation's (as Xen does), and the multicall resumes at that entry.
 //! - Guest addresses the hypervisor will jump to are validated once, in
 //!   [`crate::domain::vcpu`].
+//! - A privileged operation (`console_io` read, every `physdev_op`) asks
+//!   [`Env::privilege`] first and passes the [`Privilege`] on to the
+//!   operation, which cannot be called without one; a domain without it
+//!   gets `EPERM` before any argument is read.
 
 mod guest;
 
@@ -53,6 +57,7 @@ use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, Privilege};
 use crate::event::{self as evt, Closed, EventChannels, Port};
 use crate::grant::{CopyOp, GrantError, MapRequest, MAX_GRANT_FRAMES};
+use crate::pci::ConfigAddr;
 use core::mem::offset_of;
 use pvguest_abi::event::{
     self, status, AllocUnbound, BindInterdomain, BindIpi, BindVcpu, BindVirq, Close, Reset, Send, Status, Unmask,
@@ -63,6 +68,7 @@ use pvguest_abi::grant::{
 };
 use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
+use pvguest_abi::physdev::{self, PciConfig};
 use pvguest_abi::sched_op::SchedPoll;
 use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
 use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SingleshotTimer, SSHOT_FUTURE};
@@ -184,6 +190,12 @@ pub trait Env {
     fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno>;
     /// Updates the entry that maps `va` in the current page tables.
     fn update_va_mapping(&mut self, va: u64, val: u64, flags: u64) -> Result<(), Errno>;
+    /// A PCI configuration read for the caller, which holds `privilege`
+    /// ([`crate::pci::Pci::read`]).
+    fn pci_read(&mut self, privilege: Privilege, at: ConfigAddr) -> u32;
+    /// A PCI configuration write for the caller, which holds `privilege`,
+    /// through the filter ([`crate::pci::Pci::write`]).
+    fn pci_write(&mut self, privilege: Privilege, at: ConfigAddr, value: u32) -> Result<(), Errno>;
     /// Whether this hypercall must stop at the next unit boundary: its
     /// [`BUDGET_NS`] is spent or other work is due (a timer deadline
     /// passed). Long work then continues later (see the module docs).
@@ -220,6 +232,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::SCHED_OP => sched(env, a[0], a[1]),
         hypercall::EVENT_CHANNEL_OP => event_channel_op(env, a[0], a[1], a[2]),
         hypercall::GRANT_TABLE_OP => grant_table_op(env, a[0], a[1], a[2]),
+        hypercall::PHYSDEV_OP => ret(physdev_op(env, a[0], a[1])),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -976,6 +989,36 @@ fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
         }
     }
     Action::Return(0)
+}
+
+/// `physdev_op(cmd, arg)`: every command needs the caller's privilege,
+/// checked before anything else (`EPERM`, whatever the command or
+/// argument, so an ordinary domain learns nothing from it). PCI
+/// configuration addresses are decoded by [`ConfigAddr::decode`] (rule 1 of
+/// [`crate::pci`]) and writes filtered by [`crate::pci::Pci::write`].
+/// `PHYSDEVOP_eoi` and `PHYSDEVOP_map_pirq` are reserved: `ENOSYS` until
+/// device interrupts are offered.
+fn physdev_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let Some(privilege) = env.privilege() else {
+        return Err(Errno::EPERM);
+    };
+    match cmd {
+        physdev::PCI_CONFIG_READ => {
+            let ptr = GuestPtr::<PciConfig>::new(arg);
+            let at = ConfigAddr::decode(&ptr.read(env)?)?;
+            let value = env.pci_read(privilege, at);
+            ptr.field::<u32>(offset_of!(PciConfig, value)).write(env, &value)?;
+            Ok(0)
+        }
+        physdev::PCI_CONFIG_WRITE => {
+            let (at, value) = ConfigAddr::decode_write(&GuestPtr::<PciConfig>::new(arg).read(env)?)?;
+            env.pci_write(privilege, at, value).map(|()| 0)
+        }
+        // Reserved with Xen's layouts (`pvguest_abi::physdev::{Eoi,
+        // MapPirq}`); their handlers come with device interrupts.
+        physdev::EOI | physdev::MAP_PIRQ => Err(Errno::ENOSYS),
+        _ => Err(Errno::ENOSYS),
+    }
 }
 
 /// `xen_version`: reads no domain state, so the trap layer may answer it

@@ -51,6 +51,9 @@ struct FakeEnv {
     notified: Vec<(DomId, u32)>,
     /// Grant copies performed.
     copies: Vec<crate::grant::CopyOp>,
+    /// PCI configuration accesses that reached the machine: (address,
+    /// value written, or `None` for a read).
+    pci: Vec<(ConfigAddr, Option<u32>)>,
 }
 
 impl FakeEnv {
@@ -81,6 +84,7 @@ impl FakeEnv {
             others: Default::default(),
             notified: Vec::new(),
             copies: Vec::new(),
+            pci: Vec::new(),
         }
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
@@ -108,6 +112,19 @@ impl FakeEnv {
 }
 
 impl Env for FakeEnv {
+    fn pci_read(&mut self, _: Privilege, at: ConfigAddr) -> u32 {
+        self.pci.push((at, None));
+        0x29c0_8086 & at.mask()
+    }
+    fn pci_write(&mut self, _: Privilege, at: ConfigAddr, value: u32) -> Result<(), Errno> {
+        self.pci.push((at, Some(value)));
+        // The fake's policy: the host bridge is not dom0's.
+        if at.bdf().dev() == 0 {
+            Err(Errno::EPERM)
+        } else {
+            Ok(())
+        }
+    }
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let o = self.range(va, buf.len(), false)?;
         buf.copy_from_slice(&self.mem[o..o + buf.len()]);
@@ -1153,4 +1170,99 @@ fn grant_map_and_unmap_batches_report_per_element() {
     assert_eq!(get_struct::<UnmapGrantRef>(&e, u).status, gntst::OKAY);
     assert_eq!(get_struct::<UnmapGrantRef>(&e, u + 24).status, gntst::BAD_HANDLE);
     assert_eq!(e.call(hypercall::GRANT_TABLE_OP, [MAP_GRANT_REF, 0, 1, 0, 0]), r(Errno::EFAULT));
+}
+
+// ---- physdev_op ----
+
+fn pci_arg(bus: u8, dev: u8, func: u8, reg: u16, size: u8, value: u32) -> PciConfig {
+    PciConfig { seg: 0, bus, dev, func, size, reg, value }
+}
+
+fn physdev(e: &mut FakeEnv, cmd: u64, arg: u64) -> Action {
+    e.call(hypercall::PHYSDEV_OP, [cmd, arg, 0, 0, 0])
+}
+
+#[test]
+fn physdev_op_is_eperm_for_an_unprivileged_domain_whatever_it_asks() {
+    let mut e = FakeEnv::new();
+    put_struct(&mut e, BASE, &pci_arg(0, 0x1f, 2, 0, 4, 0));
+    for cmd in [physdev::PCI_CONFIG_READ, physdev::PCI_CONFIG_WRITE, physdev::EOI, physdev::MAP_PIRQ, 0, 77, u64::MAX] {
+        // A good argument, a bad pointer, a bad address: all EPERM.
+        for arg in [BASE, 0, BASE + SIZE as u64] {
+            assert_eq!(physdev(&mut e, cmd, arg), r(Errno::EPERM), "cmd {cmd:#x} arg {arg:#x}");
+        }
+    }
+    assert!(e.pci.is_empty(), "an unprivileged call reached the machine");
+    assert_eq!(e.get(BASE + 8, 4), [0; 4], "nothing was written back");
+}
+
+#[test]
+fn physdev_reserved_and_unknown_commands_are_enosys_for_dom0() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    put_struct(&mut e, BASE, &pvguest_abi::physdev::MapPirq::default());
+    for cmd in [physdev::EOI, physdev::MAP_PIRQ, 0, 5, 33, physdev::RF_BASE + 2, u64::MAX] {
+        assert_eq!(physdev(&mut e, cmd, BASE), r(Errno::ENOSYS), "cmd {cmd:#x}");
+    }
+    assert!(e.pci.is_empty());
+}
+
+#[test]
+fn physdev_pci_read_decodes_once_and_writes_only_the_value() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    put_struct(&mut e, BASE, &pci_arg(0, 0, 0, 0, 4, 0xdead_beef));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_READ, BASE), Action::Return(0));
+    let back = PciConfig::read_from_bytes(e.get(BASE, size_of::<PciConfig>())).unwrap();
+    assert_eq!(back, pci_arg(0, 0, 0, 0, 4, 0x29c0_8086));
+    assert_eq!(e.pci, [(ConfigAddr::decode(&back).unwrap(), None)]);
+    // A byte read: the value is zero-extended.
+    put_struct(&mut e, BASE, &pci_arg(0, 0, 0, 1, 1, 0xffff_ffff));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_READ, BASE), Action::Return(0));
+    assert_eq!(e.get(BASE + 8, 4), 0x86u32.to_le_bytes());
+    // Unreadable, or readable but not writable for the answer.
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_READ, BASE + SIZE as u64 - 4), r(Errno::EFAULT));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_READ, 0), r(Errno::EFAULT));
+    put_struct(&mut e, BASE + RO_FROM, &pci_arg(0, 0, 0, 0, 4, 0));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_READ, BASE + RO_FROM), r(Errno::EFAULT));
+}
+
+#[test]
+fn physdev_pci_bad_addresses_are_einval_before_the_machine() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    for bad in [
+        PciConfig { seg: 1, ..pci_arg(0, 1, 0, 0, 4, 0) },
+        pci_arg(0, 32, 0, 0, 4, 0),
+        pci_arg(0, 1, 8, 0, 4, 0),
+        pci_arg(0, 1, 0, 0x100, 1, 0),
+        pci_arg(0, 1, 0, 2, 4, 0),
+        pci_arg(0, 1, 0, 3, 2, 0),
+        pci_arg(0, 1, 0, 0, 3, 0),
+        pci_arg(0, 1, 0, 0, 0, 0),
+    ] {
+        put_struct(&mut e, BASE, &bad);
+        for cmd in [physdev::PCI_CONFIG_READ, physdev::PCI_CONFIG_WRITE] {
+            assert_eq!(physdev(&mut e, cmd, BASE), r(Errno::EINVAL), "{bad:?}");
+        }
+    }
+    // A written value wider than its size.
+    put_struct(&mut e, BASE, &pci_arg(0, 1, 0, 4, 2, 0x1_0000));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_WRITE, BASE), r(Errno::EINVAL));
+    assert!(e.pci.is_empty());
+}
+
+#[test]
+fn physdev_pci_write_passes_the_filters_answer() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    put_struct(&mut e, BASE, &pci_arg(0, 0x1f, 2, 4, 2, 0x0007));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_WRITE, BASE), Action::Return(0));
+    put_struct(&mut e, BASE, &pci_arg(0, 0, 0, 4, 2, 0x0007));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_WRITE, BASE), r(Errno::EPERM));
+    let dev = |d| ConfigAddr::decode(&pci_arg(0, d, if d == 0 { 0 } else { 2 }, 4, 2, 0)).unwrap();
+    assert_eq!(e.pci, [(dev(0x1f), Some(7)), (dev(0), Some(7))]);
+    // A write never writes guest memory (the argument may be read-only).
+    put_struct(&mut e, BASE + RO_FROM, &pci_arg(0, 0x1f, 2, 0x3c, 1, 9));
+    assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_WRITE, BASE + RO_FROM), Action::Return(0));
 }

@@ -35,6 +35,8 @@ pub mod grant;
 pub mod layout;
 pub mod memory;
 pub mod mmu;
+pub mod pci;
+pub mod physdev;
 pub mod shared_info;
 pub mod start_info;
 pub mod trap;
@@ -96,6 +98,9 @@ pub mod hypercall {
     pub const SCHED_OP: u64 = 29;
     /// Event-channel operations: see [`crate::event`].
     pub const EVENT_CHANNEL_OP: u64 = 32;
+    /// Physical-device operations (dom0 only): `physdev_op(cmd, ptr to
+    /// the command's struct)`. See [`crate::physdev`].
+    pub const PHYSDEV_OP: u64 = 33;
 }
 
 /// Domain id meaning "the calling domain" (Xen's `DOMID_SELF`).
