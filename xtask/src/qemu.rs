@@ -6,7 +6,10 @@
 //! something did not. Any other status, including 0 (a triple fault with
 //! `-no-reboot`), is a failure the hypervisor never reported.
 
+mod install;
+
 use crate::Result;
+pub use install::ensure_installed;
 use std::fmt;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
@@ -66,31 +69,6 @@ pub struct RunResult {
     /// Everything QEMU printed (serial console), `\r` removed.
     pub output: String,
     pub wall: Duration,
-}
-
-/// Makes sure `qemu-system-x86_64` exists, installing it with apt-get when
-/// this user can.
-pub fn ensure_installed() -> Result<()> {
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_ok() {
-        return Ok(());
-    }
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
-    if root && has_apt {
-        eprintln!("xtask: qemu-system-x86_64 not found; installing qemu-system-x86 with apt-get");
-        let ok = Command::new("sh")
-            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok && Command::new("qemu-system-x86_64").arg("--version").output().is_ok() {
-            return Ok(());
-        }
-    }
-    Err("qemu-system-x86_64 is not installed. Install it with:\n  \
-         sudo apt-get install qemu-system-x86     (Debian/Ubuntu)\n  \
-         sudo dnf install qemu-system-x86         (Fedora)"
-        .into())
 }
 
 /// Boots QEMU and waits for it to end or time out.
