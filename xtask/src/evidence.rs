@@ -1,0 +1,8 @@
+//! Evidence gathered on the host about what a guest did with its devices:
+//! the contents of its disk image ([`pattern`]).
+//!
+//! These never trust the guest's own report: a guest line says what it
+//! claims to have done (which sectors, which seed), and the host checks the
+//! image file itself.
+
+pub mod pattern;
