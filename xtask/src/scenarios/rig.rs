@@ -106,9 +106,10 @@ mod tests {
 
     #[test]
     fn one_disk_and_one_nic_per_machine() {
-        let mut r = Rig::new("xtask-rig-unit-test");
+        let name: &'static str = Box::leak(format!("xtask-rig-test-{}", std::process::id()).into_boxed_str());
+        let mut r = Rig::new(name);
         let p = r.disk(1 << 20).unwrap();
-        assert!(p.ends_with("ringfence/xtask-rig-unit-test.img"));
+        assert!(p.ends_with(format!("ringfence/{name}.img")));
         assert_eq!(std::fs::metadata(&p).unwrap().len(), 1 << 20);
         assert!(r.disk(1 << 20).is_err());
         let n = r.nic(&[(Proto::Udp, 7)]).unwrap();
