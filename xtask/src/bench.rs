@@ -4,7 +4,7 @@
 
 use crate::images::{self, add_symbols};
 use crate::isolation::{self, Row};
-use crate::qemu::{self, Outcome, RunOpts};
+use crate::qemu::{self, Devices, Outcome, RunOpts};
 use crate::{root, Result};
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 use std::fmt::Write as _;
@@ -87,6 +87,7 @@ pub fn run(args: &[String]) -> Result<()> {
         timeout_s: 300,
         stream: false,
         extra: vec!["-icount".into(), "shift=0".into()],
+        devices: Devices::NONE,
     };
     let r = qemu::run(&opts)?;
     if r.outcome != Outcome::Pass {

@@ -27,7 +27,7 @@
 //! `cargo xtask bench`.
 
 use crate::images::{self, add_symbols, Images};
-use crate::qemu::{self, Outcome, RunOpts};
+use crate::qemu::{self, Devices, Outcome, RunOpts};
 use crate::{root, Result};
 use ringfence_bundle::Expect;
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
@@ -306,6 +306,7 @@ pub fn run(imgs: &Images, run: Run) -> Result<RunFigures> {
         timeout_s: RUN_TIMEOUT_S,
         stream: false,
         extra: vec!["-icount".into(), "shift=0".into()],
+        devices: Devices::NONE,
     };
     let r = qemu::run(&opts)?;
     let wall_s = r.wall.as_secs_f64();

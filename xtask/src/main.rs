@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod evidence;
 mod images;
 mod isolation;
 mod manifest;
@@ -111,6 +112,7 @@ fn run(args: &[String]) -> Result<()> {
         timeout_s: timeout,
         stream: true,
         extra: vec![],
+        devices: qemu::Devices::NONE,
     };
     let r = qemu::run(&opts)?;
     eprintln!("xtask: QEMU ran for {:.2} s (TCG wall time): {}", r.wall.as_secs_f64(), r.outcome);
@@ -213,6 +215,7 @@ fn gdb(args: &[String]) -> Result<()> {
         timeout_s: 24 * 3600,
         stream: true,
         extra: vec!["-s".into(), "-S".into()],
+        devices: qemu::Devices::NONE,
     };
     qemu::run(&opts).map(|_| ())
 }

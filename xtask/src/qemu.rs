@@ -5,13 +5,32 @@
 //! exit status 33 means every domain ended as the manifest expected, 35 means
 //! something did not. Any other status, including 0 (a triple fault with
 //! `-no-reboot`), is a failure the hypervisor never reported.
+//!
+//! The machine is q35 with 512 MiB, a `qemu64` CPU, the serial port on
+//! stdio and the exit device, plus exactly the [`devices`] a run asks for
+//! (none by default: then the command line is the plain one, see
+//! [`qemu_args`]).
+//!
+//! While QEMU runs, its output is read line by line on its own threads, so
+//! QEMU never blocks on a full pipe. A [`Watch`] starts a host-side action
+//! (on a thread of its own) when a line containing its text appears within
+//! its time; the run's result carries each watch's outcome, in order. An
+//! action must end by itself (it has its own timeouts): after QEMU ends, the
+//! run waits for every action that started.
+
+pub mod devices;
+mod install;
 
 use crate::Result;
+pub use devices::Devices;
+pub use install::ensure_installed;
+use std::ffi::OsString;
 use std::fmt;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// QEMU's exit status when the hypervisor reports success.
@@ -49,15 +68,40 @@ impl fmt::Display for Outcome {
 
 /// What to run.
 pub struct RunOpts {
+    /// The hypervisor ELF (`-kernel`).
     pub kernel: PathBuf,
+    /// The boot bundle (`-initrd`).
     pub bundle: Option<PathBuf>,
     /// Hypervisor command line.
     pub append: String,
+    /// Wall-clock time limit of the run, in seconds.
     pub timeout_s: u64,
     /// Print console lines as they arrive.
     pub stream: bool,
     /// Extra QEMU arguments.
     pub extra: Vec<String>,
+    /// Devices beyond the plain machine ([`Devices::NONE`]: none).
+    pub devices: Devices,
+}
+
+/// A host-side action to start when a console line contains `line`.
+pub struct Watch<T> {
+    /// Text the line must contain (QEMU's own stderr lines, prefixed
+    /// `qemu: `, count too).
+    pub line: String,
+    /// How long after QEMU starts the line may take to appear; later, the
+    /// action does not run and the watch fails.
+    pub within: Duration,
+    /// The action; it runs on its own thread while QEMU goes on.
+    pub action: Box<dyn FnOnce() -> Result<T> + Send>,
+}
+
+impl<T> Watch<T> {
+    /// A watch that runs `action` once a line containing `line` appears
+    /// within `within` of QEMU's start.
+    pub fn new(line: &str, within: Duration, action: impl FnOnce() -> Result<T> + Send + 'static) -> Watch<T> {
+        Watch { line: line.into(), within, action: Box::new(action) }
+    }
 }
 
 /// The result of a run.
@@ -68,49 +112,77 @@ pub struct RunResult {
     pub wall: Duration,
 }
 
-/// Makes sure `qemu-system-x86_64` exists, installing it with apt-get when
-/// this user can.
-pub fn ensure_installed() -> Result<()> {
-    if Command::new("qemu-system-x86_64").arg("--version").output().is_ok() {
-        return Ok(());
+/// QEMU's arguments for `o`: the plain machine, then `o.extra`, then the
+/// devices (none when `o.devices` is [`Devices::NONE`]).
+pub fn qemu_args(o: &RunOpts) -> Vec<OsString> {
+    let mut a: Vec<OsString> = [
+        "-machine",
+        "q35",
+        "-cpu",
+        "qemu64",
+        "-m",
+        "512M",
+        "-accel",
+        "tcg",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-serial",
+        "stdio",
+        "-no-reboot",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        "-kernel",
+    ]
+    .map(OsString::from)
+    .into();
+    a.push(o.kernel.clone().into());
+    if let Some(b) = &o.bundle {
+        a.push("-initrd".into());
+        a.push(b.clone().into());
     }
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout == b"0\n").unwrap_or(false);
-    let has_apt = Command::new("apt-get").arg("--version").output().is_ok();
-    if root && has_apt {
-        eprintln!("xtask: qemu-system-x86_64 not found; installing qemu-system-x86 with apt-get");
-        let ok = Command::new("sh")
-            .args(["-c", "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-system-x86"])
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if ok && Command::new("qemu-system-x86_64").arg("--version").output().is_ok() {
-            return Ok(());
-        }
+    if !o.append.is_empty() {
+        a.push("-append".into());
+        a.push(o.append.clone().into());
     }
-    Err("qemu-system-x86_64 is not installed. Install it with:\n  \
-         sudo apt-get install qemu-system-x86     (Debian/Ubuntu)\n  \
-         sudo dnf install qemu-system-x86         (Fedora)"
-        .into())
+    a.extend(o.extra.iter().map(OsString::from));
+    a.extend(o.devices.qemu_args().into_iter().map(OsString::from));
+    a
 }
 
 /// Boots QEMU and waits for it to end or time out.
 pub fn run(o: &RunOpts) -> Result<RunResult> {
+    run_watched(o, Vec::<Watch<()>>::new()).map(|(r, _)| r)
+}
+
+/// Boots QEMU, starts each watch's action when its line appears, and waits
+/// for QEMU to end or time out and for the started actions to end. Returns
+/// the run and each watch's outcome, in the order given.
+pub fn run_watched<T: Send + 'static>(o: &RunOpts, watches: Vec<Watch<T>>) -> Result<(RunResult, Vec<Result<T>>)> {
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-machine", "q35", "-cpu", "qemu64", "-m", "512M", "-accel", "tcg"])
-        .args(["-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .arg("-kernel")
-        .arg(&o.kernel);
-    if let Some(b) = &o.bundle {
-        cmd.arg("-initrd").arg(b);
-    }
-    if !o.append.is_empty() {
-        cmd.args(["-append", &o.append]);
-    }
-    cmd.args(&o.extra);
+    cmd.args(qemu_args(o));
+    supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, watches)
+        .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))
+}
+
+/// A watch's state during a run.
+enum Watching<T> {
+    Waiting(Watch<T>),
+    Started(JoinHandle<Result<T>>),
+    Over(Result<T>),
+}
+
+/// Runs `cmd` (QEMU, or a stand-in in tests) to its end or `timeout`,
+/// reading its output and serving the watches.
+fn supervise<T: Send + 'static>(
+    mut cmd: Command,
+    timeout: Duration,
+    stream: bool,
+    watches: Vec<Watch<T>>,
+) -> Result<(RunResult, Vec<Result<T>>)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd.spawn().map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))?;
+    let mut child = cmd.spawn().map_err(|e| e.to_string())?;
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<String>();
@@ -130,20 +202,37 @@ pub fn run(o: &RunOpts) -> Result<RunResult> {
             }
         }
     });
-    let deadline = start + Duration::from_secs(o.timeout_s);
-    let color = o.stream && std::io::stdout().is_terminal();
+    let mut watching: Vec<Watching<T>> = watches.into_iter().map(Watching::Waiting).collect();
+    let deadline = start + timeout;
+    let color = stream && std::io::stdout().is_terminal();
     let mut output = String::new();
     let outcome = loop {
         let now = Instant::now();
+        // Watches whose line is late fail, and their action never runs.
+        for w in &mut watching {
+            if let Watching::Waiting(x) = w {
+                if now >= start + x.within {
+                    let e = format!("no line containing {:?} within {:.1} s", x.line, x.within.as_secs_f64());
+                    *w = Watching::Over(Err(e));
+                }
+            }
+        }
         if now >= deadline {
             let _ = child.kill();
             let _ = child.wait();
-            break Outcome::Timeout(o.timeout_s);
+            break Outcome::Timeout(timeout.as_secs());
         }
         match rx.recv_timeout((deadline - now).min(Duration::from_millis(100))) {
             Ok(line) => {
-                if o.stream {
+                if stream {
                     print_line(&line, color);
+                }
+                for w in &mut watching {
+                    if matches!(w, Watching::Waiting(x) if line.contains(&x.line)) {
+                        if let Watching::Waiting(x) = std::mem::replace(w, Watching::Over(Err(String::new()))) {
+                            *w = Watching::Started(std::thread::spawn(x.action));
+                        }
+                    }
                 }
                 output.push_str(&line);
                 output.push('\n');
@@ -159,7 +248,20 @@ pub fn run(o: &RunOpts) -> Result<RunResult> {
             }
         }
     };
-    Ok(RunResult { outcome, output, wall: start.elapsed() })
+    let ran = start.elapsed();
+    let results = watching
+        .into_iter()
+        .map(|w| match w {
+            Watching::Waiting(x) => Err(format!(
+                "no line containing {:?}: the run ended after {:.1} s ({outcome})",
+                x.line,
+                ran.as_secs_f64()
+            )),
+            Watching::Started(h) => h.join().unwrap_or_else(|_| Err("the host-side action panicked".into())),
+            Watching::Over(r) => r,
+        })
+        .collect();
+    Ok((RunResult { outcome, output, wall: ran }, results))
 }
 
 /// Prints a console line, colouring the domain tag on a terminal.
@@ -182,5 +284,114 @@ fn print_line(line: &str, color: bool) {
         let _ = writeln!(out, "\x1b[1m{line}\x1b[0m");
     } else {
         let _ = writeln!(out, "{line}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(devices: Devices) -> RunOpts {
+        RunOpts {
+            kernel: "/k/ringfence".into(),
+            bundle: Some("/b/demo.bundle".into()),
+            append: "selftest=x".into(),
+            timeout_s: 60,
+            stream: false,
+            extra: vec!["-icount".into(), "shift=0".into()],
+            devices,
+        }
+    }
+
+    #[test]
+    fn without_devices_the_command_line_is_the_plain_one() {
+        // The command line every scenario had before devices existed.
+        let plain = "-machine q35 -cpu qemu64 -m 512M -accel tcg -nodefaults -display none -serial stdio \
+                     -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel /k/ringfence \
+                     -initrd /b/demo.bundle -append selftest=x -icount shift=0";
+        let got: Vec<String> = qemu_args(&opts(Devices::NONE)).iter().map(|a| a.to_string_lossy().into()).collect();
+        assert_eq!(got.join(" "), plain);
+    }
+
+    #[test]
+    fn devices_come_last_after_the_plain_line() {
+        let nic = devices::Nic::user(&[(devices::Proto::Udp, 7)]).unwrap();
+        let d = Devices { disk: None, nic: Some(nic) };
+        let with = qemu_args(&opts(d.clone()));
+        let plain = qemu_args(&opts(Devices::NONE));
+        assert_eq!(with[..plain.len()], plain[..]);
+        assert_eq!(with[plain.len()..], d.qemu_args().into_iter().map(OsString::from).collect::<Vec<_>>()[..]);
+    }
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("sh");
+        c.args(["-c", script]);
+        c
+    }
+
+    fn secs(s: f64) -> Duration {
+        Duration::from_secs_f64(s)
+    }
+
+    #[test]
+    fn a_watch_acts_while_the_process_runs() {
+        // The process passes (exit 33) only if the action ran while it was
+        // still running, after "ready" and not before.
+        let flag = std::env::temp_dir().join(format!("xtask-watch-{}", std::process::id()));
+        let _ = std::fs::remove_file(&flag);
+        let f = flag.display().to_string();
+        let script = format!(
+            "[ -e {f} ] && exit 35; echo boot; echo 'dom0: ready now'; i=0; \
+             while [ ! -e {f} ] && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; [ -e {f} ] && exit 33; exit 35"
+        );
+        let flag2 = flag.clone();
+        let w = Watch::new("ready now", secs(5.0), move || {
+            std::fs::write(&flag2, b"").map_err(|e| e.to_string())?;
+            Ok(7)
+        });
+        let (r, got) = supervise(sh(&script), secs(10.0), false, vec![w]).unwrap();
+        let _ = std::fs::remove_file(&flag);
+        assert_eq!(r.outcome, Outcome::Pass, "{}", r.output);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].as_ref().ok(), Some(&7));
+        assert!(r.output.contains("dom0: ready now\n"));
+    }
+
+    #[test]
+    fn a_line_that_comes_late_or_never_fails_its_watch_and_the_action_never_runs() {
+        let ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r1, r2) = (ran.clone(), ran.clone());
+        let late = Watch::new("ready", secs(0.2), move || {
+            r1.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let never = Watch::new("never printed", secs(30.0), move || {
+            r2.store(true, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        });
+        let (r, got) = supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, vec![late, never]).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass);
+        let e0 = got[0].as_ref().unwrap_err();
+        assert!(e0.contains("no line containing \"ready\" within 0.2 s"), "{e0}");
+        let e1 = got[1].as_ref().unwrap_err();
+        assert!(e1.contains("\"never printed\": the run ended after"), "{e1}");
+        assert!(!ran.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn an_action_error_is_reported_and_stderr_lines_count() {
+        let w = Watch::new("qemu: warning", secs(5.0), || -> Result<()> { Err("no echo".into()) });
+        let (r, got) = supervise(sh("echo warning >&2; exit 35"), secs(10.0), false, vec![w]).unwrap();
+        assert_eq!(r.outcome, Outcome::Fail);
+        assert_eq!(got[0], Err("no echo".to_string()));
+    }
+
+    #[test]
+    fn a_run_past_its_time_is_killed() {
+        let t = Instant::now();
+        let (r, _) = supervise(sh("echo up; exec sleep 30"), secs(1.0), false, Vec::<Watch<()>>::new()).unwrap();
+        assert_eq!(r.outcome, Outcome::Timeout(1));
+        assert!(t.elapsed() < secs(5.0));
+        assert_eq!(r.output, "up\n");
     }
 }

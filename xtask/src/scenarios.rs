@@ -1,14 +1,23 @@
 //! QEMU scenarios: each boots the real hypervisor with real guests and
 //! asserts on the console and on QEMU's exit status. Every scenario has a
 //! timeout, and exit status 0 (a triple fault) never counts as success.
+//!
+//! A scenario may have a [`Rig`]: devices for its machine (a virtio disk on
+//! an image file, a virtio NIC with host forwards), host-side actions while
+//! QEMU runs, and host-side checks after it (see [`rig`]).
 
+pub mod rig;
+
+use crate::evidence::pattern::{check_pattern, write_pattern, Region};
 use crate::images::{self, add_symbols, Images};
 use crate::manifest::Manifest;
+use crate::qemu::devices::Proto;
 use crate::qemu::{self, Outcome, RunOpts};
 use crate::{root, Result};
+use rig::Rig;
 use ringfence_bundle::Expect;
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Domains in `thousand-domains`.
 const THOUSAND: usize = 1000;
@@ -27,6 +36,8 @@ struct Scenario {
     /// Run under `-icount shift=0` (time = instructions): for measurements
     /// that must not depend on how busy the host is.
     icount: bool,
+    /// Devices and host-side work (None: the plain machine).
+    rig: Option<fn(&mut Rig) -> Result<()>>,
     expect: Outcome,
     /// Extra checks on the console output.
     check: fn(&str) -> Result<()>,
@@ -85,6 +96,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) Ringfence 0.1.0 hypervisor (x86_64, ring 0)")?;
@@ -112,6 +124,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 for (a, fault) in SPY_ATTEMPTS {
@@ -145,6 +158,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[faulty-panic] PANIC: panicked at")?;
@@ -180,6 +194,7 @@ fn scenarios() -> Vec<Scenario> {
             append: "",
             // Its latency probe is read in instructions, not host time.
             icount: true,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let p = "[pt-attacker] pt-attacker: ";
@@ -238,6 +253,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let offered = find_line(out, "[ping-back] evtchn-ping back: offered port ")?;
@@ -267,6 +283,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[granter] grant-copy granter: page granted read-only to dom2 as reference 8")?;
@@ -291,6 +308,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[mapper] grant-map mapper: mapped at 0x")?;
@@ -316,6 +334,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[front] pingpong front: ring granted as reference 8 on port ")?;
@@ -350,6 +369,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[victim] grant-attacker victim: granted 8 9 10..14 15")?;
@@ -432,6 +452,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: true,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 // Every domain greeted under its own name with its own id
@@ -466,6 +487,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let wc = find_line(out, "[timers] wall clock: ")?;
@@ -500,6 +522,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[userland] app 1 says (int 0x80): hello from ring 3 (gate)")?;
@@ -527,6 +550,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: true,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let cpu = |n: &str| -> Result<f64> {
@@ -560,6 +584,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: true,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let mean = |n: &str| num_after(find_line(out, &format!("[{n}] pinger: mean_ns="))?, "mean_ns=");
@@ -582,6 +607,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: true,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 let line = find_line(out, "[worker] hog: cpu_ns=")?;
@@ -605,6 +631,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 for key in [
@@ -648,6 +675,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(not-elf): not started: bad ELF image:")?;
@@ -673,6 +701,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "bad manifest entry, not started: domain record 1 (\"zero-memory\")")?;
@@ -692,6 +721,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "every live domain is blocked and nothing can wake them: deadlock")?;
@@ -714,6 +744,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "selftest=hv-pagefault",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "(rf) FATAL: hypervisor fault #PF (page fault), error code 0x0")?;
@@ -733,6 +764,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "selftest=hv-stack-overflow",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| {
                 need(out, "(rf) FATAL: hypervisor fault #DF (double fault)")?;
@@ -749,6 +781,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "selftest=hv-write-text",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| {
                 // Error code 0x3: a write to a present (read-only) page.
@@ -767,8 +800,45 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "selftest=hv-panic",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| need(out, "(rf) PANIC: panicked at kernel/src/main.rs"),
+        },
+        Scenario {
+            name: "devices-attached",
+            what: "with a virtio disk and NIC attached the machine boots as before; QEMU serves the host forwards; the image keeps its pattern",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                const SEED: u64 = 0xD15C_5EED;
+                let image = rig.disk(64 << 20)?;
+                let region = Region { first_sector: 2048, sectors: 256 };
+                write_pattern(&image, region, SEED)?;
+                let nic = rig.nic(&[(Proto::Udp, 7), (Proto::Tcp, 80)])?;
+                let (udp, tcp) = (nic.host_addr(Proto::Udp, 7)?, nic.host_addr(Proto::Tcp, 80)?);
+                rig.after_line("[hello] Hello from hello", Duration::from_secs(30), move || {
+                    // QEMU holds both forwards while it runs.
+                    if std::net::UdpSocket::bind(udp).is_ok() {
+                        return Err(format!("nothing holds the UDP forward's port {udp}"));
+                    }
+                    std::net::TcpStream::connect_timeout(&tcp, Duration::from_secs(5))
+                        .map_err(|e| format!("the TCP forward {tcp} does not accept: {e}"))?;
+                    Ok(format!("QEMU serves udp {udp} -> guest :7 and tcp {tcp} -> guest :80"))
+                });
+                rig.after_run(move |_| check_pattern(&image, region, SEED));
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[hello] goodbye")?;
+                deny(out, "qemu: ")?;
+                need(out, "(rf) verdict: PASS")
+            },
         },
         Scenario {
             name: "no-bundle",
@@ -776,6 +846,7 @@ fn scenarios() -> Vec<Scenario> {
             bundle: |_| Ok(None),
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Fail,
             check: |out| need(out, "(rf) FATAL: no boot bundle: pass one with QEMU -initrd"),
         },
@@ -840,23 +911,39 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         Some(bytes) => Some(images::write_bundle(s.name, &bytes)?),
         None => None,
     };
-    let opts = RunOpts {
+    let mut rig = Rig::new(s.name);
+    if let Some(f) = s.rig {
+        f(&mut rig)?;
+    }
+    let (devices, watches, after) = rig.into_parts();
+    let mut opts = RunOpts {
         kernel: imgs.hypervisor.clone(),
         bundle,
         append: s.append.into(),
         timeout_s: TIMEOUT_S,
         stream: false,
         extra: if s.icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
+        devices,
     };
-    let mut opts = opts;
     opts.extra.extend(cpu_model_args(s.name));
-    let r = qemu::run(&opts)?;
+    let (r, host) = qemu::run_watched(&opts, watches)?;
     let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));
     if r.outcome != s.expect {
         return fail(format!("expected {}, got {}", s.expect, r.outcome));
     }
     if let Err(e) = (s.check)(&r.output) {
         return fail(e);
+    }
+    for h in host {
+        match h {
+            Ok(line) => println!("  {line}"),
+            Err(e) => return fail(format!("host side: {e}")),
+        }
+    }
+    for check in after {
+        if let Err(e) = check(&r.output) {
+            return fail(format!("after the run: {e}"));
+        }
     }
     Ok((r.wall.as_secs_f64(), r.output))
 }
@@ -907,6 +994,7 @@ fn cpu_scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) cpu: SMEP on, SMAP on (ring 0; guest rings run without it), UMIP on")?;
@@ -937,6 +1025,7 @@ fn cpu_scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) cpu: SMEP off (not offered), SMAP off (not offered), UMIP off (not offered)")?;
