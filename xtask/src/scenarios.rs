@@ -400,6 +400,7 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
+            rig: None,
             expect: Outcome::Pass,
             check: |out| {
                 // The hypervisor's view: what dom0 is given.
