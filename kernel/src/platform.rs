@@ -387,6 +387,7 @@ mod stretch {
     static RUNNING: AtomicU64 = AtomicU64::new(0);
 
     /// A guest entered the hypervisor.
+    #[inline] // on every trip through the hypervisor
     pub fn start(vector: u64, rax: u64, rip: u64) {
         START.store(cpu::rdtsc(), Relaxed);
         for (w, v) in WHAT.iter().zip([vector, rax, rip, RUNNING.load(Relaxed)]) {
@@ -410,6 +411,7 @@ mod stretch {
     }
 
     /// The hypervisor is about to return to a guest.
+    #[inline] // on every trip through the hypervisor
     pub fn end() {
         let ticks = cpu::rdtsc().wrapping_sub(START.load(Relaxed));
         if ticks > WORST.load(Relaxed) && ticks < u64::MAX / 2 {

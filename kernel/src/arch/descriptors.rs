@@ -328,6 +328,7 @@ fn gate(target: u64, selector: u16, dpl: u8, kind: u8, ist: u8) -> u128 {
 /// into the guest kernel code segment: ring 3 enters ring 1 directly, on
 /// TSS.RSP1, with no hypervisor on the path), or back at the hypervisor's
 /// DPL 0 stub when `target` is `None` (so `int 0x80` raises #GP).
+#[inline] // on every trip through the hypervisor
 pub fn set_syscall_gate(target: Option<u64>) {
     use pvguest_abi::selectors::GUEST_KERNEL_CS;
     let v = pvguest_abi::trap::SYSCALL_GATE_VECTOR;
@@ -343,6 +344,7 @@ pub fn set_syscall_gate(target: Option<u64>) {
 
 /// Sets TSS.RSP1: the stack ring 3 switches to when it takes the direct
 /// syscall gate into ring 1.
+#[inline] // on every trip through the hypervisor
 pub fn set_rsp1(sp: u64) {
     // SAFETY: single CPU with interrupts off; the TSS is writable in the
     // hypervisor view and RSP1 is read by the CPU only on a ring change.

@@ -292,6 +292,7 @@ pub fn exit_frame_slot() -> u64 {
 /// 2. `frame` has been sanitised: `cs`/`ss` are guest selectors (ring 1 or 3)
 ///    and `rip`/`rsp` are canonical.
 /// 3. No lock is held and nothing on the hypervisor stack is still needed.
+#[inline] // on every trip through the hypervisor
 pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
     let slot = exit_frame_slot() as *mut TrapFrame;
     // SAFETY: the slot lies in the entry stack, mapped read-write in the
@@ -313,6 +314,7 @@ pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
 ///
 /// # Safety
 /// As for [`enter_guest`], for the frame at [`exit_frame_slot`].
+#[inline] // on every trip through the hypervisor
 pub unsafe fn enter_guest_in_place(cr3: u64, fx: *const FxArea) -> ! {
     // SAFETY: the caller's contract; the frame is already in the slot.
     unsafe {

@@ -106,6 +106,7 @@ pub fn init() -> Rates {
 
 /// Arms the one-shot timer to fire in `ns` nanoseconds (clamped to the
 /// counter's range; at least one tick).
+#[inline] // on every trip through the hypervisor
 pub fn arm_oneshot(rates: &Rates, ns: u64) {
     let ticks = ((u128::from(ns) * u128::from(rates.apic_per_ns)) >> 32).clamp(1, u128::from(u32::MAX)) as u32;
     apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
@@ -113,6 +114,7 @@ pub fn arm_oneshot(rates: &Rates, ns: u64) {
 }
 
 /// Acknowledges the interrupt being serviced.
+#[inline] // on every trip through the hypervisor
 pub fn eoi() {
     apic_write(REG_EOI, 0);
 }

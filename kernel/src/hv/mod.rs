@@ -105,7 +105,7 @@ use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
 use crate::sched::heap::IndexedHeap;
 use crate::time::TscScale;
-use crate::trap::{bounce, bounce_iret_remembered, Bounce};
+use crate::trap::{bounce_iret_remembered, Bounce};
 use core::fmt::Write as _;
 use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
@@ -278,11 +278,12 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
-    /// The fast paths' remembered translations (a `syscall`'s page, the
-    /// page a bounce frame went to), kept only across fast `syscall`s and
-    /// `xen_version` calls, which change nothing: every other entry
-    /// forgets them ([`crate::mm::guest_mem`] says why that is enough).
-    pub memo: [Option<Remembered>; 2],
+    /// Remembered translations: a `syscall`'s page, the page a bounce
+    /// frame went to, and the page of the last hypercall argument. Each is
+    /// used only while the frame table is unchanged since its walk
+    /// ([`crate::mm::guest_mem`] says why that is enough), so they are kept
+    /// across entries.
+    pub memo: [Option<Remembered>; 3],
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -346,6 +347,8 @@ struct DomEnv<'a, M: Machine> {
     preempt_tsc: u64,
     /// The PCI policy and record.
     pci: &'a mut Pci,
+    /// The remembered translation of the last argument page.
+    memo: &'a mut Option<Remembered>,
 }
 
 impl<M: Machine> DomEnv<'_, M> {
@@ -360,19 +363,18 @@ impl<M: Machine> DomEnv<'_, M> {
         };
         let _ = self.notify.push(target);
     }
-
-    fn view(&mut self) -> GuestView<'_, M::Mem> {
-        let d = &self.domains[self.cur];
-        GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id }
-    }
 }
 
 impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        self.view().copy_from(GuestVa(va), buf)
+        let d = &self.domains[self.cur];
+        let view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
+        view.copy_from_remembered(GuestVa(va), buf, self.memo)
     }
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        self.view().copy_to(GuestVa(va), data)
+        let d = &self.domains[self.cur];
+        let mut view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
+        view.copy_to_remembered(GuestVa(va), data, self.memo)
     }
     fn console_write(&mut self, bytes: &[u8]) -> usize {
         let (scale, boot) = self.clock;
@@ -608,7 +610,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
-                memo: [None; 2],
+                memo: [None; 3],
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -863,7 +865,6 @@ impl<M: Machine> Hv<M> {
     /// current domain's saved registers (one copy from the entry stack).
     pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
-        self.cpu.memo = [None; 2];
         self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
         load(&mut self.domains[cur].regs);
         let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
@@ -1041,11 +1042,6 @@ impl<M: Machine> Hv<M> {
     /// notify, or an upcall that cannot be delivered (the full path
     /// crashes the domain).
     pub fn fast_hypercall(&mut self, nr: u64, a: [u64; 5], iret: impl FnOnce() -> IretFrame) -> Option<FastExit> {
-        if nr != nr::XEN_VERSION {
-            // It may change page tables or frame ownership; `xen_version`
-            // changes nothing at all.
-            self.cpu.memo = [None; 2];
-        }
         let cur = self.cpu.current?;
         if nr == nr::XEN_VERSION {
             // Here only because an upcall is due (see `fast_path_hypercall`):
@@ -1065,6 +1061,7 @@ impl<M: Machine> Hv<M> {
             clock: (self.scale, self.boot_tsc),
             preempt_tsc,
             pci: &mut self.pci,
+            memo: &mut self.cpu.memo[2],
         };
         let action = hypercall::dispatch(&mut env, nr, a);
         self.fast_return(cur, action, iret)
@@ -1173,7 +1170,7 @@ impl<M: Machine> Hv<M> {
         }
         let insn = rcx.wrapping_sub(2);
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        let [code, stack] = &mut self.cpu.memo;
+        let [code, stack, _] = &mut self.cpu.memo;
         let user_read = crate::mm::guest_mem::Access { write: false, user: true };
         if view.translate_remembered(GuestVa(insn), user_read, code).is_err() {
             return None;
@@ -1256,8 +1253,13 @@ impl<M: Machine> Hv<M> {
         let saved = if mask_events { d.shared.set_upcall_mask(self.m.mem(), true) } else { 0 };
         let b = Bounce { saved_upcall_mask: u32::from(saved), ..*b };
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        match bounce(&mut d.regs, &b, d.vcpu.kernel_sp, &mut view) {
-            Ok(()) => true,
+        let mut f = d.regs.iret();
+        let r = bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, &mut self.cpu.memo[1]);
+        match r {
+            Ok(()) => {
+                d.regs.set_iret(f);
+                true
+            }
             Err(e) => {
                 let what = match b.vector {
                     UPCALL_VECTOR => "event upcall",
@@ -1294,6 +1296,7 @@ impl<M: Machine> Hv<M> {
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
                     pci: &mut self.pci,
+                    memo: &mut self.cpu.memo[2],
                 };
                 (hypercall::dispatch(&mut env, nr, args), before)
             }

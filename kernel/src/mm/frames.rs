@@ -262,6 +262,10 @@ pub struct FrameTable<'a> {
     /// Next-fit cursor for allocation.
     cursor: usize,
     free: usize,
+    /// Bumped by every change to the table (each `&mut self` method) and
+    /// by every page-table validator made over it ([`FrameTable::note_change`]):
+    /// a remembered guest translation is valid only while it is unchanged.
+    epoch: u64,
 }
 
 impl<'a> FrameTable<'a> {
@@ -269,7 +273,7 @@ impl<'a> FrameTable<'a> {
     /// [`FrameTable::add_free_range`] says otherwise.
     pub fn new(frames: &'a mut [FrameInfo]) -> Self {
         frames.fill(FrameInfo::RESERVED);
-        FrameTable { frames, cursor: 0, free: 0 }
+        FrameTable { frames, cursor: 0, free: 0, epoch: 0 }
     }
 
     /// Number of frames covered.
@@ -290,6 +294,7 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` as free RAM, clamped to the table. Frames that
     /// are already owned are left alone.
     pub fn add_free_range(&mut self, start: Mfn, end: Mfn) {
+        self.note_change();
         let end = (end.min(self.frames.len() as u64)) as usize;
         let start = (start.min(end as u64)) as usize;
         for f in &mut self.frames[start..end] {
@@ -303,6 +308,7 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` reserved (for instance, a boot module), clamped
     /// to the table. Panics never; frames already handed out are not touched.
     pub fn reserve_range(&mut self, start: Mfn, end: Mfn) {
+        self.note_change();
         let end = (end.min(self.frames.len() as u64)) as usize;
         let start = (start.min(end as u64)) as usize;
         for f in &mut self.frames[start..end] {
@@ -311,6 +317,18 @@ impl<'a> FrameTable<'a> {
                 self.free -= 1;
             }
         }
+    }
+
+    /// The change counter (see the field's docs).
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Records that frames or page tables over this table may have changed
+    /// (every `&mut self` method calls it, and so does [`crate::mm::Mm::new`]),
+    /// so no translation remembered before is used again.
+    pub fn note_change(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     /// The bookkeeping of `mfn`.
@@ -326,6 +344,7 @@ impl<'a> FrameTable<'a> {
 
     /// Takes a free frame for `owner`. The caller zeroes it before use.
     pub fn alloc(&mut self, owner: Owner) -> Result<Mfn, FrameError> {
+        self.note_change();
         let n = self.frames.len();
         for step in 0..n {
             let i = (self.cursor + step) % n;
@@ -354,6 +373,7 @@ impl<'a> FrameTable<'a> {
     /// other type is a [`FrameError::TypeConflict`]. On error nothing
     /// changes.
     pub fn get_type_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<TypeRef, FrameError> {
+        self.note_change();
         debug_assert!(ty != FrameType::None, "FrameType::None is not a reference");
         let f = self.owned_mut(mfn, dom)?;
         if f.type_count == 0 {
@@ -376,6 +396,7 @@ impl<'a> FrameTable<'a> {
     /// a type, or of the right type but not pinned, is
     /// [`FrameError::NotPinned`]. On error nothing changes.
     pub fn get_pinned_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<(), FrameError> {
+        self.note_change();
         debug_assert!(matches!(ty, FrameType::PageTable(_)), "only page tables are pinned");
         let f = self.owned_mut(mfn, dom)?;
         if f.type_count > 0 && f.ty != ty {
@@ -398,6 +419,7 @@ impl<'a> FrameTable<'a> {
     /// are ignored (and assert in debug builds) rather than wrapping the
     /// count or ending a pinned table's type.
     pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
+        self.note_change();
         let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
         debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
         debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
@@ -418,6 +440,7 @@ impl<'a> FrameTable<'a> {
     /// pin's type reference (a page-table type); pinning an untyped frame
     /// is a hypervisor bug and is refused with [`FrameError::NotPinned`].
     pub fn set_pinned(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
+        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count == 0 {
             return Err(FrameError::NotPinned(mfn));
@@ -430,6 +453,7 @@ impl<'a> FrameTable<'a> {
     /// Records how far a pin or unpin of the page table `mfn` (which `dom`
     /// owns and which holds the operation's one reference) got.
     pub fn set_partial(&mut self, mfn: Mfn, dom: DomId, partial: Partial) -> Result<(), FrameError> {
+        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -442,6 +466,7 @@ impl<'a> FrameTable<'a> {
     /// reference back: the frame loses the operation's reference and its
     /// type.
     pub fn end_partial(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
+        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -458,6 +483,7 @@ impl<'a> FrameTable<'a> {
     /// [`FrameError::NotPinned`], one that other references still hold is
     /// [`FrameError::Referenced`]. On error nothing changes.
     pub fn unpin(&mut self, mfn: Mfn, dom: DomId, next: u16) -> Result<FrameType, FrameError> {
+        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -476,6 +502,7 @@ impl<'a> FrameTable<'a> {
     /// frames that other domains still map through grants become
     /// [`Owner::Orphan`] instead and are not counted (see the module docs).
     pub fn release_domain(&mut self, dom: DomId) -> usize {
+        self.note_change();
         let n = self.frames.iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
         n
@@ -485,6 +512,7 @@ impl<'a> FrameTable<'a> {
     /// `from` on: a domain's teardown in bounded steps. Returns where the
     /// next step starts, or `None` when the whole table has been scanned.
     pub fn release_domain_step(&mut self, dom: DomId, from: usize, max: usize) -> Option<usize> {
+        self.note_change();
         let end = from.saturating_add(max).min(self.frames.len());
         let n: usize = self.frames.get_mut(from..end).unwrap_or(&mut []).iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
@@ -498,6 +526,7 @@ impl<'a> FrameTable<'a> {
     /// table. [`MAX_FOREIGN`] mappings are [`FrameError::CountOverflow`].
     /// Both references or neither: on error nothing changes.
     pub fn get_foreign_ref(&mut self, mfn: Mfn, owner: DomId, writable: bool) -> Result<(), FrameError> {
+        self.note_change();
         let f = self.owned_mut(mfn, owner)?;
         if f.foreign == MAX_FOREIGN {
             return Err(FrameError::CountOverflow(mfn));
@@ -515,6 +544,7 @@ impl<'a> FrameTable<'a> {
     /// hypervisor bug: ignored (and asserted in debug builds), never a
     /// wrapped count.
     pub fn put_foreign_ref(&mut self, mfn: Mfn, writable: bool) -> ForeignPut {
+        self.note_change();
         let Some(f) = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)) else {
             return ForeignPut::Kept;
         };

@@ -22,13 +22,17 @@
 //! [`GuestView::translate_remembered`] answers from a [`Remembered`] walk
 //! of the same page, root, domain and access when it has one, and walks
 //! (and remembers) otherwise. Only a walk that passed every rule above is
-//! remembered. Its caller owns the memo and must forget it (set it to
-//! `None`) whenever the view's page tables or frame ownership may have
-//! changed since: the hypervisor keeps one per CPU for its fast paths and
-//! forgets it on every entry to the hypervisor but a bounced `syscall` or
-//! `xen_version` on the fast path, which change nothing (a
-//! guest cannot change its page tables without entering it; on SMP a
-//! change on another CPU must forget every CPU's memo, as a TLB shootdown).
+//! remembered, with the frame table's change counter
+//! ([`FrameTable::epoch`]) at the time of the walk, and it is used only
+//! while that counter is unchanged. Every change to frame ownership, types
+//! or references goes through a `&mut FrameTable` method, which bumps it,
+//! and every page-table write goes through an [`crate::mm::Mm`], whose
+//! construction bumps it; page-table frames are never writable to a guest,
+//! and none of the hypervisor's guest copies can reach one (rule 2 and the
+//! validator's rules). So a remembered walk is exactly the walk that would
+//! be made now. A memo made for a write also serves reads (writable implies
+//! present at every level). (On SMP the counter must be shared, or bumped
+//! on every CPU, as a TLB shootdown.)
 
 use crate::mm::frames::{DomId, FrameTable, Mfn};
 use crate::mm::paging::{Pte, PteFlags, PAGE_SIZE};
@@ -118,6 +122,8 @@ impl Access {
 /// can have changed it (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Remembered {
+    /// [`FrameTable::epoch`] at the walk.
+    epoch: u64,
     root: Mfn,
     dom: DomId,
     access: Access,
@@ -185,14 +191,36 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
     ) -> Result<u64, Errno> {
         let page = va.0 >> 12;
         let offset = va.0 & (PAGE_SIZE - 1);
-        if let Some(m) =
-            memo.filter(|m| m.page == page && m.root == self.root && m.dom == self.dom && m.access == access)
-        {
+        let epoch = self.frames.epoch();
+        if let Some(m) = memo.filter(|m| {
+            m.epoch == epoch
+                && m.page == page
+                && m.root == self.root
+                && m.dom == self.dom
+                && (m.access == access || (m.access.write && m.access.user == access.user))
+        }) {
             return Ok(m.pa + offset);
         }
         let pa = self.translate(va, access)?;
-        *memo = Some(Remembered { root: self.root, dom: self.dom, access, page, pa: pa - offset });
+        *memo = Some(Remembered { epoch, root: self.root, dom: self.dom, access, page, pa: pa - offset });
         Ok(pa)
+    }
+
+    /// [`GuestView::copy_from`] through [`GuestView::translate_remembered`]
+    /// when `buf` lies within one page (otherwise a plain `copy_from`).
+    pub fn copy_from_remembered(
+        &self,
+        va: GuestVa,
+        buf: &mut [u8],
+        memo: &mut Option<Remembered>,
+    ) -> Result<(), Errno> {
+        let in_page = PAGE_SIZE - (va.0 & (PAGE_SIZE - 1));
+        if buf.len() as u64 > in_page {
+            return self.copy_from(va, buf);
+        }
+        let pa = self.translate_remembered(va, Access::KERNEL_READ, memo)?;
+        self.mem.read(pa, buf);
+        Ok(())
     }
 
     /// [`GuestView::copy_to`] through [`GuestView::translate_remembered`]

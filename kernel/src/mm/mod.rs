@@ -399,6 +399,8 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// A validator over `mem` and `frames`; `entry_area_pml4e` is the value
     /// every validated L4 carries in slot 511 (rule 3).
     pub fn new(mem: &'a mut M, frames: &'a mut FrameTable<'f>, entry_area_pml4e: u64) -> Self {
+        // It may write page-table entries: forget remembered translations.
+        frames.note_change();
         Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0 }
     }
 

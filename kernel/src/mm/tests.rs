@@ -1857,3 +1857,53 @@ fn foreign_entries_are_the_grant_layers_alone() {
     h.mm().unmap_foreign(D, e, frame);
     assert_eq!(Pte(h.read(t, 7)).mfn(), frame);
 }
+
+/// A guest-memory view of domain `D` over `h`'s tables.
+fn guest_view(h: &mut H) -> crate::mm::guest_mem::GuestView<'_, TestMem> {
+    crate::mm::guest_mem::GuestView { mem: &mut h.mem, frames: &h.frames, root: h.root, dom: D }
+}
+
+#[test]
+fn a_remembered_translation_is_used_only_while_the_frame_table_is_unchanged() {
+    use crate::mm::guest_mem::{Access, GuestVa};
+    let mut h = H::new();
+    h.update(L1, 5, rw(SPARE)).unwrap();
+    let va = GuestVa(5 * 4096 + 8);
+    let pa = SPARE * 4096 + 8;
+    let mut memo = None;
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_WRITE, &mut memo), Ok(pa));
+    // Nothing changed: answered from the memo, without reading an entry;
+    // a walk made for a write serves a read.
+    h.accesses();
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_WRITE, &mut memo), Ok(pa));
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_READ, &mut memo), Ok(pa));
+    assert_eq!(h.accesses(), 0, "no walk");
+    // Another page of the same view is walked.
+    assert_eq!(guest_view(&mut h).translate_remembered(GuestVa(0), Access::KERNEL_READ, &mut memo), Ok(DATA * 4096));
+    assert!(h.accesses() > 0);
+    // The page is unmapped through the validator: the old walk is never
+    // used again.
+    let mut memo = None;
+    guest_view(&mut h).translate_remembered(va, Access::KERNEL_WRITE, &mut memo).unwrap();
+    h.update(L1, 5, 0).unwrap();
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_WRITE, &mut memo), Err(Errno::EFAULT));
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_READ, &mut memo), Err(Errno::EFAULT));
+    // Mapped read-only: a walk made for a read does not serve a write.
+    h.update(L1, 5, ro(SPARE)).unwrap();
+    let mut memo = None;
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_READ, &mut memo), Ok(pa));
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_WRITE, &mut memo), Err(Errno::EFAULT));
+    // A change of frame ownership alone (no page-table write) forgets it too.
+    let mut memo = None;
+    guest_view(&mut h).translate_remembered(va, Access::KERNEL_READ, &mut memo).unwrap();
+    let before = h.frames.epoch();
+    h.frames.alloc(Owner::Domain(OTHER)).unwrap();
+    assert_ne!(h.frames.epoch(), before);
+    h.accesses();
+    assert_eq!(guest_view(&mut h).translate_remembered(va, Access::KERNEL_READ, &mut memo), Ok(pa));
+    assert!(h.accesses() > 0, "walked again");
+    // And so does a validator made over the table (it may write entries).
+    let before = h.frames.epoch();
+    drop(h.mm());
+    assert_ne!(h.frames.epoch(), before);
+}
