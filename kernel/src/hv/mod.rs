@@ -182,7 +182,21 @@ pub struct Domain {
     pub runstate: RunstateInfo,
     /// Timer wake-up lateness, for the final report.
     pub wakes: Wakes,
+    /// Its remembered translations ([`MEMO_CODE`], [`MEMO_STACK`],
+    /// [`MEMO_ARGS`]): each is used only while the frame table is unchanged
+    /// since its walk ([`crate::mm::guest_mem`] says why that is enough), so
+    /// they are kept across entries, like a TLB tagged by address space.
+    pub memo: [Option<Remembered>; 3],
 }
+
+/// [`Domain::memo`]: the page of the last bounced `syscall` instruction.
+const MEMO_CODE: usize = 0;
+/// [`Domain::memo`]: the page the last bounce frame went to.
+const MEMO_STACK: usize = 1;
+/// [`Domain::memo`]: the page of the last hypercall argument.
+const MEMO_ARGS: usize = 2;
+// The order `Hv::fast_syscall` destructures them in.
+const _: () = assert!(MEMO_CODE == 0 && MEMO_STACK == 1 && MEMO_ARGS == 2);
 
 /// One domain's line in the final report.
 pub struct Record {
@@ -278,12 +292,6 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
-    /// Remembered translations: a `syscall`'s page, the page a bounce
-    /// frame went to, and the page of the last hypercall argument. Each is
-    /// used only while the frame table is unchanged since its walk
-    /// ([`crate::mm::guest_mem`] says why that is enough), so they are kept
-    /// across entries.
-    pub memo: [Option<Remembered>; 3],
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -347,8 +355,6 @@ struct DomEnv<'a, M: Machine> {
     preempt_tsc: u64,
     /// The PCI policy and record.
     pci: &'a mut Pci,
-    /// The remembered translation of the last argument page.
-    memo: &'a mut Option<Remembered>,
 }
 
 impl<M: Machine> DomEnv<'_, M> {
@@ -367,14 +373,14 @@ impl<M: Machine> DomEnv<'_, M> {
 
 impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let d = &self.domains[self.cur];
+        let d = &mut self.domains[self.cur];
         let view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
-        view.copy_from_remembered(GuestVa(va), buf, self.memo)
+        view.copy_from_remembered(GuestVa(va), buf, &mut d.memo[MEMO_ARGS])
     }
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        let d = &self.domains[self.cur];
+        let d = &mut self.domains[self.cur];
         let mut view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
-        view.copy_to_remembered(GuestVa(va), data, self.memo)
+        view.copy_to_remembered(GuestVa(va), data, &mut d.memo[MEMO_ARGS])
     }
     fn console_write(&mut self, bytes: &[u8]) -> usize {
         let (scale, boot) = self.clock;
@@ -610,7 +616,6 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
-                memo: [None; 3],
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -820,6 +825,7 @@ impl<M: Machine> Hv<M> {
                 maptrack: Maptrack::new(DEFAULT_MAPTRACK),
                 wakes: Wakes::default(),
                 runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
+                memo: [None; 3],
             },
         );
     }
@@ -1061,7 +1067,6 @@ impl<M: Machine> Hv<M> {
             clock: (self.scale, self.boot_tsc),
             preempt_tsc,
             pci: &mut self.pci,
-            memo: &mut self.cpu.memo[2],
         };
         let action = hypercall::dispatch(&mut env, nr, a);
         self.fast_return(cur, action, iret)
@@ -1134,7 +1139,7 @@ impl<M: Machine> Hv<M> {
         };
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
         let mut f = *iret;
-        let stack = &mut self.cpu.memo[1];
+        let stack = &mut d.memo[MEMO_STACK];
         if bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, stack).is_ok() && f.sanitize() {
             *iret = f;
             return true;
@@ -1170,7 +1175,7 @@ impl<M: Machine> Hv<M> {
         }
         let insn = rcx.wrapping_sub(2);
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        let [code, stack, _] = &mut self.cpu.memo;
+        let [code, stack, _] = &mut d.memo;
         let user_read = crate::mm::guest_mem::Access { write: false, user: true };
         if view.translate_remembered(GuestVa(insn), user_read, code).is_err() {
             return None;
@@ -1254,7 +1259,7 @@ impl<M: Machine> Hv<M> {
         let b = Bounce { saved_upcall_mask: u32::from(saved), ..*b };
         let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
         let mut f = d.regs.iret();
-        let r = bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, &mut self.cpu.memo[1]);
+        let r = bounce_iret_remembered(&mut f, &b, d.vcpu.kernel_sp, &mut view, &mut d.memo[MEMO_STACK]);
         match r {
             Ok(()) => {
                 d.regs.set_iret(f);
@@ -1296,7 +1301,6 @@ impl<M: Machine> Hv<M> {
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
                     pci: &mut self.pci,
-                    memo: &mut self.cpu.memo[2],
                 };
                 (hypercall::dispatch(&mut env, nr, args), before)
             }
