@@ -190,11 +190,11 @@ pub struct Domain {
 }
 
 /// [`Domain::memo`]: the page of the last bounced `syscall` instruction.
-const MEMO_CODE: usize = 0;
+pub const MEMO_CODE: usize = 0;
 /// [`Domain::memo`]: the page the last bounce frame went to.
-const MEMO_STACK: usize = 1;
+pub const MEMO_STACK: usize = 1;
 /// [`Domain::memo`]: the page of the last hypercall argument.
-const MEMO_ARGS: usize = 2;
+pub const MEMO_ARGS: usize = 2;
 // The order `Hv::fast_syscall` destructures them in.
 const _: () = assert!(MEMO_CODE == 0 && MEMO_STACK == 1 && MEMO_ARGS == 2);
 
