@@ -164,6 +164,15 @@ struct FakeMachine {
     uart_ns_per_byte: u64,
     /// No PCI.
     pci: crate::pci::Absent,
+    /// The IOAPIC, with its device lines.
+    ioapic: crate::irq::fake::FakeIoapic,
+    /// Device vectors the "CPU" took while halted, not yet collected.
+    irq_taken: Vec<u8>,
+    /// Device vectors in service at the local APIC (the EOI pops the top
+    /// and broadcasts it to the IOAPIC).
+    in_service: Vec<u8>,
+    /// Device interrupts the CPU took (in a guest or halted).
+    device_interrupts: usize,
 }
 
 impl FakeMachine {
@@ -181,6 +190,10 @@ impl FakeMachine {
             rsp1: Vec::new(),
             uart_ns_per_byte: 0,
             pci: crate::pci::Absent,
+            ioapic: crate::irq::fake::FakeIoapic::default(),
+            irq_taken: Vec::new(),
+            in_service: Vec::new(),
+            device_interrupts: 0,
         }
     }
 
@@ -192,6 +205,17 @@ impl FakeMachine {
 impl Machine for FakeMachine {
     type Mem = Ram;
     type Config = crate::pci::Absent;
+    type Ioapic = crate::irq::fake::FakeIoapic;
+
+    fn ioapic(&mut self) -> &mut Self::Ioapic {
+        &mut self.ioapic
+    }
+    fn take_irq(&mut self) -> Option<u8> {
+        self.irq_taken.pop()
+    }
+    fn apic_id(&self) -> u8 {
+        0
+    }
 
     fn pci_config(&mut self) -> &mut crate::pci::Absent {
         &mut self.pci
@@ -216,10 +240,20 @@ impl Machine for FakeMachine {
     }
     fn eoi(&mut self) {
         self.eois += 1;
+        if let Some(v) = self.in_service.pop() {
+            self.ioapic.eoi_broadcast(v);
+        }
     }
-    /// The CPU sleeps until the armed timer fires.
+    /// The CPU sleeps until a device interrupt or the armed timer fires.
     fn halt(&mut self) {
         self.halts += 1;
+        if let Some(v) = self.ioapic.deliver() {
+            self.device_interrupts += 1;
+            self.in_service.push(v);
+            self.irq_taken.push(v);
+            set_tsc(tsc() + 1_000);
+            return;
+        }
         let a = *self.armed.last().expect("halted with no timer armed: the CPU would sleep forever");
         set_tsc(tsc().max(a.deadline()));
     }
