@@ -349,10 +349,8 @@ pub const Q35_CHIPSET_SLOTS: core::ops::RangeInclusive<u8> = 0x19..=0x1f;
 /// not routed in this slice) and the chipset slots
 /// ([`Q35_CHIPSET_SLOTS`]).
 pub fn intx_gsi(bdf: Bdf, pin: u8) -> Option<u32> {
-    if !(1..=4).contains(&pin) || bdf.bus() != 0 || Q35_CHIPSET_SLOTS.contains(&bdf.dev()) {
-        return None;
-    }
-    Some(20 + (u32::from(bdf.dev()) + u32::from(pin) - 1) % 4)
+    debug_assert!(*Q35_CHIPSET_SLOTS.start() == 0x19 && *Q35_CHIPSET_SLOTS.end() == 0x1f);
+    pvguest_abi::physdev::q35_intx_gsi(bdf.bus(), bdf.dev(), pin)
 }
 
 impl Function {

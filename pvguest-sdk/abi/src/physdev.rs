@@ -64,6 +64,20 @@ pub const EOI: u64 = 12;
 /// Xen's `PHYSDEVOP_map_pirq`: map a GSI to a pirq ([`MapPirq`]; MSI is
 /// `EOPNOTSUPP`).
 pub const MAP_PIRQ: u64 = 13;
+/// The GSI that QEMU's q35 routes INTx pin `pin` (1-4: INTA#-INTD#) of
+/// root-bus slot `dev` to: PIRQ E-H, GSI `20 + (dev + pin - 1) % 4`
+/// (measured on QEMU 7.2: virtio-blk at 00:02.0, pin A, is GSI 22;
+/// virtio-net at 00:03.0 is GSI 23). `None` for no pin, a bus other than
+/// 0 (behind a bridge the pin is swizzled) and the chipset slots
+/// `0x19..=0x1f`, which the chipset routes by its own registers. The
+/// hypervisor offers dom0 exactly the GSIs this gives for its functions.
+pub const fn q35_intx_gsi(bus: u8, dev: u8, pin: u8) -> Option<u32> {
+    if pin < 1 || pin > 4 || bus != 0 || dev >= 0x19 {
+        return None;
+    }
+    Some(20 + (dev as u32 + pin as u32 - 1) % 4)
+}
+
 /// First Ringfence-only command number.
 pub const RF_BASE: u64 = 0x1000;
 /// Read one PCI configuration register: [`PciConfig`] (in: the address;
