@@ -1022,3 +1022,40 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert!(r.port_pending(b, pb));
     assert_eq!(r.dom(b).state, RunState::Runnable, "the send woke b");
 }
+
+/// `crate::irq` invariant 4 through the trap loop: a device line that is
+/// held up for ever while dom0 never EOIs reaches the hypervisor once;
+/// the interrupt is masked before the local APIC's EOI, raises dom0's
+/// port, is charged to dom0, and the other domain keeps its half of the
+/// CPU.
+#[test]
+fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u")]);
+    let (d0, u) = (r.id("dom0"), r.id("u"));
+    let p = crate::domain::Privilege::of_domain(true).expect("privileged");
+    r.hv.irqs = crate::irq::Irqs::init(&mut r.hv.m.ioapic, 1 << 22, 0);
+    assert!(r.hv.m.ioapic.masked(22), "masked at boot");
+    let s0 = r.slot(d0);
+    let port = r.hv.domains[s0].events.bind_pirq(22).expect("a port");
+    r.hv.irqs.map_gsi(p, d0, 22, -1).expect("map");
+    r.hv.irqs.bind(&mut r.hv.m.ioapic, p, d0, 22, port).expect("bind");
+    r.hv.m.ioapic.set_line(22, true);
+    let start = r.now();
+    for _ in 0..200 {
+        // The CPU takes whatever the IOAPIC delivers before the next tick.
+        if let Some(v) = r.hv.m.ioapic.deliver() {
+            r.hv.m.device_interrupts += 1;
+            r.hv.m.in_service.push(v);
+            r.interrupt(v);
+            assert!(r.hv.m.ioapic.masked(22), "masked from the interrupt on");
+            assert_eq!(r.hv.m.in_service, [], "the local APIC was acknowledged");
+        } else {
+            r.timer_interrupt();
+        }
+    }
+    assert_eq!(r.hv.m.device_interrupts, 1, "one interrupt, not a storm");
+    assert!(r.dom(d0).shared.is_pending(&r.hv.m.ram, port), "dom0's port was raised");
+    let total = r.now() - start;
+    let tu = r.running_ns(u);
+    assert!(tu.abs_diff(total / 2) <= 2 * C, "the other domain keeps its half: {tu} of {total}");
+}
