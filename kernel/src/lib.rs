@@ -15,6 +15,7 @@
 //! | [`domain`] | domain states, exits and the end-of-run verdict; [`domain::vcpu`]: per-vCPU state the guest registers |
 //! | [`hv`] | the trap loop: domain lifecycle, trap handling, events, timers, console draining and scheduling, over a [`hv::Machine`] |
 //! | [`hypercall`] | the hypercall table, its argument validation and its budget |
+//! | [`irq`] | the IOAPIC's lines: dom0's pirqs, their ports, and masking until EOI |
 //! | [`pci`] | PCI configuration for dom0: the functions it is given, the write filter, the BAR record |
 //! | [`elf`] | the one ELF loader: validation and load plan |
 //! | [`builder`] | a domain's initial memory, page tables and start info |
@@ -34,6 +35,7 @@ pub mod event;
 pub mod grant;
 pub mod hv;
 pub mod hypercall;
+pub mod irq;
 pub mod mm;
 pub mod pci;
 pub mod regs;

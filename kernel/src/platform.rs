@@ -26,6 +26,7 @@
 //! domain switch.
 
 use crate::arch::entry::{self, EntryCell, TrapFrame};
+use crate::arch::ioapic::{self, Ioapic};
 use crate::arch::pci::Mechanism1;
 use crate::arch::phys::HvPhys;
 use crate::arch::timer::{self, Rates};
@@ -53,9 +54,11 @@ pub struct Platform {
     mem: HvPhys,
     rates: Option<Rates>,
     pci: Mechanism1,
+    ioapic: Ioapic,
 }
 
-static HV: Mutex<Hv<Platform>> = Mutex::new(Hv::new(Platform { mem: HvPhys, rates: None, pci: Mechanism1 }));
+static HV: Mutex<Hv<Platform>> =
+    Mutex::new(Hv::new(Platform { mem: HvPhys, rates: None, pci: Mechanism1, ioapic: Ioapic }));
 
 /// The domain table's storage: outside the image's loaded part, set up at
 /// boot (see `linker.ld`).
@@ -84,6 +87,17 @@ fn domain_table() -> DomainTable<'static, Domain> {
 impl Machine for Platform {
     type Mem = HvPhys;
     type Config = Mechanism1;
+    type Ioapic = Ioapic;
+
+    fn ioapic(&mut self) -> &mut Ioapic {
+        &mut self.ioapic
+    }
+    fn take_irq(&mut self) -> Option<u8> {
+        ioapic::take()
+    }
+    fn apic_id(&self) -> u8 {
+        timer::apic_id()
+    }
 
     fn pci_config(&mut self) -> &mut Mechanism1 {
         &mut self.pci
@@ -342,6 +356,9 @@ extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
         // path restores the interrupted CR3 from the entry text, so
         // resuming is safe wherever it hit.
         2 => log!("NMI while the hypervisor ran: a host event, ignored"),
+        // A device line while halted: left unacknowledged for the trap
+        // loop, which masks the line first (see `arch::ioapic`).
+        v if ioapic::taken_in_ring0(v) => {}
         v => hv_fault(v, &f),
     }
 }

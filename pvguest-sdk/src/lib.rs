@@ -64,6 +64,7 @@
 //! | [`process`] | ring-3 processes, system calls | contained here |
 //! | [`heap`] | a global allocator over free frames | no |
 //! | [`pci`] | PCI configuration for dom0: filtered reads and writes, enumeration | the gate only |
+//! | [`irq`] | device interrupts for dom0: map a GSI to a pirq, bind it to a port with a handler, EOI | the gate only |
 #![no_std]
 
 extern crate freestanding;
@@ -76,6 +77,7 @@ pub mod event;
 pub mod grant;
 pub mod heap;
 pub mod hypercall;
+pub mod irq;
 pub mod mm;
 pub mod pci;
 pub mod process;

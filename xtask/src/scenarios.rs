@@ -428,14 +428,72 @@ fn scenarios() -> Vec<Scenario> {
                     "interrupt line of the ISA bridge 00:1f.0: EPERM (want EPERM) refused",
                     "PCI read with device 32: EINVAL (want EINVAL) refused",
                     "PCI read with size 3: EINVAL (want EINVAL) refused",
-                    "physdev_op(map_pirq) (reserved): ENOSYS (want ENOSYS) refused",
+                    "map_pirq of GSI 22 (no device of dom0's): EPERM (want EPERM) refused",
+                    "eoi of pirq 22 (not its line): EPERM (want EPERM) refused",
                 ] {
                     need(out, &format!("[dom0] dom0: {line}"))?;
                 }
                 need(out, "[dom0] dom0: 23/23 checks as expected")?;
                 need(out, "[domu] domU: pci::enumerate: EPERM (want EPERM) refused")?;
                 need(out, "[domu] domU: write of 00:1f.2's command register: EPERM (want EPERM) refused")?;
-                need(out, "[domu] domu: 6/6 checks as expected")?;
+                need(out, "[domu] domu: 7/7 checks as expected")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "dom0-irq",
+            what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a domU gets EPERM",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "irq", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                rig.disk(64 << 20)?;
+                rig.nic(&[(Proto::Udp, 7)])?;
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                // The hypervisor's view: the routing and the IOAPIC.
+                need(out, ", INTx A -> GSI 22")?;
+                need(out, ", INTx A -> GSI 23")?;
+                need(out, "(rf) ioapic: 24 redirection entries, all masked; dom0 may map GSI(s) [22, 23]")?;
+                need(out, "(rf) dom1: GSI 22 mapped to pirq 22")?;
+                need(out, "(rf) dom1: GSI 23 mapped to pirq 23")?;
+                need(out, "(vector 0xe6, level, active low, unmasked)")?;
+                need(out, "(vector 0xe7, level, active low, unmasked)")?;
+                for line in [
+                    "virtio-blk at 00:02.0: INTx pin A -> GSI 22",
+                    "virtio-net at 00:03.0: INTx pin A -> GSI 23",
+                    "virtio-blk's GSI 22 is a q35 PCI INTx GSI (16-23): ok",
+                    "map_pirq of GSI 22 (virtio-blk) gives pirq 22: ok",
+                    "map_pirq of GSI 23 (virtio-net) gives pirq 23: ok",
+                    "map_pirq of GSI 22 again: EEXIST (want EEXIST) refused",
+                    "bind_pirq of pirq 23 again: EEXIST (want EEXIST) refused",
+                    "eoi of pirq 22 with nothing in flight: ok",
+                    "map_pirq of GSI 21 (no device of dom0's): EPERM (want EPERM) refused",
+                    "map_pirq of GSI 24 (past the IOAPIC): EINVAL (want EINVAL) refused",
+                    "map_pirq of an MSI: EOPNOTSUPP (want EOPNOTSUPP) refused",
+                    "map_pirq of GSI 22 for domain 2 (the domU): EPERM (want EPERM) refused",
+                    "bind_pirq of pirq 20 (not mapped): EPERM (want EPERM) refused",
+                    "eoi of pirq 21 (not its line): EPERM (want EPERM) refused",
+                    "eoi of pirq 22 after close: EPERM (want EPERM) refused",
+                    "pirq 22 binds again after close: ok",
+                ] {
+                    need(out, &format!("[dom0] dom0: {line}"))?;
+                }
+                need(out, "[dom0] dom0: 23/23 checks as expected")?;
+                for line in ["physdev_op(eoi)", "physdev_op(map_pirq)", "bind_pirq of pirq 22"] {
+                    need(out, &format!("[domu] domU: {line}: EPERM (want EPERM) refused"))?;
+                }
+                need(out, "[domu] domu: 7/7 checks as expected")?;
+                // dom0 powered off: its lines were masked and freed.
+                need(out, "(rf) dom1: 2 interrupt line(s) masked and freed")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },

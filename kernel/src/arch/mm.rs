@@ -10,7 +10,7 @@
 //! | boot stub, `.rodata` | read-only, no execute |
 //! | `.data`, `.bss`, entry region, the rest of the first 16 MiB | read-write, no execute |
 //! | the page below the hypervisor stack | not mapped (guard) |
-//! | everything above (domains' RAM, the heap, MMIO) | read-write, no execute (2 MiB pages) |
+//! | everything above (domains' RAM, the heap, MMIO) | read-write, no execute (2 MiB pages); the IOAPIC's and local APIC's 2 MiB pages uncached |
 //!
 //! With CR0.WP set these hold for ring 0 too, so a stray write to code or
 //! constants faults, data never executes, and a stack overflow becomes a
@@ -84,13 +84,19 @@ pub fn harden() {
     // The rest of the identity map (the boot stub's 2 MiB pages up to 4 GiB:
     // guests' memory, the heap, MMIO) is data to the hypervisor: never
     // executed.
+    // The 2 MiB pages of the IOAPIC (0xFEC00000) and the local APIC
+    // (0xFEE00000) are device registers: uncached.
+    let uncached = [super::ioapic::BASE >> 21, 0xfee0_0000 >> 21];
     for r in REGIONS..IDENTITY_PDES {
+        let cache =
+            if uncached.contains(&(r as u64)) { (PteFlags::NO_CACHE | PteFlags::WRITE_THROUGH).bits() } else { 0 };
         // SAFETY: `hv_pd` is the boot stub's 4 contiguous page directories
         // (2048 entries, 4 GiB of 2 MiB pages); entries past the hardened
-        // regions map no hypervisor code, and NX changes no data access.
+        // regions map no hypervisor code, NX changes no data access, and
+        // only the APICs' pages (device registers) become uncached.
         unsafe {
             let e = pd.add(r).read_volatile();
-            pd.add(r).write_volatile(e | PteFlags::NO_EXECUTE.bits());
+            pd.add(r).write_volatile(e | PteFlags::NO_EXECUTE.bits() | cache);
         }
     }
     // SAFETY: reloading CR3 flushes the old 2 MiB translations; the code

@@ -6,6 +6,7 @@ pub mod boot;
 pub mod cpu;
 pub mod descriptors;
 pub mod entry;
+pub mod ioapic;
 pub mod leakcheck;
 pub mod mm;
 pub mod pci;

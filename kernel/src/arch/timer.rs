@@ -8,6 +8,7 @@ use super::cpu::{inb, outb, rdmsr, rdtsc};
 pub use ringfence_kernel::hv::{SPURIOUS_VECTOR, TIMER_VECTOR};
 
 const APIC_BASE_MSR: u32 = 0x1b;
+const REG_ID: u64 = 0x20;
 const REG_EOI: u64 = 0xb0;
 const REG_SVR: u64 = 0xf0;
 const REG_LVT_TIMER: u64 = 0x320;
@@ -111,6 +112,11 @@ pub fn arm_oneshot(rates: &Rates, ns: u64) {
     let ticks = ((u128::from(ns) * u128::from(rates.apic_per_ns)) >> 32).clamp(1, u128::from(u32::MAX)) as u32;
     apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
     apic_write(REG_TIMER_INIT, ticks);
+}
+
+/// This CPU's local APIC id (where device interrupts are sent).
+pub fn apic_id() -> u8 {
+    (apic_read(REG_ID) >> 24) as u8
 }
 
 /// Acknowledges the interrupt being serviced.

@@ -62,6 +62,8 @@ pub enum Port {
     /// The domain's console port: its other end is the console backend
     /// (the hypervisor's drain), bound by the domain builder.
     Console,
+    /// A physical IRQ (dom0's, `EVTCHNOP_bind_pirq`; see [`crate::irq`]).
+    Pirq(u32),
 }
 
 /// What closing a port leaves for the caller to do.
@@ -69,6 +71,9 @@ pub enum Port {
 pub enum Closed {
     /// Nothing more.
     Done,
+    /// The port was bound to this pirq: its line must be masked and
+    /// unbound ([`crate::irq::Irqs::unbind`]).
+    Pirq(u32),
     /// The port was connected: the other end, `port` of `remote`, must go
     /// back to unbound (Xen: it stays allocated, for the closer to bind
     /// again).
@@ -142,6 +147,12 @@ impl EventChannels {
         self.alloc(Port::Unbound { remote })
     }
 
+    /// A fresh port bound to `pirq` (`EVTCHNOP_bind_pirq`, once
+    /// [`crate::irq::Irqs::check_bind`] allowed it).
+    pub fn bind_pirq(&mut self, pirq: u32) -> Result<u32, Errno> {
+        self.alloc(Port::Pirq(pirq))
+    }
+
     /// A fresh IPI port (`EVTCHNOP_bind_ipi`).
     pub fn bind_ipi(&mut self) -> Result<u32, Errno> {
         self.alloc(Port::Ipi)
@@ -213,6 +224,7 @@ impl EventChannels {
                 self.console = 0;
                 Closed::Done
             }
+            Port::Pirq(pirq) => Closed::Pirq(pirq),
             Port::Unbound { .. } | Port::Ipi => Closed::Done,
         };
         self.set(port, Port::Free)?;

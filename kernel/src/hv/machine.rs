@@ -8,6 +8,7 @@
 //! hardware except through it.
 
 use crate::domain::vcpu::SegmentState;
+use crate::irq::IoapicRegs;
 use crate::mm::frames::Mfn;
 use crate::mm::guest_mem::PhysMem;
 use crate::pci::ConfigSpace;
@@ -22,6 +23,17 @@ pub trait Machine {
     /// PCI configuration space.
     type Config: ConfigSpace;
 
+    /// The IOAPIC's registers.
+    type Ioapic: IoapicRegs;
+
+    /// The IOAPIC (only [`crate::irq`]'s policy uses it).
+    fn ioapic(&mut self) -> &mut Self::Ioapic;
+    /// The vector of a device interrupt the CPU took while halted in
+    /// [`Machine::halt`] and did not acknowledge (the trap loop masks its
+    /// line, then EOIs), if any is left; each vector once.
+    fn take_irq(&mut self) -> Option<u8>;
+    /// The local APIC id of this CPU (where device interrupts go).
+    fn apic_id(&self) -> u8;
     /// Physical memory, to read and write.
     fn mem(&mut self) -> &mut Self::Mem;
     /// PCI configuration space (mechanism #1 on the real machine; only
@@ -37,7 +49,8 @@ pub trait Machine {
     fn tsc_ticks(&self, ns: u64) -> u64;
     /// Arms the one-shot timer to interrupt in `ns` nanoseconds.
     fn arm_timer(&mut self, ns: u64);
-    /// Acknowledges the timer interrupt.
+    /// Acknowledges the interrupt in service at the local APIC (the
+    /// timer's, or a device line's once [`crate::irq`] has masked it).
     fn eoi(&mut self);
     /// Waits, interrupts enabled, for the next interrupt (the CPU is idle).
     fn halt(&mut self);

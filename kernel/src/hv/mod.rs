@@ -79,6 +79,16 @@
 //! - Handler addresses and stacks: [`crate::domain::vcpu`].
 //! - Return frames: [`crate::regs::Regs::sanitize`], on every exit.
 //! - PCI configuration addresses and writes (dom0's): [`crate::pci`].
+//! - Pirqs, their ports and EOIs (dom0's): [`crate::irq`].
+//!
+//! # Device interrupts
+//! A device vector ([`crate::irq::gsi_of_vector`]) taken while a guest
+//! runs comes through [`Hv::on_trap`]; one taken while the CPU is halted
+//! is left unacknowledged by the machine and collected after the halt
+//! ([`Machine::take_irq`]). Either way [`crate::irq::Irqs::interrupt`]
+//! masks the line, then the local APIC is acknowledged, then the owner's
+//! port is raised (waking it if it waits), and the work is charged to the
+//! line's owner (dom0), not to whoever was running.
 
 mod machine;
 mod report;
@@ -96,6 +106,7 @@ use crate::grant::{
 };
 use crate::hvlog;
 use crate::hypercall::{self, Action};
+use crate::irq::{self, Irqs};
 use crate::mm::frames::{FrameTable, Mfn};
 use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
@@ -336,6 +347,8 @@ pub struct Hv<M: Machine> {
     /// PCI functions, dom0's share of them and the BAR record (scanned at
     /// boot; see [`crate::pci`]).
     pub pci: Pci,
+    /// The IOAPIC's lines and dom0's pirqs ([`crate::irq`]).
+    pub irqs: Irqs,
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
@@ -355,6 +368,8 @@ struct DomEnv<'a, M: Machine> {
     preempt_tsc: u64,
     /// The PCI policy and record.
     pci: &'a mut Pci,
+    /// The IOAPIC's lines.
+    irqs: &'a mut Irqs,
 }
 
 impl<M: Machine> DomEnv<'_, M> {
@@ -536,6 +551,38 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn pci_write(&mut self, privilege: Privilege, at: ConfigAddr, value: u32) -> Result<(), Errno> {
         self.pci.write(privilege, self.m.pci_config(), at, value)
     }
+    fn map_pirq(&mut self, privilege: Privilege, gsi: i32, pirq: i32) -> Result<u32, Errno> {
+        let me = self.domains[self.cur].id;
+        let r = self.irqs.map_gsi(privilege, me, gsi, pirq);
+        if let Ok(p) = r {
+            hvlog!(self.m, "dom{me}: GSI {gsi} mapped to pirq {p}");
+        }
+        r
+    }
+    fn check_bind_pirq(&mut self, privilege: Privilege, pirq: u32) -> Result<(), Errno> {
+        self.irqs.check_bind(privilege, self.domains[self.cur].id, pirq)
+    }
+    fn bind_pirq(&mut self, privilege: Privilege, pirq: u32, port: u32) -> Result<(), Errno> {
+        let me = self.domains[self.cur].id;
+        self.irqs.bind(self.m.ioapic(), privilege, me, pirq, port)?;
+        let entry = self.irqs.entry(self.m.ioapic(), pirq).unwrap_or(0);
+        hvlog!(
+            self.m,
+            "dom{me}: pirq {pirq} bound to port {port}: IOAPIC entry {entry:#x} (vector {:#x}, {}, {}, {})",
+            entry as u8,
+            if entry & irq::reg::LEVEL != 0 { "level" } else { "edge" },
+            if entry & irq::reg::ACTIVE_LOW != 0 { "active low" } else { "active high" },
+            if entry & irq::reg::MASKED != 0 { "masked" } else { "unmasked" }
+        );
+        Ok(())
+    }
+    fn pirq_eoi(&mut self, privilege: Privilege, pirq: u32) -> Result<(), Errno> {
+        let me = self.domains[self.cur].id;
+        self.irqs.eoi(self.m.ioapic(), privilege, me, pirq)
+    }
+    fn pirq_unbind(&mut self, dom: DomId, pirq: u32) {
+        self.irqs.unbind(self.m.ioapic(), dom, pirq);
+    }
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
         let d = &self.domains[self.cur];
@@ -629,6 +676,7 @@ impl<M: Machine> Hv<M> {
             boot_tsc: 0,
             scale: TscScale { mul: 0, shift: 0 },
             pci: Pci::empty(),
+            irqs: Irqs::empty(),
         }
     }
 
@@ -650,6 +698,7 @@ impl<M: Machine> Hv<M> {
         self.frames = Some(frames);
         self.domains = domains;
         self.scan_pci(ram_end);
+        self.init_irqs();
         self.scale = TscScale::from_hz(tsc_hz);
         self.boot_tsc = M::tsc();
         self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
@@ -673,6 +722,52 @@ impl<M: Machine> Hv<M> {
         if self.pci.unrecorded > 0 {
             hvlog!(self.m, "pci: {} more functions not recorded, none given to dom0", self.pci.unrecorded);
         }
+    }
+
+    /// Masks every IOAPIC entry and offers dom0 the GSIs of its functions
+    /// ([`crate::irq`] invariants 1 and 2).
+    fn init_irqs(&mut self) {
+        let dest = self.m.apic_id();
+        self.irqs = Irqs::init(self.m.ioapic(), self.pci.dom0_gsis(), dest);
+        let mut gsis: heapless::String<96> = heapless::String::new();
+        for g in (0..irq::MAX_GSIS).filter(|g| self.irqs.given() & (1 << g) != 0) {
+            let _ = write!(gsis, "{}{g}", if gsis.is_empty() { "" } else { ", " });
+        }
+        hvlog!(self.m, "ioapic: {} redirection entries, all masked; dom0 may map GSI(s) [{gsis}]", self.irqs.entries());
+    }
+
+    /// The interrupt on device vector `vector` (see the module docs):
+    /// masks its line, acknowledges the local APIC, raises the owner's
+    /// port. The first interrupt of each line is logged with its entry's
+    /// remote IRR as the IOAPIC held it on arrival (set: the line is
+    /// level-triggered and was accepted, not yet EOId).
+    fn device_interrupt(&mut self, vector: u64) {
+        let gsi = irq::gsi_of_vector(vector);
+        let first = gsi.and_then(|g| self.irqs.line(g)).is_some_and(|l| l.fired == 0 && l.port.is_some());
+        let entry = gsi.and_then(|g| self.irqs.entry(self.m.ioapic(), g)).unwrap_or(0);
+        let fired = self.irqs.interrupt(self.m.ioapic(), vector);
+        self.m.eoi();
+        let Some(f) = fired else { return };
+        if first {
+            hvlog!(
+                self.m,
+                "GSI {}: first interrupt (vector {vector:#x}, remote IRR {}, {}): raising dom{}'s port {}; line masked until EOI",
+                f.gsi,
+                u8::from(entry & irq::reg::REMOTE_IRR != 0),
+                if entry & irq::reg::LEVEL != 0 { "level" } else { "edge" },
+                f.owner,
+                f.port
+            );
+        }
+        if let Some(slot) = self.domains.slot_of(f.owner) {
+            self.raise(slot, f.port);
+        }
+    }
+
+    /// The slot of the domain that pays for a device interrupt on
+    /// `vector` (the line's owner), if it is one.
+    fn irq_payer(&self, vector: u64) -> Option<usize> {
+        self.irqs.owner_of_vector(vector).and_then(|d| self.domains.slot_of(d))
     }
 
     /// System time in ns.
@@ -882,7 +977,8 @@ impl<M: Machine> Hv<M> {
         // except a timer interrupt armed for another domain's deadline.
         let payer = match self.cpu.armed_for {
             Some(o) if vector == u64::from(TIMER_VECTOR) && o != cur => o,
-            _ => cur,
+            // A device interrupt is its line's owner's work.
+            _ => self.irq_payer(vector).unwrap_or(cur),
         };
         if !pvguest_abi::layout::is_canonical(rip) {
             // Only a trap taken in the last bytes below the canonical hole
@@ -908,6 +1004,7 @@ impl<M: Machine> Hv<M> {
                 self.m.fatal(vector as u8, &f)
             }
             v if v == u64::from(NULL_TRAP_VECTOR) => {}
+            v if irq::gsi_of_vector(v).is_some() => self.device_interrupt(v),
             0..=31 => {
                 let f = self.domains[cur].regs;
                 self.exception(cur, &f)
@@ -1067,6 +1164,7 @@ impl<M: Machine> Hv<M> {
             clock: (self.scale, self.boot_tsc),
             preempt_tsc,
             pci: &mut self.pci,
+            irqs: &mut self.irqs,
         };
         let action = hypercall::dispatch(&mut env, nr, a);
         self.fast_return(cur, action, iret)
@@ -1301,6 +1399,7 @@ impl<M: Machine> Hv<M> {
                     clock: (self.scale, self.boot_tsc),
                     preempt_tsc,
                     pci: &mut self.pci,
+                    irqs: &mut self.irqs,
                 };
                 (hypercall::dispatch(&mut env, nr, args), before)
             }
@@ -1495,6 +1594,12 @@ impl<M: Machine> Hv<M> {
         self.bvt.remove(i);
         self.sync_deadlines(i);
         self.cpu.sched_dirty = true;
+        // Its interrupt lines are masked and freed at once (its pirq
+        // ports close with the rest later, which then changes nothing).
+        let lines = self.irqs.release(self.m.ioapic(), id);
+        if lines > 0 {
+            hvlog!(self.m, "dom{id}: {lines} interrupt line(s) masked and freed");
+        }
         if self.reaping.push_back((id, 0)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.
             hvlog!(self.m, "dom{id}: teardown queue full, frames freed at once");
@@ -1698,10 +1803,19 @@ impl<M: Machine> Hv<M> {
         let until = self.next_deadline().map_or(MAX_ARM_NS, |d| d.saturating_sub(now));
         self.m.arm_timer(until.clamp(1_000, MAX_ARM_NS));
         self.m.halt();
-        let now = self.now();
+        let mut now = self.now();
         // Halted time is nobody's, and not a stretch in the hypervisor.
         self.cpu.meter.skip(now);
         self.m.stretch_restart();
+        // Device interrupts taken while halted: each line's owner pays.
+        while let Some(v) = self.m.take_irq() {
+            self.device_interrupt(u64::from(v));
+            now = self.now();
+            match self.irq_payer(u64::from(v)) {
+                Some(s) => _ = self.cpu.meter.charge(&mut self.bvt, s, now),
+                None => self.cpu.meter.skip(now),
+            }
+        }
         self.fire_timers(now);
     }
 

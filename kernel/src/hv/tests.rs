@@ -164,6 +164,15 @@ struct FakeMachine {
     uart_ns_per_byte: u64,
     /// No PCI.
     pci: crate::pci::Absent,
+    /// The IOAPIC, with its device lines.
+    ioapic: crate::irq::fake::FakeIoapic,
+    /// Device vectors the "CPU" took while halted, not yet collected.
+    irq_taken: Vec<u8>,
+    /// Device vectors in service at the local APIC (the EOI pops the top
+    /// and broadcasts it to the IOAPIC).
+    in_service: Vec<u8>,
+    /// Device interrupts the CPU took (in a guest or halted).
+    device_interrupts: usize,
 }
 
 impl FakeMachine {
@@ -181,6 +190,10 @@ impl FakeMachine {
             rsp1: Vec::new(),
             uart_ns_per_byte: 0,
             pci: crate::pci::Absent,
+            ioapic: crate::irq::fake::FakeIoapic::default(),
+            irq_taken: Vec::new(),
+            in_service: Vec::new(),
+            device_interrupts: 0,
         }
     }
 
@@ -192,6 +205,17 @@ impl FakeMachine {
 impl Machine for FakeMachine {
     type Mem = Ram;
     type Config = crate::pci::Absent;
+    type Ioapic = crate::irq::fake::FakeIoapic;
+
+    fn ioapic(&mut self) -> &mut Self::Ioapic {
+        &mut self.ioapic
+    }
+    fn take_irq(&mut self) -> Option<u8> {
+        self.irq_taken.pop()
+    }
+    fn apic_id(&self) -> u8 {
+        0
+    }
 
     fn pci_config(&mut self) -> &mut crate::pci::Absent {
         &mut self.pci
@@ -216,10 +240,20 @@ impl Machine for FakeMachine {
     }
     fn eoi(&mut self) {
         self.eois += 1;
+        if let Some(v) = self.in_service.pop() {
+            self.ioapic.eoi_broadcast(v);
+        }
     }
-    /// The CPU sleeps until the armed timer fires.
+    /// The CPU sleeps until a device interrupt or the armed timer fires.
     fn halt(&mut self) {
         self.halts += 1;
+        if let Some(v) = self.ioapic.deliver() {
+            self.device_interrupts += 1;
+            self.in_service.push(v);
+            self.irq_taken.push(v);
+            set_tsc(tsc() + 1_000);
+            return;
+        }
         let a = *self.armed.last().expect("halted with no timer armed: the CPU would sleep forever");
         set_tsc(tsc().max(a.deadline()));
     }
@@ -987,4 +1021,41 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0]), 0);
     assert!(r.port_pending(b, pb));
     assert_eq!(r.dom(b).state, RunState::Runnable, "the send woke b");
+}
+
+/// `crate::irq` invariant 4 through the trap loop: a device line that is
+/// held up for ever while dom0 never EOIs reaches the hypervisor once;
+/// the interrupt is masked before the local APIC's EOI, raises dom0's
+/// port, is charged to dom0, and the other domain keeps its half of the
+/// CPU.
+#[test]
+fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u")]);
+    let (d0, u) = (r.id("dom0"), r.id("u"));
+    let p = crate::domain::Privilege::of_domain(true).expect("privileged");
+    r.hv.irqs = crate::irq::Irqs::init(&mut r.hv.m.ioapic, 1 << 22, 0);
+    assert!(r.hv.m.ioapic.masked(22), "masked at boot");
+    let s0 = r.slot(d0);
+    let port = r.hv.domains[s0].events.bind_pirq(22).expect("a port");
+    r.hv.irqs.map_gsi(p, d0, 22, -1).expect("map");
+    r.hv.irqs.bind(&mut r.hv.m.ioapic, p, d0, 22, port).expect("bind");
+    r.hv.m.ioapic.set_line(22, true);
+    let start = r.now();
+    for _ in 0..200 {
+        // The CPU takes whatever the IOAPIC delivers before the next tick.
+        if let Some(v) = r.hv.m.ioapic.deliver() {
+            r.hv.m.device_interrupts += 1;
+            r.hv.m.in_service.push(v);
+            r.interrupt(v);
+            assert!(r.hv.m.ioapic.masked(22), "masked from the interrupt on");
+            assert_eq!(r.hv.m.in_service, [], "the local APIC was acknowledged");
+        } else {
+            r.timer_interrupt();
+        }
+    }
+    assert_eq!(r.hv.m.device_interrupts, 1, "one interrupt, not a storm");
+    assert!(r.dom(d0).shared.is_pending(&r.hv.m.ram, port), "dom0's port was raised");
+    let total = r.now() - start;
+    let tu = r.running_ns(u);
+    assert!(tu.abs_diff(total / 2) <= 2 * C, "the other domain keeps its half: {tu} of {total}");
 }

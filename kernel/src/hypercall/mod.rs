@@ -60,15 +60,15 @@ use crate::grant::{CopyOp, GrantError, MapRequest, MAX_GRANT_FRAMES};
 use crate::pci::ConfigAddr;
 use core::mem::offset_of;
 use pvguest_abi::event::{
-    self, status, AllocUnbound, BindInterdomain, BindIpi, BindVcpu, BindVirq, Close, Reset, Send, Status, Unmask,
-    DOMID_CONSOLE_BACKEND,
+    self, status, AllocUnbound, BindInterdomain, BindIpi, BindPirq, BindVcpu, BindVirq, Close, Reset, Send, Status,
+    Unmask, BIND_PIRQ_WILL_SHARE, DOMID_CONSOLE_BACKEND,
 };
 use pvguest_abi::grant::{
     self as gnt, gntst, GnttabCopy, MapGrantRef, QuerySize, SetUnmapNotify, SetupTable, UnmapGrantRef,
 };
 use pvguest_abi::memory::{MemRange, MemoryMap};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp, MAX_BATCH};
-use pvguest_abi::physdev::{self, PciConfig};
+use pvguest_abi::physdev::{self, map_pirq_type, Eoi, MapPirq, PciConfig};
 use pvguest_abi::sched_op::SchedPoll;
 use pvguest_abi::trap::{TrapInfo, MAX_TRAP_TABLE};
 use pvguest_abi::vcpu::{self as vcpuop, RunstateInfo, SingleshotTimer, SSHOT_FUTURE};
@@ -196,6 +196,20 @@ pub trait Env {
     /// A PCI configuration write for the caller, which holds `privilege`,
     /// through the filter ([`crate::pci::Pci::write`]).
     fn pci_write(&mut self, privilege: Privilege, at: ConfigAddr, value: u32) -> Result<(), Errno>;
+    /// `PHYSDEVOP_map_pirq` of GSI `gsi` for the caller, which holds
+    /// `privilege` ([`crate::irq::Irqs::map_gsi`]): the pirq.
+    fn map_pirq(&mut self, privilege: Privilege, gsi: i32, pirq: i32) -> Result<u32, Errno>;
+    /// The checks of `EVTCHNOP_bind_pirq` for the caller, before a port is
+    /// allocated ([`crate::irq::Irqs::check_bind`]).
+    fn check_bind_pirq(&mut self, privilege: Privilege, pirq: u32) -> Result<(), Errno>;
+    /// Binds the caller's `pirq` to its `port` and unmasks the line
+    /// ([`crate::irq::Irqs::bind`]).
+    fn bind_pirq(&mut self, privilege: Privilege, pirq: u32, port: u32) -> Result<(), Errno>;
+    /// `PHYSDEVOP_eoi` by the caller ([`crate::irq::Irqs::eoi`]).
+    fn pirq_eoi(&mut self, privilege: Privilege, pirq: u32) -> Result<(), Errno>;
+    /// `dom`'s port bound to `pirq` was closed: its line is masked and
+    /// unbound ([`crate::irq::Irqs::unbind`]).
+    fn pirq_unbind(&mut self, dom: DomId, pirq: u32);
     /// Whether this hypercall must stop at the next unit boundary: its
     /// [`BUDGET_NS`] is spent or other work is due (a timer deadline
     /// passed). Long work then continues later (see the module docs).
@@ -670,12 +684,16 @@ fn close_port<E: Env>(env: &mut E, dom: DomId, port: u32) -> Result<(), Errno> {
         })?;
         c
     };
-    if let Closed::Remote { remote, port: rp } = closed {
-        // A dead peer (`ESRCH`) has no end left to revert.
-        let _ = on_table(env, remote, &mut |t| {
-            evt::unbind_remote_end(t, rp, dom, port);
-            Ok(0)
-        });
+    match closed {
+        Closed::Remote { remote, port: rp } => {
+            // A dead peer (`ESRCH`) has no end left to revert.
+            let _ = on_table(env, remote, &mut |t| {
+                evt::unbind_remote_end(t, rp, dom, port);
+                Ok(0)
+            });
+        }
+        Closed::Pirq(pirq) => env.pirq_unbind(dom, pirq),
+        Closed::Done => {}
     }
     Ok(())
 }
@@ -734,6 +752,29 @@ fn event_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
             }
             Ok(0)
         }
+        event::BIND_PIRQ => {
+            // dom0's only: the privilege comes before the argument is read.
+            let Some(privilege) = env.privilege() else {
+                return Err(Errno::EPERM);
+            };
+            let ptr = GuestPtr::<BindPirq>::new(arg);
+            let b = ptr.read(env)?;
+            if b.flags & !BIND_PIRQ_WILL_SHARE != 0 {
+                return Err(Errno::EINVAL);
+            }
+            env.check_bind_pirq(privilege, b.pirq)?;
+            let port = env.events().bind_pirq(b.pirq)?;
+            // The guest learns the port before the line is unmasked.
+            let bound = ptr
+                .field::<u32>(offset_of!(BindPirq, port))
+                .write(env, &port)
+                .and_then(|()| env.bind_pirq(privilege, b.pirq, port));
+            if let Err(e) = bound {
+                let _ = env.events().close(port);
+                return Err(e);
+            }
+            Ok(0)
+        }
         event::BIND_IPI => {
             let ptr = GuestPtr::<BindIpi>::new(arg);
             if ptr.read(env)?.vcpu != 0 {
@@ -768,7 +809,7 @@ fn event_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
                 Port::Interdomain { remote, port: rp } => env.notify(remote, rp),
                 Port::Ipi => env.notify(me, port),
                 Port::Unbound { .. } => return Err(Errno::ENOTCONN),
-                Port::Free | Port::Virq(_) => return Err(Errno::EINVAL),
+                Port::Free | Port::Virq(_) | Port::Pirq(_) => return Err(Errno::EINVAL),
             }
             Ok(0)
         }
@@ -792,6 +833,7 @@ fn event_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
                 Port::Unbound { remote } => (status::UNBOUND, u32::from(remote.raw()), 0),
                 Port::Interdomain { remote, port } => (status::INTERDOMAIN, u32::from(remote.raw()), port),
                 Port::Virq(v) => (status::VIRQ, v, 0),
+                Port::Pirq(p) => (status::PIRQ, p, 0),
                 Port::Ipi => (status::IPI, 0, 0),
                 Port::Console => (status::INTERDOMAIN, u32::from(DOMID_CONSOLE_BACKEND), 0),
             };
@@ -996,8 +1038,11 @@ fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
 /// argument, so an ordinary domain learns nothing from it). PCI
 /// configuration addresses are decoded by [`ConfigAddr::decode`] (rule 1 of
 /// [`crate::pci`]) and writes filtered by [`crate::pci::Pci::write`].
-/// `PHYSDEVOP_eoi` and `PHYSDEVOP_map_pirq` are reserved: `ENOSYS` until
-/// device interrupts are offered.
+/// `PHYSDEVOP_map_pirq` (type GSI only: an MSI is `EOPNOTSUPP`, another
+/// type `EINVAL`; for the caller only: another `domid` is `EPERM`) and
+/// `PHYSDEVOP_eoi` go to [`crate::irq`]'s policy. map_pirq checks its out
+/// field writable (writing the caller's `pirq` back) before it maps, so a
+/// mapped pirq is always one the guest learnt.
 fn physdev_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let Some(privilege) = env.privilege() else {
         return Err(Errno::EPERM);
@@ -1014,9 +1059,30 @@ fn physdev_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
             let (at, value) = ConfigAddr::decode_write(&GuestPtr::<PciConfig>::new(arg).read(env)?)?;
             env.pci_write(privilege, at, value).map(|()| 0)
         }
-        // Reserved with Xen's layouts (`pvguest_abi::physdev::{Eoi,
-        // MapPirq}`); their handlers come with device interrupts.
-        physdev::EOI | physdev::MAP_PIRQ => Err(Errno::ENOSYS),
+        physdev::MAP_PIRQ => {
+            let ptr = GuestPtr::<MapPirq>::new(arg);
+            let m = ptr.read(env)?;
+            if u64::from(m.domid) != DOMID_SELF && m.domid != env.caller().raw() {
+                // Pirqs for other domains (passthrough) are not offered.
+                return Err(Errno::EPERM);
+            }
+            match m.type_ {
+                map_pirq_type::GSI => {}
+                map_pirq_type::MSI | map_pirq_type::MSI_SEG => return Err(Errno::EOPNOTSUPP),
+                _ => return Err(Errno::EINVAL),
+            }
+            let out = ptr.field::<i32>(offset_of!(MapPirq, pirq));
+            out.write(env, &m.pirq)?;
+            let pirq = env.map_pirq(privilege, m.index, m.pirq)?;
+            // Checked writable just above, with nothing in between that
+            // changes the caller's mappings.
+            out.write(env, &(pirq as i32))?;
+            Ok(0)
+        }
+        physdev::EOI => {
+            let Eoi { irq } = GuestPtr::<Eoi>::new(arg).read(env)?;
+            env.pirq_eoi(privilege, irq).map(|()| 0)
+        }
         _ => Err(Errno::ENOSYS),
     }
 }

@@ -54,6 +54,9 @@ struct FakeEnv {
     /// PCI configuration accesses that reached the machine: (address,
     /// value written, or `None` for a read).
     pci: Vec<(ConfigAddr, Option<u32>)>,
+    /// The IOAPIC's lines (GSIs 22 and 23 given) over a fake IOAPIC.
+    irqs: crate::irq::Irqs,
+    ioapic: crate::irq::fake::FakeIoapic,
 }
 
 impl FakeEnv {
@@ -85,7 +88,14 @@ impl FakeEnv {
             notified: Vec::new(),
             copies: Vec::new(),
             pci: Vec::new(),
+            irqs: crate::irq::Irqs::empty(),
+            ioapic: crate::irq::fake::FakeIoapic::default(),
         }
+        .with_irqs()
+    }
+    fn with_irqs(mut self) -> Self {
+        self.irqs = crate::irq::Irqs::init(&mut self.ioapic, 1 << 22 | 1 << 23, 0);
+        self
     }
     fn range(&self, va: u64, len: usize, write: bool) -> Result<usize, Errno> {
         if len == 0 {
@@ -112,6 +122,21 @@ impl FakeEnv {
 }
 
 impl Env for FakeEnv {
+    fn map_pirq(&mut self, p: Privilege, gsi: i32, pirq: i32) -> Result<u32, Errno> {
+        self.irqs.map_gsi(p, self.me, gsi, pirq)
+    }
+    fn check_bind_pirq(&mut self, p: Privilege, pirq: u32) -> Result<(), Errno> {
+        self.irqs.check_bind(p, self.me, pirq)
+    }
+    fn bind_pirq(&mut self, p: Privilege, pirq: u32, port: u32) -> Result<(), Errno> {
+        self.irqs.bind(&mut self.ioapic, p, self.me, pirq, port)
+    }
+    fn pirq_eoi(&mut self, p: Privilege, pirq: u32) -> Result<(), Errno> {
+        self.irqs.eoi(&mut self.ioapic, p, self.me, pirq)
+    }
+    fn pirq_unbind(&mut self, dom: DomId, pirq: u32) {
+        self.irqs.unbind(&mut self.ioapic, dom, pirq);
+    }
     fn pci_read(&mut self, _: Privilege, at: ConfigAddr) -> u32 {
         self.pci.push((at, None));
         0x29c0_8086 & at.mask()
@@ -1197,11 +1222,11 @@ fn physdev_op_is_eperm_for_an_unprivileged_domain_whatever_it_asks() {
 }
 
 #[test]
-fn physdev_reserved_and_unknown_commands_are_enosys_for_dom0() {
+fn physdev_unknown_commands_are_enosys_for_dom0() {
     let mut e = FakeEnv::new();
     e.privileged = true;
     put_struct(&mut e, BASE, &pvguest_abi::physdev::MapPirq::default());
-    for cmd in [physdev::EOI, physdev::MAP_PIRQ, 0, 5, 33, physdev::RF_BASE + 2, u64::MAX] {
+    for cmd in [0, 5, 14, 33, physdev::RF_BASE + 2, u64::MAX] {
         assert_eq!(physdev(&mut e, cmd, BASE), r(Errno::ENOSYS), "cmd {cmd:#x}");
     }
     assert!(e.pci.is_empty());
@@ -1265,4 +1290,131 @@ fn physdev_pci_write_passes_the_filters_answer() {
     // A write never writes guest memory (the argument may be read-only).
     put_struct(&mut e, BASE + RO_FROM, &pci_arg(0, 0x1f, 2, 0x3c, 1, 9));
     assert_eq!(physdev(&mut e, physdev::PCI_CONFIG_WRITE, BASE + RO_FROM), Action::Return(0));
+}
+
+// ---- device interrupts: map_pirq, bind_pirq, eoi ----
+
+use pvguest_abi::physdev::{map_pirq_type, Eoi, MapPirq};
+
+fn map_arg(gsi: i32) -> MapPirq {
+    MapPirq { domid: DOMID_SELF as u16, type_: map_pirq_type::GSI, index: gsi, pirq: -1, ..MapPirq::default() }
+}
+
+fn map(e: &mut FakeEnv, m: &MapPirq) -> Result<i32, Errno> {
+    put_struct(e, BASE, m);
+    match physdev(e, physdev::MAP_PIRQ, BASE) {
+        Action::Return(0) => Ok(get_struct::<MapPirq>(e, BASE).pirq),
+        Action::Return(v) => Err(Errno::from_code(-v).expect("an errno")),
+        a => panic!("map_pirq: {a:?}"),
+    }
+}
+
+fn bind(e: &mut FakeEnv, pirq: u32, flags: u32) -> Result<u32, Errno> {
+    put_struct(e, BASE + 64, &BindPirq { pirq, flags, port: 0 });
+    match e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_PIRQ, BASE + 64, 0, 0, 0]) {
+        Action::Return(0) => Ok(get_struct::<BindPirq>(e, BASE + 64).port),
+        Action::Return(v) => Err(Errno::from_code(-v).expect("an errno")),
+        a => panic!("bind_pirq: {a:?}"),
+    }
+}
+
+fn eoi(e: &mut FakeEnv, irq: u32) -> Action {
+    put_struct(e, BASE + 128, &Eoi { irq });
+    physdev(e, physdev::EOI, BASE + 128)
+}
+
+#[test]
+fn pirq_calls_are_eperm_for_a_domu_before_any_argument_is_read() {
+    let mut e = FakeEnv::new();
+    put_struct(&mut e, BASE, &map_arg(22));
+    for arg in [BASE, 0] {
+        assert_eq!(physdev(&mut e, physdev::MAP_PIRQ, arg), r(Errno::EPERM));
+        assert_eq!(physdev(&mut e, physdev::EOI, arg), r(Errno::EPERM));
+        assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_PIRQ, arg, 0, 0, 0]), r(Errno::EPERM));
+    }
+    assert_eq!(e.irqs.line(22).unwrap().owner, None, "nothing mapped");
+    assert!(e.ioapic.masked(22));
+}
+
+#[test]
+fn map_pirq_maps_gsis_of_dom0s_devices_and_refuses_the_rest() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    assert_eq!(map(&mut e, &map_arg(22)), Ok(22), "the pirq comes back in the struct");
+    assert_eq!(map(&mut e, &map_arg(22)), Err(Errno::EEXIST), "a double map");
+    assert_eq!(map(&mut e, &map_arg(21)), Err(Errno::EPERM), "no device of dom0 is on GSI 21");
+    assert_eq!(map(&mut e, &map_arg(24)), Err(Errno::EINVAL), "past the IOAPIC");
+    assert_eq!(map(&mut e, &map_arg(-5)), Err(Errno::EINVAL));
+    assert_eq!(map(&mut e, &MapPirq { pirq: 3, ..map_arg(23) }), Err(Errno::EINVAL), "pirq must be -1 or the GSI");
+    for t in [map_pirq_type::MSI, map_pirq_type::MSI_SEG] {
+        assert_eq!(map(&mut e, &MapPirq { type_: t, ..map_arg(23) }), Err(Errno::EOPNOTSUPP), "MSI");
+    }
+    assert_eq!(map(&mut e, &MapPirq { type_: 2, ..map_arg(23) }), Err(Errno::EINVAL));
+    assert_eq!(map(&mut e, &MapPirq { type_: -1, ..map_arg(23) }), Err(Errno::EINVAL));
+    assert_eq!(map(&mut e, &MapPirq { domid: 7, ..map_arg(23) }), Err(Errno::EPERM), "for another domain");
+    let me = e.me.raw();
+    assert_eq!(map(&mut e, &MapPirq { domid: me, ..map_arg(23) }), Ok(23), "its own id is itself");
+    // An out field it cannot write: EFAULT, and nothing mapped.
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    put_struct(&mut e, BASE + RO_FROM - 8, &map_arg(22));
+    assert_eq!(physdev(&mut e, physdev::MAP_PIRQ, BASE + RO_FROM - 8), r(Errno::EFAULT));
+    assert_eq!(e.irqs.line(22).unwrap().owner, None, "a pirq the guest never learnt is not mapped");
+}
+
+#[test]
+fn bind_pirq_binds_a_mapped_pirq_once_and_unmasks_it() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    assert_eq!(bind(&mut e, 22, 0), Err(Errno::EPERM), "a pirq it was not given (not mapped)");
+    assert_eq!(bind(&mut e, 21, 0), Err(Errno::EPERM), "a GSI not dom0's");
+    assert_eq!(bind(&mut e, 99, 0), Err(Errno::EINVAL));
+    map(&mut e, &map_arg(22)).unwrap();
+    assert_eq!(bind(&mut e, 22, 2), Err(Errno::EINVAL), "unknown flags");
+    assert!(e.ioapic.masked(22), "refusals unmask nothing");
+    let port = bind(&mut e, 22, event::BIND_PIRQ_WILL_SHARE).unwrap();
+    assert_eq!(e.events.get(port), Ok(Port::Pirq(22)));
+    assert!(!e.ioapic.masked(22));
+    assert_eq!(bind(&mut e, 22, 0), Err(Errno::EEXIST), "a double bind");
+    // Status names the pirq; send on it is refused.
+    put_struct(&mut e, BASE + 256, &Status { dom: DOMID_SELF as u16, port, ..Status::default() });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::STATUS, BASE + 256, 0, 0, 0]), Action::Return(0));
+    let st = get_struct::<Status>(&e, BASE + 256);
+    assert_eq!((st.status, st.u0), (status::PIRQ, 22));
+    put_struct(&mut e, BASE + 256, &Send { port });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::SEND, BASE + 256, 0, 0, 0]), r(Errno::EINVAL));
+    // A port it cannot learn: EFAULT, the port freed, the line still masked.
+    map(&mut e, &map_arg(23)).unwrap();
+    put_struct(&mut e, BASE + RO_FROM - 8, &BindPirq { pirq: 23, flags: 0, port: 0 });
+    let ro = BASE + RO_FROM - 8;
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_PIRQ, ro, 0, 0, 0]), r(Errno::EFAULT));
+    assert!(e.ioapic.masked(23));
+    assert_eq!(e.events.ports().filter(|(_, p)| matches!(p, Port::Pirq(_))).count(), 1);
+}
+
+#[test]
+fn eoi_unmasks_only_the_callers_bound_line_and_close_masks_it() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    assert_eq!(eoi(&mut e, 22), r(Errno::EPERM), "a line it does not own");
+    assert_eq!(eoi(&mut e, 1000), r(Errno::EINVAL));
+    map(&mut e, &map_arg(22)).unwrap();
+    let port = bind(&mut e, 22, 0).unwrap();
+    e.ioapic.set_line(22, true);
+    let v = e.ioapic.deliver().unwrap();
+    assert!(e.irqs.interrupt(&mut e.ioapic, u64::from(v)).is_some());
+    e.ioapic.eoi_broadcast(v);
+    assert_eq!(e.ioapic.deliver(), None, "masked until EOI");
+    assert_eq!(eoi(&mut e, 22), Action::Return(0));
+    assert_eq!(e.ioapic.deliver(), Some(v), "re-asserts: the device still holds the line");
+    // Closing the port masks the line and unbinds it.
+    assert!(e.irqs.interrupt(&mut e.ioapic, u64::from(v)).is_some());
+    e.ioapic.eoi_broadcast(v);
+    put_struct(&mut e, BASE + 256, &Close { port });
+    assert_eq!(e.call(hypercall::EVENT_CHANNEL_OP, [event::CLOSE, BASE + 256, 0, 0, 0]), Action::Return(0));
+    assert!(e.ioapic.masked(22));
+    assert_eq!(e.irqs.line(22).unwrap().port, None);
+    assert_eq!(eoi(&mut e, 22), r(Errno::EPERM), "no EOI of an unbound line");
+    assert_eq!(e.ioapic.deliver(), None);
+    assert_eq!(bind(&mut e, 22, 0).map(|_| ()), Ok(()), "still mapped: it binds again");
 }

@@ -331,6 +331,33 @@ pub struct Function {
     pub bars: [Bar; BARS_TYPE0],
     /// Its command register as last seen.
     pub command: u16,
+    /// Its interrupt pin (0: none, 1-4: INTA#-INTD#), read at boot: dom0
+    /// cannot write it (rule 3).
+    pub pin: u8,
+}
+
+/// The q35 slots whose INTx the chipset routes by its own configuration
+/// registers (D25IR-D31IR: the LPC, SATA, SMBus, USB, HD audio): not
+/// the rule of [`intx_gsi`].
+pub const Q35_CHIPSET_SLOTS: core::ops::RangeInclusive<u8> = 0x19..=0x1f;
+
+/// The GSI that q35 routes INTx pin `pin` (1-4) of function `bdf` to:
+/// pin `p` of root-bus slot `s` goes to PIRQ E-H, that is GSI
+/// `20 + (s + p - 1) % 4` (measured on QEMU 7.2: virtio-blk at 00:02.0,
+/// pin A, is GSI 22; virtio-net at 00:03.0 is GSI 23). `None` for no pin,
+/// a function behind a bridge (its pin is swizzled through the bridge:
+/// not routed in this slice) and the chipset slots
+/// ([`Q35_CHIPSET_SLOTS`]).
+pub fn intx_gsi(bdf: Bdf, pin: u8) -> Option<u32> {
+    debug_assert!(*Q35_CHIPSET_SLOTS.start() == 0x19 && *Q35_CHIPSET_SLOTS.end() == 0x1f);
+    pvguest_abi::physdev::q35_intx_gsi(bdf.bus(), bdf.dev(), pin)
+}
+
+impl Function {
+    /// The GSI its INTx pin is routed to ([`intx_gsi`]).
+    pub fn gsi(&self) -> Option<u32> {
+        intx_gsi(self.bdf, self.pin)
+    }
 }
 
 impl fmt::Display for Function {
@@ -346,6 +373,13 @@ impl fmt::Display for Function {
                 BarKind::Io => write!(f, ", BAR{i} io {:#x}+{:#x}", b.base, b.size)?,
                 BarKind::Mem32 | BarKind::Mem64 => write!(f, ", BAR{i} mem {:#x}+{:#x}", b.base, b.size)?,
                 BarKind::Unused | BarKind::Mem64High => {}
+            }
+        }
+        if (1..=4).contains(&self.pin) {
+            let pin = char::from(b'A' + self.pin - 1);
+            match self.gsi() {
+                Some(g) => write!(f, ", INTx {pin} -> GSI {g}")?,
+                None => write!(f, ", INTx {pin} (routed by the chipset: not mappable)")?,
             }
         }
         Ok(())
@@ -475,12 +509,20 @@ impl Pci {
             given,
             bars,
             command: read16(cfg, bdf, reg::COMMAND),
+            pin: if layout == header::TYPE_NORMAL { read8(cfg, bdf, reg::INTERRUPT_PIN) } else { 0 },
         })
     }
 
     /// The functions found at boot.
     pub fn functions(&self) -> &[Function] {
         &self.functions
+    }
+
+    /// The GSIs dom0 may map as pirqs (bit `g`: GSI `g`): those the INTx
+    /// pins of the functions it is given are routed to ([`intx_gsi`]; see
+    /// [`crate::irq`] invariant 2).
+    pub fn dom0_gsis(&self) -> u32 {
+        self.functions.iter().filter(|f| f.given).filter_map(Function::gsi).fold(0, |m, g| m | 1 << g)
     }
 
     /// The forbidden memory ranges.

@@ -571,3 +571,28 @@ fn device_mmio_is_a_given_decoding_bar_and_nothing_forbidden() {
     // Frames of functions dom0 is not given, and absurd frames, are not.
     assert!(!pci.is_device_mmio(u64::MAX));
 }
+
+#[test]
+fn intx_pins_route_by_the_q35_rule_and_only_given_functions_count() {
+    let mut bus = q35();
+    // virtio at 00:02.0 pin A; SATA pin A (chipset-routed); the device
+    // behind the bridge pin A (swizzled: not routed); the host bridge pin A
+    // (not given).
+    for k in [VIRTIO, SATA, BEHIND, HOST] {
+        bus.fns.get_mut(&k).unwrap().cfg[usize::from(reg::INTERRUPT_PIN)] = 1;
+    }
+    // A firmware "IRQ 11" in the interrupt line: ignored.
+    bus.fns.get_mut(&VIRTIO).unwrap().cfg[usize::from(reg::INTERRUPT_LINE)] = 11;
+    let pci = Pci::scan(&mut bus, Forbidden::new(RAM_END));
+    assert_eq!(record(&pci, VIRTIO).gsi(), Some(22), "pin A of slot 2 is GSI 22 (measured)");
+    assert_eq!(record(&pci, SATA).gsi(), None, "slot 0x1f is routed by the chipset");
+    assert_eq!(record(&pci, BEHIND).gsi(), None, "behind a bridge");
+    assert_eq!(pci.dom0_gsis(), 1 << 22, "the host bridge is not dom0's");
+    assert!(format!("{}", record(&pci, VIRTIO)).ends_with(", INTx A -> GSI 22"));
+    assert!(format!("{}", record(&pci, SATA)).ends_with(", INTx A (routed by the chipset: not mappable)"));
+    for (slot, pin, gsi) in [(2, 1, 22), (3, 1, 23), (4, 1, 20), (5, 1, 21), (2, 2, 23), (2, 4, 21), (0x18, 1, 20)] {
+        assert_eq!(intx_gsi(bdf(0, slot, 0), pin), Some(gsi), "slot {slot} pin {pin}");
+    }
+    assert_eq!(intx_gsi(bdf(0, 2, 0), 0), None);
+    assert_eq!(intx_gsi(bdf(0, 2, 0), 5), None);
+}

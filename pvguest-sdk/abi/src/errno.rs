@@ -36,6 +36,9 @@ pub enum Errno {
     ERANGE = 34,
     /// No such hypercall or sub-command.
     ENOSYS = 38,
+    /// The operation exists but this kind of it is not offered (an MSI
+    /// passed to `PHYSDEVOP_map_pirq`).
+    EOPNOTSUPP = 95,
     /// The port (or endpoint) is not connected.
     ENOTCONN = 107,
     /// The wait timed out.
@@ -44,7 +47,7 @@ pub enum Errno {
 
 impl Errno {
     /// Every code, for tables and tests.
-    pub const ALL: [Errno; 18] = [
+    pub const ALL: [Errno; 19] = [
         Errno::EPERM,
         Errno::ENOENT,
         Errno::ESRCH,
@@ -61,6 +64,7 @@ impl Errno {
         Errno::ENOSPC,
         Errno::ERANGE,
         Errno::ENOSYS,
+        Errno::EOPNOTSUPP,
         Errno::ENOTCONN,
         Errno::ETIMEDOUT,
     ];
@@ -105,6 +109,7 @@ impl Errno {
             Errno::ENOSPC => "ENOSPC",
             Errno::ERANGE => "ERANGE",
             Errno::ENOSYS => "ENOSYS",
+            Errno::EOPNOTSUPP => "EOPNOTSUPP",
             Errno::ENOTCONN => "ENOTCONN",
             Errno::ETIMEDOUT => "ETIMEDOUT",
         }

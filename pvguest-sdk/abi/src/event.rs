@@ -32,6 +32,12 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 pub const BIND_INTERDOMAIN: u64 = 0;
 /// Bind a virtual IRQ: [`BindVirq`].
 pub const BIND_VIRQ: u64 = 1;
+/// Bind a physical IRQ (a pirq dom0 mapped with
+/// [`crate::physdev::MAP_PIRQ`]) to a fresh port: [`BindPirq`]. The
+/// privileged domain only (`EPERM` for any other, and for a pirq it has not
+/// mapped); a pirq bound already is `EEXIST`. Closing the port masks the
+/// line and unbinds it (the pirq stays mapped).
+pub const BIND_PIRQ: u64 = 2;
 /// Close a port: [`Close`].
 pub const CLOSE: u64 = 3;
 /// Notify the other end of a port: [`Send`]. An interdomain port raises its
@@ -104,6 +110,8 @@ pub mod status {
     /// Connected to another end (a port of a domain, or the console
     /// backend, reported as the hypervisor's `DOMID_XEN`-like 0x7ff2).
     pub const INTERDOMAIN: u32 = 2;
+    /// Bound to a physical IRQ (`u0`: the pirq).
+    pub const PIRQ: u32 = 3;
     /// Bound to a virtual IRQ.
     pub const VIRQ: u32 = 4;
     /// An IPI port.
@@ -160,6 +168,22 @@ pub struct BindVcpu {
     pub vcpu: u32,
 }
 
+/// [`BindPirq::flags`]: the caller would share the line (accepted; lines
+/// are never shared: each GSI has one owner).
+pub const BIND_PIRQ_WILL_SHARE: u32 = 1;
+
+/// `BIND_PIRQ` argument (Xen's `evtchn_bind_pirq`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct BindPirq {
+    /// The pirq (from `PHYSDEVOP_map_pirq`).
+    pub pirq: u32,
+    /// 0 or [`BIND_PIRQ_WILL_SHARE`]; other bits are `EINVAL`.
+    pub flags: u32,
+    /// Out: the port.
+    pub port: u32,
+}
+
 /// `RESET` argument.
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -183,7 +207,7 @@ pub struct Status {
     /// Out: vCPU notified.
     pub vcpu: u32,
     /// Out (Xen's union): the remote domain for `UNBOUND` and
-    /// `INTERDOMAIN`, the virtual IRQ for `VIRQ`.
+    /// `INTERDOMAIN`, the virtual IRQ for `VIRQ`, the pirq for `PIRQ`.
     pub u0: u32,
     /// Out: the remote port for `INTERDOMAIN`.
     pub u1: u32,
@@ -191,6 +215,9 @@ pub struct Status {
 
 const _: () = {
     assert!(size_of::<BindVirq>() == 12);
+    assert!(size_of::<BindPirq>() == 12);
+    assert!(core::mem::offset_of!(BindPirq, flags) == 4);
+    assert!(core::mem::offset_of!(BindPirq, port) == 8);
     assert!(size_of::<Close>() == 4);
     assert!(size_of::<Unmask>() == 4);
     assert!(size_of::<Send>() == 4);

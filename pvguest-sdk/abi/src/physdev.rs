@@ -11,9 +11,37 @@
 //!   ports and filters every write). Their numbers start at [`RF_BASE`],
 //!   far above every `PHYSDEVOP_*` Xen defines (0 to 32 today), so they can
 //!   never collide with one Xen adds.
-//! - [`EOI`] and [`MAP_PIRQ`]: Xen's numbers and layouts ([`Eoi`],
-//!   [`MapPirq`]), reserved now; they return `ENOSYS` until device
-//!   interrupts are offered.
+//! - [`MAP_PIRQ`] and [`EOI`]: Xen's numbers and layouts ([`MapPirq`],
+//!   [`Eoi`]); with `EVTCHNOP_bind_pirq` (`crate::event::BIND_PIRQ`) they
+//!   deliver a device's interrupt line as an event (below).
+//!
+//! # Device interrupts (GSIs as pirqs)
+//! The hypervisor owns the IOAPIC. dom0 maps a GSI (an IOAPIC input) of a
+//! PCI function it was given to a pirq, binds the pirq to a port, and
+//! gets an event each time the line fires:
+//! 1. [`MAP_PIRQ`] with `type_` [`map_pirq_type::GSI`], `domid`
+//!    `DOMID_SELF` (or dom0's own id), `index` the GSI and `pirq` -1 (or
+//!    the GSI itself): the pirq *is* the GSI number (Xen's identity map for
+//!    dom0's GSIs) and comes back in `pirq`. The GSI must be the one the
+//!    hypervisor routes one of dom0's functions' INTx pin to (on q35: pin
+//!    A of root-bus slot `s` is GSI `20 + s % 4`): `EPERM` otherwise, and
+//!    for mapping for another domain. `EINVAL`: `index` outside the
+//!    IOAPIC's inputs, or a `pirq` other than -1 and the GSI. `EEXIST`:
+//!    mapped already. `EOPNOTSUPP`: an MSI (type `MSI` or `MSI_SEG`);
+//!    `EINVAL` for any other type.
+//! 2. `EVTCHNOP_bind_pirq` binds the pirq to a fresh port and unmasks the
+//!    line, programmed level-triggered and active-low (PCI INTx).
+//! 3. When the line fires, the hypervisor masks it, acknowledges the local
+//!    APIC and raises the port. The line **stays masked until [`EOI`]**: a
+//!    device that keeps its line up costs the hypervisor one interrupt, not
+//!    a storm. dom0 quiets the device (reads its ISR), then EOIs; if the
+//!    device still holds the line, it fires again at once (level).
+//! 4. [`EOI`] of a pirq dom0 has not bound is `EPERM`; of a bound line that
+//!    is not waiting for one, a harmless no-op (0); `EINVAL` for a pirq out
+//!    of range.
+//!
+//! Closing the port masks the line and unbinds it (the pirq stays
+//! mapped); dom0's death masks and frees every line it had.
 //!
 //! # PCI configuration access
 //! [`PciConfig`] names one register of one function: segment 0 only, bus
@@ -30,12 +58,26 @@
 use core::mem::{offset_of, size_of};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// Xen's `PHYSDEVOP_eoi`: end of interrupt for a pirq ([`Eoi`]). Reserved:
-/// `ENOSYS` for now.
+/// Xen's `PHYSDEVOP_eoi`: end of interrupt for a pirq ([`Eoi`]): unmasks
+/// its line.
 pub const EOI: u64 = 12;
-/// Xen's `PHYSDEVOP_map_pirq`: map a GSI or MSI to a pirq ([`MapPirq`]).
-/// Reserved: `ENOSYS` for now.
+/// Xen's `PHYSDEVOP_map_pirq`: map a GSI to a pirq ([`MapPirq`]; MSI is
+/// `EOPNOTSUPP`).
 pub const MAP_PIRQ: u64 = 13;
+/// The GSI that QEMU's q35 routes INTx pin `pin` (1-4: INTA#-INTD#) of
+/// root-bus slot `dev` to: PIRQ E-H, GSI `20 + (dev + pin - 1) % 4`
+/// (measured on QEMU 7.2: virtio-blk at 00:02.0, pin A, is GSI 22;
+/// virtio-net at 00:03.0 is GSI 23). `None` for no pin, a bus other than
+/// 0 (behind a bridge the pin is swizzled) and the chipset slots
+/// `0x19..=0x1f`, which the chipset routes by its own registers. The
+/// hypervisor offers dom0 exactly the GSIs this gives for its functions.
+pub const fn q35_intx_gsi(bus: u8, dev: u8, pin: u8) -> Option<u32> {
+    if pin < 1 || pin > 4 || bus != 0 || dev >= 0x19 {
+        return None;
+    }
+    Some(20 + (dev as u32 + pin as u32 - 1) % 4)
+}
+
 /// First Ringfence-only command number.
 pub const RF_BASE: u64 = 0x1000;
 /// Read one PCI configuration register: [`PciConfig`] (in: the address;
