@@ -729,6 +729,7 @@ impl<M: Machine> Hv<M> {
             name: spec.name,
             cmdline: spec.cmdline,
             nr_pages: u64::from(spec.mem_kib) / 4,
+            dma_pages: u64::from(spec.dma_kib) / 4,
             privilege: Privilege::of_domain(spec.privileged),
             console_evtchn,
         };
