@@ -106,8 +106,8 @@
 //! # Device memory (dom0's MMIO mappings)
 //! dom0 maps device memory with ordinary page-table updates whose level-1
 //! entry names a machine frame beyond the frame table; the page-table
-//! validator ([`crate::mm`], rule 9) asks [`Pci::map_mmio`] when such an
-//! entry is installed and calls [`Pci::unmap_mmio`] when it goes (the
+//! validator ([`crate::mm`], rule 9) asks `Pci::map_mmio` when such an
+//! entry is installed and calls `Pci::unmap_mmio` when it goes (the
 //! entry overwritten, or its table unpinned). Both go through
 //! [`Dom0Mmio`], which only the holder of the [`Privilege`] can make.
 //! - A frame may be mapped only if [`Pci::mmio_owner`] names its function:
