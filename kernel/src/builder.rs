@@ -10,6 +10,7 @@
 //! mfn_list_pfn ..          the frame list: nr_pages u64 mfns, by pfn
 //! pt_pfn ..                boot page tables: PML4, PDPT, PDs, PTs
 //! stack_pfn ..             boot stack (STACK_PAGES)
+//! dma_pfn ..               dom0's DMA pool (dma_pages, often 0)
 //! first_free_pfn ..        free for the guest
 //! ```
 //! Every pfn is mapped at `GUEST_KERNEL_BASE + pfn * 4096` with 4 KiB pages,
@@ -44,6 +45,16 @@
 //!   only through [`PhysMem`]; the ring layout belongs to `ring-protocol`).
 //!   Its frame, like the shared-info frame, is held as `Writable` for the
 //!   domain's life, so the guest can never make it a page table.
+//! - The DMA pool (the manifest's `dma_kib`, which the bundle reader allows
+//!   only for the privileged domain) is allocated first, as one run of
+//!   machine-consecutive free frames ([`FrameTable::alloc_contiguous`]),
+//!   so pfn `dma_pfn + k` is machine frame `pool + k`. Its frames are
+//!   ordinary frames of the domain (owned, mapped read-write and NX like
+//!   other data, in the frame list, free to become page tables if the
+//!   guest wants); start info's `dma` tells the guest where the pool is,
+//!   virtually and in machine memory. Without an IOMMU, dom0 is
+//!   DMA-trusted (as in Xen): the pool is a convenience for its drivers,
+//!   not a bound on what its devices reach.
 
 use crate::elf::{ElfError, ElfImage, LoadPolicy};
 use crate::mm::frames::{DomId, FrameError, FrameTable, Mfn, Owner};
@@ -52,7 +63,9 @@ use crate::mm::paging::{table_index, Pte, PteFlags, ENTRIES, PAGE_SIZE};
 use crate::mm::Mm;
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
-use pvguest_abi::start_info::{fill_c_str, ConsoleInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED};
+use pvguest_abi::start_info::{
+    fill_c_str, ConsoleInfo, DmaPoolInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED,
+};
 use pvguest_abi::Errno;
 use zerocopy::IntoBytes;
 
@@ -86,6 +99,10 @@ pub struct Layout {
     pub nr_pt_frames: u64,
     /// First page of the boot stack.
     pub stack_pfn: u64,
+    /// First page of the DMA pool.
+    pub dma_pfn: u64,
+    /// Pages of the DMA pool (0: none).
+    pub dma_pages: u64,
     /// First pfn free for the guest.
     pub first_free_pfn: u64,
 }
@@ -94,6 +111,11 @@ impl Layout {
     /// Computes the layout for a domain of `nr_pages` whose image ends at
     /// virtual address `image_end`.
     pub fn plan(nr_pages: u64, image_end: u64) -> Result<Layout, BuildError> {
+        Layout::plan_with_dma(nr_pages, image_end, 0)
+    }
+
+    /// [`Layout::plan`] with a DMA pool of `dma_pages` after the stack.
+    pub fn plan_with_dma(nr_pages: u64, image_end: u64, dma_pages: u64) -> Result<Layout, BuildError> {
         if nr_pages > MAX_DOMAIN_PAGES {
             return Err(BuildError::TooLarge { pages: nr_pages, max: MAX_DOMAIN_PAGES });
         }
@@ -111,7 +133,8 @@ impl Layout {
         let mfn_list_pfn = console_pfn + 1;
         let pt_pfn = mfn_list_pfn + mfn_list_pages;
         let stack_pfn = pt_pfn + nr_pt_frames;
-        let first_free_pfn = stack_pfn + STACK_PAGES;
+        let dma_pfn = stack_pfn + STACK_PAGES;
+        let first_free_pfn = dma_pfn.saturating_add(dma_pages);
         if first_free_pfn > nr_pages {
             return Err(BuildError::TooSmall { need_pages: first_free_pfn, have_pages: nr_pages });
         }
@@ -126,6 +149,8 @@ impl Layout {
             pt_pfn,
             nr_pt_frames,
             stack_pfn,
+            dma_pfn,
+            dma_pages,
             first_free_pfn,
         })
     }
@@ -173,6 +198,12 @@ pub enum BuildError {
     /// The initial page tables failed validation (a builder bug: they are
     /// checked by the same rules as a guest's).
     PageTables(Errno),
+    /// No run of free machine-consecutive frames is long enough for the
+    /// DMA pool.
+    NoContiguous {
+        /// Pages requested.
+        pages: u64,
+    },
 }
 
 impl fmt::Display for BuildError {
@@ -192,6 +223,9 @@ impl fmt::Display for BuildError {
                 write!(f, "not enough machine memory: {} KiB requested, {} KiB free", pages * 4, free * 4)
             }
             BuildError::PageTables(e) => write!(f, "the initial page tables failed validation: {e}"),
+            BuildError::NoContiguous { pages } => {
+                write!(f, "no {} KiB of machine-contiguous free memory for the DMA pool", pages * 4)
+            }
         }
     }
 }
@@ -232,6 +266,8 @@ pub struct DomainConfig<'a> {
     pub cmdline: &'a str,
     /// Memory in pages.
     pub nr_pages: u64,
+    /// Pages of DMA pool, part of `nr_pages` (dom0's; 0 for none).
+    pub dma_pages: u64,
     /// Privileged (dom0).
     /// Its privilege (dom0's), made from the manifest's flag.
     pub privilege: Option<crate::domain::Privilege>,
@@ -262,11 +298,24 @@ pub fn build<M: PhysMem>(
         return Err(BuildError::TooLarge { pages: cfg.nr_pages, max: MAX_DOMAIN_PAGES });
     }
     let elf = ElfImage::parse(image, &policy).map_err(BuildError::Elf)?;
-    let layout = Layout::plan(cfg.nr_pages, elf.span().1)?;
+    let layout = Layout::plan_with_dma(cfg.nr_pages, elf.span().1, cfg.dma_pages)?;
     if (frames.free_count() as u64) < cfg.nr_pages {
         return Err(BuildError::OutOfMemory { pages: cfg.nr_pages, free: frames.free_count() as u64 });
     }
     let owner = Owner::Domain(cfg.domid);
+
+    // The DMA pool first, while machine memory is least fragmented.
+    let dma_mfn = if layout.dma_pages > 0 {
+        let m = frames
+            .alloc_contiguous(owner, layout.dma_pages as usize)
+            .map_err(|_| BuildError::NoContiguous { pages: layout.dma_pages })?;
+        for k in 0..layout.dma_pages {
+            mem.zero_frame(m + k);
+        }
+        m
+    } else {
+        0
+    };
 
     // The frame list's own frames first, so every other mfn can be recorded
     // in it as it is allocated.
@@ -278,8 +327,11 @@ pub fn build<M: PhysMem>(
     let p2m = FrameList { list: &list[..layout.mfn_list_pages as usize] };
     for pfn in 0..layout.nr_pages {
         let in_list = pfn.wrapping_sub(layout.mfn_list_pfn) < layout.mfn_list_pages;
+        let in_pool = pfn.wrapping_sub(layout.dma_pfn) < layout.dma_pages;
         let mfn = if in_list {
             list[(pfn - layout.mfn_list_pfn) as usize]
+        } else if in_pool {
+            dma_mfn + (pfn - layout.dma_pfn)
         } else {
             let m = frames.alloc(owner)?;
             mem.zero_frame(m);
@@ -355,6 +407,10 @@ pub fn build<M: PhysMem>(
         ring_mfn: p2m.get(mem, layout.console_pfn),
         ring_va: Layout::va(layout.console_pfn),
     };
+    if layout.dma_pages > 0 {
+        si.dma =
+            DmaPoolInfo { va: Layout::va(layout.dma_pfn), mfn: dma_mfn, pfn: layout.dma_pfn, pages: layout.dma_pages };
+    }
     fill_c_str(&mut si.name, cfg.name);
     fill_c_str(&mut si.cmdline, cfg.cmdline);
     let si_mfn = p2m.get(mem, layout.start_info_pfn);
@@ -508,6 +564,7 @@ pub(crate) mod tests {
             name: "t",
             cmdline: "x=1",
             nr_pages: 128,
+            dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
         };
@@ -558,6 +615,7 @@ pub(crate) mod tests {
             name: "t",
             cmdline: "",
             nr_pages: 600,
+            dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
         };
@@ -659,11 +717,97 @@ pub(crate) mod tests {
             name: "t",
             cmdline: "",
             nr_pages: 128,
+            dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
         };
         let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
         assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
         assert_eq!(frames.count_owned(Owner::Domain(DomId::of(1))), 0);
+    }
+}
+
+#[cfg(test)]
+mod dma_tests {
+    use super::tests::tiny_elf;
+    use super::*;
+    use crate::mm::frames::FrameInfo;
+    use crate::mm::guest_mem::fake::FakeMem;
+    use crate::mm::guest_mem::{Access, GuestVa, GuestView};
+    use zerocopy::FromBytes;
+
+    fn cfg(dma_pages: u64) -> DomainConfig<'static> {
+        DomainConfig {
+            domid: DomId::of(4),
+            name: "dom0",
+            cmdline: "",
+            nr_pages: 128,
+            dma_pages,
+            privilege: crate::domain::Privilege::of_domain(true),
+            console_evtchn: 1,
+        }
+    }
+
+    #[test]
+    fn the_dma_pool_is_machine_contiguous_mapped_and_in_start_info() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 1024];
+        let mut frames = FrameTable::new(&mut store);
+        // Fragment machine memory: only frames 299.. hold a long run.
+        frames.add_free_range(100, 1024);
+        for m in (100..300).step_by(2) {
+            frames.reserve_range(m, m + 1);
+        }
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3).unwrap();
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(4) };
+        let mut raw = [0u8; 4096];
+        v.copy_from(GuestVa(b.start_info_va), &mut raw).unwrap();
+        let si = StartInfo::read_from_prefix(&raw).unwrap().0;
+        let dma = si.dma;
+        assert_eq!((dma.pages, dma.pfn, dma.va), (8, b.layout.dma_pfn, Layout::va(b.layout.dma_pfn)));
+        assert!(dma.pfn + dma.pages <= si.first_free_pfn, "the guest's allocator would hand the pool out");
+        assert_eq!(dma.mfn, 299, "the lowest run of 8 free frames");
+        for k in 0..dma.pages {
+            // Each pool page is mapped read-write at va + k pages, on
+            // machine frame mfn + k, and the frame list agrees.
+            let pa = v.translate(GuestVa(dma.va + k * 4096), Access::KERNEL_WRITE).unwrap();
+            assert_eq!(pa, (dma.mfn + k) * 4096);
+            let mut w = [0u8; 8];
+            v.copy_from(GuestVa(si.mfn_list + (dma.pfn + k) * 8), &mut w).unwrap();
+            assert_eq!(u64::from_le_bytes(w), dma.mfn + k);
+            assert!(frames.owned_by(dma.mfn + k, DomId::of(4)));
+        }
+        assert_eq!(frames.count_owned(Owner::Domain(DomId::of(4))), 128);
+    }
+
+    #[test]
+    fn no_pool_means_zero_in_start_info() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 1024];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 1024);
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(0), 0x3).unwrap();
+        let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(4) };
+        let mut raw = [0u8; 4096];
+        v.copy_from(GuestVa(b.start_info_va), &mut raw).unwrap();
+        let si = StartInfo::read_from_prefix(&raw).unwrap().0;
+        assert_eq!(si.dma, DmaPoolInfo { va: 0, mfn: 0, pfn: 0, pages: 0 });
+    }
+
+    #[test]
+    fn a_pool_without_a_long_enough_run_is_a_clear_build_error() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 1024];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 400);
+        for m in (100..400).step_by(4) {
+            frames.reserve_range(m, m + 1);
+        }
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3).unwrap_err();
+        assert_eq!(e, BuildError::NoContiguous { pages: 8 });
+        assert!(std::format!("{e}").contains("machine-contiguous"));
+        // A pool that leaves no room for the boot structures is too small.
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(127), 0x3).unwrap_err();
+        assert!(matches!(e, BuildError::TooSmall { .. }), "{e:?}");
     }
 }

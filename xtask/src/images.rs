@@ -76,6 +76,7 @@ pub fn pack_manifest(imgs: &Images, m: &Manifest) -> Result<PathBuf> {
             .weight(d.weight)
             .warp_us(d.warp_us)
             .privileged(d.privileged)
+            .dma_kib(d.dma_kib)
             .expect(parse_expect(&d.expect)?);
         w.domain(e);
     }

@@ -10,6 +10,7 @@
 //! weight = 100            # optional, BVT weight 1..=10000 (default 100)
 //! warp_us = 0             # optional
 //! privileged = false      # optional
+//! dma_kib = 0             # optional: dom0's DMA pool, part of mem_kib (multiple of 4, <= 16384)
 //! expect = "poweroff"     # "poweroff" | "crash" | "rejected"
 //! ```
 //! Mistakes are reported here with the file and domain named; the bundle
@@ -44,6 +45,10 @@ pub struct DomainToml {
     pub warp_us: u32,
     #[serde(default)]
     pub privileged: bool,
+    /// dom0's machine-contiguous DMA pool in KiB, part of `mem_kib` (0:
+    /// none; the bundle reader enforces the rules).
+    #[serde(default)]
+    pub dma_kib: u32,
     #[serde(default = "default_expect")]
     pub expect: String,
 }

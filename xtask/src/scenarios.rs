@@ -390,6 +390,52 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "dom0-mmio",
+            what: "dom0 maps virtio-blk's BAR uncached through the validated page-table path and reads the disk's capacity from its device configuration; the MSI-X BAR maps read-only only; RAM, the hypervisor, the APICs, a frame no BAR holds and a cached entry are refused, and the mapped BAR cannot move or stop decoding; dom0 takes a buffer from its machine-contiguous DMA pool; a domU gets EPERM",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0_mmio", 1024, "", Expect::Poweroff)?.privileged(true).dma_kib(64));
+                w.domain(entry(imgs, "domu", "dom0_mmio", 512, "role=domu", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                rig.disk(64 << 20)?;
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] mmio: virtio-blk at 00:02.0")?;
+                need(out, "[dom0] mmio: virtio common cfg in BAR4 at 0x")?;
+                need(out, "[dom0] mmio: virtio device cfg in BAR4 at 0x")?;
+                need(out, "[dom0] mmio: virtio-blk capacity through MMIO: 131072 sectors")?;
+                for line in [
+                    "move the mapped BAR: EBUSY as expected",
+                    "turn memory decoding off while mapped: EBUSY as expected",
+                    "map the MSI-X table writable: EPERM as expected",
+                    "map the MSI-X table read-only: ok as expected",
+                    "map the hypervisor's RAM (0x100000): EPERM as expected",
+                    "map frame 0: EPERM as expected",
+                    "map the local APIC (0xfee00000): EPERM as expected",
+                    "map the IOAPIC (0xfec00000): EPERM as expected",
+                    "map a frame no BAR holds (0xfe000000): EPERM as expected",
+                    "map the BAR cached: EINVAL as expected",
+                    "turn memory decoding off once unmapped: ok as expected",
+                    "the buffer's machine address matches the frame list: ok",
+                    "the buffer reads back: ok",
+                ] {
+                    need(out, &format!("[dom0] mmio: {line}"))?;
+                }
+                need(out, "[dom0] mmio: DMA pool: 16 pages at va 0x")?;
+                need(out, "[dom0] mmio: DMA buffer: 8192 bytes at machine 0x")?;
+                need(out, "[dom0] dom0: ")?;
+                need(out, "[domu] mmio: domU maps a device frame: EPERM as expected")?;
+                need(out, "[domu] mmio: domU maps the local APIC: EPERM as expected")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "dom0-pci",
             what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; a domU gets EPERM",
             bundle: |imgs| {
@@ -1035,6 +1081,7 @@ fn spy_domain(name: &str, attempt: &str, expect: &str) -> crate::manifest::Domai
         weight: 100,
         warp_us: 0,
         privileged: false,
+        dma_kib: 0,
         expect: expect.into(),
     }
 }

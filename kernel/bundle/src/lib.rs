@@ -61,7 +61,8 @@
 //! | 0x44   | 4    | warp_us        | BVT warp in microseconds, 0 = none                               |
 //! | 0x48   | 4    | flags          | bit 0 = privileged (dom0); other bits must be zero               |
 //! | 0x4c   | 4    | expect         | how the domain should end: 1 = poweroff, 2 = crash               |
-//! | 0x50   | 48   | reserved       | zero                                                             |
+//! | 0x50   | 4    | dma_kib        | DMA pool in KiB: 0 (none), or a multiple of 4, `<= 16 MiB`, `< mem_kib`, privileged records only |
+//! | 0x54   | 44   | reserved       | zero                                                             |
 //!
 //! A name is unique: a record whose name equals an earlier record's fails
 //! with [`RecordErrorKind::DuplicateName`] (the earlier one stays valid).
@@ -139,7 +140,8 @@ pub mod layout {
     pub const REC_WARP_US: usize = 0x44;
     pub const REC_FLAGS: usize = 0x48;
     pub const REC_EXPECT: usize = 0x4c;
-    pub const REC_RESERVED: usize = 0x50;
+    pub const REC_DMA_KIB: usize = 0x50;
+    pub const REC_RESERVED: usize = 0x54;
     pub const REC_RESERVED_LEN: usize = RECORD_SIZE - REC_RESERVED;
 
     /// Longest domain name in bytes.
@@ -150,6 +152,9 @@ pub mod layout {
     pub const MAX_MEM_KIB: u32 = 4 * 1024 * 1024;
     /// Memory sizes are whole 4 KiB pages.
     pub const MEM_KIB_GRANULE: u32 = 4;
+    /// Largest DMA pool: 16 MiB in KiB (machine-contiguous memory is
+    /// scarce; the pool is taken from the domain's `mem_kib`).
+    pub const MAX_DMA_KIB: u32 = 16 * 1024;
     pub const MIN_WEIGHT: u32 = 1;
     pub const MAX_WEIGHT: u32 = 10_000;
 

@@ -75,6 +75,10 @@ pub struct DomainSpec<'a> {
     pub warp_us: u32,
     /// The domain is privileged (dom0).
     pub privileged: bool,
+    /// dom0's machine-contiguous DMA pool in KiB, part of `mem_kib`: 0
+    /// (none), or a multiple of 4 below `mem_kib`, at most 16 MiB, only
+    /// for a privileged domain.
+    pub dma_kib: u32,
     /// How the domain is expected to end.
     pub expect: Expect,
 }
@@ -167,6 +171,12 @@ pub enum RecordErrorKind {
     UnknownFlags { flags: u32 },
     /// `expect` is not 1 (poweroff) or 2 (crash).
     UnknownExpect { value: u32 },
+    /// `dma_kib` is not a multiple of 4 (whole pages).
+    DmaNotPageMultiple { dma_kib: u32 },
+    /// `dma_kib` is above 16 MiB, or not below `mem_kib`.
+    DmaTooLarge { dma_kib: u32, mem_kib: u32 },
+    /// `dma_kib` is set for a domain that is not privileged.
+    DmaUnprivileged { dma_kib: u32 },
     /// A reserved record byte is not zero.
     ReservedNotZero { offset: usize },
 }
@@ -252,6 +262,18 @@ impl fmt::Display for RecordErrorKind {
             RecordErrorKind::UnknownExpect { value } => write!(
                 f,
                 "expect value {value} is not {EXPECT_POWEROFF} (poweroff), {EXPECT_CRASH} (crash) or {EXPECT_REJECTED} (rejected)"
+            ),
+            RecordErrorKind::DmaNotPageMultiple { dma_kib } => write!(
+                f,
+                "DMA pool size {dma_kib} KiB is not a multiple of {MEM_KIB_GRANULE} KiB"
+            ),
+            RecordErrorKind::DmaTooLarge { dma_kib, mem_kib } => write!(
+                f,
+                "DMA pool size {dma_kib} KiB is above the maximum {MAX_DMA_KIB} KiB or not below the memory size {mem_kib} KiB"
+            ),
+            RecordErrorKind::DmaUnprivileged { dma_kib } => write!(
+                f,
+                "DMA pool of {dma_kib} KiB for a domain that is not privileged (only dom0 drives devices)"
             ),
             RecordErrorKind::ReservedNotZero { offset } => write!(
                 f,
@@ -373,6 +395,17 @@ pub(crate) fn parse<'a>(
     let expect_raw = rec.u32::<REC_EXPECT>();
     let expect = Expect::from_raw(expect_raw).ok_or(fail(RecordErrorKind::UnknownExpect { value: expect_raw }))?;
 
+    let dma_kib = rec.u32::<REC_DMA_KIB>();
+    if dma_kib % MEM_KIB_GRANULE != 0 {
+        return Err(fail(RecordErrorKind::DmaNotPageMultiple { dma_kib }));
+    }
+    if dma_kib > MAX_DMA_KIB || (dma_kib > 0 && dma_kib >= mem_kib) {
+        return Err(fail(RecordErrorKind::DmaTooLarge { dma_kib, mem_kib }));
+    }
+    if dma_kib > 0 && flags & FLAG_PRIVILEGED == 0 {
+        return Err(fail(RecordErrorKind::DmaUnprivileged { dma_kib }));
+    }
+
     if let Some(offset) = rec.first_nonzero::<REC_RESERVED, REC_RESERVED_LEN>() {
         return Err(fail(RecordErrorKind::ReservedNotZero { offset }));
     }
@@ -386,6 +419,7 @@ pub(crate) fn parse<'a>(
         weight,
         warp_us,
         privileged: flags & FLAG_PRIVILEGED != 0,
+        dma_kib,
         expect,
     })
 }

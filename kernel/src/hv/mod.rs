@@ -110,7 +110,7 @@ use crate::irq::{self, Irqs};
 use crate::mm::frames::{FrameTable, Mfn};
 use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
-use crate::pci::{ConfigAddr, Forbidden, Pci};
+use crate::pci::{ConfigAddr, Dom0Mmio, Forbidden, Pci};
 use crate::regs::{FxArea, IretFrame, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
 use crate::sched::account::Meter;
 use crate::sched::bvt::{Bvt, Params, DEFAULT_CTX_ALLOWANCE_NS};
@@ -526,8 +526,9 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     }
     fn mmu_update(&mut self, r: MmuUpdate) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
-        let id = self.domains[self.cur].id;
-        Mm::new(self.m.mem(), self.frames, e).mmu_update(id, r.ptr, r.val)
+        let d = &self.domains[self.cur];
+        let mut io = d.privilege.map(|p| Dom0Mmio::new(p, self.pci));
+        with_io(Mm::new(self.m.mem(), self.frames, e), &mut io).mmu_update(d.id, r.ptr, r.val)
     }
     fn mmuext(&mut self, op: MmuextOp) -> Result<bool, Errno> {
         // Every exit reloads CR3 from `root` with global pages off, which
@@ -537,7 +538,8 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         let mut due = || M::tsc() >= preempt_tsc;
         let e = self.m.entry_area_pml4e();
         let d = &mut self.domains[self.cur];
-        Mm::new(self.m.mem(), self.frames, e)
+        let mut io = d.privilege.map(|p| Dom0Mmio::new(p, self.pci));
+        with_io(Mm::new(self.m.mem(), self.frames, e), &mut io)
             .preemptible(&mut due)
             .mmuext_op(d.id, &mut d.root, op)
             .map(|o| o != crate::mm::ExtOutcome::Again)
@@ -586,7 +588,20 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn update_va_mapping(&mut self, va: u64, val: u64, _flags: u64) -> Result<(), Errno> {
         let e = self.m.entry_area_pml4e();
         let d = &self.domains[self.cur];
-        Mm::new(self.m.mem(), self.frames, e).update_va_mapping(d.id, d.root, va, val)
+        let mut io = d.privilege.map(|p| Dom0Mmio::new(p, self.pci));
+        with_io(Mm::new(self.m.mem(), self.frames, e), &mut io).update_va_mapping(d.id, d.root, va, val)
+    }
+}
+
+/// `mm` with the device-memory right (mm rule 9) if the caller has one
+/// (the privileged domain's, made from its [`Privilege`]).
+fn with_io<'a, 'f, P: crate::mm::guest_mem::PhysMem>(
+    mm: Mm<'a, 'f, P>,
+    io: &'a mut Option<Dom0Mmio<'_>>,
+) -> Mm<'a, 'f, P> {
+    match io {
+        Some(io) => mm.with_device_memory(io),
+        None => mm,
     }
 }
 
@@ -816,6 +831,7 @@ impl<M: Machine> Hv<M> {
             name: spec.name,
             cmdline: spec.cmdline,
             nr_pages: u64::from(spec.mem_kib) / 4,
+            dma_pages: u64::from(spec.dma_kib) / 4,
             privilege: Privilege::of_domain(spec.privileged),
             console_evtchn,
         };

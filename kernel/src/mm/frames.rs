@@ -358,6 +358,26 @@ impl<'a> FrameTable<'a> {
         Err(FrameError::Exhausted)
     }
 
+    /// Takes `n` (at least 1) free frames with consecutive machine numbers
+    /// for `owner` (a DMA pool) and returns the first; the lowest such run
+    /// is taken. `Exhausted` if there is none. Scans the whole table once
+    /// (build time only). The caller zeroes them before use.
+    pub fn alloc_contiguous(&mut self, owner: Owner, n: usize) -> Result<Mfn, FrameError> {
+        let mut run = 0;
+        for i in 0..self.frames.len() {
+            run = if self.frames[i].owner == Owner::Free { run + 1 } else { 0 };
+            if run == n && n > 0 {
+                let first = i + 1 - n;
+                for f in &mut self.frames[first..=i] {
+                    *f = FrameInfo::untyped(owner);
+                }
+                self.free -= n;
+                return Ok(first as Mfn);
+            }
+        }
+        Err(FrameError::Exhausted)
+    }
+
     /// The slot of a frame that `dom` owns.
     fn owned_mut(&mut self, mfn: Mfn, dom: DomId) -> Result<&mut FrameInfo, FrameError> {
         let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)).ok_or(FrameError::OutOfRange(mfn))?;

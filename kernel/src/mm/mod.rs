@@ -168,6 +168,34 @@
 //!    12..=51 clear (`EINVAL` otherwise); its other bits remain the guest's
 //!    (for instance to mark swapped-out pages).
 //!
+//! 9. **Device memory (dom0 only).** A present level-1 entry may name a
+//!    machine frame beyond the frame table (an *MMIO entry*) only when the
+//!    validator was made with dom0's [`DeviceMemory`] right
+//!    ([`Mm::with_device_memory`]; the hypercall layer attaches it for the
+//!    privileged domain only, [`crate::pci::Dom0Mmio`]). Without it the
+//!    frame is not owned: `EPERM` (rule 4), which is what every domU gets.
+//!    With it:
+//!    - the entry must be uncached: PCD and PWT both set, which selects UC
+//!      with the power-on PAT (the hypervisor does not program the PAT,
+//!      and the PAT bit stays refused, rule 1); else `EINVAL`;
+//!    - [`DeviceMemory::get`] decides (for dom0: [`crate::pci::Pci`]'s
+//!      record: only frames of BARs of functions it was given that decode
+//!      memory, never RAM, the hypervisor, the IOAPIC or the local APIC,
+//!      and MSI-X table and PBA frames read-only only; else `EPERM`) and
+//!      counts the mapping, read-only or writable; every path that drops
+//!      the entry (overwritten by `mmu_update` or `update_va_mapping`, or
+//!      its table devalidated by an unpin) calls [`DeviceMemory::put`]
+//!      exactly once;
+//!    - the frame takes no frame-table type or reference (it has none), so
+//!      it can never be a page table: a pin, an upper-level entry or a root
+//!      naming it is `EPERM` (rule 4), as before.
+//!
+//!    Xen's dom0 does the same with plain `mmu_update` and
+//!    `update_va_mapping` (its `iomem` permission; `DOMID_IO` ownership is
+//!    for I/O frames inside the frame table, which Ringfence has none of:
+//!    every frame the frame table covers is RAM or the hypervisor's, and
+//!    the PCI policy keeps BARs off all of it).
+//!
 //! # Grant mappings (foreign entries)
 //! A present level-1 entry of a domain's validated table may map a frame
 //! the domain does not own only as a grant mapping, which
@@ -340,6 +368,16 @@ pub struct Foreign {
     pub user: bool,
 }
 
+/// The right to map device memory (rule 9): dom0's is
+/// [`crate::pci::Dom0Mmio`].
+pub trait DeviceMemory {
+    /// Whether `mfn` (beyond the frame table) may be mapped, writable or
+    /// not; on `Ok` one mapping is counted.
+    fn get(&mut self, mfn: Mfn, writable: bool) -> Result<(), Errno>;
+    /// One mapping of `mfn` taken by [`DeviceMemory::get`] is gone.
+    fn put(&mut self, mfn: Mfn);
+}
+
 /// What the caller must do after a successful [`Mm::mmuext_op`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExtOutcome {
@@ -370,6 +408,8 @@ pub struct Mm<'a, 'f, M: PhysMem> {
     preempt: Option<&'a mut dyn FnMut() -> bool>,
     /// Entries done since the last question.
     work: u32,
+    /// The right to map device memory (rule 9), dom0's only.
+    io: Option<&'a mut dyn DeviceMemory>,
 }
 
 fn errno(e: FrameError) -> Errno {
@@ -401,7 +441,16 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     pub fn new(mem: &'a mut M, frames: &'a mut FrameTable<'f>, entry_area_pml4e: u64) -> Self {
         // It may write page-table entries: forget remembered translations.
         frames.note_change();
-        Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0 }
+        Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None }
+    }
+
+    /// The same validator, which lets the domain map device memory as
+    /// `io` allows (rule 9). Only the privileged domain's validators get
+    /// one, and they must always have it, so that every MMIO entry dropped
+    /// is given back.
+    pub fn with_device_memory(mut self, io: &'a mut dyn DeviceMemory) -> Self {
+        self.io = Some(io);
+        self
     }
 
     /// The same validator, whose pins and unpins stop part-way when
@@ -648,7 +697,14 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     /// mapping: present and naming a frame `dom` does not own.
     fn is_foreign(&self, dom: DomId, val: u64) -> bool {
         let e = Pte(val);
-        e.present() && !self.frames.owned_by(e.mfn(), dom)
+        e.present() && !self.frames.owned_by(e.mfn(), dom) && !self.is_mmio(val)
+    }
+
+    /// Whether `val`, an entry of a level-1 table, is an MMIO entry
+    /// (rule 9): present and naming a frame beyond the frame table.
+    fn is_mmio(&self, val: u64) -> bool {
+        let e = Pte(val);
+        e.present() && matches!(self.frames.get(e.mfn()), Err(FrameError::OutOfRange(_)))
     }
 
     /// The machine address of the level-1 entry that maps `va` in the
@@ -759,6 +815,16 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         }
         check_bits(level, val)?;
         let target = e.mfn();
+        if level == 1 && self.is_mmio(val) {
+            if let Some(io) = self.io.as_mut() {
+                // Rule 9.
+                let uc = crate::mm::paging::PteFlags::NO_CACHE | crate::mm::paging::PteFlags::WRITE_THROUGH;
+                if val & uc.bits() != uc.bits() {
+                    return Err(Errno::EINVAL);
+                }
+                return io.get(target, e.writable());
+            }
+        }
         if !self.frames.owned_by(target, dom) {
             return Err(Errno::EPERM);
         }
@@ -779,6 +845,14 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         let e = Pte(val);
         if !e.present() || (level == 1 && self.is_foreign(dom, val)) {
             // A grant mapping holds no reference of ours.
+            return;
+        }
+        if level == 1 && self.is_mmio(val) {
+            // Rule 9: only a validator with the right installs one.
+            match self.io.as_mut() {
+                Some(io) => io.put(e.mfn()),
+                None => debug_assert!(false, "MMIO entry {val:#x} dropped without the device-memory right"),
+            }
             return;
         }
         if level > 1 {

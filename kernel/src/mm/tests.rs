@@ -1907,3 +1907,156 @@ fn a_remembered_translation_is_used_only_while_the_frame_table_is_unchanged() {
     drop(h.mm());
     assert_ne!(h.frames.epoch(), before);
 }
+
+// ---- rule 9: device memory ----
+
+/// A device frame beyond the frame table (which ends at [`NFRAMES`]).
+const DEV: Mfn = 0xfebf0;
+/// A device frame the fake right allows only read-only (like MSI-X).
+const DEV_RO: Mfn = 0xfebf1;
+/// A frame beyond the frame table that is no device's (the APIC, say).
+const NOT_DEV: Mfn = 0xfee00;
+
+/// A device-memory right over [`DEV`] (any) and [`DEV_RO`] (read-only),
+/// counting mappings per frame.
+#[derive(Default)]
+struct FakeIo {
+    maps: HashMap<Mfn, i64>,
+}
+
+impl DeviceMemory for FakeIo {
+    fn get(&mut self, mfn: Mfn, writable: bool) -> Result<(), Errno> {
+        match (mfn, writable) {
+            (DEV, _) | (DEV_RO, false) => {
+                *self.maps.entry(mfn).or_default() += 1;
+                Ok(())
+            }
+            _ => Err(Errno::EPERM),
+        }
+    }
+    fn put(&mut self, mfn: Mfn) {
+        let n = self.maps.entry(mfn).or_default();
+        *n -= 1;
+        assert!(*n >= 0, "frame {mfn:#x} put more often than got");
+    }
+}
+
+fn uc(mfn: Mfn, writable: bool) -> u64 {
+    let mut f = PteFlags::PRESENT | PteFlags::NO_CACHE | PteFlags::WRITE_THROUGH | PteFlags::NO_EXECUTE;
+    if writable {
+        f |= PteFlags::WRITABLE;
+    }
+    Pte::new(mfn, f).0
+}
+
+impl H {
+    fn io_update(&mut self, io: &mut FakeIo, table: Mfn, slot: usize, val: u64) -> Result<(), Errno> {
+        Mm::new(&mut self.mem, &mut self.frames, ENTRY).with_device_memory(io).mmu_update(D, at(table, slot), val)
+    }
+}
+
+#[test]
+fn rule9_without_the_right_device_frames_are_not_owned() {
+    // What every domU gets: the hypercall layer attaches no right.
+    let mut h = H::new();
+    for m in [DEV, DEV_RO, NOT_DEV] {
+        h.refused(Errno::EPERM, |h| h.update(L1, 20, uc(m, false)));
+        h.refused(Errno::EPERM, |h| h.uvm(0x1000, uc(m, true)));
+    }
+}
+
+#[test]
+fn rule9_dom0_maps_device_frames_uncached_and_counted() {
+    let mut h = H::new();
+    let mut io = FakeIo::default();
+    assert_eq!(h.io_update(&mut io, L1, 20, uc(DEV, true)), Ok(()));
+    assert_eq!(h.read(L1, 20), uc(DEV, true));
+    assert_eq!(io.maps[&DEV], 1);
+    // Read-only where the right says so.
+    assert_eq!(h.io_update(&mut io, L1, 21, uc(DEV_RO, false)), Ok(()));
+    assert_eq!(h.io_update(&mut io, L1, 22, uc(DEV_RO, true)), Err(Errno::EPERM));
+    assert_eq!(h.read(L1, 22), 0);
+    // Not a device frame: EPERM, nothing counted.
+    assert_eq!(h.io_update(&mut io, L1, 22, uc(NOT_DEV, false)), Err(Errno::EPERM));
+    // Cached or write-back-ish: EINVAL before the right is asked.
+    for bits in [PteFlags::NO_CACHE, PteFlags::WRITE_THROUGH, PteFlags::empty()] {
+        let val = Pte::new(DEV, PteFlags::PRESENT | PteFlags::WRITABLE | bits).0;
+        assert_eq!(h.io_update(&mut io, L1, 22, val), Err(Errno::EINVAL));
+    }
+    // The PAT bit stays refused (rule 1).
+    assert_eq!(h.io_update(&mut io, L1, 22, uc(DEV, false) | 1 << 7), Err(Errno::EINVAL));
+    assert_eq!(io.maps[&DEV], 1);
+    // Writable MMIO takes no frame-table type: there is none to take.
+    assert!(h.frames.get(DEV).is_err());
+}
+
+#[test]
+fn rule9_every_dropped_device_entry_is_given_back_once() {
+    let mut h = H::new();
+    let mut io = FakeIo::default();
+    h.io_update(&mut io, L1, 20, uc(DEV, true)).unwrap();
+    // Rewriting it with itself: counted once.
+    h.io_update(&mut io, L1, 20, uc(DEV, true)).unwrap();
+    assert_eq!(io.maps[&DEV], 1);
+    // Overwritten by mmu_update (it is no grant mapping: not EBUSY).
+    h.io_update(&mut io, L1, 20, 0).unwrap();
+    assert_eq!(io.maps[&DEV], 0);
+    // Through update_va_mapping, mapped and unmapped.
+    let root = h.root;
+    let va = 20 * PAGE_SIZE;
+    Mm::new(&mut h.mem, &mut h.frames, ENTRY)
+        .with_device_memory(&mut io)
+        .update_va_mapping(D, root, va, uc(DEV, true))
+        .unwrap();
+    assert_eq!(io.maps[&DEV], 1);
+    Mm::new(&mut h.mem, &mut h.frames, ENTRY)
+        .with_device_memory(&mut io)
+        .update_va_mapping(D, root, va, rw(SPARE))
+        .unwrap();
+    assert_eq!(io.maps[&DEV], 0);
+    // A table holding device entries, pinned and unpinned: the pin takes
+    // them, the unpin (devalidation) gives them back.
+    let t = SPARE + 1;
+    h.raw(t, 0, uc(DEV, true));
+    h.raw(t, 1, uc(DEV_RO, false));
+    Mm::new(&mut h.mem, &mut h.frames, ENTRY).with_device_memory(&mut io).pin_table(D, t, 1).unwrap();
+    assert_eq!((io.maps[&DEV], io.maps[&DEV_RO]), (1, 1));
+    Mm::new(&mut h.mem, &mut h.frames, ENTRY).with_device_memory(&mut io).unpin_table(D, t).unwrap();
+    assert_eq!((io.maps[&DEV], io.maps[&DEV_RO]), (0, 0));
+    // A pin that fails part-way gives back what it took.
+    h.raw(t, 2, uc(NOT_DEV, false));
+    let r = Mm::new(&mut h.mem, &mut h.frames, ENTRY).with_device_memory(&mut io).pin_table(D, t, 1);
+    assert_eq!(r, Err(Errno::EPERM));
+    assert_eq!((io.maps[&DEV], io.maps[&DEV_RO]), (0, 0));
+}
+
+#[test]
+fn rule9_a_device_frame_never_becomes_a_page_table() {
+    let mut h = H::new();
+    let mut io = FakeIo::default();
+    for level in 1..=4 {
+        let r = Mm::new(&mut h.mem, &mut h.frames, ENTRY).with_device_memory(&mut io).pin_table(D, DEV, level);
+        assert_eq!(r, Err(Errno::EPERM));
+    }
+    // Nor is it linked as a table, at any upper level.
+    for (table, level) in [(L2, 2u8), (L3, 3), (L4, 4)] {
+        let _ = level;
+        assert_eq!(h.io_update(&mut io, table, 5, rw(DEV)), Err(Errno::EPERM));
+    }
+    let mut root = h.root;
+    let r = Mm::new(&mut h.mem, &mut h.frames, ENTRY).with_device_memory(&mut io).new_baseptr(D, &mut root, DEV);
+    assert_eq!(r, Err(Errno::EPERM));
+    assert!(io.maps.values().all(|&n| n == 0));
+}
+
+#[test]
+fn rule9_the_guest_memory_accessor_refuses_device_memory() {
+    // A hypercall buffer in device memory is EFAULT, never a device access.
+    let mut h = H::new();
+    let mut io = FakeIo::default();
+    h.io_update(&mut io, L1, 20, uc(DEV, true)).unwrap();
+    let root = h.root;
+    let v = crate::mm::guest_mem::GuestView { mem: &mut h.mem, frames: &h.frames, root, dom: D };
+    let mut b = [0u8; 8];
+    assert_eq!(v.copy_from(crate::mm::guest_mem::GuestVa(20 * PAGE_SIZE), &mut b), Err(Errno::EFAULT));
+}

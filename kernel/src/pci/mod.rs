@@ -85,12 +85,51 @@
 //!    write into 0x40..0x100 of that function is then `EPERM`. Other
 //!    device-specific registers may be written.
 //!
+//! 7. **Mapped BARs stay put.** While dom0 maps a frame of a memory BAR
+//!    (its mapping count is above 0, see below), a write to that BAR's
+//!    registers (either half of a 64-bit BAR, sizing included) is `EBUSY`,
+//!    and so is a command write that turns the function's memory decoding
+//!    off. So a device-memory mapping always names the device it was made
+//!    for: it can never come to name RAM, another device, or nothing.
+//!    Unmap first, then move or disable (sizes are in the boot record).
+//!
 //! # The BAR record
 //! The boot scan sizes every BAR of every given function (memory and I/O
 //! decoding off meanwhile, then restored) and records kind, size and base;
 //! each allowed write to a BAR or the command register updates the record
-//! from what the device then holds. [`Pci::is_device_mmio`] answers from it
-//! which frames dom0 may map as device memory (the later MMIO slice).
+//! from what the device then holds. It also records where the function's
+//! MSI-X table and pending-bit array are (BAR and byte range; those
+//! registers are read-only in hardware and rule 6 keeps the capability
+//! unwritten). [`Pci::is_device_mmio`] answers from it which frames dom0
+//! may map as device memory.
+//!
+//! # Device memory (dom0's MMIO mappings)
+//! dom0 maps device memory with ordinary page-table updates whose level-1
+//! entry names a machine frame beyond the frame table; the page-table
+//! validator ([`crate::mm`], rule 9) asks `Pci::map_mmio` when such an
+//! entry is installed and calls `Pci::unmap_mmio` when it goes (the
+//! entry overwritten, or its table unpinned). Both go through
+//! [`Dom0Mmio`], which only the holder of the [`Privilege`] can make.
+//! - A frame may be mapped only if [`Pci::mmio_owner`] names its function:
+//!   wholly inside a recorded memory BAR of a function given to dom0 that
+//!   decodes memory, and overlapping no RAM, hypervisor memory, IOAPIC or
+//!   local APIC. Else `EPERM`.
+//! - A frame overlapping the function's MSI-X table or pending-bit array
+//!   may be mapped read-only only (a writable mapping is `EPERM`): writing
+//!   the table would let dom0 aim interrupts at any vector of any CPU.
+//!   Reading it is harmless.
+//! - Each memory BAR counts the entries that map its frames (`u32`; a
+//!   frame's entries are bounded by dom0's level-1 entries, far below
+//!   2^32, and an overflow is `EBUSY` anyway). Rule 7 holds the BAR still
+//!   while the count is above 0.
+//! - The frames are the device's: they are no frame-table frames, so they
+//!   have no owner, type or reference count there; they can never become a
+//!   page table (every table operation needs an owned frame), and the
+//!   guest-memory accessor refuses them (hypercall buffers must be RAM).
+//! - A dead dom0's counts are not given back (its tables are freed with its
+//!   frames): its BARs then stay where they are, and no domain can write
+//!   PCI configuration again (there is one privileged domain, never
+//!   rebuilt).
 //!
 //! # Bounded work
 //! A write costs at most 48 capability steps of 3 reads each plus a dozen
@@ -334,6 +373,11 @@ pub struct Function {
     /// Its interrupt pin (0: none, 1-4: INTA#-INTD#), read at boot: dom0
     /// cannot write it (rule 3).
     pub pin: u8,
+    /// Where its MSI-X table and pending-bit array are, if it has MSI-X.
+    pub msix: Option<Msix>,
+    /// Per BAR (by its first register): level-1 entries that map one of its
+    /// frames as device memory (rule 7).
+    pub mapped: [u32; BARS_TYPE0],
 }
 
 /// The q35 slots whose INTx the chipset routes by its own configuration
@@ -357,6 +401,71 @@ impl Function {
     /// The GSI its INTx pin is routed to ([`intx_gsi`]).
     pub fn gsi(&self) -> Option<u32> {
         intx_gsi(self.bdf, self.pin)
+    }
+}
+
+/// A byte range inside one of a function's BARs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BarRange {
+    /// The BAR (its first register, as MSI-X's BIR counts).
+    pub bar: u8,
+    /// Offset of the first byte in the BAR.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+impl BarRange {
+    /// Whether the frame at `first` of BAR `bar` based at `base` overlaps it.
+    fn overlaps(&self, bar: usize, base: u64, first: u64) -> bool {
+        let start = base.saturating_add(self.offset);
+        usize::from(self.bar) == bar && first < start.saturating_add(self.len) && first.saturating_add(4096) > start
+    }
+}
+
+/// An MSI-X capability's structures, as the boot scan found them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msix {
+    /// The vector table.
+    pub table: BarRange,
+    /// The pending-bit array.
+    pub pba: BarRange,
+}
+
+/// A device-memory frame as the record places it: function and BAR, and
+/// whether it holds MSI-X structures (read-only mappings only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MmioFrame {
+    /// The function.
+    pub bdf: Bdf,
+    /// Index of the function in the record.
+    function: usize,
+    /// The BAR (its first register).
+    pub bar: usize,
+    /// Whether the frame overlaps the MSI-X table or pending-bit array.
+    pub msix: bool,
+}
+
+/// dom0's right to map device memory: the [`crate::mm`] validator calls
+/// these through [`crate::mm::DeviceMemory`]. Made only from a
+/// [`Privilege`].
+pub struct Dom0Mmio<'a> {
+    pci: &'a mut Pci,
+}
+
+impl<'a> Dom0Mmio<'a> {
+    /// The right of the holder of `privilege` over `pci`'s device memory.
+    pub fn new(_privilege: Privilege, pci: &'a mut Pci) -> Dom0Mmio<'a> {
+        Dom0Mmio { pci }
+    }
+}
+
+impl crate::mm::DeviceMemory for Dom0Mmio<'_> {
+    fn get(&mut self, mfn: Mfn, writable: bool) -> Result<(), Errno> {
+        self.pci.map_mmio(mfn, writable)
+    }
+    fn put(&mut self, mfn: Mfn) {
+        self.pci.unmap_mmio(mfn);
     }
 }
 
@@ -500,6 +609,7 @@ impl Pci {
         let layout = read8(cfg, bdf, reg::HEADER_TYPE) & header::LAYOUT_MASK;
         let given = given_to_dom0(class_code[0], class_code[1], layout);
         let bars = if given { size_bars(cfg, bdf) } else { [Bar::UNUSED; BARS_TYPE0] };
+        let msix = if given { find_msix(cfg, bdf) } else { None };
         Some(Function {
             bdf,
             vendor,
@@ -510,6 +620,8 @@ impl Pci {
             bars,
             command: read16(cfg, bdf, reg::COMMAND),
             pin: if layout == header::TYPE_NORMAL { read8(cfg, bdf, reg::INTERRUPT_PIN) } else { 0 },
+            msix,
+            mapped: [0; BARS_TYPE0],
         })
     }
 
@@ -550,6 +662,7 @@ impl Pci {
         let i = self.functions.iter().position(|f| f.bdf == at.bdf() && f.given).ok_or(Errno::EPERM)?;
         let f = self.functions[i];
         let (start, end) = (at.reg(), at.reg() + u16::from(at.size()));
+        check_mapped(cfg, &f, at, value)?;
         if start >= reg::DEVICE_SPECIFIC {
             // Rule 6.
             if touches_msi(cfg, f.bdf, start, end) != Ok(false) {
@@ -695,6 +808,103 @@ impl Pci {
     pub fn is_device_mmio(&self, mfn: Mfn) -> bool {
         self.mmio_owner(mfn).is_some()
     }
+
+    /// Where the record places device-memory frame `mfn`: as
+    /// [`Pci::mmio_owner`], with its BAR and whether it holds MSI-X
+    /// structures.
+    pub fn mmio_frame(&self, mfn: Mfn) -> Option<MmioFrame> {
+        let bdf = self.mmio_owner(mfn)?;
+        let first = mfn * 4096;
+        let function = self.functions.iter().position(|f| f.bdf == bdf)?;
+        let f = &self.functions[function];
+        let bar = f
+            .bars
+            .iter()
+            .position(|b| b.is_memory() && b.size >= 4096 && b.base <= first && first - b.base <= b.size - 4096)?;
+        let base = f.bars[bar].base;
+        let msix = f.msix.is_some_and(|m| m.table.overlaps(bar, base, first) || m.pba.overlaps(bar, base, first));
+        Some(MmioFrame { bdf, function, bar, msix })
+    }
+
+    /// Takes a mapping of device-memory frame `mfn` for dom0 (see the
+    /// module docs): `EPERM` unless [`Pci::mmio_frame`] places it, or if
+    /// `writable` and it holds MSI-X structures; `EBUSY` if its BAR's count
+    /// would overflow. Reached only through [`Dom0Mmio`].
+    fn map_mmio(&mut self, mfn: Mfn, writable: bool) -> Result<(), Errno> {
+        let at = self.mmio_frame(mfn).ok_or(Errno::EPERM)?;
+        if writable && at.msix {
+            return Err(Errno::EPERM);
+        }
+        let n = &mut self.functions[at.function].mapped[at.bar];
+        *n = n.checked_add(1).ok_or(Errno::EBUSY)?;
+        Ok(())
+    }
+
+    /// Gives back a mapping taken by [`Pci::map_mmio`]. The BAR cannot have
+    /// moved or stopped decoding meanwhile (rule 7), so the frame is still
+    /// placed the same way.
+    fn unmap_mmio(&mut self, mfn: Mfn) {
+        let Some(at) = self.mmio_frame(mfn) else {
+            debug_assert!(false, "device-memory frame {mfn:#x} unmapped but not placed");
+            return;
+        };
+        let n = &mut self.functions[at.function].mapped[at.bar];
+        debug_assert!(*n > 0, "device-memory frame {mfn:#x} unmapped more often than mapped");
+        *n = n.saturating_sub(1);
+    }
+}
+
+/// Rule 7: a write to `at` of function `f` that would move a mapped BAR or
+/// turn memory decoding off while a BAR is mapped is `EBUSY`.
+fn check_mapped<C: ConfigSpace>(cfg: &mut C, f: &Function, at: ConfigAddr, value: u32) -> Result<(), Errno> {
+    if f.mapped.iter().all(|&n| n == 0) {
+        return Ok(());
+    }
+    let (start, end) = (at.reg(), at.reg() + u16::from(at.size()));
+    if start < reg::STATUS && end > reg::COMMAND {
+        let cur = read16(cfg, f.bdf, reg::COMMAND);
+        let new = merge16(cur, reg::COMMAND, start, at.size(), value);
+        if new & command::MEMORY_SPACE == 0 {
+            return Err(Errno::EBUSY);
+        }
+    }
+    for (i, b) in f.bars.iter().enumerate() {
+        let first = if b.kind == BarKind::Mem64High { i - 1 } else { i };
+        let r = bar_reg(i);
+        if f.mapped[first] > 0 && start < r + 4 && end > r {
+            return Err(Errno::EBUSY);
+        }
+    }
+    Ok(())
+}
+
+/// The MSI-X structures of `bdf`, if it has the capability (a malformed
+/// list gives none: rule 6 then locks the capability space anyway, and the
+/// BARs' frames may be mapped; such a device's MSI-X, if any, is then
+/// unknown, which is why the walk is the same one rule 6 trusts).
+fn find_msix<C: ConfigSpace>(cfg: &mut C, bdf: Bdf) -> Option<Msix> {
+    if read16(cfg, bdf, reg::STATUS) & status::CAPABILITIES_LIST == 0 {
+        return None;
+    }
+    let mut ptr = u16::from(read8(cfg, bdf, reg::CAPABILITIES) & 0xfc);
+    for _ in 0..MAX_CAPS {
+        if ptr < reg::DEVICE_SPECIFIC {
+            return None;
+        }
+        if read8(cfg, bdf, ptr + cap::ID) == cap::ID_MSIX {
+            let entries = u32::from(read16(cfg, bdf, ptr + cap::msix::CONTROL) & cap::msix::CONTROL_TABLE_SIZE) + 1;
+            let range = |r: u32, len: u32| BarRange {
+                bar: (r & cap::msix::BIR_MASK) as u8,
+                offset: u64::from(r & !cap::msix::BIR_MASK),
+                len: u64::from(len),
+            };
+            let table = range(read32(cfg, bdf, ptr + cap::msix::TABLE), entries * cap::msix::ENTRY_SIZE);
+            let pba = range(read32(cfg, bdf, ptr + cap::msix::PBA), entries.div_ceil(64) * 8);
+            return Some(Msix { table, pba });
+        }
+        ptr = u16::from(read8(cfg, bdf, ptr + cap::NEXT) & 0xfc);
+    }
+    None
 }
 
 /// Command bits dom0 may change (rule 4).

@@ -596,3 +596,85 @@ fn intx_pins_route_by_the_q35_rule_and_only_given_functions_count() {
     assert_eq!(intx_gsi(bdf(0, 2, 0), 0), None);
     assert_eq!(intx_gsi(bdf(0, 2, 0), 5), None);
 }
+
+fn io_get(pci: &mut Pci, mfn: Mfn, writable: bool) -> Result<(), Errno> {
+    use crate::mm::DeviceMemory;
+    Dom0Mmio::new(privilege(), pci).get(mfn, writable)
+}
+
+fn io_put(pci: &mut Pci, mfn: Mfn) {
+    use crate::mm::DeviceMemory;
+    Dom0Mmio::new(privilege(), pci).put(mfn)
+}
+
+#[test]
+fn scan_records_msix_table_and_pba() {
+    let (pci, _) = setup();
+    let m = record(&pci, VIRTIO).msix.expect("virtio has MSI-X");
+    // Control 0x0002: 3 entries of 16 bytes; PBA one qword; both in BAR1.
+    assert_eq!(m.table, BarRange { bar: 1, offset: 0, len: 48 });
+    assert_eq!(m.pba, BarRange { bar: 1, offset: 0x800, len: 8 });
+    assert_eq!(record(&pci, SATA).msix, None);
+}
+
+#[test]
+fn device_memory_only_frames_of_given_decoding_bars() {
+    let (mut pci, mut bus) = setup();
+    let abar = u64::from(SATA_ABAR) / 4096;
+    assert_eq!(io_get(&mut pci, abar, true), Ok(()));
+    assert_eq!(io_get(&mut pci, VIRTIO_BAR / 4096 + 3, true), Ok(()));
+    // RAM, the hypervisor, the APICs, past a BAR, nonsense: EPERM.
+    for m in [0, 0x100, RAM_END / 4096 - 1, 0xfee00, 0xfec00, VIRTIO_BAR / 4096 + 4, u64::MAX / 4096, u64::MAX] {
+        assert_eq!(io_get(&mut pci, m, false), Err(Errno::EPERM), "frame {m:#x}");
+    }
+    // A function dom0 is not given: the LPC, here with a decoding BAR.
+    let mut other = q35();
+    let lpc = other.fns.remove(&LPC).unwrap().bar(0, 4096, 0xfeb0_0000, false).cmd(command::MEMORY_SPACE);
+    other.fns.insert(LPC, lpc);
+    let mut other_pci = Pci::scan(&mut other, Forbidden::new(RAM_END));
+    assert_eq!(io_get(&mut other_pci, 0xfeb00, false), Err(Errno::EPERM));
+    assert_eq!(io_get(&mut other_pci, 0xfe000, false), Ok(()), "behind the bridge: given");
+    // A function that stopped decoding gives no frames.
+    io_put(&mut pci, abar);
+    assert_eq!(write(&mut pci, &mut bus, SATA, reg::COMMAND, 2, u32::from(command::IO_SPACE)), Ok(()));
+    assert_eq!(io_get(&mut pci, abar, false), Err(Errno::EPERM));
+}
+
+#[test]
+fn device_memory_msix_frames_are_read_only() {
+    let (mut pci, _) = setup();
+    let table = 0xfebf0;
+    assert_eq!(pci.mmio_frame(table).map(|f| (f.bar, f.msix)), Some((1, true)));
+    assert_eq!(io_get(&mut pci, table, true), Err(Errno::EPERM));
+    assert_eq!(io_get(&mut pci, table, false), Ok(()));
+    // The other BAR holds no MSI-X structure.
+    assert_eq!(pci.mmio_frame(VIRTIO_BAR / 4096).map(|f| (f.bar, f.msix)), Some((4, false)));
+}
+
+#[test]
+fn rule7_a_mapped_bar_cannot_move_or_stop_decoding() {
+    let (mut pci, mut bus) = setup();
+    let abar = u64::from(SATA_ABAR) / 4096;
+    io_get(&mut pci, abar, true).unwrap();
+    io_get(&mut pci, abar, false).unwrap();
+    assert_eq!(record(&pci, SATA).mapped[5], 2);
+    // Moved, sized, or decoding off: EBUSY, and nothing reaches the device.
+    assert_eq!(write(&mut pci, &mut bus, SATA, 0x24, 4, 0xfd00_0000), Err(Errno::EBUSY));
+    assert_eq!(write(&mut pci, &mut bus, SATA, 0x24, 4, u32::MAX), Err(Errno::EBUSY));
+    assert_eq!(write(&mut pci, &mut bus, SATA, reg::COMMAND, 2, u32::from(command::IO_SPACE)), Err(Errno::EBUSY));
+    assert_eq!(write(&mut pci, &mut bus, SATA, reg::COMMAND, 1, u32::from(command::IO_SPACE)), Err(Errno::EBUSY));
+    // Other BARs and other command bits still work.
+    assert_eq!(write(&mut pci, &mut bus, SATA, 0x20, 4, 0xc080), Ok(()));
+    let keep = u32::from(MEM_IO);
+    assert_eq!(write(&mut pci, &mut bus, SATA, reg::COMMAND, 2, keep), Ok(()));
+    // Both halves of a mapped 64-bit BAR are held.
+    io_get(&mut pci, VIRTIO_BAR / 4096, true).unwrap();
+    assert_eq!(write(&mut pci, &mut bus, VIRTIO, 0x20, 4, 0), Err(Errno::EBUSY));
+    assert_eq!(write(&mut pci, &mut bus, VIRTIO, 0x24, 4, 9), Err(Errno::EBUSY));
+    // Once every mapping is given back, the BAR moves again.
+    io_put(&mut pci, abar);
+    assert_eq!(write(&mut pci, &mut bus, SATA, 0x24, 4, 0xfd00_0000), Err(Errno::EBUSY));
+    io_put(&mut pci, abar);
+    assert_eq!(write(&mut pci, &mut bus, SATA, 0x24, 4, 0xfd00_0000), Ok(()));
+    assert_eq!(record(&pci, SATA).mapped[5], 0);
+}

@@ -179,5 +179,11 @@ pub mod cap {
         pub const PBA: u16 = 8;
         /// Length of the structure.
         pub const LEN: u16 = 12;
+        /// [`CONTROL`] bits 0..=10: table size minus one.
+        pub const CONTROL_TABLE_SIZE: u16 = 0x7ff;
+        /// [`TABLE`] and [`PBA`] bits 0..=2: which BAR holds the structure.
+        pub const BIR_MASK: u32 = 7;
+        /// Bytes per table entry (address, data, vector control).
+        pub const ENTRY_SIZE: u32 = 16;
     }
 }

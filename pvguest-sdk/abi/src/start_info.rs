@@ -58,6 +58,28 @@ pub struct ConsoleInfo {
     pub ring_va: u64,
 }
 
+/// dom0's DMA pool ([`StartInfo::dma`]): machine-contiguous frames the
+/// domain owns, mapped read-write (no-execute) in its initial mapping at
+/// `va`, covering pfns `pfn..pfn + pages`, which lie below
+/// [`StartInfo::first_free_pfn`] (the guest's frame allocator never hands
+/// them out). Machine address of byte `k` of the pool is
+/// `mfn * 4096 + k`. All zero when there is no pool (every domU; dom0
+/// unless its manifest entry sets `dma_kib`). There is no IOMMU: a device
+/// dom0 points at any machine address reaches it, so dom0 is DMA-trusted,
+/// as in Xen; the pool only spares it hunting for contiguous frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct DmaPoolInfo {
+    /// Guest virtual address of the pool's first byte.
+    pub va: u64,
+    /// First machine frame (the pool is `pages` consecutive frames).
+    pub mfn: u64,
+    /// First pfn of the pool.
+    pub pfn: u64,
+    /// Size in pages (0: no pool).
+    pub pages: u64,
+}
+
 /// The start-info page (the first bytes of it; the rest of the page is zero).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -93,6 +115,8 @@ pub struct StartInfo {
     pub name: [u8; MAX_NAME],
     /// NUL-terminated command line from the boot manifest.
     pub cmdline: [u8; MAX_CMDLINE],
+    /// The DMA pool (dom0's; all zero for none).
+    pub dma: DmaPoolInfo,
 }
 
 const _: () = {
@@ -110,7 +134,13 @@ const _: () = {
     assert!(offset_of!(StartInfo, console) == 96);
     assert!(offset_of!(StartInfo, name) == 120);
     assert!(offset_of!(StartInfo, cmdline) == 152);
-    assert!(size_of::<StartInfo>() == 152 + MAX_CMDLINE);
+    assert!(offset_of!(StartInfo, dma) == 152 + MAX_CMDLINE);
+    assert!(size_of::<DmaPoolInfo>() == 32);
+    assert!(offset_of!(DmaPoolInfo, va) == 0);
+    assert!(offset_of!(DmaPoolInfo, mfn) == 8);
+    assert!(offset_of!(DmaPoolInfo, pfn) == 16);
+    assert!(offset_of!(DmaPoolInfo, pages) == 24);
+    assert!(size_of::<StartInfo>() == 152 + MAX_CMDLINE + 32);
     assert!(size_of::<StartInfo>() <= 4096);
 };
 
@@ -131,6 +161,7 @@ impl StartInfo {
             console: ConsoleInfo { kind: 0, evtchn: 0, ring_mfn: 0, ring_va: 0 },
             name: [0; MAX_NAME],
             cmdline: [0; MAX_CMDLINE],
+            dma: DmaPoolInfo { va: 0, mfn: 0, pfn: 0, pages: 0 },
         }
     }
 
@@ -190,6 +221,8 @@ mod tests {
         assert_eq!(u32::from_le_bytes(b[52..56].try_into().unwrap()), 7);
         assert_eq!(u64::from_le_bytes(b[104..112].try_into().unwrap()), 0xabcd);
         assert_eq!(&b[152..160], b"mode=cli");
+        si.dma.mfn = 0x4242;
+        assert_eq!(u64::from_le_bytes(si.as_bytes()[1184..1192].try_into().unwrap()), 0x4242);
         assert_eq!(si.cmdline(), "mode=cli");
         assert_eq!(si.name(), "spy-cli");
     }

@@ -39,6 +39,8 @@ pub struct DomainEntry {
     pub flags: u32,
     /// Raw `expect` field ([`Expect::to_raw`]).
     pub expect: u32,
+    /// DMA pool in KiB (dom0's; 0 = none).
+    pub dma_kib: u32,
     /// Written as `(image_offset, image_size)` instead of where the image
     /// was placed (the image bytes are still placed).
     pub image_range: Option<(u64, u64)>,
@@ -63,6 +65,7 @@ impl DomainEntry {
             warp_us: 0,
             flags: 0,
             expect: Expect::Poweroff.to_raw(),
+            dma_kib: 0,
             image_range: None,
             cmdline_range: None,
         }
@@ -94,6 +97,12 @@ impl DomainEntry {
 
     pub fn expect(mut self, expect: Expect) -> DomainEntry {
         self.expect = expect.to_raw();
+        self
+    }
+
+    /// A DMA pool of `dma_kib` KiB, part of the domain's memory (dom0's).
+    pub fn dma_kib(mut self, dma_kib: u32) -> DomainEntry {
+        self.dma_kib = dma_kib;
         self
     }
 }
@@ -258,6 +267,7 @@ impl BundleWriter {
             put(rec, REC_WARP_US, &d.warp_us.to_le_bytes());
             put(rec, REC_FLAGS, &d.flags.to_le_bytes());
             put(rec, REC_EXPECT, &d.expect.to_le_bytes());
+            put(rec, REC_DMA_KIB, &d.dma_kib.to_le_bytes());
         }
 
         let total = out.len() as u64;

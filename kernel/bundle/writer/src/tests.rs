@@ -820,3 +820,30 @@ proptest! {
         prop_assert_eq!(d.expect, expect);
     }
 }
+
+#[test]
+fn record_dma_pool_rules() {
+    // Default: no pool.
+    let mut w = BundleWriter::new();
+    w.domain(good());
+    let b = w.finish();
+    assert_eq!(Bundle::parse(&b).unwrap().domain(0).unwrap().dma_kib, 0);
+    // A good pool on dom0 round-trips.
+    let mut w = BundleWriter::new();
+    w.domain(good().privileged(true).dma_kib(64));
+    let b = w.finish_checked().unwrap();
+    assert_eq!(Bundle::parse(&b).unwrap().domain(0).unwrap().dma_kib, 64);
+    // Bad sizes, and a pool for a domU, are clear record errors.
+    for dma_kib in [1, 6, 1022] {
+        let e = record_err(good().privileged(true).dma_kib(dma_kib));
+        assert_eq!(e.kind, RecordErrorKind::DmaNotPageMultiple { dma_kib });
+    }
+    for (dma_kib, mem_kib) in [(MAX_DMA_KIB + 4, 65536), (1024, 1024), (2048, 1024)] {
+        let mut d = good().privileged(true).dma_kib(dma_kib);
+        d.mem_kib = mem_kib;
+        assert_eq!(record_err(d).kind, RecordErrorKind::DmaTooLarge { dma_kib, mem_kib });
+    }
+    let e = record_err(good().dma_kib(64));
+    assert_eq!(e.kind, RecordErrorKind::DmaUnprivileged { dma_kib: 64 });
+    assert!(e.to_string().contains("not privileged"), "{e}");
+}
