@@ -90,6 +90,7 @@ pub mod time;
 pub mod timer;
 pub mod trap;
 pub mod version;
+pub mod virtio;
 
 pub use pvguest_abi as abi;
 pub use pvguest_abi::{Errno, StartInfo};
