@@ -817,6 +817,30 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "two-dom0",
+            what: "a bundle with two privileged domains is refused whole by the hypervisor's loader, naming both; no domain starts",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                w.domain(entry(imgs, "rogue", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: None,
+            expect: Outcome::Fail,
+            check: |out| {
+                need(
+                    out,
+                    "(rf) FATAL: bad boot bundle: boot bundle has more than one privileged domain: domain record 0 (\"dom0\") and domain record 2 (\"rogue\") are both privileged; there is exactly one dom0",
+                )?;
+                deny(out, "[dom0]")?;
+                deny(out, "[hello]")?;
+                deny(out, "[rogue]")
+            },
+        },
+        Scenario {
             name: "deadlock",
             what: "a domain blocked with nothing to wake it is reported, not hung on",
             bundle: |imgs| {
