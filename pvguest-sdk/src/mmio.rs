@@ -112,6 +112,35 @@ impl Mmio {
         mm::update_va_mapping(va, Pte(0))
     }
 
+    /// [`Mmio::probe`] of each of the `frames` frames from `phys` on, all
+    /// through one window address: calls `answer` with each frame's
+    /// machine address and the hypervisor's answer (for sweeping a range,
+    /// which [`Mmio::probe`]'s fresh address per call would exhaust).
+    /// `ENOMEM` if the window is full; a frame that maps but does not unmap
+    /// stops the sweep with that error.
+    pub fn probe_each(
+        phys: u64,
+        frames: u64,
+        flags: Pte,
+        mut answer: impl FnMut(u64, Result<(), Errno>),
+    ) -> Result<(), Errno> {
+        let (start, max) = window();
+        let first = USED.fetch_add(1, Ordering::SeqCst);
+        if first + 1 > max {
+            return Err(Errno::ENOMEM);
+        }
+        let va = start + first * 4096;
+        for k in 0..frames {
+            let at = phys + k * 4096;
+            let r = mm::update_va_mapping(va, Pte::new(at / 4096, flags));
+            if r.is_ok() {
+                mm::update_va_mapping(va, Pte(0))?;
+            }
+            answer(at, r);
+        }
+        Ok(())
+    }
+
     /// Unmaps the region (its BAR may then move again).
     pub fn unmap(self) -> Result<(), Errno> {
         for k in 0..self.len / 4096 {
