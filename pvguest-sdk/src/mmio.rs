@@ -36,6 +36,17 @@ use pvguest_abi::Errno;
 /// Page-cache bits of an uncached entry: PWT (3) and PCD (4).
 pub const UNCACHED: Pte = Pte((1 << 3) | (1 << 4));
 
+/// The entry bits of an uncached, no-execute device mapping, writable or
+/// not (what [`Mmio::map`] uses; for [`Mmio::probe`]).
+pub fn uncached(writable: bool) -> Pte {
+    let f = UNCACHED | Pte::NO_EXECUTE;
+    if writable {
+        f | Pte::WRITABLE
+    } else {
+        f
+    }
+}
+
 /// Most mapped regions [`phys_to_virt`] remembers.
 pub const MAX_REGIONS: usize = 16;
 
@@ -79,10 +90,7 @@ impl Mmio {
             return Err(Errno::ENOMEM);
         }
         let va = start + first * 4096;
-        let mut flags = UNCACHED | Pte::NO_EXECUTE;
-        if writable {
-            flags = flags | Pte::WRITABLE;
-        }
+        let flags = uncached(writable);
         for k in 0..pages {
             if let Err(e) = mm::update_va_mapping(va + k * 4096, Pte::new(phys / 4096 + k, flags)) {
                 for j in 0..k {

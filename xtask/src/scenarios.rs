@@ -56,6 +56,24 @@ fn finish(mut w: BundleWriter, imgs: &Images) -> Result<Option<Vec<u8>>> {
     Ok(Some(w.finish()))
 }
 
+/// The device scenarios' bundle: a privileged `dom0` (1 MiB, `cmdline`,
+/// a DMA pool of `dma_kib`) and an ordinary `domu` (512 KiB, `role=domu`),
+/// both running `image`.
+fn dom0_and_domu(imgs: &Images, image: &str, cmdline: &str, dma_kib: u32) -> Result<Option<Vec<u8>>> {
+    let mut w = BundleWriter::new();
+    w.domain(entry(imgs, "dom0", image, 1024, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma_kib));
+    w.domain(entry(imgs, "domu", image, 512, "role=domu", Expect::Poweroff)?);
+    finish(w, imgs)
+}
+
+/// A virtio disk (64 MiB image) at 00:02.0 and a virtio NIC (UDP port 7
+/// forwarded) at 00:03.0.
+fn virtio_disk_and_nic(rig: &mut Rig) -> Result<()> {
+    rig.disk(64 << 20)?;
+    rig.nic(&[(Proto::Udp, 7)])?;
+    Ok(())
+}
+
 /// Every `spy` attempt that must crash the spy, and the fault it must get.
 const SPY_ATTEMPTS: &[(&str, &str)] = &[
     ("read-hv", "#PF (page fault) in ring 1 at rip 0x"),
@@ -392,12 +410,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-mmio",
             what: "dom0 maps virtio-blk's BAR uncached through the validated page-table path and reads the disk's capacity from its device configuration; the MSI-X BAR maps read-only only; RAM, the hypervisor, the APICs, a frame no BAR holds and a cached entry are refused, and the mapped BAR cannot move or stop decoding; dom0 takes a buffer from its machine-contiguous DMA pool; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0_mmio", 1024, "", Expect::Poweroff)?.privileged(true).dma_kib(64));
-                w.domain(entry(imgs, "domu", "dom0_mmio", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0_mmio", "", 64),
             append: "",
             icount: false,
             rig: Some(|rig| {
@@ -438,12 +451,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-pci",
             what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
-                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0", "", 0),
             append: "",
             icount: false,
             rig: None,
@@ -490,19 +498,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-irq",
             what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "irq", Expect::Poweroff)?.privileged(true));
-                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0", "irq", 0),
             append: "",
             icount: false,
-            rig: Some(|rig| {
-                rig.disk(64 << 20)?;
-                rig.nic(&[(Proto::Udp, 7)])?;
-                Ok(())
-            }),
+            rig: Some(virtio_disk_and_nic),
             expect: Outcome::Pass,
             check: |out| {
                 // The hypervisor's view: the routing and the IOAPIC.
@@ -547,19 +546,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-attacker",
             what: "a hostile dom0 (virtio disk and NIC attached) has every device attack refused with its errno (RAM, the hypervisor and the APICs as device memory, the MSI-X table writable, BARs onto RAM or the hypervisor or moved while mapped, pirqs not given or bound twice, EOIs of lines not its own, garbage numbers, bad argument pointers: EFAULT); a domU beside it gets EPERM from every dom0-only call and keeps ticking after the attacks",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0_attacker", 1024, "", Expect::Poweroff)?.privileged(true).dma_kib(64));
-                w.domain(entry(imgs, "domu", "dom0_attacker", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0_attacker", "", 64),
             append: "",
             icount: false,
-            rig: Some(|rig| {
-                rig.disk(64 << 20)?;
-                rig.nic(&[(Proto::Udp, 7)])?;
-                Ok(())
-            }),
+            rig: Some(virtio_disk_and_nic),
             expect: Outcome::Pass,
             check: check_dom0_attacker,
         },

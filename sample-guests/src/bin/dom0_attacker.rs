@@ -34,7 +34,7 @@ use pvguest_sdk::abi::DOMID_SELF;
 use pvguest_sdk::check::{bad_pointer_call, BadPointer, Checks, PointerOp};
 use pvguest_sdk::irq::{self, Pirq};
 use pvguest_sdk::mm::{self, Pte};
-use pvguest_sdk::mmio::{Mmio, UNCACHED};
+use pvguest_sdk::mmio::{uncached, Mmio};
 use pvguest_sdk::pci::{self, command, reg, Bdf};
 use pvguest_sdk::{dma, event, println, sched, time, Errno, StartInfo};
 
@@ -42,16 +42,6 @@ pvguest_sdk::entry!(main);
 
 /// The PCI MMIO hole below the IOAPIC on q35, where firmware puts BARs.
 const PCI_HOLE: (u64, u64) = (0xfe00_0000, 0xfec0_0000);
-
-/// An uncached, no-execute entry's flags.
-fn uc(writable: bool) -> Pte {
-    let f = UNCACHED | Pte::NO_EXECUTE;
-    if writable {
-        f | Pte::WRITABLE
-    } else {
-        f
-    }
-}
 
 /// Every device sub-op that takes an argument pointer.
 const POINTER_OPS: [(&str, PointerOp); 5] = [
@@ -108,7 +98,7 @@ fn domu(si: &StartInfo, c: &mut Checks) {
     let mut wrong = 0u64;
     let mut last = Ok(());
     let frames = (PCI_HOLE.1 - PCI_HOLE.0) / 4096;
-    let swept = Mmio::probe_each(PCI_HOLE.0, frames, uc(true), |_, r| {
+    let swept = Mmio::probe_each(PCI_HOLE.0, frames, uncached(true), |_, r| {
         if r != Err(Errno::EPERM) {
             wrong += 1;
             last = r;
@@ -127,10 +117,15 @@ fn domu(si: &StartInfo, c: &mut Checks) {
     c.refused(
         who,
         format_args!("uncached mapping of the local APIC"),
-        Mmio::probe(0xfee0_0000, uc(true)),
+        Mmio::probe(0xfee0_0000, uncached(true)),
         Errno::EPERM,
     );
-    c.refused(who, format_args!("uncached mapping of the IOAPIC"), Mmio::probe(0xfec0_0000, uc(true)), Errno::EPERM);
+    c.refused(
+        who,
+        format_args!("uncached mapping of the IOAPIC"),
+        Mmio::probe(0xfec0_0000, uncached(true)),
+        Errno::EPERM,
+    );
     // No DMA pool, and no hypercall hands out machine memory.
     c.holds(who, format_args!("no DMA pool in start info"), dma::pool().is_none());
     c.refused(who, format_args!("dma::alloc"), dma::alloc(4096, 4096), Errno::ENOMEM);
@@ -149,23 +144,13 @@ fn tick(si: &StartInfo) {
     }
 }
 
-fn bar_base(bdf: Bdf, i: u16) -> Result<u64, Errno> {
-    let lo = pci::read32(bdf, reg::BAR0 + 4 * i)?;
-    let hi = if lo & pci::bar::MEM_TYPE_MASK == pci::bar::MEM_TYPE_64 {
-        pci::read32(bdf, reg::BAR0 + 4 * (i + 1))?
-    } else {
-        0
-    };
-    Ok(u64::from(hi) << 32 | u64::from(lo & pci::bar::MEM_ADDRESS_MASK))
-}
-
 fn dom0(si: &StartInfo, c: &mut Checks) -> Result<(), Errno> {
     let who = "dom0";
     let blk = pci::enumerate()?.find(|f| f.vendor == 0x1af4 && f.device == 0x1042).ok_or(Errno::ENOENT)?;
     let bdf = blk.bdf;
     let cmd = pci::read16(bdf, reg::COMMAND)?;
     pci::write16(bdf, reg::COMMAND, cmd | command::MEMORY_SPACE | command::BUS_MASTER)?;
-    let bar4 = bar_base(bdf, 4)?;
+    let bar4 = pci::bar_base(bdf, 4)?;
     println!("{who}: virtio-blk at {bdf}, BAR4 at {bar4:#x}");
 
     // ---- BARs: never onto memory that is not a device's ----
@@ -183,13 +168,13 @@ fn dom0(si: &StartInfo, c: &mut Checks) -> Result<(), Errno> {
             Errno::EPERM,
         );
     }
-    c.holds(who, format_args!("BAR4 of {bdf} still at {bar4:#x}"), bar_base(bdf, 4) == Ok(bar4));
+    c.holds(who, format_args!("BAR4 of {bdf} still at {bar4:#x}"), pci::bar_base(bdf, 4) == Ok(bar4));
 
     // ---- Device memory ----
     let regs = Mmio::map(bar4, 0x1000, true)?;
     c.refused(who, format_args!("move BAR4 while it is mapped"), pci::write32(bdf, breg, lo ^ 0x10_0000), Errno::EBUSY);
-    let msix = bar_base(bdf, 1)?;
-    c.refused(who, format_args!("map the MSI-X table frame writable"), Mmio::probe(msix, uc(true)), Errno::EPERM);
+    let msix = pci::bar_base(bdf, 1)?;
+    c.refused(who, format_args!("map the MSI-X table frame writable"), Mmio::probe(msix, uncached(true)), Errno::EPERM);
     c.refused(who, format_args!("map BAR4 cached"), Mmio::probe(bar4, Pte::WRITABLE | Pte::NO_EXECUTE), Errno::EINVAL);
     // Its own RAM is RAM: mapped uncached it is an ordinary mapping of an
     // owned frame (cache bits are the guest's, mm rule 6), never device
@@ -198,14 +183,14 @@ fn dom0(si: &StartInfo, c: &mut Checks) -> Result<(), Errno> {
     c.outcome(
         who,
         "map its own RAM uncached read-only (an ordinary RAM mapping)",
-        Mmio::probe(page.mfn * 4096, uc(false)),
+        Mmio::probe(page.mfn * 4096, uncached(false)),
         Ok(()),
     );
     let root = mm::kernel_root();
     c.refused(
         who,
         format_args!("map its own L4 page table uncached writable"),
-        Mmio::probe(root.mfn * 4096, uc(true)),
+        Mmio::probe(root.mfn * 4096, uncached(true)),
         Errno::EBUSY,
     );
     // The next domain's frames follow dom0's in allocation order.
@@ -213,7 +198,7 @@ fn dom0(si: &StartInfo, c: &mut Checks) -> Result<(), Errno> {
     c.refused(
         who,
         format_args!("map another domain's RAM (mfn {next:#x}) uncached"),
-        Mmio::probe(next * 4096, uc(true)),
+        Mmio::probe(next * 4096, uncached(true)),
         Errno::EPERM,
     );
     for (what, addr) in [
@@ -222,7 +207,7 @@ fn dom0(si: &StartInfo, c: &mut Checks) -> Result<(), Errno> {
         ("the IOAPIC (0xfec00000)", 0xfec0_0000),
         ("a frame past all memory (mfn 1 << 39)", 1 << 51),
     ] {
-        c.refused(who, format_args!("map {what} uncached"), Mmio::probe(addr, uc(true)), Errno::EPERM);
+        c.refused(who, format_args!("map {what} uncached"), Mmio::probe(addr, uncached(true)), Errno::EPERM);
     }
     regs.unmap()?;
 

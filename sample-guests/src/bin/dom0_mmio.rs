@@ -16,8 +16,8 @@
 use pvguest_sdk::abi::start_info::SIF_PRIVILEGED;
 use pvguest_sdk::check::Checks;
 use pvguest_sdk::mm::Pte;
-use pvguest_sdk::mmio::{Mmio, UNCACHED};
-use pvguest_sdk::pci::{self, cap, command, reg, status, Bdf};
+use pvguest_sdk::mmio::{uncached, Mmio};
+use pvguest_sdk::pci::{self, cap, command, reg, status};
 use pvguest_sdk::{dma, println, Errno, StartInfo};
 
 pvguest_sdk::entry!(main);
@@ -29,35 +29,16 @@ const VIRTIO_COMMON_CFG: u8 = 1;
 /// `num_queues` in the common configuration.
 const COMMON_NUM_QUEUES: u64 = 0x12;
 
-fn uc(writable: bool) -> Pte {
-    let f = UNCACHED | Pte::NO_EXECUTE;
-    if writable {
-        f | Pte::WRITABLE
-    } else {
-        f
-    }
-}
-
 fn main(si: &'static StartInfo) {
     let mut c = Checks::new();
     if si.flags & SIF_PRIVILEGED == 0 {
         // Where QEMU's firmware put virtio-blk's BAR4 (the domU cannot ask).
-        c.outcome("mmio", "domU maps a device frame", Mmio::probe(0xfebf_4000, uc(false)), Err(Errno::EPERM));
-        c.outcome("mmio", "domU maps the local APIC", Mmio::probe(0xfee0_0000, uc(false)), Err(Errno::EPERM));
+        c.outcome("mmio", "domU maps a device frame", Mmio::probe(0xfebf_4000, uncached(false)), Err(Errno::EPERM));
+        c.outcome("mmio", "domU maps the local APIC", Mmio::probe(0xfee0_0000, uncached(false)), Err(Errno::EPERM));
     } else if let Err(e) = dom0(&mut c) {
         c.holds("mmio", format_args!("device bring-up failed: {}", e.name()), false);
     }
     c.verdict(si.name());
-}
-
-fn bar_base(bdf: Bdf, i: u16) -> Result<u64, Errno> {
-    let lo = pci::read32(bdf, reg::BAR0 + 4 * i)?;
-    let hi = if lo & pci::bar::MEM_TYPE_MASK == pci::bar::MEM_TYPE_64 {
-        pci::read32(bdf, reg::BAR0 + 4 * (i + 1))?
-    } else {
-        0
-    };
-    Ok(u64::from(hi) << 32 | u64::from(lo & pci::bar::MEM_ADDRESS_MASK))
 }
 
 fn dom0(c: &mut Checks) -> Result<(), Errno> {
@@ -95,7 +76,7 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     }
     let (dbar, doff) = device_cfg.ok_or(Errno::EINVAL)?;
     let (cbar, coff) = common_cfg.ok_or(Errno::EINVAL)?;
-    let base = bar_base(bdf, u16::from(dbar))?;
+    let base = pci::bar_base(bdf, u16::from(dbar))?;
     println!("mmio: BAR{dbar} at {base:#x}");
     let regs = Mmio::map(base, 0x4000, true)?;
     let capacity = regs.read64(u64::from(doff));
@@ -117,16 +98,26 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     );
 
     // MSI-X lives in BAR1 on QEMU's virtio-pci: read-only only.
-    let msix = bar_base(bdf, 1)?;
-    c.outcome("mmio", "map the MSI-X table writable", Mmio::probe(msix, uc(true)), Err(Errno::EPERM));
-    c.outcome("mmio", "map the MSI-X table read-only", Mmio::probe(msix, uc(false)), Ok(()));
+    let msix = pci::bar_base(bdf, 1)?;
+    c.outcome("mmio", "map the MSI-X table writable", Mmio::probe(msix, uncached(true)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the MSI-X table read-only", Mmio::probe(msix, uncached(false)), Ok(()));
 
     // Forbidden frames.
-    c.outcome("mmio", "map the hypervisor's RAM (0x100000)", Mmio::probe(0x10_0000, uc(false)), Err(Errno::EPERM));
-    c.outcome("mmio", "map frame 0", Mmio::probe(0, uc(false)), Err(Errno::EPERM));
-    c.outcome("mmio", "map the local APIC (0xfee00000)", Mmio::probe(0xfee0_0000, uc(true)), Err(Errno::EPERM));
-    c.outcome("mmio", "map the IOAPIC (0xfec00000)", Mmio::probe(0xfec0_0000, uc(true)), Err(Errno::EPERM));
-    c.outcome("mmio", "map a frame no BAR holds (0xfe000000)", Mmio::probe(0xfe00_0000, uc(false)), Err(Errno::EPERM));
+    c.outcome(
+        "mmio",
+        "map the hypervisor's RAM (0x100000)",
+        Mmio::probe(0x10_0000, uncached(false)),
+        Err(Errno::EPERM),
+    );
+    c.outcome("mmio", "map frame 0", Mmio::probe(0, uncached(false)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the local APIC (0xfee00000)", Mmio::probe(0xfee0_0000, uncached(true)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the IOAPIC (0xfec00000)", Mmio::probe(0xfec0_0000, uncached(true)), Err(Errno::EPERM));
+    c.outcome(
+        "mmio",
+        "map a frame no BAR holds (0xfe000000)",
+        Mmio::probe(0xfe00_0000, uncached(false)),
+        Err(Errno::EPERM),
+    );
     c.outcome("mmio", "map the BAR cached", Mmio::probe(base, Pte::WRITABLE | Pte::NO_EXECUTE), Err(Errno::EINVAL));
 
     // Unmapped, the BAR may be disabled and re-enabled.
