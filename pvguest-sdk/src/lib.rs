@@ -70,6 +70,7 @@
 extern crate freestanding;
 
 pub mod channel;
+pub mod check;
 pub mod cmdline;
 pub mod console;
 pub mod diag;

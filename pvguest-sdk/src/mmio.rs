@@ -36,6 +36,17 @@ use pvguest_abi::Errno;
 /// Page-cache bits of an uncached entry: PWT (3) and PCD (4).
 pub const UNCACHED: Pte = Pte((1 << 3) | (1 << 4));
 
+/// The entry bits of an uncached, no-execute device mapping, writable or
+/// not (what [`Mmio::map`] uses; for [`Mmio::probe`]).
+pub fn uncached(writable: bool) -> Pte {
+    let f = UNCACHED | Pte::NO_EXECUTE;
+    if writable {
+        f | Pte::WRITABLE
+    } else {
+        f
+    }
+}
+
 /// Most mapped regions [`phys_to_virt`] remembers.
 pub const MAX_REGIONS: usize = 16;
 
@@ -79,10 +90,7 @@ impl Mmio {
             return Err(Errno::ENOMEM);
         }
         let va = start + first * 4096;
-        let mut flags = UNCACHED | Pte::NO_EXECUTE;
-        if writable {
-            flags = flags | Pte::WRITABLE;
-        }
+        let flags = uncached(writable);
         for k in 0..pages {
             if let Err(e) = mm::update_va_mapping(va + k * 4096, Pte::new(phys / 4096 + k, flags)) {
                 for j in 0..k {
@@ -110,6 +118,35 @@ impl Mmio {
         let va = start + first * 4096;
         mm::update_va_mapping(va, Pte::new(phys / 4096, flags))?;
         mm::update_va_mapping(va, Pte(0))
+    }
+
+    /// [`Mmio::probe`] of each of the `frames` frames from `phys` on, all
+    /// through one window address: calls `answer` with each frame's
+    /// machine address and the hypervisor's answer (for sweeping a range,
+    /// which [`Mmio::probe`]'s fresh address per call would exhaust).
+    /// `ENOMEM` if the window is full; a frame that maps but does not unmap
+    /// stops the sweep with that error.
+    pub fn probe_each(
+        phys: u64,
+        frames: u64,
+        flags: Pte,
+        mut answer: impl FnMut(u64, Result<(), Errno>),
+    ) -> Result<(), Errno> {
+        let (start, max) = window();
+        let first = USED.fetch_add(1, Ordering::SeqCst);
+        if first + 1 > max {
+            return Err(Errno::ENOMEM);
+        }
+        let va = start + first * 4096;
+        for k in 0..frames {
+            let at = phys + k * 4096;
+            let r = mm::update_va_mapping(va, Pte::new(at / 4096, flags));
+            if r.is_ok() {
+                mm::update_va_mapping(va, Pte(0))?;
+            }
+            answer(at, r);
+        }
+        Ok(())
     }
 
     /// Unmaps the region (its BAR may then move again).

@@ -109,6 +109,15 @@ pub fn write32(bdf: Bdf, reg: u16, v: u32) -> Result<(), Errno> {
     write(bdf, reg, 4, v)
 }
 
+/// The base address of memory BAR `i` (0-5) of `bdf`: both halves of a
+/// 64-bit BAR, the type bits masked off. (An I/O BAR's value is not an
+/// address this answers.)
+pub fn bar_base(bdf: Bdf, i: u16) -> Result<u64, Errno> {
+    let lo = read32(bdf, reg::BAR0 + 4 * i)?;
+    let hi = if lo & bar::MEM_TYPE_MASK == bar::MEM_TYPE_64 { read32(bdf, reg::BAR0 + 4 * (i + 1))? } else { 0 };
+    Ok(u64::from(hi) << 32 | u64::from(lo & bar::MEM_ADDRESS_MASK))
+}
+
 /// One function found by [`enumerate`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Function {

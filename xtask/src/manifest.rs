@@ -66,16 +66,37 @@ impl Manifest {
     pub fn load(path: &Path) -> Result<Manifest> {
         let text =
             std::fs::read_to_string(path).map_err(|e| format!("cannot read manifest {}: {e}", path.display()))?;
-        let mut m: Manifest = toml::from_str(&text).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parses and checks manifest `text` (read from `path`, which names it
+    /// in errors and locates relative images).
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let mut m: Manifest = toml::from_str(text).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         if m.domain.is_empty() {
             return Err(format!("manifest {}: no [[domain]] entries", path.display()));
         }
         for d in &m.domain {
             parse_expect(&d.expect).map_err(|e| format!("manifest {}: domain '{}': {e}", path.display(), d.name))?;
         }
+        one_privileged(&m.domain).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         m.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Ok(m)
     }
+}
+
+/// There is at most one privileged domain (dom0): the hypervisor's bundle
+/// reader refuses a bundle with two, and this says so first, naming them.
+fn one_privileged(domains: &[DomainToml]) -> Result<()> {
+    let named: Vec<String> = domains.iter().filter(|d| d.privileged).map(|d| format!("'{}'", d.name)).collect();
+    if named.len() > 1 {
+        return Err(format!(
+            "{} domains are privileged ({}); there is exactly one dom0: keep privileged = true on one",
+            named.len(),
+            named.join(", ")
+        ));
+    }
+    Ok(())
 }
 
 /// The bundle's `Expect` for a manifest string.
@@ -85,5 +106,37 @@ pub fn parse_expect(s: &str) -> Result<ringfence_bundle::Expect> {
         "crash" => Ok(ringfence_bundle::Expect::Crash),
         "rejected" => Ok(ringfence_bundle::Expect::Rejected),
         other => Err(format!("expect = '{other}' is not \"poweroff\", \"crash\" or \"rejected\"")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse(text, Path::new("m.toml"))
+    }
+
+    const DOMU: &str = "[[domain]]\nname = \"domu\"\nimage = \"hello\"\nmem_kib = 512\n";
+
+    fn dom0(name: &str) -> String {
+        format!("[[domain]]\nname = \"{name}\"\nimage = \"dom0\"\nmem_kib = 1024\nprivileged = true\n")
+    }
+
+    #[test]
+    fn no_or_one_privileged_domain_is_fine() {
+        assert!(parse(DOMU).is_ok());
+        assert!(parse(&format!("{DOMU}{}", dom0("dom0"))).is_ok());
+    }
+
+    #[test]
+    fn a_second_privileged_domain_is_refused_naming_both() {
+        let e = parse(&format!("{}{DOMU}{}", dom0("dom0"), dom0("rogue"))).unwrap_err();
+        assert_eq!(
+            e,
+            "manifest m.toml: 2 domains are privileged ('dom0', 'rogue'); there is exactly one dom0: keep privileged = true on one"
+        );
+        let e = parse(&format!("{}{}{}", dom0("a"), dom0("b"), dom0("c"))).unwrap_err();
+        assert!(e.contains("3 domains are privileged ('a', 'b', 'c')"), "{e}");
     }
 }

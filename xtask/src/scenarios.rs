@@ -56,6 +56,24 @@ fn finish(mut w: BundleWriter, imgs: &Images) -> Result<Option<Vec<u8>>> {
     Ok(Some(w.finish()))
 }
 
+/// The device scenarios' bundle: a privileged `dom0` (1 MiB, `cmdline`,
+/// a DMA pool of `dma_kib`) and an ordinary `domu` (512 KiB, `role=domu`),
+/// both running `image`.
+fn dom0_and_domu(imgs: &Images, image: &str, cmdline: &str, dma_kib: u32) -> Result<Option<Vec<u8>>> {
+    let mut w = BundleWriter::new();
+    w.domain(entry(imgs, "dom0", image, 1024, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma_kib));
+    w.domain(entry(imgs, "domu", image, 512, "role=domu", Expect::Poweroff)?);
+    finish(w, imgs)
+}
+
+/// A virtio disk (64 MiB image) at 00:02.0 and a virtio NIC (UDP port 7
+/// forwarded) at 00:03.0.
+fn virtio_disk_and_nic(rig: &mut Rig) -> Result<()> {
+    rig.disk(64 << 20)?;
+    rig.nic(&[(Proto::Udp, 7)])?;
+    Ok(())
+}
+
 /// Every `spy` attempt that must crash the spy, and the fault it must get.
 const SPY_ATTEMPTS: &[(&str, &str)] = &[
     ("read-hv", "#PF (page fault) in ring 1 at rip 0x"),
@@ -392,12 +410,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-mmio",
             what: "dom0 maps virtio-blk's BAR uncached through the validated page-table path and reads the disk's capacity from its device configuration; the MSI-X BAR maps read-only only; RAM, the hypervisor, the APICs, a frame no BAR holds and a cached entry are refused, and the mapped BAR cannot move or stop decoding; dom0 takes a buffer from its machine-contiguous DMA pool; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0_mmio", 1024, "", Expect::Poweroff)?.privileged(true).dma_kib(64));
-                w.domain(entry(imgs, "domu", "dom0_mmio", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0_mmio", "", 64),
             append: "",
             icount: false,
             rig: Some(|rig| {
@@ -438,12 +451,7 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-pci",
             what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
-                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0", "", 0),
             append: "",
             icount: false,
             rig: None,
@@ -490,19 +498,10 @@ fn scenarios() -> Vec<Scenario> {
         Scenario {
             name: "dom0-irq",
             what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a domU gets EPERM",
-            bundle: |imgs| {
-                let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "irq", Expect::Poweroff)?.privileged(true));
-                w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
-                finish(w, imgs)
-            },
+            bundle: |imgs| dom0_and_domu(imgs, "dom0", "irq", 0),
             append: "",
             icount: false,
-            rig: Some(|rig| {
-                rig.disk(64 << 20)?;
-                rig.nic(&[(Proto::Udp, 7)])?;
-                Ok(())
-            }),
+            rig: Some(virtio_disk_and_nic),
             expect: Outcome::Pass,
             check: |out| {
                 // The hypervisor's view: the routing and the IOAPIC.
@@ -543,6 +542,16 @@ fn scenarios() -> Vec<Scenario> {
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },
+        },
+        Scenario {
+            name: "dom0-attacker",
+            what: "a hostile dom0 (virtio disk and NIC attached) has every device attack refused with its errno (RAM, the hypervisor and the APICs as device memory, the MSI-X table writable, BARs onto RAM or the hypervisor or moved while mapped, pirqs not given or bound twice, EOIs of lines not its own, garbage numbers, bad argument pointers: EFAULT); a domU beside it gets EPERM from every dom0-only call and keeps ticking after the attacks",
+            bundle: |imgs| dom0_and_domu(imgs, "dom0_attacker", "", 64),
+            append: "",
+            icount: false,
+            rig: Some(virtio_disk_and_nic),
+            expect: Outcome::Pass,
+            check: check_dom0_attacker,
         },
         Scenario {
             name: "thousand-domains",
@@ -814,6 +823,30 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[hello] goodbye")?;
                 need(out, "[ticker] ticker done")?;
                 need(out, "(rf) verdict: FAIL")
+            },
+        },
+        Scenario {
+            name: "two-dom0",
+            what: "a bundle with two privileged domains is refused whole by the hypervisor's loader, naming both; no domain starts",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
+                w.domain(entry(imgs, "rogue", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: None,
+            expect: Outcome::Fail,
+            check: |out| {
+                need(
+                    out,
+                    "(rf) FATAL: bad boot bundle: boot bundle has more than one privileged domain: domain record 0 (\"dom0\") and domain record 2 (\"rogue\") are both privileged; there is exactly one dom0",
+                )?;
+                deny(out, "[dom0]")?;
+                deny(out, "[hello]")?;
+                deny(out, "[rogue]")
             },
         },
         Scenario {
@@ -1143,6 +1176,108 @@ fn cpu_scenarios() -> Vec<Scenario> {
             },
         },
     ]
+}
+
+/// Every refusal `dom0-attacker`'s dom0 must print (after `[dom0] dom0: `).
+const DOM0_ATTACKER_REFUSALS: &[&str] = &[
+    "move BAR4 of 00:02.0 onto RAM (0x2000000): EPERM (want EPERM) refused",
+    "move BAR4 of 00:02.0 onto the hypervisor image (0x100000): EPERM (want EPERM) refused",
+    "move BAR4 of 00:02.0 onto the local APIC (0xfee00000): EPERM (want EPERM) refused",
+    "move BAR4 while it is mapped: EBUSY (want EBUSY) refused",
+    "map the MSI-X table frame writable: EPERM (want EPERM) refused",
+    "map BAR4 cached: EINVAL (want EINVAL) refused",
+    "map its own RAM uncached read-only (an ordinary RAM mapping): ok as expected",
+    "map its own L4 page table uncached writable: EBUSY (want EBUSY) refused",
+    "map the hypervisor's RAM (0x100000) uncached: EPERM (want EPERM) refused",
+    "map the local APIC (0xfee00000) uncached: EPERM (want EPERM) refused",
+    "map the IOAPIC (0xfec00000) uncached: EPERM (want EPERM) refused",
+    "map a frame past all memory (mfn 1 << 39) uncached: EPERM (want EPERM) refused",
+    "map_pirq of GSI 22 (virtio-blk) gives pirq 22: ok",
+    "map_pirq of GSI 22 twice: EEXIST (want EEXIST) refused",
+    "bind_pirq of pirq 22: ok",
+    "bind_pirq of pirq 22 twice: EEXIST (want EEXIST) refused",
+    "bind_pirq of pirq 21 (not given): EPERM (want EPERM) refused",
+    "bind_pirq of pirq 23 (given, never mapped): EPERM (want EPERM) refused",
+    "bind_pirq of pirq 4096: EINVAL (want EINVAL) refused",
+    "bind_pirq of pirq 0xffffffff: EINVAL (want EINVAL) refused",
+    "eoi of pirq 21 (not its line): EPERM (want EPERM) refused",
+    "eoi of pirq 23 (never mapped): EPERM (want EPERM) refused",
+    "eoi of pirq 0xffffffff: EINVAL (want EINVAL) refused",
+    "map_pirq of GSI 2 (the PIT, a legacy ISA line): EPERM (want EPERM) refused",
+    "map_pirq of GSI 4 (COM1): EPERM (want EPERM) refused",
+    "map_pirq of GSI 0x7fffffff: EINVAL (want EINVAL) refused",
+    "map_pirq of GSI -1: EINVAL (want EINVAL) refused",
+    "eoi of its own pirq 22: ok as expected",
+];
+
+/// Every refusal `dom0-attacker`'s domU must print (after `[domu] domU: `).
+const DOMU_REFUSALS: &[&str] = &[
+    "PCI config read: EPERM (want EPERM) refused",
+    "PCI config write: EPERM (want EPERM) refused",
+    "map_pirq of GSI 22: EPERM (want EPERM) refused",
+    "bind_pirq of pirq 22: EPERM (want EPERM) refused",
+    "eoi of pirq 22: EPERM (want EPERM) refused",
+    "physdev_op 0x0 (no such command): EPERM (want EPERM) refused",
+    "physdev_op 0xffffffffffffffff (no such command): EPERM (want EPERM) refused",
+    "console input: EPERM (want EPERM) refused",
+    "uncached mapping of each of the 3072 frames of the PCI hole (0 not EPERM): EPERM (want EPERM) refused",
+    "uncached mapping of the local APIC: EPERM (want EPERM) refused",
+    "uncached mapping of the IOAPIC: EPERM (want EPERM) refused",
+    "no DMA pool in start info: ok",
+    "dma::alloc: ENOMEM (want ENOMEM) refused",
+];
+
+/// The device sub-ops with an argument pointer, and the bad pointers
+/// (`pvguest_sdk::check`): dom0 gets EFAULT for each, the domU EPERM.
+const POINTER_OPS: &[&str] = &["PCI config read", "PCI config write", "map_pirq", "eoi", "bind_pirq"];
+const BAD_POINTERS: &[&str] = &[
+    "a null pointer",
+    "a non-canonical pointer",
+    "a pointer into the hypervisor's entry area",
+    "a pointer straddling into the entry area",
+];
+
+fn check_dom0_attacker(out: &str) -> Result<()> {
+    need(out, "(rf) ioapic: 24 redirection entries, all masked; dom0 may map GSI(s) [22, 23]")?;
+    need(out, "[dom0] dom0: virtio-blk at 00:02.0, BAR4 at 0x")?;
+    for line in DOM0_ATTACKER_REFUSALS {
+        need(out, &format!("[dom0] dom0: {line}"))?;
+    }
+    for line in DOMU_REFUSALS {
+        need(out, &format!("[domu] domU: {line}"))?;
+    }
+    for op in POINTER_OPS {
+        for p in BAD_POINTERS {
+            need(out, &format!("[dom0] dom0: {op} with {p}: EFAULT (want EFAULT) refused"))?;
+            need(out, &format!("[domu] domU: {op} with {p}: EPERM (want EPERM) refused"))?;
+        }
+    }
+    // dom0's "another domain's RAM" is the domU's, by the domU's own list.
+    let owns = find_line(out, "[domu] domU: owns mfns ")?;
+    let range = owns.rsplit(' ').next().unwrap_or("");
+    let (lo, hi) = range.split_once("..=").ok_or_else(|| format!("no mfn range in {owns:?}"))?;
+    let hex = |s: &str| u64::from_str_radix(s.trim_start_matches("0x"), 16).map_err(|e| format!("{s:?}: {e}"));
+    let (lo, hi) = (hex(lo)?, hex(hi)?);
+    let aimed = find_line(out, "[dom0] dom0: map another domain's RAM (mfn ")?;
+    let mfn = hex(aimed.split("(mfn ").nth(1).and_then(|t| t.split(')').next()).unwrap_or(""))?;
+    if !(lo..=hi).contains(&mfn) {
+        return Err(format!("dom0 aimed at mfn {mfn:#x}, not one of the domU's ({lo:#x}..={hi:#x})"));
+    }
+    need(aimed, "uncached: EPERM (want EPERM) refused")?;
+    // Both verdicts (the counts pin the number of checks), and progress
+    // by the domU after dom0's last attack.
+    need(out, "[dom0] dom0: 50/50 checks as expected")?;
+    need(out, "[domu] domu: 35/35 checks as expected")?;
+    let dom0_done = out.lines().position(|l| l.starts_with("[dom0] dom0: 50/50 checks")).unwrap_or(usize::MAX);
+    let ticks_after = out.lines().skip(dom0_done).filter(|l| l.starts_with("[domu] domu: tick ")).count();
+    if ticks_after < 2 {
+        return Err(format!("the domU printed {ticks_after} tick(s) after dom0's attacks ended, want at least 2"));
+    }
+    need(out, "[domu] domu: tick 150")?;
+    deny(out, "WRONG")?;
+    deny(out, "PANIC")?;
+    deny(out, "FATAL")?;
+    need(out, "(rf) verdict: PASS")
 }
 
 fn indent(s: &str) -> String {

@@ -4,7 +4,7 @@ use core::fmt;
 
 use crate::fixed::Fixed;
 use crate::layout::*;
-use crate::record::{self, DomainSpec, RecordError};
+use crate::record::{self, DomainSpec, RecordError, RecordName};
 use crate::symbols::{SymbolError, Symbols};
 
 /// Why a bundle's header was rejected. The whole bundle is unusable.
@@ -32,6 +32,10 @@ pub enum BundleError {
     SymbolTableOutOfBounds { offset: u64, size: u64, payload_start: u64, total: u64 },
     /// A reserved header byte is not zero.
     ReservedNotZero { offset: usize },
+    /// Two records have the privileged flag: there is at most one dom0.
+    /// Indices of the first two such records, with their names where the
+    /// name fields are valid.
+    SeveralPrivileged { first: usize, first_name: Option<RecordName>, second: usize, second_name: Option<RecordName> },
 }
 
 impl fmt::Display for BundleError {
@@ -83,6 +87,17 @@ impl fmt::Display for BundleError {
                 f,
                 "boot bundle header byte {offset:#x} is reserved and must be zero"
             ),
+            BundleError::SeveralPrivileged { first, first_name, second, second_name } => {
+                write!(f, "boot bundle has more than one privileged domain: domain record {first}")?;
+                if let Some(n) = first_name {
+                    write!(f, " ({n:?})")?;
+                }
+                write!(f, " and domain record {second}")?;
+                if let Some(n) = second_name {
+                    write!(f, " ({n:?})")?;
+                }
+                f.write_str(" are both privileged; there is exactly one dom0")
+            }
         }
     }
 }
@@ -173,7 +188,34 @@ impl<'a> Bundle<'a> {
             Some(bytes.get(range).ok_or(out_of_bounds)?)
         };
 
-        Ok(Bundle { bytes, count, payload_start, symtab })
+        let bundle = Bundle { bytes, count, payload_start, symtab };
+        bundle.at_most_one_privileged()?;
+        Ok(bundle)
+    }
+
+    /// There is one privileged domain (dom0): a second record with the
+    /// privileged flag rejects the whole bundle, so no bundle can leave it
+    /// in doubt which domain holds the devices. Reads only each record's
+    /// `flags` bit 0 (a record that fails its own validation still claims
+    /// the privilege, and still counts); `count` records, each looked at
+    /// once.
+    fn at_most_one_privileged(&self) -> Result<(), BundleError> {
+        let name = |i: usize| {
+            let rec = record::record_at(self.bytes, i)?;
+            record::parse_name(&rec.array::<REC_NAME, REC_NAME_LEN>()).ok().map(RecordName::new)
+        };
+        let privileged =
+            |i: &usize| record::record_at(self.bytes, *i).is_some_and(|r| r.u32::<REC_FLAGS>() & FLAG_PRIVILEGED != 0);
+        let mut found = (0..self.count).filter(privileged);
+        match (found.next(), found.next()) {
+            (Some(first), Some(second)) => Err(BundleError::SeveralPrivileged {
+                first,
+                first_name: name(first),
+                second,
+                second_name: name(second),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// The bundle's bytes (exactly `total_size` of them).

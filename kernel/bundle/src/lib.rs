@@ -12,8 +12,10 @@
 //! values in exactly three places, each of which validates everything it
 //! hands out and never panics, indexes out of bounds, overflows or loops
 //! without bound:
-//! - [`Bundle::parse`] validates the header (and only the header), so a
-//!   bundle whose header is bad is rejected whole;
+//! - [`Bundle::parse`] validates the header, and one rule across records:
+//!   at most one record has the privileged flag (there is one dom0;
+//!   [`BundleError::SeveralPrivileged`] names the first two). A bundle that
+//!   breaks either is rejected whole;
 //! - [`Bundle::domain`] validates one domain record, so one bad record fails
 //!   only that domain ([`RecordError`] names the record index and, when it is
 //!   readable, the domain name);
@@ -59,7 +61,7 @@
 //! | 0x3c   | 4    | mem_kib        | memory in KiB: a positive multiple of 4, `<= 4 GiB`              |
 //! | 0x40   | 4    | weight         | BVT weight, `1..=10_000`                                         |
 //! | 0x44   | 4    | warp_us        | BVT warp in microseconds, 0 = none                               |
-//! | 0x48   | 4    | flags          | bit 0 = privileged (dom0); other bits must be zero               |
+//! | 0x48   | 4    | flags          | bit 0 = privileged (dom0), in at most one record; other bits must be zero |
 //! | 0x4c   | 4    | expect         | how the domain should end: 1 = poweroff, 2 = crash               |
 //! | 0x50   | 4    | dma_kib        | DMA pool in KiB: 0 (none), or a multiple of 4, `<= 16 MiB`, `< mem_kib`, privileged records only |
 //! | 0x54   | 44   | reserved       | zero                                                             |

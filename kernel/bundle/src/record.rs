@@ -94,7 +94,7 @@ pub struct RecordName {
 impl RecordName {
     /// `name` must be at most 31 bytes; longer names are cut (never happens
     /// for a name that passed validation).
-    fn new(name: &str) -> RecordName {
+    pub(crate) fn new(name: &str) -> RecordName {
         let mut bytes = [0u8; MAX_NAME_LEN];
         let len = name.len().min(MAX_NAME_LEN);
         let src = name.as_bytes().get(..len).unwrap_or(&[]);
@@ -287,13 +287,13 @@ impl core::error::Error for RecordError {}
 
 /// The record at `index`, if `index < count` (the header check guarantees
 /// the whole table lies within `bytes`).
-fn record_at(bytes: &[u8], index: usize) -> Option<Fixed<'_, RECORD_SIZE>> {
+pub(crate) fn record_at(bytes: &[u8], index: usize) -> Option<Fixed<'_, RECORD_SIZE>> {
     let start = index.checked_mul(RECORD_SIZE)?.checked_add(HEADER_SIZE)?;
     Fixed::at(bytes, start)
 }
 
 /// Validates a record's name field and returns the name.
-fn parse_name(name_field: &[u8; REC_NAME_LEN]) -> Result<&str, RecordErrorKind> {
+pub(crate) fn parse_name(name_field: &[u8; REC_NAME_LEN]) -> Result<&str, RecordErrorKind> {
     let len = name_field.iter().position(|&b| b == 0).ok_or(RecordErrorKind::NameTooLong)?;
     if len == 0 {
         return Err(RecordErrorKind::NameEmpty);

@@ -19,6 +19,11 @@ pub use table::{DomId, DomainTable};
 /// privileged flag that the boot bundle gives a domain, and every
 /// privileged operation takes one as an argument, so no handler can
 /// forget the check: without the value it cannot call the operation.
+/// At most one domain ever has it: the hypervisor builds domains only
+/// from a parsed [`ringfence_bundle::Bundle`], and the reader refuses a
+/// bundle with two privileged records
+/// ([`ringfence_bundle::BundleError::SeveralPrivileged`]), which the boot
+/// path reports as a fatal "bad boot bundle".
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Privilege(());
 

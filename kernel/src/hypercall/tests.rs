@@ -1418,3 +1418,47 @@ fn eoi_unmasks_only_the_callers_bound_line_and_close_masks_it() {
     assert_eq!(e.ioapic.deliver(), None);
     assert_eq!(bind(&mut e, 22, 0).map(|_| ()), Ok(()), "still mapped: it binds again");
 }
+
+#[test]
+fn dom0s_bad_argument_pointers_are_efault_for_every_device_op_and_reach_nothing() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    // Unmapped, straddling the end of guest memory, non-canonical, and the
+    // hypervisor's entry area: the accessor refuses each (EFAULT), never a
+    // fault of the hypervisor's.
+    let bad = [0, BASE + SIZE as u64 - 2, 0x0000_8000_0000_1000, pvguest_abi::layout::ENTRY_AREA_BASE, u64::MAX - 1];
+    for arg in bad {
+        for cmd in [physdev::PCI_CONFIG_READ, physdev::PCI_CONFIG_WRITE, physdev::MAP_PIRQ, physdev::EOI] {
+            assert_eq!(physdev(&mut e, cmd, arg), r(Errno::EFAULT), "physdev {cmd:#x} at {arg:#x}");
+        }
+        let bind = e.call(hypercall::EVENT_CHANNEL_OP, [event::BIND_PIRQ, arg, 0, 0, 0]);
+        assert_eq!(bind, r(Errno::EFAULT), "bind_pirq at {arg:#x}");
+    }
+    assert!(e.pci.is_empty(), "a refused request reached configuration space");
+    for gsi in [22, 23] {
+        assert_eq!(e.irqs.line(gsi).unwrap().owner, None, "GSI {gsi} mapped by a refused request");
+        assert!(e.ioapic.masked(gsi as usize));
+    }
+    assert_eq!(e.events.ports().filter(|(_, p)| matches!(p, Port::Pirq(_))).count(), 0, "a port was left behind");
+}
+
+#[test]
+fn dom0s_garbage_pirq_numbers_are_einval_and_legacy_gsis_eperm() {
+    let mut e = FakeEnv::new();
+    e.privileged = true;
+    for pirq in [24, 4096, i32::MAX as u32, u32::MAX] {
+        assert_eq!(bind(&mut e, pirq, 0), Err(Errno::EINVAL), "bind_pirq {pirq:#x}");
+        assert_eq!(eoi(&mut e, pirq), r(Errno::EINVAL), "eoi {pirq:#x}");
+    }
+    for gsi in [i32::MAX, i32::MIN, -1, 24, 255] {
+        assert_eq!(map(&mut e, &map_arg(gsi)), Err(Errno::EINVAL), "map_pirq of GSI {gsi}");
+    }
+    // The hypervisor's own lines (PIT, COM1) and every GSI without a
+    // function of dom0's on it are not dom0's to map.
+    for gsi in [0, 2, 4, 8, 16, 21] {
+        assert_eq!(map(&mut e, &map_arg(gsi)), Err(Errno::EPERM), "map_pirq of GSI {gsi}");
+        assert_eq!(bind(&mut e, gsi as u32, 0), Err(Errno::EPERM), "bind_pirq {gsi}");
+        assert_eq!(eoi(&mut e, gsi as u32), r(Errno::EPERM), "eoi {gsi}");
+    }
+    assert!((0..24).all(|g| e.ioapic.masked(g)), "nothing was unmasked");
+}

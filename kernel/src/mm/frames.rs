@@ -51,6 +51,21 @@
 //!   reset every frame of a dead domain (owner, type, count, pin) without
 //!   touching any other domain's counts.
 //!
+//! # Remembered translations (the change counter)
+//! The guest-memory accessor remembers page walks
+//! ([`crate::mm::guest_mem`]) together with [`FrameTable::epoch`], and uses
+//! one only while the counter is unchanged. So the rule is: **no frame's
+//! bookkeeping changes without the counter changing.** It is kept by
+//! construction, not by discipline: the frame array lives in the private
+//! `store` submodule beside the counter, and the only ways to reach it
+//! mutably (`Slots::slot_mut`, `Slots::all_mut`) bump the counter before
+//! they hand out the `&mut`. No method of [`FrameTable`] can name the
+//! array otherwise, so a new method cannot forget. (A bump on a path that
+//! then changes nothing, such as a refused reference, only costs a fresh
+//! walk.) Page-table contents live in guest frames, outside this table:
+//! [`FrameTable::note_change`] covers them, called by every validator that
+//! may write one ([`crate::mm::Mm::new`]).
+//!
 //! # Foreign (grant) mappings
 //! A frame that its owner granted and another domain mapped
 //! ([`crate::grant`]) carries a *foreign count*, [`FrameInfo::foreign`]: one
@@ -256,16 +271,71 @@ pub enum TypeRef {
     More,
 }
 
+/// The frame array and its change counter, kept together so that nothing
+/// can reach the array mutably without bumping the counter.
+///
+/// This submodule is the privacy boundary: [`FrameTable`]'s methods see
+/// only [`store::Slots::all`] (shared) and [`store::Slots::all_mut`] /
+/// [`store::Slots::slot_mut`] (each bumps the counter before it hands out
+/// the `&mut`). A new `&mut self` method of [`FrameTable`] therefore cannot
+/// change a frame and forget to invalidate remembered translations: the
+/// compiler gives it no other way in.
+mod store {
+    use super::FrameInfo;
+
+    pub(super) struct Slots<'a> {
+        frames: &'a mut [FrameInfo],
+        epoch: u64,
+    }
+
+    impl<'a> Slots<'a> {
+        pub(super) fn new(frames: &'a mut [FrameInfo]) -> Self {
+            Slots { frames, epoch: 0 }
+        }
+
+        /// Every frame, read-only (no bump).
+        #[inline]
+        pub(super) fn all(&self) -> &[FrameInfo] {
+            self.frames
+        }
+
+        /// Every frame, mutably: bumps the counter first.
+        #[inline]
+        pub(super) fn all_mut(&mut self) -> &mut [FrameInfo] {
+            self.bump();
+            self.frames
+        }
+
+        /// Frame `mfn`, mutably (`None` past the table): bumps the counter
+        /// first, whether or not the frame exists.
+        #[inline]
+        pub(super) fn slot_mut(&mut self, mfn: u64) -> Option<&mut FrameInfo> {
+            self.bump();
+            usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))
+        }
+
+        #[inline]
+        pub(super) fn epoch(&self) -> u64 {
+            self.epoch
+        }
+
+        #[inline]
+        pub(super) fn bump(&mut self) {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+    }
+}
+
 /// The table over all machine frames `0..len`.
 pub struct FrameTable<'a> {
-    frames: &'a mut [FrameInfo],
+    /// The frames and the change counter: bumped by every mutable access
+    /// to a frame (see [`store`]) and by every page-table validator made
+    /// over the table ([`FrameTable::note_change`]); a remembered guest
+    /// translation is valid only while it is unchanged.
+    slots: store::Slots<'a>,
     /// Next-fit cursor for allocation.
     cursor: usize,
     free: usize,
-    /// Bumped by every change to the table (each `&mut self` method) and
-    /// by every page-table validator made over it ([`FrameTable::note_change`]):
-    /// a remembered guest translation is valid only while it is unchanged.
-    epoch: u64,
 }
 
 impl<'a> FrameTable<'a> {
@@ -273,17 +343,17 @@ impl<'a> FrameTable<'a> {
     /// [`FrameTable::add_free_range`] says otherwise.
     pub fn new(frames: &'a mut [FrameInfo]) -> Self {
         frames.fill(FrameInfo::RESERVED);
-        FrameTable { frames, cursor: 0, free: 0, epoch: 0 }
+        FrameTable { slots: store::Slots::new(frames), cursor: 0, free: 0 }
     }
 
     /// Number of frames covered.
     pub fn len(&self) -> usize {
-        self.frames.len()
+        self.slots.all().len()
     }
 
     /// Whether the table covers no frames.
     pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
+        self.slots.all().is_empty()
     }
 
     /// Number of free frames.
@@ -294,10 +364,9 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` as free RAM, clamped to the table. Frames that
     /// are already owned are left alone.
     pub fn add_free_range(&mut self, start: Mfn, end: Mfn) {
-        self.note_change();
-        let end = (end.min(self.frames.len() as u64)) as usize;
+        let end = (end.min(self.slots.all().len() as u64)) as usize;
         let start = (start.min(end as u64)) as usize;
-        for f in &mut self.frames[start..end] {
+        for f in &mut self.slots.all_mut()[start..end] {
             if f.owner == Owner::Reserved {
                 *f = FrameInfo::untyped(Owner::Free);
                 self.free += 1;
@@ -308,10 +377,9 @@ impl<'a> FrameTable<'a> {
     /// Marks `[start, end)` reserved (for instance, a boot module), clamped
     /// to the table. Panics never; frames already handed out are not touched.
     pub fn reserve_range(&mut self, start: Mfn, end: Mfn) {
-        self.note_change();
-        let end = (end.min(self.frames.len() as u64)) as usize;
+        let end = (end.min(self.slots.all().len() as u64)) as usize;
         let start = (start.min(end as u64)) as usize;
-        for f in &mut self.frames[start..end] {
+        for f in &mut self.slots.all_mut()[start..end] {
             if f.owner == Owner::Free {
                 *f = FrameInfo::RESERVED;
                 self.free -= 1;
@@ -321,35 +389,37 @@ impl<'a> FrameTable<'a> {
 
     /// The change counter (see the field's docs).
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.slots.epoch()
     }
 
-    /// Records that frames or page tables over this table may have changed
-    /// (every `&mut self` method calls it, and so does [`crate::mm::Mm::new`]),
-    /// so no translation remembered before is used again.
+    /// Records that page tables over this table may have changed, so no
+    /// translation remembered before is used again: [`crate::mm::Mm::new`]
+    /// calls it (a validator may write entries). Changes to the frames
+    /// themselves need no call: every mutable access to a frame bumps the
+    /// counter by construction (see *Remembered translations* in the
+    /// module docs).
     pub fn note_change(&mut self) {
-        self.epoch = self.epoch.wrapping_add(1);
+        self.slots.bump();
     }
 
     /// The bookkeeping of `mfn`.
     pub fn get(&self, mfn: Mfn) -> Result<FrameInfo, FrameError> {
-        usize::try_from(mfn).ok().and_then(|i| self.frames.get(i)).copied().ok_or(FrameError::OutOfRange(mfn))
+        usize::try_from(mfn).ok().and_then(|i| self.slots.all().get(i)).copied().ok_or(FrameError::OutOfRange(mfn))
     }
 
     /// Whether `dom` owns `mfn`.
     pub fn owned_by(&self, mfn: Mfn, dom: DomId) -> bool {
         // In place: every guest-memory walk asks this at each level.
-        usize::try_from(mfn).ok().and_then(|i| self.frames.get(i)).is_some_and(|f| f.owner == Owner::Domain(dom))
+        usize::try_from(mfn).ok().and_then(|i| self.slots.all().get(i)).is_some_and(|f| f.owner == Owner::Domain(dom))
     }
 
     /// Takes a free frame for `owner`. The caller zeroes it before use.
     pub fn alloc(&mut self, owner: Owner) -> Result<Mfn, FrameError> {
-        self.note_change();
-        let n = self.frames.len();
+        let n = self.slots.all().len();
         for step in 0..n {
             let i = (self.cursor + step) % n;
-            if self.frames[i].owner == Owner::Free {
-                self.frames[i] = FrameInfo::untyped(owner);
+            if self.slots.all()[i].owner == Owner::Free {
+                self.slots.all_mut()[i] = FrameInfo::untyped(owner);
                 self.cursor = (i + 1) % n;
                 self.free -= 1;
                 return Ok(i as Mfn);
@@ -364,11 +434,11 @@ impl<'a> FrameTable<'a> {
     /// (build time only). The caller zeroes them before use.
     pub fn alloc_contiguous(&mut self, owner: Owner, n: usize) -> Result<Mfn, FrameError> {
         let mut run = 0;
-        for i in 0..self.frames.len() {
-            run = if self.frames[i].owner == Owner::Free { run + 1 } else { 0 };
+        for i in 0..self.slots.all().len() {
+            run = if self.slots.all()[i].owner == Owner::Free { run + 1 } else { 0 };
             if run == n && n > 0 {
                 let first = i + 1 - n;
-                for f in &mut self.frames[first..=i] {
+                for f in &mut self.slots.all_mut()[first..=i] {
                     *f = FrameInfo::untyped(owner);
                 }
                 self.free -= n;
@@ -380,7 +450,7 @@ impl<'a> FrameTable<'a> {
 
     /// The slot of a frame that `dom` owns.
     fn owned_mut(&mut self, mfn: Mfn, dom: DomId) -> Result<&mut FrameInfo, FrameError> {
-        let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)).ok_or(FrameError::OutOfRange(mfn))?;
+        let f = self.slots.slot_mut(mfn).ok_or(FrameError::OutOfRange(mfn))?;
         if f.owner != Owner::Domain(dom) {
             return Err(FrameError::NotOwned(mfn));
         }
@@ -393,7 +463,6 @@ impl<'a> FrameTable<'a> {
     /// other type is a [`FrameError::TypeConflict`]. On error nothing
     /// changes.
     pub fn get_type_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<TypeRef, FrameError> {
-        self.note_change();
         debug_assert!(ty != FrameType::None, "FrameType::None is not a reference");
         let f = self.owned_mut(mfn, dom)?;
         if f.type_count == 0 {
@@ -416,7 +485,6 @@ impl<'a> FrameTable<'a> {
     /// a type, or of the right type but not pinned, is
     /// [`FrameError::NotPinned`]. On error nothing changes.
     pub fn get_pinned_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<(), FrameError> {
-        self.note_change();
         debug_assert!(matches!(ty, FrameType::PageTable(_)), "only page tables are pinned");
         let f = self.owned_mut(mfn, dom)?;
         if f.type_count > 0 && f.ty != ty {
@@ -439,8 +507,7 @@ impl<'a> FrameTable<'a> {
     /// are ignored (and assert in debug builds) rather than wrapping the
     /// count or ending a pinned table's type.
     pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
-        self.note_change();
-        let f = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
+        let f = self.slots.slot_mut(mfn)?;
         debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
         debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
         debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
@@ -460,7 +527,6 @@ impl<'a> FrameTable<'a> {
     /// pin's type reference (a page-table type); pinning an untyped frame
     /// is a hypervisor bug and is refused with [`FrameError::NotPinned`].
     pub fn set_pinned(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
-        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count == 0 {
             return Err(FrameError::NotPinned(mfn));
@@ -473,7 +539,6 @@ impl<'a> FrameTable<'a> {
     /// Records how far a pin or unpin of the page table `mfn` (which `dom`
     /// owns and which holds the operation's one reference) got.
     pub fn set_partial(&mut self, mfn: Mfn, dom: DomId, partial: Partial) -> Result<(), FrameError> {
-        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -486,7 +551,6 @@ impl<'a> FrameTable<'a> {
     /// reference back: the frame loses the operation's reference and its
     /// type.
     pub fn end_partial(&mut self, mfn: Mfn, dom: DomId) -> Result<(), FrameError> {
-        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !matches!(f.ty, FrameType::PageTable(_)) || f.type_count != 1 || f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -503,7 +567,6 @@ impl<'a> FrameTable<'a> {
     /// [`FrameError::NotPinned`], one that other references still hold is
     /// [`FrameError::Referenced`]. On error nothing changes.
     pub fn unpin(&mut self, mfn: Mfn, dom: DomId, next: u16) -> Result<FrameType, FrameError> {
-        self.note_change();
         let f = self.owned_mut(mfn, dom)?;
         if !f.pinned {
             return Err(FrameError::NotPinned(mfn));
@@ -522,8 +585,7 @@ impl<'a> FrameTable<'a> {
     /// frames that other domains still map through grants become
     /// [`Owner::Orphan`] instead and are not counted (see the module docs).
     pub fn release_domain(&mut self, dom: DomId) -> usize {
-        self.note_change();
-        let n = self.frames.iter_mut().map(|f| release_one(f, dom)).sum();
+        let n = self.slots.all_mut().iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
         n
     }
@@ -532,11 +594,11 @@ impl<'a> FrameTable<'a> {
     /// `from` on: a domain's teardown in bounded steps. Returns where the
     /// next step starts, or `None` when the whole table has been scanned.
     pub fn release_domain_step(&mut self, dom: DomId, from: usize, max: usize) -> Option<usize> {
-        self.note_change();
-        let end = from.saturating_add(max).min(self.frames.len());
-        let n: usize = self.frames.get_mut(from..end).unwrap_or(&mut []).iter_mut().map(|f| release_one(f, dom)).sum();
+        let end = from.saturating_add(max).min(self.slots.all().len());
+        let n: usize =
+            self.slots.all_mut().get_mut(from..end).unwrap_or(&mut []).iter_mut().map(|f| release_one(f, dom)).sum();
         self.free += n;
-        (end < self.frames.len()).then_some(end)
+        (end < self.slots.all().len()).then_some(end)
     }
 
     /// Takes one foreign reference to `mfn` for a grant mapping by another
@@ -546,7 +608,6 @@ impl<'a> FrameTable<'a> {
     /// table. [`MAX_FOREIGN`] mappings are [`FrameError::CountOverflow`].
     /// Both references or neither: on error nothing changes.
     pub fn get_foreign_ref(&mut self, mfn: Mfn, owner: DomId, writable: bool) -> Result<(), FrameError> {
-        self.note_change();
         let f = self.owned_mut(mfn, owner)?;
         if f.foreign == MAX_FOREIGN {
             return Err(FrameError::CountOverflow(mfn));
@@ -554,7 +615,7 @@ impl<'a> FrameTable<'a> {
         if writable {
             let _ = self.get_type_ref(mfn, owner, FrameType::Writable)?;
         }
-        self.frames[mfn as usize].foreign += 1;
+        self.slots.all_mut()[mfn as usize].foreign += 1;
         Ok(())
     }
 
@@ -564,8 +625,7 @@ impl<'a> FrameTable<'a> {
     /// hypervisor bug: ignored (and asserted in debug builds), never a
     /// wrapped count.
     pub fn put_foreign_ref(&mut self, mfn: Mfn, writable: bool) -> ForeignPut {
-        self.note_change();
-        let Some(f) = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i)) else {
+        let Some(f) = self.slots.slot_mut(mfn) else {
             return ForeignPut::Kept;
         };
         debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
@@ -589,7 +649,7 @@ impl<'a> FrameTable<'a> {
 
     /// Number of frames `owner` holds.
     pub fn count_owned(&self, owner: Owner) -> usize {
-        self.frames.iter().filter(|f| f.owner == owner).count()
+        self.slots.all().iter().filter(|f| f.owner == owner).count()
     }
 }
 
@@ -610,6 +670,52 @@ fn release_one(f: &mut FrameInfo, dom: DomId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every frame's bookkeeping, for comparing before and after.
+    fn snapshot(t: &FrameTable<'_>) -> std::vec::Vec<FrameInfo> {
+        (0..t.len() as Mfn).map(|m| t.get(m).unwrap()).collect()
+    }
+
+    /// Runs `op` and checks the counter rule: if any frame changed, the
+    /// epoch changed too.
+    fn bumps<R>(t: &mut FrameTable<'_>, what: &str, op: impl FnOnce(&mut FrameTable<'_>) -> R) -> R {
+        let (before, epoch) = (snapshot(t), t.epoch());
+        let r = op(t);
+        if snapshot(t) != before {
+            assert_ne!(t.epoch(), epoch, "{what} changed a frame without bumping the epoch");
+        }
+        r
+    }
+
+    #[test]
+    fn every_change_to_a_frame_bumps_the_epoch() {
+        let mut store = [FrameInfo::RESERVED; 64];
+        let mut t = FrameTable::new(&mut store);
+        let (a, b) = (DomId::of(3), DomId::of(4));
+        bumps(&mut t, "add_free_range", |t| t.add_free_range(0, 64));
+        bumps(&mut t, "reserve_range", |t| t.reserve_range(60, 64));
+        let m = bumps(&mut t, "alloc", |t| t.alloc(Owner::Domain(a))).unwrap();
+        let pool = bumps(&mut t, "alloc_contiguous", |t| t.alloc_contiguous(Owner::Domain(a), 4)).unwrap();
+        let pt = bumps(&mut t, "alloc", |t| t.alloc(Owner::Domain(a))).unwrap();
+        let l1 = FrameType::PageTable(1);
+        let _ = bumps(&mut t, "get_type_ref", |t| t.get_type_ref(m, a, FrameType::Writable)).unwrap();
+        bumps(&mut t, "put_type_ref", |t| t.put_type_ref(m));
+        let _ = bumps(&mut t, "get_type_ref", |t| t.get_type_ref(pt, a, l1)).unwrap();
+        bumps(&mut t, "set_partial", |t| t.set_partial(pt, a, Partial::Validating { next: 3 })).unwrap();
+        bumps(&mut t, "set_pinned", |t| t.set_pinned(pt, a)).unwrap();
+        bumps(&mut t, "get_pinned_ref", |t| t.get_pinned_ref(pt, a, l1)).unwrap();
+        bumps(&mut t, "put_type_ref", |t| t.put_type_ref(pt));
+        bumps(&mut t, "unpin", |t| t.unpin(pt, a, 512)).unwrap();
+        bumps(&mut t, "end_partial", |t| t.end_partial(pt, a)).unwrap();
+        bumps(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
+        bumps(&mut t, "release_domain_step", |t| t.release_domain_step(a, 0, 8));
+        bumps(&mut t, "release_domain", |t| t.release_domain(a));
+        bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(pool, true));
+        let other = bumps(&mut t, "alloc", |t| t.alloc(Owner::Domain(b))).unwrap();
+        bumps(&mut t, "release_domain", |t| t.release_domain(b));
+        assert_eq!(t.get(other).unwrap().owner, Owner::Free);
+        assert_eq!(t.get(pool).unwrap().owner, Owner::Free, "the orphan was freed by its last unmap");
+    }
 
     #[test]
     fn release_in_steps_frees_exactly_the_domains_frames() {
@@ -701,7 +807,7 @@ mod tests {
     }
 
     fn store_count(t: &mut FrameTable<'_>, m: Mfn, n: u32) {
-        let f = &mut t.frames[m as usize];
+        let f = t.slots.slot_mut(m).unwrap();
         f.ty = FrameType::Writable;
         f.type_count = n;
     }

@@ -25,8 +25,9 @@
 //! remembered, with the frame table's change counter
 //! ([`FrameTable::epoch`]) at the time of the walk, and it is used only
 //! while that counter is unchanged. Every change to frame ownership, types
-//! or references goes through a `&mut FrameTable` method, which bumps it,
-//! and every page-table write goes through an [`crate::mm::Mm`], whose
+//! or references bumps it by construction (the frame table hands out its
+//! frames mutably only through an accessor that bumps the counter: see
+//! *Remembered translations* in [`crate::mm::frames`]), and every page-table write goes through an [`crate::mm::Mm`], whose
 //! construction bumps it; page-table frames are never writable to a guest,
 //! and none of the hypervisor's guest copies can reach one (rule 2 and the
 //! validator's rules). So a remembered walk is exactly the walk that would

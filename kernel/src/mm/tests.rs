@@ -2060,3 +2060,28 @@ fn rule9_the_guest_memory_accessor_refuses_device_memory() {
     let mut b = [0u8; 8];
     assert_eq!(v.copy_from(crate::mm::guest_mem::GuestVa(20 * PAGE_SIZE), &mut b), Err(Errno::EFAULT));
 }
+
+#[test]
+fn rule9_ram_is_never_device_memory_whatever_the_cache_bits() {
+    // dom0's validator, with the right: RAM frames inside the frame table
+    // are judged by rules 2-5 alone, never by the device-memory right.
+    let mut h = H::new();
+    let mut io = FakeIo::default();
+    // Another domain's, the hypervisor's, free or reserved RAM: EPERM.
+    for m in [OTHER_FIRST, HYP_FIRST, FREE_FIRST, 0, 100] {
+        for w in [false, true] {
+            assert_eq!(h.io_update(&mut io, L1, 22, uc(m, w)), Err(Errno::EPERM), "frame {m:#x} writable {w}");
+        }
+    }
+    // Its own page tables stay unwritable (rule 5), uncached or not.
+    for t in [L4, L3, L2, L1] {
+        assert_eq!(h.io_update(&mut io, L1, 22, uc(t, true)), Err(Errno::EBUSY), "table {t:#x}");
+    }
+    // Its own data page mapped uncached is an ordinary RAM mapping: a
+    // Writable reference, and the right is never asked.
+    let before = h.frames.get(SPARE).unwrap().type_count;
+    assert_eq!(h.io_update(&mut io, L1, 22, uc(SPARE, true)), Ok(()));
+    assert_eq!(h.frames.get(SPARE).unwrap().type_count, before + 1);
+    assert!(io.maps.is_empty(), "RAM was counted as device memory");
+    assert_eq!(h.read(L1, 22), uc(SPARE, true));
+}

@@ -14,10 +14,11 @@
 #![forbid(unsafe_code)]
 
 use pvguest_sdk::abi::start_info::SIF_PRIVILEGED;
+use pvguest_sdk::check::Checks;
 use pvguest_sdk::mm::Pte;
-use pvguest_sdk::mmio::{Mmio, UNCACHED};
-use pvguest_sdk::pci::{self, cap, command, reg, status, Bdf};
-use pvguest_sdk::{dma, println, sched, Errno, StartInfo};
+use pvguest_sdk::mmio::{uncached, Mmio};
+use pvguest_sdk::pci::{self, cap, command, reg, status};
+use pvguest_sdk::{dma, println, Errno, StartInfo};
 
 pvguest_sdk::entry!(main);
 
@@ -28,62 +29,16 @@ const VIRTIO_COMMON_CFG: u8 = 1;
 /// `num_queues` in the common configuration.
 const COMMON_NUM_QUEUES: u64 = 0x12;
 
-struct Checks {
-    done: u32,
-    wrong: u32,
-}
-
-impl Checks {
-    fn want(&mut self, what: &str, got: Result<(), Errno>, want: Result<(), Errno>) {
-        self.done += 1;
-        let name = |r: Result<(), Errno>| r.map_or_else(|e| e.name(), |()| "ok");
-        if got == want {
-            println!("mmio: {what}: {} as expected", name(got));
-        } else {
-            self.wrong += 1;
-            println!("mmio: {what}: {} (want {}) WRONG", name(got), name(want));
-        }
-    }
-    fn holds(&mut self, what: core::fmt::Arguments<'_>, ok: bool) {
-        self.done += 1;
-        self.wrong += u32::from(!ok);
-        println!("mmio: {what}: {}", if ok { "ok" } else { "WRONG" });
-    }
-}
-
-fn uc(writable: bool) -> Pte {
-    let f = UNCACHED | Pte::NO_EXECUTE;
-    if writable {
-        f | Pte::WRITABLE
-    } else {
-        f
-    }
-}
-
 fn main(si: &'static StartInfo) {
-    let mut c = Checks { done: 0, wrong: 0 };
+    let mut c = Checks::new();
     if si.flags & SIF_PRIVILEGED == 0 {
         // Where QEMU's firmware put virtio-blk's BAR4 (the domU cannot ask).
-        c.want("domU maps a device frame", Mmio::probe(0xfebf_4000, uc(false)), Err(Errno::EPERM));
-        c.want("domU maps the local APIC", Mmio::probe(0xfee0_0000, uc(false)), Err(Errno::EPERM));
+        c.outcome("mmio", "domU maps a device frame", Mmio::probe(0xfebf_4000, uncached(false)), Err(Errno::EPERM));
+        c.outcome("mmio", "domU maps the local APIC", Mmio::probe(0xfee0_0000, uncached(false)), Err(Errno::EPERM));
     } else if let Err(e) = dom0(&mut c) {
-        c.holds(format_args!("device bring-up failed: {}", e.name()), false);
+        c.holds("mmio", format_args!("device bring-up failed: {}", e.name()), false);
     }
-    if c.wrong > 0 {
-        println!("{}: {} of {} checks went wrong", si.name(), c.wrong, c.done);
-        sched::crash();
-    }
-    println!("{}: {}/{} checks as expected", si.name(), c.done, c.done);
-}
-
-fn bar_base(bdf: Bdf, i: u16) -> Result<u64, Errno> {
-    let lo = pci::read32(bdf, reg::BAR0 + 4 * i)?;
-    let hi = if lo & pci::bar::MEM_TYPE_MASK == pci::bar::MEM_TYPE_64 {
-        pci::read32(bdf, reg::BAR0 + 4 * (i + 1))?
-    } else {
-        0
-    };
-    Ok(u64::from(hi) << 32 | u64::from(lo & pci::bar::MEM_ADDRESS_MASK))
+    c.verdict(si.name());
 }
 
 fn dom0(c: &mut Checks) -> Result<(), Errno> {
@@ -121,12 +76,12 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     }
     let (dbar, doff) = device_cfg.ok_or(Errno::EINVAL)?;
     let (cbar, coff) = common_cfg.ok_or(Errno::EINVAL)?;
-    let base = bar_base(bdf, u16::from(dbar))?;
+    let base = pci::bar_base(bdf, u16::from(dbar))?;
     println!("mmio: BAR{dbar} at {base:#x}");
     let regs = Mmio::map(base, 0x4000, true)?;
     let capacity = regs.read64(u64::from(doff));
     println!("mmio: virtio-blk capacity through MMIO: {capacity} sectors");
-    c.holds(format_args!("capacity is 131072 sectors (64 MiB)"), capacity == 131072);
+    c.holds("mmio", format_args!("capacity is 131072 sectors (64 MiB)"), capacity == 131072);
     if cbar == dbar {
         println!("mmio: virtio common cfg num_queues: {}", regs.read16(u64::from(coff) + COMMON_NUM_QUEUES));
     }
@@ -134,29 +89,41 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     // The mapped BAR holds still.
     let breg = reg::BAR0 + 4 * u16::from(dbar);
     let lo = pci::read32(bdf, breg)?;
-    c.want("move the mapped BAR", pci::write32(bdf, breg, lo ^ 0x10_0000), Err(Errno::EBUSY));
-    c.want(
+    c.outcome("mmio", "move the mapped BAR", pci::write32(bdf, breg, lo ^ 0x10_0000), Err(Errno::EBUSY));
+    c.outcome(
+        "mmio",
         "turn memory decoding off while mapped",
         pci::write16(bdf, reg::COMMAND, cmd & !command::MEMORY_SPACE),
         Err(Errno::EBUSY),
     );
 
     // MSI-X lives in BAR1 on QEMU's virtio-pci: read-only only.
-    let msix = bar_base(bdf, 1)?;
-    c.want("map the MSI-X table writable", Mmio::probe(msix, uc(true)), Err(Errno::EPERM));
-    c.want("map the MSI-X table read-only", Mmio::probe(msix, uc(false)), Ok(()));
+    let msix = pci::bar_base(bdf, 1)?;
+    c.outcome("mmio", "map the MSI-X table writable", Mmio::probe(msix, uncached(true)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the MSI-X table read-only", Mmio::probe(msix, uncached(false)), Ok(()));
 
     // Forbidden frames.
-    c.want("map the hypervisor's RAM (0x100000)", Mmio::probe(0x10_0000, uc(false)), Err(Errno::EPERM));
-    c.want("map frame 0", Mmio::probe(0, uc(false)), Err(Errno::EPERM));
-    c.want("map the local APIC (0xfee00000)", Mmio::probe(0xfee0_0000, uc(true)), Err(Errno::EPERM));
-    c.want("map the IOAPIC (0xfec00000)", Mmio::probe(0xfec0_0000, uc(true)), Err(Errno::EPERM));
-    c.want("map a frame no BAR holds (0xfe000000)", Mmio::probe(0xfe00_0000, uc(false)), Err(Errno::EPERM));
-    c.want("map the BAR cached", Mmio::probe(base, Pte::WRITABLE | Pte::NO_EXECUTE), Err(Errno::EINVAL));
+    c.outcome(
+        "mmio",
+        "map the hypervisor's RAM (0x100000)",
+        Mmio::probe(0x10_0000, uncached(false)),
+        Err(Errno::EPERM),
+    );
+    c.outcome("mmio", "map frame 0", Mmio::probe(0, uncached(false)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the local APIC (0xfee00000)", Mmio::probe(0xfee0_0000, uncached(true)), Err(Errno::EPERM));
+    c.outcome("mmio", "map the IOAPIC (0xfec00000)", Mmio::probe(0xfec0_0000, uncached(true)), Err(Errno::EPERM));
+    c.outcome(
+        "mmio",
+        "map a frame no BAR holds (0xfe000000)",
+        Mmio::probe(0xfe00_0000, uncached(false)),
+        Err(Errno::EPERM),
+    );
+    c.outcome("mmio", "map the BAR cached", Mmio::probe(base, Pte::WRITABLE | Pte::NO_EXECUTE), Err(Errno::EINVAL));
 
     // Unmapped, the BAR may be disabled and re-enabled.
     regs.unmap()?;
-    c.want(
+    c.outcome(
+        "mmio",
         "turn memory decoding off once unmapped",
         pci::write16(bdf, reg::COMMAND, cmd & !command::MEMORY_SPACE),
         Ok(()),
@@ -169,6 +136,7 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     let buf = dma::alloc(8192, 4096)?;
     println!("mmio: DMA buffer: 8192 bytes at machine {:#x}", buf.machine_addr());
     c.holds(
+        "mmio",
         format_args!("the buffer's machine address matches the frame list"),
         dma::machine_of(buf.va()) == Some(buf.machine_addr())
             && dma::machine_of(buf.va() + 4096) == Some(buf.machine_addr() + 4096),
@@ -176,6 +144,6 @@ fn dom0(c: &mut Checks) -> Result<(), Errno> {
     buf.write(0, b"dma");
     let mut back = [0u8; 3];
     buf.read(0, &mut back);
-    c.holds(format_args!("the buffer reads back"), &back == b"dma");
+    c.holds("mmio", format_args!("the buffer reads back"), &back == b"dma");
     Ok(())
 }

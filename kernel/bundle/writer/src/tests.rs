@@ -847,3 +847,43 @@ fn record_dma_pool_rules() {
     assert_eq!(e.kind, RecordErrorKind::DmaUnprivileged { dma_kib: 64 });
     assert!(e.to_string().contains("not privileged"), "{e}");
 }
+
+// ------------------------------------------------- one privileged domain
+
+#[test]
+fn a_second_privileged_record_rejects_the_whole_bundle() {
+    // One privileged record, wherever it is, or none: fine.
+    for at in [None, Some(0), Some(2)] {
+        let mut w = BundleWriter::new();
+        for i in 0..3 {
+            w.domain(DomainEntry::new(format!("d{i}"), image(i as u8, 8), 64).privileged(Some(i) == at));
+        }
+        assert!(w.finish_checked().is_ok(), "privileged at {at:?}");
+    }
+    // Two (or more): the header check refuses the bundle and names the
+    // first two by index and name.
+    let mut w = BundleWriter::new();
+    w.domain(DomainEntry::new("domu", image(1, 8), 64))
+        .domain(DomainEntry::new("dom0", image(2, 8), 64).privileged(true))
+        .domain(DomainEntry::new("rogue", image(3, 8), 64).privileged(true))
+        .domain(DomainEntry::new("third", image(4, 8), 64).privileged(true));
+    let e = header_err(&w.finish());
+    let BundleError::SeveralPrivileged { first: 1, first_name: Some(a), second: 2, second_name: Some(b) } = e else {
+        panic!("{e:?}");
+    };
+    assert_eq!((a.as_str(), b.as_str()), ("dom0", "rogue"));
+    assert_eq!(
+        e.to_string(),
+        "boot bundle has more than one privileged domain: domain record 1 (\"dom0\") and domain record 2 \
+         (\"rogue\") are both privileged; there is exactly one dom0"
+    );
+    assert_eq!(w.finish_checked(), Err(PackError::Bundle(e)), "the writer's check is the reader's");
+    // A privileged record that is otherwise invalid still claims the
+    // privilege (and its unreadable name is left out).
+    let mut w = BundleWriter::new();
+    w.domain(DomainEntry::new("dom0", image(2, 8), 64).privileged(true))
+        .domain(DomainEntry::new("bad name!", image(3, 8), 0).privileged(true));
+    let e = header_err(&w.finish());
+    assert!(matches!(e, BundleError::SeveralPrivileged { first: 0, second: 1, second_name: None, .. }), "{e:?}");
+    assert!(e.to_string().contains("domain record 0 (\"dom0\") and domain record 1 are both privileged"), "{e}");
+}

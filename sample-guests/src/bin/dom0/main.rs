@@ -17,12 +17,12 @@
 #![no_main]
 #![forbid(unsafe_code)]
 
-use core::fmt::Arguments;
 use core::sync::atomic::{AtomicU32, Ordering};
 use pvguest_sdk::abi::event::BIND_PIRQ_WILL_SHARE;
 use pvguest_sdk::abi::physdev::{self, PciConfig};
 use pvguest_sdk::abi::physdev::{map_pirq_type, MapPirq};
 use pvguest_sdk::abi::start_info::SIF_PRIVILEGED;
+use pvguest_sdk::check::Checks;
 use pvguest_sdk::event::{self, Port};
 use pvguest_sdk::irq::{self, Pirq};
 use pvguest_sdk::pci::{self, bar, cap, command, reg, status, Bdf};
@@ -35,35 +35,8 @@ const SATA: Bdf = Bdf::new(0, 0x1f, 2);
 /// Its AHCI BAR (BAR5).
 const ABAR: u16 = reg::BAR0 + 5 * 4;
 
-/// Counts checks and wrong answers.
-struct Checks {
-    done: u32,
-    wrong: u32,
-}
-
-impl Checks {
-    /// `got` must be `Err(want)`.
-    fn refused<T: core::fmt::Debug>(&mut self, who: &str, what: Arguments<'_>, got: Result<T, Errno>, want: Errno) {
-        self.done += 1;
-        match got {
-            Err(e) if e == want => println!("{who}: {what}: {} (want {}) refused", e.name(), want.name()),
-            other => {
-                self.wrong += 1;
-                println!("{who}: {what}: {other:?} (want {}) WRONG", want.name());
-            }
-        }
-    }
-
-    /// `ok` must hold.
-    fn holds(&mut self, who: &str, what: Arguments<'_>, ok: bool) {
-        self.done += 1;
-        self.wrong += u32::from(!ok);
-        println!("{who}: {what}: {}", if ok { "ok" } else { "WRONG" });
-    }
-}
-
 fn main(si: &'static StartInfo) {
-    let mut c = Checks { done: 0, wrong: 0 };
+    let mut c = Checks::new();
     if si.flags & SIF_PRIVILEGED == 0 {
         domu(&mut c);
     } else if si.cmdline().split(' ').any(|w| w == "irq") {
@@ -71,11 +44,7 @@ fn main(si: &'static StartInfo) {
     } else {
         dom0(&mut c);
     }
-    if c.wrong > 0 {
-        println!("{}: {} of {} checks went wrong", si.name(), c.wrong, c.done);
-        sched::crash();
-    }
-    println!("{}: {}/{} checks as expected", si.name(), c.done, c.done);
+    c.verdict(si.name());
 }
 
 fn domu(c: &mut Checks) {
