@@ -492,7 +492,7 @@ fn scenarios() -> Vec<Scenario> {
             what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a domU gets EPERM",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "irq", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "irq", Expect::Poweroff)?.privileged(true).dma_kib(64));
                 w.domain(entry(imgs, "domu", "dom0", 512, "role=domu", Expect::Poweroff)?);
                 finish(w, imgs)
             },
@@ -522,6 +522,7 @@ fn scenarios() -> Vec<Scenario> {
                     "map_pirq of GSI 22 again: EEXIST (want EEXIST) refused",
                     "bind_pirq of pirq 23 again: EEXIST (want EEXIST) refused",
                     "eoi of pirq 22 with nothing in flight: ok",
+                    "virtio-blk: device interrupt on port 1 (ISR read, then EOI): 1 for a read of sector 0: ok",
                     "map_pirq of GSI 21 (no device of dom0's): EPERM (want EPERM) refused",
                     "map_pirq of GSI 24 (past the IOAPIC): EINVAL (want EINVAL) refused",
                     "map_pirq of an MSI: EOPNOTSUPP (want EOPNOTSUPP) refused",
@@ -533,13 +534,70 @@ fn scenarios() -> Vec<Scenario> {
                 ] {
                     need(out, &format!("[dom0] dom0: {line}"))?;
                 }
-                need(out, "[dom0] dom0: 23/23 checks as expected")?;
+                need(out, "[dom0] dom0: 24/24 checks as expected")?;
+                need(out, "[dom0] dom0: 1 device interrupt(s) taken")?;
                 for line in ["physdev_op(eoi)", "physdev_op(map_pirq)", "bind_pirq of pirq 22"] {
                     need(out, &format!("[domu] domU: {line}: EPERM (want EPERM) refused"))?;
                 }
                 need(out, "[domu] domu: 7/7 checks as expected")?;
                 // dom0 powered off: its lines were masked and freed.
                 need(out, "(rf) dom1: 2 interrupt line(s) masked and freed")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "dom0-devices",
+            what: "dom0 enumerates PCI, brings up virtio-blk with its interrupt-driven driver, checks every byte of the pattern xtask wrote, writes its own pattern and flushes; on the host the image holds exactly what dom0 acknowledged as flushed and the pre-written region is intact",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "devices", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                let image = rig.disk(64 << 20)?;
+                let read = region_of(disk_pattern::dom0::READ);
+                write_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                rig.nic(&[(Proto::Udp, 7)])?;
+                rig.after_run(move |out| {
+                    // What dom0 said it wrote and flushed, checked in the file.
+                    let line = find_line(out, "[dom0] blk: wrote ")?;
+                    let (sectors, lba) = (num_after(line, "blk: wrote ")?, num_after(line, " at LBA ")?);
+                    let seed = hex_after(line, "(seed 0x")?;
+                    if !line.ends_with("), flushed") {
+                        return Err(format!("dom0 did not acknowledge a flush: {line}"));
+                    }
+                    let flushed = Region { first_sector: lba, sectors };
+                    check_pattern(&image, flushed, seed)?;
+                    // Nothing around it, and xtask's region unclobbered.
+                    for s in [lba - 1, lba + sectors] {
+                        check_zero(&image, s)?;
+                    }
+                    check_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                    println!("  image: sectors {lba}..{} hold seed {seed:#x} as dom0 flushed; {}..{} intact", lba + sectors, read.first_sector, read.first_sector + read.sectors);
+                    Ok(())
+                });
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] pci 00:02.0 1af4:1042 class 01/00/00")?;
+                need(out, "[dom0] pci 00:03.0 1af4:1041 class 02/00/00")?;
+                need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
+                need(out, "[dom0] blk: read 256 sectors at LBA 2048: every byte is the pattern of seed 0xd15c5eed (131072 bytes)")?;
+                need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
+                need(out, "[dom0] blk: read back 384 sectors at LBA 8192: as written")?;
+                need(out, "[dom0] blk: a read past the end refused before the device: sectors 131071..131073 are past the disk's end (131072 sectors)")?;
+                need(out, "[dom0] blk: a read of 100 bytes refused before the device: a data length of 100 bytes is not whole sectors")?;
+                // One interrupt per request: 2 reads, 3 writes, the flush, 3 reads back.
+                let irqs = find_line(out, " device interrupt(s) for these requests (each: ISR read, then EOI)")?;
+                let n = num_after(irqs, "[dom0] blk: ")?;
+                if n != 9 {
+                    return Err(format!("not one device interrupt for each of the 9 requests: {irqs}"));
+                }
+                deny(out, "MISMATCH")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },
@@ -1197,6 +1255,32 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 }
 
 /// The decimal number that follows `key` in `line`.
+/// The `Region` of a `disk_pattern::dom0` region.
+fn region_of(r: disk_pattern::dom0::Region) -> Region {
+    Region { first_sector: r.lba, sectors: r.sectors }
+}
+
+/// Sector `s` of the image is all zeros (never written).
+fn check_zero(image: &std::path::Path, s: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let mut buf = [0u8; 512];
+    f.seek(SeekFrom::Start(s * 512))
+        .and_then(|_| f.read_exact(&mut buf))
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    if buf.iter().any(|&b| b != 0) {
+        return Err(format!("sector {s} of {} was written, though dom0 wrote no such sector", image.display()));
+    }
+    Ok(())
+}
+
+/// The hexadecimal number right after `key` in `line`.
+fn hex_after(line: &str, key: &str) -> Result<u64> {
+    let rest = line.split_once(key).ok_or_else(|| format!("no '{key}' in: {line}"))?.1;
+    let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+    u64::from_str_radix(&rest[..end], 16).map_err(|e| format!("bad hex after '{key}' in {line}: {e}"))
+}
+
 fn num_after(line: &str, key: &str) -> Result<u64> {
     let rest = line.split_once(key).ok_or_else(|| format!("no {key:?} in {line:?}"))?.1;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
