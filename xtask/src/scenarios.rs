@@ -605,6 +605,50 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "dom0-storm",
+            what: "dom0's disk storms interrupts (its handler EOIs without reading the ISR, so the level line fires again at every EOI) for 1.2 s beside a CPU-bound domU of equal weight: dom0 takes many interrupts, the domU still gets its half of the CPU, the device is quiet again after an ISR read, and the hypervisor runs on",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "storm storm_ms=1200", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                w.domain(entry(imgs, "hog", "hog", 512, "millis=1000", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            // Shares are read in instructions, not host time (as bvt-hog).
+            icount: true,
+            rig: Some(|rig| {
+                let image = rig.disk(64 << 20)?;
+                let read = region_of(disk_pattern::dom0::READ);
+                write_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] storm: 1200 ms of a device interrupt storm (handler EOIs without reading the ISR)")?;
+                let storm = find_line(out, "[dom0] storm: interrupts=")?;
+                let n = num_after(storm, "interrupts=")?;
+                // The hog's share while it was runnable, from its run-state
+                // accounting: equal weights give each half; the storm is
+                // dom0's, charged to dom0.
+                let line = find_line(out, "[hog] hog: cpu_ns=")?;
+                let (cpu, wait) = (num_after(line, "cpu_ns=")?, num_after(line, "wait_ns=")?);
+                let share = cpu as f64 / (cpu + wait) as f64;
+                println!("  storm: {n} device interrupts to dom0; the hog's share of the CPU while runnable: {share:.3} (fair: 0.5)");
+                if n < 10_000 {
+                    return Err(format!("no storm: only {n} interrupts: {storm}"));
+                }
+                if share < 0.45 {
+                    return Err(format!("the storm starved the hog: it got {share:.3} of the CPU while runnable"));
+                }
+                need(out, "[dom0] storm: device quiet again: a read after the storm took 1 interrupt(s), pattern intact")?;
+                need(out, "[dom0] dom0: interrupt storm survived: ok")?;
+                need(out, "(rf) dom2 (hog) exited: poweroff")?;
+                need(out, "(rf) dom1 (dom0) exited: poweroff")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "thousand-domains",
             what: "1000 small domains built from one shared image and alive at once: each greets with its own id and powers off, all are reaped, and no stretch in the hypervisor passes 200000 instructions",
             bundle: |imgs| {
