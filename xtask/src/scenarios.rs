@@ -96,13 +96,16 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
-            rig: None,
+            rig: Some(demo_rig),
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) Ringfence 0.1.0 hypervisor (x86_64, ring 0)")?;
                 need(out, "[hello] Hello from hello (domain 1), ring 1, ABI 0.1")?;
                 need(out, "[hello] features: fpu-preserved=true isolated-entry=true")?;
                 need(out, "[spy-hypercalls] spy: 25/25 bad hypercalls refused with the right error")?;
+                // dom0 brings up its disk beside the demo domains.
+                need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
+                need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
                 need(out, "(rf) verdict: PASS")?;
                 interleaved(out, "[hello] hello round", "[ticker] tick ")?;
                 sse_intact(out, "[hello] hello round", 4)?;
@@ -1204,7 +1207,7 @@ fn cpu_scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
-            rig: None,
+            rig: Some(demo_rig),
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) cpu: SMEP on, SMAP on (ring 0; guest rings run without it), UMIP on")?;
@@ -1301,6 +1304,21 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 }
 
 /// The decimal number that follows `key` in `line`.
+/// The devices of the demo manifest (`[devices]` of demo.toml): its disk,
+/// with the region dom0 checks filled in, and its NIC.
+fn demo_rig(rig: &mut Rig) -> Result<()> {
+    let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
+    if m.devices.disk_mib > 0 {
+        let image = rig.disk(m.devices.disk_mib << 20)?;
+        write_pattern(&image, region_of(disk_pattern::dom0::READ), disk_pattern::dom0::READ.seed)?;
+    }
+    if !m.devices.nic_udp.is_empty() {
+        let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
+        rig.nic(&ports)?;
+    }
+    Ok(())
+}
+
 /// The `Region` of a `disk_pattern::dom0` region.
 fn region_of(r: disk_pattern::dom0::Region) -> Region {
     Region { first_sector: r.lba, sectors: r.sectors }
