@@ -43,7 +43,7 @@
 //!
 //! # Buffers: who owns what, and when the device may write
 //! - The virtqueue (descriptor table, available and used rings) lives in
-//!   DMA-pool pages the crate took through [`SdkHal::dma_alloc`], for the
+//!   DMA-pool pages the crate took through `Hal::dma_alloc` of [`SdkHal`], for the
 //!   driver's life; the device writes the used ring at any time.
 //! - A request's header and status byte live on the caller's stack frame
 //!   in this module, and its data in the caller's buffer, which each call

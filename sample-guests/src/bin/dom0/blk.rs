@@ -50,7 +50,7 @@ pub fn open() -> Result<Disk, BlkError> {
         "blk: virtio-blk at {}: {} sectors ({} MiB){}, GSI {}, port {}",
         disk.bdf(),
         disk.capacity(),
-        disk.capacity() * SECTOR as u64 >> 20,
+        (disk.capacity() * SECTOR as u64) >> 20,
         if disk.readonly() { ", read-only" } else { "" },
         disk.gsi(),
         disk.port().0
