@@ -13,6 +13,12 @@
 use core::arch::asm;
 use pvguest_abi::vcpu::{RunstateInfo, GET_RUNSTATE_INFO};
 
+/// The time-stamp counter (under QEMU `-icount shift=0`, instructions
+/// executed): for path-length measurements.
+pub fn tsc() -> u64 {
+    rdtsc()
+}
+
 fn rdtsc() -> u64 {
     let (lo, hi): (u32, u32);
     // SAFETY: rdtsc is allowed in ring 1 (CR4.TSD is clear) and only reads.

@@ -34,6 +34,9 @@
 //! Everything here runs in the domain's main flow, not in event handlers:
 //! the bounce allocator's lock is not taken with events masked.
 //!
+//! [`blk`] builds an interrupt-driven block driver on these (the crate's
+//! `VirtIOBlk` waiting on the device's interrupt, never polling).
+//!
 //! ```ignore
 //! use pvguest_sdk::{pci::Bdf, virtio};
 //! use virtio::virtio_drivers::device::blk::VirtIOBlk;
@@ -42,6 +45,8 @@
 //! let mut disk = VirtIOBlk::<virtio::SdkHal, _>::new(transport)?;
 //! println!("{} sectors", disk.capacity());
 //! ```
+
+pub mod blk;
 
 use crate::pci::{self, Bdf};
 use crate::{dma, println};

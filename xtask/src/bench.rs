@@ -75,6 +75,9 @@ const ROWS: &[(&str, &str)] = &[
 pub fn run(args: &[String]) -> Result<()> {
     let smoke = args.iter().any(|a| a == "--smoke");
     let imgs = images::build()?;
+    if args.iter().any(|a| a == "--dom0") {
+        return dom0_blk(&imgs);
+    }
     let mut w = BundleWriter::new();
     w.domain(DomainEntry::new("bench", imgs.guest("bench", &root())?, 2048).cmdline("mode=all"));
     w.domain(DomainEntry::new("partner", imgs.guest("bench", &root())?, 512).cmdline("mode=partner"));
@@ -186,6 +189,109 @@ pub fn run(args: &[String]) -> Result<()> {
     if !all_met && !smoke {
         eprintln!("xtask: some benchmark targets are not met (see above)");
     }
+    println!();
+    dom0_blk(&imgs)
+}
+
+/// Bytes the block benchmark moves each way.
+const BLK_BENCH_MIB: u64 = 8;
+
+/// One `blkbench: NAME k=v ...` line's value of `k`.
+fn blk_figure(out: &str, name: &str, k: &str) -> Result<f64> {
+    let line = out
+        .lines()
+        .find_map(|l| l.split_once("blkbench: ").map(|(_, r)| r).filter(|r| r.starts_with(&format!("{name} "))))
+        .ok_or_else(|| format!("no 'blkbench: {name}' line in the output:\n{out}"))?;
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| format!("no {k}= in 'blkbench: {line}'"))
+}
+
+/// dom0's native block throughput and path length: the `dom0` guest in
+/// `blkbench` mode, 64 KiB sequential writes (then a flush) and reads of
+/// [`BLK_BENCH_MIB`] MiB through the interrupt-driven driver on a
+/// write-back disk, beside a memory copy of the same bytes in the same
+/// run; once in plain TCG (MB/s of wall time, and the ratio to the copy,
+/// in which the host's speed cancels) and once under `-icount shift=0`
+/// (instructions per 4 KiB read). Writes keys `dom0_blk_seq_read` and
+/// `dom0_blk_seq_write` of `target/bench-dom0.json`.
+fn dom0_blk(imgs: &images::Images) -> Result<()> {
+    let mut w = BundleWriter::new();
+    let cmdline = format!("blkbench mib={BLK_BENCH_MIB} reads4k=256");
+    w.domain(
+        DomainEntry::new("dom0", imgs.guest("dom0", &root())?, 1024)
+            .cmdline(cmdline.as_bytes())
+            .privileged(true)
+            .dma_kib(768),
+    );
+    add_symbols(&mut w, imgs)?;
+    let bundle = images::write_bundle("bench-dom0", &w.finish())?;
+    let run = |icount: bool| -> Result<String> {
+        let image = images::target_dir().join("ringfence").join("bench-dom0.img");
+        let mut disk = crate::qemu::devices::Disk::create(&image, 64 << 20)?;
+        disk.cache = crate::qemu::devices::DiskCache::WriteBack;
+        let opts = RunOpts {
+            kernel: imgs.hypervisor.clone(),
+            bundle: Some(bundle.clone()),
+            append: String::new(),
+            timeout_s: 300,
+            stream: false,
+            extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
+            devices: Devices { disk: Some(disk), nic: None },
+        };
+        let r = qemu::run(&opts)?;
+        if r.outcome != Outcome::Pass || !r.output.contains("blkbench: done") {
+            return Err(format!("the dom0 block benchmark did not pass: {}\n{}", r.outcome, r.output));
+        }
+        Ok(r.output)
+    };
+    let wall = run(false)?;
+    let icount = run(true)?;
+    let mbps = |name: &str| -> Result<f64> {
+        Ok(blk_figure(&wall, name, "bytes")? / (blk_figure(&wall, name, "ns")? / 1e9) / 1e6)
+    };
+    let (read, write, copy) = (mbps("seq_read")?, mbps("seq_write")?, mbps("memcpy")?);
+    let count = blk_figure(&icount, "read_4k", "count")?;
+    let per_4k = blk_figure(&icount, "read_4k", "tsc")? / count;
+    let min_4k = blk_figure(&icount, "read_4k", "min_tsc")?;
+    let chunks = blk_figure(&icount, "seq_read", "bytes")? / 65536.0;
+    let per_64k_read = blk_figure(&icount, "seq_read", "tsc")? / chunks;
+    let per_64k_write = blk_figure(&icount, "seq_write", "tsc")? / chunks;
+    println!("dom0 virtio-blk, 64 KiB sequential, {BLK_BENCH_MIB} MiB each way (TCG wall time; write-back disk)");
+    println!("  seq read   {read:>9.1} MB/s   {:.3} x an in-guest memory copy of the same bytes", read / copy);
+    println!("  seq write  {write:>9.1} MB/s   {:.3} x the copy (writes, then one flush)", write / copy);
+    println!("  memcpy     {copy:>9.1} MB/s   (the same run's yardstick)");
+    println!(
+        "  instructions per 4 KiB read (-icount shift=0): {min_4k:.0} (best of {count:.0}: the path, guest and hypervisor); mean {per_4k:.0} (with the device's time, counted as idle instructions)"
+    );
+    println!("  instructions per 64 KiB request: read {per_64k_read:.0}, write {per_64k_write:.0}");
+    let entry = |mb: f64, other: String| {
+        format!(
+            "{{\"mb_per_s\": {}, \"ratio_to_memcpy\": {}, \"memcpy_mb_per_s\": {}, \"request_bytes\": 65536, \"total_bytes\": {}, {other}}}",
+            num(mb, 2),
+            num(mb / copy, 4),
+            num(copy, 2),
+            BLK_BENCH_MIB << 20
+        )
+    };
+    crate::bench_json::record(
+        "dom0_blk_seq_read",
+        &entry(
+            read,
+            format!(
+                "\"instructions_per_4k_read\": {}, \"instructions_per_4k_read_min\": {}, \"instructions_per_64k_read\": {}",
+                num(per_4k, 0),
+                num(min_4k, 0),
+                num(per_64k_read, 0)
+            ),
+        ),
+    )?;
+    crate::bench_json::record(
+        "dom0_blk_seq_write",
+        &entry(write, format!("\"instructions_per_64k_write\": {}, \"includes_flush\": true", num(per_64k_write, 0))),
+    )?;
+    println!("JSON: {}", crate::bench_json::path().display());
     Ok(())
 }
 

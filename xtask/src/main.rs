@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_json;
 mod evidence;
 mod images;
 mod isolation;
@@ -96,6 +97,37 @@ fn build(_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// The devices of manifest `m` (at `path`): a fresh disk image with the
+/// dom0 pattern written, and the NIC; printed where they are.
+fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qemu::Devices> {
+    use qemu::devices::{Disk, Nic, Proto};
+    let mut d = qemu::Devices::NONE;
+    if m.devices.disk_mib > 0 {
+        let stem = path.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
+        let image = images::target_dir().join("ringfence").join(format!("{stem}.img"));
+        d.disk = Some(Disk::create(&image, m.devices.disk_mib << 20)?);
+        let r = disk_pattern::dom0::READ;
+        let region = evidence::pattern::Region { first_sector: r.lba, sectors: r.sectors };
+        evidence::pattern::write_pattern(&image, region, r.seed)?;
+        eprintln!(
+            "xtask: disk {} ({} MiB, pattern of seed {:#x} at LBA {})",
+            image.display(),
+            m.devices.disk_mib,
+            r.seed,
+            r.lba
+        );
+    }
+    if !m.devices.nic_udp.is_empty() {
+        let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
+        let nic = Nic::user(&ports)?;
+        for &(_, p) in &ports {
+            eprintln!("xtask: NIC: udp {} -> guest port {p}", nic.host_addr(Proto::Udp, p)?);
+        }
+        d.nic = Some(nic);
+    }
+    Ok(d)
+}
+
 fn run(args: &[String]) -> Result<()> {
     let manifest_path = flag_value(args, "--manifest")
         .map(PathBuf::from)
@@ -112,7 +144,7 @@ fn run(args: &[String]) -> Result<()> {
         timeout_s: timeout,
         stream: true,
         extra: vec![],
-        devices: qemu::Devices::NONE,
+        devices: manifest_devices(&m, &manifest_path)?,
     };
     let r = qemu::run(&opts)?;
     eprintln!("xtask: QEMU ran for {:.2} s (TCG wall time): {}", r.wall.as_secs_f64(), r.outcome);
@@ -215,7 +247,7 @@ fn gdb(args: &[String]) -> Result<()> {
         timeout_s: 24 * 3600,
         stream: true,
         extra: vec!["-s".into(), "-S".into()],
-        devices: qemu::Devices::NONE,
+        devices: manifest_devices(&m, &manifest_path)?,
     };
     qemu::run(&opts).map(|_| ())
 }

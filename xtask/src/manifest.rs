@@ -26,6 +26,9 @@ use std::path::{Path, PathBuf};
 pub struct Manifest {
     /// The domains, in boot order.
     pub domain: Vec<DomainToml>,
+    /// The machine's devices (none by default).
+    #[serde(default)]
+    pub devices: DevicesToml,
     #[serde(skip)]
     pub dir: PathBuf,
 }
@@ -51,6 +54,21 @@ pub struct DomainToml {
     pub dma_kib: u32,
     #[serde(default = "default_expect")]
     pub expect: String,
+}
+
+/// `[devices]`: what the machine gets beyond the plain one (for dom0).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicesToml {
+    /// A virtio-blk disk of this many MiB (0: none) on a fresh sparse
+    /// image `target/ringfence/<manifest stem>.img`, with the region dom0
+    /// checks (`disk_pattern::dom0::READ`) filled in.
+    #[serde(default)]
+    pub disk_mib: u64,
+    /// A virtio-net NIC on QEMU's user network with a host forward to each
+    /// of these guest UDP ports (empty: no NIC).
+    #[serde(default)]
+    pub nic_udp: Vec<u16>,
 }
 
 fn default_weight() -> u32 {

@@ -114,13 +114,16 @@ fn scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
-            rig: None,
+            rig: Some(demo_rig),
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) Ringfence 0.1.0 hypervisor (x86_64, ring 0)")?;
                 need(out, "[hello] Hello from hello (domain 1), ring 1, ABI 0.1")?;
                 need(out, "[hello] features: fpu-preserved=true isolated-entry=true")?;
                 need(out, "[spy-hypercalls] spy: 25/25 bad hypercalls refused with the right error")?;
+                // dom0 brings up its disk beside the demo domains.
+                need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
+                need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
                 need(out, "(rf) verdict: PASS")?;
                 interleaved(out, "[hello] hello round", "[ticker] tick ")?;
                 sse_intact(out, "[hello] hello round", 4)?;
@@ -497,8 +500,8 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dom0-irq",
-            what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a domU gets EPERM",
-            bundle: |imgs| dom0_and_domu(imgs, "dom0", "irq", 0),
+            what: "with a virtio disk and NIC attached, the hypervisor masks every IOAPIC entry at boot and offers dom0 exactly the GSIs their INTx pins route to (22, 23); dom0 maps and binds both to ports (programmed level-triggered, active low), EOIs them, and its bad requests (double map and bind, foreign GSIs and pirqs, MSI, another domain) get their documented errors; closing a port unbinds the line; a read through the virtio-blk driver brings a real device interrupt (the hypervisor's first on GSI 22; ISR read, then EOI); a domU gets EPERM",
+            bundle: |imgs| dom0_and_domu(imgs, "dom0", "irq", 64),
             append: "",
             icount: false,
             rig: Some(virtio_disk_and_nic),
@@ -521,6 +524,7 @@ fn scenarios() -> Vec<Scenario> {
                     "map_pirq of GSI 22 again: EEXIST (want EEXIST) refused",
                     "bind_pirq of pirq 23 again: EEXIST (want EEXIST) refused",
                     "eoi of pirq 22 with nothing in flight: ok",
+                    "virtio-blk: device interrupt on port 2 (ISR read, then EOI): 1 for a read of sector 0: ok",
                     "map_pirq of GSI 21 (no device of dom0's): EPERM (want EPERM) refused",
                     "map_pirq of GSI 24 (past the IOAPIC): EINVAL (want EINVAL) refused",
                     "map_pirq of an MSI: EOPNOTSUPP (want EOPNOTSUPP) refused",
@@ -532,7 +536,10 @@ fn scenarios() -> Vec<Scenario> {
                 ] {
                     need(out, &format!("[dom0] dom0: {line}"))?;
                 }
-                need(out, "[dom0] dom0: 23/23 checks as expected")?;
+                need(out, "[dom0] dom0: 24/24 checks as expected")?;
+                need(out, "[dom0] dom0: 1 device interrupt(s) taken")?;
+                // The hypervisor saw the device's line, the real thing.
+                need(out, "(rf) GSI 22: first interrupt (vector 0xe6, remote IRR 1, level): raising dom1's port 2; line masked until EOI")?;
                 for line in ["physdev_op(eoi)", "physdev_op(map_pirq)", "bind_pirq of pirq 22"] {
                     need(out, &format!("[domu] domU: {line}: EPERM (want EPERM) refused"))?;
                 }
@@ -552,6 +559,106 @@ fn scenarios() -> Vec<Scenario> {
             rig: Some(virtio_disk_and_nic),
             expect: Outcome::Pass,
             check: check_dom0_attacker,
+        },
+        Scenario {
+            name: "dom0-devices",
+            what: "dom0 enumerates PCI, brings up virtio-blk with its interrupt-driven driver, checks every byte of the pattern xtask wrote, writes its own pattern and flushes; on the host the image holds exactly what dom0 acknowledged as flushed and the pre-written region is intact",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "devices", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                let image = rig.disk(64 << 20)?;
+                let read = region_of(disk_pattern::dom0::READ);
+                write_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                rig.nic(&[(Proto::Udp, 7)])?;
+                rig.after_run(move |out| {
+                    // What dom0 said it wrote and flushed, checked in the file.
+                    let line = find_line(out, "[dom0] blk: wrote ")?;
+                    let (sectors, lba) = (num_after(line, "blk: wrote ")?, num_after(line, " at LBA ")?);
+                    let seed = hex_after(line, "(seed 0x")?;
+                    if !line.ends_with("), flushed") {
+                        return Err(format!("dom0 did not acknowledge a flush: {line}"));
+                    }
+                    let flushed = Region { first_sector: lba, sectors };
+                    check_pattern(&image, flushed, seed)?;
+                    // Nothing around it, and xtask's region unclobbered.
+                    for s in [lba - 1, lba + sectors] {
+                        check_zero(&image, s)?;
+                    }
+                    check_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                    println!("  image: sectors {lba}..{} hold seed {seed:#x} as dom0 flushed; {}..{} intact", lba + sectors, read.first_sector, read.first_sector + read.sectors);
+                    Ok(())
+                });
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] pci 00:02.0 1af4:1042 class 01/00/00")?;
+                need(out, "[dom0] pci 00:03.0 1af4:1041 class 02/00/00")?;
+                need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
+                need(out, "[dom0] blk: read 256 sectors at LBA 2048: every byte is the pattern of seed 0xd15c5eed (131072 bytes)")?;
+                need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
+                need(out, "[dom0] blk: read back 384 sectors at LBA 8192: as written")?;
+                need(out, "[dom0] blk: a read past the end refused before the device: sectors 131071..131073 are past the disk's end (131072 sectors)")?;
+                need(out, "[dom0] blk: a read of 100 bytes refused before the device: a data length of 100 bytes is not whole sectors")?;
+                // One interrupt per request: 2 reads, 3 writes, the flush, 3 reads back.
+                let irqs = find_line(out, " device interrupt(s) for these requests (each: ISR read, then EOI)")?;
+                let n = num_after(irqs, "[dom0] blk: ")?;
+                if n != 9 {
+                    return Err(format!("not one device interrupt for each of the 9 requests: {irqs}"));
+                }
+                deny(out, "MISMATCH")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "dom0-storm",
+            what: "dom0's disk storms interrupts (its handler EOIs without reading the ISR, so the level line fires again at every EOI) for 1.2 s beside a CPU-bound domU of equal weight: dom0 takes many interrupts, the domU still gets its half of the CPU, the device is quiet again after an ISR read, and the hypervisor runs on",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                w.domain(entry(imgs, "dom0", "dom0", 1024, "storm storm_ms=1200", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                w.domain(entry(imgs, "hog", "hog", 512, "millis=1000", Expect::Poweroff)?);
+                finish(w, imgs)
+            },
+            append: "",
+            // Shares are read in instructions, not host time (as bvt-hog).
+            icount: true,
+            rig: Some(|rig| {
+                let image = rig.disk(64 << 20)?;
+                let read = region_of(disk_pattern::dom0::READ);
+                write_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] storm: 1200 ms of a device interrupt storm (handler EOIs without reading the ISR)")?;
+                let storm = find_line(out, "[dom0] storm: interrupts=")?;
+                let n = num_after(storm, "interrupts=")?;
+                // The hog's share while it was runnable, from its run-state
+                // accounting: equal weights give each half; the storm is
+                // dom0's, charged to dom0.
+                let line = find_line(out, "[hog] hog: cpu_ns=")?;
+                let (cpu, wait) = (num_after(line, "cpu_ns=")?, num_after(line, "wait_ns=")?);
+                let share = cpu as f64 / (cpu + wait) as f64;
+                println!("  storm: {n} device interrupts to dom0; the hog's share of the CPU while runnable: {share:.3} (fair: 0.5)");
+                if n < 10_000 {
+                    return Err(format!("no storm: only {n} interrupts: {storm}"));
+                }
+                if share < 0.45 {
+                    return Err(format!("the storm starved the hog: it got {share:.3} of the CPU while runnable"));
+                }
+                need(out, "[dom0] storm: device quiet again: a read after the storm took 1 interrupt(s), pattern intact")?;
+                need(out, "[dom0] dom0: interrupt storm survived: ok")?;
+                need(out, "(rf) dom2 (hog) exited: poweroff")?;
+                need(out, "(rf) dom1 (dom0) exited: poweroff")?;
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
         },
         Scenario {
             name: "thousand-domains",
@@ -1133,7 +1240,7 @@ fn cpu_scenarios() -> Vec<Scenario> {
             },
             append: "",
             icount: false,
-            rig: None,
+            rig: Some(demo_rig),
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "(rf) cpu: SMEP on, SMAP on (ring 0; guest rings run without it), UMIP on")?;
@@ -1332,6 +1439,47 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 }
 
 /// The decimal number that follows `key` in `line`.
+/// The devices of the demo manifest (`[devices]` of demo.toml): its disk,
+/// with the region dom0 checks filled in, and its NIC.
+fn demo_rig(rig: &mut Rig) -> Result<()> {
+    let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
+    if m.devices.disk_mib > 0 {
+        let image = rig.disk(m.devices.disk_mib << 20)?;
+        write_pattern(&image, region_of(disk_pattern::dom0::READ), disk_pattern::dom0::READ.seed)?;
+    }
+    if !m.devices.nic_udp.is_empty() {
+        let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
+        rig.nic(&ports)?;
+    }
+    Ok(())
+}
+
+/// The `Region` of a `disk_pattern::dom0` region.
+fn region_of(r: disk_pattern::dom0::Region) -> Region {
+    Region { first_sector: r.lba, sectors: r.sectors }
+}
+
+/// Sector `s` of the image is all zeros (never written).
+fn check_zero(image: &std::path::Path, s: u64) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(image).map_err(|e| format!("{}: {e}", image.display()))?;
+    let mut buf = [0u8; 512];
+    f.seek(SeekFrom::Start(s * 512))
+        .and_then(|_| f.read_exact(&mut buf))
+        .map_err(|e| format!("{}: {e}", image.display()))?;
+    if buf.iter().any(|&b| b != 0) {
+        return Err(format!("sector {s} of {} was written, though dom0 wrote no such sector", image.display()));
+    }
+    Ok(())
+}
+
+/// The hexadecimal number right after `key` in `line`.
+fn hex_after(line: &str, key: &str) -> Result<u64> {
+    let rest = line.split_once(key).ok_or_else(|| format!("no '{key}' in: {line}"))?.1;
+    let end = rest.find(|c: char| !c.is_ascii_hexdigit()).unwrap_or(rest.len());
+    u64::from_str_radix(&rest[..end], 16).map_err(|e| format!("bad hex after '{key}' in {line}: {e}"))
+}
+
 fn num_after(line: &str, key: &str) -> Result<u64> {
     let rest = line.split_once(key).ok_or_else(|| format!("no {key:?} in {line:?}"))?.1;
     let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();

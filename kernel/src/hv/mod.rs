@@ -1691,7 +1691,9 @@ impl<M: Machine> Hv<M> {
                     self.m.stretch_restart();
                     continue;
                 }
-                if self.next_deadline().is_none() {
+                // A bound, unmasked device line can still wake its owner
+                // (a driver blocked until its device's interrupt).
+                if self.next_deadline().is_none() && !self.irqs.armed() {
                     hvlog!(self.m, "every live domain is blocked and nothing can wake them: deadlock");
                     self.finish(false);
                 }

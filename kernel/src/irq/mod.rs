@@ -207,6 +207,13 @@ impl Irqs {
         self.lines.get(gsi as usize).filter(|_| gsi < self.entries)
     }
 
+    /// Whether a device can still wake a domain: some line is bound to a
+    /// port and unmasked (not waiting for its EOI). A domain blocked on
+    /// its disk's interrupt is waiting, not deadlocked, while this holds.
+    pub fn armed(&self) -> bool {
+        self.lines.iter().any(|l| l.port.is_some() && !l.in_flight)
+    }
+
     /// The line of an alleged GSI or pirq (`EINVAL` out of range).
     fn index(&self, gsi: u32) -> Result<usize, Errno> {
         if gsi < self.entries {

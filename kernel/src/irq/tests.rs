@@ -197,3 +197,22 @@ fn vectors_name_lines_one_to_one() {
     assert_eq!(gsi_of_vector(u64::from(VECTOR_BASE) + 24), None);
     assert!(u32::from(vector_of(MAX_GSIS - 1)) < u32::from(crate::hv::TIMER_VECTOR));
 }
+
+#[test]
+fn armed_while_a_bound_line_can_fire_so_a_blocked_driver_is_no_deadlock() {
+    let (mut io, mut irqs) = setup();
+    assert!(!irqs.armed(), "no line bound: nothing can wake anyone");
+    assert_eq!(irqs.map_gsi(p(), DOM0, 22, -1), Ok(22));
+    assert!(!irqs.armed(), "mapped but not bound: no port to raise");
+    irqs.bind(&mut io, p(), DOM0, 22, 9).unwrap();
+    assert!(irqs.armed(), "bound and unmasked: the device can wake dom0");
+    io.set_line(22, true);
+    let v = io.deliver().unwrap();
+    irqs.interrupt(&mut io, u64::from(v)).unwrap();
+    assert!(!irqs.armed(), "fired and masked until the EOI: it cannot fire again");
+    io.set_line(22, false);
+    irqs.eoi(&mut io, p(), DOM0, 22).unwrap();
+    assert!(irqs.armed());
+    irqs.unbind(&mut io, DOM0, 22);
+    assert!(!irqs.armed(), "unbound");
+}

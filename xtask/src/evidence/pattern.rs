@@ -2,32 +2,9 @@
 //! a run, that a guest computes to check what it reads and to write a new
 //! region, and that xtask checks in the image after the run.
 //!
-//! # The pattern
-//!
-//! The byte at absolute image offset `o` (bytes from the start of the
-//! image, not of a region) under the 64-bit seed `s` is, in wrapping
-//! (mod 2^64) arithmetic:
-//!
-//! ```text
-//! w = o / 8                                  (the 8-byte word's index)
-//! z = s + (w + 1) * 0x9E37_79B9_7F4A_7C15
-//! z = (z ^ (z >> 30)) * 0xBF58_476D_1CE4_E5B9
-//! z = (z ^ (z >> 27)) * 0x94D0_49BB_1331_11EB
-//! z =  z ^ (z >> 31)
-//! pattern_byte(s, o) = (z >> (8 * (o % 8))) & 0xff
-//! ```
-//!
-//! That is, the little-endian 64-bit word at offset `8w` is
-//! [`pattern_word`]`(s, w)`, the `(w + 1)`-th output of SplitMix64 started
-//! from state `s`. Test vectors (checked below, for a guest's own copy):
-//! `pattern_word(0, 0) = 0xE220A8397B1DCDAF`,
-//! `pattern_word(0, 1) = 0x6E789E6AA1B965F4`,
-//! `pattern_word(0x5EED, 64) = 0xF2CF4B807CD13CCB`.
-//!
-//! Why this shape: keyed by the absolute offset, so a sector written at the
-//! wrong LBA, or a sector's bytes shifted, fail the check; keyed by the seed,
-//! so stale data (xtask's own pre-fill, a previous run's) fails it too; and
-//! cheap (a few multiplies per 8 bytes) for a guest to compute.
+//! The pattern itself (SplitMix64 keyed by seed and absolute byte offset,
+//! with its test vectors) is defined once, in the `disk-pattern` crate,
+//! which the guest uses too.
 //!
 //! Regions are whole sectors of [`SECTOR`] bytes ([`Region`]).
 
@@ -37,19 +14,9 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-/// The pattern's little-endian word at byte offset `8 * word` under `seed`.
-pub fn pattern_word(seed: u64, word: u64) -> u64 {
-    let mut z = seed.wrapping_add(word.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// The pattern's byte at absolute image offset `offset` under `seed`.
-#[expect(dead_code, reason = "the definition a guest's copy follows; xtask itself works in words")]
-pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
-    (pattern_word(seed, offset / 8) >> (8 * (offset % 8))) as u8
-}
+#[cfg(test)]
+use disk_pattern::pattern_byte;
+pub use disk_pattern::pattern_word;
 
 /// A run of whole sectors of a disk image.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -164,23 +131,6 @@ mod tests {
         let p = std::env::temp_dir().join(format!("xtask-pattern-{}-{name}.img", std::process::id()));
         Disk::create(&p, sectors * SECTOR).unwrap();
         p
-    }
-
-    #[test]
-    fn the_documented_test_vectors_hold() {
-        assert_eq!(pattern_word(0, 0), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(pattern_word(0, 1), 0x6E78_9E6A_A1B9_65F4);
-        assert_eq!(pattern_word(0x5EED, 64), 0xF2CF_4B80_7CD1_3CCB);
-    }
-
-    #[test]
-    fn bytes_are_the_words_little_endian() {
-        for o in 0..64u64 {
-            assert_eq!(
-                pattern_byte(7, 1000 + o),
-                pattern_word(7, (1000 + o) / 8).to_le_bytes()[((1000 + o) % 8) as usize]
-            );
-        }
     }
 
     #[test]

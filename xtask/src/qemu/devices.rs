@@ -105,7 +105,6 @@ pub enum DiskCache {
     WriteThrough,
     /// Writes go to the host's page cache; a guest flush syncs the file.
     /// Faster writes, for benchmarks that should not measure the host's disk.
-    #[expect(dead_code, reason = "for the dom0 block benchmark")]
     WriteBack,
 }
 

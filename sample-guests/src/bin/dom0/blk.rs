@@ -1,0 +1,240 @@
+//! dom0's disk: the virtio-blk function brought up with the SDK's
+//! interrupt-driven driver ([`pvguest_sdk::virtio::blk`], the
+//! `virtio-drivers` crate's `VirtIOBlk` waiting on the device's INTx line
+//! as an event), and what dom0 proves with it.
+//!
+//! - [`prove`] (`devices` mode): reads the region xtask filled with the
+//!   pattern of `disk_pattern::dom0::READ` and checks
+//!   every byte against the `disk-pattern` crate (the same definition
+//!   xtask used); writes `disk_pattern::dom0::WRITE`,
+//!   flushes, and only then prints `blk: wrote N sectors at LBA x (seed
+//!   s), flushed`: the line xtask checks the image file against.
+//! - [`bench`] (`blkbench` mode): 64 KiB sequential reads and writes, a
+//!   memory copy of the same bytes beside them (so the host's speed
+//!   cancels in the ratio), and single 4 KiB reads timed by the TSC
+//!   (instructions under `-icount shift=0`).
+//! - [`storm`] (`storm` mode): a device interrupt storm: a read whose
+//!   handler EOIs without reading the ISR, so the level line fires again
+//!   at every EOI, for a fixed time; then the device is quieted and must
+//!   still work.
+//!
+//! Buffers: the data buffers are [`IoBuffer`]s from the DMA pool, which
+//! the device reads and writes in place (zero copy); each is lent to the
+//! device only inside one driver call (see the driver's module docs).
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use pvguest_sdk::cmdline::arg;
+use pvguest_sdk::event::Port;
+use pvguest_sdk::pci::Bdf;
+use pvguest_sdk::virtio::blk::{self, BlkError, Disk, IoBuffer, SECTOR};
+use pvguest_sdk::{irq, println, time};
+
+/// Where the disk is (xtask's `DISK_PCI_SLOT`).
+pub const DISK: Bdf = Bdf::new(0, 2, 0);
+/// The region xtask fills before the run (`disk_pattern::dom0::READ`).
+const READ_LBA: u64 = disk_pattern::dom0::READ.lba;
+const READ_SECTORS: u64 = disk_pattern::dom0::READ.sectors;
+const READ_SEED: u64 = disk_pattern::dom0::READ.seed;
+/// The region dom0 writes (`disk_pattern::dom0::WRITE`).
+const WRITE_LBA: u64 = disk_pattern::dom0::WRITE.lba;
+const WRITE_SECTORS: u64 = disk_pattern::dom0::WRITE.sectors;
+const WRITE_SEED: u64 = disk_pattern::dom0::WRITE.seed;
+
+/// Bytes per request (64 KiB, the benchmark's unit too).
+const CHUNK: usize = 64 * 1024;
+
+/// Brings the disk up and prints what it is.
+pub fn open() -> Result<Disk, BlkError> {
+    let disk = Disk::open(DISK)?;
+    println!(
+        "blk: virtio-blk at {}: {} sectors ({} MiB){}, GSI {}, port {}",
+        disk.bdf(),
+        disk.capacity(),
+        (disk.capacity() * SECTOR as u64) >> 20,
+        if disk.readonly() { ", read-only" } else { "" },
+        disk.gsi(),
+        disk.port().0
+    );
+    Ok(disk)
+}
+
+/// Reads xtask's pattern and checks every byte, writes dom0's and flushes.
+pub fn prove(disk: &mut Disk) -> Result<(), BlkError> {
+    let mut buf = IoBuffer::new(CHUNK)?;
+    let per = (CHUNK / SECTOR) as u64;
+    let irq0 = blk::interrupts();
+    let mut lba = READ_LBA;
+    while lba < READ_LBA + READ_SECTORS {
+        let n = per.min(READ_LBA + READ_SECTORS - lba);
+        let bytes = &mut buf.as_mut_slice()[..n as usize * SECTOR];
+        disk.read(lba, bytes)?;
+        let offset = lba * SECTOR as u64;
+        if let Some((i, want, got)) = disk_pattern::first_mismatch(bytes, READ_SEED, offset) {
+            println!(
+                "blk: MISMATCH at LBA {} byte {} (image offset {}): want {want:#04x}, found {got:#04x}",
+                lba + i as u64 / SECTOR as u64,
+                i % SECTOR,
+                offset + i as u64
+            );
+            return Err(BlkError::Device(pvguest_sdk::virtio::virtio_drivers::Error::IoError));
+        }
+        lba += n;
+    }
+    println!(
+        "blk: read {READ_SECTORS} sectors at LBA {READ_LBA}: every byte is the pattern of seed {READ_SEED:#x} ({} bytes)",
+        READ_SECTORS * SECTOR as u64
+    );
+    let mut lba = WRITE_LBA;
+    while lba < WRITE_LBA + WRITE_SECTORS {
+        let n = per.min(WRITE_LBA + WRITE_SECTORS - lba);
+        let bytes = &mut buf.as_mut_slice()[..n as usize * SECTOR];
+        disk_pattern::fill_words(bytes, WRITE_SEED, lba * SECTOR as u64);
+        disk.write(lba, bytes)?;
+        lba += n;
+    }
+    disk.flush()?;
+    println!("blk: wrote {WRITE_SECTORS} sectors at LBA {WRITE_LBA} (seed {WRITE_SEED:#x}), flushed");
+    // Read back through the device: what it acknowledged it also returns.
+    let mut lba = WRITE_LBA;
+    while lba < WRITE_LBA + WRITE_SECTORS {
+        let n = per.min(WRITE_LBA + WRITE_SECTORS - lba);
+        let bytes = &mut buf.as_mut_slice()[..n as usize * SECTOR];
+        bytes.fill(0);
+        disk.read(lba, bytes)?;
+        if disk_pattern::first_mismatch(bytes, WRITE_SEED, lba * SECTOR as u64).is_some() {
+            println!("blk: MISMATCH reading back LBA {lba}");
+            return Err(BlkError::Device(pvguest_sdk::virtio::virtio_drivers::Error::IoError));
+        }
+        lba += n;
+    }
+    println!("blk: read back {WRITE_SECTORS} sectors at LBA {WRITE_LBA}: as written");
+    // Requests past the end and of bad lengths never reach the device.
+    let cap = disk.capacity();
+    match disk.read(cap - 1, &mut buf.as_mut_slice()[..2 * SECTOR]) {
+        Err(e @ BlkError::OutOfRange { .. }) => println!("blk: a read past the end refused before the device: {e}"),
+        other => println!("blk: a read past the end: {other:?} WRONG"),
+    }
+    match disk.read(0, &mut buf.as_mut_slice()[..100]) {
+        Err(e @ BlkError::BadRequest { .. }) => println!("blk: a read of 100 bytes refused before the device: {e}"),
+        other => println!("blk: a read of 100 bytes: {other:?} WRONG"),
+    }
+    println!("blk: {} device interrupt(s) for these requests (each: ISR read, then EOI)", blk::interrupts() - irq0);
+    Ok(())
+}
+
+/// Makes the disk raise its line once, through the driver: `chan` (mapped
+/// and bound by the caller) is lent to a [`Disk`] for one read of sector
+/// 0, and given back. Returns the device interrupts that came.
+pub fn provoke(chan: irq::IrqChannel) -> (irq::IrqChannel, Result<u64, BlkError>) {
+    let port = chan.port();
+    let irq0 = blk::interrupts();
+    let mut disk = match Disk::open_with_channel(DISK, chan) {
+        Ok(d) => d,
+        Err(e) => panic!("blk: bring-up on port {}: {e}", port.0),
+    };
+    // From the pool: a stack buffer could straddle two discontiguous
+    // frames and need the bounce area, which a small pool lacks.
+    let r = IoBuffer::new(SECTOR)
+        .and_then(|mut sector| disk.read(0, sector.as_mut_slice()))
+        .map(|()| blk::interrupts() - irq0);
+    (disk.into_channel(), r)
+}
+
+/// `blkbench`: sequential 64 KiB reads and writes of `mib=` MiB (8 by
+/// default), a memory copy of as many bytes, and `reads4k=` (256) single
+/// 4 KiB reads. Prints one `blkbench:` line per figure for xtask.
+pub fn bench(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
+    let bytes = arg(cmdline, "mib").unwrap_or(8) << 20;
+    let chunks = bytes / CHUNK as u64;
+    let per = (CHUNK / SECTOR) as u64;
+    let mut a = IoBuffer::new(CHUNK)?;
+    let mut b = IoBuffer::new(CHUNK)?;
+    disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
+    let report = |what: &str, t0: (u64, u64)| {
+        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+        println!("blkbench: {what} bytes={} ns={ns} tsc={tsc}", chunks * CHUNK as u64);
+    };
+    let start = || (time::now_ns(), time::tsc());
+
+    // Writes first, so the reads read what was written (not holes).
+    let t0 = start();
+    for c in 0..chunks {
+        disk.write(c * per, a.as_slice())?;
+    }
+    disk.flush()?;
+    report("seq_write", t0);
+    let t0 = start();
+    for c in 0..chunks {
+        disk.read(c * per, b.as_mut_slice())?;
+    }
+    report("seq_read", t0);
+    let t0 = start();
+    for _ in 0..chunks {
+        b.as_mut_slice().copy_from_slice(a.as_slice());
+        core::hint::black_box(b.as_slice());
+    }
+    report("memcpy", t0);
+    let reads = arg(cmdline, "reads4k").unwrap_or(256);
+    let mut best = u64::MAX;
+    let t0 = start();
+    for i in 0..reads {
+        let t = time::tsc();
+        disk.read(i * 8, &mut b.as_mut_slice()[..4096])?;
+        best = best.min(time::tsc() - t);
+    }
+    let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+    println!("blkbench: read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best}");
+    println!("blkbench: done ({} device interrupts)", blk::interrupts());
+    Ok(())
+}
+
+/// Interrupts the storm handler took, and when it must stop.
+static STORM: AtomicU64 = AtomicU64::new(0);
+static STORM_END_NS: AtomicU64 = AtomicU64::new(0);
+static STORM_DONE: AtomicBool = AtomicBool::new(false);
+static STORM_PIRQ: AtomicU64 = AtomicU64::new(0);
+
+/// The storm's handler: counts and EOIs without acking the device (its
+/// ISR stays set, the level line stays up, and the EOI unmasks it: it
+/// fires again at once), until the time is up.
+fn storm_handler(_port: Port) {
+    STORM.fetch_add(1, Ordering::SeqCst);
+    if time::now_ns() >= STORM_END_NS.load(Ordering::SeqCst) {
+        STORM_DONE.store(true, Ordering::SeqCst);
+        return;
+    }
+    let _ = irq::eoi(irq::Pirq(STORM_PIRQ.load(Ordering::SeqCst) as u32));
+}
+
+/// `storm`: `storm_ms=` (1500) of an interrupt storm from the disk, then
+/// the disk quieted and checked with a normal read.
+pub fn storm(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
+    let ms = arg(cmdline, "storm_ms").unwrap_or(1500);
+    let mut buf = IoBuffer::new(SECTOR)?;
+    let sector = buf.as_mut_slice();
+    disk.read(READ_LBA, sector)?;
+    STORM_PIRQ.store(u64::from(disk.pirq().0), Ordering::SeqCst);
+    let t0 = time::now_ns();
+    let v0 = time::virtual_ns();
+    STORM_END_NS.store(t0 + ms * 1_000_000, Ordering::SeqCst);
+    println!("storm: {ms} ms of a device interrupt storm (handler EOIs without reading the ISR)");
+    disk.read_with_handler(READ_LBA, sector, storm_handler, || STORM_DONE.load(Ordering::SeqCst))?;
+    let (real, virt) = (time::now_ns() - t0, time::virtual_ns() - v0);
+    let n = STORM.load(Ordering::SeqCst);
+    println!(
+        "storm: interrupts={n} in {} ms of real time, dom0 ran {} ms of it ({} per ms run)",
+        real / 1_000_000,
+        virt / 1_000_000,
+        n * 1_000_000 / virt.max(1)
+    );
+    let irq0 = blk::interrupts();
+    sector.fill(0);
+    disk.read(READ_LBA, sector)?;
+    let ok = disk_pattern::first_mismatch(sector, READ_SEED, READ_LBA * SECTOR as u64).is_none();
+    println!(
+        "storm: device quiet again: a read after the storm took {} interrupt(s), pattern {}",
+        blk::interrupts() - irq0,
+        if ok { "intact" } else { "WRONG" }
+    );
+    Ok(())
+}
