@@ -6,6 +6,7 @@
 //! an image file, a virtio NIC with host forwards), host-side actions while
 //! QEMU runs, and host-side checks after it (see [`rig`]).
 
+pub mod dom0_net;
 pub mod rig;
 
 use crate::evidence::pattern::{check_pattern, write_pattern, Region};
@@ -541,6 +542,25 @@ fn scenarios() -> Vec<Scenario> {
                 // dom0 powered off: its lines were masked and freed.
                 need(out, "(rf) dom1: 2 interrupt line(s) masked and freed")?;
                 deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "dom0-net",
+            what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size frames too; a fragmented datagram is dropped), slirp's ARP is answered, its pings of the gateway are answered, and its counters match what the host sent",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                let e = entry(imgs, "dom0", "dom0", 1024, dom0_net::CMDLINE, Expect::Poweroff)?;
+                w.domain(e.privileged(true).dma_kib(dom0_net::DMA_KIB));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(dom0_net::rig),
+            expect: Outcome::Pass,
+            check: |out| {
+                dom0_net::check(out)?;
+                need(out, "[dom0] dom0: the network service ran until told to stop: ok")?;
                 need(out, "(rf) verdict: PASS")
             },
         },

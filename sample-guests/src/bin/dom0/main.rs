@@ -28,6 +28,8 @@ use pvguest_sdk::irq::{self, Pirq};
 use pvguest_sdk::pci::{self, bar, cap, command, reg, status, Bdf};
 use pvguest_sdk::{println, sched, Errno, StartInfo};
 
+mod net;
+
 pvguest_sdk::entry!(main);
 
 /// Where QEMU's q35 puts its AHCI controller, which dom0 is given.
@@ -68,6 +70,8 @@ fn main(si: &'static StartInfo) {
         domu(&mut c);
     } else if si.cmdline().split(' ').any(|w| w == "irq") {
         dom0_irq(&mut c);
+    } else if si.cmdline().split(' ').any(|w| w == "net") {
+        c.holds("dom0", format_args!("the network service ran until told to stop"), net::run(si).is_ok());
     } else {
         dom0(&mut c);
     }

@@ -1,0 +1,288 @@
+//! The host side of dom0's network service (`sample-guests/src/bin/dom0/
+//! net.rs`): the checks of scenario `dom0-net` (for `dom0-devices` to call
+//! as well) and the `dom0_udp_rtt` measurement of `cargo xtask bench`.
+//!
+//! dom0 serves UDP echo on guest port [`ECHO_PORT`] and a control port
+//! [`CONTROL_PORT`] (`stats`, `ping`, `stop`), both reached through QEMU's
+//! user-network forwards on 127.0.0.1 ([`FORWARDS`]). The host:
+//! 1. sends datagrams to the echo port and checks every echo's bytes
+//!    ([`udp_echo`]): 16 of 256 bytes, then 4 of [`MAX_UNFRAGMENTED`] bytes
+//!    (a full 1514-byte frame each way);
+//! 2. sends one datagram too long for one frame ([`OVERSIZED`] bytes: QEMU
+//!    splits it into IP fragments, which dom0's stack, built without
+//!    reassembly, drops) and checks that no echo comes and the service
+//!    still answers;
+//! 3. asks dom0 to ping the gateway and reads its counters until the pings
+//!    are answered; checks them against what it sent (every datagram
+//!    echoed, none dropped, ARP answered, no malformed frame);
+//! 4. tells it to stop; dom0 prints its counters and powers off, and the
+//!    console checks ([`check`]) read that line again.
+//!
+//! What QEMU's user network cannot exercise (see the guest's module docs):
+//! an ICMP echo request *to* dom0 (slirp never sends one, and a forward
+//! carries only TCP and UDP), so dom0's answering of pings is not checked;
+//! its ICMP is checked as a client (pings of slirp's own address, answered
+//! inside QEMU).
+
+use super::rig::Rig;
+use super::{need, num_after};
+use crate::evidence::udp::{udp_echo, EchoPlan, EchoReport};
+use crate::qemu::devices::{Proto, GUEST_IP, GUEST_MAC};
+use crate::Result;
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+/// dom0's UDP echo port.
+pub const ECHO_PORT: u16 = 7;
+/// dom0's UDP control port.
+pub const CONTROL_PORT: u16 = 7007;
+/// The forwards the NIC needs.
+pub const FORWARDS: [(Proto, u16); 2] = [(Proto::Udp, ECHO_PORT), (Proto::Udp, CONTROL_PORT)];
+/// dom0's command-line words for the service (its time limit in seconds
+/// after `net_s=`: past it dom0 reports a failure).
+pub const CMDLINE: &str = "net net_s=50";
+/// DMA pool dom0 needs for the NIC (its buffers and rings: 80 KiB), with
+/// room to spare.
+pub const DMA_KIB: u32 = 128;
+/// The console line that says the service is up.
+pub const READY_LINE: &str = "[dom0] net: virtio-net at ";
+/// The longest UDP payload in one 1500-byte IP packet.
+pub const MAX_UNFRAGMENTED: usize = 1472;
+/// A datagram QEMU must fragment.
+pub const OVERSIZED: usize = 3000;
+/// How long after QEMU starts the service must be up.
+const READY_WITHIN: Duration = Duration::from_secs(40);
+
+/// The NIC with [`FORWARDS`] and the host-side checks, on `rig`. A
+/// scenario using it boots dom0 with [`CMDLINE`] and [`DMA_KIB`], and
+/// calls [`check`] on the console.
+pub fn rig(rig: &mut Rig) -> Result<()> {
+    let nic = rig.nic(&FORWARDS)?;
+    let echo = nic.host_addr(Proto::Udp, ECHO_PORT)?;
+    let control = nic.host_addr(Proto::Udp, CONTROL_PORT)?;
+    rig.after_line(READY_LINE, READY_WITHIN, move || exercise(echo, control));
+    Ok(())
+}
+
+/// Steps 1–4 of the module docs; a summary line.
+fn exercise(echo: SocketAddr, control: SocketAddr) -> Result<String> {
+    let small = udp_echo(echo, &EchoPlan::default())?;
+    let full = udp_echo(
+        echo,
+        &EchoPlan {
+            datagrams: 4,
+            payload: MAX_UNFRAGMENTED,
+            ready_within: Duration::from_secs(5),
+            ..EchoPlan::default()
+        },
+    )?;
+    oversized_is_dropped(echo)?;
+    let after = udp_echo(
+        echo,
+        &EchoPlan { datagrams: 2, payload: 64, ready_within: Duration::from_secs(5), ..EchoPlan::default() },
+    )?;
+    let echoed = [&small, &full, &after].iter().map(|r| r.rtts.len() as u64).sum::<u64>();
+
+    ask(control, "ping", "rf-net pinging 10.0.2.2")?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let stats = loop {
+        let s = ask(control, "stats", "rf-net stats ")?;
+        if num_after(&s, "pings_answered=")? >= 3 || Instant::now() >= deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    check_counters(&stats, echoed)?;
+    ask(control, "stop", "rf-net stopping")?;
+    Ok(format!(
+        "{}; {} full-size ({MAX_UNFRAGMENTED} B) echoed intact; a fragmented {OVERSIZED} B datagram dropped; \
+         dom0 says: {}",
+        small.summary(),
+        full.rtts.len(),
+        stats.trim_start_matches("rf-net stats ")
+    ))
+}
+
+/// Sends one [`OVERSIZED`] datagram; no echo may come within a second.
+fn oversized_is_dropped(echo: SocketAddr) -> Result<()> {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("udp: bind: {e}"))?;
+    sock.connect(echo).map_err(|e| format!("udp: connect {echo}: {e}"))?;
+    let d: Vec<u8> = (0..OVERSIZED).map(|i| b'A' + (i % 26) as u8).collect();
+    sock.send(&d).map_err(|e| format!("udp: send {OVERSIZED} bytes: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(1))).map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 65536];
+    match sock.recv(&mut buf) {
+        Ok(n) => Err(format!("a {OVERSIZED}-byte datagram (IP fragments) got an answer of {n} bytes; dom0's stack has no reassembly, so it must drop fragments")),
+        Err(_) => Ok(()),
+    }
+}
+
+/// Sends `command` to the control port and returns the answer, which must
+/// start with `want` (3 tries of 2 s).
+pub fn ask(control: SocketAddr, command: &str, want: &str) -> Result<String> {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("control: bind: {e}"))?;
+    sock.connect(control).map_err(|e| format!("control: connect {control}: {e}"))?;
+    sock.set_read_timeout(Some(Duration::from_secs(2))).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 1024];
+    for _ in 0..3 {
+        sock.send(command.as_bytes()).map_err(|e| format!("control: send {command:?}: {e}"))?;
+        if let Ok(n) = sock.recv(&mut buf) {
+            let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+            return if answer.starts_with(want) {
+                Ok(answer)
+            } else {
+                Err(format!("control: {command:?} answered {answer:?}, want {want:?}..."))
+            };
+        }
+    }
+    Err(format!("control: no answer to {command:?} from {control} in 3 tries of 2 s"))
+}
+
+/// Checks dom0's counters line (`key=value` words) after the host's
+/// traffic: at least `echoed` datagrams echoed, none dropped, no
+/// malformed frame or lost transmission, dom0 ARPed for and answered, the
+/// gateway's pings answered, interrupts taken.
+fn check_counters(line: &str, echoed: u64) -> Result<()> {
+    let get = |k: &str| num_after(line, &format!(" {k}="));
+    let mut wrong = Vec::new();
+    let mut want = |what: &str, ok: bool| {
+        if !ok {
+            wrong.push(what.to_string());
+        }
+    };
+    want(&format!("udp_echoed >= {echoed} (the host got that many echoes)"), get("udp_echoed")? >= echoed);
+    want("udp_dropped = 0", get("udp_dropped")? == 0);
+    want("rx_dropped = 0 (no malformed frame)", get("rx_dropped")? == 0);
+    want("tx_lost = 0", get("tx_lost")? == 0);
+    want("arp_req_in >= 1 (slirp ARPed for dom0)", get("arp_req_in")? >= 1);
+    want("arp_rep_out >= arp_req_in (each ARP request answered)", get("arp_rep_out")? >= get("arp_req_in")?);
+    want("pings_sent = 3", get("pings_sent")? == 3);
+    want("pings_answered = 3", get("pings_answered")? == 3);
+    want("interrupts >= 1", get("interrupts")? >= 1);
+    if wrong.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("dom0's counters are off: {}; line: {line}", wrong.join(", ")))
+    }
+}
+
+/// The console checks: the bring-up line (MAC, address, ports), the
+/// counters at the stop (as [`rig`]'s checks want them; at least 22
+/// datagrams echoed), and nothing malformed or failed.
+pub fn check(out: &str) -> Result<()> {
+    need(out, &format!("{READY_LINE}00:03.0, MAC {GUEST_MAC}, GSI 23 (pirq 23, port "))?;
+    need(out, &format!("; {GUEST_IP}/24 via 10.0.2.2; udp echo on port {ECHO_PORT}, control on port {CONTROL_PORT}"))?;
+    // The counters come on two lines.
+    let line: String =
+        out.lines().filter_map(|l| l.split_once("[dom0] net: stop asked: ").map(|(_, r)| format!(" {r}"))).collect();
+    if line.is_empty() {
+        return Err("no '[dom0] net: stop asked: ' line (the service did not stop when told)".into());
+    }
+    check_counters(&line, 22)?;
+    for bad in ["net: FAILED", "net: malformed frame", "net: frame of", "net: eoi of pirq", "virtio-net: "] {
+        if out.contains(bad) {
+            return Err(format!("must not appear on the console: {bad:?}"));
+        }
+    }
+    Ok(())
+}
+
+/// The UDP round trips of one measurement ([`measure_rtt`]).
+pub struct RttFigures {
+    /// Round trips to dom0 through QEMU's forward.
+    pub dom0: EchoReport,
+    /// Round trips to an echo thread on the host's loopback, measured the
+    /// same way in the same run.
+    pub loopback: EchoReport,
+}
+
+/// The `p`-th percentile of `r`'s round trips, in µs.
+pub fn percentile_us(r: &EchoReport, p: f64) -> f64 {
+    let mut v: Vec<Duration> = r.rtts.clone();
+    v.sort();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((v.len() as f64 * p).ceil() as usize).clamp(1, v.len()) - 1;
+    v[i].as_secs_f64() * 1e6
+}
+
+/// `n` UDP echo round trips of `payload` bytes to dom0 (echo port behind
+/// `echo`), then the same against a host loopback echo thread; then tells
+/// dom0 to stop. For the bench's watch action.
+pub fn measure_rtt(echo: SocketAddr, control: SocketAddr, n: usize, payload: usize) -> Result<RttFigures> {
+    let plan = EchoPlan { datagrams: n, payload, ..EchoPlan::default() };
+    let dom0 = udp_echo(echo, &plan);
+    let loopback = loopback_echo(&plan);
+    let stopped = ask(control, "stop", "rf-net stopping");
+    let (dom0, loopback) = (dom0?, loopback?);
+    stopped?;
+    Ok(RttFigures { dom0, loopback })
+}
+
+/// [`udp_echo`] against an echo thread on 127.0.0.1 (the floor: the host's
+/// UDP path without QEMU or dom0).
+fn loopback_echo(plan: &EchoPlan) -> Result<EchoReport> {
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|e| format!("loopback echo: bind: {e}"))?;
+    let addr = sock.local_addr().map_err(|e| e.to_string())?;
+    sock.set_read_timeout(Some(Duration::from_millis(50))).map_err(|e| e.to_string())?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        let mut buf = [0u8; 65536];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    });
+    let r = udp_echo(addr, plan);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = t.join();
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = " arp_req_in=1 arp_rep_out=1 arp_req_out=0 arp_rep_in=0 icmp_req_in=0 icmp_rep_out=0 \
+                        pings_sent=3 pings_answered=3 udp_echoed=25 udp_dropped=0 rx=40 tx=40 rx_dropped=0 \
+                        tx_lost=0 interrupts=50";
+
+    #[test]
+    fn counters_as_expected_pass() {
+        check_counters(GOOD, 22).unwrap();
+    }
+
+    #[test]
+    fn counters_that_are_off_fail_with_the_reason() {
+        let e = check_counters(GOOD, 26).unwrap_err();
+        assert!(e.contains("udp_echoed >= 26"), "{e}");
+        let e = check_counters(&GOOD.replace("rx_dropped=0", "rx_dropped=2"), 22).unwrap_err();
+        assert!(e.contains("no malformed frame"), "{e}");
+        let e = check_counters(&GOOD.replace("arp_req_in=1", "arp_req_in=0"), 22).unwrap_err();
+        assert!(e.contains("slirp ARPed"), "{e}");
+        let e = check_counters(&GOOD.replace("pings_answered=3", "pings_answered=1"), 22).unwrap_err();
+        assert!(e.contains("pings_answered = 3"), "{e}");
+        assert!(check_counters(" udp_echoed=3", 1).is_err(), "a line without a key fails");
+    }
+
+    #[test]
+    fn percentiles_pick_the_right_rank() {
+        let r = EchoReport {
+            rtts: (1..=100).rev().map(Duration::from_micros).collect(),
+            ready_after: Duration::ZERO,
+            retries: 0,
+        };
+        assert_eq!(percentile_us(&r, 0.5).round(), 50.0);
+        assert_eq!(percentile_us(&r, 0.99).round(), 99.0);
+        assert_eq!(percentile_us(&r, 1.0).round(), 100.0);
+    }
+
+    #[test]
+    fn the_loopback_baseline_echoes() {
+        let plan = EchoPlan { datagrams: 5, payload: 64, ..EchoPlan::default() };
+        assert_eq!(loopback_echo(&plan).unwrap().rtts.len(), 5);
+    }
+}
