@@ -286,3 +286,227 @@ mod tests {
         assert_eq!(loopback_echo(&plan).unwrap().rtts.len(), 5);
     }
 }
+
+/// Round trips measured by `cargo xtask bench` (`dom0_udp_rtt`).
+pub const BENCH_ROUND_TRIPS: usize = 500;
+/// Their payload (the echo client's shortest datagram).
+pub const BENCH_PAYLOAD: usize = crate::evidence::udp::MIN_PAYLOAD;
+
+/// `dom0_udp_rtt`: boots dom0's network service alone (TCG, no icount:
+/// this is host wall time), measures [`BENCH_ROUND_TRIPS`] UDP echo round
+/// trips from the host and the same against a host loopback echo in the
+/// same run, prints them, and merges the figures into
+/// `target/bench-dom0.json` (flat keys, numbers only: `dom0_udp_rtt` is
+/// the median in µs; `dom0_udp_rtt_p99_us`, `_min_us`, `_n`,
+/// `_payload_bytes`, `_loopback_median_us`, `_loopback_p99_us`,
+/// `_ratio_to_loopback` beside it).
+pub fn bench(imgs: &crate::images::Images) -> Result<()> {
+    use crate::qemu::{self, Outcome, RunOpts, Watch};
+    use ringfence_bundle::Expect;
+    use ringfence_bundle_writer::{BundleWriter, DomainEntry};
+
+    let mut w = BundleWriter::new();
+    let image = imgs.guest("dom0", &crate::root())?;
+    w.domain(
+        DomainEntry::new("dom0", image, 1024)
+            .cmdline("net net_s=110")
+            .expect(Expect::Poweroff)
+            .privileged(true)
+            .dma_kib(DMA_KIB),
+    );
+    crate::images::add_symbols(&mut w, imgs)?;
+    let bundle = crate::images::write_bundle("bench-dom0-net", &w.finish())?;
+    let mut rig = Rig::new("bench-dom0-net");
+    let nic = rig.nic(&FORWARDS)?;
+    let (echo, control) = (nic.host_addr(Proto::Udp, ECHO_PORT)?, nic.host_addr(Proto::Udp, CONTROL_PORT)?);
+    let (devices, _, _) = rig.into_parts();
+    let opts = RunOpts {
+        kernel: imgs.hypervisor.clone(),
+        bundle: Some(bundle),
+        append: String::new(),
+        timeout_s: 120,
+        stream: false,
+        extra: Vec::new(),
+        devices,
+    };
+    let watch =
+        Watch::new(READY_LINE, READY_WITHIN, move || measure_rtt(echo, control, BENCH_ROUND_TRIPS, BENCH_PAYLOAD));
+    let (r, mut got) = qemu::run_watched(&opts, vec![watch])?;
+    let figures = got.pop().ok_or("the measurement never started")??;
+    if r.outcome != Outcome::Pass {
+        return Err(format!("the dom0 network benchmark run did not pass: {}\n{}", r.outcome, r.output));
+    }
+    let (d, l) = (&figures.dom0, &figures.loopback);
+    let (median, p99, min) = (percentile_us(d, 0.5), percentile_us(d, 0.99), percentile_us(d, 0.0));
+    let (lmedian, lp99) = (percentile_us(l, 0.5), percentile_us(l, 0.99));
+    println!(
+        "\ndom0 UDP echo round trip from the host ({} x {BENCH_PAYLOAD} B, QEMU TCG wall time, through the user-network forward)",
+        d.rtts.len()
+    );
+    println!("{:<44} {:>10} {:>10} {:>10}", "", "median us", "p99 us", "min us");
+    println!("{:<44} {median:>10.1} {p99:>10.1} {min:>10.1}", "dom0 (virtio-net, smoltcp, interrupts)");
+    println!("{:<44} {lmedian:>10.1} {lp99:>10.1} {:>10.1}", "host loopback echo (the floor)", percentile_us(l, 0.0));
+    println!("{:<44} {:>10.1}", "ratio of the medians (dom0 / loopback)", median / lmedian);
+    let path = crate::images::target_dir().join("bench-dom0.json");
+    let entries = [
+        ("dom0_udp_rtt", median),
+        ("dom0_udp_rtt_p99_us", p99),
+        ("dom0_udp_rtt_min_us", min),
+        ("dom0_udp_rtt_n", d.rtts.len() as f64),
+        ("dom0_udp_rtt_payload_bytes", BENCH_PAYLOAD as f64),
+        ("dom0_udp_rtt_retries", f64::from(d.retries)),
+        ("dom0_udp_rtt_loopback_median_us", lmedian),
+        ("dom0_udp_rtt_loopback_p99_us", lp99),
+        ("dom0_udp_rtt_ratio_to_loopback", median / lmedian),
+    ];
+    let old = match std::fs::read_to_string(&path) {
+        Ok(s) => s,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let json = merge_json(&old, &entries.map(|(k, v)| (k, json_number(v))))
+        .map_err(|e| format!("{} is not the flat JSON object expected ({e}); remove it", path.display()))?;
+    std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    println!("JSON: {} (dom0_udp_rtt merged)", path.display());
+    Ok(())
+}
+
+/// A JSON number (a whole one without decimals), or `null` for what JSON
+/// cannot hold (NaN, infinity).
+fn json_number(v: f64) -> String {
+    if v.is_finite() && v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.is_finite() {
+        format!("{v:.2}")
+    } else {
+        "null".into()
+    }
+}
+
+/// The top-level members of a JSON object, each value as its raw text
+/// (scalars, or nested objects and arrays, kept as they are).
+fn members(json: &str) -> std::result::Result<Vec<(String, String)>, String> {
+    let s = json.trim();
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let body = s.strip_prefix('{').and_then(|b| b.strip_suffix('}')).ok_or("not an object")?;
+    let bytes = body.as_bytes();
+    let (mut out, mut i) = (Vec::new(), 0);
+    let skip_ws = |i: &mut usize| {
+        while *i < bytes.len() && bytes[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    // The end of the string that starts at `i` (a '"'), past its quote.
+    let string_end = |mut i: usize| -> std::result::Result<usize, String> {
+        i += 1;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b'"' => return Ok(i + 1),
+                _ => i += 1,
+            }
+        }
+        Err("unterminated string".into())
+    };
+    loop {
+        skip_ws(&mut i);
+        if i == bytes.len() {
+            break;
+        }
+        if bytes[i] != b'"' {
+            return Err(format!("a key expected at byte {i}"));
+        }
+        let kend = string_end(i)?;
+        let key = body[i + 1..kend - 1].to_string();
+        i = kend;
+        skip_ws(&mut i);
+        if bytes.get(i) != Some(&b':') {
+            return Err(format!("':' expected after key {key:?}"));
+        }
+        i += 1;
+        skip_ws(&mut i);
+        let start = i;
+        let mut depth = 0i32;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'"' => {
+                    i = string_end(i)?;
+                    continue;
+                }
+                b'{' | b'[' => depth += 1,
+                b'}' | b']' => depth -= 1,
+                b',' if depth == 0 => break,
+                _ => {}
+            }
+            if depth < 0 {
+                return Err("unbalanced brackets".into());
+            }
+            i += 1;
+        }
+        let value = body[start..i].trim_end().to_string();
+        if value.is_empty() || depth != 0 {
+            return Err(format!("no value for key {key:?}"));
+        }
+        out.push((key, value));
+        if i < bytes.len() {
+            i += 1; // the ','
+        }
+    }
+    Ok(out)
+}
+
+/// `old` (a JSON object, or empty) with each of `entries` set: an existing
+/// key keeps its place, a new one is appended; other members are kept as
+/// they were. One member per line.
+pub fn merge_json(old: &str, entries: &[(&str, String)]) -> std::result::Result<String, String> {
+    let mut m = members(old)?;
+    for (k, v) in entries {
+        match m.iter_mut().find(|(key, _)| key == k) {
+            Some(slot) => slot.1 = v.clone(),
+            None => m.push((k.to_string(), v.clone())),
+        }
+    }
+    let body: Vec<String> = m.iter().map(|(k, v)| format!("  \"{k}\": {v}")).collect();
+    Ok(format!("{{\n{}\n}}\n", body.join(",\n")))
+}
+
+#[cfg(test)]
+mod json_tests {
+    use super::*;
+
+    #[test]
+    fn merging_keeps_other_members_and_replaces_ours() {
+        let old = "{\n  \"dom0_blk_seq_read\": 41.5,\n  \"dom0_blk_seq_write\": {\"mb_s\": 3, \"note\": \"a, b}\"},\n  \"dom0_udp_rtt\": 1\n}\n";
+        let new = merge_json(old, &[("dom0_udp_rtt", "130.25".into()), ("dom0_udp_rtt_n", "500.00".into())]).unwrap();
+        assert_eq!(
+            new,
+            "{\n  \"dom0_blk_seq_read\": 41.5,\n  \"dom0_blk_seq_write\": {\"mb_s\": 3, \"note\": \"a, b}\"},\n  \
+             \"dom0_udp_rtt\": 130.25,\n  \"dom0_udp_rtt_n\": 500.00\n}\n"
+        );
+        // Merging again changes nothing but our values.
+        assert_eq!(merge_json(&new, &[("dom0_udp_rtt", "130.25".into())]).unwrap(), new);
+    }
+
+    #[test]
+    fn an_empty_or_missing_file_starts_an_object() {
+        assert_eq!(merge_json("", &[("a", "1".into())]).unwrap(), "{\n  \"a\": 1\n}\n");
+        assert_eq!(merge_json("{}", &[("a", "null".into())]).unwrap(), "{\n  \"a\": null\n}\n");
+    }
+
+    #[test]
+    fn what_is_no_object_is_refused() {
+        assert!(merge_json("[1, 2]", &[]).is_err());
+        assert!(merge_json("{\"a\" 1}", &[]).is_err());
+        assert!(merge_json("{\"a\": }", &[]).is_err());
+        assert!(merge_json("{\"a\": \"open}", &[]).is_err());
+    }
+
+    #[test]
+    fn json_numbers_are_finite_or_null() {
+        assert_eq!(json_number(1.0 / 3.0), "0.33");
+        assert_eq!(json_number(f64::NAN), "null");
+        assert_eq!(json_number(500.0), "500");
+    }
+}
