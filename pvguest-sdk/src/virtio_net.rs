@@ -117,6 +117,27 @@ pub enum TxError {
     Device,
 }
 
+/// The frame in receive buffer `buf` that the device says is `len` bytes
+/// after a virtio header of `hdr` bytes, if it is well formed and fits in
+/// `room` bytes of the caller's: the checks of the module docs, in order
+/// (lengths against the buffer, offload type, Ethernet minimum, the
+/// caller's room). Pure, so a guest can test it on made-up entries.
+pub fn check_frame(buf: &[u8], hdr: usize, len: usize, room: usize) -> Result<&[u8], RxDrop> {
+    let frame = buf.get(hdr..).and_then(|b| b.get(..len)).ok_or(RxDrop::PastBuffer(len))?;
+    match buf.get(HDR_GSO_TYPE) {
+        Some(&0) => {}
+        Some(&gso) => return Err(RxDrop::Gso(gso)),
+        None => return Err(RxDrop::ShortHeader),
+    }
+    if len < MIN_FRAME {
+        return Err(RxDrop::Runt(len));
+    }
+    if len > room {
+        return Err(RxDrop::TooLong(len));
+    }
+    Ok(frame)
+}
+
 /// Counters of a [`Nic`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NicStats {
@@ -229,18 +250,10 @@ impl Nic {
         slot.token = None;
         let r = match done {
             Err(_) => Err(RxDrop::ShortHeader),
-            Ok((hdr, len)) => match slot.buf.get(hdr..).and_then(|b| b.get(..len)) {
-                None => Err(RxDrop::PastBuffer(len)),
-                Some(_) if slot.buf[HDR_GSO_TYPE] != 0 => Err(RxDrop::Gso(slot.buf[HDR_GSO_TYPE])),
-                Some(_) if len < MIN_FRAME => Err(RxDrop::Runt(len)),
-                Some(frame) => match out.get_mut(..len) {
-                    None => Err(RxDrop::TooLong(len)),
-                    Some(o) => {
-                        o.copy_from_slice(frame);
-                        Ok(len)
-                    }
-                },
-            },
+            Ok((hdr, len)) => check_frame(slot.buf, hdr, len, out.len()).map(|frame| {
+                out[..len].copy_from_slice(frame);
+                len
+            }),
         };
         match r {
             Ok(_) => self.stats.rx_frames += 1,

@@ -547,7 +547,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dom0-net",
-            what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size frames too; a fragmented datagram is dropped), slirp's ARP is answered, its pings of the gateway are answered, and its counters match what the host sent",
+            what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size and empty ones too; a fragmented one is dropped); slirp's ARP is answered, dom0's pings of the gateway are answered, an echo request injected below smoltcp is answered on the wire, malformed used-ring entries are refused, and dom0's counters match what the host sent",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
                 let e = entry(imgs, "dom0", "dom0", 1024, dom0_net::CMDLINE, Expect::Poweroff)?;
@@ -1053,18 +1053,22 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
     opts.extra.extend(cpu_model_args(s.name));
     let (r, host) = qemu::run_watched(&opts, watches)?;
     let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));
+    // The host's evidence first: its reason is the most specific (a
+    // guest left waiting by a failed host action ends in a time-out).
+    let mut lines = Vec::new();
+    for h in host {
+        match h {
+            Ok(line) => lines.push(line),
+            Err(e) => return fail(format!("host side: {e}")),
+        }
+    }
     if r.outcome != s.expect {
         return fail(format!("expected {}, got {}", s.expect, r.outcome));
     }
     if let Err(e) = (s.check)(&r.output) {
         return fail(e);
     }
-    for h in host {
-        match h {
-            Ok(line) => println!("  {line}"),
-            Err(e) => return fail(format!("host side: {e}")),
-        }
-    }
+    lines.iter().for_each(|l| println!("  {l}"));
     for check in after {
         if let Err(e) = check(&r.output) {
             return fail(format!("after the run: {e}"));

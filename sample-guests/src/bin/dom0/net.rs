@@ -60,15 +60,15 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pvguest_sdk::abi::event::VIRQ_TIMER;
 use pvguest_sdk::event::{self, Port};
 use pvguest_sdk::pci::{self, Bdf};
-use pvguest_sdk::virtio_net::{Nic, NicError, NicStats, RxDrop, MAX_FRAME};
+use pvguest_sdk::virtio_net::{check_frame, Nic, NicError, NicStats, RxDrop, BUF_LEN, MAX_FRAME};
 use pvguest_sdk::{cmdline, irq, println, time, timer, Errno, StartInfo};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::{icmp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, HardwareAddress, Icmpv4Message,
-    Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet,
+    ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress,
+    Icmpv4Message, Icmpv4Packet, Icmpv4Repr, IpAddress, IpCidr, IpProtocol, Ipv4Address, Ipv4Packet, Ipv4Repr,
 };
 
 /// dom0's address on QEMU's user network.
@@ -119,6 +119,9 @@ pub enum NetError {
     NoGsi,
     /// No `stop` came within the time limit (`net_s=`).
     TimedOut(u64),
+    /// The receive checks let a malformed entry through (or refused a
+    /// good one): this many of the self-test's cases went wrong.
+    FrameChecks(u32),
 }
 
 impl core::fmt::Display for NetError {
@@ -131,6 +134,7 @@ impl core::fmt::Display for NetError {
             NetError::Nic(e) => write!(f, "the NIC did not come up: {e:?}"),
             NetError::NoGsi => write!(f, "the NIC's INTx pin routes to no GSI"),
             NetError::TimedOut(s) => write!(f, "no stop datagram within {s} s"),
+            NetError::FrameChecks(n) => write!(f, "{n} receive-check case(s) went wrong"),
         }
     }
 }
@@ -260,6 +264,9 @@ fn classify(frame: &[u8], dir: Dir, c: &mut Counters) {
 /// the counters.
 struct Phy {
     nic: Nic,
+    /// A frame of this length waits in `rx`, put there by [`inject_ping`]
+    /// rather than received: the next `receive` hands it to smoltcp.
+    injected: Option<usize>,
     rx: [u8; MAX_FRAME],
     scratch: [u8; MAX_FRAME],
     counters: Counters,
@@ -315,14 +322,17 @@ impl Device for Phy {
         if !self.nic.can_transmit() {
             return None;
         }
-        let len = loop {
-            match self.nic.receive_into(&mut self.rx)? {
-                Ok(len) => break len,
-                Err(why) => report_drop(why, self.nic.stats().rx_dropped),
-            }
+        let len = match self.injected.take() {
+            Some(len) => len,
+            None => loop {
+                match self.nic.receive_into(&mut self.rx)? {
+                    Ok(len) => break len,
+                    Err(why) => report_drop(why, self.nic.stats().rx_dropped),
+                }
+            },
         };
         classify(&self.rx[..len], Dir::In, &mut self.counters);
-        let Phy { nic, rx, scratch, counters } = self;
+        let Phy { nic, rx, scratch, counters, .. } = self;
         Some((RxToken { frame: &rx[..len] }, TxToken { nic, scratch, counters }))
     }
 
@@ -366,6 +376,7 @@ fn now() -> Instant {
 enum Command {
     Stats,
     Ping,
+    Inject,
     Stop,
     Unknown,
 }
@@ -374,6 +385,7 @@ fn command(d: &[u8]) -> Command {
     match d.trim_ascii() {
         b"stats" => Command::Stats,
         b"ping" => Command::Ping,
+        b"inject-ping" => Command::Inject,
         b"stop" => Command::Stop,
         _ => Command::Unknown,
     }
@@ -394,6 +406,10 @@ pub fn run(si: &StartInfo) -> Result<Counters, NetError> {
 
 fn serve(si: &StartInfo) -> Result<Counters, NetError> {
     let limit_s = cmdline::arg_or(si.cmdline(), "net_s", 60);
+    let wrong = frame_checks();
+    if wrong > 0 {
+        return Err(NetError::FrameChecks(wrong));
+    }
     let bdf = find_nic()?;
     let nic = Nic::new(bdf).map_err(NetError::Nic)?;
     let mac = nic.mac();
@@ -407,7 +423,8 @@ fn serve(si: &StartInfo) -> Result<Counters, NetError> {
     event::bind_virq(VIRQ_TIMER, on_timer).map_err(|e| NetError::Setup("VIRQ_TIMER", e))?;
     event::enable();
 
-    let mut phy = Phy { nic, rx: [0; MAX_FRAME], scratch: [0; MAX_FRAME], counters: Counters::default() };
+    let mut phy =
+        Phy { nic, injected: None, rx: [0; MAX_FRAME], scratch: [0; MAX_FRAME], counters: Counters::default() };
     let config = Config::new(HardwareAddress::Ethernet(EthernetAddress(mac)));
     let mut iface = Interface::new(config, &mut phy, now());
     iface.update_ip_addrs(|a| {
@@ -502,6 +519,13 @@ fn serve(si: &StartInfo) -> Result<Counters, NetError> {
                     next_ping = t;
                     let _ = core::fmt::write(&mut reply, format_args!("rf-net pinging {GATEWAY}"));
                 }
+                Command::Inject => {
+                    let answer = match inject_ping(&mut phy, mac) {
+                        true => "rf-net injected an echo request from 10.0.2.2",
+                        false => "rf-net cannot inject now",
+                    };
+                    let _ = core::fmt::write(&mut reply, format_args!("{answer}"));
+                }
                 Command::Stop => {
                     stopping = true;
                     let _ = core::fmt::write(&mut reply, format_args!("rf-net stopping"));
@@ -590,4 +614,67 @@ impl core::fmt::Write for Reply {
         self.len = end;
         Ok(())
     }
+}
+
+/// The receive checks ([`check_frame`]) on made-up used-ring entries, each
+/// printed; how many went wrong.
+fn frame_checks() -> u32 {
+    let mut buf = [0u8; BUF_LEN];
+    let room = MAX_FRAME;
+    let hdr = 12;
+    let cases: [(&str, usize, usize, Result<usize, RxDrop>); 7] = [
+        ("a 60-byte frame", hdr, 60, Ok(60)),
+        ("a full 1514-byte frame", hdr, MAX_FRAME, Ok(MAX_FRAME)),
+        ("a length past the buffer", hdr, BUF_LEN - hdr + 1, Err(RxDrop::PastBuffer(BUF_LEN - hdr + 1))),
+        ("a length of usize::MAX", hdr, usize::MAX, Err(RxDrop::PastBuffer(usize::MAX))),
+        ("a header past the buffer", BUF_LEN + 1, 60, Err(RxDrop::PastBuffer(60))),
+        ("a 13-byte runt", hdr, 13, Err(RxDrop::Runt(13))),
+        ("a 1600-byte frame for 1514 bytes of room", hdr, 1600, Err(RxDrop::TooLong(1600))),
+    ];
+    let mut wrong = 0;
+    let mut judge = |what: &str, got: Result<usize, RxDrop>, want: Result<usize, RxDrop>| {
+        let ok = got == want;
+        wrong += u32::from(!ok);
+        println!("net: receive check: {what}: {got:?}: {}", if ok { "as expected" } else { "WRONG" });
+    };
+    for (what, h, len, want) in cases {
+        judge(what, check_frame(&buf, h, len, room).map(<[u8]>::len), want);
+    }
+    buf[1] = 4; // gso_type TCPv6
+    judge("a segmentation-offload frame", check_frame(&buf, hdr, 60, room).map(<[u8]>::len), Err(RxDrop::Gso(4)));
+    println!("net: receive checks: {} of 8 as expected", 8 - wrong);
+    wrong
+}
+
+/// QEMU's gateway's MAC (slirp's `52:55:` and the address).
+const GATEWAY_MAC: EthernetAddress = EthernetAddress([0x52, 0x55, 10, 0, 2, 2]);
+
+/// Puts an ICMP echo request from the gateway to us in the receive copy,
+/// as if the NIC had received it, for smoltcp's next `receive` (QEMU's
+/// user network never sends one). smoltcp's answer goes out through the
+/// NIC for real (slirp drops the unasked-for reply). False if a frame
+/// waits there already.
+fn inject_ping(phy: &mut Phy, mac: [u8; 6]) -> bool {
+    if phy.injected.is_some() {
+        return false;
+    }
+    let data = b"ringfence injected echo request";
+    let icmp = Icmpv4Repr::EchoRequest { ident: 0x494a, seq_no: 1, data };
+    let ip = Ipv4Repr {
+        src_addr: GATEWAY,
+        dst_addr: IP,
+        next_header: IpProtocol::Icmp,
+        payload_len: icmp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr { src_addr: GATEWAY_MAC, dst_addr: EthernetAddress(mac), ethertype: EthernetProtocol::Ipv4 };
+    let len = eth.buffer_len() + ip.buffer_len() + icmp.buffer_len();
+    let caps = phy::ChecksumCapabilities::default();
+    let mut frame = EthernetFrame::new_unchecked(&mut phy.rx[..len]);
+    eth.emit(&mut frame);
+    let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+    ip.emit(&mut packet, &caps);
+    icmp.emit(&mut Icmpv4Packet::new_unchecked(packet.payload_mut()), &caps);
+    phy.injected = Some(len);
+    true
 }
