@@ -12,21 +12,28 @@
 //! - UDP control on port [`CONTROL_PORT`] (7007): `stats` is answered
 //!   `rf-net stats ` and the counters line (`key=value` words, see
 //!   [`Counters`]); `ping` with `rf-net pinging 10.0.2.2`, after which dom0
-//!   sends [`PINGS`] echo requests to the gateway; `stop` with `rf-net
-//!   stopping`, after which the service prints its counters and [`run`]
-//!   returns. Anything else is answered `rf-net what?`.
+//!   sends [`PINGS`] echo requests to the gateway; `inject-ping` with
+//!   `rf-net injected an echo request from 10.0.2.2` (see below); `stop`
+//!   with `rf-net stopping`, after which the service prints its counters
+//!   and [`run`] returns. Anything else is answered `rf-net what?`. The
+//!   control port is for the test host; it changes nothing but counters.
 //!
 //! ## What QEMU's user network can exercise
 //! - ARP answers: yes, if dom0 has sent nothing before the host's first
 //!   datagram, QEMU (slirp) does not know dom0's MAC and ARPs for it
 //!   before it forwards (`arp_req_in`, `arp_rep_out`). Once dom0 has asked
 //!   slirp something, slirp learns the MAC from that request instead.
-//! - ICMP echo answers: no. slirp never sends echo requests to the guest,
-//!   and the host cannot ping a guest through a port forward; smoltcp's
-//!   answering (`icmp_req_in`, `icmp_rep_out`) is on but unexercised.
-//!   What can be checked is ICMP through the NIC both ways, as a client:
-//!   slirp answers pings to its own address (10.0.2.2) inside QEMU, never
-//!   leaving the machine (`pings_answered`).
+//! - ICMP echo answers: not from the wire. slirp never sends echo requests
+//!   to the guest, and the host cannot ping a guest through a port
+//!   forward. So `inject-ping` puts an echo request "from 10.0.2.2" into
+//!   the device layer below smoltcp, as if received ([`inject_ping`]), and
+//!   smoltcp's answer goes out through the NIC for real (`icmp_req_in`,
+//!   `icmp_rep_out`; slirp drops the reply it never asked for). And ICMP
+//!   through the NIC both ways is checked as a client: slirp answers pings
+//!   to its own address (10.0.2.2) inside QEMU, never leaving the machine
+//!   (`pings_answered`).
+//! - Malformed frames: slirp sends none, so the driver's receive checks
+//!   run on made-up used-ring entries at bring-up ([`frame_checks`]).
 //! - UDP: every datagram the host sends to the forward.
 //!
 //! ## Interrupts, not polling
@@ -396,6 +403,11 @@ fn command(d: &[u8]) -> Command {
 /// the module docs), or `net_s=` seconds (command line; default 60) have
 /// passed, which is an error. Prints a bring-up line and the counters at
 /// intervals and at the end; returns the final counters.
+///
+/// It registers the SDK's event upcall ([`event::init`]) and binds
+/// `VIRQ_TIMER` itself: a caller that already bound `VIRQ_TIMER` gets
+/// [`NetError::Setup`]. Its NIC takes [`pvguest_sdk::virtio_net::DMA_BYTES`]
+/// of the DMA pool (the manifest's `dma_kib`: 128 is enough).
 pub fn run(si: &StartInfo) -> Result<Counters, NetError> {
     let r = serve(si);
     if let Err(e) = &r {
