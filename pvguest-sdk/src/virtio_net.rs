@@ -35,7 +35,10 @@
 //! length shorter than the virtio header or longer than the buffer, a
 //! frame shorter than an Ethernet header or longer than the caller's
 //! buffer, and a segmentation-offload frame (never negotiated) are each
-//! dropped, counted in [`NicStats`], and reported as a [`RxDrop`].
+//! dropped, counted in [`NicStats`], and reported as a [`RxDrop`]
+//! ([`check_frame`] holds the length checks). After a used entry naming
+//! no buffer of ours, receiving stops (that entry can never be completed);
+//! it is printed once, never looped on.
 //!
 //! ## Interrupts
 //! The device raises its INTx line on used-ring updates (MSI-X stays off:
@@ -91,8 +94,10 @@ pub enum NicError {
 /// Why a received frame was dropped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RxDrop {
-    /// The used ring named a descriptor that is no receive buffer of ours
-    /// (the receive ring is stuck from here on).
+    /// The used ring named a descriptor that is no receive buffer of ours.
+    /// The entry cannot be completed (the crate pops entries in order), so
+    /// receiving stops here: [`Nic::receive_into`] returns `None` from now
+    /// on, and [`Nic::rx_stopped`] says why.
     UnknownToken(u16),
     /// The device reported fewer bytes than the virtio header.
     ShortHeader,
@@ -171,6 +176,8 @@ pub struct Nic {
     rx: [Slot; QUEUE],
     tx: [Slot; QUEUE],
     stats: NicStats,
+    /// Set when the device broke the receive ring ([`RxDrop::UnknownToken`]).
+    rx_stopped: Option<RxDrop>,
 }
 
 /// `QUEUE` buffers of `BUF_LEN` bytes from the DMA pool.
@@ -199,7 +206,7 @@ impl Nic {
         let raw = VirtIONetRaw::<SdkHal, PciTransport, QUEUE>::new(transport).map_err(NicError::Virtio)?;
         let rx = pool_buffers().map_err(NicError::Dma)?;
         let tx = pool_buffers().map_err(NicError::Dma)?;
-        let mut nic = Nic { raw, rx, tx, stats: NicStats::default() };
+        let mut nic = Nic { raw, rx, tx, stats: NicStats::default(), rx_stopped: None };
         for i in 0..QUEUE {
             nic.post(i).map_err(NicError::Virtio)?;
         }
@@ -238,9 +245,14 @@ impl Nic {
     /// was dropped; `None` when the device has returned no buffer. The
     /// buffer goes back to the device before this returns.
     pub fn receive_into(&mut self, out: &mut [u8]) -> Option<Result<usize, RxDrop>> {
+        if self.rx_stopped.is_some() {
+            return None;
+        }
         let token = self.raw.poll_receive()?;
         let Some(i) = self.rx.iter().position(|s| s.token.is_some_and(|(t, _)| t == token)) else {
             self.stats.rx_dropped += 1;
+            self.rx_stopped = Some(RxDrop::UnknownToken(token));
+            crate::println!("virtio-net: the receive ring returned token {token}, no buffer of ours: receiving stops");
             return Some(Err(RxDrop::UnknownToken(token)));
         };
         let slot = &mut self.rx[i];
@@ -263,6 +275,11 @@ impl Nic {
             crate::println!("virtio-net: receive buffer {i} not posted again: {e}");
         }
         Some(r)
+    }
+
+    /// Why receiving stopped, if the device broke the receive ring.
+    pub fn rx_stopped(&self) -> Option<RxDrop> {
+        self.rx_stopped
     }
 
     /// Takes back the transmit buffers the device is done with; how many.
