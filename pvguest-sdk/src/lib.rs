@@ -65,6 +65,7 @@
 //! | [`heap`] | a global allocator over free frames | no |
 //! | [`pci`] | PCI configuration for dom0: filtered reads and writes, enumeration | the gate only |
 //! | [`irq`] | device interrupts for dom0: map a GSI to a pirq, bind it to a port with a handler, EOI | the gate only |
+//! | [`virtio_net`] | a virtio-net NIC for dom0: raw frames, buffers it owns, checked used-ring entries | the crate's buffer contracts |
 #![no_std]
 
 extern crate freestanding;
@@ -92,6 +93,7 @@ pub mod timer;
 pub mod trap;
 pub mod version;
 pub mod virtio;
+pub mod virtio_net;
 
 pub use pvguest_abi as abi;
 pub use pvguest_abi::{Errno, StartInfo};

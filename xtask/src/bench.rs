@@ -1,6 +1,9 @@
 //! `cargo xtask bench`: path-length benchmarks of the hypervisor, run by the
 //! `bench` guest under QEMU `-icount shift=0`, where `rdtsc` counts executed
-//! instructions and every run gives the same numbers.
+//! instructions and every run gives the same numbers. Then dom0's UDP echo
+//! round trip from the host (`dom0_udp_rtt`, wall time, merged into
+//! `target/bench-dom0.json`; `cargo xtask bench dom0-net` runs only that:
+//! see `scenarios::dom0_net::bench`).
 
 use crate::images::{self, add_symbols};
 use crate::isolation::{self, Row};
@@ -77,6 +80,9 @@ pub fn run(args: &[String]) -> Result<()> {
     let imgs = images::build()?;
     if args.iter().any(|a| a == "--dom0") {
         return dom0_blk(&imgs);
+    }
+    if args.iter().any(|a| a == "dom0-net") {
+        return crate::scenarios::dom0_net::bench(&imgs);
     }
     let mut w = BundleWriter::new();
     w.domain(DomainEntry::new("bench", imgs.guest("bench", &root())?, 2048).cmdline("mode=all"));
@@ -186,6 +192,7 @@ pub fn run(args: &[String]) -> Result<()> {
     let path = images::target_dir().join("bench.json");
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("\nJSON: {}", path.display());
+    crate::scenarios::dom0_net::bench(&imgs)?;
     if !all_met && !smoke {
         eprintln!("xtask: some benchmark targets are not met (see above)");
     }

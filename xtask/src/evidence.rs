@@ -7,8 +7,4 @@
 //! image file or the datagrams itself.
 
 pub mod pattern;
-#[expect(
-    dead_code,
-    reason = "the client of the dom0-devices scenario and the dom0_udp_rtt bench, which come with the dom0 guest"
-)]
 pub mod udp;

@@ -6,6 +6,7 @@
 //! an image file, a virtio NIC with host forwards), host-side actions while
 //! QEMU runs, and host-side checks after it (see [`rig`]).
 
+pub mod dom0_net;
 pub mod rig;
 
 use crate::evidence::pattern::{check_pattern, write_pattern, Region};
@@ -562,10 +563,11 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dom0-devices",
-            what: "dom0 enumerates PCI, brings up virtio-blk with its interrupt-driven driver, checks every byte of the pattern xtask wrote, writes its own pattern and flushes; on the host the image holds exactly what dom0 acknowledged as flushed and the pre-written region is intact",
+            what: "dom0 enumerates PCI, brings up virtio-blk with its interrupt-driven driver, checks every byte of the pattern xtask wrote, writes its own pattern and flushes; on the host the image holds exactly what dom0 acknowledged as flushed and the pre-written region is intact; then it brings up virtio-net under smoltcp and the host's UDP datagrams through QEMU's forward come back intact (dom0-net's checks: ARP, ICMP, counters)",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "devices", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                let cmdline = format!("devices {}", dom0_net::CMDLINE);
+                w.domain(entry(imgs, "dom0", "dom0", 1024, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512 + dom0_net::DMA_KIB));
                 finish(w, imgs)
             },
             append: "",
@@ -574,7 +576,8 @@ fn scenarios() -> Vec<Scenario> {
                 let image = rig.disk(64 << 20)?;
                 let read = region_of(disk_pattern::dom0::READ);
                 write_pattern(&image, read, disk_pattern::dom0::READ.seed)?;
-                rig.nic(&[(Proto::Udp, 7)])?;
+                // The NIC with its forwards, and the host side of the echo.
+                dom0_net::rig(rig)?;
                 rig.after_run(move |out| {
                     // What dom0 said it wrote and flushed, checked in the file.
                     let line = find_line(out, "[dom0] blk: wrote ")?;
@@ -611,6 +614,10 @@ fn scenarios() -> Vec<Scenario> {
                 if n != 9 {
                     return Err(format!("not one device interrupt for each of the 9 requests: {irqs}"));
                 }
+                // The network: the host's echoes, checked byte by byte
+                // (dom0-net's checks), then the service told to stop.
+                dom0_net::check(out)?;
+                need(out, "[dom0] dom0: the network service ran until told to stop: ok")?;
                 deny(out, "MISMATCH")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
@@ -657,6 +664,25 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "(rf) dom2 (hog) exited: poweroff")?;
                 need(out, "(rf) dom1 (dom0) exited: poweroff")?;
                 deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
+            name: "dom0-net",
+            what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size and empty ones too; a fragmented one is dropped); slirp's ARP is answered, dom0's pings of the gateway are answered, an echo request injected below smoltcp is answered on the wire, malformed used-ring entries are refused, and dom0's counters match what the host sent",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                let e = entry(imgs, "dom0", "dom0", 1024, dom0_net::CMDLINE, Expect::Poweroff)?;
+                w.domain(e.privileged(true).dma_kib(dom0_net::DMA_KIB));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(dom0_net::rig),
+            expect: Outcome::Pass,
+            check: |out| {
+                dom0_net::check(out)?;
+                need(out, "[dom0] dom0: the network service ran until told to stop: ok")?;
                 need(out, "(rf) verdict: PASS")
             },
         },
@@ -1173,18 +1199,22 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
     opts.extra.extend(cpu_model_args(s.name));
     let (r, host) = qemu::run_watched(&opts, watches)?;
     let fail = |why: String| Err(format!("  {why}\n  --- console ---\n{}", indent(&r.output)));
+    // The host's evidence first: its reason is the most specific (a
+    // guest left waiting by a failed host action ends in a time-out).
+    let mut lines = Vec::new();
+    for h in host {
+        match h {
+            Ok(line) => lines.push(line),
+            Err(e) => return fail(format!("host side: {e}")),
+        }
+    }
     if r.outcome != s.expect {
         return fail(format!("expected {}, got {}", s.expect, r.outcome));
     }
     if let Err(e) = (s.check)(&r.output) {
         return fail(e);
     }
-    for h in host {
-        match h {
-            Ok(line) => println!("  {line}"),
-            Err(e) => return fail(format!("host side: {e}")),
-        }
-    }
+    lines.iter().for_each(|l| println!("  {l}"));
     for check in after {
         if let Err(e) = check(&r.output) {
             return fail(format!("after the run: {e}"));
