@@ -783,10 +783,8 @@ impl<const N: usize> Bvt<N> {
             Some(x) => self.by_evt.peek_excluding(x),
             None => self.by_evt.peek(),
         };
-        let running = self
-            .running
-            .filter(|&r| Some(r) != exclude)
-            .and_then(|r| self.entity(r).map(|e| (e.evt_key(r), r)));
+        let running =
+            self.running.filter(|&r| Some(r) != exclude).and_then(|r| self.entity(r).map(|e| (e.evt_key(r), r)));
         let top = match (queued, running) {
             (Some(q), Some(r)) => Some(q.min(r)),
             (q, r) => q.or(r),
