@@ -226,7 +226,7 @@ pub const BUDGET_NS: u64 = 50_000;
 /// The action of hypercall `nr` with first argument `a0` when it needs
 /// nothing of its environment: only `sched_op` yield, whose whole effect is
 /// its [`Action::Yield`]. The trap loop takes it without building an
-/// environment; [`dispatch`] answers the same through [`sched`]. `None`
+/// environment; [`dispatch`] answers the same (its `sched_op` arm). `None`
 /// for every other call.
 #[inline]
 pub fn without_env(nr: u64, a0: u64) -> Option<Action> {
