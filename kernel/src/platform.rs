@@ -112,9 +112,11 @@ impl Machine for Platform {
     fn tsc() -> u64 {
         cpu::rdtsc()
     }
+    #[inline] // on every switch
     fn tsc_ticks(&self, ns: u64) -> u64 {
         self.rates.map_or(ns, |r| r.tsc_ticks(ns))
     }
+    #[inline] // on every switch
     fn arm_timer(&mut self, ns: u64) {
         if let Some(r) = self.rates {
             timer::arm_oneshot(&r, ns);
@@ -138,6 +140,7 @@ impl Machine for Platform {
     fn cr2(&self) -> u64 {
         cpu::read_cr2()
     }
+    #[inline] // on every switch
     fn save_segments(&mut self) -> SegmentState {
         SegmentState {
             selectors: cpu::data_selectors(),
@@ -145,6 +148,7 @@ impl Machine for Platform {
             gs_base: cpu::rdmsr(cpu::msr::GS_BASE),
         }
     }
+    #[inline] // on every switch
     fn load_segments(&mut self, s: &SegmentState, selectors: bool) {
         // SAFETY: the library passes selectors read from the CPU while this
         // domain ran (or null ones) and bases checked canonical by
@@ -158,9 +162,11 @@ impl Machine for Platform {
             cpu::wrmsr(cpu::msr::GS_BASE, s.gs_base);
         }
     }
+    #[inline] // on every switch
     fn set_syscall_gate(&mut self, gate: Option<u64>) {
         descriptors::set_syscall_gate(gate);
     }
+    #[inline] // on every switch
     fn set_rsp1(&mut self, rsp: u64) {
         descriptors::set_rsp1(rsp);
     }

@@ -1400,8 +1400,13 @@ impl<M: Machine> Hv<M> {
         let (action, deadlines_before) = match self.cpu.pending_action.take() {
             Some(a) => (a, None),
             None => {
-                let frames = self.frames.as_mut().expect("frame table set");
                 let d = &self.domains[cur];
+                if let Some(a) = hypercall::without_env(d.regs.rax, d.regs.rdi) {
+                    // A yield: nothing to decode, no environment to build.
+                    self.apply(cur, a, now);
+                    return;
+                }
+                let frames = self.frames.as_mut().expect("frame table set");
                 let (nr, args) = (d.regs.rax, [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8]);
                 let before = Some((d.vcpu.timer, d.vcpu.poll_deadline));
                 let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
@@ -1437,6 +1442,12 @@ impl<M: Machine> Hv<M> {
         if deadlines_before != Some((v.timer, v.poll_deadline)) {
             self.sync_deadlines(cur);
         }
+        self.apply(cur, action, now);
+    }
+
+    /// Applies the action of domain `cur`'s hypercall.
+    #[inline]
+    fn apply(&mut self, cur: usize, action: Action, now: u64) {
         let d = &mut self.domains[cur];
         match action {
             Action::Return(v) => d.regs.rax = v as u64,

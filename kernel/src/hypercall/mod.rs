@@ -223,6 +223,16 @@ pub const CONSOLE_PIECE: usize = 256;
 /// time (50 000 instructions under QEMU `-icount shift=0`).
 pub const BUDGET_NS: u64 = 50_000;
 
+/// The action of hypercall `nr` with first argument `a0` when it needs
+/// nothing of its environment: only `sched_op` yield, whose whole effect is
+/// its [`Action::Yield`]. The trap loop takes it without building an
+/// environment; [`dispatch`] answers the same (its `sched_op` arm). `None`
+/// for every other call.
+#[inline]
+pub fn without_env(nr: u64, a0: u64) -> Option<Action> {
+    (nr == hypercall::SCHED_OP && a0 == sched_op::YIELD).then_some(Action::Yield)
+}
+
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
 pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {

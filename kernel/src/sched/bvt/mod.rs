@@ -416,7 +416,10 @@ fn to_virtual(ns: Ns, weight: u64) -> u64 {
 /// No decision scans the domains: the runnable ones sit in two
 /// [`IndexedHeap`]s, one by EVT (with the tie rule in the key) and one by
 /// AVT (for SVT), re-keyed whenever an entity changes, so every operation
-/// is O(log N).
+/// is O(log N). The one exception is the *running* entity (see
+/// [`Bvt::pick`]): it is kept out of both heaps and compared with their
+/// roots, so charging it (every trip) touches no heap, and a switch costs
+/// one removal and one insertion.
 #[derive(Clone, Debug)]
 pub struct Bvt<const N: usize> {
     slots: [Option<Entity>; N],
@@ -427,6 +430,12 @@ pub struct Bvt<const N: usize> {
     by_evt: IndexedHeap<u128, N>,
     /// The runnable entities by relative AVT: the root is SVT's candidate.
     by_avt: IndexedHeap<i64, N>,
+    /// The runnable entity the last `pick` chose, kept out of `by_evt` and
+    /// `by_avt` (`None`: every runnable entity is in them). It is only a
+    /// cache of where the entity is stored: every decision considers it
+    /// beside the heaps' roots, so what `pick` answers does not depend on
+    /// it.
+    running: Option<usize>,
     /// Slots whose warp limit ran out in `account`, for `observe` to date
     /// (if it ever fills, `observe` looks at every slot once).
     overshoots: heapless::Vec<usize, N>,
@@ -452,6 +461,7 @@ impl<const N: usize> Bvt<N> {
             used: 0,
             by_evt: IndexedHeap::new(0),
             by_avt: IndexedHeap::new(0),
+            running: None,
             overshoots: heapless::Vec::new(),
             overshoots_lost: false,
             ctx_allowance_ns: clamp_allowance(ctx_allowance_ns),
@@ -607,7 +617,10 @@ impl<const N: usize> Bvt<N> {
         let cur = current.filter(|&c| self.is_runnable(c));
         let next = match cur {
             Some(c) => match self.best(Some(c)) {
-                None => return Pick { next: Some(c), run_for_ns: None },
+                None => {
+                    self.set_running(c);
+                    return Pick { next: Some(c), run_for_ns: None };
+                }
                 Some((o, evt_o)) => {
                     if self.evt_rel(c) < evt_o.saturating_add(self.ctx_rel(c)) {
                         c
@@ -621,6 +634,7 @@ impl<const N: usize> Bvt<N> {
                 Some((n, _)) => n,
             },
         };
+        self.set_running(next);
         Pick { next: Some(next), run_for_ns: self.run_for(next) }
     }
 
@@ -647,6 +661,7 @@ impl<const N: usize> Bvt<N> {
                     self.reindex(current);
                     self.update_svt();
                 }
+                self.set_running(n);
                 Pick { next: Some(n), run_for_ns: self.run_for(n) }
             }
             None => self.pick(now, Some(current)),
@@ -700,13 +715,37 @@ impl<const N: usize> Bvt<N> {
 
     /// How many domains are runnable.
     pub fn runnable_count(&self) -> usize {
-        self.by_evt.len()
+        self.by_evt.len() + usize::from(self.running.is_some())
+    }
+
+    /// Makes `slot` (runnable, just picked) the running entity: it leaves
+    /// the heaps, and the one that ran before goes back in with its keys.
+    /// A no-op when it is the running one already (the common case: the
+    /// running domain keeps the CPU).
+    fn set_running(&mut self, slot: usize) {
+        if self.running == Some(slot) {
+            return;
+        }
+        self.by_evt.remove(slot);
+        self.by_avt.remove(slot);
+        if let Some(old) = self.running.replace(slot) {
+            self.reindex(old);
+        }
     }
 
     /// Puts `slot` in the run-queue heaps with its current keys if it is
     /// runnable, takes it out otherwise. Called after every change to an
-    /// entity's AVT, warp, wake stamp, parameters or runnability.
+    /// entity's AVT, warp, wake stamp, parameters or runnability. The
+    /// running entity stays out of the heaps while it is runnable (its
+    /// keys are computed when they are compared); once it is not, it is
+    /// not running either.
     fn reindex(&mut self, slot: usize) {
+        if self.running == Some(slot) {
+            if self.is_runnable(slot) {
+                return;
+            }
+            self.running = None;
+        }
         match self.entity(slot).filter(|e| e.runnable).map(|e| (e.evt_key(slot), e.avt)) {
             Some((key, avt)) => {
                 self.by_evt.set(slot, key);
@@ -740,9 +779,15 @@ impl<const N: usize> Bvt<N> {
     /// The runnable domain of least EVT other than `exclude` (ties: the most
     /// recently woken, then the lowest slot), with its relative EVT.
     fn best(&self, exclude: Option<usize>) -> Option<(usize, i64)> {
-        let top = match exclude {
+        let queued = match exclude {
             Some(x) => self.by_evt.peek_excluding(x),
             None => self.by_evt.peek(),
+        };
+        let running =
+            self.running.filter(|&r| Some(r) != exclude).and_then(|r| self.entity(r).map(|e| (e.evt_key(r), r)));
+        let top = match (queued, running) {
+            (Some(q), Some(r)) => Some(q.min(r)),
+            (q, r) => q.or(r),
         };
         top.map(|(key, i)| (i, ((key >> 64) as u64 ^ (1 << 63)) as i64))
     }
@@ -783,7 +828,13 @@ impl<const N: usize> Bvt<N> {
     }
 
     fn update_svt(&mut self) {
-        if let Some((min, _)) = self.by_avt.peek() {
+        let queued = self.by_avt.peek().map(|(a, _)| a);
+        let running = self.running.and_then(|r| self.entity(r)).map(|e| e.avt);
+        let least = match (queued, running) {
+            (Some(q), Some(r)) => Some(q.min(r)),
+            (q, r) => q.or(r),
+        };
+        if let Some(min) = least {
             self.svt = self.svt.max(min);
             if self.svt >= REBASE_AT {
                 self.rebase();

@@ -659,6 +659,15 @@ fn check_invariants<const N: usize>(s: &Bvt<N>, last_svt: &mut Vt) {
     }
     s.by_evt.check();
     s.by_avt.check();
+    // The running entity is runnable and outside the heaps; every other
+    // runnable entity is in both.
+    if let Some(r) = s.running {
+        assert!(s.is_runnable(r), "running entity {r} not runnable");
+        assert!(!s.by_evt.contains(r) && !s.by_avt.contains(r), "running entity {r} queued");
+    }
+    for i in (0..N).filter(|&i| s.is_runnable(i) && s.running != Some(i)) {
+        assert!(s.by_evt.contains(i) && s.by_avt.contains(i), "runnable entity {i} not queued");
+    }
     for i in 0..N {
         if s.is_runnable(i) {
             assert!(s.avt(i).unwrap() >= svt, "runnable AVT below SVT");
@@ -883,4 +892,104 @@ fn bvt_rebase_changes_no_decision() {
             }
         }
     }
+}
+
+#[test]
+fn bvt_running_outside_the_heaps_changes_no_decision() {
+    // Twin schedulers fed the same operations (including picks for a
+    // `current` that is not the one last picked, and remove/add of the
+    // running slot); after every step one of them puts its running entity
+    // back in the heaps, as if none were kept apart. Every answer, AVT and
+    // EVT agrees: keeping the running entity out of the heaps is only a
+    // matter of where it is stored.
+    const N: usize = 6;
+    let mut rng = XorShift(0x0BAD_5EED_1234_4321);
+    for _ in 0..40 {
+        let mut a: Bvt<N> = Bvt::new(rng.below(10 * MS));
+        let mut b = a.clone();
+        let mut now: Ns = 0;
+        let mut cur = None;
+        let mut last_svt = 0;
+        for _ in 0..2_000 {
+            now += rng.below(3 * MS);
+            let slot = rng.below(N as u64) as usize;
+            match rng.below(8) {
+                0 => {
+                    let p = Params::warped(
+                        1 + rng.below(500) as u32,
+                        rng.below(20 * MS),
+                        rng.below(10 * MS),
+                        rng.below(20 * MS),
+                    );
+                    assert_eq!(a.add(slot, p, now), b.add(slot, p, now));
+                }
+                1 => assert_eq!(a.block(slot, now), b.block(slot, now)),
+                2 => assert_eq!(a.wake(slot, now), b.wake(slot, now)),
+                3 => {
+                    let ran = rng.below(20 * MS);
+                    let t = cur.unwrap_or(slot);
+                    a.account(t, ran);
+                    b.account(t, ran);
+                }
+                4 => {
+                    let pa = a.pick_yielding(now, slot);
+                    assert_eq!(pa, b.pick_yielding(now, slot));
+                    cur = pa.next;
+                }
+                5 => assert_eq!(a.remove(slot), b.remove(slot)),
+                6 => {
+                    // A pick for some other `current` than the last pick's.
+                    let c = (rng.below(2) == 0).then_some(slot);
+                    let pa = a.pick(now, c);
+                    assert_eq!(pa, b.pick(now, c));
+                    check_pick(&a, c, pa);
+                    cur = pa.next;
+                }
+                _ => {
+                    let pa = a.pick(now, cur);
+                    assert_eq!(pa, b.pick(now, cur));
+                    check_pick(&a, cur, pa);
+                    cur = pa.next;
+                }
+            }
+            if let Some(r) = b.running.take() {
+                b.reindex(r);
+            }
+            b.by_evt.check();
+            b.by_avt.check();
+            check_invariants(&a, &mut last_svt);
+            assert_eq!(a.svt(), b.svt());
+            assert_eq!(a.runnable_count(), b.runnable_count());
+            for i in 0..N {
+                assert_eq!(a.is_runnable(i), b.is_runnable(i));
+                assert_eq!(a.avt(i), b.avt(i), "AVT of slot {i}");
+                assert_eq!(a.evt(i), b.evt(i), "EVT of slot {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn bvt_a_switch_moves_one_entity_in_and_one_out_of_the_heaps() {
+    let mut s: Bvt<4> = Bvt::new(MS);
+    for i in 0..3 {
+        s.add(i, Params::default(), 0).unwrap();
+    }
+    let p = s.pick(0, None);
+    let first = p.next.unwrap();
+    assert_eq!(s.running, Some(first));
+    assert_eq!(s.by_evt.len(), 2);
+    // Charging the running domain touches no heap.
+    s.account(first, 10 * MS);
+    assert!(!s.by_evt.contains(first) && !s.by_avt.contains(first));
+    let p = s.pick(10 * MS, Some(first));
+    let second = p.next.unwrap();
+    assert_ne!(second, first, "ran past its allowance");
+    assert_eq!(s.running, Some(second));
+    assert!(s.by_evt.contains(first) && s.by_avt.contains(first));
+    assert_eq!(s.runnable_count(), 3);
+    // Blocking the running domain leaves nothing running.
+    s.block(second, 10 * MS);
+    assert_eq!(s.running, None);
+    assert_eq!(s.runnable_count(), 2);
 }
