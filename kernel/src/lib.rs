@@ -35,6 +35,7 @@ pub mod event;
 pub mod grant;
 pub mod hv;
 pub mod hypercall;
+pub mod ioport;
 pub mod irq;
 pub mod mm;
 pub mod pci;

@@ -102,6 +102,20 @@ impl Machine for Platform {
     fn pci_config(&mut self) -> &mut Mechanism1 {
         &mut self.pci
     }
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        match size {
+            1 => u32::from(crate::arch::cpu::inb(port)),
+            2 => u32::from(crate::arch::cpu::inw(port)),
+            _ => crate::arch::cpu::inl(port),
+        }
+    }
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        match size {
+            1 => crate::arch::cpu::outb(port, value as u8),
+            2 => crate::arch::cpu::outw(port, value as u16),
+            _ => crate::arch::cpu::outl(port, value),
+        }
+    }
 
     fn mem(&mut self) -> &mut HvPhys {
         &mut self.mem

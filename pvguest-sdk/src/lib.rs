@@ -80,6 +80,7 @@ pub mod event;
 pub mod grant;
 pub mod heap;
 pub mod hypercall;
+pub mod ioport;
 pub mod irq;
 pub mod mm;
 pub mod mmio;

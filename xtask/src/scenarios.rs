@@ -454,7 +454,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dom0-pci",
-            what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; a domU gets EPERM",
+            what: "the privileged dom0 enumerates PCI through the hypervisor (the q35 host bridge among the functions) and its forbidden configuration writes are refused (a BAR onto the hypervisor, RAM or the APICs; MSI; the host and ISA bridges) while decoding, bus mastering and BAR sizing work; dom0's in/out on its SMBus I/O BAR is emulated and every hypervisor port (COM1, PCI configuration, the debug exit, the legacy chipset) is refused with a #GP it catches; a domU gets EPERM and #GP for every port",
             bundle: |imgs| dom0_and_domu(imgs, "dom0", "", 0),
             append: "",
             icount: false,
@@ -491,10 +491,29 @@ fn scenarios() -> Vec<Scenario> {
                 ] {
                     need(out, &format!("[dom0] dom0: {line}"))?;
                 }
-                need(out, "[dom0] dom0: 23/23 checks as expected")?;
+                // Port I/O: emulated for dom0's own I/O BARs, refused
+                // (a #GP the guest catches) everywhere else.
+                need(out, "[dom0] dom0: SMBus BAR4 is an I/O BAR at 0x")?;
+                need(out, "[dom0] dom0: in from the SMBus host status port: Ok(")?;
+                need(out, "[dom0] dom0: 16-bit in from the SMBus BAR: ok")?;
+                need(out, "[dom0] dom0: in of 32 bits across the SMBus BAR's end refused: ok")?;
+                need(out, "[domu] domU: in from the SMBus port 0x700 refused: ok")?;
+                for who in ["[dom0] dom0", "[domu] domU"] {
+                    for what in [
+                        "in from COM1 (port 0x3f8) refused",
+                        "in from PCI configuration data (port 0xcfc) refused",
+                        "in from the keyboard controller (port 0x60) refused",
+                        "in from a port no BAR holds (port 0x1000) refused",
+                        "out to COM1 refused",
+                        "out to the debug exit refused",
+                    ] {
+                        need(out, &format!("{who}: {what}: ok"))?;
+                    }
+                }
+                need(out, "[dom0] dom0: 33/33 checks as expected")?;
                 need(out, "[domu] domU: pci::enumerate: EPERM (want EPERM) refused")?;
                 need(out, "[domu] domU: write of 00:1f.2's command register: EPERM (want EPERM) refused")?;
-                need(out, "[domu] domu: 7/7 checks as expected")?;
+                need(out, "[domu] domu: 14/14 checks as expected")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },
@@ -544,7 +563,7 @@ fn scenarios() -> Vec<Scenario> {
                 for line in ["physdev_op(eoi)", "physdev_op(map_pirq)", "bind_pirq of pirq 22"] {
                     need(out, &format!("[domu] domU: {line}: EPERM (want EPERM) refused"))?;
                 }
-                need(out, "[domu] domu: 7/7 checks as expected")?;
+                need(out, "[domu] domu: 14/14 checks as expected")?;
                 // dom0 powered off: its lines were masked and freed.
                 need(out, "(rf) dom1: 2 interrupt line(s) masked and freed")?;
                 deny(out, "WRONG")?;

@@ -39,6 +39,13 @@ pub trait Machine {
     /// PCI configuration space (mechanism #1 on the real machine; only
     /// [`crate::pci`]'s policy, on dom0's behalf or at boot, uses it).
     fn pci_config(&mut self) -> &mut Self::Config;
+    /// Reads `size` (1, 2 or 4) bytes from I/O port `port` (only for
+    /// dom0's emulated `in`, on a port [`crate::pci::Pci::io_owner`]
+    /// allowed).
+    fn port_in(&mut self, port: u16, size: u8) -> u32;
+    /// Writes `size` (1, 2 or 4) bytes of `value` to I/O port `port` (as
+    /// [`Machine::port_in`]).
+    fn port_out(&mut self, port: u16, size: u8, value: u32);
     /// Physical memory, to read.
     fn mem_ref(&self) -> &Self::Mem;
     /// The time-stamp counter. An associated function, not a method: the

@@ -1352,6 +1352,9 @@ impl<M: Machine> Hv<M> {
     /// the domain.
     fn exception(&mut self, cur: usize, f: &TrapFrame) {
         let vector = f.vector as u8;
+        if vector == 13 && f.error == 0 && self.emulate_port_io(cur) {
+            return;
+        }
         let cr2 = if vector == 14 { self.m.cr2() } else { 0 };
         let fault = Fault { vector, error: f.error, rip: f.rip, cr2, ring: (f.cs & 3) as u8 };
         match self.domains[cur].vcpu.traps.handler(vector) {
@@ -1362,6 +1365,49 @@ impl<M: Machine> Hv<M> {
                 self.deliver(cur, &b, h.mask_events);
             }
         }
+    }
+
+    /// dom0's `in`/`out` on a port of a given function's I/O BAR
+    /// ([`crate::ioport`]): performed, `rip` past it. False (the #GP goes
+    /// to the guest as it was) for any other domain, port or instruction.
+    fn emulate_port_io(&mut self, cur: usize) -> bool {
+        let frames = self.frames.as_ref().expect("frame table set");
+        let d = &mut self.domains[cur];
+        let Some(privilege) = d.privilege else { return false };
+        // dom0's kernel only (ring 1): its applications get the #GP.
+        if d.regs.cs & 3 != 1 {
+            return false;
+        }
+        let rip = d.regs.rip;
+        let view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        // Up to MAX_LEN bytes: fewer if the code ends at an unmapped page.
+        let mut code = [0u8; crate::ioport::MAX_LEN];
+        let mut got = 0;
+        for (i, b) in code.iter_mut().enumerate() {
+            let mut one = [0u8];
+            if view.copy_from_remembered(GuestVa(rip.wrapping_add(i as u64)), &mut one, &mut d.memo[MEMO_CODE]).is_err()
+            {
+                break;
+            }
+            *b = one[0];
+            got += 1;
+        }
+        let Some(op) = crate::ioport::decode(&code[..got]) else { return false };
+        let port = op.port(d.regs.rdx);
+        if self.pci.io_owner(privilege, port, op.size).is_none() {
+            return false;
+        }
+        let d = &mut self.domains[cur];
+        if op.out {
+            let v = op.out_value(d.regs.rax);
+            self.m.port_out(port, op.size, v);
+        } else {
+            let v = self.m.port_in(port, op.size);
+            d.regs.rax = op.complete_in(d.regs.rax, v);
+        }
+        let d = &mut self.domains[cur];
+        d.regs.rip = rip.wrapping_add(u64::from(op.len));
+        true
     }
 
     /// Bounces to a guest handler, masking events if asked; crashes the

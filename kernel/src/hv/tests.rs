@@ -221,6 +221,12 @@ impl Machine for FakeMachine {
         &mut self.pci
     }
 
+    fn port_in(&mut self, port: u16, size: u8) -> u32 {
+        panic!("the fake machine has no I/O ports (in {port:#x}, {size})")
+    }
+    fn port_out(&mut self, port: u16, size: u8, value: u32) {
+        panic!("the fake machine has no I/O ports (out {port:#x}, {size}, {value:#x})")
+    }
     fn mem(&mut self) -> &mut Ram {
         &mut self.ram
     }

@@ -8,9 +8,11 @@
 //!   (an address written to port `0xCF8`, then data through `0xCFC..=0xCFF`).
 //!   The address latch at `0xCF8` is the hypervisor's alone: its driver
 //!   (`arch::pci`) is the only code that writes it, it holds its latch lock
-//!   from the address write to the data access, guests have no I/O ports
-//!   (IOPL 0 and no I/O bitmap), and the ports `0xCF8..=0xCFF` must never be
-//!   among those given to dom0 later.
+//!   from the address write to the data access, guests run with IOPL 0 and
+//!   no I/O bitmap, and the only ports dom0 reaches are those of its given
+//!   functions' I/O BARs, emulated on #GP ([`crate::ioport`],
+//!   [`Pci::io_owner`]), which never include `0xCF8..=0xCFF` (rule 5 and
+//!   [`IO_FORBIDDEN`]).
 //! - The policy and the record ([`Pci`]) are this module's, owned by the
 //!   hypervisor state and reached only through the `physdev_op` hypercall
 //!   handlers, which need the caller's [`Privilege`]: without that value no
@@ -798,6 +800,28 @@ impl Pci {
                         && b.size >= 4096
                         && b.base <= first
                         && b.base.checked_add(b.size - 1).is_some_and(|e| last <= e)
+                })
+            })
+            .map(|f| f.bdf)
+    }
+
+    /// The given function whose I/O BAR holds every port of
+    /// `[port, port + size)`, if its I/O decoding is on and no port of the
+    /// range is the hypervisor's ([`IO_FORBIDDEN`], checked again here
+    /// whatever the record says): where dom0's `in`/`out` may go
+    /// ([`crate::ioport`]). Only the holder of the [`Privilege`] asks.
+    pub fn io_owner(&self, _privilege: Privilege, port: u16, size: u8) -> Option<Bdf> {
+        let first = u64::from(port);
+        let end = first + u64::from(size.max(1));
+        if end > IO_END || IO_FORBIDDEN.iter().any(|r| first < r.end && r.start < end) {
+            return None;
+        }
+        self.functions
+            .iter()
+            .filter(|f| f.given && f.command & command::IO_SPACE != 0)
+            .find(|f| {
+                f.bars.iter().any(|b| {
+                    b.kind == BarKind::Io && b.size > 0 && b.base <= first && end <= b.base.saturating_add(b.size)
                 })
             })
             .map(|f| f.bdf)

@@ -678,3 +678,31 @@ fn rule7_a_mapped_bar_cannot_move_or_stop_decoding() {
     assert_eq!(write(&mut pci, &mut bus, SATA, 0x24, 4, 0xfd00_0000), Ok(()));
     assert_eq!(record(&pci, SATA).mapped[5], 0);
 }
+
+#[test]
+fn io_owner_names_only_given_decoding_io_bars_and_never_the_hypervisors_ports() {
+    let (mut pci, mut bus) = setup();
+    let p = privilege();
+    let b = |(bus, dev, func): (u8, u8, u8)| Bdf::new(bus, dev, func).unwrap();
+    // SATA's BAR4 (0xc040+32) and SMBus's (0x700+64): byte, word, dword.
+    assert_eq!(pci.io_owner(p, 0xc040, 1), Some(b(SATA)));
+    assert_eq!(pci.io_owner(p, 0xc05c, 4), Some(b(SATA)));
+    assert_eq!(pci.io_owner(p, 0x0700, 2), Some(b(SMBUS)));
+    assert_eq!(pci.io_owner(p, 0x073f, 1), Some(b(SMBUS)));
+    // Across a BAR's end, past it, before it.
+    assert_eq!(pci.io_owner(p, 0xc05e, 4), None);
+    assert_eq!(pci.io_owner(p, 0xc060, 1), None);
+    assert_eq!(pci.io_owner(p, 0xc03f, 1), None);
+    assert_eq!(pci.io_owner(p, 0x073e, 4), None);
+    // The hypervisor's ports, and the top of the port space.
+    for port in [0x3f8, 0x3fc, 0xcf8, 0xcfc, 0xf4, 0x20, 0x60, 0x70, 0x80] {
+        assert_eq!(pci.io_owner(p, port, 1), None, "port {port:#x}");
+    }
+    assert_eq!(pci.io_owner(p, 0xffff, 2), None);
+    assert_eq!(pci.io_owner(p, 0xfffe, 4), None);
+    // A function not decoding I/O owns no port.
+    assert_eq!(write(&mut pci, &mut bus, SMBUS, reg::COMMAND, 2, 0), Ok(()));
+    assert_eq!(pci.io_owner(p, 0x0700, 1), None);
+    // The host bridge (not given) owns nothing, whatever it decodes.
+    assert!((0..0x1_0000u32).step_by(0x40).all(|port| pci.io_owner(p, port as u16, 1) != Some(b(HOST))));
+}

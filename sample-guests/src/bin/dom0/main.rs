@@ -31,6 +31,7 @@ use pvguest_sdk::abi::physdev::{map_pirq_type, MapPirq};
 use pvguest_sdk::abi::start_info::SIF_PRIVILEGED;
 use pvguest_sdk::check::Checks;
 use pvguest_sdk::event::{self, Port};
+use pvguest_sdk::ioport;
 use pvguest_sdk::irq::{self, Pirq};
 use pvguest_sdk::pci::{self, bar, cap, command, reg, status, Bdf};
 use pvguest_sdk::virtio::blk::BlkError;
@@ -139,8 +140,43 @@ fn disk_mode(c: &mut Checks, cmdline: &str) {
     c.holds(who, format_args!("{what}"), r.is_ok());
 }
 
+/// q35's SMBus controller (given to dom0): its BAR4 is an I/O BAR.
+const SMBUS: Bdf = Bdf::new(0, 0x1f, 3);
+
+/// Port I/O: dom0 reaches its devices' I/O BARs (the hypervisor emulates
+/// the `in`/`out`), never the hypervisor's ports; a domU reaches none.
+fn io_ports(c: &mut Checks, who: &str, privileged: bool) {
+    if privileged {
+        let bar4 = pci::read32(SMBUS, reg::BAR0 + 16).unwrap_or(0);
+        let smbus = (bar4 & !3) as u16;
+        c.holds(who, format_args!("SMBus BAR4 is an I/O BAR at {smbus:#x}"), bar4 & 1 == 1 && smbus >= 0x100);
+        let status = ioport::read8(smbus);
+        c.holds(who, format_args!("in from the SMBus host status port: {status:?}"), status.is_ok());
+        let wide = ioport::read16(smbus + 2);
+        c.holds(who, format_args!("16-bit in from the SMBus BAR"), wide.is_ok());
+        c.holds(
+            who,
+            format_args!("in of 32 bits across the SMBus BAR's end refused"),
+            ioport::read32(smbus + 0x3e).is_err(),
+        );
+    } else {
+        c.holds(who, format_args!("in from the SMBus port 0x700 refused"), ioport::read8(0x700).is_err());
+    }
+    for (port, what) in [
+        (0x3f8u16, "COM1"),
+        (0xcfc, "PCI configuration data"),
+        (0x60, "the keyboard controller"),
+        (0x1000, "a port no BAR holds"),
+    ] {
+        c.holds(who, format_args!("in from {what} (port {port:#x}) refused"), ioport::read8(port).is_err());
+    }
+    c.holds(who, format_args!("out to COM1 refused"), ioport::write8(0x3f8, b'!').is_err());
+    c.holds(who, format_args!("out to the debug exit refused"), ioport::write8(0xf4, 0x10).is_err());
+}
+
 fn domu(c: &mut Checks) {
     let who = "domU";
+    io_ports(c, who, false);
     c.refused(who, format_args!("pci::enumerate"), pci::enumerate().map(|_| ()), Errno::EPERM);
     c.refused(
         who,
@@ -275,6 +311,7 @@ fn dom0_irq(c: &mut Checks) {
 
 fn dom0(c: &mut Checks) {
     let who = "dom0";
+    io_ports(c, who, true);
     let functions = match pci::enumerate() {
         Ok(f) => f,
         Err(e) => {
