@@ -16,9 +16,10 @@
 //! address, so dom0 is DMA-trusted, as in Xen. The pool bounds nothing; it
 //! only spares the driver the search for contiguous frames.
 //!
-//! These are what `virtio-drivers`' `Hal` sits on: `dma_alloc` is
-//! [`alloc`] (machine address and pointer), `share` is [`machine_of`] on
-//! the buffer (identity: no bounce buffers), `unshare` is nothing.
+//! These are what `virtio-drivers`' `Hal` ([`crate::virtio::SdkHal`])
+//! sits on: `dma_alloc` is [`alloc`] (machine address and pointer), and
+//! `share` is [`machine_of`] on the buffer when its frames are
+//! machine-contiguous (in place, no copy), else a bounce copy in the pool.
 //!
 //! ```ignore
 //! use pvguest_sdk::dma;
