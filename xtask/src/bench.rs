@@ -203,8 +203,9 @@ pub fn run(args: &[String]) -> Result<()> {
 /// Bytes the block benchmark moves each way.
 const BLK_BENCH_MIB: u64 = 8;
 
-/// One `blkbench: NAME k=v ...` line's value of `k`.
-fn blk_figure(out: &str, name: &str, k: &str) -> Result<f64> {
+/// One figure `k` of the `blkbench: NAME ...` line in `out` (also the
+/// `dom0-blkbench-smoke` scenario's check).
+pub(crate) fn blk_figure(out: &str, name: &str, k: &str) -> Result<f64> {
     let line = out
         .lines()
         .find_map(|l| l.split_once("blkbench: ").map(|(_, r)| r).filter(|r| r.starts_with(&format!("{name} "))))

@@ -687,6 +687,48 @@ fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "dom0-blkbench-smoke",
+            what: "the dom0 disk benchmark of `cargo xtask bench` on a small run (1 MiB each way, eight 4 KiB reads): it completes and prints every figure the bench parses, so the bench cannot rot unnoticed",
+            bundle: |imgs| {
+                let mut w = BundleWriter::new();
+                // The bench's own dom0 entry, less data.
+                let e = entry(imgs, "dom0", "dom0", 1536, "blkbench mib=1 reads4k=8", Expect::Poweroff)?;
+                w.domain(e.privileged(true).dma_kib(768));
+                finish(w, imgs)
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                rig.disk(64 << 20)?;
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] blkbench: done (")?;
+                for (name, k) in [
+                    ("seq_read", "bytes"),
+                    ("seq_read", "ns"),
+                    ("seq_read", "tsc"),
+                    ("seq_write", "bytes"),
+                    ("seq_write", "ns"),
+                    ("memcpy", "bytes"),
+                    ("memcpy", "ns"),
+                    ("read_4k", "count"),
+                    ("read_4k", "min_tsc"),
+                ] {
+                    let v = crate::bench::blk_figure(out, name, k)?;
+                    if v.is_nan() || v <= 0.0 {
+                        return Err(format!("blkbench {name} {k}={v}: not a positive figure"));
+                    }
+                }
+                if crate::bench::blk_figure(out, "seq_read", "bytes")? != f64::from(1u32 << 20) {
+                    return Err("blkbench did not read 1 MiB".into());
+                }
+                deny(out, "WRONG")?;
+                need(out, "(rf) verdict: PASS")
+            },
+        },
+        Scenario {
             name: "dom0-net",
             what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size and empty ones too; a fragmented one is dropped); slirp's ARP is answered, dom0's pings of the gateway are answered, an echo request injected below smoltcp is answered on the wire, malformed used-ring entries are refused, and dom0's counters match what the host sent",
             bundle: |imgs| {
