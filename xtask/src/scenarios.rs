@@ -572,7 +572,7 @@ fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "dom0-attacker",
-            what: "a hostile dom0 (virtio disk and NIC attached) has every device attack refused with its errno (RAM, the hypervisor and the APICs as device memory, the MSI-X table writable, BARs onto RAM or the hypervisor or moved while mapped, pirqs not given or bound twice, EOIs of lines not its own, garbage numbers, bad argument pointers: EFAULT); a domU beside it gets EPERM from every dom0-only call and keeps ticking after the attacks",
+            what: "a hostile dom0 (virtio disk and NIC attached) has every device attack refused with its errno (RAM, the hypervisor and the APICs as device memory, the MSI-X table writable, BARs onto RAM or the hypervisor or moved while mapped, pirqs not given or bound twice, EOIs of lines not its own, garbage numbers, bad argument pointers: EFAULT); a domU beside it gets EPERM from every dom0-only call and keeps ticking after the attacks (the device interrupt storm is its companion scenario dom0-storm, run under icount to measure CPU shares)",
             bundle: |imgs| dom0_and_domu(imgs, "dom0_attacker", "", 64),
             append: "",
             icount: false,
