@@ -55,68 +55,58 @@ fn ensure_handler() {
     }
 }
 
-macro_rules! port_in {
-    ($name:ident, $ty:ty, $insn:literal, $len:literal, $what:literal) => {
-        #[doc = concat!("Reads ", $what, " from `port`; `Err(Refused)` if the hypervisor refused.")]
-        pub fn $name(port: u16) -> Result<$ty, Refused> {
-            ensure_handler();
-            REFUSED.store(false, Ordering::SeqCst);
-            IN_LEN.store($len, Ordering::SeqCst);
-            let v: u32;
-            // SAFETY: a port read touches no memory of ours; the hypervisor
-            // performs it only on dom0's own device ports, and otherwise
-            // the #GP comes to `on_gp`, which skips exactly this
-            // instruction (its address is taken with `lea` just before).
-            unsafe {
-                core::arch::asm!(
-                    "lea {tmp}, [rip + 2f]",
-                    "mov [{slot}], {tmp}",
-                    "2:",
-                    $insn,
-                    "mov qword ptr [{slot}], 0",
-                    tmp = out(reg) _,
-                    slot = in(reg) IN_FLIGHT.as_ptr(),
-                    in("dx") port,
-                    out("eax") v,
-                    options(nostack),
-                );
-            }
-            if REFUSED.load(Ordering::SeqCst) { Err(Refused) } else { Ok(v as $ty) }
+/// Runs the port instruction `$insn` (length `$len`, port in `dx`, data
+/// in `eax` both ways) under the #GP guard: `Err(Refused)` if the
+/// hypervisor refused it.
+macro_rules! guarded {
+    ($insn:literal, $len:literal, $port:expr, $eax:expr) => {{
+        ensure_handler();
+        REFUSED.store(false, Ordering::SeqCst);
+        IN_LEN.store($len, Ordering::SeqCst);
+        let mut eax: u32 = $eax;
+        // SAFETY: a port access touches no memory of ours; the hypervisor
+        // performs it only on dom0's own device ports, and otherwise the
+        // #GP comes to `on_gp`, which skips exactly this instruction (its
+        // address is stored with `lea` just before it).
+        unsafe {
+            core::arch::asm!(
+                "lea {tmp}, [rip + 2f]",
+                "mov [{slot}], {tmp}",
+                "2:",
+                $insn,
+                "mov qword ptr [{slot}], 0",
+                tmp = out(reg) _,
+                slot = in(reg) IN_FLIGHT.as_ptr(),
+                in("dx") $port,
+                inout("eax") eax,
+                options(nostack),
+            );
         }
-    };
+        if REFUSED.load(Ordering::SeqCst) { Err(Refused) } else { Ok(eax) }
+    }};
 }
 
-macro_rules! port_out {
-    ($name:ident, $ty:ty, $insn:literal, $len:literal, $what:literal) => {
-        #[doc = concat!("Writes ", $what, " to `port`; `Err(Refused)` if the hypervisor refused.")]
-        pub fn $name(port: u16, value: $ty) -> Result<(), Refused> {
-            ensure_handler();
-            REFUSED.store(false, Ordering::SeqCst);
-            IN_LEN.store($len, Ordering::SeqCst);
-            // SAFETY: as in the reads: no memory of ours is touched, and a
-            // refusal is a #GP that `on_gp` skips.
-            unsafe {
-                core::arch::asm!(
-                    "lea {tmp}, [rip + 2f]",
-                    "mov [{slot}], {tmp}",
-                    "2:",
-                    $insn,
-                    "mov qword ptr [{slot}], 0",
-                    tmp = out(reg) _,
-                    slot = in(reg) IN_FLIGHT.as_ptr(),
-                    in("dx") port,
-                    in("eax") u32::from(value),
-                    options(nostack),
-                );
-            }
-            if REFUSED.load(Ordering::SeqCst) { Err(Refused) } else { Ok(()) }
-        }
-    };
+/// Reads a byte from `port`; `Err(Refused)` if the hypervisor refused.
+pub fn read8(port: u16) -> Result<u8, Refused> {
+    guarded!("in al, dx", 1, port, 0).map(|v| v as u8)
 }
-
-port_in!(read8, u8, "in al, dx", 1, "a byte");
-port_in!(read16, u16, "in ax, dx", 2, "16 bits");
-port_in!(read32, u32, "in eax, dx", 1, "32 bits");
-port_out!(write8, u8, "out dx, al", 1, "a byte");
-port_out!(write16, u16, "out dx, ax", 2, "16 bits");
-port_out!(write32, u32, "out dx, eax", 1, "32 bits");
+/// Reads 16 bits from `port`; `Err(Refused)` if the hypervisor refused.
+pub fn read16(port: u16) -> Result<u16, Refused> {
+    guarded!("in ax, dx", 2, port, 0).map(|v| v as u16)
+}
+/// Reads 32 bits from `port`; `Err(Refused)` if the hypervisor refused.
+pub fn read32(port: u16) -> Result<u32, Refused> {
+    guarded!("in eax, dx", 1, port, 0)
+}
+/// Writes a byte to `port`; `Err(Refused)` if the hypervisor refused.
+pub fn write8(port: u16, value: u8) -> Result<(), Refused> {
+    guarded!("out dx, al", 1, port, u32::from(value)).map(|_| ())
+}
+/// Writes 16 bits to `port`; `Err(Refused)` if the hypervisor refused.
+pub fn write16(port: u16, value: u16) -> Result<(), Refused> {
+    guarded!("out dx, ax", 2, port, u32::from(value)).map(|_| ())
+}
+/// Writes 32 bits to `port`; `Err(Refused)` if the hypervisor refused.
+pub fn write32(port: u16, value: u32) -> Result<(), Refused> {
+    guarded!("out dx, eax", 1, port, value).map(|_| ())
+}

@@ -312,30 +312,9 @@ fn dom0_irq(c: &mut Checks) {
 fn dom0(c: &mut Checks) {
     let who = "dom0";
     io_ports(c, who, true);
-    let functions = match pci::enumerate() {
-        Ok(f) => f,
-        Err(e) => {
-            println!("{who}: PCI enumeration refused: {e}");
-            sched::crash();
-        }
-    };
-    let mut n = 0;
-    let mut sata_found = false;
-    for f in functions {
-        n += 1;
-        sata_found |= f.bdf == SATA && f.class == 0x01 && f.subclass == 0x06;
-        println!(
-            "pci {} {:04x}:{:04x} class {:02x}/{:02x}/{:02x} {}",
-            f.bdf,
-            f.vendor,
-            f.device,
-            f.class,
-            f.subclass,
-            f.prog_if,
-            f.class_name()
-        );
-    }
-    println!("{who}: {n} PCI functions");
+    list_pci(who);
+    let sata = pci::function(SATA).ok().flatten();
+    let sata_found = sata.is_some_and(|f| f.class == 0x01 && f.subclass == 0x06);
     c.holds(who, format_args!("the AHCI controller is at 00:1f.2"), sata_found);
     if !sata_found {
         return;
