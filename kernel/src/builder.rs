@@ -7,6 +7,7 @@
 //! start_info_pfn           start-info page
 //! shared_info_pfn          shared-info page
 //! console_pfn              console page (two byte streams, see below)
+//! store_pfn                store page (two byte streams, see below)
 //! mfn_list_pfn ..          the frame list: nr_pages u64 mfns, by pfn
 //! pt_pfn ..                boot page tables: PML4, PDPT, PDs, PTs
 //! stack_pfn ..             boot stack (STACK_PAGES)
@@ -45,6 +46,11 @@
 //!   only through [`PhysMem`]; the ring layout belongs to `ring-protocol`).
 //!   Its frame, like the shared-info frame, is held as `Writable` for the
 //!   domain's life, so the guest can never make it a page table.
+//! - Every domain gets a store page, zeroed here. When the domain has a
+//!   store connection ([`DomainConfig::store`]), start info's `store`
+//!   names it, and the hypervisor initialises it as a `ByteChannel` and
+//!   grants it to the store's domain before the guest first runs; else it
+//!   is an ordinary free-to-use page that start info does not mention.
 //! - The DMA pool (the manifest's `dma_kib`, which the bundle reader allows
 //!   only for the privileged domain) is allocated first, as one run of
 //!   machine-consecutive free frames ([`FrameTable::alloc_contiguous`]),
@@ -64,7 +70,7 @@ use crate::mm::Mm;
 use core::fmt;
 use pvguest_abi::layout::GUEST_KERNEL_BASE;
 use pvguest_abi::start_info::{
-    fill_c_str, ConsoleInfo, DmaPoolInfo, StartInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED,
+    fill_c_str, ConsoleInfo, DmaPoolInfo, StartInfo, StoreInfo, CONSOLE_RING, SIF_INITDOMAIN, SIF_PRIVILEGED,
 };
 use pvguest_abi::Errno;
 use zerocopy::IntoBytes;
@@ -89,6 +95,8 @@ pub struct Layout {
     pub shared_info_pfn: u64,
     /// The console page.
     pub console_pfn: u64,
+    /// The store page.
+    pub store_pfn: u64,
     /// First page of the frame list.
     pub mfn_list_pfn: u64,
     /// Pages of the frame list.
@@ -130,7 +138,8 @@ impl Layout {
         let start_info_pfn = image_pages;
         let shared_info_pfn = start_info_pfn + 1;
         let console_pfn = shared_info_pfn + 1;
-        let mfn_list_pfn = console_pfn + 1;
+        let store_pfn = console_pfn + 1;
+        let mfn_list_pfn = store_pfn + 1;
         let pt_pfn = mfn_list_pfn + mfn_list_pages;
         let stack_pfn = pt_pfn + nr_pt_frames;
         let dma_pfn = stack_pfn + STACK_PAGES;
@@ -144,6 +153,7 @@ impl Layout {
             start_info_pfn,
             shared_info_pfn,
             console_pfn,
+            store_pfn,
             mfn_list_pfn,
             mfn_list_pages,
             pt_pfn,
@@ -251,6 +261,8 @@ pub struct Built {
     pub shared_info_mfn: Mfn,
     /// Machine frame of the console page (zeroed).
     pub console_mfn: Mfn,
+    /// Machine frame of the store page (zeroed).
+    pub store_mfn: Mfn,
     /// The layout used.
     pub layout: Layout,
 }
@@ -273,6 +285,9 @@ pub struct DomainConfig<'a> {
     pub privilege: Option<crate::domain::Privilege>,
     /// The console's event-channel port (already bound by the caller).
     pub console_evtchn: u32,
+    /// The store connection: the domain's port to the store (already
+    /// allocated by the caller) and the store's domain; `None`: no store.
+    pub store: Option<(u32, DomId)>,
 }
 
 /// Validates `image` and builds the domain in freshly allocated frames.
@@ -411,6 +426,14 @@ pub fn build<M: PhysMem>(
         si.dma =
             DmaPoolInfo { va: Layout::va(layout.dma_pfn), mfn: dma_mfn, pfn: layout.dma_pfn, pages: layout.dma_pages };
     }
+    if let Some((evtchn, backend)) = cfg.store {
+        si.store = StoreInfo {
+            mfn: p2m.get(mem, layout.store_pfn),
+            va: Layout::va(layout.store_pfn),
+            evtchn,
+            backend: u32::from(backend.raw()),
+        };
+    }
     fill_c_str(&mut si.name, cfg.name);
     fill_c_str(&mut si.cmdline, cfg.cmdline);
     let si_mfn = p2m.get(mem, layout.start_info_pfn);
@@ -423,6 +446,7 @@ pub fn build<M: PhysMem>(
         start_info_va: Layout::va(layout.start_info_pfn),
         shared_info_mfn: p2m.get(mem, layout.shared_info_pfn),
         console_mfn: p2m.get(mem, layout.console_pfn),
+        store_mfn: p2m.get(mem, layout.store_pfn),
         layout,
     })
 }
@@ -484,7 +508,8 @@ pub(crate) mod tests {
         assert_eq!(l.mfn_list_pages, 1);
         assert_eq!(l.nr_pt_frames, 4);
         assert_eq!(l.console_pfn, 6);
-        assert_eq!(l.first_free_pfn, 4 + 3 + 1 + 4 + STACK_PAGES);
+        assert_eq!(l.store_pfn, 7);
+        assert_eq!(l.first_free_pfn, 4 + 4 + 1 + 4 + STACK_PAGES);
     }
 
     #[test]
@@ -567,6 +592,7 @@ pub(crate) mod tests {
             dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
+            store: None,
         };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
         assert_eq!(frames.count_owned(Owner::Domain(DomId::of(3))), 128);
@@ -618,6 +644,7 @@ pub(crate) mod tests {
             dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
+            store: None,
         };
         let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
         (mem, frames, b)
@@ -720,6 +747,7 @@ pub(crate) mod tests {
             dma_pages: 0,
             privilege: None,
             console_evtchn: 1,
+            store: None,
         };
         let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
         assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
@@ -745,6 +773,7 @@ mod dma_tests {
             dma_pages,
             privilege: crate::domain::Privilege::of_domain(true),
             console_evtchn: 1,
+            store: None,
         }
     }
 

@@ -190,6 +190,14 @@ impl Machine for Platform {
     fn console_page(&mut self, mfn: Mfn) -> Option<ByteChannel<'static>> {
         console_back(mfn)
     }
+    fn channel_page_init(&mut self, mfn: Mfn) -> bool {
+        // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
+        // identity-mapped in the hypervisor's view and not yet visible to
+        // any guest; the endpoint made here only initialises it and ends
+        // at once, so the hypervisor keeps no view of it.
+        let page = unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) };
+        page.is_ok_and(|p| ByteChannel::front_init(p).is_ok())
+    }
     fn stretch(&self) -> ([u64; 4], u64) {
         stretch::current()
     }

@@ -56,8 +56,8 @@
 use crate::mm::{self, Page, Pte};
 use core::sync::atomic::{AtomicU16, Ordering};
 use pvguest_abi::grant::{
-    gntcopy, gntmap, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, MapGrantRef, SetupTable, UnmapGrantRef, COPY,
-    ENTRIES_PER_FRAME, MAP_GRANT_REF, SETUP_TABLE, UNMAP_GRANT_REF,
+    gntcopy, gntmap, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, MapGrantRef, QuerySize, SetupTable, UnmapGrantRef,
+    COPY, ENTRIES_PER_FRAME, MAP_GRANT_REF, NR_RESERVED_ENTRIES, QUERY_SIZE, SETUP_TABLE, UNMAP_GRANT_REF,
 };
 use pvguest_abi::{hypercall, Errno, DOMID_SELF};
 
@@ -108,8 +108,31 @@ impl Grant {
     }
 }
 
-/// References kept back from [`GrantTable::grant`].
-const RESERVED_REFS: u32 = 8;
+/// References kept back from [`GrantTable::grant`]: the domain builder's
+/// (the store page's grant is reference 1).
+const RESERVED_REFS: u32 = NR_RESERVED_ENTRIES;
+
+/// The machine frames of this domain's grant table as it stands (the
+/// domain builder may already have made its first frame, for the store
+/// page's grant), into `out`; returns how many. Nothing grows.
+pub fn table_frames(out: &mut [u64; MAX_FRAMES]) -> Result<usize, GrantError> {
+    let mut q = QuerySize { dom: DOMID_SELF as u16, ..QuerySize::default() };
+    op(QUERY_SIZE, &mut q, 1)?;
+    status(q.status)?;
+    let n = (q.nr_frames as usize).min(MAX_FRAMES);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut st = SetupTable {
+        dom: DOMID_SELF as u16,
+        nr_frames: n as u32,
+        frame_list: out.as_mut_ptr() as u64,
+        ..SetupTable::default()
+    };
+    op(SETUP_TABLE, &mut st, 1)?;
+    status(st.status)?;
+    Ok(n)
+}
 
 impl GrantTable {
     /// Sets up a table of `nr_frames` frames (at most [`MAX_FRAMES`]) and

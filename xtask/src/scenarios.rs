@@ -531,8 +531,8 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, ", INTx A -> GSI 22")?;
                 need(out, ", INTx A -> GSI 23")?;
                 need(out, "(rf) ioapic: 24 redirection entries, all masked; dom0 may map GSI(s) [22, 23]")?;
-                need(out, "(rf) dom1: GSI 22 mapped to pirq 22")?;
-                need(out, "(rf) dom1: GSI 23 mapped to pirq 23")?;
+                need(out, "(rf) dom0: GSI 22 mapped to pirq 22")?;
+                need(out, "(rf) dom0: GSI 23 mapped to pirq 23")?;
                 need(out, "(vector 0xe6, level, active low, unmasked)")?;
                 need(out, "(vector 0xe7, level, active low, unmasked)")?;
                 for line in [
@@ -559,13 +559,13 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[dom0] dom0: 24/24 checks as expected")?;
                 need(out, "[dom0] dom0: 1 device interrupt(s) taken")?;
                 // The hypervisor saw the device's line, the real thing.
-                need(out, "(rf) GSI 22: first interrupt (vector 0xe6, remote IRR 1, level): raising dom1's port 2; line masked until EOI")?;
+                need(out, "(rf) GSI 22: first interrupt (vector 0xe6, remote IRR 1, level): raising dom0's port 2; line masked until EOI")?;
                 for line in ["physdev_op(eoi)", "physdev_op(map_pirq)", "bind_pirq of pirq 22"] {
                     need(out, &format!("[domu] domU: {line}: EPERM (want EPERM) refused"))?;
                 }
                 need(out, "[domu] domu: 14/14 checks as expected")?;
                 // dom0 powered off: its lines were masked and freed.
-                need(out, "(rf) dom1: 2 interrupt line(s) masked and freed")?;
+                need(out, "(rf) dom0: 2 interrupt line(s) masked and freed")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },
@@ -680,8 +680,8 @@ fn scenarios() -> Vec<Scenario> {
                 }
                 need(out, "[dom0] storm: device quiet again: a read after the storm took 1 interrupt(s), pattern intact")?;
                 need(out, "[dom0] dom0: interrupt storm survived: ok")?;
-                need(out, "(rf) dom2 (hog) exited: poweroff")?;
-                need(out, "(rf) dom1 (dom0) exited: poweroff")?;
+                need(out, "(rf) dom1 (hog) exited: poweroff")?;
+                need(out, "(rf) dom0 (dom0) exited: poweroff")?;
                 deny(out, "WRONG")?;
                 need(out, "(rf) verdict: PASS")
             },

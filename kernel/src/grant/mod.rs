@@ -352,6 +352,30 @@ impl GrantTable {
         self.active.iter().flat_map(|b| b.iter()).filter(|a| a.pinned()).map(|a| Mfn::from(a.mfn))
     }
 
+    /// The domain builder's grant for `dom` (Xen's reserved entries, e.g.
+    /// [`pvguest_abi::grant::GNTTAB_RESERVED_XENSTORE`]): grows the table
+    /// to its first frame and writes entry `gref` (below
+    /// [`pvguest_abi::grant::NR_RESERVED_ENTRIES`]) granting `frame` to
+    /// `grantee`, writable unless `readonly`. From then on the entry is the
+    /// guest's like any other: the hypervisor validates it at each use, as
+    /// it does every entry, and never reads it for anything else.
+    pub fn builder_grant<M: PhysMem>(
+        &mut self,
+        dom: DomId,
+        gref: u32,
+        entry: GrantEntryV1,
+        frames: &mut FrameTable<'_>,
+        mem: &mut M,
+    ) -> Result<(), GrantError> {
+        if gref >= pvguest_abi::grant::NR_RESERVED_ENTRIES {
+            return Err(GrantError::BadRef);
+        }
+        self.grow(dom, 1, frames, mem)?;
+        let pa = self.entry_pa(gref).ok_or(GrantError::BadRef)?;
+        mem.write_u64(pa, entry.to_word());
+        Ok(())
+    }
+
     /// The domain died: forget every record and frame, so that the
     /// hypervisor never touches the table's frames again (the frame table
     /// frees them with the domain's other frames). Later releases of its

@@ -86,6 +86,10 @@ pub trait Machine {
     /// `mfn` (set up, zeroed, by the builder): `None` if it cannot be
     /// attached.
     fn console_page(&mut self, mfn: Mfn) -> Option<ByteChannel<'static>>;
+    /// Initialises the zeroed page `mfn` (a domain's store page) as an
+    /// empty `ByteChannel` for its two ends in other domains; the
+    /// hypervisor keeps no endpoint. `false` if that failed.
+    fn channel_page_init(&mut self, mfn: Mfn) -> bool;
     /// What the stretch of hypervisor time under way began with (vector,
     /// rax, rip, domain) and how many TSC ticks ago (for the wake-up
     /// report).

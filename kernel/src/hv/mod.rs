@@ -118,7 +118,8 @@ use crate::sched::heap::IndexedHeap;
 use crate::time::TscScale;
 use crate::trap::{bounce_iret_remembered, Bounce};
 use core::fmt::Write as _;
-use pvguest_abi::event::{VIRQ_TIMER, VIRQ_VTIMER};
+use pvguest_abi::event::{VIRQ_DOM_EXC, VIRQ_TIMER, VIRQ_VTIMER};
+use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_XENSTORE};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
 use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
@@ -198,6 +199,9 @@ pub struct Domain {
     /// since its walk ([`crate::mm::guest_mem`] says why that is enough), so
     /// they are kept across entries, like a TLB tagged by address space.
     pub memo: [Option<Remembered>; 3],
+    /// Its port to the device store (`None`: no store connection), as
+    /// `domctl` `GETDOMAININFO` reports it.
+    pub store_evtchn: Option<u32>,
 }
 
 /// [`Domain::memo`]: the page of the last bounced `syscall` instruction.
@@ -333,6 +337,9 @@ pub struct Hv<M: Machine> {
     /// idle), charged to nobody since its domain no longer exists. Until
     /// then the frames stay the dead domain's and nothing else uses them.
     pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
+    /// The domain that runs the device store (the privileged one, id 0),
+    /// if the bundle has one: every other domain is connected to it.
+    pub store_backend: Option<DomId>,
     /// Borrowed-virtual-time scheduler; slot = index in `domains`.
     pub bvt: Bvt<MAX_DOMAINS>,
     /// Every live domain's real-time deadlines, nearest first: key
@@ -425,6 +432,31 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     }
     fn privilege(&self) -> Option<Privilege> {
         self.domains[self.cur].privilege
+    }
+    fn domain_info(&mut self, _: Privilege, from: u16) -> Result<pvguest_abi::domctl::DomainInfo, Errno> {
+        use pvguest_abi::domctl::{dominf, DomainInfo};
+        // Bounded by the table's slots (a scan, not a search by id: ids
+        // are sparse).
+        let (_, id, d) = self
+            .domains
+            .iter()
+            .filter(|(_, id, _)| id.raw() >= from)
+            .min_by_key(|(_, id, _)| *id)
+            .ok_or(Errno::ESRCH)?;
+        let mut info = DomainInfo { domid: u32::from(id.raw()), nr_pages: d.nr_pages, ..DomainInfo::default() };
+        if matches!(d.state, RunState::Dead(_)) {
+            info.flags |= dominf::DYING;
+        }
+        if d.privilege.is_some() {
+            info.flags |= dominf::PRIVILEGED;
+        }
+        if let Some(port) = d.store_evtchn {
+            info.flags |= dominf::STORE;
+            info.store_evtchn = port;
+            info.store_gref = GNTTAB_RESERVED_XENSTORE;
+        }
+        pvguest_abi::start_info::fill_c_str(&mut info.name, &d.name);
+        Ok(info)
     }
     fn nr_pages(&self) -> u64 {
         self.domains[self.cur].nr_pages
@@ -686,6 +718,7 @@ impl<M: Machine> Hv<M> {
             frames: None,
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
+            store_backend: None,
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
             deadlines: IndexedHeap::new((0, 0)),
             boot_tsc: 0,
@@ -719,6 +752,11 @@ impl<M: Machine> Hv<M> {
         self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
         hvlog!(self.m, "wall clock: {wallclock} s since the epoch (RTC)");
         hvlog!(self.m, "boot bundle: {} domain(s)", bundle.domain_count());
+        // The privileged domain (id 0) runs the device store: every other
+        // domain gets a connection to it.
+        if (0..bundle.domain_count()).any(|i| bundle.domain(i).is_ok_and(|s| s.privileged)) {
+            self.store_backend = Some(DomId::DOM0);
+        }
         for i in 0..bundle.domain_count() {
             self.create_domain(bundle, i, wallclock);
         }
@@ -791,7 +829,12 @@ impl<M: Machine> Hv<M> {
     }
 
     fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
-        let vacant = match self.domains.reserve() {
+        // The privileged domain takes id 0, as Xen's dom0 (the bundle
+        // reader allows at most one); a bad entry takes an ordinary id for
+        // its line in the report.
+        let privileged = bundle.domain(index).is_ok_and(|s| s.privileged);
+        let reserved = if privileged { self.domains.reserve_dom0() } else { self.domains.reserve() };
+        let vacant = match reserved {
             Ok(v) => v,
             Err(e) => {
                 hvlog!(self.m, "bundle entry {index}: not started: {e:?} (at most {MAX_DOMAINS} domains at once)");
@@ -834,7 +877,20 @@ impl<M: Machine> Hv<M> {
             dma_pages: u64::from(spec.dma_kib) / 4,
             privilege: Privilege::of_domain(spec.privileged),
             console_evtchn,
+            store: None,
         };
+        // Its store connection: a port only the store's domain may bind.
+        let mut cfg = cfg;
+        if let Some(backend) = self.store_backend.filter(|_| !spec.privileged) {
+            match events.alloc_unbound(backend) {
+                Ok(port) => cfg.store = Some((port, backend)),
+                Err(e) => {
+                    hvlog!(self.m, "dom{id} ({}): not started: no store port: {e}", spec.name);
+                    self.push_rejected(id, spec.name, expect);
+                    return;
+                }
+            }
+        }
         let e = self.m.entry_area_pml4e();
         let built = builder::build(self.m.mem(), frames, spec.image, &cfg, e);
         let b = match built {
@@ -866,6 +922,25 @@ impl<M: Machine> Hv<M> {
             if let Err(e) = frames.get_type_ref(mfn, id, crate::mm::frames::FrameType::Writable) {
                 frames.release_domain(id);
                 hvlog!(self.m, "dom{id} ({}): not started: {what} frame: {e}", spec.name);
+                self.push_rejected(id, spec.name, expect);
+                return;
+            }
+        }
+        // The store page: a byte channel the domain attaches to as the
+        // front, granted to the store's domain under the reserved
+        // reference, which the store maps.
+        let mut grants = GrantTable::new(DEFAULT_GRANT_FRAMES);
+        if let Some((_, backend)) = cfg.store {
+            let entry = GrantEntryV1 { flags: gtf::PERMIT_ACCESS, domid: backend.raw(), frame: b.store_mfn as u32 };
+            let frames = self.frames.as_mut().expect("frame table set");
+            let granted = grants.builder_grant(id, GNTTAB_RESERVED_XENSTORE, entry, frames, self.m.mem());
+            let ready = granted.map(|()| self.m.channel_page_init(b.store_mfn));
+            if ready != Ok(true) {
+                self.frames.as_mut().expect("set").release_domain(id);
+                match ready {
+                    Err(e) => hvlog!(self.m, "dom{id} ({}): not started: store grant: {e}", spec.name),
+                    Ok(_) => hvlog!(self.m, "dom{id} ({}): not started: store page could not be set up", spec.name),
+                }
                 self.push_rejected(id, spec.name, expect);
                 return;
             }
@@ -932,7 +1007,8 @@ impl<M: Machine> Hv<M> {
                 console_dirty: false,
                 report_pending: false,
                 ports_closed: false,
-                grants: GrantTable::new(DEFAULT_GRANT_FRAMES),
+                grants,
+                store_evtchn: cfg.store.map(|(p, _)| p),
                 maptrack: Maptrack::new(DEFAULT_MAPTRACK),
                 wakes: Wakes::default(),
                 runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
@@ -1684,6 +1760,18 @@ impl<M: Machine> Hv<M> {
         if self.cpu.loaded == Some(i) {
             self.cpu.loaded = None;
         }
+        self.dom_exc(id);
+    }
+
+    /// Tells the privileged domain that domain `id` ended or was reaped
+    /// (`VIRQ_DOM_EXC`, if it bound it): its `GETDOMAININFO` changed.
+    fn dom_exc(&mut self, id: DomId) {
+        if id == DomId::DOM0 {
+            return;
+        }
+        if let Some(slot) = self.domains.slot_of(DomId::DOM0).filter(|&s| self.domains[s].privilege.is_some()) {
+            self.raise_virq(slot, VIRQ_DOM_EXC);
+        }
     }
 
     /// Picks the domain to run (BVT) and prepares its entry. The running
@@ -1866,6 +1954,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         self.domains.remove(id);
+        self.dom_exc(id);
     }
 
     /// Halts until the nearest deadline, then fires timers.

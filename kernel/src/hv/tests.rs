@@ -298,6 +298,9 @@ impl Machine for FakeMachine {
     fn console_page(&mut self, _mfn: Mfn) -> Option<ByteChannel<'static>> {
         None
     }
+    fn channel_page_init(&mut self, _mfn: Mfn) -> bool {
+        true
+    }
     fn stretch(&self) -> ([u64; 4], u64) {
         ([0; 4], 0)
     }
@@ -1064,4 +1067,56 @@ fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
     let total = r.now() - start;
     let tu = r.running_ns(u);
     assert!(tu.abs_diff(total / 2) <= 2 * C, "the other domain keeps its half: {tu} of {total}");
+}
+
+/// The device store's bootstrap (`StoreInfo`): with a privileged domain in
+/// the bundle, it takes id 0, and every other domain gets a port only dom0
+/// may bind plus its store page granted read-write to dom0 under the
+/// reserved reference; dom0 itself, and every domain of a bundle without a
+/// privileged one, gets none.
+#[test]
+fn store_every_domu_gets_a_port_for_dom0_and_its_store_page_granted_under_the_reserved_ref() {
+    use crate::event::Port;
+    use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_XENSTORE};
+    let r = Rig::boot(&[dom("u1"), dom("dom0").privileged(true), dom("u2")]);
+    assert_eq!(r.id("dom0"), DomId::DOM0, "the privileged domain is dom0 wherever it is in the bundle");
+    assert_eq!(r.dom(DomId::DOM0).store_evtchn, None, "dom0 runs the store: no connection of its own");
+    assert!(r.dom(DomId::DOM0).grants.frames().is_empty());
+    let mut pages = Vec::new();
+    for name in ["u1", "u2"] {
+        let d = r.dom(r.id(name));
+        let port = d.store_evtchn.expect("a store port");
+        assert_eq!(d.events.get(port), Ok(Port::Unbound { remote: DomId::DOM0 }), "{name}: only dom0 may bind it");
+        let table = d.grants.frames();
+        assert_eq!(table.len(), 1, "{name}: the builder made the table's first frame");
+        let word = r.hv.m.ram.read_u64(table[0] * 4096 + u64::from(GNTTAB_RESERVED_XENSTORE) * 8);
+        let e = GrantEntryV1::from_word(word);
+        assert_eq!((e.flags, e.domid), (gtf::PERMIT_ACCESS, 0), "{name}: read-write to dom0");
+        let frames = r.hv.frames.as_ref().expect("frame table");
+        let owner = frames.get(u64::from(e.frame)).map(|f| f.owner);
+        assert_eq!(owner, Ok(crate::mm::frames::Owner::Domain(d.id)), "{name}: its own frame");
+        pages.push(e.frame);
+    }
+    assert_ne!(pages[0], pages[1]);
+
+    let r = Rig::boot(&[dom("a"), dom("b")]);
+    for name in ["a", "b"] {
+        let d = r.dom(r.id(name));
+        assert_eq!(d.store_evtchn, None, "{name}: no privileged domain, no store");
+        assert!(d.grants.frames().is_empty(), "{name}: no table made for it");
+    }
+}
+
+/// `VIRQ_DOM_EXC`: dom0 hears when another domain ends (its
+/// `GETDOMAININFO` changed), not when it ends itself.
+#[test]
+fn dom_exc_tells_dom0_when_another_domain_ends() {
+    use pvguest_abi::event::VIRQ_DOM_EXC;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u")]);
+    let s0 = r.slot(DomId::DOM0);
+    let port = r.hv.domains[s0].events.bind_virq(VIRQ_DOM_EXC).expect("bound");
+    assert!(!r.dom(DomId::DOM0).shared.is_pending(&r.hv.m.ram, port));
+    let su = r.slot(r.id("u"));
+    r.hv.kill(su, Exit::Crashed("test"));
+    assert!(r.dom(DomId::DOM0).shared.is_pending(&r.hv.m.ram, port), "dom0 was told");
 }

@@ -59,6 +59,7 @@ use crate::event::{self as evt, Closed, EventChannels, Port};
 use crate::grant::{CopyOp, GrantError, MapRequest, MAX_GRANT_FRAMES};
 use crate::pci::ConfigAddr;
 use core::mem::offset_of;
+use pvguest_abi::domctl::{self, DomainInfo};
 use pvguest_abi::event::{
     self, status, AllocUnbound, BindInterdomain, BindIpi, BindPirq, BindVcpu, BindVirq, Close, Reset, Send, Status,
     Unmask, BIND_PIRQ_WILL_SHARE, DOMID_CONSOLE_BACKEND,
@@ -210,6 +211,10 @@ pub trait Env {
     /// `dom`'s port bound to `pirq` was closed: its line is masked and
     /// unbound ([`crate::irq::Irqs::unbind`]).
     fn pirq_unbind(&mut self, dom: DomId, pirq: u32);
+    /// `domctl` `GETDOMAININFO` for the caller, which holds `privilege`:
+    /// the live domain (dead ones until reaped) with the smallest id at or
+    /// above `from`, or `ESRCH`.
+    fn domain_info(&mut self, privilege: Privilege, from: u16) -> Result<DomainInfo, Errno>;
     /// Whether this hypercall must stop at the next unit boundary: its
     /// [`BUDGET_NS`] is spent or other work is due (a timer deadline
     /// passed). Long work then continues later (see the module docs).
@@ -257,6 +262,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::EVENT_CHANNEL_OP => event_channel_op(env, a[0], a[1], a[2]),
         hypercall::GRANT_TABLE_OP => grant_table_op(env, a[0], a[1], a[2]),
         hypercall::PHYSDEV_OP => ret(physdev_op(env, a[0], a[1])),
+        hypercall::DOMCTL => ret(domctl(env, a[0], a[1])),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -726,6 +732,10 @@ fn event_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
             if b.vcpu != 0 {
                 return Err(Errno::EINVAL);
             }
+            // A global VIRQ: only the privileged domain hears of others.
+            if b.virq == event::VIRQ_DOM_EXC && env.privilege().is_none() {
+                return Err(Errno::EPERM);
+            }
             let port = env.events().bind_virq(b.virq)?;
             if let Err(e) = bind.field::<u32>(offset_of!(BindVirq, port)).write(env, &port) {
                 // The guest never learnt the port: undo the bind.
@@ -1053,6 +1063,25 @@ fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
 /// `PHYSDEVOP_eoi` go to [`crate::irq`]'s policy. map_pirq checks its out
 /// field writable (writing the caller's `pirq` back) before it maps, so a
 /// mapped pirq is always one the guest learnt.
+/// `domctl(cmd, arg)`: privileged domain control ([`pvguest_abi::domctl`]).
+fn domctl<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    let Some(privilege) = env.privilege() else {
+        return Err(Errno::EPERM);
+    };
+    match cmd {
+        domctl::GETDOMAININFO => {
+            let ptr = GuestPtr::<DomainInfo>::new(arg);
+            let cursor = ptr.read(env)?.domid;
+            // A cursor past every id finds nothing, like one at a dead end.
+            let from = u16::try_from(cursor).map_err(|_| Errno::ESRCH)?;
+            let info = env.domain_info(privilege, from)?;
+            ptr.write(env, &info)?;
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
 fn physdev_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let Some(privilege) = env.privilege() else {
         return Err(Errno::EPERM);

@@ -177,6 +177,13 @@ impl Env for FakeEnv {
     fn privilege(&self) -> Option<Privilege> {
         Privilege::of_domain(self.privileged)
     }
+    fn domain_info(&mut self, _: Privilege, from: u16) -> Result<pvguest_abi::domctl::DomainInfo, Errno> {
+        // The fake knows only the caller.
+        if from > self.caller().raw() {
+            return Err(Errno::ESRCH);
+        }
+        Ok(pvguest_abi::domctl::DomainInfo { domid: u32::from(self.caller().raw()), ..Default::default() })
+    }
     fn nr_pages(&self) -> u64 {
         256
     }

@@ -60,6 +60,10 @@ pub const RESET: u64 = 10;
 
 /// Virtual IRQ: the real-time one-shot timer fired.
 pub const VIRQ_TIMER: u32 = 0;
+/// Virtual IRQ (privileged domain only): a domain died (Xen's
+/// `VIRQ_DOM_EXC`). The store's domain rescans with `domctl`
+/// `GETDOMAININFO` to see which.
+pub const VIRQ_DOM_EXC: u32 = 3;
 /// Virtual IRQ: the virtual-time (time the domain has run) alarm fired.
 pub const VIRQ_VTIMER: u32 = 16;
 /// Number of virtual IRQs.

@@ -87,6 +87,18 @@ impl GrantEntryV1 {
     }
 }
 
+/// Grant reference the domain builder fills for the console page (Xen's
+/// `GNTTAB_RESERVED_CONSOLE`; not yet used: the hypervisor is the console
+/// backend).
+pub const GNTTAB_RESERVED_CONSOLE: u32 = 0;
+/// Grant reference the domain builder fills for the store page (Xen's
+/// `GNTTAB_RESERVED_XENSTORE`): read-write to the store's domain. See
+/// [`crate::start_info::StoreInfo`].
+pub const GNTTAB_RESERVED_XENSTORE: u32 = 1;
+/// References `0..NR_RESERVED_ENTRIES` are the builder's: a guest's own
+/// grants start above them (Xen's `GNTTAB_NR_RESERVED_ENTRIES`).
+pub const NR_RESERVED_ENTRIES: u32 = 8;
+
 /// Entries in one 4 KiB grant-table frame.
 pub const ENTRIES_PER_FRAME: u32 = 4096 / size_of::<GrantEntryV1>() as u32;
 

@@ -29,6 +29,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+pub mod domctl;
 pub mod errno;
 pub mod event;
 pub mod grant;
@@ -101,6 +102,9 @@ pub mod hypercall {
     /// Physical-device operations (dom0 only): `physdev_op(cmd, ptr to
     /// the command's struct)`. See [`crate::physdev`].
     pub const PHYSDEV_OP: u64 = 33;
+    /// Domain control (privileged): `domctl(cmd, ptr to the command's
+    /// struct)`. See [`crate::domctl`].
+    pub const DOMCTL: u64 = 36;
 }
 
 /// Domain id meaning "the calling domain" (Xen's `DOMID_SELF`).

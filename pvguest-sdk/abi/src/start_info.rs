@@ -80,6 +80,39 @@ pub struct DmaPoolInfo {
     pub pages: u64,
 }
 
+/// The domain's connection to the device store ([`StartInfo::store`]), as
+/// Xen's `store_mfn`/`store_evtchn`: one page of the domain's own memory
+/// holding a `ring-protocol` `ByteChannel` (requests from the domain on the
+/// first half, replies and watch events on the second), already
+/// initialised by the domain builder, so the domain attaches as the front
+/// (`ByteChannel::front_attach`). The builder also grants the page
+/// read-write to the store's domain under grant reference
+/// [`crate::grant::GNTTAB_RESERVED_XENSTORE`] (the domain's grant table
+/// then already has its first frame) and allocates an event port unbound
+/// to the store's domain, which binds it (`EVTCHNOP_bind_interdomain`)
+/// when it learns of the domain through `domctl` `GETDOMAININFO`. All zero
+/// when there is no store: the privileged domain runs the store, so it has
+/// none itself, and a bundle without a privileged domain has none at all.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct StoreInfo {
+    /// Machine frame of the store page (0: no store).
+    pub mfn: u64,
+    /// Guest virtual address of the store page in the initial mapping.
+    pub va: u64,
+    /// The domain's event port to the store.
+    pub evtchn: u32,
+    /// Domain id of the store (the privileged domain).
+    pub backend: u32,
+}
+
+impl StoreInfo {
+    /// Whether the domain has a store connection.
+    pub const fn present(&self) -> bool {
+        self.mfn != 0
+    }
+}
+
 /// The start-info page (the first bytes of it; the rest of the page is zero).
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]
@@ -117,6 +150,8 @@ pub struct StartInfo {
     pub cmdline: [u8; MAX_CMDLINE],
     /// The DMA pool (dom0's; all zero for none).
     pub dma: DmaPoolInfo,
+    /// The device store (all zero for none).
+    pub store: StoreInfo,
 }
 
 const _: () = {
@@ -140,7 +175,13 @@ const _: () = {
     assert!(offset_of!(DmaPoolInfo, mfn) == 8);
     assert!(offset_of!(DmaPoolInfo, pfn) == 16);
     assert!(offset_of!(DmaPoolInfo, pages) == 24);
-    assert!(size_of::<StartInfo>() == 152 + MAX_CMDLINE + 32);
+    assert!(offset_of!(StartInfo, store) == 152 + MAX_CMDLINE + 32);
+    assert!(size_of::<StoreInfo>() == 24);
+    assert!(offset_of!(StoreInfo, mfn) == 0);
+    assert!(offset_of!(StoreInfo, va) == 8);
+    assert!(offset_of!(StoreInfo, evtchn) == 16);
+    assert!(offset_of!(StoreInfo, backend) == 20);
+    assert!(size_of::<StartInfo>() == 152 + MAX_CMDLINE + 32 + 24);
     assert!(size_of::<StartInfo>() <= 4096);
 };
 
@@ -162,6 +203,7 @@ impl StartInfo {
             name: [0; MAX_NAME],
             cmdline: [0; MAX_CMDLINE],
             dma: DmaPoolInfo { va: 0, mfn: 0, pfn: 0, pages: 0 },
+            store: StoreInfo { mfn: 0, va: 0, evtchn: 0, backend: 0 },
         }
     }
 

@@ -76,7 +76,7 @@ use pvguest_sdk::abi::hypercall as nr;
 use pvguest_sdk::abi::layout::{ENTRY_AREA_BASE, ENTRY_AREA_PML4_SLOT, PAGE_SIZE};
 use pvguest_sdk::abi::mmu::{ext, uvmf, MmuUpdate, MmuextOp, MAX_BATCH};
 use pvguest_sdk::abi::{MulticallEntry, DOMID_SELF};
-use pvguest_sdk::{hypercall, println, sched, Errno, StartInfo};
+use pvguest_sdk::{grant, hypercall, println, sched, Errno, StartInfo};
 
 pvguest_sdk::entry!(main);
 
@@ -288,6 +288,9 @@ struct Pt {
     tables: [u64; 4],
     own_min: u64,
     own_max: u64,
+    /// Frames of its grant table: its own too, though not in the frame
+    /// list (the builder makes the first one for the store page's grant).
+    grant_frames: ([u64; grant::MAX_FRAMES], usize),
     next_free: Cell<u64>,
     attacks: Cell<u32>,
     refused: Cell<u32>,
@@ -304,6 +307,7 @@ impl Pt {
             tables: [0; 4],
             own_min: u64::MAX,
             own_max: 0,
+            grant_frames: ([0; grant::MAX_FRAMES], 0),
             next_free: Cell::new(si.first_free_pfn),
             attacks: Cell::new(0),
             refused: Cell::new(0),
@@ -313,6 +317,13 @@ impl Pt {
         pt.root = pt.mfn(pt.pt_pfn);
         for p in 0..si.nr_pages {
             let m = pt.mfn(p);
+            pt.own_min = pt.own_min.min(m);
+            pt.own_max = pt.own_max.max(m);
+        }
+        let mut g = [0; grant::MAX_FRAMES];
+        let n = grant::table_frames(&mut g).unwrap_or(0);
+        pt.grant_frames = (g, n);
+        for &m in &g[..n] {
             pt.own_min = pt.own_min.min(m);
             pt.own_max = pt.own_max.max(m);
         }
@@ -342,7 +353,7 @@ impl Pt {
     }
 
     fn owns(&self, mfn: u64) -> bool {
-        self.pfn_of(mfn).is_some()
+        self.pfn_of(mfn).is_some() || self.grant_frames.0[..self.grant_frames.1].contains(&mfn)
     }
 
     fn va(&self, pfn: u64) -> u64 {
