@@ -70,12 +70,16 @@ pub fn alloc(len: u64, align: u64) -> Result<DmaBuffer, Errno> {
     }
 }
 
-/// The machine address of guest virtual address `va` in the boot linear
-/// mapping (any frame the domain owns, the pool's included), from the
-/// start info's frame list (`Hal::share`).
+/// The machine address of guest virtual address `va`: in the boot linear
+/// mapping (any frame the domain owns, the pool's included) from the start
+/// info's frame list, or in a foreign-mapping slot ([`crate::vmap`], a
+/// peer's granted page) from the machine address its mapping recorded
+/// (`Hal::share`, so a device can DMA straight into a peer's page).
 pub fn machine_of(va: u64) -> Option<u64> {
-    let pfn = crate::mm::pfn_of_va(va)?;
-    Some(crate::mm::mfn_of_pfn(pfn) * 4096 + va % 4096)
+    match crate::mm::pfn_of_va(va) {
+        Some(pfn) => Some(crate::mm::mfn_of_pfn(pfn) * 4096 + va % 4096),
+        None => crate::vmap::machine_of(va),
+    }
 }
 
 impl DmaBuffer {

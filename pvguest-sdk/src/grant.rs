@@ -354,3 +354,127 @@ impl Mapping {
         }
     }
 }
+
+/// Most pages one [`MappedPages`] maps (a block request's segments).
+pub const MAX_MAPPED: usize = 11;
+
+/// A batch of one peer's grants mapped at consecutive [`crate::vmap`]
+/// slots, for a backend that lets a device DMA straight into the peer's
+/// pages: one `map_grant_ref` hypercall for the batch, one to unmap it.
+/// Each page's machine address is recorded with the slot, so DMA code
+/// translates the mapped addresses like its own memory
+/// ([`crate::dma::machine_of`]).
+#[derive(Debug)]
+#[must_use = "the mappings hold the peer's pages until unmapped"]
+pub struct MappedPages {
+    va: u64,
+    n: usize,
+    handles: [u32; MAX_MAPPED],
+    machine: [u64; MAX_MAPPED],
+}
+
+impl MappedPages {
+    /// Maps `grefs` of `granter` (1 to [`MAX_MAPPED`]), read-only if
+    /// `readonly` (a device that only reads them: a disk write). All or
+    /// nothing: if any element is refused, the others are unmapped again
+    /// and the first refusal is returned with its index.
+    pub fn map(granter: u16, grefs: &[u32], readonly: bool) -> Result<MappedPages, (usize, GrantError)> {
+        let n = grefs.len();
+        if n == 0 || n > MAX_MAPPED {
+            return Err((0, GrantError::Call(Errno::EINVAL)));
+        }
+        let va = crate::vmap::alloc(n).map_err(|e| (0, GrantError::Call(e)))?;
+        let flags = gntmap::HOST_MAP | if readonly { gntmap::READONLY } else { 0 };
+        let mut ops = [MapGrantRef::default(); MAX_MAPPED];
+        for (i, (o, &gref)) in ops.iter_mut().zip(grefs).enumerate() {
+            *o = MapGrantRef { host_addr: va + i as u64 * 4096, flags, gref, dom: granter, ..MapGrantRef::default() };
+        }
+        let r = op(MAP_GRANT_REF, &mut ops, n as u64);
+        let mut pages = MappedPages { va, n: 0, handles: [0; MAX_MAPPED], machine: [0; MAX_MAPPED] };
+        let mut failed = r.err().map(|e| (0, e));
+        for (i, o) in ops[..n].iter().enumerate() {
+            if o.status == gntst::OKAY && r.is_ok() {
+                pages.handles[i] = o.handle;
+                pages.machine[i] = o.dev_bus_addr;
+                crate::vmap::set_machine(va + i as u64 * 4096, o.dev_bus_addr);
+            } else if failed.is_none() {
+                failed = Some((i, GrantError::Status(o.status)));
+            }
+        }
+        if let Some(f) = failed {
+            // Undo the elements that were mapped.
+            for i in (0..n).filter(|&i| ops[i].status == gntst::OKAY && r.is_ok()) {
+                let mut u =
+                    UnmapGrantRef { host_addr: va + i as u64 * 4096, handle: ops[i].handle, ..Default::default() };
+                let _ = op(UNMAP_GRANT_REF, &mut u, 1);
+            }
+            crate::vmap::free(va, n);
+            return Err(f);
+        }
+        pages.n = n;
+        Ok(pages)
+    }
+
+    /// Pages mapped.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether nothing is mapped (never, for a batch that mapped).
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Machine address of page `i`.
+    pub fn machine_addr(&self, i: usize) -> Option<u64> {
+        (i < self.n).then(|| self.machine[i])
+    }
+
+    /// Where page `i` is mapped.
+    pub fn va(&self, i: usize) -> Option<u64> {
+        (i < self.n).then(|| self.va + i as u64 * 4096)
+    }
+
+    /// Bytes `start..end` of the batch's address range (page `k` at
+    /// `k * 4096`) as a buffer to hand to a device driver, which gives the
+    /// device its machine address (in place when the pages are
+    /// machine-contiguous). `None` if out of range or empty.
+    ///
+    /// The peer owns the pages and may change them at any moment: the
+    /// buffer is for a device's DMA, and the caller must not read or write
+    /// it itself (the driver only translates it to machine addresses).
+    pub fn dma_buffer(&mut self, start: usize, end: usize) -> Option<&mut [u8]> {
+        if start >= end || end > self.n * 4096 {
+            return None;
+        }
+        // SAFETY: `start..end` lies inside the batch's pages, mapped at
+        // consecutive addresses from `va` until `unmap` consumes `self`
+        // (which the borrow forbids meanwhile); the exclusive borrow of
+        // `self` makes this the only Rust view of them in this domain. The
+        // peer may write the pages concurrently; this domain never reads
+        // or writes through the slice (the contract above): it only hands
+        // it to a device by machine address, so no Rust-level access races
+        // with the peer.
+        Some(unsafe { core::slice::from_raw_parts_mut((self.va as usize + start) as *mut u8, end - start) })
+    }
+
+    /// Unmaps every page (one hypercall; the TLB is flushed before it
+    /// returns) and gives the slots back. A page whose unmap failed keeps
+    /// its slot (never reused while something may be mapped there).
+    pub fn unmap(self) -> Result<(), GrantError> {
+        let mut ops = [UnmapGrantRef::default(); MAX_MAPPED];
+        for (i, o) in ops[..self.n].iter_mut().enumerate() {
+            *o = UnmapGrantRef { host_addr: self.va + i as u64 * 4096, handle: self.handles[i], ..Default::default() };
+        }
+        let r = op(UNMAP_GRANT_REF, &mut ops, self.n as u64);
+        let mut first = r.err();
+        for (i, o) in ops[..self.n].iter().enumerate() {
+            if o.status == gntst::OKAY && r.is_ok() {
+                crate::vmap::free(self.va + i as u64 * 4096, 1);
+            } else if first.is_none() {
+                first = Some(GrantError::Status(o.status));
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+}
