@@ -251,8 +251,9 @@ impl BackLink {
     /// Unmaps the page (the domain's frame is freed by the last unmap if
     /// it died) and closes the port.
     pub fn close(self) {
-        let BackLink { link, chan, mapping, va } = self;
-        drop(link);
+        // The link (no destructor: it only points into the page) ends
+        // here, before the unmap.
+        let BackLink { link: _, chan, mapping, va } = self;
         if mapping.unmap().is_ok() {
             crate::vmap::free(va, 1);
         }
