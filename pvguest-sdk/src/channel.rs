@@ -157,6 +157,11 @@ impl<Req: Pod, Rsp: Pod> BackChannel<Req, Rsp> {
         self.chan.on_event(handler)
     }
 
+    /// Our event port.
+    pub fn port(&self) -> Port {
+        self.chan.port()
+    }
+
     /// Notifies the front.
     pub fn notify(&self) -> Result<(), Errno> {
         self.chan.send()

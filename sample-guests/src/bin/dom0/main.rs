@@ -38,6 +38,7 @@ use pvguest_sdk::virtio::blk::BlkError;
 use pvguest_sdk::{println, sched, Errno, StartInfo};
 
 mod blk;
+mod blkback;
 mod net;
 
 pvguest_sdk::entry!(main);

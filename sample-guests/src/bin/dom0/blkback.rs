@@ -1,0 +1,228 @@
+//! The block backend (blkback): serves one domU's virtual disk from dom0's
+//! real disk over a blkif ring ([`split_drivers::blkif`]) in a page the
+//! front granted, zero-copy: the front's data pages are mapped
+//! ([`MappedPages`]) and the virtio disk DMAs straight into or out of them
+//! by the machine addresses the grant map returned.
+//!
+//! # Where validation happens
+//! Every request is copied out of the ring once (ring-protocol R6) and
+//! goes through [`blkif::validate`] against the virtual disk's size and
+//! the features advertised; an invalid one is answered with its status and
+//! never executed. Only then are its grants mapped: a bad gref makes the
+//! map fail (the hypervisor checks it), which answers `BLKIF_RSP_ERROR`.
+//! Sectors are translated to the real disk by the virtual disk's backing
+//! ([`Backing::physical`]), which checks them against its region again, so
+//! no request ever reaches a sector outside the domU's region.
+//!
+//! # Work per call
+//! [`BlkBack::serve`] takes at most [`BATCH`] requests, then returns, so
+//! one busy front cannot keep dom0 from its other connections.
+//!
+//! # Durability
+//! A write is answered once the device completed it; `FLUSH_DISKCACHE`
+//! and `WRITE_FUA` are answered only after the device's cache flush
+//! completed, so an acknowledged flush or FUA write is on the disk.
+
+use pvguest_sdk::channel::{BackChannel, ChannelError};
+use pvguest_sdk::grant::MappedPages;
+use pvguest_sdk::virtio::blk::{Disk, SECTOR};
+use pvguest_sdk::{println, vmap};
+use ring_protocol::RingError;
+use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid};
+
+/// Requests one [`BlkBack::serve`] call takes at most.
+pub const BATCH: usize = 32;
+
+/// Where a virtual disk's sectors live on the real disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backing {
+    /// A raw slice: virtual sector `n` is real sector `start + n`, for
+    /// `n < sectors`.
+    Slice { start: u64, sectors: u64 },
+}
+
+impl Backing {
+    /// The virtual disk's size in sectors.
+    pub fn sectors(&self) -> u64 {
+        match *self {
+            Backing::Slice { sectors, .. } => sectors,
+        }
+    }
+
+    /// The real sector of virtual sectors `vsector..vsector + n`, if all of
+    /// them lie in the region (checked again here, whatever the caller
+    /// validated).
+    pub fn physical(&self, vsector: u64, n: u64) -> Option<u64> {
+        match *self {
+            Backing::Slice { start, sectors } => {
+                (vsector.checked_add(n)? <= sectors).then_some(start.checked_add(vsector)?)
+            }
+        }
+    }
+}
+
+/// Counters of one backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stats {
+    pub reads: u64,
+    pub writes: u64,
+    pub flushes: u64,
+    pub sectors: u64,
+    /// Requests answered with an error because they were invalid.
+    pub invalid: u64,
+    /// Requests that failed at the grant map or the device.
+    pub failed: u64,
+}
+
+/// One domU's virtual disk, connected.
+pub struct BlkBack {
+    pub domid: u16,
+    ring: BackChannel<Request, Response>,
+    backing: Backing,
+    features: Features,
+    pub stats: Stats,
+}
+
+/// Why a backend stopped.
+#[derive(Clone, Copy, Debug)]
+pub enum BackError {
+    /// Connecting to the front's ring.
+    Connect(ChannelError),
+    /// No free slot to map the ring.
+    NoSlot,
+    /// The front broke the ring protocol: the connection is dead.
+    Ring(RingError),
+    /// No room for a response in a slot the request just left (the ring
+    /// says the front lied about its indices).
+    NoRoom,
+}
+
+impl BlkBack {
+    /// The features every backend advertises.
+    pub const FEATURES: Features = Features { barrier: false, flush: true, discard: false, secure_discard: false, fua: true };
+
+    /// Connects to `domid`'s ring (`gref`, `port` from the store).
+    pub fn connect(domid: u16, gref: u32, port: u32, backing: Backing) -> Result<BlkBack, BackError> {
+        let va = vmap::alloc(1).map_err(|_| BackError::NoSlot)?;
+        let ring = BackChannel::connect(domid, gref, port, va).map_err(|e| {
+            vmap::free(va, 1);
+            BackError::Connect(e)
+        })?;
+        Ok(BlkBack { domid, ring, backing, features: Self::FEATURES, stats: Stats::default() })
+    }
+
+    /// The local event port of the ring.
+    pub fn port(&self) -> pvguest_sdk::event::Port {
+        self.ring.port()
+    }
+
+    /// Answers up to [`BATCH`] requests; returns how many it took.
+    pub fn serve(&mut self, disk: &mut Disk) -> Result<usize, BackError> {
+        let mut done = 0;
+        while done < BATCH {
+            let Some(req) = self.ring.ring.pop_request().map_err(BackError::Ring)? else { break };
+            let rsp = self.answer(&req, disk);
+            // A slot is free: the request just taken left one.
+            self.ring.ring.try_push(rsp).map_err(|_| BackError::NoRoom)?;
+            done += 1;
+        }
+        if done > 0 && self.ring.ring.push_and_check_notify().map_err(BackError::Ring)? {
+            let _ = self.ring.notify();
+        }
+        Ok(done)
+    }
+
+    /// Whether requests are waiting (arming the front's notification when
+    /// not: `false` means an event comes with the next one).
+    pub fn pending(&mut self) -> Result<bool, BackError> {
+        self.ring.ring.final_check_for_requests().map_err(BackError::Ring)
+    }
+
+    fn answer(&mut self, req: &Request, disk: &mut Disk) -> Response {
+        let v = match blkif::validate(req, self.backing.sectors(), &self.features) {
+            Ok(v) => v,
+            Err(bad) => {
+                self.stats.invalid += 1;
+                if self.stats.invalid <= 4 {
+                    println!("blkback: dom{}: request {} refused: {bad:?}", self.domid, req.id);
+                }
+                return Response::to_invalid(req, bad.status());
+            }
+        };
+        let status = match v.op() {
+            Op::Read | Op::Write | Op::WriteFua => self.transfer(&v, disk),
+            Op::Flush => {
+                self.stats.flushes += 1;
+                if disk.flush().is_ok() {
+                    Status::Okay
+                } else {
+                    Status::Error
+                }
+            }
+            // Not advertised: validate refused them already.
+            Op::WriteBarrier | Op::Discard => Status::NotSupported,
+        };
+        if status == Status::Error {
+            self.stats.failed += 1;
+        }
+        v.response(status)
+    }
+
+    /// Maps the request's pages and moves the data between them and the
+    /// real disk, one device request per run of machine-contiguous pages.
+    fn transfer(&mut self, v: &Valid, disk: &mut Disk) -> Status {
+        let segs = v.segments();
+        let mut grefs = [0u32; blkif::MAX_SEGMENTS];
+        for (g, s) in grefs.iter_mut().zip(segs) {
+            *g = s.gref();
+        }
+        let to_disk = v.op().to_disk();
+        let Ok(mut pages) = MappedPages::map(self.domid, &grefs[..segs.len()], to_disk) else {
+            return Status::Error;
+        };
+        let mut ok = true;
+        let mut k = 0;
+        while k < segs.len() && ok {
+            // A run: segments that continue each other on the disk and in
+            // machine memory (whole pages between them).
+            let mut end = k;
+            while end + 1 < segs.len()
+                && segs[end].range().end == blkif::PAGE_SIZE
+                && segs[end + 1].offset() == 0
+                && pages.machine_addr(end + 1) == pages.machine_addr(end).map(|m| m + blkif::PAGE_SIZE as u64)
+            {
+                end += 1;
+            }
+            let start = k * blkif::PAGE_SIZE + segs[k].offset();
+            let stop = end * blkif::PAGE_SIZE + segs[end].range().end;
+            let n = ((stop - start) / SECTOR) as u64;
+            let phys = self.backing.physical(segs[k].sector(), n);
+            ok = match (phys, pages.dma_buffer(start, stop)) {
+                (Some(lba), Some(buf)) if to_disk => disk.write(lba, buf).is_ok(),
+                (Some(lba), Some(buf)) => disk.read(lba, buf).is_ok(),
+                _ => false,
+            };
+            self.stats.sectors += n;
+            k = end + 1;
+        }
+        // The device is done with the pages whatever happened: give them
+        // back before answering (the front ends its grants on the answer).
+        if pages.unmap().is_err() {
+            ok = false;
+        }
+        if ok && v.op() == Op::WriteFua {
+            self.stats.flushes += 1;
+            ok = disk.flush().is_ok();
+        }
+        if to_disk {
+            self.stats.writes += 1;
+        } else {
+            self.stats.reads += 1;
+        }
+        if ok {
+            Status::Okay
+        } else {
+            Status::Error
+        }
+    }
+}
