@@ -6,6 +6,9 @@
 //! keys in the store. The guest SDK (`pvguest-sdk`) does the I/O (grants,
 //! event channels, store reads, writes and watches); this crate decides
 //! what to do:
+//! - [`state`]: the connection handshake every frontend and backend runs
+//!   (Xen's `XenbusState` numbering), as a [`state::Frontend`] and a
+//!   [`state::Backend`] fed events and returning actions;
 //! - [`blkif`]: the block protocol (Xen's `blkif.h` layout): requests built
 //!   by the front, [`blkif::validate`]d by the back, answered, and checked
 //!   against the front's [`blkif::Inflight`] shadow table.
@@ -13,7 +16,7 @@
 //! Both peers are hostile to each other: every value that comes from the
 //! other side (a state string, a request, a response) is an allegation, and
 //! becomes trusted only through one function of this crate
-//! ([`blkif::validate`], [`blkif::Inflight::complete`]),
+//! ([`state::State::parse`], [`blkif::validate`], [`blkif::Inflight::complete`]),
 //! which never panics.
 //!
 //! # Example: a front builds a request, a back validates it
@@ -68,3 +71,4 @@ macro_rules! error_impls {
 }
 
 pub mod blkif;
+pub mod state;
