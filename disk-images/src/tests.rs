@@ -1,0 +1,1 @@
+//! Host tests, named after the rules they check.
