@@ -458,6 +458,24 @@ impl MappedPages {
         Some(unsafe { core::slice::from_raw_parts_mut((self.va as usize + start) as *mut u8, end - start) })
     }
 
+    /// Zero-fills bytes `start..end` of the batch (a read of sectors the
+    /// disk never wrote), by volatile writes: the peer shares the pages.
+    /// `false` if out of range.
+    pub fn zero(&mut self, start: usize, end: usize) -> bool {
+        if start > end || end > self.n * 4096 {
+            return false;
+        }
+        for off in start..end {
+            // SAFETY: `off` lies inside the batch's pages, mapped writable
+            // (a read's pages are) at consecutive addresses from `va` while
+            // `self` lives; a volatile byte store, never a reference into
+            // the shared pages. A read-only batch faults here, which only
+            // a caller that zero-fills a write's pages could cause.
+            unsafe { ((self.va as usize + off) as *mut u8).write_volatile(0) };
+        }
+        true
+    }
+
     /// Unmaps every page (one hypercall; the TLB is flushed before it
     /// returns) and gives the slots back. A page whose unmap failed keeps
     /// its slot (never reused while something may be mapped there).

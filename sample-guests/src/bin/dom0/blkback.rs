@@ -10,9 +10,11 @@
 //! the features advertised; an invalid one is answered with its status and
 //! never executed. Only then are its grants mapped: a bad gref makes the
 //! map fail (the hypervisor checks it), which answers `BLKIF_RSP_ERROR`.
-//! Sectors are translated to the real disk by the virtual disk's backing
-//! ([`Backing::physical`]), which checks them against its region again, so
-//! no request ever reaches a sector outside the domU's region.
+//! Sectors are translated to the real disk by the image layer
+//! ([`disk_images::VirtualDisk`]: a raw slice, a sparse image or an
+//! overlay), which checks every physical extent against its region in one
+//! place, so no request ever reaches a sector outside the domU's region
+//! (and an overlay never writes its base).
 //!
 //! # Work per call
 //! [`BlkBack::serve`] takes at most [`BATCH`] requests, then returns, so
@@ -20,12 +22,15 @@
 //!
 //! # Durability
 //! A write is answered once the device completed it; `FLUSH_DISKCACHE`
-//! and `WRITE_FUA` are answered only after the device's cache flush
-//! completed, so an acknowledged flush or FUA write is on the disk.
+//! and `WRITE_FUA` are answered only after the image's flush (device
+//! flush, then the allocation map, then another device flush) completed,
+//! so an acknowledged flush or FUA write is on the disk, and so is the
+//! metadata that finds it.
 
+use disk_images::{Device, Extent, IoError, VirtualDisk};
 use pvguest_sdk::channel::{BackChannel, ChannelError};
 use pvguest_sdk::grant::MappedPages;
-use pvguest_sdk::virtio::blk::{Disk, SECTOR};
+use pvguest_sdk::virtio::blk::{BlkError, Disk, SECTOR};
 use pvguest_sdk::{println, vmap};
 use ring_protocol::RingError;
 use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid};
@@ -33,31 +38,30 @@ use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid}
 /// Requests one [`BlkBack::serve`] call takes at most.
 pub const BATCH: usize = 32;
 
-/// Where a virtual disk's sectors live on the real disk.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backing {
-    /// A raw slice: virtual sector `n` is real sector `start + n`, for
-    /// `n < sectors`.
-    Slice { start: u64, sectors: u64 },
+/// The real disk as the image layer's metadata device (its reads and
+/// writes through dom0's own buffers).
+pub struct Dev<'a>(pub &'a mut Disk);
+
+fn io(e: BlkError) -> IoError {
+    match e {
+        BlkError::OutOfRange { .. } => IoError::OutOfRange,
+        BlkError::BadRequest { .. } => IoError::BadLength,
+        _ => IoError::Failed,
+    }
 }
 
-impl Backing {
-    /// The virtual disk's size in sectors.
-    pub fn sectors(&self) -> u64 {
-        match *self {
-            Backing::Slice { sectors, .. } => sectors,
-        }
+impl Device for Dev<'_> {
+    fn sectors(&self) -> u64 {
+        self.0.capacity()
     }
-
-    /// The real sector of virtual sectors `vsector..vsector + n`, if all of
-    /// them lie in the region (checked again here, whatever the caller
-    /// validated).
-    pub fn physical(&self, vsector: u64, n: u64) -> Option<u64> {
-        match *self {
-            Backing::Slice { start, sectors } => {
-                (vsector.checked_add(n)? <= sectors).then_some(start.checked_add(vsector)?)
-            }
-        }
+    fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+        self.0.read(lba, buf).map_err(io)
+    }
+    fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+        self.0.write(lba, buf).map_err(io)
+    }
+    fn flush(&mut self) -> Result<(), IoError> {
+        self.0.flush().map_err(io)
     }
 }
 
@@ -78,7 +82,7 @@ pub struct Stats {
 pub struct BlkBack {
     pub domid: u16,
     ring: BackChannel<Request, Response>,
-    backing: Backing,
+    vdisk: VirtualDisk,
     features: Features,
     pub stats: Stats,
 }
@@ -99,16 +103,17 @@ pub enum BackError {
 
 impl BlkBack {
     /// The features every backend advertises.
-    pub const FEATURES: Features = Features { barrier: false, flush: true, discard: false, secure_discard: false, fua: true };
+    pub const FEATURES: Features =
+        Features { barrier: false, flush: true, discard: true, secure_discard: false, fua: true };
 
     /// Connects to `domid`'s ring (`gref`, `port` from the store).
-    pub fn connect(domid: u16, gref: u32, port: u32, backing: Backing) -> Result<BlkBack, BackError> {
+    pub fn connect(domid: u16, gref: u32, port: u32, vdisk: VirtualDisk) -> Result<BlkBack, BackError> {
         let va = vmap::alloc(1).map_err(|_| BackError::NoSlot)?;
         let ring = BackChannel::connect(domid, gref, port, va).map_err(|e| {
             vmap::free(va, 1);
             BackError::Connect(e)
         })?;
-        Ok(BlkBack { domid, ring, backing, features: Self::FEATURES, stats: Stats::default() })
+        Ok(BlkBack { domid, ring, vdisk, features: Self::FEATURES, stats: Stats::default() })
     }
 
     /// The local event port of the ring.
@@ -139,7 +144,7 @@ impl BlkBack {
     }
 
     fn answer(&mut self, req: &Request, disk: &mut Disk) -> Response {
-        let v = match blkif::validate(req, self.backing.sectors(), &self.features) {
+        let v = match blkif::validate(req, self.vdisk.virtual_sectors(), &self.features) {
             Ok(v) => v,
             Err(bad) => {
                 self.stats.invalid += 1;
@@ -153,14 +158,21 @@ impl BlkBack {
             Op::Read | Op::Write | Op::WriteFua => self.transfer(&v, disk),
             Op::Flush => {
                 self.stats.flushes += 1;
-                if disk.flush().is_ok() {
+                if self.vdisk.flush(&mut Dev(disk)).is_ok() {
                     Status::Okay
                 } else {
                     Status::Error
                 }
             }
-            // Not advertised: validate refused them already.
-            Op::WriteBarrier | Op::Discard => Status::NotSupported,
+            Op::Discard => {
+                if self.vdisk.discard(v.sector(), v.sectors()).is_ok() {
+                    Status::Okay
+                } else {
+                    Status::Error
+                }
+            }
+            // Not advertised: validate refused it already.
+            Op::WriteBarrier => Status::NotSupported,
         };
         if status == Status::Error {
             self.stats.failed += 1;
@@ -196,11 +208,10 @@ impl BlkBack {
             let start = k * blkif::PAGE_SIZE + segs[k].offset();
             let stop = end * blkif::PAGE_SIZE + segs[end].range().end;
             let n = ((stop - start) / SECTOR) as u64;
-            let phys = self.backing.physical(segs[k].sector(), n);
-            ok = match (phys, pages.dma_buffer(start, stop)) {
-                (Some(lba), Some(buf)) if to_disk => disk.write(lba, buf).is_ok(),
-                (Some(lba), Some(buf)) => disk.read(lba, buf).is_ok(),
-                _ => false,
+            ok = if to_disk {
+                self.write_run(disk, &mut pages, segs[k].sector(), start, stop)
+            } else {
+                self.read_run(disk, &mut pages, segs[k].sector(), start, stop)
             };
             self.stats.sectors += n;
             k = end + 1;
@@ -212,7 +223,7 @@ impl BlkBack {
         }
         if ok && v.op() == Op::WriteFua {
             self.stats.flushes += 1;
-            ok = disk.flush().is_ok();
+            ok = self.vdisk.flush(&mut Dev(disk)).is_ok();
         }
         if to_disk {
             self.stats.writes += 1;
@@ -223,6 +234,48 @@ impl BlkBack {
             Status::Okay
         } else {
             Status::Error
+        }
+    }
+
+    /// Reads virtual sectors from `vsector` into bytes `start..stop` of
+    /// `pages`: each extent the image names goes from the device straight
+    /// into the pages; unwritten ones are zero-filled.
+    fn read_run(&mut self, disk: &mut Disk, pages: &mut MappedPages, vsector: u64, start: usize, stop: usize) -> bool {
+        let Ok(extents) = self.vdisk.plan_read(vsector, ((stop - start) / SECTOR) as u64) else { return false };
+        let mut at = start;
+        for e in extents {
+            let end = at + e.nsect() as usize * SECTOR;
+            let ok = match e {
+                Extent::Phys(p) => pages.dma_buffer(at, end).is_some_and(|buf| disk.read(p.lba, buf).is_ok()),
+                Extent::Zero { .. } => pages.zero(at, end),
+            };
+            if !ok {
+                return false;
+            }
+            at = end;
+        }
+        at == stop
+    }
+
+    /// Writes bytes `start..stop` of `pages` at virtual sector `vsector`:
+    /// the image's preparation first (a new block's other sectors), then
+    /// the data from the pages straight to the device, then the commit
+    /// that makes the image point at it (durable at the next flush).
+    fn write_run(&mut self, disk: &mut Disk, pages: &mut MappedPages, vsector: u64, start: usize, stop: usize) -> bool {
+        let Ok(plan) = self.vdisk.plan_write(vsector, ((stop - start) / SECTOR) as u64) else { return false };
+        let mut ok = self.vdisk.prepare(&mut Dev(disk), &plan).is_ok();
+        let mut at = start;
+        for p in plan.data() {
+            let end = at + p.nsect as usize * SECTOR;
+            ok = ok && pages.dma_buffer(at, end).is_some_and(|buf| disk.write(p.lba, buf).is_ok());
+            at = end;
+        }
+        ok &= at == stop;
+        if ok {
+            self.vdisk.commit_write(plan).is_ok()
+        } else {
+            let _ = self.vdisk.abort_write(plan);
+            false
         }
     }
 }
