@@ -42,6 +42,14 @@ pub enum LayoutError {
     /// `split_at` was asked for a split that is not on a cache line or not
     /// inside the region.
     BadSplit,
+    /// A byte copy ([`SharedMem::read_bytes`], [`SharedMem::write_bytes`])
+    /// reaches past the region's end.
+    OutOfRange {
+        /// First byte of the copy.
+        at: usize,
+        /// Bytes asked for.
+        len: usize,
+    },
 }
 
 impl core::error::Error for LayoutError {}
@@ -55,6 +63,7 @@ impl core::fmt::Display for LayoutError {
             }
             LayoutError::TooSmall { len } => write!(f, "{len} bytes cannot hold a ring"),
             LayoutError::BadSplit => write!(f, "split point not on a cache line inside the region"),
+            LayoutError::OutOfRange { at, len } => write!(f, "copy of {len} bytes at {at} passes the region's end"),
         }
     }
 }
@@ -383,6 +392,45 @@ impl SharedMem<'_> {
                 _ => self.write_pieces::<u64>(at, src),
             }
         }
+    }
+}
+
+impl SharedMem<'_> {
+    /// The widest piece alignment (up to 16) that region byte `at` has.
+    fn align_at(&self, at: usize) -> usize {
+        1usize << (self.addr(at) as usize | 16).trailing_zeros()
+    }
+
+    /// Copies region bytes `[at, at + dst.len())` into `dst` (our own
+    /// memory): one volatile read of each shared byte, in the widest pieces
+    /// the address allows (the R6 copy, for bulk data such as a bounce
+    /// page a peer may be writing). Whatever the peer does meanwhile, `dst`
+    /// gets some bytes, never undefined behaviour.
+    ///
+    /// # Errors
+    /// [`LayoutError::OutOfRange`] if the range passes the region's end.
+    pub fn read_bytes(&self, at: usize, dst: &mut [u8]) -> Result<(), LayoutError> {
+        if at.checked_add(dst.len()).is_none_or(|end| end > self.len) {
+            return Err(LayoutError::OutOfRange { at, len: dst.len() });
+        }
+        // SAFETY: the range lies inside the region (checked above) and
+        // `align_at` is the alignment of its start.
+        unsafe { self.copy_in(at, dst, self.align_at(at)) };
+        Ok(())
+    }
+
+    /// Copies `src` (our own memory) to region bytes `[at, at +
+    /// src.len())` with volatile writes, as [`SharedMem::read_bytes`].
+    ///
+    /// # Errors
+    /// [`LayoutError::OutOfRange`] if the range passes the region's end.
+    pub fn write_bytes(&self, at: usize, src: &[u8]) -> Result<(), LayoutError> {
+        if at.checked_add(src.len()).is_none_or(|end| end > self.len) {
+            return Err(LayoutError::OutOfRange { at, len: src.len() });
+        }
+        // SAFETY: as in `read_bytes`, for writes.
+        unsafe { self.copy_out(at, src, self.align_at(at)) };
+        Ok(())
     }
 }
 
