@@ -112,6 +112,17 @@ impl Grant {
 /// (the store page's grant is reference 1).
 const RESERVED_REFS: u32 = NR_RESERVED_ENTRIES;
 
+static SHARED: spin::Once<Result<spin::Mutex<GrantTable>, GrantError>> = spin::Once::new();
+
+/// The domain's one grant table, set up with [`MAX_FRAMES`] frames on
+/// first use, for every part of the domain that grants pages (the SDK's
+/// block front among them). Use this rather than [`GrantTable::setup`]
+/// when more than one part of a guest grants: two tables set up
+/// separately would hand out the same references.
+pub fn shared() -> Result<&'static spin::Mutex<GrantTable>, GrantError> {
+    SHARED.call_once(|| GrantTable::setup(MAX_FRAMES as u32).map(spin::Mutex::new)).as_ref().map_err(|e| *e)
+}
+
 /// The machine frames of this domain's grant table as it stands (the
 /// domain builder may already have made its first frame, for the store
 /// page's grant), into `out`; returns how many. Nothing grows.

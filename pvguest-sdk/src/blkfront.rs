@@ -1,0 +1,416 @@
+//! The block front: a domU's virtual disk, served by dom0's blkback over a
+//! blkif ring ([`crate::blkif`]) in a page this domain grants, with an
+//! event channel. [`BlockDevice`] is what guest code uses: safe blocking
+//! calls ([`BlockDevice::read`], [`BlockDevice::write`],
+//! [`BlockDevice::flush`], [`BlockDevice::write_fua`],
+//! [`BlockDevice::discard`]) and a batched one ([`BlockDevice::run`]) that
+//! keeps up to a ring's worth of requests in flight and completes them in
+//! any order.
+//!
+//! ```ignore
+//! use pvguest_sdk::blkfront::BlockDevice;
+//! let mut disk = BlockDevice::open(&mut store, 0)?;   // the first vbd
+//! let mut sector = [0u8; 512];
+//! disk.read(0, &mut sector)?;
+//! disk.write(1, &sector)?;
+//! disk.flush()?;                                       // now durable
+//! ```
+//!
+//! # Who owns what
+//! - The ring page and a pool of I/O pages are this domain's, each granted
+//!   once, read-write, to the backend domain for the device's life
+//!   (persistent grants: no grant-table work per request). The pages are
+//!   used for nothing but this device's data: a write copies the caller's
+//!   bytes in before the request is published, a read copies them out
+//!   after its response. The caller's buffers are never granted, so the
+//!   backend sees nothing of this domain but what it is asked to write,
+//!   and a backend that keeps writing into a pool page after answering
+//!   changes only that page (the XSA-396 concern: a grant page reused for
+//!   other data). Copies in and out of the pool are single volatile copies
+//!   ([`ring_protocol::SharedMem::read_bytes`]).
+//! - Requests are built by [`blkif::Request::rw`] and stamped by the
+//!   shadow table [`blkif::Inflight`], the only place a response becomes a
+//!   finished request: an unknown or duplicate id, an operation that does
+//!   not match or a status that is not one of the three marks the device
+//!   broken ([`BlkError::Protocol`]), and every later call fails with it.
+//! - A flush is issued only once every earlier request has completed, so
+//!   an acknowledged flush covers every write acknowledged before it.
+
+use crate::blkif::{self, Inflight, Op, Piece, Request, Response, Status, RING_SLOTS};
+use crate::channel::{ChannelError, FrontChannel};
+use crate::event::{self, Port};
+use crate::grant::{self, GrantError};
+use crate::mm::{self, Page};
+use alloc::vec::Vec;
+use ring_protocol::{RingError, SharedMem};
+
+/// Bytes per sector.
+pub const SECTOR: usize = blkif::SECTOR;
+
+/// Sectors one request carries at most (11 pages).
+const MAX_REQUEST_SECTORS: u64 = (blkif::MAX_SEGMENTS * blkif::PAGE_SIZE / SECTOR) as u64;
+
+/// Pool pages a device takes unless told otherwise ([`BlockDevice::attach`]):
+/// 64 KiB in flight.
+pub const DEFAULT_POOL_PAGES: usize = 16;
+
+/// What the backend says of the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// Size in sectors of [`SECTOR`] bytes.
+    pub sectors: u64,
+    /// The disk refuses writes.
+    pub readonly: bool,
+    /// Operations the backend offers beyond reads and writes.
+    pub features: blkif::Features,
+}
+
+/// Why a block call failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BlkError {
+    /// The buffer is not a whole number of sectors, or empty.
+    BadLength,
+    /// The range passes the end of the disk.
+    OutOfRange,
+    /// The disk is read-only.
+    ReadOnly,
+    /// The backend does not offer the operation.
+    NotSupported,
+    /// The backend answered the request with an error.
+    Io,
+    /// The backend broke the protocol (ring indices or a response): the
+    /// device is unusable from now on.
+    Protocol,
+    /// Setting up the ring, its grant or its event channel.
+    Channel(ChannelError),
+    /// Granting the I/O pages.
+    Grant(GrantError),
+    /// No memory for the pool.
+    NoMemory,
+    /// Discovery or the handshake in the store.
+    Store(crate::store::StoreError),
+    /// The backend did not connect, or went away.
+    NotConnected,
+}
+
+/// One operation of a batch ([`BlockDevice::run`]).
+pub enum Io<'a> {
+    /// Read sectors from `sector` into `buf`.
+    Read { sector: u64, buf: &'a mut [u8] },
+    /// Write `buf` at `sector` (`fua`: durable when answered).
+    Write { sector: u64, buf: &'a [u8], fua: bool },
+    /// Make every write completed before it durable (waits for everything
+    /// before it in the batch).
+    Flush,
+    /// The backend may forget `sectors` sectors from `sector` (they read as
+    /// zeros or as before).
+    Discard { sector: u64, sectors: u64 },
+}
+
+/// A request in flight: which operation of the batch, which sectors of it,
+/// and which pool pages carry them.
+struct Pending {
+    id: u64,
+    io: usize,
+    /// Byte offset in the operation's buffer.
+    offset: usize,
+    bytes: usize,
+    pages: [u16; blkif::MAX_SEGMENTS],
+    nr_pages: usize,
+}
+
+/// A pool page: ours, granted to the backend for the device's life.
+struct PoolPage {
+    page: Page,
+    gref: u32,
+}
+
+/// A connected virtual disk (see the module docs).
+pub struct BlockDevice {
+    ring: FrontChannel<Request, Response>,
+    inflight: Inflight<{ RING_SLOTS }>,
+    pool: Vec<PoolPage>,
+    free: Vec<u16>,
+    info: DiskInfo,
+    handle: u16,
+    broken: bool,
+}
+
+fn wake(_: Port) {}
+
+impl BlockDevice {
+    /// Sets up the front's half for backend domain `backend`: the ring page
+    /// and `pool_pages` I/O pages, all granted to it, and an event port it
+    /// may bind. Returns the device and the (ring gref, port) pair to
+    /// publish; the device is usable once the backend has connected (the
+    /// handshake in [`BlockDevice::open`] waits for that).
+    pub fn attach(backend: u16, handle: u16, info: DiskInfo, pool_pages: usize) -> Result<BlockDevice, BlkError> {
+        let table = grant::shared().map_err(BlkError::Grant)?;
+        let mut table = table.lock();
+        let ring = FrontChannel::offer(backend, &mut table).map_err(BlkError::Channel)?;
+        ring.on_event(wake).map_err(|e| BlkError::Channel(ChannelError::Event(e)))?;
+        let n = pool_pages.clamp(1, usize::from(u16::MAX));
+        let mut pool = Vec::new();
+        pool.try_reserve_exact(n).map_err(|_| BlkError::NoMemory)?;
+        let first = mm::alloc_pages(n as u64).ok_or(BlkError::NoMemory)?;
+        for k in 0..n as u64 {
+            let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
+            let gref = table.grant(backend, page, false).map_err(BlkError::Grant)?.gref();
+            pool.push(PoolPage { page, gref });
+        }
+        let free = (0..n as u16).rev().collect();
+        let salt = crate::time::tsc() ^ (u64::from(handle) << 48);
+        Ok(BlockDevice { ring, inflight: Inflight::with_salt(salt), pool, free, info, handle, broken: false })
+    }
+
+    /// The ring's grant reference, for the store.
+    pub fn ring_ref(&self) -> u32 {
+        self.ring.gref()
+    }
+
+    /// The event port, for the store.
+    pub fn port(&self) -> Port {
+        self.ring.port()
+    }
+
+    /// What the backend said of the disk.
+    pub fn info(&self) -> DiskInfo {
+        self.info
+    }
+
+    /// Size in sectors.
+    pub fn sectors(&self) -> u64 {
+        self.info.sectors
+    }
+
+    /// Reads whole sectors from `sector` into `buf`.
+    pub fn read(&mut self, sector: u64, buf: &mut [u8]) -> Result<(), BlkError> {
+        self.run(&mut [Io::Read { sector, buf }])
+    }
+
+    /// Writes `buf` (whole sectors) at `sector`; durable after a flush.
+    pub fn write(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
+        self.run(&mut [Io::Write { sector, buf, fua: false }])
+    }
+
+    /// Writes `buf` at `sector`, durable when this returns (the backend's
+    /// write-through: `feature-fua`).
+    pub fn write_fua(&mut self, sector: u64, buf: &[u8]) -> Result<(), BlkError> {
+        self.run(&mut [Io::Write { sector, buf, fua: true }])
+    }
+
+    /// Makes every write completed so far durable.
+    pub fn flush(&mut self) -> Result<(), BlkError> {
+        self.run(&mut [Io::Flush])
+    }
+
+    /// Tells the backend it may forget `sectors` sectors from `sector`.
+    pub fn discard(&mut self, sector: u64, sectors: u64) -> Result<(), BlkError> {
+        self.run(&mut [Io::Discard { sector, sectors }])
+    }
+
+    /// Checks `io` against the disk before anything is sent.
+    fn check(&self, io: &Io<'_>) -> Result<(), BlkError> {
+        let (sector, len, write) = match io {
+            Io::Read { sector, buf } => (*sector, buf.len(), false),
+            Io::Write { sector, buf, fua } => {
+                if *fua && !self.info.features.fua {
+                    return Err(BlkError::NotSupported);
+                }
+                (*sector, buf.len(), true)
+            }
+            Io::Flush => return if self.info.features.flush { Ok(()) } else { Err(BlkError::NotSupported) },
+            Io::Discard { sector, sectors } => {
+                if !self.info.features.discard {
+                    return Err(BlkError::NotSupported);
+                }
+                return match sector.checked_add(*sectors) {
+                    Some(end) if end <= self.info.sectors && *sectors > 0 => Ok(()),
+                    _ => Err(BlkError::OutOfRange),
+                };
+            }
+        };
+        if len == 0 || !len.is_multiple_of(SECTOR) {
+            return Err(BlkError::BadLength);
+        }
+        if write && self.info.readonly {
+            return Err(BlkError::ReadOnly);
+        }
+        match sector.checked_add((len / SECTOR) as u64) {
+            Some(end) if end <= self.info.sectors => Ok(()),
+            _ => Err(BlkError::OutOfRange),
+        }
+    }
+
+    /// Runs a batch: as many requests in flight as the ring, the shadow
+    /// table and the pool allow, completed in any order, each operation
+    /// split into requests of up to 11 pages. Returns when every operation
+    /// is done; the first error, if any (the others still ran). A `Flush`
+    /// waits for everything before it. Nothing is sent if any operation is
+    /// malformed.
+    pub fn run(&mut self, ios: &mut [Io<'_>]) -> Result<(), BlkError> {
+        if self.broken {
+            return Err(BlkError::Protocol);
+        }
+        for io in ios.iter() {
+            self.check(io)?;
+        }
+        let mut pending: Vec<Pending> = Vec::new();
+        pending.try_reserve_exact(RING_SLOTS).map_err(|_| BlkError::NoMemory)?;
+        let mut result = Ok(());
+        let (mut next, mut offset) = (0usize, 0usize);
+        loop {
+            // Submit what fits.
+            while next < ios.len() && !self.inflight.is_full() && pending.len() < RING_SLOTS {
+                if matches!(ios[next], Io::Flush) && !pending.is_empty() {
+                    break;
+                }
+                match self.submit(&ios[next], next, offset)? {
+                    Some((p, done)) => {
+                        pending.push(p);
+                        offset = if done { 0 } else { offset + pending.last().map_or(0, |p| p.bytes) };
+                        if done {
+                            next += 1;
+                        }
+                    }
+                    None => break, // the pool is empty: wait for pages
+                }
+            }
+            if self.ring.ring.push_and_check_notify().map_err(|e| self.fail(e))? {
+                let _ = self.ring.notify();
+            }
+            if pending.is_empty() && next == ios.len() {
+                return result;
+            }
+            // Reap what has come back, or sleep until something does.
+            let mut reaped = 0;
+            while let Some(rsp) = self.ring.ring.pop_response().map_err(|e| self.fail(e))? {
+                let done = self.inflight.complete(rsp).map_err(|_| {
+                    self.broken = true;
+                    BlkError::Protocol
+                })?;
+                reaped += 1;
+                let Some(i) = pending.iter().position(|p| p.id == done.id) else {
+                    self.broken = true;
+                    return Err(BlkError::Protocol);
+                };
+                let p = pending.swap_remove(i);
+                let status = match done.status {
+                    Status::Okay => Ok(()),
+                    Status::Error => Err(BlkError::Io),
+                    Status::NotSupported => Err(BlkError::NotSupported),
+                };
+                if let (Ok(()), Io::Read { buf, .. }) = (status, &mut ios[p.io]) {
+                    self.copy_out(&p, &mut buf[p.offset..p.offset + p.bytes]);
+                }
+                for &k in &p.pages[..p.nr_pages] {
+                    self.free.push(k);
+                }
+                if result.is_ok() {
+                    result = status;
+                }
+            }
+            if reaped == 0 {
+                let ring = &mut self.ring.ring;
+                let mut err = None;
+                event::block_until(|| match ring.final_check_for_responses() {
+                    Ok(r) => r,
+                    Err(e) => {
+                        err = Some(e);
+                        true
+                    }
+                });
+                if let Some(e) = err {
+                    return Err(self.fail(e));
+                }
+            }
+        }
+    }
+
+    fn fail(&mut self, _: RingError) -> BlkError {
+        self.broken = true;
+        BlkError::Protocol
+    }
+
+    /// Builds and pushes the next request of `io` from byte `offset`;
+    /// `None` when the pool has no page for it. `done`: it was the last.
+    fn submit(&mut self, io: &Io<'_>, index: usize, offset: usize) -> Result<Option<(Pending, bool)>, BlkError> {
+        let (op, sector, len) = match io {
+            Io::Read { sector, buf } => (Op::Read, *sector, buf.len()),
+            Io::Write { sector, buf, fua } => (if *fua { Op::WriteFua } else { Op::Write }, *sector, buf.len()),
+            Io::Flush | Io::Discard { .. } => {
+                let req = match io {
+                    Io::Discard { sector, sectors } => Request::discard(self.handle, *sector, *sectors, false),
+                    _ => Request::rw(Op::Flush, self.handle, 0, &[]).map_err(|_| BlkError::BadLength)?,
+                };
+                let id = self.push(req)?;
+                let p = Pending { id, io: index, offset: 0, bytes: 0, pages: [0; blkif::MAX_SEGMENTS], nr_pages: 0 };
+                return Ok(Some((p, true)));
+            }
+        };
+        let left = (len - offset) as u64 / SECTOR as u64;
+        let sectors = left.min(MAX_REQUEST_SECTORS).min(self.free.len() as u64 * 8);
+        if sectors == 0 {
+            return Ok(None);
+        }
+        let bytes = sectors as usize * SECTOR;
+        let nr_pages = bytes.div_ceil(blkif::PAGE_SIZE);
+        let mut p = Pending { id: 0, io: index, offset, bytes, pages: [0; blkif::MAX_SEGMENTS], nr_pages };
+        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_SEGMENTS];
+        for k in 0..nr_pages {
+            let page = self.free.pop().ok_or(BlkError::NoMemory)?;
+            p.pages[k] = page;
+            let len = (bytes - k * blkif::PAGE_SIZE).min(blkif::PAGE_SIZE);
+            pieces[k] = Piece { gref: self.pool[usize::from(page)].gref, offset: 0, len: len as u32 };
+            if let Io::Write { buf, .. } = io {
+                let from = offset + k * blkif::PAGE_SIZE;
+                let _ = self.shared(page).write_bytes(0, &buf[from..from + len]);
+            }
+        }
+        let req = Request::rw(op, self.handle, sector + (offset / SECTOR) as u64, &pieces[..nr_pages]);
+        let pushed = req.map_err(|_| BlkError::BadLength).and_then(|r| self.push(r));
+        match pushed {
+            Ok(id) => {
+                p.id = id;
+                Ok(Some((p, offset + bytes == len)))
+            }
+            Err(e) => {
+                for &k in &p.pages[..nr_pages] {
+                    self.free.push(k);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Stamps `req` with an id and puts it on the ring (published by the
+    /// caller's `push_and_check_notify`).
+    fn push(&mut self, req: Request) -> Result<u64, BlkError> {
+        let req = self.inflight.submit(req).map_err(|_| BlkError::NoMemory)?;
+        let id = req.id;
+        if self.ring.ring.try_push(req).is_err() {
+            // Cannot happen with fewer requests in flight than slots; undo
+            // nothing the backend could see, but never lose track.
+            self.broken = true;
+            return Err(BlkError::Protocol);
+        }
+        Ok(id)
+    }
+
+    /// Pool page `k` as shared memory.
+    fn shared(&self, k: u16) -> SharedMem<'_> {
+        let va = self.pool[usize::from(k)].page.va();
+        // SAFETY: the page is ours, mapped read-write at its linear address
+        // for the domain's life (the SDK's allocator never frees), and used
+        // only as this device's I/O page, which the backend shares: only
+        // ever touched through `SharedMem`'s volatile copies.
+        unsafe { SharedMem::new(va as *mut u8, 4096) }.expect("a page is a valid region")
+    }
+
+    /// Copies a completed read's bytes out of its pool pages.
+    fn copy_out(&self, p: &Pending, out: &mut [u8]) {
+        for (k, chunk) in out.chunks_mut(blkif::PAGE_SIZE).enumerate() {
+            let _ = self.shared(p.pages[k]).read_bytes(0, chunk);
+        }
+    }
+}
