@@ -264,8 +264,9 @@ impl Actions {
     }
 
     fn push(&mut self, action: Action) {
-        // Never full: every transition pushes at most 3 actions and an
-        // event makes at most 2 transitions plus one error (see `settle`).
+        // Never full: an event pushes at most 2 actions itself (or one
+        // error, and then nothing else), and at most 3 transitions of at
+        // most 2 actions each follow (`SETTLE_ROUNDS`); tested.
         if let Some(slot) = self.list.get_mut(self.len) {
             *slot = Some(action);
             self.len += 1;
@@ -304,9 +305,10 @@ fn seen(state: State) -> Peer {
     (state != State::Unknown).then_some(state)
 }
 
-/// Re-evaluate until nothing changes. Two rounds suffice for every chain
-/// (a teardown followed by a restart); a third finds nothing to do.
-const SETTLE_ROUNDS: usize = 3;
+/// Re-evaluate until nothing changes. The longest chain is three
+/// transitions (a front's teardown, restart and publish when a connected
+/// front sees `InitWait`); a fourth round finds nothing to do (tested).
+const SETTLE_ROUNDS: usize = 4;
 
 // ---------------------------------------------------------------------------
 
