@@ -536,7 +536,7 @@ pub enum BuildError {
 /// assert_eq!(p.next(), Some(Piece { gref: 11, offset: 0, len: 4096 }));
 /// // The rest (page 12 whole, 1 KiB of page 13) as one request at sector 64.
 /// let mut sector = 64;
-/// let req = p.next_request(Op::Write, 0, &mut sector).expect("one more");
+/// let req = p.next_request(Op::Write, 0, &mut sector).expect("one more")?;
 /// assert_eq!((req.nr_segments, req.sector_number, sector), (2, 64, 74));
 /// assert!(p.next_request(Op::Write, 0, &mut sector).is_none());
 /// # Ok::<(), split_drivers::blkif::BuildError>(())
@@ -570,9 +570,13 @@ impl<'a> Pieces<'a> {
     }
 
     /// Build the next request of up to [`MAX_SEGMENTS`] pieces at
-    /// `*sector`, and advance `*sector` past it; `None` once the buffer is
-    /// used up (or if `op` is a discard, or the sectors overflow).
-    pub fn next_request(&mut self, op: Op, handle: u16, sector: &mut u64) -> Option<Request> {
+    /// `*sector` (id 0, for [`Inflight::submit`]), and advance `*sector`
+    /// past it; `None` once the buffer is used up.
+    ///
+    /// # Errors
+    /// `Some(Err(_))` from [`Request::rw`] (a discard, or sectors that
+    /// overflow); those pieces are consumed.
+    pub fn next_request(&mut self, op: Op, handle: u16, sector: &mut u64) -> Option<Result<Request, BuildError>> {
         let mut buf = [Piece { gref: 0, offset: 0, len: 0 }; MAX_SEGMENTS];
         let mut n = 0;
         for slot in &mut buf {
@@ -583,10 +587,13 @@ impl<'a> Pieces<'a> {
         if n == 0 {
             return None;
         }
-        let req = Request::rw(op, handle, *sector, &buf[..n]).ok()?;
+        let req = match Request::rw(op, handle, *sector, &buf[..n]) {
+            Ok(req) => req,
+            Err(e) => return Some(Err(e)),
+        };
         let sectors: u64 = buf[..n].iter().map(|p| u64::from(p.len) / SECTOR as u64).sum();
         *sector += sectors; // cannot overflow: `rw` checked it
-        Some(req)
+        Some(Ok(req))
     }
 }
 
@@ -895,7 +902,9 @@ pub struct Completed {
     pub id: u64,
     /// The operation, from the front's own record.
     pub op: Op,
-    /// The back's verdict.
+    /// The back's verdict. [`Status::NotSupported`] for a barrier, flush,
+    /// discard or FUA write means the back no longer does it: stop sending
+    /// that operation (as blkfront drops the feature).
     pub status: Status,
     /// The request's grants, from the front's own record.
     pub grants: Grants,

@@ -39,8 +39,9 @@
 //!   back to `InitWait`;
 //! - a front that is `Closed` (not shut down) starts over (`Reset`,
 //!   `Initialising`, `PublishRing`) when the back shows `InitWait` again; a
-//!   front in a session that sees the back `Initialising` or `InitWait` (a
-//!   restarted back) tears down and does the same.
+//!   front in a session that sees the back `Initialising` (a restarted
+//!   back) tears down to `Closed` and waits for that `InitWait`, and a
+//!   `Connected` front that sees `InitWait` does both at once.
 //!
 //! # Rules
 //! - **S1 — Connect once per session.** [`Action::Connect`] is returned
@@ -75,6 +76,18 @@
 //!   the same ring, or neither is connected (property-tested against a fake
 //!   store with arbitrary watch interleavings, deaths in every state and
 //!   replacements).
+//!
+//! # End states
+//! Once every watch has been delivered and every local step finished (the
+//! property tests check each of these):
+//! - neither side shut down or died: both `Connected`, on the same ring;
+//! - a side shut down: it is `Closed`, and so is a peer that was in a
+//!   session with it. A back that never mapped a ring stays in `InitWait`
+//!   (waiting for a front, as Xen's blkback does for an online device), and
+//!   a front that never published stays `Initialising`;
+//! - a side died: the survivor holds nothing of the session (it is
+//!   `Closed`, or still waiting as above) and is not connected; once the
+//!   dead side is replaced (S5), the pair reconnects.
 //!
 //! Every call does a bounded amount of work: a handful of re-evaluations
 //! of the latest peer state, at most [`Actions::CAPACITY`] actions.

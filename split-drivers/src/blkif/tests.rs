@@ -289,7 +289,7 @@ fn pieces_split_into_requests_of_eleven() {
     let mut sector = 1000;
     let mut reqs = Vec::new();
     while let Some(r) = p.next_request(Op::Read, 2, &mut sector) {
-        reqs.push(r);
+        reqs.push(r.unwrap());
     }
     assert_eq!(reqs.iter().map(|r| r.nr_segments).collect::<Vec<_>>(), [11, 11, 3]);
     assert_eq!(sector, 1000 + 24 * 8);
@@ -301,6 +301,13 @@ fn pieces_split_into_requests_of_eleven() {
     }
     assert_eq!(reqs[0].seg[0], Segment { gref: 100, first_sect: 1, last_sect: 7, _pad: 0 });
     assert_eq!(reqs[2].seg[2], Segment { gref: 124, first_sect: 0, last_sect: 0, _pad: 0 });
+
+    let mut p = Pieces::new(0, 4096, &grefs).unwrap();
+    assert_eq!(p.next_request(Op::Discard, 0, &mut 0), Some(Err(BuildError::Discard)));
+    let mut p = Pieces::new(0, 4096, &grefs).unwrap();
+    let mut sector = u64::MAX - 7;
+    assert_eq!(p.next_request(Op::Read, 0, &mut sector), Some(Err(BuildError::SectorOverflow)));
+    assert_eq!(sector, u64::MAX - 7, "not advanced");
 }
 
 proptest! {
