@@ -463,7 +463,7 @@ impl Piece {
         if len == 0 {
             return Err(BuildError::Empty { index });
         }
-        if offset % SECTOR != 0 || len % SECTOR != 0 {
+        if !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
             return Err(BuildError::Unaligned { index });
         }
         if offset.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
@@ -506,6 +506,112 @@ pub enum BuildError {
     },
     /// `sector` plus the request's sectors overflows.
     SectorOverflow,
+    /// [`Pieces::new`]: the buffer is empty.
+    EmptyBuffer,
+    /// [`Pieces::new`]: its offset or length is not a multiple of
+    /// [`SECTOR`], or the offset is not inside the first page.
+    BufferUnaligned,
+    /// [`Pieces::new`]: the buffer needs more pages than grants given.
+    NotEnoughPages {
+        /// Pages the buffer spans.
+        needed: usize,
+        /// Grants given.
+        given: usize,
+    },
+}
+
+/// A buffer cut into page [`Piece`]s, and into requests of at most
+/// [`MAX_SEGMENTS`] pieces each ([`Pieces::next_request`]).
+///
+/// The buffer is `len` bytes starting `offset` bytes into the first of
+/// the pages granted as `grefs`, continuing at the start of each next
+/// page (a guest buffer that is contiguous in its virtual memory).
+///
+/// ```
+/// use split_drivers::blkif::{Op, Piece, Pieces};
+///
+/// // 12 KiB from 1 KiB into page 10, over pages 10, 11, 12 and 13.
+/// let mut p = Pieces::new(1024, 12 * 1024, &[10, 11, 12, 13])?;
+/// assert_eq!(p.next(), Some(Piece { gref: 10, offset: 1024, len: 3072 }));
+/// assert_eq!(p.next(), Some(Piece { gref: 11, offset: 0, len: 4096 }));
+/// // The rest (page 12 whole, 1 KiB of page 13) as one request at sector 64.
+/// let mut sector = 64;
+/// let req = p.next_request(Op::Write, 0, &mut sector).expect("one more")?;
+/// assert_eq!((req.nr_segments, req.sector_number, sector), (2, 64, 74));
+/// assert!(p.next_request(Op::Write, 0, &mut sector).is_none());
+/// # Ok::<(), split_drivers::blkif::BuildError>(())
+/// ```
+#[derive(Clone, Debug)]
+pub struct Pieces<'a> {
+    grefs: core::slice::Iter<'a, u32>,
+    offset: usize,
+    left: usize,
+}
+
+impl<'a> Pieces<'a> {
+    /// Cut the buffer; checks, in order: not empty, sector-aligned offset
+    /// (inside the first page) and length, enough grants.
+    ///
+    /// # Errors
+    /// [`BuildError::EmptyBuffer`], [`BuildError::BufferUnaligned`],
+    /// [`BuildError::NotEnoughPages`].
+    pub fn new(offset: usize, len: usize, grefs: &'a [u32]) -> Result<Pieces<'a>, BuildError> {
+        if len == 0 {
+            return Err(BuildError::EmptyBuffer);
+        }
+        if offset >= PAGE_SIZE || !offset.is_multiple_of(SECTOR) || !len.is_multiple_of(SECTOR) {
+            return Err(BuildError::BufferUnaligned);
+        }
+        let needed = offset.checked_add(len).map_or(usize::MAX, |end| end.div_ceil(PAGE_SIZE));
+        if needed > grefs.len() {
+            return Err(BuildError::NotEnoughPages { needed, given: grefs.len() });
+        }
+        Ok(Pieces { grefs: grefs[..needed].iter(), offset, left: len })
+    }
+
+    /// Build the next request of up to [`MAX_SEGMENTS`] pieces at
+    /// `*sector` (id 0, for [`Inflight::submit`]), and advance `*sector`
+    /// past it; `None` once the buffer is used up.
+    ///
+    /// # Errors
+    /// `Some(Err(_))` from [`Request::rw`] (a discard, or sectors that
+    /// overflow); those pieces are consumed.
+    pub fn next_request(&mut self, op: Op, handle: u16, sector: &mut u64) -> Option<Result<Request, BuildError>> {
+        let mut buf = [Piece { gref: 0, offset: 0, len: 0 }; MAX_SEGMENTS];
+        let mut n = 0;
+        for slot in &mut buf {
+            let Some(piece) = self.next() else { break };
+            *slot = piece;
+            n += 1;
+        }
+        if n == 0 {
+            return None;
+        }
+        let req = match Request::rw(op, handle, *sector, &buf[..n]) {
+            Ok(req) => req,
+            Err(e) => return Some(Err(e)),
+        };
+        let sectors: u64 = buf[..n].iter().map(|p| u64::from(p.len) / SECTOR as u64).sum();
+        *sector += sectors; // cannot overflow: `rw` checked it
+        Some(Ok(req))
+    }
+}
+
+impl Iterator for Pieces<'_> {
+    type Item = Piece;
+
+    fn next(&mut self) -> Option<Piece> {
+        if self.left == 0 {
+            return None;
+        }
+        let gref = *self.grefs.next()?;
+        let len = self.left.min(PAGE_SIZE - self.offset);
+        // Both below PAGE_SIZE + 1.
+        let piece = Piece { gref, offset: self.offset as u32, len: len as u32 };
+        self.left -= len;
+        self.offset = 0;
+        Some(piece)
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -796,7 +902,9 @@ pub struct Completed {
     pub id: u64,
     /// The operation, from the front's own record.
     pub op: Op,
-    /// The back's verdict.
+    /// The back's verdict. [`Status::NotSupported`] for a barrier, flush,
+    /// discard or FUA write means the back no longer does it: stop sending
+    /// that operation (as blkfront drops the feature).
     pub status: Status,
     /// The request's grants, from the front's own record.
     pub grants: Grants,

@@ -39,8 +39,9 @@
 //!   back to `InitWait`;
 //! - a front that is `Closed` (not shut down) starts over (`Reset`,
 //!   `Initialising`, `PublishRing`) when the back shows `InitWait` again; a
-//!   front in a session that sees the back `Initialising` or `InitWait` (a
-//!   restarted back) tears down and does the same.
+//!   front in a session that sees the back `Initialising` (a restarted
+//!   back) tears down to `Closed` and waits for that `InitWait`, and a
+//!   `Connected` front that sees `InitWait` does both at once.
 //!
 //! # Rules
 //! - **S1 — Connect once per session.** [`Action::Connect`] is returned
@@ -75,6 +76,18 @@
 //!   the same ring, or neither is connected (property-tested against a fake
 //!   store with arbitrary watch interleavings, deaths in every state and
 //!   replacements).
+//!
+//! # End states
+//! Once every watch has been delivered and every local step finished (the
+//! property tests check each of these):
+//! - neither side shut down or died: both `Connected`, on the same ring;
+//! - a side shut down: it is `Closed`, and so is a peer that was in a
+//!   session with it. A back that never mapped a ring stays in `InitWait`
+//!   (waiting for a front, as Xen's blkback does for an online device), and
+//!   a front that never published stays `Initialising`;
+//! - a side died: the survivor holds nothing of the session (it is
+//!   `Closed`, or still waiting as above) and is not connected; once the
+//!   dead side is replaced (S5), the pair reconnects.
 //!
 //! Every call does a bounded amount of work: a handful of re-evaluations
 //! of the latest peer state, at most [`Actions::CAPACITY`] actions.
@@ -264,8 +277,9 @@ impl Actions {
     }
 
     fn push(&mut self, action: Action) {
-        // Never full: every transition pushes at most 3 actions and an
-        // event makes at most 2 transitions plus one error (see `settle`).
+        // Never full: an event pushes at most 2 actions itself (or one
+        // error, and then nothing else), and at most 3 transitions of at
+        // most 2 actions each follow (`SETTLE_ROUNDS`); tested.
         if let Some(slot) = self.list.get_mut(self.len) {
             *slot = Some(action);
             self.len += 1;
@@ -304,9 +318,10 @@ fn seen(state: State) -> Peer {
     (state != State::Unknown).then_some(state)
 }
 
-/// Re-evaluate until nothing changes. Two rounds suffice for every chain
-/// (a teardown followed by a restart); a third finds nothing to do.
-const SETTLE_ROUNDS: usize = 3;
+/// Re-evaluate until nothing changes. The longest chain is three
+/// transitions (a front's teardown, restart and publish when a connected
+/// front sees `InitWait`); a fourth round finds nothing to do (tested).
+const SETTLE_ROUNDS: usize = 4;
 
 // ---------------------------------------------------------------------------
 

@@ -266,6 +266,70 @@ fn build_rules() {
     assert!(Request::rw(Op::Read, 0, u64::MAX - 2, &[piece(1, 0, 1024)]).is_ok());
 }
 
+#[test]
+fn pieces_rules() {
+    assert_eq!(Pieces::new(0, 0, &[1]).unwrap_err(), BuildError::EmptyBuffer);
+    assert_eq!(Pieces::new(1, 512, &[1]).unwrap_err(), BuildError::BufferUnaligned);
+    assert_eq!(Pieces::new(0, 100, &[1]).unwrap_err(), BuildError::BufferUnaligned);
+    assert_eq!(Pieces::new(4096, 512, &[1, 2]).unwrap_err(), BuildError::BufferUnaligned);
+    assert_eq!(Pieces::new(512, 4096, &[1]).unwrap_err(), BuildError::NotEnoughPages { needed: 2, given: 1 });
+    assert_eq!(
+        Pieces::new(512, usize::MAX - 511, &[1]).unwrap_err(),
+        BuildError::NotEnoughPages { needed: usize::MAX, given: 1 }
+    );
+    let all: Vec<Piece> = Pieces::new(0, 8192, &[1, 2, 3]).unwrap().collect();
+    assert_eq!(all, [piece(1, 0, 4096), piece(2, 0, 4096)], "extra grants unused");
+}
+
+#[test]
+fn pieces_split_into_requests_of_eleven() {
+    let grefs: Vec<u32> = (100..125).collect();
+    // 24 pages' worth from 512 bytes in: 25 pages.
+    let mut p = Pieces::new(512, 24 * 4096, &grefs).unwrap();
+    let mut sector = 1000;
+    let mut reqs = Vec::new();
+    while let Some(r) = p.next_request(Op::Read, 2, &mut sector) {
+        reqs.push(r.unwrap());
+    }
+    assert_eq!(reqs.iter().map(|r| r.nr_segments).collect::<Vec<_>>(), [11, 11, 3]);
+    assert_eq!(sector, 1000 + 24 * 8);
+    let mut next = 1000;
+    for r in &reqs {
+        let v = validate(r, DISK, &Features::default()).unwrap();
+        assert_eq!(v.sector(), next);
+        next += v.sectors();
+    }
+    assert_eq!(reqs[0].seg[0], Segment { gref: 100, first_sect: 1, last_sect: 7, _pad: 0 });
+    assert_eq!(reqs[2].seg[2], Segment { gref: 124, first_sect: 0, last_sect: 0, _pad: 0 });
+
+    let mut p = Pieces::new(0, 4096, &grefs).unwrap();
+    assert_eq!(p.next_request(Op::Discard, 0, &mut 0), Some(Err(BuildError::Discard)));
+    let mut p = Pieces::new(0, 4096, &grefs).unwrap();
+    let mut sector = u64::MAX - 7;
+    assert_eq!(p.next_request(Op::Read, 0, &mut sector), Some(Err(BuildError::SectorOverflow)));
+    assert_eq!(sector, u64::MAX - 7, "not advanced");
+}
+
+proptest! {
+    /// Any aligned buffer: the pieces cover it exactly, page by page.
+    #[test]
+    fn prop_pieces_cover_the_buffer(first in 0usize..8, sectors in 1usize..200) {
+        let (offset, len) = (first * SECTOR, sectors * SECTOR);
+        let grefs: Vec<u32> = (0..30).collect();
+        let pieces: Vec<Piece> = Pieces::new(offset, len, &grefs).unwrap().collect();
+        prop_assert_eq!(pieces.len(), (offset + len).div_ceil(PAGE_SIZE));
+        prop_assert_eq!(pieces.iter().map(|p| p.len as usize).sum::<usize>(), len);
+        for (i, p) in pieces.iter().enumerate() {
+            prop_assert_eq!(p.gref, i as u32);
+            prop_assert_eq!(p.offset as usize, if i == 0 { offset } else { 0 });
+            prop_assert!(p.offset + p.len <= PAGE_SIZE as u32);
+            if i + 1 < pieces.len() {
+                prop_assert_eq!((p.offset + p.len) as usize, PAGE_SIZE, "only the last piece ends early");
+            }
+        }
+    }
+}
+
 // --- Inflight: one test per BadResponse ------------------------------------
 
 fn submitted<const N: usize>(t: &mut Inflight<N>, op: Op, grefs: &[u32]) -> Request {

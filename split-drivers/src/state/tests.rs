@@ -294,10 +294,11 @@ fn s1_every_event_in_every_state() {
         .map(|c| Event::PeerState(State::from_code(c).unwrap()))
         .chain([Event::PeerGone, Event::LocalReady, Event::LocalFailed, Event::LocalShutdown])
         .collect();
-    // Breadth-first over event sequences up to length 4.
+    // Breadth-first over event sequences up to length 5 (13^5 each),
+    // deduplicated by machine state.
     let mut fronts = std::vec![Frontend::new()];
     let mut backs = std::vec![Backend::new()];
-    for _ in 0..4 {
+    for _ in 0..5 {
         let mut nf = Vec::new();
         let mut nb = Vec::new();
         for f in &fronts {
@@ -305,7 +306,8 @@ fn s1_every_event_in_every_state() {
                 let mut f = f.clone();
                 let before = f.holds_session();
                 let out = f.handle(e);
-                assert!(out.len() <= Actions::CAPACITY);
+                assert!(out.len() < Actions::CAPACITY, "capacity reached: {out:?}");
+                assert!(!f.clone().react(&mut Actions::new()), "not settled after {e:?}: {f:?}");
                 check_s1(before, f.holds_session(), &out);
                 nf.push(f);
             }
@@ -315,12 +317,25 @@ fn s1_every_event_in_every_state() {
                 let mut b = b.clone();
                 let before = b.holds_session();
                 let out = b.handle(e);
+                assert!(out.len() < Actions::CAPACITY, "capacity reached: {out:?}");
+                assert!(!b.clone().react(&mut Actions::new()), "not settled after {e:?}: {b:?}");
                 check_s1(before, b.holds_session(), &out);
                 nb.push(b);
             }
         }
+        nf.sort_by_key(|f| std::format!("{f:?}"));
+        nf.dedup_by_key(|f| std::format!("{f:?}"));
+        nb.sort_by_key(|b| std::format!("{b:?}"));
+        nb.dedup_by_key(|b| std::format!("{b:?}"));
         fronts = nf;
         backs = nb;
+    }
+    // Every phase was reached.
+    for s in [Initialising, Initialised, Connected, Closing, Closed] {
+        assert!(fronts.iter().any(|f| f.state() == s), "front never {s:?}");
+    }
+    for s in [Initialising, InitWait, Connected, Closing, Closed] {
+        assert!(backs.iter().any(|b| b.state() == s), "back never {s:?}");
     }
 }
 
