@@ -66,7 +66,7 @@ pub struct DiskInfo {
 }
 
 /// Why a block call failed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum BlkError {
     /// The buffer is not a whole number of sectors, or empty.
     BadLength,
@@ -300,7 +300,7 @@ impl BlockDevice {
                     Status::Error => Err(BlkError::Io),
                     Status::NotSupported => Err(BlkError::NotSupported),
                 };
-                if let (Ok(()), Io::Read { buf, .. }) = (status, &mut ios[p.io]) {
+                if let (Ok(()), Io::Read { buf, .. }) = (&status, &mut ios[p.io]) {
                     self.copy_out(&p, &mut buf[p.offset..p.offset + p.bytes]);
                 }
                 for &k in &p.pages[..p.nr_pages] {

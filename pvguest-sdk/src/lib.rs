@@ -68,8 +68,11 @@
 //! | [`virtio_net`] | a virtio-net NIC for dom0: raw frames, buffers it owns, checked used-ring entries | the crate's buffer contracts |
 #![no_std]
 
+extern crate alloc;
+
 extern crate freestanding;
 
+pub mod blkfront;
 pub mod channel;
 pub mod check;
 pub mod cmdline;
@@ -90,6 +93,7 @@ pub mod process;
 pub mod rt;
 pub mod sched;
 mod shared;
+pub mod store;
 pub mod store_link;
 pub mod time;
 pub mod timer;
@@ -97,6 +101,11 @@ pub mod trap;
 pub mod version;
 pub mod virtio;
 pub mod virtio_net;
+
+/// The block protocol (`split-drivers`' `blkif`).
+pub use split_drivers::blkif;
+/// The split-driver connection handshake (`split-drivers`' `state`).
+pub use split_drivers::state as xenbus_state;
 pub mod vmap;
 
 pub use pvguest_abi as abi;
