@@ -41,6 +41,9 @@ use crate::channel::{ChannelError, FrontChannel};
 use crate::event::{self, Port};
 use crate::grant::{self, GrantError};
 use crate::mm::{self, Page};
+use crate::store::{Store, StoreError};
+use crate::xenbus_state::{Action, Event, Frontend, State};
+use alloc::format;
 use alloc::vec::Vec;
 use ring_protocol::{RingError, SharedMem};
 
@@ -412,5 +415,116 @@ impl BlockDevice {
         for (k, chunk) in out.chunks_mut(blkif::PAGE_SIZE).enumerate() {
             let _ = self.shared(p.pages[k]).read_bytes(0, chunk);
         }
+    }
+}
+
+/// Store keys of a virtual disk, as Xen's blkif names them.
+mod key {
+    pub const BACKEND: &str = "backend";
+    pub const BACKEND_ID: &str = "backend-id";
+    pub const STATE: &str = "state";
+    pub const RING_REF: &str = "ring-ref";
+    pub const EVENT_CHANNEL: &str = "event-channel";
+    pub const SECTORS: &str = "sectors";
+    pub const INFO: &str = "info";
+    pub const FLUSH: &str = "feature-flush-cache";
+    pub const FUA: &str = "feature-fua";
+    pub const DISCARD: &str = "feature-discard";
+}
+
+/// `info` bit: the disk is read-only (Xen's `VDISK_READONLY`).
+const VDISK_READONLY: u64 = 4;
+
+impl BlockDevice {
+    /// Finds this domain's virtual disk number `index` (in vdev order) in
+    /// the store, connects to its backend through the blkif handshake
+    /// ([`crate::xenbus_state::Frontend`]) and returns it connected, with
+    /// [`DEFAULT_POOL_PAGES`] I/O pages.
+    pub fn open(store: &mut Store, index: usize) -> Result<BlockDevice, BlkError> {
+        Self::open_with(store, index, DEFAULT_POOL_PAGES)
+    }
+
+    /// [`BlockDevice::open`] with `pool_pages` I/O pages (more pages, more
+    /// requests in flight).
+    pub fn open_with(store: &mut Store, index: usize, pool_pages: usize) -> Result<BlockDevice, BlkError> {
+        let home = store.home();
+        let mut vdevs: Vec<u16> =
+            store.directory(&format!("{home}/device/vbd"))?.iter().filter_map(|v| v.parse().ok()).collect();
+        vdevs.sort_unstable();
+        let vdev = *vdevs.get(index).ok_or(BlkError::NotConnected)?;
+        let dir = format!("{home}/device/vbd/{vdev}");
+        let back = store.read_string(&format!("{dir}/{}", key::BACKEND))?;
+        let back_id = u16::try_from(store.read_u64(&format!("{dir}/{}", key::BACKEND_ID))?)
+            .map_err(|_| BlkError::Store(StoreError::BadValue))?;
+        let back_state = format!("{back}/{}", key::STATE);
+        store.watch(&back_state, "blkfront")?;
+        let mut fe = Frontend::new();
+        let mut actions = fe.start();
+        let mut dev: Option<BlockDevice> = None;
+        loop {
+            let mut follow = None;
+            for a in actions.iter() {
+                match a {
+                    Action::WriteState(s) => store.write(&format!("{dir}/{}", key::STATE), s.as_str().as_bytes())?,
+                    Action::PublishRing => {
+                        let info = Self::read_info(store, &back)?;
+                        let d = BlockDevice::attach(back_id, vdev, info, pool_pages)?;
+                        let tx = store.transaction_start()?;
+                        store.write_tx(tx, &format!("{dir}/{}", key::RING_REF), format!("{}", d.ring_ref()).as_bytes())?;
+                        store.write_tx(tx, &format!("{dir}/{}", key::EVENT_CHANNEL), format!("{}", d.port().0).as_bytes())?;
+                        store.transaction_end(tx, true)?;
+                        dev = Some(d);
+                        follow = Some(Event::LocalReady);
+                    }
+                    Action::Connect => {
+                        if let Some(d) = dev.as_mut() {
+                            d.info = Self::read_info(store, &back)?;
+                        }
+                    }
+                    Action::Disconnect | Action::Reset => dev = None,
+                    Action::ReadRingDetails | Action::Error(_) => {}
+                }
+            }
+            if let Some(e) = follow {
+                actions = fe.handle(e);
+                continue;
+            }
+            if fe.is_connected() {
+                let _ = store.unwatch(&back_state, "blkfront");
+                return dev.ok_or(BlkError::NotConnected);
+            }
+            if fe.state() == State::Closed && dev.is_none() && fe.is_shut_down() {
+                return Err(BlkError::NotConnected);
+            }
+            let _ = store.wait_event()?;
+            actions = match store.read(&back_state) {
+                Ok(v) => match State::parse(&v) {
+                    Ok(s) => fe.handle(Event::PeerState(s)),
+                    Err(_) => fe.handle(Event::PeerGone),
+                },
+                Err(e) if e.is("ENOENT") => fe.handle(Event::PeerGone),
+                Err(e) => return Err(BlkError::Store(e)),
+            };
+        }
+    }
+
+    /// The disk details the backend wrote before `InitWait`.
+    fn read_info(store: &mut Store, back: &str) -> Result<DiskInfo, BlkError> {
+        let sectors = store.read_u64(&format!("{back}/{}", key::SECTORS))?;
+        let info = store.read_u64(&format!("{back}/{}", key::INFO)).unwrap_or(0);
+        let mut flag = |k: &str| store.read_u64(&format!("{back}/{k}")).is_ok_and(|v| v == 1);
+        let features = blkif::Features {
+            flush: flag(key::FLUSH),
+            fua: flag(key::FUA),
+            discard: flag(key::DISCARD),
+            ..blkif::Features::default()
+        };
+        Ok(DiskInfo { sectors, readonly: info & VDISK_READONLY != 0, features })
+    }
+}
+
+impl From<StoreError> for BlkError {
+    fn from(e: StoreError) -> Self {
+        BlkError::Store(e)
     }
 }

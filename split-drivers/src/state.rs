@@ -394,6 +394,11 @@ impl Frontend {
         self.holds
     }
 
+    /// Whether it shut down for good (S4): it will never connect again.
+    pub fn is_shut_down(&self) -> bool {
+        self.shutdown
+    }
+
     /// Feed one event; do the returned actions in order.
     pub fn handle(&mut self, event: Event) -> Actions {
         let mut out = Actions::new();
