@@ -1,0 +1,397 @@
+//! `serve` mode: dom0 as the service domain. It runs the device store
+//! ([`device_store`]) for every other domain, and serves each domU the
+//! virtual disk its manifest entry names (blkback over the real virtio
+//! disk), until every domU has ended.
+//!
+//! # Command line
+//! `serve vbd=NAME:KIND:LBA:SECTORS ...`: domain `NAME` gets a virtual disk
+//! (vdev 51712, Linux's `xvda`) in the real disk's sectors
+//! `LBA..LBA+SECTORS`; `KIND` is `raw` (a slice) or `image` (a sparse
+//! image or an overlay, whose header names its base). xtask writes these
+//! from the manifest; they are checked like any input (a bad one is
+//! reported and skipped).
+//!
+//! # The loop
+//! 1. Every domain with a store connection (`domctl` `GETDOMAININFO`) is
+//!    connected ([`BackLink`]) and introduced to the store; then, if it
+//!    has a disk, dom0 writes the frontend and backend directories with
+//!    their permissions, as Xen's toolstack does, and the backend's
+//!    features and size, and shows `InitWait`.
+//! 2. Each pass moves every connection's bytes between its ring and the
+//!    store, drives each disk's handshake
+//!    ([`split_drivers::state::Backend`]) from the frontend's state node,
+//!    and serves each connected disk's ring a batch at a time.
+//! 3. With nothing to do, dom0 blocks until an event: any connection's,
+//!    any ring's, the disk's, or `VIRQ_DOM_EXC`, which says a domain ended
+//!    and makes dom0 rescan: a dead domain's connections are released and
+//!    its disk's mappings given back.
+
+use crate::blkback::{BlkBack, Dev};
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use device_store::Store;
+use disk_images::{Region, VirtualDisk};
+use pvguest_sdk::abi::domctl::dominf;
+use pvguest_sdk::abi::event::VIRQ_DOM_EXC;
+use pvguest_sdk::domctl;
+use pvguest_sdk::event::{self, Port};
+use pvguest_sdk::println;
+use pvguest_sdk::store_link::BackLink;
+use pvguest_sdk::virtio::blk::Disk;
+use split_drivers::state::{Action, Backend, Event, State};
+
+/// The vdev every disk gets (Xen's number for `xvda`).
+pub const VDEV: u16 = 51712;
+/// Store bytes moved per connection per pass, each way.
+const CHUNK: usize = 1024;
+
+/// Something happened: a port fired.
+static WORK: AtomicBool = AtomicBool::new(false);
+/// A domain ended (`VIRQ_DOM_EXC`).
+static RESCAN: AtomicBool = AtomicBool::new(true);
+
+fn on_event(_: Port) {
+    WORK.store(true, Ordering::SeqCst);
+}
+
+fn on_dom_exc(_: Port) {
+    RESCAN.store(true, Ordering::SeqCst);
+    WORK.store(true, Ordering::SeqCst);
+}
+
+/// A virtual disk from the command line.
+#[derive(Clone, Debug)]
+pub struct VbdSpec {
+    pub domain: String,
+    pub image: bool,
+    pub region: Region,
+}
+
+/// The `vbd=` words of `cmdline`; bad ones are reported and skipped.
+pub fn parse_vbds(cmdline: &str) -> Vec<VbdSpec> {
+    let mut out = Vec::new();
+    for w in cmdline.split(' ').filter_map(|w| w.strip_prefix("vbd=")) {
+        let f: Vec<&str> = w.split(':').collect();
+        let parsed = match f.as_slice() {
+            [name, kind @ ("raw" | "image"), lba, sectors] if !name.is_empty() => {
+                match (lba.parse::<u64>(), sectors.parse::<u64>()) {
+                    (Ok(l), Ok(s)) if s > 0 && l.checked_add(s).is_some() => {
+                        Some(VbdSpec { domain: (*name).into(), image: *kind == "image", region: Region::new(l, s) })
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(v) => out.push(v),
+            None => println!("serve: bad vbd spec `{w}`, skipped"),
+        }
+    }
+    out
+}
+
+/// One domain's disk: the handshake and, once connected, the backend.
+struct Vbd {
+    spec: VbdSpec,
+    domid: u16,
+    be: Backend,
+    back: Option<BlkBack>,
+    vdisk: Option<VirtualDisk>,
+    front_state: Option<State>,
+}
+
+/// One domain served.
+struct Client {
+    domid: u16,
+    name: String,
+    link: BackLink,
+}
+
+/// Runs the service until every domU has ended; `Ok` when it served every
+/// one it found to its end.
+pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
+    let specs = parse_vbds(cmdline);
+    println!("serve: {} virtual disk(s) configured", specs.len());
+    let mut store = Store::new(Default::default());
+    event::init();
+    event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
+    event::set_handler(disk.port(), on_event).map_err(|e| format!("disk port: {e}"))?;
+    let mut clients: Vec<Client> = Vec::new();
+    let mut vbds: Vec<Vbd> = Vec::new();
+    let mut served = 0u32;
+    loop {
+        if RESCAN.swap(false, Ordering::SeqCst) {
+            rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
+            if clients.is_empty() && served > 0 {
+                println!("serve: every domain served has ended ({served}); done");
+                return Ok(());
+            }
+        }
+        let mut work = false;
+        for c in clients.iter_mut() {
+            work |= pump(&mut store, c);
+        }
+        for v in vbds.iter_mut() {
+            work |= drive(&mut store, v, disk);
+        }
+        if !work {
+            event::block_until(|| {
+                let mut ready = WORK.swap(false, Ordering::SeqCst);
+                for c in clients.iter_mut() {
+                    ready |= !matches!(c.link.readable(), Ok(false));
+                }
+                for v in vbds.iter_mut() {
+                    if let Some(b) = v.back.as_mut() {
+                        ready |= !matches!(b.pending(), Ok(false));
+                    }
+                }
+                ready
+            });
+        }
+    }
+}
+
+/// Connects new domains, releases dead ones.
+fn rescan(
+    store: &mut Store,
+    clients: &mut Vec<Client>,
+    vbds: &mut Vec<Vbd>,
+    specs: &[VbdSpec],
+    disk: &mut Disk,
+    served: &mut u32,
+) {
+    let live: Vec<_> = domctl::domains().collect();
+    // The dead and the gone first.
+    let alive = |id: u16| live.iter().any(|i| i.domid == u32::from(id) && i.flags & dominf::DYING == 0);
+    let mut k = 0;
+    while k < clients.len() {
+        if alive(clients[k].domid) {
+            k += 1;
+            continue;
+        }
+        let c = clients.swap_remove(k);
+        println!("serve: dom{} ({}) ended: store connection released", c.domid, c.name);
+        store.release(c.domid);
+        c.link.close();
+    }
+    vbds.retain_mut(|v| {
+        if alive(v.domid) {
+            return true;
+        }
+        if let Some(b) = v.back.take() {
+            println!("serve: dom{}'s disk closed: {:?}", v.domid, b.stats);
+            b.close();
+        }
+        if let Some(mut vd) = v.vdisk.take() {
+            let _ = vd.flush(&mut Dev(disk));
+        }
+        false
+    });
+    for info in &live {
+        let Ok(domid) = u16::try_from(info.domid) else { continue };
+        if info.flags & dominf::STORE == 0 || info.flags & dominf::DYING != 0 {
+            continue;
+        }
+        if clients.iter().any(|c| c.domid == domid) {
+            continue;
+        }
+        let link = match BackLink::connect(domid, info.store_evtchn) {
+            Ok(l) => l,
+            Err(e) => {
+                println!("serve: dom{domid}: store connection refused: {e:?}");
+                continue;
+            }
+        };
+        let _ = event::set_handler(link.port(), on_event);
+        let _ = event::unmask(link.port());
+        store.introduce(domid);
+        let name: String = info.name().into();
+        println!("serve: dom{domid} ({name}) connected to the store");
+        *served += 1;
+        if let Some(spec) = specs.iter().find(|s| s.domain == name) {
+            match offer_disk(store, domid, spec, disk) {
+                Ok(v) => vbds.push(v),
+                Err(e) => println!("serve: dom{domid}: disk not offered: {e}"),
+            }
+        }
+        clients.push(Client { domid, name, link });
+    }
+}
+
+fn front_dir(domid: u16) -> String {
+    format!("/local/domain/{domid}/device/vbd/{VDEV}")
+}
+
+fn back_dir(domid: u16) -> String {
+    format!("/local/domain/0/backend/vbd/{domid}/{VDEV}")
+}
+
+/// Opens the disk's image and writes both directories (Xen's toolstack
+/// part), the backend's details, and its first state.
+fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) -> Result<Vbd, String> {
+    let vdisk = if spec.image {
+        let img = disk_images::open(&mut Dev(disk), spec.region).map_err(|e| format!("image: {e:?}"))?;
+        VirtualDisk::Image(alloc::boxed::Box::new(img))
+    } else {
+        VirtualDisk::Raw(disk_images::RawSlice::new(disk.capacity(), spec.region).map_err(|e| format!("slice: {e:?}"))?)
+    };
+    let (fd, bd) = (front_dir(domid), back_dir(domid));
+    let w = |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e:?}"));
+    w(store, &format!("{fd}/backend"), &bd)?;
+    w(store, &format!("{fd}/backend-id"), "0")?;
+    w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
+    store.set_perms(0, &fd, &[format!("n{domid}"), String::from("r0")]).map_err(|e| format!("perms: {e:?}"))?;
+    w(store, &format!("{bd}/frontend"), &fd)?;
+    w(store, &format!("{bd}/frontend-id"), &format!("{domid}"))?;
+    w(store, &format!("{bd}/sectors"), &format!("{}", vdisk.virtual_sectors()))?;
+    w(store, &format!("{bd}/sector-size"), "512")?;
+    w(store, &format!("{bd}/info"), "0")?;
+    w(store, &format!("{bd}/feature-flush-cache"), "1")?;
+    w(store, &format!("{bd}/feature-fua"), "1")?;
+    w(store, &format!("{bd}/feature-discard"), "1")?;
+    store.set_perms(0, &bd, &[String::from("n0"), format!("r{domid}")]).map_err(|e| format!("perms: {e:?}"))?;
+    let mut v = Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
+    let mut actions = v.be.start();
+    loop {
+        let mut follow = None;
+        for a in actions.iter() {
+            if let Action::WriteState(s) = a {
+                w(store, &format!("{bd}/state"), s.as_str())?;
+            } else if a == Action::ReadRingDetails {
+                follow = Some(Event::LocalFailed);
+            }
+        }
+        // The device is open and the details are written.
+        if v.be.state() == State::Initialising {
+            actions = v.be.handle(Event::LocalReady);
+            continue;
+        }
+        if follow.is_none() {
+            break;
+        }
+    }
+    println!(
+        "serve: dom{domid} ({}) offered vdev {VDEV}: {} sectors, {}",
+        spec.domain,
+        v.vdisk.as_ref().map_or(0, |d| d.virtual_sectors()),
+        if spec.image { "image" } else { "raw slice" }
+    );
+    Ok(v)
+}
+
+/// Moves one connection's bytes between its ring and the store; whether
+/// anything moved.
+fn pump(store: &mut Store, c: &mut Client) -> bool {
+    let mut buf = [0u8; CHUNK];
+    let mut moved = false;
+    match c.link.recv(&mut buf) {
+        Ok(n) if n > 0 => {
+            moved = true;
+            if let Err(e) = store.feed(c.domid, &buf[..n]) {
+                println!("serve: dom{}: store connection broken: {e:?}", c.domid);
+            }
+        }
+        Ok(_) => {}
+        Err(e) => {
+            println!("serve: dom{}: store ring broken: {e:?}", c.domid);
+        }
+    }
+    loop {
+        let n = store.peek_output(c.domid, &mut buf);
+        if n == 0 {
+            break;
+        }
+        match c.link.send(&buf[..n]) {
+            Ok(sent) if sent > 0 => {
+                store.consume_output(c.domid, sent);
+                moved = true;
+                if sent < n {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    moved
+}
+
+/// Drives one disk: its handshake from the frontend's state node, then a
+/// batch of its ring.
+fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
+    let (fd, bd) = (front_dir(v.domid), back_dir(v.domid));
+    let now = match store.read(0, &format!("{fd}/state")) {
+        Ok(b) => State::parse(&b).ok(),
+        Err(_) => None,
+    };
+    let mut work = false;
+    if now != v.front_state {
+        v.front_state = now;
+        let mut actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
+        loop {
+            let mut follow = None;
+            for a in actions.iter() {
+                match a {
+                    Action::WriteState(s) => {
+                        let _ = store.write(0, &format!("{bd}/state"), s.as_str().as_bytes());
+                    }
+                    Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
+                    Action::Disconnect => {
+                        if let Some(b) = v.back.take() {
+                            b.close();
+                        }
+                    }
+                    Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
+                    Action::Connect | Action::PublishRing | Action::Reset => {}
+                }
+            }
+            match follow {
+                Some(e) => actions = v.be.handle(e),
+                None => break,
+            }
+        }
+        work = true;
+    }
+    if let Some(b) = v.back.as_mut() {
+        match b.serve(disk) {
+            Ok(n) => work |= n > 0,
+            Err(e) => {
+                println!("serve: dom{}: ring broken: {e:?}; disconnecting", v.domid);
+                if let Some(b) = v.back.take() {
+                    b.close();
+                }
+                let _ = store.write(0, &format!("{bd}/state"), State::Closed.as_str().as_bytes());
+            }
+        }
+    }
+    work
+}
+
+/// Reads the front's ring details (allegations) and maps its ring.
+fn connect_ring(store: &mut Store, v: &mut Vbd, fd: &str) -> Event {
+    let num = |store: &mut Store, k: &str| -> Option<u32> {
+        let b = store.read(0, &format!("{fd}/{k}")).ok()?;
+        core::str::from_utf8(&b).ok()?.parse().ok()
+    };
+    let (Some(gref), Some(port)) = (num(store, "ring-ref"), num(store, "event-channel")) else {
+        println!("serve: dom{}: ring details missing or malformed", v.domid);
+        return Event::LocalFailed;
+    };
+    let Some(vdisk) = v.vdisk.take() else { return Event::LocalFailed };
+    match BlkBack::connect(v.domid, gref, port, vdisk) {
+        Ok(b) => {
+            let _ = event::set_handler(b.port(), on_event);
+            let _ = event::unmask(b.port());
+            println!("serve: dom{} ({}): disk connected (ring-ref {gref}, port {port})", v.domid, v.spec.domain);
+            v.back = Some(b);
+            Event::LocalReady
+        }
+        Err((e, vdisk)) => {
+            println!("serve: dom{}: ring not connected: {e:?}", v.domid);
+            v.vdisk = Some(vdisk);
+            Event::LocalFailed
+        }
+    }
+}
