@@ -174,7 +174,12 @@
 //!    which checks it lies inside its region (the image's, or a base's);
 //!    [`open`] checks each region lies on the device and that no base
 //!    region of the chain overlaps the writable image's region, so the base
-//!    is never written.
+//!    is never written *by this image*. That no other disk serves a base
+//!    region writable is the toolstack's rule (this crate sees one disk at a
+//!    time): [`Image::base_regions`] lists what a disk reads, to check it.
+//!
+//! The whole map is held in memory (4 bytes per 4 KiB virtual block: 1 MiB
+//! per 1 GiB of virtual disk), reserved fallibly at open.
 //!
 //! Consequence (tested by `crash_*` with a device whose write cache loses any
 //! subset of unflushed writes, in any order): after a crash the image opens;

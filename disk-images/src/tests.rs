@@ -802,7 +802,7 @@ fn steps(virtual_sectors: u64) -> impl Strategy<Value = Vec<Step>> {
         1 => (0..12u32).prop_map(Step::Die),
         1 => any::<u64>().prop_map(Step::Crash),
     ];
-    proptest::collection::vec(step, 1..40)
+    proptest::collection::vec(step, 1..64)
 }
 
 /// A disk set-up for the crash model: the device's bytes, the image's
