@@ -285,6 +285,38 @@ fn flush_is_data_flush_then_map_then_flush() {
 }
 
 #[test]
+fn failed_flush_keeps_the_map_dirty_and_the_next_flush_publishes_it() {
+    struct Flaky(MemDisk, u32);
+    impl Device for Flaky {
+        fn sectors(&self) -> u64 {
+            self.0.sectors()
+        }
+        fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+            self.0.read(lba, buf)
+        }
+        fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+            self.0.write(lba, buf)
+        }
+        fn flush(&mut self) -> Result<(), IoError> {
+            self.1 += 1;
+            if self.1 == 2 {
+                Err(IoError::Failed)
+            } else {
+                self.0.flush()
+            }
+        }
+    }
+    let (dev, mut img) = sparse(128);
+    let mut dev = Flaky(dev, 0);
+    img.write_blocking(&mut dev, 0, &pattern_run(1, 0, 8)).unwrap();
+    assert_eq!(img.flush(&mut dev), Err(Error::Io(IoError::Failed)));
+    assert!(img.is_dirty());
+    img.flush(&mut dev).unwrap();
+    assert!(!img.is_dirty());
+    assert_eq!(&read_all(&open(&mut dev, IMG).unwrap(), &mut dev)[..8 * S], &pattern_run(1, 0, 8)[..]);
+}
+
+#[test]
 fn discard_whole_blocks_read_zero_and_partial_blocks_are_unchanged() {
     let (mut dev, mut img) = sparse(128);
     img.write_blocking(&mut dev, 0, &pattern_run(1, 0, 32)).unwrap();
