@@ -228,6 +228,11 @@ fn check_base(device_sectors: u64, base: BaseRef, chain: &[Region]) -> Result<()
 /// Validates and opens `base` below the images in `chain` (steps 5 and 7).
 fn open_base<D: Device>(dev: &mut D, base: BaseRef, chain: &mut Vec<Region>) -> Result<Base, Error> {
     check_base(dev.sectors(), base, chain)?;
+    load_base(dev, base, chain)
+}
+
+/// Opens a base `check_base` accepted (step 7).
+fn load_base<D: Device>(dev: &mut D, base: BaseRef, chain: &mut Vec<Region>) -> Result<Base, Error> {
     match base {
         BaseRef::Raw(r) => Ok(Base::Raw(r)),
         BaseRef::Image(r) => Ok(Base::Image(Box::new(Image::open_chain(dev, r, false, chain)?))),
@@ -296,7 +301,7 @@ impl Image {
         // 7. The base.
         let base = match header.base {
             None => None,
-            Some(b) => Some(open_base(dev, b, chain)?),
+            Some(b) => Some(load_base(dev, b, chain)?),
         };
         chain.pop();
         Ok(Self {

@@ -12,6 +12,62 @@
 //! metadata path (open, preparation through a bounce buffer, flush) does I/O
 //! itself, through the small synchronous [`Device`] trait.
 //!
+//! # The backend's protocol
+//!
+//! One WRITE, one FLUSH and one READ as blkback serves them (the device here
+//! is RAM; in dom0 the data extents are DMA'd straight from and into the
+//! domU's granted pages):
+//!
+//! ```
+//! use disk_images::{format_sparse, open, Device, Extent, IoError, Region};
+//! # struct Ram(Vec<u8>);
+//! # impl Device for Ram {
+//! #     fn sectors(&self) -> u64 { (self.0.len() / 512) as u64 }
+//! #     fn read(&mut self, lba: u64, buf: &mut [u8]) -> Result<(), IoError> {
+//! #         let at = lba as usize * 512;
+//! #         buf.copy_from_slice(self.0.get(at..at + buf.len()).ok_or(IoError::OutOfRange)?);
+//! #         Ok(())
+//! #     }
+//! #     fn write(&mut self, lba: u64, buf: &[u8]) -> Result<(), IoError> {
+//! #         let at = lba as usize * 512;
+//! #         self.0.get_mut(at..at + buf.len()).ok_or(IoError::OutOfRange)?.copy_from_slice(buf);
+//! #         Ok(())
+//! #     }
+//! #     fn flush(&mut self) -> Result<(), IoError> { Ok(()) }
+//! # }
+//! let mut dev = Ram(vec![0xAA; 512 * 256]);
+//! let region = Region::new(64, 8 + 16 * 8);
+//! format_sparse(&mut dev, region, 128)?; // the host tool (xtask)
+//! let mut img = open(&mut dev, region)?; // dom0, when the domU connects
+//!
+//! // WRITE of 2 sectors at virtual sector 19: block 2 (sectors 16..24) is new.
+//! let plan = img.plan_write(19, 2)?;
+//! assert_eq!(plan.prep().len(), 2); // zero-fill 16..19 and 21..24 first
+//! img.prepare(&mut dev, &plan)?;
+//! for e in plan.data() {
+//!     dev.write(e.lba, &[7; 1024])?; // the data I/O (DMA from the grant)
+//! }
+//! img.commit_write(plan)?; // visible to reads from now on
+//! img.flush(&mut dev)?; // FLUSH (or write-through): durable from now on
+//!
+//! // READ of 8 sectors at 16.
+//! let mut got = Vec::new();
+//! for e in img.plan_read(16, 8)? {
+//!     match e {
+//!         Extent::Phys(p) => {
+//!             let mut buf = vec![0; p.nsect as usize * 512];
+//!             dev.read(p.lba, &mut buf)?; // the data I/O (DMA into the grant)
+//!             got.extend(buf);
+//!         }
+//!         Extent::Zero { nsect } => got.extend(vec![0; nsect as usize * 512]),
+//!     }
+//! }
+//! assert!(got[..3 * 512].iter().all(|&b| b == 0));
+//! assert!(got[3 * 512..5 * 512].iter().all(|&b| b == 7));
+//! assert!(got[5 * 512..].iter().all(|&b| b == 0));
+//! # Ok::<(), disk_images::Error>(())
+//! ```
+//!
 //! # Kinds of virtual disk
 //!
 //! - **Raw slice** ([`RawSlice`]): `region.lba + N` is virtual sector `N`;
@@ -118,7 +174,12 @@
 //!    which checks it lies inside its region (the image's, or a base's);
 //!    [`open`] checks each region lies on the device and that no base
 //!    region of the chain overlaps the writable image's region, so the base
-//!    is never written.
+//!    is never written *by this image*. That no other disk serves a base
+//!    region writable is the toolstack's rule (this crate sees one disk at a
+//!    time): [`Image::base_regions`] lists what a disk reads, to check it.
+//!
+//! The whole map is held in memory (4 bytes per 4 KiB virtual block: 1 MiB
+//! per 1 GiB of virtual disk), reserved fallibly at open.
 //!
 //! Consequence (tested by `crash_*` with a device whose write cache loses any
 //! subset of unflushed writes, in any order): after a crash the image opens;
