@@ -162,6 +162,16 @@ impl<Req: Pod, Rsp: Pod> BackChannel<Req, Rsp> {
         self.chan.port()
     }
 
+    /// Ends the channel: unmaps the front's ring page (its frame is freed
+    /// by this unmap if the front died) and closes our port. `Err` if the
+    /// unmap failed (the address is then still in use).
+    pub fn close(self) -> Result<(), GrantError> {
+        let BackChannel { ring: _, chan, _mapping: mapping } = self;
+        let r = mapping.unmap().map_err(|(_, e)| e);
+        let _ = chan.close();
+        r
+    }
+
     /// Notifies the front.
     pub fn notify(&self) -> Result<(), Errno> {
         self.chan.send()

@@ -120,3 +120,15 @@ pub unsafe extern "C" fn strlen(s: *const u8) -> usize {
 /// so the personality routine is never called.
 #[no_mangle]
 pub extern "C" fn rust_eh_personality() {}
+
+/// The precompiled `alloc` was built with unwinding, so its cleanup paths
+/// name `_Unwind_Resume`; images abort on panic, so no unwind ever starts
+/// and this is never called. If it were, spinning here keeps the domain
+/// from running on in a half-unwound state (the hypervisor's scheduler
+/// still preempts it).
+#[no_mangle]
+pub extern "C" fn _Unwind_Resume() -> ! {
+    loop {
+        core::hint::spin_loop();
+    }
+}

@@ -82,6 +82,8 @@ pub struct Stats {
 pub struct BlkBack {
     pub domid: u16,
     ring: BackChannel<Request, Response>,
+    /// The slot the ring is mapped at.
+    va: u64,
     vdisk: VirtualDisk,
     features: Features,
     pub stats: Stats,
@@ -106,14 +108,32 @@ impl BlkBack {
     pub const FEATURES: Features =
         Features { barrier: false, flush: true, discard: true, secure_discard: false, fua: true };
 
-    /// Connects to `domid`'s ring (`gref`, `port` from the store).
-    pub fn connect(domid: u16, gref: u32, port: u32, vdisk: VirtualDisk) -> Result<BlkBack, BackError> {
-        let va = vmap::alloc(1).map_err(|_| BackError::NoSlot)?;
-        let ring = BackChannel::connect(domid, gref, port, va).map_err(|e| {
+    /// Connects to `domid`'s ring (`gref`, `port` from the store). On
+    /// failure the virtual disk comes back with the error.
+    pub fn connect(
+        domid: u16,
+        gref: u32,
+        port: u32,
+        vdisk: VirtualDisk,
+    ) -> Result<BlkBack, (BackError, VirtualDisk)> {
+        let Ok(va) = vmap::alloc(1) else { return Err((BackError::NoSlot, vdisk)) };
+        match BackChannel::connect(domid, gref, port, va) {
+            Ok(ring) => Ok(BlkBack { domid, ring, va, vdisk, features: Self::FEATURES, stats: Stats::default() }),
+            Err(e) => {
+                vmap::free(va, 1);
+                Err((BackError::Connect(e), vdisk))
+            }
+        }
+    }
+
+    /// Ends the connection: the ring is unmapped and its port closed; the
+    /// virtual disk comes back (flush it).
+    pub fn close(self) -> VirtualDisk {
+        let BlkBack { ring, va, vdisk, .. } = self;
+        if ring.close().is_ok() {
             vmap::free(va, 1);
-            BackError::Connect(e)
-        })?;
-        Ok(BlkBack { domid, ring, vdisk, features: Self::FEATURES, stats: Stats::default() })
+        }
+        vdisk
     }
 
     /// The local event port of the ring.

@@ -183,7 +183,7 @@ fn rescan(
         }
         if let Some(b) = v.back.take() {
             println!("serve: dom{}'s disk closed: {:?}", v.domid, b.stats);
-            b.close();
+            v.vdisk = Some(b.close());
         }
         if let Some(mut vd) = v.vdisk.take() {
             let _ = vd.flush(&mut Dev(disk));
@@ -340,7 +340,7 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
                     Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
                     Action::Disconnect => {
                         if let Some(b) = v.back.take() {
-                            b.close();
+                            v.vdisk = Some(b.close());
                         }
                     }
                     Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
@@ -360,7 +360,7 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
             Err(e) => {
                 println!("serve: dom{}: ring broken: {e:?}; disconnecting", v.domid);
                 if let Some(b) = v.back.take() {
-                    b.close();
+                    v.vdisk = Some(b.close());
                 }
                 let _ = store.write(0, &format!("{bd}/state"), State::Closed.as_str().as_bytes());
             }
