@@ -97,6 +97,7 @@ pub fn run(args: &[String]) -> Result<()> {
         stream: false,
         extra: vec!["-icount".into(), "shift=0".into()],
         devices: Devices::NONE,
+        kill_on: None,
     };
     let r = qemu::run(&opts)?;
     if r.outcome != Outcome::Pass {
@@ -247,6 +248,7 @@ fn dom0_blk(imgs: &images::Images) -> Result<()> {
             stream: false,
             extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
             devices: Devices { disk: Some(disk), nic: None },
+            kill_on: None,
         };
         let r = qemu::run(&opts)?;
         if r.outcome != Outcome::Pass || !r.output.contains("blkbench: done") {

@@ -307,6 +307,7 @@ pub fn run(imgs: &Images, run: Run) -> Result<RunFigures> {
         stream: false,
         extra: vec!["-icount".into(), "shift=0".into()],
         devices: Devices::NONE,
+        kill_on: None,
     };
     let r = qemu::run(&opts)?;
     let wall_s = r.wall.as_secs_f64();

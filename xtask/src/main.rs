@@ -19,6 +19,7 @@ mod isolation;
 mod manifest;
 mod qemu;
 mod scenarios;
+mod vbd;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -145,6 +146,7 @@ fn run(args: &[String]) -> Result<()> {
         stream: true,
         extra: vec![],
         devices: manifest_devices(&m, &manifest_path)?,
+        kill_on: None,
     };
     let r = qemu::run(&opts)?;
     eprintln!("xtask: QEMU ran for {:.2} s (TCG wall time): {}", r.wall.as_secs_f64(), r.outcome);
@@ -248,6 +250,7 @@ fn gdb(args: &[String]) -> Result<()> {
         stream: true,
         extra: vec!["-s".into(), "-S".into()],
         devices: manifest_devices(&m, &manifest_path)?,
+        kill_on: None,
     };
     qemu::run(&opts).map(|_| ())
 }

@@ -49,6 +49,9 @@ pub enum Outcome {
     Unexpected(Option<i32>),
     /// The run exceeded its time limit and was killed.
     Timeout(u64),
+    /// The run was killed hard (SIGKILL) on purpose when a console line
+    /// contained [`RunOpts::kill_on`]: a power cut.
+    Killed,
 }
 
 impl fmt::Display for Outcome {
@@ -62,6 +65,7 @@ impl fmt::Display for Outcome {
             Outcome::Unexpected(Some(c)) => write!(f, "QEMU exited with unexpected status {c}"),
             Outcome::Unexpected(None) => write!(f, "QEMU was killed by a signal"),
             Outcome::Timeout(s) => write!(f, "timed out after {s} s"),
+            Outcome::Killed => write!(f, "killed (SIGKILL) on its cue line, as planned"),
         }
     }
 }
@@ -82,6 +86,9 @@ pub struct RunOpts {
     pub extra: Vec<String>,
     /// Devices beyond the plain machine ([`Devices::NONE`]: none).
     pub devices: Devices,
+    /// Kill QEMU hard (SIGKILL, no shutdown of any kind) as soon as a
+    /// console line contains this: [`Outcome::Killed`].
+    pub kill_on: Option<String>,
 }
 
 /// A host-side action to start when a console line contains `line`.
@@ -161,7 +168,7 @@ pub fn run(o: &RunOpts) -> Result<RunResult> {
 pub fn run_watched<T: Send + 'static>(o: &RunOpts, watches: Vec<Watch<T>>) -> Result<(RunResult, Vec<Result<T>>)> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(qemu_args(o));
-    supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, watches)
+    supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, o.kill_on.as_deref(), watches)
         .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))
 }
 
@@ -178,6 +185,7 @@ fn supervise<T: Send + 'static>(
     mut cmd: Command,
     timeout: Duration,
     stream: bool,
+    kill_on: Option<&str>,
     watches: Vec<Watch<T>>,
 ) -> Result<(RunResult, Vec<Result<T>>)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -236,6 +244,11 @@ fn supervise<T: Send + 'static>(
                 }
                 output.push_str(&line);
                 output.push('\n');
+                if kill_on.is_some_and(|k| line.contains(k)) {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    break Outcome::Killed;
+                }
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -300,6 +313,7 @@ mod tests {
             stream: false,
             extra: vec!["-icount".into(), "shift=0".into()],
             devices,
+            kill_on: None,
         }
     }
 
@@ -349,7 +363,7 @@ mod tests {
             std::fs::write(&flag2, b"").map_err(|e| e.to_string())?;
             Ok(7)
         });
-        let (r, got) = supervise(sh(&script), secs(10.0), false, vec![w]).unwrap();
+        let (r, got) = supervise(sh(&script), secs(10.0), false, None, vec![w]).unwrap();
         let _ = std::fs::remove_file(&flag);
         assert_eq!(r.outcome, Outcome::Pass, "{}", r.output);
         assert_eq!(got.len(), 1);
@@ -369,7 +383,7 @@ mod tests {
             r2.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         });
-        let (r, got) = supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, vec![late, never]).unwrap();
+        let (r, got) = supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, None, vec![late, never]).unwrap();
         assert_eq!(r.outcome, Outcome::Pass);
         let e0 = got[0].as_ref().unwrap_err();
         assert!(e0.contains("no line containing \"ready\" within 0.2 s"), "{e0}");
@@ -381,15 +395,25 @@ mod tests {
     #[test]
     fn an_action_error_is_reported_and_stderr_lines_count() {
         let w = Watch::new("qemu: warning", secs(5.0), || -> Result<()> { Err("no echo".into()) });
-        let (r, got) = supervise(sh("echo warning >&2; exit 35"), secs(10.0), false, vec![w]).unwrap();
+        let (r, got) = supervise(sh("echo warning >&2; exit 35"), secs(10.0), false, None, vec![w]).unwrap();
         assert_eq!(r.outcome, Outcome::Fail);
         assert_eq!(got[0], Err("no echo".to_string()));
     }
 
     #[test]
+    fn a_run_is_killed_hard_on_its_cue_line_and_nothing_after_it_is_read() {
+        let t = Instant::now();
+        let script = "echo up; echo 'power CUT now'; echo later; exec sleep 30";
+        let (r, _) = supervise(sh(script), secs(10.0), false, Some("CUT"), Vec::<Watch<()>>::new()).unwrap();
+        assert_eq!(r.outcome, Outcome::Killed);
+        assert!(t.elapsed() < secs(5.0), "killed at once, not at the time limit");
+        assert_eq!(r.output, "up\npower CUT now\n");
+    }
+
+    #[test]
     fn a_run_past_its_time_is_killed() {
         let t = Instant::now();
-        let (r, _) = supervise(sh("echo up; exec sleep 30"), secs(1.0), false, Vec::<Watch<()>>::new()).unwrap();
+        let (r, _) = supervise(sh("echo up; exec sleep 30"), secs(1.0), false, None, Vec::<Watch<()>>::new()).unwrap();
         assert_eq!(r.outcome, Outcome::Timeout(1));
         assert!(t.elapsed() < secs(5.0));
         assert_eq!(r.output, "up\n");

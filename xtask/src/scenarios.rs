@@ -6,6 +6,7 @@
 //! an image file, a virtio NIC with host forwards), host-side actions while
 //! QEMU runs, and host-side checks after it (see [`rig`]).
 
+mod blk;
 pub mod dom0_net;
 pub mod rig;
 
@@ -1190,7 +1191,7 @@ fn scenarios() -> Vec<Scenario> {
 pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
     let imgs = images::build()?;
     let list: Vec<Scenario> =
-        scenarios().into_iter().chain(cpu_scenarios()).filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
+        scenarios().into_iter().chain(cpu_scenarios()).chain(blk::scenarios()).filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.
     let isolation = filter.is_none_or(|f| crate::isolation::NAME.contains(f));
     if list.is_empty() && !isolation {
@@ -1247,7 +1248,9 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
     if let Some(f) = s.rig {
         f(&mut rig)?;
     }
+    let (kill_on, reboot) = rig.take_power();
     let (devices, watches, after) = rig.into_parts();
+    let second_devices = devices.clone();
     let mut opts = RunOpts {
         kernel: imgs.hypervisor.clone(),
         bundle,
@@ -1256,6 +1259,7 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         stream: false,
         extra: if s.icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
         devices,
+        kill_on,
     };
     opts.extra.extend(cpu_model_args(s.name));
     let (r, host) = qemu::run_watched(&opts, watches)?;
@@ -1281,7 +1285,24 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
             return fail(format!("after the run: {e}"));
         }
     }
-    Ok((r.wall.as_secs_f64(), r.output))
+    let Some(again) = reboot else { return Ok((r.wall.as_secs_f64(), r.output)) };
+    // The second boot, on the disk as the first left it.
+    let bundle = match (again.bundle)(imgs)? {
+        Some(bytes) => Some(images::write_bundle(&format!("{}-reboot", s.name), &bytes)?),
+        None => None,
+    };
+    let opts = RunOpts { bundle, devices: second_devices, kill_on: None, ..opts };
+    let r2 = qemu::run(&opts)?;
+    let fail2 = |why: String| {
+        Err(format!("  second boot: {why}\n  --- first boot ---\n{}\n  --- second boot ---\n{}", indent(&r.output), indent(&r2.output)))
+    };
+    if r2.outcome != again.expect {
+        return fail2(format!("expected {}, got {}", again.expect, r2.outcome));
+    }
+    if let Err(e) = (again.check)(&r2.output) {
+        return fail2(e);
+    }
+    Ok(((r.wall + r2.wall).as_secs_f64(), format!("{}\n{}", r.output, r2.output)))
 }
 
 // ---- CPU protections (SMEP, SMAP, UMIP) and the entry-area leak check ----

@@ -377,6 +377,7 @@ pub fn bench(imgs: &crate::images::Images) -> Result<()> {
         stream: false,
         extra: Vec::new(),
         devices,
+        kill_on: None,
     };
     let watch =
         Watch::new(READY_LINE, READY_WITHIN, move || measure_rtt(echo, control, BENCH_ROUND_TRIPS, BENCH_PAYLOAD));

@@ -30,18 +30,32 @@ use std::time::Duration;
 /// A check on the host after the run, given the console.
 pub type AfterRun = Box<dyn FnOnce(&str) -> Result<()>>;
 
+/// A second boot of the same machine (same disk image) after the first
+/// run's checks: a reboot, or a power cut's aftermath with
+/// [`Rig::kill_on`].
+pub struct Reboot {
+    /// The bundle of the second boot.
+    pub bundle: fn(&crate::images::Images) -> Result<Option<Vec<u8>>>,
+    /// How it must end.
+    pub expect: crate::qemu::Outcome,
+    /// Checks on its console.
+    pub check: fn(&str) -> Result<()>,
+}
+
 /// The devices and host-side work of one scenario's run.
 pub struct Rig {
     scenario: &'static str,
     devices: Devices,
     watches: Vec<Watch<String>>,
     after: Vec<AfterRun>,
+    kill_on: Option<String>,
+    reboot: Option<Reboot>,
 }
 
 impl Rig {
     /// An empty rig for `scenario` (the plain machine).
     pub fn new(scenario: &'static str) -> Rig {
-        Rig { scenario, devices: Devices::NONE, watches: Vec::new(), after: Vec::new() }
+        Rig { scenario, devices: Devices::NONE, watches: Vec::new(), after: Vec::new(), kill_on: None, reboot: None }
     }
 
     /// Gives the machine a virtio-blk-pci disk on a fresh sparse raw image
@@ -85,6 +99,24 @@ impl Rig {
     /// Runs `check` on the host after QEMU has ended, with the console.
     pub fn after_run(&mut self, check: impl FnOnce(&str) -> Result<()> + 'static) {
         self.after.push(Box::new(check));
+    }
+
+    /// Kills QEMU hard (SIGKILL: a power cut, nothing flushed by anyone)
+    /// as soon as a console line contains `line`; the run's outcome is then
+    /// `Killed`.
+    pub fn kill_on(&mut self, line: &str) {
+        self.kill_on = Some(line.into());
+    }
+
+    /// Boots the same machine again (the same disk image, as the first run
+    /// left it) once the first run passed its checks.
+    pub fn reboot(&mut self, r: Reboot) {
+        self.reboot = Some(r);
+    }
+
+    /// The kill cue and the second boot, for the run.
+    pub fn take_power(&mut self) -> (Option<String>, Option<Reboot>) {
+        (self.kill_on.take(), self.reboot.take())
     }
 
     /// The parts, for the run.

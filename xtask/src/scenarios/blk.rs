@@ -1,0 +1,120 @@
+//! The split block device scenarios: domUs' virtual disks served by dom0's
+//! blkback (`serve` mode) out of the machine's one real disk, laid out by
+//! [`crate::vbd`].
+//!
+//! - `blk-durability`: a domU appends a log to its sparse image, flushes,
+//!   writes its superblock write-through, and says so; the test cuts the
+//!   power (SIGKILL) on that line. The machine boots again on the same
+//!   image: the log is all there, read back by the domU through dom0 and by
+//!   the host through the image's map; a second domU on another slice
+//!   starts from an empty disk (it never sees the first one's data) and
+//!   writes its own.
+
+use super::{entry, finish, find_line, need, Scenario};
+use crate::images::{self, Images};
+use crate::qemu::Outcome;
+use crate::vbd::{self, Kind, Plan};
+use crate::Result;
+use ringfence_bundle::Expect;
+use ringfence_bundle_writer::BundleWriter;
+
+/// dom0's memory and DMA pool in the block scenarios (KiB).
+const DOM0_KIB: u32 = 2048 + 512;
+const DOM0_DMA_KIB: u32 = 512;
+
+/// The durability scenario's disks: `log-a` on a sparse image (so its
+/// allocation map must reach the disk too), `log-b` on a raw slice.
+fn durability_plan() -> Plan {
+    let mut p = Plan::default();
+    p.add("log-a", Kind::Sparse, 4);
+    p.add("log-b", Kind::Raw, 4);
+    p
+}
+
+const A_RECORDS: u64 = 64;
+const A_SEED: u64 = 0xa11ce;
+const B_RECORDS: u64 = 32;
+const B_SEED: u64 = 0xb0b;
+
+fn image_path(scenario: &str) -> std::path::PathBuf {
+    images::target_dir().join("ringfence").join(format!("{scenario}.img"))
+}
+
+/// dom0 serving `plan`, then each `(name, cmdline)` domU running blklog.
+fn bundle(imgs: &Images, plan: &Plan, domus: &[(&str, String)]) -> Result<Option<Vec<u8>>> {
+    let mut w = BundleWriter::new();
+    let cmdline = format!("serve {}", plan.cmdline());
+    w.domain(entry(imgs, "dom0", "dom0", DOM0_KIB, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(DOM0_DMA_KIB));
+    for (name, cmd) in domus {
+        w.domain(entry(imgs, name, "blklog", 1024, cmd, Expect::Poweroff)?);
+    }
+    finish(w, imgs)
+}
+
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        name: "blk-durability",
+        what: "a domU appends a log to its sparse virtual disk (records, flush, superblock write-through) and the power is cut (SIGKILL) on its acknowledgement; after a reboot on the same image the domU reads every record back through dom0's blkback, the host finds them through the image's map, and a second domU on another slice starts from an empty disk",
+        bundle: |imgs| {
+            let a = format!("mode=append records={A_RECORDS} seed={A_SEED} hold");
+            bundle(imgs, &durability_plan(), &[("log-a", a)])
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            let plan = durability_plan();
+            let image = rig.disk(plan.disk_sectors() * 512)?;
+            plan.format(&image)?;
+            rig.kill_on(&format!("[log-a] blklog: appended {A_RECORDS} records"));
+            rig.reboot(super::rig::Reboot {
+                bundle: |imgs| {
+                    let a = format!("mode=verify records={A_RECORDS} seed={A_SEED}");
+                    let b = format!("mode=append records={B_RECORDS} seed={B_SEED}");
+                    bundle(imgs, &durability_plan(), &[("log-a", a), ("log-b", b)])
+                },
+                expect: Outcome::Pass,
+                check: |out| {
+                    need(out, &format!("[log-a] blklog: verified {A_RECORDS} records (seed {A_SEED:#x})"))?;
+                    need(out, &format!("[log-b] blklog: appended {B_RECORDS} records (seed {B_SEED:#x}), flushed"))?;
+                    need(out, "serve: every domain served has ended")?;
+                    // The host's own reading of both disks.
+                    let plan = durability_plan();
+                    let image = image_path("blk-durability");
+                    check_log(&image, &plan.vbds[0], A_RECORDS, A_SEED)?;
+                    check_log(&image, &plan.vbds[1], B_RECORDS, B_SEED)?;
+                    Ok(())
+                },
+            });
+            Ok(())
+        }),
+        expect: Outcome::Killed,
+        check: |out| {
+            let line = find_line(out, "[log-a] blklog: appended ")?;
+            if !line.ends_with("flushed") {
+                return Err(format!("the acknowledgement is incomplete: {line}"));
+            }
+            need(out, "serve: dom1 (log-a): disk connected")?;
+            Ok(())
+        },
+    }]
+}
+
+/// Checks a blklog log on `v`'s virtual disk from the host, through the
+/// image's map as dom0 reads it.
+fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> Result<()> {
+    let mut sb = [0u8; 512];
+    vbd::read_virtual(image, v, 0, &mut sb)?;
+    if &sb[..8] != b"RFLOG001"
+        || u64::from_le_bytes(sb[8..16].try_into().expect("8 bytes")) != records
+        || u64::from_le_bytes(sb[16..24].try_into().expect("8 bytes")) != seed
+    {
+        return Err(format!("{}'s superblock on the image is not {records} records of seed {seed:#x}", v.domain));
+    }
+    let mut data = vec![0u8; records as usize * 512];
+    vbd::read_virtual(image, v, 1, &mut data)?;
+    if let Some((at, got, want)) = disk_pattern::first_mismatch(&data, seed, 512) {
+        return Err(format!("{}'s record bytes differ on the image at byte {at}: {got:#x}, want {want:#x}", v.domain));
+    }
+    println!("  image: {}'s {records} records (seed {seed:#x}) read back by the host through its map", v.domain);
+    Ok(())
+}
