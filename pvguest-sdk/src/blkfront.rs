@@ -470,8 +470,16 @@ impl BlockDevice {
                         let info = Self::read_info(store, &back)?;
                         let d = BlockDevice::attach(back_id, vdev, info, pool_pages)?;
                         let tx = store.transaction_start()?;
-                        store.write_tx(tx, &format!("{dir}/{}", key::RING_REF), format!("{}", d.ring_ref()).as_bytes())?;
-                        store.write_tx(tx, &format!("{dir}/{}", key::EVENT_CHANNEL), format!("{}", d.port().0).as_bytes())?;
+                        store.write_tx(
+                            tx,
+                            &format!("{dir}/{}", key::RING_REF),
+                            format!("{}", d.ring_ref()).as_bytes(),
+                        )?;
+                        store.write_tx(
+                            tx,
+                            &format!("{dir}/{}", key::EVENT_CHANNEL),
+                            format!("{}", d.port().0).as_bytes(),
+                        )?;
                         store.transaction_end(tx, true)?;
                         dev = Some(d);
                         follow = Some(Event::LocalReady);

@@ -383,7 +383,8 @@ mod tests {
             r2.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         });
-        let (r, got) = supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, None, vec![late, never]).unwrap();
+        let (r, got) =
+            supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, None, vec![late, never]).unwrap();
         assert_eq!(r.outcome, Outcome::Pass);
         let e0 = got[0].as_ref().unwrap_err();
         assert!(e0.contains("no line containing \"ready\" within 0.2 s"), "{e0}");

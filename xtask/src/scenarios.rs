@@ -1190,8 +1190,12 @@ fn scenarios() -> Vec<Scenario> {
 /// `show`: print each scenario's console, passed or not.
 pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
     let imgs = images::build()?;
-    let list: Vec<Scenario> =
-        scenarios().into_iter().chain(cpu_scenarios()).chain(blk::scenarios()).filter(|s| filter.is_none_or(|f| s.name.contains(f))).collect();
+    let list: Vec<Scenario> = scenarios()
+        .into_iter()
+        .chain(cpu_scenarios())
+        .chain(blk::scenarios())
+        .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
+        .collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.
     let isolation = filter.is_none_or(|f| crate::isolation::NAME.contains(f));
     if list.is_empty() && !isolation {
@@ -1294,7 +1298,11 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
     let opts = RunOpts { bundle, devices: second_devices, kill_on: None, ..opts };
     let r2 = qemu::run(&opts)?;
     let fail2 = |why: String| {
-        Err(format!("  second boot: {why}\n  --- first boot ---\n{}\n  --- second boot ---\n{}", indent(&r.output), indent(&r2.output)))
+        Err(format!(
+            "  second boot: {why}\n  --- first boot ---\n{}\n  --- second boot ---\n{}",
+            indent(&r.output),
+            indent(&r2.output)
+        ))
     };
     if r2.outcome != again.expect {
         return fail2(format!("expected {}, got {}", again.expect, r2.outcome));

@@ -182,7 +182,11 @@ mod tests {
         assert_eq!(p.disk_sectors(), 2048 + 20 * 2048);
         assert_eq!(
             p.cmdline(),
-            format!("vbd=a:raw:2048:16384 vbd=b:image:{}:10240 vbd=c:image:{}:6144", 2048 + 12 * 2048, 2048 + 17 * 2048)
+            format!(
+                "vbd=a:raw:2048:16384 vbd=b:image:{}:10240 vbd=c:image:{}:6144",
+                2048 + 12 * 2048,
+                2048 + 17 * 2048
+            )
         );
     }
 }

@@ -152,7 +152,7 @@ fn batch(c: &mut Checks, disk: &mut BlockDevice, seed: u64) {
     c.holds(who, format_args!("{blocks} writes of 4 KiB in flight together"), wrote.is_ok());
     let mut x = seed | 1;
     let mut bad = 0;
-    let mut reads = [[0u8; 4096]; 32];
+    let mut reads = vec![[0u8; 4096]; 32];
     for _ in 0..8 {
         let mut which = [0u64; 32];
         for w in which.iter_mut() {

@@ -10,7 +10,7 @@
 //!   starts from an empty disk (it never sees the first one's data) and
 //!   writes its own.
 
-use super::{entry, finish, find_line, need, Scenario};
+use super::{entry, find_line, finish, need, Scenario};
 use crate::images::{self, Images};
 use crate::qemu::Outcome;
 use crate::vbd::{self, Kind, Plan};

@@ -110,12 +110,7 @@ impl BlkBack {
 
     /// Connects to `domid`'s ring (`gref`, `port` from the store). On
     /// failure the virtual disk comes back with the error.
-    pub fn connect(
-        domid: u16,
-        gref: u32,
-        port: u32,
-        vdisk: VirtualDisk,
-    ) -> Result<BlkBack, (BackError, VirtualDisk)> {
+    pub fn connect(domid: u16, gref: u32, port: u32, vdisk: VirtualDisk) -> Result<BlkBack, (BackError, VirtualDisk)> {
         let Ok(va) = vmap::alloc(1) else { return Err((BackError::NoSlot, vdisk)) };
         match BackChannel::connect(domid, gref, port, va) {
             Ok(ring) => Ok(BlkBack { domid, ring, va, vdisk, features: Self::FEATURES, stats: Stats::default() }),

@@ -24,6 +24,8 @@
 #![no_main]
 #![forbid(unsafe_code)]
 
+extern crate alloc;
+
 use core::sync::atomic::{AtomicU32, Ordering};
 use pvguest_sdk::abi::event::BIND_PIRQ_WILL_SHARE;
 use pvguest_sdk::abi::physdev::{self, PciConfig};
@@ -40,6 +42,8 @@ use pvguest_sdk::{println, sched, Errno, StartInfo};
 mod blk;
 mod blkback;
 mod net;
+mod serve;
+mod xs_min;
 
 pvguest_sdk::entry!(main);
 
@@ -52,6 +56,8 @@ fn main(si: &'static StartInfo) {
     let mut c = Checks::new();
     if si.flags & SIF_PRIVILEGED == 0 {
         domu(&mut c);
+    } else if has_word(si.cmdline(), "serve") {
+        serve_mode(&mut c, si.cmdline());
     } else if has_word(si.cmdline(), "irq") {
         dom0_irq(&mut c);
     } else if has_word(si.cmdline(), "devices") {
@@ -118,6 +124,28 @@ fn devices(c: &mut Checks, cmdline: &str) {
     } else {
         println!("{who}: no `net` on the command line: the NIC is left alone");
     }
+}
+
+/// `serve`: the store and the domUs' disks (see [`serve`]).
+fn serve_mode(c: &mut Checks, cmdline: &str) {
+    let who = "dom0";
+    let heap = pvguest_sdk::cmdline::arg_or(cmdline, "heap", 128);
+    if let Err(e) = pvguest_sdk::heap::init(heap) {
+        c.holds(who, format_args!("a heap of {heap} pages ({e})"), false);
+        return;
+    }
+    let mut disk = match blk::open() {
+        Ok(d) => d,
+        Err(e) => {
+            c.holds(who, format_args!("virtio-blk brought up ({e})"), false);
+            return;
+        }
+    };
+    let r = serve::run(&mut disk, cmdline);
+    if let Err(e) = &r {
+        println!("serve: {e}");
+    }
+    c.holds(who, format_args!("served every domain to its end"), r.is_ok());
 }
 
 /// `storm` or `blkbench`: the disk alone.

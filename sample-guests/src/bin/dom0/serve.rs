@@ -22,16 +22,16 @@
 //!    ([`split_drivers::state::Backend`]) from the frontend's state node,
 //!    and serves each connected disk's ring a batch at a time.
 //! 3. With nothing to do, dom0 blocks until an event: any connection's,
-//!    any ring's, the disk's, or `VIRQ_DOM_EXC`, which says a domain ended
+//!    any ring's, or `VIRQ_DOM_EXC`, which says a domain ended
 //!    and makes dom0 rescan: a dead domain's connections are released and
 //!    its disk's mappings given back.
 
 use crate::blkback::{BlkBack, Dev};
+use crate::xs_min::Store;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
-use device_store::Store;
 use disk_images::{Region, VirtualDisk};
 use pvguest_sdk::abi::domctl::dominf;
 use pvguest_sdk::abi::event::VIRQ_DOM_EXC;
@@ -118,14 +118,15 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut store = Store::new(Default::default());
     event::init();
     event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
-    event::set_handler(disk.port(), on_event).map_err(|e| format!("disk port: {e}"))?;
+    // The disk's port keeps the driver's own handler: every disk request
+    // here waits for its completion inside the driver.
     let mut clients: Vec<Client> = Vec::new();
     let mut vbds: Vec<Vbd> = Vec::new();
     let mut served = 0u32;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
-            rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
-            if clients.is_empty() && served > 0 {
+            let others = rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
+            if others == 0 {
                 println!("serve: every domain served has ended ({served}); done");
                 return Ok(());
             }
@@ -154,7 +155,8 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     }
 }
 
-/// Connects new domains, releases dead ones.
+/// Connects new domains, releases dead ones; returns how many other
+/// domains are still alive.
 fn rescan(
     store: &mut Store,
     clients: &mut Vec<Client>,
@@ -162,7 +164,7 @@ fn rescan(
     specs: &[VbdSpec],
     disk: &mut Disk,
     served: &mut u32,
-) {
+) -> usize {
     let live: Vec<_> = domctl::domains().collect();
     // The dead and the gone first.
     let alive = |id: u16| live.iter().any(|i| i.domid == u32::from(id) && i.flags & dominf::DYING == 0);
@@ -219,6 +221,7 @@ fn rescan(
         }
         clients.push(Client { domid, name, link });
     }
+    live.iter().filter(|i| i.domid != 0 && i.flags & dominf::DYING == 0).count()
 }
 
 fn front_dir(domid: u16) -> String {
@@ -239,7 +242,9 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
         VirtualDisk::Raw(disk_images::RawSlice::new(disk.capacity(), spec.region).map_err(|e| format!("slice: {e:?}"))?)
     };
     let (fd, bd) = (front_dir(domid), back_dir(domid));
-    let w = |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e:?}"));
+    let w = |store: &mut Store, path: &str, v: &str| {
+        store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e:?}"))
+    };
     w(store, &format!("{fd}/backend"), &bd)?;
     w(store, &format!("{fd}/backend-id"), "0")?;
     w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
@@ -253,7 +258,8 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
     store.set_perms(0, &bd, &[String::from("n0"), format!("r{domid}")]).map_err(|e| format!("perms: {e:?}"))?;
-    let mut v = Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
+    let mut v =
+        Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
     let mut actions = v.be.start();
     loop {
         let mut follow = None;
