@@ -360,11 +360,12 @@ impl BlockDevice {
         let nr_pages = bytes.div_ceil(blkif::PAGE_SIZE);
         let mut p = Pending { id: 0, io: index, offset, bytes, pages: [0; blkif::MAX_SEGMENTS], nr_pages };
         let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_SEGMENTS];
-        for k in 0..nr_pages {
+        // `sectors` fits the free pages, so every pop below succeeds.
+        for (k, (slot, piece)) in p.pages.iter_mut().zip(pieces.iter_mut()).take(nr_pages).enumerate() {
             let page = self.free.pop().ok_or(BlkError::NoMemory)?;
-            p.pages[k] = page;
+            *slot = page;
             let len = (bytes - k * blkif::PAGE_SIZE).min(blkif::PAGE_SIZE);
-            pieces[k] = Piece { gref: self.pool[usize::from(page)].gref, offset: 0, len: len as u32 };
+            *piece = Piece { gref: self.pool[usize::from(page)].gref, offset: 0, len: len as u32 };
             if let Io::Write { buf, .. } = io {
                 let from = offset + k * blkif::PAGE_SIZE;
                 let _ = self.shared(page).write_bytes(0, &buf[from..from + len]);

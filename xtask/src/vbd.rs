@@ -30,7 +30,8 @@ pub enum Kind {
     /// A copy-on-write overlay on the template of that index in the plan.
     Overlay(usize),
     /// A read-only template (a raw region no domain gets), filled with the
-    /// pattern of this seed, for overlays to share.
+    /// pattern of this seed keyed by the offset in the template, for
+    /// overlays to share.
     Template(u64),
 }
 
@@ -90,11 +91,16 @@ impl Plan {
                     let vs = base.region.sectors;
                     disk_images::format_overlay(&mut dev, v.region, BaseRef::Raw(base.region), vs).map_err(err)?;
                 }
-                Kind::Template(seed) => crate::evidence::pattern::write_pattern(
-                    image,
-                    crate::evidence::pattern::Region { first_sector: v.region.lba, sectors: v.region.sectors },
-                    seed,
-                )?,
+                Kind::Template(seed) => {
+                    // Keyed by the offset in the template (the overlays'
+                    // virtual offset), so a domU can check what it reads.
+                    let mut buf = vec![0u8; 64 * 512];
+                    for first in (0..v.region.sectors).step_by(64) {
+                        let n = (v.region.sectors - first).min(64) as usize;
+                        disk_pattern::fill(&mut buf[..n * 512], seed, first * 512);
+                        dev.write(v.region.lba + first, &buf[..n * 512]).map_err(|e| format!("template: {e:?}"))?;
+                    }
+                }
             }
         }
         Ok(())
@@ -164,6 +170,13 @@ pub fn read_virtual(image: &Path, v: &Vbd, vlba: u64, buf: &mut [u8]) -> Result<
             disk_images::read_virtual(&mut dev, v.region, vlba, buf).map_err(|e| format!("{}'s image: {e:?}", v.domain))
         }
     }
+}
+
+/// Blocks a sparse image or overlay has allocated (what its map names).
+pub fn allocated_blocks(image: &Path, v: &Vbd) -> Result<u64> {
+    let mut dev = FileDevice::open(image)?;
+    let img = disk_images::open_read_only(&mut dev, v.region).map_err(|e| format!("{}'s image: {e:?}", v.domain))?;
+    Ok(img.allocated_blocks())
 }
 
 #[cfg(test)]

@@ -103,6 +103,17 @@ pub enum BackError {
     NoRoom,
 }
 
+impl core::fmt::Display for BackError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BackError::Connect(e) => write!(f, "connecting to the front's ring: {e:?}"),
+            BackError::NoSlot => write!(f, "no free slot to map the ring"),
+            BackError::Ring(e) => write!(f, "the front broke the ring protocol: {e}"),
+            BackError::NoRoom => write!(f, "no room for a response"),
+        }
+    }
+}
+
 impl BlkBack {
     /// The features every backend advertises.
     pub const FEATURES: Features =

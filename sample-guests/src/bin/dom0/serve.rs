@@ -242,13 +242,12 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
         VirtualDisk::Raw(disk_images::RawSlice::new(disk.capacity(), spec.region).map_err(|e| format!("slice: {e:?}"))?)
     };
     let (fd, bd) = (front_dir(domid), back_dir(domid));
-    let w = |store: &mut Store, path: &str, v: &str| {
-        store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e:?}"))
-    };
+    let w =
+        |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
     w(store, &format!("{fd}/backend"), &bd)?;
     w(store, &format!("{fd}/backend-id"), "0")?;
     w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
-    store.set_perms(0, &fd, &[format!("n{domid}"), String::from("r0")]).map_err(|e| format!("perms: {e:?}"))?;
+    store.set_perms(0, &fd, &[format!("n{domid}"), String::from("r0")]).map_err(|e| format!("perms: {e}"))?;
     w(store, &format!("{bd}/frontend"), &fd)?;
     w(store, &format!("{bd}/frontend-id"), &format!("{domid}"))?;
     w(store, &format!("{bd}/sectors"), &format!("{}", vdisk.virtual_sectors()))?;
@@ -257,7 +256,7 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-flush-cache"), "1")?;
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
-    store.set_perms(0, &bd, &[String::from("n0"), format!("r{domid}")]).map_err(|e| format!("perms: {e:?}"))?;
+    store.set_perms(0, &bd, &[String::from("n0"), format!("r{domid}")]).map_err(|e| format!("perms: {e}"))?;
     let mut v =
         Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
     let mut actions = v.be.start();
@@ -297,7 +296,7 @@ fn pump(store: &mut Store, c: &mut Client) -> bool {
         Ok(n) if n > 0 => {
             moved = true;
             if let Err(e) = store.feed(c.domid, &buf[..n]) {
-                println!("serve: dom{}: store connection broken: {e:?}", c.domid);
+                println!("serve: dom{}: store connection broken: {e}", c.domid);
             }
         }
         Ok(_) => {}
@@ -364,7 +363,7 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
         match b.serve(disk) {
             Ok(n) => work |= n > 0,
             Err(e) => {
-                println!("serve: dom{}: ring broken: {e:?}; disconnecting", v.domid);
+                println!("serve: dom{}: ring broken: {e}; disconnecting", v.domid);
                 if let Some(b) = v.back.take() {
                     v.vdisk = Some(b.close());
                 }
@@ -395,7 +394,7 @@ fn connect_ring(store: &mut Store, v: &mut Vbd, fd: &str) -> Event {
             Event::LocalReady
         }
         Err((e, vdisk)) => {
-            println!("serve: dom{}: ring not connected: {e:?}", v.domid);
+            println!("serve: dom{}: ring not connected: {e}", v.domid);
             v.vdisk = Some(vdisk);
             Event::LocalFailed
         }

@@ -12,6 +12,12 @@ pub struct Quotas;
 #[derive(Debug)]
 pub struct XsError(pub &'static str);
 
+impl core::fmt::Display for XsError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
 struct Conn {
     rx: Vec<u8>,
     tx: VecDeque<u8>,
@@ -129,7 +135,7 @@ impl Store {
                     let pre = alloc::format!("{path}/");
                     let mut out = Vec::new();
                     for k in self.nodes.keys().filter(|k| k.starts_with(&pre) && !k[pre.len()..].contains('/')) {
-                        out.extend_from_slice(k[pre.len()..].as_bytes());
+                        out.extend_from_slice(&k.as_bytes()[pre.len()..]);
                         out.push(0);
                     }
                     Ok(out)
