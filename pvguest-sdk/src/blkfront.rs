@@ -38,7 +38,7 @@
 
 use crate::blkif::{self, Inflight, Op, Piece, Request, Response, Status, RING_SLOTS};
 use crate::channel::{ChannelError, FrontChannel};
-use crate::event::{self, Port};
+use crate::event::Port;
 use crate::grant::{self, GrantError};
 use crate::mm::{self, Page};
 use crate::store::{Store, StoreError};
@@ -56,6 +56,10 @@ const MAX_REQUEST_SECTORS: u64 = (blkif::MAX_SEGMENTS * blkif::PAGE_SIZE / SECTO
 /// Pool pages a device takes unless told otherwise ([`BlockDevice::attach`]):
 /// 64 KiB in flight.
 pub const DEFAULT_POOL_PAGES: usize = 16;
+
+/// How often a front waiting for responses checks that its backend is
+/// still there (ns).
+pub const IDLE_CHECK_NS: u64 = 50_000_000;
 
 /// What the backend says of the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -314,19 +318,28 @@ impl BlockDevice {
                 }
             }
             if reaped == 0 {
-                let ring = &mut self.ring.ring;
-                let mut err = None;
-                event::block_until(|| match ring.final_check_for_responses() {
-                    Ok(r) => r,
-                    Err(e) => {
-                        err = Some(e);
-                        true
-                    }
-                });
-                if let Some(e) = err {
-                    return Err(self.fail(e));
-                }
+                self.wait()?;
             }
+        }
+    }
+
+    /// Sleeps until the ring has responses. A backend that went away (its
+    /// domain died: our port is no longer connected) never answers, so the
+    /// wait wakes every [`IDLE_CHECK_NS`] to look, and then fails with
+    /// [`BlkError::NotConnected`] (the device is unusable from then on).
+    fn wait(&mut self) -> Result<(), BlkError> {
+        let port = self.ring.port().0;
+        loop {
+            match self.ring.ring.final_check_for_responses() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+            if !self.ring.connected() {
+                self.broken = true;
+                return Err(BlkError::NotConnected);
+            }
+            let _ = crate::sched::poll(&[port], crate::time::now_ns() + IDLE_CHECK_NS);
         }
     }
 

@@ -6,7 +6,7 @@
 //! `dma_kib`; the hypervisor then builds dom0 with that many KiB of
 //! machine-contiguous frames, mapped read-write at
 //! [`StartInfo::dma`](pvguest_abi::start_info::StartInfo::dma)'s `va`,
-//! and says where they are in machine memory. [`alloc`] hands out aligned
+//! and says where they are in machine memory. [`alloc()`] hands out aligned
 //! buffers from it (a bump allocator: buffers are never freed, as drivers
 //! allocate their queues once). Any other frame the domain owns has its
 //! machine address in the frame list ([`machine_of`]), and a granted
@@ -17,7 +17,7 @@
 //! only spares the driver the search for contiguous frames.
 //!
 //! These are what `virtio-drivers`' `Hal` ([`crate::virtio::SdkHal`])
-//! sits on: `dma_alloc` is [`alloc`] (machine address and pointer), and
+//! sits on: `dma_alloc` is [`alloc()`] (machine address and pointer), and
 //! `share` is [`machine_of`] on the buffer when its frames are
 //! machine-contiguous (in place, no copy), else a bounce copy in the pool.
 //!
@@ -95,7 +95,7 @@ impl DmaBuffer {
     pub fn len(&self) -> u64 {
         self.len
     }
-    /// Whether it is empty (never: [`alloc`] refuses that).
+    /// Whether it is empty (never: [`alloc()`] refuses that).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

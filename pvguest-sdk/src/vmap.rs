@@ -10,7 +10,7 @@
 //! starting at the first 2 MiB boundary past the domain's memory and the
 //! device-memory window, in the boot page directory. Its level-1 tables are
 //! fresh pages of the domain, made read-only, pinned and linked with
-//! validated updates when the window is first used ([`alloc`]); the
+//! validated updates when the window is first used ([`alloc()`]); the
 //! hypervisor writes their entries when a grant is mapped and clears them
 //! on unmap. Slots are handed out in runs of consecutive addresses and
 //! given back with [`free`]; the allocator is a bitmap behind a lock, so
@@ -110,7 +110,7 @@ fn index(w: &Window, va: u64) -> Option<usize> {
     (w.base != 0 && (i as usize) < SLOTS && va.is_multiple_of(4096)).then_some(i as usize)
 }
 
-/// Gives back `n` slots from `va` (what [`alloc`] handed out, unmapped).
+/// Gives back `n` slots from `va` (what [`alloc()`] handed out, unmapped).
 /// Addresses outside the window are ignored.
 pub fn free(va: u64, n: usize) {
     let mut w = WINDOW.lock();

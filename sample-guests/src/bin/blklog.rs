@@ -55,6 +55,11 @@ fn main(si: &'static StartInfo) {
             sched::crash();
         }
     };
+    if cmd.split(' ').any(|w| w == "mode=victim") {
+        victim(&mut c, &mut store);
+        c.verdict(name);
+        return;
+    }
     let mut disk = match BlockDevice::open(&mut store, 0) {
         Ok(d) => d,
         Err(e) => {
@@ -212,5 +217,38 @@ fn overlay(c: &mut Checks, disk: &mut BlockDevice, records: u64, seed: u64, temp
     );
     if c.wrong() == 0 {
         println!("blklog: overlay holds {records} records (seed {seed:#x}) over template {template:#x}");
+    }
+}
+
+/// Against a hostile backend: the first read works, the backend's
+/// duplicate answer is a protocol error, and every later call fails at
+/// once.
+fn victim(c: &mut Checks, store: &mut Store) {
+    let who = "blklog";
+    let mut disk = match BlockDevice::open(store, 0) {
+        Ok(d) => d,
+        Err(e) => {
+            c.holds(who, format_args!("connected to the (hostile) backend ({e:?})"), false);
+            return;
+        }
+    };
+    let mut s = [0u8; SECTOR];
+    let first = disk.read(0, &mut s);
+    c.holds(who, format_args!("the first read is answered ({first:?})"), first.is_ok());
+    let second = disk.read(0, &mut s);
+    let protocol = Err(pvguest_sdk::blkfront::BlkError::Protocol);
+    c.holds(
+        who,
+        format_args!("an answer with an id never issued is a protocol error ({second:?})"),
+        second == protocol,
+    );
+    let third = disk.flush();
+    c.holds(
+        who,
+        format_args!("later calls fail at once ({third:?})"),
+        third == Err(pvguest_sdk::blkfront::BlkError::Protocol),
+    );
+    if c.wrong() == 0 {
+        println!("blklog: the hostile backend's lie was caught; the domain goes on");
     }
 }

@@ -134,8 +134,50 @@ fn images_scenario() -> Scenario {
     }
 }
 
+fn attacker_plan() -> Plan {
+    let mut p = Plan::default();
+    p.add("evil-front", Kind::Raw, 1);
+    p.add("bystander", Kind::Raw, 2);
+    p
+}
+
+fn attacker_scenario() -> Scenario {
+    Scenario {
+        name: "blk-attacker",
+        what: "a hostile blkfront sends dom0's blkback bad grant references (never granted, granted to another domain, read-only for a read), sectors past its disk and wrapping past 2^64, too many or no segments, first_sect > last_sect, last_sect past the page, an unknown operation, a flood of 4000 requests and finally a producer index past the ring: every request is answered with an error, the flood is served, the lie gets it disconnected, and a bystander domU's disk keeps working throughout; a hostile backend of another domU's disk is refused the pages it was not granted, and its answer with an id never issued is caught by the SDK's front, which fails every later call at once instead of misreading or hanging",
+        bundle: |imgs| {
+            let mut w = BundleWriter::new();
+            let cmdline = format!("serve {} vbdback=victim:evil-back", attacker_plan().cmdline());
+            w.domain(entry(imgs, "dom0", "dom0", DOM0_KIB, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(DOM0_DMA_KIB));
+            w.domain(entry(imgs, "evil-front", "blk_attacker", 1024, "role=front", Expect::Poweroff)?);
+            w.domain(entry(imgs, "bystander", "blklog", 1024, "mode=batch seed=77 heap=160", Expect::Poweroff)?);
+            w.domain(entry(imgs, "evil-back", "blk_attacker", 1024, "role=back", Expect::Poweroff)?);
+            w.domain(entry(imgs, "victim", "blklog", 1024, "mode=victim", Expect::Poweroff)?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            let plan = attacker_plan();
+            let image = rig.disk(plan.disk_sectors() * 512)?;
+            plan.format(&image)?;
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            need(out, "[evil-front] blk-attacker: every hostile request refused, the flood served, the index lie disconnected")?;
+            need(out, "[bystander] blklog: 256 random 4 KiB reads, 32 in flight at a time, all intact (0 bad): ok")?;
+            need(out, "[evil-back] blk-attacker: mapping the victim's store page (granted to dom0 only) writable is refused")?;
+            need(out, "[victim] blklog: the hostile backend's lie was caught; the domain goes on")?;
+            need(out, "serve: dom1: ring broken: ")?;
+            need(out, "blkback: dom1: request ")?;
+            Ok(())
+        },
+    }
+}
+
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![images_scenario(), Scenario {
+    vec![images_scenario(), attacker_scenario(), Scenario {
         name: "blk-durability",
         what: "a domU appends a log to its sparse virtual disk (records, flush, superblock write-through) and the power is cut (SIGKILL) on its acknowledgement; after a reboot on the same image the domU reads every record back through dom0's blkback, the host finds them through the image's map, and a second domU on another slice starts from an empty disk",
         bundle: |imgs| {

@@ -93,6 +93,36 @@ pub fn parse_vbds(cmdline: &str) -> Vec<VbdSpec> {
     out
 }
 
+/// `vbdback=VICTIM:BACKEND` words: domain `BACKEND` (not dom0) serves
+/// `VICTIM`'s disk (the hostile-backend scenario; Xen's driver domains).
+pub fn parse_foreign_backs(cmdline: &str) -> Vec<(String, String)> {
+    cmdline
+        .split(' ')
+        .filter_map(|w| w.strip_prefix("vbdback="))
+        .filter_map(|w| w.split_once(':'))
+        .filter(|(a, b)| !a.is_empty() && !b.is_empty() && a != b)
+        .map(|(a, b)| (a.into(), b.into()))
+        .collect()
+}
+
+/// Writes the directories of a disk of `victim` served by domain `back`
+/// (the toolstack's part; the backend writes its details and state).
+fn offer_foreign(store: &mut Store, victim: u16, back: u16) -> Result<(), String> {
+    let fd = front_dir(victim);
+    let bd = format!("/local/domain/{back}/backend/vbd/{victim}/{VDEV}");
+    let w =
+        |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
+    w(store, &format!("{fd}/backend"), &bd)?;
+    w(store, &format!("{fd}/backend-id"), &format!("{back}"))?;
+    w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
+    store.set_perms(0, &fd, &[format!("n{victim}"), format!("r{back}")]).map_err(|e| format!("perms: {e}"))?;
+    w(store, &format!("{bd}/frontend"), &fd)?;
+    w(store, &format!("{bd}/frontend-id"), &format!("{victim}"))?;
+    store.set_perms(0, &bd, &[format!("n{back}"), format!("r{victim}")]).map_err(|e| format!("perms: {e}"))?;
+    println!("serve: dom{victim}'s disk is served by dom{back}");
+    Ok(())
+}
+
 /// One domain's disk: the handshake and, once connected, the backend.
 struct Vbd {
     spec: VbdSpec,
@@ -114,6 +144,8 @@ struct Client {
 /// one it found to its end.
 pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let specs = parse_vbds(cmdline);
+    let foreign = parse_foreign_backs(cmdline);
+    let mut foreign_done: Vec<(String, String)> = Vec::new();
     println!("serve: {} virtual disk(s) configured", specs.len());
     let mut store = Store::new(Default::default());
     event::init();
@@ -126,6 +158,18 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
             let others = rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
+            for (victim, back) in &foreign {
+                let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
+                if foreign_done.iter().any(|(v, _)| v == victim) {
+                    continue;
+                }
+                if let (Some(v), Some(b)) = (id(victim), id(back)) {
+                    if let Err(e) = offer_foreign(&mut store, v, b) {
+                        println!("serve: {victim}'s disk: {e}");
+                    }
+                    foreign_done.push((victim.clone(), back.clone()));
+                }
+            }
             if others == 0 {
                 println!("serve: every domain served has ended ({served}); done");
                 return Ok(());
