@@ -71,12 +71,10 @@ fn num(store: &mut Store, path: &str) -> u64 {
 fn wait_state(store: &mut Store, path: &str, want: &[State]) -> State {
     let _ = store.watch(path, "st");
     loop {
-        if let Ok(s) = store.read(path).map(|v| State::parse(&v)) {
-            if let Ok(s) = s {
-                if want.contains(&s) {
-                    let _ = store.unwatch(path, "st");
-                    return s;
-                }
+        if let Ok(Ok(s)) = store.read(path).map(|v| State::parse(&v)) {
+            if want.contains(&s) {
+                let _ = store.unwatch(path, "st");
+                return s;
             }
         }
         let _ = store.wait_event();
