@@ -43,7 +43,6 @@ mod blk;
 mod blkback;
 mod net;
 mod serve;
-mod xs_min;
 
 pvguest_sdk::entry!(main);
 

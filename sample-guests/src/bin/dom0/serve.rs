@@ -27,11 +27,11 @@
 //!    its disk's mappings given back.
 
 use crate::blkback::{BlkBack, Dev};
-use crate::xs_min::Store;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
+use device_store::Store;
 use disk_images::{Region, VirtualDisk};
 use pvguest_sdk::abi::domctl::dominf;
 use pvguest_sdk::abi::event::VIRQ_DOM_EXC;
@@ -112,13 +112,13 @@ fn offer_foreign(store: &mut Store, victim: u16, back: u16) -> Result<(), String
     let bd = format!("/local/domain/{back}/backend/vbd/{victim}/{VDEV}");
     let w =
         |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
+    dir(store, &fd, &[format!("n{victim}"), format!("r{back}")])?;
     w(store, &format!("{fd}/backend"), &bd)?;
     w(store, &format!("{fd}/backend-id"), &format!("{back}"))?;
     w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
-    store.set_perms(0, &fd, &[format!("n{victim}"), format!("r{back}")]).map_err(|e| format!("perms: {e}"))?;
+    dir(store, &bd, &[format!("n{back}"), format!("r{victim}")])?;
     w(store, &format!("{bd}/frontend"), &fd)?;
     w(store, &format!("{bd}/frontend-id"), &format!("{victim}"))?;
-    store.set_perms(0, &bd, &[format!("n{back}"), format!("r{victim}")]).map_err(|e| format!("perms: {e}"))?;
     println!("serve: dom{victim}'s disk is served by dom{back}");
     Ok(())
 }
@@ -268,6 +268,12 @@ fn rescan(
     live.iter().filter(|i| i.domid != 0 && i.flags & dominf::DYING == 0).count()
 }
 
+/// Makes directory `path` with permissions `perms`.
+fn dir(store: &mut Store, path: &str, perms: &[String]) -> Result<(), String> {
+    store.mkdir(0, path).map_err(|e| format!("{path}: {e}"))?;
+    store.set_perms(0, path, perms).map_err(|e| format!("{path}: perms: {e}"))
+}
+
 fn front_dir(domid: u16) -> String {
     format!("/local/domain/{domid}/device/vbd/{VDEV}")
 }
@@ -288,10 +294,14 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     let (fd, bd) = (front_dir(domid), back_dir(domid));
     let w =
         |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
+    // Each directory gets its permissions before its nodes, which inherit
+    // them: the front's is its domain's, readable by its backend; the
+    // back's is the backend's, readable by the front.
+    dir(store, &fd, &[format!("n{domid}"), String::from("r0")])?;
     w(store, &format!("{fd}/backend"), &bd)?;
     w(store, &format!("{fd}/backend-id"), "0")?;
     w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
-    store.set_perms(0, &fd, &[format!("n{domid}"), String::from("r0")]).map_err(|e| format!("perms: {e}"))?;
+    dir(store, &bd, &[String::from("n0"), format!("r{domid}")])?;
     w(store, &format!("{bd}/frontend"), &fd)?;
     w(store, &format!("{bd}/frontend-id"), &format!("{domid}"))?;
     w(store, &format!("{bd}/sectors"), &format!("{}", vdisk.virtual_sectors()))?;
@@ -300,7 +310,6 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-flush-cache"), "1")?;
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
-    store.set_perms(0, &bd, &[String::from("n0"), format!("r{domid}")]).map_err(|e| format!("perms: {e}"))?;
     let mut v =
         Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
     let mut actions = v.be.start();
@@ -336,7 +345,10 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
 fn pump(store: &mut Store, c: &mut Client) -> bool {
     let mut buf = [0u8; CHUNK];
     let mut moved = false;
-    match c.link.recv(&mut buf) {
+    // A client that does not read its replies gets no more of its bytes
+    // read (the store's backpressure); its ring fills, it waits.
+    let n = if store.accepting(c.domid) { c.link.recv(&mut buf) } else { Ok(0) };
+    match n {
         Ok(n) if n > 0 => {
             moved = true;
             if let Err(e) = store.feed(c.domid, &buf[..n]) {
