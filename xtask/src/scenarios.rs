@@ -587,7 +587,7 @@ fn scenarios() -> Vec<Scenario> {
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
                 let cmdline = format!("devices {}", dom0_net::CMDLINE);
-                w.domain(entry(imgs, "dom0", "dom0", 1024, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512 + dom0_net::DMA_KIB));
+                w.domain(entry(imgs, "dom0", "dom0", 1536, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512 + dom0_net::DMA_KIB));
                 finish(w, imgs)
             },
             append: "",
