@@ -84,6 +84,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "dom0-net") {
         return crate::scenarios::dom0_net::bench(&imgs);
     }
+    if args.iter().any(|a| a == "--blk") {
+        return crate::bench_blk::run(&imgs);
+    }
     let mut w = BundleWriter::new();
     w.domain(DomainEntry::new("bench", imgs.guest("bench", &root())?, 2048).cmdline("mode=all"));
     w.domain(DomainEntry::new("partner", imgs.guest("bench", &root())?, 512).cmdline("mode=partner"));
@@ -194,6 +197,8 @@ pub fn run(args: &[String]) -> Result<()> {
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
     println!("\nJSON: {}", path.display());
     crate::scenarios::dom0_net::bench(&imgs)?;
+    println!();
+    crate::bench_blk::run(&imgs)?;
     if !all_met && !smoke {
         eprintln!("xtask: some benchmark targets are not met (see above)");
     }

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod bench;
+mod bench_blk;
 mod bench_json;
 mod evidence;
 mod images;

@@ -58,13 +58,13 @@ fn finish(mut w: BundleWriter, imgs: &Images) -> Result<Option<Vec<u8>>> {
     Ok(Some(w.finish()))
 }
 
-/// The device scenarios' bundle: a privileged `dom0` (1 MiB, `cmdline`,
-/// a DMA pool of `dma_kib`) and an ordinary `domu` (512 KiB, `role=domu`),
+/// The device scenarios' bundle: a privileged `dom0` (1.5 MiB, `cmdline`,
+/// a DMA pool of `dma_kib`) and an ordinary `domu` (768 KiB, `role=domu`),
 /// both running `image`.
 fn dom0_and_domu(imgs: &Images, image: &str, cmdline: &str, dma_kib: u32) -> Result<Option<Vec<u8>>> {
     let mut w = BundleWriter::new();
-    w.domain(entry(imgs, "dom0", image, 1024, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma_kib));
-    w.domain(entry(imgs, "domu", image, 512, "role=domu", Expect::Poweroff)?);
+    w.domain(entry(imgs, "dom0", image, 1536, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma_kib));
+    w.domain(entry(imgs, "domu", image, 768, "role=domu", Expect::Poweroff)?);
     finish(w, imgs)
 }
 
@@ -648,7 +648,7 @@ fn scenarios() -> Vec<Scenario> {
             what: "dom0's disk storms interrupts (its handler EOIs without reading the ISR, so the level line fires again at every EOI) for 1.2 s beside a CPU-bound domU of equal weight: dom0 takes many interrupts, the domU still gets its half of the CPU, the device is quiet again after an ISR read, and the hypervisor runs on",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "storm storm_ms=1200", Expect::Poweroff)?.privileged(true).dma_kib(512));
+                w.domain(entry(imgs, "dom0", "dom0", 1536, "storm storm_ms=1200", Expect::Poweroff)?.privileged(true).dma_kib(512));
                 w.domain(entry(imgs, "hog", "hog", 512, "millis=1000", Expect::Poweroff)?);
                 finish(w, imgs)
             },
@@ -734,7 +734,7 @@ fn scenarios() -> Vec<Scenario> {
             what: "dom0 drives virtio-net, interrupt-driven, under smoltcp: the host's UDP datagrams through QEMU's forward come back intact from its echo port (full-size and empty ones too; a fragmented one is dropped); slirp's ARP is answered, dom0's pings of the gateway are answered, an echo request injected below smoltcp is answered on the wire, malformed used-ring entries are refused, and dom0's counters match what the host sent",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                let e = entry(imgs, "dom0", "dom0", 1024, dom0_net::CMDLINE, Expect::Poweroff)?;
+                let e = entry(imgs, "dom0", "dom0", 1536, dom0_net::CMDLINE, Expect::Poweroff)?;
                 w.domain(e.privileged(true).dma_kib(dom0_net::DMA_KIB));
                 finish(w, imgs)
             },
@@ -1025,7 +1025,7 @@ fn scenarios() -> Vec<Scenario> {
             what: "a bundle with two privileged domains is refused whole by the hypervisor's loader, naming both; no domain starts",
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
-                w.domain(entry(imgs, "dom0", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
+                w.domain(entry(imgs, "dom0", "dom0", 1536, "", Expect::Poweroff)?.privileged(true));
                 w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
                 w.domain(entry(imgs, "rogue", "dom0", 1024, "", Expect::Poweroff)?.privileged(true));
                 finish(w, imgs)

@@ -23,6 +23,11 @@
 //!   (keyed by the virtual offset): checks it reads the template, appends
 //!   its own log over the first sectors, and checks that the rest still
 //!   reads as the template.
+//! - `mode=bench mib=M qd=Q rand4k=N reads4k=R`: the split-disk
+//!   benchmark's domU half: 64 KiB sequential writes (then a flush) and
+//!   reads of `M` MiB, `Q` requests in flight; `N` random 4 KiB reads, `Q`
+//!   in flight; `R` single 4 KiB reads (the path length of one request).
+//!   Lines `blkbench: domu_<what> ...` as dom0's `blkbench` prints them.
 //! - `mode=batch`: reads and writes through `run` with many requests in
 //!   flight (random 4 KiB reads over the disk, checked against what it
 //!   wrote).
@@ -60,7 +65,8 @@ fn main(si: &'static StartInfo) {
         c.verdict(name);
         return;
     }
-    let mut disk = match BlockDevice::open(&mut store, 0) {
+    let pool = arg(cmd, "pool").unwrap_or(pvguest_sdk::blkfront::DEFAULT_POOL_PAGES as u64) as usize;
+    let mut disk = match BlockDevice::open_with(&mut store, 0, pool) {
         Ok(d) => d,
         Err(e) => {
             println!("blklog: no disk: {e:?}");
@@ -83,6 +89,7 @@ fn main(si: &'static StartInfo) {
         "append" => append(&mut c, &mut disk, records, seed, cmd.split(' ').any(|w| w == "hold")),
         "verify" => verify(&mut c, &mut disk, records, seed),
         "batch" => batch(&mut c, &mut disk, seed),
+        "bench" => bench(&mut c, &mut disk, cmd),
         "overlay" => overlay(&mut c, &mut disk, records, seed, arg(cmd, "template").unwrap_or(0)),
         other => c.holds(name, format_args!("a known mode (got `{other}`)"), false),
     }
@@ -251,4 +258,83 @@ fn victim(c: &mut Checks, store: &mut Store) {
     if c.wrong() == 0 {
         println!("blklog: the hostile backend's lie was caught; the domain goes on");
     }
+}
+
+fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
+    use pvguest_sdk::time;
+    let who = "blklog";
+    let bytes = arg(cmd, "mib").unwrap_or(8) << 20;
+    let qd = arg(cmd, "qd").unwrap_or(32) as usize;
+    const CHUNK: usize = 64 * 1024;
+    let chunks = (bytes / CHUNK as u64) as usize;
+    let mut bufs = vec![vec![0u8; CHUNK]; qd];
+    for (k, b) in bufs.iter_mut().enumerate() {
+        disk_pattern::fill_words(b, 1, (k * CHUNK) as u64);
+    }
+    let start = || (time::now_ns(), time::tsc());
+    let report = |what: &str, t0: (u64, u64), n: u64| {
+        println!("blkbench: domu_{what} bytes={n} ns={} tsc={}", time::now_ns() - t0.0, time::tsc() - t0.1);
+    };
+    let per = (CHUNK / SECTOR) as u64;
+    let mut ok = true;
+    let t0 = start();
+    for first in (0..chunks).step_by(qd) {
+        let n = qd.min(chunks - first);
+        let mut ios: alloc::vec::Vec<Io<'_>> = bufs[..n]
+            .iter()
+            .enumerate()
+            .map(|(k, b)| Io::Write { sector: (first + k) as u64 * per, buf: b, fua: false })
+            .collect();
+        ok &= disk.run(&mut ios).is_ok();
+    }
+    ok &= disk.flush().is_ok();
+    report("seq_write", t0, bytes);
+    let t0 = start();
+    for first in (0..chunks).step_by(qd) {
+        let n = qd.min(chunks - first);
+        let mut ios: alloc::vec::Vec<Io<'_>> = bufs[..n]
+            .iter_mut()
+            .enumerate()
+            .map(|(k, b)| Io::Read { sector: (first + k) as u64 * per, buf: b })
+            .collect();
+        ok &= disk.run(&mut ios).is_ok();
+    }
+    report("seq_read", t0, bytes);
+    c.holds(who, format_args!("{} MiB written and read, {qd} requests in flight", bytes >> 20), ok);
+    let reads = arg(cmd, "reads4k").unwrap_or(256);
+    let mut one = [0u8; 4096];
+    let (mut best, t0) = (u64::MAX, start());
+    for i in 0..reads {
+        let t = time::tsc();
+        ok &= disk.read(i * 8, &mut one).is_ok();
+        best = best.min(time::tsc() - t);
+    }
+    println!(
+        "blkbench: domu_read_4k count={reads} ns={} tsc={} min_tsc={best}",
+        time::now_ns() - t0.0,
+        time::tsc() - t0.1
+    );
+    let rand = arg(cmd, "rand4k").unwrap_or(1024);
+    let blocks = bytes / 4096;
+    let mut pages = vec![[0u8; 4096]; qd];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let t0 = start();
+    let mut done = 0;
+    while done < rand {
+        let n = (qd as u64).min(rand - done) as usize;
+        let mut ios: alloc::vec::Vec<Io<'_>> = pages[..n]
+            .iter_mut()
+            .map(|p| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                Io::Read { sector: (x % blocks) * 8, buf: p }
+            })
+            .collect();
+        ok &= disk.run(&mut ios).is_ok();
+        done += n as u64;
+    }
+    println!("blkbench: domu_randread_4k count={rand} ns={} tsc={}", time::now_ns() - t0.0, time::tsc() - t0.1);
+    c.holds(who, format_args!("every benchmark request succeeded"), ok);
+    println!("blkbench: done");
 }

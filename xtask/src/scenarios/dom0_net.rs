@@ -357,7 +357,7 @@ pub fn bench(imgs: &crate::images::Images) -> Result<()> {
     let mut w = BundleWriter::new();
     let image = imgs.guest("dom0", &crate::root())?;
     w.domain(
-        DomainEntry::new("dom0", image, 1024)
+        DomainEntry::new("dom0", image, 1536)
             .cmdline("net net_s=110")
             .expect(Expect::Poweroff)
             .privileged(true)

@@ -144,6 +144,13 @@ pub fn provoke(chan: irq::IrqChannel) -> (irq::IrqChannel, Result<u64, BlkError>
 /// default), a memory copy of as many bytes, and `reads4k=` (256) single
 /// 4 KiB reads. Prints one `blkbench:` line per figure for xtask.
 pub fn bench(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
+    bench_at(disk, cmdline, 0, "")
+}
+
+/// [`bench`] on the disk from sector `base`, its lines' names prefixed
+/// with `prefix` (the split-disk benchmark's dom0-native half); with
+/// `rand4k=N`, also `N` 4 KiB reads at pseudo-random places of the region.
+pub fn bench_at(disk: &mut Disk, cmdline: &str, base: u64, prefix: &str) -> Result<(), BlkError> {
     let bytes = arg(cmdline, "mib").unwrap_or(8) << 20;
     let chunks = bytes / CHUNK as u64;
     let per = (CHUNK / SECTOR) as u64;
@@ -152,20 +159,20 @@ pub fn bench(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
     disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
     let report = |what: &str, t0: (u64, u64)| {
         let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-        println!("blkbench: {what} bytes={} ns={ns} tsc={tsc}", chunks * CHUNK as u64);
+        println!("blkbench: {prefix}{what} bytes={} ns={ns} tsc={tsc}", chunks * CHUNK as u64);
     };
     let start = || (time::now_ns(), time::tsc());
 
     // Writes first, so the reads read what was written (not holes).
     let t0 = start();
     for c in 0..chunks {
-        disk.write(c * per, a.as_slice())?;
+        disk.write(base + c * per, a.as_slice())?;
     }
     disk.flush()?;
     report("seq_write", t0);
     let t0 = start();
     for c in 0..chunks {
-        disk.read(c * per, b.as_mut_slice())?;
+        disk.read(base + c * per, b.as_mut_slice())?;
     }
     report("seq_read", t0);
     let t0 = start();
@@ -179,11 +186,25 @@ pub fn bench(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
     let t0 = start();
     for i in 0..reads {
         let t = time::tsc();
-        disk.read(i * 8, &mut b.as_mut_slice()[..4096])?;
+        disk.read(base + i * 8, &mut b.as_mut_slice()[..4096])?;
         best = best.min(time::tsc() - t);
     }
     let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-    println!("blkbench: read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best}");
+    println!("blkbench: {prefix}read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best}");
+    let rand = arg(cmdline, "rand4k").unwrap_or(0);
+    if rand > 0 {
+        let blocks = bytes / 4096;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let t0 = start();
+        for _ in 0..rand {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            disk.read(base + (x % blocks) * 8, &mut b.as_mut_slice()[..4096])?;
+        }
+        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+        println!("blkbench: {prefix}randread_4k count={rand} ns={ns} tsc={tsc}");
+    }
     println!("blkbench: done ({} device interrupts)", blk::interrupts());
     Ok(())
 }

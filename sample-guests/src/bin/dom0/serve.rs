@@ -144,6 +144,11 @@ struct Client {
 /// one it found to its end.
 pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let specs = parse_vbds(cmdline);
+    if let Some(base) = pvguest_sdk::cmdline::arg(cmdline, "native_bench") {
+        // The split-disk benchmark's other half: the same disk, from dom0
+        // itself, before any domU is served.
+        crate::blk::bench_at(disk, cmdline, base, "native_").map_err(|e| format!("native bench: {e}"))?;
+    }
     let foreign = parse_foreign_backs(cmdline);
     let mut foreign_done: Vec<(String, String)> = Vec::new();
     println!("serve: {} virtual disk(s) configured", specs.len());

@@ -1,0 +1,107 @@
+//! The split block device against dom0-native on the same disk, in one
+//! boot: dom0 (`serve native_bench=LBA`) first measures its own virtio-blk
+//! path on a region of the disk, then serves a domU (`blklog mode=bench`)
+//! its raw slice, which measures the same things through blkfront, the
+//! ring, the grant maps and blkback. Twice: in plain TCG (MB/s and IOPS of
+//! wall time; the ratios are what counts, the host's speed cancels in
+//! them) and under `-icount shift=0` (instructions per 4 KiB request, both
+//! paths). Keys `blk_seq_read_ratio`, `blk_seq_write_ratio`,
+//! `blk_randread_ratio` and `blk_instructions_per_4k` of
+//! `target/bench-dom0.json`.
+
+use crate::bench::blk_figure;
+use crate::images::{self, add_symbols, Images};
+use crate::qemu::{self, devices::Disk, devices::DiskCache, Devices, Outcome, RunOpts};
+use crate::vbd::{Kind, Plan};
+use crate::{root, Result};
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
+
+/// MiB each sequential pass moves.
+const MIB: u64 = 8;
+/// Requests the domU keeps in flight.
+const QD: u64 = 32;
+/// Random 4 KiB reads per path.
+const RAND: u64 = 1024;
+
+pub fn run(imgs: &Images) -> Result<()> {
+    let mut plan = Plan::default();
+    plan.add("bench", Kind::Raw, MIB + 1);
+    let native = plan.disk_sectors();
+    let disk_bytes = (native + (MIB + 1) * 2048) * 512;
+    let mut w = BundleWriter::new();
+    let common = format!("mib={MIB} rand4k={RAND} reads4k=256");
+    let dom0 = format!("serve native_bench={native} {common} heap=160 {}", plan.cmdline());
+    w.domain(
+        DomainEntry::new("dom0", imgs.guest("dom0", &root())?, 2560)
+            .cmdline(dom0.as_bytes())
+            .privileged(true)
+            .dma_kib(768),
+    );
+    // 32 requests of 64 KiB in flight: 512 pool pages, 2 MiB of buffers.
+    let domu = format!("mode=bench qd={QD} pool={} heap=700 {common}", QD * 16);
+    w.domain(DomainEntry::new("bench", imgs.guest("blklog", &root())?, 6144).cmdline(domu.as_bytes()));
+    add_symbols(&mut w, imgs)?;
+    let bundle = images::write_bundle("bench-blk", &w.finish())?;
+    let boot = |icount: bool| -> Result<String> {
+        let image = images::target_dir().join("ringfence").join("bench-blk.img");
+        let mut disk = Disk::create(&image, disk_bytes)?;
+        disk.cache = DiskCache::WriteBack;
+        let opts = RunOpts {
+            kernel: imgs.hypervisor.clone(),
+            bundle: Some(bundle.clone()),
+            append: String::new(),
+            timeout_s: 600,
+            stream: false,
+            extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
+            devices: Devices { disk: Some(disk), nic: None },
+            kill_on: None,
+        };
+        let r = qemu::run(&opts)?;
+        if r.outcome != Outcome::Pass || !r.output.contains("[bench] blkbench: done") {
+            return Err(format!("the split block benchmark did not pass: {}\n{}", r.outcome, r.output));
+        }
+        Ok(r.output)
+    };
+    let wall = boot(false)?;
+    let icount = boot(true)?;
+    let rate = |name: &str, k: &str| -> Result<f64> {
+        Ok(blk_figure(&wall, name, k)? / (blk_figure(&wall, name, "ns")? / 1e9))
+    };
+    let (nr, dr) = (rate("native_seq_read", "bytes")? / 1e6, rate("domu_seq_read", "bytes")? / 1e6);
+    let (nw, dw) = (rate("native_seq_write", "bytes")? / 1e6, rate("domu_seq_write", "bytes")? / 1e6);
+    let (ni, di) = (rate("native_randread_4k", "count")?, rate("domu_randread_4k", "count")?);
+    let (n4, d4) = (blk_figure(&icount, "native_read_4k", "min_tsc")?, blk_figure(&icount, "domu_read_4k", "min_tsc")?);
+    println!(
+        "split block device vs dom0-native, same disk, same boot (TCG wall time; write-back disk; domU {QD} in flight)"
+    );
+    println!("  {:<26} {:>12} {:>12} {:>8}   target", "", "dom0-native", "domU", "ratio");
+    let row = |what: &str, n: f64, d: f64, unit: &str| {
+        println!(
+            "  {what:<26} {n:>9.1} {unit} {d:>9.1} {unit} {:>8.3}   >= 0.9 {}",
+            d / n,
+            if d / n >= 0.9 { "met" } else { "NOT met" }
+        );
+    };
+    row("64 KiB sequential read", nr, dr, "MB/s");
+    row("64 KiB sequential write", nw, dw, "MB/s");
+    row("4 KiB random read", ni, di, "IOPS");
+    println!(
+        "  instructions per 4 KiB read (-icount shift=0, best of 256): dom0-native {n4:.0}, domU {d4:.0} ({:.2}x)",
+        d4 / n4
+    );
+    let rec = |key: &str, n: f64, d: f64, unit: &str| {
+        crate::bench_json::record(
+            key,
+            &format!("{{\"ratio\": {:.4}, \"native\": {n:.2}, \"domu\": {d:.2}, \"unit\": \"{unit}\", \"queue_depth\": {QD}, \"target\": 0.9}}", d / n),
+        )
+    };
+    rec("blk_seq_read_ratio", nr, dr, "MB/s")?;
+    rec("blk_seq_write_ratio", nw, dw, "MB/s")?;
+    rec("blk_randread_ratio", ni, di, "IOPS")?;
+    crate::bench_json::record(
+        "blk_instructions_per_4k",
+        &format!("{{\"native\": {n4:.0}, \"domu\": {d4:.0}, \"ratio\": {:.3}}}", d4 / n4),
+    )?;
+    println!("JSON: {}", crate::bench_json::path().display());
+    Ok(())
+}
