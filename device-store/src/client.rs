@@ -227,3 +227,64 @@ pub fn parse_tx_id(payload: &[u8]) -> Result<u32, XsError> {
     let [s] = strings::<1>(payload)?;
     wire::parse_decimal(s).and_then(|v| u32::try_from(v).ok()).ok_or(XsError::Inval)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloc::vec;
+
+    #[test]
+    fn requests_encode_as_xs_wire() {
+        let mut out = Vec::new();
+        Request::Write("a/b", b"v\0x").encode(7, 3, &mut out).unwrap();
+        let h = Header { ty: MsgType::Write as u32, req_id: 7, tx_id: 3, len: 7 };
+        assert_eq!(&out[..16], &h.to_bytes());
+        assert_eq!(&out[16..], b"a/b\0v\0x");
+        out.clear();
+        Request::Introduce { domid: DomId::new(5), gfn: 4096, port: 9 }.encode(1, 0, &mut out).unwrap();
+        assert_eq!(&out[16..], b"5\x004096\x009\0");
+        out.clear();
+        Request::TransactionEnd(true).encode(1, 2, &mut out).unwrap();
+        assert_eq!(&out[16..], b"T\0");
+    }
+
+    #[test]
+    fn requests_with_nul_in_strings_are_einval() {
+        let mut out = Vec::new();
+        assert_eq!(Request::Read("a\0b").encode(1, 0, &mut out), Err(XsError::Inval));
+        assert_eq!(Request::Watch("a", b"t\0").encode(1, 0, &mut out), Err(XsError::Inval));
+        assert!(out.is_empty());
+        let big = "a".repeat(5000);
+        assert_eq!(Request::Read(&big).encode(1, 0, &mut out), Err(XsError::TooBig));
+    }
+
+    #[test]
+    fn decoder_classifies_replies_errors_and_events() {
+        let mut s = Vec::new();
+        wire::encode(&mut s, MsgType::Read as u32, 1, 0, &[b"val"]).unwrap();
+        wire::encode(&mut s, MsgType::Error as u32, 2, 0, &[b"EAGAIN\0"]).unwrap();
+        wire::encode(&mut s, MsgType::WatchEvent as u32, 0, 0, &[b"p\0tok\0"]).unwrap();
+        wire::encode(&mut s, MsgType::WatchEvent as u32, 0, 0, &[b"p\0tok"]).unwrap();
+        let r = Decoder::new().push_all(&s);
+        assert!(matches!(&r[0], Ok(Reply::Ok { payload, .. }) if payload == b"val"));
+        assert!(matches!(&r[1], Ok(Reply::Error { error: Some(XsError::Again), .. })));
+        assert_eq!(r[2], Ok(Reply::WatchEvent { path: b"p".to_vec(), token: b"tok".to_vec() }));
+        assert_eq!(r[3], Err(XsError::Inval));
+    }
+
+    #[test]
+    fn decoder_refuses_an_oversized_server_message() {
+        let h = Header { ty: 2, req_id: 0, tx_id: 0, len: 1 << 20 };
+        let r = Decoder::new().push_all(&h.to_bytes());
+        assert_eq!(r, vec![Err(XsError::TooBig)]);
+    }
+
+    #[test]
+    fn helpers_parse_listings_and_tx_ids() {
+        assert_eq!(split_list(b"a\0bc\0").collect::<Vec<_>>(), vec![&b"a"[..], b"bc"]);
+        assert_eq!(split_list(b"").count(), 0);
+        assert_eq!(parse_tx_id(b"42\0"), Ok(42));
+        assert_eq!(parse_tx_id(b"42"), Err(XsError::Inval));
+        assert_eq!(parse_tx_id(b"99999999999\0"), Err(XsError::Inval));
+    }
+}

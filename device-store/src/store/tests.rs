@@ -3,6 +3,7 @@
 use super::*;
 use crate::client::{parse_tx_id, split_list, Decoder, Reply, Request};
 use crate::quota::Quotas;
+use crate::wire::PAYLOAD_MAX;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -207,6 +208,38 @@ fn directory_lists_children_nul_separated_and_part_pages() {
     parts.next(); // generation
     assert_eq!(&p[p.iter().position(|&b| b == 0).unwrap() + 1..], b"b\0c\0\0");
     assert_eq!(h.req(D1, Request::DirectoryPart("d", 1)), Err(XsError::Inval));
+}
+
+#[test]
+fn directory_over_one_payload_is_e2big() {
+    let mut h = H::new();
+    for c in ["x", "y", "z"] {
+        let name = format!("d/{}", c.repeat(2040));
+        h.req(D1, Request::Write(&name, b"")).unwrap();
+    }
+    assert_eq!(h.req(D1, Request::Directory("d")), Err(XsError::TooBig));
+    let p = h.req(D1, Request::DirectoryPart("d", 0)).unwrap();
+    assert!(p.len() <= PAYLOAD_MAX && !p.ends_with(b"\0\0"));
+}
+
+#[test]
+fn replies_precede_the_events_they_cause() {
+    let mut h = H::new();
+    let mut bytes = Vec::new();
+    Request::Watch("k", b"t").encode(1, 0, &mut bytes).unwrap();
+    Request::Write("k", b"v").encode(2, 0, &mut bytes).unwrap();
+    h.s.feed(D1, &bytes).unwrap();
+    let mut out = vec![0u8; 4096];
+    let n = h.s.take_output(D1, &mut out);
+    let kinds: Vec<u32> = Decoder::new()
+        .push_all(&out[..n])
+        .into_iter()
+        .map(|r| match r.unwrap() {
+            Reply::Ok { header, .. } | Reply::Error { header, .. } => header.req_id,
+            Reply::WatchEvent { .. } => 0,
+        })
+        .collect();
+    assert_eq!(kinds, vec![1, 0, 2, 0]);
 }
 
 #[test]
