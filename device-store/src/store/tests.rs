@@ -559,9 +559,9 @@ fn invariants(s: &Store) {
             assert!(c.txs.len() <= s.cfg.quotas.transactions);
         }
     }
-    for (&d, _) in s.conns.iter().filter(|(&d, _)| d != s.cfg.privileged) {
-        assert!(s.tree.owned(d) <= s.cfg.quotas.nodes);
-    }
+    // Q1 is checked when a domain creates nodes; the privileged domain may
+    // still hand it more (SET_PERMS), so counts are checked for accuracy
+    // (Tree::check), not against the quota.
 }
 
 const NAMES: [&str; 4] = ["a", "b", "a/b", "/local/domain/2/a"];
@@ -675,7 +675,14 @@ fn run_ops(ops: &[Op]) {
                 *d
             }
             Op::Garbage(d, v) => {
-                bytes.extend_from_slice(v);
+                // Mostly a well-delimited frame with a random type and
+                // payload; sometimes raw bytes (which may break the stream).
+                if v.first().is_some_and(|b| b % 8 != 0) {
+                    let ty = u32::from(v[0] % 25);
+                    wire::encode(&mut bytes, ty, 1, tx, &[&v[1..]]).unwrap();
+                } else {
+                    bytes.extend_from_slice(v);
+                }
                 *d
             }
             Op::Drain(d) => {
