@@ -429,6 +429,40 @@ fn transactions_conflict_eagain_and_retry_succeeds() {
 }
 
 #[test]
+fn transactions_fire_one_event_per_watch_and_path_on_commit() {
+    let mut h = H::new();
+    h.req(D1, Request::Watch("k", b"t")).unwrap();
+    h.req(D2, Request::Watch("/local/domain/1/k", b"spy")).unwrap();
+    h.ev(D1);
+    h.ev(D2);
+    let t = h.start(D1);
+    h.tx(D1, t, Request::Write("k", b"1")).unwrap();
+    h.tx(D1, t, Request::Write("k", b"2")).unwrap();
+    h.tx(D1, t, Request::Write("k/sub", b"3")).unwrap();
+    h.tx(D1, t, Request::TransactionEnd(true)).unwrap();
+    assert_eq!(h.ev(D1), vec![ev("k", "t"), ev("k/sub", "t")]);
+    assert_eq!(h.ev(D2), Vec::new());
+}
+
+#[test]
+fn transactions_conflict_when_a_removed_subtree_changed() {
+    let mut h = H::new();
+    h.req(D1, Request::Write("a/b", b"0")).unwrap();
+    let t = h.start(D1);
+    h.tx(D1, t, Request::Rm("a")).unwrap();
+    h.req(D1, Request::Write("a/b", b"1")).unwrap();
+    assert_eq!(h.tx(D1, t, Request::TransactionEnd(true)), Err(XsError::Again));
+    assert_eq!(h.req(D1, Request::Read("a/b")), Ok(b"1".to_vec()));
+    // Unrelated changes elsewhere do not conflict.
+    let t = h.start(D1);
+    h.tx(D1, t, Request::Rm("a")).unwrap();
+    h.req(D2, Request::Write("x", b"1")).unwrap();
+    assert_eq!(h.tx(D1, t, Request::TransactionEnd(true)), ok());
+    assert_eq!(h.req(D1, Request::Read("a")), Err(XsError::NoEnt));
+    h.check();
+}
+
+#[test]
 fn transactions_unknown_id_nested_start_and_bad_end() {
     let mut h = H::new();
     assert_eq!(h.tx(D1, 77, Request::Read("x")), Err(XsError::NoEnt));
