@@ -43,6 +43,7 @@ mod blk;
 mod blkback;
 mod net;
 mod serve;
+mod xs;
 
 pvguest_sdk::entry!(main);
 

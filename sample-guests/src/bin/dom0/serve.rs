@@ -27,11 +27,11 @@
 //!    its disk's mappings given back.
 
 use crate::blkback::{BlkBack, Dev};
+use crate::xs::Xs as Store;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicBool, Ordering};
-use device_store::Store;
 use disk_images::{Region, VirtualDisk};
 use pvguest_sdk::abi::domctl::dominf;
 use pvguest_sdk::abi::event::VIRQ_DOM_EXC;
@@ -152,7 +152,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let foreign = parse_foreign_backs(cmdline);
     let mut foreign_done: Vec<(String, String)> = Vec::new();
     println!("serve: {} virtual disk(s) configured", specs.len());
-    let mut store = Store::new(Default::default());
+    let mut store = Store::new();
     event::init();
     event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
     // The disk's port keeps the driver's own handler: every disk request
