@@ -115,7 +115,7 @@ impl Xs {
         let id = self.next_req;
         self.next_req = self.next_req.wrapping_add(1).max(1);
         let mut bytes = Vec::new();
-        req.encode(id, 0, &mut bytes).map_err(|e| XsFail(alloc::format!("{}", e.name())))?;
+        req.encode(id, 0, &mut bytes).map_err(|e| XsFail(String::from(e.name())))?;
         let mut at = 0;
         let mut dec = Decoder::new();
         let mut buf = alloc::vec![0u8; MESSAGE];
