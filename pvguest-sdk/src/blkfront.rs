@@ -328,8 +328,11 @@ impl BlockDevice {
     /// wait wakes every [`IDLE_CHECK_NS`] to look, and then fails with
     /// [`BlkError::NotConnected`] (the device is unusable from then on).
     fn wait(&mut self) -> Result<(), BlkError> {
-        let port = self.ring.port().0;
+        let port = self.ring.port();
         loop {
+            // Clear, check, poll: an answer after the check still ends the
+            // poll (it sets the bit again); one before it is seen by it.
+            crate::event::clear_pending(port);
             match self.ring.ring.final_check_for_responses() {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
@@ -339,7 +342,7 @@ impl BlockDevice {
                 self.broken = true;
                 return Err(BlkError::NotConnected);
             }
-            let _ = crate::sched::poll(&[port], crate::time::now_ns() + IDLE_CHECK_NS);
+            let _ = crate::sched::poll(&[port.0], crate::time::now_ns() + IDLE_CHECK_NS);
         }
     }
 

@@ -105,6 +105,17 @@ pub fn is_pending(port: Port) -> bool {
         && shared::pending(w).load(Ordering::SeqCst) & (1 << (port.0 % 64)) != 0
 }
 
+/// Clears `port`'s pending bit without running its handler: for a loop
+/// that waits with [`crate::sched::poll`] (which returns while a polled
+/// port is pending): clear, check for work, then poll, so an event that
+/// comes after the check still ends the poll.
+pub fn clear_pending(port: Port) {
+    let w = port.0 as usize / 64;
+    if w < pvguest_abi::shared_info::NR_EVENT_CHANNELS / 64 {
+        shared::pending(w).fetch_and(!(1 << (port.0 % 64)), Ordering::SeqCst);
+    }
+}
+
 /// Masks every port (the runtime does this before `main`; see the module
 /// docs).
 pub(crate) fn mask_all() {

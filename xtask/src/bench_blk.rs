@@ -57,6 +57,12 @@ pub fn run(imgs: &Images) -> Result<()> {
             kill_on: None,
         };
         let r = qemu::run(&opts)?;
+        let log = images::target_dir().join("ringfence").join(if icount {
+            "bench-blk-icount.log"
+        } else {
+            "bench-blk-wall.log"
+        });
+        let _ = std::fs::write(&log, &r.output);
         if r.outcome != Outcome::Pass || !r.output.contains("[bench] blkbench: done") {
             return Err(format!("the split block benchmark did not pass: {}\n{}", r.outcome, r.output));
         }

@@ -88,7 +88,10 @@ fn wait(ring: &mut Front<'_, Request, Response>, chan: &EventChannel) {
     if matches!(ring.push_and_check_notify(), Ok(true)) {
         let _ = chan.send();
     }
-    event::block_until(|| !matches!(ring.final_check_for_responses(), Ok(false)));
+    event::clear_pending(chan.port());
+    if matches!(ring.final_check_for_responses(), Ok(false)) {
+        let _ = pvguest_sdk::sched::poll(&[chan.port().0], 0);
+    }
 }
 
 fn seg(gref: u32, first: u8, last: u8) -> Segment {
