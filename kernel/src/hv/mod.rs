@@ -303,6 +303,9 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+    /// The syscall gate and ring-1 stack the CPU's IDT and TSS hold
+    /// (`None`: not written yet).
+    pub gate_rsp1: Option<(Option<u64>, u64)>,
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -333,6 +336,9 @@ pub struct Hv<M: Machine> {
     /// idle), charged to nobody since its domain no longer exists. Until
     /// then the frames stay the dead domain's and nothing else uses them.
     pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
+    /// Take the fused switch path for yield and block (`Hv::on_trap_with`;
+    /// tests turn it off to compare it with the general path).
+    pub fused: bool,
     /// Borrowed-virtual-time scheduler; slot = index in `domains`.
     pub bvt: Bvt<MAX_DOMAINS>,
     /// Every live domain's real-time deadlines, nearest first: key
@@ -678,6 +684,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
+                gate_rsp1: None,
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -686,6 +693,7 @@ impl<M: Machine> Hv<M> {
             frames: None,
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
+            fused: true,
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
             deadlines: IndexedHeap::new((0, 0)),
             boot_tsc: 0,
@@ -786,8 +794,15 @@ impl<M: Machine> Hv<M> {
     }
 
     /// System time in ns.
+    #[inline]
     fn now(&self) -> u64 {
-        self.scale.to_ns(M::tsc().wrapping_sub(self.boot_tsc))
+        self.now_at(M::tsc())
+    }
+
+    /// System time at TSC value `tsc`.
+    #[inline]
+    fn now_at(&self, tsc: u64) -> u64 {
+        self.scale.to_ns(tsc.wrapping_sub(self.boot_tsc))
     }
 
     fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
@@ -982,10 +997,16 @@ impl<M: Machine> Hv<M> {
     /// current domain's saved registers (one copy from the entry stack).
     pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
-        self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
+        let tsc = M::tsc();
+        self.cpu.drain_until = tsc.saturating_add(self.budget_ticks);
         load(&mut self.domains[cur].regs);
+        if self.fused {
+            if let Some(next) = self.give_up_cpu_fused(cur) {
+                return next;
+            }
+        }
         let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
-        let now = self.now();
+        let now = self.now_at(tsc);
         // Charge point 1: the domain's run and its entry.
         self.cpu.meter.charge(&mut self.bvt, cur, now);
         self.check_vtimer(cur, now);
@@ -1035,13 +1056,55 @@ impl<M: Machine> Hv<M> {
     fn after_trap(&mut self, payer: usize) -> Next {
         let now = self.now();
         self.cpu.meter.charge(&mut self.bvt, payer, now);
+        self.finish_trip(now)
+    }
+
+    /// The rest of a trip once the trap's work is charged (up to `now`):
+    /// the console of the domain that trapped, timers due, the scheduler.
+    #[inline]
+    fn finish_trip(&mut self, now: u64) -> Next {
         // The domain that trapped drains its own console, in its own time.
         let now = match self.cpu.current {
             Some(c) if self.domains[c].console_dirty => self.drain_console(c, Some(self.drain_deadline())),
             _ => now,
         };
-        self.fire_timers(now);
-        self.schedule()
+        // Timers that fired did work (charged to their domains): the pick
+        // is made at the time after it.
+        let fired = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now) && self.fire_timers(now);
+        self.schedule_at(if fired { self.now() } else { now })
+    }
+
+    /// The fused switch path: a `sched_op` yield or block
+    /// ([`hypercall::give_up_cpu`]) goes from the trap to the pick in one
+    /// pass, making the general path's decisions (`on_trap_with`, then
+    /// `hypercall` and `apply`, then `after_trap`) without its generality:
+    /// no environment, no payer, notify list or deadline comparison (these
+    /// hypercalls send nothing and set no timer), and one clock sample,
+    /// after the hypercall's work: the caller's run, its entry and the
+    /// hypercall are all its own, so charge points 1 and 2 are one charge
+    /// to it. `None` (nothing done): another trap, a return address the
+    /// general path refuses, or a fast-path result waiting to be applied.
+    /// Host tests check that it decides as the general path does.
+    fn give_up_cpu_fused(&mut self, cur: usize) -> Option<Next> {
+        if self.cpu.pending_action.is_some() {
+            return None;
+        }
+        let d = &self.domains[cur];
+        let r = &d.regs;
+        if r.vector != u64::from(HYPERCALL_VECTOR) || !pvguest_abi::layout::is_canonical(r.rip) {
+            return None;
+        }
+        let shared = d.shared;
+        let mem = self.m.mem();
+        let action = hypercall::give_up_cpu(r.rax, r.rdi, || {
+            shared.set_upcall_mask(mem, false);
+            shared.upcall_pending(mem)
+        })?;
+        let now = self.now();
+        self.cpu.meter.charge(&mut self.bvt, cur, now);
+        self.check_vtimer(cur, now);
+        self.apply(cur, action, now);
+        Some(self.finish_trip(now))
     }
 
     /// When console draining must stop: one budget into this trip through
@@ -1690,8 +1753,16 @@ impl<M: Machine> Hv<M> {
     /// domain keeps the CPU unless another is due, or it yielded.
     /// block or expired slice) only forces the question to be asked.
     fn schedule(&mut self) -> Next {
+        let now = self.now();
+        self.schedule_at(now)
+    }
+
+    /// [`Hv::schedule`] with the time already sampled (`now`); later
+    /// rounds of its loop (after idling, draining or teardown) sample again.
+    fn schedule_at(&mut self, now: u64) -> Next {
+        let mut sampled = Some(now);
         loop {
-            let now = self.now();
+            let now = sampled.take().unwrap_or_else(|| self.now());
             // Nothing that could change the pick happened (no domain woke,
             // blocked, ended or yielded, the slice has time left and there
             // is no teardown or console work): the running domain goes on
@@ -1917,6 +1988,9 @@ impl<M: Machine> Hv<M> {
         // selector), loaded when it is switched in, and otherwise written
         // only after `set_segment_base`.
         let switch = self.cpu.loaded != Some(i);
+        // What the CPU holds now, when known (read back from the domain
+        // switched out): state equal to it is not loaded again.
+        let mut in_cpu = None;
         if switch {
             if let Some(old) = self.cpu.loaded {
                 let cpu = self.m.save_segments();
@@ -1927,6 +2001,7 @@ impl<M: Machine> Hv<M> {
                 if !v.segs_dirty {
                     (v.fs_base, v.gs_base) = (cpu.fs_base, cpu.gs_base);
                 }
+                in_cpu = Some(cpu);
             }
             self.cpu.loaded = Some(i);
         }
@@ -1935,12 +2010,25 @@ impl<M: Machine> Hv<M> {
             // The selectors were read from the CPU while this domain ran (or
             // are null); the bases were checked canonical by
             // `set_segment_base` or read back from the CPU.
-            self.m.load_segments(&d.vcpu.segments(), switch);
+            let s = d.vcpu.segments();
+            // Selectors are loaded on a switch unless the CPU holds the same
+            // ones (loading fs or gs would reset its base: the bases are
+            // written whenever selectors are); bases unless both are equal.
+            let selectors = switch && in_cpu.is_none_or(|c| c.selectors != s.selectors);
+            if selectors || in_cpu.is_none_or(|c| (c.fs_base, c.gs_base) != (s.fs_base, s.gs_base)) {
+                self.m.load_segments(&s, selectors);
+            }
             d.vcpu.segs_dirty = false;
         }
+        // The syscall gate and ring-1 stack, written when they differ from
+        // what the CPU's tables hold.
         let gate = d.vcpu.traps.syscall_gate;
-        self.m.set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
-        self.m.set_rsp1(d.vcpu.kernel_sp.unwrap_or(0));
+        let entry = ((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate), d.vcpu.kernel_sp.unwrap_or(0));
+        if self.cpu.gate_rsp1 != Some(entry) {
+            self.m.set_syscall_gate(entry.0);
+            self.m.set_rsp1(entry.1);
+            self.cpu.gate_rsp1 = Some(entry);
+        }
         if !d.regs.sanitize() {
             // Frames come from the CPU, the builder or validated bounces,
             // so only a hypervisor bug gets here; never iretq to it.

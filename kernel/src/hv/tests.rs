@@ -1065,3 +1065,98 @@ fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
     let tu = r.running_ns(u);
     assert!(tu.abs_diff(total / 2) <= 2 * C, "the other domain keeps its half: {tu} of {total}");
 }
+
+/// A scripted mix of yields, blocks (with and without a timer to end
+/// them, with events pending or not), timer interrupts and other
+/// hypercalls over three domains (one warped, one heavier), with the fused
+/// switch path on or off: what each step decided and every account after
+/// it.
+fn give_up_cpu_script(fused: bool) -> Vec<String> {
+    let mut r = Rig::boot(&[dom("a"), dom("b").warp_us(2_000), dom("c").weight(300)]);
+    r.hv.fused = fused;
+    let ids = [r.id("a"), r.id("b"), r.id("c")];
+    // Each binds its timer's virtual IRQ and sets an event callback the
+    // first time it runs.
+    let mut bound = Vec::new();
+    while bound.len() < 3 {
+        if !bound.contains(&r.next.id) {
+            r.bind_virq_timer();
+            assert_eq!(r.hypercall(nr::SET_CALLBACKS, [CALLBACK, 0, 0, 0, 0]), 0);
+            bound.push(r.next.id);
+        }
+        r.timer_interrupt();
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut trace = Vec::new();
+    for step in 0..600 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        r.advance(500 + rng % 900 * US);
+        let caller = r.next.id;
+        let ret = match rng % 7 {
+            0 | 1 => r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]),
+            2 => {
+                // A timer to wake it (unless an event is pending already).
+                r.hypercall(nr::SET_TIMER_OP, [r.now() + rng % 3_000 * US + 1, 0, 0, 0, 0]);
+                r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0])
+            }
+            3 => {
+                r.ack_events(caller);
+                let alive = ids.iter().filter(|&&id| r.dom(id).state == RunState::Runnable).count();
+                if alive < 2 {
+                    r.hypercall(nr::SET_TIMER_OP, [r.now() + 200 * US, 0, 0, 0, 0]);
+                }
+                r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0])
+            }
+            4 => {
+                r.timer_interrupt();
+                0
+            }
+            5 => r.hypercall(nr::XEN_VERSION, [0; 5]),
+            _ => r.hypercall(nr::SCHED_OP, [sched_op::POLL + 100, 0, 0, 0, 0]),
+        };
+        let mut line = format!("{step}: {caller:?} -> {ret}, next {:?} at {}", r.next.id, r.now());
+        for &id in &ids {
+            let d = r.dom(id);
+            let s = r.slot(id);
+            line += &format!(
+                " | {:?} {:?} {:?} avt {:?} evt {:?} warped {} timer {:?} rax {:#x} rip {:#x}",
+                d.state,
+                d.runstate,
+                d.wakes.count,
+                r.hv.bvt.avt(s),
+                r.hv.bvt.evt(s),
+                r.hv.bvt.is_warped(s),
+                d.vcpu.timer,
+                d.regs.rax,
+                d.regs.rip,
+            );
+        }
+        let c = &r.hv.cpu;
+        line += &format!(
+            " | cpu {:?} {:?} {:?} {} {} armed {:?}",
+            c.current,
+            c.meter,
+            c.armed_for,
+            c.slice_end,
+            c.armed_tsc,
+            r.hv.m.armed.last()
+        );
+        trace.push(line);
+    }
+    trace
+}
+
+#[test]
+fn the_fused_yield_and_block_path_decides_as_the_general_path() {
+    let (fused, general) = (give_up_cpu_script(true), give_up_cpu_script(false));
+    for (f, g) in fused.iter().zip(&general) {
+        assert_eq!(f, g, "the fused path (left) and the general path (right) parted");
+    }
+    assert_eq!(fused.len(), general.len());
+    // The script exercised what it is meant to.
+    let switches = fused.windows(2).filter(|w| w[0].split(" next ").nth(1) != w[1].split(" next ").nth(1)).count();
+    assert!(switches > 100, "{switches} switches");
+    assert!(fused.iter().any(|l| l.contains("Blocked")), "blocks");
+}
