@@ -618,6 +618,7 @@ impl<const N: usize> Bvt<N> {
 
     /// Chooses the domain to run at `now`; `current` is the one that was
     /// running (if it has blocked or gone, it is simply not a candidate).
+    #[inline]
     pub fn pick(&mut self, now: Ns, current: Option<usize>) -> Pick {
         self.observe(now);
         let cur = current.filter(|&c| self.is_runnable(c));
@@ -652,6 +653,7 @@ impl<const N: usize> Bvt<N> {
     /// runnable and counts as a competitor for the chosen domain's slice.
     /// With no other runnable domain, `current` goes on as [`Bvt::pick`]
     /// would decide.
+    #[inline]
     pub fn pick_yielding(&mut self, now: Ns, current: usize) -> Pick {
         if !self.is_runnable(current) {
             return self.pick(now, None);
