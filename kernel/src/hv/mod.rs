@@ -1261,23 +1261,21 @@ impl<M: Machine> Hv<M> {
         if !self.cpu.notify.is_empty() {
             // Events the hypercall sent. Raising one for a domain that is
             // not blocked only marks it pending (nothing to wake, nothing
-            // for the scheduler): done here. If any target is blocked, the
-            // full path raises them all, waking it.
+            // for the scheduler): done here. If any target is blocked,
+            // `wake_in_place` raises them all, waking it, and asks the
+            // scheduler.
             let wakes =
                 self.cpu.notify.iter().any(|&(dom, _)| {
                     self.domains.slot_of(dom).is_some_and(|i| self.domains[i].state == RunState::Blocked)
                 });
             if wakes {
-                self.cpu.pending_action = Some(action);
-                return None;
-            }
-            for k in 0..self.cpu.notify.len() {
-                let (dom, port) = self.cpu.notify[k];
-                if let Some(slot) = self.domains.slot_of(dom) {
-                    self.raise(slot, port);
+                if !self.wake_in_place(cur) {
+                    self.cpu.pending_action = Some(action);
+                    return None;
                 }
+            } else {
+                self.raise_notified();
             }
-            self.cpu.notify.clear();
         }
         let d = &self.domains[cur];
         if d.console_dirty {
@@ -1297,6 +1295,53 @@ impl<M: Machine> Hv<M> {
             return None;
         }
         Some(FastExit { iret: Some(iret), ..exit })
+    }
+
+    /// Raises the ports the hypercall under way sent to (a domain that died
+    /// meanwhile is skipped), waking their domains.
+    #[inline]
+    fn raise_notified(&mut self) {
+        // (By index, not `mem::take`: that would copy the whole list.)
+        for k in 0..self.cpu.notify.len() {
+            let (dom, port) = self.cpu.notify[k];
+            if let Some(slot) = self.domains.slot_of(dom) {
+                self.raise(slot, port);
+            }
+        }
+        self.cpu.notify.clear();
+    }
+
+    /// A fast-path hypercall of the current domain `cur` sent events that
+    /// wake a blocked domain: the trip the full path would make, without
+    /// leaving the CPU-made frame, when the caller keeps the CPU. Charge
+    /// points 1 and 2 at once (its run, its entry and the hypercall are its
+    /// own), the wake-ups, then charge point 4 and the pick, as
+    /// `Hv::schedule_at` makes them; if the caller keeps the CPU, its new
+    /// slice is armed as `Hv::prepare` arms it and `true`: it resumes in
+    /// place. `false`: the full path finishes the trip (with the ports
+    /// raised: nothing is raised twice): a switch is due (it asks the
+    /// scheduler again, which answers the same from the same accounts), or
+    /// something only it does is (timers due, teardown, console output).
+    fn wake_in_place(&mut self, cur: usize) -> bool {
+        let now = self.now();
+        self.cpu.meter.charge(&mut self.bvt, cur, now);
+        self.raise_notified();
+        let due = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now);
+        let d = &self.domains[cur];
+        if due || !self.reaping.is_empty() || d.console_dirty || self.cpu.loaded != Some(cur) || self.cpu.yielding {
+            return false;
+        }
+        self.cpu.sched_dirty = false;
+        self.cpu.meter.settle(&mut self.bvt);
+        let pick = self.bvt.pick(now, Some(cur));
+        if pick.next != Some(cur) {
+            self.cpu.sched_dirty = true;
+            return false;
+        }
+        self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
+        self.domains[cur].wakes.entered(now);
+        self.arm_deadline(cur, now);
+        true
     }
 
     /// Redirects `iret` of the current domain `cur` to its event callback
@@ -1535,16 +1580,8 @@ impl<M: Machine> Hv<M> {
             }
         };
         // Interdomain events the hypercall sent: raise them now (waking
-        // their domains); a domain that died meanwhile is skipped.
-        // (By index, not `mem::take`: that would copy the whole list on
-        // every hypercall.)
-        for k in 0..self.cpu.notify.len() {
-            let (dom, port) = self.cpu.notify[k];
-            if let Some(slot) = self.domains.slot_of(dom) {
-                self.raise(slot, port);
-            }
-        }
-        self.cpu.notify.clear();
+        // their domains).
+        self.raise_notified();
         // The hypercall may have set or cleared the caller's timer or poll
         // deadline (the index is up to date with what they were before).
         let v = &self.domains[cur].vcpu;
@@ -2037,6 +2074,16 @@ impl<M: Machine> Hv<M> {
         }
         let d = &self.domains[i];
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
+        self.arm_deadline(i, now);
+        Some(next)
+    }
+
+    /// Arms the one-shot timer for domain `i`, about to run at `now`: the
+    /// nearest of its slice end, every domain's next real-time deadline and
+    /// its own virtual-time alarm.
+    #[inline(always)] // on every trip: once per switch, no call
+    fn arm_deadline(&mut self, i: usize, now: u64) {
+        let d = &self.domains[i];
         let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {
@@ -2057,7 +2104,6 @@ impl<M: Machine> Hv<M> {
         self.cpu.armed_for = armed_for;
         self.m.arm_timer(until);
         self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
-        Some(next)
     }
 }
 

@@ -30,7 +30,7 @@ use crate::mm::frames::{FrameInfo, FrameTable, Mfn, Owner};
 use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem};
 use crate::mm::paging::PAGE_SIZE;
 use crate::regs::Regs;
-use crate::sched::bvt::{DEFAULT_CTX_ALLOWANCE_NS, DEFAULT_WEIGHT, VT_SCALE};
+use crate::sched::bvt::{Params, DEFAULT_CTX_ALLOWANCE_NS, DEFAULT_WEIGHT, VT_SCALE};
 use core::cell::Cell;
 use core::mem::offset_of;
 use pvguest_abi::event::{self, BindVirq, VIRQ_TIMER};
@@ -986,9 +986,10 @@ fn a_syscall_from_ring_1_is_not_bounced_on_the_fast_path() {
     assert!(r.hv.fast_syscall(f.rcx, f.iret()).is_none(), "kernel code: the full path decides");
 }
 
-#[test]
-fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domain_wakes_it() {
-    use pvguest_abi::event::{AllocUnbound, BindInterdomain, Send};
+/// Two domains joined by an event channel; `a` runs. Returns the rig and
+/// each end's domain and port.
+fn channel_pair() -> (Rig, (DomId, u32), (DomId, u32)) {
+    use pvguest_abi::event::{AllocUnbound, BindInterdomain};
     let mut r = Rig::boot(&[dom("a"), dom("b")]);
     let (a, b) = (r.id("a"), r.id("b"));
     assert_eq!(r.next.id, a);
@@ -1004,7 +1005,13 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::BIND_INTERDOMAIN, SCRATCH, 0, 0, 0]), 0);
     let mut pb = 0u32;
     r.read_guest(b, SCRATCH + offset_of!(BindInterdomain, local_port) as u64, pb.as_mut_bytes());
+    (r, (a, pa), (b, pb))
+}
 
+#[test]
+fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domain_wakes_it() {
+    use pvguest_abi::event::Send;
+    let (mut r, (a, pa), (b, pb)) = channel_pair();
     // b sends to a, which is runnable: marked pending in place, no switch.
     r.write_guest(b, SCRATCH, Send { port: pb }.as_bytes());
     let f = r.frame().iret();
@@ -1016,17 +1023,86 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert_eq!(r.dom(a).state, RunState::Runnable);
 
     // b blocks; a runs and sends back: b is blocked, so the fast path
-    // leaves it to the full path, which wakes b.
+    // wakes it and asks the scheduler: a keeps the CPU (b is not warped
+    // and a is within its allowance), so it resumes in place.
     assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
     assert_eq!(r.next.id, a);
     r.ack_events(a);
+    r.advance(300 * US);
     r.write_guest(a, SCRATCH, Send { port: pa }.as_bytes());
     let f = r.frame().iret();
-    assert!(r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0], || f).is_none());
-    assert!(!r.port_pending(b, pb), "not raised yet: the full path does it");
-    assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0]), 0);
+    let exit = r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0], || f).expect("in place");
+    assert_eq!((exit.rax, exit.iret), (Some(0), None));
     assert!(r.port_pending(b, pb));
     assert_eq!(r.dom(b).state, RunState::Runnable, "the send woke b");
+    assert!(r.hv.cpu.notify.is_empty() && r.hv.cpu.pending_action.is_none() && !r.hv.cpu.sched_dirty);
+    assert_ne!(r.hv.cpu.slice_end, u64::MAX, "a competitor: a slice");
+    assert_eq!(r.armed().deadline() - r.hv.boot_tsc, r.hv.cpu.slice_end, "armed for its end");
+}
+
+/// A send that wakes the blocked peer decides, accounts and arms the same
+/// in place (`in_place`) as on the full path.
+/// Also returns how many sends resumed in place.
+fn wake_by_send(in_place: bool, warp: bool) -> (Vec<String>, usize) {
+    use pvguest_abi::event::Send;
+    let (mut r, (a, pa), (b, pb)) = channel_pair();
+    if warp {
+        let s = r.slot(b);
+        r.hv.bvt.set_params(s, Params::warped(DEFAULT_WEIGHT, 10 * MS, MS, 0)).expect("params");
+    }
+    let mut trace = Vec::new();
+    let mut in_place_count = 0;
+    for round in 0..20 {
+        // b blocks (a runs), a runs a while and sends to b.
+        if r.next.id == b {
+            r.ack_events(b);
+            assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
+        }
+        assert_eq!(r.next.id, a);
+        r.advance((round % 7 + 1) * 700 * US);
+        r.write_guest(a, SCRATCH, Send { port: pa }.as_bytes());
+        let send = [event::SEND, SCRATCH, 0, 0, 0];
+        let resumed = if in_place {
+            let f = r.frame().iret();
+            r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, send, || f).is_some()
+        } else {
+            false
+        };
+        in_place_count += usize::from(resumed);
+        if !resumed {
+            // The full path (for the fast path: with the result it left).
+            r.hypercall(nr::EVENT_CHANNEL_OP, send);
+        }
+        let (sa, sb) = (r.slot(a), r.slot(b));
+        trace.push(format!(
+            "{round}: next {:?}, pending {}, avt {:?} {:?}, slice {}, armed {:?} for {:?}, runstates {:?} {:?}",
+            r.next.id,
+            r.port_pending(b, pb),
+            r.hv.bvt.avt(sa),
+            r.hv.bvt.avt(sb),
+            r.hv.cpu.slice_end,
+            r.hv.m.armed.last().map(Armed::deadline),
+            r.hv.cpu.armed_for,
+            r.dom(a).runstate,
+            r.dom(b).runstate,
+        ));
+        if r.next.id == a {
+            // a goes on (in place or not) until its slice ends.
+            r.timer_interrupt();
+        }
+    }
+    (trace, in_place_count)
+}
+
+#[test]
+fn a_wake_by_send_in_place_decides_as_the_full_path() {
+    for warp in [false, true] {
+        let ((fast, resumed), (full, _)) = (wake_by_send(true, warp), wake_by_send(false, warp));
+        assert_eq!(fast, full, "warp {warp}");
+        // Unwarped, a keeps the CPU: every send resumes in place; warped, b
+        // preempts at once: the full path switches.
+        assert_eq!(resumed, if warp { 0 } else { 20 }, "warp {warp}");
+    }
 }
 
 /// `crate::irq` invariant 4 through the trap loop: a device line that is
