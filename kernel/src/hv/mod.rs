@@ -979,13 +979,7 @@ impl<M: Machine> Hv<M> {
     /// Moves domain `i` to run state `state` at `now`, accounting the time
     /// spent in the previous one.
     fn set_runstate(&mut self, i: usize, state: u32, now: u64) {
-        let r = &mut self.domains[i].runstate;
-        let old = r.state as usize;
-        if old < r.time.len() {
-            r.time[old] += now.saturating_sub(r.state_entry_time);
-        }
-        r.state = state;
-        r.state_entry_time = now;
+        runstate_to(&mut self.domains[i].runstate, state, now);
     }
 
     /// Handles a trap taken by the current domain; returns who runs next.
@@ -1866,21 +1860,21 @@ impl<M: Machine> Hv<M> {
                 continue;
             };
             self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-            if Some(i) != current {
-                if let Some(c) = current {
-                    let to = self.domains[i].id;
-                    self.domains[c].wakes.switched_out(to);
-                    self.set_runstate(c, runstate::RUNNABLE, now);
-                }
+            if let Some(c) = current.filter(|&c| c != i) {
+                let to = self.domains[i].id;
+                let dc = &mut self.domains[c];
+                dc.wakes.switched_out(to);
+                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
             }
             // Also when the pick is the domain that just ran: it may have
             // blocked and been woken in this same trip (a timer due at
             // once), which left it RUNNABLE.
-            if self.domains[i].runstate.state != runstate::RUNNING {
-                self.set_runstate(i, runstate::RUNNING, now);
+            let di = &mut self.domains[i];
+            if di.runstate.state != runstate::RUNNING {
+                runstate_to(&mut di.runstate, runstate::RUNNING, now);
             }
             self.cpu.current = Some(i);
-            if self.domains[i].console_dirty {
+            if di.console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
@@ -2072,7 +2066,6 @@ impl<M: Machine> Hv<M> {
             self.crash(i, "non-canonical return frame", "");
             return None;
         }
-        let d = &self.domains[i];
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
         self.arm_deadline(i, now);
         Some(next)
@@ -2105,6 +2098,18 @@ impl<M: Machine> Hv<M> {
         self.m.arm_timer(until);
         self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
     }
+}
+
+/// Moves run-state record `r` to state `state` at `now`, accounting the
+/// time spent in the previous one.
+#[inline]
+fn runstate_to(r: &mut RunstateInfo, state: u32, now: u64) {
+    let old = r.state as usize;
+    if old < r.time.len() {
+        r.time[old] += now.saturating_sub(r.state_entry_time);
+    }
+    r.state = state;
+    r.state_entry_time = now;
 }
 
 /// Hypercalls that only return a value (`xen_version` has its own lock-free

@@ -115,7 +115,9 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
                 self.heap[i] = (key, slot);
                 self.pos[out] = NONE;
                 self.pos[slot] = p;
-                if self.heap[i] < old {
+                if self.len == 1 {
+                    // Alone in the heap: nothing to sift.
+                } else if self.heap[i] < old {
                     self.up(i);
                 } else {
                     self.down(i);
