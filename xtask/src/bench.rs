@@ -106,6 +106,23 @@ pub fn run(args: &[String]) -> Result<()> {
     if r.outcome != Outcome::Pass {
         return Err(format!("the benchmark run did not pass: {}\n{}", r.outcome, r.output));
     }
+    let get = |name: &str| -> Option<f64> {
+        r.output.lines().find_map(|l| {
+            let rest = l.strip_prefix("[bench] bench: ")?;
+            let (n, v) = rest.split_once(' ')?;
+            (n == name).then(|| v.parse().ok()).flatten()
+        })
+    };
+    if args.iter().any(|a| a == "--paths") {
+        // Only the path lengths of the first run (no storm, isolation or
+        // dom0 runs): the quick loop while working on a hot path.
+        for (key, label) in ROWS {
+            let v = get(key).ok_or_else(|| format!("no {key} figure in the output:\n{}", r.output))?;
+            let max = BOUNDS.iter().find(|b| b.name == *key).map_or(String::new(), |b| format!("<= {}", b.max));
+            println!("{key:<30} {label:<44} {v:>10.1} {max}");
+        }
+        return Ok(());
+    }
     // The worst stretch: the longest hypercalls and page-table storms
     // guests can make, beside a victim.
     let mut w = BundleWriter::new();
@@ -123,13 +140,6 @@ pub fn run(args: &[String]) -> Result<()> {
         .flatten()
         .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))))
         .ok_or("no 'longest stretch' line in the hypervisor's reports")?;
-    let get = |name: &str| -> Option<f64> {
-        r.output.lines().find_map(|l| {
-            let rest = l.strip_prefix("[bench] bench: ")?;
-            let (n, v) = rest.split_once(' ')?;
-            (n == name).then(|| v.parse().ok()).flatten()
-        })
-    };
     println!("Ringfence path lengths (instructions per operation, QEMU TCG -icount shift=0, min of 5 x 1000)");
     println!("{:<44} {:>12} {:>10}", "operation", "instructions", "x floor");
     let floor = get("bare_trap").ok_or("no bare_trap figure in the output")?;

@@ -64,7 +64,8 @@ fn help() {
          test [--host] [--qemu] [--show] [FILTER]\n\
          \x20                         run host tests and QEMU scenarios (both by default)\n\
          gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
-         bench                     hypervisor path lengths under QEMU -icount (writes target/bench.json)\n\
+         bench [--paths]           hypervisor path lengths under QEMU -icount (writes target/bench.json;\n\
+         \x20                         --paths: only the path-length run, printed)\n\
          bench-rings [--smoke] [--json PATH]\n\
          \x20                         benchmark ring-protocol against rtrb, crossbeam-queue, heapless"
     );

@@ -3,6 +3,7 @@
 //! TSC and the APIC timer.
 
 use super::cpu::{inb, outb, rdmsr, rdtsc};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 
 /// The vectors (defined once, in the library).
 pub use ringfence_kernel::hv::{SPURIOUS_VECTOR, TIMER_VECTOR};
@@ -41,10 +42,22 @@ impl Rates {
     }
 }
 
+/// The local APIC's physical base, read from its MSR once by [`init`]
+/// (nothing moves it later), so a timer write is one store.
+static APIC_BASE: AtomicU64 = AtomicU64::new(0);
+/// The timer's LVT entry holds the one-shot vector, unmasked (set by the
+/// first [`arm_oneshot`]; only [`init`] writes it otherwise).
+static LVT_ARMED: AtomicBool = AtomicBool::new(false);
+
+#[inline]
 fn apic_base() -> u64 {
-    rdmsr(APIC_BASE_MSR) & 0xf_ffff_f000
+    match APIC_BASE.load(Relaxed) {
+        0 => rdmsr(APIC_BASE_MSR) & 0xf_ffff_f000,
+        b => b,
+    }
 }
 
+#[inline]
 fn apic_write(reg: u64, val: u32) {
     // SAFETY: the local APIC page is identity-mapped in the hypervisor view
     // (the boot map covers the first 4 GiB) and `reg` is a valid register.
@@ -98,6 +111,8 @@ fn measure_10ms() -> (u64, u64) {
 /// Masks the PIC, enables the local APIC and calibrates the clocks.
 pub fn init() -> Rates {
     disable_pic();
+    APIC_BASE.store(rdmsr(APIC_BASE_MSR) & 0xf_ffff_f000, Relaxed);
+    LVT_ARMED.store(false, Relaxed);
     apic_write(REG_SVR, 0x100 | u32::from(SPURIOUS_VECTOR));
     apic_write(REG_TIMER_DIV, 0x3); // divide by 16
     apic_write(REG_LVT_TIMER, 1 << 16); // masked while calibrating
@@ -110,7 +125,11 @@ pub fn init() -> Rates {
 #[inline] // on every trip through the hypervisor
 pub fn arm_oneshot(rates: &Rates, ns: u64) {
     let ticks = ((u128::from(ns) * u128::from(rates.apic_per_ns)) >> 32).clamp(1, u128::from(u32::MAX)) as u32;
-    apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+    if !LVT_ARMED.load(Relaxed) {
+        apic_write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
+        LVT_ARMED.store(true, Relaxed);
+    }
+    // Writing the initial count (re)starts the one-shot count down.
     apic_write(REG_TIMER_INIT, ticks);
 }
 

@@ -307,6 +307,9 @@ pub struct PerCpu {
     pub drain_until: u64,
     /// Ports the hypercall under way asked to raise (interdomain sends).
     notify: Notify,
+    /// The syscall gate and ring-1 stack the CPU's IDT and TSS hold
+    /// (`None`: not written yet).
+    pub gate_rsp1: Option<(Option<u64>, u64)>,
     /// Something that can change the pick happened since the last one (a
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
@@ -340,6 +343,9 @@ pub struct Hv<M: Machine> {
     /// The domain that runs the device store (the privileged one, id 0),
     /// if the bundle has one: every other domain is connected to it.
     pub store_backend: Option<DomId>,
+    /// Take the fused switch path for yield and block (`Hv::on_trap_with`;
+    /// tests turn it off to compare it with the general path).
+    pub fused: bool,
     /// Borrowed-virtual-time scheduler; slot = index in `domains`.
     pub bvt: Bvt<MAX_DOMAINS>,
     /// Every live domain's real-time deadlines, nearest first: key
@@ -710,6 +716,7 @@ impl<M: Machine> Hv<M> {
                 armed_tsc: u64::MAX,
                 drain_until: 0,
                 notify: heapless::Vec::new(),
+                gate_rsp1: None,
                 sched_dirty: true,
             },
             domains: DomainTable::empty(),
@@ -719,6 +726,7 @@ impl<M: Machine> Hv<M> {
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
             store_backend: None,
+            fused: true,
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
             deadlines: IndexedHeap::new((0, 0)),
             boot_tsc: 0,
@@ -824,8 +832,15 @@ impl<M: Machine> Hv<M> {
     }
 
     /// System time in ns.
+    #[inline]
     fn now(&self) -> u64 {
-        self.scale.to_ns(M::tsc().wrapping_sub(self.boot_tsc))
+        self.now_at(M::tsc())
+    }
+
+    /// System time at TSC value `tsc`.
+    #[inline]
+    fn now_at(&self, tsc: u64) -> u64 {
+        self.scale.to_ns(tsc.wrapping_sub(self.boot_tsc))
     }
 
     fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
@@ -1040,13 +1055,7 @@ impl<M: Machine> Hv<M> {
     /// Moves domain `i` to run state `state` at `now`, accounting the time
     /// spent in the previous one.
     fn set_runstate(&mut self, i: usize, state: u32, now: u64) {
-        let r = &mut self.domains[i].runstate;
-        let old = r.state as usize;
-        if old < r.time.len() {
-            r.time[old] += now.saturating_sub(r.state_entry_time);
-        }
-        r.state = state;
-        r.state_entry_time = now;
+        runstate_to(&mut self.domains[i].runstate, state, now);
     }
 
     /// Handles a trap taken by the current domain; returns who runs next.
@@ -1058,10 +1067,16 @@ impl<M: Machine> Hv<M> {
     /// current domain's saved registers (one copy from the entry stack).
     pub fn on_trap_with(&mut self, load: impl FnOnce(&mut TrapFrame)) -> Next {
         let cur = self.cpu.current.expect("a trap from a guest has a current domain");
-        self.cpu.drain_until = M::tsc().saturating_add(self.budget_ticks);
+        let tsc = M::tsc();
+        self.cpu.drain_until = tsc.saturating_add(self.budget_ticks);
         load(&mut self.domains[cur].regs);
+        if self.fused {
+            if let Some(next) = self.give_up_cpu_fused(cur) {
+                return next;
+            }
+        }
         let (vector, rip) = (self.domains[cur].regs.vector, self.domains[cur].regs.rip);
-        let now = self.now();
+        let now = self.now_at(tsc);
         // Charge point 1: the domain's run and its entry.
         self.cpu.meter.charge(&mut self.bvt, cur, now);
         self.check_vtimer(cur, now);
@@ -1111,13 +1126,55 @@ impl<M: Machine> Hv<M> {
     fn after_trap(&mut self, payer: usize) -> Next {
         let now = self.now();
         self.cpu.meter.charge(&mut self.bvt, payer, now);
+        self.finish_trip(now)
+    }
+
+    /// The rest of a trip once the trap's work is charged (up to `now`):
+    /// the console of the domain that trapped, timers due, the scheduler.
+    #[inline]
+    fn finish_trip(&mut self, now: u64) -> Next {
         // The domain that trapped drains its own console, in its own time.
         let now = match self.cpu.current {
             Some(c) if self.domains[c].console_dirty => self.drain_console(c, Some(self.drain_deadline())),
             _ => now,
         };
-        self.fire_timers(now);
-        self.schedule()
+        // Timers that fired did work (charged to their domains): the pick
+        // is made at the time after it.
+        let fired = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now) && self.fire_timers(now);
+        self.schedule_at(if fired { self.now() } else { now })
+    }
+
+    /// The fused switch path: a `sched_op` yield or block
+    /// ([`hypercall::give_up_cpu`]) goes from the trap to the pick in one
+    /// pass, making the general path's decisions (`on_trap_with`, then
+    /// `hypercall` and `apply`, then `after_trap`) without its generality:
+    /// no environment, no payer, notify list or deadline comparison (these
+    /// hypercalls send nothing and set no timer), and one clock sample,
+    /// after the hypercall's work: the caller's run, its entry and the
+    /// hypercall are all its own, so charge points 1 and 2 are one charge
+    /// to it. `None` (nothing done): another trap, a return address the
+    /// general path refuses, or a fast-path result waiting to be applied.
+    /// Host tests check that it decides as the general path does.
+    fn give_up_cpu_fused(&mut self, cur: usize) -> Option<Next> {
+        if self.cpu.pending_action.is_some() {
+            return None;
+        }
+        let d = &self.domains[cur];
+        let r = &d.regs;
+        if r.vector != u64::from(HYPERCALL_VECTOR) || !pvguest_abi::layout::is_canonical(r.rip) {
+            return None;
+        }
+        let shared = d.shared;
+        let mem = self.m.mem();
+        let action = hypercall::give_up_cpu(r.rax, r.rdi, || {
+            shared.set_upcall_mask(mem, false);
+            shared.upcall_pending(mem)
+        })?;
+        let now = self.now();
+        self.cpu.meter.charge(&mut self.bvt, cur, now);
+        self.check_vtimer(cur, now);
+        self.apply(cur, action, now);
+        Some(self.finish_trip(now))
     }
 
     /// When console draining must stop: one budget into this trip through
@@ -1274,23 +1331,21 @@ impl<M: Machine> Hv<M> {
         if !self.cpu.notify.is_empty() {
             // Events the hypercall sent. Raising one for a domain that is
             // not blocked only marks it pending (nothing to wake, nothing
-            // for the scheduler): done here. If any target is blocked, the
-            // full path raises them all, waking it.
+            // for the scheduler): done here. If any target is blocked,
+            // `wake_in_place` raises them all, waking it, and asks the
+            // scheduler.
             let wakes =
                 self.cpu.notify.iter().any(|&(dom, _)| {
                     self.domains.slot_of(dom).is_some_and(|i| self.domains[i].state == RunState::Blocked)
                 });
             if wakes {
-                self.cpu.pending_action = Some(action);
-                return None;
-            }
-            for k in 0..self.cpu.notify.len() {
-                let (dom, port) = self.cpu.notify[k];
-                if let Some(slot) = self.domains.slot_of(dom) {
-                    self.raise(slot, port);
+                if !self.wake_in_place(cur) {
+                    self.cpu.pending_action = Some(action);
+                    return None;
                 }
+            } else {
+                self.raise_notified();
             }
-            self.cpu.notify.clear();
         }
         let d = &self.domains[cur];
         if d.console_dirty {
@@ -1310,6 +1365,53 @@ impl<M: Machine> Hv<M> {
             return None;
         }
         Some(FastExit { iret: Some(iret), ..exit })
+    }
+
+    /// Raises the ports the hypercall under way sent to (a domain that died
+    /// meanwhile is skipped), waking their domains.
+    #[inline]
+    fn raise_notified(&mut self) {
+        // (By index, not `mem::take`: that would copy the whole list.)
+        for k in 0..self.cpu.notify.len() {
+            let (dom, port) = self.cpu.notify[k];
+            if let Some(slot) = self.domains.slot_of(dom) {
+                self.raise(slot, port);
+            }
+        }
+        self.cpu.notify.clear();
+    }
+
+    /// A fast-path hypercall of the current domain `cur` sent events that
+    /// wake a blocked domain: the trip the full path would make, without
+    /// leaving the CPU-made frame, when the caller keeps the CPU. Charge
+    /// points 1 and 2 at once (its run, its entry and the hypercall are its
+    /// own), the wake-ups, then charge point 4 and the pick, as
+    /// `Hv::schedule_at` makes them; if the caller keeps the CPU, its new
+    /// slice is armed as `Hv::prepare` arms it and `true`: it resumes in
+    /// place. `false`: the full path finishes the trip (with the ports
+    /// raised: nothing is raised twice): a switch is due (it asks the
+    /// scheduler again, which answers the same from the same accounts), or
+    /// something only it does is (timers due, teardown, console output).
+    fn wake_in_place(&mut self, cur: usize) -> bool {
+        let now = self.now();
+        self.cpu.meter.charge(&mut self.bvt, cur, now);
+        self.raise_notified();
+        let due = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now);
+        let d = &self.domains[cur];
+        if due || !self.reaping.is_empty() || d.console_dirty || self.cpu.loaded != Some(cur) || self.cpu.yielding {
+            return false;
+        }
+        self.cpu.sched_dirty = false;
+        self.cpu.meter.settle(&mut self.bvt);
+        let pick = self.bvt.pick(now, Some(cur));
+        if pick.next != Some(cur) {
+            self.cpu.sched_dirty = true;
+            return false;
+        }
+        self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
+        self.domains[cur].wakes.entered(now);
+        self.arm_deadline(cur, now);
+        true
     }
 
     /// Redirects `iret` of the current domain `cur` to its event callback
@@ -1548,16 +1650,8 @@ impl<M: Machine> Hv<M> {
             }
         };
         // Interdomain events the hypercall sent: raise them now (waking
-        // their domains); a domain that died meanwhile is skipped.
-        // (By index, not `mem::take`: that would copy the whole list on
-        // every hypercall.)
-        for k in 0..self.cpu.notify.len() {
-            let (dom, port) = self.cpu.notify[k];
-            if let Some(slot) = self.domains.slot_of(dom) {
-                self.raise(slot, port);
-            }
-        }
-        self.cpu.notify.clear();
+        // their domains).
+        self.raise_notified();
         // The hypercall may have set or cleared the caller's timer or poll
         // deadline (the index is up to date with what they were before).
         let v = &self.domains[cur].vcpu;
@@ -1778,8 +1872,16 @@ impl<M: Machine> Hv<M> {
     /// domain keeps the CPU unless another is due, or it yielded.
     /// block or expired slice) only forces the question to be asked.
     fn schedule(&mut self) -> Next {
+        let now = self.now();
+        self.schedule_at(now)
+    }
+
+    /// [`Hv::schedule`] with the time already sampled (`now`); later
+    /// rounds of its loop (after idling, draining or teardown) sample again.
+    fn schedule_at(&mut self, now: u64) -> Next {
+        let mut sampled = Some(now);
         loop {
-            let now = self.now();
+            let now = sampled.take().unwrap_or_else(|| self.now());
             // Nothing that could change the pick happened (no domain woke,
             // blocked, ended or yielded, the slice has time left and there
             // is no teardown or console work): the running domain goes on
@@ -1846,21 +1948,21 @@ impl<M: Machine> Hv<M> {
                 continue;
             };
             self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-            if Some(i) != current {
-                if let Some(c) = current {
-                    let to = self.domains[i].id;
-                    self.domains[c].wakes.switched_out(to);
-                    self.set_runstate(c, runstate::RUNNABLE, now);
-                }
+            if let Some(c) = current.filter(|&c| c != i) {
+                let to = self.domains[i].id;
+                let dc = &mut self.domains[c];
+                dc.wakes.switched_out(to);
+                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
             }
             // Also when the pick is the domain that just ran: it may have
             // blocked and been woken in this same trip (a timer due at
             // once), which left it RUNNABLE.
-            if self.domains[i].runstate.state != runstate::RUNNING {
-                self.set_runstate(i, runstate::RUNNING, now);
+            let di = &mut self.domains[i];
+            if di.runstate.state != runstate::RUNNING {
+                runstate_to(&mut di.runstate, runstate::RUNNING, now);
             }
             self.cpu.current = Some(i);
-            if self.domains[i].console_dirty {
+            if di.console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
@@ -2006,6 +2108,9 @@ impl<M: Machine> Hv<M> {
         // selector), loaded when it is switched in, and otherwise written
         // only after `set_segment_base`.
         let switch = self.cpu.loaded != Some(i);
+        // What the CPU holds now, when known (read back from the domain
+        // switched out): state equal to it is not loaded again.
+        let mut in_cpu = None;
         if switch {
             if let Some(old) = self.cpu.loaded {
                 let cpu = self.m.save_segments();
@@ -2016,6 +2121,7 @@ impl<M: Machine> Hv<M> {
                 if !v.segs_dirty {
                     (v.fs_base, v.gs_base) = (cpu.fs_base, cpu.gs_base);
                 }
+                in_cpu = Some(cpu);
             }
             self.cpu.loaded = Some(i);
         }
@@ -2024,20 +2130,42 @@ impl<M: Machine> Hv<M> {
             // The selectors were read from the CPU while this domain ran (or
             // are null); the bases were checked canonical by
             // `set_segment_base` or read back from the CPU.
-            self.m.load_segments(&d.vcpu.segments(), switch);
+            let s = d.vcpu.segments();
+            // Selectors are loaded on a switch unless the CPU holds the same
+            // ones (loading fs or gs would reset its base: the bases are
+            // written whenever selectors are); bases unless both are equal.
+            let selectors = switch && in_cpu.is_none_or(|c| c.selectors != s.selectors);
+            if selectors || in_cpu.is_none_or(|c| (c.fs_base, c.gs_base) != (s.fs_base, s.gs_base)) {
+                self.m.load_segments(&s, selectors);
+            }
             d.vcpu.segs_dirty = false;
         }
+        // The syscall gate and ring-1 stack, written when they differ from
+        // what the CPU's tables hold.
         let gate = d.vcpu.traps.syscall_gate;
-        self.m.set_syscall_gate((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate));
-        self.m.set_rsp1(d.vcpu.kernel_sp.unwrap_or(0));
+        let entry = ((gate != 0 && d.vcpu.kernel_sp.is_some()).then_some(gate), d.vcpu.kernel_sp.unwrap_or(0));
+        if self.cpu.gate_rsp1 != Some(entry) {
+            self.m.set_syscall_gate(entry.0);
+            self.m.set_rsp1(entry.1);
+            self.cpu.gate_rsp1 = Some(entry);
+        }
         if !d.regs.sanitize() {
             // Frames come from the CPU, the builder or validated bounces,
             // so only a hypervisor bug gets here; never iretq to it.
             self.crash(i, "non-canonical return frame", "");
             return None;
         }
-        let d = &self.domains[i];
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
+        self.arm_deadline(i, now);
+        Some(next)
+    }
+
+    /// Arms the one-shot timer for domain `i`, about to run at `now`: the
+    /// nearest of its slice end, every domain's next real-time deadline and
+    /// its own virtual-time alarm.
+    #[inline(always)] // on every trip: once per switch, no call
+    fn arm_deadline(&mut self, i: usize, now: u64) {
+        let d = &self.domains[i];
         let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {
@@ -2058,8 +2186,19 @@ impl<M: Machine> Hv<M> {
         self.cpu.armed_for = armed_for;
         self.m.arm_timer(until);
         self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
-        Some(next)
     }
+}
+
+/// Moves run-state record `r` to state `state` at `now`, accounting the
+/// time spent in the previous one.
+#[inline]
+fn runstate_to(r: &mut RunstateInfo, state: u32, now: u64) {
+    let old = r.state as usize;
+    if old < r.time.len() {
+        r.time[old] += now.saturating_sub(r.state_entry_time);
+    }
+    r.state = state;
+    r.state_entry_time = now;
 }
 
 /// Hypercalls that only return a value (`xen_version` has its own lock-free

@@ -30,7 +30,7 @@ use crate::mm::frames::{FrameInfo, FrameTable, Mfn, Owner};
 use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem};
 use crate::mm::paging::PAGE_SIZE;
 use crate::regs::Regs;
-use crate::sched::bvt::{DEFAULT_CTX_ALLOWANCE_NS, DEFAULT_WEIGHT, VT_SCALE};
+use crate::sched::bvt::{Params, DEFAULT_CTX_ALLOWANCE_NS, DEFAULT_WEIGHT, VT_SCALE};
 use core::cell::Cell;
 use core::mem::offset_of;
 use pvguest_abi::event::{self, BindVirq, VIRQ_TIMER};
@@ -989,9 +989,10 @@ fn a_syscall_from_ring_1_is_not_bounced_on_the_fast_path() {
     assert!(r.hv.fast_syscall(f.rcx, f.iret()).is_none(), "kernel code: the full path decides");
 }
 
-#[test]
-fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domain_wakes_it() {
-    use pvguest_abi::event::{AllocUnbound, BindInterdomain, Send};
+/// Two domains joined by an event channel; `a` runs. Returns the rig and
+/// each end's domain and port.
+fn channel_pair() -> (Rig, (DomId, u32), (DomId, u32)) {
+    use pvguest_abi::event::{AllocUnbound, BindInterdomain};
     let mut r = Rig::boot(&[dom("a"), dom("b")]);
     let (a, b) = (r.id("a"), r.id("b"));
     assert_eq!(r.next.id, a);
@@ -1007,7 +1008,13 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::BIND_INTERDOMAIN, SCRATCH, 0, 0, 0]), 0);
     let mut pb = 0u32;
     r.read_guest(b, SCRATCH + offset_of!(BindInterdomain, local_port) as u64, pb.as_mut_bytes());
+    (r, (a, pa), (b, pb))
+}
 
+#[test]
+fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domain_wakes_it() {
+    use pvguest_abi::event::Send;
+    let (mut r, (a, pa), (b, pb)) = channel_pair();
     // b sends to a, which is runnable: marked pending in place, no switch.
     r.write_guest(b, SCRATCH, Send { port: pb }.as_bytes());
     let f = r.frame().iret();
@@ -1019,17 +1026,86 @@ fn a_send_to_a_runnable_domain_stays_on_the_fast_path_and_one_to_a_blocked_domai
     assert_eq!(r.dom(a).state, RunState::Runnable);
 
     // b blocks; a runs and sends back: b is blocked, so the fast path
-    // leaves it to the full path, which wakes b.
+    // wakes it and asks the scheduler: a keeps the CPU (b is not warped
+    // and a is within its allowance), so it resumes in place.
     assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
     assert_eq!(r.next.id, a);
     r.ack_events(a);
+    r.advance(300 * US);
     r.write_guest(a, SCRATCH, Send { port: pa }.as_bytes());
     let f = r.frame().iret();
-    assert!(r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0], || f).is_none());
-    assert!(!r.port_pending(b, pb), "not raised yet: the full path does it");
-    assert_eq!(r.hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0]), 0);
+    let exit = r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, [event::SEND, SCRATCH, 0, 0, 0], || f).expect("in place");
+    assert_eq!((exit.rax, exit.iret), (Some(0), None));
     assert!(r.port_pending(b, pb));
     assert_eq!(r.dom(b).state, RunState::Runnable, "the send woke b");
+    assert!(r.hv.cpu.notify.is_empty() && r.hv.cpu.pending_action.is_none() && !r.hv.cpu.sched_dirty);
+    assert_ne!(r.hv.cpu.slice_end, u64::MAX, "a competitor: a slice");
+    assert_eq!(r.armed().deadline() - r.hv.boot_tsc, r.hv.cpu.slice_end, "armed for its end");
+}
+
+/// A send that wakes the blocked peer decides, accounts and arms the same
+/// in place (`in_place`) as on the full path.
+/// Also returns how many sends resumed in place.
+fn wake_by_send(in_place: bool, warp: bool) -> (Vec<String>, usize) {
+    use pvguest_abi::event::Send;
+    let (mut r, (a, pa), (b, pb)) = channel_pair();
+    if warp {
+        let s = r.slot(b);
+        r.hv.bvt.set_params(s, Params::warped(DEFAULT_WEIGHT, 10 * MS, MS, 0)).expect("params");
+    }
+    let mut trace = Vec::new();
+    let mut in_place_count = 0;
+    for round in 0..20 {
+        // b blocks (a runs), a runs a while and sends to b.
+        if r.next.id == b {
+            r.ack_events(b);
+            assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
+        }
+        assert_eq!(r.next.id, a);
+        r.advance((round % 7 + 1) * 700 * US);
+        r.write_guest(a, SCRATCH, Send { port: pa }.as_bytes());
+        let send = [event::SEND, SCRATCH, 0, 0, 0];
+        let resumed = if in_place {
+            let f = r.frame().iret();
+            r.hv.fast_hypercall(nr::EVENT_CHANNEL_OP, send, || f).is_some()
+        } else {
+            false
+        };
+        in_place_count += usize::from(resumed);
+        if !resumed {
+            // The full path (for the fast path: with the result it left).
+            r.hypercall(nr::EVENT_CHANNEL_OP, send);
+        }
+        let (sa, sb) = (r.slot(a), r.slot(b));
+        trace.push(format!(
+            "{round}: next {:?}, pending {}, avt {:?} {:?}, slice {}, armed {:?} for {:?}, runstates {:?} {:?}",
+            r.next.id,
+            r.port_pending(b, pb),
+            r.hv.bvt.avt(sa),
+            r.hv.bvt.avt(sb),
+            r.hv.cpu.slice_end,
+            r.hv.m.armed.last().map(Armed::deadline),
+            r.hv.cpu.armed_for,
+            r.dom(a).runstate,
+            r.dom(b).runstate,
+        ));
+        if r.next.id == a {
+            // a goes on (in place or not) until its slice ends.
+            r.timer_interrupt();
+        }
+    }
+    (trace, in_place_count)
+}
+
+#[test]
+fn a_wake_by_send_in_place_decides_as_the_full_path() {
+    for warp in [false, true] {
+        let ((fast, resumed), (full, _)) = (wake_by_send(true, warp), wake_by_send(false, warp));
+        assert_eq!(fast, full, "warp {warp}");
+        // Unwarped, a keeps the CPU: every send resumes in place; warped, b
+        // preempts at once: the full path switches.
+        assert_eq!(resumed, if warp { 0 } else { 20 }, "warp {warp}");
+    }
 }
 
 /// `crate::irq` invariant 4 through the trap loop: a device line that is
@@ -1119,4 +1195,99 @@ fn dom_exc_tells_dom0_when_another_domain_ends() {
     let su = r.slot(r.id("u"));
     r.hv.kill(su, Exit::Crashed("test"));
     assert!(r.dom(DomId::DOM0).shared.is_pending(&r.hv.m.ram, port), "dom0 was told");
+}
+
+/// A scripted mix of yields, blocks (with and without a timer to end
+/// them, with events pending or not), timer interrupts and other
+/// hypercalls over three domains (one warped, one heavier), with the fused
+/// switch path on or off: what each step decided and every account after
+/// it.
+fn give_up_cpu_script(fused: bool) -> Vec<String> {
+    let mut r = Rig::boot(&[dom("a"), dom("b").warp_us(2_000), dom("c").weight(300)]);
+    r.hv.fused = fused;
+    let ids = [r.id("a"), r.id("b"), r.id("c")];
+    // Each binds its timer's virtual IRQ and sets an event callback the
+    // first time it runs.
+    let mut bound = Vec::new();
+    while bound.len() < 3 {
+        if !bound.contains(&r.next.id) {
+            r.bind_virq_timer();
+            assert_eq!(r.hypercall(nr::SET_CALLBACKS, [CALLBACK, 0, 0, 0, 0]), 0);
+            bound.push(r.next.id);
+        }
+        r.timer_interrupt();
+    }
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut trace = Vec::new();
+    for step in 0..600 {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        r.advance(500 + rng % 900 * US);
+        let caller = r.next.id;
+        let ret = match rng % 7 {
+            0 | 1 => r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]),
+            2 => {
+                // A timer to wake it (unless an event is pending already).
+                r.hypercall(nr::SET_TIMER_OP, [r.now() + rng % 3_000 * US + 1, 0, 0, 0, 0]);
+                r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0])
+            }
+            3 => {
+                r.ack_events(caller);
+                let alive = ids.iter().filter(|&&id| r.dom(id).state == RunState::Runnable).count();
+                if alive < 2 {
+                    r.hypercall(nr::SET_TIMER_OP, [r.now() + 200 * US, 0, 0, 0, 0]);
+                }
+                r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0])
+            }
+            4 => {
+                r.timer_interrupt();
+                0
+            }
+            5 => r.hypercall(nr::XEN_VERSION, [0; 5]),
+            _ => r.hypercall(nr::SCHED_OP, [sched_op::POLL + 100, 0, 0, 0, 0]),
+        };
+        let mut line = format!("{step}: {caller:?} -> {ret}, next {:?} at {}", r.next.id, r.now());
+        for &id in &ids {
+            let d = r.dom(id);
+            let s = r.slot(id);
+            line += &format!(
+                " | {:?} {:?} {:?} avt {:?} evt {:?} warped {} timer {:?} rax {:#x} rip {:#x}",
+                d.state,
+                d.runstate,
+                d.wakes.count,
+                r.hv.bvt.avt(s),
+                r.hv.bvt.evt(s),
+                r.hv.bvt.is_warped(s),
+                d.vcpu.timer,
+                d.regs.rax,
+                d.regs.rip,
+            );
+        }
+        let c = &r.hv.cpu;
+        line += &format!(
+            " | cpu {:?} {:?} {:?} {} {} armed {:?}",
+            c.current,
+            c.meter,
+            c.armed_for,
+            c.slice_end,
+            c.armed_tsc,
+            r.hv.m.armed.last()
+        );
+        trace.push(line);
+    }
+    trace
+}
+
+#[test]
+fn the_fused_yield_and_block_path_decides_as_the_general_path() {
+    let (fused, general) = (give_up_cpu_script(true), give_up_cpu_script(false));
+    for (f, g) in fused.iter().zip(&general) {
+        assert_eq!(f, g, "the fused path (left) and the general path (right) parted");
+    }
+    assert_eq!(fused.len(), general.len());
+    // The script exercised what it is meant to.
+    let switches = fused.windows(2).filter(|w| w[0].split(" next ").nth(1) != w[1].split(" next ").nth(1)).count();
+    assert!(switches > 100, "{switches} switches");
+    assert!(fused.iter().any(|l| l.contains("Blocked")), "blocks");
 }

@@ -238,6 +238,27 @@ pub fn without_env(nr: u64, a0: u64) -> Option<Action> {
     (nr == hypercall::SCHED_OP && a0 == sched_op::YIELD).then_some(Action::Yield)
 }
 
+/// The two hypercalls that give up the CPU, `sched_op` yield and block,
+/// performed with only the caller's event switch: `enable_events` unmasks
+/// its events and returns whether an upcall is pending (as
+/// [`Env::enable_events`]). The trap loop's fused switch path takes them
+/// before any environment exists; [`dispatch`] answers the same (its
+/// `sched_op` arm calls this). `None` for every other call (nothing done).
+#[inline]
+pub fn give_up_cpu(nr: u64, a0: u64, enable_events: impl FnOnce() -> bool) -> Option<Action> {
+    if nr != hypercall::SCHED_OP {
+        return None;
+    }
+    match a0 {
+        sched_op::YIELD => Some(Action::Yield),
+        // Xen semantics: enable event delivery, and block only if nothing
+        // is pending already (the check and the block are atomic: the
+        // hypervisor runs with interrupts off).
+        sched_op::BLOCK => Some(if enable_events() { Action::Return(0) } else { Action::Block }),
+        _ => None,
+    }
+}
+
 /// Decodes and performs hypercall `nr` with arguments `a` (rdi, rsi, rdx,
 /// r10, r8).
 pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
@@ -604,16 +625,9 @@ fn set_segment_base<E: Env>(env: &mut E, which: u64, base: u64) -> Result<u64, E
 
 fn sched<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Action {
     match cmd {
-        sched_op::YIELD => Action::Yield,
-        sched_op::BLOCK => {
-            // Xen semantics: enable event delivery, and block only if
-            // nothing is pending already (the check and the block are
-            // atomic: the hypervisor runs with interrupts off).
-            if env.enable_events() {
-                Action::Return(0)
-            } else {
-                Action::Block
-            }
+        // (Always `Some` for these two.)
+        sched_op::YIELD | sched_op::BLOCK => {
+            give_up_cpu(hypercall::SCHED_OP, cmd, || env.enable_events()).unwrap_or(Action::Return(0))
         }
         sched_op::POLL => match poll(env, arg) {
             Ok(a) => a,

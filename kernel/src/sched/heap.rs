@@ -32,11 +32,13 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
     }
 
     /// How many slots are in the heap.
+    #[inline]
     pub fn len(&self) -> usize {
         self.len
     }
 
     /// Whether the heap is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -47,12 +49,14 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
     }
 
     /// The least entry.
+    #[inline]
     pub fn peek(&self) -> Option<(K, usize)> {
         (self.len > 0).then(|| self.heap[0])
     }
 
     /// The least entry whose slot is not `exclude`: the root, or else the
     /// lesser of the root's children.
+    #[inline]
     pub fn peek_excluding(&self, exclude: usize) -> Option<(K, usize)> {
         let root = self.peek()?;
         if root.1 != exclude {
@@ -63,6 +67,7 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
 
     /// Puts `slot` in the heap with `key`, or changes its key. A slot out
     /// of range is ignored.
+    #[inline]
     pub fn set(&mut self, slot: usize, key: K) {
         let Some(&p) = self.pos.get(slot) else { return };
         if p == NONE {
@@ -95,7 +100,38 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         }
     }
 
+    /// Takes `out` out of the heap and puts `slot` in with `key`: the same
+    /// as [`IndexedHeap::remove`] of `out` then [`IndexedHeap::set`] of
+    /// `slot`, but when `out` is in the heap and `slot` is not (a domain
+    /// switch: the one picked leaves, the one that ran goes back) `slot`
+    /// takes `out`'s place and is sifted once, with no removal and no
+    /// insertion (O(1) for a heap of one).
+    #[inline]
+    pub fn replace(&mut self, out: usize, slot: usize, key: K) {
+        match (self.pos.get(out), self.pos.get(slot)) {
+            (Some(&p), Some(&NONE)) if p != NONE => {
+                let i = p as usize;
+                let old = self.heap[i];
+                self.heap[i] = (key, slot);
+                self.pos[out] = NONE;
+                self.pos[slot] = p;
+                if self.len == 1 {
+                    // Alone in the heap: nothing to sift.
+                } else if self.heap[i] < old {
+                    self.up(i);
+                } else {
+                    self.down(i);
+                }
+            }
+            _ => {
+                self.remove(out);
+                self.set(slot, key);
+            }
+        }
+    }
+
     /// Takes `slot` out of the heap (a no-op if it is not in it).
+    #[inline]
     pub fn remove(&mut self, slot: usize) {
         let Some(&p) = self.pos.get(slot) else { return };
         if p == NONE {
@@ -113,12 +149,14 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         self.down(i);
     }
 
+    #[inline]
     fn swap(&mut self, a: usize, b: usize) {
         self.heap.swap(a, b);
         self.pos[self.heap[a].1] = a as u32;
         self.pos[self.heap[b].1] = b as u32;
     }
 
+    #[inline]
     fn up(&mut self, mut i: usize) {
         while i > 0 {
             let parent = (i - 1) / 2;
@@ -130,6 +168,7 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
         }
     }
 
+    #[inline]
     fn down(&mut self, mut i: usize) {
         loop {
             let (l, r) = (2 * i + 1, 2 * i + 2);
@@ -185,7 +224,18 @@ mod tests {
         let mut model: [Option<u64>; N] = [None; N];
         for _ in 0..20_000 {
             let slot = (rng.next() % (N as u64 + 2)) as usize; // out of range too
-            match rng.next() % 3 {
+            match rng.next() % 4 {
+                3 => {
+                    let out = (rng.next() % (N as u64 + 2)) as usize;
+                    let k = rng.next() % 50;
+                    h.replace(out, slot, (k, slot));
+                    if out < N {
+                        model[out] = None;
+                    }
+                    if slot < N {
+                        model[slot] = Some(k);
+                    }
+                }
                 0 | 1 => {
                     let k = rng.next() % 50;
                     h.set(slot, (k, slot));

@@ -336,6 +336,7 @@ struct Entity {
 }
 
 impl Entity {
+    #[inline]
     fn weight(&self) -> u64 {
         u64::from(self.params.weight)
     }
@@ -347,17 +348,20 @@ impl Entity {
     }
 
     /// EVT relative to the base: in `[-2^62 - 2^60, 2^62]`.
+    #[inline]
     fn evt(&self) -> i64 {
         let warp = if self.warped { self.warp_v } else { 0 };
         self.avt - warp as i64
     }
 
     /// The `by_evt` key: EVT, then the most recently woken, then the slot.
+    #[inline]
     fn evt_key(&self, slot: usize) -> u128 {
         let evt = (self.evt() as u64) ^ (1 << 63);
         (u128::from(evt) << 64) | (u128::from(WOKE_MAX - self.woke.min(WOKE_MAX)) << 16) | slot as u128
     }
 
+    #[inline]
     fn charge(&mut self, ran: Ns) {
         let w = self.weight();
         // ran * K + rem = (q * w + r) * K + rem  =>  AVT += q * K + (r * K + rem) / w.
@@ -378,6 +382,7 @@ impl Entity {
     }
 
     /// Real ns of running after which AVT has grown by at least `d` virtual ns.
+    #[inline]
     fn real_for(&self, d: u64) -> Ns {
         let w = self.weight();
         // In `u64` whenever `d * w` fits (the 128-bit division is a
@@ -599,6 +604,7 @@ impl<const N: usize> Bvt<N> {
     /// Charges `ran_ns` of real CPU time to the domain in `slot` (the one that
     /// was running). Call it at every hypervisor entry and before every
     /// `pick`. A no-op for an empty slot.
+    #[inline]
     pub fn account(&mut self, slot: usize, ran_ns: Ns) {
         if let Some(e) = self.entity_mut(slot) {
             e.charge(ran_ns);
@@ -612,6 +618,7 @@ impl<const N: usize> Bvt<N> {
 
     /// Chooses the domain to run at `now`; `current` is the one that was
     /// running (if it has blocked or gone, it is simply not a candidate).
+    #[inline]
     pub fn pick(&mut self, now: Ns, current: Option<usize>) -> Pick {
         self.observe(now);
         let cur = current.filter(|&c| self.is_runnable(c));
@@ -646,6 +653,7 @@ impl<const N: usize> Bvt<N> {
     /// runnable and counts as a competitor for the chosen domain's slice.
     /// With no other runnable domain, `current` goes on as [`Bvt::pick`]
     /// would decide.
+    #[inline]
     pub fn pick_yielding(&mut self, now: Ns, current: usize) -> Pick {
         if !self.is_runnable(current) {
             return self.pick(now, None);
@@ -669,6 +677,7 @@ impl<const N: usize> Bvt<N> {
     }
 
     /// Whether `slot` holds a runnable domain.
+    #[inline]
     pub fn is_runnable(&self, slot: usize) -> bool {
         self.entity(slot).is_some_and(|e| e.runnable)
     }
@@ -722,14 +731,27 @@ impl<const N: usize> Bvt<N> {
     /// the heaps, and the one that ran before goes back in with its keys.
     /// A no-op when it is the running one already (the common case: the
     /// running domain keeps the CPU).
+    #[inline]
     fn set_running(&mut self, slot: usize) {
         if self.running == Some(slot) {
             return;
         }
-        self.by_evt.remove(slot);
-        self.by_avt.remove(slot);
-        if let Some(old) = self.running.replace(slot) {
-            self.reindex(old);
+        let back = self.running.replace(slot).and_then(|o| {
+            let e = self.entity(o).filter(|e| e.runnable)?;
+            Some((o, e.evt_key(o), e.avt))
+        });
+        match back {
+            // The one that ran goes back in where `slot` leaves (one
+            // re-keying per heap, not a removal and an insertion).
+            Some((old, key, avt)) => {
+                self.by_evt.replace(slot, old, key);
+                self.by_avt.replace(slot, old, avt);
+            }
+            // It blocked or went (it is in neither heap).
+            None => {
+                self.by_evt.remove(slot);
+                self.by_avt.remove(slot);
+            }
         }
     }
 
@@ -739,6 +761,7 @@ impl<const N: usize> Bvt<N> {
     /// running entity stays out of the heaps while it is runnable (its
     /// keys are computed when they are compared); once it is not, it is
     /// not running either.
+    #[inline]
     fn reindex(&mut self, slot: usize) {
         if self.running == Some(slot) {
             if self.is_runnable(slot) {
@@ -758,26 +781,31 @@ impl<const N: usize> Bvt<N> {
         }
     }
 
+    #[inline]
     fn entity(&self, slot: usize) -> Option<&Entity> {
         self.slots.get(slot).and_then(Option::as_ref)
     }
 
+    #[inline]
     fn entity_mut(&mut self, slot: usize) -> Option<&mut Entity> {
         self.slots.get_mut(slot).and_then(Option::as_mut)
     }
 
     /// Relative EVT of the domain in `slot` (`i64::MAX` for an empty slot).
+    #[inline]
     fn evt_rel(&self, slot: usize) -> i64 {
         self.entity(slot).map_or(i64::MAX, Entity::evt)
     }
 
     /// `C_v` for the domain in `slot`.
+    #[inline]
     fn ctx_rel(&self, slot: usize) -> i64 {
         self.entity(slot).map_or(0, |e| e.ctx_v as i64)
     }
 
     /// The runnable domain of least EVT other than `exclude` (ties: the most
     /// recently woken, then the lowest slot), with its relative EVT.
+    #[inline]
     fn best(&self, exclude: Option<usize>) -> Option<(usize, i64)> {
         let queued = match exclude {
             Some(x) => self.by_evt.peek_excluding(x),
@@ -794,6 +822,7 @@ impl<const N: usize> Bvt<N> {
 
     /// Real time until rule 2 would preempt `n` (or its warp limit runs
     /// out); `None` if no other domain is runnable.
+    #[inline]
     pub fn run_for(&self, n: usize) -> Option<Ns> {
         let e = self.entity(n)?;
         let (_, evt_o) = self.best(Some(n))?;
@@ -807,6 +836,7 @@ impl<const N: usize> Bvt<N> {
     }
 
     /// Notes the time and dates warp-limit expiries that `account` found.
+    #[inline]
     fn observe(&mut self, now: Ns) {
         self.clock = self.clock.max(now);
         let date = |e: &mut Entity| {
@@ -827,6 +857,7 @@ impl<const N: usize> Bvt<N> {
         self.overshoots.clear();
     }
 
+    #[inline]
     fn update_svt(&mut self) {
         let queued = self.by_avt.peek().map(|(a, _)| a);
         let running = self.running.and_then(|r| self.entity(r)).map(|e| e.avt);
