@@ -71,7 +71,8 @@ pub(crate) fn event_entry_address() -> u64 {
 }
 
 /// Registers the SDK's event upcall with the hypervisor. Events stay masked
-/// until [`enable`].
+/// until [`enable`]. The runtime does this before `main`; calling it again
+/// changes nothing.
 pub fn init() {
     // SAFETY: set_callbacks only reads its arguments.
     let r = unsafe { crate::hypercall::raw(hypercall::SET_CALLBACKS, [event_entry_address(), 0, 0, 0, 0]) };

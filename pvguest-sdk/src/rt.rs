@@ -46,6 +46,13 @@ extern "C" fn rt_start(si: *const StartInfo) -> ! {
     // Every port starts masked, so an event that comes before its handler
     // is set stays pending instead of being consumed with nobody to run.
     crate::event::mask_all();
+    // The SDK's event upcall is registered before `main`, so every part of
+    // the SDK that waits for a port (the store link, the block front, the
+    // virtio drivers) has its events delivered whether or not the guest
+    // calls `event::init` itself. Events stay masked until enabled. (A
+    // guest without it had `block` return at once for ever once an event
+    // was pending: the hypervisor delivers no upcall without a callback.)
+    crate::event::init();
     // SAFETY: `__pvguest_main` is defined by the `entry!` macro with exactly
     // this signature; a guest without it fails to link.
     unsafe { __pvguest_main(si) };

@@ -978,7 +978,7 @@ fn scenarios() -> Vec<Scenario> {
                 w.domain(rej("host-binary", host, 4096));
                 w.domain(rej("writable-text", wx, 1024));
                 w.domain(rej("below-base", low, 1024));
-                w.domain(rej("too-small", hello.clone(), 64));
+                w.domain(rej("too-small", hello.clone(), 80));
                 w.domain(entry(imgs, "hello", "hello", 1024, "rounds=1", Expect::Poweroff)?);
                 finish(w, imgs)
             },
