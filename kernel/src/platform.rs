@@ -191,12 +191,7 @@ impl Machine for Platform {
         console_back(mfn)
     }
     fn channel_page_init(&mut self, mfn: Mfn) -> bool {
-        // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
-        // identity-mapped in the hypervisor's view and not yet visible to
-        // any guest; the endpoint made here only initialises it and ends
-        // at once, so the hypervisor keeps no view of it.
-        let page = unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) };
-        page.is_ok_and(|p| ByteChannel::front_init(p).is_ok())
+        channel_init(mfn)
     }
     fn stretch(&self) -> ([u64; 4], u64) {
         stretch::current()
@@ -480,20 +475,31 @@ mod stretch {
     }
 }
 
+/// The hypervisor's view of the zeroed frame `mfn` of a domain being
+/// built, as shared memory.
+fn channel_page(mfn: Mfn) -> Option<SharedMem<'static>> {
+    // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
+    // identity-mapped in the hypervisor's view, held `Writable` for the
+    // domain's life when the hypervisor keeps an endpoint in it (the
+    // console page, released only after `end` has dropped that endpoint).
+    // In the hypervisor's address space it is accessed only through
+    // `ring-protocol` endpoints (the temporary front that initialises it is
+    // dropped before any back is made); what a guest writes into it is
+    // validated by the ring code.
+    unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) }.ok()
+}
+
+/// Initialises the page at `mfn` as an empty `ByteChannel` (the temporary
+/// front only initialises it; it ends here).
+fn channel_init(mfn: Mfn) -> bool {
+    channel_page(mfn).is_some_and(|p| ByteChannel::front_init(p).is_ok())
+}
+
 /// Prepares domain's console page at `mfn` as a `ByteChannel` and returns
 /// the back end the hypervisor drains.
 fn console_back(mfn: Mfn) -> Option<ByteChannel<'static>> {
-    let page = || {
-        // SAFETY: `mfn` is a zeroed RAM frame of a domain being built,
-        // identity-mapped in the hypervisor's view, held `Writable` for the
-        // domain's life (so it never becomes a page table) and released only
-        // after `end` has dropped this endpoint. In the hypervisor's address
-        // space it is accessed only through these endpoints (the temporary
-        // front below is dropped before the back is made); what the guest
-        // writes into it is validated by the ring code.
-        unsafe { SharedMem::new((mfn * 4096) as *mut u8, 4096) }
-    };
-    // The temporary front only initialises the page; it ends here.
-    ByteChannel::front_init(page().ok()?).ok()?;
-    ByteChannel::back_attach(page().ok()?).ok()
+    if !channel_init(mfn) {
+        return None;
+    }
+    ByteChannel::back_attach(channel_page(mfn)?).ok()
 }

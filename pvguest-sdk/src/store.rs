@@ -139,7 +139,9 @@ impl Store {
                     }
                     Reply::WatchEvent { .. } => continue,
                 };
-                if header.req_id != id || header.ty != req.msg_type() as u32 && result.is_ok() {
+                // An answer to another request, or a success of another
+                // type (an error reply has its own type).
+                if header.req_id != id || (result.is_ok() && header.ty != req.msg_type() as u32) {
                     self.broken = true;
                     return Err(StoreError::Protocol);
                 }

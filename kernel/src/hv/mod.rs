@@ -884,7 +884,7 @@ impl<M: Machine> Hv<M> {
             }
         };
         let frames = self.frames.as_mut().expect("frame table set before domains");
-        let cfg = DomainConfig {
+        let mut cfg = DomainConfig {
             domid: id,
             name: spec.name,
             cmdline: spec.cmdline,
@@ -895,7 +895,6 @@ impl<M: Machine> Hv<M> {
             store: None,
         };
         // Its store connection: a port only the store's domain may bind.
-        let mut cfg = cfg;
         if let Some(backend) = self.store_backend.filter(|_| !spec.privileged) {
             match events.alloc_unbound(backend) {
                 Ok(port) => cfg.store = Some((port, backend)),

@@ -1067,17 +1067,8 @@ fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
     Action::Return(0)
 }
 
-/// `physdev_op(cmd, arg)`: every command needs the caller's privilege,
-/// checked before anything else (`EPERM`, whatever the command or
-/// argument, so an ordinary domain learns nothing from it). PCI
-/// configuration addresses are decoded by [`ConfigAddr::decode`] (rule 1 of
-/// [`crate::pci`]) and writes filtered by [`crate::pci::Pci::write`].
-/// `PHYSDEVOP_map_pirq` (type GSI only: an MSI is `EOPNOTSUPP`, another
-/// type `EINVAL`; for the caller only: another `domid` is `EPERM`) and
-/// `PHYSDEVOP_eoi` go to [`crate::irq`]'s policy. map_pirq checks its out
-/// field writable (writing the caller's `pirq` back) before it maps, so a
-/// mapped pirq is always one the guest learnt.
-/// `domctl(cmd, arg)`: privileged domain control ([`pvguest_abi::domctl`]).
+/// `domctl(cmd, arg)`: privileged domain control ([`pvguest_abi::domctl`]):
+/// `EPERM` for any other caller, before the argument is read.
 fn domctl<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let Some(privilege) = env.privilege() else {
         return Err(Errno::EPERM);
@@ -1096,6 +1087,16 @@ fn domctl<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     }
 }
 
+/// `physdev_op(cmd, arg)`: every command needs the caller's privilege,
+/// checked before anything else (`EPERM`, whatever the command or
+/// argument, so an ordinary domain learns nothing from it). PCI
+/// configuration addresses are decoded by [`ConfigAddr::decode`] (rule 1 of
+/// [`crate::pci`]) and writes filtered by [`crate::pci::Pci::write`].
+/// `PHYSDEVOP_map_pirq` (type GSI only: an MSI is `EOPNOTSUPP`, another
+/// type `EINVAL`; for the caller only: another `domid` is `EPERM`) and
+/// `PHYSDEVOP_eoi` go to [`crate::irq`]'s policy. map_pirq checks its out
+/// field writable (writing the caller's `pirq` back) before it maps, so a
+/// mapped pirq is always one the guest learnt.
 fn physdev_op<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
     let Some(privilege) = env.privilege() else {
         return Err(Errno::EPERM);

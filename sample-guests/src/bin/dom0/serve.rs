@@ -153,7 +153,6 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut foreign_done: Vec<(String, String)> = Vec::new();
     println!("serve: {} virtual disk(s) configured", specs.len());
     let mut store = Store::new();
-    event::init();
     event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
     // The disk's port keeps the driver's own handler: every disk request
     // here waits for its completion inside the driver.
@@ -317,25 +316,11 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-discard"), "1")?;
     let mut v =
         Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
-    let mut actions = v.be.start();
-    loop {
-        let mut follow = None;
-        for a in actions.iter() {
-            if let Action::WriteState(s) = a {
-                w(store, &format!("{bd}/state"), s.as_str())?;
-            } else if a == Action::ReadRingDetails {
-                follow = Some(Event::LocalFailed);
-            }
-        }
-        // The device is open and the details are written.
-        if v.be.state() == State::Initialising {
-            actions = v.be.handle(Event::LocalReady);
-            continue;
-        }
-        if follow.is_none() {
-            break;
-        }
-    }
+    let start = v.be.start();
+    handshake(store, &mut v, start);
+    // The device is open and the details are written.
+    let ready = v.be.handle(Event::LocalReady);
+    handshake(store, &mut v, ready);
     println!(
         "serve: dom{domid} ({}) offered vdev {VDEV}: {} sectors, {}",
         spec.domain,
@@ -395,29 +380,8 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
     let mut work = false;
     if now != v.front_state {
         v.front_state = now;
-        let mut actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
-        loop {
-            let mut follow = None;
-            for a in actions.iter() {
-                match a {
-                    Action::WriteState(s) => {
-                        let _ = store.write(0, &format!("{bd}/state"), s.as_str().as_bytes());
-                    }
-                    Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
-                    Action::Disconnect => {
-                        if let Some(b) = v.back.take() {
-                            v.vdisk = Some(b.close());
-                        }
-                    }
-                    Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
-                    Action::Connect | Action::PublishRing | Action::Reset => {}
-                }
-            }
-            match follow {
-                Some(e) => actions = v.be.handle(e),
-                None => break,
-            }
-        }
+        let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
+        handshake(store, v, actions);
         work = true;
     }
     if let Some(b) = v.back.as_mut() {
@@ -433,6 +397,35 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
         }
     }
     work
+}
+
+/// Does what the disk's handshake asks ([`Backend`]'s actions), feeding
+/// it the outcome of each local step it asked for, until it asks nothing
+/// more.
+fn handshake(store: &mut Store, v: &mut Vbd, mut actions: split_drivers::state::Actions) {
+    let (fd, bd) = (front_dir(v.domid), back_dir(v.domid));
+    loop {
+        let mut follow = None;
+        for a in actions.iter() {
+            match a {
+                Action::WriteState(s) => {
+                    let _ = store.write(0, &format!("{bd}/state"), s.as_str().as_bytes());
+                }
+                Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
+                Action::Disconnect => {
+                    if let Some(b) = v.back.take() {
+                        v.vdisk = Some(b.close());
+                    }
+                }
+                Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
+                Action::Connect | Action::PublishRing | Action::Reset => {}
+            }
+        }
+        match follow {
+            Some(e) => actions = v.be.handle(e),
+            None => return,
+        }
+    }
 }
 
 /// Reads the front's ring details (allegations) and maps its ring.

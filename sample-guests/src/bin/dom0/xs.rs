@@ -90,9 +90,13 @@ impl Xs {
     /// Bytes waiting for `domid`, copied into `buf` (not taken).
     pub fn peek_output(&mut self, domid: u16, buf: &mut [u8]) -> usize {
         let Some(p) = self.pipes.get_mut(&domid) else { return 0 };
-        if p.outbound.len() < buf.len() {
-            let mut more = alloc::vec![0u8; buf.len() - p.outbound.len()];
-            let n = self.store.take_output(DomId::new(domid), &mut more);
+        let mut more = [0u8; 512];
+        while p.outbound.len() < buf.len() {
+            let want = (buf.len() - p.outbound.len()).min(more.len());
+            let n = self.store.take_output(DomId::new(domid), &mut more[..want]);
+            if n == 0 {
+                break;
+            }
             p.outbound.extend_from_slice(&more[..n]);
         }
         let n = p.outbound.len().min(buf.len());
