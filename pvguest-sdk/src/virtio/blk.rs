@@ -656,6 +656,9 @@ impl Disk {
     /// Its memory is the driver's until its [`Completion`]; a refused
     /// submission comes back with the error. [`BlkError::Busy`] means:
     /// collect a completion and submit again.
+    // The refused submission comes back whole: it owns memory (a peer's
+    // mapped pages) that must not be lost, and there may be no heap to box it.
+    #[allow(clippy::result_large_err)]
     pub fn submit(&mut self, s: Submission) -> Result<(), (BlkError, Submission)> {
         let (va, len) = match (s.op, s.mem.span()) {
             (Op::Flush, _) => (0, 0),
