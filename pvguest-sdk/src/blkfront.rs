@@ -310,7 +310,10 @@ impl BlockDevice {
                 if let (Ok(()), Io::Read { buf, .. }) = (&status, &mut ios[p.io]) {
                     self.copy_out(&p, &mut buf[p.offset..p.offset + p.bytes]);
                 }
-                for &k in &p.pages[..p.nr_pages] {
+                // Back in reverse, so the next request pops them in
+                // ascending order: consecutive pages, which the backend
+                // hands its device as one run.
+                for &k in p.pages[..p.nr_pages].iter().rev() {
                     self.free.push(k);
                 }
                 if result.is_ok() {
@@ -395,7 +398,7 @@ impl BlockDevice {
                 Ok(Some((p, offset + bytes == len)))
             }
             Err(e) => {
-                for &k in &p.pages[..nr_pages] {
+                for &k in p.pages[..nr_pages].iter().rev() {
                     self.free.push(k);
                 }
                 Err(e)

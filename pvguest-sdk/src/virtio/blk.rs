@@ -736,6 +736,11 @@ impl Disk {
         self.service()
     }
 
+    /// Whether finished submissions wait for [`Disk::next_completion`].
+    pub fn has_completions(&self) -> bool {
+        TABLE.lock().fifo_len > 0
+    }
+
     /// The next finished submission, if any (call [`Disk::service`] or
     /// [`Disk::wait`] to collect the device's).
     pub fn next_completion(&mut self) -> Option<Completion> {

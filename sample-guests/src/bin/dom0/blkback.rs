@@ -16,27 +16,78 @@
 //! place, so no request ever reaches a sector outside the domU's region
 //! (and an overlay never writes its base).
 //!
+//! # Two paths
+//! - **Asynchronous** (a raw slice's reads, writes and flushes whose data
+//!   is one run of the mapped pages, which is what every well-behaved
+//!   front sends): the request becomes one device request, scatter-gather
+//!   over the mapped pages ([`Submission`] owning the [`MappedPages`]), up
+//!   to [`MAX_PENDING`] of them in flight per backend, answered in
+//!   whatever order the device completes them ([`BlkBack::complete`]).
+//!   A `WRITE_FUA` is answered after a device flush that follows its
+//!   write.
+//! - **Synchronous** (an image's requests, discards, and data whose
+//!   segments leave holes in the pages): one request at a time, waiting
+//!   for the device in place. An image's allocation (a new block's
+//!   preparation, the data, the commit) must not interleave with another
+//!   request to the same block, so images stay on this path.
+//!
+//! # Who owns what
+//! A request's mapped pages belong to its device submission until the
+//! completion hands them back, and are unmapped before the response is
+//! pushed (the front ends its grants on the answer). The pending table
+//! ([`Pending`]) is the only record of an accepted request: each entry is
+//! answered exactly once, by its completion. Completions are routed back
+//! by cookie: this backend's `serial` (never reused) and the entry.
+//!
 //! # Work per call
 //! [`BlkBack::serve`] takes at most [`BATCH`] requests, then returns, so
-//! one busy front cannot keep dom0 from its other connections.
+//! one busy front cannot keep dom0 from its other connections, and leaves
+//! requests on the ring while its pending table or the disk is full.
 //!
 //! # Durability
 //! A write is answered once the device completed it; `FLUSH_DISKCACHE`
-//! and `WRITE_FUA` are answered only after the image's flush (device
-//! flush, then the allocation map, then another device flush) completed,
-//! so an acknowledged flush or FUA write is on the disk, and so is the
-//! metadata that finds it.
+//! and `WRITE_FUA` are answered only after a device flush (for an image:
+//! device flush, then the allocation map, then another device flush)
+//! completed, so an acknowledged flush or FUA write is on the disk, and so
+//! is the metadata that finds it.
 
 use disk_images::{Device, Extent, IoError, VirtualDisk};
 use pvguest_sdk::channel::{BackChannel, ChannelError};
 use pvguest_sdk::grant::MappedPages;
-use pvguest_sdk::virtio::blk::{BlkError, Disk, SECTOR};
+use pvguest_sdk::virtio::blk::{self as vblk, BlkError, Completion, Disk, Memory, Submission, SECTOR};
 use pvguest_sdk::{println, vmap};
 use ring_protocol::RingError;
 use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid};
 
 /// Requests one [`BlkBack::serve`] call takes at most.
 pub const BATCH: usize = 32;
+/// Requests of one backend in flight at the device at most.
+pub const MAX_PENDING: usize = 32;
+
+/// An accepted request in flight: what its response needs, and whether
+/// its data is done and a flush follows (`WRITE_FUA`).
+#[derive(Clone, Copy, Debug)]
+struct Pending {
+    valid: Valid,
+    flushing: bool,
+}
+
+/// Serials of backends, for completion cookies (never reused, so a late
+/// completion of a closed backend finds no one).
+static SERIAL: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(1);
+
+/// The backend serial a completion's cookie names.
+pub fn serial_of(cookie: u64) -> u32 {
+    (cookie >> 32) as u32
+}
+
+/// Gives back what a completion holds when its backend is gone (closed
+/// before the device answered): the mapped pages are unmapped.
+pub fn orphan(c: Completion) {
+    if let Memory::Grants(pages) = c.mem {
+        let _ = pages.unmap();
+    }
+}
 
 /// The real disk as the image layer's metadata device (its reads and
 /// writes through dom0's own buffers).
@@ -78,6 +129,17 @@ pub struct Stats {
     pub failed: u64,
 }
 
+/// Whether a request's data is one run of its pages: every segment but
+/// the first starts its page, every one but the last ends it.
+fn one_run(v: &Valid) -> bool {
+    let segs = v.segments();
+    !segs.is_empty()
+        && segs
+            .iter()
+            .enumerate()
+            .all(|(i, s)| (i == 0 || s.offset() == 0) && (i + 1 == segs.len() || s.range().end == blkif::PAGE_SIZE))
+}
+
 /// One domU's virtual disk, connected.
 pub struct BlkBack {
     pub domid: u16,
@@ -87,6 +149,11 @@ pub struct BlkBack {
     vdisk: VirtualDisk,
     features: Features,
     pub stats: Stats,
+    serial: u32,
+    pending: [Option<Pending>; MAX_PENDING],
+    in_flight: usize,
+    /// Responses pushed but not yet published.
+    unpublished: bool,
 }
 
 /// Why a backend stopped.
@@ -124,7 +191,18 @@ impl BlkBack {
     pub fn connect(domid: u16, gref: u32, port: u32, vdisk: VirtualDisk) -> Result<BlkBack, (BackError, VirtualDisk)> {
         let Ok(va) = vmap::alloc(1) else { return Err((BackError::NoSlot, vdisk)) };
         match BackChannel::connect(domid, gref, port, va) {
-            Ok(ring) => Ok(BlkBack { domid, ring, va, vdisk, features: Self::FEATURES, stats: Stats::default() }),
+            Ok(ring) => Ok(BlkBack {
+                domid,
+                ring,
+                va,
+                vdisk,
+                features: Self::FEATURES,
+                stats: Stats::default(),
+                serial: SERIAL.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
+                pending: [None; MAX_PENDING],
+                in_flight: 0,
+                unpublished: false,
+            }),
             Err(e) => {
                 vmap::free(va, 1);
                 Err((BackError::Connect(e), vdisk))
@@ -147,20 +225,180 @@ impl BlkBack {
         self.ring.port()
     }
 
-    /// Answers up to [`BATCH`] requests; returns how many it took.
+    /// This backend's serial (the high half of its completions' cookies).
+    pub fn serial(&self) -> u32 {
+        self.serial
+    }
+
+    /// Takes up to [`BATCH`] requests: the asynchronous ones go to the
+    /// device (answered by [`BlkBack::complete`]), the others are answered
+    /// here. Returns how many it took.
     pub fn serve(&mut self, disk: &mut Disk) -> Result<usize, BackError> {
         let mut done = 0;
-        while done < BATCH {
+        while done < BATCH && self.in_flight < MAX_PENDING && disk.has_room(blkif::MAX_SEGMENTS) {
             let Some(req) = self.ring.ring.pop_request().map_err(BackError::Ring)? else { break };
-            let rsp = self.answer(&req, disk);
-            // A slot is free: the request just taken left one.
-            self.ring.ring.try_push(rsp).map_err(|_| BackError::NoRoom)?;
+            if let Some(rsp) = self.accept(&req, disk) {
+                self.respond(rsp)?;
+            }
             done += 1;
         }
-        if done > 0 && self.ring.ring.push_and_check_notify().map_err(BackError::Ring)? {
-            let _ = self.ring.notify();
-        }
+        self.publish()?;
         Ok(done)
+    }
+
+    /// Makes the responses pushed so far visible, notifying the front if
+    /// it asked.
+    pub fn publish(&mut self) -> Result<(), BackError> {
+        if self.unpublished {
+            self.unpublished = false;
+            if self.ring.ring.push_and_check_notify().map_err(BackError::Ring)? {
+                let _ = self.ring.notify();
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates a request and either submits it (`None`: answered at its
+    /// completion) or answers it now.
+    fn accept(&mut self, req: &Request, disk: &mut Disk) -> Option<Response> {
+        let v = match blkif::validate(req, self.vdisk.virtual_sectors(), &self.features) {
+            Ok(v) => v,
+            Err(bad) => {
+                self.stats.invalid += 1;
+                if self.stats.invalid <= 4 {
+                    println!("blkback: dom{}: request {} refused: {bad:?}", self.domid, req.id);
+                }
+                return Some(Response::to_invalid(req, bad.status()));
+            }
+        };
+        if matches!(self.vdisk, VirtualDisk::Raw(_)) {
+            match v.op() {
+                Op::Read | Op::Write | Op::WriteFua if one_run(&v) => return self.submit_data(&v, disk),
+                Op::Flush => {
+                    self.stats.flushes += 1;
+                    return self.submit_flush(None, Pending { valid: v, flushing: true }, disk);
+                }
+                _ => {}
+            }
+        }
+        Some(self.answer(&v, disk))
+    }
+
+    /// A free pending entry's index.
+    fn free_entry(&self) -> Option<usize> {
+        self.pending.iter().position(Option::is_none)
+    }
+
+    /// Maps a raw slice request's pages and submits its data as one
+    /// device request.
+    fn submit_data(&mut self, v: &Valid, disk: &mut Disk) -> Option<Response> {
+        let Some(k) = self.free_entry() else { return Some(v.response(Status::Error)) };
+        let segs = v.segments();
+        let mut grefs = [0u32; blkif::MAX_SEGMENTS];
+        for (g, s) in grefs.iter_mut().zip(segs) {
+            *g = s.gref();
+        }
+        let to_disk = v.op().to_disk();
+        let Ok(pages) = MappedPages::map(self.domid, &grefs[..segs.len()], to_disk) else {
+            self.stats.failed += 1;
+            return Some(v.response(Status::Error));
+        };
+        let Ok(extents) = self.vdisk.plan_read(v.sector(), v.sectors()) else {
+            let _ = pages.unmap();
+            self.stats.failed += 1;
+            return Some(v.response(Status::Error));
+        };
+        let [Extent::Phys(p)] = extents.as_slice() else {
+            let _ = pages.unmap();
+            self.stats.failed += 1;
+            return Some(v.response(Status::Error));
+        };
+        let (first, last) = (segs[0], segs[segs.len() - 1]);
+        let range = first.offset()..(segs.len() - 1) * blkif::PAGE_SIZE + last.range().end;
+        let op = if to_disk { vblk::Op::Write } else { vblk::Op::Read };
+        let s = Submission { op, lba: p.lba, mem: Memory::Grants(pages), range, cookie: self.cookie(k) };
+        match disk.submit(s) {
+            Ok(()) => {
+                self.pending[k] = Some(Pending { valid: *v, flushing: false });
+                self.in_flight += 1;
+                self.stats.sectors += v.sectors();
+                if to_disk {
+                    self.stats.writes += 1;
+                } else {
+                    self.stats.reads += 1;
+                }
+                None
+            }
+            Err((e, s)) => {
+                if let Memory::Grants(pages) = s.mem {
+                    let _ = pages.unmap();
+                }
+                self.stats.failed += 1;
+                println!("blkback: dom{}: request {} not submitted: {e}", self.domid, v.id());
+                Some(v.response(Status::Error))
+            }
+        }
+    }
+
+    /// Submits a device flush for `p` (a `FLUSH_DISKCACHE`, new: `entry`
+    /// `None`; or a `WRITE_FUA` whose data is done, in its entry). With no
+    /// room for it at the device, flushes in place and answers.
+    fn submit_flush(&mut self, entry: Option<usize>, p: Pending, disk: &mut Disk) -> Option<Response> {
+        let Some(k) = entry.or_else(|| self.free_entry()) else { return Some(p.valid.response(Status::Error)) };
+        let s = Submission { op: vblk::Op::Flush, lba: 0, mem: Memory::None, range: 0..0, cookie: self.cookie(k) };
+        match disk.submit(s) {
+            Ok(()) => {
+                if self.pending[k].replace(p).is_none() {
+                    self.in_flight += 1;
+                }
+                None
+            }
+            Err(_) => {
+                if self.pending[k].take().is_some() {
+                    self.in_flight -= 1;
+                }
+                let ok = disk.flush().is_ok();
+                Some(p.valid.response(if ok { Status::Okay } else { Status::Error }))
+            }
+        }
+    }
+
+    fn cookie(&self, k: usize) -> u64 {
+        (u64::from(self.serial) << 32) | k as u64
+    }
+
+    /// Answers the request a completion of this backend's finished (a
+    /// `WRITE_FUA`'s data first goes on to its flush).
+    pub fn complete(&mut self, c: Completion, disk: &mut Disk) -> Result<(), BackError> {
+        let k = (c.cookie & 0xffff_ffff) as usize;
+        let mut ok = c.result.is_ok();
+        if let Memory::Grants(pages) = c.mem {
+            // The device is done with the pages: give them back before
+            // answering (the front ends its grants on the answer).
+            ok &= pages.unmap().is_ok();
+        }
+        let Some(p) = self.pending.get(k).copied().flatten() else { return Ok(()) };
+        if ok && p.valid.op() == Op::WriteFua && !p.flushing {
+            self.stats.flushes += 1;
+            // The entry stays: the flush's completion answers it.
+            return match self.submit_flush(Some(k), Pending { flushing: true, ..p }, disk) {
+                None => Ok(()),
+                Some(rsp) => self.respond(rsp),
+            };
+        }
+        self.pending[k] = None;
+        self.in_flight -= 1;
+        if !ok {
+            self.stats.failed += 1;
+        }
+        self.respond(p.valid.response(if ok { Status::Okay } else { Status::Error }))
+    }
+
+    fn respond(&mut self, rsp: Response) -> Result<(), BackError> {
+        // A slot is free: the request answered left one.
+        self.ring.ring.try_push(rsp).map_err(|_| BackError::NoRoom)?;
+        self.unpublished = true;
+        Ok(())
     }
 
     /// Whether requests are waiting (arming the front's notification when
@@ -169,17 +407,9 @@ impl BlkBack {
         self.ring.ring.final_check_for_requests().map_err(BackError::Ring)
     }
 
-    fn answer(&mut self, req: &Request, disk: &mut Disk) -> Response {
-        let v = match blkif::validate(req, self.vdisk.virtual_sectors(), &self.features) {
-            Ok(v) => v,
-            Err(bad) => {
-                self.stats.invalid += 1;
-                if self.stats.invalid <= 4 {
-                    println!("blkback: dom{}: request {} refused: {bad:?}", self.domid, req.id);
-                }
-                return Response::to_invalid(req, bad.status());
-            }
-        };
+    /// Answers a valid request in place (the synchronous path).
+    fn answer(&mut self, v: &Valid, disk: &mut Disk) -> Response {
+        let v = *v;
         let status = match v.op() {
             Op::Read | Op::Write | Op::WriteFua => self.transfer(&v, disk),
             Op::Flush => {

@@ -26,7 +26,7 @@
 //!    and makes dom0 rescan: a dead domain's connections are released and
 //!    its disk's mappings given back.
 
-use crate::blkback::{BlkBack, Dev};
+use crate::blkback::{self, BlkBack, Dev};
 use crate::xs::Xs as Store;
 use alloc::format;
 use alloc::string::String;
@@ -131,6 +131,8 @@ struct Vbd {
     back: Option<BlkBack>,
     vdisk: Option<VirtualDisk>,
     front_state: Option<State>,
+    /// The store's change count when the front's state was last read.
+    seen_changes: Option<u64>,
 }
 
 /// One domain served.
@@ -154,8 +156,8 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     println!("serve: {} virtual disk(s) configured", specs.len());
     let mut store = Store::new();
     event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
-    // The disk's port keeps the driver's own handler: every disk request
-    // here waits for its completion inside the driver.
+    // The disk's port keeps the driver's own handler (it counts); the
+    // loop below acknowledges the device and collects its completions.
     let mut clients: Vec<Client> = Vec::new();
     let mut vbds: Vec<Vbd> = Vec::new();
     let mut served = 0u32;
@@ -183,12 +185,14 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         for c in clients.iter_mut() {
             work |= pump(&mut store, c);
         }
+        work |= complete(&mut store, &mut vbds, disk)?;
         for v in vbds.iter_mut() {
             work |= drive(&mut store, v, disk);
         }
+        disk.kick();
         if !work {
             event::block_until(|| {
-                let mut ready = WORK.swap(false, Ordering::SeqCst);
+                let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
                 for c in clients.iter_mut() {
                     ready |= !matches!(c.link.readable(), Ok(false));
                 }
@@ -314,8 +318,15 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-flush-cache"), "1")?;
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
-    let mut v =
-        Vbd { spec: spec.clone(), domid, be: Backend::new(), back: None, vdisk: Some(vdisk), front_state: None };
+    let mut v = Vbd {
+        spec: spec.clone(),
+        domid,
+        be: Backend::new(),
+        back: None,
+        vdisk: Some(vdisk),
+        front_state: None,
+        seen_changes: None,
+    };
     let start = v.be.start();
     handshake(store, &mut v, start);
     // The device is open and the details are written.
@@ -369,31 +380,69 @@ fn pump(store: &mut Store, c: &mut Client) -> bool {
     moved
 }
 
-/// Drives one disk: its handshake from the frontend's state node, then a
-/// batch of its ring.
+/// Acknowledges the disk, and hands each finished device request to its
+/// backend, which answers it (a closed backend's pages are unmapped).
+/// Whether anything finished. A disk that broke its queue ends the
+/// service.
+fn complete(store: &mut Store, vbds: &mut [Vbd], disk: &mut Disk) -> Result<bool, String> {
+    // Completions may also have been collected by a blocking call of the
+    // synchronous path meanwhile: the queue is drained either way.
+    if disk.ready() {
+        disk.service().map_err(|e| format!("the disk: {e}"))?;
+    }
+    let mut any = false;
+    while let Some(c) = disk.next_completion() {
+        any = true;
+        let serial = blkback::serial_of(c.cookie);
+        let Some(v) = vbds.iter_mut().find(|v| v.back.as_ref().is_some_and(|b| b.serial() == serial)) else {
+            blkback::orphan(c);
+            continue;
+        };
+        let r = v.back.as_mut().map(|b| b.complete(c, disk));
+        if let Some(Err(e)) = r {
+            disconnect(store, v, e);
+        }
+    }
+    for v in vbds.iter_mut() {
+        if let Some(Err(e)) = v.back.as_mut().map(|b| b.publish()) {
+            disconnect(store, v, e);
+        }
+    }
+    Ok(any)
+}
+
+/// Ends a disk connection whose front broke the ring protocol.
+fn disconnect(store: &mut Store, v: &mut Vbd, e: blkback::BackError) {
+    println!("serve: dom{}: ring broken: {e}; disconnecting", v.domid);
+    if let Some(b) = v.back.take() {
+        v.vdisk = Some(b.close());
+    }
+    let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), State::Closed.as_str().as_bytes());
+}
+
+/// Drives one disk: its handshake from the frontend's state node (read
+/// again only when another domain's requests have reached the store),
+/// then a batch of its ring.
 fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
-    let (fd, bd) = (front_dir(v.domid), back_dir(v.domid));
-    let now = match store.read(0, &format!("{fd}/state")) {
-        Ok(b) => State::parse(&b).ok(),
-        Err(_) => None,
-    };
     let mut work = false;
-    if now != v.front_state {
-        v.front_state = now;
-        let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
-        handshake(store, v, actions);
-        work = true;
+    if v.seen_changes != Some(store.changes()) {
+        v.seen_changes = Some(store.changes());
+        let fd = front_dir(v.domid);
+        let now = match store.read(0, &format!("{fd}/state")) {
+            Ok(b) => State::parse(&b).ok(),
+            Err(_) => None,
+        };
+        if now != v.front_state {
+            v.front_state = now;
+            let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
+            handshake(store, v, actions);
+            work = true;
+        }
     }
     if let Some(b) = v.back.as_mut() {
         match b.serve(disk) {
             Ok(n) => work |= n > 0,
-            Err(e) => {
-                println!("serve: dom{}: ring broken: {e}; disconnecting", v.domid);
-                if let Some(b) = v.back.take() {
-                    v.vdisk = Some(b.close());
-                }
-                let _ = store.write(0, &format!("{bd}/state"), State::Closed.as_str().as_bytes());
-            }
+            Err(e) => disconnect(store, v, e),
         }
     }
     work

@@ -46,13 +46,17 @@ pub struct Xs {
     store: Store,
     pipes: BTreeMap<u16, Pipe>,
     next_req: u32,
+    /// Counts the passes in which another domain's requests reached the
+    /// store or a domain was released: when it has not moved, no node
+    /// another domain writes has changed.
+    changes: u64,
 }
 
 const DOM0: DomId = DomId::new(0);
 
 impl Xs {
     pub fn new() -> Xs {
-        Xs { store: Store::new(Config::default()), pipes: BTreeMap::new(), next_req: 1 }
+        Xs { store: Store::new(Config::default()), pipes: BTreeMap::new(), next_req: 1, changes: 0 }
     }
 
     pub fn introduce(&mut self, domid: u16) {
@@ -63,6 +67,13 @@ impl Xs {
     pub fn release(&mut self, domid: u16) {
         self.store.release(DomId::new(domid));
         self.pipes.remove(&domid);
+        self.changes += 1;
+    }
+
+    /// See the `changes` field: compare two readings to know whether
+    /// another domain may have changed a node in between.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Whether dom0 should read more of `domid`'s ring now.
@@ -84,6 +95,9 @@ impl Xs {
         }
         let n = self.store.feed(DomId::new(domid), &p.inbound)?;
         p.inbound.drain(..n);
+        if n > 0 {
+            self.changes += 1;
+        }
         Ok(())
     }
 
