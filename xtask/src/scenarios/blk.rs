@@ -9,9 +9,13 @@
 //!   the host through the image's map; a second domU on another slice
 //!   starts from an empty disk (it never sees the first one's data) and
 //!   writes its own.
+//!
+//! The demo manifest's disks (`disk = ...` in demo.toml) get the same
+//! host-side reading after its run: [`check_manifest_disks`].
 
 use super::{entry, find_line, finish, need, Scenario};
 use crate::images::{self, Images};
+use crate::manifest::Manifest;
 use crate::qemu::Outcome;
 use crate::vbd::{self, Kind, Plan};
 use crate::Result;
@@ -222,6 +226,57 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             Ok(())
         },
     }]
+}
+
+/// The host's evidence for a manifest's blklog domUs, read off `image`
+/// through each disk's map: every `mode=append` and `mode=overlay` log is
+/// there as its command line (`records=`, `seed=`) says, each overlay's
+/// sectors past its log still read as its template, and every template is
+/// byte for byte as xtask filled it (no overlay wrote its base). Domains
+/// of other images or modes are not read.
+pub(super) fn check_manifest_disks(m: &Manifest, image: &std::path::Path) -> Result<()> {
+    let arg = |cmd: &str, key: &str| -> Option<u64> {
+        cmd.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
+    };
+    let mut checked = 0;
+    for d in m.domain.iter().filter(|d| d.image == "blklog") {
+        let Some(v) = m.disks.of(&d.name) else { continue };
+        let mode = d.cmdline.split(' ').find_map(|w| w.strip_prefix("mode=")).unwrap_or("append");
+        if mode != "append" && mode != "overlay" {
+            continue;
+        }
+        let records = arg(&d.cmdline, "records").unwrap_or(64);
+        let seed = arg(&d.cmdline, "seed").unwrap_or(0x5eed);
+        check_log(image, v, records, seed)?;
+        if let Kind::Overlay(t) = v.kind {
+            let (base, Kind::Template(tseed)) = (&m.disks.vbds[t], m.disks.vbds[t].kind) else {
+                return Err(format!("{}'s overlay has no template in the plan", d.name));
+            };
+            let from = records + 1;
+            let mut rest = vec![0u8; base.region.sectors.saturating_sub(from) as usize * 512];
+            vbd::read_virtual(image, v, from, &mut rest)?;
+            if let Some((at, ..)) = disk_pattern::first_mismatch(&rest, tseed, from * 512) {
+                return Err(format!("{}: byte {at} past its log does not read as its template", d.name));
+            }
+        }
+        checked += 1;
+    }
+    for t in m.disks.vbds.iter() {
+        let Kind::Template(seed) = t.kind else { continue };
+        let mut buf = vec![0u8; t.region.sectors as usize * 512];
+        vbd::read_virtual(image, t, 0, &mut buf)?;
+        if let Some((at, ..)) = disk_pattern::first_mismatch(&buf, seed, 0) {
+            return Err(format!(
+                "the template at LBA {} changed at byte {at}: an overlay wrote its base",
+                t.region.lba
+            ));
+        }
+        println!("  image: the template at LBA {} (seed {seed:#x}) is intact", t.region.lba);
+    }
+    if checked == 0 {
+        return Err("the manifest has disks but no blklog log to read back".into());
+    }
+    Ok(())
 }
 
 /// Checks a blklog log on `v`'s virtual disk from the host, through the
