@@ -439,6 +439,26 @@ mod tests {
     }
 
     #[test]
+    fn the_demo_manifest_gives_three_domus_disks_clear_of_dom0s_regions() {
+        let m = Manifest::load(&crate::root().join("sample-guests/manifests/demo.toml")).unwrap();
+        let disks: Vec<(&str, Kind)> = m.disks.vbds.iter().map(|v| (v.domain.as_str(), v.kind)).collect();
+        assert_eq!(
+            disks,
+            [
+                ("", Kind::Template(4242)),
+                ("blk-log", Kind::Raw),
+                ("blk-ovl-a", Kind::Overlay(0)),
+                ("blk-ovl-b", Kind::Overlay(0))
+            ]
+        );
+        let dom0_end = [disk_pattern::dom0::READ, disk_pattern::dom0::WRITE].map(|r| r.lba + r.sectors);
+        assert!(m.disks.vbds.iter().all(|v| dom0_end.iter().all(|&e| v.region.lba >= e)));
+        assert!(m.disks.disk_sectors() <= m.devices.disk_mib * MIB);
+        let dom0 = m.domain.iter().find(|d| d.privileged).unwrap();
+        assert!(m.cmdline_of(dom0).starts_with("devices net net_serve_s=2 vbd=blk-log:raw:"), "{}", m.cmdline_of(dom0));
+    }
+
+    #[test]
     fn no_or_one_privileged_domain_is_fine() {
         assert!(parse(DOMU).is_ok());
         assert!(parse(&format!("{DOMU}{}", dom0("dom0"))).is_ok());

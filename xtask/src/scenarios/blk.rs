@@ -298,3 +298,104 @@ fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> 
     println!("  image: {}'s {records} records (seed {seed:#x}) read back by the host through its map", v.domain);
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use disk_images::Device;
+    use std::path::Path;
+
+    /// dom0, a raw-slice log and an overlay log, as in demo.toml.
+    const MANIFEST: &str = r#"
+[devices]
+disk_mib = 32
+[[template]]
+name = "base"
+mib = 1
+seed = 9
+[[domain]]
+name = "log"
+image = "blklog"
+mem_kib = 1024
+cmdline = "mode=append records=4 seed=5"
+disk = { kind = "raw", mib = 1 }
+[[domain]]
+name = "ovl"
+image = "blklog"
+mem_kib = 1024
+cmdline = "mode=overlay records=2 seed=6 template=9"
+disk = { kind = "overlay", mib = 2, template = "base" }
+[[domain]]
+name = "dom0"
+image = "dom0"
+mem_kib = 3072
+privileged = true
+cmdline = "devices"
+"#;
+
+    /// A fresh image of `m`'s disk, prepared as for a run.
+    fn prepared(m: &Manifest, name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("xtask-{name}-{}.img", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(m.devices.disk_mib << 20).unwrap();
+        images::prepare_disk(m, &path).unwrap();
+        path
+    }
+
+    /// Writes a blklog log of `records` of `seed` onto `v`'s raw slice.
+    fn write_raw_log(image: &Path, v: &vbd::Vbd, records: u64, seed: u64) {
+        let mut dev = vbd::FileDevice::open(image).unwrap();
+        let mut sb = [0u8; 512];
+        sb[..8].copy_from_slice(b"RFLOG001");
+        sb[8..16].copy_from_slice(&records.to_le_bytes());
+        sb[16..24].copy_from_slice(&seed.to_le_bytes());
+        dev.write(v.region.lba, &sb).unwrap();
+        let mut data = vec![0u8; records as usize * 512];
+        disk_pattern::fill(&mut data, seed, 512);
+        dev.write(v.region.lba + 1, &data).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_check_wants_every_log_on_the_image_and_the_template_intact() {
+        let m = Manifest::parse(MANIFEST, Path::new("t.toml")).unwrap();
+        let image = prepared(&m, "manifest-disks");
+        // Nothing written yet: the raw slice's log is missing.
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, "log's superblock on the image is not 4 records of seed 0x5");
+        write_raw_log(&image, m.disks.of("log").unwrap(), 4, 5);
+        // A fresh overlay reads as its template: no superblock there.
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, "ovl's superblock on the image is not 2 records of seed 0x6");
+        // A record one byte off is caught.
+        let v = m.disks.of("log").unwrap().clone();
+        let mut dev = vbd::FileDevice::open(&image).unwrap();
+        let mut s = [0u8; 512];
+        dev.read(v.region.lba + 2, &mut s).unwrap();
+        s[7] ^= 1;
+        dev.write(v.region.lba + 2, &s).unwrap();
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert!(e.starts_with("log's record bytes differ on the image at byte 519: "), "{e}");
+        // dom0's proof region is as xtask wrote it, below the disks.
+        let r = disk_pattern::dom0::READ;
+        let region = crate::evidence::pattern::Region { first_sector: r.lba, sectors: r.sectors };
+        crate::evidence::pattern::check_pattern(&image, region, r.seed).unwrap();
+        std::fs::remove_file(image).unwrap();
+    }
+
+    #[test]
+    fn a_template_an_overlay_wrote_through_is_caught() {
+        let m = Manifest::parse(MANIFEST, Path::new("t.toml")).unwrap();
+        let image = prepared(&m, "manifest-template");
+        write_raw_log(&image, m.disks.of("log").unwrap(), 4, 5);
+        // The overlay's log written straight onto its base (what a broken
+        // copy-on-write would do): the overlay reads it, the template is
+        // no longer the pattern.
+        let t = m.disks.vbds.iter().find(|v| matches!(v.kind, Kind::Template(_))).unwrap().clone();
+        let mut tv = t.clone();
+        tv.domain = "ovl".into();
+        write_raw_log(&image, &tv, 2, 6);
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, format!("the template at LBA {} changed at byte 0: an overlay wrote its base", t.region.lba));
+        std::fs::remove_file(image).unwrap();
+    }
+}
