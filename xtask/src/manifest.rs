@@ -36,7 +36,8 @@
 //!   overlay (and only an overlay) names a template of the manifest;
 //! - every template is used by some overlay;
 //! - no disk is the privileged domain's (it serves them), and there is one
-//!   to serve them;
+//!   to serve them, whose command line still fits the bundle with the
+//!   `vbd=` words appended;
 //! - the plan fits `[devices] disk_mib`.
 //!
 //! xtask appends the plan's `vbd=` words to the privileged domain's
@@ -175,8 +176,7 @@ impl Manifest {
         if !d.privileged || self.disks.vbds.is_empty() {
             return Cow::Borrowed(&d.cmdline);
         }
-        let words = self.disks.cmdline();
-        Cow::Owned(if d.cmdline.is_empty() { words } else { format!("{} {words}", d.cmdline) })
+        Cow::Owned(with_words(&d.cmdline, self.disks.cmdline()))
     }
 }
 
@@ -237,8 +237,17 @@ fn plan(m: &Manifest) -> Result<Plan> {
     }
     // (With no disk, there is no template either: each must be used.)
     let Some(first) = p.vbds.first() else { return Ok(p) };
-    if !m.domain.iter().any(|d| d.privileged) {
+    let Some(dom0) = m.domain.iter().find(|d| d.privileged) else {
         return Err(format!("domain '{}': disk: no privileged domain to serve it", first.domain));
+    };
+    let len = with_words(&dom0.cmdline, p.cmdline()).len();
+    let max = ringfence_bundle::layout::MAX_CMDLINE_LEN as usize;
+    if len >= max {
+        return Err(format!(
+            "domain '{}': with the vbd= words of its {} disks its command line is {len} bytes; it must be shorter than {max} (fewer disks or shorter domain names)",
+            dom0.name,
+            p.vbds.iter().filter(|v| !matches!(v.kind, Kind::Template(_))).count()
+        ));
     }
     let need_mib = p.disk_sectors() / MIB;
     if m.devices.disk_mib == 0 {
@@ -257,6 +266,15 @@ fn plan(m: &Manifest) -> Result<Plan> {
         ));
     }
     Ok(p)
+}
+
+/// `cmdline` with `words` appended.
+fn with_words(cmdline: &str, words: String) -> String {
+    if cmdline.is_empty() {
+        words
+    } else {
+        format!("{cmdline} {words}")
+    }
 }
 
 /// A domain or template name the bundle (and dom0's `vbd=` words) accept.
@@ -419,6 +437,19 @@ mod tests {
             parse(&format!("{}{log}", dom0("dom0"))).unwrap_err(),
             "manifest m.toml: domain 'log': disk: the machine has no disk to hold it: set [devices] disk_mib (at least 20)"
         );
+    }
+
+    #[test]
+    fn too_many_disks_for_dom0s_command_line_are_refused() {
+        let name = |k: usize| format!("a-long-domain-name-number-{k:05}");
+        let domus: String = (0..40).map(|k| domu(&name(k), "kind = \"raw\", mib = 1")).collect();
+        let text = format!("[devices]\ndisk_mib = 1024\n{}{domus}", dom0("dom0"));
+        assert_eq!(
+            parse(&text).unwrap_err(),
+            "manifest m.toml: domain 'dom0': with the vbd= words of its 40 disks its command line is 2046 bytes; it must be shorter than 1024 (fewer disks or shorter domain names)"
+        );
+        let domus: String = (0..20).map(|k| domu(&name(k), "kind = \"raw\", mib = 1")).collect();
+        assert!(parse(&format!("[devices]\ndisk_mib = 1024\n{}{domus}", dom0("dom0"))).is_ok());
     }
 
     #[test]
