@@ -236,7 +236,7 @@ fn plan(m: &Manifest) -> Result<Plan> {
         return Err(format!("template '{}' is named by no overlay's disk", templates[k].0));
     }
     // (With no disk, there is no template either: each must be used.)
-    let Some(first) = p.vbds.first() else { return Ok(p) };
+    let Some(first) = p.vbds.iter().find(|v| !matches!(v.kind, Kind::Template(_))) else { return Ok(p) };
     let Some(dom0) = m.domain.iter().find(|d| d.privileged) else {
         return Err(format!("domain '{}': disk: no privileged domain to serve it", first.domain));
     };
@@ -436,6 +436,16 @@ mod tests {
         assert_eq!(
             parse(&format!("{}{log}", dom0("dom0"))).unwrap_err(),
             "manifest m.toml: domain 'log': disk: the machine has no disk to hold it: set [devices] disk_mib (at least 20)"
+        );
+        // With a template laid out first, the domain is still the one named.
+        let base = "[[template]]\nname = \"base\"\nmib = 2\nseed = 1\n";
+        assert_eq!(
+            parse(&format!("{base}{}", overlay("ovl"))).unwrap_err(),
+            "manifest m.toml: domain 'ovl': disk: no privileged domain to serve it"
+        );
+        assert_eq!(
+            parse(&format!("{base}{}{}", dom0("dom0"), overlay("ovl"))).unwrap_err(),
+            "manifest m.toml: domain 'ovl': disk: the machine has no disk to hold it: set [devices] disk_mib (at least 21)"
         );
     }
 
