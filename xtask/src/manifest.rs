@@ -36,8 +36,9 @@
 //!   overlay (and only an overlay) names a template of the manifest;
 //! - every template is used by some overlay;
 //! - no disk is the privileged domain's (it serves them), and there is one
-//!   to serve them, whose command line still fits the bundle with the
-//!   `vbd=` words appended;
+//!   to serve them (the sample `dom0` in its `devices` or `serve` mode),
+//!   whose command line still fits the bundle with the `vbd=` words
+//!   appended;
 //! - the plan fits `[devices] disk_mib`.
 //!
 //! xtask appends the plan's `vbd=` words to the privileged domain's
@@ -240,6 +241,15 @@ fn plan(m: &Manifest) -> Result<Plan> {
     let Some(dom0) = m.domain.iter().find(|d| d.privileged) else {
         return Err(format!("domain '{}': disk: no privileged domain to serve it", first.domain));
     };
+    // The sample dom0 serves disks only in these modes; in any other, the
+    // domUs would wait for their disks for ever.
+    let has = |w: &str| dom0.cmdline.split(' ').any(|x| x == w);
+    if dom0.image == "dom0" && !has("devices") && !has("serve") {
+        return Err(format!(
+            "domain '{}': disk: the privileged domain '{}' serves disks only with `devices` or `serve` on its cmdline (it has \"{}\")",
+            first.domain, dom0.name, dom0.cmdline
+        ));
+    }
     let len = with_words(&dom0.cmdline, p.cmdline()).len();
     let max = ringfence_bundle::layout::MAX_CMDLINE_LEN as usize;
     if len >= max {
@@ -325,7 +335,7 @@ mod tests {
     const DOMU: &str = "[[domain]]\nname = \"domu\"\nimage = \"hello\"\nmem_kib = 512\n";
 
     fn dom0(name: &str) -> String {
-        format!("[[domain]]\nname = \"{name}\"\nimage = \"dom0\"\nmem_kib = 1024\nprivileged = true\n")
+        format!("[[domain]]\nname = \"{name}\"\nimage = \"dom0\"\nmem_kib = 1024\nprivileged = true\ncmdline = \"devices\"\n")
     }
 
     /// dom0 on a 64 MiB disk, a template `base` (2 MiB, seed 0x7e4a), and
@@ -371,7 +381,7 @@ mod tests {
         let dom0 = m.domain.iter().find(|d| d.privileged).unwrap();
         assert_eq!(
             m.cmdline_of(dom0),
-            "vbd=log:raw:36864:8192 vbd=ovl-a:image:45056:6144 vbd=sp:image:51200:16384 vbd=ovl-b:image:67584:6144"
+            "devices vbd=log:raw:36864:8192 vbd=ovl-a:image:45056:6144 vbd=sp:image:51200:16384 vbd=ovl-b:image:67584:6144"
         );
         let log = m.domain.iter().find(|d| d.name == "log").unwrap();
         assert_eq!(m.cmdline_of(log), "");
@@ -437,6 +447,12 @@ mod tests {
             parse(&format!("{}{log}", dom0("dom0"))).unwrap_err(),
             "manifest m.toml: domain 'log': disk: the machine has no disk to hold it: set [devices] disk_mib (at least 20)"
         );
+        // A dom0 in a mode that serves no disks.
+        let idle = "[devices]\ndisk_mib = 64\n[[domain]]\nname = \"dom0\"\nimage = \"dom0\"\nmem_kib = 2048\nprivileged = true\ncmdline = \"net\"\n";
+        assert_eq!(
+            parse(&format!("{idle}{log}")).unwrap_err(),
+            "manifest m.toml: domain 'log': disk: the privileged domain 'dom0' serves disks only with `devices` or `serve` on its cmdline (it has \"net\")"
+        );
         // With a template laid out first, the domain is still the one named.
         let base = "[[template]]\nname = \"base\"\nmib = 2\nseed = 1\n";
         assert_eq!(
@@ -456,7 +472,7 @@ mod tests {
         let text = format!("[devices]\ndisk_mib = 1024\n{}{domus}", dom0("dom0"));
         assert_eq!(
             parse(&text).unwrap_err(),
-            "manifest m.toml: domain 'dom0': with the vbd= words of its 40 disks its command line is 2046 bytes; it must be shorter than 1024 (fewer disks or shorter domain names)"
+            "manifest m.toml: domain 'dom0': with the vbd= words of its 40 disks its command line is 2054 bytes; it must be shorter than 1024 (fewer disks or shorter domain names)"
         );
         let domus: String = (0..20).map(|k| domu(&name(k), "kind = \"raw\", mib = 1")).collect();
         assert!(parse(&format!("[devices]\ndisk_mib = 1024\n{}{domus}", dom0("dom0"))).is_ok());
