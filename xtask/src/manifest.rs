@@ -474,7 +474,7 @@ mod tests {
             parse(&text).unwrap_err(),
             "manifest m.toml: domain 'dom0': with the vbd= words of its 40 disks its command line is 2054 bytes; it must be shorter than 1024 (fewer disks or shorter domain names)"
         );
-        let domus: String = (0..20).map(|k| domu(&name(k), "kind = \"raw\", mib = 1")).collect();
+        let domus: String = (0..16).map(|k| domu(&name(k), "kind = \"raw\", mib = 1")).collect();
         assert!(parse(&format!("[devices]\ndisk_mib = 1024\n{}{domus}", dom0("dom0"))).is_ok());
     }
 
