@@ -108,7 +108,7 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "demo",
-            what: "the `cargo xtask run` demo passes with every domain as expected",
+            what: "the `cargo xtask run` demo passes with every domain as expected, among them three domUs on virtual disks dom0 serves from the manifest (a raw-slice log, two overlays on one template), whose logs the host finds on the image with the template intact",
             bundle: |imgs| {
                 let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
                 let p = images::pack_manifest(imgs, &m)?;
