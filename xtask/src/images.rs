@@ -72,7 +72,7 @@ pub fn pack_manifest(imgs: &Images, m: &Manifest) -> Result<PathBuf> {
     for d in &m.domain {
         let image = imgs.guest(&d.image, &m.dir)?;
         let e = DomainEntry::new(d.name.as_bytes(), image, d.mem_kib)
-            .cmdline(d.cmdline.as_bytes())
+            .cmdline(m.cmdline_of(d).as_bytes())
             .weight(d.weight)
             .warp_us(d.warp_us)
             .privileged(d.privileged)
@@ -83,6 +83,18 @@ pub fn pack_manifest(imgs: &Images, m: &Manifest) -> Result<PathBuf> {
     add_symbols(&mut w, imgs)?;
     let bytes = w.finish_checked().map_err(|e| format!("manifest cannot be packed: {e}"))?;
     write_bundle("demo", &bytes)
+}
+
+/// Writes what manifest `m`'s machine must find on its disk into the
+/// fresh `image` (of `[devices] disk_mib`): the region dom0 proves
+/// (`disk_pattern::dom0::READ`), then the virtual disks' headers and
+/// templates ([`crate::vbd::Plan::format`]; the manifest checked that they
+/// fit and stay clear of dom0's regions).
+pub fn prepare_disk(m: &Manifest, image: &Path) -> Result<()> {
+    let r = disk_pattern::dom0::READ;
+    let region = crate::evidence::pattern::Region { first_sector: r.lba, sectors: r.sectors };
+    crate::evidence::pattern::write_pattern(image, region, r.seed)?;
+    m.disks.format(image)
 }
 
 /// Writes bundle bytes to `target/ringfence/<name>.bundle`.

@@ -101,7 +101,8 @@ fn build(_args: &[String]) -> Result<()> {
 }
 
 /// The devices of manifest `m` (at `path`): a fresh disk image with the
-/// dom0 pattern written, and the NIC; printed where they are.
+/// dom0 pattern written and the virtual disks formatted, and the NIC;
+/// printed where they are.
 fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qemu::Devices> {
     use qemu::devices::{Disk, Nic, Proto};
     let mut d = qemu::Devices::NONE;
@@ -109,9 +110,8 @@ fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qe
         let stem = path.file_stem().map_or("run".into(), |s| s.to_string_lossy().into_owned());
         let image = images::target_dir().join("ringfence").join(format!("{stem}.img"));
         d.disk = Some(Disk::create(&image, m.devices.disk_mib << 20)?);
+        images::prepare_disk(m, &image)?;
         let r = disk_pattern::dom0::READ;
-        let region = evidence::pattern::Region { first_sector: r.lba, sectors: r.sectors };
-        evidence::pattern::write_pattern(&image, region, r.seed)?;
         eprintln!(
             "xtask: disk {} ({} MiB, pattern of seed {:#x} at LBA {})",
             image.display(),
@@ -119,6 +119,17 @@ fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qe
             r.seed,
             r.lba
         );
+        for v in &m.disks.vbds {
+            let what = match v.kind {
+                vbd::Kind::Raw => format!("{}'s raw slice", v.domain),
+                vbd::Kind::Sparse => format!("{}'s sparse image", v.domain),
+                vbd::Kind::Overlay(t) => {
+                    format!("{}'s overlay on the template at LBA {}", v.domain, m.disks.vbds[t].region.lba)
+                }
+                vbd::Kind::Template(seed) => format!("a template (pattern of seed {seed:#x})"),
+            };
+            eprintln!("xtask: disk: {what}: LBA {}, {} sectors", v.region.lba, v.region.sectors);
+        }
     }
     if !m.devices.nic_udp.is_empty() {
         let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();

@@ -108,7 +108,7 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "demo",
-            what: "the `cargo xtask run` demo passes with every domain as expected",
+            what: "the `cargo xtask run` demo passes with every domain as expected, among them three domUs on virtual disks dom0 serves from the manifest (a raw-slice log, two overlays on one template), whose logs the host finds on the image with the template intact",
             bundle: |imgs| {
                 let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
                 let p = images::pack_manifest(imgs, &m)?;
@@ -126,6 +126,7 @@ fn scenarios() -> Vec<Scenario> {
                 // dom0 brings up its disk beside the demo domains.
                 need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
                 need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
+                demo_disks(out)?;
                 need(out, "(rf) verdict: PASS")?;
                 interleaved(out, "[hello] hello round", "[ticker] tick ")?;
                 sse_intact(out, "[hello] hello round", 4)?;
@@ -1343,6 +1344,7 @@ fn spy_domain(name: &str, attempt: &str, expect: &str) -> crate::manifest::Domai
         privileged: false,
         dma_kib: 0,
         expect: expect.into(),
+        disk: None,
     }
 }
 
@@ -1560,18 +1562,51 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 
 /// The decimal number that follows `key` in `line`.
 /// The devices of the demo manifest (`[devices]` of demo.toml): its disk,
-/// with the region dom0 checks filled in, and its NIC.
+/// prepared as `cargo xtask run` prepares it (the region dom0 checks
+/// filled in, the virtual disks formatted and the templates filled), and
+/// its NIC. After the run, the host reads the domUs' logs back off the
+/// image ([`blk::check_manifest_disks`]).
 fn demo_rig(rig: &mut Rig) -> Result<()> {
     let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
-    if m.devices.disk_mib > 0 {
-        let image = rig.disk(m.devices.disk_mib << 20)?;
-        write_pattern(&image, region_of(disk_pattern::dom0::READ), disk_pattern::dom0::READ.seed)?;
-    }
     if !m.devices.nic_udp.is_empty() {
         let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
         rig.nic(&ports)?;
     }
+    if m.devices.disk_mib > 0 {
+        let image = rig.disk(m.devices.disk_mib << 20)?;
+        images::prepare_disk(&m, &image)?;
+        if !m.disks.vbds.is_empty() {
+            rig.after_run(move |_| blk::check_manifest_disks(&m, &image));
+        }
+    }
     Ok(())
+}
+
+/// The console lines of demo.toml's disk domUs: dom0 serves the three
+/// virtual disks after its own proof, the raw slice's log is appended and
+/// read back, and each overlay holds its own log over the shared template.
+/// (The host's own reading of the image is [`blk::check_manifest_disks`].)
+fn demo_disks(out: &str) -> Result<()> {
+    need(out, "[dom0] serve: 3 virtual disk(s) configured")?;
+    for name in ["blk-log", "blk-ovl-a", "blk-ovl-b"] {
+        need(out, &format!("[dom0] serve: dom{} ({name}): disk connected", domid_of(out, name)?))?;
+    }
+    need(out, "[blk-log] blklog: disk of 8192 sectors (4096 KiB), flush true, fua true, discard true")?;
+    need(out, "[blk-log] blklog: its disk starts empty")?;
+    need(out, "[blk-log] blklog: appended 32 records (seed 0x65), flushed")?;
+    for (name, seed) in [("blk-ovl-a", 201), ("blk-ovl-b", 202)] {
+        need(out, &format!("[{name}] blklog: disk of 4096 sectors (2048 KiB)"))?;
+        need(out, &format!("[{name}] blklog: overlay holds 16 records (seed {seed:#x}) over template {:#x}", 4242))?;
+    }
+    need(out, "[dom0] serve: every domain served has ended (")?;
+    Ok(())
+}
+
+/// The domain id the console gives domain `name`, from dom0's line when
+/// it connects it to the store.
+fn domid_of(out: &str, name: &str) -> Result<u64> {
+    let line = find_line(out, &format!(" ({name}) connected to the store"))?;
+    num_after(line, "serve: dom")
 }
 
 /// The `Region` of a `disk_pattern::dom0` region.

@@ -5,9 +5,16 @@
 //! for evidence) over the image file, through the same `disk-images` code
 //! dom0 runs.
 //!
-//! Layout: regions start at [`FIRST_LBA`] and each begins on a MiB, in the
-//! order given; nothing else of the real disk is used (its first MiB
-//! stays free, like a partition table's gap).
+//! Layout: regions start at the plan's first sector ([`FIRST_LBA`] for
+//! the scenarios' own plans, [`MANIFEST_FIRST_LBA`] for a manifest's) and
+//! each begins on a MiB, in the order given; nothing else of the real disk
+//! is used (its first MiB stays free, like a partition table's gap).
+//!
+//! A manifest's machine has dom0 in `devices` mode, which proves the real
+//! disk on its own regions (`disk_pattern::dom0::READ` and `WRITE`, both
+//! inside the first 16 MiB) before it serves the domUs: a manifest's plan
+//! therefore starts at 16 MiB, and no virtual disk overlaps them (checked
+//! at compile time below).
 
 use crate::Result;
 use disk_images::{BaseRef, Device, IoError, Region};
@@ -18,7 +25,15 @@ use std::path::Path;
 /// First sector any region may use (1 MiB).
 pub const FIRST_LBA: u64 = 2048;
 /// Sectors per MiB.
-const MIB: u64 = 2048;
+pub const MIB: u64 = 2048;
+/// First sector a manifest's virtual disks may use (16 MiB): the sectors
+/// below are dom0's own, for its disk proof.
+pub const MANIFEST_FIRST_LBA: u64 = 16 * MIB;
+
+const _: () = {
+    use disk_pattern::dom0::{READ, WRITE};
+    assert!(READ.lba + READ.sectors <= MANIFEST_FIRST_LBA && WRITE.lba + WRITE.sectors <= MANIFEST_FIRST_LBA);
+};
 
 /// What kind of virtual disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,23 +59,42 @@ pub struct Vbd {
     pub region: Region,
 }
 
-/// The plan: regions in order.
-#[derive(Clone, Debug, Default)]
+/// The plan: regions in order, from its first sector.
+#[derive(Clone, Debug)]
 pub struct Plan {
     pub vbds: Vec<Vbd>,
+    first_lba: u64,
+}
+
+impl Default for Plan {
+    /// An empty plan from [`FIRST_LBA`].
+    fn default() -> Plan {
+        Plan::starting_at(FIRST_LBA)
+    }
 }
 
 impl Plan {
+    /// An empty plan whose first region starts at the first MiB boundary
+    /// at or past `lba`.
+    pub fn starting_at(lba: u64) -> Plan {
+        Plan { vbds: Vec::new(), first_lba: lba.div_ceil(MIB) * MIB }
+    }
+
     /// Adds `mib` MiB of kind `kind` for `domain`; returns its index.
     pub fn add(&mut self, domain: &str, kind: Kind, mib: u64) -> usize {
-        let lba = self.vbds.last().map_or(FIRST_LBA, |v| (v.region.lba + v.region.sectors).div_ceil(MIB) * MIB);
+        let lba = self.vbds.last().map_or(self.first_lba, |v| (v.region.lba + v.region.sectors).div_ceil(MIB) * MIB);
         self.vbds.push(Vbd { domain: domain.into(), kind, region: Region::new(lba, mib * MIB) });
         self.vbds.len() - 1
     }
 
     /// Sectors the real disk needs.
     pub fn disk_sectors(&self) -> u64 {
-        self.vbds.last().map_or(FIRST_LBA, |v| v.region.lba + v.region.sectors).div_ceil(MIB) * MIB
+        self.vbds.last().map_or(self.first_lba, |v| v.region.lba + v.region.sectors).div_ceil(MIB) * MIB
+    }
+
+    /// The region of `domain`'s disk, if it has one.
+    pub fn of(&self, domain: &str) -> Option<&Vbd> {
+        self.vbds.iter().find(|v| !matches!(v.kind, Kind::Template(_)) && v.domain == domain)
     }
 
     /// dom0's `vbd=` words.
@@ -201,5 +235,16 @@ mod tests {
                 2048 + 17 * 2048
             )
         );
+        assert_eq!(p.of("b").map(|v| v.region.lba), Some(2048 + 12 * 2048));
+        assert!(p.of("").is_none() && p.of("d").is_none());
+    }
+
+    #[test]
+    fn a_plan_starting_past_dom0s_regions_rounds_up_to_a_mib() {
+        let mut p = Plan::starting_at(MANIFEST_FIRST_LBA + 1);
+        assert_eq!(p.disk_sectors(), MANIFEST_FIRST_LBA + MIB);
+        p.add("a", Kind::Raw, 1);
+        assert_eq!(p.vbds[0].region.lba, MANIFEST_FIRST_LBA + MIB);
+        assert_eq!(Plan::starting_at(MANIFEST_FIRST_LBA).disk_sectors(), MANIFEST_FIRST_LBA);
     }
 }

@@ -9,9 +9,13 @@
 //!   the host through the image's map; a second domU on another slice
 //!   starts from an empty disk (it never sees the first one's data) and
 //!   writes its own.
+//!
+//! The demo manifest's disks (`disk = ...` in demo.toml) get the same
+//! host-side reading after its run: [`check_manifest_disks`].
 
 use super::{entry, find_line, finish, need, Scenario};
 use crate::images::{self, Images};
+use crate::manifest::Manifest;
 use crate::qemu::Outcome;
 use crate::vbd::{self, Kind, Plan};
 use crate::Result;
@@ -224,6 +228,57 @@ pub(super) fn scenarios() -> Vec<Scenario> {
     }]
 }
 
+/// The host's evidence for a manifest's blklog domUs, read off `image`
+/// through each disk's map: every `mode=append` and `mode=overlay` log is
+/// there as its command line (`records=`, `seed=`) says, each overlay's
+/// sectors past its log still read as its template, and every template is
+/// byte for byte as xtask filled it (no overlay wrote its base). Domains
+/// of other images or modes are not read.
+pub(super) fn check_manifest_disks(m: &Manifest, image: &std::path::Path) -> Result<()> {
+    let arg = |cmd: &str, key: &str| -> Option<u64> {
+        cmd.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
+    };
+    let mut checked = 0;
+    for d in m.domain.iter().filter(|d| d.image == "blklog") {
+        let Some(v) = m.disks.of(&d.name) else { continue };
+        let mode = d.cmdline.split(' ').find_map(|w| w.strip_prefix("mode=")).unwrap_or("append");
+        if mode != "append" && mode != "overlay" {
+            continue;
+        }
+        let records = arg(&d.cmdline, "records").unwrap_or(64);
+        let seed = arg(&d.cmdline, "seed").unwrap_or(0x5eed);
+        check_log(image, v, records, seed)?;
+        if let Kind::Overlay(t) = v.kind {
+            let (base, Kind::Template(tseed)) = (&m.disks.vbds[t], m.disks.vbds[t].kind) else {
+                return Err(format!("{}'s overlay has no template in the plan", d.name));
+            };
+            let from = records + 1;
+            let mut rest = vec![0u8; base.region.sectors.saturating_sub(from) as usize * 512];
+            vbd::read_virtual(image, v, from, &mut rest)?;
+            if let Some((at, ..)) = disk_pattern::first_mismatch(&rest, tseed, from * 512) {
+                return Err(format!("{}: byte {at} past its log does not read as its template", d.name));
+            }
+        }
+        checked += 1;
+    }
+    for t in m.disks.vbds.iter() {
+        let Kind::Template(seed) = t.kind else { continue };
+        let mut buf = vec![0u8; t.region.sectors as usize * 512];
+        vbd::read_virtual(image, t, 0, &mut buf)?;
+        if let Some((at, ..)) = disk_pattern::first_mismatch(&buf, seed, 0) {
+            return Err(format!(
+                "the template at LBA {} changed at byte {at}: an overlay wrote its base",
+                t.region.lba
+            ));
+        }
+        println!("  image: the template at LBA {} (seed {seed:#x}) is intact", t.region.lba);
+    }
+    if checked == 0 {
+        return Err("the manifest has disks but no blklog log to read back".into());
+    }
+    Ok(())
+}
+
 /// Checks a blklog log on `v`'s virtual disk from the host, through the
 /// image's map as dom0 reads it.
 fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> Result<()> {
@@ -242,4 +297,105 @@ fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> 
     }
     println!("  image: {}'s {records} records (seed {seed:#x}) read back by the host through its map", v.domain);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use disk_images::Device;
+    use std::path::Path;
+
+    /// dom0, a raw-slice log and an overlay log, as in demo.toml.
+    const MANIFEST: &str = r#"
+[devices]
+disk_mib = 32
+[[template]]
+name = "base"
+mib = 1
+seed = 9
+[[domain]]
+name = "log"
+image = "blklog"
+mem_kib = 1024
+cmdline = "mode=append records=4 seed=5"
+disk = { kind = "raw", mib = 1 }
+[[domain]]
+name = "ovl"
+image = "blklog"
+mem_kib = 1024
+cmdline = "mode=overlay records=2 seed=6 template=9"
+disk = { kind = "overlay", mib = 2, template = "base" }
+[[domain]]
+name = "dom0"
+image = "dom0"
+mem_kib = 3072
+privileged = true
+cmdline = "devices"
+"#;
+
+    /// A fresh image of `m`'s disk, prepared as for a run.
+    fn prepared(m: &Manifest, name: &str) -> std::path::PathBuf {
+        let path = std::env::temp_dir().join(format!("xtask-{name}-{}.img", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(m.devices.disk_mib << 20).unwrap();
+        images::prepare_disk(m, &path).unwrap();
+        path
+    }
+
+    /// Writes a blklog log of `records` of `seed` onto `v`'s raw slice.
+    fn write_raw_log(image: &Path, v: &vbd::Vbd, records: u64, seed: u64) {
+        let mut dev = vbd::FileDevice::open(image).unwrap();
+        let mut sb = [0u8; 512];
+        sb[..8].copy_from_slice(b"RFLOG001");
+        sb[8..16].copy_from_slice(&records.to_le_bytes());
+        sb[16..24].copy_from_slice(&seed.to_le_bytes());
+        dev.write(v.region.lba, &sb).unwrap();
+        let mut data = vec![0u8; records as usize * 512];
+        disk_pattern::fill(&mut data, seed, 512);
+        dev.write(v.region.lba + 1, &data).unwrap();
+    }
+
+    #[test]
+    fn the_manifest_check_wants_every_log_on_the_image_and_the_template_intact() {
+        let m = Manifest::parse(MANIFEST, Path::new("t.toml")).unwrap();
+        let image = prepared(&m, "manifest-disks");
+        // Nothing written yet: the raw slice's log is missing.
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, "log's superblock on the image is not 4 records of seed 0x5");
+        write_raw_log(&image, m.disks.of("log").unwrap(), 4, 5);
+        // A fresh overlay reads as its template: no superblock there.
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, "ovl's superblock on the image is not 2 records of seed 0x6");
+        // A record one byte off is caught.
+        let v = m.disks.of("log").unwrap().clone();
+        let mut dev = vbd::FileDevice::open(&image).unwrap();
+        let mut s = [0u8; 512];
+        dev.read(v.region.lba + 2, &mut s).unwrap();
+        s[7] ^= 1;
+        dev.write(v.region.lba + 2, &s).unwrap();
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert!(e.starts_with("log's record bytes differ on the image at byte 519: "), "{e}");
+        // dom0's proof region is as xtask wrote it, below the disks.
+        let r = disk_pattern::dom0::READ;
+        let region = crate::evidence::pattern::Region { first_sector: r.lba, sectors: r.sectors };
+        crate::evidence::pattern::check_pattern(&image, region, r.seed).unwrap();
+        std::fs::remove_file(image).unwrap();
+    }
+
+    #[test]
+    fn a_template_an_overlay_wrote_through_is_caught() {
+        let m = Manifest::parse(MANIFEST, Path::new("t.toml")).unwrap();
+        let image = prepared(&m, "manifest-template");
+        write_raw_log(&image, m.disks.of("log").unwrap(), 4, 5);
+        // The overlay's log written straight onto its base (what a broken
+        // copy-on-write would do): the overlay reads it, the template is
+        // no longer the pattern.
+        let t = m.disks.vbds.iter().find(|v| matches!(v.kind, Kind::Template(_))).unwrap().clone();
+        let mut tv = t.clone();
+        tv.domain = "ovl".into();
+        write_raw_log(&image, &tv, 2, 6);
+        let e = check_manifest_disks(&m, &image).unwrap_err();
+        assert_eq!(e, format!("the template at LBA {} changed at byte 0: an overlay wrote its base", t.region.lba));
+        std::fs::remove_file(image).unwrap();
+    }
 }

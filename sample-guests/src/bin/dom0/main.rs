@@ -14,7 +14,9 @@
 //! With `devices` (the `dom0-devices` scenario and `cargo xtask run`), it
 //! enumerates PCI, brings up the virtio disk with its interrupt-driven
 //! driver and proves it (reads xtask's pattern, writes its own, flushes:
-//! [`blk`]), then the network. `storm` makes the disk storm interrupts
+//! [`blk`]), then the network; with `vbd=` words too (a manifest that gives
+//! domUs disks), it then serves them and the store on that same disk, as
+//! `serve` does. `storm` makes the disk storm interrupts
 //! beside a domU (`dom0-storm`); `blkbench` measures the disk
 //! (`cargo xtask bench`).
 //!
@@ -104,48 +106,77 @@ fn list_pci(who: &str) -> usize {
 }
 
 /// `devices`: enumerate PCI, bring up the disk and prove it, then the
-/// network.
+/// network; then, if the command line has `vbd=` words (xtask writes them
+/// from the manifest's disks), serve the domUs' virtual disks and the
+/// store on the same open disk until every other domain has ended.
 fn devices(c: &mut Checks, cmdline: &str) {
     let who = "dom0";
     list_pci(who);
-    match blk::open() {
+    let mut disk = match blk::open() {
         Ok(mut disk) => {
             let r = blk::prove(&mut disk);
             if let Err(e) = &r {
                 println!("blk: {e}");
             }
             c.holds(who, format_args!("virtio-blk proved (read, write, flush)"), r.is_ok());
+            Some(disk)
         }
-        Err(e) => c.holds(who, format_args!("virtio-blk brought up ({e})"), false),
-    }
+        Err(e) => {
+            c.holds(who, format_args!("virtio-blk brought up ({e})"), false);
+            None
+        }
+    };
     if has_word(cmdline, "net") {
         let ok = net::run(pvguest_sdk::start_info()).is_ok();
         c.holds(who, format_args!("the network service ran until told to stop"), ok);
     } else {
         println!("{who}: no `net` on the command line: the NIC is left alone");
     }
+    if !cmdline.split(' ').any(|w| w.starts_with("vbd=")) {
+        return;
+    }
+    // The disk can be opened once: the one proved above is served.
+    match disk.as_mut() {
+        Some(disk) if init_heap(c, cmdline) => serve_all(c, disk, cmdline),
+        Some(_) => {}
+        None => c.holds(who, format_args!("the domUs' virtual disks served (no disk to serve them from)"), false),
+    }
 }
 
 /// `serve`: the store and the domUs' disks (see [`serve`]).
 fn serve_mode(c: &mut Checks, cmdline: &str) {
-    let who = "dom0";
-    let heap = pvguest_sdk::cmdline::arg_or(cmdline, "heap", 128);
-    if let Err(e) = pvguest_sdk::heap::init(heap) {
-        c.holds(who, format_args!("a heap of {heap} pages ({e})"), false);
+    if !init_heap(c, cmdline) {
         return;
     }
     let mut disk = match blk::open() {
         Ok(d) => d,
         Err(e) => {
-            c.holds(who, format_args!("virtio-blk brought up ({e})"), false);
+            c.holds("dom0", format_args!("virtio-blk brought up ({e})"), false);
             return;
         }
     };
-    let r = serve::run(&mut disk, cmdline);
+    serve_all(c, &mut disk, cmdline);
+}
+
+/// The heap serving needs: `heap=` pages (128 by default); whether it is
+/// there.
+fn init_heap(c: &mut Checks, cmdline: &str) -> bool {
+    let heap = pvguest_sdk::cmdline::arg_or(cmdline, "heap", 128);
+    let r = pvguest_sdk::heap::init(heap);
+    if let Err(e) = &r {
+        c.holds("dom0", format_args!("a heap of {heap} pages ({e})"), false);
+    }
+    r.is_ok()
+}
+
+/// Runs the store and the `vbd=` disks of `cmdline` on `disk` until every
+/// other domain has ended ([`serve::run`]).
+fn serve_all(c: &mut Checks, disk: &mut pvguest_sdk::virtio::blk::Disk, cmdline: &str) {
+    let r = serve::run(disk, cmdline);
     if let Err(e) = &r {
         println!("serve: {e}");
     }
-    c.holds(who, format_args!("served every domain to its end"), r.is_ok());
+    c.holds("dom0", format_args!("served every domain to its end"), r.is_ok());
 }
 
 /// `storm` or `blkbench`: the disk alone.
