@@ -26,7 +26,7 @@ use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pvguest_sdk::cmdline::arg;
 use pvguest_sdk::event::Port;
 use pvguest_sdk::pci::Bdf;
-use pvguest_sdk::virtio::blk::{self, BlkError, Disk, IoBuffer, SECTOR};
+use pvguest_sdk::virtio::blk::{self, BlkError, Disk, IoBuffer, Memory, Op, Submission, SECTOR};
 use pvguest_sdk::{irq, println, time};
 
 /// Where the disk is (xtask's `DISK_PCI_SLOT`).
@@ -147,34 +147,97 @@ pub fn bench(disk: &mut Disk, cmdline: &str) -> Result<(), BlkError> {
     bench_at(disk, cmdline, 0, "")
 }
 
+/// Requests in flight at most in a pipelined pass.
+const MAX_QD: usize = 32;
+
+/// `count` requests of `len` bytes, `op` at the sectors `lba_of(i)` gives,
+/// with up to `qd` in flight (the driver's asynchronous submissions, each
+/// with its own pool buffer from `bufs`, which come back with their
+/// completions).
+fn pipelined(
+    disk: &mut Disk,
+    bufs: &mut [Option<IoBuffer>; MAX_QD],
+    op: Op,
+    count: u64,
+    len: usize,
+    qd: usize,
+    mut lba_of: impl FnMut(u64) -> u64,
+) -> Result<(), BlkError> {
+    let (mut next, mut finished) = (0u64, 0u64);
+    let mut in_flight = 0usize;
+    while finished < count {
+        while next < count && in_flight < qd {
+            let Some(k) = bufs.iter().position(Option::is_some) else { break };
+            let buf = bufs[k].take().expect("found above");
+            let s = Submission { op, lba: lba_of(next), mem: Memory::Buffer(buf), range: 0..len, cookie: k as u64 };
+            match disk.submit(s) {
+                Ok(()) => {
+                    next += 1;
+                    in_flight += 1;
+                }
+                Err((BlkError::Busy, s)) => {
+                    if let Memory::Buffer(b) = s.mem {
+                        bufs[k] = Some(b);
+                    }
+                    break;
+                }
+                Err((e, _)) => return Err(e),
+            }
+        }
+        disk.kick();
+        let mut any = false;
+        while let Some(c) = disk.next_completion() {
+            any = true;
+            c.result?;
+            if let Memory::Buffer(b) = c.mem {
+                bufs[c.cookie as usize % MAX_QD] = Some(b);
+            }
+            in_flight -= 1;
+            finished += 1;
+        }
+        if !any {
+            disk.wait()?;
+        }
+    }
+    Ok(())
+}
+
 /// [`bench`] on the disk from sector `base`, its lines' names prefixed
 /// with `prefix` (the split-disk benchmark's dom0-native half); with
-/// `rand4k=N`, also `N` 4 KiB reads at pseudo-random places of the region.
+/// `rand4k=N`, also `N` 4 KiB reads at pseudo-random places of the region;
+/// with `qd=Q` (1 to 32; 1 by default), the sequential and random passes
+/// keep `Q` requests in flight.
 pub fn bench_at(disk: &mut Disk, cmdline: &str, base: u64, prefix: &str) -> Result<(), BlkError> {
     let bytes = arg(cmdline, "mib").unwrap_or(8) << 20;
     let chunks = bytes / CHUNK as u64;
     let per = (CHUNK / SECTOR) as u64;
-    let mut a = IoBuffer::new(CHUNK)?;
-    let mut b = IoBuffer::new(CHUNK)?;
-    disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
+    let qd = (arg(cmdline, "qd").unwrap_or(1) as usize).clamp(1, MAX_QD);
+    let mut bufs: [Option<IoBuffer>; MAX_QD] = core::array::from_fn(|_| None);
+    for b in bufs.iter_mut().take(qd) {
+        let mut buf = IoBuffer::new(CHUNK)?;
+        disk_pattern::fill_words(buf.as_mut_slice(), 1, 0);
+        *b = Some(buf);
+    }
     let report = |what: &str, t0: (u64, u64)| {
         let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-        println!("blkbench: {prefix}{what} bytes={} ns={ns} tsc={tsc}", chunks * CHUNK as u64);
+        println!("blkbench: {prefix}{what} bytes={} ns={ns} tsc={tsc} qd={qd}", chunks * CHUNK as u64);
     };
     let start = || (time::now_ns(), time::tsc());
 
     // Writes first, so the reads read what was written (not holes).
     let t0 = start();
-    for c in 0..chunks {
-        disk.write(base + c * per, a.as_slice())?;
-    }
+    pipelined(disk, &mut bufs, Op::Write, chunks, CHUNK, qd, |c| base + c * per)?;
     disk.flush()?;
     report("seq_write", t0);
     let t0 = start();
-    for c in 0..chunks {
-        disk.read(base + c * per, b.as_mut_slice())?;
-    }
+    pipelined(disk, &mut bufs, Op::Read, chunks, CHUNK, qd, |c| base + c * per)?;
     report("seq_read", t0);
+    let mut a = bufs[0].take().expect("qd >= 1");
+    let mut b = match bufs[1].take() {
+        Some(b) => b,
+        None => IoBuffer::new(CHUNK)?,
+    };
+    disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
     let t0 = start();
     for _ in 0..chunks {
         b.as_mut_slice().copy_from_slice(a.as_slice());
@@ -191,19 +254,21 @@ pub fn bench_at(disk: &mut Disk, cmdline: &str, base: u64, prefix: &str) -> Resu
     }
     let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
     println!("blkbench: {prefix}read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best}");
+    bufs[0] = Some(a);
+    bufs[1] = Some(b);
     let rand = arg(cmdline, "rand4k").unwrap_or(0);
     if rand > 0 {
         let blocks = bytes / 4096;
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
         let t0 = start();
-        for _ in 0..rand {
+        pipelined(disk, &mut bufs, Op::Read, rand, 4096, qd, |_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            disk.read(base + (x % blocks) * 8, &mut b.as_mut_slice()[..4096])?;
-        }
+            base + (x % blocks) * 8
+        })?;
         let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-        println!("blkbench: {prefix}randread_4k count={rand} ns={ns} tsc={tsc}");
+        println!("blkbench: {prefix}randread_4k count={rand} ns={ns} tsc={tsc} qd={qd}");
     }
     println!("blkbench: done ({} device interrupts)", blk::interrupts());
     Ok(())
