@@ -132,8 +132,21 @@ struct PoolPage {
     gref: u32,
 }
 
+/// Counters of a [`BlockDevice`] (how well batching works: requests per
+/// notification, responses per wait).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontStats {
+    /// Requests put on the ring.
+    pub requests: u64,
+    /// Notifications sent to the backend.
+    pub notifies: u64,
+    /// Times the front slept waiting for responses.
+    pub waits: u64,
+}
+
 /// A connected virtual disk (see the module docs).
 pub struct BlockDevice {
+    stats: FrontStats,
     ring: FrontChannel<Request, Response>,
     inflight: Inflight<{ RING_SLOTS }>,
     pool: Vec<PoolPage>,
@@ -167,7 +180,16 @@ impl BlockDevice {
         }
         let free = (0..n as u16).rev().collect();
         let salt = crate::time::tsc() ^ (u64::from(handle) << 48);
-        Ok(BlockDevice { ring, inflight: Inflight::with_salt(salt), pool, free, info, handle, broken: false })
+        Ok(BlockDevice {
+            stats: FrontStats::default(),
+            ring,
+            inflight: Inflight::with_salt(salt),
+            pool,
+            free,
+            info,
+            handle,
+            broken: false,
+        })
     }
 
     /// The ring's grant reference, for the store.
@@ -178,6 +200,11 @@ impl BlockDevice {
     /// The event port, for the store.
     pub fn port(&self) -> Port {
         self.ring.port()
+    }
+
+    /// The device's counters.
+    pub fn stats(&self) -> FrontStats {
+        self.stats
     }
 
     /// What the backend said of the disk.
@@ -284,6 +311,7 @@ impl BlockDevice {
                 }
             }
             if self.ring.ring.push_and_check_notify().map_err(|e| self.fail(e))? {
+                self.stats.notifies += 1;
                 let _ = self.ring.notify();
             }
             if pending.is_empty() && next == ios.len() {
@@ -345,6 +373,7 @@ impl BlockDevice {
                 self.broken = true;
                 return Err(BlkError::NotConnected);
             }
+            self.stats.waits += 1;
             let _ = crate::sched::poll(&[port.0], crate::time::now_ns() + IDLE_CHECK_NS);
         }
     }
@@ -411,6 +440,7 @@ impl BlockDevice {
     fn push(&mut self, req: Request) -> Result<u64, BlkError> {
         let req = self.inflight.submit(req).map_err(|_| BlkError::NoMemory)?;
         let id = req.id;
+        self.stats.requests += 1;
         if self.ring.ring.try_push(req).is_err() {
             // Cannot happen with fewer requests in flight than slots; undo
             // nothing the backend could see, but never lose track.
@@ -450,6 +480,7 @@ mod key {
     pub const FLUSH: &str = "feature-flush-cache";
     pub const FUA: &str = "feature-fua";
     pub const DISCARD: &str = "feature-discard";
+    pub const PERSISTENT: &str = "feature-persistent";
 }
 
 /// `info` bit: the disk is read-only (Xen's `VDISK_READONLY`).
@@ -500,6 +531,9 @@ impl BlockDevice {
                             &format!("{dir}/{}", key::EVENT_CHANNEL),
                             format!("{}", d.port().0).as_bytes(),
                         )?;
+                        // The pool pages are granted once and used for
+                        // nothing else: the backend may keep them mapped.
+                        store.write_tx(tx, &format!("{dir}/{}", key::PERSISTENT), b"1")?;
                         store.transaction_end(tx, true)?;
                         dev = Some(d);
                         follow = Some(Event::LocalReady);

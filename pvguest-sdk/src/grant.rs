@@ -507,3 +507,111 @@ impl MappedPages {
         first.map_or(Ok(()), Err)
     }
 }
+
+/// One of a peer's grants mapped read-write at a [`crate::vmap`] slot of
+/// its own, for as long as a backend keeps it: the building block of
+/// persistent grants, where a front grants a pool of pages once and the
+/// backend maps each the first time it sees it and keeps the mapping for
+/// the connection's life (no map or unmap per request). The machine
+/// address is recorded with the slot, so DMA code translates the mapped
+/// address like its own memory ([`crate::dma::machine_of`]).
+#[derive(Debug)]
+#[must_use = "the mapping holds the peer's page until unmapped"]
+pub struct MappedGrant {
+    map: Mapping,
+    gref: u32,
+}
+
+impl MappedGrant {
+    /// Maps `granter`'s grant `gref` read-write at a fresh slot.
+    pub fn map(granter: u16, gref: u32) -> Result<MappedGrant, GrantError> {
+        let va = crate::vmap::alloc(1).map_err(GrantError::Call)?;
+        match map(granter, gref, va, false) {
+            Ok(m) => {
+                crate::vmap::set_machine(va, m.machine_addr());
+                Ok(MappedGrant { map: m, gref })
+            }
+            Err(e) => {
+                crate::vmap::free(va, 1);
+                Err(e)
+            }
+        }
+    }
+
+    /// The grant reference it maps.
+    pub fn gref(&self) -> u32 {
+        self.gref
+    }
+
+    /// Where the page is mapped.
+    pub fn va(&self) -> u64 {
+        self.map.va()
+    }
+
+    /// The page's machine address.
+    pub fn machine_addr(&self) -> u64 {
+        self.map.machine_addr()
+    }
+
+    /// Unmaps the page and gives its slot back (a slot whose unmap failed
+    /// is never reused).
+    pub fn unmap(self) -> Result<(), GrantError> {
+        let va = self.map.va();
+        match self.map.unmap() {
+            Ok(()) => {
+                crate::vmap::free(va, 1);
+                Ok(())
+            }
+            Err((_, e)) => Err(e),
+        }
+    }
+}
+
+/// Up to [`MAX_MAPPED`] [`MappedGrant`]s lent together, page `k` of the
+/// set at byte `k * 4096` of its data (a block request's pages, from a
+/// backend's persistent mappings, handed to a device driver and back).
+#[derive(Debug, Default)]
+pub struct GrantSet {
+    grants: [Option<MappedGrant>; MAX_MAPPED],
+    n: usize,
+}
+
+impl GrantSet {
+    /// An empty set.
+    pub fn new() -> GrantSet {
+        GrantSet::default()
+    }
+
+    /// Adds a page at the end; a full set gives it back.
+    pub fn push(&mut self, g: MappedGrant) -> Result<(), MappedGrant> {
+        match self.grants.get_mut(self.n) {
+            Some(slot) => {
+                *slot = Some(g);
+                self.n += 1;
+                Ok(())
+            }
+            None => Err(g),
+        }
+    }
+
+    /// Pages in the set.
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    /// Where page `k` is mapped.
+    pub fn va(&self, k: usize) -> Option<u64> {
+        self.grants.get(k)?.as_ref().map(MappedGrant::va)
+    }
+
+    /// Takes every page out, in order.
+    pub fn drain(&mut self) -> impl Iterator<Item = MappedGrant> + '_ {
+        self.n = 0;
+        self.grants.iter_mut().filter_map(Option::take)
+    }
+}

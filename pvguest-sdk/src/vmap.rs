@@ -38,9 +38,12 @@ struct Window {
     used: [u64; SLOTS / 64],
     /// Machine frame mapped at each slot (0: none recorded).
     machine: [u64; SLOTS],
+    /// Slots not handed out.
+    free: usize,
 }
 
-static WINDOW: spin::Mutex<Window> = spin::Mutex::new(Window { base: 0, used: [0; SLOTS / 64], machine: [0; SLOTS] });
+static WINDOW: spin::Mutex<Window> =
+    spin::Mutex::new(Window { base: 0, used: [0; SLOTS / 64], machine: [0; SLOTS], free: SLOTS });
 
 /// The window's first address and size in pages, once made.
 pub fn window() -> Option<(u64, usize)> {
@@ -86,10 +89,25 @@ pub fn alloc(n: usize) -> Result<u64, Errno> {
     if w.base == 0 {
         make(&mut w)?;
     }
+    // Whole words at a time where they are full (the common case of a
+    // busy window), bit by bit inside the others.
     let mut run = 0;
-    for i in 0..SLOTS {
-        if w.used[i / 64] & (1 << (i % 64)) != 0 {
+    let mut i = 0;
+    while i < SLOTS {
+        let word = w.used[i / 64];
+        if i % 64 == 0 && word == u64::MAX {
             run = 0;
+            i += 64;
+            continue;
+        }
+        if i % 64 == 0 && word == 0 && run + 64 < n {
+            run += 64;
+            i += 64;
+            continue;
+        }
+        if word & (1 << (i % 64)) != 0 {
+            run = 0;
+            i += 1;
             continue;
         }
         run += 1;
@@ -99,10 +117,22 @@ pub fn alloc(n: usize) -> Result<u64, Errno> {
                 w.used[j / 64] |= 1 << (j % 64);
                 w.machine[j] = 0;
             }
+            w.free -= n;
             return Ok(w.base + first as u64 * 4096);
         }
+        i += 1;
     }
     Err(Errno::ENOMEM)
+}
+
+/// Slots not handed out (all of them before the window is made).
+pub fn available() -> usize {
+    let w = WINDOW.lock();
+    if w.base == 0 {
+        SLOTS
+    } else {
+        w.free
+    }
 }
 
 fn index(w: &Window, va: u64) -> Option<usize> {
@@ -116,6 +146,9 @@ pub fn free(va: u64, n: usize) {
     let mut w = WINDOW.lock();
     let Some(first) = index(&w, va) else { return };
     for j in first..(first + n).min(SLOTS) {
+        if w.used[j / 64] & (1 << (j % 64)) != 0 {
+            w.free += 1;
+        }
         w.used[j / 64] &= !(1 << (j % 64));
         w.machine[j] = 0;
     }

@@ -82,7 +82,7 @@
 use super::{transport, SdkHal, TransportError};
 use crate::dma;
 use crate::event::{self, Port};
-use crate::grant::MappedPages;
+use crate::grant::{GrantSet, MappedPages, MAX_MAPPED};
 use crate::irq::{self, IrqChannel, Pirq};
 use crate::pci::Bdf;
 use core::ops::Range;
@@ -287,15 +287,76 @@ pub enum Memory {
     /// A peer's granted pages, mapped by a backend (the device DMAs
     /// straight into or out of them: zero copy).
     Grants(MappedPages),
+    /// A peer's granted pages from a backend's persistent mappings, each
+    /// at its own address: page `k` is byte `k * 4096` of the data.
+    Set(GrantSet),
 }
 
 impl Memory {
-    /// The virtual address and length of the whole memory.
-    fn span(&self) -> Option<(u64, usize)> {
-        match self {
-            Memory::None => None,
-            Memory::Buffer(b) => Some((b.buf.va(), b.len())),
-            Memory::Grants(p) => Some((p.va(0)?, p.len() * 4096)),
+    /// Where bytes `range` of the memory lie, or `None` if they do not.
+    fn data(&self, range: &Range<usize>) -> Option<Data> {
+        if range.start >= range.end {
+            return None;
+        }
+        let (va, total) = match self {
+            Memory::None => return None,
+            Memory::Buffer(b) => (b.buf.va(), b.len()),
+            Memory::Grants(p) => (p.va(0)?, p.len() * 4096),
+            Memory::Set(set) => {
+                if range.end > set.len() * 4096 {
+                    return None;
+                }
+                let mut vas = [0u64; MAX_MAPPED];
+                for (k, va) in vas.iter_mut().enumerate().take(set.len()) {
+                    *va = set.va(k)?;
+                }
+                return Some(Data::Pages { vas, start: range.start, end: range.end });
+            }
+        };
+        (range.end <= total).then(|| Data::Span { va: va + range.start as u64, len: range.len() })
+    }
+}
+
+/// Where a request's data lies (derived again, identically, when its
+/// chain is popped: held memory does not move).
+#[derive(Clone, Copy, Debug)]
+enum Data {
+    /// No data (a flush).
+    None,
+    /// One range of addresses (split into machine-contiguous runs).
+    Span { va: u64, len: usize },
+    /// Bytes `start..end` of pages mapped each at its own address.
+    Pages { vas: [u64; MAX_MAPPED], start: usize, end: usize },
+}
+
+impl Data {
+    fn len(&self) -> usize {
+        match *self {
+            Data::None => 0,
+            Data::Span { len, .. } => len,
+            Data::Pages { start, end, .. } => end - start,
+        }
+    }
+
+    /// The machine-contiguous runs of the data: how many, in `out`.
+    fn runs(&self, out: &mut [(u64, usize); MAX_RUNS]) -> Result<usize, BlkError> {
+        match *self {
+            Data::None => Ok(0),
+            Data::Span { va, len } => runs(va, len, out),
+            Data::Pages { vas, start, end } => {
+                let mut n = 0;
+                for (k, &va) in vas.iter().enumerate() {
+                    let (lo, hi) = (start.max(k * 4096), end.min((k + 1) * 4096));
+                    if lo >= hi {
+                        continue;
+                    }
+                    // Within one page: machine-contiguous by itself.
+                    let slot = out.get_mut(n).ok_or(BlkError::NotDmaable)?;
+                    *slot = (va + (lo - k * 4096) as u64, hi - lo);
+                    n += 1;
+                }
+                Ok(n)
+            }
         }
     }
 }
@@ -347,15 +408,14 @@ enum State {
 struct Slot {
     state: State,
     op: Op,
-    /// The data: virtual address and length (0: none).
-    va: u64,
-    len: usize,
+    /// Where its data lies.
+    data: Data,
     /// A submission's (owned) or a blocking call's (borrowed: `None`).
     owned: Option<(Memory, u64)>,
     result: Option<Result<(), BlkError>>,
 }
 
-const FREE: Slot = Slot { state: State::Free, op: Op::Flush, va: 0, len: 0, owned: None, result: None };
+const FREE: Slot = Slot { state: State::Free, op: Op::Flush, data: Data::None, owned: None, result: None };
 
 /// The machine-contiguous runs of `[va, va + len)`: how many, written to
 /// `out` as (virtual address, length). Deterministic for memory that does
@@ -402,6 +462,9 @@ static TABLE: spin::Mutex<Table> = spin::Mutex::new(Table::EMPTY);
 /// time) always finds one, even while every other slot holds a
 /// completion its owner has not collected yet.
 const RESERVED: usize = 2;
+/// Requests of [`Disk::submit`] in flight at most (the slots less the
+/// ones kept for blocking calls).
+pub const SUBMISSION_SLOTS: usize = MAX_IN_FLIGHT - RESERVED;
 
 /// An open virtio-blk disk with its interrupt bound.
 pub struct Disk {
@@ -584,12 +647,12 @@ impl Disk {
     /// status byte.
     ///
     /// # Safety
-    /// The slot's data (`va`, `len`) must be memory the driver holds for
+    /// The slot's `data` must be memory the driver holds for
     /// the request (a submission's, or a blocking call's borrow), and the
     /// returned slices may be used only to add or pop that one chain.
-    unsafe fn chain(&self, k: usize, op: Op, va: u64, len: usize) -> Result<Chain<'static>, BlkError> {
+    unsafe fn chain(&self, k: usize, op: Op, d: Data) -> Result<Chain<'static>, BlkError> {
         let mut data = [(0u64, 0usize); MAX_RUNS];
-        let n = if op == Op::Flush { 0 } else { runs(va, len, &mut data)? };
+        let n = if op == Op::Flush { 0 } else { d.runs(&mut data)? };
         let base = self.headers.va() as usize + k * SLOT_BYTES;
         // SAFETY: slot `k`'s header and status bytes lie in the header
         // page (k < MAX_IN_FLIGHT, 64 * 32 bytes), which this driver
@@ -625,9 +688,9 @@ impl Disk {
     }
 
     /// Queues slot `k`'s request. The caller has checked it.
-    fn start(&mut self, k: usize, op: Op, lba: u64, va: u64, len: usize) -> Result<(), BlkError> {
+    fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<(), BlkError> {
         // SAFETY: the slot's memory is held (the callers' contracts).
-        let mut c = unsafe { self.chain(k, op, va, len)? };
+        let mut c = unsafe { self.chain(k, op, d)? };
         if self.queue.available_desc() < c.nins + c.nouts {
             return Err(BlkError::Busy);
         }
@@ -660,13 +723,14 @@ impl Disk {
     // mapped pages) that must not be lost, and there may be no heap to box it.
     #[allow(clippy::result_large_err)]
     pub fn submit(&mut self, s: Submission) -> Result<(), (BlkError, Submission)> {
-        let (va, len) = match (s.op, s.mem.span()) {
-            (Op::Flush, _) => (0, 0),
-            (_, Some((va, total))) if s.range.start < s.range.end && s.range.end <= total => {
-                (va + s.range.start as u64, s.range.len())
-            }
-            _ => return Err((BlkError::BadRequest { len: s.range.len() }, s)),
+        let d = match s.op {
+            Op::Flush => Data::None,
+            _ => match s.mem.data(&s.range) {
+                Some(d) => d,
+                None => return Err((BlkError::BadRequest { len: s.range.len() }, s)),
+            },
         };
+        let len = d.len();
         if let Err(e) = self.check(s.op, s.lba, len) {
             return Err((e, s));
         }
@@ -679,18 +743,18 @@ impl Disk {
         };
         if s.op == Op::Flush && !self.flush_cache {
             // No volatile cache: nothing to flush, done at once.
-            t.slots[k] = Slot { state: State::Free, op: s.op, va: 0, len: 0, owned: None, result: None };
+            t.slots[k] = Slot { state: State::Free, op: s.op, data: Data::None, owned: None, result: None };
             drop(t);
             self.busy += 1;
             self.finished(k, Some((s.mem, s.cookie)), Ok(()));
             return Ok(());
         }
         drop(t);
-        match self.start(k, s.op, s.lba, va, len) {
+        match self.start(k, s.op, s.lba, d) {
             Ok(()) => {
                 let mut t = TABLE.lock();
                 t.slots[k] =
-                    Slot { state: State::InFlight, op: s.op, va, len, owned: Some((s.mem, s.cookie)), result: None };
+                    Slot { state: State::InFlight, op: s.op, data: d, owned: Some((s.mem, s.cookie)), result: None };
                 self.busy += 1;
                 Ok(())
             }
@@ -779,10 +843,10 @@ impl Disk {
     fn harvest(&mut self) -> Result<(), BlkError> {
         while let Some(token) = self.queue.peek_used() {
             let k = self.token_slot.get(usize::from(token)).copied().unwrap_or(NO_SLOT);
-            let (op, va, len) = {
+            let (op, d) = {
                 let t = TABLE.lock();
                 match t.slots.get(usize::from(k)) {
-                    Some(s) if s.state == State::InFlight => (s.op, s.va, s.len),
+                    Some(s) if s.state == State::InFlight => (s.op, s.data),
                     _ => {
                         self.broken = true;
                         return Err(BlkError::Device(virtio_drivers::Error::WrongToken));
@@ -793,7 +857,7 @@ impl Disk {
             // SAFETY: the same buffers as the chain was added with (the
             // slot's, still held); `runs` names them again identically,
             // since held memory does not move.
-            let mut c = unsafe { self.chain(k, op, va, len)? };
+            let mut c = unsafe { self.chain(k, op, d)? };
             // SAFETY: as above; the device has used the chain.
             let popped = unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) };
             if let Err(e) = popped {
@@ -831,10 +895,11 @@ impl Disk {
             // for one all the same rather than fail.
             self.wait()?;
         };
-        TABLE.lock().slots[k] = Slot { state: State::InFlight, op, va, len, owned: None, result: None };
+        let d = if op == Op::Flush { Data::None } else { Data::Span { va, len } };
+        TABLE.lock().slots[k] = Slot { state: State::InFlight, op, data: d, owned: None, result: None };
         self.busy += 1;
         loop {
-            match self.start(k, op, lba, va, len) {
+            match self.start(k, op, lba, d) {
                 Ok(()) => break,
                 Err(BlkError::Busy) if self.in_flight > 0 => self.wait()?,
                 Err(e) => {
@@ -914,9 +979,10 @@ impl Disk {
         event::set_handler(port, handler).map_err(BlkError::Irq)?;
         let k = 0;
         let (va, len) = (buf.as_mut_ptr() as u64, buf.len());
-        TABLE.lock().slots[k] = Slot { state: State::InFlight, op: Op::Read, va, len, owned: None, result: None };
+        let d = Data::Span { va, len };
+        TABLE.lock().slots[k] = Slot { state: State::InFlight, op: Op::Read, data: d, owned: None, result: None };
         self.busy += 1;
-        if let Err(e) = self.start(k, Op::Read, lba, va, len) {
+        if let Err(e) = self.start(k, Op::Read, lba, d) {
             TABLE.lock().slots[k] = FREE;
             self.busy -= 1;
             let _ = event::set_handler(port, on_interrupt);

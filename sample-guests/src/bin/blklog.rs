@@ -300,6 +300,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
         ok &= disk.run(&mut ios).is_ok();
     }
     report("seq_read", t0, bytes);
+    println!("blklog: front after the sequential passes: {:?}", disk.stats());
     c.holds(who, format_args!("{} MiB written and read, {qd} requests in flight", bytes >> 20), ok);
     let reads = arg(cmd, "reads4k").unwrap_or(256);
     let mut one = [0u8; 4096];

@@ -51,9 +51,11 @@
 //! completed, so an acknowledged flush or FUA write is on the disk, and so
 //! is the metadata that finds it.
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use disk_images::{Device, Extent, IoError, VirtualDisk};
 use pvguest_sdk::channel::{BackChannel, ChannelError};
-use pvguest_sdk::grant::MappedPages;
+use pvguest_sdk::grant::{GrantSet, MappedGrant, MappedPages};
 use pvguest_sdk::virtio::blk::{self as vblk, BlkError, Completion, Disk, Memory, Submission, SECTOR};
 use pvguest_sdk::{println, vmap};
 use ring_protocol::RingError;
@@ -63,6 +65,90 @@ use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid}
 pub const BATCH: usize = 32;
 /// Requests of one backend in flight at the device at most.
 pub const MAX_PENDING: usize = 32;
+/// A front's grants one backend keeps mapped at most (persistent grants).
+pub const MAX_PERSISTENT: usize = 512;
+/// Foreign-mapping slots left free for everyone's per-request maps: no
+/// backend caches a mapping when fewer remain.
+const VMAP_RESERVE: usize = 512;
+
+/// Slots of a [`GrantCache`]'s index (twice its entries at most).
+const INDEX: usize = 2 * MAX_PERSISTENT;
+
+/// A backend's persistent mappings of one front, by grant reference: an
+/// open-addressing index (insert and look-up only: an entry, once made,
+/// stays until the backend closes, so there are no tombstones) over the
+/// mappings, each either here (`Some`) or lent to a request in flight
+/// (`None`, until its completion puts it back).
+struct GrantCache {
+    /// Grant reference + 1 of each index slot (0: empty).
+    keys: [u32; INDEX],
+    /// The entry each index slot names.
+    at: [u16; INDEX],
+    maps: Vec<Option<MappedGrant>>,
+}
+
+/// What [`GrantCache::take`] found.
+enum Take {
+    Got(MappedGrant),
+    /// Mapped, but lent to another request in flight.
+    Lent,
+    Absent,
+}
+
+impl GrantCache {
+    fn new() -> Box<GrantCache> {
+        Box::new(GrantCache { keys: [0; INDEX], at: [0; INDEX], maps: Vec::new() })
+    }
+
+    /// The index slot of `gref`, or the empty one where it would go.
+    fn slot(&self, gref: u32) -> usize {
+        let mut i = (gref.wrapping_mul(0x9E37_79B1) >> 22) as usize % INDEX;
+        while self.keys[i] != 0 && self.keys[i] != gref.wrapping_add(1) {
+            i = (i + 1) % INDEX;
+        }
+        i
+    }
+
+    fn len(&self) -> usize {
+        self.maps.len()
+    }
+
+    fn take(&mut self, gref: u32) -> Take {
+        let i = self.slot(gref);
+        if self.keys[i] == 0 {
+            return Take::Absent;
+        }
+        match self.maps[usize::from(self.at[i])].take() {
+            Some(m) => Take::Got(m),
+            None => Take::Lent,
+        }
+    }
+
+    /// Records a new mapping (of a grant not yet here) as lent.
+    fn add_lent(&mut self, gref: u32) {
+        let i = self.slot(gref);
+        if self.keys[i] == 0 && self.len() < MAX_PERSISTENT && gref != u32::MAX {
+            self.keys[i] = gref + 1;
+            self.at[i] = self.maps.len() as u16;
+            self.maps.push(None);
+        }
+    }
+
+    /// Takes back a lent mapping; one the cache has no lent entry for is
+    /// given back to the caller.
+    fn put_back(&mut self, m: MappedGrant) -> Option<MappedGrant> {
+        let i = self.slot(m.gref());
+        if self.keys[i] == 0 {
+            return Some(m);
+        }
+        let e = &mut self.maps[usize::from(self.at[i])];
+        if e.is_some() {
+            return Some(m);
+        }
+        *e = Some(m);
+        None
+    }
+}
 
 /// An accepted request in flight: what its response needs, and whether
 /// its data is done and a flush follows (`WRITE_FUA`).
@@ -84,8 +170,16 @@ pub fn serial_of(cookie: u64) -> u32 {
 /// Gives back what a completion holds when its backend is gone (closed
 /// before the device answered): the mapped pages are unmapped.
 pub fn orphan(c: Completion) {
-    if let Memory::Grants(pages) = c.mem {
-        let _ = pages.unmap();
+    match c.mem {
+        Memory::Grants(pages) => {
+            let _ = pages.unmap();
+        }
+        Memory::Set(mut set) => {
+            for g in set.drain() {
+                let _ = g.unmap();
+            }
+        }
+        _ => {}
     }
 }
 
@@ -127,6 +221,13 @@ pub struct Stats {
     pub invalid: u64,
     /// Requests that failed at the grant map or the device.
     pub failed: u64,
+    /// [`BlkBack::serve`] calls that took requests, and notifications
+    /// sent to the front (requests per call and responses per
+    /// notification say how well the batching works).
+    pub batches: u64,
+    pub notifies: u64,
+    /// Most requests in flight at the device at once.
+    pub max_in_flight: u64,
 }
 
 /// Whether a request's data is one run of its pages: every segment but
@@ -154,6 +255,11 @@ pub struct BlkBack {
     in_flight: usize,
     /// Responses pushed but not yet published.
     unpublished: bool,
+    /// Both sides offered `feature-persistent`: the front's data pages are
+    /// granted once, and stay mapped here ([`BlkBack::lease`]).
+    persistent: bool,
+    /// Persistent mappings, cached or lent.
+    cache: Box<GrantCache>,
 }
 
 /// Why a backend stopped.
@@ -188,7 +294,14 @@ impl BlkBack {
 
     /// Connects to `domid`'s ring (`gref`, `port` from the store). On
     /// failure the virtual disk comes back with the error.
-    pub fn connect(domid: u16, gref: u32, port: u32, vdisk: VirtualDisk) -> Result<BlkBack, (BackError, VirtualDisk)> {
+    /// `persistent`: the front offered persistent grants.
+    pub fn connect(
+        domid: u16,
+        gref: u32,
+        port: u32,
+        vdisk: VirtualDisk,
+        persistent: bool,
+    ) -> Result<BlkBack, (BackError, VirtualDisk)> {
         let Ok(va) = vmap::alloc(1) else { return Err((BackError::NoSlot, vdisk)) };
         match BackChannel::connect(domid, gref, port, va) {
             Ok(ring) => Ok(BlkBack {
@@ -202,6 +315,8 @@ impl BlkBack {
                 pending: [None; MAX_PENDING],
                 in_flight: 0,
                 unpublished: false,
+                persistent,
+                cache: GrantCache::new(),
             }),
             Err(e) => {
                 vmap::free(va, 1);
@@ -213,7 +328,12 @@ impl BlkBack {
     /// Ends the connection: the ring is unmapped and its port closed; the
     /// virtual disk comes back (flush it).
     pub fn close(self) -> VirtualDisk {
-        let BlkBack { ring, va, vdisk, .. } = self;
+        let BlkBack { ring, va, vdisk, cache, .. } = self;
+        // Mappings still lent to requests come back with their
+        // completions, which find no backend and unmap them ([`orphan`]).
+        for g in cache.maps.into_iter().flatten() {
+            let _ = g.unmap();
+        }
         if ring.close().is_ok() {
             vmap::free(va, 1);
         }
@@ -233,14 +353,21 @@ impl BlkBack {
     /// Takes up to [`BATCH`] requests: the asynchronous ones go to the
     /// device (answered by [`BlkBack::complete`]), the others are answered
     /// here. Returns how many it took.
-    pub fn serve(&mut self, disk: &mut Disk) -> Result<usize, BackError> {
+    /// `share`: requests this backend may have in flight (its share of
+    /// the disk's, so that every connected front gets some).
+    pub fn serve(&mut self, disk: &mut Disk, share: usize) -> Result<usize, BackError> {
         let mut done = 0;
-        while done < BATCH && self.in_flight < MAX_PENDING && disk.has_room(blkif::MAX_SEGMENTS) {
+        let cap = share.clamp(1, MAX_PENDING);
+        while done < BATCH && self.in_flight < cap && disk.has_room(blkif::MAX_SEGMENTS) {
             let Some(req) = self.ring.ring.pop_request().map_err(BackError::Ring)? else { break };
             if let Some(rsp) = self.accept(&req, disk) {
                 self.respond(rsp)?;
             }
             done += 1;
+        }
+        if done > 0 {
+            self.stats.batches += 1;
+            self.stats.max_in_flight = self.stats.max_in_flight.max(self.in_flight as u64);
         }
         self.publish()?;
         Ok(done)
@@ -252,6 +379,7 @@ impl BlkBack {
         if self.unpublished {
             self.unpublished = false;
             if self.ring.ring.push_and_check_notify().map_err(BackError::Ring)? {
+                self.stats.notifies += 1;
                 let _ = self.ring.notify();
             }
         }
@@ -299,24 +427,26 @@ impl BlkBack {
             *g = s.gref();
         }
         let to_disk = v.op().to_disk();
-        let Ok(pages) = MappedPages::map(self.domid, &grefs[..segs.len()], to_disk) else {
+        let extents = self.vdisk.plan_read(v.sector(), v.sectors());
+        let Ok([Extent::Phys(p)]) = extents.as_deref() else {
             self.stats.failed += 1;
             return Some(v.response(Status::Error));
         };
-        let Ok(extents) = self.vdisk.plan_read(v.sector(), v.sectors()) else {
-            let _ = pages.unmap();
-            self.stats.failed += 1;
-            return Some(v.response(Status::Error));
-        };
-        let [Extent::Phys(p)] = extents.as_slice() else {
-            let _ = pages.unmap();
-            self.stats.failed += 1;
-            return Some(v.response(Status::Error));
+        let lba = p.lba;
+        let mem = match self.lease(&grefs[..segs.len()]) {
+            Some(set) => Memory::Set(set),
+            None => match MappedPages::map(self.domid, &grefs[..segs.len()], to_disk) {
+                Ok(pages) => Memory::Grants(pages),
+                Err(_) => {
+                    self.stats.failed += 1;
+                    return Some(v.response(Status::Error));
+                }
+            },
         };
         let (first, last) = (segs[0], segs[segs.len() - 1]);
         let range = first.offset()..(segs.len() - 1) * blkif::PAGE_SIZE + last.range().end;
         let op = if to_disk { vblk::Op::Write } else { vblk::Op::Read };
-        let s = Submission { op, lba: p.lba, mem: Memory::Grants(pages), range, cookie: self.cookie(k) };
+        let s = Submission { op, lba, mem, range, cookie: self.cookie(k) };
         match disk.submit(s) {
             Ok(()) => {
                 self.pending[k] = Some(Pending { valid: *v, flushing: false });
@@ -330,9 +460,7 @@ impl BlkBack {
                 None
             }
             Err((e, s)) => {
-                if let Memory::Grants(pages) = s.mem {
-                    let _ = pages.unmap();
-                }
+                self.give_back(s.mem);
                 self.stats.failed += 1;
                 println!("blkback: dom{}: request {} not submitted: {e}", self.domid, v.id());
                 Some(v.response(Status::Error))
@@ -363,6 +491,69 @@ impl BlkBack {
         }
     }
 
+    /// The persistent mappings of `grefs`, lent as one set: cached ones,
+    /// or new ones while the limits allow. `None` (nothing lent) without
+    /// persistent grants, past the limits, or if a grant does not map
+    /// read-write: the request then maps its pages for itself.
+    fn lease(&mut self, grefs: &[u32]) -> Option<GrantSet> {
+        if !self.persistent {
+            return None;
+        }
+        let mut set = GrantSet::new();
+        for &g in grefs {
+            let m = match self.cache.take(g) {
+                Take::Got(m) => Some(m),
+                Take::Lent => None,
+                Take::Absent if self.cache.len() < MAX_PERSISTENT && pvguest_sdk::vmap::available() > VMAP_RESERVE => {
+                    let m = MappedGrant::map(self.domid, g).ok();
+                    if m.is_some() {
+                        self.cache.add_lent(g);
+                    }
+                    m
+                }
+                Take::Absent => None,
+            };
+            match m.map(|m| set.push(m)) {
+                Some(Ok(())) => {}
+                Some(Err(m)) => {
+                    self.give_back(Memory::Set(set));
+                    self.keep(m);
+                    return None;
+                }
+                None => {
+                    self.give_back(Memory::Set(set));
+                    return None;
+                }
+            }
+        }
+        Some(set)
+    }
+
+    /// Puts a lent persistent mapping back (one the cache does not know as
+    /// lent is unmapped).
+    fn keep(&mut self, m: MappedGrant) {
+        if let Some(m) = self.cache.put_back(m) {
+            let _ = m.unmap();
+        }
+    }
+
+    /// Takes back a request's memory once the device is done with it: a
+    /// lent set goes back to the cache, per-request maps are unmapped
+    /// (before the answer: the front ends its grants on it). Whether the
+    /// unmaps succeeded.
+    fn give_back(&mut self, mem: Memory) -> bool {
+        match mem {
+            Memory::Grants(pages) => pages.unmap().is_ok(),
+            Memory::Set(mut set) => {
+                for m in set.drain() {
+                    self.keep(m);
+                }
+                true
+            }
+            _ => true,
+        }
+    }
+
     fn cookie(&self, k: usize) -> u64 {
         (u64::from(self.serial) << 32) | k as u64
     }
@@ -371,12 +562,7 @@ impl BlkBack {
     /// `WRITE_FUA`'s data first goes on to its flush).
     pub fn complete(&mut self, c: Completion, disk: &mut Disk) -> Result<(), BackError> {
         let k = (c.cookie & 0xffff_ffff) as usize;
-        let mut ok = c.result.is_ok();
-        if let Memory::Grants(pages) = c.mem {
-            // The device is done with the pages: give them back before
-            // answering (the front ends its grants on the answer).
-            ok &= pages.unmap().is_ok();
-        }
+        let ok = c.result.is_ok() & self.give_back(c.mem);
         let Some(p) = self.pending.get(k).copied().flatten() else { return Ok(()) };
         if ok && p.valid.op() == Op::WriteFua && !p.flushing {
             self.stats.flushes += 1;

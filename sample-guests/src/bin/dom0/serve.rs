@@ -186,8 +186,11 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             work |= pump(&mut store, c);
         }
         work |= complete(&mut store, &mut vbds, disk)?;
+        // The disk's requests are shared out among the connected fronts.
+        let connected = vbds.iter().filter(|v| v.back.is_some()).count().max(1);
+        let share = pvguest_sdk::virtio::blk::SUBMISSION_SLOTS / connected;
         for v in vbds.iter_mut() {
-            work |= drive(&mut store, v, disk);
+            work |= drive(&mut store, v, disk, share.max(4));
         }
         disk.kick();
         if !work {
@@ -318,6 +321,7 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-flush-cache"), "1")?;
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
+    w(store, &format!("{bd}/feature-persistent"), "1")?;
     let mut v = Vbd {
         spec: spec.clone(),
         domid,
@@ -423,7 +427,7 @@ fn disconnect(store: &mut Store, v: &mut Vbd, e: blkback::BackError) {
 /// Drives one disk: its handshake from the frontend's state node (read
 /// again only when another domain's requests have reached the store),
 /// then a batch of its ring.
-fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
+fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk, share: usize) -> bool {
     let mut work = false;
     if v.seen_changes != Some(store.changes()) {
         v.seen_changes = Some(store.changes());
@@ -440,7 +444,7 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk) -> bool {
         }
     }
     if let Some(b) = v.back.as_mut() {
-        match b.serve(disk) {
+        match b.serve(disk, share) {
             Ok(n) => work |= n > 0,
             Err(e) => disconnect(store, v, e),
         }
@@ -488,11 +492,19 @@ fn connect_ring(store: &mut Store, v: &mut Vbd, fd: &str) -> Event {
         return Event::LocalFailed;
     };
     let Some(vdisk) = v.vdisk.take() else { return Event::LocalFailed };
-    match BlkBack::connect(v.domid, gref, port, vdisk) {
+    // Persistent grants only if the front offered them (its pool pages
+    // are granted once and never reused for other data).
+    let persistent = num(store, "feature-persistent") == Some(1);
+    match BlkBack::connect(v.domid, gref, port, vdisk, persistent) {
         Ok(b) => {
             let _ = event::set_handler(b.port(), on_event);
             let _ = event::unmask(b.port());
-            println!("serve: dom{} ({}): disk connected (ring-ref {gref}, port {port})", v.domid, v.spec.domain);
+            println!(
+                "serve: dom{} ({}): disk connected (ring-ref {gref}, port {port}{})",
+                v.domid,
+                v.spec.domain,
+                if persistent { ", persistent grants" } else { "" }
+            );
             v.back = Some(b);
             Event::LocalReady
         }
