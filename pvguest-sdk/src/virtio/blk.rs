@@ -277,6 +277,9 @@ impl IoBuffer {
 
 /// The memory a [`Submission`] moves data in or out of, owned by the
 /// driver while the request is in flight.
+// Kept whole: memory travels into the driver's static slot table and
+// back, and there may be no heap to box the big variants.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub enum Memory {
     /// No data (a flush).
