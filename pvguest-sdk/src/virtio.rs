@@ -238,6 +238,8 @@ struct Bounce {
     taken: [bool; BOUNCE_PAGES],
 }
 
+/// The bounce area's machine address once taken (0: not yet).
+static BOUNCE_AT: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 static BOUNCE: spin::Mutex<Bounce> = spin::Mutex::new(Bounce { buf: None, taken: [false; BOUNCE_PAGES] });
 
 /// The machine address of `len` bytes at `va` if they lie in the linear
@@ -309,7 +311,10 @@ unsafe impl Hal for SdkHal {
         let mut b = BOUNCE.lock();
         if b.buf.is_none() {
             match dma::alloc(BOUNCE_PAGES as u64 * 4096, 4096) {
-                Ok(buf) => b.buf = Some(buf),
+                Ok(buf) => {
+                    BOUNCE_AT.store(buf.machine_addr(), Ordering::Release);
+                    b.buf = Some(buf);
+                }
                 Err(e) => panic!("virtio: bounce area of {BOUNCE_PAGES} pages: {} (raise dma_kib)", e.name()),
             }
         }
@@ -328,6 +333,11 @@ unsafe impl Hal for SdkHal {
     }
 
     unsafe fn unshare(paddr: PhysAddr, mut buffer: NonNull<[u8]>, direction: BufferDirection) {
+        // Shared in place (the usual case) is known without the lock.
+        let at = BOUNCE_AT.load(Ordering::Acquire);
+        if at == 0 || paddr < at || paddr >= at + BOUNCE_PAGES as u64 * 4096 {
+            return;
+        }
         let mut b = BOUNCE.lock();
         let Some(area) = b.buf else { return };
         if paddr < area.machine_addr() || paddr >= area.machine_addr() + area.len() {

@@ -24,6 +24,7 @@
 //! translates the domain's own memory.
 
 use crate::mm::{self, Pte};
+use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_abi::Errno;
 
 /// Level-1 tables in the window.
@@ -36,14 +37,19 @@ struct Window {
     base: u64,
     /// One bit per slot: set while handed out.
     used: [u64; SLOTS / 64],
-    /// Machine frame mapped at each slot (0: none recorded).
-    machine: [u64; SLOTS],
     /// Slots not handed out.
     free: usize,
 }
 
-static WINDOW: spin::Mutex<Window> =
-    spin::Mutex::new(Window { base: 0, used: [0; SLOTS / 64], machine: [0; SLOTS], free: SLOTS });
+static WINDOW: spin::Mutex<Window> = spin::Mutex::new(Window { base: 0, used: [0; SLOTS / 64], free: SLOTS });
+
+/// Machine frame mapped at each slot (0: none recorded), and the window's
+/// first address (0: not made): outside the lock, so that DMA code
+/// translating addresses ([`machine_of`], once per buffer a device is
+/// given) takes no lock. Written only by the slot's holder (set when it
+/// maps, cleared by [`alloc()`] and [`free`]).
+static MACHINE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
+static BASE: AtomicU64 = AtomicU64::new(0);
 
 /// The window's first address and size in pages, once made.
 pub fn window() -> Option<(u64, usize)> {
@@ -75,6 +81,7 @@ fn make(w: &mut Window) -> Result<(), Errno> {
         mm::mmu_update(&[mm::pte_update(pd, slot, Pte::new(l1.mfn, Pte::WRITABLE))]).map_err(|(_, e)| e)?;
     }
     w.base = base;
+    BASE.store(base, Ordering::Release);
     Ok(())
 }
 
@@ -115,7 +122,7 @@ pub fn alloc(n: usize) -> Result<u64, Errno> {
             let first = i + 1 - n;
             for j in first..=i {
                 w.used[j / 64] |= 1 << (j % 64);
-                w.machine[j] = 0;
+                MACHINE[j].store(0, Ordering::Relaxed);
             }
             w.free -= n;
             return Ok(w.base + first as u64 * 4096);
@@ -150,23 +157,27 @@ pub fn free(va: u64, n: usize) {
             w.free += 1;
         }
         w.used[j / 64] &= !(1 << (j % 64));
-        w.machine[j] = 0;
+        MACHINE[j].store(0, Ordering::Relaxed);
     }
 }
 
 /// Records that the frame at machine address `ma` is mapped at slot `va`
 /// (for [`machine_of`]); `0` forgets it.
 pub fn set_machine(va: u64, ma: u64) {
-    let mut w = WINDOW.lock();
-    if let Some(i) = index(&w, va) {
-        w.machine[i] = ma / 4096;
+    if let Some(i) = slot_of(va) {
+        MACHINE[i].store(ma / 4096, Ordering::Release);
     }
+}
+
+/// The slot index of page-aligned `va`, without the lock.
+fn slot_of(va: u64) -> Option<usize> {
+    let base = BASE.load(Ordering::Acquire);
+    let i = va.checked_sub(base)? / 4096;
+    (base != 0 && (i as usize) < SLOTS && va.is_multiple_of(4096)).then_some(i as usize)
 }
 
 /// The machine address of `va` if it lies in a slot with a recorded frame.
 pub fn machine_of(va: u64) -> Option<u64> {
-    let w = WINDOW.lock();
-    let i = index(&w, va & !4095)?;
-    let mfn = w.machine[i];
+    let mfn = MACHINE[slot_of(va & !4095)?].load(Ordering::Acquire);
     (mfn != 0).then_some(mfn * 4096 + (va & 4095))
 }
