@@ -120,9 +120,9 @@ pub fn alloc(n: usize) -> Result<u64, Errno> {
         run += 1;
         if run == n {
             let first = i + 1 - n;
-            for j in first..=i {
+            for (j, m) in MACHINE.iter().enumerate().take(i + 1).skip(first) {
                 w.used[j / 64] |= 1 << (j % 64);
-                MACHINE[j].store(0, Ordering::Relaxed);
+                m.store(0, Ordering::Relaxed);
             }
             w.free -= n;
             return Ok(w.base + first as u64 * 4096);
