@@ -152,12 +152,12 @@ fn index(w: &Window, va: u64) -> Option<usize> {
 pub fn free(va: u64, n: usize) {
     let mut w = WINDOW.lock();
     let Some(first) = index(&w, va) else { return };
-    for j in first..(first + n).min(SLOTS) {
+    for (j, m) in MACHINE.iter().enumerate().skip(first).take(n) {
         if w.used[j / 64] & (1 << (j % 64)) != 0 {
             w.free += 1;
         }
         w.used[j / 64] &= !(1 << (j % 64));
-        MACHINE[j].store(0, Ordering::Relaxed);
+        m.store(0, Ordering::Relaxed);
     }
 }
 
