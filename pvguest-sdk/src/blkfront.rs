@@ -112,6 +112,74 @@ pub enum Io<'a> {
     /// The backend may forget `sectors` sectors from `sector` (they read as
     /// zeros or as before).
     Discard { sector: u64, sectors: u64 },
+    /// Read sectors from `sector` into the whole of `buf`, zero-copy: the
+    /// backend's device writes the buffer's pages directly.
+    ReadInto { sector: u64, buf: &'a mut IoBuf },
+    /// Write the whole of `buf` at `sector`, zero-copy (`fua`: durable
+    /// when answered).
+    WriteFrom { sector: u64, buf: &'a IoBuf, fua: bool },
+}
+
+/// Pages of a device's pool lent to the caller for zero-copy I/O
+/// ([`BlockDevice::alloc_buf`], [`Io::ReadInto`], [`Io::WriteFrom`]): the
+/// backend reads and writes them directly, so no copy is made on this
+/// side. They stay granted to the backend, which may write them at any
+/// time (a hostile one, after answering too): the bytes are reached only
+/// through single volatile copies ([`IoBuf::read`], [`IoBuf::write`]),
+/// never through references, and the pages hold nothing but this buffer's
+/// data. Page `k` is bytes `k * 4096..` of the buffer.
+#[derive(Debug)]
+pub struct IoBuf {
+    /// The device it belongs to ([`BlockDevice`]'s `id`).
+    device: u64,
+    pages: Vec<u16>,
+    vas: Vec<u64>,
+    grefs: Vec<u32>,
+}
+
+impl IoBuf {
+    /// Its length in bytes (whole pages).
+    pub fn len(&self) -> usize {
+        self.pages.len() * blkif::PAGE_SIZE
+    }
+
+    /// Whether it has no pages (never: [`BlockDevice::alloc_buf`] refuses).
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    fn page(&self, k: usize) -> SharedMem<'_> {
+        // SAFETY: pool page `k` of this buffer: ours, mapped read-write at
+        // its linear address for the domain's life (the SDK's allocator
+        // never frees), granted to the backend, used for this buffer only;
+        // the borrow of `self` bounds the view, and `SharedMem` only makes
+        // volatile copies.
+        unsafe { SharedMem::new(self.vas[k] as *mut u8, blkif::PAGE_SIZE) }.expect("a page is a valid region")
+    }
+
+    /// Copies bytes from `at` into `out` (panics past the end).
+    pub fn read(&self, at: usize, out: &mut [u8]) {
+        assert!(at.checked_add(out.len()).is_some_and(|e| e <= self.len()), "IoBuf read past its end");
+        let mut done = 0;
+        while done < out.len() {
+            let (k, off) = ((at + done) / blkif::PAGE_SIZE, (at + done) % blkif::PAGE_SIZE);
+            let n = (blkif::PAGE_SIZE - off).min(out.len() - done);
+            let _ = self.page(k).read_bytes(off, &mut out[done..done + n]);
+            done += n;
+        }
+    }
+
+    /// Copies `data` into the buffer at `at` (panics past the end).
+    pub fn write(&mut self, at: usize, data: &[u8]) {
+        assert!(at.checked_add(data.len()).is_some_and(|e| e <= self.len()), "IoBuf write past its end");
+        let mut done = 0;
+        while done < data.len() {
+            let (k, off) = ((at + done) / blkif::PAGE_SIZE, (at + done) % blkif::PAGE_SIZE);
+            let n = (blkif::PAGE_SIZE - off).min(data.len() - done);
+            let _ = self.page(k).write_bytes(off, &data[done..done + n]);
+            done += n;
+        }
+    }
 }
 
 /// A request in flight: which operation of the batch, which sectors of it,
@@ -146,6 +214,8 @@ pub struct FrontStats {
 
 /// A connected virtual disk (see the module docs).
 pub struct BlockDevice {
+    /// Tells this device's [`IoBuf`]s from another's.
+    id: u64,
     stats: FrontStats,
     ring: FrontChannel<Request, Response>,
     inflight: Inflight<{ RING_SLOTS }>,
@@ -181,6 +251,7 @@ impl BlockDevice {
         let free = (0..n as u16).rev().collect();
         let salt = crate::time::tsc() ^ (u64::from(handle) << 48);
         Ok(BlockDevice {
+            id: salt ^ u64::from(ring.gref()),
             stats: FrontStats::default(),
             ring,
             inflight: Inflight::with_salt(salt),
@@ -205,6 +276,38 @@ impl BlockDevice {
     /// The device's counters.
     pub fn stats(&self) -> FrontStats {
         self.stats
+    }
+
+    /// Lends `pages` pages of the pool as a zero-copy buffer (zeroed).
+    /// The pool keeps fewer pages for the copying calls, which need at
+    /// least one: [`BlkError::NoMemory`] if that would not be left.
+    pub fn alloc_buf(&mut self, pages: usize) -> Result<IoBuf, BlkError> {
+        if pages == 0 || pages >= self.free.len() {
+            return Err(BlkError::NoMemory);
+        }
+        let mut buf = IoBuf { device: self.id, pages: Vec::new(), vas: Vec::new(), grefs: Vec::new() };
+        buf.pages.try_reserve_exact(pages).map_err(|_| BlkError::NoMemory)?;
+        buf.vas.try_reserve_exact(pages).map_err(|_| BlkError::NoMemory)?;
+        buf.grefs.try_reserve_exact(pages).map_err(|_| BlkError::NoMemory)?;
+        for _ in 0..pages {
+            let k = self.free.pop().ok_or(BlkError::NoMemory)?;
+            let p = &self.pool[usize::from(k)];
+            buf.pages.push(k);
+            buf.vas.push(p.page.va());
+            buf.grefs.push(p.gref);
+        }
+        let zero = [0u8; 256];
+        for at in (0..buf.len()).step_by(zero.len()) {
+            buf.write(at, &zero);
+        }
+        Ok(buf)
+    }
+
+    /// Gives a buffer's pages back to the pool.
+    pub fn free_buf(&mut self, buf: IoBuf) {
+        if buf.device == self.id {
+            self.free.extend(buf.pages.iter().rev());
+        }
     }
 
     /// What the backend said of the disk.
@@ -253,6 +356,15 @@ impl BlockDevice {
                 }
                 (*sector, buf.len(), true)
             }
+            Io::ReadInto { sector, buf } if buf.device == self.id => (*sector, buf.len(), false),
+            Io::WriteFrom { sector, buf, fua } if buf.device == self.id => {
+                if *fua && !self.info.features.fua {
+                    return Err(BlkError::NotSupported);
+                }
+                (*sector, buf.len(), true)
+            }
+            // Another device's buffer: its grants are not this backend's.
+            Io::ReadInto { .. } | Io::WriteFrom { .. } => return Err(BlkError::BadLength),
             Io::Flush => return if self.info.features.flush { Ok(()) } else { Err(BlkError::NotSupported) },
             Io::Discard { sector, sectors } => {
                 if !self.info.features.discard {
@@ -387,6 +499,10 @@ impl BlockDevice {
     /// `None` when the pool has no page for it. `done`: it was the last.
     fn submit(&mut self, io: &Io<'_>, index: usize, offset: usize) -> Result<Option<(Pending, bool)>, BlkError> {
         let (op, sector, len) = match io {
+            Io::ReadInto { sector, buf } => return self.submit_direct(Op::Read, *sector, buf, index, offset),
+            Io::WriteFrom { sector, buf, fua } => {
+                return self.submit_direct(if *fua { Op::WriteFua } else { Op::Write }, *sector, buf, index, offset)
+            }
             Io::Read { sector, buf } => (Op::Read, *sector, buf.len()),
             Io::Write { sector, buf, fua } => (if *fua { Op::WriteFua } else { Op::Write }, *sector, buf.len()),
             Io::Flush | Io::Discard { .. } => {
@@ -433,6 +549,31 @@ impl BlockDevice {
                 Err(e)
             }
         }
+    }
+
+    /// [`BlockDevice::submit`] for a zero-copy buffer: the request names
+    /// the buffer's own pages, and no pool page is taken.
+    fn submit_direct(
+        &mut self,
+        op: Op,
+        sector: u64,
+        buf: &IoBuf,
+        index: usize,
+        offset: usize,
+    ) -> Result<Option<(Pending, bool)>, BlkError> {
+        let len = buf.len();
+        let bytes = (len - offset).min(MAX_REQUEST_SECTORS as usize * SECTOR);
+        let first = offset / blkif::PAGE_SIZE;
+        let nr_pages = bytes / blkif::PAGE_SIZE;
+        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_SEGMENTS];
+        for (piece, &gref) in pieces.iter_mut().zip(&buf.grefs[first..first + nr_pages]) {
+            *piece = Piece { gref, offset: 0, len: blkif::PAGE_SIZE as u32 };
+        }
+        let req = Request::rw(op, self.handle, sector + (offset / SECTOR) as u64, &pieces[..nr_pages])
+            .map_err(|_| BlkError::BadLength)?;
+        let id = self.push(req)?;
+        let p = Pending { id, io: index, offset, bytes, pages: [0; blkif::MAX_SEGMENTS], nr_pages: 0 };
+        Ok(Some((p, offset + bytes == len)))
     }
 
     /// Stamps `req` with an id and puts it on the ring (published by the

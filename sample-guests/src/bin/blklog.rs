@@ -25,9 +25,12 @@
 //!   reads as the template.
 //! - `mode=bench mib=M qd=Q rand4k=N reads4k=R`: the split-disk
 //!   benchmark's domU half: 64 KiB sequential writes (then a flush) and
-//!   reads of `M` MiB, `Q` requests in flight; `N` random 4 KiB reads, `Q`
-//!   in flight; `R` single 4 KiB reads (the path length of one request).
-//!   Lines `blkbench: domu_<what> ...` as dom0's `blkbench` prints them.
+//!   reads of `M` MiB, `Q` requests in flight, twice: through the copying
+//!   calls (`copy_seq_*`) and zero-copy ([`IoBuf`]s of the device's pool);
+//!   `N` random 4 KiB reads into zero-copy pages, `Q` in flight; `R` single
+//!   4 KiB reads (the path length of one request). Each pass checks what
+//!   it read. Lines `blkbench: domu_<what> ...` as dom0's `blkbench`
+//!   prints them. The pool needs `Q * 16 + 16` pages (`pool=`).
 //! - `mode=batch`: reads and writes through `run` with many requests in
 //!   flight (random 4 KiB reads over the disk, checked against what it
 //!   wrote).
@@ -38,7 +41,7 @@
 extern crate alloc;
 
 use alloc::vec;
-use pvguest_sdk::blkfront::{BlockDevice, Io, SECTOR};
+use pvguest_sdk::blkfront::{BlockDevice, Io, IoBuf, SECTOR};
 use pvguest_sdk::check::Checks;
 use pvguest_sdk::cmdline::arg;
 use pvguest_sdk::store::Store;
@@ -267,16 +270,18 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
     let qd = arg(cmd, "qd").unwrap_or(32) as usize;
     const CHUNK: usize = 64 * 1024;
     let chunks = (bytes / CHUNK as u64) as usize;
-    let mut bufs = vec![vec![0u8; CHUNK]; qd];
-    for (k, b) in bufs.iter_mut().enumerate() {
-        disk_pattern::fill_words(b, 1, (k * CHUNK) as u64);
-    }
     let start = || (time::now_ns(), time::tsc());
     let report = |what: &str, t0: (u64, u64), n: u64| {
         println!("blkbench: domu_{what} bytes={n} ns={} tsc={}", time::now_ns() - t0.0, time::tsc() - t0.1);
     };
     let per = (CHUNK / SECTOR) as u64;
     let mut ok = true;
+
+    // Copying calls: the caller's buffers, copied through the pool.
+    let mut bufs = vec![vec![0u8; CHUNK]; qd];
+    for (k, b) in bufs.iter_mut().enumerate() {
+        disk_pattern::fill_words(b, 1, (k * CHUNK) as u64);
+    }
     let t0 = start();
     for first in (0..chunks).step_by(qd) {
         let n = qd.min(chunks - first);
@@ -288,7 +293,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
         ok &= disk.run(&mut ios).is_ok();
     }
     ok &= disk.flush().is_ok();
-    report("seq_write", t0, bytes);
+    report("copy_seq_write", t0, bytes);
     let t0 = start();
     for first in (0..chunks).step_by(qd) {
         let n = qd.min(chunks - first);
@@ -299,9 +304,73 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
             .collect();
         ok &= disk.run(&mut ios).is_ok();
     }
+    report("copy_seq_read", t0, bytes);
+    // What the last batch read is what was written there.
+    let last = (chunks - 1) / qd * qd;
+    let intact = bufs[..chunks - last].iter().enumerate().all(|(k, b)| {
+        let mut want = vec![0u8; CHUNK];
+        disk_pattern::fill_words(&mut want, 1, (k * CHUNK) as u64);
+        *b == want
+    });
+    c.holds(who, format_args!("the copying reads return what was written"), intact);
+    drop(bufs);
+
+    // Zero-copy: buffers of the device's pool, which the backend's device
+    // reads and writes directly.
+    let mut zbufs: alloc::vec::Vec<IoBuf> = alloc::vec::Vec::new();
+    for k in 0..qd {
+        match disk.alloc_buf(CHUNK / 4096) {
+            Ok(mut b) => {
+                let mut pattern = vec![0u8; CHUNK];
+                disk_pattern::fill_words(&mut pattern, 2, (k * CHUNK) as u64);
+                b.write(0, &pattern);
+                zbufs.push(b);
+            }
+            Err(e) => {
+                c.holds(who, format_args!("zero-copy buffer {k} ({e:?}: raise pool=)"), false);
+                return;
+            }
+        }
+    }
+    let t0 = start();
+    for first in (0..chunks).step_by(qd) {
+        let n = qd.min(chunks - first);
+        let mut ios: alloc::vec::Vec<Io<'_>> = zbufs[..n]
+            .iter()
+            .enumerate()
+            .map(|(k, b)| Io::WriteFrom { sector: (first + k) as u64 * per, buf: b, fua: false })
+            .collect();
+        ok &= disk.run(&mut ios).is_ok();
+    }
+    ok &= disk.flush().is_ok();
+    report("seq_write", t0, bytes);
+    for b in zbufs.iter_mut() {
+        b.write(0, &[0u8; 4096]);
+    }
+    let t0 = start();
+    for first in (0..chunks).step_by(qd) {
+        let n = qd.min(chunks - first);
+        let mut ios: alloc::vec::Vec<Io<'_>> = zbufs[..n]
+            .iter_mut()
+            .enumerate()
+            .map(|(k, b)| Io::ReadInto { sector: (first + k) as u64 * per, buf: b })
+            .collect();
+        ok &= disk.run(&mut ios).is_ok();
+    }
     report("seq_read", t0, bytes);
+    let intact = zbufs[..chunks - last].iter().enumerate().all(|(k, b)| {
+        let (mut got, mut want) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
+        b.read(0, &mut got);
+        disk_pattern::fill_words(&mut want, 2, (k * CHUNK) as u64);
+        got == want
+    });
+    c.holds(who, format_args!("the zero-copy reads return what was written"), intact);
     println!("blklog: front after the sequential passes: {:?}", disk.stats());
-    c.holds(who, format_args!("{} MiB written and read, {qd} requests in flight", bytes >> 20), ok);
+    c.holds(who, format_args!("{} MiB written and read twice, {qd} requests in flight", bytes >> 20), ok);
+    for b in zbufs.drain(..) {
+        disk.free_buf(b);
+    }
+
     let reads = arg(cmd, "reads4k").unwrap_or(256);
     let mut one = [0u8; 4096];
     let (mut best, t0) = (u64::MAX, start());
@@ -317,7 +386,8 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
     );
     let rand = arg(cmd, "rand4k").unwrap_or(1024);
     let blocks = bytes / 4096;
-    let mut pages = vec![[0u8; 4096]; qd];
+    let mut pages: alloc::vec::Vec<IoBuf> = (0..qd).filter_map(|_| disk.alloc_buf(1).ok()).collect();
+    ok &= pages.len() == qd;
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let t0 = start();
     let mut done = 0;
@@ -329,7 +399,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
-                Io::Read { sector: (x % blocks) * 8, buf: p }
+                Io::ReadInto { sector: (x % blocks) * 8, buf: p }
             })
             .collect();
         ok &= disk.run(&mut ios).is_ok();
