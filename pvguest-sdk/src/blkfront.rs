@@ -5,7 +5,9 @@
 //! [`BlockDevice::flush`], [`BlockDevice::write_fua`],
 //! [`BlockDevice::discard`]) and a batched one ([`BlockDevice::run`]) that
 //! keeps up to a ring's worth of requests in flight and completes them in
-//! any order.
+//! any order. For bulk data, [`IoBuf`]s lent from the device's pool
+//! ([`BlockDevice::alloc_buf`], [`Io::ReadInto`], [`Io::WriteFrom`]) skip
+//! the copy: the backend's device reads and writes their pages directly.
 //!
 //! ```ignore
 //! use pvguest_sdk::blkfront::BlockDevice;
@@ -14,6 +16,13 @@
 //! disk.read(0, &mut sector)?;
 //! disk.write(1, &sector)?;
 //! disk.flush()?;                                       // now durable
+//!
+//! // Zero-copy: 16 pages of the pool, read into directly.
+//! let mut buf = disk.alloc_buf(16)?;
+//! disk.run(&mut [Io::ReadInto { sector: 128, buf: &mut buf }])?;
+//! let mut head = [0u8; 16];
+//! buf.read(0, &mut head);                              // a volatile copy
+//! disk.free_buf(buf);
 //! ```
 //!
 //! # Who owns what
@@ -27,7 +36,15 @@
 //!   and a backend that keeps writing into a pool page after answering
 //!   changes only that page (the XSA-396 concern: a grant page reused for
 //!   other data). Copies in and out of the pool are single volatile copies
-//!   ([`ring_protocol::SharedMem::read_bytes`]).
+//!   ([`ring_protocol::SharedMem::read_bytes`]). The front offers
+//!   `feature-persistent`, so the backend may keep the pages mapped.
+//! - An [`IoBuf`] is pool pages taken off the free list and lent to the
+//!   caller until [`BlockDevice::free_buf`]: its requests name its own
+//!   pages, and nothing is copied. The same rule holds: the pages carry
+//!   only that buffer's data, and the caller reaches them only through
+//!   volatile copies ([`IoBuf::read`], [`IoBuf::write`]), never through a
+//!   reference the backend could change under it. A buffer of another
+//!   device is refused ([`BlkError::BadLength`]).
 //! - Requests are built by [`blkif::Request::rw`] and stamped by the
 //!   shadow table [`blkif::Inflight`], the only place a response becomes a
 //!   finished request: an unknown or duplicate id, an operation that does

@@ -38,8 +38,9 @@
 //!   any time. The slot table's headers and status bytes live in one
 //!   DMA-pool page of this driver's; slot `k` owns bytes `32k..32k + 17`
 //!   of it while its request is in flight, and nobody else touches them.
-//! - A [`Submission`]'s memory ([`Memory`]: a pool [`IoBuffer`] or a
-//!   peer's [`MappedPages`]) is owned by the driver from `submit` until
+//! - A [`Submission`]'s memory ([`Memory`]: a pool [`IoBuffer`], a
+//!   peer's [`MappedPages`], or a [`GrantSet`] of a backend's persistent
+//!   mappings) is owned by the driver from `submit` until
 //!   its completion hands it back: the device may read or write it only in
 //!   between, and no Rust code of the domain holds it meanwhile. That
 //!   ownership is what makes the asynchronous calls safe.

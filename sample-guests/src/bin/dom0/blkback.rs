@@ -31,10 +31,24 @@
 //!   preparation, the data, the commit) must not interleave with another
 //!   request to the same block, so images stay on this path.
 //!
+//! # Persistent grants
+//! When the front offers `feature-persistent` (it grants a pool of pages
+//! once and uses them for nothing but this disk's data), each grant a
+//! request names is mapped the first time it is seen and kept
+//! ([`GrantCache`], at most [`MAX_PERSISTENT`] per front, and never while
+//! fewer than 512 foreign-mapping slots are left for everyone's
+//! per-request maps): a request's pages are then lent from the cache as a
+//! [`GrantSet`] and come back with its completion, with no map or unmap
+//! per request. A grant that does not map read-write, one already lent to
+//! another request in flight, or a full cache sends the request down the
+//! per-request path ([`MappedPages`], mapped read-only for a disk write).
+//! The cache is unmapped when the backend closes; what is lent then is
+//! unmapped when its completion comes ([`orphan`]).
+//!
 //! # Who owns what
 //! A request's mapped pages belong to its device submission until the
-//! completion hands them back, and are unmapped before the response is
-//! pushed (the front ends its grants on the answer). The pending table
+//! completion hands them back; per-request maps are unmapped before the
+//! response is pushed (the front ends its grants on the answer). The pending table
 //! ([`Pending`]) is the only record of an accepted request: each entry is
 //! answered exactly once, by its completion. Completions are routed back
 //! by cookie: this backend's `serial` (never reused) and the entry.
