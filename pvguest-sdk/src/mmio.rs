@@ -14,8 +14,11 @@
 //!
 //! Mappings go at virtual addresses just past the domain's memory, in the
 //! slots of its last boot page-table page ([`window`]); there are as many
-//! as that page has free slots (up to 511). Addresses are handed out once
-//! and never reused.
+//! as that page has free slots (up to 511, and none for a domain of a
+//! multiple of 2 MiB). Addresses there are handed out once and never
+//! reused. A mapping that does not fit there takes consecutive slots of
+//! the foreign-mapping window ([`crate::vmap`], whose level-1 tables are
+//! the domain's own), given back when it is unmapped.
 //!
 //! A [`Mmio`] handle gives bounds-checked volatile reads and writes, so
 //! guest code needs no `unsafe`; [`phys_to_virt`] answers where a machine
@@ -71,6 +74,24 @@ pub struct Mmio {
     va: u64,
     phys: u64,
     len: u64,
+    /// Its addresses are foreign-mapping slots (given back at unmap).
+    vmapped: bool,
+}
+
+/// `pages` fresh consecutive addresses: from the boot window while it has
+/// room, else from the foreign-mapping window (`true`). `ENOMEM` if
+/// neither has.
+fn take(pages: u64) -> Result<(u64, bool), Errno> {
+    let (start, max) = window();
+    let taken =
+        USED.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| used.checked_add(pages).filter(|&end| end <= max));
+    match taken {
+        Ok(first) => Ok((start + first * 4096, false)),
+        Err(_) => {
+            let n = usize::try_from(pages).map_err(|_| Errno::ENOMEM)?;
+            crate::vmap::alloc(n).map(|va| (va, true)).map_err(|_| Errno::ENOMEM)
+        }
+    }
 }
 
 impl Mmio {
@@ -84,17 +105,15 @@ impl Mmio {
             return Err(Errno::EINVAL);
         }
         let pages = len / 4096;
-        let (start, max) = window();
-        let first = USED.fetch_add(pages, Ordering::SeqCst);
-        if first + pages > max {
-            return Err(Errno::ENOMEM);
-        }
-        let va = start + first * 4096;
+        let (va, vmapped) = take(pages)?;
         let flags = uncached(writable);
         for k in 0..pages {
             if let Err(e) = mm::update_va_mapping(va + k * 4096, Pte::new(phys / 4096 + k, flags)) {
                 for j in 0..k {
                     let _ = mm::update_va_mapping(va + j * 4096, Pte(0));
+                }
+                if vmapped {
+                    crate::vmap::free(va, pages as usize);
                 }
                 return Err(e);
             }
@@ -103,19 +122,14 @@ impl Mmio {
         if let Some(slot) = r.iter_mut().find(|s| s.2 == 0) {
             *slot = (phys, va, len);
         }
-        Ok(Mmio { va, phys, len })
+        Ok(Mmio { va, phys, len, vmapped })
     }
 
     /// Maps one page-aligned frame with exactly the entry bits `flags`
     /// (PRESENT is added) at a fresh window address and unmaps it again:
     /// for probing what the hypervisor allows (tests, diagnostics).
     pub fn probe(phys: u64, flags: Pte) -> Result<(), Errno> {
-        let (start, max) = window();
-        let first = USED.fetch_add(1, Ordering::SeqCst);
-        if first + 1 > max {
-            return Err(Errno::ENOMEM);
-        }
-        let va = start + first * 4096;
+        let (va, _) = take(1)?;
         mm::update_va_mapping(va, Pte::new(phys / 4096, flags))?;
         mm::update_va_mapping(va, Pte(0))
     }
@@ -132,12 +146,7 @@ impl Mmio {
         flags: Pte,
         mut answer: impl FnMut(u64, Result<(), Errno>),
     ) -> Result<(), Errno> {
-        let (start, max) = window();
-        let first = USED.fetch_add(1, Ordering::SeqCst);
-        if first + 1 > max {
-            return Err(Errno::ENOMEM);
-        }
-        let va = start + first * 4096;
+        let (va, _) = take(1)?;
         for k in 0..frames {
             let at = phys + k * 4096;
             let r = mm::update_va_mapping(va, Pte::new(at / 4096, flags));
@@ -157,6 +166,9 @@ impl Mmio {
         let mut r = REGIONS.lock();
         if let Some(slot) = r.iter_mut().find(|s| s.1 == self.va) {
             *slot = (0, 0, 0);
+        }
+        if self.vmapped {
+            crate::vmap::free(self.va, (self.len / 4096) as usize);
         }
         Ok(())
     }

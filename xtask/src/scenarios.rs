@@ -588,7 +588,10 @@ fn scenarios() -> Vec<Scenario> {
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
                 let cmdline = format!("devices {}", dom0_net::CMDLINE);
-                w.domain(entry(imgs, "dom0", "dom0", 1536, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512 + dom0_net::DMA_KIB));
+                // 2 MiB: a whole boot page-table page of memory, so no
+                // slot of it is left for device memory and the BARs go to
+                // the foreign-mapping window.
+                w.domain(entry(imgs, "dom0", "dom0", 2048, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512 + dom0_net::DMA_KIB));
                 finish(w, imgs)
             },
             append: "",
