@@ -526,16 +526,19 @@ impl MappedGrant {
     /// Maps `granter`'s grant `gref` read-write at a fresh slot.
     pub fn map(granter: u16, gref: u32) -> Result<MappedGrant, GrantError> {
         let va = crate::vmap::alloc(1).map_err(GrantError::Call)?;
-        match map(granter, gref, va, false) {
-            Ok(m) => {
-                crate::vmap::set_machine(va, m.machine_addr());
-                Ok(MappedGrant { map: m, gref })
-            }
-            Err(e) => {
-                crate::vmap::free(va, 1);
-                Err(e)
-            }
-        }
+        MappedGrant::map_at(granter, gref, va).inspect_err(|_| crate::vmap::free(va, 1))
+    }
+
+    /// Maps `granter`'s grant `gref` read-write at `va`, a [`crate::vmap`]
+    /// slot the caller holds (allocated, nothing mapped there). On success
+    /// the slot becomes the mapping's (given back by
+    /// [`MappedGrant::unmap`]); on failure it stays the caller's. For a
+    /// backend that lays a peer's grants out at addresses of its choosing
+    /// (consecutive grants at consecutive addresses).
+    pub fn map_at(granter: u16, gref: u32, va: u64) -> Result<MappedGrant, GrantError> {
+        let m = map(granter, gref, va, false)?;
+        crate::vmap::set_machine(va, m.machine_addr());
+        Ok(MappedGrant { map: m, gref })
     }
 
     /// The grant reference it maps.

@@ -314,6 +314,12 @@ impl Memory {
                 for (k, va) in vas.iter_mut().enumerate().take(set.len()) {
                     *va = set.va(k)?;
                 }
+                // Pages at consecutive addresses (a backend that lays its
+                // mappings out so) are one span: fewer, longer runs.
+                let n = set.len();
+                if vas[..n].windows(2).all(|w| w[1] == w[0] + 4096) {
+                    return Some(Data::Span { va: vas[0] + range.start as u64, len: range.len() });
+                }
                 return Some(Data::Pages { vas, start: range.start, end: range.end });
             }
         };

@@ -80,25 +80,38 @@ pub const BATCH: usize = 32;
 /// Requests of one backend in flight at the device at most.
 pub const MAX_PENDING: usize = 32;
 /// A front's grants one backend keeps mapped at most (persistent grants).
-pub const MAX_PERSISTENT: usize = 512;
+pub const MAX_PERSISTENT: usize = 1024;
 /// Foreign-mapping slots left free for everyone's per-request maps: no
 /// backend caches a mapping when fewer remain.
 const VMAP_RESERVE: usize = 512;
 
-/// Slots of a [`GrantCache`]'s index (twice its entries at most).
-const INDEX: usize = 2 * MAX_PERSISTENT;
+/// Grants of one [`Block`] of a [`GrantCache`] (consecutive references
+/// from a multiple of it).
+const BLOCK: usize = 64;
+/// Blocks one backend's cache holds at most (`MAX_PERSISTENT / BLOCK`).
+const MAX_BLOCKS: usize = MAX_PERSISTENT / BLOCK;
 
-/// A backend's persistent mappings of one front, by grant reference: an
-/// open-addressing index (insert and look-up only: an entry, once made,
-/// stays until the backend closes, so there are no tombstones) over the
-/// mappings, each either here (`Some`) or lent to a request in flight
-/// (`None`, until its completion puts it back).
+/// Mappings of grants `base..base + 64`, at consecutive addresses from
+/// `va` (grant `base + i` at `va + i * 4096`): a front's consecutive grants
+/// (a pool granted in order) are then a backend's consecutive addresses,
+/// and a request's pages one span for the device (a few long runs instead
+/// of one descriptor per page).
+struct Block {
+    base: u32,
+    va: u64,
+    /// Bit `i`: grant `base + i` is mapped (here or lent).
+    mapped: u64,
+    maps: [Option<MappedGrant>; BLOCK],
+}
+
+/// A backend's persistent mappings of one front, in [`Block`]s (at most
+/// [`MAX_BLOCKS`], so a front with scattered grant references cannot make
+/// it reserve more than [`MAX_PERSISTENT`] slots). Each mapping is either
+/// here (`Some`) or lent to a request in flight (`None` with its bit set,
+/// until its completion puts it back). The block's slots that hold no
+/// mapping are the cache's; a mapping owns its own slot.
 struct GrantCache {
-    /// Grant reference + 1 of each index slot (0: empty).
-    keys: [u32; INDEX],
-    /// The entry each index slot names.
-    at: [u16; INDEX],
-    maps: Vec<Option<MappedGrant>>,
+    blocks: Vec<Block>,
 }
 
 /// What [`GrantCache::take`] found.
@@ -106,61 +119,77 @@ enum Take {
     Got(MappedGrant),
     /// Mapped, but lent to another request in flight.
     Lent,
-    Absent,
+    /// Not mapped: the slot it would go at, if its block exists or could
+    /// be made.
+    Absent(Option<u64>),
 }
 
 impl GrantCache {
     fn new() -> Box<GrantCache> {
-        Box::new(GrantCache { keys: [0; INDEX], at: [0; INDEX], maps: Vec::new() })
-    }
-
-    /// The index slot of `gref`, or the empty one where it would go.
-    fn slot(&self, gref: u32) -> usize {
-        let mut i = (gref.wrapping_mul(0x9E37_79B1) >> 22) as usize % INDEX;
-        while self.keys[i] != 0 && self.keys[i] != gref.wrapping_add(1) {
-            i = (i + 1) % INDEX;
-        }
-        i
-    }
-
-    fn len(&self) -> usize {
-        self.maps.len()
+        Box::new(GrantCache { blocks: Vec::new() })
     }
 
     fn take(&mut self, gref: u32) -> Take {
-        let i = self.slot(gref);
-        if self.keys[i] == 0 {
-            return Take::Absent;
+        let base = gref & !(BLOCK as u32 - 1);
+        let i = (gref - base) as usize;
+        if let Some(b) = self.blocks.iter_mut().find(|b| b.base == base) {
+            if b.mapped & (1 << i) == 0 {
+                return Take::Absent(Some(b.va + i as u64 * 4096));
+            }
+            return match b.maps[i].take() {
+                Some(m) => Take::Got(m),
+                None => Take::Lent,
+            };
         }
-        match self.maps[usize::from(self.at[i])].take() {
-            Some(m) => Take::Got(m),
-            None => Take::Lent,
+        if self.blocks.len() >= MAX_BLOCKS || pvguest_sdk::vmap::available() < VMAP_RESERVE + BLOCK {
+            return Take::Absent(None);
         }
+        let Ok(va) = pvguest_sdk::vmap::alloc(BLOCK) else { return Take::Absent(None) };
+        if self.blocks.try_reserve(1).is_err() {
+            pvguest_sdk::vmap::free(va, BLOCK);
+            return Take::Absent(None);
+        }
+        self.blocks.push(Block { base, va, mapped: 0, maps: [const { None }; BLOCK] });
+        Take::Absent(Some(va + i as u64 * 4096))
     }
 
-    /// Records a new mapping (of a grant not yet here) as lent.
-    fn add_lent(&mut self, gref: u32) {
-        let i = self.slot(gref);
-        if self.keys[i] == 0 && self.len() < MAX_PERSISTENT && gref != u32::MAX {
-            self.keys[i] = gref + 1;
-            self.at[i] = self.maps.len() as u16;
-            self.maps.push(None);
+    /// Records that grant `gref` is now mapped (at the slot `take` named)
+    /// and lent.
+    fn mapped(&mut self, gref: u32) {
+        let base = gref & !(BLOCK as u32 - 1);
+        if let Some(b) = self.blocks.iter_mut().find(|b| b.base == base) {
+            b.mapped |= 1 << (gref - base);
         }
     }
 
     /// Takes back a lent mapping; one the cache has no lent entry for is
     /// given back to the caller.
     fn put_back(&mut self, m: MappedGrant) -> Option<MappedGrant> {
-        let i = self.slot(m.gref());
-        if self.keys[i] == 0 {
-            return Some(m);
+        let base = m.gref() & !(BLOCK as u32 - 1);
+        let i = (m.gref() - base) as usize;
+        match self.blocks.iter_mut().find(|b| b.base == base) {
+            Some(b) if b.mapped & (1 << i) != 0 && b.maps[i].is_none() && m.va() == b.va + i as u64 * 4096 => {
+                b.maps[i] = Some(m);
+                None
+            }
+            _ => Some(m),
         }
-        let e = &mut self.maps[usize::from(self.at[i])];
-        if e.is_some() {
-            return Some(m);
+    }
+
+    /// Unmaps what is here and gives back the slots holding nothing; what
+    /// is lent gives its own slot back when it is unmapped ([`orphan`]).
+    fn close(self) {
+        for b in self.blocks {
+            for (i, m) in b.maps.into_iter().enumerate() {
+                match m {
+                    Some(m) => {
+                        let _ = m.unmap();
+                    }
+                    None if b.mapped & (1 << i) == 0 => pvguest_sdk::vmap::free(b.va + i as u64 * 4096, 1),
+                    None => {}
+                }
+            }
         }
-        *e = Some(m);
-        None
     }
 }
 
@@ -345,9 +374,7 @@ impl BlkBack {
         let BlkBack { ring, va, vdisk, cache, .. } = self;
         // Mappings still lent to requests come back with their
         // completions, which find no backend and unmap them ([`orphan`]).
-        for g in cache.maps.into_iter().flatten() {
-            let _ = g.unmap();
-        }
+        cache.close();
         if ring.close().is_ok() {
             vmap::free(va, 1);
         }
@@ -517,15 +544,14 @@ impl BlkBack {
         for &g in grefs {
             let m = match self.cache.take(g) {
                 Take::Got(m) => Some(m),
-                Take::Lent => None,
-                Take::Absent if self.cache.len() < MAX_PERSISTENT && pvguest_sdk::vmap::available() > VMAP_RESERVE => {
-                    let m = MappedGrant::map(self.domid, g).ok();
+                Take::Lent | Take::Absent(None) => None,
+                Take::Absent(Some(va)) => {
+                    let m = MappedGrant::map_at(self.domid, g, va).ok();
                     if m.is_some() {
-                        self.cache.add_lent(g);
+                        self.cache.mapped(g);
                     }
                     m
                 }
-                Take::Absent => None,
             };
             match m.map(|m| set.push(m)) {
                 Some(Ok(())) => {}
