@@ -234,8 +234,9 @@ pub const SECTOR_BYTES: usize = 512;
 pub const BLOCK_SECTORS: u64 = 8;
 /// Bytes in an allocation block.
 pub const BLOCK_BYTES: usize = 4096;
-/// The longest read or write request: blkif's 11 segments × 8 sectors.
-pub const MAX_REQUEST_SECTORS: u64 = 88;
+/// The longest read or write request: an indirect blkif request's 32
+/// segments × 8 sectors.
+pub const MAX_REQUEST_SECTORS: u64 = 256;
 /// The longest discard one call accepts (1 MiB); the backend splits longer ones.
 pub const MAX_DISCARD_SECTORS: u64 = 2048;
 /// The most images in an overlay chain (the top image included).

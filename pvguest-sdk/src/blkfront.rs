@@ -67,8 +67,15 @@ use ring_protocol::{RingError, SharedMem};
 /// Bytes per sector.
 pub const SECTOR: usize = blkif::SECTOR;
 
-/// Sectors one request carries at most (11 pages).
-const MAX_REQUEST_SECTORS: u64 = (blkif::MAX_SEGMENTS * blkif::PAGE_SIZE / SECTOR) as u64;
+/// Pages one request carries at most: 11 in the ring slot, or 32 listed
+/// in an indirect page when the backend offers those.
+fn max_pages(indirect: bool) -> usize {
+    if indirect {
+        blkif::MAX_INDIRECT_SEGMENTS
+    } else {
+        blkif::MAX_SEGMENTS
+    }
+}
 
 /// Pool pages a device takes unless told otherwise ([`BlockDevice::attach`]):
 /// 64 KiB in flight.
@@ -207,8 +214,10 @@ struct Pending {
     /// Byte offset in the operation's buffer.
     offset: usize,
     bytes: usize,
-    pages: [u16; blkif::MAX_SEGMENTS],
+    pages: [u16; blkif::MAX_VALID_SEGMENTS],
     nr_pages: usize,
+    /// The indirect page listing its segments, if it is indirect.
+    ind: Option<u16>,
 }
 
 /// A pool page: ours, granted to the backend for the device's life.
@@ -233,6 +242,11 @@ pub struct FrontStats {
 pub struct BlockDevice {
     /// Tells this device's [`IoBuf`]s from another's.
     id: u64,
+    /// Pages for indirect requests' segment lists (one per request in
+    /// flight; none if the backend offers no indirect requests), granted
+    /// once like the pool, and the free ones.
+    ind_pages: Vec<PoolPage>,
+    ind_free: Vec<u16>,
     stats: FrontStats,
     ring: FrontChannel<Request, Response>,
     inflight: Inflight<{ RING_SLOTS }>,
@@ -266,9 +280,25 @@ impl BlockDevice {
             pool.push(PoolPage { page, gref });
         }
         let free = (0..n as u16).rev().collect();
+        let mut ind_pages = Vec::new();
+        if info.features.indirect {
+            // One per request of more than 11 pages the pool can have in
+            // flight at once.
+            let count = (n / (blkif::MAX_SEGMENTS + 1)).clamp(1, RING_SLOTS);
+            ind_pages.try_reserve_exact(count).map_err(|_| BlkError::NoMemory)?;
+            let first = mm::alloc_pages(count as u64).ok_or(BlkError::NoMemory)?;
+            for k in 0..count as u64 {
+                let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
+                let gref = table.grant(backend, page, false).map_err(BlkError::Grant)?.gref();
+                ind_pages.push(PoolPage { page, gref });
+            }
+        }
+        let ind_free = (0..ind_pages.len() as u16).rev().collect();
         let salt = crate::time::tsc() ^ (u64::from(handle) << 48);
         Ok(BlockDevice {
             id: salt ^ u64::from(ring.gref()),
+            ind_pages,
+            ind_free,
             stats: FrontStats::default(),
             ring,
             inflight: Inflight::with_salt(salt),
@@ -473,6 +503,9 @@ impl BlockDevice {
                 for &k in p.pages[..p.nr_pages].iter().rev() {
                     self.free.push(k);
                 }
+                if let Some(k) = p.ind {
+                    self.ind_free.push(k);
+                }
                 if result.is_ok() {
                     result = status;
                 }
@@ -528,19 +561,29 @@ impl BlockDevice {
                     _ => Request::rw(Op::Flush, self.handle, 0, &[]).map_err(|_| BlkError::BadLength)?,
                 };
                 let id = self.push(req)?;
-                let p = Pending { id, io: index, offset: 0, bytes: 0, pages: [0; blkif::MAX_SEGMENTS], nr_pages: 0 };
+                let p = Pending {
+                    id,
+                    io: index,
+                    offset: 0,
+                    bytes: 0,
+                    pages: [0; blkif::MAX_VALID_SEGMENTS],
+                    nr_pages: 0,
+                    ind: None,
+                };
                 return Ok(Some((p, true)));
             }
         };
         let left = (len - offset) as u64 / SECTOR as u64;
-        let sectors = left.min(MAX_REQUEST_SECTORS).min(self.free.len() as u64 * 8);
+        let most = self.most_pages() as u64 * 8;
+        let sectors = left.min(most).min(self.free.len() as u64 * 8);
         if sectors == 0 {
             return Ok(None);
         }
         let bytes = sectors as usize * SECTOR;
         let nr_pages = bytes.div_ceil(blkif::PAGE_SIZE);
-        let mut p = Pending { id: 0, io: index, offset, bytes, pages: [0; blkif::MAX_SEGMENTS], nr_pages };
-        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_SEGMENTS];
+        let mut p =
+            Pending { id: 0, io: index, offset, bytes, pages: [0; blkif::MAX_VALID_SEGMENTS], nr_pages, ind: None };
+        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_VALID_SEGMENTS];
         // `sectors` fits the free pages, so every pop below succeeds.
         for (k, (slot, piece)) in p.pages.iter_mut().zip(pieces.iter_mut()).take(nr_pages).enumerate() {
             let page = self.free.pop().ok_or(BlkError::NoMemory)?;
@@ -552,8 +595,14 @@ impl BlockDevice {
                 let _ = self.shared(page).write_bytes(0, &buf[from..from + len]);
             }
         }
-        let req = Request::rw(op, self.handle, sector + (offset / SECTOR) as u64, &pieces[..nr_pages]);
-        let pushed = req.map_err(|_| BlkError::BadLength).and_then(|r| self.push(r));
+        let pushed = self.build(op, sector + (offset / SECTOR) as u64, &pieces[..nr_pages]).and_then(|(r, ind)| {
+            p.ind = ind;
+            self.push(r).inspect_err(|_| {
+                if let Some(k) = ind {
+                    self.ind_free.push(k);
+                }
+            })
+        });
         match pushed {
             Ok(id) => {
                 p.id = id;
@@ -579,18 +628,58 @@ impl BlockDevice {
         offset: usize,
     ) -> Result<Option<(Pending, bool)>, BlkError> {
         let len = buf.len();
-        let bytes = (len - offset).min(MAX_REQUEST_SECTORS as usize * SECTOR);
+        let bytes = (len - offset).min(self.most_pages() * blkif::PAGE_SIZE);
         let first = offset / blkif::PAGE_SIZE;
         let nr_pages = bytes / blkif::PAGE_SIZE;
-        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_SEGMENTS];
+        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_VALID_SEGMENTS];
         for (piece, &gref) in pieces.iter_mut().zip(&buf.grefs[first..first + nr_pages]) {
             *piece = Piece { gref, offset: 0, len: blkif::PAGE_SIZE as u32 };
         }
-        let req = Request::rw(op, self.handle, sector + (offset / SECTOR) as u64, &pieces[..nr_pages])
-            .map_err(|_| BlkError::BadLength)?;
-        let id = self.push(req)?;
-        let p = Pending { id, io: index, offset, bytes, pages: [0; blkif::MAX_SEGMENTS], nr_pages: 0 };
+        let (req, ind) = self.build(op, sector + (offset / SECTOR) as u64, &pieces[..nr_pages])?;
+        let id = self.push(req).inspect_err(|_| {
+            if let Some(k) = ind {
+                self.ind_free.push(k);
+            }
+        })?;
+        let p = Pending { id, io: index, offset, bytes, pages: [0; blkif::MAX_VALID_SEGMENTS], nr_pages: 0, ind };
         Ok(Some((p, offset + bytes == len)))
+    }
+
+    /// Pages the next request may carry: 32 while an indirect page is
+    /// free, else 11.
+    fn most_pages(&self) -> usize {
+        max_pages(!self.ind_free.is_empty())
+    }
+
+    /// The request for `pieces` from `sector`: in the slot for up to 11,
+    /// else an indirect one whose segments go in a free indirect page
+    /// (returned with it, to free at the answer).
+    fn build(&mut self, op: Op, sector: u64, pieces: &[Piece]) -> Result<(Request, Option<u16>), BlkError> {
+        if pieces.len() <= blkif::MAX_SEGMENTS {
+            return Ok((Request::rw(op, self.handle, sector, pieces).map_err(|_| BlkError::BadLength)?, None));
+        }
+        let k = self.ind_free.pop().ok_or(BlkError::NoMemory)?;
+        let page = &self.ind_pages[usize::from(k)];
+        let mut list = [0u8; blkif::MAX_INDIRECT_SEGMENTS * 8];
+        let built = pieces.iter().enumerate().try_for_each(|(i, piece)| {
+            let seg = piece.segment(i)?;
+            list[i * 8..i * 8 + 4].copy_from_slice(&seg.gref.to_le_bytes());
+            list[i * 8 + 4] = seg.first_sect;
+            list[i * 8 + 5] = seg.last_sect;
+            Ok::<(), blkif::BuildError>(())
+        });
+        let req = built.and_then(|()| Request::indirect(op, self.handle, sector, pieces.len(), page.gref));
+        let Ok(req) = req else {
+            self.ind_free.push(k);
+            return Err(BlkError::BadLength);
+        };
+        // SAFETY: indirect page `k`: ours, mapped read-write at its linear
+        // address for the domain's life, used for nothing but this
+        // device's segment lists and granted to the backend, which may
+        // read (or write) it: only volatile copies touch it.
+        let mem = unsafe { SharedMem::new(page.page.va() as *mut u8, blkif::PAGE_SIZE) };
+        let _ = mem.map(|m| m.write_bytes(0, &list[..pieces.len() * 8]));
+        Ok((req, Some(k)))
     }
 
     /// Stamps `req` with an id and puts it on the ring (published by the
@@ -639,6 +728,7 @@ mod key {
     pub const FUA: &str = "feature-fua";
     pub const DISCARD: &str = "feature-discard";
     pub const PERSISTENT: &str = "feature-persistent";
+    pub const MAX_INDIRECT: &str = "feature-max-indirect-segments";
 }
 
 /// `info` bit: the disk is read-only (Xen's `VDISK_READONLY`).
@@ -739,6 +829,10 @@ impl BlockDevice {
             discard: flag(key::DISCARD),
             ..blkif::Features::default()
         };
+        let indirect = store
+            .read_u64(&format!("{back}/{}", key::MAX_INDIRECT))
+            .is_ok_and(|n| n >= blkif::MAX_INDIRECT_SEGMENTS as u64);
+        let features = blkif::Features { indirect, ..features };
         Ok(DiskInfo { sectors, readonly: info & VDISK_READONLY != 0, features })
     }
 }

@@ -366,8 +366,9 @@ impl Mapping {
     }
 }
 
-/// Most pages one [`MappedPages`] maps (a block request's segments).
-pub const MAX_MAPPED: usize = 11;
+/// Most pages one [`MappedPages`] or [`GrantSet`] holds (a block
+/// request's segments, an indirect one's included).
+pub const MAX_MAPPED: usize = 32;
 
 /// A batch of one peer's grants mapped at consecutive [`crate::vmap`]
 /// slots, for a backend that lets a device DMA straight into the peer's
@@ -444,6 +445,20 @@ impl MappedPages {
     /// Where page `i` is mapped.
     pub fn va(&self, i: usize) -> Option<u64> {
         (i < self.n).then(|| self.va + i as u64 * 4096)
+    }
+
+    /// Copies bytes `at..` of the batch (page `k` at `k * 4096`) into
+    /// `out` with single volatile reads (the peer may be writing them);
+    /// `false` if out of range.
+    pub fn read(&self, at: usize, out: &mut [u8]) -> bool {
+        if at.checked_add(out.len()).is_none_or(|end| end > self.n * 4096) {
+            return false;
+        }
+        // SAFETY: the range lies in the batch's pages, mapped at
+        // consecutive addresses from `va` while `self` lives; `SharedMem`
+        // reads it only with volatile copies.
+        let mem = unsafe { ring_protocol::SharedMem::new(self.va as *mut u8, self.n * 4096) };
+        mem.is_ok_and(|m| m.read_bytes(at, out).is_ok())
     }
 
     /// Bytes `start..end` of the batch's address range (page `k` at
@@ -554,6 +569,12 @@ impl MappedGrant {
     /// The page's machine address.
     pub fn machine_addr(&self) -> u64 {
         self.map.machine_addr()
+    }
+
+    /// Copies bytes `at..` of the page into `out` with single volatile
+    /// reads (the peer may be writing it); `false` if past the page.
+    pub fn read(&self, at: usize, out: &mut [u8]) -> bool {
+        self.map.shared().read_bytes(at, out).is_ok()
     }
 
     /// Unmaps the page and gives its slot back (a slot whose unmap failed

@@ -10,6 +10,10 @@
 //! is the same 112 bytes viewed as Xen's `blkif_request_discard`: byte 1 is
 //! `flag` instead of `nr_segments`, and `nr_sectors` (a `u64` at offset 24)
 //! overlays the first segment. Sizes and offsets are const-asserted below.
+//! An [`IndirectRequest`] is the same 112 bytes viewed as Xen's
+//! `blkif_request_indirect`: a read or write whose up to
+//! [`MAX_INDIRECT_SEGMENTS`] segments are listed in a page the front
+//! granted (`indirect_grefs[0]`), so that one request carries 128 KiB.
 //! One page of ring holds 32 requests ([`RING_SLOTS`]), as in Xen.
 //!
 //! Operations keep Xen's numbers ([`op`]). One Ringfence extension:
@@ -65,6 +69,12 @@
 //!
 //! Segments past `nr_segments` are never read.
 //!
+//! An [`op::INDIRECT`] request (when advertised) is refused by [`validate`]
+//! with [`BadRequest::Indirect`]; [`validate_indirect`] checks its header
+//! (the operation it carries, the segment count), the back copies the
+//! segments out of the indirect page once, and [`IndirectHeader::validate`]
+//! runs checks 5 and 6 on that copy.
+//!
 //! # Grants (the front's rule G1)
 //! A [`Completed`] (or [`Abandoned`]) lists the grant references of the
 //! request's pages. The front must end the back's access to each of them
@@ -90,6 +100,15 @@ use ring_protocol::{IdError, IdTable};
 
 /// Segments in one request (Xen's `BLKIF_MAX_SEGMENTS_PER_REQUEST`).
 pub const MAX_SEGMENTS: usize = 11;
+
+/// Segments an indirect request carries at most here (128 KiB; the
+/// `feature-max-indirect-segments` a back of ours advertises). They all
+/// fit in the first indirect page (512 per page), so only
+/// `indirect_grefs[0]` is ever read.
+pub const MAX_INDIRECT_SEGMENTS: usize = 32;
+
+/// Segments of one [`Valid`] request at most: direct or indirect.
+pub const MAX_VALID_SEGMENTS: usize = MAX_INDIRECT_SEGMENTS;
 /// Bytes per sector: the unit of `sector_number`, `first_sect`, `last_sect`
 /// and `nr_sectors`, whatever the disk's own sector size.
 pub const SECTOR: usize = 512;
@@ -116,6 +135,10 @@ pub mod op {
     /// Discard `nr_sectors` sectors ([`DiscardRequest`](super::DiscardRequest),
     /// `feature-discard`).
     pub const DISCARD: u8 = 5;
+    /// A read or write whose segments are in a granted page
+    /// ([`IndirectRequest`](super::IndirectRequest),
+    /// `feature-max-indirect-segments`).
+    pub const INDIRECT: u8 = 6;
     /// **Ringfence extension** (not in Xen): a write that completes only
     /// once on stable media (FUA, write-through), without flushing
     /// anything else (`feature-fua`). Bit 7 marks extensions.
@@ -189,6 +212,37 @@ pub struct DiscardRequest {
     pub _reserved: [u8; 80],
 }
 
+/// The same 112 bytes as a [`Request`] when `operation` is
+/// [`op::INDIRECT`] (Xen's x86-64 `blkif_request_indirect`, padded
+/// explicitly): a read or write of `nr_segments` [`Segment`]s listed, 8
+/// bytes each, from byte 0 of the page granted as `indirect_grefs[0]`.
+/// Convert with [`Request::as_indirect`] / [`IndirectRequest::into_request`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[zerocopy(crate = "ring_protocol::zerocopy")]
+pub struct IndirectRequest {
+    /// [`op::INDIRECT`].
+    pub operation: u8,
+    /// [`op::READ`], [`op::WRITE`] or [`op::WRITE_FUA`].
+    pub indirect_op: u8,
+    /// Segments in the indirect page(s).
+    pub nr_segments: u16,
+    /// Zero.
+    pub _pad: u32,
+    /// Chosen by the front, echoed in the response.
+    pub id: u64,
+    /// First disk sector.
+    pub sector_number: u64,
+    /// Virtual device number.
+    pub handle: u16,
+    /// Zero.
+    pub _pad2: u16,
+    /// Grant references of the pages holding the segments.
+    pub indirect_grefs: [u32; 8],
+    /// Zero: the rest of the slot.
+    pub _reserved: [u8; 52],
+}
+
 /// A block response, written by the back (Xen's `blkif_response`, padded
 /// explicitly: `id` 0, `operation` 8, `status` 10, 16 bytes).
 #[repr(C)]
@@ -229,6 +283,14 @@ const _: () = {
     assert!(offset_of!(DiscardRequest, id) == 8);
     assert!(offset_of!(DiscardRequest, sector_number) == 16);
     assert!(offset_of!(DiscardRequest, nr_sectors) == 24);
+
+    assert!(size_of::<IndirectRequest>() == size_of::<Request>());
+    assert!(offset_of!(IndirectRequest, indirect_op) == 1);
+    assert!(offset_of!(IndirectRequest, nr_segments) == 2);
+    assert!(offset_of!(IndirectRequest, id) == 8);
+    assert!(offset_of!(IndirectRequest, sector_number) == 16);
+    assert!(offset_of!(IndirectRequest, handle) == 24);
+    assert!(offset_of!(IndirectRequest, indirect_grefs) == 28);
 
     assert!(size_of::<Response>() == 16);
     assert!(offset_of!(Response, id) == 0);
@@ -350,11 +412,15 @@ pub struct Features {
     pub secure_discard: bool,
     /// [`op::WRITE_FUA`].
     pub fua: bool,
+    /// [`op::INDIRECT`] with up to [`MAX_INDIRECT_SEGMENTS`] segments
+    /// (`feature-max-indirect-segments`).
+    pub indirect: bool,
 }
 
 impl Features {
     /// Everything.
-    pub const ALL: Features = Features { barrier: true, flush: true, discard: true, secure_discard: true, fua: true };
+    pub const ALL: Features =
+        Features { barrier: true, flush: true, discard: true, secure_discard: true, fua: true, indirect: true };
 
     /// Whether `op` is advertised (reads and writes always are).
     pub const fn supports(&self, op: Op) -> bool {
@@ -420,6 +486,54 @@ impl Request {
         .into_request()
     }
 
+    /// Build an indirect read, write or FUA write of `nr_segments`
+    /// segments (1 to [`MAX_INDIRECT_SEGMENTS`]) listed in the page granted
+    /// as `indirect_gref` (the front writes them there, 8 bytes each, as
+    /// [`Segment`]s built with [`Piece::segment`]), from disk sector
+    /// `sector`, with id 0.
+    ///
+    /// # Errors
+    /// [`BuildError::NotIndirect`] for another operation,
+    /// [`BuildError::NoPieces`] / [`BuildError::TooManyPieces`] for the count.
+    pub fn indirect(
+        op: Op,
+        handle: u16,
+        sector: u64,
+        nr_segments: usize,
+        indirect_gref: u32,
+    ) -> Result<Request, BuildError> {
+        if !matches!(op, Op::Read | Op::Write | Op::WriteFua) {
+            return Err(BuildError::NotIndirect);
+        }
+        if nr_segments == 0 {
+            return Err(BuildError::NoPieces);
+        }
+        if nr_segments > MAX_INDIRECT_SEGMENTS {
+            return Err(BuildError::TooManyPieces { pieces: nr_segments });
+        }
+        let mut grefs = [0u32; 8];
+        grefs[0] = indirect_gref;
+        Ok(IndirectRequest {
+            operation: op::INDIRECT,
+            indirect_op: op.code(),
+            nr_segments: nr_segments as u16,
+            _pad: 0,
+            id: 0,
+            sector_number: sector,
+            handle,
+            _pad2: 0,
+            indirect_grefs: grefs,
+            _reserved: [0; 52],
+        }
+        .into_request())
+    }
+
+    /// These bytes viewed as an indirect request (meaningful when
+    /// `operation` is [`op::INDIRECT`]).
+    pub fn as_indirect(&self) -> IndirectRequest {
+        zerocopy::transmute!(*self)
+    }
+
     /// These bytes viewed as a discard (meaningful when `operation` is
     /// [`op::DISCARD`]).
     pub fn as_discard(&self) -> DiscardRequest {
@@ -428,6 +542,13 @@ impl Request {
 }
 
 impl DiscardRequest {
+    /// These bytes as a [`Request`] slot.
+    pub fn into_request(self) -> Request {
+        zerocopy::transmute!(self)
+    }
+}
+
+impl IndirectRequest {
     /// These bytes as a [`Request`] slot.
     pub fn into_request(self) -> Request {
         zerocopy::transmute!(self)
@@ -458,7 +579,13 @@ pub struct Piece {
 }
 
 impl Piece {
-    fn segment(&self, index: usize) -> Result<Segment, BuildError> {
+    /// The piece as segment number `index` of a request (what
+    /// [`Request::rw`] writes in the slot, and an indirect request's front
+    /// writes in its indirect page).
+    ///
+    /// # Errors
+    /// The rule the piece breaks.
+    pub fn segment(&self, index: usize) -> Result<Segment, BuildError> {
         let (offset, len) = (self.offset as usize, self.len as usize);
         if len == 0 {
             return Err(BuildError::Empty { index });
@@ -511,6 +638,9 @@ pub enum BuildError {
     /// [`Pieces::new`]: its offset or length is not a multiple of
     /// [`SECTOR`], or the offset is not inside the first page.
     BufferUnaligned,
+    /// [`Request::indirect`] of an operation other than a read, a write or
+    /// a FUA write.
+    NotIndirect,
     /// [`Pieces::new`]: the buffer needs more pages than grants given.
     NotEnoughPages {
         /// Pages the buffer spans.
@@ -659,6 +789,22 @@ pub enum BadRequest {
         /// Its `last_sect`.
         last_sect: u8,
     },
+    /// [`validate`] of an [`op::INDIRECT`] request (advertised): its
+    /// segments are in a page; check it with [`validate_indirect`].
+    Indirect,
+    /// [`validate_indirect`]: `indirect_op` is not a read, write or FUA
+    /// write.
+    BadIndirectOp {
+        /// The code received.
+        indirect_op: u8,
+    },
+    /// [`validate_indirect`]: more than [`MAX_INDIRECT_SEGMENTS`]
+    /// segments, or [`IndirectHeader::validate`] given fewer than the
+    /// header names.
+    TooManyIndirectSegments {
+        /// The count received.
+        nr_segments: u16,
+    },
     /// Checks 3 and 6: the sectors pass the end of the disk (or their end
     /// overflows a `u64`).
     BeyondDisk {
@@ -741,7 +887,9 @@ pub struct Valid {
     sectors: u64,
     secure: bool,
     nr: u8,
-    segs: [ValidSegment; MAX_SEGMENTS],
+    /// The `operation` byte of the request on the wire (echoed).
+    wire_op: u8,
+    segs: [ValidSegment; MAX_VALID_SEGMENTS],
 }
 
 impl Valid {
@@ -784,7 +932,7 @@ impl Valid {
 
     /// The response to this request.
     pub fn response(&self, status: Status) -> Response {
-        Response { id: self.id, operation: self.op.code(), status: status.code(), ..Response::default() }
+        Response { id: self.id, operation: self.wire_op, status: status.code(), ..Response::default() }
     }
 }
 
@@ -796,15 +944,14 @@ impl Valid {
 /// # Errors
 /// The first check that fails; answer with [`BadRequest::status`].
 pub fn validate(req: &Request, disk_sectors: u64, features: &Features) -> Result<Valid, BadRequest> {
+    if req.operation == op::INDIRECT && features.indirect {
+        return Err(BadRequest::Indirect);
+    }
     // 1, 2.
     let op = Op::from_code(req.operation).ok_or(BadRequest::UnknownOp { operation: req.operation })?;
     if !features.supports(op) {
         return Err(BadRequest::NotSupported { op });
     }
-    let in_disk = |sector: u64, sectors: u64| match sector.checked_add(sectors) {
-        Some(end) if end <= disk_sectors => Ok(()),
-        _ => Err(BadRequest::BeyondDisk { sector, sectors, disk_sectors }),
-    };
     let mut valid = Valid {
         op,
         id: req.id,
@@ -813,7 +960,8 @@ pub fn validate(req: &Request, disk_sectors: u64, features: &Features) -> Result
         sectors: 0,
         secure: false,
         nr: 0,
-        segs: [ValidSegment { gref: 0, first_sect: 0, last_sect: 0, sector: 0 }; MAX_SEGMENTS],
+        wire_op: req.operation,
+        segs: [ValidSegment { gref: 0, first_sect: 0, last_sect: 0, sector: 0 }; MAX_VALID_SEGMENTS],
     };
     // 3.
     if op == Op::Discard {
@@ -825,7 +973,7 @@ pub fn validate(req: &Request, disk_sectors: u64, features: &Features) -> Result
         if secure && !features.secure_discard {
             return Err(BadRequest::NotSupported { op });
         }
-        in_disk(d.sector_number, d.nr_sectors)?;
+        in_disk(d.sector_number, d.nr_sectors, disk_sectors)?;
         valid.sector = d.sector_number;
         valid.sectors = d.nr_sectors;
         valid.secure = secure;
@@ -839,9 +987,29 @@ pub fn validate(req: &Request, disk_sectors: u64, features: &Features) -> Result
     if usize::from(nr) > MAX_SEGMENTS {
         return Err(BadRequest::TooManySegments { nr_segments: nr });
     }
-    // 5. Totals fit easily: at most 11 * 8 sectors.
+    // 5, 6.
+    check_segments(&mut valid, &req.seg[..usize::from(nr)], req.sector_number, disk_sectors)?;
+    Ok(valid)
+}
+
+fn in_disk(sector: u64, sectors: u64, disk_sectors: u64) -> Result<(), BadRequest> {
+    match sector.checked_add(sectors) {
+        Some(end) if end <= disk_sectors => Ok(()),
+        _ => Err(BadRequest::BeyondDisk { sector, sectors, disk_sectors }),
+    }
+}
+
+/// Checks 5 and 6 of `segs` (at most [`MAX_VALID_SEGMENTS`]) from sector
+/// `sector_number`, filling `valid`'s segments, sector and count.
+fn check_segments(
+    valid: &mut Valid,
+    segs: &[Segment],
+    sector_number: u64,
+    disk_sectors: u64,
+) -> Result<(), BadRequest> {
+    // Totals fit easily: at most 32 * 8 sectors.
     let mut total: u64 = 0;
-    for (index, (seg, out)) in req.seg[..usize::from(nr)].iter().zip(valid.segs.iter_mut()).enumerate() {
+    for (index, (seg, out)) in segs.iter().zip(valid.segs.iter_mut()).enumerate() {
         let index = index as u8;
         let (first_sect, last_sect) = (seg.first_sect, seg.last_sect);
         if last_sect >= SECTORS_PER_PAGE {
@@ -854,24 +1022,129 @@ pub fn validate(req: &Request, disk_sectors: u64, features: &Features) -> Result
         *out = ValidSegment { gref: seg.gref, first_sect, last_sect, sector: total };
         total += u64::from(last_sect - first_sect) + 1;
     }
-    // 6.
+    let nr = segs.len().min(MAX_VALID_SEGMENTS);
     if nr > 0 {
-        in_disk(req.sector_number, total)?;
-        valid.sector = req.sector_number;
+        in_disk(sector_number, total, disk_sectors)?;
+        valid.sector = sector_number;
         valid.sectors = total;
-        for out in &mut valid.segs[..usize::from(nr)] {
+        for out in &mut valid.segs[..nr] {
             // In range: sector_number + total does not overflow.
-            out.sector += req.sector_number;
+            out.sector += sector_number;
         }
     }
-    valid.nr = nr;
-    Ok(valid)
+    valid.nr = nr as u8;
+    Ok(())
+}
+
+/// The header of an [`op::INDIRECT`] request, checked by
+/// [`validate_indirect`]: the back maps [`IndirectHeader::segments_gref`],
+/// copies [`IndirectHeader::nr_segments`] [`Segment`]s out of it once, and
+/// checks them with [`IndirectHeader::validate`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndirectHeader {
+    op: Op,
+    id: u64,
+    handle: u16,
+    sector: u64,
+    nr: u16,
+    gref: u32,
+}
+
+/// Checks an [`op::INDIRECT`] request's header against the features the
+/// back advertised, in order: indirect requests are advertised
+/// ([`BadRequest::UnknownOp`] otherwise, as for a back that never heard
+/// of them); `indirect_op` is a read, write or FUA write
+/// ([`BadRequest::BadIndirectOp`]) and advertised
+/// ([`BadRequest::NotSupported`]); `nr_segments` is `1..=`
+/// [`MAX_INDIRECT_SEGMENTS`] ([`BadRequest::NoSegments`],
+/// [`BadRequest::TooManyIndirectSegments`]). Only `indirect_grefs[0]` is
+/// read (all the segments fit in one page).
+///
+/// # Errors
+/// The first check that fails; answer with [`BadRequest::status`].
+pub fn validate_indirect(req: &Request, features: &Features) -> Result<IndirectHeader, BadRequest> {
+    if req.operation != op::INDIRECT || !features.indirect {
+        return Err(BadRequest::UnknownOp { operation: req.operation });
+    }
+    let r = req.as_indirect();
+    let op = match Op::from_code(r.indirect_op) {
+        Some(op @ (Op::Read | Op::Write | Op::WriteFua)) => op,
+        _ => return Err(BadRequest::BadIndirectOp { indirect_op: r.indirect_op }),
+    };
+    if !features.supports(op) {
+        return Err(BadRequest::NotSupported { op });
+    }
+    if r.nr_segments == 0 {
+        return Err(BadRequest::NoSegments);
+    }
+    if usize::from(r.nr_segments) > MAX_INDIRECT_SEGMENTS {
+        return Err(BadRequest::TooManyIndirectSegments { nr_segments: r.nr_segments });
+    }
+    Ok(IndirectHeader {
+        op,
+        id: r.id,
+        handle: r.handle,
+        sector: r.sector_number,
+        nr: r.nr_segments,
+        gref: r.indirect_grefs[0],
+    })
+}
+
+impl IndirectHeader {
+    /// The grant of the page holding the segments (an allegation: mapping
+    /// it may fail).
+    pub fn segments_gref(&self) -> u32 {
+        self.gref
+    }
+
+    /// Segments to copy out of that page (from byte 0, 8 bytes each).
+    pub fn nr_segments(&self) -> usize {
+        usize::from(self.nr)
+    }
+
+    /// The front's id.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Checks 5 and 6 of the segments copied out of the indirect page
+    /// (`segs`, at least [`IndirectHeader::nr_segments`]; only that many
+    /// are read), as for a direct request.
+    ///
+    /// # Errors
+    /// [`BadRequest::TooManyIndirectSegments`] if `segs` is short, else the
+    /// first segment check that fails.
+    pub fn validate(&self, segs: &[Segment], disk_sectors: u64) -> Result<Valid, BadRequest> {
+        let segs =
+            segs.get(..self.nr_segments()).ok_or(BadRequest::TooManyIndirectSegments { nr_segments: self.nr })?;
+        let mut valid = Valid {
+            op: self.op,
+            id: self.id,
+            handle: self.handle,
+            sector: 0,
+            sectors: 0,
+            secure: false,
+            nr: 0,
+            wire_op: op::INDIRECT,
+            segs: [ValidSegment { gref: 0, first_sect: 0, last_sect: 0, sector: 0 }; MAX_VALID_SEGMENTS],
+        };
+        check_segments(&mut valid, segs, self.sector, disk_sectors)?;
+        Ok(valid)
+    }
+
+    /// The answer to the request refused after its header was checked (its
+    /// indirect page did not map, say).
+    pub fn response(&self, status: Status) -> Response {
+        Response { id: self.id, operation: op::INDIRECT, status: status.code(), ..Response::default() }
+    }
 }
 
 // ---------------------------------------------------------------------------
 // Frontend: the shadow table.
 
-/// Grant references of one request's pages (up to [`MAX_SEGMENTS`]).
+/// Grant references of one request's pages (up to [`MAX_SEGMENTS`]; for
+/// an indirect request, its indirect page: the front tracks the data
+/// pages it listed there itself).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Grants {
     refs: [u32; MAX_SEGMENTS],
@@ -890,6 +1163,8 @@ impl Grants {
 #[derive(Clone, Copy, Debug)]
 struct Shadow {
     op: Op,
+    /// The request's `operation` byte (the response must echo it).
+    wire: u8,
     grants: Grants,
 }
 
@@ -1021,9 +1296,22 @@ impl<const N: usize> Inflight<N> {
     /// # Errors
     /// [`SubmitError`]; nothing is recorded.
     pub fn submit(&mut self, mut req: Request) -> Result<Request, SubmitError> {
-        let op = Op::from_code(req.operation).ok_or(SubmitError::Malformed)?;
         let mut grants = Grants { refs: [0; MAX_SEGMENTS], len: 0 };
-        if op != Op::Discard {
+        let op = if req.operation == op::INDIRECT {
+            let r = req.as_indirect();
+            let op = Op::from_code(r.indirect_op)
+                .filter(|op| matches!(op, Op::Read | Op::Write | Op::WriteFua))
+                .ok_or(SubmitError::Malformed)?;
+            if r.nr_segments == 0 || usize::from(r.nr_segments) > MAX_INDIRECT_SEGMENTS {
+                return Err(SubmitError::Malformed);
+            }
+            grants.refs[0] = r.indirect_grefs[0];
+            grants.len = 1;
+            op
+        } else {
+            Op::from_code(req.operation).ok_or(SubmitError::Malformed)?
+        };
+        if op != Op::Discard && req.operation != op::INDIRECT {
             let nr = usize::from(req.nr_segments);
             let segs = req.seg.get(..nr).ok_or(SubmitError::Malformed)?;
             for (dst, seg) in grants.refs.iter_mut().zip(segs) {
@@ -1031,7 +1319,8 @@ impl<const N: usize> Inflight<N> {
             }
             grants.len = req.nr_segments;
         }
-        let raw = self.table.insert(Shadow { op, grants }).map_err(|_| SubmitError::Full)?;
+        let wire = req.operation;
+        let raw = self.table.insert(Shadow { op, wire, grants }).map_err(|_| SubmitError::Full)?;
         req.id = raw ^ self.salt;
         // `live` has room: the table holds at most N.
         self.live[self.live_len] = req.id;
@@ -1056,8 +1345,8 @@ impl<const N: usize> Inflight<N> {
                 _ => BadResponse::NotInFlight { id },
             });
         };
-        if rsp.operation != shadow.op.code() {
-            return Err(BadResponse::OperationMismatch { id, expected: shadow.op.code(), got: rsp.operation });
+        if rsp.operation != shadow.wire {
+            return Err(BadResponse::OperationMismatch { id, expected: shadow.wire, got: rsp.operation });
         }
         let status = Status::from_code(rsp.status).ok_or(BadResponse::BadStatus { id, status: rsp.status })?;
         // In flight (checked above), so this succeeds; map a failure anyway.

@@ -86,6 +86,7 @@ use crate::event::{self, Port};
 use crate::grant::{GrantSet, MappedPages, MAX_MAPPED};
 use crate::irq::{self, IrqChannel, Pirq};
 use crate::pci::Bdf;
+use alloc::boxed::Box;
 use core::ops::Range;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pvguest_abi::Errno;
@@ -100,8 +101,9 @@ pub const QUEUE_SIZE: usize = 256;
 /// Requests in flight at most.
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Machine-contiguous data runs one request carries at most (a 64 KiB
-/// buffer on discontiguous frames, not page-aligned, has 17).
-pub const MAX_RUNS: usize = 17;
+/// buffer on discontiguous frames, not page-aligned, has 17; a backend's
+/// 32 scattered mapped pages, 32).
+pub const MAX_RUNS: usize = 33;
 /// Bytes one request of a blocking call carries at most (longer calls are
 /// split).
 const CALL_CHUNK: usize = 64 * 1024;
@@ -278,9 +280,6 @@ impl IoBuffer {
 
 /// The memory a [`Submission`] moves data in or out of, owned by the
 /// driver while the request is in flight.
-// Kept whole: memory travels into the driver's static slot table and
-// back, and there may be no heap to box the big variants.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Default)]
 pub enum Memory {
     /// No data (a flush).
@@ -289,11 +288,13 @@ pub enum Memory {
     /// A buffer of the DMA pool.
     Buffer(IoBuffer),
     /// A peer's granted pages, mapped by a backend (the device DMAs
-    /// straight into or out of them: zero copy).
-    Grants(MappedPages),
+    /// straight into or out of them: zero copy). Boxed, as is `Set`: a
+    /// request's memory moves through the driver and back several times.
+    Grants(Box<MappedPages>),
     /// A peer's granted pages from a backend's persistent mappings, each
-    /// at its own address: page `k` is byte `k * 4096` of the data.
-    Set(GrantSet),
+    /// at its own address: page `k` is byte `k * 4096` of the data (a
+    /// backend recycles the boxes).
+    Set(Box<GrantSet>),
 }
 
 impl Memory {
@@ -329,6 +330,9 @@ impl Memory {
 
 /// Where a request's data lies (derived again, identically, when its
 /// chain is popped: held memory does not move).
+// Plain data kept in the static slot table (boxing the page list would
+// allocate per request).
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Copy, Debug)]
 enum Data {
     /// No data (a flush).

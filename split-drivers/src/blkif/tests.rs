@@ -89,7 +89,124 @@ fn check1_unknown_op() {
     let mut r = read(0, 0, 7);
     for code in [4, 6, 7, 0x80, 0xff] {
         r.operation = code;
-        assert_eq!(validate(&r, DISK, &Features::ALL), Err(BadRequest::UnknownOp { operation: code }));
+        let no_indirect = Features { indirect: false, ..Features::ALL };
+        assert_eq!(validate(&r, DISK, &no_indirect), Err(BadRequest::UnknownOp { operation: code }));
+    }
+    // Advertised, an indirect request goes to its own validator.
+    r.operation = op::INDIRECT;
+    assert_eq!(validate(&r, DISK, &Features::ALL), Err(BadRequest::Indirect));
+}
+
+// --- indirect requests --------------------------------------------------------
+
+/// The segments of `pieces`, as a front writes them in its indirect page.
+fn indirect_page(pieces: &[Piece]) -> Vec<Segment> {
+    pieces.iter().enumerate().map(|(i, p)| p.segment(i).expect("valid piece")).collect()
+}
+
+#[test]
+fn indirect_layout_is_xens() {
+    let r = Request::indirect(Op::Write, 0x1234, 0x0102_0304_0506_0708, 16, 77).unwrap();
+    let b = r.as_bytes();
+    assert_eq!(b[0], op::INDIRECT);
+    assert_eq!(b[1], op::WRITE);
+    assert_eq!(u16::from_le_bytes([b[2], b[3]]), 16);
+    assert_eq!(u64::from_le_bytes(b[16..24].try_into().unwrap()), 0x0102_0304_0506_0708);
+    assert_eq!(u16::from_le_bytes([b[24], b[25]]), 0x1234);
+    assert_eq!(u32::from_le_bytes(b[28..32].try_into().unwrap()), 77);
+    assert!(b[32..].iter().all(|&x| x == 0));
+}
+
+#[test]
+fn indirect_round_trip_of_32_pages() {
+    let pieces: Vec<Piece> = (0..32).map(|g| piece(100 + g, 0, 4096)).collect();
+    let mut inflight = Inflight::<RING_SLOTS>::with_salt(9);
+    let req = inflight.submit(Request::indirect(Op::Read, 0, 4096, 32, 55).unwrap()).unwrap();
+    let h = validate_indirect(&req, &Features::ALL).unwrap();
+    assert_eq!((h.segments_gref(), h.nr_segments(), h.id()), (55, 32, req.id));
+    let v = h.validate(&indirect_page(&pieces), DISK).unwrap();
+    assert_eq!((v.op(), v.sector(), v.sectors(), v.segments().len()), (Op::Read, 4096, 256, 32));
+    assert_eq!(v.segments()[31].gref(), 131);
+    assert_eq!(v.segments()[31].sector(), 4096 + 31 * 8);
+    // The answer echoes INDIRECT, and the front's table takes it.
+    let done = inflight.complete(v.response(Status::Okay)).unwrap();
+    assert_eq!((done.op, done.status, done.grants.as_slice()), (Op::Read, Status::Okay, &[55u32][..]));
+}
+
+#[test]
+fn indirect_header_checks() {
+    let all = Features::ALL;
+    let ok = Request::indirect(Op::Read, 0, 0, 4, 1).unwrap();
+    assert_eq!(
+        validate_indirect(&ok, &Features { indirect: false, ..all }),
+        Err(BadRequest::UnknownOp { operation: op::INDIRECT })
+    );
+    assert!(matches!(validate_indirect(&read(0, 0, 7), &all), Err(BadRequest::UnknownOp { .. })));
+    for bad in [op::FLUSH_DISKCACHE, op::DISCARD, op::INDIRECT, op::WRITE_BARRIER, 9] {
+        let mut r = ok.as_indirect();
+        r.indirect_op = bad;
+        assert_eq!(validate_indirect(&r.into_request(), &all), Err(BadRequest::BadIndirectOp { indirect_op: bad }));
+    }
+    let mut r = ok.as_indirect();
+    r.indirect_op = op::WRITE_FUA;
+    assert_eq!(
+        validate_indirect(&r.into_request(), &Features { fua: false, ..all }),
+        Err(BadRequest::NotSupported { op: Op::WriteFua })
+    );
+    for (nr, want) in
+        [(0u16, Err(BadRequest::NoSegments)), (33, Err(BadRequest::TooManyIndirectSegments { nr_segments: 33 }))]
+    {
+        let mut r = ok.as_indirect();
+        r.nr_segments = nr;
+        assert_eq!(validate_indirect(&r.into_request(), &all).map(|_| ()), want);
+    }
+    assert_eq!(Request::indirect(Op::Flush, 0, 0, 1, 1), Err(BuildError::NotIndirect));
+    assert_eq!(Request::indirect(Op::Read, 0, 0, 33, 1), Err(BuildError::TooManyPieces { pieces: 33 }));
+}
+
+#[test]
+fn indirect_segments_are_checked_like_direct_ones() {
+    let h = validate_indirect(&Request::indirect(Op::Write, 0, DISK - 16, 3, 1).unwrap(), &Features::ALL).unwrap();
+    let mut segs = indirect_page(&[piece(1, 0, 4096), piece(2, 0, 4096), piece(3, 0, 4096)]);
+    // Too few segments given for the count.
+    assert_eq!(h.validate(&segs[..2], DISK), Err(BadRequest::TooManyIndirectSegments { nr_segments: 3 }));
+    // 24 sectors from DISK - 16: past the end.
+    assert!(matches!(h.validate(&segs, DISK), Err(BadRequest::BeyondDisk { .. })));
+    let h = validate_indirect(&Request::indirect(Op::Write, 0, 0, 3, 1).unwrap(), &Features::ALL).unwrap();
+    segs[1].last_sect = 8;
+    assert_eq!(h.validate(&segs, DISK), Err(BadRequest::SegmentBeyondPage { index: 1, last_sect: 8 }));
+    segs[1].last_sect = 7;
+    segs[2].first_sect = 5;
+    segs[2].last_sect = 4;
+    assert_eq!(h.validate(&segs, DISK), Err(BadRequest::SegmentReversed { index: 2, first_sect: 5, last_sect: 4 }));
+    // Segments past the count are never read.
+    segs[2] = Segment { gref: 3, first_sect: 0, last_sect: 7, _pad: 0 };
+    segs.push(Segment { gref: 0, first_sect: 9, last_sect: 1, _pad: 0 });
+    assert!(h.validate(&segs, DISK).is_ok());
+}
+
+proptest! {
+    /// Hostile indirect headers and pages: nothing panics, and whatever is
+    /// accepted lies on the disk, with every segment inside its page.
+    #[test]
+    fn prop_indirect_never_panics(
+        bytes in proptest::collection::vec(any::<u8>(), 112),
+        page in proptest::collection::vec(any::<u8>(), 8 * MAX_INDIRECT_SEGMENTS),
+        features in any_features(),
+    ) {
+        let mut req = Request::read_from_bytes(&bytes).unwrap();
+        req.operation = op::INDIRECT;
+        let segs: Vec<Segment> = page.chunks(8).map(|c| Segment::read_from_bytes(c).unwrap()).collect();
+        if let Ok(h) = validate_indirect(&req, &features) {
+            if let Ok(v) = h.validate(&segs, DISK) {
+                prop_assert!(v.sector() + v.sectors() <= DISK);
+                prop_assert!(v.segments().len() <= MAX_INDIRECT_SEGMENTS);
+                for s in v.segments() {
+                    prop_assert!(s.range().end <= PAGE_SIZE);
+                }
+                prop_assert_eq!(v.response(Status::Okay).operation, op::INDIRECT);
+            }
+        }
     }
 }
 
@@ -462,12 +579,8 @@ fn any_request() -> impl Strategy<Value = Request> {
 }
 
 fn any_features() -> impl Strategy<Value = Features> {
-    proptest::array::uniform5(any::<bool>()).prop_map(|[barrier, flush, discard, secure_discard, fua]| Features {
-        barrier,
-        flush,
-        discard,
-        secure_discard,
-        fua,
+    proptest::array::uniform6(any::<bool>()).prop_map(|[barrier, flush, discard, secure_discard, fua, indirect]| {
+        Features { barrier, flush, discard, secure_discard, fua, indirect }
     })
 }
 

@@ -73,7 +73,7 @@ use pvguest_sdk::grant::{GrantSet, MappedGrant, MappedPages};
 use pvguest_sdk::virtio::blk::{self as vblk, BlkError, Completion, Disk, Memory, Submission, SECTOR};
 use pvguest_sdk::{println, vmap};
 use ring_protocol::RingError;
-use split_drivers::blkif::{self, Features, Op, Request, Response, Status, Valid};
+use split_drivers::blkif::{self, BadRequest, Features, Op, Request, Response, Segment, Status, Valid};
 
 /// Requests one [`BlkBack::serve`] call takes at most.
 pub const BATCH: usize = 32;
@@ -193,12 +193,26 @@ impl GrantCache {
     }
 }
 
-/// An accepted request in flight: what its response needs, and whether
-/// its data is done and a flush follows (`WRITE_FUA`).
+/// An accepted request in flight: what its response needs (its id and
+/// wire operation, kept from the validated request), its operation, and
+/// whether its data is done and a flush follows (`WRITE_FUA`).
 #[derive(Clone, Copy, Debug)]
 struct Pending {
-    valid: Valid,
+    id: u64,
+    wire_op: u8,
+    op: Op,
     flushing: bool,
+}
+
+impl Pending {
+    fn of(v: &Valid, flushing: bool) -> Pending {
+        let wire_op = v.response(Status::Okay).operation;
+        Pending { id: v.id(), wire_op, op: v.op(), flushing }
+    }
+
+    fn response(&self, status: Status) -> Response {
+        Response { id: self.id, operation: self.wire_op, status: status.code(), ..Response::default() }
+    }
 }
 
 /// Serials of backends, for completion cookies (never reused, so a late
@@ -303,6 +317,8 @@ pub struct BlkBack {
     persistent: bool,
     /// Persistent mappings, cached or lent.
     cache: Box<GrantCache>,
+    /// Empty sets for the next leases (no allocation per request).
+    spare_sets: Vec<Box<GrantSet>>,
 }
 
 /// Why a backend stopped.
@@ -333,7 +349,7 @@ impl core::fmt::Display for BackError {
 impl BlkBack {
     /// The features every backend advertises.
     pub const FEATURES: Features =
-        Features { barrier: false, flush: true, discard: true, secure_discard: false, fua: true };
+        Features { barrier: false, flush: true, discard: true, secure_discard: false, fua: true, indirect: true };
 
     /// Connects to `domid`'s ring (`gref`, `port` from the store). On
     /// failure the virtual disk comes back with the error.
@@ -360,6 +376,7 @@ impl BlkBack {
                 unpublished: false,
                 persistent,
                 cache: GrantCache::new(),
+                spare_sets: Vec::new(),
             }),
             Err(e) => {
                 vmap::free(va, 1);
@@ -399,7 +416,7 @@ impl BlkBack {
     pub fn serve(&mut self, disk: &mut Disk, share: usize) -> Result<usize, BackError> {
         let mut done = 0;
         let cap = share.clamp(1, MAX_PENDING);
-        while done < BATCH && self.in_flight < cap && disk.has_room(blkif::MAX_SEGMENTS) {
+        while done < BATCH && self.in_flight < cap && disk.has_room(blkif::MAX_VALID_SEGMENTS) {
             let Some(req) = self.ring.ring.pop_request().map_err(BackError::Ring)? else { break };
             if let Some(rsp) = self.accept(&req, disk) {
                 self.respond(rsp)?;
@@ -430,7 +447,12 @@ impl BlkBack {
     /// Validates a request and either submits it (`None`: answered at its
     /// completion) or answers it now.
     fn accept(&mut self, req: &Request, disk: &mut Disk) -> Option<Response> {
-        let v = match blkif::validate(req, self.vdisk.virtual_sectors(), &self.features) {
+        let checked = if req.operation == blkif::op::INDIRECT {
+            self.indirect(req)
+        } else {
+            blkif::validate(req, self.vdisk.virtual_sectors(), &self.features)
+        };
+        let v = match checked {
             Ok(v) => v,
             Err(bad) => {
                 self.stats.invalid += 1;
@@ -445,12 +467,53 @@ impl BlkBack {
                 Op::Read | Op::Write | Op::WriteFua if one_run(&v) => return self.submit_data(&v, disk),
                 Op::Flush => {
                     self.stats.flushes += 1;
-                    return self.submit_flush(None, Pending { valid: v, flushing: true }, disk);
+                    return self.submit_flush(None, Pending::of(&v, true), disk);
                 }
                 _ => {}
             }
         }
         Some(self.answer(&v, disk))
+    }
+
+    /// Checks an indirect request: its header, then its segments, copied
+    /// once out of its indirect page (through the persistent cache, or
+    /// mapped read-only for the copy). A page that does not map is an
+    /// error answer, counted as invalid.
+    fn indirect(&mut self, req: &Request) -> Result<Valid, BadRequest> {
+        let h = blkif::validate_indirect(req, &self.features)?;
+        let mut bytes = [0u8; blkif::MAX_INDIRECT_SEGMENTS * 8];
+        let bytes = &mut bytes[..h.nr_segments() * 8];
+        let copied = match self.lease(&[h.segments_gref()]) {
+            Some(mut set) => {
+                let ok = set.drain().next().is_some_and(|m| {
+                    let ok = m.read(0, bytes);
+                    self.keep(m);
+                    ok
+                });
+                ok
+            }
+            None => match MappedPages::map(self.domid, &[h.segments_gref()], true) {
+                Ok(page) => {
+                    let ok = page.read(0, bytes);
+                    ok & page.unmap().is_ok()
+                }
+                Err(_) => false,
+            },
+        };
+        if !copied {
+            // The grant is the front's allegation; reported like a bad segment.
+            return Err(BadRequest::NoSegments);
+        }
+        let mut segs = [Segment::default(); blkif::MAX_INDIRECT_SEGMENTS];
+        for (seg, b) in segs.iter_mut().zip(bytes.chunks_exact(8)) {
+            *seg = Segment {
+                gref: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                first_sect: b[4],
+                last_sect: b[5],
+                _pad: 0,
+            };
+        }
+        h.validate(&segs[..h.nr_segments()], self.vdisk.virtual_sectors())
     }
 
     /// A free pending entry's index.
@@ -463,7 +526,7 @@ impl BlkBack {
     fn submit_data(&mut self, v: &Valid, disk: &mut Disk) -> Option<Response> {
         let Some(k) = self.free_entry() else { return Some(v.response(Status::Error)) };
         let segs = v.segments();
-        let mut grefs = [0u32; blkif::MAX_SEGMENTS];
+        let mut grefs = [0u32; blkif::MAX_VALID_SEGMENTS];
         for (g, s) in grefs.iter_mut().zip(segs) {
             *g = s.gref();
         }
@@ -477,7 +540,7 @@ impl BlkBack {
         let mem = match self.lease(&grefs[..segs.len()]) {
             Some(set) => Memory::Set(set),
             None => match MappedPages::map(self.domid, &grefs[..segs.len()], to_disk) {
-                Ok(pages) => Memory::Grants(pages),
+                Ok(pages) => Memory::Grants(Box::new(pages)),
                 Err(_) => {
                     self.stats.failed += 1;
                     return Some(v.response(Status::Error));
@@ -490,7 +553,7 @@ impl BlkBack {
         let s = Submission { op, lba, mem, range, cookie: self.cookie(k) };
         match disk.submit(s) {
             Ok(()) => {
-                self.pending[k] = Some(Pending { valid: *v, flushing: false });
+                self.pending[k] = Some(Pending::of(v, false));
                 self.in_flight += 1;
                 self.stats.sectors += v.sectors();
                 if to_disk {
@@ -513,7 +576,7 @@ impl BlkBack {
     /// `None`; or a `WRITE_FUA` whose data is done, in its entry). With no
     /// room for it at the device, flushes in place and answers.
     fn submit_flush(&mut self, entry: Option<usize>, p: Pending, disk: &mut Disk) -> Option<Response> {
-        let Some(k) = entry.or_else(|| self.free_entry()) else { return Some(p.valid.response(Status::Error)) };
+        let Some(k) = entry.or_else(|| self.free_entry()) else { return Some(p.response(Status::Error)) };
         let s = Submission { op: vblk::Op::Flush, lba: 0, mem: Memory::None, range: 0..0, cookie: self.cookie(k) };
         match disk.submit(s) {
             Ok(()) => {
@@ -527,7 +590,7 @@ impl BlkBack {
                     self.in_flight -= 1;
                 }
                 let ok = disk.flush().is_ok();
-                Some(p.valid.response(if ok { Status::Okay } else { Status::Error }))
+                Some(p.response(if ok { Status::Okay } else { Status::Error }))
             }
         }
     }
@@ -536,11 +599,11 @@ impl BlkBack {
     /// or new ones while the limits allow. `None` (nothing lent) without
     /// persistent grants, past the limits, or if a grant does not map
     /// read-write: the request then maps its pages for itself.
-    fn lease(&mut self, grefs: &[u32]) -> Option<GrantSet> {
+    fn lease(&mut self, grefs: &[u32]) -> Option<Box<GrantSet>> {
         if !self.persistent {
             return None;
         }
-        let mut set = GrantSet::new();
+        let mut set = self.spare_sets.pop().unwrap_or_default();
         for &g in grefs {
             let m = match self.cache.take(g) {
                 Take::Got(m) => Some(m),
@@ -588,6 +651,9 @@ impl BlkBack {
                 for m in set.drain() {
                     self.keep(m);
                 }
+                if self.spare_sets.len() < MAX_PENDING {
+                    self.spare_sets.push(set);
+                }
                 true
             }
             _ => true,
@@ -604,7 +670,7 @@ impl BlkBack {
         let k = (c.cookie & 0xffff_ffff) as usize;
         let ok = c.result.is_ok() & self.give_back(c.mem);
         let Some(p) = self.pending.get(k).copied().flatten() else { return Ok(()) };
-        if ok && p.valid.op() == Op::WriteFua && !p.flushing {
+        if ok && p.op == Op::WriteFua && !p.flushing {
             self.stats.flushes += 1;
             // The entry stays: the flush's completion answers it.
             return match self.submit_flush(Some(k), Pending { flushing: true, ..p }, disk) {
@@ -617,7 +683,7 @@ impl BlkBack {
         if !ok {
             self.stats.failed += 1;
         }
-        self.respond(p.valid.response(if ok { Status::Okay } else { Status::Error }))
+        self.respond(p.response(if ok { Status::Okay } else { Status::Error }))
     }
 
     fn respond(&mut self, rsp: Response) -> Result<(), BackError> {
@@ -666,7 +732,7 @@ impl BlkBack {
     /// real disk, one device request per run of machine-contiguous pages.
     fn transfer(&mut self, v: &Valid, disk: &mut Disk) -> Status {
         let segs = v.segments();
-        let mut grefs = [0u32; blkif::MAX_SEGMENTS];
+        let mut grefs = [0u32; blkif::MAX_VALID_SEGMENTS];
         for (g, s) in grefs.iter_mut().zip(segs) {
             *g = s.gref();
         }

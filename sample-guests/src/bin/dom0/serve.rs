@@ -322,6 +322,11 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     w(store, &format!("{bd}/feature-fua"), "1")?;
     w(store, &format!("{bd}/feature-discard"), "1")?;
     w(store, &format!("{bd}/feature-persistent"), "1")?;
+    w(
+        store,
+        &format!("{bd}/feature-max-indirect-segments"),
+        &format!("{}", split_drivers::blkif::MAX_INDIRECT_SEGMENTS),
+    )?;
     let mut v = Vbd {
         spec: spec.clone(),
         domid,
