@@ -150,7 +150,8 @@ fn raw_slice_out_of_range_is_an_error() {
     assert_eq!(raw.plan_read(43, 8), Err(Error::OutOfRange { vlba: 43, nsect: 8 }));
     assert_eq!(raw.plan_read(50, 1), Err(Error::OutOfRange { vlba: 50, nsect: 1 }));
     assert_eq!(raw.plan_write(u64::MAX, 2).unwrap_err(), Error::OutOfRange { vlba: u64::MAX, nsect: 2 });
-    assert_eq!(raw.plan_read(0, 89), Err(Error::TooLong { nsect: 89 }));
+    let long = MAX_REQUEST_SECTORS + 1;
+    assert_eq!(raw.plan_read(0, long), Err(Error::TooLong { nsect: long }));
     assert_eq!(RawSlice::new(1000, Region::new(990, 11)), Err(Error::RegionOutsideDevice));
     assert_eq!(RawSlice::new(1000, Region::new(u64::MAX, 2)), Err(Error::RegionOutsideDevice));
     assert_eq!(RawSlice::new(1000, Region::new(0, 0)), Err(Error::RegionOutsideDevice));

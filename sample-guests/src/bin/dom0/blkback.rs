@@ -317,7 +317,9 @@ pub struct BlkBack {
     persistent: bool,
     /// Persistent mappings, cached or lent.
     cache: Box<GrantCache>,
-    /// Empty sets for the next leases (no allocation per request).
+    /// Empty sets for the next leases (no allocation per request): boxed,
+    /// as the driver takes them.
+    #[allow(clippy::vec_box)]
     spare_sets: Vec<Box<GrantSet>>,
 }
 
