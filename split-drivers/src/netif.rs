@@ -289,11 +289,13 @@ const _: () = {
 
     assert!(TX_RING_SLOTS == 256);
     assert!(RX_RING_SLOTS == 256);
-    // Every length and offset fits the 16-bit wire fields and the i16 status.
-    assert!(MAX_FRAME_LEN <= i16::MAX as usize && PAGE_SIZE <= i16::MAX as usize);
+    // Every piece length and offset fits the 16-bit wire fields and the
+    // i16 status (a frame is shorter than a page, a piece at most a page).
+    assert!(MAX_FRAME_LEN <= PAGE_SIZE);
+    assert!(PAGE_SIZE <= i16::MAX as usize);
     assert!(MIN_FRAME_LEN <= MAX_FRAME_LEN);
     // A maximal frame fits in the slot limit from any offset.
-    assert!(MAX_FRAME_LEN.div_ceil(PAGE_SIZE) + 1 <= MAX_SLOTS_PER_FRAME);
+    assert!(MAX_FRAME_LEN.div_ceil(PAGE_SIZE) < MAX_SLOTS_PER_FRAME);
     assert!(MAX_SLOTS_PER_FRAME <= u8::MAX as usize);
 };
 

@@ -572,12 +572,42 @@ fn any_txreq() -> impl Strategy<Value = TxRequest> {
     })
 }
 
+/// A chain a front might send, of `1..=22` requests (longer than the
+/// limit sometimes), each with a small chance of one hostile field.
+fn any_chain() -> impl Strategy<Value = Vec<TxRequest>> {
+    (60u16..=1522, proptest::collection::vec((1u16..=60, 0u16..4000, any::<u8>()), 0..22)).prop_map(|(size, rest)| {
+        let mut reqs = std::vec![TxRequest { gref: 1, offset: 0, flags: MORE, id: 0, size }];
+        for (len, offset, spoil) in rest {
+            let mut r = TxRequest { gref: 2, offset, flags: MORE, id: 0, size: len };
+            match spoil {
+                0 => r.size = 0,
+                1 => r.offset = 4090,
+                2 => r.flags |= 0x40,
+                _ => {}
+            }
+            reqs.push(r);
+        }
+        if let Some(last) = reqs.last_mut() {
+            last.flags &= !MORE;
+        }
+        reqs
+    })
+}
+
 proptest! {
     /// (a) Any request stream: the assembler never panics, every request
     /// taken is answered exactly once, in order, and every frame it
     /// accepts obeys the protocol's limits.
     #[test]
-    fn prop_assembler_answers_every_request_once(reqs in proptest::collection::vec(any_txreq(), 0..400)) {
+    fn prop_assembler_answers_every_request_once(
+        reqs in proptest::collection::vec(
+            prop_oneof![
+                1 => proptest::collection::vec(any_txreq(), 1..20),
+                1 => any_chain(),
+            ],
+            0..40,
+        ).prop_map(|runs| runs.concat()),
+    ) {
         let mut asm = TxAssembler::new();
         let mut answered: Vec<u16> = Vec::new();
         for (i, req) in reqs.iter().enumerate() {
@@ -592,7 +622,7 @@ proptest! {
                 TxStep::Frame(f) => {
                     prop_assert!((MIN_FRAME_LEN..=MAX_FRAME_LEN).contains(&f.len()));
                     prop_assert_eq!(f.slots().len(), f.ids().len());
-                    prop_assert!(f.slots().iter().all(|s| s.len() >= 1 && s.offset() + s.len() <= PAGE_SIZE));
+                    prop_assert!(f.slots().iter().all(|s| !s.range().is_empty() && s.range().end <= PAGE_SIZE));
                     prop_assert!(f.slots()[0].len() >= ETH_HLEN);
                     prop_assert_eq!(f.slots().iter().map(ValidTxSlot::len).sum::<usize>(), f.len());
                     answered.extend(f.ids());
@@ -812,14 +842,15 @@ proptest! {
     }
 }
 
-/// A hostile rx response for one of the posted ids (or any id).
-fn any_rx_rsp() -> impl Strategy<Value = (usize, Option<u16>, u16, u16, i16)> {
+/// A hostile rx response for one of the posted ids (or any id), chained
+/// with `more` in 32 of `more_data` being set.
+fn any_rx_rsp(more: u32) -> impl Strategy<Value = (usize, Option<u16>, u16, u16, i16)> {
     (
         any::<usize>(),
-        prop_oneof![4 => Just(None), 1 => any::<u16>().prop_map(Some)],
+        prop_oneof![8 => Just(None), 1 => any::<u16>().prop_map(Some)],
         prop_oneof![4 => Just(0u16), 2 => 0u16..4096, 1 => any::<u16>()],
-        prop_oneof![3 => Just(0u16), 3 => Just(rx_flags::MORE_DATA), 1 => any::<u16>()],
-        prop_oneof![4 => 1i16..800, 1 => -3i16..=0, 1 => any::<i16>()],
+        prop_oneof![32 - more => Just(0u16), more => Just(rx_flags::MORE_DATA), 2 => any::<u16>()],
+        prop_oneof![4 => 1i16..100, 2 => 1i16..800, 1 => -3i16..=0, 1 => any::<i16>()],
     )
 }
 
@@ -832,7 +863,9 @@ proptest! {
     #[test]
     fn prop_rx_table_conserves_buffers(
         salt in any::<u16>(),
-        steps in proptest::collection::vec((any::<bool>(), any_rx_rsp()), 1..300),
+        (steps, _more) in prop_oneof![Just(12u32), Just(31u32)].prop_flat_map(|more| {
+            (proptest::collection::vec((any::<bool>(), any_rx_rsp(more)), 1..300), Just(more))
+        }),
     ) {
         const N: usize = 32;
         let mut t = RxInflight::<N>::with_salt(salt);
