@@ -84,10 +84,11 @@
 //! - **front**: a response becomes a finished request only through
 //!   [`TxInflight::complete`] / [`RxInflight::complete`], which check the
 //!   id against the front's shadow table and every other field against
-//!   what the front recorded and the protocol's limits (the XSA-391/396
-//!   hardening of Linux's netfront: the front keeps its own copy of every
-//!   request and trusts nothing the back wrote). Both leave their table
-//!   exactly as it was on every error.
+//!   what the front recorded and the protocol's limits (the hardening
+//!   Linux's netfront got against malicious backends in 2021, "don't trust
+//!   the backend response data blindly": the front keeps its own copy of
+//!   every request, reads each response once, and trusts nothing the back
+//!   wrote). Both leave their table exactly as it was on every error.
 //!
 //! # Ids
 //! Wire ids are 16 bits. Both front tables take them from ring-protocol's
@@ -97,8 +98,10 @@
 //! of index and the low 8 bits of the generation, so a duplicate answer is
 //! always caught ([`BadResponse::NotInFlight`]), and a replay of an
 //! earlier use of the same index is caught unless exactly a multiple of
-//! 256 uses have passed since. The table keeps the full id of each index
-//! in flight; a wire id is never used to index memory without that check.
+//! 256 uses have passed since. A replay that slips through names a request
+//! that is in flight, which a hostile back could answer anyway: it gains
+//! nothing. The table keeps the full id of each index in flight; a wire id
+//! is never used to index memory without that check.
 //!
 //! # Grants (the front's rule G1)
 //! Every completed, dropped or abandoned request gives back its grant

@@ -363,6 +363,22 @@ fn tx_response_ids() {
 }
 
 #[test]
+fn wire_ids_of_one_index_repeat_only_after_256_uses() {
+    // One request at a time reuses index 0; the wire id carries the low 8
+    // bits of its generation, as the module docs say.
+    let mut t = TxInflight::<TX_RING_SLOTS>::with_salt(0x0f0f);
+    let mut seen = Vec::new();
+    for _ in 0..=256 {
+        let id = t.submit_frame(&[tp(1, 0, 60)], TxFlags::default()).unwrap().as_slice()[0].id;
+        seen.push(id);
+        t.complete(TxResponse { id, status: 0 }).unwrap();
+    }
+    let distinct: BTreeSet<u16> = seen[..256].iter().copied().collect();
+    assert_eq!(distinct.len(), 256, "no repeat within 256 uses");
+    assert_eq!(seen[256], seen[0], "the 257th use repeats the first");
+}
+
+#[test]
 fn tx_response_unknown_index() {
     // N = 3 is not a power of two: index 3 is not ours.
     let mut t = TxInflight::<3>::new();
