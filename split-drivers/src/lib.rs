@@ -11,12 +11,19 @@
 //!   [`state::Backend`] fed events and returning actions;
 //! - [`blkif`]: the block protocol (Xen's `blkif.h` layout): requests built
 //!   by the front, [`blkif::validate`]d by the back, answered, and checked
-//!   against the front's [`blkif::Inflight`] shadow table.
+//!   against the front's [`blkif::Inflight`] shadow table;
+//! - [`netif`]: the network protocol (Xen's `netif.h` layout): tx frames
+//!   split into requests by the front's [`netif::TxInflight`] and
+//!   reassembled and validated by the back's [`netif::TxAssembler`]; rx
+//!   buffers posted by the front's [`netif::RxInflight`], filled through
+//!   the back's [`netif::RxWriter`], and the responses checked by the front.
 //!
 //! Both peers are hostile to each other: every value that comes from the
 //! other side (a state string, a request, a response) is an allegation, and
 //! becomes trusted only through one function of this crate
-//! ([`state::State::parse`], [`blkif::validate`], [`blkif::Inflight::complete`]),
+//! ([`state::State::parse`], [`blkif::validate`], [`blkif::Inflight::complete`],
+//! [`netif::TxAssembler::push`], [`netif::TxInflight::complete`],
+//! [`netif::RxInflight::complete`]),
 //! which never panics.
 //!
 //! # Example: a front builds a request, a back validates it
@@ -71,4 +78,5 @@ macro_rules! error_impls {
 }
 
 pub mod blkif;
+pub mod netif;
 pub mod state;
