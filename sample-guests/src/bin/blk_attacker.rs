@@ -6,7 +6,10 @@
 //! references it never granted, or granted to someone else, or granted
 //! read-only for a read; sectors past its disk; too many segments;
 //! `first_sect > last_sect`; `last_sect` past the page; an unknown
-//! operation; then a flood of requests; last, a lie about the ring's
+//! operation; indirect requests with a page never granted, a bad
+//! operation, too many segments, or a segment list that is reversed or
+//! names a grant never granted (after a good one); then a flood of
+//! requests; last, a lie about the ring's
 //! producer index. Each request must be answered with `BLKIF_RSP_ERROR`
 //! (or `EOPNOTSUPP`), the flood served, and the lie make dom0 drop the
 //! connection (its backend state `Closed`); meanwhile the victim domU's
@@ -29,7 +32,7 @@ extern crate alloc;
 
 use alloc::format;
 use alloc::string::String;
-use pvguest_sdk::blkif::{op, Request, Response, Segment, Status, MAX_SEGMENTS};
+use pvguest_sdk::blkif::{op, Op, Request, Response, Segment, Status, MAX_SEGMENTS};
 const OKAY: i16 = Status::OKAY;
 const ERROR: i16 = Status::ERROR;
 const NOTSUPP: i16 = Status::NOTSUPP;
@@ -188,6 +191,56 @@ fn front(c: &mut Checks, store: &mut Store) {
     twelve.nr_segments = 12;
     let got = ask(&mut ring, twelve).map(|r| r.status);
     c.holds(who, format_args!("12 segments: answered with an error ({got:?})"), got == Some(ERROR));
+    // Indirect requests: the segment list in a page of ours, granted
+    // read-only to the backend, which copies it out once and checks it.
+    let list = mm::alloc_page().expect("page");
+    let g_list = table.lock().grant(back_id, list, true).expect("grant").gref();
+    // SAFETY: the page is ours for the domain's life, used only as this
+    // segment list, which the backend may only read.
+    let list_mem = unsafe { SharedMem::new(list.va() as *mut u8, 4096) }.expect("page");
+    let write_list = |segs: &[Segment]| {
+        for (i, s) in segs.iter().enumerate() {
+            let mut b = [0u8; 8];
+            b[..4].copy_from_slice(&s.gref.to_le_bytes());
+            b[4] = s.first_sect;
+            b[5] = s.last_sect;
+            let _ = list_mem.write_bytes(i * 8, &b);
+        }
+    };
+    let indirect = |nr: usize, gref: u32| Request::indirect(Op::Read, 0, 0, nr, gref).expect("indirect request");
+    write_list(&[seg(g_data, 0, 7), seg(g_data, 0, 7)]);
+    let got = ask(&mut ring, indirect(2, g_list)).map(|r| (r.status, r.operation));
+    c.holds(
+        who,
+        format_args!("a good indirect read of 2 segments is answered OKAY, as INDIRECT ({got:?})"),
+        got == Some((OKAY, op::INDIRECT)),
+    );
+    let mut bad_op = indirect(2, g_list).as_indirect();
+    bad_op.indirect_op = 0x42;
+    let mut too_many = indirect(2, g_list).as_indirect();
+    too_many.nr_segments = 33;
+    let indirect_attacks: [(&str, Request, Option<&[Segment]>); 5] = [
+        ("an indirect page never granted (4001)", indirect(2, 4001), None),
+        ("an indirect request carrying an unknown operation", bad_op.into_request(), None),
+        ("an indirect request of 33 segments", too_many.into_request(), None),
+        (
+            "an indirect list with first_sect > last_sect",
+            indirect(2, g_list),
+            Some(&[seg(g_data, 0, 7), seg(g_data, 6, 1)]),
+        ),
+        (
+            "an indirect list naming a grant never granted",
+            indirect(2, g_list),
+            Some(&[seg(g_data, 0, 7), seg(4002, 0, 7)]),
+        ),
+    ];
+    for (what, req, list) in indirect_attacks {
+        if let Some(l) = list {
+            write_list(l);
+        }
+        let got = ask(&mut ring, req).map(|r| r.status);
+        c.holds(who, format_args!("{what}: answered with an error ({got:?})"), got == Some(ERROR));
+    }
     // A flood: 4000 requests, 32 at a time, as fast as it can.
     let mut answered = 0u32;
     for _ in 0..125 {

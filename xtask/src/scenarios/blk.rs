@@ -148,7 +148,7 @@ fn attacker_plan() -> Plan {
 fn attacker_scenario() -> Scenario {
     Scenario {
         name: "blk-attacker",
-        what: "a hostile blkfront sends dom0's blkback bad grant references (never granted, granted to another domain, read-only for a read), sectors past its disk and wrapping past 2^64, too many or no segments, first_sect > last_sect, last_sect past the page, an unknown operation, a flood of 4000 requests and finally a producer index past the ring: every request is answered with an error, the flood is served, the lie gets it disconnected, and a bystander domU's disk keeps working throughout; a hostile backend of another domU's disk is refused the pages it was not granted, and its answer with an id never issued is caught by the SDK's front, which fails every later call at once instead of misreading or hanging",
+        what: "a hostile blkfront sends dom0's blkback bad grant references (never granted, granted to another domain, read-only for a read), sectors past its disk and wrapping past 2^64, too many or no segments, first_sect > last_sect, last_sect past the page, an unknown operation, indirect requests (a good one, then a page never granted, a bad operation, 33 segments, a reversed or ungranted segment in the list), a flood of 4000 requests and finally a producer index past the ring: every request is answered with an error, the flood is served, the lie gets it disconnected, and a bystander domU's disk keeps working throughout; a hostile backend of another domU's disk is refused the pages it was not granted, and its answer with an id never issued is caught by the SDK's front, which fails every later call at once instead of misreading or hanging",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve {} vbdback=victim:evil-back", attacker_plan().cmdline());
@@ -170,6 +170,8 @@ fn attacker_scenario() -> Scenario {
         expect: Outcome::Pass,
         check: |out| {
             need(out, "[evil-front] blk-attacker: every hostile request refused, the flood served, the index lie disconnected")?;
+            need(out, "[evil-front] blk-attacker: a good indirect read of 2 segments is answered OKAY, as INDIRECT (Some((0, 6))): ok")?;
+            need(out, "[evil-front] blk-attacker: an indirect list naming a grant never granted: answered with an error (Some(-1)): ok")?;
             need(out, "[bystander] blklog: 256 random 4 KiB reads, 32 in flight at a time, all intact (0 bad): ok")?;
             need(out, "[evil-back] blk-attacker: mapping the victim's store page (granted to dom0 only) writable is refused")?;
             need(out, "[victim] blklog: the hostile backend's lie was caught; the domain goes on")?;
