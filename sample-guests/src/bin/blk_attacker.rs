@@ -15,6 +15,9 @@
 //! connection (its backend state `Closed`); meanwhile the victim domU's
 //! disk keeps working.
 //!
+//! With `persistent`, the hostile front offers persistent grants, so its
+//! requests go through blkback's cache of mapped grants instead.
+//!
 //! `role=back` (a hostile blkback): the store names it as the backend of
 //! the victim's disk. It tries to map the victim's store page (granted to
 //! dom0 only) and a reference past its table (the hypervisor refuses
@@ -58,7 +61,7 @@ fn main(si: &'static StartInfo) {
     if si.cmdline().split(' ').any(|w| w == "role=back") {
         back(&mut c, &mut store);
     } else {
-        front(&mut c, &mut store);
+        front(&mut c, &mut store, si.cmdline().split(' ').any(|w| w == "persistent"));
     }
     c.verdict(si.name());
 }
@@ -101,7 +104,7 @@ fn seg(gref: u32, first: u8, last: u8) -> Segment {
     Segment { gref, first_sect: first, last_sect: last, _pad: 0 }
 }
 
-fn front(c: &mut Checks, store: &mut Store) {
+fn front(c: &mut Checks, store: &mut Store, persistent: bool) {
     let who = "blk-attacker";
     let dir = format!("{}/device/vbd/51712", store.home());
     let back: String = store.read_string(&format!("{dir}/backend")).expect("backend path");
@@ -120,6 +123,10 @@ fn front(c: &mut Checks, store: &mut Store) {
     chan.on_event(wake).expect("handler");
     store.write(&format!("{dir}/ring-ref"), format!("{gref}").as_bytes()).expect("ring-ref");
     store.write(&format!("{dir}/event-channel"), format!("{}", chan.port().0).as_bytes()).expect("port");
+    if persistent {
+        // Every attack below then goes through blkback's persistent maps.
+        store.write(&format!("{dir}/feature-persistent"), b"1").expect("feature-persistent");
+    }
     store.write(&format!("{dir}/state"), b"3").expect("state");
     wait_state(store, &format!("{back}/state"), &[State::Connected]);
     println!("{who}: connected by hand to dom{back_id}'s blkback ({sectors} sectors)");

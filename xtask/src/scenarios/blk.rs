@@ -142,13 +142,14 @@ fn attacker_plan() -> Plan {
     let mut p = Plan::default();
     p.add("evil-front", Kind::Raw, 1);
     p.add("bystander", Kind::Raw, 2);
+    p.add("evil-persist", Kind::Raw, 1);
     p
 }
 
 fn attacker_scenario() -> Scenario {
     Scenario {
         name: "blk-attacker",
-        what: "a hostile blkfront sends dom0's blkback bad grant references (never granted, granted to another domain, read-only for a read), sectors past its disk and wrapping past 2^64, too many or no segments, first_sect > last_sect, last_sect past the page, an unknown operation, indirect requests (a good one, then a page never granted, a bad operation, 33 segments, a reversed or ungranted segment in the list), a flood of 4000 requests and finally a producer index past the ring: every request is answered with an error, the flood is served, the lie gets it disconnected, and a bystander domU's disk keeps working throughout; a hostile backend of another domU's disk is refused the pages it was not granted, and its answer with an id never issued is caught by the SDK's front, which fails every later call at once instead of misreading or hanging",
+        what: "a hostile blkfront sends dom0's blkback bad grant references (never granted, granted to another domain, read-only for a read), sectors past its disk and wrapping past 2^64, too many or no segments, first_sect > last_sect, last_sect past the page, an unknown operation, indirect requests (a good one, then a page never granted, a bad operation, 33 segments, a reversed or ungranted segment in the list), a flood of 4000 requests and finally a producer index past the ring, once over per-request maps and once over blkback's persistent-grant cache: every request is answered with an error, the flood is served, the lie gets it disconnected, and a bystander domU's disk keeps working throughout; a hostile backend of another domU's disk is refused the pages it was not granted, and its answer with an id never issued is caught by the SDK's front, which fails every later call at once instead of misreading or hanging",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve {} vbdback=victim:evil-back", attacker_plan().cmdline());
@@ -157,6 +158,8 @@ fn attacker_scenario() -> Scenario {
             w.domain(entry(imgs, "bystander", "blklog", 1024, "mode=batch seed=77 heap=160", Expect::Poweroff)?);
             w.domain(entry(imgs, "evil-back", "blk_attacker", 1024, "role=back", Expect::Poweroff)?);
             w.domain(entry(imgs, "victim", "blklog", 1024, "mode=victim", Expect::Poweroff)?);
+            // The same attacks through blkback's persistent-grant cache.
+            w.domain(entry(imgs, "evil-persist", "blk_attacker", 1024, "role=front persistent", Expect::Poweroff)?);
             finish(w, imgs)
         },
         append: "",
@@ -175,6 +178,10 @@ fn attacker_scenario() -> Scenario {
             need(out, "[bystander] blklog: 256 random 4 KiB reads, 32 in flight at a time, all intact (0 bad): ok")?;
             need(out, "[evil-back] blk-attacker: mapping the victim's store page (granted to dom0 only) writable is refused")?;
             need(out, "[victim] blklog: the hostile backend's lie was caught; the domain goes on")?;
+            need(out, "[evil-persist] blk-attacker: every hostile request refused, the flood served, the index lie disconnected")?;
+            need(out, "[dom0] serve: dom5 (evil-persist): disk connected (ring-ref ")?;
+            need(out, ", persistent grants)")?;
+            need(out, "serve: dom5: ring broken: ")?;
             need(out, "serve: dom1: ring broken: ")?;
             need(out, "blkback: dom1: request ")?;
             Ok(())
