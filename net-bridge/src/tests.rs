@@ -1,0 +1,1 @@
+//! Bridge rules and properties.
