@@ -164,6 +164,7 @@ impl<const N: usize> Fdb<N> {
                 self.free(i, now, stats);
                 if limit == 0 {
                     stats.not_learned = stats.not_learned.wrapping_add(1);
+                    stats.entries = self.len();
                     return;
                 }
                 if at_limit {
@@ -333,7 +334,7 @@ mod tests {
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         f.learn(v(1), m(1), p(1), 1, 0, &mut st);
         assert_eq!(f.lookup(v(1), m(1), 2), None);
-        assert_eq!((f.len(), st.not_learned), (0, 1));
+        assert_eq!((f.len(), st.entries, st.not_learned), (0, 0, 1));
     }
 
     #[test]
