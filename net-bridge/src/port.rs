@@ -8,7 +8,7 @@
 //! # VLAN rules
 //! - **Access** `{ vlan }`: member of `vlan` only. An untagged frame belongs
 //!   to `vlan`; a tagged one (priority tags included) is dropped
-//!   ([`DropReason::TaggedOnAccess`](crate::DropReason::TaggedOnAccess)): a
+//!   ([`DropReason::TaggedOnAccess`]): a
 //!   domU chooses neither its VLAN nor its priority. Frames leave untagged.
 //! - **Trunk** `{ allowed, native }`: member of `allowed` and of `native`.
 //!   A tagged frame belongs to its VID if the port is a member of it
