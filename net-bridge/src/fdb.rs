@@ -386,4 +386,96 @@ mod tests {
         assert_eq!(f.lookup(v(1), m(1), 0), None);
         assert_eq!(st.not_learned, 1);
     }
+
+    mod replacement {
+        extern crate std;
+        use std::collections::BTreeMap;
+        use std::vec::Vec;
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        type Key = (Vid, Mac);
+        type Snapshot = BTreeMap<Key, (PortId, u64)>;
+
+        fn snapshot<const N: usize>(f: &Fdb<N>) -> Snapshot {
+            f.entries(0).map(|e| ((e.vlan, e.mac), (e.port, e.last_seen))).collect()
+        }
+
+        fn oldest<'a>(it: impl Iterator<Item = (&'a Key, &'a (PortId, u64))>) -> Option<u64> {
+            it.map(|(_, &(_, t))| t).min()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            /// Each learn does what the module docs' replacement rules say,
+            /// checked against the table before and after.
+            #[test]
+            fn learn_follows_the_replacement_rules(
+                ops in proptest::collection::vec((1..3u16, 0..12u16, 0..4u8, 0..20u64, 0..4usize), 1..200),
+            ) {
+                const CAP: usize = 6;
+                let mut f = Fdb::<CAP>::new(AGE);
+                let mut st = FdbStats::default();
+                let mut now = 0;
+                for (vl, mc, pt, dt, limit) in ops {
+                    now += dt;
+                    let (key, port) = ((v(vl), m(mc)), p(pt));
+                    let before = snapshot(&f);
+                    let port_before = before.values().filter(|(q, _)| *q == port).count();
+                    let moved = before.get(&key).is_some_and(|(q, _)| *q != port);
+                    f.learn(key.0, key.1, port, now, limit, &mut st);
+                    let after = snapshot(&f);
+
+                    prop_assert!(after.len() <= CAP);
+                    prop_assert_eq!(st.entries, after.len());
+                    if limit == 0 {
+                        if before.get(&key).is_some_and(|(q, _)| *q == port) {
+                            prop_assert_eq!(after.get(&key), Some(&(port, now)));
+                        } else {
+                            prop_assert!(!after.contains_key(&key));
+                        }
+                    } else {
+                        prop_assert_eq!(after.get(&key), Some(&(port, now)));
+                    }
+                    // Every other entry is unchanged or gone; at most one goes.
+                    let gone: Vec<_> = before
+                        .iter()
+                        .filter(|(k, _)| **k != key)
+                        .filter(|(k, e)| match after.get(*k) {
+                            Some(a) => {
+                                assert_eq!(a, *e, "an unrelated entry changed");
+                                false
+                            }
+                            None => true,
+                        })
+                        .collect();
+                    prop_assert!(gone.len() <= 1);
+                    if let Some(&(_, &(q, t))) = gone.first() {
+                        let others = || before.iter().filter(|(k, _)| **k != key);
+                        if limit > 0 && port_before >= limit {
+                            // Rule 1: the port was at its limit; its own oldest went.
+                            prop_assert_eq!(q, port);
+                            prop_assert_eq!(Some(t), oldest(others().filter(|(_, (r, _))| *r == port)));
+                        } else {
+                            // Rule 3: the table was full and the port under its
+                            // limit; the table's oldest went (of any port).
+                            prop_assert!(!moved);
+                            prop_assert_eq!(before.len(), CAP);
+                            prop_assert_eq!(Some(t), oldest(others()));
+                        }
+                    }
+                    for pid in 0..4 {
+                        let n = after.values().filter(|(q, _)| *q == p(pid)).count();
+                        prop_assert_eq!(n, f.port_len(p(pid)));
+                    }
+                    if limit > 0 {
+                        prop_assert!(after.values().filter(|(q, _)| *q == port).count() <= limit.max(port_before));
+                    }
+                }
+            }
+        }
+    }
 }
