@@ -7,6 +7,9 @@
 //! - At most `N` entries (the fixed capacity), at most one per (VLAN, MAC),
 //!   and at most the port's learn limit per port: `per_port[p]` is the number
 //!   of entries, live or expired, naming port `p`.
+//! - Every entry is in its hash bucket's chain, in the table's recency list
+//!   and in its port's recency list; every free node is in the free list.
+//!   The lists are ordered by last refresh, least recent first.
 //! - Time is the caller's monotonic clock in ns. An entry is *live* while
 //!   `now - last_seen <= ageing`; a `now` before `last_seen` (a clock that
 //!   went back) counts as age 0. An expired entry is ignored by lookups and is
@@ -20,6 +23,9 @@
 //! 3. Else (table full) the least recently seen entry of the whole table is
 //!    replaced; it is an expired one if any exists.
 //!
+//! "Least recently seen" is the order of refreshes, which for a monotonic
+//! clock is the order of last-seen times.
+//!
 //! So while the learn limits of the ports add up to at most `N` (the default
 //! limit, `N / MAX_PORTS`, ensures it), step 3 never happens and a port's
 //! entries leave the table only by its own learning, by ageing, or by dom0
@@ -28,11 +34,22 @@
 //! the same VLAN moves its entry there (step 1 applies to the new port).
 //!
 //! # Work
-//! Every operation is one pass over the `N` slots: learning and lookup are
-//! `O(N)`, bounded by the capacity the caller chose (1024 by default).
+//! Lookup and learning hash (VLAN, MAC) with the bridge's seed
+//! ([`Config::hash_seed`](crate::Config::hash_seed)) into one of `N` buckets
+//! and walk its chain; replacement takes the head of a recency list. So both
+//! are `O(1)` expected, and `O(chain)` at worst: a sender that knows the seed
+//! can put into one bucket at most the entries its port may hold (its learn
+//! limit), so the chain is bounded by the sum of the limits of the ports that
+//! collude, and never exceeds `N`. Removing a port, flushing and expiring
+//! scan the `N` nodes; they are dom0's calls, not per frame.
+//!
+//! Memory: about 52 bytes per entry (some 52 KiB at the default `N` = 1024).
 
 use crate::ethernet::{Mac, Vid};
 use crate::port::{PortId, MAX_PORTS};
+
+/// "No node": the end of a chain or list.
+const NIL: u32 = u32::MAX;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Slot {
@@ -40,6 +57,43 @@ pub(crate) struct Slot {
     pub(crate) mac: Mac,
     pub(crate) port: PortId,
     pub(crate) seen: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Link {
+    prev: u32,
+    next: u32,
+}
+
+const UNLINKED: Link = Link { prev: NIL, next: NIL };
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Node {
+    entry: Option<Slot>,
+    /// Next node in the bucket's chain, or in the free list.
+    chain: u32,
+    /// Place in the table's recency list.
+    age: Link,
+    /// Place in the port's recency list.
+    own: Link,
+}
+
+const FREE_NODE: Node = Node { entry: None, chain: NIL, age: UNLINKED, own: UNLINKED };
+
+/// A doubly linked list of nodes: `head` is the least recent.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY_LIST: List = List { head: NIL, tail: NIL };
+
+/// Which recency list.
+#[derive(Clone, Copy)]
+enum Which {
+    Table,
+    Port(PortId),
 }
 
 /// One learned entry, as [`Bridge::fdb_entries`](crate::Bridge::fdb_entries)
@@ -78,32 +132,144 @@ pub struct FdbStats {
 }
 
 pub(crate) struct Fdb<const N: usize> {
-    slots: [Option<Slot>; N],
+    nodes: [Node; N],
+    /// Chain heads, indexed by hash.
+    buckets: [u32; N],
+    /// Free nodes, linked through `chain`.
+    free: u32,
+    table: List,
+    ports: [List; MAX_PORTS],
     per_port: [usize; MAX_PORTS],
+    len: usize,
     ageing: u64,
+    seed: u64,
 }
 
 const fn live(seen: u64, now: u64, ageing: u64) -> bool {
     now.saturating_sub(seen) <= ageing
 }
 
+/// A 64-bit mix of the key and the seed (not cryptographic: the seed, which
+/// dom0 draws at boot, only makes collisions hard to aim at).
+fn hash(seed: u64, vlan: Vid, mac: Mac) -> u64 {
+    let [a, b, c, d, e, f] = mac.0;
+    let [v0, v1] = vlan.get().to_be_bytes();
+    let mut h = u64::from_be_bytes([v0, v1, a, b, c, d, e, f]) ^ seed;
+    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
+}
+
+fn idx(i: u32) -> usize {
+    i as usize
+}
+
 impl<const N: usize> Fdb<N> {
-    pub(crate) const fn new(ageing: u64) -> Self {
-        Fdb { slots: [None; N], per_port: [0; MAX_PORTS], ageing }
+    pub(crate) fn new(ageing: u64, seed: u64) -> Self {
+        const { assert!(N < NIL as usize, "the capacity must fit the u32 node indices") };
+        let mut nodes = [FREE_NODE; N];
+        for (i, n) in nodes.iter_mut().enumerate() {
+            n.chain = if i + 1 < N { (i + 1) as u32 } else { NIL };
+        }
+        Fdb {
+            nodes,
+            buckets: [NIL; N],
+            free: if N > 0 { 0 } else { NIL },
+            table: EMPTY_LIST,
+            ports: [EMPTY_LIST; MAX_PORTS],
+            per_port: [0; MAX_PORTS],
+            len: 0,
+            ageing,
+            seed,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.per_port.iter().sum()
+        self.len
+    }
+
+    fn bucket(&self, vlan: Vid, mac: Mac) -> Option<usize> {
+        let n = u64::try_from(N).ok().filter(|&n| n > 0)?;
+        usize::try_from(hash(self.seed, vlan, mac) % n).ok()
+    }
+
+    fn entry(&self, i: u32) -> Option<Slot> {
+        self.nodes.get(idx(i))?.entry
+    }
+
+    /// The node holding (vlan, mac). The walk is bounded by `N` whatever
+    /// the links say.
+    fn find(&self, vlan: Vid, mac: Mac) -> Option<u32> {
+        let mut i = *self.buckets.get(self.bucket(vlan, mac)?)?;
+        for _ in 0..N {
+            let node = self.nodes.get(idx(i))?;
+            if node.entry.is_some_and(|s| s.vlan == vlan && s.mac == mac) {
+                return Some(i);
+            }
+            i = node.chain;
+        }
+        None
     }
 
     /// The live entry's port for (vlan, mac).
     pub(crate) fn lookup(&self, vlan: Vid, mac: Mac, now: u64) -> Option<PortId> {
-        self.slots
-            .iter()
-            .flatten()
-            .find(|s| s.vlan == vlan && s.mac == mac)
-            .filter(|s| live(s.seen, now, self.ageing))
-            .map(|s| s.port)
+        self.entry(self.find(vlan, mac)?).filter(|s| live(s.seen, now, self.ageing)).map(|s| s.port)
+    }
+
+    fn list_mut(&mut self, which: Which) -> Option<&mut List> {
+        match which {
+            Which::Table => Some(&mut self.table),
+            Which::Port(p) => self.ports.get_mut(p.index()),
+        }
+    }
+
+    fn link_mut(&mut self, which: Which, i: u32) -> Option<&mut Link> {
+        let node = self.nodes.get_mut(idx(i))?;
+        Some(match which {
+            Which::Table => &mut node.age,
+            Which::Port(_) => &mut node.own,
+        })
+    }
+
+    fn unlink(&mut self, which: Which, i: u32) {
+        let Some(&mut Link { prev, next }) = self.link_mut(which, i) else { return };
+        match self.link_mut(which, prev) {
+            Some(l) => l.next = next,
+            None => {
+                if let Some(list) = self.list_mut(which) {
+                    list.head = next;
+                }
+            }
+        }
+        match self.link_mut(which, next) {
+            Some(l) => l.prev = prev,
+            None => {
+                if let Some(list) = self.list_mut(which) {
+                    list.tail = prev;
+                }
+            }
+        }
+        if let Some(l) = self.link_mut(which, i) {
+            *l = UNLINKED;
+        }
+    }
+
+    fn push_newest(&mut self, which: Which, i: u32) {
+        let Some(tail) = self.list_mut(which).map(|l| l.tail) else { return };
+        if let Some(l) = self.link_mut(which, i) {
+            *l = Link { prev: tail, next: NIL };
+        }
+        match self.link_mut(which, tail) {
+            Some(l) => l.next = i,
+            None => {
+                if let Some(list) = self.list_mut(which) {
+                    list.head = i;
+                }
+            }
+        }
+        if let Some(list) = self.list_mut(which) {
+            list.tail = i;
+        }
     }
 
     fn count(&mut self, port: PortId, add: bool) {
@@ -112,12 +278,55 @@ impl<const N: usize> Fdb<N> {
         }
     }
 
-    /// Frees slot `i`; returns whether its entry was live (an expired one is
+    /// Puts `slot` in a free node (none: nothing happens).
+    fn insert(&mut self, slot: Slot) {
+        let i = self.free;
+        let Some(b) = self.bucket(slot.vlan, slot.mac) else { return };
+        let Some(head) = self.buckets.get(b).copied() else { return };
+        let Some(node) = self.nodes.get_mut(idx(i)) else { return };
+        self.free = node.chain;
+        *node = Node { entry: Some(slot), chain: head, age: UNLINKED, own: UNLINKED };
+        if let Some(h) = self.buckets.get_mut(b) {
+            *h = i;
+        }
+        self.push_newest(Which::Table, i);
+        self.push_newest(Which::Port(slot.port), i);
+        self.count(slot.port, true);
+        self.len += 1;
+    }
+
+    /// Frees node `i`; returns whether its entry was live (an expired one is
     /// counted in `stats.expired`).
-    fn free(&mut self, i: usize, now: u64, stats: &mut FdbStats) -> bool {
-        let Some(slot) = self.slots.get_mut(i) else { return false };
-        let Some(old) = slot.take() else { return false };
+    fn remove(&mut self, i: u32, now: u64, stats: &mut FdbStats) -> bool {
+        let Some(old) = self.entry(i) else { return false };
+        // Unchain: find the link that points at `i`.
+        if let Some(b) = self.bucket(old.vlan, old.mac) {
+            let next = self.nodes.get(idx(i)).map_or(NIL, |n| n.chain);
+            let mut at = self.buckets.get(b).copied().unwrap_or(NIL);
+            if at == i {
+                if let Some(h) = self.buckets.get_mut(b) {
+                    *h = next;
+                }
+            } else {
+                for _ in 0..N {
+                    let Some(node) = self.nodes.get_mut(idx(at)) else { break };
+                    if node.chain == i {
+                        node.chain = next;
+                        break;
+                    }
+                    at = node.chain;
+                }
+            }
+        }
+        self.unlink(Which::Table, i);
+        self.unlink(Which::Port(old.port), i);
         self.count(old.port, false);
+        self.len = self.len.saturating_sub(1);
+        let free = self.free;
+        if let Some(node) = self.nodes.get_mut(idx(i)) {
+            *node = Node { chain: free, ..FREE_NODE };
+            self.free = i;
+        }
         let was_live = live(old.seen, now, self.ageing);
         if !was_live {
             stats.expired = stats.expired.wrapping_add(1);
@@ -125,108 +334,90 @@ impl<const N: usize> Fdb<N> {
         was_live
     }
 
-    fn put(&mut self, i: usize, slot: Slot) {
-        if let Some(s) = self.slots.get_mut(i) {
-            *s = Some(slot);
-            self.count(slot.port, true);
+    /// Marks node `i` seen now on `port` (moving it if the port changed).
+    fn refresh(&mut self, i: u32, port: PortId, now: u64) {
+        let Some(old) = self.entry(i) else { return };
+        self.unlink(Which::Table, i);
+        self.unlink(Which::Port(old.port), i);
+        self.count(old.port, false);
+        if let Some(Some(s)) = self.nodes.get_mut(idx(i)).map(|n| n.entry.as_mut()) {
+            s.seen = now;
+            s.port = port;
         }
+        self.push_newest(Which::Table, i);
+        self.push_newest(Which::Port(port), i);
+        self.count(port, true);
+    }
+
+    /// Frees the least recent entry of `which`, counting a live one in `evicted`.
+    fn evict_oldest(&mut self, which: Which, now: u64, stats: &mut FdbStats) -> bool {
+        let Some(head) = self.list_mut(which).map(|l| l.head) else { return false };
+        if self.entry(head).is_none() {
+            return false;
+        }
+        if self.remove(head, now, stats) {
+            match which {
+                Which::Table => stats.evicted_full = stats.evicted_full.wrapping_add(1),
+                Which::Port(_) => stats.evicted_port_limit = stats.evicted_port_limit.wrapping_add(1),
+            }
+        }
+        true
     }
 
     /// Records that `mac` sent from `port` in `vlan` at `now` (the rules in
     /// the module docs). `limit` is the port's learn limit.
     pub(crate) fn learn(&mut self, vlan: Vid, mac: Mac, port: PortId, now: u64, limit: usize, stats: &mut FdbStats) {
-        let mut found = None;
-        let mut free = None;
-        let mut oldest: Option<(usize, u64)> = None;
-        let mut port_oldest: Option<(usize, u64)> = None;
-        for (i, s) in self.slots.iter().enumerate() {
-            let Some(s) = s else {
-                free = free.or(Some(i));
-                continue;
-            };
-            if s.vlan == vlan && s.mac == mac {
-                found = Some((i, s.port));
-                continue;
-            }
-            if oldest.is_none_or(|(_, t)| s.seen < t) {
-                oldest = Some((i, s.seen));
-            }
-            if s.port == port && port_oldest.is_none_or(|(_, t)| s.seen < t) {
-                port_oldest = Some((i, s.seen));
-            }
-        }
+        self.learn_inner(vlan, mac, port, now, limit, stats);
+        stats.entries = self.len;
+    }
+
+    fn learn_inner(&mut self, vlan: Vid, mac: Mac, port: PortId, now: u64, limit: usize, stats: &mut FdbStats) {
+        let found = self.find(vlan, mac);
         let at_limit = self.per_port.get(port.index()).is_none_or(|&c| c >= limit);
-        let new = Slot { vlan, mac, port, seen: now };
-        match found {
-            Some((i, p)) if p == port => self.put_refresh(i, now),
+        match found.and_then(|i| Some((i, self.entry(i)?.port))) {
+            Some((i, p)) if p == port => self.refresh(i, port, now),
             Some((i, _)) => {
-                // A move: the old entry goes in any case (it would misdirect).
-                self.free(i, now, stats);
+                // A move. To a port that does not learn, the old entry goes
+                // (it would misdirect).
                 if limit == 0 {
+                    self.remove(i, now, stats);
                     stats.not_learned = stats.not_learned.wrapping_add(1);
-                    stats.entries = self.len();
                     return;
                 }
                 if at_limit {
-                    if let Some((j, _)) = port_oldest {
-                        if self.free(j, now, stats) {
-                            stats.evicted_port_limit = stats.evicted_port_limit.wrapping_add(1);
-                        }
-                    }
+                    self.evict_oldest(Which::Port(port), now, stats);
                 }
-                self.put(i, new);
+                self.refresh(i, port, now);
                 stats.moved = stats.moved.wrapping_add(1);
             }
             None => {
-                let target = if limit == 0 {
-                    None
-                } else if at_limit {
-                    port_oldest.map(|(j, _)| {
-                        if self.free(j, now, stats) {
-                            stats.evicted_port_limit = stats.evicted_port_limit.wrapping_add(1);
-                        }
-                        j
-                    })
-                } else if free.is_some() {
-                    free
+                let room = limit > 0
+                    && if at_limit {
+                        self.evict_oldest(Which::Port(port), now, stats)
+                    } else {
+                        self.free != NIL || self.evict_oldest(Which::Table, now, stats)
+                    };
+                if room && self.free != NIL {
+                    self.insert(Slot { vlan, mac, port, seen: now });
+                    stats.learned = stats.learned.wrapping_add(1);
                 } else {
-                    oldest.map(|(j, _)| {
-                        if self.free(j, now, stats) {
-                            stats.evicted_full = stats.evicted_full.wrapping_add(1);
-                        }
-                        j
-                    })
-                };
-                match target {
-                    Some(j) => {
-                        self.put(j, new);
-                        stats.learned = stats.learned.wrapping_add(1);
-                    }
-                    None => stats.not_learned = stats.not_learned.wrapping_add(1),
+                    stats.not_learned = stats.not_learned.wrapping_add(1);
                 }
             }
-        }
-        stats.entries = self.len();
-    }
-
-    fn put_refresh(&mut self, i: usize, now: u64) {
-        if let Some(Some(s)) = self.slots.get_mut(i) {
-            s.seen = now;
         }
     }
 
     /// Removes every entry for which `drop` holds; returns how many.
     pub(crate) fn remove_where(&mut self, stats: &mut FdbStats, mut drop: impl FnMut(&Slot) -> bool) -> usize {
         let mut n = 0;
-        for slot in self.slots.iter_mut() {
-            if let Some(s) = slot.take_if(|s| drop(s)) {
-                if let Some(c) = self.per_port.get_mut(s.port.index()) {
-                    *c = c.saturating_sub(1);
-                }
+        let mut scratch = FdbStats::default();
+        for i in 0..N as u32 {
+            if self.entry(i).is_some_and(|s| drop(&s)) {
+                self.remove(i, 0, &mut scratch);
                 n += 1;
             }
         }
-        stats.entries = self.len();
+        stats.entries = self.len;
         n
     }
 
@@ -240,7 +431,7 @@ impl<const N: usize> Fdb<N> {
 
     pub(crate) fn entries(&self, now: u64) -> impl Iterator<Item = FdbEntry> + '_ {
         let ageing = self.ageing;
-        self.slots.iter().flatten().map(move |s| FdbEntry {
+        self.nodes.iter().filter_map(|n| n.entry).map(move |s| FdbEntry {
             vlan: s.vlan,
             mac: s.mac,
             port: s.port,
@@ -252,6 +443,62 @@ impl<const N: usize> Fdb<N> {
     #[cfg(test)]
     pub(crate) fn port_len(&self, port: PortId) -> usize {
         self.per_port.get(port.index()).copied().unwrap_or(0)
+    }
+
+    /// Checks every structural invariant of the module docs.
+    #[cfg(test)]
+    pub(crate) fn check(&self) {
+        extern crate std;
+        use std::collections::BTreeSet;
+        use std::vec::Vec;
+        let used: BTreeSet<u32> = (0..N as u32).filter(|&i| self.entry(i).is_some()).collect();
+        assert_eq!(used.len(), self.len);
+        // Free list: exactly the unused nodes.
+        let mut free = BTreeSet::new();
+        let mut i = self.free;
+        while i != NIL {
+            assert!(free.insert(i), "free list cycle");
+            i = self.nodes[idx(i)].chain;
+        }
+        assert_eq!(free.len() + used.len(), N);
+        assert!(free.is_disjoint(&used));
+        // Chains: every used node in its own bucket, once.
+        let mut chained = BTreeSet::new();
+        for (b, &head) in self.buckets.iter().enumerate() {
+            let mut i = head;
+            while i != NIL {
+                let s = self.entry(i).expect("free node in a chain");
+                assert_eq!(self.bucket(s.vlan, s.mac), Some(b));
+                assert!(chained.insert(i), "chain cycle");
+                i = self.nodes[idx(i)].chain;
+            }
+        }
+        assert_eq!(chained, used);
+        // Recency lists: well linked, the right members.
+        let walk = |which: Which, list: List| -> Vec<u32> {
+            let mut out = Vec::new();
+            let (mut i, mut prev) = (list.head, NIL);
+            while i != NIL {
+                let l = match which {
+                    Which::Table => self.nodes[idx(i)].age,
+                    Which::Port(_) => self.nodes[idx(i)].own,
+                };
+                assert_eq!(l.prev, prev);
+                out.push(i);
+                assert!(out.len() <= N, "list cycle");
+                (prev, i) = (i, l.next);
+            }
+            assert_eq!(list.tail, prev);
+            out
+        };
+        let table = walk(Which::Table, self.table);
+        assert_eq!(table.iter().copied().collect::<BTreeSet<_>>(), used);
+        assert_eq!(table.len(), used.len());
+        for p in PortId::all() {
+            let own = walk(Which::Port(p), self.ports[p.index()]);
+            assert_eq!(own.len(), self.per_port[p.index()]);
+            assert!(own.iter().all(|&i| self.entry(i).is_some_and(|s| s.port == p)));
+        }
     }
 }
 
@@ -274,7 +521,7 @@ mod tests {
 
     #[test]
     fn learns_and_looks_up_per_vlan() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(3), 0, 8, &mut st);
         assert_eq!(f.lookup(v(1), m(1), 10), Some(p(3)));
@@ -284,7 +531,7 @@ mod tests {
 
     #[test]
     fn ageing_hides_then_expire_frees() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 1000, 8, &mut st);
         assert_eq!(f.lookup(v(1), m(1), 1000 + AGE), Some(p(0)));
@@ -297,7 +544,7 @@ mod tests {
 
     #[test]
     fn refresh_keeps_an_entry_alive() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         f.learn(v(1), m(1), p(0), 90, 8, &mut st);
@@ -307,7 +554,7 @@ mod tests {
 
     #[test]
     fn a_move_updates_the_port() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         f.learn(v(1), m(1), p(1), 5, 8, &mut st);
@@ -317,7 +564,7 @@ mod tests {
 
     #[test]
     fn a_move_to_a_port_at_its_limit_evicts_that_ports_oldest() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(1), 0, 1, &mut st);
         f.learn(v(1), m(2), p(0), 1, 1, &mut st);
@@ -329,7 +576,7 @@ mod tests {
 
     #[test]
     fn a_move_to_a_non_learning_port_forgets_the_entry() {
-        let mut f = Fdb::<8>::new(AGE);
+        let mut f = Fdb::<8>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         f.learn(v(1), m(1), p(1), 1, 0, &mut st);
@@ -339,7 +586,7 @@ mod tests {
 
     #[test]
     fn full_table_evicts_the_oldest() {
-        let mut f = Fdb::<3>::new(AGE);
+        let mut f = Fdb::<3>::new(AGE, 7);
         let mut st = FdbStats::default();
         for i in 0..3 {
             f.learn(v(1), m(i), p(i as u8), u64::from(i) + 10, 8, &mut st);
@@ -354,7 +601,7 @@ mod tests {
 
     #[test]
     fn full_table_reuses_an_expired_entry_first() {
-        let mut f = Fdb::<2>::new(AGE);
+        let mut f = Fdb::<2>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         f.learn(v(1), m(2), p(1), 150, 8, &mut st);
@@ -365,7 +612,7 @@ mod tests {
 
     #[test]
     fn a_port_at_its_limit_replaces_only_its_own_entries() {
-        let mut f = Fdb::<64>::new(AGE);
+        let mut f = Fdb::<64>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1000), p(1), 0, 4, &mut st);
         for i in 0..1000 {
@@ -380,7 +627,7 @@ mod tests {
 
     #[test]
     fn zero_capacity_never_learns() {
-        let mut f = Fdb::<0>::new(AGE);
+        let mut f = Fdb::<0>::new(AGE, 7);
         let mut st = FdbStats::default();
         f.learn(v(1), m(1), p(0), 0, 8, &mut st);
         assert_eq!(f.lookup(v(1), m(1), 0), None);
@@ -410,14 +657,45 @@ mod tests {
         proptest! {
             #![proptest_config(ProptestConfig::with_cases(512))]
 
+            /// Any sequence of learns, removals and expiries keeps the chains,
+            /// lists, free list and counts consistent, and lookups agree with
+            /// the entries.
+            #[test]
+            fn structure_survives_any_sequence(
+                ops in proptest::collection::vec((0..10u8, 1..3u16, 0..16u16, 0..4u8, 0..30u64, 0..5usize), 1..300),
+                seed in any::<u64>(),
+            ) {
+                let mut f = Fdb::<5>::new(AGE, seed);
+                let mut st = FdbStats::default();
+                let mut now = 0;
+                for (op, vl, mc, pt, dt, limit) in ops {
+                    now += dt;
+                    match op {
+                        0 => {
+                            f.remove_where(&mut st, |s| s.port == p(pt));
+                        }
+                        1 => {
+                            f.expire(now, &mut st);
+                        }
+                        _ => f.learn(v(vl), m(mc), p(pt), now, limit, &mut st),
+                    }
+                    f.check();
+                    prop_assert_eq!(st.entries, f.len());
+                    for e in f.entries(now) {
+                        prop_assert_eq!(f.lookup(e.vlan, e.mac, now), e.live.then_some(e.port));
+                    }
+                }
+            }
+
             /// Each learn does what the module docs' replacement rules say,
             /// checked against the table before and after.
             #[test]
             fn learn_follows_the_replacement_rules(
                 ops in proptest::collection::vec((1..3u16, 0..12u16, 0..4u8, 0..20u64, 0..4usize), 1..200),
+                seed in any::<u64>(),
             ) {
                 const CAP: usize = 6;
-                let mut f = Fdb::<CAP>::new(AGE);
+                let mut f = Fdb::<CAP>::new(AGE, seed);
                 let mut st = FdbStats::default();
                 let mut now = 0;
                 for (vl, mc, pt, dt, limit) in ops {
@@ -427,6 +705,7 @@ mod tests {
                     let port_before = before.values().filter(|(q, _)| *q == port).count();
                     let moved = before.get(&key).is_some_and(|(q, _)| *q != port);
                     f.learn(key.0, key.1, port, now, limit, &mut st);
+                    f.check();
                     let after = snapshot(&f);
 
                     prop_assert!(after.len() <= CAP);

@@ -414,7 +414,7 @@ fn setup() -> impl Strategy<Value = Setup> {
 }
 
 fn build<const N: usize>(s: &Setup) -> Box<Bridge<N>> {
-    let mut b = Box::new(Bridge::new(Config { ageing_ns: 100 * SEC, port_learn_limit: None }));
+    let mut b = Box::new(Bridge::new(Config { ageing_ns: 100 * SEC, ..Config::default() }));
     for (id, c) in &s.ports {
         b.set_port(p(*id), c.clone()).unwrap();
     }
@@ -580,6 +580,7 @@ proptest! {
             if c.kind.is_member(v(vlan)) {
                 b.ingress(p(port), &accepted_frame(&c, v(vlan), Mac::BROADCAST, mac(1000 + src)), t);
             }
+            b.check_fdb();
             prop_assert!(b.fdb_len() <= 16);
             prop_assert_eq!(b.stats().fdb.entries, b.fdb_len());
             let entries: Vec<_> = b.fdb_entries(t).collect();
