@@ -31,9 +31,10 @@
 //! configuration changes. The ingress port is never an egress.
 //!
 //! # Memory
-//! A `Bridge<N>` holds everything inline: about `52 * N` bytes of table and
-//! 18 KiB of port configurations and counters (some 70 KiB at the default
-//! `N` = 1024). It never allocates; put it in a `static` or a `Box`.
+//! A `Bridge<N>` holds everything inline: about `60 * N` bytes of table and
+//! 22 KiB of port configurations and counters (some 82 KiB at the default
+//! `N` = 1024). It never allocates; [`Bridge::new`] is a `const fn`, so put
+//! it in a `static` (or a `Box`).
 
 use core::fmt;
 
@@ -153,9 +154,15 @@ pub struct Config {
     pub hash_seed: u64,
 }
 
+impl Config {
+    /// The defaults, as a constant (for a `static` bridge).
+    pub const DEFAULT: Config =
+        Config { ageing_ns: DEFAULT_AGEING_NS, port_learn_limit: None, hash_seed: 0x5167_6e61_6c6c_6564 };
+}
+
 impl Default for Config {
     fn default() -> Self {
-        Config { ageing_ns: DEFAULT_AGEING_NS, port_learn_limit: None, hash_seed: 0x5167_6e61_6c6c_6564 }
+        Self::DEFAULT
     }
 }
 
@@ -286,13 +293,15 @@ impl<const N: usize> Default for Bridge<N> {
 }
 
 impl<const N: usize> Bridge<N> {
-    /// A bridge with no port.
-    pub fn new(config: Config) -> Self {
+    /// A bridge with no port. A `const fn`, so that dom0 can keep the bridge
+    /// in a `static` (for example `spin::Mutex<Bridge>`) rather than build it
+    /// on a small stack.
+    pub const fn new(config: Config) -> Self {
         Bridge {
             config,
-            ports: core::array::from_fn(|_| None),
+            ports: [const { None }; MAX_PORTS],
             fdb: Fdb::new(config.ageing_ns, config.hash_seed),
-            stats: Stats::default(),
+            stats: Stats::new(),
         }
     }
 
@@ -349,7 +358,7 @@ impl<const N: usize> Bridge<N> {
 
     /// Zeroes every counter (the table's `entries` stays true).
     pub fn reset_stats(&mut self) {
-        self.stats = Stats::default();
+        self.stats = Stats::new();
         self.stats.fdb.entries = self.fdb.len();
     }
 

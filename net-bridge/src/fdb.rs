@@ -8,7 +8,8 @@
 //!   and at most the port's learn limit per port: `per_port[p]` is the number
 //!   of entries, live or expired, naming port `p`.
 //! - Every entry is in its hash bucket's chain, in the table's recency list
-//!   and in its port's recency list; every free node is in the free list.
+//!   and in its port's recency list. Nodes from `unused` up have never been
+//!   used; every other free node is in the free list.
 //!   The lists are ordered by last refresh, least recent first.
 //! - Time is the caller's monotonic clock in ns. An entry is *live* while
 //!   `now - last_seen <= ageing`; a `now` before `last_seen` (a clock that
@@ -43,7 +44,7 @@
 //! collude, and never exceeds `N`. Removing a port, flushing and expiring
 //! scan the `N` nodes; they are dom0's calls, not per frame.
 //!
-//! Memory: about 52 bytes per entry (some 52 KiB at the default `N` = 1024).
+//! Memory: about 60 bytes per entry (some 60 KiB at the default `N` = 1024).
 
 use crate::ethernet::{Mac, Vid};
 use crate::port::{PortId, MAX_PORTS};
@@ -135,8 +136,10 @@ pub(crate) struct Fdb<const N: usize> {
     nodes: [Node; N],
     /// Chain heads, indexed by hash.
     buckets: [u32; N],
-    /// Free nodes, linked through `chain`.
+    /// Freed nodes, linked through `chain`.
     free: u32,
+    /// Nodes from here up have never been used.
+    unused: u32,
     table: List,
     ports: [List; MAX_PORTS],
     per_port: [usize; MAX_PORTS],
@@ -165,16 +168,13 @@ fn idx(i: u32) -> usize {
 }
 
 impl<const N: usize> Fdb<N> {
-    pub(crate) fn new(ageing: u64, seed: u64) -> Self {
+    pub(crate) const fn new(ageing: u64, seed: u64) -> Self {
         const { assert!(N < NIL as usize, "the capacity must fit the u32 node indices") };
-        let mut nodes = [FREE_NODE; N];
-        for (i, n) in nodes.iter_mut().enumerate() {
-            n.chain = if i + 1 < N { (i + 1) as u32 } else { NIL };
-        }
         Fdb {
-            nodes,
+            nodes: [FREE_NODE; N],
             buckets: [NIL; N],
-            free: if N > 0 { 0 } else { NIL },
+            free: NIL,
+            unused: 0,
             table: EMPTY_LIST,
             ports: [EMPTY_LIST; MAX_PORTS],
             per_port: [0; MAX_PORTS],
@@ -278,13 +278,22 @@ impl<const N: usize> Fdb<N> {
         }
     }
 
+    /// Whether a node is free.
+    fn has_room(&self) -> bool {
+        self.free != NIL || idx(self.unused) < N
+    }
+
     /// Puts `slot` in a free node (none: nothing happens).
     fn insert(&mut self, slot: Slot) {
-        let i = self.free;
         let Some(b) = self.bucket(slot.vlan, slot.mac) else { return };
         let Some(head) = self.buckets.get(b).copied() else { return };
+        let i = if self.free != NIL { self.free } else { self.unused };
         let Some(node) = self.nodes.get_mut(idx(i)) else { return };
-        self.free = node.chain;
+        if i == self.free {
+            self.free = node.chain;
+        } else {
+            self.unused += 1;
+        }
         *node = Node { entry: Some(slot), chain: head, age: UNLINKED, own: UNLINKED };
         if let Some(h) = self.buckets.get_mut(b) {
             *h = i;
@@ -395,9 +404,9 @@ impl<const N: usize> Fdb<N> {
                     && if at_limit {
                         self.evict_oldest(Which::Port(port), now, stats)
                     } else {
-                        self.free != NIL || self.evict_oldest(Which::Table, now, stats)
+                        self.has_room() || self.evict_oldest(Which::Table, now, stats)
                     };
-                if room && self.free != NIL {
+                if room && self.has_room() {
                     self.insert(Slot { vlan, mac, port, seen: now });
                     stats.learned = stats.learned.wrapping_add(1);
                 } else {
@@ -453,10 +462,13 @@ impl<const N: usize> Fdb<N> {
         use std::vec::Vec;
         let used: BTreeSet<u32> = (0..N as u32).filter(|&i| self.entry(i).is_some()).collect();
         assert_eq!(used.len(), self.len);
-        // Free list: exactly the unused nodes.
-        let mut free = BTreeSet::new();
+        // Free list and never-used nodes: exactly the unused nodes.
+        assert!(idx(self.unused) <= N);
+        let mut free: BTreeSet<u32> = (self.unused..N as u32).collect();
+        assert!(used.iter().all(|&i| i < self.unused));
         let mut i = self.free;
         while i != NIL {
+            assert!(i < self.unused);
             assert!(free.insert(i), "free list cycle");
             i = self.nodes[idx(i)].chain;
         }

@@ -84,11 +84,25 @@ pub struct Stats {
 
 impl Default for Stats {
     fn default() -> Self {
-        Stats { ports: [PortStats::ZERO; MAX_PORTS], no_such_port: 0, fdb: FdbStats::default() }
+        Self::new()
     }
 }
 
 impl Stats {
+    /// All zero.
+    pub const fn new() -> Self {
+        let fdb = FdbStats {
+            entries: 0,
+            learned: 0,
+            moved: 0,
+            evicted_port_limit: 0,
+            evicted_full: 0,
+            expired: 0,
+            not_learned: 0,
+        };
+        Stats { ports: [PortStats::ZERO; MAX_PORTS], no_such_port: 0, fdb }
+    }
+
     /// One port's counters.
     pub fn port(&self, port: PortId) -> &PortStats {
         self.ports.get(port.index()).unwrap_or(&PortStats::ZERO)

@@ -596,6 +596,19 @@ proptest! {
     }
 }
 
+/// A bridge can be a `static`, built at compile time.
+static STATIC_BRIDGE: std::sync::Mutex<Bridge> = std::sync::Mutex::new(Bridge::new(Config::DEFAULT));
+
+#[test]
+fn a_static_bridge_works() {
+    let mut b = STATIC_BRIDGE.lock().unwrap();
+    b.set_port(p(0), PortConfig::access(v(1))).unwrap();
+    b.set_port(p(1), PortConfig::access(v(1))).unwrap();
+    let f = frame(Mac::BROADCAST, mac(9), None, 0);
+    assert_eq!(b.ingress(p(0), &f, 0).egress(), &[(p(1), Egress::Untagged)]);
+    assert_eq!(b.lookup(v(1), mac(9), 0), Some(p(0)));
+}
+
 #[test]
 fn egress_list_holds_every_other_port() {
     let mut b = Box::new(Bridge::<8>::new(Config::default()));
@@ -606,4 +619,14 @@ fn egress_list_holds_every_other_port() {
     let d = b.ingress(p(31), &bytes, 0);
     assert_eq!(d.egress().len(), MAX_PORTS - 1);
     assert!(d.egress().iter().all(|&(q, e)| q != p(31) && e == Egress::Untagged));
+}
+
+#[test]
+fn memory_is_as_documented() {
+    // bridge.rs: ~60 bytes per entry plus ~22 KiB; ~82 KiB at the default N.
+    let fixed = core::mem::size_of::<Bridge<0>>();
+    let per_entry = (core::mem::size_of::<Bridge<1024>>() - fixed) / 1024;
+    assert!(fixed <= 23 * 1024, "{fixed}");
+    assert!(per_entry <= 60, "{per_entry}");
+    assert!(core::mem::size_of::<Bridge>() <= 84 * 1024);
 }
