@@ -12,8 +12,8 @@
 //!    (`InvalidSource`); the port's assigned MAC if it has one, and no other
 //!    port's assigned MAC (`Spoofed`).
 //! 4. The frame's VLAN, from the port's kind and the tag
-//!    ([`PortKind::classify`](crate::PortKind::classify)): `TaggedOnAccess`, `VlanNotMember`,
-//!    `NoNativeVlan`.
+//!    ([`PortKind::classify`](crate::PortKind::classify)): `TaggedOnAccess`,
+//!    `VlanNotMember`, `NoNativeVlan`.
 //! 5. The destination is not 802.1D link-local (`LinkLocal`): STP, pause,
 //!    LACP and 802.1X frames stop at the bridge.
 //! 6. Learning: (VLAN, source) → ingress port, unless the port has an
@@ -26,8 +26,9 @@
 //!
 //! # Isolation
 //! Every egress port is a member of the frame's VLAN: both the unicast and
-//! the flood step take the egress from [`PortKind::egress`](crate::PortKind::egress), which is `None`
-//! for a non-member, and table entries of a port are flushed whenever its
+//! the flood step take the egress from
+//! [`PortKind::egress`](crate::PortKind::egress), which is `None` for a
+//! non-member, and table entries of a port are flushed whenever its
 //! configuration changes. The ingress port is never an egress.
 //!
 //! # Memory

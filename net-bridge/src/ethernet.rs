@@ -334,6 +334,18 @@ impl<'a> Frame<'a> {
         HEADER_LEN + tag + self.payload.len()
     }
 
+    /// Whether the frame leaves with `egress` byte for byte as it arrived, so
+    /// the caller may send (or grant-copy) the ingress bytes themselves
+    /// instead of [`emit`](Frame::emit)ting a copy: untagged to untagged, or
+    /// tagged to tagged with the same VID (PCP and DEI are kept).
+    pub fn emits_unchanged(&self, egress: Egress) -> bool {
+        match (self.tag, egress) {
+            (None, Egress::Untagged) => true,
+            (Some(t), Egress::Tagged(vid)) => t.vid == vid.get(),
+            _ => false,
+        }
+    }
+
     /// Writes the frame as it leaves with `egress` to the front of `out`, and
     /// returns its length; writes nothing if it does not fit. A tagged egress
     /// keeps the ingress tag's PCP and DEI (0 for an untagged ingress).
@@ -341,24 +353,35 @@ impl<'a> Frame<'a> {
         let needed = self.egress_len(egress);
         let too_small = BufferTooSmall { needed, available: out.len() };
         let out = out.get_mut(..needed).ok_or(too_small)?;
-        let (head, rest) = out.split_at_mut(12);
-        head[..6].copy_from_slice(&self.dst.0);
-        head[6..].copy_from_slice(&self.src.0);
-        let rest = match egress {
-            Egress::Untagged => rest,
-            Egress::Tagged(vid) => {
-                let (pcp, dei) = self.tag.map_or((0, false), |t| (t.pcp, t.dei));
-                let tci = Tag { pcp, dei, vid: vid.get() }.tci();
-                let (tag, rest) = rest.split_at_mut(TAG_LEN);
-                tag[..2].copy_from_slice(&TPID_8021Q.to_be_bytes());
-                tag[2..].copy_from_slice(&tci.to_be_bytes());
-                rest
-            }
-        };
-        let (ty, payload) = rest.split_at_mut(2);
-        ty.copy_from_slice(&self.ethertype.to_be_bytes());
-        payload.copy_from_slice(self.payload);
+        let mut w = Writer { buf: out, at: 0 };
+        w.put(&self.dst.0);
+        w.put(&self.src.0);
+        if let Egress::Tagged(vid) = egress {
+            let (pcp, dei) = self.tag.map_or((0, false), |t| (t.pcp, t.dei));
+            w.put(&TPID_8021Q.to_be_bytes());
+            w.put(&Tag { pcp, dei, vid: vid.get() }.tci().to_be_bytes());
+        }
+        w.put(&self.ethertype.to_be_bytes());
+        w.put(self.payload);
+        // `needed` is exactly the sum of the pieces, so `w.at == needed`.
         Ok(needed)
+    }
+}
+
+/// Appends to a buffer sized beforehand; a piece that would not fit is not
+/// written (it cannot happen in [`Frame::emit`], and never panics).
+struct Writer<'b> {
+    buf: &'b mut [u8],
+    at: usize,
+}
+
+impl Writer<'_> {
+    fn put(&mut self, bytes: &[u8]) {
+        let Some(end) = self.at.checked_add(bytes.len()) else { return };
+        if let Some(dst) = self.buf.get_mut(self.at..end) {
+            dst.copy_from_slice(bytes);
+            self.at = end;
+        }
     }
 }
 
@@ -485,6 +508,19 @@ mod tests {
 
         let n = rewrite(&u, Egress::Untagged, &mut out).unwrap();
         assert_eq!(&out[..n], &u[..]);
+    }
+
+    #[test]
+    fn emits_unchanged_exactly_when_the_bytes_are_the_same() {
+        let v = |n| Vid::new(n).unwrap();
+        let mut out = [0u8; MAX_TAGGED_LEN];
+        for bytes in [untagged(7), tagged(0xa000 | 9, 0x0800, 7), tagged(0x2000, 0x0800, 7)] {
+            let f = Frame::parse(&bytes).unwrap();
+            for e in [Egress::Untagged, Egress::Tagged(v(9)), Egress::Tagged(v(10))] {
+                let n = f.emit(e, &mut out).unwrap();
+                assert_eq!(f.emits_unchanged(e), out[..n] == bytes[..], "{f:?} {e:?}");
+            }
+        }
     }
 
     #[test]

@@ -487,6 +487,7 @@ proptest! {
                 for &(_, how) in f.egress.as_slice() {
                     let n = f.emit(how, &mut out).unwrap();
                     prop_assert_eq!(n, f.frame.egress_len(how));
+                    prop_assert_eq!(f.frame.emits_unchanged(how), out[..n] == bytes[..]);
                     prop_assert_eq!(Frame::parse(&out[..n]).map(|g| g.payload), Ok(f.frame.payload));
                     let _ = f.emit(how, &mut small);
                 }
