@@ -59,7 +59,6 @@ use crate::event::Port;
 use crate::grant::{self, GrantError};
 use crate::mm::{self, Page};
 use crate::store::{Store, StoreError};
-use crate::xenbus_state::{Action, Event, Frontend, State};
 use alloc::format;
 use alloc::vec::Vec;
 use ring_protocol::{RingError, SharedMem};
@@ -719,7 +718,6 @@ impl BlockDevice {
 mod key {
     pub const BACKEND: &str = "backend";
     pub const BACKEND_ID: &str = "backend-id";
-    pub const STATE: &str = "state";
     pub const RING_REF: &str = "ring-ref";
     pub const EVENT_CHANNEL: &str = "event-channel";
     pub const SECTORS: &str = "sectors";
@@ -755,67 +753,28 @@ impl BlockDevice {
         let back = store.read_string(&format!("{dir}/{}", key::BACKEND))?;
         let back_id = u16::try_from(store.read_u64(&format!("{dir}/{}", key::BACKEND_ID))?)
             .map_err(|_| BlkError::Store(StoreError::BadValue))?;
-        let back_state = format!("{back}/{}", key::STATE);
-        store.watch(&back_state, "blkfront")?;
-        let mut fe = Frontend::new();
-        let mut actions = fe.start();
-        let mut dev: Option<BlockDevice> = None;
-        loop {
-            let mut follow = None;
-            for a in actions.iter() {
-                match a {
-                    Action::WriteState(s) => store.write(&format!("{dir}/{}", key::STATE), s.as_str().as_bytes())?,
-                    Action::PublishRing => {
-                        let info = Self::read_info(store, &back)?;
-                        let d = BlockDevice::attach(back_id, vdev, info, pool_pages)?;
-                        let tx = store.transaction_start()?;
-                        store.write_tx(
-                            tx,
-                            &format!("{dir}/{}", key::RING_REF),
-                            format!("{}", d.ring_ref()).as_bytes(),
-                        )?;
-                        store.write_tx(
-                            tx,
-                            &format!("{dir}/{}", key::EVENT_CHANNEL),
-                            format!("{}", d.port().0).as_bytes(),
-                        )?;
-                        // The pool pages are granted once and used for
-                        // nothing else: the backend may keep them mapped.
-                        store.write_tx(tx, &format!("{dir}/{}", key::PERSISTENT), b"1")?;
-                        store.transaction_end(tx, true)?;
-                        dev = Some(d);
-                        follow = Some(Event::LocalReady);
-                    }
-                    Action::Connect => {
-                        if let Some(d) = dev.as_mut() {
-                            d.info = Self::read_info(store, &back)?;
-                        }
-                    }
-                    Action::Disconnect | Action::Reset => dev = None,
-                    Action::ReadRingDetails | Action::Error(_) => {}
-                }
-            }
-            if let Some(e) = follow {
-                actions = fe.handle(e);
-                continue;
-            }
-            if fe.is_connected() {
-                let _ = store.unwatch(&back_state, "blkfront");
-                return dev.ok_or(BlkError::NotConnected);
-            }
-            if fe.state() == State::Closed && dev.is_none() && fe.is_shut_down() {
-                return Err(BlkError::NotConnected);
-            }
-            let _ = store.wait_event()?;
-            actions = match store.read(&back_state) {
-                Ok(v) => match State::parse(&v) {
-                    Ok(s) => fe.handle(Event::PeerState(s)),
-                    Err(_) => fe.handle(Event::PeerGone),
-                },
-                Err(e) if e.is("ENOENT") => fe.handle(Event::PeerGone),
-                Err(e) => return Err(BlkError::Store(e)),
-            };
-        }
+        let published = crate::xenbus::connect_front(
+            store,
+            &dir,
+            &back,
+            |store| {
+                let info = Self::read_info(store, &back)?;
+                let d = BlockDevice::attach(back_id, vdev, info, pool_pages)?;
+                let tx = store.transaction_start()?;
+                store.write_tx(tx, &format!("{dir}/{}", key::RING_REF), format!("{}", d.ring_ref()).as_bytes())?;
+                store.write_tx(tx, &format!("{dir}/{}", key::EVENT_CHANNEL), format!("{}", d.port().0).as_bytes())?;
+                // The pool pages are granted once and used for nothing
+                // else: the backend may keep them mapped.
+                store.write_tx(tx, &format!("{dir}/{}", key::PERSISTENT), b"1")?;
+                store.transaction_end(tx, true)?;
+                Ok(d)
+            },
+            |store, d: &mut BlockDevice| {
+                d.info = Self::read_info(store, &back)?;
+                Ok::<(), BlkError>(())
+            },
+        )?;
+        published.ok_or(BlkError::NotConnected)
     }
 
     /// The disk details the backend wrote before `InitWait`.

@@ -88,6 +88,7 @@ pub mod ioport;
 pub mod irq;
 pub mod mm;
 pub mod mmio;
+pub mod netfront;
 pub mod pci;
 pub mod process;
 pub mod rt;
@@ -104,9 +105,11 @@ pub mod virtio_net;
 
 /// The block protocol (`split-drivers`' `blkif`).
 pub use split_drivers::blkif;
+pub use split_drivers::netif;
 /// The split-driver connection handshake (`split-drivers`' `state`).
 pub use split_drivers::state as xenbus_state;
 pub mod vmap;
+pub mod xenbus;
 
 pub use pvguest_abi as abi;
 pub use pvguest_abi::{Errno, StartInfo};

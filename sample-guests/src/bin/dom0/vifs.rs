@@ -1,0 +1,362 @@
+//! The network half of `serve` mode: each domU's virtual NICs, joined by
+//! the software switch ([`net_bridge`]).
+//!
+//! # Command line
+//! `vif=NAME:VLAN:MAC` (MAC as six hex pairs joined by `-`): domain
+//! `NAME` gets a virtual NIC (vif 0) with that MAC on an access port of
+//! VLAN `VLAN` (1 to 4094). The MAC is pinned to the port: the bridge
+//! drops the domU's frames from any other source address, and nobody
+//! else may send from it. Bad words are reported and skipped.
+//!
+//! # The loop's part
+//! - When a domain with a NIC connects to the store, dom0 writes the vif's
+//!   two directories (front `device/vif/0`, back `backend/vif/<d>/0`) with
+//!   their permissions, as for a disk, and starts the handshake
+//!   ([`split_drivers::state::Backend`]).
+//! - Each pass takes the frames every connected front sent
+//!   ([`NetBack::poll_tx`]), gives each to [`Bridge::ingress`] with its
+//!   port, and delivers it (tag rewritten as the egress says) to every
+//!   port of the decision. A frame is copied out of its sender's pages
+//!   before the bridge sees it, so the sender cannot change it meanwhile.
+//! - A dead domain's NIC is closed and its port removed (the bridge
+//!   forgets what it learned there).
+
+use crate::netback::NetBack;
+use crate::xs::Xs as Store;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use net_bridge::{Bridge, Config, Decision, Mac, PortConfig, PortId, Vid};
+use pvguest_sdk::event::{self, Port};
+use pvguest_sdk::{println, time};
+use split_drivers::netif::MAX_FRAME_LEN;
+use split_drivers::state::{Action, Backend, Event, State};
+
+/// Learning-table entries of dom0's bridge.
+const FDB: usize = 256;
+
+/// A virtual NIC from the command line.
+#[derive(Clone, Debug)]
+pub struct VifSpec {
+    pub domain: String,
+    pub vlan: Vid,
+    pub mac: Mac,
+}
+
+/// Parses `aa-bb-cc-dd-ee-ff`.
+fn parse_mac(s: &str) -> Option<Mac> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split('-');
+    for b in mac.iter_mut() {
+        let p = parts.next().filter(|p| p.len() == 2)?;
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(Mac(mac))
+}
+
+fn mac_string(m: Mac) -> String {
+    let b = m.0;
+    format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
+}
+
+/// The `vif=` words of `cmdline`; bad ones are reported and skipped.
+pub fn parse_vifs(cmdline: &str) -> Vec<VifSpec> {
+    let mut out = Vec::new();
+    for w in cmdline.split(' ').filter_map(|w| w.strip_prefix("vif=")) {
+        let f: Vec<&str> = w.split(':').collect();
+        let parsed = match f.as_slice() {
+            [name, vlan, mac] if !name.is_empty() => match (vlan.parse::<u16>().ok().and_then(Vid::new), parse_mac(mac)) {
+                (Some(vlan), Some(mac)) if mac.is_valid_source() => {
+                    Some(VifSpec { domain: (*name).into(), vlan, mac })
+                }
+                _ => None,
+            },
+            _ => None,
+        };
+        match parsed {
+            Some(v) if out.iter().all(|o: &VifSpec| o.domain != v.domain && o.mac != v.mac) => out.push(v),
+            _ => println!("serve: bad or duplicate vif spec `{w}`, skipped"),
+        }
+    }
+    out
+}
+
+/// One domain's NIC: the handshake and, once connected, the backend.
+struct Vif {
+    spec: VifSpec,
+    domid: u16,
+    port: PortId,
+    be: Backend,
+    back: Option<NetBack>,
+    front_state: Option<State>,
+    seen_changes: Option<u64>,
+}
+
+/// Every NIC and the switch between them.
+pub struct Vifs {
+    specs: Vec<VifSpec>,
+    vifs: Vec<Vif>,
+    bridge: Bridge<FDB>,
+    on_event: event::Handler,
+}
+
+fn front_dir(domid: u16) -> String {
+    format!("/local/domain/{domid}/device/vif/0")
+}
+
+fn back_dir(domid: u16) -> String {
+    format!("/local/domain/0/backend/vif/{domid}/0")
+}
+
+impl Vifs {
+    /// The NICs `cmdline` configures; `on_event` is the loop's handler for
+    /// their ports.
+    pub fn new(cmdline: &str, on_event: event::Handler) -> Vifs {
+        let specs = parse_vifs(cmdline);
+        if !specs.is_empty() {
+            println!("serve: {} virtual NIC(s) configured", specs.len());
+        }
+        Vifs { specs, vifs: Vec::new(), bridge: Bridge::new(Config::default()), on_event }
+    }
+
+    /// Offers a NIC to a domain that just connected, if it has one.
+    pub fn connected(&mut self, store: &mut Store, domid: u16, name: &str) {
+        let Some(spec) = self.specs.iter().find(|s| s.domain == name).cloned() else { return };
+        let Some(port) = PortId::all().find(|p| self.vifs.iter().all(|v| v.port != *p)) else {
+            println!("serve: dom{domid}: no bridge port left for its NIC");
+            return;
+        };
+        if let Err(e) = self.bridge.set_port(port, PortConfig::access(spec.vlan).with_mac(spec.mac)) {
+            println!("serve: dom{domid}: bridge port refused: {e:?}");
+            return;
+        }
+        match offer(store, domid, &spec) {
+            Ok(()) => {
+                let mut v =
+                    Vif { spec, domid, port, be: Backend::new(), back: None, front_state: None, seen_changes: None };
+                let start = v.be.start();
+                self.handshake(store, &mut v, start);
+                let ready = v.be.handle(Event::LocalReady);
+                self.handshake(store, &mut v, ready);
+                println!(
+                    "serve: dom{domid} ({}) offered vif 0: MAC {}, VLAN {}, bridge port {}",
+                    v.spec.domain,
+                    mac_string(v.spec.mac),
+                    v.spec.vlan.get(),
+                    port.get()
+                );
+                self.vifs.push(v);
+            }
+            Err(e) => {
+                let _ = self.bridge.remove_port(port);
+                println!("serve: dom{domid}: NIC not offered: {e}");
+            }
+        }
+    }
+
+    /// Closes the NICs of domains no longer alive.
+    pub fn release(&mut self, alive: impl Fn(u16) -> bool) {
+        let bridge = &mut self.bridge;
+        self.vifs.retain_mut(|v| {
+            if alive(v.domid) {
+                return true;
+            }
+            if let Some(b) = v.back.take() {
+                println!("serve: dom{}'s NIC closed: {:?}", v.domid, b.stats);
+                b.close();
+            }
+            let _ = bridge.remove_port(v.port);
+            false
+        });
+    }
+
+    /// Whether a front sent frames (arming the notifications when not).
+    pub fn pending(&mut self) -> bool {
+        let mut any = false;
+        for v in self.vifs.iter_mut() {
+            if let Some(b) = v.back.as_mut() {
+                any |= !matches!(b.pending(), Ok(false));
+            }
+        }
+        any
+    }
+
+    /// One pass: the handshakes, then every front's frames through the
+    /// bridge. Whether anything happened.
+    pub fn drive(&mut self, store: &mut Store) -> bool {
+        let mut work = false;
+        let mut k = 0;
+        while k < self.vifs.len() {
+            let mut v = self.vifs.swap_remove(k);
+            if v.seen_changes != Some(store.changes()) {
+                v.seen_changes = Some(store.changes());
+                let now = store.read(0, &format!("{}/state", front_dir(v.domid))).ok().and_then(|b| State::parse(&b).ok());
+                if now != v.front_state {
+                    v.front_state = now;
+                    let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
+                    self.handshake(store, &mut v, actions);
+                    work = true;
+                }
+            }
+            self.vifs.push(v);
+            let last = self.vifs.len() - 1;
+            self.vifs.swap(k, last);
+            k += 1;
+        }
+        // Frames in, through the bridge, out.
+        let now = time::now_ns();
+        let mut frames: Vec<(PortId, Vec<u8>)> = Vec::new();
+        for k in 0..self.vifs.len() {
+            let port = self.vifs[k].port;
+            let Some(b) = self.vifs[k].back.as_mut() else { continue };
+            let r = b.poll_tx(|f| frames.push((port, f.to_vec())));
+            match r {
+                Ok(n) => work |= n > 0,
+                Err(e) => self.disconnect(store, k, e),
+            }
+        }
+        let mut out = [0u8; MAX_FRAME_LEN];
+        for (from, bytes) in &frames {
+            let Decision::Forward(f) = self.bridge.ingress(*from, bytes, now) else { continue };
+            for &(to, egress) in f.egress.as_slice() {
+                let Ok(n) = f.emit(egress, &mut out) else {
+                    self.bridge.tx_failed(to);
+                    continue;
+                };
+                let Some(k) = self.vifs.iter().position(|v| v.port == to) else { continue };
+                let Some(b) = self.vifs[k].back.as_mut() else {
+                    self.bridge.tx_failed(to);
+                    continue;
+                };
+                match b.deliver(&out[..n]) {
+                    Ok(true) => {}
+                    Ok(false) => self.bridge.tx_failed(to),
+                    Err(e) => self.disconnect(store, k, e),
+                }
+            }
+        }
+        for k in 0..self.vifs.len() {
+            if let Some(Err(e)) = self.vifs[k].back.as_mut().map(NetBack::publish) {
+                self.disconnect(store, k, e);
+            }
+        }
+        work
+    }
+
+    /// The bridge's counters, printed (at the end of the service).
+    pub fn report(&self) {
+        for v in &self.vifs {
+            let p = self.bridge.stats().port(v.port);
+            println!(
+                "serve: bridge port {} (dom{} {}): rx {} tx {} dropped {} (spoofed {})",
+                v.port.get(),
+                v.domid,
+                v.spec.domain,
+                p.rx(),
+                p.tx(),
+                p.dropped_total(),
+                p.dropped(net_bridge::DropReason::Spoofed)
+            );
+        }
+    }
+
+    fn disconnect(&mut self, store: &mut Store, k: usize, e: crate::netback::BackError) {
+        let v = &mut self.vifs[k];
+        println!("serve: dom{}: NIC ring broken: {e}; disconnecting", v.domid);
+        if let Some(b) = v.back.take() {
+            b.close();
+        }
+        let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), State::Closed.as_str().as_bytes());
+    }
+
+    /// Does what the NIC's handshake asks, feeding it the outcome of each
+    /// local step it asked for.
+    fn handshake(&self, store: &mut Store, v: &mut Vif, mut actions: split_drivers::state::Actions) {
+        loop {
+            let mut follow = None;
+            for a in actions.iter() {
+                match a {
+                    Action::WriteState(s) => {
+                        let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), s.as_str().as_bytes());
+                    }
+                    Action::ReadRingDetails => follow = Some(self.connect_rings(store, v)),
+                    Action::Disconnect => {
+                        if let Some(b) = v.back.take() {
+                            b.close();
+                        }
+                    }
+                    Action::Error(e) => println!("serve: dom{}: NIC handshake: {e:?}", v.domid),
+                    Action::Connect | Action::PublishRing | Action::Reset => {}
+                }
+            }
+            match follow {
+                Some(e) => actions = v.be.handle(e),
+                None => return,
+            }
+        }
+    }
+
+    /// Reads the front's ring details (allegations) and maps its rings.
+    fn connect_rings(&self, store: &mut Store, v: &mut Vif) -> Event {
+        let fd = front_dir(v.domid);
+        let num = |store: &mut Store, k: &str| -> Option<u32> {
+            let b = store.read(0, &format!("{fd}/{k}")).ok()?;
+            core::str::from_utf8(&b).ok()?.parse().ok()
+        };
+        let details = (
+            num(store, "tx-ring-ref"),
+            num(store, "rx-ring-ref"),
+            num(store, "event-channel-tx"),
+            num(store, "event-channel-rx"),
+        );
+        let (Some(txg), Some(rxg), Some(txp), Some(rxp)) = details else {
+            println!("serve: dom{}: NIC ring details missing or malformed", v.domid);
+            return Event::LocalFailed;
+        };
+        match NetBack::connect(v.domid, txg, rxg, txp, rxp) {
+            Ok(b) => {
+                for p in b.ports() {
+                    let _ = event::set_handler(p, self.on_event);
+                    let _ = event::unmask(p);
+                }
+                println!("serve: dom{} ({}): NIC connected", v.domid, v.spec.domain);
+                v.back = Some(b);
+                Event::LocalReady
+            }
+            Err(e) => {
+                println!("serve: dom{}: NIC not connected: {e}", v.domid);
+                Event::LocalFailed
+            }
+        }
+    }
+}
+
+/// Writes both directories of `domid`'s NIC and the backend's details.
+fn offer(store: &mut Store, domid: u16, spec: &VifSpec) -> Result<(), String> {
+    let (fd, bd) = (front_dir(domid), back_dir(domid));
+    let w =
+        |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
+    let dir = |store: &mut Store, path: &str, perms: &[String]| -> Result<(), String> {
+        store.mkdir(0, path).map_err(|e| format!("{path}: {e}"))?;
+        store.set_perms(0, path, perms).map_err(|e| format!("{path}: perms: {e}"))
+    };
+    let mac = mac_string(spec.mac);
+    dir(store, &fd, &[format!("n{domid}"), String::from("r0")])?;
+    w(store, &format!("{fd}/backend"), &bd)?;
+    w(store, &format!("{fd}/backend-id"), "0")?;
+    w(store, &format!("{fd}/mac"), &mac)?;
+    w(store, &format!("{fd}/state"), State::Initialising.as_str())?;
+    dir(store, &bd, &[String::from("n0"), format!("r{domid}")])?;
+    w(store, &format!("{bd}/frontend"), &fd)?;
+    w(store, &format!("{bd}/frontend-id"), &format!("{domid}"))?;
+    w(store, &format!("{bd}/mac"), &mac)?;
+    w(store, &format!("{bd}/handle"), "0")?;
+    w(store, &format!("{bd}/feature-rx-copy"), "1")?;
+    w(store, &format!("{bd}/feature-split-event-channels"), "1")?;
+    Ok(())
+}
+
+/// A port of one of the NICs, for the loop's wake-up check.
+pub fn is_port(_: Port) -> bool {
+    false
+}
