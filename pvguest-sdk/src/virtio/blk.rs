@@ -874,12 +874,12 @@ impl Disk {
                 }
             };
             let k = usize::from(k);
-            // SAFETY: the same buffers as the chain was added with (the
-            // slot's, still held); `runs` names them again identically,
-            // since held memory does not move.
             // The chain's slices live only inside this block: the status is
             // read below through the raw page, once they are gone.
             let popped = {
+                // SAFETY: the same buffers as the chain was added with (the
+                // slot's, still held); `runs` names them again identically,
+                // since held memory does not move.
                 let mut c = match unsafe { self.chain(k, op, d) } {
                     Ok(c) => c,
                     Err(e) => {
