@@ -150,7 +150,9 @@ pub enum Io<'a> {
 /// time (a hostile one, after answering too): the bytes are reached only
 /// through single volatile copies ([`IoBuf::read`], [`IoBuf::write`]),
 /// never through references, and the pages hold nothing but this buffer's
-/// data. Page `k` is bytes `k * 4096..` of the buffer.
+/// data. Page `k` is bytes `k * 4096..` of the buffer. Give it back with
+/// [`BlockDevice::free_buf`]: a buffer dropped instead keeps its pages
+/// out of the pool for the device's life.
 #[derive(Debug)]
 pub struct IoBuf {
     /// The device it belongs to ([`BlockDevice`]'s `id`).
@@ -647,7 +649,7 @@ impl BlockDevice {
     /// Pages the next request may carry: 32 while an indirect page is
     /// free, else 11.
     fn most_pages(&self) -> usize {
-        max_pages(!self.ind_free.is_empty())
+        max_pages(self.info.features.indirect && !self.ind_free.is_empty())
     }
 
     /// The request for `pieces` from `sector`: in the slot for up to 11,

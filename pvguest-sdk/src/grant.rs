@@ -633,9 +633,10 @@ impl GrantSet {
         self.grants.get(k)?.as_ref().map(MappedGrant::va)
     }
 
-    /// Takes every page out, in order.
-    pub fn drain(&mut self) -> impl Iterator<Item = MappedGrant> + '_ {
-        self.n = 0;
-        self.grants.iter_mut().filter_map(Option::take)
+    /// Takes the last page out.
+    pub fn pop(&mut self) -> Option<MappedGrant> {
+        let k = self.n.checked_sub(1)?;
+        self.n = k;
+        self.grants[k].take()
     }
 }

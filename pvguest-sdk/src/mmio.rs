@@ -129,9 +129,15 @@ impl Mmio {
     /// (PRESENT is added) at a fresh window address and unmaps it again:
     /// for probing what the hypervisor allows (tests, diagnostics).
     pub fn probe(phys: u64, flags: Pte) -> Result<(), Errno> {
-        let (va, _) = take(1)?;
-        mm::update_va_mapping(va, Pte::new(phys / 4096, flags))?;
-        mm::update_va_mapping(va, Pte(0))
+        let (va, vmapped) = take(1)?;
+        let mapped = mm::update_va_mapping(va, Pte::new(phys / 4096, flags));
+        let r = mapped.and_then(|()| mm::update_va_mapping(va, Pte(0)));
+        if vmapped && (mapped.is_err() || r.is_ok()) {
+            // Nothing is left mapped there (a slot whose unmap failed is
+            // never handed out again).
+            crate::vmap::free(va, 1);
+        }
+        r
     }
 
     /// [`Mmio::probe`] of each of the `frames` frames from `phys` on, all
@@ -146,7 +152,21 @@ impl Mmio {
         flags: Pte,
         mut answer: impl FnMut(u64, Result<(), Errno>),
     ) -> Result<(), Errno> {
-        let (va, _) = take(1)?;
+        let (va, vmapped) = take(1)?;
+        let r = Self::sweep(va, phys, frames, flags, &mut answer);
+        if vmapped && r.is_ok() {
+            crate::vmap::free(va, 1);
+        }
+        r
+    }
+
+    fn sweep(
+        va: u64,
+        phys: u64,
+        frames: u64,
+        flags: Pte,
+        answer: &mut impl FnMut(u64, Result<(), Errno>),
+    ) -> Result<(), Errno> {
         for k in 0..frames {
             let at = phys + k * 4096;
             let r = mm::update_va_mapping(va, Pte::new(at / 4096, flags));

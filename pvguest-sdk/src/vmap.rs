@@ -28,7 +28,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use pvguest_abi::Errno;
 
 /// Level-1 tables in the window.
-pub const L1S: usize = 4;
+pub const L1S: usize = 8;
 /// Slots (pages) in the window.
 pub const SLOTS: usize = L1S * 512;
 

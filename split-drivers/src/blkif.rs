@@ -73,7 +73,9 @@
 //! with [`BadRequest::Indirect`]; [`validate_indirect`] checks its header
 //! (the operation it carries, the segment count), the back copies the
 //! segments out of the indirect page once, and [`IndirectHeader::validate`]
-//! runs checks 5 and 6 on that copy.
+//! runs checks 5 and 6 on that copy. The response to an indirect request
+//! names the operation it carries (`indirect_op`), not [`op::INDIRECT`],
+//! as Linux's blkback answers and its blkfront checks.
 //!
 //! # Grants (the front's rule G1)
 //! A [`Completed`] (or [`Abandoned`]) lists the grant references of the
@@ -559,7 +561,10 @@ impl Response {
     /// The back's answer to a request it refused (or did not finish):
     /// `id` and `operation` echoed from the (untrusted) request bytes.
     pub fn to_invalid(req: &Request, status: Status) -> Response {
-        Response { id: req.id, operation: req.operation, status: status.code(), ..Response::default() }
+        // An indirect request is answered with the operation it carries
+        // (as Linux's blkback does, and its blkfront checks).
+        let operation = if req.operation == op::INDIRECT { req.as_indirect().indirect_op } else { req.operation };
+        Response { id: req.id, operation, status: status.code(), ..Response::default() }
     }
 }
 
@@ -887,7 +892,8 @@ pub struct Valid {
     sectors: u64,
     secure: bool,
     nr: u8,
-    /// The `operation` byte of the request on the wire (echoed).
+    /// The `operation` byte of the response (the request's, or for an
+    /// indirect request the one it carries).
     wire_op: u8,
     segs: [ValidSegment; MAX_VALID_SEGMENTS],
 }
@@ -1125,7 +1131,8 @@ impl IndirectHeader {
             sectors: 0,
             secure: false,
             nr: 0,
-            wire_op: op::INDIRECT,
+            // Answered with the operation it carries, as Linux does.
+            wire_op: self.op.code(),
             segs: [ValidSegment { gref: 0, first_sect: 0, last_sect: 0, sector: 0 }; MAX_VALID_SEGMENTS],
         };
         check_segments(&mut valid, segs, self.sector, disk_sectors)?;
@@ -1135,7 +1142,7 @@ impl IndirectHeader {
     /// The answer to the request refused after its header was checked (its
     /// indirect page did not map, say).
     pub fn response(&self, status: Status) -> Response {
-        Response { id: self.id, operation: op::INDIRECT, status: status.code(), ..Response::default() }
+        Response { id: self.id, operation: self.op.code(), status: status.code(), ..Response::default() }
     }
 }
 
@@ -1163,7 +1170,7 @@ impl Grants {
 #[derive(Clone, Copy, Debug)]
 struct Shadow {
     op: Op,
-    /// The request's `operation` byte (the response must echo it).
+    /// The `operation` byte the response must carry.
     wire: u8,
     grants: Grants,
 }
@@ -1319,7 +1326,9 @@ impl<const N: usize> Inflight<N> {
             }
             grants.len = req.nr_segments;
         }
-        let wire = req.operation;
+        // The answer names the operation itself, also for an indirect
+        // request (Linux's convention).
+        let wire = op.code();
         let raw = self.table.insert(Shadow { op, wire, grants }).map_err(|_| SubmitError::Full)?;
         req.id = raw ^ self.salt;
         // `live` has room: the table holds at most N.

@@ -664,7 +664,7 @@ impl Disk {
     /// The slot's `data` must be memory the driver holds for
     /// the request (a submission's, or a blocking call's borrow), and the
     /// returned slices may be used only to add or pop that one chain.
-    unsafe fn chain(&self, k: usize, op: Op, d: Data) -> Result<Chain<'static>, BlkError> {
+    unsafe fn chain<'c>(&self, k: usize, op: Op, d: Data) -> Result<Chain<'c>, BlkError> {
         let mut data = [(0u64, 0usize); MAX_RUNS];
         let n = if op == Op::Flush { 0 } else { d.runs(&mut data)? };
         let base = self.headers.va() as usize + k * SLOT_BYTES;
@@ -703,11 +703,9 @@ impl Disk {
 
     /// Queues slot `k`'s request. The caller has checked it.
     fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<(), BlkError> {
-        // SAFETY: the slot's memory is held (the callers' contracts).
-        let mut c = unsafe { self.chain(k, op, d)? };
-        if self.queue.available_desc() < c.nins + c.nouts {
-            return Err(BlkError::Busy);
-        }
+        // The header and the status byte are written before any reference
+        // to them exists (the chain's slices below), and not touched again
+        // until the chain is popped.
         let kind = match op {
             Op::Read => T_IN,
             Op::Write => T_OUT,
@@ -719,10 +717,18 @@ impl Disk {
         header[8..].copy_from_slice(&lba.to_le_bytes());
         self.headers.write(at, &header);
         self.headers.write(at + STATUS_AT as u64, &[S_UNSET]);
+        // SAFETY: the slot's memory is held (the callers' contracts).
+        let mut c = unsafe { self.chain(k, op, d)? };
+        if self.queue.available_desc() < c.nins + c.nouts {
+            return Err(BlkError::Busy);
+        }
         // SAFETY: the buffers stay valid and untouched by this domain
         // until the chain is popped in `harvest`: the header and status
         // belong to the slot, the data to the submission or the blocking
-        // call, which waits for the slot.
+        // call, which waits for the slot. (Data in a peer's pages is
+        // `&mut [u8]` here because the crate's API takes slices; the peer
+        // may change it meanwhile, and this domain never reads or writes
+        // through those slices: they only carry addresses to the device.)
         let token = unsafe { self.queue.add(&c.ins[..c.nins], &mut c.outs[..c.nouts]) }?;
         self.token_slot[usize::from(token)] = k as u8;
         self.in_flight += 1;
@@ -868,12 +874,24 @@ impl Disk {
                 }
             };
             let k = usize::from(k);
-            // SAFETY: the same buffers as the chain was added with (the
-            // slot's, still held); `runs` names them again identically,
-            // since held memory does not move.
-            let mut c = unsafe { self.chain(k, op, d)? };
-            // SAFETY: as above; the device has used the chain.
-            let popped = unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) };
+            // The chain's slices live only inside this block: the status is
+            // read below through the raw page, once they are gone.
+            let popped = {
+                // SAFETY: the same buffers as the chain was added with (the
+                // slot's, still held); `runs` names them again identically,
+                // since held memory does not move.
+                let mut c = match unsafe { self.chain(k, op, d) } {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Cannot happen for held memory; the queue cannot
+                        // be popped past it, so the driver is done.
+                        self.broken = true;
+                        return Err(e);
+                    }
+                };
+                // SAFETY: as above; the device has used the chain.
+                unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) }
+            };
             if let Err(e) = popped {
                 self.broken = true;
                 return Err(BlkError::Device(e));
@@ -907,20 +925,27 @@ impl Disk {
             }
             // Cannot happen: submissions leave RESERVED slots free. Wait
             // for one all the same rather than fail.
+            self.kick();
             self.wait()?;
         };
         let d = if op == Op::Flush { Data::None } else { Data::Span { va, len } };
         TABLE.lock().slots[k] = Slot { state: State::InFlight, op, data: d, owned: None, result: None };
         self.busy += 1;
         loop {
-            match self.start(k, op, lba, d) {
+            let waited = match self.start(k, op, lba, d) {
                 Ok(()) => break,
-                Err(BlkError::Busy) if self.in_flight > 0 => self.wait()?,
-                Err(e) => {
-                    TABLE.lock().slots[k] = FREE;
-                    self.busy -= 1;
-                    return Err(e);
+                Err(BlkError::Busy) if self.in_flight > 0 => {
+                    // What was queued before must reach the device, or
+                    // nothing completes.
+                    self.kick();
+                    self.wait()
                 }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = waited {
+                TABLE.lock().slots[k] = FREE;
+                self.busy -= 1;
+                return Err(e);
             }
         }
         self.kick();

@@ -219,8 +219,8 @@ fn front(c: &mut Checks, store: &mut Store, persistent: bool) {
     let got = ask(&mut ring, indirect(2, g_list)).map(|r| (r.status, r.operation));
     c.holds(
         who,
-        format_args!("a good indirect read of 2 segments is answered OKAY, as INDIRECT ({got:?})"),
-        got == Some((OKAY, op::INDIRECT)),
+        format_args!("a good indirect read of 2 segments is answered OKAY, as the read it carried ({got:?})"),
+        got == Some((OKAY, op::READ)),
     );
     let mut bad_op = indirect(2, g_list).as_indirect();
     bad_op.indirect_op = 0x42;

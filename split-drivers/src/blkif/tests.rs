@@ -128,7 +128,9 @@ fn indirect_round_trip_of_32_pages() {
     assert_eq!((v.op(), v.sector(), v.sectors(), v.segments().len()), (Op::Read, 4096, 256, 32));
     assert_eq!(v.segments()[31].gref(), 131);
     assert_eq!(v.segments()[31].sector(), 4096 + 31 * 8);
-    // The answer echoes INDIRECT, and the front's table takes it.
+    // The answer names the read it carried (Linux's convention), and the
+    // front's table takes it.
+    assert_eq!(v.response(Status::Okay).operation, op::READ);
     let done = inflight.complete(v.response(Status::Okay)).unwrap();
     assert_eq!((done.op, done.status, done.grants.as_slice()), (Op::Read, Status::Okay, &[55u32][..]));
 }
@@ -160,6 +162,10 @@ fn indirect_header_checks() {
         r.nr_segments = nr;
         assert_eq!(validate_indirect(&r.into_request(), &all).map(|_| ()), want);
     }
+    // A refused indirect request is answered with the operation it carries.
+    let mut r = ok.as_indirect();
+    r.indirect_op = op::WRITE;
+    assert_eq!(Response::to_invalid(&r.into_request(), Status::Error).operation, op::WRITE);
     assert_eq!(Request::indirect(Op::Flush, 0, 0, 1, 1), Err(BuildError::NotIndirect));
     assert_eq!(Request::indirect(Op::Read, 0, 0, 33, 1), Err(BuildError::TooManyPieces { pieces: 33 }));
 }
@@ -204,7 +210,7 @@ proptest! {
                 for s in v.segments() {
                     prop_assert!(s.range().end <= PAGE_SIZE);
                 }
-                prop_assert_eq!(v.response(Status::Okay).operation, op::INDIRECT);
+                prop_assert_eq!(v.response(Status::Okay).operation, v.op().code());
             }
         }
     }

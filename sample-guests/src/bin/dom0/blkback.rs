@@ -36,7 +36,7 @@
 //! once and uses them for nothing but this disk's data), each grant a
 //! request names is mapped the first time it is seen and kept
 //! ([`GrantCache`], at most [`MAX_PERSISTENT`] per front, and never while
-//! fewer than 512 foreign-mapping slots are left for everyone's
+//! fewer than 1984 foreign-mapping slots are left for everyone's
 //! per-request maps): a request's pages are then lent from the cache as a
 //! [`GrantSet`] and come back with its completion, with no map or unmap
 //! per request. A grant that does not map read-write, one already lent to
@@ -81,9 +81,10 @@ pub const BATCH: usize = 32;
 pub const MAX_PENDING: usize = 32;
 /// A front's grants one backend keeps mapped at most (persistent grants).
 pub const MAX_PERSISTENT: usize = 1024;
-/// Foreign-mapping slots left free for everyone's per-request maps: no
-/// backend caches a mapping when fewer remain.
-const VMAP_RESERVE: usize = 512;
+/// Foreign-mapping slots left free for everyone's per-request maps (every
+/// request slot of the disk mapping a 32-page request at once): no backend
+/// caches a mapping when fewer remain.
+const VMAP_RESERVE: usize = vblk::SUBMISSION_SLOTS * blkif::MAX_VALID_SEGMENTS;
 
 /// Grants of one [`Block`] of a [`GrantCache`] (consecutive references
 /// from a multiple of it).
@@ -202,16 +203,41 @@ struct Pending {
     wire_op: u8,
     op: Op,
     flushing: bool,
+    /// Descriptors charged to it ([`DESCRIPTORS_PER_REQUEST`] bound).
+    descriptors: usize,
 }
 
 impl Pending {
     fn of(v: &Valid, flushing: bool) -> Pending {
         let wire_op = v.response(Status::Okay).operation;
-        Pending { id: v.id(), wire_op, op: v.op(), flushing }
+        Pending { id: v.id(), wire_op, op: v.op(), flushing, descriptors: v.segments().len() + 2 }
     }
 
     fn response(&self, status: Status) -> Response {
         Response { id: self.id, operation: self.wire_op, status: status.code(), ..Response::default() }
+    }
+}
+
+/// Descriptors a request may take at the disk at most: its header, its
+/// status, and a run per page.
+const DESCRIPTORS_PER_REQUEST: usize = blkif::MAX_VALID_SEGMENTS + 2;
+
+/// What one backend may have at the disk at once.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub requests: usize,
+    pub descriptors: usize,
+}
+
+impl Share {
+    /// An even share among `connected` backends (at least one request's
+    /// worth each).
+    pub fn of(connected: usize) -> Share {
+        let n = connected.max(1);
+        Share {
+            requests: (vblk::SUBMISSION_SLOTS / n).max(1),
+            descriptors: (vblk::QUEUE_SIZE / n).max(DESCRIPTORS_PER_REQUEST),
+        }
     }
 }
 
@@ -232,7 +258,7 @@ pub fn orphan(c: Completion) {
             let _ = pages.unmap();
         }
         Memory::Set(mut set) => {
-            for g in set.drain() {
+            while let Some(g) = set.pop() {
                 let _ = g.unmap();
             }
         }
@@ -317,6 +343,8 @@ pub struct BlkBack {
     persistent: bool,
     /// Persistent mappings, cached or lent.
     cache: Box<GrantCache>,
+    /// Descriptors charged to the requests in flight.
+    descriptors: usize,
     /// Empty sets for the next leases (no allocation per request): boxed,
     /// as the driver takes them.
     #[allow(clippy::vec_box)]
@@ -378,6 +406,7 @@ impl BlkBack {
                 unpublished: false,
                 persistent,
                 cache: GrantCache::new(),
+                descriptors: 0,
                 spare_sets: Vec::new(),
             }),
             Err(e) => {
@@ -413,12 +442,25 @@ impl BlkBack {
     /// Takes up to [`BATCH`] requests: the asynchronous ones go to the
     /// device (answered by [`BlkBack::complete`]), the others are answered
     /// here. Returns how many it took.
-    /// `share`: requests this backend may have in flight (its share of
-    /// the disk's, so that every connected front gets some).
-    pub fn serve(&mut self, disk: &mut Disk, share: usize) -> Result<usize, BackError> {
+    /// Requests accepted and not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether [`BlkBack::serve`] would take a request now: within its
+    /// share, with room at the disk for the largest one.
+    pub fn can_take(&self, disk: &Disk, share: Share) -> bool {
+        self.in_flight < share.requests.clamp(1, MAX_PENDING)
+            && self.descriptors + DESCRIPTORS_PER_REQUEST <= share.descriptors.max(DESCRIPTORS_PER_REQUEST)
+            && disk.has_room(blkif::MAX_VALID_SEGMENTS)
+    }
+
+    /// `share`: what this backend may have at the disk at once (its share
+    /// of the disk's slots and descriptors, so that every connected front
+    /// gets some).
+    pub fn serve(&mut self, disk: &mut Disk, share: Share) -> Result<usize, BackError> {
         let mut done = 0;
-        let cap = share.clamp(1, MAX_PENDING);
-        while done < BATCH && self.in_flight < cap && disk.has_room(blkif::MAX_VALID_SEGMENTS) {
+        while done < BATCH && self.can_take(disk, share) {
             let Some(req) = self.ring.ring.pop_request().map_err(BackError::Ring)? else { break };
             if let Some(rsp) = self.accept(&req, disk) {
                 self.respond(rsp)?;
@@ -487,11 +529,13 @@ impl BlkBack {
         let bytes = &mut bytes[..h.nr_segments() * 8];
         let copied = match self.lease(&[h.segments_gref()]) {
             Some(mut set) => {
-                let ok = set.drain().next().is_some_and(|m| {
+                let ok = set.pop().is_some_and(|m| {
                     let ok = m.read(0, bytes);
                     self.keep(m);
                     ok
                 });
+                // The (now empty) set goes back to the spares.
+                self.give_back(Memory::Set(set));
                 ok
             }
             None => match MappedPages::map(self.domid, &[h.segments_gref()], true) {
@@ -555,7 +599,9 @@ impl BlkBack {
         let s = Submission { op, lba, mem, range, cookie: self.cookie(k) };
         match disk.submit(s) {
             Ok(()) => {
-                self.pending[k] = Some(Pending::of(v, false));
+                let p = Pending::of(v, false);
+                self.descriptors += p.descriptors;
+                self.pending[k] = Some(p);
                 self.in_flight += 1;
                 self.stats.sectors += v.sectors();
                 if to_disk {
@@ -584,12 +630,14 @@ impl BlkBack {
             Ok(()) => {
                 if self.pending[k].replace(p).is_none() {
                     self.in_flight += 1;
+                    self.descriptors += p.descriptors;
                 }
                 None
             }
             Err(_) => {
-                if self.pending[k].take().is_some() {
+                if let Some(old) = self.pending[k].take() {
                     self.in_flight -= 1;
+                    self.descriptors -= old.descriptors;
                 }
                 let ok = disk.flush().is_ok();
                 Some(p.response(if ok { Status::Okay } else { Status::Error }))
@@ -650,7 +698,7 @@ impl BlkBack {
         match mem {
             Memory::Grants(pages) => pages.unmap().is_ok(),
             Memory::Set(mut set) => {
-                for m in set.drain() {
+                while let Some(m) = set.pop() {
                     self.keep(m);
                 }
                 if self.spare_sets.len() < MAX_PENDING {
@@ -682,6 +730,7 @@ impl BlkBack {
         }
         self.pending[k] = None;
         self.in_flight -= 1;
+        self.descriptors -= p.descriptors;
         if !ok {
             self.stats.failed += 1;
         }

@@ -129,10 +129,39 @@ struct Vbd {
     domid: u16,
     be: Backend,
     back: Option<BlkBack>,
+    /// A backend that ended with requests still at the device: it takes
+    /// no more, and closes (giving back the virtual disk) when its last
+    /// completion has come, so that nothing it accepted lands after what a
+    /// new connection does, or after the final flush.
+    draining: Option<BlkBack>,
+    /// The domain is gone: the disk goes once nothing drains.
+    dead: bool,
     vdisk: Option<VirtualDisk>,
     front_state: Option<State>,
     /// The store's change count when the front's state was last read.
     seen_changes: Option<u64>,
+}
+
+impl Vbd {
+    /// Ends the backend: closed at once if nothing of it is at the device,
+    /// else left draining ([`Vbd::draining`]).
+    fn retire(&mut self) {
+        let Some(b) = self.back.take() else { return };
+        if b.in_flight() == 0 {
+            self.vdisk = Some(b.close());
+        } else {
+            self.draining = Some(b);
+        }
+    }
+
+    /// Closes a draining backend whose last completion has come.
+    fn drained(&mut self) {
+        if self.draining.as_ref().is_some_and(|b| b.in_flight() == 0) {
+            if let Some(b) = self.draining.take() {
+                self.vdisk = Some(b.close());
+            }
+        }
+    }
 }
 
 /// One domain served.
@@ -161,6 +190,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut clients: Vec<Client> = Vec::new();
     let mut vbds: Vec<Vbd> = Vec::new();
     let mut served = 0u32;
+    let mut turn = 0usize;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
             let others = rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
@@ -186,11 +216,14 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             work |= pump(&mut store, c);
         }
         work |= complete(&mut store, &mut vbds, disk)?;
-        // The disk's requests are shared out among the connected fronts.
+        // The disk's request slots and descriptors are shared out among
+        // the connected fronts, and each pass starts at the next one.
         let connected = vbds.iter().filter(|v| v.back.is_some()).count().max(1);
-        let share = pvguest_sdk::virtio::blk::SUBMISSION_SLOTS / connected;
-        for v in vbds.iter_mut() {
-            work |= drive(&mut store, v, disk, share.max(4));
+        let share = blkback::Share::of(connected);
+        turn = turn.wrapping_add(1);
+        let n = vbds.len();
+        for i in 0..n {
+            work |= drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
         }
         disk.kick();
         if !work {
@@ -199,8 +232,10 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 for c in clients.iter_mut() {
                     ready |= !matches!(c.link.readable(), Ok(false));
                 }
+                // A backend held back (its share or the disk full) waits
+                // for a completion, not for its ring.
                 for v in vbds.iter_mut() {
-                    if let Some(b) = v.back.as_mut() {
+                    if let Some(b) = v.back.as_mut().filter(|b| b.can_take(disk, share)) {
                         ready |= !matches!(b.pending(), Ok(false));
                     }
                 }
@@ -234,19 +269,14 @@ fn rescan(
         store.release(c.domid);
         c.link.close();
     }
-    vbds.retain_mut(|v| {
-        if alive(v.domid) {
-            return true;
-        }
-        if let Some(b) = v.back.take() {
+    for v in vbds.iter_mut().filter(|v| !alive(v.domid) && !v.dead) {
+        v.dead = true;
+        if let Some(b) = v.back.as_ref() {
             println!("serve: dom{}'s disk closed: {:?}", v.domid, b.stats);
-            v.vdisk = Some(b.close());
         }
-        if let Some(mut vd) = v.vdisk.take() {
-            let _ = vd.flush(&mut Dev(disk));
-        }
-        false
-    });
+        v.retire();
+    }
+    forget_dead(vbds, disk);
     for info in &live {
         let Ok(domid) = u16::try_from(info.domid) else { continue };
         if info.flags & dominf::STORE == 0 || info.flags & dominf::DYING != 0 {
@@ -332,6 +362,8 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
         domid,
         be: Backend::new(),
         back: None,
+        draining: None,
+        dead: false,
         vdisk: Some(vdisk),
         front_state: None,
         seen_changes: None,
@@ -389,11 +421,25 @@ fn pump(store: &mut Store, c: &mut Client) -> bool {
     moved
 }
 
+/// Drops the disks of dead domains once nothing of theirs is at the device,
+/// flushing each (the writes it acknowledged are then on the disk).
+fn forget_dead(vbds: &mut Vec<Vbd>, disk: &mut Disk) {
+    vbds.retain_mut(|v| {
+        if !v.dead || v.draining.is_some() {
+            return true;
+        }
+        if let Some(mut vd) = v.vdisk.take() {
+            let _ = vd.flush(&mut Dev(disk));
+        }
+        false
+    });
+}
+
 /// Acknowledges the disk, and hands each finished device request to its
 /// backend, which answers it (a closed backend's pages are unmapped).
 /// Whether anything finished. A disk that broke its queue ends the
 /// service.
-fn complete(store: &mut Store, vbds: &mut [Vbd], disk: &mut Disk) -> Result<bool, String> {
+fn complete(store: &mut Store, vbds: &mut Vec<Vbd>, disk: &mut Disk) -> Result<bool, String> {
     // Completions may also have been collected by a blocking call of the
     // synchronous path meanwhile: the queue is drained either way.
     if disk.ready() {
@@ -403,10 +449,17 @@ fn complete(store: &mut Store, vbds: &mut [Vbd], disk: &mut Disk) -> Result<bool
     while let Some(c) = disk.next_completion() {
         any = true;
         let serial = blkback::serial_of(c.cookie);
-        let Some(v) = vbds.iter_mut().find(|v| v.back.as_ref().is_some_and(|b| b.serial() == serial)) else {
+        let of = |b: &Option<BlkBack>| b.as_ref().is_some_and(|b| b.serial() == serial);
+        let Some(v) = vbds.iter_mut().find(|v| of(&v.back) || of(&v.draining)) else {
             blkback::orphan(c);
             continue;
         };
+        if let Some(b) = v.draining.as_mut().filter(|b| b.serial() == serial) {
+            // Its answer may not reach a broken ring: that is fine.
+            let _ = b.complete(c, disk);
+            v.drained();
+            continue;
+        }
         let r = v.back.as_mut().map(|b| b.complete(c, disk));
         if let Some(Err(e)) = r {
             disconnect(store, v, e);
@@ -416,23 +469,25 @@ fn complete(store: &mut Store, vbds: &mut [Vbd], disk: &mut Disk) -> Result<bool
         if let Some(Err(e)) = v.back.as_mut().map(|b| b.publish()) {
             disconnect(store, v, e);
         }
+        if let Some(b) = v.draining.as_mut() {
+            let _ = b.publish();
+        }
     }
+    forget_dead(vbds, disk);
     Ok(any)
 }
 
 /// Ends a disk connection whose front broke the ring protocol.
 fn disconnect(store: &mut Store, v: &mut Vbd, e: blkback::BackError) {
     println!("serve: dom{}: ring broken: {e}; disconnecting", v.domid);
-    if let Some(b) = v.back.take() {
-        v.vdisk = Some(b.close());
-    }
+    v.retire();
     let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), State::Closed.as_str().as_bytes());
 }
 
 /// Drives one disk: its handshake from the frontend's state node (read
 /// again only when another domain's requests have reached the store),
 /// then a batch of its ring.
-fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk, share: usize) -> bool {
+fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk, share: blkback::Share) -> bool {
     let mut work = false;
     if v.seen_changes != Some(store.changes()) {
         v.seen_changes = Some(store.changes());
@@ -470,11 +525,7 @@ fn handshake(store: &mut Store, v: &mut Vbd, mut actions: split_drivers::state::
                     let _ = store.write(0, &format!("{bd}/state"), s.as_str().as_bytes());
                 }
                 Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
-                Action::Disconnect => {
-                    if let Some(b) = v.back.take() {
-                        v.vdisk = Some(b.close());
-                    }
-                }
+                Action::Disconnect => v.retire(),
                 Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
                 Action::Connect | Action::PublishRing | Action::Reset => {}
             }
