@@ -29,12 +29,12 @@
 //!   ([`ring_protocol::SharedMem::read_bytes`]). The caller's buffers are
 //!   never granted.
 //! - Requests are stamped, and responses checked, only by the shadow
-//!   tables [`netif::TxInflight`] and [`netif::RxInflight`]: an unknown or
+//!   tables [`crate::netif::TxInflight`] and [`crate::netif::RxInflight`]: an unknown or
 //!   duplicate id, a status not in the protocol, a length or offset past
 //!   the page, a chain too long: the backend broke the protocol
 //!   ([`NetError::Protocol`]) and every later call fails with it.
 //! - A frame is sent in one slot (a frame is at most
-//!   [`netif::MAX_FRAME_LEN`] bytes, written at the start of its page); a
+//!   [`crate::netif::MAX_FRAME_LEN`] bytes, written at the start of its page); a
 //!   received one may span several posted pages (`more_data`) and is
 //!   copied out whole.
 
@@ -56,6 +56,7 @@ use ring_protocol::{RingError, SharedMem};
 pub const TX_POOL: usize = 32;
 /// Pages posted for frames to receive.
 pub const RX_POOL: usize = 64;
+const _: () = assert!(TX_POOL <= TX_RING_SLOTS && RX_POOL <= RX_RING_SLOTS);
 /// How often a front waiting for frames checks that its backend is still
 /// there (ns).
 pub const IDLE_CHECK_NS: u64 = 50_000_000;
@@ -64,7 +65,7 @@ pub const IDLE_CHECK_NS: u64 = 50_000_000;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NetError {
     /// A frame shorter than an Ethernet header or longer than
-    /// [`netif::MAX_FRAME_LEN`](crate::netif::MAX_FRAME_LEN).
+    /// [`MAX_FRAME_LEN`].
     BadLength(usize),
     /// Every tx page is in flight: call [`NetDevice::recv`] or
     /// [`NetDevice::wait`] and send again.
@@ -126,8 +127,9 @@ impl PoolPage {
 pub struct NetDevice {
     tx: FrontChannel<TxRequest, TxResponse>,
     rx: FrontChannel<RxRequest, RxResponse>,
-    tx_ids: TxInflight<TX_RING_SLOTS>,
-    rx_ids: RxInflight<RX_RING_SLOTS>,
+    /// Shadow tables sized by the pools (a page per request in flight).
+    tx_ids: TxInflight<TX_POOL>,
+    rx_ids: RxInflight<RX_POOL>,
     tx_pages: Vec<PoolPage>,
     tx_free: Vec<u16>,
     rx_pages: Vec<PoolPage>,
@@ -236,7 +238,9 @@ impl NetDevice {
             |store| {
                 let d = NetDevice::attach(back_id, mac)?;
                 let tx = store.transaction_start()?;
-                let w = |store: &mut Store, k: &str, v: u32| store.write_tx(tx, &format!("{dir}/{k}"), format!("{v}").as_bytes());
+                let w = |store: &mut Store, k: &str, v: u32| {
+                    store.write_tx(tx, &format!("{dir}/{k}"), format!("{v}").as_bytes())
+                };
                 w(store, key::TX_RING_REF, d.tx.gref())?;
                 w(store, key::RX_RING_REF, d.rx.gref())?;
                 w(store, key::EVENT_CHANNEL_TX, d.tx.port().0)?;
@@ -379,7 +383,9 @@ impl NetDevice {
                                 return Err(NetError::Protocol);
                             };
                             let n = usize::from(c.len);
-                            let _ = self.rx_pages[usize::from(k)].shared().read_bytes(c.range().start, &mut buf[at..at + n]);
+                            let _ = self.rx_pages[usize::from(k)]
+                                .shared()
+                                .read_bytes(c.range().start, &mut buf[at..at + n]);
                             at += n;
                         }
                         self.stats.rx_frames += 1;
@@ -404,6 +410,23 @@ impl NetDevice {
             self.publish_rx()?;
         }
         result
+    }
+
+    /// Waits until every frame sent so far has been answered by the
+    /// backend (taken off the ring and handed on, or refused), or
+    /// `deadline_ns` passes: whether all were. A domain about to end calls
+    /// it so that its last frames are not lost with it.
+    pub fn flush_tx(&mut self, deadline_ns: u64) -> Result<bool, NetError> {
+        loop {
+            self.reap_tx()?;
+            if self.tx_ids.in_flight() == 0 {
+                return Ok(true);
+            }
+            if crate::time::now_ns() >= deadline_ns {
+                return Ok(false);
+            }
+            self.wait(deadline_ns)?;
+        }
     }
 
     /// Sleeps until a frame may have arrived, a sent one was answered, or

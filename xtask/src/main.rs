@@ -215,6 +215,14 @@ fn test(args: &[String]) -> Result<()> {
             "ringfence-bundle",
             "-p",
             "ringfence-bundle-writer",
+            "-p",
+            "split-drivers",
+            "-p",
+            "device-store",
+            "-p",
+            "disk-images",
+            "-p",
+            "net-bridge",
         ]))?;
         println!("== host tests");
         run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["test", "--workspace"]))?;

@@ -8,6 +8,7 @@
 
 mod blk;
 pub mod dom0_net;
+mod net_split;
 pub mod rig;
 
 use crate::evidence::pattern::{check_pattern, write_pattern, Region};
@@ -1198,6 +1199,7 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
         .into_iter()
         .chain(cpu_scenarios())
         .chain(blk::scenarios())
+        .chain(net_split::scenarios())
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
         .collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.

@@ -44,7 +44,9 @@ use pvguest_sdk::{println, sched, Errno, StartInfo};
 mod blk;
 mod blkback;
 mod net;
+mod netback;
 mod serve;
+mod vifs;
 mod xs;
 
 pvguest_sdk::entry!(main);

@@ -34,8 +34,7 @@ use pvguest_sdk::mm::{self, Page};
 use pvguest_sdk::vmap;
 use ring_protocol::RingError;
 use split_drivers::netif::{
-    RxFlags, RxRequest, RxResponse, RxStatus, RxWriter, TxAssembler, TxRequest, TxResponse, TxStatus, TxStep,
-    PAGE_SIZE,
+    RxFlags, RxRequest, RxResponse, RxStatus, RxWriter, TxAssembler, TxRequest, TxResponse, TxStatus, TxStep, PAGE_SIZE,
 };
 
 /// Tx requests one [`NetBack::poll_tx`] call takes at most.
@@ -192,7 +191,7 @@ impl NetBack {
             let Some(req) = self.tx.ring.pop_request().map_err(BackError::Ring)? else { break };
             taken += 1;
             match self.asm.push(&req) {
-                TxStep::More => {}
+                TxStep::NeedMore => {}
                 TxStep::Refused(r) => {
                     self.stats.tx_refused += 1;
                     for rsp in r.responses() {

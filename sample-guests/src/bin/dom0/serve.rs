@@ -184,6 +184,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut foreign_done: Vec<(String, String)> = Vec::new();
     println!("serve: {} virtual disk(s) configured", specs.len());
     let mut store = Store::new();
+    let mut vifs = crate::vifs::Vifs::new(cmdline, on_event);
     event::bind_virq(VIRQ_DOM_EXC, on_dom_exc).map_err(|e| format!("VIRQ_DOM_EXC: {e}"))?;
     // The disk's port keeps the driver's own handler (it counts); the
     // loop below acknowledges the device and collects its completions.
@@ -193,7 +194,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut turn = 0usize;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
-            let others = rescan(&mut store, &mut clients, &mut vbds, &specs, disk, &mut served);
+            let others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &specs, disk, &mut served);
             for (victim, back) in &foreign {
                 let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
                 if foreign_done.iter().any(|(v, _)| v == victim) {
@@ -207,6 +208,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 }
             }
             if others == 0 {
+                vifs.report();
                 println!("serve: every domain served has ended ({served}); done");
                 return Ok(());
             }
@@ -226,9 +228,11 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             work |= drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
         }
         disk.kick();
+        work |= vifs.drive(&mut store);
         if !work {
             event::block_until(|| {
                 let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
+                ready |= vifs.pending();
                 for c in clients.iter_mut() {
                     ready |= !matches!(c.link.readable(), Ok(false));
                 }
@@ -251,6 +255,7 @@ fn rescan(
     store: &mut Store,
     clients: &mut Vec<Client>,
     vbds: &mut Vec<Vbd>,
+    vifs: &mut crate::vifs::Vifs,
     specs: &[VbdSpec],
     disk: &mut Disk,
     served: &mut u32,
@@ -277,6 +282,7 @@ fn rescan(
         v.retire();
     }
     forget_dead(vbds, disk);
+    vifs.release(alive);
     for info in &live {
         let Ok(domid) = u16::try_from(info.domid) else { continue };
         if info.flags & dominf::STORE == 0 || info.flags & dominf::DYING != 0 {
@@ -304,6 +310,7 @@ fn rescan(
                 Err(e) => println!("serve: dom{domid}: disk not offered: {e}"),
             }
         }
+        vifs.connected(store, domid, &name);
         clients.push(Client { domid, name, link });
     }
     live.iter().filter(|i| i.domid != 0 && i.flags & dominf::DYING == 0).count()

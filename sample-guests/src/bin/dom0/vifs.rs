@@ -23,17 +23,18 @@
 
 use crate::netback::NetBack;
 use crate::xs::Xs as Store;
+use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use net_bridge::{Bridge, Config, Decision, Mac, PortConfig, PortId, Vid};
-use pvguest_sdk::event::{self, Port};
+use pvguest_sdk::event;
 use pvguest_sdk::{println, time};
 use split_drivers::netif::MAX_FRAME_LEN;
 use split_drivers::state::{Action, Backend, Event, State};
 
 /// Learning-table entries of dom0's bridge.
-const FDB: usize = 256;
+const FDB: usize = 128;
 
 /// A virtual NIC from the command line.
 #[derive(Clone, Debug)]
@@ -65,12 +66,14 @@ pub fn parse_vifs(cmdline: &str) -> Vec<VifSpec> {
     for w in cmdline.split(' ').filter_map(|w| w.strip_prefix("vif=")) {
         let f: Vec<&str> = w.split(':').collect();
         let parsed = match f.as_slice() {
-            [name, vlan, mac] if !name.is_empty() => match (vlan.parse::<u16>().ok().and_then(Vid::new), parse_mac(mac)) {
-                (Some(vlan), Some(mac)) if mac.is_valid_source() => {
-                    Some(VifSpec { domain: (*name).into(), vlan, mac })
+            [name, vlan, mac] if !name.is_empty() => {
+                match (vlan.parse::<u16>().ok().and_then(Vid::new), parse_mac(mac)) {
+                    (Some(vlan), Some(mac)) if mac.is_valid_source() => {
+                        Some(VifSpec { domain: (*name).into(), vlan, mac })
+                    }
+                    _ => None,
                 }
-                _ => None,
-            },
+            }
             _ => None,
         };
         match parsed {
@@ -96,7 +99,7 @@ struct Vif {
 pub struct Vifs {
     specs: Vec<VifSpec>,
     vifs: Vec<Vif>,
-    bridge: Bridge<FDB>,
+    bridge: Box<Bridge<FDB>>,
     on_event: event::Handler,
 }
 
@@ -116,7 +119,7 @@ impl Vifs {
         if !specs.is_empty() {
             println!("serve: {} virtual NIC(s) configured", specs.len());
         }
-        Vifs { specs, vifs: Vec::new(), bridge: Bridge::new(Config::default()), on_event }
+        Vifs { specs, vifs: Vec::new(), bridge: Box::new(Bridge::new(Config::default())), on_event }
     }
 
     /// Offers a NIC to a domain that just connected, if it has one.
@@ -165,6 +168,7 @@ impl Vifs {
                 println!("serve: dom{}'s NIC closed: {:?}", v.domid, b.stats);
                 b.close();
             }
+            report(bridge, v);
             let _ = bridge.remove_port(v.port);
             false
         });
@@ -190,7 +194,8 @@ impl Vifs {
             let mut v = self.vifs.swap_remove(k);
             if v.seen_changes != Some(store.changes()) {
                 v.seen_changes = Some(store.changes());
-                let now = store.read(0, &format!("{}/state", front_dir(v.domid))).ok().and_then(|b| State::parse(&b).ok());
+                let now =
+                    store.read(0, &format!("{}/state", front_dir(v.domid))).ok().and_then(|b| State::parse(&b).ok());
                 if now != v.front_state {
                     v.front_state = now;
                     let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
@@ -243,20 +248,11 @@ impl Vifs {
         work
     }
 
-    /// The bridge's counters, printed (at the end of the service).
+    /// The bridge's counters of every NIC still here, printed (at the end
+    /// of the service).
     pub fn report(&self) {
         for v in &self.vifs {
-            let p = self.bridge.stats().port(v.port);
-            println!(
-                "serve: bridge port {} (dom{} {}): rx {} tx {} dropped {} (spoofed {})",
-                v.port.get(),
-                v.domid,
-                v.spec.domain,
-                p.rx(),
-                p.tx(),
-                p.dropped_total(),
-                p.dropped(net_bridge::DropReason::Spoofed)
-            );
+            report(&self.bridge, v);
         }
     }
 
@@ -331,6 +327,21 @@ impl Vifs {
     }
 }
 
+/// Prints the bridge's counters of `v`'s port.
+fn report(bridge: &Bridge<FDB>, v: &Vif) {
+    let p = bridge.stats().port(v.port);
+    println!(
+        "serve: bridge port {} (dom{} {}): rx {} tx {} dropped {} (spoofed {})",
+        v.port.get(),
+        v.domid,
+        v.spec.domain,
+        p.rx_frames,
+        p.tx_frames,
+        p.dropped_total(),
+        p.dropped(net_bridge::DropReason::Spoofed)
+    );
+}
+
 /// Writes both directories of `domid`'s NIC and the backend's details.
 fn offer(store: &mut Store, domid: u16, spec: &VifSpec) -> Result<(), String> {
     let (fd, bd) = (front_dir(domid), back_dir(domid));
@@ -354,9 +365,4 @@ fn offer(store: &mut Store, domid: u16, spec: &VifSpec) -> Result<(), String> {
     w(store, &format!("{bd}/feature-rx-copy"), "1")?;
     w(store, &format!("{bd}/feature-split-event-channels"), "1")?;
     Ok(())
-}
-
-/// A port of one of the NICs, for the loop's wake-up check.
-pub fn is_port(_: Port) -> bool {
-    false
 }
