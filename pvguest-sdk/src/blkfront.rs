@@ -56,8 +56,7 @@
 use crate::blkif::{self, Inflight, Op, Piece, Request, Response, Status, RING_SLOTS};
 use crate::channel::{ChannelError, FrontChannel};
 use crate::event::Port;
-use crate::grant::{self, GrantError};
-use crate::mm::{self, Page};
+use crate::grant::{self, GrantError, GrantedPage, PoolError};
 use crate::store::{Store, StoreError};
 use alloc::format;
 use alloc::vec::Vec;
@@ -221,12 +220,6 @@ struct Pending {
     ind: Option<u16>,
 }
 
-/// A pool page: ours, granted to the backend for the device's life.
-struct PoolPage {
-    page: Page,
-    gref: u32,
-}
-
 /// Counters of a [`BlockDevice`] (how well batching works: requests per
 /// notification, responses per wait).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -246,12 +239,12 @@ pub struct BlockDevice {
     /// Pages for indirect requests' segment lists (one per request in
     /// flight; none if the backend offers no indirect requests), granted
     /// once like the pool, and the free ones.
-    ind_pages: Vec<PoolPage>,
+    ind_pages: Vec<GrantedPage>,
     ind_free: Vec<u16>,
     stats: FrontStats,
     ring: FrontChannel<Request, Response>,
     inflight: Inflight<{ RING_SLOTS }>,
-    pool: Vec<PoolPage>,
+    pool: Vec<GrantedPage>,
     free: Vec<u16>,
     info: DiskInfo,
     handle: u16,
@@ -272,28 +265,15 @@ impl BlockDevice {
         let ring = FrontChannel::offer(backend, &mut table).map_err(BlkError::Channel)?;
         ring.on_event(wake).map_err(|e| BlkError::Channel(ChannelError::Event(e)))?;
         let n = pool_pages.clamp(1, usize::from(u16::MAX));
-        let mut pool = Vec::new();
-        pool.try_reserve_exact(n).map_err(|_| BlkError::NoMemory)?;
-        let first = mm::alloc_pages(n as u64).ok_or(BlkError::NoMemory)?;
-        for k in 0..n as u64 {
-            let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
-            let gref = table.grant(backend, page, false).map_err(BlkError::Grant)?.gref();
-            pool.push(PoolPage { page, gref });
-        }
+        let pool = grant::granted_pages(&mut table, backend, n, false)?;
         let free = (0..n as u16).rev().collect();
-        let mut ind_pages = Vec::new();
-        if info.features.indirect {
-            // One per request of more than 11 pages the pool can have in
-            // flight at once.
-            let count = (n / (blkif::MAX_SEGMENTS + 1)).clamp(1, RING_SLOTS);
-            ind_pages.try_reserve_exact(count).map_err(|_| BlkError::NoMemory)?;
-            let first = mm::alloc_pages(count as u64).ok_or(BlkError::NoMemory)?;
-            for k in 0..count as u64 {
-                let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
-                let gref = table.grant(backend, page, false).map_err(BlkError::Grant)?.gref();
-                ind_pages.push(PoolPage { page, gref });
-            }
-        }
+        // One indirect page per request of more than 11 pages the pool can
+        // have in flight at once.
+        let ind_pages = if info.features.indirect {
+            grant::granted_pages(&mut table, backend, (n / (blkif::MAX_SEGMENTS + 1)).clamp(1, RING_SLOTS), false)?
+        } else {
+            Vec::new()
+        };
         let ind_free = (0..ind_pages.len() as u16).rev().collect();
         let salt = crate::time::tsc() ^ (u64::from(handle) << 48);
         Ok(BlockDevice {
@@ -674,12 +654,7 @@ impl BlockDevice {
             self.ind_free.push(k);
             return Err(BlkError::BadLength);
         };
-        // SAFETY: indirect page `k`: ours, mapped read-write at its linear
-        // address for the domain's life, used for nothing but this
-        // device's segment lists and granted to the backend, which may
-        // read (or write) it: only volatile copies touch it.
-        let mem = unsafe { SharedMem::new(page.page.va() as *mut u8, blkif::PAGE_SIZE) };
-        let _ = mem.map(|m| m.write_bytes(0, &list[..pieces.len() * 8]));
+        let _ = page.shared().write_bytes(0, &list[..pieces.len() * 8]);
         Ok((req, Some(k)))
     }
 
@@ -700,12 +675,7 @@ impl BlockDevice {
 
     /// Pool page `k` as shared memory.
     fn shared(&self, k: u16) -> SharedMem<'_> {
-        let va = self.pool[usize::from(k)].page.va();
-        // SAFETY: the page is ours, mapped read-write at its linear address
-        // for the domain's life (the SDK's allocator never frees), and used
-        // only as this device's I/O page, which the backend shares: only
-        // ever touched through `SharedMem`'s volatile copies.
-        unsafe { SharedMem::new(va as *mut u8, 4096) }.expect("a page is a valid region")
+        self.pool[usize::from(k)].shared()
     }
 
     /// Copies a completed read's bytes out of its pool pages.
@@ -795,6 +765,15 @@ impl BlockDevice {
             .is_ok_and(|n| n >= blkif::MAX_INDIRECT_SEGMENTS as u64);
         let features = blkif::Features { indirect, ..features };
         Ok(DiskInfo { sectors, readonly: info & VDISK_READONLY != 0, features })
+    }
+}
+
+impl From<PoolError> for BlkError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NoMemory => BlkError::NoMemory,
+            PoolError::Grant(g) => BlkError::Grant(g),
+        }
     }
 }
 

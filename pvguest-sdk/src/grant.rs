@@ -54,6 +54,7 @@
 //! hypervisor changes them from outside the program.
 
 use crate::mm::{self, Page, Pte};
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU16, Ordering};
 use pvguest_abi::grant::{
     gntcopy, gntmap, gntst, gtf, CopyPtr, GnttabCopy, GrantEntryV1, MapGrantRef, QuerySize, SetupTable, UnmapGrantRef,
@@ -639,4 +640,52 @@ impl GrantSet {
         self.n = k;
         self.grants[k].take()
     }
+}
+
+/// A page of ours granted to a peer for good: a front's pool page (its
+/// data pages, segment lists, frame buffers), used for nothing else, so the
+/// peer may keep it mapped (persistent grants).
+#[derive(Clone, Copy, Debug)]
+pub struct GrantedPage {
+    /// The page.
+    pub page: Page,
+    /// Its grant to the peer.
+    pub gref: u32,
+}
+
+impl GrantedPage {
+    /// The page as shared memory: the peer may write it at any time (or
+    /// read it), so it is reached only by `SharedMem`'s volatile copies.
+    pub fn shared(&self) -> ring_protocol::SharedMem<'_> {
+        // SAFETY: the page is ours, mapped read-write at its linear address
+        // for the domain's life (the SDK's allocator never frees), used only
+        // as this pool page, which the peer shares: only ever touched
+        // through `SharedMem`'s volatile copies.
+        unsafe { ring_protocol::SharedMem::new(self.page.va() as *mut u8, 4096) }.expect("a page is a valid region")
+    }
+}
+
+/// Why [`granted_pages`] failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolError {
+    /// No memory for the pages or their list.
+    NoMemory,
+    /// A grant was refused (the table is full).
+    Grant(GrantError),
+}
+
+/// `n` fresh consecutive pages of ours, each granted (read-only if
+/// `readonly`) to domain `to` for the domain's life, in order: their grant
+/// references are then usually consecutive too, which a backend that
+/// lays its mappings out by reference can use.
+pub fn granted_pages(table: &mut GrantTable, to: u16, n: usize, readonly: bool) -> Result<Vec<GrantedPage>, PoolError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(n).map_err(|_| PoolError::NoMemory)?;
+    let first = mm::alloc_pages(n as u64).ok_or(PoolError::NoMemory)?;
+    for k in 0..n as u64 {
+        let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
+        let gref = table.grant(to, page, readonly).map_err(PoolError::Grant)?.gref();
+        v.push(GrantedPage { page, gref });
+    }
+    Ok(v)
 }

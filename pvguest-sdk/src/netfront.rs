@@ -40,17 +40,16 @@
 
 use crate::channel::{ChannelError, FrontChannel};
 use crate::event::Port;
-use crate::grant::{self, GrantError};
-use crate::mm::{self, Page};
+use crate::grant::{self, GrantError, GrantedPage, PoolError};
 use crate::netif::{
     RxInflight, RxRequest, RxResponse, RxStep, TxFlags, TxInflight, TxPiece, TxRequest, TxResponse, TxStatus,
-    MAX_FRAME_LEN, MIN_FRAME_LEN, PAGE_SIZE, RX_RING_SLOTS, TX_RING_SLOTS,
+    MAX_FRAME_LEN, MIN_FRAME_LEN, RX_RING_SLOTS, TX_RING_SLOTS,
 };
 use crate::store::{Store, StoreError};
 use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::vec::Vec;
-use ring_protocol::{RingError, SharedMem};
+use ring_protocol::RingError;
 
 /// Pages for frames being sent (frames in flight at most).
 pub const TX_POOL: usize = 32;
@@ -107,22 +106,6 @@ pub struct NetStats {
     pub rx_dropped: u64,
 }
 
-/// A pool page: ours, granted to the backend for the device's life.
-struct PoolPage {
-    page: Page,
-    gref: u32,
-}
-
-impl PoolPage {
-    fn shared(&self) -> SharedMem<'_> {
-        // SAFETY: the page is ours, mapped read-write at its linear address
-        // for the domain's life (the SDK's allocator never frees), used only
-        // as this device's frame page, which the backend shares: only ever
-        // touched through `SharedMem`'s volatile copies.
-        unsafe { SharedMem::new(self.page.va() as *mut u8, PAGE_SIZE) }.expect("a page is a valid region")
-    }
-}
-
 /// A connected virtual NIC (see the module docs).
 pub struct NetDevice {
     tx: FrontChannel<TxRequest, TxResponse>,
@@ -130,9 +113,9 @@ pub struct NetDevice {
     /// Shadow tables sized by the pools (a page per request in flight).
     tx_ids: TxInflight<TX_POOL>,
     rx_ids: RxInflight<RX_POOL>,
-    tx_pages: Vec<PoolPage>,
+    tx_pages: Vec<GrantedPage>,
     tx_free: Vec<u16>,
-    rx_pages: Vec<PoolPage>,
+    rx_pages: Vec<GrantedPage>,
     /// Pool page of each grant reference (tx and rx grants differ).
     by_gref: BTreeMap<u32, u16>,
     mac: [u8; 6],
@@ -168,17 +151,13 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// Allocates `n` pages and grants each to `backend` (read-only if `ro`).
-fn pool(table: &mut grant::GrantTable, backend: u16, n: usize, ro: bool) -> Result<Vec<PoolPage>, NetError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| NetError::NoMemory)?;
-    let first = mm::alloc_pages(n as u64).ok_or(NetError::NoMemory)?;
-    for k in 0..n as u64 {
-        let page = Page { pfn: first.pfn + k, mfn: mm::mfn_of_pfn(first.pfn + k) };
-        let gref = table.grant(backend, page, ro).map_err(NetError::Grant)?.gref();
-        v.push(PoolPage { page, gref });
+impl From<PoolError> for NetError {
+    fn from(e: PoolError) -> Self {
+        match e {
+            PoolError::NoMemory => NetError::NoMemory,
+            PoolError::Grant(g) => NetError::Grant(g),
+        }
     }
-    Ok(v)
 }
 
 impl NetDevice {
@@ -194,8 +173,8 @@ impl NetDevice {
         for ch in [tx.on_event(wake), rx.on_event(wake)] {
             ch.map_err(|e| NetError::Channel(ChannelError::Event(e)))?;
         }
-        let tx_pages = pool(&mut table, backend, TX_POOL, true)?;
-        let rx_pages = pool(&mut table, backend, RX_POOL, false)?;
+        let tx_pages = grant::granted_pages(&mut table, backend, TX_POOL, true)?;
+        let rx_pages = grant::granted_pages(&mut table, backend, RX_POOL, false)?;
         drop(table);
         let mut by_gref = BTreeMap::new();
         for (k, p) in tx_pages.iter().enumerate().chain(rx_pages.iter().enumerate()) {
