@@ -178,6 +178,67 @@ fn main(si: &'static StartInfo) {
             }
             c.holds(who, format_args!("sent {sent} frames posing as {as_mac:02x?}"), sent == count);
         }
+        "arp" => {
+            let ip = |k: &str| -> Option<[u8; 4]> {
+                let v = cmd.split(' ').find_map(|w| w.strip_prefix(k))?;
+                let mut a = [0u8; 4];
+                let mut parts = v.split('.');
+                for b in a.iter_mut() {
+                    *b = parts.next()?.parse().ok()?;
+                }
+                Some(a)
+            };
+            let (Some(me), Some(target)) = (ip("ip="), ip("target=")) else {
+                c.holds(who, format_args!("ip= and target= addresses"), false);
+                c.verdict(who);
+                return;
+            };
+            let mut req = [0u8; 42];
+            req[..6].copy_from_slice(&BROADCAST);
+            req[6..12].copy_from_slice(&mac);
+            req[12..14].copy_from_slice(&[0x08, 0x06]);
+            // Ethernet, IPv4, 6 and 4 bytes, request.
+            req[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            req[22..28].copy_from_slice(&mac);
+            req[28..32].copy_from_slice(&me);
+            req[38..42].copy_from_slice(&target);
+            let mut answer = None;
+            for _try in 0..20 {
+                let _ = nic.send(&req);
+                let until = time::now_ns() + 100_000_000;
+                while answer.is_none() && time::now_ns() < until {
+                    match nic.recv(&mut buf) {
+                        Ok(Some(n)) => {
+                            let f = &buf[..n];
+                            let reply = n >= 42
+                                && f[12..14] == [0x08, 0x06]
+                                && f[20..22] == [0, 2]
+                                && f[28..32] == target
+                                && f[32..38] == mac
+                                && f[38..42] == me;
+                            if reply {
+                                answer = Some(<[u8; 6]>::try_from(&f[22..28]).unwrap_or_default());
+                            }
+                        }
+                        Ok(None) => {
+                            let _ = nic.wait(until);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                if answer.is_some() {
+                    break;
+                }
+            }
+            c.holds(
+                who,
+                format_args!(
+                    "{}.{}.{}.{} is at {answer:02x?} (an ARP reply through the uplink)",
+                    target[0], target[1], target[2], target[3]
+                ),
+                answer.is_some(),
+            );
+        }
         other => c.holds(who, format_args!("a known role (got `{other}`)"), false),
     }
     let flushed = nic.flush_tx(time::now_ns() + 2_000_000_000);

@@ -55,6 +55,45 @@ fn bridge_scenario() -> Scenario {
     }
 }
 
+/// dom0's real NIC as the bridge's uplink: a domU's ARP request for QEMU's
+/// user-network gateway goes out through it and the gateway's reply comes
+/// back to the domU.
+fn uplink_scenario() -> Scenario {
+    Scenario {
+        name: "net-uplink",
+        what: "dom0's virtio-net NIC is the bridge's uplink (an access port of VLAN 10): a domU on VLAN 10 asks by ARP for QEMU's user-network gateway 10.0.2.2, the request leaves through the real NIC and slirp's reply comes back to the domU's virtual NIC",
+        bundle: |imgs| {
+            let mut w = BundleWriter::new();
+            let cmdline = format!("serve uplink=10 vif=alice:10:{ALICE}");
+            w.domain(
+                entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?
+                    .privileged(true)
+                    .dma_kib(512 + (pvguest_sdk_dma_kib())),
+            );
+            w.domain(entry(imgs, "alice", "netpeer", 1024, "role=arp ip=10.0.2.16 target=10.0.2.2", Expect::Poweroff)?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            rig.disk(4 << 20)?;
+            rig.nic(&[])?;
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            need(out, "[dom0] serve: uplink on bridge port 31, VLAN 10")?;
+            need(out, "[alice] alice: 10.0.2.2 is at Some([52, 55, 0a, 00, 02, 02]) (an ARP reply through the uplink): ok")?;
+            Ok(())
+        },
+    }
+}
+
+/// The DMA pool the NIC's driver takes, in KiB.
+fn pvguest_sdk_dma_kib() -> u32 {
+    super::dom0_net::DMA_KIB
+}
+
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![bridge_scenario()]
+    vec![bridge_scenario(), uplink_scenario()]
 }

@@ -91,7 +91,7 @@ pub const PINGS: u16 = 3;
 /// Malformed frames printed one by one (later ones are only counted).
 pub const DROPS_PRINTED: u64 = 8;
 /// virtio-net's PCI ids (modern device).
-const VIRTIO_NET: (u16, u16) = (0x1af4, 0x1041);
+pub const VIRTIO_NET: (u16, u16) = (0x1af4, 0x1041);
 /// The ICMP identifier of dom0's pings.
 const PING_IDENT: u16 = 0x5246;
 /// How often the counters line is printed while serving.

@@ -22,6 +22,7 @@
 //!   forgets what it learned there).
 
 use crate::netback::NetBack;
+use crate::uplink::Uplink;
 use crate::xs::Xs as Store;
 use alloc::boxed::Box;
 use alloc::format;
@@ -32,6 +33,9 @@ use pvguest_sdk::event;
 use pvguest_sdk::{println, time};
 use split_drivers::netif::MAX_FRAME_LEN;
 use split_drivers::state::{Action, Backend, Event, State};
+
+/// The uplink's bridge port (the last).
+const UPLINK_PORT: u8 = (net_bridge::MAX_PORTS - 1) as u8;
 
 /// Learning-table entries of dom0's bridge.
 const FDB: usize = 128;
@@ -99,6 +103,9 @@ struct Vif {
 pub struct Vifs {
     specs: Vec<VifSpec>,
     vifs: Vec<Vif>,
+    /// The real NIC, on its port (`uplink=VLAN`: an access port of that
+    /// VLAN, its frames untagged on the wire).
+    uplink: Option<(Uplink, PortId)>,
     bridge: Box<Bridge<FDB>>,
     on_event: event::Handler,
 }
@@ -119,13 +126,35 @@ impl Vifs {
         if !specs.is_empty() {
             println!("serve: {} virtual NIC(s) configured", specs.len());
         }
-        Vifs { specs, vifs: Vec::new(), bridge: Box::new(Bridge::new(Config::default())), on_event }
+        let mut bridge = new_bridge();
+        let vlan = pvguest_sdk::cmdline::arg(cmdline, "uplink").and_then(|v| u16::try_from(v).ok()).and_then(Vid::new);
+        let uplink = vlan.and_then(|vlan| {
+            let port = PortId::new(UPLINK_PORT).expect("a valid port");
+            match Uplink::open() {
+                Ok(u) => match bridge.set_port(port, PortConfig::access(vlan)) {
+                    Ok(()) => {
+                        println!("serve: uplink on bridge port {UPLINK_PORT}, VLAN {}", vlan.get());
+                        Some((u, port))
+                    }
+                    Err(e) => {
+                        println!("serve: uplink port refused: {e:?}");
+                        None
+                    }
+                },
+                Err(e) => {
+                    println!("serve: no uplink: {e}");
+                    None
+                }
+            }
+        });
+        Vifs { specs, vifs: Vec::new(), uplink, bridge, on_event }
     }
 
     /// Offers a NIC to a domain that just connected, if it has one.
     pub fn connected(&mut self, store: &mut Store, domid: u16, name: &str) {
         let Some(spec) = self.specs.iter().find(|s| s.domain == name).cloned() else { return };
-        let Some(port) = PortId::all().find(|p| self.vifs.iter().all(|v| v.port != *p)) else {
+        let Some(port) = PortId::all().find(|p| p.get() != UPLINK_PORT && self.vifs.iter().all(|v| v.port != *p))
+        else {
             println!("serve: dom{domid}: no bridge port left for its NIC");
             return;
         };
@@ -176,7 +205,7 @@ impl Vifs {
 
     /// Whether a front sent frames (arming the notifications when not).
     pub fn pending(&mut self) -> bool {
-        let mut any = false;
+        let mut any = self.uplink.as_ref().is_some_and(|(u, _)| u.ready());
         for v in self.vifs.iter_mut() {
             if let Some(b) = v.back.as_mut() {
                 any |= !matches!(b.pending(), Ok(false));
@@ -220,6 +249,10 @@ impl Vifs {
                 Err(e) => self.disconnect(store, k, e),
             }
         }
+        if let Some((u, port)) = self.uplink.as_mut() {
+            let port = *port;
+            work |= u.poll_rx(|f| frames.push((port, f.to_vec()))) > 0;
+        }
         let mut out = [0u8; MAX_FRAME_LEN];
         for (from, bytes) in &frames {
             let Decision::Forward(f) = self.bridge.ingress(*from, bytes, now) else { continue };
@@ -228,6 +261,12 @@ impl Vifs {
                     self.bridge.tx_failed(to);
                     continue;
                 };
+                if let Some((u, port)) = self.uplink.as_mut().filter(|(_, p)| *p == to) {
+                    if !u.send(&out[..n]) {
+                        self.bridge.tx_failed(*port);
+                    }
+                    continue;
+                }
                 let Some(k) = self.vifs.iter().position(|v| v.port == to) else { continue };
                 let Some(b) = self.vifs[k].back.as_mut() else {
                     self.bridge.tx_failed(to);
@@ -325,6 +364,14 @@ impl Vifs {
             }
         }
     }
+}
+
+/// The bridge, on the heap. Its own frame: the value may pass through the
+/// stack on its way (tens of KiB), and this frame is gone before the
+/// caller goes deeper.
+#[inline(never)]
+fn new_bridge() -> Box<Bridge<FDB>> {
+    Box::new(Bridge::new(Config::default()))
 }
 
 /// Prints the bridge's counters of `v`'s port.
