@@ -6,8 +6,9 @@
 //!   `pong <seq>` addressed to it comes back (resent every 100 ms, 50
 //!   tries), and checks every pong's bytes; any `spof` frame it sees is
 //!   wrong (the bridge must drop a domU's frames from a MAC not its own).
-//! - `role=echo count=N`: answers the first `N` pings it receives with a
-//!   pong to the sender's MAC, unicast.
+//! - `role=echo count=N`: answers every ping with a pong to the sender's
+//!   MAC, unicast, until it has answered `N` distinct ones (and half a
+//!   second more, for a ping resent because its pong was lost).
 //! - `role=listen ms=T`: counts what reaches it for `T` ms after it is
 //!   connected: nothing must (it sits on another VLAN).
 //! - `role=spoof count=N as=MAC`: broadcasts `N` `spof` frames whose
@@ -127,19 +128,33 @@ fn main(si: &'static StartInfo) {
             c.holds(who, format_args!("no frame from a spoofed source reached it ({spoofs})"), spoofs == 0);
         }
         "echo" => {
+            // Pings are resent until answered, so duplicates come: answer
+            // every one, count the distinct ones, and stay a little after
+            // the last (its pong may have been lost and the ping resent).
+            let mut seen = alloc::vec![false; count as usize];
             let mut answered = 0;
-            while answered < count {
+            let mut linger_until = None;
+            loop {
+                if linger_until.is_some_and(|t| time::now_ns() >= t) {
+                    break;
+                }
                 match nic.recv(&mut buf) {
                     Ok(Some(n)) => {
                         if let Some((k, seq, src)) = parse(&buf[..n]) {
                             if &k == b"ping" {
                                 let _ = nic.send(&frame(src, mac, b"pong", seq));
-                                answered += 1;
+                                if let Some(s) = seen.get_mut(seq as usize).filter(|s| !**s) {
+                                    *s = true;
+                                    answered += 1;
+                                }
+                                if answered == count && linger_until.is_none() {
+                                    linger_until = Some(time::now_ns() + 500_000_000);
+                                }
                             }
                         }
                     }
                     Ok(None) => {
-                        let _ = nic.wait(time::now_ns() + 100_000_000);
+                        let _ = nic.wait(linger_until.unwrap_or(time::now_ns() + 100_000_000));
                     }
                     Err(e) => {
                         println!("netpeer: recv: {e:?}");
