@@ -760,12 +760,20 @@ impl<M: Machine> Hv<M> {
         self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
         hvlog!(self.m, "wall clock: {wallclock} s since the epoch (RTC)");
         hvlog!(self.m, "boot bundle: {} domain(s)", bundle.domain_count());
-        // The privileged domain (id 0) runs the device store: every other
-        // domain gets a connection to it.
-        if (0..bundle.domain_count()).any(|i| bundle.domain(i).is_ok_and(|s| s.privileged)) {
-            self.store_backend = Some(DomId::DOM0);
+        // The privileged domain (id 0) runs the device store: it is built
+        // first, and only if it was built does every other domain get a
+        // connection to it (a store page granted to no one would leave
+        // them waiting for ever).
+        let privileged = (0..bundle.domain_count()).find(|&i| bundle.domain(i).is_ok_and(|s| s.privileged));
+        if let Some(i) = privileged {
+            self.create_domain(bundle, i, wallclock);
+            if self.domains.get(DomId::DOM0).is_some() {
+                self.store_backend = Some(DomId::DOM0);
+            } else {
+                hvlog!(self.m, "the privileged domain was not built: no domain gets a store connection");
+            }
         }
-        for i in 0..bundle.domain_count() {
+        for i in (0..bundle.domain_count()).filter(|&i| Some(i) != privileged) {
             self.create_domain(bundle, i, wallclock);
         }
         // Building the domains is nobody's CPU time.

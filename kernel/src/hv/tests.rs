@@ -1183,6 +1183,23 @@ fn store_every_domu_gets_a_port_for_dom0_and_its_store_page_granted_under_the_re
     }
 }
 
+/// A privileged domain that cannot be built runs no store: the others get
+/// no store page granted to a domain that does not exist (they would wait
+/// on it for ever).
+#[test]
+fn no_store_connections_when_the_privileged_domain_is_not_built() {
+    let bad = DomainEntry::new("dom0", b"\x7fELF but not really an image".to_vec(), DOM_KIB).privileged(true);
+    let r = Rig::boot(&[dom("u1"), bad, dom("u2")]);
+    assert!(r.hv.domains.get(DomId::DOM0).is_none(), "dom0 was not built");
+    assert_eq!(r.hv.store_backend, None);
+    for name in ["u1", "u2"] {
+        let d = r.dom(r.id(name));
+        assert_eq!(d.store_evtchn, None, "{name}: no store connection");
+        assert!(d.grants.frames().is_empty(), "{name}: no table made for it");
+    }
+    assert!(r.hv.m.log.iter().any(|l| l.contains("the privileged domain was not built")));
+}
+
 /// `VIRQ_DOM_EXC`: dom0 hears when another domain ends (its
 /// `GETDOMAININFO` changed), not when it ends itself.
 #[test]
