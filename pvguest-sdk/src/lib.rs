@@ -65,6 +65,8 @@
 //! | [`heap`] | a global allocator over free frames | no |
 //! | [`pci`] | PCI configuration for dom0: filtered reads and writes, enumeration | the gate only |
 //! | [`irq`] | device interrupts for dom0: map a GSI to a pirq, bind it to a port with a handler, EOI | the gate only |
+//! | [`netfront`] | a domU's virtual NIC: whole Ethernet frames over two netif rings | no |
+//! | [`tcpip`] | TCP/IP (smoltcp, re-exported) over a `netfront` NIC: static or DHCPv4 addressing, TCP, UDP and ICMP sockets, poll and wait | no |
 //! | [`virtio_net`] | a virtio-net NIC for dom0: raw frames, buffers it owns, checked used-ring entries | the crate's buffer contracts |
 #![no_std]
 
@@ -96,6 +98,7 @@ pub mod sched;
 mod shared;
 pub mod store;
 pub mod store_link;
+pub mod tcpip;
 pub mod time;
 pub mod timer;
 pub mod trap;

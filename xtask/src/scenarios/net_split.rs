@@ -7,7 +7,14 @@
 //!   `carol` on VLAN 20 hears none of it; `mallory` on VLAN 10 broadcasts
 //!   frames posing as bob, which the bridge drops and counts as spoofed
 //!   (alice never sees one).
+//! - `net-echo`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
+//!   over `netfront`): `client` pings `server` (ICMP echo, answered by
+//!   smoltcp's interface), has UDP datagrams echoed, then sends
+//!   [`ECHO_BYTES`] bytes of a known pattern over TCP and checks every
+//!   echoed byte, and both sides close.
 
+//! - `net-uplink`: dom0's real NIC is the bridge's uplink; a domU's ARP
+//!   request for QEMU's gateway leaves through it and slirp answers.
 use super::{entry, finish, need, Scenario};
 use crate::qemu::Outcome;
 use ringfence_bundle::Expect;
@@ -94,6 +101,51 @@ fn pvguest_sdk_dma_kib() -> u32 {
     super::dom0_net::DMA_KIB
 }
 
+const SERVER: &str = "02-00-00-00-03-01";
+const CLIENT: &str = "02-00-00-00-03-02";
+/// Bytes the client sends through the TCP echo.
+const ECHO_BYTES: u64 = 1024 * 1024;
+
+fn echo_scenario() -> Scenario {
+    Scenario {
+        name: "net-echo",
+        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
+        bundle: |imgs| {
+            let mut w = BundleWriter::new();
+            let cmdline = format!("serve vif=server:30:{SERVER} vif=client:30:{CLIENT}");
+            w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
+            w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=1 ms=20000", Expect::Poweroff)?);
+            w.domain(entry(
+                imgs,
+                "client",
+                "tcpecho",
+                2048,
+                &format!("role=client ip=10.0.3.2/24 server=10.0.3.1 port=7 bytes={ECHO_BYTES} ms=20000"),
+                Expect::Poweroff,
+            )?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        // dom0's serve mode brings up its disk (no virtual disks here).
+        rig: Some(|rig| {
+            rig.disk(4 << 20)?;
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            need(out, "[client] client: 3/3 pings of 10.0.3.1 answered, intact")?;
+            need(out, "[client] client: 3/3 UDP datagrams ([1, 512, 1472] bytes) echoed intact: ok")?;
+            need(out, &format!("[client] client: TCP: sent {ECHO_BYTES} bytes, {ECHO_BYTES} echoed, 0 wrong (first at None)"))?;
+            need(out, "[client] client: TCP: closed both ways")?;
+            need(out, &format!("[server] server: served 1/1 connections, echoed {ECHO_BYTES} bytes: ok"))?;
+            need(out, "[server] server: every frame it sent was taken by the backend: ok")?;
+            need(out, "[client] client: every frame it sent was taken by the backend: ok")?;
+            Ok(())
+        },
+    }
+}
+
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![bridge_scenario(), uplink_scenario()]
+    vec![bridge_scenario(), uplink_scenario(), echo_scenario()]
 }

@@ -1,0 +1,339 @@
+//! `tcpecho`: TCP/IP between domUs, on the SDK's `tcpip` (smoltcp over
+//! the virtual NIC, `netfront`), through dom0's netback and bridge.
+//!
+//! - `role=server ip=CIDR port=P conns=C`: a TCP echo server on port `P`
+//!   (every byte received goes back on the same connection; a peer's FIN
+//!   is answered with ours once all is echoed) and a UDP echo service on
+//!   the same port number. It ends after `C` connections (default 1) have
+//!   closed. ARP and ICMP echo requests are answered by the interface
+//!   itself.
+//! - `role=client ip=CIDR server=IP port=P bytes=N`: pings the server
+//!   (ICMP echo, `pings=` of them, default 3; the first also resolves its
+//!   MAC by ARP), has UDP datagrams of 1, 512 and 1472 bytes echoed, then
+//!   connects over TCP, sends `N` bytes of a known pattern, checks every
+//!   echoed byte against it, closes, and waits for the server's FIN. It
+//!   prints one result line per check.
+//!
+//! Both take `ms=T` (default 20000): the time limit of the whole run. Every
+//! byte that arrives is the network's: the checks compare it with what was
+//! sent and count what differs, they never trust a length or an offset
+//! from it.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use pvguest_sdk::check::Checks;
+use pvguest_sdk::cmdline::arg;
+use pvguest_sdk::store::Store;
+use pvguest_sdk::tcpip::smoltcp::phy::ChecksumCapabilities;
+use pvguest_sdk::tcpip::smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
+use pvguest_sdk::tcpip::{icmp, tcp, udp, Addressing, Interface, IpAddress, IpEndpoint, Ipv4Address, Ipv4Cidr};
+use pvguest_sdk::{heap, println, sched, time, StartInfo};
+
+pvguest_sdk::entry!(main);
+
+/// The byte at offset `i` of the client's stream (not periodic in any
+/// small power of two, so a dropped, doubled or reordered segment shows).
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as u8
+}
+
+/// TCP buffer bytes each way.
+const TCP_BUF: usize = 16 * 1024;
+/// The ICMP identifier of the client's pings.
+const PING_IDENT: u16 = 0x7463;
+/// Sizes of the UDP datagrams the client has echoed (1472: a full
+/// 1500-byte IP packet).
+const DATAGRAMS: [usize; 3] = [1, 512, 1472];
+/// How long the client waits for one answer before asking again (ns).
+const RETRY_NS: u64 = 100_000_000;
+/// How long the client keeps polling after the TCP exchange (ns).
+const LINGER_NS: u64 = 50_000_000;
+/// How often it asks (pings, datagrams, connection attempts).
+const TRIES: u32 = 50;
+
+/// The value of `key=` on the command line.
+fn word<'a>(cmd: &'a str, key: &str) -> Option<&'a str> {
+    cmd.split(' ').find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+}
+
+fn main(si: &'static StartInfo) {
+    let cmd = si.cmdline();
+    heap::init(arg(cmd, "heap").unwrap_or(128)).expect("heap");
+    let who = si.name();
+    let mut c = Checks::new();
+    let Some(cidr) = word(cmd, "ip").and_then(|s| s.parse::<Ipv4Cidr>().ok()) else {
+        c.holds(who, format_args!("an ip=A.B.C.D/N on the command line"), false);
+        c.verdict(who);
+        return;
+    };
+    let port = arg(cmd, "port").and_then(|p| u16::try_from(p).ok()).unwrap_or(7);
+    let deadline = time::now_ns() + arg(cmd, "ms").unwrap_or(20_000) * 1_000_000;
+    let mut store = Store::open().unwrap_or_else(|e| {
+        println!("tcpecho: no store: {e:?}");
+        sched::crash()
+    });
+    let mut net = match Interface::open(&mut store, 0, Addressing::Static { cidr, gateway: None }) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("tcpecho: no NIC: {e:?}");
+            sched::crash()
+        }
+    };
+    println!("tcpecho: {} up at {cidr}, MAC {:02x?}", who, net.nic().mac());
+    match word(cmd, "role").unwrap_or("") {
+        "server" => server(&mut net, &mut c, who, port, arg(cmd, "conns").unwrap_or(1), deadline),
+        "client" => match word(cmd, "server").and_then(|s| s.parse::<Ipv4Address>().ok()) {
+            Some(peer) => client(&mut net, &mut c, who, cmd, (peer, port), deadline),
+            None => c.holds(who, format_args!("a server=A.B.C.D on the command line"), false),
+        },
+        other => c.holds(who, format_args!("a known role (got `{other}`)"), false),
+    }
+    let flushed = net.flush_tx(time::now_ns() + 2_000_000_000);
+    c.holds(who, format_args!("every frame it sent was taken by the backend"), matches!(flushed, Ok(true)));
+    println!("tcpecho: {:?} {:?}", net.nic_stats(), net.phy_stats());
+    c.verdict(who);
+}
+
+/// Polls, then waits until the next frame, smoltcp's next timer or
+/// `until`; false (and a printed reason) once the NIC is unusable.
+fn step(net: &mut Interface, until: u64) -> bool {
+    if let Err(e) = net.poll().and_then(|_| net.wait(until)) {
+        println!("tcpecho: NIC unusable: {e:?}");
+        return false;
+    }
+    true
+}
+
+fn server(net: &mut Interface, c: &mut Checks, who: &str, port: u16, conns: u64, deadline: u64) {
+    let s = net.add_tcp(TCP_BUF, TCP_BUF);
+    let u = net.add_udp(8, 8 * 1500);
+    if let Err(e) = net.udp(u).bind(port) {
+        c.holds(who, format_args!("UDP port {port} bound ({e:?})"), false);
+        return;
+    }
+    if let Err(e) = net.tcp_listen(s, port) {
+        c.holds(who, format_args!("listening on TCP port {port} ({e:?})"), false);
+        return;
+    }
+    let (mut served, mut echoed, mut udp_echoed, mut open) = (0u64, 0u64, 0u64, false);
+    let mut buf = [0u8; 2048];
+    while served < conns && time::now_ns() < deadline {
+        if net.poll().is_err() {
+            break;
+        }
+        // UDP: each datagram back to its sender.
+        let sock = net.udp(u);
+        while sock.can_recv() && sock.can_send() {
+            match sock.recv_slice(&mut buf) {
+                Ok((n, meta)) => {
+                    if sock.send_slice(&buf[..n], meta).is_ok() {
+                        udp_echoed += 1;
+                    }
+                }
+                Err(udp::RecvError::Truncated) => {}
+                Err(udp::RecvError::Exhausted) => break,
+            }
+        }
+        // TCP: what came in goes out, as far as the send buffer has room.
+        let sock = net.tcp(s);
+        if sock.is_active() && !open {
+            open = true;
+            println!("tcpecho: connection from {:?}", sock.remote_endpoint());
+        }
+        while sock.can_recv() && sock.can_send() {
+            let room = (sock.send_capacity() - sock.send_queue()).min(buf.len());
+            if room == 0 {
+                break;
+            }
+            let Ok(n) = sock.recv_slice(&mut buf[..room]) else { break };
+            if n == 0 {
+                break;
+            }
+            // Room was checked: the whole slice is queued.
+            let sent = sock.send_slice(&buf[..n]).unwrap_or(0);
+            echoed += sent as u64;
+        }
+        // The peer is done sending and all is echoed: our FIN.
+        if sock.state() == tcp::State::CloseWait && sock.recv_queue() == 0 && sock.send_queue() == 0 {
+            sock.close();
+        }
+        if open && matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
+            open = false;
+            served += 1;
+            println!("tcpecho: connection {served} closed, {echoed} bytes echoed so far");
+            if served < conns {
+                sock.abort();
+                let _ = sock.listen(port);
+            }
+        }
+        if net.poll().is_err() || net.wait(deadline).is_err() {
+            break;
+        }
+    }
+    c.holds(who, format_args!("served {served}/{conns} connections, echoed {echoed} bytes"), served == conns);
+    println!("tcpecho: {who} echoed {udp_echoed} UDP datagrams");
+}
+
+fn client(net: &mut Interface, c: &mut Checks, who: &str, cmd: &str, peer: (Ipv4Address, u16), deadline: u64) {
+    let (server, port) = peer;
+    let pings = arg(cmd, "pings").unwrap_or(3) as u16;
+    let bytes = arg(cmd, "bytes").unwrap_or(64 * 1024);
+
+    // ICMP echo: answered by the server's interface itself.
+    let ic = net.add_icmp(4, 1024);
+    let _ = net.icmp(ic).bind(icmp::Endpoint::Ident(PING_IDENT));
+    let started = time::now_ns();
+    let mut answered = 0u16;
+    for seq in 0..pings {
+        let data = [seq as u8; 56];
+        let mut got = false;
+        for _ in 0..TRIES {
+            let req = Icmpv4Repr::EchoRequest { ident: PING_IDENT, seq_no: seq, data: &data };
+            let sock = net.icmp(ic);
+            if let Ok(b) = sock.send(req.buffer_len(), IpAddress::Ipv4(server)) {
+                req.emit(&mut Icmpv4Packet::new_unchecked(b), &ChecksumCapabilities::default());
+            }
+            let until = (time::now_ns() + RETRY_NS).min(deadline);
+            while !got && time::now_ns() < until {
+                if !step(net, until) {
+                    return;
+                }
+                let sock = net.icmp(ic);
+                while let Ok((p, from)) = sock.recv() {
+                    let Ok(pkt) = Icmpv4Packet::new_checked(p) else { continue };
+                    let Ok(repr) = Icmpv4Repr::parse(&pkt, &ChecksumCapabilities::default()) else { continue };
+                    if let Icmpv4Repr::EchoReply { ident, seq_no, data: d } = repr {
+                        got |= from == IpAddress::Ipv4(server) && ident == PING_IDENT && seq_no == seq && d == data;
+                    }
+                }
+            }
+            if got {
+                break;
+            }
+        }
+        answered += u16::from(got);
+    }
+    let ms = (time::now_ns() - started) / 1_000_000;
+    c.holds(who, format_args!("{answered}/{pings} pings of {server} answered, intact ({ms} ms)"), answered == pings);
+
+    // UDP echo: each size once, each datagram until its echo is back.
+    let u = net.add_udp(4, 4 * 1500);
+    let _ = net.udp(u).bind(40007);
+    let mut buf = [0u8; 2048];
+    let mut intact = 0;
+    for (k, &len) in DATAGRAMS.iter().enumerate() {
+        let dgram: alloc::vec::Vec<u8> = (0..len as u64).map(|i| pattern(i + k as u64 * 7919)).collect();
+        let mut got = false;
+        for _ in 0..TRIES {
+            let _ = net.udp(u).send_slice(&dgram, IpEndpoint::from((server, port)));
+            let until = (time::now_ns() + RETRY_NS).min(deadline);
+            while !got && time::now_ns() < until {
+                if !step(net, until) {
+                    return;
+                }
+                while let Ok((n, _)) = net.udp(u).recv_slice(&mut buf) {
+                    got |= buf[..n] == dgram[..];
+                }
+            }
+            if got {
+                break;
+            }
+        }
+        intact += u32::from(got);
+    }
+    c.holds(
+        who,
+        format_args!("{intact}/{} UDP datagrams ({DATAGRAMS:?} bytes) echoed intact", DATAGRAMS.len()),
+        intact == DATAGRAMS.len() as u32,
+    );
+
+    // TCP echo.
+    let s = net.add_tcp(TCP_BUF, TCP_BUF);
+    let started = time::now_ns();
+    let (mut sent, mut received, mut bad, mut first_bad) = (0u64, 0u64, 0u64, None);
+    let (mut attempts, mut closing, mut connected) = (0u32, false, false);
+    let mut chunk = [0u8; 2048];
+    while time::now_ns() < deadline {
+        let state = net.tcp(s).state();
+        if state == tcp::State::Closed && !connected {
+            // Not yet connected (the first try, or refused because the
+            // server was not listening yet): connect again, a while later.
+            if attempts >= TRIES {
+                break;
+            }
+            if attempts > 0 {
+                let until = time::now_ns() + RETRY_NS;
+                while time::now_ns() < until {
+                    if !step(net, until) {
+                        return;
+                    }
+                }
+            }
+            attempts += 1;
+            if let Err(e) = net.tcp_connect(s, (server, port)) {
+                println!("tcpecho: connect: {e:?}");
+                break;
+            }
+        }
+        if !step(net, deadline) {
+            return;
+        }
+        let sock = net.tcp(s);
+        connected |= sock.may_send();
+        while sent < bytes && sock.can_send() {
+            let n = (bytes - sent).min(chunk.len() as u64) as usize;
+            for (i, b) in chunk[..n].iter_mut().enumerate() {
+                *b = pattern(sent + i as u64);
+            }
+            match sock.send_slice(&chunk[..n]) {
+                Ok(0) | Err(_) => break,
+                Ok(k) => sent += k as u64,
+            }
+        }
+        while sock.can_recv() {
+            let Ok(n) = sock.recv_slice(&mut chunk) else { break };
+            if n == 0 {
+                break;
+            }
+            for (i, &b) in chunk[..n].iter().enumerate() {
+                let at = received + i as u64;
+                if b != pattern(at) {
+                    bad += 1;
+                    first_bad.get_or_insert(at);
+                }
+            }
+            received += n as u64;
+        }
+        if sent == bytes && !closing && sock.send_queue() == 0 {
+            sock.close();
+            closing = true;
+        }
+        // Done once the server's FIN has come after all its bytes.
+        if connected && !sock.may_recv() {
+            break;
+        }
+    }
+    let ms = (time::now_ns() - started) / 1_000_000;
+    // Linger a little: the ACK of the server's FIN goes out, and is sent
+    // again should the server repeat its FIN.
+    let until = time::now_ns() + LINGER_NS;
+    while time::now_ns() < until {
+        if !step(net, until) {
+            return;
+        }
+    }
+    let state = net.tcp(s).state();
+    c.holds(
+        who,
+        format_args!("TCP: sent {sent} bytes, {received} echoed, {bad} wrong (first at {first_bad:?}), in {ms} ms"),
+        sent == bytes && received == bytes && bad == 0,
+    );
+    c.holds(
+        who,
+        format_args!("TCP: closed both ways (state {state}, {attempts} connection attempt(s))"),
+        closing && matches!(state, tcp::State::TimeWait | tcp::State::Closed),
+    );
+}
