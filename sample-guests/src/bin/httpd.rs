@@ -1,0 +1,154 @@
+//! `httpd`: a domU serving HTTP on its virtual NIC (`pvguest_sdk::tcpip`:
+//! smoltcp over netfront), reached from the host through dom0's bridge,
+//! its uplink and QEMU's user network (`hostfwd` to 10.0.2.15:80).
+//!
+//! - Addressing: `dhcp` (QEMU's user network hands out 10.0.2.15 first)
+//!   or `ip=A.B.C.D/N gw=A.B.C.D`.
+//! - `GET /` answers `200` with a line naming the domain and counting the
+//!   requests; `GET /stop` answers `200 bye` and ends the domain once the
+//!   answer is out; anything else is `404`, a request line longer than
+//!   [`MAX_REQUEST`] or malformed `400`. One connection at a time
+//!   (HTTP/1.0: the server closes after each answer).
+//! - `requests=N` (default 100) and `s=S` (default 60) bound the service.
+#![no_std]
+#![no_main]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+use alloc::format;
+use alloc::string::String;
+use pvguest_sdk::check::Checks;
+use pvguest_sdk::cmdline::arg;
+use pvguest_sdk::store::Store;
+use pvguest_sdk::tcpip::{tcp, Addressing, Interface, Ipv4Address, Ipv4Cidr};
+use pvguest_sdk::{heap, println, sched, time, StartInfo};
+
+pvguest_sdk::entry!(main);
+
+/// Bytes of a request read at most (the request line and headers).
+const MAX_REQUEST: usize = 2048;
+const PORT: u16 = 80;
+
+fn word<'a>(cmd: &'a str, key: &str) -> Option<&'a str> {
+    cmd.split(' ').find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+}
+
+/// What to answer to `request` (the bytes read so far, complete).
+fn answer(request: &[u8], name: &str, served: u64) -> (String, bool) {
+    let line = request.split(|&b| b == b'\n').next().unwrap_or(&[]);
+    let line = core::str::from_utf8(line).unwrap_or("").trim_end_matches('\r');
+    let mut parts = line.split(' ');
+    let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let reply = |code: &str, body: &str| {
+        format!("HTTP/1.0 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+    };
+    match (method, path) {
+        ("GET", "/") => (reply("200 OK", &format!("Hello from {name}, a Ringfence domU (request {served})\n")), false),
+        ("GET", "/stop") => (reply("200 OK", "bye\n"), true),
+        ("GET", _) => (reply("404 Not Found", "no such page\n"), false),
+        _ => (reply("400 Bad Request", "bad request\n"), false),
+    }
+}
+
+fn main(si: &'static StartInfo) {
+    let cmd = si.cmdline();
+    heap::init(arg(cmd, "heap").unwrap_or(96)).expect("heap");
+    let who = si.name();
+    let mut c = Checks::new();
+    let mut store = Store::open().unwrap_or_else(|e| {
+        println!("httpd: no store: {e:?}");
+        sched::crash()
+    });
+    let addressing = if cmd.split(' ').any(|w| w == "dhcp") {
+        Addressing::Dhcp
+    } else {
+        let cidr = word(cmd, "ip").and_then(|s| s.parse::<Ipv4Cidr>().ok());
+        let gateway = word(cmd, "gw").and_then(|s| s.parse::<Ipv4Address>().ok());
+        match cidr {
+            Some(cidr) => Addressing::Static { cidr, gateway },
+            None => {
+                c.holds(who, format_args!("dhcp, or ip=A.B.C.D/N on the command line"), false);
+                c.verdict(who);
+                return;
+            }
+        }
+    };
+    let mut net = match Interface::open(&mut store, 0, addressing) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("httpd: no NIC: {e:?}");
+            sched::crash()
+        }
+    };
+    let deadline = time::now_ns() + arg(cmd, "s").unwrap_or(60) * 1_000_000_000;
+    let limit = arg(cmd, "requests").unwrap_or(100);
+    // The address: at once if static, once the lease comes under DHCP.
+    while net.ipv4().is_none() && time::now_ns() < deadline {
+        if net.poll().and_then(|_| net.wait(deadline)).is_err() {
+            break;
+        }
+    }
+    let Some(addr) = net.ipv4() else {
+        c.holds(who, format_args!("an address (DHCP lease or static)"), false);
+        c.verdict(who);
+        return;
+    };
+    if let Some(l) = net.lease() {
+        println!("httpd: DHCP lease {} from {} (router {:?})", l.address, l.server, l.router);
+    }
+    let s = net.add_tcp(4096, 4096);
+    if net.tcp_listen(s, PORT).is_err() {
+        c.holds(who, format_args!("listening on port {PORT}"), false);
+        c.verdict(who);
+        return;
+    }
+    println!("httpd: listening on {}:{PORT}", addr.address());
+    let (mut served, mut stop, mut bad) = (0u64, false, 0u64);
+    let mut req = [0u8; MAX_REQUEST];
+    let mut have = 0usize;
+    let mut answered = false;
+    while time::now_ns() < deadline && served < limit {
+        if net.poll().is_err() {
+            break;
+        }
+        let sock = net.tcp(s);
+        // Read the request until its blank line (or the cap).
+        while sock.can_recv() && have < req.len() && !answered {
+            match sock.recv_slice(&mut req[have..]) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => have += n,
+            }
+        }
+        let complete = req[..have].windows(4).any(|w| w == b"\r\n\r\n");
+        if !answered && (complete || have == req.len()) && sock.can_send() {
+            let (text, last) = if complete {
+                answer(&req[..have], who, served + 1)
+            } else {
+                bad += 1;
+                (String::from("HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n"), false)
+            };
+            let _ = sock.send_slice(text.as_bytes());
+            sock.close();
+            answered = true;
+            stop |= last;
+            served += 1;
+        }
+        // The connection is over: listen for the next one.
+        if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) && (answered || have > 0) {
+            sock.abort();
+            have = 0;
+            answered = false;
+            if stop {
+                break;
+            }
+            let _ = sock.listen(PORT);
+        }
+        if net.wait(deadline).is_err() {
+            break;
+        }
+    }
+    let _ = net.flush_tx(time::now_ns() + 1_000_000_000);
+    c.holds(who, format_args!("served {served} requests ({bad} malformed), stopped by GET /stop: {stop}"), stop);
+    c.verdict(who);
+}

@@ -1,0 +1,84 @@
+//! `net-http`: a domU's HTTP server (`sample-guests/src/bin/httpd.rs`,
+//! smoltcp over netfront) reached from the host with `curl`, through
+//! QEMU's user network (`hostfwd` to 10.0.2.15:80, the address its DHCP
+//! hands out first), dom0's real NIC as the bridge's uplink, the bridge
+//! and netback.
+
+use super::{entry, finish, need, Scenario};
+use crate::qemu::devices::Proto;
+use crate::qemu::Outcome;
+use crate::Result;
+use ringfence_bundle::Expect;
+use ringfence_bundle_writer::BundleWriter;
+use std::process::Command;
+use std::time::Duration;
+
+/// The line the server prints once it listens.
+const LISTENING: &str = "[web] httpd: listening on 10.0.2.15:80";
+/// Pages fetched before the stop.
+const FETCHES: u32 = 3;
+
+/// `curl -s` of `url`: the body, or why not.
+pub fn curl(url: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "--max-time", "20", "--retry", "3", "--retry-connrefused", url])
+        .output()
+        .map_err(|e| format!("running curl (is it installed?): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("curl {url}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    String::from_utf8(out.stdout).map_err(|e| format!("curl {url}: not UTF-8: {e}"))
+}
+
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![Scenario {
+        name: "net-http",
+        what: "a domU serves HTTP (smoltcp over its netfront, its address from QEMU's DHCP through the bridge and dom0's uplink) and the host fetches pages from it with curl through QEMU's port forward; each body names the domU and counts the requests, and GET /stop ends it",
+        bundle: |imgs| {
+            let mut w = BundleWriter::new();
+            let cmdline = "serve uplink=10 vif=web:10:02-00-00-00-00-80";
+            w.domain(
+                entry(imgs, "dom0", "dom0", 2560, cmdline, Expect::Poweroff)?
+                    .privileged(true)
+                    .dma_kib(512 + super::dom0_net::DMA_KIB),
+            );
+            w.domain(entry(imgs, "web", "httpd", 1536, "dhcp s=90", Expect::Poweroff)?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            rig.disk(4 << 20)?;
+            let nic = rig.nic(&[(Proto::Tcp, 80)])?;
+            let web = nic.host_addr(Proto::Tcp, 80)?;
+            rig.after_line(LISTENING, Duration::from_secs(60), move || {
+                let mut seen = Vec::new();
+                for i in 1..=FETCHES {
+                    let body = curl(&format!("http://{web}/"))?;
+                    let want = format!("Hello from web, a Ringfence domU (request {i})");
+                    if !body.contains(&want) {
+                        return Err(format!("fetch {i}: wanted {want:?}, got {body:?}"));
+                    }
+                    seen.push(body.trim().to_string());
+                }
+                let missing = curl(&format!("http://{web}/nothing"))?;
+                if !missing.contains("no such page") {
+                    return Err(format!("GET /nothing: got {missing:?}"));
+                }
+                let bye = curl(&format!("http://{web}/stop"))?;
+                if !bye.contains("bye") {
+                    return Err(format!("GET /stop: got {bye:?}"));
+                }
+                Ok(format!("curl fetched {FETCHES} pages from the domU: {:?}, a 404 and the stop", seen))
+            });
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            need(out, "[web] httpd: DHCP lease 10.0.2.15/24 from 10.0.2.2")?;
+            need(out, LISTENING)?;
+            need(out, &format!("[web] web: served {} requests (0 malformed), stopped by GET /stop: true: ok", FETCHES + 2))?;
+            Ok(())
+        },
+    }]
+}
