@@ -9,6 +9,7 @@
 mod blk;
 pub mod dom0_net;
 mod net_attack;
+mod net_http;
 mod net_split;
 pub mod rig;
 
@@ -1202,6 +1203,7 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
         .chain(blk::scenarios())
         .chain(net_split::scenarios())
         .chain(net_attack::scenarios())
+        .chain(net_http::scenarios())
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
         .collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.

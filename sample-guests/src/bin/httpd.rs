@@ -41,7 +41,10 @@ fn answer(request: &[u8], name: &str, served: u64) -> (String, bool) {
     let mut parts = line.split(' ');
     let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let reply = |code: &str, body: &str| {
-        format!("HTTP/1.0 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        format!(
+            "HTTP/1.0 {code}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
     };
     match (method, path) {
         ("GET", "/") => (reply("200 OK", &format!("Hello from {name}, a Ringfence domU (request {served})\n")), false),

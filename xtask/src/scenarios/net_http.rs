@@ -18,16 +18,52 @@ const LISTENING: &str = "[web] httpd: listening on 10.0.2.15:80";
 /// Pages fetched before the stop.
 const FETCHES: u32 = 3;
 
-/// `curl -s` of `url`: the body, or why not.
+/// `curl -s` of `url` (`http://127.0.0.1:PORT/PATH`): the body, or why
+/// not. Without curl on the machine (`.ci/run` installs it), the same GET
+/// by hand over a TCP socket, said so on stderr.
 pub fn curl(url: &str) -> Result<String> {
-    let out = Command::new("curl")
+    let out = match Command::new("curl")
         .args(["-s", "-S", "--max-time", "20", "--retry", "3", "--retry-connrefused", url])
         .output()
-        .map_err(|e| format!("running curl (is it installed?): {e}"))?;
+    {
+        Ok(out) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("net-http: no curl on this machine: fetching {url} with a plain TCP client");
+            return plain_get(url);
+        }
+        Err(e) => return Err(format!("running curl: {e}")),
+    };
     if !out.status.success() {
         return Err(format!("curl {url}: {} {}", out.status, String::from_utf8_lossy(&out.stderr).trim()));
     }
     String::from_utf8(out.stdout).map_err(|e| format!("curl {url}: not UTF-8: {e}"))
+}
+
+/// An HTTP/1.0 GET of `url` over a TCP socket: the body.
+fn plain_get(url: &str) -> Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").ok_or_else(|| format!("not an http URL: {url}"))?;
+    let (host, path) = rest.split_once('/').map_or((rest, String::from("/")), |(h, p)| (h, format!("/{p}")));
+    let mut last = String::new();
+    for _ in 0..4 {
+        match std::net::TcpStream::connect(host) {
+            Ok(mut s) => {
+                s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+                write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| format!("{url}: {e}"))?;
+                let mut reply = String::new();
+                s.read_to_string(&mut reply).map_err(|e| format!("{url}: {e}"))?;
+                return reply
+                    .split_once("\r\n\r\n")
+                    .map(|(_, b)| b.to_string())
+                    .ok_or_else(|| format!("{url}: no body in {reply:?}"));
+            }
+            Err(e) => {
+                last = e.to_string();
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    Err(format!("{url}: {last}"))
 }
 
 pub(super) fn scenarios() -> Vec<Scenario> {
@@ -81,4 +117,27 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             Ok(())
         },
     }]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plain_get;
+    use std::io::{Read, Write};
+
+    #[test]
+    fn the_plain_client_gets_the_body() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 256];
+            let n = s.read(&mut req).unwrap();
+            let line = String::from_utf8_lossy(&req[..n]).lines().next().unwrap_or("").to_string();
+            s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n").unwrap();
+            line
+        });
+        assert_eq!(plain_get(&format!("http://{addr}/x")).unwrap(), "hello\n");
+        assert_eq!(t.join().unwrap(), "GET /x HTTP/1.0");
+        assert!(plain_get("ftp://nowhere").is_err());
+    }
 }
