@@ -7,7 +7,7 @@
 //!   `carol` on VLAN 20 hears none of it; `mallory` on VLAN 10 broadcasts
 //!   frames posing as bob, which the bridge drops and counts as spoofed
 //!   (alice never sees one).
-//! - `net-echo`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
+//! - `net-tcp`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
 //!   over `netfront`): `client` pings `server` (ICMP echo, answered by
 //!   smoltcp's interface), has UDP datagrams echoed, then sends
 //!   [`ECHO_BYTES`] bytes of a known pattern over TCP and checks every
@@ -108,7 +108,7 @@ const ECHO_BYTES: u64 = 1024 * 1024;
 
 fn echo_scenario() -> Scenario {
     Scenario {
-        name: "net-echo",
+        name: "net-tcp",
         what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
@@ -146,6 +146,88 @@ fn echo_scenario() -> Scenario {
     }
 }
 
+/// Bytes the host sends through the domU's TCP echo server.
+const HOST_ECHO_BYTES: usize = 256 * 1024;
+
+/// The host's side of `net-echo`: connects to the domU's echo server
+/// through QEMU's forward (retrying while the guest is not listening yet:
+/// slirp accepts first and closes if the guest refuses), sends
+/// [`HOST_ECHO_BYTES`] of a pattern, and checks every byte that comes back.
+fn host_echo(addr: std::net::SocketAddr) -> crate::Result<String> {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let pattern: Vec<u8> = (0..HOST_ECHO_BYTES).map(|i| (i * 7 + i / 251) as u8).collect();
+    let until = Instant::now() + Duration::from_secs(40);
+    let mut last = String::new();
+    while Instant::now() < until {
+        let attempt = (|| -> std::result::Result<Vec<u8>, String> {
+            let mut s =
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+            let mut w = s.try_clone().map_err(|e| e.to_string())?;
+            let data = pattern.clone();
+            let writer = std::thread::spawn(move || -> std::result::Result<(), String> {
+                w.write_all(&data).map_err(|e| e.to_string())?;
+                w.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())
+            });
+            let mut back = Vec::new();
+            s.read_to_end(&mut back).map_err(|e| e.to_string())?;
+            writer.join().map_err(|_| "writer panicked".to_string())??;
+            Ok(back)
+        })();
+        match attempt {
+            Ok(back) if back.is_empty() => last = String::from("closed at once (not listening yet?)"),
+            Ok(back) => {
+                if back == pattern {
+                    return Ok(format!("host: {} bytes echoed by the domU, every one intact", back.len()));
+                }
+                let first = back.iter().zip(&pattern).position(|(a, b)| a != b);
+                return Err(format!(
+                    "host: {} bytes came back of {HOST_ECHO_BYTES}, first wrong at {first:?}",
+                    back.len()
+                ));
+            }
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    Err(format!("host: the domU's echo server never answered: {last}"))
+}
+
+/// `net-echo`: a domU's TCP echo server reached by the test's socket
+/// client through QEMU's forward and dom0's uplink.
+fn host_echo_scenario() -> Scenario {
+    Scenario {
+        name: "net-echo",
+        what: "a domU's TCP echo server (tcpecho on the SDK's tcpip, at 10.0.2.15 behind dom0's uplink) is reached by a socket client in the test through QEMU's port forward: 256 KiB go out and every byte comes back intact, and the domU sees the connection close",
+        bundle: |imgs| {
+            let mut w = BundleWriter::new();
+            let cmdline = format!("serve uplink=10 vif=echo:10:{SERVER}");
+            w.domain(
+                entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?
+                    .privileged(true)
+                    .dma_kib(512 + pvguest_sdk_dma_kib()),
+            );
+            w.domain(entry(imgs, "echo", "tcpecho", 2048, "role=server ip=10.0.2.15/24 port=7 conns=1 ms=60000", Expect::Poweroff)?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            rig.disk(4 << 20)?;
+            let nic = rig.nic(&[(crate::qemu::devices::Proto::Tcp, 7)])?;
+            let addr = nic.host_addr(crate::qemu::devices::Proto::Tcp, 7)?;
+            rig.after_line("[echo] tcpecho: echo up at 10.0.2.15/24", std::time::Duration::from_secs(60), move || host_echo(addr));
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            need(out, &format!("[echo] echo: served 1/1 connections, echoed {HOST_ECHO_BYTES} bytes: ok"))?;
+            Ok(())
+        },
+    }
+}
+
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![bridge_scenario(), uplink_scenario(), echo_scenario()]
+    vec![bridge_scenario(), uplink_scenario(), echo_scenario(), host_echo_scenario()]
 }
