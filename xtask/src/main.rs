@@ -131,11 +131,15 @@ fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qe
             eprintln!("xtask: disk: {what}: LBA {}, {} sectors", v.region.lba, v.region.sectors);
         }
     }
-    if !m.devices.nic_udp.is_empty() {
-        let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
+    let ports = m.devices.forwards();
+    if !ports.is_empty() {
         let nic = Nic::user(&ports)?;
-        for &(_, p) in &ports {
-            eprintln!("xtask: NIC: udp {} -> guest port {p}", nic.host_addr(Proto::Udp, p)?);
+        for &(proto, p) in &ports {
+            let addr = nic.host_addr(proto, p)?;
+            eprintln!("xtask: NIC: {} {addr} -> guest port {p}", proto.qemu_name());
+            if (proto, p) == (Proto::Tcp, 80) {
+                eprintln!("xtask: while it runs: curl http://{addr}/   (curl http://{addr}/stop ends the web domU)");
+            }
         }
         d.nic = Some(nic);
     }

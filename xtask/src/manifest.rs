@@ -134,9 +134,22 @@ pub struct DevicesToml {
     #[serde(default)]
     pub disk_mib: u64,
     /// A virtio-net NIC on QEMU's user network with a host forward to each
-    /// of these guest UDP ports (empty: no NIC).
+    /// of these guest UDP ports (no NIC if both lists are empty).
     #[serde(default)]
     pub nic_udp: Vec<u16>,
+    /// The same for guest TCP ports (a domU's web server behind dom0's
+    /// bridge, say).
+    #[serde(default)]
+    pub nic_tcp: Vec<u16>,
+}
+
+impl DevicesToml {
+    /// Every host forward the NIC gets: the UDP ports, then the TCP ones.
+    pub fn forwards(&self) -> Vec<(crate::qemu::devices::Proto, u16)> {
+        use crate::qemu::devices::Proto;
+        let udp = self.nic_udp.iter().map(|&p| (Proto::Udp, p));
+        udp.chain(self.nic_tcp.iter().map(|&p| (Proto::Tcp, p))).collect()
+    }
 }
 
 fn default_weight() -> u32 {
@@ -512,7 +525,11 @@ mod tests {
         assert!(m.disks.vbds.iter().all(|v| dom0_end.iter().all(|&e| v.region.lba >= e)));
         assert!(m.disks.disk_sectors() <= m.devices.disk_mib * MIB);
         let dom0 = m.domain.iter().find(|d| d.privileged).unwrap();
-        assert!(m.cmdline_of(dom0).starts_with("devices net net_serve_s=2 vbd=blk-log:raw:"), "{}", m.cmdline_of(dom0));
+        assert!(
+            m.cmdline_of(dom0).starts_with("devices uplink=10 vif=web:10:02-00-00-00-00-80 vbd=blk-log:raw:"),
+            "{}",
+            m.cmdline_of(dom0)
+        );
     }
 
     #[test]

@@ -111,7 +111,7 @@ fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "demo",
-            what: "the `cargo xtask run` demo passes with every domain as expected, among them three domUs on virtual disks dom0 serves from the manifest (a raw-slice log, two overlays on one template), whose logs the host finds on the image with the template intact",
+            what: "the `cargo xtask run` demo passes with every domain as expected, among them three domUs on virtual disks dom0 serves from the manifest (a raw-slice log, two overlays on one template), whose logs the host finds on the image with the template intact, and a web server domU behind dom0's bridge and uplink whose page the host fetches with curl",
             bundle: |imgs| {
                 let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
                 let p = images::pack_manifest(imgs, &m)?;
@@ -130,6 +130,9 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[dom0] blk: virtio-blk at 00:02.0: 131072 sectors (64 MiB), GSI 22, port ")?;
                 need(out, "[dom0] blk: wrote 384 sectors at LBA 8192 (seed 0xd00b1c), flushed")?;
                 demo_disks(out)?;
+                // The web domU, reached by the host's curl (demo_rig).
+                need(out, "[web] httpd: listening on 10.0.2.15:80")?;
+                need(out, "[web] web: served 2 requests (0 malformed), stopped by GET /stop: true: ok")?;
                 need(out, "(rf) verdict: PASS")?;
                 interleaved(out, "[hello] hello round", "[ticker] tick ")?;
                 sse_intact(out, "[hello] hello round", 4)?;
@@ -1577,9 +1580,22 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 /// image ([`blk::check_manifest_disks`]).
 fn demo_rig(rig: &mut Rig) -> Result<()> {
     let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
-    if !m.devices.nic_udp.is_empty() {
-        let ports: Vec<(Proto, u16)> = m.devices.nic_udp.iter().map(|&p| (Proto::Udp, p)).collect();
-        rig.nic(&ports)?;
+    let ports = m.devices.forwards();
+    if !ports.is_empty() {
+        let nic = rig.nic(&ports)?;
+        // The demo's web domU: fetch its page from the host, as a user
+        // would with curl, then end it.
+        if ports.contains(&(Proto::Tcp, 80)) {
+            let web = nic.host_addr(Proto::Tcp, 80)?;
+            rig.after_line("[web] httpd: listening on ", std::time::Duration::from_secs(90), move || {
+                let body = net_http::curl(&format!("http://{web}/"))?;
+                if !body.contains("Hello from web, a Ringfence domU") {
+                    return Err(format!("the demo's web page: {body:?}"));
+                }
+                net_http::curl(&format!("http://{web}/stop"))?;
+                Ok(format!("curl fetched the demo's web page: {:?}", body.trim()))
+            });
+        }
     }
     if m.devices.disk_mib > 0 {
         let image = rig.disk(m.devices.disk_mib << 20)?;

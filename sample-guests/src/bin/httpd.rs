@@ -9,7 +9,9 @@
 //!   answer is out; anything else is `404`, a request line longer than
 //!   [`MAX_REQUEST`] or malformed `400`. One connection at a time
 //!   (HTTP/1.0: the server closes after each answer).
-//! - `requests=N` (default 100) and `s=S` (default 60) bound the service.
+//! - `requests=N` (default 100) and `s=S` (default 60) bound the service;
+//!   with `timed` (the demo), ending at `S` seconds without a `GET /stop`
+//!   is as expected too.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -152,6 +154,11 @@ fn main(si: &'static StartInfo) {
         }
     }
     let _ = net.flush_tx(time::now_ns() + 1_000_000_000);
-    c.holds(who, format_args!("served {served} requests ({bad} malformed), stopped by GET /stop: {stop}"), stop);
+    let timed = cmd.split(' ').any(|w| w == "timed");
+    c.holds(
+        who,
+        format_args!("served {served} requests ({bad} malformed), stopped by GET /stop: {stop}"),
+        stop || timed,
+    );
     c.verdict(who);
 }

@@ -155,7 +155,7 @@ pub enum Proto {
 }
 
 impl Proto {
-    fn qemu_name(self) -> &'static str {
+    pub fn qemu_name(self) -> &'static str {
         match self {
             Proto::Udp => "udp",
             Proto::Tcp => "tcp",
