@@ -76,13 +76,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{Config, Context, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
-use smoltcp::socket::dhcpv4;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 pub use smoltcp;
 pub use smoltcp::iface::{PollResult, SocketHandle};
-pub use smoltcp::socket::{icmp, tcp, udp};
+pub use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
 pub use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr};
 
 /// Bytes of the largest Ethernet frame sent (header and a 1500-byte IP
@@ -442,6 +441,15 @@ impl Interface {
     pub fn add_icmp(&mut self, packets: usize, bytes: usize) -> SocketHandle {
         let buf = || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; packets], vec![0u8; bytes]);
         self.sockets.add(icmp::Socket::new(buf(), buf()))
+    }
+
+    /// The interface's own DHCPv4 socket, under [`Addressing::Dhcp`]: to
+    /// tune it (its retry timings: smoltcp's default waits 10 s before it
+    /// asks again), never to poll it (the interface does, and applies the
+    /// lease).
+    pub fn dhcp_socket(&mut self) -> Option<&mut dhcpv4::Socket<'static>> {
+        let h = self.dhcp?;
+        Some(self.sockets.get_mut::<dhcpv4::Socket>(h))
     }
 
     /// Removes a socket (its buffers are freed). Panics if `h` names the

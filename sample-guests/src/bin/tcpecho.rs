@@ -1,13 +1,15 @@
 //! `tcpecho`: TCP/IP between domUs, on the SDK's `tcpip` (smoltcp over
 //! the virtual NIC, `netfront`), through dom0's netback and bridge.
 //!
-//! - `role=server ip=CIDR port=P conns=C`: a TCP echo server on port `P`
-//!   (every byte received goes back on the same connection; a peer's FIN
-//!   is answered with ours once all is echoed) and a UDP echo service on
-//!   the same port number. It ends after `C` connections (default 1) have
-//!   closed. ARP and ICMP echo requests are answered by the interface
-//!   itself.
-//! - `role=client ip=CIDR server=IP port=P bytes=N`: pings the server
+//! - `role=server ip=CIDR port=P conns=C [dhcp=IP]`: a TCP echo server on
+//!   port `P` (every byte received goes back on the same connection; a
+//!   peer's FIN is answered with ours once all is echoed) and a UDP echo
+//!   service on the same port number. It ends after `C` connections
+//!   (default 1) have closed. ARP and ICMP echo requests are answered by
+//!   the interface itself. With `dhcp=IP` it is also a DHCP server with
+//!   that one address to give (in its own subnet, no router).
+//! - `role=client ip=CIDR|dhcp server=IP port=P bytes=N`: (with
+//!   `ip=dhcp`, first takes a lease and checks it was applied) pings the server
 //!   (ICMP echo, `pings=` of them, default 3; the first also resolves its
 //!   MAC by ARP), has UDP datagrams of 1, 512 and 1472 bytes echoed, then
 //!   connects over TCP, sends `N` bytes of a known pattern, checks every
@@ -28,8 +30,11 @@ use pvguest_sdk::check::Checks;
 use pvguest_sdk::cmdline::arg;
 use pvguest_sdk::store::Store;
 use pvguest_sdk::tcpip::smoltcp::phy::ChecksumCapabilities;
-use pvguest_sdk::tcpip::smoltcp::wire::{Icmpv4Packet, Icmpv4Repr};
-use pvguest_sdk::tcpip::{icmp, tcp, udp, Addressing, Interface, IpAddress, IpEndpoint, Ipv4Address, Ipv4Cidr};
+use pvguest_sdk::tcpip::smoltcp::time::Duration;
+use pvguest_sdk::tcpip::smoltcp::wire::{
+    DhcpMessageType, DhcpPacket, DhcpRepr, Icmpv4Packet, Icmpv4Repr, DHCP_CLIENT_PORT, DHCP_SERVER_PORT,
+};
+use pvguest_sdk::tcpip::{dhcpv4, icmp, tcp, udp, Addressing, Interface, IpAddress, IpEndpoint, Ipv4Address, Ipv4Cidr};
 use pvguest_sdk::{heap, println, sched, time, StartInfo};
 
 pvguest_sdk::entry!(main);
@@ -64,27 +69,42 @@ fn main(si: &'static StartInfo) {
     heap::init(arg(cmd, "heap").unwrap_or(128)).expect("heap");
     let who = si.name();
     let mut c = Checks::new();
-    let Some(cidr) = word(cmd, "ip").and_then(|s| s.parse::<Ipv4Cidr>().ok()) else {
-        c.holds(who, format_args!("an ip=A.B.C.D/N on the command line"), false);
+    let addressing = match word(cmd, "ip") {
+        Some("dhcp") => Addressing::Dhcp,
+        Some(s) => match s.parse::<Ipv4Cidr>() {
+            Ok(cidr) => Addressing::Static { cidr, gateway: None },
+            Err(_) => Addressing::Dhcp,
+        },
+        None => Addressing::Dhcp,
+    };
+    if word(cmd, "ip").is_some_and(|s| s != "dhcp" && addressing == Addressing::Dhcp) {
+        c.holds(who, format_args!("ip=A.B.C.D/N or ip=dhcp on the command line"), false);
         c.verdict(who);
         return;
-    };
+    }
     let port = arg(cmd, "port").and_then(|p| u16::try_from(p).ok()).unwrap_or(7);
     let deadline = time::now_ns() + arg(cmd, "ms").unwrap_or(20_000) * 1_000_000;
     let mut store = Store::open().unwrap_or_else(|e| {
         println!("tcpecho: no store: {e:?}");
         sched::crash()
     });
-    let mut net = match Interface::open(&mut store, 0, Addressing::Static { cidr, gateway: None }) {
+    let mut net = match Interface::open(&mut store, 0, addressing) {
         Ok(n) => n,
         Err(e) => {
             println!("tcpecho: no NIC: {e:?}");
             sched::crash()
         }
     };
-    println!("tcpecho: {} up at {cidr}, MAC {:02x?}", who, net.nic().mac());
+    println!("tcpecho: {} up, MAC {:02x?}, {addressing:?}", who, net.nic().mac());
+    if addressing == Addressing::Dhcp && !lease(&mut net, &mut c, who, deadline) {
+        c.verdict(who);
+        return;
+    }
     match word(cmd, "role").unwrap_or("") {
-        "server" => server(&mut net, &mut c, who, port, arg(cmd, "conns").unwrap_or(1), deadline),
+        "server" => {
+            let offer = word(cmd, "dhcp").and_then(|s| s.parse::<Ipv4Address>().ok());
+            server(&mut net, &mut c, who, (port, offer), arg(cmd, "conns").unwrap_or(1), deadline)
+        }
         "client" => match word(cmd, "server").and_then(|s| s.parse::<Ipv4Address>().ok()) {
             Some(peer) => client(&mut net, &mut c, who, cmd, (peer, port), deadline),
             None => c.holds(who, format_args!("a server=A.B.C.D on the command line"), false),
@@ -97,6 +117,32 @@ fn main(si: &'static StartInfo) {
     c.verdict(who);
 }
 
+/// Waits for a DHCP lease: whether one came.
+fn lease(net: &mut Interface, c: &mut Checks, who: &str, deadline: u64) -> bool {
+    // Ask again every 250 ms, not smoltcp's 10 s: the server may come up
+    // after our first DISCOVER.
+    if let Some(d) = net.dhcp_socket() {
+        let mut retry = dhcpv4::RetryConfig::default();
+        retry.discover_timeout = Duration::from_millis(250);
+        retry.initial_request_timeout = Duration::from_millis(250);
+        d.set_retry_config(retry);
+    }
+    let started = time::now_ns();
+    while net.lease().is_none() && time::now_ns() < deadline {
+        if !step(net, deadline) {
+            return false;
+        }
+    }
+    let ms = (time::now_ns() - started) / 1_000_000;
+    let Some((address, server)) = net.lease().map(|l| (l.address, l.server)) else {
+        c.holds(who, format_args!("a DHCP lease within the time limit"), false);
+        return false;
+    };
+    let applied = net.ipv4() == Some(address);
+    c.holds(who, format_args!("DHCP lease of {address} from {server} applied to the interface ({ms} ms)"), applied);
+    applied
+}
+
 /// Polls, then waits until the next frame, smoltcp's next timer or
 /// `until`; false (and a printed reason) once the NIC is unusable.
 fn step(net: &mut Interface, until: u64) -> bool {
@@ -107,7 +153,20 @@ fn step(net: &mut Interface, until: u64) -> bool {
     true
 }
 
-fn server(net: &mut Interface, c: &mut Checks, who: &str, port: u16, conns: u64, deadline: u64) {
+fn server(
+    net: &mut Interface,
+    c: &mut Checks,
+    who: &str,
+    ports: (u16, Option<Ipv4Address>),
+    conns: u64,
+    deadline: u64,
+) {
+    let (port, offer) = ports;
+    let mut dhcp = offer.map(|ip| {
+        let h = net.add_udp(4, 4 * 600);
+        let _ = net.udp(h).bind(DHCP_SERVER_PORT);
+        (h, ip, DhcpCounts::default())
+    });
     let s = net.add_tcp(TCP_BUF, TCP_BUF);
     let u = net.add_udp(8, 8 * 1500);
     if let Err(e) = net.udp(u).bind(port) {
@@ -136,6 +195,9 @@ fn server(net: &mut Interface, c: &mut Checks, who: &str, port: u16, conns: u64,
                 Err(udp::RecvError::Truncated) => {}
                 Err(udp::RecvError::Exhausted) => break,
             }
+        }
+        if let Some((h, ip, counts)) = dhcp.as_mut() {
+            dhcp_serve(net, *h, *ip, counts);
         }
         // TCP: what came in goes out, as far as the send buffer has room.
         let sock = net.tcp(s);
@@ -175,6 +237,91 @@ fn server(net: &mut Interface, c: &mut Checks, who: &str, port: u16, conns: u64,
     }
     c.holds(who, format_args!("served {served}/{conns} connections, echoed {echoed} bytes"), served == conns);
     println!("tcpecho: {who} echoed {udp_echoed} UDP datagrams");
+    if let Some((_, ip, n)) = dhcp {
+        c.holds(
+            who,
+            format_args!(
+                "DHCP: offered {ip} {} time(s), acknowledged {} request(s), refused {}",
+                n.offers, n.acks, n.naks
+            ),
+            n.offers >= 1 && n.acks >= 1 && n.naks == 0,
+        );
+    }
+}
+
+/// What the DHCP service answered.
+#[derive(Default)]
+struct DhcpCounts {
+    offers: u32,
+    acks: u32,
+    naks: u32,
+}
+
+/// A DHCP server with one address to give (`dhcp=IP`): it offers `ip` to
+/// any DISCOVER, acknowledges a REQUEST for it (and refuses one for any
+/// other), every answer broadcast. Datagrams that do not parse as DHCP
+/// are ignored (checked parsing only).
+fn dhcp_serve(net: &mut Interface, h: pvguest_sdk::tcpip::SocketHandle, ip: Ipv4Address, n: &mut DhcpCounts) {
+    let Some(me) = net.ipv4() else { return };
+    let mut buf = [0u8; 600];
+    loop {
+        let sock = net.udp(h);
+        if !sock.can_send() {
+            return;
+        }
+        let Ok((len, _)) = sock.recv_slice(&mut buf) else { return };
+        let Ok(pkt) = DhcpPacket::new_checked(&buf[..len]) else { continue };
+        let Ok(req) = DhcpRepr::parse(&pkt) else { continue };
+        let (kind, yours) = match req.message_type {
+            DhcpMessageType::Discover => (DhcpMessageType::Offer, ip),
+            DhcpMessageType::Request => {
+                let wanted = req.requested_ip.unwrap_or(req.client_ip);
+                let ours = req.server_identifier.is_none_or(|s| s == me.address());
+                if !ours {
+                    continue; // another server's offer was taken
+                }
+                if wanted == ip {
+                    (DhcpMessageType::Ack, ip)
+                } else {
+                    (DhcpMessageType::Nak, Ipv4Address::UNSPECIFIED)
+                }
+            }
+            _ => continue,
+        };
+        let answer = DhcpRepr {
+            message_type: kind,
+            transaction_id: req.transaction_id,
+            secs: 0,
+            client_hardware_address: req.client_hardware_address,
+            client_ip: Ipv4Address::UNSPECIFIED,
+            your_ip: yours,
+            server_ip: me.address(),
+            router: None,
+            subnet_mask: Some(me.netmask()),
+            relay_agent_ip: Ipv4Address::UNSPECIFIED,
+            broadcast: true,
+            requested_ip: None,
+            client_identifier: None,
+            server_identifier: Some(me.address()),
+            parameter_request_list: None,
+            dns_servers: None,
+            max_size: None,
+            lease_duration: Some(3600),
+            renew_duration: None,
+            rebind_duration: None,
+            additional_options: &[],
+        };
+        let to = IpEndpoint::new(IpAddress::Ipv4(Ipv4Address::BROADCAST), DHCP_CLIENT_PORT);
+        let Ok(out) = net.udp(h).send(answer.buffer_len(), to) else { return };
+        out.fill(0);
+        if answer.emit(&mut DhcpPacket::new_unchecked(out)).is_ok() {
+            match kind {
+                DhcpMessageType::Offer => n.offers += 1,
+                DhcpMessageType::Ack => n.acks += 1,
+                _ => n.naks += 1,
+            }
+        }
+    }
 }
 
 fn client(net: &mut Interface, c: &mut Checks, who: &str, cmd: &str, peer: (Ipv4Address, u16), deadline: u64) {

@@ -8,8 +8,9 @@
 //!   frames posing as bob, which the bridge drops and counts as spoofed
 //!   (alice never sees one).
 //! - `net-echo`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
-//!   over `netfront`): `client` pings `server` (ICMP echo, answered by
-//!   smoltcp's interface), has UDP datagrams echoed, then sends
+//!   over `netfront`): `client` takes its address by DHCP from `server`
+//!   (which has one to give), pings it (ICMP echo, answered by smoltcp's
+//!   interface), has UDP datagrams echoed, then sends
 //!   [`ECHO_BYTES`] bytes of a known pattern over TCP and checks every
 //!   echoed byte, and both sides close.
 
@@ -68,18 +69,18 @@ const ECHO_BYTES: u64 = 1024 * 1024;
 fn echo_scenario() -> Scenario {
     Scenario {
         name: "net-echo",
-        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
+        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client takes its address by DHCPv4 from the server, pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve vif=server:30:{SERVER} vif=client:30:{CLIENT}");
             w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
-            w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=1 ms=20000", Expect::Poweroff)?);
+            w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=1 dhcp=10.0.3.2 ms=20000", Expect::Poweroff)?);
             w.domain(entry(
                 imgs,
                 "client",
                 "tcpecho",
                 2048,
-                &format!("role=client ip=10.0.3.2/24 server=10.0.3.1 port=7 bytes={ECHO_BYTES} ms=20000"),
+                &format!("role=client ip=dhcp server=10.0.3.1 port=7 bytes={ECHO_BYTES} ms=20000"),
                 Expect::Poweroff,
             )?);
             finish(w, imgs)
@@ -93,6 +94,9 @@ fn echo_scenario() -> Scenario {
         }),
         expect: Outcome::Pass,
         check: |out| {
+            need(out, "[client] client: DHCP lease of 10.0.3.2/24 from 10.0.3.1 applied to the interface")?;
+            need(out, "[server] server: DHCP: offered 10.0.3.2 ")?;
+            need(out, ", refused 0: ok")?;
             need(out, "[client] client: 3/3 pings of 10.0.3.1 answered, intact")?;
             need(out, "[client] client: 3/3 UDP datagrams ([1, 512, 1472] bytes) echoed intact: ok")?;
             need(out, &format!("[client] client: TCP: sent {ECHO_BYTES} bytes, {ECHO_BYTES} echoed, 0 wrong (first at None)"))?;
