@@ -11,7 +11,9 @@
 //! - `role=client ip=CIDR|dhcp server=IP port=P bytes=N`: (with
 //!   `ip=dhcp`, first takes a lease and checks it was applied) pings the server
 //!   (ICMP echo, `pings=` of them, default 3; the first also resolves its
-//!   MAC by ARP), has UDP datagrams of 1, 512 and 1472 bytes echoed, then
+//!   MAC by ARP), has UDP datagrams of 1, 512 and 1472 bytes echoed and
+//!   then a burst of 64 full-size ones at once (more than the NIC has tx
+//!   pages: every echo that comes back must be intact), then
 //!   connects over TCP, sends `N` bytes of a known pattern, checks every
 //!   echoed byte against it, closes, and waits for the server's FIN. It
 //!   prints one result line per check.
@@ -54,6 +56,10 @@ const PING_IDENT: u16 = 0x7463;
 const DATAGRAMS: [usize; 3] = [1, 512, 1472];
 /// How long the client waits for one answer before asking again (ns).
 const RETRY_NS: u64 = 100_000_000;
+/// Datagrams in the client's UDP burst (twice the NIC's tx pages).
+const BURST: usize = 2 * pvguest_sdk::netfront::TX_POOL;
+/// How long the client waits for the burst's echoes (ns).
+const BURST_WAIT_NS: u64 = 1_000_000_000;
 /// How long the client keeps polling after the TCP exchange (ns).
 const LINGER_NS: u64 = 50_000_000;
 /// How often it asks (pings, datagrams, connection attempts).
@@ -117,6 +123,63 @@ fn main(si: &'static StartInfo) {
     c.verdict(who);
 }
 
+/// The client's burst: [`BURST`] full-size datagrams queued at once, more
+/// than the NIC's [`pvguest_sdk::netfront::TX_POOL`] tx pages, so that the
+/// device layer's back-pressure (its deferred slot) may come into play;
+/// every echo that comes back must be intact and unique. UDP may lose
+/// datagrams (a receiver without room drops them): the check is on what
+/// arrives, and at least half must.
+fn burst(net: &mut Interface, c: &mut Checks, who: &str, to: (Ipv4Address, u16), deadline: u64) {
+    const LEN: usize = 1472;
+    let b = net.add_udp(BURST, BURST * LEN);
+    let _ = net.udp(b).bind(40008);
+    let before = net.phy_stats();
+    let mut dgram = [0u8; LEN];
+    let mut queued = 0;
+    for k in 0..BURST as u32 {
+        dgram[..4].copy_from_slice(&k.to_le_bytes());
+        for (i, x) in dgram[4..].iter_mut().enumerate() {
+            *x = pattern(i as u64 + u64::from(k) * 7919);
+        }
+        queued += u32::from(net.udp(b).send_slice(&dgram, IpEndpoint::from(to)).is_ok());
+    }
+    let (mut seen, mut intact, mut wrong) = ([false; BURST], 0u32, 0u32);
+    let until = (time::now_ns() + BURST_WAIT_NS).min(deadline);
+    let mut buf = [0u8; 2048];
+    while time::now_ns() < until && intact < queued {
+        if !step(net, until) {
+            return;
+        }
+        while let Ok((n, _)) = net.udp(b).recv_slice(&mut buf) {
+            let k = buf.get(..4).map(|h| u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize);
+            let ok = n == LEN
+                && k.is_some_and(|k| {
+                    k < BURST
+                        && !seen[k]
+                        && buf[4..n].iter().enumerate().all(|(i, &x)| x == pattern(i as u64 + k as u64 * 7919))
+                });
+            match (ok, k) {
+                (true, Some(k)) => {
+                    seen[k] = true;
+                    intact += 1;
+                }
+                _ => wrong += 1,
+            }
+        }
+    }
+    let after = net.phy_stats();
+    let (deferred, lost) = (after.tx_deferred - before.tx_deferred, after.tx_lost - before.tx_lost);
+    c.holds(
+        who,
+        format_args!(
+            "UDP burst: {queued}/{BURST} queued, {intact} echoed intact, {wrong} wrong ({deferred} deferred, {lost} \
+             lost at the NIC)"
+        ),
+        queued == BURST as u32 && wrong == 0 && intact >= queued / 2,
+    );
+    net.remove(b);
+}
+
 /// Waits for a DHCP lease: whether one came.
 fn lease(net: &mut Interface, c: &mut Checks, who: &str, deadline: u64) -> bool {
     // Ask again every 250 ms, not smoltcp's 10 s: the server may come up
@@ -168,7 +231,7 @@ fn server(
         (h, ip, DhcpCounts::default())
     });
     let s = net.add_tcp(TCP_BUF, TCP_BUF);
-    let u = net.add_udp(8, 8 * 1500);
+    let u = net.add_udp(BURST, BURST * 1500);
     if let Err(e) = net.udp(u).bind(port) {
         c.holds(who, format_args!("UDP port {port} bound ({e:?})"), false);
         return;
@@ -396,6 +459,8 @@ fn client(net: &mut Interface, c: &mut Checks, who: &str, cmd: &str, peer: (Ipv4
         format_args!("{intact}/{} UDP datagrams ({DATAGRAMS:?} bytes) echoed intact", DATAGRAMS.len()),
         intact == DATAGRAMS.len() as u32,
     );
+
+    burst(net, c, who, (server, port), deadline);
 
     // TCP echo.
     let s = net.add_tcp(TCP_BUF, TCP_BUF);

@@ -10,7 +10,8 @@
 //! - `net-echo`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
 //!   over `netfront`): `client` takes its address by DHCP from `server`
 //!   (which has one to give), pings it (ICMP echo, answered by smoltcp's
-//!   interface), has UDP datagrams echoed, then sends
+//!   interface), has UDP datagrams echoed (three sizes, then a burst of
+//!   64 queued at once: more than the NIC's tx pages), then sends
 //!   [`ECHO_BYTES`] bytes of a known pattern over TCP and checks every
 //!   echoed byte, and both sides close.
 
@@ -69,7 +70,7 @@ const ECHO_BYTES: u64 = 1024 * 1024;
 fn echo_scenario() -> Scenario {
     Scenario {
         name: "net-echo",
-        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client takes its address by DHCPv4 from the server, pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
+        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client takes its address by DHCPv4 from the server, pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, and a burst of 64 full-size ones queued at once (more than the NIC's tx pages) with every echo intact, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve vif=server:30:{SERVER} vif=client:30:{CLIENT}");
@@ -99,6 +100,9 @@ fn echo_scenario() -> Scenario {
             need(out, ", refused 0: ok")?;
             need(out, "[client] client: 3/3 pings of 10.0.3.1 answered, intact")?;
             need(out, "[client] client: 3/3 UDP datagrams ([1, 512, 1472] bytes) echoed intact: ok")?;
+            need(out, "[client] client: UDP burst: 64/64 queued, ")?;
+            need(out, "echoed intact, 0 wrong (")?;
+            need(out, " lost at the NIC): ok")?;
             need(out, &format!("[client] client: TCP: sent {ECHO_BYTES} bytes, {ECHO_BYTES} echoed, 0 wrong (first at None)"))?;
             need(out, "[client] client: TCP: closed both ways")?;
             need(out, &format!("[server] server: served 1/1 connections, echoed {ECHO_BYTES} bytes: ok"))?;
