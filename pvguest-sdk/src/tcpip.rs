@@ -34,8 +34,8 @@
 //! - The [`NetDevice`] is the [`Interface`]'s for its life (through
 //!   [`NicPhy`]); guest code reaches it only through
 //!   [`Interface::nic`] (its MAC and counters) and [`Interface::flush_tx`].
-//!   The interface's address is the NIC's MAC: the bridge drops frames
-//!   from any other source.
+//!   The interface's hardware address is the NIC's MAC (the bridge drops
+//!   frames from any other source).
 //! - Sockets live in the interface's set; a [`SocketHandle`] names one of
 //!   them. Their buffers are the heap's, sized by the caller when the
 //!   socket is added. The caller drives the stack: nothing runs in event
@@ -53,9 +53,10 @@
 //!   verifies every checksum (no offload is claimed either way): anything
 //!   from the network is hostile input, and what does not parse is
 //!   dropped by smoltcp, not by us. Nothing here panics on input.
-//! - A TCP window is capped at [`MAX_BURST`] segments (smoltcp's
-//!   `max_burst_size`), so that a peer filling it does not overrun the
-//!   NIC's [`crate::netfront::RX_POOL`] posted rx pages.
+//! - The TCP window this side advertises is capped at [`MAX_BURST`]
+//!   segments (smoltcp's `max_burst_size`), so that a peer filling it
+//!   does not overrun the NIC's [`crate::netfront::RX_POOL`] posted rx
+//!   pages (the backend drops a frame that finds none).
 //! - Transmit back-pressure: when every tx page is in flight
 //!   ([`NetError::Busy`]), the frame smoltcp just built waits in one
 //!   deferred slot; while it waits, smoltcp is given no transmit token
@@ -314,7 +315,9 @@ pub struct Lease {
     pub dns_servers: Vec<Ipv4Address>,
 }
 
-/// Why a socket call through the [`Interface`] failed.
+/// Why a call through the [`Interface`] failed (with `From<NetError>`, so
+/// that a guest's own function can `?` both [`Interface::poll`] and the
+/// socket calls).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TcpipError {
     /// The NIC (opening it, or it broke).
@@ -493,6 +496,9 @@ impl Interface {
     /// what the DHCP socket learnt: whether any socket's state may have
     /// changed. Fails once the NIC is unusable.
     pub fn poll(&mut self) -> Result<PollResult, NetError> {
+        if let Some(e) = self.phy.broken.clone() {
+            return Err(e);
+        }
         let r = self.iface.poll(now(), &mut self.phy, &mut self.sockets);
         if let Some(e) = self.phy.broken.clone() {
             return Err(e);

@@ -8,15 +8,17 @@
 //!   (default 1) have closed. ARP and ICMP echo requests are answered by
 //!   the interface itself. With `dhcp=IP` it is also a DHCP server with
 //!   that one address to give (in its own subnet, no router).
-//! - `role=client ip=CIDR|dhcp server=IP port=P bytes=N`: (with
+//! - `role=client ip=CIDR|dhcp server=IP port=P bytes=N conns=C`: (with
 //!   `ip=dhcp`, first takes a lease and checks it was applied) pings the server
 //!   (ICMP echo, `pings=` of them, default 3; the first also resolves its
 //!   MAC by ARP), has UDP datagrams of 1, 512 and 1472 bytes echoed and
 //!   then a burst of 64 full-size ones at once (more than the NIC has tx
 //!   pages: every echo that comes back must be intact), then
 //!   connects over TCP, sends `N` bytes of a known pattern, checks every
-//!   echoed byte against it, closes, and waits for the server's FIN. It
-//!   prints one result line per check.
+//!   echoed byte against it, closes, and waits for the server's FIN; then
+//!   does the same `C - 1` more times (default `C` 1) with `N / 10`
+//!   bytes, each from a new local port. It prints one result line per
+//!   check.
 //!
 //! Both take `ms=T` (default 20000): the time limit of the whole run. Every
 //! byte that arrives is the network's: the checks compare it with what was
@@ -462,7 +464,19 @@ fn client(net: &mut Interface, c: &mut Checks, who: &str, cmd: &str, peer: (Ipv4
 
     burst(net, c, who, (server, port), deadline);
 
-    // TCP echo.
+    // TCP echo: the first connection carries `bytes`, any later one (to
+    // check that the server listens again) a tenth of that.
+    let conns = arg(cmd, "conns").unwrap_or(1);
+    for k in 1..=conns {
+        let n = if k == 1 { bytes } else { bytes / 10 };
+        tcp_echo(net, c, who, k, (server, port), n, deadline);
+    }
+}
+
+/// TCP connection number `k` to the echo server: `bytes` of the pattern
+/// out, every echoed one checked, both sides closed.
+fn tcp_echo(net: &mut Interface, c: &mut Checks, who: &str, k: u64, to: (Ipv4Address, u16), bytes: u64, deadline: u64) {
+    let (server, port) = to;
     let s = net.add_tcp(TCP_BUF, TCP_BUF);
     let started = time::now_ns();
     let (mut sent, mut received, mut bad, mut first_bad) = (0u64, 0u64, 0u64, None);
@@ -540,12 +554,14 @@ fn client(net: &mut Interface, c: &mut Checks, who: &str, cmd: &str, peer: (Ipv4
     let state = net.tcp(s).state();
     c.holds(
         who,
-        format_args!("TCP: sent {sent} bytes, {received} echoed, {bad} wrong (first at {first_bad:?}), in {ms} ms"),
+        format_args!("TCP {k}: sent {sent} bytes, {received} echoed, {bad} wrong (first at {first_bad:?}), in {ms} ms"),
         sent == bytes && received == bytes && bad == 0,
     );
     c.holds(
         who,
-        format_args!("TCP: closed both ways (state {state}, {attempts} connection attempt(s))"),
+        format_args!("TCP {k}: closed both ways (state {state}, {attempts} connection attempt(s))"),
         closing && matches!(state, tcp::State::TimeWait | tcp::State::Closed),
     );
+    // The socket's TIME-WAIT is ours to drop: the server has its final ACK.
+    net.remove(s);
 }
