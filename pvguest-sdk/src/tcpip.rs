@@ -169,9 +169,7 @@ impl NicPhy {
     }
 
     fn note(&mut self, e: NetError) {
-        if matches!(e, NetError::Protocol | NetError::NotConnected) && self.broken.is_none() {
-            self.broken = Some(e);
-        }
+        note(&mut self.broken, e);
     }
 
     /// Sends the deferred frame if there is one: whether the slot is free
@@ -194,6 +192,14 @@ impl NicPhy {
                 self.broken.is_none()
             }
         }
+    }
+}
+
+/// Keeps the first error after which the NIC is unusable (the backend
+/// broke the protocol or went away); others concern one frame only.
+fn note(broken: &mut Option<NetError>, e: NetError) {
+    if matches!(e, NetError::Protocol | NetError::NotConnected) && broken.is_none() {
+        *broken = Some(e);
     }
 }
 
@@ -244,9 +250,7 @@ impl phy::TxToken for TxToken<'_> {
             }
             Err(e) => {
                 p.stats.tx_lost += 1;
-                if matches!(e, NetError::Protocol | NetError::NotConnected) && p.broken.is_none() {
-                    *p.broken = Some(e);
-                }
+                note(p.broken, e);
             }
         }
         r

@@ -78,18 +78,15 @@ fn main(si: &'static StartInfo) {
     let who = si.name();
     let mut c = Checks::new();
     let addressing = match word(cmd, "ip") {
-        Some("dhcp") => Addressing::Dhcp,
-        Some(s) => match s.parse::<Ipv4Cidr>() {
-            Ok(cidr) => Addressing::Static { cidr, gateway: None },
-            Err(_) => Addressing::Dhcp,
-        },
-        None => Addressing::Dhcp,
+        Some("dhcp") => Some(Addressing::Dhcp),
+        Some(s) => s.parse::<Ipv4Cidr>().ok().map(|cidr| Addressing::Static { cidr, gateway: None }),
+        None => None,
     };
-    if word(cmd, "ip").is_some_and(|s| s != "dhcp" && addressing == Addressing::Dhcp) {
+    let Some(addressing) = addressing else {
         c.holds(who, format_args!("ip=A.B.C.D/N or ip=dhcp on the command line"), false);
         c.verdict(who);
         return;
-    }
+    };
     let port = arg(cmd, "port").and_then(|p| u16::try_from(p).ok()).unwrap_or(7);
     let deadline = time::now_ns() + arg(cmd, "ms").unwrap_or(20_000) * 1_000_000;
     let mut store = Store::open().unwrap_or_else(|e| {
@@ -222,11 +219,10 @@ fn server(
     net: &mut Interface,
     c: &mut Checks,
     who: &str,
-    ports: (u16, Option<Ipv4Address>),
+    (port, offer): (u16, Option<Ipv4Address>),
     conns: u64,
     deadline: u64,
 ) {
-    let (port, offer) = ports;
     let mut dhcp = offer.map(|ip| {
         let h = net.add_udp(4, 4 * 600);
         let _ = net.udp(h).bind(DHCP_SERVER_PORT);
