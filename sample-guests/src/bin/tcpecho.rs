@@ -100,10 +100,13 @@ fn main(si: &'static StartInfo) {
             sched::crash()
         }
     };
-    println!("tcpecho: {} up, MAC {:02x?}, {addressing:?}", who, net.nic().mac());
     if addressing == Addressing::Dhcp && !lease(&mut net, &mut c, who, deadline) {
         c.verdict(who);
         return;
+    }
+    // The address in use (static, or the lease's): tests wait for this line.
+    if let Some(cidr) = net.ipv4() {
+        println!("tcpecho: {} up at {cidr}, MAC {:02x?}", who, net.nic().mac());
     }
     match word(cmd, "role").unwrap_or("") {
         "server" => {

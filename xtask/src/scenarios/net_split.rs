@@ -7,7 +7,7 @@
 //!   `carol` on VLAN 20 hears none of it; `mallory` on VLAN 10 broadcasts
 //!   frames posing as bob, which the bridge drops and counts as spoofed
 //!   (alice never sees one).
-//! - `net-echo`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
+//! - `net-tcp`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
 //!   over `netfront`): `client` takes its address by DHCP from `server`
 //!   (which has one to give), pings it (ICMP echo, answered by smoltcp's
 //!   interface), has UDP datagrams echoed (three sizes, then a burst of
@@ -70,7 +70,7 @@ const ECHO_BYTES: u64 = 1024 * 1024;
 
 fn echo_scenario() -> Scenario {
     Scenario {
-        name: "net-echo",
+        name: "net-tcp",
         what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client takes its address by DHCPv4 from the server, pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, and a burst of 64 full-size ones queued at once (more than the NIC's tx pages) with every echo intact, then sends 1 MiB over TCP to an echo server and gets every byte back intact, both sides close the connection, and a second connection (the server listens again) echoes 100 KiB the same way",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
