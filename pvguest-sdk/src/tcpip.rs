@@ -34,8 +34,8 @@
 //! - The [`NetDevice`] is the [`Interface`]'s for its life (through
 //!   [`NicPhy`]); guest code reaches it only through
 //!   [`Interface::nic`] (its MAC and counters) and [`Interface::flush_tx`].
-//!   The interface's address is the NIC's MAC: the bridge drops frames
-//!   from any other source.
+//!   The interface's hardware address is the NIC's MAC (the bridge drops
+//!   frames from any other source).
 //! - Sockets live in the interface's set; a [`SocketHandle`] names one of
 //!   them. Their buffers are the heap's, sized by the caller when the
 //!   socket is added. The caller drives the stack: nothing runs in event
@@ -53,9 +53,10 @@
 //!   verifies every checksum (no offload is claimed either way): anything
 //!   from the network is hostile input, and what does not parse is
 //!   dropped by smoltcp, not by us. Nothing here panics on input.
-//! - A TCP window is capped at [`MAX_BURST`] segments (smoltcp's
-//!   `max_burst_size`), so that a peer filling it does not overrun the
-//!   NIC's [`crate::netfront::RX_POOL`] posted rx pages.
+//! - The TCP window this side advertises is capped at [`MAX_BURST`]
+//!   segments (smoltcp's `max_burst_size`), so that a peer filling it
+//!   does not overrun the NIC's [`crate::netfront::RX_POOL`] posted rx
+//!   pages (the backend drops a frame that finds none).
 //! - Transmit back-pressure: when every tx page is in flight
 //!   ([`NetError::Busy`]), the frame smoltcp just built waits in one
 //!   deferred slot; while it waits, smoltcp is given no transmit token
@@ -76,13 +77,12 @@ use alloc::vec;
 use alloc::vec::Vec;
 use smoltcp::iface::{Config, Context, SocketSet};
 use smoltcp::phy::{self, DeviceCapabilities, Medium};
-use smoltcp::socket::dhcpv4;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpCidr};
 
 pub use smoltcp;
 pub use smoltcp::iface::{PollResult, SocketHandle};
-pub use smoltcp::socket::{icmp, tcp, udp};
+pub use smoltcp::socket::{dhcpv4, icmp, tcp, udp};
 pub use smoltcp::wire::{IpAddress, IpEndpoint, IpListenEndpoint, Ipv4Address, Ipv4Cidr};
 
 /// Bytes of the largest Ethernet frame sent (header and a 1500-byte IP
@@ -169,9 +169,7 @@ impl NicPhy {
     }
 
     fn note(&mut self, e: NetError) {
-        if matches!(e, NetError::Protocol | NetError::NotConnected) && self.broken.is_none() {
-            self.broken = Some(e);
-        }
+        note(&mut self.broken, e);
     }
 
     /// Sends the deferred frame if there is one: whether the slot is free
@@ -194,6 +192,14 @@ impl NicPhy {
                 self.broken.is_none()
             }
         }
+    }
+}
+
+/// Keeps the first error after which the NIC is unusable (the backend
+/// broke the protocol or went away); others concern one frame only.
+fn note(broken: &mut Option<NetError>, e: NetError) {
+    if matches!(e, NetError::Protocol | NetError::NotConnected) && broken.is_none() {
+        *broken = Some(e);
     }
 }
 
@@ -244,9 +250,7 @@ impl phy::TxToken for TxToken<'_> {
             }
             Err(e) => {
                 p.stats.tx_lost += 1;
-                if matches!(e, NetError::Protocol | NetError::NotConnected) && p.broken.is_none() {
-                    *p.broken = Some(e);
-                }
+                note(p.broken, e);
             }
         }
         r
@@ -315,7 +319,9 @@ pub struct Lease {
     pub dns_servers: Vec<Ipv4Address>,
 }
 
-/// Why a socket call through the [`Interface`] failed.
+/// Why a call through the [`Interface`] failed (with `From<NetError>`, so
+/// that a guest's own function can `?` both [`Interface::poll`] and the
+/// socket calls).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TcpipError {
     /// The NIC (opening it, or it broke).
@@ -444,6 +450,15 @@ impl Interface {
         self.sockets.add(icmp::Socket::new(buf(), buf()))
     }
 
+    /// The interface's own DHCPv4 socket, under [`Addressing::Dhcp`]: to
+    /// tune it (its retry timings: smoltcp's default waits 10 s before it
+    /// asks again), never to poll it (the interface does, and applies the
+    /// lease).
+    pub fn dhcp_socket(&mut self) -> Option<&mut dhcpv4::Socket<'static>> {
+        let h = self.dhcp?;
+        Some(self.sockets.get_mut::<dhcpv4::Socket>(h))
+    }
+
     /// Removes a socket (its buffers are freed). Panics if `h` names the
     /// interface's own DHCP socket.
     pub fn remove(&mut self, h: SocketHandle) {
@@ -485,6 +500,9 @@ impl Interface {
     /// what the DHCP socket learnt: whether any socket's state may have
     /// changed. Fails once the NIC is unusable.
     pub fn poll(&mut self) -> Result<PollResult, NetError> {
+        if let Some(e) = self.phy.broken.clone() {
+            return Err(e);
+        }
         let r = self.iface.poll(now(), &mut self.phy, &mut self.sockets);
         if let Some(e) = self.phy.broken.clone() {
             return Err(e);

@@ -8,10 +8,13 @@
 //!   frames posing as bob, which the bridge drops and counts as spoofed
 //!   (alice never sees one).
 //! - `net-tcp`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
-//!   over `netfront`): `client` pings `server` (ICMP echo, answered by
-//!   smoltcp's interface), has UDP datagrams echoed, then sends
+//!   over `netfront`): `client` takes its address by DHCP from `server`
+//!   (which has one to give), pings it (ICMP echo, answered by smoltcp's
+//!   interface), has UDP datagrams echoed (three sizes, then a burst of
+//!   64 queued at once: more than the NIC's tx pages), then sends
 //!   [`ECHO_BYTES`] bytes of a known pattern over TCP and checks every
-//!   echoed byte, and both sides close.
+//!   echoed byte, and both sides close; then a second connection (the
+//!   server listens again) does the same with a tenth of the bytes.
 
 //! - `net-uplink`: dom0's real NIC is the bridge's uplink; a domU's ARP
 //!   request for QEMU's gateway leaves through it and slirp answers.
@@ -109,18 +112,18 @@ const ECHO_BYTES: u64 = 1024 * 1024;
 fn echo_scenario() -> Scenario {
     Scenario {
         name: "net-tcp",
-        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, then sends 1 MiB over TCP to an echo server and gets every byte back intact, and both sides close the connection",
+        what: "two domUs on VLAN 30 talk TCP/IP through dom0's netback and bridge on the SDK's tcpip (smoltcp over netfront): the client takes its address by DHCPv4 from the server, pings the server (ICMP echo answered by smoltcp), has UDP datagrams of 1, 512 and 1472 bytes echoed, and a burst of 64 full-size ones queued at once (more than the NIC's tx pages) with every echo intact, then sends 1 MiB over TCP to an echo server and gets every byte back intact, both sides close the connection, and a second connection (the server listens again) echoes 100 KiB the same way",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve vif=server:30:{SERVER} vif=client:30:{CLIENT}");
             w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
-            w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=1 ms=20000", Expect::Poweroff)?);
+            w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=2 dhcp=10.0.3.2 ms=20000", Expect::Poweroff)?);
             w.domain(entry(
                 imgs,
                 "client",
                 "tcpecho",
                 2048,
-                &format!("role=client ip=10.0.3.2/24 server=10.0.3.1 port=7 bytes={ECHO_BYTES} ms=20000"),
+                &format!("role=client ip=dhcp server=10.0.3.1 port=7 bytes={ECHO_BYTES} conns=2 ms=20000"),
                 Expect::Poweroff,
             )?);
             finish(w, imgs)
@@ -134,11 +137,20 @@ fn echo_scenario() -> Scenario {
         }),
         expect: Outcome::Pass,
         check: |out| {
+            need(out, "[client] client: DHCP lease of 10.0.3.2/24 from 10.0.3.1 applied to the interface")?;
+            need(out, "[server] server: DHCP: offered 10.0.3.2 ")?;
+            need(out, ", refused 0: ok")?;
             need(out, "[client] client: 3/3 pings of 10.0.3.1 answered, intact")?;
             need(out, "[client] client: 3/3 UDP datagrams ([1, 512, 1472] bytes) echoed intact: ok")?;
-            need(out, &format!("[client] client: TCP: sent {ECHO_BYTES} bytes, {ECHO_BYTES} echoed, 0 wrong (first at None)"))?;
-            need(out, "[client] client: TCP: closed both ways")?;
-            need(out, &format!("[server] server: served 1/1 connections, echoed {ECHO_BYTES} bytes: ok"))?;
+            need(out, "[client] client: UDP burst: 64/64 queued, ")?;
+            need(out, "echoed intact, 0 wrong (")?;
+            need(out, " lost at the NIC): ok")?;
+            need(out, &format!("[client] client: TCP 1: sent {ECHO_BYTES} bytes, {ECHO_BYTES} echoed, 0 wrong (first at None)"))?;
+            need(out, "[client] client: TCP 1: closed both ways")?;
+            let second = ECHO_BYTES / 10;
+            need(out, &format!("[client] client: TCP 2: sent {second} bytes, {second} echoed, 0 wrong (first at None)"))?;
+            need(out, "[client] client: TCP 2: closed both ways")?;
+            need(out, &format!("[server] server: served 2/2 connections, echoed {} bytes: ok", ECHO_BYTES + second))?;
             need(out, "[server] server: every frame it sent was taken by the backend: ok")?;
             need(out, "[client] client: every frame it sent was taken by the backend: ok")?;
             Ok(())
