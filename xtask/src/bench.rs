@@ -84,6 +84,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "dom0-net") {
         return crate::scenarios::dom0_net::bench(&imgs);
     }
+    if args.iter().any(|a| a == "--net") {
+        return crate::bench_net::run(&imgs);
+    }
     if args.iter().any(|a| a == "--blk") {
         return crate::bench_blk::run(&imgs);
     }
@@ -209,6 +212,7 @@ pub fn run(args: &[String]) -> Result<()> {
     crate::scenarios::dom0_net::bench(&imgs)?;
     println!();
     crate::bench_blk::run(&imgs)?;
+    crate::bench_net::run(&imgs)?;
     if !all_met && !smoke {
         eprintln!("xtask: some benchmark targets are not met (see above)");
     }

@@ -14,6 +14,7 @@
 mod bench;
 mod bench_blk;
 mod bench_json;
+mod bench_net;
 mod evidence;
 mod images;
 mod isolation;

@@ -10,7 +10,7 @@ mod blk;
 pub mod dom0_net;
 mod net_attack;
 mod net_http;
-mod net_split;
+pub mod net_split;
 pub mod rig;
 
 use crate::evidence::pattern::{check_pattern, write_pattern, Region};

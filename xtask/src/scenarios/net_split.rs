@@ -104,8 +104,8 @@ fn pvguest_sdk_dma_kib() -> u32 {
     super::dom0_net::DMA_KIB
 }
 
-const SERVER: &str = "02-00-00-00-03-01";
-const CLIENT: &str = "02-00-00-00-03-02";
+pub const SERVER: &str = "02-00-00-00-03-01";
+pub const CLIENT: &str = "02-00-00-00-03-02";
 /// Bytes the client sends through the TCP echo.
 const ECHO_BYTES: u64 = 1024 * 1024;
 
@@ -166,44 +166,57 @@ const HOST_ECHO_BYTES: usize = 256 * 1024;
 /// slirp accepts first and closes if the guest refuses), sends
 /// [`HOST_ECHO_BYTES`] of a pattern, and checks every byte that comes back.
 fn host_echo(addr: std::net::SocketAddr) -> crate::Result<String> {
+    let pattern: Vec<u8> = (0..HOST_ECHO_BYTES).map(|i| (i * 7 + i / 251) as u8).collect();
+    let (_, n) = tcp_echo_timed(addr, &pattern, std::time::Duration::from_secs(40))?;
+    Ok(format!("host: {n} bytes echoed by the domU, every one intact"))
+}
+
+/// Connects to the TCP echo server at `addr` (retrying while the guest is
+/// not listening yet: slirp accepts first and closes if the guest
+/// refuses, until `within`), sends `pattern` while reading the echo, and
+/// checks every byte: the time from the connection to the last byte back,
+/// and the bytes.
+pub fn tcp_echo_timed(
+    addr: std::net::SocketAddr,
+    pattern: &[u8],
+    within: std::time::Duration,
+) -> crate::Result<(std::time::Duration, usize)> {
     use std::io::{Read, Write};
     use std::time::{Duration, Instant};
-    let pattern: Vec<u8> = (0..HOST_ECHO_BYTES).map(|i| (i * 7 + i / 251) as u8).collect();
-    let until = Instant::now() + Duration::from_secs(40);
+    let until = Instant::now() + within;
     let mut last = String::new();
     while Instant::now() < until {
-        let attempt = (|| -> std::result::Result<Vec<u8>, String> {
+        let attempt = (|| -> std::result::Result<(Duration, Vec<u8>), String> {
             let mut s =
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
+            let t0 = Instant::now();
             s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
             let mut w = s.try_clone().map_err(|e| e.to_string())?;
-            let data = pattern.clone();
+            let data = pattern.to_vec();
             let writer = std::thread::spawn(move || -> std::result::Result<(), String> {
                 w.write_all(&data).map_err(|e| e.to_string())?;
                 w.shutdown(std::net::Shutdown::Write).map_err(|e| e.to_string())
             });
             let mut back = Vec::new();
             s.read_to_end(&mut back).map_err(|e| e.to_string())?;
+            let took = t0.elapsed();
             writer.join().map_err(|_| "writer panicked".to_string())??;
-            Ok(back)
+            Ok((took, back))
         })();
         match attempt {
-            Ok(back) if back.is_empty() => last = String::from("closed at once (not listening yet?)"),
-            Ok(back) => {
+            Ok((_, back)) if back.is_empty() => last = String::from("closed at once (not listening yet?)"),
+            Ok((took, back)) => {
                 if back == pattern {
-                    return Ok(format!("host: {} bytes echoed by the domU, every one intact", back.len()));
+                    return Ok((took, back.len()));
                 }
-                let first = back.iter().zip(&pattern).position(|(a, b)| a != b);
-                return Err(format!(
-                    "host: {} bytes came back of {HOST_ECHO_BYTES}, first wrong at {first:?}",
-                    back.len()
-                ));
+                let first = back.iter().zip(pattern).position(|(a, b)| a != b);
+                return Err(format!("{} bytes came back of {}, first wrong at {first:?}", back.len(), pattern.len()));
             }
             Err(e) => last = e,
         }
         std::thread::sleep(Duration::from_millis(300));
     }
-    Err(format!("host: the domU's echo server never answered: {last}"))
+    Err(format!("the echo server at {addr} never answered: {last}"))
 }
 
 /// `net-echo`: a domU's TCP echo server reached by the test's socket

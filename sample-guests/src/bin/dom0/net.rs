@@ -71,7 +71,7 @@ use pvguest_sdk::virtio_net::{check_frame, Nic, NicError, NicStats, RxDrop, BUF_
 use pvguest_sdk::{cmdline, irq, println, sched, time, timer, Errno, StartInfo};
 use smoltcp::iface::{Config, Interface, SocketSet, SocketStorage};
 use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
-use smoltcp::socket::{icmp, udp};
+use smoltcp::socket::{icmp, tcp, udp};
 use smoltcp::time::{Duration, Instant};
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, HardwareAddress,
@@ -92,6 +92,8 @@ pub const PINGS: u16 = 3;
 pub const DROPS_PRINTED: u64 = 8;
 /// virtio-net's PCI ids (modern device).
 pub const VIRTIO_NET: (u16, u16) = (0x1af4, 0x1041);
+/// TCP echo buffer bytes each way (tcpecho's, for a fair comparison).
+const TCP_ECHO_BUF: usize = 16 * 1024;
 /// The ICMP identifier of dom0's pings.
 const PING_IDENT: u16 = 0x5246;
 /// How often the counters line is printed while serving.
@@ -456,7 +458,7 @@ fn serve(si: &StartInfo) -> Result<Counters, NetError> {
     let (mut ctl_rx, mut ctl_tx) = ([0u8; 512], [0u8; 512]);
     let (mut icmp_rx_meta, mut icmp_tx_meta) = ([icmp::PacketMetadata::EMPTY; 4], [icmp::PacketMetadata::EMPTY; 4]);
     let (mut icmp_rx, mut icmp_tx) = ([0u8; 512], [0u8; 512]);
-    let mut storage = [SocketStorage::EMPTY; 3];
+    let mut storage = [SocketStorage::EMPTY; 4];
     let mut sockets = SocketSet::new(&mut storage[..]);
     let mut echo = udp::Socket::new(
         udp::PacketBuffer::new(&mut echo_rx_meta[..], &mut echo_rx[..]),
@@ -474,6 +476,17 @@ fn serve(si: &StartInfo) -> Result<Counters, NetError> {
     ctl.bind(CONTROL_PORT).map_err(|_| NetError::Setup("bind udp control", Errno::EINVAL))?;
     ping.bind(icmp::Endpoint::Ident(PING_IDENT)).map_err(|_| NetError::Setup("bind icmp", Errno::EINVAL))?;
     let (echo, ctl, ping) = (sockets.add(echo), sockets.add(ctl), sockets.add(ping));
+    // `tcp_echo` (the network benchmark's dom0-native half): a TCP echo
+    // on the UDP echo's port number, with the buffers the domU's echo
+    // server has (tcpecho's), from a small heap.
+    let tcp_echo = if si.cmdline().split(' ').any(|w| w == "tcp_echo") && pvguest_sdk::heap::init(16).is_ok() {
+        let buf = || alloc::vec![0u8; TCP_ECHO_BUF];
+        let mut t = tcp::Socket::new(tcp::SocketBuffer::new(buf()), tcp::SocketBuffer::new(buf()));
+        t.listen(ECHO_PORT).map_err(|_| NetError::Setup("listen tcp echo", Errno::EINVAL))?;
+        Some(sockets.add(t))
+    } else {
+        None
+    };
 
     println!(
         "net: virtio-net at {bdf}, MAC {:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}, GSI {gsi} (pirq {}, port {}); \
@@ -517,6 +530,27 @@ fn serve(si: &StartInfo) -> Result<Counters, NetError> {
                 },
                 Err(udp::RecvError::Truncated) => phy.counters.udp_dropped += 1,
                 Err(udp::RecvError::Exhausted) => break,
+            }
+        }
+
+        // TCP echo, when asked for: what came in goes out; a connection
+        // that ended is answered with our FIN, then listened for again.
+        if let Some(h) = tcp_echo {
+            let s = sockets.get_mut::<tcp::Socket>(h);
+            while s.can_recv() && s.can_send() {
+                let room = (s.send_capacity() - s.send_queue()).min(buf.len());
+                let Ok(n) = s.recv_slice(&mut buf[..room]) else { break };
+                if n == 0 {
+                    break;
+                }
+                let _ = s.send_slice(&buf[..n]);
+            }
+            if s.state() == tcp::State::CloseWait && s.recv_queue() == 0 && s.send_queue() == 0 {
+                s.close();
+            }
+            if matches!(s.state(), tcp::State::Closed | tcp::State::TimeWait) {
+                s.abort();
+                let _ = s.listen(ECHO_PORT);
             }
         }
 
