@@ -67,7 +67,7 @@ fn finish(mut w: BundleWriter, imgs: &Images) -> Result<Option<Vec<u8>>> {
 fn dom0_and_domu(imgs: &Images, image: &str, cmdline: &str, dma_kib: u32) -> Result<Option<Vec<u8>>> {
     let mut w = BundleWriter::new();
     w.domain(entry(imgs, "dom0", image, 1536, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma_kib));
-    w.domain(entry(imgs, "domu", image, 768, "role=domu", Expect::Poweroff)?);
+    w.domain(entry(imgs, "domu", image, 1024, "role=domu", Expect::Poweroff)?);
     finish(w, imgs)
 }
 
@@ -703,7 +703,7 @@ fn scenarios() -> Vec<Scenario> {
             bundle: |imgs| {
                 let mut w = BundleWriter::new();
                 // The bench's own dom0 entry, less data.
-                let e = entry(imgs, "dom0", "dom0", 1536, "blkbench mib=1 reads4k=8", Expect::Poweroff)?;
+                let e = entry(imgs, "dom0", "dom0", 2048, "blkbench mib=1 reads4k=8", Expect::Poweroff)?;
                 w.domain(e.privileged(true).dma_kib(768));
                 finish(w, imgs)
             },
