@@ -53,6 +53,20 @@ fn measure(udp: std::net::SocketAddr, tcp: std::net::SocketAddr) -> Result<Figur
     Ok(Figures { udp_median_us: percentile_us(&r, 0.5), tcp_mbps: n as f64 * 8.0 / took.as_secs_f64() / 1e6 })
 }
 
+/// How every boot of this benchmark runs: quietly, 180 s at most.
+fn run_opts(imgs: &Images, bundle: std::path::PathBuf, devices: crate::qemu::Devices) -> RunOpts {
+    RunOpts {
+        kernel: imgs.hypervisor.clone(),
+        bundle: Some(bundle),
+        append: String::new(),
+        timeout_s: 180,
+        stream: false,
+        extra: Vec::new(),
+        devices,
+        kill_on: None,
+    }
+}
+
 /// Boots `bundle` with the NIC and a disk, measures once `line` appears
 /// (then `after`), and checks the run passed.
 fn boot(name: &'static str, imgs: &Images, w: BundleWriter, line: &str, stop: bool) -> Result<Figures> {
@@ -66,16 +80,7 @@ fn boot(name: &'static str, imgs: &Images, w: BundleWriter, line: &str, stop: bo
     let tcp = nic.host_addr(Proto::Tcp, dom0_net::ECHO_PORT)?;
     let control = nic.host_addr(Proto::Udp, dom0_net::CONTROL_PORT)?;
     let (devices, _, _) = rig.into_parts();
-    let opts = RunOpts {
-        kernel: imgs.hypervisor.clone(),
-        bundle: Some(bundle),
-        append: String::new(),
-        timeout_s: 180,
-        stream: false,
-        extra: Vec::new(),
-        devices,
-        kill_on: None,
-    };
+    let opts = run_opts(imgs, bundle, devices);
     let watch = Watch::new(line, Duration::from_secs(60), move || {
         let f = measure(udp, tcp);
         if stop {
@@ -111,16 +116,7 @@ fn domu_domu(imgs: &Images) -> Result<f64> {
     let mut rig = Rig::new("bench-net-domu");
     rig.disk(4 << 20)?;
     let (devices, _, _) = rig.into_parts();
-    let opts = RunOpts {
-        kernel: imgs.hypervisor.clone(),
-        bundle: Some(bundle),
-        append: String::new(),
-        timeout_s: 180,
-        stream: false,
-        extra: Vec::new(),
-        devices,
-        kill_on: None,
-    };
+    let opts = run_opts(imgs, bundle, devices);
     let r = qemu::run(&opts)?;
     let _ = std::fs::write(images::target_dir().join("ringfence").join("bench-net-domu.log"), &r.output);
     if r.outcome != Outcome::Pass {

@@ -24,10 +24,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
         },
         append: "",
         icount: false,
-        rig: Some(|rig| {
-            rig.disk(4 << 20)?;
-            Ok(())
-        }),
+        rig: Some(super::net_split::serve_disk),
         expect: Outcome::Pass,
         check: |out| {
             need(out, "[evil] net-attacker: every hostile request refused, the flood served, the index lie disconnected")?;

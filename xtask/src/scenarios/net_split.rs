@@ -45,11 +45,7 @@ fn bridge_scenario() -> Scenario {
         },
         append: "",
         icount: false,
-        // dom0's serve mode brings up its disk (no virtual disks here).
-        rig: Some(|rig| {
-            rig.disk(4 << 20)?;
-            Ok(())
-        }),
+        rig: Some(serve_disk),
         expect: Outcome::Pass,
         check: |out| {
             need(out, &format!("[alice] alice: {PINGS}/{PINGS} pings answered, intact, by Some([02, 00, 00, 00, 00, 0b]): ok"))?;
@@ -104,6 +100,13 @@ fn pvguest_sdk_dma_kib() -> u32 {
     super::dom0_net::DMA_KIB
 }
 
+/// The rig of a scenario whose dom0 serves only NICs: `serve` mode still
+/// brings up its disk, so the machine gets a small one.
+pub(super) fn serve_disk(rig: &mut super::rig::Rig) -> crate::Result<()> {
+    rig.disk(4 << 20)?;
+    Ok(())
+}
+
 pub const SERVER: &str = "02-00-00-00-03-01";
 pub const CLIENT: &str = "02-00-00-00-03-02";
 /// Bytes the client sends through the TCP echo.
@@ -130,11 +133,7 @@ fn echo_scenario() -> Scenario {
         },
         append: "",
         icount: false,
-        // dom0's serve mode brings up its disk (no virtual disks here).
-        rig: Some(|rig| {
-            rig.disk(4 << 20)?;
-            Ok(())
-        }),
+        rig: Some(serve_disk),
         expect: Outcome::Pass,
         check: |out| {
             need(out, "[client] client: DHCP lease of 10.0.3.2/24 from 10.0.3.1 applied to the interface")?;

@@ -316,8 +316,9 @@ fn rescan(
     live.iter().filter(|i| i.domid != 0 && i.flags & dominf::DYING == 0).count()
 }
 
-/// Makes directory `path` with permissions `perms`.
-fn dir(store: &mut Store, path: &str, perms: &[String]) -> Result<(), String> {
+/// Makes directory `path` with permissions `perms` (a device's front or
+/// back directory, made by the toolstack before its nodes).
+pub(crate) fn dir(store: &mut Store, path: &str, perms: &[String]) -> Result<(), String> {
     store.mkdir(0, path).map_err(|e| format!("{path}: {e}"))?;
     store.set_perms(0, path, perms).map_err(|e| format!("{path}: perms: {e}"))
 }

@@ -394,10 +394,7 @@ fn offer(store: &mut Store, domid: u16, spec: &VifSpec) -> Result<(), String> {
     let (fd, bd) = (front_dir(domid), back_dir(domid));
     let w =
         |store: &mut Store, path: &str, v: &str| store.write(0, path, v.as_bytes()).map_err(|e| format!("{path}: {e}"));
-    let dir = |store: &mut Store, path: &str, perms: &[String]| -> Result<(), String> {
-        store.mkdir(0, path).map_err(|e| format!("{path}: {e}"))?;
-        store.set_perms(0, path, perms).map_err(|e| format!("{path}: perms: {e}"))
-    };
+    let dir = crate::serve::dir;
     let mac = mac_string(spec.mac);
     dir(store, &fd, &[format!("n{domid}"), String::from("r0")])?;
     w(store, &format!("{fd}/backend"), &bd)?;
