@@ -17,28 +17,36 @@
 //! the writing domain (see [`crate::sched::account`]).
 //!
 //! # Bounded steps
-//! Output is taken in steps of at most [`STEP_WORK`] units of work (one
-//! per guest byte taken, one per UART byte written), checked before each
-//! byte is taken ([`ConsoleOut::push_bounded`]). One byte emits at most one
-//! line and one notice, so a step ends within [`STEP_WORK`] plus
-//! [`MAX_BYTE_WORK`] units, whatever the guest writes: a newline flood, a
-//! line of control bytes and a long line cost the same per unit. The
-//! hypervisor checks for other due work between steps.
+//! Output is taken in steps of at most [`STEP_WORK`] units of work, about
+//! ten instructions each: [`BYTE_WORK`] per guest byte taken (out of the
+//! ring, escaped into the line) and one per UART byte written
+//! ([`ConsoleOut::push_bounded`]). Before it takes a byte, a step that has
+//! done work checks that the byte's worst case (the buffered line it may
+//! complete, with its tag and a pending dropped-bytes notice) still fits
+//! the budget, and ends otherwise. So a step never exceeds
+//! `max(STEP_WORK, MAX_BYTE_WORK)` units, whatever the guest writes: a
+//! newline flood, a line of control bytes and a long line cost the same
+//! per unit. No byte is taken and then left unprocessed. The hypervisor
+//! checks for other due work (a deadline) between steps, so these bounds
+//! are the longest a guest's console output can hold up another domain.
 
-/// Work units a console step may start (see the module docs); about 10
-/// instructions each for UART bytes, so a step is a few thousand
+/// Work units a console step may do (see the module docs): about 2500
 /// instructions.
-pub const STEP_WORK: usize = 128;
+pub const STEP_WORK: usize = 256;
+
+/// Work units of taking one guest byte (a ring read, the escape and line
+/// checks: some 40 instructions, four UART bytes' worth).
+pub const BYTE_WORK: usize = 4;
 
 /// Most work one guest byte can cause: taking it, a dropped-bytes notice
-/// and one full line with the longest tag and its line end.
-pub const MAX_BYTE_WORK: usize = 1 + NOTICE_MAX + 2 * (LINE_MAX + TAG_MAX + 2);
+/// and one full line, each line with the longest tag and its line end.
+pub const MAX_BYTE_WORK: usize = BYTE_WORK + NOTICE_MAX + LINE_MAX + 2 * (TAG_MAX + 2);
 
 /// Longest domain tag (`[name] `) a line carries.
 pub const TAG_MAX: usize = 32 + 3;
 
 /// Longest dropped-bytes notice.
-const NOTICE_MAX: usize = 48;
+pub const NOTICE_MAX: usize = 48;
 
 /// Longest line kept before it is flushed with a continuation mark.
 pub const LINE_MAX: usize = 200;
@@ -71,12 +79,19 @@ impl LineBuffer {
 
     /// Appends one guest byte; emits at most one line.
     pub fn push_byte(&mut self, b: u8, emit: &mut impl FnMut(&str)) {
+        self.push_raw(b, &mut |line| emit(as_text(line)));
+    }
+
+    /// [`LineBuffer::push_byte`] with the completed line as bytes (printable
+    /// ASCII), so a line that is dropped is never converted.
+    #[inline]
+    fn push_raw(&mut self, b: u8, emit: &mut impl FnMut(&[u8])) {
         match b {
-            b'\n' => self.flush(emit),
+            b'\n' => self.flush_raw(emit),
             b'\r' => {}
             b'\t' | 0x20..0x7f => {
                 if self.len == LINE_MAX {
-                    self.flush(emit);
+                    self.flush_raw(emit);
                 }
                 self.buf[self.len] = b;
                 self.len += 1;
@@ -84,20 +99,26 @@ impl LineBuffer {
             _ => {
                 const HEX: &[u8; 16] = b"0123456789abcdef";
                 if self.len + 4 > LINE_MAX {
-                    self.flush(emit);
+                    self.flush_raw(emit);
                 }
-                let esc = [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
-                self.buf[self.len..self.len + 4].copy_from_slice(&esc);
-                self.len += 4;
+                // One 4-byte store (a slice copy would be a call).
+                if let Some(dst) =
+                    self.buf.get_mut(self.len..self.len + 4).and_then(|d| <&mut [u8; 4]>::try_from(d).ok())
+                {
+                    *dst = [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 15) as usize]];
+                    self.len += 4;
+                }
             }
         }
     }
 
     /// Emits whatever is buffered (used when a domain ends mid-line).
     pub fn flush(&mut self, emit: &mut impl FnMut(&str)) {
-        // Only printable ASCII is ever stored, so this cannot fail.
-        let line = core::str::from_utf8(&self.buf[..self.len]).unwrap_or("");
-        emit(line);
+        self.flush_raw(&mut |line| emit(as_text(line)));
+    }
+
+    fn flush_raw(&mut self, emit: &mut impl FnMut(&[u8])) {
+        emit(&self.buf[..self.len]);
         self.len = 0;
     }
 
@@ -105,6 +126,12 @@ impl LineBuffer {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// A buffered line as text: only printable ASCII is ever stored, so the
+/// conversion cannot fail (an empty line if it somehow did).
+fn as_text(line: &[u8]) -> &str {
+    core::str::from_utf8(line).unwrap_or("")
 }
 
 /// Output bytes a domain may print at once.
@@ -168,11 +195,18 @@ impl ConsoleOut {
     ) -> (usize, bool) {
         self.refill(now);
         let (tokens, dropped, per_line) = (&mut self.tokens, &mut self.dropped, self.per_line);
+        let tag = per_line.min(TAG_MAX as u64 + 2) as usize;
         let mut work = 0usize;
         while work < budget {
+            // The most the next byte can cost: taking it, and emitting the
+            // buffered line (and a pending notice) if it completes it.
+            let worst = BYTE_WORK + self.line.len + tag + if *dropped > 0 { NOTICE_MAX + tag } else { 0 };
+            if work > 0 && work + worst > budget {
+                return (work, false);
+            }
             let Some(b) = input.next() else { return (work, true) };
-            work += 1;
-            self.line.push_byte(b, &mut |l| work += Self::admit(tokens, dropped, per_line, l, &mut emit));
+            work += BYTE_WORK;
+            self.line.push_raw(b, &mut |l| work += Self::admit(tokens, dropped, per_line, l, &mut emit));
         }
         (work, false)
     }
@@ -183,7 +217,7 @@ impl ConsoleOut {
         self.refill(now);
         if !self.line.is_empty() {
             let (tokens, dropped, per_line) = (&mut self.tokens, &mut self.dropped, self.per_line);
-            self.line.flush(&mut |l: &str| {
+            self.line.flush_raw(&mut |l| {
                 Self::admit(tokens, dropped, per_line, l, &mut emit);
             });
         }
@@ -193,7 +227,8 @@ impl ConsoleOut {
     }
 
     /// Shows `line` if the bucket allows; returns the UART bytes written.
-    fn admit(tokens: &mut u64, dropped: &mut u64, per_line: u64, line: &str, emit: &mut impl FnMut(&str)) -> usize {
+    /// A dropped line costs a comparison: it is not even converted.
+    fn admit(tokens: &mut u64, dropped: &mut u64, per_line: u64, line: &[u8], emit: &mut impl FnMut(&str)) -> usize {
         let cost = line.len() as u64 + per_line;
         if *tokens < cost {
             *dropped += cost;
@@ -204,7 +239,7 @@ impl ConsoleOut {
         if *dropped > 0 {
             shown += Self::notice(dropped, emit) + per_line.min(TAG_MAX as u64 + 2) as usize;
         }
-        emit(line);
+        emit(as_text(line));
         shown + line.len() + per_line.min(TAG_MAX as u64 + 2) as usize
     }
 
@@ -290,7 +325,7 @@ mod tests {
             let mut steps = 0;
             loop {
                 let (work, ended) = c.push_bounded(&mut it, 0, STEP_WORK, |l| stepped.push(l.into()));
-                assert!(work <= STEP_WORK + MAX_BYTE_WORK, "a step did {work} units");
+                assert!(work <= STEP_WORK.max(MAX_BYTE_WORK), "a step did {work} units");
                 steps += 1;
                 if ended {
                     break;
@@ -307,7 +342,7 @@ mod tests {
         let mut it = b"\n\n\n".iter().copied();
         let (work, ended) = c.push_bounded(&mut it, 0, usize::MAX, |_| {});
         assert!(ended);
-        assert_eq!(work, 3 + 3 * 12);
+        assert_eq!(work, 3 * BYTE_WORK + 3 * 12);
         assert_eq!(c.tokens, BURST_BYTES - 3 * 12);
     }
 

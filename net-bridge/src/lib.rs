@@ -103,6 +103,6 @@ pub use ethernet::{
     MTU,
 };
 pub use fdb::{FdbEntry, FdbStats};
-pub use port::{PortConfig, PortId, PortKind, MAX_PORTS};
+pub use port::{MembershipError, PortConfig, PortId, PortKind, MAX_PORTS};
 pub use stats::{PortStats, Stats};
 pub use vlan::VlanSet;

@@ -126,6 +126,110 @@ impl PortKind {
     }
 }
 
+/// Why a port's VLAN membership did not parse ([`PortKind::parse`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum MembershipError {
+    /// Nothing given (an empty word or an empty `trunk=` list).
+    Empty,
+    /// A VLAN that is not a number from 1 to 4094.
+    BadVid,
+    /// A range whose first VLAN is above its last.
+    BackwardsRange,
+    /// More than one VLAN marked native (`u`), or a native range.
+    TwoNatives,
+}
+
+impl core::fmt::Display for MembershipError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(match self {
+            MembershipError::Empty => "no VLAN given",
+            MembershipError::BadVid => "a VLAN is not a number from 1 to 4094",
+            MembershipError::BackwardsRange => "a VLAN range runs backwards",
+            MembershipError::TwoNatives => "a trunk has at most one native (`u`) VLAN, and not a range",
+        })
+    }
+}
+
+impl PortKind {
+    /// Parses the VLAN membership of a port as dom0's command line writes
+    /// it:
+    /// - `N`: an access port of VLAN `N` (1 to 4094);
+    /// - `trunk=LIST`: a trunk; `LIST` is comma-separated VLANs and ranges
+    ///   `A-B`, carried tagged; one plain VLAN may end in `u` and is then
+    ///   the native VLAN, carried untagged (without one, untagged frames
+    ///   are dropped).
+    ///
+    /// ```
+    /// use net_bridge::{PortKind, Vid};
+    /// let v = |n| Vid::new(n).unwrap();
+    /// assert_eq!(PortKind::parse("10"), Ok(PortKind::Access { vlan: v(10) }));
+    /// let PortKind::Trunk { allowed, native } = PortKind::parse("trunk=10,20-22,1u").unwrap() else { panic!() };
+    /// assert_eq!(allowed.iter().map(Vid::get).collect::<Vec<_>>(), [10, 20, 21, 22]);
+    /// assert_eq!(native, Some(v(1)));
+    /// assert!(PortKind::parse("trunk=").is_err());
+    /// ```
+    ///
+    /// # Errors
+    /// [`MembershipError`] saying what is wrong.
+    pub fn parse(s: &str) -> Result<PortKind, MembershipError> {
+        let vid = |t: &str| -> Result<Vid, MembershipError> {
+            t.parse::<u16>().ok().and_then(Vid::new).ok_or(MembershipError::BadVid)
+        };
+        let Some(list) = s.strip_prefix("trunk=") else {
+            return if s.is_empty() { Err(MembershipError::Empty) } else { Ok(PortKind::Access { vlan: vid(s)? }) };
+        };
+        let (mut allowed, mut native) = (VlanSet::new(), None);
+        if list.is_empty() {
+            return Err(MembershipError::Empty);
+        }
+        for item in list.split(',') {
+            if let Some(n) = item.strip_suffix('u') {
+                if native.is_some() || n.contains('-') {
+                    return Err(MembershipError::TwoNatives);
+                }
+                native = Some(vid(n)?);
+            } else if let Some((a, b)) = item.split_once('-') {
+                let (a, b) = (vid(a)?, vid(b)?);
+                if a.get() > b.get() {
+                    return Err(MembershipError::BackwardsRange);
+                }
+                for n in a.get()..=b.get() {
+                    allowed.insert(vid_unchecked(n));
+                }
+            } else {
+                allowed.insert(vid(item)?);
+            }
+        }
+        Ok(PortKind::Trunk { allowed, native })
+    }
+}
+
+/// A VID known to lie between two valid ones.
+fn vid_unchecked(n: u16) -> Vid {
+    Vid::new(n).unwrap_or(Vid::MIN)
+}
+
+impl core::fmt::Display for PortKind {
+    /// The form [`PortKind::parse`] reads (ranges written out as lists).
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            PortKind::Access { vlan } => write!(f, "{vlan}"),
+            PortKind::Trunk { allowed, native } => {
+                f.write_str("trunk=")?;
+                let mut sep = "";
+                for v in allowed.iter() {
+                    write!(f, "{sep}{v}")?;
+                    sep = ",";
+                }
+                if let Some(n) = native {
+                    write!(f, "{sep}{n}u")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One port's configuration, owned by dom0.
 #[derive(Clone, PartialEq, Eq, Debug)]
 pub struct PortConfig {
@@ -201,6 +305,41 @@ mod tests {
         let k = PortKind::Trunk { allowed: [v(10)].into_iter().collect(), native: None };
         assert_eq!(k.classify(None), Err(DropReason::NoNativeVlan));
         assert_eq!(k.classify(tag(0)), Err(DropReason::NoNativeVlan));
+    }
+
+    #[test]
+    fn membership_parses_access_and_trunks_and_says_what_is_wrong() {
+        extern crate std;
+        use std::string::ToString;
+        assert_eq!(PortKind::parse("4094"), Ok(PortKind::Access { vlan: v(4094) }));
+        let k = PortKind::parse("trunk=20,10").unwrap();
+        assert_eq!(k, PortKind::Trunk { allowed: [v(10), v(20)].into_iter().collect(), native: None });
+        assert_eq!(k.to_string(), "trunk=10,20");
+        let k = PortKind::parse("trunk=5u,100-102").unwrap();
+        assert_eq!(k.to_string(), "trunk=100,101,102,5u");
+        assert_eq!(PortKind::parse(&k.to_string()), Ok(k));
+        let k = PortKind::parse("trunk=1-4094").unwrap();
+        assert!(matches!(k, PortKind::Trunk { ref allowed, native: None } if allowed.len() == 4094));
+        assert_eq!(PortKind::parse("trunk=7u"), Ok(PortKind::Trunk { allowed: VlanSet::new(), native: Some(v(7)) }));
+        for (bad, e) in [
+            ("", MembershipError::Empty),
+            ("trunk=", MembershipError::Empty),
+            ("0", MembershipError::BadVid),
+            ("4095", MembershipError::BadVid),
+            ("ten", MembershipError::BadVid),
+            ("-1", MembershipError::BadVid),
+            ("10u", MembershipError::BadVid),
+            ("trunk=10,,20", MembershipError::BadVid),
+            ("trunk=10,", MembershipError::BadVid),
+            ("trunk=0-5", MembershipError::BadVid),
+            ("trunk=9-4095", MembershipError::BadVid),
+            ("trunk=20-10", MembershipError::BackwardsRange),
+            ("trunk=1u,2u", MembershipError::TwoNatives),
+            ("trunk=1-3u", MembershipError::TwoNatives),
+            ("trunk=99999999999", MembershipError::BadVid),
+        ] {
+            assert_eq!(PortKind::parse(bad), Err(e), "{bad:?}");
+        }
     }
 
     #[test]

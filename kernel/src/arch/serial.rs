@@ -19,22 +19,37 @@ pub fn init() {
     outb(COM1 + 4, 0x03);
 }
 
-/// Writes one byte, waiting for the transmit holding register.
-pub fn write_byte(b: u8) {
+/// Bytes the transmitter FIFO holds (16550A, enabled by [`init`]).
+const TX_FIFO: usize = 16;
+
+/// Waits until the transmitter FIFO is empty (line status bit 5: with
+/// FIFOs enabled it is set once the whole FIFO has drained), or gives up
+/// after a bound (a UART that never drains must not hang the hypervisor).
+fn wait_tx_empty() {
     let mut spins = 0u32;
     while inb(COM1 + 5) & 0x20 == 0 && spins < 100_000 {
         spins += 1;
     }
-    outb(COM1, b);
 }
 
-/// Writes bytes, turning `\n` into `\r\n`.
+/// Writes bytes, turning `\n` into `\r\n`. The line status is read once
+/// per [`TX_FIFO`] bytes, not once per byte: guest console output is
+/// hypervisor time (see `console`), and this halves its cost per byte.
 pub fn write_bytes(bytes: &[u8]) {
+    let mut room = 0;
+    let mut put = |b: u8| {
+        if room == 0 {
+            wait_tx_empty();
+            room = TX_FIFO;
+        }
+        outb(COM1, b);
+        room -= 1;
+    };
     for &b in bytes {
         if b == b'\n' {
-            write_byte(b'\r');
+            put(b'\r');
         }
-        write_byte(b);
+        put(b);
     }
 }
 

@@ -96,7 +96,7 @@ mod report;
 pub use machine::Machine;
 
 use crate::builder::{self, DomainConfig};
-use crate::console::{ConsoleOut, STEP_WORK};
+use crate::console::{ConsoleOut, BYTE_WORK, STEP_WORK};
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
 use crate::event::Port;
@@ -1246,20 +1246,17 @@ impl<M: Machine> Hv<M> {
             d.console_dirty = false;
             return false;
         };
-        let mut broken = None;
-        let mut input = core::iter::from_fn(|| match ring.rx.pop() {
-            Ok(b) => b,
-            Err(e) => {
-                broken = Some(e);
-                None
-            }
-        });
         let name = &d.name;
         let m = &mut self.m;
-        let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
-        let step = match broken {
-            Some(e) => Err(e),
-            None => ring.rx.release_and_check_notify().and_then(|notify| {
+        // One read of the producer index for the step (a step takes at
+        // most STEP_WORK / BYTE_WORK bytes); bytes it leaves stay in the ring.
+        let taken = ring.rx.drain_up_to((STEP_WORK / BYTE_WORK) as u32).map(|mut input| {
+            let (_, ended) = d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
+            ended
+        });
+        let step = match taken {
+            Err(e) => Err(e),
+            Ok(ended) => ring.rx.release_and_check_notify().and_then(|notify| {
                 let more = !ended || ring.rx.final_check()?;
                 Ok((notify, more))
             }),
