@@ -7,8 +7,10 @@
 //! - `GET /` answers `200` with a line naming the domain and counting the
 //!   requests; `GET /stop` answers `200 bye` and ends the domain once the
 //!   answer is out; anything else is `404`, a request line longer than
-//!   [`MAX_REQUEST`] or malformed `400`. One connection at a time
-//!   (HTTP/1.0: the server closes after each answer).
+//!   [`MAX_REQUEST`] or malformed `400`. Up to [`BACKLOG`] connections at
+//!   once, every idle socket listening (HTTP/1.0: the server closes after
+//!   each answer, and a client's next connection may come before that
+//!   close is over).
 //! - `requests=N` (default 100) and `s=S` (default 60) bound the service;
 //!   with `timed` (the demo), ending at `S` seconds without a `GET /stop`
 //!   is as expected too.
@@ -31,6 +33,23 @@ pvguest_sdk::entry!(main);
 /// Bytes of a request read at most (the request line and headers).
 const MAX_REQUEST: usize = 2048;
 const PORT: u16 = 80;
+
+/// Connections served at once; each socket listens between them.
+const BACKLOG: usize = 4;
+
+/// One socket and the request it is reading.
+struct Conn {
+    sock: pvguest_sdk::tcpip::SocketHandle,
+    req: alloc::boxed::Box<[u8; MAX_REQUEST]>,
+    have: usize,
+    answered: bool,
+}
+
+impl Conn {
+    fn new(sock: pvguest_sdk::tcpip::SocketHandle) -> Conn {
+        Conn { sock, req: alloc::boxed::Box::new([0; MAX_REQUEST]), have: 0, answered: false }
+    }
+}
 
 fn word<'a>(cmd: &'a str, key: &str) -> Option<&'a str> {
     cmd.split(' ').find_map(|w| w.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
@@ -102,54 +121,60 @@ fn main(si: &'static StartInfo) {
     if let Some(l) = net.lease() {
         println!("httpd: DHCP lease {} from {} (router {:?})", l.address, l.server, l.router);
     }
-    let s = net.add_tcp(4096, 4096);
-    if net.tcp_listen(s, PORT).is_err() {
-        c.holds(who, format_args!("listening on port {PORT}"), false);
-        c.verdict(who);
-        return;
+    // A backlog: every socket listens on the port, so a connection that
+    // comes while another is still closing finds one (smoltcp gives each
+    // SYN to a listening socket; with none it answers RST).
+    let mut conns: alloc::vec::Vec<Conn> = (0..BACKLOG).map(|_| Conn::new(net.add_tcp(4096, 4096))).collect();
+    for conn in &conns {
+        if net.tcp_listen(conn.sock, PORT).is_err() {
+            c.holds(who, format_args!("listening on port {PORT}"), false);
+            c.verdict(who);
+            return;
+        }
     }
     println!("httpd: listening on {}:{PORT}", addr.address());
     let (mut served, mut stop, mut bad) = (0u64, false, 0u64);
-    let mut req = [0u8; MAX_REQUEST];
-    let mut have = 0usize;
-    let mut answered = false;
-    while time::now_ns() < deadline && served < limit {
-        if net.poll().is_err() {
+    'serve: while time::now_ns() < deadline && served < limit {
+        if let Err(e) = net.poll() {
+            println!("httpd: the NIC failed: {e:?}");
             break;
         }
-        let sock = net.tcp(s);
-        // Read the request until its blank line (or the cap).
-        while sock.can_recv() && have < req.len() && !answered {
-            match sock.recv_slice(&mut req[have..]) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => have += n,
+        for conn in conns.iter_mut() {
+            let sock = net.tcp(conn.sock);
+            // Read the request until its blank line (or the cap).
+            while sock.can_recv() && conn.have < conn.req.len() && !conn.answered {
+                match sock.recv_slice(&mut conn.req[conn.have..]) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => conn.have += n,
+                }
+            }
+            let complete = conn.req[..conn.have].windows(4).any(|w| w == b"\r\n\r\n");
+            if !conn.answered && (complete || conn.have == conn.req.len()) && sock.can_send() {
+                let (text, last) = if complete {
+                    answer(&conn.req[..conn.have], who, served + 1)
+                } else {
+                    bad += 1;
+                    (String::from("HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n"), false)
+                };
+                let _ = sock.send_slice(text.as_bytes());
+                sock.close();
+                conn.answered = true;
+                stop |= last;
+                served += 1;
+            }
+            // The connection is over: listen for the next one.
+            if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) && (conn.answered || conn.have > 0) {
+                sock.abort();
+                conn.have = 0;
+                conn.answered = false;
+                if stop {
+                    break 'serve;
+                }
+                let _ = sock.listen(PORT);
             }
         }
-        let complete = req[..have].windows(4).any(|w| w == b"\r\n\r\n");
-        if !answered && (complete || have == req.len()) && sock.can_send() {
-            let (text, last) = if complete {
-                answer(&req[..have], who, served + 1)
-            } else {
-                bad += 1;
-                (String::from("HTTP/1.0 400 Bad Request\r\nConnection: close\r\n\r\n"), false)
-            };
-            let _ = sock.send_slice(text.as_bytes());
-            sock.close();
-            answered = true;
-            stop |= last;
-            served += 1;
-        }
-        // The connection is over: listen for the next one.
-        if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) && (answered || have > 0) {
-            sock.abort();
-            have = 0;
-            answered = false;
-            if stop {
-                break;
-            }
-            let _ = sock.listen(PORT);
-        }
-        if net.wait(deadline).is_err() {
+        if let Err(e) = net.wait(deadline) {
+            println!("httpd: the NIC failed: {e:?}");
             break;
         }
     }

@@ -13,6 +13,12 @@
 //!   connected: nothing must (it sits on another VLAN).
 //! - `role=spoof count=N as=MAC`: broadcasts `N` `spof` frames whose
 //!   source is `MAC` (another domain's, given as `aa-bb-cc-dd-ee-ff`).
+//! - `role=trunk vlan=V deny=D count=N`, on a trunk port: pings as `ping`
+//!   does, with 802.1Q-tagged frames of VLAN `V`, and checks that every
+//!   frame reaching it is tagged (the trunk has no native VLAN) and every
+//!   pong is tagged `V`; then sends `N` frames tagged `D` (a VLAN its trunk
+//!   does not carry) and `N` untagged ones, all of which the bridge must
+//!   drop.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -61,6 +67,30 @@ fn parse(f: &[u8]) -> Option<([u8; 4], u32, [u8; 6])> {
     intact.then_some((kind, seq, src))
 }
 
+/// The 802.1Q tag protocol identifier.
+const TPID: [u8; 2] = [0x81, 0x00];
+
+/// `f` with an 802.1Q tag of VLAN `vid` (priority 0) after its addresses.
+fn tagged(f: &[u8; LEN], vid: u16) -> [u8; LEN + 4] {
+    let mut t = [0u8; LEN + 4];
+    t[..12].copy_from_slice(&f[..12]);
+    t[12..14].copy_from_slice(&TPID);
+    t[14..16].copy_from_slice(&(vid & 0xfff).to_be_bytes());
+    t[16..].copy_from_slice(&f[12..]);
+    t
+}
+
+/// Removes the 802.1Q tag of the frame in `buf[..n]`, if it has one;
+/// returns the untagged length and the tag's VLAN.
+fn untag(buf: &mut [u8], n: usize) -> (usize, Option<u16>) {
+    if n < 18 || buf[12..14] != TPID {
+        return (n, None);
+    }
+    let vid = u16::from_be_bytes([buf[14], buf[15]]) & 0xfff;
+    buf.copy_within(16..n, 12);
+    (n - 4, Some(vid))
+}
+
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let mut mac = [0u8; 6];
     let mut parts = s.split('-');
@@ -68,6 +98,65 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
         *b = u8::from_str_radix(parts.next()?, 16).ok()?;
     }
     Some(mac)
+}
+
+/// What a run of pings saw.
+struct Pinged {
+    pongs: u32,
+    peer: Option<[u8; 6]>,
+    spoofs: u32,
+    /// Frames that arrived untagged, when pinging tagged.
+    untagged: u32,
+    /// Pongs tagged with another VLAN, or tagged when pinging untagged.
+    wrong_tag: u32,
+}
+
+/// Broadcasts `count` pings (tagged `tag`, if given), each until its pong
+/// comes back (resent every 100 ms, 50 tries).
+fn ping(nic: &mut NetDevice, mac: [u8; 6], count: u32, tag: Option<u16>, buf: &mut [u8]) -> Pinged {
+    let mut p = Pinged { pongs: 0, peer: None, spoofs: 0, untagged: 0, wrong_tag: 0 };
+    for seq in 0..count {
+        let mut answered = false;
+        for _try in 0..50 {
+            let f = frame(BROADCAST, mac, b"ping", seq);
+            let _ = match tag {
+                Some(vid) => nic.send(&tagged(&f, vid)),
+                None => nic.send(&f),
+            };
+            let until = time::now_ns() + 100_000_000;
+            while !answered && time::now_ns() < until {
+                match nic.recv(buf) {
+                    Ok(Some(n)) => {
+                        let (n, got) = untag(buf, n);
+                        if tag.is_some() && got.is_none() {
+                            p.untagged += 1;
+                        }
+                        match parse(&buf[..n]) {
+                            Some((k, s, src)) if &k == b"pong" && s == seq && buf[..6] == mac => {
+                                answered = true;
+                                p.peer = Some(src);
+                                p.wrong_tag += u32::from(got != tag);
+                            }
+                            Some((k, _, _)) if &k == b"spof" => p.spoofs += 1,
+                            _ => {}
+                        }
+                    }
+                    Ok(None) => {
+                        let _ = nic.wait(until);
+                    }
+                    Err(e) => {
+                        println!("netpeer: recv: {e:?}");
+                        break;
+                    }
+                }
+            }
+            if answered {
+                break;
+            }
+        }
+        p.pongs += u32::from(answered);
+    }
+    p
 }
 
 fn main(si: &'static StartInfo) {
@@ -93,39 +182,47 @@ fn main(si: &'static StartInfo) {
     let mut buf = [0u8; MAX_FRAME_LEN];
     match role {
         "ping" => {
-            let (mut pongs, mut spoofs, mut peer) = (0u32, 0u32, None);
+            let p = ping(&mut nic, mac, count, None, &mut buf);
+            c.holds(
+                who,
+                format_args!("{}/{count} pings answered, intact, by {:02x?}", p.pongs, p.peer),
+                p.pongs == count,
+            );
+            c.holds(who, format_args!("no frame from a spoofed source reached it ({})", p.spoofs), p.spoofs == 0);
+        }
+        "trunk" => {
+            let vid = |k: &str| arg(cmd, k).and_then(|v| u16::try_from(v).ok()).filter(|v| (1..4095).contains(v));
+            let (Some(vlan), Some(deny)) = (vid("vlan"), vid("deny")) else {
+                c.holds(who, format_args!("vlan= and deny= VLANs"), false);
+                c.verdict(who);
+                return;
+            };
+            let p = ping(&mut nic, mac, count, Some(vlan), &mut buf);
+            c.holds(
+                who,
+                format_args!("{}/{count} pings tagged {vlan} answered, intact, by {:02x?}", p.pongs, p.peer),
+                p.pongs == count,
+            );
+            c.holds(
+                who,
+                format_args!(
+                    "every frame reaching its trunk was tagged ({} untagged), every pong tagged {vlan}",
+                    p.untagged
+                ),
+                p.untagged == 0 && p.wrong_tag == 0,
+            );
+            let mut sent = 0;
             for seq in 0..count {
-                let mut answered = false;
-                for _try in 0..50 {
-                    let _ = nic.send(&frame(BROADCAST, mac, b"ping", seq));
-                    let until = time::now_ns() + 100_000_000;
-                    while !answered && time::now_ns() < until {
-                        match nic.recv(&mut buf) {
-                            Ok(Some(n)) => match parse(&buf[..n]) {
-                                Some((k, s, src)) if &k == b"pong" && s == seq && buf[..6] == mac => {
-                                    answered = true;
-                                    peer = Some(src);
-                                }
-                                Some((k, _, _)) if &k == b"spof" => spoofs += 1,
-                                _ => {}
-                            },
-                            Ok(None) => {
-                                let _ = nic.wait(until);
-                            }
-                            Err(e) => {
-                                println!("netpeer: recv: {e:?}");
-                                break;
-                            }
-                        }
-                    }
-                    if answered {
-                        break;
-                    }
-                }
-                pongs += u32::from(answered);
+                let f = frame(BROADCAST, mac, b"deny", seq);
+                sent += u32::from(nic.send(&tagged(&f, deny)).is_ok());
+                sent += u32::from(nic.send(&f).is_ok());
+                let _ = nic.wait(time::now_ns() + 10_000_000);
             }
-            c.holds(who, format_args!("{pongs}/{count} pings answered, intact, by {peer:02x?}"), pongs == count);
-            c.holds(who, format_args!("no frame from a spoofed source reached it ({spoofs})"), spoofs == 0);
+            c.holds(
+                who,
+                format_args!("sent {count} frames tagged {deny} and {count} untagged, for the bridge to drop"),
+                sent == 2 * count,
+            );
         }
         "echo" => {
             // Pings are resent until answered, so duplicates come: answer

@@ -86,6 +86,12 @@ impl Devices {
             }
             a.push("-netdev".into());
             a.push(netdev);
+            // `RF_PCAP=FILE`: QEMU records every frame of the NIC (both
+            // ways, as pcap) for reading after a run.
+            if let Ok(f) = std::env::var("RF_PCAP") {
+                a.push("-object".into());
+                a.push(format!("filter-dump,id=rfdump,netdev=rfnet0,file={f}"));
+            }
             a.push("-device".into());
             a.push(format!(
                 "virtio-net-pci,netdev=rfnet0,mac={GUEST_MAC},bus=pcie.0,addr={NIC_PCI_SLOT:#x}.0,\

@@ -4,9 +4,12 @@
 //!
 //! - `net-bridge`: `alice` pings `bob` with raw Ethernet frames across the
 //!   bridge (both on VLAN 10) and every answer comes back intact, unicast;
-//!   `carol` on VLAN 20 hears none of it; `mallory` on VLAN 10 broadcasts
-//!   frames posing as bob, which the bridge drops and counts as spoofed
-//!   (alice never sees one).
+//!   `mallory` on VLAN 10 broadcasts frames posing as bob, which the bridge
+//!   drops and counts as spoofed (alice never sees one); `trudy`, on a
+//!   trunk port of VLANs 10 and 20 (no native VLAN), pings `dave` (an
+//!   access port of VLAN 20) with tagged frames and gets every pong back
+//!   tagged 20, then sends frames tagged 30 and untagged ones, which the
+//!   bridge drops and counts; `carol` on VLAN 30 hears none of it.
 //! - `net-tcp`: TCP/IP between two domUs on the SDK's `tcpip` (smoltcp
 //!   over `netfront`): `client` takes its address by DHCP from `server`
 //!   (which has one to give), pings it (ICMP echo, answered by smoltcp's
@@ -27,20 +30,27 @@ const ALICE: &str = "02-00-00-00-00-0a";
 const BOB: &str = "02-00-00-00-00-0b";
 const CAROL: &str = "02-00-00-00-00-0c";
 const MALLORY: &str = "02-00-00-00-00-0d";
+const DAVE: &str = "02-00-00-00-00-0e";
+const TRUDY: &str = "02-00-00-00-00-0f";
 const PINGS: u32 = 16;
 
 fn bridge_scenario() -> Scenario {
     Scenario {
         name: "net-bridge",
-        what: "two domUs on VLAN 10 exchange raw Ethernet frames through dom0's netback and bridge (16 pings, each answered intact and unicast); a domU on VLAN 20 receives none of them; a domU broadcasting frames posing as another's MAC has every one dropped by the bridge and counted as spoofed, and none reaches anyone",
+        what: "two domUs on VLAN 10 exchange raw Ethernet frames through dom0's netback and bridge (16 pings, each answered intact and unicast); a domU broadcasting frames posing as another's MAC has every one dropped by the bridge and counted as spoofed, and none reaches anyone; a domU on a trunk port of VLANs 10 and 20 (from dom0's command line) pings a VLAN-20 domU with 802.1Q-tagged frames and every pong comes back tagged 20, and its frames tagged with VLAN 30 or untagged are dropped and counted; a domU on VLAN 30 receives nothing",
         bundle: |imgs| {
             let mut w = BundleWriter::new();
-            let cmdline = format!("serve vif=alice:10:{ALICE} vif=bob:10:{BOB} vif=carol:20:{CAROL} vif=mallory:10:{MALLORY}");
+            let cmdline = format!(
+                "serve vif=alice:10:{ALICE} vif=bob:10:{BOB} vif=carol:30:{CAROL} vif=mallory:10:{MALLORY} vif=dave:20:{DAVE} vif=trudy:trunk=10,20:{TRUDY}"
+            );
             w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
             w.domain(entry(imgs, "alice", "netpeer", 1024, &format!("role=ping count={PINGS}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "bob", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);
-            w.domain(entry(imgs, "carol", "netpeer", 1024, "role=listen ms=3000", Expect::Poweroff)?);
+            w.domain(entry(imgs, "carol", "netpeer", 1024, "role=listen ms=4000", Expect::Poweroff)?);
             w.domain(entry(imgs, "mallory", "netpeer", 1024, &format!("role=spoof count=8 as={BOB}"), Expect::Poweroff)?);
+            w.domain(entry(imgs, "dave", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);
+            let trunk = format!("role=trunk vlan=20 deny=30 count={PINGS}");
+            w.domain(entry(imgs, "trudy", "netpeer", 1024, &trunk, Expect::Poweroff)?);
             finish(w, imgs)
         },
         append: "",
@@ -54,8 +64,20 @@ fn bridge_scenario() -> Scenario {
             need(out, "[carol] carol: nothing from another VLAN reached it (0 frames): ok")?;
             need(out, "[mallory] mallory: sent 8 frames posing as")?;
             need(out, "(dom4 mallory): rx 8 tx ")?;
-            need(out, " dropped 8 (spoofed 8)")?;
+            need(out, " dropped 8 (spoofed 8, ")?;
             need(out, "[bob] bob: every frame it sent was taken by the backend: ok")?;
+            need(out, "[dom0] serve: dom6 (trudy) offered vif 0: MAC 02:00:00:00:00:0f, trunk=10,20, bridge port")?;
+            need(out, &format!("[dave] dave: answered {PINGS} pings: ok"))?;
+            need(
+                out,
+                &format!("[trudy] trudy: {PINGS}/{PINGS} pings tagged 20 answered, intact, by Some([02, 00, 00, 00, 00, 0e]): ok"),
+            )?;
+            need(out, "[trudy] trudy: every frame reaching its trunk was tagged (0 untagged), every pong tagged 20: ok")?;
+            need(out, &format!("[trudy] trudy: sent {PINGS} frames tagged 30 and {PINGS} untagged, for the bridge to drop: ok"))?;
+            need(
+                out,
+                &format!("dropped {} (spoofed 0, VLAN not a member {PINGS}, untagged without a native VLAN {PINGS}, tagged on an access port 0)", 2 * PINGS),
+            )?;
             Ok(())
         },
     }

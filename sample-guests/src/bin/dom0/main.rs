@@ -132,7 +132,7 @@ fn devices(c: &mut Checks, cmdline: &str) {
     if has_word(cmdline, "net") {
         let ok = net::run(pvguest_sdk::start_info()).is_ok();
         c.holds(who, format_args!("the network service ran until told to stop"), ok);
-    } else if pvguest_sdk::cmdline::arg(cmdline, "uplink").is_none() {
+    } else if !cmdline.split(' ').any(|w| w.starts_with("uplink=")) {
         println!("{who}: no `net` or `uplink=` on the command line: the NIC is left alone");
     }
     if !cmdline.split(' ').any(|w| w.starts_with("vbd=") || w.starts_with("vif=")) {

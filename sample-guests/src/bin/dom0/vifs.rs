@@ -2,11 +2,21 @@
 //! the software switch ([`net_bridge`]).
 //!
 //! # Command line
-//! `vif=NAME:VLAN:MAC` (MAC as six hex pairs joined by `-`): domain
-//! `NAME` gets a virtual NIC (vif 0) with that MAC on an access port of
-//! VLAN `VLAN` (1 to 4094). The MAC is pinned to the port: the bridge
-//! drops the domU's frames from any other source address, and nobody
-//! else may send from it. Bad words are reported and skipped.
+//! - `vif=NAME:VLANS:MAC` (MAC as six hex pairs joined by `-`): domain
+//!   `NAME` gets a virtual NIC (vif 0) with that MAC on a bridge port of
+//!   membership `VLANS` ([`PortKind::parse`]): a VLAN number (1 to 4094)
+//!   for an access port, whose frames are untagged, or `trunk=LIST` for a
+//!   trunk (a domU that tags its own frames, a router between VLANs, say):
+//!   `LIST` is comma-separated VLANs and ranges `A-B`, carried tagged, and
+//!   at most one VLAN marked `u`, carried untagged. The MAC is pinned to
+//!   the port: the bridge drops the domU's frames from any other source
+//!   address, and nobody else may send from it.
+//! - `uplink=VLANS`: the real NIC joins the bridge on a port of that
+//!   membership (`uplink=10`: its frames untagged on the wire, in VLAN 10;
+//!   `uplink=trunk=10,20`: tagged, for a wire that carries 802.1Q, like a
+//!   QEMU socket link to another machine's bridge).
+//!
+//! Bad words are reported, saying why, and skipped.
 //!
 //! # The loop's part
 //! - When a domain with a NIC connects to the store, dom0 writes the vif's
@@ -24,11 +34,10 @@
 use crate::netback::NetBack;
 use crate::uplink::Uplink;
 use crate::xs::Xs as Store;
-use alloc::boxed::Box;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use net_bridge::{Bridge, Config, Decision, Mac, PortConfig, PortId, Vid};
+use net_bridge::{Bridge, Config, Decision, DropReason, Mac, PortConfig, PortId, PortKind};
 use pvguest_sdk::event;
 use pvguest_sdk::{println, time};
 use split_drivers::netif::MAX_FRAME_LEN;
@@ -44,7 +53,7 @@ const FDB: usize = 128;
 #[derive(Clone, Debug)]
 pub struct VifSpec {
     pub domain: String,
-    pub vlan: Vid,
+    pub kind: PortKind,
     pub mac: Mac,
 }
 
@@ -64,25 +73,43 @@ fn mac_string(m: Mac) -> String {
     format!("{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4], b[5])
 }
 
+/// What a port's membership reads as in dom0's lines: `VLAN 10`, or the
+/// trunk's list.
+pub fn describe(kind: &PortKind) -> String {
+    match kind {
+        PortKind::Access { vlan } => format!("VLAN {vlan}"),
+        trunk => format!("{trunk}"),
+    }
+}
+
+/// One `vif=` word's value: the spec, or why not.
+fn parse_vif(w: &str) -> Result<VifSpec, String> {
+    let f: Vec<&str> = w.split(':').collect();
+    let [name, vlans, mac] = f.as_slice() else {
+        return Err(String::from("not NAME:VLANS:MAC"));
+    };
+    if name.is_empty() {
+        return Err(String::from("no domain name"));
+    }
+    let kind = PortKind::parse(vlans).map_err(|e| format!("VLANS `{vlans}`: {e}"))?;
+    let mac = parse_mac(mac).filter(|m| m.is_valid_source()).ok_or_else(|| format!("`{mac}` is not a unicast MAC"))?;
+    Ok(VifSpec { domain: (*name).into(), kind, mac })
+}
+
 /// The `vif=` words of `cmdline`; bad ones are reported and skipped.
 pub fn parse_vifs(cmdline: &str) -> Vec<VifSpec> {
-    let mut out = Vec::new();
+    let mut out: Vec<VifSpec> = Vec::new();
     for w in cmdline.split(' ').filter_map(|w| w.strip_prefix("vif=")) {
-        let f: Vec<&str> = w.split(':').collect();
-        let parsed = match f.as_slice() {
-            [name, vlan, mac] if !name.is_empty() => {
-                match (vlan.parse::<u16>().ok().and_then(Vid::new), parse_mac(mac)) {
-                    (Some(vlan), Some(mac)) if mac.is_valid_source() => {
-                        Some(VifSpec { domain: (*name).into(), vlan, mac })
-                    }
-                    _ => None,
-                }
+        let parsed = parse_vif(w).and_then(|v| {
+            if out.iter().any(|o| o.domain == v.domain || o.mac == v.mac) {
+                Err(String::from("a second NIC for its domain, or a MAC already taken"))
+            } else {
+                Ok(v)
             }
-            _ => None,
-        };
+        });
         match parsed {
-            Some(v) if out.iter().all(|o: &VifSpec| o.domain != v.domain && o.mac != v.mac) => out.push(v),
-            _ => println!("serve: bad or duplicate vif spec `{w}`, skipped"),
+            Ok(v) => out.push(v),
+            Err(e) => println!("serve: vif spec `{w}` skipped: {e}"),
         }
     }
     out
@@ -106,7 +133,7 @@ pub struct Vifs {
     /// The real NIC, on its port (`uplink=VLAN`: an access port of that
     /// VLAN, its frames untagged on the wire).
     uplink: Option<(Uplink, PortId)>,
-    bridge: Box<Bridge<FDB>>,
+    bridge: &'static mut Bridge<FDB>,
     on_event: event::Handler,
 }
 
@@ -126,14 +153,19 @@ impl Vifs {
         if !specs.is_empty() {
             println!("serve: {} virtual NIC(s) configured", specs.len());
         }
-        let mut bridge = new_bridge();
-        let vlan = pvguest_sdk::cmdline::arg(cmdline, "uplink").and_then(|v| u16::try_from(v).ok()).and_then(Vid::new);
-        let uplink = vlan.and_then(|vlan| {
+        // `serve` makes its switch once, at its start.
+        let bridge = BRIDGE.try_lock().map(spin::MutexGuard::leak).expect("one Vifs per dom0");
+        let kind = cmdline
+            .split(' ')
+            .find_map(|w| w.strip_prefix("uplink="))
+            .and_then(|v| PortKind::parse(v).map_err(|e| println!("serve: `uplink={v}` ignored: {e}")).ok());
+        let uplink = kind.and_then(|kind| {
             let port = PortId::new(UPLINK_PORT).expect("a valid port");
+            let what = describe(&kind);
             match Uplink::open() {
-                Ok(u) => match bridge.set_port(port, PortConfig::access(vlan)) {
+                Ok(u) => match bridge.set_port(port, PortConfig { kind, mac: None, learn_limit: None }) {
                     Ok(()) => {
-                        println!("serve: uplink on bridge port {UPLINK_PORT}, VLAN {}", vlan.get());
+                        println!("serve: uplink on bridge port {UPLINK_PORT}, {what}");
                         Some((u, port))
                     }
                     Err(e) => {
@@ -158,7 +190,8 @@ impl Vifs {
             println!("serve: dom{domid}: no bridge port left for its NIC");
             return;
         };
-        if let Err(e) = self.bridge.set_port(port, PortConfig::access(spec.vlan).with_mac(spec.mac)) {
+        let config = PortConfig { kind: spec.kind.clone(), mac: Some(spec.mac), learn_limit: None };
+        if let Err(e) = self.bridge.set_port(port, config) {
             println!("serve: dom{domid}: bridge port refused: {e:?}");
             return;
         }
@@ -171,10 +204,10 @@ impl Vifs {
                 let ready = v.be.handle(Event::LocalReady);
                 self.handshake(store, &mut v, ready);
                 println!(
-                    "serve: dom{domid} ({}) offered vif 0: MAC {}, VLAN {}, bridge port {}",
+                    "serve: dom{domid} ({}) offered vif 0: MAC {}, {}, bridge port {}",
                     v.spec.domain,
                     mac_string(v.spec.mac),
-                    v.spec.vlan.get(),
+                    describe(&v.spec.kind),
                     port.get()
                 );
                 self.vifs.push(v);
@@ -291,7 +324,7 @@ impl Vifs {
     /// of the service).
     pub fn report(&self) {
         for v in &self.vifs {
-            report(&self.bridge, v);
+            report(self.bridge, v);
         }
     }
 
@@ -366,26 +399,25 @@ impl Vifs {
     }
 }
 
-/// The bridge, on the heap. Its own frame: the value may pass through the
-/// stack on its way (tens of KiB), and this frame is gone before the
-/// caller goes deeper.
-#[inline(never)]
-fn new_bridge() -> Box<Bridge<FDB>> {
-    Box::new(Bridge::new(Config::default()))
-}
+/// The bridge: built at compile time ([`Bridge::new`] is a `const fn`) in
+/// dom0's data, never on its stack, and taken once by [`Vifs::new`].
+static BRIDGE: spin::Mutex<Bridge<FDB>> = spin::Mutex::new(Bridge::new(Config::DEFAULT));
 
 /// Prints the bridge's counters of `v`'s port.
 fn report(bridge: &Bridge<FDB>, v: &Vif) {
     let p = bridge.stats().port(v.port);
     println!(
-        "serve: bridge port {} (dom{} {}): rx {} tx {} dropped {} (spoofed {})",
+        "serve: bridge port {} (dom{} {}): rx {} tx {} dropped {} (spoofed {}, VLAN not a member {}, untagged without a native VLAN {}, tagged on an access port {})",
         v.port.get(),
         v.domid,
         v.spec.domain,
         p.rx_frames,
         p.tx_frames,
         p.dropped_total(),
-        p.dropped(net_bridge::DropReason::Spoofed)
+        p.dropped(DropReason::Spoofed),
+        p.dropped(DropReason::VlanNotMember),
+        p.dropped(DropReason::NoNativeVlan),
+        p.dropped(DropReason::TaggedOnAccess),
     );
 }
 
