@@ -16,7 +16,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = "serve vif=evil:10:02-00-00-00-00-ee vif=alice:10:02-00-00-00-00-0a vif=bob:10:02-00-00-00-00-0b";
-            w.domain(entry(imgs, "dom0", "dom0", 2560, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
+            w.domain(super::net_split::net_dom0(imgs, cmdline)?);
             w.domain(entry(imgs, "evil", "net_attacker", 1024, "", Expect::Poweroff)?);
             w.domain(entry(imgs, "alice", "netpeer", 1024, &format!("role=ping count={PINGS}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "bob", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);

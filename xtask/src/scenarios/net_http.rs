@@ -73,11 +73,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = "serve uplink=10 vif=web:10:02-00-00-00-00-80";
-            w.domain(
-                entry(imgs, "dom0", "dom0", 2560, cmdline, Expect::Poweroff)?
-                    .privileged(true)
-                    .dma_kib(512 + super::dom0_net::DMA_KIB),
-            );
+            w.domain(super::net_split::net_dom0(imgs, cmdline)?);
             w.domain(entry(imgs, "web", "httpd", 1536, "dhcp s=90", Expect::Poweroff)?);
             finish(w, imgs)
         },

@@ -22,9 +22,10 @@
 //! - `net-uplink`: dom0's real NIC is the bridge's uplink; a domU's ARP
 //!   request for QEMU's gateway leaves through it and slirp answers.
 use super::{entry, finish, need, Scenario};
+use crate::images::Images;
 use crate::qemu::Outcome;
 use ringfence_bundle::Expect;
-use ringfence_bundle_writer::BundleWriter;
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 
 const ALICE: &str = "02-00-00-00-00-0a";
 const BOB: &str = "02-00-00-00-00-0b";
@@ -43,7 +44,7 @@ fn bridge_scenario() -> Scenario {
             let cmdline = format!(
                 "serve vif=alice:10:{ALICE} vif=bob:10:{BOB} vif=carol:30:{CAROL} vif=mallory:10:{MALLORY} vif=dave:20:{DAVE} vif=trudy:trunk=10,20:{TRUDY}"
             );
-            w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
+            w.domain(net_dom0(imgs, &cmdline)?);
             w.domain(entry(imgs, "alice", "netpeer", 1024, &format!("role=ping count={PINGS}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "bob", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "carol", "netpeer", 1024, "role=listen ms=4000", Expect::Poweroff)?);
@@ -93,11 +94,7 @@ fn uplink_scenario() -> Scenario {
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve uplink=10 vif=alice:10:{ALICE}");
-            w.domain(
-                entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?
-                    .privileged(true)
-                    .dma_kib(512 + (pvguest_sdk_dma_kib())),
-            );
+            w.domain(net_dom0(imgs, &cmdline)?);
             w.domain(entry(imgs, "alice", "netpeer", 1024, "role=arp ip=10.0.2.16 target=10.0.2.2", Expect::Poweroff)?);
             finish(w, imgs)
         },
@@ -117,9 +114,13 @@ fn uplink_scenario() -> Scenario {
     }
 }
 
-/// The DMA pool the NIC's driver takes, in KiB.
-fn pvguest_sdk_dma_kib() -> u32 {
-    super::dom0_net::DMA_KIB
+/// dom0 serving NICs (`serve` mode; the `vif=` and `uplink=` words are in
+/// `cmdline`): privileged, with the DMA pool its disk takes and, with an
+/// `uplink=`, the real NIC's as well.
+pub(super) fn net_dom0(imgs: &Images, cmdline: &str) -> crate::Result<DomainEntry> {
+    let uplink = cmdline.split(' ').any(|w| w.starts_with("uplink="));
+    let dma = 512 + if uplink { super::dom0_net::DMA_KIB } else { 0 };
+    Ok(entry(imgs, "dom0", "dom0", 2560, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma))
 }
 
 /// The rig of a scenario whose dom0 serves only NICs: `serve` mode still
@@ -141,7 +142,7 @@ fn echo_scenario() -> Scenario {
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve vif=server:30:{SERVER} vif=client:30:{CLIENT}");
-            w.domain(entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(512));
+            w.domain(net_dom0(imgs, &cmdline)?);
             w.domain(entry(imgs, "server", "tcpecho", 2048, "role=server ip=10.0.3.1/24 port=7 conns=2 dhcp=10.0.3.2 ms=20000", Expect::Poweroff)?);
             w.domain(entry(
                 imgs,
@@ -249,11 +250,7 @@ fn host_echo_scenario() -> Scenario {
         bundle: |imgs| {
             let mut w = BundleWriter::new();
             let cmdline = format!("serve uplink=10 vif=echo:10:{SERVER}");
-            w.domain(
-                entry(imgs, "dom0", "dom0", 2560, &cmdline, Expect::Poweroff)?
-                    .privileged(true)
-                    .dma_kib(512 + pvguest_sdk_dma_kib()),
-            );
+            w.domain(net_dom0(imgs, &cmdline)?);
             w.domain(entry(imgs, "echo", "tcpecho", 2048, "role=server ip=10.0.2.15/24 port=7 conns=1 ms=60000", Expect::Poweroff)?);
             finish(w, imgs)
         },

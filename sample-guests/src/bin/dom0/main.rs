@@ -46,6 +46,7 @@ mod blkback;
 mod net;
 mod netback;
 mod serve;
+mod served;
 mod uplink;
 mod vifs;
 mod xs;

@@ -27,6 +27,7 @@
 //!    its disk's mappings given back.
 
 use crate::blkback::{self, BlkBack, Dev};
+use crate::served::{self, Handshake, Served};
 use crate::xs::Xs as Store;
 use alloc::format;
 use alloc::string::String;
@@ -40,7 +41,7 @@ use pvguest_sdk::event::{self, Port};
 use pvguest_sdk::println;
 use pvguest_sdk::store_link::BackLink;
 use pvguest_sdk::virtio::blk::Disk;
-use split_drivers::state::{Action, Backend, Event, State};
+use split_drivers::state::{Event, State};
 
 /// The vdev every disk gets (Xen's number for `xvda`).
 pub const VDEV: u16 = 51712;
@@ -127,7 +128,7 @@ fn offer_foreign(store: &mut Store, victim: u16, back: u16) -> Result<(), String
 struct Vbd {
     spec: VbdSpec,
     domid: u16,
-    be: Backend,
+    hs: Handshake,
     back: Option<BlkBack>,
     /// A backend that ended with requests still at the device: it takes
     /// no more, and closes (giving back the virtual disk) when its last
@@ -137,9 +138,28 @@ struct Vbd {
     /// The domain is gone: the disk goes once nothing drains.
     dead: bool,
     vdisk: Option<VirtualDisk>,
-    front_state: Option<State>,
-    /// The store's change count when the front's state was last read.
-    seen_changes: Option<u64>,
+}
+
+impl Served for Vbd {
+    const WHAT: &'static str = "disk";
+    fn domid(&self) -> u16 {
+        self.domid
+    }
+    fn front_dir(&self) -> String {
+        front_dir(self.domid)
+    }
+    fn back_dir(&self) -> String {
+        back_dir(self.domid)
+    }
+    fn handshake(&mut self) -> &mut Handshake {
+        &mut self.hs
+    }
+    fn connect(&mut self, store: &mut Store) -> Event {
+        connect_ring(store, self)
+    }
+    fn disconnect(&mut self) {
+        self.retire();
+    }
 }
 
 impl Vbd {
@@ -368,19 +388,14 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     let mut v = Vbd {
         spec: spec.clone(),
         domid,
-        be: Backend::new(),
+        hs: Handshake::new(),
         back: None,
         draining: None,
         dead: false,
         vdisk: Some(vdisk),
-        front_state: None,
-        seen_changes: None,
     };
-    let start = v.be.start();
-    handshake(store, &mut v, start);
     // The device is open and the details are written.
-    let ready = v.be.handle(Event::LocalReady);
-    handshake(store, &mut v, ready);
+    served::offer(store, &mut v);
     println!(
         "serve: dom{domid} ({}) offered vdev {VDEV}: {} sectors, {}",
         spec.domain,
@@ -489,28 +504,14 @@ fn complete(store: &mut Store, vbds: &mut Vec<Vbd>, disk: &mut Disk) -> Result<b
 fn disconnect(store: &mut Store, v: &mut Vbd, e: blkback::BackError) {
     println!("serve: dom{}: ring broken: {e}; disconnecting", v.domid);
     v.retire();
-    let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), State::Closed.as_str().as_bytes());
+    served::write_closed(store, v);
 }
 
 /// Drives one disk: its handshake from the frontend's state node (read
 /// again only when another domain's requests have reached the store),
 /// then a batch of its ring.
 fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk, share: blkback::Share) -> bool {
-    let mut work = false;
-    if v.seen_changes != Some(store.changes()) {
-        v.seen_changes = Some(store.changes());
-        let fd = front_dir(v.domid);
-        let now = match store.read(0, &format!("{fd}/state")) {
-            Ok(b) => State::parse(&b).ok(),
-            Err(_) => None,
-        };
-        if now != v.front_state {
-            v.front_state = now;
-            let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
-            handshake(store, v, actions);
-            work = true;
-        }
-    }
+    let mut work = served::follow_front(store, v);
     if let Some(b) = v.back.as_mut() {
         match b.serve(disk, share) {
             Ok(n) => work |= n > 0,
@@ -520,33 +521,9 @@ fn drive(store: &mut Store, v: &mut Vbd, disk: &mut Disk, share: blkback::Share)
     work
 }
 
-/// Does what the disk's handshake asks ([`Backend`]'s actions), feeding
-/// it the outcome of each local step it asked for, until it asks nothing
-/// more.
-fn handshake(store: &mut Store, v: &mut Vbd, mut actions: split_drivers::state::Actions) {
-    let (fd, bd) = (front_dir(v.domid), back_dir(v.domid));
-    loop {
-        let mut follow = None;
-        for a in actions.iter() {
-            match a {
-                Action::WriteState(s) => {
-                    let _ = store.write(0, &format!("{bd}/state"), s.as_str().as_bytes());
-                }
-                Action::ReadRingDetails => follow = Some(connect_ring(store, v, &fd)),
-                Action::Disconnect => v.retire(),
-                Action::Error(e) => println!("serve: dom{}: handshake: {e:?}", v.domid),
-                Action::Connect | Action::PublishRing | Action::Reset => {}
-            }
-        }
-        match follow {
-            Some(e) => actions = v.be.handle(e),
-            None => return,
-        }
-    }
-}
-
 /// Reads the front's ring details (allegations) and maps its ring.
-fn connect_ring(store: &mut Store, v: &mut Vbd, fd: &str) -> Event {
+fn connect_ring(store: &mut Store, v: &mut Vbd) -> Event {
+    let fd = front_dir(v.domid);
     let num = |store: &mut Store, k: &str| -> Option<u32> {
         let b = store.read(0, &format!("{fd}/{k}")).ok()?;
         core::str::from_utf8(&b).ok()?.parse().ok()

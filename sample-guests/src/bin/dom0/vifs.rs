@@ -32,6 +32,7 @@
 //!   forgets what it learned there).
 
 use crate::netback::NetBack;
+use crate::served::{self, Handshake, Served};
 use crate::uplink::Uplink;
 use crate::xs::Xs as Store;
 use alloc::format;
@@ -41,7 +42,7 @@ use net_bridge::{Bridge, Config, Decision, DropReason, Mac, PortConfig, PortId, 
 use pvguest_sdk::event;
 use pvguest_sdk::{println, time};
 use split_drivers::netif::MAX_FRAME_LEN;
-use split_drivers::state::{Action, Backend, Event, State};
+use split_drivers::state::{Event, State};
 
 /// The uplink's bridge port (the last).
 const UPLINK_PORT: u8 = (net_bridge::MAX_PORTS - 1) as u8;
@@ -120,10 +121,34 @@ struct Vif {
     spec: VifSpec,
     domid: u16,
     port: PortId,
-    be: Backend,
+    hs: Handshake,
     back: Option<NetBack>,
-    front_state: Option<State>,
-    seen_changes: Option<u64>,
+    /// The loop's handler, for the rings' ports.
+    on_event: event::Handler,
+}
+
+impl Served for Vif {
+    const WHAT: &'static str = "NIC";
+    fn domid(&self) -> u16 {
+        self.domid
+    }
+    fn front_dir(&self) -> String {
+        front_dir(self.domid)
+    }
+    fn back_dir(&self) -> String {
+        back_dir(self.domid)
+    }
+    fn handshake(&mut self) -> &mut Handshake {
+        &mut self.hs
+    }
+    fn connect(&mut self, store: &mut Store) -> Event {
+        connect_rings(store, self)
+    }
+    fn disconnect(&mut self) {
+        if let Some(b) = self.back.take() {
+            b.close();
+        }
+    }
 }
 
 /// Every NIC and the switch between them.
@@ -197,12 +222,8 @@ impl Vifs {
         }
         match offer(store, domid, &spec) {
             Ok(()) => {
-                let mut v =
-                    Vif { spec, domid, port, be: Backend::new(), back: None, front_state: None, seen_changes: None };
-                let start = v.be.start();
-                self.handshake(store, &mut v, start);
-                let ready = v.be.handle(Event::LocalReady);
-                self.handshake(store, &mut v, ready);
+                let mut v = Vif { spec, domid, port, hs: Handshake::new(), back: None, on_event: self.on_event };
+                served::offer(store, &mut v);
                 println!(
                     "serve: dom{domid} ({}) offered vif 0: MAC {}, {}, bridge port {}",
                     v.spec.domain,
@@ -251,24 +272,8 @@ impl Vifs {
     /// bridge. Whether anything happened.
     pub fn drive(&mut self, store: &mut Store) -> bool {
         let mut work = false;
-        let mut k = 0;
-        while k < self.vifs.len() {
-            let mut v = self.vifs.swap_remove(k);
-            if v.seen_changes != Some(store.changes()) {
-                v.seen_changes = Some(store.changes());
-                let now =
-                    store.read(0, &format!("{}/state", front_dir(v.domid))).ok().and_then(|b| State::parse(&b).ok());
-                if now != v.front_state {
-                    v.front_state = now;
-                    let actions = v.be.handle(now.map_or(Event::PeerGone, Event::PeerState));
-                    self.handshake(store, &mut v, actions);
-                    work = true;
-                }
-            }
-            self.vifs.push(v);
-            let last = self.vifs.len() - 1;
-            self.vifs.swap(k, last);
-            k += 1;
+        for v in self.vifs.iter_mut() {
+            work |= served::follow_front(store, v);
         }
         // Frames in, through the bridge, out.
         let now = time::now_ns();
@@ -331,70 +336,41 @@ impl Vifs {
     fn disconnect(&mut self, store: &mut Store, k: usize, e: crate::netback::BackError) {
         let v = &mut self.vifs[k];
         println!("serve: dom{}: NIC ring broken: {e}; disconnecting", v.domid);
-        if let Some(b) = v.back.take() {
-            b.close();
-        }
-        let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), State::Closed.as_str().as_bytes());
+        v.disconnect();
+        served::write_closed(store, v);
     }
+}
 
-    /// Does what the NIC's handshake asks, feeding it the outcome of each
-    /// local step it asked for.
-    fn handshake(&self, store: &mut Store, v: &mut Vif, mut actions: split_drivers::state::Actions) {
-        loop {
-            let mut follow = None;
-            for a in actions.iter() {
-                match a {
-                    Action::WriteState(s) => {
-                        let _ = store.write(0, &format!("{}/state", back_dir(v.domid)), s.as_str().as_bytes());
-                    }
-                    Action::ReadRingDetails => follow = Some(self.connect_rings(store, v)),
-                    Action::Disconnect => {
-                        if let Some(b) = v.back.take() {
-                            b.close();
-                        }
-                    }
-                    Action::Error(e) => println!("serve: dom{}: NIC handshake: {e:?}", v.domid),
-                    Action::Connect | Action::PublishRing | Action::Reset => {}
-                }
+/// Reads the front's ring details (allegations) and maps its rings.
+fn connect_rings(store: &mut Store, v: &mut Vif) -> Event {
+    let fd = front_dir(v.domid);
+    let num = |store: &mut Store, k: &str| -> Option<u32> {
+        let b = store.read(0, &format!("{fd}/{k}")).ok()?;
+        core::str::from_utf8(&b).ok()?.parse().ok()
+    };
+    let details = (
+        num(store, "tx-ring-ref"),
+        num(store, "rx-ring-ref"),
+        num(store, "event-channel-tx"),
+        num(store, "event-channel-rx"),
+    );
+    let (Some(txg), Some(rxg), Some(txp), Some(rxp)) = details else {
+        println!("serve: dom{}: NIC ring details missing or malformed", v.domid);
+        return Event::LocalFailed;
+    };
+    match NetBack::connect(v.domid, txg, rxg, txp, rxp) {
+        Ok(b) => {
+            for p in b.ports() {
+                let _ = event::set_handler(p, v.on_event);
+                let _ = event::unmask(p);
             }
-            match follow {
-                Some(e) => actions = v.be.handle(e),
-                None => return,
-            }
+            println!("serve: dom{} ({}): NIC connected", v.domid, v.spec.domain);
+            v.back = Some(b);
+            Event::LocalReady
         }
-    }
-
-    /// Reads the front's ring details (allegations) and maps its rings.
-    fn connect_rings(&self, store: &mut Store, v: &mut Vif) -> Event {
-        let fd = front_dir(v.domid);
-        let num = |store: &mut Store, k: &str| -> Option<u32> {
-            let b = store.read(0, &format!("{fd}/{k}")).ok()?;
-            core::str::from_utf8(&b).ok()?.parse().ok()
-        };
-        let details = (
-            num(store, "tx-ring-ref"),
-            num(store, "rx-ring-ref"),
-            num(store, "event-channel-tx"),
-            num(store, "event-channel-rx"),
-        );
-        let (Some(txg), Some(rxg), Some(txp), Some(rxp)) = details else {
-            println!("serve: dom{}: NIC ring details missing or malformed", v.domid);
-            return Event::LocalFailed;
-        };
-        match NetBack::connect(v.domid, txg, rxg, txp, rxp) {
-            Ok(b) => {
-                for p in b.ports() {
-                    let _ = event::set_handler(p, self.on_event);
-                    let _ = event::unmask(p);
-                }
-                println!("serve: dom{} ({}): NIC connected", v.domid, v.spec.domain);
-                v.back = Some(b);
-                Event::LocalReady
-            }
-            Err(e) => {
-                println!("serve: dom{}: NIC not connected: {e}", v.domid);
-                Event::LocalFailed
-            }
+        Err(e) => {
+            println!("serve: dom{}: NIC not connected: {e}", v.domid);
+            Event::LocalFailed
         }
     }
 }
