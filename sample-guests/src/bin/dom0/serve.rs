@@ -142,15 +142,6 @@ struct Vbd {
 
 impl Served for Vbd {
     const WHAT: &'static str = "disk";
-    fn domid(&self) -> u16 {
-        self.domid
-    }
-    fn front_dir(&self) -> String {
-        front_dir(self.domid)
-    }
-    fn back_dir(&self) -> String {
-        back_dir(self.domid)
-    }
     fn handshake(&mut self) -> &mut Handshake {
         &mut self.hs
     }
@@ -388,7 +379,7 @@ fn offer_disk(store: &mut Store, domid: u16, spec: &VbdSpec, disk: &mut Disk) ->
     let mut v = Vbd {
         spec: spec.clone(),
         domid,
-        hs: Handshake::new(),
+        hs: Handshake::new(domid, front_dir(domid), back_dir(domid)),
         back: None,
         draining: None,
         dead: false,

@@ -23,9 +23,14 @@ use alloc::string::String;
 use pvguest_sdk::println;
 use split_drivers::state::{Action, Actions, Backend, Event, State};
 
-/// A device's handshake state: the machine, and what dom0 last saw of the
-/// frontend.
+/// A device's handshake state: whom it serves, where both ends' nodes
+/// are, the machine, and what dom0 last saw of the frontend.
 pub struct Handshake {
+    domid: u16,
+    /// The frontend's directory.
+    front: String,
+    /// The backend's directory.
+    back: String,
     pub be: Backend,
     /// The frontend's state as last read.
     front_state: Option<State>,
@@ -34,8 +39,10 @@ pub struct Handshake {
 }
 
 impl Handshake {
-    pub fn new() -> Handshake {
-        Handshake { be: Backend::new(), front_state: None, seen_changes: None }
+    /// The handshake of the device of `domid` whose directories are
+    /// `front` and `back`.
+    pub fn new(domid: u16, front: String, back: String) -> Handshake {
+        Handshake { domid, front, back, be: Backend::new(), front_state: None, seen_changes: None }
     }
 }
 
@@ -43,12 +50,6 @@ impl Handshake {
 pub trait Served {
     /// What it is, in dom0's lines (`disk`, `NIC`).
     const WHAT: &'static str;
-    /// The domU it serves.
-    fn domid(&self) -> u16;
-    /// The frontend's directory.
-    fn front_dir(&self) -> String;
-    /// The backend's directory.
-    fn back_dir(&self) -> String;
     fn handshake(&mut self) -> &mut Handshake;
     /// Reads the frontend's ring details and maps its rings:
     /// [`Event::LocalReady`] or [`Event::LocalFailed`].
@@ -74,7 +75,7 @@ pub fn follow_front(store: &mut Store, dev: &mut impl Served) -> bool {
         return false;
     }
     dev.handshake().seen_changes = Some(changes);
-    let now = store.read(0, &format!("{}/state", dev.front_dir())).ok().and_then(|b| State::parse(&b).ok());
+    let now = store.read(0, &format!("{}/state", dev.handshake().front)).ok().and_then(|b| State::parse(&b).ok());
     if now == dev.handshake().front_state {
         return false;
     }
@@ -92,11 +93,11 @@ pub fn handshake<D: Served>(store: &mut Store, dev: &mut D, mut actions: Actions
         for a in actions.iter() {
             match a {
                 Action::WriteState(s) => {
-                    let _ = store.write(0, &format!("{}/state", dev.back_dir()), s.as_str().as_bytes());
+                    let _ = store.write(0, &format!("{}/state", dev.handshake().back), s.as_str().as_bytes());
                 }
                 Action::ReadRingDetails => follow = Some(dev.connect(store)),
                 Action::Disconnect => dev.disconnect(),
-                Action::Error(e) => println!("serve: dom{}: {} handshake: {e:?}", dev.domid(), D::WHAT),
+                Action::Error(e) => println!("serve: dom{}: {} handshake: {e:?}", dev.handshake().domid, D::WHAT),
                 Action::Connect | Action::PublishRing | Action::Reset => {}
             }
         }
@@ -108,6 +109,6 @@ pub fn handshake<D: Served>(store: &mut Store, dev: &mut D, mut actions: Actions
 }
 
 /// Writes the backend's `Closed` state (a ring that broke the protocol).
-pub fn write_closed(store: &mut Store, dev: &impl Served) {
-    let _ = store.write(0, &format!("{}/state", dev.back_dir()), State::Closed.as_str().as_bytes());
+pub fn write_closed(store: &mut Store, dev: &mut impl Served) {
+    let _ = store.write(0, &format!("{}/state", dev.handshake().back), State::Closed.as_str().as_bytes());
 }

@@ -129,15 +129,6 @@ struct Vif {
 
 impl Served for Vif {
     const WHAT: &'static str = "NIC";
-    fn domid(&self) -> u16 {
-        self.domid
-    }
-    fn front_dir(&self) -> String {
-        front_dir(self.domid)
-    }
-    fn back_dir(&self) -> String {
-        back_dir(self.domid)
-    }
     fn handshake(&mut self) -> &mut Handshake {
         &mut self.hs
     }
@@ -222,7 +213,14 @@ impl Vifs {
         }
         match offer(store, domid, &spec) {
             Ok(()) => {
-                let mut v = Vif { spec, domid, port, hs: Handshake::new(), back: None, on_event: self.on_event };
+                let mut v = Vif {
+                    spec,
+                    domid,
+                    port,
+                    hs: Handshake::new(domid, front_dir(domid), back_dir(domid)),
+                    back: None,
+                    on_event: self.on_event,
+                };
                 served::offer(store, &mut v);
                 println!(
                     "serve: dom{domid} ({}) offered vif 0: MAC {}, {}, bridge port {}",
