@@ -137,6 +137,8 @@ pub enum MembershipError {
     BackwardsRange,
     /// More than one VLAN marked native (`u`), or a native range.
     TwoNatives,
+    /// The native VLAN is also in the tagged list.
+    NativeAlsoTagged,
 }
 
 impl core::fmt::Display for MembershipError {
@@ -146,6 +148,7 @@ impl core::fmt::Display for MembershipError {
             MembershipError::BadVid => "a VLAN is not a number from 1 to 4094",
             MembershipError::BackwardsRange => "a VLAN range runs backwards",
             MembershipError::TwoNatives => "a trunk has at most one native (`u`) VLAN, and not a range",
+            MembershipError::NativeAlsoTagged => "the native (`u`) VLAN is also in the tagged list",
         })
     }
 }
@@ -172,8 +175,10 @@ impl PortKind {
     /// # Errors
     /// [`MembershipError`] saying what is wrong.
     pub fn parse(s: &str) -> Result<PortKind, MembershipError> {
+        // Decimal digits only (`u16::from_str` would take a `+`).
         let vid = |t: &str| -> Result<Vid, MembershipError> {
-            t.parse::<u16>().ok().and_then(Vid::new).ok_or(MembershipError::BadVid)
+            let digits = !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+            digits.then(|| t.parse::<u16>().ok()).flatten().and_then(Vid::new).ok_or(MembershipError::BadVid)
         };
         let Some(list) = s.strip_prefix("trunk=") else {
             return if s.is_empty() { Err(MembershipError::Empty) } else { Ok(PortKind::Access { vlan: vid(s)? }) };
@@ -200,6 +205,9 @@ impl PortKind {
                 allowed.insert(vid(item)?);
             }
         }
+        if native.is_some_and(|n| allowed.contains(n)) {
+            return Err(MembershipError::NativeAlsoTagged);
+        }
         Ok(PortKind::Trunk { allowed, native })
     }
 }
@@ -210,16 +218,36 @@ fn vid_unchecked(n: u16) -> Vid {
 }
 
 impl core::fmt::Display for PortKind {
-    /// The form [`PortKind::parse`] reads (ranges written out as lists).
+    /// The form [`PortKind::parse`] reads, runs of three or more VLANs as
+    /// ranges (`trunk=1-4094` stays short).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
             PortKind::Access { vlan } => write!(f, "{vlan}"),
             PortKind::Trunk { allowed, native } => {
                 f.write_str("trunk=")?;
                 let mut sep = "";
-                for v in allowed.iter() {
-                    write!(f, "{sep}{v}")?;
-                    sep = ",";
+                let mut run: Option<(u16, u16)> = None;
+                let put = |f: &mut core::fmt::Formatter<'_>, (a, b): (u16, u16), sep: &mut &str| {
+                    let r = match b - a {
+                        0 => write!(f, "{sep}{a}"),
+                        1 => write!(f, "{sep}{a},{b}"),
+                        _ => write!(f, "{sep}{a}-{b}"),
+                    };
+                    *sep = ",";
+                    r
+                };
+                for v in allowed.iter().map(Vid::get) {
+                    run = match run {
+                        Some((a, b)) if b + 1 == v => Some((a, v)),
+                        Some(r) => {
+                            put(f, r, &mut sep)?;
+                            Some((v, v))
+                        }
+                        None => Some((v, v)),
+                    };
+                }
+                if let Some(r) = run {
+                    put(f, r, &mut sep)?;
                 }
                 if let Some(n) = native {
                     write!(f, "{sep}{n}u")?;
@@ -315,11 +343,18 @@ mod tests {
         let k = PortKind::parse("trunk=20,10").unwrap();
         assert_eq!(k, PortKind::Trunk { allowed: [v(10), v(20)].into_iter().collect(), native: None });
         assert_eq!(k.to_string(), "trunk=10,20");
-        let k = PortKind::parse("trunk=5u,100-102").unwrap();
-        assert_eq!(k.to_string(), "trunk=100,101,102,5u");
+        let k = PortKind::parse("trunk=5u,100-102,7,8,10").unwrap();
+        assert_eq!(k.to_string(), "trunk=7,8,10,100-102,5u");
         assert_eq!(PortKind::parse(&k.to_string()), Ok(k));
         let k = PortKind::parse("trunk=1-4094").unwrap();
         assert!(matches!(k, PortKind::Trunk { ref allowed, native: None } if allowed.len() == 4094));
+        assert_eq!(k.to_string(), "trunk=1-4094");
+        for text in ["trunk=1,2", "trunk=1-3", "trunk=4093,4094", "trunk=1,3-5,7,9-4094", "trunk=2-4,1u", "trunk=4094u"]
+        {
+            let k = PortKind::parse(text).unwrap();
+            assert_eq!(k.to_string(), text);
+            assert_eq!(PortKind::parse(&k.to_string()), Ok(k));
+        }
         assert_eq!(PortKind::parse("trunk=7u"), Ok(PortKind::Trunk { allowed: VlanSet::new(), native: Some(v(7)) }));
         for (bad, e) in [
             ("", MembershipError::Empty),
@@ -337,6 +372,10 @@ mod tests {
             ("trunk=1u,2u", MembershipError::TwoNatives),
             ("trunk=1-3u", MembershipError::TwoNatives),
             ("trunk=99999999999", MembershipError::BadVid),
+            ("+10", MembershipError::BadVid),
+            ("trunk=+5", MembershipError::BadVid),
+            ("trunk=10,10u", MembershipError::NativeAlsoTagged),
+            ("trunk=5-9,7u", MembershipError::NativeAlsoTagged),
         ] {
             assert_eq!(PortKind::parse(bad), Err(e), "{bad:?}");
         }

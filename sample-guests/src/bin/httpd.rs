@@ -7,10 +7,12 @@
 //! - `GET /` answers `200` with a line naming the domain and counting the
 //!   requests; `GET /stop` answers `200 bye` and ends the domain once the
 //!   answer is out; anything else is `404`, a request line longer than
-//!   [`MAX_REQUEST`] or malformed `400`. Up to [`BACKLOG`] connections at
-//!   once, every idle socket listening (HTTP/1.0: the server closes after
-//!   each answer, and a client's next connection may come before that
-//!   close is over).
+//!   [`MAX_REQUEST`], malformed or cut short by the client's FIN `400`. Up
+//!   to [`BACKLOG`] connections at once, every idle socket listening
+//!   (HTTP/1.0: the server closes after each answer, and a client's next
+//!   connection may come before that close is over). A connection reset,
+//!   closed without a byte, or open [`IDLE_NS`] without a whole request
+//!   gives its socket back to the backlog.
 //! - `requests=N` (default 100) and `s=S` (default 60) bound the service;
 //!   with `timed` (the demo), ending at `S` seconds without a `GET /stop`
 //!   is as expected too.
@@ -37,17 +39,23 @@ const PORT: u16 = 80;
 /// Connections served at once; each socket listens between them.
 const BACKLOG: usize = 4;
 
+/// How long a connection may stay open without a whole request before its
+/// socket is taken back (a slow or silent client cannot hold the backlog).
+const IDLE_NS: u64 = 10_000_000_000;
+
 /// One socket and the request it is reading.
 struct Conn {
     sock: pvguest_sdk::tcpip::SocketHandle,
     req: alloc::boxed::Box<[u8; MAX_REQUEST]>,
     have: usize,
     answered: bool,
+    /// When the connection left the listening state.
+    since: Option<u64>,
 }
 
 impl Conn {
     fn new(sock: pvguest_sdk::tcpip::SocketHandle) -> Conn {
-        Conn { sock, req: alloc::boxed::Box::new([0; MAX_REQUEST]), have: 0, answered: false }
+        Conn { sock, req: alloc::boxed::Box::new([0; MAX_REQUEST]), have: 0, answered: false, since: None }
     }
 }
 
@@ -139,8 +147,15 @@ fn main(si: &'static StartInfo) {
             println!("httpd: the NIC failed: {e:?}");
             break;
         }
+        let now = time::now_ns();
         for conn in conns.iter_mut() {
             let sock = net.tcp(conn.sock);
+            // A connection's clock starts when it leaves the listening state.
+            if sock.state() == tcp::State::Listen {
+                conn.since = None;
+            } else if conn.since.is_none() {
+                conn.since = Some(now);
+            }
             // Read the request until its blank line (or the cap).
             while sock.can_recv() && conn.have < conn.req.len() && !conn.answered {
                 match sock.recv_slice(&mut conn.req[conn.have..]) {
@@ -149,7 +164,20 @@ fn main(si: &'static StartInfo) {
                 }
             }
             let complete = conn.req[..conn.have].windows(4).any(|w| w == b"\r\n\r\n");
-            if !conn.answered && (complete || conn.have == conn.req.len()) && sock.can_send() {
+            // The client sent all it will (its FIN came) without a whole
+            // request, or kept the socket longer than IDLE_NS unanswered.
+            let ended = sock.state() == tcp::State::CloseWait && !complete;
+            let idle = !conn.answered && conn.since.is_some_and(|t| now.saturating_sub(t) > IDLE_NS);
+            if !conn.answered && (idle || (ended && conn.have == 0)) {
+                // Nothing to answer, or no more time for it: the socket
+                // goes back to the backlog.
+                sock.abort();
+                conn.have = 0;
+                conn.since = None;
+                let _ = sock.listen(PORT);
+                continue;
+            }
+            if !conn.answered && (complete || ended || conn.have == conn.req.len()) && sock.can_send() {
                 let (text, last) = if complete {
                     answer(&conn.req[..conn.have], who, served + 1)
                 } else {
@@ -162,18 +190,23 @@ fn main(si: &'static StartInfo) {
                 stop |= last;
                 served += 1;
             }
-            // The connection is over: listen for the next one.
-            if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) && (conn.answered || conn.have > 0) {
+            // The connection is over (closed, or reset by the client at any
+            // point): listen for the next one.
+            if matches!(sock.state(), tcp::State::Closed | tcp::State::TimeWait) {
                 sock.abort();
                 conn.have = 0;
                 conn.answered = false;
+                conn.since = None;
                 if stop {
                     break 'serve;
                 }
                 let _ = sock.listen(PORT);
             }
         }
-        if let Err(e) = net.wait(deadline) {
+        // Wake for the next idle limit too (smoltcp has no timer for it).
+        let wake =
+            conns.iter().filter(|c| !c.answered).filter_map(|c| c.since).map(|t| t.saturating_add(IDLE_NS)).min();
+        if let Err(e) = net.wait(wake.map_or(deadline, |w| w.min(deadline))) {
             println!("httpd: the NIC failed: {e:?}");
             break;
         }

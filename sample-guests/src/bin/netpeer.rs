@@ -13,12 +13,12 @@
 //!   connected: nothing must (it sits on another VLAN).
 //! - `role=spoof count=N as=MAC`: broadcasts `N` `spof` frames whose
 //!   source is `MAC` (another domain's, given as `aa-bb-cc-dd-ee-ff`).
-//! - `role=trunk vlan=V deny=D count=N`, on a trunk port: pings as `ping`
-//!   does, with 802.1Q-tagged frames of VLAN `V`, and checks that every
-//!   frame reaching it is tagged (the trunk has no native VLAN) and every
-//!   pong is tagged `V`; then sends `N` frames tagged `D` (a VLAN its trunk
-//!   does not carry) and `N` untagged ones, all of which the bridge must
-//!   drop.
+//! - `role=trunk vlan=V carry=A,B,.. deny=D count=N`, on a trunk port of
+//!   VLANs `A,B,..`: pings as `ping` does, with 802.1Q-tagged frames of
+//!   VLAN `V`, and checks that every frame reaching it is tagged (the trunk
+//!   has no native VLAN) with a VLAN it carries, and every pong is tagged
+//!   `V`; then sends `N` frames tagged `D` (a VLAN its trunk does not
+//!   carry) and `N` untagged ones, all of which the bridge must drop.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -107,14 +107,17 @@ struct Pinged {
     spoofs: u32,
     /// Frames that arrived untagged, when pinging tagged.
     untagged: u32,
+    /// Frames that arrived tagged with a VLAN not in `carry`.
+    foreign: u32,
     /// Pongs tagged with another VLAN, or tagged when pinging untagged.
     wrong_tag: u32,
 }
 
 /// Broadcasts `count` pings (tagged `tag`, if given), each until its pong
 /// comes back (resent every 100 ms, 50 tries).
-fn ping(nic: &mut NetDevice, mac: [u8; 6], count: u32, tag: Option<u16>, buf: &mut [u8]) -> Pinged {
-    let mut p = Pinged { pongs: 0, peer: None, spoofs: 0, untagged: 0, wrong_tag: 0 };
+/// (`carry`: the VLANs a tagged frame may arrive with.)
+fn ping(nic: &mut NetDevice, mac: [u8; 6], count: u32, tag: Option<u16>, carry: &[u16], buf: &mut [u8]) -> Pinged {
+    let mut p = Pinged { pongs: 0, peer: None, spoofs: 0, untagged: 0, foreign: 0, wrong_tag: 0 };
     for seq in 0..count {
         let mut answered = false;
         for _try in 0..50 {
@@ -130,6 +133,9 @@ fn ping(nic: &mut NetDevice, mac: [u8; 6], count: u32, tag: Option<u16>, buf: &m
                         let (n, got) = untag(buf, n);
                         if tag.is_some() && got.is_none() {
                             p.untagged += 1;
+                        }
+                        if got.is_some_and(|v| !carry.contains(&v)) {
+                            p.foreign += 1;
                         }
                         match parse(&buf[..n]) {
                             Some((k, s, src)) if &k == b"pong" && s == seq && buf[..6] == mac => {
@@ -182,7 +188,7 @@ fn main(si: &'static StartInfo) {
     let mut buf = [0u8; MAX_FRAME_LEN];
     match role {
         "ping" => {
-            let p = ping(&mut nic, mac, count, None, &mut buf);
+            let p = ping(&mut nic, mac, count, None, &[], &mut buf);
             c.holds(
                 who,
                 format_args!("{}/{count} pings answered, intact, by {:02x?}", p.pongs, p.peer),
@@ -197,7 +203,12 @@ fn main(si: &'static StartInfo) {
                 c.verdict(who);
                 return;
             };
-            let p = ping(&mut nic, mac, count, Some(vlan), &mut buf);
+            let carry: alloc::vec::Vec<u16> = cmd
+                .split(' ')
+                .find_map(|w| w.strip_prefix("carry="))
+                .map(|l| l.split(',').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default();
+            let p = ping(&mut nic, mac, count, Some(vlan), &carry, &mut buf);
             c.holds(
                 who,
                 format_args!("{}/{count} pings tagged {vlan} answered, intact, by {:02x?}", p.pongs, p.peer),
@@ -206,10 +217,10 @@ fn main(si: &'static StartInfo) {
             c.holds(
                 who,
                 format_args!(
-                    "every frame reaching its trunk was tagged ({} untagged), every pong tagged {vlan}",
-                    p.untagged
+                    "every frame reaching its trunk was tagged with a VLAN it carries ({} untagged, {} of other VLANs), every pong tagged {vlan}",
+                    p.untagged, p.foreign
                 ),
-                p.untagged == 0 && p.wrong_tag == 0,
+                p.untagged == 0 && p.foreign == 0 && p.wrong_tag == 0,
             );
             let mut sent = 0;
             for seq in 0..count {

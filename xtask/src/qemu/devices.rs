@@ -90,7 +90,7 @@ impl Devices {
             // ways, as pcap) for reading after a run.
             if let Ok(f) = std::env::var("RF_PCAP") {
                 a.push("-object".into());
-                a.push(format!("filter-dump,id=rfdump,netdev=rfnet0,file={f}"));
+                a.push(format!("filter-dump,id=rfdump,netdev=rfnet0,file={}", f.replace(',', ",,")));
             }
             a.push("-device".into());
             a.push(format!(

@@ -47,10 +47,10 @@ fn bridge_scenario() -> Scenario {
             w.domain(net_dom0(imgs, &cmdline)?);
             w.domain(entry(imgs, "alice", "netpeer", 1024, &format!("role=ping count={PINGS}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "bob", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);
-            w.domain(entry(imgs, "carol", "netpeer", 1024, "role=listen ms=4000", Expect::Poweroff)?);
+            w.domain(entry(imgs, "carol", "netpeer", 1024, "role=listen ms=6000", Expect::Poweroff)?);
             w.domain(entry(imgs, "mallory", "netpeer", 1024, &format!("role=spoof count=8 as={BOB}"), Expect::Poweroff)?);
             w.domain(entry(imgs, "dave", "netpeer", 1024, &format!("role=echo count={PINGS}"), Expect::Poweroff)?);
-            let trunk = format!("role=trunk vlan=20 deny=30 count={PINGS}");
+            let trunk = format!("role=trunk vlan=20 carry=10,20 deny=30 count={PINGS}");
             w.domain(entry(imgs, "trudy", "netpeer", 1024, &trunk, Expect::Poweroff)?);
             finish(w, imgs)
         },
@@ -73,12 +73,29 @@ fn bridge_scenario() -> Scenario {
                 out,
                 &format!("[trudy] trudy: {PINGS}/{PINGS} pings tagged 20 answered, intact, by Some([02, 00, 00, 00, 00, 0e]): ok"),
             )?;
-            need(out, "[trudy] trudy: every frame reaching its trunk was tagged (0 untagged), every pong tagged 20: ok")?;
-            need(out, &format!("[trudy] trudy: sent {PINGS} frames tagged 30 and {PINGS} untagged, for the bridge to drop: ok"))?;
             need(
                 out,
-                &format!("dropped {} (spoofed 0, VLAN not a member {PINGS}, untagged without a native VLAN {PINGS}, tagged on an access port 0)", 2 * PINGS),
+                "[trudy] trudy: every frame reaching its trunk was tagged with a VLAN it carries (0 untagged, 0 of other VLANs), every pong tagged 20: ok",
             )?;
+            need(out, &format!("[trudy] trudy: sent {PINGS} frames tagged 30 and {PINGS} untagged, for the bridge to drop: ok"))?;
+            let port = out
+                .lines()
+                .find(|l| l.contains("[dom0] serve: bridge port ") && l.contains("(dom6 trudy): rx "))
+                .ok_or("no bridge counters for trudy's port")?;
+            let want = format!(
+                "dropped {} (spoofed 0, VLAN not a member {PINGS}, untagged without a native VLAN {PINGS}, tagged on an access port 0)",
+                2 * PINGS
+            );
+            if !port.contains(&want) {
+                return Err(format!("trudy's port: wanted {want:?} in {port:?}"));
+            }
+            // carol listened past trudy's denied frames (else hearing none
+            // of them would prove nothing).
+            let sent = out.find("for the bridge to drop: ok").ok_or("trudy sent no denied frames")?;
+            let heard = out.find("[carol] carol: nothing from another VLAN reached it").ok_or("carol did not report")?;
+            if heard < sent {
+                return Err("carol stopped listening before trudy sent its denied frames".into());
+            }
             Ok(())
         },
     }

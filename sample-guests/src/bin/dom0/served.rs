@@ -9,11 +9,12 @@
 //! # Who writes what
 //! - dom0 writes the backend's `state` node (`<back dir>/state`), only
 //!   here, as the state machine says.
-//! - The frontend's `state` node (`<front dir>/state`) is the domU's: it is
-//!   read (an allegation, parsed with [`State::parse`]; unreadable or
-//!   malformed reads as the peer gone) when another domain's requests have
-//!   reached the store since the last look, and fed to the state machine
-//!   only when it changed.
+//! - The frontend's `state` node (`<front dir>/state`) is the domU's once
+//!   dom0 has made it (dom0 writes its first value, `Initialising`, when
+//!   it offers the device): it is read (an allegation, parsed with
+//!   [`State::parse`]; unreadable or malformed reads as the peer gone) when
+//!   another domain's requests have reached the store since the last look,
+//!   and fed to the state machine only when it changed.
 //! - The ring details the frontend wrote are read by
 //!   [`Served::connect`], when the state machine asks for them.
 
