@@ -51,6 +51,11 @@ pub fn run(imgs: &Images) -> Result<()> {
         let image = images::target_dir().join("ringfence").join("bench-blk.img");
         let mut disk = Disk::create(&image, disk_bytes)?;
         disk.cache = DiskCache::WriteBack;
+        // Every block allocated on the host before the run: on a sparse
+        // image the first path to write a region would also pay for the
+        // host file system's allocation, and the two paths write
+        // different regions.
+        std::fs::write(&image, vec![0u8; disk_bytes as usize]).map_err(|e| format!("{}: {e}", image.display()))?;
         let opts = RunOpts {
             kernel: imgs.hypervisor.clone(),
             bundle: Some(bundle.clone()),
