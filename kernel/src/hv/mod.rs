@@ -512,7 +512,9 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         if let Some(h) = m.host {
             let e = self.m.entry_area_pml4e();
             let f = Foreign { mfn: m.mfn, writable: m.writable, user: h.application };
-            match Mm::new(self.m.mem(), self.frames, e).map_foreign(me, root, h.addr, h.contains_pte, f) {
+            // Over a non-present entry only: the caller's remembered walks
+            // stay valid (see `Mm::map_foreign_keeping_walks`).
+            match Mm::map_foreign_keeping_walks(self.m.mem(), self.frames, e, me, root, h.addr, h.contains_pte, f) {
                 Ok(pte) => self.domains[self.cur].maptrack.set_host_pte(mapped.handle, pte)?,
                 Err(_) => {
                     let _ =

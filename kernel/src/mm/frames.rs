@@ -66,6 +66,16 @@
 //! [`FrameTable::note_change`] covers them, called by every validator that
 //! may write one ([`crate::mm::Mm::new`]).
 //!
+//! One narrow exception, also by construction: a remembered walk reads
+//! frame owners (rule 4 of [`crate::mm::guest_mem`]) and page-table
+//! entries, nothing else of this table. So a change made through
+//! `Slots::update_keeping_owner`, which bumps the counter only if the
+//! owner changed, cannot leave a stale walk behind. Only
+//! [`FrameTable::get_foreign_ref`] (a grant mapping's references: counts
+//! and a `Writable` type, never the owner) uses it, so that a grant map
+//! does not cost the mapper its remembered walks. Dropping a foreign
+//! reference still bumps (the last one may free an orphan).
+//!
 //! # Foreign (grant) mappings
 //! A frame that its owner granted and another domain mapped
 //! ([`crate::grant`]) carries a *foreign count*, [`FrameInfo::foreign`]: one
@@ -312,6 +322,23 @@ mod store {
         pub(super) fn slot_mut(&mut self, mfn: u64) -> Option<&mut FrameInfo> {
             self.bump();
             usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))
+        }
+
+        /// Runs `f` on frame `mfn` (`None` past the table) and bumps the
+        /// counter only if `f` changed the frame's owner: the one piece of
+        /// frame bookkeeping a remembered walk depends on (rule 4 of
+        /// [`crate::mm::guest_mem`]). For reference-count changes that no
+        /// remembered walk can observe ([`super::FrameTable::get_foreign_ref`]);
+        /// the owner check keeps even a wrong `f` from leaving a stale walk.
+        #[inline]
+        pub(super) fn update_keeping_owner<R>(&mut self, mfn: u64, f: impl FnOnce(&mut FrameInfo) -> R) -> Option<R> {
+            let slot = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
+            let owner = slot.owner;
+            let r = f(slot);
+            if slot.owner != owner {
+                self.bump();
+            }
+            Some(r)
         }
 
         #[inline]
@@ -607,16 +634,33 @@ impl<'a> FrameTable<'a> {
     /// for the owner, so it fails with [`FrameError::TypeConflict`] on a page
     /// table. [`MAX_FOREIGN`] mappings are [`FrameError::CountOverflow`].
     /// Both references or neither: on error nothing changes.
+    ///
+    /// It does not bump the change counter (see *Remembered translations*
+    /// in the module docs): the owner stays, and a remembered walk reads
+    /// owners and page-table entries only, never counts or types.
     pub fn get_foreign_ref(&mut self, mfn: Mfn, owner: DomId, writable: bool) -> Result<(), FrameError> {
-        let f = self.owned_mut(mfn, owner)?;
-        if f.foreign == MAX_FOREIGN {
-            return Err(FrameError::CountOverflow(mfn));
-        }
-        if writable {
-            let _ = self.get_type_ref(mfn, owner, FrameType::Writable)?;
-        }
-        self.slots.all_mut()[mfn as usize].foreign += 1;
-        Ok(())
+        let taken = self.slots.update_keeping_owner(mfn, |f| {
+            if f.owner != Owner::Domain(owner) {
+                return Err(FrameError::NotOwned(mfn));
+            }
+            if f.foreign == MAX_FOREIGN {
+                return Err(FrameError::CountOverflow(mfn));
+            }
+            if writable {
+                // As `get_type_ref` takes it (same checks, same order).
+                if f.type_count == 0 {
+                    f.ty = FrameType::Writable;
+                    f.type_count = 1;
+                } else if f.ty != FrameType::Writable || f.partial != Partial::None {
+                    return Err(FrameError::TypeConflict { mfn, have: f.ty });
+                } else {
+                    f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
+                }
+            }
+            f.foreign += 1;
+            Ok(())
+        });
+        taken.unwrap_or(Err(FrameError::OutOfRange(mfn)))
     }
 
     /// Drops one foreign reference (and, for a `writable` mapping whose
@@ -687,6 +731,53 @@ mod tests {
         r
     }
 
+    /// `op` changes no frame's owner, and leaves the epoch alone exactly
+    /// when it changes no owner (it may change counts and types).
+    fn keeps_owners<R>(t: &mut FrameTable<'_>, what: &str, op: impl FnOnce(&mut FrameTable<'_>) -> R) -> R {
+        let owners = |t: &FrameTable<'_>| t.slots.all().iter().map(|f| f.owner).collect::<Vec<_>>();
+        let (before, epoch) = (owners(t), t.epoch());
+        let r = op(t);
+        assert_eq!(owners(t), before, "{what} changed an owner");
+        assert_eq!(t.epoch(), epoch, "{what} bumped the epoch though no owner changed");
+        r
+    }
+
+    #[test]
+    fn a_foreign_reference_keeps_remembered_walks_and_decides_as_before() {
+        // Same answers as taking the references one by one (the general
+        // way: `get_type_ref`, then the count), and the epoch is kept.
+        let mut store = [FrameInfo::RESERVED; 16];
+        let mut t = FrameTable::new(&mut store);
+        let (a, b) = (DomId::of(3), DomId::of(4));
+        t.add_free_range(0, 16);
+        let data = t.alloc(Owner::Domain(a)).unwrap();
+        let pt = t.alloc(Owner::Domain(a)).unwrap();
+        let _ = t.get_type_ref(pt, a, FrameType::PageTable(1)).unwrap();
+        let e = t.epoch();
+        assert_eq!(t.get_foreign_ref(data, b, false), Err(FrameError::NotOwned(data)));
+        assert_eq!(t.get_foreign_ref(99, a, false), Err(FrameError::OutOfRange(99)));
+        assert_eq!(
+            t.get_foreign_ref(pt, a, true),
+            Err(FrameError::TypeConflict { mfn: pt, have: FrameType::PageTable(1) })
+        );
+        t.get_foreign_ref(data, a, true).unwrap();
+        t.get_foreign_ref(data, a, true).unwrap();
+        t.get_foreign_ref(pt, a, false).unwrap();
+        assert_eq!(t.epoch(), e, "no owner changed");
+        let f = t.get(data).unwrap();
+        assert_eq!((f.ty, f.type_count, f.foreign), (FrameType::Writable, 2, 2));
+        assert_eq!(t.get(pt).unwrap().foreign, 1);
+        for _ in 2..MAX_FOREIGN {
+            t.get_foreign_ref(data, a, false).unwrap();
+        }
+        let before = t.get(data).unwrap();
+        assert_eq!(t.get_foreign_ref(data, a, true), Err(FrameError::CountOverflow(data)));
+        assert_eq!(t.get(data).unwrap(), before, "on error nothing changes");
+        // Dropping one still bumps.
+        let _ = bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(data, false));
+        assert_ne!(t.epoch(), e);
+    }
+
     #[test]
     fn every_change_to_a_frame_bumps_the_epoch() {
         let mut store = [FrameInfo::RESERVED; 64];
@@ -707,7 +798,7 @@ mod tests {
         bumps(&mut t, "put_type_ref", |t| t.put_type_ref(pt));
         bumps(&mut t, "unpin", |t| t.unpin(pt, a, 512)).unwrap();
         bumps(&mut t, "end_partial", |t| t.end_partial(pt, a)).unwrap();
-        bumps(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
+        keeps_owners(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
         bumps(&mut t, "release_domain_step", |t| t.release_domain_step(a, 0, 8));
         bumps(&mut t, "release_domain", |t| t.release_domain(a));
         bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(pool, true));
