@@ -532,8 +532,10 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
             // The entry goes first; the TLB is flushed on the way back to
             // the guest (every exit reloads CR3, with global pages off),
             // before the guest runs again, and nothing else runs meanwhile.
+            // Only a foreign entry goes: the caller's remembered walks stay
+            // valid (see `Mm::unmap_foreign_keeping_walks`).
             let e = self.m.entry_area_pml4e();
-            Mm::new(self.m.mem(), self.frames, e).unmap_foreign(me, h.pte, m.mfn);
+            Mm::unmap_foreign_keeping_walks(self.m.mem(), self.frames, e, me, h.pte, m.mfn);
         }
         let un = Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).unmap(me, handle)?;
         if let Some(port) = un.notify {

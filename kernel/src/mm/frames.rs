@@ -71,10 +71,11 @@
 //! entries, nothing else of this table. So a change made through
 //! `Slots::update_keeping_owner`, which bumps the counter only if the
 //! owner changed, cannot leave a stale walk behind. Only
-//! [`FrameTable::get_foreign_ref`] (a grant mapping's references: counts
-//! and a `Writable` type, never the owner) uses it, so that a grant map
-//! does not cost the mapper its remembered walks. Dropping a foreign
-//! reference still bumps (the last one may free an orphan).
+//! [`FrameTable::get_foreign_ref`] and [`FrameTable::put_foreign_ref`] (a
+//! grant mapping's references: counts and a `Writable` type; the owner
+//! changes only when the last reference frees an orphan, and then the
+//! counter is bumped) use it, so that a grant map and unmap do not cost
+//! the mapper its remembered walks.
 //!
 //! # Foreign (grant) mappings
 //! A frame that its owner granted and another domain mapped
@@ -534,20 +535,7 @@ impl<'a> FrameTable<'a> {
     /// are ignored (and assert in debug builds) rather than wrapping the
     /// count or ending a pinned table's type.
     pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
-        let f = self.slots.slot_mut(mfn)?;
-        debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
-        debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
-        debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
-        if f.type_count == 0 || (f.pinned && f.type_count == 1) || f.partial != Partial::None {
-            return None;
-        }
-        f.type_count -= 1;
-        if f.type_count > 0 {
-            return None;
-        }
-        let old = f.ty;
-        f.ty = FrameType::None;
-        Some(old)
+        drop_type_ref(self.slots.slot_mut(mfn)?, mfn)
     }
 
     /// Marks a frame `dom` owns as pinned. The caller has just taken the
@@ -668,24 +656,33 @@ impl<'a> FrameTable<'a> {
     /// [`Owner::Orphan`] frees it. Dropping a reference nobody holds is a
     /// hypervisor bug: ignored (and asserted in debug builds), never a
     /// wrapped count.
+    ///
+    /// Like [`FrameTable::get_foreign_ref`] it bumps the change counter only
+    /// if the owner changes (an orphan freed): no remembered walk ends in a
+    /// frame its domain does not own, so counts and types are not theirs.
     pub fn put_foreign_ref(&mut self, mfn: Mfn, writable: bool) -> ForeignPut {
-        let Some(f) = self.slots.slot_mut(mfn) else {
-            return ForeignPut::Kept;
-        };
-        debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
-        if f.foreign == 0 {
-            return ForeignPut::Kept;
-        }
-        f.foreign -= 1;
-        match f.owner {
-            Owner::Orphan if f.foreign == 0 => {
-                *f = FrameInfo::untyped(Owner::Free);
+        let put = self.slots.update_keeping_owner(mfn, |f| {
+            debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
+            if f.foreign == 0 {
+                return ForeignPut::Kept;
+            }
+            f.foreign -= 1;
+            match f.owner {
+                Owner::Orphan if f.foreign == 0 => {
+                    *f = FrameInfo::untyped(Owner::Free);
+                    ForeignPut::Freed
+                }
+                Owner::Domain(_) if writable => {
+                    let _ = drop_type_ref(f, mfn);
+                    ForeignPut::Kept
+                }
+                _ => ForeignPut::Kept,
+            }
+        });
+        match put {
+            Some(ForeignPut::Freed) => {
                 self.free += 1;
                 ForeignPut::Freed
-            }
-            Owner::Domain(_) if writable => {
-                let _ = self.put_type_ref(mfn);
-                ForeignPut::Kept
             }
             _ => ForeignPut::Kept,
         }
@@ -695,6 +692,23 @@ impl<'a> FrameTable<'a> {
     pub fn count_owned(&self, owner: Owner) -> usize {
         self.slots.all().iter().filter(|f| f.owner == owner).count()
     }
+}
+
+/// [`FrameTable::put_type_ref`] on the bookkeeping `f` of frame `mfn`.
+fn drop_type_ref(f: &mut FrameInfo, mfn: Mfn) -> Option<FrameType> {
+    debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
+    debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
+    debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
+    if f.type_count == 0 || (f.pinned && f.type_count == 1) || f.partial != Partial::None {
+        return None;
+    }
+    f.type_count -= 1;
+    if f.type_count > 0 {
+        return None;
+    }
+    let old = f.ty;
+    f.ty = FrameType::None;
+    Some(old)
 }
 
 /// Frees `f` if `dom` owns it and nothing maps it from outside (returns 1),
@@ -773,9 +787,10 @@ mod tests {
         let before = t.get(data).unwrap();
         assert_eq!(t.get_foreign_ref(data, a, true), Err(FrameError::CountOverflow(data)));
         assert_eq!(t.get(data).unwrap(), before, "on error nothing changes");
-        // Dropping one still bumps.
-        let _ = bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(data, false));
-        assert_ne!(t.epoch(), e);
+        // Dropping one keeps them too, unless it frees an orphan.
+        let _ = keeps_owners(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(data, true));
+        assert_eq!(t.get(data).unwrap().type_count, 1);
+        assert_eq!(t.epoch(), e);
     }
 
     #[test]

@@ -31,8 +31,11 @@
 //! owner (see *Remembered translations* in [`crate::mm::frames`]). Every
 //! page-table write goes through an [`crate::mm::Mm`], whose construction
 //! bumps it, except [`crate::mm::Mm::map_foreign_keeping_walks`], which
-//! only makes a non-present entry present: no successful walk read that
-//! entry (each level must be present), so none changes. Page-table frames are never writable to a guest,
+//! only makes a non-present entry present (no successful walk read it:
+//! each level must be present), and
+//! [`crate::mm::Mm::unmap_foreign_keeping_walks`], which only clears an
+//! entry naming a frame the domain does not own (no successful walk read
+//! it either: each table and the final frame must be the domain's). Page-table frames are never writable to a guest,
 //! and none of the hypervisor's guest copies can reach one (rule 2 and the
 //! validator's rules). So a remembered walk is exactly the walk that would
 //! be made now. A memo made for a write also serves reads (writable implies

@@ -791,6 +791,24 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         Ok(at)
     }
 
+    /// [`Mm::unmap_foreign`] through a validator that keeps remembered
+    /// translations: it clears at most one entry, and only one that maps
+    /// a frame `dom` does not own. No successful walk of `dom` read it:
+    /// a walk needs every table and the final frame owned by `dom`
+    /// (owners have not changed since the walk, or the counter would
+    /// have), so every remembered walk is still the walk made now.
+    pub fn unmap_foreign_keeping_walks(
+        mem: &'a mut M,
+        frames: &'a mut FrameTable<'f>,
+        entry_area_pml4e: u64,
+        dom: DomId,
+        at: u64,
+        mfn: Mfn,
+    ) {
+        let mut mm = Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None };
+        mm.unmap_foreign(dom, at, mfn);
+    }
+
     /// Makes sure the entry at machine address `at` (what
     /// [`Mm::map_foreign`] returned) no longer maps the foreign frame `mfn`
     /// for the CPU: clears it if it lies in one of `dom`'s validated level-1

@@ -1910,8 +1910,8 @@ fn a_remembered_translation_is_used_only_while_the_frame_table_is_unchanged() {
 
 /// A grant map (the foreign references, then the entry over a hole)
 /// keeps remembered walks, and each then answers exactly as a fresh walk
-/// does, for every page the tree maps and the new one; the unmap forgets
-/// them again.
+/// does, for every page the tree maps and the new one; so after the
+/// unmap.
 #[test]
 fn a_grant_map_keeps_remembered_walks_and_they_match_fresh_walks() {
     use crate::mm::guest_mem::{Access, GuestVa};
@@ -1941,9 +1941,9 @@ fn a_grant_map_keeps_remembered_walks_and_they_match_fresh_walks() {
     h.frames.get_foreign_ref(frame, OTHER, true).unwrap();
     let root = h.root;
     let f = Foreign { mfn: frame, writable: true, user: false };
-    let at = Mm::map_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, root, 6 * 4096, false, f).unwrap();
+    let slot = Mm::map_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, root, 6 * 4096, false, f).unwrap();
     assert_eq!(h.frames.epoch(), epoch, "the map kept the counter");
-    assert_eq!(Pte(h.mem.read_u64(at)).mfn(), frame);
+    assert_eq!(Pte(h.mem.read_u64(slot)).mfn(), frame);
     let remembered = walk_all(&mut h, &mut memos, true);
     let fresh = walk_all(&mut h, &mut memos, false);
     assert_eq!(remembered, fresh, "a kept walk is the walk made now");
@@ -1955,9 +1955,19 @@ fn a_grant_map_keeps_remembered_walks_and_they_match_fresh_walks() {
         Err(Errno::EBUSY)
     );
     assert_eq!(walk_all(&mut h, &mut memos, false), fresh);
-    // The unmap forgets them (the validator bumps).
-    h.mm().unmap_foreign(D, at, frame);
-    assert_ne!(h.frames.epoch(), epoch);
+    // The unmap keeps them too, and they still match fresh walks (the
+    // grant's page was never remembered: its frame is not ours).
+    Mm::unmap_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, slot, frame);
+    assert_eq!(h.mem.read_u64(slot), 0);
+    let _ = h.frames.put_foreign_ref(frame, true);
+    assert_eq!(h.frames.epoch(), epoch, "the unmap kept the counter");
+    let remembered = walk_all(&mut h, &mut memos, true);
+    assert_eq!(remembered, walk_all(&mut h, &mut memos, false), "a kept walk is the walk made now");
+    assert_eq!(remembered, before);
+    // An unmap naming one of our own frames clears nothing.
+    Mm::unmap_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, at(L1, 5), SPARE);
+    assert_eq!(walk_all(&mut h, &mut memos, true), before);
+    assert_eq!(Pte(h.read(L1, 5)).mfn(), SPARE);
 }
 
 // ---- rule 9: device memory ----
