@@ -286,11 +286,13 @@ pub enum TypeRef {
 /// can reach the array mutably without bumping the counter.
 ///
 /// This submodule is the privacy boundary: [`FrameTable`]'s methods see
-/// only [`store::Slots::all`] (shared) and [`store::Slots::all_mut`] /
+/// only [`store::Slots::all`] (shared), [`store::Slots::all_mut`] /
 /// [`store::Slots::slot_mut`] (each bumps the counter before it hands out
-/// the `&mut`). A new `&mut self` method of [`FrameTable`] therefore cannot
-/// change a frame and forget to invalidate remembered translations: the
-/// compiler gives it no other way in.
+/// the `&mut`) and [`store::Slots::update_keeping_owner`] (bumps it after
+/// the change if the frame's owner changed, the one field a remembered
+/// walk reads). A new `&mut self` method of [`FrameTable`] therefore cannot
+/// change what a walk depends on and forget to invalidate remembered
+/// translations: the compiler gives it no other way in.
 mod store {
     use super::FrameInfo;
 
@@ -793,6 +795,8 @@ mod tests {
         assert_eq!(t.epoch(), e);
     }
 
+    /// Every change bumps, but a foreign reference's, which keeps every
+    /// owner (`keeps_owners`).
     #[test]
     fn every_change_to_a_frame_bumps_the_epoch() {
         let mut store = [FrameInfo::RESERVED; 64];
