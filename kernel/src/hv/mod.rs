@@ -512,7 +512,9 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         if let Some(h) = m.host {
             let e = self.m.entry_area_pml4e();
             let f = Foreign { mfn: m.mfn, writable: m.writable, user: h.application };
-            match Mm::new(self.m.mem(), self.frames, e).map_foreign(me, root, h.addr, h.contains_pte, f) {
+            // Over a non-present entry only: the caller's remembered walks
+            // stay valid (see `Mm::map_foreign_keeping_walks`).
+            match Mm::map_foreign_keeping_walks(self.m.mem(), self.frames, e, me, root, h.addr, h.contains_pte, f) {
                 Ok(pte) => self.domains[self.cur].maptrack.set_host_pte(mapped.handle, pte)?,
                 Err(_) => {
                     let _ =
@@ -530,8 +532,10 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
             // The entry goes first; the TLB is flushed on the way back to
             // the guest (every exit reloads CR3, with global pages off),
             // before the guest runs again, and nothing else runs meanwhile.
+            // Only a foreign entry goes: the caller's remembered walks stay
+            // valid (see `Mm::unmap_foreign_keeping_walks`).
             let e = self.m.entry_area_pml4e();
-            Mm::new(self.m.mem(), self.frames, e).unmap_foreign(me, h.pte, m.mfn);
+            Mm::unmap_foreign_keeping_walks(self.m.mem(), self.frames, e, me, h.pte, m.mfn);
         }
         let un = Gnttab::new(&mut Grants(self.domains), self.frames, self.m.mem()).unmap(me, handle)?;
         if let Some(port) = un.notify {

@@ -66,6 +66,17 @@
 //! [`FrameTable::note_change`] covers them, called by every validator that
 //! may write one ([`crate::mm::Mm::new`]).
 //!
+//! One narrow exception, also by construction: a remembered walk reads
+//! frame owners (rule 4 of [`crate::mm::guest_mem`]) and page-table
+//! entries, nothing else of this table. So a change made through
+//! `Slots::update_keeping_owner`, which bumps the counter only if the
+//! owner changed, cannot leave a stale walk behind. Only
+//! [`FrameTable::get_foreign_ref`] and [`FrameTable::put_foreign_ref`] (a
+//! grant mapping's references: counts and a `Writable` type; the owner
+//! changes only when the last reference frees an orphan, and then the
+//! counter is bumped) use it, so that a grant map and unmap do not cost
+//! the mapper its remembered walks.
+//!
 //! # Foreign (grant) mappings
 //! A frame that its owner granted and another domain mapped
 //! ([`crate::grant`]) carries a *foreign count*, [`FrameInfo::foreign`]: one
@@ -275,11 +286,13 @@ pub enum TypeRef {
 /// can reach the array mutably without bumping the counter.
 ///
 /// This submodule is the privacy boundary: [`FrameTable`]'s methods see
-/// only [`store::Slots::all`] (shared) and [`store::Slots::all_mut`] /
+/// only [`store::Slots::all`] (shared), [`store::Slots::all_mut`] /
 /// [`store::Slots::slot_mut`] (each bumps the counter before it hands out
-/// the `&mut`). A new `&mut self` method of [`FrameTable`] therefore cannot
-/// change a frame and forget to invalidate remembered translations: the
-/// compiler gives it no other way in.
+/// the `&mut`) and [`store::Slots::update_keeping_owner`] (bumps it after
+/// the change if the frame's owner changed, the one field a remembered
+/// walk reads). A new `&mut self` method of [`FrameTable`] therefore cannot
+/// change what a walk depends on and forget to invalidate remembered
+/// translations: the compiler gives it no other way in.
 mod store {
     use super::FrameInfo;
 
@@ -312,6 +325,23 @@ mod store {
         pub(super) fn slot_mut(&mut self, mfn: u64) -> Option<&mut FrameInfo> {
             self.bump();
             usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))
+        }
+
+        /// Runs `f` on frame `mfn` (`None` past the table) and bumps the
+        /// counter only if `f` changed the frame's owner: the one piece of
+        /// frame bookkeeping a remembered walk depends on (rule 4 of
+        /// [`crate::mm::guest_mem`]). For reference-count changes that no
+        /// remembered walk can observe ([`super::FrameTable::get_foreign_ref`]);
+        /// the owner check keeps even a wrong `f` from leaving a stale walk.
+        #[inline]
+        pub(super) fn update_keeping_owner<R>(&mut self, mfn: u64, f: impl FnOnce(&mut FrameInfo) -> R) -> Option<R> {
+            let slot = usize::try_from(mfn).ok().and_then(|i| self.frames.get_mut(i))?;
+            let owner = slot.owner;
+            let r = f(slot);
+            if slot.owner != owner {
+                self.bump();
+            }
+            Some(r)
         }
 
         #[inline]
@@ -507,20 +537,7 @@ impl<'a> FrameTable<'a> {
     /// are ignored (and assert in debug builds) rather than wrapping the
     /// count or ending a pinned table's type.
     pub fn put_type_ref(&mut self, mfn: Mfn) -> Option<FrameType> {
-        let f = self.slots.slot_mut(mfn)?;
-        debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
-        debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
-        debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
-        if f.type_count == 0 || (f.pinned && f.type_count == 1) || f.partial != Partial::None {
-            return None;
-        }
-        f.type_count -= 1;
-        if f.type_count > 0 {
-            return None;
-        }
-        let old = f.ty;
-        f.ty = FrameType::None;
-        Some(old)
+        drop_type_ref(self.slots.slot_mut(mfn)?, mfn)
     }
 
     /// Marks a frame `dom` owns as pinned. The caller has just taken the
@@ -607,16 +624,33 @@ impl<'a> FrameTable<'a> {
     /// for the owner, so it fails with [`FrameError::TypeConflict`] on a page
     /// table. [`MAX_FOREIGN`] mappings are [`FrameError::CountOverflow`].
     /// Both references or neither: on error nothing changes.
+    ///
+    /// It does not bump the change counter (see *Remembered translations*
+    /// in the module docs): the owner stays, and a remembered walk reads
+    /// owners and page-table entries only, never counts or types.
     pub fn get_foreign_ref(&mut self, mfn: Mfn, owner: DomId, writable: bool) -> Result<(), FrameError> {
-        let f = self.owned_mut(mfn, owner)?;
-        if f.foreign == MAX_FOREIGN {
-            return Err(FrameError::CountOverflow(mfn));
-        }
-        if writable {
-            let _ = self.get_type_ref(mfn, owner, FrameType::Writable)?;
-        }
-        self.slots.all_mut()[mfn as usize].foreign += 1;
-        Ok(())
+        let taken = self.slots.update_keeping_owner(mfn, |f| {
+            if f.owner != Owner::Domain(owner) {
+                return Err(FrameError::NotOwned(mfn));
+            }
+            if f.foreign == MAX_FOREIGN {
+                return Err(FrameError::CountOverflow(mfn));
+            }
+            if writable {
+                // As `get_type_ref` takes it (same checks, same order).
+                if f.type_count == 0 {
+                    f.ty = FrameType::Writable;
+                    f.type_count = 1;
+                } else if f.ty != FrameType::Writable || f.partial != Partial::None {
+                    return Err(FrameError::TypeConflict { mfn, have: f.ty });
+                } else {
+                    f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
+                }
+            }
+            f.foreign += 1;
+            Ok(())
+        });
+        taken.unwrap_or(Err(FrameError::OutOfRange(mfn)))
     }
 
     /// Drops one foreign reference (and, for a `writable` mapping whose
@@ -624,24 +658,33 @@ impl<'a> FrameTable<'a> {
     /// [`Owner::Orphan`] frees it. Dropping a reference nobody holds is a
     /// hypervisor bug: ignored (and asserted in debug builds), never a
     /// wrapped count.
+    ///
+    /// Like [`FrameTable::get_foreign_ref`] it bumps the change counter only
+    /// if the owner changes (an orphan freed): no remembered walk ends in a
+    /// frame its domain does not own, so counts and types are not theirs.
     pub fn put_foreign_ref(&mut self, mfn: Mfn, writable: bool) -> ForeignPut {
-        let Some(f) = self.slots.slot_mut(mfn) else {
-            return ForeignPut::Kept;
-        };
-        debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
-        if f.foreign == 0 {
-            return ForeignPut::Kept;
-        }
-        f.foreign -= 1;
-        match f.owner {
-            Owner::Orphan if f.foreign == 0 => {
-                *f = FrameInfo::untyped(Owner::Free);
+        let put = self.slots.update_keeping_owner(mfn, |f| {
+            debug_assert!(f.foreign > 0, "foreign reference underflow on frame {mfn:#x}");
+            if f.foreign == 0 {
+                return ForeignPut::Kept;
+            }
+            f.foreign -= 1;
+            match f.owner {
+                Owner::Orphan if f.foreign == 0 => {
+                    *f = FrameInfo::untyped(Owner::Free);
+                    ForeignPut::Freed
+                }
+                Owner::Domain(_) if writable => {
+                    let _ = drop_type_ref(f, mfn);
+                    ForeignPut::Kept
+                }
+                _ => ForeignPut::Kept,
+            }
+        });
+        match put {
+            Some(ForeignPut::Freed) => {
                 self.free += 1;
                 ForeignPut::Freed
-            }
-            Owner::Domain(_) if writable => {
-                let _ = self.put_type_ref(mfn);
-                ForeignPut::Kept
             }
             _ => ForeignPut::Kept,
         }
@@ -651,6 +694,23 @@ impl<'a> FrameTable<'a> {
     pub fn count_owned(&self, owner: Owner) -> usize {
         self.slots.all().iter().filter(|f| f.owner == owner).count()
     }
+}
+
+/// [`FrameTable::put_type_ref`] on the bookkeeping `f` of frame `mfn`.
+fn drop_type_ref(f: &mut FrameInfo, mfn: Mfn) -> Option<FrameType> {
+    debug_assert!(f.type_count > 0, "type reference underflow on frame {mfn:#x}");
+    debug_assert!(!(f.pinned && f.type_count == 1), "the pin's reference of frame {mfn:#x} dropped by put");
+    debug_assert!(f.partial == Partial::None, "a reference to frame {mfn:#x}, part-way through a pin, dropped");
+    if f.type_count == 0 || (f.pinned && f.type_count == 1) || f.partial != Partial::None {
+        return None;
+    }
+    f.type_count -= 1;
+    if f.type_count > 0 {
+        return None;
+    }
+    let old = f.ty;
+    f.ty = FrameType::None;
+    Some(old)
 }
 
 /// Frees `f` if `dom` owns it and nothing maps it from outside (returns 1),
@@ -687,6 +747,56 @@ mod tests {
         r
     }
 
+    /// `op` changes no frame's owner, and leaves the epoch alone exactly
+    /// when it changes no owner (it may change counts and types).
+    fn keeps_owners<R>(t: &mut FrameTable<'_>, what: &str, op: impl FnOnce(&mut FrameTable<'_>) -> R) -> R {
+        let owners = |t: &FrameTable<'_>| t.slots.all().iter().map(|f| f.owner).collect::<Vec<_>>();
+        let (before, epoch) = (owners(t), t.epoch());
+        let r = op(t);
+        assert_eq!(owners(t), before, "{what} changed an owner");
+        assert_eq!(t.epoch(), epoch, "{what} bumped the epoch though no owner changed");
+        r
+    }
+
+    #[test]
+    fn a_foreign_reference_keeps_remembered_walks_and_decides_as_before() {
+        // Same answers as taking the references one by one (the general
+        // way: `get_type_ref`, then the count), and the epoch is kept.
+        let mut store = [FrameInfo::RESERVED; 16];
+        let mut t = FrameTable::new(&mut store);
+        let (a, b) = (DomId::of(3), DomId::of(4));
+        t.add_free_range(0, 16);
+        let data = t.alloc(Owner::Domain(a)).unwrap();
+        let pt = t.alloc(Owner::Domain(a)).unwrap();
+        let _ = t.get_type_ref(pt, a, FrameType::PageTable(1)).unwrap();
+        let e = t.epoch();
+        assert_eq!(t.get_foreign_ref(data, b, false), Err(FrameError::NotOwned(data)));
+        assert_eq!(t.get_foreign_ref(99, a, false), Err(FrameError::OutOfRange(99)));
+        assert_eq!(
+            t.get_foreign_ref(pt, a, true),
+            Err(FrameError::TypeConflict { mfn: pt, have: FrameType::PageTable(1) })
+        );
+        t.get_foreign_ref(data, a, true).unwrap();
+        t.get_foreign_ref(data, a, true).unwrap();
+        t.get_foreign_ref(pt, a, false).unwrap();
+        assert_eq!(t.epoch(), e, "no owner changed");
+        let f = t.get(data).unwrap();
+        assert_eq!((f.ty, f.type_count, f.foreign), (FrameType::Writable, 2, 2));
+        assert_eq!(t.get(pt).unwrap().foreign, 1);
+        for _ in 2..MAX_FOREIGN {
+            t.get_foreign_ref(data, a, false).unwrap();
+        }
+        let before = t.get(data).unwrap();
+        assert_eq!(t.get_foreign_ref(data, a, true), Err(FrameError::CountOverflow(data)));
+        assert_eq!(t.get(data).unwrap(), before, "on error nothing changes");
+        // Dropping one keeps them too, unless it frees an orphan.
+        let _ = keeps_owners(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(data, true));
+        assert_eq!(t.get(data).unwrap().type_count, 1);
+        assert_eq!(t.epoch(), e);
+    }
+
+    /// Every change bumps, but a foreign reference's, which keeps every
+    /// owner (`keeps_owners`).
     #[test]
     fn every_change_to_a_frame_bumps_the_epoch() {
         let mut store = [FrameInfo::RESERVED; 64];
@@ -707,7 +817,7 @@ mod tests {
         bumps(&mut t, "put_type_ref", |t| t.put_type_ref(pt));
         bumps(&mut t, "unpin", |t| t.unpin(pt, a, 512)).unwrap();
         bumps(&mut t, "end_partial", |t| t.end_partial(pt, a)).unwrap();
-        bumps(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
+        keeps_owners(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
         bumps(&mut t, "release_domain_step", |t| t.release_domain_step(a, 0, 8));
         bumps(&mut t, "release_domain", |t| t.release_domain(a));
         bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(pool, true));

@@ -24,11 +24,18 @@
 //! (and remembers) otherwise. Only a walk that passed every rule above is
 //! remembered, with the frame table's change counter
 //! ([`FrameTable::epoch`]) at the time of the walk, and it is used only
-//! while that counter is unchanged. Every change to frame ownership, types
-//! or references bumps it by construction (the frame table hands out its
-//! frames mutably only through an accessor that bumps the counter: see
-//! *Remembered translations* in [`crate::mm::frames`]), and every page-table write goes through an [`crate::mm::Mm`], whose
-//! construction bumps it; page-table frames are never writable to a guest,
+//! while that counter is unchanged. A walk depends on page-table entries
+//! and frame owners only (rules 2-4). Every change to frame ownership bumps
+//! the counter by construction, and so does every other change to the frame
+//! table except a grant mapping's foreign references, which keep every
+//! owner (see *Remembered translations* in [`crate::mm::frames`]). Every
+//! page-table write goes through an [`crate::mm::Mm`], whose construction
+//! bumps it, except [`crate::mm::Mm::map_foreign_keeping_walks`], which
+//! only makes a non-present entry present (no successful walk read it:
+//! each level must be present), and
+//! [`crate::mm::Mm::unmap_foreign_keeping_walks`], which only clears an
+//! entry naming a frame the domain does not own (no successful walk read
+//! it either: each table and the final frame must be the domain's). Page-table frames are never writable to a guest,
 //! and none of the hypervisor's guest copies can reach one (rule 2 and the
 //! validator's rules). So a remembered walk is exactly the walk that would
 //! be made now. A memo made for a write also serves reads (writable implies

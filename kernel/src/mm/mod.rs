@@ -740,6 +740,27 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         Ok(host)
     }
 
+    /// [`Mm::map_foreign`] through a validator that keeps remembered
+    /// translations (the one page-table write that does not bump the frame
+    /// table's change counter): it writes one entry, and only over a
+    /// non-present one, which no successful walk read (every level of a
+    /// walk must be present), so every remembered walk is still the walk
+    /// that would be made now. Nothing else can be done through it.
+    #[allow(clippy::too_many_arguments)]
+    pub fn map_foreign_keeping_walks(
+        mem: &'a mut M,
+        frames: &'a mut FrameTable<'f>,
+        entry_area_pml4e: u64,
+        dom: DomId,
+        root: Mfn,
+        host: u64,
+        contains_pte: bool,
+        f: Foreign,
+    ) -> Result<u64, Errno> {
+        let mut mm = Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None };
+        mm.map_foreign(dom, root, host, contains_pte, f)
+    }
+
     /// Installs a grant mapping of the foreign frame `mfn` (whose
     /// references the grant layer holds) over the non-present entry that
     /// `host` names (a virtual address in the tables rooted at `root`, or with `contains_pte` the machine address of an entry of one of `dom`'s validated level-1 tables): present, no-execute,
@@ -768,6 +789,24 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         }
         self.mem.write_u64(at, Pte::new(f.mfn, flags).0);
         Ok(at)
+    }
+
+    /// [`Mm::unmap_foreign`] through a validator that keeps remembered
+    /// translations: it clears at most one entry, and only one that maps
+    /// a frame `dom` does not own. No successful walk of `dom` read it:
+    /// a walk needs every table and the final frame owned by `dom`
+    /// (owners have not changed since the walk, or the counter would
+    /// have), so every remembered walk is still the walk made now.
+    pub fn unmap_foreign_keeping_walks(
+        mem: &'a mut M,
+        frames: &'a mut FrameTable<'f>,
+        entry_area_pml4e: u64,
+        dom: DomId,
+        at: u64,
+        mfn: Mfn,
+    ) {
+        let mut mm = Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None };
+        mm.unmap_foreign(dom, at, mfn);
     }
 
     /// Makes sure the entry at machine address `at` (what

@@ -1908,6 +1908,68 @@ fn a_remembered_translation_is_used_only_while_the_frame_table_is_unchanged() {
     assert_ne!(h.frames.epoch(), before);
 }
 
+/// A grant map (the foreign references, then the entry over a hole)
+/// keeps remembered walks, and each then answers exactly as a fresh walk
+/// does, for every page the tree maps and the new one; so after the
+/// unmap.
+#[test]
+fn a_grant_map_keeps_remembered_walks_and_they_match_fresh_walks() {
+    use crate::mm::guest_mem::{Access, GuestVa};
+    let mut h = H::new();
+    h.update(L1, 5, rw(SPARE)).unwrap();
+    let accesses = [Access::KERNEL_READ, Access::KERNEL_WRITE];
+    let pages = [GuestVa(0), GuestVa(5 * 4096 + 8), GuestVa(6 * 4096)];
+    let mut memos: std::vec::Vec<_> = pages.iter().flat_map(|_| accesses.iter().map(|_| None)).collect();
+    let walk_all = |h: &mut H, memos: &mut [Option<_>], remembered: bool| {
+        let mut out = std::vec::Vec::new();
+        for (i, va) in pages.iter().enumerate() {
+            for (j, &a) in accesses.iter().enumerate() {
+                let v = guest_view(h);
+                out.push(if remembered {
+                    v.translate_remembered(*va, a, &mut memos[i * accesses.len() + j])
+                } else {
+                    v.translate(*va, a)
+                });
+            }
+        }
+        out
+    };
+    let before = walk_all(&mut h, &mut memos, true);
+    let epoch = h.frames.epoch();
+    // The mapper's grant of another domain's frame at page 6 (a hole).
+    let frame = OTHER_FIRST;
+    h.frames.get_foreign_ref(frame, OTHER, true).unwrap();
+    let root = h.root;
+    let f = Foreign { mfn: frame, writable: true, user: false };
+    let slot = Mm::map_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, root, 6 * 4096, false, f).unwrap();
+    assert_eq!(h.frames.epoch(), epoch, "the map kept the counter");
+    assert_eq!(Pte(h.mem.read_u64(slot)).mfn(), frame);
+    let remembered = walk_all(&mut h, &mut memos, true);
+    let fresh = walk_all(&mut h, &mut memos, false);
+    assert_eq!(remembered, fresh, "a kept walk is the walk made now");
+    assert_eq!(remembered[..4], before[..4]);
+    // Over a present entry it refuses and writes nothing.
+    let f = Foreign { mfn: frame, writable: false, user: false };
+    assert_eq!(
+        Mm::map_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, root, 5 * 4096, false, f),
+        Err(Errno::EBUSY)
+    );
+    assert_eq!(walk_all(&mut h, &mut memos, false), fresh);
+    // The unmap keeps them too, and they still match fresh walks (the
+    // grant's page was never remembered: its frame is not ours).
+    Mm::unmap_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, slot, frame);
+    assert_eq!(h.mem.read_u64(slot), 0);
+    let _ = h.frames.put_foreign_ref(frame, true);
+    assert_eq!(h.frames.epoch(), epoch, "the unmap kept the counter");
+    let remembered = walk_all(&mut h, &mut memos, true);
+    assert_eq!(remembered, walk_all(&mut h, &mut memos, false), "a kept walk is the walk made now");
+    assert_eq!(remembered, before);
+    // An unmap naming one of our own frames clears nothing.
+    Mm::unmap_foreign_keeping_walks(&mut h.mem, &mut h.frames, ENTRY, D, at(L1, 5), SPARE);
+    assert_eq!(walk_all(&mut h, &mut memos, true), before);
+    assert_eq!(Pte(h.read(L1, 5)).mfn(), SPARE);
+}
+
 // ---- rule 9: device memory ----
 
 /// A device frame beyond the frame table (which ends at [`NFRAMES`]).
