@@ -1970,6 +1970,7 @@ impl<M: Machine> Hv<M> {
                 runstate_to(&mut di.runstate, runstate::RUNNING, now);
             }
             self.cpu.current = Some(i);
+            let mut entered = now;
             if di.console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
@@ -1983,8 +1984,12 @@ impl<M: Machine> Hv<M> {
                         continue;
                     }
                 }
+                // The timer is armed from the time after the drain: armed
+                // from `now`, every deadline would fire the drain's length
+                // late (up to a step's worth, a warped wake-up among them).
+                entered = t;
             }
-            if let Some(next) = self.prepare(i, now) {
+            if let Some(next) = self.prepare(i, entered) {
                 return next;
             }
         }
