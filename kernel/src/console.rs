@@ -137,6 +137,12 @@ fn as_text(line: &[u8]) -> &str {
     core::str::from_utf8(line).unwrap_or("")
 }
 
+/// Work units a line's tag and line end count for (`per_line` UART
+/// bytes, at most the longest tag's).
+fn tag_work(per_line: u64) -> usize {
+    per_line.min(TAG_MAX as u64 + 2) as usize
+}
+
 /// Output bytes a domain may print at once.
 pub const BURST_BYTES: u64 = 64 * 1024;
 /// Output bytes per second a domain may print after its burst.
@@ -198,7 +204,7 @@ impl ConsoleOut {
     ) -> (usize, bool) {
         self.refill(now);
         let (tokens, dropped, per_line) = (&mut self.tokens, &mut self.dropped, self.per_line);
-        let tag = per_line.min(TAG_MAX as u64 + 2) as usize;
+        let tag = tag_work(per_line);
         let mut work = 0usize;
         while work < budget {
             // The most the next byte can cost: taking it, and emitting the
@@ -246,10 +252,10 @@ impl ConsoleOut {
         *tokens -= cost;
         let mut shown = 0;
         if *dropped > 0 {
-            shown += Self::notice(dropped, emit) + per_line.min(TAG_MAX as u64 + 2) as usize;
+            shown += Self::notice(dropped, emit) + tag_work(per_line);
         }
         emit(as_text(line));
-        shown + line.len() + per_line.min(TAG_MAX as u64 + 2) as usize
+        shown + line.len() + tag_work(per_line)
     }
 
     /// Emits the dropped-bytes notice; returns its length.

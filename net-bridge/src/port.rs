@@ -275,12 +275,18 @@ pub struct PortConfig {
 impl PortConfig {
     /// An access port of `vlan`, no assigned MAC, the default learn limit.
     pub fn access(vlan: Vid) -> Self {
-        PortConfig { kind: PortKind::Access { vlan }, mac: None, learn_limit: None }
+        Self::new(PortKind::Access { vlan })
     }
 
     /// A trunk port, no assigned MAC, the default learn limit.
     pub fn trunk(allowed: VlanSet, native: Option<Vid>) -> Self {
-        PortConfig { kind: PortKind::Trunk { allowed, native }, mac: None, learn_limit: None }
+        Self::new(PortKind::Trunk { allowed, native })
+    }
+
+    /// A port of membership `kind` (as [`PortKind::parse`] reads it), no
+    /// assigned MAC, the default learn limit.
+    pub fn new(kind: PortKind) -> Self {
+        PortConfig { kind, mac: None, learn_limit: None }
     }
 
     /// With the assigned MAC `mac`.

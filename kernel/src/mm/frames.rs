@@ -494,17 +494,7 @@ impl<'a> FrameTable<'a> {
     /// changes.
     pub fn get_type_ref(&mut self, mfn: Mfn, dom: DomId, ty: FrameType) -> Result<TypeRef, FrameError> {
         debug_assert!(ty != FrameType::None, "FrameType::None is not a reference");
-        let f = self.owned_mut(mfn, dom)?;
-        if f.type_count == 0 {
-            f.ty = ty;
-            f.type_count = 1;
-            return Ok(TypeRef::First);
-        }
-        if f.ty != ty || f.partial != Partial::None {
-            return Err(FrameError::TypeConflict { mfn, have: f.ty });
-        }
-        f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
-        Ok(TypeRef::More)
+        take_type_ref(self.owned_mut(mfn, dom)?, mfn, ty)
     }
 
     /// Takes one more reference of type `ty` (a page-table type) to a frame
@@ -637,15 +627,7 @@ impl<'a> FrameTable<'a> {
                 return Err(FrameError::CountOverflow(mfn));
             }
             if writable {
-                // As `get_type_ref` takes it (same checks, same order).
-                if f.type_count == 0 {
-                    f.ty = FrameType::Writable;
-                    f.type_count = 1;
-                } else if f.ty != FrameType::Writable || f.partial != Partial::None {
-                    return Err(FrameError::TypeConflict { mfn, have: f.ty });
-                } else {
-                    f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
-                }
+                let _ = take_type_ref(f, mfn, FrameType::Writable)?;
             }
             f.foreign += 1;
             Ok(())
@@ -694,6 +676,21 @@ impl<'a> FrameTable<'a> {
     pub fn count_owned(&self, owner: Owner) -> usize {
         self.slots.all().iter().filter(|f| f.owner == owner).count()
     }
+}
+
+/// [`FrameTable::get_type_ref`] on the bookkeeping `f` of frame `mfn`
+/// (its owner already checked); on error nothing changes.
+fn take_type_ref(f: &mut FrameInfo, mfn: Mfn, ty: FrameType) -> Result<TypeRef, FrameError> {
+    if f.type_count == 0 {
+        f.ty = ty;
+        f.type_count = 1;
+        return Ok(TypeRef::First);
+    }
+    if f.ty != ty || f.partial != Partial::None {
+        return Err(FrameError::TypeConflict { mfn, have: f.ty });
+    }
+    f.type_count = f.type_count.checked_add(1).ok_or(FrameError::CountOverflow(mfn))?;
+    Ok(TypeRef::More)
 }
 
 /// [`FrameTable::put_type_ref`] on the bookkeeping `f` of frame `mfn`.

@@ -441,6 +441,14 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
     pub fn new(mem: &'a mut M, frames: &'a mut FrameTable<'f>, entry_area_pml4e: u64) -> Self {
         // It may write page-table entries: forget remembered translations.
         frames.note_change();
+        Self::keeping_walks(mem, frames, entry_area_pml4e)
+    }
+
+    /// A validator that leaves the change counter alone: only for
+    /// [`Mm::map_foreign_keeping_walks`] and
+    /// [`Mm::unmap_foreign_keeping_walks`], which no remembered walk can
+    /// observe.
+    fn keeping_walks(mem: &'a mut M, frames: &'a mut FrameTable<'f>, entry_area_pml4e: u64) -> Self {
         Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None }
     }
 
@@ -757,8 +765,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         contains_pte: bool,
         f: Foreign,
     ) -> Result<u64, Errno> {
-        let mut mm = Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None };
-        mm.map_foreign(dom, root, host, contains_pte, f)
+        Self::keeping_walks(mem, frames, entry_area_pml4e).map_foreign(dom, root, host, contains_pte, f)
     }
 
     /// Installs a grant mapping of the foreign frame `mfn` (whose
@@ -805,8 +812,7 @@ impl<'a, 'f, M: PhysMem> Mm<'a, 'f, M> {
         at: u64,
         mfn: Mfn,
     ) {
-        let mut mm = Mm { mem, frames, entry_area_pml4e, preempt: None, work: 0, io: None };
-        mm.unmap_foreign(dom, at, mfn);
+        Self::keeping_walks(mem, frames, entry_area_pml4e).unmap_foreign(dom, at, mfn);
     }
 
     /// Makes sure the entry at machine address `at` (what

@@ -179,7 +179,7 @@ impl Vifs {
             let port = PortId::new(UPLINK_PORT).expect("a valid port");
             let what = describe(&kind);
             match Uplink::open() {
-                Ok(u) => match bridge.set_port(port, PortConfig { kind, mac: None, learn_limit: None }) {
+                Ok(u) => match bridge.set_port(port, PortConfig::new(kind)) {
                     Ok(()) => {
                         println!("serve: uplink on bridge port {UPLINK_PORT}, {what}");
                         Some((u, port))
@@ -206,8 +206,7 @@ impl Vifs {
             println!("serve: dom{domid}: no bridge port left for its NIC");
             return;
         };
-        let config = PortConfig { kind: spec.kind.clone(), mac: Some(spec.mac), learn_limit: None };
-        if let Err(e) = self.bridge.set_port(port, config) {
+        if let Err(e) = self.bridge.set_port(port, PortConfig::new(spec.kind.clone()).with_mac(spec.mac)) {
             println!("serve: dom{domid}: bridge port refused: {e:?}");
             return;
         }
