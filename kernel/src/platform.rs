@@ -95,6 +95,9 @@ impl Machine for Platform {
     fn take_irq(&mut self) -> Option<u8> {
         ioapic::take()
     }
+    fn heap_used(&self) -> u64 {
+        crate::HEAP.lock().used() as u64
+    }
     fn apic_id(&self) -> u8 {
         timer::apic_id()
     }
@@ -211,7 +214,7 @@ impl Machine for Platform {
 }
 
 /// Builds every domain of the bundle and starts the first one.
-pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'_>, rates: Rates) -> ! {
+pub fn boot(frames: FrameTable<'static>, bundle: &Bundle<'static>, rates: Rates) -> ! {
     let next = {
         let mut hv = HV.lock();
         hv.m.rates = Some(rates);

@@ -61,7 +61,7 @@
 //! | 0x3c   | 4    | mem_kib        | memory in KiB: a positive multiple of 4, `<= 4 GiB`              |
 //! | 0x40   | 4    | weight         | BVT weight, `1..=10_000`                                         |
 //! | 0x44   | 4    | warp_us        | BVT warp in microseconds, 0 = none                               |
-//! | 0x48   | 4    | flags          | bit 0 = privileged (dom0), in at most one record; other bits must be zero |
+//! | 0x48   | 4    | flags          | bit 0 = privileged (dom0), in at most one record; bit 1 = template (not started at boot, given to dom0's toolstack; never with bit 0); other bits must be zero |
 //! | 0x4c   | 4    | expect         | how the domain should end: 1 = poweroff, 2 = crash               |
 //! | 0x50   | 4    | dma_kib        | DMA pool in KiB: 0 (none), or a multiple of 4, `<= 16 MiB`, `< mem_kib`, privileged records only |
 //! | 0x54   | 44   | reserved       | zero                                                             |
@@ -162,8 +162,12 @@ pub mod layout {
 
     /// `flags` bit 0: the domain is privileged (dom0).
     pub const FLAG_PRIVILEGED: u32 = 1 << 0;
+    /// `flags` bit 1: a template, not started at boot: the privileged
+    /// domain's toolstack reads it (`domctl` `BOOTIMAGE_*`) and creates
+    /// domains from it.
+    pub const FLAG_TEMPLATE: u32 = 1 << 1;
     /// Every flag bit a version-1 reader understands.
-    pub const KNOWN_FLAGS: u32 = FLAG_PRIVILEGED;
+    pub const KNOWN_FLAGS: u32 = FLAG_PRIVILEGED | FLAG_TEMPLATE;
 
     /// `expect` value: the domain should power off.
     pub const EXPECT_POWEROFF: u32 = 1;

@@ -75,6 +75,8 @@ pub struct DomainSpec<'a> {
     pub warp_us: u32,
     /// The domain is privileged (dom0).
     pub privileged: bool,
+    /// A template: not started at boot, offered to dom0's toolstack.
+    pub template: bool,
     /// dom0's machine-contiguous DMA pool in KiB, part of `mem_kib`: 0
     /// (none), or a multiple of 4 below `mem_kib`, at most 16 MiB, only
     /// for a privileged domain.
@@ -177,6 +179,8 @@ pub enum RecordErrorKind {
     DmaTooLarge { dma_kib: u32, mem_kib: u32 },
     /// `dma_kib` is set for a domain that is not privileged.
     DmaUnprivileged { dma_kib: u32 },
+    /// A record is both privileged and a template.
+    PrivilegedTemplate,
     /// A reserved record byte is not zero.
     ReservedNotZero { offset: usize },
 }
@@ -275,6 +279,9 @@ impl fmt::Display for RecordErrorKind {
                 f,
                 "DMA pool of {dma_kib} KiB for a domain that is not privileged (only dom0 drives devices)"
             ),
+            RecordErrorKind::PrivilegedTemplate => {
+                f.write_str("a template cannot be privileged (dom0 is started at boot, once)")
+            }
             RecordErrorKind::ReservedNotZero { offset } => write!(
                 f,
                 "record byte {offset:#x} is reserved and must be zero"
@@ -406,6 +413,10 @@ pub(crate) fn parse<'a>(
         return Err(fail(RecordErrorKind::DmaUnprivileged { dma_kib }));
     }
 
+    if flags & FLAG_PRIVILEGED != 0 && flags & FLAG_TEMPLATE != 0 {
+        return Err(fail(RecordErrorKind::PrivilegedTemplate));
+    }
+
     if let Some(offset) = rec.first_nonzero::<REC_RESERVED, REC_RESERVED_LEN>() {
         return Err(fail(RecordErrorKind::ReservedNotZero { offset }));
     }
@@ -419,6 +430,7 @@ pub(crate) fn parse<'a>(
         weight,
         warp_us,
         privileged: flags & FLAG_PRIVILEGED != 0,
+        template: flags & FLAG_TEMPLATE != 0,
         dma_kib,
         expect,
     })

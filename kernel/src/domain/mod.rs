@@ -1,7 +1,7 @@
 //! Domain lifecycle and the end-of-run verdict.
 //!
-//! A domain is `Runnable`, `Blocked` (waiting for an event, using no CPU) or
-//! `Dead` with an [`Exit`]. The scheduler only ever picks runnable domains;
+//! A domain is `Runnable`, `Blocked` (waiting for an event, using no CPU),
+//! `Paused` (by the toolstack) or `Dead` with an [`Exit`]. The scheduler only ever picks runnable domains;
 //! a dead domain never runs again and its frames go back to the pool.
 //!
 //! When the last domain is dead the hypervisor compares every domain's exit
@@ -48,6 +48,8 @@ pub enum Expect {
     /// The domain must be refused at build time (bad image or manifest
     /// entry).
     Rejected,
+    /// Created by the toolstack, which decides its end: any exit is right.
+    Managed,
 }
 
 impl fmt::Display for Expect {
@@ -56,6 +58,7 @@ impl fmt::Display for Expect {
             Expect::Poweroff => "poweroff",
             Expect::Crash => "crash",
             Expect::Rejected => "rejected",
+            Expect::Managed => "managed",
         })
     }
 }
@@ -125,6 +128,8 @@ pub enum Exit {
     Crashed(&'static str),
     /// The domain was never started (its image or manifest entry was bad).
     Rejected,
+    /// The toolstack destroyed it (`domctl` `DESTROYDOMAIN`).
+    Destroyed,
 }
 
 impl Exit {
@@ -135,6 +140,7 @@ impl Exit {
             (Exit::Shutdown(ShutdownReason::Poweroff), Expect::Poweroff)
                 | (Exit::Shutdown(ShutdownReason::Crash) | Exit::Faulted(_) | Exit::Crashed(_), Expect::Crash)
                 | (Exit::Rejected, Expect::Rejected)
+                | (_, Expect::Managed)
         )
     }
 }
@@ -148,6 +154,7 @@ impl fmt::Display for Exit {
             Exit::Faulted(fault) => write!(f, "crash: {fault}"),
             Exit::Crashed(why) => write!(f, "crash: {why}"),
             Exit::Rejected => f.write_str("rejected at build"),
+            Exit::Destroyed => f.write_str("destroyed by the toolstack"),
         }
     }
 }
@@ -159,6 +166,9 @@ pub enum RunState {
     Runnable,
     /// Waiting for an event.
     Blocked,
+    /// Paused by the toolstack: not scheduled, whatever arrives (events
+    /// are left pending), until unpaused.
+    Paused,
     /// Finished.
     Dead(Exit),
 }

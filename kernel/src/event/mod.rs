@@ -273,6 +273,11 @@ impl EventChannels {
         None
     }
 
+    /// How many ports are in use (port 0, never usable, not counted).
+    pub fn in_use(&self) -> u32 {
+        self.used.iter().map(|w| w.count_ones()).sum::<u32>() - 1
+    }
+
     /// Every port in use, with its binding, in port order.
     pub fn ports(&self) -> impl Iterator<Item = (u32, Port)> + '_ {
         self.buckets.iter().enumerate().filter_map(|(i, b)| b.as_ref().map(|b| (i, b))).flat_map(|(i, b)| {

@@ -34,6 +34,8 @@ pub trait Machine {
     fn take_irq(&mut self) -> Option<u8>;
     /// The local APIC id of this CPU (where device interrupts go).
     fn apic_id(&self) -> u8;
+    /// Bytes of the hypervisor's heap in use (the leak check's figure).
+    fn heap_used(&self) -> u64;
     /// Physical memory, to read and write.
     fn mem(&mut self) -> &mut Self::Mem;
     /// PCI configuration space (mechanism #1 on the real machine; only

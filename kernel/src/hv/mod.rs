@@ -97,6 +97,7 @@ pub use machine::Machine;
 
 use crate::builder::{self, DomainConfig};
 use crate::console::{ConsoleOut, BYTE_WORK, STEP_WORK};
+use crate::domain::table::Vacant;
 use crate::domain::vcpu::Vcpu;
 use crate::domain::{DomId, DomainTable, Exit, Expect, Fault, Privilege, RunState};
 use crate::event::Port;
@@ -139,6 +140,47 @@ pub const SPURIOUS_VECTOR: u8 = 0xff;
 pub const MAX_DOMAINS: usize = 1024;
 /// Domains the final report lists one by one (later ones are counted).
 pub const MAX_RECORDS: usize = 2048;
+
+/// Templates of the boot bundle the toolstack is offered at most.
+pub const MAX_TEMPLATES: usize = 64;
+
+/// Why a build failed, in words (what `CREATEDOMAIN` writes back).
+pub type Reason = heapless::String<96>;
+
+/// What [`Hv::build_domain`] builds: a boot bundle record's fields, or a
+/// toolstack's validated request.
+struct Build<'s> {
+    name: &'s str,
+    image: &'s [u8],
+    cmdline: &'s str,
+    mem_kib: u32,
+    dma_kib: u32,
+    weight: u32,
+    warp_us: u32,
+    privileged: bool,
+    expect: Expect,
+    /// Built paused (`domctl::create::PAUSED`).
+    paused: bool,
+}
+
+/// A `CREATEDOMAIN` under way: the request, and its image as copied so far
+/// (continuation rounds add [`domctl::CREATE_CHUNK`] bytes per unit).
+struct CreateJob {
+    caller: DomId,
+    arg: u64,
+    req: hypercall::CreateReq,
+    cmdline: alloc::string::String,
+    image: alloc::vec::Vec<u8>,
+}
+
+/// BVT parameters of weight `weight` and warp `warp_us` (0: none).
+fn sched_params(weight: u32, warp_us: u32) -> Params {
+    if warp_us == 0 {
+        Params::weighted(weight)
+    } else {
+        Params::warped(weight, u64::from(warp_us) * 1000, WARP_LIMIT_NS, UNWARP_NS)
+    }
+}
 
 /// Longest the one-shot timer is ever armed for (so time is sampled).
 const MAX_ARM_NS: u64 = 50_000_000;
@@ -202,6 +244,9 @@ pub struct Domain {
     /// Its port to the device store (`None`: no store connection), as
     /// `domctl` `GETDOMAININFO` reports it.
     pub store_evtchn: Option<u32>,
+    /// Its BVT weight and warp in microseconds, as `GETDOMAININFO`
+    /// reports them (the scheduler holds the truth).
+    pub sched: (u32, u32),
 }
 
 /// [`Domain::memo`]: the page of the last bounced `syscall` instruction.
@@ -314,6 +359,9 @@ pub struct PerCpu {
     /// domain woke, blocked, was created or ended): the next trip asks the
     /// scheduler again even if the slice has time left.
     pub sched_dirty: bool,
+    /// The toolstack command the hypercall under way handed over
+    /// ([`hypercall::Env::request_ctl`]), carried out by [`Hv::apply`].
+    ctl: Option<hypercall::Ctl>,
 }
 
 /// The hypervisor's state: the domains and everything shared between CPUs,
@@ -362,6 +410,17 @@ pub struct Hv<M: Machine> {
     pub pci: Pci,
     /// The IOAPIC's lines and dom0's pirqs ([`crate::irq`]).
     pub irqs: Irqs,
+    /// The boot bundle, for its templates.
+    boot: Option<Bundle<'static>>,
+    /// The record indices of the bundle's templates, in order: what
+    /// `BOOTIMAGE_INFO` index `k` names.
+    templates: heapless::Vec<u16, MAX_TEMPLATES>,
+    /// Wall-clock seconds at boot (system time 0), published to every
+    /// domain built.
+    wallclock: u64,
+    /// The `CREATEDOMAIN` under way, if any (only the privileged domain
+    /// creates, one at a time).
+    creating: Option<alloc::boxed::Box<CreateJob>>,
 }
 
 /// What a hypercall may touch: the calling domain's memory and state.
@@ -383,6 +442,10 @@ struct DomEnv<'a, M: Machine> {
     pci: &'a mut Pci,
     /// The IOAPIC's lines.
     irqs: &'a mut Irqs,
+    /// Where a toolstack command goes ([`hypercall::Env::request_ctl`]).
+    ctl: &'a mut Option<hypercall::Ctl>,
+    /// The boot bundle and its templates' record indices.
+    boot: Option<(Bundle<'static>, &'a [u16])>,
 }
 
 impl<M: Machine> DomEnv<'_, M> {
@@ -461,8 +524,62 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
             info.store_evtchn = port;
             info.store_gref = GNTTAB_RESERVED_XENSTORE;
         }
+        match d.state {
+            RunState::Paused => info.flags |= dominf::PAUSED,
+            RunState::Blocked => info.flags |= dominf::BLOCKED,
+            _ => {}
+        }
+        if id == self.domains[self.cur].id {
+            info.flags |= dominf::RUNNING;
+        }
+        info.cpu_time_ns = d.runstate.time[runstate::RUNNING as usize];
+        (info.weight, info.warp_us) = d.sched;
         pvguest_abi::start_info::fill_c_str(&mut info.name, &d.name);
         Ok(info)
+    }
+    fn phys_info(&mut self, _: Privilege) -> pvguest_abi::domctl::PhysInfo {
+        let mut info = pvguest_abi::domctl::PhysInfo {
+            total_frames: self.frames.len() as u64,
+            free_frames: self.frames.free_count() as u64,
+            heap_used: self.m.heap_used(),
+            max_domains: MAX_DOMAINS as u32,
+            ..Default::default()
+        };
+        for (_, _, d) in self.domains.iter() {
+            info.domains += 1;
+            info.dying += u32::from(matches!(d.state, RunState::Dead(_)));
+            info.ports_in_use += u64::from(d.events.in_use());
+        }
+        info
+    }
+    fn boot_image(&mut self, _: Privilege, index: u32) -> Result<pvguest_abi::domctl::BootImage, Errno> {
+        let spec = template(self.boot, index)?;
+        let mut info = pvguest_abi::domctl::BootImage {
+            index,
+            mem_kib: spec.mem_kib,
+            weight: spec.weight,
+            warp_us: spec.warp_us,
+            image_len: spec.image.len() as u64,
+            cmdline_len: spec.cmdline.len() as u32,
+            ..Default::default()
+        };
+        pvguest_abi::start_info::fill_c_str(&mut info.name, spec.name);
+        // Shorter than 1024 bytes (the bundle reader's rule).
+        info.cmdline[..spec.cmdline.len()].copy_from_slice(spec.cmdline.as_bytes());
+        Ok(info)
+    }
+    fn boot_image_read(&mut self, _: Privilege, r: &pvguest_abi::domctl::ReadBootImage) -> Result<(), Errno> {
+        let spec = template(self.boot, r.index)?;
+        let end = r.offset.checked_add(u64::from(r.len)).ok_or(Errno::EINVAL)?;
+        let bytes = usize::try_from(r.offset)
+            .ok()
+            .zip(usize::try_from(end).ok())
+            .and_then(|(a, b)| spec.image.get(a..b))
+            .ok_or(Errno::EINVAL)?;
+        hypercall::Env::copy_to_guest(self, r.buf, bytes)
+    }
+    fn request_ctl(&mut self, _: Privilege, ctl: hypercall::Ctl) {
+        *self.ctl = Some(ctl);
     }
     fn nr_pages(&self) -> u64 {
         self.domains[self.cur].nr_pages
@@ -637,6 +754,16 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
 
 /// `mm` with the device-memory right (mm rule 9) if the caller has one
 /// (the privileged domain's, made from its [`Privilege`]).
+/// Template `index` of the boot bundle (`ESRCH`: none).
+fn template(
+    boot: Option<(Bundle<'static>, &[u16])>,
+    index: u32,
+) -> Result<ringfence_bundle::DomainSpec<'static>, Errno> {
+    let (bundle, templates) = boot.ok_or(Errno::ESRCH)?;
+    let &record = templates.get(index as usize).ok_or(Errno::ESRCH)?;
+    bundle.domain(usize::from(record)).map_err(|_| Errno::ESRCH)
+}
+
 fn with_io<'a, 'f, P: crate::mm::guest_mem::PhysMem>(
     mm: Mm<'a, 'f, P>,
     io: &'a mut Option<Dom0Mmio<'_>>,
@@ -722,6 +849,7 @@ impl<M: Machine> Hv<M> {
                 notify: heapless::Vec::new(),
                 gate_rsp1: None,
                 sched_dirty: true,
+                ctl: None,
             },
             domains: DomainTable::empty(),
             records: heapless::Vec::new(),
@@ -737,6 +865,10 @@ impl<M: Machine> Hv<M> {
             scale: TscScale { mul: 0, shift: 0 },
             pci: Pci::empty(),
             irqs: Irqs::empty(),
+            boot: None,
+            templates: heapless::Vec::new(),
+            wallclock: 0,
+            creating: None,
         }
     }
 
@@ -749,7 +881,7 @@ impl<M: Machine> Hv<M> {
         frames: FrameTable<'static>,
         domains: DomainTable<'static, Domain>,
         tsc_hz: u64,
-        bundle: &Bundle<'_>,
+        bundle: &Bundle<'static>,
         wallclock: u64,
     ) -> Next {
         // Every frame the frame table covers is RAM or the hypervisor's: no
@@ -763,6 +895,13 @@ impl<M: Machine> Hv<M> {
         self.boot_tsc = M::tsc();
         self.budget_ticks = self.m.tsc_ticks(hypercall::BUDGET_NS).max(1);
         hvlog!(self.m, "wall clock: {wallclock} s since the epoch (RTC)");
+        self.wallclock = wallclock;
+        self.boot = Some(*bundle);
+        for i in 0..bundle.domain_count() {
+            if bundle.domain(i).is_ok_and(|s| s.template) && self.templates.push(i as u16).is_err() {
+                hvlog!(self.m, "bundle entry {i}: more than {MAX_TEMPLATES} templates; not offered");
+            }
+        }
         hvlog!(self.m, "boot bundle: {} domain(s)", bundle.domain_count());
         // The privileged domain (id 0) runs the device store: it is built
         // first, and only if it was built does every other domain get a
@@ -770,7 +909,7 @@ impl<M: Machine> Hv<M> {
         // them waiting for ever).
         let privileged = (0..bundle.domain_count()).find(|&i| bundle.domain(i).is_ok_and(|s| s.privileged));
         if let Some(i) = privileged {
-            self.create_domain(bundle, i, wallclock);
+            self.create_domain(bundle, i);
             if self.domains.get(DomId::DOM0).is_some() {
                 self.store_backend = Some(DomId::DOM0);
             } else {
@@ -778,7 +917,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         for i in (0..bundle.domain_count()).filter(|&i| Some(i) != privileged) {
-            self.create_domain(bundle, i, wallclock);
+            self.create_domain(bundle, i);
         }
         // Building the domains is nobody's CPU time.
         let now = self.now();
@@ -855,7 +994,12 @@ impl<M: Machine> Hv<M> {
         self.scale.to_ns(tsc.wrapping_sub(self.boot_tsc))
     }
 
-    fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize, wallclock: u64) {
+    /// Builds record `index` of the boot bundle (templates are not
+    /// started: they are the toolstack's, [`Hv::templates`]).
+    fn create_domain(&mut self, bundle: &Bundle<'_>, index: usize) {
+        if bundle.domain(index).is_ok_and(|s| s.template) {
+            return;
+        }
         // The privileged domain takes id 0, as Xen's dom0 (the bundle
         // reader allows at most one); a bad entry takes an ordinary id for
         // its line in the report.
@@ -885,15 +1029,41 @@ impl<M: Machine> Hv<M> {
             ringfence_bundle::Expect::Crash => Expect::Crash,
             ringfence_bundle::Expect::Rejected => Expect::Rejected,
         };
+        let build = Build {
+            name: spec.name,
+            image: spec.image,
+            cmdline: spec.cmdline,
+            mem_kib: spec.mem_kib,
+            dma_kib: spec.dma_kib,
+            weight: spec.weight,
+            warp_us: spec.warp_us,
+            privileged: spec.privileged,
+            expect,
+            paused: false,
+        };
+        if let Err((_, why)) = self.build_domain(vacant, &build) {
+            hvlog!(self.m, "dom{id} ({}): not started: {why}", spec.name);
+            self.push_rejected(id, spec.name, expect);
+        }
+    }
+
+    /// Builds a domain in the slot and id `vacant` reserved: its memory
+    /// and page tables (the builder), console, store connection, shared
+    /// info and scheduler entry. Returns its slot, or why not (the errno
+    /// the toolstack gets and the words of the failure); nothing of the
+    /// domain is left behind on failure (its frames are released).
+    fn build_domain(&mut self, vacant: Vacant, spec: &Build<'_>) -> Result<usize, (Errno, Reason)> {
+        let id = vacant.id();
+        let fail = |errno, args: core::fmt::Arguments<'_>| {
+            let mut why = Reason::new();
+            let _ = why.write_fmt(args);
+            Err((errno, why))
+        };
         let mut events = EventChannels::default();
         // A fresh table has free ports; only a full hypervisor heap fails.
         let console_evtchn = match events.bind_console() {
             Ok(p) => p,
-            Err(e) => {
-                hvlog!(self.m, "dom{id} ({}): not started: no console port: {e}", spec.name);
-                self.push_rejected(id, spec.name, expect);
-                return;
-            }
+            Err(e) => return fail(Errno::ENOMEM, format_args!("no console port: {e}")),
         };
         let frames = self.frames.as_mut().expect("frame table set before domains");
         let mut cfg = DomainConfig {
@@ -910,11 +1080,7 @@ impl<M: Machine> Hv<M> {
         if let Some(backend) = self.store_backend.filter(|_| !spec.privileged) {
             match events.alloc_unbound(backend) {
                 Ok(port) => cfg.store = Some((port, backend)),
-                Err(e) => {
-                    hvlog!(self.m, "dom{id} ({}): not started: no store port: {e}", spec.name);
-                    self.push_rejected(id, spec.name, expect);
-                    return;
-                }
+                Err(e) => return fail(Errno::ENOMEM, format_args!("no store port: {e}")),
             }
         }
         let e = self.m.entry_area_pml4e();
@@ -923,9 +1089,15 @@ impl<M: Machine> Hv<M> {
             Ok(b) => b,
             Err(e) => {
                 frames.release_domain(id);
-                hvlog!(self.m, "dom{id} ({}): not started: {e}", spec.name);
-                self.push_rejected(id, spec.name, expect);
-                return;
+                let errno = if matches!(
+                    e,
+                    builder::BuildError::OutOfMemory { .. } | builder::BuildError::NoContiguous { .. }
+                ) {
+                    Errno::ENOMEM
+                } else {
+                    Errno::EINVAL
+                };
+                return fail(errno, format_args!("{e}"));
             }
         };
         hvlog!(
@@ -947,9 +1119,7 @@ impl<M: Machine> Hv<M> {
         for (what, mfn) in [("shared-info", b.shared_info_mfn), ("console", b.console_mfn)] {
             if let Err(e) = frames.get_type_ref(mfn, id, crate::mm::frames::FrameType::Writable) {
                 frames.release_domain(id);
-                hvlog!(self.m, "dom{id} ({}): not started: {what} frame: {e}", spec.name);
-                self.push_rejected(id, spec.name, expect);
-                return;
+                return fail(Errno::EINVAL, format_args!("{what} frame: {e}"));
             }
         }
         // The store page: a byte channel the domain attaches to as the
@@ -963,12 +1133,10 @@ impl<M: Machine> Hv<M> {
             let ready = granted.map(|()| self.m.channel_page_init(b.store_mfn));
             if ready != Ok(true) {
                 self.frames.as_mut().expect("set").release_domain(id);
-                match ready {
-                    Err(e) => hvlog!(self.m, "dom{id} ({}): not started: store grant: {e}", spec.name),
-                    Ok(_) => hvlog!(self.m, "dom{id} ({}): not started: store page could not be set up", spec.name),
-                }
-                self.push_rejected(id, spec.name, expect);
-                return;
+                return match ready {
+                    Err(e) => fail(Errno::EINVAL, format_args!("store grant: {e}")),
+                    Ok(_) => fail(Errno::EINVAL, format_args!("store page could not be set up")),
+                };
             }
         }
         let console_ring = self.m.console_page(b.console_mfn);
@@ -983,7 +1151,7 @@ impl<M: Machine> Hv<M> {
             ..VcpuTimeInfo::default()
         };
         shared.publish_time(self.m.mem(), &time);
-        shared.publish_wallclock(self.m.mem(), wallclock, 0);
+        shared.publish_wallclock(self.m.mem(), self.wallclock, 0);
         // Events start masked, as the start-info contract says.
         shared.set_upcall_mask(self.m.mem(), true);
         let regs = TrapFrame {
@@ -996,30 +1164,28 @@ impl<M: Machine> Hv<M> {
             ..TrapFrame::default()
         };
         let now = self.now();
-        let params = if spec.warp_us == 0 {
-            Params::weighted(spec.weight)
-        } else {
-            Params::warped(spec.weight, u64::from(spec.warp_us) * 1000, WARP_LIMIT_NS, UNWARP_NS)
-        };
-        if let Err(e) = self.bvt.add(vacant.slot(), params, now) {
-            hvlog!(self.m, "dom{id} ({}): not started: scheduler refused it: {e:?}", spec.name);
+        if let Err(e) = self.bvt.add(vacant.slot(), sched_params(spec.weight, spec.warp_us), now) {
             self.frames.as_mut().expect("set").release_domain(id);
-            self.push_rejected(id, spec.name, expect);
-            return;
+            return fail(Errno::EINVAL, format_args!("scheduler refused it: {e:?}"));
+        }
+        if spec.paused {
+            self.bvt.block(vacant.slot(), now);
         }
         self.cpu.sched_dirty = true;
         if spec.warp_us != 0 || spec.weight != crate::sched::bvt::DEFAULT_WEIGHT {
             hvlog!(self.m, "dom{id} ({}): BVT weight {}, warp {} us", spec.name, spec.weight, spec.warp_us);
         }
-        let record = self.record(id, spec.name, expect, None);
-        let _slot = self.domains.fill(
+        let record = self.record(id, spec.name, spec.expect, None);
+        let (state, rs) =
+            if spec.paused { (RunState::Paused, runstate::OFFLINE) } else { (RunState::Runnable, runstate::RUNNABLE) };
+        let slot = self.domains.fill(
             vacant,
             Domain {
                 id,
                 record,
                 name: name_of(spec.name),
-                expect,
-                state: RunState::Runnable,
+                expect: spec.expect,
+                state,
                 privilege: cfg.privilege,
                 nr_pages: cfg.nr_pages,
                 root: b.root,
@@ -1037,10 +1203,12 @@ impl<M: Machine> Hv<M> {
                 store_evtchn: cfg.store.map(|(p, _)| p),
                 maptrack: Maptrack::new(DEFAULT_MAPTRACK),
                 wakes: Wakes::default(),
-                runstate: RunstateInfo { state: runstate::RUNNABLE, state_entry_time: now, ..RunstateInfo::default() },
+                runstate: RunstateInfo { state: rs, state_entry_time: now, ..RunstateInfo::default() },
                 memo: [None; 3],
+                sched: (spec.weight, spec.warp_us),
             },
         );
+        Ok(slot)
     }
 
     /// Adds a line to the final report; returns its index (`None` once the
@@ -1322,6 +1490,9 @@ impl<M: Machine> Hv<M> {
             preempt_tsc,
             pci: &mut self.pci,
             irqs: &mut self.irqs,
+            // `domctl` is never a fast-path hypercall.
+            ctl: &mut self.cpu.ctl,
+            boot: None,
         };
         let action = hypercall::dispatch(&mut env, nr, a);
         self.fast_return(cur, action, iret)
@@ -1653,6 +1824,8 @@ impl<M: Machine> Hv<M> {
                     preempt_tsc,
                     pci: &mut self.pci,
                     irqs: &mut self.irqs,
+                    ctl: &mut self.cpu.ctl,
+                    boot: self.boot.map(|b| (b, &self.templates[..])),
                 };
                 (hypercall::dispatch(&mut env, nr, args), before)
             }
@@ -1695,7 +1868,209 @@ impl<M: Machine> Hv<M> {
                 [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8] = a;
                 d.regs.rip = d.regs.rip.wrapping_sub(2);
             }
+            Action::Ctl => {
+                let done = match self.cpu.ctl.take() {
+                    Some(ctl) => self.ctl(cur, ctl, now),
+                    None => Action::Return(Errno::EINVAL.to_ret()),
+                };
+                // Only a result or a continuation (never another command).
+                if matches!(done, Action::Return(_) | Action::Continue(_)) {
+                    self.apply(cur, done, now);
+                }
+            }
         }
+    }
+
+    /// Carries out toolstack command `ctl` of domain `cur` (the privileged
+    /// one; the hypercall layer validated the arguments): a result, or a
+    /// continuation of a create.
+    fn ctl(&mut self, cur: usize, ctl: hypercall::Ctl, now: u64) -> Action {
+        use hypercall::Ctl;
+        let caller = self.domains[cur].id;
+        let r = match ctl {
+            Ctl::Create { arg, req, done } => return self.ctl_create(cur, arg, req, done),
+            Ctl::Destroy(id) => self.live_slot(id).map(|i| {
+                if !matches!(self.domains[i].state, RunState::Dead(_)) {
+                    hvlog!(self.m, "dom{id} ({}): destroyed by dom{caller}", self.domains[i].name);
+                    self.kill(i, Exit::Destroyed);
+                }
+            }),
+            Ctl::Pause(id) => self.live_slot(id).and_then(|i| match self.domains[i].state {
+                RunState::Dead(_) => Err(Errno::EINVAL),
+                RunState::Paused => Ok(()),
+                state => {
+                    if state == RunState::Runnable {
+                        self.bvt.block(i, now);
+                    }
+                    self.domains[i].state = RunState::Paused;
+                    self.set_runstate(i, runstate::OFFLINE, now);
+                    self.cpu.sched_dirty = true;
+                    Ok(())
+                }
+            }),
+            // Resumed as if woken: a domain paused while it blocked sees
+            // its block or poll return early (as an event would make it).
+            Ctl::Unpause(id) => self.live_slot(id).and_then(|i| match self.domains[i].state {
+                RunState::Paused => {
+                    self.wake(i);
+                    Ok(())
+                }
+                RunState::Dead(_) => Err(Errno::EINVAL),
+                _ => Ok(()),
+            }),
+            Ctl::SetSched { dom, weight, warp_us } => self.live_slot(dom).and_then(|i| {
+                if matches!(self.domains[i].state, RunState::Dead(_)) {
+                    return Err(Errno::EINVAL);
+                }
+                self.bvt.set_params(i, sched_params(weight, warp_us)).map_err(|_| Errno::EINVAL)?;
+                self.domains[i].sched = (weight, warp_us);
+                self.cpu.sched_dirty = true;
+                Ok(())
+            }),
+        };
+        Action::Return(match r {
+            Ok(()) => 0,
+            Err(e) => e.to_ret(),
+        })
+    }
+
+    /// The slot of domain `id` (`ESRCH`: not in the table).
+    fn live_slot(&self, id: DomId) -> Result<usize, Errno> {
+        self.domains.slot_of(id).ok_or(Errno::ESRCH)
+    }
+
+    /// `CREATEDOMAIN` by domain `cur` of the request at `arg`: copies the
+    /// image from the caller in units of [`domctl::CREATE_CHUNK`] bytes
+    /// (continuing once the hypercall budget is spent; `done` is what
+    /// earlier rounds copied), then builds the domain.
+    fn ctl_create(&mut self, cur: usize, arg: u64, req: hypercall::CreateReq, done: u64) -> Action {
+        use pvguest_abi::domctl::{CreateDomain, CREATEDOMAIN, CREATE_CHUNK};
+        let caller = self.domains[cur].id;
+        let job = if done == 0 {
+            // A new request: one abandoned part-way (the caller started
+            // over) is dropped.
+            self.creating = None;
+            let mut cmdline = [0u8; pvguest_abi::domctl::MAX_CMDLINE];
+            let line = &mut cmdline[..req.cmdline_len as usize];
+            if self.copy_from_domain(cur, req.cmdline, line).is_err() {
+                return self.create_failed(cur, arg, Errno::EFAULT, format_args!("the command line is not readable"));
+            }
+            let Ok(text) = core::str::from_utf8(line) else {
+                return self.create_failed(cur, arg, Errno::EINVAL, format_args!("the command line is not UTF-8"));
+            };
+            let mut image = alloc::vec::Vec::new();
+            let mut owned = alloc::string::String::new();
+            if image.try_reserve_exact(req.image_len as usize).is_err() || owned.try_reserve_exact(text.len()).is_err()
+            {
+                return self.create_failed(cur, arg, Errno::ENOMEM, format_args!("no hypervisor memory for the image"));
+            }
+            owned.push_str(text);
+            alloc::boxed::Box::new(CreateJob { caller, arg, req, cmdline: owned, image })
+        } else {
+            match self.creating.take() {
+                Some(j) if j.caller == caller && j.arg == arg && j.image.len() as u64 == done => j,
+                _ => {
+                    return self.create_failed(
+                        cur,
+                        arg,
+                        Errno::EINVAL,
+                        format_args!("a continued create that is not the one under way"),
+                    )
+                }
+            }
+        };
+        let mut job = job;
+        // The image, a unit at a time, within the hypercall's budget.
+        let preempt = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+        let mut units = 0;
+        while (job.image.len() as u64) < job.req.image_len {
+            if units > 0 && M::tsc() >= preempt {
+                let done = job.image.len() as u64;
+                self.creating = Some(job);
+                return Action::Continue([CREATEDOMAIN, arg, done, 0, 0]);
+            }
+            let at = job.image.len();
+            let n = (job.req.image_len - at as u64).min(CREATE_CHUNK) as usize;
+            job.image.resize(at + n, 0);
+            if self.copy_from_domain(cur, job.req.image.wrapping_add(at as u64), &mut job.image[at..]).is_err() {
+                return self.create_failed(
+                    cur,
+                    arg,
+                    Errno::EFAULT,
+                    format_args!("the image is not readable at byte {at}"),
+                );
+            }
+            units += 1;
+        }
+        let vacant = match self.domains.reserve() {
+            Ok(v) => v,
+            Err(e) => {
+                return self.create_failed(
+                    cur,
+                    arg,
+                    Errno::ENOSPC,
+                    format_args!("the domain table is full ({e:?}: at most {MAX_DOMAINS} domains)"),
+                )
+            }
+        };
+        let id = vacant.id();
+        let build = Build {
+            name: &job.req.name,
+            image: &job.image,
+            cmdline: &job.cmdline,
+            mem_kib: job.req.mem_kib,
+            dma_kib: 0,
+            weight: job.req.weight,
+            warp_us: job.req.warp_us,
+            privileged: false,
+            expect: Expect::Managed,
+            paused: job.req.paused,
+        };
+        match self.build_domain(vacant, &build) {
+            Ok(_) => {
+                let at = arg.wrapping_add(core::mem::offset_of!(CreateDomain, domid) as u64);
+                let written = self.copy_to_domain(cur, at, &u32::from(id.raw()).to_le_bytes());
+                self.dom_exc(id);
+                Action::Return(match written {
+                    Ok(()) => 0,
+                    Err(e) => e.to_ret(),
+                })
+            }
+            Err((errno, why)) => {
+                hvlog!(self.m, "dom{id} ({}): not created: {why}", job.req.name);
+                self.create_failed(cur, arg, errno, format_args!("{why}"))
+            }
+        }
+    }
+
+    /// Ends a `CREATEDOMAIN` with `errno`, writing `why` into the request's
+    /// `reason` (best effort: the errno is the answer).
+    fn create_failed(&mut self, cur: usize, arg: u64, errno: Errno, why: core::fmt::Arguments<'_>) -> Action {
+        self.creating = None;
+        let mut text = Reason::new();
+        let _ = text.write_fmt(why);
+        let mut reason = [0u8; 96];
+        pvguest_abi::start_info::fill_c_str(&mut reason, &text);
+        let at = arg.wrapping_add(core::mem::offset_of!(pvguest_abi::domctl::CreateDomain, reason) as u64);
+        let _ = self.copy_to_domain(cur, at, &reason);
+        Action::Return(errno.to_ret())
+    }
+
+    /// Copies from domain `i`'s memory at `va` (the one guest-memory
+    /// accessor, as a hypercall's own copies).
+    fn copy_from_domain(&mut self, i: usize, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+        let frames = self.frames.as_ref().expect("frame table set");
+        let d = &mut self.domains[i];
+        let view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        view.copy_from_remembered(GuestVa(va), buf, &mut d.memo[MEMO_ARGS])
+    }
+
+    /// Copies into domain `i`'s memory at `va`.
+    fn copy_to_domain(&mut self, i: usize, va: u64, data: &[u8]) -> Result<(), Errno> {
+        let frames = self.frames.as_ref().expect("frame table set");
+        let d = &mut self.domains[i];
+        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
+        view.copy_to_remembered(GuestVa(va), data, &mut d.memo[MEMO_ARGS])
     }
 
     /// Raises virtual IRQ `virq` for domain `i` if it bound a port to it.
@@ -1825,6 +2200,10 @@ impl<M: Machine> Hv<M> {
     /// memory freed.
     fn end(&mut self, i: usize, exit: Exit, report: bool) {
         let now = self.now();
+        if self.creating.as_ref().is_some_and(|j| j.caller == self.domains[i].id) {
+            // Its create under way goes with it.
+            self.creating = None;
+        }
         self.set_runstate(i, runstate::OFFLINE, now);
         let d = &mut self.domains[i];
         d.console_dirty = false;

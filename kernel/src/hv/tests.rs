@@ -40,7 +40,7 @@ use pvguest_abi::sched_op::SchedPoll;
 use pvguest_abi::shared_info::{SharedInfo, VcpuInfo};
 use pvguest_abi::trap::{BounceFrame, UPCALL_VECTOR};
 use pvguest_abi::vcpu::runstate;
-use pvguest_abi::{console_io, sched_op, segbase, selectors, shutdown_reason, HYPERCALL_VECTOR};
+use pvguest_abi::{console_io, sched_op, segbase, selectors, shutdown_reason, Errno, HYPERCALL_VECTOR};
 use ring_protocol::ByteChannel;
 use ringfence_bundle::{Bundle, Expect};
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
@@ -213,6 +213,9 @@ impl Machine for FakeMachine {
     fn take_irq(&mut self) -> Option<u8> {
         self.irq_taken.pop()
     }
+    fn heap_used(&self) -> u64 {
+        0
+    }
     fn apic_id(&self) -> u8 {
         0
     }
@@ -326,6 +329,8 @@ fn dom(name: &str) -> DomainEntry {
 struct Rig {
     hv: Box<Hv<FakeMachine>>,
     next: Next,
+    /// Continuation rounds of the last [`Rig::create`].
+    rounds: u32,
 }
 
 impl Rig {
@@ -344,8 +349,8 @@ impl Rig {
         for e in entries {
             w.domain(e.clone());
         }
-        let bytes = w.finish_checked().expect("a valid bundle");
-        let bundle = Bundle::parse(&bytes).expect("the bundle parses");
+        let bytes = w.finish_checked().expect("a valid bundle").leak();
+        let bundle = Bundle::parse(bytes).expect("the bundle parses");
         let store: &'static mut [FrameInfo] = std::vec![FrameInfo::RESERVED; RAM_FRAMES as usize].leak();
         let mut frames = FrameTable::new(store);
         frames.add_free_range(1, RAM_FRAMES);
@@ -353,7 +358,7 @@ impl Rig {
         let ids = Box::leak(Box::new([0; crate::domain::table::DOMID_FIRST_RESERVED as usize]));
         let mut hv = Box::new(Hv::new(FakeMachine::new()));
         let next = hv.start(frames, DomainTable::new(slots, ids), 1_000_000_000, &bundle, 1_795_315_111);
-        Rig { hv, next }
+        Rig { hv, next, rounds: 0 }
     }
 
     /// System time now (ns since boot).
@@ -1307,4 +1312,196 @@ fn the_fused_yield_and_block_path_decides_as_the_general_path() {
     let switches = fused.windows(2).filter(|w| w[0].split(" next ").nth(1) != w[1].split(" next ").nth(1)).count();
     assert!(switches > 100, "{switches} switches");
     assert!(fused.iter().any(|l| l.contains("Blocked")), "blocks");
+}
+
+/// Where the toolstack tests keep the `CreateDomain` request, the command
+/// line and the image in dom0 (free pages past the tiny image's own).
+const CTL_ARG: u64 = GUEST_KERNEL_BASE + 90 * PAGE_SIZE;
+const CTL_CMDLINE: u64 = CTL_ARG + 0x800;
+const CTL_IMAGE: u64 = GUEST_KERNEL_BASE + 92 * PAGE_SIZE;
+
+impl Rig {
+    /// dom0 (the domain being entered) asks for a domain built from
+    /// `image` (put in its memory first) named `name`: the hypercall's
+    /// result once every continuation round ran, and the request as the
+    /// hypervisor left it. [`Rig::rounds`] counts its continuations.
+    fn create(&mut self, name: &str, image: &[u8], flags: u32) -> (i64, pvguest_abi::domctl::CreateDomain) {
+        use pvguest_abi::domctl::{self, CreateDomain};
+        use zerocopy::FromBytes;
+        while self.next.id != DomId::DOM0 {
+            self.timer_interrupt();
+        }
+        let mut c = CreateDomain {
+            image: CTL_IMAGE,
+            image_len: image.len() as u64,
+            cmdline: CTL_CMDLINE,
+            cmdline_len: 7,
+            mem_kib: DOM_KIB,
+            flags,
+            ..Default::default()
+        };
+        pvguest_abi::start_info::fill_c_str(&mut c.name, name);
+        self.write_guest(DomId::DOM0, CTL_ARG, c.as_bytes());
+        self.write_guest(DomId::DOM0, CTL_CMDLINE, b"x=1 y=2");
+        self.write_guest(DomId::DOM0, CTL_IMAGE, image);
+        let mut rax = self.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]);
+        let mut rounds = 0;
+        while rax == nr::DOMCTL as i64 {
+            rounds += 1;
+            assert!(rounds < 10_000, "the create never finishes");
+            // dom0 yielded to the scheduler; when it is entered again it
+            // re-executes the hypercall.
+            while self.next.id != DomId::DOM0 {
+                self.timer_interrupt();
+            }
+            rax = self.int82();
+        }
+        self.rounds = rounds;
+        let mut back = [0u8; core::mem::size_of::<CreateDomain>()];
+        self.read_guest(DomId::DOM0, CTL_ARG, &mut back);
+        (rax, CreateDomain::read_from_bytes(&back).expect("sized"))
+    }
+
+    /// dom0 runs `domctl(cmd, arg)`.
+    fn domctl(&mut self, cmd: u64, arg: u64) -> i64 {
+        while self.next.id != DomId::DOM0 {
+            self.timer_interrupt();
+        }
+        self.hypercall(nr::DOMCTL, [cmd, arg, 0, 0, 0])
+    }
+
+    /// Runs the scheduler until every teardown is done.
+    fn reap_all(&mut self) {
+        for _ in 0..100_000 {
+            if self.hv.reaping.is_empty() {
+                return;
+            }
+            if self.next.id == DomId::DOM0 {
+                self.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+            } else {
+                self.timer_interrupt();
+            }
+        }
+        panic!("teardown never finished");
+    }
+}
+
+/// The toolstack's life cycle: a domain created at run time from an
+/// image in dom0's memory runs; pause keeps it off the CPU, unpause gives
+/// it back; destroy ends it and its teardown returns every frame and
+/// port, over many cycles (slots and ids reused, no id twice).
+#[test]
+fn domains_created_and_destroyed_at_run_time_leak_nothing() {
+    use pvguest_abi::domctl::{self, dominf, DomainInfo, PhysInfo};
+    use zerocopy::FromBytes;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("tmpl").template(true)]);
+    assert_eq!(r.hv.domains.len(), 1, "a template is not started");
+    let frames_before = r.hv.frames.as_ref().unwrap().free_count();
+    let ports_before: u32 = r.hv.domains.iter().map(|(_, _, d)| d.events.in_use()).sum();
+    let mut seen = Vec::new();
+    for cycle in 0..40 {
+        let (rax, c) = r.create("guest", &tiny_elf(), 0);
+        assert_eq!(rax, 0, "cycle {cycle}: {}", c.reason());
+        let id = DomId::of(c.domid as u16);
+        assert!(!seen.contains(&id), "id {id} handed out twice");
+        seen.push(id);
+        let d = r.dom(id);
+        assert_eq!((d.state, d.expect, d.name.as_str()), (RunState::Runnable, crate::domain::Expect::Managed, "guest"));
+        // dom0 sees it, with its flags and scheduling parameters.
+        let info = SCRATCH;
+        r.write_guest(DomId::DOM0, info, DomainInfo { domid: c.domid, ..Default::default() }.as_bytes());
+        assert_eq!(r.domctl(domctl::GETDOMAININFO, info), 0);
+        let mut b = [0u8; core::mem::size_of::<DomainInfo>()];
+        r.read_guest(DomId::DOM0, info, &mut b);
+        let got = DomainInfo::read_from_bytes(&b).unwrap();
+        assert_eq!(
+            (got.domid, got.name(), got.weight, got.flags & dominf::DYING),
+            (c.domid, "guest", DEFAULT_WEIGHT, 0)
+        );
+        if cycle % 2 == 0 {
+            // Paused: never entered, even when dom0 gives the CPU away.
+            assert_eq!(r.domctl(domctl::PAUSEDOMAIN, u64::from(c.domid)), 0);
+            assert_eq!(r.dom(id).state, RunState::Paused);
+            for _ in 0..5 {
+                r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+                assert_ne!(r.next.id, id, "a paused domain ran");
+            }
+            assert_eq!(r.domctl(domctl::UNPAUSEDOMAIN, u64::from(c.domid)), 0);
+            assert_eq!(r.dom(id).state, RunState::Runnable);
+        }
+        assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(c.domid)), 0);
+        assert!(matches!(r.dom(id).state, RunState::Dead(Exit::Destroyed)));
+        // Destroying it again while it is torn down is not an error.
+        assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(c.domid)), 0);
+        r.reap_all();
+        assert!(r.hv.domains.get(id).is_none(), "reaped");
+        assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(c.domid)), Errno::ESRCH.to_ret());
+    }
+    assert_eq!(r.hv.frames.as_ref().unwrap().free_count(), frames_before, "frames lost");
+    let ports_after: u32 = r.hv.domains.iter().map(|(_, _, d)| d.events.in_use()).sum();
+    assert_eq!(ports_after, ports_before, "ports lost");
+    // PHYSINFO reports the same figures.
+    r.write_guest(DomId::DOM0, SCRATCH, PhysInfo::default().as_bytes());
+    assert_eq!(r.domctl(domctl::PHYSINFO, SCRATCH), 0);
+    let mut b = [0u8; core::mem::size_of::<PhysInfo>()];
+    r.read_guest(DomId::DOM0, SCRATCH, &mut b);
+    let p = PhysInfo::read_from_bytes(&b).unwrap();
+    assert_eq!(
+        (p.free_frames, p.domains, p.dying, p.ports_in_use),
+        (frames_before as u64, 1, 0, u64::from(ports_before))
+    );
+}
+
+/// A create whose image takes several budgets continues (the guest sees
+/// one hypercall); a bad image, a created domain that does not fit and an
+/// image dom0 cannot read each fail with their reason and leave nothing.
+#[test]
+fn creates_continue_and_fail_cleanly() {
+    use pvguest_abi::domctl;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("other")]);
+    let free = r.hv.frames.as_ref().unwrap().free_count();
+    let domains = r.hv.domains.len();
+    // Each TSC read moves the clock on: the copy runs out of budget.
+    set_tsc_step(20_000);
+    let mut big = tiny_elf();
+    big.resize(120 * 1024, 0);
+    while r.next.id != DomId::DOM0 {
+        r.timer_interrupt();
+    }
+    let (rax, c) = r.create("big", &big, domctl::create::PAUSED);
+    set_tsc_step(0);
+    assert_eq!(rax, 0, "{}", c.reason());
+    assert!(r.rounds >= 2, "the copy continued ({} rounds)", r.rounds);
+    let id = DomId::of(c.domid as u16);
+    assert_eq!(r.dom(id).state, RunState::Paused, "built paused");
+    assert!(r.hv.m.logged("not created") == 0);
+    assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(c.domid)), 0);
+    r.reap_all();
+    assert_eq!(r.hv.frames.as_ref().unwrap().free_count(), free);
+    // Not an ELF image.
+    let (rax, c) = r.create("bad", b"\x7fELF but not an image at all, really", 0);
+    assert_eq!(rax, Errno::EINVAL.to_ret());
+    assert!(c.reason().contains("ELF") || c.reason().contains("image"), "{}", c.reason());
+    // The image lies partly outside dom0's memory.
+    while r.next.id != DomId::DOM0 {
+        r.timer_interrupt();
+    }
+    let mut req =
+        domctl::CreateDomain { image: CTL_IMAGE, image_len: 64 << 20, mem_kib: DOM_KIB, ..Default::default() };
+    req.image_len = domctl::MAX_CREATE_IMAGE;
+    pvguest_abi::start_info::fill_c_str(&mut req.name, "far");
+    r.write_guest(DomId::DOM0, CTL_ARG, req.as_bytes());
+    let rax = r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]);
+    assert_eq!(rax, Errno::EFAULT.to_ret());
+    // A continuation that is not the one under way.
+    let rax = r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 16384, 0, 0]);
+    assert_eq!(rax, Errno::EINVAL.to_ret());
+    // Only dom0 may: the other domain gets EPERM.
+    while r.next.id == DomId::DOM0 {
+        r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+    }
+    assert_eq!(r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]), Errno::EPERM.to_ret());
+    assert_eq!(r.hv.domains.len(), domains);
+    assert_eq!(r.hv.frames.as_ref().unwrap().free_count(), free, "nothing leaked");
+    assert!(r.hv.creating.is_none());
 }

@@ -59,7 +59,7 @@ use crate::event::{self as evt, Closed, EventChannels, Port};
 use crate::grant::{CopyOp, GrantError, MapRequest, MAX_GRANT_FRAMES};
 use crate::pci::ConfigAddr;
 use core::mem::offset_of;
-use pvguest_abi::domctl::{self, DomainInfo};
+use pvguest_abi::domctl::{self, BootImage, DomainInfo, PhysInfo, ReadBootImage};
 use pvguest_abi::event::{
     self, status, AllocUnbound, BindInterdomain, BindIpi, BindPirq, BindVcpu, BindVirq, Close, Reset, Send, Status,
     Unmask, BIND_PIRQ_WILL_SHARE, DOMID_CONSOLE_BACKEND,
@@ -109,7 +109,97 @@ pub enum Action {
     /// runs again. The trap layer rewinds `rip` to the `int 0x82` and leaves
     /// `rax` (the hypercall number) alone, so the guest sees one hypercall.
     Continue([u64; 5]),
+    /// A toolstack command was validated and handed over with
+    /// [`Env::request_ctl`]: the trap layer carries it out (it changes the
+    /// domain table and the scheduler) and sets the result.
+    Ctl,
 }
+
+/// A privileged toolstack command (`domctl`), decoded and validated by
+/// [`dispatch`], carried out by the trap layer after the hypercall.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Ctl {
+    /// `CREATEDOMAIN` of the request at guest address `arg`, with `done`
+    /// image bytes copied by earlier rounds of the continuation.
+    Create { arg: u64, req: CreateReq, done: u64 },
+    /// `DESTROYDOMAIN`.
+    Destroy(DomId),
+    /// `PAUSEDOMAIN`.
+    Pause(DomId),
+    /// `UNPAUSEDOMAIN`.
+    Unpause(DomId),
+    /// `SCHEDOP`: weight `1..=10_000`, warp in microseconds.
+    SetSched { dom: DomId, weight: u32, warp_us: u32 },
+}
+
+/// A validated [`domctl::CreateDomain`]: a name of the bundle's alphabet,
+/// lengths and sizes within their bounds (the image and command line are
+/// still in the caller's memory; the image is validated by the ELF loader
+/// once copied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateReq {
+    pub image: u64,
+    pub image_len: u64,
+    pub cmdline: u64,
+    pub cmdline_len: u32,
+    pub mem_kib: u32,
+    /// `1..=10_000` (0 in the request became the default).
+    pub weight: u32,
+    pub warp_us: u32,
+    pub paused: bool,
+    pub name: heapless::String<31>,
+}
+
+impl CreateReq {
+    /// Validates `c`: the failure's errno and reason.
+    pub fn decode(c: &domctl::CreateDomain) -> Result<CreateReq, (Errno, &'static str)> {
+        let bad = |why| Err((Errno::EINVAL, why));
+        let len = c.name.iter().position(|&b| b == 0).unwrap_or(c.name.len());
+        if len == 0 || len >= c.name.len() {
+            return bad("the name must be 1 to 31 bytes, NUL-terminated");
+        }
+        let name = &c.name[..len];
+        if !name.iter().all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+            return bad("the name may hold only letters, digits, '.', '_' and '-'");
+        }
+        if c.image_len == 0 || c.image_len > domctl::MAX_CREATE_IMAGE {
+            return bad("the image must be 1 byte to 8 MiB long");
+        }
+        if c.cmdline_len as usize > domctl::MAX_CMDLINE {
+            return bad("the command line is longer than 1023 bytes");
+        }
+        if c.mem_kib == 0 || !c.mem_kib.is_multiple_of(4) || c.mem_kib > domctl::MAX_CREATE_MEM_KIB {
+            return bad("memory must be a positive multiple of 4 KiB, at most 1 GiB");
+        }
+        let weight = if c.weight == 0 { crate::sched::bvt::DEFAULT_WEIGHT } else { c.weight };
+        if !(1..=crate::sched::bvt::MAX_WEIGHT).contains(&weight) {
+            return bad("the weight must be 1 to 10000");
+        }
+        if c.warp_us > MAX_WARP_US {
+            return bad("the warp must be at most 1 s");
+        }
+        if c.flags & !domctl::create::KNOWN != 0 {
+            return bad("unknown flags");
+        }
+        let mut n = heapless::String::new();
+        // ASCII, at most 31 bytes: always fits.
+        let _ = n.push_str(core::str::from_utf8(name).unwrap_or(""));
+        Ok(CreateReq {
+            image: c.image,
+            image_len: c.image_len,
+            cmdline: c.cmdline,
+            cmdline_len: c.cmdline_len,
+            mem_kib: c.mem_kib,
+            weight,
+            warp_us: c.warp_us,
+            paused: c.flags & domctl::create::PAUSED != 0,
+            name: n,
+        })
+    }
+}
+
+/// Largest BVT warp a toolstack may set, in microseconds (1 s).
+pub const MAX_WARP_US: u32 = 1_000_000;
 
 /// The frames of a grant table, as `setup_table` hands them out.
 pub type GrantFrames = heapless::Vec<crate::mm::frames::Mfn, { MAX_GRANT_FRAMES as usize }>;
@@ -215,6 +305,18 @@ pub trait Env {
     /// the live domain (dead ones until reaped) with the smallest id at or
     /// above `from`, or `ESRCH`.
     fn domain_info(&mut self, privilege: Privilege, from: u16) -> Result<DomainInfo, Errno>;
+    /// `domctl` `PHYSINFO`: the figures of the leak check.
+    fn phys_info(&mut self, privilege: Privilege) -> PhysInfo;
+    /// `domctl` `BOOTIMAGE_INFO`: template `index` of the boot bundle
+    /// (`ESRCH` past the last).
+    fn boot_image(&mut self, privilege: Privilege, index: u32) -> Result<BootImage, Errno>;
+    /// `domctl` `BOOTIMAGE_READ`: copies `r.len` bytes of template
+    /// `r.index`'s image from `r.offset` to the caller's `r.buf` (`EINVAL`
+    /// for a range outside the image; `len` is already bounded).
+    fn boot_image_read(&mut self, privilege: Privilege, r: &ReadBootImage) -> Result<(), Errno>;
+    /// Hands a validated toolstack command to the trap layer, which carries
+    /// it out once the hypercall returns [`Action::Ctl`].
+    fn request_ctl(&mut self, privilege: Privilege, ctl: Ctl);
     /// Whether this hypercall must stop at the next unit boundary: its
     /// [`BUDGET_NS`] is spent or other work is due (a timer deadline
     /// passed). Long work then continues later (see the module docs).
@@ -283,7 +385,7 @@ pub fn dispatch<E: Env>(env: &mut E, nr: u64, a: [u64; 5]) -> Action {
         hypercall::EVENT_CHANNEL_OP => event_channel_op(env, a[0], a[1], a[2]),
         hypercall::GRANT_TABLE_OP => grant_table_op(env, a[0], a[1], a[2]),
         hypercall::PHYSDEV_OP => ret(physdev_op(env, a[0], a[1])),
-        hypercall::DOMCTL => ret(domctl(env, a[0], a[1])),
+        hypercall::DOMCTL => domctl(env, a),
         _ => Action::Return(Errno::ENOSYS.to_ret()),
     }
 }
@@ -466,8 +568,10 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
         let sleeps = op == hypercall::SCHED_OP && matches!(args[0], sched_op::BLOCK | sched_op::POLL);
         let result = match op {
             // No nesting, and no sleeping in the middle of a batch (refused
-            // before anything, such as the event mask, is touched).
-            hypercall::MULTICALL => Errno::EINVAL.to_ret(),
+            // before anything, such as the event mask, is touched). Domain
+            // control is carried out after its hypercall by the trap layer,
+            // so it is not batched either.
+            hypercall::MULTICALL | hypercall::DOMCTL => Errno::EINVAL.to_ret(),
             _ if sleeps => Errno::EINVAL.to_ret(),
             _ => match dispatch(env, op, args) {
                 Action::Return(v) => v,
@@ -483,6 +587,8 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
                     Errno::EINVAL.to_ret()
                 }
                 Action::Shutdown(r) => return Action::Shutdown(r),
+                // Only `domctl` hands commands over, refused above.
+                Action::Ctl => Errno::EINVAL.to_ret(),
                 // The entry ran out of budget part-way: it continues with
                 // the arguments it returned, written back into its entry,
                 // and the multicall resumes at this entry.
@@ -1067,14 +1173,19 @@ fn grant_copy<E: Env>(env: &mut E, uop: u64, count: u64) -> Action {
     Action::Return(0)
 }
 
-/// `domctl(cmd, arg)`: privileged domain control ([`pvguest_abi::domctl`]):
-/// `EPERM` for any other caller, before the argument is read.
-fn domctl<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
+/// `domctl(cmd, arg, done)`: privileged domain control
+/// ([`pvguest_abi::domctl`]): `EPERM` for any other caller, before the
+/// argument is read. Commands that change the domain table or the
+/// scheduler are validated here and carried out by the trap layer
+/// ([`Action::Ctl`]); `done` is `CREATEDOMAIN`'s continuation state (0
+/// from the guest).
+fn domctl<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
     let Some(privilege) = env.privilege() else {
-        return Err(Errno::EPERM);
+        return Action::Return(Errno::EPERM.to_ret());
     };
-    match cmd {
-        domctl::GETDOMAININFO => {
+    let [cmd, arg, done, ..] = a;
+    let r = match cmd {
+        domctl::GETDOMAININFO => (|| {
             let ptr = GuestPtr::<DomainInfo>::new(arg);
             let cursor = ptr.read(env)?.domid;
             // A cursor past every id finds nothing, like one at a dead end.
@@ -1082,9 +1193,89 @@ fn domctl<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Result<u64, Errno> {
             let info = env.domain_info(privilege, from)?;
             ptr.write(env, &info)?;
             Ok(0)
+        })(),
+        domctl::CREATEDOMAIN => {
+            let ptr = GuestPtr::<domctl::CreateDomain>::new(arg);
+            let c = match ptr.read(env) {
+                Ok(c) => c,
+                Err(e) => return Action::Return(e.to_ret()),
+            };
+            return match CreateReq::decode(&c) {
+                Ok(req) => {
+                    env.request_ctl(privilege, Ctl::Create { arg, req, done });
+                    Action::Ctl
+                }
+                Err((e, why)) => {
+                    let mut reason = [0u8; 96];
+                    pvguest_abi::start_info::fill_c_str(&mut reason, why);
+                    let _ = ptr.field::<[u8; 96]>(offset_of!(domctl::CreateDomain, reason)).write(env, &reason);
+                    Action::Return(e.to_ret())
+                }
+            };
         }
+        domctl::DESTROYDOMAIN | domctl::PAUSEDOMAIN | domctl::UNPAUSEDOMAIN => match target(env, arg) {
+            Ok(dom) => {
+                let ctl = match cmd {
+                    domctl::DESTROYDOMAIN => Ctl::Destroy(dom),
+                    domctl::PAUSEDOMAIN => Ctl::Pause(dom),
+                    _ => Ctl::Unpause(dom),
+                };
+                env.request_ctl(privilege, ctl);
+                return Action::Ctl;
+            }
+            Err(e) => Err(e),
+        },
+        domctl::SCHEDOP => match sched_params(env, arg) {
+            Ok(ctl) => {
+                env.request_ctl(privilege, ctl);
+                return Action::Ctl;
+            }
+            Err(e) => Err(e),
+        },
+        domctl::PHYSINFO => (|| {
+            let info = env.phys_info(privilege);
+            GuestPtr::<PhysInfo>::new(arg).write(env, &info)?;
+            Ok(0)
+        })(),
+        domctl::BOOTIMAGE_INFO => (|| {
+            let ptr = GuestPtr::<BootImage>::new(arg);
+            let index = ptr.field::<u32>(offset_of!(BootImage, index)).read(env)?;
+            let info = env.boot_image(privilege, index)?;
+            ptr.write(env, &info)?;
+            Ok(0)
+        })(),
+        domctl::BOOTIMAGE_READ => (|| {
+            let r = GuestPtr::<ReadBootImage>::new(arg).read(env)?;
+            if r.len > domctl::BOOTIMAGE_CHUNK {
+                return Err(Errno::E2BIG);
+            }
+            env.boot_image_read(privilege, &r)?;
+            Ok(0)
+        })(),
         _ => Err(Errno::ENOSYS),
+    };
+    ret(r)
+}
+
+/// `SCHEDOP`'s [`domctl::SchedParams`] at `arg`, validated.
+fn sched_params<E: Env>(env: &mut E, arg: u64) -> Result<Ctl, Errno> {
+    let p = GuestPtr::<domctl::SchedParams>::new(arg).read(env)?;
+    let dom = target(env, u64::from(p.domid))?;
+    if !(1..=crate::sched::bvt::MAX_WEIGHT).contains(&p.weight) || p.warp_us > MAX_WARP_US || p.reserved != 0 {
+        return Err(Errno::EINVAL);
     }
+    Ok(Ctl::SetSched { dom, weight: p.weight, warp_us: p.warp_us })
+}
+
+/// The domain a toolstack command names: a valid id, not `DOMID_SELF` and
+/// not the caller (which ends itself with `sched_op` shutdown), or `ESRCH`
+/// / `EINVAL`. Whether it lives is the trap layer's check.
+fn target<E: Env>(env: &E, arg: u64) -> Result<DomId, Errno> {
+    let dom = DomId::from_arg(arg).map_err(|_| Errno::ESRCH)?;
+    if dom == env.caller() {
+        return Err(Errno::EINVAL);
+    }
+    Ok(dom)
 }
 
 /// `physdev_op(cmd, arg)`: every command needs the caller's privilege,

@@ -8,6 +8,8 @@ use pvguest_abi::trap::TI_MASK_EVENTS;
 use std::vec::Vec;
 
 const BASE: u64 = GUEST_KERNEL_BASE;
+/// The fake's one boot template's image.
+const FAKE_IMAGE: &[u8] = b"an image of twenty-nine bytes";
 const SIZE: usize = 64 * 1024;
 /// Bytes the fake console takes per step.
 const FAKE_CONSOLE_STEP: usize = 100;
@@ -57,6 +59,8 @@ struct FakeEnv {
     /// The IOAPIC's lines (GSIs 22 and 23 given) over a fake IOAPIC.
     irqs: crate::irq::Irqs,
     ioapic: crate::irq::fake::FakeIoapic,
+    /// The toolstack command handed over, if any.
+    ctl: Option<Ctl>,
 }
 
 impl FakeEnv {
@@ -90,6 +94,7 @@ impl FakeEnv {
             pci: Vec::new(),
             irqs: crate::irq::Irqs::empty(),
             ioapic: crate::irq::fake::FakeIoapic::default(),
+            ctl: None,
         }
         .with_irqs()
     }
@@ -183,6 +188,29 @@ impl Env for FakeEnv {
             return Err(Errno::ESRCH);
         }
         Ok(pvguest_abi::domctl::DomainInfo { domid: u32::from(self.caller().raw()), ..Default::default() })
+    }
+    fn phys_info(&mut self, _: Privilege) -> PhysInfo {
+        PhysInfo { total_frames: 100, free_frames: 40, domains: 1, max_domains: 1024, ..Default::default() }
+    }
+    fn boot_image(&mut self, _: Privilege, index: u32) -> Result<BootImage, Errno> {
+        // The fake offers one template, "tmpl", of FAKE_IMAGE.
+        if index != 0 {
+            return Err(Errno::ESRCH);
+        }
+        let mut b = BootImage { index, mem_kib: 512, image_len: FAKE_IMAGE.len() as u64, ..Default::default() };
+        pvguest_abi::start_info::fill_c_str(&mut b.name, "tmpl");
+        Ok(b)
+    }
+    fn boot_image_read(&mut self, _: Privilege, r: &ReadBootImage) -> Result<(), Errno> {
+        if r.index != 0 {
+            return Err(Errno::ESRCH);
+        }
+        let end = r.offset.checked_add(u64::from(r.len)).ok_or(Errno::EINVAL)?;
+        let bytes = FAKE_IMAGE.get(r.offset as usize..end as usize).ok_or(Errno::EINVAL)?;
+        self.copy_to_guest(r.buf, bytes)
+    }
+    fn request_ctl(&mut self, _: Privilege, ctl: Ctl) {
+        self.ctl = Some(ctl);
     }
     fn nr_pages(&self) -> u64 {
         256
@@ -1468,4 +1496,164 @@ fn dom0s_garbage_pirq_numbers_are_einval_and_legacy_gsis_eperm() {
         assert_eq!(eoi(&mut e, gsi as u32), r(Errno::EPERM), "eoi {gsi}");
     }
     assert!((0..24).all(|g| e.ioapic.masked(g)), "nothing was unmasked");
+}
+
+/// A `CreateDomain` naming an image and command line in the fake's memory.
+fn create_request(name: &str) -> domctl::CreateDomain {
+    let mut c = domctl::CreateDomain {
+        image: BASE + 0x2000,
+        image_len: 4096,
+        cmdline: BASE + 0x100,
+        cmdline_len: 5,
+        mem_kib: 512,
+        ..Default::default()
+    };
+    pvguest_abi::start_info::fill_c_str(&mut c.name, name);
+    c
+}
+
+#[test]
+fn domctl_is_privileged_and_hands_commands_over() {
+    use zerocopy::IntoBytes;
+    let mut env = FakeEnv::new();
+    let at = BASE + 0x400;
+    env.put(at, create_request("web").as_bytes());
+    // An ordinary domain: EPERM for every command, nothing handed over.
+    for cmd in
+        [domctl::CREATEDOMAIN, domctl::DESTROYDOMAIN, domctl::PAUSEDOMAIN, domctl::PHYSINFO, domctl::BOOTIMAGE_INFO]
+    {
+        assert_eq!(env.call(hypercall::DOMCTL, [cmd, at, 0, 0, 0]), Action::Return(Errno::EPERM.to_ret()));
+    }
+    assert_eq!(env.ctl, None);
+    env.privileged = true;
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::CREATEDOMAIN, at, 0, 0, 0]), Action::Ctl);
+    let Some(Ctl::Create { arg, req, done }) = env.ctl.take() else { panic!("no create handed over") };
+    assert_eq!((arg, done, req.name.as_str(), req.mem_kib, req.weight), (at, 0, "web", 512, 100));
+    assert!(!req.paused);
+    // The continuation state is passed through.
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::CREATEDOMAIN, at, 16384, 0, 0]), Action::Ctl);
+    assert!(matches!(env.ctl.take(), Some(Ctl::Create { done: 16384, .. })));
+    // Destroy, pause and unpause name another domain.
+    for (cmd, want) in [
+        (domctl::DESTROYDOMAIN, Ctl::Destroy(DomId::of(7))),
+        (domctl::PAUSEDOMAIN, Ctl::Pause(DomId::of(7))),
+        (domctl::UNPAUSEDOMAIN, Ctl::Unpause(DomId::of(7))),
+    ] {
+        assert_eq!(env.call(hypercall::DOMCTL, [cmd, 7, 0, 0, 0]), Action::Ctl);
+        assert_eq!(env.ctl.take(), Some(want));
+        // Itself: EINVAL (it shuts itself down instead); no id: ESRCH.
+        assert_eq!(env.call(hypercall::DOMCTL, [cmd, 1, 0, 0, 0]), Action::Return(Errno::EINVAL.to_ret()));
+        for bad in [0x7ff0, 1 << 16, u64::MAX] {
+            assert_eq!(env.call(hypercall::DOMCTL, [cmd, bad, 0, 0, 0]), Action::Return(Errno::ESRCH.to_ret()));
+        }
+        assert_eq!(env.ctl, None);
+    }
+    // Scheduling parameters are bounded.
+    let sp = BASE + 0x800;
+    for (p, ok) in [
+        (domctl::SchedParams { domid: 7, weight: 300, warp_us: 500, reserved: 0 }, true),
+        (domctl::SchedParams { domid: 7, weight: 0, warp_us: 0, reserved: 0 }, false),
+        (domctl::SchedParams { domid: 7, weight: 10_001, warp_us: 0, reserved: 0 }, false),
+        (domctl::SchedParams { domid: 7, weight: 1, warp_us: 1_000_001, reserved: 0 }, false),
+        (domctl::SchedParams { domid: 7, weight: 1, warp_us: 0, reserved: 1 }, false),
+    ] {
+        env.put(sp, p.as_bytes());
+        let r = env.call(hypercall::DOMCTL, [domctl::SCHEDOP, sp, 0, 0, 0]);
+        if ok {
+            assert_eq!(r, Action::Ctl);
+            assert_eq!(env.ctl.take(), Some(Ctl::SetSched { dom: DomId::of(7), weight: 300, warp_us: 500 }));
+        } else {
+            assert_eq!(r, Action::Return(Errno::EINVAL.to_ret()), "{p:?}");
+            assert_eq!(env.ctl, None);
+        }
+    }
+    // Not in a multicall: it would be carried out after the batch.
+    let calls = BASE + 0xc00;
+    let entry = MulticallEntry { op: hypercall::DOMCTL, result: 0, args: [domctl::DESTROYDOMAIN, 7, 0, 0, 0, 0] };
+    env.put(calls, entry.as_bytes());
+    assert_eq!(env.call(hypercall::MULTICALL, [calls, 1, 0, 0, 0]), Action::Return(0));
+    let result = u64::from_le_bytes(env.get(calls + 8, 8).try_into().unwrap());
+    assert_eq!(result as i64, Errno::EINVAL.to_ret());
+    assert_eq!(env.ctl, None);
+    // An unknown command.
+    assert_eq!(env.call(hypercall::DOMCTL, [999, at, 0, 0, 0]), Action::Return(Errno::ENOSYS.to_ret()));
+}
+
+#[test]
+fn a_bad_create_request_says_why() {
+    use zerocopy::{FromBytes, IntoBytes};
+    let mut env = FakeEnv::new();
+    env.privileged = true;
+    let at = BASE + 0x400;
+    let cases: [(fn(&mut domctl::CreateDomain), &str); 9] = [
+        (|c| c.name = [0; 32], "name must be 1 to 31 bytes"),
+        (|c| c.name = [b'a'; 32], "name must be 1 to 31 bytes"),
+        (|c| c.name[1] = b'/', "only letters, digits"),
+        (|c| c.image_len = 0, "image must be 1 byte to 8 MiB"),
+        (|c| c.image_len = domctl::MAX_CREATE_IMAGE + 1, "image must be 1 byte to 8 MiB"),
+        (|c| c.cmdline_len = 1024, "command line is longer"),
+        (|c| c.mem_kib = 6, "multiple of 4 KiB"),
+        (|c| c.weight = 10_001, "weight must be 1 to 10000"),
+        (|c| c.flags = 1 << 9, "unknown flags"),
+    ];
+    for (spoil, why) in cases {
+        let mut c = create_request("web");
+        spoil(&mut c);
+        env.put(at, c.as_bytes());
+        assert_eq!(
+            env.call(hypercall::DOMCTL, [domctl::CREATEDOMAIN, at, 0, 0, 0]),
+            Action::Return(Errno::EINVAL.to_ret())
+        );
+        assert_eq!(env.ctl, None);
+        let back = domctl::CreateDomain::read_from_bytes(env.get(at, size_of::<domctl::CreateDomain>())).unwrap();
+        assert!(back.reason().contains(why), "{:?} lacks {why:?}", back.reason());
+    }
+    // A request the guest cannot read: EFAULT.
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::CREATEDOMAIN, 8, 0, 0, 0]), Action::Return(Errno::EFAULT.to_ret()));
+    // Paused is a flag.
+    let mut c = create_request("db");
+    c.flags = domctl::create::PAUSED;
+    env.put(at, c.as_bytes());
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::CREATEDOMAIN, at, 0, 0, 0]), Action::Ctl);
+    assert!(matches!(env.ctl.take(), Some(Ctl::Create { req: CreateReq { paused: true, .. }, .. })));
+}
+
+#[test]
+fn boot_images_are_read_in_bounded_pieces() {
+    use zerocopy::{FromBytes, IntoBytes};
+    let mut env = FakeEnv::new();
+    env.privileged = true;
+    let at = BASE + 0x400;
+    env.put(at, BootImage { index: 0, ..Default::default() }.as_bytes());
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::BOOTIMAGE_INFO, at, 0, 0, 0]), Action::Return(0));
+    let info = BootImage::read_from_bytes(env.get(at, size_of::<BootImage>())).unwrap();
+    assert_eq!((info.name(), info.image_len), ("tmpl", FAKE_IMAGE.len() as u64));
+    env.put(at, BootImage { index: 1, ..Default::default() }.as_bytes());
+    assert_eq!(
+        env.call(hypercall::DOMCTL, [domctl::BOOTIMAGE_INFO, at, 0, 0, 0]),
+        Action::Return(Errno::ESRCH.to_ret())
+    );
+    let rd = BASE + 0x900;
+    let buf = BASE + 0x1000;
+    for (offset, len, want) in [
+        (0, 29, Ok(&FAKE_IMAGE[..])),
+        (3, 4, Ok(&FAKE_IMAGE[3..7])),
+        (20, 10, Err(Errno::EINVAL)),
+        (u64::MAX, 2, Err(Errno::EINVAL)),
+        (0, domctl::BOOTIMAGE_CHUNK + 1, Err(Errno::E2BIG)),
+    ] {
+        env.put(rd, ReadBootImage { index: 0, len, offset, buf }.as_bytes());
+        let r = env.call(hypercall::DOMCTL, [domctl::BOOTIMAGE_READ, rd, 0, 0, 0]);
+        match want {
+            Ok(bytes) => {
+                assert_eq!(r, Action::Return(0));
+                assert_eq!(env.get(buf, bytes.len()), bytes);
+            }
+            Err(e) => assert_eq!(r, Action::Return(e.to_ret()), "offset {offset} len {len}"),
+        }
+    }
+    env.put(at, PhysInfo::default().as_bytes());
+    assert_eq!(env.call(hypercall::DOMCTL, [domctl::PHYSINFO, at, 0, 0, 0]), Action::Return(0));
+    let p = PhysInfo::read_from_bytes(env.get(at, size_of::<PhysInfo>())).unwrap();
+    assert_eq!((p.total_frames, p.free_frames), (100, 40));
 }

@@ -95,6 +95,17 @@ impl DomainEntry {
         self
     }
 
+    /// Marks the entry a template: not started at boot, offered to dom0's
+    /// toolstack, which creates domains from it.
+    pub fn template(mut self, template: bool) -> DomainEntry {
+        if template {
+            self.flags |= FLAG_TEMPLATE;
+        } else {
+            self.flags &= !FLAG_TEMPLATE;
+        }
+        self
+    }
+
     pub fn expect(mut self, expect: Expect) -> DomainEntry {
         self.expect = expect.to_raw();
         self

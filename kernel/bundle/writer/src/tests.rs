@@ -561,7 +561,7 @@ fn record_weight_rules() {
 
 #[test]
 fn record_flags_and_expect_rules() {
-    for flags in [2, 0x8000_0000, u32::MAX] {
+    for flags in [4, 0x8000_0000, u32::MAX] {
         let mut d = good();
         d.flags = flags;
         assert_eq!(record_err(d).kind, RecordErrorKind::UnknownFlags { flags });
@@ -645,7 +645,7 @@ fn display_messages_name_the_values() {
         (RecordErrorKind::MemNotPageMultiple { mem_kib: 6 }.to_string(), &["6 KiB"]),
         (RecordErrorKind::MemTooLarge { mem_kib: 5_000_000 }.to_string(), &["5000000", "4194304"]),
         (RecordErrorKind::WeightOutOfRange { weight: 0 }.to_string(), &["weight 0", "10000"]),
-        (RecordErrorKind::UnknownFlags { flags: 0x3 }.to_string(), &["0x3", "0x2"]),
+        (RecordErrorKind::UnknownFlags { flags: 0x5 }.to_string(), &["0x5", "0x4"]),
         (RecordErrorKind::UnknownExpect { value: 7 }.to_string(), &["7", "poweroff", "crash"]),
         (RecordErrorKind::ReservedNotZero { offset: 0x50 }.to_string(), &["0x50"]),
         (
@@ -886,4 +886,19 @@ fn a_second_privileged_record_rejects_the_whole_bundle() {
     let e = header_err(&w.finish());
     assert!(matches!(e, BundleError::SeveralPrivileged { first: 0, second: 1, second_name: None, .. }), "{e:?}");
     assert!(e.to_string().contains("domain record 0 (\"dom0\") and domain record 1 are both privileged"), "{e}");
+}
+
+#[test]
+fn templates_round_trip_and_are_never_privileged() {
+    let mut w = BundleWriter::new();
+    w.domain(good().template(true));
+    let b = w.finish_checked().unwrap();
+    let d = Bundle::parse(&b).unwrap().domain(0).unwrap();
+    assert!(d.template && !d.privileged);
+    let mut w = BundleWriter::new();
+    w.domain(good());
+    assert!(!Bundle::parse(&w.finish_checked().unwrap()).unwrap().domain(0).unwrap().template);
+    let e = record_err(good().template(true).privileged(true));
+    assert_eq!(e.kind, RecordErrorKind::PrivilegedTemplate);
+    assert!(e.to_string().contains("template cannot be privileged"), "{e}");
 }
