@@ -102,7 +102,7 @@ mod record;
 mod symbols;
 
 pub use header::{Bundle, BundleError};
-pub use record::{DomainSpec, Expect, RecordError, RecordErrorKind, RecordName};
+pub use record::{parse_name, DomainSpec, Expect, RecordError, RecordErrorKind, RecordName};
 pub use symbols::{Symbol, SymbolError, Symbols};
 
 /// Byte offsets and sizes of the format, as in the crate docs' tables.

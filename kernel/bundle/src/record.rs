@@ -299,8 +299,10 @@ pub(crate) fn record_at(bytes: &[u8], index: usize) -> Option<Fixed<'_, RECORD_S
     Fixed::at(bytes, start)
 }
 
-/// Validates a record's name field and returns the name.
-pub(crate) fn parse_name(name_field: &[u8; REC_NAME_LEN]) -> Result<&str, RecordErrorKind> {
+/// Validates a domain name field (a record's, or a toolstack's request's:
+/// the one rule for names) and returns the name: 1..=31 bytes of
+/// `[A-Za-z0-9._-]`, then NUL padding.
+pub fn parse_name(name_field: &[u8; REC_NAME_LEN]) -> Result<&str, RecordErrorKind> {
     let len = name_field.iter().position(|&b| b == 0).ok_or(RecordErrorKind::NameTooLong)?;
     if len == 0 {
         return Err(RecordErrorKind::NameEmpty);

@@ -109,7 +109,7 @@ use crate::hvlog;
 use crate::hypercall::{self, Action};
 use crate::irq::{self, Irqs};
 use crate::mm::frames::{FrameTable, Mfn};
-use crate::mm::guest_mem::{GuestVa, GuestView, Remembered};
+use crate::mm::guest_mem::{GuestVa, GuestView, PhysMem, Remembered};
 use crate::mm::{Foreign, Mm, MmuExtOp};
 use crate::pci::{ConfigAddr, Dom0Mmio, Forbidden, Pci};
 use crate::regs::{FxArea, IretFrame, Regs as TrapFrame, RFLAGS_FIXED, RFLAGS_IF};
@@ -464,14 +464,10 @@ impl<M: Machine> DomEnv<'_, M> {
 
 impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        let d = &mut self.domains[self.cur];
-        let view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
-        view.copy_from_remembered(GuestVa(va), buf, &mut d.memo[MEMO_ARGS])
+        copy_from_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, buf)
     }
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        let d = &mut self.domains[self.cur];
-        let mut view = GuestView { mem: self.m.mem(), frames: &*self.frames, root: d.root, dom: d.id };
-        view.copy_to_remembered(GuestVa(va), data, &mut d.memo[MEMO_ARGS])
+        copy_to_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, data)
     }
     fn console_write(&mut self, bytes: &[u8]) -> usize {
         let (scale, boot) = self.clock;
@@ -754,6 +750,34 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
 
 /// `mm` with the device-memory right (mm rule 9) if the caller has one
 /// (the privileged domain's, made from its [`Privilege`]).
+/// Copies from domain `d`'s memory at `va`: the one guest-memory accessor
+/// ([`GuestView`]), through its remembered argument walk, for hypercalls
+/// and for the toolstack's work done after one.
+#[inline]
+fn copy_from_domain<P: PhysMem>(
+    mem: &mut P,
+    frames: &FrameTable<'static>,
+    d: &mut Domain,
+    va: u64,
+    buf: &mut [u8],
+) -> Result<(), Errno> {
+    let view = GuestView { mem, frames, root: d.root, dom: d.id };
+    view.copy_from_remembered(GuestVa(va), buf, &mut d.memo[MEMO_ARGS])
+}
+
+/// Copies `data` into domain `d`'s memory at `va` (as [`copy_from_domain`]).
+#[inline]
+fn copy_to_domain<P: PhysMem>(
+    mem: &mut P,
+    frames: &FrameTable<'static>,
+    d: &mut Domain,
+    va: u64,
+    data: &[u8],
+) -> Result<(), Errno> {
+    let mut view = GuestView { mem, frames, root: d.root, dom: d.id };
+    view.copy_to_remembered(GuestVa(va), data, &mut d.memo[MEMO_ARGS])
+}
+
 /// Template `index` of the boot bundle (`ESRCH`: none).
 fn template(
     boot: Option<(Bundle<'static>, &[u16])>,
@@ -980,6 +1004,13 @@ impl<M: Machine> Hv<M> {
     /// `vector` (the line's owner), if it is one.
     fn irq_payer(&self, vector: u64) -> Option<usize> {
         self.irqs.owner_of_vector(vector).and_then(|d| self.domains.slot_of(d))
+    }
+
+    /// The TSC value at which work started now must stop at a unit
+    /// boundary: its [`hypercall::BUDGET_NS`] spent, or the armed deadline.
+    #[inline]
+    fn preempt_tsc(&self) -> u64 {
+        self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks))
     }
 
     /// System time in ns.
@@ -1477,8 +1508,8 @@ impl<M: Machine> Hv<M> {
             let v = hypercall::xen_version(a[0]).unwrap_or_else(|e| e.to_ret() as u64);
             return self.fast_return(cur, Action::Return(v as i64), iret);
         }
+        let preempt_tsc = self.preempt_tsc();
         let frames = self.frames.as_mut()?;
-        let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
         let mut env = DomEnv {
             m: &mut self.m,
             frames,
@@ -1809,10 +1840,10 @@ impl<M: Machine> Hv<M> {
                     self.apply(cur, a, now);
                     return;
                 }
+                let preempt_tsc = self.preempt_tsc();
                 let frames = self.frames.as_mut().expect("frame table set");
                 let (nr, args) = (d.regs.rax, [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8]);
                 let before = Some((d.vcpu.timer, d.vcpu.poll_deadline));
-                let preempt_tsc = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
                 let mut env = DomEnv {
                     m: &mut self.m,
                     frames,
@@ -1868,22 +1899,25 @@ impl<M: Machine> Hv<M> {
                 [d.regs.rdi, d.regs.rsi, d.regs.rdx, d.regs.r10, d.regs.r8] = a;
                 d.regs.rip = d.regs.rip.wrapping_sub(2);
             }
-            Action::Ctl => {
-                let done = match self.cpu.ctl.take() {
-                    Some(ctl) => self.ctl(cur, ctl, now),
-                    None => Action::Return(Errno::EINVAL.to_ret()),
-                };
-                // Only a result or a continuation (never another command).
-                if matches!(done, Action::Return(_) | Action::Continue(_)) {
-                    self.apply(cur, done, now);
-                }
-            }
+            Action::Ctl => self.apply_ctl(cur, now),
         }
+    }
+
+    /// [`Action::Ctl`]: carries out the command the hypercall handed over
+    /// and applies its result or continuation (kept out of the hot
+    /// [`Hv::apply`]).
+    #[inline(never)]
+    fn apply_ctl(&mut self, cur: usize, now: u64) {
+        let done = match self.cpu.ctl.take() {
+            Some(ctl) => self.ctl(cur, ctl, now),
+            None => Action::Return(Errno::EINVAL.to_ret()),
+        };
+        self.apply(cur, done, now);
     }
 
     /// Carries out toolstack command `ctl` of domain `cur` (the privileged
     /// one; the hypercall layer validated the arguments): a result, or a
-    /// continuation of a create.
+    /// continuation of a create (never [`Action::Ctl`]).
     fn ctl(&mut self, cur: usize, ctl: hypercall::Ctl, now: u64) -> Action {
         use hypercall::Ctl;
         let caller = self.domains[cur].id;
@@ -1952,7 +1986,7 @@ impl<M: Machine> Hv<M> {
             self.creating = None;
             let mut cmdline = [0u8; pvguest_abi::domctl::MAX_CMDLINE];
             let line = &mut cmdline[..req.cmdline_len as usize];
-            if self.copy_from_domain(cur, req.cmdline, line).is_err() {
+            if self.copy_from_slot(cur, req.cmdline, line).is_err() {
                 return self.create_failed(cur, arg, Errno::EFAULT, format_args!("the command line is not readable"));
             }
             let Ok(text) = core::str::from_utf8(line) else {
@@ -1981,7 +2015,7 @@ impl<M: Machine> Hv<M> {
         };
         let mut job = job;
         // The image, a unit at a time, within the hypercall's budget.
-        let preempt = self.cpu.armed_tsc.min(M::tsc().saturating_add(self.budget_ticks));
+        let preempt = self.preempt_tsc();
         let mut units = 0;
         while (job.image.len() as u64) < job.req.image_len {
             if units > 0 && M::tsc() >= preempt {
@@ -1992,7 +2026,7 @@ impl<M: Machine> Hv<M> {
             let at = job.image.len();
             let n = (job.req.image_len - at as u64).min(CREATE_CHUNK) as usize;
             job.image.resize(at + n, 0);
-            if self.copy_from_domain(cur, job.req.image.wrapping_add(at as u64), &mut job.image[at..]).is_err() {
+            if self.copy_from_slot(cur, job.req.image.wrapping_add(at as u64), &mut job.image[at..]).is_err() {
                 return self.create_failed(
                     cur,
                     arg,
@@ -2029,7 +2063,7 @@ impl<M: Machine> Hv<M> {
         match self.build_domain(vacant, &build) {
             Ok(_) => {
                 let at = arg.wrapping_add(core::mem::offset_of!(CreateDomain, domid) as u64);
-                let written = self.copy_to_domain(cur, at, &u32::from(id.raw()).to_le_bytes());
+                let written = self.copy_to_slot(cur, at, &u32::from(id.raw()).to_le_bytes());
                 self.dom_exc(id);
                 Action::Return(match written {
                     Ok(()) => 0,
@@ -2052,25 +2086,20 @@ impl<M: Machine> Hv<M> {
         let mut reason = [0u8; 96];
         pvguest_abi::start_info::fill_c_str(&mut reason, &text);
         let at = arg.wrapping_add(core::mem::offset_of!(pvguest_abi::domctl::CreateDomain, reason) as u64);
-        let _ = self.copy_to_domain(cur, at, &reason);
+        let _ = self.copy_to_slot(cur, at, &reason);
         Action::Return(errno.to_ret())
     }
 
-    /// Copies from domain `i`'s memory at `va` (the one guest-memory
-    /// accessor, as a hypercall's own copies).
-    fn copy_from_domain(&mut self, i: usize, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    /// Copies from domain `i`'s memory at `va` ([`copy_from_domain`]).
+    fn copy_from_slot(&mut self, i: usize, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         let frames = self.frames.as_ref().expect("frame table set");
-        let d = &mut self.domains[i];
-        let view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        view.copy_from_remembered(GuestVa(va), buf, &mut d.memo[MEMO_ARGS])
+        copy_from_domain(self.m.mem(), frames, &mut self.domains[i], va, buf)
     }
 
-    /// Copies into domain `i`'s memory at `va`.
-    fn copy_to_domain(&mut self, i: usize, va: u64, data: &[u8]) -> Result<(), Errno> {
+    /// Copies into domain `i`'s memory at `va` ([`copy_to_domain`]).
+    fn copy_to_slot(&mut self, i: usize, va: u64, data: &[u8]) -> Result<(), Errno> {
         let frames = self.frames.as_ref().expect("frame table set");
-        let d = &mut self.domains[i];
-        let mut view = GuestView { mem: self.m.mem(), frames, root: d.root, dom: d.id };
-        view.copy_to_remembered(GuestVa(va), data, &mut d.memo[MEMO_ARGS])
+        copy_to_domain(self.m.mem(), frames, &mut self.domains[i], va, data)
     }
 
     /// Raises virtual IRQ `virq` for domain `i` if it bound a port to it.

@@ -72,10 +72,10 @@ impl<M: Machine> Hv<M> {
                     (e.matches(r.expect), r.cpu_ms)
                 }
                 (None, Some(d)) => {
-                    let _ = exit.push_str(if d.state == RunState::Blocked {
-                        "still blocked (never ended)"
-                    } else {
-                        "still runnable (never ended)"
+                    let _ = exit.push_str(match d.state {
+                        RunState::Blocked => "still blocked (never ended)",
+                        RunState::Paused => "still paused (never ended)",
+                        _ => "still runnable (never ended)",
                     });
                     (false, d.runstate.time[runstate::RUNNING as usize] / 1_000_000)
                 }

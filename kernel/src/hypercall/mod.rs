@@ -154,14 +154,14 @@ impl CreateReq {
     /// Validates `c`: the failure's errno and reason.
     pub fn decode(c: &domctl::CreateDomain) -> Result<CreateReq, (Errno, &'static str)> {
         let bad = |why| Err((Errno::EINVAL, why));
-        let len = c.name.iter().position(|&b| b == 0).unwrap_or(c.name.len());
-        if len == 0 || len >= c.name.len() {
-            return bad("the name must be 1 to 31 bytes, NUL-terminated");
-        }
-        let name = &c.name[..len];
-        if !name.iter().all(|&b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
-            return bad("the name may hold only letters, digits, '.', '_' and '-'");
-        }
+        // The boot bundle's rule for names.
+        let name = match ringfence_bundle::parse_name(&c.name) {
+            Ok(name) => name,
+            Err(ringfence_bundle::RecordErrorKind::NameBadByte { .. }) => {
+                return bad("the name may hold only letters, digits, '.', '_' and '-'")
+            }
+            Err(_) => return bad("the name must be 1 to 31 bytes, NUL-terminated and NUL-padded"),
+        };
         if c.image_len == 0 || c.image_len > domctl::MAX_CREATE_IMAGE {
             return bad("the image must be 1 byte to 8 MiB long");
         }
@@ -182,8 +182,8 @@ impl CreateReq {
             return bad("unknown flags");
         }
         let mut n = heapless::String::new();
-        // ASCII, at most 31 bytes: always fits.
-        let _ = n.push_str(core::str::from_utf8(name).unwrap_or(""));
+        // At most 31 bytes: always fits.
+        let _ = n.push_str(name);
         Ok(CreateReq {
             image: c.image,
             image_len: c.image_len,
@@ -1184,77 +1184,71 @@ fn domctl<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
         return Action::Return(Errno::EPERM.to_ret());
     };
     let [cmd, arg, done, ..] = a;
-    let r = match cmd {
-        domctl::GETDOMAININFO => (|| {
+    let ctl = match cmd {
+        domctl::CREATEDOMAIN => create_request(env, arg, done),
+        domctl::DESTROYDOMAIN => target(env, arg).map(Ctl::Destroy),
+        domctl::PAUSEDOMAIN => target(env, arg).map(Ctl::Pause),
+        domctl::UNPAUSEDOMAIN => target(env, arg).map(Ctl::Unpause),
+        domctl::SCHEDOP => sched_params(env, arg),
+        // The rest only read: answered here.
+        _ => return ret(domctl_query(env, privilege, cmd, arg)),
+    };
+    match ctl {
+        Ok(ctl) => {
+            env.request_ctl(privilege, ctl);
+            Action::Ctl
+        }
+        Err(e) => Action::Return(e.to_ret()),
+    }
+}
+
+/// The `domctl` commands that only read (`GETDOMAININFO`, `PHYSINFO`,
+/// `BOOTIMAGE_*`), for the caller holding `privilege`.
+fn domctl_query<E: Env>(env: &mut E, privilege: Privilege, cmd: u64, arg: u64) -> Result<u64, Errno> {
+    match cmd {
+        domctl::GETDOMAININFO => {
             let ptr = GuestPtr::<DomainInfo>::new(arg);
             let cursor = ptr.read(env)?.domid;
             // A cursor past every id finds nothing, like one at a dead end.
             let from = u16::try_from(cursor).map_err(|_| Errno::ESRCH)?;
             let info = env.domain_info(privilege, from)?;
             ptr.write(env, &info)?;
-            Ok(0)
-        })(),
-        domctl::CREATEDOMAIN => {
-            let ptr = GuestPtr::<domctl::CreateDomain>::new(arg);
-            let c = match ptr.read(env) {
-                Ok(c) => c,
-                Err(e) => return Action::Return(e.to_ret()),
-            };
-            return match CreateReq::decode(&c) {
-                Ok(req) => {
-                    env.request_ctl(privilege, Ctl::Create { arg, req, done });
-                    Action::Ctl
-                }
-                Err((e, why)) => {
-                    let mut reason = [0u8; 96];
-                    pvguest_abi::start_info::fill_c_str(&mut reason, why);
-                    let _ = ptr.field::<[u8; 96]>(offset_of!(domctl::CreateDomain, reason)).write(env, &reason);
-                    Action::Return(e.to_ret())
-                }
-            };
         }
-        domctl::DESTROYDOMAIN | domctl::PAUSEDOMAIN | domctl::UNPAUSEDOMAIN => match target(env, arg) {
-            Ok(dom) => {
-                let ctl = match cmd {
-                    domctl::DESTROYDOMAIN => Ctl::Destroy(dom),
-                    domctl::PAUSEDOMAIN => Ctl::Pause(dom),
-                    _ => Ctl::Unpause(dom),
-                };
-                env.request_ctl(privilege, ctl);
-                return Action::Ctl;
-            }
-            Err(e) => Err(e),
-        },
-        domctl::SCHEDOP => match sched_params(env, arg) {
-            Ok(ctl) => {
-                env.request_ctl(privilege, ctl);
-                return Action::Ctl;
-            }
-            Err(e) => Err(e),
-        },
-        domctl::PHYSINFO => (|| {
+        domctl::PHYSINFO => {
             let info = env.phys_info(privilege);
             GuestPtr::<PhysInfo>::new(arg).write(env, &info)?;
-            Ok(0)
-        })(),
-        domctl::BOOTIMAGE_INFO => (|| {
+        }
+        domctl::BOOTIMAGE_INFO => {
             let ptr = GuestPtr::<BootImage>::new(arg);
             let index = ptr.field::<u32>(offset_of!(BootImage, index)).read(env)?;
             let info = env.boot_image(privilege, index)?;
             ptr.write(env, &info)?;
-            Ok(0)
-        })(),
-        domctl::BOOTIMAGE_READ => (|| {
+        }
+        domctl::BOOTIMAGE_READ => {
             let r = GuestPtr::<ReadBootImage>::new(arg).read(env)?;
             if r.len > domctl::BOOTIMAGE_CHUNK {
                 return Err(Errno::E2BIG);
             }
             env.boot_image_read(privilege, &r)?;
-            Ok(0)
-        })(),
-        _ => Err(Errno::ENOSYS),
-    };
-    ret(r)
+        }
+        _ => return Err(Errno::ENOSYS),
+    }
+    Ok(0)
+}
+
+/// `CREATEDOMAIN`'s request at `arg`, validated ([`CreateReq::decode`]); on
+/// failure its `reason` says why.
+fn create_request<E: Env>(env: &mut E, arg: u64, done: u64) -> Result<Ctl, Errno> {
+    let ptr = GuestPtr::<domctl::CreateDomain>::new(arg);
+    match CreateReq::decode(&ptr.read(env)?) {
+        Ok(req) => Ok(Ctl::Create { arg, req, done }),
+        Err((e, why)) => {
+            let mut reason = [0u8; 96];
+            pvguest_abi::start_info::fill_c_str(&mut reason, why);
+            let _ = ptr.field::<[u8; 96]>(offset_of!(domctl::CreateDomain, reason)).write(env, &reason);
+            Err(e)
+        }
+    }
 }
 
 /// `SCHEDOP`'s [`domctl::SchedParams`] at `arg`, validated.
@@ -1271,7 +1265,7 @@ fn sched_params<E: Env>(env: &mut E, arg: u64) -> Result<Ctl, Errno> {
 /// not the caller (which ends itself with `sched_op` shutdown), or `ESRCH`
 /// / `EINVAL`. Whether it lives is the trap layer's check.
 fn target<E: Env>(env: &E, arg: u64) -> Result<DomId, Errno> {
-    let dom = DomId::from_arg(arg).map_err(|_| Errno::ESRCH)?;
+    let dom = DomId::from_arg(arg)?;
     if dom == env.caller() {
         return Err(Errno::EINVAL);
     }
