@@ -52,7 +52,11 @@ fn plain_get(url: &str) -> Result<String> {
         match std::net::TcpStream::connect(host) {
             Ok(mut s) => {
                 s.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
-                write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").map_err(|e| format!("{url}: {e}"))?;
+                // One write: `write!` on a socket sends each piece of the
+                // format on its own, and a server that answers after the
+                // first piece and closes resets the connection.
+                let req = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+                s.write_all(req.as_bytes()).map_err(|e| format!("{url}: {e}"))?;
                 let mut reply = String::new();
                 s.read_to_string(&mut reply).map_err(|e| format!("{url}: {e}"))?;
                 return reply
@@ -142,9 +146,16 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
-            let mut req = [0u8; 256];
-            let n = s.read(&mut req).unwrap();
-            let line = String::from_utf8_lossy(&req[..n]).lines().next().unwrap_or("").to_string();
+            // The whole request before the answer: closing with bytes
+            // unread would reset the connection under the client.
+            let mut req = Vec::new();
+            let mut buf = [0u8; 256];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = s.read(&mut buf).unwrap();
+                assert!(n > 0, "the client closed before its request ended: {req:?}");
+                req.extend_from_slice(&buf[..n]);
+            }
+            let line = String::from_utf8_lossy(&req).lines().next().unwrap_or("").to_string();
             s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhello\n").unwrap();
             line
         });
