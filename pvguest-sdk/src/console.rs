@@ -124,6 +124,27 @@ pub fn write_hypercall(bytes: &[u8]) -> Result<usize, Errno> {
     Ok(done)
 }
 
+/// Reads console input that is waiting, without blocking: how many bytes
+/// went into `buf` (0: none). The machine's console input (the serial
+/// port) is the privileged domain's alone: any other domain gets `EPERM`.
+/// Nothing signals its arrival, so a reader polls, e.g. on a timer
+/// (dom0's toolstack shell reads every 20 ms).
+///
+/// ```ignore
+/// let mut buf = [0u8; 64];
+/// let n = pvguest_sdk::console::read(&mut buf)?;
+/// line.extend_from_slice(&buf[..n]);
+/// ```
+pub fn read(buf: &mut [u8]) -> Result<usize, Errno> {
+    let len = buf.len().min(console_io::MAX_WRITE as usize);
+    // SAFETY: the hypervisor writes at most `len` bytes at `buf`, a live
+    // exclusive borrow at least that long, during the call only.
+    let r = unsafe {
+        crate::hypercall::raw(hypercall::CONSOLE_IO, [console_io::READ, len as u64, buf.as_mut_ptr() as u64, 0, 0])
+    };
+    Ok(Errno::decode(r)? as usize)
+}
+
 /// Writes `bytes` to the console; returns how many were written.
 pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
     let done = match RING.try_lock() {

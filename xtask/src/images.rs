@@ -80,9 +80,44 @@ pub fn pack_manifest(imgs: &Images, m: &Manifest) -> Result<PathBuf> {
             .expect(parse_expect(&d.expect)?);
         w.domain(e);
     }
+    for t in &m.image {
+        let image = imgs.guest(&t.image, &m.dir)?;
+        let image = loadable(&image).map_err(|e| format!("image '{}' ({}): {e}", t.name, t.image))?;
+        let e = DomainEntry::new(t.name.as_bytes(), image, t.mem_kib)
+            .cmdline(t.cmdline.as_bytes())
+            .weight(t.weight)
+            .warp_us(t.warp_us)
+            .template(true);
+        w.domain(e);
+    }
     add_symbols(&mut w, imgs)?;
     let bytes = w.finish_checked().map_err(|e| format!("manifest cannot be packed: {e}"))?;
     write_bundle("demo", &bytes)
+}
+
+/// The bytes of ELF `image` that a loader reads: the headers and every
+/// `PT_LOAD` segment's file bytes, without the section table (and the
+/// debugging sections after them). A template is packed so, and dom0's
+/// toolstack hands the hypervisor only these bytes
+/// (`pvguest_abi::domctl::MAX_CREATE_IMAGE`).
+pub fn loadable(image: &[u8]) -> Result<Vec<u8>> {
+    use object::elf::{FileHeader64, PT_LOAD};
+    use object::read::elf::{FileHeader, ProgramHeader};
+    use object::LittleEndian as LE;
+    let h = FileHeader64::<LE>::parse(image).map_err(|e| format!("not a 64-bit ELF: {e}"))?;
+    let phdrs = h.program_headers(LE, image).map_err(|e| format!("program headers: {e}"))?;
+    let headers = h.e_phoff(LE) + u64::from(h.e_phnum(LE)) * u64::from(h.e_phentsize(LE));
+    let mut end = headers;
+    for p in phdrs.iter().filter(|p| p.p_type(LE) == PT_LOAD) {
+        let seg = p.p_offset(LE).checked_add(p.p_filesz(LE)).ok_or("a segment's bytes wrap")?;
+        end = end.max(seg);
+    }
+    let end = usize::try_from(end).ok().filter(|&e| e <= image.len()).ok_or("a segment lies past the file's end")?;
+    let mut out = image[..end].to_vec();
+    // No section table: e_shoff, e_shnum and e_shstrndx are zero.
+    out[0x28..0x30].fill(0);
+    out[0x3c..0x40].fill(0);
+    Ok(out)
 }
 
 /// Writes what manifest `m`'s machine must find on its disk into the
@@ -104,4 +139,41 @@ pub fn write_bundle(name: &str, bytes: &[u8]) -> Result<PathBuf> {
     let p = dir.join(format!("{name}.bundle"));
     std::fs::write(&p, bytes).map_err(|e| format!("cannot write {}: {e}", p.display()))?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::loadable;
+    use object::{Object, ObjectSegment};
+
+    /// An image (this test binary) is trimmed to its segments, whose bytes
+    /// are the same past the ELF header (where the section table's fields
+    /// are now zero), and the result still parses as the same ELF.
+    #[test]
+    fn a_trimmed_image_keeps_every_loadable_byte() {
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let cut = loadable(&me).unwrap();
+        assert!(cut.len() < me.len(), "the section table and what follows are gone");
+        let (a, b) = (object::File::parse(&*me).unwrap(), object::File::parse(&*cut).unwrap());
+        assert_eq!(a.entry(), b.entry());
+        let ranges = |f: &object::File| -> Vec<(u64, u64, u64)> {
+            f.segments().map(|s| (s.address(), s.file_range().0, s.file_range().1)).collect()
+        };
+        assert_eq!(ranges(&a), ranges(&b));
+        for (_, off, len) in ranges(&a) {
+            let (from, to) = ((off as usize).max(64), (off + len) as usize);
+            assert!(me[from..to] == cut[from..to], "segment at file offset {off:#x} differs");
+        }
+        assert_eq!(&me[..0x28], &cut[..0x28]);
+        assert!(b.sections().next().is_none(), "the section table is gone");
+    }
+
+    #[test]
+    fn what_is_no_elf_is_refused() {
+        assert!(loadable(b"not an elf").unwrap_err().starts_with("not a 64-bit ELF"));
+        let me = std::fs::read(std::env::current_exe().unwrap()).unwrap();
+        let mut short = me[..4096.min(me.len())].to_vec();
+        short.truncate(200);
+        assert!(loadable(&short).is_err());
+    }
 }

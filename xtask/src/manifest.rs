@@ -21,6 +21,14 @@
 //! mib = 2                 # its size (the overlays' virtual size)
 //! seed = 0x7e4a           # its contents: the disk pattern of this seed
 //!
+//! [[image]]               # optional: a template dom0's toolstack creates domains
+//! name = "hello"          # from (`create hello`); not started at boot
+//! image = "hello"         # as a domain's; packed trimmed to its loadable bytes
+//! mem_kib = 1024          # the defaults a create may override
+//! cmdline = "rounds=4"    # optional
+//! weight = 100            # optional
+//! warp_us = 0             # optional
+//!
 //! [devices]
 //! disk_mib = 64           # the real disk; a virtual disk needs one
 //! ```
@@ -63,6 +71,9 @@ pub struct Manifest {
     /// Templates the overlays share.
     #[serde(default)]
     pub template: Vec<TemplateToml>,
+    /// Images dom0's toolstack creates domains from.
+    #[serde(default)]
+    pub image: Vec<ImageToml>,
     #[serde(skip)]
     pub dir: PathBuf,
     /// The virtual disks on the real disk (empty: none), from the domains'
@@ -109,6 +120,22 @@ pub struct DiskToml {
     /// An overlay's template, by name.
     #[serde(default)]
     pub template: Option<String>,
+}
+
+/// One `[[image]]` table: a template record of the bundle, which the
+/// hypervisor does not start and dom0's toolstack creates domains from.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageToml {
+    pub name: String,
+    pub image: String,
+    pub mem_kib: u32,
+    #[serde(default)]
+    pub cmdline: String,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    #[serde(default)]
+    pub warp_us: u32,
 }
 
 /// One `[[template]]` table: a read-only base filled with the disk pattern
@@ -179,6 +206,7 @@ impl Manifest {
             parse_expect(&d.expect).map_err(|e| format!("manifest {}: domain '{}': {e}", path.display(), d.name))?;
         }
         one_privileged(&m.domain).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+        unique_images(&m.image).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         m.disks = plan(&m).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         m.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Ok(m)
@@ -327,6 +355,20 @@ fn one_privileged(domains: &[DomainToml]) -> Result<()> {
     Ok(())
 }
 
+/// Every `[[image]]` has a name the toolstack can type, and no two share
+/// one (`create NAME` picks by it).
+fn unique_images(images: &[ImageToml]) -> Result<()> {
+    for (i, t) in images.iter().enumerate() {
+        if !valid_name(&t.name) {
+            return Err(format!("image '{}': a name is 1..=31 of [A-Za-z0-9._-]", t.name));
+        }
+        if images[..i].iter().any(|o| o.name == t.name) {
+            return Err(format!("image '{}': defined twice", t.name));
+        }
+    }
+    Ok(())
+}
+
 /// The bundle's `Expect` for a manifest string.
 pub fn parse_expect(s: &str) -> Result<ringfence_bundle::Expect> {
     match s {
@@ -398,6 +440,17 @@ mod tests {
         );
         let log = m.domain.iter().find(|d| d.name == "log").unwrap();
         assert_eq!(m.cmdline_of(log), "");
+    }
+
+    #[test]
+    fn images_are_named_once_each() {
+        let img = |n: &str| format!("[[image]]\nname = \"{n}\"\nimage = \"hello\"\nmem_kib = 512\n");
+        let m = parse(&format!("{DOMU}{}{}", img("a"), img("b"))).unwrap();
+        assert_eq!(m.image.iter().map(|i| (i.name.as_str(), i.weight)).collect::<Vec<_>>(), [("a", 100), ("b", 100)]);
+        let e = parse(&format!("{DOMU}{}{}", img("a"), img("a"))).unwrap_err();
+        assert_eq!(e, "manifest m.toml: image 'a': defined twice");
+        let e = parse(&format!("{DOMU}{}", img("no spaces"))).unwrap_err();
+        assert_eq!(e, "manifest m.toml: image 'no spaces': a name is 1..=31 of [A-Za-z0-9._-]");
     }
 
     #[test]
