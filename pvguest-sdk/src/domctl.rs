@@ -147,7 +147,7 @@ impl<'a> Create<'a> {
         let mut req = CreateDomain {
             image: self.image.as_ptr() as u64,
             image_len: self.image.len() as u64,
-            cmdline: self.cmdline.as_ptr() as u64,
+            cmdline: if self.cmdline.is_empty() { 0 } else { self.cmdline.as_ptr() as u64 },
             cmdline_len: u32::try_from(self.cmdline.len()).unwrap_or(u32::MAX),
             mem_kib: self.mem_kib,
             weight: self.weight,

@@ -104,6 +104,7 @@ pub fn run(args: &[String]) -> Result<()> {
         extra: vec!["-icount".into(), "shift=0".into()],
         devices: Devices::NONE,
         kill_on: None,
+        input: Default::default(),
     };
     let r = qemu::run(&opts)?;
     if r.outcome != Outcome::Pass {
@@ -268,6 +269,7 @@ fn dom0_blk(imgs: &images::Images) -> Result<()> {
             extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
             devices: Devices { disk: Some(disk), nic: None },
             kill_on: None,
+            input: Default::default(),
         };
         let r = qemu::run(&opts)?;
         if r.outcome != Outcome::Pass || !r.output.contains("blkbench: done") {

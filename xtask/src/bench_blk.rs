@@ -65,6 +65,7 @@ pub fn run(imgs: &Images) -> Result<()> {
             extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
             devices: Devices { disk: Some(disk), nic: None },
             kill_on: None,
+            input: Default::default(),
         };
         let r = qemu::run(&opts)?;
         let log = images::target_dir().join("ringfence").join(if icount {

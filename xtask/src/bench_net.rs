@@ -64,6 +64,7 @@ fn run_opts(imgs: &Images, bundle: std::path::PathBuf, devices: crate::qemu::Dev
         extra: Vec::new(),
         devices,
         kill_on: None,
+        input: Default::default(),
     }
 }
 

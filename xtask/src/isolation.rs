@@ -308,6 +308,7 @@ pub fn run(imgs: &Images, run: Run) -> Result<RunFigures> {
         extra: vec!["-icount".into(), "shift=0".into()],
         devices: Devices::NONE,
         kill_on: None,
+        input: Default::default(),
     };
     let r = qemu::run(&opts)?;
     let wall_s = r.wall.as_secs_f64();

@@ -4,7 +4,7 @@
 //! | command | what it does |
 //! |---|---|
 //! | `build` | builds the hypervisor and the sample guests, packs the demo bundle |
-//! | `run [--manifest M] [--timeout S]` | builds, boots the demo in QEMU, streams the console, exits with the hypervisor's verdict |
+//! | `run [--manifest M] [--timeout S] [--stay]` | builds, boots the demo in QEMU, streams the console (and forwards what you type to dom0's shell), exits with the hypervisor's verdict |
 //! | `test [--host] [--qemu] [--show] [FILTER]` | host tests plus QEMU scenarios (all by default; `--show` prints each console) |
 //! | `gdb [--manifest M]` | starts QEMU paused with a gdb stub and prints how to attach |
 //! | `bench` | hypervisor path lengths under QEMU `-icount shift=0` (table + `target/bench.json`) |
@@ -60,8 +60,9 @@ fn help() {
     println!(
         "cargo xtask <command>\n\n\
          build                     build the hypervisor and sample guests, pack the demo bundle\n\
-         run [--manifest M] [--timeout S]\n\
-         \x20                         boot the demo (or manifest M) in QEMU and stream the console\n\
+         run [--manifest M] [--timeout S] [--stay]\n\
+         \x20                         boot the demo (or manifest M) in QEMU and stream the console;\n\
+         \x20                         what you type goes to dom0's shell (--stay: it stays up until `shutdown`)\n\
          test [--host] [--qemu] [--show] [FILTER]\n\
          \x20                         run host tests and QEMU scenarios (both by default)\n\
          gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
@@ -151,10 +152,27 @@ fn run(args: &[String]) -> Result<()> {
     let manifest_path = flag_value(args, "--manifest")
         .map(PathBuf::from)
         .unwrap_or_else(|| root().join("sample-guests/manifests/demo.toml"));
-    let timeout = flag_value(args, "--timeout").and_then(|t| t.parse().ok()).unwrap_or(120);
+    // `--stay`: dom0's shell stays up after the other domains have ended,
+    // until `shutdown` (or the time limit, an hour by default).
+    let stay = args.iter().any(|a| a == "--stay");
+    let timeout = flag_value(args, "--timeout").and_then(|t| t.parse().ok()).unwrap_or(if stay { 3600 } else { 120 });
     qemu::ensure_installed()?;
     let imgs = images::build()?;
-    let m = manifest::Manifest::load(&manifest_path)?;
+    let mut m = manifest::Manifest::load(&manifest_path)?;
+    if stay {
+        let dom0 = m.domain.iter_mut().find(|d| d.privileged).ok_or("--stay: the manifest has no privileged domain")?;
+        for w in ["shell", "stay"] {
+            if !dom0.cmdline.split(' ').any(|x| x == w) {
+                dom0.cmdline = if dom0.cmdline.is_empty() { w.into() } else { format!("{} {w}", dom0.cmdline) };
+            }
+        }
+    }
+    if m.domain.iter().any(|d| d.privileged && d.cmdline.split(' ').any(|w| w == "shell")) {
+        eprintln!(
+            "xtask: dom0's shell reads what you type here: `help` lists its commands{}",
+            if stay { ", `shutdown` ends the run" } else { "" }
+        );
+    }
     let bundle = images::pack_manifest(&imgs, &m)?;
     let opts = qemu::RunOpts {
         kernel: imgs.hypervisor.clone(),
@@ -165,6 +183,7 @@ fn run(args: &[String]) -> Result<()> {
         extra: vec![],
         devices: manifest_devices(&m, &manifest_path)?,
         kill_on: None,
+        input: qemu::Input::Forward,
     };
     let r = qemu::run(&opts)?;
     eprintln!("xtask: QEMU ran for {:.2} s (TCG wall time): {}", r.wall.as_secs_f64(), r.outcome);
@@ -277,6 +296,7 @@ fn gdb(args: &[String]) -> Result<()> {
         extra: vec!["-s".into(), "-S".into()],
         devices: manifest_devices(&m, &manifest_path)?,
         kill_on: None,
+        input: qemu::Input::Forward,
     };
     qemu::run(&opts).map(|_| ())
 }

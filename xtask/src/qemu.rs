@@ -89,6 +89,32 @@ pub struct RunOpts {
     /// Kill QEMU hard (SIGKILL, no shutdown of any kind) as soon as a
     /// console line contains this: [`Outcome::Killed`].
     pub kill_on: Option<String>,
+    /// What the serial console gets as input.
+    pub input: Input,
+}
+
+/// The serial console's input (QEMU's standard input, `-serial stdio`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Input {
+    /// None (`/dev/null`).
+    #[default]
+    Nothing,
+    /// Lines typed in order, each once a console line containing its cue
+    /// has appeared after the one before it was typed (a script, as
+    /// `expect` runs one).
+    Script(Vec<Typed>),
+    /// What xtask reads from its own standard input (`cargo xtask run`: a
+    /// user at dom0's shell).
+    Forward,
+}
+
+/// A line [`Input::Script`] types.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Typed {
+    /// Text a console line must contain first.
+    pub after: String,
+    /// What is typed (a newline is added).
+    pub text: String,
 }
 
 /// A host-side action to start when a console line contains `line`.
@@ -168,7 +194,7 @@ pub fn run(o: &RunOpts) -> Result<RunResult> {
 pub fn run_watched<T: Send + 'static>(o: &RunOpts, watches: Vec<Watch<T>>) -> Result<(RunResult, Vec<Result<T>>)> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(qemu_args(o));
-    supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, o.kill_on.as_deref(), watches)
+    supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, o.kill_on.as_deref(), &o.input, watches)
         .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))
 }
 
@@ -186,11 +212,25 @@ fn supervise<T: Send + 'static>(
     timeout: Duration,
     stream: bool,
     kill_on: Option<&str>,
+    input: &Input,
     watches: Vec<Watch<T>>,
 ) -> Result<(RunResult, Vec<Result<T>>)> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let stdin = if *input == Input::Nothing { Stdio::null() } else { Stdio::piped() };
+    cmd.stdin(stdin).stdout(Stdio::piped()).stderr(Stdio::piped());
     let start = Instant::now();
     let mut child = cmd.spawn().map_err(|e| e.to_string())?;
+    let mut typist = child.stdin.take();
+    let mut script: std::collections::VecDeque<Typed> = match input {
+        Input::Script(lines) => lines.iter().cloned().collect(),
+        Input::Nothing => Default::default(),
+        Input::Forward => {
+            if let Some(mut to) = typist.take() {
+                // A user's lines, as typed (the terminal echoes them).
+                std::thread::spawn(move || std::io::copy(&mut std::io::stdin().lock(), &mut to));
+            }
+            Default::default()
+        }
+    };
     let stdout = child.stdout.take().expect("piped");
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel::<String>();
@@ -240,6 +280,13 @@ fn supervise<T: Send + 'static>(
                         if let Watching::Waiting(x) = std::mem::replace(w, Watching::Over(Err(String::new()))) {
                             *w = Watching::Started(std::thread::spawn(x.action));
                         }
+                    }
+                }
+                if script.front().is_some_and(|t| line.contains(&t.after)) {
+                    let t = script.pop_front().expect("a line is due");
+                    if let Some(to) = typist.as_mut() {
+                        // QEMU gone: the run ends on its own.
+                        let _ = writeln!(to, "{}", t.text).and_then(|_| to.flush());
                     }
                 }
                 output.push_str(&line);
@@ -314,7 +361,23 @@ mod tests {
             extra: vec!["-icount".into(), "shift=0".into()],
             devices,
             kill_on: None,
+            input: Input::Nothing,
         }
+    }
+
+    /// A script types each line after its cue, in order: the stand-in
+    /// reads two lines and echoes them, and passes only if both came.
+    #[test]
+    fn a_script_types_each_line_after_its_cue() {
+        let script = "echo 'shell ready'; read a; echo \"got $a\"; read b; echo \"got $b\"; \
+                      [ \"$a $b\" = 'list destroy 3' ] && exit 33; exit 35";
+        let input = Input::Script(vec![
+            Typed { after: "shell ready".into(), text: "list".into() },
+            Typed { after: "got list".into(), text: "destroy 3".into() },
+        ]);
+        let (r, _) = supervise(sh(script), secs(10.0), false, None, &input, Vec::<Watch<()>>::new()).unwrap();
+        assert_eq!(r.outcome, Outcome::Pass, "{}", r.output);
+        assert!(r.output.contains("got list\ngot destroy 3\n"), "{}", r.output);
     }
 
     #[test]
@@ -363,7 +426,7 @@ mod tests {
             std::fs::write(&flag2, b"").map_err(|e| e.to_string())?;
             Ok(7)
         });
-        let (r, got) = supervise(sh(&script), secs(10.0), false, None, vec![w]).unwrap();
+        let (r, got) = supervise(sh(&script), secs(10.0), false, None, &Input::Nothing, vec![w]).unwrap();
         let _ = std::fs::remove_file(&flag);
         assert_eq!(r.outcome, Outcome::Pass, "{}", r.output);
         assert_eq!(got.len(), 1);
@@ -383,8 +446,15 @@ mod tests {
             r2.store(true, std::sync::atomic::Ordering::SeqCst);
             Ok(())
         });
-        let (r, got) =
-            supervise(sh("sleep 0.6; echo ready; exit 33"), secs(10.0), false, None, vec![late, never]).unwrap();
+        let (r, got) = supervise(
+            sh("sleep 0.6; echo ready; exit 33"),
+            secs(10.0),
+            false,
+            None,
+            &Input::Nothing,
+            vec![late, never],
+        )
+        .unwrap();
         assert_eq!(r.outcome, Outcome::Pass);
         let e0 = got[0].as_ref().unwrap_err();
         assert!(e0.contains("no line containing \"ready\" within 0.2 s"), "{e0}");
@@ -396,7 +466,8 @@ mod tests {
     #[test]
     fn an_action_error_is_reported_and_stderr_lines_count() {
         let w = Watch::new("qemu: warning", secs(5.0), || -> Result<()> { Err("no echo".into()) });
-        let (r, got) = supervise(sh("echo warning >&2; exit 35"), secs(10.0), false, None, vec![w]).unwrap();
+        let (r, got) =
+            supervise(sh("echo warning >&2; exit 35"), secs(10.0), false, None, &Input::Nothing, vec![w]).unwrap();
         assert_eq!(r.outcome, Outcome::Fail);
         assert_eq!(got[0], Err("no echo".to_string()));
     }
@@ -405,7 +476,8 @@ mod tests {
     fn a_run_is_killed_hard_on_its_cue_line_and_nothing_after_it_is_read() {
         let t = Instant::now();
         let script = "echo up; echo 'power CUT now'; echo later; exec sleep 30";
-        let (r, _) = supervise(sh(script), secs(10.0), false, Some("CUT"), Vec::<Watch<()>>::new()).unwrap();
+        let (r, _) =
+            supervise(sh(script), secs(10.0), false, Some("CUT"), &Input::Nothing, Vec::<Watch<()>>::new()).unwrap();
         assert_eq!(r.outcome, Outcome::Killed);
         assert!(t.elapsed() < secs(5.0), "killed at once, not at the time limit");
         assert_eq!(r.output, "up\npower CUT now\n");
@@ -414,7 +486,9 @@ mod tests {
     #[test]
     fn a_run_past_its_time_is_killed() {
         let t = Instant::now();
-        let (r, _) = supervise(sh("echo up; exec sleep 30"), secs(1.0), false, None, Vec::<Watch<()>>::new()).unwrap();
+        let (r, _) =
+            supervise(sh("echo up; exec sleep 30"), secs(1.0), false, None, &Input::Nothing, Vec::<Watch<()>>::new())
+                .unwrap();
         assert_eq!(r.outcome, Outcome::Timeout(1));
         assert!(t.elapsed() < secs(5.0));
         assert_eq!(r.output, "up\n");

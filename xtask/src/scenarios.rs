@@ -12,6 +12,7 @@ mod net_attack;
 mod net_http;
 pub mod net_split;
 pub mod rig;
+mod toolstack;
 
 use crate::evidence::pattern::{check_pattern, write_pattern, Region};
 use crate::images::{self, add_symbols, Images};
@@ -1207,6 +1208,7 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
         .chain(net_split::scenarios())
         .chain(net_attack::scenarios())
         .chain(net_http::scenarios())
+        .chain(toolstack::scenarios())
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
         .collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.
@@ -1266,6 +1268,7 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         f(&mut rig)?;
     }
     let (kill_on, reboot) = rig.take_power();
+    let input = rig.take_input();
     let (devices, watches, after) = rig.into_parts();
     let second_devices = devices.clone();
     let mut opts = RunOpts {
@@ -1277,6 +1280,7 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         extra: if s.icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
         devices,
         kill_on,
+        input,
     };
     opts.extra.extend(cpu_model_args(s.name));
     let (r, host) = qemu::run_watched(&opts, watches)?;
@@ -1308,7 +1312,7 @@ fn run_one(imgs: &Images, s: &Scenario) -> Result<(f64, String)> {
         Some(bytes) => Some(images::write_bundle(&format!("{}-reboot", s.name), &bytes)?),
         None => None,
     };
-    let opts = RunOpts { bundle, devices: second_devices, kill_on: None, ..opts };
+    let opts = RunOpts { bundle, devices: second_devices, kill_on: None, input: Default::default(), ..opts };
     let r2 = qemu::run(&opts)?;
     let fail2 = |why: String| {
         Err(format!(

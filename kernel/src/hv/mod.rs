@@ -1986,7 +1986,8 @@ impl<M: Machine> Hv<M> {
             self.creating = None;
             let mut cmdline = [0u8; pvguest_abi::domctl::MAX_CMDLINE];
             let line = &mut cmdline[..req.cmdline_len as usize];
-            if self.copy_from_slot(cur, req.cmdline, line).is_err() {
+            // An empty command line is not read (its address may be anything).
+            if !line.is_empty() && self.copy_from_slot(cur, req.cmdline, line).is_err() {
                 return self.create_failed(cur, arg, Errno::EFAULT, format_args!("the command line is not readable"));
             }
             let Ok(text) = core::str::from_utf8(line) else {

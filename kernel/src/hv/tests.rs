@@ -1496,6 +1496,24 @@ fn creates_continue_and_fail_cleanly() {
     // A continuation that is not the one under way.
     let rax = r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 16384, 0, 0]);
     assert_eq!(rax, Errno::EINVAL.to_ret());
+    // An empty command line is not read, wherever it points.
+    let elf = tiny_elf();
+    r.write_guest(DomId::DOM0, CTL_IMAGE, &elf);
+    let mut req = domctl::CreateDomain {
+        image: CTL_IMAGE,
+        image_len: elf.len() as u64,
+        cmdline: 1,
+        cmdline_len: 0,
+        mem_kib: DOM_KIB,
+        ..Default::default()
+    };
+    pvguest_abi::start_info::fill_c_str(&mut req.name, "bare");
+    r.write_guest(DomId::DOM0, CTL_ARG, req.as_bytes());
+    assert_eq!(r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]), 0);
+    let mut out = domctl::CreateDomain::default();
+    r.read_guest(DomId::DOM0, CTL_ARG, out.as_mut_bytes());
+    assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(out.domid)), 0);
+    r.reap_all();
     // Only dom0 may: the other domain gets EPERM.
     while r.next.id == DomId::DOM0 {
         r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);

@@ -1,5 +1,9 @@
 //! `hello`: greets, shows what the hypervisor told it, checks that its
 //! SSE state survives preemption, and powers off.
+//!
+//! With `linger` it then waits until it is destroyed instead (a domain
+//! for the toolstack to pause, list and destroy); `quiet` skips the
+//! greeting and the rounds (the toolstack's churn).
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -11,6 +15,22 @@ use pvguest_sdk::cmdline::arg;
 pvguest_sdk::entry!(main);
 
 fn main(si: &'static StartInfo) {
+    let has = |w: &str| si.cmdline().split(' ').any(|x| x == w);
+    if !has("quiet") {
+        greet(si);
+    }
+    if has("linger") {
+        if !has("quiet") {
+            println!("lingering until destroyed");
+        }
+        // No event source is bound: it sleeps until the toolstack ends it.
+        loop {
+            sched::block();
+        }
+    }
+}
+
+fn greet(si: &'static StartInfo) {
     let (major, minor) = version::abi_version();
     println!("Hello from {} (domain {}), ring 1, ABI {major}.{minor}", si.name(), si.domid);
     println!(

@@ -378,6 +378,7 @@ pub fn bench(imgs: &crate::images::Images) -> Result<()> {
         extra: Vec::new(),
         devices,
         kill_on: None,
+        input: Default::default(),
     };
     let watch =
         Watch::new(READY_LINE, READY_WITHIN, move || measure_rtt(echo, control, BENCH_ROUND_TRIPS, BENCH_PAYLOAD));

@@ -22,7 +22,7 @@
 
 use crate::images;
 use crate::qemu::devices::{Disk, Nic, Proto};
-use crate::qemu::{Devices, Watch};
+use crate::qemu::{Devices, Input, Typed, Watch};
 use crate::Result;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,12 +50,21 @@ pub struct Rig {
     after: Vec<AfterRun>,
     kill_on: Option<String>,
     reboot: Option<Reboot>,
+    typed: Vec<Typed>,
 }
 
 impl Rig {
     /// An empty rig for `scenario` (the plain machine).
     pub fn new(scenario: &'static str) -> Rig {
-        Rig { scenario, devices: Devices::NONE, watches: Vec::new(), after: Vec::new(), kill_on: None, reboot: None }
+        Rig {
+            scenario,
+            devices: Devices::NONE,
+            watches: Vec::new(),
+            after: Vec::new(),
+            kill_on: None,
+            reboot: None,
+            typed: Vec::new(),
+        }
     }
 
     /// Gives the machine a virtio-blk-pci disk on a fresh sparse raw image
@@ -112,6 +121,22 @@ impl Rig {
     /// left it) once the first run passed its checks.
     pub fn reboot(&mut self, r: Reboot) {
         self.reboot = Some(r);
+    }
+
+    /// Types `text` and a newline on the serial console (dom0's shell reads
+    /// it) once a console line contains `after`; the lines typed so go in
+    /// the order given, each cue looked for after the line before it was
+    /// typed.
+    pub fn type_after(&mut self, after: &str, text: &str) {
+        self.typed.push(Typed { after: after.into(), text: text.into() });
+    }
+
+    /// The console's input, for the run.
+    pub fn take_input(&mut self) -> Input {
+        match std::mem::take(&mut self.typed) {
+            t if t.is_empty() => Input::Nothing,
+            t => Input::Script(t),
+        }
     }
 
     /// The kill cue and the second boot, for the run.

@@ -47,6 +47,7 @@ mod net;
 mod netback;
 mod serve;
 mod served;
+mod toolstack;
 mod uplink;
 mod vifs;
 mod xs;

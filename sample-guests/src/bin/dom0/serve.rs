@@ -203,9 +203,12 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut vbds: Vec<Vbd> = Vec::new();
     let mut served = 0u32;
     let mut turn = 0usize;
+    // The management shell, with `shell` on the command line.
+    let mut ts = crate::toolstack::Toolstack::from_cmdline(cmdline);
+    let mut others = usize::MAX;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
-            let others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &specs, disk, &mut served);
+            others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &specs, disk, &mut served);
             for (victim, back) in &foreign {
                 let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
                 if foreign_done.iter().any(|(v, _)| v == victim) {
@@ -218,13 +221,16 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                     foreign_done.push((victim.clone(), back.clone()));
                 }
             }
-            if others == 0 {
-                vifs.report();
-                println!("serve: every domain served has ended ({served}); done");
-                return Ok(());
-            }
+        }
+        if others == 0 && !ts.as_ref().is_some_and(|t| t.keeps_dom0()) {
+            vifs.report();
+            println!("serve: every domain served has ended ({served}); done");
+            return Ok(());
         }
         let mut work = false;
+        if let Some(t) = ts.as_mut() {
+            work |= t.poll();
+        }
         for c in clients.iter_mut() {
             work |= pump(&mut store, c);
         }
@@ -241,7 +247,13 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         disk.kick();
         work |= vifs.drive(&mut store);
         if !work {
+            if let Some(t) = ts.as_mut() {
+                t.arm();
+            }
             event::block_until(|| {
+                if ts.as_ref().is_some_and(|t| t.ready()) {
+                    return true;
+                }
                 let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
                 ready |= vifs.pending();
                 for c in clients.iter_mut() {

@@ -1,0 +1,703 @@
+//! The toolstack's shell: dom0 manages domains from its serial console,
+//! modelled on Xen's `xl` (`list`, `create`, `destroy`, `pause`,
+//! `unpause`, `top`, `set-weight`, ...). `help` lists the commands.
+//!
+//! ```text
+//! > create hello name=hi mem=1024
+//! created dom3 'hi' from template 'hello' (1024 KiB)
+//! > list
+//!   id name                      state    mem KiB    cpu ms weight warp us
+//!    0 dom0                      running     3072       123    100       0
+//!    3 hi                        blocked     1024         2    100       0
+//! > destroy hi
+//! destroyed 'hi' (dom3)
+//! ```
+//!
+//! # Where things happen
+//! - Input is the machine's console input, which only dom0 may read
+//!   ([`pvguest_sdk::console::read`]). Nothing signals it, so the shell
+//!   reads it when its timer ([`POLL_NS`]) fires or the serve loop passes
+//!   by anyway. A line ends at `\r` or `\n`; backspace edits it; a line
+//!   longer than [`MAX_LINE`] is dropped with an error.
+//! - Every command is a `domctl` hypercall ([`pvguest_sdk::domctl`]); the
+//!   hypervisor checks every argument again and says why it refuses a
+//!   create. What the shell checks first is only for clearer errors.
+//! - Domains come from the boot bundle's templates (the manifest's
+//!   `[[image]]` entries), whose images the shell reads once and keeps.
+//! - The shell runs inside dom0's serve loop ([`crate::serve`]): a command
+//!   does a bounded amount of work per pass (one churn cycle, one `top`
+//!   frame), so the store and the disks keep being served.
+//!
+//! # Command line
+//! `shell` turns the shell on. dom0 then serves until every other domain
+//! has ended, as without it; with `stay` too, until `shutdown`.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::sync::atomic::{AtomicBool, Ordering};
+use pvguest_sdk::abi::domctl::{dominf, BootImage, DomainInfo, PhysInfo};
+use pvguest_sdk::abi::event::VIRQ_TIMER;
+use pvguest_sdk::domctl::{self, Create};
+use pvguest_sdk::event::{self, Port};
+use pvguest_sdk::{console, println, sched, time, timer, Errno};
+
+/// How often console input is read while nothing else wakes dom0.
+pub const POLL_NS: u64 = 20_000_000;
+/// The longest command line.
+pub const MAX_LINE: usize = 512;
+/// How long a churn cycle waits for its domain to be reaped.
+const REAP_WAIT_NS: u64 = 5_000_000_000;
+
+/// The shell's timer fired.
+static TICK: AtomicBool = AtomicBool::new(false);
+
+fn on_tick(_: Port) {
+    TICK.store(true, Ordering::SeqCst);
+}
+
+/// The shell's state (see the module docs).
+pub struct Toolstack {
+    line: Vec<u8>,
+    /// A line grew past [`MAX_LINE`]: the rest of it is dropped.
+    overlong: bool,
+    templates: Vec<BootImage>,
+    /// Each template's image, once read.
+    images: Vec<Option<Vec<u8>>>,
+    top: Option<Top>,
+    churn: Option<Churn>,
+    stay: bool,
+    shutdown: bool,
+    /// Domains created, for default names.
+    created: u32,
+    next_read: u64,
+}
+
+/// `top`: a frame every `interval` until `rounds` are shown or a line is
+/// typed.
+struct Top {
+    interval: u64,
+    rounds: Option<u32>,
+    next: u64,
+    last: (u64, Vec<(u32, u64)>),
+}
+
+/// `churn`: create-and-destroy cycles, then the leak check.
+struct Churn {
+    template: usize,
+    mem_kib: u32,
+    cycles: u32,
+    done: u32,
+    before: PhysInfo,
+    started: u64,
+}
+
+impl Toolstack {
+    /// The shell, if `cmdline` has `shell`.
+    pub fn from_cmdline(cmdline: &str) -> Option<Toolstack> {
+        let has = |w: &str| cmdline.split(' ').any(|x| x == w);
+        if !has("shell") {
+            return None;
+        }
+        if let Err(e) = event::bind_virq(VIRQ_TIMER, on_tick) {
+            println!("toolstack: VIRQ_TIMER: {e}: input is read only when dom0 has other work");
+        }
+        let templates: Vec<BootImage> = domctl::templates().collect();
+        let names: Vec<&str> = templates.iter().map(|t| t.name()).collect();
+        println!("toolstack: shell ready, {} template(s): {}; type `help`", templates.len(), names.join(", "));
+        Some(Toolstack {
+            line: Vec::new(),
+            overlong: false,
+            images: templates.iter().map(|_| None).collect(),
+            templates,
+            top: None,
+            churn: None,
+            stay: has("stay"),
+            shutdown: false,
+            created: 0,
+            next_read: 0,
+        })
+    }
+
+    /// Whether dom0 must go on serving with no other domain left.
+    pub fn keeps_dom0(&self) -> bool {
+        (self.stay && !self.shutdown) || self.churn.is_some()
+    }
+
+    /// Whether the shell has work without waiting (its timer fired, or a
+    /// churn is under way).
+    pub fn ready(&self) -> bool {
+        TICK.load(Ordering::SeqCst) || self.churn.is_some()
+    }
+
+    /// Arms the timer for the next time the shell needs to run; called
+    /// before dom0 blocks.
+    pub fn arm(&mut self) {
+        let mut at = self.next_read;
+        if let Some(t) = &self.top {
+            at = at.min(t.next);
+        }
+        let _ = timer::set_oneshot(at);
+    }
+
+    /// One pass: reads input, runs the commands it completes, and moves a
+    /// `top` or `churn` on. Whether it did anything.
+    pub fn poll(&mut self) -> bool {
+        let now = time::now_ns();
+        let mut work = false;
+        if TICK.swap(false, Ordering::SeqCst) || now >= self.next_read {
+            self.next_read = now + POLL_NS;
+            work |= self.read_input();
+        }
+        if self.top.as_ref().is_some_and(|t| now >= t.next) {
+            self.top_frame(now);
+            work = true;
+        }
+        if self.churn.is_some() {
+            self.churn_cycle();
+            work = true;
+        }
+        work
+    }
+
+    /// Reads what console input waits and runs each line it completes.
+    fn read_input(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        let mut any = false;
+        loop {
+            let n = match console::read(&mut buf) {
+                Ok(n) => n,
+                Err(e) => {
+                    println!("toolstack: console input: {e}");
+                    0
+                }
+            };
+            if n == 0 {
+                return any;
+            }
+            any = true;
+            for &b in &buf[..n] {
+                self.byte(b);
+            }
+        }
+    }
+
+    fn byte(&mut self, b: u8) {
+        match b {
+            b'\r' | b'\n' => {
+                let line = core::mem::take(&mut self.line);
+                if core::mem::take(&mut self.overlong) {
+                    println!("error: a command is at most {MAX_LINE} bytes: line dropped");
+                } else {
+                    self.line_typed(&line);
+                }
+            }
+            0x08 | 0x7f => {
+                self.line.pop();
+            }
+            _ if self.line.len() >= MAX_LINE => self.overlong = true,
+            _ => self.line.push(b),
+        }
+    }
+
+    fn line_typed(&mut self, line: &[u8]) {
+        let Ok(line) = core::str::from_utf8(line) else {
+            println!("error: the line is not UTF-8");
+            return;
+        };
+        let line = line.trim();
+        if self.top.take().is_some() {
+            println!("top: ended");
+            if line.is_empty() || line == "q" {
+                return;
+            }
+        }
+        if line.is_empty() {
+            return;
+        }
+        println!("> {line}");
+        if self.churn.is_some() && line != "stop" {
+            println!("error: a churn is under way; `stop` ends it");
+            return;
+        }
+        let words = match split(line) {
+            Ok(w) => w,
+            Err(e) => {
+                println!("error: {e}");
+                return;
+            }
+        };
+        let (cmd, args) = words.split_first().expect("the line is not empty");
+        let r = match cmd.as_str() {
+            "help" => {
+                help();
+                Ok(())
+            }
+            "list" => list(),
+            "templates" => {
+                self.list_templates();
+                Ok(())
+            }
+            "create" => self.create(args),
+            "destroy" => on_domain(args, "destroy", domctl::destroy),
+            "pause" => on_domain(args, "pause", domctl::pause),
+            "unpause" => on_domain(args, "unpause", domctl::unpause),
+            "set-weight" => set_weight(args),
+            "info" => info(),
+            "top" => self.start_top(args),
+            "churn" => self.start_churn(args),
+            "stop" => self.stop_churn(),
+            "shutdown" => self.shut_down(args),
+            other => Err(format!("unknown command '{other}'; `help` lists them")),
+        };
+        if let Err(e) = r {
+            println!("{cmd}: error: {e}");
+        }
+    }
+
+    fn list_templates(&self) {
+        if self.templates.is_empty() {
+            println!("no templates: add [[image]] entries to the manifest");
+        }
+        for t in &self.templates {
+            println!(
+                "  {:<16} {:>6} KiB  weight {:>5}  image {:>7} B  cmdline \"{}\"",
+                t.name(),
+                t.mem_kib,
+                t.weight,
+                t.image_len,
+                t.cmdline()
+            );
+        }
+    }
+
+    /// The template called `name`.
+    fn template(&self, name: &str) -> Result<usize, String> {
+        self.templates.iter().position(|t| t.name() == name).ok_or_else(|| {
+            let known: Vec<&str> = self.templates.iter().map(|t| t.name()).collect();
+            format!(
+                "no template '{name}' (templates: {})",
+                if known.is_empty() { String::from("none") } else { known.join(", ") }
+            )
+        })
+    }
+
+    /// Template `k`'s image, read from the bundle on first use.
+    fn image(&mut self, k: usize) -> Result<&[u8], String> {
+        if self.images[k].is_none() {
+            let img = domctl::read_template(&self.templates[k])
+                .map_err(|e| format!("reading template '{}': {e}", self.templates[k].name()))?;
+            self.images[k] = Some(img);
+        }
+        Ok(self.images[k].as_deref().unwrap_or(&[]))
+    }
+
+    /// `create TEMPLATE [name=N] [mem=KiB] [weight=W] [warp=US] [cmdline=...] [paused]`
+    fn create(&mut self, args: &[String]) -> Result<(), String> {
+        let (tname, opts) = args
+            .split_first()
+            .ok_or("usage: create TEMPLATE [name=N] [mem=KiB] [weight=W] [warp=US] [cmdline=\"...\"] [paused]")?;
+        let k = self.template(tname)?;
+        let t = self.templates[k];
+        let mut name = format!("{}-{}", t.name(), self.created + 1);
+        let (mut mem, mut weight, mut warp, mut paused) = (t.mem_kib, t.weight, t.warp_us, false);
+        let mut cmdline = String::from(t.cmdline());
+        for o in opts {
+            match o.split_once('=') {
+                Some(("name", v)) => name = v.into(),
+                Some(("mem", v)) => mem = kib(v)?,
+                Some(("weight", v)) => weight = number(v, "weight")?,
+                Some(("warp", v)) => warp = number(v, "warp")?,
+                Some(("cmdline", v)) => cmdline = v.into(),
+                None if o == "paused" => paused = true,
+                _ => return Err(format!("unknown option '{o}' (name=, mem=, weight=, warp=, cmdline=, paused)")),
+            }
+        }
+        let image = self.image(k)?;
+        let id = Create::new(&name, image)
+            .mem_kib(mem)
+            .weight(weight)
+            .warp_us(warp)
+            .cmdline(&cmdline)
+            .paused(paused)
+            .run()
+            .map_err(|e| format!("refused: {e}"))?;
+        self.created += 1;
+        println!(
+            "created dom{id} '{name}' from template '{tname}' ({mem} KiB{})",
+            if paused { ", paused" } else { "" }
+        );
+        Ok(())
+    }
+
+    /// `top [rounds=N] [ms=INTERVAL]`
+    fn start_top(&mut self, args: &[String]) -> Result<(), String> {
+        let (mut rounds, mut ms) = (None, 1000u64);
+        for a in args {
+            match a.split_once('=') {
+                Some(("rounds", v)) => rounds = Some(number(v, "rounds")?.max(1)),
+                Some(("ms", v)) => ms = u64::from(number(v, "ms")?.clamp(100, 60_000)),
+                _ => return Err(format!("unknown option '{a}' (rounds=N, ms=INTERVAL)")),
+            }
+        }
+        let now = time::now_ns();
+        self.top = Some(Top { interval: ms * 1_000_000, rounds, next: now, last: (0, Vec::new()) });
+        println!("top: every {ms} ms{}; type a line to end it", if rounds.is_some() { "" } else { " until ended" });
+        Ok(())
+    }
+
+    fn top_frame(&mut self, now: u64) {
+        let Some(t) = self.top.as_mut() else { return };
+        let doms: Vec<DomainInfo> = domctl::domains().collect();
+        let phys = domctl::phys_info().unwrap_or_default();
+        println!(
+            "top: at {}.{:03} s: {} domains, {} of {} frames free",
+            now / 1_000_000_000,
+            now / 1_000_000 % 1000,
+            doms.len(),
+            phys.free_frames,
+            phys.total_frames
+        );
+        println!("  {:>4} {:<24} {:>6} {:>9} {:>9}", "id", "name", "cpu %", "mem KiB", "state");
+        let span = now.saturating_sub(t.last.0).max(1);
+        for d in &doms {
+            let before = t.last.1.iter().find(|(id, _)| *id == d.domid).map_or(0, |&(_, c)| c);
+            let used = d.cpu_time_ns.saturating_sub(before);
+            let tenths = used.saturating_mul(1000) / span;
+            println!(
+                "  {:>4} {:<24} {:>4}.{} {:>9} {:>9}",
+                d.domid,
+                d.name(),
+                tenths / 10,
+                tenths % 10,
+                d.nr_pages * 4,
+                state(d)
+            );
+        }
+        t.last = (now, doms.iter().map(|d| (d.domid, d.cpu_time_ns)).collect());
+        t.next = now + t.interval;
+        if let Some(r) = t.rounds.as_mut() {
+            *r -= 1;
+            if *r == 0 {
+                self.top = None;
+                println!("top: ended");
+            }
+        }
+    }
+
+    /// `churn N [TEMPLATE] [mem=KiB]`
+    fn start_churn(&mut self, args: &[String]) -> Result<(), String> {
+        let usage = "usage: churn N [TEMPLATE] [mem=KiB]";
+        let (n, rest) = args.split_first().ok_or(usage)?;
+        let cycles = number(n, "N")?;
+        if cycles == 0 {
+            return Err(String::from(usage));
+        }
+        let mut template = None;
+        let mut mem = None;
+        for a in rest {
+            match a.split_once('=') {
+                Some(("mem", v)) => mem = Some(kib(v)?),
+                None if template.is_none() => template = Some(self.template(a)?),
+                _ => return Err(format!("unknown option '{a}'; {usage}")),
+            }
+        }
+        let template = match template {
+            Some(k) => k,
+            None if !self.templates.is_empty() => 0,
+            None => return Err(String::from("no templates: add [[image]] entries to the manifest")),
+        };
+        // The image is read (and kept) before the first count.
+        self.image(template)?;
+        let before = domctl::phys_info().map_err(|e| format!("physinfo: {e}"))?;
+        let t = &self.templates[template];
+        println!("churn: {cycles} cycles of template '{}'", t.name());
+        let mem_kib = mem.unwrap_or(t.mem_kib);
+        self.churn = Some(Churn { template, mem_kib, cycles, done: 0, before, started: time::now_ns() });
+        Ok(())
+    }
+
+    fn stop_churn(&mut self) -> Result<(), String> {
+        let c = self.churn.take().ok_or("no churn is under way")?;
+        println!("churn: stopped after {} of {} cycles", c.done, c.cycles);
+        Ok(())
+    }
+
+    /// One churn cycle: create a domain, let it run, destroy it, wait
+    /// until it is reaped; after the last, the leak check.
+    fn churn_cycle(&mut self) {
+        let Some(c) = self.churn.as_ref() else { return };
+        let (k, mem, n) = (c.template, c.mem_kib, c.done);
+        let t = self.templates[k];
+        let r = self.image(k).and_then(|image| {
+            let name = format!("churn-{}", n % 1000);
+            let id = Create::new(&name, image)
+                .mem_kib(mem)
+                .cmdline(t.cmdline())
+                .weight(t.weight)
+                .run()
+                .map_err(|e| format!("create: {e}"))?;
+            sched::yield_now();
+            domctl::destroy(id).map_err(|e| format!("destroy dom{id}: {e}"))?;
+            wait_gone(id)
+        });
+        let Some(c) = self.churn.as_mut() else { return };
+        if let Err(e) = r {
+            println!("churn: cycle {}: {e}; stopped", c.done + 1);
+            self.churn = None;
+            return;
+        }
+        c.done += 1;
+        if c.done % 250 == 0 && c.done < c.cycles {
+            println!("churn: {} cycles", c.done);
+        }
+        if c.done < c.cycles {
+            return;
+        }
+        let c = self.churn.take().expect("a churn is under way");
+        let spent = time::now_ns().saturating_sub(c.started);
+        let after = domctl::phys_info().unwrap_or_default();
+        let (b, a) = (c.before, after);
+        let lost_frames = b.free_frames.saturating_sub(a.free_frames);
+        let lost_ports = a.ports_in_use.saturating_sub(b.ports_in_use);
+        println!(
+            "churn: {} cycles in {} ms ({} us each, {} creates/s)",
+            c.done,
+            spent / 1_000_000,
+            spent / 1000 / u64::from(c.done),
+            u64::from(c.done) * 1_000_000_000 / spent.max(1)
+        );
+        println!(
+            "churn: leak check: frames free {} -> {} ({lost_frames} lost), ports in use {} -> {} ({lost_ports} lost), hypervisor heap {} -> {} B, domains {} -> {}: {}",
+            b.free_frames,
+            a.free_frames,
+            b.ports_in_use,
+            a.ports_in_use,
+            b.heap_used,
+            a.heap_used,
+            b.domains,
+            a.domains,
+            if lost_frames == 0 && lost_ports == 0 && a.heap_used <= b.heap_used && a.domains == b.domains {
+                "no leak"
+            } else {
+                "LEAK"
+            }
+        );
+    }
+
+    /// `shutdown [force]`
+    fn shut_down(&mut self, args: &[String]) -> Result<(), String> {
+        let force = match args {
+            [] => false,
+            [f] if f == "force" => true,
+            _ => return Err(String::from("usage: shutdown [force]")),
+        };
+        let others: Vec<DomainInfo> =
+            domctl::domains().filter(|d| d.domid != 0 && d.flags & dominf::DYING == 0).collect();
+        if !others.is_empty() && !force {
+            return Err(format!("{} other domain(s) still run; destroy them first, or `shutdown force`", others.len()));
+        }
+        for d in &others {
+            match domctl::destroy(d.domid) {
+                Ok(()) => println!("destroyed '{}' (dom{})", d.name(), d.domid),
+                Err(e) => println!("shutdown: destroy dom{}: {e}", d.domid),
+            }
+        }
+        self.shutdown = true;
+        self.stay = false;
+        println!("shutdown: dom0 ends once every other domain has");
+        Ok(())
+    }
+}
+
+/// Waits (yielding, so the hypervisor's teardown steps run) until domain
+/// `id` has left the table.
+fn wait_gone(id: u32) -> Result<(), String> {
+    let until = time::now_ns() + REAP_WAIT_NS;
+    loop {
+        match domctl::domain_info(id) {
+            Ok(i) if i.domid == id => {}
+            _ => return Ok(()),
+        }
+        if time::now_ns() > until {
+            return Err(format!("dom{id} not reaped within {} s", REAP_WAIT_NS / 1_000_000_000));
+        }
+        sched::yield_now();
+    }
+}
+
+fn help() {
+    for l in [
+        "commands:",
+        "  list                          the domains: id, name, state, memory, CPU time, weight, warp",
+        "  templates                     the images domains are created from (the manifest's [[image]])",
+        "  create TEMPLATE [k=v ...]     a new domain: name=N mem=KiB|NM weight=1..10000 warp=US",
+        "                                cmdline=\"...\" paused",
+        "  destroy DOM                   end a domain and reclaim all it holds (DOM: an id or a name)",
+        "  pause DOM / unpause DOM       stop or resume scheduling it",
+        "  set-weight DOM WEIGHT [WARP]  its BVT weight (and warp in us)",
+        "  top [rounds=N] [ms=T]         CPU share and memory per domain every T ms; a line ends it",
+        "  info                          frames, hypervisor heap, ports and domains in use",
+        "  churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check",
+        "  shutdown [force]              end dom0 once the others have ended (force: destroy them)",
+        "  help                          this",
+    ] {
+        println!("{l}");
+    }
+}
+
+fn list() -> Result<(), String> {
+    println!(
+        "  {:>4} {:<24} {:<8} {:>8} {:>9} {:>6} {:>7}",
+        "id", "name", "state", "mem KiB", "cpu ms", "weight", "warp us"
+    );
+    for d in domctl::domains() {
+        println!(
+            "  {:>4} {:<24} {:<8} {:>8} {:>9} {:>6} {:>7}",
+            d.domid,
+            d.name(),
+            state(&d),
+            d.nr_pages * 4,
+            d.cpu_time_ns / 1_000_000,
+            d.weight,
+            d.warp_us
+        );
+    }
+    Ok(())
+}
+
+fn state(d: &DomainInfo) -> &'static str {
+    let f = d.flags;
+    if f & dominf::DYING != 0 {
+        "dying"
+    } else if f & dominf::PAUSED != 0 {
+        "paused"
+    } else if f & dominf::RUNNING != 0 {
+        "running"
+    } else if f & dominf::BLOCKED != 0 {
+        "blocked"
+    } else {
+        "ready"
+    }
+}
+
+fn info() -> Result<(), String> {
+    let p = domctl::phys_info().map_err(|e| format!("{e}"))?;
+    println!(
+        "frames: {} free of {}; hypervisor heap: {} B in use; ports in use: {}; domains: {} of {} ({} dying)",
+        p.free_frames, p.total_frames, p.heap_used, p.ports_in_use, p.domains, p.max_domains, p.dying
+    );
+    Ok(())
+}
+
+/// The live domain `arg` names: an id, or a name no other live domain has.
+fn resolve(arg: &str) -> Result<DomainInfo, String> {
+    let live: Vec<DomainInfo> = domctl::domains().collect();
+    if let Ok(id) = arg.parse::<u32>() {
+        return live.into_iter().find(|d| d.domid == id).ok_or_else(|| format!("no domain {id}"));
+    }
+    let mut named = live.into_iter().filter(|d| d.name() == arg && d.flags & dominf::DYING == 0);
+    match (named.next(), named.next()) {
+        (Some(d), None) => Ok(d),
+        (None, _) => Err(format!("no domain called '{arg}' (`list` shows them)")),
+        (Some(a), Some(b)) => Err(format!("'{arg}' names dom{} and dom{}: give the id", a.domid, b.domid)),
+    }
+}
+
+/// `destroy|pause|unpause DOM`
+fn on_domain(args: &[String], what: &str, op: fn(u32) -> Result<(), Errno>) -> Result<(), String> {
+    let [dom] = args else { return Err(format!("usage: {what} DOM (an id or a name)")) };
+    let d = resolve(dom)?;
+    op(d.domid).map_err(|e| match e {
+        Errno::EINVAL if d.domid == 0 => format!("dom0 is the toolstack's own domain ({e})"),
+        e => format!("dom{}: {e}", d.domid),
+    })?;
+    let done = match what {
+        "destroy" => "destroyed",
+        "pause" => "paused",
+        _ => "unpaused",
+    };
+    println!("{done} '{}' (dom{})", d.name(), d.domid);
+    Ok(())
+}
+
+/// `set-weight DOM WEIGHT [WARP_US]`
+fn set_weight(args: &[String]) -> Result<(), String> {
+    let usage = "usage: set-weight DOM WEIGHT [WARP_US]";
+    let (dom, weight, warp) = match args {
+        [d, w] => (d, w, None),
+        [d, w, x] => (d, w, Some(x)),
+        _ => return Err(String::from(usage)),
+    };
+    let d = resolve(dom)?;
+    let weight = number(weight, "WEIGHT")?;
+    let warp = match warp {
+        Some(x) => number(x, "WARP_US")?,
+        None => d.warp_us,
+    };
+    domctl::set_sched(d.domid, weight, warp).map_err(|e| match e {
+        Errno::EINVAL => format!("dom{}: {e} (a weight is 1..=10000, a warp at most 1000000 us)", d.domid),
+        e => format!("dom{}: {e}", d.domid),
+    })?;
+    println!("'{}' (dom{}): weight {weight}, warp {warp} us", d.name(), d.domid);
+    Ok(())
+}
+
+fn number(v: &str, what: &str) -> Result<u32, String> {
+    v.parse().map_err(|_| format!("{what} = '{v}' is not a number"))
+}
+
+/// A memory size: KiB, or `NM` for MiB.
+fn kib(v: &str) -> Result<u32, String> {
+    let (digits, scale) = match v.strip_suffix(['M', 'm']) {
+        Some(d) => (d, 1024),
+        None => (v.strip_suffix(['K', 'k']).unwrap_or(v), 1),
+    };
+    digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(scale))
+        .ok_or_else(|| format!("mem = '{v}' is not a size (KiB, or NM for MiB)"))
+}
+
+/// Splits a command line into words; a `"..."` quotes spaces (also after
+/// `key=`), `\"` and `\\` escape.
+fn split(line: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut started) = (false, false);
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                started = true;
+            }
+            '\\' if quoted => match chars.next() {
+                Some(e @ ('"' | '\\')) => cur.push(e),
+                Some(e) => {
+                    cur.push('\\');
+                    cur.push(e);
+                }
+                None => return Err(String::from("the line ends inside quotes")),
+            },
+            ' ' | '\t' if !quoted => {
+                if started {
+                    words.push(core::mem::take(&mut cur));
+                    started = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                started = true;
+            }
+        }
+    }
+    if quoted {
+        return Err(String::from("a quote is not closed"));
+    }
+    if started {
+        words.push(cur);
+    }
+    Ok(words)
+}

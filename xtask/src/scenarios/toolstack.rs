@@ -1,0 +1,202 @@
+//! The toolstack's scenarios: dom0's shell on the serial console, driven by
+//! a script that types each command after the line that ends the one
+//! before ([`super::rig::Rig::type_after`]); the checks read the replies,
+//! the domains' own lines and the store's.
+//!
+//! Every domain but dom0 comes from a template of the bundle (the
+//! manifest's `[[image]]`): `hog` (spins for ten minutes), `sleeper`
+//! (greets, then waits to be destroyed), `quiet` (waits at once; the
+//! churn's).
+
+use super::{finish, guest, need, Scenario};
+use crate::images::{loadable, Images};
+use crate::qemu::Outcome;
+use crate::Result;
+use ringfence_bundle_writer::{BundleWriter, DomainEntry};
+
+/// dom0's first line once its shell reads input.
+const READY: &str = "[dom0] toolstack: shell ready";
+/// Cycles of the churn (the leak check asks for 1000).
+const CHURN: u32 = 1000;
+
+/// dom0 serving with its shell on until `shutdown`, and the templates.
+fn bundle(imgs: &Images) -> Result<Option<Vec<u8>>> {
+    let mut w = BundleWriter::new();
+    w.domain(super::net_split::net_dom0(imgs, "serve shell stay")?);
+    let template = |name: &str, image: &str, kib: u32, cmdline: &str| -> Result<DomainEntry> {
+        Ok(DomainEntry::new(name, loadable(&guest(imgs, image)?)?, kib).cmdline(cmdline).template(true))
+    };
+    w.domain(template("hog", "hog", 512, "millis=600000")?);
+    w.domain(template("sleeper", "hello", 512, "rounds=1 linger")?);
+    w.domain(template("quiet", "hello", 256, "quiet linger")?);
+    finish(w, imgs)
+}
+
+/// The lines of `out` that `dom0` printed, tag removed.
+fn dom0_lines(out: &str) -> impl Iterator<Item = &str> {
+    out.lines().filter_map(|l| l.strip_prefix("[dom0] "))
+}
+
+/// The row of `list` or `top` output for domain `name`, in the stretch of
+/// `out` after `from`.
+fn row<'a>(out: &'a str, from: &str, name: &str) -> Result<&'a str> {
+    let at = out.find(from).ok_or_else(|| format!("missing from the console: {from:?}"))?;
+    dom0_lines(&out[at..])
+        .find(|l| l.split_whitespace().nth(1) == Some(name))
+        .ok_or_else(|| format!("no row for '{name}' after {from:?}"))
+}
+
+/// `text` appears, and after `before`.
+fn after(out: &str, before: &str, text: &str) -> Result<()> {
+    let b = out.find(before).ok_or_else(|| format!("missing from the console: {before:?}"))?;
+    if out[b..].contains(text) {
+        Ok(())
+    } else {
+        Err(format!("{text:?} does not come after {before:?}"))
+    }
+}
+
+pub(super) fn scenarios() -> Vec<Scenario> {
+    vec![
+        Scenario {
+            name: "toolstack-shell",
+            what: "dom0's shell, typed at on the serial console: help, templates, create (running and paused), list, top (the hog's CPU share), pause, unpause, set-weight, destroy (the store connection released), clear errors for bad commands and arguments (the hypervisor's reason for a bad name), and shutdown",
+            bundle,
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                super::net_split::serve_disk(rig)?;
+                for (cue, text) in [
+                    (READY, "help"),
+                    ("help                          this", "templates"),
+                    ("  quiet ", "create hog name=busy"),
+                    ("'busy' from template 'hog'", "create sleeper name=idle mem=1M paused"),
+                    ("'idle' from template 'sleeper'", "list"),
+                    (" idle ", "top rounds=2 ms=500"),
+                    ("top: ended", "unpause idle"),
+                    ("unpaused 'idle'", "pause busy"),
+                    ("paused 'busy'", "set-weight idle 200 50"),
+                    ("weight 200, warp 50 us", "list"),
+                    (" idle ", "destroy busy"),
+                    ("destroyed 'busy'", "frobnicate"),
+                    ("unknown command 'frobnicate'", "create nosuch"),
+                    ("no template 'nosuch'", "create hog mem=abc"),
+                    ("is not a size", "destroy 0"),
+                    ("the toolstack's own domain", "destroy 999"),
+                    ("no domain 999", "create hog name=\"bad name\""),
+                    ("refused:", "set-weight idle 0"),
+                    ("a weight is 1..=10000", "info"),
+                    ("frames:", "list"),
+                    (" idle ", "shutdown"),
+                    ("still run", "shutdown force"),
+                ] {
+                    rig.type_after(cue, text);
+                }
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] toolstack: shell ready, 3 template(s): hog, sleeper, quiet; type `help`")?;
+                need(out, "[dom0]   churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check")?;
+                need(out, "[dom0]   sleeper             512 KiB  weight   100  image")?;
+                need(out, "[dom0] created dom1 'busy' from template 'hog' (512 KiB)")?;
+                need(out, "[dom0] created dom2 'idle' from template 'sleeper' (1024 KiB, paused)")?;
+                // The store serves created domains as it does boot ones.
+                need(out, "[dom0] serve: dom1 (busy) connected to the store")?;
+                // The first list: busy runs (or waits for the CPU), idle is paused.
+                let busy = row(out, "[dom0] > list", "busy")?;
+                if !busy.contains("ready") && !busy.contains("running") {
+                    return Err(format!("busy is not runnable in the first list: {busy:?}"));
+                }
+                let idle = row(out, "[dom0] > list", "idle")?;
+                if !idle.contains("paused") || !idle.contains(" 1024 ") {
+                    return Err(format!("idle is not paused with 1024 KiB in the first list: {idle:?}"));
+                }
+                // A paused domain runs nothing until unpaused.
+                after(out, "[dom0] unpaused 'idle' (dom2)", "[idle] Hello from idle (domain 2)")?;
+                if out.find("[idle] Hello").unwrap_or(0) < out.find("[dom0] unpaused 'idle'").unwrap_or(usize::MAX) {
+                    return Err("idle printed before it was unpaused".into());
+                }
+                // top's second frame: the hog has most of the CPU.
+                let second = out.match_indices("[dom0] top: at ").nth(1).map(|(i, _)| i).ok_or("top drew no second frame")?;
+                let hog = row(&out[second..], "top: at", "busy")?;
+                let share: f64 = hog.split_whitespace().nth(2).and_then(|v| v.parse().ok()).ok_or("no CPU share")?;
+                if share < 50.0 {
+                    return Err(format!("the hog had {share}% of the CPU in top's second frame: {hog:?}"));
+                }
+                need(out, "[dom0] paused 'busy' (dom1)")?;
+                let busy = row(out, "[dom0] 'idle' (dom2): weight 200, warp 50 us", "busy")?;
+                if !busy.contains("paused") {
+                    return Err(format!("busy is not paused in the second list: {busy:?}"));
+                }
+                let idle = row(out, "[dom0] 'idle' (dom2): weight 200, warp 50 us", "idle")?;
+                if !idle.trim_end().ends_with("200      50") {
+                    return Err(format!("idle's weight and warp are not 200 and 50: {idle:?}"));
+                }
+                need(out, "[dom0] destroyed 'busy' (dom1)")?;
+                need(out, "[dom0] serve: dom1 (busy) ended: store connection released")?;
+                // The errors, each naming what is wrong.
+                need(out, "[dom0] frobnicate: error: unknown command 'frobnicate'; `help` lists them")?;
+                need(out, "[dom0] create: error: no template 'nosuch' (templates: hog, sleeper, quiet)")?;
+                need(out, "[dom0] create: error: mem = 'abc' is not a size (KiB, or NM for MiB)")?;
+                need(out, "[dom0] destroy: error: dom0 is the toolstack's own domain (EINVAL")?;
+                need(out, "[dom0] destroy: error: no domain 999")?;
+                need(out, "[dom0] create: error: refused: EINVAL (-22): the name may hold only")?;
+                need(out, "[dom0] set-weight: error: dom2: EINVAL (-22) (a weight is 1..=10000")?;
+                need(out, "[dom0] frames: ")?;
+                // The last list has no busy; shutdown wants the others gone.
+                let last = out.rfind("[dom0] > list").ok_or("no list")?;
+                if row(&out[last..], "> list", "busy").is_ok_and(|r| !r.contains("dying")) {
+                    return Err("busy is still listed alive after its destroy".into());
+                }
+                need(out, "[dom0] shutdown: error: 1 other domain(s) still run; destroy them first, or `shutdown force`")?;
+                need(out, "[dom0] destroyed 'idle' (dom2)")?;
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "toolstack-churn",
+            what: "1000 create/destroy cycles from dom0's shell (`churn`), each domain reaped before the next is made; the leak check finds 0 frames and 0 ports lost, the hypervisor's heap and domain count as before",
+            bundle,
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                super::net_split::serve_disk(rig)?;
+                rig.type_after(READY, &format!("churn {CHURN} quiet"));
+                rig.type_after("churn: leak check", "shutdown");
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, &format!("[dom0] churn: {CHURN} cycles of template 'quiet'"))?;
+                need(out, &format!("[dom0] churn: {CHURN} cycles in "))?;
+                let check = dom0_lines(out).find(|l| l.starts_with("churn: leak check")).ok_or("no leak check")?;
+                for want in ["(0 lost), ports", "(0 lost), hypervisor", ": no leak"] {
+                    if !check.contains(want) {
+                        return Err(format!("the leak check wants {want:?}: {check:?}"));
+                    }
+                }
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{after, row};
+
+    const OUT: &str =
+        "[dom0] > list\n[dom0]     id name   state\n[dom0]      1 busy   ready\n[dom0]      2 idle   paused\n";
+
+    #[test]
+    fn rows_are_found_by_name_after_their_command() {
+        assert_eq!(row(OUT, "> list", "idle").unwrap(), "     2 idle   paused");
+        assert!(row(OUT, "> list", "nobody").is_err());
+        assert!(row(OUT, "> top", "idle").is_err());
+        assert!(after(OUT, "> list", "busy").is_ok());
+        assert!(after(OUT, "2 idle", "busy").is_err());
+    }
+}
