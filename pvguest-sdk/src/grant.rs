@@ -357,6 +357,32 @@ impl Mapping {
         }
     }
 
+    /// Asks for a notification when this mapping goes away, by
+    /// [`Mapping::unmap`] or by this domain's end (destroyed, crashed):
+    /// byte `clear` of the page is cleared (the mapping must be writable)
+    /// and/or an event is sent on this domain's `port` (an interdomain port
+    /// to the granter, say). The granter learns that its peer is gone
+    /// without polling, as Linux's gntdev offers vchan. `None, None`
+    /// cancels.
+    ///
+    /// ```ignore
+    /// let m = grant::map(peer, gref, va, false)?;
+    /// m.set_unmap_notify(Some(0), Some(chan.port()))?;
+    /// ```
+    pub fn set_unmap_notify(&self, clear: Option<u16>, port: Option<crate::event::Port>) -> Result<(), GrantError> {
+        use pvguest_abi::grant::{notify, SetUnmapNotify, SET_UNMAP_NOTIFY};
+        let mut n = SetUnmapNotify {
+            handle: self.handle,
+            offset: clear.unwrap_or(0),
+            action: if clear.is_some() { notify::CLEAR_BYTE } else { 0 }
+                | if port.is_some() { notify::SEND_EVENT } else { 0 },
+            port: port.map_or(0, |p| p.0),
+            ..SetUnmapNotify::default()
+        };
+        op(SET_UNMAP_NOTIFY, &mut n, 1)?;
+        status(n.status)
+    }
+
     /// Unmaps the page (the TLB is flushed before the call returns).
     pub fn unmap(self) -> Result<(), (Mapping, GrantError)> {
         let mut u = UnmapGrantRef { host_addr: self.va, handle: self.handle, ..UnmapGrantRef::default() };

@@ -29,7 +29,21 @@ fn bundle(imgs: &Images) -> Result<Option<Vec<u8>>> {
     w.domain(template("hog", "hog", 512, "millis=600000")?);
     w.domain(template("sleeper", "hello", 512, "rounds=1 linger")?);
     w.domain(template("quiet", "hello", 256, "quiet linger")?);
+    w.domain(template("tied", "tied", 512, "")?);
     finish(w, imgs)
+}
+
+/// The figures of the `info` lines in `out`, in order: (frames free,
+/// hypervisor heap, ports in use, domains, dying).
+fn infos(out: &str) -> Vec<[u64; 5]> {
+    dom0_lines(out)
+        .filter_map(|l| l.strip_prefix("frames: "))
+        .map(|l| {
+            let n: Vec<u64> = l.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+            // free, total, heap, ports, domains, max, dying
+            [n[0], n[2], n[3], n[4], n[6]]
+        })
+        .collect()
 }
 
 /// The lines of `out` that `dom0` printed, tag removed.
@@ -69,7 +83,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 for (cue, text) in [
                     (READY, "help"),
                     ("help                          this", "templates"),
-                    ("  quiet ", "create hog name=busy"),
+                    ("  tied ", "create hog name=busy"),
                     ("'busy' from template 'hog'", "create sleeper name=idle mem=1M paused"),
                     ("'idle' from template 'sleeper'", "list"),
                     (" idle ", "top rounds=2 ms=500"),
@@ -96,7 +110,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             }),
             expect: Outcome::Pass,
             check: |out| {
-                need(out, "[dom0] toolstack: shell ready, 3 template(s): hog, sleeper, quiet; type `help`")?;
+                need(out, "[dom0] toolstack: shell ready, 4 template(s): hog, sleeper, quiet, tied; type `help`")?;
                 need(out, "[dom0]   churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check")?;
                 need(out, "[dom0]   sleeper             512 KiB  weight   100  image")?;
                 need(out, "[dom0] created dom1 'busy' from template 'hog' (512 KiB)")?;
@@ -137,7 +151,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 need(out, "[dom0] serve: dom1 (busy) ended: store connection released")?;
                 // The errors, each naming what is wrong.
                 need(out, "[dom0] frobnicate: error: unknown command 'frobnicate'; `help` lists them")?;
-                need(out, "[dom0] create: error: no template 'nosuch' (templates: hog, sleeper, quiet)")?;
+                need(out, "[dom0] create: error: no template 'nosuch' (templates: hog, sleeper, quiet, tied)")?;
                 need(out, "[dom0] create: error: mem = 'abc' is not a size (KiB, or NM for MiB)")?;
                 need(out, "[dom0] destroy: error: dom0 is the toolstack's own domain (EINVAL")?;
                 need(out, "[dom0] destroy: error: no domain 999")?;
@@ -151,6 +165,60 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 }
                 need(out, "[dom0] shutdown: error: 1 other domain(s) still run; destroy them first, or `shutdown force`")?;
                 need(out, "[dom0] destroyed 'idle' (dom2)")?;
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "toolstack-destroy-busy",
+            what: "destroying a domain that maps its peer's page with an unmap notification, has its own page mapped by the peer and an event channel to it: the peer sees the notification (byte cleared, event), its port unbound, reads the dead domain's page intact through its mapping, unmaps it and revokes its own grant; afterwards the machine has the frames and ports it had before, and a second round leaves frames, ports and the hypervisor's heap exactly as the first did",
+            bundle,
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                super::net_split::serve_disk(rig)?;
+                // Two rounds: dom0's own tables grow to hold its store
+                // mappings in the first; the second must leave everything
+                // exactly as the first left it.
+                rig.type_after(READY, "info");
+                for (victim, peer, v, p) in [("victim", "peer", 1, 2), ("victim2", "peer2", 3, 4)] {
+                    let cmd = |name: &str, line: String| format!("create tied name={name} cmdline=\"{line}\"");
+                    rig.type_after("[dom0] frames:", &cmd(victim, format!("role=victim peer={p}")));
+                    rig.type_after(&format!("'{victim}' from template"), &cmd(peer, format!("role=peer victim={v}")));
+                    rig.type_after(&format!("[{peer}] peer: waiting for dom{v} to go"), &format!("destroy {victim}"));
+                    rig.type_after(&format!("destroyed '{victim}'"), &format!("wait {p}"));
+                    rig.type_after(&format!("dom{p} is gone"), "info");
+                }
+                rig.type_after("[dom0] frames:", "shutdown");
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[victim] victim: tied to dom2: granted our page (ref 8), port ")?;
+                need(out, "[peer] peer: tied to dom1: port ")?;
+                need(out, "mapped its page (ref 8): \"the victim's page, mapped by its peer\"")?;
+                need(out, "[dom0] destroyed 'victim' (dom1)")?;
+                after(out, "[dom0] destroyed 'victim'", "[peer] peer: dom1's mapping of our page went away: byte 0 cleared, 1 event(s) on port ")?;
+                after(out, "went away: byte 0 cleared", "[peer] peer: port ")?;
+                need(out, "is unbound again: dom1's end is closed")?;
+                need(out, "[peer] peer: dom1's page, read after its end through our mapping: intact true")?;
+                need(out, "[peer] peer: unmapped dom1's page and revoked our grant: done")?;
+                need(out, "[dom0] serve: dom1 (victim) ended: store connection released")?;
+                let i = infos(out);
+                let [first, after1, after2] = i.as_slice() else {
+                    return Err(format!("wanted three info lines, got {i:?}"));
+                };
+                // (frames free, heap, ports, domains, dying)
+                if after1 != after2 {
+                    return Err(format!(
+                        "the second round changed the machine: after the first {after1:?}, after the second {after2:?}"
+                    ));
+                }
+                let same = |k: usize| first[k] == after1[k];
+                if !(same(0) && same(2) && same(3) && same(4)) {
+                    return Err(format!("before the first round {first:?}, after it {after1:?}"));
+                }
+                need(out, "[peer2] peer: unmapped dom3's page and revoked our grant: done")?;
                 need(out, "[dom0] serve: every domain served has ended")?;
                 Ok(())
             },
@@ -186,7 +254,13 @@ pub(super) fn scenarios() -> Vec<Scenario> {
 
 #[cfg(test)]
 mod tests {
-    use super::{after, row};
+    use super::{after, infos, row};
+
+    #[test]
+    fn info_lines_give_their_figures() {
+        let out = "[dom0] frames: 121947 free of 262144; hypervisor heap: 20496 B in use; ports in use: 7; domains: 2 of 1024 (0 dying)\n";
+        assert_eq!(infos(out), [[121947, 20496, 7, 2, 0]]);
+    }
 
     const OUT: &str =
         "[dom0] > list\n[dom0]     id name   state\n[dom0]      1 busy   ready\n[dom0]      2 idle   paused\n";

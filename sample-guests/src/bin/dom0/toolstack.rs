@@ -48,6 +48,10 @@ pub const POLL_NS: u64 = 20_000_000;
 pub const MAX_LINE: usize = 512;
 /// How long a churn cycle waits for its domain to be reaped.
 const REAP_WAIT_NS: u64 = 5_000_000_000;
+/// How long `wait` waits.
+const WAIT_NS: u64 = 30_000_000_000;
+/// Lines kept while a `wait` lasts.
+const MAX_QUEUED: usize = 16;
 
 /// The shell's timer fired.
 static TICK: AtomicBool = AtomicBool::new(false);
@@ -66,6 +70,10 @@ pub struct Toolstack {
     images: Vec<Option<Vec<u8>>>,
     top: Option<Top>,
     churn: Option<Churn>,
+    /// `wait`: the domain, its name, and when to give up.
+    waiting: Option<(u32, String, u64)>,
+    /// Lines typed during a `wait`, run after it.
+    queued: Vec<String>,
     stay: bool,
     shutdown: bool,
     /// Domains created, for default names.
@@ -112,6 +120,8 @@ impl Toolstack {
             templates,
             top: None,
             churn: None,
+            waiting: None,
+            queued: Vec::new(),
             stay: has("stay"),
             shutdown: false,
             created: 0,
@@ -156,6 +166,22 @@ impl Toolstack {
         if self.churn.is_some() {
             self.churn_cycle();
             work = true;
+        }
+        if let Some((id, name, until)) = self.waiting.take() {
+            let gone = !domctl::domain_info(id).is_ok_and(|i| i.domid == id);
+            if gone || now > until {
+                if gone {
+                    println!("dom{id} is gone ('{name}')");
+                } else {
+                    println!("wait: error: '{name}' (dom{id}) is still there after {} s", WAIT_NS / 1_000_000_000);
+                }
+                for line in core::mem::take(&mut self.queued) {
+                    self.line_typed(line.as_bytes());
+                }
+                work = true;
+            } else {
+                self.waiting = Some((id, name, until));
+            }
         }
         work
     }
@@ -215,6 +241,14 @@ impl Toolstack {
         if line.is_empty() {
             return;
         }
+        if self.waiting.is_some() {
+            if self.queued.len() < MAX_QUEUED {
+                self.queued.push(String::from(line));
+            } else {
+                println!("error: {MAX_QUEUED} lines already wait for the `wait`: '{line}' dropped");
+            }
+            return;
+        }
         println!("> {line}");
         if self.churn.is_some() && line != "stop" {
             println!("error: a churn is under way; `stop` ends it");
@@ -244,6 +278,7 @@ impl Toolstack {
             "unpause" => on_domain(args, "unpause", domctl::unpause),
             "set-weight" => set_weight(args),
             "info" => info(),
+            "wait" => self.start_wait(args),
             "top" => self.start_top(args),
             "churn" => self.start_churn(args),
             "stop" => self.stop_churn(),
@@ -327,6 +362,18 @@ impl Toolstack {
             "created dom{id} '{name}' from template '{tname}' ({mem} KiB{})",
             if paused { ", paused" } else { "" }
         );
+        Ok(())
+    }
+
+    /// `wait DOM`: until the domain has left the table (reaped).
+    fn start_wait(&mut self, args: &[String]) -> Result<(), String> {
+        let [dom] = args else { return Err(String::from("usage: wait DOM (an id or a name)")) };
+        match (resolve_any(dom), dom.parse::<u32>()) {
+            (Ok(d), _) => self.waiting = Some((d.domid, String::from(d.name()), time::now_ns() + WAIT_NS)),
+            // Ids are never handed out twice: one not listed has gone.
+            (Err(_), Ok(id)) => println!("dom{id} is gone"),
+            (Err(e), Err(_)) => return Err(e),
+        }
         Ok(())
     }
 
@@ -538,6 +585,8 @@ fn help() {
         "  set-weight DOM WEIGHT [WARP]  its BVT weight (and warp in us)",
         "  top [rounds=N] [ms=T]         CPU share and memory per domain every T ms; a line ends it",
         "  info                          frames, hypervisor heap, ports and domains in use",
+        "  wait DOM                      until the domain has ended and is reaped (lines typed meanwhile wait)",
+        "                                (an id not listed has gone: ids are never reused)",
         "  churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check",
         "  shutdown [force]              end dom0 once the others have ended (force: destroy them)",
         "  help                          this",
@@ -592,11 +641,20 @@ fn info() -> Result<(), String> {
 
 /// The live domain `arg` names: an id, or a name no other live domain has.
 fn resolve(arg: &str) -> Result<DomainInfo, String> {
+    find(arg, false)
+}
+
+/// As [`resolve`], a dying domain too.
+fn resolve_any(arg: &str) -> Result<DomainInfo, String> {
+    find(arg, true)
+}
+
+fn find(arg: &str, dying: bool) -> Result<DomainInfo, String> {
     let live: Vec<DomainInfo> = domctl::domains().collect();
     if let Ok(id) = arg.parse::<u32>() {
         return live.into_iter().find(|d| d.domid == id).ok_or_else(|| format!("no domain {id}"));
     }
-    let mut named = live.into_iter().filter(|d| d.name() == arg && d.flags & dominf::DYING == 0);
+    let mut named = live.into_iter().filter(|d| d.name() == arg && (dying || d.flags & dominf::DYING == 0));
     match (named.next(), named.next()) {
         (Some(d), None) => Ok(d),
         (None, _) => Err(format!("no domain called '{arg}' (`list` shows them)")),
