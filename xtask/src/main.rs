@@ -6,6 +6,7 @@
 //! | `build` | builds the hypervisor and the sample guests, packs the demo bundle |
 //! | `run [--manifest M] [--timeout S] [--stay]` | builds, boots the demo in QEMU, streams the console (and forwards what you type to dom0's shell), exits with the hypervisor's verdict |
 //! | `test [--host] [--qemu] [--show] [FILTER]` | host tests plus QEMU scenarios (all by default; `--show` prints each console) |
+//! | `ctl [--api A] [--token T] [--json] COMMAND` | dom0's management API from the host ([`ctl`]) |
 //! | `gdb [--manifest M]` | starts QEMU paused with a gdb stub and prints how to attach |
 //! | `bench` | hypervisor path lengths under QEMU `-icount shift=0` (table + `target/bench.json`) |
 //! | `bench-rings [--smoke]` | ring-protocol benchmark against rtrb, crossbeam and heapless |
@@ -15,6 +16,7 @@ mod bench;
 mod bench_blk;
 mod bench_json;
 mod bench_net;
+mod ctl;
 mod evidence;
 mod images;
 mod isolation;
@@ -39,6 +41,7 @@ fn main() -> ExitCode {
         "run" => run(rest),
         "test" => test(rest),
         "gdb" => gdb(rest),
+        "ctl" => ctl::main(rest),
         "bench-rings" => bench_rings(rest),
         "bench" => qemu::ensure_installed().and_then(|_| bench::run(rest)),
         "help" | "--help" | "-h" => {
@@ -66,6 +69,9 @@ fn help() {
          test [--host] [--qemu] [--show] [FILTER]\n\
          \x20                         run host tests and QEMU scenarios (both by default)\n\
          gdb [--manifest M]        start QEMU paused with a gdb stub on :1234\n\
+         ctl [--api A] [--token T] [--json] COMMAND\n\
+         \x20                         dom0's management API from the host: list, create, destroy, ...\n\
+         \x20                         (RF_API, RF_TOKEN: `cargo xtask run` prints them)\n\
          bench [--paths]           hypervisor path lengths under QEMU -icount (writes target/bench.json;\n\
          \x20                         --paths: only the path-length run, printed)\n\
          bench-rings [--smoke] [--json PATH]\n\

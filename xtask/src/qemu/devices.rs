@@ -44,6 +44,9 @@ pub const NIC_PCI_SLOT: u8 = 3;
 /// The guest's address on QEMU's user network (10.0.2.0/24; the host is
 /// 10.0.2.2 and the DNS proxy 10.0.2.3 there).
 pub const GUEST_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 15);
+/// Where dom0's management API listens (its own port on its bridge,
+/// `api_ip=` by default), beside the domU that takes [`GUEST_IP`].
+pub const DOM0_API_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 2, 16);
 /// The NIC's MAC address (QEMU's usual first one, made explicit).
 pub const GUEST_MAC: &str = "52:54:00:12:34:56";
 /// The size of a disk sector, in bytes.
@@ -78,9 +81,10 @@ impl Devices {
             let mut netdev = "user,id=rfnet0".to_string();
             for f in &n.forwards {
                 netdev.push_str(&format!(
-                    ",hostfwd={}:127.0.0.1:{}-{GUEST_IP}:{}",
+                    ",hostfwd={}:127.0.0.1:{}-{}:{}",
                     f.proto.qemu_name(),
                     f.host_port,
+                    f.guest_ip,
                     f.guest_port
                 ));
             }
@@ -176,8 +180,10 @@ pub struct Forward {
     pub proto: Proto,
     /// The port on 127.0.0.1 that QEMU listens on.
     pub host_port: u16,
-    /// The guest's port it goes to, at [`GUEST_IP`].
+    /// The guest's port it goes to, at `guest_ip` ([`GUEST_IP`] unless
+    /// made with [`Nic::user_at`]).
     pub guest_port: u16,
+    pub guest_ip: Ipv4Addr,
 }
 
 /// A virtio-net-pci NIC on QEMU's user network, with its host forwards.
@@ -191,8 +197,16 @@ impl Nic {
     /// A NIC forwarding each `(proto, guest port)` from a host port on
     /// 127.0.0.1 found free now.
     pub fn user(guest_ports: &[(Proto, u16)]) -> Result<Nic> {
+        let at: Vec<(Proto, Ipv4Addr, u16)> = guest_ports.iter().map(|&(p, port)| (p, GUEST_IP, port)).collect();
+        Nic::user_at(&at)
+    }
+
+    /// A NIC forwarding each `(proto, guest address, guest port)` from a
+    /// host port on 127.0.0.1 found free now (guest ports are distinct:
+    /// [`Nic::host_addr`] finds a forward by its port).
+    pub fn user_at(forwards_to: &[(Proto, Ipv4Addr, u16)]) -> Result<Nic> {
         let mut forwards: Vec<Forward> = Vec::new();
-        for &(proto, guest_port) in guest_ports {
+        for &(proto, guest_ip, guest_port) in forwards_to {
             if forwards.iter().any(|f| f.proto == proto && f.guest_port == guest_port) {
                 return Err(format!("guest port {} {guest_port} is forwarded twice", proto.qemu_name()));
             }
@@ -203,7 +217,7 @@ impl Nic {
                     break p;
                 }
             };
-            forwards.push(Forward { proto, host_port, guest_port });
+            forwards.push(Forward { proto, host_port, guest_port, guest_ip });
         }
         Ok(Nic { forwards })
     }
@@ -266,8 +280,8 @@ mod tests {
     fn the_nic_forwards_each_port_from_localhost_to_the_guest() {
         let n = Nic {
             forwards: vec![
-                Forward { proto: Proto::Udp, host_port: 40001, guest_port: 7 },
-                Forward { proto: Proto::Tcp, host_port: 40002, guest_port: 80 },
+                Forward { proto: Proto::Udp, host_port: 40001, guest_port: 7, guest_ip: GUEST_IP },
+                Forward { proto: Proto::Tcp, host_port: 40002, guest_port: 80, guest_ip: DOM0_API_IP },
             ],
         };
         let d = Devices { disk: None, nic: Some(n.clone()) };
@@ -275,7 +289,7 @@ mod tests {
             d.qemu_args(),
             [
                 "-netdev",
-                "user,id=rfnet0,hostfwd=udp:127.0.0.1:40001-10.0.2.15:7,hostfwd=tcp:127.0.0.1:40002-10.0.2.15:80",
+                "user,id=rfnet0,hostfwd=udp:127.0.0.1:40001-10.0.2.15:7,hostfwd=tcp:127.0.0.1:40002-10.0.2.16:80",
                 "-device",
                 "virtio-net-pci,netdev=rfnet0,mac=52:54:00:12:34:56,bus=pcie.0,addr=0x3.0,\
                  disable-legacy=on,disable-modern=off,romfile=",

@@ -92,6 +92,17 @@ impl Rig {
         Ok(nic)
     }
 
+    /// As [`Rig::nic`], each forward to its own guest address (dom0's
+    /// API at [`crate::qemu::devices::DOM0_API_IP`], say).
+    pub fn nic_at(&mut self, forwards: &[(Proto, std::net::Ipv4Addr, u16)]) -> Result<Nic> {
+        if self.devices.nic.is_some() {
+            return Err(format!("scenario {} asks for a second NIC; a machine has one", self.scenario));
+        }
+        let nic = Nic::user_at(forwards)?;
+        self.devices.nic = Some(nic.clone());
+        Ok(nic)
+    }
+
     /// Runs `action` on the host once a console line contains `line`, if it
     /// appears within `within` of QEMU's start. Its `Ok` text is printed
     /// under the scenario's line; an `Err`, or a line that never came,

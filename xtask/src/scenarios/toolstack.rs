@@ -13,16 +13,27 @@ use crate::images::{loadable, Images};
 use crate::qemu::Outcome;
 use crate::Result;
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
+use std::time::Duration;
 
 /// dom0's first line once its shell reads input.
 const READY: &str = "[dom0] toolstack: shell ready";
 /// Cycles of the churn (the leak check asks for 1000).
 const CHURN: u32 = 1000;
 
+/// The API's token in `toolstack-api`.
+const TOKEN: &str = "scenario-token-7f3a";
+/// The API's port in dom0.
+const API_PORT: u16 = 8080;
+
 /// dom0 serving with its shell on until `shutdown`, and the templates.
 fn bundle(imgs: &Images) -> Result<Option<Vec<u8>>> {
+    with_dom0(imgs, "serve shell stay")
+}
+
+/// dom0 with `cmdline`, and the templates.
+fn with_dom0(imgs: &Images, cmdline: &str) -> Result<Option<Vec<u8>>> {
     let mut w = BundleWriter::new();
-    w.domain(super::net_split::net_dom0(imgs, "serve shell stay")?);
+    w.domain(super::net_split::net_dom0(imgs, cmdline)?);
     let template = |name: &str, image: &str, kib: u32, cmdline: &str| -> Result<DomainEntry> {
         Ok(DomainEntry::new(name, loadable(&guest(imgs, image)?)?, kib).cmdline(cmdline).template(true))
     };
@@ -68,6 +79,140 @@ fn after(out: &str, before: &str, text: &str) -> Result<()> {
     } else {
         Err(format!("{text:?} does not come after {before:?}"))
     }
+}
+
+/// `toolstack-api`'s host side: every operation and refusal through the
+/// API, half through the client library and half through the real
+/// `cargo xtask ctl` command line; the summary, or the first thing wrong.
+fn api_session(addr: std::net::SocketAddr) -> Result<String> {
+    use crate::ctl::{Client, Reply};
+    use serde_json::{json, Value};
+    let c = Client::new(&addr.to_string(), TOKEN)?;
+    // The first answer waits for dom0's stack to learn the gateway.
+    let start = std::time::Instant::now();
+    let first = loop {
+        match c.request("GET", "/v1/info", None) {
+            Ok(r) => break r,
+            Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(format!("no answer in 30 s: {e}")),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
+    };
+    let want = |r: &Reply, status: u16, what: &str| -> Result<()> {
+        if r.status == status {
+            Ok(())
+        } else {
+            Err(format!("{what}: wanted {status}, got {} {}", r.status, r.body))
+        }
+    };
+    want(&first, 200, "GET /v1/info")?;
+    let free = first.body["free_frames"].as_u64().ok_or("info without free_frames")?;
+    // Without the token, or with a wrong one: 401, nothing done.
+    let anon = Client::new(&addr.to_string(), "not-the-token")?;
+    want(&anon.request("POST", "/v1/domains", Some(&json!({"template":"hog"})))?, 401, "a wrong token")?;
+    let bare = c.raw(b"GET /v1/info HTTP/1.1\r\nHost: x\r\n\r\n")?;
+    want(&bare, 401, "no token")?;
+    let r = c.request("POST", "/v1/domains", Some(&json!({"template":"hog","name":"busy"})))?;
+    want(&r, 201, "create busy")?;
+    if r.body["id"] != json!(1) || r.body["name"] != json!("busy") {
+        return Err(format!("create busy: {}", r.body));
+    }
+    let r = c.request(
+        "POST",
+        "/v1/domains",
+        Some(&json!({"template":"sleeper","name":"idle","mem_kib":1024,"paused":true})),
+    )?;
+    want(&r, 201, "create idle")?;
+    if r.body["paused"] != json!(true) || r.body["mem_kib"] != json!(1024) {
+        return Err(format!("create idle: {}", r.body));
+    }
+    let find = |name: &str| -> Result<Value> {
+        let r = c.request("GET", "/v1/domains", None)?;
+        want(&r, 200, "list")?;
+        Ok(r.body["domains"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|d| d["name"] == json!(name))
+            .cloned()
+            .unwrap_or(Value::Null))
+    };
+    if find("idle")?["state"] != json!("paused") {
+        return Err(format!("idle is not paused: {}", find("idle")?));
+    }
+    want(&c.request("POST", "/v1/domains/busy/pause", None)?, 200, "pause busy")?;
+    if find("busy")?["state"] != json!("paused") {
+        return Err(format!("busy is not paused: {}", find("busy")?));
+    }
+    want(&c.request("POST", "/v1/domains/idle/unpause", None)?, 200, "unpause idle")?;
+    let r = c.request("PUT", "/v1/domains/idle/sched", Some(&json!({"weight":200,"warp_us":50})))?;
+    want(&r, 200, "set idle's weight")?;
+    let idle = c.request("GET", "/v1/domains/idle", None)?;
+    if idle.body["weight"] != json!(200) || idle.body["warp_us"] != json!(50) || idle.body["state"] == json!("paused") {
+        return Err(format!("idle after unpause and set-weight: {}", idle.body));
+    }
+    // Each refusal with its status and a reason.
+    let refusals: [(&str, &str, Option<Value>, u16, &str); 8] = [
+        ("POST", "/v1/domains", Some(json!({"template":"nosuch"})), 404, "no template 'nosuch'"),
+        ("POST", "/v1/domains", Some(json!({"template":"hog","mem_kib":"abc"})), 400, "bad JSON body"),
+        ("POST", "/v1/domains", Some(json!({"template":"hog","bogus":1})), 400, "bad JSON body"),
+        ("POST", "/v1/domains", Some(json!({"template":"hog","name":"bad name"})), 400, "the name may hold only"),
+        ("DELETE", "/v1/domains/999", None, 404, "no domain 999"),
+        ("DELETE", "/v1/domains/0", None, 409, "dom0 is the toolstack's own domain"),
+        ("PATCH", "/v1/domains", None, 405, "does not take PATCH"),
+        ("GET", "/v1/nothing", None, 404, "no such path"),
+    ];
+    for (m, p, b, status, why) in refusals {
+        let r = c.request(m, p, b.as_ref())?;
+        want(&r, status, &format!("{m} {p}"))?;
+        if !r.error().is_some_and(|e| e.contains(why)) {
+            return Err(format!("{m} {p}: the reason {:?} does not say {why:?}", r.error()));
+        }
+    }
+    let r = c.raw(b"GARBAGE\r\n\r\n")?;
+    want(&r, 400, "a malformed request")?;
+    let big = format!(
+        "POST /v1/domains HTTP/1.1\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: 9000\r\n\r\n{}",
+        "x".repeat(9000)
+    );
+    want(&c.raw(big.as_bytes())?, 413, "a 9000-byte body")?;
+    // The command-line client, as a user runs it.
+    let ctl = |args: &[&str], token: &str| -> Result<(bool, String)> {
+        let out = std::process::Command::new(std::env::current_exe().map_err(|e| e.to_string())?)
+            .arg("ctl")
+            .args(["--api", &addr.to_string(), "--token", token])
+            .args(args)
+            .output()
+            .map_err(|e| format!("running ctl: {e}"))?;
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    };
+    let (ok, list) = ctl(&["list"], TOKEN)?;
+    if !ok || !list.contains(" idle ") || !list.contains(" busy ") {
+        return Err(format!("`ctl list`: {list}"));
+    }
+    let (ok, text) = ctl(&["destroy", "busy"], TOKEN)?;
+    if !ok || !text.contains("destroyed dom1") {
+        return Err(format!("`ctl destroy busy`: {text}"));
+    }
+    let (ok, text) = ctl(&["list"], "wrong-token-123")?;
+    if ok || !text.contains("401") {
+        return Err(format!("`ctl list` with a wrong token: {text}"));
+    }
+    let gone = find("busy")?;
+    if !(gone.is_null() || gone["state"] == json!("dying")) {
+        return Err(format!("busy after its destroy: {gone}"));
+    }
+    let r = c.request("POST", "/v1/shutdown", None)?;
+    want(&r, 409, "shutdown with idle running")?;
+    let r = c.request("POST", "/v1/shutdown", Some(&json!({"force":true})))?;
+    want(&r, 200, "shutdown force")?;
+    if r.body["destroyed"] != json!([2]) {
+        return Err(format!("shutdown force: {}", r.body));
+    }
+    Ok(format!(
+        "the API created, listed, paused, unpaused, reweighted, destroyed and shut down, and refused 14 bad requests with their statuses and reasons (first answer after {:.1} s, {free} frames free); `cargo xtask ctl` listed, destroyed and failed on a wrong token",
+        start.elapsed().as_secs_f64()
+    ))
 }
 
 pub(super) fn scenarios() -> Vec<Scenario> {
@@ -219,6 +364,35 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                     return Err(format!("before the first round {first:?}, after it {after1:?}"));
                 }
                 need(out, "[peer2] peer: unmapped dom3's page and revoked our grant: done")?;
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+        Scenario {
+            name: "toolstack-api",
+            what: "the shell's operations over dom0's HTTP/JSON API, from the host through QEMU's forward and dom0's bridge, with `cargo xtask ctl` and its client: create (running, paused), list, get, pause, unpause, set weight and warp, destroy, shutdown; 401 without or with a wrong token, 400 for malformed requests, bad JSON, unknown fields and a name the hypervisor refuses (its reason), 404, 405, 409, 413",
+            bundle: |imgs| with_dom0(imgs, &format!("serve stay uplink=10 api={API_PORT} token={TOKEN}")),
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                use crate::qemu::devices::{Proto, DOM0_API_IP};
+                rig.disk(4 << 20)?;
+                let nic = rig.nic_at(&[(Proto::Tcp, DOM0_API_IP, API_PORT)])?;
+                let addr = nic.host_addr(Proto::Tcp, API_PORT)?;
+                rig.after_line("[dom0] api: listening", Duration::from_secs(60), move || api_session(addr));
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] api: listening on 10.0.2.16:8080 (HTTP/JSON, 4 connections, bearer token required)")?;
+                need(out, "[dom0] serve: dom0's own port on bridge port ")?;
+                need(out, "[dom0] api: created dom1 'busy' from template 'hog'")?;
+                need(out, "[dom0] api: POST /v1/domains -> 201")?;
+                need(out, "[dom0] api: GET /v1/info -> 401")?;
+                need(out, "[dom0] api: refused a request: 400 malformed request: ")?;
+                need(out, "[dom0] api: refused a request: 413 a request is at most 8192 bytes")?;
+                need(out, "[dom0] serve: dom1 (busy) ended: store connection released")?;
+                need(out, "[dom0] api: shutdown: dom0 ends once every other domain has")?;
                 need(out, "[dom0] serve: every domain served has ended")?;
                 Ok(())
             },

@@ -41,6 +41,7 @@ use pvguest_sdk::pci::{self, bar, cap, command, reg, status, Bdf};
 use pvguest_sdk::virtio::blk::BlkError;
 use pvguest_sdk::{println, sched, Errno, StartInfo};
 
+mod api;
 mod blk;
 mod blkback;
 mod net;

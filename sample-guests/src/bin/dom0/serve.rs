@@ -205,6 +205,8 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut turn = 0usize;
     // The management shell, with `shell` on the command line.
     let mut ts = crate::toolstack::Toolstack::from_cmdline(cmdline);
+    // Its HTTP/JSON API, with `api=` (dom0's own port on the bridge).
+    let mut api = crate::api::Api::from_cmdline(cmdline, &mut vifs);
     let mut others = usize::MAX;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
@@ -222,7 +224,8 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 }
             }
         }
-        if others == 0 && !ts.as_ref().is_some_and(|t| t.keeps_dom0()) {
+        // The API's last answers go out before dom0 ends.
+        if others == 0 && !ts.as_ref().is_some_and(|t| t.keeps_dom0()) && !api.as_mut().is_some_and(|a| a.flushing()) {
             vifs.report();
             println!("serve: every domain served has ended ({served}); done");
             return Ok(());
@@ -246,9 +249,12 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         }
         disk.kick();
         work |= vifs.drive(&mut store);
+        if let (Some(a), Some(t), Some(q)) = (api.as_mut(), ts.as_mut(), vifs.local()) {
+            work |= a.poll(q, t);
+        }
         if !work {
             if let Some(t) = ts.as_mut() {
-                t.arm();
+                t.arm(api.as_mut().map(|a| a.next_poll()));
             }
             event::block_until(|| {
                 if ts.as_ref().is_some_and(|t| t.ready()) {

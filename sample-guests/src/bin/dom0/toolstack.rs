@@ -60,8 +60,91 @@ fn on_tick(_: Port) {
     TICK.store(true, Ordering::SeqCst);
 }
 
+/// Why a toolstack operation failed; the API answers with [`Failure::status`].
+#[derive(Debug)]
+pub enum Failure {
+    /// The request itself is wrong (400).
+    Bad(String),
+    /// It names no such domain or template (404).
+    Missing(String),
+    /// The hypervisor refused it, or the machine's state does (409).
+    Refused(String),
+}
+
+impl Failure {
+    /// The HTTP status for it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Failure::Bad(_) => 400,
+            Failure::Missing(_) => 404,
+            Failure::Refused(_) => 409,
+        }
+    }
+}
+
+impl core::fmt::Display for Failure {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let (Failure::Bad(s) | Failure::Missing(s) | Failure::Refused(s)) = self;
+        f.write_str(s)
+    }
+}
+
+impl From<Failure> for String {
+    fn from(f: Failure) -> String {
+        match f {
+            Failure::Bad(s) | Failure::Missing(s) | Failure::Refused(s) => s,
+        }
+    }
+}
+
+/// A create, as the shell's options or the API's JSON give it: `None`s
+/// take the template's defaults.
+#[derive(Debug, Default)]
+pub struct CreateArgs {
+    pub template: String,
+    pub name: Option<String>,
+    pub mem_kib: Option<u32>,
+    pub weight: Option<u32>,
+    pub warp_us: Option<u32>,
+    pub cmdline: Option<String>,
+    pub paused: bool,
+}
+
+/// A domain made.
+#[derive(Debug)]
+pub struct Created {
+    pub domid: u32,
+    pub name: String,
+    pub mem_kib: u32,
+    pub paused: bool,
+}
+
+/// A domain [`Toolstack::shutdown`] destroyed, and how that went.
+pub type Destroyed = (DomainInfo, Result<(), Errno>);
+
+/// What [`act`] does to a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Act {
+    Destroy,
+    Pause,
+    Unpause,
+}
+
+impl Act {
+    /// The past tense, for replies.
+    pub fn done(self) -> &'static str {
+        match self {
+            Act::Destroy => "destroyed",
+            Act::Pause => "paused",
+            Act::Unpause => "unpaused",
+        }
+    }
+}
+
 /// The shell's state (see the module docs).
 pub struct Toolstack {
+    /// Console input is read (`shell`).
+    shell: bool,
     line: Vec<u8>,
     /// A line grew past [`MAX_LINE`]: the rest of it is dropped.
     overlong: bool,
@@ -101,19 +184,24 @@ struct Churn {
 }
 
 impl Toolstack {
-    /// The shell, if `cmdline` has `shell`.
+    /// The toolstack, if `cmdline` has `shell` or `api=` (the API's
+    /// requests are carried out here too).
     pub fn from_cmdline(cmdline: &str) -> Option<Toolstack> {
         let has = |w: &str| cmdline.split(' ').any(|x| x == w);
-        if !has("shell") {
+        let shell = has("shell");
+        if !shell && !cmdline.split(' ').any(|w| w.starts_with("api=")) {
             return None;
         }
         if let Err(e) = event::bind_virq(VIRQ_TIMER, on_tick) {
-            println!("toolstack: VIRQ_TIMER: {e}: input is read only when dom0 has other work");
+            println!("toolstack: VIRQ_TIMER: {e}: it runs only when dom0 has other work");
         }
         let templates: Vec<BootImage> = domctl::templates().collect();
         let names: Vec<&str> = templates.iter().map(|t| t.name()).collect();
-        println!("toolstack: shell ready, {} template(s): {}; type `help`", templates.len(), names.join(", "));
+        if shell {
+            println!("toolstack: shell ready, {} template(s): {}; type `help`", templates.len(), names.join(", "));
+        }
         Some(Toolstack {
+            shell,
             line: Vec::new(),
             overlong: false,
             images: templates.iter().map(|_| None).collect(),
@@ -140,14 +228,20 @@ impl Toolstack {
         TICK.load(Ordering::SeqCst) || self.churn.is_some()
     }
 
-    /// Arms the timer for the next time the shell needs to run; called
-    /// before dom0 blocks.
-    pub fn arm(&mut self) {
-        let mut at = self.next_read;
+    /// Arms the timer for the next time the toolstack needs to run (or
+    /// `at`, if sooner: the API's network timers); called before dom0
+    /// blocks.
+    pub fn arm(&mut self, at: Option<u64>) {
+        let mut next = if self.shell { self.next_read } else { u64::MAX };
         if let Some(t) = &self.top {
-            at = at.min(t.next);
+            next = next.min(t.next);
         }
-        let _ = timer::set_oneshot(at);
+        if let Some(a) = at {
+            next = next.min(a);
+        }
+        if next != u64::MAX {
+            let _ = timer::set_oneshot(next);
+        }
     }
 
     /// One pass: reads input, runs the commands it completes, and moves a
@@ -155,7 +249,7 @@ impl Toolstack {
     pub fn poll(&mut self) -> bool {
         let now = time::now_ns();
         let mut work = false;
-        if TICK.swap(false, Ordering::SeqCst) || now >= self.next_read {
+        if (TICK.swap(false, Ordering::SeqCst) || now >= self.next_read) && self.shell {
             self.next_read = now + POLL_NS;
             work |= self.read_input();
         }
@@ -273,9 +367,9 @@ impl Toolstack {
                 Ok(())
             }
             "create" => self.create(args),
-            "destroy" => on_domain(args, "destroy", domctl::destroy),
-            "pause" => on_domain(args, "pause", domctl::pause),
-            "unpause" => on_domain(args, "unpause", domctl::unpause),
+            "destroy" => on_domain(args, Act::Destroy),
+            "pause" => on_domain(args, Act::Pause),
+            "unpause" => on_domain(args, Act::Unpause),
             "set-weight" => set_weight(args),
             "info" => info(),
             "wait" => self.start_wait(args),
@@ -306,22 +400,27 @@ impl Toolstack {
         }
     }
 
+    /// The boot bundle's templates.
+    pub fn templates(&self) -> &[BootImage] {
+        &self.templates
+    }
+
     /// The template called `name`.
-    fn template(&self, name: &str) -> Result<usize, String> {
+    fn template(&self, name: &str) -> Result<usize, Failure> {
         self.templates.iter().position(|t| t.name() == name).ok_or_else(|| {
             let known: Vec<&str> = self.templates.iter().map(|t| t.name()).collect();
-            format!(
+            Failure::Missing(format!(
                 "no template '{name}' (templates: {})",
                 if known.is_empty() { String::from("none") } else { known.join(", ") }
-            )
+            ))
         })
     }
 
     /// Template `k`'s image, read from the bundle on first use.
-    fn image(&mut self, k: usize) -> Result<&[u8], String> {
+    fn image(&mut self, k: usize) -> Result<&[u8], Failure> {
         if self.images[k].is_none() {
             let img = domctl::read_template(&self.templates[k])
-                .map_err(|e| format!("reading template '{}': {e}", self.templates[k].name()))?;
+                .map_err(|e| Failure::Refused(format!("reading template '{}': {e}", self.templates[k].name())))?;
             self.images[k] = Some(img);
         }
         Ok(self.images[k].as_deref().unwrap_or(&[]))
@@ -332,37 +431,51 @@ impl Toolstack {
         let (tname, opts) = args
             .split_first()
             .ok_or("usage: create TEMPLATE [name=N] [mem=KiB] [weight=W] [warp=US] [cmdline=\"...\"] [paused]")?;
-        let k = self.template(tname)?;
-        let t = self.templates[k];
-        let mut name = format!("{}-{}", t.name(), self.created + 1);
-        let (mut mem, mut weight, mut warp, mut paused) = (t.mem_kib, t.weight, t.warp_us, false);
-        let mut cmdline = String::from(t.cmdline());
+        let mut a = CreateArgs { template: tname.clone(), ..CreateArgs::default() };
         for o in opts {
             match o.split_once('=') {
-                Some(("name", v)) => name = v.into(),
-                Some(("mem", v)) => mem = kib(v)?,
-                Some(("weight", v)) => weight = number(v, "weight")?,
-                Some(("warp", v)) => warp = number(v, "warp")?,
-                Some(("cmdline", v)) => cmdline = v.into(),
-                None if o == "paused" => paused = true,
+                Some(("name", v)) => a.name = Some(v.into()),
+                Some(("mem", v)) => a.mem_kib = Some(kib(v)?),
+                Some(("weight", v)) => a.weight = Some(number(v, "weight")?),
+                Some(("warp", v)) => a.warp_us = Some(number(v, "warp")?),
+                Some(("cmdline", v)) => a.cmdline = Some(v.into()),
+                None if o == "paused" => a.paused = true,
                 _ => return Err(format!("unknown option '{o}' (name=, mem=, weight=, warp=, cmdline=, paused)")),
             }
         }
-        let image = self.image(k)?;
-        let id = Create::new(&name, image)
-            .mem_kib(mem)
-            .weight(weight)
-            .warp_us(warp)
-            .cmdline(&cmdline)
-            .paused(paused)
-            .run()
-            .map_err(|e| format!("refused: {e}"))?;
-        self.created += 1;
+        let c = self.create_domain(&a)?;
         println!(
-            "created dom{id} '{name}' from template '{tname}' ({mem} KiB{})",
-            if paused { ", paused" } else { "" }
+            "created dom{} '{}' from template '{tname}' ({} KiB{})",
+            c.domid,
+            c.name,
+            c.mem_kib,
+            if c.paused { ", paused" } else { "" }
         );
         Ok(())
+    }
+
+    /// Creates a domain from a template (the shell's `create`, the API's
+    /// `POST /v1/domains`).
+    pub fn create_domain(&mut self, a: &CreateArgs) -> Result<Created, Failure> {
+        let k = self.template(&a.template)?;
+        let t = self.templates[k];
+        let name = a.name.clone().unwrap_or_else(|| format!("{}-{}", t.name(), self.created + 1));
+        let mem = a.mem_kib.unwrap_or(t.mem_kib);
+        let cmdline = a.cmdline.as_deref().unwrap_or(t.cmdline());
+        let image = self.image(k)?;
+        let domid = Create::new(&name, image)
+            .mem_kib(mem)
+            .weight(a.weight.unwrap_or(t.weight))
+            .warp_us(a.warp_us.unwrap_or(t.warp_us))
+            .cmdline(cmdline)
+            .paused(a.paused)
+            .run()
+            .map_err(|e| match e.errno {
+                Errno::EINVAL => Failure::Bad(format!("refused: {e}")),
+                _ => Failure::Refused(format!("refused: {e}")),
+            })?;
+        self.created += 1;
+        Ok(Created { domid, name, mem_kib: mem, paused: a.paused })
     }
 
     /// `wait DOM`: until the domain has left the table (reaped).
@@ -372,7 +485,7 @@ impl Toolstack {
             (Ok(d), _) => self.waiting = Some((d.domid, String::from(d.name()), time::now_ns() + WAIT_NS)),
             // Ids are never handed out twice: one not listed has gone.
             (Err(_), Ok(id)) => println!("dom{id} is gone"),
-            (Err(e), Err(_)) => return Err(e),
+            (Err(e), Err(_)) => return Err(e.into()),
         }
         Ok(())
     }
@@ -476,7 +589,7 @@ impl Toolstack {
         let Some(c) = self.churn.as_ref() else { return };
         let (k, mem, n) = (c.template, c.mem_kib, c.done);
         let t = self.templates[k];
-        let r = self.image(k).and_then(|image| {
+        let r = self.image(k).map_err(String::from).and_then(|image| {
             let name = format!("churn-{}", n % 1000);
             let id = Create::new(&name, image)
                 .mem_kib(mem)
@@ -539,21 +652,32 @@ impl Toolstack {
             [f] if f == "force" => true,
             _ => return Err(String::from("usage: shutdown [force]")),
         };
-        let others: Vec<DomainInfo> =
-            domctl::domains().filter(|d| d.domid != 0 && d.flags & dominf::DYING == 0).collect();
-        if !others.is_empty() && !force {
-            return Err(format!("{} other domain(s) still run; destroy them first, or `shutdown force`", others.len()));
-        }
-        for d in &others {
-            match domctl::destroy(d.domid) {
+        for (d, r) in self.shutdown(force)? {
+            match r {
                 Ok(()) => println!("destroyed '{}' (dom{})", d.name(), d.domid),
                 Err(e) => println!("shutdown: destroy dom{}: {e}", d.domid),
             }
         }
-        self.shutdown = true;
-        self.stay = false;
         println!("shutdown: dom0 ends once every other domain has");
         Ok(())
+    }
+
+    /// Ends dom0's service once the other domains have ended; `force`
+    /// destroys them first (each with its result). Without it, other
+    /// domains still running refuse the shutdown.
+    pub fn shutdown(&mut self, force: bool) -> Result<Vec<Destroyed>, Failure> {
+        let others: Vec<DomainInfo> =
+            domctl::domains().filter(|d| d.domid != 0 && d.flags & dominf::DYING == 0).collect();
+        if !others.is_empty() && !force {
+            return Err(Failure::Refused(format!(
+                "{} other domain(s) still run; destroy them first, or `shutdown force`",
+                others.len()
+            )));
+        }
+        self.churn = None;
+        self.shutdown = true;
+        self.stay = false;
+        Ok(others.into_iter().map(|d| (d, domctl::destroy(d.domid))).collect())
     }
 }
 
@@ -615,7 +739,8 @@ fn list() -> Result<(), String> {
     Ok(())
 }
 
-fn state(d: &DomainInfo) -> &'static str {
+/// A domain's state in a word.
+pub fn state(d: &DomainInfo) -> &'static str {
     let f = d.flags;
     if f & dominf::DYING != 0 {
         "dying"
@@ -640,43 +765,65 @@ fn info() -> Result<(), String> {
 }
 
 /// The live domain `arg` names: an id, or a name no other live domain has.
-fn resolve(arg: &str) -> Result<DomainInfo, String> {
+pub fn resolve(arg: &str) -> Result<DomainInfo, Failure> {
     find(arg, false)
 }
 
 /// As [`resolve`], a dying domain too.
-fn resolve_any(arg: &str) -> Result<DomainInfo, String> {
+fn resolve_any(arg: &str) -> Result<DomainInfo, Failure> {
     find(arg, true)
 }
 
-fn find(arg: &str, dying: bool) -> Result<DomainInfo, String> {
+fn find(arg: &str, dying: bool) -> Result<DomainInfo, Failure> {
     let live: Vec<DomainInfo> = domctl::domains().collect();
     if let Ok(id) = arg.parse::<u32>() {
-        return live.into_iter().find(|d| d.domid == id).ok_or_else(|| format!("no domain {id}"));
+        return live.into_iter().find(|d| d.domid == id).ok_or_else(|| Failure::Missing(format!("no domain {id}")));
     }
     let mut named = live.into_iter().filter(|d| d.name() == arg && (dying || d.flags & dominf::DYING == 0));
     match (named.next(), named.next()) {
         (Some(d), None) => Ok(d),
-        (None, _) => Err(format!("no domain called '{arg}' (`list` shows them)")),
-        (Some(a), Some(b)) => Err(format!("'{arg}' names dom{} and dom{}: give the id", a.domid, b.domid)),
+        (None, _) => Err(Failure::Missing(format!("no domain called '{arg}' (`list` shows them)"))),
+        (Some(a), Some(b)) => {
+            Err(Failure::Bad(format!("'{arg}' names dom{} and dom{}: give the id", a.domid, b.domid)))
+        }
     }
 }
 
-/// `destroy|pause|unpause DOM`
-fn on_domain(args: &[String], what: &str, op: fn(u32) -> Result<(), Errno>) -> Result<(), String> {
-    let [dom] = args else { return Err(format!("usage: {what} DOM (an id or a name)")) };
+/// Destroys, pauses or unpauses the domain `dom` names; which one.
+pub fn act(dom: &str, what: Act) -> Result<DomainInfo, Failure> {
     let d = resolve(dom)?;
-    op(d.domid).map_err(|e| match e {
-        Errno::EINVAL if d.domid == 0 => format!("dom0 is the toolstack's own domain ({e})"),
-        e => format!("dom{}: {e}", d.domid),
-    })?;
-    let done = match what {
-        "destroy" => "destroyed",
-        "pause" => "paused",
-        _ => "unpaused",
+    let op = match what {
+        Act::Destroy => domctl::destroy,
+        Act::Pause => domctl::pause,
+        Act::Unpause => domctl::unpause,
     };
-    println!("{done} '{}' (dom{})", d.name(), d.domid);
+    op(d.domid).map_err(|e| match e {
+        Errno::EINVAL if d.domid == 0 => Failure::Refused(format!("dom0 is the toolstack's own domain ({e})")),
+        e => Failure::Refused(format!("dom{}: {e}", d.domid)),
+    })?;
+    Ok(d)
+}
+
+/// `destroy|pause|unpause DOM`
+fn on_domain(args: &[String], what: Act) -> Result<(), String> {
+    let [dom] = args else { return Err(String::from("usage: destroy|pause|unpause DOM (an id or a name)")) };
+    let d = act(dom, what)?;
+    println!("{} '{}' (dom{})", what.done(), d.name(), d.domid);
     Ok(())
+}
+
+/// Sets the BVT weight (and warp; `None` keeps it) of the domain `dom`
+/// names: the domain and the warp it now has.
+pub fn set_sched(dom: &str, weight: u32, warp: Option<u32>) -> Result<(DomainInfo, u32), Failure> {
+    let d = resolve(dom)?;
+    let warp = warp.unwrap_or(d.warp_us);
+    domctl::set_sched(d.domid, weight, warp).map_err(|e| match e {
+        Errno::EINVAL => {
+            Failure::Bad(format!("dom{}: {e} (a weight is 1..=10000, a warp at most 1000000 us)", d.domid))
+        }
+        e => Failure::Refused(format!("dom{}: {e}", d.domid)),
+    })?;
+    Ok((d, warp))
 }
 
 /// `set-weight DOM WEIGHT [WARP_US]`
@@ -687,16 +834,9 @@ fn set_weight(args: &[String]) -> Result<(), String> {
         [d, w, x] => (d, w, Some(x)),
         _ => return Err(String::from(usage)),
     };
-    let d = resolve(dom)?;
     let weight = number(weight, "WEIGHT")?;
-    let warp = match warp {
-        Some(x) => number(x, "WARP_US")?,
-        None => d.warp_us,
-    };
-    domctl::set_sched(d.domid, weight, warp).map_err(|e| match e {
-        Errno::EINVAL => format!("dom{}: {e} (a weight is 1..=10000, a warp at most 1000000 us)", d.domid),
-        e => format!("dom{}: {e}", d.domid),
-    })?;
+    let warp = warp.map(|x| number(x, "WARP_US")).transpose()?;
+    let (d, warp) = set_sched(dom, weight, warp)?;
     println!("'{}' (dom{}): weight {weight}, warp {warp} us", d.name(), d.domid);
     Ok(())
 }

@@ -46,6 +46,10 @@ use split_drivers::state::{Event, State};
 
 /// The uplink's bridge port (the last).
 const UPLINK_PORT: u8 = (net_bridge::MAX_PORTS - 1) as u8;
+/// dom0's own port (its management API's network stack), before it.
+const LOCAL_PORT: u8 = (net_bridge::MAX_PORTS - 2) as u8;
+/// Frames queued each way between the bridge and dom0's own stack.
+pub const LOCAL_QUEUE: usize = 64;
 
 /// Learning-table entries of dom0's bridge.
 const FDB: usize = 128;
@@ -59,7 +63,7 @@ pub struct VifSpec {
 }
 
 /// Parses `aa-bb-cc-dd-ee-ff`.
-fn parse_mac(s: &str) -> Option<Mac> {
+pub(crate) fn parse_mac(s: &str) -> Option<Mac> {
     let mut mac = [0u8; 6];
     let mut parts = s.split('-');
     for b in mac.iter_mut() {
@@ -142,6 +146,17 @@ impl Served for Vif {
     }
 }
 
+/// dom0's own port on the bridge: frames between the switch and dom0's
+/// network stack (the management API, [`crate::api`]). The bridge loop
+/// fills `to_stack` and drains `from_stack`; the stack does the opposite.
+/// Each queue holds at most [`LOCAL_QUEUE`] frames; past that, frames are
+/// dropped (the bridge counts a failed delivery; TCP retransmits).
+#[derive(Default)]
+pub struct LocalPort {
+    pub to_stack: alloc::collections::VecDeque<Vec<u8>>,
+    pub from_stack: alloc::collections::VecDeque<Vec<u8>>,
+}
+
 /// Every NIC and the switch between them.
 pub struct Vifs {
     specs: Vec<VifSpec>,
@@ -151,6 +166,8 @@ pub struct Vifs {
     uplink: Option<(Uplink, PortId)>,
     bridge: &'static mut Bridge<FDB>,
     on_event: event::Handler,
+    /// dom0's own port, once [`Vifs::attach_local`] made it.
+    local: Option<(PortId, LocalPort)>,
 }
 
 fn front_dir(domid: u16) -> String {
@@ -195,13 +212,30 @@ impl Vifs {
                 }
             }
         });
-        Vifs { specs, vifs: Vec::new(), uplink, bridge, on_event }
+        Vifs { specs, vifs: Vec::new(), uplink, bridge, on_event, local: None }
+    }
+
+    /// Gives dom0's own stack a port of membership `kind` with `mac`
+    /// pinned to it, as a domU's NIC has.
+    pub fn attach_local(&mut self, kind: PortKind, mac: Mac) -> Result<(), String> {
+        let port = PortId::new(LOCAL_PORT).expect("a valid port");
+        let what = describe(&kind);
+        self.bridge.set_port(port, PortConfig::new(kind).with_mac(mac)).map_err(|e| format!("{e:?}"))?;
+        println!("serve: dom0's own port on bridge port {LOCAL_PORT}: MAC {}, {what}", mac_string(mac));
+        self.local = Some((port, LocalPort::default()));
+        Ok(())
+    }
+
+    /// dom0's own port's queues.
+    pub fn local(&mut self) -> Option<&mut LocalPort> {
+        self.local.as_mut().map(|(_, q)| q)
     }
 
     /// Offers a NIC to a domain that just connected, if it has one.
     pub fn connected(&mut self, store: &mut Store, domid: u16, name: &str) {
         let Some(spec) = self.specs.iter().find(|s| s.domain == name).cloned() else { return };
-        let Some(port) = PortId::all().find(|p| p.get() != UPLINK_PORT && self.vifs.iter().all(|v| v.port != *p))
+        let Some(port) = PortId::all()
+            .find(|p| p.get() != UPLINK_PORT && p.get() != LOCAL_PORT && self.vifs.iter().all(|v| v.port != *p))
         else {
             println!("serve: dom{domid}: no bridge port left for its NIC");
             return;
@@ -257,6 +291,7 @@ impl Vifs {
     /// Whether a front sent frames (arming the notifications when not).
     pub fn pending(&mut self) -> bool {
         let mut any = self.uplink.as_ref().is_some_and(|(u, _)| u.ready());
+        any |= self.local.as_ref().is_some_and(|(_, q)| !q.from_stack.is_empty());
         for v in self.vifs.iter_mut() {
             if let Some(b) = v.back.as_mut() {
                 any |= !matches!(b.pending(), Ok(false));
@@ -288,6 +323,10 @@ impl Vifs {
             let port = *port;
             work |= u.poll_rx(|f| frames.push((port, f.to_vec()))) > 0;
         }
+        if let Some((port, q)) = self.local.as_mut() {
+            work |= !q.from_stack.is_empty();
+            frames.extend(q.from_stack.drain(..).map(|f| (*port, f)));
+        }
         let mut out = [0u8; MAX_FRAME_LEN];
         for (from, bytes) in &frames {
             let Decision::Forward(f) = self.bridge.ingress(*from, bytes, now) else { continue };
@@ -298,6 +337,14 @@ impl Vifs {
                 };
                 if let Some((u, port)) = self.uplink.as_mut().filter(|(_, p)| *p == to) {
                     if !u.send(&out[..n]) {
+                        self.bridge.tx_failed(*port);
+                    }
+                    continue;
+                }
+                if let Some((port, q)) = self.local.as_mut().filter(|(p, _)| *p == to) {
+                    if q.to_stack.len() < LOCAL_QUEUE {
+                        q.to_stack.push_back(out[..n].to_vec());
+                    } else {
                         self.bridge.tx_failed(*port);
                     }
                     continue;
