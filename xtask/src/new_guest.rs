@@ -198,7 +198,9 @@ pub fn generate(root: &Path, parent: &Path, name: &str) -> Result<Created> {
     }
     check_name(name, &taken_names(&root)?)?;
     let standalone = parent != root.join("guests");
-    let sdk = relative(&root.join("pvguest-sdk"), &dir).display().to_string();
+    // Relative inside the checkout (it moves with it), absolute outside.
+    let sdk = root.join("pvguest-sdk");
+    let sdk = if dir.starts_with(&root) { relative(&sdk, &dir) } else { sdk }.display().to_string();
     let manifest = dir.join("manifest.toml");
     let build = if standalone {
         format!(
@@ -254,6 +256,9 @@ pub fn main(args: &[String]) -> Result<()> {
     );
     for (path, _) in TEMPLATE {
         println!("  {path}");
+    }
+    if made.standalone {
+        println!("  Cargo.lock (the workspace's, so that it builds with the same versions)");
     }
     let each: Vec<String> = made.rs_files.iter().map(|(p, n)| format!("{p} {n}")).collect();
     println!("{} lines of your own code ({}; at most {MAX_LINES}), no unsafe", made.lines, each.join(", "));
