@@ -215,6 +215,14 @@ fn test(args: &[String]) -> Result<()> {
             |sub: &str| Command::new(env!("CARGO")).args([sub, "--version"]).output().is_ok_and(|o| o.status.success());
         if has("fmt") {
             run_cmd(Command::new(env!("CARGO")).current_dir(root()).args(["fmt", "--all", "--check"]))?;
+            // The guest template is no crate of the workspace: its files by name.
+            run_cmd(Command::new("rustfmt").current_dir(root()).args([
+                "--edition",
+                "2021",
+                "--check",
+                "xtask/template/src/main.rs",
+                "xtask/template/build.rs",
+            ]))?;
         } else {
             println!("(rustfmt is not installed: `rustup component add rustfmt`; format check skipped)");
         }

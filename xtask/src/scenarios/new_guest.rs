@@ -46,8 +46,14 @@ fn bundle(imgs: &Images) -> Result<Option<Vec<u8>>> {
         std::fs::remove_dir_all(&dir).map_err(|e| format!("cannot remove {}: {e}", dir.display()))?;
     }
     let made = new_guest::generate(&root(), &scratch(), NAME)?;
-    if made.lines > new_guest::MAX_LINES || !made.standalone {
+    if made.lines > new_guest::MAX_LINES {
         return Err(format!("the generated guest has {} lines of code (at most {})", made.lines, new_guest::MAX_LINES));
+    }
+    if !made.standalone {
+        return Err(format!(
+            "{} was made a member of the workspace; under target/ it must be its own",
+            made.dir.display()
+        ));
     }
     let t0 = Instant::now();
     if !images::build_crate_of(&made.dir)? {
