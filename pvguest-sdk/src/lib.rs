@@ -25,6 +25,14 @@
 //! built as sample guests rather than doctests, because a guest cannot link
 //! into a host test binary.)
 //!
+//! ## Starting a guest
+//! `cargo xtask new-guest NAME` makes a guest crate in `guests/NAME` (a
+//! workspace member) that uses the console, a timer, a virtual disk and
+//! the network in about 120 lines with no `unsafe`, and a manifest that
+//! boots it beside dom0: `cargo xtask run --manifest
+//! guests/NAME/manifest.toml` builds and boots it. Its `build.rs` and
+//! `Cargo.toml` follow the contract below.
+//!
 //! ## Building
 //! Guests are built for the host target with the SDK's linker script. Add a
 //! `build.rs` to the guest crate:

@@ -16,7 +16,10 @@ pub struct Images {
 }
 
 impl Images {
-    /// The bytes of a guest image: a sample-guests binary name or a path.
+    /// The bytes of a guest image: a bare name is a binary in the release
+    /// directory (a sample guest's, or a crate's built into this target
+    /// directory, such as one from `cargo xtask new-guest`); a name with a
+    /// `/` is a path relative to the manifest's directory.
     pub fn guest(&self, image: &str, manifest_dir: &Path) -> Result<Vec<u8>> {
         let p = if image.contains('/') { manifest_dir.join(image) } else { self.guests_dir.join(image) };
         std::fs::read(&p).map_err(|e| format!("cannot read guest image {}: {e}", p.display()))
@@ -36,6 +39,22 @@ pub fn build() -> Result<Images> {
     ]))?;
     let dir = target_dir().join("release");
     Ok(Images { hypervisor: dir.join("ringfence"), guests_dir: dir })
+}
+
+/// Builds the guest crate a manifest lies next to (`manifest_dir` holds a
+/// `Cargo.toml`, as a crate from `cargo xtask new-guest` does), in release
+/// and into this target directory, where its manifest's bare image name
+/// finds the binary; nothing for a manifest with no crate beside it.
+/// Returns whether it built one.
+pub fn build_crate_of(manifest_dir: &Path) -> Result<bool> {
+    let krate = std::path::absolute(manifest_dir.join("Cargo.toml")).map_err(|e| e.to_string())?;
+    if !krate.is_file() {
+        return Ok(false);
+    }
+    let mut cmd = Command::new(env!("CARGO"));
+    cmd.current_dir(root()).args(["build", "--release", "--manifest-path"]).arg(&krate).arg("--target-dir");
+    run_cmd(cmd.arg(target_dir()))?;
+    Ok(true)
 }
 
 /// The cargo target directory.

@@ -31,6 +31,9 @@
 //!
 //! [devices]
 //! disk_mib = 64           # the real disk; a virtual disk needs one
+//! nic_tcp = [80]          # optional: a NIC on QEMU's user network, these guest
+//! nic_udp = [7]           # ports forwarded from the host
+//! nic = true              # optional: the NIC even with no port forwarded
 //! ```
 //! Mistakes are reported here with the file and domain named; the bundle
 //! writer then checks every record again with the hypervisor's own reader.
@@ -161,13 +164,18 @@ pub struct DevicesToml {
     #[serde(default)]
     pub disk_mib: u64,
     /// A virtio-net NIC on QEMU's user network with a host forward to each
-    /// of these guest UDP ports (no NIC if both lists are empty).
+    /// of these guest UDP ports (no NIC if both lists are empty and `nic`
+    /// is not set).
     #[serde(default)]
     pub nic_udp: Vec<u16>,
     /// The same for guest TCP ports (a domU's web server behind dom0's
     /// bridge, say).
     #[serde(default)]
     pub nic_tcp: Vec<u16>,
+    /// The NIC even with no forward (a domU that reaches out through
+    /// dom0's uplink, and that nothing on the host calls).
+    #[serde(default)]
+    pub nic: bool,
 }
 
 impl DevicesToml {
@@ -176,6 +184,11 @@ impl DevicesToml {
         use crate::qemu::devices::Proto;
         let udp = self.nic_udp.iter().map(|&p| (Proto::Udp, p));
         udp.chain(self.nic_tcp.iter().map(|&p| (Proto::Tcp, p))).collect()
+    }
+
+    /// Whether the machine gets a NIC: `nic = true` or any forward.
+    pub fn wants_nic(&self) -> bool {
+        self.nic || !self.nic_udp.is_empty() || !self.nic_tcp.is_empty()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod dom0_net;
 mod net_attack;
 mod net_http;
 pub mod net_split;
+mod new_guest;
 pub mod rig;
 mod toolstack;
 
@@ -1209,6 +1210,7 @@ pub fn run_all(filter: Option<&str>, show: bool) -> Result<()> {
         .chain(net_attack::scenarios())
         .chain(net_http::scenarios())
         .chain(toolstack::scenarios())
+        .chain(new_guest::scenarios())
         .filter(|s| filter.is_none_or(|f| s.name.contains(f)))
         .collect();
     // The isolation experiment boots two runs, so it is not a `Scenario`.
