@@ -146,15 +146,19 @@ fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qe
             eprintln!("xtask: disk: {what}: LBA {}, {} sectors", v.region.lba, v.region.sectors);
         }
     }
-    let ports = m.devices.forwards();
+    let ports = m.devices.forwards_at();
     if m.devices.wants_nic() {
-        let nic = Nic::user(&ports)?;
-        for &(proto, p) in &ports {
+        let nic = Nic::user_at(&ports)?;
+        for &(proto, ip, p) in &ports {
             let addr = nic.host_addr(proto, p)?;
-            eprintln!("xtask: NIC: {} {addr} -> guest port {p}", proto.qemu_name());
+            eprintln!("xtask: NIC: {} {addr} -> {ip}:{p}", proto.qemu_name());
             if (proto, p) == (Proto::Tcp, 80) {
                 eprintln!("xtask: while it runs: curl http://{addr}/   (curl http://{addr}/stop ends the web domU)");
             }
+        }
+        if let (Some(port), Some((_, token))) = (m.devices.dom0_api, m.api()) {
+            let addr = nic.host_addr(Proto::Tcp, port)?;
+            eprintln!("xtask: dom0's API: export RF_API={addr} RF_TOKEN={token}; then e.g. `cargo xtask ctl list`");
         }
         d.nic = Some(nic);
     }

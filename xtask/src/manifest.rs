@@ -176,6 +176,11 @@ pub struct DevicesToml {
     /// dom0's uplink, and that nothing on the host calls).
     #[serde(default)]
     pub nic: bool,
+    /// A host forward to dom0's management API: the TCP port of its
+    /// `api=PORT` (dom0 listens at `DOM0_API_IP`, its own bridge port;
+    /// `cargo xtask run` prints the host address, `cargo xtask ctl` uses it).
+    #[serde(default)]
+    pub dom0_api: Option<u16>,
 }
 
 impl DevicesToml {
@@ -186,9 +191,18 @@ impl DevicesToml {
         udp.chain(self.nic_tcp.iter().map(|&p| (Proto::Tcp, p))).collect()
     }
 
+    /// Every forward with the guest address it goes to: the domU ports
+    /// at `GUEST_IP`, then dom0's API at `DOM0_API_IP`.
+    pub fn forwards_at(&self) -> Vec<(crate::qemu::devices::Proto, std::net::Ipv4Addr, u16)> {
+        use crate::qemu::devices::{Proto, DOM0_API_IP, GUEST_IP};
+        let mut all: Vec<_> = self.forwards().into_iter().map(|(p, port)| (p, GUEST_IP, port)).collect();
+        all.extend(self.dom0_api.map(|port| (Proto::Tcp, DOM0_API_IP, port)));
+        all
+    }
+
     /// Whether the machine gets a NIC: `nic = true` or any forward.
     pub fn wants_nic(&self) -> bool {
-        self.nic || !self.nic_udp.is_empty() || !self.nic_tcp.is_empty()
+        self.nic || !self.nic_udp.is_empty() || !self.nic_tcp.is_empty() || self.dom0_api.is_some()
     }
 }
 
@@ -219,10 +233,26 @@ impl Manifest {
             parse_expect(&d.expect).map_err(|e| format!("manifest {}: domain '{}': {e}", path.display(), d.name))?;
         }
         one_privileged(&m.domain).map_err(|e| format!("manifest {}: {e}", path.display()))?;
-        unique_images(&m.image).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+        unique_images(&m.image, &m.domain).map_err(|e| format!("manifest {}: {e}", path.display()))?;
+        if let Some(port) = m.devices.dom0_api {
+            m.api().filter(|(p, _)| *p == port).ok_or_else(|| {
+                format!(
+                    "manifest {}: [devices] dom0_api = {port} needs `api={port} token=TOKEN` on the privileged domain's cmdline",
+                    path.display()
+                )
+            })?;
+        }
         m.disks = plan(&m).map_err(|e| format!("manifest {}: {e}", path.display()))?;
         m.dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
         Ok(m)
+    }
+
+    /// dom0's management API, if its command line turns it on: its port
+    /// and token (`api=PORT token=TOKEN`).
+    pub fn api(&self) -> Option<(u16, String)> {
+        let dom0 = self.domain.iter().find(|d| d.privileged)?;
+        let word = |k: &str| dom0.cmdline.split(' ').find_map(|w| w.strip_prefix(k));
+        Some((word("api=")?.parse().ok()?, word("token=")?.to_string()))
     }
 
     /// The command line `d` boots with: the privileged domain's gets the
@@ -370,8 +400,11 @@ fn one_privileged(domains: &[DomainToml]) -> Result<()> {
 
 /// Every `[[image]]` has a name the toolstack can type, and no two share
 /// one (`create NAME` picks by it).
-fn unique_images(images: &[ImageToml]) -> Result<()> {
+fn unique_images(images: &[ImageToml], domains: &[DomainToml]) -> Result<()> {
     for (i, t) in images.iter().enumerate() {
+        if domains.iter().any(|d| d.name == t.name) {
+            return Err(format!("image '{}': a [[domain]] has that name (names are unique among both)", t.name));
+        }
         if !valid_name(&t.name) {
             return Err(format!("image '{}': a name is 1..=31 of [A-Za-z0-9._-]", t.name));
         }
@@ -456,12 +489,29 @@ mod tests {
     }
 
     #[test]
+    fn dom0s_api_forward_needs_its_api_word() {
+        let dom0 = |words: &str| {
+            format!("[devices]\ndisk_mib = 32\ndom0_api = 8080\n[[domain]]\nname = \"dom0\"\nimage = \"dom0\"\nmem_kib = 2048\nprivileged = true\ncmdline = \"devices {words}\"\n")
+        };
+        let m = parse(&dom0("api=8080 token=abcdefgh")).unwrap();
+        assert_eq!(m.api(), Some((8080, "abcdefgh".into())));
+        assert!(m.devices.wants_nic());
+        let at = m.devices.forwards_at();
+        assert_eq!(at, [(crate::qemu::devices::Proto::Tcp, crate::qemu::devices::DOM0_API_IP, 8080)]);
+        let e = parse(&dom0("api=9090 token=abcdefgh")).unwrap_err();
+        assert!(e.contains("needs `api=8080 token=TOKEN`"), "{e}");
+        assert!(parse(&dom0("")).is_err());
+    }
+
+    #[test]
     fn images_are_named_once_each() {
         let img = |n: &str| format!("[[image]]\nname = \"{n}\"\nimage = \"hello\"\nmem_kib = 512\n");
         let m = parse(&format!("{DOMU}{}{}", img("a"), img("b"))).unwrap();
         assert_eq!(m.image.iter().map(|i| (i.name.as_str(), i.weight)).collect::<Vec<_>>(), [("a", 100), ("b", 100)]);
         let e = parse(&format!("{DOMU}{}{}", img("a"), img("a"))).unwrap_err();
         assert_eq!(e, "manifest m.toml: image 'a': defined twice");
+        let e = parse(&format!("{DOMU}{}", img("domu"))).unwrap_err();
+        assert_eq!(e, "manifest m.toml: image 'domu': a [[domain]] has that name (names are unique among both)");
         let e = parse(&format!("{DOMU}{}", img("no spaces"))).unwrap_err();
         assert_eq!(e, "manifest m.toml: image 'no spaces': a name is 1..=31 of [A-Za-z0-9._-]");
     }
@@ -592,7 +642,7 @@ mod tests {
         assert!(m.disks.disk_sectors() <= m.devices.disk_mib * MIB);
         let dom0 = m.domain.iter().find(|d| d.privileged).unwrap();
         assert!(
-            m.cmdline_of(dom0).starts_with("devices uplink=10 vif=web:10:02-00-00-00-00-80 vbd=blk-log:raw:"),
+            m.cmdline_of(dom0).starts_with(&format!("{} vbd=blk-log:raw:", dom0.cmdline)),
             "{}",
             m.cmdline_of(dom0)
         );

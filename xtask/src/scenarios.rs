@@ -135,6 +135,11 @@ fn scenarios() -> Vec<Scenario> {
                 // The web domU, reached by the host's curl (demo_rig).
                 need(out, "[web] httpd: listening on 10.0.2.15:80")?;
                 need(out, "[web] web: served 2 requests (0 malformed), stopped by GET /stop: true: ok")?;
+                // dom0's toolstack: its shell and API are up, and the API
+                // made a domain from a template (demo_rig).
+                need(out, "[dom0] toolstack: shell ready, 3 template(s): greet, spin, sleeper; type `help`")?;
+                need(out, "[dom0] api: created dom")?;
+                need(out, "[hello-api] hello round 1/1: sse registers intact: true")?;
                 need(out, "(rf) verdict: PASS")?;
                 interleaved(out, "[hello] hello round", "[ticker] tick ")?;
                 sse_intact(out, "[hello] hello round", 4)?;
@@ -1587,8 +1592,31 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
 fn demo_rig(rig: &mut Rig) -> Result<()> {
     let m = Manifest::load(&root().join("sample-guests/manifests/demo.toml"))?;
     let ports = m.devices.forwards();
-    if !ports.is_empty() {
-        let nic = rig.nic(&ports)?;
+    if m.devices.wants_nic() {
+        let nic = rig.nic_at(&m.devices.forwards_at())?;
+        // dom0's API: a domain from a template, as `cargo xtask ctl` makes one.
+        if let (Some(port), Some((_, token))) = (m.devices.dom0_api, m.api()) {
+            let api = nic.host_addr(Proto::Tcp, port)?;
+            rig.after_line("[dom0] api: listening", std::time::Duration::from_secs(90), move || {
+                let c = crate::ctl::Client::new(&api.to_string(), &token)?;
+                let body = serde_json::json!({"template": "greet", "name": "hello-api", "cmdline": "rounds=1"});
+                let r = c.request("POST", "/v1/domains", Some(&body))?;
+                if r.status != 201 {
+                    return Err(format!("the demo's API: create: {} {}", r.status, r.body));
+                }
+                let list = c.request("GET", "/v1/domains", None)?;
+                let names: Vec<String> = list.body["domains"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|d| d["name"].as_str().map(String::from))
+                    .collect();
+                if !names.iter().any(|n| n == "hello-api") {
+                    return Err(format!("the demo's API does not list hello-api: {names:?}"));
+                }
+                Ok(format!("the demo's API created hello-api from a template; it lists {} domains", names.len()))
+            });
+        }
         // The demo's web domU: fetch its page from the host, as a user
         // would with curl, then end it.
         if ports.contains(&(Proto::Tcp, 80)) {
