@@ -90,6 +90,9 @@ pub fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--blk") {
         return crate::bench_blk::run(&imgs);
     }
+    if args.iter().any(|a| a == "--toolstack") {
+        return crate::bench_toolstack::run(&imgs).map(drop);
+    }
     let mut w = BundleWriter::new();
     w.domain(DomainEntry::new("bench", imgs.guest("bench", &root())?, 2048).cmdline("mode=all"));
     w.domain(DomainEntry::new("partner", imgs.guest("bench", &root())?, 512).cmdline("mode=partner"));
@@ -206,6 +209,8 @@ pub fn run(args: &[String]) -> Result<()> {
         bounds.push(row);
     }
 
+    println!();
+    results.extend(crate::bench_toolstack::run(&imgs)?);
     let json = render_json(&results, &targets, &bounds, &iso_rows);
     let path = images::target_dir().join("bench.json");
     std::fs::write(&path, json).map_err(|e| format!("cannot write {}: {e}", path.display()))?;

@@ -17,6 +17,7 @@ mod bench;
 mod bench_blk;
 mod bench_json;
 mod bench_net;
+mod bench_toolstack;
 mod ctl;
 mod evidence;
 mod images;
@@ -76,7 +77,7 @@ fn help() {
          \x20                         dom0's management API from the host: list, create, destroy, ...\n\
          \x20                         (RF_API, RF_TOKEN: `cargo xtask run` prints them)\n\
          bench [--paths]           hypervisor path lengths under QEMU -icount (writes target/bench.json;\n\
-         \x20                         --paths: only the path-length run, printed)\n\
+         \x20                         --paths: only the path-length run, printed; --toolstack: domain create/destroy)\n\
          bench-rings [--smoke] [--json PATH]\n\
          \x20                         benchmark ring-protocol against rtrb, crossbeam-queue, heapless\n\
          new-guest NAME [--dir DIR]\n\

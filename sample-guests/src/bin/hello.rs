@@ -3,7 +3,9 @@
 //!
 //! With `linger` it then waits until it is destroyed instead (a domain
 //! for the toolstack to pause, list and destroy); `quiet` skips the
-//! greeting and the rounds (the toolstack's churn).
+//! greeting and the rounds (the toolstack's churn). With `t0=NS` (the
+//! system time its create began, which a timed churn passes), its first
+//! line says how long ago that was: the benchmark's create-to-first-line.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -15,6 +17,9 @@ use pvguest_sdk::cmdline::arg;
 pvguest_sdk::entry!(main);
 
 fn main(si: &'static StartInfo) {
+    if let Some(t0) = arg(si.cmdline(), "t0") {
+        println!("first line: {} ns after its create began", pvguest_sdk::time::now_ns().saturating_sub(t0));
+    }
     let has = |w: &str| si.cmdline().split(' ').any(|x| x == w);
     if !has("quiet") {
         greet(si);

@@ -134,7 +134,7 @@ fn uplink_scenario() -> Scenario {
 /// dom0 serving NICs (`serve` mode; the `vif=` and `uplink=` words are in
 /// `cmdline`): privileged, with the DMA pool its disk takes and, with an
 /// `uplink=`, the real NIC's as well.
-pub(super) fn net_dom0(imgs: &Images, cmdline: &str) -> crate::Result<DomainEntry> {
+pub(crate) fn net_dom0(imgs: &Images, cmdline: &str) -> crate::Result<DomainEntry> {
     let uplink = cmdline.split(' ').any(|w| w.starts_with("uplink="));
     let dma = 512 + if uplink { super::dom0_net::DMA_KIB } else { 0 };
     Ok(entry(imgs, "dom0", "dom0", 2560, cmdline, Expect::Poweroff)?.privileged(true).dma_kib(dma))

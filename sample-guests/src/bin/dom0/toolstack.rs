@@ -181,6 +181,27 @@ struct Churn {
     done: u32,
     before: PhysInfo,
     started: u64,
+    /// `timed`: each domain is told when its create began (`t0=` on its
+    /// command line, for its first line), runs until it blocks, and the
+    /// create hypercall and destroy-to-reaped times are kept.
+    timed: Option<Timings>,
+    /// `spawn`: all domains are made first, kept alive together, then
+    /// destroyed together: the domains it holds.
+    spawned: Option<Vec<u32>>,
+}
+
+/// A timed churn's figures, in ns of system time (instructions under
+/// `-icount shift=0`).
+#[derive(Default)]
+struct Timings {
+    create: Vec<u64>,
+    destroy: Vec<u64>,
+}
+
+/// The median of `v` (sorted here), or 0.
+fn median(v: &mut [u64]) -> u64 {
+    v.sort_unstable();
+    v.get(v.len() / 2).copied().unwrap_or(0)
 }
 
 impl Toolstack {
@@ -374,7 +395,8 @@ impl Toolstack {
             "info" => info(),
             "wait" => self.start_wait(args),
             "top" => self.start_top(args),
-            "churn" => self.start_churn(args),
+            "churn" => self.start_churn(args, false),
+            "spawn" => self.start_churn(args, true),
             "stop" => self.stop_churn(),
             "shutdown" => self.shut_down(args),
             other => Err(format!("unknown command '{other}'; `help` lists them")),
@@ -545,19 +567,20 @@ impl Toolstack {
         }
     }
 
-    /// `churn N [TEMPLATE] [mem=KiB]`
-    fn start_churn(&mut self, args: &[String]) -> Result<(), String> {
-        let usage = "usage: churn N [TEMPLATE] [mem=KiB]";
-        let (n, rest) = args.split_first().ok_or(usage)?;
+    /// `churn N [TEMPLATE] [mem=KiB] [timed]` and `spawn N [TEMPLATE] [mem=KiB]`
+    fn start_churn(&mut self, args: &[String], spawn: bool) -> Result<(), String> {
+        let what = if spawn { "spawn" } else { "churn" };
+        let usage = format!("usage: {what} N [TEMPLATE] [mem=KiB]{}", if spawn { "" } else { " [timed]" });
+        let (n, rest) = args.split_first().ok_or(usage.as_str())?;
         let cycles = number(n, "N")?;
         if cycles == 0 {
-            return Err(String::from(usage));
+            return Err(usage);
         }
-        let mut template = None;
-        let mut mem = None;
+        let (mut template, mut mem, mut timed) = (None, None, None);
         for a in rest {
             match a.split_once('=') {
                 Some(("mem", v)) => mem = Some(kib(v)?),
+                None if a == "timed" && !spawn => timed = Some(Timings::default()),
                 None if template.is_none() => template = Some(self.template(a)?),
                 _ => return Err(format!("unknown option '{a}'; {usage}")),
             }
@@ -571,64 +594,159 @@ impl Toolstack {
         self.image(template)?;
         let before = domctl::phys_info().map_err(|e| format!("physinfo: {e}"))?;
         let t = &self.templates[template];
-        println!("churn: {cycles} cycles of template '{}'", t.name());
+        println!("{what}: {cycles} {} of template '{}'", if spawn { "domains" } else { "cycles" }, t.name());
         let mem_kib = mem.unwrap_or(t.mem_kib);
-        self.churn = Some(Churn { template, mem_kib, cycles, done: 0, before, started: time::now_ns() });
+        let spawned = spawn.then(Vec::new);
+        self.churn =
+            Some(Churn { template, mem_kib, cycles, done: 0, before, started: time::now_ns(), timed, spawned });
         Ok(())
     }
 
     fn stop_churn(&mut self) -> Result<(), String> {
         let c = self.churn.take().ok_or("no churn is under way")?;
         println!("churn: stopped after {} of {} cycles", c.done, c.cycles);
+        for id in c.spawned.unwrap_or_default() {
+            let _ = domctl::destroy(id);
+        }
         Ok(())
     }
 
-    /// One churn cycle: create a domain, let it run, destroy it, wait
-    /// until it is reaped; after the last, the leak check.
+    /// One step of a churn or spawn (see [`Toolstack::churn_cycle_of`]);
+    /// after the last, the figures and the leak check.
     fn churn_cycle(&mut self) {
-        let Some(c) = self.churn.as_ref() else { return };
-        let (k, mem, n) = (c.template, c.mem_kib, c.done);
-        let t = self.templates[k];
-        let r = self.image(k).map_err(String::from).and_then(|image| {
-            let name = format!("churn-{}", n % 1000);
+        let Some(mut c) = self.churn.take() else { return };
+        if let Err(e) = self.churn_cycle_of(&mut c) {
+            println!("churn: step {}: {e}; stopped", c.done + 1);
+            for &id in c.spawned.iter().flatten() {
+                let _ = domctl::destroy(id);
+            }
+            return;
+        }
+        let total = if c.spawned.is_some() { 2 * c.cycles } else { c.cycles };
+        if c.done < total {
+            if c.spawned.is_none() && c.done % 250 == 0 {
+                println!("churn: {} cycles", c.done);
+            }
+            self.churn = Some(c);
+            return;
+        }
+        self.churn_report(c);
+    }
+
+    /// A churn cycle: create a domain, let it run (a timed one until it
+    /// blocks), destroy it, wait until it is reaped. A spawn step: create
+    /// the next domain; once all are there, destroy all and wait until
+    /// every one is reaped.
+    fn churn_cycle_of(&mut self, c: &mut Churn) -> Result<(), String> {
+        let t = self.templates[c.template];
+        let n = c.done;
+        let image = self.image(c.template)?;
+        let t0 = time::now_ns();
+        let cmdline = match c.timed {
+            Some(_) => format!("{} t0={t0}", t.cmdline()),
+            None => String::from(t.cmdline()),
+        };
+        if let Some(ids) = c.spawned.as_mut().filter(|ids| (ids.len() as u32) < c.cycles) {
+            let name = format!("spawn-{n}");
             let id = Create::new(&name, image)
-                .mem_kib(mem)
-                .cmdline(t.cmdline())
+                .mem_kib(c.mem_kib)
+                .cmdline(&cmdline)
                 .weight(t.weight)
                 .run()
                 .map_err(|e| format!("create: {e}"))?;
+            ids.push(id);
+            c.done += 1;
+            if ids.len() as u32 == c.cycles {
+                let spent = time::now_ns().saturating_sub(c.started);
+                let p = domctl::phys_info().unwrap_or_default();
+                println!(
+                    "spawn: {} domains running at once ({} in the machine, {} frames free), made in {} ms: {} creates/s",
+                    ids.len(),
+                    p.domains,
+                    p.free_frames,
+                    spent / 1_000_000,
+                    u64::from(c.cycles) * 1_000_000_000 / spent.max(1)
+                );
+                c.started = time::now_ns();
+            }
+            return Ok(());
+        }
+        if let Some(ids) = c.spawned.as_mut() {
+            // All made: destroy them all, then wait for every one.
+            for &id in ids.iter() {
+                domctl::destroy(id).map_err(|e| format!("destroy dom{id}: {e}"))?;
+            }
+            for &id in ids.iter() {
+                wait_gone(id)?;
+            }
+            let spent = time::now_ns().saturating_sub(c.started);
+            println!(
+                "spawn: {} domains destroyed and reaped in {} ms: {} destroys/s",
+                ids.len(),
+                spent / 1_000_000,
+                u64::from(c.cycles) * 1_000_000_000 / spent.max(1)
+            );
+            c.done = 2 * c.cycles;
+            return Ok(());
+        }
+        let name = format!("churn-{}", n % 1000);
+        let id = Create::new(&name, image)
+            .mem_kib(c.mem_kib)
+            .cmdline(&cmdline)
+            .weight(t.weight)
+            .run()
+            .map_err(|e| format!("create: {e}"))?;
+        let made = time::now_ns();
+        if c.timed.is_some() {
+            // It prints its first line, then blocks: wait for that.
+            let until = made + REAP_WAIT_NS;
+            while !domctl::domain_info(id).is_ok_and(|i| i.domid == id && i.flags & dominf::BLOCKED != 0) {
+                if time::now_ns() > until {
+                    return Err(format!("dom{id} did not block within {} s", REAP_WAIT_NS / 1_000_000_000));
+                }
+                sched::yield_now();
+            }
+        } else {
             sched::yield_now();
-            domctl::destroy(id).map_err(|e| format!("destroy dom{id}: {e}"))?;
-            wait_gone(id)
-        });
-        let Some(c) = self.churn.as_mut() else { return };
-        if let Err(e) = r {
-            println!("churn: cycle {}: {e}; stopped", c.done + 1);
-            self.churn = None;
-            return;
+        }
+        let d0 = time::now_ns();
+        domctl::destroy(id).map_err(|e| format!("destroy dom{id}: {e}"))?;
+        wait_gone(id)?;
+        if let Some(tm) = c.timed.as_mut() {
+            tm.create.push(made - t0);
+            tm.destroy.push(time::now_ns() - d0);
         }
         c.done += 1;
-        if c.done % 250 == 0 && c.done < c.cycles {
-            println!("churn: {} cycles", c.done);
-        }
-        if c.done < c.cycles {
-            return;
-        }
-        let c = self.churn.take().expect("a churn is under way");
+        Ok(())
+    }
+
+    /// A finished churn's or spawn's figures and leak check.
+    fn churn_report(&mut self, mut c: Churn) {
+        let what = if c.spawned.is_some() { "spawn" } else { "churn" };
         let spent = time::now_ns().saturating_sub(c.started);
+        if c.spawned.is_none() {
+            println!(
+                "churn: {} cycles in {} ms ({} us each, {} creates/s)",
+                c.done,
+                spent / 1_000_000,
+                spent / 1000 / u64::from(c.done),
+                u64::from(c.done) * 1_000_000_000 / spent.max(1)
+            );
+        }
+        if let Some(tm) = c.timed.as_mut() {
+            println!(
+                "churn: timed: create hypercall median {} ns, destroy to reaped median {} ns ({} cycles)",
+                median(&mut tm.create),
+                median(&mut tm.destroy),
+                tm.create.len()
+            );
+        }
         let after = domctl::phys_info().unwrap_or_default();
         let (b, a) = (c.before, after);
         let lost_frames = b.free_frames.saturating_sub(a.free_frames);
         let lost_ports = a.ports_in_use.saturating_sub(b.ports_in_use);
         println!(
-            "churn: {} cycles in {} ms ({} us each, {} creates/s)",
-            c.done,
-            spent / 1_000_000,
-            spent / 1000 / u64::from(c.done),
-            u64::from(c.done) * 1_000_000_000 / spent.max(1)
-        );
-        println!(
-            "churn: leak check: frames free {} -> {} ({lost_frames} lost), ports in use {} -> {} ({lost_ports} lost), hypervisor heap {} -> {} B, domains {} -> {}: {}",
+            "{what}: leak check: frames free {} -> {} ({lost_frames} lost), ports in use {} -> {} ({lost_ports} lost), hypervisor heap {} -> {} B, domains {} -> {}: {}",
             b.free_frames,
             a.free_frames,
             b.ports_in_use,
@@ -711,7 +829,10 @@ fn help() {
         "  info                          frames, hypervisor heap, ports and domains in use",
         "  wait DOM                      until the domain has ended and is reaped (lines typed meanwhile wait)",
         "                                (an id not listed has gone: ids are never reused)",
-        "  churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check",
+        "  churn N [TEMPLATE] [mem=KiB] [timed]",
+        "                                N create/destroy cycles, then the leak check (timed: the",
+        "                                domains print their first line's delay; medians of both)",
+        "  spawn N [TEMPLATE] [mem=KiB]  N domains at once, then all destroyed; rates and the leak check",
         "  shutdown [force]              end dom0 once the others have ended (force: destroy them)",
         "  help                          this",
     ] {
