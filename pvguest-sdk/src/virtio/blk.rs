@@ -70,8 +70,10 @@
 //! disk.flush()?;
 //! // Asynchronous: the buffer travels with the request and comes back.
 //! let len = 64 * 1024;
-//! disk.submit(Submission { op: Op::Read, lba: 128, mem: Memory::Buffer(buf), range: 0..len, cookie: 7 })
+//! let descriptors = disk
+//!     .submit(Submission { op: Op::Read, lba: 128, mem: Memory::Buffer(buf), range: 0..len, cookie: 7 })
 //!     .map_err(|(e, _)| e)?;
+//! assert!(descriptors >= 3); // header, the data's runs, status
 //! disk.kick();
 //! let done = loop {
 //!     if let Some(c) = disk.next_completion() { break c; }
@@ -701,8 +703,9 @@ impl Disk {
         Ok(c)
     }
 
-    /// Queues slot `k`'s request. The caller has checked it.
-    fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<(), BlkError> {
+    /// Queues slot `k`'s request. The caller has checked it. Returns the
+    /// descriptors its chain holds (header, data runs, status).
+    fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<usize, BlkError> {
         // The header and the status byte are written before any reference
         // to them exists (the chain's slices below), and not touched again
         // until the chain is popped.
@@ -732,17 +735,23 @@ impl Disk {
         let token = unsafe { self.queue.add(&c.ins[..c.nins], &mut c.outs[..c.nouts]) }?;
         self.token_slot[usize::from(token)] = k as u8;
         self.in_flight += 1;
-        Ok(())
+        Ok(c.nins + c.nouts)
     }
 
     /// Queues `s` (the device starts on it at the next [`Disk::kick`]).
     /// Its memory is the driver's until its [`Completion`]; a refused
     /// submission comes back with the error. [`BlkError::Busy`] means:
     /// collect a completion and submit again.
+    ///
+    /// Returns the queue descriptors the request holds until it completes
+    /// (its header, one per machine-contiguous data run, its status; 0 for
+    /// a flush the device needs no request for), so a caller sharing the
+    /// queue out can charge each request what it really takes: a 64 KiB
+    /// request on machine-contiguous pages holds 3, not one per page.
     // The refused submission comes back whole: it owns memory (a peer's
     // mapped pages) that must not be lost, and there may be no heap to box it.
     #[allow(clippy::result_large_err)]
-    pub fn submit(&mut self, s: Submission) -> Result<(), (BlkError, Submission)> {
+    pub fn submit(&mut self, s: Submission) -> Result<usize, (BlkError, Submission)> {
         let d = match s.op {
             Op::Flush => Data::None,
             _ => match s.mem.data(&s.range) {
@@ -767,16 +776,16 @@ impl Disk {
             drop(t);
             self.busy += 1;
             self.finished(k, Some((s.mem, s.cookie)), Ok(()));
-            return Ok(());
+            return Ok(0);
         }
         drop(t);
         match self.start(k, s.op, s.lba, d) {
-            Ok(()) => {
+            Ok(descriptors) => {
                 let mut t = TABLE.lock();
                 t.slots[k] =
                     Slot { state: State::InFlight, op: s.op, data: d, owned: Some((s.mem, s.cookie)), result: None };
                 self.busy += 1;
-                Ok(())
+                Ok(descriptors)
             }
             Err(e) => Err((e, s)),
         }
@@ -933,7 +942,7 @@ impl Disk {
         self.busy += 1;
         loop {
             let waited = match self.start(k, op, lba, d) {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(BlkError::Busy) if self.in_flight > 0 => {
                     // What was queued before must reach the device, or
                     // nothing completes.

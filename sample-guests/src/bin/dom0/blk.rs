@@ -171,7 +171,7 @@ fn pipelined(
             let buf = bufs[k].take().expect("found above");
             let s = Submission { op, lba: lba_of(next), mem: Memory::Buffer(buf), range: 0..len, cookie: k as u64 };
             match disk.submit(s) {
-                Ok(()) => {
+                Ok(_) => {
                     next += 1;
                     in_flight += 1;
                 }
