@@ -1,13 +1,19 @@
 //! The split block device against dom0-native on the same disk, in one
-//! boot: dom0 (`serve native_bench=LBA`) first measures its own virtio-blk
-//! path on a region of the disk (32 requests in flight, as the domU
-//! keeps), then serves a domU (`blklog mode=bench`)
-//! its raw slice, which measures the same things through blkfront, the
-//! ring, the grant maps and blkback. Twice: in plain TCG (MB/s and IOPS of
-//! wall time; the ratios are what counts, the host's speed cancels in
-//! them) and under `-icount shift=0` (instructions per 4 KiB request, both
-//! paths). Keys `blk_seq_read_ratio`, `blk_seq_write_ratio`,
-//! `blk_randread_ratio` and `blk_instructions_per_4k` of
+//! boot: dom0 (`serve native_bench=LBA rounds=R`) measures its own
+//! virtio-blk path on a region of the disk (32 requests in flight, as the
+//! domU keeps) and serves a domU (`blklog mode=bench`) its raw slice,
+//! which measures the same things through blkfront (streamed: 32 in
+//! flight all the time), the ring, the grant maps and blkback. The
+//! sequential and random passes run in [`ROUNDS`] rounds, each domU round
+//! beside a native one (native first in even rounds, last in odd ones:
+//! the domU asks for dom0's through the store), so both paths' figures
+//! come from the same stretch of the run; a path's rate is its bytes (or
+//! requests) over its time summed over the rounds. Twice: in plain TCG
+//! (MB/s and IOPS of wall time; the ratios are what counts, the host's
+//! speed cancels in them) and under `-icount shift=0` (instructions per
+//! 4 KiB request, both paths). Keys `blk_seq_read_ratio`,
+//! `blk_seq_write_ratio`, `blk_randread_ratio` (each with the per-round
+//! ratios and their median) and `blk_instructions_per_4k` of
 //! `target/bench-dom0.json`.
 
 use crate::bench::blk_figure;
@@ -18,7 +24,9 @@ use crate::{root, Result};
 use ringfence_bundle_writer::{BundleWriter, DomainEntry};
 
 /// MiB each sequential pass moves.
-const MIB: u64 = 8;
+const MIB: u64 = 16;
+/// Rounds of the sequential and random passes per path.
+const ROUNDS: u64 = 8;
 /// Requests the domU keeps in flight.
 const QD: u64 = 32;
 /// Random 4 KiB reads per path.
@@ -31,7 +39,7 @@ pub fn run(imgs: &Images) -> Result<()> {
     let disk_bytes = (native + (MIB + 1) * 2048) * 512;
     let mut w = BundleWriter::new();
     // Both paths keep QD requests in flight.
-    let common = format!("mib={MIB} rand4k={RAND} reads4k=256 qd={QD}");
+    let common = format!("mib={MIB} rand4k={RAND} reads4k=256 qd={QD} rounds={ROUNDS}");
     let dom0 = format!("serve native_bench={native} {common} heap=160 {}", plan.cmdline());
     w.domain(
         // The native pass's 32 buffers of 64 KiB come from the DMA pool.
@@ -42,8 +50,9 @@ pub fn run(imgs: &Images) -> Result<()> {
     );
     // 32 requests of 64 KiB in flight: 512 pool pages, 2 MiB of buffers.
     // Copying passes: the pool carries 32 requests of 64 KiB; zero-copy
-    // ones: 32 buffers of 16 pages lent from it, and a page to spare.
-    let domu = format!("mode=bench pool={} heap=700 {common}", QD * 16 + 16);
+    // ones: 32 buffers of 16 pages and 32 single pages (the random pass)
+    // lent from it, and pages to spare.
+    let domu = format!("mode=bench pool={} heap=700 {common}", QD * 17 + 16);
     w.domain(DomainEntry::new("bench", imgs.guest("blklog", &root())?, 6144).cmdline(domu.as_bytes()));
     add_symbols(&mut w, imgs)?;
     let bundle = images::write_bundle("bench-blk", &w.finish())?;
@@ -80,25 +89,21 @@ pub fn run(imgs: &Images) -> Result<()> {
     };
     let wall = boot(false)?;
     let icount = boot(true)?;
-    let rate = |name: &str, k: &str| -> Result<f64> {
-        Ok(blk_figure(&wall, name, k)? / (blk_figure(&wall, name, "ns")? / 1e9))
-    };
+    let rate = |name: &str, k: &str| -> Result<f64> { total_rate(&wall, name, k) };
     let (nr, dr) = (rate("native_seq_read", "bytes")? / 1e6, rate("domu_seq_read", "bytes")? / 1e6);
     let (nw, dw) = (rate("native_seq_write", "bytes")? / 1e6, rate("domu_seq_write", "bytes")? / 1e6);
     let (ni, di) = (rate("native_randread_4k", "count")?, rate("domu_randread_4k", "count")?);
     // The same three under -icount shift=0: virtual time, in which the
     // guests' instructions and the waits for the device are counted
     // reproducibly (the wall-time ratios move with the host's load).
-    let vrate = |name: &str, k: &str| -> Result<f64> {
-        Ok(blk_figure(&icount, name, k)? / (blk_figure(&icount, name, "ns")? / 1e9))
-    };
+    let vrate = |name: &str, k: &str| -> Result<f64> { total_rate(&icount, name, k) };
     let v_read = vrate("domu_seq_read", "bytes")? / vrate("native_seq_read", "bytes")?;
     let v_copy = vrate("domu_copy_seq_read", "bytes")? / vrate("native_seq_read", "bytes")?;
     let v_write = vrate("domu_seq_write", "bytes")? / vrate("native_seq_write", "bytes")?;
     let v_rand = vrate("domu_randread_4k", "count")? / vrate("native_randread_4k", "count")?;
     let (n4, d4) = (blk_figure(&icount, "native_read_4k", "min_tsc")?, blk_figure(&icount, "domu_read_4k", "min_tsc")?);
     println!(
-        "split block device vs dom0-native, same disk, same boot (TCG wall time; write-back disk; {QD} requests in flight on both paths)"
+        "split block device vs dom0-native, same disk, same boot, {ROUNDS} interleaved rounds (TCG wall time; write-back disk; {QD} requests in flight on both paths)"
     );
     println!("  {:<26} {:>12} {:>12} {:>8}   target", "", "dom0-native", "domU", "ratio");
     let row = |what: &str, n: f64, d: f64, unit: &str| {
@@ -123,15 +128,27 @@ pub fn run(imgs: &Images) -> Result<()> {
         "  instructions per 4 KiB read (-icount shift=0, best of 256): dom0-native {n4:.0}, domU {d4:.0} ({:.2}x)",
         d4 / n4
     );
-    let rec = |key: &str, n: f64, d: f64, unit: &str| {
+    let mut medians = Vec::new();
+    for (what, pass, k) in [
+        ("sequential read", "seq_read", "bytes"),
+        ("sequential write", "seq_write", "bytes"),
+        ("random read", "randread_4k", "count"),
+    ] {
+        let r = round_ratios(&wall, pass, k)?;
+        let shown: Vec<String> = r.iter().map(|x| format!("{x:.2}")).collect();
+        println!("  per round, {what}: {} (median {:.3})", shown.join(" "), median(&r));
+        medians.push(r);
+    }
+    let rec = |key: &str, n: f64, d: f64, unit: &str, rounds: &[f64]| {
+        let list: Vec<String> = rounds.iter().map(|x| format!("{x:.4}")).collect();
         crate::bench_json::record(
             key,
-            &format!("{{\"ratio\": {:.4}, \"native\": {n:.2}, \"domu\": {d:.2}, \"unit\": \"{unit}\", \"queue_depth\": {QD}, \"target\": 0.9}}", d / n),
+            &format!("{{\"ratio\": {:.4}, \"native\": {n:.2}, \"domu\": {d:.2}, \"unit\": \"{unit}\", \"queue_depth\": {QD}, \"rounds\": [{}], \"median\": {:.4}, \"target\": 0.9}}", d / n, list.join(", "), median(rounds)),
         )
     };
-    rec("blk_seq_read_ratio", nr, dr, "MB/s")?;
-    rec("blk_seq_write_ratio", nw, dw, "MB/s")?;
-    rec("blk_randread_ratio", ni, di, "IOPS")?;
+    rec("blk_seq_read_ratio", nr, dr, "MB/s", &medians[0])?;
+    rec("blk_seq_write_ratio", nw, dw, "MB/s", &medians[1])?;
+    rec("blk_randread_ratio", ni, di, "IOPS", &medians[2])?;
     crate::bench_json::record(
         "blk_ratios_icount",
         &format!("{{\"seq_read\": {v_read:.4}, \"seq_write\": {v_write:.4}, \"randread\": {v_rand:.4}, \"copying_seq_read\": {v_copy:.4}, \"queue_depth\": {QD}}}"),
@@ -142,4 +159,86 @@ pub fn run(imgs: &Images) -> Result<()> {
     )?;
     println!("JSON: {}", crate::bench_json::path().display());
     Ok(())
+}
+
+/// The `round=` of a `blkbench:` line (0 for a line without one).
+fn round_of(line: &str) -> u64 {
+    line.split(' ').find_map(|w| w.strip_prefix("round=")?.parse().ok()).unwrap_or(0)
+}
+
+/// Every `blkbench: NAME ...` line's `k=` and `ns=`, by round.
+fn figures(out: &str, name: &str, k: &str) -> Result<Vec<(u64, f64, f64)>> {
+    let lines: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.split_once("blkbench: ").map(|(_, r)| r))
+        .filter(|r| r.starts_with(&format!("{name} ")))
+        .collect();
+    if lines.is_empty() {
+        return Err(format!("no 'blkbench: {name}' line in the output:\n{out}"));
+    }
+    lines
+        .iter()
+        .map(|l| {
+            let num = |key: &str| -> Result<f64> {
+                l.split(' ')
+                    .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+                    .and_then(|v| v.parse().ok())
+                    .ok_or_else(|| format!("no {key}= in 'blkbench: {l}'"))
+            };
+            Ok((round_of(l), num(k)?, num("ns")?))
+        })
+        .collect()
+}
+
+/// A pass's rate over every round: its `k` summed over its time summed
+/// (per second).
+fn total_rate(out: &str, name: &str, k: &str) -> Result<f64> {
+    let f = figures(out, name, k)?;
+    let (n, ns) = f.iter().fold((0.0, 0.0), |(n, ns), &(_, a, b)| (n + a, ns + b));
+    Ok(n / (ns / 1e9))
+}
+
+/// The domU's rate over the native one, round by round.
+fn round_ratios(out: &str, pass: &str, k: &str) -> Result<Vec<f64>> {
+    let (n, d) = (figures(out, &format!("native_{pass}"), k)?, figures(out, &format!("domu_{pass}"), k)?);
+    let mut r = Vec::new();
+    for &(round, a, b) in &d {
+        let Some(&(_, na, nb)) = n.iter().find(|x| x.0 == round) else {
+            return Err(format!("no native_{pass} line of round {round}"));
+        };
+        r.push((a / b) / (na / nb));
+    }
+    Ok(r)
+}
+
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OUT: &str = "\
+[dom0] blkbench: native_seq_read bytes=100 ns=1000000000 tsc=1 qd=32 round=0
+[bench] blkbench: domu_seq_read bytes=90 ns=1000000000 tsc=1 round=0
+[bench] blkbench: domu_seq_read bytes=40 ns=1000000000 tsc=1 round=1
+[dom0] blkbench: native_seq_read bytes=50 ns=1000000000 tsc=1 qd=32 round=1
+";
+
+    #[test]
+    fn rates_sum_over_rounds_and_ratios_pair_rounds() {
+        assert_eq!(total_rate(OUT, "native_seq_read", "bytes").unwrap(), 75.0);
+        assert_eq!(total_rate(OUT, "domu_seq_read", "bytes").unwrap(), 65.0);
+        let r = round_ratios(OUT, "seq_read", "bytes").unwrap();
+        assert_eq!(r, [0.9, 0.8]);
+        assert!((median(&r) - 0.85).abs() < 1e-12);
+        assert!(round_ratios(OUT, "randread_4k", "count").is_err(), "no lines is an error, not a ratio");
+    }
 }

@@ -186,10 +186,19 @@ struct Client {
 /// one it found to its end.
 pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let specs = parse_vbds(cmdline);
+    let mut native = None;
     if let Some(base) = pvguest_sdk::cmdline::arg(cmdline, "native_bench") {
         // The split-disk benchmark's other half: the same disk, from dom0
-        // itself, before any domU is served.
-        crate::blk::bench_at(disk, cmdline, base, "native_").map_err(|e| format!("native bench: {e}"))?;
+        // itself: all before any domU is served, or with `rounds=` its
+        // single reads now and its passes in rounds the domU asks for.
+        let e = |e| format!("native bench: {e}");
+        if pvguest_sdk::cmdline::arg(cmdline, "rounds").is_some() {
+            let mut b = crate::blk::Bench::new(cmdline, base, "native_").map_err(e)?;
+            b.single(disk).map_err(e)?;
+            native = Some(NativeRounds { bench: b, done: None, changes: u64::MAX });
+        } else {
+            crate::blk::bench_at(disk, cmdline, base, "native_").map_err(e)?;
+        }
     }
     let foreign = parse_foreign_backs(cmdline);
     let mut foreign_done: Vec<(String, String)> = Vec::new();
@@ -229,6 +238,9 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             work |= pump(&mut store, c);
         }
         work |= complete(&mut store, &mut vbds, disk)?;
+        if let Some(n) = native.as_mut() {
+            work |= n.answer(&mut store, &vbds, disk)?;
+        }
         // The disk's request slots and descriptors are shared out among
         // the connected fronts, and each pass starts at the next one.
         let connected = vbds.iter().filter(|v| v.back.is_some()).count().max(1);
@@ -257,6 +269,47 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 ready
             });
         }
+    }
+}
+
+/// The split-disk benchmark's native passes in rounds, between the
+/// domU's: a connected domU writes `data/bench-round` = `r` in its store
+/// directory, dom0 runs round `r` of its own passes on its region and
+/// answers with `data/bench-native` = `r`. So both paths' figures come
+/// from the same stretch of the run, interleaved, and a change of the
+/// host's speed weighs on both.
+struct NativeRounds {
+    bench: crate::blk::Bench,
+    /// The last round run.
+    done: Option<u64>,
+    /// The store's change count when its nodes were last looked at.
+    changes: u64,
+}
+
+impl NativeRounds {
+    /// Runs a round a domU asked for (only with nothing of any front's
+    /// at the disk: the driver's completions are then all the pass's);
+    /// whether it ran one.
+    fn answer(&mut self, store: &mut Store, vbds: &[Vbd], disk: &mut Disk) -> Result<bool, String> {
+        if store.changes() == self.changes || vbds.iter().any(|v| v.back.as_ref().is_some_and(|b| b.in_flight() > 0)) {
+            return Ok(false);
+        }
+        self.changes = store.changes();
+        for v in vbds.iter().filter(|v| v.back.is_some()) {
+            let asked = store.read(0, &format!("/local/domain/{}/data/bench-round", v.domid)).ok();
+            let Some(r) = asked.and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok()) else { continue };
+            if self.done.is_some_and(|d| d >= r) {
+                continue;
+            }
+            let e = |e| format!("native bench round {r}: {e}");
+            self.bench.sequential(disk, Some(r)).map_err(e)?;
+            self.bench.random(disk, Some(r)).map_err(e)?;
+            self.done = Some(r);
+            let path = format!("/local/domain/{}/data/bench-native", v.domid);
+            store.write(0, &path, format!("{r}").as_bytes()).map_err(|e| format!("{path}: {e}"))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
