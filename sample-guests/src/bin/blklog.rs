@@ -37,6 +37,13 @@
 //! - `mode=batch`: reads and writes through `run` with many requests in
 //!   flight (random 4 KiB reads over the disk, checked against what it
 //!   wrote).
+//! - `mode=stream seed=S`: the streaming calls ([`BlockDevice::start`]):
+//!   writes the whole disk in 64 KiB requests, 8 buffers kept in flight,
+//!   each filled with the pattern of its place; a flush behind them is
+//!   `Busy` until they are answered, a read behind the flush is `Busy`
+//!   until it is; reads it all back streamed and checks every byte; 33
+//!   single-page reads meet the 32-slot ring's `Busy`; a batch while
+//!   streaming is `Busy`. Needs `pool=` of at least 8 * 16 + 33 + 1 pages.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -95,6 +102,7 @@ fn main(si: &'static StartInfo) {
         "append" => append(&mut c, &mut disk, records, seed, cmd.split(' ').any(|w| w == "hold")),
         "verify" => verify(&mut c, &mut disk, records, seed),
         "batch" => batch(&mut c, &mut disk, seed),
+        "stream" => stream_check(&mut c, &mut disk, seed),
         "bench" => bench(&mut c, &mut disk, &mut store, cmd),
         "overlay" => overlay(&mut c, &mut disk, records, seed, arg(cmd, "template").unwrap_or(0)),
         other => c.holds(name, format_args!("a known mode (got `{other}`)"), false),
@@ -546,4 +554,149 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
     }
     c.holds(who, format_args!("every benchmark request succeeded ({} MiB per pass, {qd} in flight)", bytes >> 20), ok);
     println!("blkbench: done");
+}
+
+/// `mode=stream` (see the module docs).
+fn stream_check(c: &mut Checks, disk: &mut BlockDevice, seed: u64) {
+    let who = "blklog";
+    const BUFS: usize = 8;
+    let chunks = disk.sectors() / (CHUNK / SECTOR) as u64;
+    let per = (CHUNK / SECTOR) as u64;
+    let mut free: alloc::vec::Vec<IoBuf> = (0..BUFS).filter_map(|_| disk.alloc_buf(CHUNK / 4096).ok()).collect();
+    c.holds(who, format_args!("{BUFS} zero-copy buffers of 64 KiB"), free.len() == BUFS);
+    if free.len() < BUFS {
+        return;
+    }
+    let mut data = vec![0u8; CHUNK];
+    let (mut next, mut done, mut most, mut failed) = (0u64, 0u64, 0usize, 0u64);
+    // Writes, each buffer filled with the pattern of its place first.
+    while done < chunks {
+        while next < chunks {
+            let Some(mut buf) = free.pop() else { break };
+            disk_pattern::fill_words(&mut data, seed, next * CHUNK as u64);
+            buf.write(0, &data);
+            match disk.start(StreamOp::Write { sector: next * per, buf, fua: false }, next) {
+                Ok(()) => next += 1,
+                Err((e, op)) => {
+                    free.extend(op.into_buf());
+                    c.holds(who, format_args!("write {next} started ({e:?})"), false);
+                    return;
+                }
+            }
+        }
+        most = most.max(disk.streaming());
+        if free.is_empty() && done == 0 {
+            // Every buffer in flight: a flush must wait for them.
+            let r = disk.start(StreamOp::Flush, u64::MAX);
+            let busy = matches!(r, Err((BlkError::Busy, StreamOp::Flush)));
+            c.holds(who, format_args!("a flush started behind {} writes in flight is Busy", disk.streaming()), busy);
+            let mut sector = [0u8; SECTOR];
+            let batch = disk.read(0, &mut sector);
+            c.holds(who, format_args!("a batch while streaming is Busy ({batch:?})"), batch == Err(BlkError::Busy));
+        }
+        match disk.wait_done() {
+            Ok(Some(d)) => {
+                failed += u64::from(d.result.is_err());
+                free.extend(d.buf);
+                done += 1;
+            }
+            other => {
+                c.holds(who, format_args!("a write answered ({other:?})"), false);
+                return;
+            }
+        }
+    }
+    c.holds(who, format_args!("{chunks} streamed writes of 64 KiB answered OKAY ({failed} failed)"), failed == 0);
+    // The flush, now alone; a read behind it waits.
+    let flushed = disk.start(StreamOp::Flush, 1 << 40).map_err(|(e, _)| e);
+    c.holds(who, format_args!("the flush starts once nothing is in flight ({flushed:?})"), flushed.is_ok());
+    let buf = free.pop().expect("every buffer is back");
+    let behind = disk.start(StreamOp::Read { sector: 0, buf }, 0);
+    let busy = matches!(behind, Err((BlkError::Busy, _)));
+    if let Err((_, op)) = behind {
+        free.extend(op.into_buf());
+    }
+    c.holds(who, format_args!("a read started behind the flush is Busy"), busy);
+    let f = disk.wait_done();
+    let flush_ok = matches!(&f, Ok(Some(d)) if d.tag == 1 << 40 && d.buf.is_none() && d.result.is_ok());
+    c.holds(who, format_args!("the flush is answered OKAY, with its tag and no buffer"), flush_ok);
+    // Reads, every byte checked as each comes back.
+    let (mut next, mut done, mut bad, mut most_r) = (0u64, 0u64, 0u64, 0usize);
+    while done < chunks {
+        while next < chunks {
+            let Some(mut buf) = free.pop() else { break };
+            buf.write(0, &[0u8; 8]);
+            match disk.start(StreamOp::Read { sector: next * per, buf }, next) {
+                Ok(()) => next += 1,
+                Err((e, op)) => {
+                    free.extend(op.into_buf());
+                    c.holds(who, format_args!("read {next} started ({e:?})"), false);
+                    return;
+                }
+            }
+        }
+        most_r = most_r.max(disk.streaming());
+        match disk.wait_done() {
+            Ok(Some(d)) => {
+                let Some(buf) = d.buf else { return c.holds(who, format_args!("a read's buffer back"), false) };
+                buf.read(0, &mut data);
+                if d.result.is_err() || disk_pattern::first_mismatch(&data, seed, d.tag * CHUNK as u64).is_some() {
+                    bad += 1;
+                }
+                free.push(buf);
+                done += 1;
+            }
+            other => {
+                c.holds(who, format_args!("a read answered ({other:?})"), false);
+                return;
+            }
+        }
+    }
+    c.holds(
+        who,
+        format_args!(
+            "{chunks} streamed reads, every byte as written ({bad} bad), {} in flight at most",
+            most.max(most_r)
+        ),
+        bad == 0 && most == BUFS && most_r == BUFS,
+    );
+    for b in free.drain(..) {
+        disk.free_buf(b);
+    }
+    // 33 single pages: the 33rd meets the full ring.
+    let mut pages: alloc::vec::Vec<IoBuf> = (0..33).filter_map(|_| disk.alloc_buf(1).ok()).collect();
+    c.holds(who, format_args!("33 single pages"), pages.len() == 33);
+    let mut started = 0;
+    let mut refused = None;
+    while let Some(buf) = pages.pop() {
+        match disk.start(StreamOp::Read { sector: started * 8, buf }, started) {
+            Ok(()) => started += 1,
+            Err((e, op)) => {
+                pages.extend(op.into_buf());
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    c.holds(
+        who,
+        format_args!("{started} single-page reads start, the next is {refused:?}"),
+        started == 32 && refused == Some(BlkError::Busy),
+    );
+    while let Ok(Some(d)) = disk.wait_done() {
+        pages.extend(d.buf);
+    }
+    c.holds(
+        who,
+        format_args!("every page came back ({} of 33)", pages.len()),
+        pages.len() == 33 && disk.streaming() == 0,
+    );
+    for b in pages.drain(..) {
+        disk.free_buf(b);
+    }
+    if c.wrong() == 0 {
+        println!(
+            "blklog: streamed {chunks} writes and {chunks} reads of 64 KiB, {BUFS} in flight, every byte as written"
+        );
+    }
 }
