@@ -500,6 +500,8 @@ pub struct Disk {
     busy: usize,
     /// Chains the device holds.
     in_flight: usize,
+    /// Chains added since the last [`Disk::kick`].
+    queued: bool,
     broken: bool,
 }
 
@@ -579,6 +581,7 @@ impl Disk {
             token_slot: [NO_SLOT; QUEUE_SIZE],
             busy: 0,
             in_flight: 0,
+            queued: false,
             broken: false,
         })
     }
@@ -735,6 +738,7 @@ impl Disk {
         let token = unsafe { self.queue.add(&c.ins[..c.nins], &mut c.outs[..c.nouts]) }?;
         self.token_slot[usize::from(token)] = k as u8;
         self.in_flight += 1;
+        self.queued = true;
         Ok(c.nins + c.nouts)
     }
 
@@ -794,7 +798,9 @@ impl Disk {
     /// Tells the device about everything queued since the last kick
     /// (unless it suppressed notifications).
     pub fn kick(&mut self) {
-        if self.queue.should_notify() {
+        // Nothing queued since the last kick: the device was told (or
+        // asked not to be) about everything already.
+        if core::mem::take(&mut self.queued) && self.queue.should_notify() {
             self.transport.notify(QUEUE);
         }
     }

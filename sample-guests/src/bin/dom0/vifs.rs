@@ -268,6 +268,10 @@ impl Vifs {
     /// One pass: the handshakes, then every front's frames through the
     /// bridge. Whether anything happened.
     pub fn drive(&mut self, store: &mut Store) -> bool {
+        if self.vifs.is_empty() && self.uplink.is_none() {
+            // No NIC served (a disk-only dom0): nothing to move.
+            return false;
+        }
         let mut work = false;
         for v in self.vifs.iter_mut() {
             work |= served::follow_front(store, v);
