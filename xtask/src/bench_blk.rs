@@ -102,6 +102,23 @@ pub fn run(imgs: &Images) -> Result<()> {
     let v_write = vrate("domu_seq_write", "bytes")? / vrate("native_seq_write", "bytes")?;
     let v_rand = vrate("domu_randread_4k", "count")? / vrate("native_randread_4k", "count")?;
     let (n4, d4) = (blk_figure(&icount, "native_read_4k", "min_tsc")?, blk_figure(&icount, "domu_read_4k", "min_tsc")?);
+    // The instructions the domains ran per single read (their run time
+    // under icount, without the waits for the device): dom0's own for the
+    // native path; the domU's and dom0's between the domU's marks for the
+    // split one.
+    let count = blk_figure(&icount, "domu_read_4k", "count")?;
+    let n_run = blk_figure(&icount, "native_read_4k", "run_ns")? / blk_figure(&icount, "native_read_4k", "count")?;
+    let dom0_run = |m: u64| -> Result<f64> {
+        icount
+            .lines()
+            .filter_map(|l| l.split_once("blkbench: dom0_run ").map(|(_, r)| r))
+            .find(|r| r.starts_with(&format!("mark={m} ")))
+            .and_then(|r| r.split(' ').find_map(|w| w.strip_prefix("run_ns=")?.parse().ok()))
+            .ok_or_else(|| format!("no 'blkbench: dom0_run mark={m}' line"))
+    };
+    let d_guest = blk_figure(&icount, "domu_read_4k", "run_ns")? / count;
+    let d_dom0 = (dom0_run(2)? - dom0_run(1)?) / count;
+    let d_run = d_guest + d_dom0;
     println!(
         "split block device vs dom0-native, same disk, same boot, {ROUNDS} interleaved rounds (TCG wall time; write-back disk; {QD} requests in flight on both paths)"
     );
@@ -153,9 +170,13 @@ pub fn run(imgs: &Images) -> Result<()> {
         "blk_ratios_icount",
         &format!("{{\"seq_read\": {v_read:.4}, \"seq_write\": {v_write:.4}, \"randread\": {v_rand:.4}, \"copying_seq_read\": {v_copy:.4}, \"queue_depth\": {QD}}}"),
     )?;
+    println!(
+        "  instructions the domains ran per 4 KiB read (-icount shift=0, run time over 256, no device waits): dom0-native {n_run:.0}, split {d_run:.0} (domU {d_guest:.0} + dom0 {d_dom0:.0}; {:.2}x)",
+        d_run / n_run
+    );
     crate::bench_json::record(
         "blk_instructions_per_4k",
-        &format!("{{\"native\": {n4:.0}, \"domu\": {d4:.0}, \"ratio\": {:.3}}}", d4 / n4),
+        &format!("{{\"native\": {n4:.0}, \"domu\": {d4:.0}, \"ratio\": {:.3}, \"run_native\": {n_run:.0}, \"run_split\": {d_run:.0}, \"run_split_domu\": {d_guest:.0}, \"run_split_dom0\": {d_dom0:.0}}}", d4 / n4),
     )?;
     println!("JSON: {}", crate::bench_json::path().display());
     Ok(())

@@ -195,7 +195,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         if pvguest_sdk::cmdline::arg(cmdline, "rounds").is_some() {
             let mut b = crate::blk::Bench::new(cmdline, base, "native_").map_err(e)?;
             b.single(disk).map_err(e)?;
-            native = Some(NativeRounds { bench: b, done: None, changes: u64::MAX });
+            native = Some(NativeRounds { bench: b, done: None, changes: u64::MAX, mark: None });
         } else {
             crate::blk::bench_at(disk, cmdline, base, "native_").map_err(e)?;
         }
@@ -277,13 +277,16 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
 /// directory, dom0 runs round `r` of its own passes on its region and
 /// answers with `data/bench-native` = `r`. So both paths' figures come
 /// from the same stretch of the run, interleaved, and a change of the
-/// host's speed weighs on both.
+/// host's speed weighs on both. A new `data/bench-mark` gets a line with
+/// the time dom0 has run (`blkbench: dom0_run mark=M run_ns=N`).
 struct NativeRounds {
     bench: crate::blk::Bench,
     /// The last round run.
     done: Option<u64>,
     /// The store's change count when its nodes were last looked at.
     changes: u64,
+    /// The last `data/bench-mark` seen.
+    mark: Option<u64>,
 }
 
 impl NativeRounds {
@@ -296,6 +299,14 @@ impl NativeRounds {
         }
         self.changes = store.changes();
         for v in vbds.iter().filter(|v| v.back.is_some()) {
+            // A mark: how long dom0 has run, for the domU's figure of the
+            // instructions a request costs both domains.
+            let mark = store.read(0, &format!("/local/domain/{}/data/bench-mark", v.domid)).ok();
+            let mark = mark.and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+            if mark.is_some() && mark != self.mark {
+                self.mark = mark;
+                println!("blkbench: dom0_run mark={} run_ns={}", mark.unwrap_or(0), pvguest_sdk::time::virtual_ns());
+            }
             let asked = store.read(0, &format!("/local/domain/{}/data/bench-round", v.domid)).ok();
             let Some(r) = asked.and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok()) else { continue };
             if self.done.is_some_and(|d| d >= r) {
