@@ -21,10 +21,13 @@
 //!    store, drives each disk's handshake
 //!    ([`split_drivers::state::Backend`]) from the frontend's state node,
 //!    and serves each connected disk's ring a batch at a time.
-//! 3. With nothing to do, dom0 blocks until an event: any connection's,
-//!    any ring's, or `VIRQ_DOM_EXC`, which says a domain ended
-//!    and makes dom0 rescan: a dead domain's connections are released and
-//!    its disk's mappings given back.
+//! 3. After each pass dom0 blocks until something is ready (at once if
+//!    something already is): an event (any connection's, any ring's, or
+//!    `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
+//!    dead domain's connections are released and its disk's mappings
+//!    given back), a store connection's bytes to read or to send, a ring's
+//!    requests, the disk's completions. Only the NIC's path takes another
+//!    pass straight after doing work.
 
 use crate::blkback::{self, BlkBack, Dev};
 use crate::served::{self, Handshake, Served};
@@ -233,13 +236,12 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 return Ok(());
             }
         }
-        let mut work = false;
         for c in clients.iter_mut() {
-            work |= pump(&mut store, c);
+            pump(&mut store, c);
         }
-        work |= complete(&mut store, &mut vbds, disk)?;
+        complete(&mut store, &mut vbds, disk)?;
         if let Some(n) = native.as_mut() {
-            work |= n.answer(&mut store, &vbds, disk)?;
+            n.answer(&mut store, &vbds, disk)?;
         }
         // The disk's request slots and descriptors are shared out among
         // the connected fronts, and each pass starts at the next one.
@@ -248,16 +250,22 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         turn = turn.wrapping_add(1);
         let n = vbds.len();
         for i in 0..n {
-            work |= drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
+            drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
         }
         disk.kick();
-        work |= vifs.drive(&mut store);
-        if !work {
+        let nic_work = vifs.drive(&mut store);
+        // After a pass that did something, the next pass is needed only if
+        // something is ready, which is what the wake-up condition checks:
+        // so it decides at once (no empty pass per wake). The NIC's path
+        // still takes another pass after work.
+        if !nic_work {
             event::block_until(|| {
                 let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
                 ready |= vifs.pending();
                 for c in clients.iter_mut() {
-                    ready |= !matches!(c.link.readable(), Ok(false));
+                    // Bytes to read, or replies and watch events to send
+                    // (this pass's writes fire watches).
+                    ready |= !matches!(c.link.readable(), Ok(false)) || store.has_output(c.domid);
                 }
                 // A backend held back (its share or the disk full) waits
                 // for a completion, not for its ring.
