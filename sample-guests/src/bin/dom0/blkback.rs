@@ -58,6 +58,18 @@
 //! one busy front cannot keep dom0 from its other connections, and leaves
 //! requests on the ring while its pending table or the disk is full.
 //!
+//! # Sharing the disk's queue
+//! Each backend may hold its [`Share`] of the disk's request slots and
+//! descriptors. A request is taken only while the backend's share has room
+//! for the largest one ([`DESCRIPTORS_PER_REQUEST`]), and is then charged
+//! the descriptors its chain really holds, as [`Disk::submit`] reports them
+//! (a 64 KiB request on the front's machine-contiguous pool holds 3: the
+//! header, one run, the status), until its completion gives them back. So
+//! a front's 32 requests of 64 KiB all fit a 256-descriptor share, where
+//! charging each the worst case (18) would hold 14 of them at the disk.
+//! The counters [`Stats::accept_tsc`] and [`Stats::complete_tsc`] say what
+//! taking and answering requests costs (instructions under icount).
+//!
 //! # Durability
 //! A write is answered once the device completed it; `FLUSH_DISKCACHE`
 //! and `WRITE_FUA` are answered only after a device flush (for an image:
