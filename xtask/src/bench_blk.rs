@@ -121,6 +121,18 @@ pub fn run(imgs: &Images) -> Result<()> {
     let d_guest = blk_figure(&icount, "domu_read_4k", "run_ns")? / count;
     let d_dom0 = (dom0_run(2)? - dom0_run(1)?) / count;
     let d_run = d_guest + d_dom0;
+    // The same for the streamed random reads (32 in flight), over every
+    // round: dom0's run time between the domU's marks 100 + 2r and
+    // 101 + 2r.
+    let rand_count = total_of(&icount, "domu_randread_4k", "count")?;
+    let rn_run = total_of(&icount, "native_randread_4k", "run_ns")? / total_of(&icount, "native_randread_4k", "count")?;
+    let rd_guest = total_of(&icount, "domu_randread_4k", "run_ns")? / rand_count;
+    let mut rd_dom0 = 0.0;
+    for r in 0..ROUNDS {
+        rd_dom0 += dom0_run(101 + 2 * r)? - dom0_run(100 + 2 * r)?;
+    }
+    let rd_dom0 = rd_dom0 / rand_count;
+    let rd_run = rd_guest + rd_dom0;
     println!(
         "split block device vs dom0-native, same disk, same boot, {ROUNDS} interleaved rounds (TCG wall time; write-back disk; {QD} requests in flight on both paths)"
     );
@@ -182,9 +194,13 @@ pub fn run(imgs: &Images) -> Result<()> {
         "  instructions the domains ran per 4 KiB read (-icount shift=0, run time over 256, no device waits): dom0-native {n_run:.0}, split {d_run:.0} (domU {d_guest:.0} + dom0 {d_dom0:.0}; {:.2}x)",
         d_run / n_run
     );
+    println!(
+        "  the same per streamed random 4 KiB read (32 in flight, {ROUNDS} rounds): dom0-native {rn_run:.0}, split {rd_run:.0} (domU {rd_guest:.0} + dom0 {rd_dom0:.0}; {:.2}x)",
+        rd_run / rn_run
+    );
     crate::bench_json::record(
         "blk_instructions_per_4k",
-        &format!("{{\"native\": {n4:.0}, \"domu\": {d4:.0}, \"ratio\": {:.3}, \"run_native\": {n_run:.0}, \"run_split\": {d_run:.0}, \"run_split_domu\": {d_guest:.0}, \"run_split_dom0\": {d_dom0:.0}}}", d4 / n4),
+        &format!("{{\"native\": {n4:.0}, \"domu\": {d4:.0}, \"ratio\": {:.3}, \"run_native\": {n_run:.0}, \"run_split\": {d_run:.0}, \"run_split_domu\": {d_guest:.0}, \"run_split_dom0\": {d_dom0:.0}, \"run_randread_native\": {rn_run:.0}, \"run_randread_split\": {rd_run:.0}, \"run_randread_split_domu\": {rd_guest:.0}, \"run_randread_split_dom0\": {rd_dom0:.0}}}", d4 / n4),
     )?;
     println!("JSON: {}", crate::bench_json::path().display());
     Ok(())
@@ -217,6 +233,11 @@ fn figures(out: &str, name: &str, k: &str) -> Result<Vec<(u64, f64, f64)>> {
             Ok((round_of(l), num(k)?, num("ns")?))
         })
         .collect()
+}
+
+/// A pass's `k` summed over every round.
+fn total_of(out: &str, name: &str, k: &str) -> Result<f64> {
+    Ok(figures(out, name, k)?.iter().map(|f| f.1).sum())
 }
 
 /// A pass's rate over every round: its `k` summed over its time summed

@@ -419,12 +419,9 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
     // long it has run, so the time both domains ran for them is known.
     let reads = arg(cmd, "reads4k").unwrap_or(256);
     let mark_path = alloc::format!("{}/data/bench-mark", store.home());
-    let mut mark = |store: &mut Store, m: u64| {
-        if arg(cmd, "rounds").is_some() {
-            ok &= store.write(&mark_path, alloc::format!("{m}").as_bytes()).is_ok();
-        }
-    };
-    mark(store, 1);
+    let marks = arg(cmd, "rounds").is_some();
+    let mark = |store: &mut Store, m: u64| !marks || store.write(&mark_path, alloc::format!("{m}").as_bytes()).is_ok();
+    ok &= mark(store, 1);
     let mut one = [0u8; 4096];
     let (mut best, t0, run0) = (u64::MAX, start(), time::virtual_ns());
     let mut read_ok = true;
@@ -435,8 +432,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
     }
     let run = time::virtual_ns() - run0;
     let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-    mark(store, 2);
-    ok &= read_ok;
+    ok &= mark(store, 2) & read_ok;
     println!("blkbench: domu_read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best} run_ns={run}");
 
     // Zero-copy: buffers of the device's pool, which the backend's device
@@ -534,7 +530,9 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
             x ^= x << 17;
             block_of.push((x % blocks) as usize);
         }
-        let t0 = start();
+        // Marks 100 + 2r and 101 + 2r: dom0's run time around the pass.
+        ok &= mark(store, 100 + 2 * r);
+        let (t0, run0) = (start(), time::virtual_ns());
         let rr = stream(
             disk,
             &mut pages,
@@ -546,11 +544,9 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
                 first_word_is(buf, writer[b / 16], b % 16)
             },
         );
-        println!(
-            "blkbench: domu_randread_4k count={rand} ns={} tsc={} round={r}",
-            time::now_ns() - t0.0,
-            time::tsc() - t0.1
-        );
+        let (ns, tsc, run) = (time::now_ns() - t0.0, time::tsc() - t0.1, time::virtual_ns() - run0);
+        ok &= mark(store, 101 + 2 * r);
+        println!("blkbench: domu_randread_4k count={rand} ns={ns} tsc={tsc} run_ns={run} round={r}");
         rand_ok &= rr.as_ref().is_ok_and(|&good| good);
         if r % 2 == 1 {
             ok &= native(store, r);

@@ -319,6 +319,7 @@ impl Bench {
         let (blocks, base, qd) = (self.bytes / 4096, self.base, self.qd);
         let mut x = self.x;
         let t0 = start();
+        let run0 = time::virtual_ns();
         pipelined(disk, &mut self.bufs, Op::Read, self.rand, 4096, qd, |_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -326,9 +327,9 @@ impl Bench {
             base + (x % blocks) * 8
         })?;
         self.x = x;
-        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+        let (ns, tsc, run) = (time::now_ns() - t0.0, time::tsc() - t0.1, time::virtual_ns() - run0);
         let r = round.map(|r| alloc::format!(" round={r}")).unwrap_or_default();
-        println!("blkbench: {}randread_4k count={} ns={ns} tsc={tsc} qd={qd}{r}", self.prefix, self.rand);
+        println!("blkbench: {}randread_4k count={} ns={ns} tsc={tsc} run_ns={run} qd={qd}{r}", self.prefix, self.rand);
         Ok(())
     }
 }
