@@ -106,6 +106,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// buffer on discontiguous frames, not page-aligned, has 17; a backend's
 /// 32 scattered mapped pages, 32).
 pub const MAX_RUNS: usize = 33;
+/// [`Chain`] sizes: room for 3 data runs (a request of up to 8 KiB, or
+/// one on machine-contiguous pages), and for [`MAX_RUNS`].
+const SMALL_CHAIN: usize = 4;
+const BIG_CHAIN: usize = MAX_RUNS + 1;
 /// Bytes one request of a blocking call carries at most (longer calls are
 /// split).
 const CALL_CHUNK: usize = 64 * 1024;
@@ -354,8 +358,9 @@ impl Data {
         }
     }
 
-    /// The machine-contiguous runs of the data: how many, in `out`.
-    fn runs(&self, out: &mut [(u64, usize); MAX_RUNS]) -> Result<usize, BlkError> {
+    /// The machine-contiguous runs of the data: how many, in `out`
+    /// ([`BlkError::NotDmaable`] if they do not fit).
+    fn runs(&self, out: &mut [(u64, usize)]) -> Result<usize, BlkError> {
         match *self {
             Data::None => Ok(0),
             Data::Span { va, len } => runs(va, len, out),
@@ -436,7 +441,7 @@ const FREE: Slot = Slot { state: State::Free, op: Op::Flush, data: Data::None, o
 /// The machine-contiguous runs of `[va, va + len)`: how many, written to
 /// `out` as (virtual address, length). Deterministic for memory that does
 /// not move, so a chain's buffers can be named again when it is popped.
-fn runs(va: u64, len: usize, out: &mut [(u64, usize); MAX_RUNS]) -> Result<usize, BlkError> {
+fn runs(va: u64, len: usize, out: &mut [(u64, usize)]) -> Result<usize, BlkError> {
     let end = va.checked_add(len as u64).ok_or(BlkError::NotDmaable)?;
     let mut n = 0;
     let mut at = va;
@@ -517,10 +522,12 @@ impl core::fmt::Debug for Disk {
 
 /// The buffers of a chain, as the queue takes them: the device-readable
 /// ones (`ins`) and the device-writable ones (`outs`), each list's used
-/// length.
-struct Chain<'a> {
-    ins: [&'a [u8]; MAX_RUNS + 1],
-    outs: [&'a mut [u8]; MAX_RUNS + 1],
+/// length; room for `N - 1` data runs (besides the header and the
+/// status). Built on the stack twice per request (to add it and to pop
+/// it), so a small request gets a small one ([`SMALL_CHAIN`]).
+struct Chain<'a, const N: usize> {
+    ins: [&'a [u8]; N],
+    outs: [&'a mut [u8]; N],
     nins: usize,
     nouts: usize,
 }
@@ -669,9 +676,14 @@ impl Disk {
     /// The slot's `data` must be memory the driver holds for
     /// the request (a submission's, or a blocking call's borrow), and the
     /// returned slices may be used only to add or pop that one chain.
-    unsafe fn chain<'c>(&self, k: usize, op: Op, d: Data) -> Result<Chain<'c>, BlkError> {
-        let mut data = [(0u64, 0usize); MAX_RUNS];
-        let n = if op == Op::Flush { 0 } else { d.runs(&mut data)? };
+    ///
+    /// A request of more than `N - 1` runs is [`BlkError::NotDmaable`]:
+    /// callers try [`SMALL_CHAIN`] first, then [`BIG_CHAIN`], which is
+    /// deterministic for held memory (its runs do not change), so a chain
+    /// is popped with the same buffers it was added with.
+    unsafe fn chain<'c, const N: usize>(&self, k: usize, op: Op, d: Data) -> Result<Chain<'c, N>, BlkError> {
+        let mut data = [(0u64, 0usize); N];
+        let n = if op == Op::Flush { 0 } else { d.runs(&mut data[..N - 1])? };
         let base = self.headers.va() as usize + k * SLOT_BYTES;
         // SAFETY: slot `k`'s header and status bytes lie in the header
         // page (k < MAX_IN_FLIGHT, 64 * 32 bytes), which this driver
@@ -682,12 +694,7 @@ impl Disk {
                 core::slice::from_raw_parts_mut((base + STATUS_AT) as *mut u8, 1),
             )
         };
-        let mut c = Chain {
-            ins: [&[]; MAX_RUNS + 1],
-            outs: core::array::from_fn(|_| <&mut [u8]>::default()),
-            nins: 1,
-            nouts: 0,
-        };
+        let mut c = Chain { ins: [&[]; N], outs: core::array::from_fn(|_| <&mut [u8]>::default()), nins: 1, nouts: 0 };
         c.ins[0] = header;
         for &(va, len) in &data[..n] {
             if op == Op::Write {
@@ -724,7 +731,35 @@ impl Disk {
         self.headers.write(at, &header);
         self.headers.write(at + STATUS_AT as u64, &[S_UNSET]);
         // SAFETY: the slot's memory is held (the callers' contracts).
-        let mut c = unsafe { self.chain(k, op, d)? };
+        match unsafe { self.chain::<SMALL_CHAIN>(k, op, d) } {
+            Ok(mut c) => self.add(k, &mut c),
+            // SAFETY: as above.
+            Err(_) => self.add(k, &mut unsafe { self.chain::<BIG_CHAIN>(k, op, d)? }),
+        }
+    }
+
+    /// Pops the used chain `token` of slot `k` (its buffers named again
+    /// in a chain of size `N`: [`BlkError::NotDmaable`] if they do not
+    /// fit, before anything is popped).
+    ///
+    /// # Safety
+    /// As [`Disk::chain`]'s, and the device has used the chain.
+    unsafe fn pop_chain<const N: usize>(
+        &mut self,
+        token: u16,
+        k: usize,
+        op: Op,
+        d: Data,
+    ) -> Result<Result<(), virtio_drivers::Error>, BlkError> {
+        // SAFETY: the caller's contract.
+        let mut c = unsafe { self.chain::<N>(k, op, d)? };
+        // SAFETY: the caller's contract: the same buffers as the chain was
+        // added with, and the device is done with them.
+        Ok(unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) }.map(|_| ()))
+    }
+
+    /// Adds slot `k`'s chain `c` to the queue; the descriptors it holds.
+    fn add<const N: usize>(&mut self, k: usize, c: &mut Chain<'_, N>) -> Result<usize, BlkError> {
         if self.queue.available_desc() < c.nins + c.nouts {
             return Err(BlkError::Busy);
         }
@@ -894,18 +929,22 @@ impl Disk {
             let popped = {
                 // SAFETY: the same buffers as the chain was added with (the
                 // slot's, still held); `runs` names them again identically,
-                // since held memory does not move.
-                let mut c = match unsafe { self.chain(k, op, d) } {
-                    Ok(c) => c,
+                // since held memory does not move, and the same size of
+                // chain is chosen for them (small if they fit).
+                let chain = match unsafe { self.pop_chain::<SMALL_CHAIN>(token, k, op, d) } {
+                    // SAFETY: as above.
+                    Err(_) => unsafe { self.pop_chain::<BIG_CHAIN>(token, k, op, d) },
+                    small => small,
+                };
+                match chain {
+                    Ok(p) => p,
                     Err(e) => {
                         // Cannot happen for held memory; the queue cannot
                         // be popped past it, so the driver is done.
                         self.broken = true;
                         return Err(e);
                     }
-                };
-                // SAFETY: as above; the device has used the chain.
-                unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) }
+                }
             };
             if let Err(e) = popped {
                 self.broken = true;

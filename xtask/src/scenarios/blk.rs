@@ -207,7 +207,7 @@ const STREAM_SEED: u64 = 0x57ea;
 fn stream_scenario() -> Scenario {
     Scenario {
         name: "blk-stream",
-        what: "a domU streams its disk through the SDK's BlockDevice::start/wait_done: 32 writes of 64 KiB from 8 zero-copy buffers kept in flight, a flush behind them refused Busy until they are answered and a read behind the flush Busy until it is, then 32 streamed reads with every byte checked; a batch while streaming is Busy, and the 33rd single-page read meets the 32-slot ring's Busy; on the host the image holds every chunk's pattern",
+        what: "a domU streams its disk through the SDK's BlockDevice::start/wait_done: 32 writes of 64 KiB from 8 zero-copy buffers kept in flight, a flush behind them refused Busy until they are answered and a read behind the flush Busy until it is, then 32 streamed reads with every byte checked; a batch while streaming is Busy, a buffer of 8 scattered pages (one device run per page) writes and reads back its pattern, and the 33rd single-page read meets the 32-slot ring's Busy; on the host the image holds every chunk's pattern",
         bundle: |imgs| {
             // 8 buffers of 16 pages and 33 single pages from the pool.
             let cmd = format!("mode=stream seed={STREAM_SEED} pool=192");
@@ -246,6 +246,7 @@ fn stream_scenario() -> Scenario {
                 "[streamer] blklog: a read started behind the flush is Busy: ok",
                 "[streamer] blklog: the flush is answered OKAY, with its tag and no buffer: ok",
                 "[streamer] blklog: 32 streamed reads, every byte as written (0 bad), 8 in flight at most: ok",
+                "[streamer] blklog: a buffer of 8 scattered pages writes and reads back its pattern: ok",
                 "[streamer] blklog: 32 single-page reads start, the next is Some(Busy): ok",
                 "[streamer] blklog: every page came back (33 of 33): ok",
                 "[streamer] blklog: streamed 32 writes and 32 reads of 64 KiB, 8 in flight, every byte as written",
