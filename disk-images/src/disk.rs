@@ -5,7 +5,7 @@ use alloc::boxed::Box;
 use alloc::vec::Vec;
 
 use crate::image::{Prep, WritePlan};
-use crate::{push_extent, Device, Error, Extent, Image, Region, MAX_DISCARD_SECTORS, MAX_REQUEST_SECTORS};
+use crate::{push_extent, Device, Error, Extent, Image, PhysExtent, Region, MAX_DISCARD_SECTORS, MAX_REQUEST_SECTORS};
 
 /// A raw slice of the real disk: virtual sector N is `region.lba + N`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -41,6 +41,14 @@ impl RawSlice {
             Some(end) if end <= self.region.sectors => Ok(()),
             _ => Err(Error::OutOfRange { vlba, nsect }),
         }
+    }
+
+    /// Where `nsect` (at least one) virtual sectors from `vlba` lie on the
+    /// device: [`RawSlice::plan_read`]'s one extent, checked the same way,
+    /// without a list (no allocation: blkback's per-request path).
+    pub fn map(&self, vlba: u64, nsect: u64) -> Result<PhysExtent, Error> {
+        self.check(vlba, nsect.max(1), MAX_REQUEST_SECTORS)?;
+        self.region.extent(vlba, nsect.max(1))
     }
 
     /// One physical extent (none for an empty request).

@@ -145,6 +145,19 @@ fn raw_slice_virtual_sector_is_physical_plus_offset() {
 }
 
 #[test]
+fn raw_slice_map_is_plan_read_without_the_list() {
+    let raw = RawSlice::new(1000, Region::new(100, 50)).unwrap();
+    for (vlba, n) in [(0, 1), (0, 8), (42, 8), (49, 1), (0, 50)] {
+        assert_eq!(raw.plan_read(vlba, n).unwrap(), [Extent::Phys(raw.map(vlba, n).unwrap())]);
+    }
+    assert_eq!(raw.map(43, 8), Err(Error::OutOfRange { vlba: 43, nsect: 8 }));
+    assert_eq!(raw.map(50, 1), Err(Error::OutOfRange { vlba: 50, nsect: 1 }));
+    assert_eq!(raw.map(u64::MAX, 2), Err(Error::OutOfRange { vlba: u64::MAX, nsect: 2 }));
+    let long = MAX_REQUEST_SECTORS + 1;
+    assert_eq!(raw.map(0, long), Err(Error::TooLong { nsect: long }));
+}
+
+#[test]
 fn raw_slice_out_of_range_is_an_error() {
     let raw = RawSlice::new(1000, Region::new(100, 50)).unwrap();
     assert_eq!(raw.plan_read(43, 8), Err(Error::OutOfRange { vlba: 43, nsect: 8 }));

@@ -9,6 +9,45 @@
 //! ([`BlockDevice::alloc_buf`], [`Io::ReadInto`], [`Io::WriteFrom`]) skip
 //! the copy: the backend's device reads and writes their pages directly.
 //!
+//! # Streaming
+//! A batch ends when its last request is answered, so between batches the
+//! queue drains. To keep it full, stream instead: [`BlockDevice::start`]
+//! puts one [`StreamOp`] on the ring (its [`IoBuf`] travels with it),
+//! [`BlockDevice::kick`] tells the backend about everything started, and
+//! [`BlockDevice::next_done`] (never sleeps) or [`BlockDevice::wait_done`]
+//! (sleeps until an answer) hands back each finished request as a
+//! [`Done`], with its buffer, in whatever order the backend answered. A
+//! start the ring, the shadow table or the indirect pages have no room for
+//! is [`BlkError::Busy`], with the operation handed back: collect a
+//! [`Done`] and start it again. A [`StreamOp::Flush`] waits for every
+//! request before it (`Busy` until they are answered) and holds back every
+//! one after it until it is answered (the bookkeeping is
+//! [`blkif::stream::Book`], host-tested with its rules S1 to S3). The
+//! batched calls refuse to run (`Busy`) while streamed requests are in
+//! flight.
+//!
+//! ```ignore
+//! use pvguest_sdk::blkfront::{BlkError, StreamOp};
+//! // Read 1024 blocks of 64 KiB, 32 in flight all the time.
+//! let mut free: Vec<IoBuf> = (0..32).map(|_| disk.alloc_buf(16)).collect::<Result<_, _>>()?;
+//! let (mut next, mut done) = (0u64, 0u64);
+//! while done < 1024 {
+//!     while next < 1024 {
+//!         let Some(buf) = free.pop() else { break };
+//!         match disk.start(StreamOp::Read { sector: next * 128, buf }, next) {
+//!             Ok(()) => next += 1,
+//!             Err((BlkError::Busy, op)) => { free.extend(op.into_buf()); break; }
+//!             Err((e, _)) => return Err(e),
+//!         }
+//!     }
+//!     disk.kick()?;                              // one notification for all
+//!     let d = disk.wait_done()?.expect("requests are in flight");
+//!     d.result?;                                 // block `d.tag` is in `d.buf`
+//!     free.extend(d.buf);
+//!     done += 1;
+//! }
+//! ```
+//!
 //! ```ignore
 //! use pvguest_sdk::blkfront::BlockDevice;
 //! let mut disk = BlockDevice::open(&mut store, 0)?;   // the first vbd
@@ -53,6 +92,7 @@
 //! - A flush is issued only once every earlier request has completed, so
 //!   an acknowledged flush covers every write acknowledged before it.
 
+use crate::blkif::stream::Book;
 use crate::blkif::{self, Inflight, Op, Piece, Request, Response, Status, RING_SLOTS};
 use crate::channel::{ChannelError, FrontChannel};
 use crate::event::Port;
@@ -120,7 +160,53 @@ pub enum BlkError {
     Store(crate::store::StoreError),
     /// The backend did not connect, or went away.
     NotConnected,
+    /// No room to start a streamed request now (the ring or the indirect
+    /// pages are full, or a flush waits for or holds back requests), or a
+    /// batch while streamed requests are in flight: collect a [`Done`]
+    /// first ([`BlockDevice::wait_done`]).
+    Busy,
 }
+
+/// One request of a stream ([`BlockDevice::start`]): the buffer is lent
+/// to the request and comes back in its [`Done`]. One request each: a
+/// buffer of at most 32 pages when the backend offers indirect requests,
+/// else 11.
+#[derive(Debug)]
+pub enum StreamOp {
+    /// Read sectors from `sector` into the whole of `buf` (zero-copy).
+    Read { sector: u64, buf: IoBuf },
+    /// Write the whole of `buf` at `sector` (zero-copy; `fua`: durable
+    /// when answered).
+    Write { sector: u64, buf: IoBuf, fua: bool },
+    /// Make every write answered before it durable: starts only once every
+    /// earlier request is answered, and nothing starts until it is.
+    Flush,
+}
+
+impl StreamOp {
+    /// The buffer it carries, if any (to take it back from a refused
+    /// start).
+    pub fn into_buf(self) -> Option<IoBuf> {
+        match self {
+            StreamOp::Read { buf, .. } | StreamOp::Write { buf, .. } => Some(buf),
+            StreamOp::Flush => None,
+        }
+    }
+}
+
+/// A finished streamed request: the tag it was started with, its buffer
+/// back (`None` for a flush), and the backend's answer. The data of a read
+/// is in the buffer only if `result` is `Ok`.
+#[derive(Debug)]
+pub struct Done {
+    pub tag: u64,
+    pub buf: Option<IoBuf>,
+    pub result: Result<(), BlkError>,
+}
+
+/// What the book holds of a streamed request: its buffer, and its
+/// indirect page if it has one.
+type Streamed = (Option<IoBuf>, Option<u16>);
 
 /// One operation of a batch ([`BlockDevice::run`]).
 pub enum Io<'a> {
@@ -249,6 +335,13 @@ pub struct BlockDevice {
     info: DiskInfo,
     handle: u16,
     broken: bool,
+    /// Streamed requests in flight ([`BlockDevice::start`]).
+    stream: Book<Streamed, { RING_SLOTS }>,
+    /// Requests pushed since the last publish.
+    unkicked: bool,
+    /// The batch's list of requests in flight, kept between calls (no
+    /// allocation per call).
+    batch: Vec<Pending>,
 }
 
 fn wake(_: Port) {}
@@ -288,6 +381,9 @@ impl BlockDevice {
             info,
             handle,
             broken: false,
+            stream: Book::new(),
+            unkicked: false,
+            batch: Vec::new(),
         })
     }
 
@@ -426,11 +522,21 @@ impl BlockDevice {
         if self.broken {
             return Err(BlkError::Protocol);
         }
+        if !self.stream.is_empty() {
+            return Err(BlkError::Busy);
+        }
         for io in ios.iter() {
             self.check(io)?;
         }
-        let mut pending: Vec<Pending> = Vec::new();
+        let mut pending = core::mem::take(&mut self.batch);
+        pending.clear();
         pending.try_reserve_exact(RING_SLOTS).map_err(|_| BlkError::NoMemory)?;
+        let result = self.run_batch(ios, &mut pending);
+        self.batch = pending;
+        result
+    }
+
+    fn run_batch(&mut self, ios: &mut [Io<'_>], pending: &mut Vec<Pending>) -> Result<(), BlkError> {
         let mut result = Ok(());
         let (mut next, mut offset) = (0usize, 0usize);
         loop {
@@ -512,12 +618,154 @@ impl BlockDevice {
                 Ok(false) => {}
                 Err(e) => return Err(self.fail(e)),
             }
-            if !self.ring.connected() {
+            self.stats.waits += 1;
+            let deadline = crate::time::now_ns() + IDLE_CHECK_NS;
+            let _ = crate::sched::poll(&[port.0], deadline);
+            // Only a poll that ran out asks whether the backend is still
+            // there (a hypercall): an answer ends the poll early, and the
+            // check above finds it.
+            if crate::time::now_ns() >= deadline && !self.ring.connected() {
                 self.broken = true;
                 return Err(BlkError::NotConnected);
             }
-            self.stats.waits += 1;
-            let _ = crate::sched::poll(&[port.0], crate::time::now_ns() + IDLE_CHECK_NS);
+        }
+    }
+
+    /// Starts one streamed request (see "Streaming" in the module docs),
+    /// tagged `tag` for its [`Done`]: on the ring, but not yet told to the
+    /// backend ([`BlockDevice::kick`], or [`BlockDevice::wait_done`],
+    /// which kicks). Checked like a batch's operation first; a refused
+    /// start hands the operation (and its buffer) back, with
+    /// [`BlkError::Busy`] when it only has to wait for an answer.
+    // The operation comes back whole on refusal: it owns the caller's buffer.
+    #[allow(clippy::result_large_err)]
+    pub fn start(&mut self, op: StreamOp, tag: u64) -> Result<(), (BlkError, StreamOp)> {
+        if self.broken {
+            return Err((BlkError::Protocol, op));
+        }
+        let (kind, sector, buf, fua) = match op {
+            StreamOp::Read { sector, buf } => (Op::Read, sector, Some(buf), false),
+            StreamOp::Write { sector, buf, fua } => {
+                (if fua { Op::WriteFua } else { Op::Write }, sector, Some(buf), fua)
+            }
+            StreamOp::Flush => (Op::Flush, 0, None, false),
+        };
+        let back = |buf: Option<IoBuf>| match (kind, buf) {
+            (Op::Read, Some(buf)) => StreamOp::Read { sector, buf },
+            (_, Some(buf)) => StreamOp::Write { sector, buf, fua },
+            (_, None) => StreamOp::Flush,
+        };
+        let mut buf = buf;
+        let checked = match buf.as_mut() {
+            Some(b) if kind == Op::Read => self.check(&Io::ReadInto { sector, buf: b }),
+            Some(b) => self.check(&Io::WriteFrom { sector, buf: b, fua }),
+            None => self.check(&Io::Flush),
+        };
+        let pages = buf.as_ref().map_or(0, |b| b.pages.len());
+        let room = if pages > max_pages(self.info.features.indirect) {
+            Err(BlkError::BadLength)
+        } else if self.stream.admit(kind == Op::Flush).is_err()
+            || self.inflight.is_full()
+            || (pages > blkif::MAX_SEGMENTS && self.ind_free.is_empty())
+        {
+            Err(BlkError::Busy)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = checked.and(room) {
+            return Err((e, back(buf)));
+        }
+        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_VALID_SEGMENTS];
+        let grefs = buf.as_ref().map_or(&[][..], |b| &b.grefs[..]);
+        for (piece, &gref) in pieces.iter_mut().zip(grefs) {
+            *piece = Piece { gref, offset: 0, len: blkif::PAGE_SIZE as u32 };
+        }
+        let built = self.build(kind, sector, &pieces[..pages]);
+        let (req, ind) = match built {
+            Ok(r) => r,
+            Err(e) => return Err((e, back(buf))),
+        };
+        let id = match self.push(req) {
+            Ok(id) => id,
+            Err(e) => {
+                if let Some(k) = ind {
+                    self.ind_free.push(k);
+                }
+                return Err((e, back(buf)));
+            }
+        };
+        self.unkicked = true;
+        if let Err((_, (buf, _))) = self.stream.insert(id, tag, (buf, ind), kind == Op::Flush) {
+            // Cannot happen: admitted above. On the ring and untracked, its
+            // answer would be unknown: the device is done.
+            self.broken = true;
+            return Err((BlkError::Protocol, back(buf)));
+        }
+        Ok(())
+    }
+
+    /// Tells the backend about every request started since the last kick
+    /// (one notification, and only if it asked for one).
+    pub fn kick(&mut self) -> Result<(), BlkError> {
+        if self.broken {
+            return Err(BlkError::Protocol);
+        }
+        if core::mem::take(&mut self.unkicked) && self.ring.ring.push_and_check_notify().map_err(|e| self.fail(e))? {
+            self.stats.notifies += 1;
+            let _ = self.ring.notify();
+        }
+        Ok(())
+    }
+
+    /// Streamed requests started and not yet handed back.
+    pub fn streaming(&self) -> usize {
+        self.stream.len()
+    }
+
+    /// The next answered streamed request, if one has been answered
+    /// (never sleeps). An answer that is not for a streamed request in
+    /// flight, or that does not match it, is [`BlkError::Protocol`]: the
+    /// device is broken, and the buffers still in flight stay lent to it.
+    pub fn next_done(&mut self) -> Result<Option<Done>, BlkError> {
+        if self.broken {
+            return Err(BlkError::Protocol);
+        }
+        let Some(rsp) = self.ring.ring.pop_response().map_err(|e| self.fail(e))? else { return Ok(None) };
+        let Ok(done) = self.inflight.complete(rsp) else {
+            self.broken = true;
+            return Err(BlkError::Protocol);
+        };
+        let Some(e) = self.stream.finish(done.id) else {
+            self.broken = true;
+            return Err(BlkError::Protocol);
+        };
+        let (buf, ind) = e.held;
+        if let Some(k) = ind {
+            self.ind_free.push(k);
+        }
+        let result = match done.status {
+            Status::Okay => Ok(()),
+            Status::Error => Err(BlkError::Io),
+            Status::NotSupported => Err(BlkError::NotSupported),
+        };
+        Ok(Some(Done { tag: e.tag, buf, result }))
+    }
+
+    /// Kicks, then the next answered streamed request, sleeping until
+    /// there is one; `None` if none is in flight.
+    pub fn wait_done(&mut self) -> Result<Option<Done>, BlkError> {
+        if self.broken {
+            return Err(BlkError::Protocol);
+        }
+        if self.stream.is_empty() {
+            return Ok(None);
+        }
+        self.kick()?;
+        loop {
+            if let Some(d) = self.next_done()? {
+                return Ok(Some(d));
+            }
+            self.wait()?;
         }
     }
 

@@ -1389,5 +1389,7 @@ error_impls! {
     BadResponse => "invalid block response",
 }
 
+pub mod stream;
+
 #[cfg(test)]
 mod tests;

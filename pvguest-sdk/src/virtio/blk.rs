@@ -70,8 +70,10 @@
 //! disk.flush()?;
 //! // Asynchronous: the buffer travels with the request and comes back.
 //! let len = 64 * 1024;
-//! disk.submit(Submission { op: Op::Read, lba: 128, mem: Memory::Buffer(buf), range: 0..len, cookie: 7 })
+//! let descriptors = disk
+//!     .submit(Submission { op: Op::Read, lba: 128, mem: Memory::Buffer(buf), range: 0..len, cookie: 7 })
 //!     .map_err(|(e, _)| e)?;
+//! assert!(descriptors >= 3); // header, the data's runs, status
 //! disk.kick();
 //! let done = loop {
 //!     if let Some(c) = disk.next_completion() { break c; }
@@ -104,6 +106,10 @@ pub const MAX_IN_FLIGHT: usize = 64;
 /// buffer on discontiguous frames, not page-aligned, has 17; a backend's
 /// 32 scattered mapped pages, 32).
 pub const MAX_RUNS: usize = 33;
+/// [`Chain`] sizes: room for 3 data runs (a request of up to 8 KiB, or
+/// one on machine-contiguous pages), and for [`MAX_RUNS`].
+const SMALL_CHAIN: usize = 4;
+const BIG_CHAIN: usize = MAX_RUNS + 1;
 /// Bytes one request of a blocking call carries at most (longer calls are
 /// split).
 const CALL_CHUNK: usize = 64 * 1024;
@@ -352,8 +358,9 @@ impl Data {
         }
     }
 
-    /// The machine-contiguous runs of the data: how many, in `out`.
-    fn runs(&self, out: &mut [(u64, usize); MAX_RUNS]) -> Result<usize, BlkError> {
+    /// The machine-contiguous runs of the data: how many, in `out`
+    /// ([`BlkError::NotDmaable`] if they do not fit).
+    fn runs(&self, out: &mut [(u64, usize)]) -> Result<usize, BlkError> {
         match *self {
             Data::None => Ok(0),
             Data::Span { va, len } => runs(va, len, out),
@@ -434,7 +441,7 @@ const FREE: Slot = Slot { state: State::Free, op: Op::Flush, data: Data::None, o
 /// The machine-contiguous runs of `[va, va + len)`: how many, written to
 /// `out` as (virtual address, length). Deterministic for memory that does
 /// not move, so a chain's buffers can be named again when it is popped.
-fn runs(va: u64, len: usize, out: &mut [(u64, usize); MAX_RUNS]) -> Result<usize, BlkError> {
+fn runs(va: u64, len: usize, out: &mut [(u64, usize)]) -> Result<usize, BlkError> {
     let end = va.checked_add(len as u64).ok_or(BlkError::NotDmaable)?;
     let mut n = 0;
     let mut at = va;
@@ -498,6 +505,8 @@ pub struct Disk {
     busy: usize,
     /// Chains the device holds.
     in_flight: usize,
+    /// Chains added since the last [`Disk::kick`].
+    queued: bool,
     broken: bool,
 }
 
@@ -513,10 +522,12 @@ impl core::fmt::Debug for Disk {
 
 /// The buffers of a chain, as the queue takes them: the device-readable
 /// ones (`ins`) and the device-writable ones (`outs`), each list's used
-/// length.
-struct Chain<'a> {
-    ins: [&'a [u8]; MAX_RUNS + 1],
-    outs: [&'a mut [u8]; MAX_RUNS + 1],
+/// length; room for `N - 1` data runs (besides the header and the
+/// status). Built on the stack twice per request (to add it and to pop
+/// it), so a small request gets a small one ([`SMALL_CHAIN`]).
+struct Chain<'a, const N: usize> {
+    ins: [&'a [u8]; N],
+    outs: [&'a mut [u8]; N],
     nins: usize,
     nouts: usize,
 }
@@ -577,6 +588,7 @@ impl Disk {
             token_slot: [NO_SLOT; QUEUE_SIZE],
             busy: 0,
             in_flight: 0,
+            queued: false,
             broken: false,
         })
     }
@@ -664,9 +676,14 @@ impl Disk {
     /// The slot's `data` must be memory the driver holds for
     /// the request (a submission's, or a blocking call's borrow), and the
     /// returned slices may be used only to add or pop that one chain.
-    unsafe fn chain<'c>(&self, k: usize, op: Op, d: Data) -> Result<Chain<'c>, BlkError> {
-        let mut data = [(0u64, 0usize); MAX_RUNS];
-        let n = if op == Op::Flush { 0 } else { d.runs(&mut data)? };
+    ///
+    /// A request of more than `N - 1` runs is [`BlkError::NotDmaable`]:
+    /// callers try [`SMALL_CHAIN`] first, then [`BIG_CHAIN`], which is
+    /// deterministic for held memory (its runs do not change), so a chain
+    /// is popped with the same buffers it was added with.
+    unsafe fn chain<'c, const N: usize>(&self, k: usize, op: Op, d: Data) -> Result<Chain<'c, N>, BlkError> {
+        let mut data = [(0u64, 0usize); N];
+        let n = if op == Op::Flush { 0 } else { d.runs(&mut data[..N - 1])? };
         let base = self.headers.va() as usize + k * SLOT_BYTES;
         // SAFETY: slot `k`'s header and status bytes lie in the header
         // page (k < MAX_IN_FLIGHT, 64 * 32 bytes), which this driver
@@ -677,12 +694,7 @@ impl Disk {
                 core::slice::from_raw_parts_mut((base + STATUS_AT) as *mut u8, 1),
             )
         };
-        let mut c = Chain {
-            ins: [&[]; MAX_RUNS + 1],
-            outs: core::array::from_fn(|_| <&mut [u8]>::default()),
-            nins: 1,
-            nouts: 0,
-        };
+        let mut c = Chain { ins: [&[]; N], outs: core::array::from_fn(|_| <&mut [u8]>::default()), nins: 1, nouts: 0 };
         c.ins[0] = header;
         for &(va, len) in &data[..n] {
             if op == Op::Write {
@@ -701,8 +713,9 @@ impl Disk {
         Ok(c)
     }
 
-    /// Queues slot `k`'s request. The caller has checked it.
-    fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<(), BlkError> {
+    /// Queues slot `k`'s request. The caller has checked it. Returns the
+    /// descriptors its chain holds (header, data runs, status).
+    fn start(&mut self, k: usize, op: Op, lba: u64, d: Data) -> Result<usize, BlkError> {
         // The header and the status byte are written before any reference
         // to them exists (the chain's slices below), and not touched again
         // until the chain is popped.
@@ -718,7 +731,35 @@ impl Disk {
         self.headers.write(at, &header);
         self.headers.write(at + STATUS_AT as u64, &[S_UNSET]);
         // SAFETY: the slot's memory is held (the callers' contracts).
-        let mut c = unsafe { self.chain(k, op, d)? };
+        match unsafe { self.chain::<SMALL_CHAIN>(k, op, d) } {
+            Ok(mut c) => self.add(k, &mut c),
+            // SAFETY: as above.
+            Err(_) => self.add(k, &mut unsafe { self.chain::<BIG_CHAIN>(k, op, d)? }),
+        }
+    }
+
+    /// Pops the used chain `token` of slot `k` (its buffers named again
+    /// in a chain of size `N`: [`BlkError::NotDmaable`] if they do not
+    /// fit, before anything is popped).
+    ///
+    /// # Safety
+    /// As [`Disk::chain`]'s, and the device has used the chain.
+    unsafe fn pop_chain<const N: usize>(
+        &mut self,
+        token: u16,
+        k: usize,
+        op: Op,
+        d: Data,
+    ) -> Result<Result<(), virtio_drivers::Error>, BlkError> {
+        // SAFETY: the caller's contract.
+        let mut c = unsafe { self.chain::<N>(k, op, d)? };
+        // SAFETY: the caller's contract: the same buffers as the chain was
+        // added with, and the device is done with them.
+        Ok(unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) }.map(|_| ()))
+    }
+
+    /// Adds slot `k`'s chain `c` to the queue; the descriptors it holds.
+    fn add<const N: usize>(&mut self, k: usize, c: &mut Chain<'_, N>) -> Result<usize, BlkError> {
         if self.queue.available_desc() < c.nins + c.nouts {
             return Err(BlkError::Busy);
         }
@@ -732,17 +773,24 @@ impl Disk {
         let token = unsafe { self.queue.add(&c.ins[..c.nins], &mut c.outs[..c.nouts]) }?;
         self.token_slot[usize::from(token)] = k as u8;
         self.in_flight += 1;
-        Ok(())
+        self.queued = true;
+        Ok(c.nins + c.nouts)
     }
 
     /// Queues `s` (the device starts on it at the next [`Disk::kick`]).
     /// Its memory is the driver's until its [`Completion`]; a refused
     /// submission comes back with the error. [`BlkError::Busy`] means:
     /// collect a completion and submit again.
+    ///
+    /// Returns the queue descriptors the request holds until it completes
+    /// (its header, one per machine-contiguous data run, its status; 0 for
+    /// a flush the device needs no request for), so a caller sharing the
+    /// queue out can charge each request what it really takes: a 64 KiB
+    /// request on machine-contiguous pages holds 3, not one per page.
     // The refused submission comes back whole: it owns memory (a peer's
     // mapped pages) that must not be lost, and there may be no heap to box it.
     #[allow(clippy::result_large_err)]
-    pub fn submit(&mut self, s: Submission) -> Result<(), (BlkError, Submission)> {
+    pub fn submit(&mut self, s: Submission) -> Result<usize, (BlkError, Submission)> {
         let d = match s.op {
             Op::Flush => Data::None,
             _ => match s.mem.data(&s.range) {
@@ -767,16 +815,16 @@ impl Disk {
             drop(t);
             self.busy += 1;
             self.finished(k, Some((s.mem, s.cookie)), Ok(()));
-            return Ok(());
+            return Ok(0);
         }
         drop(t);
         match self.start(k, s.op, s.lba, d) {
-            Ok(()) => {
+            Ok(descriptors) => {
                 let mut t = TABLE.lock();
                 t.slots[k] =
                     Slot { state: State::InFlight, op: s.op, data: d, owned: Some((s.mem, s.cookie)), result: None };
                 self.busy += 1;
-                Ok(())
+                Ok(descriptors)
             }
             Err(e) => Err((e, s)),
         }
@@ -785,7 +833,9 @@ impl Disk {
     /// Tells the device about everything queued since the last kick
     /// (unless it suppressed notifications).
     pub fn kick(&mut self) {
-        if self.queue.should_notify() {
+        // Nothing queued since the last kick: the device was told (or
+        // asked not to be) about everything already.
+        if core::mem::take(&mut self.queued) && self.queue.should_notify() {
             self.transport.notify(QUEUE);
         }
     }
@@ -879,18 +929,22 @@ impl Disk {
             let popped = {
                 // SAFETY: the same buffers as the chain was added with (the
                 // slot's, still held); `runs` names them again identically,
-                // since held memory does not move.
-                let mut c = match unsafe { self.chain(k, op, d) } {
-                    Ok(c) => c,
+                // since held memory does not move, and the same size of
+                // chain is chosen for them (small if they fit).
+                let chain = match unsafe { self.pop_chain::<SMALL_CHAIN>(token, k, op, d) } {
+                    // SAFETY: as above.
+                    Err(_) => unsafe { self.pop_chain::<BIG_CHAIN>(token, k, op, d) },
+                    small => small,
+                };
+                match chain {
+                    Ok(p) => p,
                     Err(e) => {
                         // Cannot happen for held memory; the queue cannot
                         // be popped past it, so the driver is done.
                         self.broken = true;
                         return Err(e);
                     }
-                };
-                // SAFETY: as above; the device has used the chain.
-                unsafe { self.queue.pop_used(token, &c.ins[..c.nins], &mut c.outs[..c.nouts]) }
+                }
             };
             if let Err(e) = popped {
                 self.broken = true;
@@ -933,7 +987,7 @@ impl Disk {
         self.busy += 1;
         loop {
             let waited = match self.start(k, op, lba, d) {
-                Ok(()) => break,
+                Ok(_) => break,
                 Err(BlkError::Busy) if self.in_flight > 0 => {
                     // What was queued before must reach the device, or
                     // nothing completes.

@@ -23,17 +23,28 @@
 //!   (keyed by the virtual offset): checks it reads the template, appends
 //!   its own log over the first sectors, and checks that the rest still
 //!   reads as the template.
-//! - `mode=bench mib=M qd=Q rand4k=N reads4k=R`: the split-disk
+//! - `mode=bench mib=M qd=Q rand4k=N reads4k=R rounds=K`: the split-disk
 //!   benchmark's domU half: 64 KiB sequential writes (then a flush) and
-//!   reads of `M` MiB, `Q` requests in flight, twice: through the copying
-//!   calls (`copy_seq_*`) and zero-copy ([`IoBuf`]s of the device's pool);
-//!   `N` random 4 KiB reads into zero-copy pages, `Q` in flight; `R` single
-//!   4 KiB reads (the path length of one request). Each pass checks what
-//!   it read. Lines `blkbench: domu_<what> ...` as dom0's `blkbench`
-//!   prints them. The pool needs `Q * 16 + 16` pages (`pool=`).
+//!   reads of `M` MiB through the copying calls (`copy_seq_*`, batches of
+//!   `Q`), `R` single 4 KiB reads (the path length of one request), then
+//!   `K` rounds (1 without `rounds=`) of the zero-copy passes, streamed
+//!   with `Q` in flight all the time ([`BlockDevice::start`], [`IoBuf`]s of
+//!   the device's pool): sequential writes (then a flush) and reads, and
+//!   `N` random 4 KiB reads. With `rounds=`, each round sits beside one of
+//!   dom0's native rounds, asked for in the store. Each pass checks what
+//!   it read. Lines `blkbench: domu_<what> ... round=r` as dom0's
+//!   `blkbench` prints them. The pool needs `Q * 17 + 16` pages (`pool=`).
 //! - `mode=batch`: reads and writes through `run` with many requests in
 //!   flight (random 4 KiB reads over the disk, checked against what it
 //!   wrote).
+//! - `mode=stream seed=S`: the streaming calls ([`BlockDevice::start`]):
+//!   writes the whole disk in 64 KiB requests, 8 buffers kept in flight,
+//!   each filled with the pattern of its place; a flush behind them is
+//!   `Busy` until they are answered, a read behind the flush is `Busy`
+//!   until it is; reads it all back streamed and checks every byte; 33
+//!   single-page reads meet the 32-slot ring's `Busy`; a batch while
+//!   streaming is `Busy`; a buffer of scattered pages (one run per page
+//!   at the backend's device) writes and reads back its pattern. Needs `pool=` of at least 8 * 16 + 33 + 1 pages.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
@@ -41,7 +52,7 @@
 extern crate alloc;
 
 use alloc::vec;
-use pvguest_sdk::blkfront::{BlockDevice, Io, IoBuf, SECTOR};
+use pvguest_sdk::blkfront::{BlkError, BlockDevice, Done, Io, IoBuf, StreamOp, SECTOR};
 use pvguest_sdk::check::Checks;
 use pvguest_sdk::cmdline::arg;
 use pvguest_sdk::store::Store;
@@ -92,7 +103,8 @@ fn main(si: &'static StartInfo) {
         "append" => append(&mut c, &mut disk, records, seed, cmd.split(' ').any(|w| w == "hold")),
         "verify" => verify(&mut c, &mut disk, records, seed),
         "batch" => batch(&mut c, &mut disk, seed),
-        "bench" => bench(&mut c, &mut disk, cmd),
+        "stream" => stream_check(&mut c, &mut disk, seed),
+        "bench" => bench(&mut c, &mut disk, &mut store, cmd),
         "overlay" => overlay(&mut c, &mut disk, records, seed, arg(cmd, "template").unwrap_or(0)),
         other => c.holds(name, format_args!("a known mode (got `{other}`)"), false),
     }
@@ -263,21 +275,109 @@ fn victim(c: &mut Checks, store: &mut Store) {
     }
 }
 
-fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
+/// Bytes of one sequential request.
+const CHUNK: usize = 64 * 1024;
+
+/// A zero-copy buffer of the bench with its number (what it wrote names
+/// the pattern: buffer `k` holds the pattern of seed 2 at `k * CHUNK`) and
+/// the tag of the last request that carried it.
+struct Lent {
+    k: usize,
+    buf: IoBuf,
+    tag: Option<u64>,
+}
+
+/// `count` streamed requests, `write` or read, of the buffers in `free`
+/// (at most 256), as many in flight as there are buffers (and the ring
+/// allows): request `i` at `sector_of(i)`. Each completion goes to `seen`
+/// (the request's number, the buffer's, the buffer) and its buffer back
+/// to `free`; the first error ends the pass. Whether `seen` held for
+/// every one.
+fn stream(
+    disk: &mut BlockDevice,
+    free: &mut alloc::vec::Vec<Lent>,
+    count: u64,
+    write: bool,
+    mut sector_of: impl FnMut(u64) -> u64,
+    mut seen: impl FnMut(u64, usize, &IoBuf) -> bool,
+) -> Result<bool, BlkError> {
+    let (mut next, mut done, mut ok) = (0u64, 0u64, true);
+    while done < count {
+        while next < count {
+            let Some(l) = free.pop() else { break };
+            let sector = sector_of(next);
+            let op = if write {
+                StreamOp::Write { sector, buf: l.buf, fua: false }
+            } else {
+                StreamOp::Read { sector, buf: l.buf }
+            };
+            // The tag carries the request's number and the buffer's.
+            match disk.start(op, (next << 8) | l.k as u64) {
+                Ok(()) => next += 1,
+                Err((e, op)) => {
+                    if let Some(buf) = op.into_buf() {
+                        free.push(Lent { buf, ..l });
+                    }
+                    if e == BlkError::Busy {
+                        break;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        disk.kick()?;
+        // Everything answered so far; sleep only when nothing was.
+        let mut got = disk.next_done()?;
+        if got.is_none() {
+            got = disk.wait_done()?;
+        }
+        while let Some(d) = got {
+            d.result?;
+            let buf = d.buf.ok_or(BlkError::Protocol)?;
+            let (i, k) = (d.tag >> 8, (d.tag & 0xff) as usize);
+            ok &= seen(i, k, &buf);
+            free.push(Lent { k, buf, tag: Some(i) });
+            done += 1;
+            got = disk.next_done()?;
+        }
+    }
+    Ok(ok)
+}
+
+/// Whether the first word of `buf` is what buffer `k` wrote at `page`.
+fn first_word_is(buf: &IoBuf, k: usize, page: usize) -> bool {
+    let mut w = [0u8; 8];
+    buf.read(0, &mut w);
+    u64::from_le_bytes(w) == disk_pattern::pattern_word(2, ((k * CHUNK + page * 4096) / 8) as u64)
+}
+
+/// The split-disk benchmark's domU half (see the module docs): the copying
+/// passes and the single reads once, then `rounds=` rounds of the
+/// zero-copy passes (streamed, `qd=` in flight all the time), each round
+/// beside a round of dom0's native passes: the domU asks for it in the
+/// store (`data/bench-round`) and waits for dom0's `data/bench-native`,
+/// native first in even rounds and last in odd ones (so a drift of the
+/// host's speed over the run weighs on both paths alike).
+fn bench(c: &mut Checks, disk: &mut BlockDevice, store: &mut Store, cmd: &str) {
     use pvguest_sdk::time;
     let who = "blklog";
     let bytes = arg(cmd, "mib").unwrap_or(8) << 20;
-    let qd = arg(cmd, "qd").unwrap_or(32) as usize;
-    const CHUNK: usize = 64 * 1024;
+    let qd = (arg(cmd, "qd").unwrap_or(32) as usize).clamp(1, 32);
+    let rounds = arg(cmd, "rounds");
     let chunks = (bytes / CHUNK as u64) as usize;
     let start = || (time::now_ns(), time::tsc());
-    let report = |what: &str, t0: (u64, u64), n: u64| {
-        println!("blkbench: domu_{what} bytes={n} ns={} tsc={}", time::now_ns() - t0.0, time::tsc() - t0.1);
+    let report = |what: &str, t0: (u64, u64), n: u64, round: u64| {
+        println!(
+            "blkbench: domu_{what} bytes={n} ns={} tsc={} round={round}",
+            time::now_ns() - t0.0,
+            time::tsc() - t0.1
+        );
     };
     let per = (CHUNK / SECTOR) as u64;
     let mut ok = true;
 
-    // Copying calls: the caller's buffers, copied through the pool.
+    // Copying calls: the caller's buffers, copied through the pool, in
+    // batches of `qd`.
     let mut bufs = vec![vec![0u8; CHUNK]; qd];
     for (k, b) in bufs.iter_mut().enumerate() {
         disk_pattern::fill_words(b, 1, (k * CHUNK) as u64);
@@ -293,7 +393,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
         ok &= disk.run(&mut ios).is_ok();
     }
     ok &= disk.flush().is_ok();
-    report("copy_seq_write", t0, bytes);
+    report("copy_seq_write", t0, bytes, 0);
     let t0 = start();
     for first in (0..chunks).step_by(qd) {
         let n = qd.min(chunks - first);
@@ -304,7 +404,7 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
             .collect();
         ok &= disk.run(&mut ios).is_ok();
     }
-    report("copy_seq_read", t0, bytes);
+    report("copy_seq_read", t0, bytes, 0);
     // What the last batch read is what was written there.
     let last = (chunks - 1) / qd * qd;
     let intact = bufs[..chunks - last].iter().enumerate().all(|(k, b)| {
@@ -315,16 +415,38 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
     c.holds(who, format_args!("the copying reads return what was written"), intact);
     drop(bufs);
 
+    // Single 4 KiB reads, one at a time: the path length of one request.
+    // With `rounds=`, marks in the store around them have dom0 print how
+    // long it has run, so the time both domains ran for them is known.
+    let reads = arg(cmd, "reads4k").unwrap_or(256);
+    let mark_path = alloc::format!("{}/data/bench-mark", store.home());
+    let marks = arg(cmd, "rounds").is_some();
+    let mark = |store: &mut Store, m: u64| !marks || store.write(&mark_path, alloc::format!("{m}").as_bytes()).is_ok();
+    ok &= mark(store, 1);
+    let mut one = [0u8; 4096];
+    let (mut best, t0, run0) = (u64::MAX, start(), time::virtual_ns());
+    let mut read_ok = true;
+    for i in 0..reads {
+        let t = time::tsc();
+        read_ok &= disk.read(i * 8, &mut one).is_ok();
+        best = best.min(time::tsc() - t);
+    }
+    let run = time::virtual_ns() - run0;
+    let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+    ok &= mark(store, 2) & read_ok;
+    println!("blkbench: domu_read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best} run_ns={run}");
+
     // Zero-copy: buffers of the device's pool, which the backend's device
-    // reads and writes directly.
-    let mut zbufs: alloc::vec::Vec<IoBuf> = alloc::vec::Vec::new();
+    // reads and writes directly; buffer k holds the pattern of seed 2 at
+    // k * CHUNK.
+    let mut zbufs: alloc::vec::Vec<Lent> = alloc::vec::Vec::new();
     for k in 0..qd {
         match disk.alloc_buf(CHUNK / 4096) {
-            Ok(mut b) => {
+            Ok(mut buf) => {
                 let mut pattern = vec![0u8; CHUNK];
                 disk_pattern::fill_words(&mut pattern, 2, (k * CHUNK) as u64);
-                b.write(0, &pattern);
-                zbufs.push(b);
+                buf.write(0, &pattern);
+                zbufs.push(Lent { k, buf, tag: None });
             }
             Err(e) => {
                 c.holds(who, format_args!("zero-copy buffer {k} ({e:?}: raise pool=)"), false);
@@ -332,80 +454,292 @@ fn bench(c: &mut Checks, disk: &mut BlockDevice, cmd: &str) {
             }
         }
     }
-    let t0 = start();
-    for first in (0..chunks).step_by(qd) {
-        let n = qd.min(chunks - first);
-        let mut ios: alloc::vec::Vec<Io<'_>> = zbufs[..n]
-            .iter()
-            .enumerate()
-            .map(|(k, b)| Io::WriteFrom { sector: (first + k) as u64 * per, buf: b, fua: false })
-            .collect();
-        ok &= disk.run(&mut ios).is_ok();
-    }
-    ok &= disk.flush().is_ok();
-    report("seq_write", t0, bytes);
-    for b in zbufs.iter_mut() {
-        b.write(0, &[0u8; 4096]);
-    }
-    let t0 = start();
-    for first in (0..chunks).step_by(qd) {
-        let n = qd.min(chunks - first);
-        let mut ios: alloc::vec::Vec<Io<'_>> = zbufs[..n]
-            .iter_mut()
-            .enumerate()
-            .map(|(k, b)| Io::ReadInto { sector: (first + k) as u64 * per, buf: b })
-            .collect();
-        ok &= disk.run(&mut ios).is_ok();
-    }
-    report("seq_read", t0, bytes);
-    let intact = zbufs[..chunks - last].iter().enumerate().all(|(k, b)| {
-        let (mut got, mut want) = (vec![0u8; CHUNK], vec![0u8; CHUNK]);
-        b.read(0, &mut got);
-        disk_pattern::fill_words(&mut want, 2, (k * CHUNK) as u64);
-        got == want
-    });
-    c.holds(who, format_args!("the zero-copy reads return what was written"), intact);
-    println!("blklog: front after the sequential passes: {:?}", disk.stats());
-    c.holds(who, format_args!("{} MiB written and read twice, {qd} requests in flight", bytes >> 20), ok);
-    for b in zbufs.drain(..) {
-        disk.free_buf(b);
-    }
-
-    let reads = arg(cmd, "reads4k").unwrap_or(256);
-    let mut one = [0u8; 4096];
-    let (mut best, t0) = (u64::MAX, start());
-    for i in 0..reads {
-        let t = time::tsc();
-        ok &= disk.read(i * 8, &mut one).is_ok();
-        best = best.min(time::tsc() - t);
-    }
-    println!(
-        "blkbench: domu_read_4k count={reads} ns={} tsc={} min_tsc={best}",
-        time::now_ns() - t0.0,
-        time::tsc() - t0.1
-    );
+    let mut pages: alloc::vec::Vec<Lent> =
+        (0..qd).filter_map(|k| disk.alloc_buf(1).ok().map(|buf| Lent { k, buf, tag: None })).collect();
+    ok &= pages.len() == qd;
     let rand = arg(cmd, "rand4k").unwrap_or(1024);
     let blocks = bytes / 4096;
-    let mut pages: alloc::vec::Vec<IoBuf> = (0..qd).filter_map(|_| disk.alloc_buf(1).ok()).collect();
-    ok &= pages.len() == qd;
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    let t0 = start();
-    let mut done = 0;
-    while done < rand {
-        let n = (qd as u64).min(rand - done) as usize;
-        let mut ios: alloc::vec::Vec<Io<'_>> = pages[..n]
-            .iter_mut()
-            .map(|p| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                Io::ReadInto { sector: (x % blocks) * 8, buf: p }
-            })
-            .collect();
-        ok &= disk.run(&mut ios).is_ok();
-        done += n as u64;
+    // Which buffer wrote each chunk (in the last write pass).
+    let mut writer = vec![0usize; chunks];
+    let home = store.home();
+    let (ask, answer) = (alloc::format!("{home}/data/bench-round"), alloc::format!("{home}/data/bench-native"));
+    if rounds.is_some() && store.watch(&answer, "bench").is_err() {
+        c.holds(who, format_args!("a watch on {answer}"), false);
+        return;
     }
-    println!("blkbench: domu_randread_4k count={rand} ns={} tsc={}", time::now_ns() - t0.0, time::tsc() - t0.1);
-    c.holds(who, format_args!("every benchmark request succeeded"), ok);
+    // A round of dom0's native passes, asked for and waited for.
+    let native = |store: &mut Store, r: u64| -> bool {
+        if rounds.is_none() || store.write(&ask, alloc::format!("{r}").as_bytes()).is_err() {
+            return rounds.is_none();
+        }
+        loop {
+            if store.read_u64(&answer).is_ok_and(|v| v == r) {
+                return true;
+            }
+            if store.wait_event().is_err() {
+                return false;
+            }
+        }
+    };
+    let (mut streamed_ok, mut intact, mut rand_ok) = (true, true, true);
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for r in 0..rounds.unwrap_or(1).max(1) {
+        if r % 2 == 0 {
+            ok &= native(store, r);
+        }
+        let t0 = start();
+        let w = stream(
+            disk,
+            &mut zbufs,
+            chunks as u64,
+            true,
+            |i| i * per,
+            |tag, k, _| {
+                writer[tag as usize] = k;
+                true
+            },
+        );
+        ok &= w.is_ok() && disk.flush().is_ok();
+        report("seq_write", t0, bytes, r);
+        for l in zbufs.iter_mut() {
+            l.buf.write(0, &[0u8; 8]);
+        }
+        let t0 = start();
+        // Each chunk's first word checked as it comes (cheap), every
+        // byte of the last ones after the pass.
+        let rd = stream(
+            disk,
+            &mut zbufs,
+            chunks as u64,
+            false,
+            |i| i * per,
+            |tag, _, buf| first_word_is(buf, writer[tag as usize], 0),
+        );
+        report("seq_read", t0, bytes, r);
+        streamed_ok &= rd.as_ref().is_ok_and(|&good| good);
+        intact &= zbufs.iter().all(|l| {
+            let Some(tag) = l.tag else { return false };
+            let k = writer[tag as usize];
+            let mut got = vec![0u8; CHUNK];
+            l.buf.read(0, &mut got);
+            disk_pattern::first_mismatch(&got, 2, (k * CHUNK) as u64).is_none()
+        });
+        let mut block_of = alloc::vec::Vec::with_capacity(rand as usize);
+        for _ in 0..rand {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            block_of.push((x % blocks) as usize);
+        }
+        // Marks 100 + 2r and 101 + 2r: dom0's run time around the pass.
+        ok &= mark(store, 100 + 2 * r);
+        let (t0, run0) = (start(), time::virtual_ns());
+        let rr = stream(
+            disk,
+            &mut pages,
+            rand,
+            false,
+            |i| block_of[i as usize] as u64 * 8,
+            |tag, _, buf| {
+                let b = block_of[tag as usize];
+                first_word_is(buf, writer[b / 16], b % 16)
+            },
+        );
+        let (ns, tsc, run) = (time::now_ns() - t0.0, time::tsc() - t0.1, time::virtual_ns() - run0);
+        ok &= mark(store, 101 + 2 * r);
+        println!("blkbench: domu_randread_4k count={rand} ns={ns} tsc={tsc} run_ns={run} round={r}");
+        rand_ok &= rr.as_ref().is_ok_and(|&good| good);
+        if r % 2 == 1 {
+            ok &= native(store, r);
+        }
+    }
+    c.holds(who, format_args!("the streamed zero-copy reads return what was written (every chunk's first word, every byte of the last {qd})"), streamed_ok && intact);
+    c.holds(who, format_args!("the streamed random reads return what was written (first word of each)"), rand_ok);
+    println!("blklog: front after the benchmark: {:?}", disk.stats());
+    for l in zbufs.drain(..).chain(pages.drain(..)) {
+        disk.free_buf(l.buf);
+    }
+    c.holds(who, format_args!("every benchmark request succeeded ({} MiB per pass, {qd} in flight)", bytes >> 20), ok);
     println!("blkbench: done");
+}
+
+/// `mode=stream` (see the module docs).
+fn stream_check(c: &mut Checks, disk: &mut BlockDevice, seed: u64) {
+    let who = "blklog";
+    const BUFS: usize = 8;
+    let chunks = disk.sectors() / (CHUNK / SECTOR) as u64;
+    let per = (CHUNK / SECTOR) as u64;
+    let mut free: alloc::vec::Vec<IoBuf> = (0..BUFS).filter_map(|_| disk.alloc_buf(CHUNK / 4096).ok()).collect();
+    c.holds(who, format_args!("{BUFS} zero-copy buffers of 64 KiB"), free.len() == BUFS);
+    if free.len() < BUFS {
+        return;
+    }
+    // A buffer of scattered pages (every other one of 16, freed in
+    // turn): its pages are not consecutive, so the backend's device gets
+    // one run per page (the driver's large chains); it writes another
+    // pattern and reads it back (the writes below then cover it).
+    let singles: alloc::vec::Vec<IoBuf> = (0..16).filter_map(|_| disk.alloc_buf(1).ok()).collect();
+    let mut keep = alloc::vec::Vec::new();
+    for (i, b) in singles.into_iter().enumerate() {
+        if i % 2 == 0 {
+            disk.free_buf(b);
+        } else {
+            keep.push(b);
+        }
+    }
+    let scattered = disk.alloc_buf(8).ok();
+    for b in keep.drain(..) {
+        disk.free_buf(b);
+    }
+    let mut round_trip = false;
+    if let Some(mut buf) = scattered {
+        let mut want = vec![0u8; 8 * 4096];
+        disk_pattern::fill_words(&mut want, seed ^ 0x5ca7, 0);
+        buf.write(0, &want);
+        let wrote = disk.start(StreamOp::Write { sector: 0, buf, fua: false }, 7).map_err(|(e, _)| e);
+        let w = disk.wait_done();
+        if let (Ok(()), Ok(Some(Done { buf: Some(mut buf), result: Ok(()), .. }))) = (wrote, w) {
+            buf.write(0, &vec![0u8; 8 * 4096]);
+            let read = disk.start(StreamOp::Read { sector: 0, buf }, 8).map_err(|(e, _)| e);
+            if let (Ok(()), Ok(Some(Done { buf: Some(buf), result: Ok(()), .. }))) = (read, disk.wait_done()) {
+                let mut got = vec![0u8; 8 * 4096];
+                buf.read(0, &mut got);
+                round_trip = got == want;
+                disk.free_buf(buf);
+            }
+        }
+    }
+    c.holds(who, format_args!("a buffer of 8 scattered pages writes and reads back its pattern"), round_trip);
+    let mut data = vec![0u8; CHUNK];
+    let (mut next, mut done, mut most, mut failed) = (0u64, 0u64, 0usize, 0u64);
+    // Writes, each buffer filled with the pattern of its place first.
+    while done < chunks {
+        while next < chunks {
+            let Some(mut buf) = free.pop() else { break };
+            disk_pattern::fill_words(&mut data, seed, next * CHUNK as u64);
+            buf.write(0, &data);
+            match disk.start(StreamOp::Write { sector: next * per, buf, fua: false }, next) {
+                Ok(()) => next += 1,
+                Err((e, op)) => {
+                    free.extend(op.into_buf());
+                    c.holds(who, format_args!("write {next} started ({e:?})"), false);
+                    return;
+                }
+            }
+        }
+        most = most.max(disk.streaming());
+        if free.is_empty() && done == 0 {
+            // Every buffer in flight: a flush must wait for them.
+            let r = disk.start(StreamOp::Flush, u64::MAX);
+            let busy = matches!(r, Err((BlkError::Busy, StreamOp::Flush)));
+            c.holds(who, format_args!("a flush started behind {} writes in flight is Busy", disk.streaming()), busy);
+            let mut sector = [0u8; SECTOR];
+            let batch = disk.read(0, &mut sector);
+            c.holds(who, format_args!("a batch while streaming is Busy ({batch:?})"), batch == Err(BlkError::Busy));
+        }
+        match disk.wait_done() {
+            Ok(Some(d)) => {
+                failed += u64::from(d.result.is_err());
+                free.extend(d.buf);
+                done += 1;
+            }
+            other => {
+                c.holds(who, format_args!("a write answered ({other:?})"), false);
+                return;
+            }
+        }
+    }
+    c.holds(who, format_args!("{chunks} streamed writes of 64 KiB answered OKAY ({failed} failed)"), failed == 0);
+    // The flush, now alone; a read behind it waits.
+    let flushed = disk.start(StreamOp::Flush, 1 << 40).map_err(|(e, _)| e);
+    c.holds(who, format_args!("the flush starts once nothing is in flight ({flushed:?})"), flushed.is_ok());
+    let buf = free.pop().expect("every buffer is back");
+    let behind = disk.start(StreamOp::Read { sector: 0, buf }, 0);
+    let busy = matches!(behind, Err((BlkError::Busy, _)));
+    if let Err((_, op)) = behind {
+        free.extend(op.into_buf());
+    }
+    c.holds(who, format_args!("a read started behind the flush is Busy"), busy);
+    let f = disk.wait_done();
+    let flush_ok = matches!(&f, Ok(Some(d)) if d.tag == 1 << 40 && d.buf.is_none() && d.result.is_ok());
+    c.holds(who, format_args!("the flush is answered OKAY, with its tag and no buffer"), flush_ok);
+    // Reads, every byte checked as each comes back.
+    let (mut next, mut done, mut bad, mut most_r) = (0u64, 0u64, 0u64, 0usize);
+    while done < chunks {
+        while next < chunks {
+            let Some(mut buf) = free.pop() else { break };
+            buf.write(0, &[0u8; 8]);
+            match disk.start(StreamOp::Read { sector: next * per, buf }, next) {
+                Ok(()) => next += 1,
+                Err((e, op)) => {
+                    free.extend(op.into_buf());
+                    c.holds(who, format_args!("read {next} started ({e:?})"), false);
+                    return;
+                }
+            }
+        }
+        most_r = most_r.max(disk.streaming());
+        match disk.wait_done() {
+            Ok(Some(d)) => {
+                let Some(buf) = d.buf else { return c.holds(who, format_args!("a read's buffer back"), false) };
+                buf.read(0, &mut data);
+                if d.result.is_err() || disk_pattern::first_mismatch(&data, seed, d.tag * CHUNK as u64).is_some() {
+                    bad += 1;
+                }
+                free.push(buf);
+                done += 1;
+            }
+            other => {
+                c.holds(who, format_args!("a read answered ({other:?})"), false);
+                return;
+            }
+        }
+    }
+    c.holds(
+        who,
+        format_args!(
+            "{chunks} streamed reads, every byte as written ({bad} bad), {} in flight at most",
+            most.max(most_r)
+        ),
+        bad == 0 && most == BUFS && most_r == BUFS,
+    );
+    for b in free.drain(..) {
+        disk.free_buf(b);
+    }
+    // 33 single pages: the 33rd meets the full ring.
+    let mut pages: alloc::vec::Vec<IoBuf> = (0..33).filter_map(|_| disk.alloc_buf(1).ok()).collect();
+    c.holds(who, format_args!("33 single pages"), pages.len() == 33);
+    let mut started = 0;
+    let mut refused = None;
+    while let Some(buf) = pages.pop() {
+        match disk.start(StreamOp::Read { sector: started * 8, buf }, started) {
+            Ok(()) => started += 1,
+            Err((e, op)) => {
+                pages.extend(op.into_buf());
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    c.holds(
+        who,
+        format_args!("{started} single-page reads start, the next is {refused:?}"),
+        started == 32 && refused == Some(BlkError::Busy),
+    );
+    while let Ok(Some(d)) = disk.wait_done() {
+        pages.extend(d.buf);
+    }
+    c.holds(
+        who,
+        format_args!("every page came back ({} of 33)", pages.len()),
+        pages.len() == 33 && disk.streaming() == 0,
+    );
+    for b in pages.drain(..) {
+        disk.free_buf(b);
+    }
+    if c.wrong() == 0 {
+        println!(
+            "blklog: streamed {chunks} writes and {chunks} reads of 64 KiB, {BUFS} in flight, every byte as written"
+        );
+    }
 }

@@ -10,6 +10,10 @@
 //!   starts from an empty disk (it never sees the first one's data) and
 //!   writes its own.
 //!
+//! - `blk-stream`: a domU streams its disk through the SDK's streaming
+//!   calls (start, kick, wait_done), with the flush's barrier and the
+//!   ring's `Busy` checked; the host reads its pattern off the image.
+//!
 //! The demo manifest's disks (`disk = ...` in demo.toml) get the same
 //! host-side reading after its run: [`check_manifest_disks`].
 
@@ -155,7 +159,9 @@ fn attacker_scenario() -> Scenario {
             let cmdline = format!("serve {} vbdback=victim:evil-back", attacker_plan().cmdline());
             w.domain(entry(imgs, "dom0", "dom0", DOM0_KIB, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(DOM0_DMA_KIB));
             w.domain(entry(imgs, "evil-front", "blk_attacker", 1024, "role=front", Expect::Poweroff)?);
-            w.domain(entry(imgs, "bystander", "blklog", 1024, "mode=batch seed=77 heap=160", Expect::Poweroff)?);
+            // Heap pages: its 96 pages of buffers and room to spare, with
+            // the image and the disk's pool still inside 1024 KiB.
+            w.domain(entry(imgs, "bystander", "blklog", 1024, "mode=batch seed=77 heap=144", Expect::Poweroff)?);
             w.domain(entry(imgs, "evil-back", "blk_attacker", 1024, "role=back", Expect::Poweroff)?);
             w.domain(entry(imgs, "victim", "blklog", 1024, "mode=victim", Expect::Poweroff)?);
             // The same attacks through blkback's persistent-grant cache.
@@ -189,8 +195,72 @@ fn attacker_scenario() -> Scenario {
     }
 }
 
+/// The streaming scenario's disk: 2 MiB, 32 requests of 64 KiB.
+fn stream_plan() -> Plan {
+    let mut p = Plan::default();
+    p.add("streamer", Kind::Raw, 2);
+    p
+}
+
+const STREAM_SEED: u64 = 0x57ea;
+
+fn stream_scenario() -> Scenario {
+    Scenario {
+        name: "blk-stream",
+        what: "a domU streams its disk through the SDK's BlockDevice::start/wait_done: 32 writes of 64 KiB from 8 zero-copy buffers kept in flight, a flush behind them refused Busy until they are answered and a read behind the flush Busy until it is, then 32 streamed reads with every byte checked; a batch while streaming is Busy, a buffer of 8 scattered pages (one device run per page) writes and reads back its pattern, and the 33rd single-page read meets the 32-slot ring's Busy; on the host the image holds every chunk's pattern",
+        bundle: |imgs| {
+            // 8 buffers of 16 pages and 33 single pages from the pool.
+            let cmd = format!("mode=stream seed={STREAM_SEED} pool=192");
+            let mut w = BundleWriter::new();
+            let cmdline = format!("serve {}", stream_plan().cmdline());
+            w.domain(entry(imgs, "dom0", "dom0", DOM0_KIB, &cmdline, Expect::Poweroff)?.privileged(true).dma_kib(DOM0_DMA_KIB));
+            w.domain(entry(imgs, "streamer", "blklog", 2048, &cmd, Expect::Poweroff)?);
+            finish(w, imgs)
+        },
+        append: "",
+        icount: false,
+        rig: Some(|rig| {
+            let plan = stream_plan();
+            let image = rig.disk(plan.disk_sectors() * 512)?;
+            plan.format(&image)?;
+            rig.after_run(move |_| {
+                let v = &stream_plan().vbds[0];
+                let mut buf = vec![0u8; v.region.sectors as usize * 512];
+                vbd::read_virtual(&image, v, 0, &mut buf)?;
+                if let Some((at, want, got)) = disk_pattern::first_mismatch(&buf, STREAM_SEED, 0) {
+                    return Err(format!("the streamed writes: byte {at} is {got:#04x}, not {want:#04x}"));
+                }
+                println!("  image: the streamer's {} bytes are its pattern", buf.len());
+                Ok(())
+            });
+            Ok(())
+        }),
+        expect: Outcome::Pass,
+        check: |out| {
+            for line in [
+                "[streamer] blklog: 8 zero-copy buffers of 64 KiB: ok",
+                "[streamer] blklog: a flush started behind 8 writes in flight is Busy: ok",
+                "[streamer] blklog: a batch while streaming is Busy (Err(Busy)): ok",
+                "[streamer] blklog: 32 streamed writes of 64 KiB answered OKAY (0 failed): ok",
+                "[streamer] blklog: the flush starts once nothing is in flight (Ok(())): ok",
+                "[streamer] blklog: a read started behind the flush is Busy: ok",
+                "[streamer] blklog: the flush is answered OKAY, with its tag and no buffer: ok",
+                "[streamer] blklog: 32 streamed reads, every byte as written (0 bad), 8 in flight at most: ok",
+                "[streamer] blklog: a buffer of 8 scattered pages writes and reads back its pattern: ok",
+                "[streamer] blklog: 32 single-page reads start, the next is Some(Busy): ok",
+                "[streamer] blklog: every page came back (33 of 33): ok",
+                "[streamer] blklog: streamed 32 writes and 32 reads of 64 KiB, 8 in flight, every byte as written",
+                "serve: every domain served has ended (1); done",
+            ] {
+                need(out, line)?;
+            }
+            Ok(())
+        },
+    }
+}
+
 pub(super) fn scenarios() -> Vec<Scenario> {
-    vec![images_scenario(), attacker_scenario(), Scenario {
+    vec![images_scenario(), attacker_scenario(), stream_scenario(), Scenario {
         name: "blk-durability",
         what: "a domU appends a log to its sparse virtual disk (records, flush, superblock write-through) and the power is cut (SIGKILL) on its acknowledgement; after a reboot on the same image the domU reads every record back through dom0's blkback, the host finds them through the image's map, and a second domU on another slice starts from an empty disk",
         bundle: |imgs| {

@@ -171,7 +171,7 @@ fn pipelined(
             let buf = bufs[k].take().expect("found above");
             let s = Submission { op, lba: lba_of(next), mem: Memory::Buffer(buf), range: 0..len, cookie: k as u64 };
             match disk.submit(s) {
-                Ok(()) => {
+                Ok(_) => {
                     next += 1;
                     in_flight += 1;
                 }
@@ -207,71 +207,135 @@ fn pipelined(
 /// `rand4k=N`, also `N` 4 KiB reads at pseudo-random places of the region;
 /// with `qd=Q` (1 to 32; 1 by default), the sequential and random passes
 /// keep `Q` requests in flight.
-pub fn bench_at(disk: &mut Disk, cmdline: &str, base: u64, prefix: &str) -> Result<(), BlkError> {
-    let bytes = arg(cmdline, "mib").unwrap_or(8) << 20;
-    let chunks = bytes / CHUNK as u64;
-    let per = (CHUNK / SECTOR) as u64;
-    let qd = (arg(cmdline, "qd").unwrap_or(1) as usize).clamp(1, MAX_QD);
-    let mut bufs: [Option<IoBuffer>; MAX_QD] = core::array::from_fn(|_| None);
-    for b in bufs.iter_mut().take(qd) {
-        let mut buf = IoBuffer::new(CHUNK)?;
-        disk_pattern::fill_words(buf.as_mut_slice(), 1, 0);
-        *b = Some(buf);
-    }
-    let report = |what: &str, t0: (u64, u64)| {
-        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-        println!("blkbench: {prefix}{what} bytes={} ns={ns} tsc={tsc} qd={qd}", chunks * CHUNK as u64);
-    };
-    let start = || (time::now_ns(), time::tsc());
+pub fn bench_at(disk: &mut Disk, cmdline: &str, base: u64, prefix: &'static str) -> Result<(), BlkError> {
+    let mut b = Bench::new(cmdline, base, prefix)?;
+    b.sequential(disk, None)?;
+    b.single(disk)?;
+    b.random(disk, None)?;
+    println!("blkbench: done ({} device interrupts)", blk::interrupts());
+    Ok(())
+}
 
-    // Writes first, so the reads read what was written (not holes).
-    let t0 = start();
-    pipelined(disk, &mut bufs, Op::Write, chunks, CHUNK, qd, |c| base + c * per)?;
-    disk.flush()?;
-    report("seq_write", t0);
-    let t0 = start();
-    pipelined(disk, &mut bufs, Op::Read, chunks, CHUNK, qd, |c| base + c * per)?;
-    report("seq_read", t0);
-    let mut a = bufs[0].take().expect("qd >= 1");
-    let mut b = match bufs[1].take() {
-        Some(b) => b,
-        None => IoBuffer::new(CHUNK)?,
-    };
-    disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
-    let t0 = start();
-    for _ in 0..chunks {
-        b.as_mut_slice().copy_from_slice(a.as_slice());
-        core::hint::black_box(b.as_slice());
+/// The benchmark's passes over one region, with their buffers (the
+/// split-disk benchmark runs them in rounds, between the domU's:
+/// `serve`'s `rounds=`).
+pub struct Bench {
+    bufs: [Option<IoBuffer>; MAX_QD],
+    base: u64,
+    prefix: &'static str,
+    bytes: u64,
+    qd: usize,
+    reads: u64,
+    rand: u64,
+    /// The random pass's generator, carried across rounds.
+    x: u64,
+}
+
+impl Bench {
+    /// `mib=`, `qd=`, `reads4k=`, `rand4k=` from the command line; the
+    /// buffers from the DMA pool.
+    pub fn new(cmdline: &str, base: u64, prefix: &'static str) -> Result<Bench, BlkError> {
+        let qd = (arg(cmdline, "qd").unwrap_or(1) as usize).clamp(1, MAX_QD);
+        let mut bufs: [Option<IoBuffer>; MAX_QD] = core::array::from_fn(|_| None);
+        for b in bufs.iter_mut().take(qd.max(2)) {
+            let mut buf = IoBuffer::new(CHUNK)?;
+            disk_pattern::fill_words(buf.as_mut_slice(), 1, 0);
+            *b = Some(buf);
+        }
+        Ok(Bench {
+            bufs,
+            base,
+            prefix,
+            bytes: arg(cmdline, "mib").unwrap_or(8) << 20,
+            qd,
+            reads: arg(cmdline, "reads4k").unwrap_or(256),
+            rand: arg(cmdline, "rand4k").unwrap_or(0),
+            x: 0x9e37_79b9_7f4a_7c15,
+        })
     }
-    report("memcpy", t0);
-    let reads = arg(cmdline, "reads4k").unwrap_or(256);
-    let mut best = u64::MAX;
-    let t0 = start();
-    for i in 0..reads {
-        let t = time::tsc();
-        disk.read(base + i * 8, &mut b.as_mut_slice()[..4096])?;
-        best = best.min(time::tsc() - t);
+
+    fn report(&self, what: &str, t0: (u64, u64), round: Option<u64>) {
+        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+        let r = round.map(|r| alloc::format!(" round={r}")).unwrap_or_default();
+        println!("blkbench: {}{what} bytes={} ns={ns} tsc={tsc} qd={}{r}", self.prefix, self.bytes, self.qd);
     }
-    let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-    println!("blkbench: {prefix}read_4k count={reads} ns={ns} tsc={tsc} min_tsc={best}");
-    bufs[0] = Some(a);
-    bufs[1] = Some(b);
-    let rand = arg(cmdline, "rand4k").unwrap_or(0);
-    if rand > 0 {
-        let blocks = bytes / 4096;
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+
+    /// 64 KiB sequential writes (then a flush), then reads of the region.
+    /// Writes first, so the reads read what was written (not holes).
+    pub fn sequential(&mut self, disk: &mut Disk, round: Option<u64>) -> Result<(), BlkError> {
+        let chunks = self.bytes / CHUNK as u64;
+        let (per, base, qd) = ((CHUNK / SECTOR) as u64, self.base, self.qd);
         let t0 = start();
-        pipelined(disk, &mut bufs, Op::Read, rand, 4096, qd, |_| {
+        pipelined(disk, &mut self.bufs, Op::Write, chunks, CHUNK, qd, |c| base + c * per)?;
+        disk.flush()?;
+        self.report("seq_write", t0, round);
+        let t0 = start();
+        pipelined(disk, &mut self.bufs, Op::Read, chunks, CHUNK, qd, |c| base + c * per)?;
+        self.report("seq_read", t0, round);
+        Ok(())
+    }
+
+    /// A memory copy of as many bytes as a sequential pass, and `reads4k=`
+    /// single 4 KiB reads (the best one's TSC: instructions under icount).
+    pub fn single(&mut self, disk: &mut Disk) -> Result<(), BlkError> {
+        let chunks = self.bytes / CHUNK as u64;
+        let (mut a, mut b) = match (self.bufs[0].take(), self.bufs[1].take()) {
+            (Some(a), Some(b)) => (a, b),
+            _ => return Err(BlkError::Busy),
+        };
+        disk_pattern::fill_words(a.as_mut_slice(), 1, 0);
+        let t0 = start();
+        for _ in 0..chunks {
+            b.as_mut_slice().copy_from_slice(a.as_slice());
+            core::hint::black_box(b.as_slice());
+        }
+        self.report("memcpy", t0, None);
+        let mut best = u64::MAX;
+        let t0 = start();
+        let run0 = time::virtual_ns();
+        let r: Result<(), BlkError> = (0..self.reads).try_for_each(|i| {
+            let t = time::tsc();
+            disk.read(self.base + i * 8, &mut b.as_mut_slice()[..4096])?;
+            best = best.min(time::tsc() - t);
+            Ok(())
+        });
+        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
+        // The time this domain ran (not the waits for the device): under
+        // icount, the instructions of the requests, its own and the
+        // hypervisor's on its behalf.
+        let run = time::virtual_ns() - run0;
+        self.bufs[0] = Some(a);
+        self.bufs[1] = Some(b);
+        r?;
+        println!("blkbench: {}read_4k count={} ns={ns} tsc={tsc} min_tsc={best} run_ns={run}", self.prefix, self.reads);
+        Ok(())
+    }
+
+    /// `rand4k=` 4 KiB reads at pseudo-random places of the region.
+    pub fn random(&mut self, disk: &mut Disk, round: Option<u64>) -> Result<(), BlkError> {
+        if self.rand == 0 {
+            return Ok(());
+        }
+        let (blocks, base, qd) = (self.bytes / 4096, self.base, self.qd);
+        let mut x = self.x;
+        let t0 = start();
+        let run0 = time::virtual_ns();
+        pipelined(disk, &mut self.bufs, Op::Read, self.rand, 4096, qd, |_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             base + (x % blocks) * 8
         })?;
-        let (ns, tsc) = (time::now_ns() - t0.0, time::tsc() - t0.1);
-        println!("blkbench: {prefix}randread_4k count={rand} ns={ns} tsc={tsc} qd={qd}");
+        self.x = x;
+        let (ns, tsc, run) = (time::now_ns() - t0.0, time::tsc() - t0.1, time::virtual_ns() - run0);
+        let r = round.map(|r| alloc::format!(" round={r}")).unwrap_or_default();
+        println!("blkbench: {}randread_4k count={} ns={ns} tsc={tsc} run_ns={run} qd={qd}{r}", self.prefix, self.rand);
+        Ok(())
     }
-    println!("blkbench: done ({} device interrupts)", blk::interrupts());
-    Ok(())
+}
+
+fn start() -> (u64, u64) {
+    (time::now_ns(), time::tsc())
 }
 
 /// Interrupts the storm handler took, and when it must stop.

@@ -21,10 +21,13 @@
 //!    store, drives each disk's handshake
 //!    ([`split_drivers::state::Backend`]) from the frontend's state node,
 //!    and serves each connected disk's ring a batch at a time.
-//! 3. With nothing to do, dom0 blocks until an event: any connection's,
-//!    any ring's, or `VIRQ_DOM_EXC`, which says a domain ended
-//!    and makes dom0 rescan: a dead domain's connections are released and
-//!    its disk's mappings given back.
+//! 3. After each pass dom0 blocks until something is ready (at once if
+//!    something already is): an event (any connection's, any ring's, or
+//!    `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
+//!    dead domain's connections are released and its disk's mappings
+//!    given back), a store connection's bytes to read or to send, a ring's
+//!    requests, the disk's completions. Only the NIC's path takes another
+//!    pass straight after doing work.
 
 use crate::blkback::{self, BlkBack, Dev};
 use crate::served::{self, Handshake, Served};
@@ -186,10 +189,19 @@ struct Client {
 /// one it found to its end.
 pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let specs = parse_vbds(cmdline);
+    let mut native = None;
     if let Some(base) = pvguest_sdk::cmdline::arg(cmdline, "native_bench") {
         // The split-disk benchmark's other half: the same disk, from dom0
-        // itself, before any domU is served.
-        crate::blk::bench_at(disk, cmdline, base, "native_").map_err(|e| format!("native bench: {e}"))?;
+        // itself: all before any domU is served, or with `rounds=` its
+        // single reads now and its passes in rounds the domU asks for.
+        let e = |e| format!("native bench: {e}");
+        if pvguest_sdk::cmdline::arg(cmdline, "rounds").is_some() {
+            let mut b = crate::blk::Bench::new(cmdline, base, "native_").map_err(e)?;
+            b.single(disk).map_err(e)?;
+            native = Some(NativeRounds { bench: b, done: None, changes: u64::MAX, mark: None });
+        } else {
+            crate::blk::bench_at(disk, cmdline, base, "native_").map_err(e)?;
+        }
     }
     let foreign = parse_foreign_backs(cmdline);
     let mut foreign_done: Vec<(String, String)> = Vec::new();
@@ -230,14 +242,16 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             println!("serve: every domain served has ended ({served}); done");
             return Ok(());
         }
-        let mut work = false;
         if let Some(t) = ts.as_mut() {
-            work |= t.poll();
+            t.poll();
         }
         for c in clients.iter_mut() {
-            work |= pump(&mut store, c);
+            pump(&mut store, c);
         }
-        work |= complete(&mut store, &mut vbds, disk)?;
+        complete(&mut store, &mut vbds, disk)?;
+        if let Some(n) = native.as_mut() {
+            n.answer(&mut store, &vbds, disk)?;
+        }
         // The disk's request slots and descriptors are shared out among
         // the connected fronts, and each pass starts at the next one.
         let connected = vbds.iter().filter(|v| v.back.is_some()).count().max(1);
@@ -245,14 +259,20 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         turn = turn.wrapping_add(1);
         let n = vbds.len();
         for i in 0..n {
-            work |= drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
+            drive(&mut store, &mut vbds[(turn + i) % n], disk, share);
         }
         disk.kick();
-        work |= vifs.drive(&mut store);
+        let nic_work = vifs.drive(&mut store);
+        // dom0's own stack (the API): frames in and out, requests answered.
+        let mut api_work = false;
         if let (Some(a), Some(t), Some(q)) = (api.as_mut(), ts.as_mut(), vifs.local()) {
-            work |= a.poll(q, t);
+            api_work = a.poll(q, t);
         }
-        if !work {
+        // After a pass that did something, the next pass is needed only if
+        // something is ready, which is what the wake-up condition checks:
+        // so it decides at once (no empty pass per wake). The NIC's path
+        // and the API's still take another pass after work.
+        if !nic_work && !api_work {
             if let Some(t) = ts.as_mut() {
                 t.arm(api.as_mut().map(|a| a.next_poll()));
             }
@@ -263,7 +283,9 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
                 ready |= vifs.pending();
                 for c in clients.iter_mut() {
-                    ready |= !matches!(c.link.readable(), Ok(false));
+                    // Bytes to read, or replies and watch events to send
+                    // (this pass's writes fire watches).
+                    ready |= !matches!(c.link.readable(), Ok(false)) || store.has_output(c.domid);
                 }
                 // A backend held back (its share or the disk full) waits
                 // for a completion, not for its ring.
@@ -275,6 +297,58 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                 ready
             });
         }
+    }
+}
+
+/// The split-disk benchmark's native passes in rounds, between the
+/// domU's: a connected domU writes `data/bench-round` = `r` in its store
+/// directory, dom0 runs round `r` of its own passes on its region and
+/// answers with `data/bench-native` = `r`. So both paths' figures come
+/// from the same stretch of the run, interleaved, and a change of the
+/// host's speed weighs on both. A new `data/bench-mark` gets a line with
+/// the time dom0 has run (`blkbench: dom0_run mark=M run_ns=N`).
+struct NativeRounds {
+    bench: crate::blk::Bench,
+    /// The last round run.
+    done: Option<u64>,
+    /// The store's change count when its nodes were last looked at.
+    changes: u64,
+    /// The last `data/bench-mark` seen.
+    mark: Option<u64>,
+}
+
+impl NativeRounds {
+    /// Runs a round a domU asked for (only with nothing of any front's
+    /// at the disk: the driver's completions are then all the pass's);
+    /// whether it ran one.
+    fn answer(&mut self, store: &mut Store, vbds: &[Vbd], disk: &mut Disk) -> Result<bool, String> {
+        if store.changes() == self.changes || vbds.iter().any(|v| v.back.as_ref().is_some_and(|b| b.in_flight() > 0)) {
+            return Ok(false);
+        }
+        self.changes = store.changes();
+        for v in vbds.iter().filter(|v| v.back.is_some()) {
+            // A mark: how long dom0 has run, for the domU's figure of the
+            // instructions a request costs both domains.
+            let mark = store.read(0, &format!("/local/domain/{}/data/bench-mark", v.domid)).ok();
+            let mark = mark.and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok());
+            if mark.is_some() && mark != self.mark {
+                self.mark = mark;
+                println!("blkbench: dom0_run mark={} run_ns={}", mark.unwrap_or(0), pvguest_sdk::time::virtual_ns());
+            }
+            let asked = store.read(0, &format!("/local/domain/{}/data/bench-round", v.domid)).ok();
+            let Some(r) = asked.and_then(|b| core::str::from_utf8(&b).ok()?.parse::<u64>().ok()) else { continue };
+            if self.done.is_some_and(|d| d >= r) {
+                continue;
+            }
+            let e = |e| format!("native bench round {r}: {e}");
+            self.bench.sequential(disk, Some(r)).map_err(e)?;
+            self.bench.random(disk, Some(r)).map_err(e)?;
+            self.done = Some(r);
+            let path = format!("/local/domain/{}/data/bench-native", v.domid);
+            store.write(0, &path, format!("{r}").as_bytes()).map_err(|e| format!("{path}: {e}"))?;
+            return Ok(true);
+        }
+        Ok(false)
     }
 }
 
@@ -307,6 +381,13 @@ fn rescan(
         v.dead = true;
         if let Some(b) = v.back.as_ref() {
             println!("serve: dom{}'s disk closed: {:?}", v.domid, b.stats);
+            let n = (b.stats.reads + b.stats.writes + b.stats.flushes).max(1);
+            println!(
+                "serve: dom{}'s disk: {} TSC ticks per request taken, {} per answer ({n} requests)",
+                v.domid,
+                b.stats.accept_tsc / n,
+                b.stats.complete_tsc / n
+            );
         }
         v.retire();
     }
@@ -434,7 +515,7 @@ fn pump(store: &mut Store, c: &mut Client) -> bool {
             println!("serve: dom{}: store ring broken: {e:?}", c.domid);
         }
     }
-    loop {
+    while store.has_output(c.domid) {
         let n = store.peek_output(c.domid, &mut buf);
         if n == 0 {
             break;

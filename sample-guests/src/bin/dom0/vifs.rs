@@ -291,7 +291,8 @@ impl Vifs {
     /// Whether a front sent frames (arming the notifications when not).
     pub fn pending(&mut self) -> bool {
         let mut any = self.uplink.as_ref().is_some_and(|(u, _)| u.ready());
-        any |= self.local.as_ref().is_some_and(|(_, q)| !q.from_stack.is_empty());
+        // dom0's own port: frames either way wait.
+        any |= self.local.as_ref().is_some_and(|(_, q)| !q.from_stack.is_empty() || !q.to_stack.is_empty());
         for v in self.vifs.iter_mut() {
             if let Some(b) = v.back.as_mut() {
                 any |= !matches!(b.pending(), Ok(false));
@@ -303,6 +304,10 @@ impl Vifs {
     /// One pass: the handshakes, then every front's frames through the
     /// bridge. Whether anything happened.
     pub fn drive(&mut self, store: &mut Store) -> bool {
+        if self.vifs.is_empty() && self.uplink.is_none() {
+            // No NIC served (a disk-only dom0): nothing to move.
+            return false;
+        }
         let mut work = false;
         for v in self.vifs.iter_mut() {
             work |= served::follow_front(store, v);

@@ -101,6 +101,12 @@ impl Xs {
         Ok(())
     }
 
+    /// Whether bytes wait for `domid` (a cheap test before
+    /// [`Xs::peek_output`]).
+    pub fn has_output(&self, domid: u16) -> bool {
+        self.pipes.get(&domid).is_some_and(|p| !p.outbound.is_empty()) || self.store.has_output(DomId::new(domid))
+    }
+
     /// Bytes waiting for `domid`, copied into `buf` (not taken).
     pub fn peek_output(&mut self, domid: u16, buf: &mut [u8]) -> usize {
         let Some(p) = self.pipes.get_mut(&domid) else { return 0 };
