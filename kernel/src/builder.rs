@@ -23,7 +23,11 @@
 //!
 //! # Invariants
 //! - Every frame is allocated to the domain and zeroed before anything is
-//!   written to it.
+//!   written to it: here as it is taken ([`Source::Fresh`], at boot), or
+//!   beforehand by the caller, who took the frames for the hypervisor and
+//!   zeroed them in bounded units ([`Source::Zeroed`], a run-time create);
+//!   such a frame is handed over only if the hypervisor still holds it
+//!   untouched ([`FrameTable::hand_over`]).
 //! - The builder writes the initial page tables as plain memory and then
 //!   has [`crate::mm`] validate them by the same rules as every later guest
 //!   update, pinning every one of them bottom-up, one table per operation
@@ -290,7 +294,35 @@ pub struct DomainConfig<'a> {
     pub store: Option<(u32, DomId)>,
 }
 
-/// Validates `image` and builds the domain in freshly allocated frames.
+/// Where the builder's frames come from.
+pub enum Source<'z> {
+    /// Allocated from the frame table and zeroed as they are taken.
+    Fresh,
+    /// Taken from the end of this list of frames the hypervisor holds,
+    /// already zeroed (one per page of the domain; none is needed for a
+    /// DMA pool, which run-time creates do not have: those come `Fresh`).
+    Zeroed(&'z mut alloc::vec::Vec<Mfn>),
+}
+
+impl Source<'_> {
+    /// A zeroed frame of `owner`'s.
+    fn take<M: PhysMem>(&mut self, mem: &mut M, frames: &mut FrameTable<'_>, owner: Owner) -> Result<Mfn, BuildError> {
+        match self {
+            Source::Fresh => {
+                let m = frames.alloc(owner)?;
+                mem.zero_frame(m);
+                Ok(m)
+            }
+            Source::Zeroed(list) => {
+                let m = list.pop().ok_or(FrameError::Exhausted)?;
+                frames.hand_over(m, owner)?;
+                Ok(m)
+            }
+        }
+    }
+}
+
+/// Validates `image` and builds the domain in frames from `source`.
 ///
 /// `entry_area_pml4e` is the PML4 entry installed in slot 511 (by validation,
 /// see [`crate::mm`] rule 3). On success every initial page-table frame is
@@ -305,6 +337,7 @@ pub fn build<M: PhysMem>(
     image: &[u8],
     cfg: &DomainConfig<'_>,
     entry_area_pml4e: u64,
+    mut source: Source<'_>,
 ) -> Result<Built, BuildError> {
     let bytes = cfg.nr_pages * PAGE_SIZE;
     let policy =
@@ -336,8 +369,7 @@ pub fn build<M: PhysMem>(
     // in it as it is allocated.
     let mut list = [0 as Mfn; 512];
     for slot in list.iter_mut().take(layout.mfn_list_pages as usize) {
-        *slot = frames.alloc(owner)?;
-        mem.zero_frame(*slot);
+        *slot = source.take(mem, frames, owner)?;
     }
     let p2m = FrameList { list: &list[..layout.mfn_list_pages as usize] };
     for pfn in 0..layout.nr_pages {
@@ -348,9 +380,7 @@ pub fn build<M: PhysMem>(
         } else if in_pool {
             dma_mfn + (pfn - layout.dma_pfn)
         } else {
-            let m = frames.alloc(owner)?;
-            mem.zero_frame(m);
-            m
+            source.take(mem, frames, owner)?
         };
         p2m.set(mem, pfn, mfn);
     }
@@ -578,6 +608,43 @@ pub(crate) mod tests {
         f
     }
 
+    /// Frames zeroed beforehand build the same domain; a list one short,
+    /// or holding a frame the hypervisor does not hold, is refused.
+    #[test]
+    fn a_build_from_frames_zeroed_beforehand() {
+        let mut mem = FakeMem::default();
+        let mut store = std::vec![FrameInfo::RESERVED; 1024];
+        let mut frames = FrameTable::new(&mut store);
+        frames.add_free_range(100, 1024);
+        let cfg = |nr_pages| DomainConfig {
+            domid: DomId::of(3),
+            name: "t",
+            cmdline: "x=1",
+            nr_pages,
+            dma_pages: 0,
+            privilege: None,
+            console_evtchn: 1,
+            store: None,
+        };
+        let mut held: std::vec::Vec<Mfn> = (0..128).map(|_| frames.alloc(Owner::Hypervisor).unwrap()).collect();
+        for &m in &held {
+            mem.zero_frame(m);
+        }
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(128), 0x3, Source::Zeroed(&mut held)).unwrap();
+        assert!(held.is_empty());
+        assert_eq!(frames.count_owned(Owner::Domain(DomId::of(3))), 128);
+        assert_eq!(b.entry, GUEST_KERNEL_BASE + 0x10);
+        frames.release_domain(DomId::of(3));
+        let mut short: std::vec::Vec<Mfn> = (0..127).map(|_| frames.alloc(Owner::Hypervisor).unwrap()).collect();
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(128), 0x3, Source::Zeroed(&mut short)).unwrap_err();
+        assert!(matches!(e, BuildError::OutOfMemory { .. }), "{e:?}");
+        frames.release_domain(DomId::of(3));
+        let mut stray: std::vec::Vec<Mfn> = std::vec![frames.alloc(Owner::Domain(DomId::of(9))).unwrap()];
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(128), 0x3, Source::Zeroed(&mut stray)).unwrap_err();
+        assert!(matches!(e, BuildError::OutOfMemory { .. }), "a frame not held is not taken: {e:?}");
+        assert_eq!(frames.count_owned(Owner::Domain(DomId::of(9))), 1, "the stray frame stays its owner's");
+    }
+
     #[test]
     fn builds_a_walkable_isolated_domain() {
         let mut mem = FakeMem::default();
@@ -594,7 +661,7 @@ pub(crate) mod tests {
             console_evtchn: 1,
             store: None,
         };
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003).unwrap();
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xdead_0003, Source::Fresh).unwrap();
         assert_eq!(frames.count_owned(Owner::Domain(DomId::of(3))), 128);
         assert_eq!(b.entry, GUEST_KERNEL_BASE + 0x10);
         assert_eq!(mem.read_u64(b.root * 4096 + 511 * 8), 0xdead_0003);
@@ -646,7 +713,7 @@ pub(crate) mod tests {
             console_evtchn: 1,
             store: None,
         };
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003).unwrap();
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0xabc_0003, Source::Fresh).unwrap();
         (mem, frames, b)
     }
 
@@ -749,7 +816,7 @@ pub(crate) mod tests {
             console_evtchn: 1,
             store: None,
         };
-        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0).unwrap_err();
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg, 0, Source::Fresh).unwrap_err();
         assert_eq!(e, BuildError::OutOfMemory { pages: 128, free: 64 });
         assert_eq!(frames.count_owned(Owner::Domain(DomId::of(1))), 0);
     }
@@ -787,7 +854,7 @@ mod dma_tests {
         for m in (100..300).step_by(2) {
             frames.reserve_range(m, m + 1);
         }
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3).unwrap();
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3, Source::Fresh).unwrap();
         let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(4) };
         let mut raw = [0u8; 4096];
         v.copy_from(GuestVa(b.start_info_va), &mut raw).unwrap();
@@ -815,7 +882,7 @@ mod dma_tests {
         let mut store = std::vec![FrameInfo::RESERVED; 1024];
         let mut frames = FrameTable::new(&mut store);
         frames.add_free_range(100, 1024);
-        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(0), 0x3).unwrap();
+        let b = build(&mut mem, &mut frames, &tiny_elf(), &cfg(0), 0x3, Source::Fresh).unwrap();
         let v = GuestView { mem: &mut mem, frames: &frames, root: b.root, dom: DomId::of(4) };
         let mut raw = [0u8; 4096];
         v.copy_from(GuestVa(b.start_info_va), &mut raw).unwrap();
@@ -832,11 +899,11 @@ mod dma_tests {
         for m in (100..400).step_by(4) {
             frames.reserve_range(m, m + 1);
         }
-        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3).unwrap_err();
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(8), 0x3, Source::Fresh).unwrap_err();
         assert_eq!(e, BuildError::NoContiguous { pages: 8 });
         assert!(std::format!("{e}").contains("machine-contiguous"));
         // A pool that leaves no room for the boot structures is too small.
-        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(127), 0x3).unwrap_err();
+        let e = build(&mut mem, &mut frames, &tiny_elf(), &cfg(127), 0x3, Source::Fresh).unwrap_err();
         assert!(matches!(e, BuildError::TooSmall { .. }), "{e:?}");
     }
 }

@@ -171,6 +171,18 @@ struct CreateJob {
     req: hypercall::CreateReq,
     cmdline: alloc::string::String,
     image: alloc::vec::Vec<u8>,
+    /// The new domain's frames, taken for the hypervisor and zeroed in
+    /// units after the copy; its build hands them over. A job given up
+    /// frees them ([`Hv::cancel_create`]).
+    zeroed: alloc::vec::Vec<Mfn>,
+}
+
+impl CreateJob {
+    /// What its rounds have done so far, the continuation's third
+    /// argument: image bytes copied plus frames zeroed.
+    fn progress(&self) -> u64 {
+        self.image.len() as u64 + self.zeroed.len() as u64
+    }
 }
 
 /// BVT parameters of weight `weight` and warp `warp_us` (0: none).
@@ -1072,7 +1084,7 @@ impl<M: Machine> Hv<M> {
             expect,
             paused: false,
         };
-        if let Err((_, why)) = self.build_domain(vacant, &build) {
+        if let Err((_, why)) = self.build_domain(vacant, &build, builder::Source::Fresh) {
             hvlog!(self.m, "dom{id} ({}): not started: {why}", spec.name);
             self.push_rejected(id, spec.name, expect);
         }
@@ -1083,7 +1095,12 @@ impl<M: Machine> Hv<M> {
     /// info and scheduler entry. Returns its slot, or why not (the errno
     /// the toolstack gets and the words of the failure); nothing of the
     /// domain is left behind on failure (its frames are released).
-    fn build_domain(&mut self, vacant: Vacant, spec: &Build<'_>) -> Result<usize, (Errno, Reason)> {
+    fn build_domain(
+        &mut self,
+        vacant: Vacant,
+        spec: &Build<'_>,
+        source: builder::Source<'_>,
+    ) -> Result<usize, (Errno, Reason)> {
         let id = vacant.id();
         let fail = |errno, args: core::fmt::Arguments<'_>| {
             let mut why = Reason::new();
@@ -1115,7 +1132,7 @@ impl<M: Machine> Hv<M> {
             }
         }
         let e = self.m.entry_area_pml4e();
-        let built = builder::build(self.m.mem(), frames, spec.image, &cfg, e);
+        let built = builder::build(self.m.mem(), frames, spec.image, &cfg, e, source);
         let b = match built {
             Ok(b) => b,
             Err(e) => {
@@ -1983,7 +2000,7 @@ impl<M: Machine> Hv<M> {
         let job = if done == 0 {
             // A new request: one abandoned part-way (the caller started
             // over) is dropped.
-            self.creating = None;
+            self.cancel_create();
             let mut cmdline = [0u8; pvguest_abi::domctl::MAX_CMDLINE];
             let line = &mut cmdline[..req.cmdline_len as usize];
             // An empty command line is not read (its address may be anything).
@@ -2000,11 +2017,14 @@ impl<M: Machine> Hv<M> {
                 return self.create_failed(cur, arg, Errno::ENOMEM, format_args!("no hypervisor memory for the image"));
             }
             owned.push_str(text);
-            alloc::boxed::Box::new(CreateJob { caller, arg, req, cmdline: owned, image })
+            alloc::boxed::Box::new(CreateJob { caller, arg, req, cmdline: owned, image, zeroed: alloc::vec::Vec::new() })
         } else {
             match self.creating.take() {
-                Some(j) if j.caller == caller && j.arg == arg && j.image.len() as u64 == done => j,
-                _ => {
+                Some(j) if j.caller == caller && j.arg == arg && j.progress() == done => j,
+                other => {
+                    if let Some(j) = other {
+                        self.free_job(j);
+                    }
                     return self.create_failed(
                         cur,
                         arg,
@@ -2037,31 +2057,65 @@ impl<M: Machine> Hv<M> {
             }
             units += 1;
         }
+        // Then the new domain's frames, taken for the hypervisor and zeroed
+        // a frame at a time within the same budget, so that the build that
+        // follows only hands them over.
+        let pages = u64::from(job.req.mem_kib) / 4;
+        if job.zeroed.try_reserve_exact(pages as usize - job.zeroed.len().min(pages as usize)).is_err() {
+            self.free_job(job);
+            return self.create_failed(cur, arg, Errno::ENOMEM, format_args!("no hypervisor memory for the frame list"));
+        }
+        while (job.zeroed.len() as u64) < pages {
+            if units > 0 && M::tsc() >= preempt {
+                let done = job.progress();
+                self.creating = Some(job);
+                return Action::Continue([CREATEDOMAIN, arg, done, 0, 0]);
+            }
+            let Some(m) = self.frames.as_mut().and_then(|f| f.alloc(crate::mm::frames::Owner::Hypervisor).ok()) else {
+                let free = self.frames.as_ref().map_or(0, |f| f.free_count());
+                self.free_job(job);
+                return self.create_failed(
+                    cur,
+                    arg,
+                    Errno::ENOMEM,
+                    format_args!("not enough free memory: {pages} pages asked, {free} free"),
+                );
+            };
+            self.m.mem().zero_frame(m);
+            job.zeroed.push(m);
+            units += 1;
+        }
         let vacant = match self.domains.reserve() {
             Ok(v) => v,
             Err(e) => {
+                self.free_job(job);
                 return self.create_failed(
                     cur,
                     arg,
                     Errno::ENOSPC,
                     format_args!("the domain table is full ({e:?}: at most {MAX_DOMAINS} domains)"),
-                )
+                );
             }
         };
         let id = vacant.id();
+        let j = &mut *job;
         let build = Build {
-            name: &job.req.name,
-            image: &job.image,
-            cmdline: &job.cmdline,
-            mem_kib: job.req.mem_kib,
+            name: &j.req.name,
+            image: &j.image,
+            cmdline: &j.cmdline,
+            mem_kib: j.req.mem_kib,
             dma_kib: 0,
-            weight: job.req.weight,
-            warp_us: job.req.warp_us,
+            weight: j.req.weight,
+            warp_us: j.req.warp_us,
             privileged: false,
             expect: Expect::Managed,
-            paused: job.req.paused,
+            paused: j.req.paused,
         };
-        match self.build_domain(vacant, &build) {
+        let built = self.build_domain(vacant, &build, builder::Source::Zeroed(&mut j.zeroed));
+        let name = job.req.name.clone();
+        // Frames the build did not take (none, unless it failed).
+        self.free_job(job);
+        match built {
             Ok(_) => {
                 let at = arg.wrapping_add(core::mem::offset_of!(CreateDomain, domid) as u64);
                 let written = self.copy_to_slot(cur, at, &u32::from(id.raw()).to_le_bytes());
@@ -2072,16 +2126,34 @@ impl<M: Machine> Hv<M> {
                 })
             }
             Err((errno, why)) => {
-                hvlog!(self.m, "dom{id} ({}): not created: {why}", job.req.name);
+                hvlog!(self.m, "dom{id} ({}): not created: {why}", name);
                 self.create_failed(cur, arg, errno, format_args!("{why}"))
             }
+        }
+    }
+
+    /// Frees what a create job holds: the frames it zeroed and not yet
+    /// handed over.
+    fn free_job(&mut self, job: alloc::boxed::Box<CreateJob>) {
+        if let Some(f) = self.frames.as_mut() {
+            for &m in &job.zeroed {
+                let freed = f.free_held(m);
+                debug_assert!(freed.is_ok(), "a create's frame {m:#x} is not held: {freed:?}");
+            }
+        }
+    }
+
+    /// Gives up the create under way, if any ([`Hv::free_job`]).
+    fn cancel_create(&mut self) {
+        if let Some(j) = self.creating.take() {
+            self.free_job(j);
         }
     }
 
     /// Ends a `CREATEDOMAIN` with `errno`, writing `why` into the request's
     /// `reason` (best effort: the errno is the answer).
     fn create_failed(&mut self, cur: usize, arg: u64, errno: Errno, why: core::fmt::Arguments<'_>) -> Action {
-        self.creating = None;
+        self.cancel_create();
         let mut text = Reason::new();
         let _ = text.write_fmt(why);
         let mut reason = [0u8; 96];
@@ -2231,8 +2303,8 @@ impl<M: Machine> Hv<M> {
     fn end(&mut self, i: usize, exit: Exit, report: bool) {
         let now = self.now();
         if self.creating.as_ref().is_some_and(|j| j.caller == self.domains[i].id) {
-            // Its create under way goes with it.
-            self.creating = None;
+            // Its create under way goes with it, and the frames it zeroed.
+            self.cancel_create();
         }
         self.set_runstate(i, runstate::OFFLINE, now);
         let d = &mut self.domains[i];

@@ -458,6 +458,34 @@ impl<'a> FrameTable<'a> {
         Err(FrameError::Exhausted)
     }
 
+    /// Gives `owner` a frame the hypervisor holds untouched (taken with
+    /// [`FrameTable::alloc`] for [`Owner::Hypervisor`]): a run-time
+    /// create's frames are taken and zeroed in bounded units before its
+    /// build, which hands them over. `NotOwned` for any other frame.
+    pub fn hand_over(&mut self, mfn: Mfn, owner: Owner) -> Result<(), FrameError> {
+        let i = self.held(mfn)?;
+        self.slots.all_mut()[i] = FrameInfo::untyped(owner);
+        Ok(())
+    }
+
+    /// Frees a frame the hypervisor holds untouched (as for
+    /// [`FrameTable::hand_over`]): a create given up part-way.
+    pub fn free_held(&mut self, mfn: Mfn) -> Result<(), FrameError> {
+        let i = self.held(mfn)?;
+        self.slots.all_mut()[i] = FrameInfo::untyped(Owner::Free);
+        self.free += 1;
+        Ok(())
+    }
+
+    /// `mfn`'s index, if the hypervisor holds it untouched.
+    fn held(&self, mfn: Mfn) -> Result<usize, FrameError> {
+        let i = usize::try_from(mfn).ok().filter(|&i| i < self.slots.all().len()).ok_or(FrameError::OutOfRange(mfn))?;
+        if self.slots.all()[i] != FrameInfo::untyped(Owner::Hypervisor) {
+            return Err(FrameError::NotOwned(mfn));
+        }
+        Ok(i)
+    }
+
     /// Takes `n` (at least 1) free frames with consecutive machine numbers
     /// for `owner` (a DMA pool) and returns the first; the lowest such run
     /// is taken. `Exhausted` if there is none. Scans the whole table once
@@ -727,6 +755,26 @@ fn release_one(f: &mut FrameInfo, dom: DomId) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_frames_are_handed_over_or_freed_and_nothing_else_is() {
+        let mut store = std::vec![FrameInfo::untyped(Owner::Reserved); 16];
+        let mut t = FrameTable::new(&mut store);
+        t.add_free_range(0, 16);
+        let a = t.alloc(Owner::Hypervisor).unwrap();
+        let b = t.alloc(Owner::Hypervisor).unwrap();
+        let mine = t.alloc(Owner::Domain(DomId::of(3))).unwrap();
+        assert_eq!(t.free_count(), 13);
+        bumps(&mut t, "hand over", |t| t.hand_over(a, Owner::Domain(DomId::of(4)))).unwrap();
+        assert!(t.owned_by(a, DomId::of(4)));
+        assert_eq!(t.hand_over(a, Owner::Domain(DomId::of(5))), Err(FrameError::NotOwned(a)), "not held any more");
+        assert_eq!(t.hand_over(mine, Owner::Domain(DomId::of(5))), Err(FrameError::NotOwned(mine)));
+        assert_eq!(t.free_held(mine), Err(FrameError::NotOwned(mine)));
+        assert_eq!(t.free_held(99), Err(FrameError::OutOfRange(99)));
+        bumps(&mut t, "free", |t| t.free_held(b)).unwrap();
+        assert_eq!(t.free_count(), 14);
+        assert_eq!(t.free_held(b), Err(FrameError::NotOwned(b)), "freed once");
+    }
 
     /// Every frame's bookkeeping, for comparing before and after.
     fn snapshot(t: &FrameTable<'_>) -> std::vec::Vec<FrameInfo> {

@@ -35,10 +35,12 @@
 //!
 //! # Creating a domain
 //! The image is the caller's: the hypervisor copies it out of the caller's
-//! memory (a hypercall continuation: [`CREATE_CHUNK`] bytes per unit of
-//! work, the third argument carrying the bytes done, which the caller
-//! passes as 0), validates it with the same ELF loader as the boot bundle's
-//! images, and builds the domain. On failure `reason` says why, in words
+//! memory, then takes and zeroes the new domain's frames, both as a
+//! hypercall continuation ([`CREATE_CHUNK`] bytes, or one frame, per unit
+//! of work; the third argument carries the work done, which the caller
+//! passes as 0), validates the image with the same ELF loader as the boot
+//! bundle's, and builds the domain in those frames (the loading of the
+//! image and the page tables are the one step left whole). On failure `reason` says why, in words
 //! (`EINVAL` for a bad image or argument, `ENOMEM` when memory is short,
 //! `ENOSPC` when the domain table is full). The new domain gets a console
 //! and a store connection as a boot domain does, and runs at once unless

@@ -256,7 +256,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             expect: Outcome::Pass,
             check: |out| {
                 need(out, "[dom0] toolstack: shell ready, 4 template(s): hog, sleeper, quiet, tied; type `help`")?;
-                need(out, "[dom0]   churn N [TEMPLATE] [mem=KiB]  N create/destroy cycles, then the leak check")?;
+                need(out, "[dom0]   spawn N [TEMPLATE] [mem=KiB]  N domains at once, then all destroyed; rates and the leak check")?;
                 need(out, "[dom0]   sleeper             512 KiB  weight   100  image")?;
                 need(out, "[dom0] created dom1 'busy' from template 'hog' (512 KiB)")?;
                 need(out, "[dom0] created dom2 'idle' from template 'sleeper' (1024 KiB, paused)")?;
