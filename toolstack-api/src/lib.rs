@@ -318,6 +318,8 @@ pub struct CreateBody {
     pub warp_us: Option<u32>,
     pub cmdline: Option<String>,
     pub paused: bool,
+    /// A template disk the domain's disk is a copy-on-write overlay of.
+    pub from: Option<String>,
 }
 
 impl CreateBody {
@@ -332,6 +334,7 @@ impl CreateBody {
             warp_us: f.num("warp_us")?,
             cmdline: f.str("cmdline")?,
             paused: f.bool("paused")?.unwrap_or(false),
+            from: f.str("from")?,
         };
         f.finish()?;
         Ok(b)

@@ -94,7 +94,7 @@ fn boot(imgs: &Images, icount: bool) -> Result<(Figures, f64)> {
         kernel: imgs.hypervisor.clone(),
         bundle: Some(bundle),
         append: String::new(),
-        timeout_s: 600,
+        timeout_s: 400,
         stream: false,
         extra: if icount { vec!["-icount".into(), "shift=0".into()] } else { vec![] },
         devices,

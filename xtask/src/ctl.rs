@@ -143,8 +143,13 @@ pub fn request_of(words: &[String]) -> Result<(&'static str, String, Option<Valu
                     Some(("weight", v)) => b["weight"] = json!(num(v)?),
                     Some(("warp", v)) => b["warp_us"] = json!(num(v)?),
                     Some(("cmdline", v)) => b["cmdline"] = json!(v),
+                    Some(("from", v)) => b["from"] = json!(v),
                     None if o == "paused" => b["paused"] = json!(true),
-                    _ => return Err(format!("unknown option '{o}' (name=, mem=, weight=, warp=, cmdline=, paused)")),
+                    _ => {
+                        return Err(format!(
+                            "unknown option '{o}' (name=, mem=, weight=, warp=, cmdline=, paused, from=)"
+                        ))
+                    }
                 }
             }
             ("POST", "/v1/domains".into(), Some(b))

@@ -2017,7 +2017,14 @@ impl<M: Machine> Hv<M> {
                 return self.create_failed(cur, arg, Errno::ENOMEM, format_args!("no hypervisor memory for the image"));
             }
             owned.push_str(text);
-            alloc::boxed::Box::new(CreateJob { caller, arg, req, cmdline: owned, image, zeroed: alloc::vec::Vec::new() })
+            alloc::boxed::Box::new(CreateJob {
+                caller,
+                arg,
+                req,
+                cmdline: owned,
+                image,
+                zeroed: alloc::vec::Vec::new(),
+            })
         } else {
             match self.creating.take() {
                 Some(j) if j.caller == caller && j.arg == arg && j.progress() == done => j,
@@ -2030,7 +2037,7 @@ impl<M: Machine> Hv<M> {
                         arg,
                         Errno::EINVAL,
                         format_args!("a continued create that is not the one under way"),
-                    )
+                    );
                 }
             }
         };
@@ -2063,7 +2070,12 @@ impl<M: Machine> Hv<M> {
         let pages = u64::from(job.req.mem_kib) / 4;
         if job.zeroed.try_reserve_exact(pages as usize - job.zeroed.len().min(pages as usize)).is_err() {
             self.free_job(job);
-            return self.create_failed(cur, arg, Errno::ENOMEM, format_args!("no hypervisor memory for the frame list"));
+            return self.create_failed(
+                cur,
+                arg,
+                Errno::ENOMEM,
+                format_args!("no hypervisor memory for the frame list"),
+            );
         }
         while (job.zeroed.len() as u64) < pages {
             if units > 0 && M::tsc() >= preempt {

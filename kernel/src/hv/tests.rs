@@ -1504,12 +1504,8 @@ fn creates_continue_and_fail_cleanly() {
     let before = r.hv.frames.as_ref().unwrap().free_count();
     set_tsc_step(20_000);
     let tiny = tiny_elf();
-    let mut req = domctl::CreateDomain {
-        image: CTL_IMAGE,
-        image_len: tiny.len() as u64,
-        mem_kib: DOM_KIB,
-        ..Default::default()
-    };
+    let mut req =
+        domctl::CreateDomain { image: CTL_IMAGE, image_len: tiny.len() as u64, mem_kib: DOM_KIB, ..Default::default() };
     pvguest_abi::start_info::fill_c_str(&mut req.name, "dropped");
     r.write_guest(DomId::DOM0, CTL_IMAGE, &tiny);
     r.write_guest(DomId::DOM0, CTL_ARG, req.as_bytes());

@@ -360,7 +360,7 @@ pub(super) fn check_manifest_disks(m: &Manifest, image: &std::path::Path) -> Res
 
 /// Checks a blklog log on `v`'s virtual disk from the host, through the
 /// image's map as dom0 reads it.
-fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> Result<()> {
+pub(super) fn check_log(image: &std::path::Path, v: &vbd::Vbd, records: u64, seed: u64) -> Result<()> {
     let mut sb = [0u8; 512];
     vbd::read_virtual(image, v, 0, &mut sb)?;
     if &sb[..8] != b"RFLOG001"

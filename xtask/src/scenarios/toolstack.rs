@@ -32,6 +32,11 @@ fn bundle(imgs: &Images) -> Result<Option<Vec<u8>>> {
 
 /// dom0 with `cmdline`, and the templates.
 fn with_dom0(imgs: &Images, cmdline: &str) -> Result<Option<Vec<u8>>> {
+    with_dom0_and(imgs, cmdline, None)
+}
+
+/// As [`with_dom0`], with one more template.
+fn with_dom0_and(imgs: &Images, cmdline: &str, extra: Option<DomainEntry>) -> Result<Option<Vec<u8>>> {
     let mut w = BundleWriter::new();
     w.domain(super::net_split::net_dom0(imgs, cmdline)?);
     let template = |name: &str, image: &str, kib: u32, cmdline: &str| -> Result<DomainEntry> {
@@ -41,7 +46,51 @@ fn with_dom0(imgs: &Images, cmdline: &str) -> Result<Option<Vec<u8>>> {
     w.domain(template("sleeper", "hello", 512, "rounds=1 linger")?);
     w.domain(template("quiet", "hello", 256, "quiet linger")?);
     w.domain(template("tied", "tied", 512, "")?);
+    if let Some(e) = extra {
+        w.domain(e);
+    }
     finish(w, imgs)
+}
+
+/// The pattern of the clone scenario's template disk.
+const CLONE_SEED: u64 = 4242;
+/// Records each clone logs over its overlay.
+const CLONE_RECORDS: u64 = 8;
+
+/// The clone scenario's real disk: the template disk, then the space
+/// clones are made in (left as it is: dom0 formats each overlay).
+fn clone_plan() -> crate::vbd::Plan {
+    use crate::vbd::{Kind, Plan};
+    let mut p = Plan::default();
+    p.add("", Kind::Template(CLONE_SEED), 2);
+    p.add("", Kind::Raw, 8);
+    p
+}
+
+/// dom0's words for the plan: the template disk and the clone space.
+fn clone_words() -> String {
+    let p = clone_plan();
+    let (t, pool) = (p.vbds[0].region, p.vbds[1].region);
+    format!("vtemplate=base:{}:{} vpool={}:{}", t.lba, t.sectors, pool.lba, pool.sectors)
+}
+
+/// A clone's overlay, as dom0 said where it made it in its `created`
+/// line: `its disk an overlay of 'base' at LBA L, N sectors`.
+fn clone_of(out: &str, name: &str) -> Result<crate::vbd::Vbd> {
+    let line = out
+        .lines()
+        .find(|l| l.contains(&format!("'{name}' from template")) && l.contains("its disk an overlay of"))
+        .ok_or_else(|| format!("no created line for clone '{name}'"))?;
+    let bad = || format!("no LBA and size in {line:?}");
+    let at = &line[line.find("at LBA ").ok_or_else(bad)? + "at LBA ".len()..];
+    let (lba, rest) = at.split_once(", ").ok_or_else(bad)?;
+    let digits = |s: &str| s.chars().take_while(char::is_ascii_digit).collect::<String>().parse::<u64>();
+    let (lba, sectors) = (digits(lba).map_err(|_| bad())?, digits(rest).map_err(|_| bad())?);
+    Ok(crate::vbd::Vbd {
+        domain: name.into(),
+        kind: crate::vbd::Kind::Overlay(0),
+        region: disk_images::Region::new(lba, sectors),
+    })
 }
 
 /// The figures of the `info` lines in `out`, in order: (frames free,
@@ -398,6 +447,64 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "toolstack-clone",
+            what: "`create ovl --from base` twice from dom0's shell: each new domain gets a copy-on-write overlay of one template disk, made by dom0 at run time and served by its blkback; each writes its own log over the template and reads the template through the rest; on the host each overlay holds its domain's log and the template is untouched; a clone of a template disk that does not exist is refused",
+            bundle: |imgs| {
+                let cmd = format!("mode=overlay records={CLONE_RECORDS} seed=1 template={CLONE_SEED}");
+                let ovl = DomainEntry::new("ovl", loadable(&guest(imgs, "blklog")?)?, 1024).cmdline(cmd).template(true);
+                with_dom0_and(imgs, &format!("serve shell stay {}", clone_words()), Some(ovl))
+            },
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                let plan = clone_plan();
+                let image = rig.disk(plan.disk_sectors() * 512)?;
+                plan.format(&image)?;
+                let cmd = |name: &str, seed: u64, from: &str| {
+                    format!("create ovl name={name} {from} cmdline=\"mode=overlay records={CLONE_RECORDS} seed={seed} template={CLONE_SEED}\"")
+                };
+                rig.type_after(READY, &cmd("c1", 401, "--from base"));
+                rig.type_after("[c1] blklog: overlay holds", &cmd("c2", 402, "from=base"));
+                rig.type_after("[c2] blklog: overlay holds", &cmd("c3", 403, "--from nosuch"));
+                rig.type_after("no template disk 'nosuch'", "wait 2");
+                rig.type_after("dom2 is gone", "shutdown");
+                rig.after_run(move |out| {
+                    for (name, seed) in [("c1", 401), ("c2", 402)] {
+                        let v = clone_of(out, name)?;
+                        super::blk::check_log(&image, &v, CLONE_RECORDS, seed)?;
+                        // Past its log, it reads the template.
+                        let from = CLONE_RECORDS + 1;
+                        let size = clone_plan().vbds[0].region.sectors;
+                        let mut rest = vec![0u8; (size - from) as usize * 512];
+                        crate::vbd::read_virtual(&image, &v, from, &mut rest)?;
+                        if let Some((at, ..)) = disk_pattern::first_mismatch(&rest, CLONE_SEED, from * 512) {
+                            return Err(format!("{name}: byte {at} past its log does not read as the template"));
+                        }
+                    }
+                    let t = &clone_plan().vbds[0];
+                    let mut all = vec![0u8; t.region.sectors as usize * 512];
+                    crate::vbd::read_virtual(&image, t, 0, &mut all)?;
+                    if let Some((at, ..)) = disk_pattern::first_mismatch(&all, CLONE_SEED, 0) {
+                        return Err(format!("the template disk changed at byte {at}"));
+                    }
+                    Ok(())
+                });
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                need(out, "[dom0] created dom1 'c1' from template 'ovl' (1024 KiB, its disk an overlay of 'base' at LBA ")?;
+                need(out, "[dom0] created dom2 'c2' from template 'ovl' (1024 KiB, its disk an overlay of 'base' at LBA ")?;
+                for (id, name, seed) in [(1, "c1", 401), (2, "c2", 402)] {
+                    need(out, &format!("[dom0] serve: dom{id} ({name}): disk connected"))?;
+                    need(out, &format!("[{name}] blklog: overlay holds {CLONE_RECORDS} records (seed {seed:#x}) over template {CLONE_SEED:#x}"))?;
+                }
+                need(out, "[dom0] create: error: no template disk 'nosuch' (template disks: base)")?;
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+        Scenario {
             name: "toolstack-churn",
             what: "1000 create/destroy cycles from dom0's shell (`churn`), each domain reaped before the next is made; the leak check finds 0 frames and 0 ports lost, the hypervisor's heap and domain count as before",
             bundle,
@@ -429,6 +536,14 @@ pub(super) fn scenarios() -> Vec<Scenario> {
 #[cfg(test)]
 mod tests {
     use super::{after, infos, row};
+
+    #[test]
+    fn a_clones_place_comes_from_its_created_line() {
+        let out = "[dom0] created dom1 'c1' from template 'ovl' (1024 KiB, its disk an overlay of 'base' at LBA 38912, 6144 sectors)\n";
+        let v = super::clone_of(out, "c1").unwrap();
+        assert_eq!((v.region.lba, v.region.sectors), (38912, 6144));
+        assert!(super::clone_of(out, "c2").is_err());
+    }
 
     #[test]
     fn info_lines_give_their_figures() {

@@ -65,12 +65,15 @@ fn on_dom_exc(_: Port) {
     WORK.store(true, Ordering::SeqCst);
 }
 
-/// A virtual disk from the command line.
+/// A virtual disk from the command line, or a clone the toolstack made.
 #[derive(Clone, Debug)]
 pub struct VbdSpec {
     pub domain: String,
     pub image: bool,
     pub region: Region,
+    /// A clone's: only this domain gets it (names may come back), and it
+    /// goes with that domain. `None`: the command line's, by name.
+    pub owner: Option<u16>,
 }
 
 /// The `vbd=` words of `cmdline`; bad ones are reported and skipped.
@@ -81,9 +84,12 @@ pub fn parse_vbds(cmdline: &str) -> Vec<VbdSpec> {
         let parsed = match f.as_slice() {
             [name, kind @ ("raw" | "image"), lba, sectors] if !name.is_empty() => {
                 match (lba.parse::<u64>(), sectors.parse::<u64>()) {
-                    (Ok(l), Ok(s)) if s > 0 && l.checked_add(s).is_some() => {
-                        Some(VbdSpec { domain: (*name).into(), image: *kind == "image", region: Region::new(l, s) })
-                    }
+                    (Ok(l), Ok(s)) if s > 0 && l.checked_add(s).is_some() => Some(VbdSpec {
+                        domain: (*name).into(),
+                        image: *kind == "image",
+                        region: Region::new(l, s),
+                        owner: None,
+                    }),
                     _ => None,
                 }
             }
@@ -95,6 +101,105 @@ pub fn parse_vbds(cmdline: &str) -> Vec<VbdSpec> {
         }
     }
     out
+}
+
+/// `vtemplate=NAME:LBA:SECTORS` words: read-only template disks (raw
+/// slices) that the toolstack's `create ... from=NAME` makes copy-on-write
+/// overlays on. Bad ones are reported and skipped.
+pub fn parse_templates(cmdline: &str) -> Vec<(String, Region)> {
+    let mut out = Vec::new();
+    for w in cmdline.split(' ').filter_map(|w| w.strip_prefix("vtemplate=")) {
+        let f: Vec<&str> = w.split(':').collect();
+        match f.as_slice() {
+            [name, lba, sectors] if !name.is_empty() => match (lba.parse::<u64>(), sectors.parse::<u64>()) {
+                (Ok(l), Ok(s)) if s > 0 && l.checked_add(s).is_some() => out.push(((*name).into(), Region::new(l, s))),
+                _ => println!("serve: bad vtemplate `{w}`, skipped"),
+            },
+            _ => println!("serve: bad vtemplate `{w}`, skipped"),
+        }
+    }
+    out
+}
+
+/// The disk space clones are made in (`vpool=LBA:SECTORS`), handed out
+/// from its start in whole MiB and not reused: a long-running dom0 with
+/// many clones needs a larger pool (the manifest's `clone_mib`).
+pub struct ClonePool {
+    next: u64,
+    end: u64,
+}
+
+/// Sectors per MiB.
+const MIB_SECTORS: u64 = 2048;
+
+impl ClonePool {
+    /// The pool of `cmdline`'s `vpool=` word, if any.
+    pub fn from_cmdline(cmdline: &str) -> Option<ClonePool> {
+        let w = cmdline.split(' ').find_map(|w| w.strip_prefix("vpool="))?;
+        match w.split_once(':').map(|(l, s)| (l.parse::<u64>(), s.parse::<u64>())) {
+            Some((Ok(l), Ok(s))) if s > 0 && l.checked_add(s).is_some() => Some(ClonePool { next: l, end: l + s }),
+            _ => {
+                println!("serve: bad vpool `{w}`, no clones");
+                None
+            }
+        }
+    }
+
+    fn take(&mut self, sectors: u64) -> Option<Region> {
+        let sectors = sectors.div_ceil(MIB_SECTORS) * MIB_SECTORS;
+        let end = self.next.checked_add(sectors).filter(|&e| e <= self.end)?;
+        let r = Region::new(self.next, sectors);
+        self.next = end;
+        Some(r)
+    }
+}
+
+/// What the toolstack needs of the disks: clones (see
+/// [`crate::toolstack::Disks`]).
+pub struct Clones<'a> {
+    pub disk: &'a mut Disk,
+    pub specs: &'a mut Vec<VbdSpec>,
+    pub templates: &'a [(String, Region)],
+    pub pool: &'a mut Option<ClonePool>,
+}
+
+impl crate::toolstack::Disks for Clones<'_> {
+    fn prepare_clone(&mut self, name: &str, template: &str) -> Result<String, crate::toolstack::Failure> {
+        use crate::toolstack::Failure;
+        let Some((_, base)) = self.templates.iter().find(|(n, _)| n == template) else {
+            let known: Vec<&str> = self.templates.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(Failure::Missing(format!(
+                "no template disk '{template}' (template disks: {})",
+                if known.is_empty() { String::from("none") } else { known.join(", ") }
+            )));
+        };
+        if self.specs.iter().any(|s| s.domain == name) {
+            return Err(Failure::Refused(format!("'{name}' already has a disk")));
+        }
+        let pool = self.pool.as_mut().ok_or_else(|| {
+            Failure::Refused(String::from("no disk space for clones: dom0 needs vpool= (the manifest's clone_mib)"))
+        })?;
+        // The overlay's header and map, and room for every block of its
+        // base: one MiB more than the base.
+        let region = pool.take(base.sectors + MIB_SECTORS).ok_or_else(|| {
+            Failure::Refused(format!("the clone space is full ({} sectors left)", pool.end - pool.next))
+        })?;
+        disk_images::format_overlay(&mut Dev(self.disk), region, disk_images::BaseRef::Raw(*base), base.sectors)
+            .map_err(|e| Failure::Refused(format!("formatting the overlay: {e:?}")))?;
+        self.specs.push(VbdSpec { domain: name.into(), image: true, region, owner: None });
+        Ok(format!("an overlay of '{template}' at LBA {}, {} sectors", region.lba, region.sectors))
+    }
+
+    fn settle_clone(&mut self, name: &str, domid: Option<u16>) {
+        match domid {
+            Some(id) => {
+                if let Some(s) = self.specs.iter_mut().find(|s| s.domain == name && s.owner.is_none() && s.image) {
+                    s.owner = Some(id);
+                }
+            }
+            None => self.specs.retain(|s| !(s.domain == name && s.owner.is_none() && s.image)),
+        }
+    }
 }
 
 /// `vbdback=VICTIM:BACKEND` words: domain `BACKEND` (not dom0) serves
@@ -188,7 +293,9 @@ struct Client {
 /// Runs the service until every domU has ended; `Ok` when it served every
 /// one it found to its end.
 pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
-    let specs = parse_vbds(cmdline);
+    let mut specs = parse_vbds(cmdline);
+    let templates = parse_templates(cmdline);
+    let mut pool = ClonePool::from_cmdline(cmdline);
     let mut native = None;
     if let Some(base) = pvguest_sdk::cmdline::arg(cmdline, "native_bench") {
         // The split-disk benchmark's other half: the same disk, from dom0
@@ -222,7 +329,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut others = usize::MAX;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
-            others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &specs, disk, &mut served);
+            others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &mut specs, disk, &mut served);
             for (victim, back) in &foreign {
                 let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
                 if foreign_done.iter().any(|(v, _)| v == victim) {
@@ -243,7 +350,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             return Ok(());
         }
         if let Some(t) = ts.as_mut() {
-            t.poll();
+            t.poll(&mut Clones { disk, specs: &mut specs, templates: &templates, pool: &mut pool });
         }
         for c in clients.iter_mut() {
             pump(&mut store, c);
@@ -266,7 +373,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         // dom0's own stack (the API): frames in and out, requests answered.
         let mut api_work = false;
         if let (Some(a), Some(t), Some(q)) = (api.as_mut(), ts.as_mut(), vifs.local()) {
-            api_work = a.poll(q, t);
+            api_work = a.poll(q, t, &mut Clones { disk, specs: &mut specs, templates: &templates, pool: &mut pool });
         }
         // After a pass that did something, the next pass is needed only if
         // something is ready, which is what the wake-up condition checks:
@@ -359,7 +466,7 @@ fn rescan(
     clients: &mut Vec<Client>,
     vbds: &mut Vec<Vbd>,
     vifs: &mut crate::vifs::Vifs,
-    specs: &[VbdSpec],
+    specs: &mut Vec<VbdSpec>,
     disk: &mut Disk,
     served: &mut u32,
 ) -> usize {
@@ -392,6 +499,8 @@ fn rescan(
         v.retire();
     }
     forget_dead(vbds, disk);
+    // A clone goes with its domain (its space is not reused: ClonePool).
+    specs.retain(|s| s.owner.is_none_or(|o| alive(o) || vbds.iter().any(|v| v.domid == o)));
     vifs.release(alive);
     for info in &live {
         let Ok(domid) = u16::try_from(info.domid) else { continue };
@@ -414,7 +523,7 @@ fn rescan(
         let name: String = info.name().into();
         println!("serve: dom{domid} ({name}) connected to the store");
         *served += 1;
-        if let Some(spec) = specs.iter().find(|s| s.domain == name) {
+        if let Some(spec) = specs.iter().find(|s| s.domain == name && s.owner.is_none_or(|o| o == domid)) {
             match offer_disk(store, domid, spec, disk) {
                 Ok(v) => vbds.push(v),
                 Err(e) => println!("serve: dom{domid}: disk not offered: {e}"),
