@@ -2030,7 +2030,7 @@ impl<M: Machine> Hv<M> {
                 Some(j) if j.caller == caller && j.arg == arg && j.progress() == done => j,
                 other => {
                     if let Some(j) = other {
-                        self.free_job(j);
+                        self.free_job(&j);
                     }
                     return self.create_failed(
                         cur,
@@ -2069,7 +2069,7 @@ impl<M: Machine> Hv<M> {
         // follows only hands them over.
         let pages = u64::from(job.req.mem_kib) / 4;
         if job.zeroed.try_reserve_exact(pages as usize - job.zeroed.len().min(pages as usize)).is_err() {
-            self.free_job(job);
+            self.free_job(&job);
             return self.create_failed(
                 cur,
                 arg,
@@ -2085,7 +2085,7 @@ impl<M: Machine> Hv<M> {
             }
             let Some(m) = self.frames.as_mut().and_then(|f| f.alloc(crate::mm::frames::Owner::Hypervisor).ok()) else {
                 let free = self.frames.as_ref().map_or(0, |f| f.free_count());
-                self.free_job(job);
+                self.free_job(&job);
                 return self.create_failed(
                     cur,
                     arg,
@@ -2100,7 +2100,7 @@ impl<M: Machine> Hv<M> {
         let vacant = match self.domains.reserve() {
             Ok(v) => v,
             Err(e) => {
-                self.free_job(job);
+                self.free_job(&job);
                 return self.create_failed(
                     cur,
                     arg,
@@ -2126,7 +2126,7 @@ impl<M: Machine> Hv<M> {
         let built = self.build_domain(vacant, &build, builder::Source::Zeroed(&mut j.zeroed));
         let name = job.req.name.clone();
         // Frames the build did not take (none, unless it failed).
-        self.free_job(job);
+        self.free_job(&job);
         match built {
             Ok(_) => {
                 let at = arg.wrapping_add(core::mem::offset_of!(CreateDomain, domid) as u64);
@@ -2146,7 +2146,7 @@ impl<M: Machine> Hv<M> {
 
     /// Frees what a create job holds: the frames it zeroed and not yet
     /// handed over.
-    fn free_job(&mut self, job: alloc::boxed::Box<CreateJob>) {
+    fn free_job(&mut self, job: &CreateJob) {
         if let Some(f) = self.frames.as_mut() {
             for &m in &job.zeroed {
                 let freed = f.free_held(m);
@@ -2158,7 +2158,7 @@ impl<M: Machine> Hv<M> {
     /// Gives up the create under way, if any ([`Hv::free_job`]).
     fn cancel_create(&mut self) {
         if let Some(j) = self.creating.take() {
-            self.free_job(j);
+            self.free_job(&j);
         }
     }
 
