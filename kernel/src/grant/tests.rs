@@ -65,6 +65,20 @@ impl GrantDomains for Doms {
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(&dom).map(|d| &mut d.1)
     }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        if granter == grantee {
+            return None;
+        }
+        let (mut t, mut m) = (None, None);
+        for (id, (table, maptrack)) in self.0.iter_mut() {
+            if *id == granter {
+                t = Some(table);
+            } else if *id == grantee {
+                m = Some(maptrack);
+            }
+        }
+        Some((t?, m?))
+    }
 }
 
 struct Rig {

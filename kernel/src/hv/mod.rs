@@ -809,6 +809,11 @@ impl GrantDomains for Grants<'_, '_> {
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(dom).filter(|d| !matches!(d.state, RunState::Dead(_))).map(|d| &mut d.maptrack)
     }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        let (g, m) = self.0.pair_mut(granter, grantee)?;
+        let dead = |d: &Domain| matches!(d.state, RunState::Dead(_));
+        (!dead(g) && !dead(m)).then_some((&mut g.grants, &mut m.maptrack))
+    }
 }
 
 /// Every domain's grant state, dead ones included: for the teardown of a
@@ -822,6 +827,9 @@ impl GrantDomains for AllGrants<'_, '_> {
     }
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(dom).map(|d| &mut d.maptrack)
+    }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        self.0.pair_mut(granter, grantee).map(|(g, m)| (&mut g.grants, &mut m.maptrack))
     }
 }
 
@@ -1341,7 +1349,7 @@ impl<M: Machine> Hv<M> {
 
     /// The rest of a trip once the trap's work is charged (up to `now`):
     /// the console of the domain that trapped, timers due, the scheduler.
-    #[inline]
+    #[inline(always)] // twice on the switch paths, no call
     fn finish_trip(&mut self, now: u64) -> Next {
         // The domain that trapped drains its own console, in its own time.
         let now = match self.cpu.current {
@@ -1874,7 +1882,7 @@ impl<M: Machine> Hv<M> {
     }
 
     /// Applies the action of domain `cur`'s hypercall.
-    #[inline]
+    #[inline(always)] // on every hypercall trip, no call
     fn apply(&mut self, cur: usize, action: Action, now: u64) {
         let d = &mut self.domains[cur];
         match action {
@@ -2133,9 +2141,12 @@ impl<M: Machine> Hv<M> {
         let now = self.now();
         let d = &mut self.domains[i];
         d.vcpu.poll_ports.clear();
-        d.vcpu.poll_deadline = None;
         d.state = RunState::Runnable;
-        self.sync_deadlines(i);
+        // The timer is untouched; the index changes only if a poll
+        // deadline goes (its entry is `2 * i + 1`, see `Hv::deadlines`).
+        if d.vcpu.poll_deadline.take().is_some() {
+            self.deadlines.remove(2 * i + 1);
+        }
         self.bvt.wake(i, now);
         self.set_runstate(i, runstate::RUNNABLE, now);
     }
