@@ -254,7 +254,7 @@ fn run(next: Next) -> ! {
 /// no copies (only `rax` and the `iretq` part may change); everything else
 /// copies the frame into the domain and goes through `Hv::on_trap`.
 #[no_mangle]
-extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
+pub(crate) extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     use core::sync::atomic::Ordering::Relaxed;
     // SAFETY: `entry_common` built a complete frame at this address (the
     // exit slot of the entry stack, mapped read-write in the hypervisor
@@ -375,7 +375,7 @@ fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, iret }: FastExit) -
 
 /// Entry from ring 0: an interrupt while idle, or a hypervisor fault.
 #[no_mangle]
-extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
+pub(crate) extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
     // SAFETY: `hv_ring0_entry` passes the frame it just pushed.
     let f = unsafe { frame.read_volatile() };
     match f.vector as u8 {
