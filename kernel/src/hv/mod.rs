@@ -294,6 +294,7 @@ impl Wakes {
         self.pending = Some((deadline, now, what, into));
     }
 
+    #[inline(always)]
     fn blocked(&mut self, now: u64) {
         if let Some((deadline, outs, to)) = self.serving.take() {
             let t = now.saturating_sub(deadline);
@@ -310,6 +311,7 @@ impl Wakes {
         }
     }
 
+    #[inline(always)]
     fn entered(&mut self, now: u64) {
         if let Some((deadline, fired, what, into)) = self.pending.take() {
             self.serving = Some((deadline, 0, None));
@@ -1272,6 +1274,7 @@ impl<M: Machine> Hv<M> {
 
     /// Moves domain `i` to run state `state` at `now`, accounting the time
     /// spent in the previous one.
+    #[inline(always)]
     fn set_runstate(&mut self, i: usize, state: u32, now: u64) {
         runstate_to(&mut self.domains[i].runstate, state, now);
     }
@@ -1699,10 +1702,11 @@ impl<M: Machine> Hv<M> {
     }
 
     /// Fires the current domain's virtual-time alarm if that time has come.
+    #[inline(always)]
     fn check_vtimer(&mut self, cur: usize, now: u64) {
         let d = &mut self.domains[cur];
-        let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
         if let Some(deadline) = d.vcpu.vtimer {
+            let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
             if vt >= deadline {
                 d.vcpu.vtimer = None;
                 self.raise_virq(cur, VIRQ_VTIMER);
@@ -1808,6 +1812,7 @@ impl<M: Machine> Hv<M> {
 
     /// Bounces to a guest handler, masking events if asked; crashes the
     /// domain if the frame cannot be delivered. Returns success.
+    #[inline(always)]
     fn deliver(&mut self, cur: usize, b: &Bounce, mask_events: bool) -> bool {
         let frames = self.frames.as_ref().expect("frame table set");
         let d = &mut self.domains[cur];
@@ -2119,6 +2124,7 @@ impl<M: Machine> Hv<M> {
 
     /// Rules 1-2 of `evtchn`: marks `port` pending and wakes the domain if
     /// it waits for it.
+    #[inline(always)]
     fn raise(&mut self, i: usize, port: u32) {
         let d = &mut self.domains[i];
         if matches!(d.state, RunState::Dead(_)) {
@@ -2136,6 +2142,7 @@ impl<M: Machine> Hv<M> {
         }
     }
 
+    #[inline(always)]
     fn wake(&mut self, i: usize) {
         self.cpu.sched_dirty = true;
         let now = self.now();

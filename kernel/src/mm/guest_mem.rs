@@ -216,6 +216,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::copy_from`] through [`GuestView::translate_remembered`]
     /// when `buf` lies within one page (otherwise a plain `copy_from`).
+    #[inline(always)]
     pub fn copy_from_remembered(
         &self,
         va: GuestVa,
@@ -233,6 +234,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::copy_to`] through [`GuestView::translate_remembered`]
     /// when `data` lies within one page (otherwise a plain `copy_to`).
+    #[inline(always)]
     pub fn copy_to_remembered(&mut self, va: GuestVa, data: &[u8], memo: &mut Option<Remembered>) -> Result<(), Errno> {
         let in_page = PAGE_SIZE - (va.0 & (PAGE_SIZE - 1));
         if data.len() as u64 > in_page {
