@@ -232,6 +232,7 @@ static CURRENT_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU6
 static CURRENT_SHARED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Enters the chosen guest.
+#[inline(always)] // on every full trip: no call
 fn run(next: Next) -> ! {
     stretch::end();
     stretch::entering(next.id);
@@ -457,7 +458,7 @@ mod stretch {
     }
 
     /// The hypervisor is about to return to a guest.
-    #[inline] // on every trip through the hypervisor
+    #[inline(always)] // on every trip through the hypervisor
     pub fn end() {
         let ticks = cpu::rdtsc().wrapping_sub(START.load(Relaxed));
         if ticks > WORST.load(Relaxed) && ticks < u64::MAX / 2 {

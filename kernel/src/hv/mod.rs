@@ -2527,6 +2527,7 @@ impl<M: Machine> Hv<M> {
     /// Final steps before entering domain `i`: upcall delivery, per-domain
     /// CPU state, frame sanitising, timer arming. `None` if the domain died
     /// on the way (its upcall could not be delivered).
+    #[inline(always)] // once per full trip: no call
     fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
         d.wakes.entered(now);
