@@ -527,6 +527,23 @@ fn cancel_map_undoes_a_map_without_notifying() {
     assert_eq!(r.g().cancel_map(B, got.handle), Err(GrantError::BadHandle));
 }
 
+/// `map` borrows the granter's table and the grantee's maptrack in one
+/// look-up; its errors keep the order of the checks: a full maptrack is
+/// reported before a missing granter, and a missing grantee before both.
+#[test]
+fn map_errors_keep_their_order_with_one_look_up() {
+    let mut r = Rig::with_maptrack(1);
+    r.grant(0, B, RW);
+    r.grant(1, B, RW);
+    let nobody = DomId::of(77);
+    assert_eq!(r.map(B, nobody, 0, false).map(|m| m.handle), Err(GrantError::BadDomain));
+    assert_eq!(r.map(nobody, A, 0, false).map(|m| m.handle), Err(GrantError::BadDomain));
+    assert_eq!(r.map(B, A, 0, false).map(|m| m.handle), Ok(0));
+    assert_eq!(r.map(B, nobody, 1, false).map(|m| m.handle), Err(GrantError::MaptrackFull));
+    assert_eq!(r.map(B, A, 1, false).map(|m| m.handle), Err(GrantError::MaptrackFull));
+    assert_eq!(r.flags(1), RW, "a refused map leaves the grant untouched");
+}
+
 // ---- quotas ----------------------------------------------------------------
 
 #[test]
