@@ -324,10 +324,11 @@ pub(crate) extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     }
     let next = HV.lock().on_trap_with(|regs| {
         // SAFETY: as above: one copy, straight into the domain's state (a
-        // block copy: `rep movsq`, not a register-by-register one). The
+        // block copy: `rep movsq`, not a register-by-register one), from
+        // the entry stack to the domain's slot (they do not overlap). The
         // frame is read once, and nothing else writes it while the
         // hypervisor runs (interrupts are off, one CPU).
-        unsafe { core::ptr::copy_nonoverlapping(frame.cast_const(), regs, 1) };
+        unsafe { entry::copy_frame(regs, frame.cast_const()) };
         if vector == 2 {
             // An NMI frame sits on IST2, which every guest view maps
             // read-write: do not leave this domain's registers there for

@@ -1630,8 +1630,10 @@ impl<M: Machine> Hv<M> {
             return false;
         }
         self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-        self.domains[cur].wakes.entered(now);
-        self.arm_deadline(cur, now);
+        let d = &mut self.domains[cur];
+        d.wakes.entered(now);
+        let vt_left = vtimer_left(d, now);
+        self.arm_deadline(cur, now, vt_left);
         true
     }
 
@@ -2382,12 +2384,6 @@ impl<M: Machine> Hv<M> {
                 continue;
             };
             self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-            if let Some(c) = current.filter(|&c| c != i) {
-                let to = self.domains[i].id;
-                let dc = &mut self.domains[c];
-                dc.wakes.switched_out(to);
-                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
-            }
             // Also when the pick is the domain that just ran: it may have
             // blocked and been woken in this same trip (a timer due at
             // once), which left it RUNNABLE.
@@ -2395,9 +2391,15 @@ impl<M: Machine> Hv<M> {
             if di.runstate.state != runstate::RUNNING {
                 runstate_to(&mut di.runstate, runstate::RUNNING, now);
             }
+            let (to, console_dirty) = (di.id, di.console_dirty);
+            if let Some(c) = current.filter(|&c| c != i) {
+                let dc = &mut self.domains[c];
+                dc.wakes.switched_out(to);
+                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
+            }
             self.cpu.current = Some(i);
             let mut entered = now;
-            if di.console_dirty {
+            if console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
@@ -2596,7 +2598,8 @@ impl<M: Machine> Hv<M> {
             return None;
         }
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
-        self.arm_deadline(i, now);
+        let vt_left = vtimer_left(d, now);
+        self.arm_deadline(i, now, vt_left);
         Some(next)
     }
 
@@ -2604,8 +2607,7 @@ impl<M: Machine> Hv<M> {
     /// nearest of its slice end, every domain's next real-time deadline and
     /// its own virtual-time alarm.
     #[inline(always)] // on every trip: once per switch, no call
-    fn arm_deadline(&mut self, i: usize, now: u64) {
-        let d = &self.domains[i];
+    fn arm_deadline(&mut self, i: usize, now: u64, vt_left: Option<u64>) {
         let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {
@@ -2614,9 +2616,7 @@ impl<M: Machine> Hv<M> {
                 armed_for = (o != i).then_some(o);
             }
         }
-        if let Some(vt) = d.vcpu.vtimer {
-            let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
-            let left = vt.saturating_sub(ran);
+        if let Some(left) = vt_left {
             if left < until {
                 until = left;
                 armed_for = None;
@@ -2627,6 +2627,16 @@ impl<M: Machine> Hv<M> {
         self.m.arm_timer(until);
         self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
     }
+}
+
+/// Run time left before domain `d`'s virtual-time alarm, at `now` (`None`:
+/// no alarm set): what [`Hv::arm_deadline`] needs of the domain it arms
+/// for, read by the caller, which holds the domain already.
+#[inline(always)]
+fn vtimer_left(d: &Domain, now: u64) -> Option<u64> {
+    let vt = d.vcpu.vtimer?;
+    let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
+    Some(vt.saturating_sub(ran))
 }
 
 /// Moves run-state record `r` to state `state` at `now`, accounting the
