@@ -298,7 +298,7 @@ impl<D> core::ops::Index<usize> for DomainTable<'_, D> {
 
     /// The domain in a slot known to be live (the hypervisor's own slot
     /// numbers); a free slot is a hypervisor bug.
-    #[inline]
+    #[inline(always)]
     fn index(&self, slot: usize) -> &D {
         match self.slots.get(slot) {
             Some(Some((_, d))) => d,
@@ -308,7 +308,7 @@ impl<D> core::ops::Index<usize> for DomainTable<'_, D> {
 }
 
 impl<D> core::ops::IndexMut<usize> for DomainTable<'_, D> {
-    #[inline]
+    #[inline(always)]
     fn index_mut(&mut self, slot: usize) -> &mut D {
         match self.slots.get_mut(slot) {
             Some(Some((_, d))) => d,

@@ -838,7 +838,7 @@ impl<const N: usize> Bvt<N> {
     }
 
     /// Notes the time and dates warp-limit expiries that `account` found.
-    #[inline]
+    #[inline(always)]
     fn observe(&mut self, now: Ns) {
         self.clock = self.clock.max(now);
         let date = |e: &mut Entity| {
