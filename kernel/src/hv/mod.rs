@@ -465,9 +465,11 @@ impl<M: Machine> DomEnv<'_, M> {
 }
 
 impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
+    #[inline(always)] // every hypercall's arguments
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         copy_from_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, buf)
     }
+    #[inline(always)] // every hypercall's arguments
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
         copy_to_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, data)
     }
@@ -2324,15 +2326,12 @@ impl<M: Machine> Hv<M> {
             // without a new pick. Its charges wait in the meter (a payer's
             // charges add up there) until the next pick settles them, so
             // accounts stay exact; other domains' charges only delay them.
-            if let Some(c) = self.cpu.current {
+            // (The CPU's flags first: a yield or block skips the look-up.)
+            if let Some(c) = self.cpu.current.filter(|_| {
+                !self.cpu.sched_dirty && !self.cpu.yielding && self.reaping.is_empty() && now < self.cpu.slice_end
+            }) {
                 let d = &self.domains[c];
-                if !self.cpu.sched_dirty
-                    && !self.cpu.yielding
-                    && self.reaping.is_empty()
-                    && now < self.cpu.slice_end
-                    && d.state == RunState::Runnable
-                    && !d.console_dirty
-                {
+                if d.state == RunState::Runnable && !d.console_dirty {
                     self.cpu.meter.charge(&mut self.bvt, c, now);
                     if let Some(next) = self.prepare(c, now) {
                         return next;
