@@ -191,6 +191,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::translate`], answered from `memo` if it holds this
     /// page of this view for this access, else walked and remembered there.
+    #[inline(always)] // every remembered copy: the memo check, no call
     pub fn translate_remembered(
         &self,
         va: GuestVa,
