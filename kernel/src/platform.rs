@@ -232,6 +232,7 @@ static CURRENT_CR3: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU6
 static CURRENT_SHARED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Enters the chosen guest.
+#[inline(always)] // on every full trip: no call
 fn run(next: Next) -> ! {
     stretch::end();
     stretch::entering(next.id);
@@ -254,7 +255,7 @@ fn run(next: Next) -> ! {
 /// no copies (only `rax` and the `iretq` part may change); everything else
 /// copies the frame into the domain and goes through `Hv::on_trap`.
 #[no_mangle]
-extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
+pub(crate) extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     use core::sync::atomic::Ordering::Relaxed;
     // SAFETY: `entry_common` built a complete frame at this address (the
     // exit slot of the entry stack, mapped read-write in the hypervisor
@@ -323,10 +324,11 @@ extern "C" fn rust_guest_trap(frame: *mut TrapFrame) -> ! {
     }
     let next = HV.lock().on_trap_with(|regs| {
         // SAFETY: as above: one copy, straight into the domain's state (a
-        // block copy: `rep movsq`, not a register-by-register one). The
+        // block copy: `rep movsq`, not a register-by-register one), from
+        // the entry stack to the domain's slot (they do not overlap). The
         // frame is read once, and nothing else writes it while the
         // hypervisor runs (interrupts are off, one CPU).
-        unsafe { core::ptr::copy_nonoverlapping(frame.cast_const(), regs, 1) };
+        unsafe { entry::copy_frame(regs, frame.cast_const()) };
         if vector == 2 {
             // An NMI frame sits on IST2, which every guest view maps
             // read-write: do not leave this domain's registers there for
@@ -375,7 +377,7 @@ fn fast_exit(frame: *mut TrapFrame, FastExit { rax, cr3, fx, iret }: FastExit) -
 
 /// Entry from ring 0: an interrupt while idle, or a hypervisor fault.
 #[no_mangle]
-extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
+pub(crate) extern "C" fn rust_ring0_trap(frame: *mut TrapFrame) {
     // SAFETY: `hv_ring0_entry` passes the frame it just pushed.
     let f = unsafe { frame.read_volatile() };
     match f.vector as u8 {
@@ -457,7 +459,7 @@ mod stretch {
     }
 
     /// The hypervisor is about to return to a guest.
-    #[inline] // on every trip through the hypervisor
+    #[inline(always)] // on every trip through the hypervisor
     pub fn end() {
         let ticks = cpu::rdtsc().wrapping_sub(START.load(Relaxed));
         if ticks > WORST.load(Relaxed) && ticks < u64::MAX / 2 {

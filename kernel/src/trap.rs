@@ -86,6 +86,7 @@ pub fn bounce_iret<M: PhysMem>(
 /// [`bounce_iret`], writing the frame through
 /// [`GuestView::copy_to_remembered`] with `memo` (see
 /// [`crate::mm::guest_mem`] for when a memo may be kept).
+#[inline(always)] // every upcall and bounced syscall
 pub fn bounce_iret_remembered<M: PhysMem>(
     regs: &mut IretFrame,
     b: &Bounce,

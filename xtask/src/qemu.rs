@@ -11,6 +11,12 @@
 //! (none by default: then the command line is the plain one, see
 //! [`qemu_args`]).
 //!
+//! `RF_QEMU_EXTRA` (whitespace-separated) is appended to every QEMU command
+//! line, for profiling: `RF_QEMU_EXTRA="-s -S" cargo xtask bench --paths`
+//! waits for a gdb on :1234, which can then count and place every executed
+//! instruction of a hot path by `stepi` (under `-icount` the only figure TCG
+//! gives that means anything).
+//!
 //! While QEMU runs, its output is read line by line on its own threads, so
 //! QEMU never blocks on a full pipe. A [`Watch`] starts a host-side action
 //! (on a thread of its own) when a line containing its text appears within
@@ -194,6 +200,9 @@ pub fn run(o: &RunOpts) -> Result<RunResult> {
 pub fn run_watched<T: Send + 'static>(o: &RunOpts, watches: Vec<Watch<T>>) -> Result<(RunResult, Vec<Result<T>>)> {
     let mut cmd = Command::new("qemu-system-x86_64");
     cmd.args(qemu_args(o));
+    if let Some(extra) = std::env::var_os("RF_QEMU_EXTRA") {
+        cmd.args(extra.to_string_lossy().split_whitespace());
+    }
     supervise(cmd, Duration::from_secs(o.timeout_s), o.stream, o.kill_on.as_deref(), &o.input, watches)
         .map_err(|e| format!("cannot start qemu-system-x86_64: {e}"))
 }

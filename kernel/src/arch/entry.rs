@@ -285,6 +285,30 @@ pub fn exit_frame_slot() -> u64 {
     entry_stack_top() - core::mem::size_of::<TrapFrame>() as u64
 }
 
+/// Qwords in a [`TrapFrame`] (176 bytes: asserted in `regs`).
+const FRAME_QWORDS: usize = core::mem::size_of::<TrapFrame>() / 8;
+const _: () = assert!(core::mem::size_of::<TrapFrame>() == FRAME_QWORDS * 8);
+
+/// Copies one trap frame with a single `rep movsq` in place (`memcpy`
+/// would be a call around the same instruction, and this copy is on
+/// every full trip twice: in from the entry stack, out to the exit slot).
+///
+/// # Safety
+/// 1. `src` is valid for reads and `dst` for writes of one [`TrapFrame`].
+/// 2. The two do not overlap.
+#[inline(always)]
+pub unsafe fn copy_frame(dst: *mut TrapFrame, src: *const TrapFrame) {
+    // SAFETY: the caller's points 1-2; the direction flag is clear in the
+    // hypervisor (`entry_common` clears it before any Rust code runs, and
+    // nothing here sets it), so the copy runs forwards over exactly
+    // FRAME_QWORDS words.
+    unsafe {
+        core::arch::asm!("rep movsq",
+             inout("rcx") FRAME_QWORDS => _, inout("rdi") dst => _, inout("rsi") src => _,
+             options(nostack, preserves_flags));
+    }
+}
+
 /// Leaves the hypervisor for a guest.
 ///
 /// # Safety
@@ -292,13 +316,13 @@ pub fn exit_frame_slot() -> u64 {
 /// 2. `frame` has been sanitised: `cs`/`ss` are guest selectors (ring 1 or 3)
 ///    and `rip`/`rsp` are canonical.
 /// 3. No lock is held and nothing on the hypervisor stack is still needed.
-#[inline] // on every trip through the hypervisor
+#[inline(always)] // on every full trip through the hypervisor
 pub unsafe fn enter_guest(cr3: u64, frame: &TrapFrame, fx: *const FxArea) -> ! {
     let slot = exit_frame_slot() as *mut TrapFrame;
     // SAFETY: the slot lies in the entry stack, mapped read-write in the
     // hypervisor's view at its alias; nothing else uses it while the
     // hypervisor runs.
-    unsafe { slot.write_volatile(*frame) };
+    unsafe { copy_frame(slot, frame) };
     // SAFETY: `EXIT_TRAMPOLINE` is the alias of `exit_to_guest` or
     // `exit_to_guest_smap` (set by `init`, which boot runs before any
     // guest), mapped executable in both views. Its contract is the

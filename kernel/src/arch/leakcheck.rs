@@ -53,8 +53,6 @@ extern "C" {
     static hv_guest_entry_smap: u8;
     static hv_ring0_entry: u8;
     static hv_stack_top: u8;
-    static rust_guest_trap: u8;
-    static rust_ring0_trap: u8;
     static leakcheck_plant_text: u8;
     static leakcheck_plant_text_end: u8;
 }
@@ -70,8 +68,11 @@ fn key_addresses() -> [u64; 13] {
         &raw const hv_guest_entry_smap as u64,
         &raw const hv_ring0_entry as u64,
         &raw const hv_stack_top as u64,
-        &raw const rust_guest_trap as u64,
-        &raw const rust_ring0_trap as u64,
+        // The Rust handlers by their own items: declared here as statics,
+        // a whole-program (LTO) build would see a function and a data
+        // symbol of one name and link neither.
+        crate::platform::rust_guest_trap as *const () as u64,
+        crate::platform::rust_ring0_trap as *const () as u64,
         entry::ENTRY_PRIVATE.get() as u64,
         super::descriptors::hv_entry_pdpt(),
         entry::current_fx.as_ptr() as u64,

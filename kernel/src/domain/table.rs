@@ -219,33 +219,39 @@ impl<'a, D> DomainTable<'a, D> {
     }
 
     /// The slot of a live domain.
+    #[inline]
     pub fn slot_of(&self, id: DomId) -> Option<usize> {
         self.by_id.get(usize::from(id.0)).and_then(|&s| usize::from(s).checked_sub(1))
     }
 
     /// The live domain `id`.
+    #[inline]
     pub fn get(&self, id: DomId) -> Option<&D> {
         self.slot_of(id).and_then(|s| self.slots[s].as_ref()).map(|(_, d)| d)
     }
 
     /// The live domain `id`, mutably.
+    #[inline]
     pub fn get_mut(&mut self, id: DomId) -> Option<&mut D> {
         let s = self.slot_of(id)?;
         self.slots[s].as_mut().map(|(_, d)| d)
     }
 
     /// The domain in `slot`, with its id.
+    #[inline]
     pub fn at(&self, slot: usize) -> Option<(DomId, &D)> {
         self.slots.get(slot).and_then(Option::as_ref).map(|(id, d)| (*id, d))
     }
 
     /// The domain in `slot`, mutably.
+    #[inline]
     pub fn at_mut(&mut self, slot: usize) -> Option<(DomId, &mut D)> {
         self.slots.get_mut(slot).and_then(Option::as_mut).map(|(id, d)| (*id, d))
     }
 
     /// Two distinct live domains, both mutably; `None` if `a == b` or
     /// either is not alive.
+    #[inline]
     pub fn pair_mut(&mut self, a: DomId, b: DomId) -> Option<(&mut D, &mut D)> {
         let (sa, sb) = (self.slot_of(a)?, self.slot_of(b)?);
         if sa == sb {
@@ -292,6 +298,7 @@ impl<D> core::ops::Index<usize> for DomainTable<'_, D> {
 
     /// The domain in a slot known to be live (the hypervisor's own slot
     /// numbers); a free slot is a hypervisor bug.
+    #[inline(always)]
     fn index(&self, slot: usize) -> &D {
         match self.slots.get(slot) {
             Some(Some((_, d))) => d,
@@ -301,6 +308,7 @@ impl<D> core::ops::Index<usize> for DomainTable<'_, D> {
 }
 
 impl<D> core::ops::IndexMut<usize> for DomainTable<'_, D> {
+    #[inline(always)]
     fn index_mut(&mut self, slot: usize) -> &mut D {
         match self.slots.get_mut(slot) {
             Some(Some((_, d))) => d,

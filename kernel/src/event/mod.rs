@@ -237,6 +237,7 @@ impl EventChannels {
     }
 
     /// The binding of `port` (`EINVAL` for port 0 and ports out of range).
+    #[inline(always)] // every send
     pub fn get(&self, port: u32) -> Result<Port, Errno> {
         if port == 0 || port >= NR_PORTS {
             return Err(Errno::EINVAL);

@@ -922,13 +922,18 @@ pub fn copy_bytes<M: PhysMem>(mem: &mut M, plan: CopyPlan) {
 }
 
 /// Per-domain grant state, reached by domain id (the hypercall layer
-/// implements it over the domain table). Each call borrows one domain's
-/// state at a time, so granter and grantee may be the same domain.
+/// implements it over the domain table). `table` and `maptrack` borrow
+/// one domain's state at a time, so granter and grantee may be the same
+/// domain there; `table_and_maptrack` borrows two distinct ones.
 pub trait GrantDomains {
     /// The grant table of the live domain `dom`.
     fn table(&mut self, dom: DomId) -> Option<&mut GrantTable>;
     /// The maptrack of the live domain `dom`.
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack>;
+    /// The grant table of the live domain `granter` and the maptrack of
+    /// the live domain `grantee`, at once (one look-up of each, for a
+    /// map); `None` if either is not alive or they are the same domain.
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)>;
 }
 
 /// The grant operations over the domains, the frame table and machine
@@ -980,10 +985,14 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         if req.granter == grantee {
             return Err(GrantError::BadDomain);
         }
-        self.doms.maptrack(grantee).ok_or(GrantError::BadDomain)?.reserve()?;
-        let table = self.doms.table(req.granter).ok_or(GrantError::BadDomain)?;
+        let Some((table, mt)) = self.doms.table_and_maptrack(req.granter, grantee) else {
+            // The errors in the order of the checks: the grantee's
+            // maptrack (missing, or full), then the granter.
+            self.doms.maptrack(grantee).ok_or(GrantError::BadDomain)?.reserve()?;
+            return Err(GrantError::BadDomain);
+        };
+        mt.reserve()?;
         let mfn = table.acquire(grantee, req.gref, req.writable, self.frames, self.mem)?;
-        let table_id = table.id();
         if let Err(e) = self.frames.get_foreign_ref(mfn, req.granter, req.writable) {
             table.release(req.gref, req.writable, self.mem);
             return Err(match e {
@@ -994,7 +1003,7 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         }
         let mapping = Mapping {
             granter: req.granter,
-            table: table_id,
+            table: table.id(),
             gref: req.gref,
             mfn,
             writable: req.writable,
@@ -1004,15 +1013,11 @@ impl<'a, 'f, D: GrantDomains + ?Sized, M: PhysMem> Gnttab<'a, 'f, D, M> {
         };
         // Cannot fail: a slot was reserved above, and nothing since could
         // take it; undo all the same if it ever did.
-        match self.doms.maptrack(grantee).map(|mt| mt.insert(mapping)) {
-            Some(Ok(handle)) => Ok(Mapped { handle, mapping }),
-            Some(Err(e)) => {
+        match mt.insert(mapping) {
+            Ok(handle) => Ok(Mapped { handle, mapping }),
+            Err(e) => {
                 let _ = self.release(mapping);
                 Err(e)
-            }
-            None => {
-                let _ = self.release(mapping);
-                Err(GrantError::BadDomain)
             }
         }
     }

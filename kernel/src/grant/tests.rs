@@ -65,6 +65,20 @@ impl GrantDomains for Doms {
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(&dom).map(|d| &mut d.1)
     }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        if granter == grantee {
+            return None;
+        }
+        let (mut t, mut m) = (None, None);
+        for (id, (table, maptrack)) in self.0.iter_mut() {
+            if *id == granter {
+                t = Some(table);
+            } else if *id == grantee {
+                m = Some(maptrack);
+            }
+        }
+        Some((t?, m?))
+    }
 }
 
 struct Rig {
@@ -511,6 +525,23 @@ fn cancel_map_undoes_a_map_without_notifying() {
     assert_eq!(b, [7], "no notification for a mapping that never was");
     assert_eq!((r.flags(0), r.info(m).foreign, r.info(m).type_count), (RW, 0, 0));
     assert_eq!(r.g().cancel_map(B, got.handle), Err(GrantError::BadHandle));
+}
+
+/// `map` borrows the granter's table and the grantee's maptrack in one
+/// look-up; its errors keep the order of the checks: a full maptrack is
+/// reported before a missing granter, and a missing grantee before both.
+#[test]
+fn map_errors_keep_their_order_with_one_look_up() {
+    let mut r = Rig::with_maptrack(1);
+    r.grant(0, B, RW);
+    r.grant(1, B, RW);
+    let nobody = DomId::of(77);
+    assert_eq!(r.map(B, nobody, 0, false).map(|m| m.handle), Err(GrantError::BadDomain));
+    assert_eq!(r.map(nobody, A, 0, false).map(|m| m.handle), Err(GrantError::BadDomain));
+    assert_eq!(r.map(B, A, 0, false).map(|m| m.handle), Ok(0));
+    assert_eq!(r.map(B, nobody, 1, false).map(|m| m.handle), Err(GrantError::MaptrackFull));
+    assert_eq!(r.map(B, A, 1, false).map(|m| m.handle), Err(GrantError::MaptrackFull));
+    assert_eq!(r.flags(1), RW, "a refused map leaves the grant untouched");
 }
 
 // ---- quotas ----------------------------------------------------------------

@@ -306,6 +306,7 @@ impl Wakes {
         self.pending = Some((deadline, now, what, into));
     }
 
+    #[inline(always)]
     fn blocked(&mut self, now: u64) {
         if let Some((deadline, outs, to)) = self.serving.take() {
             let t = now.saturating_sub(deadline);
@@ -322,6 +323,7 @@ impl Wakes {
         }
     }
 
+    #[inline(always)]
     fn entered(&mut self, now: u64) {
         if let Some((deadline, fired, what, into)) = self.pending.take() {
             self.serving = Some((deadline, 0, None));
@@ -475,9 +477,11 @@ impl<M: Machine> DomEnv<'_, M> {
 }
 
 impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
+    #[inline(always)] // every hypercall's arguments
     fn copy_from_guest(&mut self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
         copy_from_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, buf)
     }
+    #[inline(always)] // every hypercall's arguments
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
         copy_to_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, data)
     }
@@ -821,6 +825,11 @@ impl GrantDomains for Grants<'_, '_> {
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(dom).filter(|d| !matches!(d.state, RunState::Dead(_))).map(|d| &mut d.maptrack)
     }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        let (g, m) = self.0.pair_mut(granter, grantee)?;
+        let dead = |d: &Domain| matches!(d.state, RunState::Dead(_));
+        (!dead(g) && !dead(m)).then_some((&mut g.grants, &mut m.maptrack))
+    }
 }
 
 /// Every domain's grant state, dead ones included: for the teardown of a
@@ -834,6 +843,9 @@ impl GrantDomains for AllGrants<'_, '_> {
     }
     fn maptrack(&mut self, dom: DomId) -> Option<&mut Maptrack> {
         self.0.get_mut(dom).map(|d| &mut d.maptrack)
+    }
+    fn table_and_maptrack(&mut self, granter: DomId, grantee: DomId) -> Option<(&mut GrantTable, &mut Maptrack)> {
+        self.0.pair_mut(granter, grantee).map(|(g, m)| (&mut g.grants, &mut m.maptrack))
     }
 }
 
@@ -1281,6 +1293,7 @@ impl<M: Machine> Hv<M> {
 
     /// Moves domain `i` to run state `state` at `now`, accounting the time
     /// spent in the previous one.
+    #[inline(always)]
     fn set_runstate(&mut self, i: usize, state: u32, now: u64) {
         runstate_to(&mut self.domains[i].runstate, state, now);
     }
@@ -1358,7 +1371,7 @@ impl<M: Machine> Hv<M> {
 
     /// The rest of a trip once the trap's work is charged (up to `now`):
     /// the console of the domain that trapped, timers due, the scheduler.
-    #[inline]
+    #[inline(always)] // twice on the switch paths, no call
     fn finish_trip(&mut self, now: u64) -> Next {
         // The domain that trapped drains its own console, in its own time.
         let now = match self.cpu.current {
@@ -1636,8 +1649,10 @@ impl<M: Machine> Hv<M> {
             return false;
         }
         self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-        self.domains[cur].wakes.entered(now);
-        self.arm_deadline(cur, now);
+        let d = &mut self.domains[cur];
+        d.wakes.entered(now);
+        let vt_left = vtimer_left(d, now);
+        self.arm_deadline(cur, now, vt_left);
         true
     }
 
@@ -1708,10 +1723,11 @@ impl<M: Machine> Hv<M> {
     }
 
     /// Fires the current domain's virtual-time alarm if that time has come.
+    #[inline(always)]
     fn check_vtimer(&mut self, cur: usize, now: u64) {
         let d = &mut self.domains[cur];
-        let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
         if let Some(deadline) = d.vcpu.vtimer {
+            let vt = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
             if vt >= deadline {
                 d.vcpu.vtimer = None;
                 self.raise_virq(cur, VIRQ_VTIMER);
@@ -1817,6 +1833,7 @@ impl<M: Machine> Hv<M> {
 
     /// Bounces to a guest handler, masking events if asked; crashes the
     /// domain if the frame cannot be delivered. Returns success.
+    #[inline(always)]
     fn deliver(&mut self, cur: usize, b: &Bounce, mask_events: bool) -> bool {
         let frames = self.frames.as_ref().expect("frame table set");
         let d = &mut self.domains[cur];
@@ -1891,7 +1908,7 @@ impl<M: Machine> Hv<M> {
     }
 
     /// Applies the action of domain `cur`'s hypercall.
-    #[inline]
+    #[inline(always)] // on every hypercall trip, no call
     fn apply(&mut self, cur: usize, action: Action, now: u64) {
         let d = &mut self.domains[cur];
         match action {
@@ -2196,6 +2213,7 @@ impl<M: Machine> Hv<M> {
 
     /// Rules 1-2 of `evtchn`: marks `port` pending and wakes the domain if
     /// it waits for it.
+    #[inline(always)]
     fn raise(&mut self, i: usize, port: u32) {
         let d = &mut self.domains[i];
         if matches!(d.state, RunState::Dead(_)) {
@@ -2213,14 +2231,18 @@ impl<M: Machine> Hv<M> {
         }
     }
 
+    #[inline(always)]
     fn wake(&mut self, i: usize) {
         self.cpu.sched_dirty = true;
         let now = self.now();
         let d = &mut self.domains[i];
         d.vcpu.poll_ports.clear();
-        d.vcpu.poll_deadline = None;
         d.state = RunState::Runnable;
-        self.sync_deadlines(i);
+        // The timer is untouched; the index changes only if a poll
+        // deadline goes (its entry is `2 * i + 1`, see `Hv::deadlines`).
+        if d.vcpu.poll_deadline.take().is_some() {
+            self.deadlines.remove(2 * i + 1);
+        }
         self.bvt.wake(i, now);
         self.set_runstate(i, runstate::RUNNABLE, now);
     }
@@ -2389,15 +2411,12 @@ impl<M: Machine> Hv<M> {
             // without a new pick. Its charges wait in the meter (a payer's
             // charges add up there) until the next pick settles them, so
             // accounts stay exact; other domains' charges only delay them.
-            if let Some(c) = self.cpu.current {
+            // (The CPU's flags first: a yield or block skips the look-up.)
+            if let Some(c) = self.cpu.current.filter(|_| {
+                !self.cpu.sched_dirty && !self.cpu.yielding && self.reaping.is_empty() && now < self.cpu.slice_end
+            }) {
                 let d = &self.domains[c];
-                if !self.cpu.sched_dirty
-                    && !self.cpu.yielding
-                    && self.reaping.is_empty()
-                    && now < self.cpu.slice_end
-                    && d.state == RunState::Runnable
-                    && !d.console_dirty
-                {
+                if d.state == RunState::Runnable && !d.console_dirty {
                     self.cpu.meter.charge(&mut self.bvt, c, now);
                     if let Some(next) = self.prepare(c, now) {
                         return next;
@@ -2449,12 +2468,6 @@ impl<M: Machine> Hv<M> {
                 continue;
             };
             self.cpu.slice_end = pick.run_for_ns.map_or(u64::MAX, |t| now.saturating_add(t));
-            if let Some(c) = current.filter(|&c| c != i) {
-                let to = self.domains[i].id;
-                let dc = &mut self.domains[c];
-                dc.wakes.switched_out(to);
-                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
-            }
             // Also when the pick is the domain that just ran: it may have
             // blocked and been woken in this same trip (a timer due at
             // once), which left it RUNNABLE.
@@ -2462,9 +2475,15 @@ impl<M: Machine> Hv<M> {
             if di.runstate.state != runstate::RUNNING {
                 runstate_to(&mut di.runstate, runstate::RUNNING, now);
             }
+            let (to, console_dirty) = (di.id, di.console_dirty);
+            if let Some(c) = current.filter(|&c| c != i) {
+                let dc = &mut self.domains[c];
+                dc.wakes.switched_out(to);
+                runstate_to(&mut dc.runstate, runstate::RUNNABLE, now);
+            }
             self.cpu.current = Some(i);
             let mut entered = now;
-            if di.console_dirty {
+            if console_dirty {
                 // Its console is drained in its time; a deadline that
                 // passed meanwhile is served before it runs.
                 let t = self.drain_console(i, Some(self.drain_deadline()));
@@ -2594,6 +2613,7 @@ impl<M: Machine> Hv<M> {
     /// Final steps before entering domain `i`: upcall delivery, per-domain
     /// CPU state, frame sanitising, timer arming. `None` if the domain died
     /// on the way (its upcall could not be delivered).
+    #[inline(always)] // once per full trip: no call
     fn prepare(&mut self, i: usize, now: u64) -> Option<Next> {
         let d = &mut self.domains[i];
         d.wakes.entered(now);
@@ -2662,7 +2682,8 @@ impl<M: Machine> Hv<M> {
             return None;
         }
         let next = Next { id: d.id, cr3: d.root * 4096, shared: d.shared.mfn, frame: &d.regs, fx: &d.fx };
-        self.arm_deadline(i, now);
+        let vt_left = vtimer_left(d, now);
+        self.arm_deadline(i, now, vt_left);
         Some(next)
     }
 
@@ -2670,8 +2691,7 @@ impl<M: Machine> Hv<M> {
     /// nearest of its slice end, every domain's next real-time deadline and
     /// its own virtual-time alarm.
     #[inline(always)] // on every trip: once per switch, no call
-    fn arm_deadline(&mut self, i: usize, now: u64) {
-        let d = &self.domains[i];
+    fn arm_deadline(&mut self, i: usize, now: u64, vt_left: Option<u64>) {
         let mut until = self.cpu.slice_end.saturating_sub(now);
         let mut armed_for = None;
         if let Some((t, o)) = self.next_deadline_of() {
@@ -2680,9 +2700,7 @@ impl<M: Machine> Hv<M> {
                 armed_for = (o != i).then_some(o);
             }
         }
-        if let Some(vt) = d.vcpu.vtimer {
-            let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
-            let left = vt.saturating_sub(ran);
+        if let Some(left) = vt_left {
             if left < until {
                 until = left;
                 armed_for = None;
@@ -2693,6 +2711,16 @@ impl<M: Machine> Hv<M> {
         self.m.arm_timer(until);
         self.cpu.armed_tsc = M::tsc().saturating_add(self.m.tsc_ticks(until));
     }
+}
+
+/// Run time left before domain `d`'s virtual-time alarm, at `now` (`None`:
+/// no alarm set): what [`Hv::arm_deadline`] needs of the domain it arms
+/// for, read by the caller, which holds the domain already.
+#[inline(always)]
+fn vtimer_left(d: &Domain, now: u64) -> Option<u64> {
+    let vt = d.vcpu.vtimer?;
+    let ran = d.runstate.time[runstate::RUNNING as usize] + now.saturating_sub(d.runstate.state_entry_time);
+    Some(vt.saturating_sub(ran))
 }
 
 /// Moves run-state record `r` to state `state` at `now`, accounting the

@@ -191,6 +191,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::translate`], answered from `memo` if it holds this
     /// page of this view for this access, else walked and remembered there.
+    #[inline(always)] // every remembered copy: the memo check, no call
     pub fn translate_remembered(
         &self,
         va: GuestVa,
@@ -216,6 +217,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::copy_from`] through [`GuestView::translate_remembered`]
     /// when `buf` lies within one page (otherwise a plain `copy_from`).
+    #[inline(always)]
     pub fn copy_from_remembered(
         &self,
         va: GuestVa,
@@ -233,6 +235,7 @@ impl<'a, M: PhysMem> GuestView<'a, M> {
 
     /// [`GuestView::copy_to`] through [`GuestView::translate_remembered`]
     /// when `data` lies within one page (otherwise a plain `copy_to`).
+    #[inline(always)]
     pub fn copy_to_remembered(&mut self, va: GuestVa, data: &[u8], memo: &mut Option<Remembered>) -> Result<(), Errno> {
         let in_page = PAGE_SIZE - (va.0 & (PAGE_SIZE - 1));
         if data.len() as u64 > in_page {

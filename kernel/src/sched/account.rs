@@ -57,6 +57,7 @@ impl Meter {
     /// Charges everything since the mark to the domain in `slot` and moves
     /// the mark to `now`; returns the ns charged. A clock that went
     /// backwards charges nothing and keeps the mark.
+    #[inline(always)] // on every trip through the hypervisor
     pub fn charge<const N: usize>(&mut self, bvt: &mut Bvt<N>, slot: usize, now: Ns) -> Ns {
         let ran = now.saturating_sub(self.mark);
         self.mark = self.mark.max(now);
@@ -71,6 +72,7 @@ impl Meter {
     }
 
     /// Hands what has been charged to the scheduler.
+    #[inline(always)] // on every trip through the hypervisor
     pub fn settle<const N: usize>(&mut self, bvt: &mut Bvt<N>) {
         if let Some((slot, ns)) = self.pending.take() {
             bvt.account(slot, ns);

@@ -67,7 +67,7 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
 
     /// Puts `slot` in the heap with `key`, or changes its key. A slot out
     /// of range is ignored.
-    #[inline]
+    #[inline(always)]
     pub fn set(&mut self, slot: usize, key: K) {
         let Some(&p) = self.pos.get(slot) else { return };
         if p == NONE {
@@ -106,7 +106,7 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
     /// switch: the one picked leaves, the one that ran goes back) `slot`
     /// takes `out`'s place and is sifted once, with no removal and no
     /// insertion (O(1) for a heap of one).
-    #[inline]
+    #[inline(always)]
     pub fn replace(&mut self, out: usize, slot: usize, key: K) {
         match (self.pos.get(out), self.pos.get(slot)) {
             (Some(&p), Some(&NONE)) if p != NONE => {
@@ -131,7 +131,7 @@ impl<K: Copy + Ord, const N: usize> IndexedHeap<K, N> {
     }
 
     /// Takes `slot` out of the heap (a no-op if it is not in it).
-    #[inline]
+    #[inline(always)]
     pub fn remove(&mut self, slot: usize) {
         let Some(&p) = self.pos.get(slot) else { return };
         if p == NONE {

@@ -557,6 +557,7 @@ impl<const N: usize> Bvt<N> {
 
     /// The domain in `slot` blocks: it leaves the run queue (and unwarps).
     /// Returns whether it was runnable; a no-op otherwise.
+    #[inline(always)]
     pub fn block(&mut self, slot: usize, now: Ns) -> bool {
         self.observe(now);
         let Some(e) = self.entity_mut(slot) else { return false };
@@ -573,6 +574,7 @@ impl<const N: usize> Bvt<N> {
     /// The domain in `slot` wakes: `AVT = max(AVT, SVT)`, and it warps if it
     /// asks to and the unwarp requirement has passed. Returns whether it was
     /// blocked; a no-op (no re-warp) if it was already runnable or is absent.
+    #[inline(always)]
     pub fn wake(&mut self, slot: usize, now: Ns) -> bool {
         self.observe(now);
         let svt = self.svt;
@@ -604,7 +606,7 @@ impl<const N: usize> Bvt<N> {
     /// Charges `ran_ns` of real CPU time to the domain in `slot` (the one that
     /// was running). Call it at every hypervisor entry and before every
     /// `pick`. A no-op for an empty slot.
-    #[inline]
+    #[inline(always)]
     pub fn account(&mut self, slot: usize, ran_ns: Ns) {
         if let Some(e) = self.entity_mut(slot) {
             e.charge(ran_ns);
@@ -618,7 +620,7 @@ impl<const N: usize> Bvt<N> {
 
     /// Chooses the domain to run at `now`; `current` is the one that was
     /// running (if it has blocked or gone, it is simply not a candidate).
-    #[inline]
+    #[inline(always)]
     pub fn pick(&mut self, now: Ns, current: Option<usize>) -> Pick {
         self.observe(now);
         let cur = current.filter(|&c| self.is_runnable(c));
@@ -653,7 +655,7 @@ impl<const N: usize> Bvt<N> {
     /// runnable and counts as a competitor for the chosen domain's slice.
     /// With no other runnable domain, `current` goes on as [`Bvt::pick`]
     /// would decide.
-    #[inline]
+    #[inline(always)]
     pub fn pick_yielding(&mut self, now: Ns, current: usize) -> Pick {
         if !self.is_runnable(current) {
             return self.pick(now, None);
@@ -731,7 +733,7 @@ impl<const N: usize> Bvt<N> {
     /// the heaps, and the one that ran before goes back in with its keys.
     /// A no-op when it is the running one already (the common case: the
     /// running domain keeps the CPU).
-    #[inline]
+    #[inline(always)]
     fn set_running(&mut self, slot: usize) {
         if self.running == Some(slot) {
             return;
@@ -761,7 +763,7 @@ impl<const N: usize> Bvt<N> {
     /// running entity stays out of the heaps while it is runnable (its
     /// keys are computed when they are compared); once it is not, it is
     /// not running either.
-    #[inline]
+    #[inline(always)]
     fn reindex(&mut self, slot: usize) {
         if self.running == Some(slot) {
             if self.is_runnable(slot) {
@@ -822,7 +824,7 @@ impl<const N: usize> Bvt<N> {
 
     /// Real time until rule 2 would preempt `n` (or its warp limit runs
     /// out); `None` if no other domain is runnable.
-    #[inline]
+    #[inline(always)]
     pub fn run_for(&self, n: usize) -> Option<Ns> {
         let e = self.entity(n)?;
         let (_, evt_o) = self.best(Some(n))?;
@@ -836,7 +838,7 @@ impl<const N: usize> Bvt<N> {
     }
 
     /// Notes the time and dates warp-limit expiries that `account` found.
-    #[inline]
+    #[inline(always)]
     fn observe(&mut self, now: Ns) {
         self.clock = self.clock.max(now);
         let date = |e: &mut Entity| {
@@ -857,7 +859,7 @@ impl<const N: usize> Bvt<N> {
         self.overshoots.clear();
     }
 
-    #[inline]
+    #[inline(always)]
     fn update_svt(&mut self) {
         let queued = self.by_avt.peek().map(|(a, _)| a);
         let running = self.running.and_then(|r| self.entity(r)).map(|e| e.avt);
