@@ -142,7 +142,8 @@ fn manifest_devices(m: &manifest::Manifest, path: &std::path::Path) -> Result<qe
                 vbd::Kind::Overlay(t) => {
                     format!("{}'s overlay on the template at LBA {}", v.domain, m.disks.vbds[t].region.lba)
                 }
-                vbd::Kind::Template(seed) => format!("a template (pattern of seed {seed:#x})"),
+                vbd::Kind::Template(seed) => format!("template '{}' (pattern of seed {seed:#x})", v.domain),
+                vbd::Kind::Pool => String::from("the space dom0 makes clones in (`create ... --from TEMPLATE`)"),
             };
             eprintln!("xtask: disk: {what}: LBA {}, {} sectors", v.region.lba, v.region.sectors);
         }

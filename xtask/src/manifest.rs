@@ -45,7 +45,9 @@
 //! invariants, all checked by [`Manifest::parse`]:
 //! - a disk's kind is known, its size is 1..=[`MAX_DISK_MIB`] MiB, and an
 //!   overlay (and only an overlay) names a template of the manifest;
-//! - every template is used by some overlay;
+//! - every template is used by some overlay, unless `[devices] clone_mib`
+//!   gives dom0 space for run-time clones (`create ... --from TEMPLATE`),
+//!   which then follows the disks (dom0 gets `vtemplate=` and `vpool=`);
 //! - no disk is the privileged domain's (it serves them), and there is one
 //!   to serve them (the sample `dom0` in its `devices` or `serve` mode),
 //!   whose command line still fits the bundle with the `vbd=` words
@@ -176,6 +178,11 @@ pub struct DevicesToml {
     /// dom0's uplink, and that nothing on the host calls).
     #[serde(default)]
     pub nic: bool,
+    /// MiB of the real disk for the clones dom0's toolstack makes at run
+    /// time (`create ... --from TEMPLATE`: copy-on-write overlays of the
+    /// manifest's `[[template]]`s); 0: none.
+    #[serde(default)]
+    pub clone_mib: u64,
     /// A host forward to dom0's management API: the TCP port of its
     /// `api=PORT` (dom0 listens at `DOM0_API_IP`, its own bridge port;
     /// `cargo xtask run` prints the host address, `cargo xtask ctl` uses it).
@@ -285,7 +292,7 @@ fn plan(m: &Manifest) -> Result<Plan> {
             return Err(err("defined twice".into()));
         }
         let mib = size(t.mib).map_err(err)?;
-        templates.push((&t.name, p.add("", Kind::Template(t.seed), mib)));
+        templates.push((&t.name, p.add(&t.name, Kind::Template(t.seed), mib)));
     }
     let mut used = vec![false; templates.len()];
     for d in &m.domain {
@@ -317,8 +324,19 @@ fn plan(m: &Manifest) -> Result<Plan> {
         };
         p.add(&d.name, kind, mib);
     }
-    if let Some(k) = used.iter().position(|u| !u) {
-        return Err(format!("template '{}' is named by no overlay's disk", templates[k].0));
+    // Clone space: dom0's toolstack makes overlays of the templates there
+    // at run time, so a template no overlay names is of use too.
+    if m.devices.clone_mib > 0 {
+        let mib = size(m.devices.clone_mib).map_err(|e| format!("[devices] clone_mib: {e}"))?;
+        if templates.is_empty() {
+            return Err(String::from("[devices] clone_mib: there is no [[template]] to clone"));
+        }
+        p.add("", Kind::Pool, mib);
+    } else if let Some(k) = used.iter().position(|u| !u) {
+        return Err(format!(
+            "template '{}' is named by no overlay's disk (or set [devices] clone_mib for run-time clones)",
+            templates[k].0
+        ));
     }
     // (With no disk, there is no template either: each must be used.)
     let Some(first) = p.vbds.iter().find(|v| !matches!(v.kind, Kind::Template(_))) else { return Ok(p) };
@@ -472,7 +490,7 @@ mod tests {
         assert_eq!(
             got,
             [
-                ("", Kind::Template(0x7e4a), mib(16), mib(2)),
+                ("base", Kind::Template(0x7e4a), mib(16), mib(2)),
                 ("log", Kind::Raw, mib(18), mib(4)),
                 ("ovl-a", Kind::Overlay(0), mib(22), mib(3)),
                 ("sp", Kind::Sparse, mib(25), mib(8)),
@@ -501,6 +519,21 @@ mod tests {
         let e = parse(&dom0("api=9090 token=abcdefgh")).unwrap_err();
         assert!(e.contains("needs `api=8080 token=TOKEN`"), "{e}");
         assert!(parse(&dom0("")).is_err());
+    }
+
+    #[test]
+    fn clone_space_follows_the_disks_and_names_the_templates() {
+        let text = format!(
+            "[devices]\ndisk_mib = 64\nclone_mib = 8\n\n[[template]]\nname = \"base\"\nmib = 2\nseed = 1\n\n{}",
+            dom0("dom0")
+        );
+        let m = parse(&text).unwrap();
+        let priv_dom = m.domain.iter().find(|d| d.privileged).unwrap();
+        assert_eq!(m.cmdline_of(priv_dom), "devices vtemplate=base:32768:4096 vpool=36864:16384");
+        let e = parse(&text.replace("clone_mib = 8", "clone_mib = 2000")).unwrap_err();
+        assert!(e.contains("clone_mib: mib = 2000 is not 1..=1024"), "{e}");
+        let none = format!("[devices]\ndisk_mib = 64\nclone_mib = 8\n{}", dom0("dom0"));
+        assert!(parse(&none).unwrap_err().contains("there is no [[template]] to clone"));
     }
 
     #[test]
@@ -551,7 +584,10 @@ mod tests {
                 format!("{}{}", overlay("x"), domu("big", "kind = \"raw\", mib = 44")),
                 "manifest m.toml: domain 'big': disk: the virtual disks need a real disk of 65 MiB (16 MiB kept for dom0's own, then the templates and disks in order), [devices] disk_mib is 64",
             ),
-            (domu("x", "kind = \"raw\", mib = 4"), "manifest m.toml: template 'base' is named by no overlay's disk"),
+            (
+                domu("x", "kind = \"raw\", mib = 4"),
+                "manifest m.toml: template 'base' is named by no overlay's disk (or set [devices] clone_mib for run-time clones)",
+            ),
         ];
         for (domus, want) in cases {
             assert_eq!(with_disks(&domus).unwrap_err(), want);
@@ -614,7 +650,10 @@ mod tests {
             (t("base", 1), "manifest m.toml: template 'base': defined twice"),
             (t("other", 0), "manifest m.toml: template 'other': mib = 0 is not 1..=1024"),
             (t("a b", 1), "manifest m.toml: template 'a b': a name is 1..=31 of [A-Za-z0-9._-]"),
-            (t("spare", 1), "manifest m.toml: template 'spare' is named by no overlay's disk"),
+            (
+                t("spare", 1),
+                "manifest m.toml: template 'spare' is named by no overlay's disk (or set [devices] clone_mib for run-time clones)",
+            ),
         ];
         for (extra, want) in cases {
             assert_eq!(with_disks(&format!("{extra}{}", overlay("x"))).unwrap_err(), want);
@@ -631,10 +670,11 @@ mod tests {
         assert_eq!(
             disks,
             [
-                ("", Kind::Template(4242)),
+                ("base", Kind::Template(4242)),
                 ("blk-log", Kind::Raw),
                 ("blk-ovl-a", Kind::Overlay(0)),
-                ("blk-ovl-b", Kind::Overlay(0))
+                ("blk-ovl-b", Kind::Overlay(0)),
+                ("", Kind::Pool)
             ]
         );
         let dom0_end = [disk_pattern::dom0::READ, disk_pattern::dom0::WRITE].map(|r| r.lba + r.sectors);

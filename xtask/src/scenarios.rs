@@ -137,7 +137,7 @@ fn scenarios() -> Vec<Scenario> {
                 need(out, "[web] web: served 2 requests (0 malformed), stopped by GET /stop: true: ok")?;
                 // dom0's toolstack: its shell and API are up, and the API
                 // made a domain from a template (demo_rig).
-                need(out, "[dom0] toolstack: shell ready, 3 template(s): greet, spin, sleeper; type `help`")?;
+                need(out, "[dom0] toolstack: shell ready, 4 template(s): greet, spin, sleeper, ovl; type `help`")?;
                 need(out, "[dom0] api: created dom")?;
                 need(out, "[hello-api] hello round 1/1: sse registers intact: true")?;
                 need(out, "(rf) verdict: PASS")?;

@@ -48,12 +48,16 @@ pub enum Kind {
     /// pattern of this seed keyed by the offset in the template, for
     /// overlays to share.
     Template(u64),
+    /// The space dom0's toolstack makes clones in at run time (overlays of
+    /// the named templates: `create ... --from NAME`); left as it is.
+    Pool,
 }
 
 /// One region of the plan.
 #[derive(Clone, Debug)]
 pub struct Vbd {
-    /// The domain that gets it (empty for a template).
+    /// The domain that gets it (a template's name, for a template; empty
+    /// for the clone space).
     pub domain: String,
     pub kind: Kind,
     pub region: Region,
@@ -92,22 +96,30 @@ impl Plan {
         self.vbds.last().map_or(self.first_lba, |v| v.region.lba + v.region.sectors).div_ceil(MIB) * MIB
     }
 
-    /// The region of `domain`'s disk, if it has one.
+    /// The region of `domain`'s disk, if it has one (a template's name is
+    /// no domain's).
     pub fn of(&self, domain: &str) -> Option<&Vbd> {
         self.vbds.iter().find(|v| !matches!(v.kind, Kind::Template(_)) && v.domain == domain)
     }
 
     /// dom0's `vbd=` words.
     pub fn cmdline(&self) -> String {
-        let words: Vec<String> = self
+        let mut words: Vec<String> = self
             .vbds
             .iter()
-            .filter(|v| !matches!(v.kind, Kind::Template(_)))
+            .filter(|v| matches!(v.kind, Kind::Raw | Kind::Sparse | Kind::Overlay(_)))
             .map(|v| {
                 let kind = if v.kind == Kind::Raw { "raw" } else { "image" };
                 format!("vbd={}:{kind}:{}:{}", v.domain, v.region.lba, v.region.sectors)
             })
             .collect();
+        // With clone space, the templates clones may be made of, by name.
+        if let Some(pool) = self.vbds.iter().find(|v| v.kind == Kind::Pool) {
+            for t in self.vbds.iter().filter(|v| matches!(v.kind, Kind::Template(_)) && !v.domain.is_empty()) {
+                words.push(format!("vtemplate={}:{}:{}", t.domain, t.region.lba, t.region.sectors));
+            }
+            words.push(format!("vpool={}:{}", pool.region.lba, pool.region.sectors));
+        }
         words.join(" ")
     }
 
@@ -117,7 +129,7 @@ impl Plan {
         for v in &self.vbds {
             let err = |e: disk_images::Error| format!("formatting {}'s disk: {e:?}", v.domain);
             match v.kind {
-                Kind::Raw => {}
+                Kind::Raw | Kind::Pool => {}
                 Kind::Sparse => disk_images::format_sparse(&mut dev, v.region, v.region.sectors).map_err(err)?,
                 Kind::Overlay(t) => {
                     let base = self.vbds.get(t).filter(|b| matches!(b.kind, Kind::Template(_)));
@@ -194,7 +206,7 @@ impl FileDevice {
 pub fn read_virtual(image: &Path, v: &Vbd, vlba: u64, buf: &mut [u8]) -> Result<()> {
     let mut dev = FileDevice::open(image)?;
     match v.kind {
-        Kind::Raw | Kind::Template(_) => {
+        Kind::Raw | Kind::Template(_) | Kind::Pool => {
             if vlba + buf.len() as u64 / 512 > v.region.sectors {
                 return Err(format!("read past {}'s disk", v.domain));
             }
