@@ -254,7 +254,7 @@ fn dom0_blk(imgs: &images::Images) -> Result<()> {
     let mut w = BundleWriter::new();
     let cmdline = format!("blkbench mib={BLK_BENCH_MIB} reads4k=256");
     w.domain(
-        DomainEntry::new("dom0", imgs.guest("dom0", &root())?, 1536)
+        DomainEntry::new("dom0", imgs.guest("dom0", &root())?, 2048)
             .cmdline(cmdline.as_bytes())
             .privileged(true)
             .dma_kib(768),
