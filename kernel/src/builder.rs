@@ -253,6 +253,9 @@ impl From<FrameError> for BuildError {
 /// What the domain needs to start running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Built {
+    /// The machine frames the domain was given lie in `span.0..span.1`
+    /// (its teardown scans only these).
+    pub span: (Mfn, Mfn),
     /// Machine frame of the PML4 (the guest's CR3).
     pub root: Mfn,
     /// Entry point (ELF `e_entry`).
@@ -372,6 +375,9 @@ pub fn build<M: PhysMem>(
         *slot = source.take(mem, frames, owner)?;
     }
     let p2m = FrameList { list: &list[..layout.mfn_list_pages as usize] };
+    // Every frame is one of the p2m's (the frame list's own, the DMA pool's
+    // and the rest), so their span is the domain's.
+    let mut span: (Mfn, Mfn) = (Mfn::MAX, 0);
     for pfn in 0..layout.nr_pages {
         let in_list = pfn.wrapping_sub(layout.mfn_list_pfn) < layout.mfn_list_pages;
         let in_pool = pfn.wrapping_sub(layout.dma_pfn) < layout.dma_pages;
@@ -383,6 +389,7 @@ pub fn build<M: PhysMem>(
             source.take(mem, frames, owner)?
         };
         p2m.set(mem, pfn, mfn);
+        span = (span.0.min(mfn), span.1.max(mfn + 1));
     }
 
     // The image.
@@ -470,6 +477,7 @@ pub fn build<M: PhysMem>(
     mem.write(si_mfn * PAGE_SIZE, si.as_bytes());
 
     Ok(Built {
+        span,
         root,
         entry: elf.entry(),
         stack_top: Layout::va(layout.stack_pfn + STACK_PAGES),

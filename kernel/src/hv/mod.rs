@@ -213,6 +213,10 @@ const UNWARP_NS: u64 = 5_000_000;
 /// One domain.
 pub struct Domain {
     pub id: DomId,
+    /// Every machine frame it has owned lies in `span.0..span.1`: its
+    /// build's ([`builder::Built::span`]) and, from its end, its grant
+    /// table's. Its teardown scans only these frame-table entries.
+    pub span: (Mfn, Mfn),
     /// Its line in the final report (`None`: past [`MAX_RECORDS`]).
     pub record: Option<usize>,
     pub name: heapless::String<32>,
@@ -1242,6 +1246,7 @@ impl<M: Machine> Hv<M> {
             vacant,
             Domain {
                 id,
+                span: b.span,
                 record,
                 name: name_of(spec.name),
                 expect: spec.expect,
@@ -2346,8 +2351,13 @@ impl<M: Machine> Hv<M> {
         d.report_pending = report;
         d.state = RunState::Dead(exit);
         // It grants nothing any more: its table is never read or written
-        // again (its frames go with the rest of its memory).
+        // again (its frames go with the rest of its memory, so they join
+        // the span its teardown scans).
+        for &m in d.grants.frames() {
+            d.span = (d.span.0.min(m), d.span.1.max(m + 1));
+        }
         d.grants.retire();
+        let from = usize::try_from(d.span.0).unwrap_or(0);
         let id = d.id;
         let cpu_ms = d.runstate.time[runstate::RUNNING as usize] / 1_000_000;
         match d.record.and_then(|r| self.records.get_mut(r)) {
@@ -2366,7 +2376,7 @@ impl<M: Machine> Hv<M> {
         if lines > 0 {
             hvlog!(self.m, "dom{id}: {lines} interrupt line(s) masked and freed");
         }
-        if self.reaping.push_back((id, 0)).is_err() {
+        if self.reaping.push_back((id, from)).is_err() {
             // Cannot happen (one entry per domain); never leak silently.
             hvlog!(self.m, "dom{id}: teardown queue full, frames freed at once");
             self.report_end(i);
@@ -2557,7 +2567,9 @@ impl<M: Machine> Hv<M> {
                 }
             }
         } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
-            let next = f.release_domain_step(id, from, REAP_STEP);
+            let end = self.domains.get(id).map_or(usize::MAX, |d| usize::try_from(d.span.1).unwrap_or(usize::MAX));
+            let next =
+                f.release_domain_step(id, from, REAP_STEP.min(end.saturating_sub(from)).max(1)).filter(|&n| n < end);
             let _ = self.reaping.pop_front();
             match next {
                 Some(n) => {
