@@ -50,6 +50,8 @@ pub const MAX_LINE: usize = 512;
 const REAP_WAIT_NS: u64 = 5_000_000_000;
 /// How long `wait` waits.
 const WAIT_NS: u64 = 30_000_000_000;
+/// Domains a spawn creates per pass of the serve loop.
+const SPAWN_BATCH: usize = 16;
 /// Lines kept while a `wait` lasts.
 const MAX_QUEUED: usize = 16;
 
@@ -703,15 +705,22 @@ impl Toolstack {
             None => String::from(t.cmdline()),
         };
         if let Some(ids) = c.spawned.as_mut().filter(|ids| (ids.len() as u32) < c.cycles) {
-            let name = format!("spawn-{n}");
-            let id = Create::new(&name, image)
-                .mem_kib(c.mem_kib)
-                .cmdline(&cmdline)
-                .weight(t.weight)
-                .run()
-                .map_err(|e| format!("create: {e}"))?;
-            ids.push(id);
-            c.done += 1;
+            // Up to SPAWN_BATCH creates a pass: the serve loop connects
+            // each batch's domains to the store in one rescan.
+            for _ in 0..SPAWN_BATCH {
+                if ids.len() as u32 == c.cycles {
+                    break;
+                }
+                let name = format!("spawn-{}", ids.len());
+                let id = Create::new(&name, image)
+                    .mem_kib(c.mem_kib)
+                    .cmdline(&cmdline)
+                    .weight(t.weight)
+                    .run()
+                    .map_err(|e| format!("create: {e}"))?;
+                ids.push(id);
+                c.done += 1;
+            }
             if ids.len() as u32 == c.cycles {
                 let spent = time::now_ns().saturating_sub(c.started);
                 let p = domctl::phys_info().unwrap_or_default();
