@@ -125,14 +125,17 @@ const LATENCY_RUNS: u64 = 3;
 /// reports one too, without holding it to the bound.)
 const LATENCY_EXT_BATCH: usize = 64;
 /// Bound on the worst page-table hypercall the latency probe measures, in
-/// microseconds: 20 ms under QEMU TCG, for a domain of any size. Each
-/// operation now validates or devalidates at most one table (512 entries,
-/// ~15-35 us under TCG), so the dearest measured hypercall is the batch of
-/// [`LATENCY_EXT_BATCH`] full-table operations, ~1 ms: the bound leaves 20x
-/// for a loaded host, and is two ticks of the `timers` guest's 10 ms
-/// period. With recursive validation the 512-request storm alone took
-/// ~2.9 s from a 1 MiB domain (145x the bound), and grew with its memory.
-const LATENCY_BOUND_US: u64 = 20_000;
+/// microseconds: 100 ms of QEMU TCG wall time, for a domain of any size.
+/// Each operation now validates or devalidates at most one table (512
+/// entries, ~15-35 us under TCG), so the dearest measured hypercall is the
+/// batch of [`LATENCY_EXT_BATCH`] full-table operations, 1-3 ms; but this
+/// is wall time, and one single L2 pin was once measured at 20.6 ms on a
+/// busy host (the bound was 20 ms then). With recursive validation the
+/// 512-request storm alone took ~2.9 s from a 1 MiB domain (29x this
+/// bound), and grew with its memory: the bound is there to catch that.
+/// (The instruction counts of the hypervisor's paths are `cargo xtask
+/// bench`'s, under icount.)
+const LATENCY_BOUND_US: u64 = 100_000;
 // The probe's report names the batch size.
 const _: () = assert!(LATENCY_EXT_BATCH == 64);
 
