@@ -403,17 +403,7 @@ fn acted(dom: &str, what: Act, key: &str) -> Result<(u16, String), (u16, String)
 }
 
 fn create(body: &[u8], ts: &mut Toolstack, disks: &mut dyn Disks) -> Result<(u16, String), (u16, String)> {
-    let b = body_of(CreateBody::parse(body))?;
-    let a = CreateArgs {
-        template: b.template,
-        name: b.name,
-        mem_kib: b.mem_kib,
-        weight: b.weight,
-        warp_us: b.warp_us,
-        cmdline: b.cmdline,
-        paused: b.paused,
-        from: b.from,
-    };
+    let a: CreateArgs = body_of(CreateBody::parse(body))?;
     let c = ts.create_domain(&a, disks).map_err(fail)?;
     println!("api: created dom{} '{}' from template '{}'", c.domid, c.name, a.template);
     Ok((

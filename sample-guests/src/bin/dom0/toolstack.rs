@@ -99,20 +99,10 @@ impl From<Failure> for String {
     }
 }
 
-/// A create, as the shell's options or the API's JSON give it: `None`s
-/// take the template's defaults.
-#[derive(Debug, Default)]
-pub struct CreateArgs {
-    pub template: String,
-    pub name: Option<String>,
-    pub mem_kib: Option<u32>,
-    pub weight: Option<u32>,
-    pub warp_us: Option<u32>,
-    pub cmdline: Option<String>,
-    pub paused: bool,
-    /// A template disk the domain's disk is a copy-on-write overlay of.
-    pub from: Option<String>,
-}
+/// A create, as the shell's options or the API's JSON give it (the API's
+/// request body, [`toolstack_api::CreateBody`]): `None`s take the
+/// template's defaults.
+pub type CreateArgs = toolstack_api::CreateBody;
 
 /// A domain made.
 #[derive(Debug)]
@@ -711,13 +701,7 @@ impl Toolstack {
                 if ids.len() as u32 == c.cycles {
                     break;
                 }
-                let name = format!("spawn-{}", ids.len());
-                let id = Create::new(&name, image)
-                    .mem_kib(c.mem_kib)
-                    .cmdline(&cmdline)
-                    .weight(t.weight)
-                    .run()
-                    .map_err(|e| format!("create: {e}"))?;
+                let id = churn_create(&format!("spawn-{}", ids.len()), image, c.mem_kib, &cmdline, t.weight)?;
                 ids.push(id);
                 c.done += 1;
             }
@@ -774,13 +758,7 @@ impl Toolstack {
             }
             return Ok(());
         }
-        let name = format!("churn-{}", n % 1000);
-        let id = Create::new(&name, image)
-            .mem_kib(c.mem_kib)
-            .cmdline(&cmdline)
-            .weight(t.weight)
-            .run()
-            .map_err(|e| format!("create: {e}"))?;
+        let id = churn_create(&format!("churn-{}", n % 1000), image, c.mem_kib, &cmdline, t.weight)?;
         let made = time::now_ns();
         if c.timed.is_some() {
             // It prints its first line, then blocks: wait for that.
@@ -890,6 +868,11 @@ impl Toolstack {
         self.stay = false;
         Ok(others.into_iter().map(|d| (d, domctl::destroy(d.domid))).collect())
     }
+}
+
+/// A churn's or spawn's create: the new domain's id.
+fn churn_create(name: &str, image: &[u8], mem_kib: u32, cmdline: &str, weight: u32) -> Result<u32, String> {
+    Create::new(name, image).mem_kib(mem_kib).cmdline(cmdline).weight(weight).run().map_err(|e| format!("create: {e}"))
 }
 
 /// Waits (yielding, so the hypervisor's teardown steps run) until domain
