@@ -268,7 +268,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario {
             name: "toolstack-shell",
-            what: "dom0's shell, typed at on the serial console: help, templates, create (running and paused), list, top (the hog's CPU share), pause, unpause, set-weight, destroy (the store connection released), clear errors for bad commands and arguments (the hypervisor's reason for a bad name), and shutdown",
+            what: "dom0's shell, typed at on the serial console: help, templates, create (running and paused), list, top (the hog's CPU share), pause, unpause, set-weight, destroy (the store connection released), clear errors for bad commands and arguments (the hypervisor's reason for a bad name), a spawn of more domains than dom0's heap can serve (stopped with the reason, dom0 goes on), and shutdown",
             bundle,
             append: "",
             icount: false,
@@ -295,6 +295,10 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                     ("refused:", "set-weight idle 0"),
                     ("a weight is 1..=10000", "info"),
                     ("frames:", "list"),
+                    // More domains than dom0's heap can serve: refused
+                    // with the reason, and dom0 goes on.
+                    (" idle ", "spawn 1000 quiet"),
+                    ("dom0's heap is nearly full", "list"),
                     (" idle ", "shutdown"),
                     ("still run", "shutdown force"),
                 ] {
@@ -356,6 +360,11 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 let last = out.rfind("[dom0] > list").ok_or("no list")?;
                 if row(&out[last..], "> list", "busy").is_ok_and(|r| !r.contains("dying")) {
                     return Err("busy is still listed alive after its destroy".into());
+                }
+                need(out, "[dom0] spawn: 1000 domains of template 'quiet'")?;
+                let stop = dom0_lines(out).find(|l| l.starts_with("spawn: step ")).ok_or("the spawn did not stop")?;
+                if !stop.ends_with("KiB to serve the domains it has): give dom0 more heap= pages; stopped") {
+                    return Err(format!("the spawn stopped for another reason: {stop:?}"));
                 }
                 need(out, "[dom0] shutdown: error: 1 other domain(s) still run; destroy them first, or `shutdown force`")?;
                 need(out, "[dom0] destroyed 'idle' (dom2)")?;

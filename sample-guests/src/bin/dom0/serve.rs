@@ -48,6 +48,8 @@ use split_drivers::state::{Event, State};
 
 /// The vdev every disk gets (Xen's number for `xvda`).
 pub const VDEV: u16 = 51712;
+/// dom0's heap a new store connection leaves free at least.
+const STORE_HEADROOM: usize = 32 * 1024;
 /// Store bytes moved per connection per pass, each way.
 const CHUNK: usize = 1024;
 
@@ -283,6 +285,14 @@ impl Vbd {
     }
 }
 
+/// What the rescans counted: domains connected, and those not connected
+/// for want of heap (each said once).
+#[derive(Default)]
+struct Tally {
+    served: u32,
+    refused: Vec<u16>,
+}
+
 /// One domain served.
 struct Client {
     domid: u16,
@@ -320,7 +330,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     // loop below acknowledges the device and collects its completions.
     let mut clients: Vec<Client> = Vec::new();
     let mut vbds: Vec<Vbd> = Vec::new();
-    let mut served = 0u32;
+    let mut tally = Tally::default();
     let mut turn = 0usize;
     // The management shell, with `shell` on the command line.
     let mut ts = crate::toolstack::Toolstack::from_cmdline(cmdline);
@@ -329,7 +339,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut others = usize::MAX;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
-            others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &mut specs, disk, &mut served);
+            others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &mut specs, disk, &mut tally);
             for (victim, back) in &foreign {
                 let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
                 if foreign_done.iter().any(|(v, _)| v == victim) {
@@ -346,7 +356,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         // The API's last answers go out before dom0 ends.
         if others == 0 && !ts.as_ref().is_some_and(|t| t.keeps_dom0()) && !api.as_mut().is_some_and(|a| a.flushing()) {
             vifs.report();
-            println!("serve: every domain served has ended ({served}); done");
+            println!("serve: every domain served has ended ({}); done", tally.served);
             return Ok(());
         }
         if let Some(t) = ts.as_mut() {
@@ -468,7 +478,7 @@ fn rescan(
     vifs: &mut crate::vifs::Vifs,
     specs: &mut Vec<VbdSpec>,
     disk: &mut Disk,
-    served: &mut u32,
+    tally: &mut Tally,
 ) -> usize {
     let live: Vec<_> = domctl::domains().collect();
     // The dead and the gone first.
@@ -510,6 +520,15 @@ fn rescan(
         if clients.iter().any(|c| c.domid == domid) {
             continue;
         }
+        // A store connection needs dom0's heap; out of it, dom0 would end.
+        let (_, free) = pvguest_sdk::heap::stats();
+        if free < STORE_HEADROOM || clients.try_reserve(1).is_err() {
+            if !tally.refused.contains(&domid) {
+                println!("serve: dom{domid}: not connected to the store: dom0's heap has {} KiB free", free / 1024);
+                tally.refused.push(domid);
+            }
+            continue;
+        }
         let link = match BackLink::connect(domid, info.store_evtchn) {
             Ok(l) => l,
             Err(e) => {
@@ -522,7 +541,7 @@ fn rescan(
         store.introduce(domid);
         let name: String = info.name().into();
         println!("serve: dom{domid} ({name}) connected to the store");
-        *served += 1;
+        tally.served += 1;
         if let Some(spec) = specs.iter().find(|s| s.domain == name && s.owner.is_none_or(|o| o == domid)) {
             match offer_disk(store, domid, spec, disk) {
                 Ok(v) => vbds.push(v),

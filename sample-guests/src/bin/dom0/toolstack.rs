@@ -50,6 +50,25 @@ pub const MAX_LINE: usize = 512;
 const REAP_WAIT_NS: u64 = 5_000_000_000;
 /// How long `wait` waits.
 const WAIT_NS: u64 = 30_000_000_000;
+/// dom0's heap a create leaves free at least: dom0 serves every domain it
+/// makes (a store connection, perhaps a disk and a NIC), and a heap that
+/// runs out would end dom0 itself.
+pub const HEAP_HEADROOM: usize = 96 * 1024;
+
+/// `Ok` if dom0's heap has room to serve one more domain.
+fn heap_room() -> Result<(), String> {
+    let (used, free) = pvguest_sdk::heap::stats();
+    if free < HEAP_HEADROOM {
+        return Err(format!(
+            "dom0's heap is nearly full ({} KiB free of {} KiB; it keeps {} KiB to serve the domains it has): give dom0 more heap= pages",
+            free / 1024,
+            (used + free) / 1024,
+            HEAP_HEADROOM / 1024
+        ));
+    }
+    Ok(())
+}
+
 /// Domains a spawn creates per pass of the serve loop.
 const SPAWN_BATCH: usize = 16;
 /// Lines kept while a `wait` lasts.
@@ -520,6 +539,7 @@ impl Toolstack {
 
     /// The create hypercall for template `k`: the new domain's id.
     fn create_from(&mut self, k: usize, name: &str, a: &CreateArgs) -> Result<u32, Failure> {
+        heap_room().map_err(Failure::Refused)?;
         let t = self.templates[k];
         let mem = a.mem_kib.unwrap_or(t.mem_kib);
         let cmdline = a.cmdline.as_deref().unwrap_or(t.cmdline());
@@ -663,7 +683,8 @@ impl Toolstack {
     fn churn_cycle(&mut self) {
         let Some(mut c) = self.churn.take() else { return };
         if let Err(e) = self.churn_cycle_of(&mut c) {
-            println!("churn: step {}: {e}; stopped", c.done + 1);
+            let what = if c.spawned.is_some() { "spawn" } else { "churn" };
+            println!("{what}: step {}: {e}; stopped", c.done + 1);
             for &id in c.spawned.iter().flatten() {
                 let _ = domctl::destroy(id);
             }
@@ -872,6 +893,7 @@ impl Toolstack {
 
 /// A churn's or spawn's create: the new domain's id.
 fn churn_create(name: &str, image: &[u8], mem_kib: u32, cmdline: &str, weight: u32) -> Result<u32, String> {
+    heap_room()?;
     Create::new(name, image).mem_kib(mem_kib).cmdline(cmdline).weight(weight).run().map_err(|e| format!("create: {e}"))
 }
 
