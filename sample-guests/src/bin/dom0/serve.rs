@@ -11,6 +11,24 @@
 //! from the manifest; they are checked like any input (a bad one is
 //! reported and skipped).
 //!
+//! The toolstack rides on this loop: `shell` ([`crate::toolstack`]) and
+//! `api=PORT token=T` ([`crate::api`]; dom0's own port on the bridge);
+//! with `stay`, dom0 serves until `shutdown` instead of until the others
+//! have ended. `vtemplate=NAME:LBA:SECTORS` and `vpool=LBA:SECTORS` let it
+//! make clones at run time ([`Clones`]): a copy-on-write overlay of a
+//! template disk, formatted in the pool before the domain is created and
+//! offered like the manifest's disks, but only to that domain's id
+//! ([`VbdSpec::owner`]); the spec goes when the domain does.
+//!
+//! # Who writes what
+//! - `specs` (the disks to offer): the command line's at the start, a
+//!   clone's added by the toolstack's create and removed by the rescan
+//!   that finds its domain dead.
+//! - The toolstack's and the API's work runs inside the pass, bounded (a
+//!   command, a churn cycle, a batch of spawns, a request); dom0's heap
+//!   bounds the domains it serves (a store connection it has no room for
+//!   is refused, and said once).
+//!
 //! # The loop
 //! 1. Every domain with a store connection (`domctl` `GETDOMAININFO`) is
 //!    connected ([`BackLink`]) and introduced to the store; then, if it
@@ -26,8 +44,9 @@
 //!    `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
 //!    dead domain's connections are released and its disk's mappings
 //!    given back), a store connection's bytes to read or to send, a ring's
-//!    requests, the disk's completions. Only the NIC's path takes another
-//!    pass straight after doing work.
+//!    requests, the disk's completions, the toolstack's timer (console
+//!    input, `top`) or a churn under way. Only the NIC's and the API's
+//!    paths take another pass straight after doing work.
 
 use crate::blkback::{self, BlkBack, Dev};
 use crate::served::{self, Handshake, Served};
