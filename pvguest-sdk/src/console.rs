@@ -145,6 +145,20 @@ pub fn read(buf: &mut [u8]) -> Result<usize, Errno> {
     Ok(Errno::decode(r)? as usize)
 }
 
+/// Writes `bytes` to the machine's console as domain `domid`'s output
+/// (tagged with its name): the privileged domain's console daemon passing
+/// on what it drained from a console it took over
+/// ([`crate::domctl::console_takeover`]). How many were written.
+pub fn write_as(domid: u16, bytes: &[u8]) -> Result<usize, Errno> {
+    let mut done = 0;
+    for chunk in bytes.chunks(console_io::MAX_WRITE as usize) {
+        let len = chunk.len() as u64 | u64::from(domid) << 32;
+        let r = call_readonly(hypercall::CONSOLE_IO, [console_io::WRITE_AS, len, chunk.as_ptr() as u64, 0, 0]);
+        done += Errno::decode(r)? as usize;
+    }
+    Ok(done)
+}
+
 /// Writes `bytes` to the console; returns how many were written.
 pub fn write(bytes: &[u8]) -> Result<usize, Errno> {
     let done = match RING.try_lock() {

@@ -177,6 +177,14 @@ pub fn destroy(domid: u32) -> Result<(), Errno> {
     on_domain(abi::DESTROYDOMAIN, domid)
 }
 
+/// Takes domain `domid`'s console over: the hypervisor drains its ring no
+/// more; the caller maps the page (grant
+/// [`pvguest_abi::grant::GNTTAB_RESERVED_CONSOLE`]), drains it and passes
+/// the bytes on with [`crate::console::write_as`]. `EBUSY` once taken.
+pub fn console_takeover(domid: u32) -> Result<(), Errno> {
+    on_domain(abi::CONSOLE_TAKEOVER, domid)
+}
+
 /// Stops scheduling domain `domid` (its events stay pending).
 pub fn pause(domid: u32) -> Result<(), Errno> {
     on_domain(abi::PAUSEDOMAIN, domid)

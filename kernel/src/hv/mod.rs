@@ -120,7 +120,7 @@ use crate::time::TscScale;
 use crate::trap::{bounce_iret_remembered, Bounce};
 use core::fmt::Write as _;
 use pvguest_abi::event::{VIRQ_DOM_EXC, VIRQ_TIMER, VIRQ_VTIMER};
-use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_XENSTORE};
+use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use pvguest_abi::mmu::{MmuUpdate, MmuextOp};
 use pvguest_abi::shared_info::VcpuTimeInfo;
 use pvguest_abi::trap::{SYSCALL_VECTOR, UPCALL_VECTOR};
@@ -237,6 +237,10 @@ pub struct Domain {
     /// The back end of the console page (`None`: no page, or the guest
     /// broke the ring protocol and the console was cut off).
     pub console_ring: Option<ByteChannel<'static>>,
+    /// The privileged domain took its console over (`CONSOLE_TAKEOVER`):
+    /// `console_ring` is `None` for good, and that domain may write
+    /// console output as this one (`console_io` `WRITE_AS`).
+    pub console_taken: bool,
     /// The console port was notified and the ring may hold output.
     pub console_dirty: bool,
     /// The domain ended and its exit is reported once its leftover console
@@ -489,18 +493,50 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn copy_to_guest(&mut self, va: u64, data: &[u8]) -> Result<(), Errno> {
         copy_to_domain(self.m.mem(), self.frames, &mut self.domains[self.cur], va, data)
     }
-    fn console_write(&mut self, bytes: &[u8]) -> usize {
+    fn console_write(&mut self, as_dom: Option<DomId>, bytes: &[u8]) -> usize {
         let (scale, boot) = self.clock;
         let now = if self.now != 0 { self.now } else { scale.to_ns(M::tsc().wrapping_sub(boot)) };
         let mut input = bytes.iter().copied();
         let m = &mut *self.m;
-        let d = &mut self.domains[self.cur];
+        // `console_target` checked `as_dom`; a domain reaped since is
+        // gone, and its bytes with it.
+        let slot = match as_dom {
+            Some(id) => match self.domains.slot_of(id) {
+                Some(s) => s,
+                None => return bytes.len(),
+            },
+            None => self.cur,
+        };
+        let d = &mut self.domains[slot];
         let name = &d.name;
         d.console.push_bounded(&mut input, now, STEP_WORK, |l| tagged_line(m, name, l));
         bytes.len() - input.len()
     }
     fn console_kick(&mut self) {
         self.domains[self.cur].console_dirty = true;
+    }
+    fn console_target(&self, _: Privilege, id: u16) -> Result<DomId, Errno> {
+        let id = DomId::of(id);
+        let slot = self.domains.slot_of(id).ok_or(Errno::ESRCH)?;
+        if !self.domains[slot].console_taken || slot == self.cur {
+            return Err(Errno::EINVAL);
+        }
+        Ok(id)
+    }
+    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<(), Errno> {
+        let slot = self.domains.slot_of(dom).ok_or(Errno::ESRCH)?;
+        let by = self.domains[self.cur].id;
+        let d = &mut self.domains[slot];
+        if d.console_taken {
+            return Err(Errno::EBUSY);
+        }
+        // The hypervisor never reads the ring again: the caller's
+        // consumer starts from the indices in the page as they are.
+        d.console_ring = None;
+        d.console_taken = true;
+        d.console_dirty = false;
+        hvlog!(self.m, "dom{dom} ({}): console taken over by dom{by}", d.name);
+        Ok(())
     }
     fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let mut n = 0;
@@ -1203,6 +1239,16 @@ impl<M: Machine> Hv<M> {
                 };
             }
         }
+        // The console page too, under its reserved reference, for the
+        // store's domain to take over (CONSOLE_TAKEOVER).
+        if let Some((_, backend)) = cfg.store {
+            let entry = GrantEntryV1 { flags: gtf::PERMIT_ACCESS, domid: backend.raw(), frame: b.console_mfn as u32 };
+            let frames = self.frames.as_mut().expect("frame table set");
+            if let Err(e) = grants.builder_grant(id, GNTTAB_RESERVED_CONSOLE, entry, frames, self.m.mem()) {
+                self.frames.as_mut().expect("set").release_domain(id);
+                return fail(Errno::EINVAL, format_args!("console grant: {e}"));
+            }
+        }
         let console_ring = self.m.console_page(b.console_mfn);
         if console_ring.is_none() {
             hvlog!(self.m, "dom{id} ({}): console page could not be set up; console_io only", spec.name);
@@ -1261,6 +1307,7 @@ impl<M: Machine> Hv<M> {
                 events,
                 console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
                 console_ring,
+                console_taken: false,
                 console_dirty: false,
                 report_pending: false,
                 ports_closed: false,

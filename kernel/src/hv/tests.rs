@@ -1160,6 +1160,39 @@ fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
 /// the bundle, it takes id 0, and every other domain gets a port only dom0
 /// may bind plus its store page granted read-write to dom0 under the
 /// reserved reference; dom0 itself, and every domain of a bundle without a
+/// A domU's console page is granted to dom0 under the reserved ref 0; once
+/// dom0 takes the console over, the hypervisor drains it no more, and
+/// dom0's `WRITE_AS` lines come out tagged with the domU's name.
+#[test]
+fn dom0_takes_a_console_over_and_writes_as_its_domain() {
+    use pvguest_abi::domctl;
+    use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_CONSOLE};
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u1")]);
+    let u1 = r.id("u1");
+    let d = r.dom(u1);
+    let word = r.hv.m.ram.read_u64(d.grants.frames()[0] * 4096 + u64::from(GNTTAB_RESERVED_CONSOLE) * 8);
+    let e = GrantEntryV1::from_word(word);
+    assert_eq!((e.flags, e.domid), (gtf::PERMIT_ACCESS, 0), "read-write to dom0");
+    assert!(!d.console_taken);
+    while r.next.id != DomId::DOM0 {
+        r.timer_interrupt();
+    }
+    // Writing as u1 before the takeover is refused.
+    r.write_guest(DomId::DOM0, CTL_ARG, b"from dom0's daemon\n");
+    let as_u1 = 19 | (u64::from(u1.raw()) << 32);
+    let wa = [pvguest_abi::console_io::WRITE_AS, as_u1, CTL_ARG, 0, 0];
+    assert_eq!(r.hypercall(nr::CONSOLE_IO, wa), Errno::EINVAL.to_ret());
+    assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw())), 0);
+    assert!(r.dom(u1).console_ring.is_none() && r.dom(u1).console_taken, "the hypervisor lets go of the ring");
+    assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw())), Errno::EBUSY.to_ret(), "once");
+    assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, 0), Errno::EINVAL.to_ret(), "not its own");
+    assert_eq!(r.hypercall(nr::CONSOLE_IO, wa), 19);
+    let out = String::from_utf8_lossy(&r.hv.m.console).into_owned();
+    assert!(out.contains("[u1] from dom0's daemon\n"), "{out}");
+    assert!(!out.contains("[dom0] from dom0's daemon"), "{out}");
+    assert_eq!(r.hv.m.logged("console taken over by dom0"), 1);
+}
+
 /// privileged one, gets none.
 #[test]
 fn store_every_domu_gets_a_port_for_dom0_and_its_store_page_granted_under_the_reserved_ref() {

@@ -218,7 +218,14 @@ pub trait Env {
     /// Takes one bounded step of `bytes` into the calling domain's console
     /// ([`crate::console::ConsoleOut::push_bounded`]) and returns how many
     /// bytes it took: at least one unless `bytes` is empty.
-    fn console_write(&mut self, bytes: &[u8]) -> usize;
+    /// Takes console output from the caller, or, with `as_dom`, as domain
+    /// `as_dom`'s (checked by [`Env::console_target`]).
+    fn console_write(&mut self, as_dom: Option<DomId>, bytes: &[u8]) -> usize;
+    /// The domain the privileged caller may write console output as: one
+    /// whose console it took over (`EINVAL` otherwise, `ESRCH` if none).
+    fn console_target(&self, privilege: Privilege, id: u16) -> Result<DomId, Errno>;
+    /// `CONSOLE_TAKEOVER` of `dom` by the privileged caller.
+    fn console_takeover(&mut self, privilege: Privilege, dom: DomId) -> Result<(), Errno>;
     /// The caller notified its console port: its console ring has output
     /// for the backend (drained outside the hypercall).
     fn console_kick(&mut self);
@@ -623,9 +630,26 @@ fn multicall<E: Env>(env: &mut E, calls: u64, count: u64, state: u64) -> Action 
 /// byte went out.)
 fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
     match cmd {
-        console_io::WRITE => {
+        console_io::WRITE | console_io::WRITE_AS => {
             let (len, done) = (len_arg & 0xffff, (len_arg >> 16) & 0xffff);
-            if len_arg >> 32 != 0 || len + done > console_io::MAX_WRITE {
+            let as_dom = if cmd == console_io::WRITE_AS {
+                let Some(privilege) = env.privilege() else {
+                    return Action::Return(Errno::EPERM.to_ret());
+                };
+                if len_arg >> 48 != 0 {
+                    return Action::Return(Errno::EINVAL.to_ret());
+                }
+                match env.console_target(privilege, ((len_arg >> 32) & 0xffff) as u16) {
+                    Ok(d) => Some(d),
+                    Err(e) => return Action::Return(e.to_ret()),
+                }
+            } else {
+                if len_arg >> 32 != 0 {
+                    return Action::Return(Errno::EINVAL.to_ret());
+                }
+                None
+            };
+            if len + done > console_io::MAX_WRITE {
                 return Action::Return(Errno::EINVAL.to_ret());
             }
             if len == 0 {
@@ -652,9 +676,10 @@ fn console<E: Env>(env: &mut E, cmd: u64, len_arg: u64, buf: u64) -> Action {
                 while k < n {
                     let at = off + k as u64;
                     if at > 0 && env.preempt_due() {
-                        return Action::Continue([cmd, (len - at) | ((done + at) << 16), buf + at, 0, 0]);
+                        let target = len_arg & (0xffff << 32);
+                        return Action::Continue([cmd, (len - at) | ((done + at) << 16) | target, buf + at, 0, 0]);
                     }
-                    k += env.console_write(&piece[k..n]).max(1);
+                    k += env.console_write(as_dom, &piece[k..n]).max(1);
                 }
                 off += n as u64;
             }
@@ -1190,6 +1215,9 @@ fn domctl<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
         domctl::PAUSEDOMAIN => target(env, arg).map(Ctl::Pause),
         domctl::UNPAUSEDOMAIN => target(env, arg).map(Ctl::Unpause),
         domctl::SCHEDOP => sched_params(env, arg),
+        domctl::CONSOLE_TAKEOVER => {
+            return ret(target(env, arg).and_then(|d| env.console_takeover(privilege, d)).map(|()| 0));
+        }
         // The rest only read: answered here.
         _ => return ret(domctl_query(env, privilege, cmd, arg)),
     };

@@ -19,6 +19,10 @@ const RO_FROM: u64 = 60 * 1024;
 struct FakeEnv {
     mem: Vec<u8>,
     console: Vec<u8>,
+    /// Console output written as another domain (`WRITE_AS`).
+    console_as: Vec<(DomId, Vec<u8>)>,
+    /// Domains whose console was taken over.
+    taken: Vec<DomId>,
     input: Vec<u8>,
     privileged: bool,
     now: u64,
@@ -68,6 +72,8 @@ impl FakeEnv {
         FakeEnv {
             mem: std::vec![0; SIZE],
             console: Vec::new(),
+            console_as: Vec::new(),
+            taken: Vec::new(),
             input: b"typed".to_vec(),
             privileged: false,
             now: 1_000,
@@ -165,10 +171,24 @@ impl Env for FakeEnv {
         self.mem[o..o + data.len()].copy_from_slice(data);
         Ok(())
     }
-    fn console_write(&mut self, bytes: &[u8]) -> usize {
+    fn console_write(&mut self, as_dom: Option<DomId>, bytes: &[u8]) -> usize {
         let n = bytes.len().min(FAKE_CONSOLE_STEP);
-        self.console.extend_from_slice(&bytes[..n]);
+        match as_dom {
+            Some(d) => self.console_as.push((d, bytes[..n].to_vec())),
+            None => self.console.extend_from_slice(&bytes[..n]),
+        }
         n
+    }
+    fn console_target(&self, _: Privilege, id: u16) -> Result<DomId, Errno> {
+        match id {
+            7 => Ok(DomId::of(7)),
+            8 => Err(Errno::EINVAL),
+            _ => Err(Errno::ESRCH),
+        }
+    }
+    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<(), Errno> {
+        self.taken.push(dom);
+        Ok(())
     }
     fn console_kick(&mut self) {
         self.kicks += 1;
@@ -363,6 +383,32 @@ fn console_write_bad_pointer_is_efault_and_writes_nothing() {
     for len in [4097, u64::MAX, 1 << 40] {
         assert_eq!(e.call(hypercall::CONSOLE_IO, [0, len, BASE, 0, 0]), r(Errno::EINVAL));
     }
+}
+
+#[test]
+fn console_takeover_and_write_as_are_privileged_and_checked() {
+    use pvguest_abi::domctl;
+    let mut e = FakeEnv::new();
+    e.put(BASE, b"hello");
+    let as7 = 5 | (7u64 << 32);
+    let (wa, w) = (console_io::WRITE_AS, console_io::WRITE);
+    // Unprivileged: both refused before anything is looked at.
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [wa, as7, BASE, 0, 0]), r(Errno::EPERM));
+    assert_eq!(e.call(hypercall::DOMCTL, [domctl::CONSOLE_TAKEOVER, 7, 0, 0, 0]), r(Errno::EPERM));
+    e.privileged = true;
+    assert_eq!(e.call(hypercall::DOMCTL, [domctl::CONSOLE_TAKEOVER, 7, 0, 0, 0]), Action::Return(0));
+    assert_eq!(e.taken, [DomId::of(7)]);
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [wa, as7, BASE, 0, 0]), Action::Return(5));
+    assert_eq!(e.console_as, [(DomId::of(7), b"hello".to_vec())]);
+    assert!(e.console.is_empty(), "nothing as the caller");
+    // A domain not taken over, none at all, and bits past the id.
+    for (arg, err) in
+        [(5 | (8u64 << 32), Errno::EINVAL), (5 | (9u64 << 32), Errno::ESRCH), (5 | (1u64 << 48), Errno::EINVAL)]
+    {
+        assert_eq!(e.call(hypercall::CONSOLE_IO, [wa, arg, BASE, 0, 0]), r(err));
+    }
+    // A plain write still takes no id.
+    assert_eq!(e.call(hypercall::CONSOLE_IO, [w, as7, BASE, 0, 0]), r(Errno::EINVAL));
 }
 
 #[test]

@@ -28,6 +28,7 @@
 //! | [`DESTROYDOMAIN`] | a domain id | end it now; its resources are reclaimed in bounded steps |
 //! | [`PAUSEDOMAIN`] / [`UNPAUSEDOMAIN`] | a domain id | stop or resume scheduling it |
 //! | [`GETDOMAININFO`] | `&mut` [`DomainInfo`] | the live domain with the smallest id at or above a cursor |
+//! | [`CONSOLE_TAKEOVER`] | a domain id | the caller drains that domain's console from now on |
 //! | [`SCHEDOP`] | `&` [`SchedParams`] | set a domain's BVT weight and warp |
 //! | [`PHYSINFO`] | `&mut` [`PhysInfo`] | frames, domains, ports and hypervisor heap in use (the leak check's figures) |
 //! | [`BOOTIMAGE_INFO`] | `&mut` [`BootImage`] | a template of the boot bundle: name, defaults, image size |
@@ -69,6 +70,14 @@ pub const PAUSEDOMAIN: u64 = 3;
 pub const UNPAUSEDOMAIN: u64 = 4;
 /// Fill a [`DomainInfo`] (Xen's `XEN_DOMCTL_getdomaininfo`).
 pub const GETDOMAININFO: u64 = 5;
+/// Hand a domain's console to the caller (`domctl(CONSOLE_TAKEOVER,
+/// domid)`): the hypervisor stops draining its console ring, which the
+/// caller maps through the reserved grant
+/// [`crate::grant::GNTTAB_RESERVED_CONSOLE`] and drains itself, passing
+/// the bytes on with `console_io` `WRITE_AS`. Bytes already in the ring
+/// wait there. `EBUSY`: taken already; itself `EINVAL`; no such domain
+/// `ESRCH`.
+pub const CONSOLE_TAKEOVER: u64 = 6;
 /// Set a domain's scheduling parameters ([`SchedParams`];
 /// `XEN_DOMCTL_scheduler_op`).
 pub const SCHEDOP: u64 = 16;

@@ -88,8 +88,9 @@ impl GrantEntryV1 {
 }
 
 /// Grant reference the domain builder fills for the console page (Xen's
-/// `GNTTAB_RESERVED_CONSOLE`; not yet used: the hypervisor is the console
-/// backend).
+/// `GNTTAB_RESERVED_CONSOLE`): read-write to the store's domain, which may
+/// take the console over (`domctl` `CONSOLE_TAKEOVER`); until then the
+/// hypervisor drains it.
 pub const GNTTAB_RESERVED_CONSOLE: u32 = 0;
 /// Grant reference the domain builder fills for the store page (Xen's
 /// `GNTTAB_RESERVED_XENSTORE`): read-write to the store's domain. See

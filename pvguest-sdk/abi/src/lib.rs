@@ -150,6 +150,12 @@ pub mod console_io {
     /// into `buf` without blocking; returns the count. Privileged domains
     /// only (`-EPERM` otherwise).
     pub const READ: u64 = 1;
+    /// `console_io(WRITE_AS, len | domid << 32, buf)`: as `WRITE`, as the
+    /// output of domain `domid` (tagged with its name, within its rate):
+    /// the privileged domain's console daemon passing on what it drained
+    /// from a console it took over (`domctl` `CONSOLE_TAKEOVER`; any other
+    /// domain is `-EINVAL`, an unprivileged caller `-EPERM`).
+    pub const WRITE_AS: u64 = 2;
     /// Largest single write; longer writes return `-EINVAL`.
     pub const MAX_WRITE: u64 = 4096;
 }
