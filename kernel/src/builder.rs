@@ -350,8 +350,13 @@ pub fn build<M: PhysMem>(
     }
     let elf = ElfImage::parse(image, &policy).map_err(BuildError::Elf)?;
     let layout = Layout::plan_with_dma(cfg.nr_pages, elf.span().1, cfg.dma_pages)?;
-    if (frames.free_count() as u64) < cfg.nr_pages {
-        return Err(BuildError::OutOfMemory { pages: cfg.nr_pages, free: frames.free_count() as u64 });
+    // Enough frames where they come from: free ones, or the caller's.
+    let have = match &source {
+        Source::Fresh => frames.free_count() as u64,
+        Source::Zeroed(list) => list.len() as u64,
+    };
+    if have < cfg.nr_pages {
+        return Err(BuildError::OutOfMemory { pages: cfg.nr_pages, free: have });
     }
     let owner = Owner::Domain(cfg.domid);
 

@@ -804,8 +804,6 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     }
 }
 
-/// `mm` with the device-memory right (mm rule 9) if the caller has one
-/// (the privileged domain's, made from its [`Privilege`]).
 /// Copies from domain `d`'s memory at `va`: the one guest-memory accessor
 /// ([`GuestView`]), through its remembered argument walk, for hypercalls
 /// and for the toolstack's work done after one.
@@ -844,6 +842,8 @@ fn template(
     bundle.domain(usize::from(record)).map_err(|_| Errno::ESRCH)
 }
 
+/// `mm` with the device-memory right (mm rule 9) if the caller has one
+/// (the privileged domain's, made from its [`Privilege`]).
 fn with_io<'a, 'f, P: crate::mm::guest_mem::PhysMem>(
     mm: Mm<'a, 'f, P>,
     io: &'a mut Option<Dom0Mmio<'_>>,
@@ -2116,7 +2116,7 @@ impl<M: Machine> Hv<M> {
         let mut units = 0;
         while (job.image.len() as u64) < job.req.image_len {
             if units > 0 && M::tsc() >= preempt {
-                let done = job.image.len() as u64;
+                let done = job.progress();
                 self.creating = Some(job);
                 return Action::Continue([CREATEDOMAIN, arg, done, 0, 0]);
             }
@@ -2137,6 +2137,18 @@ impl<M: Machine> Hv<M> {
         // a frame at a time within the same budget, so that the build that
         // follows only hands them over.
         let pages = u64::from(job.req.mem_kib) / 4;
+        let free = self.frames.as_ref().map_or(0, |f| f.free_count()) as u64;
+        if job.zeroed.is_empty() && free < pages {
+            // Refused before any frame is taken (another allocation may
+            // still take frames meanwhile: then the loop below says so).
+            self.free_job(&job);
+            return self.create_failed(
+                cur,
+                arg,
+                Errno::ENOMEM,
+                format_args!("not enough free memory: {pages} pages asked, {free} free"),
+            );
+        }
         if job.zeroed.try_reserve_exact(pages as usize - job.zeroed.len().min(pages as usize)).is_err() {
             self.free_job(&job);
             return self.create_failed(

@@ -1563,6 +1563,41 @@ fn creates_continue_and_fail_cleanly() {
     let (rax, c) = r.create("bad2", b"\x7fELF not an image", 0);
     assert_eq!(rax, Errno::EINVAL.to_ret(), "{}", c.reason());
     assert_eq!(r.hv.frames.as_ref().unwrap().free_count(), before, "the abandoned create's frames are free again");
+    // A domain of more than half the free memory: its frames, taken and
+    // zeroed first, are all the build needs (it must not ask for as many
+    // free ones again).
+    let free_now = r.hv.frames.as_ref().unwrap().free_count() as u32;
+    let big_kib = free_now * 3 / 4 * 4;
+    let elf = tiny_elf();
+    r.write_guest(DomId::DOM0, CTL_IMAGE, &elf);
+    let mut req =
+        domctl::CreateDomain { image: CTL_IMAGE, image_len: elf.len() as u64, mem_kib: big_kib, ..Default::default() };
+    pvguest_abi::start_info::fill_c_str(&mut req.name, "large");
+    r.write_guest(DomId::DOM0, CTL_ARG, req.as_bytes());
+    let mut rax = r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]);
+    while rax == nr::DOMCTL as i64 {
+        while r.next.id != DomId::DOM0 {
+            r.timer_interrupt();
+        }
+        rax = r.int82();
+    }
+    let mut out = domctl::CreateDomain::default();
+    r.read_guest(DomId::DOM0, CTL_ARG, out.as_mut_bytes());
+    assert_eq!(rax, 0, "{} KiB with {free_now} frames free: {}", big_kib, out.reason());
+    assert_eq!(r.domctl(domctl::DESTROYDOMAIN, u64::from(out.domid)), 0);
+    r.reap_all();
+    // And more than there is: refused before any frame is zeroed.
+    req.mem_kib = (free_now + 64) * 4;
+    while r.next.id != DomId::DOM0 {
+        r.timer_interrupt();
+    }
+    r.write_guest(DomId::DOM0, CTL_ARG, req.as_bytes());
+    let rax = r.hypercall(nr::DOMCTL, [domctl::CREATEDOMAIN, CTL_ARG, 0, 0, 0]);
+    let mut out = domctl::CreateDomain::default();
+    r.read_guest(DomId::DOM0, CTL_ARG, out.as_mut_bytes());
+    assert_eq!(rax, Errno::ENOMEM.to_ret(), "{}", out.reason());
+    assert!(out.reason().starts_with("not enough free memory"), "{}", out.reason());
+    assert!(r.hv.creating.is_none());
     // An empty command line is not read, wherever it points.
     let elf = tiny_elf();
     r.write_guest(DomId::DOM0, CTL_IMAGE, &elf);

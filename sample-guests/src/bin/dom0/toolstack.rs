@@ -312,7 +312,7 @@ impl Toolstack {
             work = true;
         }
         if let Some((id, name, until)) = self.waiting.take() {
-            let gone = !domctl::domain_info(id).is_ok_and(|i| i.domid == id);
+            let gone = listed(id).is_none();
             if gone || now > until {
                 if gone {
                     println!("dom{id} is gone ('{name}')");
@@ -754,7 +754,7 @@ impl Toolstack {
                     c.done += 1;
                 }
                 1 => {
-                    let left = ids.iter().filter(|&&id| domctl::domain_info(id).is_ok_and(|i| i.domid == id)).count();
+                    let left = ids.iter().filter(|&&id| listed(id).is_some()).count();
                     // It fails only if no domain was reaped for WAIT_NS.
                     let now = time::now_ns();
                     if c.progress.0 != left {
@@ -784,7 +784,7 @@ impl Toolstack {
         if c.timed.is_some() {
             // It prints its first line, then blocks: wait for that.
             let until = made + REAP_WAIT_NS;
-            while !domctl::domain_info(id).is_ok_and(|i| i.domid == id && i.flags & dominf::BLOCKED != 0) {
+            while listed(id).is_none_or(|i| i.flags & dominf::BLOCKED == 0) {
                 if time::now_ns() > until {
                     return Err(format!("dom{id} did not block within {} s", REAP_WAIT_NS / 1_000_000_000));
                 }
@@ -897,20 +897,22 @@ fn churn_create(name: &str, image: &[u8], mem_kib: u32, cmdline: &str, weight: u
     Create::new(name, image).mem_kib(mem_kib).cmdline(cmdline).weight(weight).run().map_err(|e| format!("create: {e}"))
 }
 
+/// Domain `id`, if it is in the table (alive, or dead and not yet reaped).
+fn listed(id: u32) -> Option<DomainInfo> {
+    domctl::domain_info(id).ok().filter(|i| i.domid == id)
+}
+
 /// Waits (yielding, so the hypervisor's teardown steps run) until domain
 /// `id` has left the table.
 fn wait_gone(id: u32) -> Result<(), String> {
     let until = time::now_ns() + REAP_WAIT_NS;
-    loop {
-        match domctl::domain_info(id) {
-            Ok(i) if i.domid == id => {}
-            _ => return Ok(()),
-        }
+    while listed(id).is_some() {
         if time::now_ns() > until {
             return Err(format!("dom{id} not reaped within {} s", REAP_WAIT_NS / 1_000_000_000));
         }
         sched::yield_now();
     }
+    Ok(())
 }
 
 fn help() {
