@@ -193,6 +193,13 @@ impl Machine for Platform {
     fn console_page(&mut self, mfn: Mfn) -> Option<ByteChannel<'static>> {
         console_back(mfn)
     }
+    fn console_unread(&mut self, mfn: Mfn) -> u32 {
+        // A second back end in the hypervisor's view while it lives: it
+        // only reads the producer index (`poll` validates it) and is
+        // dropped here; the ring's consumer is in the daemon's domain.
+        let back = channel_page(mfn).and_then(|p| ByteChannel::back_attach(p).ok());
+        back.and_then(|mut c| c.rx.poll().ok()).unwrap_or(0)
+    }
     fn channel_page_init(&mut self, mfn: Mfn) -> bool {
         channel_init(mfn)
     }

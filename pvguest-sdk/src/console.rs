@@ -18,18 +18,28 @@
 //! interrupted a `println!`), output goes through the `console_io`
 //! hypercall instead, which is always available and bounded the same way.
 //!
+//! # Input
+//! The page's second half carries console input to the domain: dom0's
+//! console daemon writes what the operator types while attached to this
+//! domain (the shell's `console DOM`). [`read`] takes what has come
+//! without blocking; [`wait_input`] waits for it, bounded by a deadline
+//! (it polls the console port, which stays masked). A domain whose console
+//! the hypervisor drains gets no input; the privileged domain reads the
+//! machine's console input (the serial port) instead.
+//!
 //! # Ownership
 //! The SDK is the only user of the page in this domain: the producer of the
-//! first half, the consumer of the second (console input, not used yet).
-//! The backend owns the other ends; nothing it writes is trusted (every
-//! index is validated by `ring-protocol`).
+//! first half, the consumer of the second. The backend (the hypervisor, or
+//! dom0's console daemon once it took the console over) owns the other
+//! ends; nothing it writes is trusted (every index is validated by
+//! `ring-protocol`).
 
 use crate::hypercall::call_readonly;
 use core::fmt;
 use pvguest_abi::event::{self, Send as EvtSend};
 use pvguest_abi::start_info::CONSOLE_RING;
 use pvguest_abi::{console_io, hypercall, Errno};
-use ring_protocol::{ByteChannel, SharedMem, StreamProducer};
+use ring_protocol::{ByteChannel, SharedMem, StreamConsumer, StreamProducer};
 
 /// Full-ring rounds (notify, yield, retry) before the rest of a write goes
 /// through `console_io`.
@@ -37,15 +47,52 @@ const MAX_STALLS: u32 = 64;
 
 struct Ring {
     tx: Option<StreamProducer<'static, u8>>,
+    /// Console input (the page's second half).
+    rx: Option<StreamConsumer<'static, u8>>,
     port: u32,
     attached: bool,
 }
 
-static RING: spin::Mutex<Ring> = spin::Mutex::new(Ring { tx: None, port: 0, attached: false });
+static RING: spin::Mutex<Ring> = spin::Mutex::new(Ring { tx: None, rx: None, port: 0, attached: false });
 
 impl Ring {
     /// The producer, attaching to the console page on first use.
     fn producer(&mut self) -> Option<&mut StreamProducer<'static, u8>> {
+        self.attach();
+        self.tx.as_mut()
+    }
+
+    /// The input consumer, attaching on first use.
+    fn consumer(&mut self) -> Option<&mut StreamConsumer<'static, u8>> {
+        self.attach();
+        self.rx.as_mut()
+    }
+
+    /// Reads waiting input into `buf` and frees its space (notifying the
+    /// backend if it waits for room).
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+        let port = self.port;
+        let Some(rx) = self.consumer() else { return Ok(0) };
+        let n = rx.read(buf).map_err(|_| Errno::EIO)?;
+        if rx.release_and_check_notify().map_err(|_| Errno::EIO)? {
+            notify(port);
+        }
+        Ok(n)
+    }
+
+    /// Whether input waits, arming the backend's notification if not.
+    fn input_ready(&mut self) -> Result<bool, Errno> {
+        let port = self.port;
+        let Some(rx) = self.consumer() else { return Ok(false) };
+        let ready = rx.final_check().map_err(|_| Errno::EIO)?;
+        // A final check may owe the backend a notification of room.
+        if rx.release_and_check_notify().map_err(|_| Errno::EIO)? {
+            notify(port);
+        }
+        Ok(ready)
+    }
+
+    fn attach(&mut self) {
         if !self.attached {
             self.attached = true;
             let c = crate::rt::start_info().console;
@@ -58,15 +105,16 @@ impl Ring {
                 let mem = unsafe { SharedMem::new(c.ring_va as *mut u8, 4096) };
                 if let Ok(ch) = mem.and_then(ByteChannel::front_attach) {
                     self.tx = Some(ch.tx);
+                    self.rx = Some(ch.rx);
                     self.port = c.evtchn;
                     // The writer never sleeps for space (it notifies and
                     // yields), so the backend's space notifications are of
                     // no use: the port stays masked, as every port starts
                     // (see `crate::event`), and never wakes a blocked domain.
+                    // Input is waited for by polling it (`wait_input`).
                 }
             }
         }
-        self.tx.as_mut()
     }
 
     /// Writes all of `bytes` into the ring; returns how many went in (the
@@ -115,27 +163,53 @@ fn notify(port: u32) {
 /// Writes `bytes` to the console through the `console_io` hypercall (early
 /// boot, panics, or no console page); returns how many were written.
 pub fn write_hypercall(bytes: &[u8]) -> Result<usize, Errno> {
+    write_io(console_io::WRITE, 0, bytes)
+}
+
+/// `console_io` write `cmd` of all of `bytes`, `high` or'd into the length
+/// argument: the hypervisor takes at least a byte a call (a bounded step
+/// each), so the rest of a chunk goes in the next call.
+fn write_io(cmd: u64, high: u64, bytes: &[u8]) -> Result<usize, Errno> {
     let mut done = 0;
-    for chunk in bytes.chunks(console_io::MAX_WRITE as usize) {
-        let r =
-            call_readonly(hypercall::CONSOLE_IO, [console_io::WRITE, chunk.len() as u64, chunk.as_ptr() as u64, 0, 0]);
-        done += Errno::decode(r)? as usize;
+    while done < bytes.len() {
+        let chunk = &bytes[done..bytes.len().min(done + console_io::MAX_WRITE as usize)];
+        let r = call_readonly(hypercall::CONSOLE_IO, [cmd, chunk.len() as u64 | high, chunk.as_ptr() as u64, 0, 0]);
+        let n = Errno::decode(r)? as usize;
+        if n == 0 {
+            break;
+        }
+        done += n.min(chunk.len());
     }
     Ok(done)
 }
 
 /// Reads console input that is waiting, without blocking: how many bytes
-/// went into `buf` (0: none). The machine's console input (the serial
-/// port) is the privileged domain's alone: any other domain gets `EPERM`.
-/// Nothing signals its arrival, so a reader polls, e.g. on a timer
-/// (dom0's toolstack shell reads every 20 ms).
+/// went into `buf` (0: none).
+///
+/// A domain gets what dom0's console daemon writes into its console page
+/// (the operator typing while attached: the shell's `console DOM`);
+/// [`wait_input`] waits for it. `EIO` if the daemon broke the ring
+/// protocol. The privileged domain reads the machine's console input (the
+/// serial port, which is its alone) through `console_io`; nothing signals
+/// that input's arrival, so it polls, e.g. on a timer (dom0's toolstack
+/// shell reads every 20 ms).
 ///
 /// ```ignore
 /// let mut buf = [0u8; 64];
-/// let n = pvguest_sdk::console::read(&mut buf)?;
-/// line.extend_from_slice(&buf[..n]);
+/// if pvguest_sdk::console::wait_input(pvguest_sdk::time::now_ns() + 1_000_000_000) {
+///     let n = pvguest_sdk::console::read(&mut buf)?;
+///     line.extend_from_slice(&buf[..n]);
+/// }
 /// ```
 pub fn read(buf: &mut [u8]) -> Result<usize, Errno> {
+    if crate::rt::start_info().flags & pvguest_abi::start_info::SIF_PRIVILEGED == 0 {
+        // Held only for the copy; an event handler that prints meanwhile
+        // goes through `console_io`.
+        return match RING.try_lock() {
+            Some(mut ring) => ring.read(buf),
+            None => Ok(0),
+        };
+    }
     let len = buf.len().min(console_io::MAX_WRITE as usize);
     // SAFETY: the hypervisor writes at most `len` bytes at `buf`, a live
     // exclusive borrow at least that long, during the call only.
@@ -145,18 +219,52 @@ pub fn read(buf: &mut [u8]) -> Result<usize, Errno> {
     Ok(Errno::decode(r)? as usize)
 }
 
+/// Waits until console input has come ([`read`] takes it) or system time
+/// reaches `deadline_ns` (0: no deadline); whether input is there. It
+/// sleeps in `SCHEDOP_poll` on the console port (kept masked), so it
+/// needs no handler and leaves the domain's other events alone: they are
+/// delivered when it returns. A domain without a console page, or whose
+/// daemon broke the ring protocol, waits until the deadline. For the
+/// privileged domain, whose input nothing signals, it returns `false` at
+/// once.
+pub fn wait_input(deadline_ns: u64) -> bool {
+    if crate::rt::start_info().flags & pvguest_abi::start_info::SIF_PRIVILEGED != 0 {
+        return false;
+    }
+    loop {
+        let (ready, port) = match RING.try_lock() {
+            Some(mut ring) => (ring.input_ready(), ring.port),
+            None => (Ok(false), 0),
+        };
+        match ready {
+            Ok(true) => return true,
+            Ok(false) if port != 0 => {}
+            // No ring: only the deadline ends the wait.
+            _ => {
+                let _ = crate::sched::poll(&[], deadline_ns);
+                return false;
+            }
+        }
+        if deadline_ns != 0 && crate::time::now_ns() >= deadline_ns {
+            return false;
+        }
+        // Cleared before the check again, so an event after it ends the poll.
+        crate::event::clear_pending(crate::event::Port(port));
+        if RING.try_lock().is_some_and(|mut r| r.input_ready().unwrap_or(false)) {
+            return true;
+        }
+        if crate::sched::poll(&[port], deadline_ns).is_err() {
+            return false;
+        }
+    }
+}
+
 /// Writes `bytes` to the machine's console as domain `domid`'s output
 /// (tagged with its name): the privileged domain's console daemon passing
 /// on what it drained from a console it took over
 /// ([`crate::domctl::console_takeover`]). How many were written.
 pub fn write_as(domid: u16, bytes: &[u8]) -> Result<usize, Errno> {
-    let mut done = 0;
-    for chunk in bytes.chunks(console_io::MAX_WRITE as usize) {
-        let len = chunk.len() as u64 | u64::from(domid) << 32;
-        let r = call_readonly(hypercall::CONSOLE_IO, [console_io::WRITE_AS, len, chunk.as_ptr() as u64, 0, 0]);
-        done += Errno::decode(r)? as usize;
-    }
-    Ok(done)
+    write_io(console_io::WRITE_AS, u64::from(domid) << 32, bytes)
 }
 
 /// Writes `bytes` to the console; returns how many were written.

@@ -178,11 +178,19 @@ pub fn destroy(domid: u32) -> Result<(), Errno> {
 }
 
 /// Takes domain `domid`'s console over: the hypervisor drains its ring no
-/// more; the caller maps the page (grant
+/// more, and its console port is connected to the channel returned (the
+/// domain's notifications of output come there; send on it after
+/// writing input). The caller maps the page (grant
 /// [`pvguest_abi::grant::GNTTAB_RESERVED_CONSOLE`]), drains it and passes
-/// the bytes on with [`crate::console::write_as`]. `EBUSY` once taken.
-pub fn console_takeover(domid: u32) -> Result<(), Errno> {
-    on_domain(abi::CONSOLE_TAKEOVER, domid)
+/// the bytes on with [`crate::console::write_as`];
+/// [`crate::store_link::BackLink::console`] does all of it. `EBUSY` once
+/// taken, `ENOENT` if the domain closed its console port, `ESRCH` if it
+/// has ended.
+pub fn console_takeover(domid: u32) -> Result<crate::event::EventChannel, Errno> {
+    // SAFETY: the argument is a plain id; nothing is read or written.
+    let r = unsafe { raw(hypercall::DOMCTL, [abi::CONSOLE_TAKEOVER, u64::from(domid), 0, 0, 0]) };
+    let port = u32::try_from(Errno::decode(r)?).map_err(|_| Errno::EINVAL)?;
+    Ok(crate::event::EventChannel::bound(port))
 }
 
 /// Stops scheduling domain `domid` (its events stay pending).

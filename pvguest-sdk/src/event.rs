@@ -284,6 +284,12 @@ impl EventChannel {
         Ok(EventChannel { port: Port(a.port) })
     }
 
+    /// A port the hypervisor bound for this domain already (a console
+    /// taken over: [`crate::domctl::console_takeover`]).
+    pub(crate) fn bound(port: u32) -> EventChannel {
+        EventChannel { port: Port(port) }
+    }
+
     /// Connects to `remote_port`, which domain `remote` offered to us.
     /// `EINVAL` until the peer has offered it (so a caller that started
     /// first may retry).

@@ -56,7 +56,8 @@ pub fn stack_switch(top: u64) -> Result<(), pvguest_abi::Errno> {
 }
 
 /// Waits until one of `ports` is pending or system time reaches
-/// `deadline_ns` (0: no deadline).
+/// `deadline_ns` (0: no deadline). With no ports it sleeps until the
+/// deadline ([`sleep_until`]).
 pub fn poll(ports: &[u32], deadline_ns: u64) -> Result<(), pvguest_abi::Errno> {
     let arg = sched_op::SchedPoll {
         ports: ports.as_ptr() as u64,
@@ -69,4 +70,14 @@ pub fn poll(ports: &[u32], deadline_ns: u64) -> Result<(), pvguest_abi::Errno> {
         [sched_op::POLL, &arg as *const sched_op::SchedPoll as u64, 0, 0, 0],
     ))
     .map(|_| ())
+}
+
+/// Sleeps until system time reaches `deadline_ns` (a poll of no ports:
+/// the domain's events stay pending, and are delivered when it returns).
+pub fn sleep_until(deadline_ns: u64) {
+    while crate::time::now_ns() < deadline_ns {
+        if poll(&[], deadline_ns).is_err() {
+            return;
+        }
+    }
 }

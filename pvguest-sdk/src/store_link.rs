@@ -16,6 +16,12 @@
 //! - Notifications honour the rings' event indices (hold-off): a burst of
 //!   writes costs one event.
 //!
+//! The console page has the same shape (a `ByteChannel` in the domain's
+//! own frame, granted to the store's domain, under
+//! [`pvguest_abi::grant::GNTTAB_RESERVED_CONSOLE`]): dom0's console daemon
+//! is its back through [`BackLink::console`], which also takes the console
+//! over from the hypervisor.
+//!
 //! A peer that stops reading cannot stall us: [`StoreLink::send`] writes
 //! what fits and returns how much, and [`StoreLink::send_all`] gives up
 //! after a bounded number of waits ([`LinkError::Stalled`]).
@@ -23,7 +29,7 @@
 use crate::event::{self, EventChannel, Port};
 use crate::grant::{self, Mapping};
 use core::sync::atomic::{AtomicBool, Ordering};
-use pvguest_abi::grant::GNTTAB_RESERVED_XENSTORE;
+use pvguest_abi::grant::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use pvguest_abi::Errno;
 use ring_protocol::{ByteChannel, RingError, SharedMem};
 
@@ -107,6 +113,17 @@ impl<'a> StoreLink<'a> {
         Ok(n)
     }
 
+    /// Writes all of `bytes` if they fit now, else nothing (a message that
+    /// must not arrive cut); notifies the peer if the ring asks. How many
+    /// bytes went: all or none.
+    pub fn send_whole(&mut self, bytes: &[u8]) -> Result<usize, LinkError> {
+        let room = self.ch.tx.poll_space().map_err(LinkError::Ring)?;
+        if (room as usize) < bytes.len() {
+            return Ok(0);
+        }
+        self.send(bytes)
+    }
+
     /// Writes all of `bytes`, waiting for room as needed (bounded: see
     /// [`LinkError::Stalled`]).
     pub fn send_all(&mut self, mut bytes: &[u8]) -> Result<(), LinkError> {
@@ -134,6 +151,18 @@ impl<'a> StoreLink<'a> {
         let n = self.ch.rx.read(out).map_err(LinkError::Ring)?;
         // Also when nothing came: a final check may owe the peer a
         // notification of space released earlier.
+        if self.ch.rx.release_and_check_notify().map_err(LinkError::Ring)? {
+            self.notify();
+        }
+        Ok(n)
+    }
+
+    /// [`StoreLink::recv`], with `f` given the bytes before their space is
+    /// freed: what `f` does with them is done before the peer (or anyone
+    /// reading the ring's indices) can see them consumed.
+    pub fn recv_with(&mut self, out: &mut [u8], f: impl FnOnce(&[u8])) -> Result<usize, LinkError> {
+        let n = self.ch.rx.read(out).map_err(LinkError::Ring)?;
+        f(&out[..n]);
         if self.ch.rx.release_and_check_notify().map_err(LinkError::Ring)? {
             self.notify();
         }
@@ -190,19 +219,49 @@ impl BackLink {
     /// on failure.
     pub fn connect(domid: u16, port: u32) -> Result<BackLink, BackError> {
         let chan = EventChannel::connect(domid, port).map_err(BackError::Event)?;
-        let va = match crate::vmap::alloc(1) {
-            Ok(va) => va,
-            Err(e) => {
-                let _ = chan.close();
-                return Err(BackError::Event(e));
-            }
-        };
-        let mapping = match grant::map(domid, GNTTAB_RESERVED_XENSTORE, va, false) {
+        Self::attach(domid, GNTTAB_RESERVED_XENSTORE, || Ok(chan))
+    }
+
+    /// Takes domain `domid`'s console over and attaches as the back of its
+    /// console ring: maps its reserved console grant
+    /// ([`GNTTAB_RESERVED_CONSOLE`]) read-write, then
+    /// [`crate::domctl::console_takeover`] gives the port connected to the
+    /// domain's console port. The back consumes the domain's output (the
+    /// page's first half) and produces its input (the second). Anything
+    /// done is undone on failure; a failed takeover leaves the console the
+    /// hypervisor's.
+    pub fn console(domid: u16) -> Result<BackLink, BackError> {
+        Self::attach(domid, GNTTAB_RESERVED_CONSOLE, || {
+            crate::domctl::console_takeover(u32::from(domid)).map_err(BackError::Takeover)
+        })
+    }
+
+    /// Maps `domid`'s grant `gref` in a fresh slot, then gets the channel
+    /// (`chan`: after the map, so that a map that fails leaves the port
+    /// alone), and attaches as the back; undoes what it did on failure.
+    fn attach(
+        domid: u16,
+        gref: u32,
+        chan: impl FnOnce() -> Result<EventChannel, BackError>,
+    ) -> Result<BackLink, BackError> {
+        let va = crate::vmap::alloc(1).map_err(BackError::Event)?;
+        let mapping = match grant::map(domid, gref, va, false) {
             Ok(m) => m,
             Err(e) => {
                 crate::vmap::free(va, 1);
-                let _ = chan.close();
                 return Err(BackError::Grant(e));
+            }
+        };
+        let undo_map = |mapping: Mapping| {
+            if mapping.unmap().is_ok() {
+                crate::vmap::free(va, 1);
+            }
+        };
+        let chan = match chan() {
+            Ok(c) => c,
+            Err(e) => {
+                undo_map(mapping);
+                return Err(e);
             }
         };
         // SAFETY: the page stays mapped at `va` while this `BackLink`
@@ -214,8 +273,7 @@ impl BackLink {
         let link = match mem.map_err(|_| LinkError::Layout).and_then(|m| StoreLink::back(m, chan.port())) {
             Ok(l) => l,
             Err(e) => {
-                let _ = mapping.unmap();
-                crate::vmap::free(va, 1);
+                undo_map(mapping);
                 let _ = chan.close();
                 return Err(BackError::Link(e));
             }
@@ -236,6 +294,21 @@ impl BackLink {
     /// [`StoreLink::recv`].
     pub fn recv(&mut self, out: &mut [u8]) -> Result<usize, LinkError> {
         self.link.recv(out)
+    }
+
+    /// [`StoreLink::send_whole`].
+    pub fn send_whole(&mut self, bytes: &[u8]) -> Result<usize, LinkError> {
+        self.link.send_whole(bytes)
+    }
+
+    /// [`StoreLink::recv_with`].
+    pub fn recv_with(&mut self, out: &mut [u8], f: impl FnOnce(&[u8])) -> Result<usize, LinkError> {
+        self.link.recv_with(out, f)
+    }
+
+    /// [`StoreLink::error`].
+    pub fn error(&self) -> Option<RingError> {
+        self.link.error()
     }
 
     /// [`StoreLink::readable`].
@@ -261,11 +334,14 @@ impl BackLink {
     }
 }
 
-/// Why [`BackLink::connect`] failed.
+/// Why [`BackLink::connect`] or [`BackLink::console`] failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackError {
     /// Binding the port, or no free mapping slot.
     Event(Errno),
+    /// The hypervisor refused the console takeover (see
+    /// [`crate::domctl::console_takeover`]).
+    Takeover(Errno),
     /// Mapping the store grant.
     Grant(grant::GrantError),
     /// The page holds no valid channel.

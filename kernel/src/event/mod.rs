@@ -307,6 +307,30 @@ pub fn connect(
     Ok(port)
 }
 
+/// `CONSOLE_TAKEOVER`'s channel: the console port of `guest` (domain
+/// `guest_dom`) becomes an interdomain channel to a fresh port of
+/// `backend` (domain `backend_dom`, the console daemon's), in one step, so
+/// the guest's notifications reach the daemon from then on and its port
+/// keeps its number (the one its start info names). Returns the backend's
+/// port. `ENOENT`: the guest closed its console port (the console stays
+/// the hypervisor's); `ENOSPC`: the backend has no free port. On an error
+/// nothing changed.
+pub fn connect_console(
+    backend: &mut EventChannels,
+    backend_dom: DomId,
+    guest: &mut EventChannels,
+    guest_dom: DomId,
+) -> Result<u32, Errno> {
+    let cport = guest.console_port().ok_or(Errno::ENOENT)?;
+    let port = backend.alloc(Port::Interdomain { remote: guest_dom, port: cport })?;
+    if let Err(e) = guest.rebind(cport, Port::Interdomain { remote: backend_dom, port }) {
+        let _ = backend.set(port, Port::Free);
+        return Err(e);
+    }
+    guest.console = 0;
+    Ok(port)
+}
+
 /// [`connect`] for a domain binding its own unbound port (loopback).
 pub fn connect_self(table: &mut EventChannels, me: DomId, remote_port: u32) -> Result<u32, Errno> {
     if table.get(remote_port)? != (Port::Unbound { remote: me }) {
@@ -467,6 +491,35 @@ mod tests {
         e.close(p).unwrap();
         assert_eq!(e.virq_port(0), None);
         assert_eq!(e.close(p), Err(Errno::EINVAL));
+    }
+
+    /// A console taken over: the guest's console port (same number)
+    /// and a fresh port of the daemon's become one channel; a guest that
+    /// closed its console port, or a daemon out of ports, changes nothing.
+    #[test]
+    fn a_console_takeover_connects_the_console_port_to_the_daemon() {
+        let (d0, g) = (DomId::DOM0, DomId::of(5));
+        let mut daemon = EventChannels::default();
+        let mut guest = EventChannels::default();
+        let cport = guest.bind_console().unwrap();
+        let port = connect_console(&mut daemon, d0, &mut guest, g).unwrap();
+        assert_eq!(guest.get(cport), Ok(Port::Interdomain { remote: d0, port }));
+        assert_eq!(daemon.get(port), Ok(Port::Interdomain { remote: g, port: cport }));
+        assert_eq!(guest.console_port(), None);
+        assert_eq!(connect_console(&mut daemon, d0, &mut guest, g), Err(Errno::ENOENT), "taken");
+        // Closed by the guest before the takeover.
+        let mut closed = EventChannels::default();
+        let c = closed.bind_console().unwrap();
+        closed.close(c).unwrap();
+        assert_eq!(connect_console(&mut daemon, d0, &mut closed, g), Err(Errno::ENOENT));
+        // A daemon whose ports are all in use.
+        let mut full = EventChannels::default();
+        while full.alloc_unbound(g).is_ok() {}
+        let mut other = EventChannels::default();
+        let oc = other.bind_console().unwrap();
+        assert_eq!(connect_console(&mut full, d0, &mut other, g), Err(Errno::ENOSPC));
+        assert_eq!(other.get(oc), Ok(Port::Console), "unchanged");
+        assert_eq!(other.console_port(), Some(oc));
     }
 
     /// Teardown closes every port once, in one pass over the table, and

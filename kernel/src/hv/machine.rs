@@ -88,6 +88,11 @@ pub trait Machine {
     /// `mfn` (set up, zeroed, by the builder): `None` if it cannot be
     /// attached.
     fn console_page(&mut self, mfn: Mfn) -> Option<ByteChannel<'static>>;
+    /// Bytes the console ring in page `mfn` holds unread, from its indices
+    /// as they are (the page is not initialised again): for a ring the
+    /// console daemon owns. 0 if it does not attach or its indices are
+    /// corrupt.
+    fn console_unread(&mut self, mfn: Mfn) -> u32;
     /// Initialises the zeroed page `mfn` (a domain's store page) as an
     /// empty `ByteChannel` for its two ends in other domains; the
     /// hypervisor keeps no endpoint. `false` if that failed.

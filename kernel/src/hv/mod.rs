@@ -205,6 +205,11 @@ const MAPPINGS_PER_REAP_STEP: usize = 32;
 /// Ports of a dead domain closed per teardown step (each reverts a peer's
 /// end to unbound).
 const PORTS_PER_REAP_STEP: usize = 64;
+/// How long the exit report of a domain whose console was taken over waits
+/// for the console daemon to drain what the domain left in its ring (so
+/// its last lines come out before the report, as they do from a ring the
+/// hypervisor drains). A daemon that does not drain only delays the report.
+pub const CONSOLE_GRACE_NS: u64 = 50_000_000;
 /// Warp limit L of a warped domain: the longest it runs warped per wake.
 const WARP_LIMIT_NS: u64 = 2_000_000;
 /// Unwarp requirement U: real time between warps.
@@ -241,6 +246,12 @@ pub struct Domain {
     /// `console_ring` is `None` for good, and that domain may write
     /// console output as this one (`console_io` `WRITE_AS`).
     pub console_taken: bool,
+    /// Its console page's frame (the builder's; the domain's own).
+    pub console_mfn: Mfn,
+    /// A domain that ended with its console taken over: until when its
+    /// exit report waits for the daemon to drain the ring
+    /// ([`CONSOLE_GRACE_NS`]; see [`Hv::reap_step`]).
+    pub console_grace: u64,
     /// The console port was notified and the ring may hold output.
     pub console_dirty: bool,
     /// The domain ended and its exit is reported once its leftover console
@@ -523,20 +534,26 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         }
         Ok(id)
     }
-    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<(), Errno> {
+    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<u32, Errno> {
         let slot = self.domains.slot_of(dom).ok_or(Errno::ESRCH)?;
         let by = self.domains[self.cur].id;
-        let d = &mut self.domains[slot];
+        let d = &self.domains[slot];
         if d.console_taken {
             return Err(Errno::EBUSY);
         }
+        if matches!(d.state, RunState::Dead(_)) {
+            // Its ring is teardown's now.
+            return Err(Errno::ESRCH);
+        }
+        let (mine, theirs) = self.domains.pair_mut(by, dom).ok_or(Errno::ESRCH)?;
+        let port = crate::event::connect_console(&mut mine.events, by, &mut theirs.events, dom)?;
         // The hypervisor never reads the ring again: the caller's
         // consumer starts from the indices in the page as they are.
-        d.console_ring = None;
-        d.console_taken = true;
-        d.console_dirty = false;
-        hvlog!(self.m, "dom{dom} ({}): console taken over by dom{by}", d.name);
-        Ok(())
+        theirs.console_ring = None;
+        theirs.console_taken = true;
+        theirs.console_dirty = false;
+        hvlog!(self.m, "dom{dom} ({}): console taken over by dom{by}", theirs.name);
+        Ok(port)
     }
     fn console_read(&mut self, buf: &mut [u8], _: Privilege) -> usize {
         let mut n = 0;
@@ -1308,6 +1325,8 @@ impl<M: Machine> Hv<M> {
                 console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
                 console_ring,
                 console_taken: false,
+                console_mfn: b.console_mfn,
+                console_grace: 0,
                 console_dirty: false,
                 report_pending: false,
                 ports_closed: false,
@@ -2288,7 +2307,8 @@ impl<M: Machine> Hv<M> {
         if d.state != RunState::Blocked {
             return;
         }
-        let polling = !d.vcpu.poll_ports.is_empty();
+        // Polling: its ports (none: a sleep until the poll's deadline).
+        let polling = !d.vcpu.poll_ports.is_empty() || d.vcpu.poll_deadline.is_some();
         let wake = if polling { d.vcpu.poll_ports.contains(&port) } else { upcall };
         if wake {
             self.wake(i);
@@ -2408,6 +2428,7 @@ impl<M: Machine> Hv<M> {
         let d = &mut self.domains[i];
         d.console_dirty = false;
         d.report_pending = report;
+        d.console_grace = now.saturating_add(CONSOLE_GRACE_NS);
         d.state = RunState::Dead(exit);
         // It grants nothing any more: its table is never read or written
         // again (its frames go with the rest of its memory, so they join
@@ -2585,7 +2606,12 @@ impl<M: Machine> Hv<M> {
     /// it is read).
     fn reap_step(&mut self) -> u64 {
         let dying = self.reaping.front().and_then(|&(id, _)| self.domains.slot_of(id));
-        if let Some(i) = dying.filter(|&i| self.domains[i].console_ring.is_some() || self.domains[i].report_pending) {
+        // A console taken over: the report waits for the daemon to drain
+        // the ring (bounded by the grace), its mappings and ports go first.
+        let waiting = dying.is_some_and(|i| self.console_unread(i));
+        if let Some(i) =
+            dying.filter(|&i| !waiting && (self.domains[i].console_ring.is_some() || self.domains[i].report_pending))
+        {
             let now = self.now();
             if !self.console_step(i, now) {
                 self.report_end(i);
@@ -2625,6 +2651,9 @@ impl<M: Machine> Hv<M> {
                     }
                 }
             }
+        } else if waiting {
+            // Only the report is left before its frames (the console page
+            // among them), and the daemon has not drained the ring yet.
         } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
             let end = self.domains.get(id).map_or(usize::MAX, |d| usize::try_from(d.span.1).unwrap_or(usize::MAX));
             let next =
@@ -2640,6 +2669,20 @@ impl<M: Machine> Hv<M> {
         let now = self.now();
         self.cpu.meter.skip(now);
         now
+    }
+
+    /// Whether dead domain `i`'s exit report still waits for the console
+    /// daemon: its console was taken over, the report is pending, its
+    /// grace has not run out, and its ring still holds output (read from
+    /// the page's indices as they are, validated like any the guest
+    /// writes: a ring that does not attach or is corrupt waits no more).
+    fn console_unread(&mut self, i: usize) -> bool {
+        let d = &self.domains[i];
+        if !d.console_taken || !d.report_pending || self.now() >= d.console_grace {
+            return false;
+        }
+        let mfn = d.console_mfn;
+        self.m.console_unread(mfn) > 0
     }
 
     /// A reaped domain leaves the table: its slot is free for the next one,

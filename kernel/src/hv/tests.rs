@@ -173,6 +173,9 @@ struct FakeMachine {
     in_service: Vec<u8>,
     /// Device interrupts the CPU took (in a guest or halted).
     device_interrupts: usize,
+    /// What `console_unread` says of a console page, by frame (0 if not
+    /// listed): the test plays the daemon's ring.
+    console_unread: Vec<(Mfn, u32)>,
 }
 
 impl FakeMachine {
@@ -194,6 +197,7 @@ impl FakeMachine {
             irq_taken: Vec::new(),
             in_service: Vec::new(),
             device_interrupts: 0,
+            console_unread: Vec::new(),
         }
     }
 
@@ -300,6 +304,9 @@ impl Machine for FakeMachine {
     }
     fn console_page(&mut self, _mfn: Mfn) -> Option<ByteChannel<'static>> {
         None
+    }
+    fn console_unread(&mut self, mfn: Mfn) -> u32 {
+        self.console_unread.iter().find(|(m, _)| *m == mfn).map_or(0, |&(_, n)| n)
     }
     fn channel_page_init(&mut self, _mfn: Mfn) -> bool {
         true
@@ -847,6 +854,24 @@ fn a_poll_wakes_at_its_timeout_or_when_its_port_is_raised() {
     assert_eq!(r.dom(p).vcpu.poll_deadline, None, "the old timeout no longer wakes it");
 }
 
+/// A poll of no ports is a sleep: nothing raised wakes it before its
+/// deadline, not even an event its upcall would take.
+#[test]
+fn a_poll_of_no_ports_sleeps_until_its_deadline() {
+    let mut r = Rig::boot(&[dom("p")]);
+    let p = r.id("p");
+    let port = r.bind_virq_timer();
+    // Events enabled: a block would end at the timer's event.
+    let info = r.dom(p).shared.mfn * PAGE_SIZE + offset_of!(SharedInfo, vcpu_info) as u64;
+    r.hv.m.ram.write(info + offset_of!(VcpuInfo, evtchn_upcall_mask) as u64, &[0]);
+    assert_eq!(r.hypercall(nr::SET_TIMER_OP, [3 * MS, 0, 0, 0, 0]), 0);
+    let args = SCRATCH + 0x200;
+    r.write_guest(p, args, SchedPoll { ports: 0, nr_ports: 0, pad: 0, timeout: 10 * MS }.as_bytes());
+    assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::POLL, args, 0, 0, 0]), 0);
+    assert_eq!((r.now(), r.next.id), (10 * MS, p), "the timer's event at 3 ms did not end the sleep");
+    assert!(r.port_pending(p, port), "its event waits for it");
+}
+
 #[test]
 fn each_domain_runs_with_its_own_segment_state_and_kernel_stack() {
     let mut r = Rig::boot(&[dom("a"), dom("b")]);
@@ -1165,6 +1190,7 @@ fn irq_storm_a_held_line_without_eoi_costs_one_interrupt_and_no_cpu_share() {
 /// dom0's `WRITE_AS` lines come out tagged with the domU's name.
 #[test]
 fn dom0_takes_a_console_over_and_writes_as_its_domain() {
+    use crate::event::Port;
     use pvguest_abi::domctl;
     use pvguest_abi::grant::{gtf, GrantEntryV1, GNTTAB_RESERVED_CONSOLE};
     let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u1")]);
@@ -1182,8 +1208,14 @@ fn dom0_takes_a_console_over_and_writes_as_its_domain() {
     let as_u1 = 19 | (u64::from(u1.raw()) << 32);
     let wa = [pvguest_abi::console_io::WRITE_AS, as_u1, CTL_ARG, 0, 0];
     assert_eq!(r.hypercall(nr::CONSOLE_IO, wa), Errno::EINVAL.to_ret());
-    assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw())), 0);
+    let cport = r.dom(u1).events.console_port().expect("u1's console port");
+    let port = r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw()));
+    assert!(port > 0, "dom0's end of the console channel: {port}");
     assert!(r.dom(u1).console_ring.is_none() && r.dom(u1).console_taken, "the hypervisor lets go of the ring");
+    // One channel now: u1's port (its number unchanged) and dom0's new one.
+    assert_eq!(r.dom(u1).events.get(cport), Ok(Port::Interdomain { remote: DomId::DOM0, port: port as u32 }));
+    assert_eq!(r.dom(DomId::DOM0).events.get(port as u32), Ok(Port::Interdomain { remote: u1, port: cport }));
+    assert_eq!(r.dom(u1).events.console_port(), None, "no console port for the hypervisor any more");
     assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw())), Errno::EBUSY.to_ret(), "once");
     assert_eq!(r.domctl(domctl::CONSOLE_TAKEOVER, 0), Errno::EINVAL.to_ret(), "not its own");
     assert_eq!(r.hypercall(nr::CONSOLE_IO, wa), 19);
@@ -1191,6 +1223,52 @@ fn dom0_takes_a_console_over_and_writes_as_its_domain() {
     assert!(out.contains("[u1] from dom0's daemon\n"), "{out}");
     assert!(!out.contains("[dom0] from dom0's daemon"), "{out}");
     assert_eq!(r.hv.m.logged("console taken over by dom0"), 1);
+}
+
+/// The exit report of a domain whose console dom0 took over waits for
+/// dom0 to drain what the domain left in its ring (its teardown's other
+/// steps go on meanwhile), and no longer than the grace: a domain whose
+/// ring is empty is reported at once, one whose daemon never drains when
+/// the grace has run out.
+#[test]
+fn a_taken_over_consoles_exit_report_waits_for_the_daemon_within_the_grace() {
+    use super::CONSOLE_GRACE_NS;
+    use pvguest_abi::domctl;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("drained"), dom("stuck"), dom("empty")]);
+    let mut ids = Vec::new();
+    for name in ["drained", "stuck", "empty"] {
+        let id = r.id(name);
+        if name != "empty" {
+            // The domain left a line in its ring.
+            let mfn = r.dom(id).console_mfn;
+            r.hv.m.console_unread.push((mfn, 11));
+        }
+        assert!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(id.raw())) > 0, "{name}");
+        ids.push(id);
+    }
+    for &id in &ids {
+        let s = r.slot(id);
+        r.hv.kill(s, Exit::Crashed("test"));
+    }
+    let reported = |r: &Rig, name: &str| r.hv.m.logged(&format!("({name}) exited: crash: test"));
+    // Teardown runs; nobody drains.
+    for _ in 0..50 {
+        r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+    }
+    assert_eq!(reported(&r, "drained"), 0, "held while the ring has output: {:?}", r.hv.m.log);
+    assert_eq!(reported(&r, "stuck"), 0);
+    assert!(r.hv.domains.get(ids[0]).is_some_and(|d| d.ports_closed), "its other steps went on");
+    // The daemon drains the first.
+    let mfn = r.dom(ids[0]).console_mfn;
+    r.hv.m.console_unread.retain(|&(m, _)| m != mfn);
+    r.hypercall(nr::SCHED_OP, [sched_op::YIELD, 0, 0, 0, 0]);
+    assert_eq!(reported(&r, "drained"), 1, "reported once drained: {:?}", r.hv.m.log);
+    assert_eq!(reported(&r, "stuck"), 0, "the next waits for its own ring");
+    assert_eq!(reported(&r, "empty"), 0, "and the queue is in order");
+    r.advance(CONSOLE_GRACE_NS);
+    r.reap_all();
+    assert_eq!(reported(&r, "stuck"), 1, "reported when the grace ran out");
+    assert_eq!(reported(&r, "empty"), 1);
 }
 
 /// privileged one, gets none.

@@ -224,8 +224,9 @@ pub trait Env {
     /// The domain the privileged caller may write console output as: one
     /// whose console it took over (`EINVAL` otherwise, `ESRCH` if none).
     fn console_target(&self, privilege: Privilege, id: u16) -> Result<DomId, Errno>;
-    /// `CONSOLE_TAKEOVER` of `dom` by the privileged caller.
-    fn console_takeover(&mut self, privilege: Privilege, dom: DomId) -> Result<(), Errno>;
+    /// `CONSOLE_TAKEOVER` of `dom` by the privileged caller: the caller's
+    /// new port, connected to `dom`'s console port.
+    fn console_takeover(&mut self, privilege: Privilege, dom: DomId) -> Result<u32, Errno>;
     /// The caller notified its console port: its console ring has output
     /// for the backend (drained outside the hypercall).
     fn console_kick(&mut self);
@@ -776,12 +777,15 @@ fn sched<E: Env>(env: &mut E, cmd: u64, arg: u64) -> Action {
 
 fn poll<E: Env>(env: &mut E, arg: u64) -> Result<Action, Errno> {
     let SchedPoll { ports: ports_ptr, nr_ports: nr, timeout, .. } = GuestPtr::<SchedPoll>::new(arg).read(env)?;
-    if nr == 0 || nr > sched_op::POLL_MAX_PORTS {
+    // No port: a sleep until the deadline (with none, it would never end).
+    if nr > sched_op::POLL_MAX_PORTS || (nr == 0 && timeout == 0) {
         return Err(Errno::EINVAL);
     }
     let mut raw = [0u32; sched_op::POLL_MAX_PORTS as usize];
     let raw = &mut raw[..nr as usize];
-    GuestSlice::<u32>::new(ports_ptr, u64::from(nr)).read_into(env, 0, raw)?;
+    if nr > 0 {
+        GuestSlice::<u32>::new(ports_ptr, u64::from(nr)).read_into(env, 0, raw)?;
+    }
     let mut ports: heapless::Vec<u32, 128> = heapless::Vec::new();
     for &p in raw.iter() {
         if env.events().get(p)? == Port::Free {
@@ -1216,7 +1220,7 @@ fn domctl<E: Env>(env: &mut E, a: [u64; 5]) -> Action {
         domctl::UNPAUSEDOMAIN => target(env, arg).map(Ctl::Unpause),
         domctl::SCHEDOP => sched_params(env, arg),
         domctl::CONSOLE_TAKEOVER => {
-            return ret(target(env, arg).and_then(|d| env.console_takeover(privilege, d)).map(|()| 0));
+            return ret(target(env, arg).and_then(|d| env.console_takeover(privilege, d)).map(u64::from));
         }
         // The rest only read: answered here.
         _ => return ret(domctl_query(env, privilege, cmd, arg)),

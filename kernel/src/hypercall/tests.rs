@@ -186,9 +186,9 @@ impl Env for FakeEnv {
             _ => Err(Errno::ESRCH),
         }
     }
-    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<(), Errno> {
+    fn console_takeover(&mut self, _: Privilege, dom: DomId) -> Result<u32, Errno> {
         self.taken.push(dom);
-        Ok(())
+        Ok(40)
     }
     fn console_kick(&mut self) {
         self.kicks += 1;
@@ -396,7 +396,7 @@ fn console_takeover_and_write_as_are_privileged_and_checked() {
     assert_eq!(e.call(hypercall::CONSOLE_IO, [wa, as7, BASE, 0, 0]), r(Errno::EPERM));
     assert_eq!(e.call(hypercall::DOMCTL, [domctl::CONSOLE_TAKEOVER, 7, 0, 0, 0]), r(Errno::EPERM));
     e.privileged = true;
-    assert_eq!(e.call(hypercall::DOMCTL, [domctl::CONSOLE_TAKEOVER, 7, 0, 0, 0]), Action::Return(0));
+    assert_eq!(e.call(hypercall::DOMCTL, [domctl::CONSOLE_TAKEOVER, 7, 0, 0, 0]), Action::Return(40), "the port");
     assert_eq!(e.taken, [DomId::of(7)]);
     assert_eq!(e.call(hypercall::CONSOLE_IO, [wa, as7, BASE, 0, 0]), Action::Return(5));
     assert_eq!(e.console_as, [(DomId::of(7), b"hello".to_vec())]);
@@ -485,7 +485,11 @@ fn sched_poll_validates_and_waits() {
     let a = poll_arg(&mut e, &[p, 77], 0);
     assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), r(Errno::EINVAL), "unbound port");
     let a = poll_arg(&mut e, &[], 0);
-    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), r(Errno::EINVAL), "no ports");
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), r(Errno::EINVAL), "no ports and no deadline");
+    let a = poll_arg(&mut e, &[], 7000);
+    assert_eq!(e.call(hypercall::SCHED_OP, [3, a, 0, 0, 0]), Action::Poll, "no ports: a sleep until the deadline");
+    assert!(e.vcpu.poll_ports.is_empty());
+    assert_eq!(e.vcpu.poll_deadline, Some(7000));
     let mut b = [0u8; 24];
     b[0..8].copy_from_slice(&(BASE + 0x200).to_le_bytes());
     b[8..12].copy_from_slice(&129u32.to_le_bytes());

@@ -28,7 +28,7 @@
 //! | [`DESTROYDOMAIN`] | a domain id | end it now; its resources are reclaimed in bounded steps |
 //! | [`PAUSEDOMAIN`] / [`UNPAUSEDOMAIN`] | a domain id | stop or resume scheduling it |
 //! | [`GETDOMAININFO`] | `&mut` [`DomainInfo`] | the live domain with the smallest id at or above a cursor |
-//! | [`CONSOLE_TAKEOVER`] | a domain id | the caller drains that domain's console from now on |
+//! | [`CONSOLE_TAKEOVER`] | a domain id | the caller drains that domain's console from now on; out: its port to it |
 //! | [`SCHEDOP`] | `&` [`SchedParams`] | set a domain's BVT weight and warp |
 //! | [`PHYSINFO`] | `&mut` [`PhysInfo`] | frames, domains, ports and hypervisor heap in use (the leak check's figures) |
 //! | [`BOOTIMAGE_INFO`] | `&mut` [`BootImage`] | a template of the boot bundle: name, defaults, image size |
@@ -75,8 +75,12 @@ pub const GETDOMAININFO: u64 = 5;
 /// caller maps through the reserved grant
 /// [`crate::grant::GNTTAB_RESERVED_CONSOLE`] and drains itself, passing
 /// the bytes on with `console_io` `WRITE_AS`. Bytes already in the ring
-/// wait there. `EBUSY`: taken already; itself `EINVAL`; no such domain
-/// `ESRCH`.
+/// wait there. Returns a new port of the caller's, connected to the
+/// domain's console port (which keeps its number). When the domain ends,
+/// its exit report waits (a while) for the caller to drain what it left in
+/// the ring. `EBUSY`: taken already; itself `EINVAL`; no such domain, or
+/// one that has ended, `ESRCH`; the domain closed its console port
+/// `ENOENT`; no free port `ENOSPC`.
 pub const CONSOLE_TAKEOVER: u64 = 6;
 /// Set a domain's scheduling parameters ([`SchedParams`];
 /// `XEN_DOMCTL_scheduler_op`).

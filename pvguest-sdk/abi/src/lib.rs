@@ -173,7 +173,8 @@ pub mod sched_op {
     pub const SHUTDOWN: u64 = 2;
     /// Wait until one of a set of ports is pending, or a timeout:
     /// `rsi` points to a [`SchedPoll`]. Returns 0 (a port is pending or the
-    /// timeout passed).
+    /// timeout passed). With no ports it sleeps until the timeout (which
+    /// must then be set: `EINVAL` otherwise).
     pub const POLL: u64 = 3;
 
     /// Argument of [`POLL`] (Xen's `sched_poll`).

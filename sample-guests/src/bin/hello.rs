@@ -6,11 +6,14 @@
 //! greeting and the rounds (the toolstack's churn). With `t0=NS` (the
 //! system time its create began, which a timed churn passes), its first
 //! line says how long ago that was: the benchmark's create-to-first-line.
+//! With `echo` it answers each line typed at its console (dom0's shell
+//! attached to it: `console DOM`) with `echo: LINE`, until `bye`. With
+//! `ticks=MS` it prints `tick N` every MS milliseconds until destroyed.
 #![no_std]
 #![no_main]
 #![forbid(unsafe_code)]
 
-use pvguest_sdk::{abi::features, println, sched, version, StartInfo};
+use pvguest_sdk::{abi::features, console, println, sched, version, StartInfo};
 
 use pvguest_sdk::cmdline::arg;
 
@@ -24,6 +27,17 @@ fn main(si: &'static StartInfo) {
     if !has("quiet") {
         greet(si);
     }
+    if let Some(ms) = arg(si.cmdline(), "ticks") {
+        let mut next = pvguest_sdk::time::now_ns();
+        for n in 1u64.. {
+            println!("tick {n}");
+            next += ms.max(1) * 1_000_000;
+            sched::sleep_until(next);
+        }
+    }
+    if has("echo") {
+        echo();
+    }
     if has("linger") {
         if !has("quiet") {
             println!("lingering until destroyed");
@@ -31,6 +45,45 @@ fn main(si: &'static StartInfo) {
         // No event source is bound: it sleeps until the toolstack ends it.
         loop {
             sched::block();
+        }
+    }
+}
+
+/// Echoes console input a line at a time until `bye` (a line longer than
+/// the buffer is answered in pieces).
+fn echo() {
+    println!("echo: ready; type a line, `bye` ends");
+    let mut line = [0u8; 128];
+    let mut len = 0;
+    loop {
+        if !console::wait_input(0) {
+            continue;
+        }
+        let mut buf = [0u8; 64];
+        let n = match console::read(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                println!("echo: console input: {e}");
+                return;
+            }
+        };
+        for &b in &buf[..n] {
+            if b != b'\n' && len < line.len() {
+                line[len] = b;
+                len += 1;
+                continue;
+            }
+            let text = core::str::from_utf8(&line[..len]).unwrap_or("(not UTF-8)");
+            if text.trim() == "bye" {
+                println!("echo: bye");
+                return;
+            }
+            println!("echo: {text}");
+            len = 0;
+            if b != b'\n' {
+                line[0] = b;
+                len = 1;
+            }
         }
     }
 }

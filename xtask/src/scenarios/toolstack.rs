@@ -514,6 +514,70 @@ pub(super) fn scenarios() -> Vec<Scenario> {
             },
         },
         Scenario {
+            name: "toolstack-console",
+            what: "dom0's console daemon drains the domUs' consoles (each taken over from the hypervisor): their lines come out tagged; `console talk` attaches the shell to one domain, whose echo answers the lines typed (a shell command among them goes to the domain, not the shell) while another domain's ticks are held in its ring and come out after `~.` detaches, none lost; a domain's last line comes out before the report of its end, and the shell detaches when it ends; bad attaches are refused with the reason",
+            bundle,
+            append: "",
+            icount: false,
+            rig: Some(|rig| {
+                super::net_split::serve_disk(rig)?;
+                rig.type_after(READY, "create sleeper name=ticks cmdline=\"ticks=40\"");
+                rig.type_after("[ticks] tick 3", "create sleeper name=talk cmdline=\"echo\"");
+                rig.type_after("[talk] echo: ready", "console talk");
+                rig.type_after("console: attached to dom2 (talk)", "hello there");
+                rig.type_after("[talk] echo: hello there", "list");
+                rig.type_after("[talk] echo: list", "~.");
+                rig.type_after("console: detached from dom2", "console 0");
+                rig.type_after("[dom0] console: error:", "console nosuch");
+                rig.type_after("[dom0] console: error: no domain called", "console talk");
+                rig.type_after("console: attached to dom2 (talk)", "bye");
+                rig.type_after("has ended; detached", "destroy ticks");
+                rig.type_after("destroyed 'ticks'", "wait 1");
+                rig.type_after("dom1 is gone", "shutdown");
+                Ok(())
+            }),
+            expect: Outcome::Pass,
+            check: |out| {
+                for (id, name) in [(1, "ticks"), (2, "talk")] {
+                    need(out, &format!("dom{id} ({name}): console taken over by dom0"))?;
+                }
+                need(out, "[talk] echo: hello there")?;
+                need(out, "[talk] echo: list")?;
+                // Attached: the typed `list` went to the domain, and the
+                // other domain's output waited.
+                let at = out.find("[dom0] console: attached to dom2 (talk)").ok_or("never attached")?;
+                let off = at + out[at..].find("[dom0] console: detached from dom2").ok_or("never detached")?;
+                let attached = &out[at..off];
+                if attached.contains("[dom0]   id name") {
+                    return Err("`list` typed while attached ran in the shell".into());
+                }
+                if let Some(l) = attached.lines().find(|l| l.starts_with("[ticks] ")) {
+                    return Err(format!("another domain's line came out while attached: {l:?}"));
+                }
+                if !out[off..].contains("[ticks] tick ") {
+                    return Err("no ticks after the detach: the held output never came".into());
+                }
+                // None lost: every tick from the first to the last, once.
+                let ticks: Vec<u64> =
+                    out.lines().filter_map(|l| l.strip_prefix("[ticks] tick ")?.trim().parse().ok()).collect();
+                let last = *ticks.last().ok_or("no ticks")?;
+                if ticks != (1..=last).collect::<Vec<_>>() {
+                    return Err(format!("ticks lost, repeated or out of order: {ticks:?}"));
+                }
+                need(out, "[dom0] console: error: dom0's console is not the daemon's")?;
+                need(out, "[dom0] console: error: no domain called 'nosuch'")?;
+                // Its last line, then the report of its end.
+                let bye = out.find("[talk] echo: bye").ok_or("no bye")?;
+                let ended = out.find("dom2 (talk) exited: poweroff").ok_or("no report of talk's end")?;
+                if bye > ended {
+                    return Err("talk's last line came after the report of its end".into());
+                }
+                need(out, "[dom0] console: dom2 (talk) has ended; detached")?;
+                need(out, "[dom0] serve: every domain served has ended")?;
+                Ok(())
+            },
+        },
+        Scenario {
             name: "toolstack-churn",
             what: "1000 create/destroy cycles from dom0's shell (`churn`), each domain reaped before the next is made; the leak check finds 0 frames and 0 ports lost, the hypervisor's heap and domain count as before",
             bundle,

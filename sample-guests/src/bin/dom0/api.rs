@@ -44,7 +44,7 @@
 //! The replies' JSON is written here (a few fixed shapes; strings escaped
 //! by [`json_str`]).
 
-use crate::toolstack::{self, Act, CreateArgs, Disks, Failure, Toolstack};
+use crate::toolstack::{self, Act, CreateArgs, Failure, Services, Toolstack};
 use crate::vifs::{LocalPort, Vifs, LOCAL_QUEUE};
 use alloc::collections::VecDeque;
 use alloc::format;
@@ -225,14 +225,14 @@ impl Api {
 
     /// One pass: frames in and out, each connection's request read and
     /// answered. Whether anything happened.
-    pub fn poll(&mut self, q: &mut LocalPort, ts: &mut Toolstack, disks: &mut dyn Disks) -> bool {
+    pub fn poll(&mut self, q: &mut LocalPort, ts: &mut Toolstack, svc: &mut dyn Services) -> bool {
         let had = !q.to_stack.is_empty();
         let t = now();
         let mut work = self.iface.poll(t, &mut QueuePhy(q), &mut self.sockets) != smoltcp::iface::PollResult::None;
         work |= had;
         let ns = time::now_ns();
         for k in 0..self.conns.len() {
-            work |= self.serve(k, ns, ts, disks);
+            work |= self.serve(k, ns, ts, svc);
         }
         let _ = self.iface.poll(now(), &mut QueuePhy(q), &mut self.sockets);
         work
@@ -255,7 +255,7 @@ impl Api {
         ns + wait.min(100_000_000)
     }
 
-    fn serve(&mut self, k: usize, ns: u64, ts: &mut Toolstack, disks: &mut dyn Disks) -> bool {
+    fn serve(&mut self, k: usize, ns: u64, ts: &mut Toolstack, svc: &mut dyn Services) -> bool {
         let c = &mut self.conns[k];
         let s = self.sockets.get_mut::<tcp::Socket>(c.handle);
         if !s.is_open() {
@@ -287,7 +287,7 @@ impl Api {
                 (d.len(), ())
             });
             work = true;
-            if let Some((status, body)) = answer(&c.req, &self.token, ts, disks) {
+            if let Some((status, body)) = answer(&c.req, &self.token, ts, svc) {
                 self.requests += 1;
                 c.out = Some(response(status, &body));
                 c.sent = 0;
@@ -308,7 +308,7 @@ impl Api {
 
 /// The answer to the request in `req` (head and body so far), or `None`
 /// while it is incomplete.
-fn answer(req: &[u8], token: &str, ts: &mut Toolstack, disks: &mut dyn Disks) -> Option<(u16, String)> {
+fn answer(req: &[u8], token: &str, ts: &mut Toolstack, svc: &mut dyn Services) -> Option<(u16, String)> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut r = httparse::Request::new(&mut headers);
     let refused = |status: u16, why: String| {
@@ -342,7 +342,7 @@ fn answer(req: &[u8], token: &str, ts: &mut Toolstack, disks: &mut dyn Disks) ->
     let authorized =
         header("authorization").and_then(|v| v.strip_prefix(b"Bearer ")).is_some_and(|t| same(t, token.as_bytes()));
     let reply =
-        if authorized { route(method, path, body, ts, disks) } else { error(401, String::from("no or a wrong token")) };
+        if authorized { route(method, path, body, ts, svc) } else { error(401, String::from("no or a wrong token")) };
     println!("api: {method} {} -> {}", printable(path), reply.0);
     Some(reply)
 }
@@ -363,13 +363,13 @@ fn body_of<T>(r: Result<T, toolstack_api::JsonError>) -> Result<T, (u16, String)
     r.map_err(|e| error(400, format!("bad JSON body: {e}")))
 }
 
-fn route(method: &str, path: &str, body: &[u8], ts: &mut Toolstack, disks: &mut dyn Disks) -> (u16, String) {
+fn route(method: &str, path: &str, body: &[u8], ts: &mut Toolstack, svc: &mut dyn Services) -> (u16, String) {
     let path = path.split('?').next().unwrap_or("");
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let r = match (method, parts.as_slice()) {
         ("GET", ["v1", "domains"]) => Ok((200, domains())),
         ("GET", ["v1", "domains", dom]) => toolstack::resolve(dom).map(|d| (200, domain_json(&d))).map_err(fail),
-        ("POST", ["v1", "domains"]) => create(body, ts, disks),
+        ("POST", ["v1", "domains"]) => create(body, ts, svc),
         ("DELETE", ["v1", "domains", dom]) => acted(dom, Act::Destroy, "destroyed"),
         ("POST", ["v1", "domains", dom, "pause"]) => acted(dom, Act::Pause, "paused"),
         ("POST", ["v1", "domains", dom, "unpause"]) => acted(dom, Act::Unpause, "unpaused"),
@@ -402,9 +402,9 @@ fn acted(dom: &str, what: Act, key: &str) -> Result<(u16, String), (u16, String)
     Ok((200, format!("{{\"{key}\":{}}}", d.domid)))
 }
 
-fn create(body: &[u8], ts: &mut Toolstack, disks: &mut dyn Disks) -> Result<(u16, String), (u16, String)> {
+fn create(body: &[u8], ts: &mut Toolstack, svc: &mut dyn Services) -> Result<(u16, String), (u16, String)> {
     let a: CreateArgs = body_of(CreateBody::parse(body))?;
-    let c = ts.create_domain(&a, disks).map_err(fail)?;
+    let c = ts.create_domain(&a, svc).map_err(fail)?;
     println!("api: created dom{} '{}' from template '{}'", c.domid, c.name, a.template);
     Ok((
         201,

@@ -44,6 +44,7 @@ use pvguest_sdk::{println, sched, Errno, StartInfo};
 mod api;
 mod blk;
 mod blkback;
+mod consoled;
 mod net;
 mod netback;
 mod serve;

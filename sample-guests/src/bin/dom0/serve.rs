@@ -15,7 +15,7 @@
 //! `api=PORT token=T` ([`crate::api`]; dom0's own port on the bridge);
 //! with `stay`, dom0 serves until `shutdown` instead of until the others
 //! have ended. `vtemplate=NAME:LBA:SECTORS` and `vpool=LBA:SECTORS` let it
-//! make clones at run time ([`Clones`]): a copy-on-write overlay of a
+//! make clones at run time ([`Services`]): a copy-on-write overlay of a
 //! template disk, formatted in the pool before the domain is created and
 //! offered like the manifest's disks, but only to that domain's id
 //! ([`VbdSpec::owner`]); the spec goes when the domain does.
@@ -34,14 +34,16 @@
 //!    connected ([`BackLink`]) and introduced to the store; then, if it
 //!    has a disk, dom0 writes the frontend and backend directories with
 //!    their permissions, as Xen's toolstack does, and the backend's
-//!    features and size, and shows `InitWait`.
+//!    features and size, and shows `InitWait`. Its console is taken over
+//!    by dom0's console daemon ([`crate::consoled`]), which drains it from
+//!    then on.
 //! 2. Each pass moves every connection's bytes between its ring and the
-//!    store, drives each disk's handshake
+//!    store, every console's output on, drives each disk's handshake
 //!    ([`split_drivers::state::Backend`]) from the frontend's state node,
 //!    and serves each connected disk's ring a batch at a time.
 //! 3. After each pass dom0 blocks until something is ready (at once if
-//!    something already is): an event (any connection's, any ring's, or
-//!    `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
+//!    something already is): an event (any connection's, any ring's, any
+//!    console's, or `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
 //!    dead domain's connections are released and its disk's mappings
 //!    given back), a store connection's bytes to read or to send, a ring's
 //!    requests, the disk's completions, the toolstack's timer (console
@@ -49,6 +51,7 @@
 //!    paths take another pass straight after doing work.
 
 use crate::blkback::{self, BlkBack, Dev};
+use crate::consoled::Consoles;
 use crate::served::{self, Handshake, Served};
 use crate::xs::Xs as Store;
 use alloc::format;
@@ -77,7 +80,7 @@ static WORK: AtomicBool = AtomicBool::new(false);
 /// A domain ended (`VIRQ_DOM_EXC`).
 static RESCAN: AtomicBool = AtomicBool::new(true);
 
-fn on_event(_: Port) {
+pub(crate) fn on_event(_: Port) {
     WORK.store(true, Ordering::SeqCst);
 }
 
@@ -175,16 +178,21 @@ impl ClonePool {
     }
 }
 
-/// What the toolstack needs of the disks: clones (see
-/// [`crate::toolstack::Disks`]).
-pub struct Clones<'a> {
+/// What the toolstack needs of the serve loop: clones and the consoles
+/// (see [`crate::toolstack::Services`]).
+pub struct Services<'a> {
     pub disk: &'a mut Disk,
     pub specs: &'a mut Vec<VbdSpec>,
     pub templates: &'a [(String, Region)],
     pub pool: &'a mut Option<ClonePool>,
+    pub consoles: &'a mut Consoles,
 }
 
-impl crate::toolstack::Disks for Clones<'_> {
+impl crate::toolstack::Services for Services<'_> {
+    fn consoles(&mut self) -> &mut Consoles {
+        self.consoles
+    }
+
     fn prepare_clone(&mut self, name: &str, template: &str) -> Result<String, crate::toolstack::Failure> {
         use crate::toolstack::Failure;
         let Some((_, base)) = self.templates.iter().find(|(n, _)| n == template) else {
@@ -355,10 +363,14 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
     let mut ts = crate::toolstack::Toolstack::from_cmdline(cmdline);
     // Its HTTP/JSON API, with `api=` (dom0's own port on the bridge).
     let mut api = crate::api::Api::from_cmdline(cmdline, &mut vifs);
+    // The console daemon: every domain served gets its console drained by
+    // dom0 ([`crate::consoled`]).
+    let mut consoles = Consoles::default();
     let mut others = usize::MAX;
     loop {
         if RESCAN.swap(false, Ordering::SeqCst) {
             others = rescan(&mut store, &mut clients, &mut vbds, &mut vifs, &mut specs, disk, &mut tally);
+            consoles.sync(clients.iter().map(|c| (c.domid, c.name.as_str())));
             for (victim, back) in &foreign {
                 let id = |n: &str| clients.iter().find(|c| c.name == n).map(|c| c.domid);
                 if foreign_done.iter().any(|(v, _)| v == victim) {
@@ -379,11 +391,13 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
             return Ok(());
         }
         if let Some(t) = ts.as_mut() {
-            t.poll(&mut Clones { disk, specs: &mut specs, templates: &templates, pool: &mut pool });
+            let consoles = &mut consoles;
+            t.poll(&mut Services { disk, specs: &mut specs, templates: &templates, pool: &mut pool, consoles });
         }
         for c in clients.iter_mut() {
             pump(&mut store, c);
         }
+        consoles.pump();
         complete(&mut store, &mut vbds, disk)?;
         if let Some(n) = native.as_mut() {
             n.answer(&mut store, &vbds, disk)?;
@@ -402,7 +416,14 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
         // dom0's own stack (the API): frames in and out, requests answered.
         let mut api_work = false;
         if let (Some(a), Some(t), Some(q)) = (api.as_mut(), ts.as_mut(), vifs.local()) {
-            api_work = a.poll(q, t, &mut Clones { disk, specs: &mut specs, templates: &templates, pool: &mut pool });
+            let svc = &mut Services {
+                disk,
+                specs: &mut specs,
+                templates: &templates,
+                pool: &mut pool,
+                consoles: &mut consoles,
+            };
+            api_work = a.poll(q, t, svc);
         }
         // After a pass that did something, the next pass is needed only if
         // something is ready, which is what the wake-up condition checks:
@@ -417,7 +438,7 @@ pub fn run(disk: &mut Disk, cmdline: &str) -> Result<(), String> {
                     return true;
                 }
                 let mut ready = WORK.swap(false, Ordering::SeqCst) || disk.ready() || disk.has_completions();
-                ready |= vifs.pending();
+                ready |= vifs.pending() || consoles.ready();
                 for c in clients.iter_mut() {
                     // Bytes to read, or replies and watch events to send
                     // (this pass's writes fire watches).

@@ -24,6 +24,9 @@
 //!   create. What the shell checks first is only for clearer errors.
 //! - Domains come from the boot bundle's templates (the manifest's
 //!   `[[image]]` entries), whose images the shell reads once and keeps.
+//! - `console DOM` attaches the shell to a domain's console, which dom0's
+//!   console daemon drains ([`crate::consoled`]): the lines typed go to
+//!   that domain (a command too) until `~.` detaches.
 //! - The shell runs inside dom0's serve loop ([`crate::serve`]): a command
 //!   does a bounded amount of work per pass (one churn cycle, one `top`
 //!   frame), so the store and the disks keep being served.
@@ -134,16 +137,19 @@ pub struct Created {
     pub disk: Option<String>,
 }
 
-/// What the toolstack needs of dom0's disks: clones of template disks
-/// (`create ... --from DISK`), served by dom0's blkback like the
-/// manifest's disks.
-pub trait Disks {
+/// What the toolstack needs of dom0's serve loop: clones of template
+/// disks (`create ... --from DISK`), served by dom0's blkback like the
+/// manifest's disks, and the consoles dom0's daemon drains
+/// ([`crate::consoled`]: `console DOM`).
+pub trait Services {
     /// Makes a copy-on-write overlay of template disk `template` for the
     /// domain about to be created as `name`; says where.
     fn prepare_clone(&mut self, name: &str, template: &str) -> Result<String, Failure>;
     /// That domain is `domid` (its disk is offered when it connects), or
     /// its create failed (`None`: the clone is given up).
     fn settle_clone(&mut self, name: &str, domid: Option<u16>);
+    /// The consoles.
+    fn consoles(&mut self) -> &mut crate::consoled::Consoles;
 }
 
 /// A domain [`Toolstack::shutdown`] destroyed, and how that went.
@@ -296,12 +302,12 @@ impl Toolstack {
 
     /// One pass: reads input, runs the commands it completes, and moves a
     /// `top` or `churn` on. Whether it did anything.
-    pub fn poll(&mut self, disks: &mut dyn Disks) -> bool {
+    pub fn poll(&mut self, svc: &mut dyn Services) -> bool {
         let now = time::now_ns();
         let mut work = false;
         if (TICK.swap(false, Ordering::SeqCst) || now >= self.next_read) && self.shell {
             self.next_read = now + POLL_NS;
-            work |= self.read_input(disks);
+            work |= self.read_input(svc);
         }
         if self.top.as_ref().is_some_and(|t| now >= t.next) {
             self.top_frame(now);
@@ -320,7 +326,7 @@ impl Toolstack {
                     println!("wait: error: '{name}' (dom{id}) is still there after {} s", WAIT_NS / 1_000_000_000);
                 }
                 for line in core::mem::take(&mut self.queued) {
-                    self.line_typed(line.as_bytes(), disks);
+                    self.line_typed(line.as_bytes(), svc);
                 }
                 work = true;
             } else {
@@ -331,7 +337,7 @@ impl Toolstack {
     }
 
     /// Reads what console input waits and runs each line it completes.
-    fn read_input(&mut self, disks: &mut dyn Disks) -> bool {
+    fn read_input(&mut self, svc: &mut dyn Services) -> bool {
         let mut buf = [0u8; 64];
         let mut any = false;
         loop {
@@ -347,19 +353,19 @@ impl Toolstack {
             }
             any = true;
             for &b in &buf[..n] {
-                self.byte(b, disks);
+                self.byte(b, svc);
             }
         }
     }
 
-    fn byte(&mut self, b: u8, disks: &mut dyn Disks) {
+    fn byte(&mut self, b: u8, svc: &mut dyn Services) {
         match b {
             b'\r' | b'\n' => {
                 let line = core::mem::take(&mut self.line);
                 if core::mem::take(&mut self.overlong) {
                     println!("error: a command is at most {MAX_LINE} bytes: line dropped");
                 } else {
-                    self.line_typed(&line, disks);
+                    self.line_typed(&line, svc);
                 }
             }
             0x08 | 0x7f => {
@@ -370,11 +376,15 @@ impl Toolstack {
         }
     }
 
-    fn line_typed(&mut self, line: &[u8], disks: &mut dyn Disks) {
+    fn line_typed(&mut self, line: &[u8], svc: &mut dyn Services) {
         let Ok(line) = core::str::from_utf8(line) else {
             println!("error: the line is not UTF-8");
             return;
         };
+        if svc.consoles().attached().is_some() {
+            self.console_input(line, svc);
+            return;
+        }
         let line = line.trim();
         if self.top.take().is_some() {
             println!("top: ended");
@@ -416,7 +426,7 @@ impl Toolstack {
                 self.list_templates();
                 Ok(())
             }
-            "create" => self.create(args, disks),
+            "create" => self.create(args, svc),
             "destroy" => on_domain(args, Act::Destroy),
             "pause" => on_domain(args, Act::Pause),
             "unpause" => on_domain(args, Act::Unpause),
@@ -427,11 +437,30 @@ impl Toolstack {
             "churn" => self.start_churn(args, false),
             "spawn" => self.start_churn(args, true),
             "stop" => self.stop_churn(),
+            "console" => console_attach(args, svc),
             "shutdown" => self.shut_down(args),
             other => Err(format!("unknown command '{other}'; `help` lists them")),
         };
         if let Err(e) = r {
             println!("{cmd}: error: {e}");
+        }
+    }
+
+    /// A line typed while attached to a console: `~.` detaches, any
+    /// other goes to the domain, its line end with it.
+    fn console_input(&mut self, line: &str, svc: &mut dyn Services) {
+        let c = svc.consoles();
+        if line.trim() == "~." {
+            if let Some(id) = c.detach() {
+                println!("console: detached from dom{id}");
+            }
+            return;
+        }
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        if let Err(e) = c.type_line(&bytes) {
+            println!("console: {e}");
         }
     }
 
@@ -478,7 +507,7 @@ impl Toolstack {
     }
 
     /// `create TEMPLATE [name=N] [mem=KiB] [weight=W] [warp=US] [cmdline=...] [paused]`
-    fn create(&mut self, args: &[String], disks: &mut dyn Disks) -> Result<(), String> {
+    fn create(&mut self, args: &[String], svc: &mut dyn Services) -> Result<(), String> {
         let (tname, opts) = args.split_first().ok_or(
             "usage: create TEMPLATE [name=N] [mem=KiB] [weight=W] [warp=US] [cmdline=\"...\"] [paused] [--from DISK]",
         )?;
@@ -504,7 +533,7 @@ impl Toolstack {
                 }
             }
         }
-        let c = self.create_domain(&a, disks)?;
+        let c = self.create_domain(&a, svc)?;
         println!(
             "created dom{} '{}' from template '{tname}' ({} KiB{}{})",
             c.domid,
@@ -519,18 +548,18 @@ impl Toolstack {
     /// Creates a domain from a template (the shell's `create`, the API's
     /// `POST /v1/domains`).
     /// With `from`, the domain's disk is a copy-on-write overlay of that
-    /// template disk, made first ([`Disks::prepare_clone`]).
-    pub fn create_domain(&mut self, a: &CreateArgs, disks: &mut dyn Disks) -> Result<Created, Failure> {
+    /// template disk, made first ([`Services::prepare_clone`]).
+    pub fn create_domain(&mut self, a: &CreateArgs, svc: &mut dyn Services) -> Result<Created, Failure> {
         let k = self.template(&a.template)?;
         let t = self.templates[k];
         let name = a.name.clone().unwrap_or_else(|| format!("{}-{}", t.name(), self.created + 1));
         let disk = match &a.from {
-            Some(from) => Some(disks.prepare_clone(&name, from)?),
+            Some(from) => Some(svc.prepare_clone(&name, from)?),
             None => None,
         };
         let r = self.create_from(k, &name, a);
         if disk.is_some() {
-            disks.settle_clone(&name, r.as_ref().ok().and_then(|&id| u16::try_from(id).ok()));
+            svc.settle_clone(&name, r.as_ref().ok().and_then(|&id| u16::try_from(id).ok()));
         }
         let domid = r?;
         self.created += 1;
@@ -934,6 +963,8 @@ fn help() {
         "                                N create/destroy cycles, then the leak check (timed: the",
         "                                domains print their first line's delay; medians of both)",
         "  spawn N [TEMPLATE] [mem=KiB]  N domains at once, then all destroyed; rates and the leak check",
+        "  console DOM                   attach to its console: lines typed go to it, the others'",
+        "                                output waits; ~. on a line of its own detaches",
         "  shutdown [force]              end dom0 once the others have ended (force: destroy them)",
         "  help                          this",
     ] {
@@ -1027,6 +1058,16 @@ pub fn act(dom: &str, what: Act) -> Result<DomainInfo, Failure> {
 }
 
 /// `destroy|pause|unpause DOM`
+/// `console DOM`: attaches the shell to the domain's console.
+fn console_attach(args: &[String], svc: &mut dyn Services) -> Result<(), String> {
+    let [dom] = args else { return Err(String::from("usage: console DOM (an id or a name)")) };
+    let d = resolve(dom)?;
+    let id = u16::try_from(d.domid).map_err(|_| format!("no domain {}", d.domid))?;
+    let name = svc.consoles().attach(id)?;
+    println!("console: attached to dom{id} ({name}); other domains' output waits; ~. on a line of its own detaches");
+    Ok(())
+}
+
 fn on_domain(args: &[String], what: Act) -> Result<(), String> {
     let [dom] = args else { return Err(String::from("usage: destroy|pause|unpause DOM (an id or a name)")) };
     let d = act(dom, what)?;
