@@ -250,7 +250,7 @@ pub struct Domain {
     pub console_mfn: Mfn,
     /// A domain that ended with its console taken over: until when its
     /// exit report waits for the daemon to drain the ring
-    /// ([`CONSOLE_GRACE_NS`]; see [`Hv::reap_step`]).
+    /// ([`CONSOLE_GRACE_NS`]; see `Hv::reap_step`).
     pub console_grace: u64,
     /// The console port was notified and the ring may hold output.
     pub console_dirty: bool,
