@@ -378,6 +378,23 @@ impl ShutdownBody {
     }
 }
 
+/// `POST /v1/domains/DOM/console`: bytes for the domain's console input
+/// (what a line typed while attached would send, its line end included).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsoleBody {
+    pub input: String,
+}
+
+impl ConsoleBody {
+    /// Reads a body (unknown fields are refused).
+    pub fn parse(body: &[u8]) -> Result<ConsoleBody, JsonError> {
+        let mut f = Fields(parse_object(body)?);
+        let b = ConsoleBody { input: f.str("input")?.ok_or(JsonError::Missing("input"))? };
+        f.finish()?;
+        Ok(b)
+    }
+}
+
 /// `s` as a JSON string: quotes, backslashes and control characters
 /// escaped.
 pub fn json_str(s: &str) -> String {
@@ -490,6 +507,9 @@ mod tests {
             Err(JsonError::Type { field: "force", want: "true or false" })
         );
         assert_eq!(JsonError::UnknownField("x".into()).to_string(), "unknown field 'x'");
+        assert_eq!(ConsoleBody::parse(br#"{"input":"ls\n"}"#), Ok(ConsoleBody { input: "ls\n".into() }));
+        assert_eq!(ConsoleBody::parse(b"{}"), Err(JsonError::Missing("input")));
+        assert_eq!(ConsoleBody::parse(br#"{"input":7}"#), Err(JsonError::Type { field: "input", want: "a string" }));
     }
 
     #[test]

@@ -96,7 +96,7 @@ pub fn parse_reply(got: &[u8]) -> Result<Reply> {
 
 /// The request a shell-style command line makes: method, path, body.
 pub fn request_of(words: &[String]) -> Result<(&'static str, String, Option<Value>)> {
-    let usage = "commands: list, templates, info, create TEMPLATE [name= mem= weight= warp= cmdline= paused], destroy DOM, pause DOM, unpause DOM, set-weight DOM WEIGHT [WARP], shutdown [force]";
+    let usage = "commands: list, templates, info, create TEMPLATE [name= mem= weight= warp= cmdline= paused], destroy DOM, pause DOM, unpause DOM, set-weight DOM WEIGHT [WARP], console DOM TEXT... (a line for its console input), shutdown [force]";
     let (cmd, args) = words.split_first().ok_or(usage)?;
     let one = |what: &str| -> Result<String> {
         match args {
@@ -154,6 +154,14 @@ pub fn request_of(words: &[String]) -> Result<(&'static str, String, Option<Valu
             }
             ("POST", "/v1/domains".into(), Some(b))
         }
+        "console" => match args {
+            [dom, text @ ..] if !text.is_empty() => (
+                "POST",
+                format!("/v1/domains/{dom}/console"),
+                Some(json!({ "input": format!("{}\n", text.join(" ")) })),
+            ),
+            _ => return Err("usage: console DOM TEXT... (sent as one line to its console input)".into()),
+        },
         "shutdown" => match args {
             [] => ("POST", "/v1/shutdown".into(), None),
             [f] if f == "force" => ("POST", "/v1/shutdown".into(), Some(json!({ "force": true }))),
@@ -202,6 +210,7 @@ pub fn show(cmd: &str, body: &Value) -> String {
         ),
         "destroy" => format!("destroyed dom{}\n", n(body, "destroyed")),
         "pause" => format!("paused dom{}\n", n(body, "paused")),
+        "console" => format!("sent {} bytes to dom{}'s console\n", n(body, "sent"), n(body, "id")),
         "unpause" => format!("unpaused dom{}\n", n(body, "unpaused")),
         "set-weight" => {
             format!("dom{}: weight {}, warp {} us\n", n(body, "id"), n(body, "weight"), n(body, "warp_us"))
@@ -264,6 +273,9 @@ mod tests {
         assert!(request_of(&w("create hog mem=lots")).unwrap_err().contains("not a number"));
         assert!(request_of(&w("frobnicate")).unwrap_err().starts_with("unknown command 'frobnicate'"));
         assert!(request_of(&w("destroy")).unwrap_err().starts_with("usage: destroy"));
+        let (m, p, b) = request_of(&w("console talk hello there")).unwrap();
+        assert_eq!((m, p.as_str(), b.unwrap()), ("POST", "/v1/domains/talk/console", json!({"input":"hello there\n"})));
+        assert!(request_of(&w("console talk")).unwrap_err().starts_with("usage: console"));
     }
 
     #[test]

@@ -208,8 +208,10 @@ const PORTS_PER_REAP_STEP: usize = 64;
 /// How long the exit report of a domain whose console was taken over waits
 /// for the console daemon to drain what the domain left in its ring (so
 /// its last lines come out before the report, as they do from a ring the
-/// hypervisor drains). A daemon that does not drain only delays the report.
-pub const CONSOLE_GRACE_NS: u64 = 50_000_000;
+/// hypervisor drains). A daemon that does not drain only delays the report
+/// (and the teardowns queued behind it); one that has ended is not waited
+/// for.
+pub const CONSOLE_GRACE_NS: u64 = 1_000_000_000;
 /// Warp limit L of a warped domain: the longest it runs warped per wake.
 const WARP_LIMIT_NS: u64 = 2_000_000;
 /// Unwarp requirement U: real time between warps.
@@ -245,7 +247,7 @@ pub struct Domain {
     /// The privileged domain took its console over (`CONSOLE_TAKEOVER`):
     /// `console_ring` is `None` for good, and that domain may write
     /// console output as this one (`console_io` `WRITE_AS`).
-    pub console_taken: bool,
+    pub console_taken: Option<DomId>,
     /// Its console page's frame (the builder's; the domain's own).
     pub console_mfn: Mfn,
     /// A domain that ended with its console taken over: until when its
@@ -421,6 +423,10 @@ pub struct Hv<M: Machine> {
     /// idle), charged to nobody since its domain no longer exists. Until
     /// then the frames stay the dead domain's and nothing else uses them.
     pub reaping: heapless::Deque<(DomId, usize), MAX_DOMAINS>,
+    /// The oldest teardown waits for a console daemon until this time
+    /// (its last step did nothing): the CPU may halt meanwhile, and wake
+    /// at it (see [`CONSOLE_GRACE_NS`]).
+    pub reap_wait: Option<u64>,
     /// The domain that runs the device store (the privileged one, id 0),
     /// if the bundle has one: every other domain is connected to it.
     pub store_backend: Option<DomId>,
@@ -529,7 +535,7 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
     fn console_target(&self, _: Privilege, id: u16) -> Result<DomId, Errno> {
         let id = DomId::of(id);
         let slot = self.domains.slot_of(id).ok_or(Errno::ESRCH)?;
-        if !self.domains[slot].console_taken || slot == self.cur {
+        if self.domains[slot].console_taken.is_none() || slot == self.cur {
             return Err(Errno::EINVAL);
         }
         Ok(id)
@@ -538,7 +544,7 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         let slot = self.domains.slot_of(dom).ok_or(Errno::ESRCH)?;
         let by = self.domains[self.cur].id;
         let d = &self.domains[slot];
-        if d.console_taken {
+        if d.console_taken.is_some() {
             return Err(Errno::EBUSY);
         }
         if matches!(d.state, RunState::Dead(_)) {
@@ -550,7 +556,7 @@ impl<M: Machine> hypercall::Env for DomEnv<'_, M> {
         // The hypervisor never reads the ring again: the caller's
         // consumer starts from the indices in the page as they are.
         theirs.console_ring = None;
-        theirs.console_taken = true;
+        theirs.console_taken = Some(by);
         theirs.console_dirty = false;
         hvlog!(self.m, "dom{dom} ({}): console taken over by dom{by}", theirs.name);
         Ok(port)
@@ -962,6 +968,7 @@ impl<M: Machine> Hv<M> {
             frames: None,
             budget_ticks: 0,
             reaping: heapless::Deque::new(),
+            reap_wait: None,
             store_backend: None,
             fused: true,
             bvt: Bvt::new(DEFAULT_CTX_ALLOWANCE_NS),
@@ -1324,7 +1331,7 @@ impl<M: Machine> Hv<M> {
                 events,
                 console: ConsoleOut::new(now, line_overhead(&name_of(spec.name))),
                 console_ring,
-                console_taken: false,
+                console_taken: None,
                 console_mfn: b.console_mfn,
                 console_grace: 0,
                 console_dirty: false,
@@ -2543,14 +2550,17 @@ impl<M: Machine> Hv<M> {
                     self.m.stretch_restart();
                     continue;
                 }
-                if !self.reaping.is_empty() {
+                if !self.reaping.is_empty() && self.reap_wait.is_none() {
                     self.fire_timers(now);
                     self.m.stretch_restart();
                     continue;
                 }
                 // A bound, unmasked device line can still wake its owner
-                // (a driver blocked until its device's interrupt).
-                if self.next_deadline().is_none() && !self.irqs.armed() {
+                // (a driver blocked until its device's interrupt). A
+                // teardown that waits for a console daemon halts the CPU
+                // like any wait (device interrupts are taken, the daemon
+                // among those they wake), until the grace at the latest.
+                if self.next_deadline().is_none() && !self.irqs.armed() && self.reap_wait.is_none() {
                     hvlog!(self.m, "every live domain is blocked and nothing can wake them: deadlock");
                     self.finish(false);
                 }
@@ -2605,6 +2615,7 @@ impl<M: Machine> Hv<M> {
     /// time (the console page among them, so it stays the domain's while
     /// it is read).
     fn reap_step(&mut self) -> u64 {
+        self.reap_wait = None;
         let dying = self.reaping.front().and_then(|&(id, _)| self.domains.slot_of(id));
         // A console taken over: the report waits for the daemon to drain
         // the ring (bounded by the grace), its mappings and ports go first.
@@ -2651,9 +2662,14 @@ impl<M: Machine> Hv<M> {
                     }
                 }
             }
-        } else if waiting {
+        } else if let Some(i) = dying.filter(|_| waiting) {
             // Only the report is left before its frames (the console page
-            // among them), and the daemon has not drained the ring yet.
+            // among them), and the daemon has not drained the ring yet:
+            // nothing to do until it has, or the grace has run out.
+            self.reap_wait = Some(self.domains[i].console_grace);
+            let now = self.now();
+            self.cpu.meter.skip(now);
+            return now;
         } else if let (Some(&(id, from)), Some(f)) = (self.reaping.front(), self.frames.as_mut()) {
             let end = self.domains.get(id).map_or(usize::MAX, |d| usize::try_from(d.span.1).unwrap_or(usize::MAX));
             let next =
@@ -2678,9 +2694,15 @@ impl<M: Machine> Hv<M> {
     /// writes: a ring that does not attach or is corrupt waits no more).
     fn console_unread(&mut self, i: usize) -> bool {
         let d = &self.domains[i];
-        if !d.console_taken || !d.report_pending || self.now() >= d.console_grace {
+        let Some(daemon) = d.console_taken else { return false };
+        if !d.report_pending || self.now() >= d.console_grace {
             return false;
         }
+        // A daemon that has ended drains nothing.
+        if self.domains.get(daemon).is_none_or(|t| matches!(t.state, RunState::Dead(_))) {
+            return false;
+        }
+        let d = &self.domains[i];
         let mfn = d.console_mfn;
         self.m.console_unread(mfn) > 0
     }
@@ -2705,7 +2727,11 @@ impl<M: Machine> Hv<M> {
                 self.set_runstate(c, runstate::RUNNABLE, now);
             }
         }
-        let until = self.next_deadline().map_or(MAX_ARM_NS, |d| d.saturating_sub(now));
+        let next = match (self.next_deadline(), self.reap_wait) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let until = next.map_or(MAX_ARM_NS, |d| d.saturating_sub(now));
         self.m.arm_timer(until.clamp(1_000, MAX_ARM_NS));
         self.m.halt();
         let mut now = self.now();

@@ -1199,7 +1199,7 @@ fn dom0_takes_a_console_over_and_writes_as_its_domain() {
     let word = r.hv.m.ram.read_u64(d.grants.frames()[0] * 4096 + u64::from(GNTTAB_RESERVED_CONSOLE) * 8);
     let e = GrantEntryV1::from_word(word);
     assert_eq!((e.flags, e.domid), (gtf::PERMIT_ACCESS, 0), "read-write to dom0");
-    assert!(!d.console_taken);
+    assert!(d.console_taken.is_none());
     while r.next.id != DomId::DOM0 {
         r.timer_interrupt();
     }
@@ -1211,7 +1211,7 @@ fn dom0_takes_a_console_over_and_writes_as_its_domain() {
     let cport = r.dom(u1).events.console_port().expect("u1's console port");
     let port = r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u1.raw()));
     assert!(port > 0, "dom0's end of the console channel: {port}");
-    assert!(r.dom(u1).console_ring.is_none() && r.dom(u1).console_taken, "the hypervisor lets go of the ring");
+    assert!(r.dom(u1).console_ring.is_none() && r.dom(u1).console_taken == Some(DomId::DOM0), "the hypervisor lets go");
     // One channel now: u1's port (its number unchanged) and dom0's new one.
     assert_eq!(r.dom(u1).events.get(cport), Ok(Port::Interdomain { remote: DomId::DOM0, port: port as u32 }));
     assert_eq!(r.dom(DomId::DOM0).events.get(port as u32), Ok(Port::Interdomain { remote: u1, port: cport }));
@@ -1269,6 +1269,52 @@ fn a_taken_over_consoles_exit_report_waits_for_the_daemon_within_the_grace() {
     r.reap_all();
     assert_eq!(reported(&r, "stuck"), 1, "reported when the grace ran out");
     assert_eq!(reported(&r, "empty"), 1);
+}
+
+/// While a teardown waits for the console daemon, the CPU halts as in any
+/// wait (it takes interrupts and fires timers: the daemon may be waiting
+/// for its disk) instead of spinning until the grace runs out.
+#[test]
+fn a_teardown_waiting_for_the_daemon_lets_the_cpu_halt() {
+    use pvguest_abi::domctl;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u")]);
+    let u = r.id("u");
+    let mfn = r.dom(u).console_mfn;
+    r.hv.m.console_unread.push((mfn, 5));
+    assert!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u.raw())) > 0);
+    let su = r.slot(u);
+    r.hv.kill(su, Exit::Crashed("test"));
+    // dom0 sleeps until 5 ms from now (as for its device): nothing runs.
+    r.bind_virq_timer();
+    let info = r.dom(DomId::DOM0).shared.mfn * PAGE_SIZE + offset_of!(SharedInfo, vcpu_info) as u64;
+    r.hv.m.ram.write(info + offset_of!(VcpuInfo, evtchn_upcall_mask) as u64, &[0]);
+    let (halts, wake) = (r.hv.m.halts, r.now() + 5 * MS);
+    assert_eq!(r.hypercall(nr::SET_TIMER_OP, [wake, 0, 0, 0, 0]), 0);
+    assert_eq!(r.hypercall(nr::SCHED_OP, [sched_op::BLOCK, 0, 0, 0, 0]), 0);
+    assert!(r.hv.m.halts > halts, "the CPU halted");
+    assert_eq!((r.next.id, r.now()), (DomId::DOM0, wake), "dom0 woke at its timer");
+    assert_eq!(r.hv.m.logged("(u) exited: crash: test"), 0, "the report still waits");
+    assert!(r.hv.reap_wait.is_some());
+}
+
+/// A daemon that has ended drains nothing: a domain whose console it took
+/// is reported without waiting for the grace.
+#[test]
+fn a_dead_console_daemon_is_not_waited_for() {
+    use pvguest_abi::domctl;
+    let mut r = Rig::boot(&[dom("dom0").privileged(true), dom("u"), dom("other")]);
+    let u = r.id("u");
+    let mfn = r.dom(u).console_mfn;
+    r.hv.m.console_unread.push((mfn, 5));
+    assert!(r.domctl(domctl::CONSOLE_TAKEOVER, u64::from(u.raw())) > 0);
+    let s0 = r.slot(DomId::DOM0);
+    r.hv.kill(s0, Exit::Crashed("test"));
+    let su = r.slot(u);
+    r.hv.kill(su, Exit::Crashed("test"));
+    let start = r.now();
+    r.reap_all();
+    assert_eq!(r.hv.m.logged("(u) exited: crash: test"), 1, "{:?}", r.hv.m.log);
+    assert!(r.now() - start < super::CONSOLE_GRACE_NS, "no wait for the grace");
 }
 
 /// privileged one, gets none.

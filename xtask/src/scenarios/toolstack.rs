@@ -199,8 +199,29 @@ fn api_session(addr: std::net::SocketAddr) -> Result<String> {
     if idle.body["weight"] != json!(200) || idle.body["warp_us"] != json!(50) || idle.body["state"] == json!("paused") {
         return Err(format!("idle after unpause and set-weight: {}", idle.body));
     }
+    // Console input: a domain that echoes it, sent a line through the API
+    // (once dom0's daemon has its console) and `bye` through ctl below.
+    let r = c.request("POST", "/v1/domains", Some(&json!({"template":"sleeper","name":"talk","cmdline":"echo"})))?;
+    want(&r, 201, "create talk")?;
+    let line = json!({"input":"ping from the host\n"});
+    let sent = loop {
+        let r = c.request("POST", "/v1/domains/talk/console", Some(&line))?;
+        if r.status != 409 || start.elapsed() > Duration::from_secs(60) {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    want(&sent, 200, "console input to talk")?;
+    if sent.body["sent"] != json!(19) {
+        return Err(format!("console input to talk: {}", sent.body));
+    }
     // Each refusal with its status and a reason.
-    let refusals: [(&str, &str, Option<Value>, u16, &str); 8] = [
+    // Longer than the API reads in a string (toolstack-api's MAX_STRING, 1024).
+    let too_long = json!({ "input": "x".repeat(1025) });
+    let refusals: [(&str, &str, Option<Value>, u16, &str); 11] = [
+        ("POST", "/v1/domains/talk/console", Some(too_long), 400, "a string is too long"),
+        ("POST", "/v1/domains/0/console", Some(json!({"input":"x"})), 409, "is not the daemon's"),
+        ("GET", "/v1/domains/talk/console", None, 405, "does not take GET"),
         ("POST", "/v1/domains", Some(json!({"template":"nosuch"})), 404, "no template 'nosuch'"),
         ("POST", "/v1/domains", Some(json!({"template":"hog","mem_kib":"abc"})), 400, "bad JSON body"),
         ("POST", "/v1/domains", Some(json!({"template":"hog","bogus":1})), 400, "bad JSON body"),
@@ -243,6 +264,17 @@ fn api_session(addr: std::net::SocketAddr) -> Result<String> {
     if !ok || !text.contains("destroyed dom1") {
         return Err(format!("`ctl destroy busy`: {text}"));
     }
+    let (ok, text) = ctl(&["console", "talk", "bye"], TOKEN)?;
+    if !ok || !text.contains("sent 4 bytes to dom3's console") {
+        return Err(format!("`ctl console talk bye`: {text}"));
+    }
+    // It ends on `bye`.
+    while !find("talk")?.is_null() {
+        if start.elapsed() > Duration::from_secs(90) {
+            return Err(format!("talk is still there after its bye: {}", find("talk")?));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (ok, text) = ctl(&["list"], "wrong-token-123")?;
     if ok || !text.contains("401") {
         return Err(format!("`ctl list` with a wrong token: {text}"));
@@ -259,7 +291,7 @@ fn api_session(addr: std::net::SocketAddr) -> Result<String> {
         return Err(format!("shutdown force: {}", r.body));
     }
     Ok(format!(
-        "the API created, listed, paused, unpaused, reweighted, destroyed and shut down, and refused 14 bad requests with their statuses and reasons (first answer after {:.1} s, {free} frames free); `cargo xtask ctl` listed, destroyed and failed on a wrong token",
+        "the API created, listed, paused, unpaused, reweighted, sent console input, destroyed and shut down, and refused 17 bad requests with their statuses and reasons (first answer after {:.1} s, {free} frames free); `cargo xtask ctl` listed, sent a console line, destroyed and failed on a wrong token",
         start.elapsed().as_secs_f64()
     ))
 }
@@ -428,7 +460,7 @@ pub(super) fn scenarios() -> Vec<Scenario> {
         },
         Scenario {
             name: "toolstack-api",
-            what: "the shell's operations over dom0's HTTP/JSON API, from the host through QEMU's forward and dom0's bridge, with `cargo xtask ctl` and its client: create (running, paused), list, get, pause, unpause, set weight and warp, destroy, shutdown; 401 without or with a wrong token, 400 for malformed requests, bad JSON, unknown fields and a name the hypervisor refuses (its reason), 404, 405, 409, 413",
+            what: "the shell's operations over dom0's HTTP/JSON API, from the host through QEMU's forward and dom0's bridge, with `cargo xtask ctl` and its client: create (running, paused), list, get, pause, unpause, set weight and warp, console input (a domain echoes it), destroy, shutdown; 401 without or with a wrong token, 400 for malformed requests, bad JSON, unknown fields and a name the hypervisor refuses (its reason), 404, 405, 409, 413",
             bundle: |imgs| with_dom0(imgs, &format!("serve stay uplink=10 api={API_PORT} token={TOKEN}")),
             append: "",
             icount: false,
@@ -450,6 +482,9 @@ pub(super) fn scenarios() -> Vec<Scenario> {
                 need(out, "[dom0] api: refused a request: 400 malformed request: ")?;
                 need(out, "[dom0] api: refused a request: 413 a request is at most 8192 bytes")?;
                 need(out, "[dom0] serve: dom1 (busy) ended: store connection released")?;
+                // The API's console input reached the domain's echo.
+                need(out, "[talk] echo: ping from the host")?;
+                need(out, "[talk] echo: bye")?;
                 need(out, "[dom0] api: shutdown: dom0 ends once every other domain has")?;
                 need(out, "[dom0] serve: every domain served has ended")?;
                 Ok(())

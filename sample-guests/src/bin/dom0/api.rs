@@ -11,6 +11,7 @@
 //! | `DELETE /v1/domains/DOM` | | `{"destroyed":N}` |
 //! | `POST /v1/domains/DOM/pause`, `.../unpause` | | `{"paused":N}` / `{"unpaused":N}` |
 //! | `PUT /v1/domains/DOM/sched` | `{"weight":W, "warp_us"?}` | `{"id":N,"weight":W,"warp_us":U}` |
+//! | `POST /v1/domains/DOM/console` | `{"input":S}` (at most `MAX_STRING` bytes: bytes for its console input, as typed while attached; 409 if its console is not the daemon's or its input ring has no room) | `{"id":N,"sent":N}` |
 //! | `GET /v1/templates` | | `{"templates":[{"name","mem_kib","weight","warp_us","image_bytes","cmdline"}...]}` |
 //! | `GET /v1/info` | | the machine's figures (`PHYSINFO`) |
 //! | `POST /v1/shutdown` | `{"force"?:B}` | `{"destroyed":[N...]}` |
@@ -59,7 +60,7 @@ use smoltcp::phy::{self, Device, DeviceCapabilities, Medium};
 use smoltcp::socket::tcp;
 use smoltcp::time::Instant;
 use smoltcp::wire::{EthernetAddress, HardwareAddress, IpAddress, IpCidr, Ipv4Address};
-use toolstack_api::{json_str, CreateBody, SchedBody, ShutdownBody};
+use toolstack_api::{json_str, ConsoleBody, CreateBody, SchedBody, ShutdownBody};
 
 /// Sockets serving requests at once.
 pub const CONNS: usize = 4;
@@ -377,11 +378,12 @@ fn route(method: &str, path: &str, body: &[u8], ts: &mut Toolstack, svc: &mut dy
             let (d, warp) = toolstack::set_sched(dom, b.weight, b.warp_us).map_err(fail)?;
             Ok((200, format!("{{\"id\":{},\"weight\":{},\"warp_us\":{warp}}}", d.domid, b.weight)))
         }),
+        ("POST", ["v1", "domains", dom, "console"]) => console_input(dom, body, svc),
         ("GET", ["v1", "templates"]) => Ok((200, templates(ts))),
         ("GET", ["v1", "info"]) => Ok((200, info())),
         ("POST", ["v1", "shutdown"]) => shutdown(body, ts),
         (_, ["v1", "domains"] | ["v1", "domains", _] | ["v1", "templates"] | ["v1", "info"] | ["v1", "shutdown"])
-        | (_, ["v1", "domains", _, "pause" | "unpause" | "sched"]) => {
+        | (_, ["v1", "domains", _, "pause" | "unpause" | "sched" | "console"]) => {
             Err(error(405, format!("{} does not take {method}", printable(path))))
         }
         _ => Err(error(404, format!("no such path: {}", printable(path)))),
@@ -416,6 +418,17 @@ fn create(body: &[u8], ts: &mut Toolstack, svc: &mut dyn Services) -> Result<(u1
             c.paused
         ),
     ))
+}
+
+/// Console input: at most [`toolstack_api::MAX_STRING`] bytes a request
+/// (the reader refuses a longer string), which the domain's 2 KiB input
+/// ring takes whole or not at all.
+fn console_input(dom: &str, body: &[u8], svc: &mut dyn Services) -> Result<(u16, String), (u16, String)> {
+    let b = body_of(ConsoleBody::parse(body))?;
+    let d = toolstack::resolve(dom).map_err(fail)?;
+    let id = u16::try_from(d.domid).map_err(|_| error(404, format!("no domain {}", d.domid)))?;
+    svc.consoles().send_to(id, b.input.as_bytes()).map_err(|r| error(409, r.0))?;
+    Ok((200, format!("{{\"id\":{id},\"sent\":{}}}", b.input.len())))
 }
 
 fn shutdown(body: &[u8], ts: &mut Toolstack) -> Result<(u16, String), (u16, String)> {

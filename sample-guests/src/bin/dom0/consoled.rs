@@ -77,6 +77,16 @@ impl Tty {
     }
 }
 
+/// Why the daemon refused: the domain's console is not its to use.
+#[derive(Debug)]
+pub struct Refused(pub String);
+
+impl From<Refused> for String {
+    fn from(r: Refused) -> String {
+        r.0
+    }
+}
+
 /// The consoles dom0 drains, by domain id (ascending).
 #[derive(Default)]
 pub struct Consoles {
@@ -160,18 +170,25 @@ impl Consoles {
     }
 
     /// Attaches the shell to domain `domid`'s console; its name.
-    pub fn attach(&mut self, domid: u16) -> Result<String, String> {
-        let Ok(k) = self.ttys.binary_search_by_key(&domid, |t| t.domid) else {
-            return Err(alloc::format!(
-                "dom{domid}'s console is not the daemon's (only the consoles of domains with a store connection are)"
-            ));
-        };
-        let t = &self.ttys[k];
-        if t.broken {
-            return Err(alloc::format!("dom{domid}'s console was cut off: it broke the ring protocol"));
-        }
+    pub fn attach(&mut self, domid: u16) -> Result<String, Refused> {
+        let t = self.tty(domid)?;
+        let name = t.name.clone();
         self.attached = Some(domid);
-        Ok(t.name.clone())
+        Ok(name)
+    }
+
+    /// Domain `domid`'s console, if the daemon drains it.
+    fn tty(&mut self, domid: u16) -> Result<&mut Tty, Refused> {
+        let Ok(k) = self.ttys.binary_search_by_key(&domid, |t| t.domid) else {
+            return Err(Refused(alloc::format!(
+                "dom{domid}'s console is not the daemon's (only the consoles of domains with a store connection are)"
+            )));
+        };
+        let t = &mut self.ttys[k];
+        if t.broken {
+            return Err(Refused(alloc::format!("dom{domid}'s console was cut off: it broke the ring protocol")));
+        }
+        Ok(t)
     }
 
     /// Detaches the shell; the domain it was attached to, if any.
@@ -188,10 +205,19 @@ impl Consoles {
     /// input ring, whole or not at all.
     pub fn type_line(&mut self, line: &[u8]) -> Result<(), String> {
         let id = self.attached.ok_or_else(|| String::from("not attached"))?;
-        let t = self.ttys.iter_mut().find(|t| t.domid == id).ok_or_else(|| String::from("the domain is gone"))?;
-        let n = t.link.send_whole(line).map_err(|e| alloc::format!("dom{id}'s console: {e:?}"))?;
-        if n < line.len() {
-            return Err(alloc::format!("dom{id}'s console input has no room for the line (it reads none): dropped"));
+        Ok(self.send_to(id, line)?)
+    }
+
+    /// Sends `bytes` to domain `domid`'s console input, whole or not at
+    /// all (the API's console input; no attach needed).
+    pub fn send_to(&mut self, domid: u16, bytes: &[u8]) -> Result<(), Refused> {
+        let t = self.tty(domid)?;
+        let n = t.link.send_whole(bytes).map_err(|e| Refused(alloc::format!("dom{domid}'s console: {e:?}")))?;
+        if n < bytes.len() {
+            return Err(Refused(alloc::format!(
+                "dom{domid}'s console input has no room for {} bytes (it reads none): dropped",
+                bytes.len()
+            )));
         }
         Ok(())
     }
