@@ -1558,9 +1558,21 @@ fn find_line<'a>(out: &'a str, text: &str) -> Result<&'a str> {
 
 /// Both domains' progress lines must interleave: each prints between the
 /// other's first and last line (they ran concurrently under preemption).
+/// Whether the lines starting with `a` and those starting with `b` ran
+/// interleaved in time (preemption between them): each ends `(at N us)`,
+/// the system time it ran at, so the check holds whatever order their
+/// console path (the hypervisor's, or dom0's daemon's) printed them in.
 fn interleaved(out: &str, a: &str, b: &str) -> Result<()> {
-    let idx = |p: &str| out.lines().enumerate().filter(|(_, l)| l.starts_with(p)).map(|(i, _)| i).collect::<Vec<_>>();
-    let (ia, ib) = (idx(a), idx(b));
+    let at = |l: &str| -> Option<u64> { l.rsplit_once("(at ")?.1.strip_suffix(" us)")?.parse().ok() };
+    let idx = |p: &str| -> Result<Vec<u64>> {
+        out.lines()
+            .filter(|l| l.starts_with(p))
+            .map(|l| at(l).ok_or_else(|| format!("no time at the end of {l:?}")))
+            .collect()
+    };
+    let (mut ia, mut ib) = (idx(a)?, idx(b)?);
+    ia.sort_unstable();
+    ib.sort_unstable();
     let (Some(&a0), Some(&a1), Some(&b0), Some(&b1)) = (ia.first(), ia.last(), ib.first(), ib.last()) else {
         return Err(format!("no lines starting with {a:?} or {b:?}"));
     };
@@ -1577,7 +1589,7 @@ fn sse_intact(out: &str, prefix: &str, count: usize) -> Result<()> {
     if lines.len() != count {
         return Err(format!("expected {count} lines starting with {prefix:?}, found {}", lines.len()));
     }
-    match lines.iter().find(|l| !l.ends_with("sse registers intact: true")) {
+    match lines.iter().find(|l| !l.contains("sse registers intact: true")) {
         Some(l) => Err(format!("SSE state was not preserved: {l}")),
         None => Ok(()),
     }

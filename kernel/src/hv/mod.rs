@@ -2687,15 +2687,17 @@ impl<M: Machine> Hv<M> {
         now
     }
 
-    /// Whether dead domain `i`'s exit report still waits for the console
-    /// daemon: its console was taken over, the report is pending, its
-    /// grace has not run out, and its ring still holds output (read from
-    /// the page's indices as they are, validated like any the guest
-    /// writes: a ring that does not attach or is corrupt waits no more).
+    /// Whether dead domain `i`'s teardown still waits for the console
+    /// daemon (before its exit report, if it has one, and before it leaves
+    /// the table, after which the daemon could no longer write as it): its
+    /// console was taken over by a daemon still alive, its grace has not
+    /// run out, and its ring still holds output (read from the page's
+    /// indices as they are, validated like any the guest writes: a ring
+    /// that does not attach or is corrupt waits no more).
     fn console_unread(&mut self, i: usize) -> bool {
         let d = &self.domains[i];
         let Some(daemon) = d.console_taken else { return false };
-        if !d.report_pending || self.now() >= d.console_grace {
+        if self.now() >= d.console_grace {
             return false;
         }
         // A daemon that has ended drains nothing.

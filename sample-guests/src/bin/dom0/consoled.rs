@@ -38,7 +38,7 @@
 
 use alloc::string::String;
 use alloc::vec::Vec;
-use pvguest_sdk::store_link::BackLink;
+use pvguest_sdk::store_link::{BackError, BackLink};
 use pvguest_sdk::{console, println};
 
 /// Output bytes taken from one console per pass.
@@ -104,19 +104,20 @@ impl Consoles {
     pub fn sync<'a>(&mut self, clients: impl Iterator<Item = (u16, &'a str)>) {
         let mut live: Vec<(u16, &str)> = clients.collect();
         live.sort_unstable_by_key(|&(id, _)| id);
-        let mut k = 0;
-        while k < self.ttys.len() {
-            if live.binary_search_by_key(&self.ttys[k].domid, |&(id, _)| id).is_ok() {
-                k += 1;
-                continue;
-            }
-            let t = self.ttys.remove(k);
+        let listed = |id: u16| live.binary_search_by_key(&id, |&(d, _)| d).is_ok();
+        let gone: Vec<Tty> = self.ttys.extract_if(.., |t| !listed(t.domid)).collect();
+        for t in gone {
             self.release(t);
         }
-        self.refused.retain(|r| live.binary_search_by_key(r, |&(id, _)| id).is_ok());
+        self.refused.retain(|&r| listed(r));
         for (id, name) in live {
             let Err(at) = self.ttys.binary_search_by_key(&id, |t| t.domid) else { continue };
             if self.refused.contains(&id) {
+                continue;
+            }
+            if self.ttys.try_reserve(1).is_err() {
+                println!("console: dom{id} ({name}): dom0's heap is full; the hypervisor keeps its console");
+                self.refused.push(id);
                 continue;
             }
             match BackLink::console(id) {
@@ -124,6 +125,13 @@ impl Consoles {
                     let _ = pvguest_sdk::event::set_handler(link.port(), crate::serve::on_event);
                     let _ = pvguest_sdk::event::unmask(link.port());
                     self.ttys.insert(at, Tty { domid: id, name: name.into(), link, broken: false });
+                }
+                Err(e @ BackError::Link(_)) => {
+                    // Taken over, but its page holds no ring: the domain
+                    // broke it, and only its own console suffers (its
+                    // writes fall back to `console_io`).
+                    println!("console: dom{id} ({name}): its console page holds no valid ring ({e:?}): cut off");
+                    self.refused.push(id);
                 }
                 Err(e) => {
                     println!("console: dom{id} ({name}): not taken over ({e:?}); the hypervisor keeps it");
