@@ -2,13 +2,15 @@
 //!
 //! Output goes into the domain's console page (see
 //! [`pvguest_abi::start_info::CONSOLE_RING`]): a `ring-protocol` byte
-//! stream that the console backend (today the hypervisor) drains, prefixing
-//! every line with the domain's name and showing control characters
-//! escaped. A write copies bytes into the ring and notifies the backend on
-//! the console port only when the ring's event index asks for it (hold-off:
-//! a burst of lines costs one notification). The backend rate-limits each
-//! domain: a domain that prints faster than its share loses lines, and a
-//! `(N bytes dropped)` line says so.
+//! stream that the console backend drains: the hypervisor, or, for a
+//! domain the device store serves, dom0's console daemon, which takes the
+//! console over and hands the bytes back to the hypervisor. Either way the
+//! hypervisor prints them, prefixing every line with the domain's name and
+//! showing control characters escaped. A write copies bytes into the ring
+//! and notifies the backend on the console port only when the ring's event
+//! index asks for it (hold-off: a burst of lines costs one notification).
+//! The hypervisor rate-limits each domain: a domain that prints faster than
+//! its share loses lines, and a `(N bytes dropped)` line says so.
 //!
 //! When the ring is full, the writer notifies the backend and yields; the
 //! backend drains on that notification. The writer never sleeps for space,

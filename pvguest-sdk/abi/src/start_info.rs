@@ -37,9 +37,12 @@ pub const CONSOLE_HYPERCALL: u32 = 1;
 /// (`ByteChannel::front_attach`) and notifies the backend on
 /// [`ConsoleInfo::evtchn`] (`EVTCHNOP_send`), honouring the ring's event
 /// index (hold-off). The backend is the hypervisor, which drains the output
-/// in bounded, rate-limited chunks charged to the guest; later it may be
-/// dom0's console daemon, reading the same page. `console_io` still works
-/// (early boot, panics).
+/// in bounded, rate-limited chunks charged to the guest, until dom0's
+/// console daemon takes the console over (`domctl` `CONSOLE_TAKEOVER`,
+/// for every domain the device store serves): from then on the daemon
+/// drains the page, writes the guest's input into its second half, and the
+/// event channel connects the guest to it (the port keeps its number).
+/// `console_io` still works (early boot, panics).
 pub const CONSOLE_RING: u32 = 2;
 
 /// How the guest reaches its console.
