@@ -1706,7 +1706,27 @@ impl<M: Machine> Hv<M> {
     fn wake_in_place(&mut self, cur: usize) -> bool {
         let now = self.now();
         self.cpu.meter.charge(&mut self.bvt, cur, now);
-        self.raise_notified();
+        // As `raise_notified`, with the wake-ups dated by this trip's one
+        // sample (the full path samples again after the hypercall: the
+        // same trip, a few instructions later).
+        for k in 0..self.cpu.notify.len() {
+            let (dom, port) = self.cpu.notify[k];
+            if let Some(i) = self.domains.slot_of(dom) {
+                let d = &mut self.domains[i];
+                if matches!(d.state, RunState::Dead(_)) {
+                    continue;
+                }
+                let upcall = d.shared.raise(self.m.mem(), port);
+                if d.state != RunState::Blocked {
+                    continue;
+                }
+                let polling = !d.vcpu.poll_ports.is_empty() || d.vcpu.poll_deadline.is_some();
+                if if polling { d.vcpu.poll_ports.contains(&port) } else { upcall } {
+                    self.wake_at(i, now);
+                }
+            }
+        }
+        self.cpu.notify.clear();
         let due = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now);
         let d = &self.domains[cur];
         if due || !self.reaping.is_empty() || d.console_dirty || self.cpu.loaded != Some(cur) || self.cpu.yielding {
@@ -2317,8 +2337,14 @@ impl<M: Machine> Hv<M> {
 
     #[inline(always)]
     fn wake(&mut self, i: usize) {
-        self.cpu.sched_dirty = true;
         let now = self.now();
+        self.wake_at(i, now);
+    }
+
+    /// [`Hv::wake`] at `now`, sampled by the caller in this trip.
+    #[inline(always)]
+    fn wake_at(&mut self, i: usize, now: u64) {
+        self.cpu.sched_dirty = true;
         let d = &mut self.domains[i];
         d.vcpu.poll_ports.clear();
         d.state = RunState::Runnable;
