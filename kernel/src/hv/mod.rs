@@ -1712,16 +1712,7 @@ impl<M: Machine> Hv<M> {
         for k in 0..self.cpu.notify.len() {
             let (dom, port) = self.cpu.notify[k];
             if let Some(i) = self.domains.slot_of(dom) {
-                let d = &mut self.domains[i];
-                if matches!(d.state, RunState::Dead(_)) {
-                    continue;
-                }
-                let upcall = d.shared.raise(self.m.mem(), port);
-                if d.state != RunState::Blocked {
-                    continue;
-                }
-                let polling = !d.vcpu.poll_ports.is_empty() || d.vcpu.poll_deadline.is_some();
-                if if polling { d.vcpu.poll_ports.contains(&port) } else { upcall } {
+                if self.mark_raised(i, port) {
                     self.wake_at(i, now);
                 }
             }
@@ -2318,20 +2309,30 @@ impl<M: Machine> Hv<M> {
     /// it waits for it.
     #[inline(always)]
     fn raise(&mut self, i: usize, port: u32) {
+        if self.mark_raised(i, port) {
+            self.wake(i);
+        }
+    }
+
+    /// Rule 1 of [`Hv::raise`]: marks `port` of domain `i` pending; returns
+    /// whether rule 2 wakes the domain (the caller wakes it).
+    #[inline(always)]
+    fn mark_raised(&mut self, i: usize, port: u32) -> bool {
         let d = &mut self.domains[i];
         if matches!(d.state, RunState::Dead(_)) {
             // Its frames (the shared-info page among them) are free.
-            return;
+            return false;
         }
         let upcall = d.shared.raise(self.m.mem(), port);
         if d.state != RunState::Blocked {
-            return;
+            return false;
         }
         // Polling: its ports (none: a sleep until the poll's deadline).
         let polling = !d.vcpu.poll_ports.is_empty() || d.vcpu.poll_deadline.is_some();
-        let wake = if polling { d.vcpu.poll_ports.contains(&port) } else { upcall };
-        if wake {
-            self.wake(i);
+        if polling {
+            d.vcpu.poll_ports.contains(&port)
+        } else {
+            upcall
         }
     }
 
