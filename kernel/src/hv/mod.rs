@@ -1713,7 +1713,18 @@ impl<M: Machine> Hv<M> {
     fn wake_in_place(&mut self, cur: usize) -> bool {
         let now = self.now();
         self.cpu.meter.charge(&mut self.bvt, cur, now);
-        self.raise_notified();
+        // As `raise_notified`, with the wake-ups dated by this trip's one
+        // sample (the full path samples again after the hypercall: the
+        // same trip, a few instructions later).
+        for k in 0..self.cpu.notify.len() {
+            let (dom, port) = self.cpu.notify[k];
+            if let Some(i) = self.domains.slot_of(dom) {
+                if self.mark_raised(i, port) {
+                    self.wake_at(i, now);
+                }
+            }
+        }
+        self.cpu.notify.clear();
         let due = self.deadlines.peek().is_some_and(|((t, _), _)| t <= now);
         let d = &self.domains[cur];
         if due || !self.reaping.is_empty() || d.console_dirty || self.cpu.loaded != Some(cur) || self.cpu.yielding {
@@ -2305,27 +2316,43 @@ impl<M: Machine> Hv<M> {
     /// it waits for it.
     #[inline(always)]
     fn raise(&mut self, i: usize, port: u32) {
+        if self.mark_raised(i, port) {
+            self.wake(i);
+        }
+    }
+
+    /// Rule 1 of [`Hv::raise`]: marks `port` of domain `i` pending; returns
+    /// whether rule 2 wakes the domain (the caller wakes it).
+    #[inline(always)]
+    fn mark_raised(&mut self, i: usize, port: u32) -> bool {
         let d = &mut self.domains[i];
         if matches!(d.state, RunState::Dead(_)) {
             // Its frames (the shared-info page among them) are free.
-            return;
+            return false;
         }
         let upcall = d.shared.raise(self.m.mem(), port);
         if d.state != RunState::Blocked {
-            return;
+            return false;
         }
         // Polling: its ports (none: a sleep until the poll's deadline).
         let polling = !d.vcpu.poll_ports.is_empty() || d.vcpu.poll_deadline.is_some();
-        let wake = if polling { d.vcpu.poll_ports.contains(&port) } else { upcall };
-        if wake {
-            self.wake(i);
+        if polling {
+            d.vcpu.poll_ports.contains(&port)
+        } else {
+            upcall
         }
     }
 
     #[inline(always)]
     fn wake(&mut self, i: usize) {
-        self.cpu.sched_dirty = true;
         let now = self.now();
+        self.wake_at(i, now);
+    }
+
+    /// [`Hv::wake`] at `now`, sampled by the caller in this trip.
+    #[inline(always)]
+    fn wake_at(&mut self, i: usize, now: u64) {
+        self.cpu.sched_dirty = true;
         let d = &mut self.domains[i];
         d.vcpu.poll_ports.clear();
         d.state = RunState::Runnable;

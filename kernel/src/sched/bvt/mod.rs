@@ -632,10 +632,12 @@ impl<const N: usize> Bvt<N> {
                 }
                 Some((o, evt_o)) => {
                     if self.evt_rel(c) < evt_o.saturating_add(self.ctx_rel(c)) {
-                        c
-                    } else {
-                        o
+                        // `c` keeps the CPU: its competitor is `o`, the
+                        // one `run_for(c)` would look up again.
+                        self.set_running(c);
+                        return Pick { next: Some(c), run_for_ns: self.run_for_against(c, evt_o) };
                     }
+                    o
                 }
             },
             None => match self.best(None) {
@@ -826,8 +828,15 @@ impl<const N: usize> Bvt<N> {
     /// out); `None` if no other domain is runnable.
     #[inline(always)]
     pub fn run_for(&self, n: usize) -> Option<Ns> {
-        let e = self.entity(n)?;
         let (_, evt_o) = self.best(Some(n))?;
+        self.run_for_against(n, evt_o)
+    }
+
+    /// [`Bvt::run_for`] of `n` given `evt_o`, the relative EVT of the best
+    /// runnable domain other than `n` (`best(Some(n))`).
+    #[inline(always)]
+    fn run_for_against(&self, n: usize, evt_o: i64) -> Option<Ns> {
+        let e = self.entity(n)?;
         // Preempted once E_n >= E_o + C_v(n): E_n must grow by d.
         let d = evt_o.saturating_add(e.ctx_v as i64).saturating_sub(e.evt()).max(1);
         let mut ns = e.real_for(d as u64);

@@ -690,6 +690,9 @@ fn check_pick<const N: usize>(s: &Bvt<N>, cur: Option<usize>, p: Pick) {
         None => assert_eq!(runnable.len(), 1),
         Some(r) => assert!(runnable.len() >= 2 && r >= 1),
     }
+    // The slice is the chosen domain's own (a pick that keeps the running
+    // domain reuses the competitor it compared with: the same answer).
+    assert_eq!(p.run_for_ns, s.run_for(n), "the slice of {n} is not run_for({n})");
     let min = runnable.iter().map(|&i| s.evt(i).unwrap()).min().unwrap();
     let cur = cur.filter(|&c| s.is_runnable(c));
     if Some(n) == cur {
