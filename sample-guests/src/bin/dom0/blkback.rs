@@ -539,7 +539,8 @@ impl BlkBack {
         } else {
             blkif::validate(req, self.vdisk.virtual_sectors(), &self.features)
         };
-        let v = match checked {
+        // By reference: a `Valid` is half a KiB, moved only if need be.
+        let v = match &checked {
             Ok(v) => v,
             Err(bad) => {
                 self.stats.invalid += 1;
@@ -551,15 +552,15 @@ impl BlkBack {
         };
         if matches!(self.vdisk, VirtualDisk::Raw(_)) {
             match v.op() {
-                Op::Read | Op::Write | Op::WriteFua if one_run(&v) => return self.submit_data(&v, disk),
+                Op::Read | Op::Write | Op::WriteFua if one_run(v) => return self.submit_data(v, disk),
                 Op::Flush => {
                     self.stats.flushes += 1;
-                    return self.submit_flush(None, Pending::of(&v, true), disk);
+                    return self.submit_flush(None, Pending::of(v, true), disk);
                 }
                 _ => {}
             }
         }
-        Some(self.answer(&v, disk))
+        Some(self.answer(v, disk))
     }
 
     /// Checks an indirect request: its header, then its segments, copied
