@@ -675,12 +675,14 @@ impl BlockDevice {
         if let Err(e) = checked.and(room) {
             return Err((e, back(buf)));
         }
-        let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; blkif::MAX_VALID_SEGMENTS];
         let grefs = buf.as_ref().map_or(&[][..], |b| &b.grefs[..]);
-        for (piece, &gref) in pieces.iter_mut().zip(grefs) {
-            *piece = Piece { gref, offset: 0, len: blkif::PAGE_SIZE as u32 };
-        }
-        let built = self.build(kind, sector, &pieces[..pages]);
+        // A request that fits the ring slot builds its list of pieces in
+        // the slot's size (the common case: less to fill per request).
+        let built = if pages <= blkif::MAX_SEGMENTS {
+            self.build(kind, sector, &whole_pages::<{ blkif::MAX_SEGMENTS }>(grefs)[..pages])
+        } else {
+            self.build(kind, sector, &whole_pages::<{ blkif::MAX_VALID_SEGMENTS }>(grefs)[..pages])
+        };
         let (req, ind) = match built {
             Ok(r) => r,
             Err(e) => return Err((e, back(buf))),
@@ -932,6 +934,16 @@ impl BlockDevice {
             let _ = self.shared(p.pages[k]).read_bytes(0, chunk);
         }
     }
+}
+
+/// Whole-page pieces of the pages granted as `grefs` (the first `N`; the
+/// rest of the list is empty pieces).
+fn whole_pages<const N: usize>(grefs: &[u32]) -> [Piece; N] {
+    let mut pieces = [Piece { gref: 0, offset: 0, len: 0 }; N];
+    for (piece, &gref) in pieces.iter_mut().zip(grefs) {
+        *piece = Piece { gref, offset: 0, len: blkif::PAGE_SIZE as u32 };
+    }
+    pieces
 }
 
 /// Store keys of a virtual disk, as Xen's blkif names them.

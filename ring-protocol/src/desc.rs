@@ -172,6 +172,14 @@ impl<T, const N: usize> IdTable<T, N> {
         ((id & Self::INDEX_MASK) as usize, id >> Self::INDEX_BITS)
     }
 
+    /// The table index id `id` names, if it is one of the table's (an id
+    /// in flight or not: use [`IdTable::get`] to know). Lets a caller keep
+    /// its own per-request array beside the table without a search.
+    pub fn index_of(id: u64) -> Option<usize> {
+        let (index, _) = Self::split(id);
+        (index < N).then_some(index)
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight

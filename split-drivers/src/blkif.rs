@@ -1260,14 +1260,14 @@ pub enum BadResponse {
 /// so that ids on the wire are not the table's indices. A response's id is
 /// never used to index memory without the table's check.
 ///
-/// Work per call is bounded by `N` (the list of live ids is scanned on
-/// completion).
+/// Work per call is O(1), but for [`Inflight::abandon_next`] (teardown),
+/// which scans at most `N` entries.
 pub struct Inflight<const N: usize> {
     table: IdTable<Shadow, N>,
     salt: u64,
-    /// Ids (salted) in flight, in no order: `live[..live_len]`.
-    live: [u64; N],
-    live_len: usize,
+    /// The (salted) id in flight at each table index, for teardown
+    /// ([`Inflight::abandon_next`]): set and cleared in O(1).
+    live: [Option<u64>; N],
 }
 
 impl<const N: usize> Default for Inflight<N> {
@@ -1284,7 +1284,7 @@ impl<const N: usize> Inflight<N> {
 
     /// An empty table whose ids are XORed with `salt`.
     pub fn with_salt(salt: u64) -> Self {
-        Inflight { table: IdTable::new(), salt, live: [0; N], live_len: 0 }
+        Inflight { table: IdTable::new(), salt, live: [None; N] }
     }
 
     /// Requests in flight.
@@ -1331,9 +1331,9 @@ impl<const N: usize> Inflight<N> {
         let wire = op.code();
         let raw = self.table.insert(Shadow { op, wire, grants }).map_err(|_| SubmitError::Full)?;
         req.id = raw ^ self.salt;
-        // `live` has room: the table holds at most N.
-        self.live[self.live_len] = req.id;
-        self.live_len += 1;
+        if let Some(slot) = IdTable::<Shadow, N>::index_of(raw).and_then(|k| self.live.get_mut(k)) {
+            *slot = Some(req.id);
+        }
         Ok(req)
     }
 
@@ -1360,7 +1360,9 @@ impl<const N: usize> Inflight<N> {
         let status = Status::from_code(rsp.status).ok_or(BadResponse::BadStatus { id, status: rsp.status })?;
         // In flight (checked above), so this succeeds; map a failure anyway.
         self.table.complete(raw).map_err(|_| BadResponse::NotInFlight { id })?;
-        self.forget_live(id);
+        if let Some(slot) = IdTable::<Shadow, N>::index_of(raw).and_then(|k| self.live.get_mut(k)) {
+            *slot = None;
+        }
         Ok(Completed { id, op: shadow.op, status, grants: shadow.grants })
     }
 
@@ -1368,17 +1370,9 @@ impl<const N: usize> Inflight<N> {
     /// the back broke the protocol): `None` once the table is empty. Call
     /// until `None` and end access to each one's grants (rule G1).
     pub fn abandon_next(&mut self) -> Option<Abandoned> {
-        let id = *self.live[..self.live_len].last()?;
-        self.live_len -= 1;
+        let id = self.live.iter_mut().find_map(Option::take)?;
         let shadow = self.table.complete(id ^ self.salt).ok()?;
         Some(Abandoned { id, op: shadow.op, grants: shadow.grants })
-    }
-
-    fn forget_live(&mut self, id: u64) {
-        if let Some(i) = self.live[..self.live_len].iter().position(|&x| x == id) {
-            self.live_len -= 1;
-            self.live.swap(i, self.live_len);
-        }
     }
 }
 

@@ -317,15 +317,23 @@ impl Memory {
                 if range.end > set.len() * 4096 {
                     return None;
                 }
+                // Pages at consecutive addresses (a backend that lays its
+                // mappings out so) are one span: fewer, longer runs. Looked
+                // at first, without the list of addresses.
+                let first = set.va(0)?;
+                let mut consecutive = true;
+                for k in 1..set.len() {
+                    if set.va(k)? != first + k as u64 * 4096 {
+                        consecutive = false;
+                        break;
+                    }
+                }
+                if consecutive {
+                    return Some(Data::Span { va: first + range.start as u64, len: range.len() });
+                }
                 let mut vas = [0u64; MAX_MAPPED];
                 for (k, va) in vas.iter_mut().enumerate().take(set.len()) {
                     *va = set.va(k)?;
-                }
-                // Pages at consecutive addresses (a backend that lays its
-                // mappings out so) are one span: fewer, longer runs.
-                let n = set.len();
-                if vas[..n].windows(2).all(|w| w[1] == w[0] + 4096) {
-                    return Some(Data::Span { va: vas[0] + range.start as u64, len: range.len() });
                 }
                 return Some(Data::Pages { vas, start: range.start, end: range.end });
             }

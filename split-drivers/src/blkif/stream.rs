@@ -17,8 +17,12 @@
 //!   ids are the shadow table's ([`super::Inflight`]), which checked the
 //!   response first; the book only pairs them with what the caller holds.
 //!
-//! Work per call: [`Book::finish`] scans at most `N` entries; the others
-//! are O(1).
+//! Work per call: at most `N` entries are scanned, and usually one: an
+//! entry goes at the slot its id names (`id % N`) when that one is free,
+//! and is looked for there first. The shadow table's ids of the requests in
+//! flight differ in their low bits (their table index, XORed with one
+//! salt), so with `N` the table's size every id has its own slot; any
+//! other ids still work, by the scan.
 //!
 //! ```
 //! use split_drivers::blkif::stream::{Book, Refused};
@@ -79,6 +83,15 @@ impl<T, const N: usize> Book<T, N> {
         Book { entries: core::array::from_fn(|_| None), len: 0, flushing: false }
     }
 
+    /// The slot id `id` goes at when it is free.
+    fn home(id: u64) -> usize {
+        if N == 0 {
+            0
+        } else {
+            (id % N as u64) as usize
+        }
+    }
+
     /// Requests in the book.
     pub fn len(&self) -> usize {
         self.len
@@ -108,8 +121,15 @@ impl<T, const N: usize> Book<T, N> {
         if let Err(r) = self.admit(flush) {
             return Err((r, held));
         }
-        let Some(slot) = self.entries.iter_mut().find(|e| e.is_none()) else { return Err((Refused::Full, held)) };
-        *slot = Some(Entry { id, tag, held, flush });
+        let home = Self::home(id);
+        let slot = match self.entries.get(home) {
+            Some(None) => home,
+            _ => match self.entries.iter().position(Option::is_none) {
+                Some(k) => k,
+                None => return Err((Refused::Full, held)),
+            },
+        };
+        self.entries[slot] = Some(Entry { id, tag, held, flush });
         self.len += 1;
         self.flushing = flush;
         Ok(())
@@ -117,7 +137,13 @@ impl<T, const N: usize> Book<T, N> {
 
     /// The entry of an answered request, taken out of the book (S3).
     pub fn finish(&mut self, id: u64) -> Option<Entry<T>> {
-        let e = self.entries.iter_mut().find(|e| e.as_ref().is_some_and(|e| e.id == id))?.take()?;
+        let home = Self::home(id);
+        let k = if self.entries.get(home).is_some_and(|e| e.as_ref().is_some_and(|e| e.id == id)) {
+            home
+        } else {
+            self.entries.iter().position(|e| e.as_ref().is_some_and(|e| e.id == id))?
+        };
+        let e = self.entries[k].take()?;
         self.len -= 1;
         if e.flush {
             self.flushing = false;
@@ -188,6 +214,24 @@ mod tests {
         assert_eq!(b.finish(6).map(|e| e.held), Some("b"));
         assert_eq!(b.finish(6), None, "a duplicate answer finds nothing");
         assert_eq!(b.finish(5).map(|e| (e.tag, e.held)), Some((50, "a")));
+        assert!(b.is_empty());
+    }
+
+    #[test]
+    fn s3_ids_that_name_the_same_slot_are_each_found_once() {
+        // 1, 5 and 9 all name slot 1 of 4: the later ones go elsewhere.
+        let mut b: Book<u64, 4> = Book::new();
+        for id in [1, 5, 9, 2] {
+            b.insert(id, id * 10, id, false).unwrap();
+        }
+        assert_eq!(b.insert(13, 0, 13, false), Err((Refused::Full, 13)));
+        assert_eq!(b.finish(5).map(|e| e.tag), Some(50));
+        assert_eq!(b.finish(5), None);
+        assert_eq!(b.finish(1).map(|e| e.tag), Some(10));
+        b.insert(13, 130, 13, false).unwrap();
+        let mut left: std::vec::Vec<u64> = [9, 2, 13].iter().filter_map(|&id| b.finish(id).map(|e| e.tag)).collect();
+        left.sort_unstable();
+        assert_eq!(left, [20, 90, 130]);
         assert!(b.is_empty());
     }
 

@@ -91,6 +91,8 @@ use split_drivers::blkif::{self, BadRequest, Features, Op, Request, Response, Se
 pub const BATCH: usize = 32;
 /// Requests of one backend in flight at the device at most.
 pub const MAX_PENDING: usize = 32;
+// The pending entries in use are one bit each of a `u32`.
+const _: () = assert!(MAX_PENDING <= 32);
 /// A front's grants one backend keeps mapped at most (persistent grants).
 pub const MAX_PERSISTENT: usize = 1024;
 /// Foreign-mapping slots left free for everyone's per-request maps (every
@@ -370,6 +372,9 @@ pub struct BlkBack {
     pub stats: Stats,
     serial: u32,
     pending: [Option<Pending>; MAX_PENDING],
+    /// Bit `k`: `pending[k]` holds a request (kept with it by
+    /// [`BlkBack::set_entry`], so a free entry is found without a scan).
+    used: u32,
     in_flight: usize,
     /// Responses pushed but not yet published.
     unpublished: bool,
@@ -437,6 +442,7 @@ impl BlkBack {
                 stats: Stats::default(),
                 serial: SERIAL.fetch_add(1, core::sync::atomic::Ordering::Relaxed),
                 pending: [None; MAX_PENDING],
+                used: 0,
                 in_flight: 0,
                 unpublished: false,
                 persistent,
@@ -533,7 +539,8 @@ impl BlkBack {
         } else {
             blkif::validate(req, self.vdisk.virtual_sectors(), &self.features)
         };
-        let v = match checked {
+        // By reference: a `Valid` is half a KiB, moved only if need be.
+        let v = match &checked {
             Ok(v) => v,
             Err(bad) => {
                 self.stats.invalid += 1;
@@ -545,15 +552,15 @@ impl BlkBack {
         };
         if matches!(self.vdisk, VirtualDisk::Raw(_)) {
             match v.op() {
-                Op::Read | Op::Write | Op::WriteFua if one_run(&v) => return self.submit_data(&v, disk),
+                Op::Read | Op::Write | Op::WriteFua if one_run(v) => return self.submit_data(v, disk),
                 Op::Flush => {
                     self.stats.flushes += 1;
-                    return self.submit_flush(None, Pending::of(&v, true), disk);
+                    return self.submit_flush(None, Pending::of(v, true), disk);
                 }
                 _ => {}
             }
         }
-        Some(self.answer(&v, disk))
+        Some(self.answer(v, disk))
     }
 
     /// Checks an indirect request: its header, then its segments, copied
@@ -601,7 +608,20 @@ impl BlkBack {
 
     /// A free pending entry's index.
     fn free_entry(&self) -> Option<usize> {
-        self.pending.iter().position(Option::is_none)
+        let k = (!self.used).trailing_zeros() as usize;
+        (k < MAX_PENDING).then_some(k)
+    }
+
+    /// Puts `p` in pending entry `k` (which must exist), keeping the mask
+    /// of used entries with it; what the entry held.
+    fn set_entry(&mut self, k: usize, p: Option<Pending>) -> Option<Pending> {
+        let bit = 1u32 << k;
+        if p.is_some() {
+            self.used |= bit;
+        } else {
+            self.used &= !bit;
+        }
+        core::mem::replace(&mut self.pending[k], p)
     }
 
     /// Maps a raw slice request's pages and submits its data as one
@@ -642,7 +662,7 @@ impl BlkBack {
             Ok(descriptors) => {
                 let p = Pending { descriptors, ..Pending::of(v, false) };
                 self.descriptors += descriptors;
-                self.pending[k] = Some(p);
+                self.set_entry(k, Some(p));
                 self.in_flight += 1;
                 self.stats.sectors += v.sectors();
                 if to_disk {
@@ -671,7 +691,7 @@ impl BlkBack {
             Ok(descriptors) => {
                 // A `WRITE_FUA`'s data chain is done: its entry now holds
                 // the flush's descriptors instead.
-                match self.pending[k].replace(Pending { descriptors, ..p }) {
+                match self.set_entry(k, Some(Pending { descriptors, ..p })) {
                     None => self.in_flight += 1,
                     Some(old) => self.descriptors -= old.descriptors,
                 }
@@ -679,7 +699,7 @@ impl BlkBack {
                 None
             }
             Err(_) => {
-                if let Some(old) = self.pending[k].take() {
+                if let Some(old) = self.set_entry(k, None) {
                     self.in_flight -= 1;
                     self.descriptors -= old.descriptors;
                 }
@@ -781,7 +801,7 @@ impl BlkBack {
                 Some(rsp) => self.respond(rsp),
             };
         }
-        self.pending[k] = None;
+        self.set_entry(k, None);
         self.in_flight -= 1;
         self.descriptors -= p.descriptors;
         if !ok {
