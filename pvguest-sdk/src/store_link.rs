@@ -213,13 +213,12 @@ pub struct BackLink {
 }
 
 impl BackLink {
-    /// Connects to domain `domid`'s store page: binds its store port
-    /// `port` (what `GETDOMAININFO` reported), maps its reserved store
-    /// grant read-write and attaches as the back. Anything done is undone
-    /// on failure.
+    /// Connects to domain `domid`'s store page: maps its reserved store
+    /// grant read-write, binds its store port `port` (what
+    /// `GETDOMAININFO` reported) and attaches as the back. Anything done is
+    /// undone on failure.
     pub fn connect(domid: u16, port: u32) -> Result<BackLink, BackError> {
-        let chan = EventChannel::connect(domid, port).map_err(BackError::Event)?;
-        Self::attach(domid, GNTTAB_RESERVED_XENSTORE, || Ok(chan))
+        Self::attach(domid, GNTTAB_RESERVED_XENSTORE, || EventChannel::connect(domid, port).map_err(BackError::Event))
     }
 
     /// Takes domain `domid`'s console over and attaches as the back of its
@@ -237,8 +236,9 @@ impl BackLink {
     }
 
     /// Maps `domid`'s grant `gref` in a fresh slot, then gets the channel
-    /// (`chan`: after the map, so that a map that fails leaves the port
-    /// alone), and attaches as the back; undoes what it did on failure.
+    /// (`chan`: after the map, so that a map that fails binds no port and
+    /// takes nothing over), and attaches as the back; undoes what it did on
+    /// failure.
     fn attach(
         domid: u16,
         gref: u32,

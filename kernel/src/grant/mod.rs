@@ -108,7 +108,10 @@
 //! - grant frames per domain: [`GrantTable::new`]'s quota, at most
 //!   [`MAX_GRANT_FRAMES`] ([`GrantError::FrameQuota`]);
 //! - maptrack entries per grantee: [`Maptrack::new`]'s quota, at most
-//!   [`MAX_MAPTRACK`] ([`GrantError::MaptrackFull`]);
+//!   [`MAX_MAPTRACK`] ([`GrantError::MaptrackFull`]): [`DEFAULT_MAPTRACK`]
+//!   for a domain, [`MAX_MAPTRACK`] for the privileged one, which maps a
+//!   store page, a console page and device rings of every other domain;
+//!   entries are allocated a chunk at a time as they are used;
 //! - grant mappings of one frame: [`crate::mm::frames::MAX_FOREIGN`]
 //!   ([`GrantError::FrameMapsFull`]);
 //! - the hypervisor's heap and free frames ([`GrantError::OutOfMemory`]).

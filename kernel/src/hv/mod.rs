@@ -104,6 +104,7 @@ use crate::event::Port;
 use crate::event::{Closed, EventChannels, SharedPage};
 use crate::grant::{
     CopyOp, Gnttab, GrantDomains, GrantError, GrantTable, MapRequest, Maptrack, DEFAULT_GRANT_FRAMES, DEFAULT_MAPTRACK,
+    MAX_MAPTRACK,
 };
 use crate::hvlog;
 use crate::hypercall::{self, Action};
@@ -1339,7 +1340,10 @@ impl<M: Machine> Hv<M> {
                 ports_closed: false,
                 grants,
                 store_evtchn: cfg.store.map(|(p, _)| p),
-                maptrack: Maptrack::new(DEFAULT_MAPTRACK),
+                // The privileged domain serves every other one (the
+                // store's page, the console's, each device's rings and
+                // buffers): the largest quota; chunks are made as it maps.
+                maptrack: Maptrack::new(if cfg.privilege.is_some() { MAX_MAPTRACK } else { DEFAULT_MAPTRACK }),
                 wakes: Wakes::default(),
                 runstate: RunstateInfo { state: rs, state_entry_time: now, ..RunstateInfo::default() },
                 memo: [None; 3],
