@@ -1351,6 +1351,18 @@ fn store_every_domu_gets_a_port_for_dom0_and_its_store_page_granted_under_the_re
     }
 }
 
+/// The privileged domain maps a store page and a console page of every
+/// other domain (1000 and more): its maptrack quota is the largest; the
+/// others keep the default.
+#[test]
+fn the_privileged_domain_may_map_the_pages_of_a_thousand_domains() {
+    use crate::grant::{DEFAULT_MAPTRACK, MAX_MAPTRACK};
+    let r = Rig::boot(&[dom("dom0").privileged(true), dom("u")]);
+    assert_eq!(r.dom(DomId::DOM0).maptrack.quota(), MAX_MAPTRACK);
+    assert!(MAX_MAPTRACK >= 2 * super::MAX_DOMAINS as u32, "two pages of each domain");
+    assert_eq!(r.dom(r.id("u")).maptrack.quota(), DEFAULT_MAPTRACK);
+}
+
 /// A privileged domain that cannot be built runs no store: the others get
 /// no store page granted to a domain that does not exist (they would wait
 /// on it for ever).
