@@ -15,10 +15,10 @@
 //! `api=PORT token=T` ([`crate::api`]; dom0's own port on the bridge);
 //! with `stay`, dom0 serves until `shutdown` instead of until the others
 //! have ended. `vtemplate=NAME:LBA:SECTORS` and `vpool=LBA:SECTORS` let it
-//! make clones at run time ([`Services`]): a copy-on-write overlay of a
-//! template disk, formatted in the pool before the domain is created and
-//! offered like the manifest's disks, but only to that domain's id
-//! ([`VbdSpec::owner`]); the spec goes when the domain does.
+//! make clones at run time ([`Services::prepare_clone`]): a copy-on-write
+//! overlay of a template disk, formatted in the pool before the domain is
+//! created and offered like the manifest's disks, but only to that
+//! domain's id ([`VbdSpec::owner`]); the spec goes when the domain does.
 //!
 //! # Who writes what
 //! - `specs` (the disks to offer): the command line's at the start, a
@@ -43,9 +43,9 @@
 //!    and serves each connected disk's ring a batch at a time.
 //! 3. After each pass dom0 blocks until something is ready (at once if
 //!    something already is): an event (any connection's, any ring's, any
-//!    console's, or `VIRQ_DOM_EXC`, which says a domain ended and makes dom0 rescan: a
-//!    dead domain's connections are released and its disk's mappings
-//!    given back), a store connection's bytes to read or to send, a ring's
+//!    console's, or `VIRQ_DOM_EXC`, which says a domain ended and makes
+//!    dom0 rescan: a dead domain's connections are released, what it left
+//!    on its console passed on, and its disk's mappings given back), a store connection's bytes to read or to send, a ring's
 //!    requests, the disk's completions, the toolstack's timer (console
 //!    input, `top`) or a churn under way. Only the NIC's and the API's
 //!    paths take another pass straight after doing work.

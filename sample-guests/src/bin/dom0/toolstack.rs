@@ -1057,7 +1057,6 @@ pub fn act(dom: &str, what: Act) -> Result<DomainInfo, Failure> {
     Ok(d)
 }
 
-/// `destroy|pause|unpause DOM`
 /// `console DOM`: attaches the shell to the domain's console.
 fn console_attach(args: &[String], svc: &mut dyn Services) -> Result<(), String> {
     let [dom] = args else { return Err(String::from("usage: console DOM (an id or a name)")) };
@@ -1068,6 +1067,7 @@ fn console_attach(args: &[String], svc: &mut dyn Services) -> Result<(), String>
     Ok(())
 }
 
+/// `destroy|pause|unpause DOM`
 fn on_domain(args: &[String], what: Act) -> Result<(), String> {
     let [dom] = args else { return Err(String::from("usage: destroy|pause|unpause DOM (an id or a name)")) };
     let d = act(dom, what)?;
