@@ -42,12 +42,12 @@
 //! handler runs is delivered again, never lost.
 
 use crate::shared;
-use crate::trap::TrapContext;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use pvguest_abi::event::{
     status, AllocUnbound, BindInterdomain, BindVirq, Close, Send, Status, Unmask, ALLOC_UNBOUND, BIND_INTERDOMAIN,
     BIND_VIRQ, CLOSE, SEND, STATUS, UNMASK,
 };
+use pvguest_abi::trap::BounceFrame;
 use pvguest_abi::{hypercall, Errno, DOMID_SELF};
 
 /// An event-channel port.
@@ -192,9 +192,10 @@ pub fn send(port: Port) -> Result<(), Errno> {
 }
 
 #[no_mangle]
-extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
-    // SAFETY: the entry stub passes the context it just built.
-    let saved = unsafe { (*ctx).saved_upcall_mask };
+extern "C" fn pvguest_event_upcall(frame: *const BounceFrame) {
+    // SAFETY: the entry stub passes the bounce frame the hypervisor wrote
+    // on this stack for this upcall; nothing else writes it meanwhile.
+    let saved = unsafe { (&raw const (*frame).saved_upcall_mask).read() };
     // The page's address once for the whole dispatch (it never moves).
     let page = shared::page();
     loop {
