@@ -42,12 +42,12 @@
 //! handler runs is delivered again, never lost.
 
 use crate::shared;
-use crate::trap::TrapContext;
 use core::sync::atomic::{AtomicUsize, Ordering};
 use pvguest_abi::event::{
     status, AllocUnbound, BindInterdomain, BindVirq, Close, Send, Status, Unmask, ALLOC_UNBOUND, BIND_INTERDOMAIN,
     BIND_VIRQ, CLOSE, SEND, STATUS, UNMASK,
 };
+use pvguest_abi::trap::BounceFrame;
 use pvguest_abi::{hypercall, Errno, DOMID_SELF};
 
 /// An event-channel port.
@@ -192,20 +192,23 @@ pub fn send(port: Port) -> Result<(), Errno> {
 }
 
 #[no_mangle]
-extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
-    // SAFETY: the entry stub passes the context it just built.
-    let saved = unsafe { (*ctx).saved_upcall_mask };
+extern "C" fn pvguest_event_upcall(frame: *const BounceFrame) {
+    // SAFETY: the entry stub passes the bounce frame the hypervisor wrote
+    // on this stack for this upcall; nothing else writes it meanwhile.
+    let saved = unsafe { (&raw const (*frame).saved_upcall_mask).read() };
+    // The page's address once for the whole dispatch (it never moves).
+    let page = shared::page();
     loop {
-        shared::upcall_pending().store(0, Ordering::SeqCst);
-        let mut sel = shared::pending_sel().swap(0, Ordering::SeqCst);
+        page.upcall_pending().store(0, Ordering::SeqCst);
+        let mut sel = page.pending_sel().swap(0, Ordering::SeqCst);
         while sel != 0 {
             let w = sel.trailing_zeros() as usize;
             sel &= sel - 1;
-            let mut bits = shared::pending(w).load(Ordering::SeqCst) & !shared::mask(w).load(Ordering::SeqCst);
+            let mut bits = page.pending(w).load(Ordering::SeqCst) & !page.mask(w).load(Ordering::SeqCst);
             while bits != 0 {
                 let b = bits.trailing_zeros();
                 bits &= bits - 1;
-                shared::pending(w).fetch_and(!(1u64 << b), Ordering::SeqCst);
+                page.pending(w).fetch_and(!(1u64 << b), Ordering::SeqCst);
                 let port = (w * 64) as u32 + b;
                 let h = HANDLERS.get(port as usize).map_or(0, |h| h.load(Ordering::Acquire));
                 if h != 0 {
@@ -216,11 +219,11 @@ extern "C" fn pvguest_event_upcall(ctx: *mut TrapContext) {
                 }
             }
         }
-        shared::upcall_mask().store(saved as u8, Ordering::SeqCst);
-        if saved != 0 || shared::upcall_pending().load(Ordering::SeqCst) == 0 {
+        page.upcall_mask().store(saved as u8, Ordering::SeqCst);
+        if saved != 0 || page.upcall_pending().load(Ordering::SeqCst) == 0 {
             break;
         }
-        shared::upcall_mask().store(1, Ordering::SeqCst);
+        page.upcall_mask().store(1, Ordering::SeqCst);
     }
 }
 

@@ -43,6 +43,7 @@ extern "C" fn rt_start(si: *const StartInfo) -> ! {
         crate::println!("pvguest-sdk: bad start-info magic: not started by a compatible hypervisor");
         sched::crash();
     }
+    crate::shared::publish(si);
     // Every port starts masked, so an event that comes before its handler
     // is set stays pending instead of being consumed with nobody to run.
     crate::event::mask_all();

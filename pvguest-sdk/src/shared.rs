@@ -6,53 +6,114 @@
 //! preempted). Every access here is a single volatile read or write of one
 //! field, or an atomic read-modify-write for bits the hypervisor may set
 //! concurrently; no reference into the page is ever created.
+//!
+//! The page's address is read from the start info once, by the runtime
+//! before `main` ([`publish`]), and kept in [`BASE`]: the event upcall
+//! reaches the page on every event, and going through the start info's
+//! `spin::Once` there cost a check and a branch per field.
 
 use core::mem::offset_of;
-use core::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use core::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use pvguest_abi::shared_info::{SharedInfo, VcpuInfo, VcpuTimeInfo};
 
+/// The shared-info page's address (0: not published yet). Written once,
+/// by [`publish`], before anything else of the SDK runs; never changes
+/// afterwards (the page stays mapped there for the domain's whole life).
+static BASE: AtomicUsize = AtomicUsize::new(0);
+
+/// Publishes the page's address from the start info (the runtime, once,
+/// before `main`).
+pub(crate) fn publish(si: &pvguest_abi::StartInfo) {
+    BASE.store(si.shared_info as usize, Ordering::Relaxed);
+}
+
+#[inline]
 fn base() -> usize {
-    crate::start_info().shared_info as usize
+    match BASE.load(Ordering::Relaxed) {
+        0 => crate::start_info().shared_info as usize,
+        b => b,
+    }
 }
 
-fn byte(off: usize) -> &'static AtomicU8 {
-    // SAFETY: the shared-info page is mapped read-write for the domain's
-    // whole life at the address the start info gives; `off` is a field
-    // offset inside it; AtomicU8 has no alignment requirement.
-    unsafe { AtomicU8::from_ptr((base() + off) as *mut u8) }
-}
+/// The page, at its published address: for a caller that reaches several
+/// fields in a row (the event upcall), which then reads the address once.
+#[derive(Clone, Copy)]
+pub(crate) struct Page(usize);
 
-fn word(off: usize) -> &'static AtomicU64 {
-    // SAFETY: as for `byte`; every u64 field offset used here is 8-aligned
-    // (the layout is const-asserted in the ABI crate).
-    unsafe { AtomicU64::from_ptr((base() + off) as *mut u64) }
+/// The shared-info page.
+#[inline]
+pub(crate) fn page() -> Page {
+    Page(base())
 }
 
 const V0: usize = offset_of!(SharedInfo, vcpu_info);
 
+impl Page {
+    #[inline]
+    fn byte(self, off: usize) -> &'static AtomicU8 {
+        // SAFETY: the shared-info page is mapped read-write for the
+        // domain's whole life at the address the start info gives (`self.0`
+        // is that address); `off` is a field offset inside it; AtomicU8
+        // has no alignment requirement.
+        unsafe { AtomicU8::from_ptr((self.0 + off) as *mut u8) }
+    }
+
+    #[inline]
+    fn word(self, off: usize) -> &'static AtomicU64 {
+        // SAFETY: as for `byte`; every u64 field offset used here is
+        // 8-aligned (the layout is const-asserted in the ABI crate).
+        unsafe { AtomicU64::from_ptr((self.0 + off) as *mut u64) }
+    }
+
+    /// `evtchn_upcall_pending` of vCPU 0.
+    #[inline]
+    pub(crate) fn upcall_pending(self) -> &'static AtomicU8 {
+        self.byte(V0 + offset_of!(VcpuInfo, evtchn_upcall_pending))
+    }
+
+    /// `evtchn_upcall_mask` of vCPU 0 (the virtual interrupt flag).
+    #[inline]
+    pub(crate) fn upcall_mask(self) -> &'static AtomicU8 {
+        self.byte(V0 + offset_of!(VcpuInfo, evtchn_upcall_mask))
+    }
+
+    /// `evtchn_pending_sel` of vCPU 0.
+    #[inline]
+    pub(crate) fn pending_sel(self) -> &'static AtomicU64 {
+        self.word(V0 + offset_of!(VcpuInfo, evtchn_pending_sel))
+    }
+
+    /// Word `i` of `evtchn_pending`.
+    #[inline]
+    pub(crate) fn pending(self, i: usize) -> &'static AtomicU64 {
+        self.word(offset_of!(SharedInfo, evtchn_pending) + 8 * (i % 64))
+    }
+
+    /// Word `i` of `evtchn_mask`.
+    #[inline]
+    pub(crate) fn mask(self, i: usize) -> &'static AtomicU64 {
+        self.word(offset_of!(SharedInfo, evtchn_mask) + 8 * (i % 64))
+    }
+}
+
 /// `evtchn_upcall_pending` of vCPU 0.
 pub(crate) fn upcall_pending() -> &'static AtomicU8 {
-    byte(V0 + offset_of!(VcpuInfo, evtchn_upcall_pending))
+    page().upcall_pending()
 }
 
 /// `evtchn_upcall_mask` of vCPU 0 (the virtual interrupt flag).
 pub(crate) fn upcall_mask() -> &'static AtomicU8 {
-    byte(V0 + offset_of!(VcpuInfo, evtchn_upcall_mask))
-}
-
-/// `evtchn_pending_sel` of vCPU 0.
-pub(crate) fn pending_sel() -> &'static AtomicU64 {
-    word(V0 + offset_of!(VcpuInfo, evtchn_pending_sel))
+    page().upcall_mask()
 }
 
 /// Word `i` of `evtchn_pending`.
 pub(crate) fn pending(i: usize) -> &'static AtomicU64 {
-    word(offset_of!(SharedInfo, evtchn_pending) + 8 * (i % 64))
+    page().pending(i)
 }
 
 /// Word `i` of `evtchn_mask`.
 pub(crate) fn mask(i: usize) -> &'static AtomicU64 {
-    word(offset_of!(SharedInfo, evtchn_mask) + 8 * (i % 64))
+    page().mask(i)
 }
 
 fn read_u32(off: usize) -> u32 {

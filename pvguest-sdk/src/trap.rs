@@ -241,7 +241,8 @@ extern "C" fn pvguest_trap_dispatch(ctx: *mut TrapContext) {
 
 // The entry stubs. Each saves the general registers and the FPU/SSE state
 // (handlers are ordinary Rust, which uses SSE), calls the dispatcher, and
-// returns with iretq.
+// returns with iretq. The event entry, on every event, saves only the
+// caller-saved registers (see it below).
 global_asm!(
     r#"
     .macro PVGUEST_SAVE
@@ -298,12 +299,45 @@ pvguest_trap_entry:
     call pvguest_trap_dispatch
     PVGUEST_RESTORE
 
+    /* The event upcall saves only what its Rust callee may change: the
+       caller-saved registers (the System V ABI has the callee keep rbx,
+       rbp and r12-r15) and the FPU/SSE state; rbp, saved first, holds the
+       stack pointer across the call. The callee gets the bounce frame,
+       not a TrapContext: it reads only the saved event mask. */
     .global pvguest_event_entry
     .balign 16
 pvguest_event_entry:
-    PVGUEST_SAVE
+    cld
+    push r11
+    push r10
+    push r9
+    push r8
+    push rdi
+    push rsi
+    push rdx
+    push rcx
+    push rax
+    push rbp
+    mov rbp, rsp
+    sub rsp, 512
+    and rsp, -16
+    fxsave64 [rsp]
+    lea rdi, [rbp + 80]
     call pvguest_event_upcall
-    PVGUEST_RESTORE
+    fxrstor64 [rsp]
+    mov rsp, rbp
+    pop rbp
+    pop rax
+    pop rcx
+    pop rdx
+    pop rsi
+    pop rdi
+    pop r8
+    pop r9
+    pop r10
+    pop r11
+    add rsp, 24
+    iretq
 
     .global pvguest_syscall_gate_entry
     .balign 16

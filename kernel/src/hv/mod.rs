@@ -2555,7 +2555,9 @@ impl<M: Machine> Hv<M> {
             self.cpu.sched_dirty = false;
             // Charge point 4: the rest goes to the domain that ran (a no-op
             // for a domain that died), so the pick sees exact accounts.
-            if let Some(c) = self.cpu.current {
+            // (Skipped when it would change nothing: the fused yield and
+            // block paths charged the domain at this same `now`.)
+            if let Some(c) = self.cpu.current.filter(|&c| !self.cpu.meter.charged_to(c, now)) {
                 self.cpu.meter.charge(&mut self.bvt, c, now);
             }
             self.cpu.meter.settle(&mut self.bvt);

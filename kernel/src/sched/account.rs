@@ -71,6 +71,15 @@ impl Meter {
         ran
     }
 
+    /// Whether everything up to `now` is charged to `slot` already (the
+    /// mark is at `now` and the pending charge is `slot`'s): then
+    /// [`Meter::charge`] of `slot` at `now` would change nothing, and a
+    /// caller on a hot path may skip it.
+    #[inline(always)]
+    pub fn charged_to(&self, slot: usize, now: Ns) -> bool {
+        self.mark == now && matches!(self.pending, Some((s, _)) if s == slot)
+    }
+
     /// Hands what has been charged to the scheduler.
     #[inline(always)] // on every trip through the hypervisor
     pub fn settle<const N: usize>(&mut self, bvt: &mut Bvt<N>) {
@@ -123,6 +132,20 @@ mod tests {
         assert_eq!(m.charge(&mut b, 0, 1_100), 100);
         m.settle(&mut b);
         assert_eq!(avt_ns(&b, 0), 100);
+    }
+
+    #[test]
+    fn a_charge_already_made_is_seen() {
+        let mut b = two();
+        let mut m = Meter::new(100);
+        assert!(!m.charged_to(0, 100), "nothing pending");
+        m.charge(&mut b, 0, 400);
+        assert!(m.charged_to(0, 400));
+        assert!(!m.charged_to(1, 400), "pending for another slot");
+        assert!(!m.charged_to(0, 401), "time since the mark");
+        let before = m;
+        assert_eq!(m.charge(&mut b, 0, 400), 0);
+        assert_eq!(m, before, "the charge it stands for changes nothing");
     }
 
     #[test]

@@ -610,11 +610,17 @@ impl<const N: usize> Bvt<N> {
     pub fn account(&mut self, slot: usize, ran_ns: Ns) {
         if let Some(e) = self.entity_mut(slot) {
             e.charge(ran_ns);
+            let runnable = e.runnable;
             if e.unwarp_overshoot.is_some() && self.overshoots.push(slot).is_err() {
                 self.overshoots_lost = true;
             }
-            self.reindex(slot);
-            self.update_svt();
+            // A blocked domain (charged for the trip it blocked in) is in
+            // no heap and not running, and SVT is over runnable domains
+            // only: re-indexing it and rescanning SVT would change nothing.
+            if runnable {
+                self.reindex(slot);
+                self.update_svt();
+            }
         }
     }
 
