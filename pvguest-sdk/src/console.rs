@@ -226,7 +226,8 @@ pub fn read(buf: &mut [u8]) -> Result<usize, Errno> {
 /// sleeps in `SCHEDOP_poll` on the console port (kept masked), so it
 /// needs no handler and leaves the domain's other events alone: they are
 /// delivered when it returns. A domain without a console page, or whose
-/// daemon broke the ring protocol, waits until the deadline. For the
+/// daemon broke the ring protocol, waits until the deadline (returns at
+/// once with none). For the
 /// privileged domain, whose input nothing signals, it returns `false` at
 /// once.
 pub fn wait_input(deadline_ns: u64) -> bool {

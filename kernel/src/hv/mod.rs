@@ -2165,7 +2165,8 @@ impl<M: Machine> Hv<M> {
             let n = (job.req.image_len - at as u64).min(CREATE_CHUNK) as usize;
             job.image.resize(at + n, 0);
             if self.copy_from_slot(cur, job.req.image.wrapping_add(at as u64), &mut job.image[at..]).is_err() {
-                return self.create_failed(
+                return self.create_job_failed(
+                    job,
                     cur,
                     arg,
                     Errno::EFAULT,
@@ -2182,8 +2183,8 @@ impl<M: Machine> Hv<M> {
         if job.zeroed.is_empty() && free < pages {
             // Refused before any frame is taken (another allocation may
             // still take frames meanwhile: then the loop below says so).
-            self.free_job(&job);
-            return self.create_failed(
+            return self.create_job_failed(
+                job,
                 cur,
                 arg,
                 Errno::ENOMEM,
@@ -2191,8 +2192,8 @@ impl<M: Machine> Hv<M> {
             );
         }
         if job.zeroed.try_reserve_exact(pages as usize - job.zeroed.len().min(pages as usize)).is_err() {
-            self.free_job(&job);
-            return self.create_failed(
+            return self.create_job_failed(
+                job,
                 cur,
                 arg,
                 Errno::ENOMEM,
@@ -2207,8 +2208,8 @@ impl<M: Machine> Hv<M> {
             }
             let Some(m) = self.frames.as_mut().and_then(|f| f.alloc(crate::mm::frames::Owner::Hypervisor).ok()) else {
                 let free = self.frames.as_ref().map_or(0, |f| f.free_count());
-                self.free_job(&job);
-                return self.create_failed(
+                return self.create_job_failed(
+                    job,
                     cur,
                     arg,
                     Errno::ENOMEM,
@@ -2222,8 +2223,8 @@ impl<M: Machine> Hv<M> {
         let vacant = match self.domains.reserve() {
             Ok(v) => v,
             Err(e) => {
-                self.free_job(&job);
-                return self.create_failed(
+                return self.create_job_failed(
+                    job,
                     cur,
                     arg,
                     Errno::ENOSPC,
@@ -2282,6 +2283,20 @@ impl<M: Machine> Hv<M> {
         if let Some(j) = self.creating.take() {
             self.free_job(&j);
         }
+    }
+
+    /// [`Hv::create_failed`] for the create `job` in hand (not the one
+    /// under way): its frames go back too.
+    fn create_job_failed(
+        &mut self,
+        job: alloc::boxed::Box<CreateJob>,
+        cur: usize,
+        arg: u64,
+        errno: Errno,
+        why: core::fmt::Arguments<'_>,
+    ) -> Action {
+        self.free_job(&job);
+        self.create_failed(cur, arg, errno, why)
     }
 
     /// Ends a `CREATEDOMAIN` with `errno`, writing `why` into the request's

@@ -865,7 +865,7 @@ mod tests {
         keeps_owners(&mut t, "get_foreign_ref", |t| t.get_foreign_ref(pool, a, true)).unwrap();
         bumps(&mut t, "release_domain_step", |t| t.release_domain_step(a, 0, 8));
         bumps(&mut t, "release_domain", |t| t.release_domain(a));
-        bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(pool, true));
+        let _ = bumps(&mut t, "put_foreign_ref", |t| t.put_foreign_ref(pool, true));
         let other = bumps(&mut t, "alloc", |t| t.alloc(Owner::Domain(b))).unwrap();
         bumps(&mut t, "release_domain", |t| t.release_domain(b));
         assert_eq!(t.get(other).unwrap().owner, Owner::Free);

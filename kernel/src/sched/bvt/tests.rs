@@ -852,12 +852,7 @@ fn bvt_rebase_changes_no_decision() {
             let slot = rng.below(N as u64) as usize;
             match rng.below(6) {
                 0 => {
-                    let p = Params::warped(
-                        1 + rng.below(500) as u32,
-                        rng.below(20 * MS),
-                        rng.below(10 * MS),
-                        rng.below(20 * MS),
-                    );
+                    let p = random_params(&mut rng);
                     assert_eq!(a.add(slot, p, now), b.add(slot, p, now));
                 }
                 1 => assert_eq!(a.block(slot, now), b.block(slot, now)),
@@ -897,6 +892,21 @@ fn bvt_rebase_changes_no_decision() {
     }
 }
 
+/// Random BVT parameters for the randomized tests: any weight, warp,
+/// warp limit and unwarp requirement.
+fn random_params(rng: &mut XorShift) -> Params {
+    Params::warped(1 + rng.below(500) as u32, rng.below(20 * MS), rng.below(10 * MS), rng.below(20 * MS))
+}
+
+/// Twin schedulers agree on every slot: runnable or not, AVT and EVT.
+fn same_entities<const N: usize>(a: &Bvt<N>, b: &Bvt<N>) {
+    for i in 0..N {
+        assert_eq!(a.is_runnable(i), b.is_runnable(i));
+        assert_eq!(a.avt(i), b.avt(i), "AVT of slot {i}");
+        assert_eq!(a.evt(i), b.evt(i), "EVT of slot {i}");
+    }
+}
+
 #[test]
 fn bvt_running_outside_the_heaps_changes_no_decision() {
     // Twin schedulers fed the same operations (including picks for a
@@ -918,12 +928,7 @@ fn bvt_running_outside_the_heaps_changes_no_decision() {
             let slot = rng.below(N as u64) as usize;
             match rng.below(8) {
                 0 => {
-                    let p = Params::warped(
-                        1 + rng.below(500) as u32,
-                        rng.below(20 * MS),
-                        rng.below(10 * MS),
-                        rng.below(20 * MS),
-                    );
+                    let p = random_params(&mut rng);
                     assert_eq!(a.add(slot, p, now), b.add(slot, p, now));
                 }
                 1 => assert_eq!(a.block(slot, now), b.block(slot, now)),
@@ -963,11 +968,7 @@ fn bvt_running_outside_the_heaps_changes_no_decision() {
             check_invariants(&a, &mut last_svt);
             assert_eq!(a.svt(), b.svt());
             assert_eq!(a.runnable_count(), b.runnable_count());
-            for i in 0..N {
-                assert_eq!(a.is_runnable(i), b.is_runnable(i));
-                assert_eq!(a.avt(i), b.avt(i), "AVT of slot {i}");
-                assert_eq!(a.evt(i), b.evt(i), "EVT of slot {i}");
-            }
+            same_entities(&a, &b);
         }
     }
 }
@@ -1017,12 +1018,7 @@ fn bvt_charging_a_blocked_domain_changes_nothing_else() {
             let slot = rng.below(N as u64 + 1) as usize;
             match rng.below(7) {
                 0 => {
-                    let p = Params::warped(
-                        1 + rng.below(500) as u32,
-                        rng.below(20 * MS),
-                        rng.below(10 * MS),
-                        rng.below(20 * MS),
-                    );
+                    let p = random_params(&mut rng);
                     assert_eq!(a.add(slot, p, now), b.add(slot, p, now));
                 }
                 1 => assert_eq!(a.block(slot, now), b.block(slot, now)),
@@ -1054,11 +1050,7 @@ fn bvt_charging_a_blocked_domain_changes_nothing_else() {
             check_invariants(&a, &mut last_svt);
             assert_eq!(a.svt(), b.svt());
             assert_eq!(a.running, b.running);
-            for i in 0..N {
-                assert_eq!(a.is_runnable(i), b.is_runnable(i));
-                assert_eq!(a.avt(i), b.avt(i), "AVT of slot {i}");
-                assert_eq!(a.evt(i), b.evt(i), "EVT of slot {i}");
-            }
+            same_entities(&a, &b);
         }
     }
 }
